@@ -1,0 +1,24 @@
+//! Errors of the converter.
+
+use pocketvlm_format::FormatError;
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum CompressError {
+    #[error(transparent)]
+    Format(#[from] FormatError),
+    #[error("{path}: not a Hugging Face checkpoint directory ({reason})")]
+    NotACheckpoint { path: String, reason: String },
+    #[error("{path}: invalid JSON: {reason}")]
+    BadJson { path: String, reason: String },
+    #[error("{file}: invalid safetensors: {reason}")]
+    BadSafetensors { file: String, reason: String },
+    #[error("tensor {name:?} has dtype {dtype}, only F32, F16 and BF16 are supported")]
+    UnsupportedDtype { name: String, dtype: String },
+    #[error("tensor {name:?} appears in more than one safetensors file")]
+    DuplicateTensor { name: String },
+    #[error("unknown recipe {0:?} (known: dense)")]
+    UnknownRecipe(String),
+}
+
+pub type Result<T, E = CompressError> = std::result::Result<T, E>;

@@ -1,0 +1,103 @@
+//! How a tensor's bytes encode its values.
+//!
+//! Version 1 knows three dense little-endian encodings. Later versions add low-rank factor
+//! tensors (which are ordinary dense tensors with their own names) and packed integer
+//! encodings with scales. An encoding tag this reader does not know is reported as
+//! [`FormatError::UnknownEncoding`] naming the tag and the tensor, never as a generic parse error.
+
+use std::fmt;
+
+use crate::error::{FormatError, Result};
+
+/// A dense element encoding. Values are stored row-major, little-endian.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Encoding {
+    F32,
+    F16,
+    BF16,
+}
+
+impl Encoding {
+    /// Parse the manifest tag; `tensor` names the tensor for the error message.
+    pub fn parse(tag: &str, tensor: &str) -> Result<Self> {
+        match tag {
+            "f32" => Ok(Encoding::F32),
+            "f16" => Ok(Encoding::F16),
+            "bf16" => Ok(Encoding::BF16),
+            other => {
+                Err(FormatError::UnknownEncoding { tensor: tensor.to_string(), encoding: other.to_string() })
+            }
+        }
+    }
+
+    pub fn tag(self) -> &'static str {
+        match self {
+            Encoding::F32 => "f32",
+            Encoding::F16 => "f16",
+            Encoding::BF16 => "bf16",
+        }
+    }
+
+    /// Bytes per element.
+    pub fn element_bytes(self) -> usize {
+        match self {
+            Encoding::F32 => 4,
+            Encoding::F16 | Encoding::BF16 => 2,
+        }
+    }
+
+    /// Byte length of a tensor with `numel` elements.
+    pub fn byte_len(self, numel: usize) -> usize {
+        numel * self.element_bytes()
+    }
+
+    /// Decode `bytes` into f32 values (exact: f16 and bf16 widen without rounding).
+    pub fn decode_f32(self, bytes: &[u8]) -> Vec<f32> {
+        match self {
+            Encoding::F32 => {
+                bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+            }
+            Encoding::F16 => {
+                bytes.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect()
+            }
+            Encoding::BF16 => {
+                bytes.chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect()
+            }
+        }
+    }
+}
+
+impl fmt::Display for Encoding {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.tag())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_tag_names_tag_and_tensor() {
+        let err = Encoding::parse("q4_0", "lm_head.weight").unwrap_err();
+        match err {
+            FormatError::UnknownEncoding { tensor, encoding } => {
+                assert_eq!(tensor, "lm_head.weight");
+                assert_eq!(encoding, "q4_0");
+            }
+            other => panic!("wrong error {other:?}"),
+        }
+    }
+
+    #[test]
+    fn decode_widens_exactly() {
+        let v = [1.5f32, -2.25, 65504.0];
+        let f16: Vec<u8> = v.iter().flat_map(|x| half::f16::from_f32(*x).to_le_bytes()).collect();
+        assert_eq!(Encoding::F16.decode_f32(&f16), v);
+        let bf16: Vec<u8> = v[..2].iter().flat_map(|x| half::bf16::from_f32(*x).to_le_bytes()).collect();
+        assert_eq!(Encoding::BF16.decode_f32(&bf16), v[..2]);
+        for e in [Encoding::F32, Encoding::F16, Encoding::BF16] {
+            assert_eq!(Encoding::parse(e.tag(), "t").unwrap(), e);
+        }
+    }
+}

@@ -1,0 +1,27 @@
+//! The PocketVLM model format, shared by the compressor (which writes it) and the runtime
+//! (which reads it, natively and in the browser).
+//!
+//! A model is a directory holding `manifest.json` (see [`manifest`]), the Hugging Face
+//! `tokenizer.json`, and binary shards. This crate has no GPU and no I/O framework; [`dir`]
+//! offers plain `std::fs` helpers for native callers, while the browser feeds fetched shard bytes
+//! to [`ModelData::new`].
+
+pub mod architecture;
+pub mod components;
+pub mod config;
+pub mod dir;
+pub mod encoding;
+pub mod error;
+pub mod manifest;
+pub mod shards;
+
+pub use config::{
+    ConnectorConfig, GenerationConfig, ModelConfig, ProcessorConfig, TextConfig, TokenizerInfo, VisionConfig,
+};
+pub use encoding::Encoding;
+pub use error::{FormatError, Result};
+pub use manifest::{
+    ALIGNMENT, DEFAULT_SHARD_BYTES, MANIFEST_FILE, Manifest, ShardEntry, SourceInfo, TensorEntry, TensorPart,
+    VERSION,
+};
+pub use shards::{MemorySink, ModelData, ShardPacker, ShardSink, sha256_hex, verify_shard};

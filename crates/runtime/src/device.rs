@@ -1,0 +1,201 @@
+//! The GPU device: adapter selection, the adapter's own limits, capability flags, loss tracking,
+//! buffer helpers and readback. The same code runs natively (wgpu on Vulkan/Metal/DX12) and in
+//! the browser (wgpu on WebGPU).
+
+use std::sync::{Arc, Mutex};
+
+use crate::error::{Result, RuntimeError};
+use crate::pipelines::Pipelines;
+
+/// Largest workgroup any kernel may use: Chromium's `maxComputeInvocationsPerWorkgroup` is 256.
+pub const MAX_WORKGROUP_INVOCATIONS: u32 = 256;
+
+/// What kernels may rely on, read from the adapter's own limits and features.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Capabilities {
+    /// `shader-f16` is available (f16 arithmetic and storage in WGSL).
+    pub shader_f16: bool,
+    /// Subgroup operations are available.
+    pub subgroups: bool,
+    /// Largest storage-buffer binding in bytes (128 MiB on lavapipe). Tensors larger than this
+    /// must be split by the kernels that read them.
+    pub max_storage_binding: u64,
+    /// Largest buffer in bytes.
+    pub max_buffer_size: u64,
+    /// Invocations per workgroup, capped at [`MAX_WORKGROUP_INVOCATIONS`].
+    pub max_invocations: u32,
+    pub max_workgroups_per_dimension: u32,
+    pub max_storage_buffers_per_stage: u32,
+    pub max_workgroup_storage_bytes: u32,
+    /// Required alignment of storage-buffer binding offsets.
+    pub storage_offset_alignment: u32,
+}
+
+/// Options for opening a device.
+#[derive(Clone, Debug, Default)]
+pub struct DeviceOptions {
+    /// Pretend the device allows at most this many bytes per storage binding (tests use this to
+    /// exercise the split-binding paths on devices with large limits).
+    pub max_storage_binding: Option<u64>,
+}
+
+/// An open GPU device with its queue and capabilities.
+pub struct Gpu {
+    pub device: wgpu::Device,
+    pub queue: wgpu::Queue,
+    pub adapter: wgpu::AdapterInfo,
+    pub caps: Capabilities,
+    pub pipelines: Pipelines,
+    lost: Arc<Mutex<Option<String>>>,
+}
+
+fn instance() -> wgpu::Instance {
+    let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
+    desc.backends =
+        if cfg!(target_arch = "wasm32") { wgpu::Backends::BROWSER_WEBGPU } else { wgpu::Backends::PRIMARY };
+    wgpu::Instance::new(desc)
+}
+
+impl Gpu {
+    /// Open the best available adapter with its own limits.
+    pub async fn new(options: &DeviceOptions) -> Result<Self> {
+        #[cfg(target_arch = "wasm32")]
+        if !wgpu::util::is_browser_webgpu_supported().await {
+            return Err(RuntimeError::NoWebGpu("navigator.gpu is missing or returned no adapter".into()));
+        }
+        let instance = instance();
+        let adapter = instance
+            .request_adapter(&wgpu::RequestAdapterOptions {
+                power_preference: wgpu::PowerPreference::HighPerformance,
+                force_fallback_adapter: false,
+                compatible_surface: None,
+                apply_limit_buckets: false,
+            })
+            .await
+            .map_err(|e| RuntimeError::NoAdapter(e.to_string()))?;
+        let info = adapter.get_info();
+        let limits = adapter.limits();
+        let features = adapter.features();
+        let wanted = wgpu::Features::SHADER_F16 | wgpu::Features::SUBGROUP;
+        let required_features = features & wanted;
+        let (device, queue) = adapter
+            .request_device(&wgpu::DeviceDescriptor {
+                label: Some("pocketvlm"),
+                required_features,
+                required_limits: limits.clone(),
+                experimental_features: wgpu::ExperimentalFeatures::disabled(),
+                memory_hints: wgpu::MemoryHints::Performance,
+                trace: wgpu::Trace::Off,
+            })
+            .await
+            .map_err(|e| RuntimeError::RequestDevice(e.to_string()))?;
+
+        let lost = Arc::new(Mutex::new(None));
+        let flag = lost.clone();
+        device.set_device_lost_callback(move |reason, message| {
+            if let Ok(mut slot) = flag.lock() {
+                *slot = Some(format!("{reason:?}: {message}"));
+            }
+        });
+
+        let max_binding = u64::from(limits.max_storage_buffer_binding_size).min(limits.max_buffer_size);
+        let caps = Capabilities {
+            shader_f16: required_features.contains(wgpu::Features::SHADER_F16),
+            subgroups: required_features.contains(wgpu::Features::SUBGROUP),
+            max_storage_binding: options.max_storage_binding.map_or(max_binding, |m| m.min(max_binding)),
+            max_buffer_size: limits.max_buffer_size,
+            max_invocations: limits.max_compute_invocations_per_workgroup.min(MAX_WORKGROUP_INVOCATIONS),
+            max_workgroups_per_dimension: limits.max_compute_workgroups_per_dimension,
+            max_storage_buffers_per_stage: limits.max_storage_buffers_per_shader_stage,
+            max_workgroup_storage_bytes: limits.max_compute_workgroup_storage_size,
+            storage_offset_alignment: limits.min_storage_buffer_offset_alignment,
+        };
+        Ok(Self { device, queue, adapter: info, caps, pipelines: Pipelines::default(), lost })
+    }
+
+    /// `Err(DeviceLost)` once the device has been lost.
+    pub fn check_lost(&self) -> Result<()> {
+        match self.lost.lock().ok().and_then(|slot| slot.clone()) {
+            Some(message) => Err(RuntimeError::DeviceLost(message)),
+            None => Ok(()),
+        }
+    }
+
+    /// A storage buffer initialised with `data`, checking for out-of-memory.
+    pub async fn storage_buffer(&self, label: &str, data: &[u8]) -> Result<wgpu::Buffer> {
+        self.check_lost()?;
+        let scope = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let size = (data.len() as u64).next_multiple_of(4).max(4);
+        let buffer = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size,
+            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC,
+            mapped_at_creation: false,
+        });
+        if let Some(e) = scope.pop().await {
+            return Err(RuntimeError::OutOfMemory(format!("{label} ({size} bytes): {e}")));
+        }
+        if !data.is_empty() {
+            let whole = data.len() - data.len() % 4;
+            self.queue.write_buffer(&buffer, 0, &data[..whole]);
+            if whole < data.len() {
+                let mut tail = [0u8; 4];
+                tail[..data.len() - whole].copy_from_slice(&data[whole..]);
+                self.queue.write_buffer(&buffer, whole as u64, &tail);
+            }
+        }
+        Ok(buffer)
+    }
+
+    /// A zeroed storage buffer of `size` bytes.
+    pub async fn zeroed_buffer(&self, label: &str, size: u64) -> Result<wgpu::Buffer> {
+        self.check_lost()?;
+        let scope = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let buffer = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size: size.next_multiple_of(4).max(4),
+            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC,
+            mapped_at_creation: false,
+        });
+        if let Some(e) = scope.pop().await {
+            return Err(RuntimeError::OutOfMemory(format!("{label} ({size} bytes): {e}")));
+        }
+        Ok(buffer)
+    }
+
+    /// Copy `size` bytes of `buffer` back to the CPU.
+    pub async fn read_bytes(&self, buffer: &wgpu::Buffer, size: u64) -> Result<Vec<u8>> {
+        self.check_lost()?;
+        let size = size.next_multiple_of(4);
+        let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("readback"),
+            size,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let mut encoder = self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None });
+        encoder.copy_buffer_to_buffer(buffer, 0, &staging, 0, size);
+        self.queue.submit([encoder.finish()]);
+        let (tx, rx) = futures_channel::oneshot::channel();
+        staging.map_async(wgpu::MapMode::Read, .., move |r| {
+            let _ = tx.send(r);
+        });
+        #[cfg(not(target_arch = "wasm32"))]
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| RuntimeError::Readback(e.to_string()))?;
+        rx.await
+            .map_err(|_| RuntimeError::Readback("the map callback was dropped".into()))?
+            .map_err(|e| self.check_lost().err().unwrap_or_else(|| RuntimeError::Readback(e.to_string())))?;
+        let bytes = staging.get_mapped_range(..).map_err(|e| RuntimeError::Readback(e.to_string()))?.to_vec();
+        staging.unmap();
+        self.check_lost()?;
+        Ok(bytes)
+    }
+
+    /// Read `len` f32 values back.
+    pub async fn read_f32(&self, buffer: &wgpu::Buffer, len: usize) -> Result<Vec<f32>> {
+        let bytes = self.read_bytes(buffer, (len * 4) as u64).await?;
+        Ok(bytemuck::pod_collect_to_vec::<u8, f32>(&bytes[..len * 4]))
+    }
+}

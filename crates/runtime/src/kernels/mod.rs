@@ -1,0 +1,19 @@
+//! GPU kernels. Each kernel is a small type implementing [`Kernel`] (its shader and variant) plus
+//! an `encode` method that records its dispatches; buffer layouts are documented on each type.
+
+pub mod matmul;
+
+use crate::shader::Defines;
+
+/// A kernel: which shader it runs and with which preprocessor defines.
+pub trait Kernel {
+    /// File stem of the shader in `shaders/`.
+    const SHADER: &'static str;
+    /// The variant's defines (the pipeline cache key together with [`Kernel::SHADER`]).
+    fn defines(&self) -> Defines;
+}
+
+/// Number of workgroups needed to cover `n` items with `per_group` items each.
+pub fn groups(n: usize, per_group: usize) -> u32 {
+    n.div_ceil(per_group) as u32
+}

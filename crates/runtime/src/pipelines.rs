@@ -1,0 +1,57 @@
+//! Compute pipelines, compiled once per (shader, defines) and cached.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use crate::device::Gpu;
+use crate::error::{Result, RuntimeError};
+use crate::shader::{Defines, preprocess, source};
+
+type Key = (&'static str, Defines);
+
+/// Cache of compiled pipelines keyed by shader name and defines.
+#[derive(Default)]
+pub struct Pipelines {
+    cache: Mutex<HashMap<Key, Arc<wgpu::ComputePipeline>>>,
+}
+
+impl Pipelines {
+    /// The pipeline for `shader` with `defines`, compiling it on first use. Compilation errors
+    /// are returned as [`RuntimeError::Shader`].
+    pub async fn get(
+        &self,
+        gpu: &Gpu,
+        shader: &'static str,
+        defines: &Defines,
+    ) -> Result<Arc<wgpu::ComputePipeline>> {
+        let key = (shader, defines.clone());
+        if let Some(p) = self.cache.lock().map_err(|_| poisoned())?.get(&key) {
+            return Ok(p.clone());
+        }
+        gpu.check_lost()?;
+        let text = preprocess(shader, source(shader)?, defines)?;
+        let scope = gpu.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let module = gpu.device.create_shader_module(wgpu::ShaderModuleDescriptor {
+            label: Some(shader),
+            source: wgpu::ShaderSource::Wgsl(text.into()),
+        });
+        let pipeline = gpu.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some(shader),
+            layout: None,
+            module: &module,
+            entry_point: Some("main"),
+            compilation_options: Default::default(),
+            cache: None,
+        });
+        if let Some(e) = scope.pop().await {
+            return Err(RuntimeError::Shader { shader: shader.to_string(), message: e.to_string() });
+        }
+        let pipeline = Arc::new(pipeline);
+        self.cache.lock().map_err(|_| poisoned())?.insert(key, pipeline.clone());
+        Ok(pipeline)
+    }
+}
+
+fn poisoned() -> RuntimeError {
+    RuntimeError::Validation("pipeline cache lock poisoned".into())
+}

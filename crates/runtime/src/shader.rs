@@ -1,0 +1,121 @@
+//! WGSL sources (plain `.wgsl` files in `shaders/`, embedded at compile time) and the tiny
+//! preprocessor that turns one source into variants.
+//!
+//! Directives, each alone on its line: `#ifdef NAME`, `#ifndef NAME`, `#else`, `#endif` (nestable).
+//! `{{NAME}}` anywhere in an active line is replaced by the define's value. An unknown
+//! `{{NAME}}`, an unknown shader or unbalanced directives are errors, never silently ignored.
+
+use std::collections::BTreeMap;
+
+use crate::error::{Result, RuntimeError};
+
+macro_rules! shaders {
+    ($($name:literal),* $(,)?) => {
+        /// Every embedded shader, by file stem.
+        pub const SOURCES: &[(&str, &str)] = &[
+            $(($name, include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../../shaders/", $name, ".wgsl"))),)*
+        ];
+    };
+}
+
+shaders!["matmul"];
+
+/// Preprocessor defines: name → value. Ordered, so it can key a pipeline cache.
+pub type Defines = BTreeMap<String, String>;
+
+/// Source of an embedded shader.
+pub fn source(name: &str) -> Result<&'static str> {
+    SOURCES
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, s)| *s)
+        .ok_or_else(|| RuntimeError::Shader { shader: name.into(), message: "no such shader".into() })
+}
+
+/// Expand directives and `{{NAME}}` substitutions.
+pub fn preprocess(name: &str, src: &str, defines: &Defines) -> Result<String> {
+    let err = |line: usize, message: String| RuntimeError::Shader {
+        shader: name.to_string(),
+        message: format!("line {}: {message}", line + 1),
+    };
+    // Stack of (branch active, any enclosing inactive).
+    let mut stack: Vec<(bool, bool)> = Vec::new();
+    let mut out = String::with_capacity(src.len());
+    for (i, line) in src.lines().enumerate() {
+        let trimmed = line.trim();
+        let active = stack.iter().all(|(a, _)| *a);
+        if let Some(rest) = trimmed.strip_prefix("#ifdef ").or_else(|| trimmed.strip_prefix("#ifndef ")) {
+            let defined = defines.contains_key(rest.trim());
+            let want = trimmed.starts_with("#ifdef");
+            stack.push((defined == want, !active));
+            continue;
+        }
+        if trimmed == "#else" {
+            let top = stack.last_mut().ok_or_else(|| err(i, "#else without #ifdef".into()))?;
+            top.0 = !top.0;
+            continue;
+        }
+        if trimmed == "#endif" {
+            stack.pop().ok_or_else(|| err(i, "#endif without #ifdef".into()))?;
+            continue;
+        }
+        if trimmed.starts_with('#') {
+            return Err(err(i, format!("unknown directive {trimmed:?}")));
+        }
+        if !active {
+            continue;
+        }
+        let mut rest = line;
+        while let Some(start) = rest.find("{{") {
+            out.push_str(&rest[..start]);
+            let end = rest[start..].find("}}").ok_or_else(|| err(i, "unclosed {{".into()))? + start;
+            let key = rest[start + 2..end].trim();
+            let value = defines.get(key).ok_or_else(|| err(i, format!("{{{{{key}}}}} is not defined")))?;
+            out.push_str(value);
+            rest = &rest[end + 2..];
+        }
+        out.push_str(rest);
+        out.push('\n');
+    }
+    if !stack.is_empty() {
+        return Err(err(src.lines().count(), "unterminated #ifdef".into()));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn defs(pairs: &[(&str, &str)]) -> Defines {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn branches_and_substitution() {
+        let src = "a\n#ifdef X\nb {{N}}\n#ifndef Y\nc\n#else\nd\n#endif\n#else\ne\n#endif\nf\n";
+        assert_eq!(preprocess("t", src, &defs(&[("X", ""), ("N", "7")])).unwrap(), "a\nb 7\nc\nf\n");
+        assert_eq!(
+            preprocess("t", src, &defs(&[("X", ""), ("Y", ""), ("N", "1")])).unwrap(),
+            "a\nb 1\nd\nf\n"
+        );
+        assert_eq!(preprocess("t", src, &defs(&[])).unwrap(), "a\ne\nf\n");
+    }
+
+    #[test]
+    fn errors_are_reported() {
+        assert!(preprocess("t", "{{MISSING}}\n", &defs(&[])).is_err());
+        assert!(preprocess("t", "#ifdef A\n", &defs(&[])).is_err());
+        assert!(preprocess("t", "#endif\n", &defs(&[])).is_err());
+        assert!(preprocess("t", "#define A\n", &defs(&[])).is_err());
+        assert!(source("nope").is_err());
+    }
+
+    #[test]
+    fn every_embedded_shader_parses_with_its_variants() {
+        for (name, src) in SOURCES {
+            let text = preprocess(name, src, &defs(&[("BIAS", "")])).unwrap();
+            assert!(text.contains("@compute"), "{name}");
+        }
+    }
+}

@@ -1,0 +1,117 @@
+//! The matmul kernel against a CPU reference: odd sizes, bias, and the split-binding path.
+//! Runs natively (`cargo test`, e.g. on Vulkan lavapipe) and in the browser (wasm-bindgen-test).
+
+use pocketvlm_runtime::kernels::matmul::{Matmul, MatmulShape, matmul_reference, weight_rows_per_chunk};
+use pocketvlm_runtime::{DeviceOptions, Gpu};
+
+#[cfg(target_arch = "wasm32")]
+wasm_bindgen_test::wasm_bindgen_test_configure!(run_in_browser);
+
+/// Deterministic values in [-1, 1).
+fn values(seed: u64, len: usize) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    (0..len)
+        .map(|_| {
+            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+async fn run_case(gpu: &Gpu, shape: MatmulShape, with_bias: bool, seed: u64) {
+    let MatmulShape { m, n, k } = shape;
+    let x = values(seed, m * k);
+    let w = values(seed + 1, n * k);
+    let b = values(seed + 2, n);
+    let xb = gpu.storage_buffer("x", bytemuck::cast_slice(&x)).await.unwrap();
+    let wb = gpu.storage_buffer("w", bytemuck::cast_slice(&w)).await.unwrap();
+    let bb = gpu.storage_buffer("b", bytemuck::cast_slice(&b)).await.unwrap();
+    let yb = gpu.zeroed_buffer("y", (m * n * 4) as u64).await.unwrap();
+    let mut encoder = gpu.device.create_command_encoder(&Default::default());
+    Matmul { bias: with_bias }
+        .encode(gpu, &mut encoder, shape, &xb, &wb, with_bias.then_some(&bb), &yb)
+        .await
+        .unwrap();
+    gpu.queue.submit([encoder.finish()]);
+    let got = gpu.read_f32(&yb, m * n).await.unwrap();
+    let want = matmul_reference(&x, &w, with_bias.then_some(&b[..]), shape);
+    for r in 0..m {
+        for c in 0..n {
+            // Bound for a length-k f32 fma chain: (k + 2)·ε·Σ|x·w| (+ |bias|).
+            let abs_sum: f32 = (0..k).map(|i| (x[r * k + i] * w[c * k + i]).abs()).sum::<f32>()
+                + if with_bias { b[c].abs() } else { 0.0 };
+            let tol = (k as f32 + 2.0) * f32::EPSILON * abs_sum + 1e-30;
+            let (g, e) = (got[r * n + c], want[r * n + c]);
+            assert!(
+                (g - e).abs() <= tol,
+                "{shape:?} bias={with_bias} y[{r},{c}] = {g}, expected {e} (tol {tol})"
+            );
+        }
+    }
+}
+
+async fn check_sizes(gpu: &Gpu) {
+    let cases =
+        [(1, 1, 1), (3, 5, 7), (1, 129, 576), (65, 129, 33), (64, 64, 64), (17, 200, 96), (130, 70, 300)];
+    for (i, &(m, n, k)) in cases.iter().enumerate() {
+        for bias in [false, true] {
+            run_case(gpu, MatmulShape { m, n, k }, bias, 100 + i as u64).await;
+        }
+    }
+}
+
+async fn check_split_binding() {
+    // 4 KiB bindings: a [100, 40] f32 weight (16 000 bytes) must be processed in chunks.
+    let gpu = Gpu::new(&DeviceOptions { max_storage_binding: Some(4096) }).await.unwrap();
+    let rows = weight_rows_per_chunk(&gpu, 100, 40).unwrap();
+    assert!(rows < 100 && rows > 0, "expected several chunks, got {rows} rows per chunk");
+    for bias in [false, true] {
+        run_case(&gpu, MatmulShape { m: 9, n: 100, k: 40 }, bias, 7).await;
+    }
+    // An output larger than one binding is refused with a typed error, not a panic.
+    let x = gpu.zeroed_buffer("x", 4).await.unwrap();
+    let w = gpu.zeroed_buffer("w", 4 * 2000).await.unwrap();
+    let y = gpu.zeroed_buffer("y", 4 * 2000).await.unwrap();
+    let mut encoder = gpu.device.create_command_encoder(&Default::default());
+    let err = Matmul { bias: false }
+        .encode(&gpu, &mut encoder, MatmulShape { m: 1, n: 2000, k: 1 }, &x, &w, None, &y)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, pocketvlm_runtime::RuntimeError::BindingTooLarge { .. }), "{err}");
+}
+
+async fn check_capabilities(gpu: &Gpu) {
+    assert!(gpu.caps.max_invocations <= 256 && gpu.caps.max_invocations >= 64);
+    assert!(gpu.caps.max_storage_binding >= 1 << 20);
+    assert!(gpu.caps.storage_offset_alignment.is_power_of_two());
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+#[test]
+fn matmul_matches_reference() {
+    let gpu =
+        pollster::block_on(Gpu::new(&DeviceOptions::default())).expect("a GPU adapter (lavapipe in CI)");
+    eprintln!("adapter: {:?} ({:?}), caps: {:?}", gpu.adapter.name, gpu.adapter.backend, gpu.caps);
+    pollster::block_on(check_capabilities(&gpu));
+    pollster::block_on(check_sizes(&gpu));
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+#[test]
+fn matmul_split_binding() {
+    pollster::block_on(check_split_binding());
+}
+
+#[cfg(target_arch = "wasm32")]
+#[wasm_bindgen_test::wasm_bindgen_test]
+async fn matmul_matches_reference_in_browser() {
+    let gpu = Gpu::new(&DeviceOptions::default()).await.expect("WebGPU adapter");
+    check_capabilities(&gpu).await;
+    check_sizes(&gpu).await;
+}
+
+#[cfg(target_arch = "wasm32")]
+#[wasm_bindgen_test::wasm_bindgen_test]
+async fn matmul_split_binding_in_browser() {
+    check_split_binding().await;
+}
