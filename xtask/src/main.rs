@@ -1,1 +1,41 @@
-fn main() {}
+//! `cargo xtask <command>`: the one entry point for building, converting, testing and serving.
+
+mod compress;
+mod setup;
+mod test;
+mod util;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "PocketVLM developer tasks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Convert a Hugging Face SmolVLM checkpoint into a PocketVLM model directory.
+    Compress(compress::Args),
+    /// Validate a model directory (manifest, shard checksums) and print its summary.
+    Inspect(compress::InspectArgs),
+    /// Install what the tests need (when missing), then run fmt, clippy, native and browser tests.
+    Test(test::Args),
+    /// Install the test prerequisites only.
+    Setup,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Compress(args) => compress::run(args),
+        Command::Inspect(args) => compress::inspect(args),
+        Command::Test(args) => test::run(args),
+        Command::Setup => setup::ensure_all(),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}

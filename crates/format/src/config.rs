@@ -105,19 +105,19 @@ impl ModelConfig {
                 return Err(FormatError::invalid(key, "must be positive"));
             }
         }
-        if v.hidden_size % v.num_attention_heads != 0 {
+        if !v.hidden_size.is_multiple_of(v.num_attention_heads) {
             return Err(FormatError::invalid(
                 "vision.num_attention_heads",
                 format!("{} heads do not divide hidden size {}", v.num_attention_heads, v.hidden_size),
             ));
         }
-        if v.image_size % v.patch_size != 0 {
+        if !v.image_size.is_multiple_of(v.patch_size) {
             return Err(FormatError::invalid(
                 "vision.patch_size",
                 format!("patch {} does not divide image size {}", v.patch_size, v.image_size),
             ));
         }
-        if v.patches_per_side() % self.connector.scale_factor != 0 {
+        if !v.patches_per_side().is_multiple_of(self.connector.scale_factor) {
             return Err(FormatError::invalid(
                 "connector.scale_factor",
                 format!(
@@ -127,7 +127,7 @@ impl ModelConfig {
                 ),
             ));
         }
-        if t.num_attention_heads % t.num_key_value_heads != 0 {
+        if !t.num_attention_heads.is_multiple_of(t.num_key_value_heads) {
             return Err(FormatError::invalid(
                 "text.num_key_value_heads",
                 format!(
@@ -136,7 +136,7 @@ impl ModelConfig {
                 ),
             ));
         }
-        if t.head_dim % 2 != 0 {
+        if !t.head_dim.is_multiple_of(2) {
             return Err(FormatError::invalid("text.head_dim", "RoPE needs an even head dimension"));
         }
         if !(t.rms_norm_eps > 0.0 && v.layer_norm_eps > 0.0 && t.rope_theta > 0.0) {

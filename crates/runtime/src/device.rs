@@ -98,7 +98,7 @@ impl Gpu {
             }
         });
 
-        let max_binding = u64::from(limits.max_storage_buffer_binding_size).min(limits.max_buffer_size);
+        let max_binding = limits.max_storage_buffer_binding_size.min(limits.max_buffer_size);
         let caps = Capabilities {
             shader_f16: required_features.contains(wgpu::Features::SHADER_F16),
             subgroups: required_features.contains(wgpu::Features::SUBGROUP),
