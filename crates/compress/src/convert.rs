@@ -93,10 +93,9 @@ pub fn convert(hf_dir: &Path, out_dir: &Path, options: &ConvertOptions) -> Resul
     let tensors = checkpoint.tensors()?;
     let expected = dense_tensors(&model);
     let known: std::collections::HashSet<&str> = expected.iter().map(|(n, _)| n.as_str()).collect();
-    if let Some(extra) = tensors
-        .keys()
-        .find(|n| !known.contains(n.as_str()) && !(model.text.tie_word_embeddings && *n == "lm_head.weight"))
-    {
+    // With tied embeddings a stored lm_head is a duplicate of the embedding table and is skipped.
+    let skipped = |n: &str| model.text.tie_word_embeddings && n == "lm_head.weight";
+    if let Some(extra) = tensors.keys().find(|n| !known.contains(n.as_str()) && !skipped(n)) {
         return Err(FormatError::UnexpectedTensor { name: extra.clone() }.into());
     }
 
