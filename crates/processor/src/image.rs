@@ -1,0 +1,255 @@
+//! 8-bit RGB images: decoding PNG/JPEG bytes, and converting RGBA buffers the way Hugging Face does.
+//!
+//! The reference is what `Idefics3ImageProcessor` receives from Pillow. Its `convert_to_rgb`
+//! composites any image with an alpha channel (RGBA, LA, or a palette/grey/RGB image with a
+//! `tRNS` transparency entry) onto an opaque white background with Pillow's integer
+//! `alpha_composite`, then drops alpha; images without alpha are converted with
+//! `Image.convert("RGB")` (grey is replicated to three channels).
+//!
+//! Transformers' `load_image()` helper (used when a path or URL is passed) differs: it first
+//! applies the EXIF orientation (`ImageOps.exif_transpose`) and converts with
+//! `Image.convert("RGB")`, which *drops* alpha instead of compositing. [`DecodeOptions`] selects
+//! either behaviour.
+
+use std::io::Cursor;
+
+use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader};
+
+use crate::error::ProcessorError;
+
+/// An 8-bit RGB image, rows top to bottom, pixels `[r, g, b]` interleaved (`[H, W, 3]`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct RgbImage {
+    width: usize,
+    height: usize,
+    data: Vec<u8>,
+}
+
+impl std::fmt::Debug for RgbImage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RgbImage({}x{})", self.width, self.height)
+    }
+}
+
+/// What to do with an alpha channel when converting to RGB.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AlphaHandling {
+    /// Composite onto opaque white, as the image processor's `convert_to_rgb` does for a
+    /// `PIL.Image` with transparency.
+    CompositeOnWhite,
+    /// Ignore alpha, as `PIL.Image.convert("RGB")` (and so transformers' `load_image`) does.
+    Drop,
+}
+
+/// How [`decode_image_with`] turns file bytes into RGB.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DecodeOptions {
+    /// Rotate/flip according to the EXIF orientation tag (`ImageOps.exif_transpose`).
+    pub apply_exif_orientation: bool,
+    pub alpha: AlphaHandling,
+}
+
+impl DecodeOptions {
+    /// `processor(images=PIL.Image.open(f))`: pixels as stored, alpha composited onto white.
+    pub const PIL_OPEN: Self = Self { apply_exif_orientation: false, alpha: AlphaHandling::CompositeOnWhite };
+    /// `processor(images=transformers.image_utils.load_image(f))`: EXIF orientation applied,
+    /// alpha dropped.
+    pub const LOAD_IMAGE: Self = Self { apply_exif_orientation: true, alpha: AlphaHandling::Drop };
+}
+
+impl Default for DecodeOptions {
+    fn default() -> Self {
+        Self::PIL_OPEN
+    }
+}
+
+impl RgbImage {
+    /// Wrap packed RGB bytes (`width · height · 3` of them).
+    pub fn new(width: usize, height: usize, data: Vec<u8>) -> Result<Self, ProcessorError> {
+        check_size(width, height, data.len(), 3)?;
+        Ok(Self { width, height, data })
+    }
+
+    /// From packed RGBA bytes, e.g. `ImageData.data` of a canvas the browser decoded the file into.
+    ///
+    /// The bytes must be straight (not premultiplied) alpha; in the browser use
+    /// `createImageBitmap(blob, {premultiplyAlpha: "none", colorSpaceConversion: "none"})`.
+    /// With [`AlphaHandling::CompositeOnWhite`] each pixel is Pillow's
+    /// `alpha_composite(white, px)`: with `a` the source alpha,
+    /// `c1 = a·255·255·128 / (a·255 + 255·(255−a))` (integer division, 7 fraction bits),
+    /// `c2 = 255·128 − c1`, `out = div255(src·c1 + 255·c2 + 128·128) >> 7` where
+    /// `div255(x) = ((x >> 8) + x) >> 8`; fully transparent pixels become white.
+    pub fn from_rgba(
+        width: usize,
+        height: usize,
+        rgba: &[u8],
+        alpha: AlphaHandling,
+    ) -> Result<Self, ProcessorError> {
+        check_size(width, height, rgba.len(), 4)?;
+        let mut data = Vec::with_capacity(width * height * 3);
+        for px in rgba.chunks_exact(4) {
+            match alpha {
+                AlphaHandling::CompositeOnWhite => data.extend_from_slice(&composite_on_white(px)),
+                AlphaHandling::Drop => data.extend_from_slice(&px[..3]),
+            }
+        }
+        Ok(Self { width, height, data })
+    }
+
+    pub fn width(&self) -> usize {
+        self.width
+    }
+
+    pub fn height(&self) -> usize {
+        self.height
+    }
+
+    /// Packed RGB bytes, `[H, W, 3]`.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.data
+    }
+
+    pub fn into_bytes(self) -> Vec<u8> {
+        self.data
+    }
+
+    /// Pillow-exact Lanczos resize (see [`crate::resize`]).
+    pub fn resize_lanczos(&self, width: usize, height: usize) -> Result<Self, ProcessorError> {
+        if width == 0 || height == 0 {
+            return Err(ProcessorError::InvalidImage(format!("cannot resize to {width}x{height}")));
+        }
+        let data = crate::resize::resize_lanczos(&self.data, self.width, self.height, 3, width, height);
+        Ok(Self { width, height, data })
+    }
+
+    /// The `w × h` region whose top-left corner is `(x, y)`; it must lie inside the image.
+    pub(crate) fn crop(&self, x: usize, y: usize, w: usize, h: usize) -> Self {
+        debug_assert!(x + w <= self.width && y + h <= self.height);
+        let mut data = Vec::with_capacity(w * h * 3);
+        for row in y..y + h {
+            let start = (row * self.width + x) * 3;
+            data.extend_from_slice(&self.data[start..start + w * 3]);
+        }
+        Self { width: w, height: h, data }
+    }
+}
+
+fn check_size(width: usize, height: usize, len: usize, channels: usize) -> Result<(), ProcessorError> {
+    if width == 0 || height == 0 {
+        return Err(ProcessorError::InvalidImage(format!("empty image ({width}x{height})")));
+    }
+    let want = width.checked_mul(height).and_then(|n| n.checked_mul(channels));
+    if want != Some(len) {
+        return Err(ProcessorError::InvalidImage(format!(
+            "{len} bytes for a {width}x{height} image with {channels} channels"
+        )));
+    }
+    Ok(())
+}
+
+/// Pillow's `ImagingAlphaComposite` with an opaque white destination (7 fraction bits).
+fn composite_on_white(px: &[u8]) -> [u8; 3] {
+    let a = px[3] as u32;
+    if a == 0 {
+        return [255; 3];
+    }
+    const BITS: u32 = 7;
+    let shift_div255 = |x: u32| ((x >> 8) + x) >> 8;
+    let blend = 255 * (255 - a);
+    let outa255 = a * 255 + blend;
+    let coef1 = a * 255 * 255 * (1 << BITS) / outa255;
+    let coef2 = 255 * (1 << BITS) - coef1;
+    let ch = |c: u8| (shift_div255(c as u32 * coef1 + 255 * coef2 + (0x80 << BITS)) >> BITS) as u8;
+    [ch(px[0]), ch(px[1]), ch(px[2])]
+}
+
+/// Decode PNG or JPEG bytes like `PIL.Image.open(f)` handed to the processor
+/// ([`DecodeOptions::PIL_OPEN`]).
+pub fn decode_image(bytes: &[u8]) -> Result<RgbImage, ProcessorError> {
+    decode_image_with(bytes, DecodeOptions::PIL_OPEN)
+}
+
+/// Decode PNG or JPEG bytes to 8-bit RGB.
+///
+/// Sample conversions follow Pillow: grey is replicated; 16-bit RGB(A) and grey+alpha keep the
+/// high byte (Pillow's `;16B` unpackers); 16-bit grey (Pillow mode `I;16`) is clipped to 255.
+/// Palette and `tRNS` transparency are expanded to alpha first.
+///
+/// JPEG is decoded by `zune-jpeg`, not libjpeg-turbo, so colour JPEG pixels can differ from
+/// Pillow's by a few levels (chroma upsampling and IDCT rounding); PNG is exact.
+pub fn decode_image_with(bytes: &[u8], options: DecodeOptions) -> Result<RgbImage, ProcessorError> {
+    let reader = ImageReader::new(Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|e| ProcessorError::ImageDecode(e.to_string()))?;
+    match reader.format() {
+        Some(ImageFormat::Png | ImageFormat::Jpeg) => {}
+        Some(other) => {
+            return Err(ProcessorError::ImageDecode(format!("unsupported image format {other:?}")));
+        }
+        None => return Err(ProcessorError::ImageDecode("not a PNG or JPEG file".into())),
+    }
+    let mut decoder = reader.into_decoder().map_err(|e| ProcessorError::ImageDecode(e.to_string()))?;
+    let orientation = if options.apply_exif_orientation {
+        decoder.orientation().map_err(|e| ProcessorError::ImageDecode(e.to_string()))?
+    } else {
+        image::metadata::Orientation::NoTransforms
+    };
+    let mut img =
+        DynamicImage::from_decoder(decoder).map_err(|e| ProcessorError::ImageDecode(e.to_string()))?;
+    img.apply_orientation(orientation);
+    dynamic_to_rgb(img, options.alpha)
+}
+
+fn dynamic_to_rgb(img: DynamicImage, alpha: AlphaHandling) -> Result<RgbImage, ProcessorError> {
+    let (w, h) = (img.width() as usize, img.height() as usize);
+    let hi = |v: u16| (v >> 8) as u8;
+    let rgba_to_rgb = |rgba: Vec<u8>| RgbImage::from_rgba(w, h, &rgba, alpha);
+    match img {
+        DynamicImage::ImageRgb8(b) => RgbImage::new(w, h, b.into_raw()),
+        DynamicImage::ImageRgba8(b) => rgba_to_rgb(b.into_raw()),
+        DynamicImage::ImageLuma8(b) => {
+            RgbImage::new(w, h, b.into_raw().iter().flat_map(|&l| [l; 3]).collect())
+        }
+        DynamicImage::ImageLumaA8(b) => {
+            rgba_to_rgb(b.into_raw().chunks_exact(2).flat_map(|p| [p[0], p[0], p[0], p[1]]).collect())
+        }
+        DynamicImage::ImageRgb16(b) => RgbImage::new(w, h, b.into_raw().into_iter().map(hi).collect()),
+        DynamicImage::ImageRgba16(b) => rgba_to_rgb(b.into_raw().into_iter().map(hi).collect()),
+        DynamicImage::ImageLuma16(b) => {
+            RgbImage::new(w, h, b.into_raw().into_iter().flat_map(|l| [l.min(255) as u8; 3]).collect())
+        }
+        DynamicImage::ImageLumaA16(b) => rgba_to_rgb(
+            b.into_raw().chunks_exact(2).flat_map(|p| [hi(p[0]), hi(p[0]), hi(p[0]), hi(p[1])]).collect(),
+        ),
+        other => RgbImage::new(w, h, other.to_rgb8().into_raw()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn composite_matches_pillow_endpoints() {
+        assert_eq!(composite_on_white(&[10, 20, 30, 255]), [10, 20, 30]);
+        assert_eq!(composite_on_white(&[10, 20, 30, 0]), [255, 255, 255]);
+        for a in 0..=255u8 {
+            for c in [0u8, 1, 127, 128, 254, 255] {
+                let v = composite_on_white(&[c, c, c, a])[0];
+                let exact = (c as f64 * a as f64 + 255.0 * (255 - a) as f64) / 255.0;
+                assert!((v as f64 - exact).abs() <= 1.0, "c={c} a={a} v={v} exact={exact}");
+            }
+        }
+    }
+
+    #[test]
+    fn size_checks() {
+        assert!(RgbImage::new(2, 2, vec![0; 11]).is_err());
+        assert!(RgbImage::new(0, 2, vec![]).is_err());
+        assert!(RgbImage::from_rgba(1, 1, &[1, 2, 3], AlphaHandling::Drop).is_err());
+        assert_eq!(
+            RgbImage::from_rgba(1, 1, &[1, 2, 3, 0], AlphaHandling::Drop).unwrap().as_bytes(),
+            &[1, 2, 3]
+        );
+    }
+}
