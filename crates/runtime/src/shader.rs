@@ -18,7 +18,18 @@ macro_rules! shaders {
     };
 }
 
-shaders!["matmul"];
+shaders![
+    "matmul",
+    "matvec",
+    "norm",
+    "elementwise",
+    "rope",
+    "attention",
+    "im2col",
+    "pixel_shuffle",
+    "embed",
+    "argmax",
+];
 
 /// Preprocessor defines: name → value. Ordered, so it can key a pipeline cache.
 pub type Defines = BTreeMap<String, String>;

@@ -1,7 +1,10 @@
-//! The matmul kernel against a CPU reference: odd sizes, bias, and the split-binding path.
+//! The matmul kernels (tiled and the few-row matvec) against a CPU reference: odd sizes, bias,
+//! vision-sized row counts, and the split-binding paths for weights and for inputs/outputs.
 //! Runs natively (`cargo test`, e.g. on Vulkan lavapipe) and in the browser (wasm-bindgen-test).
 
-use pocketvlm_runtime::kernels::matmul::{Matmul, MatmulShape, matmul_reference, weight_rows_per_chunk};
+use pocketvlm_runtime::kernels::matmul::{
+    Matmul, MatmulShape, input_rows_per_chunk, matmul_reference, weight_rows_per_chunk,
+};
 use pocketvlm_runtime::{DeviceOptions, Gpu};
 
 #[cfg(target_arch = "wasm32")]
@@ -18,7 +21,20 @@ fn values(seed: u64, len: usize) -> Vec<f32> {
         .collect()
 }
 
+/// Which kernel a case runs.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Path {
+    /// `Matmul::encode`: matvec for m ≤ 4, tiled otherwise.
+    Auto,
+    /// `Matmul::encode_tiled` whatever m.
+    Tiled,
+}
+
 async fn run_case(gpu: &Gpu, shape: MatmulShape, with_bias: bool, seed: u64) {
+    run_path(gpu, shape, with_bias, seed, Path::Auto).await;
+}
+
+async fn run_path(gpu: &Gpu, shape: MatmulShape, with_bias: bool, seed: u64, path: Path) {
     let MatmulShape { m, n, k } = shape;
     let x = values(seed, m * k);
     let w = values(seed + 1, n * k);
@@ -28,10 +44,12 @@ async fn run_case(gpu: &Gpu, shape: MatmulShape, with_bias: bool, seed: u64) {
     let bb = gpu.storage_buffer("b", bytemuck::cast_slice(&b)).await.unwrap();
     let yb = gpu.zeroed_buffer("y", (m * n * 4) as u64).await.unwrap();
     let mut encoder = gpu.device.create_command_encoder(&Default::default());
-    Matmul { bias: with_bias }
-        .encode(gpu, &mut encoder, shape, &xb, &wb, with_bias.then_some(&bb), &yb)
-        .await
-        .unwrap();
+    let kernel = Matmul { bias: with_bias };
+    let bias = with_bias.then_some(&bb);
+    match path {
+        Path::Auto => kernel.encode(gpu, &mut encoder, shape, &xb, &wb, bias, &yb).await.unwrap(),
+        Path::Tiled => kernel.encode_tiled(gpu, &mut encoder, shape, &xb, &wb, bias, &yb).await.unwrap(),
+    }
     gpu.queue.submit([encoder.finish()]);
     let got = gpu.read_f32(&yb, m * n).await.unwrap();
     let want = matmul_reference(&x, &w, with_bias.then_some(&b[..]), shape);
@@ -44,7 +62,7 @@ async fn run_case(gpu: &Gpu, shape: MatmulShape, with_bias: bool, seed: u64) {
             let (g, e) = (got[r * n + c], want[r * n + c]);
             assert!(
                 (g - e).abs() <= tol,
-                "{shape:?} bias={with_bias} y[{r},{c}] = {g}, expected {e} (tol {tol})"
+                "{shape:?} {path:?} bias={with_bias} y[{r},{c}] = {g}, expected {e} (tol {tol})"
             );
         }
     }
@@ -58,6 +76,15 @@ async fn check_sizes(gpu: &Gpu) {
             run_case(gpu, MatmulShape { m, n, k }, bias, 100 + i as u64).await;
         }
     }
+    // Few rows: the matvec path (Auto) and the tiled kernel on the same shapes.
+    let few = [(1, 960, 960), (2, 33, 1000), (3, 257, 64), (4, 9, 2560), (1, 49_280 / 16, 960)];
+    for (i, &(m, n, k)) in few.iter().enumerate() {
+        for path in [Path::Auto, Path::Tiled] {
+            run_path(gpu, MatmulShape { m, n, k }, i % 2 == 0, 200 + i as u64, path).await;
+        }
+    }
+    // Vision-sized row count (17 tiles × 1024 patches): dispatch limits along m.
+    run_case(gpu, MatmulShape { m: 17 * 1024, n: 3, k: 8 }, true, 300).await;
 }
 
 async fn check_split_binding() {
@@ -67,7 +94,16 @@ async fn check_split_binding() {
     assert!(rows < 100 && rows > 0, "expected several chunks, got {rows} rows per chunk");
     for bias in [false, true] {
         run_case(&gpu, MatmulShape { m: 9, n: 100, k: 40 }, bias, 7).await;
+        // The matvec path with a chunked weight.
+        run_case(&gpu, MatmulShape { m: 3, n: 100, k: 40 }, bias, 8).await;
     }
+    // Inputs and outputs larger than one binding are split into row passes (here also combined
+    // with a chunked weight).
+    let shape = MatmulShape { m: 100, n: 30, k: 20 };
+    let rows = input_rows_per_chunk(&gpu, shape).unwrap();
+    assert!(rows < 100 && rows > 0, "expected several row passes, got {rows} rows per pass");
+    run_case(&gpu, shape, true, 9).await;
+    run_case(&gpu, MatmulShape { m: 70, n: 120, k: 24 }, false, 10).await;
     // An output larger than one binding is refused with a typed error, not a panic.
     let x = gpu.zeroed_buffer("x", 4).await.unwrap();
     let w = gpu.zeroed_buffer("w", 4 * 2000).await.unwrap();

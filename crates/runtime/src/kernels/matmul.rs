@@ -5,13 +5,18 @@
 //!
 //! A weight larger than the device's storage-binding limit is processed in row chunks: each
 //! dispatch binds rows `c0..c0+nc` of `w` at a byte offset (a multiple of the device's offset
-//! alignment) and writes columns `c0..c0+nc` of `y`.
+//! alignment) and writes columns `c0..c0+nc` of `y`. Likewise an `x` or `y` larger than one
+//! binding (e.g. the vision MLP's `[17·1024, 3072]` activations) is processed in row passes
+//! `r0..r0+mr` bound at aligned offsets.
+//!
+//! [`Matmul::encode`] runs [`MatVec`] (32 invocations per output column reducing over `k`) for
+//! `m ≤ 4` — decode — and the 64×64-tiled kernel otherwise.
 
 use std::collections::BTreeMap;
 
 use bytemuck::{Pod, Zeroable};
-use wgpu::util::DeviceExt;
 
+use super::util::{check_binding, chunks, dispatch, distinct, grid, require_size, rows_per_chunk, slice};
 use super::{Kernel, groups};
 use crate::device::Gpu;
 use crate::error::{Result, RuntimeError};
@@ -57,33 +62,90 @@ pub struct MatmulShape {
     pub k: usize,
 }
 
-fn gcd(a: u64, b: u64) -> u64 {
-    if b == 0 { a } else { gcd(b, a % b) }
-}
-
 /// Rows of `w` per dispatch: as many as fit one binding, a multiple of the count that keeps
 /// every chunk's byte offset aligned.
 pub fn weight_rows_per_chunk(gpu: &Gpu, n: usize, k: usize) -> Result<usize> {
-    let row_bytes = (k * 4) as u64;
-    let limit = gpu.caps.max_storage_binding;
-    if row_bytes * n as u64 <= limit {
-        return Ok(n);
+    rows_per_chunk(gpu, &format!("a [{n}, {k}] weight"), n, &[(k * 4) as u64])
+}
+
+/// Rows of `x` (and `y`) per pass: as many as keep both bindings within the device limit, with
+/// aligned offsets.
+pub fn input_rows_per_chunk(gpu: &Gpu, shape: MatmulShape) -> Result<usize> {
+    let MatmulShape { m, n, k } = shape;
+    rows_per_chunk(
+        gpu,
+        &format!("a matmul's [{m}, {k}] input and [{m}, {n}] output"),
+        m,
+        &[(k * 4) as u64, (n * 4) as u64],
+    )
+}
+
+/// Matrix-vector variant for at most [`MatVec::MAX_ROWS`] rows (decode): 32 invocations per
+/// output column reduce over `k`, instead of a 64×64 tile that would be mostly idle.
+/// [`Matmul::encode`] uses it automatically for small `m`.
+#[derive(Clone, Copy, Debug)]
+pub struct MatVec {
+    pub bias: bool,
+    /// Rows of `x` (1..=4), a compile-time constant of the shader.
+    pub rows: usize,
+}
+
+impl MatVec {
+    pub const MAX_ROWS: usize = 4;
+    /// Output columns per workgroup.
+    const COLS: usize = 8;
+}
+
+impl Kernel for MatVec {
+    const SHADER: &'static str = "matvec";
+    fn defines(&self) -> Defines {
+        let mut d = BTreeMap::from([("ROWS".to_string(), self.rows.to_string())]);
+        if self.bias {
+            d.insert("BIAS".to_string(), String::new());
+        }
+        d
     }
-    let align = u64::from(gpu.caps.storage_offset_alignment.max(4));
-    let step = align / gcd(row_bytes, align);
-    let rows = (limit / row_bytes) / step * step;
-    if rows == 0 {
-        return Err(RuntimeError::BindingTooLarge {
-            what: format!("one aligned chunk of a [{n}, {k}] weight"),
-            bytes: step * row_bytes,
-            limit,
-        });
+}
+
+/// Shape, size and aliasing checks shared by both matmul kernels.
+fn check(
+    shape: MatmulShape,
+    with_bias: bool,
+    x: &wgpu::Buffer,
+    w: &wgpu::Buffer,
+    bias: Option<&wgpu::Buffer>,
+    y: &wgpu::Buffer,
+) -> Result<()> {
+    let MatmulShape { m, n, k } = shape;
+    if bias.is_some() != with_bias {
+        return Err(RuntimeError::Shape("bias buffer does not match the kernel variant".into()));
     }
-    Ok(rows as usize)
+    if m == 0 || n == 0 || k == 0 {
+        return Err(RuntimeError::Shape(format!("empty matmul {m}x{k} · {n}x{k}")));
+    }
+    let max = u64::from(u32::MAX);
+    if (m * k) as u64 > max || (n * k) as u64 > max || (m * n) as u64 > max {
+        return Err(RuntimeError::Shape(format!("matmul {m}x{k} · {n}x{k} has too many elements")));
+    }
+    require_size(x, (m * k * 4) as u64, "matmul input")?;
+    require_size(w, (n * k * 4) as u64, "matmul weight")?;
+    require_size(y, (m * n * 4) as u64, "matmul output")?;
+    if let Some(b) = bias {
+        require_size(b, (n * 4) as u64, "matmul bias")?;
+    }
+    for (buffer, what) in [(x, "input"), (w, "weight")] {
+        distinct(buffer, y, &format!("matmul {what} and output"))?;
+    }
+    if let Some(b) = bias {
+        distinct(b, y, "matmul bias and output")?;
+    }
+    Ok(())
 }
 
 impl Matmul {
-    /// Record `y = x · wᵀ (+ bias)` into `encoder`.
+    /// Record `y = x · wᵀ (+ bias)` into `encoder`: [`MatVec`] for `m ≤ 4`, the tiled kernel
+    /// otherwise.
+    #[allow(clippy::too_many_arguments)]
     pub async fn encode(
         &self,
         gpu: &Gpu,
@@ -94,28 +156,102 @@ impl Matmul {
         bias: Option<&wgpu::Buffer>,
         y: &wgpu::Buffer,
     ) -> Result<()> {
+        if (1..=MatVec::MAX_ROWS).contains(&shape.m) {
+            MatVec { bias: self.bias, rows: shape.m }
+                .encode(gpu, encoder, shape.n, shape.k, x, w, bias, y)
+                .await
+        } else {
+            self.encode_tiled(gpu, encoder, shape, x, w, bias, y).await
+        }
+    }
+
+    /// Record `y = x · wᵀ (+ bias)` with the 64×64-tiled kernel, whatever `m`. Inputs and
+    /// outputs larger than one binding are split into row passes; weights into column chunks.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn encode_tiled(
+        &self,
+        gpu: &Gpu,
+        encoder: &mut wgpu::CommandEncoder,
+        shape: MatmulShape,
+        x: &wgpu::Buffer,
+        w: &wgpu::Buffer,
+        bias: Option<&wgpu::Buffer>,
+        y: &wgpu::Buffer,
+    ) -> Result<()> {
+        check(shape, self.bias, x, w, bias, y)?;
         let MatmulShape { m, n, k } = shape;
-        if bias.is_some() != self.bias {
-            return Err(RuntimeError::Shape("bias buffer does not match the kernel variant".into()));
+        if bias.is_some() {
+            check_binding(gpu, "matmul bias", (n * 4) as u64)?;
         }
-        if m == 0 || n == 0 || k == 0 {
-            return Err(RuntimeError::Shape(format!("empty matmul {m}x{k} · {n}x{k}")));
-        }
-        let limit = gpu.caps.max_storage_binding;
-        for (what, bytes) in [("matmul input", (m * k * 4) as u64), ("matmul output", (m * n * 4) as u64)] {
-            if bytes > limit {
-                return Err(RuntimeError::BindingTooLarge { what: what.into(), bytes, limit });
-            }
-        }
-        if groups(m, TILE) > gpu.caps.max_workgroups_per_dimension {
+        let row_chunk = input_rows_per_chunk(gpu, shape)?;
+        if groups(row_chunk, TILE) > gpu.caps.max_workgroups_per_dimension {
             return Err(RuntimeError::Shape(format!("{m} rows exceed the dispatch limit")));
         }
         let pipeline = gpu.pipelines.get(gpu, Self::SHADER, &self.defines()).await?;
-        let layout = pipeline.get_bind_group_layout(0);
         let chunk = weight_rows_per_chunk(gpu, n, k)?;
-        let mut c0 = 0;
-        while c0 < n {
-            let nc = chunk.min(n - c0);
+        if groups(chunk, TILE) > gpu.caps.max_workgroups_per_dimension {
+            return Err(RuntimeError::Shape(format!("{n} columns exceed the dispatch limit")));
+        }
+        let (x_row, y_row) = ((k * 4) as u64, (n * 4) as u64);
+        for (r0, mr) in chunks(m, row_chunk) {
+            for (c0, nc) in chunks(n, chunk) {
+                let params = Params {
+                    m: mr as u32,
+                    n: nc as u32,
+                    k_dim: k as u32,
+                    ldy: n as u32,
+                    col_offset: c0 as u32,
+                    _pad: [0; 3],
+                };
+                let mut resources = vec![
+                    slice(x, r0 as u64 * x_row, mr as u64 * x_row),
+                    slice(w, (c0 * k * 4) as u64, (nc * k * 4) as u64),
+                    slice(y, r0 as u64 * y_row, mr as u64 * y_row),
+                ];
+                if let Some(b) = bias {
+                    resources.push(slice(b, 0, (n * 4) as u64));
+                }
+                let groups = (groups(nc, TILE), groups(mr, TILE), 1);
+                dispatch(gpu, encoder, &pipeline, "matmul", bytemuck::bytes_of(&params), resources, groups);
+            }
+        }
+        Ok(())
+    }
+}
+
+impl MatVec {
+    /// Record `y = x · wᵀ (+ bias)` for `x` of `self.rows` rows: `x` f32 `[rows, k]`, `w` f32
+    /// `[n, k]`, `y` f32 `[rows, n]`. Weights larger than one binding are processed in chunks.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn encode(
+        &self,
+        gpu: &Gpu,
+        encoder: &mut wgpu::CommandEncoder,
+        n: usize,
+        k: usize,
+        x: &wgpu::Buffer,
+        w: &wgpu::Buffer,
+        bias: Option<&wgpu::Buffer>,
+        y: &wgpu::Buffer,
+    ) -> Result<()> {
+        let m = self.rows;
+        if !(1..=Self::MAX_ROWS).contains(&m) {
+            return Err(RuntimeError::Shape(format!(
+                "matvec over {m} rows (1..={} supported)",
+                Self::MAX_ROWS
+            )));
+        }
+        let shape = MatmulShape { m, n, k };
+        check(shape, self.bias, x, w, bias, y)?;
+        let (x_bytes, y_bytes) = ((m * k * 4) as u64, (m * n * 4) as u64);
+        check_binding(gpu, "matvec input", x_bytes)?;
+        check_binding(gpu, "matvec output", y_bytes)?;
+        if bias.is_some() {
+            check_binding(gpu, "matvec bias", (n * 4) as u64)?;
+        }
+        let pipeline = gpu.pipelines.get(gpu, Self::SHADER, &self.defines()).await?;
+        let chunk = weight_rows_per_chunk(gpu, n, k)?;
+        for (c0, nc) in chunks(n, chunk) {
             let params = Params {
                 m: m as u32,
                 n: nc as u32,
@@ -124,39 +260,16 @@ impl Matmul {
                 col_offset: c0 as u32,
                 _pad: [0; 3],
             };
-            let uniform = gpu.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                label: Some("matmul params"),
-                contents: bytemuck::bytes_of(&params),
-                usage: wgpu::BufferUsages::UNIFORM,
-            });
-            let w_binding = wgpu::BufferBinding {
-                buffer: w,
-                offset: (c0 * k * 4) as u64,
-                size: wgpu::BufferSize::new((nc * k * 4) as u64),
-            };
-            let mut entries = vec![
-                wgpu::BindGroupEntry { binding: 0, resource: uniform.as_entire_binding() },
-                wgpu::BindGroupEntry { binding: 1, resource: x.as_entire_binding() },
-                wgpu::BindGroupEntry { binding: 2, resource: wgpu::BindingResource::Buffer(w_binding) },
-                wgpu::BindGroupEntry { binding: 3, resource: y.as_entire_binding() },
+            let mut resources = vec![
+                slice(x, 0, x_bytes),
+                slice(w, (c0 * k * 4) as u64, (nc * k * 4) as u64),
+                slice(y, 0, y_bytes),
             ];
             if let Some(b) = bias {
-                entries.push(wgpu::BindGroupEntry { binding: 4, resource: b.as_entire_binding() });
+                resources.push(slice(b, 0, (n * 4) as u64));
             }
-            let bind_group = gpu.device.create_bind_group(&wgpu::BindGroupDescriptor {
-                label: Some("matmul"),
-                layout: &layout,
-                entries: &entries,
-            });
-            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                label: Some("matmul"),
-                timestamp_writes: None,
-            });
-            pass.set_pipeline(&pipeline);
-            pass.set_bind_group(0, &bind_group, &[]);
-            pass.dispatch_workgroups(groups(nc, TILE), groups(m, TILE), 1);
-            drop(pass);
-            c0 += nc;
+            let (gx, gy) = grid(gpu, nc.div_ceil(Self::COLS) as u64)?;
+            dispatch(gpu, encoder, &pipeline, "matvec", bytemuck::bytes_of(&params), resources, (gx, gy, 1));
         }
         Ok(())
     }

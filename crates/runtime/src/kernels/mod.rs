@@ -1,7 +1,17 @@
 //! GPU kernels. Each kernel is a small type implementing [`Kernel`] (its shader and variant) plus
 //! an `encode` method that records its dispatches; buffer layouts are documented on each type.
 
+pub mod argmax;
+pub mod attention;
+pub mod copy;
+pub mod elementwise;
+pub mod embed;
 pub mod matmul;
+pub mod norm;
+pub mod patch_embed;
+pub mod pixel_shuffle;
+pub mod rope;
+pub mod util;
 
 use crate::shader::Defines;
 

@@ -1,0 +1,315 @@
+//! Scaled dot-product attention with an online softmax, covering SigLIP's bidirectional
+//! multi-head attention over tiles, causal grouped-query prefill, and decode against a KV cache.
+//!
+//! `out[b, i, h, :] = Σ_j softmax_j(s_ij) · v[b, j, g, :]` with
+//! `s_ij = scale · q[b, i, h, :] · k[b, j, g, :]`, `scale = head_dim^−½`, `g = h / (heads /
+//! kv_heads)` (grouped-query attention), over keys `j < kv_len` and, when causal, `j ≤ q_offset +
+//! i` (query `i` of this call sits at absolute position `q_offset + i`).
+//!
+//! Buffers (row-major f32): `q` and `out` `[batch, queries, heads, head_dim]`; `k` and `v`
+//! `[batch, kv_capacity, kv_heads, head_dim]` of which rows `0..kv_len` are read (a KV cache may
+//! be larger than its contents). The softmax keeps a running max and rescaled sum in f32, so no
+//! per-query score array is stored.
+//!
+//! Keys are processed in passes of [`TILED_KEYS_PER_PASS`] / [`SPLIT_KEYS_PER_PASS`] keys
+//! (one dispatch each) that carry the running max and sum in a small scratch buffer and the
+//! unnormalised accumulator in `out`, so no invocation runs an unbounded loop (llvmpipe silently
+//! stops an invocation's loops after 65535 iterations in total).
+//!
+//! Two variants: [`AttentionVariant::QueryTiled`] (one query per invocation, 64 per workgroup,
+//! keys staged through workgroup memory; for vision and prefill) and
+//! [`AttentionVariant::SplitKeys`] (one 256-invocation workgroup per query, keys split across
+//! invocations; for decode). [`Attention::for_shape`] picks one.
+
+use std::collections::BTreeMap;
+
+use bytemuck::{Pod, Zeroable};
+
+use super::Kernel;
+use super::util::{check_binding, dispatch, distinct, require_size, slice};
+use crate::device::Gpu;
+use crate::error::{Result, RuntimeError};
+use crate::shader::Defines;
+
+/// Uniform block of `shaders/attention.wgsl` (must match `struct Params` there).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+struct Params {
+    queries: u32,
+    heads: u32,
+    kv_heads: u32,
+    kv_len: u32,
+    kv_capacity: u32,
+    q_offset: u32,
+    causal: u32,
+    scale: f32,
+    key_begin: u32,
+    key_end: u32,
+    first: u32,
+    last: u32,
+}
+const _: () = assert!(std::mem::size_of::<Params>() == 48);
+
+/// Largest supported head dimension (keeps the staged key/value tiles within 16 KiB); head
+/// dimensions must also be multiples of 4 (the shader reads vec4s).
+pub const MAX_HEAD_DIM: usize = 128;
+/// Keys one query-tiled dispatch covers; longer ranges take several dispatches carrying the
+/// softmax state (keeps every invocation far below llvmpipe's 65535-iteration loop cap).
+pub const TILED_KEYS_PER_PASS: usize = 512;
+/// Keys one split-keys dispatch covers.
+pub const SPLIT_KEYS_PER_PASS: usize = 16384;
+/// Queries per workgroup of the query-tiled variant.
+const QUERY_TILE: usize = 64;
+/// Fewer queries than this use the split-keys variant in [`Attention::for_shape`].
+pub const SPLIT_KEYS_BELOW: usize = 32;
+
+/// Shapes of one attention call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AttentionShape {
+    pub batch: usize,
+    pub queries: usize,
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    /// Keys and values present (rows `0..kv_len` of each batch's cache).
+    pub kv_len: usize,
+    /// Rows per batch in the `k` and `v` buffers (≥ `kv_len`).
+    pub kv_capacity: usize,
+    /// Absolute position of the first query (used by the causal mask).
+    pub q_offset: usize,
+    pub causal: bool,
+}
+
+impl AttentionShape {
+    /// Bidirectional self-attention over `batch` independent sequences of `tokens` tokens (the
+    /// vision tower: one sequence per tile).
+    pub fn bidirectional(batch: usize, tokens: usize, heads: usize, head_dim: usize) -> Self {
+        Self {
+            batch,
+            queries: tokens,
+            heads,
+            kv_heads: heads,
+            head_dim,
+            kv_len: tokens,
+            kv_capacity: tokens,
+            q_offset: 0,
+            causal: false,
+        }
+    }
+
+    /// Causal attention of `queries` new tokens at positions `q_offset..q_offset + queries`
+    /// against a cache already holding their keys and values (`kv_len = q_offset + queries`).
+    /// Decode is `queries = 1`.
+    pub fn causal(
+        queries: usize,
+        heads: usize,
+        kv_heads: usize,
+        head_dim: usize,
+        q_offset: usize,
+        kv_capacity: usize,
+    ) -> Self {
+        Self {
+            batch: 1,
+            queries,
+            heads,
+            kv_heads,
+            head_dim,
+            kv_len: q_offset + queries,
+            kv_capacity,
+            q_offset,
+            causal: true,
+        }
+    }
+
+    /// Keys query `i` attends to.
+    pub fn visible_keys(&self, i: usize) -> usize {
+        if self.causal { self.kv_len.min(self.q_offset + i + 1) } else { self.kv_len }
+    }
+}
+
+/// Which attention implementation runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum AttentionVariant {
+    /// 64 queries per workgroup, one per invocation; keys staged in workgroup memory.
+    QueryTiled,
+    /// One workgroup per query, keys split across 256 invocations.
+    SplitKeys,
+}
+
+/// The attention kernel for one head dimension (a compile-time constant of the shader).
+#[derive(Clone, Copy, Debug)]
+pub struct Attention {
+    pub head_dim: usize,
+    pub variant: AttentionVariant,
+}
+
+impl Kernel for Attention {
+    const SHADER: &'static str = "attention";
+    fn defines(&self) -> Defines {
+        let mut d = BTreeMap::from([("HEAD_DIM".to_string(), self.head_dim.to_string())]);
+        match self.variant {
+            AttentionVariant::QueryTiled => {
+                let block_keys = if self.head_dim <= 96 { 16 } else { 8 };
+                d.insert("BLOCK_KEYS".to_string(), block_keys.to_string());
+            }
+            AttentionVariant::SplitKeys => {
+                d.insert("SPLIT_KEYS".to_string(), String::new());
+            }
+        }
+        d
+    }
+}
+
+impl Attention {
+    /// The kernel suited to `shape`: split keys for few queries, query-tiled otherwise.
+    pub fn for_shape(shape: &AttentionShape) -> Self {
+        let variant = if shape.queries < SPLIT_KEYS_BELOW {
+            AttentionVariant::SplitKeys
+        } else {
+            AttentionVariant::QueryTiled
+        };
+        Self { head_dim: shape.head_dim, variant }
+    }
+
+    /// Record `out = softmax(q·kᵀ·scale + mask)·v`.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn encode(
+        &self,
+        gpu: &Gpu,
+        encoder: &mut wgpu::CommandEncoder,
+        shape: AttentionShape,
+        q: &wgpu::Buffer,
+        k: &wgpu::Buffer,
+        v: &wgpu::Buffer,
+        out: &wgpu::Buffer,
+    ) -> Result<()> {
+        let AttentionShape {
+            batch,
+            queries,
+            heads,
+            kv_heads,
+            head_dim,
+            kv_len,
+            kv_capacity,
+            q_offset,
+            causal,
+        } = shape;
+        let bad = |why: &str| Err(RuntimeError::Shape(format!("attention {shape:?}: {why}")));
+        if batch == 0 || queries == 0 || heads == 0 || kv_heads == 0 || kv_len == 0 {
+            return bad("empty");
+        }
+        if head_dim != self.head_dim {
+            return bad(&format!("the kernel was built for head_dim {}", self.head_dim));
+        }
+        if head_dim == 0 || head_dim > MAX_HEAD_DIM || head_dim % 4 != 0 {
+            return bad(&format!("head_dim must be a multiple of 4 up to {MAX_HEAD_DIM}"));
+        }
+        if heads % kv_heads != 0 {
+            return bad("heads must be a multiple of kv_heads");
+        }
+        if kv_len > kv_capacity {
+            return bad("kv_len exceeds kv_capacity");
+        }
+        if causal && q_offset + queries > kv_len {
+            return bad("causal queries need their own keys in the cache (q_offset + queries <= kv_len)");
+        }
+        let q_bytes = (batch * queries * heads * head_dim * 4) as u64;
+        let kv_bytes = (((batch - 1) * kv_capacity + kv_len) * kv_heads * head_dim * 4) as u64;
+        let cap_elems = (batch * kv_capacity * kv_heads * head_dim) as u64;
+        if q_bytes / 4 > u64::from(u32::MAX) || cap_elems > u64::from(u32::MAX) {
+            return bad("too many elements");
+        }
+        let max_groups = gpu.caps.max_workgroups_per_dimension as usize;
+        let groups_x = match self.variant {
+            AttentionVariant::QueryTiled => queries.div_ceil(QUERY_TILE),
+            AttentionVariant::SplitKeys => queries,
+        };
+        if groups_x > max_groups || heads > max_groups || batch > max_groups {
+            return bad("exceeds the dispatch limit");
+        }
+        require_size(q, q_bytes, "attention queries")?;
+        require_size(out, q_bytes, "attention output")?;
+        require_size(k, kv_bytes, "attention keys")?;
+        require_size(v, kv_bytes, "attention values")?;
+        for (buffer, what) in [(q, "queries"), (k, "keys"), (v, "values")] {
+            distinct(buffer, out, &format!("attention {what} and output"))?;
+        }
+        check_binding(gpu, "attention queries", q_bytes)?;
+        check_binding(gpu, "attention keys/values", kv_bytes)?;
+        let pipeline = gpu.pipelines.get(gpu, Self::SHADER, &self.defines()).await?;
+        // Keys any query of this call attends to.
+        let key_count = if causal { kv_len.min(q_offset + queries) } else { kv_len };
+        let per_pass = match self.variant {
+            AttentionVariant::QueryTiled => TILED_KEYS_PER_PASS,
+            AttentionVariant::SplitKeys => SPLIT_KEYS_PER_PASS,
+        };
+        let passes = key_count.div_ceil(per_pass);
+        // Running max and sum between passes ([batch, queries, heads, 2]); a 16-byte stand-in
+        // when one pass suffices.
+        let ml_bytes = if passes > 1 { q_bytes / head_dim as u64 * 2 } else { 16 };
+        check_binding(gpu, "attention softmax state", ml_bytes)?;
+        let ml = gpu.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("attention softmax state"),
+            size: ml_bytes,
+            usage: wgpu::BufferUsages::STORAGE,
+            mapped_at_creation: false,
+        });
+        let groups = (groups_x as u32, heads as u32, batch as u32);
+        for pass in 0..passes {
+            let params = Params {
+                queries: queries as u32,
+                heads: heads as u32,
+                kv_heads: kv_heads as u32,
+                kv_len: kv_len as u32,
+                kv_capacity: kv_capacity as u32,
+                q_offset: q_offset as u32,
+                causal: u32::from(causal),
+                scale: (head_dim as f64).powf(-0.5) as f32,
+                key_begin: (pass * per_pass) as u32,
+                key_end: ((pass + 1) * per_pass).min(key_count) as u32,
+                first: u32::from(pass == 0),
+                last: u32::from(pass + 1 == passes),
+            };
+            let resources = vec![
+                slice(q, 0, q_bytes),
+                slice(k, 0, kv_bytes),
+                slice(v, 0, kv_bytes),
+                slice(out, 0, q_bytes),
+                slice(&ml, 0, ml_bytes),
+            ];
+            dispatch(gpu, encoder, &pipeline, "attention", bytemuck::bytes_of(&params), resources, groups);
+        }
+        Ok(())
+    }
+}
+
+/// CPU reference of [`Attention`] (f64 scores, softmax and sums), for tests.
+pub fn attention_reference(q: &[f32], k: &[f32], v: &[f32], shape: AttentionShape) -> Vec<f32> {
+    let AttentionShape { batch, queries, heads, kv_heads, head_dim: hd, kv_capacity, .. } = shape;
+    let scale = (hd as f64).powf(-0.5);
+    let mut out = vec![0f32; batch * queries * heads * hd];
+    for b in 0..batch {
+        for i in 0..queries {
+            let n = shape.visible_keys(i);
+            for h in 0..heads {
+                let g = h / (heads / kv_heads);
+                let qrow = &q[((b * queries + i) * heads + h) * hd..][..hd];
+                let krow = |j: usize| ((b * kv_capacity + j) * kv_heads + g) * hd;
+                let scores: Vec<f64> = (0..n)
+                    .map(|j| {
+                        let kr = &k[krow(j)..][..hd];
+                        scale * qrow.iter().zip(kr).map(|(&a, &c)| f64::from(a) * f64::from(c)).sum::<f64>()
+                    })
+                    .collect();
+                let max = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                let weights: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
+                let total: f64 = weights.iter().sum();
+                for d in 0..hd {
+                    let o: f64 = (0..n).map(|j| weights[j] * f64::from(v[krow(j) + d])).sum();
+                    out[((b * queries + i) * heads + h) * hd + d] = (o / total) as f32;
+                }
+            }
+        }
+    }
+    out
+}

@@ -1,0 +1,171 @@
+//! Row normalisations over the last dimension: SigLIP's LayerNorm and Llama's RMSNorm.
+//!
+//! Layer norm: `y[r, i] = (x[r, i] − μ_r) / √(σ²_r + eps) · γ[i] + β[i]` with
+//! `μ_r = mean_i x[r, i]` and the biased variance `σ²_r = mean_i (x[r, i] − μ_r)²` (PyTorch's
+//! `nn.LayerNorm`; two passes over the row).
+//!
+//! RMS norm: `y[r, i] = γ[i] · (x[r, i] / √(mean_i x[r, i]² + eps))` (transformers'
+//! `LlamaRMSNorm` in f32: normalise first, then multiply by γ).
+//!
+//! Buffers: `x` and `y` f32 `[rows, d]` row-major (distinct buffers), `γ` and `β` f32 `[d]`.
+//! One 256-invocation workgroup per row reduces the sums in workgroup memory. Inputs larger than
+//! one storage binding are processed in row chunks bound at aligned offsets.
+
+use std::collections::BTreeMap;
+
+use bytemuck::{Pod, Zeroable};
+
+use super::Kernel;
+use super::util::{check_binding, chunks, dispatch, distinct, grid, require_size, rows_per_chunk, slice};
+use crate::device::Gpu;
+use crate::error::{Result, RuntimeError};
+use crate::shader::Defines;
+
+/// Uniform block of `shaders/norm.wgsl` (must match `struct Params` there).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+struct Params {
+    rows: u32,
+    d: u32,
+    eps: f32,
+    _pad: u32,
+}
+const _: () = assert!(std::mem::size_of::<Params>() == 16);
+
+/// Rows and width of a normalisation.
+#[derive(Clone, Copy, Debug)]
+pub struct NormShape {
+    pub rows: usize,
+    pub d: usize,
+}
+
+/// `nn.LayerNorm(d, eps)` over rows.
+#[derive(Clone, Copy, Debug)]
+pub struct LayerNorm {
+    pub eps: f32,
+}
+
+/// `LlamaRMSNorm(d, eps)` over rows.
+#[derive(Clone, Copy, Debug)]
+pub struct RmsNorm {
+    pub eps: f32,
+}
+
+impl Kernel for LayerNorm {
+    const SHADER: &'static str = "norm";
+    fn defines(&self) -> Defines {
+        BTreeMap::new()
+    }
+}
+
+impl Kernel for RmsNorm {
+    const SHADER: &'static str = "norm";
+    fn defines(&self) -> Defines {
+        BTreeMap::from([("RMS".to_string(), String::new())])
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn encode_norm<K: Kernel>(
+    gpu: &Gpu,
+    encoder: &mut wgpu::CommandEncoder,
+    kernel: &K,
+    eps: f32,
+    shape: NormShape,
+    x: &wgpu::Buffer,
+    gamma: &wgpu::Buffer,
+    beta: Option<&wgpu::Buffer>,
+    y: &wgpu::Buffer,
+) -> Result<()> {
+    let NormShape { rows, d } = shape;
+    if rows == 0 || d == 0 || d > u32::MAX as usize || rows * d > u32::MAX as usize {
+        return Err(RuntimeError::Shape(format!("norm over [{rows}, {d}]")));
+    }
+    let row_bytes = (d * 4) as u64;
+    require_size(x, rows as u64 * row_bytes, "norm input")?;
+    require_size(y, rows as u64 * row_bytes, "norm output")?;
+    require_size(gamma, row_bytes, "norm weight")?;
+    check_binding(gpu, "norm weight", row_bytes)?;
+    distinct(x, y, "norm input and output")?;
+    if let Some(b) = beta {
+        require_size(b, row_bytes, "norm bias")?;
+    }
+    let pipeline = gpu.pipelines.get(gpu, K::SHADER, &kernel.defines()).await?;
+    let chunk = rows_per_chunk(gpu, "a norm's rows", rows, &[row_bytes])?;
+    for (r0, nr) in chunks(rows, chunk) {
+        let params = Params { rows: nr as u32, d: d as u32, eps, _pad: 0 };
+        let (off, size) = (r0 as u64 * row_bytes, nr as u64 * row_bytes);
+        let mut resources = vec![slice(x, off, size), slice(gamma, 0, row_bytes)];
+        if let Some(b) = beta {
+            resources.push(slice(b, 0, row_bytes));
+        }
+        resources.push(slice(y, off, size));
+        let (gx, gy) = grid(gpu, nr as u64)?;
+        dispatch(gpu, encoder, &pipeline, "norm", bytemuck::bytes_of(&params), resources, (gx, gy, 1));
+    }
+    Ok(())
+}
+
+impl LayerNorm {
+    /// Record `y = layer_norm(x) · γ + β` over `shape.rows` rows of width `shape.d`.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn encode(
+        &self,
+        gpu: &Gpu,
+        encoder: &mut wgpu::CommandEncoder,
+        shape: NormShape,
+        x: &wgpu::Buffer,
+        gamma: &wgpu::Buffer,
+        beta: &wgpu::Buffer,
+        y: &wgpu::Buffer,
+    ) -> Result<()> {
+        encode_norm(gpu, encoder, self, self.eps, shape, x, gamma, Some(beta), y).await
+    }
+}
+
+impl RmsNorm {
+    /// Record `y = γ · rms_norm(x)` over `shape.rows` rows of width `shape.d`.
+    pub async fn encode(
+        &self,
+        gpu: &Gpu,
+        encoder: &mut wgpu::CommandEncoder,
+        shape: NormShape,
+        x: &wgpu::Buffer,
+        gamma: &wgpu::Buffer,
+        y: &wgpu::Buffer,
+    ) -> Result<()> {
+        encode_norm(gpu, encoder, self, self.eps, shape, x, gamma, None, y).await
+    }
+}
+
+/// CPU reference of [`LayerNorm`] (f64 arithmetic, biased variance), for tests.
+pub fn layer_norm_reference(x: &[f32], gamma: &[f32], beta: &[f32], eps: f32, shape: NormShape) -> Vec<f32> {
+    let NormShape { rows, d } = shape;
+    let mut y = vec![0f32; rows * d];
+    for r in 0..rows {
+        let row = &x[r * d..(r + 1) * d];
+        let mean = row.iter().map(|&v| f64::from(v)).sum::<f64>() / d as f64;
+        let var = row.iter().map(|&v| (f64::from(v) - mean).powi(2)).sum::<f64>() / d as f64;
+        let inv = 1.0 / (var + f64::from(eps)).sqrt();
+        for i in 0..d {
+            y[r * d + i] =
+                ((f64::from(row[i]) - mean) * inv * f64::from(gamma[i]) + f64::from(beta[i])) as f32;
+        }
+    }
+    y
+}
+
+/// CPU reference of [`RmsNorm`] (f64 arithmetic), for tests.
+pub fn rms_norm_reference(x: &[f32], gamma: &[f32], eps: f32, shape: NormShape) -> Vec<f32> {
+    let NormShape { rows, d } = shape;
+    let mut y = vec![0f32; rows * d];
+    for r in 0..rows {
+        let row = &x[r * d..(r + 1) * d];
+        let ms = row.iter().map(|&v| f64::from(v).powi(2)).sum::<f64>() / d as f64;
+        let inv = 1.0 / (ms + f64::from(eps)).sqrt();
+        for i in 0..d {
+            y[r * d + i] = (f64::from(gamma[i]) * (f64::from(row[i]) * inv)) as f32;
+        }
+    }
+    y
+}

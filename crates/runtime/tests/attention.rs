@@ -1,0 +1,151 @@
+//! Attention (both variants) against an f64 reference: bidirectional multi-tile vision
+//! attention, causal grouped-query prefill with an offset, decode against a larger KV cache,
+//! many keys (several passes), and head dims 32/64/72. Runs natively and in the browser.
+
+mod common;
+
+use common::{EPS, assert_close, encoder, submit, upload, values, zeros};
+use pocketvlm_runtime::kernels::attention::{
+    Attention, AttentionShape, AttentionVariant, SPLIT_KEYS_BELOW, attention_reference,
+};
+use pocketvlm_runtime::{DeviceOptions, Gpu, RuntimeError};
+
+#[cfg(target_arch = "wasm32")]
+wasm_bindgen_test::wasm_bindgen_test_configure!(run_in_browser);
+
+/// The accuracy target: 1e-5 of the output's scale `A = Σ_j p_j·|v_j|` (an output that cancels to
+/// near zero cannot be asked for relative accuracy beyond that).
+const TARGET: f64 = 1e-5;
+
+/// Tolerance per output element: the smaller of [`TARGET`]·A and the first-order worst-case bound
+/// from the kernel's arithmetic (both variants):
+/// * each score `s_j` is a length-`hd` fma chain times the scale: `|δs_j| ≤ (hd + 2)·ε·S_j` with
+///   `S_j = scale·Σ|q·k_j|`, moving the output by ≤ 2·max|δs|·A (A = Σ_j p_j |v_j|);
+/// * `exp(x)` is good to (3 + 2|x|) ULP (WGSL), for the numerator and the denominator;
+/// * the numerator and denominator are blocked sums (≤ 64 terms per block, one block per 16 or
+///   256 keys, then ≤ 4 lanes) plus a rescale per block, and the final division.
+fn tolerance(q: &[f32], k: &[f32], v: &[f32], shape: AttentionShape) -> Vec<f32> {
+    let AttentionShape { batch, queries, heads, kv_heads, head_dim: hd, kv_capacity, .. } = shape;
+    let scale = (hd as f64).powf(-0.5);
+    let mut tol = vec![0f32; batch * queries * heads * hd];
+    for b in 0..batch {
+        for i in 0..queries {
+            let n = shape.visible_keys(i);
+            let blocked = (64 + n.div_ceil(16) + 8) as f64;
+            for h in 0..heads {
+                let g = h / (heads / kv_heads);
+                let qrow = &q[((b * queries + i) * heads + h) * hd..][..hd];
+                let krow = |j: usize| ((b * kv_capacity + j) * kv_heads + g) * hd;
+                let mut scores = Vec::with_capacity(n);
+                let mut score_err: f64 = 0.0;
+                for j in 0..n {
+                    let kr = &k[krow(j)..][..hd];
+                    let s: f64 = qrow.iter().zip(kr).map(|(&a, &c)| f64::from(a) * f64::from(c)).sum();
+                    let abs: f64 =
+                        qrow.iter().zip(kr).map(|(&a, &c)| (f64::from(a) * f64::from(c)).abs()).sum();
+                    scores.push(s * scale);
+                    score_err = score_err.max((hd + 2) as f64 * f64::from(EPS) * abs * scale);
+                }
+                let max = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                let w: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
+                let total: f64 = w.iter().sum();
+                let eps = f64::from(EPS);
+                for d in 0..hd {
+                    let vd = |j: usize| f64::from(v[krow(j) + d]).abs();
+                    let a: f64 = (0..n).map(|j| w[j] / total * vd(j)).sum();
+                    let exp_err: f64 =
+                        (0..n).map(|j| w[j] / total * (3.0 + 2.0 * (max - scores[j])) * (vd(j) + a)).sum();
+                    let bound = a * (2.0 * score_err + (2.0 * blocked + 8.0) * eps) + eps * exp_err;
+                    tol[((b * queries + i) * heads + h) * hd + d] = bound.min(TARGET * a) as f32 + 1e-30;
+                }
+            }
+        }
+    }
+    tol
+}
+
+async fn attention_case(gpu: &Gpu, shape: AttentionShape, q_scale: f32, seed: u64) {
+    let AttentionShape { batch, queries, heads, kv_heads, head_dim, kv_capacity, .. } = shape;
+    let q: Vec<f32> = values(seed, batch * queries * heads * head_dim).iter().map(|x| x * q_scale).collect();
+    let k = values(seed + 1, batch * kv_capacity * kv_heads * head_dim);
+    let v = values(seed + 2, batch * kv_capacity * kv_heads * head_dim);
+    let (qb, kb, vb) = (upload(gpu, &q).await, upload(gpu, &k).await, upload(gpu, &v).await);
+    let want = attention_reference(&q, &k, &v, shape);
+    let tol = tolerance(&q, &k, &v, shape);
+    for variant in [AttentionVariant::QueryTiled, AttentionVariant::SplitKeys] {
+        let out = zeros(gpu, q.len()).await;
+        let mut enc = encoder(gpu);
+        Attention { head_dim, variant }.encode(gpu, &mut enc, shape, &qb, &kb, &vb, &out).await.unwrap();
+        submit(gpu, enc);
+        let got = gpu.read_f32(&out, q.len()).await.unwrap();
+        let what = format!("attention {variant:?} {shape:?}");
+        let worst = assert_close(&what, &got, &want, |i| tol[i]);
+        eprintln!("{what}: worst error {worst:.3} of tolerance");
+    }
+}
+
+async fn check_shapes(gpu: &Gpu) {
+    // Vision: 3 tiles of 67 tokens, bidirectional, 3 heads.
+    attention_case(gpu, AttentionShape::bidirectional(3, 67, 3, 64), 1.0, 1).await;
+    // Sharper softmax.
+    attention_case(gpu, AttentionShape::bidirectional(2, 33, 2, 64), 6.0, 2).await;
+    // Head dim 72 (SigLIP so400m) and 32.
+    attention_case(gpu, AttentionShape::bidirectional(2, 50, 2, 72), 2.0, 3).await;
+    attention_case(gpu, AttentionShape::causal(70, 4, 1, 32, 0, 80), 2.0, 4).await;
+    // Causal GQA prefill after 5 cached tokens, cache larger than its contents.
+    attention_case(gpu, AttentionShape::causal(37, 6, 2, 64, 5, 50), 2.0, 5).await;
+    // Decode: one query against 300 cached keys (more than one 256-key block).
+    attention_case(gpu, AttentionShape::causal(1, 15, 5, 64, 299, 320), 3.0, 6).await;
+    attention_case(gpu, AttentionShape::causal(1, 9, 3, 64, 0, 8), 1.0, 7).await;
+    // Many keys (several passes): 40 queries over 1100 keys; causal prefill of 70 tokens after
+    // 1000; decode against 5000 keys.
+    let mut many = AttentionShape::bidirectional(1, 40, 2, 64);
+    many.kv_len = 1100;
+    many.kv_capacity = 1100;
+    attention_case(gpu, many, 3.0, 8).await;
+    attention_case(gpu, AttentionShape::causal(70, 2, 1, 64, 1000, 1100), 2.0, 10).await;
+    attention_case(gpu, AttentionShape::causal(1, 2, 1, 64, 4999, 5000), 2.0, 11).await;
+    // Batched causal with an offset.
+    let mut batched = AttentionShape::causal(3, 4, 2, 64, 20, 30);
+    batched.batch = 2;
+    attention_case(gpu, batched, 2.0, 9).await;
+
+    assert_eq!(
+        Attention::for_shape(&AttentionShape::causal(1, 15, 5, 64, 9, 20)).variant,
+        AttentionVariant::SplitKeys
+    );
+    let prefill = AttentionShape::causal(SPLIT_KEYS_BELOW, 15, 5, 64, 0, 64);
+    assert_eq!(Attention::for_shape(&prefill).variant, AttentionVariant::QueryTiled);
+
+    // Bad shapes are typed errors.
+    let buf = zeros(gpu, 4096).await;
+    let out = zeros(gpu, 4096).await;
+    let bad = [
+        AttentionShape { kv_heads: 4, ..AttentionShape::causal(2, 6, 2, 64, 0, 4) },
+        AttentionShape::causal(2, 6, 2, 64, 3, 4),
+        AttentionShape { kv_len: 0, ..AttentionShape::bidirectional(1, 2, 1, 64) },
+        AttentionShape::bidirectional(1, 2, 1, 200),
+        AttentionShape::bidirectional(1, 2, 1, 30),
+        AttentionShape::bidirectional(1, 100, 1, 64),
+    ];
+    for shape in bad {
+        let mut enc = encoder(gpu);
+        let kernel = Attention { head_dim: shape.head_dim, variant: AttentionVariant::QueryTiled };
+        let err = kernel.encode(gpu, &mut enc, shape, &buf, &buf, &buf, &out).await.unwrap_err();
+        assert!(matches!(err, RuntimeError::Shape(_)), "{shape:?}: {err}");
+    }
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+#[test]
+fn attention_matches_reference() {
+    let gpu = pollster::block_on(Gpu::new(&DeviceOptions::default())).expect("a GPU adapter");
+    pollster::block_on(check_shapes(&gpu));
+}
+
+#[cfg(target_arch = "wasm32")]
+#[wasm_bindgen_test::wasm_bindgen_test]
+async fn attention_matches_reference_in_browser() {
+    let gpu = Gpu::new(&DeviceOptions::default()).await.expect("WebGPU adapter");
+    check_shapes(&gpu).await;
+}

@@ -1,0 +1,83 @@
+//! Helpers shared by the kernel tests (natively and in the browser).
+#![allow(dead_code)]
+
+use pocketvlm_runtime::Gpu;
+
+/// Deterministic values in [-1, 1).
+pub fn values(seed: u64, len: usize) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    (0..len)
+        .map(|_| {
+            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+/// Deterministic integers in `0..bound`.
+pub fn indices(seed: u64, len: usize, bound: u32) -> Vec<u32> {
+    values(seed, len).iter().map(|v| (((v + 1.0) * 0.5 * bound as f32) as u32).min(bound - 1)).collect()
+}
+
+pub async fn upload(gpu: &Gpu, data: &[f32]) -> wgpu::Buffer {
+    gpu.storage_buffer("test input", bytemuck::cast_slice(data)).await.unwrap()
+}
+
+pub async fn upload_u32(gpu: &Gpu, data: &[u32]) -> wgpu::Buffer {
+    gpu.storage_buffer("test input", bytemuck::cast_slice(data)).await.unwrap()
+}
+
+pub async fn zeros(gpu: &Gpu, len: usize) -> wgpu::Buffer {
+    gpu.zeroed_buffer("test output", (len * 4) as u64).await.unwrap()
+}
+
+pub fn encoder(gpu: &Gpu) -> wgpu::CommandEncoder {
+    gpu.device.create_command_encoder(&Default::default())
+}
+
+pub fn submit(gpu: &Gpu, encoder: wgpu::CommandEncoder) {
+    gpu.queue.submit([encoder.finish()]);
+}
+
+pub async fn read_u32(gpu: &Gpu, buffer: &wgpu::Buffer, len: usize) -> Vec<u32> {
+    let bytes = gpu.read_bytes(buffer, (len * 4) as u64).await.unwrap();
+    bytemuck::pod_collect_to_vec::<u8, u32>(&bytes[..len * 4])
+}
+
+/// Assert `|got[i] − want[i]| ≤ tol(i)` (and that NaN appears in both or neither); returns the
+/// largest error as a fraction of its tolerance.
+pub fn assert_close(what: &str, got: &[f32], want: &[f32], tol: impl Fn(usize) -> f32) -> f32 {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    let mut worst = 0f32;
+    for i in 0..got.len() {
+        let (g, w, t) = (got[i], want[i], tol(i));
+        if g == w {
+            continue;
+        }
+        if g.is_nan() || w.is_nan() {
+            assert!(g.is_nan() && w.is_nan(), "{what}[{i}] = {g}, expected {w}");
+            continue;
+        }
+        let err = (g - w).abs();
+        assert!(err <= t, "{what}[{i}] = {g}, expected {w} (error {err:e}, tolerance {t:e})");
+        if t > 0.0 {
+            worst = worst.max(err / t);
+        }
+    }
+    worst
+}
+
+/// Assert exact (bitwise for non-NaN) equality.
+pub fn assert_exact(what: &str, got: &[f32], want: &[f32]) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    for i in 0..got.len() {
+        assert!(
+            got[i].to_bits() == want[i].to_bits() || (got[i] == 0.0 && want[i] == 0.0),
+            "{what}[{i}] = {}, expected {}",
+            got[i],
+            want[i]
+        );
+    }
+}
+
+pub const EPS: f32 = f32::EPSILON;

@@ -1,0 +1,53 @@
+//! Row copies (KV-cache append) against the reference, and typed errors for overruns. Runs
+//! natively and in the browser.
+
+mod common;
+
+use common::{assert_exact, encoder, submit, upload, values};
+use pocketvlm_runtime::kernels::copy::{CopyRows, copy_rows_reference};
+use pocketvlm_runtime::{DeviceOptions, Gpu, RuntimeError};
+
+#[cfg(target_arch = "wasm32")]
+wasm_bindgen_test::wasm_bindgen_test_configure!(run_in_browser);
+
+async fn check_cases(gpu: &Gpu) {
+    let width = 5 * 64;
+    let cache = values(1, 10 * width);
+    let new = values(2, 3 * width);
+    for copy in [
+        CopyRows::append(3, width, 4),
+        CopyRows::append(1, width, 9),
+        CopyRows { rows: 2, width, src_row: 1, dst_row: 0 },
+    ] {
+        let (cb, nb) = (upload(gpu, &cache).await, upload(gpu, &new).await);
+        let mut enc = encoder(gpu);
+        copy.encode(gpu, &mut enc, &nb, &cb).unwrap();
+        submit(gpu, enc);
+        let got = gpu.read_f32(&cb, cache.len()).await.unwrap();
+        assert_exact(&format!("{copy:?}"), &got, &copy_rows_reference(&new, &cache, copy));
+    }
+    let (cb, nb) = (upload(gpu, &cache).await, upload(gpu, &new).await);
+    let mut enc = encoder(gpu);
+    for bad in [
+        CopyRows::append(3, width, 8),
+        CopyRows { rows: 3, width, src_row: 1, dst_row: 0 },
+        CopyRows::append(0, width, 0),
+    ] {
+        let err = bad.encode(gpu, &mut enc, &nb, &cb).unwrap_err();
+        assert!(matches!(err, RuntimeError::Shape(_)), "{bad:?}: {err}");
+    }
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+#[test]
+fn copy_rows_matches_reference() {
+    let gpu = pollster::block_on(Gpu::new(&DeviceOptions::default())).expect("a GPU adapter");
+    pollster::block_on(check_cases(&gpu));
+}
+
+#[cfg(target_arch = "wasm32")]
+#[wasm_bindgen_test::wasm_bindgen_test]
+async fn copy_rows_matches_reference_in_browser() {
+    let gpu = Gpu::new(&DeviceOptions::default()).await.expect("WebGPU adapter");
+    check_cases(&gpu).await;
+}

@@ -1,0 +1,152 @@
+//! LayerNorm and RMSNorm against f64 references: odd widths, offset rows, and the row-chunked
+//! path under a forced small binding limit. Runs natively and in the browser.
+
+mod common;
+
+use common::{EPS, assert_close, encoder, submit, upload, values, zeros};
+use pocketvlm_runtime::kernels::norm::{
+    LayerNorm, NormShape, RmsNorm, layer_norm_reference, rms_norm_reference,
+};
+use pocketvlm_runtime::kernels::util::rows_per_chunk;
+use pocketvlm_runtime::{DeviceOptions, Gpu, RuntimeError};
+
+#[cfg(target_arch = "wasm32")]
+wasm_bindgen_test::wasm_bindgen_test_configure!(run_in_browser);
+
+/// Rows of values in [-1, 1) with every third row shifted by 3 (a mean far from zero).
+fn inputs(seed: u64, shape: NormShape) -> Vec<f32> {
+    let mut x = values(seed, shape.rows * shape.d);
+    for r in (0..shape.rows).step_by(3) {
+        for v in &mut x[r * shape.d..(r + 1) * shape.d] {
+            *v += 3.0;
+        }
+    }
+    x
+}
+
+/// Sequential additions per sum in the kernel: a strided slice per invocation, then a
+/// 256-wide tree.
+fn sum_terms(d: usize) -> f32 {
+    (d.div_ceil(256) + 8) as f32
+}
+
+async fn layer_norm_case(gpu: &Gpu, shape: NormShape, seed: u64) {
+    let NormShape { rows, d } = shape;
+    let eps = 1e-6;
+    let x = inputs(seed, shape);
+    let g: Vec<f32> = values(seed + 1, d).iter().map(|v| v * 2.0).collect();
+    let b = values(seed + 2, d);
+    let (xb, gb, bb, yb) =
+        (upload(gpu, &x).await, upload(gpu, &g).await, upload(gpu, &b).await, zeros(gpu, rows * d).await);
+    let mut enc = encoder(gpu);
+    LayerNorm { eps }.encode(gpu, &mut enc, shape, &xb, &gb, &bb, &yb).await.unwrap();
+    submit(gpu, enc);
+    let got = gpu.read_f32(&yb, rows * d).await.unwrap();
+    let want = layer_norm_reference(&x, &g, &b, eps, shape);
+    // Error model: the mean is off by ≤ c·ε·mean|x| (c sequential additions plus the division),
+    // the inverse standard deviation by ≤ (c/2 + 3)·ε relative, and the final subtract, multiplies
+    // and add by a few ε more.
+    let c = sum_terms(d) + 3.0;
+    let stats: Vec<(f64, f64, f64)> = (0..rows)
+        .map(|r| {
+            let row = &x[r * d..(r + 1) * d];
+            let mean = row.iter().map(|&v| f64::from(v)).sum::<f64>() / d as f64;
+            let var = row.iter().map(|&v| (f64::from(v) - mean).powi(2)).sum::<f64>() / d as f64;
+            let abs_mean = row.iter().map(|&v| f64::from(v).abs()).sum::<f64>() / d as f64;
+            (mean, 1.0 / (var + f64::from(eps)).sqrt(), abs_mean)
+        })
+        .collect();
+    let worst = assert_close(&format!("layer_norm {shape:?}"), &got, &want, |i| {
+        let (r, j) = (i / d, i % d);
+        let (mean, rstd, abs_mean) = stats[r];
+        let xhat = ((f64::from(x[i]) - mean) * rstd).abs() as f32;
+        let gj = g[j].abs();
+        gj * (rstd as f32) * c * EPS * abs_mean as f32
+            + gj * xhat * (c / 2.0 + 6.0) * EPS
+            + 2.0 * EPS * want[i].abs()
+            + 1e-30
+    });
+    eprintln!("layer_norm {shape:?}: worst error {worst:.3} of tolerance");
+}
+
+async fn rms_norm_case(gpu: &Gpu, shape: NormShape, seed: u64) {
+    let NormShape { rows, d } = shape;
+    let eps = 1e-5;
+    let x = inputs(seed, shape);
+    let g: Vec<f32> = values(seed + 1, d).iter().map(|v| v * 2.0).collect();
+    let (xb, gb, yb) = (upload(gpu, &x).await, upload(gpu, &g).await, zeros(gpu, rows * d).await);
+    let mut enc = encoder(gpu);
+    RmsNorm { eps }.encode(gpu, &mut enc, shape, &xb, &gb, &yb).await.unwrap();
+    submit(gpu, enc);
+    let got = gpu.read_f32(&yb, rows * d).await.unwrap();
+    let want = rms_norm_reference(&x, &g, eps, shape);
+    // Error model: the mean square is off by ≤ (c + 3)·ε relative, its inverse square root by
+    // half that plus 2 ε, and the two multiplies add 2 ε.
+    let c = sum_terms(d) + 3.0;
+    let worst = assert_close(&format!("rms_norm {shape:?}"), &got, &want, |i| {
+        want[i].abs() * (c / 2.0 + 6.0) * EPS + 1e-30
+    });
+    eprintln!("rms_norm {shape:?}: worst error {worst:.3} of tolerance");
+}
+
+async fn check_sizes(gpu: &Gpu) {
+    let cases = [(1, 1), (3, 7), (5, 256), (2, 257), (7, 768), (3, 960), (2, 2048), (4, 1153)];
+    for (i, &(rows, d)) in cases.iter().enumerate() {
+        layer_norm_case(gpu, NormShape { rows, d }, 10 + i as u64).await;
+        rms_norm_case(gpu, NormShape { rows, d }, 40 + i as u64).await;
+    }
+}
+
+async fn check_split_binding() {
+    let gpu = Gpu::new(&DeviceOptions { max_storage_binding: Some(4096) }).await.unwrap();
+    let shape = NormShape { rows: 37, d: 128 };
+    let chunk = rows_per_chunk(&gpu, "test", shape.rows, &[(shape.d * 4) as u64]).unwrap();
+    assert!(chunk < shape.rows, "expected several row chunks, got {chunk}");
+    layer_norm_case(&gpu, shape, 3).await;
+    rms_norm_case(&gpu, shape, 4).await;
+    // A single row wider than one binding is a typed error.
+    let (x, g, y) = (zeros(&gpu, 2000).await, zeros(&gpu, 2000).await, zeros(&gpu, 2000).await);
+    let mut enc = encoder(&gpu);
+    let err = RmsNorm { eps: 1e-5 }
+        .encode(&gpu, &mut enc, NormShape { rows: 1, d: 2000 }, &x, &g, &y)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RuntimeError::BindingTooLarge { .. }), "{err}");
+    // Bad shapes are typed errors too.
+    let err = RmsNorm { eps: 1e-5 }
+        .encode(&gpu, &mut enc, NormShape { rows: 0, d: 4 }, &x, &g, &y)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RuntimeError::Shape(_)), "{err}");
+    let err = RmsNorm { eps: 1e-5 }
+        .encode(&gpu, &mut enc, NormShape { rows: 2, d: 1500 }, &x, &g, &y)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RuntimeError::Shape(_)), "{err}");
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+#[test]
+fn norms_match_reference() {
+    let gpu = pollster::block_on(Gpu::new(&DeviceOptions::default())).expect("a GPU adapter");
+    pollster::block_on(check_sizes(&gpu));
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+#[test]
+fn norms_split_binding() {
+    pollster::block_on(check_split_binding());
+}
+
+#[cfg(target_arch = "wasm32")]
+#[wasm_bindgen_test::wasm_bindgen_test]
+async fn norms_match_reference_in_browser() {
+    let gpu = Gpu::new(&DeviceOptions::default()).await.expect("WebGPU adapter");
+    check_sizes(&gpu).await;
+}
+
+#[cfg(target_arch = "wasm32")]
+#[wasm_bindgen_test::wasm_bindgen_test]
+async fn norms_split_binding_in_browser() {
+    check_split_binding().await;
+}

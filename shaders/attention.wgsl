@@ -1,0 +1,306 @@
+// Scaled dot-product attention with an online (running max, rescaled sum) softmax in f32:
+//   out[b, i, h, :] = sum_j softmax_j(scale * q[b, i, h, :] . k[b, j, g, :]) * v[b, j, g, :]
+// over keys j < kv_len, and additionally j <= q_offset + i when causal, where g = h / (heads /
+// kv_heads) is the query head's key/value head (grouped-query attention).
+// Layouts (row-major f32, read as vec4 since HD % 4 == 0): q and out [batch, queries, heads, HD];
+// k and v [batch, kv_capacity, kv_heads, HD], rows 0..kv_len valid.
+//
+// One dispatch covers keys key_begin..key_end; longer key ranges take several dispatches that
+// carry the state between them: the unnormalised accumulator in `out` and the running max and
+// sum in `ml` [batch, queries, heads, 2]. `first` starts from scratch, `last` normalises. (This
+// bounds the loop iterations of one invocation, which some drivers cap: llvmpipe stops every
+// loop of an invocation after 65535 iterations in total.)
+//
+// Default variant (query-tiled): one workgroup of 64 invocations per (64 queries, head, batch),
+// one query per invocation (its q and accumulator in registers); keys are staged BK at a time in
+// workgroup memory and shared by all 64 queries.
+// SPLIT_KEYS variant: one workgroup of 256 invocations per (query, head, batch), for few queries
+// (decode): blocks of 256 keys, one score per invocation, block max and sum reduced in workgroup
+// memory, then (lane, 4 dims) invocations accumulate p * v.
+
+struct Params {
+    queries: u32,
+    heads: u32,
+    kv_heads: u32,
+    kv_len: u32,
+    kv_capacity: u32,
+    q_offset: u32,
+    causal: u32,
+    scale: f32,
+    key_begin: u32,
+    key_end: u32,
+    first: u32,
+    last: u32,
+}
+
+@group(0) @binding(0) var<uniform> params: Params;
+@group(0) @binding(1) var<storage, read> q: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> k: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read> v: array<vec4<f32>>;
+@group(0) @binding(4) var<storage, read_write> out: array<vec4<f32>>;
+@group(0) @binding(5) var<storage, read_write> ml: array<f32>;
+
+#ifdef HEAD_DIM
+const HD: u32 = {{HEAD_DIM}}u;
+#else
+const HD: u32 = 64u;
+#endif
+const HD4: u32 = HD / 4u;
+
+// Keys visible to query i of this call.
+fn visible_keys(i: u32) -> u32 {
+    if (params.causal != 0u) {
+        return min(params.kv_len, params.q_offset + i + 1u);
+    }
+    return params.kv_len;
+}
+
+// Index of the (query, head) row, in units of rows of HD.
+fn q_row(b: u32, i: u32, h: u32) -> u32 {
+    return (b * params.queries + i) * params.heads + h;
+}
+
+fn kv_row(b: u32, j: u32, g: u32) -> u32 {
+    return (b * params.kv_capacity + j) * params.kv_heads + g;
+}
+
+#ifndef SPLIT_KEYS
+const BQ: u32 = 64u;
+#ifdef BLOCK_KEYS
+const BK: u32 = {{BLOCK_KEYS}}u;
+#else
+const BK: u32 = 16u;
+#endif
+const TILE4: u32 = BK * HD4;
+const LOADS: u32 = (TILE4 + BQ - 1u) / BQ;
+
+var<workgroup> ks: array<vec4<f32>, TILE4>;
+var<workgroup> vs: array<vec4<f32>, TILE4>;
+
+@compute @workgroup_size(64, 1, 1)
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    let b = wg.z;
+    let h = wg.y;
+    let g = h / (params.heads / params.kv_heads);
+    let i = wg.x * BQ + li;
+    let is_query = i < params.queries;
+    // Keys needed by the block's last query (uniform, so the barriers below are too).
+    let end = min(params.key_end, visible_keys(min(params.queries, wg.x * BQ + BQ) - 1u));
+    var n_mine = 0u;
+    var row = 0u;
+    var qv: array<vec4<f32>, HD4>;
+    var acc: array<vec4<f32>, HD4>;
+    var m = 0.0;
+    var l = 0.0;
+    var started = params.first == 0u;
+    for (var c = 0u; c < HD4; c++) {
+        acc[c] = vec4<f32>(0.0);
+        qv[c] = vec4<f32>(0.0);
+    }
+    if (is_query) {
+        n_mine = min(params.key_end, visible_keys(i));
+        row = q_row(b, i, h);
+        for (var c = 0u; c < HD4; c++) {
+            qv[c] = q[row * HD4 + c];
+        }
+        if (started) {
+            m = ml[2u * row];
+            l = ml[2u * row + 1u];
+            for (var c = 0u; c < HD4; c++) {
+                acc[c] = out[row * HD4 + c];
+            }
+        }
+    }
+    for (var j0 = params.key_begin; j0 < end; j0 += BK) {
+        for (var r = 0u; r < LOADS; r++) {
+            let e = r * BQ + li;
+            if (e < TILE4) {
+                let j = j0 + e / HD4;
+                var kk = vec4<f32>(0.0);
+                var vv = vec4<f32>(0.0);
+                if (j < params.kv_len) {
+                    let idx = kv_row(b, j, g) * HD4 + e % HD4;
+                    kk = k[idx];
+                    vv = v[idx];
+                }
+                ks[e] = kk;
+                vs[e] = vv;
+            }
+        }
+        workgroupBarrier();
+        if (j0 < n_mine) {
+            let count = min(BK, n_mine - j0);
+            var p: array<f32, BK>;
+            var tile_max = -3.0e38;
+            for (var jj = 0u; jj < BK; jj++) {
+                p[jj] = 0.0;
+                if (jj < count) {
+                    var s = 0.0;
+                    for (var c = 0u; c < HD4; c++) {
+                        s += dot(qv[c], ks[jj * HD4 + c]);
+                    }
+                    p[jj] = s * params.scale;
+                    tile_max = max(tile_max, p[jj]);
+                }
+            }
+            var m_new = tile_max;
+            var alpha = 0.0;
+            if (started) {
+                m_new = max(m, tile_max);
+                alpha = exp(m - m_new);
+            }
+            var tile_sum = 0.0;
+            for (var jj = 0u; jj < BK; jj++) {
+                if (jj < count) {
+                    p[jj] = exp(p[jj] - m_new);
+                    tile_sum += p[jj];
+                }
+            }
+            l = l * alpha + tile_sum;
+            for (var c = 0u; c < HD4; c++) {
+                var t = vec4<f32>(0.0);
+                for (var jj = 0u; jj < BK; jj++) {
+                    t = fma(vec4<f32>(p[jj]), vs[jj * HD4 + c], t);
+                }
+                acc[c] = acc[c] * alpha + t;
+            }
+            m = m_new;
+            started = true;
+        }
+        workgroupBarrier();
+    }
+    if (is_query) {
+        if (params.last != 0u) {
+            for (var c = 0u; c < HD4; c++) {
+                out[row * HD4 + c] = acc[c] / l;
+            }
+        } else {
+            for (var c = 0u; c < HD4; c++) {
+                out[row * HD4 + c] = acc[c];
+            }
+            ml[2u * row] = m;
+            ml[2u * row + 1u] = l;
+        }
+    }
+}
+#else
+const T: u32 = 256u;
+const LANES: u32 = T / HD4;
+
+var<workgroup> qs: array<vec4<f32>, HD4>;
+var<workgroup> ps: array<f32, 256>;
+var<workgroup> red: array<f32, 256>;
+var<workgroup> part: array<vec4<f32>, 256>;
+
+fn block_max(li: u32, x: f32) -> f32 {
+    red[li] = x;
+    workgroupBarrier();
+    for (var stride = T / 2u; stride > 0u; stride = stride / 2u) {
+        if (li < stride) {
+            red[li] = max(red[li], red[li + stride]);
+        }
+        workgroupBarrier();
+    }
+    let r = red[0];
+    workgroupBarrier();
+    return r;
+}
+
+fn block_sum(li: u32, x: f32) -> f32 {
+    red[li] = x;
+    workgroupBarrier();
+    for (var stride = T / 2u; stride > 0u; stride = stride / 2u) {
+        if (li < stride) {
+            red[li] = red[li] + red[li + stride];
+        }
+        workgroupBarrier();
+    }
+    let r = red[0];
+    workgroupBarrier();
+    return r;
+}
+
+@compute @workgroup_size(256, 1, 1)
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    let i = wg.x;
+    let h = wg.y;
+    let b = wg.z;
+    let g = h / (params.heads / params.kv_heads);
+    let n = min(params.key_end, visible_keys(i));
+    let row = q_row(b, i, h);
+    if (li < HD4) {
+        qs[li] = q[row * HD4 + li];
+    }
+    // Invocation (lane, c) accumulates dims 4c..4c+3 over keys lane, lane + LANES, ….
+    let lane = li / HD4;
+    let c = li % HD4;
+    var m = 0.0;
+    var l = 0.0;
+    var acc = vec4<f32>(0.0);
+    var started = params.first == 0u;
+    if (started) {
+        m = ml[2u * row];
+        l = ml[2u * row + 1u];
+        if (lane == 0u) {
+            acc = out[row * HD4 + c];
+        }
+    }
+    workgroupBarrier();
+    for (var j0 = params.key_begin; j0 < n; j0 += T) {
+        let j = j0 + li;
+        var s = -3.0e38;
+        if (j < n) {
+            let kb = kv_row(b, j, g) * HD4;
+            var sum = 0.0;
+            for (var e = 0u; e < HD4; e++) {
+                sum += dot(qs[e], k[kb + e]);
+            }
+            s = sum * params.scale;
+        }
+        let bm = block_max(li, s);
+        var m_new = bm;
+        var alpha = 0.0;
+        if (started) {
+            m_new = max(m, bm);
+            alpha = exp(m - m_new);
+        }
+        var p = 0.0;
+        if (j < n) {
+            p = exp(s - m_new);
+        }
+        ps[li] = p;
+        // block_sum's barriers also publish ps.
+        l = l * alpha + block_sum(li, p);
+        if (lane < LANES) {
+            let count = min(T, n - j0);
+            var t = vec4<f32>(0.0);
+            for (var jj = lane; jj < count; jj += LANES) {
+                t = fma(vec4<f32>(ps[jj]), v[kv_row(b, j0 + jj, g) * HD4 + c], t);
+            }
+            acc = acc * alpha + t;
+        }
+        m = m_new;
+        started = true;
+        workgroupBarrier();
+    }
+    if (lane < LANES) {
+        part[lane * HD4 + c] = acc;
+    }
+    workgroupBarrier();
+    if (li < HD4) {
+        var o = vec4<f32>(0.0);
+        for (var r = 0u; r < LANES; r++) {
+            o += part[r * HD4 + li];
+        }
+        if (params.last != 0u) {
+            out[row * HD4 + li] = o / l;
+        } else {
+            out[row * HD4 + li] = o;
+        }
+    }
+    if (li == 0u && params.last == 0u) {
+        ml[2u * row] = m;
+        ml[2u * row + 1u] = l;
+    }
+}
+#endif

@@ -1,0 +1,82 @@
+// Matrix-vector product for a few rows (decode), against a weight in [out, in] layout:
+//   y[r, col_offset + c] = sum_k x[r, k] * w[c, k]  (+ bias[col_offset + c])
+// for r < ROWS (compile-time, 1..=4), c < n. Same bindings and Params as matmul.wgsl; `w` may be
+// a row chunk of a larger weight bound at an offset.
+//
+// Each 256-invocation workgroup computes 8 output columns, 32 invocations per column: each
+// invocation sums a strided slice of k (consecutive invocations read consecutive weights), then
+// the 32 partial sums are reduced in workgroup memory. Workgroups lie on a 2-D grid.
+
+struct Params {
+    m: u32,
+    n: u32,
+    k_dim: u32,
+    ldy: u32,
+    col_offset: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
+}
+
+@group(0) @binding(0) var<uniform> params: Params;
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read> w: array<f32>;
+@group(0) @binding(3) var<storage, read_write> y: array<f32>;
+#ifdef BIAS
+@group(0) @binding(4) var<storage, read> bias: array<f32>;
+#endif
+
+#ifdef ROWS
+const ROWS: u32 = {{ROWS}}u;
+#else
+const ROWS: u32 = 1u;
+#endif
+const COLS: u32 = 8u;
+const LANES: u32 = 32u;
+
+var<workgroup> partial: array<f32, 256 * ROWS>;
+
+@compute @workgroup_size(256, 1, 1)
+fn main(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) li: u32,
+) {
+    let lane = li % LANES;
+    let c = (wg.y * nwg.x + wg.x) * COLS + li / LANES;
+    let k_dim = params.k_dim;
+    var acc: array<f32, ROWS>;
+    for (var r = 0u; r < ROWS; r++) {
+        acc[r] = 0.0;
+    }
+    if (c < params.n) {
+        let wb = c * k_dim;
+        for (var kk = lane; kk < k_dim; kk += LANES) {
+            let wv = w[wb + kk];
+            for (var r = 0u; r < ROWS; r++) {
+                acc[r] = fma(x[r * k_dim + kk], wv, acc[r]);
+            }
+        }
+    }
+    for (var r = 0u; r < ROWS; r++) {
+        partial[r * 256u + li] = acc[r];
+    }
+    workgroupBarrier();
+    for (var stride = LANES / 2u; stride > 0u; stride = stride / 2u) {
+        if (lane < stride) {
+            for (var r = 0u; r < ROWS; r++) {
+                partial[r * 256u + li] = partial[r * 256u + li] + partial[r * 256u + li + stride];
+            }
+        }
+        workgroupBarrier();
+    }
+    if (lane == 0u && c < params.n) {
+        for (var r = 0u; r < ROWS; r++) {
+            var v = partial[r * 256u + li];
+#ifdef BIAS
+            v += bias[params.col_offset + c];
+#endif
+            y[r * params.ldy + params.col_offset + c] = v;
+        }
+    }
+}
