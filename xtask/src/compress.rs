@@ -4,8 +4,11 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use pocketvlm_compress::{ConvertOptions, Recipe, convert};
-use pocketvlm_format::{Manifest, dir};
+use pocketvlm_compress::calib::{CalibOptions, CalibSource};
+use pocketvlm_compress::{
+    Budgets, ConvertOptions, LowRankOptions, Method, Recipe, compress_lowrank, convert,
+};
+use pocketvlm_format::{Encoding, Manifest, dir};
 
 use crate::util::human_bytes;
 
@@ -17,9 +20,54 @@ pub struct Args {
     /// Output model directory.
     #[arg(long)]
     out: PathBuf,
-    /// Conversion recipe.
+    /// Conversion recipe: dense, or a low-rank recipe (svd, asvd, svd-llm, qsvd, laser).
     #[arg(long, default_value = "dense")]
     recipe: String,
+    /// Budget: text QKV factor parameters as a fraction of the dense Q, K and V weights.
+    #[arg(long)]
+    qkv_params: Option<f64>,
+    /// Budget: KV-cache values per token as a fraction of dense K+V (the joint latent is cached).
+    #[arg(long)]
+    kv_cache: Option<f64>,
+    /// Budget: text MLP parameters as a fraction of the dense gate/up/down weights.
+    #[arg(long)]
+    ffn_params: Option<f64>,
+    /// Budget: vision-tower QKV factor parameters as a fraction of dense (biases stay exact).
+    #[arg(long)]
+    vision_qkv_params: Option<f64>,
+    /// Calibration images folder (`name.txt` beside `name.jpg` is used as its caption; without
+    /// captions the uncompressed model's own greedy answers are the targets).
+    #[arg(long, conflicts_with = "calib_text")]
+    calib: Option<PathBuf>,
+    /// Calibration text file (language-model-only calibration).
+    #[arg(long)]
+    calib_text: Option<PathBuf>,
+    /// Number of calibration samples.
+    #[arg(long, default_value_t = 32)]
+    calib_samples: usize,
+    /// Seed of the calibration sample draw.
+    #[arg(long, default_value_t = 0)]
+    calib_seed: u64,
+    /// Longest calibration answer (images; default 32) or text window (text; default 256), in tokens.
+    #[arg(long)]
+    calib_max_tokens: Option<usize>,
+    /// Keep prepared calibration samples in this file and reuse them when the checkpoint and
+    /// calibration options match (skips the vision tower and the greedy answers).
+    #[arg(long)]
+    calib_cache: Option<PathBuf>,
+    /// Split calibration images into tiles as the processor does by default (slower; off = one
+    /// tile per image).
+    #[arg(long)]
+    tiling: bool,
+    /// Share of the singular values given to the down (latent) factor.
+    #[arg(long, default_value_t = 0.5)]
+    beta: f64,
+    /// ASVD activation exponent.
+    #[arg(long, default_value_t = 0.5)]
+    alpha: f64,
+    /// Encoding of the factor tensors (f32, f16, bf16; default: that of the weights they replace).
+    #[arg(long)]
+    factor_encoding: Option<String>,
     /// Largest shard in MiB.
     #[arg(long, default_value_t = 32)]
     shard_mib: u64,
@@ -36,6 +84,9 @@ pub struct InspectArgs {
 }
 
 pub fn run(args: Args) -> Result<()> {
+    if let Some(method) = Method::parse(&args.recipe) {
+        return run_lowrank(args, method);
+    }
     let recipe: Recipe = args.recipe.parse()?;
     let start = Instant::now();
     let options = ConvertOptions { recipe, max_shard_bytes: args.shard_mib << 20 };
@@ -43,12 +94,6 @@ pub fn run(args: Args) -> Result<()> {
         .with_context(|| format!("converting {}", args.model.display()))?;
     let seconds = start.elapsed().as_secs_f64();
     if args.json {
-        let bytes: serde_json::Map<String, serde_json::Value> = summary
-            .manifest
-            .component_sizes()
-            .into_iter()
-            .map(|(c, s)| (c.name().to_string(), s.bytes.into()))
-            .collect();
         let out = serde_json::json!({
             "recipe": recipe.name(),
             "bits": null,
@@ -56,13 +101,77 @@ pub fn run(args: Args) -> Result<()> {
             "kv_cache_ratio": 1.0,
             "ffn_params_ratio": 1.0,
             "ranks": null,
-            "bytes": bytes,
+            "bytes": component_bytes(&summary.manifest),
             "seconds": seconds,
         });
         println!("{out}");
     } else {
         print_summary(&summary.manifest);
         println!("wrote {} in {seconds:.2} s", summary.out_dir.display());
+    }
+    Ok(())
+}
+
+fn component_bytes(m: &Manifest) -> serde_json::Map<String, serde_json::Value> {
+    m.component_sizes().into_iter().map(|(c, s)| (c.name().to_string(), s.bytes.into())).collect()
+}
+
+fn run_lowrank(args: Args, method: Method) -> Result<()> {
+    let start = Instant::now();
+    let budgets = Budgets {
+        qkv_params: args.qkv_params,
+        kv_cache: args.kv_cache,
+        ffn_params: args.ffn_params,
+        vision_qkv_params: args.vision_qkv_params,
+    };
+    let source = match (&args.calib, &args.calib_text) {
+        (Some(d), _) => Some(CalibSource::Images(d.clone())),
+        (None, Some(f)) => Some(CalibSource::Text(f.clone())),
+        (None, None) => None,
+    };
+    let calib = source.map(|s| {
+        let mut c = CalibOptions::new(s);
+        c.samples = args.calib_samples;
+        c.seed = args.calib_seed;
+        if let Some(m) = args.calib_max_tokens {
+            c.max_tokens = m;
+        }
+        c.tiling = args.tiling;
+        c
+    });
+    let mut opts = LowRankOptions::new(method, budgets, calib);
+    opts.beta = args.beta;
+    opts.calib_cache = args.calib_cache.clone();
+    opts.transform.alpha = args.alpha;
+    opts.max_shard_bytes = args.shard_mib << 20;
+    opts.progress = true;
+    opts.factor_encoding =
+        args.factor_encoding.as_deref().map(|e| Encoding::parse(e, "--factor-encoding")).transpose()?;
+    let summary = compress_lowrank(&args.model, &args.out, &opts)
+        .with_context(|| format!("compressing {}", args.model.display()))?;
+    let seconds = start.elapsed().as_secs_f64();
+    let c = &summary.compression;
+    if args.json {
+        let ranks: Vec<Option<usize>> = c.text_layers.iter().map(|l| l.qkv).collect();
+        let out = serde_json::json!({
+            "recipe": method.name(),
+            "bits": null,
+            "qkv_params_ratio": c.achieved.qkv_params,
+            "kv_cache_ratio": c.achieved.kv_cache,
+            "ffn_params_ratio": c.achieved.ffn_params,
+            "ranks": ranks,
+            "bytes": component_bytes(&summary.manifest),
+            "seconds": seconds,
+        });
+        println!("{out}");
+    } else {
+        print!("{}", std::fs::read_to_string(&summary.report_path)?);
+        println!(
+            "wrote {} in {seconds:.1} s (report {}, plot {})",
+            summary.out_dir.display(),
+            summary.report_path.display(),
+            summary.svg_path.display()
+        );
     }
     Ok(())
 }
@@ -99,6 +208,11 @@ fn print_summary(m: &Manifest) {
         "  image:   {} tokens per tile, longest edge {}",
         m.processor.image_seq_len, m.processor.longest_edge
     );
+    if let Some(z) = &m.compression {
+        let ranks: Vec<String> =
+            z.text_layers.iter().map(|l| l.qkv.map_or("dense".into(), |r| r.to_string())).collect();
+        println!("  low-rank: {} (QKV ranks per layer: {})", z.recipe, ranks.join(" "));
+    }
     println!("  {:<11} {:>12} {:>12}", "component", "params", "bytes");
     for (component, size) in m.component_sizes() {
         println!("  {:<11} {:>12} {:>12}", component.name(), size.params, human_bytes(size.bytes));

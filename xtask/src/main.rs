@@ -1,6 +1,8 @@
 //! `cargo xtask <command>`: the one entry point for building, converting, testing and serving.
 
+mod caption;
 mod compress;
+mod eval;
 mod setup;
 mod test;
 mod util;
@@ -18,6 +20,10 @@ struct Cli {
 enum Command {
     /// Convert a Hugging Face SmolVLM checkpoint into a PocketVLM model directory.
     Compress(compress::Args),
+    /// Caption an image (or answer a text prompt) with a converted model on the native GPU.
+    Caption(caption::Args),
+    /// Fidelity of compressed models against the uncompressed checkpoint (perplexity, KL, top-1).
+    Eval(eval::Args),
     /// Validate a model directory (manifest, shard checksums) and print its summary.
     Inspect(compress::InspectArgs),
     /// Install what the tests need (when missing), then run fmt, clippy, native and browser tests.
@@ -30,7 +36,9 @@ fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Compress(args) => compress::run(args),
+        Command::Caption(args) => caption::run(args),
         Command::Inspect(args) => compress::inspect(args),
+        Command::Eval(args) => eval::run(args),
         Command::Test(args) => test::run(args),
         Command::Setup => setup::ensure_all(),
     };

@@ -6,10 +6,12 @@ use anyhow::Result;
 use crate::setup::{self, CHROMEDRIVER};
 use crate::util::{cargo, root, run as sh};
 
-/// Crates whose wasm-bindgen tests run in the browser; each has a `webdriver.json`.
-const BROWSER_CRATES: [(&str, &str); 1] = [("pocketvlm-runtime", "crates/runtime")];
+/// Crates with wasm-bindgen tests, run from their directory: in headless Chromium where the tests
+/// say `run_in_browser` (those crates have a `webdriver.json`), else in Node.
+const WASM_TEST_CRATES: [(&str, &str); 2] =
+    [("pocketvlm-runtime", "crates/runtime"), ("pocketvlm-processor", "crates/processor")];
 /// Crates that must build for wasm32.
-const WASM_CRATES: [&str; 2] = ["pocketvlm-format", "pocketvlm-runtime"];
+const WASM_CRATES: [&str; 3] = ["pocketvlm-format", "pocketvlm-processor", "pocketvlm-runtime"];
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -22,7 +24,7 @@ pub struct Args {
 }
 
 pub fn run_browser_tests() -> Result<()> {
-    for (package, dir) in BROWSER_CRATES {
+    for (package, dir) in WASM_TEST_CRATES {
         sh(cargo()
             .current_dir(root().join(dir))
             .env("CHROMEDRIVER", CHROMEDRIVER)

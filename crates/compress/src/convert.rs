@@ -2,10 +2,13 @@
 
 use std::path::{Path, PathBuf};
 
-use pocketvlm_format::architecture::dense_tensors;
+use pocketvlm_format::architecture::{dense_tensors, expected_tensors};
 use pocketvlm_format::dir::{DirSink, write_manifest};
 use pocketvlm_format::manifest::{FORMAT_TAG, VERSION};
-use pocketvlm_format::{DEFAULT_SHARD_BYTES, FormatError, Manifest, ShardPacker, SourceInfo};
+use pocketvlm_format::{
+    Compression, DEFAULT_SHARD_BYTES, Encoding, FormatError, GenerationConfig, Manifest, ModelConfig,
+    ProcessorConfig, ShardPacker, SourceInfo, TokenizerInfo,
+};
 use serde_json::Value;
 
 use crate::checkpoint::Checkpoint;
@@ -61,47 +64,107 @@ fn optional_json(path: PathBuf) -> Result<Option<Value>> {
     if path.exists() { read_json(&path).map(Some) } else { Ok(None) }
 }
 
-/// Convert the checkpoint in `hf_dir` into a model directory `out_dir` (created if needed).
-pub fn convert(hf_dir: &Path, out_dir: &Path, options: &ConvertOptions) -> Result<ConvertSummary> {
-    let config_path = hf_dir.join("config.json");
-    if !config_path.exists() {
-        return Err(CompressError::NotACheckpoint {
-            path: hf_dir.display().to_string(),
-            reason: "no config.json".into(),
-        });
-    }
-    let config = read_json(&config_path)?;
-    let mut defaulted = Vec::new();
-    let model = model_config(&config, &mut defaulted)?;
+/// Everything of a checkpoint directory except the weights, resolved into manifest sections.
+pub struct SourceMeta {
+    pub model: ModelConfig,
+    pub processor: ProcessorConfig,
+    pub generation: GenerationConfig,
+    pub tokenizer_bytes: Vec<u8>,
+    pub tokenizer: TokenizerInfo,
+    pub defaulted: Vec<String>,
+}
 
-    let processor = optional_json(hf_dir.join("processor_config.json"))?;
-    let image_processor = match optional_json(hf_dir.join("preprocessor_config.json"))? {
-        Some(v) => v,
-        None => processor.as_ref().and_then(|p| p.get("image_processor")).cloned().ok_or_else(|| {
-            CompressError::NotACheckpoint {
+impl SourceMeta {
+    /// Read `config.json`, the processor settings, the generation config and the tokenizer.
+    pub fn read(hf_dir: &Path) -> Result<Self> {
+        let config_path = hf_dir.join("config.json");
+        if !config_path.exists() {
+            return Err(CompressError::NotACheckpoint {
                 path: hf_dir.display().to_string(),
-                reason: "no image processor settings (preprocessor_config.json)".into(),
-            }
-        })?,
-    };
-    let processor_cfg = processor_config(&image_processor, processor.as_ref(), &model, &mut defaulted)?;
-    let generation =
-        generation_config(optional_json(hf_dir.join("generation_config.json"))?.as_ref(), &config)?;
-    let (tokenizer_bytes, tokenizer_info) = tokenizer::read(hf_dir, processor.as_ref())?;
+                reason: "no config.json".into(),
+            });
+        }
+        let config = read_json(&config_path)?;
+        let mut defaulted = Vec::new();
+        let model = model_config(&config, &mut defaulted)?;
 
-    let checkpoint = Checkpoint::open(hf_dir)?;
-    let tensors = checkpoint.tensors()?;
-    let expected = dense_tensors(&model);
+        let processor = optional_json(hf_dir.join("processor_config.json"))?;
+        let image_processor = match optional_json(hf_dir.join("preprocessor_config.json"))? {
+            Some(v) => v,
+            None => processor.as_ref().and_then(|p| p.get("image_processor")).cloned().ok_or_else(|| {
+                CompressError::NotACheckpoint {
+                    path: hf_dir.display().to_string(),
+                    reason: "no image processor settings (preprocessor_config.json)".into(),
+                }
+            })?,
+        };
+        let processor_cfg = processor_config(&image_processor, processor.as_ref(), &model, &mut defaulted)?;
+        let generation =
+            generation_config(optional_json(hf_dir.join("generation_config.json"))?.as_ref(), &config)?;
+        let (tokenizer_bytes, tokenizer) = tokenizer::read(hf_dir, processor.as_ref())?;
+        Ok(Self { model, processor: processor_cfg, generation, tokenizer_bytes, tokenizer, defaulted })
+    }
+}
+
+/// A tensor on its way into the shards.
+pub struct OutTensor<'a> {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub encoding: Encoding,
+    pub bytes: std::borrow::Cow<'a, [u8]>,
+}
+
+/// Write a model directory: the tensors (which must be exactly those the config and
+/// `compression` imply, in any order), the tokenizer and the manifest.
+pub fn write_model<'a>(
+    meta: &SourceMeta,
+    recipe: &str,
+    compression: Option<Compression>,
+    tensors: impl IntoIterator<Item = OutTensor<'a>>,
+    out_dir: &Path,
+    max_shard_bytes: u64,
+) -> Result<Manifest> {
+    std::fs::create_dir_all(out_dir)
+        .map_err(|e| FormatError::Io { path: out_dir.display().to_string(), source: e })?;
+    let mut packer = ShardPacker::new(DirSink { dir: out_dir.to_path_buf() }, max_shard_bytes)?;
+    for t in tensors {
+        packer.add(&t.name, &t.shape, t.encoding, &t.bytes)?;
+    }
+    let (_, shards, tensor_table) = packer.finish()?;
+
+    let tokenizer_path = out_dir.join(&meta.tokenizer.file);
+    std::fs::write(&tokenizer_path, &meta.tokenizer_bytes)
+        .map_err(|e| FormatError::Io { path: tokenizer_path.display().to_string(), source: e })?;
+
+    let manifest = Manifest {
+        format: FORMAT_TAG.to_string(),
+        version: VERSION,
+        model: meta.model.clone(),
+        processor: meta.processor.clone(),
+        tokenizer: meta.tokenizer.clone(),
+        generation: meta.generation.clone(),
+        source: SourceInfo { recipe: recipe.to_string(), defaulted_keys: meta.defaulted.clone() },
+        compression,
+        shards,
+        tensors: tensor_table,
+    };
+    manifest.validate()?;
+    write_manifest(out_dir, &manifest)?;
+    Ok(manifest)
+}
+
+/// Check that a checkpoint holds exactly the tensors of its architecture (a stored `lm_head`
+/// is tolerated, and skipped, when embeddings are tied).
+pub fn check_checkpoint_tensors(
+    model: &ModelConfig,
+    tensors: &std::collections::BTreeMap<String, crate::checkpoint::RawTensor<'_>>,
+) -> Result<()> {
+    let expected = dense_tensors(model);
     let known: std::collections::HashSet<&str> = expected.iter().map(|(n, _)| n.as_str()).collect();
-    // With tied embeddings a stored lm_head is a duplicate of the embedding table and is skipped.
     let skipped = |n: &str| model.text.tie_word_embeddings && n == "lm_head.weight";
     if let Some(extra) = tensors.keys().find(|n| !known.contains(n.as_str()) && !skipped(n)) {
         return Err(FormatError::UnexpectedTensor { name: extra.clone() }.into());
     }
-
-    std::fs::create_dir_all(out_dir)
-        .map_err(|e| FormatError::Io { path: out_dir.display().to_string(), source: e })?;
-    let mut packer = ShardPacker::new(DirSink { dir: out_dir.to_path_buf() }, options.max_shard_bytes)?;
     for (name, shape) in &expected {
         let t = tensors.get(name).ok_or_else(|| FormatError::MissingTensor { name: name.clone() })?;
         if &t.shape != shape {
@@ -112,26 +175,20 @@ pub fn convert(hf_dir: &Path, out_dir: &Path, options: &ConvertOptions) -> Resul
             }
             .into());
         }
-        packer.add(name, &t.shape, t.encoding, t.bytes)?;
     }
-    let (_, shards, tensor_table) = packer.finish()?;
+    Ok(())
+}
 
-    let tokenizer_path = out_dir.join(&tokenizer_info.file);
-    std::fs::write(&tokenizer_path, &tokenizer_bytes)
-        .map_err(|e| FormatError::Io { path: tokenizer_path.display().to_string(), source: e })?;
-
-    let manifest = Manifest {
-        format: FORMAT_TAG.to_string(),
-        version: VERSION,
-        model,
-        processor: processor_cfg,
-        tokenizer: tokenizer_info,
-        generation,
-        source: SourceInfo { recipe: options.recipe.name().to_string(), defaulted_keys: defaulted },
-        shards,
-        tensors: tensor_table,
-    };
-    manifest.validate()?;
-    write_manifest(out_dir, &manifest)?;
+/// Convert the checkpoint in `hf_dir` into a model directory `out_dir` (created if needed).
+pub fn convert(hf_dir: &Path, out_dir: &Path, options: &ConvertOptions) -> Result<ConvertSummary> {
+    let meta = SourceMeta::read(hf_dir)?;
+    let checkpoint = Checkpoint::open(hf_dir)?;
+    let tensors = checkpoint.tensors()?;
+    check_checkpoint_tensors(&meta.model, &tensors)?;
+    let out = expected_tensors(&meta.model, None).into_iter().map(|(name, shape)| {
+        let t = &tensors[&name];
+        OutTensor { name, shape, encoding: t.encoding, bytes: std::borrow::Cow::Borrowed(t.bytes) }
+    });
+    let manifest = write_model(&meta, options.recipe.name(), None, out, out_dir, options.max_shard_bytes)?;
     Ok(ConvertSummary { out_dir: out_dir.to_path_buf(), manifest })
 }

@@ -17,8 +17,24 @@ pub enum CompressError {
     UnsupportedDtype { name: String, dtype: String },
     #[error("tensor {name:?} appears in more than one safetensors file")]
     DuplicateTensor { name: String },
-    #[error("unknown recipe {0:?} (known: dense)")]
+    #[error("unknown recipe {0:?} (known: dense, svd, asvd, svd-llm, qsvd, laser)")]
     UnknownRecipe(String),
+    #[error("CPU model: {0}")]
+    Candle(#[from] candle_core::Error),
+    #[error("calibration: {0}")]
+    Calibration(String),
+    #[error("calibration data {path}: {reason}")]
+    MissingCalibration { path: String, reason: String },
+    #[error("cannot read image {path}: {reason}")]
+    UnreadableImage { path: String, reason: String },
+    #[error("budget --{name} = {value} is out of range ({range})")]
+    BudgetOutOfRange { name: &'static str, value: f64, range: &'static str },
+    #[error("recipe {recipe} needs {what}")]
+    BadOptions { recipe: String, what: String },
+    #[error("linear algebra: {0}")]
+    Linalg(String),
+    #[error("no tokenizer: {0}")]
+    Tokenizer(String),
 }
 
 pub type Result<T, E = CompressError> = std::result::Result<T, E>;

@@ -1,11 +1,20 @@
 //! The PocketVLM compressor: reads Hugging Face SmolVLM checkpoints (safetensors, single file or
 //! sharded; f32, f16 or bf16) and writes PocketVLM model directories.
 
+pub mod allocate;
+pub mod calib;
 pub mod checkpoint;
 pub mod convert;
 pub mod error;
+pub mod eval;
 pub mod hf_config;
+pub mod lowrank;
+pub mod model;
+pub mod pipeline;
+pub mod report;
 pub mod tokenizer;
 
 pub use convert::{ConvertOptions, ConvertSummary, Recipe, convert};
 pub use error::{CompressError, Result};
+pub use lowrank::Method;
+pub use pipeline::{Budgets, LowRankOptions, LowRankSummary, compress_lowrank};

@@ -1,6 +1,12 @@
 //! The tensors an `Idefics3ForConditionalGeneration` checkpoint holds, named as Hugging Face
 //! names them, with the shapes the config implies.
 
+use std::collections::HashMap;
+
+use crate::compression::{
+    Compression, linear_factor_names, qkv_factor_names, text_layer_prefix, text_mlp_linears,
+    vision_layer_prefix, vision_mlp_linears,
+};
 use crate::config::ModelConfig;
 
 /// Names and shapes of every tensor a dense model with this config must have, in a stable order
@@ -60,6 +66,54 @@ pub fn dense_tensors(cfg: &ModelConfig) -> Vec<(String, Vec<usize>)> {
     push(format!("{tp}.norm.weight"), vec![d]);
     if !t.tie_word_embeddings {
         push("lm_head.weight".into(), vec![t.vocab_size, d]);
+    }
+    out
+}
+
+/// Names and shapes of every tensor a model with this config and (v2) compression section must
+/// have. Without a section this is [`dense_tensors`]; with one, each factored weight is replaced,
+/// in place, by its factors (see [`crate::compression`]); biases and everything else stay.
+pub fn expected_tensors(cfg: &ModelConfig, compression: Option<&Compression>) -> Vec<(String, Vec<usize>)> {
+    let dense = dense_tensors(cfg);
+    let Some(c) = compression else { return dense };
+    // dense weight name -> replacement tensors
+    let mut replace: HashMap<String, Vec<(String, Vec<usize>)>> = HashMap::new();
+    let t = &cfg.text;
+    let (dq, dkv) = (t.num_attention_heads * t.head_dim, t.num_key_value_heads * t.head_dim);
+    let towers = [
+        (&c.text_layers, t.hidden_size, dq, dkv, true),
+        (&c.vision_layers, cfg.vision.hidden_size, cfg.vision.hidden_size, cfg.vision.hidden_size, false),
+    ];
+    for (layers, d, dq, dkv, text) in towers {
+        for l in layers {
+            let prefix = if text { text_layer_prefix(l.layer) } else { vision_layer_prefix(l.layer) };
+            let attn = format!("{prefix}.self_attn");
+            if let Some(r) = l.qkv {
+                let [down, q, k, v] = qkv_factor_names(&attn);
+                replace.insert(
+                    format!("{attn}.q_proj.weight"),
+                    vec![(down, vec![r, d]), (q, vec![dq, r]), (k, vec![dkv, r]), (v, vec![dkv, r])],
+                );
+                replace.insert(format!("{attn}.k_proj.weight"), vec![]);
+                replace.insert(format!("{attn}.v_proj.weight"), vec![]);
+            }
+            let linears: Vec<(&str, usize, usize)> =
+                if text { text_mlp_linears(cfg).to_vec() } else { vision_mlp_linears(cfg).to_vec() };
+            for (name, out, inp) in linears {
+                if let Some(&r) = l.mlp.get(name) {
+                    let base = format!("{prefix}.mlp.{name}");
+                    let (down, up) = linear_factor_names(&base);
+                    replace.insert(format!("{base}.weight"), vec![(down, vec![r, inp]), (up, vec![out, r])]);
+                }
+            }
+        }
+    }
+    let mut out = Vec::with_capacity(dense.len() + replace.len());
+    for (name, shape) in dense {
+        match replace.remove(&name) {
+            Some(factors) => out.extend(factors),
+            None => out.push((name, shape)),
+        }
     }
     out
 }

@@ -8,6 +8,7 @@
 
 pub mod architecture;
 pub mod components;
+pub mod compression;
 pub mod config;
 pub mod dir;
 pub mod encoding;
@@ -15,6 +16,7 @@ pub mod error;
 pub mod manifest;
 pub mod shards;
 
+pub use compression::{CalibrationInfo, ComponentBytes, Compression, KvCacheInfo, LayerRanks, Ratios};
 pub use config::{
     ConnectorConfig, GenerationConfig, ModelConfig, ProcessorConfig, TextConfig, TokenizerInfo, VisionConfig,
 };

@@ -2,10 +2,11 @@
 //!
 //! ```text
 //! {
-//!   "format": "pocketvlm", "version": 1,
+//!   "format": "pocketvlm", "version": 2,
 //!   "model": ModelConfig, "processor": ProcessorConfig,
 //!   "tokenizer": TokenizerInfo, "generation": GenerationConfig,
 //!   "source": SourceInfo,
+//!   "compression": Compression,          (v2, optional: low-rank factors; see crate::compression)
 //!   "shards":  [{"file": "shard-00000.bin", "bytes": N, "sha256": "…"}],
 //!   "tensors": [{"name": "…", "shape": [..], "encoding": "bf16", "bytes": N,
 //!                "parts": [{"shard": 0, "offset": 0, "bytes": N}]}]
@@ -22,7 +23,8 @@ use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::architecture::dense_tensors;
+use crate::architecture::expected_tensors;
+use crate::compression::Compression;
 use crate::config::{GenerationConfig, ModelConfig, ProcessorConfig, TokenizerInfo};
 use crate::encoding::Encoding;
 use crate::error::{FormatError, Result};
@@ -32,7 +34,12 @@ pub const FORMAT_TAG: &str = "pocketvlm";
 /// Oldest manifest version this reader accepts.
 pub const MIN_VERSION: u32 = 1;
 /// Newest manifest version this reader accepts (and the one the writer produces).
-pub const VERSION: u32 = 1;
+///
+/// Version 2 adds the optional `compression` section and the low-rank factor tensors it implies;
+/// a manifest without that section means the same in both versions, so every v1 model loads.
+pub const VERSION: u32 = 2;
+/// First version that may carry a `compression` section.
+pub const COMPRESSION_VERSION: u32 = 2;
 /// Byte alignment of every tensor part inside a shard.
 pub const ALIGNMENT: u64 = 256;
 /// Default upper bound on a shard's size: 32 MiB.
@@ -50,6 +57,9 @@ pub struct Manifest {
     pub tokenizer: TokenizerInfo,
     pub generation: GenerationConfig,
     pub source: SourceInfo,
+    /// Low-rank factorisation (v2); absent for dense models.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compression: Option<Compression>,
     pub shards: Vec<ShardEntry>,
     pub tensors: Vec<TensorEntry>,
 }
@@ -152,6 +162,15 @@ impl Manifest {
     /// Check everything that can be checked without reading the shards.
     pub fn validate(&self) -> Result<()> {
         self.model.validate()?;
+        if let Some(c) = &self.compression {
+            if self.version < COMPRESSION_VERSION {
+                return Err(FormatError::InvalidManifest(format!(
+                    "a \"compression\" section needs format version {COMPRESSION_VERSION} or later, found {}",
+                    self.version
+                )));
+            }
+            c.validate(&self.model)?;
+        }
         self.validate_layout()?;
         self.validate_against_config()
     }
@@ -195,7 +214,7 @@ impl Manifest {
     }
 
     fn validate_against_config(&self) -> Result<()> {
-        let expected = dense_tensors(&self.model);
+        let expected = expected_tensors(&self.model, self.compression.as_ref());
         let listed: HashMap<&str, &TensorEntry> = self.tensors.iter().map(|t| (t.name.as_str(), t)).collect();
         for (name, shape) in &expected {
             let entry =

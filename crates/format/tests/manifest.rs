@@ -97,6 +97,7 @@ fn write_model(dir: &std::path::Path, max_shard_bytes: u64) -> Manifest {
         },
         generation: GenerationConfig { bos_token_id: None, eos_token_ids: vec![298], pad_token_id: None },
         source: SourceInfo { recipe: "dense".into(), defaulted_keys: vec![] },
+        compression: None,
         shards,
         tensors,
     };

@@ -193,6 +193,21 @@ impl Gpu {
         Ok(bytes)
     }
 
+    /// Wait until all submitted GPU work has finished.
+    pub async fn finish(&self) -> Result<()> {
+        self.check_lost()?;
+        let (tx, rx) = futures_channel::oneshot::channel();
+        self.queue.on_submitted_work_done(move || {
+            let _ = tx.send(());
+        });
+        #[cfg(not(target_arch = "wasm32"))]
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| RuntimeError::Readback(e.to_string()))?;
+        rx.await.map_err(|_| RuntimeError::Readback("the completion callback was dropped".into()))?;
+        self.check_lost()
+    }
+
     /// Read `len` f32 values back.
     pub async fn read_f32(&self, buffer: &wgpu::Buffer, len: usize) -> Result<Vec<f32>> {
         let bytes = self.read_bytes(buffer, (len * 4) as u64).await?;

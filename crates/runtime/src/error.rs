@@ -22,6 +22,12 @@ pub enum RuntimeError {
     Shader { shader: String, message: String },
     #[error("{what} needs a {bytes}-byte binding; this device allows {limit} bytes per storage binding")]
     BindingTooLarge { what: String, bytes: u64, limit: u64 },
+    #[error("the prompt has {tokens} tokens; this model accepts fewer than {limit}")]
+    PromptTooLong { tokens: usize, limit: usize },
+    #[error(transparent)]
+    Processor(#[from] pocketvlm_processor::ProcessorError),
+    #[error(transparent)]
+    Format(#[from] pocketvlm_format::FormatError),
     #[error("shape error: {0}")]
     Shape(String),
 }

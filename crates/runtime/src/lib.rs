@@ -2,8 +2,10 @@
 //! (Vulkan, Metal, DX12) and in the browser (WebGPU).
 
 pub mod device;
+pub mod engine;
 pub mod error;
 pub mod kernels;
+pub mod model;
 pub mod pipelines;
 pub mod shader;
 

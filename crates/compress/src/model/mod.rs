@@ -1,0 +1,324 @@
+//! A CPU model of SmolVLM (f32, candle) with gradients: the calibration forward/backward and the
+//! reference forward of compressed models are the same code.
+//!
+//! Built from a Hugging Face checkpoint or a PocketVLM model directory; a v2 directory's low-rank
+//! factors become [`Linear`] layers with a `down` factor, so a compressed model runs through the
+//! same layers as the dense one.
+
+pub mod linear;
+pub mod text;
+pub mod vision;
+pub mod weights;
+
+use std::path::Path;
+
+use candle_core::{D, Device, Tensor};
+use pocketvlm_format::compression::{
+    linear_factor_names, qkv_factor_names, text_layer_prefix, text_mlp_linears, vision_layer_prefix,
+    vision_mlp_linears,
+};
+use pocketvlm_format::{Compression, LayerRanks, ModelConfig};
+
+use crate::checkpoint::Checkpoint;
+use crate::error::{CompressError, Result};
+use crate::hf_config::{model_config, read_json};
+pub use linear::{Linear, Proj, Tape, Target, Tower};
+pub use text::{KvCache, TextDecoder};
+pub use vision::VisionTower;
+use weights::WeightStore;
+
+/// One prompt: token ids with `<image>` placeholders and the tiles whose features fill them.
+pub struct Prompt {
+    pub ids: Vec<u32>,
+    /// Normalised tiles `[n, 3, S, S]`, or `None` for text-only prompts.
+    pub pixels: Option<Tensor>,
+}
+
+pub struct CpuModel {
+    pub cfg: ModelConfig,
+    pub vision: VisionTower,
+    /// Connector projection (no bias).
+    pub connector: Linear,
+    pub text: TextDecoder,
+}
+
+fn tensor(store: &dyn WeightStore, name: &str) -> Result<Tensor> {
+    let (shape, values) = store.load(name)?;
+    Ok(Tensor::from_vec(values, shape, &Device::Cpu)?)
+}
+
+/// `Wᵀ` of a dense `[out, in]` weight.
+fn transposed(store: &dyn WeightStore, name: &str) -> Result<Tensor> {
+    Ok(tensor(store, name)?.t()?.contiguous()?)
+}
+
+fn optional_bias(store: &dyn WeightStore, name: &str, with_bias: bool) -> Result<Option<Tensor>> {
+    with_bias.then(|| tensor(store, name)).transpose()
+}
+
+/// The stacked QKV linear of an attention block (`attn` ends in `self_attn`).
+fn qkv_linear(store: &dyn WeightStore, attn: &str, rank: Option<usize>, bias: bool) -> Result<Linear> {
+    let bias = if bias {
+        let parts = ["q_proj", "k_proj", "v_proj"]
+            .iter()
+            .map(|p| tensor(store, &format!("{attn}.{p}.bias")))
+            .collect::<Result<Vec<_>>>()?;
+        Some(Tensor::cat(&parts, 0)?)
+    } else {
+        None
+    };
+    if rank.is_some() {
+        let [down, q, k, v] = qkv_factor_names(attn);
+        let ups = [q, k, v].iter().map(|n| tensor(store, n)).collect::<Result<Vec<_>>>()?;
+        return Ok(Linear {
+            down_t: Some(transposed(store, &down)?),
+            w_t: Tensor::cat(&ups, 0)?.t()?.contiguous()?,
+            bias,
+        });
+    }
+    let ws = ["q_proj", "k_proj", "v_proj"]
+        .iter()
+        .map(|p| tensor(store, &format!("{attn}.{p}.weight")))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Linear { down_t: None, w_t: Tensor::cat(&ws, 0)?.t()?.contiguous()?, bias })
+}
+
+/// A single linear `{base}.weight` or its factors `{base}.down/up.weight`.
+fn plain_linear(store: &dyn WeightStore, base: &str, factored: bool, bias: bool) -> Result<Linear> {
+    let bias = optional_bias(store, &format!("{base}.bias"), bias)?;
+    if factored {
+        let (down, up) = linear_factor_names(base);
+        return Ok(Linear { down_t: Some(transposed(store, &down)?), w_t: transposed(store, &up)?, bias });
+    }
+    Ok(Linear { down_t: None, w_t: transposed(store, &format!("{base}.weight"))?, bias })
+}
+
+impl CpuModel {
+    /// Build from a weight store; `compression` says which layers are stored as factors.
+    pub fn build(
+        cfg: ModelConfig,
+        store: &dyn WeightStore,
+        compression: Option<&Compression>,
+    ) -> Result<Self> {
+        let none = LayerRanks::default();
+        let ranks = |layers: Option<&Vec<LayerRanks>>, i: usize| -> LayerRanks {
+            layers.and_then(|l| l.get(i)).cloned().unwrap_or_else(|| LayerRanks { layer: i, ..none.clone() })
+        };
+        let v = &cfg.vision;
+        let vp = "model.vision_model";
+        let mut vlayers = Vec::new();
+        for i in 0..v.num_hidden_layers {
+            let r = ranks(compression.map(|c| &c.vision_layers), i);
+            let p = vision_layer_prefix(i);
+            let ln = |n: &str| -> Result<(Tensor, Tensor)> {
+                Ok((tensor(store, &format!("{p}.{n}.weight"))?, tensor(store, &format!("{p}.{n}.bias"))?))
+            };
+            let mlp = vision_mlp_linears(&cfg)
+                .map(|(n, _, _)| plain_linear(store, &format!("{p}.mlp.{n}"), r.mlp.contains_key(n), true));
+            let [fc1, fc2] = mlp;
+            vlayers.push(vision::VisionLayer {
+                ln1: ln("layer_norm1")?,
+                qkv: qkv_linear(store, &format!("{p}.self_attn"), r.qkv, true)?,
+                out_proj: plain_linear(store, &format!("{p}.self_attn.out_proj"), false, true)?,
+                ln2: ln("layer_norm2")?,
+                mlp: [fc1?, fc2?],
+            });
+        }
+        let patch = tensor(store, &format!("{vp}.embeddings.patch_embedding.weight"))?;
+        let dv = v.hidden_size;
+        let vision = VisionTower {
+            cfg: v.clone(),
+            patch_t: patch.reshape((dv, ()))?.t()?.contiguous()?,
+            patch_bias: tensor(store, &format!("{vp}.embeddings.patch_embedding.bias"))?,
+            position: tensor(store, &format!("{vp}.embeddings.position_embedding.weight"))?,
+            layers: vlayers,
+            post_norm: (
+                tensor(store, &format!("{vp}.post_layernorm.weight"))?,
+                tensor(store, &format!("{vp}.post_layernorm.bias"))?,
+            ),
+        };
+        let connector = plain_linear(store, "model.connector.modality_projection.proj", false, false)?;
+
+        let mut layers = Vec::new();
+        for i in 0..cfg.text.num_hidden_layers {
+            let r = ranks(compression.map(|c| &c.text_layers), i);
+            let p = text_layer_prefix(i);
+            let mlp = text_mlp_linears(&cfg)
+                .map(|(n, _, _)| plain_linear(store, &format!("{p}.mlp.{n}"), r.mlp.contains_key(n), false));
+            let [g, u, d] = mlp;
+            layers.push(text::DecoderLayer {
+                input_norm: tensor(store, &format!("{p}.input_layernorm.weight"))?,
+                qkv: qkv_linear(store, &format!("{p}.self_attn"), r.qkv, false)?,
+                o_proj: plain_linear(store, &format!("{p}.self_attn.o_proj"), false, false)?,
+                post_norm: tensor(store, &format!("{p}.post_attention_layernorm.weight"))?,
+                mlp: [g?, u?, d?],
+            });
+        }
+        let embed = tensor(store, "model.text_model.embed_tokens.weight")?;
+        let lm_head_t = if cfg.text.tie_word_embeddings {
+            embed.t()?.contiguous()?
+        } else {
+            transposed(store, "lm_head.weight")?
+        };
+        let text = TextDecoder {
+            cfg: cfg.text.clone(),
+            embed,
+            layers,
+            norm: tensor(store, "model.text_model.norm.weight")?,
+            lm_head_t,
+        };
+        Ok(Self { cfg, vision, connector, text })
+    }
+
+    /// Load a Hugging Face SmolVLM checkpoint directory.
+    pub fn from_hf(dir: &Path) -> Result<Self> {
+        let config_path = dir.join("config.json");
+        if !config_path.exists() {
+            return Err(CompressError::NotACheckpoint {
+                path: dir.display().to_string(),
+                reason: "no config.json".into(),
+            });
+        }
+        let cfg = model_config(&read_json(&config_path)?, &mut Vec::new())?;
+        let checkpoint = Checkpoint::open(dir)?;
+        let tensors = checkpoint.tensors()?;
+        Self::build(cfg, &tensors, None)
+    }
+
+    /// Load a PocketVLM model directory (v1 dense or v2 factored).
+    pub fn from_format(dir: &Path) -> Result<Self> {
+        let data = pocketvlm_format::dir::open(dir)?;
+        let compression = data.manifest.compression.clone();
+        Self::build(data.manifest.model.clone(), &data, compression.as_ref())
+    }
+
+    /// Image features `[n·seq, d_text]` of tiles `[n, 3, S, S]`.
+    pub fn image_features(&self, pixels: &Tensor, tape: Option<&mut Tape>) -> Result<Tensor> {
+        let n = pixels.dim(0)?;
+        let wants_grad = tape.as_ref().is_some_and(|t| t.wants_tower(Tower::Vision));
+        let hidden = self.vision.forward(pixels, if wants_grad { tape } else { None })?;
+        let shuffled = vision::pixel_shuffle(
+            &hidden,
+            n,
+            self.cfg.vision.patches_per_side(),
+            self.cfg.connector.scale_factor,
+        )?;
+        let target = Target { tower: Tower::Vision, layer: usize::MAX, proj: Proj::Qkv };
+        let out = self.connector.forward(&shuffled, target, None)?;
+        Ok(if wants_grad { out } else { out.detach() })
+    }
+
+    /// Input embeddings `[len, d]` of a prompt: token embeddings with every `<image>` position
+    /// replaced, in order, by the rows of `features`.
+    pub fn merge_embeddings(&self, ids: &[u32], features: Option<&Tensor>) -> Result<Tensor> {
+        let image = self.cfg.image_token_id;
+        let count = ids.iter().filter(|&&t| t == image).count();
+        let rows = features.map_or(Ok(0), |f| f.dim(0))?;
+        if count != rows {
+            return Err(CompressError::Calibration(format!(
+                "prompt has {count} <image> tokens but the tiles give {rows} features"
+            )));
+        }
+        let text = self.text.embed(ids)?;
+        let Some(features) = features else { return Ok(text) };
+        let mut k = 0u32;
+        let index: Vec<u32> = ids
+            .iter()
+            .map(|&t| {
+                if t == image {
+                    k += 1;
+                    k - 1
+                } else {
+                    0
+                }
+            })
+            .collect();
+        let keep: Vec<f32> = ids.iter().map(|&t| if t == image { 0.0 } else { 1.0 }).collect();
+        let len = ids.len();
+        let keep = Tensor::from_vec(keep, (len, 1), &Device::Cpu)?;
+        let picked = features.index_select(&Tensor::new(index.as_slice(), &Device::Cpu)?, 0)?;
+        Ok((text.broadcast_mul(&keep)? + picked.broadcast_mul(&keep.affine(-1.0, 1.0)?)?)?)
+    }
+
+    /// Embeddings of a prompt (vision tower included).
+    pub fn embed_prompt(&self, prompt: &Prompt, tape: Option<&mut Tape>) -> Result<Tensor> {
+        let features = match &prompt.pixels {
+            Some(p) => Some(self.image_features(p, tape)?),
+            None => None,
+        };
+        self.merge_embeddings(&prompt.ids, features.as_ref())
+    }
+
+    /// Logits `[len, vocab]` at every position of a prompt (no cache, no tape).
+    pub fn logits(&self, prompt: &Prompt) -> Result<Tensor> {
+        let embeds = self.embed_prompt(prompt, None)?;
+        self.text.logits(&self.text.forward(&embeds, None, None)?)
+    }
+
+    /// Mean cross-entropy of `ids[answer_start..]` given the tokens before each (labels are the
+    /// inputs shifted by one: position `t−1` predicts token `t`), from decoder inputs `embeds`.
+    pub fn answer_loss(
+        &self,
+        embeds: &Tensor,
+        ids: &[u32],
+        answer_start: usize,
+        tape: Option<&mut Tape>,
+    ) -> Result<Tensor> {
+        let len = ids.len();
+        if answer_start == 0 || answer_start >= len {
+            return Err(CompressError::Calibration(format!(
+                "answer must start inside the sequence (start {answer_start}, length {len})"
+            )));
+        }
+        let hidden = self.text.forward(embeds, None, tape)?;
+        let n = len - answer_start;
+        let logits = self.text.logits(&hidden.narrow(0, answer_start - 1, n)?)?;
+        let targets: Vec<u32> = ids[answer_start..].to_vec();
+        cross_entropy(&logits, &targets)
+    }
+
+    /// Greedy decoding after `prompt` with a KV cache: at most `max_new` tokens, stopping after
+    /// any id in `stop` (which is kept).
+    pub fn generate(&self, prompt: &Prompt, max_new: usize, stop: &[u32]) -> Result<Vec<u32>> {
+        self.generate_from_embeddings(&self.embed_prompt(prompt, None)?, max_new, stop)
+    }
+
+    /// [`Self::generate`] from prompt embeddings.
+    pub fn generate_from_embeddings(
+        &self,
+        embeds: &Tensor,
+        max_new: usize,
+        stop: &[u32],
+    ) -> Result<Vec<u32>> {
+        let mut cache = KvCache::default();
+        let hidden = self.text.forward(embeds, Some(&mut cache), None)?;
+        let mut last = hidden.narrow(0, hidden.dim(0)? - 1, 1)?;
+        let mut out = Vec::new();
+        while out.len() < max_new {
+            let logits = self.text.logits(&last)?.squeeze(0)?;
+            let next = logits.argmax(D::Minus1)?.to_scalar::<u32>()?;
+            out.push(next);
+            if stop.contains(&next) {
+                break;
+            }
+            let e = self.text.embed(&[next])?;
+            last = self.text.forward(&e, Some(&mut cache), None)?;
+        }
+        Ok(out)
+    }
+}
+
+/// Mean over rows of `logsumexp(logits) − logits[target]`.
+pub fn cross_entropy(logits: &Tensor, targets: &[u32]) -> Result<Tensor> {
+    let (rows, vocab) = logits.dims2()?;
+    let mut onehot = vec![0f32; rows * vocab];
+    for (r, &t) in targets.iter().enumerate() {
+        onehot[r * vocab + t as usize] = 1.0;
+    }
+    let onehot = Tensor::from_vec(onehot, (rows, vocab), &Device::Cpu)?;
+    let max = logits.max_keepdim(D::Minus1)?.detach();
+    let shifted = logits.broadcast_sub(&max)?;
+    let lse = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
+    let picked = (shifted * onehot)?.sum_keepdim(D::Minus1)?;
+    Ok((lse - picked)?.mean_all()?)
+}

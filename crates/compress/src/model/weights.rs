@@ -1,0 +1,55 @@
+//! Where the CPU model's weights come from: a Hugging Face checkpoint or a PocketVLM model
+//! directory (v1 dense or v2 with low-rank factors), widened to f32.
+
+use std::collections::BTreeMap;
+
+use pocketvlm_format::{Encoding, FormatError, ModelData};
+
+use crate::checkpoint::RawTensor;
+use crate::error::Result;
+
+/// A named tensor store that yields f32 values and the tensor's shape.
+pub trait WeightStore {
+    fn load(&self, name: &str) -> Result<(Vec<usize>, Vec<f32>)>;
+}
+
+impl WeightStore for BTreeMap<String, RawTensor<'_>> {
+    fn load(&self, name: &str) -> Result<(Vec<usize>, Vec<f32>)> {
+        let t = self.get(name).ok_or_else(|| FormatError::MissingTensor { name: name.to_string() })?;
+        Ok((t.shape.clone(), t.encoding.decode_f32(t.bytes)))
+    }
+}
+
+impl WeightStore for ModelData {
+    fn load(&self, name: &str) -> Result<(Vec<usize>, Vec<f32>)> {
+        let entry = self.manifest.tensor(name)?;
+        Ok((entry.shape.clone(), self.tensor_f32(name)?))
+    }
+}
+
+/// An in-memory store (tests and freshly computed factors).
+pub type MemoryStore = BTreeMap<String, (Vec<usize>, Vec<f32>)>;
+
+impl WeightStore for MemoryStore {
+    fn load(&self, name: &str) -> Result<(Vec<usize>, Vec<f32>)> {
+        self.get(name).cloned().ok_or_else(|| FormatError::MissingTensor { name: name.to_string() }.into())
+    }
+}
+
+/// Round f32 values through `encoding` (what storing and reloading them does).
+pub fn round_through(encoding: Encoding, values: &[f32]) -> Vec<f32> {
+    match encoding {
+        Encoding::F32 => values.to_vec(),
+        Encoding::F16 => values.iter().map(|&v| half::f16::from_f32(v).to_f32()).collect(),
+        Encoding::BF16 => values.iter().map(|&v| half::bf16::from_f32(v).to_f32()).collect(),
+    }
+}
+
+/// Encode f32 values as little-endian bytes in `encoding`.
+pub fn encode(encoding: Encoding, values: &[f32]) -> Vec<u8> {
+    match encoding {
+        Encoding::F32 => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        Encoding::F16 => values.iter().flat_map(|&v| half::f16::from_f32(v).to_le_bytes()).collect(),
+        Encoding::BF16 => values.iter().flat_map(|&v| half::bf16::from_f32(v).to_le_bytes()).collect(),
+    }
+}

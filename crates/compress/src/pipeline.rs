@@ -1,0 +1,612 @@
+//! The low-rank compressor: calibrate, decompose, allocate, write format v2, report.
+
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use faer::Mat;
+use indicatif::{ProgressBar, ProgressStyle};
+use pocketvlm_format::architecture::expected_tensors;
+use pocketvlm_format::components::Component;
+use pocketvlm_format::compression::{
+    linear_factor_names, qkv_factor_names, text_layer_prefix, text_mlp_linears, vision_layer_prefix,
+};
+use pocketvlm_format::{
+    CalibrationInfo, ComponentBytes, Compression, Encoding, KvCacheInfo, LayerRanks, Manifest, ModelConfig,
+    Ratios,
+};
+
+use crate::allocate::{Choice, Group, allocate_global, allocate_uniform};
+use crate::calib::{self, CalibOptions, Samples};
+use crate::checkpoint::{Checkpoint, RawTensor};
+use crate::convert::{OutTensor, SourceMeta, check_checkpoint_tensors, write_model};
+use crate::error::{CompressError, Result};
+use crate::lowrank::decompose::TransformOptions;
+use crate::lowrank::linalg::{from_rows, to_rows_f32};
+use crate::lowrank::{Decomposition, Method};
+use crate::model::weights::{encode, round_through};
+use crate::model::{CpuModel, Proj, Target, Tower};
+use crate::report;
+
+/// Requested budgets, as ratios of the dense model (each in `(0, 1]`).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Budgets {
+    /// Text-decoder QKV factor parameters / dense QKV parameters.
+    pub qkv_params: Option<f64>,
+    /// KV-cache values per token / dense K+V values per token (text decoder).
+    pub kv_cache: Option<f64>,
+    /// Text-decoder MLP parameters / dense MLP parameters.
+    pub ffn_params: Option<f64>,
+    /// Vision-tower QKV factor parameters / dense (biases stay exact and are not counted).
+    pub vision_qkv_params: Option<f64>,
+}
+
+impl Budgets {
+    pub fn validate(&self) -> Result<()> {
+        let all = [
+            ("qkv-params", self.qkv_params),
+            ("kv-cache", self.kv_cache),
+            ("ffn-params", self.ffn_params),
+            ("vision-qkv-params", self.vision_qkv_params),
+        ];
+        for (name, value) in all {
+            if let Some(v) = value
+                && !(v > 0.0 && v <= 1.0)
+            {
+                return Err(CompressError::BudgetOutOfRange { name, value: v, range: "0 < ratio <= 1" });
+            }
+        }
+        if all.iter().all(|(_, v)| v.is_none()) {
+            return Err(CompressError::BadOptions {
+                recipe: "low-rank".into(),
+                what: "at least one budget (--qkv-params, --kv-cache, --ffn-params or --vision-qkv-params)"
+                    .into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Everything a low-rank compression run needs.
+#[derive(Clone, Debug)]
+pub struct LowRankOptions {
+    pub method: Method,
+    pub budgets: Budgets,
+    /// Share of Σ given to the down factor (`down = Σ^β Vᵀ…`, `up = U Σ^(1−β)`).
+    pub beta: f64,
+    pub transform: TransformOptions,
+    /// Calibration data; required by every recipe but `svd`.
+    pub calib: Option<CalibOptions>,
+    /// A file keeping prepared calibration samples between runs (see [`calib::cache`]).
+    pub calib_cache: Option<PathBuf>,
+    /// Encoding of the factors (default: the checkpoint's encoding of the weights they replace).
+    pub factor_encoding: Option<Encoding>,
+    pub max_shard_bytes: u64,
+    /// Show progress bars on stderr.
+    pub progress: bool,
+}
+
+impl LowRankOptions {
+    pub fn new(method: Method, budgets: Budgets, calib: Option<CalibOptions>) -> Self {
+        Self {
+            method,
+            budgets,
+            beta: 0.5,
+            transform: TransformOptions::default(),
+            calib,
+            calib_cache: None,
+            factor_encoding: None,
+            max_shard_bytes: pocketvlm_format::DEFAULT_SHARD_BYTES,
+            progress: false,
+        }
+    }
+}
+
+/// What a run produced.
+pub struct LowRankSummary {
+    pub out_dir: PathBuf,
+    pub manifest: Manifest,
+    pub compression: Compression,
+    /// Wall time per stage.
+    pub stages: Vec<(&'static str, f64)>,
+    /// Mean answer loss of the dense and the compressed model on the calibration samples.
+    pub calib_loss: Option<(f64, f64)>,
+    pub report_path: PathBuf,
+    pub svg_path: PathBuf,
+}
+
+impl LowRankSummary {
+    /// Bytes per component, as stored.
+    pub fn component_bytes(&self) -> BTreeMap<String, u64> {
+        self.manifest.component_sizes().into_iter().map(|(c, s)| (c.name().to_string(), s.bytes)).collect()
+    }
+}
+
+fn bar(show: bool, what: &str) -> ProgressBar {
+    if !show {
+        return ProgressBar::hidden();
+    }
+    let b = ProgressBar::new(0);
+    b.set_style(
+        ProgressStyle::with_template("{msg:>24} [{bar:30}] {pos}/{len} {elapsed_precise} (eta {eta})")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    b.set_message(what.to_string());
+    b
+}
+
+/// A pool of groups sharing one budget.
+struct Pool {
+    targets: Vec<Target>,
+    /// Budget in the groups' cost unit.
+    budget: u64,
+    /// Cost of one component of each group.
+    unit_cost: Vec<u64>,
+    dense_cost: Vec<Option<u64>>,
+}
+
+/// Stacked `[W_q; W_k; W_v]` or a single MLP weight as `[out, in]` f64.
+pub fn dense_target_weight(
+    cfg: &ModelConfig,
+    tensors: &BTreeMap<String, RawTensor<'_>>,
+    t: Target,
+) -> Result<Mat<f64>> {
+    let prefix = match t.tower {
+        Tower::Text => text_layer_prefix(t.layer),
+        Tower::Vision => vision_layer_prefix(t.layer),
+    };
+    let names: Vec<String> = match t.proj {
+        Proj::Qkv => {
+            ["q_proj", "k_proj", "v_proj"].iter().map(|p| format!("{prefix}.self_attn.{p}.weight")).collect()
+        }
+        Proj::Mlp(i) => vec![format!("{prefix}.mlp.{}.weight", mlp_name(cfg, t.tower, i))],
+    };
+    let mut rows = Vec::new();
+    let mut cols = 0;
+    let mut values = Vec::new();
+    for n in names {
+        let raw = tensors
+            .get(&n)
+            .ok_or_else(|| pocketvlm_format::FormatError::MissingTensor { name: n.clone() })?;
+        rows.push(raw.shape[0]);
+        cols = raw.shape[1];
+        values.extend(raw.encoding.decode_f32(raw.bytes));
+    }
+    Ok(from_rows(rows.iter().sum(), cols, &values))
+}
+
+fn mlp_name(cfg: &ModelConfig, tower: Tower, i: usize) -> &'static str {
+    match tower {
+        Tower::Text => text_mlp_linears(cfg)[i].0,
+        Tower::Vision => pocketvlm_format::compression::vision_mlp_linears(cfg)[i].0,
+    }
+}
+
+/// Output row splits of a target (`[d_q, d_kv, d_kv]` for QKV).
+pub fn out_splits(cfg: &ModelConfig, t: Target, rows: usize) -> Vec<usize> {
+    match (t.tower, t.proj) {
+        (Tower::Text, Proj::Qkv) => {
+            let hd = cfg.text.head_dim;
+            let kv = cfg.text.num_key_value_heads * hd;
+            vec![cfg.text.num_attention_heads * hd, kv, kv]
+        }
+        (Tower::Vision, Proj::Qkv) => vec![cfg.vision.hidden_size; 3],
+        _ => vec![rows],
+    }
+}
+
+/// The dense weight a target replaces (for QKV, `q_proj`'s).
+fn dense_weight_name(cfg: &ModelConfig, t: Target) -> String {
+    let prefix = match t.tower {
+        Tower::Text => text_layer_prefix(t.layer),
+        Tower::Vision => vision_layer_prefix(t.layer),
+    };
+    match t.proj {
+        Proj::Qkv => format!("{prefix}.self_attn.q_proj.weight"),
+        Proj::Mlp(i) => format!("{prefix}.mlp.{}.weight", mlp_name(cfg, t.tower, i)),
+    }
+}
+
+/// The named factor tensors of a target for the kept components: `qkv_down` and the
+/// `q_up`/`k_up`/`v_up` blocks (rows split `[d_q, d_kv, d_kv]`), or `{linear}.down`/`.up`.
+pub fn target_factors(
+    cfg: &ModelConfig,
+    dec: &Decomposition,
+    t: Target,
+    kept: &[usize],
+    beta: f64,
+) -> Vec<(String, Mat<f64>)> {
+    let (down, up) = dec.factors(kept, beta);
+    let prefix = match t.tower {
+        Tower::Text => text_layer_prefix(t.layer),
+        Tower::Vision => vision_layer_prefix(t.layer),
+    };
+    match t.proj {
+        Proj::Qkv => {
+            let [dn, q, k, v] = qkv_factor_names(&format!("{prefix}.self_attn"));
+            let ups = split_rows(&up, &out_splits(cfg, t, up.nrows()));
+            std::iter::once((dn, down)).chain([q, k, v].into_iter().zip(ups)).collect()
+        }
+        Proj::Mlp(i) => {
+            let (dn, upn) = linear_factor_names(&format!("{prefix}.mlp.{}", mlp_name(cfg, t.tower, i)));
+            vec![(dn, down), (upn, up)]
+        }
+    }
+}
+
+/// Split `m`'s rows into consecutive blocks of the given sizes.
+pub fn split_rows(m: &Mat<f64>, sizes: &[usize]) -> Vec<Mat<f64>> {
+    let mut start = 0;
+    sizes
+        .iter()
+        .map(|&n| {
+            let block = Mat::from_fn(n, m.ncols(), |i, j| m[(start + i, j)]);
+            start += n;
+            block
+        })
+        .collect()
+}
+
+/// Compress the checkpoint in `hf_dir` into `out_dir` with a low-rank recipe.
+pub fn compress_lowrank(hf_dir: &Path, out_dir: &Path, opts: &LowRankOptions) -> Result<LowRankSummary> {
+    let started = Instant::now();
+    let mut stages: Vec<(&'static str, f64)> = Vec::new();
+    let mut lap = {
+        let mut last = Instant::now();
+        let log = opts.progress;
+        move |name: &'static str, stages: &mut Vec<(&'static str, f64)>| {
+            let secs = last.elapsed().as_secs_f64();
+            if log {
+                eprintln!("[compress] {name}: {secs:.1} s");
+            }
+            stages.push((name, secs));
+            last = Instant::now();
+        }
+    };
+    opts.budgets.validate()?;
+    if !(0.0..=1.0).contains(&opts.beta) {
+        return Err(CompressError::BudgetOutOfRange {
+            name: "beta",
+            value: opts.beta,
+            range: "0 <= beta <= 1",
+        });
+    }
+    let method = opts.method;
+    if method != Method::Svd && opts.calib.is_none() {
+        return Err(CompressError::BadOptions {
+            recipe: method.name().into(),
+            what: "calibration data (--calib <images folder> or --calib-text <file>)".into(),
+        });
+    }
+
+    let meta = SourceMeta::read(hf_dir)?;
+    let cfg = meta.model.clone();
+    let checkpoint = Checkpoint::open(hf_dir)?;
+    let tensors = checkpoint.tensors()?;
+    check_checkpoint_tensors(&cfg, &tensors)?;
+    let model = CpuModel::build(cfg.clone(), &tensors, None)?;
+    lap("load", &mut stages);
+
+    // ---- which groups, in which pools
+    let t = &cfg.text;
+    let (d, dq, dkv) =
+        (t.hidden_size, t.num_attention_heads * t.head_dim, t.num_key_value_heads * t.head_dim);
+    let mut pools: Vec<Pool> = Vec::new();
+    let b = &opts.budgets;
+    if b.qkv_params.is_some() || b.kv_cache.is_some() {
+        let layers = t.num_hidden_layers as u64;
+        let per = (d + dq + 2 * dkv) as u64;
+        let mut components = u64::MAX;
+        if let Some(r) = b.qkv_params {
+            components =
+                components.min((r * (layers * (d * (dq + 2 * dkv)) as u64) as f64).floor() as u64 / per);
+        }
+        if let Some(r) = b.kv_cache {
+            components = components.min((r * (layers * 2 * dkv as u64) as f64).floor() as u64);
+        }
+        pools.push(Pool {
+            targets: (0..t.num_hidden_layers)
+                .map(|l| Target { tower: Tower::Text, layer: l, proj: Proj::Qkv })
+                .collect(),
+            budget: components,
+            unit_cost: vec![1; t.num_hidden_layers],
+            dense_cost: vec![None; t.num_hidden_layers],
+        });
+    }
+    if let Some(r) = b.ffn_params {
+        let mut targets = Vec::new();
+        let (mut unit, mut dense, mut total) = (Vec::new(), Vec::new(), 0u64);
+        for l in 0..t.num_hidden_layers {
+            for (i, (_, out, inp)) in text_mlp_linears(&cfg).iter().enumerate() {
+                targets.push(Target { tower: Tower::Text, layer: l, proj: Proj::Mlp(i) });
+                unit.push((out + inp) as u64);
+                dense.push(method.loss_aware().then_some((out * inp) as u64));
+                total += (out * inp) as u64;
+            }
+        }
+        pools.push(Pool {
+            targets,
+            budget: (r * total as f64).floor() as u64,
+            unit_cost: unit,
+            dense_cost: dense,
+        });
+    }
+    if let Some(r) = b.vision_qkv_params {
+        let v = &cfg.vision;
+        let dv = v.hidden_size as u64;
+        let n = v.num_hidden_layers;
+        pools.push(Pool {
+            targets: (0..n).map(|l| Target { tower: Tower::Vision, layer: l, proj: Proj::Qkv }).collect(),
+            budget: (r * (n as u64 * 3 * dv * dv) as f64).floor() as u64 / (4 * dv),
+            unit_cost: vec![1; n],
+            dense_cost: vec![None; n],
+        });
+    }
+    let targets: Vec<Target> = pools.iter().flat_map(|p| p.targets.iter().copied()).collect();
+
+    // ---- calibration
+    let (samples, collected) = match &opts.calib {
+        Some(c) => {
+            let key = calib::cache::cache_key(hf_dir, c);
+            let cached = match &opts.calib_cache {
+                Some(path) => calib::cache::load(path, &key)?,
+                None => None,
+            };
+            let samples = match cached {
+                Some(s) => s,
+                None => {
+                    let pb = bar(opts.progress, "calibration samples");
+                    let s = calib::prepare(&model, &meta, c, &pb)?;
+                    pb.finish_and_clear();
+                    if let Some(path) = &opts.calib_cache {
+                        calib::cache::save(path, &key, &s)?;
+                    }
+                    s
+                }
+            };
+            lap("samples", &mut stages);
+            let pb = bar(opts.progress, "statistics");
+            let collected = calib::collect(&model, &samples.samples, &targets, method == Method::Laser, &pb)?;
+            pb.finish_and_clear();
+            lap("statistics", &mut stages);
+            (Some(samples), Some(collected))
+        }
+        None => (None, None),
+    };
+
+    // ---- decompositions
+    let pb = bar(opts.progress, "decompositions");
+    pb.set_length(targets.len() as u64);
+    let mut decs: BTreeMap<Target, Decomposition> = BTreeMap::new();
+    for &tg in &targets {
+        let w = dense_target_weight(&cfg, &tensors, tg)?;
+        let stats = collected.as_ref().and_then(|c| c.stats.get(&tg));
+        decs.insert(tg, Decomposition::new(method, &w, stats, &opts.transform)?);
+        pb.inc(1);
+    }
+    pb.finish_and_clear();
+    lap("decompositions", &mut stages);
+
+    // ---- scores
+    let mut scores: BTreeMap<Target, Vec<f64>> = BTreeMap::new();
+    if method == Method::Qsvd {
+        let bases = decs.iter().map(|(t, d)| (*t, d.score_bases())).collect();
+        let pb = bar(opts.progress, "gradient scores");
+        let samples = &samples.as_ref().expect("qsvd has samples").samples;
+        let rms = calib::gradient_scores(&model, samples, &bases, &pb)?;
+        pb.finish_and_clear();
+        for (t, d) in &decs {
+            scores.insert(*t, d.svd.s.iter().zip(&rms[t]).map(|(s, r)| s * r).collect());
+        }
+        lap("gradient scores", &mut stages);
+    } else {
+        for (t, d) in &decs {
+            let s = &d.svd.s;
+            scores.insert(
+                *t,
+                if method == Method::Laser { s.iter().map(|x| 0.5 * x * x).collect() } else { s.clone() },
+            );
+        }
+    }
+
+    // ---- allocation
+    let mut choices: BTreeMap<Target, Choice> = BTreeMap::new();
+    for pool in &pools {
+        let groups: Vec<Group> = pool
+            .targets
+            .iter()
+            .enumerate()
+            .map(|(i, t)| Group {
+                scores: scores[t].clone(),
+                unit_cost: pool.unit_cost[i],
+                dense_cost: pool.dense_cost[i],
+                min_rank: 1,
+            })
+            .collect();
+        let chosen = if method.loss_aware() {
+            allocate_global(&groups, pool.budget)?
+        } else {
+            allocate_uniform(&groups, pool.budget)?
+        };
+        for (t, c) in pool.targets.iter().zip(chosen) {
+            choices.insert(*t, c);
+        }
+    }
+
+    // ---- factors
+    let mut text_layers: Vec<LayerRanks> =
+        (0..t.num_hidden_layers).map(|l| LayerRanks { layer: l, ..Default::default() }).collect();
+    let mut vision_layers: Vec<LayerRanks> = if b.vision_qkv_params.is_some() {
+        (0..cfg.vision.num_hidden_layers).map(|l| LayerRanks { layer: l, ..Default::default() }).collect()
+    } else {
+        Vec::new()
+    };
+    let mut factors: HashMap<String, (Vec<usize>, Encoding, Vec<f32>)> = HashMap::new();
+    for (tg, choice) in &choices {
+        let Choice::Keep(kept) = choice else { continue };
+        let layer = match tg.tower {
+            Tower::Text => &mut text_layers[tg.layer],
+            Tower::Vision => &mut vision_layers[tg.layer],
+        };
+        match tg.proj {
+            Proj::Qkv => layer.qkv = Some(kept.len()),
+            Proj::Mlp(i) => {
+                layer.mlp.insert(mlp_name(&cfg, tg.tower, i).to_string(), kept.len());
+            }
+        }
+        let encoding = opts.factor_encoding.unwrap_or(tensors[&dense_weight_name(&cfg, *tg)].encoding);
+        for (name, m) in target_factors(&cfg, &decs[tg], *tg, kept, opts.beta) {
+            let values = round_through(encoding, &to_rows_f32(&m));
+            factors.insert(name, (vec![m.nrows(), m.ncols()], encoding, values));
+        }
+    }
+    lap("allocation and factors", &mut stages);
+
+    // ---- sizes and the compression section
+    let mut compression = Compression {
+        recipe: method.name().to_string(),
+        beta: opts.beta,
+        budgets: Ratios { qkv_params: b.qkv_params, kv_cache: b.kv_cache, ffn_params: b.ffn_params },
+        achieved: Ratios::default(),
+        text_layers,
+        vision_layers,
+        sizes: Vec::new(),
+        kv_cache: KvCacheInfo { element_bytes: 2, bytes_per_token: 0, dense_bytes_per_token: 0 },
+        calibration: match (&opts.calib, &samples, &collected) {
+            (Some(c), Some(s), Some(col)) => calib_info(c, s, col),
+            _ => CalibrationInfo {
+                mode: "none".into(),
+                targets: "none".into(),
+                samples: 0,
+                loss_tokens: 0,
+                tokens: 0,
+                seed: 0,
+                image_splitting: false,
+            },
+        },
+    };
+    compression.achieved = achieved(&cfg, &compression);
+    let layers = t.num_hidden_layers as u64;
+    compression.kv_cache.dense_bytes_per_token = layers * 2 * dkv as u64 * 2;
+    compression.kv_cache.bytes_per_token =
+        compression.text_layers.iter().map(|l| l.qkv.map_or(2 * dkv, |r| r.min(2 * dkv)) as u64 * 2).sum();
+
+    let layout = expected_tensors(&cfg, Some(&compression));
+    let dense_layout = expected_tensors(&cfg, None);
+    let mut sizes: BTreeMap<Component, ComponentBytes> = Component::ALL
+        .iter()
+        .map(|c| {
+            (
+                *c,
+                ComponentBytes {
+                    component: c.name().into(),
+                    params: 0,
+                    bytes: 0,
+                    dense_params: 0,
+                    dense_bytes: 0,
+                },
+            )
+        })
+        .collect();
+    for (name, shape) in &dense_layout {
+        let e = sizes.get_mut(&Component::of(name)).expect("every component listed");
+        let numel: usize = shape.iter().product();
+        e.dense_params += numel as u64;
+        e.dense_bytes += tensors[name].bytes.len() as u64;
+    }
+    let mut out: Vec<OutTensor<'_>> = Vec::with_capacity(layout.len());
+    for (name, shape) in layout {
+        let t = match factors.remove(&name) {
+            Some((fshape, enc, values)) => {
+                debug_assert_eq!(fshape, shape);
+                OutTensor { name, shape, encoding: enc, bytes: Cow::Owned(encode(enc, &values)) }
+            }
+            None => {
+                let raw = &tensors[&name];
+                OutTensor { name, shape, encoding: raw.encoding, bytes: Cow::Borrowed(raw.bytes) }
+            }
+        };
+        let e = sizes.get_mut(&Component::of(&t.name)).expect("every component listed");
+        e.params += t.shape.iter().product::<usize>() as u64;
+        e.bytes += t.bytes.len() as u64;
+        out.push(t);
+    }
+    compression.sizes = sizes.into_values().collect();
+    let manifest =
+        write_model(&meta, method.name(), Some(compression.clone()), out, out_dir, opts.max_shard_bytes)?;
+    lap("write", &mut stages);
+
+    // ---- fidelity on the calibration samples, through the written model
+    let calib_loss = match (&samples, &collected) {
+        (Some(s), Some(c)) => {
+            let compressed = CpuModel::from_format(out_dir)?;
+            let pb = bar(opts.progress, "compressed loss");
+            pb.set_length(s.samples.len() as u64);
+            let mut sum = 0.0;
+            for sample in &s.samples {
+                let embeds = compressed.merge_embeddings(&sample.ids, sample.features.as_ref())?;
+                let loss = compressed.answer_loss(&embeds, &sample.ids, sample.answer_start, None)?;
+                sum += loss.to_scalar::<f32>()? as f64;
+                pb.inc(1);
+            }
+            pb.finish_and_clear();
+            lap("check", &mut stages);
+            Some((c.mean_loss, sum / s.samples.len().max(1) as f64))
+        }
+        _ => None,
+    };
+    let total = started.elapsed().as_secs_f64();
+    let (report_path, svg_path) = report::write(out_dir, &cfg, &compression, &stages, total, calib_loss)?;
+    Ok(LowRankSummary {
+        out_dir: out_dir.to_path_buf(),
+        manifest,
+        compression,
+        stages,
+        calib_loss,
+        report_path,
+        svg_path,
+    })
+}
+
+fn calib_info(c: &CalibOptions, s: &Samples, col: &calib::Collected) -> CalibrationInfo {
+    CalibrationInfo {
+        mode: s.mode.into(),
+        targets: s.targets.clone(),
+        samples: s.samples.len(),
+        loss_tokens: col.loss_tokens,
+        tokens: col.tokens,
+        seed: c.seed,
+        image_splitting: c.tiling,
+    }
+}
+
+/// Achieved ratios of a compression section (1.0 where a part is untouched).
+pub fn achieved(cfg: &ModelConfig, c: &Compression) -> Ratios {
+    let t = &cfg.text;
+    let (d, dq, dkv) =
+        (t.hidden_size, t.num_attention_heads * t.head_dim, t.num_key_value_heads * t.head_dim);
+    let layers = c.text_layers.len().max(1) as f64;
+    let qkv_dense = (d * (dq + 2 * dkv)) as f64;
+    let qkv: f64 = c
+        .text_layers
+        .iter()
+        .map(|l| l.qkv.map_or(qkv_dense, |r| (r * (d + dq + 2 * dkv)) as f64))
+        .sum::<f64>();
+    let kv: f64 = c.text_layers.iter().map(|l| l.qkv.map_or(2 * dkv, |r| r.min(2 * dkv)) as f64).sum::<f64>();
+    let mlp = text_mlp_linears(cfg);
+    let ffn_dense: f64 = mlp.iter().map(|(_, o, i)| (o * i) as f64).sum::<f64>() * layers;
+    let ffn: f64 = c
+        .text_layers
+        .iter()
+        .flat_map(|l| {
+            mlp.iter().map(move |(n, o, i)| l.mlp.get(*n).map_or((o * i) as f64, |r| (r * (o + i)) as f64))
+        })
+        .sum();
+    Ratios {
+        qkv_params: Some(qkv / (qkv_dense * layers)),
+        kv_cache: Some(kv / (2 * dkv) as f64 / layers),
+        ffn_params: Some(ffn / ffn_dense),
+    }
+}

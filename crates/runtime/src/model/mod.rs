@@ -1,0 +1,231 @@
+//! The dense SmolVLM model on the GPU (f32 compute) and token-by-token generation.
+//!
+//! The caller owns the loop: [`Generator::start`] runs the prefill, each
+//! [`Generator::next_token`] returns one token (or `None` once finished), so streaming and abort
+//! are the caller's choice between two calls.
+
+pub mod sampling;
+mod scratch;
+pub mod text;
+pub mod vision;
+pub mod weights;
+
+use pocketvlm_format::{ModelConfig, ModelData};
+
+use crate::device::Gpu;
+use crate::error::{Result, RuntimeError};
+use crate::kernels::argmax::Argmax;
+use crate::kernels::embed::ImageFeatures;
+use crate::kernels::rope::rope_table;
+use sampling::{Pcg32, SamplingOptions, sample};
+use scratch::f32_buffer;
+use text::{KvCache, TextState};
+use weights::Weights;
+
+/// A loaded model: config, weights and fixed tables on the GPU.
+pub struct Model {
+    pub config: ModelConfig,
+    pub eos_token_ids: Vec<u32>,
+    weights: Weights,
+    text: TextState,
+}
+
+/// Image features computed by the vision tower and connector.
+pub struct ImageEmbedding {
+    /// f32 `[rows, text hidden]`.
+    pub features: wgpu::Buffer,
+    pub rows: usize,
+}
+
+impl Model {
+    /// Upload a model's weights and tables.
+    pub async fn load(gpu: &Gpu, data: &ModelData) -> Result<Self> {
+        let config = data.manifest.model.clone();
+        let weights = Weights::upload(gpu, data).await?;
+        let max_positions = config.text.max_position_embeddings;
+        let table = rope_table(config.text.rope_theta as f32, config.text.head_dim, max_positions);
+        let rope_table = gpu.storage_buffer("rope table", bytemuck::cast_slice(&table)).await?;
+        Ok(Self {
+            eos_token_ids: data.manifest.generation.eos_token_ids.clone(),
+            config,
+            weights,
+            text: TextState { rope_table, max_positions },
+        })
+    }
+
+    /// Bytes of weights held on the GPU.
+    pub fn weight_bytes(&self) -> u64 {
+        self.weights.bytes()
+    }
+
+    /// Longest sequence (prompt + generated) the model accepts.
+    pub fn max_positions(&self) -> usize {
+        self.text.max_positions
+    }
+
+    /// Run the vision tower and connector on `tiles` tiles of pixel values (f32
+    /// `[tiles, 3, S, S]`).
+    pub async fn encode_image(&self, gpu: &Gpu, pixels: &[f32], tiles: usize) -> Result<ImageEmbedding> {
+        let v = &self.config.vision;
+        let want = tiles * v.num_channels * v.image_size * v.image_size;
+        if tiles == 0 || pixels.len() != want {
+            return Err(RuntimeError::Shape(format!(
+                "{} pixel values for {tiles} tiles of {}×{}×{}",
+                pixels.len(),
+                v.num_channels,
+                v.image_size,
+                v.image_size
+            )));
+        }
+        let buffer = gpu.storage_buffer("pixel values", bytemuck::cast_slice(pixels)).await?;
+        let mut encoder = gpu.device.create_command_encoder(&Default::default());
+        let features =
+            vision::encode_image(gpu, &mut encoder, &self.config, &self.weights, &buffer, tiles).await?;
+        gpu.queue.submit([encoder.finish()]);
+        Ok(ImageEmbedding { features, rows: tiles * self.config.image_seq_len() })
+    }
+}
+
+/// An in-progress generation: the KV cache, the logits of the next position, and the tokens so far.
+pub struct Generator {
+    cache: KvCache,
+    logits: wgpu::Buffer,
+    argmax: wgpu::Buffer,
+    options: SamplingOptions,
+    rng: Pcg32,
+    max_new_tokens: usize,
+    prompt_tokens: usize,
+    generated: Vec<u32>,
+    finished: bool,
+}
+
+impl Generator {
+    /// Prefill the prompt (with image features for its `<image>` tokens, in order).
+    pub async fn start(
+        gpu: &Gpu,
+        model: &Model,
+        prompt: &[u32],
+        image: Option<&ImageEmbedding>,
+        max_new_tokens: usize,
+        options: SamplingOptions,
+    ) -> Result<Self> {
+        let cfg = &model.config;
+        let limit = model.max_positions();
+        if prompt.is_empty() {
+            return Err(RuntimeError::Shape("empty prompt".into()));
+        }
+        if prompt.len() >= limit {
+            return Err(RuntimeError::PromptTooLong { tokens: prompt.len(), limit });
+        }
+        if let Some(bad) = prompt.iter().find(|&&id| id as usize >= cfg.text.vocab_size) {
+            return Err(RuntimeError::Shape(format!("token id {bad} is outside the vocabulary")));
+        }
+        let image_tokens = prompt.iter().filter(|&&id| id == cfg.image_token_id).count();
+        let image_rows = image.map_or(0, |i| i.rows);
+        if image_tokens != image_rows {
+            return Err(RuntimeError::Shape(format!(
+                "the prompt has {image_tokens} image tokens but {image_rows} image features were given"
+            )));
+        }
+        let capacity = (prompt.len() + max_new_tokens).min(limit);
+        let mut cache = KvCache::new(gpu, cfg, capacity).await?;
+        let logits = f32_buffer(gpu, "logits", cfg.text.vocab_size).await?;
+        let argmax = gpu.zeroed_buffer("argmax", 4).await?;
+        let ids = gpu.storage_buffer("prompt ids", bytemuck::cast_slice(prompt)).await?;
+        let features = image.map(|i| ImageFeatures {
+            features: &i.features,
+            rows: i.rows,
+            token_id: cfg.image_token_id,
+        });
+        let mut encoder = gpu.device.create_command_encoder(&Default::default());
+        text::forward(
+            gpu,
+            &mut encoder,
+            cfg,
+            &model.weights,
+            &model.text,
+            &mut cache,
+            &ids,
+            prompt.len(),
+            features,
+            &logits,
+        )
+        .await?;
+        gpu.queue.submit([encoder.finish()]);
+        Ok(Self {
+            cache,
+            logits,
+            argmax,
+            rng: Pcg32::new(options.seed),
+            options,
+            max_new_tokens: max_new_tokens.min(limit - prompt.len()),
+            prompt_tokens: prompt.len(),
+            generated: Vec::new(),
+            finished: max_new_tokens == 0,
+        })
+    }
+
+    /// Logits of the next position (after [`Generator::start`]: the last prompt position).
+    pub async fn logits(&self, gpu: &Gpu, model: &Model) -> Result<Vec<f32>> {
+        gpu.read_f32(&self.logits, model.config.text.vocab_size).await
+    }
+
+    /// The next token, or `None` once the end-of-utterance token was produced or the limit reached.
+    pub async fn next_token(&mut self, gpu: &Gpu, model: &Model) -> Result<Option<u32>> {
+        if self.finished {
+            return Ok(None);
+        }
+        if let Some(&last) = self.generated.last() {
+            let ids = gpu.storage_buffer("token id", bytemuck::bytes_of(&last)).await?;
+            let mut encoder = gpu.device.create_command_encoder(&Default::default());
+            let cfg = &model.config;
+            text::forward(
+                gpu,
+                &mut encoder,
+                cfg,
+                &model.weights,
+                &model.text,
+                &mut self.cache,
+                &ids,
+                1,
+                None,
+                &self.logits,
+            )
+            .await?;
+            gpu.queue.submit([encoder.finish()]);
+        }
+        let vocab = model.config.text.vocab_size;
+        let token = if self.options.is_greedy() {
+            let mut encoder = gpu.device.create_command_encoder(&Default::default());
+            Argmax.encode(gpu, &mut encoder, 1, vocab, &self.logits, &self.argmax).await?;
+            gpu.queue.submit([encoder.finish()]);
+            let bytes = gpu.read_bytes(&self.argmax, 4).await?;
+            u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]])
+        } else {
+            let logits = gpu.read_f32(&self.logits, vocab).await?;
+            sample(&logits, &self.options, &mut self.rng)
+        };
+        self.generated.push(token);
+        if model.eos_token_ids.contains(&token) || self.generated.len() >= self.max_new_tokens {
+            self.finished = true;
+        }
+        Ok(Some(token))
+    }
+
+    pub fn generated(&self) -> &[u32] {
+        &self.generated
+    }
+
+    pub fn prompt_tokens(&self) -> usize {
+        self.prompt_tokens
+    }
+
+    pub fn is_finished(&self) -> bool {
+        self.finished
+    }
+
+    /// Bytes of the KV cache on the GPU.
+    pub fn kv_cache_bytes(&self) -> u64 {
+        self.cache.bytes()
+    }
+}
