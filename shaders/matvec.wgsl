@@ -3,9 +3,14 @@
 // for r < ROWS (compile-time, 1..=4), c < n. Same bindings and Params as matmul.wgsl; `w` may be
 // a row chunk of a larger weight bound at an offset.
 //
-// Each 256-invocation workgroup computes 8 output columns, 32 invocations per column: each
-// invocation sums a strided slice of k (consecutive invocations read consecutive weights), then
-// the 32 partial sums are reduced in workgroup memory. Workgroups lie on a 2-D grid.
+// Default: each 256-invocation workgroup computes 8 output columns, 32 invocations per column:
+// each invocation sums a strided slice of k (consecutive invocations read consecutive weights),
+// then the 32 partial sums are reduced in workgroup memory.
+// PER_COLUMN (CPU adapters: lavapipe, SwiftShader): each invocation computes one whole column
+// with no workgroup memory and no barriers, 256 columns per workgroup. CPU implementations run
+// barriers slowly (on SwiftShader the default variant is ~10-100x slower for a 49280-column
+// lm_head), while their invocations are SIMD slots for which one row per slot costs nothing.
+// Workgroups lie on a 2-D grid.
 
 struct Params {
     m: u32,
@@ -31,6 +36,38 @@ const ROWS: u32 = {{ROWS}}u;
 #else
 const ROWS: u32 = 1u;
 #endif
+#ifdef PER_COLUMN
+@compute @workgroup_size(256, 1, 1)
+fn main(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) li: u32,
+) {
+    let c = (wg.y * nwg.x + wg.x) * 256u + li;
+    if (c >= params.n) {
+        return;
+    }
+    let k_dim = params.k_dim;
+    var acc: array<f32, ROWS>;
+    for (var r = 0u; r < ROWS; r++) {
+        acc[r] = 0.0;
+    }
+    let wb = c * k_dim;
+    for (var kk = 0u; kk < k_dim; kk++) {
+        let wv = w[wb + kk];
+        for (var r = 0u; r < ROWS; r++) {
+            acc[r] = fma(x[r * k_dim + kk], wv, acc[r]);
+        }
+    }
+    for (var r = 0u; r < ROWS; r++) {
+        var v = acc[r];
+#ifdef BIAS
+        v += bias[params.col_offset + c];
+#endif
+        y[r * params.ldy + params.col_offset + c] = v;
+    }
+}
+#else
 const COLS: u32 = 8u;
 const LANES: u32 = 32u;
 
@@ -80,3 +117,4 @@ fn main(
         }
     }
 }
+#endif

@@ -5,9 +5,11 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use pocketvlm_compress::calib::{CalibOptions, CalibSource};
+use pocketvlm_compress::quant::QuantOptions;
 use pocketvlm_compress::{
-    Budgets, ConvertOptions, LowRankOptions, Method, Recipe, compress_lowrank, convert,
+    Budgets, CompressError, ConvertOptions, LowRankOptions, Method, Recipe, compress_lowrank, convert,
 };
+use pocketvlm_format::quant::Scheme;
 use pocketvlm_format::{Encoding, Manifest, dir};
 
 use crate::util::human_bytes;
@@ -68,6 +70,16 @@ pub struct Args {
     /// Encoding of the factor tensors (f32, f16, bf16; default: that of the weights they replace).
     #[arg(long)]
     factor_encoding: Option<String>,
+    /// Low-bit recipe: w8a8, w4a8 or w4a4. Rotates the model (fused randomized Hadamard on the
+    /// residual stream, random latent rotations, online Hadamard before o_proj and down_proj) and
+    /// quantizes the text decoder's linear layers (and an untied lm_head at W8A8); the vision
+    /// tower, connector and embeddings stay float.
+    #[arg(long, value_parser = Scheme::parse)]
+    bits: Option<Scheme>,
+    /// Input columns per INT4 weight scale (64 or 128; needs --bits w4a8 or w4a4). Layers whose
+    /// width it does not divide keep one scale per output channel.
+    #[arg(long)]
+    group_size: Option<u16>,
     /// Largest shard in MiB.
     #[arg(long, default_value_t = 32)]
     shard_mib: u64,
@@ -83,20 +95,33 @@ pub struct InspectArgs {
     model: PathBuf,
 }
 
+/// The quantization recipe of `--bits` and `--group-size` (`None` without `--bits`).
+fn quant_options(bits: Option<Scheme>, group: Option<u16>) -> Result<Option<QuantOptions>, CompressError> {
+    match (bits, group) {
+        (Some(b), g) => QuantOptions::with_group(b, g.map(usize::from)).map(Some),
+        (None, None) => Ok(None),
+        (None, Some(_)) => Err(CompressError::BadOptions {
+            recipe: "--group-size".into(),
+            what: "a low-bit recipe (--bits w4a8 or w4a4)".into(),
+        }),
+    }
+}
+
 pub fn run(args: Args) -> Result<()> {
+    let quant = quant_options(args.bits, args.group_size)?;
     if let Some(method) = Method::parse(&args.recipe) {
-        return run_lowrank(args, method);
+        return run_lowrank(args, method, quant);
     }
     let recipe: Recipe = args.recipe.parse()?;
     let start = Instant::now();
-    let options = ConvertOptions { recipe, max_shard_bytes: args.shard_mib << 20 };
+    let options = ConvertOptions { recipe, max_shard_bytes: args.shard_mib << 20, quant };
     let summary = convert(&args.model, &args.out, &options)
         .with_context(|| format!("converting {}", args.model.display()))?;
     let seconds = start.elapsed().as_secs_f64();
     if args.json {
         let out = serde_json::json!({
             "recipe": recipe.name(),
-            "bits": null,
+            "bits": args.bits.map(Scheme::name),
             "qkv_params_ratio": 1.0,
             "kv_cache_ratio": 1.0,
             "ffn_params_ratio": 1.0,
@@ -116,7 +141,7 @@ fn component_bytes(m: &Manifest) -> serde_json::Map<String, serde_json::Value> {
     m.component_sizes().into_iter().map(|(c, s)| (c.name().to_string(), s.bytes.into())).collect()
 }
 
-fn run_lowrank(args: Args, method: Method) -> Result<()> {
+fn run_lowrank(args: Args, method: Method, quant: Option<QuantOptions>) -> Result<()> {
     let start = Instant::now();
     let budgets = Budgets {
         qkv_params: args.qkv_params,
@@ -145,6 +170,7 @@ fn run_lowrank(args: Args, method: Method) -> Result<()> {
     opts.transform.alpha = args.alpha;
     opts.max_shard_bytes = args.shard_mib << 20;
     opts.progress = true;
+    opts.quant = quant;
     opts.factor_encoding =
         args.factor_encoding.as_deref().map(|e| Encoding::parse(e, "--factor-encoding")).transpose()?;
     let summary = compress_lowrank(&args.model, &args.out, &opts)
@@ -155,7 +181,7 @@ fn run_lowrank(args: Args, method: Method) -> Result<()> {
         let ranks: Vec<Option<usize>> = c.text_layers.iter().map(|l| l.qkv).collect();
         let out = serde_json::json!({
             "recipe": method.name(),
-            "bits": null,
+            "bits": args.bits.map(Scheme::name),
             "qkv_params_ratio": c.achieved.qkv_params,
             "kv_cache_ratio": c.achieved.kv_cache,
             "ffn_params_ratio": c.achieved.ffn_params,
@@ -213,6 +239,9 @@ fn print_summary(m: &Manifest) {
             z.text_layers.iter().map(|l| l.qkv.map_or("dense".into(), |r| r.to_string())).collect();
         println!("  low-rank: {} (QKV ranks per layer: {})", z.recipe, ranks.join(" "));
     }
+    if let Some(q) = &m.quantization {
+        println!("  low-bit: {} ({} quantized linear layers)", q.scheme, q.layers.len());
+    }
     println!("  {:<11} {:>12} {:>12}", "component", "params", "bytes");
     for (component, size) in m.component_sizes() {
         println!("  {:<11} {:>12} {:>12}", component.name(), size.params, human_bytes(size.bytes));
@@ -225,5 +254,44 @@ fn print_summary(m: &Manifest) {
     );
     if !m.source.defaulted_keys.is_empty() {
         println!("  config keys resolved to reference defaults: {}", m.source.defaulted_keys.join(", "));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+    use pocketvlm_format::quant::QuantError;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: Args,
+    }
+
+    /// `--bits` and `--group-size` as the command line gives them.
+    fn parse(extra: &[&str]) -> Result<Option<QuantOptions>, String> {
+        let base = ["xtask", "--model", "m", "--out", "o"];
+        let cli = Cli::try_parse_from(base.iter().chain(extra)).map_err(|e| {
+            let source = std::error::Error::source(&e).and_then(|s| s.downcast_ref::<QuantError>());
+            format!("{source:?}")
+        })?;
+        quant_options(cli.args.bits, cli.args.group_size).map_err(|e| format!("{e:?}"))
+    }
+
+    #[test]
+    fn bits_and_group_size_parse_with_typed_errors() {
+        assert_eq!(parse(&[]).unwrap(), None);
+        let q = parse(&["--bits", "w4a8", "--group-size", "128"]).unwrap().unwrap();
+        assert_eq!((q.scheme, q.group), (Scheme::W4A8, Some(128)));
+        assert_eq!(parse(&["--bits", "w8a8"]).unwrap().unwrap().scheme, Scheme::W8A8);
+        let unknown = parse(&["--bits", "w3a8"]).unwrap_err();
+        assert_eq!(unknown, format!("{:?}", Some(&QuantError::UnknownScheme("w3a8".into()))));
+        for (bits, group) in [("w4a4", "96"), ("w4a8", "32"), ("w8a8", "64")] {
+            let err = parse(&["--bits", bits, "--group-size", group]).unwrap_err();
+            assert!(err.starts_with("Quant(UnsupportedGroup"), "{bits} {group}: {err}");
+        }
+        assert!(parse(&["--group-size", "64"]).unwrap_err().starts_with("BadOptions"));
     }
 }

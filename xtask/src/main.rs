@@ -1,8 +1,11 @@
 //! `cargo xtask <command>`: the one entry point for building, converting, testing and serving.
 
+mod bench;
+mod build_web;
 mod caption;
 mod compress;
 mod eval;
+mod serve;
 mod setup;
 mod test;
 mod util;
@@ -24,12 +27,18 @@ enum Command {
     Caption(caption::Args),
     /// Fidelity of compressed models against the uncompressed checkpoint (perplexity, KL, top-1).
     Eval(eval::Args),
+    /// Time the dense path natively and in headless Chromium: time to first token, prefill and
+    /// decode rates, GPU memory.
+    Bench(bench::Args),
     /// Validate a model directory (manifest, shard checksums) and print its summary.
     Inspect(compress::InspectArgs),
     /// Install what the tests need (when missing), then run fmt, clippy, native and browser tests.
     Test(test::Args),
     /// Install the test prerequisites only.
     Setup,
+    /// Build the wasm engine (release, wasm-bindgen, wasm-opt when available), the npm package
+    /// (web/dist/pocketvlm) and the demo site (web/dist/site).
+    BuildWeb,
 }
 
 fn main() {
@@ -39,8 +48,10 @@ fn main() {
         Command::Caption(args) => caption::run(args),
         Command::Inspect(args) => compress::inspect(args),
         Command::Eval(args) => eval::run(args),
+        Command::Bench(args) => bench::run(args),
         Command::Test(args) => test::run(args),
         Command::Setup => setup::ensure_all(),
+        Command::BuildWeb => build_web::run_build().map(drop),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

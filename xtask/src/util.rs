@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, Result, bail};
+use pocketvlm_compress::{ConvertOptions, convert};
 
 /// The workspace root (the parent of `xtask/`).
 pub fn root() -> PathBuf {
@@ -52,4 +53,13 @@ pub fn human_bytes(bytes: u64) -> String {
         unit += 1;
     }
     if unit == 0 { format!("{bytes} B") } else { format!("{v:.2} {}", UNITS[unit]) }
+}
+
+/// Convert the transformers-built tiny fixture (`tests/fixtures/tiny`, dense recipe) into
+/// `target/models/tiny` and return that directory.
+pub fn convert_tiny() -> Result<PathBuf> {
+    let out = root().join("target/models/tiny");
+    convert(&root().join("tests/fixtures/tiny"), &out, &ConvertOptions::default())
+        .with_context(|| format!("converting tests/fixtures/tiny into {}", out.display()))?;
+    Ok(out)
 }

@@ -4,7 +4,8 @@ use std::path::{Path, PathBuf};
 
 use pocketvlm_format::architecture::{dense_tensors, expected_tensors};
 use pocketvlm_format::dir::{DirSink, write_manifest};
-use pocketvlm_format::manifest::{FORMAT_TAG, VERSION};
+use pocketvlm_format::manifest::{COMPRESSION_VERSION, FORMAT_TAG, QUANTIZATION_VERSION};
+use pocketvlm_format::quant::Quantization;
 use pocketvlm_format::{
     Compression, DEFAULT_SHARD_BYTES, Encoding, FormatError, GenerationConfig, Manifest, ModelConfig,
     ProcessorConfig, ShardPacker, SourceInfo, TokenizerInfo,
@@ -14,12 +15,14 @@ use serde_json::Value;
 use crate::checkpoint::Checkpoint;
 use crate::error::{CompressError, Result};
 use crate::hf_config::{generation_config, model_config, processor_config, read_json};
+use crate::quant::{QuantOptions, quantize_tensors};
 use crate::tokenizer;
 
 /// How the weights are transformed on the way into the format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Recipe {
-    /// Every tensor copied bit for bit in its source encoding.
+    /// Every tensor copied bit for bit in its source encoding (unless [`ConvertOptions::quant`]
+    /// asks for a quantized model).
     Dense,
 }
 
@@ -45,11 +48,13 @@ impl Recipe {
 pub struct ConvertOptions {
     pub recipe: Recipe,
     pub max_shard_bytes: u64,
+    /// Rotate and quantize the text decoder (see [`crate::quant::model`]).
+    pub quant: Option<QuantOptions>,
 }
 
 impl Default for ConvertOptions {
     fn default() -> Self {
-        Self { recipe: Recipe::Dense, max_shard_bytes: DEFAULT_SHARD_BYTES }
+        Self { recipe: Recipe::Dense, max_shard_bytes: DEFAULT_SHARD_BYTES, quant: None }
     }
 }
 
@@ -120,6 +125,7 @@ pub fn write_model<'a>(
     meta: &SourceMeta,
     recipe: &str,
     compression: Option<Compression>,
+    quantization: Option<Quantization>,
     tensors: impl IntoIterator<Item = OutTensor<'a>>,
     out_dir: &Path,
     max_shard_bytes: u64,
@@ -138,13 +144,15 @@ pub fn write_model<'a>(
 
     let manifest = Manifest {
         format: FORMAT_TAG.to_string(),
-        version: VERSION,
+        // float models stay readable by v2 readers; v3 is written once a model is quantized
+        version: if quantization.is_some() { QUANTIZATION_VERSION } else { COMPRESSION_VERSION },
         model: meta.model.clone(),
         processor: meta.processor.clone(),
         tokenizer: meta.tokenizer.clone(),
         generation: meta.generation.clone(),
         source: SourceInfo { recipe: recipe.to_string(), defaulted_keys: meta.defaulted.clone() },
         compression,
+        quantization,
         shards,
         tensors: tensor_table,
     };
@@ -181,7 +189,7 @@ pub fn check_checkpoint_tensors(
 
 /// Convert the checkpoint in `hf_dir` into a model directory `out_dir` (created if needed).
 pub fn convert(hf_dir: &Path, out_dir: &Path, options: &ConvertOptions) -> Result<ConvertSummary> {
-    let meta = SourceMeta::read(hf_dir)?;
+    let mut meta = SourceMeta::read(hf_dir)?;
     let checkpoint = Checkpoint::open(hf_dir)?;
     let tensors = checkpoint.tensors()?;
     check_checkpoint_tensors(&meta.model, &tensors)?;
@@ -189,6 +197,14 @@ pub fn convert(hf_dir: &Path, out_dir: &Path, options: &ConvertOptions) -> Resul
         let t = &tensors[&name];
         OutTensor { name, shape, encoding: t.encoding, bytes: std::borrow::Cow::Borrowed(t.bytes) }
     });
-    let manifest = write_model(&meta, options.recipe.name(), None, out, out_dir, options.max_shard_bytes)?;
+    let (out, quantization) = match &options.quant {
+        Some(q) => {
+            let (out, quantized) = quantize_tensors(&mut meta.model, None, out.collect(), q)?;
+            (out, Some(quantized.section))
+        }
+        None => (out.collect(), None),
+    };
+    let recipe = options.recipe.name();
+    let manifest = write_model(&meta, recipe, None, quantization, out, out_dir, options.max_shard_bytes)?;
     Ok(ConvertSummary { out_dir: out_dir.to_path_buf(), manifest })
 }

@@ -7,6 +7,8 @@ use thiserror::Error;
 pub enum CompressError {
     #[error(transparent)]
     Format(#[from] FormatError),
+    #[error("quantization: {0}")]
+    Quant(#[from] pocketvlm_format::quant::QuantError),
     #[error("{path}: not a Hugging Face checkpoint directory ({reason})")]
     NotACheckpoint { path: String, reason: String },
     #[error("{path}: invalid JSON: {reason}")]

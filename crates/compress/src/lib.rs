@@ -11,7 +11,9 @@ pub mod hf_config;
 pub mod lowrank;
 pub mod model;
 pub mod pipeline;
+pub mod quant;
 pub mod report;
+pub mod rotate;
 pub mod tokenizer;
 
 pub use convert::{ConvertOptions, ConvertSummary, Recipe, convert};

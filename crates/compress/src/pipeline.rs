@@ -1,4 +1,5 @@
-//! The low-rank compressor: calibrate, decompose, allocate, write format v2, report.
+//! The low-rank compressor: calibrate, decompose, allocate, optionally rotate and quantize,
+//! write format v2 (v3 when quantized), report.
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
@@ -27,6 +28,7 @@ use crate::lowrank::linalg::{from_rows, to_rows_f32};
 use crate::lowrank::{Decomposition, Method};
 use crate::model::weights::{encode, round_through};
 use crate::model::{CpuModel, Proj, Target, Tower};
+use crate::quant::{QuantOptions, quantize_tensors};
 use crate::report;
 
 /// Requested budgets, as ratios of the dense model (each in `(0, 1]`).
@@ -83,6 +85,9 @@ pub struct LowRankOptions {
     /// Encoding of the factors (default: the checkpoint's encoding of the weights they replace).
     pub factor_encoding: Option<Encoding>,
     pub max_shard_bytes: u64,
+    /// Rotate and quantize the text decoder after the factorisation (see
+    /// [`crate::quant::model`]); the `check` stage then measures the quantized model.
+    pub quant: Option<QuantOptions>,
     /// Show progress bars on stderr.
     pub progress: bool,
 }
@@ -98,6 +103,7 @@ impl LowRankOptions {
             calib_cache: None,
             factor_encoding: None,
             max_shard_bytes: pocketvlm_format::DEFAULT_SHARD_BYTES,
+            quant: None,
             progress: false,
         }
     }
@@ -281,7 +287,7 @@ pub fn compress_lowrank(hf_dir: &Path, out_dir: &Path, opts: &LowRankOptions) ->
         });
     }
 
-    let meta = SourceMeta::read(hf_dir)?;
+    let mut meta = SourceMeta::read(hf_dir)?;
     let cfg = meta.model.clone();
     let checkpoint = Checkpoint::open(hf_dir)?;
     let tensors = checkpoint.tensors()?;
@@ -458,7 +464,7 @@ pub fn compress_lowrank(hf_dir: &Path, out_dir: &Path, opts: &LowRankOptions) ->
         }
         let encoding = opts.factor_encoding.unwrap_or(tensors[&dense_weight_name(&cfg, *tg)].encoding);
         for (name, m) in target_factors(&cfg, &decs[tg], *tg, kept, opts.beta) {
-            let values = round_through(encoding, &to_rows_f32(&m));
+            let values = round_through(encoding, &to_rows_f32(&m))?;
             factors.insert(name, (vec![m.nrows(), m.ncols()], encoding, values));
         }
     }
@@ -518,35 +524,73 @@ pub fn compress_lowrank(hf_dir: &Path, out_dir: &Path, opts: &LowRankOptions) ->
     }
     let mut out: Vec<OutTensor<'_>> = Vec::with_capacity(layout.len());
     for (name, shape) in layout {
-        let t = match factors.remove(&name) {
+        out.push(match factors.remove(&name) {
             Some((fshape, enc, values)) => {
                 debug_assert_eq!(fshape, shape);
-                OutTensor { name, shape, encoding: enc, bytes: Cow::Owned(encode(enc, &values)) }
+                OutTensor { name, shape, encoding: enc, bytes: Cow::Owned(encode(enc, &values)?) }
             }
             None => {
                 let raw = &tensors[&name];
                 OutTensor { name, shape, encoding: raw.encoding, bytes: Cow::Borrowed(raw.bytes) }
             }
-        };
+        });
+    }
+    // a rotation that unties lm_head changes the config the manifest records
+    let quantization = match &opts.quant {
+        Some(q) => {
+            let (tensors, quantized) = quantize_tensors(&mut meta.model, Some(&compression), out, q)?;
+            out = tensors;
+            if opts.progress && !quantized.float_layers.is_empty() {
+                eprintln!(
+                    "[compress] kept float (input width not a whole number of packed words): {}",
+                    quantized.float_layers.join(", ")
+                );
+            }
+            lap("quantize", &mut stages);
+            Some(quantized.section)
+        }
+        None => None,
+    };
+    for t in &out {
         let e = sizes.get_mut(&Component::of(&t.name)).expect("every component listed");
         e.params += t.shape.iter().product::<usize>() as u64;
         e.bytes += t.bytes.len() as u64;
-        out.push(t);
     }
     compression.sizes = sizes.into_values().collect();
-    let manifest =
-        write_model(&meta, method.name(), Some(compression.clone()), out, out_dir, opts.max_shard_bytes)?;
+    let manifest = write_model(
+        &meta,
+        method.name(),
+        Some(compression.clone()),
+        quantization,
+        out,
+        out_dir,
+        opts.max_shard_bytes,
+    )?;
     lap("write", &mut stages);
 
     // ---- fidelity on the calibration samples, through the written model
     let calib_loss = match (&samples, &collected) {
         (Some(s), Some(c)) => {
             let compressed = CpuModel::from_format(out_dir)?;
+            // the cached image features are the float connector's output: a rotated model's
+            // connector writes them rotated (`R f`), and its vision tower and connector stay float
+            let rotation = match manifest.quantization.as_ref().and_then(|q| q.residual_rotation) {
+                Some(spec) => Some(spec.build()?),
+                None => None,
+            };
             let pb = bar(opts.progress, "compressed loss");
             pb.set_length(s.samples.len() as u64);
             let mut sum = 0.0;
             for sample in &s.samples {
-                let embeds = compressed.merge_embeddings(&sample.ids, sample.features.as_ref())?;
+                let features = match (&sample.features, &rotation) {
+                    (Some(f), Some(r)) => {
+                        let mut values = f.flatten_all()?.to_vec1::<f32>()?;
+                        r.apply_rows(&mut values)?;
+                        Some(candle_core::Tensor::from_vec(values, f.shape(), f.device())?)
+                    }
+                    (f, _) => f.clone(),
+                };
+                let embeds = compressed.merge_embeddings(&sample.ids, features.as_ref())?;
                 let loss = compressed.answer_loss(&embeds, &sample.ids, sample.answer_start, None)?;
                 sum += loss.to_scalar::<f32>()? as f64;
                 pb.inc(1);

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{FormatError, Result};
 use crate::manifest::{MANIFEST_FILE, Manifest};
-use crate::shards::{ModelData, ShardSink, sha256_hex};
+use crate::shards::{ModelData, ShardSink, verify_tokenizer};
 
 /// Writes shards as files into a directory.
 pub struct DirSink {
@@ -43,14 +43,7 @@ pub fn open(dir: &Path) -> Result<ModelData> {
 pub fn read_tokenizer(dir: &Path, manifest: &Manifest) -> Result<Vec<u8>> {
     let path = dir.join(&manifest.tokenizer.file);
     let bytes = std::fs::read(&path).map_err(|e| FormatError::io(&path, e))?;
-    let found = sha256_hex(&bytes);
-    if found != manifest.tokenizer.sha256 {
-        return Err(FormatError::ChecksumMismatch {
-            shard: manifest.tokenizer.file.clone(),
-            expected: manifest.tokenizer.sha256.clone(),
-            found,
-        });
-    }
+    verify_tokenizer(manifest, &bytes)?;
     Ok(bytes)
 }
 

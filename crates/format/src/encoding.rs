@@ -1,20 +1,26 @@
 //! How a tensor's bytes encode its values.
 //!
-//! Version 1 knows three dense little-endian encodings. Later versions add low-rank factor
-//! tensors (which are ordinary dense tensors with their own names) and packed integer
-//! encodings with scales. An encoding tag this reader does not know is reported as
+//! Version 1 knows three dense little-endian encodings. Version 2 adds low-rank factor
+//! tensors (ordinary dense tensors with their own names); version 3 adds the packed integer
+//! encodings `i8` and `i4` of quantized weights (layouts in [`crate::quant::pack`]; their scales
+//! are separate f32 or f16 tensors, see [`crate::quant::section`]). An encoding tag this reader does not know is reported as
 //! [`FormatError::UnknownEncoding`] naming the tag and the tensor, never as a generic parse error.
 
 use std::fmt;
 
 use crate::error::{FormatError, Result};
+use crate::quant::pack::{Bits, unpack};
 
-/// A dense element encoding. Values are stored row-major, little-endian.
+/// An element encoding. Values are stored row-major, little-endian.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Encoding {
     F32,
     F16,
     BF16,
+    /// Packed signed 8-bit integers, four per `u32` word.
+    I8,
+    /// Packed signed 4-bit integers, eight per `u32` word (interleaved nibbles).
+    I4,
 }
 
 impl Encoding {
@@ -24,6 +30,8 @@ impl Encoding {
             "f32" => Ok(Encoding::F32),
             "f16" => Ok(Encoding::F16),
             "bf16" => Ok(Encoding::BF16),
+            "i8" => Ok(Encoding::I8),
+            "i4" => Ok(Encoding::I4),
             other => {
                 Err(FormatError::UnknownEncoding { tensor: tensor.to_string(), encoding: other.to_string() })
             }
@@ -35,23 +43,41 @@ impl Encoding {
             Encoding::F32 => "f32",
             Encoding::F16 => "f16",
             Encoding::BF16 => "bf16",
+            Encoding::I8 => "i8",
+            Encoding::I4 => "i4",
         }
     }
 
-    /// Bytes per element.
-    pub fn element_bytes(self) -> usize {
+    /// The integer width of a packed encoding (`None` for float encodings).
+    pub fn packed_bits(self) -> Option<Bits> {
         match self {
-            Encoding::F32 => 4,
-            Encoding::F16 | Encoding::BF16 => 2,
+            Encoding::I8 => Some(Bits::Int8),
+            Encoding::I4 => Some(Bits::Int4),
+            Encoding::F32 | Encoding::F16 | Encoding::BF16 => None,
         }
     }
 
     /// Byte length of a tensor with `numel` elements.
     pub fn byte_len(self, numel: usize) -> usize {
-        numel * self.element_bytes()
+        match self {
+            Encoding::F32 => numel * 4,
+            Encoding::F16 | Encoding::BF16 => numel * 2,
+            Encoding::I8 | Encoding::I4 => self.packed_bits().map_or(0, |b| b.packed_len(numel)),
+        }
     }
 
-    /// Decode `bytes` into f32 values (exact: f16 and bf16 widen without rounding).
+    /// Check that `shape` can be stored: packed encodings need every row (last dimension) to
+    /// fill whole `u32` words.
+    pub fn check_shape(self, shape: &[usize]) -> Result<()> {
+        if let Some(bits) = self.packed_bits() {
+            bits.check_row(shape.last().copied().unwrap_or(0))?;
+        }
+        Ok(())
+    }
+
+    /// Decode `bytes` into f32 values (exact: f16 and bf16 widen without rounding; packed
+    /// integers decode to their integer values, without scales; a trailing partial `u32` word
+    /// of a packed tensor, which a valid tensor never has, is ignored).
     pub fn decode_f32(self, bytes: &[u8]) -> Vec<f32> {
         match self {
             Encoding::F32 => {
@@ -62,6 +88,12 @@ impl Encoding {
             }
             Encoding::BF16 => {
                 bytes.chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect()
+            }
+            Encoding::I8 | Encoding::I4 => {
+                let bits = self.packed_bits().unwrap_or(Bits::Int8);
+                let whole = &bytes[..bytes.len() - bytes.len() % 4];
+                let numel = whole.len() * 8 / bits.bits() as usize;
+                unpack(bits, whole, numel).unwrap_or_default().into_iter().map(f32::from).collect()
             }
         }
     }
@@ -96,7 +128,7 @@ mod tests {
         assert_eq!(Encoding::F16.decode_f32(&f16), v);
         let bf16: Vec<u8> = v[..2].iter().flat_map(|x| half::bf16::from_f32(*x).to_le_bytes()).collect();
         assert_eq!(Encoding::BF16.decode_f32(&bf16), v[..2]);
-        for e in [Encoding::F32, Encoding::F16, Encoding::BF16] {
+        for e in [Encoding::F32, Encoding::F16, Encoding::BF16, Encoding::I8, Encoding::I4] {
             assert_eq!(Encoding::parse(e.tag(), "t").unwrap(), e);
         }
     }

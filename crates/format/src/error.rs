@@ -34,6 +34,8 @@ pub enum FormatError {
     ChecksumMismatch { shard: String, expected: String, found: String },
     #[error("shard {shard:?} is truncated or padded: expected {expected} bytes, found {found}")]
     ShardSizeMismatch { shard: String, expected: u64, found: u64 },
+    #[error("shard {shard:?} was never added")]
+    MissingShard { shard: String },
     #[error("shard index {index} is out of range ({count} shards)")]
     NoSuchShard { index: usize, count: usize },
     #[error("config key {key:?} is missing")]
@@ -44,6 +46,8 @@ pub enum FormatError {
     Unsupported(String),
     #[error("no tensor named {name:?}")]
     NoSuchTensor { name: String },
+    #[error("quantization: {0}")]
+    Quant(#[from] crate::quant::QuantError),
 }
 
 impl FormatError {

@@ -14,6 +14,7 @@ pub mod dir;
 pub mod encoding;
 pub mod error;
 pub mod manifest;
+pub mod quant;
 pub mod shards;
 
 pub use compression::{CalibrationInfo, ComponentBytes, Compression, KvCacheInfo, LayerRanks, Ratios};
@@ -26,4 +27,6 @@ pub use manifest::{
     ALIGNMENT, DEFAULT_SHARD_BYTES, MANIFEST_FILE, Manifest, ShardEntry, SourceInfo, TensorEntry, TensorPart,
     VERSION,
 };
-pub use shards::{MemorySink, ModelData, ShardPacker, ShardSink, sha256_hex, verify_shard};
+pub use shards::{
+    MemorySink, ModelData, ShardPacker, ShardSet, ShardSink, sha256_hex, verify_shard, verify_tokenizer,
+};

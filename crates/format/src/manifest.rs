@@ -7,6 +7,7 @@
 //!   "tokenizer": TokenizerInfo, "generation": GenerationConfig,
 //!   "source": SourceInfo,
 //!   "compression": Compression,          (v2, optional: low-rank factors; see crate::compression)
+//!   "quantization": Quantization,        (v3, optional: packed integer weights; see crate::quant)
 //!   "shards":  [{"file": "shard-00000.bin", "bytes": N, "sha256": "…"}],
 //!   "tensors": [{"name": "…", "shape": [..], "encoding": "bf16", "bytes": N,
 //!                "parts": [{"shard": 0, "offset": 0, "bytes": N}]}]
@@ -28,6 +29,7 @@ use crate::compression::Compression;
 use crate::config::{GenerationConfig, ModelConfig, ProcessorConfig, TokenizerInfo};
 use crate::encoding::Encoding;
 use crate::error::{FormatError, Result};
+use crate::quant::{Quantization, scale_name};
 
 /// The format tag every manifest carries.
 pub const FORMAT_TAG: &str = "pocketvlm";
@@ -37,9 +39,13 @@ pub const MIN_VERSION: u32 = 1;
 ///
 /// Version 2 adds the optional `compression` section and the low-rank factor tensors it implies;
 /// a manifest without that section means the same in both versions, so every v1 model loads.
-pub const VERSION: u32 = 2;
+/// Version 3 adds the optional `quantization` section, the packed `i8` / `i4` encodings and the
+/// scale tensors; without that section a v3 manifest means what a v2 one does.
+pub const VERSION: u32 = 3;
 /// First version that may carry a `compression` section.
 pub const COMPRESSION_VERSION: u32 = 2;
+/// First version that may carry a `quantization` section.
+pub const QUANTIZATION_VERSION: u32 = 3;
 /// Byte alignment of every tensor part inside a shard.
 pub const ALIGNMENT: u64 = 256;
 /// Default upper bound on a shard's size: 32 MiB.
@@ -60,6 +66,9 @@ pub struct Manifest {
     /// Low-rank factorisation (v2); absent for dense models.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub compression: Option<Compression>,
+    /// Low-bit weights and their arithmetic (v3); absent for float models.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quantization: Option<Quantization>,
     pub shards: Vec<ShardEntry>,
     pub tensors: Vec<TensorEntry>,
 }
@@ -172,10 +181,83 @@ impl Manifest {
             c.validate(&self.model)?;
         }
         self.validate_layout()?;
-        self.validate_against_config()
+        self.validate_against_config()?;
+        self.validate_quantization()
+    }
+
+    /// A quantized layer's weight must be a listed 2-D tensor in the packed encoding of its
+    /// bits, with a scale tensor of the implied shape in f32 or f16; float models have no
+    /// packed tensors.
+    fn validate_quantization(&self) -> Result<()> {
+        let Some(q) = &self.quantization else {
+            if let Some(t) =
+                self.tensors.iter().find(|t| t.encoding().is_ok_and(|e| e.packed_bits().is_some()))
+            {
+                return Err(FormatError::BadTensorEntry {
+                    name: t.name.clone(),
+                    reason: "packed integer tensor in a manifest without a quantization section".into(),
+                });
+            }
+            return Ok(());
+        };
+        if self.version < QUANTIZATION_VERSION {
+            return Err(FormatError::InvalidManifest(format!(
+                "a \"quantization\" section needs format version {QUANTIZATION_VERSION} or later, found {}",
+                self.version
+            )));
+        }
+        if let Some(r) = &q.residual_rotation {
+            r.build()?;
+        }
+        let mut seen = HashMap::new();
+        for layer in &q.layers {
+            let bad = |reason: String| FormatError::BadTensorEntry { name: layer.weight.clone(), reason };
+            if seen.insert(layer.weight.as_str(), ()).is_some() {
+                return Err(bad("quantized twice".into()));
+            }
+            let w = self.tensor(&layer.weight)?;
+            let [out, cols] = w.shape[..] else {
+                return Err(bad(format!("a quantized weight is 2-D, shape {:?}", w.shape)));
+            };
+            let want = if layer.weight_bits == 4 { Encoding::I4 } else { Encoding::I8 };
+            if w.encoding()? != want {
+                return Err(bad(format!(
+                    "{}-bit weights are stored as {want}, found {}",
+                    layer.weight_bits, w.encoding
+                )));
+            }
+            layer.validate(cols)?;
+            let s = self.tensor(&scale_name(&layer.weight))?;
+            let shape = layer.scale_shape(out, cols);
+            if s.shape != shape {
+                return Err(FormatError::ShapeMismatch {
+                    name: s.name.clone(),
+                    expected: shape,
+                    found: s.shape.clone(),
+                });
+            }
+            if !matches!(s.encoding()?, Encoding::F32 | Encoding::F16) {
+                return Err(FormatError::BadTensorEntry {
+                    name: s.name.clone(),
+                    reason: format!("scales are f32 or f16, found {}", s.encoding),
+                });
+            }
+        }
+        if let Some(t) = self.tensors.iter().find(|t| {
+            t.encoding().is_ok_and(|e| e.packed_bits().is_some()) && !seen.contains_key(t.name.as_str())
+        }) {
+            return Err(FormatError::BadTensorEntry {
+                name: t.name.clone(),
+                reason: "packed integer tensor not listed in the quantization section".into(),
+            });
+        }
+        Ok(())
     }
 
     fn validate_layout(&self) -> Result<()> {
+        for file in self.shards.iter().map(|s| s.file.as_str()).chain([self.tokenizer.file.as_str()]) {
+            check_file_name(file)?;
+        }
         let mut seen = HashMap::new();
         for t in &self.tensors {
             if seen.insert(t.name.as_str(), ()).is_some() {
@@ -183,6 +265,7 @@ impl Manifest {
             }
             let bad = |reason: String| FormatError::BadTensorEntry { name: t.name.clone(), reason };
             let encoding = t.encoding()?;
+            encoding.check_shape(&t.shape).map_err(|e| bad(e.to_string()))?;
             let want = encoding.byte_len(t.numel()) as u64;
             if t.bytes != want {
                 return Err(bad(format!(
@@ -214,7 +297,16 @@ impl Manifest {
     }
 
     fn validate_against_config(&self) -> Result<()> {
-        let expected = expected_tensors(&self.model, self.compression.as_ref());
+        let mut expected = expected_tensors(&self.model, self.compression.as_ref());
+        if let Some(q) = &self.quantization {
+            // scale shapes are checked with the rest of the section
+            for l in &q.layers {
+                let name = scale_name(&l.weight);
+                if let Some(t) = self.tensors.iter().find(|t| t.name == name) {
+                    expected.push((name, t.shape.clone()));
+                }
+            }
+        }
         let listed: HashMap<&str, &TensorEntry> = self.tensors.iter().map(|t| (t.name.as_str(), t)).collect();
         for (name, shape) in &expected {
             let entry =
@@ -235,4 +327,16 @@ impl Manifest {
         }
         Ok(())
     }
+}
+
+/// Shard and tokenizer files are plain names inside the model directory (or under the model's
+/// base URL): no path separators, no `.`/`..`, nothing a URL would read as a scheme, query,
+/// fragment or escape.
+fn check_file_name(file: &str) -> Result<()> {
+    let plain = !matches!(file, "" | "." | "..")
+        && !file.chars().any(|c| c.is_control() || matches!(c, '/' | '\\' | ':' | '?' | '#' | '%'));
+    if !plain {
+        return Err(FormatError::InvalidManifest(format!("{file:?} is not a plain file name")));
+    }
+    Ok(())
 }

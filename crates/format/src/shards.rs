@@ -144,6 +144,55 @@ pub fn verify_shard(entry: &ShardEntry, bytes: &[u8]) -> Result<()> {
     Ok(())
 }
 
+/// Check `tokenizer.json`'s bytes against the manifest's tokenizer checksum.
+pub fn verify_tokenizer(manifest: &Manifest, bytes: &[u8]) -> Result<()> {
+    let found = sha256_hex(bytes);
+    if found != manifest.tokenizer.sha256 {
+        return Err(FormatError::ChecksumMismatch {
+            shard: manifest.tokenizer.file.clone(),
+            expected: manifest.tokenizer.sha256.clone(),
+            found,
+        });
+    }
+    Ok(())
+}
+
+/// A model's shards collected one at a time, in any order (as downloads finish), each verified
+/// against the manifest when it is added; [`ShardSet::finish`] gives the [`ModelData`].
+pub struct ShardSet {
+    manifest: Manifest,
+    shards: Vec<Option<Vec<u8>>>,
+}
+
+impl ShardSet {
+    pub fn new(manifest: Manifest) -> Self {
+        let shards = vec![None; manifest.shards.len()];
+        Self { manifest, shards }
+    }
+
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    /// Verify shard `index` (size, then sha256) and keep its bytes.
+    pub fn add(&mut self, index: usize, bytes: Vec<u8>) -> Result<()> {
+        let count = self.shards.len();
+        let entry = self.manifest.shards.get(index).ok_or(FormatError::NoSuchShard { index, count })?;
+        verify_shard(entry, &bytes)?;
+        self.shards[index] = Some(bytes);
+        Ok(())
+    }
+
+    /// The model, once every shard has been added.
+    pub fn finish(self) -> Result<ModelData> {
+        let mut shards = Vec::with_capacity(self.shards.len());
+        for (entry, bytes) in self.manifest.shards.iter().zip(self.shards) {
+            shards.push(bytes.ok_or_else(|| FormatError::MissingShard { shard: entry.file.clone() })?);
+        }
+        Ok(ModelData { manifest: self.manifest, shards })
+    }
+}
+
 /// A validated manifest together with its verified shard bytes.
 pub struct ModelData {
     pub manifest: Manifest,
@@ -159,10 +208,11 @@ impl ModelData {
                 count: manifest.shards.len(),
             });
         }
-        for (entry, bytes) in manifest.shards.iter().zip(&shards) {
-            verify_shard(entry, bytes)?;
+        let mut set = ShardSet::new(manifest);
+        for (index, bytes) in shards.into_iter().enumerate() {
+            set.add(index, bytes)?;
         }
-        Ok(Self { manifest, shards })
+        set.finish()
     }
 
     /// The bytes of a tensor's parts, concatenated (borrowed when it has a single part).

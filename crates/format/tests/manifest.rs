@@ -6,7 +6,7 @@ use pocketvlm_format::manifest::{FORMAT_TAG, VERSION};
 use pocketvlm_format::shards::{ShardPacker, shard_file_name};
 use pocketvlm_format::{
     ALIGNMENT, ConnectorConfig, Encoding, FormatError, GenerationConfig, Manifest, ModelConfig,
-    ProcessorConfig, SourceInfo, TextConfig, TokenizerInfo, VisionConfig,
+    ProcessorConfig, ShardSet, SourceInfo, TextConfig, TokenizerInfo, VisionConfig,
 };
 
 fn config() -> ModelConfig {
@@ -98,6 +98,7 @@ fn write_model(dir: &std::path::Path, max_shard_bytes: u64) -> Manifest {
         generation: GenerationConfig { bos_token_id: None, eos_token_ids: vec![298], pad_token_id: None },
         source: SourceInfo { recipe: "dense".into(), defaulted_keys: vec![] },
         compression: None,
+        quantization: None,
         shards,
         tensors,
     };
@@ -221,6 +222,19 @@ fn misaligned_or_out_of_range_parts() {
 }
 
 #[test]
+fn shard_and_tokenizer_files_must_be_plain_names() {
+    for bad in ["../shard-00000.bin", "sub/shard.bin", "https:x", "a?b", "..", "", "a%2e"] {
+        let err = read_edited(|j| j["shards"][0]["file"] = bad.into());
+        assert!(
+            matches!(&err, FormatError::InvalidManifest(m) if m.contains("plain file name")),
+            "{bad}: {err}"
+        );
+    }
+    let err = read_edited(|j| j["tokenizer"]["file"] = "../tokenizer.json".into());
+    assert!(matches!(&err, FormatError::InvalidManifest(m) if m.contains("plain file name")), "{err}");
+}
+
+#[test]
 fn missing_config_key_and_invalid_json() {
     let err = read_edited(|j| {
         j["model"]["text"].as_object_mut().unwrap().remove("rms_norm_eps");
@@ -259,6 +273,46 @@ fn corrupt_and_truncated_shards() {
 
     std::fs::remove_file(&shard).unwrap();
     assert!(matches!(open(tmp.path()), Err(FormatError::Io { .. })));
+}
+
+#[test]
+fn shard_set_verifies_each_shard_in_any_order() {
+    let tmp = tempfile::tempdir().unwrap();
+    let manifest = write_model(tmp.path(), 4096);
+    let read = |i: usize| std::fs::read(tmp.path().join(&manifest.shards[i].file)).unwrap();
+    let n = manifest.shards.len();
+    assert!(n >= 3);
+
+    let mut set = ShardSet::new(manifest.clone());
+    for i in (1..n).rev() {
+        set.add(i, read(i)).unwrap();
+    }
+    let mut flipped = read(0);
+    flipped[3] ^= 1;
+    match set.add(0, flipped) {
+        Err(FormatError::ChecksumMismatch { shard, expected, .. }) => {
+            assert_eq!(
+                (shard, expected),
+                (manifest.shards[0].file.clone(), manifest.shards[0].sha256.clone())
+            );
+        }
+        other => panic!("expected a checksum mismatch, got {other:?}"),
+    }
+    assert!(
+        matches!(set.add(n, read(0)), Err(FormatError::NoSuchShard { index, count }) if index == n && count == n)
+    );
+    let err = ShardSet::new(manifest.clone()).finish().err().unwrap();
+    assert!(
+        matches!(&err, FormatError::MissingShard { shard } if *shard == manifest.shards[0].file),
+        "{err}"
+    );
+
+    set.add(0, read(0)).unwrap();
+    let data = set.finish().unwrap();
+    let direct = open(tmp.path()).unwrap();
+    for t in &manifest.tensors {
+        assert_eq!(data.tensor_bytes(&t.name).unwrap(), direct.tensor_bytes(&t.name).unwrap(), "{}", t.name);
+    }
 }
 
 #[test]

@@ -2,6 +2,7 @@
 //! buffer helpers and readback. The same code runs natively (wgpu on Vulkan/Metal/DX12) and in
 //! the browser (wgpu on WebGPU).
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::error::{Result, RuntimeError};
@@ -17,6 +18,10 @@ pub struct Capabilities {
     pub shader_f16: bool,
     /// Subgroup operations are available.
     pub subgroups: bool,
+    /// The adapter is a CPU implementation (lavapipe, SwiftShader, WARP; in the browser: a
+    /// fallback adapter). Kernels may pick variants that avoid workgroup barriers, which such
+    /// implementations run slowly.
+    pub cpu: bool,
     /// Largest storage-buffer binding in bytes (128 MiB on lavapipe). Tensors larger than this
     /// must be split by the kernels that read them.
     pub max_storage_binding: u64,
@@ -47,6 +52,8 @@ pub struct Gpu {
     pub caps: Capabilities,
     pub pipelines: Pipelines,
     lost: Arc<Mutex<Option<String>>>,
+    /// Bytes of storage buffers created so far (see [`Gpu::allocated_bytes`]).
+    allocated: AtomicU64,
 }
 
 fn instance() -> wgpu::Instance {
@@ -102,6 +109,7 @@ impl Gpu {
         let caps = Capabilities {
             shader_f16: required_features.contains(wgpu::Features::SHADER_F16),
             subgroups: required_features.contains(wgpu::Features::SUBGROUP),
+            cpu: info.device_type == wgpu::DeviceType::Cpu,
             max_storage_binding: options.max_storage_binding.map_or(max_binding, |m| m.min(max_binding)),
             max_buffer_size: limits.max_buffer_size,
             max_invocations: limits.max_compute_invocations_per_workgroup.min(MAX_WORKGROUP_INVOCATIONS),
@@ -110,7 +118,15 @@ impl Gpu {
             max_workgroup_storage_bytes: limits.max_compute_workgroup_storage_size,
             storage_offset_alignment: limits.min_storage_buffer_offset_alignment,
         };
-        Ok(Self { device, queue, adapter: info, caps, pipelines: Pipelines::default(), lost })
+        Ok(Self {
+            device,
+            queue,
+            adapter: info,
+            caps,
+            pipelines: Pipelines::default(),
+            lost,
+            allocated: AtomicU64::new(0),
+        })
     }
 
     /// `Err(DeviceLost)` once the device has been lost.
@@ -119,6 +135,19 @@ impl Gpu {
             Some(message) => Err(RuntimeError::DeviceLost(message)),
             None => Ok(()),
         }
+    }
+
+    /// Total bytes of the storage buffers created on this device so far, by
+    /// [`Gpu::storage_buffer`], [`Gpu::zeroed_buffer`] or reported with [`Gpu::count_allocation`].
+    /// It never decreases: the difference across a pass is what that pass allocated, which is
+    /// what it holds at once (every buffer a recorded pass uses lives until the pass completes).
+    pub fn allocated_bytes(&self) -> u64 {
+        self.allocated.load(Ordering::Relaxed)
+    }
+
+    /// Count a storage buffer created directly on [`Gpu::device`].
+    pub fn count_allocation(&self, bytes: u64) {
+        self.allocated.fetch_add(bytes, Ordering::Relaxed);
     }
 
     /// A storage buffer initialised with `data`, checking for out-of-memory.
@@ -135,6 +164,7 @@ impl Gpu {
         if let Some(e) = scope.pop().await {
             return Err(RuntimeError::OutOfMemory(format!("{label} ({size} bytes): {e}")));
         }
+        self.count_allocation(size);
         if !data.is_empty() {
             let whole = data.len() - data.len() % 4;
             self.queue.write_buffer(&buffer, 0, &data[..whole]);
@@ -160,6 +190,7 @@ impl Gpu {
         if let Some(e) = scope.pop().await {
             return Err(RuntimeError::OutOfMemory(format!("{label} ({size} bytes): {e}")));
         }
+        self.count_allocation(buffer.size());
         Ok(buffer)
     }
 

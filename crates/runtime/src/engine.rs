@@ -14,7 +14,7 @@ use pocketvlm_processor::{Message, Part, Preprocessor, Prompt, RgbImage, StreamD
 use crate::device::Gpu;
 use crate::error::Result;
 use crate::model::sampling::SamplingOptions;
-use crate::model::{Generator, Model};
+use crate::model::{Generator, MemoryUsage, Model};
 
 /// A loaded model with its tokenizer and image preprocessor.
 pub struct Engine {
@@ -75,6 +75,8 @@ pub struct Piece {
 /// An in-progress generation.
 pub struct Session {
     generator: Generator,
+    /// The image behind the prompt's `<image>` tokens and whether it was split.
+    image: Option<(RgbImage, bool)>,
     decoder: StreamDecoder,
     pub prompt_ids: Vec<u32>,
     /// Logits at the last prompt position.
@@ -108,40 +110,52 @@ impl Engine {
 
     /// Preprocess, encode the image, prefill the prompt.
     pub async fn start(&self, request: Request) -> Result<Session> {
+        self.resume(request, None).await
+    }
+
+    /// Like [`Engine::start`], reusing the KV cache of an earlier generation of this engine
+    /// (`previous`) for the longest prefix of the new prompt that it holds: for a conversation,
+    /// `request.messages` is the whole conversation so far and only the new turns are computed.
+    pub async fn resume(&self, request: Request, previous: Option<Conversation>) -> Result<Session> {
         let t0 = now_ms();
         let text = self.prompt.render(&request.messages, true)?;
+        let split = request.split.unwrap_or(self.preprocessor.default_split());
         let prepared = match &request.image {
-            Some(image) => {
-                let split = request.split.unwrap_or(self.preprocessor.default_split());
-                Some(self.preprocessor.preprocess(image, split)?)
-            }
+            Some(image) => Some(self.preprocessor.preprocess(image, split)?),
             None => None,
         };
         let grids: Vec<_> = prepared.iter().map(|p| p.grid()).collect();
         let prompt_ids = self.prompt.encode(&text, &grids)?;
+        let image_key = request.image.map(|image| (image, split));
+        let previous = previous.map(|p| {
+            let keep = p.generator.reusable_prefix(&self.model, &prompt_ids, p.image == image_key);
+            (p.generator, keep)
+        });
+        let keep = previous.as_ref().map_or(0, |p| p.1);
         let t1 = now_ms();
+        let image_token = self.model.config.image_token_id;
         let image = match &prepared {
-            Some(p) => {
+            Some(p) if prompt_ids[keep..].contains(&image_token) => {
                 let embedding = self.model.encode_image(&self.gpu, &p.pixel_values, p.n_tiles).await?;
                 self.gpu.finish().await?;
                 Some(embedding)
             }
-            None => None,
+            _ => None,
         };
         let t2 = now_ms();
-        let generator = Generator::start(
-            &self.gpu,
-            &self.model,
-            &prompt_ids,
-            image.as_ref(),
-            request.max_new_tokens,
-            request.sampling.clone(),
-        )
-        .await?;
+        let (gpu, model, max_new, sampling) =
+            (&self.gpu, &self.model, request.max_new_tokens, request.sampling.clone());
+        let generator = match previous {
+            Some((generator, keep)) => {
+                generator.resume(gpu, model, &prompt_ids, keep, image.as_ref(), max_new, sampling).await?
+            }
+            None => Generator::start(gpu, model, &prompt_ids, image.as_ref(), max_new, sampling).await?,
+        };
         let prompt_logits = generator.logits(&self.gpu, &self.model).await?;
         let t3 = now_ms();
         Ok(Session {
             generator,
+            image: image_key,
             decoder: self.prompt.stream_decoder(true),
             prompt_ids,
             prompt_logits,
@@ -155,7 +169,35 @@ impl Engine {
     }
 }
 
+/// A finished or interrupted generation kept for its KV cache, which the next
+/// [`Engine::resume`] of the same engine reuses.
+pub struct Conversation {
+    generator: Generator,
+    image: Option<(RgbImage, bool)>,
+}
+
+impl Conversation {
+    /// The tokens whose keys and values the cache holds.
+    pub fn cached_tokens(&self) -> &[u32] {
+        self.generator.cached_tokens()
+    }
+
+    pub fn kv_cache_bytes(&self) -> u64 {
+        self.generator.kv_cache_bytes()
+    }
+}
+
 impl Session {
+    /// Stop here and keep the KV cache for the next turn.
+    pub fn into_conversation(self) -> Conversation {
+        Conversation { generator: self.generator, image: self.image }
+    }
+
+    /// Prompt tokens taken from an earlier generation's cache instead of being computed.
+    pub fn reused_tokens(&self) -> usize {
+        self.generator.reused_tokens()
+    }
+
     /// The next token and the text it completes; `None` when generation has finished.
     pub async fn next(&mut self, engine: &Engine) -> Result<Option<Piece>> {
         let t0 = now_ms();
@@ -181,5 +223,10 @@ impl Session {
 
     pub fn kv_cache_bytes(&self) -> u64 {
         self.generator.kv_cache_bytes()
+    }
+
+    /// GPU memory of the model and this generation so far.
+    pub fn memory(&self, engine: &Engine) -> MemoryUsage {
+        self.generator.memory(&engine.model)
     }
 }

@@ -1,5 +1,6 @@
 //! Typed runtime errors. Each maps to one of the error kinds the web API exposes.
 
+use pocketvlm_format::FormatError;
 use thiserror::Error;
 
 #[derive(Debug, Error)]
@@ -26,10 +27,37 @@ pub enum RuntimeError {
     PromptTooLong { tokens: usize, limit: usize },
     #[error(transparent)]
     Processor(#[from] pocketvlm_processor::ProcessorError),
+    /// A model file could not be fetched: `status` is the HTTP status when a response arrived
+    /// (`None` for network, CORS or scope failures).
+    #[error("fetching {url} failed: {message}")]
+    Fetch { url: String, status: Option<u16>, message: String },
+    /// A model file's bytes differ from what the manifest records (size or sha256).
+    #[error("{file} failed its integrity check: expected {expected}, found {found}")]
+    Integrity { file: String, expected: String, found: String },
     #[error(transparent)]
-    Format(#[from] pocketvlm_format::FormatError),
+    Format(pocketvlm_format::FormatError),
     #[error("shape error: {0}")]
     Shape(String),
+}
+
+/// Checksum and size mismatches become [`RuntimeError::Integrity`]; everything else that is wrong
+/// with a model stays a [`RuntimeError::Format`].
+impl From<FormatError> for RuntimeError {
+    fn from(e: FormatError) -> Self {
+        match e {
+            FormatError::ChecksumMismatch { shard, expected, found } => RuntimeError::Integrity {
+                file: shard,
+                expected: format!("sha256 {expected}"),
+                found: format!("sha256 {found}"),
+            },
+            FormatError::ShardSizeMismatch { shard, expected, found } => RuntimeError::Integrity {
+                file: shard,
+                expected: format!("{expected} bytes"),
+                found: format!("{found} bytes"),
+            },
+            other => RuntimeError::Format(other),
+        }
+    }
 }
 
 pub type Result<T, E = RuntimeError> = std::result::Result<T, E>;

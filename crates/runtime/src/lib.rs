@@ -1,9 +1,12 @@
 //! The PocketVLM runtime: a wgpu engine whose WGSL kernels (in `shaders/`) run unchanged natively
 //! (Vulkan, Metal, DX12) and in the browser (WebGPU).
 
+pub mod bench;
 pub mod device;
 pub mod engine;
 pub mod error;
+#[cfg(target_arch = "wasm32")]
+pub mod fetch;
 pub mod kernels;
 pub mod model;
 pub mod pipelines;

@@ -1,9 +1,10 @@
-//! The matmul kernels (tiled and the few-row matvec) against a CPU reference: odd sizes, bias,
-//! vision-sized row counts, and the split-binding paths for weights and for inputs/outputs.
+//! The matmul kernels (tiled and the few-row matvec, both of its variants) against a CPU
+//! reference: odd sizes, bias, vision-sized row counts, and the split-binding paths for weights
+//! and for inputs/outputs.
 //! Runs natively (`cargo test`, e.g. on Vulkan lavapipe) and in the browser (wasm-bindgen-test).
 
 use pocketvlm_runtime::kernels::matmul::{
-    Matmul, MatmulShape, input_rows_per_chunk, matmul_reference, weight_rows_per_chunk,
+    MatVec, Matmul, MatmulShape, input_rows_per_chunk, matmul_reference, weight_rows_per_chunk,
 };
 use pocketvlm_runtime::{DeviceOptions, Gpu};
 
@@ -28,6 +29,8 @@ enum Path {
     Auto,
     /// `Matmul::encode_tiled` whatever m.
     Tiled,
+    /// `MatVec` (m ≤ 4) with the given `per_column` variant, whatever the adapter.
+    MatVec(bool),
 }
 
 async fn run_case(gpu: &Gpu, shape: MatmulShape, with_bias: bool, seed: u64) {
@@ -49,6 +52,10 @@ async fn run_path(gpu: &Gpu, shape: MatmulShape, with_bias: bool, seed: u64, pat
     match path {
         Path::Auto => kernel.encode(gpu, &mut encoder, shape, &xb, &wb, bias, &yb).await.unwrap(),
         Path::Tiled => kernel.encode_tiled(gpu, &mut encoder, shape, &xb, &wb, bias, &yb).await.unwrap(),
+        Path::MatVec(per_column) => MatVec { bias: with_bias, rows: m, per_column }
+            .encode(gpu, &mut encoder, n, k, &xb, &wb, bias, &yb)
+            .await
+            .unwrap(),
     }
     gpu.queue.submit([encoder.finish()]);
     let got = gpu.read_f32(&yb, m * n).await.unwrap();
@@ -76,10 +83,11 @@ async fn check_sizes(gpu: &Gpu) {
             run_case(gpu, MatmulShape { m, n, k }, bias, 100 + i as u64).await;
         }
     }
-    // Few rows: the matvec path (Auto) and the tiled kernel on the same shapes.
-    let few = [(1, 960, 960), (2, 33, 1000), (3, 257, 64), (4, 9, 2560), (1, 49_280 / 16, 960)];
+    // Few rows: the matvec path (Auto, and both matvec variants explicitly) and the tiled kernel
+    // on the same shapes.
+    let few = [(1, 960, 960), (2, 33, 1000), (3, 257, 64), (4, 9, 2560), (1, 49_280 / 16, 960), (2, 600, 3)];
     for (i, &(m, n, k)) in few.iter().enumerate() {
-        for path in [Path::Auto, Path::Tiled] {
+        for path in [Path::Auto, Path::Tiled, Path::MatVec(false), Path::MatVec(true)] {
             run_path(gpu, MatmulShape { m, n, k }, i % 2 == 0, 200 + i as u64, path).await;
         }
     }
@@ -94,8 +102,10 @@ async fn check_split_binding() {
     assert!(rows < 100 && rows > 0, "expected several chunks, got {rows} rows per chunk");
     for bias in [false, true] {
         run_case(&gpu, MatmulShape { m: 9, n: 100, k: 40 }, bias, 7).await;
-        // The matvec path with a chunked weight.
-        run_case(&gpu, MatmulShape { m: 3, n: 100, k: 40 }, bias, 8).await;
+        // The matvec paths with a chunked weight.
+        for path in [Path::MatVec(false), Path::MatVec(true)] {
+            run_path(&gpu, MatmulShape { m: 3, n: 100, k: 40 }, bias, 8, path).await;
+        }
     }
     // Inputs and outputs larger than one binding are split into row passes (here also combined
     // with a chunked weight).

@@ -1,8 +1,10 @@
-//! Linear layers (dense or low-rank) and the tape that records what calibration needs from them.
+//! Linear layers (dense or low-rank, float or quantized) and the tape that records what
+//! calibration needs from them.
 
 use std::collections::HashSet;
 
 use candle_core::{Tensor, Var};
+use pocketvlm_format::quant::QuantLinear;
 
 use crate::error::Result;
 
@@ -30,29 +32,65 @@ pub struct Target {
     pub proj: Proj,
 }
 
-/// `y = up · (down · x) + b`, or `y = W x + b` when there is no `down`. Weights are held
-/// transposed (`[in, out]`) so a row-major activation block multiplies them directly.
+/// One matrix of a linear layer: float, held transposed (`[in, out]`) so a row-major
+/// activation block multiplies it directly, or quantized: one or more layers of the format's
+/// reference arithmetic ([`QuantLinear`]) sharing the input, their outputs concatenated (the
+/// stacked Q, K and V). Quantized matrices carry no gradient.
+pub enum Weight {
+    Float(Tensor),
+    Quant(Vec<QuantLinear>),
+}
+
+impl Weight {
+    pub fn out_features(&self) -> usize {
+        match self {
+            Weight::Float(w_t) => w_t.dims()[1],
+            Weight::Quant(parts) => parts.iter().map(|q| q.weights.out).sum(),
+        }
+    }
+
+    /// `x · Wᵀ` for `x` of shape `[rows, in]`.
+    pub fn apply(&self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            Weight::Float(w_t) => Ok(x.matmul(w_t)?),
+            Weight::Quant(parts) => {
+                let rows = x.dim(0)?;
+                let input = x.detach().contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+                let outs = parts
+                    .iter()
+                    .map(|q| {
+                        let y = q.forward(&input)?;
+                        Ok(Tensor::from_vec(y, (rows, q.weights.out), x.device())?)
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                Ok(Tensor::cat(&outs, 1)?)
+            }
+        }
+    }
+}
+
+/// `y = up · (down · x) + b`, or `y = up · x + b` when there is no `down`.
 pub struct Linear {
-    /// `downᵀ`, `[in, r]`.
-    pub down_t: Option<Tensor>,
-    /// `Wᵀ` or `upᵀ`: `[in, out]` or `[r, out]`.
-    pub w_t: Tensor,
+    /// The down factor (`[r, in]`), if the layer is factored.
+    pub down: Option<Weight>,
+    /// The weight (`[out, in]`) or the up factor (`[out, r]`).
+    pub up: Weight,
     pub bias: Option<Tensor>,
 }
 
 impl Linear {
     pub fn out_features(&self) -> usize {
-        self.w_t.dims()[1]
+        self.up.out_features()
     }
 
     /// Apply to `x` (`[rows, in]`), recording `x` and a gradient probe on the output when the
     /// tape wants `target`.
     pub fn forward(&self, x: &Tensor, target: Target, tape: Option<&mut Tape>) -> Result<Tensor> {
-        let h = match &self.down_t {
-            Some(d) => x.matmul(d)?,
+        let h = match &self.down {
+            Some(d) => d.apply(x)?,
             None => x.clone(),
         };
-        let mut y = h.matmul(&self.w_t)?;
+        let mut y = self.up.apply(&h)?;
         if let Some(tape) = tape {
             y = tape.tap(target, x, y)?;
         }

@@ -3,13 +3,15 @@
 //!
 //! Built from a Hugging Face checkpoint or a PocketVLM model directory; a v2 directory's low-rank
 //! factors become [`Linear`] layers with a `down` factor, so a compressed model runs through the
-//! same layers as the dense one.
+//! same layers as the dense one, and a v3 directory's packed integer layers become quantized
+//! [`Weight`]s computed by the format crate's reference [`QuantLinear`].
 
 pub mod linear;
 pub mod text;
 pub mod vision;
 pub mod weights;
 
+use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::{D, Device, Tensor};
@@ -17,12 +19,13 @@ use pocketvlm_format::compression::{
     linear_factor_names, qkv_factor_names, text_layer_prefix, text_mlp_linears, vision_layer_prefix,
     vision_mlp_linears,
 };
-use pocketvlm_format::{Compression, LayerRanks, ModelConfig};
+use pocketvlm_format::quant::{Bits, QuantLinear, QuantWeights, Quantization, scale_name};
+use pocketvlm_format::{Compression, FormatError, LayerRanks, ModelConfig, ModelData};
 
 use crate::checkpoint::Checkpoint;
 use crate::error::{CompressError, Result};
 use crate::hf_config::{model_config, read_json};
-pub use linear::{Linear, Proj, Tape, Target, Tower};
+pub use linear::{Linear, Proj, Tape, Target, Tower, Weight};
 pub use text::{KvCache, TextDecoder};
 pub use vision::VisionTower;
 use weights::WeightStore;
@@ -47,50 +50,89 @@ fn tensor(store: &dyn WeightStore, name: &str) -> Result<Tensor> {
     Ok(Tensor::from_vec(values, shape, &Device::Cpu)?)
 }
 
-/// `Wᵀ` of a dense `[out, in]` weight.
-fn transposed(store: &dyn WeightStore, name: &str) -> Result<Tensor> {
-    Ok(tensor(store, name)?.t()?.contiguous()?)
-}
-
 fn optional_bias(store: &dyn WeightStore, name: &str, with_bias: bool) -> Result<Option<Tensor>> {
     with_bias.then(|| tensor(store, name)).transpose()
 }
 
-/// The stacked QKV linear of an attention block (`attn` ends in `self_attn`).
-fn qkv_linear(store: &dyn WeightStore, attn: &str, rank: Option<usize>, bias: bool) -> Result<Linear> {
-    let bias = if bias {
-        let parts = ["q_proj", "k_proj", "v_proj"]
-            .iter()
-            .map(|p| tensor(store, &format!("{attn}.{p}.bias")))
-            .collect::<Result<Vec<_>>>()?;
-        Some(Tensor::cat(&parts, 0)?)
-    } else {
-        None
-    };
-    if rank.is_some() {
-        let [down, q, k, v] = qkv_factor_names(attn);
-        let ups = [q, k, v].iter().map(|n| tensor(store, n)).collect::<Result<Vec<_>>>()?;
-        return Ok(Linear {
-            down_t: Some(transposed(store, &down)?),
-            w_t: Tensor::cat(&ups, 0)?.t()?.contiguous()?,
-            bias,
-        });
-    }
-    let ws = ["q_proj", "k_proj", "v_proj"]
-        .iter()
-        .map(|p| tensor(store, &format!("{attn}.{p}.weight")))
-        .collect::<Result<Vec<_>>>()?;
-    Ok(Linear { down_t: None, w_t: Tensor::cat(&ws, 0)?.t()?.contiguous()?, bias })
+/// Quantized layers by weight name (see [`CpuModel::build_quantized`]).
+pub type QuantLayers = HashMap<String, QuantLinear>;
+
+/// Where a model's matrices come from: float tensors, and the quantized layers that replace some.
+#[derive(Clone, Copy)]
+struct Source<'a> {
+    store: &'a dyn WeightStore,
+    quant: &'a QuantLayers,
 }
 
-/// A single linear `{base}.weight` or its factors `{base}.down/up.weight`.
-fn plain_linear(store: &dyn WeightStore, base: &str, factored: bool, bias: bool) -> Result<Linear> {
-    let bias = optional_bias(store, &format!("{base}.bias"), bias)?;
-    if factored {
-        let (down, up) = linear_factor_names(base);
-        return Ok(Linear { down_t: Some(transposed(store, &down)?), w_t: transposed(store, &up)?, bias });
+impl Source<'_> {
+    /// The matrices `names` (sharing one input) stacked along the output: all quantized or all
+    /// float.
+    fn weight(&self, names: &[String]) -> Result<Weight> {
+        let quant: Vec<QuantLinear> = names.iter().filter_map(|n| self.quant.get(n).cloned()).collect();
+        if quant.len() == names.len() {
+            return Ok(Weight::Quant(quant));
+        }
+        if !quant.is_empty() {
+            return Err(CompressError::BadOptions {
+                recipe: "quantized model".into(),
+                what: format!("the stacked matrices {names:?} all quantized or all float"),
+            });
+        }
+        let parts = names.iter().map(|n| tensor(self.store, n)).collect::<Result<Vec<_>>>()?;
+        Ok(Weight::Float(Tensor::cat(&parts, 0)?.t()?.contiguous()?))
     }
-    Ok(Linear { down_t: None, w_t: transposed(store, &format!("{base}.weight"))?, bias })
+
+    /// The stacked QKV linear of an attention block (`attn` ends in `self_attn`).
+    fn qkv_linear(&self, attn: &str, rank: Option<usize>, bias: bool) -> Result<Linear> {
+        let bias = if bias {
+            let parts = ["q_proj", "k_proj", "v_proj"]
+                .iter()
+                .map(|p| tensor(self.store, &format!("{attn}.{p}.bias")))
+                .collect::<Result<Vec<_>>>()?;
+            Some(Tensor::cat(&parts, 0)?)
+        } else {
+            None
+        };
+        if rank.is_some() {
+            let [down, q, k, v] = qkv_factor_names(attn);
+            return Ok(Linear { down: Some(self.weight(&[down])?), up: self.weight(&[q, k, v])?, bias });
+        }
+        let names = ["q_proj", "k_proj", "v_proj"].map(|p| format!("{attn}.{p}.weight"));
+        Ok(Linear { down: None, up: self.weight(&names)?, bias })
+    }
+
+    /// A single linear `{base}.weight` or its factors `{base}.down/up.weight`.
+    fn plain_linear(&self, base: &str, factored: bool, bias: bool) -> Result<Linear> {
+        let bias = optional_bias(self.store, &format!("{base}.bias"), bias)?;
+        if factored {
+            let (down, up) = linear_factor_names(base);
+            return Ok(Linear { down: Some(self.weight(&[down])?), up: self.weight(&[up])?, bias });
+        }
+        Ok(Linear { down: None, up: self.weight(&[format!("{base}.weight")])?, bias })
+    }
+}
+
+/// The layers a model directory's `quantization` section describes, each built from its packed
+/// weight and scale tensors.
+fn quant_layers(data: &ModelData, q: &Quantization) -> Result<QuantLayers> {
+    let mut layers = QuantLayers::new();
+    for l in &q.layers {
+        let entry = data.manifest.tensor(&l.weight)?;
+        let [out, cols] = entry.shape[..] else {
+            return Err(FormatError::BadTensorEntry {
+                name: l.weight.clone(),
+                reason: format!("a quantized weight is 2-D, shape {:?}", entry.shape),
+            }
+            .into());
+        };
+        let bits = Bits::from_bits(l.weight_bits)?;
+        let scales = data.tensor_f32(&scale_name(&l.weight))?;
+        let weights =
+            QuantWeights::from_packed(bits, out, cols, l.group, &data.tensor_bytes(&l.weight)?, scales)?;
+        let online = l.online.iter().map(|r| r.build()).collect::<Result<Vec<_>, _>>()?;
+        layers.insert(l.weight.clone(), QuantLinear::new(weights, l.activation.build()?, online, None)?);
+    }
+    Ok(layers)
 }
 
 impl CpuModel {
@@ -100,6 +142,17 @@ impl CpuModel {
         store: &dyn WeightStore,
         compression: Option<&Compression>,
     ) -> Result<Self> {
+        Self::build_quantized(cfg, store, compression, &QuantLayers::new())
+    }
+
+    /// [`Self::build`] with the matrices named in `quant` replaced by those quantized layers.
+    pub fn build_quantized(
+        cfg: ModelConfig,
+        store: &dyn WeightStore,
+        compression: Option<&Compression>,
+        quant: &QuantLayers,
+    ) -> Result<Self> {
+        let src = Source { store, quant };
         let none = LayerRanks::default();
         let ranks = |layers: Option<&Vec<LayerRanks>>, i: usize| -> LayerRanks {
             layers.and_then(|l| l.get(i)).cloned().unwrap_or_else(|| LayerRanks { layer: i, ..none.clone() })
@@ -114,12 +167,12 @@ impl CpuModel {
                 Ok((tensor(store, &format!("{p}.{n}.weight"))?, tensor(store, &format!("{p}.{n}.bias"))?))
             };
             let mlp = vision_mlp_linears(&cfg)
-                .map(|(n, _, _)| plain_linear(store, &format!("{p}.mlp.{n}"), r.mlp.contains_key(n), true));
+                .map(|(n, _, _)| src.plain_linear(&format!("{p}.mlp.{n}"), r.mlp.contains_key(n), true));
             let [fc1, fc2] = mlp;
             vlayers.push(vision::VisionLayer {
                 ln1: ln("layer_norm1")?,
-                qkv: qkv_linear(store, &format!("{p}.self_attn"), r.qkv, true)?,
-                out_proj: plain_linear(store, &format!("{p}.self_attn.out_proj"), false, true)?,
+                qkv: src.qkv_linear(&format!("{p}.self_attn"), r.qkv, true)?,
+                out_proj: src.plain_linear(&format!("{p}.self_attn.out_proj"), false, true)?,
                 ln2: ln("layer_norm2")?,
                 mlp: [fc1?, fc2?],
             });
@@ -137,35 +190,35 @@ impl CpuModel {
                 tensor(store, &format!("{vp}.post_layernorm.bias"))?,
             ),
         };
-        let connector = plain_linear(store, "model.connector.modality_projection.proj", false, false)?;
+        let connector = src.plain_linear("model.connector.modality_projection.proj", false, false)?;
 
         let mut layers = Vec::new();
         for i in 0..cfg.text.num_hidden_layers {
             let r = ranks(compression.map(|c| &c.text_layers), i);
             let p = text_layer_prefix(i);
             let mlp = text_mlp_linears(&cfg)
-                .map(|(n, _, _)| plain_linear(store, &format!("{p}.mlp.{n}"), r.mlp.contains_key(n), false));
+                .map(|(n, _, _)| src.plain_linear(&format!("{p}.mlp.{n}"), r.mlp.contains_key(n), false));
             let [g, u, d] = mlp;
             layers.push(text::DecoderLayer {
                 input_norm: tensor(store, &format!("{p}.input_layernorm.weight"))?,
-                qkv: qkv_linear(store, &format!("{p}.self_attn"), r.qkv, false)?,
-                o_proj: plain_linear(store, &format!("{p}.self_attn.o_proj"), false, false)?,
+                qkv: src.qkv_linear(&format!("{p}.self_attn"), r.qkv, false)?,
+                o_proj: src.plain_linear(&format!("{p}.self_attn.o_proj"), false, false)?,
                 post_norm: tensor(store, &format!("{p}.post_attention_layernorm.weight"))?,
                 mlp: [g?, u?, d?],
             });
         }
         let embed = tensor(store, "model.text_model.embed_tokens.weight")?;
-        let lm_head_t = if cfg.text.tie_word_embeddings {
-            embed.t()?.contiguous()?
+        let lm_head = if cfg.text.tie_word_embeddings {
+            Weight::Float(embed.t()?.contiguous()?)
         } else {
-            transposed(store, "lm_head.weight")?
+            src.weight(&["lm_head.weight".to_string()])?
         };
         let text = TextDecoder {
             cfg: cfg.text.clone(),
             embed,
             layers,
             norm: tensor(store, "model.text_model.norm.weight")?,
-            lm_head_t,
+            lm_head,
         };
         Ok(Self { cfg, vision, connector, text })
     }
@@ -185,11 +238,16 @@ impl CpuModel {
         Self::build(cfg, &tensors, None)
     }
 
-    /// Load a PocketVLM model directory (v1 dense or v2 factored).
+    /// Load a PocketVLM model directory (v1 dense, v2 factored, v3 quantized: its packed layers
+    /// run through the format's reference arithmetic).
     pub fn from_format(dir: &Path) -> Result<Self> {
         let data = pocketvlm_format::dir::open(dir)?;
         let compression = data.manifest.compression.clone();
-        Self::build(data.manifest.model.clone(), &data, compression.as_ref())
+        let quant = match &data.manifest.quantization {
+            Some(q) => quant_layers(&data, q)?,
+            None => QuantLayers::new(),
+        };
+        Self::build_quantized(data.manifest.model.clone(), &data, compression.as_ref(), &quant)
     }
 
     /// Image features `[n·seq, d_text]` of tiles `[n, 3, S, S]`.

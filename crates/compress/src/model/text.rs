@@ -6,7 +6,7 @@ use candle_core::{D, Device, Tensor};
 use pocketvlm_format::TextConfig;
 
 use crate::error::Result;
-use crate::model::linear::{Linear, Proj, Tape, Target, Tower};
+use crate::model::linear::{Linear, Proj, Tape, Target, Tower, Weight};
 
 pub struct DecoderLayer {
     pub input_norm: Tensor,
@@ -24,8 +24,8 @@ pub struct TextDecoder {
     pub embed: Tensor,
     pub layers: Vec<DecoderLayer>,
     pub norm: Tensor,
-    /// `lm_headᵀ`, `[d, vocab]`.
-    pub lm_head_t: Tensor,
+    /// `lm_head` (`[vocab, d]`; the embeddings when tied).
+    pub lm_head: Weight,
 }
 
 /// Keys and values of the positions seen so far (after RoPE), per layer: `[kv_heads, len, head_dim]`.
@@ -169,7 +169,7 @@ impl TextDecoder {
 
     /// Logits `[rows, vocab]` of final hidden rows.
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
-        Ok(hidden.matmul(&self.lm_head_t)?)
+        self.lm_head.apply(hidden)
     }
 
     /// Token embeddings `[len, d]`.

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use pocketvlm_format::{Encoding, FormatError, ModelData};
 
 use crate::checkpoint::RawTensor;
-use crate::error::Result;
+use crate::error::{CompressError, Result};
 
 /// A named tensor store that yields f32 values and the tensor's shape.
 pub trait WeightStore {
@@ -36,20 +36,31 @@ impl WeightStore for MemoryStore {
     }
 }
 
-/// Round f32 values through `encoding` (what storing and reloading them does).
-pub fn round_through(encoding: Encoding, values: &[f32]) -> Vec<f32> {
-    match encoding {
-        Encoding::F32 => values.to_vec(),
-        Encoding::F16 => values.iter().map(|&v| half::f16::from_f32(v).to_f32()).collect(),
-        Encoding::BF16 => values.iter().map(|&v| half::bf16::from_f32(v).to_f32()).collect(),
+/// A float encoding's rejection of a packed one: packed integers come from the quantizer
+/// ([`crate::quant`]), never from rounding floats through an encoding.
+fn float_only(encoding: Encoding) -> CompressError {
+    CompressError::BadOptions {
+        recipe: "float tensors".into(),
+        what: format!("a float encoding (f32, f16, bf16), not {encoding}"),
     }
 }
 
-/// Encode f32 values as little-endian bytes in `encoding`.
-pub fn encode(encoding: Encoding, values: &[f32]) -> Vec<u8> {
-    match encoding {
+/// Round f32 values through a float `encoding` (what storing and reloading them does).
+pub fn round_through(encoding: Encoding, values: &[f32]) -> Result<Vec<f32>> {
+    Ok(match encoding {
+        Encoding::F32 => values.to_vec(),
+        Encoding::F16 => values.iter().map(|&v| half::f16::from_f32(v).to_f32()).collect(),
+        Encoding::BF16 => values.iter().map(|&v| half::bf16::from_f32(v).to_f32()).collect(),
+        Encoding::I8 | Encoding::I4 => return Err(float_only(encoding)),
+    })
+}
+
+/// Encode f32 values as little-endian bytes in a float `encoding`.
+pub fn encode(encoding: Encoding, values: &[f32]) -> Result<Vec<u8>> {
+    Ok(match encoding {
         Encoding::F32 => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
         Encoding::F16 => values.iter().flat_map(|&v| half::f16::from_f32(v).to_le_bytes()).collect(),
         Encoding::BF16 => values.iter().flat_map(|&v| half::bf16::from_f32(v).to_le_bytes()).collect(),
-    }
+        Encoding::I8 | Encoding::I4 => return Err(float_only(encoding)),
+    })
 }

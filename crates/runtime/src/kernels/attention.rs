@@ -254,6 +254,7 @@ impl Attention {
             usage: wgpu::BufferUsages::STORAGE,
             mapped_at_creation: false,
         });
+        gpu.count_allocation(ml_bytes);
         let groups = (groups_x as u32, heads as u32, batch as u32);
         for pass in 0..passes {
             let params = Params {

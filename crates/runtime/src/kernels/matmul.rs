@@ -9,8 +9,9 @@
 //! binding (e.g. the vision MLP's `[17·1024, 3072]` activations) is processed in row passes
 //! `r0..r0+mr` bound at aligned offsets.
 //!
-//! [`Matmul::encode`] runs [`MatVec`] (32 invocations per output column reducing over `k`) for
-//! `m ≤ 4` — decode — and the 64×64-tiled kernel otherwise.
+//! [`Matmul::encode`] runs [`MatVec`] for `m ≤ 4` — decode — and the 64×64-tiled kernel
+//! otherwise. [`MatVec`] reduces over `k` with 32 invocations per output column, or on CPU
+//! adapters ([`crate::Capabilities::cpu`]) with one barrier-free invocation per column.
 
 use std::collections::BTreeMap;
 
@@ -88,12 +89,18 @@ pub struct MatVec {
     pub bias: bool,
     /// Rows of `x` (1..=4), a compile-time constant of the shader.
     pub rows: usize,
+    /// One invocation per output column with no workgroup reduction (what CPU adapters run
+    /// fastest; [`Matmul::encode`] sets it from [`crate::Capabilities::cpu`]).
+    pub per_column: bool,
 }
 
 impl MatVec {
     pub const MAX_ROWS: usize = 4;
+
     /// Output columns per workgroup.
-    const COLS: usize = 8;
+    fn columns_per_workgroup(&self) -> usize {
+        if self.per_column { 256 } else { 8 }
+    }
 }
 
 impl Kernel for MatVec {
@@ -102,6 +109,9 @@ impl Kernel for MatVec {
         let mut d = BTreeMap::from([("ROWS".to_string(), self.rows.to_string())]);
         if self.bias {
             d.insert("BIAS".to_string(), String::new());
+        }
+        if self.per_column {
+            d.insert("PER_COLUMN".to_string(), String::new());
         }
         d
     }
@@ -157,7 +167,7 @@ impl Matmul {
         y: &wgpu::Buffer,
     ) -> Result<()> {
         if (1..=MatVec::MAX_ROWS).contains(&shape.m) {
-            MatVec { bias: self.bias, rows: shape.m }
+            MatVec { bias: self.bias, rows: shape.m, per_column: gpu.caps.cpu }
                 .encode(gpu, encoder, shape.n, shape.k, x, w, bias, y)
                 .await
         } else {
@@ -268,7 +278,7 @@ impl MatVec {
             if let Some(b) = bias {
                 resources.push(slice(b, 0, (n * 4) as u64));
             }
-            let (gx, gy) = grid(gpu, nc.div_ceil(Self::COLS) as u64)?;
+            let (gx, gy) = grid(gpu, nc.div_ceil(self.columns_per_workgroup()) as u64)?;
             dispatch(gpu, encoder, &pipeline, "matvec", bytemuck::bytes_of(&params), resources, (gx, gy, 1));
         }
         Ok(())

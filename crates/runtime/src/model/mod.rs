@@ -4,6 +4,7 @@
 //! [`Generator::next_token`] returns one token (or `None` once finished), so streaming and abort
 //! are the caller's choice between two calls.
 
+mod prefix;
 pub mod sampling;
 mod scratch;
 pub mod text;
@@ -17,6 +18,7 @@ use crate::error::{Result, RuntimeError};
 use crate::kernels::argmax::Argmax;
 use crate::kernels::embed::ImageFeatures;
 use crate::kernels::rope::rope_table;
+pub use prefix::reusable_prefix;
 use sampling::{Pcg32, SamplingOptions, sample};
 use scratch::f32_buffer;
 use text::{KvCache, TextState};
@@ -35,6 +37,28 @@ pub struct ImageEmbedding {
     /// f32 `[rows, text hidden]`.
     pub features: wgpu::Buffer,
     pub rows: usize,
+    /// Bytes the vision pass allocated: pixel values, activations and these features.
+    pub pass_bytes: u64,
+}
+
+/// GPU memory held for a generation, in bytes, by what holds it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MemoryUsage {
+    /// The model's weights (held while the model is loaded).
+    pub weights: u64,
+    /// Fixed tables besides the weights (the RoPE table).
+    pub tables: u64,
+    /// This generation's KV cache.
+    pub kv_cache: u64,
+    /// Activations and scratch: the most any single pass allocated (the vision tower, the prefill
+    /// or one decode step) plus the generation's logits.
+    pub activations: u64,
+}
+
+impl MemoryUsage {
+    pub fn total(&self) -> u64 {
+        self.weights + self.tables + self.kv_cache + self.activations
+    }
 }
 
 impl Model {
@@ -58,6 +82,11 @@ impl Model {
         self.weights.bytes()
     }
 
+    /// Bytes of the fixed tables (RoPE) held on the GPU.
+    pub fn table_bytes(&self) -> u64 {
+        self.text.rope_table.size()
+    }
+
     /// Longest sequence (prompt + generated) the model accepts.
     pub fn max_positions(&self) -> usize {
         self.text.max_positions
@@ -77,12 +106,17 @@ impl Model {
                 v.image_size
             )));
         }
+        let before = gpu.allocated_bytes();
         let buffer = gpu.storage_buffer("pixel values", bytemuck::cast_slice(pixels)).await?;
         let mut encoder = gpu.device.create_command_encoder(&Default::default());
         let features =
             vision::encode_image(gpu, &mut encoder, &self.config, &self.weights, &buffer, tiles).await?;
         gpu.queue.submit([encoder.finish()]);
-        Ok(ImageEmbedding { features, rows: tiles * self.config.image_seq_len() })
+        Ok(ImageEmbedding {
+            features,
+            rows: tiles * self.config.image_seq_len(),
+            pass_bytes: gpu.allocated_bytes() - before,
+        })
     }
 }
 
@@ -95,8 +129,14 @@ pub struct Generator {
     rng: Pcg32,
     max_new_tokens: usize,
     prompt_tokens: usize,
+    /// Prompt tokens whose cache rows came from an earlier generation (see [`Generator::resume`]).
+    reused_tokens: usize,
+    /// The tokens whose keys and values are in the cache, in order.
+    cached: Vec<u32>,
     generated: Vec<u32>,
     finished: bool,
+    /// The most bytes one pass allocated so far (see [`MemoryUsage::activations`]).
+    peak_pass_bytes: u64,
 }
 
 impl Generator {
@@ -104,6 +144,48 @@ impl Generator {
     pub async fn start(
         gpu: &Gpu,
         model: &Model,
+        prompt: &[u32],
+        image: Option<&ImageEmbedding>,
+        max_new_tokens: usize,
+        options: SamplingOptions,
+    ) -> Result<Self> {
+        Self::prefill(gpu, model, None, prompt, image, max_new_tokens, options).await
+    }
+
+    /// Continue from this generation's KV cache with a new whole prompt (e.g. the conversation so
+    /// far plus a new user turn): the first `keep` tokens of `prompt` must be tokens this cache
+    /// holds (see [`Generator::reusable_prefix`]); only the rest is prefilled. `image` gives the
+    /// features of the `<image>` tokens in `prompt[keep..]`, if it has any.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn resume(
+        self,
+        gpu: &Gpu,
+        model: &Model,
+        prompt: &[u32],
+        keep: usize,
+        image: Option<&ImageEmbedding>,
+        max_new_tokens: usize,
+        options: SamplingOptions,
+    ) -> Result<Self> {
+        if keep >= prompt.len() || keep > self.cached.len() || self.cached[..keep] != prompt[..keep] {
+            return Err(RuntimeError::Shape(format!(
+                "cannot reuse {keep} cached tokens for a {}-token prompt",
+                prompt.len()
+            )));
+        }
+        Self::prefill(gpu, model, Some((self, keep)), prompt, image, max_new_tokens, options).await
+    }
+
+    /// How many leading tokens of `prompt` [`Generator::resume`] can take from this cache;
+    /// `same_image` says whether the prompt's image is the one this cache was computed with.
+    pub fn reusable_prefix(&self, model: &Model, prompt: &[u32], same_image: bool) -> usize {
+        reusable_prefix(&self.cached, prompt, model.config.image_token_id, same_image)
+    }
+
+    async fn prefill(
+        gpu: &Gpu,
+        model: &Model,
+        reuse: Option<(Generator, usize)>,
         prompt: &[u32],
         image: Option<&ImageEmbedding>,
         max_new_tokens: usize,
@@ -120,18 +202,30 @@ impl Generator {
         if let Some(bad) = prompt.iter().find(|&&id| id as usize >= cfg.text.vocab_size) {
             return Err(RuntimeError::Shape(format!("token id {bad} is outside the vocabulary")));
         }
-        let image_tokens = prompt.iter().filter(|&&id| id == cfg.image_token_id).count();
+        let keep = reuse.as_ref().map_or(0, |r| r.1);
+        let new = &prompt[keep..];
+        let image_tokens = new.iter().filter(|&&id| id == cfg.image_token_id).count();
         let image_rows = image.map_or(0, |i| i.rows);
         if image_tokens != image_rows {
             return Err(RuntimeError::Shape(format!(
-                "the prompt has {image_tokens} image tokens but {image_rows} image features were given"
+                "the prompt has {image_tokens} image tokens to compute but {image_rows} image features were given"
             )));
         }
         let capacity = (prompt.len() + max_new_tokens).min(limit);
-        let mut cache = KvCache::new(gpu, cfg, capacity).await?;
-        let logits = f32_buffer(gpu, "logits", cfg.text.vocab_size).await?;
-        let argmax = gpu.zeroed_buffer("argmax", 4).await?;
-        let ids = gpu.storage_buffer("prompt ids", bytemuck::cast_slice(prompt)).await?;
+        let (mut cache, logits, argmax) = match reuse {
+            Some((previous, keep)) => {
+                let mut cache = previous.cache;
+                cache.rewind_and_reserve(gpu, cfg, keep, capacity).await?;
+                (cache, previous.logits, previous.argmax)
+            }
+            None => (
+                KvCache::new(gpu, cfg, capacity).await?,
+                f32_buffer(gpu, "logits", cfg.text.vocab_size).await?,
+                gpu.zeroed_buffer("argmax", 4).await?,
+            ),
+        };
+        let before = gpu.allocated_bytes();
+        let ids = gpu.storage_buffer("prompt ids", bytemuck::cast_slice(new)).await?;
         let features = image.map(|i| ImageFeatures {
             features: &i.features,
             rows: i.rows,
@@ -146,13 +240,16 @@ impl Generator {
             &model.text,
             &mut cache,
             &ids,
-            prompt.len(),
+            new.len(),
             features,
             &logits,
         )
         .await?;
         gpu.queue.submit([encoder.finish()]);
+        // The image features stay alive through the prefill.
+        let prefill_bytes = gpu.allocated_bytes() - before + image.map_or(0, |i| i.features.size());
         Ok(Self {
+            peak_pass_bytes: prefill_bytes.max(image.map_or(0, |i| i.pass_bytes)),
             cache,
             logits,
             argmax,
@@ -160,6 +257,8 @@ impl Generator {
             options,
             max_new_tokens: max_new_tokens.min(limit - prompt.len()),
             prompt_tokens: prompt.len(),
+            reused_tokens: keep,
+            cached: prompt.to_vec(),
             generated: Vec::new(),
             finished: max_new_tokens == 0,
         })
@@ -176,6 +275,7 @@ impl Generator {
             return Ok(None);
         }
         if let Some(&last) = self.generated.last() {
+            let before = gpu.allocated_bytes();
             let ids = gpu.storage_buffer("token id", bytemuck::bytes_of(&last)).await?;
             let mut encoder = gpu.device.create_command_encoder(&Default::default());
             let cfg = &model.config;
@@ -193,6 +293,8 @@ impl Generator {
             )
             .await?;
             gpu.queue.submit([encoder.finish()]);
+            self.cached.push(last);
+            self.peak_pass_bytes = self.peak_pass_bytes.max(gpu.allocated_bytes() - before);
         }
         let vocab = model.config.text.vocab_size;
         let token = if self.options.is_greedy() {
@@ -220,6 +322,17 @@ impl Generator {
         self.prompt_tokens
     }
 
+    /// Prompt tokens taken from an earlier generation's cache instead of being computed.
+    pub fn reused_tokens(&self) -> usize {
+        self.reused_tokens
+    }
+
+    /// The tokens whose keys and values the cache holds (the prompt and the generated tokens
+    /// fed back so far; the last generated token is not in it yet).
+    pub fn cached_tokens(&self) -> &[u32] {
+        &self.cached
+    }
+
     pub fn is_finished(&self) -> bool {
         self.finished
     }
@@ -227,5 +340,15 @@ impl Generator {
     /// Bytes of the KV cache on the GPU.
     pub fn kv_cache_bytes(&self) -> u64 {
         self.cache.bytes()
+    }
+
+    /// GPU memory of the model and this generation so far.
+    pub fn memory(&self, model: &Model) -> MemoryUsage {
+        MemoryUsage {
+            weights: model.weight_bytes(),
+            tables: model.table_bytes(),
+            kv_cache: self.kv_cache_bytes(),
+            activations: self.peak_pass_bytes + self.logits.size() + self.argmax.size(),
+        }
     }
 }

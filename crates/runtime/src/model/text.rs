@@ -45,6 +45,38 @@ impl KvCache {
     pub fn bytes(&self) -> u64 {
         self.keys.iter().chain(&self.values).map(|b| b.size()).sum()
     }
+
+    /// Keep the first `len` cached rows (dropping the rest) and make room for `capacity` rows in
+    /// all, moving the kept rows into larger buffers when the current ones are too small.
+    pub async fn rewind_and_reserve(
+        &mut self,
+        gpu: &Gpu,
+        cfg: &ModelConfig,
+        len: usize,
+        capacity: usize,
+    ) -> Result<()> {
+        if len > self.len {
+            return Err(RuntimeError::Shape(format!("cannot keep {len} of {} cached rows", self.len)));
+        }
+        self.len = len;
+        if capacity <= self.capacity {
+            return Ok(());
+        }
+        let mut grown = KvCache::new(gpu, cfg, capacity).await?;
+        if len > 0 {
+            let width = cfg.text.num_key_value_heads * cfg.text.head_dim;
+            let copy = CopyRows { rows: len, width, src_row: 0, dst_row: 0 };
+            let mut encoder = gpu.device.create_command_encoder(&Default::default());
+            for (old, new) in self.keys.iter().chain(&self.values).zip(grown.keys.iter().chain(&grown.values))
+            {
+                copy.encode(gpu, &mut encoder, old, new)?;
+            }
+            gpu.queue.submit([encoder.finish()]);
+        }
+        grown.len = len;
+        *self = grown;
+        Ok(())
+    }
 }
 
 /// The decoder's fixed GPU state besides the weights: the RoPE table.

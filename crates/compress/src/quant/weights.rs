@@ -1,0 +1,86 @@
+//! Symmetric weight quantization with an MSE clip search.
+//!
+//! Each output row `o` (or each group of 64 / 128 columns of it, INT4 only) gets one scale. For a
+//! clip ratio `c ∈ (0, 1]` the scale is `s = f32(c · max_j |w_j| / qmax)` and the integers are
+//! `q_j = clamp(roundTiesEven(w_j / s), −qmax, qmax)` (`qmax` = 127 or 7), so the error of every
+//! element with `|w_j| ≤ qmax · s` is at most `s / 2`, and clipped elements err by
+//! `|w_j| − qmax · s`. The search evaluates `c = 1 − k · (1 − c_min) / steps` for
+//! `k = 0 … steps − 1` and keeps, per row or group, the `c` with the smallest
+//! `Σ_j (w_j − s q_j)²` (the first, i.e. largest, on ties). `c = 1` is always a candidate, so the
+//! search never does worse than plain round-to-nearest.
+
+use pocketvlm_format::quant::linear::check_group;
+use pocketvlm_format::quant::{Bits, QuantWeights};
+
+use crate::error::Result;
+
+/// The clip-ratio grid of the MSE search.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ClipSearch {
+    /// Number of candidates (1 = no search, plain absmax scaling).
+    pub steps: usize,
+    /// Smallest candidate ratio.
+    pub min_ratio: f64,
+}
+
+impl Default for ClipSearch {
+    fn default() -> Self {
+        Self { steps: 20, min_ratio: 0.5 }
+    }
+}
+
+impl ClipSearch {
+    /// No search: `c = 1`.
+    pub const NONE: ClipSearch = ClipSearch { steps: 1, min_ratio: 1.0 };
+
+    fn ratios(&self) -> impl Iterator<Item = f64> + '_ {
+        let steps = self.steps.max(1);
+        (0..steps).map(move |k| 1.0 - k as f64 * (1.0 - self.min_ratio) / steps as f64)
+    }
+}
+
+/// The scale of ratio `c` and the squared error it gives `w`, writing the integers to `q`.
+fn quantize_span(w: &[f32], max: f64, c: f64, qmax: f64, q: &mut [i8]) -> (f32, f64) {
+    let s = (c * max / qmax) as f32;
+    if s.is_nan() || s <= 0.0 {
+        q.fill(0);
+        return (0.0, w.iter().map(|&v| (v as f64).powi(2)).sum());
+    }
+    let mut err = 0.0;
+    for (o, &v) in q.iter_mut().zip(w) {
+        let k = (v as f64 / s as f64).round_ties_even().clamp(-qmax, qmax);
+        *o = k as i8;
+        err += (v as f64 - s as f64 * k).powi(2);
+    }
+    (s, err)
+}
+
+/// Quantize a row-major `[out, cols]` weight to `bits`, one scale per row or per `group`.
+pub fn quantize_weights(
+    w: &[f32],
+    out: usize,
+    cols: usize,
+    bits: Bits,
+    group: Option<usize>,
+    search: ClipSearch,
+) -> Result<QuantWeights> {
+    let g = check_group(bits, group, cols)?;
+    bits.check_row(cols).map_err(pocketvlm_format::FormatError::from)?;
+    let qmax = bits.qmax() as f64;
+    let mut values = vec![0i8; out * cols];
+    let mut scales = Vec::with_capacity(out * (cols / g.max(1)));
+    let mut trial = vec![0i8; g];
+    for (span, q) in w.chunks(g).zip(values.chunks_mut(g)).take(out * (cols / g.max(1))) {
+        let max = span.iter().fold(0f64, |m, v| m.max((*v as f64).abs()));
+        let mut best = (f64::INFINITY, 0f32);
+        for c in search.ratios() {
+            let (s, err) = quantize_span(span, max, c, qmax, &mut trial);
+            if err < best.0 {
+                best = (err, s);
+                q.copy_from_slice(&trial);
+            }
+        }
+        scales.push(best.1);
+    }
+    Ok(QuantWeights::new(bits, out, cols, group, values, scales)?)
+}

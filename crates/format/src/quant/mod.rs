@@ -1,0 +1,60 @@
+//! The low-bit arithmetic contract: packed integer weights, their scales, online rotations and
+//! the exact computation of a quantized linear layer. The compressor writes models that follow
+//! it, the GPU kernels implement it, and [`linear::QuantLinear::forward`] is its CPU reference.
+//!
+//! # A quantized linear layer, `y = W x + b`, per input token `x` (`cols` f32 values)
+//!
+//! Weights are symmetric integers `q_w[o][j] ∈ [−qmax_w, qmax_w]` (`qmax` = 127 for INT8, 7 for
+//! INT4) with f32 scales `s_w[o][g]`, one per output channel `o` (`g = 0`, group = `cols`) or per
+//! group of 64 or 128 input columns (INT4 only), so `W[o][j] ≈ s_w[o][j / group] · q_w[o][j]`.
+//! Packed layouts: [`pack`]. Scales may be stored as f16 and are widened exactly to f32.
+//!
+//! 1. **Online transforms.** For each of the layer's online rotations, in the order listed,
+//!    `x ← R x` with the exact order of f32 operations in [`rotation`].
+//! 2. **Token range.** `M = max_j |x_j|` (exact).
+//! 3. **Activation scale.** `s_a = M · k` in f32 (one multiply, round to nearest even), where
+//!    `k = f32(ρ / qmax_a)` is the layer's constant for clip ratio `ρ ∈ (0, 1]`
+//!    ([`activation::ActivationQuant::step`]). If `s_a` is zero or subnormal the token's
+//!    integers are all 0 and `s_a = 0` (so `y = b`).
+//! 4. **Reciprocal.** `r = 1 / s_a`, **correctly rounded** f32 (WGSL's `/` allows 2.5 ULP, so
+//!    a kernel computes this exactly — e.g. refine with an exact Dekker product, or divide the
+//!    24-bit mantissas with integer long division — or receives it from the host).
+//! 5. **Activation integers.** `q_a[j] = clamp(roundTiesEven(x_j · r), −qmax_a, qmax_a)`: the
+//!    product is one correctly rounded f32 multiply, and the rounding mode is **round half to
+//!    even** (WGSL's `round`, Rust's `f32::round_ties_even`).
+//! 6. **Integer accumulation.** For each output `o` and group `g`,
+//!    `acc[o][g] = Σ_{j ∈ g} q_w[o][j] · q_a[j]` in i32. It is exact (products and sums of
+//!    integers, in any order): the manifest only admits layers with
+//!    `group · qmax_w · qmax_a ≤ 2³¹ − 1`.
+//! 7. **Dequantization**, in this order, every step one correctly rounded f32 operation:
+//!    `t_g = f32(acc[o][g]) · s_w[o][g]` (conversion round to nearest even; exact while
+//!    `|acc| < 2²⁴`), `u = t_0 + t_1 + … ` left to right (per-channel: `u = t_0`),
+//!    `y_o = u · s_a`, then `y_o = y_o + b_o` when the layer has a bias.
+//!
+//! A kernel that follows these steps matches the reference bit for bit for per-channel scales;
+//! one that reduces groups in another order is within a few float roundings of step 7.
+//!
+//! # What is where
+//!
+//! * [`pack`]: [`pack::Bits`] and the INT8 / INT4 word layouts (feeding `dot4I8Packed`);
+//! * [`hadamard`]: Hadamard matrices (Sylvester, Paley I and II);
+//! * [`rotation`]: the fast orthogonal rotations (Kronecker or block-diagonal, seeded signs);
+//! * [`activation`]: steps 2–5;
+//! * [`linear`]: the reference layer (all steps) and the weight-side checks;
+//! * [`section`]: the manifest's `quantization` section;
+//! * [`error`]: the typed errors ([`QuantError`]).
+
+pub mod activation;
+pub mod error;
+pub mod hadamard;
+pub mod linear;
+pub mod pack;
+pub mod rotation;
+pub mod section;
+
+pub use activation::ActivationQuant;
+pub use error::QuantError;
+pub use linear::{QuantLinear, QuantWeights};
+pub use pack::Bits;
+pub use rotation::{Construction, Rotation};
+pub use section::{ActivationSpec, Quantization, QuantizedLayer, RotationSpec, Scheme, scale_name};

@@ -1,0 +1,89 @@
+//! Loading a model directory over HTTP in the browser, from a page or a worker: `manifest.json`,
+//! the tokenizer and every shard under one base URL, each checked against the manifest (size and
+//! sha256, with `pocketvlm-format`'s own checks) as soon as it arrives. The result is what
+//! `pocketvlm_format::dir::{open, read_tokenizer}` give natively.
+//!
+//! Failures are typed: a request that fails or answers with a non-2xx status is
+//! [`RuntimeError::Fetch`] (with the URL and the status), a file whose bytes differ from the
+//! manifest is [`RuntimeError::Integrity`] (naming the file and the expected size or hash).
+
+use js_sys::{Promise, Uint8Array};
+use pocketvlm_format::{MANIFEST_FILE, Manifest, ModelData, ShardSet, verify_tokenizer};
+use wasm_bindgen::{JsCast, JsValue};
+use wasm_bindgen_futures::JsFuture;
+
+use crate::error::{Result, RuntimeError};
+
+/// A fetched and verified model: the same data the native loader reads from a directory.
+pub struct FetchedModel {
+    pub data: ModelData,
+    /// `tokenizer.json`, checked against the manifest.
+    pub tokenizer: Vec<u8>,
+}
+
+/// The URL of `file` inside the model directory at `base` (with or without a trailing `/`).
+pub fn file_url(base: &str, file: &str) -> String {
+    format!("{}/{file}", base.trim_end_matches('/'))
+}
+
+fn js_message(value: &JsValue) -> String {
+    value
+        .as_string()
+        .or_else(|| value.dyn_ref::<js_sys::Error>().map(|e| String::from(e.message())))
+        .unwrap_or_else(|| format!("{value:?}"))
+}
+
+/// `fetch(url)` in whichever global scope this code runs in (a window or a worker).
+fn start_fetch(url: &str) -> Result<Promise> {
+    let global = js_sys::global();
+    if let Some(window) = global.dyn_ref::<web_sys::Window>() {
+        Ok(window.fetch_with_str(url))
+    } else if let Some(worker) = global.dyn_ref::<web_sys::WorkerGlobalScope>() {
+        Ok(worker.fetch_with_str(url))
+    } else {
+        Err(RuntimeError::Fetch {
+            url: url.to_string(),
+            status: None,
+            message: "neither a window nor a worker: there is no fetch()".into(),
+        })
+    }
+}
+
+/// The body of `url`; a network error or a non-2xx status is [`RuntimeError::Fetch`].
+pub async fn fetch_bytes(url: &str) -> Result<Vec<u8>> {
+    let failed =
+        |status: Option<u16>, message: String| RuntimeError::Fetch { url: url.to_string(), status, message };
+    let response = JsFuture::from(start_fetch(url)?).await.map_err(|e| failed(None, js_message(&e)))?;
+    let response: web_sys::Response =
+        response.dyn_into().map_err(|v| failed(None, format!("fetch gave {v:?}, not a Response")))?;
+    if !response.ok() {
+        let status = response.status();
+        return Err(failed(Some(status), format!("HTTP {status} {}", response.status_text())));
+    }
+    let body = response.array_buffer().map_err(|e| failed(Some(response.status()), js_message(&e)))?;
+    let body = JsFuture::from(body).await.map_err(|e| failed(Some(response.status()), js_message(&e)))?;
+    Ok(Uint8Array::new(&body).to_vec())
+}
+
+/// Fetch and validate `manifest.json`.
+pub async fn fetch_manifest(base: &str) -> Result<Manifest> {
+    let bytes = fetch_bytes(&file_url(base, MANIFEST_FILE)).await?;
+    let text = String::from_utf8(bytes).map_err(|e| {
+        RuntimeError::Format(pocketvlm_format::FormatError::InvalidManifest(format!("not UTF-8: {e}")))
+    })?;
+    Ok(Manifest::from_json(&text)?)
+}
+
+/// Fetch the model directory at `base`: the manifest, then the tokenizer and each shard in turn,
+/// verifying every file before the next one is requested.
+pub async fn fetch_model(base: &str) -> Result<FetchedModel> {
+    let manifest = fetch_manifest(base).await?;
+    let tokenizer = fetch_bytes(&file_url(base, &manifest.tokenizer.file)).await?;
+    verify_tokenizer(&manifest, &tokenizer)?;
+    let files: Vec<String> = manifest.shards.iter().map(|s| s.file.clone()).collect();
+    let mut shards = ShardSet::new(manifest);
+    for (index, file) in files.iter().enumerate() {
+        shards.add(index, fetch_bytes(&file_url(base, file)).await?)?;
+    }
+    Ok(FetchedModel { data: shards.finish()?, tokenizer })
+}

@@ -1,0 +1,37 @@
+//! The browser half of `cargo xtask bench`: fetches `bench.json` ([`BenchConfig`]) and the model
+//! from xtask's server, runs one timed generation ([`pocketvlm_runtime::bench::measure`]) and
+//! prints its [`BenchReport`] as one JSON line after [`REPORT_PREFIX`], which xtask parses.
+//! Built only by `cargo xtask bench` (`test = false`), which sets `POCKETVLM_TEST_SERVER`.
+#![cfg(target_arch = "wasm32")]
+
+use pocketvlm_processor::decode_image;
+use pocketvlm_runtime::bench::{BenchConfig, BenchReport, REPORT_PREFIX, measure};
+use pocketvlm_runtime::engine::{Engine, Request, now_ms};
+use pocketvlm_runtime::fetch::{fetch_bytes, fetch_model, file_url};
+use pocketvlm_runtime::{DeviceOptions, Gpu};
+use wasm_bindgen_test::{console_log, wasm_bindgen_test};
+
+wasm_bindgen_test::wasm_bindgen_test_configure!(run_in_browser);
+
+#[wasm_bindgen_test]
+async fn bench() {
+    let Some(server) = option_env!("POCKETVLM_TEST_SERVER") else {
+        panic!("POCKETVLM_TEST_SERVER was not set when this was built: run it with `cargo xtask bench`");
+    };
+    let bench_dir = file_url(server, "bench");
+    let config: BenchConfig =
+        serde_json::from_slice(&fetch_bytes(&file_url(&bench_dir, "bench.json")).await.unwrap()).unwrap();
+    let image = decode_image(&fetch_bytes(&file_url(&bench_dir, &config.image)).await.unwrap()).unwrap();
+
+    let start = now_ms();
+    let fetched = fetch_model(&file_url(&bench_dir, &config.model)).await.unwrap();
+    let gpu = Gpu::new(&DeviceOptions::default()).await.unwrap();
+    let engine = Engine::load(gpu, &fetched.data, &fetched.tokenizer).await.unwrap();
+    drop(fetched);
+    let load_ms = now_ms() - start;
+
+    let mut request = Request::caption(&config.prompt, Some(image), config.max_new_tokens);
+    request.split = config.split;
+    let report: BenchReport = measure(&engine, request, load_ms).await.unwrap();
+    console_log!("{REPORT_PREFIX}{}", serde_json::to_string(&report).unwrap());
+}

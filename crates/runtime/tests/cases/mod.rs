@@ -1,0 +1,126 @@
+//! The whole-model checks against what Hugging Face transformers computed for a checkpoint's
+//! `expected/<case>.json`, shared by the native test (`model.rs`, files from disk) and the browser
+//! test (`model_web.rs`, files fetched from the server `cargo xtask test` starts).
+//!
+//! For each case, through the [`Engine`] (chat template, image preprocessing, tokenization,
+//! vision tower, prefill, greedy decoding): the resized tiles equal transformers' uint8 tiles,
+//! the prompt ids are equal, the top-10 ids at the last prompt position are equal with logits
+//! within 1e-3 relative, and the greedy ids are identical.
+#![allow(dead_code)]
+
+use pocketvlm_processor::{Message, decode_image};
+use pocketvlm_runtime::engine::{Engine, Request};
+use pocketvlm_runtime::model::sampling::{SamplingOptions, top_k};
+use serde_json::Value;
+
+/// Every case of the tiny fixture.
+pub const TINY_CASES: [&str; 5] =
+    ["text_chat", "text_multiturn", "chelsea_split", "rocket_split", "coffee_nosplit"];
+
+/// Relative tolerance on the top logits (absolute below 1).
+pub const LOGIT_TOLERANCE: f32 = 1e-3;
+
+/// `rel` joined to the directory `base` ('/'-separated, a path or a URL), with `.` and `..`
+/// resolved lexically.
+pub fn join(base: &str, rel: &str) -> String {
+    let mut parts: Vec<&str> = base.trim_end_matches('/').split('/').collect();
+    for part in rel.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            p => parts.push(p),
+        }
+    }
+    parts.join("/")
+}
+
+/// One case's expectations and input files.
+pub struct CaseFiles {
+    pub name: String,
+    pub expected: Value,
+    /// The image (PNG/JPEG bytes), for image cases.
+    pub image: Option<Vec<u8>>,
+    /// Transformers' resized tiles, `[tiles, M, M, 3]` uint8, for image cases.
+    pub tiles: Option<Vec<u8>>,
+}
+
+/// Read case `name` of the checkpoint at `checkpoint` with `read` (a location → its bytes).
+pub async fn read_case(read: impl AsyncFn(String) -> Vec<u8>, checkpoint: &str, name: &str) -> CaseFiles {
+    let expected_dir = join(checkpoint, "expected");
+    let expected: Value = serde_json::from_slice(&read(join(&expected_dir, &format!("{name}.json"))).await)
+        .unwrap_or_else(|e| panic!("{name}: expected JSON: {e}"));
+    // Image paths are relative to the expected file.
+    let image = match expected["image"].as_str() {
+        Some(rel) => Some(read(join(&expected_dir, rel)).await),
+        None => None,
+    };
+    let tiles = match expected["tiles_u8"]["file"].as_str() {
+        Some(file) => Some(read(join(&expected_dir, file)).await),
+        None => None,
+    };
+    CaseFiles { name: name.to_string(), expected, image, tiles }
+}
+
+fn ids(v: &Value) -> Vec<u32> {
+    v.as_array().expect("an id list").iter().map(|x| x.as_u64().expect("an id") as u32).collect()
+}
+
+/// Run one case through `engine` and compare every step with transformers.
+pub async fn check_case(engine: &Engine, case: &CaseFiles) {
+    let (name, exp) = (case.name.as_str(), &case.expected);
+    assert_eq!(
+        exp["add_generation_prompt"].as_bool(),
+        Some(true),
+        "{name}: the engine adds the generation prompt"
+    );
+    let messages: Vec<Message> = serde_json::from_value(exp["messages"].clone()).expect("messages");
+    let split = exp["do_image_splitting"].as_bool();
+    let image = case.image.as_ref().map(|bytes| decode_image(bytes).expect("the case's image decodes"));
+
+    if let Some(img) = &image {
+        let prepared =
+            engine.preprocessor.preprocess(img, split.expect("image cases set splitting")).unwrap();
+        let want = case.tiles.as_ref().expect("image cases have transformers' tiles");
+        if prepared.tiles_u8 != *want {
+            let first = prepared.tiles_u8.iter().zip(want).position(|(a, b)| a != b);
+            panic!(
+                "{name}: tiles differ from transformers ({} vs {} bytes, first difference at byte {first:?})",
+                prepared.tiles_u8.len(),
+                want.len()
+            );
+        }
+    }
+
+    let request = Request {
+        messages,
+        image,
+        split,
+        max_new_tokens: exp["max_new_tokens"].as_u64().expect("max_new_tokens") as usize,
+        sampling: SamplingOptions::default(),
+    };
+    let mut session = engine.start(request).await.unwrap();
+    assert_eq!(session.prompt_ids, ids(&exp["prompt_ids"]), "{name}: prompt ids");
+
+    let want: Vec<(u32, f32)> = exp["top_logits"]
+        .as_array()
+        .expect("top_logits")
+        .iter()
+        .take(10)
+        .map(|p| (p[0].as_u64().unwrap() as u32, p[1].as_f64().unwrap() as f32))
+        .collect();
+    let got = top_k(&session.prompt_logits, 10);
+    let got_ids: Vec<u32> = got.iter().map(|p| p.0).collect();
+    let want_ids: Vec<u32> = want.iter().map(|p| p.0).collect();
+    assert_eq!(got_ids, want_ids, "{name}: top-10 ids at the last prompt position");
+    for ((id, g), (_, e)) in got.iter().zip(&want) {
+        assert!(
+            (g - e).abs() <= LOGIT_TOLERANCE * e.abs().max(1.0),
+            "{name}: logit of {id} is {g}, transformers {e}"
+        );
+    }
+
+    while session.next(engine).await.unwrap().is_some() {}
+    assert_eq!(session.generated(), ids(&exp["generated_ids"]).as_slice(), "{name}: greedy ids");
+}

@@ -1,0 +1,138 @@
+//! Conversations that continue from the KV cache of earlier turns give the ids transformers
+//! computes for the whole conversation from scratch (tests/fixtures/tiny/expected).
+#![cfg(not(target_arch = "wasm32"))]
+
+use std::path::{Path, PathBuf};
+
+use pocketvlm_compress::{ConvertOptions, convert};
+use pocketvlm_format::dir;
+use pocketvlm_processor::{Message, RgbImage, decode_image};
+use pocketvlm_runtime::engine::{Conversation, Engine, Request, Session};
+use pocketvlm_runtime::model::sampling::top_k;
+use pocketvlm_runtime::{DeviceOptions, Gpu};
+use serde_json::Value;
+
+fn tiny() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny")
+}
+
+fn expected(case: &str) -> Value {
+    let path = tiny().join(format!("expected/{case}.json"));
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+fn ids(v: &Value) -> Vec<u32> {
+    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+}
+
+async fn engine() -> Engine {
+    let out = tempfile::tempdir().unwrap();
+    convert(&tiny(), out.path(), &ConvertOptions::default()).unwrap();
+    let data = dir::open(out.path()).unwrap();
+    let tokenizer = dir::read_tokenizer(out.path(), &data.manifest).unwrap();
+    let gpu = Gpu::new(&DeviceOptions::default()).await.unwrap();
+    Engine::load(gpu, &data, &tokenizer).await.unwrap()
+}
+
+/// The fixture case as a request (its messages, image, split and token budget).
+fn request(exp: &Value) -> Request {
+    let messages: Vec<Message> = serde_json::from_value(exp["messages"].clone()).unwrap();
+    let image: Option<RgbImage> = exp["image"]
+        .as_str()
+        .map(|rel| decode_image(&std::fs::read(tiny().join("expected").join(rel)).unwrap()).unwrap());
+    let max_new = exp["max_new_tokens"].as_u64().unwrap() as usize;
+    let mut request = Request::caption("", None, max_new);
+    request.messages = messages;
+    request.image = image;
+    request.split = exp["do_image_splitting"].as_bool();
+    request
+}
+
+async fn run_to_end(engine: &Engine, session: &mut Session) -> String {
+    let mut text = String::new();
+    while let Some(piece) = session.next(engine).await.unwrap() {
+        text.push_str(&piece.text);
+    }
+    text
+}
+
+/// Continue `previous` with the fixture case and check prompt, first logits and greedy ids
+/// against transformers; returns the conversation and how many prompt tokens were reused.
+async fn check_resumed(engine: &Engine, case: &str, previous: Option<Conversation>) -> (Conversation, usize) {
+    let exp = expected(case);
+    let mut session = engine.resume(request(&exp), previous).await.unwrap();
+    assert_eq!(session.prompt_ids, ids(&exp["prompt_ids"]), "{case}: prompt ids");
+    let top: Vec<u32> = top_k(&session.prompt_logits, 5).iter().map(|p| p.0).collect();
+    let want: Vec<u32> =
+        exp["step_top5"][0].as_array().unwrap().iter().map(|p| p[0].as_u64().unwrap() as u32).collect();
+    assert_eq!(top, want, "{case}: top-5 ids at the last prompt position");
+    let text = run_to_end(engine, &mut session).await;
+    assert_eq!(session.generated(), ids(&exp["generated_ids"]).as_slice(), "{case}: greedy ids");
+    assert_eq!(text, exp["generated_text_skip_special"].as_str().unwrap(), "{case}: streamed text");
+    let reused = session.reused_tokens();
+    (session.into_conversation(), reused)
+}
+
+#[test]
+fn a_second_turn_reuses_the_first_turns_cache() {
+    pollster::block_on(async {
+        let engine = engine().await;
+        let exp = expected("text_multiturn");
+        let full = request(&exp);
+
+        // Turn one: the first user message, interrupted after three tokens (the cache is sized for
+        // those, so the second turn has to grow it).
+        let mut first = full.clone();
+        first.messages.truncate(1);
+        first.max_new_tokens = 3;
+        let mut session = engine.start(first).await.unwrap();
+        let first_prompt = session.prompt_ids.clone();
+        assert!(session.next(&engine).await.unwrap().is_some());
+        assert!(session.next(&engine).await.unwrap().is_some());
+        let conversation = session.into_conversation();
+        assert_eq!(conversation.cached_tokens().len(), first_prompt.len() + 1);
+
+        // Turn two: the whole conversation (with an assistant reply the model did not write).
+        let (conversation, reused) = check_resumed(&engine, "text_multiturn", Some(conversation)).await;
+        let full_prompt = ids(&exp["prompt_ids"]);
+        assert!(full_prompt.starts_with(&first_prompt));
+        assert!(reused >= first_prompt.len() && reused < full_prompt.len(), "reused {reused}");
+
+        // The same conversation again: everything but the last prompt token comes from the cache.
+        let (_, reused) = check_resumed(&engine, "text_multiturn", Some(conversation)).await;
+        assert_eq!(reused, full_prompt.len() - 1);
+    });
+}
+
+#[test]
+fn image_turns_reuse_the_cache_only_for_the_same_image() {
+    pollster::block_on(async {
+        let engine = engine().await;
+        // A text conversation, then an image question: the image is computed in the new part.
+        let (conversation, _) = check_resumed(&engine, "text_chat", None).await;
+        let (conversation, reused) = check_resumed(&engine, "coffee_nosplit", Some(conversation)).await;
+        let image_at = ids(&expected("coffee_nosplit")["prompt_ids"])
+            .iter()
+            .position(|&id| id == engine.model.config.image_token_id)
+            .unwrap();
+        assert!(reused < image_at, "reused {reused}");
+
+        // The same image and question: the image tokens come from the cache.
+        let (conversation, reused) = check_resumed(&engine, "coffee_nosplit", Some(conversation)).await;
+        assert_eq!(reused, ids(&expected("coffee_nosplit")["prompt_ids"]).len() - 1);
+
+        // The same prompt ids with another image behind them: the image tokens are recomputed
+        // (with chelsea's features the greedy ids would differ from coffee's).
+        let mut other = request(&expected("coffee_nosplit"));
+        let chelsea = expected("chelsea_split")["image"].as_str().unwrap().to_string();
+        other.image =
+            Some(decode_image(&std::fs::read(tiny().join("expected").join(chelsea)).unwrap()).unwrap());
+        other.max_new_tokens = 2;
+        let mut session = engine.resume(other, Some(conversation)).await.unwrap();
+        assert_eq!(session.prompt_ids, ids(&expected("coffee_nosplit")["prompt_ids"]));
+        assert_eq!(session.reused_tokens(), image_at);
+        run_to_end(&engine, &mut session).await;
+        let (_, reused) = check_resumed(&engine, "coffee_nosplit", Some(session.into_conversation())).await;
+        assert_eq!(reused, image_at);
+    });
+}

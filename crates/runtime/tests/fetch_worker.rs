@@ -1,0 +1,43 @@
+//! [`pocketvlm_runtime::fetch`] inside a dedicated worker (where there is no `window`): the tiny
+//! model served by `cargo xtask test` is fetched and verified, and a missing file is a typed
+//! fetch error. Run it through `cargo xtask test` (which sets `POCKETVLM_TEST_SERVER`).
+#![cfg(target_arch = "wasm32")]
+
+use pocketvlm_runtime::RuntimeError;
+use pocketvlm_runtime::fetch::{fetch_bytes, fetch_model, file_url};
+use wasm_bindgen_test::wasm_bindgen_test;
+
+wasm_bindgen_test::wasm_bindgen_test_configure!(run_in_dedicated_worker);
+
+fn server() -> &'static str {
+    match option_env!("POCKETVLM_TEST_SERVER") {
+        Some(url) => url,
+        None => panic!(
+            "POCKETVLM_TEST_SERVER was not set when this test was built: run the browser tests with \
+             `cargo xtask test`, which converts the tiny fixture and serves it over HTTP"
+        ),
+    }
+}
+
+#[wasm_bindgen_test]
+async fn a_worker_fetches_and_verifies_the_model() {
+    let model = file_url(server(), "model/tiny");
+    let fetched = fetch_model(&model).await.unwrap();
+    let manifest = &fetched.data.manifest;
+    assert_eq!(manifest.model.text.vocab_size, 49280);
+    for (i, shard) in manifest.shards.iter().enumerate() {
+        assert_eq!(fetched.data.shard(i).len() as u64, shard.bytes, "{}", shard.file);
+    }
+    assert_eq!(pocketvlm_format::sha256_hex(&fetched.tokenizer), manifest.tokenizer.sha256);
+}
+
+#[wasm_bindgen_test]
+async fn a_missing_file_is_a_fetch_error_in_a_worker() {
+    let url = file_url(server(), "model/tiny/no-such-shard.bin");
+    match fetch_bytes(&url).await.err() {
+        Some(RuntimeError::Fetch { url: got, status, .. }) => {
+            assert_eq!((got, status), (url, Some(404)));
+        }
+        other => panic!("expected a fetch error, got {other:?}"),
+    }
+}

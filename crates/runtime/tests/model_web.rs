@@ -1,0 +1,67 @@
+//! The whole-model checks of `model.rs` in headless Chromium: the tiny fixture, converted by
+//! `cargo xtask test` and served by its static server, is fetched and verified by
+//! [`pocketvlm_runtime::fetch`] and run on WebGPU; every case is checked against transformers
+//! with the same code as natively (`cases/mod.rs`). Also: a corrupted shard is a typed integrity
+//! error, a missing model a typed fetch error.
+//!
+//! Run it through `cargo xtask test` (which sets `POCKETVLM_TEST_SERVER` at build time).
+#![cfg(target_arch = "wasm32")]
+
+mod cases;
+
+use cases::{TINY_CASES, check_case, join, read_case};
+use pocketvlm_runtime::engine::Engine;
+use pocketvlm_runtime::fetch::{fetch_bytes, fetch_manifest, fetch_model};
+use pocketvlm_runtime::{DeviceOptions, Gpu, RuntimeError};
+use wasm_bindgen_test::wasm_bindgen_test;
+
+wasm_bindgen_test::wasm_bindgen_test_configure!(run_in_browser);
+
+/// The base URL of xtask's test server, which serves `/model/tiny/` (the converted fixture),
+/// `/fixtures/` (`tests/fixtures`) and `/corrupt/` (the converted fixture with one flipped byte).
+fn server() -> &'static str {
+    match option_env!("POCKETVLM_TEST_SERVER") {
+        Some(url) => url,
+        None => panic!(
+            "POCKETVLM_TEST_SERVER was not set when this test was built: run the browser tests with \
+             `cargo xtask test`, which converts the tiny fixture and serves it over HTTP"
+        ),
+    }
+}
+
+#[wasm_bindgen_test]
+async fn tiny_fixture_matches_transformers_in_the_browser() {
+    let fetched = fetch_model(&join(server(), "model/tiny")).await.unwrap();
+    let gpu = Gpu::new(&DeviceOptions::default()).await.unwrap();
+    let engine = Engine::load(gpu, &fetched.data, &fetched.tokenizer).await.unwrap();
+    let checkpoint = join(server(), "fixtures/tiny");
+    for name in TINY_CASES {
+        let case = read_case(async |url: String| fetch_bytes(&url).await.unwrap(), &checkpoint, name).await;
+        check_case(&engine, &case).await;
+    }
+}
+
+#[wasm_bindgen_test]
+async fn a_corrupted_shard_is_an_integrity_error() {
+    let base = join(server(), "corrupt");
+    let manifest = fetch_manifest(&base).await.unwrap();
+    match fetch_model(&base).await.err() {
+        Some(RuntimeError::Integrity { file, expected, found }) => {
+            assert_eq!(file, manifest.shards[0].file);
+            assert_eq!(expected, format!("sha256 {}", manifest.shards[0].sha256));
+            assert_ne!(found, expected);
+        }
+        other => panic!("expected an integrity error, got {other:?}"),
+    }
+}
+
+#[wasm_bindgen_test]
+async fn a_missing_model_is_a_fetch_error_with_its_status() {
+    match fetch_model(&join(server(), "model/no-such-model")).await.err() {
+        Some(RuntimeError::Fetch { url, status, .. }) => {
+            assert_eq!(status, Some(404));
+            assert!(url.ends_with("/model/no-such-model/manifest.json"), "{url}");
+        }
+        other => panic!("expected a fetch error, got {other:?}"),
+    }
+}

@@ -1,0 +1,379 @@
+//! The classes JavaScript sees: [`Model`] (load, caption, chat, dispose) and [`Generation`] (one
+//! streamed answer whose `next()` JavaScript calls token by token).
+
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use js_sys::{Function, Promise};
+use pocketvlm_processor::{AlphaHandling, Message, RgbImage};
+use pocketvlm_runtime::engine::{Conversation, Engine, Request, Session, now_ms};
+use pocketvlm_runtime::{DeviceOptions, Gpu};
+use serde::Serialize;
+use wasm_bindgen::prelude::*;
+use wasm_bindgen_futures::future_to_promise;
+
+use crate::errors::WebError;
+use crate::js;
+use crate::loader;
+use crate::options::GenerateOptions;
+use crate::progress::Progress;
+use crate::usage::Usage;
+
+#[wasm_bindgen(start)]
+fn start() {
+    #[cfg(debug_assertions)]
+    console_error_panic_hook::set_once();
+}
+
+/// What [`Model::info`] reports about a loaded model.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ModelInfo {
+    /// Every file came from the browser cache.
+    loaded_from_cache: bool,
+    cache_hits: usize,
+    files: usize,
+    downloaded_bytes: u64,
+    cache_available: bool,
+    weight_bytes: u64,
+    adapter: String,
+    shader_f16: bool,
+    max_positions: usize,
+}
+
+/// State shared by a model and its generations.
+struct Shared {
+    /// `None` once disposed; generations hold their own reference while a step runs.
+    engine: RefCell<Option<Rc<Engine>>>,
+    /// The KV cache of the last chat turn, for the next one.
+    conversation: RefCell<Option<Conversation>>,
+}
+
+impl Shared {
+    fn engine(&self) -> Result<Rc<Engine>, WebError> {
+        self.engine.borrow().clone().ok_or_else(|| WebError::abort("the model was disposed"))
+    }
+}
+
+/// A loaded model.
+#[wasm_bindgen]
+pub struct Model {
+    shared: Rc<Shared>,
+    info: ModelInfo,
+}
+
+impl Model {
+    /// What `Model.load` does, for Rust callers.
+    pub async fn open(
+        base_url: &str,
+        use_cache: bool,
+        on_progress: &dyn Fn(&Progress),
+    ) -> Result<Model, WebError> {
+        // WebGPU first: a page without it learns so before downloading anything.
+        let gpu = Gpu::new(&DeviceOptions::default()).await?;
+        let (fetched, load) = loader::load(base_url, use_cache, on_progress).await?;
+        on_progress(&load.tally.uploading());
+        let engine = Engine::load(gpu, &fetched.data, &fetched.tokenizer).await?;
+        drop(fetched);
+        let ready = load.tally.ready();
+        on_progress(&ready);
+        let info = ModelInfo {
+            loaded_from_cache: load.tally.all_cached(),
+            cache_hits: ready.cache_hits,
+            files: ready.files_total,
+            downloaded_bytes: ready.loaded_bytes,
+            cache_available: load.cache_available,
+            weight_bytes: engine.model.weight_bytes(),
+            adapter: match engine.gpu.adapter.name.as_str() {
+                "" => format!("{:?}", engine.gpu.adapter.backend),
+                name => format!("{name} ({:?})", engine.gpu.adapter.backend),
+            },
+            shader_f16: engine.gpu.caps.shader_f16,
+            max_positions: engine.model.max_positions(),
+        };
+        let shared = Shared { engine: RefCell::new(Some(Rc::new(engine))), conversation: RefCell::new(None) };
+        Ok(Model { shared: Rc::new(shared), info })
+    }
+
+    /// Another handle on the same model (for a future that outlives the borrow of `self`).
+    fn handle(&self) -> Model {
+        Model { shared: self.shared.clone(), info: self.info.clone() }
+    }
+
+    /// Whether every file of the load came from the browser cache.
+    pub fn loaded_from_cache(&self) -> bool {
+        self.info.loaded_from_cache
+    }
+
+    /// What `caption` does, for Rust callers.
+    pub async fn start_caption(
+        &self,
+        rgba: &[u8],
+        width: u32,
+        height: u32,
+        options: GenerateOptions,
+    ) -> Result<Generation, WebError> {
+        let start = now_ms();
+        let request = options.caption_request(rgb(rgba, width, height)?)?;
+        Generation::start(self.shared.clone(), request, false, start).await
+    }
+
+    /// What `chat` does, for Rust callers.
+    pub async fn start_chat(
+        &self,
+        messages: Vec<Message>,
+        image: Option<(&[u8], u32, u32)>,
+        options: GenerateOptions,
+    ) -> Result<Generation, WebError> {
+        let start = now_ms();
+        let image = image.map(|(rgba, w, h)| rgb(rgba, w, h)).transpose()?;
+        let request = options.chat_request(messages, image)?;
+        Generation::start(self.shared.clone(), request, true, start).await
+    }
+}
+
+fn rgb(rgba: &[u8], width: u32, height: u32) -> Result<RgbImage, WebError> {
+    Ok(RgbImage::from_rgba(width as usize, height as usize, rgba, AlphaHandling::CompositeOnWhite)?)
+}
+
+fn options(value: JsValue) -> Result<GenerateOptions, WebError> {
+    if value.is_undefined() || value.is_null() {
+        return Ok(GenerateOptions::default());
+    }
+    serde_wasm_bindgen::from_value(value).map_err(|e| WebError::invalid(format!("options: {e}")))
+}
+
+fn promise<F>(future: F) -> Promise
+where
+    F: std::future::Future<Output = Result<JsValue, WebError>> + 'static,
+{
+    future_to_promise(async move { future.await.map_err(js::error) })
+}
+
+#[wasm_bindgen]
+impl Model {
+    /// `Model.load(baseUrl, { cache = true, onProgress })`: open the GPU, fetch and verify the
+    /// model directory at `baseUrl` and upload it. `onProgress` receives progress events.
+    pub fn load(base_url: String, options: JsValue) -> Promise {
+        let get = |name: &str| js_sys::Reflect::get(&options, &JsValue::from_str(name)).ok();
+        let use_cache = get("cache").is_none_or(|v| v.is_undefined() || v.is_truthy());
+        let on_progress: Option<Function> = get("onProgress").and_then(|v| v.dyn_into().ok());
+        promise(async move {
+            let report = |p: &Progress| {
+                if let Some(f) = &on_progress {
+                    // A throwing progress callback does not stop the load.
+                    let _ = f.call1(&JsValue::NULL, &js::to_js(p));
+                }
+            };
+            Ok(Model::open(&base_url, use_cache, &report).await?.into())
+        })
+    }
+
+    /// Facts about the loaded model    /// Facts about the loaded model (cache use, weight bytes, adapter).
+    #[wasm_bindgen(getter)]
+    pub fn info(&self) -> JsValue {
+        js::to_js(&self.info)
+    }
+
+    /// Caption an image given as straight-alpha RGBA bytes; resolves to a [`Generation`].
+    pub fn caption(&self, rgba: Vec<u8>, width: u32, height: u32, options: JsValue) -> Promise {
+        let (model, options) = (self.handle(), self::options(options));
+        promise(async move { Ok(model.start_caption(&rgba, width, height, options?).await?.into()) })
+    }
+
+    /// Answer the last user turn of `messages` (`[{ role, content }]`, content a string or
+    /// `[{ type: "image" } | { type: "text", text }]`), reusing the KV cache of the previous
+    /// chat turn for the part of the conversation it already holds. `rgba` is the image of the
+    /// conversation's image part, if it has one.
+    pub fn chat(
+        &self,
+        messages: JsValue,
+        rgba: Option<Vec<u8>>,
+        width: u32,
+        height: u32,
+        options: JsValue,
+    ) -> Promise {
+        let messages: Result<Vec<Message>, WebError> =
+            serde_wasm_bindgen::from_value(messages).map_err(|e| WebError::invalid(format!("messages: {e}")));
+        let (model, options) = (self.handle(), self::options(options));
+        promise(async move {
+            let image = rgba.as_deref().map(|bytes| (bytes, width, height));
+            Ok(model.start_chat(messages?, image, options?).await?.into())
+        })
+    }
+
+    /// Free the GPU memory (once running steps finish). Later calls fail with `AbortError`.
+    pub fn dispose(&self) {
+        self.shared.conversation.borrow_mut().take();
+        self.shared.engine.borrow_mut().take();
+    }
+}
+
+/// The state of a generation between two `next()` calls.
+struct State {
+    /// `None` while a step runs, and once finished or closed.
+    session: Option<Session>,
+    running: bool,
+    finished: bool,
+    closed: bool,
+    generated: Vec<u32>,
+    prompt_ids: Vec<u32>,
+    usage: Usage,
+}
+
+/// One streamed answer.
+#[wasm_bindgen]
+pub struct Generation {
+    shared: Rc<Shared>,
+    state: Rc<RefCell<State>>,
+    /// A chat turn hands its KV cache back to the model when it ends.
+    chat: bool,
+    started_ms: f64,
+}
+
+impl Generation {
+    async fn start(
+        shared: Rc<Shared>,
+        request: Request,
+        chat: bool,
+        started_ms: f64,
+    ) -> Result<Self, WebError> {
+        let engine = shared.engine()?;
+        let previous = if chat { shared.conversation.borrow_mut().take() } else { None };
+        let session = engine.resume(request, previous).await?;
+        let state = State {
+            prompt_ids: session.prompt_ids.clone(),
+            usage: usage(&engine, &session, 0.0),
+            session: Some(session),
+            running: false,
+            finished: false,
+            closed: false,
+            generated: Vec::new(),
+        };
+        Ok(Self { shared, state: Rc::new(RefCell::new(state)), chat, started_ms })
+    }
+
+    /// End the generation: keep a chat turn's cache for the next turn, free a caption's.
+    fn finish(shared: &Shared, state: &mut State, chat: bool) {
+        if let Some(session) = state.session.take()
+            && chat
+            && shared.engine.borrow().is_some()
+        {
+            *shared.conversation.borrow_mut() = Some(session.into_conversation());
+        }
+    }
+}
+
+impl Generation {
+    /// What `next()` does, for Rust callers: `None` once the answer is complete or closed.
+    pub async fn step(&self) -> Result<Option<String>, WebError> {
+        let (shared, state, chat, started) = (&self.shared, &self.state, self.chat, self.started_ms);
+        let mut session = {
+            let mut s = state.borrow_mut();
+            if s.finished || s.closed {
+                return Ok(None);
+            }
+            if s.running {
+                return Err(WebError::invalid("next() was called before the previous call finished"));
+            }
+            s.session.take().ok_or_else(|| WebError::abort("the generation has ended"))?
+        };
+        let engine = match shared.engine() {
+            Ok(engine) => engine,
+            Err(e) => {
+                state.borrow_mut().finished = true;
+                return Err(e);
+            }
+        };
+        state.borrow_mut().running = true;
+        let step = session.next(&engine).await;
+        let mut s = state.borrow_mut();
+        s.running = false;
+        let piece = match step {
+            Ok(piece) => piece,
+            Err(e) => {
+                s.finished = true;
+                return Err(e.into());
+            }
+        };
+        let ttft = if s.generated.is_empty() { now_ms() - started } else { s.usage.time_to_first_token_ms };
+        if let Some(p) = &piece {
+            s.generated.push(p.id);
+        }
+        s.usage = usage(&engine, &session, ttft);
+        s.session = Some(session);
+        if piece.is_none() {
+            s.finished = true;
+        }
+        if s.finished || s.closed {
+            Generation::finish(shared, &mut s, chat);
+        }
+        Ok(piece.filter(|_| !s.closed).map(|p| p.text))
+    }
+
+    /// The generated token ids so far.
+    pub fn generated_ids(&self) -> Vec<u32> {
+        self.state.borrow().generated.clone()
+    }
+
+    /// Usage so far.
+    pub fn current_usage(&self) -> Usage {
+        self.state.borrow().usage.clone()
+    }
+}
+
+fn usage(engine: &Engine, session: &Session, ttft_ms: f64) -> Usage {
+    Usage::new(
+        session.prompt_ids.len(),
+        session.reused_tokens(),
+        session.generated().len(),
+        ttft_ms,
+        &session.timings,
+        &session.memory(engine),
+    )
+}
+
+#[wasm_bindgen]
+impl Generation {
+    /// The next piece of text (possibly empty while a character is incomplete), or `undefined`
+    /// once the answer is complete. One call at a time.
+    pub fn next(&self) -> Promise {
+        let this = Generation {
+            shared: self.shared.clone(),
+            state: self.state.clone(),
+            chat: self.chat,
+            started_ms: self.started_ms,
+        };
+        promise(async move { Ok(this.step().await?.map_or(JsValue::UNDEFINED, |t| JsValue::from_str(&t))) })
+    }
+
+    /// Token counts, latency, throughput and GPU memory so far.
+    pub fn usage(&self) -> JsValue {
+        js::to_js(&self.current_usage())
+    }
+
+    /// The generated token ids so far.
+    pub fn ids(&self) -> Vec<u32> {
+        self.generated_ids()
+    }
+
+    /// The prompt's token ids.
+    #[wasm_bindgen(js_name = promptIds)]
+    pub fn prompt_ids(&self) -> Vec<u32> {
+        self.state.borrow().prompt_ids.clone()
+    }
+
+    /// Whether generation reached its end (end of utterance or `maxNewTokens`).
+    #[wasm_bindgen(getter)]
+    pub fn done(&self) -> bool {
+        self.state.borrow().finished
+    }
+
+    /// Stop generating (a running step completes first). A chat turn's KV cache goes back to
+    /// the model for the next turn; a caption's is freed.
+    pub fn close(&self) {
+        let mut s = self.state.borrow_mut();
+        s.closed = true;
+        Generation::finish(&self.shared, &mut s, self.chat);
+    }
+}

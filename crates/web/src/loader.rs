@@ -1,0 +1,89 @@
+//! Loading a model by URL with progress events and the browser cache: the manifest from the
+//! network, then the tokenizer and each shard from the cache when it holds the manifest's
+//! version of the file, else from the network. Every file is verified (size and sha256) before
+//! it is used; a cached file that fails its check is dropped and fetched again, and a fetched
+//! file that fails is removed from the cache again.
+
+use pocketvlm_format::{Manifest, ShardSet, verify_tokenizer};
+use pocketvlm_runtime::RuntimeError;
+use pocketvlm_runtime::fetch::{FetchedModel, fetch_bytes, fetch_manifest, file_url};
+
+use crate::progress::{Progress, Tally};
+use crate::shard_cache::{ShardCache, key};
+
+/// What a load did besides producing the model.
+pub struct LoadReport {
+    pub tally: Tally,
+    /// Whether the Cache API was used.
+    pub cache_available: bool,
+}
+
+/// Give `accept` the bytes of the file at `url` (cache key `key`): the cached copy if there is
+/// one and `accept` takes it, else the network's. Returns whether the cache supplied them.
+async fn obtain(
+    cache: Option<&ShardCache>,
+    url: &str,
+    key: &str,
+    accept: &mut dyn FnMut(Vec<u8>) -> pocketvlm_format::Result<()>,
+) -> Result<bool, RuntimeError> {
+    if let Some(cache) = cache
+        && let Some(bytes) = cache.get(key).await
+    {
+        if accept(bytes).is_ok() {
+            return Ok(true);
+        }
+        cache.delete(key).await;
+    }
+    let bytes = fetch_bytes(url).await?;
+    let stored = match cache {
+        Some(cache) => cache.put(key, &bytes).await,
+        None => false,
+    };
+    if let Err(e) = accept(bytes) {
+        if let (Some(cache), true) = (cache, stored) {
+            cache.delete(key).await;
+        }
+        return Err(e.into());
+    }
+    Ok(false)
+}
+
+/// Fetch and verify the model at `base`, reporting each step to `on_progress`.
+pub async fn load(
+    base: &str,
+    use_cache: bool,
+    on_progress: &dyn Fn(&Progress),
+) -> Result<(FetchedModel, LoadReport), RuntimeError> {
+    let manifest: Manifest = fetch_manifest(base).await?;
+    let cache = if use_cache { ShardCache::open().await } else { None };
+    let mut tally = Tally::new(&manifest);
+    on_progress(&tally.started());
+    let mut keys = Vec::with_capacity(1 + manifest.shards.len());
+
+    let info = &manifest.tokenizer;
+    let (url, tokenizer_key) = (file_url(base, &info.file), key(&file_url(base, &info.file), &info.sha256));
+    let mut tokenizer = Vec::new();
+    let from_cache = obtain(cache.as_ref(), &url, &tokenizer_key, &mut |bytes| {
+        verify_tokenizer(&manifest, &bytes)?;
+        tokenizer = bytes;
+        Ok(())
+    })
+    .await?;
+    on_progress(&tally.extra_file_done(&info.file, tokenizer.len() as u64, from_cache));
+    keys.push(tokenizer_key);
+
+    let mut shards = ShardSet::new(manifest.clone());
+    for (index, entry) in manifest.shards.iter().enumerate() {
+        let url = file_url(base, &entry.file);
+        let shard_key = key(&url, &entry.sha256);
+        let from_cache =
+            obtain(cache.as_ref(), &url, &shard_key, &mut |bytes| shards.add(index, bytes)).await?;
+        on_progress(&tally.file_done(&entry.file, entry.bytes, from_cache));
+        keys.push(shard_key);
+    }
+    if let Some(cache) = &cache {
+        cache.prune(base, &keys).await;
+    }
+    let report = LoadReport { tally, cache_available: cache.is_some() };
+    Ok((FetchedModel { data: shards.finish()?, tokenizer }, report))
+}

@@ -1,0 +1,190 @@
+//! The browser API end to end in headless Chromium (WebGPU) on the tiny fixture, served by
+//! `cargo xtask test` (whose server's URL arrives at build time in `POCKETVLM_TEST_SERVER`):
+//! load with progress events and the cache, greedy ids equal to transformers' for an image and
+//! for text conversations, stopping mid-stream, and a corrupted shard.
+#![cfg(target_arch = "wasm32")]
+
+use std::cell::RefCell;
+
+use pocketvlm_processor::{Message, decode_image};
+use pocketvlm_runtime::fetch::fetch_manifest;
+use pocketvlm_web::options::GenerateOptions;
+use pocketvlm_web::progress::{Phase, Progress};
+use pocketvlm_web::{Generation, Model};
+use serde_json::Value;
+use wasm_bindgen::{JsCast, JsValue};
+use wasm_bindgen_futures::JsFuture;
+use wasm_bindgen_test::{wasm_bindgen_test, wasm_bindgen_test_configure};
+
+wasm_bindgen_test_configure!(run_in_browser);
+
+const COFFEE: &[u8] = include_bytes!("../../../tests/fixtures/images/coffee.png");
+const COFFEE_NOSPLIT: &str = include_str!("../../../tests/fixtures/tiny/expected/coffee_nosplit.json");
+const TEXT_CHAT: &str = include_str!("../../../tests/fixtures/tiny/expected/text_chat.json");
+const TEXT_MULTITURN: &str = include_str!("../../../tests/fixtures/tiny/expected/text_multiturn.json");
+
+fn server() -> &'static str {
+    let Some(server) = option_env!("POCKETVLM_TEST_SERVER") else {
+        panic!(
+            "POCKETVLM_TEST_SERVER was not set when this was built: run these tests with `cargo xtask test`"
+        );
+    };
+    server
+}
+
+fn model_url() -> String {
+    format!("{}/model/tiny", server())
+}
+
+fn ids(v: &Value) -> Vec<u32> {
+    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+}
+
+fn case(json: &str) -> Value {
+    serde_json::from_str(json).unwrap()
+}
+
+/// The fixture's image as straight RGBA, with its size.
+fn coffee_rgba() -> (Vec<u8>, u32, u32) {
+    let rgb = decode_image(COFFEE).unwrap();
+    let rgba = rgb.as_bytes().chunks_exact(3).flat_map(|p| [p[0], p[1], p[2], 255]).collect();
+    (rgba, rgb.width() as u32, rgb.height() as u32)
+}
+
+/// Tokens generated where a prefix of the fixture's greedy ids suffices (SwiftShader is slow).
+const SHORT: usize = 6;
+
+/// Options that reproduce a fixture case: its question, split and token budget (`None`: the
+/// fixture's), greedy.
+fn options_for(exp: &Value, prompt: Option<&str>, max_new_tokens: Option<usize>) -> GenerateOptions {
+    GenerateOptions {
+        prompt: prompt.map(str::to_owned),
+        max_new_tokens: max_new_tokens.map(|n| n as f64).or(exp["max_new_tokens"].as_f64()),
+        split_image: exp["do_image_splitting"].as_bool(),
+        ..GenerateOptions::default()
+    }
+}
+
+async fn drain(generation: &Generation) -> String {
+    let mut text = String::new();
+    while let Some(piece) = generation.step().await.unwrap() {
+        text.push_str(&piece);
+    }
+    text
+}
+
+async fn caption_coffee(model: &Model, max_new_tokens: Option<usize>) -> Generation {
+    let exp = case(COFFEE_NOSPLIT);
+    let (rgba, w, h) = coffee_rgba();
+    let options = options_for(&exp, Some("What is in the cup?"), max_new_tokens);
+    model.start_caption(&rgba, w, h, options).await.unwrap()
+}
+
+fn messages(exp: &Value) -> Vec<Message> {
+    serde_json::from_value(exp["messages"].clone()).unwrap()
+}
+
+#[wasm_bindgen_test]
+async fn load_caption_stop_and_chat_match_transformers() {
+    let events = RefCell::new(Vec::<Progress>::new());
+    let model = Model::open(&model_url(), false, &|p| events.borrow_mut().push(p.clone())).await.unwrap();
+
+    let events = events.into_inner();
+    assert_eq!(events.first().map(|e| e.phase), Some(Phase::Manifest));
+    assert_eq!(events.last().map(|e| e.phase), Some(Phase::Ready));
+    let files: Vec<&Progress> = events.iter().filter(|e| e.phase == Phase::File).collect();
+    let last = events.last().unwrap();
+    assert_eq!(files.len(), last.files_total);
+    assert!(files.iter().all(|e| e.from_cache == Some(false) && e.file.is_some()));
+    assert!(files.windows(2).all(|w| w[0].loaded_bytes < w[1].loaded_bytes));
+    assert_eq!(last.loaded_bytes, last.total_bytes);
+    assert!(!model.loaded_from_cache());
+
+    // The caption streams transformers' greedy ids and text.
+    let exp = case(COFFEE_NOSPLIT);
+    let generation = caption_coffee(&model, None).await;
+    assert_eq!(generation.prompt_ids(), ids(&exp["prompt_ids"]));
+    let text = drain(&generation).await;
+    assert_eq!(generation.generated_ids(), ids(&exp["generated_ids"]));
+    assert_eq!(text, exp["generated_text_skip_special"].as_str().unwrap());
+    let usage = generation.current_usage();
+    assert_eq!((usage.prompt_tokens, usage.generated_tokens), (33, 24));
+    assert!(usage.time_to_first_token_ms > 0.0 && usage.decode_tokens_per_second > 0.0);
+    assert!(usage.kv_cache_bytes > 0 && usage.weight_bytes > 0 && usage.gpu_bytes > usage.weight_bytes);
+
+    // Stopped after three tokens, then the same caption again: the model is unharmed.
+    let generation = caption_coffee(&model, None).await;
+    for _ in 0..3 {
+        assert!(generation.step().await.unwrap().is_some());
+    }
+    generation.close();
+    assert_eq!(generation.step().await.unwrap(), None);
+    assert_eq!(generation.generated_ids().len(), 3);
+    let again = caption_coffee(&model, Some(SHORT)).await;
+    drain(&again).await;
+    assert_eq!(again.generated_ids(), ids(&exp["generated_ids"])[..SHORT]);
+
+    // A text chat, then a second turn that reuses the first turn's KV cache.
+    let chat = case(TEXT_CHAT);
+    let generation =
+        model.start_chat(messages(&chat), None, options_for(&chat, None, Some(SHORT))).await.unwrap();
+    drain(&generation).await;
+    assert_eq!(generation.generated_ids(), ids(&chat["generated_ids"])[..SHORT]);
+
+    let multi = case(TEXT_MULTITURN);
+    let mut first_turn = messages(&multi);
+    first_turn.truncate(1);
+    let generation = model.start_chat(first_turn, None, options_for(&multi, None, Some(2))).await.unwrap();
+    let first_prompt = generation.prompt_ids().len();
+    generation.step().await.unwrap();
+    generation.close();
+    let generation =
+        model.start_chat(messages(&multi), None, options_for(&multi, None, Some(SHORT))).await.unwrap();
+    drain(&generation).await;
+    assert_eq!(generation.generated_ids(), ids(&multi["generated_ids"])[..SHORT]);
+    assert!(generation.current_usage().reused_prompt_tokens >= first_prompt);
+
+    // After dispose, generations fail with AbortError.
+    let pending = caption_coffee(&model, Some(SHORT)).await;
+    model.dispose();
+    assert_eq!(pending.step().await.unwrap_err().name, "AbortError");
+}
+
+#[wasm_bindgen_test]
+async fn a_second_load_comes_from_the_cache() {
+    let first = Model::open(&model_url(), true, &|_| ()).await.unwrap();
+    first.dispose();
+    let hits = RefCell::new(0);
+    let second = Model::open(&model_url(), true, &|p| {
+        if p.from_cache == Some(true) {
+            *hits.borrow_mut() += 1;
+        }
+    })
+    .await
+    .unwrap();
+    assert!(second.loaded_from_cache());
+    assert!(*hits.borrow() >= 2, "tokenizer and shards come from the cache");
+    second.dispose();
+}
+
+#[wasm_bindgen_test]
+async fn a_corrupted_shard_is_an_integrity_error() {
+    let base = format!("{}/corrupt", server());
+    let options = js_sys::Object::new();
+    js_sys::Reflect::set(&options, &"cache".into(), &JsValue::FALSE).unwrap();
+    let error = JsFuture::from(Model::load(base.clone(), options.into())).await.unwrap_err();
+    let get = |name: &str| js_sys::Reflect::get(&error, &name.into()).unwrap();
+    assert!(error.is_instance_of::<js_sys::Error>());
+    assert_eq!(get("name").as_string().as_deref(), Some("IntegrityError"));
+    let manifest = fetch_manifest(&base).await.unwrap();
+    assert_eq!(get("shard").as_string(), Some(manifest.shards[0].file.clone()));
+    assert_eq!(get("expectedSha256").as_string(), Some(manifest.shards[0].sha256.clone()));
+
+    // A missing model directory is a FetchError with the HTTP status.
+    let error = JsFuture::from(Model::load(format!("{}/no-such-model", server()), JsValue::UNDEFINED))
+        .await
+        .unwrap_err();
+    let get = |name: &str| js_sys::Reflect::get(&error, &name.into()).unwrap();
+    assert_eq!(get("name").as_string().as_deref(), Some("FetchError"));
+    assert_eq!(get("status").as_f64(), Some(404.0));
+}

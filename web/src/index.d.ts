@@ -1,0 +1,139 @@
+// Types of the `pocketvlm` package (src/index.js).
+
+export type ImageInput = Blob | ImageBitmap | ImageData | HTMLImageElement;
+
+/** A load progress event. */
+export interface Progress {
+  /** 'manifest': totals known; 'file': one file verified; 'upload': weights going to the GPU; 'ready'. */
+  phase: 'manifest' | 'file' | 'upload' | 'ready';
+  /** The file of a 'file' event. */
+  file?: string;
+  /** Whether that file came from the browser cache. */
+  fromCache?: boolean;
+  loadedBytes: number;
+  totalBytes: number;
+  filesDone: number;
+  filesTotal: number;
+  /** Files that came from the browser cache so far. */
+  cacheHits: number;
+}
+
+export interface LoadOptions {
+  onProgress?: (progress: Progress) => void;
+  signal?: AbortSignal;
+  /** Keep the model files in the Cache API and reuse them (default true). */
+  cache?: boolean;
+  /** Run the engine in a dedicated Web Worker (default true). */
+  worker?: boolean;
+}
+
+export interface ModelInfo {
+  /** Every file came from the browser cache. */
+  loadedFromCache: boolean;
+  cacheHits: number;
+  files: number;
+  downloadedBytes: number;
+  cacheAvailable: boolean;
+  weightBytes: number;
+  adapter: string;
+  shaderF16: boolean;
+  maxPositions: number;
+}
+
+export interface GenerateOptions {
+  /** Default 128. */
+  maxNewTokens?: number;
+  /** 0 (default) is greedy decoding. */
+  temperature?: number;
+  /** 0 (default) keeps every token. */
+  topK?: number;
+  /** 1 (default) keeps every token. */
+  topP?: number;
+  seed?: number;
+  /** Split the image into tiles (default: the checkpoint's setting). */
+  splitImage?: boolean;
+  /** Stops generation within one token; the iteration then throws AbortError. */
+  signal?: AbortSignal;
+}
+
+export interface CaptionOptions extends GenerateOptions {
+  /** Default "Can you describe this image?". */
+  prompt?: string;
+}
+
+export type ContentPart = { type: 'image' } | { type: 'text'; text: string };
+
+export interface ChatMessage {
+  role: 'user' | 'assistant' | 'system';
+  content: string | ContentPart[];
+}
+
+export interface ChatOptions extends GenerateOptions {
+  /** The image of the conversation's `{ type: 'image' }` part, if it has one. */
+  image?: ImageInput;
+}
+
+export interface Usage {
+  promptTokens: number;
+  /** Prompt tokens taken from the previous chat turn's KV cache. */
+  reusedPromptTokens: number;
+  generatedTokens: number;
+  timeToFirstTokenMs: number;
+  preprocessMs: number;
+  visionMs: number;
+  prefillMs: number;
+  decodeMs: number;
+  prefillTokensPerSecond: number;
+  decodeTokensPerSecond: number;
+  kvCacheBytes: number;
+  weightBytes: number;
+  /** Weights, tables, KV cache and activations on the GPU. */
+  gpuBytes: number;
+}
+
+/** A streamed answer: iterate it for text pieces; `usage` and `text` are complete at the end. */
+export declare class Generation implements AsyncIterable<string> {
+  private constructor();
+  [Symbol.asyncIterator](): AsyncIterator<string>;
+  /** The text so far. */
+  readonly text: string;
+  /** Set when the iteration ends (or after `stop()`). */
+  readonly usage: Usage | undefined;
+  /** Stop generating now; the model stays usable. */
+  stop(): Promise<void>;
+}
+
+export declare class PocketVLM {
+  private constructor();
+  static load(baseUrl: string | URL, options?: LoadOptions): Promise<PocketVLM>;
+  readonly info: ModelInfo;
+  caption(image: ImageInput, options?: CaptionOptions): Promise<Generation>;
+  chat(messages: ChatMessage[], options?: ChatOptions): Promise<Generation>;
+  dispose(): Promise<void>;
+}
+export default PocketVLM;
+
+export declare class PocketVLMError extends Error {}
+export declare class NoWebGPUError extends PocketVLMError {}
+export declare class FetchError extends PocketVLMError {
+  /** The HTTP status, absent for network and CORS failures. */
+  readonly status?: number;
+  readonly url?: string;
+}
+export declare class IntegrityError extends PocketVLMError {
+  readonly shard: string;
+  /** "sha256 <hex>" or "<n> bytes". */
+  readonly expected: string;
+  readonly expectedSha256?: string;
+}
+export declare class DeviceLostError extends PocketVLMError {}
+export declare class OutOfMemoryError extends PocketVLMError {}
+export declare class AbortError extends PocketVLMError {}
+export declare class ImageDecodeError extends PocketVLMError {}
+export declare class PromptTooLongError extends PocketVLMError {
+  readonly tokens: number;
+  readonly limit: number;
+}
+
+export declare function errorToData(error: unknown): { name: string; message: string; [field: string]: unknown };
+export declare function errorFromData(data: { name?: string; message?: string; [field: string]: unknown }): Error;

@@ -1,0 +1,323 @@
+//! A small static HTTP server for the browser tests, the browser bench and the demo: files under
+//! a few directories, each mounted at a URL prefix, on `127.0.0.1:<free port>` in a background
+//! thread.
+//!
+//! GET and HEAD only (405 otherwise); `Content-Length` and `Content-Type` on every response,
+//! `Access-Control-Allow-Origin: *` (the test page is served from another origin), 404 for what
+//! is not there, 400 for paths with `..`, `\`, NUL or bad `%` escapes. A directory serves its
+//! `index.html`. One request per connection (`Connection: close`).
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+
+/// A directory served under a URL prefix.
+#[derive(Clone, Debug)]
+pub struct Mount {
+    /// `/`-separated path prefix without leading or trailing `/` (empty: the whole site).
+    pub prefix: String,
+    pub dir: PathBuf,
+}
+
+impl Mount {
+    pub fn new(prefix: &str, dir: impl Into<PathBuf>) -> Self {
+        Self { prefix: prefix.trim_matches('/').to_string(), dir: dir.into() }
+    }
+}
+
+/// A running server; dropping it stops it.
+pub struct Server {
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Server {
+    /// Serve `mounts` (the longest matching prefix wins) on a free port of 127.0.0.1.
+    pub fn start(mounts: Vec<Mount>) -> Result<Self> {
+        let listener = TcpListener::bind("127.0.0.1:0").context("binding the test server")?;
+        let addr = listener.local_addr()?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let mounts = Arc::new(mounts);
+        let thread = std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                if flag.load(Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(stream) = stream else { continue };
+                let mounts = mounts.clone();
+                std::thread::spawn(move || {
+                    // A client that goes away mid-response is not the server's problem.
+                    let _ = handle(stream, &mounts);
+                });
+            }
+        });
+        Ok(Self { addr, stop, thread: Some(thread) })
+    }
+
+    /// `http://127.0.0.1:<port>` (no trailing slash).
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        // Wake the accept loop so it sees the flag.
+        let _ = TcpStream::connect(self.addr);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// What a request resolves to.
+#[derive(Debug, PartialEq)]
+enum Target {
+    File(PathBuf),
+    BadPath,
+    NotFound,
+}
+
+fn hex_value(b: u8) -> Option<u8> {
+    (b as char).to_digit(16).map(|d| d as u8)
+}
+
+/// Decode `%XX` escapes; `None` for a malformed escape or a result that is not UTF-8.
+fn percent_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hi = hex_value(*bytes.get(i + 1)?)?;
+            let lo = hex_value(*bytes.get(i + 2)?)?;
+            out.push(hi << 4 | lo);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// Map a request target (`/a/b?query`) to a file under one of `mounts`.
+fn resolve(mounts: &[Mount], target: &str) -> Target {
+    let path = target.split(['?', '#']).next().unwrap_or_default();
+    let Some(path) = percent_decode(path) else { return Target::BadPath };
+    if !path.starts_with('/') || path.contains(['\\', '\0']) {
+        return Target::BadPath;
+    }
+    let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty() && *s != ".").collect();
+    if segments.contains(&"..") {
+        return Target::BadPath;
+    }
+    let mount = mounts
+        .iter()
+        .filter(|m| {
+            let prefix: Vec<&str> = m.prefix.split('/').filter(|s| !s.is_empty()).collect();
+            segments.starts_with(&prefix)
+        })
+        .max_by_key(|m| m.prefix.len());
+    let Some(mount) = mount else { return Target::NotFound };
+    let skip = mount.prefix.split('/').filter(|s| !s.is_empty()).count();
+    let mut file = mount.dir.clone();
+    file.extend(&segments[skip..]);
+    if file.is_dir() {
+        file.push("index.html");
+    }
+    if file.is_file() { Target::File(file) } else { Target::NotFound }
+}
+
+fn content_type(path: &Path) -> &'static str {
+    match path.extension().and_then(|e| e.to_str()).unwrap_or_default() {
+        "html" => "text/html; charset=utf-8",
+        "js" | "mjs" => "text/javascript; charset=utf-8",
+        "css" => "text/css; charset=utf-8",
+        "json" => "application/json",
+        "wasm" => "application/wasm",
+        "png" => "image/png",
+        "jpg" | "jpeg" => "image/jpeg",
+        "txt" | "jinja" => "text/plain; charset=utf-8",
+        _ => "application/octet-stream",
+    }
+}
+
+fn respond(
+    stream: &mut TcpStream,
+    status: &str,
+    headers: &[(&str, String)],
+    body: &[u8],
+) -> std::io::Result<()> {
+    let mut head = format!("HTTP/1.1 {status}\r\n");
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str("Access-Control-Allow-Origin: *\r\nConnection: close\r\n\r\n");
+    stream.write_all(head.as_bytes())?;
+    stream.write_all(body)
+}
+
+fn respond_text(
+    stream: &mut TcpStream,
+    status: &str,
+    extra: &[(&str, String)],
+    head_only: bool,
+) -> std::io::Result<()> {
+    let body = format!("{status}\n");
+    let mut headers = vec![
+        ("Content-Type", "text/plain; charset=utf-8".to_string()),
+        ("Content-Length", body.len().to_string()),
+    ];
+    headers.extend(extra.iter().cloned());
+    respond(stream, status, &headers, if head_only { b"" } else { body.as_bytes() })
+}
+
+fn handle(mut stream: TcpStream, mounts: &[Mount]) -> std::io::Result<()> {
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut request_line = String::new();
+    reader.by_ref().take(8192).read_line(&mut request_line)?;
+    // Skip the headers (bounded).
+    let mut header_bytes = 0;
+    loop {
+        let mut line = String::new();
+        let n = reader.by_ref().take(8192).read_line(&mut line)?;
+        header_bytes += n;
+        if n == 0 || line == "\r\n" || line == "\n" || header_bytes > 64 * 1024 {
+            break;
+        }
+    }
+    let mut parts = request_line.split_whitespace();
+    let (method, target) = (parts.next().unwrap_or_default(), parts.next().unwrap_or_default());
+    let head_only = method == "HEAD";
+    if method != "GET" && !head_only {
+        respond_text(&mut stream, "405 Method Not Allowed", &[("Allow", "GET, HEAD".into())], false)?;
+    } else {
+        match resolve(mounts, target) {
+            Target::BadPath => respond_text(&mut stream, "400 Bad Request", &[], head_only)?,
+            Target::NotFound => respond_text(&mut stream, "404 Not Found", &[], head_only)?,
+            Target::File(path) => match std::fs::File::open(&path) {
+                Ok(mut file) => {
+                    let len = file.metadata()?.len();
+                    let headers = [
+                        ("Content-Type", content_type(&path).to_string()),
+                        ("Content-Length", len.to_string()),
+                        ("Cache-Control", "no-store".to_string()),
+                    ];
+                    respond(&mut stream, "200 OK", &headers, b"")?;
+                    if !head_only {
+                        std::io::copy(&mut file, &mut stream)?;
+                    }
+                }
+                Err(_) => respond_text(&mut stream, "404 Not Found", &[], head_only)?,
+            },
+        }
+    }
+    stream.flush()?;
+    stream.shutdown(Shutdown::Write)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Send a raw request and return the status line, headers (lower-cased names) and body.
+    fn request(server: &Server, raw: &str) -> (String, Vec<(String, String)>, Vec<u8>) {
+        let mut stream = TcpStream::connect(server.addr).unwrap();
+        stream.write_all(raw.as_bytes()).unwrap();
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).unwrap();
+        let split = response.windows(4).position(|w| w == b"\r\n\r\n").expect("a header block");
+        let head = String::from_utf8(response[..split].to_vec()).unwrap();
+        let mut lines = head.split("\r\n");
+        let status = lines.next().unwrap().to_string();
+        let headers = lines
+            .map(|l| {
+                let (k, v) = l.split_once(": ").unwrap();
+                (k.to_ascii_lowercase(), v.to_string())
+            })
+            .collect();
+        (status, headers, response[split + 4..].to_vec())
+    }
+
+    fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+        headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
+
+    fn get(server: &Server, path: &str) -> (String, Vec<(String, String)>, Vec<u8>) {
+        request(server, &format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n"))
+    }
+
+    fn site() -> (tempfile::TempDir, tempfile::TempDir, Server) {
+        let a = tempfile::tempdir().unwrap();
+        let b = tempfile::tempdir().unwrap();
+        std::fs::write(a.path().join("shard-00000.bin"), vec![7u8; 100_000]).unwrap();
+        std::fs::create_dir(a.path().join("sub")).unwrap();
+        std::fs::write(a.path().join("sub/x y.json"), b"{}").unwrap();
+        std::fs::write(b.path().join("index.html"), b"<p>hi</p>").unwrap();
+        std::fs::write(b.path().join("secret.txt"), b"no").unwrap();
+        let server =
+            Server::start(vec![Mount::new("/model/tiny/", a.path()), Mount::new("", b.path())]).unwrap();
+        (a, b, server)
+    }
+
+    #[test]
+    fn serves_files_with_length_type_and_cors() {
+        let (_a, _b, server) = site();
+        let (status, headers, body) = get(&server, "/model/tiny/shard-00000.bin");
+        assert_eq!(status, "HTTP/1.1 200 OK");
+        assert_eq!(body, vec![7u8; 100_000]);
+        assert_eq!(header(&headers, "content-length"), Some("100000"));
+        assert_eq!(header(&headers, "content-type"), Some("application/octet-stream"));
+        assert_eq!(header(&headers, "access-control-allow-origin"), Some("*"));
+
+        let (status, headers, body) = get(&server, "/model/tiny/sub/x%20y.json?v=1");
+        assert_eq!((status.as_str(), body.as_slice()), ("HTTP/1.1 200 OK", b"{}".as_slice()));
+        assert_eq!(header(&headers, "content-type"), Some("application/json"));
+        // The root mount, with its index.html.
+        assert_eq!(get(&server, "/").2, b"<p>hi</p>");
+        assert_eq!(get(&server, "/secret.txt").2, b"no");
+    }
+
+    #[test]
+    fn head_has_the_length_but_no_body() {
+        let (_a, _b, server) = site();
+        let (status, headers, body) = request(&server, "HEAD /model/tiny/shard-00000.bin HTTP/1.1\r\n\r\n");
+        assert_eq!(status, "HTTP/1.1 200 OK");
+        assert_eq!(header(&headers, "content-length"), Some("100000"));
+        assert!(body.is_empty());
+    }
+
+    #[test]
+    fn missing_files_traversal_and_other_methods_are_refused() {
+        let (_a, _b, server) = site();
+        let (status, headers, _) = get(&server, "/model/tiny/shard-00001.bin");
+        assert_eq!(status, "HTTP/1.1 404 Not Found");
+        assert_eq!(header(&headers, "access-control-allow-origin"), Some("*"));
+        assert_eq!(get(&server, "/model/other/manifest.json").0, "HTTP/1.1 404 Not Found");
+        for bad in ["/model/tiny/../secret.txt", "/model/tiny/%2e%2e/secret.txt", "/a\\b", "/x%zz", "/x%00"] {
+            assert_eq!(get(&server, bad).0, "HTTP/1.1 400 Bad Request", "{bad}");
+        }
+        let (status, headers, _) = request(&server, "POST /secret.txt HTTP/1.1\r\nContent-Length: 0\r\n\r\n");
+        assert_eq!(status, "HTTP/1.1 405 Method Not Allowed");
+        assert_eq!(header(&headers, "allow"), Some("GET, HEAD"));
+    }
+
+    #[test]
+    fn dropping_the_server_stops_it() {
+        let (_a, _b, server) = site();
+        let addr = server.addr;
+        drop(server);
+        assert!(TcpStream::connect(addr).is_err());
+    }
+}
