@@ -1,5 +1,6 @@
 // The demo page: load the model (progress bar, "loaded from cache" on later visits), pick a
-// photo (drop, file picker or a sample), stream the caption, Stop, and show the statistics.
+// photo (drop, file picker or a sample), stream the caption (at most "Max tokens" tokens), Stop,
+// and show the statistics.
 
 import { PocketVLM, NoWebGPUError, AbortError } from './pocketvlm/src/index.js';
 
@@ -74,7 +75,9 @@ async function caption(event) {
   $('run-status').textContent = 'Reading the image…';
   let generation = null;
   try {
-    generation = await model.caption(image, { prompt: $('prompt').value, maxNewTokens: 128, signal: controller.signal });
+    // The form's validation (min, max, step, required) keeps this a whole number in range.
+    const maxNewTokens = $('max-tokens').valueAsNumber;
+    generation = await model.caption(image, { prompt: $('prompt').value, maxNewTokens, signal: controller.signal });
     $('run-status').textContent = 'Generating…';
     for await (const piece of generation) out.textContent += piece;
     $('run-status').textContent = 'Done.';

@@ -1,7 +1,7 @@
 // The wasm engine behind one small request interface, used as is on the main thread
 // (worker: false) and from the worker (worker.js) — so both give the same answers and errors.
 //
-//   load(baseUrl, { cache }, onProgress) → info
+//   load(baseUrl, { cache, signal }, onProgress) → info
 //   start(kind, args) → generation id      (kind 'caption' or 'chat')
 //   next(id) → { piece } | { done: true, usage }
 //   close(id) → usage
@@ -19,14 +19,16 @@ export class Engine {
     this.nextId = 1;
   }
 
-  async load(baseUrl, { cache = true } = {}, onProgress = () => {}) {
+  // `signal` (main thread only: an AbortSignal cannot cross to a worker, which is terminated
+  // instead) stops the download between files and cancels the request in flight.
+  async load(baseUrl, { cache = true, signal } = {}, onProgress = () => {}) {
     if (typeof navigator === 'undefined' || !navigator.gpu) {
       throw { name: 'NoWebGPUError', message: 'this browser does not expose WebGPU (navigator.gpu is missing)' };
     }
     ready ??= init();
     await ready;
     const absolute = new URL(baseUrl, globalThis.location?.href).href;
-    this.model = await Model.load(absolute, { cache, onProgress });
+    this.model = await Model.load(absolute, { cache, onProgress, signal });
     return this.model.info;
   }
 

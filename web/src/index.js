@@ -146,7 +146,8 @@ export class PocketVLM {
     if (signal?.aborted) throw abortError(signal);
     const base = new URL(baseUrl, globalThis.document?.baseURI ?? globalThis.location?.href).href;
     const backend = worker ? new WorkerBackend() : new LocalBackend();
-    const loading = backend.load(base, { cache }, onProgress);
+    // The worker is terminated on abort; a local load gets the signal and stops its downloads.
+    const loading = backend.load(base, worker ? { cache } : { cache, signal }, onProgress);
     const aborted = new Promise((_, reject) => {
       signal?.addEventListener('abort', () => reject(abortError(signal)), { once: true });
     });
@@ -154,7 +155,8 @@ export class PocketVLM {
       const info = await Promise.race([loading, aborted]);
       return new PocketVLM(backend, info);
     } catch (e) {
-      // A worker is stopped outright; a local load finishes in the background and is dropped.
+      // A worker is stopped outright; a local load stops at its next file (or, if it had already
+      // finished, its model is freed).
       if (worker) backend.worker.terminate();
       else loading.then(() => backend.dispose(), () => {});
       throw e;

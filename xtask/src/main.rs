@@ -4,7 +4,11 @@ mod bench;
 mod build_web;
 mod caption;
 mod compress;
+mod demo;
+mod e2e;
 mod eval;
+mod hub;
+mod hub_mimic;
 mod serve;
 mod setup;
 mod test;
@@ -39,6 +43,9 @@ enum Command {
     /// Build the wasm engine (release, wasm-bindgen, wasm-opt when available), the npm package
     /// (web/dist/pocketvlm) and the demo site (web/dist/site).
     BuildWeb,
+    /// The demo: obtain a SmolVLM checkpoint (local directory or hub repo id), convert it when it
+    /// changed, build the web package and serve the demo page with the model on 127.0.0.1.
+    Demo(demo::Args),
 }
 
 fn main() {
@@ -52,6 +59,7 @@ fn main() {
         Command::Test(args) => test::run(args),
         Command::Setup => setup::ensure_all(),
         Command::BuildWeb => build_web::run_build().map(drop),
+        Command::Demo(args) => demo::run(args),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

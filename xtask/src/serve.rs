@@ -6,8 +6,14 @@
 //! `Access-Control-Allow-Origin: *` (the test page is served from another origin), 404 for what
 //! is not there, 400 for paths with `..`, `\`, NUL or bad `%` escapes. A directory serves its
 //! `index.html`. One request per connection (`Connection: close`).
+//!
+//! Files carry an `ETag` (a hash of path, length and modification time) and honour single
+//! `Range: bytes=a-b` / `bytes=a-` / `bytes=-n` requests (206 with `Content-Range`, 416 when
+//! unsatisfiable): together with a mount's extra headers (`X-Repo-Commit`) that is what the
+//! `hf-hub` client needs, so a mount at `<owner>/<name>/resolve/main` mimics the Hugging Face
+//! hub's file layout for `HF_ENDPOINT`.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -23,11 +29,19 @@ pub struct Mount {
     /// `/`-separated path prefix without leading or trailing `/` (empty: the whole site).
     pub prefix: String,
     pub dir: PathBuf,
+    /// Headers added to every file served from this mount.
+    pub headers: Vec<(String, String)>,
 }
 
 impl Mount {
     pub fn new(prefix: &str, dir: impl Into<PathBuf>) -> Self {
-        Self { prefix: prefix.trim_matches('/').to_string(), dir: dir.into() }
+        Self { prefix: prefix.trim_matches('/').to_string(), dir: dir.into(), headers: Vec::new() }
+    }
+
+    /// Add `name: value` to the responses of this mount's files.
+    pub fn with_header(mut self, name: &str, value: &str) -> Self {
+        self.headers.push((name.to_string(), value.to_string()));
+        self
     }
 }
 
@@ -41,7 +55,14 @@ pub struct Server {
 impl Server {
     /// Serve `mounts` (the longest matching prefix wins) on a free port of 127.0.0.1.
     pub fn start(mounts: Vec<Mount>) -> Result<Self> {
-        let listener = TcpListener::bind("127.0.0.1:0").context("binding the test server")?;
+        Self::start_on(0, mounts)
+    }
+
+    /// Serve `mounts` on `127.0.0.1:port` (0: a free port).
+    pub fn start_on(port: u16, mounts: Vec<Mount>) -> Result<Self> {
+        let listener = TcpListener::bind(("127.0.0.1", port)).with_context(|| {
+            format!("binding 127.0.0.1:{port} (is another server using it? try --port 0)")
+        })?;
         let addr = listener.local_addr()?;
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
@@ -79,10 +100,26 @@ impl Drop for Server {
     }
 }
 
+/// `GET url` (plain `http://host:port/path`, as this server speaks it): the status code and body.
+pub fn http_get(url: &str) -> Result<(u16, Vec<u8>)> {
+    let rest = url.strip_prefix("http://").with_context(|| format!("{url} is not an http:// URL"))?;
+    let (host, path) = rest.split_once('/').map_or((rest, "/".to_string()), |(h, p)| (h, format!("/{p}")));
+    let mut stream = TcpStream::connect(host).with_context(|| format!("connecting to {host}"))?;
+    stream.set_read_timeout(Some(Duration::from_secs(60)))?;
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n")?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).with_context(|| format!("reading the answer to GET {url}"))?;
+    let split = response.windows(4).position(|w| w == b"\r\n\r\n").context("no header block")?;
+    let head = String::from_utf8_lossy(&response[..split]);
+    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).context("no status code")?;
+    Ok((status, response[split + 4..].to_vec()))
+}
+
 /// What a request resolves to.
 #[derive(Debug, PartialEq)]
 enum Target {
-    File(PathBuf),
+    /// A file, and the index of the mount it is under.
+    File(PathBuf, usize),
     BadPath,
     NotFound,
 }
@@ -123,19 +160,56 @@ fn resolve(mounts: &[Mount], target: &str) -> Target {
     }
     let mount = mounts
         .iter()
-        .filter(|m| {
+        .enumerate()
+        .filter(|(_, m)| {
             let prefix: Vec<&str> = m.prefix.split('/').filter(|s| !s.is_empty()).collect();
             segments.starts_with(&prefix)
         })
-        .max_by_key(|m| m.prefix.len());
-    let Some(mount) = mount else { return Target::NotFound };
+        .max_by_key(|(_, m)| m.prefix.len());
+    let Some((index, mount)) = mount else { return Target::NotFound };
     let skip = mount.prefix.split('/').filter(|s| !s.is_empty()).count();
     let mut file = mount.dir.clone();
     file.extend(&segments[skip..]);
     if file.is_dir() {
         file.push("index.html");
     }
-    if file.is_file() { Target::File(file) } else { Target::NotFound }
+    if file.is_file() { Target::File(file, index) } else { Target::NotFound }
+}
+
+/// A `Range` header resolved against a file of `len` bytes.
+#[derive(Debug, PartialEq)]
+enum Span {
+    Whole,
+    /// Inclusive byte range.
+    Part(u64, u64),
+    Unsatisfiable,
+}
+
+/// Parse a single-range `bytes=` header value (anything else is served whole, as RFC 9110 allows).
+fn parse_range(value: Option<&str>, len: u64) -> Span {
+    let Some(spec) = value.and_then(|v| v.trim().strip_prefix("bytes=")) else { return Span::Whole };
+    if spec.contains(',') {
+        return Span::Whole;
+    }
+    let Some((a, b)) = spec.split_once('-') else { return Span::Whole };
+    let (a, b) = (a.trim(), b.trim());
+    let span = match (a.parse::<u64>().ok(), b.parse::<u64>().ok()) {
+        (Some(start), None) if b.is_empty() => (start, len.saturating_sub(1)),
+        (Some(start), Some(end)) if start <= end => (start, end.min(len.saturating_sub(1))),
+        (None, Some(n)) if a.is_empty() && n > 0 => (len.saturating_sub(n), len.saturating_sub(1)),
+        _ => return Span::Whole,
+    };
+    if span.0 >= len { Span::Unsatisfiable } else { Span::Part(span.0, span.1) }
+}
+
+/// A validator for the file's current contents: a hash of its path, length and mtime.
+fn etag(path: &Path, meta: &std::fs::Metadata) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    path.hash(&mut h);
+    meta.len().hash(&mut h);
+    meta.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).hash(&mut h);
+    format!("\"{:016x}\"", h.finish())
 }
 
 fn content_type(path: &Path) -> &'static str {
@@ -187,14 +261,20 @@ fn handle(mut stream: TcpStream, mounts: &[Mount]) -> std::io::Result<()> {
     let mut reader = BufReader::new(stream.try_clone()?);
     let mut request_line = String::new();
     reader.by_ref().take(8192).read_line(&mut request_line)?;
-    // Skip the headers (bounded).
+    // Read the headers (bounded), keeping `Range`.
     let mut header_bytes = 0;
+    let mut range = None;
     loop {
         let mut line = String::new();
         let n = reader.by_ref().take(8192).read_line(&mut line)?;
         header_bytes += n;
         if n == 0 || line == "\r\n" || line == "\n" || header_bytes > 64 * 1024 {
             break;
+        }
+        if let Some((name, value)) = line.split_once(':')
+            && name.trim().eq_ignore_ascii_case("range")
+        {
+            range = Some(value.trim().to_string());
         }
     }
     let mut parts = request_line.split_whitespace();
@@ -206,17 +286,35 @@ fn handle(mut stream: TcpStream, mounts: &[Mount]) -> std::io::Result<()> {
         match resolve(mounts, target) {
             Target::BadPath => respond_text(&mut stream, "400 Bad Request", &[], head_only)?,
             Target::NotFound => respond_text(&mut stream, "404 Not Found", &[], head_only)?,
-            Target::File(path) => match std::fs::File::open(&path) {
+            Target::File(path, mount) => match std::fs::File::open(&path) {
                 Ok(mut file) => {
-                    let len = file.metadata()?.len();
-                    let headers = [
+                    let meta = file.metadata()?;
+                    let len = meta.len();
+                    let mut headers = vec![
                         ("Content-Type", content_type(&path).to_string()),
-                        ("Content-Length", len.to_string()),
                         ("Cache-Control", "no-store".to_string()),
+                        ("Accept-Ranges", "bytes".to_string()),
+                        ("ETag", etag(&path, &meta)),
                     ];
-                    respond(&mut stream, "200 OK", &headers, b"")?;
+                    headers.extend(mounts[mount].headers.iter().map(|(k, v)| (k.as_str(), v.clone())));
+                    let (status, start, count) = match parse_range(range.as_deref(), len) {
+                        Span::Whole => ("200 OK", 0, len),
+                        Span::Part(a, b) => {
+                            headers.push(("Content-Range", format!("bytes {a}-{b}/{len}")));
+                            ("206 Partial Content", a, b - a + 1)
+                        }
+                        Span::Unsatisfiable => {
+                            let extra = [("Content-Range", format!("bytes */{len}"))];
+                            respond_text(&mut stream, "416 Range Not Satisfiable", &extra, head_only)?;
+                            stream.flush()?;
+                            return stream.shutdown(Shutdown::Write);
+                        }
+                    };
+                    headers.push(("Content-Length", count.to_string()));
+                    respond(&mut stream, status, &headers, b"")?;
                     if !head_only {
-                        std::io::copy(&mut file, &mut stream)?;
+                        file.seek(SeekFrom::Start(start))?;
+                        std::io::copy(&mut file.take(count), &mut stream)?;
                     }
                 }
                 Err(_) => respond_text(&mut stream, "404 Not Found", &[], head_only)?,
@@ -311,6 +409,48 @@ mod tests {
         let (status, headers, _) = request(&server, "POST /secret.txt HTTP/1.1\r\nContent-Length: 0\r\n\r\n");
         assert_eq!(status, "HTTP/1.1 405 Method Not Allowed");
         assert_eq!(header(&headers, "allow"), Some("GET, HEAD"));
+    }
+
+    #[test]
+    fn ranges_and_validators() {
+        let (_a, _b, server) = site();
+        let path = "/model/tiny/shard-00000.bin";
+        let ranged = |range: &str| {
+            request(&server, &format!("GET {path} HTTP/1.1\r\nHost: x\r\nRange: {range}\r\n\r\n"))
+        };
+        let (status, headers, body) = ranged("bytes=0-0");
+        assert_eq!(status, "HTTP/1.1 206 Partial Content");
+        assert_eq!(header(&headers, "content-range"), Some("bytes 0-0/100000"));
+        assert_eq!((body.len(), header(&headers, "content-length")), (1, Some("1")));
+        let (status, headers, body) = ranged("bytes=99990-");
+        assert_eq!(status, "HTTP/1.1 206 Partial Content");
+        assert_eq!(header(&headers, "content-range"), Some("bytes 99990-99999/100000"));
+        assert_eq!(body.len(), 10);
+        assert_eq!(ranged("bytes=-4").2.len(), 4);
+        let (status, headers, _) = ranged("bytes=100000-");
+        assert_eq!(status, "HTTP/1.1 416 Range Not Satisfiable");
+        assert_eq!(header(&headers, "content-range"), Some("bytes */100000"));
+        // Multi-range and malformed headers are answered with the whole file.
+        assert_eq!(ranged("bytes=0-1,5-6").2.len(), 100_000);
+        assert_eq!(ranged("lines=1-2").2.len(), 100_000);
+        let (_, h1, _) = get(&server, path);
+        let (_, h2, _) = get(&server, "/model/tiny/sub/x%20y.json");
+        let (e1, e2) = (header(&h1, "etag").unwrap(), header(&h2, "etag").unwrap());
+        assert!(e1.starts_with('"') && e1 != e2);
+        assert_eq!(header(&get(&server, path).1, "etag"), Some(e1));
+    }
+
+    #[test]
+    fn mount_headers_are_added_to_its_files_only() {
+        let a = tempfile::tempdir().unwrap();
+        std::fs::write(a.path().join("config.json"), b"{}").unwrap();
+        let server = Server::start(vec![
+            Mount::new("o/m/resolve/main", a.path()).with_header("X-Repo-Commit", "abc"),
+            Mount::new("plain", a.path()),
+        ])
+        .unwrap();
+        assert_eq!(header(&get(&server, "/o/m/resolve/main/config.json").1, "x-repo-commit"), Some("abc"));
+        assert_eq!(header(&get(&server, "/plain/config.json").1, "x-repo-commit"), None);
     }
 
     #[test]

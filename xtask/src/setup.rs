@@ -1,6 +1,6 @@
 //! Installing what the tests need, only where it is missing: Debian packages (when root), the
-//! wasm32 target, rustfmt/clippy, and `wasm-bindgen-cli` at exactly the `wasm-bindgen` version in
-//! `Cargo.lock`.
+//! wasm32 target, rustfmt/clippy, `wasm-bindgen-cli` at exactly the `wasm-bindgen` version in
+//! `Cargo.lock`, and the npm dev dependencies of `web/` (playwright-core, binaryen).
 
 use std::process::Command;
 
@@ -8,19 +8,32 @@ use anyhow::{Context, Result, bail};
 
 use crate::util::{output, root, run};
 
-/// Debian packages: Vulkan lavapipe for native GPU tests, Chromium + ChromeDriver for browser tests.
-pub const APT_PACKAGES: [&str; 4] = ["mesa-vulkan-drivers", "libvulkan1", "chromium", "chromium-driver"];
+/// Debian packages: Vulkan lavapipe for native GPU tests, Chromium + ChromeDriver for browser
+/// tests, Node and npm for the demo's end-to-end test (playwright-core) and `wasm-opt` (binaryen).
+pub const APT_PACKAGES: [&str; 6] =
+    ["mesa-vulkan-drivers", "libvulkan1", "chromium", "chromium-driver", "nodejs", "npm"];
 pub const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 
 pub fn ensure_all() -> Result<()> {
     ensure_apt_packages()?;
     ensure_rust_parts()?;
     ensure_wasm_bindgen_cli()?;
+    ensure_npm_deps()?;
     Ok(())
 }
 
 fn is_root() -> bool {
     output(Command::new("id").arg("-u")).is_some_and(|s| s.trim() == "0")
+}
+
+/// Whether `package`'s command already runs although Debian's package is not installed:
+/// NodeSource's `nodejs` bundles npm and conflicts with Debian's `npm`.
+fn provided_otherwise(package: &str) -> bool {
+    match package {
+        "nodejs" => output(Command::new("node").arg("--version")).is_some(),
+        "npm" => output(Command::new("npm").arg("--version")).is_some(),
+        _ => false,
+    }
 }
 
 fn apt_missing() -> Vec<&'static str> {
@@ -30,6 +43,7 @@ fn apt_missing() -> Vec<&'static str> {
         .filter(|p| {
             output(Command::new("dpkg-query").args(["-W", "-f=${Status}", p]))
                 .is_none_or(|s| !s.contains("install ok installed"))
+                && !provided_otherwise(p)
         })
         .collect()
 }
@@ -86,4 +100,13 @@ pub fn ensure_wasm_bindgen_cli() -> Result<()> {
     }
     // Not --locked: one of the CLI's locked dependencies is missing from the registry.
     run(Command::new("cargo").args(["install", "wasm-bindgen-cli", "--version", &want]))
+}
+
+/// `npm install` in `web/` (the versions in `web/package-lock.json`) when playwright-core is missing.
+pub fn ensure_npm_deps() -> Result<()> {
+    let web = root().join("web");
+    if web.join("node_modules/playwright-core").is_dir() {
+        return Ok(());
+    }
+    run(Command::new("npm").current_dir(&web).args(["install", "--no-audit", "--no-fund"]))
 }

@@ -9,6 +9,7 @@ use pocketvlm_format::{MANIFEST_FILE, dir};
 use crate::serve::{Mount, Server};
 use crate::setup::{self, CHROMEDRIVER};
 use crate::util::{cargo, convert_tiny, root, run as sh};
+use crate::{build_web, e2e, hub_mimic};
 
 /// Crates with wasm-bindgen tests, run from their directory: in headless Chromium where the tests
 /// say `run_in_browser` (those crates have a `webdriver.json`), else in Node.
@@ -34,11 +35,13 @@ pub struct Args {
     browser_only: bool,
 }
 
-/// The browser tests. The whole-model test (`crates/runtime/tests/model_web.rs`) fetches the
-/// converted tiny fixture and the transformers expectations from a local server, whose URL it
-/// gets at build time from `POCKETVLM_TEST_SERVER`: `/model/tiny/` (the converted fixture),
-/// `/fixtures/` (`tests/fixtures`) and `/corrupt/` (the converted fixture with one byte of its
-/// first shard flipped).
+/// The browser tests. The whole-model test (`crates/runtime/tests/model_web.rs`) and the worker
+/// fetch test (`fetch_worker.rs`) fetch the converted tiny fixture and the transformers
+/// expectations from a local server, whose URL they get at build time from
+/// `POCKETVLM_TEST_SERVER`: `/model/tiny/` (the converted fixture), `/fixtures/`
+/// (`tests/fixtures`) and `/corrupt/` (the converted fixture with one byte of its first shard
+/// flipped). Then the demo page end to end (`web/tests/e2e.mjs`, playwright-core) and
+/// `cargo xtask demo` against a local mimic of the Hugging Face hub.
 pub fn run_browser_tests() -> Result<()> {
     let tiny = convert_tiny()?;
     let corrupt = corrupt_copy(&tiny)?;
@@ -56,6 +59,9 @@ pub fn run_browser_tests() -> Result<()> {
             .env("POCKETVLM_TEST_SERVER", server.url())
             .args(["test", "-p", package, "--target", "wasm32-unknown-unknown"]))?;
     }
+    let site = build_web::run_build()?;
+    e2e::run_demo_e2e(&site, &tiny)?;
+    hub_mimic::check_demo_with_hub_mimic(&tiny)?;
     Ok(())
 }
 

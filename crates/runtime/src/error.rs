@@ -38,6 +38,9 @@ pub enum RuntimeError {
     Format(pocketvlm_format::FormatError),
     #[error("shape error: {0}")]
     Shape(String),
+    /// The caller aborted the operation (an `AbortSignal` in the browser).
+    #[error("aborted: {0}")]
+    Aborted(String),
 }
 
 /// Checksum and size mismatches become [`RuntimeError::Integrity`]; everything else that is wrong

@@ -5,12 +5,14 @@
 //!
 //! Failures are typed: a request that fails or answers with a non-2xx status is
 //! [`RuntimeError::Fetch`] (with the URL and the status), a file whose bytes differ from the
-//! manifest is [`RuntimeError::Integrity`] (naming the file and the expected size or hash).
+//! manifest is [`RuntimeError::Integrity`] (naming the file and the expected size or hash), a
+//! request cancelled through its `AbortSignal` is [`RuntimeError::Aborted`].
 
 use js_sys::{Promise, Uint8Array};
 use pocketvlm_format::{MANIFEST_FILE, Manifest, ModelData, ShardSet, verify_tokenizer};
 use wasm_bindgen::{JsCast, JsValue};
 use wasm_bindgen_futures::JsFuture;
+use web_sys::{AbortSignal, RequestInit};
 
 use crate::error::{Result, RuntimeError};
 
@@ -33,13 +35,17 @@ fn js_message(value: &JsValue) -> String {
         .unwrap_or_else(|| format!("{value:?}"))
 }
 
-/// `fetch(url)` in whichever global scope this code runs in (a window or a worker).
-fn start_fetch(url: &str) -> Result<Promise> {
+/// `fetch(url, { signal })` in whichever global scope this code runs in (a window or a worker).
+fn start_fetch(url: &str, signal: Option<&AbortSignal>) -> Result<Promise> {
+    let init = RequestInit::new();
+    if let Some(signal) = signal {
+        init.set_signal(Some(signal));
+    }
     let global = js_sys::global();
     if let Some(window) = global.dyn_ref::<web_sys::Window>() {
-        Ok(window.fetch_with_str(url))
+        Ok(window.fetch_with_str_and_init(url, &init))
     } else if let Some(worker) = global.dyn_ref::<web_sys::WorkerGlobalScope>() {
-        Ok(worker.fetch_with_str(url))
+        Ok(worker.fetch_with_str_and_init(url, &init))
     } else {
         Err(RuntimeError::Fetch {
             url: url.to_string(),
@@ -49,11 +55,28 @@ fn start_fetch(url: &str) -> Result<Promise> {
     }
 }
 
+/// [`RuntimeError::Aborted`] when `signal` has fired.
+pub fn check_signal(signal: Option<&AbortSignal>, what: &str) -> Result<()> {
+    match signal {
+        Some(s) if s.aborted() => Err(RuntimeError::Aborted(what.to_string())),
+        _ => Ok(()),
+    }
+}
+
 /// The body of `url`; a network error or a non-2xx status is [`RuntimeError::Fetch`].
 pub async fn fetch_bytes(url: &str) -> Result<Vec<u8>> {
-    let failed =
-        |status: Option<u16>, message: String| RuntimeError::Fetch { url: url.to_string(), status, message };
-    let response = JsFuture::from(start_fetch(url)?).await.map_err(|e| failed(None, js_message(&e)))?;
+    fetch_bytes_abortable(url, None).await
+}
+
+/// [`fetch_bytes`] that `signal` can cancel, also while the body streams in.
+pub async fn fetch_bytes_abortable(url: &str, signal: Option<&AbortSignal>) -> Result<Vec<u8>> {
+    check_signal(signal, url)?;
+    let failed = |status: Option<u16>, message: String| match signal {
+        Some(s) if s.aborted() => RuntimeError::Aborted(format!("fetching {url}")),
+        _ => RuntimeError::Fetch { url: url.to_string(), status, message },
+    };
+    let response =
+        JsFuture::from(start_fetch(url, signal)?).await.map_err(|e| failed(None, js_message(&e)))?;
     let response: web_sys::Response =
         response.dyn_into().map_err(|v| failed(None, format!("fetch gave {v:?}, not a Response")))?;
     if !response.ok() {
@@ -65,9 +88,9 @@ pub async fn fetch_bytes(url: &str) -> Result<Vec<u8>> {
     Ok(Uint8Array::new(&body).to_vec())
 }
 
-/// Fetch and validate `manifest.json`.
-pub async fn fetch_manifest(base: &str) -> Result<Manifest> {
-    let bytes = fetch_bytes(&file_url(base, MANIFEST_FILE)).await?;
+/// Fetch and validate `manifest.json` (`signal` can cancel it).
+pub async fn fetch_manifest(base: &str, signal: Option<&AbortSignal>) -> Result<Manifest> {
+    let bytes = fetch_bytes_abortable(&file_url(base, MANIFEST_FILE), signal).await?;
     let text = String::from_utf8(bytes).map_err(|e| {
         RuntimeError::Format(pocketvlm_format::FormatError::InvalidManifest(format!("not UTF-8: {e}")))
     })?;
@@ -77,7 +100,7 @@ pub async fn fetch_manifest(base: &str) -> Result<Manifest> {
 /// Fetch the model directory at `base`: the manifest, then the tokenizer and each shard in turn,
 /// verifying every file before the next one is requested.
 pub async fn fetch_model(base: &str) -> Result<FetchedModel> {
-    let manifest = fetch_manifest(base).await?;
+    let manifest = fetch_manifest(base, None).await?;
     let tokenizer = fetch_bytes(&file_url(base, &manifest.tokenizer.file)).await?;
     verify_tokenizer(&manifest, &tokenizer)?;
     let files: Vec<String> = manifest.shards.iter().map(|s| s.file.clone()).collect();

@@ -21,6 +21,9 @@ fn server() -> &'static str {
 
 #[wasm_bindgen_test]
 async fn a_worker_fetches_and_verifies_the_model() {
+    let global = js_sys::global();
+    let has = |name: &str| js_sys::Reflect::has(&global, &name.into()).unwrap_or(false);
+    assert!(!has("document") && has("importScripts"), "this test must run in a dedicated worker");
     let model = file_url(server(), "model/tiny");
     let fetched = fetch_model(&model).await.unwrap();
     let manifest = &fetched.data.manifest;

@@ -44,7 +44,7 @@ async fn tiny_fixture_matches_transformers_in_the_browser() {
 #[wasm_bindgen_test]
 async fn a_corrupted_shard_is_an_integrity_error() {
     let base = join(server(), "corrupt");
-    let manifest = fetch_manifest(&base).await.unwrap();
+    let manifest = fetch_manifest(&base, None).await.unwrap();
     match fetch_model(&base).await.err() {
         Some(RuntimeError::Integrity { file, expected, found }) => {
             assert_eq!(file, manifest.shards[0].file);

@@ -7,10 +7,12 @@ use std::rc::Rc;
 use js_sys::{Function, Promise};
 use pocketvlm_processor::{AlphaHandling, Message, RgbImage};
 use pocketvlm_runtime::engine::{Conversation, Engine, Request, Session, now_ms};
+use pocketvlm_runtime::fetch::check_signal;
 use pocketvlm_runtime::{DeviceOptions, Gpu};
 use serde::Serialize;
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::future_to_promise;
+use web_sys::AbortSignal;
 
 use crate::errors::WebError;
 use crate::js;
@@ -67,11 +69,13 @@ impl Model {
     pub async fn open(
         base_url: &str,
         use_cache: bool,
+        signal: Option<&AbortSignal>,
         on_progress: &dyn Fn(&Progress),
     ) -> Result<Model, WebError> {
         // WebGPU first: a page without it learns so before downloading anything.
         let gpu = Gpu::new(&DeviceOptions::default()).await?;
-        let (fetched, load) = loader::load(base_url, use_cache, on_progress).await?;
+        let (fetched, load) = loader::load(base_url, use_cache, signal, on_progress).await?;
+        check_signal(signal, "loading the model")?;
         on_progress(&load.tally.uploading());
         let engine = Engine::load(gpu, &fetched.data, &fetched.tokenizer).await?;
         drop(fetched);
@@ -152,12 +156,14 @@ where
 
 #[wasm_bindgen]
 impl Model {
-    /// `Model.load(baseUrl, { cache = true, onProgress })`: open the GPU, fetch and verify the
-    /// model directory at `baseUrl` and upload it. `onProgress` receives progress events.
+    /// `Model.load(baseUrl, { cache = true, onProgress, signal })`: open the GPU, fetch and verify
+    /// the model directory at `baseUrl` and upload it. `onProgress` receives progress events;
+    /// `signal` (an `AbortSignal`) stops the download (`AbortError`).
     pub fn load(base_url: String, options: JsValue) -> Promise {
         let get = |name: &str| js_sys::Reflect::get(&options, &JsValue::from_str(name)).ok();
         let use_cache = get("cache").is_none_or(|v| v.is_undefined() || v.is_truthy());
         let on_progress: Option<Function> = get("onProgress").and_then(|v| v.dyn_into().ok());
+        let signal: Option<AbortSignal> = get("signal").and_then(|v| v.dyn_into().ok());
         promise(async move {
             let report = |p: &Progress| {
                 if let Some(f) = &on_progress {
@@ -165,11 +171,11 @@ impl Model {
                     let _ = f.call1(&JsValue::NULL, &js::to_js(p));
                 }
             };
-            Ok(Model::open(&base_url, use_cache, &report).await?.into())
+            Ok(Model::open(&base_url, use_cache, signal.as_ref(), &report).await?.into())
         })
     }
 
-    /// Facts about the loaded model    /// Facts about the loaded model (cache use, weight bytes, adapter).
+    /// Facts about the loaded model (cache use, weight bytes, adapter).
     #[wasm_bindgen(getter)]
     pub fn info(&self) -> JsValue {
         js::to_js(&self.info)

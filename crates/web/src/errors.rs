@@ -131,6 +131,7 @@ impl From<RuntimeError> for WebError {
             RuntimeError::Processor(ProcessorError::ImageDecode(_) | ProcessorError::InvalidImage(_)) => {
                 Self::new(ErrorName::ImageDecode, message)
             }
+            RuntimeError::Aborted(_) => Self::new(ErrorName::Abort, message),
             _ => Self::new(ErrorName::Other, message),
         }
     }
@@ -178,6 +179,8 @@ mod tests {
         assert_eq!(e.name, "DeviceLostError");
         let e: WebError = RuntimeError::OutOfMemory("kv".into()).into();
         assert_eq!(e.name, "OutOfMemoryError");
+        let e: WebError = RuntimeError::Aborted("load".into()).into();
+        assert_eq!(e.name, "AbortError");
         let e: WebError = RuntimeError::Shape("bad".into()).into();
         assert_eq!(e.name, "PocketVLMError");
     }

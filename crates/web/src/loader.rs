@@ -2,11 +2,13 @@
 //! network, then the tokenizer and each shard from the cache when it holds the manifest's
 //! version of the file, else from the network. Every file is verified (size and sha256) before
 //! it is used; a cached file that fails its check is dropped and fetched again, and a fetched
-//! file that fails is removed from the cache again.
+//! file that fails is removed from the cache again. An `AbortSignal` stops the load between files
+//! and cancels the request in flight ([`RuntimeError::Aborted`]).
 
 use pocketvlm_format::{Manifest, ShardSet, verify_tokenizer};
 use pocketvlm_runtime::RuntimeError;
-use pocketvlm_runtime::fetch::{FetchedModel, fetch_bytes, fetch_manifest, file_url};
+use pocketvlm_runtime::fetch::{FetchedModel, check_signal, fetch_bytes_abortable, fetch_manifest, file_url};
+use web_sys::AbortSignal;
 
 use crate::progress::{Progress, Tally};
 use crate::shard_cache::{ShardCache, key};
@@ -22,10 +24,12 @@ pub struct LoadReport {
 /// one and `accept` takes it, else the network's. Returns whether the cache supplied them.
 async fn obtain(
     cache: Option<&ShardCache>,
+    signal: Option<&AbortSignal>,
     url: &str,
     key: &str,
     accept: &mut dyn FnMut(Vec<u8>) -> pocketvlm_format::Result<()>,
 ) -> Result<bool, RuntimeError> {
+    check_signal(signal, url)?;
     if let Some(cache) = cache
         && let Some(bytes) = cache.get(key).await
     {
@@ -34,7 +38,7 @@ async fn obtain(
         }
         cache.delete(key).await;
     }
-    let bytes = fetch_bytes(url).await?;
+    let bytes = fetch_bytes_abortable(url, signal).await?;
     let stored = match cache {
         Some(cache) => cache.put(key, &bytes).await,
         None => false,
@@ -52,9 +56,10 @@ async fn obtain(
 pub async fn load(
     base: &str,
     use_cache: bool,
+    signal: Option<&AbortSignal>,
     on_progress: &dyn Fn(&Progress),
 ) -> Result<(FetchedModel, LoadReport), RuntimeError> {
-    let manifest: Manifest = fetch_manifest(base).await?;
+    let manifest: Manifest = fetch_manifest(base, signal).await?;
     let cache = if use_cache { ShardCache::open().await } else { None };
     let mut tally = Tally::new(&manifest);
     on_progress(&tally.started());
@@ -63,7 +68,7 @@ pub async fn load(
     let info = &manifest.tokenizer;
     let (url, tokenizer_key) = (file_url(base, &info.file), key(&file_url(base, &info.file), &info.sha256));
     let mut tokenizer = Vec::new();
-    let from_cache = obtain(cache.as_ref(), &url, &tokenizer_key, &mut |bytes| {
+    let from_cache = obtain(cache.as_ref(), signal, &url, &tokenizer_key, &mut |bytes| {
         verify_tokenizer(&manifest, &bytes)?;
         tokenizer = bytes;
         Ok(())
@@ -77,7 +82,7 @@ pub async fn load(
         let url = file_url(base, &entry.file);
         let shard_key = key(&url, &entry.sha256);
         let from_cache =
-            obtain(cache.as_ref(), &url, &shard_key, &mut |bytes| shards.add(index, bytes)).await?;
+            obtain(cache.as_ref(), signal, &url, &shard_key, &mut |bytes| shards.add(index, bytes)).await?;
         on_progress(&tally.file_done(&entry.file, entry.bytes, from_cache));
         keys.push(shard_key);
     }

@@ -87,7 +87,8 @@ fn messages(exp: &Value) -> Vec<Message> {
 #[wasm_bindgen_test]
 async fn load_caption_stop_and_chat_match_transformers() {
     let events = RefCell::new(Vec::<Progress>::new());
-    let model = Model::open(&model_url(), false, &|p| events.borrow_mut().push(p.clone())).await.unwrap();
+    let model =
+        Model::open(&model_url(), false, None, &|p| events.borrow_mut().push(p.clone())).await.unwrap();
 
     let events = events.into_inner();
     assert_eq!(events.first().map(|e| e.phase), Some(Phase::Manifest));
@@ -151,11 +152,42 @@ async fn load_caption_stop_and_chat_match_transformers() {
 }
 
 #[wasm_bindgen_test]
+async fn aborting_a_load_stops_the_download() {
+    // Aborted after the first file (the tokenizer) arrived: no shard is fetched.
+    let controller = web_sys::AbortController::new().unwrap();
+    let signal = controller.signal();
+    let files = RefCell::new(Vec::new());
+    let result = Model::open(&model_url(), false, Some(&signal), &|p| {
+        if let Some(file) = &p.file {
+            files.borrow_mut().push((file.clone(), p.files_total));
+            controller.abort();
+        }
+    })
+    .await;
+    assert_eq!(result.err().map(|e| e.name), Some("AbortError"));
+    let files = files.into_inner();
+    assert_eq!(files.len(), 1, "{files:?}");
+    assert!(files[0].1 > 1, "the model has shards after the tokenizer");
+
+    // Through the JavaScript API, with a signal aborted before the call.
+    let controller = web_sys::AbortController::new().unwrap();
+    controller.abort();
+    let options = js_sys::Object::new();
+    js_sys::Reflect::set(&options, &"signal".into(), &controller.signal()).unwrap();
+    let error = JsFuture::from(Model::load(model_url(), options.into())).await.unwrap_err();
+    let name = js_sys::Reflect::get(&error, &"name".into()).unwrap().as_string();
+    assert_eq!(name.as_deref(), Some("AbortError"));
+
+    // The page can load the model afterwards.
+    Model::open(&model_url(), false, None, &|_| ()).await.unwrap().dispose();
+}
+
+#[wasm_bindgen_test]
 async fn a_second_load_comes_from_the_cache() {
-    let first = Model::open(&model_url(), true, &|_| ()).await.unwrap();
+    let first = Model::open(&model_url(), true, None, &|_| ()).await.unwrap();
     first.dispose();
     let hits = RefCell::new(0);
-    let second = Model::open(&model_url(), true, &|p| {
+    let second = Model::open(&model_url(), true, None, &|p| {
         if p.from_cache == Some(true) {
             *hits.borrow_mut() += 1;
         }
@@ -176,7 +208,7 @@ async fn a_corrupted_shard_is_an_integrity_error() {
     let get = |name: &str| js_sys::Reflect::get(&error, &name.into()).unwrap();
     assert!(error.is_instance_of::<js_sys::Error>());
     assert_eq!(get("name").as_string().as_deref(), Some("IntegrityError"));
-    let manifest = fetch_manifest(&base).await.unwrap();
+    let manifest = fetch_manifest(&base, None).await.unwrap();
     assert_eq!(get("shard").as_string(), Some(manifest.shards[0].file.clone()));
     assert_eq!(get("expectedSha256").as_string(), Some(manifest.shards[0].sha256.clone()));
 

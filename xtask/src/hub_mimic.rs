@@ -1,0 +1,128 @@
+//! The test of `cargo xtask demo` without the network: a local server that mimics the Hugging
+//! Face hub's file layout (`/api/models/<repo>/revision/main` with the file list and commit,
+//! `/<repo>/resolve/main/<file>` with `ETag`, `X-Repo-Commit` and ranges) serves the tiny
+//! fixture; the demo, pointed at it with `HF_ENDPOINT` and an empty `HF_HOME`, must download the
+//! checkpoint, convert it, build the site and serve the page, the package and the model — the
+//! same model the converter makes from the fixture directly. With an unreachable endpoint and
+//! nothing cached it must fail with a message that says how to pass a local checkpoint.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail, ensure};
+use pocketvlm_format::{MANIFEST_FILE, Manifest, dir};
+
+use crate::serve::{Mount, Server, http_get};
+use crate::util::root;
+
+const REPO: &str = "pocketvlm-test/tiny";
+const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
+
+/// Kills the demo when the check ends, however it ends.
+struct Demo(Child);
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn demo_command(endpoint: &str, hf_home: &Path) -> Result<Command> {
+    let mut cmd = Command::new(std::env::current_exe().context("locating the xtask binary")?);
+    cmd.args(["demo", "--model", REPO, "--port", "0"])
+        .env("HF_ENDPOINT", endpoint)
+        .env("HF_HOME", hf_home)
+        .env_remove("HF_HUB_OFFLINE")
+        .current_dir(root());
+    Ok(cmd)
+}
+
+/// The hub's API answer for the fixture: its top-level files and a commit.
+fn write_api_answer(hub: &Path, fixture: &Path) -> Result<()> {
+    let mut siblings = Vec::new();
+    for entry in std::fs::read_dir(fixture)? {
+        let entry = entry?;
+        if entry.file_type()?.is_file() {
+            siblings.push(serde_json::json!({ "rfilename": entry.file_name().to_string_lossy() }));
+        }
+    }
+    let api = hub.join(format!("api/models/{REPO}/revision"));
+    std::fs::create_dir_all(&api)?;
+    std::fs::write(
+        api.join("main"),
+        serde_json::to_vec(&serde_json::json!({ "sha": COMMIT, "siblings": siblings }))?,
+    )?;
+    Ok(())
+}
+
+pub fn check_demo_with_hub_mimic(expected_model: &Path) -> Result<()> {
+    let fixture = root().join("tests/fixtures/tiny");
+    let work = root().join("target/xtask/hub-mimic");
+    if work.exists() {
+        std::fs::remove_dir_all(&work)?;
+    }
+    let hub = work.join("hub");
+    write_api_answer(&hub, &fixture)?;
+    let server = Server::start(vec![
+        Mount::new("", &hub),
+        Mount::new(&format!("{REPO}/resolve/main"), &fixture).with_header("X-Repo-Commit", COMMIT),
+    ])?;
+
+    // Nothing cached and nothing reachable: a clear message, not a hang.
+    let out = demo_command("http://127.0.0.1:9", &work.join("hf-home-empty"))?
+        .output()
+        .context("running cargo xtask demo offline")?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(!out.status.success(), "the demo succeeded without a checkpoint or network: {stderr}");
+    ensure!(
+        stderr.contains("--model <dir>"),
+        "the offline message does not say how to pass a checkpoint: {stderr}"
+    );
+    eprintln!("xtask test: demo offline without a checkpoint fails clearly");
+
+    let mut child = demo_command(&server.url(), &work.join("hf-home"))?
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("starting cargo xtask demo")?;
+    let stdout = child.stdout.take().context("no stdout")?;
+    let demo = Demo(child);
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            eprintln!("demo> {line}");
+            let _ = tx.send(line);
+        }
+    });
+    let url = loop {
+        match rx.recv_timeout(Duration::from_secs(1800)) {
+            Ok(line) => {
+                if let Some(url) = line.strip_prefix("PocketVLM demo: ") {
+                    break url.to_string();
+                }
+            }
+            Err(_) => bail!("cargo xtask demo exited or did not print its URL"),
+        }
+    };
+    let (status, page) = http_get(&url)?;
+    ensure!(status == 200 && String::from_utf8_lossy(&page).contains("PocketVLM"), "GET {url}: {status}");
+    let (status, wasm) = http_get(&format!("{url}pocketvlm/pkg/pocketvlm_web_bg.wasm"))?;
+    ensure!(status == 200 && wasm.starts_with(b"\0asm"), "the demo does not serve the wasm ({status})");
+    let (status, manifest) = http_get(&format!("{url}model/{MANIFEST_FILE}"))?;
+    ensure!(status == 200, "the demo does not serve the model ({status})");
+    let served = Manifest::from_json(std::str::from_utf8(&manifest)?)?;
+    let direct = dir::read_manifest(expected_model)?;
+    let hashes = |m: &Manifest| m.shards.iter().map(|s| s.sha256.clone()).collect::<Vec<_>>();
+    ensure!(
+        hashes(&served) == hashes(&direct) && served.tokenizer.sha256 == direct.tokenizer.sha256,
+        "the model the demo converted from the hub differs from the fixture converted directly"
+    );
+    drop(demo);
+    eprintln!(
+        "xtask test: cargo xtask demo downloaded, converted and served the tiny fixture via HF_ENDPOINT"
+    );
+    Ok(())
+}
