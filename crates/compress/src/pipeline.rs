@@ -178,7 +178,7 @@ pub fn dense_target_weight(
             .ok_or_else(|| pocketvlm_format::FormatError::MissingTensor { name: n.clone() })?;
         rows.push(raw.shape[0]);
         cols = raw.shape[1];
-        values.extend(raw.encoding.decode_f32(raw.bytes));
+        values.extend(raw.encoding.decode_f32(raw.bytes, &raw.shape));
     }
     Ok(from_rows(rows.iter().sum(), cols, &values))
 }
@@ -540,12 +540,6 @@ pub fn compress_lowrank(hf_dir: &Path, out_dir: &Path, opts: &LowRankOptions) ->
         Some(q) => {
             let (tensors, quantized) = quantize_tensors(&mut meta.model, Some(&compression), out, q)?;
             out = tensors;
-            if opts.progress && !quantized.float_layers.is_empty() {
-                eprintln!(
-                    "[compress] kept float (input width not a whole number of packed words): {}",
-                    quantized.float_layers.join(", ")
-                );
-            }
             lap("quantize", &mut stages);
             Some(quantized.section)
         }

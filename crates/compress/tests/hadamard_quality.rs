@@ -47,7 +47,7 @@ fn int4_error_by_rotation_construction() {
     for name in &names {
         let t = &tensors[name];
         let (out, cols) = (t.shape[0], t.shape[1]);
-        let w = t.encoding.decode_f32(t.bytes);
+        let w = t.encoding.decode_f32(t.bytes, &t.shape);
         let block = Rotation::new(cols, Construction::BlockDiagonal, Some(1)).unwrap();
         let kron = Rotation::new(cols, Construction::Kronecker, Some(1)).unwrap();
         let g = (cols % 128 == 0).then_some(128);

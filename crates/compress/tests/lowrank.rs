@@ -96,7 +96,7 @@ fn tiny_tensors_and_model() -> (pocketvlm_format::ModelConfig, MemoryStore) {
         .tensors()
         .unwrap()
         .into_iter()
-        .map(|(n, t)| (n, (t.shape.clone(), t.encoding.decode_f32(t.bytes))))
+        .map(|(n, t)| (n, (t.shape.clone(), t.encoding.decode_f32(t.bytes, &t.shape))))
         .collect();
     (cfg, store)
 }

@@ -113,7 +113,8 @@ fn low_rank(out: &Path, bits: Option<&str>) -> pocketvlm_compress::LowRankSummar
 }
 
 /// The `check` stage measures the quantized model (its image features rotated into the
-/// residual basis). Measured calibration losses: float 2.66, W8A8 2.63, W4A8 3.48 (dense 0.12);
+/// residual basis). Measured calibration losses (every up factor packed, padded rows): float
+/// 2.66, W8A8 2.61, W4A8 3.56 (dense 0.12);
 /// stated: W8A8 within 10 % of the float low-rank model, W4A8 within a factor 2.
 #[test]
 fn low_rank_models_quantize_and_report_the_quantized_loss() {
@@ -132,13 +133,17 @@ fn low_rank_models_quantize_and_report_the_quantized_loss() {
     assert_eq!(m.version, QUANTIZATION_VERSION);
     let q = m.quantization.as_ref().unwrap();
     assert!(q.layers.iter().any(|l| l.weight.ends_with("qkv_down.weight")));
-    // an up factor is packed exactly when its input width (the rank) fills whole INT4 words
+    // every up factor is packed, whatever its rank (rows padded to whole INT4 words), and at
+    // 90 % some rank is not a multiple of 8, so the padding is exercised
+    let mut padded = 0;
     for t in &m.tensors {
         if t.name.ends_with("_up.weight") || t.name.ends_with(".up.weight") {
-            let packed = t.encoding().unwrap() == Encoding::I4;
-            assert_eq!(packed, t.shape[1] % 8 == 0, "{}", t.name);
+            assert_eq!(t.encoding().unwrap(), Encoding::I4, "{}", t.name);
+            assert_eq!(t.bytes, (t.shape[0] * t.shape[1].div_ceil(8) * 4) as u64, "{}", t.name);
+            padded += usize::from(t.shape[1] % 8 != 0);
         }
     }
+    assert!(padded > 0, "no rank needed padding");
     CpuModel::from_format(&dir4).unwrap();
 }
 

@@ -23,7 +23,7 @@ fn tiny() -> (ModelConfig, MemoryStore) {
         .tensors()
         .unwrap()
         .into_iter()
-        .map(|(n, t)| (n, (t.shape.clone(), t.encoding.decode_f32(t.bytes))))
+        .map(|(n, t)| (n, (t.shape.clone(), t.encoding.decode_f32(t.bytes, &t.shape))))
         .collect();
     (cfg, store)
 }

@@ -57,17 +57,20 @@ impl Encoding {
         }
     }
 
-    /// Byte length of a tensor with `numel` elements.
-    pub fn byte_len(self, numel: usize) -> usize {
+    /// Byte length of a tensor of `shape` (packed rows are padded to whole `u32` words).
+    pub fn byte_len(self, shape: &[usize]) -> usize {
+        let numel: usize = shape.iter().product();
         match self {
             Encoding::F32 => numel * 4,
             Encoding::F16 | Encoding::BF16 => numel * 2,
-            Encoding::I8 | Encoding::I4 => self.packed_bits().map_or(0, |b| b.packed_len(numel)),
+            Encoding::I8 | Encoding::I4 => self.packed_bits().map_or(0, |b| {
+                let cols = shape.last().copied().unwrap_or(1);
+                numel.checked_div(cols).map_or(0, |rows| b.packed_len(rows, cols))
+            }),
         }
     }
 
-    /// Check that `shape` can be stored: packed encodings need every row (last dimension) to
-    /// fill whole `u32` words.
+    /// Check that `shape` can be stored: packed encodings need non-empty rows (last dimension).
     pub fn check_shape(self, shape: &[usize]) -> Result<()> {
         if let Some(bits) = self.packed_bits() {
             bits.check_row(shape.last().copied().unwrap_or(0))?;
@@ -75,10 +78,11 @@ impl Encoding {
         Ok(())
     }
 
-    /// Decode `bytes` into f32 values (exact: f16 and bf16 widen without rounding; packed
-    /// integers decode to their integer values, without scales; a trailing partial `u32` word
-    /// of a packed tensor, which a valid tensor never has, is ignored).
-    pub fn decode_f32(self, bytes: &[u8]) -> Vec<f32> {
+    /// Decode `bytes`, a tensor of `shape`, into f32 values (exact: f16 and bf16 widen without
+    /// rounding; packed integers decode to their integer values, without scales and without the
+    /// row padding; packed bytes that do not match `shape`, which a valid tensor never has,
+    /// decode to nothing).
+    pub fn decode_f32(self, bytes: &[u8], shape: &[usize]) -> Vec<f32> {
         match self {
             Encoding::F32 => {
                 bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
@@ -91,9 +95,9 @@ impl Encoding {
             }
             Encoding::I8 | Encoding::I4 => {
                 let bits = self.packed_bits().unwrap_or(Bits::Int8);
-                let whole = &bytes[..bytes.len() - bytes.len() % 4];
-                let numel = whole.len() * 8 / bits.bits() as usize;
-                unpack(bits, whole, numel).unwrap_or_default().into_iter().map(f32::from).collect()
+                let cols = shape.last().copied().unwrap_or(1);
+                let rows = shape.iter().product::<usize>().checked_div(cols).unwrap_or(0);
+                unpack(bits, bytes, rows, cols).unwrap_or_default().into_iter().map(f32::from).collect()
             }
         }
     }
@@ -125,9 +129,9 @@ mod tests {
     fn decode_widens_exactly() {
         let v = [1.5f32, -2.25, 65504.0];
         let f16: Vec<u8> = v.iter().flat_map(|x| half::f16::from_f32(*x).to_le_bytes()).collect();
-        assert_eq!(Encoding::F16.decode_f32(&f16), v);
+        assert_eq!(Encoding::F16.decode_f32(&f16, &[f16.len() / 2]), v);
         let bf16: Vec<u8> = v[..2].iter().flat_map(|x| half::bf16::from_f32(*x).to_le_bytes()).collect();
-        assert_eq!(Encoding::BF16.decode_f32(&bf16), v[..2]);
+        assert_eq!(Encoding::BF16.decode_f32(&bf16, &[bf16.len() / 2]), v[..2]);
         for e in [Encoding::F32, Encoding::F16, Encoding::BF16, Encoding::I8, Encoding::I4] {
             assert_eq!(Encoding::parse(e.tag(), "t").unwrap(), e);
         }

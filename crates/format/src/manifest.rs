@@ -266,7 +266,7 @@ impl Manifest {
             let bad = |reason: String| FormatError::BadTensorEntry { name: t.name.clone(), reason };
             let encoding = t.encoding()?;
             encoding.check_shape(&t.shape).map_err(|e| bad(e.to_string()))?;
-            let want = encoding.byte_len(t.numel()) as u64;
+            let want = encoding.byte_len(&t.shape) as u64;
             if t.bytes != want {
                 return Err(bad(format!(
                     "{} bytes listed, shape {:?} in {} needs {}",

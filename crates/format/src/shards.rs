@@ -62,14 +62,13 @@ impl<S: ShardSink> ShardPacker<S> {
 
     /// Append a tensor whose `bytes` are already in `encoding`, row-major, little-endian.
     pub fn add(&mut self, name: &str, shape: &[usize], encoding: Encoding, bytes: &[u8]) -> Result<()> {
-        let numel: usize = shape.iter().product();
-        if bytes.len() != encoding.byte_len(numel) {
+        if bytes.len() != encoding.byte_len(shape) {
             return Err(FormatError::BadTensorEntry {
                 name: name.to_string(),
                 reason: format!(
                     "{} bytes given, shape {shape:?} in {encoding} needs {}",
                     bytes.len(),
-                    encoding.byte_len(numel)
+                    encoding.byte_len(shape)
                 ),
             });
         }
@@ -228,7 +227,7 @@ impl ModelData {
     /// A tensor's values widened to f32.
     pub fn tensor_f32(&self, name: &str) -> Result<Vec<f32>> {
         let entry = self.manifest.tensor(name)?;
-        Ok(entry.encoding()?.decode_f32(&self.tensor_bytes(name)?))
+        Ok(entry.encoding()?.decode_f32(&self.tensor_bytes(name)?, &entry.shape))
     }
 
     pub fn shard(&self, index: usize) -> &[u8] {

@@ -58,8 +58,7 @@ fn write_model(dir: &std::path::Path, max_shard_bytes: u64) -> Manifest {
         ShardPacker::new(pocketvlm_format::dir::DirSink { dir: dir.to_path_buf() }, max_shard_bytes).unwrap();
     for (i, (name, shape)) in dense_tensors(&cfg).iter().enumerate() {
         let enc = encoding_for(i);
-        let numel: usize = shape.iter().product();
-        packer.add(name, shape, enc, &bytes_for(i, enc.byte_len(numel))).unwrap();
+        packer.add(name, shape, enc, &bytes_for(i, enc.byte_len(shape))).unwrap();
     }
     let (_, shards, tensors) = packer.finish().unwrap();
     let tokenizer = b"{\"model\": {}}";
@@ -121,7 +120,7 @@ fn round_trip_is_bit_exact_with_split_tensors_and_aligned_parts() {
     assert_eq!(data.manifest, manifest);
     for (i, (name, shape)) in dense_tensors(&config()).iter().enumerate() {
         let enc = encoding_for(i);
-        let want = bytes_for(i, enc.byte_len(shape.iter().product()));
+        let want = bytes_for(i, enc.byte_len(shape));
         assert_eq!(data.tensor_bytes(name).unwrap().as_ref(), want.as_slice(), "{name}");
     }
     // The default limit packs this small model into one shard.

@@ -142,22 +142,43 @@ fn packing_round_trips_with_the_documented_bit_order() {
     assert_eq!(lanes((word << 4) & 0xF0F0_F0F0), [1, 2, 3, 4]);
     assert_eq!(lanes(word & 0xF0F0_F0F0), [5, 6, 7, -8]);
 
-    for (bits, cols) in [(Bits::Int8, 12), (Bits::Int4, 16)] {
+    // Whole words and padded rows (a rank that is not a multiple of 4 or 8).
+    for (bits, cols) in
+        [(Bits::Int8, 12), (Bits::Int4, 16), (Bits::Int8, 13), (Bits::Int4, 9), (Bits::Int4, 3)]
+    {
         let q = bits.qmax() + 1;
         let mut values: Vec<i8> = noise(3, 3 * cols).iter().map(|v| (v * q as f64).floor() as i8).collect();
-        values[5] = -q as i8; // the most negative stored value
-        values[6] = (q - 1) as i8;
+        values[1] = -q as i8; // the most negative stored value
+        values[2] = (q - 1) as i8;
         let packed = pack(bits, &values, cols).unwrap();
-        assert_eq!(packed.len(), bits.packed_len(values.len()));
-        assert_eq!(unpack(bits, &packed, values.len()).unwrap(), values);
+        let row_bytes = cols.div_ceil(bits.per_word()) * 4;
+        assert_eq!(packed.len(), 3 * row_bytes, "{bits:?} {cols}");
+        assert_eq!(bits.packed_len(3, cols), packed.len());
+        assert_eq!(unpack(bits, &packed, 3, cols).unwrap(), values, "{bits:?} {cols}");
+        // every row starts on a word; the padding of each row is zero
+        for (r, row) in packed.chunks(row_bytes).enumerate() {
+            let back = unpack(bits, row, 1, cols).unwrap();
+            assert_eq!(back, values[r * cols..(r + 1) * cols]);
+        }
     }
+    // INT8 padding: the 13th value of a row sits in byte 0 of word 3, bytes 1..3 are zero.
+    let row: Vec<i8> = (1..=13).collect();
+    assert_eq!(&pack(Bits::Int8, &row, 13).unwrap()[12..], &[13, 0, 0, 0]);
+    // INT4 padding: 3 values fill the low nibbles of bytes 0..2, everything else is zero.
+    assert_eq!(pack(Bits::Int4, &[1, -1, 7], 3).unwrap(), [0x01, 0x0F, 0x07, 0x00]);
+    // Non-zero padding is refused (it would change a kernel's dot product).
+    assert_eq!(unpack(Bits::Int8, &[1, 2, 3, 4], 1, 3), Err(QuantError::NonZeroPadding { bits: 8, cols: 3 }));
+    assert_eq!(
+        unpack(Bits::Int4, &[0x01, 0x0F, 0x07, 0x10], 1, 3),
+        Err(QuantError::NonZeroPadding { bits: 4, cols: 3 })
+    );
     assert_eq!(
         pack(Bits::Int4, &[8, 0, 0, 0, 0, 0, 0, 0], 8),
         Err(QuantError::ValueOutOfRange { value: 8, bits: 4 })
     );
-    assert!(matches!(pack(Bits::Int4, &[0; 12], 12), Err(QuantError::RowNotWordAligned { .. })));
+    assert!(matches!(pack(Bits::Int4, &[], 0), Err(QuantError::EmptyRow { .. })));
     assert!(matches!(pack(Bits::Int8, &[0; 6], 4), Err(QuantError::LengthMismatch { .. })));
-    assert!(unpack(Bits::Int4, &[0; 3], 6).is_err());
+    assert!(unpack(Bits::Int4, &[0; 3], 1, 6).is_err());
 }
 
 #[test]
@@ -197,24 +218,36 @@ fn rtn(w: &[f64], out: usize, cols: usize, bits: Bits, group: Option<usize>) -> 
 #[test]
 fn reference_linear_equals_float_simulation() {
     let cases = [
-        (Scheme::W8A8, None, 48, Construction::Kronecker),
-        (Scheme::W4A8, Some(64), 128, Construction::Kronecker),
-        (Scheme::W4A4, None, 96, Construction::BlockDiagonal),
-        (Scheme::W4A8, Some(128), 256, Construction::BlockDiagonal),
+        (Scheme::W8A8, None, 48, Some(Construction::Kronecker)),
+        (Scheme::W4A8, Some(64), 128, Some(Construction::Kronecker)),
+        (Scheme::W4A4, None, 96, Some(Construction::BlockDiagonal)),
+        (Scheme::W4A8, Some(128), 256, Some(Construction::BlockDiagonal)),
+        // ranks that leave the packed rows padded (no online rotation, like an up factor)
+        (Scheme::W8A8, None, 45, None),
+        (Scheme::W4A8, None, 45, None),
+        (Scheme::W4A4, None, 13, None),
     ];
     for (scheme, group, cols, construction) in cases {
         let (out, tokens, clip) = (24, 5, 0.9f32);
         let w = noise(11, out * cols);
         let weights = rtn(&w, out, cols, scheme.weight_bits(), group);
         let bias: Vec<f32> = noise(12, out).iter().map(|v| *v as f32).collect();
-        let rot = Rotation::new(cols, construction, Some(42)).unwrap();
+        let rot = construction.map(|c| Rotation::new(cols, c, Some(42)).unwrap());
         let act = ActivationQuant::new(scheme.activation_bits(), clip).unwrap();
-        let layer = QuantLinear::new(weights.clone(), act, vec![rot.clone()], Some(bias.clone())).unwrap();
+        // through the packed layout, as a model file holds it
+        let packed = pack(weights.bits, &weights.values, cols).unwrap();
+        let weights =
+            QuantWeights::from_packed(weights.bits, out, cols, group, &packed, weights.scales).unwrap();
+        let online: Vec<Rotation> = rot.iter().cloned().collect();
+        let layer = QuantLinear::new(weights.clone(), act, online, Some(bias.clone())).unwrap();
         let x: Vec<f32> = noise(13, tokens * cols).iter().map(|v| (v * 3.0) as f32).collect();
         let y = layer.forward(&x).unwrap();
 
         // float simulation in f64: rotate, fake-quantize, multiply by the dequantized weights
-        let m = rot.matrix();
+        let m = match &rot {
+            Some(r) => r.matrix(),
+            None => (0..cols * cols).map(|k| f64::from(u8::from(k / cols == k % cols))).collect(),
+        };
         let w_hat = weights.dequantize();
         let qmax = scheme.activation_bits().qmax() as f64;
         for t in 0..tokens {
@@ -272,7 +305,8 @@ fn bad_recipes_get_typed_errors() {
     }
     assert_eq!(layer(4, None, 3).validate(64), Err(QuantError::UnsupportedBits(3)));
     assert!(matches!(layer(8, None, 8).validate(140_000), Err(QuantError::AccumulatorOverflow { .. })));
-    assert!(matches!(layer(4, None, 8).validate(60), Err(QuantError::RowNotWordAligned { .. })));
+    layer(4, None, 8).validate(60).unwrap(); // padded rows
+    assert!(matches!(layer(4, None, 8).validate(0), Err(QuantError::EmptyRow { .. })));
     let mut l = layer(8, None, 8);
     l.online = vec![RotationSpec { construction: Construction::Kronecker, size: 48, seed: Some(1) }];
     assert_eq!(l.validate(64), Err(QuantError::TransformSize { size: 48, cols: 64 }));

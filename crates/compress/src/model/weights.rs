@@ -16,7 +16,7 @@ pub trait WeightStore {
 impl WeightStore for BTreeMap<String, RawTensor<'_>> {
     fn load(&self, name: &str) -> Result<(Vec<usize>, Vec<f32>)> {
         let t = self.get(name).ok_or_else(|| FormatError::MissingTensor { name: name.to_string() })?;
-        Ok((t.shape.clone(), t.encoding.decode_f32(t.bytes)))
+        Ok((t.shape.clone(), t.encoding.decode_f32(t.bytes, &t.shape)))
     }
 }
 

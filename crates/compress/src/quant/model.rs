@@ -10,9 +10,10 @@
 //!
 //! **Layers.** Every linear matrix of the text decoder (dense `q/k/v_proj` or the joint
 //! `qkv_down` and `q/k/v_up` factors, `o_proj`, the MLP weights or their factors) gets the
-//! scheme's weight and activation widths, and an untied `lm_head` is quantized at W8A8. A
-//! matrix whose input width does not fill whole packed `u32` words (an `up` factor whose rank
-//! is not a multiple of 4 for INT8 or 8 for INT4) stays float. With a group size, INT4 layers
+//! scheme's weight and activation widths, and an untied `lm_head` is quantized at W8A8. An
+//! input width that does not fill whole packed `u32` words (an `up` factor whose rank is not a
+//! multiple of 4 for INT8 or 8 for INT4) is padded with zeros in the packed rows (see
+//! [`pocketvlm_format::quant::pack`]); the budgets are unaffected. With a group size, INT4 layers
 //! whose input width the group divides get one scale per group, the others one per output
 //! channel; the manifest records each layer's choice. The embeddings (a gather, not a linear),
 //! the connector and the vision tower stay float in this step.
@@ -90,8 +91,6 @@ pub struct QuantizedModel {
     pub section: Quantization,
     /// The quantized weights by tensor name.
     pub weights: BTreeMap<String, QuantWeights>,
-    /// Linear weights left in float because their input width does not fill packed words.
-    pub float_layers: Vec<String>,
 }
 
 /// One matrix to quantize: its tensor name, widths and online rotations.
@@ -163,15 +162,10 @@ pub fn quantize_model(
 
     let mut layers = Vec::new();
     let mut weights = BTreeMap::new();
-    let mut float_layers = Vec::new();
     for plan in plans {
         let (shape, _) =
             store.get(&plan.name).ok_or_else(|| FormatError::MissingTensor { name: plan.name.clone() })?;
         let (out, cols) = (shape[0], shape[1]);
-        if plan.weight.check_row(cols).is_err() {
-            float_layers.push(plan.name);
-            continue;
-        }
         for r in &plan.online {
             rotate_rows(store, &plan.name, &r.build()?)?;
         }
@@ -194,7 +188,7 @@ pub fn quantize_model(
     }
     let section =
         Quantization { scheme: opts.scheme.name().to_string(), residual_rotation: Some(residual), layers };
-    Ok(QuantizedModel { section, weights, float_layers })
+    Ok(QuantizedModel { section, weights })
 }
 
 /// Rotate and quantize a model given as float output tensors (each decoded from its encoding):
@@ -211,7 +205,7 @@ pub fn quantize_tensors(
     let mut store = MemoryStore::new();
     for t in tensors {
         encodings.insert(t.name.clone(), t.encoding);
-        let values = t.encoding.decode_f32(&t.bytes);
+        let values = t.encoding.decode_f32(&t.bytes, &t.shape);
         store.insert(t.name, (t.shape, values));
     }
     let quantized = quantize_model(cfg, &mut store, compression, opts)?;

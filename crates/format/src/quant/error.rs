@@ -17,8 +17,10 @@ pub enum QuantError {
     ValueOutOfRange { value: i32, bits: u32 },
     #[error("{what}: expected {expected} values, found {found}")]
     LengthMismatch { what: &'static str, expected: usize, found: usize },
-    #[error("a packed {bits}-bit row must hold a multiple of {multiple} values, found {cols}")]
-    RowNotWordAligned { bits: u32, cols: usize, multiple: usize },
+    #[error("a packed {bits}-bit tensor needs rows of at least one value")]
+    EmptyRow { bits: u32 },
+    #[error("a packed {bits}-bit row of {cols} values has non-zero padding in its last word")]
+    NonZeroPadding { bits: u32, cols: usize },
     #[error("no orthogonal Hadamard construction for size {0}")]
     NoHadamard(usize),
     #[error("{cols} input columns at w{bits_w}a{bits_a} could overflow the i32 accumulator")]

@@ -48,7 +48,7 @@ impl QuantWeights {
         packed: &[u8],
         scales: Vec<f32>,
     ) -> Result<Self, QuantError> {
-        let values = unpack(bits, packed, out * cols)?;
+        let values = unpack(bits, packed, out, cols)?;
         Self::new(bits, out, cols, group, values, scales)
     }
 

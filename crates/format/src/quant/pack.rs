@@ -1,8 +1,11 @@
 //! Integer widths and the packed layouts of INT8 and INT4 tensors.
 //!
 //! Both layouts are row-major over the logical `[out, in]` shape, little-endian, and every row
-//! starts on a 32-bit word boundary (`in` must be a multiple of 4 values for INT8 and of 8 for
-//! INT4), so a WGSL kernel reads a row as whole `u32` words. Values are two's complement.
+//! starts on a 32-bit word boundary: a row of `in` values occupies `⌈in / per_word⌉` words
+//! (`per_word` = 4 for INT8, 8 for INT4), its last word padded with zeros when `in` is not a
+//! multiple of `per_word` (a low-rank factor's rank need not be). A WGSL kernel reads a row as
+//! whole `u32` words; it pads the activation's last word with zeros too, and zero lanes add
+//! nothing to `dot4I8Packed`. Values are two's complement.
 //!
 //! **INT8** (`"i8"`): word `w` of a row holds values `4w … 4w+3`, value `4w+b` in bits
 //! `8b … 8b+7`. This is exactly the component order of WGSL's `dot4I8Packed` and `unpack4xI8`
@@ -63,15 +66,20 @@ impl Bits {
         (32 / self.bits()) as usize
     }
 
-    /// Packed byte length of `numel` values.
-    pub fn packed_len(self, numel: usize) -> usize {
-        numel * self.bits() as usize / 8
+    /// 32-bit words of one packed row of `cols` values (the last one zero-padded).
+    pub fn row_words(self, cols: usize) -> usize {
+        cols.div_ceil(self.per_word())
     }
 
-    /// Check that a (non-empty) row of `cols` values fills whole words.
+    /// Packed byte length of `rows` rows of `cols` values.
+    pub fn packed_len(self, rows: usize, cols: usize) -> usize {
+        rows * self.row_words(cols) * 4
+    }
+
+    /// Check that a row is not empty.
     pub fn check_row(self, cols: usize) -> Result<(), QuantError> {
-        if cols == 0 || !cols.is_multiple_of(self.per_word()) {
-            return Err(QuantError::RowNotWordAligned { bits: self.bits(), cols, multiple: self.per_word() });
+        if cols == 0 {
+            return Err(QuantError::EmptyRow { bits: self.bits() });
         }
         Ok(())
     }
@@ -98,37 +106,54 @@ pub fn pack(bits: Bits, values: &[i8], cols: usize) -> Result<Vec<u8>, QuantErro
     for &v in values {
         bits.check_value(v)?;
     }
-    Ok(match bits {
-        Bits::Int8 => values.iter().map(|&v| v as u8).collect(),
-        Bits::Int4 => values
-            .chunks_exact(8)
-            .flat_map(|c| (0..4).map(move |b| (c[b] as u8 & 0x0F) | ((c[b + 4] as u8 & 0x0F) << 4)))
-            .collect(),
-    })
+    let padded = bits.row_words(cols) * bits.per_word();
+    let mut out = Vec::with_capacity(bits.packed_len(values.len() / cols, cols));
+    let mut row = vec![0i8; padded];
+    for r in values.chunks_exact(cols) {
+        row[..cols].copy_from_slice(r);
+        match bits {
+            Bits::Int8 => out.extend(row.iter().map(|&v| v as u8)),
+            Bits::Int4 => out.extend(
+                row.chunks_exact(8)
+                    .flat_map(|c| (0..4).map(move |b| (c[b] as u8 & 0x0F) | ((c[b + 4] as u8 & 0x0F) << 4))),
+            ),
+        }
+    }
+    Ok(out)
 }
 
-/// Unpack `numel` values from `bytes` in the layout of `bits` (the inverse of [`pack`]).
-pub fn unpack(bits: Bits, bytes: &[u8], numel: usize) -> Result<Vec<i8>, QuantError> {
-    if bits.packed_len(numel) != bytes.len() || !numel.is_multiple_of(bits.per_word()) {
+/// Unpack `rows` rows of `cols` values from `bytes` in the layout of `bits` (the inverse of
+/// [`pack`]); a row's padding must be zero.
+pub fn unpack(bits: Bits, bytes: &[u8], rows: usize, cols: usize) -> Result<Vec<i8>, QuantError> {
+    bits.check_row(cols)?;
+    if bits.packed_len(rows, cols) != bytes.len() {
         return Err(QuantError::LengthMismatch {
             what: "packed bytes",
-            expected: bits.packed_len(numel.next_multiple_of(bits.per_word())),
+            expected: bits.packed_len(rows, cols),
             found: bytes.len(),
         });
     }
-    Ok(match bits {
-        Bits::Int8 => bytes.iter().map(|&b| b as i8).collect(),
-        Bits::Int4 => {
-            // Sign-extend a nibble by moving it to the top of a byte and shifting back.
-            let nib = |n: u8| ((n << 4) as i8) >> 4;
-            let mut out = vec![0i8; numel];
-            for (w, word) in bytes.chunks_exact(4).enumerate() {
-                for (b, &byte) in word.iter().enumerate() {
-                    out[8 * w + b] = nib(byte & 0x0F);
-                    out[8 * w + 4 + b] = nib(byte >> 4);
+    // Sign-extend a nibble by moving it to the top of a byte and shifting back.
+    let nib = |n: u8| ((n << 4) as i8) >> 4;
+    let row_bytes = bits.row_words(cols) * 4;
+    let mut row = vec![0i8; bits.row_words(cols) * bits.per_word()];
+    let mut out = Vec::with_capacity(rows * cols);
+    for packed in bytes.chunks_exact(row_bytes) {
+        match bits {
+            Bits::Int8 => row.iter_mut().zip(packed).for_each(|(v, &b)| *v = b as i8),
+            Bits::Int4 => {
+                for (w, word) in packed.chunks_exact(4).enumerate() {
+                    for (b, &byte) in word.iter().enumerate() {
+                        row[8 * w + b] = nib(byte & 0x0F);
+                        row[8 * w + 4 + b] = nib(byte >> 4);
+                    }
                 }
             }
-            out
         }
-    })
+        if row[cols..].iter().any(|&v| v != 0) {
+            return Err(QuantError::NonZeroPadding { bits: bits.bits(), cols });
+        }
+        out.extend_from_slice(&row[..cols]);
+    }
+    Ok(out)
 }
