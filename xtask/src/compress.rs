@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use pocketvlm_compress::calib::{CalibOptions, CalibSource};
-use pocketvlm_compress::quant::QuantOptions;
+use pocketvlm_compress::quant::{QuantOptions, QuantParts, quantize_dir};
 use pocketvlm_compress::{
     Budgets, CompressError, ConvertOptions, LowRankOptions, Method, Recipe, compress_lowrank, convert,
 };
@@ -64,22 +64,18 @@ pub struct Args {
     /// Share of the singular values given to the down (latent) factor.
     #[arg(long, default_value_t = 0.5)]
     beta: f64,
+    /// Search β over these comma-separated values on the calibration loss of the quantized
+    /// model (needs --bits and calibration data); overrides --beta.
+    #[arg(long, value_delimiter = ',')]
+    beta_search: Option<Vec<f64>>,
     /// ASVD activation exponent.
     #[arg(long, default_value_t = 0.5)]
     alpha: f64,
     /// Encoding of the factor tensors (f32, f16, bf16; default: that of the weights they replace).
     #[arg(long)]
     factor_encoding: Option<String>,
-    /// Low-bit recipe: w8a8, w4a8 or w4a4. Rotates the model (fused randomized Hadamard on the
-    /// residual stream, random latent rotations, online Hadamard before o_proj and down_proj) and
-    /// quantizes the text decoder's linear layers (and an untied lm_head at W8A8); the vision
-    /// tower, connector and embeddings stay float.
-    #[arg(long, value_parser = Scheme::parse)]
-    bits: Option<Scheme>,
-    /// Input columns per INT4 weight scale (64 or 128; needs --bits w4a8 or w4a4). Layers whose
-    /// width it does not divide keep one scale per output channel.
-    #[arg(long)]
-    group_size: Option<u16>,
+    #[command(flatten)]
+    quant: QuantArgs,
     /// Largest shard in MiB.
     #[arg(long, default_value_t = 32)]
     shard_mib: u64,
@@ -95,20 +91,97 @@ pub struct InspectArgs {
     model: PathBuf,
 }
 
-/// The quantization recipe of `--bits` and `--group-size` (`None` without `--bits`).
-fn quant_options(bits: Option<Scheme>, group: Option<u16>) -> Result<Option<QuantOptions>, CompressError> {
-    match (bits, group) {
-        (Some(b), g) => QuantOptions::with_group(b, g.map(usize::from)).map(Some),
-        (None, None) => Ok(None),
-        (None, Some(_)) => Err(CompressError::BadOptions {
-            recipe: "--group-size".into(),
-            what: "a low-bit recipe (--bits w4a8 or w4a4)".into(),
-        }),
+/// The low-bit options shared by `compress` and `quantize`.
+#[derive(clap::Args)]
+pub struct QuantArgs {
+    /// Low-bit recipe: w8a8, w4a8 or w4a4. Rotates the model (fused randomized Hadamard on the
+    /// residual stream, random latent rotations, online Hadamard where nothing can be fused) and
+    /// quantizes every linear layer of the vision tower, connector and text decoder at these
+    /// widths (the latent K/V cache at INT8), lm_head at W8A8 and the embeddings as an INT8 table.
+    #[arg(long, value_parser = Scheme::parse)]
+    bits: Option<Scheme>,
+    /// Input columns per INT4 weight scale (64 or 128; needs --bits w4a8 or w4a4). Layers whose
+    /// width it does not divide keep one scale per output channel.
+    #[arg(long)]
+    group_size: Option<u16>,
+    /// Parts to keep float, comma-separated: vision, connector, embeddings, lm_head.
+    #[arg(long, default_value = "")]
+    float: String,
+    /// The baseline: round-to-nearest with absmax scales and no rotations at all.
+    #[arg(long)]
+    rtn: bool,
+}
+
+impl QuantArgs {
+    /// The recipe (`None` without `--bits`); options that need `--bits` are typed errors without.
+    fn options(&self) -> Result<Option<QuantOptions>, CompressError> {
+        let needs_bits = |flag: &str| CompressError::BadOptions {
+            recipe: flag.into(),
+            what: "a low-bit recipe (--bits w8a8, w4a8 or w4a4)".into(),
+        };
+        let Some(bits) = self.bits else {
+            return match (self.group_size, self.float.is_empty(), self.rtn) {
+                (Some(_), _, _) => Err(needs_bits("--group-size")),
+                (_, false, _) => Err(needs_bits("--float")),
+                (_, _, true) => Err(needs_bits("--rtn")),
+                _ => Ok(None),
+            };
+        };
+        let mut q = QuantOptions::with_group(bits, self.group_size.map(usize::from))?;
+        q.parts = QuantParts::keeping_float(&self.float)?;
+        Ok(Some(if self.rtn { q.rtn() } else { q }))
+    }
+
+    fn name(&self) -> Option<String> {
+        self.bits.map(|b| if self.rtn { format!("{}-rtn", b.name()) } else { b.name().to_string() })
     }
 }
 
+#[derive(clap::Args)]
+pub struct QuantizeArgs {
+    /// A float PocketVLM model directory (dense or low-rank).
+    #[arg(long)]
+    model: PathBuf,
+    /// Output directory.
+    #[arg(long)]
+    out: PathBuf,
+    #[command(flatten)]
+    quant: QuantArgs,
+    /// Largest shard in MiB.
+    #[arg(long, default_value_t = 32)]
+    shard_mib: u64,
+    /// Print one JSON object on stdout instead of the human-readable summary.
+    #[arg(long)]
+    json: bool,
+}
+
+/// `cargo xtask quantize`: rotate and quantize a float model directory.
+pub fn quantize(args: QuantizeArgs) -> Result<()> {
+    let Some(opts) = args.quant.options()? else {
+        anyhow::bail!("quantize needs --bits (w8a8, w4a8 or w4a4)");
+    };
+    let start = Instant::now();
+    let summary = quantize_dir(&args.model, &args.out, &opts, args.shard_mib << 20)
+        .with_context(|| format!("quantizing {}", args.model.display()))?;
+    let seconds = start.elapsed().as_secs_f64();
+    if args.json {
+        let out = serde_json::json!({
+            "recipe": summary.manifest.source.recipe,
+            "bits": args.quant.name(),
+            "bytes": component_bytes(&summary.manifest),
+            "kv_cache_bytes_per_token": summary.manifest.compression.as_ref().map(|c| c.kv_cache.bytes_per_token),
+            "seconds": seconds,
+        });
+        println!("{out}");
+    } else {
+        print_summary(&summary.manifest);
+        println!("wrote {} in {seconds:.1} s", summary.out_dir.display());
+    }
+    Ok(())
+}
+
 pub fn run(args: Args) -> Result<()> {
-    let quant = quant_options(args.bits, args.group_size)?;
+    let quant = args.quant.options()?;
     if let Some(method) = Method::parse(&args.recipe) {
         return run_lowrank(args, method, quant);
     }
@@ -121,7 +194,7 @@ pub fn run(args: Args) -> Result<()> {
     if args.json {
         let out = serde_json::json!({
             "recipe": recipe.name(),
-            "bits": args.bits.map(Scheme::name),
+            "bits": args.quant.name(),
             "qkv_params_ratio": 1.0,
             "kv_cache_ratio": 1.0,
             "ffn_params_ratio": 1.0,
@@ -166,6 +239,7 @@ fn run_lowrank(args: Args, method: Method, quant: Option<QuantOptions>) -> Resul
     });
     let mut opts = LowRankOptions::new(method, budgets, calib);
     opts.beta = args.beta;
+    opts.beta_search = args.beta_search.clone();
     opts.calib_cache = args.calib_cache.clone();
     opts.transform.alpha = args.alpha;
     opts.max_shard_bytes = args.shard_mib << 20;
@@ -181,11 +255,14 @@ fn run_lowrank(args: Args, method: Method, quant: Option<QuantOptions>) -> Resul
         let ranks: Vec<Option<usize>> = c.text_layers.iter().map(|l| l.qkv).collect();
         let out = serde_json::json!({
             "recipe": method.name(),
-            "bits": args.bits.map(Scheme::name),
+            "bits": args.quant.name(),
             "qkv_params_ratio": c.achieved.qkv_params,
             "kv_cache_ratio": c.achieved.kv_cache,
             "ffn_params_ratio": c.achieved.ffn_params,
             "ranks": ranks,
+            "beta": c.beta,
+            "beta_search": summary.beta_search,
+            "calib_loss": summary.calib_loss,
             "bytes": component_bytes(&summary.manifest),
             "seconds": seconds,
         });
@@ -238,9 +315,22 @@ fn print_summary(m: &Manifest) {
         let ranks: Vec<String> =
             z.text_layers.iter().map(|l| l.qkv.map_or("dense".into(), |r| r.to_string())).collect();
         println!("  low-rank: {} (QKV ranks per layer: {})", z.recipe, ranks.join(" "));
+        let kv = &z.kv_cache;
+        println!(
+            "  KV cache: {} bytes per token ({:.1} % of dense f16 K and V)",
+            kv.bytes_per_token,
+            100.0 * kv.bytes_per_token as f64 / kv.dense_bytes_per_token.max(1) as f64
+        );
     }
     if let Some(q) = &m.quantization {
-        println!("  low-bit: {} ({} quantized linear layers)", q.scheme, q.layers.len());
+        let tables: Vec<&str> = q.tables.iter().map(|t| t.tensor.as_str()).collect();
+        let rotation = if q.residual_rotation.is_some() { "rotated" } else { "no rotation" };
+        println!(
+            "  low-bit: {} ({rotation}; {} quantized linear layers; quantized tables: {})",
+            q.scheme,
+            q.layers.len(),
+            if tables.is_empty() { "none".to_string() } else { tables.join(", ") }
+        );
     }
     println!("  {:<11} {:>12} {:>12}", "component", "params", "bytes");
     for (component, size) in m.component_sizes() {
@@ -277,7 +367,7 @@ mod tests {
             let source = std::error::Error::source(&e).and_then(|s| s.downcast_ref::<QuantError>());
             format!("{source:?}")
         })?;
-        quant_options(cli.args.bits, cli.args.group_size).map_err(|e| format!("{e:?}"))
+        cli.args.quant.options().map_err(|e| format!("{e:?}"))
     }
 
     #[test]
@@ -293,5 +383,11 @@ mod tests {
             assert!(err.starts_with("Quant(UnsupportedGroup"), "{bits} {group}: {err}");
         }
         assert!(parse(&["--group-size", "64"]).unwrap_err().starts_with("BadOptions"));
+        assert!(parse(&["--rtn"]).unwrap_err().starts_with("BadOptions"));
+        assert!(parse(&["--float", "vision"]).unwrap_err().starts_with("BadOptions"));
+        assert!(parse(&["--bits", "w8a8", "--float", "decoder"]).unwrap_err().starts_with("BadOptions"));
+        let q = parse(&["--bits", "w4a4", "--float", "vision,lm_head", "--rtn"]).unwrap().unwrap();
+        assert!(!q.parts.vision && !q.parts.lm_head && q.parts.connector && q.parts.embeddings);
+        assert!(q.rotate.is_none());
     }
 }

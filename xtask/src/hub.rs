@@ -94,6 +94,18 @@ pub fn obtain(spec: &str) -> Result<PathBuf> {
     }
 }
 
+/// The weight files of a checkpoint: the single [`SINGLE_WEIGHTS`], or the shards listed by
+/// its [`WEIGHT_INDEX`] (`has` says whether a file exists, `index` obtains the index file).
+fn weight_files(has: impl Fn(&str) -> bool, index: impl FnOnce() -> Result<PathBuf>) -> Result<Vec<String>> {
+    if has(SINGLE_WEIGHTS) {
+        return Ok(vec![SINGLE_WEIGHTS.to_string()]);
+    }
+    if has(WEIGHT_INDEX) {
+        return index_shards(&index()?);
+    }
+    bail!("neither {SINGLE_WEIGHTS} nor {WEIGHT_INDEX}")
+}
+
 /// Download the files the converter needs; returns the snapshot directory.
 fn download(repo_id: &str) -> Result<PathBuf> {
     let api = ApiBuilder::from_env().with_progress(true).build().context("setting up the hub client")?;
@@ -110,15 +122,8 @@ fn download(repo_id: &str) -> Result<PathBuf> {
         let path = repo.get(file).with_context(|| format!("downloading {repo_id}/{file}"))?;
         snapshot.get_or_insert(path.parent().map(Path::to_path_buf).unwrap_or_default());
     }
-    let weights = if has(SINGLE_WEIGHTS) {
-        vec![SINGLE_WEIGHTS.to_string()]
-    } else if has(WEIGHT_INDEX) {
-        let index =
-            repo.get(WEIGHT_INDEX).with_context(|| format!("downloading {repo_id}/{WEIGHT_INDEX}"))?;
-        index_shards(&index)?
-    } else {
-        bail!("{repo_id} has neither {SINGLE_WEIGHTS} nor {WEIGHT_INDEX}");
-    };
+    let index = || repo.get(WEIGHT_INDEX).with_context(|| format!("downloading {repo_id}/{WEIGHT_INDEX}"));
+    let weights = weight_files(has, index).with_context(|| format!("{repo_id} has no usable weights"))?;
     for file in &weights {
         repo.get(file).with_context(|| format!("downloading {repo_id}/{file}"))?;
     }
@@ -131,11 +136,9 @@ fn cached(repo_id: &str) -> Option<PathBuf> {
     let config = repo.get("config.json")?;
     repo.get("tokenizer.json")?;
     let dir = config.parent()?.to_path_buf();
-    let complete = repo.get(SINGLE_WEIGHTS).is_some()
-        || repo
-            .get(WEIGHT_INDEX)
-            .and_then(|i| index_shards(&i).ok())
-            .is_some_and(|shards| shards.iter().all(|s| repo.get(s).is_some()));
+    let index = || repo.get(WEIGHT_INDEX).context("no cached index");
+    let weights = weight_files(|f| repo.get(f).is_some(), index).ok()?;
+    let complete = weights.iter().all(|s| repo.get(s).is_some());
     complete.then_some(dir)
 }
 

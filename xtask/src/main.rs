@@ -26,7 +26,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Convert a Hugging Face SmolVLM checkpoint into a PocketVLM model directory.
-    Compress(compress::Args),
+    Compress(Box<compress::Args>),
     /// Caption an image (or answer a text prompt) with a converted model on the native GPU.
     Caption(caption::Args),
     /// Fidelity of compressed models against the uncompressed checkpoint (perplexity, KL, top-1).
@@ -36,6 +36,8 @@ enum Command {
     Bench(bench::Args),
     /// Validate a model directory (manifest, shard checksums) and print its summary.
     Inspect(compress::InspectArgs),
+    /// Rotate and quantize a float model directory (dense or low-rank) without recompressing it.
+    Quantize(compress::QuantizeArgs),
     /// Install what the tests need (when missing), then run fmt, clippy, native and browser tests.
     Test(test::Args),
     /// Install the test prerequisites only.
@@ -51,9 +53,10 @@ enum Command {
 fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Compress(args) => compress::run(args),
+        Command::Compress(args) => compress::run(*args),
         Command::Caption(args) => caption::run(args),
         Command::Inspect(args) => compress::inspect(args),
+        Command::Quantize(args) => compress::quantize(args),
         Command::Eval(args) => eval::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Test(args) => test::run(args),

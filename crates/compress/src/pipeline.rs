@@ -77,6 +77,9 @@ pub struct LowRankOptions {
     pub budgets: Budgets,
     /// Share of Σ given to the down factor (`down = Σ^β Vᵀ…`, `up = U Σ^(1−β)`).
     pub beta: f64,
+    /// Search β over these values instead (quantized recipes only): each candidate is factored,
+    /// quantized, written and measured on the calibration samples; the lowest loss wins.
+    pub beta_search: Option<Vec<f64>>,
     pub transform: TransformOptions,
     /// Calibration data; required by every recipe but `svd`.
     pub calib: Option<CalibOptions>,
@@ -98,6 +101,7 @@ impl LowRankOptions {
             method,
             budgets,
             beta: 0.5,
+            beta_search: None,
             transform: TransformOptions::default(),
             calib,
             calib_cache: None,
@@ -120,6 +124,9 @@ pub struct LowRankSummary {
     pub calib_loss: Option<(f64, f64)>,
     pub report_path: PathBuf,
     pub svg_path: PathBuf,
+    /// `(β, calibration loss)` of every candidate when β was searched (see
+    /// [`LowRankOptions::beta_search`]).
+    pub beta_search: Vec<(f64, f64)>,
 }
 
 impl LowRankSummary {
@@ -441,171 +448,242 @@ pub fn compress_lowrank(hf_dir: &Path, out_dir: &Path, opts: &LowRankOptions) ->
         }
     }
 
-    // ---- factors
-    let mut text_layers: Vec<LayerRanks> =
-        (0..t.num_hidden_layers).map(|l| LayerRanks { layer: l, ..Default::default() }).collect();
-    let mut vision_layers: Vec<LayerRanks> = if b.vision_qkv_params.is_some() {
-        (0..cfg.vision.num_hidden_layers).map(|l| LayerRanks { layer: l, ..Default::default() }).collect()
-    } else {
-        Vec::new()
-    };
-    let mut factors: HashMap<String, (Vec<usize>, Encoding, Vec<f32>)> = HashMap::new();
-    for (tg, choice) in &choices {
-        let Choice::Keep(kept) = choice else { continue };
-        let layer = match tg.tower {
-            Tower::Text => &mut text_layers[tg.layer],
-            Tower::Vision => &mut vision_layers[tg.layer],
+    // ---- factors, quantization, the written model and its check: once per candidate β (the
+    // search keeps the candidate with the lowest calibration loss)
+    let betas = beta_candidates(opts, samples.is_some())?;
+    let source_model = meta.model.clone();
+    let mut results: Vec<LowRankSummary> = Vec::new();
+    for (k, &beta) in betas.iter().enumerate() {
+        meta.model = source_model.clone();
+        let candidate = if betas.len() == 1 { out_dir.to_path_buf() } else { candidate_dir(out_dir, k) };
+        let out_dir = candidate.as_path();
+        // ---- factors
+        let mut text_layers: Vec<LayerRanks> =
+            (0..t.num_hidden_layers).map(|l| LayerRanks { layer: l, ..Default::default() }).collect();
+        let mut vision_layers: Vec<LayerRanks> = if b.vision_qkv_params.is_some() {
+            (0..cfg.vision.num_hidden_layers).map(|l| LayerRanks { layer: l, ..Default::default() }).collect()
+        } else {
+            Vec::new()
         };
-        match tg.proj {
-            Proj::Qkv => layer.qkv = Some(kept.len()),
-            Proj::Mlp(i) => {
-                layer.mlp.insert(mlp_name(&cfg, tg.tower, i).to_string(), kept.len());
+        let mut factors: HashMap<String, (Vec<usize>, Encoding, Vec<f32>)> = HashMap::new();
+        for (tg, choice) in &choices {
+            let Choice::Keep(kept) = choice else { continue };
+            let layer = match tg.tower {
+                Tower::Text => &mut text_layers[tg.layer],
+                Tower::Vision => &mut vision_layers[tg.layer],
+            };
+            match tg.proj {
+                Proj::Qkv => layer.qkv = Some(kept.len()),
+                Proj::Mlp(i) => {
+                    layer.mlp.insert(mlp_name(&cfg, tg.tower, i).to_string(), kept.len());
+                }
+            }
+            let encoding = opts.factor_encoding.unwrap_or(tensors[&dense_weight_name(&cfg, *tg)].encoding);
+            for (name, m) in target_factors(&cfg, &decs[tg], *tg, kept, beta) {
+                let values = round_through(encoding, &to_rows_f32(&m))?;
+                factors.insert(name, (vec![m.nrows(), m.ncols()], encoding, values));
             }
         }
-        let encoding = opts.factor_encoding.unwrap_or(tensors[&dense_weight_name(&cfg, *tg)].encoding);
-        for (name, m) in target_factors(&cfg, &decs[tg], *tg, kept, opts.beta) {
-            let values = round_through(encoding, &to_rows_f32(&m))?;
-            factors.insert(name, (vec![m.nrows(), m.ncols()], encoding, values));
-        }
-    }
-    lap("allocation and factors", &mut stages);
+        lap("allocation and factors", &mut stages);
 
-    // ---- sizes and the compression section
-    let mut compression = Compression {
-        recipe: method.name().to_string(),
-        beta: opts.beta,
-        budgets: Ratios { qkv_params: b.qkv_params, kv_cache: b.kv_cache, ffn_params: b.ffn_params },
-        achieved: Ratios::default(),
-        text_layers,
-        vision_layers,
-        sizes: Vec::new(),
-        kv_cache: KvCacheInfo { element_bytes: 2, bytes_per_token: 0, dense_bytes_per_token: 0 },
-        calibration: match (&opts.calib, &samples, &collected) {
-            (Some(c), Some(s), Some(col)) => calib_info(c, s, col),
-            _ => CalibrationInfo {
-                mode: "none".into(),
-                targets: "none".into(),
-                samples: 0,
-                loss_tokens: 0,
-                tokens: 0,
-                seed: 0,
-                image_splitting: false,
-            },
-        },
-    };
-    compression.achieved = achieved(&cfg, &compression);
-    let layers = t.num_hidden_layers as u64;
-    compression.kv_cache.dense_bytes_per_token = layers * 2 * dkv as u64 * 2;
-    compression.kv_cache.bytes_per_token =
-        compression.text_layers.iter().map(|l| l.qkv.map_or(2 * dkv, |r| r.min(2 * dkv)) as u64 * 2).sum();
-
-    let layout = expected_tensors(&cfg, Some(&compression));
-    let dense_layout = expected_tensors(&cfg, None);
-    let mut sizes: BTreeMap<Component, ComponentBytes> = Component::ALL
-        .iter()
-        .map(|c| {
-            (
-                *c,
-                ComponentBytes {
-                    component: c.name().into(),
-                    params: 0,
-                    bytes: 0,
-                    dense_params: 0,
-                    dense_bytes: 0,
+        // ---- sizes and the compression section
+        let mut compression = Compression {
+            recipe: method.name().to_string(),
+            beta,
+            budgets: Ratios { qkv_params: b.qkv_params, kv_cache: b.kv_cache, ffn_params: b.ffn_params },
+            achieved: Ratios::default(),
+            text_layers,
+            vision_layers,
+            sizes: Vec::new(),
+            kv_cache: KvCacheInfo { element_bytes: 2, bytes_per_token: 0, dense_bytes_per_token: 0 },
+            calibration: match (&opts.calib, &samples, &collected) {
+                (Some(c), Some(s), Some(col)) => calib_info(c, s, col),
+                _ => CalibrationInfo {
+                    mode: "none".into(),
+                    targets: "none".into(),
+                    samples: 0,
+                    loss_tokens: 0,
+                    tokens: 0,
+                    seed: 0,
+                    image_splitting: false,
                 },
-            )
-        })
-        .collect();
-    for (name, shape) in &dense_layout {
-        let e = sizes.get_mut(&Component::of(name)).expect("every component listed");
-        let numel: usize = shape.iter().product();
-        e.dense_params += numel as u64;
-        e.dense_bytes += tensors[name].bytes.len() as u64;
-    }
-    let mut out: Vec<OutTensor<'_>> = Vec::with_capacity(layout.len());
-    for (name, shape) in layout {
-        out.push(match factors.remove(&name) {
-            Some((fshape, enc, values)) => {
-                debug_assert_eq!(fshape, shape);
-                OutTensor { name, shape, encoding: enc, bytes: Cow::Owned(encode(enc, &values)?) }
+            },
+        };
+        compression.achieved = achieved(&cfg, &compression);
+        compression.kv_cache = kv_cache_info(&cfg, &compression, opts.quant.is_some());
+
+        let layout = expected_tensors(&cfg, Some(&compression));
+        let dense_layout = expected_tensors(&cfg, None);
+        let mut sizes: BTreeMap<Component, ComponentBytes> = Component::ALL
+            .iter()
+            .map(|c| {
+                (
+                    *c,
+                    ComponentBytes {
+                        component: c.name().into(),
+                        params: 0,
+                        bytes: 0,
+                        dense_params: 0,
+                        dense_bytes: 0,
+                    },
+                )
+            })
+            .collect();
+        for (name, shape) in &dense_layout {
+            let e = sizes.get_mut(&Component::of(name)).expect("every component listed");
+            let numel: usize = shape.iter().product();
+            e.dense_params += numel as u64;
+            e.dense_bytes += tensors[name].bytes.len() as u64;
+        }
+        let mut out: Vec<OutTensor<'_>> = Vec::with_capacity(layout.len());
+        for (name, shape) in layout {
+            out.push(match factors.remove(&name) {
+                Some((fshape, enc, values)) => {
+                    debug_assert_eq!(fshape, shape);
+                    OutTensor { name, shape, encoding: enc, bytes: Cow::Owned(encode(enc, &values)?) }
+                }
+                None => {
+                    let raw = &tensors[&name];
+                    OutTensor { name, shape, encoding: raw.encoding, bytes: Cow::Borrowed(raw.bytes) }
+                }
+            });
+        }
+        // a rotation that unties lm_head changes the config the manifest records
+        let quantization = match &opts.quant {
+            Some(q) => {
+                let (tensors, quantized) = quantize_tensors(&mut meta.model, Some(&compression), out, q)?;
+                out = tensors;
+                lap("quantize", &mut stages);
+                Some(quantized.section)
             }
-            None => {
-                let raw = &tensors[&name];
-                OutTensor { name, shape, encoding: raw.encoding, bytes: Cow::Borrowed(raw.bytes) }
+            None => None,
+        };
+        for t in &out {
+            let e = sizes.get_mut(&Component::of(&t.name)).expect("every component listed");
+            e.params += t.shape.iter().product::<usize>() as u64;
+            e.bytes += t.bytes.len() as u64;
+        }
+        compression.sizes = sizes.into_values().collect();
+        let manifest = write_model(
+            &meta,
+            method.name(),
+            Some(compression.clone()),
+            quantization,
+            out,
+            out_dir,
+            opts.max_shard_bytes,
+        )?;
+        lap("write", &mut stages);
+
+        // ---- fidelity on the calibration samples, through the written model
+        let calib_loss = match (&samples, &collected) {
+            (Some(s), Some(c)) => {
+                let compressed = CpuModel::from_format(out_dir)?;
+                // the cached image features are the float connector's output, rotated into a
+                // rotated model's residual basis (`R f`): the check measures the quantized
+                // decoder and embeddings, not the quantized vision tower and connector (the
+                // fixture model tests measure those end to end against transformers)
+                let rotation = match manifest.quantization.as_ref().and_then(|q| q.residual_rotation) {
+                    Some(spec) => Some(spec.build()?),
+                    None => None,
+                };
+                let pb = bar(opts.progress, "compressed loss");
+                pb.set_length(s.samples.len() as u64);
+                let mut sum = 0.0;
+                for sample in &s.samples {
+                    let features = match (&sample.features, &rotation) {
+                        (Some(f), Some(r)) => {
+                            let mut values = f.flatten_all()?.to_vec1::<f32>()?;
+                            r.apply_rows(&mut values)?;
+                            Some(candle_core::Tensor::from_vec(values, f.shape(), f.device())?)
+                        }
+                        (f, _) => f.clone(),
+                    };
+                    let embeds = compressed.merge_embeddings(&sample.ids, features.as_ref())?;
+                    let loss = compressed.answer_loss(&embeds, &sample.ids, sample.answer_start, None)?;
+                    sum += loss.to_scalar::<f32>()? as f64;
+                    pb.inc(1);
+                }
+                pb.finish_and_clear();
+                lap("check", &mut stages);
+                Some((c.mean_loss, sum / s.samples.len().max(1) as f64))
             }
+            _ => None,
+        };
+        let total = started.elapsed().as_secs_f64();
+        let (report_path, svg_path) = report::write(out_dir, &cfg, &compression, &stages, total, calib_loss)?;
+        if betas.len() > 1 && opts.progress {
+            eprintln!("[compress] beta {beta}: calibration loss {:?}", calib_loss.map(|l| l.1));
+        }
+        results.push(LowRankSummary {
+            out_dir: out_dir.to_path_buf(),
+            manifest,
+            compression,
+            stages: stages.clone(),
+            calib_loss,
+            report_path,
+            svg_path,
+            beta_search: Vec::new(),
         });
     }
-    // a rotation that unties lm_head changes the config the manifest records
-    let quantization = match &opts.quant {
-        Some(q) => {
-            let (tensors, quantized) = quantize_tensors(&mut meta.model, Some(&compression), out, q)?;
-            out = tensors;
-            lap("quantize", &mut stages);
-            Some(quantized.section)
-        }
-        None => None,
-    };
-    for t in &out {
-        let e = sizes.get_mut(&Component::of(&t.name)).expect("every component listed");
-        e.params += t.shape.iter().product::<usize>() as u64;
-        e.bytes += t.bytes.len() as u64;
-    }
-    compression.sizes = sizes.into_values().collect();
-    let manifest = write_model(
-        &meta,
-        method.name(),
-        Some(compression.clone()),
-        quantization,
-        out,
-        out_dir,
-        opts.max_shard_bytes,
-    )?;
-    lap("write", &mut stages);
+    pick_beta(results, out_dir)
+}
 
-    // ---- fidelity on the calibration samples, through the written model
-    let calib_loss = match (&samples, &collected) {
-        (Some(s), Some(c)) => {
-            let compressed = CpuModel::from_format(out_dir)?;
-            // the cached image features are the float connector's output: a rotated model's
-            // connector writes them rotated (`R f`), and its vision tower and connector stay float
-            let rotation = match manifest.quantization.as_ref().and_then(|q| q.residual_rotation) {
-                Some(spec) => Some(spec.build()?),
-                None => None,
-            };
-            let pb = bar(opts.progress, "compressed loss");
-            pb.set_length(s.samples.len() as u64);
-            let mut sum = 0.0;
-            for sample in &s.samples {
-                let features = match (&sample.features, &rotation) {
-                    (Some(f), Some(r)) => {
-                        let mut values = f.flatten_all()?.to_vec1::<f32>()?;
-                        r.apply_rows(&mut values)?;
-                        Some(candle_core::Tensor::from_vec(values, f.shape(), f.device())?)
-                    }
-                    (f, _) => f.clone(),
-                };
-                let embeds = compressed.merge_embeddings(&sample.ids, features.as_ref())?;
-                let loss = compressed.answer_loss(&embeds, &sample.ids, sample.answer_start, None)?;
-                sum += loss.to_scalar::<f32>()? as f64;
-                pb.inc(1);
+/// The β values to try: `opts.beta` alone, or the search grid (which needs calibration samples
+/// to measure and a quantized recipe to matter: β only changes how the factors quantize).
+fn beta_candidates(opts: &LowRankOptions, calibrated: bool) -> Result<Vec<f64>> {
+    let Some(grid) = &opts.beta_search else { return Ok(vec![opts.beta]) };
+    let bad = |what: &str| CompressError::BadOptions { recipe: "--beta-search".into(), what: what.into() };
+    if opts.quant.is_none() {
+        return Err(bad("a low-bit recipe (--bits): β does not change a float model"));
+    }
+    if !calibrated {
+        return Err(bad("calibration data to measure each candidate"));
+    }
+    if grid.is_empty() {
+        return Err(bad("at least one β"));
+    }
+    if let Some(&value) = grid.iter().find(|b| !(0.0..=1.0).contains(*b)) {
+        return Err(CompressError::BudgetOutOfRange { name: "beta", value, range: "0 <= beta <= 1" });
+    }
+    Ok(grid.clone())
+}
+
+/// Where β candidate `k` is written before the search picks one.
+fn candidate_dir(out_dir: &Path, k: usize) -> PathBuf {
+    let name = out_dir.file_name().map_or("model".into(), |n| n.to_string_lossy().into_owned());
+    out_dir.with_file_name(format!(".{name}.beta-{k}"))
+}
+
+/// Keep the candidate with the lowest calibration loss: its files move into `out_dir`, the
+/// other candidates are removed, and the summary lists every candidate's loss.
+fn pick_beta(mut results: Vec<LowRankSummary>, out_dir: &Path) -> Result<LowRankSummary> {
+    if results.len() == 1 {
+        return Ok(results.remove(0));
+    }
+    let loss = |r: &LowRankSummary| r.calib_loss.map_or(f64::INFINITY, |l| l.1);
+    let search: Vec<(f64, f64)> = results.iter().map(|r| (r.compression.beta, loss(r))).collect();
+    let best =
+        (0..results.len()).min_by(|&a, &b| loss(&results[a]).total_cmp(&loss(&results[b]))).unwrap_or(0);
+    let io =
+        |path: &Path, e| pocketvlm_format::FormatError::Io { path: path.display().to_string(), source: e };
+    std::fs::create_dir_all(out_dir).map_err(|e| io(out_dir, e))?;
+    for (k, r) in results.iter().enumerate() {
+        if k == best {
+            for entry in std::fs::read_dir(&r.out_dir).map_err(|e| io(&r.out_dir, e))? {
+                let from = entry.map_err(|e| io(&r.out_dir, e))?.path();
+                let to = out_dir.join(from.file_name().unwrap_or_default());
+                std::fs::rename(&from, &to).map_err(|e| io(&from, e))?;
             }
-            pb.finish_and_clear();
-            lap("check", &mut stages);
-            Some((c.mean_loss, sum / s.samples.len().max(1) as f64))
         }
-        _ => None,
-    };
-    let total = started.elapsed().as_secs_f64();
-    let (report_path, svg_path) = report::write(out_dir, &cfg, &compression, &stages, total, calib_loss)?;
-    Ok(LowRankSummary {
-        out_dir: out_dir.to_path_buf(),
-        manifest,
-        compression,
-        stages,
-        calib_loss,
-        report_path,
-        svg_path,
-    })
+        std::fs::remove_dir_all(&r.out_dir).map_err(|e| io(&r.out_dir, e))?;
+    }
+    let mut chosen = results.swap_remove(best);
+    chosen.report_path = out_dir.join(chosen.report_path.file_name().unwrap_or_default());
+    chosen.svg_path = out_dir.join(chosen.svg_path.file_name().unwrap_or_default());
+    chosen.out_dir = out_dir.to_path_buf();
+    chosen.beta_search = search;
+    Ok(chosen)
 }
 
 fn calib_info(c: &CalibOptions, s: &Samples, col: &calib::Collected) -> CalibrationInfo {
@@ -617,6 +695,27 @@ fn calib_info(c: &CalibOptions, s: &Samples, col: &calib::Collected) -> Calibrat
         tokens: col.tokens,
         seed: c.seed,
         image_splitting: c.tiling,
+    }
+}
+
+/// The K/V cache per token of a compressed model, all decoder layers together. Float: a factored
+/// layer caches `min(r, 2·d_kv)` f16 values (the latent when it is smaller than K and V), a
+/// dense one K and V. Quantized: a factored layer caches its INT8 latent and the latent's f32
+/// scale (`r + 4` bytes, see [`pocketvlm_format::quant`]); dense layers K and V in f16.
+pub fn kv_cache_info(cfg: &ModelConfig, c: &Compression, quantized: bool) -> KvCacheInfo {
+    let t = &cfg.text;
+    let dkv = t.num_key_value_heads * t.head_dim;
+    let per_layer = |l: &pocketvlm_format::LayerRanks| -> u64 {
+        match (l.qkv, quantized) {
+            (Some(r), true) => r as u64 + 4,
+            (Some(r), false) => r.min(2 * dkv) as u64 * 2,
+            (None, _) => 2 * dkv as u64 * 2,
+        }
+    };
+    KvCacheInfo {
+        element_bytes: if quantized { 1 } else { 2 },
+        bytes_per_token: c.text_layers.iter().map(per_layer).sum(),
+        dense_bytes_per_token: t.num_hidden_layers as u64 * 2 * dkv as u64 * 2,
     }
 }
 

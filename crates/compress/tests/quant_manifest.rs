@@ -52,6 +52,7 @@ fn quantized(bits: u32, group: Option<usize>) -> Manifest {
             activation: ActivationSpec { bits: 8, clip_ratio: 0.9 },
             online: vec![RotationSpec { construction: Construction::Kronecker, size: cols, seed: Some(2) }],
         }],
+        tables: vec![],
     });
     m
 }

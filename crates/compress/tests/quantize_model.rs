@@ -9,13 +9,15 @@ use std::path::Path;
 use common::{CASES, expected, fixture, last_row, prompt};
 use pocketvlm_compress::calib::{CalibOptions, CalibSource};
 use pocketvlm_compress::model::CpuModel;
-use pocketvlm_compress::quant::QuantOptions;
+use pocketvlm_compress::quant::{QuantOptions, QuantParts, quantize_dir};
 use pocketvlm_compress::{
     Budgets, CompressError, ConvertOptions, LowRankOptions, Method, compress_lowrank, convert,
 };
 use pocketvlm_format::manifest::QUANTIZATION_VERSION;
-use pocketvlm_format::quant::{QuantError, Scheme};
-use pocketvlm_format::{Encoding, dir};
+use pocketvlm_format::quant::{QuantError, QuantizedTable, Scheme};
+use pocketvlm_format::{Encoding, FormatError, dir};
+
+const EMBED: &str = "model.text_model.embed_tokens.weight";
 
 /// Largest last-position logit error over the fixture cases relative to the largest logit, and
 /// how many cases keep their top-1 token.
@@ -50,18 +52,34 @@ fn w8a8_dense_stays_close_to_the_float_model() {
     assert_eq!(m.version, QUANTIZATION_VERSION);
     let q = m.quantization.as_ref().unwrap();
     assert_eq!(q.scheme, "w8a8");
-    // 3 layers x (q, k, v, o, gate, up, down) + lm_head, all INT8 weights and activations
-    assert_eq!(q.layers.len(), 3 * 7 + 1);
+    // vision 2 layers x (q, k, v, out, fc1, fc2) + connector + text 3 layers x (q, k, v, o,
+    // gate, up, down) + lm_head, all INT8 weights and activations
+    assert_eq!(q.layers.len(), 2 * 6 + 1 + 3 * 7 + 1);
     assert!(q.layers.iter().all(|l| l.weight_bits == 8 && l.activation.bits == 8 && l.group.is_none()));
     let online: Vec<&str> =
         q.layers.iter().filter(|l| !l.online.is_empty()).map(|l| l.weight.as_str()).collect();
-    assert_eq!(online.len(), 6);
-    assert!(online.iter().all(|n| n.ends_with("o_proj.weight") || n.ends_with("down_proj.weight")));
+    // text: o_proj and down_proj; vision: every layer (LayerNorm fuses nothing); the connector
+    assert_eq!(online.len(), 6 + 12 + 1);
+    assert!(online.iter().all(|n| n.ends_with("o_proj.weight")
+        || n.ends_with("down_proj.weight")
+        || n.starts_with("model.vision_model.")
+        || n.starts_with("model.connector.")));
     let down = q.layers.iter().find(|l| l.weight.ends_with("0.mlp.down_proj.weight")).unwrap();
     assert_eq!(down.online[0].size, 128);
+    let conn = q.layers.iter().find(|l| l.weight.starts_with("model.connector.")).unwrap();
+    assert_eq!(conn.online[0].size, 128);
+    // the stacked vision Q/K/V share one online rotation (their input is computed once)
+    let vision_qkv: Vec<_> =
+        q.layers.iter().filter(|l| l.weight.contains("vision_model.encoder.layers.0.self_attn.")).collect();
+    assert_eq!(vision_qkv.len(), 4);
+    assert!(vision_qkv[..3].iter().all(|l| l.online == vision_qkv[0].online));
+    assert_ne!(vision_qkv[3].online, vision_qkv[0].online);
     let data = dir::open(tmp.path()).unwrap();
     assert_eq!(data.manifest.tensor("lm_head.weight").unwrap().encoding().unwrap(), Encoding::I8);
     assert_eq!(data.manifest.tensor("lm_head.weight_scale").unwrap().shape, vec![49280]);
+    assert_eq!(q.tables, vec![QuantizedTable { tensor: EMBED.into(), bits: 8 }]);
+    let embed = data.manifest.tensor(EMBED).unwrap();
+    assert_eq!((embed.encoding().unwrap(), embed.bytes), (Encoding::I8, 49280 * 48));
 
     let reference = CpuModel::from_hf(&fixture()).unwrap();
     let model = CpuModel::from_format(tmp.path()).unwrap();
@@ -84,8 +102,9 @@ fn w4a8_dense_with_groups_runs_and_validates() {
         if l.weight == "lm_head.weight" {
             assert_eq!((l.weight_bits, l.group), (8, None));
         } else {
-            // the group divides down_proj's 128 inputs, not the 48 of the others
-            assert_eq!((l.weight_bits, l.group), (4, (cols == 128).then_some(64)), "{}", l.weight);
+            // the group divides 64 (vision fc2) and 128 (text down_proj, connector) inputs,
+            // not 32 (the other vision layers) or 48 (the other text layers)
+            assert_eq!((l.weight_bits, l.group), (4, cols.is_multiple_of(64).then_some(64)), "{}", l.weight);
             assert_eq!(m.tensor(&l.weight).unwrap().encoding().unwrap(), Encoding::I4);
         }
     }
@@ -101,6 +120,10 @@ fn w4a8_dense_with_groups_runs_and_validates() {
 /// QSVD at 90 % QKV and MLP budgets, float or quantized (`bits`): the summary and the
 /// calibration loss of the written model.
 fn low_rank(out: &Path, bits: Option<&str>) -> pocketvlm_compress::LowRankSummary {
+    compress_lowrank(&fixture(), out, &low_rank_options(bits)).unwrap()
+}
+
+fn low_rank_options(bits: Option<&str>) -> LowRankOptions {
     let mut c = CalibOptions::new(CalibSource::Images(
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/images"),
     ));
@@ -109,7 +132,7 @@ fn low_rank(out: &Path, bits: Option<&str>) -> pocketvlm_compress::LowRankSummar
     let budgets = Budgets { qkv_params: Some(0.9), ffn_params: Some(0.9), ..Default::default() };
     let mut opts = LowRankOptions::new(Method::Qsvd, budgets, Some(c));
     opts.quant = bits.map(|b| QuantOptions::parse(b, None).unwrap());
-    compress_lowrank(&fixture(), out, &opts).unwrap()
+    opts
 }
 
 /// The `check` stage measures the quantized model (its image features rotated into the
@@ -158,4 +181,133 @@ fn bad_recipes_get_typed_errors() {
     for s in Scheme::ALL {
         assert_eq!(QuantOptions::parse(s.name(), None).unwrap().scheme, s);
     }
+}
+
+/// The RTN baseline: the same layers, no rotation anywhere, absmax scales. At W8A8 it still
+/// keeps the fixture's logits within the W8A8 tolerance; the parts named float stay float.
+#[test]
+fn rtn_baseline_and_float_parts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut opts = QuantOptions::parse("w8a8", None).unwrap().rtn();
+    opts.parts = QuantParts::keeping_float("vision,embeddings").unwrap();
+    let m = convert(&fixture(), tmp.path(), &ConvertOptions { quant: Some(opts), ..Default::default() })
+        .unwrap()
+        .manifest;
+    let q = m.quantization.as_ref().unwrap();
+    assert_eq!(q.residual_rotation, None);
+    assert!(q.layers.iter().all(|l| l.online.is_empty()));
+    assert!(!q.layers.iter().any(|l| l.weight.starts_with("model.vision_model.")));
+    assert!(q.layers.iter().any(|l| l.weight.starts_with("model.connector.")));
+    assert!(q.tables.is_empty());
+    assert_eq!(m.tensor(EMBED).unwrap().encoding().unwrap(), Encoding::BF16);
+    let reference = CpuModel::from_hf(&fixture()).unwrap();
+    let (err, same) = fidelity(&CpuModel::from_format(tmp.path()).unwrap(), &reference);
+    eprintln!("w8a8 rtn: relative logit error {err:e}, top-1 kept {same}/{}", CASES.len());
+    assert!(err < TOLERANCE_W8A8, "relative logit error {err}");
+}
+
+/// The embedding table: each row the CPU model reads is `f32(q) · s` of the stored integers and
+/// per-row scales.
+#[test]
+fn embedding_rows_are_the_table_arithmetic() {
+    let tmp = tempfile::tempdir().unwrap();
+    quantized_dense(tmp.path(), "w4a8", None);
+    let data = dir::open(tmp.path()).unwrap();
+    let scales = data.tensor_f32(&format!("{EMBED}_scale")).unwrap();
+    let bytes = data.tensor_bytes(EMBED).unwrap();
+    let model = CpuModel::from_format(tmp.path()).unwrap();
+    for id in [0u32, 1, 2, 49190, 49279] {
+        let row = model.text.embed(&[id]).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let t = id as usize;
+        let want: Vec<f32> =
+            bytes[t * 48..(t + 1) * 48].iter().map(|&b| (b as i8) as f32 * scales[t]).collect();
+        assert_eq!(row, want, "row {id}");
+        assert!(row.iter().any(|&v| v != 0.0));
+    }
+    // malformed table entries are typed errors
+    let table = |m: &mut pocketvlm_format::Manifest| m.quantization.as_mut().unwrap().tables.clone();
+    let mut m = data.manifest.clone();
+    let t = table(&mut m);
+    m.quantization.as_mut().unwrap().tables.extend(t);
+    assert!(
+        matches!(m.validate(), Err(FormatError::BadTensorEntry { reason, .. }) if reason.contains("twice"))
+    );
+    let mut m = data.manifest.clone();
+    m.quantization.as_mut().unwrap().tables[0].bits = 4;
+    assert!(matches!(m.validate(), Err(FormatError::BadTensorEntry { .. })));
+    let mut m = data.manifest.clone();
+    m.quantization.as_mut().unwrap().tables.clear();
+    // (its scale tensor is then one the layout does not expect)
+    let err = m.validate().unwrap_err();
+    assert!(
+        matches!(&err, FormatError::UnexpectedTensor { name } if name.ends_with("embed_tokens.weight_scale")),
+        "{err:?}"
+    );
+    let mut m = data.manifest.clone();
+    m.tensors.iter_mut().find(|t| t.name == format!("{EMBED}_scale")).unwrap().shape = vec![7];
+    assert!(m.validate().is_err());
+}
+
+/// W4A4 keeps the latent (the K/V cache entry) at INT8: the up factors of the joint QKV read
+/// INT8 activations, every other layer INT4 ones. Quantizing the written float low-rank
+/// directory (`cargo xtask quantize`) writes the same model as compressing with `--bits`, and
+/// the manifest's cache size is the INT8 latent plus its scale.
+#[test]
+fn w4a4_latent_is_int8_and_quantize_dir_matches_compress() {
+    let tmp = tempfile::tempdir().unwrap();
+    let direct = tmp.path().join("direct");
+    let summary = low_rank(&direct, Some("w4a4"));
+    let q = summary.manifest.quantization.as_ref().unwrap();
+    for l in &q.layers {
+        let latent = ["q_up", "k_up", "v_up"].iter().any(|u| l.weight.ends_with(&format!("{u}.weight")));
+        let want = if latent || l.weight == "lm_head.weight" { 8 } else { 4 };
+        assert_eq!(l.activation.bits, want, "{}", l.weight);
+    }
+    let c = summary.manifest.compression.as_ref().unwrap();
+    let want: u64 = c.text_layers.iter().map(|l| l.qkv.map_or(2 * 16 * 2, |r| r as u64 + 4)).sum();
+    assert_eq!((c.kv_cache.bytes_per_token, c.kv_cache.element_bytes), (want, 1));
+
+    let float = tmp.path().join("float");
+    low_rank(&float, None);
+    let again = tmp.path().join("again");
+    let opts = QuantOptions::parse("w4a4", None).unwrap();
+    let m = quantize_dir(&float, &again, &opts, 32 << 20).unwrap().manifest;
+    assert_eq!(m.quantization, summary.manifest.quantization);
+    assert_eq!(m.tensors, summary.manifest.tensors);
+    assert_eq!(m.compression.as_ref().unwrap().sizes, c.sizes);
+    assert_eq!(m.compression.as_ref().unwrap().kv_cache, c.kv_cache);
+    let err = quantize_dir(&again, &tmp.path().join("twice"), &opts, 32 << 20).unwrap_err();
+    assert!(matches!(err, CompressError::BadOptions { .. }), "{err:?}");
+}
+
+/// The β search writes, quantizes and measures every candidate, keeps the one with the lowest
+/// calibration loss in the output directory and removes the others; it needs a quantized
+/// recipe and a valid grid.
+#[test]
+fn beta_search_keeps_the_lowest_calibration_loss() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("searched");
+    let mut opts = low_rank_options(Some("w4a8"));
+    opts.beta_search = Some(vec![0.0, 0.5, 1.0]);
+    let summary = compress_lowrank(&fixture(), &out, &opts).unwrap();
+    eprintln!("beta search (qsvd 90 %, w4a8): {:?}", summary.beta_search);
+    let betas: Vec<f64> = summary.beta_search.iter().map(|c| c.0).collect();
+    assert_eq!(betas, [0.0, 0.5, 1.0]);
+    let best = summary.beta_search.iter().min_by(|a, b| a.1.total_cmp(&b.1)).unwrap();
+    assert_eq!(summary.compression.beta, best.0);
+    assert_eq!(summary.calib_loss.unwrap().1, best.1);
+    assert_eq!(summary.out_dir, out);
+    let m = dir::open(&out).unwrap().manifest;
+    assert_eq!(m.compression.unwrap().beta, best.0);
+    let left: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(left, [std::ffi::OsString::from("searched")]);
+    assert!(out.join(summary.report_path.file_name().unwrap()).exists());
+
+    let mut float = low_rank_options(None);
+    float.beta_search = Some(vec![0.5]);
+    let err = compress_lowrank(&fixture(), &tmp.path().join("x"), &float).err().unwrap();
+    assert!(matches!(err, CompressError::BadOptions { .. }), "{err:?}");
+    opts.beta_search = Some(vec![0.5, 1.5]);
+    let err = compress_lowrank(&fixture(), &tmp.path().join("y"), &opts).err().unwrap();
+    assert!(matches!(err, CompressError::BudgetOutOfRange { .. }), "{err:?}");
 }

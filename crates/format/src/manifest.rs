@@ -243,8 +243,51 @@ impl Manifest {
                 });
             }
         }
+        let mut tables = HashMap::new();
+        for table in &q.tables {
+            let bad = |reason: String| FormatError::BadTensorEntry { name: table.tensor.clone(), reason };
+            if tables.insert(table.tensor.as_str(), ()).is_some() {
+                return Err(bad("listed twice as a table".into()));
+            }
+            let bits = crate::quant::Bits::from_bits(table.bits)?;
+            let t = self.tensor(&table.tensor)?;
+            let [rows, cols] = t.shape[..] else {
+                return Err(bad(format!("a quantized table is 2-D, shape {:?}", t.shape)));
+            };
+            bits.check_row(cols)?;
+            let want = if bits == crate::quant::Bits::Int4 { Encoding::I4 } else { Encoding::I8 };
+            if t.encoding()? != want {
+                return Err(bad(format!(
+                    "{}-bit tables are stored as {want}, found {}",
+                    table.bits, t.encoding
+                )));
+            }
+            if let Some(layer) = q.layers.iter().find(|l| l.weight == table.tensor)
+                && (layer.weight_bits != table.bits || layer.group.is_some())
+            {
+                return Err(bad(
+                    "a table that is also a layer has that layer's bits and one scale per row".into()
+                ));
+            }
+            let s = self.tensor(&scale_name(&table.tensor))?;
+            if s.shape != [rows] {
+                return Err(FormatError::ShapeMismatch {
+                    name: s.name.clone(),
+                    expected: vec![rows],
+                    found: s.shape.clone(),
+                });
+            }
+            if !matches!(s.encoding()?, Encoding::F32 | Encoding::F16) {
+                return Err(FormatError::BadTensorEntry {
+                    name: s.name.clone(),
+                    reason: format!("scales are f32 or f16, found {}", s.encoding),
+                });
+            }
+        }
         if let Some(t) = self.tensors.iter().find(|t| {
-            t.encoding().is_ok_and(|e| e.packed_bits().is_some()) && !seen.contains_key(t.name.as_str())
+            t.encoding().is_ok_and(|e| e.packed_bits().is_some())
+                && !seen.contains_key(t.name.as_str())
+                && !tables.contains_key(t.name.as_str())
         }) {
             return Err(FormatError::BadTensorEntry {
                 name: t.name.clone(),
@@ -300,8 +343,11 @@ impl Manifest {
         let mut expected = expected_tensors(&self.model, self.compression.as_ref());
         if let Some(q) = &self.quantization {
             // scale shapes are checked with the rest of the section
-            for l in &q.layers {
-                let name = scale_name(&l.weight);
+            let quantized = q.layers.iter().map(|l| &l.weight).chain(q.tables.iter().map(|t| &t.tensor));
+            let mut names: Vec<String> = quantized.map(|w| scale_name(w)).collect();
+            names.sort();
+            names.dedup();
+            for name in names {
                 if let Some(t) = self.tensors.iter().find(|t| t.name == name) {
                     expected.push((name, t.shape.clone()));
                 }

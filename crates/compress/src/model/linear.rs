@@ -59,7 +59,7 @@ impl Weight {
                 let outs = parts
                     .iter()
                     .map(|q| {
-                        let y = q.forward(&input)?;
+                        let y = forward_tokens(q, &input, rows)?;
                         Ok(Tensor::from_vec(y, (rows, q.weights.out), x.device())?)
                     })
                     .collect::<Result<Vec<_>>>()?;
@@ -67,6 +67,26 @@ impl Weight {
             }
         }
     }
+}
+
+/// [`QuantLinear::forward`] on `rows` tokens, split across the CPU's threads (tokens are
+/// independent, so the result is the same as one call).
+fn forward_tokens(q: &QuantLinear, input: &[f32], rows: usize) -> Result<Vec<f32>> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(rows.max(1));
+    if threads <= 1 {
+        return Ok(q.forward(input)?);
+    }
+    let cols = q.weights.cols;
+    let per = rows.div_ceil(threads) * cols;
+    let parts: Vec<_> = std::thread::scope(|s| {
+        let handles: Vec<_> = input.chunks(per).map(|chunk| s.spawn(move || q.forward(chunk))).collect();
+        handles.into_iter().map(|h| h.join().expect("a quantized forward thread panicked")).collect()
+    });
+    let mut y = Vec::with_capacity(rows * q.weights.out);
+    for part in parts {
+        y.extend(part?);
+    }
+    Ok(y)
 }
 
 /// `y = up · (down · x) + b`, or `y = up · x + b` when there is no `down`.

@@ -19,7 +19,7 @@ use pocketvlm_format::compression::{
     linear_factor_names, qkv_factor_names, text_layer_prefix, text_mlp_linears, vision_layer_prefix,
     vision_mlp_linears,
 };
-use pocketvlm_format::quant::{Bits, QuantLinear, QuantWeights, Quantization, scale_name};
+use pocketvlm_format::quant::{Bits, QuantLinear, QuantWeights, Quantization, QuantizedTable, scale_name};
 use pocketvlm_format::{Compression, FormatError, LayerRanks, ModelConfig, ModelData};
 
 use crate::checkpoint::Checkpoint;
@@ -28,7 +28,7 @@ use crate::hf_config::{model_config, read_json};
 pub use linear::{Linear, Proj, Tape, Target, Tower, Weight};
 pub use text::{KvCache, TextDecoder};
 pub use vision::VisionTower;
-use weights::WeightStore;
+use weights::{MemoryStore, Overlay, WeightStore};
 
 /// One prompt: token ids with `<image>` placeholders and the tiles whose features fill them.
 pub struct Prompt {
@@ -135,6 +135,28 @@ fn quant_layers(data: &ModelData, q: &Quantization) -> Result<QuantLayers> {
     Ok(layers)
 }
 
+/// The quantized tables of a model directory, every row looked up in the contract's arithmetic
+/// ([`QuantizedTable::lookup`]), by tensor name.
+fn quant_tables(data: &ModelData, q: &Quantization) -> Result<MemoryStore> {
+    let mut tables = MemoryStore::new();
+    for t in &q.tables {
+        let shape = data.manifest.tensor(&t.tensor)?.shape.clone();
+        let [rows, cols] = shape[..] else {
+            return Err(FormatError::BadTensorEntry {
+                name: t.tensor.clone(),
+                reason: format!("a quantized table is 2-D, shape {shape:?}"),
+            }
+            .into());
+        };
+        let bits = Bits::from_bits(t.bits)?;
+        let scales = data.tensor_f32(&scale_name(&t.tensor))?;
+        let w = QuantWeights::from_packed(bits, rows, cols, None, &data.tensor_bytes(&t.tensor)?, scales)?;
+        let all: Vec<usize> = (0..rows).collect();
+        tables.insert(t.tensor.clone(), (shape, QuantizedTable::lookup(&w.values, &w.scales, cols, &all)));
+    }
+    Ok(tables)
+}
+
 impl CpuModel {
     /// Build from a weight store; `compression` says which layers are stored as factors.
     pub fn build(
@@ -208,7 +230,10 @@ impl CpuModel {
             });
         }
         let embed = tensor(store, "model.text_model.embed_tokens.weight")?;
-        let lm_head = if cfg.text.tie_word_embeddings {
+        let embed_name = "model.text_model.embed_tokens.weight";
+        let lm_head = if cfg.text.tie_word_embeddings && quant.contains_key(embed_name) {
+            src.weight(&[embed_name.to_string()])?
+        } else if cfg.text.tie_word_embeddings {
             Weight::Float(embed.t()?.contiguous()?)
         } else {
             src.weight(&["lm_head.weight".to_string()])?
@@ -243,11 +268,12 @@ impl CpuModel {
     pub fn from_format(dir: &Path) -> Result<Self> {
         let data = pocketvlm_format::dir::open(dir)?;
         let compression = data.manifest.compression.clone();
-        let quant = match &data.manifest.quantization {
-            Some(q) => quant_layers(&data, q)?,
-            None => QuantLayers::new(),
+        let (quant, tables) = match &data.manifest.quantization {
+            Some(q) => (quant_layers(&data, q)?, quant_tables(&data, q)?),
+            None => (QuantLayers::new(), MemoryStore::new()),
         };
-        Self::build_quantized(data.manifest.model.clone(), &data, compression.as_ref(), &quant)
+        let store = Overlay { base: &data, over: tables };
+        Self::build_quantized(data.manifest.model.clone(), &store, compression.as_ref(), &quant)
     }
 
     /// Image features `[n·seq, d_text]` of tiles `[n, 3, S, S]`.

@@ -36,6 +36,21 @@ impl WeightStore for MemoryStore {
     }
 }
 
+/// A store whose tensors in `over` replace (or add to) those of `base`.
+pub struct Overlay<'a> {
+    pub base: &'a dyn WeightStore,
+    pub over: MemoryStore,
+}
+
+impl WeightStore for Overlay<'_> {
+    fn load(&self, name: &str) -> Result<(Vec<usize>, Vec<f32>)> {
+        match self.over.get(name) {
+            Some(t) => Ok(t.clone()),
+            None => self.base.load(name),
+        }
+    }
+}
+
 /// A float encoding's rejection of a packed one: packed integers come from the quantizer
 /// ([`crate::quant`]), never from rounding floats through an encoding.
 fn float_only(encoding: Encoding) -> CompressError {

@@ -1,53 +1,111 @@
-//! Quantizing a whole model: rotate, then quantize the text decoder's linear layers.
+//! Quantizing a whole model: rotate, then quantize every linear layer and the embeddings.
 //!
 //! **Rotations.** First the residual stream and the low-rank latents are rotated offline
-//! ([`crate::rotate::rotate_model`]), which leaves the float model exactly equivalent. Then the
-//! two inputs that no offline rotation reaches get an online rotation `R` (a randomized Hadamard
-//! transform of the layer's input width, applied by the kernel to each token): the attention
-//! output entering `o_proj` (`heads · head_dim` values, across heads) and the SwiGLU product
-//! entering `down_proj` (its `down` factor when factored). Since `W x = (W Rᵀ)(R x)`, the
-//! weight is stored as `W Rᵀ` and the layer stays exact before quantization.
+//! ([`crate::rotate::rotate_model`]), which leaves the float model exactly equivalent. Then every
+//! input that no offline rotation reaches gets an online rotation `R` (a randomized Hadamard
+//! transform of the layer's input width, applied by the kernel to each token): in the decoder
+//! the attention output entering `o_proj` (`heads · head_dim` values, across heads) and the
+//! SwiGLU product entering `down_proj` (its `down` factor when factored); in the vision tower
+//! (LayerNorm does not commute with a rotation, so nothing there is fused) the input of every
+//! layer that reads an activation: Q/K/V (or `qkv_down`, one rotation shared by the stacked
+//! three), `out_proj`, `fc1`, `fc2` (their `down` factors when factored); and the connector's
+//! pixel-shuffled input. Since `W x = (W Rᵀ)(R x)`, the weight is stored as `W Rᵀ` and the
+//! layer stays exact before quantization.
 //!
-//! **Layers.** Every linear matrix of the text decoder (dense `q/k/v_proj` or the joint
-//! `qkv_down` and `q/k/v_up` factors, `o_proj`, the MLP weights or their factors) gets the
-//! scheme's weight and activation widths, and an untied `lm_head` is quantized at W8A8. An
-//! input width that does not fill whole packed `u32` words (an `up` factor whose rank is not a
-//! multiple of 4 for INT8 or 8 for INT4) is padded with zeros in the packed rows (see
-//! [`pocketvlm_format::quant::pack`]); the budgets are unaffected. With a group size, INT4 layers
-//! whose input width the group divides get one scale per group, the others one per output
-//! channel; the manifest records each layer's choice. The embeddings (a gather, not a linear),
-//! the connector and the vision tower stay float in this step.
+//! **Layers.** Every linear matrix of the vision tower, the connector and the text decoder
+//! (dense or its factors) gets the scheme's weight and activation widths, with one exception:
+//! the decoder's `q_up`, `k_up` and `v_up` read the latent, which is the K/V cache entry, and
+//! take INT8 activations in every scheme (see [`pocketvlm_format::quant`], "The latent K/V
+//! cache"). `lm_head` is W8A8. The token embeddings are an INT8 table with one scale per row; a
+//! tied `lm_head` is the same integers used as a W8A8 layer. Each part can stay float
+//! ([`QuantParts`]). An input width that does not fill whole packed `u32` words is padded with
+//! zeros in the packed rows (see [`pocketvlm_format::quant::pack`]). With a group size, INT4
+//! layers whose input width the group divides get one scale per group, the others one per
+//! output channel; the manifest records each layer's choice.
 //!
 //! **Scales.** Weight scales come from the MSE clip search ([`crate::quant::weights`]).
 //! Activations are quantized per token at run time with clip ratio `ρ = 1` for INT8 and
-//! `ρ = 0.9` for INT4 (a fixed choice, not searched here).
+//! `ρ = 0.9` for INT4.
+//!
+//! **Baseline.** [`QuantOptions::rtn`]: the same layers with no rotation (offline or online) and
+//! plain absmax round-to-nearest scales, to show what the rotations and the clip search buy.
 
 use std::collections::{BTreeMap, HashMap};
 
-use pocketvlm_format::compression::{linear_factor_names, qkv_factor_names, text_layer_prefix};
+use pocketvlm_format::compression::{
+    linear_factor_names, qkv_factor_names, text_layer_prefix, vision_layer_prefix, vision_mlp_linears,
+};
 use pocketvlm_format::quant::linear::check_group;
 use pocketvlm_format::quant::pack::pack;
 use pocketvlm_format::quant::{
-    ActivationSpec, Bits, QuantWeights, Quantization, QuantizedLayer, RotationSpec, Scheme, scale_name,
+    ActivationSpec, Bits, QuantWeights, Quantization, QuantizedLayer, QuantizedTable, RotationSpec, Scheme,
+    scale_name,
 };
 use pocketvlm_format::{Compression, Encoding, FormatError, ModelConfig};
 
 use crate::convert::OutTensor;
-use crate::error::Result;
+use crate::error::{CompressError, Result};
 use crate::model::weights::{MemoryStore, encode};
 use crate::quant::weights::{ClipSearch, quantize_weights};
 use crate::rotate::{RotateOptions, rotate_model, rotate_rows};
 
-/// A quantization recipe (`--bits`, `--group-size`).
+const EMBED: &str = "model.text_model.embed_tokens.weight";
+const LM_HEAD: &str = "lm_head.weight";
+const CONNECTOR: &str = "model.connector.modality_projection.proj";
+
+/// Which parts of the model are quantized (all by default; `--float` names the others).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QuantParts {
+    pub vision: bool,
+    pub connector: bool,
+    /// The token embeddings as an INT8 table.
+    pub embeddings: bool,
+    /// `lm_head` at W8A8 (a tied one only together with the embeddings).
+    pub lm_head: bool,
+}
+
+impl Default for QuantParts {
+    fn default() -> Self {
+        Self { vision: true, connector: true, embeddings: true, lm_head: true }
+    }
+}
+
+impl QuantParts {
+    pub const NAMES: [&'static str; 4] = ["vision", "connector", "embeddings", "lm_head"];
+
+    /// All parts quantized except those in the comma-separated `float` list (typed error on an
+    /// unknown part).
+    pub fn keeping_float(float: &str) -> Result<Self> {
+        let mut p = Self::default();
+        for name in float.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+            let flag = match name {
+                "vision" => &mut p.vision,
+                "connector" => &mut p.connector,
+                "embeddings" => &mut p.embeddings,
+                "lm_head" => &mut p.lm_head,
+                _ => {
+                    return Err(CompressError::BadOptions {
+                        recipe: format!("--float {name}"),
+                        what: format!("one of {}", Self::NAMES.join(", ")),
+                    });
+                }
+            };
+            *flag = false;
+        }
+        Ok(p)
+    }
+}
+
+/// A quantization recipe (`--bits`, `--group-size`, `--float`, `--rtn`).
 #[derive(Clone, Debug, PartialEq)]
 pub struct QuantOptions {
     pub scheme: Scheme,
     /// Input columns per INT4 weight scale (64 or 128); `None`: one scale per output channel.
     pub group: Option<usize>,
     pub search: ClipSearch,
-    pub rotate: RotateOptions,
-    /// Quantize an untied `lm_head` at W8A8.
-    pub lm_head: bool,
+    /// Offline and online rotations; `None`: none at all (the RTN baseline).
+    pub rotate: Option<RotateOptions>,
+    pub parts: QuantParts,
 }
 
 impl QuantOptions {
@@ -56,8 +114,8 @@ impl QuantOptions {
             scheme,
             group: None,
             search: ClipSearch::default(),
-            rotate: RotateOptions::default(),
-            lm_head: true,
+            rotate: Some(RotateOptions::default()),
+            parts: QuantParts::default(),
         }
     }
 
@@ -76,6 +134,11 @@ impl QuantOptions {
         Ok(Self { group, ..Self::new(scheme) })
     }
 
+    /// The baseline of this recipe: no rotations, plain absmax round-to-nearest weight scales.
+    pub fn rtn(self) -> Self {
+        Self { rotate: None, search: ClipSearch::NONE, ..self }
+    }
+
     /// The activation clip ratio of `bits`.
     pub fn clip_ratio(bits: Bits) -> f32 {
         match bits {
@@ -89,7 +152,7 @@ impl QuantOptions {
 #[derive(Clone, Debug)]
 pub struct QuantizedModel {
     pub section: Quantization,
-    /// The quantized weights by tensor name.
+    /// The quantized weights (and tables) by tensor name.
     pub weights: BTreeMap<String, QuantWeights>,
 }
 
@@ -101,64 +164,141 @@ struct Plan {
     online: Vec<RotationSpec>,
 }
 
-/// Rotate the model in `store` (see the module documentation) and quantize its text decoder.
-/// `store` keeps the rotated float tensors (the quantized ones too, as their rotated float
-/// values); `cfg` is untied when the rotation had to split `lm_head` off.
+/// The quantization plan of every linear matrix (see the module documentation).
+struct Planner<'a> {
+    cfg: &'a ModelConfig,
+    opts: &'a QuantOptions,
+    plans: Vec<Plan>,
+}
+
+impl Planner<'_> {
+    fn plain(&self, name: String) -> Plan {
+        let s = self.opts.scheme;
+        Plan { name, weight: s.weight_bits(), activation: s.activation_bits(), online: Vec::new() }
+    }
+
+    /// An online rotation of `size` inputs, seeded apart from the residual (`seed`) and latent
+    /// (`seed + 1 + k`) rotations by `slot`; none without rotations.
+    fn online(&self, size: usize, slot: u32) -> Vec<RotationSpec> {
+        self.opts
+            .rotate
+            .map(|r| RotationSpec {
+                construction: r.construction,
+                size,
+                seed: Some(r.seed.wrapping_add(slot)),
+            })
+            .into_iter()
+            .collect()
+    }
+
+    /// A linear `base` (dense, or factored when `factored`) whose input gets `online`.
+    fn linear(&mut self, base: &str, factored: bool, online: Vec<RotationSpec>) {
+        if factored {
+            let (down, up) = linear_factor_names(base);
+            let first = Plan { online, ..self.plain(down) };
+            let second = self.plain(up);
+            self.plans.extend([first, second]);
+        } else {
+            let p = Plan { online, ..self.plain(format!("{base}.weight")) };
+            self.plans.push(p);
+        }
+    }
+
+    /// The stacked Q/K/V of `attn`: dense (each gets `online`) or the joint factors (the down
+    /// factor gets `online`; the up factors take `latent_bits` activations).
+    fn qkv(&mut self, attn: &str, factored: bool, online: Vec<RotationSpec>, latent_bits: Bits) {
+        if factored {
+            let [down, q, k, v] = qkv_factor_names(attn);
+            let down = Plan { online, ..self.plain(down) };
+            self.plans.push(down);
+            for up in [q, k, v] {
+                let p = Plan { activation: latent_bits, ..self.plain(up) };
+                self.plans.push(p);
+            }
+        } else {
+            for n in ["q_proj", "k_proj", "v_proj"] {
+                let p = Plan { online: online.clone(), ..self.plain(format!("{attn}.{n}.weight")) };
+                self.plans.push(p);
+            }
+        }
+    }
+
+    fn text(&mut self, compression: Option<&Compression>) {
+        let t = &self.cfg.text;
+        for i in 0..t.num_hidden_layers {
+            let p = text_layer_prefix(i);
+            let attn = format!("{p}.self_attn");
+            let ranks = compression.and_then(|c| c.text_layers.get(i));
+            let slot = 0x4000_0000 + 2 * i as u32;
+            self.qkv(&attn, ranks.is_some_and(|l| l.qkv.is_some()), Vec::new(), Bits::Int8);
+            let o = self.online(t.num_attention_heads * t.head_dim, slot);
+            self.linear(&format!("{attn}.o_proj"), false, o);
+            for name in ["gate_proj", "up_proj", "down_proj"] {
+                let online =
+                    if name == "down_proj" { self.online(t.intermediate_size, slot + 1) } else { Vec::new() };
+                let factored = ranks.is_some_and(|l| l.mlp.contains_key(name));
+                self.linear(&format!("{p}.mlp.{name}"), factored, online);
+            }
+        }
+    }
+
+    fn vision(&mut self, compression: Option<&Compression>) {
+        let v = &self.cfg.vision;
+        let d = v.hidden_size;
+        let widths: HashMap<&str, usize> =
+            vision_mlp_linears(self.cfg).iter().map(|(n, _, i)| (*n, *i)).collect();
+        for i in 0..v.num_hidden_layers {
+            let p = vision_layer_prefix(i);
+            let attn = format!("{p}.self_attn");
+            let ranks = compression.and_then(|c| c.vision_layers.get(i));
+            let slot = 0x6000_0000 + 4 * i as u32;
+            let scheme_bits = self.opts.scheme.activation_bits();
+            let qkv_online = self.online(d, slot);
+            self.qkv(&attn, ranks.is_some_and(|l| l.qkv.is_some()), qkv_online, scheme_bits);
+            let o = self.online(d, slot + 1);
+            self.linear(&format!("{attn}.out_proj"), false, o);
+            for (k, name) in ["fc1", "fc2"].into_iter().enumerate() {
+                let online = self.online(widths[name], slot + 2 + k as u32);
+                self.linear(
+                    &format!("{p}.mlp.{name}"),
+                    ranks.is_some_and(|l| l.mlp.contains_key(name)),
+                    online,
+                );
+            }
+        }
+    }
+}
+
+/// Rotate the model in `store` (see the module documentation; nothing is rotated for the RTN
+/// baseline) and quantize it. `store` keeps the rotated float tensors (the quantized ones too,
+/// as their rotated float values); `cfg` is untied when the rotation had to split `lm_head` off.
 pub fn quantize_model(
     cfg: &mut ModelConfig,
     store: &mut MemoryStore,
     compression: Option<&Compression>,
     opts: &QuantOptions,
 ) -> Result<QuantizedModel> {
-    let residual = rotate_model(cfg, store, compression, &opts.rotate)?;
-    let (wb, ab) = (opts.scheme.weight_bits(), opts.scheme.activation_bits());
-    let plain = |name: String| Plan { name, weight: wb, activation: ab, online: Vec::new() };
-    let mut plans = Vec::new();
-    // online rotations get seeds apart from the residual (seed) and latent (seed + 1 + k) ones
-    let online_seed =
-        |layer: usize, k: usize| opts.rotate.seed.wrapping_add(0x4000_0000 + (2 * layer + k) as u32);
-    for i in 0..cfg.text.num_hidden_layers {
-        let p = text_layer_prefix(i);
-        let attn = format!("{p}.self_attn");
-        let ranks = compression.and_then(|c| c.text_layers.get(i));
-        match ranks.and_then(|l| l.qkv) {
-            Some(_) => plans.extend(qkv_factor_names(&attn).map(plain)),
-            None => plans.extend(["q_proj", "k_proj", "v_proj"].map(|n| plain(format!("{attn}.{n}.weight")))),
-        }
-        let dq = cfg.text.num_attention_heads * cfg.text.head_dim;
-        let o =
-            RotationSpec { construction: opts.rotate.construction, size: dq, seed: Some(online_seed(i, 0)) };
-        plans.push(Plan { online: vec![o], ..plain(format!("{attn}.o_proj.weight")) });
-        for name in ["gate_proj", "up_proj", "down_proj"] {
-            let base = format!("{p}.mlp.{name}");
-            let (first, second) = if ranks.is_some_and(|l| l.mlp.contains_key(name)) {
-                let (down, up) = linear_factor_names(&base);
-                (down, Some(up))
-            } else {
-                (format!("{base}.weight"), None)
-            };
-            let online = if name == "down_proj" {
-                let size = cfg.text.intermediate_size;
-                vec![RotationSpec {
-                    construction: opts.rotate.construction,
-                    size,
-                    seed: Some(online_seed(i, 1)),
-                }]
-            } else {
-                Vec::new()
-            };
-            plans.push(Plan { online, ..plain(first) });
-            plans.extend(second.map(plain));
-        }
+    let residual = match &opts.rotate {
+        Some(r) => Some(rotate_model(cfg, store, compression, r)?),
+        None => None,
+    };
+    let mut planner = Planner { cfg, opts, plans: Vec::new() };
+    if opts.parts.vision {
+        planner.vision(compression);
     }
-    if opts.lm_head && !cfg.text.tie_word_embeddings {
-        plans.push(Plan {
-            name: "lm_head.weight".into(),
-            weight: Bits::Int8,
-            activation: Bits::Int8,
-            online: vec![],
-        });
+    if opts.parts.connector {
+        let width = store.get(&format!("{CONNECTOR}.weight")).map_or(0, |(shape, _)| shape[1]);
+        let online = planner.online(width, 0x7000_0000);
+        planner.linear(CONNECTOR, false, online);
     }
+    planner.text(compression);
+    let tied = cfg.text.tie_word_embeddings;
+    let head = if tied { EMBED } else { LM_HEAD };
+    if opts.parts.lm_head && (!tied || opts.parts.embeddings) {
+        let p = Plan { weight: Bits::Int8, activation: Bits::Int8, ..planner.plain(head.to_string()) };
+        planner.plans.push(p);
+    }
+    let plans = planner.plans;
 
     let mut layers = Vec::new();
     let mut weights = BTreeMap::new();
@@ -186,8 +326,18 @@ pub fn quantize_model(
         layers.push(layer);
         weights.insert(plan.name, q);
     }
+    let mut tables = Vec::new();
+    if opts.parts.embeddings {
+        if !weights.contains_key(EMBED) {
+            let (shape, values) =
+                store.get(EMBED).ok_or_else(|| FormatError::MissingTensor { name: EMBED.to_string() })?;
+            let q = quantize_weights(values, shape[0], shape[1], Bits::Int8, None, opts.search)?;
+            weights.insert(EMBED.to_string(), q);
+        }
+        tables.push(QuantizedTable { tensor: EMBED.to_string(), bits: Bits::Int8.bits() });
+    }
     let section =
-        Quantization { scheme: opts.scheme.name().to_string(), residual_rotation: Some(residual), layers };
+        Quantization { scheme: opts.scheme.name().to_string(), residual_rotation: residual, layers, tables };
     Ok(QuantizedModel { section, weights })
 }
 
@@ -209,18 +359,19 @@ pub fn quantize_tensors(
         store.insert(t.name, (t.shape, values));
     }
     let quantized = quantize_model(cfg, &mut store, compression, opts)?;
-    let embed_encoding = encodings.get("model.text_model.embed_tokens.weight").copied();
+    let embed_encoding = encodings.get(EMBED).copied();
     let mut out = Vec::with_capacity(store.len() + quantized.weights.len());
     for (name, shape) in pocketvlm_format::architecture::expected_tensors(cfg, compression) {
         let (_, values) =
             store.remove(&name).ok_or_else(|| FormatError::MissingTensor { name: name.clone() })?;
         let layer = quantized.section.layers.iter().find(|l| l.weight == name);
-        match (quantized.weights.get(&name), layer) {
-            (Some(q), Some(layer)) => {
+        match quantized.weights.get(&name) {
+            Some(q) => {
                 let encoding = if q.bits == Bits::Int4 { Encoding::I4 } else { Encoding::I8 };
                 let packed = pack(q.bits, &q.values, q.cols)?;
                 let scales: Vec<u8> = q.scales.iter().flat_map(|s| s.to_le_bytes()).collect();
-                let scale_shape = layer.scale_shape(q.out, q.cols);
+                // a layer records its grouping; a table has one scale per row
+                let scale_shape = layer.map_or(vec![q.out], |l| l.scale_shape(q.out, q.cols));
                 out.push(OutTensor { name: name.clone(), shape, encoding, bytes: packed.into() });
                 out.push(OutTensor {
                     name: scale_name(&name),
@@ -229,7 +380,7 @@ pub fn quantize_tensors(
                     bytes: scales.into(),
                 });
             }
-            _ => {
+            None => {
                 let encoding = encodings.get(&name).copied().or(embed_encoding).unwrap_or(Encoding::F32);
                 out.push(OutTensor { name, shape, encoding, bytes: encode(encoding, &values)?.into() });
             }

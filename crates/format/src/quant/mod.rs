@@ -34,6 +34,20 @@
 //! A kernel that follows these steps matches the reference bit for bit for per-channel scales;
 //! one that reduces groups in another order is within a few float roundings of step 7.
 //!
+//! # A quantized lookup table (the token embeddings)
+//!
+//! Row `t` of a table `[rows, cols]` with integers `q[t][j]` and one f32 scale `s[t]` per row
+//! is `e[j] = f32(q[t][j]) · s[t]`: the integer converts exactly and the product is one
+//! correctly rounded f32 multiply ([`section::QuantizedTable::lookup`]).
+//!
+//! # The latent K/V cache
+//!
+//! A joint-QKV layer's latent `c = down · x` is the input of its `q_up`, `k_up` and `v_up`
+//! factors, which are quantized layers with INT8 activations in every scheme (W4A4 included),
+//! no online transforms and the same clip ratio: steps 2–5 give all three the same integers
+//! `q_a` and scale `s_a`. Those (`rank` i8 values and one f32 per token) are the cache entry;
+//! K and V of a past token are steps 6–7 of `k_up` / `v_up` applied to the cached pair.
+//!
 //! # What is where
 //!
 //! * [`pack`]: [`pack::Bits`] and the INT8 / INT4 word layouts (feeding `dot4I8Packed`);
@@ -57,4 +71,6 @@ pub use error::QuantError;
 pub use linear::{QuantLinear, QuantWeights};
 pub use pack::Bits;
 pub use rotation::{Construction, Rotation};
-pub use section::{ActivationSpec, Quantization, QuantizedLayer, RotationSpec, Scheme, scale_name};
+pub use section::{
+    ActivationSpec, Quantization, QuantizedLayer, QuantizedTable, RotationSpec, Scheme, scale_name,
+};

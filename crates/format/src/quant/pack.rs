@@ -95,11 +95,11 @@ impl Bits {
 
 /// Pack `values` (row-major, rows of `cols`) in the layout of `bits`.
 pub fn pack(bits: Bits, values: &[i8], cols: usize) -> Result<Vec<u8>, QuantError> {
-    bits.check_row(cols)?;
-    if cols == 0 || !values.len().is_multiple_of(cols) {
+    bits.check_row(cols)?; // (rejects cols == 0)
+    if !values.len().is_multiple_of(cols) {
         return Err(QuantError::LengthMismatch {
             what: "packed tensor (whole rows)",
-            expected: values.len().next_multiple_of(cols.max(1)),
+            expected: values.len().next_multiple_of(cols),
             found: values.len(),
         });
     }

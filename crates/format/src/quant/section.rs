@@ -143,4 +143,28 @@ pub struct Quantization {
     /// and output projections, lm_head); informational, nothing applies it at run time.
     pub residual_rotation: Option<RotationSpec>,
     pub layers: Vec<QuantizedLayer>,
+    /// Quantized lookup tables (the token embeddings); absent in manifests without any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tables: Vec<QuantizedTable>,
+}
+
+/// A quantized lookup table `[rows, cols]` (token embeddings): symmetric integers of `bits`,
+/// packed like a weight, with one scale per row in the tensor [`scale_name`]`(tensor)`
+/// (shape `[rows]`, f32 or f16). Row `t` reads `e[j] = f32(q[t][j]) · s[t]`, one correctly
+/// rounded f32 multiply ([`QuantizedTable::lookup`]). A tied table may also be listed as a
+/// layer (the tied `lm_head`): the same integers and scales serve both.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuantizedTable {
+    pub tensor: String,
+    pub bits: u32,
+}
+
+impl QuantizedTable {
+    /// The rows `ids` of a table with `values` (`[rows, cols]`) and per-row `scales`.
+    pub fn lookup(values: &[i8], scales: &[f32], cols: usize, ids: &[usize]) -> Vec<f32> {
+        ids.iter()
+            .flat_map(|&t| values[t * cols..(t + 1) * cols].iter().map(move |&q| q as f32 * scales[t]))
+            .collect()
+    }
 }
