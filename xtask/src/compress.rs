@@ -28,7 +28,8 @@ pub struct Args {
     /// Budget: text QKV factor parameters as a fraction of the dense Q, K and V weights.
     #[arg(long)]
     qkv_params: Option<f64>,
-    /// Budget: KV-cache values per token as a fraction of dense K+V (the joint latent is cached).
+    /// Budget: KV-cache values per token as a fraction of dense K+V (the joint latent is cached);
+    /// with --bits, cached bytes (INT8 latent and its scale) against dense f16 K+V.
     #[arg(long)]
     kv_cache: Option<f64>,
     /// Budget: text MLP parameters as a fraction of the dense gate/up/down weights.

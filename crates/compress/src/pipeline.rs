@@ -36,7 +36,8 @@ use crate::report;
 pub struct Budgets {
     /// Text-decoder QKV factor parameters / dense QKV parameters.
     pub qkv_params: Option<f64>,
-    /// KV-cache values per token / dense K+V values per token (text decoder).
+    /// KV-cache values per token / dense K+V values per token (text decoder); for a quantized
+    /// recipe, cached bytes per token (INT8 latent and its scale) / dense f16 K+V bytes.
     pub kv_cache: Option<f64>,
     /// Text-decoder MLP parameters / dense MLP parameters.
     pub ffn_params: Option<f64>,
@@ -317,7 +318,14 @@ pub fn compress_lowrank(hf_dir: &Path, out_dir: &Path, opts: &LowRankOptions) ->
                 components.min((r * (layers * (d * (dq + 2 * dkv)) as u64) as f64).floor() as u64 / per);
         }
         if let Some(r) = b.kv_cache {
-            components = components.min((r * (layers * 2 * dkv as u64) as f64).floor() as u64);
+            // float: latent values against dense K and V values; quantized: bytes as cached
+            // (one per latent value plus a 4-byte scale per layer) against dense f16 K and V
+            let limit = if opts.quant.is_some() {
+                ((r * (layers * 2 * dkv as u64 * 2) as f64).floor() as u64).saturating_sub(4 * layers)
+            } else {
+                (r * (layers * 2 * dkv as u64) as f64).floor() as u64
+            };
+            components = components.min(limit);
         }
         pools.push(Pool {
             targets: (0..t.num_hidden_layers)
@@ -511,6 +519,9 @@ pub fn compress_lowrank(hf_dir: &Path, out_dir: &Path, opts: &LowRankOptions) ->
         };
         compression.achieved = achieved(&cfg, &compression);
         compression.kv_cache = kv_cache_info(&cfg, &compression, opts.quant.is_some());
+        if opts.quant.is_some() {
+            compression.achieved.kv_cache = Some(compression.kv_cache.byte_ratio());
+        }
 
         let layout = expected_tensors(&cfg, Some(&compression));
         let dense_layout = expected_tensors(&cfg, None);

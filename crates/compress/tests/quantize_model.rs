@@ -311,3 +311,22 @@ fn beta_search_keeps_the_lowest_calibration_loss() {
     let err = compress_lowrank(&fixture(), &tmp.path().join("y"), &opts).err().unwrap();
     assert!(matches!(err, CompressError::BudgetOutOfRange { .. }), "{err:?}");
 }
+
+/// With a low-bit recipe the KV-cache budget counts bytes as cached (the INT8 latent plus its
+/// 4-byte scale per layer) against dense f16 K and V: 25 % of the fixture's 3 · 2 · 16 · 2 = 192
+/// bytes leaves 48 − 3 · 4 = 36 latent values in all, twice the 24 a float latent gets.
+#[test]
+fn kv_budget_counts_cached_bytes_when_quantized() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut opts = low_rank_options(Some("w4a8"));
+    opts.budgets = Budgets { kv_cache: Some(0.25), ..Default::default() };
+    let c = compress_lowrank(&fixture(), &tmp.path().join("q"), &opts).unwrap().compression;
+    let ranks: usize = c.text_layers.iter().map(|l| l.qkv.unwrap()).sum();
+    assert_eq!((c.kv_cache.bytes_per_token, c.kv_cache.dense_bytes_per_token), (ranks as u64 + 12, 192));
+    assert!(ranks <= 36 && ranks > 24, "ranks {ranks}");
+    assert!(c.achieved.kv_cache.unwrap() <= 0.25);
+    opts.quant = None;
+    let c = compress_lowrank(&fixture(), &tmp.path().join("f"), &opts).unwrap().compression;
+    let ranks: usize = c.text_layers.iter().map(|l| l.qkv.unwrap()).sum();
+    assert!(ranks <= 24, "float ranks {ranks}");
+}

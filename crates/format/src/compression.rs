@@ -114,6 +114,13 @@ pub struct KvCacheInfo {
     pub dense_bytes_per_token: u64,
 }
 
+impl KvCacheInfo {
+    /// Cached bytes per token against dense f16 K and V.
+    pub fn byte_ratio(&self) -> f64 {
+        self.bytes_per_token as f64 / self.dense_bytes_per_token.max(1) as f64
+    }
+}
+
 /// The calibration run behind the factors.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -67,6 +67,7 @@ pub fn quantize_dir(
             size.bytes = out.iter().filter(of).map(|t| t.bytes.len() as u64).sum();
         }
         c.kv_cache = kv_cache_info(&meta.model, c, true);
+        c.achieved.kv_cache = Some(c.kv_cache.byte_ratio());
     }
     let manifest = write_model(
         &meta,
