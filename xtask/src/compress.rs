@@ -111,6 +111,9 @@ pub struct QuantArgs {
     /// The baseline: round-to-nearest with absmax scales and no rotations at all.
     #[arg(long)]
     rtn: bool,
+    /// Clip ratio of INT4 activations (0 < ρ ≤ 1; scale = ρ · max|x| / 7).
+    #[arg(long)]
+    act_clip: Option<f32>,
 }
 
 impl QuantArgs {
@@ -121,15 +124,19 @@ impl QuantArgs {
             what: "a low-bit recipe (--bits w8a8, w4a8 or w4a4)".into(),
         };
         let Some(bits) = self.bits else {
-            return match (self.group_size, self.float.is_empty(), self.rtn) {
-                (Some(_), _, _) => Err(needs_bits("--group-size")),
-                (_, false, _) => Err(needs_bits("--float")),
-                (_, _, true) => Err(needs_bits("--rtn")),
+            return match (self.group_size, self.float.is_empty(), self.rtn, self.act_clip) {
+                (Some(_), _, _, _) => Err(needs_bits("--group-size")),
+                (_, false, _, _) => Err(needs_bits("--float")),
+                (_, _, true, _) => Err(needs_bits("--rtn")),
+                (_, _, _, Some(_)) => Err(needs_bits("--act-clip")),
                 _ => Ok(None),
             };
         };
         let mut q = QuantOptions::with_group(bits, self.group_size.map(usize::from))?;
         q.parts = QuantParts::keeping_float(&self.float)?;
+        if let Some(rho) = self.act_clip {
+            q = q.with_int4_clip(rho)?;
+        }
         Ok(Some(if self.rtn { q.rtn() } else { q }))
     }
 
@@ -390,5 +397,12 @@ mod tests {
         let q = parse(&["--bits", "w4a4", "--float", "vision,lm_head", "--rtn"]).unwrap().unwrap();
         assert!(!q.parts.vision && !q.parts.lm_head && q.parts.connector && q.parts.embeddings);
         assert!(q.rotate.is_none());
+        let q = parse(&["--bits", "w4a4", "--act-clip", "0.8"]).unwrap().unwrap();
+        assert_eq!(q.int4_clip, 0.8);
+        assert!(parse(&["--act-clip", "0.8"]).unwrap_err().starts_with("BadOptions"));
+        for bad in ["0", "1.5", "NaN"] {
+            let err = parse(&["--bits", "w4a4", "--act-clip", bad]).unwrap_err();
+            assert!(err.starts_with("Quant(BadClipRatio"), "{bad}: {err}");
+        }
     }
 }

@@ -262,6 +262,7 @@ fn w4a4_latent_is_int8_and_quantize_dir_matches_compress() {
         let latent = ["q_up", "k_up", "v_up"].iter().any(|u| l.weight.ends_with(&format!("{u}.weight")));
         let want = if latent || l.weight == "lm_head.weight" { 8 } else { 4 };
         assert_eq!(l.activation.bits, want, "{}", l.weight);
+        assert_eq!(l.activation.clip_ratio, if want == 8 { 1.0 } else { 0.9 }, "{}", l.weight);
     }
     let c = summary.manifest.compression.as_ref().unwrap();
     let want: u64 = c.text_layers.iter().map(|l| l.qkv.map_or(2 * 16 * 2, |r| r as u64 + 4)).sum();

@@ -25,7 +25,7 @@
 //!
 //! **Scales.** Weight scales come from the MSE clip search ([`crate::quant::weights`]).
 //! Activations are quantized per token at run time with clip ratio `ρ = 1` for INT8 and
-//! `ρ = 0.9` for INT4.
+//! `ρ = 0.9` for INT4 by default (`--act-clip`; BENCHMARKS.md has the measured choice).
 //!
 //! **Baseline.** [`QuantOptions::rtn`]: the same layers with no rotation (offline or online) and
 //! plain absmax round-to-nearest scales, to show what the rotations and the clip search buy.
@@ -38,8 +38,8 @@ use pocketvlm_format::compression::{
 use pocketvlm_format::quant::linear::check_group;
 use pocketvlm_format::quant::pack::pack;
 use pocketvlm_format::quant::{
-    ActivationSpec, Bits, QuantWeights, Quantization, QuantizedLayer, QuantizedTable, RotationSpec, Scheme,
-    scale_name,
+    ActivationQuant, ActivationSpec, Bits, QuantWeights, Quantization, QuantizedLayer, QuantizedTable,
+    RotationSpec, Scheme, scale_name,
 };
 use pocketvlm_format::{Compression, Encoding, FormatError, ModelConfig};
 
@@ -106,6 +106,8 @@ pub struct QuantOptions {
     /// Offline and online rotations; `None`: none at all (the RTN baseline).
     pub rotate: Option<RotateOptions>,
     pub parts: QuantParts,
+    /// Clip ratio `ρ` of INT4 activations (the scale is `ρ · max|x| / 7`; INT8 uses 1).
+    pub int4_clip: f32,
 }
 
 impl QuantOptions {
@@ -116,6 +118,7 @@ impl QuantOptions {
             search: ClipSearch::default(),
             rotate: Some(RotateOptions::default()),
             parts: QuantParts::default(),
+            int4_clip: 0.9,
         }
     }
 
@@ -139,12 +142,18 @@ impl QuantOptions {
         Self { rotate: None, search: ClipSearch::NONE, ..self }
     }
 
-    /// The activation clip ratio of `bits`.
-    pub fn clip_ratio(bits: Bits) -> f32 {
+    /// The activation clip ratio of `bits`: 1 for INT8, [`Self::int4_clip`] for INT4.
+    pub fn clip_ratio(&self, bits: Bits) -> f32 {
         match bits {
             Bits::Int8 => 1.0,
-            Bits::Int4 => 0.9,
+            Bits::Int4 => self.int4_clip,
         }
+    }
+
+    /// Set the INT4 activation clip ratio (`0 < ρ ≤ 1`, typed error otherwise).
+    pub fn with_int4_clip(self, rho: f32) -> Result<Self> {
+        ActivationQuant::new(Bits::Int4, rho)?;
+        Ok(Self { int4_clip: rho, ..self })
     }
 }
 
@@ -318,7 +327,7 @@ pub fn quantize_model(
             group,
             activation: ActivationSpec {
                 bits: plan.activation.bits(),
-                clip_ratio: QuantOptions::clip_ratio(plan.activation),
+                clip_ratio: opts.clip_ratio(plan.activation),
             },
             online: plan.online,
         };
