@@ -114,7 +114,14 @@ pub struct QuantArgs {
     /// Clip ratio of INT4 activations (0 < ρ ≤ 1; scale = ρ · max|x| / 7).
     #[arg(long)]
     act_clip: Option<f32>,
+    /// GPTQ error compensation of the decoder's weights from the calibration samples' input
+    /// moments (low-rank recipes with calibration data).
+    #[arg(long)]
+    gptq: bool,
 }
+
+/// GPTQ's damping: `λ = 0.01 · mean(diag H)` (the paper's default).
+const GPTQ_DAMP: f64 = 0.01;
 
 impl QuantArgs {
     /// The recipe (`None` without `--bits`); options that need `--bits` are typed errors without.
@@ -124,18 +131,25 @@ impl QuantArgs {
             what: "a low-bit recipe (--bits w8a8, w4a8 or w4a4)".into(),
         };
         let Some(bits) = self.bits else {
-            return match (self.group_size, self.float.is_empty(), self.rtn, self.act_clip) {
-                (Some(_), _, _, _) => Err(needs_bits("--group-size")),
-                (_, false, _, _) => Err(needs_bits("--float")),
-                (_, _, true, _) => Err(needs_bits("--rtn")),
-                (_, _, _, Some(_)) => Err(needs_bits("--act-clip")),
-                _ => Ok(None),
+            let flags = [
+                ("--group-size", self.group_size.is_some()),
+                ("--float", !self.float.is_empty()),
+                ("--rtn", self.rtn),
+                ("--act-clip", self.act_clip.is_some()),
+                ("--gptq", self.gptq),
+            ];
+            return match flags.iter().find(|(_, set)| *set) {
+                Some((flag, _)) => Err(needs_bits(flag)),
+                None => Ok(None),
             };
         };
         let mut q = QuantOptions::with_group(bits, self.group_size.map(usize::from))?;
         q.parts = QuantParts::keeping_float(&self.float)?;
         if let Some(rho) = self.act_clip {
             q = q.with_int4_clip(rho)?;
+        }
+        if self.gptq {
+            q.gptq = Some(GPTQ_DAMP);
         }
         Ok(Some(if self.rtn { q.rtn() } else { q }))
     }
@@ -397,6 +411,8 @@ mod tests {
         let q = parse(&["--bits", "w4a4", "--float", "vision,lm_head", "--rtn"]).unwrap().unwrap();
         assert!(!q.parts.vision && !q.parts.lm_head && q.parts.connector && q.parts.embeddings);
         assert!(q.rotate.is_none());
+        assert!(parse(&["--gptq"]).unwrap_err().starts_with("BadOptions"));
+        assert_eq!(parse(&["--bits", "w4a8", "--gptq"]).unwrap().unwrap().gptq, Some(GPTQ_DAMP));
         let q = parse(&["--bits", "w4a4", "--act-clip", "0.8"]).unwrap().unwrap();
         assert_eq!(q.int4_clip, 0.8);
         assert!(parse(&["--act-clip", "0.8"]).unwrap_err().starts_with("BadOptions"));

@@ -199,7 +199,7 @@ pub fn convert(hf_dir: &Path, out_dir: &Path, options: &ConvertOptions) -> Resul
     });
     let (out, quantization) = match &options.quant {
         Some(q) => {
-            let (out, quantized) = quantize_tensors(&mut meta.model, None, out.collect(), q)?;
+            let (out, quantized) = quantize_tensors(&mut meta.model, None, out.collect(), q, None)?;
             (out, Some(quantized.section))
         }
         None => (out.collect(), None),

@@ -176,6 +176,7 @@ pub fn dense_target_weight(
             ["q_proj", "k_proj", "v_proj"].iter().map(|p| format!("{prefix}.self_attn.{p}.weight")).collect()
         }
         Proj::Mlp(i) => vec![format!("{prefix}.mlp.{}.weight", mlp_name(cfg, t.tower, i))],
+        Proj::Out => vec![format!("{prefix}.self_attn.{}.weight", out_name(t.tower))],
     };
     let mut rows = Vec::new();
     let mut cols = 0;
@@ -189,6 +190,14 @@ pub fn dense_target_weight(
         values.extend(raw.encoding.decode_f32(raw.bytes, &raw.shape));
     }
     Ok(from_rows(rows.iter().sum(), cols, &values))
+}
+
+/// The attention output projection's name in `tower`.
+fn out_name(tower: Tower) -> &'static str {
+    match tower {
+        Tower::Text => "o_proj",
+        Tower::Vision => "out_proj",
+    }
 }
 
 fn mlp_name(cfg: &ModelConfig, tower: Tower, i: usize) -> &'static str {
@@ -220,6 +229,7 @@ fn dense_weight_name(cfg: &ModelConfig, t: Target) -> String {
     match t.proj {
         Proj::Qkv => format!("{prefix}.self_attn.q_proj.weight"),
         Proj::Mlp(i) => format!("{prefix}.mlp.{}.weight", mlp_name(cfg, t.tower, i)),
+        Proj::Out => format!("{prefix}.self_attn.{}.weight", out_name(t.tower)),
     }
 }
 
@@ -245,6 +255,10 @@ pub fn target_factors(
         }
         Proj::Mlp(i) => {
             let (dn, upn) = linear_factor_names(&format!("{prefix}.mlp.{}", mlp_name(cfg, t.tower, i)));
+            vec![(dn, down), (upn, up)]
+        }
+        Proj::Out => {
+            let (dn, upn) = linear_factor_names(&format!("{prefix}.self_attn.{}", out_name(t.tower)));
             vec![(dn, down), (upn, up)]
         }
     }
@@ -485,6 +499,12 @@ pub fn compress_lowrank(hf_dir: &Path, out_dir: &Path, opts: &LowRankOptions) ->
                 Proj::Mlp(i) => {
                     layer.mlp.insert(mlp_name(&cfg, tg.tower, i).to_string(), kept.len());
                 }
+                Proj::Out => {
+                    return Err(CompressError::BadOptions {
+                        recipe: method.name().into(),
+                        what: "no factored attention output projections (the format has none)".into(),
+                    });
+                }
             }
             let encoding = opts.factor_encoding.unwrap_or(tensors[&dense_weight_name(&cfg, *tg)].encoding);
             for (name, m) in target_factors(&cfg, &decs[tg], *tg, kept, beta) {
@@ -562,7 +582,13 @@ pub fn compress_lowrank(hf_dir: &Path, out_dir: &Path, opts: &LowRankOptions) ->
         // a rotation that unties lm_head changes the config the manifest records
         let quantization = match &opts.quant {
             Some(q) => {
-                let (tensors, quantized) = quantize_tensors(&mut meta.model, Some(&compression), out, q)?;
+                let (tensors, quantized) = quantize_tensors(
+                    &mut meta.model,
+                    Some(&compression),
+                    out,
+                    q,
+                    samples.as_ref().map(|s| s.samples.as_slice()),
+                )?;
                 out = tensors;
                 lap("quantize", &mut stages);
                 Some(quantized.section)

@@ -22,6 +22,9 @@ pub enum Proj {
     Qkv,
     /// An MLP linear by index: text `gate_proj`, `up_proj`, `down_proj`; vision `fc1`, `fc2`.
     Mlp(usize),
+    /// The attention output projection (text `o_proj`, vision `out_proj`); never factored, tapped
+    /// for the quantizer's input statistics.
+    Out,
 }
 
 /// One compressible linear (or stacked group) of the model.

@@ -154,7 +154,7 @@ impl TextDecoder {
                 scores = scores.broadcast_add(m)?;
             }
             let o = softmax(&scores)?.matmul(&v)?.transpose(0, 1)?.reshape((len, dq))?;
-            x = (x + l.o_proj.forward(&o, t(Proj::Qkv), None)?)?;
+            x = (x + l.o_proj.forward(&o, t(Proj::Out), tape.as_deref_mut())?)?;
             let h = rms_norm(&x, &l.post_norm, c.rms_norm_eps)?;
             let g = l.mlp[0].forward(&h, t(Proj::Mlp(0)), tape.as_deref_mut())?;
             let u = l.mlp[1].forward(&h, t(Proj::Mlp(1)), tape.as_deref_mut())?;

@@ -67,7 +67,7 @@ impl VisionTower {
             let attn = softmax(&(q.matmul(&k.t()?)? * scale)?)?;
             let o =
                 attn.matmul(&v)?.reshape((n, heads, np, hd))?.permute((0, 2, 1, 3))?.reshape((n * np, d))?;
-            x = (x + l.out_proj.forward(&o, t(Proj::Qkv), None)?)?;
+            x = (x + l.out_proj.forward(&o, t(Proj::Out), tape.as_deref_mut())?)?;
             let h = layer_norm(&x, &l.ln2, c.layer_norm_eps)?;
             let h = l.mlp[0].forward(&h, t(Proj::Mlp(0)), tape.as_deref_mut())?.gelu()?;
             x = (x + l.mlp[1].forward(&h, t(Proj::Mlp(1)), tape.as_deref_mut())?)?;

@@ -59,7 +59,7 @@ pub fn quantize_dir(
             })
         })
         .collect::<Result<Vec<_>>>()?;
-    let (out, quantized) = quantize_tensors(&mut meta.model, compression.as_ref(), tensors, opts)?;
+    let (out, quantized) = quantize_tensors(&mut meta.model, compression.as_ref(), tensors, opts, None)?;
     if let Some(c) = compression.as_mut() {
         for size in &mut c.sizes {
             let of = |t: &&OutTensor<'_>| Component::of(&t.name).name() == size.component;

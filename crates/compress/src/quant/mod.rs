@@ -5,6 +5,7 @@
 //! ([`dir`]).
 
 pub mod dir;
+pub mod gptq;
 pub mod model;
 pub mod weights;
 

@@ -23,7 +23,8 @@
 //! layers whose input width the group divides get one scale per group, the others one per
 //! output channel; the manifest records each layer's choice.
 //!
-//! **Scales.** Weight scales come from the MSE clip search ([`crate::quant::weights`]).
+//! **Scales.** Weight scales come from the MSE clip search ([`crate::quant::weights`]); with
+//! `--gptq` the decoder's integers are then re-chosen by GPTQ ([`crate::quant::gptq`]).
 //! Activations are quantized per token at run time with clip ratio `ρ = 1` for INT8 and
 //! `ρ = 0.9` for INT4 by default (`--act-clip`; BENCHMARKS.md has the measured choice).
 //!
@@ -43,9 +44,11 @@ use pocketvlm_format::quant::{
 };
 use pocketvlm_format::{Compression, Encoding, FormatError, ModelConfig};
 
+use crate::calib::Sample;
 use crate::convert::OutTensor;
 use crate::error::{CompressError, Result};
 use crate::model::weights::{MemoryStore, encode};
+use crate::quant::gptq::{gptq, input_moments, rotate_moments};
 use crate::quant::weights::{ClipSearch, quantize_weights};
 use crate::rotate::{RotateOptions, rotate_model, rotate_rows};
 
@@ -108,6 +111,9 @@ pub struct QuantOptions {
     pub parts: QuantParts,
     /// Clip ratio `ρ` of INT4 activations (the scale is `ρ · max|x| / 7`; INT8 uses 1).
     pub int4_clip: f32,
+    /// GPTQ error compensation of the decoder's weights with this damping (needs calibration
+    /// samples; see [`crate::quant::gptq`]); `None`: the clip search's integers as they are.
+    pub gptq: Option<f64>,
 }
 
 impl QuantOptions {
@@ -119,6 +125,7 @@ impl QuantOptions {
             rotate: Some(RotateOptions::default()),
             parts: QuantParts::default(),
             int4_clip: 0.9,
+            gptq: None,
         }
     }
 
@@ -279,17 +286,32 @@ impl Planner<'_> {
 }
 
 /// Rotate the model in `store` (see the module documentation; nothing is rotated for the RTN
-/// baseline) and quantize it. `store` keeps the rotated float tensors (the quantized ones too,
+/// baseline) and quantize it; with [`QuantOptions::gptq`], `samples` give the decoder's input
+/// moments. `store` keeps the rotated float tensors (the quantized ones too,
 /// as their rotated float values); `cfg` is untied when the rotation had to split `lm_head` off.
 pub fn quantize_model(
     cfg: &mut ModelConfig,
     store: &mut MemoryStore,
     compression: Option<&Compression>,
     opts: &QuantOptions,
+    samples: Option<&[Sample]>,
 ) -> Result<QuantizedModel> {
     let residual = match &opts.rotate {
         Some(r) => Some(rotate_model(cfg, store, compression, r)?),
         None => None,
+    };
+    let moments = match (opts.gptq, samples) {
+        (None, _) => HashMap::new(),
+        (Some(_), Some(s)) => {
+            let r = residual.map(|spec| spec.build()).transpose()?;
+            input_moments(cfg, store, compression, s, r.as_ref())?
+        }
+        (Some(_), None) => {
+            return Err(CompressError::BadOptions {
+                recipe: "--gptq".into(),
+                what: "calibration samples (a low-rank recipe with --calib or --calib-text)".into(),
+            });
+        }
     };
     let mut planner = Planner { cfg, opts, plans: Vec::new() };
     if opts.parts.vision {
@@ -320,7 +342,14 @@ pub fn quantize_model(
         }
         let group = opts.group.filter(|g| plan.weight == Bits::Int4 && cols.is_multiple_of(*g));
         let values = &store[&plan.name].1;
-        let q = quantize_weights(values, out, cols, plan.weight, group, opts.search)?;
+        let mut q = quantize_weights(values, out, cols, plan.weight, group, opts.search)?;
+        if let (Some(damp), Some(h)) = (opts.gptq, moments.get(&plan.name)) {
+            let mut h = h.clone();
+            for r in &plan.online {
+                h = rotate_moments(&h, &r.build()?)?;
+            }
+            q = gptq(values, &q, &h, damp)?;
+        }
         let layer = QuantizedLayer {
             weight: plan.name.clone(),
             weight_bits: plan.weight.bits(),
@@ -359,6 +388,7 @@ pub fn quantize_tensors(
     compression: Option<&Compression>,
     tensors: Vec<OutTensor<'_>>,
     opts: &QuantOptions,
+    samples: Option<&[Sample]>,
 ) -> Result<(Vec<OutTensor<'static>>, QuantizedModel)> {
     let mut encodings: HashMap<String, Encoding> = HashMap::new();
     let mut store = MemoryStore::new();
@@ -367,7 +397,7 @@ pub fn quantize_tensors(
         let values = t.encoding.decode_f32(&t.bytes, &t.shape);
         store.insert(t.name, (t.shape, values));
     }
-    let quantized = quantize_model(cfg, &mut store, compression, opts)?;
+    let quantized = quantize_model(cfg, &mut store, compression, opts, samples)?;
     let embed_encoding = encodings.get(EMBED).copied();
     let mut out = Vec::with_capacity(store.len() + quantized.weights.len());
     for (name, shape) in pocketvlm_format::architecture::expected_tensors(cfg, compression) {
