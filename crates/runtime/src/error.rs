@@ -38,6 +38,9 @@ pub enum RuntimeError {
     Format(pocketvlm_format::FormatError),
     #[error("shape error: {0}")]
     Shape(String),
+    /// A valid model this runtime cannot run (yet): low-rank factors or packed integer weights.
+    #[error("unsupported model: {0}")]
+    UnsupportedModel(String),
     /// The caller aborted the operation (an `AbortSignal` in the browser).
     #[error("aborted: {0}")]
     Aborted(String),

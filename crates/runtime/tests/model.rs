@@ -8,11 +8,11 @@ mod cases;
 use std::path::{Path, PathBuf};
 
 use cases::{TINY_CASES, check_case, read_case};
-use pocketvlm_compress::{ConvertOptions, convert};
+use pocketvlm_compress::{Budgets, ConvertOptions, LowRankOptions, Method, compress_lowrank, convert};
 use pocketvlm_format::dir;
 use pocketvlm_runtime::engine::Engine;
-use pocketvlm_runtime::model::Generator;
 use pocketvlm_runtime::model::sampling::SamplingOptions;
+use pocketvlm_runtime::model::{Generator, check_supported};
 use pocketvlm_runtime::{DeviceOptions, Gpu, RuntimeError};
 
 fn fixtures() -> PathBuf {
@@ -71,6 +71,31 @@ fn prompt_too_long_is_a_typed_error() {
         let err =
             Generator::start(gpu, model, &prompt, None, 4, SamplingOptions::default()).await.err().unwrap();
         assert!(matches!(err, RuntimeError::Shape(_)), "{err}");
+    });
+}
+
+/// A quantized model (whose packed integers would read as plain numbers) is refused with a
+/// typed error before anything is uploaded.
+#[test]
+fn quantized_models_are_refused() {
+    pollster::block_on(async {
+        let out = tempfile::tempdir().unwrap();
+        let quant = Some(pocketvlm_compress::quant::QuantOptions::parse("w8a8", None).unwrap());
+        convert(&fixtures().join("tiny"), out.path(), &ConvertOptions { quant, ..Default::default() })
+            .unwrap();
+        let data = dir::open(out.path()).unwrap();
+        let tokenizer = dir::read_tokenizer(out.path(), &data.manifest).unwrap();
+        let gpu = Gpu::new(&DeviceOptions::default()).await.unwrap();
+        let err = Engine::load(gpu, &data, &tokenizer).await.err().unwrap();
+        assert!(matches!(&err, RuntimeError::UnsupportedModel(m) if m.contains("w8a8")), "{err}");
+        // so is a float model with low-rank factors
+        let factored = tempfile::tempdir().unwrap();
+        let budgets = Budgets { qkv_params: Some(0.9), ..Default::default() };
+        let opts = LowRankOptions::new(Method::Svd, budgets, None);
+        compress_lowrank(&fixtures().join("tiny"), factored.path(), &opts).unwrap();
+        let data = dir::open(factored.path()).unwrap();
+        let err = check_supported(&data.manifest).unwrap_err();
+        assert!(matches!(&err, RuntimeError::UnsupportedModel(m) if m.contains("svd")), "{err}");
     });
 }
 

@@ -62,8 +62,10 @@ impl MemoryUsage {
 }
 
 impl Model {
-    /// Upload a model's weights and tables.
+    /// Upload a model's weights and tables. Only dense float models run here; a quantized or
+    /// factored one is a typed error before anything is uploaded.
     pub async fn load(gpu: &Gpu, data: &ModelData) -> Result<Self> {
+        check_supported(&data.manifest)?;
         let config = data.manifest.model.clone();
         let weights = Weights::upload(gpu, data).await?;
         let max_positions = config.text.max_position_embeddings;
@@ -351,4 +353,29 @@ impl Generator {
             activations: self.peak_pass_bytes + self.logits.size() + self.argmax.size(),
         }
     }
+}
+
+/// The dense kernels run float, unfactored weights: a model with packed integer weights (format
+/// v3 `quantization`) or low-rank factors (a `compression` section with factored layers) would
+/// otherwise be read tensor by tensor into wrong results, so it is refused.
+pub fn check_supported(manifest: &pocketvlm_format::Manifest) -> Result<()> {
+    if let Some(q) = &manifest.quantization {
+        return Err(RuntimeError::UnsupportedModel(format!(
+            "the model is quantized ({}); this runtime has no kernels for packed integer weights yet \
+             (convert the checkpoint without --bits)",
+            q.scheme
+        )));
+    }
+    if let Some(c) = &manifest.compression {
+        let factored =
+            c.text_layers.iter().chain(&c.vision_layers).any(|l| l.qkv.is_some() || !l.mlp.is_empty());
+        if factored {
+            return Err(RuntimeError::UnsupportedModel(format!(
+                "the model has low-rank factors ({}); this runtime has no kernels for them yet \
+                 (convert the checkpoint with --recipe dense)",
+                c.recipe
+            )));
+        }
+    }
+    Ok(())
 }
