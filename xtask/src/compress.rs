@@ -9,7 +9,7 @@ use pocketvlm_compress::quant::{QuantOptions, QuantParts, quantize_dir};
 use pocketvlm_compress::{
     Budgets, CompressError, ConvertOptions, LowRankOptions, Method, Recipe, compress_lowrank, convert,
 };
-use pocketvlm_format::quant::Scheme;
+use pocketvlm_format::quant::{Bits, Scheme};
 use pocketvlm_format::{Encoding, Manifest, dir};
 
 use crate::util::human_bytes;
@@ -38,6 +38,30 @@ pub struct Args {
     /// Budget: vision-tower QKV factor parameters as a fraction of dense (biases stay exact).
     #[arg(long)]
     vision_qkv_params: Option<f64>,
+    #[command(flatten)]
+    calib: CalibArgs,
+    /// Share of the singular values given to the down (latent) factor.
+    #[arg(long, default_value_t = 0.5)]
+    beta: f64,
+    /// Search β over these comma-separated values on the calibration loss of the quantized
+    /// model (needs --bits and calibration data); overrides --beta.
+    #[arg(long, value_delimiter = ',')]
+    beta_search: Option<Vec<f64>>,
+    /// ASVD activation exponent.
+    #[arg(long, default_value_t = 0.5)]
+    alpha: f64,
+    /// Encoding of the factor tensors (f32, f16, bf16; default: that of the weights they replace).
+    #[arg(long)]
+    factor_encoding: Option<String>,
+    #[command(flatten)]
+    quant: QuantArgs,
+    #[command(flatten)]
+    output: OutputArgs,
+}
+
+/// Where calibration samples come from (shared by `compress` and `quantize`).
+#[derive(clap::Args)]
+pub struct CalibArgs {
     /// Calibration images folder (`name.txt` beside `name.jpg` is used as its caption; without
     /// captions the uncompressed model's own greedy answers are the targets).
     #[arg(long, conflicts_with = "calib_text")]
@@ -62,27 +86,42 @@ pub struct Args {
     /// tile per image).
     #[arg(long)]
     tiling: bool,
-    /// Share of the singular values given to the down (latent) factor.
-    #[arg(long, default_value_t = 0.5)]
-    beta: f64,
-    /// Search β over these comma-separated values on the calibration loss of the quantized
-    /// model (needs --bits and calibration data); overrides --beta.
-    #[arg(long, value_delimiter = ',')]
-    beta_search: Option<Vec<f64>>,
-    /// ASVD activation exponent.
-    #[arg(long, default_value_t = 0.5)]
-    alpha: f64,
-    /// Encoding of the factor tensors (f32, f16, bf16; default: that of the weights they replace).
-    #[arg(long)]
-    factor_encoding: Option<String>,
-    #[command(flatten)]
-    quant: QuantArgs,
+}
+
+impl CalibArgs {
+    /// The calibration options, `None` without a source.
+    fn options(&self) -> Option<CalibOptions> {
+        let source = match (&self.calib, &self.calib_text) {
+            (Some(d), _) => CalibSource::Images(d.clone()),
+            (None, Some(f)) => CalibSource::Text(f.clone()),
+            (None, None) => return None,
+        };
+        let mut c = CalibOptions::new(source);
+        c.samples = self.calib_samples;
+        c.seed = self.calib_seed;
+        if let Some(m) = self.calib_max_tokens {
+            c.max_tokens = m;
+        }
+        c.tiling = self.tiling;
+        Some(c)
+    }
+}
+
+/// How a written model is laid out and reported.
+#[derive(clap::Args)]
+pub struct OutputArgs {
     /// Largest shard in MiB.
     #[arg(long, default_value_t = 32)]
     shard_mib: u64,
     /// Print one JSON object on stdout instead of the human-readable summary.
     #[arg(long)]
     json: bool,
+}
+
+impl OutputArgs {
+    fn max_shard_bytes(&self) -> u64 {
+        self.shard_mib << 20
+    }
 }
 
 #[derive(clap::Args)]
@@ -115,9 +154,17 @@ pub struct QuantArgs {
     #[arg(long)]
     act_clip: Option<f32>,
     /// GPTQ error compensation of the decoder's weights from the calibration samples' input
-    /// moments (low-rank recipes with calibration data).
-    #[arg(long)]
-    gptq: bool,
+    /// moments: `auto` (default) applies it to INT4 weights whenever calibration data is given
+    /// (not with --rtn), `on` to any --bits (calibration data required), `off` never.
+    #[arg(long, value_enum)]
+    gptq: Option<Gptq>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Gptq {
+    Auto,
+    On,
+    Off,
 }
 
 /// GPTQ's damping: `λ = 0.01 · mean(diag H)` (the paper's default).
@@ -125,7 +172,8 @@ const GPTQ_DAMP: f64 = 0.01;
 
 impl QuantArgs {
     /// The recipe (`None` without `--bits`); options that need `--bits` are typed errors without.
-    fn options(&self) -> Result<Option<QuantOptions>, CompressError> {
+    /// `calibrated`: calibration samples will be given (GPTQ's `auto`).
+    fn options(&self, calibrated: bool) -> Result<Option<QuantOptions>, CompressError> {
         let needs_bits = |flag: &str| CompressError::BadOptions {
             recipe: flag.into(),
             what: "a low-bit recipe (--bits w8a8, w4a8 or w4a4)".into(),
@@ -136,7 +184,7 @@ impl QuantArgs {
                 ("--float", !self.float.is_empty()),
                 ("--rtn", self.rtn),
                 ("--act-clip", self.act_clip.is_some()),
-                ("--gptq", self.gptq),
+                ("--gptq", self.gptq.is_some()),
             ];
             return match flags.iter().find(|(_, set)| *set) {
                 Some((flag, _)) => Err(needs_bits(flag)),
@@ -148,9 +196,12 @@ impl QuantArgs {
         if let Some(rho) = self.act_clip {
             q = q.with_int4_clip(rho)?;
         }
-        if self.gptq {
-            q.gptq = Some(GPTQ_DAMP);
-        }
+        let gptq = match self.gptq.unwrap_or(Gptq::Auto) {
+            Gptq::Auto => calibrated && !self.rtn && bits.weight_bits() == Bits::Int4,
+            Gptq::On => true,
+            Gptq::Off => false,
+        };
+        q.gptq = gptq.then_some(GPTQ_DAMP);
         Ok(Some(if self.rtn { q.rtn() } else { q }))
     }
 
@@ -169,27 +220,56 @@ pub struct QuantizeArgs {
     out: PathBuf,
     #[command(flatten)]
     quant: QuantArgs,
-    /// Largest shard in MiB.
-    #[arg(long, default_value_t = 32)]
-    shard_mib: u64,
-    /// Print one JSON object on stdout instead of the human-readable summary.
+    /// The uncompressed Hugging Face checkpoint the calibration samples are prepared with (their
+    /// targets and image features come from it, as in `compress`); needed with calibration data.
     #[arg(long)]
-    json: bool,
+    reference: Option<PathBuf>,
+    #[command(flatten)]
+    calib: CalibArgs,
+    #[command(flatten)]
+    output: OutputArgs,
 }
 
 /// `cargo xtask quantize`: rotate and quantize a float model directory.
 pub fn quantize(args: QuantizeArgs) -> Result<()> {
-    let Some(opts) = args.quant.options()? else {
+    let calib = args.calib.options();
+    let Some(opts) = args.quant.options(calib.is_some())? else {
         anyhow::bail!("quantize needs --bits (w8a8, w4a8 or w4a4)");
     };
     let start = Instant::now();
-    let summary = quantize_dir(&args.model, &args.out, &opts, args.shard_mib << 20)
-        .with_context(|| format!("quantizing {}", args.model.display()))?;
+    let samples = match (&calib, &args.reference) {
+        (None, _) => None,
+        (Some(c), Some(hf)) => Some(
+            pocketvlm_compress::calib::cache::for_checkpoint(
+                hf,
+                c,
+                args.calib.calib_cache.as_deref(),
+                &indicatif::ProgressBar::hidden(),
+            )
+            .with_context(|| format!("calibration samples of {}", hf.display()))?,
+        ),
+        (Some(_), None) => {
+            return Err(CompressError::BadOptions {
+                recipe: "quantize --calib/--calib-text".into(),
+                what: "the uncompressed checkpoint (--reference) to prepare the samples with".into(),
+            }
+            .into());
+        }
+    };
+    let summary = quantize_dir(
+        &args.model,
+        &args.out,
+        &opts,
+        args.output.max_shard_bytes(),
+        samples.as_ref().map(|s| s.samples.as_slice()),
+    )
+    .with_context(|| format!("quantizing {}", args.model.display()))?;
     let seconds = start.elapsed().as_secs_f64();
-    if args.json {
+    if args.output.json {
         let out = serde_json::json!({
             "recipe": summary.manifest.source.recipe,
             "bits": args.quant.name(),
+            "gptq": opts.gptq.is_some(),
             "bytes": component_bytes(&summary.manifest),
             "kv_cache_bytes_per_token": summary.manifest.compression.as_ref().map(|c| c.kv_cache.bytes_per_token),
             "seconds": seconds,
@@ -203,17 +283,27 @@ pub fn quantize(args: QuantizeArgs) -> Result<()> {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let quant = args.quant.options()?;
     if let Some(method) = Method::parse(&args.recipe) {
+        let quant = args.quant.options(args.calib.options().is_some())?;
         return run_lowrank(args, method, quant);
     }
+    if args.calib.options().is_some() {
+        return Err(CompressError::BadOptions {
+            recipe: args.recipe.clone(),
+            what: "no calibration data (a dense conversion uses none; `cargo xtask quantize \
+                   --reference <checkpoint> --calib …` quantizes a dense directory with GPTQ)"
+                .into(),
+        }
+        .into());
+    }
+    let quant = args.quant.options(false)?;
     let recipe: Recipe = args.recipe.parse()?;
     let start = Instant::now();
-    let options = ConvertOptions { recipe, max_shard_bytes: args.shard_mib << 20, quant };
+    let options = ConvertOptions { recipe, max_shard_bytes: args.output.max_shard_bytes(), quant };
     let summary = convert(&args.model, &args.out, &options)
         .with_context(|| format!("converting {}", args.model.display()))?;
     let seconds = start.elapsed().as_secs_f64();
-    if args.json {
+    if args.output.json {
         let out = serde_json::json!({
             "recipe": recipe.name(),
             "bits": args.quant.name(),
@@ -244,27 +334,13 @@ fn run_lowrank(args: Args, method: Method, quant: Option<QuantOptions>) -> Resul
         ffn_params: args.ffn_params,
         vision_qkv_params: args.vision_qkv_params,
     };
-    let source = match (&args.calib, &args.calib_text) {
-        (Some(d), _) => Some(CalibSource::Images(d.clone())),
-        (None, Some(f)) => Some(CalibSource::Text(f.clone())),
-        (None, None) => None,
-    };
-    let calib = source.map(|s| {
-        let mut c = CalibOptions::new(s);
-        c.samples = args.calib_samples;
-        c.seed = args.calib_seed;
-        if let Some(m) = args.calib_max_tokens {
-            c.max_tokens = m;
-        }
-        c.tiling = args.tiling;
-        c
-    });
+    let calib = args.calib.options();
     let mut opts = LowRankOptions::new(method, budgets, calib);
     opts.beta = args.beta;
     opts.beta_search = args.beta_search.clone();
-    opts.calib_cache = args.calib_cache.clone();
+    opts.calib_cache = args.calib.calib_cache.clone();
     opts.transform.alpha = args.alpha;
-    opts.max_shard_bytes = args.shard_mib << 20;
+    opts.max_shard_bytes = args.output.max_shard_bytes();
     opts.progress = true;
     opts.quant = quant;
     opts.factor_encoding =
@@ -273,7 +349,7 @@ fn run_lowrank(args: Args, method: Method, quant: Option<QuantOptions>) -> Resul
         .with_context(|| format!("compressing {}", args.model.display()))?;
     let seconds = start.elapsed().as_secs_f64();
     let c = &summary.compression;
-    if args.json {
+    if args.output.json {
         let ranks: Vec<Option<usize>> = c.text_layers.iter().map(|l| l.qkv).collect();
         let out = serde_json::json!({
             "recipe": method.name(),
@@ -282,6 +358,7 @@ fn run_lowrank(args: Args, method: Method, quant: Option<QuantOptions>) -> Resul
             "kv_cache_ratio": c.achieved.kv_cache,
             "ffn_params_ratio": c.achieved.ffn_params,
             "ranks": ranks,
+            "gptq": opts.quant.as_ref().is_some_and(|q| q.gptq.is_some()),
             "beta": c.beta,
             "beta_search": summary.beta_search,
             "calib_loss": summary.calib_loss,
@@ -384,12 +461,17 @@ mod tests {
 
     /// `--bits` and `--group-size` as the command line gives them.
     fn parse(extra: &[&str]) -> Result<Option<QuantOptions>, String> {
+        parse_with(extra, false)
+    }
+
+    /// [`parse`] when calibration data is (`calibrated`) or is not given.
+    fn parse_with(extra: &[&str], calibrated: bool) -> Result<Option<QuantOptions>, String> {
         let base = ["xtask", "--model", "m", "--out", "o"];
         let cli = Cli::try_parse_from(base.iter().chain(extra)).map_err(|e| {
             let source = std::error::Error::source(&e).and_then(|s| s.downcast_ref::<QuantError>());
             format!("{source:?}")
         })?;
-        cli.args.quant.options().map_err(|e| format!("{e:?}"))
+        cli.args.quant.options(calibrated).map_err(|e| format!("{e:?}"))
     }
 
     #[test]
@@ -411,8 +493,17 @@ mod tests {
         let q = parse(&["--bits", "w4a4", "--float", "vision,lm_head", "--rtn"]).unwrap().unwrap();
         assert!(!q.parts.vision && !q.parts.lm_head && q.parts.connector && q.parts.embeddings);
         assert!(q.rotate.is_none());
-        assert!(parse(&["--gptq"]).unwrap_err().starts_with("BadOptions"));
-        assert_eq!(parse(&["--bits", "w4a8", "--gptq"]).unwrap().unwrap().gptq, Some(GPTQ_DAMP));
+        assert!(parse(&["--gptq", "on"]).unwrap_err().starts_with("BadOptions"));
+        assert!(parse(&["--bits", "w4a8", "--gptq", "maybe"]).is_err());
+        // GPTQ: on by default for INT4 weights with calibration data, never for the RTN baseline
+        let gptq = |extra: &[&str], calibrated| parse_with(extra, calibrated).unwrap().unwrap().gptq;
+        assert_eq!(gptq(&["--bits", "w4a8"], true), Some(GPTQ_DAMP));
+        assert_eq!(gptq(&["--bits", "w4a4"], true), Some(GPTQ_DAMP));
+        assert_eq!(gptq(&["--bits", "w4a8"], false), None);
+        assert_eq!(gptq(&["--bits", "w8a8"], true), None);
+        assert_eq!(gptq(&["--bits", "w4a8", "--rtn"], true), None);
+        assert_eq!(gptq(&["--bits", "w4a8", "--gptq", "off"], true), None);
+        assert_eq!(gptq(&["--bits", "w8a8", "--gptq", "on"], false), Some(GPTQ_DAMP));
         let q = parse(&["--bits", "w4a4", "--act-clip", "0.8"]).unwrap().unwrap();
         assert_eq!(q.int4_clip, 0.8);
         assert!(parse(&["--act-clip", "0.8"]).unwrap_err().starts_with("BadOptions"));

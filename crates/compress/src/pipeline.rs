@@ -384,23 +384,10 @@ pub fn compress_lowrank(hf_dir: &Path, out_dir: &Path, opts: &LowRankOptions) ->
     // ---- calibration
     let (samples, collected) = match &opts.calib {
         Some(c) => {
-            let key = calib::cache::cache_key(hf_dir, c);
-            let cached = match &opts.calib_cache {
-                Some(path) => calib::cache::load(path, &key)?,
-                None => None,
-            };
-            let samples = match cached {
-                Some(s) => s,
-                None => {
-                    let pb = bar(opts.progress, "calibration samples");
-                    let s = calib::prepare(&model, &meta, c, &pb)?;
-                    pb.finish_and_clear();
-                    if let Some(path) = &opts.calib_cache {
-                        calib::cache::save(path, &key, &s)?;
-                    }
-                    s
-                }
-            };
+            let pb = bar(opts.progress, "calibration samples");
+            let samples =
+                calib::cache::load_or_prepare(hf_dir, &model, &meta, c, opts.calib_cache.as_deref(), &pb)?;
+            pb.finish_and_clear();
             lap("samples", &mut stages);
             let pb = bar(opts.progress, "statistics");
             let collected = calib::collect(&model, &samples.samples, &targets, method == Method::Laser, &pb)?;
@@ -526,22 +513,11 @@ pub fn compress_lowrank(hf_dir: &Path, out_dir: &Path, opts: &LowRankOptions) ->
             kv_cache: KvCacheInfo { element_bytes: 2, bytes_per_token: 0, dense_bytes_per_token: 0 },
             calibration: match (&opts.calib, &samples, &collected) {
                 (Some(c), Some(s), Some(col)) => calib_info(c, s, col),
-                _ => CalibrationInfo {
-                    mode: "none".into(),
-                    targets: "none".into(),
-                    samples: 0,
-                    loss_tokens: 0,
-                    tokens: 0,
-                    seed: 0,
-                    image_splitting: false,
-                },
+                _ => CalibrationInfo::none(),
             },
         };
         compression.achieved = achieved(&cfg, &compression);
-        compression.kv_cache = kv_cache_info(&cfg, &compression, opts.quant.is_some());
-        if opts.quant.is_some() {
-            compression.achieved.kv_cache = Some(compression.kv_cache.byte_ratio());
-        }
+        record_kv_cache(&cfg, &mut compression, opts.quant.is_some());
 
         let layout = expected_tensors(&cfg, Some(&compression));
         let dense_layout = expected_tensors(&cfg, None);
@@ -595,12 +571,8 @@ pub fn compress_lowrank(hf_dir: &Path, out_dir: &Path, opts: &LowRankOptions) ->
             }
             None => None,
         };
-        for t in &out {
-            let e = sizes.get_mut(&Component::of(&t.name)).expect("every component listed");
-            e.params += t.shape.iter().product::<usize>() as u64;
-            e.bytes += t.bytes.len() as u64;
-        }
         compression.sizes = sizes.into_values().collect();
+        count_sizes(&mut compression.sizes, &out);
         let manifest = write_model(
             &meta,
             method.name(),
@@ -739,7 +711,7 @@ fn calib_info(c: &CalibOptions, s: &Samples, col: &calib::Collected) -> Calibrat
 /// layer caches `min(r, 2·d_kv)` f16 values (the latent when it is smaller than K and V), a
 /// dense one K and V. Quantized: a factored layer caches its INT8 latent and the latent's f32
 /// scale (`r + 4` bytes, see [`pocketvlm_format::quant`]); dense layers K and V in f16.
-pub fn kv_cache_info(cfg: &ModelConfig, c: &Compression, quantized: bool) -> KvCacheInfo {
+fn kv_cache_info(cfg: &ModelConfig, c: &Compression, quantized: bool) -> KvCacheInfo {
     let t = &cfg.text;
     let dkv = t.num_key_value_heads * t.head_dim;
     let per_layer = |l: &pocketvlm_format::LayerRanks| -> u64 {
@@ -753,6 +725,24 @@ pub fn kv_cache_info(cfg: &ModelConfig, c: &Compression, quantized: bool) -> KvC
         element_bytes: if quantized { 1 } else { 2 },
         bytes_per_token: c.text_layers.iter().map(per_layer).sum(),
         dense_bytes_per_token: t.num_hidden_layers as u64 * 2 * dkv as u64 * 2,
+    }
+}
+
+/// Record the cache size of `c` in it; a quantized model's achieved KV ratio is then the one in
+/// bytes (its budget was in bytes too).
+pub fn record_kv_cache(cfg: &ModelConfig, c: &mut Compression, quantized: bool) {
+    c.kv_cache = kv_cache_info(cfg, c, quantized);
+    if quantized {
+        c.achieved.kv_cache = Some(c.kv_cache.byte_ratio());
+    }
+}
+
+/// Set each component's parameters and bytes to those of the tensors written (`out`).
+pub fn count_sizes(sizes: &mut [ComponentBytes], out: &[OutTensor<'_>]) {
+    for size in sizes.iter_mut() {
+        let of = |t: &&OutTensor<'_>| Component::of(&t.name).name() == size.component;
+        size.params = out.iter().filter(of).map(|t| t.shape.iter().product::<usize>() as u64).sum();
+        size.bytes = out.iter().filter(of).map(|t| t.bytes.len() as u64).sum();
     }
 }
 

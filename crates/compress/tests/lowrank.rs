@@ -151,15 +151,7 @@ fn full_rank_factors_give_the_dense_model() {
                 bytes_per_token: 0,
                 dense_bytes_per_token: 0,
             },
-            calibration: pocketvlm_format::CalibrationInfo {
-                mode: "none".into(),
-                targets: "none".into(),
-                samples: 0,
-                loss_tokens: 0,
-                tokens: 0,
-                seed: 0,
-                image_splitting: false,
-            },
+            calibration: pocketvlm_format::CalibrationInfo::none(),
         };
         let factored = CpuModel::build(cfg.clone(), &store, Some(&compression)).unwrap();
         let got = last_row(&factored.logits(&prompt(&exp)).unwrap());

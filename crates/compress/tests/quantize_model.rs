@@ -7,7 +7,7 @@ mod common;
 use std::path::Path;
 
 use common::{CASES, expected, fixture, last_row, prompt};
-use pocketvlm_compress::calib::{CalibOptions, CalibSource};
+use pocketvlm_compress::calib::{self, CalibOptions, CalibSource};
 use pocketvlm_compress::model::CpuModel;
 use pocketvlm_compress::quant::{QuantOptions, QuantParts, quantize_dir};
 use pocketvlm_compress::{
@@ -272,12 +272,12 @@ fn w4a4_latent_is_int8_and_quantize_dir_matches_compress() {
     low_rank(&float, None);
     let again = tmp.path().join("again");
     let opts = QuantOptions::parse("w4a4", None).unwrap();
-    let m = quantize_dir(&float, &again, &opts, 32 << 20).unwrap().manifest;
+    let m = quantize_dir(&float, &again, &opts, 32 << 20, None).unwrap().manifest;
     assert_eq!(m.quantization, summary.manifest.quantization);
     assert_eq!(m.tensors, summary.manifest.tensors);
     assert_eq!(m.compression.as_ref().unwrap().sizes, c.sizes);
     assert_eq!(m.compression.as_ref().unwrap().kv_cache, c.kv_cache);
-    let err = quantize_dir(&again, &tmp.path().join("twice"), &opts, 32 << 20).unwrap_err();
+    let err = quantize_dir(&again, &tmp.path().join("twice"), &opts, 32 << 20, None).unwrap_err();
     assert!(matches!(err, CompressError::BadOptions { .. }), "{err:?}");
 }
 
@@ -334,7 +334,9 @@ fn kv_budget_counts_cached_bytes_when_quantized() {
 
 /// GPTQ re-chooses the decoder's integers from the calibration samples' input moments (same
 /// scales; the layer-error reduction itself is tested in `quant::gptq`); it needs those
-/// samples, so quantizing a written directory with it is a typed error. On this fixture the
+/// samples: quantizing a written directory with it and without them is a typed error, and with
+/// the same samples (`cargo xtask quantize --reference … --calib …`) it writes exactly what
+/// `compress` writes. On this fixture the
 /// calibration answers are 8 tokens, so each layer sees fewer rows than it has inputs and GPTQ
 /// overfits (measured: calibration loss 3.61 without, 3.80 with, although every layer's
 /// calibration output error drops 1.1–9×): the model runs, no claim is made here.
@@ -358,6 +360,19 @@ fn gptq_uses_the_calibration_samples() {
     assert_ne!(a.tensor_bytes(name).unwrap(), b.tensor_bytes(name).unwrap());
     let mut q = QuantOptions::parse("w4a8", None).unwrap();
     q.gptq = Some(0.01);
-    let err = quantize_dir(&tmp.path().join("plain"), &tmp.path().join("x"), &q, 32 << 20).unwrap_err();
+    let err = quantize_dir(&tmp.path().join("plain"), &tmp.path().join("x"), &q, 32 << 20, None).unwrap_err();
     assert!(matches!(err, CompressError::BadOptions { .. }), "{err:?}");
+
+    let float = tmp.path().join("float");
+    low_rank(&float, None);
+    let c = opts.calib.as_ref().unwrap();
+    let samples =
+        calib::cache::for_checkpoint(&fixture(), c, None, &indicatif::ProgressBar::hidden()).unwrap();
+    let again = tmp.path().join("again");
+    let m = quantize_dir(&float, &again, &q, 32 << 20, Some(&samples.samples)).unwrap().manifest;
+    assert_eq!(m.tensors, compensated.manifest.tensors);
+    let c = dir::open(&again).unwrap();
+    for t in &m.tensors {
+        assert_eq!(c.tensor_bytes(&t.name).unwrap(), b.tensor_bytes(&t.name).unwrap(), "{}", t.name);
+    }
 }

@@ -103,15 +103,7 @@ fn rotated_low_rank_model_has_the_same_logits() {
         vision_layers: Vec::new(),
         sizes: Vec::new(),
         kv_cache: KvCacheInfo { element_bytes: 2, bytes_per_token: 0, dense_bytes_per_token: 0 },
-        calibration: CalibrationInfo {
-            mode: "none".into(),
-            targets: "none".into(),
-            samples: 0,
-            loss_tokens: 0,
-            tokens: 0,
-            seed: 0,
-            image_splitting: false,
-        },
+        calibration: CalibrationInfo::none(),
     };
     let reference = CpuModel::build(cfg.clone(), &store, Some(&compression)).unwrap();
     let (mut rcfg, mut rotated) = (cfg.clone(), store.clone());

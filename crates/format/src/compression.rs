@@ -138,6 +138,21 @@ pub struct CalibrationInfo {
     pub image_splitting: bool,
 }
 
+impl CalibrationInfo {
+    /// No calibration (plain SVD).
+    pub fn none() -> Self {
+        Self {
+            mode: "none".into(),
+            targets: "none".into(),
+            samples: 0,
+            loss_tokens: 0,
+            tokens: 0,
+            seed: 0,
+            image_splitting: false,
+        }
+    }
+}
+
 /// Names of the factor tensors of a joint-QKV attention block (`prefix` ends in `self_attn`).
 pub fn qkv_factor_names(prefix: &str) -> [String; 4] {
     ["qkv_down", "q_up", "k_up", "v_up"].map(|n| format!("{prefix}.{n}.weight"))

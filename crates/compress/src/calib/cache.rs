@@ -112,3 +112,48 @@ pub fn save(path: &Path, key: &str, s: &Samples) -> Result<()> {
     std::fs::write(path, bytes)
         .map_err(|e| pocketvlm_format::FormatError::Io { path: path.display().to_string(), source: e }.into())
 }
+
+/// The calibration samples of the checkpoint in `hf_dir` (whose CPU model and metadata are
+/// `model` and `meta`): read from `cache` when it holds this checkpoint's samples for `opts`,
+/// prepared otherwise (and then written to `cache`).
+pub fn load_or_prepare(
+    hf_dir: &Path,
+    model: &crate::model::CpuModel,
+    meta: &crate::convert::SourceMeta,
+    opts: &CalibOptions,
+    cache: Option<&Path>,
+    bar: &indicatif::ProgressBar,
+) -> Result<Samples> {
+    let key = cache_key(hf_dir, opts);
+    if let Some(path) = cache
+        && let Some(s) = load(path, &key)?
+    {
+        return Ok(s);
+    }
+    let s = crate::calib::data::prepare(model, meta, opts, bar)?;
+    if let Some(path) = cache {
+        save(path, &key, &s)?;
+    }
+    Ok(s)
+}
+
+/// [`load_or_prepare`] for a checkpoint that is not loaded yet (it is loaded only when the
+/// samples must be prepared).
+pub fn for_checkpoint(
+    hf_dir: &Path,
+    opts: &CalibOptions,
+    cache: Option<&Path>,
+    bar: &indicatif::ProgressBar,
+) -> Result<Samples> {
+    if let Some(path) = cache
+        && let Some(s) = load(path, &cache_key(hf_dir, opts))?
+    {
+        return Ok(s);
+    }
+    let meta = crate::convert::SourceMeta::read(hf_dir)?;
+    let checkpoint = crate::checkpoint::Checkpoint::open(hf_dir)?;
+    let tensors = checkpoint.tensors()?;
+    crate::convert::check_checkpoint_tensors(&meta.model, &tensors)?;
+    let model = crate::model::CpuModel::build(meta.model.clone(), &tensors, None)?;
+    load_or_prepare(hf_dir, &model, &meta, opts, cache, bar)
+}

@@ -6,12 +6,12 @@ use std::borrow::Cow;
 use std::path::Path;
 
 use pocketvlm_format::Manifest;
-use pocketvlm_format::components::Component;
 use pocketvlm_format::dir;
 
+use crate::calib::Sample;
 use crate::convert::{ConvertSummary, OutTensor, SourceMeta, write_model};
 use crate::error::{CompressError, Result};
-use crate::pipeline::kv_cache_info;
+use crate::pipeline::{count_sizes, record_kv_cache};
 use crate::quant::{QuantOptions, quantize_tensors};
 
 impl SourceMeta {
@@ -28,7 +28,8 @@ impl SourceMeta {
     }
 }
 
-/// Rotate and quantize the float model in `model_dir` into `out_dir`. Its recipe is recorded
+/// Rotate and quantize the float model in `model_dir` into `out_dir` (GPTQ, if `opts` asks for
+/// it, takes its input moments from `samples` run through that float model). Its recipe is recorded
 /// as `<recipe>` unchanged; the compression section (if any) gets the new component sizes and
 /// the INT8 latent cache size. A directory that is already quantized is a typed error.
 pub fn quantize_dir(
@@ -36,6 +37,7 @@ pub fn quantize_dir(
     out_dir: &Path,
     opts: &QuantOptions,
     max_shard_bytes: u64,
+    samples: Option<&[Sample]>,
 ) -> Result<ConvertSummary> {
     let data = dir::open(model_dir)?;
     let manifest = &data.manifest;
@@ -59,15 +61,10 @@ pub fn quantize_dir(
             })
         })
         .collect::<Result<Vec<_>>>()?;
-    let (out, quantized) = quantize_tensors(&mut meta.model, compression.as_ref(), tensors, opts, None)?;
+    let (out, quantized) = quantize_tensors(&mut meta.model, compression.as_ref(), tensors, opts, samples)?;
     if let Some(c) = compression.as_mut() {
-        for size in &mut c.sizes {
-            let of = |t: &&OutTensor<'_>| Component::of(&t.name).name() == size.component;
-            size.params = out.iter().filter(of).map(|t| t.shape.iter().product::<usize>() as u64).sum();
-            size.bytes = out.iter().filter(of).map(|t| t.bytes.len() as u64).sum();
-        }
-        c.kv_cache = kv_cache_info(&meta.model, c, true);
-        c.achieved.kv_cache = Some(c.kv_cache.byte_ratio());
+        count_sizes(&mut c.sizes, &out);
+        record_kv_cache(&meta.model, c, true);
     }
     let manifest = write_model(
         &meta,

@@ -163,19 +163,30 @@ pub fn gptq(w: &[f32], q: &QuantWeights, h: &Mat<f64>, damp: f64) -> Result<Quan
     let qmax = q.bits.qmax() as f64;
     let groups = cols / q.group;
     let mut values = vec![0i8; out * cols];
-    let mut row = vec![0f64; cols];
-    for o in 0..out {
-        row.iter_mut().zip(&w[o * cols..(o + 1) * cols]).for_each(|(r, v)| *r = *v as f64);
-        for j in 0..cols {
-            let s = q.scales[o * groups + j / q.group] as f64;
-            let k = if s > 0.0 { (row[j] / s).round_ties_even().clamp(-qmax, qmax) } else { 0.0 };
-            values[o * cols + j] = k as i8;
-            let e = (row[j] - s * k) / u_rows[j][j];
-            for (r, uk) in row[j + 1..].iter_mut().zip(&u_rows[j][j + 1..]) {
-                *r -= e * uk;
-            }
+    // rows are independent: split them over the CPU's threads (the result does not depend on it)
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(out.max(1));
+    let per = out.div_ceil(threads.max(1)).max(1);
+    std::thread::scope(|scope| {
+        for (chunk, (w, values)) in w.chunks(per * cols).zip(values.chunks_mut(per * cols)).enumerate() {
+            let u_rows = &u_rows;
+            scope.spawn(move || {
+                let mut row = vec![0f64; cols];
+                for (i, (w, values)) in w.chunks(cols).zip(values.chunks_mut(cols)).enumerate() {
+                    let o = chunk * per + i;
+                    row.iter_mut().zip(w).for_each(|(r, v)| *r = *v as f64);
+                    for j in 0..cols {
+                        let s = q.scales[o * groups + j / q.group] as f64;
+                        let k = if s > 0.0 { (row[j] / s).round_ties_even().clamp(-qmax, qmax) } else { 0.0 };
+                        values[j] = k as i8;
+                        let e = (row[j] - s * k) / u_rows[j][j];
+                        for (r, uk) in row[j + 1..].iter_mut().zip(&u_rows[j][j + 1..]) {
+                            *r -= e * uk;
+                        }
+                    }
+                }
+            });
         }
-    }
+    });
     let group = (q.group != cols).then_some(q.group);
     Ok(QuantWeights::new(q.bits, out, cols, group, values, q.scales.clone())?)
 }

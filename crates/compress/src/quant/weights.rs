@@ -46,13 +46,63 @@ fn quantize_span(w: &[f32], max: f64, c: f64, qmax: f64, q: &mut [i8]) -> (f32, 
         q.fill(0);
         return (0.0, w.iter().map(|&v| (v as f64).powi(2)).sum());
     }
-    let mut err = 0.0;
-    for (o, &v) in q.iter_mut().zip(w) {
-        let k = (v as f64 / s as f64).round_ties_even().clamp(-qmax, qmax);
+    (s, round_span(w, s as f64, qmax, q))
+}
+
+/// Lanes of the error sum: eight independent partial sums (added in a fixed order at the end)
+/// let the loop vectorize; the result is deterministic, only not the left-to-right sum.
+const LANES: usize = 8;
+
+/// `q_j = clamp(roundTiesEven(w_j / s), −qmax, qmax)` and `Σ_j (w_j − s q_j)²`.
+#[inline(always)]
+fn round_span_plain(w: &[f32], s: f64, qmax: f64, q: &mut [i8]) -> f64 {
+    let mut lanes = [0f64; LANES];
+    let one = |o: &mut i8, v: f32, lane: &mut f64| {
+        let k = (v as f64 / s).round_ties_even().clamp(-qmax, qmax);
         *o = k as i8;
-        err += (v as f64 - s as f64 * k).powi(2);
+        *lane += (v as f64 - s * k).powi(2);
+    };
+    let n = w.len() / LANES * LANES;
+    for (qc, wc) in q[..n].chunks_exact_mut(LANES).zip(w[..n].chunks_exact(LANES)) {
+        for ((o, &v), lane) in qc.iter_mut().zip(wc).zip(lanes.iter_mut()) {
+            one(o, v, lane);
+        }
     }
-    (s, err)
+    for (o, &v) in q[n..].iter_mut().zip(&w[n..]) {
+        one(o, v, &mut lanes[0]);
+    }
+    lanes.iter().sum()
+}
+
+/// [`round_span_plain`] compiled with AVX2 (vector division and rounding; the baseline x86_64
+/// target calls `rint` per element).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn round_span_avx2(w: &[f32], s: f64, qmax: f64, q: &mut [i8]) -> f64 {
+    round_span_plain(w, s, qmax, q)
+}
+
+fn round_span(w: &[f32], s: f64, qmax: f64, q: &mut [i8]) -> f64 {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU supports AVX2 (checked just above).
+        return unsafe { round_span_avx2(w, s, qmax, q) };
+    }
+    round_span_plain(w, s, qmax, q)
+}
+
+/// The best clip ratio of one row or group: its integers go to `q`, its scale is returned.
+fn search_span(span: &[f32], search: ClipSearch, qmax: f64, q: &mut [i8], trial: &mut [i8]) -> f32 {
+    let max = span.iter().fold(0f64, |m, v| m.max((*v as f64).abs()));
+    let mut best = (f64::INFINITY, 0f32);
+    for c in search.ratios() {
+        let (s, err) = quantize_span(span, max, c, qmax, trial);
+        if err < best.0 {
+            best = (err, s);
+            q.copy_from_slice(trial);
+        }
+    }
+    best.1
 }
 
 /// Quantize a row-major `[out, cols]` weight to `bits`, one scale per row or per `group`.
@@ -67,20 +117,25 @@ pub fn quantize_weights(
     let g = check_group(bits, group, cols)?;
     bits.check_row(cols).map_err(pocketvlm_format::FormatError::from)?;
     let qmax = bits.qmax() as f64;
+    let g = g.max(1);
+    let spans = out * (cols / g);
     let mut values = vec![0i8; out * cols];
-    let mut scales = Vec::with_capacity(out * (cols / g.max(1)));
-    let mut trial = vec![0i8; g];
-    for (span, q) in w.chunks(g).zip(values.chunks_mut(g)).take(out * (cols / g.max(1))) {
-        let max = span.iter().fold(0f64, |m, v| m.max((*v as f64).abs()));
-        let mut best = (f64::INFINITY, 0f32);
-        for c in search.ratios() {
-            let (s, err) = quantize_span(span, max, c, qmax, &mut trial);
-            if err < best.0 {
-                best = (err, s);
-                q.copy_from_slice(&trial);
-            }
+    let mut scales = vec![0f32; spans];
+    // Rows are independent: split them over the CPU's threads (the result does not depend on
+    // the split).
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(spans.max(1));
+    let per = spans.div_ceil(threads.max(1)).max(1);
+    std::thread::scope(|scope| {
+        for ((w, q), sc) in
+            w[..spans * g].chunks(per * g).zip(values.chunks_mut(per * g)).zip(scales.chunks_mut(per))
+        {
+            scope.spawn(move || {
+                let mut trial = vec![0i8; g];
+                for ((span, q), s) in w.chunks(g).zip(q.chunks_mut(g)).zip(sc.iter_mut()) {
+                    *s = search_span(span, search, qmax, q, &mut trial);
+                }
+            });
         }
-        scales.push(best.1);
-    }
+    });
     Ok(QuantWeights::new(bits, out, cols, group, values, scales)?)
 }

@@ -2,6 +2,7 @@
 //! [`crate::quant`], f32 in, f32 out.
 
 use crate::quant::activation::ActivationQuant;
+use crate::quant::dot::dot_i8;
 use crate::quant::error::QuantError;
 use crate::quant::pack::{Bits, unpack};
 use crate::quant::rotation::Rotation;
@@ -166,8 +167,7 @@ impl QuantLinear {
                 let mut sum = 0f32;
                 for (g, &s_w) in srow.iter().enumerate() {
                     let span = g * group..(g + 1) * group;
-                    let acc: i32 =
-                        wrow[span.clone()].iter().zip(&q[span]).map(|(&a, &b)| a as i32 * b as i32).sum();
+                    let acc = dot_i8(&wrow[span.clone()], &q[span]);
                     let part = acc as f32 * s_w;
                     sum = if g == 0 { part } else { sum + part };
                 }

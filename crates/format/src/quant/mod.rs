@@ -59,6 +59,7 @@
 //! * [`error`]: the typed errors ([`QuantError`]).
 
 pub mod activation;
+pub mod dot;
 pub mod error;
 pub mod hadamard;
 pub mod linear;
