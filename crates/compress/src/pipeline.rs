@@ -600,14 +600,7 @@ pub fn compress_lowrank(hf_dir: &Path, out_dir: &Path, opts: &LowRankOptions) ->
                 pb.set_length(s.samples.len() as u64);
                 let mut sum = 0.0;
                 for sample in &s.samples {
-                    let features = match (&sample.features, &rotation) {
-                        (Some(f), Some(r)) => {
-                            let mut values = f.flatten_all()?.to_vec1::<f32>()?;
-                            r.apply_rows(&mut values)?;
-                            Some(candle_core::Tensor::from_vec(values, f.shape(), f.device())?)
-                        }
-                        (f, _) => f.clone(),
-                    };
+                    let features = sample.features_in(rotation.as_ref())?;
                     let embeds = compressed.merge_embeddings(&sample.ids, features.as_ref())?;
                     let loss = compressed.answer_loss(&embeds, &sample.ids, sample.answer_start, None)?;
                     sum += loss.to_scalar::<f32>()? as f64;

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
 use indicatif::ProgressBar;
+use pocketvlm_format::quant::Rotation;
 use pocketvlm_processor::{Message, Part, Preprocessor, Prompt as ChatPrompt, decode_image};
 
 use crate::convert::SourceMeta;
@@ -58,6 +59,21 @@ pub struct Sample {
     pub pixels: Option<Tensor>,
     /// Connector output for the `<image>` positions (computed once).
     pub features: Option<Tensor>,
+}
+
+impl Sample {
+    /// The image features as a model whose residual stream is rotated by `residual` sees them
+    /// (`R f` per position; unrotated without one).
+    pub fn features_in(&self, residual: Option<&Rotation>) -> Result<Option<Tensor>> {
+        Ok(match (&self.features, residual) {
+            (Some(f), Some(r)) => {
+                let mut values = f.flatten_all()?.to_vec1::<f32>()?;
+                r.apply_rows(&mut values)?;
+                Some(Tensor::from_vec(values, f.shape(), f.device())?)
+            }
+            (f, _) => f.clone(),
+        })
+    }
 }
 
 /// The samples and how their targets were obtained.

@@ -23,7 +23,6 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use candle_core::Tensor;
 use faer::{Mat, Side};
 use pocketvlm_format::compression::{
     linear_factor_names, qkv_factor_names, text_layer_prefix, text_mlp_linears,
@@ -55,14 +54,7 @@ pub fn input_moments(
         (0..layers).flat_map(|layer| projs.map(|proj| Target { tower: Tower::Text, layer, proj })).collect();
     let mut sums: BTreeMap<Target, (Vec<f64>, usize)> = BTreeMap::new();
     for s in samples {
-        let features = match (&s.features, residual) {
-            (Some(f), Some(r)) => {
-                let mut values = f.flatten_all()?.to_vec1::<f32>()?;
-                r.apply_rows(&mut values)?;
-                Some(Tensor::from_vec(values, f.shape(), f.device())?)
-            }
-            (f, _) => f.clone(),
-        };
+        let features = s.features_in(residual)?;
         let embeds = model.merge_embeddings(&s.ids, features.as_ref())?;
         let mut tape = Tape::new(targets.iter().copied(), false);
         model.text.forward(&embeds, None, Some(&mut tape))?;
