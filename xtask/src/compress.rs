@@ -283,23 +283,20 @@ pub fn quantize(args: QuantizeArgs) -> Result<()> {
 }
 
 pub fn run(args: Args) -> Result<()> {
+    let calib = args.calib.options();
+    let quant = args.quant.options(calib.is_some())?;
     if let Some(method) = Method::parse(&args.recipe) {
-        let quant = args.quant.options(args.calib.options().is_some())?;
         return run_lowrank(args, method, quant);
     }
-    if args.calib.options().is_some() {
-        return Err(CompressError::BadOptions {
-            recipe: args.recipe.clone(),
-            what: "no calibration data (a dense conversion uses none; `cargo xtask quantize \
-                   --reference <checkpoint> --calib …` quantizes a dense directory with GPTQ)"
-                .into(),
-        }
-        .into());
-    }
-    let quant = args.quant.options(false)?;
     let recipe: Recipe = args.recipe.parse()?;
     let start = Instant::now();
-    let options = ConvertOptions { recipe, max_shard_bytes: args.output.max_shard_bytes(), quant };
+    let options = ConvertOptions {
+        recipe,
+        max_shard_bytes: args.output.max_shard_bytes(),
+        quant,
+        calib,
+        calib_cache: args.calib.calib_cache.clone(),
+    };
     let summary = convert(&args.model, &args.out, &options)
         .with_context(|| format!("converting {}", args.model.display()))?;
     let seconds = start.elapsed().as_secs_f64();

@@ -12,6 +12,7 @@ use pocketvlm_format::{
 };
 use serde_json::Value;
 
+use crate::calib::CalibOptions;
 use crate::checkpoint::Checkpoint;
 use crate::error::{CompressError, Result};
 use crate::hf_config::{generation_config, model_config, processor_config, read_json};
@@ -48,13 +49,23 @@ impl Recipe {
 pub struct ConvertOptions {
     pub recipe: Recipe,
     pub max_shard_bytes: u64,
-    /// Rotate and quantize the text decoder (see [`crate::quant::model`]).
+    /// Rotate and quantize the model (see [`crate::quant::model`]).
     pub quant: Option<QuantOptions>,
+    /// Calibration samples for GPTQ ([`QuantOptions::gptq`]); only with `quant`.
+    pub calib: Option<CalibOptions>,
+    /// A file keeping prepared calibration samples between runs (see [`crate::calib::cache`]).
+    pub calib_cache: Option<PathBuf>,
 }
 
 impl Default for ConvertOptions {
     fn default() -> Self {
-        Self { recipe: Recipe::Dense, max_shard_bytes: DEFAULT_SHARD_BYTES, quant: None }
+        Self {
+            recipe: Recipe::Dense,
+            max_shard_bytes: DEFAULT_SHARD_BYTES,
+            quant: None,
+            calib: None,
+            calib_cache: None,
+        }
     }
 }
 
@@ -197,9 +208,26 @@ pub fn convert(hf_dir: &Path, out_dir: &Path, options: &ConvertOptions) -> Resul
         let t = &tensors[&name];
         OutTensor { name, shape, encoding: t.encoding, bytes: std::borrow::Cow::Borrowed(t.bytes) }
     });
+    let samples = match (&options.calib, &options.quant) {
+        (None, _) => None,
+        (Some(c), Some(_)) => Some(crate::calib::cache::for_checkpoint(
+            hf_dir,
+            c,
+            options.calib_cache.as_deref(),
+            &indicatif::ProgressBar::hidden(),
+        )?),
+        (Some(_), None) => {
+            return Err(CompressError::BadOptions {
+                recipe: options.recipe.name().into(),
+                what: "a low-bit recipe (--bits) for calibration data: a float dense conversion uses none"
+                    .into(),
+            });
+        }
+    };
     let (out, quantization) = match &options.quant {
         Some(q) => {
-            let (out, quantized) = quantize_tensors(&mut meta.model, None, out.collect(), q, None)?;
+            let samples = samples.as_ref().map(|s| s.samples.as_slice());
+            let (out, quantized) = quantize_tensors(&mut meta.model, None, out.collect(), q, samples)?;
             (out, Some(quantized.section))
         }
         None => (out.collect(), None),

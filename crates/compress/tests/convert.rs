@@ -85,7 +85,7 @@ fn assert_bit_identical(out: &Path, expected: &BTreeMap<String, Vec<u8>>, encodi
 fn single_file_bf16_round_trips_bit_for_bit() {
     let out = tempfile::tempdir().unwrap();
     // 1 MiB shards: the 49280×48 bf16 embedding and lm_head (4.5 MiB each) span several shards.
-    let options = ConvertOptions { recipe: Recipe::Dense, max_shard_bytes: 1 << 20, quant: None };
+    let options = ConvertOptions { recipe: Recipe::Dense, max_shard_bytes: 1 << 20, ..Default::default() };
     let summary = convert(&fixture(), out.path(), &options).unwrap();
     assert!(summary.manifest.shards.iter().all(|s| s.bytes <= 1 << 20));
     assert!(summary.manifest.tensors.iter().any(|t| t.parts.len() > 1));

@@ -376,3 +376,44 @@ fn gptq_uses_the_calibration_samples() {
         assert_eq!(c.tensor_bytes(&t.name).unwrap(), b.tensor_bytes(&t.name).unwrap(), "{}", t.name);
     }
 }
+
+/// A dense conversion with calibration data applies GPTQ to its INT4 weights: the same model as
+/// quantizing the float dense directory with those samples. Calibration data without a low-bit
+/// recipe is a typed error (a float dense conversion uses none).
+#[test]
+fn dense_conversion_with_calibration_uses_gptq() {
+    let tmp = tempfile::tempdir().unwrap();
+    let calib = low_rank_options(None).calib;
+    let mut q = QuantOptions::parse("w4a8", None).unwrap();
+    q.gptq = Some(0.01);
+    let with =
+        |quant: Option<QuantOptions>| ConvertOptions { quant, calib: calib.clone(), ..Default::default() };
+    let direct = convert(&fixture(), &tmp.path().join("direct"), &with(Some(q.clone()))).unwrap().manifest;
+    let plain = quantized_dense(&tmp.path().join("plain"), "w4a8", None);
+    let name = "model.text_model.layers.0.mlp.down_proj.weight";
+    let (a, b) =
+        (dir::open(&tmp.path().join("direct")).unwrap(), dir::open(&tmp.path().join("plain")).unwrap());
+    assert_ne!(a.tensor_bytes(name).unwrap(), b.tensor_bytes(name).unwrap(), "GPTQ changed the integers");
+    assert_eq!(plain.tensors.len(), direct.tensors.len());
+
+    convert(&fixture(), &tmp.path().join("float"), &ConvertOptions::default()).unwrap();
+    let samples = calib::cache::for_checkpoint(
+        &fixture(),
+        calib.as_ref().unwrap(),
+        None,
+        &indicatif::ProgressBar::hidden(),
+    )
+    .unwrap();
+    let again = tmp.path().join("again");
+    let m = quantize_dir(&tmp.path().join("float"), &again, &q, 32 << 20, Some(&samples.samples))
+        .unwrap()
+        .manifest;
+    assert_eq!(m.tensors, direct.tensors);
+    let c = dir::open(&again).unwrap();
+    for t in &m.tensors {
+        assert_eq!(c.tensor_bytes(&t.name).unwrap(), a.tensor_bytes(&t.name).unwrap(), "{}", t.name);
+    }
+
+    let err = convert(&fixture(), &tmp.path().join("x"), &with(None)).unwrap_err();
+    assert!(matches!(err, CompressError::BadOptions { .. }), "{err:?}");
+}
