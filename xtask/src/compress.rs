@@ -421,8 +421,9 @@ fn print_summary(m: &Manifest) {
     if let Some(q) = &m.quantization {
         let tables: Vec<&str> = q.tables.iter().map(|t| t.tensor.as_str()).collect();
         let rotation = if q.residual_rotation.is_some() { "rotated" } else { "no rotation" };
+        let gptq = if q.gptq_damping.is_some() { ", GPTQ" } else { "" };
         println!(
-            "  low-bit: {} ({rotation}; {} quantized linear layers; quantized tables: {})",
+            "  low-bit: {} ({rotation}{gptq}; {} quantized linear layers; quantized tables: {})",
             q.scheme,
             q.layers.len(),
             if tables.is_empty() { "none".to_string() } else { tables.join(", ") }

@@ -53,6 +53,7 @@ fn quantized(bits: u32, group: Option<usize>) -> Manifest {
             online: vec![RotationSpec { construction: Construction::Kronecker, size: cols, seed: Some(2) }],
         }],
         tables: vec![],
+        gptq_damping: Some(0.01),
     });
     m
 }

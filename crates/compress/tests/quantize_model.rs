@@ -358,6 +358,8 @@ fn gptq_uses_the_calibration_samples() {
         b.tensor_bytes(&format!("{name}_scale")).unwrap()
     );
     assert_ne!(a.tensor_bytes(name).unwrap(), b.tensor_bytes(name).unwrap());
+    let damping = |d: &pocketvlm_format::ModelData| d.manifest.quantization.as_ref().unwrap().gptq_damping;
+    assert_eq!((damping(&a), damping(&b)), (None, Some(0.01)));
     let mut q = QuantOptions::parse("w4a8", None).unwrap();
     q.gptq = Some(0.01);
     let err = quantize_dir(&tmp.path().join("plain"), &tmp.path().join("x"), &q, 32 << 20, None).unwrap_err();

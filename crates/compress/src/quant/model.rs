@@ -374,8 +374,13 @@ pub fn quantize_model(
         }
         tables.push(QuantizedTable { tensor: EMBED.to_string(), bits: Bits::Int8.bits() });
     }
-    let section =
-        Quantization { scheme: opts.scheme.name().to_string(), residual_rotation: residual, layers, tables };
+    let section = Quantization {
+        scheme: opts.scheme.name().to_string(),
+        residual_rotation: residual,
+        layers,
+        tables,
+        gptq_damping: opts.gptq,
+    };
     Ok(QuantizedModel { section, weights })
 }
 

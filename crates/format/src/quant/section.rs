@@ -146,6 +146,10 @@ pub struct Quantization {
     /// Quantized lookup tables (the token embeddings); absent in manifests without any.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tables: Vec<QuantizedTable>,
+    /// The damping of the GPTQ error compensation that chose the text decoder's integers
+    /// (absent: the clip search's round-to-nearest); informational, the arithmetic is the same.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gptq_damping: Option<f64>,
 }
 
 /// A quantized lookup table `[rows, cols]` (token embeddings): symmetric integers of `bits`,
