@@ -237,7 +237,8 @@ pub fn quantize(args: QuantizeArgs) -> Result<()> {
         anyhow::bail!("quantize needs --bits (w8a8, w4a8 or w4a4)");
     };
     let start = Instant::now();
-    let samples = match (&calib, &args.reference) {
+    // the samples serve GPTQ only: they are prepared (or read from the cache) when it runs
+    let samples = match (calib.as_ref().filter(|_| opts.gptq.is_some()), &args.reference) {
         (None, _) => None,
         (Some(c), Some(hf)) => Some(
             pocketvlm_compress::calib::cache::for_checkpoint(

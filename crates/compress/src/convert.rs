@@ -208,8 +208,10 @@ pub fn convert(hf_dir: &Path, out_dir: &Path, options: &ConvertOptions) -> Resul
         let t = &tensors[&name];
         OutTensor { name, shape, encoding: t.encoding, bytes: std::borrow::Cow::Borrowed(t.bytes) }
     });
+    // the samples serve GPTQ only: they are prepared (or read from the cache) when it runs
     let samples = match (&options.calib, &options.quant) {
         (None, _) => None,
+        (Some(_), Some(q)) if q.gptq.is_none() => None,
         (Some(c), Some(_)) => Some(crate::calib::cache::for_checkpoint(
             hf_dir,
             c,
