@@ -1,4 +1,4 @@
-// Token embedding with image-feature scatter, one 256-invocation workgroup per token (2-D grid):
+// Token embedding with image-feature scatter (the table f32, bf16, f16 or INT8, see `entry`), one 256-invocation workgroup per token (2-D grid):
 //   out[t, :] = table[ids[t], :]                       for text tokens,
 //   out[t, :] = image[k, :]                            for the k-th token equal to image_token
 //                                                      (k counts image tokens before t),
@@ -19,13 +19,53 @@ struct Params {
 
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read> ids: array<u32>;
+#ifdef TABLE_F32
 @group(0) @binding(2) var<storage, read> table: array<f32>;
+#else
+@group(0) @binding(2) var<storage, read> table: array<u32>;
+#endif
 @group(0) @binding(3) var<storage, read_write> out: array<f32>;
 #ifdef IMAGE
 @group(0) @binding(4) var<storage, read> image: array<f32>;
 
 var<workgroup> image_index: atomic<u32>;
 #endif
+#ifdef TABLE_I8
+#ifdef SCALE_F16
+@group(0) @binding({{SCALE_BINDING}}) var<storage, read> row_scales: array<u32>;
+#else
+@group(0) @binding({{SCALE_BINDING}}) var<storage, read> row_scales: array<f32>;
+#endif
+#endif
+
+// Element i of chunk row r, widened exactly to f32. TABLE_F32: stored f32. TABLE_BF16 /
+// TABLE_F16: two 16-bit values per word (element 2k in the low half). TABLE_I8: the integer
+// contract's quantized table, rows of i8 lanes padded to whole words, one scale per row:
+// e = f32(q) * s (one correctly rounded multiply).
+fn entry(r: u32, i: u32) -> f32 {
+#ifdef TABLE_F32
+    return table[r * params.d + i];
+#endif
+#ifdef TABLE_BF16
+    let k = r * params.d + i;
+    let word = table[k / 2u];
+    return bitcast<f32>(select(word << 16u, word & 0xffff0000u, (k & 1u) == 1u));
+#endif
+#ifdef TABLE_F16
+    let k = r * params.d + i;
+    return unpack2x16float(table[k / 2u])[k & 1u];
+#endif
+#ifdef TABLE_I8
+    let word = table[r * ((params.d + 3u) / 4u) + i / 4u];
+    let q = bitcast<i32>(word << (24u - 8u * (i % 4u))) >> 24u;
+#ifdef SCALE_F16
+    let s = unpack2x16float(row_scales[r / 2u])[r & 1u];
+#else
+    let s = row_scales[r];
+#endif
+    return f32(q) * s;
+#endif
+}
 
 const WG: u32 = 256u;
 
@@ -74,9 +114,8 @@ fn main(
     }
 #endif
     if (id >= params.row0 && id < params.row0 + params.rows) {
-        let src = (id - params.row0) * d;
         for (var i = li; i < d; i += WG) {
-            out[dst + i] = table[src + i];
+            out[dst + i] = entry(id - params.row0, i);
         }
     } else if (params.first != 0u && id >= params.vocab) {
         for (var i = li; i < d; i += WG) {

@@ -19,11 +19,30 @@ struct Params {
 
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read> x: array<f32>;
+#ifdef W16
+@group(0) @binding(2) var<storage, read> w: array<u32>;
+#else
 @group(0) @binding(2) var<storage, read> w: array<f32>;
+#endif
 @group(0) @binding(3) var<storage, read_write> y: array<f32>;
 #ifdef BIAS
 @group(0) @binding(4) var<storage, read> bias: array<f32>;
 #endif
+
+// Weight element i, widened exactly to f32: stored f32, or with W16 two 16-bit values per word
+// (element 2k in the low half), bf16 (BF16: the high half of an f32) or f16.
+fn weight(i: u32) -> f32 {
+#ifdef W16
+    let word = w[i / 2u];
+#ifdef BF16
+    return bitcast<f32>(select(word << 16u, word & 0xffff0000u, (i & 1u) == 1u));
+#else
+    return unpack2x16float(word)[i & 1u];
+#endif
+#else
+    return w[i];
+#endif
+}
 
 const TILE: u32 = 64u;
 const BK: u32 = 16u;
@@ -59,7 +78,7 @@ fn main(
             let gc = col0 + r;
             var wv = 0.0;
             if (gc < params.n && gk < params.k_dim) {
-                wv = w[gc * params.k_dim + gk];
+                wv = weight(gc * params.k_dim + gk);
             }
             ws[kk * TILE + r] = wv;
         }

@@ -25,11 +25,30 @@ struct Params {
 
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read> x: array<f32>;
+#ifdef W16
+@group(0) @binding(2) var<storage, read> w: array<u32>;
+#else
 @group(0) @binding(2) var<storage, read> w: array<f32>;
+#endif
 @group(0) @binding(3) var<storage, read_write> y: array<f32>;
 #ifdef BIAS
 @group(0) @binding(4) var<storage, read> bias: array<f32>;
 #endif
+
+// Weight element i, widened exactly to f32: stored f32, or with W16 two 16-bit values per word
+// (element 2k in the low half), bf16 (BF16: the high half of an f32) or f16.
+fn weight(i: u32) -> f32 {
+#ifdef W16
+    let word = w[i / 2u];
+#ifdef BF16
+    return bitcast<f32>(select(word << 16u, word & 0xffff0000u, (i & 1u) == 1u));
+#else
+    return unpack2x16float(word)[i & 1u];
+#endif
+#else
+    return w[i];
+#endif
+}
 
 #ifdef ROWS
 const ROWS: u32 = {{ROWS}}u;
@@ -54,7 +73,7 @@ fn main(
     }
     let wb = c * k_dim;
     for (var kk = 0u; kk < k_dim; kk++) {
-        let wv = w[wb + kk];
+        let wv = weight(wb + kk);
         for (var r = 0u; r < ROWS; r++) {
             acc[r] = fma(x[r * k_dim + kk], wv, acc[r]);
         }
@@ -89,7 +108,7 @@ fn main(
     if (c < params.n) {
         let wb = c * k_dim;
         for (var kk = lane; kk < k_dim; kk += LANES) {
-            let wv = w[wb + kk];
+            let wv = weight(wb + kk);
             for (var r = 0u; r < ROWS; r++) {
                 acc[r] = fma(x[r * k_dim + kk], wv, acc[r]);
             }

@@ -24,6 +24,8 @@ export class AbortError extends PocketVLMError {}
 export class ImageDecodeError extends PocketVLMError {}
 /** The prompt does not fit the model: `tokens`, `limit`. */
 export class PromptTooLongError extends PocketVLMError {}
+/** The model is valid but this runtime cannot run it (yet); the message says why. */
+export class UnsupportedModelError extends PocketVLMError {}
 
 const classes = {
   PocketVLMError,
@@ -35,6 +37,7 @@ const classes = {
   AbortError,
   ImageDecodeError,
   PromptTooLongError,
+  UnsupportedModelError,
   TypeError,
 };
 

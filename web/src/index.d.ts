@@ -134,6 +134,8 @@ export declare class PromptTooLongError extends PocketVLMError {
   readonly tokens: number;
   readonly limit: number;
 }
+/** The model is valid but this runtime cannot run it (yet), e.g. quantized or low-rank weights. */
+export declare class UnsupportedModelError extends PocketVLMError {}
 
 export declare function errorToData(error: unknown): { name: string; message: string; [field: string]: unknown };
 export declare function errorFromData(data: { name?: string; message?: string; [field: string]: unknown }): Error;

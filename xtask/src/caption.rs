@@ -1,20 +1,44 @@
-//! `cargo xtask caption`: run a converted model natively on one image or text prompt.
+//! `cargo xtask caption`: run a converted model natively on one image or text prompt, on the GPU
+//! (the runtime's engine) or, with `--cpu`, on the CPU with the compressor's reference model
+//! ([`Reference`]: candle in f32, and for a quantized model the integer arithmetic contract of
+//! `pocketvlm_format::quant`), so the two can be compared token for token.
 //!
-//! With `--json`, prints one object: `prompt_ids`, `generated_ids`, `text`, `top10` (`[id, logit]`
-//! at the last prompt position), `timings_ms` (`preprocess`, `vision`, `prefill`, `decode`),
-//! `tokens_per_s` (decode).
+//! Both paths build the prompt the same way: the engine's [`Request::caption`] messages, rendered
+//! with the model's chat template, the image preprocessed (split into tiles unless `--no-split`)
+//! and the `<image>` tokens expanded by the processor crate. Decoding is greedy, stops after one of
+//! the manifest's generation eos ids (kept) or `--max-new-tokens`, and the generated ids become text
+//! through the same streaming detokenizer.
+//!
+//! With `--json`, prints one object with the same keys on both paths:
+//! - `device`: the GPU adapter (`"<name> (<backend>, <device type>)"`), or `"cpu-reference"`;
+//! - `prompt_ids`, `generated_ids`, `text`;
+//! - `top10`: `[id, logit]` at the last prompt position, largest first;
+//! - `timings_ms`: `preprocess`, `vision`, `prefill`, `decode` (wall clock);
+//! - `tokens_per_s`: generated tokens per second of decoding;
+//! - `memory`: bytes of `weights`, `kv_cache` and `activations`. On the GPU they are the
+//!   generation's GPU buffers ([`MemoryUsage`]: the weights, the KV cache, the largest pass's
+//!   scratch plus the logits). On the CPU `weights` is the model directory's tensor bytes (the sum
+//!   of the manifest's tensor lengths, as stored, not as candle holds them in f32) and `kv_cache`
+//!   and `activations` are `null`: the reference model does not measure them.
+//!
+//! On the CPU, `vision` includes the prompt's embedding lookup and `prefill` the first logits.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
+use pocketvlm_compress::model::reference::Reference;
 use pocketvlm_format::dir;
 use pocketvlm_processor::decode_image;
-use pocketvlm_runtime::engine::{Engine, Request, now_ms};
+use pocketvlm_runtime::engine::{Engine, Request, Timings, now_ms};
+use pocketvlm_runtime::model::MemoryUsage;
 use pocketvlm_runtime::model::sampling::top_k;
 use pocketvlm_runtime::{DeviceOptions, Gpu};
 
 pub const DEFAULT_PROMPT: &str = "Can you describe this image?";
+
+/// The `device` of the CPU path.
+const CPU_DEVICE: &str = "cpu-reference";
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -38,13 +62,86 @@ pub struct Args {
     /// Print one JSON object instead of streaming text.
     #[arg(long)]
     json: bool,
+    /// Run the compressor's CPU reference model instead of the GPU engine (any model directory:
+    /// dense, low-rank or quantized; slow).
+    #[arg(long)]
+    cpu: bool,
+}
+
+/// Bytes of memory a generation used; `None` where the path cannot measure it.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+struct Memory {
+    weights: Option<u64>,
+    kv_cache: Option<u64>,
+    activations: Option<u64>,
+}
+
+impl From<MemoryUsage> for Memory {
+    fn from(m: MemoryUsage) -> Self {
+        Self { weights: Some(m.weights), kv_cache: Some(m.kv_cache), activations: Some(m.activations) }
+    }
+}
+
+/// One finished generation, from either path.
+#[derive(Clone, Debug, PartialEq)]
+struct Caption {
+    device: String,
+    prompt_ids: Vec<u32>,
+    generated_ids: Vec<u32>,
+    text: String,
+    /// `[id, logit]` at the last prompt position.
+    top10: Vec<(u32, f32)>,
+    timings: Timings,
+    tokens_per_s: f64,
+    memory: Memory,
+}
+
+impl Caption {
+    fn json(&self) -> serde_json::Value {
+        let t = &self.timings;
+        serde_json::json!({
+            "device": self.device,
+            "prompt_ids": self.prompt_ids,
+            "generated_ids": self.generated_ids,
+            "text": self.text,
+            "top10": self.top10,
+            "timings_ms": {
+                "preprocess": t.preprocess_ms,
+                "vision": t.vision_ms,
+                "prefill": t.prefill_ms,
+                "decode": t.decode_ms,
+            },
+            "tokens_per_s": self.tokens_per_s,
+            "memory": {
+                "weights": self.memory.weights,
+                "kv_cache": self.memory.kv_cache,
+                "activations": self.memory.activations,
+            },
+        })
+    }
+
+    /// The one-line summary printed after the streamed text.
+    fn summary(&self) -> String {
+        let t = &self.timings;
+        format!(
+            "{}: {} prompt tokens, {} generated; preprocess {:.0} ms, vision {:.0} ms, prefill {:.0} ms, decode {:.1} tok/s",
+            self.device,
+            self.prompt_ids.len(),
+            self.generated_ids.len(),
+            t.preprocess_ms,
+            t.vision_ms,
+            t.prefill_ms,
+            self.tokens_per_s
+        )
+    }
+}
+
+/// Generated tokens per second of `decode_ms`.
+fn rate(tokens: usize, decode_ms: f64) -> f64 {
+    if decode_ms > 0.0 { tokens as f64 / (decode_ms / 1e3) } else { 0.0 }
 }
 
 pub fn run(args: Args) -> Result<()> {
-    pollster::block_on(caption(args))
-}
-
-async fn caption(args: Args) -> Result<()> {
     let (text, image) = match (&args.image, &args.text) {
         (Some(path), None) => {
             let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
@@ -54,55 +151,167 @@ async fn caption(args: Args) -> Result<()> {
         (None, Some(text)) => (text.clone(), None),
         _ => bail!("give either --image <file> [--prompt <text>] or --text <prompt>"),
     };
-    let data = dir::open(&args.model).with_context(|| format!("reading {}", args.model.display()))?;
-    let tokenizer = dir::read_tokenizer(&args.model, &data.manifest)?;
-    let gpu = Gpu::new(&DeviceOptions::default()).await?;
-    let engine = Engine::load(gpu, &data, &tokenizer).await?;
     let mut request = Request::caption(&text, image, args.max_new_tokens);
     if args.no_split {
         request.split = Some(false);
     }
-    let mut session = engine.start(request).await?;
-    let mut out = String::new();
-    let decode_start = now_ms();
-    while let Some(piece) = session.next(&engine).await? {
-        if !args.json {
-            print!("{}", piece.text);
-            std::io::stdout().flush().ok();
-        }
-        out.push_str(&piece.text);
-    }
-    let decode_s = (now_ms() - decode_start) / 1e3;
-    let generated = session.generated().to_vec();
-    let tokens_per_s = if decode_s > 0.0 { generated.len() as f64 / decode_s } else { 0.0 };
-    let t = session.timings;
+    let stream = !args.json;
+    let caption = if args.cpu {
+        cpu_caption(&args.model, request, stream)?
+    } else {
+        pollster::block_on(gpu_caption(&args.model, request, stream))?
+    };
     if args.json {
-        let top10: Vec<(u32, f32)> = top_k(&session.prompt_logits, 10);
-        let json = serde_json::json!({
-            "prompt_ids": session.prompt_ids,
-            "generated_ids": generated,
-            "text": out,
-            "top10": top10,
-            "timings_ms": {
-                "preprocess": t.preprocess_ms,
-                "vision": t.vision_ms,
-                "prefill": t.prefill_ms,
-                "decode": t.decode_ms,
-            },
-            "tokens_per_s": tokens_per_s,
-        });
-        println!("{json}");
+        println!("{}", caption.json());
     } else {
         println!();
-        eprintln!(
-            "{} prompt tokens, {} generated; preprocess {:.0} ms, vision {:.0} ms, prefill {:.0} ms, decode {:.1} tok/s",
-            session.prompt_ids.len(),
-            generated.len(),
-            t.preprocess_ms,
-            t.vision_ms,
-            t.prefill_ms,
-            tokens_per_s
-        );
+        eprintln!("{}", caption.summary());
     }
     Ok(())
+}
+
+/// Print a piece of generated text as it comes.
+fn print_piece(piece: &str) {
+    print!("{piece}");
+    std::io::stdout().flush().ok();
+}
+
+/// The GPU adapter as `"<name> (<backend>, <device type>)"`.
+fn adapter_name(name: &str, backend: impl std::fmt::Debug, device_type: impl std::fmt::Debug) -> String {
+    let name = if name.is_empty() { "(unnamed adapter)" } else { name };
+    format!("{name} ({backend:?}, {device_type:?})")
+}
+
+/// Caption with the runtime's engine on the native GPU.
+async fn gpu_caption(model: &Path, request: Request, stream: bool) -> Result<Caption> {
+    let data = dir::open(model).with_context(|| format!("reading {}", model.display()))?;
+    let tokenizer = dir::read_tokenizer(model, &data.manifest)?;
+    let gpu = Gpu::new(&DeviceOptions::default()).await?;
+    let engine = Engine::load(gpu, &data, &tokenizer).await?;
+    drop(data);
+    let mut session = engine.start(request).await?;
+    let mut text = String::new();
+    let decode_start = now_ms();
+    while let Some(piece) = session.next(&engine).await? {
+        if stream {
+            print_piece(&piece.text);
+        }
+        text.push_str(&piece.text);
+    }
+    let decode_ms = now_ms() - decode_start;
+    let generated_ids = session.generated().to_vec();
+    let info = &engine.gpu.adapter;
+    Ok(Caption {
+        device: adapter_name(&info.name, info.backend, info.device_type),
+        tokens_per_s: rate(generated_ids.len(), decode_ms),
+        top10: top_k(&session.prompt_logits, 10),
+        memory: session.memory(&engine).into(),
+        timings: session.timings,
+        prompt_ids: session.prompt_ids,
+        generated_ids,
+        text,
+    })
+}
+
+/// Caption with the compressor's CPU reference model ([`Reference`]: the prompt built as the
+/// engine builds it).
+fn cpu_caption(model_dir: &Path, request: Request, stream: bool) -> Result<Caption> {
+    let reference = Reference::open(model_dir).with_context(|| format!("loading {}", model_dir.display()))?;
+    let run =
+        reference.run(&request.messages, request.image.as_ref(), request.split, request.max_new_tokens)?;
+    let chat = &reference.chat;
+    let mut decoder = chat.stream_decoder(true);
+    let mut text = String::new();
+    for &id in &run.generated_ids {
+        let piece = decoder.step(chat, id)?.unwrap_or_default();
+        if stream {
+            print_piece(&piece);
+        }
+        text.push_str(&piece);
+    }
+    if let Some(rest) = decoder.finish(chat)? {
+        if stream {
+            print_piece(&rest);
+        }
+        text.push_str(&rest);
+    }
+    Ok(Caption {
+        device: CPU_DEVICE.into(),
+        tokens_per_s: rate(run.generated_ids.len(), run.decode_ms),
+        top10: top_k(&run.prompt_logits, 10),
+        memory: Memory {
+            weights: Some(reference.manifest.tensors.iter().map(|t| t.bytes).sum()),
+            kv_cache: None,
+            activations: None,
+        },
+        timings: Timings {
+            preprocess_ms: run.preprocess_ms,
+            vision_ms: run.vision_ms,
+            prefill_ms: run.prefill_ms,
+            decode_ms: run.decode_ms,
+        },
+        prompt_ids: run.prompt_ids,
+        generated_ids: run.generated_ids,
+        text,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: Args,
+    }
+
+    fn parse(args: &[&str]) -> Result<Args, clap::Error> {
+        Cli::try_parse_from(std::iter::once("caption").chain(args.iter().copied())).map(|c| c.args)
+    }
+
+    #[test]
+    fn cpu_flag_is_parsed_with_either_input() {
+        let a = parse(&["--model", "m", "--text", "hi", "--cpu", "--json"]).unwrap();
+        assert!(a.cpu && a.json);
+        assert_eq!(a.text.as_deref(), Some("hi"));
+        let a = parse(&["--model", "m", "--image", "x.png", "--cpu", "--no-split"]).unwrap();
+        assert!(a.cpu && a.no_split);
+        assert!(!parse(&["--model", "m", "--text", "hi"]).unwrap().cpu);
+    }
+
+    #[test]
+    fn both_paths_print_the_same_keys_and_unknown_memory_is_null() {
+        let gpu = Caption {
+            device: adapter_name("llvmpipe", format_args!("Vulkan"), format_args!("Cpu")),
+            prompt_ids: vec![1, 2],
+            generated_ids: vec![3],
+            text: "x".into(),
+            top10: vec![(3, 1.5)],
+            timings: Timings::default(),
+            tokens_per_s: 2.0,
+            memory: MemoryUsage { weights: 10, kv_cache: 20, activations: 30, ..MemoryUsage::default() }
+                .into(),
+        };
+        let cpu = Caption {
+            device: CPU_DEVICE.into(),
+            memory: Memory { weights: Some(12), kv_cache: None, activations: None },
+            ..gpu.clone()
+        };
+        let (g, c) = (gpu.json(), cpu.json());
+        let keys = |v: &serde_json::Value| v.as_object().unwrap().keys().cloned().collect::<Vec<_>>();
+        assert_eq!(keys(&g), keys(&c));
+        assert_eq!(keys(&g["memory"]), keys(&c["memory"]));
+        assert_eq!(g["device"], "llvmpipe (Vulkan, Cpu)");
+        assert_eq!(g["memory"], serde_json::json!({"weights": 10, "kv_cache": 20, "activations": 30}));
+        assert_eq!(c["memory"], serde_json::json!({"weights": 12, "kv_cache": null, "activations": null}));
+        assert_eq!(c["device"], "cpu-reference");
+        assert_eq!(c["top10"], serde_json::json!([[3, 1.5]]));
+        assert_eq!(
+            adapter_name("", format_args!("Gl"), format_args!("Other")),
+            "(unnamed adapter) (Gl, Other)"
+        );
+    }
 }

@@ -27,7 +27,8 @@ struct Cli {
 enum Command {
     /// Convert a Hugging Face SmolVLM checkpoint into a PocketVLM model directory.
     Compress(Box<compress::Args>),
-    /// Caption an image (or answer a text prompt) with a converted model on the native GPU.
+    /// Caption an image (or answer a text prompt) with a converted model on the native GPU (or, with
+    /// `--cpu`, the compressor's CPU reference model).
     Caption(caption::Args),
     /// Fidelity of compressed models against the uncompressed checkpoint (perplexity, KL, top-1).
     Eval(eval::Args),

@@ -37,6 +37,8 @@ pub enum CompressError {
     Linalg(String),
     #[error("no tokenizer: {0}")]
     Tokenizer(String),
+    #[error(transparent)]
+    Processor(#[from] pocketvlm_processor::ProcessorError),
 }
 
 pub type Result<T, E = CompressError> = std::result::Result<T, E>;

@@ -11,6 +11,7 @@ pub mod kernels;
 pub mod model;
 pub mod pipelines;
 pub mod shader;
+pub mod tensor;
 
 pub use device::{Capabilities, DeviceOptions, Gpu};
 pub use error::{Result, RuntimeError};

@@ -29,6 +29,9 @@ shaders![
     "pixel_shuffle",
     "embed",
     "argmax",
+    "rotate",
+    "quantize",
+    "qmatmul",
 ];
 
 /// Preprocessor defines: name → value. Ordered, so it can key a pipeline cache.
@@ -125,7 +128,12 @@ mod tests {
     #[test]
     fn every_embedded_shader_parses_with_its_variants() {
         for (name, src) in SOURCES {
-            let text = preprocess(name, src, &defs(&[("BIAS", "")])).unwrap();
+            let text = preprocess(
+                name,
+                src,
+                &defs(&[("BIAS", ""), ("TR", "1"), ("TC", "1"), ("SCALE_BINDING", "4")]),
+            )
+            .unwrap();
             assert!(text.contains("@compute"), "{name}");
         }
     }

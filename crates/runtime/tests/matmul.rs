@@ -3,6 +3,7 @@
 //! and for inputs/outputs.
 //! Runs natively (`cargo test`, e.g. on Vulkan lavapipe) and in the browser (wasm-bindgen-test).
 
+use pocketvlm_format::Encoding;
 use pocketvlm_runtime::kernels::matmul::{
     MatVec, Matmul, MatmulShape, input_rows_per_chunk, matmul_reference, weight_rows_per_chunk,
 };
@@ -47,12 +48,12 @@ async fn run_path(gpu: &Gpu, shape: MatmulShape, with_bias: bool, seed: u64, pat
     let bb = gpu.storage_buffer("b", bytemuck::cast_slice(&b)).await.unwrap();
     let yb = gpu.zeroed_buffer("y", (m * n * 4) as u64).await.unwrap();
     let mut encoder = gpu.device.create_command_encoder(&Default::default());
-    let kernel = Matmul { bias: with_bias };
+    let kernel = Matmul::f32(with_bias);
     let bias = with_bias.then_some(&bb);
     match path {
         Path::Auto => kernel.encode(gpu, &mut encoder, shape, &xb, &wb, bias, &yb).await.unwrap(),
         Path::Tiled => kernel.encode_tiled(gpu, &mut encoder, shape, &xb, &wb, bias, &yb).await.unwrap(),
-        Path::MatVec(per_column) => MatVec { bias: with_bias, rows: m, per_column }
+        Path::MatVec(per_column) => MatVec { bias: with_bias, weights: Encoding::F32, rows: m, per_column }
             .encode(gpu, &mut encoder, n, k, &xb, &wb, bias, &yb)
             .await
             .unwrap(),
@@ -71,6 +72,40 @@ async fn run_path(gpu: &Gpu, shape: MatmulShape, with_bias: bool, seed: u64, pat
                 (g - e).abs() <= tol,
                 "{shape:?} {path:?} bias={with_bias} y[{r},{c}] = {g}, expected {e} (tol {tol})"
             );
+        }
+    }
+}
+
+/// A 16-bit weight (f16 or bf16, two per word) is widened exactly in the kernel: the product
+/// equals the f32 kernel's on the widened values, bit for bit (same fma order), on every path.
+async fn run_16bit(gpu: &Gpu, shape: MatmulShape, encoding: Encoding, seed: u64) {
+    let MatmulShape { m, n, k } = shape;
+    let x = values(seed, m * k);
+    let w = values(seed + 1, n * k);
+    let bytes: Vec<u8> = match encoding {
+        Encoding::BF16 => w.iter().flat_map(|v| half::bf16::from_f32(*v).to_le_bytes()).collect(),
+        _ => w.iter().flat_map(|v| half::f16::from_f32(*v).to_le_bytes()).collect(),
+    };
+    let widened = encoding.decode_f32(&bytes, &[n, k]);
+    let xb = gpu.storage_buffer("x", bytemuck::cast_slice(&x)).await.unwrap();
+    let w16 = gpu.storage_buffer("w16", &bytes).await.unwrap();
+    let w32 = gpu.storage_buffer("w32", bytemuck::cast_slice(&widened)).await.unwrap();
+    let mut outputs = Vec::new();
+    for (weights, wb) in [(encoding, &w16), (Encoding::F32, &w32)] {
+        let yb = gpu.zeroed_buffer("y", (m * n * 4) as u64).await.unwrap();
+        let mut encoder = gpu.device.create_command_encoder(&Default::default());
+        Matmul { bias: false, weights }.encode(gpu, &mut encoder, shape, &xb, wb, None, &yb).await.unwrap();
+        gpu.queue.submit([encoder.finish()]);
+        outputs.push(gpu.read_f32(&yb, m * n).await.unwrap());
+    }
+    let same = outputs[0].iter().zip(&outputs[1]).all(|(a, b)| a.to_bits() == b.to_bits());
+    assert!(same, "{shape:?} {encoding:?}: the 16-bit weight gives other values than its f32 widening");
+}
+
+async fn check_16bit(gpu: &Gpu) {
+    for (i, &(m, n, k)) in [(1, 77, 33), (3, 40, 64), (70, 65, 47)].iter().enumerate() {
+        for encoding in [Encoding::BF16, Encoding::F16] {
+            run_16bit(gpu, MatmulShape { m, n, k }, encoding, 400 + i as u64).await;
         }
     }
 }
@@ -98,7 +133,7 @@ async fn check_sizes(gpu: &Gpu) {
 async fn check_split_binding() {
     // 4 KiB bindings: a [100, 40] f32 weight (16 000 bytes) must be processed in chunks.
     let gpu = Gpu::new(&DeviceOptions { max_storage_binding: Some(4096) }).await.unwrap();
-    let rows = weight_rows_per_chunk(&gpu, 100, 40).unwrap();
+    let rows = weight_rows_per_chunk(&gpu, 100, 40, 4).unwrap();
     assert!(rows < 100 && rows > 0, "expected several chunks, got {rows} rows per chunk");
     for bias in [false, true] {
         run_case(&gpu, MatmulShape { m: 9, n: 100, k: 40 }, bias, 7).await;
@@ -119,7 +154,7 @@ async fn check_split_binding() {
     let w = gpu.zeroed_buffer("w", 4 * 2000).await.unwrap();
     let y = gpu.zeroed_buffer("y", 4 * 2000).await.unwrap();
     let mut encoder = gpu.device.create_command_encoder(&Default::default());
-    let err = Matmul { bias: false }
+    let err = Matmul::f32(false)
         .encode(&gpu, &mut encoder, MatmulShape { m: 1, n: 2000, k: 1 }, &x, &w, None, &y)
         .await
         .unwrap_err();
@@ -140,6 +175,7 @@ fn matmul_matches_reference() {
     eprintln!("adapter: {:?} ({:?}), caps: {:?}", gpu.adapter.name, gpu.adapter.backend, gpu.caps);
     pollster::block_on(check_capabilities(&gpu));
     pollster::block_on(check_sizes(&gpu));
+    pollster::block_on(check_16bit(&gpu));
 }
 
 #[cfg(not(target_arch = "wasm32"))]
@@ -154,6 +190,7 @@ async fn matmul_matches_reference_in_browser() {
     let gpu = Gpu::new(&DeviceOptions::default()).await.expect("WebGPU adapter");
     check_capabilities(&gpu).await;
     check_sizes(&gpu).await;
+    check_16bit(&gpu).await;
 }
 
 #[cfg(target_arch = "wasm32")]

@@ -22,6 +22,9 @@ pub enum ErrorName {
     /// The image could not be decoded or has an impossible size.
     ImageDecode,
     PromptTooLong,
+    /// A valid model this runtime cannot run (yet), e.g. packed integer weights or low-rank
+    /// factors; the message says what the model has.
+    UnsupportedModel,
     /// An option or argument has the wrong type or value.
     Type,
     /// Anything else (a malformed model, an internal failure).
@@ -40,6 +43,7 @@ impl ErrorName {
             ErrorName::Abort => "AbortError",
             ErrorName::ImageDecode => "ImageDecodeError",
             ErrorName::PromptTooLong => "PromptTooLongError",
+            ErrorName::UnsupportedModel => "UnsupportedModelError",
             ErrorName::Type => "TypeError",
             ErrorName::Other => "PocketVLMError",
         }
@@ -132,6 +136,7 @@ impl From<RuntimeError> for WebError {
                 Self::new(ErrorName::ImageDecode, message)
             }
             RuntimeError::Aborted(_) => Self::new(ErrorName::Abort, message),
+            RuntimeError::UnsupportedModel(_) => Self::new(ErrorName::UnsupportedModel, message),
             _ => Self::new(ErrorName::Other, message),
         }
     }
@@ -181,6 +186,9 @@ mod tests {
         assert_eq!(e.name, "OutOfMemoryError");
         let e: WebError = RuntimeError::Aborted("load".into()).into();
         assert_eq!(e.name, "AbortError");
+        let e: WebError = RuntimeError::UnsupportedModel("the model is quantized (w8a8)".into()).into();
+        assert_eq!(e.name, "UnsupportedModelError");
+        assert!(e.message.contains("the model is quantized (w8a8)"), "{}", e.message);
         let e: WebError = RuntimeError::Shape("bad".into()).into();
         assert_eq!(e.name, "PocketVLMError");
     }

@@ -7,6 +7,7 @@
 //! [`Weight`]s computed by the format crate's reference [`QuantLinear`].
 
 pub mod linear;
+pub mod reference;
 pub mod text;
 pub mod vision;
 pub mod weights;
@@ -374,22 +375,48 @@ impl CpuModel {
         max_new: usize,
         stop: &[u32],
     ) -> Result<Vec<u32>> {
+        Ok(self.greedy(embeds, max_new, stop)?.ids)
+    }
+
+    /// Greedy decoding from prompt embeddings with a KV cache (see [`Self::generate`]), keeping
+    /// the logits at the last prompt position and the time of the prefill and of the decoding.
+    pub fn greedy(&self, embeds: &Tensor, max_new: usize, stop: &[u32]) -> Result<Greedy> {
+        let start = std::time::Instant::now();
         let mut cache = KvCache::default();
         let hidden = self.text.forward(embeds, Some(&mut cache), None)?;
         let mut last = hidden.narrow(0, hidden.dim(0)? - 1, 1)?;
-        let mut out = Vec::new();
-        while out.len() < max_new {
+        let mut ids = Vec::new();
+        let mut prompt_logits = Vec::new();
+        let mut prefill_ms = 0.0;
+        while ids.len() < max_new || prompt_logits.is_empty() {
             let logits = self.text.logits(&last)?.squeeze(0)?;
+            if prompt_logits.is_empty() {
+                prompt_logits = logits.to_vec1::<f32>()?;
+                prefill_ms = start.elapsed().as_secs_f64() * 1e3;
+                if max_new == 0 {
+                    break;
+                }
+            }
             let next = logits.argmax(D::Minus1)?.to_scalar::<u32>()?;
-            out.push(next);
+            ids.push(next);
             if stop.contains(&next) {
                 break;
             }
             let e = self.text.embed(&[next])?;
             last = self.text.forward(&e, Some(&mut cache), None)?;
         }
-        Ok(out)
+        let decode_ms = start.elapsed().as_secs_f64() * 1e3 - prefill_ms;
+        Ok(Greedy { prompt_logits, ids, prefill_ms, decode_ms })
     }
+}
+
+/// What [`CpuModel::greedy`] computed.
+pub struct Greedy {
+    /// Logits at the last prompt position.
+    pub prompt_logits: Vec<f32>,
+    pub ids: Vec<u32>,
+    pub prefill_ms: f64,
+    pub decode_ms: f64,
 }
 
 /// Mean over rows of `logsumexp(logits) − logits[target]`.

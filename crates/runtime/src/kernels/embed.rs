@@ -12,12 +12,14 @@
 use std::collections::BTreeMap;
 
 use bytemuck::{Pod, Zeroable};
+use pocketvlm_format::Encoding;
 
 use super::Kernel;
 use super::util::{check_binding, chunks, dispatch, distinct, grid, require_size, rows_per_chunk, slice};
 use crate::device::Gpu;
 use crate::error::{Result, RuntimeError};
 use crate::shader::Defines;
+use crate::tensor::Tensor;
 
 /// Uniform block of `shaders/embed.wgsl` (must match `struct Params` there).
 #[repr(C)]
@@ -53,10 +55,64 @@ pub struct ImageFeatures<'a> {
     pub token_id: u32,
 }
 
-/// The embedding kernel; `image` selects the variant with the image scatter.
-#[derive(Clone, Copy, Debug)]
+/// An embedding table on the GPU: `values` `[vocab, d]` in f32, f16 or bf16, or packed `i8` with
+/// one scale per row in `scales` (`[vocab]`, f32 or f16): the integer contract's quantized
+/// table, row `t` read as `f32(q[t][j]) · s[t]`.
+pub struct EmbedTable {
+    pub values: Tensor,
+    pub scales: Option<Tensor>,
+}
+
+impl EmbedTable {
+    /// Check the table's shape and encodings.
+    pub fn new(values: Tensor, scales: Option<Tensor>) -> Result<Self> {
+        let [vocab, _] = values.shape[..] else {
+            return Err(RuntimeError::Shape(format!("an embedding table is 2-D, shape {:?}", values.shape)));
+        };
+        let ok = match (&values.encoding, &scales) {
+            (Encoding::F32 | Encoding::F16 | Encoding::BF16, None) => true,
+            (Encoding::I8, Some(s)) => {
+                s.shape == [vocab] && matches!(s.encoding, Encoding::F32 | Encoding::F16)
+            }
+            _ => false,
+        };
+        if !ok {
+            return Err(RuntimeError::UnsupportedModel(format!(
+                "an embedding table in {} with {} (the kernel reads f32, f16 or bf16 tables, or i8 with one f32 or f16 scale per row)",
+                values.encoding.tag(),
+                scales.as_ref().map_or("no scales".to_string(), |s| format!(
+                    "{} scales {:?}",
+                    s.encoding.tag(),
+                    s.shape
+                )),
+            )));
+        }
+        Ok(Self { values, scales })
+    }
+
+    pub fn bytes(&self) -> u64 {
+        self.values.bytes() + self.scales.as_ref().map_or(0, |s| s.bytes())
+    }
+}
+
+/// The embedding kernel; `image` selects the variant with the image scatter, the table's
+/// encodings the way it reads rows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Embed {
     pub image: bool,
+    pub table: Encoding,
+    pub f16_scales: bool,
+}
+
+impl Embed {
+    /// The variant for `table`.
+    pub fn for_table(table: &EmbedTable, image: bool) -> Self {
+        Self {
+            image,
+            table: table.values.encoding,
+            f16_scales: table.scales.as_ref().is_some_and(|s| s.encoding == Encoding::F16),
+        }
+    }
 }
 
 impl Kernel for Embed {
@@ -65,6 +121,18 @@ impl Kernel for Embed {
         let mut d = BTreeMap::new();
         if self.image {
             d.insert("IMAGE".to_string(), String::new());
+        }
+        let table = match self.table {
+            Encoding::F16 => "TABLE_F16",
+            Encoding::BF16 => "TABLE_BF16",
+            Encoding::I8 => "TABLE_I8",
+            _ => "TABLE_F32",
+        };
+        d.insert(table.to_string(), String::new());
+        // the scales follow the image features when there are any (bindings are consecutive)
+        d.insert("SCALE_BINDING".to_string(), if self.image { "5" } else { "4" }.to_string());
+        if self.f16_scales {
+            d.insert("SCALE_F16".to_string(), String::new());
         }
         d
     }
@@ -79,7 +147,7 @@ impl Embed {
         encoder: &mut wgpu::CommandEncoder,
         shape: EmbedShape,
         ids: &wgpu::Buffer,
-        table: &wgpu::Buffer,
+        table: &EmbedTable,
         image: Option<ImageFeatures<'_>>,
         out: &wgpu::Buffer,
     ) -> Result<()> {
@@ -90,17 +158,23 @@ impl Embed {
         if tokens == 0 || vocab == 0 || d == 0 || vocab >= u32::MAX as usize {
             return Err(RuntimeError::Shape(format!("embedding {shape:?}")));
         }
+        if *self != Self::for_table(table, self.image) {
+            return Err(RuntimeError::Shape("the embedding table does not match the kernel variant".into()));
+        }
+        table.values.expect_shape("embedding table", &[vocab, d])?;
         let row_bytes = (d * 4) as u64;
+        let table_row = table.values.row_bytes();
+        let scale_row = table.scales.as_ref().map_or(4, |s| s.encoding.byte_len(&[1]) as u64);
         let out_bytes = tokens as u64 * row_bytes;
         if out_bytes / 4 > u64::from(u32::MAX) {
             return Err(RuntimeError::Shape(format!("embedding {shape:?} is too large")));
         }
         require_size(ids, (tokens * 4) as u64, "token ids")?;
-        require_size(table, vocab as u64 * row_bytes, "embedding table")?;
+        require_size(&table.values.buffer, vocab as u64 * table_row, "embedding table")?;
         require_size(out, out_bytes, "embedding output")?;
         check_binding(gpu, "token ids", (tokens * 4) as u64)?;
         check_binding(gpu, "embedding output", out_bytes)?;
-        for (buffer, what) in [(ids, "token ids"), (table, "embedding table")] {
+        for (buffer, what) in [(ids, "token ids"), (&table.values.buffer, "embedding table")] {
             distinct(buffer, out, &format!("{what} and embedding output"))?;
         }
         let image_binding = match image {
@@ -114,7 +188,7 @@ impl Embed {
             None => None,
         };
         let pipeline = gpu.pipelines.get(gpu, Self::SHADER, &self.defines()).await?;
-        let chunk = rows_per_chunk(gpu, "the embedding table", vocab, &[row_bytes])?;
+        let chunk = rows_per_chunk(gpu, "the embedding table", vocab, &[table_row, scale_row])?;
         let (gx, gy) = grid(gpu, tokens as u64)?;
         for (r0, nr) in chunks(vocab, chunk) {
             let params = Params {
@@ -129,11 +203,14 @@ impl Embed {
             };
             let mut resources = vec![
                 slice(ids, 0, (tokens * 4) as u64),
-                slice(table, r0 as u64 * row_bytes, nr as u64 * row_bytes),
+                slice(&table.values.buffer, r0 as u64 * table_row, nr as u64 * table_row),
                 slice(out, 0, out_bytes),
             ];
             if let Some((features, bytes)) = image_binding {
                 resources.push(slice(features, 0, bytes));
+            }
+            if let Some(scales) = &table.scales {
+                resources.push(slice(&scales.buffer, r0 as u64 * scale_row, nr as u64 * scale_row));
             }
             dispatch(gpu, encoder, &pipeline, "embed", bytemuck::bytes_of(&params), resources, (gx, gy, 1));
         }

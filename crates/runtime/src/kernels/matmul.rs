@@ -16,6 +16,7 @@
 use std::collections::BTreeMap;
 
 use bytemuck::{Pod, Zeroable};
+use pocketvlm_format::Encoding;
 
 use super::util::{check_binding, chunks, dispatch, distinct, grid, require_size, rows_per_chunk, slice};
 use super::{Kernel, groups};
@@ -39,9 +40,45 @@ const _: () = assert!(std::mem::size_of::<Params>() == 32);
 /// Output tile side of one workgroup (64×64, 16×16 invocations with 4×4 each).
 const TILE: usize = 64;
 
-/// The matmul kernel; `bias` selects the variant.
+/// The matmul kernel; `bias` and the weight's encoding select the variant.
+#[derive(Clone, Copy, Debug)]
 pub struct Matmul {
     pub bias: bool,
+    /// How the weight is stored: f32, or f16 / bf16 (two per `u32`, widened in the kernel).
+    pub weights: Encoding,
+}
+
+impl Matmul {
+    /// The variant for f32 weights.
+    pub fn f32(bias: bool) -> Self {
+        Self { bias, weights: Encoding::F32 }
+    }
+}
+
+/// Defines of a float weight encoding (shared by `matmul.wgsl` and `matvec.wgsl`).
+fn weight_defines(d: &mut Defines, weights: Encoding) {
+    match weights {
+        Encoding::F16 => {
+            d.insert("W16".to_string(), String::new());
+        }
+        Encoding::BF16 => {
+            d.insert("W16".to_string(), String::new());
+            d.insert("BF16".to_string(), String::new());
+        }
+        _ => {}
+    }
+}
+
+/// Bytes of one float weight element; `Err(UnsupportedModel)` for a packed encoding.
+fn element_bytes(weights: Encoding) -> Result<usize> {
+    match weights {
+        Encoding::F32 => Ok(4),
+        Encoding::F16 | Encoding::BF16 => Ok(2),
+        other => Err(RuntimeError::UnsupportedModel(format!(
+            "the float matmul reads f32, f16 or bf16 weights, not {}",
+            other.tag()
+        ))),
+    }
 }
 
 impl Kernel for Matmul {
@@ -51,6 +88,7 @@ impl Kernel for Matmul {
         if self.bias {
             d.insert("BIAS".to_string(), String::new());
         }
+        weight_defines(&mut d, self.weights);
         d
     }
 }
@@ -65,8 +103,8 @@ pub struct MatmulShape {
 
 /// Rows of `w` per dispatch: as many as fit one binding, a multiple of the count that keeps
 /// every chunk's byte offset aligned.
-pub fn weight_rows_per_chunk(gpu: &Gpu, n: usize, k: usize) -> Result<usize> {
-    rows_per_chunk(gpu, &format!("a [{n}, {k}] weight"), n, &[(k * 4) as u64])
+pub fn weight_rows_per_chunk(gpu: &Gpu, n: usize, k: usize, element: usize) -> Result<usize> {
+    rows_per_chunk(gpu, &format!("a [{n}, {k}] weight"), n, &[(k * element) as u64])
 }
 
 /// Rows of `x` (and `y`) per pass: as many as keep both bindings within the device limit, with
@@ -87,6 +125,8 @@ pub fn input_rows_per_chunk(gpu: &Gpu, shape: MatmulShape) -> Result<usize> {
 #[derive(Clone, Copy, Debug)]
 pub struct MatVec {
     pub bias: bool,
+    /// The weight's encoding (see [`Matmul::weights`]).
+    pub weights: Encoding,
     /// Rows of `x` (1..=4), a compile-time constant of the shader.
     pub rows: usize,
     /// One invocation per output column with no workgroup reduction (what CPU adapters run
@@ -113,14 +153,17 @@ impl Kernel for MatVec {
         if self.per_column {
             d.insert("PER_COLUMN".to_string(), String::new());
         }
+        weight_defines(&mut d, self.weights);
         d
     }
 }
 
 /// Shape, size and aliasing checks shared by both matmul kernels.
+#[allow(clippy::too_many_arguments)]
 fn check(
     shape: MatmulShape,
     with_bias: bool,
+    element: usize,
     x: &wgpu::Buffer,
     w: &wgpu::Buffer,
     bias: Option<&wgpu::Buffer>,
@@ -138,7 +181,7 @@ fn check(
         return Err(RuntimeError::Shape(format!("matmul {m}x{k} · {n}x{k} has too many elements")));
     }
     require_size(x, (m * k * 4) as u64, "matmul input")?;
-    require_size(w, (n * k * 4) as u64, "matmul weight")?;
+    require_size(w, (n * k * element) as u64, "matmul weight")?;
     require_size(y, (m * n * 4) as u64, "matmul output")?;
     if let Some(b) = bias {
         require_size(b, (n * 4) as u64, "matmul bias")?;
@@ -167,7 +210,7 @@ impl Matmul {
         y: &wgpu::Buffer,
     ) -> Result<()> {
         if (1..=MatVec::MAX_ROWS).contains(&shape.m) {
-            MatVec { bias: self.bias, rows: shape.m, per_column: gpu.caps.cpu }
+            MatVec { bias: self.bias, weights: self.weights, rows: shape.m, per_column: gpu.caps.cpu }
                 .encode(gpu, encoder, shape.n, shape.k, x, w, bias, y)
                 .await
         } else {
@@ -188,7 +231,8 @@ impl Matmul {
         bias: Option<&wgpu::Buffer>,
         y: &wgpu::Buffer,
     ) -> Result<()> {
-        check(shape, self.bias, x, w, bias, y)?;
+        let element = element_bytes(self.weights)?;
+        check(shape, self.bias, element, x, w, bias, y)?;
         let MatmulShape { m, n, k } = shape;
         if bias.is_some() {
             check_binding(gpu, "matmul bias", (n * 4) as u64)?;
@@ -198,7 +242,7 @@ impl Matmul {
             return Err(RuntimeError::Shape(format!("{m} rows exceed the dispatch limit")));
         }
         let pipeline = gpu.pipelines.get(gpu, Self::SHADER, &self.defines()).await?;
-        let chunk = weight_rows_per_chunk(gpu, n, k)?;
+        let chunk = weight_rows_per_chunk(gpu, n, k, element)?;
         if groups(chunk, TILE) > gpu.caps.max_workgroups_per_dimension {
             return Err(RuntimeError::Shape(format!("{n} columns exceed the dispatch limit")));
         }
@@ -215,7 +259,7 @@ impl Matmul {
                 };
                 let mut resources = vec![
                     slice(x, r0 as u64 * x_row, mr as u64 * x_row),
-                    slice(w, (c0 * k * 4) as u64, (nc * k * 4) as u64),
+                    slice(w, (c0 * k * element) as u64, (nc * k * element) as u64),
                     slice(y, r0 as u64 * y_row, mr as u64 * y_row),
                 ];
                 if let Some(b) = bias {
@@ -252,7 +296,8 @@ impl MatVec {
             )));
         }
         let shape = MatmulShape { m, n, k };
-        check(shape, self.bias, x, w, bias, y)?;
+        let element = element_bytes(self.weights)?;
+        check(shape, self.bias, element, x, w, bias, y)?;
         let (x_bytes, y_bytes) = ((m * k * 4) as u64, (m * n * 4) as u64);
         check_binding(gpu, "matvec input", x_bytes)?;
         check_binding(gpu, "matvec output", y_bytes)?;
@@ -260,7 +305,7 @@ impl MatVec {
             check_binding(gpu, "matvec bias", (n * 4) as u64)?;
         }
         let pipeline = gpu.pipelines.get(gpu, Self::SHADER, &self.defines()).await?;
-        let chunk = weight_rows_per_chunk(gpu, n, k)?;
+        let chunk = weight_rows_per_chunk(gpu, n, k, element)?;
         for (c0, nc) in chunks(n, chunk) {
             let params = Params {
                 m: m as u32,
@@ -272,7 +317,7 @@ impl MatVec {
             };
             let mut resources = vec![
                 slice(x, 0, x_bytes),
-                slice(w, (c0 * k * 4) as u64, (nc * k * 4) as u64),
+                slice(w, (c0 * k * element) as u64, (nc * k * element) as u64),
                 slice(y, 0, y_bytes),
             ];
             if let Some(b) = bias {

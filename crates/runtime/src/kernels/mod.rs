@@ -10,6 +10,7 @@ pub mod matmul;
 pub mod norm;
 pub mod patch_embed;
 pub mod pixel_shuffle;
+pub mod quant;
 pub mod rope;
 pub mod util;
 

@@ -129,7 +129,7 @@ impl PatchEmbed {
             dispatch(gpu, encoder, &pipeline, "im2col", bytemuck::bytes_of(&params), resources, (gx, gy, 1));
         }
         let mm = MatmulShape { m: tiles * patches, n: hidden, k: width };
-        Matmul { bias: true }.encode(gpu, encoder, mm, &cols, weight, Some(bias), out).await?;
+        Matmul::f32(true).encode(gpu, encoder, mm, &cols, weight, Some(bias), out).await?;
         Add.encode(gpu, encoder, tiles * patches * hidden, patches * hidden, out, position).await
     }
 }

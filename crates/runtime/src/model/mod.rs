@@ -4,6 +4,7 @@
 //! [`Generator::next_token`] returns one token (or `None` once finished), so streaming and abort
 //! are the caller's choice between two calls.
 
+pub mod linear;
 mod prefix;
 pub mod sampling;
 mod scratch;
@@ -17,19 +18,21 @@ use crate::device::Gpu;
 use crate::error::{Result, RuntimeError};
 use crate::kernels::argmax::Argmax;
 use crate::kernels::embed::ImageFeatures;
-use crate::kernels::rope::rope_table;
 pub use prefix::reusable_prefix;
 use sampling::{Pcg32, SamplingOptions, sample};
 use scratch::f32_buffer;
-use text::{KvCache, TextState};
-use weights::Weights;
+use text::{KvCache, TextModel};
+use vision::VisionModel;
+use weights::WeightLoader;
 
 /// A loaded model: config, weights and fixed tables on the GPU.
 pub struct Model {
     pub config: ModelConfig,
     pub eos_token_ids: Vec<u32>,
-    weights: Weights,
-    text: TextState,
+    vision: VisionModel,
+    text: TextModel,
+    weight_bytes: u64,
+    table_bytes: u64,
 }
 
 /// Image features computed by the vision tower and connector.
@@ -62,31 +65,35 @@ impl MemoryUsage {
 }
 
 impl Model {
-    /// Upload a model's weights and tables. Only dense float models run here; a quantized or
-    /// factored one is a typed error before anything is uploaded.
+    /// Upload a model's weights and tables: float models (any of f32, f16, bf16) and quantized
+    /// ones (format v3, every scheme the compressor writes). A factored model, or a layer whose
+    /// arithmetic the kernels cannot perform, is a typed [`RuntimeError::UnsupportedModel`].
     pub async fn load(gpu: &Gpu, data: &ModelData) -> Result<Self> {
         check_supported(&data.manifest)?;
         let config = data.manifest.model.clone();
-        let weights = Weights::upload(gpu, data).await?;
-        let max_positions = config.text.max_position_embeddings;
-        let table = rope_table(config.text.rope_theta as f32, config.text.head_dim, max_positions);
-        let rope_table = gpu.storage_buffer("rope table", bytemuck::cast_slice(&table)).await?;
+        let before = gpu.allocated_bytes();
+        let loader = WeightLoader::new(gpu, data);
+        let vision = VisionModel::load(&loader, &config).await?;
+        let text = TextModel::load(&loader, &config).await?;
+        let weight_bytes = loader.bytes();
         Ok(Self {
             eos_token_ids: data.manifest.generation.eos_token_ids.clone(),
             config,
-            weights,
-            text: TextState { rope_table, max_positions },
+            vision,
+            text,
+            weight_bytes,
+            table_bytes: gpu.allocated_bytes() - before - weight_bytes,
         })
     }
 
     /// Bytes of weights held on the GPU.
     pub fn weight_bytes(&self) -> u64 {
-        self.weights.bytes()
+        self.weight_bytes
     }
 
-    /// Bytes of the fixed tables (RoPE) held on the GPU.
+    /// Bytes of the fixed tables (RoPE, the online rotations' signs and cores) held on the GPU.
     pub fn table_bytes(&self) -> u64 {
-        self.text.rope_table.size()
+        self.table_bytes
     }
 
     /// Longest sequence (prompt + generated) the model accepts.
@@ -112,7 +119,7 @@ impl Model {
         let buffer = gpu.storage_buffer("pixel values", bytemuck::cast_slice(pixels)).await?;
         let mut encoder = gpu.device.create_command_encoder(&Default::default());
         let features =
-            vision::encode_image(gpu, &mut encoder, &self.config, &self.weights, &buffer, tiles).await?;
+            vision::encode_image(gpu, &mut encoder, &self.config, &self.vision, &buffer, tiles).await?;
         gpu.queue.submit([encoder.finish()]);
         Ok(ImageEmbedding {
             features,
@@ -234,19 +241,8 @@ impl Generator {
             token_id: cfg.image_token_id,
         });
         let mut encoder = gpu.device.create_command_encoder(&Default::default());
-        text::forward(
-            gpu,
-            &mut encoder,
-            cfg,
-            &model.weights,
-            &model.text,
-            &mut cache,
-            &ids,
-            new.len(),
-            features,
-            &logits,
-        )
-        .await?;
+        text::forward(gpu, &mut encoder, cfg, &model.text, &mut cache, &ids, new.len(), features, &logits)
+            .await?;
         gpu.queue.submit([encoder.finish()]);
         // The image features stay alive through the prefill.
         let prefill_bytes = gpu.allocated_bytes() - before + image.map_or(0, |i| i.features.size());
@@ -281,19 +277,8 @@ impl Generator {
             let ids = gpu.storage_buffer("token id", bytemuck::bytes_of(&last)).await?;
             let mut encoder = gpu.device.create_command_encoder(&Default::default());
             let cfg = &model.config;
-            text::forward(
-                gpu,
-                &mut encoder,
-                cfg,
-                &model.weights,
-                &model.text,
-                &mut self.cache,
-                &ids,
-                1,
-                None,
-                &self.logits,
-            )
-            .await?;
+            text::forward(gpu, &mut encoder, cfg, &model.text, &mut self.cache, &ids, 1, None, &self.logits)
+                .await?;
             gpu.queue.submit([encoder.finish()]);
             self.cached.push(last);
             self.peak_pass_bytes = self.peak_pass_bytes.max(gpu.allocated_bytes() - before);
@@ -355,17 +340,9 @@ impl Generator {
     }
 }
 
-/// The dense kernels run float, unfactored weights: a model with packed integer weights (format
-/// v3 `quantization`) or low-rank factors (a `compression` section with factored layers) would
-/// otherwise be read tensor by tensor into wrong results, so it is refused.
+/// Low-rank factors (a `compression` section with factored layers) have no kernels yet: such a
+/// model would otherwise miss tensors layer by layer, so it is refused as a whole.
 pub fn check_supported(manifest: &pocketvlm_format::Manifest) -> Result<()> {
-    if let Some(q) = &manifest.quantization {
-        return Err(RuntimeError::UnsupportedModel(format!(
-            "the model is quantized ({}); this runtime has no kernels for packed integer weights yet \
-             (convert the checkpoint without --bits)",
-            q.scheme
-        )));
-    }
     if let Some(c) = &manifest.compression {
         let factored =
             c.text_layers.iter().chain(&c.vision_layers).any(|l| l.qkv.is_some() || !l.mlp.is_empty());

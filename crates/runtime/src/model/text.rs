@@ -8,17 +8,18 @@
 
 use pocketvlm_format::ModelConfig;
 
+use super::linear::{Embedding, Linear, Scratch};
 use super::scratch::f32_buffer;
-use super::weights::Weights;
+use super::weights::WeightLoader;
 use crate::device::Gpu;
 use crate::error::{Result, RuntimeError};
 use crate::kernels::attention::{Attention, AttentionShape};
 use crate::kernels::copy::CopyRows;
 use crate::kernels::elementwise::{Add, SiluMul};
 use crate::kernels::embed::{Embed, EmbedShape, ImageFeatures};
-use crate::kernels::matmul::{Matmul, MatmulShape};
 use crate::kernels::norm::{NormShape, RmsNorm};
-use crate::kernels::rope::{Rope, RopeShape};
+use crate::kernels::rope::{Rope, RopeShape, rope_table};
+use crate::tensor::Tensor;
 
 /// Per-layer key and value caches, f32 `[capacity, kv_heads·head_dim]` each.
 pub struct KvCache {
@@ -79,10 +80,65 @@ impl KvCache {
     }
 }
 
-/// The decoder's fixed GPU state besides the weights: the RoPE table.
-pub struct TextState {
+/// One decoder layer's weights.
+pub struct DecoderLayer {
+    pub input_norm: Tensor,
+    pub q: Linear,
+    pub k: Linear,
+    pub v: Linear,
+    pub o: Linear,
+    pub post_norm: Tensor,
+    pub gate: Linear,
+    pub up: Linear,
+    pub down: Linear,
+}
+
+/// The decoder's weights and fixed tables.
+pub struct TextModel {
+    pub embed: Embedding,
+    pub layers: Vec<DecoderLayer>,
+    pub norm: Tensor,
+    pub lm_head: Linear,
     pub rope_table: wgpu::Buffer,
     pub max_positions: usize,
+}
+
+impl TextModel {
+    pub async fn load(w: &WeightLoader<'_>, cfg: &ModelConfig) -> Result<Self> {
+        let c = &cfg.text;
+        let p = "model.text_model";
+        let mut layers = Vec::with_capacity(c.num_hidden_layers);
+        for i in 0..c.num_hidden_layers {
+            let l = format!("{p}.layers.{i}");
+            let linear = |s: &str| {
+                let name = format!("{l}.{s}.weight");
+                async move { Linear::load(w, &name, None).await }
+            };
+            layers.push(DecoderLayer {
+                input_norm: w.f32(&format!("{l}.input_layernorm.weight")).await?,
+                q: linear("self_attn.q_proj").await?,
+                k: linear("self_attn.k_proj").await?,
+                v: linear("self_attn.v_proj").await?,
+                o: linear("self_attn.o_proj").await?,
+                post_norm: w.f32(&format!("{l}.post_attention_layernorm.weight")).await?,
+                gate: linear("mlp.gate_proj").await?,
+                up: linear("mlp.up_proj").await?,
+                down: linear("mlp.down_proj").await?,
+            });
+        }
+        let embed_name = format!("{p}.embed_tokens.weight");
+        let head = if c.tie_word_embeddings { embed_name.clone() } else { "lm_head.weight".to_string() };
+        let max_positions = c.max_position_embeddings;
+        let table = rope_table(c.rope_theta as f32, c.head_dim, max_positions);
+        Ok(Self {
+            embed: Embedding::load(w, &embed_name).await?,
+            layers,
+            norm: w.f32(&format!("{p}.norm.weight")).await?,
+            lm_head: Linear::load(w, &head, None).await?,
+            rope_table: w.gpu.storage_buffer("rope table", bytemuck::cast_slice(&table)).await?,
+            max_positions,
+        })
+    }
 }
 
 /// Record a decoder pass over `ids` (appending to `cache`) and the logits of the last position
@@ -92,8 +148,7 @@ pub async fn forward(
     gpu: &Gpu,
     encoder: &mut wgpu::CommandEncoder,
     cfg: &ModelConfig,
-    w: &Weights,
-    state: &TextState,
+    model: &TextModel,
     cache: &mut KvCache,
     ids: &wgpu::Buffer,
     tokens: usize,
@@ -104,19 +159,18 @@ pub async fn forward(
     let (d, hd) = (c.hidden_size, c.head_dim);
     let (dq, dkv, inter) = (c.num_attention_heads * hd, c.num_key_value_heads * hd, c.intermediate_size);
     let p0 = cache.len;
-    if p0 + tokens > cache.capacity || p0 + tokens > state.max_positions {
+    if p0 + tokens > cache.capacity || p0 + tokens > model.max_positions {
         return Err(RuntimeError::Shape(format!(
             "{} positions exceed the cache capacity {} / position limit {}",
             p0 + tokens,
             cache.capacity,
-            state.max_positions
+            model.max_positions
         )));
     }
-    let p = "model.text_model";
     let x = f32_buffer(gpu, "text x", tokens * d).await?;
     let shape = EmbedShape { tokens, vocab: c.vocab_size, d };
-    let embed = Embed { image: image.is_some() };
-    embed.encode(gpu, encoder, shape, ids, w.get(&format!("{p}.embed_tokens.weight"))?, image, &x).await?;
+    let table = &model.embed.table;
+    Embed::for_table(table, image.is_some()).encode(gpu, encoder, shape, ids, table, image, &x).await?;
 
     let normed = f32_buffer(gpu, "text norm", tokens * d).await?;
     let q = f32_buffer(gpu, "text q", tokens * dq).await?;
@@ -127,46 +181,38 @@ pub async fn forward(
     let gate = f32_buffer(gpu, "text gate", tokens * inter).await?;
     let up = f32_buffer(gpu, "text up", tokens * inter).await?;
     let act = f32_buffer(gpu, "text act", tokens * inter).await?;
+    let mut scratch = Scratch::default();
     let rms = RmsNorm { eps: c.rms_norm_eps as f32 };
     let rows = NormShape { rows: tokens, d };
-    let linear = Matmul { bias: false };
     let rope = RopeShape {
         tokens,
         heads: c.num_attention_heads,
         kv_heads: c.num_key_value_heads,
         head_dim: hd,
         pos0: p0,
-        max_positions: state.max_positions,
+        max_positions: model.max_positions,
     };
     let attention_shape =
         AttentionShape::causal(tokens, c.num_attention_heads, c.num_key_value_heads, hd, p0, cache.capacity);
     let attention = Attention::for_shape(&attention_shape);
     let append = CopyRows::append(tokens, dkv, p0);
-    for i in 0..c.num_hidden_layers {
-        let l = format!("{p}.layers.{i}");
-        let wt = |s: &str| w.get(&format!("{l}.{s}"));
-        rms.encode(gpu, encoder, rows, &x, wt("input_layernorm.weight")?, &normed).await?;
-        for (proj, dst, n) in [("q_proj", &q, dq), ("k_proj", &k, dkv), ("v_proj", &v, dkv)] {
-            let shape = MatmulShape { m: tokens, n, k: d };
-            linear
-                .encode(gpu, encoder, shape, &normed, wt(&format!("self_attn.{proj}.weight"))?, None, dst)
-                .await?;
+    for (i, l) in model.layers.iter().enumerate() {
+        rms.encode(gpu, encoder, rows, &x, &l.input_norm.buffer, &normed).await?;
+        for (linear, dst) in [(&l.q, &q), (&l.k, &k), (&l.v, &v)] {
+            linear.forward(gpu, encoder, &mut scratch, tokens, &normed, dst).await?;
         }
-        Rope.encode(gpu, encoder, rope, &state.rope_table, &q, &k).await?;
+        Rope.encode(gpu, encoder, rope, &model.rope_table, &q, &k).await?;
         append.encode(gpu, encoder, &k, &cache.keys[i])?;
         append.encode(gpu, encoder, &v, &cache.values[i])?;
         attention.encode(gpu, encoder, attention_shape, &q, &cache.keys[i], &cache.values[i], &attn).await?;
-        let o = MatmulShape { m: tokens, n: d, k: dq };
-        linear.encode(gpu, encoder, o, &attn, wt("self_attn.o_proj.weight")?, None, &out).await?;
+        l.o.forward(gpu, encoder, &mut scratch, tokens, &attn, &out).await?;
         Add.encode(gpu, encoder, tokens * d, tokens * d, &x, &out).await?;
 
-        rms.encode(gpu, encoder, rows, &x, wt("post_attention_layernorm.weight")?, &normed).await?;
-        let gu = MatmulShape { m: tokens, n: inter, k: d };
-        linear.encode(gpu, encoder, gu, &normed, wt("mlp.gate_proj.weight")?, None, &gate).await?;
-        linear.encode(gpu, encoder, gu, &normed, wt("mlp.up_proj.weight")?, None, &up).await?;
+        rms.encode(gpu, encoder, rows, &x, &l.post_norm.buffer, &normed).await?;
+        l.gate.forward(gpu, encoder, &mut scratch, tokens, &normed, &gate).await?;
+        l.up.forward(gpu, encoder, &mut scratch, tokens, &normed, &up).await?;
         SiluMul.encode(gpu, encoder, tokens * inter, &gate, &up, &act).await?;
-        let down = MatmulShape { m: tokens, n: d, k: inter };
-        linear.encode(gpu, encoder, down, &act, wt("mlp.down_proj.weight")?, None, &out).await?;
+        l.down.forward(gpu, encoder, &mut scratch, tokens, &act, &out).await?;
         Add.encode(gpu, encoder, tokens * d, tokens * d, &x, &out).await?;
     }
     cache.len = p0 + tokens;
@@ -176,10 +222,7 @@ pub async fn forward(
     CopyRows { rows: 1, width: d, src_row: tokens - 1, dst_row: 0 }.encode(gpu, encoder, &x, &last)?;
     let last_normed = f32_buffer(gpu, "text last norm", d).await?;
     let one = NormShape { rows: 1, d };
-    rms.encode(gpu, encoder, one, &last, w.get(&format!("{p}.norm.weight"))?, &last_normed).await?;
-    let head =
-        if c.tie_word_embeddings { format!("{p}.embed_tokens.weight") } else { "lm_head.weight".to_string() };
-    let shape = MatmulShape { m: 1, n: c.vocab_size, k: d };
-    linear.encode(gpu, encoder, shape, &last_normed, w.get(&head)?, None, logits).await?;
+    rms.encode(gpu, encoder, one, &last, &model.norm.buffer, &last_normed).await?;
+    model.lm_head.forward(gpu, encoder, &mut scratch, 1, &last_normed, logits).await?;
     Ok(())
 }

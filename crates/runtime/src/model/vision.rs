@@ -8,16 +8,77 @@
 
 use pocketvlm_format::ModelConfig;
 
+use super::linear::{Linear, Scratch};
 use super::scratch::f32_buffer;
-use super::weights::Weights;
+use super::weights::WeightLoader;
 use crate::device::Gpu;
 use crate::error::Result;
 use crate::kernels::attention::{Attention, AttentionShape};
 use crate::kernels::elementwise::{Add, GeluTanh};
-use crate::kernels::matmul::{Matmul, MatmulShape};
 use crate::kernels::norm::{LayerNorm, NormShape};
 use crate::kernels::patch_embed::{PatchEmbed, PatchEmbedShape};
 use crate::kernels::pixel_shuffle::{PixelShuffle, PixelShuffleShape};
+use crate::tensor::Tensor;
+
+/// One encoder layer's weights.
+pub struct VisionLayer {
+    pub ln1: (Tensor, Tensor),
+    pub q: Linear,
+    pub k: Linear,
+    pub v: Linear,
+    pub out: Linear,
+    pub ln2: (Tensor, Tensor),
+    pub fc1: Linear,
+    pub fc2: Linear,
+}
+
+/// The vision tower's and the connector's weights.
+pub struct VisionModel {
+    pub patch_weight: Tensor,
+    pub patch_bias: Tensor,
+    pub position: Tensor,
+    pub layers: Vec<VisionLayer>,
+    pub post_norm: (Tensor, Tensor),
+    pub connector: Linear,
+}
+
+impl VisionModel {
+    pub async fn load(w: &WeightLoader<'_>, cfg: &ModelConfig) -> Result<Self> {
+        let p = "model.vision_model";
+        let norm = |n: String| async move {
+            Ok::<_, crate::RuntimeError>((
+                w.f32(&format!("{n}.weight")).await?,
+                w.f32(&format!("{n}.bias")).await?,
+            ))
+        };
+        let mut layers = Vec::with_capacity(cfg.vision.num_hidden_layers);
+        for i in 0..cfg.vision.num_hidden_layers {
+            let l = format!("{p}.encoder.layers.{i}");
+            let linear = |s: &str| {
+                let (weight, bias) = (format!("{l}.{s}.weight"), format!("{l}.{s}.bias"));
+                async move { Linear::load(w, &weight, Some(&bias)).await }
+            };
+            layers.push(VisionLayer {
+                ln1: norm(format!("{l}.layer_norm1")).await?,
+                q: linear("self_attn.q_proj").await?,
+                k: linear("self_attn.k_proj").await?,
+                v: linear("self_attn.v_proj").await?,
+                out: linear("self_attn.out_proj").await?,
+                ln2: norm(format!("{l}.layer_norm2")).await?,
+                fc1: linear("mlp.fc1").await?,
+                fc2: linear("mlp.fc2").await?,
+            });
+        }
+        Ok(Self {
+            patch_weight: w.f32(&format!("{p}.embeddings.patch_embedding.weight")).await?,
+            patch_bias: w.f32(&format!("{p}.embeddings.patch_embedding.bias")).await?,
+            position: w.f32(&format!("{p}.embeddings.position_embedding.weight")).await?,
+            layers,
+            post_norm: norm(format!("{p}.post_layernorm")).await?,
+            connector: Linear::load(w, "model.connector.modality_projection.proj.weight", None).await?,
+        })
+    }
+}
 
 /// Record the vision tower and connector for `tiles` tiles of pixel values (f32
 /// `[tiles, channels, S, S]` in `pixels`); returns the image features f32 `[tiles·seq, D_text]`.
@@ -25,7 +86,7 @@ pub async fn encode_image(
     gpu: &Gpu,
     encoder: &mut wgpu::CommandEncoder,
     cfg: &ModelConfig,
-    w: &Weights,
+    model: &VisionModel,
     pixels: &wgpu::Buffer,
     tiles: usize,
 ) -> Result<wgpu::Buffer> {
@@ -33,7 +94,6 @@ pub async fn encode_image(
     let d = v.hidden_size;
     let n = v.num_patches();
     let t = tiles * n;
-    let p = "model.vision_model";
     let x = f32_buffer(gpu, "vision x", t * d).await?;
     let shape = PatchEmbedShape {
         tiles,
@@ -48,9 +108,9 @@ pub async fn encode_image(
             encoder,
             shape,
             pixels,
-            w.get(&format!("{p}.embeddings.patch_embedding.weight"))?,
-            w.get(&format!("{p}.embeddings.patch_embedding.bias"))?,
-            w.get(&format!("{p}.embeddings.position_embedding.weight"))?,
+            &model.patch_weight.buffer,
+            &model.patch_bias.buffer,
+            &model.position.buffer,
             &x,
         )
         .await?;
@@ -62,50 +122,29 @@ pub async fn encode_image(
     let attn = f32_buffer(gpu, "vision attn", t * d).await?;
     let out = f32_buffer(gpu, "vision out", t * d).await?;
     let mlp = f32_buffer(gpu, "vision mlp", t * v.intermediate_size).await?;
+    let mut scratch = Scratch::default();
     let ln = LayerNorm { eps: v.layer_norm_eps as f32 };
     let rows = NormShape { rows: t, d };
-    let linear = Matmul { bias: true };
-    let square = MatmulShape { m: t, n: d, k: d };
     let attention_shape = AttentionShape::bidirectional(tiles, n, v.num_attention_heads, v.head_dim());
-    for i in 0..v.num_hidden_layers {
-        let l = format!("{p}.encoder.layers.{i}");
-        let wt = |s: &str| w.get(&format!("{l}.{s}"));
-        ln.encode(gpu, encoder, rows, &x, wt("layer_norm1.weight")?, wt("layer_norm1.bias")?, &normed)
-            .await?;
-        for (proj, dst) in [("q_proj", &q), ("k_proj", &k), ("v_proj", &vv)] {
-            let (wp, bp) = (wt(&format!("self_attn.{proj}.weight"))?, wt(&format!("self_attn.{proj}.bias"))?);
-            linear.encode(gpu, encoder, square, &normed, wp, Some(bp), dst).await?;
+    for l in &model.layers {
+        ln.encode(gpu, encoder, rows, &x, &l.ln1.0.buffer, &l.ln1.1.buffer, &normed).await?;
+        for (linear, dst) in [(&l.q, &q), (&l.k, &k), (&l.v, &vv)] {
+            linear.forward(gpu, encoder, &mut scratch, t, &normed, dst).await?;
         }
         Attention::for_shape(&attention_shape)
             .encode(gpu, encoder, attention_shape, &q, &k, &vv, &attn)
             .await?;
-        let (wo, bo) = (wt("self_attn.out_proj.weight")?, wt("self_attn.out_proj.bias")?);
-        linear.encode(gpu, encoder, square, &attn, wo, Some(bo), &out).await?;
+        l.out.forward(gpu, encoder, &mut scratch, t, &attn, &out).await?;
         Add.encode(gpu, encoder, t * d, t * d, &x, &out).await?;
 
-        ln.encode(gpu, encoder, rows, &x, wt("layer_norm2.weight")?, wt("layer_norm2.bias")?, &normed)
-            .await?;
-        let up = MatmulShape { m: t, n: v.intermediate_size, k: d };
-        linear
-            .encode(gpu, encoder, up, &normed, wt("mlp.fc1.weight")?, Some(wt("mlp.fc1.bias")?), &mlp)
-            .await?;
+        ln.encode(gpu, encoder, rows, &x, &l.ln2.0.buffer, &l.ln2.1.buffer, &normed).await?;
+        l.fc1.forward(gpu, encoder, &mut scratch, t, &normed, &mlp).await?;
         GeluTanh.encode(gpu, encoder, t * v.intermediate_size, &mlp).await?;
-        let down = MatmulShape { m: t, n: d, k: v.intermediate_size };
-        linear
-            .encode(gpu, encoder, down, &mlp, wt("mlp.fc2.weight")?, Some(wt("mlp.fc2.bias")?), &out)
-            .await?;
+        l.fc2.forward(gpu, encoder, &mut scratch, t, &mlp, &out).await?;
         Add.encode(gpu, encoder, t * d, t * d, &x, &out).await?;
     }
-    ln.encode(
-        gpu,
-        encoder,
-        rows,
-        &x,
-        w.get(&format!("{p}.post_layernorm.weight"))?,
-        w.get(&format!("{p}.post_layernorm.bias"))?,
-        &normed,
-    )
-    .await?;
+    let (pw, pb) = (&model.post_norm.0.buffer, &model.post_norm.1.buffer);
+    ln.encode(gpu, encoder, rows, &x, pw, pb, &normed).await?;
 
     let s = cfg.connector.scale_factor;
     let seq = cfg.image_seq_len();
@@ -114,17 +153,6 @@ pub async fn encode_image(
     PixelShuffle.encode(gpu, encoder, shuffle, &normed, &shuffled).await?;
     let dt = cfg.text.hidden_size;
     let features = f32_buffer(gpu, "image features", tiles * seq * dt).await?;
-    let proj = MatmulShape { m: tiles * seq, n: dt, k: d * s * s };
-    Matmul { bias: false }
-        .encode(
-            gpu,
-            encoder,
-            proj,
-            &shuffled,
-            w.get("model.connector.modality_projection.proj.weight")?,
-            None,
-            &features,
-        )
-        .await?;
+    model.connector.forward(gpu, encoder, &mut scratch, tiles * seq, &shuffled, &features).await?;
     Ok(features)
 }

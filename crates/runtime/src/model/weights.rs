@@ -1,39 +1,125 @@
-//! Dense weights on the GPU: every tensor of a model widened to f32 and uploaded once.
+//! Uploading a model's tensors: each one once, as the kernel that reads it wants it.
+//!
+//! Matrices (linear weights, the embedding table, `lm_head`) keep their stored encoding: f32,
+//! f16 or bf16 floats (widened in the kernels) or the packed integers and scales of the integer
+//! contract, so GPU weight memory is the download's size. Vectors and the small vision-embedding
+//! tensors (norm weights, biases, the patch and position embeddings: under 1 % of a model) are
+//! widened to f32 once at load (exact) for the kernels that read only f32.
 
 use std::collections::HashMap;
+use std::sync::Mutex;
 
-use pocketvlm_format::ModelData;
+use pocketvlm_format::quant::{Bits, QuantizedLayer, QuantizedTable, scale_name};
+use pocketvlm_format::{Encoding, FormatError, ModelData};
 
 use crate::device::Gpu;
 use crate::error::{Result, RuntimeError};
+use crate::tensor::Tensor;
 
-/// GPU buffers of a model's tensors, by Hugging Face name.
-pub struct Weights {
-    buffers: HashMap<String, wgpu::Buffer>,
-    bytes: u64,
+/// Uploads tensors of one model directory, sharing a tensor used twice (a tied `lm_head`).
+pub struct WeightLoader<'a> {
+    pub gpu: &'a Gpu,
+    data: &'a ModelData,
+    layers: HashMap<&'a str, &'a QuantizedLayer>,
+    tables: HashMap<&'a str, &'a QuantizedTable>,
+    uploaded: Mutex<HashMap<String, Tensor>>,
 }
 
-impl Weights {
-    /// Upload every tensor of `data` as f32 (f16/bf16 widen exactly).
-    pub async fn upload(gpu: &Gpu, data: &ModelData) -> Result<Self> {
-        let mut buffers = HashMap::new();
-        let mut bytes = 0;
-        for entry in &data.manifest.tensors {
-            let values = data.tensor_f32(&entry.name).map_err(|e| RuntimeError::Shape(e.to_string()))?;
-            let buffer = gpu.storage_buffer(&entry.name, bytemuck::cast_slice(&values)).await?;
-            bytes += buffer.size();
-            buffers.insert(entry.name.clone(), buffer);
+impl<'a> WeightLoader<'a> {
+    pub fn new(gpu: &'a Gpu, data: &'a ModelData) -> Self {
+        let q = data.manifest.quantization.as_ref();
+        let layers = q.map(|q| q.layers.iter().map(|l| (l.weight.as_str(), l)).collect()).unwrap_or_default();
+        let tables = q.map(|q| q.tables.iter().map(|t| (t.tensor.as_str(), t)).collect()).unwrap_or_default();
+        Self { gpu, data, layers, tables, uploaded: Mutex::new(HashMap::new()) }
+    }
+
+    /// The quantized layer whose packed weight is `name`, if any.
+    pub fn quantized_layer(&self, name: &str) -> Option<&'a QuantizedLayer> {
+        self.layers.get(name).copied()
+    }
+
+    /// Whether `name` is a quantized lookup table.
+    pub fn is_quantized_table(&self, name: &str) -> bool {
+        self.tables.contains_key(name)
+    }
+
+    fn cached(&self, key: &str) -> Option<Tensor> {
+        self.uploaded.lock().ok().and_then(|m| m.get(key).cloned())
+    }
+
+    fn remember(&self, key: String, t: &Tensor) {
+        if let Ok(mut m) = self.uploaded.lock() {
+            m.insert(key, t.clone());
         }
-        Ok(Self { buffers, bytes })
     }
 
-    /// The buffer of tensor `name`.
-    pub fn get(&self, name: &str) -> Result<&wgpu::Buffer> {
-        self.buffers.get(name).ok_or_else(|| RuntimeError::Shape(format!("no weight named {name:?}")))
+    /// Tensor `name` as stored (its encoding and bytes unchanged).
+    pub async fn stored(&self, name: &str) -> Result<Tensor> {
+        if let Some(t) = self.cached(name) {
+            return Ok(t);
+        }
+        let entry = self.data.manifest.tensor(name)?;
+        let bytes = self.data.tensor_bytes(name)?;
+        let t = Tensor::upload(self.gpu, name, entry.shape.clone(), entry.encoding()?, &bytes).await?;
+        self.remember(name.to_string(), &t);
+        Ok(t)
     }
 
-    /// Bytes held on the GPU.
+    /// Tensor `name` widened to f32 (floats only; a packed tensor is a typed error).
+    pub async fn f32(&self, name: &str) -> Result<Tensor> {
+        let key = format!("{name} as f32");
+        if let Some(t) = self.cached(&key) {
+            return Ok(t);
+        }
+        let entry = self.data.manifest.tensor(name)?;
+        if entry.encoding()?.packed_bits().is_some() {
+            return Err(RuntimeError::UnsupportedModel(format!(
+                "tensor {name:?} is packed {} but is read as floats",
+                entry.encoding()?.tag()
+            )));
+        }
+        let values = self.data.tensor_f32(name)?;
+        let t = Tensor::from_f32(self.gpu, name, entry.shape.clone(), &values).await?;
+        self.remember(key, &t);
+        Ok(t)
+    }
+
+    /// The scales of packed tensor `name` as stored (f32 or f16).
+    pub async fn scales(&self, name: &str) -> Result<Tensor> {
+        self.stored(&scale_name(name)).await
+    }
+
+    /// A quantized table's values as f32 (`f32(q) · s` per row, the contract's lookup), for a
+    /// float matrix that shares the table's tensor (a tied `lm_head` left float).
+    pub async fn dequantized_table(&self, name: &str) -> Result<Tensor> {
+        let key = format!("{name} dequantized");
+        if let Some(t) = self.cached(&key) {
+            return Ok(t);
+        }
+        let table =
+            self.tables.get(name).ok_or_else(|| FormatError::NoSuchTensor { name: name.to_string() })?;
+        let entry = self.data.manifest.tensor(name)?;
+        let [rows, cols] = entry.shape[..] else {
+            return Err(RuntimeError::Shape(format!("table {name:?} has shape {:?}", entry.shape)));
+        };
+        let bits = Bits::from_bits(table.bits).map_err(FormatError::from)?;
+        let values = pocketvlm_format::quant::pack::unpack(bits, &self.data.tensor_bytes(name)?, rows, cols)
+            .map_err(FormatError::from)?;
+        let scales = self.data.tensor_f32(&scale_name(name))?;
+        let all: Vec<usize> = (0..rows).collect();
+        let f = QuantizedTable::lookup(&values, &scales, cols, &all);
+        let t = Tensor::from_f32(self.gpu, name, vec![rows, cols], &f).await?;
+        self.remember(key, &t);
+        Ok(t)
+    }
+
+    /// Bytes of every tensor uploaded so far.
     pub fn bytes(&self) -> u64 {
-        self.bytes
+        self.uploaded.lock().map_or(0, |m| m.values().map(|t| t.buffer.size()).sum())
     }
+}
+
+/// `true` for the encodings the float kernels read.
+pub fn is_float(e: Encoding) -> bool {
+    matches!(e, Encoding::F32 | Encoding::F16 | Encoding::BF16)
 }

@@ -1,0 +1,428 @@
+//! The kernels of the low-bit integer contract ([`pocketvlm_format::quant`]): online rotations
+//! ([`Rotate`]), per-token activation quantization ([`Quantize`]) and the integer product with
+//! its dequantization ([`QMatmul`]).
+//!
+//! **Exactness.** Every step follows the contract's order of f32 operations, each one a
+//! correctly rounded add, subtract or multiply (WGSL guarantees those), the reciprocal of the
+//! activation scale is computed by integer long division and integer-to-float conversions are
+//! done in two exact halves, so the activation integers and scales, and the outputs of
+//! per-channel and grouped layers, equal the CPU reference bit for bit — on drivers that do not
+//! fuse a multiply and a following add into one `fma` (SPIR-V allows it without `NoContraction`,
+//! which WGSL cannot express). The tests compare bits on lavapipe and SwiftShader.
+//!
+//! **Limits.** All three kernels give each token (rotations, quantization) or each block of
+//! output columns (product) to one invocation, with no workgroup memory and no barriers, so any
+//! width fits WebGPU's default 16 KiB of workgroup memory and 256 invocations, and CPU adapters
+//! run them at full width. Buffers larger than one storage binding are split by the caller
+//! ([`crate::model::linear`]) into row passes and here into column chunks.
+
+use std::collections::BTreeMap;
+
+use bytemuck::{Pod, Zeroable};
+use pocketvlm_format::Encoding;
+use pocketvlm_format::quant::hadamard::hadamard;
+use pocketvlm_format::quant::rotation::seeded_signs;
+use pocketvlm_format::quant::{ActivationQuant, Bits, Construction, Rotation};
+
+use super::util::{check_binding, chunks, dispatch, distinct, grid, require_size, rows_per_chunk, slice};
+use super::{Kernel, groups};
+use crate::device::Gpu;
+use crate::error::{Result, RuntimeError};
+use crate::shader::Defines;
+use crate::tensor::Tensor;
+
+/// Invocations per workgroup of the three kernels (one token or column block each).
+const INVOCATIONS: usize = 64;
+/// Largest Hadamard core the rotation kernel holds in registers (`MAX_CORE` in `rotate.wgsl`).
+pub const MAX_CORE: usize = 64;
+
+/// Activation words per token for `cols` values: i8 lanes, four per word, rounded up to a whole
+/// number of INT4 weight words (eight values), so both halves of every INT4 word have their
+/// activation word.
+pub fn activation_words(cols: usize) -> usize {
+    2 * cols.div_ceil(8)
+}
+
+/// Uniform block of `shaders/rotate.wgsl`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+struct RotateParams {
+    tokens: u32,
+    n: u32,
+    m: u32,
+    p: u32,
+    has_signs: u32,
+    core_offset: u32,
+    scale: f32,
+    has_core: u32,
+}
+const _: () = assert!(std::mem::size_of::<RotateParams>() == 32);
+
+/// An online rotation ready for [`Rotate`]: its factors and constant, and a GPU table with its
+/// sign mask and Hadamard core as bits.
+pub struct RotationTable {
+    params: RotateParams,
+    table: wgpu::Buffer,
+}
+
+impl RotationTable {
+    /// Build the table of `rotation` (the signs from its seed, the core from its order).
+    pub async fn new(gpu: &Gpu, rotation: &Rotation) -> Result<Self> {
+        let n = rotation.size();
+        let (m, p) = rotation.factors();
+        let core = match rotation.construction() {
+            Construction::Kronecker if m > 1 => Some(hadamard(m).ok_or_else(|| {
+                RuntimeError::UnsupportedModel(format!(
+                    "no Hadamard matrix of order {m} for a rotation of {n}"
+                ))
+            })?),
+            _ => None,
+        };
+        if core.is_some() && m > MAX_CORE {
+            return Err(RuntimeError::UnsupportedModel(format!(
+                "a rotation of {n} with a Hadamard core of order {m} (the kernel holds at most {MAX_CORE})"
+            )));
+        }
+        let signs = rotation.seed().map(|s| seeded_signs(s, n)).unwrap_or_default();
+        let mut words = bits_to_words(&signs);
+        words.resize(n.div_ceil(32), 0);
+        let core_offset = words.len();
+        if let Some(core) = &core {
+            words.extend(bits_to_words(&core.iter().map(|&v| v < 0).collect::<Vec<_>>()));
+        }
+        let table = gpu.storage_buffer("rotation table", bytemuck::cast_slice(&words)).await?;
+        let params = RotateParams {
+            tokens: 0,
+            n: n as u32,
+            m: m as u32,
+            p: p as u32,
+            has_signs: u32::from(!signs.is_empty()),
+            core_offset: core_offset as u32,
+            scale: rotation.scale_f32(),
+            has_core: u32::from(core.is_some()),
+        };
+        Ok(Self { params, table })
+    }
+
+    /// The rotation's size.
+    pub fn size(&self) -> usize {
+        self.params.n as usize
+    }
+
+    /// Bytes of the table on the GPU.
+    pub fn bytes(&self) -> u64 {
+        self.table.size()
+    }
+}
+
+fn bits_to_words(bits: &[bool]) -> Vec<u32> {
+    bits.chunks(32).map(|c| c.iter().enumerate().fold(0u32, |w, (i, &b)| w | (u32::from(b) << i))).collect()
+}
+
+/// `shaders/rotate.wgsl` (`m`: blocks of `p` per row): rotate `tokens` rows of `data` (f32 `[tokens, n]`) in place, as two
+/// dispatches (signs and butterflies per block, then the core and the scale per column).
+pub struct Rotate;
+
+/// One of the two dispatches of [`Rotate`].
+struct RotateStage {
+    blocks: bool,
+}
+
+impl Kernel for RotateStage {
+    const SHADER: &'static str = "rotate";
+    fn defines(&self) -> Defines {
+        let stage = if self.blocks { "STAGE_BLOCKS" } else { "STAGE_CORE" };
+        BTreeMap::from([(stage.to_string(), String::new())])
+    }
+}
+
+impl Rotate {
+    pub async fn encode(
+        &self,
+        gpu: &Gpu,
+        encoder: &mut wgpu::CommandEncoder,
+        rotation: &RotationTable,
+        data: &wgpu::Buffer,
+        tokens: usize,
+    ) -> Result<()> {
+        let bytes = (tokens * rotation.size() * 4) as u64;
+        require_size(data, bytes, "rotated rows")?;
+        check_binding(gpu, "rotated rows", bytes)?;
+        let params = RotateParams { tokens: tokens as u32, ..rotation.params };
+        let (m, p) = (params.m as usize, params.p as usize);
+        let core_items = if params.has_core != 0 { tokens * p } else { tokens * m * p };
+        for (stage, items) in
+            [(RotateStage { blocks: true }, tokens * m), (RotateStage { blocks: false }, core_items)]
+        {
+            let pipeline = gpu.pipelines.get(gpu, RotateStage::SHADER, &stage.defines()).await?;
+            let resources = vec![slice(data, 0, bytes), slice(&rotation.table, 0, rotation.table.size())];
+            let (gx, gy) = grid(gpu, groups(items, INVOCATIONS) as u64)?;
+            dispatch(gpu, encoder, &pipeline, "rotate", bytemuck::bytes_of(&params), resources, (gx, gy, 1));
+        }
+        Ok(())
+    }
+}
+
+/// Uniform block of `shaders/quantize.wgsl`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+struct QuantizeParams {
+    tokens: u32,
+    cols: u32,
+    words: u32,
+    qmax: i32,
+    step: f32,
+    _pad: [u32; 3],
+}
+const _: () = assert!(std::mem::size_of::<QuantizeParams>() == 32);
+
+/// `shaders/quantize.wgsl`: quantize `tokens` rows of `x` (f32 `[tokens, cols]` from byte
+/// `x_offset`) into `q` (u32 `[tokens, activation_words(cols)]`) and `scales` (f32 `[tokens]`).
+pub struct Quantize;
+
+impl Kernel for Quantize {
+    const SHADER: &'static str = "quantize";
+    fn defines(&self) -> Defines {
+        Defines::new()
+    }
+}
+
+impl Quantize {
+    #[allow(clippy::too_many_arguments)]
+    pub async fn encode(
+        &self,
+        gpu: &Gpu,
+        encoder: &mut wgpu::CommandEncoder,
+        act: &ActivationQuant,
+        x: (&wgpu::Buffer, u64),
+        tokens: usize,
+        cols: usize,
+        q: &wgpu::Buffer,
+        scales: &wgpu::Buffer,
+    ) -> Result<()> {
+        let words = activation_words(cols);
+        let (x_bytes, q_bytes, s_bytes) =
+            ((tokens * cols * 4) as u64, (tokens * words * 4) as u64, tokens as u64 * 4);
+        require_size(x.0, x.1 + x_bytes, "quantized activations' input")?;
+        require_size(q, q_bytes, "activation integers")?;
+        require_size(scales, s_bytes, "activation scales")?;
+        for (what, bytes) in [("activation input", x_bytes), ("activation integers", q_bytes)] {
+            check_binding(gpu, what, bytes)?;
+        }
+        distinct(x.0, q, "activation input and integers")?;
+        distinct(x.0, scales, "activation input and scales")?;
+        let pipeline = gpu.pipelines.get(gpu, Self::SHADER, &self.defines()).await?;
+        let params = QuantizeParams {
+            tokens: tokens as u32,
+            cols: cols as u32,
+            words: words as u32,
+            qmax: act.bits().qmax(),
+            step: act.step(),
+            _pad: [0; 3],
+        };
+        let resources = vec![slice(x.0, x.1, x_bytes), slice(q, 0, q_bytes), slice(scales, 0, s_bytes)];
+        let (gx, gy) = grid(gpu, groups(tokens, INVOCATIONS) as u64)?;
+        dispatch(gpu, encoder, &pipeline, "quantize", bytemuck::bytes_of(&params), resources, (gx, gy, 1));
+        Ok(())
+    }
+}
+
+/// Uniform block of `shaders/qmatmul.wgsl`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+struct QMatmulParams {
+    tokens: u32,
+    n: u32,
+    aw: u32,
+    ww: u32,
+    groups: u32,
+    group_words: u32,
+    ldy: u32,
+    col_offset: u32,
+}
+const _: () = assert!(std::mem::size_of::<QMatmulParams>() == 32);
+
+/// The packed weights of a quantized layer: integers `[out, cols]` (`i8` or `i4`), their scales
+/// (`[out]` or `[out, cols / group]`, `f32` or `f16`) and the input columns per scale.
+pub struct QuantWeightsGpu {
+    pub weight: Tensor,
+    pub scales: Tensor,
+    pub group: usize,
+}
+
+impl QuantWeightsGpu {
+    /// Check the tensors against each other (packed widths, scale shape and encoding).
+    pub fn new(weight: Tensor, scales: Tensor, group: Option<usize>) -> Result<Self> {
+        let bad = |reason: String| RuntimeError::UnsupportedModel(reason);
+        let [out, cols] = weight.shape[..] else {
+            return Err(bad(format!("a quantized weight is 2-D, shape {:?}", weight.shape)));
+        };
+        let bits = weight
+            .encoding
+            .packed_bits()
+            .ok_or_else(|| bad(format!("a quantized weight is i8 or i4, not {}", weight.encoding.tag())))?;
+        let size = group.unwrap_or(cols);
+        if size == 0
+            || !cols.is_multiple_of(size)
+            || (group.is_some() && !(size * bits.bits() as usize).is_multiple_of(32))
+        {
+            return Err(bad(format!("group of {size} columns for {cols} {}-bit columns", bits.bits())));
+        }
+        let want = match group {
+            Some(g) => vec![out, cols / g],
+            None => vec![out],
+        };
+        if scales.shape != want || !matches!(scales.encoding, Encoding::F32 | Encoding::F16) {
+            return Err(bad(format!(
+                "weight scales {:?} in {} (expected {want:?} in f32 or f16)",
+                scales.shape,
+                scales.encoding.tag()
+            )));
+        }
+        let group = size;
+        Ok(Self { weight, scales, group })
+    }
+
+    pub fn bits(&self) -> Bits {
+        self.weight.encoding.packed_bits().unwrap_or(Bits::Int8)
+    }
+
+    pub fn out(&self) -> usize {
+        self.weight.shape[0]
+    }
+
+    pub fn cols(&self) -> usize {
+        self.weight.shape[1]
+    }
+
+    pub fn bytes(&self) -> u64 {
+        self.weight.bytes() + self.scales.bytes()
+    }
+}
+
+/// `shaders/qmatmul.wgsl`: `y = dequant(W q_a)` for `tokens` quantized activation rows.
+/// `tokens ≤ 4` (decode) gives each invocation one column for all tokens (the weight row is
+/// read once); more tokens give each invocation a 4 × 4 block.
+#[derive(Clone, Copy, Debug)]
+pub struct QMatmul {
+    pub int4: bool,
+    pub f16_scales: bool,
+    pub bias: bool,
+    /// Tokens and output columns per invocation.
+    pub block: (usize, usize),
+}
+
+impl Kernel for QMatmul {
+    const SHADER: &'static str = "qmatmul";
+    fn defines(&self) -> Defines {
+        let mut d = BTreeMap::from([
+            ("TR".to_string(), self.block.0.to_string()),
+            ("TC".to_string(), self.block.1.to_string()),
+        ]);
+        for (on, name) in [(self.int4, "INT4"), (self.f16_scales, "SCALE_F16"), (self.bias, "BIAS")] {
+            if on {
+                d.insert(name.to_string(), String::new());
+            }
+        }
+        d
+    }
+}
+
+/// Quantized activations of `tokens` rows: integers u32 `[tokens, words]` and f32 scales.
+pub struct QuantizedRows<'a> {
+    pub words: &'a wgpu::Buffer,
+    pub scales: &'a wgpu::Buffer,
+    pub tokens: usize,
+}
+
+impl QMatmul {
+    /// The variant for `w` on `tokens` rows.
+    pub fn for_weights(w: &QuantWeightsGpu, tokens: usize, bias: bool) -> Self {
+        Self {
+            int4: w.bits() == Bits::Int4,
+            f16_scales: w.scales.encoding == Encoding::F16,
+            bias,
+            block: if tokens <= 4 { (tokens.max(1), 1) } else { (4, 4) },
+        }
+    }
+
+    /// Record `y[r0.., :] = dequant(W a) (+ bias)` where `y` is f32 `[.., out]` and the rows
+    /// written start at byte `y_offset`. Weights larger than one binding are split into
+    /// aligned column chunks.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn encode(
+        &self,
+        gpu: &Gpu,
+        encoder: &mut wgpu::CommandEncoder,
+        a: &QuantizedRows<'_>,
+        w: &QuantWeightsGpu,
+        bias: Option<&Tensor>,
+        y: (&wgpu::Buffer, u64),
+    ) -> Result<()> {
+        let (out, cols, tokens) = (w.out(), w.cols(), a.tokens);
+        if bias.is_some() != self.bias || self.int4 != (w.bits() == Bits::Int4) {
+            return Err(RuntimeError::Shape("quantized matmul variant does not match its buffers".into()));
+        }
+        if tokens == 0 || tokens.div_ceil(self.block.0) > gpu.caps.max_workgroups_per_dimension as usize {
+            return Err(RuntimeError::Shape(format!("quantized matmul over {tokens} tokens")));
+        }
+        let aw = activation_words(cols);
+        let (a_bytes, y_bytes) = ((tokens * aw * 4) as u64, (tokens * out * 4) as u64);
+        require_size(a.words, a_bytes, "activation integers")?;
+        require_size(a.scales, tokens as u64 * 4, "activation scales")?;
+        require_size(y.0, y.1 + y_bytes, "quantized matmul output")?;
+        check_binding(gpu, "activation integers", a_bytes)?;
+        check_binding(gpu, "quantized matmul output", y_bytes)?;
+        if let Some(b) = bias {
+            b.expect_shape("bias", &[out])?;
+            b.expect_f32("bias")?;
+            check_binding(gpu, "bias", (out * 4) as u64)?;
+        }
+        for buffer in [a.words, a.scales, &w.weight.buffer, &w.scales.buffer] {
+            distinct(buffer, y.0, "quantized matmul input and output")?;
+        }
+        let ww = w.weight.row_bytes() / 4;
+        let groups_per_row = cols / w.group;
+        let group_words =
+            if groups_per_row == 1 { ww as usize } else { w.group * w.bits().bits() as usize / 32 };
+        let scale_row = w.scales.encoding.byte_len(&[groups_per_row]) as u64;
+        let chunk =
+            rows_per_chunk(gpu, &format!("a [{out}, {cols}] quantized weight"), out, &[ww * 4, scale_row])?;
+        let pipeline = gpu.pipelines.get(gpu, Self::SHADER, &self.defines()).await?;
+        for (c0, nc) in chunks(out, chunk) {
+            let params = QMatmulParams {
+                tokens: tokens as u32,
+                n: nc as u32,
+                aw: aw as u32,
+                ww: ww as u32,
+                groups: groups_per_row as u32,
+                group_words: group_words as u32,
+                ldy: out as u32,
+                col_offset: c0 as u32,
+            };
+            let mut resources = vec![
+                slice(a.words, 0, a_bytes),
+                slice(a.scales, 0, tokens as u64 * 4),
+                slice(&w.weight.buffer, c0 as u64 * ww * 4, nc as u64 * ww * 4),
+                slice(&w.scales.buffer, c0 as u64 * scale_row, (nc as u64 * scale_row).next_multiple_of(4)),
+                slice(y.0, y.1, y_bytes),
+            ];
+            if let Some(b) = bias {
+                resources.push(slice(&b.buffer, 0, (out * 4) as u64));
+            }
+            let column_blocks = nc.div_ceil(self.block.1);
+            let (gx, gy) = grid(gpu, groups(column_blocks, INVOCATIONS) as u64)?;
+            let token_blocks = tokens.div_ceil(self.block.0) as u32;
+            dispatch(
+                gpu,
+                encoder,
+                &pipeline,
+                "qmatmul",
+                bytemuck::bytes_of(&params),
+                resources,
+                (gx, gy, token_blocks),
+            );
+        }
+        Ok(())
+    }
+}

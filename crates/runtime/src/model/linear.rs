@@ -1,0 +1,212 @@
+//! The model's layers, each chosen once from the manifest: [`Linear`] (dense float or quantized
+//! per the integer contract; the factored kinds of the format slot in here) and [`Embedding`].
+//! The towers say `linear.forward(…)` and never look at an encoding.
+
+use pocketvlm_format::quant::{ActivationQuant, QuantError};
+
+use super::weights::{WeightLoader, is_float};
+use crate::device::Gpu;
+use crate::error::{Result, RuntimeError};
+use crate::kernels::embed::EmbedTable;
+use crate::kernels::matmul::{Matmul, MatmulShape};
+use crate::kernels::quant::{
+    QMatmul, QuantWeightsGpu, Quantize, QuantizedRows, Rotate, RotationTable, activation_words,
+};
+use crate::kernels::util::{chunks, rows_per_chunk};
+use crate::tensor::Tensor;
+
+/// A quantized linear layer on the GPU: the integer contract's steps 1–7
+/// ([`pocketvlm_format::quant`]) as three kernels: the online rotations of each input token,
+/// its activation integers and scale, the integer product with its dequantization.
+pub struct QuantLinear {
+    pub weights: QuantWeightsGpu,
+    pub activation: ActivationQuant,
+    /// Applied to each input token, in order, before it is quantized.
+    pub online: Vec<RotationTable>,
+    pub bias: Option<Tensor>,
+}
+
+/// `y = W x + b` for every row `x` of an f32 input.
+pub enum Linear {
+    /// A float weight `[out, in]` (f32, f16 or bf16, widened in the kernel).
+    Float {
+        weight: Tensor,
+        bias: Option<Tensor>,
+    },
+    Quant(Box<QuantLinear>),
+}
+
+/// Reusable GPU scratch of the quantized layers of one pass (rotated rows, activation integers
+/// and scales), grown as needed: consecutive dispatches of one encoder run in order, so every
+/// layer can reuse it.
+#[derive(Default)]
+pub struct Scratch {
+    rotated: Option<wgpu::Buffer>,
+    words: Option<wgpu::Buffer>,
+    scales: Option<wgpu::Buffer>,
+}
+
+async fn at_least(
+    gpu: &Gpu,
+    slot: &mut Option<wgpu::Buffer>,
+    label: &str,
+    bytes: u64,
+) -> Result<wgpu::Buffer> {
+    match slot {
+        Some(b) if b.size() >= bytes => Ok(b.clone()),
+        _ => {
+            let b = gpu.zeroed_buffer(label, bytes).await?;
+            *slot = Some(b.clone());
+            Ok(b)
+        }
+    }
+}
+
+fn quant_error(name: &str, e: QuantError) -> RuntimeError {
+    RuntimeError::UnsupportedModel(format!("quantized layer {name:?}: {e}"))
+}
+
+impl Linear {
+    /// The layer whose weight is tensor `weight` (quantized when the manifest's `quantization`
+    /// section lists it), with the f32 bias `bias` if given.
+    pub async fn load(w: &WeightLoader<'_>, weight: &str, bias: Option<&str>) -> Result<Self> {
+        let bias = match bias {
+            Some(b) => Some(w.f32(b).await?),
+            None => None,
+        };
+        if let Some(layer) = w.quantized_layer(weight) {
+            let cols = w.stored(weight).await?.cols();
+            layer.validate(cols).map_err(|e| quant_error(weight, e))?;
+            let weights = QuantWeightsGpu::new(w.stored(weight).await?, w.scales(weight).await?, layer.group)
+                .map_err(|e| RuntimeError::UnsupportedModel(format!("quantized layer {weight:?}: {e}")))?;
+            let activation = layer.activation.build().map_err(|e| quant_error(weight, e))?;
+            let mut online = Vec::new();
+            for spec in &layer.online {
+                let rotation = spec.build().map_err(|e| quant_error(weight, e))?;
+                online.push(RotationTable::new(w.gpu, &rotation).await?);
+            }
+            if let Some(b) = &bias {
+                b.expect_shape(&format!("bias of {weight:?}"), &[weights.out()])?;
+            }
+            return Ok(Linear::Quant(Box::new(QuantLinear { weights, activation, online, bias })));
+        }
+        let tensor = if w.is_quantized_table(weight) {
+            w.dequantized_table(weight).await?
+        } else {
+            w.stored(weight).await?
+        };
+        if tensor.shape.len() != 2 || !is_float(tensor.encoding) {
+            return Err(RuntimeError::UnsupportedModel(format!(
+                "tensor {weight:?} ({} {:?}) is not a float matrix and no quantized layer names it",
+                tensor.encoding.tag(),
+                tensor.shape
+            )));
+        }
+        if let Some(b) = &bias {
+            b.expect_shape(&format!("bias of {weight:?}"), &[tensor.shape[0]])?;
+        }
+        Ok(Linear::Float { weight: tensor, bias })
+    }
+
+    pub fn out_features(&self) -> usize {
+        match self {
+            Linear::Float { weight, .. } => weight.shape[0],
+            Linear::Quant(q) => q.weights.out(),
+        }
+    }
+
+    pub fn in_features(&self) -> usize {
+        match self {
+            Linear::Float { weight, .. } => weight.shape[1],
+            Linear::Quant(q) => q.weights.cols(),
+        }
+    }
+
+    /// Record `y = x Wᵀ (+ b)` for `rows` rows: `x` f32 `[rows, in]`, `y` f32 `[rows, out]`.
+    pub async fn forward(
+        &self,
+        gpu: &Gpu,
+        encoder: &mut wgpu::CommandEncoder,
+        scratch: &mut Scratch,
+        rows: usize,
+        x: &wgpu::Buffer,
+        y: &wgpu::Buffer,
+    ) -> Result<()> {
+        let (n, k) = (self.out_features(), self.in_features());
+        match self {
+            Linear::Float { weight, bias } => {
+                let kernel = Matmul { bias: bias.is_some(), weights: weight.encoding };
+                let shape = MatmulShape { m: rows, n, k };
+                kernel
+                    .encode(gpu, encoder, shape, x, &weight.buffer, bias.as_ref().map(|b| &b.buffer), y)
+                    .await
+            }
+            Linear::Quant(q) => q.forward(gpu, encoder, scratch, rows, x, y).await,
+        }
+    }
+}
+
+impl QuantLinear {
+    /// Steps 1–7 of the contract for `rows` rows, in row passes that keep every binding within
+    /// the device's limit.
+    async fn forward(
+        &self,
+        gpu: &Gpu,
+        encoder: &mut wgpu::CommandEncoder,
+        scratch: &mut Scratch,
+        rows: usize,
+        x: &wgpu::Buffer,
+        y: &wgpu::Buffer,
+    ) -> Result<()> {
+        let (out, cols) = (self.weights.out(), self.weights.cols());
+        let aw = activation_words(cols);
+        let (x_row, y_row) = ((cols * 4) as u64, (out * 4) as u64);
+        let what = format!("a quantized layer's [{rows}, {cols}] input and [{rows}, {out}] output");
+        let chunk = rows_per_chunk(gpu, &what, rows, &[x_row, y_row, (aw * 4) as u64])?;
+        for (r0, mr) in chunks(rows, chunk) {
+            let x_offset = r0 as u64 * x_row;
+            let input = if self.online.is_empty() {
+                (x.clone(), x_offset)
+            } else {
+                let bytes = mr as u64 * x_row;
+                let rotated = at_least(gpu, &mut scratch.rotated, "rotated activations", bytes).await?;
+                encoder.copy_buffer_to_buffer(x, x_offset, &rotated, 0, bytes);
+                for r in &self.online {
+                    Rotate.encode(gpu, encoder, r, &rotated, mr).await?;
+                }
+                (rotated, 0)
+            };
+            let words =
+                at_least(gpu, &mut scratch.words, "activation integers", (mr * aw * 4) as u64).await?;
+            let scales = at_least(gpu, &mut scratch.scales, "activation scales", (mr * 4) as u64).await?;
+            Quantize
+                .encode(gpu, encoder, &self.activation, (&input.0, input.1), mr, cols, &words, &scales)
+                .await?;
+            let a = QuantizedRows { words: &words, scales: &scales, tokens: mr };
+            QMatmul::for_weights(&self.weights, mr, self.bias.is_some())
+                .encode(gpu, encoder, &a, &self.weights, self.bias.as_ref(), (y, r0 as u64 * y_row))
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+/// The token embeddings: a float table, or the contract's INT8 table with a scale per row.
+pub struct Embedding {
+    pub table: EmbedTable,
+}
+
+impl Embedding {
+    pub async fn load(w: &WeightLoader<'_>, name: &str) -> Result<Self> {
+        let values = w.stored(name).await?;
+        let scales = if w.is_quantized_table(name) { Some(w.scales(name).await?) } else { None };
+        if scales.is_none() && !is_float(values.encoding) {
+            return Err(RuntimeError::UnsupportedModel(format!(
+                "embedding table {name:?} is packed {} but the manifest lists no quantized table for it",
+                values.encoding.tag()
+            )));
+        }
+        let table = EmbedTable::new(values, scales)?;
+        Ok(Self { table })
+    }
+}

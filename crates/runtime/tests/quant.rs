@@ -1,0 +1,274 @@
+//! The integer contract's kernels against its CPU reference (`pocketvlm_format::quant`), bit for
+//! bit: online rotations of every size and construction the compressor emits, per-token INT8 /
+//! INT4 activation integers and scales, and whole quantized layers (INT8 and INT4 weights,
+//! per-channel and 64 / 128-column groups, f32 and f16 scales, bias, odd widths with padded
+//! words, row passes and weight chunks split across small bindings).
+//! Runs natively (`cargo test`, e.g. on Vulkan lavapipe) and in the browser (wasm-bindgen-test).
+
+mod common;
+
+use common::{encoder, read_u32, submit, upload, values, zeros};
+use pocketvlm_format::Encoding;
+use pocketvlm_format::quant::pack::{Bits, pack};
+use pocketvlm_format::quant::{ActivationQuant, Construction, QuantLinear, QuantWeights, Rotation};
+use pocketvlm_runtime::kernels::quant::{QuantWeightsGpu, Quantize, Rotate, RotationTable, activation_words};
+use pocketvlm_runtime::model::linear::{self, Linear, Scratch};
+use pocketvlm_runtime::tensor::Tensor;
+use pocketvlm_runtime::{DeviceOptions, Gpu};
+
+#[cfg(target_arch = "wasm32")]
+wasm_bindgen_test::wasm_bindgen_test_configure!(run_in_browser);
+
+/// Activations with a wide range: mostly in [-1, 1), a few outliers, whole zero rows, and tiny
+/// rows whose scale would be subnormal.
+fn activations(seed: u64, rows: usize, cols: usize) -> Vec<f32> {
+    let mut x = values(seed, rows * cols);
+    for (i, v) in x.iter_mut().enumerate() {
+        if i % 97 == 3 {
+            *v *= 40.0;
+        }
+    }
+    if rows > 2 {
+        x[cols..2 * cols].fill(0.0);
+        x[2 * cols..3 * cols].iter_mut().for_each(|v| *v *= 1e-38);
+    }
+    x
+}
+
+fn assert_bits(what: &str, got: &[f32], want: &[f32]) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    if what.contains("rotation") {
+        eprintln!("{what}: {:?} vs {:?}", &got[..4], &want[..4]);
+    }
+    let bad: Vec<usize> = (0..got.len()).filter(|&i| got[i].to_bits() != want[i].to_bits()).collect();
+    if !bad.is_empty() {
+        eprintln!("{what}: {} of {} differ, first {:?}", bad.len(), got.len(), &bad[..bad.len().min(20)]);
+    }
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        assert!(
+            g.to_bits() == w.to_bits(),
+            "{what}[{i}] = {g:e} ({:#x}), expected {w:e} ({:#x})",
+            g.to_bits(),
+            w.to_bits()
+        );
+    }
+}
+
+async fn rotation_case(gpu: &Gpu, n: usize, construction: Construction, seed: Option<u32>) {
+    let rows = 5;
+    let r = Rotation::new(n, construction, seed).unwrap();
+    let x = activations(n as u64, rows, n);
+    let mut want = x.clone();
+    r.apply_rows(&mut want).unwrap();
+    let table = RotationTable::new(gpu, &r).await.unwrap();
+    let data = upload(gpu, &x).await;
+    let mut enc = encoder(gpu);
+    Rotate.encode(gpu, &mut enc, &table, &data, rows).await.unwrap();
+    submit(gpu, enc);
+    let got = gpu.read_f32(&data, rows * n).await.unwrap();
+    assert_bits(&format!("rotation {n} {construction:?} seed {seed:?}"), &got, &want);
+}
+
+/// Every width the compressor rotates online (tiny fixture 48, 128, 32, 64; SmolVLM-256M 576,
+/// 1536, 768, 3072, 12 288) and the other cores (20, 60).
+async fn check_rotations(gpu: &Gpu) {
+    rotation_case(gpu, 2048, Construction::Kronecker, Some(3)).await;
+    rotation_case(gpu, 4096, Construction::Kronecker, Some(3)).await;
+    rotation_case(gpu, 3072, Construction::BlockDiagonal, Some(3)).await;
+    for n in [48, 128, 32, 64, 576, 1536, 768, 3072, 12_288, 960, 2560] {
+        rotation_case(gpu, n, Construction::Kronecker, Some(0x5eed + n as u32)).await;
+    }
+    rotation_case(gpu, 576, Construction::BlockDiagonal, Some(7)).await;
+    rotation_case(gpu, 48, Construction::Kronecker, None).await;
+    rotation_case(gpu, 4, Construction::Kronecker, Some(1)).await;
+}
+
+async fn quantize_case(gpu: &Gpu, rows: usize, cols: usize, bits: Bits, clip: f32) {
+    let act = ActivationQuant::new(bits, clip).unwrap();
+    let x = activations(cols as u64 * 3 + rows as u64, rows, cols);
+    let words = activation_words(cols);
+    let mut want_words = vec![0u32; rows * words];
+    let mut want_scales = vec![0f32; rows];
+    let mut q = vec![0i8; cols];
+    for r in 0..rows {
+        want_scales[r] = act.quantize(&x[r * cols..(r + 1) * cols], &mut q);
+        for (j, &v) in q.iter().enumerate() {
+            want_words[r * words + j / 4] |= u32::from(v as u8) << (8 * (j % 4));
+        }
+    }
+    let xb = upload(gpu, &x).await;
+    let (qb, sb) = (zeros(gpu, rows * words).await, zeros(gpu, rows).await);
+    let mut enc = encoder(gpu);
+    Quantize.encode(gpu, &mut enc, &act, (&xb, 0), rows, cols, &qb, &sb).await.unwrap();
+    submit(gpu, enc);
+    let what = format!("quantize {rows}x{cols} {bits:?} clip {clip}");
+    assert_eq!(read_u32(gpu, &qb, rows * words).await, want_words, "{what}: integers");
+    assert_bits(&format!("{what}: scales"), &gpu.read_f32(&sb, rows).await.unwrap(), &want_scales);
+}
+
+async fn check_quantize(gpu: &Gpu) {
+    for (rows, cols) in [(1, 1), (4, 7), (9, 48), (3, 576), (70, 33), (2, 12_288)] {
+        quantize_case(gpu, rows, cols, Bits::Int8, 1.0).await;
+        quantize_case(gpu, rows, cols, Bits::Int4, 0.9).await;
+    }
+    quantize_case(gpu, 6, 100, Bits::Int8, 0.37).await;
+}
+
+/// One quantized layer: random integers and scales, optional group, bias and online rotation.
+struct LayerCase {
+    out: usize,
+    cols: usize,
+    weight_bits: Bits,
+    act_bits: Bits,
+    group: Option<usize>,
+    f16_scales: bool,
+    bias: bool,
+    rotate: bool,
+}
+
+async fn layer_case(gpu: &Gpu, rows: usize, c: LayerCase, seed: u64) {
+    let LayerCase { out, cols, weight_bits, act_bits, group, f16_scales, bias, rotate } = c;
+    let qmax = weight_bits.qmax() as f32;
+    let ints: Vec<i8> = values(seed, out * cols).iter().map(|v| (v * qmax).round() as i8).collect();
+    let groups = cols / group.unwrap_or(cols);
+    let mut scales: Vec<f32> = values(seed + 1, out * groups).iter().map(|v| v.abs() * 0.02 + 1e-3).collect();
+    if f16_scales {
+        scales.iter_mut().for_each(|s| *s = half::f16::from_f32(*s).to_f32());
+    }
+    let b = bias.then(|| values(seed + 2, out));
+    let online = if rotate {
+        vec![Rotation::new(cols, Construction::Kronecker, Some(seed as u32)).unwrap()]
+    } else {
+        vec![]
+    };
+    let weights = QuantWeights::new(weight_bits, out, cols, group, ints.clone(), scales.clone()).unwrap();
+    let act = ActivationQuant::new(act_bits, if act_bits == Bits::Int4 { 0.9 } else { 1.0 }).unwrap();
+    let reference = QuantLinear::new(weights, act, online.clone(), b.clone()).unwrap();
+    let x = activations(seed + 3, rows, cols);
+    let want = reference.forward(&x).unwrap();
+
+    let encoding = if weight_bits == Bits::Int4 { Encoding::I4 } else { Encoding::I8 };
+    let packed = pack(weight_bits, &ints, cols).unwrap();
+    let weight = Tensor::upload(gpu, "w", vec![out, cols], encoding, &packed).await.unwrap();
+    let scale_shape = if group.is_some() { vec![out, groups] } else { vec![out] };
+    let scale_tensor = if f16_scales {
+        let bytes: Vec<u8> = scales.iter().flat_map(|s| half::f16::from_f32(*s).to_le_bytes()).collect();
+        Tensor::upload(gpu, "s", scale_shape, Encoding::F16, &bytes).await.unwrap()
+    } else {
+        Tensor::from_f32(gpu, "s", scale_shape, &scales).await.unwrap()
+    };
+    let mut tables = Vec::new();
+    for r in &online {
+        tables.push(RotationTable::new(gpu, r).await.unwrap());
+    }
+    let bias_tensor = match &b {
+        Some(b) => Some(Tensor::from_f32(gpu, "b", vec![out], b).await.unwrap()),
+        None => None,
+    };
+    let layer = Linear::Quant(Box::new(linear::QuantLinear {
+        weights: QuantWeightsGpu::new(weight, scale_tensor, group).unwrap(),
+        activation: act,
+        online: tables,
+        bias: bias_tensor,
+    }));
+    let xb = upload(gpu, &x).await;
+    let yb = zeros(gpu, rows * out).await;
+    let mut enc = encoder(gpu);
+    layer.forward(gpu, &mut enc, &mut Scratch::default(), rows, &xb, &yb).await.unwrap();
+    submit(gpu, enc);
+    let got = gpu.read_f32(&yb, rows * out).await.unwrap();
+    let what = format!(
+        "layer {rows}x{cols} -> {out} w{}a{} group {group:?} f16 scales {f16_scales} bias {bias} rotate {rotate}",
+        weight_bits.bits(),
+        act_bits.bits()
+    );
+    assert_bits(&what, &got, &want);
+}
+
+fn case(out: usize, cols: usize, w: Bits, a: Bits) -> LayerCase {
+    LayerCase {
+        out,
+        cols,
+        weight_bits: w,
+        act_bits: a,
+        group: None,
+        f16_scales: false,
+        bias: false,
+        rotate: false,
+    }
+}
+
+async fn check_layers(gpu: &Gpu) {
+    let (i8b, i4b) = (Bits::Int8, Bits::Int4);
+    let mut seed = 10;
+    for rows in [1, 3, 4, 5, 37] {
+        for (out, cols) in [(1, 1), (13, 7), (48, 48), (5, 33), (128, 48)] {
+            for (w, a) in [(i8b, i8b), (i4b, i8b), (i4b, i4b)] {
+                seed += 1;
+                layer_case(gpu, rows, case(out, cols, w, a), seed).await;
+            }
+        }
+        seed += 1;
+        layer_case(gpu, rows, LayerCase { group: Some(64), ..case(19, 128, i4b, i8b) }, seed).await;
+        layer_case(gpu, rows, LayerCase { group: Some(128), bias: true, ..case(9, 384, i4b, i4b) }, seed + 1)
+            .await;
+        layer_case(gpu, rows, LayerCase { f16_scales: true, bias: true, ..case(31, 48, i8b, i8b) }, seed + 2)
+            .await;
+        layer_case(
+            gpu,
+            rows,
+            LayerCase { group: Some(64), f16_scales: true, ..case(7, 192, i4b, i8b) },
+            seed + 3,
+        )
+        .await;
+        layer_case(gpu, rows, LayerCase { rotate: true, bias: true, ..case(40, 48, i8b, i8b) }, seed + 4)
+            .await;
+        layer_case(gpu, rows, LayerCase { rotate: true, ..case(32, 576, i4b, i4b) }, seed + 5).await;
+    }
+    // A vision-MLP-like layer over many rows.
+    layer_case(gpu, 300, LayerCase { rotate: true, bias: true, ..case(64, 128, i4b, i8b) }, 99).await;
+}
+
+/// 4 KiB bindings: inputs and outputs in row passes, weights and scales in column chunks.
+async fn check_split_binding() {
+    let gpu = Gpu::new(&DeviceOptions { max_storage_binding: Some(4096) }).await.unwrap();
+    let (i8b, i4b) = (Bits::Int8, Bits::Int4);
+    // row passes of 16 rows
+    layer_case(&gpu, 50, LayerCase { bias: true, ..case(16, 48, i8b, i8b) }, 1).await;
+    // weight and f16 scales in column chunks
+    layer_case(&gpu, 3, LayerCase { f16_scales: true, bias: true, ..case(300, 40, i8b, i8b) }, 2).await;
+    layer_case(&gpu, 1, LayerCase { group: Some(64), ..case(200, 128, i4b, i8b) }, 3).await;
+    // row passes of 8 rows with a rotation in the scratch
+    layer_case(&gpu, 40, LayerCase { group: Some(64), rotate: true, ..case(8, 128, i4b, i8b) }, 4).await;
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+#[test]
+fn quant_kernels_match_reference() {
+    let gpu =
+        pollster::block_on(Gpu::new(&DeviceOptions::default())).expect("a GPU adapter (lavapipe in CI)");
+    pollster::block_on(check_rotations(&gpu));
+    pollster::block_on(check_quantize(&gpu));
+    pollster::block_on(check_layers(&gpu));
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+#[test]
+fn quant_split_binding() {
+    pollster::block_on(check_split_binding());
+}
+
+#[cfg(target_arch = "wasm32")]
+#[wasm_bindgen_test::wasm_bindgen_test]
+async fn quant_kernels_match_reference_in_browser() {
+    let gpu = Gpu::new(&DeviceOptions::default()).await.expect("WebGPU adapter");
+    check_rotations(&gpu).await;
+    check_quantize(&gpu).await;
+    check_layers(&gpu).await;
+}
+
+#[cfg(target_arch = "wasm32")]
+#[wasm_bindgen_test::wasm_bindgen_test]
+async fn quant_split_binding_in_browser() {
+    check_split_binding().await;
+}

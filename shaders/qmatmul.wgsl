@@ -1,0 +1,129 @@
+// Integer matrix product of a quantized linear layer, steps 6-7 of the integer contract
+// (`pocketvlm_format::quant`), for TR tokens x TC output columns per invocation:
+//   acc[t][c][g] = sum_{j in group g} q_w[c][j] q_a[t][j]        i32, exact (dot4I8Packed)
+//   t_g = f32(acc) * s_w[c][g]    (the i32 converts exactly-rounded: hi 2^16 + lo, one add)
+//   u = t_0 + t_1 + ...           left to right
+//   y[t][col_offset + c] = u * s_a[t] (+ bias[col_offset + c])
+//
+// Buffers: qa u32 [tokens, aw] (activation integers as i8 lanes, see quantize.wgsl; aw >= the
+// weight's value count rounded up to 8); sa f32 [tokens]; w u32 [n, ww] packed weights
+// (`pocketvlm_format::quant::pack`: INT8 four values per word; with INT4 eight, word w holding
+// values 8w..8w+3 in its low nibbles and 8w+4..8w+7 in its high ones); s_w [n, groups] f32, or
+// with SCALE_F16 f16 two per u32 (element 2k in the low half); bias f32; y f32 with row stride ldy.
+// `w`, `s_w` may be a row chunk of a larger weight bound at an offset (rows col_offset..+n).
+//
+// INT4 words feed dot4I8Packed through two masks that leave each nibble in the top of its byte
+// (lanes = 16 v, sign-extended): lo = (word << 4) & 0xF0F0F0F0 pairs with activation word 2w,
+// hi = word & 0xF0F0F0F0 with word 2w + 1, and (dot(lo) + dot(hi)) >> 4 is exact.
+//
+// No workgroup memory, no barriers: invocations are independent (what CPU adapters run
+// fastest). Column blocks lie on a 2-D grid of 64-invocation workgroups, token blocks on z.
+
+struct Params {
+    tokens: u32,
+    n: u32,
+    aw: u32,
+    ww: u32,
+    groups: u32,
+    group_words: u32,
+    ldy: u32,
+    col_offset: u32,
+}
+
+@group(0) @binding(0) var<uniform> params: Params;
+@group(0) @binding(1) var<storage, read> qa: array<u32>;
+@group(0) @binding(2) var<storage, read> sa: array<f32>;
+@group(0) @binding(3) var<storage, read> w: array<u32>;
+#ifdef SCALE_F16
+@group(0) @binding(4) var<storage, read> sw: array<u32>;
+#else
+@group(0) @binding(4) var<storage, read> sw: array<f32>;
+#endif
+@group(0) @binding(5) var<storage, read_write> y: array<f32>;
+#ifdef BIAS
+@group(0) @binding(6) var<storage, read> bias: array<f32>;
+#endif
+
+const TR: u32 = {{TR}}u;
+const TC: u32 = {{TC}}u;
+
+fn weight_scale(i: u32) -> f32 {
+#ifdef SCALE_F16
+    return unpack2x16float(sw[i / 2u])[i % 2u];
+#else
+    return sw[i];
+#endif
+}
+
+// f32(a) rounded to nearest even for every i32 (WGSL leaves the rounding of inexact integer
+// conversions to the implementation): both halves convert exactly, one add rounds.
+fn exact_f32(a: i32) -> f32 {
+    return f32(a >> 16u) * 65536.0 + f32(a & 0xffff);
+}
+
+@compute @workgroup_size(64, 1, 1)
+fn main(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) li: u32,
+) {
+    let c0 = ((wg.y * nwg.x + wg.x) * 64u + li) * TC;
+    let t0 = wg.z * TR;
+    if (c0 >= params.n) {
+        return;
+    }
+    var u: array<f32, TR * TC>;
+    for (var g = 0u; g < params.groups; g++) {
+        var acc: array<i32, TR * TC>;
+        for (var i = 0u; i < TR * TC; i++) {
+            acc[i] = 0;
+        }
+        let w_end = min((g + 1u) * params.group_words, params.ww);
+        for (var wi = g * params.group_words; wi < w_end; wi++) {
+            for (var j = 0u; j < TC; j++) {
+                let c = min(c0 + j, params.n - 1u);
+                let word = w[c * params.ww + wi];
+                for (var i = 0u; i < TR; i++) {
+                    let t = min(t0 + i, params.tokens - 1u);
+#ifdef INT4
+                    let a_lo = qa[t * params.aw + 2u * wi];
+                    let a_hi = qa[t * params.aw + 2u * wi + 1u];
+                    let lo = (word << 4u) & 0xF0F0F0F0u;
+                    let hi = word & 0xF0F0F0F0u;
+                    acc[i * TC + j] += (dot4I8Packed(lo, a_lo) + dot4I8Packed(hi, a_hi)) >> 4u;
+#else
+                    acc[i * TC + j] += dot4I8Packed(word, qa[t * params.aw + wi]);
+#endif
+                }
+            }
+        }
+        for (var j = 0u; j < TC; j++) {
+            let s = weight_scale(min(c0 + j, params.n - 1u) * params.groups + g);
+            for (var i = 0u; i < TR; i++) {
+                let part = exact_f32(acc[i * TC + j]) * s;
+                if (g == 0u) {
+                    u[i * TC + j] = part;
+                } else {
+                    u[i * TC + j] = u[i * TC + j] + part;
+                }
+            }
+        }
+    }
+    for (var i = 0u; i < TR; i++) {
+        let t = t0 + i;
+        if (t >= params.tokens) {
+            break;
+        }
+        for (var j = 0u; j < TC; j++) {
+            let c = c0 + j;
+            if (c >= params.n) {
+                break;
+            }
+            var v = u[i * TC + j] * sa[t];
+#ifdef BIAS
+            v = v + bias[params.col_offset + c];
+#endif
+            y[t * params.ldy + params.col_offset + c] = v;
+        }
+    }
+}

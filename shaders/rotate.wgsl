@@ -1,0 +1,105 @@
+// Online rotation of activation rows, in place: data[t, :] <- R data[t, :] for t < tokens, with
+//   R = c (A (x) H_p) D,  n = m p
+// in the exact order of operations of `pocketvlm_format::quant::rotation` (the contract):
+//   1. signs: x_i <- -x_i where bit i of the sign mask is set (when `has_signs`);
+//   2. Walsh-Hadamard butterflies on each block of p values, h = 1, 2, 4, ..., p/2:
+//      (x_j, x_{j+h}) <- (x_j + x_{j+h}, x_j - x_{j+h});
+//   3. the core A (m > 1): for each b, y_a = sum_a' A[a][a'] x_{a' p + b}, accumulated left to
+//      right from A[a][0] x_b (entries are +-1: exact adds and subtracts);
+//   4. scale: x_i <- x_i * c.
+// Every step is a correctly rounded f32 add, subtract, negation or multiply, so the result equals
+// the CPU reference bit for bit.
+//
+// `table` (u32 words) holds the sign mask (bit i of word i/32, from word 0) and the core's
+// entries (bit a m + a' set = -1, from word `core_offset`).
+//
+// Two dispatches, no workgroup memory and no barriers, so any width works within WebGPU's default
+// limits (the connector's 12 288 included): STAGE_BLOCKS gives one invocation to each block of p
+// values of a row (steps 1-2), STAGE_CORE one to each column b of a row (steps 3-4: the m values
+// x_{a p + b}). Work items lie on a 2-D grid of 64-invocation workgroups.
+
+struct Params {
+    tokens: u32,
+    n: u32,
+    m: u32,
+    p: u32,
+    has_signs: u32,
+    core_offset: u32,
+    scale: f32,
+    has_core: u32,
+}
+
+@group(0) @binding(0) var<uniform> params: Params;
+@group(0) @binding(1) var<storage, read_write> data: array<f32>;
+@group(0) @binding(2) var<storage, read> table: array<u32>;
+
+// Largest core order the kernel holds in registers (the constructions used: 12, 20, 36, 60).
+const MAX_CORE: u32 = 64u;
+
+fn bit(word0: u32, i: u32) -> bool {
+    return ((table[word0 + i / 32u] >> (i % 32u)) & 1u) != 0u;
+}
+
+@compute @workgroup_size(64, 1, 1)
+fn main(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) li: u32,
+) {
+    let item = (wg.y * nwg.x + wg.x) * 64u + li;
+    let n = params.n;
+    let m = params.m;
+    let p = params.p;
+#ifdef STAGE_BLOCKS
+    // item = (t, a): block a of row t
+    if (item >= params.tokens * m) {
+        return;
+    }
+    let t = item / m;
+    let start = t * n + (item % m) * p;
+    if (params.has_signs != 0u) {
+        let first = (item % m) * p;
+        for (var i = 0u; i < p; i++) {
+            if (bit(0u, first + i)) {
+                data[start + i] = -data[start + i];
+            }
+        }
+    }
+    for (var h = 1u; h < p; h = h * 2u) {
+        for (var s = 0u; s < p; s += 2u * h) {
+            for (var j = start + s; j < start + s + h; j++) {
+                let u = data[j];
+                let v = data[j + h];
+                data[j] = u + v;
+                data[j + h] = u - v;
+            }
+        }
+    }
+#else
+    // item = (t, b): column b of row t (every element of the row when there is no core)
+    if (params.has_core == 0u) {
+        if (item < params.tokens * n) {
+            data[item] = data[item] * params.scale;
+        }
+        return;
+    }
+    if (item >= params.tokens * p) {
+        return;
+    }
+    let base = (item / p) * n;
+    let b = item % p;
+    var column: array<f32, MAX_CORE>;
+    for (var a = 0u; a < m; a++) {
+        let first = data[base + b];
+        var acc = select(first, -first, bit(params.core_offset, a * m));
+        for (var a2 = 1u; a2 < m; a2++) {
+            let v = data[base + a2 * p + b];
+            acc = select(acc + v, acc - v, bit(params.core_offset, a * m + a2));
+        }
+        column[a] = acc;
+    }
+    for (var a = 0u; a < m; a++) {
+        data[base + a * p + b] = column[a] * params.scale;
+    }
+#endif
+}
