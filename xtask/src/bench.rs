@@ -1,7 +1,9 @@
-//! `cargo xtask bench`: one timed greedy generation of the dense path natively (wgpu on
+//! `cargo xtask bench`: one timed greedy generation per model natively (wgpu on
 //! Vulkan/Metal/DX12; lavapipe without a GPU) and in headless Chromium (WebGPU) on the same
-//! machine in the same run, printed side by side with Chromium ÷ native ratios. It is a
-//! measurement, not a test: it fails only when a side cannot run.
+//! machine in the same run, printed side by side with Chromium ÷ native ratios and, for every
+//! model after the first (e.g. a quantized model of the same checkpoint), its ratios to the
+//! first. By default: the tiny fixture converted dense and quantized W4A8. It is a measurement,
+//! not a test: it fails only when a side cannot run.
 //!
 //! Both sides use `pocketvlm_runtime::bench::measure`; the browser side is the `bench_web` test
 //! target, built in release mode, fed by the static server (`serve.rs`) and run through
@@ -12,6 +14,8 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
 use anyhow::{Context, Result, bail};
+use pocketvlm_compress::quant::QuantOptions;
+use pocketvlm_compress::{ConvertOptions, convert};
 use pocketvlm_format::dir;
 use pocketvlm_processor::decode_image;
 use pocketvlm_runtime::bench::{BenchConfig, BenchReport, REPORT_PREFIX, measure};
@@ -25,9 +29,11 @@ use crate::util::{cargo, convert_tiny, human_bytes, root, run as sh};
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// PocketVLM model directory (default: the tiny fixture, converted into target/models/tiny).
+    /// PocketVLM model directory; repeat to compare models (ratios are to the first). Default:
+    /// the tiny fixture converted dense (target/models/tiny) and quantized W4A8
+    /// (target/models/tiny-w4a8).
     #[arg(long)]
-    model: Option<PathBuf>,
+    model: Vec<PathBuf>,
     /// Image to describe (default: tests/fixtures/images/coffee.png).
     #[arg(long)]
     image: Option<PathBuf>,
@@ -55,15 +61,16 @@ pub fn run(args: Args) -> Result<()> {
             .args(["run", "--quiet", "--release", "--package", "xtask", "--"])
             .args(std::env::args_os().skip(1)));
     }
-    let model = match &args.model {
-        Some(m) => m.clone(),
-        None => convert_tiny()?,
+    let models = if args.model.is_empty() {
+        vec![convert_tiny()?, quantize_tiny("w4a8")?]
+    } else {
+        args.model.clone()
     };
     let image = args.image.clone().unwrap_or_else(|| root().join("tests/fixtures/images/coffee.png"));
     let file_name =
         image.file_name().and_then(|n| n.to_str()).context("the image needs a UTF-8 file name")?;
     let config = BenchConfig {
-        model: "model".into(),
+        models: (0..models.len()).map(|i| format!("model{i}")).collect(),
         image: format!("image/{file_name}"),
         prompt: args.prompt.clone(),
         split: args.no_split.then_some(false),
@@ -71,24 +78,45 @@ pub fn run(args: Args) -> Result<()> {
     };
     let image_bytes = std::fs::read(&image).with_context(|| format!("reading {}", image.display()))?;
 
-    eprintln!("xtask bench: native run");
-    let native = pollster::block_on(native_run(&model, &image_bytes, &config))?;
+    let mut native = Vec::new();
+    for (model, name) in models.iter().zip(&config.models) {
+        eprintln!("xtask bench: native run of {}", model.display());
+        native.push(pollster::block_on(native_run(model, name, &image_bytes, &config))?);
+    }
     let chromium = if args.native_only {
         None
     } else {
         eprintln!("xtask bench: Chromium run");
-        Some(browser_run(&model, &image, &config)?)
+        Some(browser_run(&models, &image, &config)?)
     };
     if args.json {
-        let json = serde_json::json!({ "config": config, "native": native, "chromium": chromium });
+        let paths: Vec<String> = models.iter().map(|m| m.display().to_string()).collect();
+        let json =
+            serde_json::json!({ "config": config, "models": paths, "native": native, "chromium": chromium });
         println!("{json}");
     } else {
-        print_table(&model, &config, &native, chromium.as_ref());
+        for (i, model) in models.iter().enumerate() {
+            print_table(model, &config, &native[i], chromium.as_ref().map(|c| &c[i]));
+            println!();
+        }
+        if models.len() > 1 {
+            print_comparison(&models, &native, chromium.as_deref());
+        }
     }
     Ok(())
 }
 
-async fn native_run(model: &Path, image: &[u8], config: &BenchConfig) -> Result<BenchReport> {
+/// The tiny fixture quantized with `bits` (rotated, clip search, no calibration) in
+/// `target/models/tiny-<bits>`.
+fn quantize_tiny(bits: &str) -> Result<PathBuf> {
+    let out = root().join(format!("target/models/tiny-{bits}"));
+    let quant = Some(QuantOptions::parse(bits, None)?);
+    convert(&root().join("tests/fixtures/tiny"), &out, &ConvertOptions { quant, ..Default::default() })
+        .with_context(|| format!("quantizing tests/fixtures/tiny into {}", out.display()))?;
+    Ok(out)
+}
+
+async fn native_run(model: &Path, name: &str, image: &[u8], config: &BenchConfig) -> Result<BenchReport> {
     let image = decode_image(image)?;
     let start = now_ms();
     let data = dir::open(model).with_context(|| format!("reading {}", model.display()))?;
@@ -99,22 +127,22 @@ async fn native_run(model: &Path, image: &[u8], config: &BenchConfig) -> Result<
     let load_ms = now_ms() - start;
     let mut request = Request::caption(&config.prompt, Some(image), config.max_new_tokens);
     request.split = config.split;
-    Ok(measure(&engine, request, load_ms).await?)
+    Ok(measure(&engine, request, load_ms, name).await?)
 }
 
-/// Serve `bench.json`, the model and the image; build and run `bench_web` in headless Chromium
-/// and parse the report line it prints.
-fn browser_run(model: &Path, image: &Path, config: &BenchConfig) -> Result<BenchReport> {
+/// Serve `bench.json`, the models and the image; build and run `bench_web` in headless Chromium
+/// and parse the report line it prints for each model.
+fn browser_run(models: &[PathBuf], image: &Path, config: &BenchConfig) -> Result<Vec<BenchReport>> {
     setup::ensure_all()?;
     let bench_dir = root().join("target/xtask/bench");
     std::fs::create_dir_all(&bench_dir)?;
     std::fs::write(bench_dir.join("bench.json"), serde_json::to_string_pretty(config)?)?;
     let image_dir = image.parent().context("the image has no directory")?;
-    let server = Server::start(vec![
-        Mount::new("bench", &bench_dir),
-        Mount::new("bench/model", model),
-        Mount::new("bench/image", image_dir),
-    ])?;
+    let mut mounts = vec![Mount::new("bench", &bench_dir), Mount::new("bench/image", image_dir)];
+    for (model, name) in models.iter().zip(&config.models) {
+        mounts.push(Mount::new(&format!("bench/{name}"), model));
+    }
+    let server = Server::start(mounts)?;
     let mut cmd = cargo();
     cmd.current_dir(root().join("crates/runtime"))
         .env("CHROMEDRIVER", CHROMEDRIVER)
@@ -130,14 +158,14 @@ fn browser_run(model: &Path, image: &Path, config: &BenchConfig) -> Result<Bench
     );
     let mut child = cmd.spawn().context("starting cargo test for bench_web")?;
     let stdout = child.stdout.take().context("no stdout")?;
-    let mut report = None;
+    let mut reports = Vec::new();
     for line in BufReader::new(stdout).lines() {
         let line = line?;
         match line.find(REPORT_PREFIX) {
             Some(at) => {
                 let json = &line[at + REPORT_PREFIX.len()..];
-                report =
-                    Some(serde_json::from_str::<BenchReport>(json).context("parsing the browser report")?);
+                reports
+                    .push(serde_json::from_str::<BenchReport>(json).context("parsing the browser report")?);
             }
             None => eprintln!("{line}"),
         }
@@ -146,7 +174,10 @@ fn browser_run(model: &Path, image: &Path, config: &BenchConfig) -> Result<Bench
     if !status.success() {
         bail!("the browser bench failed ({status})");
     }
-    report.context("the browser bench printed no report line")
+    if reports.len() != models.len() {
+        bail!("the browser bench printed {} report lines for {} models", reports.len(), models.len());
+    }
+    Ok(reports)
 }
 
 fn ms(v: f64) -> String {
@@ -191,7 +222,7 @@ fn print_table(model: &Path, config: &BenchConfig, native: &BenchReport, chromiu
     row("prefill rate", &|r| r.prefill_tokens_per_s, &rate);
     row("decode rate", &|r| r.decode_tokens_per_s, &rate);
     row("GPU: weights", &|r| r.weight_bytes as f64, &bytes);
-    row("GPU: tables (RoPE)", &|r| r.table_bytes as f64, &bytes);
+    row("GPU: tables (RoPE, rotations)", &|r| r.table_bytes as f64, &bytes);
     row("GPU: KV cache", &|r| r.kv_cache_bytes as f64, &bytes);
     row("GPU: activations (largest pass)", &|r| r.activation_bytes as f64, &bytes);
     row("GPU: total", &|r| r.gpu_total_bytes() as f64, &bytes);
@@ -200,4 +231,40 @@ fn print_table(model: &Path, config: &BenchConfig, native: &BenchReport, chromiu
         println!();
         println!("same greedy ids natively and in Chromium: {same}");
     }
+}
+
+/// Every model after the first against the first, on each side: `model ÷ first`.
+fn print_comparison(models: &[PathBuf], native: &[BenchReport], chromium: Option<&[BenchReport]>) {
+    let name =
+        |p: &PathBuf| p.file_name().map_or_else(|| p.display().to_string(), |n| n.to_string_lossy().into());
+    let first = name(&models[0]);
+    print!("| ratio to {first} |");
+    for m in &models[1..] {
+        print!(" {} native |", name(m));
+        if chromium.is_some() {
+            print!(" {} Chromium |", name(m));
+        }
+    }
+    println!();
+    let columns = (models.len() - 1) * if chromium.is_some() { 2 } else { 1 };
+    println!("| --- |{}", " --- |".repeat(columns));
+    let row = |label: &str, value: &dyn Fn(&BenchReport) -> f64| {
+        print!("| {label} |");
+        for i in 1..models.len() {
+            print!(" {} |", ratio(value(&native[i]), value(&native[0])));
+            if let Some(c) = chromium {
+                print!(" {} |", ratio(value(&c[i]), value(&c[0])));
+            }
+        }
+        println!();
+    };
+    row("load", &|r| r.load_ms);
+    row("time to first token", &|r| r.time_to_first_token_ms);
+    row("· vision tower", &|r| r.vision_ms);
+    row("· prefill", &|r| r.prefill_ms);
+    row("decode rate", &|r| r.decode_tokens_per_s);
+    row("GPU: weights", &|r| r.weight_bytes as f64);
+    row("GPU: KV cache", &|r| r.kv_cache_bytes as f64);
+    row("GPU: activations", &|r| r.activation_bytes as f64);
+    row("GPU: total", &|r| r.gpu_total_bytes() as f64);
 }

@@ -4,7 +4,10 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
+use pocketvlm_compress::model::reference::{Reference, TEST_CASES, TEST_RECIPES};
+use pocketvlm_compress::{ConvertOptions, convert};
 use pocketvlm_format::{MANIFEST_FILE, dir};
+use pocketvlm_processor::decode_image;
 
 use crate::serve::{Mount, Server};
 use crate::setup::{self, CHROMEDRIVER};
@@ -39,16 +42,19 @@ pub struct Args {
 /// fetch test (`fetch_worker.rs`) fetch the converted tiny fixture and the transformers
 /// expectations from a local server, whose URL they get at build time from
 /// `POCKETVLM_TEST_SERVER`: `/model/tiny/` (the converted fixture), `/fixtures/`
-/// (`tests/fixtures`) and `/corrupt/` (the converted fixture with one byte of its first shard
-/// flipped). Then the demo page end to end (`web/tests/e2e.mjs`, playwright-core) and
+/// (`tests/fixtures`), `/corrupt/` (the converted fixture with one byte of its first shard
+/// flipped) and `/quant/` (the quantized variants of the tiny fixture with the CPU reference's
+/// expectations, see [`quantized_tiny`]). Then the demo page end to end (`web/tests/e2e.mjs`, playwright-core) and
 /// `cargo xtask demo` against a local mimic of the Hugging Face hub.
 pub fn run_browser_tests() -> Result<()> {
     let tiny = convert_tiny()?;
     let corrupt = corrupt_copy(&tiny)?;
+    let quant = quantized_tiny()?;
     let server = Server::start(vec![
         Mount::new("model/tiny", &tiny),
         Mount::new("fixtures", root().join("tests/fixtures")),
         Mount::new("corrupt", &corrupt),
+        Mount::new("quant", &quant),
     ])?;
     eprintln!("xtask test: serving the tiny model and fixtures at {}", server.url());
     for (package, dir) in WASM_TEST_CRATES {
@@ -63,6 +69,48 @@ pub fn run_browser_tests() -> Result<()> {
     e2e::run_demo_e2e(&site, &tiny)?;
     hub_mimic::check_demo_with_hub_mimic(&tiny)?;
     Ok(())
+}
+
+/// The tiny fixture quantized by every recipe of [`TEST_RECIPES`], in `target/xtask/quant`:
+/// `<recipe>/model/` (the model directory) and `<recipe>/expected/<case>.json` for each of
+/// [`TEST_CASES`] (the transformers case with the integer contract's CPU reference's prompt ids,
+/// top logits and greedy ids, [`Reference::expectation`]; its image and tiles paths lead to
+/// `/fixtures/` on the test server), and `index.json` listing the recipes and cases.
+fn quantized_tiny() -> Result<PathBuf> {
+    let out = root().join("target/xtask/quant");
+    let expected_dir = root().join("tests/fixtures/tiny/expected");
+    let mut names = Vec::new();
+    for recipe in TEST_RECIPES {
+        let dir = out.join(recipe.name);
+        let model = dir.join("model");
+        let quant = Some(recipe.options()?);
+        convert(&root().join("tests/fixtures/tiny"), &model, &ConvertOptions { quant, ..Default::default() })
+            .with_context(|| format!("quantizing the tiny fixture ({})", recipe.name))?;
+        let reference = Reference::open(&model)?;
+        std::fs::create_dir_all(dir.join("expected"))?;
+        for case in TEST_CASES {
+            let file = expected_dir.join(format!("{case}.json"));
+            let mut json: serde_json::Value = serde_json::from_slice(&std::fs::read(&file)?)?;
+            let image = match json["image"].as_str() {
+                Some(rel) => Some(decode_image(&std::fs::read(expected_dir.join(rel))?)?),
+                None => None,
+            };
+            json = reference.expectation(&json, image.as_ref())?;
+            // from /quant/<recipe>/expected/ to /fixtures/tiny/expected/ on the server
+            let to_fixtures = |rel: &str| format!("../../../fixtures/tiny/expected/{rel}");
+            if let Some(rel) = json["image"].as_str() {
+                json["image"] = to_fixtures(rel).into();
+            }
+            if let Some(rel) = json["tiles_u8"]["file"].as_str() {
+                json["tiles_u8"]["file"] = to_fixtures(rel).into();
+            }
+            std::fs::write(dir.join("expected").join(format!("{case}.json")), serde_json::to_vec(&json)?)?;
+        }
+        names.push(recipe.name);
+    }
+    let index = serde_json::json!({ "recipes": names, "cases": TEST_CASES });
+    std::fs::write(out.join("index.json"), serde_json::to_vec(&index)?)?;
+    Ok(out)
 }
 
 /// A copy of the model directory `model` whose first shard has one byte flipped (its manifest

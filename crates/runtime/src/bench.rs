@@ -19,8 +19,9 @@ pub const REPORT_PREFIX: &str = "POCKETVLM_BENCH ";
 /// What the browser bench runs, served by xtask as `bench.json`. Locations are relative to it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct BenchConfig {
-    /// The model directory.
-    pub model: String,
+    /// The model directories, measured one after the other (the first is the baseline of the
+    /// ratios xtask prints).
+    pub models: Vec<String>,
     /// The image file (PNG or JPEG).
     pub image: String,
     pub prompt: String,
@@ -32,6 +33,8 @@ pub struct BenchConfig {
 /// The result of one run.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct BenchReport {
+    /// The model measured (as the caller named it).
+    pub model: String,
     /// The GPU adapter (name, backend, driver).
     pub adapter: String,
     /// The device's largest storage binding and buffer, in bytes.
@@ -67,8 +70,13 @@ fn per_second(count: usize, ms: f64) -> f64 {
 }
 
 /// Run `request` (greedy whatever its sampling options) to the end and time it; `load_ms` is the
-/// caller's measurement of loading `engine`.
-pub async fn measure(engine: &Engine, mut request: Request, load_ms: f64) -> Result<BenchReport> {
+/// caller's measurement of loading `engine`, `model` names it in the report.
+pub async fn measure(
+    engine: &Engine,
+    mut request: Request,
+    load_ms: f64,
+    model: &str,
+) -> Result<BenchReport> {
     request.sampling = Default::default();
     let image_tiles = match &request.image {
         Some(image) => {
@@ -91,6 +99,7 @@ pub async fn measure(engine: &Engine, mut request: Request, load_ms: f64) -> Res
     let mut adapter = vec![name, format!("{:?}", info.backend), format!("{:?}", info.device_type)];
     adapter.extend([info.driver.clone(), info.driver_info.clone()].into_iter().filter(|s| !s.is_empty()));
     Ok(BenchReport {
+        model: model.to_string(),
         adapter: adapter.join(", "),
         max_storage_binding: engine.gpu.caps.max_storage_binding,
         max_buffer_size: engine.gpu.caps.max_buffer_size,

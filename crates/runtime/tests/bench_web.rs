@@ -1,6 +1,6 @@
-//! The browser half of `cargo xtask bench`: fetches `bench.json` ([`BenchConfig`]) and the model
-//! from xtask's server, runs one timed generation ([`pocketvlm_runtime::bench::measure`]) and
-//! prints its [`BenchReport`] as one JSON line after [`REPORT_PREFIX`], which xtask parses.
+//! The browser half of `cargo xtask bench`: fetches `bench.json` ([`BenchConfig`]) and each model
+//! from xtask's server, runs one timed generation per model ([`pocketvlm_runtime::bench::measure`]) and
+//! prints each [`BenchReport`] as one JSON line after [`REPORT_PREFIX`], which xtask parses.
 //! Built only by `cargo xtask bench` (`test = false`), which sets `POCKETVLM_TEST_SERVER`.
 #![cfg(target_arch = "wasm32")]
 
@@ -23,15 +23,17 @@ async fn bench() {
         serde_json::from_slice(&fetch_bytes(&file_url(&bench_dir, "bench.json")).await.unwrap()).unwrap();
     let image = decode_image(&fetch_bytes(&file_url(&bench_dir, &config.image)).await.unwrap()).unwrap();
 
-    let start = now_ms();
-    let fetched = fetch_model(&file_url(&bench_dir, &config.model)).await.unwrap();
-    let gpu = Gpu::new(&DeviceOptions::default()).await.unwrap();
-    let engine = Engine::load(gpu, &fetched.data, &fetched.tokenizer).await.unwrap();
-    drop(fetched);
-    let load_ms = now_ms() - start;
+    for model in &config.models {
+        let start = now_ms();
+        let fetched = fetch_model(&file_url(&bench_dir, model)).await.unwrap();
+        let gpu = Gpu::new(&DeviceOptions::default()).await.unwrap();
+        let engine = Engine::load(gpu, &fetched.data, &fetched.tokenizer).await.unwrap();
+        drop(fetched);
+        let load_ms = now_ms() - start;
 
-    let mut request = Request::caption(&config.prompt, Some(image), config.max_new_tokens);
-    request.split = config.split;
-    let report: BenchReport = measure(&engine, request, load_ms).await.unwrap();
-    console_log!("{REPORT_PREFIX}{}", serde_json::to_string(&report).unwrap());
+        let mut request = Request::caption(&config.prompt, Some(image.clone()), config.max_new_tokens);
+        request.split = config.split;
+        let report: BenchReport = measure(&engine, request, load_ms, model).await.unwrap();
+        console_log!("{REPORT_PREFIX}{}", serde_json::to_string(&report).unwrap());
+    }
 }

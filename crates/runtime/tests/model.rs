@@ -7,9 +7,8 @@ mod cases;
 
 use std::path::{Path, PathBuf};
 
-use cases::{TINY_CASES, check_case, check_case_within, read_case};
-use pocketvlm_compress::model::reference::Reference;
-use pocketvlm_compress::quant::{QuantOptions, QuantParts};
+use cases::{QUANT_LOGIT_TOLERANCE, TINY_CASES, check_case, check_case_within, read_case};
+use pocketvlm_compress::model::reference::{Reference, TEST_CASES, TEST_RECIPES};
 use pocketvlm_compress::{Budgets, ConvertOptions, LowRankOptions, Method, compress_lowrank, convert};
 use pocketvlm_format::dir;
 use pocketvlm_processor::decode_image;
@@ -77,24 +76,6 @@ fn prompt_too_long_is_a_typed_error() {
     });
 }
 
-/// The quantized variants of the tiny fixture checked against the CPU reference: every scheme,
-/// per-channel and grouped INT4 weights, and float parts (`--float`).
-const QUANT_RECIPES: [(&str, Option<usize>, &str); 5] = [
-    ("w8a8", None, ""),
-    ("w4a8", None, ""),
-    ("w4a8", Some(64), ""),
-    ("w4a4", None, ""),
-    ("w8a8", None, "vision,lm_head"),
-];
-
-/// Relative tolerance on the top logits of a quantized model against its CPU reference. Every
-/// quantized layer is bit-exact given the same input (`tests/quant.rs`), but the float kernels
-/// between them (LayerNorm, RMSNorm, attention's softmax, GELU's `tanh`) round differently from
-/// candle's by a few ULP, and an activation that lands that close to a rounding boundary takes
-/// the neighbouring integer. Measured on the tiny fixture: text prompts ≤ 3e-7, image prompts
-/// (12 quantized vision layers over 64 patches) up to 1e-2 (0.08 on a logit of 52).
-const QUANT_LOGIT_TOLERANCE: f32 = 2e-2;
-
 /// Every quantized model the compressor writes for the tiny fixture runs on the GPU with the
 /// integer contract's CPU reference's prompt ids, top-10 ids, logits (within
 /// [`QUANT_LOGIT_TOLERANCE`]) and greedy ids, for a text and an image case.
@@ -102,11 +83,10 @@ const QUANT_LOGIT_TOLERANCE: f32 = 2e-2;
 fn quantized_tiny_models_match_the_cpu_reference() {
     pollster::block_on(async {
         let tiny = fixtures().join("tiny");
-        for (bits, group, float) in QUANT_RECIPES {
+        for recipe in TEST_RECIPES {
             let out = tempfile::tempdir().unwrap();
-            let mut quant = QuantOptions::parse(bits, group).unwrap();
-            quant.parts = QuantParts::keeping_float(float).unwrap();
-            convert(&tiny, out.path(), &ConvertOptions { quant: Some(quant), ..Default::default() }).unwrap();
+            let quant = Some(recipe.options().unwrap());
+            convert(&tiny, out.path(), &ConvertOptions { quant, ..Default::default() }).unwrap();
             let reference = Reference::open(out.path()).unwrap();
             let data = dir::open(out.path()).unwrap();
             let tokenizer = dir::read_tokenizer(out.path(), &data.manifest).unwrap();
@@ -116,16 +96,17 @@ fn quantized_tiny_models_match_the_cpu_reference() {
             let weights = engine.model.weight_bytes();
             assert!(
                 weights >= download && weights * 10 <= download * 11,
-                "{bits}: {weights} B on the GPU for {download} B"
+                "{}: {weights} B on the GPU for {download} B",
+                recipe.name
             );
-            for name in ["text_chat", "coffee_nosplit"] {
+            for name in TEST_CASES {
                 let root = tiny.to_str().unwrap();
                 let mut case =
                     read_case(async |path: String| std::fs::read(&path).unwrap(), root, name).await;
                 let image = case.image.as_ref().map(|b| decode_image(b).unwrap());
                 case.expected = reference.expectation(&case.expected, image.as_ref()).unwrap();
                 check_case_within(&engine, &case, QUANT_LOGIT_TOLERANCE).await;
-                eprintln!("{bits} group {group:?} float [{float}] {name}: matches the CPU reference");
+                eprintln!("{} {name}: matches the CPU reference", recipe.name);
             }
         }
     });

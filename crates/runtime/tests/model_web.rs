@@ -9,7 +9,7 @@
 
 mod cases;
 
-use cases::{TINY_CASES, check_case, join, read_case};
+use cases::{QUANT_LOGIT_TOLERANCE, TINY_CASES, check_case, check_case_within, join, read_case};
 use pocketvlm_runtime::engine::Engine;
 use pocketvlm_runtime::fetch::{fetch_bytes, fetch_manifest, fetch_model};
 use pocketvlm_runtime::{DeviceOptions, Gpu, RuntimeError};
@@ -38,6 +38,28 @@ async fn tiny_fixture_matches_transformers_in_the_browser() {
     for name in TINY_CASES {
         let case = read_case(async |url: String| fetch_bytes(&url).await.unwrap(), &checkpoint, name).await;
         check_case(&engine, &case).await;
+    }
+}
+
+/// The quantized variants of the tiny fixture (`/quant/index.json`: recipes and cases) against
+/// the integer contract's CPU reference, as natively in `model.rs`.
+#[wasm_bindgen_test]
+async fn quantized_tiny_models_match_the_cpu_reference_in_the_browser() {
+    let index = fetch_bytes(&join(server(), "quant/index.json")).await.unwrap();
+    let index: serde_json::Value = serde_json::from_slice(&index).unwrap();
+    let list = |key: &str| -> Vec<String> { serde_json::from_value(index[key].clone()).unwrap() };
+    let (recipes, cases) = (list("recipes"), list("cases"));
+    assert!(recipes.len() >= 5 && !cases.is_empty(), "{index}");
+    for name in recipes {
+        let base = join(server(), &format!("quant/{name}"));
+        let fetched = fetch_model(&join(&base, "model")).await.unwrap();
+        let gpu = Gpu::new(&DeviceOptions::default()).await.unwrap();
+        let engine = Engine::load(gpu, &fetched.data, &fetched.tokenizer).await.unwrap();
+        for case in &cases {
+            let case = read_case(async |url: String| fetch_bytes(&url).await.unwrap(), &base, case).await;
+            check_case_within(&engine, &case, QUANT_LOGIT_TOLERANCE).await;
+        }
+        wasm_bindgen_test::console_log!("{name}: matches the CPU reference ({})", engine.gpu.adapter.name);
     }
 }
 

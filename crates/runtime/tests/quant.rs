@@ -19,9 +19,9 @@ use pocketvlm_runtime::{DeviceOptions, Gpu};
 #[cfg(target_arch = "wasm32")]
 wasm_bindgen_test::wasm_bindgen_test_configure!(run_in_browser);
 
-/// Activations with a wide range: mostly in [-1, 1), a few outliers, whole zero rows, and tiny
-/// rows whose scale would be subnormal.
-fn activations(seed: u64, rows: usize, cols: usize) -> Vec<f32> {
+/// Activations with a wide range: mostly in [-1, 1), a few outliers, a zero row and a row scaled
+/// by `tiny`.
+fn activations_scaled(seed: u64, rows: usize, cols: usize, tiny: f32) -> Vec<f32> {
     let mut x = values(seed, rows * cols);
     for (i, v) in x.iter_mut().enumerate() {
         if i % 97 == 3 {
@@ -30,9 +30,16 @@ fn activations(seed: u64, rows: usize, cols: usize) -> Vec<f32> {
     }
     if rows > 2 {
         x[cols..2 * cols].fill(0.0);
-        x[2 * cols..3 * cols].iter_mut().for_each(|v| *v *= 1e-38);
+        x[2 * cols..3 * cols].iter_mut().for_each(|v| *v *= tiny);
     }
     x
+}
+
+/// [`activations_scaled`] with a row whose activation scale is subnormal (it quantizes to zeros:
+/// the contract's step 3). Its values are partly subnormal too, which a GPU may flush to zero
+/// (SwiftShader does): a rotation of them differs, its integers (all zero) do not.
+fn activations(seed: u64, rows: usize, cols: usize) -> Vec<f32> {
+    activations_scaled(seed, rows, cols, 1e-39)
 }
 
 fn assert_bits(what: &str, got: &[f32], want: &[f32]) {
@@ -57,7 +64,8 @@ fn assert_bits(what: &str, got: &[f32], want: &[f32]) {
 async fn rotation_case(gpu: &Gpu, n: usize, construction: Construction, seed: Option<u32>) {
     let rows = 5;
     let r = Rotation::new(n, construction, seed).unwrap();
-    let x = activations(n as u64, rows, n);
+    // tiny but normal values: a rotation of subnormal ones may be flushed to zero
+    let x = activations_scaled(n as u64, rows, n, 1e-30);
     let mut want = x.clone();
     r.apply_rows(&mut want).unwrap();
     let table = RotationTable::new(gpu, &r).await.unwrap();
@@ -236,7 +244,7 @@ async fn check_split_binding() {
     // row passes of 16 rows
     layer_case(&gpu, 50, LayerCase { bias: true, ..case(16, 48, i8b, i8b) }, 1).await;
     // weight and f16 scales in column chunks
-    layer_case(&gpu, 3, LayerCase { f16_scales: true, bias: true, ..case(300, 40, i8b, i8b) }, 2).await;
+    layer_case(&gpu, 3, LayerCase { f16_scales: true, bias: true, ..case(300, 32, i8b, i8b) }, 2).await;
     layer_case(&gpu, 1, LayerCase { group: Some(64), ..case(200, 128, i4b, i8b) }, 3).await;
     // row passes of 8 rows with a rotation in the scratch
     layer_case(&gpu, 40, LayerCase { group: Some(64), rotate: true, ..case(8, 128, i4b, i8b) }, 4).await;

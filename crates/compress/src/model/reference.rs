@@ -108,3 +108,37 @@ impl Reference {
         Ok(out)
     }
 }
+
+/// A quantization recipe by name, as `cargo xtask compress --bits … [--group-size …]
+/// [--float …]` gives it.
+#[derive(Clone, Copy, Debug)]
+pub struct QuantRecipe {
+    /// A short name (a directory name).
+    pub name: &'static str,
+    pub bits: &'static str,
+    pub group: Option<usize>,
+    /// Comma-separated parts kept float (`--float`).
+    pub float: &'static str,
+}
+
+/// The quantized variants of the tiny fixture that the whole-model tests run on the GPU, natively
+/// and in the browser, against this reference: every scheme, per-channel and grouped INT4
+/// weights, and float parts.
+pub const TEST_RECIPES: [QuantRecipe; 5] = [
+    QuantRecipe { name: "w8a8", bits: "w8a8", group: None, float: "" },
+    QuantRecipe { name: "w4a8", bits: "w4a8", group: None, float: "" },
+    QuantRecipe { name: "w4a8-g64", bits: "w4a8", group: Some(64), float: "" },
+    QuantRecipe { name: "w4a4", bits: "w4a4", group: None, float: "" },
+    QuantRecipe { name: "w8a8-float-vision-lm_head", bits: "w8a8", group: None, float: "vision,lm_head" },
+];
+
+/// The cases of the tiny fixture the quantized variants are checked on (one text, one image).
+pub const TEST_CASES: [&str; 2] = ["text_chat", "coffee_nosplit"];
+
+impl QuantRecipe {
+    pub fn options(&self) -> Result<crate::quant::QuantOptions> {
+        let mut opts = crate::quant::QuantOptions::parse(self.bits, self.group)?;
+        opts.parts = crate::quant::QuantParts::keeping_float(self.float)?;
+        Ok(opts)
+    }
+}

@@ -164,7 +164,7 @@ impl Embed {
         table.values.expect_shape("embedding table", &[vocab, d])?;
         let row_bytes = (d * 4) as u64;
         let table_row = table.values.row_bytes();
-        let scale_row = table.scales.as_ref().map_or(4, |s| s.encoding.byte_len(&[1]) as u64);
+        let scale_row = table.scales.as_ref().map(|s| s.encoding.byte_len(&[1]) as u64);
         let out_bytes = tokens as u64 * row_bytes;
         if out_bytes / 4 > u64::from(u32::MAX) {
             return Err(RuntimeError::Shape(format!("embedding {shape:?} is too large")));
@@ -188,7 +188,8 @@ impl Embed {
             None => None,
         };
         let pipeline = gpu.pipelines.get(gpu, Self::SHADER, &self.defines()).await?;
-        let chunk = rows_per_chunk(gpu, "the embedding table", vocab, &[table_row, scale_row])?;
+        let row_bytes: Vec<u64> = [Some(table_row), scale_row].into_iter().flatten().collect();
+        let chunk = rows_per_chunk(gpu, "the embedding table", vocab, &row_bytes)?;
         let (gx, gy) = grid(gpu, tokens as u64)?;
         for (r0, nr) in chunks(vocab, chunk) {
             let params = Params {
@@ -209,8 +210,8 @@ impl Embed {
             if let Some((features, bytes)) = image_binding {
                 resources.push(slice(features, 0, bytes));
             }
-            if let Some(scales) = &table.scales {
-                resources.push(slice(&scales.buffer, r0 as u64 * scale_row, nr as u64 * scale_row));
+            if let (Some(scales), Some(row)) = (&table.scales, scale_row) {
+                resources.push(slice(&scales.buffer, r0 as u64 * row, nr as u64 * row));
             }
             dispatch(gpu, encoder, &pipeline, "embed", bytemuck::bytes_of(&params), resources, (gx, gy, 1));
         }

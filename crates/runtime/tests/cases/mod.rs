@@ -20,6 +20,14 @@ pub const TINY_CASES: [&str; 5] =
 /// Relative tolerance on the top logits (absolute below 1).
 pub const LOGIT_TOLERANCE: f32 = 1e-3;
 
+/// Relative tolerance on the top logits of a quantized model against its CPU reference. Every
+/// quantized layer is bit-exact given the same input (`tests/quant.rs`), but the float kernels
+/// between them (LayerNorm, RMSNorm, attention's softmax, GELU's `tanh`) round differently from
+/// candle's by a few ULP, and an activation that lands that close to a rounding boundary takes
+/// the neighbouring integer. Measured on the tiny fixture: text prompts ≤ 3e-7, image prompts
+/// (12 quantized vision layers over 64 patches) up to 1e-2 (0.08 on a logit of 52).
+pub const QUANT_LOGIT_TOLERANCE: f32 = 2e-2;
+
 /// `rel` joined to the directory `base` ('/'-separated, a path or a URL), with `.` and `..`
 /// resolved lexically.
 pub fn join(base: &str, rel: &str) -> String {
