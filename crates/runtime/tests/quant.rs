@@ -14,7 +14,8 @@ use pocketvlm_format::quant::{ActivationQuant, Construction, QuantLinear, QuantW
 use pocketvlm_runtime::kernels::quant::{QuantWeightsGpu, Quantize, Rotate, RotationTable, activation_words};
 use pocketvlm_runtime::model::linear::{self, Linear, Scratch};
 use pocketvlm_runtime::tensor::Tensor;
-use pocketvlm_runtime::{DeviceOptions, Gpu};
+use pocketvlm_runtime::kernels::embed::EmbedTable;
+use pocketvlm_runtime::{DeviceOptions, Gpu, RuntimeError};
 
 #[cfg(target_arch = "wasm32")]
 wasm_bindgen_test::wasm_bindgen_test_configure!(run_in_browser);
@@ -250,6 +251,29 @@ async fn check_split_binding() {
     layer_case(&gpu, 40, LayerCase { group: Some(64), rotate: true, ..case(8, 128, i4b, i8b) }, 4).await;
 }
 
+/// What the kernels cannot compute is refused with a typed error naming the reason, not run.
+async fn check_unsupported(gpu: &Gpu) {
+    let unsupported = |r: Result<(), RuntimeError>, what: &str| match r {
+        Err(RuntimeError::UnsupportedModel(m)) => assert!(m.contains(what), "{m}"),
+        other => panic!("expected UnsupportedModel({what}), got {other:?}"),
+    };
+    // A Hadamard core of order 68 (Paley I, q = 67) is larger than the kernel holds.
+    let r = Rotation::new(68, Construction::Kronecker, Some(1)).unwrap();
+    unsupported(RotationTable::new(gpu, &r).await.map(|_| ()), "order 68");
+    let w = Tensor::upload(gpu, "w", vec![4, 8], Encoding::I4, &[0; 16]).await.unwrap();
+    // per-channel scales given for a grouped layer
+    let s = Tensor::from_f32(gpu, "s", vec![4], &[1.0; 4]).await.unwrap();
+    unsupported(QuantWeightsGpu::new(w.clone(), s.clone(), Some(8)).map(|_| ()), "scales");
+    // bf16 scales
+    let s16 = Tensor::upload(gpu, "s", vec![4], Encoding::BF16, &[0; 8]).await.unwrap();
+    unsupported(QuantWeightsGpu::new(w.clone(), s16, None).map(|_| ()), "bf16");
+    // a float tensor as a packed weight
+    let f = Tensor::from_f32(gpu, "f", vec![4, 8], &[0.0; 32]).await.unwrap();
+    unsupported(QuantWeightsGpu::new(f, s.clone(), None).map(|_| ()), "i8 or i4");
+    // an INT4 lookup table
+    unsupported(EmbedTable::new(w, Some(s)).map(|_| ()), "embedding table");
+}
+
 #[cfg(not(target_arch = "wasm32"))]
 #[test]
 fn quant_kernels_match_reference() {
@@ -258,6 +282,7 @@ fn quant_kernels_match_reference() {
     pollster::block_on(check_rotations(&gpu));
     pollster::block_on(check_quantize(&gpu));
     pollster::block_on(check_layers(&gpu));
+    pollster::block_on(check_unsupported(&gpu));
 }
 
 #[cfg(not(target_arch = "wasm32"))]
@@ -273,6 +298,7 @@ async fn quant_kernels_match_reference_in_browser() {
     check_rotations(&gpu).await;
     check_quantize(&gpu).await;
     check_layers(&gpu).await;
+    check_unsupported(&gpu).await;
 }
 
 #[cfg(target_arch = "wasm32")]

@@ -1,4 +1,5 @@
-//! The dense SmolVLM model on the GPU (f32 compute) and token-by-token generation.
+//! The SmolVLM model on the GPU (f32 activations; float or quantized layers chosen from the
+//! manifest in [`linear`]) and token-by-token generation.
 //!
 //! The caller owns the loop: [`Generator::start`] runs the prefill, each
 //! [`Generator::next_token`] returns one token (or `None` once finished), so streaming and abort
