@@ -11,10 +11,10 @@ use common::{encoder, read_u32, submit, upload, values, zeros};
 use pocketvlm_format::Encoding;
 use pocketvlm_format::quant::pack::{Bits, pack};
 use pocketvlm_format::quant::{ActivationQuant, Construction, QuantLinear, QuantWeights, Rotation};
+use pocketvlm_runtime::kernels::embed::EmbedTable;
 use pocketvlm_runtime::kernels::quant::{QuantWeightsGpu, Quantize, Rotate, RotationTable, activation_words};
 use pocketvlm_runtime::model::linear::{self, Linear, Scratch};
 use pocketvlm_runtime::tensor::Tensor;
-use pocketvlm_runtime::kernels::embed::EmbedTable;
 use pocketvlm_runtime::{DeviceOptions, Gpu, RuntimeError};
 
 #[cfg(target_arch = "wasm32")]
