@@ -134,7 +134,7 @@ export declare class PromptTooLongError extends PocketVLMError {
   readonly tokens: number;
   readonly limit: number;
 }
-/** The model is valid but this runtime cannot run it (yet), e.g. quantized or low-rank weights. */
+/** The model is valid but this runtime cannot run it (yet), e.g. low-rank factors; the message names the tensor and the reason. */
 export declare class UnsupportedModelError extends PocketVLMError {}
 
 export declare function errorToData(error: unknown): { name: string; message: string; [field: string]: unknown };

@@ -38,7 +38,8 @@ pub enum RuntimeError {
     Format(pocketvlm_format::FormatError),
     #[error("shape error: {0}")]
     Shape(String),
-    /// A valid model this runtime cannot run (yet): low-rank factors or packed integer weights.
+    /// A valid model this runtime cannot run (yet): low-rank factors, or a quantized layer whose
+    /// arithmetic the kernels lack (the message names the tensor and the reason).
     #[error("unsupported model: {0}")]
     UnsupportedModel(String),
     /// The caller aborted the operation (an `AbortSignal` in the browser).

@@ -22,8 +22,8 @@ pub enum ErrorName {
     /// The image could not be decoded or has an impossible size.
     ImageDecode,
     PromptTooLong,
-    /// A valid model this runtime cannot run (yet), e.g. packed integer weights or low-rank
-    /// factors; the message says what the model has.
+    /// A valid model this runtime cannot run (yet), e.g. low-rank factors or arithmetic its
+    /// kernels lack; the message names the tensor and the reason.
     UnsupportedModel,
     /// An option or argument has the wrong type or value.
     Type,

@@ -60,6 +60,8 @@ pub async fn load(
     on_progress: &dyn Fn(&Progress),
 ) -> Result<(FetchedModel, LoadReport), RuntimeError> {
     let manifest: Manifest = fetch_manifest(base, signal).await?;
+    // a model the runtime cannot run is refused before its shards are downloaded
+    pocketvlm_runtime::model::check_supported(&manifest)?;
     let cache = if use_cache { ShardCache::open().await } else { None };
     let mut tally = Tally::new(&manifest);
     on_progress(&tally.started());
