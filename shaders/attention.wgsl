@@ -17,6 +17,15 @@
 // SPLIT_KEYS variant: one workgroup of 256 invocations per (query, head, batch), for few queries
 // (decode): blocks of 256 keys, one score per invocation, block max and sum reduced in workgroup
 // memory, then (lane, 4 dims) invocations accumulate p * v.
+//
+// Values of a shared-latent cache (the "absorbed" form, decoder only): with LATENT_F32 or
+// LATENT_I8 the value of key j is not a per-head row of v but the latent row of token j, the
+// same for every head, VD wide (VD4 vec4s), and `out` gets the softmax-weighted latent sum
+// c_hat[b, i, h, :] = sum_j p_ij * latent[j, :]  (the caller applies v_up per head afterwards):
+//   LATENT_F32: v f32 [kv_capacity, value_width], read four at a time, zero past value_width;
+//   LATENT_I8:  v u32 [kv_capacity, VD4] (the contract's INT8 latent, i8 lanes) with f32 scales
+//               vscale [kv_capacity]: latent[j, e] = f32(q[j, e]) * vscale[j] (one rounding).
+// `out` is [batch, queries, heads, VD].
 
 struct Params {
     queries: u32,
@@ -31,14 +40,29 @@ struct Params {
     key_end: u32,
     first: u32,
     last: u32,
+    value_width: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read> q: array<vec4<f32>>;
 @group(0) @binding(2) var<storage, read> k: array<vec4<f32>>;
+#ifdef LATENT_F32
+@group(0) @binding(3) var<storage, read> v: array<f32>;
+#else
+#ifdef LATENT_I8
+@group(0) @binding(3) var<storage, read> v: array<u32>;
+#else
 @group(0) @binding(3) var<storage, read> v: array<vec4<f32>>;
+#endif
+#endif
 @group(0) @binding(4) var<storage, read_write> out: array<vec4<f32>>;
 @group(0) @binding(5) var<storage, read_write> ml: array<f32>;
+#ifdef LATENT_I8
+@group(0) @binding(6) var<storage, read> vscale: array<f32>;
+#endif
 
 #ifdef HEAD_DIM
 const HD: u32 = {{HEAD_DIM}}u;
@@ -46,6 +70,12 @@ const HD: u32 = {{HEAD_DIM}}u;
 const HD: u32 = 64u;
 #endif
 const HD4: u32 = HD / 4u;
+#ifdef VALUE_DIM
+const VD: u32 = {{VALUE_DIM}}u;
+#else
+const VD: u32 = HD;
+#endif
+const VD4: u32 = VD / 4u;
 
 // Keys visible to query i of this call.
 fn visible_keys(i: u32) -> u32 {
@@ -64,6 +94,27 @@ fn kv_row(b: u32, j: u32, g: u32) -> u32 {
     return (b * params.kv_capacity + j) * params.kv_heads + g;
 }
 
+// Value vec4 c (dims 4c..4c+3) of key j for kv head g.
+fn value4(b: u32, j: u32, g: u32, c: u32) -> vec4<f32> {
+#ifdef LATENT_F32
+    let base = (b * params.kv_capacity + j) * params.value_width;
+    var x = vec4<f32>(0.0);
+    for (var e = 0u; e < 4u; e++) {
+        if (4u * c + e < params.value_width) {
+            x[e] = v[base + 4u * c + e];
+        }
+    }
+    return x;
+#else
+#ifdef LATENT_I8
+    let row = b * params.kv_capacity + j;
+    return vec4<f32>(unpack4xI8(v[row * VD4 + c])) * vscale[row];
+#else
+    return v[kv_row(b, j, g) * HD4 + c];
+#endif
+#endif
+}
+
 #ifndef SPLIT_KEYS
 const BQ: u32 = 64u;
 #ifdef BLOCK_KEYS
@@ -72,10 +123,12 @@ const BK: u32 = {{BLOCK_KEYS}}u;
 const BK: u32 = 16u;
 #endif
 const TILE4: u32 = BK * HD4;
+const VTILE4: u32 = BK * VD4;
 const LOADS: u32 = (TILE4 + BQ - 1u) / BQ;
+const VLOADS: u32 = (VTILE4 + BQ - 1u) / BQ;
 
 var<workgroup> ks: array<vec4<f32>, TILE4>;
-var<workgroup> vs: array<vec4<f32>, TILE4>;
+var<workgroup> vs: array<vec4<f32>, VTILE4>;
 
 @compute @workgroup_size(64, 1, 1)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
@@ -89,13 +142,15 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     var n_mine = 0u;
     var row = 0u;
     var qv: array<vec4<f32>, HD4>;
-    var acc: array<vec4<f32>, HD4>;
+    var acc: array<vec4<f32>, VD4>;
     var m = 0.0;
     var l = 0.0;
     var started = params.first == 0u;
     for (var c = 0u; c < HD4; c++) {
-        acc[c] = vec4<f32>(0.0);
         qv[c] = vec4<f32>(0.0);
+    }
+    for (var c = 0u; c < VD4; c++) {
+        acc[c] = vec4<f32>(0.0);
     }
     if (is_query) {
         n_mine = min(params.key_end, visible_keys(i));
@@ -106,8 +161,8 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
         if (started) {
             m = ml[2u * row];
             l = ml[2u * row + 1u];
-            for (var c = 0u; c < HD4; c++) {
-                acc[c] = out[row * HD4 + c];
+            for (var c = 0u; c < VD4; c++) {
+                acc[c] = out[row * VD4 + c];
             }
         }
     }
@@ -117,13 +172,20 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
             if (e < TILE4) {
                 let j = j0 + e / HD4;
                 var kk = vec4<f32>(0.0);
-                var vv = vec4<f32>(0.0);
                 if (j < params.kv_len) {
-                    let idx = kv_row(b, j, g) * HD4 + e % HD4;
-                    kk = k[idx];
-                    vv = v[idx];
+                    kk = k[kv_row(b, j, g) * HD4 + e % HD4];
                 }
                 ks[e] = kk;
+            }
+        }
+        for (var r = 0u; r < VLOADS; r++) {
+            let e = r * BQ + li;
+            if (e < VTILE4) {
+                let j = j0 + e / VD4;
+                var vv = vec4<f32>(0.0);
+                if (j < params.kv_len) {
+                    vv = value4(b, j, g, e % VD4);
+                }
                 vs[e] = vv;
             }
         }
@@ -157,10 +219,10 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
                 }
             }
             l = l * alpha + tile_sum;
-            for (var c = 0u; c < HD4; c++) {
+            for (var c = 0u; c < VD4; c++) {
                 var t = vec4<f32>(0.0);
                 for (var jj = 0u; jj < BK; jj++) {
-                    t = fma(vec4<f32>(p[jj]), vs[jj * HD4 + c], t);
+                    t = fma(vec4<f32>(p[jj]), vs[jj * VD4 + c], t);
                 }
                 acc[c] = acc[c] * alpha + t;
             }
@@ -171,12 +233,12 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     }
     if (is_query) {
         if (params.last != 0u) {
-            for (var c = 0u; c < HD4; c++) {
-                out[row * HD4 + c] = acc[c] / l;
+            for (var c = 0u; c < VD4; c++) {
+                out[row * VD4 + c] = acc[c] / l;
             }
         } else {
-            for (var c = 0u; c < HD4; c++) {
-                out[row * HD4 + c] = acc[c];
+            for (var c = 0u; c < VD4; c++) {
+                out[row * VD4 + c] = acc[c];
             }
             ml[2u * row] = m;
             ml[2u * row + 1u] = l;
@@ -185,7 +247,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
 }
 #else
 const T: u32 = 256u;
-const LANES: u32 = T / HD4;
+const LANES: u32 = T / VD4;
 
 var<workgroup> qs: array<vec4<f32>, HD4>;
 var<workgroup> ps: array<f32, 256>;
@@ -232,8 +294,8 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
         qs[li] = q[row * HD4 + li];
     }
     // Invocation (lane, c) accumulates dims 4c..4c+3 over keys lane, lane + LANES, ….
-    let lane = li / HD4;
-    let c = li % HD4;
+    let lane = li / VD4;
+    let c = li % VD4;
     var m = 0.0;
     var l = 0.0;
     var acc = vec4<f32>(0.0);
@@ -242,7 +304,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
         m = ml[2u * row];
         l = ml[2u * row + 1u];
         if (lane == 0u) {
-            acc = out[row * HD4 + c];
+            acc = out[row * VD4 + c];
         }
     }
     workgroupBarrier();
@@ -275,7 +337,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
             let count = min(T, n - j0);
             var t = vec4<f32>(0.0);
             for (var jj = lane; jj < count; jj += LANES) {
-                t = fma(vec4<f32>(ps[jj]), v[kv_row(b, j0 + jj, g) * HD4 + c], t);
+                t = fma(vec4<f32>(ps[jj]), value4(b, j0 + jj, g, c), t);
             }
             acc = acc * alpha + t;
         }
@@ -284,18 +346,18 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
         workgroupBarrier();
     }
     if (lane < LANES) {
-        part[lane * HD4 + c] = acc;
+        part[lane * VD4 + c] = acc;
     }
     workgroupBarrier();
-    if (li < HD4) {
+    if (li < VD4) {
         var o = vec4<f32>(0.0);
         for (var r = 0u; r < LANES; r++) {
-            o += part[r * HD4 + li];
+            o += part[r * VD4 + li];
         }
         if (params.last != 0u) {
-            out[row * HD4 + li] = o / l;
+            out[row * VD4 + li] = o / l;
         } else {
-            out[row * HD4 + li] = o;
+            out[row * VD4 + li] = o;
         }
     }
     if (li == 0u && params.last == 0u) {

@@ -5,6 +5,8 @@
 //   out[i]        = x[i] * cos[i] - x[i + half] * sin[i]
 //   out[i + half] = x[i + half] * cos[i] + x[i] * sin[i]
 // One invocation per (token, head, i < half); q and k heads share one linear index space.
+// ONE_TENSOR: only `q` is bound and rotated (kv_heads = 0): the keys rebuilt from a latent
+// cache, at positions pos0.., or queries alone.
 
 struct Params {
     tokens: u32,
@@ -20,7 +22,9 @@ struct Params {
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read> table: array<f32>;
 @group(0) @binding(2) var<storage, read_write> q: array<f32>;
+#ifndef ONE_TENSOR
 @group(0) @binding(3) var<storage, read_write> k: array<f32>;
+#endif
 
 @compute @workgroup_size(256, 1, 1)
 fn main(
@@ -46,11 +50,14 @@ fn main(
         let b = q[base + half];
         q[base] = a * c - b * s;
         q[base + half] = b * c + a * s;
-    } else {
+    }
+#ifndef ONE_TENSOR
+    else {
         let base = (t * params.kv_heads + (head - params.heads)) * 2u * half + i;
         let a = k[base];
         let b = k[base + half];
         k[base] = a * c - b * s;
         k[base + half] = b * c + a * s;
     }
+#endif
 }

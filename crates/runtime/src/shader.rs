@@ -32,6 +32,7 @@ shaders![
     "rotate",
     "quantize",
     "qmatmul",
+    "latent_up",
 ];
 
 /// Preprocessor defines: name → value. Ordered, so it can key a pipeline cache.

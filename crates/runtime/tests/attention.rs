@@ -6,7 +6,7 @@ mod common;
 
 use common::{EPS, assert_close, encoder, submit, upload, values, zeros};
 use pocketvlm_runtime::kernels::attention::{
-    Attention, AttentionShape, AttentionVariant, SPLIT_KEYS_BELOW, attention_reference,
+    Attention, AttentionShape, AttentionVariant, SPLIT_KEYS_BELOW, ValueKind, attention_reference,
 };
 use pocketvlm_runtime::{DeviceOptions, Gpu, RuntimeError};
 
@@ -75,7 +75,10 @@ async fn attention_case(gpu: &Gpu, shape: AttentionShape, q_scale: f32, seed: u6
     for variant in [AttentionVariant::QueryTiled, AttentionVariant::SplitKeys] {
         let out = zeros(gpu, q.len()).await;
         let mut enc = encoder(gpu);
-        Attention { head_dim, variant }.encode(gpu, &mut enc, shape, &qb, &kb, &vb, &out).await.unwrap();
+        Attention { head_dim, variant, values: ValueKind::PerHead }
+            .encode(gpu, &mut enc, shape, &qb, &kb, &vb, &out)
+            .await
+            .unwrap();
         submit(gpu, enc);
         let got = gpu.read_f32(&out, q.len()).await.unwrap();
         let what = format!("attention {variant:?} {shape:?}");
@@ -130,7 +133,11 @@ async fn check_shapes(gpu: &Gpu) {
     ];
     for shape in bad {
         let mut enc = encoder(gpu);
-        let kernel = Attention { head_dim: shape.head_dim, variant: AttentionVariant::QueryTiled };
+        let kernel = Attention {
+            head_dim: shape.head_dim,
+            variant: AttentionVariant::QueryTiled,
+            values: ValueKind::PerHead,
+        };
         let err = kernel.encode(gpu, &mut enc, shape, &buf, &buf, &buf, &out).await.unwrap_err();
         assert!(matches!(err, RuntimeError::Shape(_)), "{shape:?}: {err}");
     }

@@ -174,12 +174,12 @@ async fn layer_case(gpu: &Gpu, rows: usize, c: LayerCase, seed: u64) {
         Some(b) => Some(Tensor::from_f32(gpu, "b", vec![out], b).await.unwrap()),
         None => None,
     };
-    let layer = Linear::Quant(Box::new(linear::QuantLinear {
+    let layer = Linear::from(linear::Matrix::Quant(Box::new(linear::QuantLinear {
         weights: QuantWeightsGpu::new(weight, scale_tensor, group).unwrap(),
         activation: act,
         online: tables,
         bias: bias_tensor,
-    }));
+    })));
     let xb = upload(gpu, &x).await;
     let yb = zeros(gpu, rows * out).await;
     let mut enc = encoder(gpu);

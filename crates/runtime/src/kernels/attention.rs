@@ -47,8 +47,10 @@ struct Params {
     key_end: u32,
     first: u32,
     last: u32,
+    value_width: u32,
+    _pad: [u32; 3],
 }
-const _: () = assert!(std::mem::size_of::<Params>() == 48);
+const _: () = assert!(std::mem::size_of::<Params>() == 64);
 
 /// Largest supported head dimension (keeps the staged key/value tiles within 16 KiB); head
 /// dimensions must also be multiples of 4 (the shader reads vec4s).
@@ -136,20 +138,81 @@ pub enum AttentionVariant {
     SplitKeys,
 }
 
+/// What the values are.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ValueKind {
+    /// Per-head rows `[batch, kv_capacity, kv_heads, head_dim]` f32 (`out` is `[…, head_dim]`).
+    PerHead,
+    /// A shared f32 latent `[kv_capacity, width]` (the absorbed form; `out` is the weighted
+    /// latent sum per head, `width` rounded up to 4).
+    LatentF32 { width: usize },
+    /// The contract's INT8 latent: `words` u32 per row (i8 lanes, zero-padded) and one f32 scale
+    /// per row (`out` is `[…, 4·words]`).
+    LatentI8 { words: usize },
+}
+
+impl ValueKind {
+    /// f32 values per output row of one head.
+    pub fn out_dim(&self, head_dim: usize) -> usize {
+        match *self {
+            ValueKind::PerHead => head_dim,
+            ValueKind::LatentF32 { width } => width.next_multiple_of(4),
+            ValueKind::LatentI8 { words } => 4 * words,
+        }
+    }
+}
+
+/// The values an attention call reads.
+pub enum Values<'a> {
+    PerHead(&'a wgpu::Buffer),
+    LatentF32 { rows: &'a wgpu::Buffer, width: usize },
+    LatentI8 { words: &'a wgpu::Buffer, scales: &'a wgpu::Buffer, words_per_row: usize },
+}
+
+impl Values<'_> {
+    pub fn kind(&self) -> ValueKind {
+        match *self {
+            Values::PerHead(_) => ValueKind::PerHead,
+            Values::LatentF32 { width, .. } => ValueKind::LatentF32 { width },
+            Values::LatentI8 { words_per_row, .. } => ValueKind::LatentI8 { words: words_per_row },
+        }
+    }
+}
+
+/// Largest value row (f32) of the absorbed form; keeps a 256-invocation workgroup's lanes and
+/// a query's accumulator bounded.
+pub const MAX_VALUE_DIM: usize = 1024;
+
 /// The attention kernel for one head dimension (a compile-time constant of the shader).
 #[derive(Clone, Copy, Debug)]
 pub struct Attention {
     pub head_dim: usize,
     pub variant: AttentionVariant,
+    pub values: ValueKind,
 }
 
 impl Kernel for Attention {
     const SHADER: &'static str = "attention";
     fn defines(&self) -> Defines {
         let mut d = BTreeMap::from([("HEAD_DIM".to_string(), self.head_dim.to_string())]);
+        let vd = self.values.out_dim(self.head_dim);
+        match self.values {
+            ValueKind::PerHead => {}
+            ValueKind::LatentF32 { .. } => {
+                d.insert("LATENT_F32".to_string(), String::new());
+            }
+            ValueKind::LatentI8 { .. } => {
+                d.insert("LATENT_I8".to_string(), String::new());
+            }
+        }
+        if vd != self.head_dim {
+            d.insert("VALUE_DIM".to_string(), vd.to_string());
+        }
         match self.variant {
             AttentionVariant::QueryTiled => {
-                let block_keys = if self.head_dim <= 96 { 16 } else { 8 };
+                // Staged keys and values within 16 KiB of workgroup memory.
+                let per_key = (self.head_dim + vd) * 4;
+                let block_keys = [16, 8, 4, 2, 1].into_iter().find(|bk| bk * per_key <= 16384).unwrap_or(1);
                 d.insert("BLOCK_KEYS".to_string(), block_keys.to_string());
             }
             AttentionVariant::SplitKeys => {
@@ -168,7 +231,12 @@ impl Attention {
         } else {
             AttentionVariant::QueryTiled
         };
-        Self { head_dim: shape.head_dim, variant }
+        Self { head_dim: shape.head_dim, variant, values: ValueKind::PerHead }
+    }
+
+    /// The kernel for `shape` reading values of `kind`.
+    pub fn with_values(shape: &AttentionShape, kind: ValueKind) -> Self {
+        Self { values: kind, ..Self::for_shape(shape) }
     }
 
     /// Record `out = softmax(q·kᵀ·scale + mask)·v`.
@@ -181,6 +249,22 @@ impl Attention {
         q: &wgpu::Buffer,
         k: &wgpu::Buffer,
         v: &wgpu::Buffer,
+        out: &wgpu::Buffer,
+    ) -> Result<()> {
+        self.encode_values(gpu, encoder, shape, q, k, &Values::PerHead(v), out).await
+    }
+
+    /// Record the attention of `q` over keys `k` and values `v` of any [`ValueKind`]: with a
+    /// latent, `out[…, h, :] = Σ_j p_hj · latent[j, :]` (the absorbed form).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn encode_values(
+        &self,
+        gpu: &Gpu,
+        encoder: &mut wgpu::CommandEncoder,
+        shape: AttentionShape,
+        q: &wgpu::Buffer,
+        k: &wgpu::Buffer,
+        v: &Values<'_>,
         out: &wgpu::Buffer,
     ) -> Result<()> {
         let AttentionShape {
@@ -213,7 +297,15 @@ impl Attention {
         if causal && q_offset + queries > kv_len {
             return bad("causal queries need their own keys in the cache (q_offset + queries <= kv_len)");
         }
+        if v.kind() != self.values {
+            return bad("the kernel was built for other values");
+        }
+        let vd = self.values.out_dim(head_dim);
+        if vd == 0 || vd > MAX_VALUE_DIM || (self.values != ValueKind::PerHead && batch != 1) {
+            return bad(&format!("latent values are 1..={MAX_VALUE_DIM} wide, batch 1"));
+        }
         let q_bytes = (batch * queries * heads * head_dim * 4) as u64;
+        let out_bytes = (batch * queries * heads * vd * 4) as u64;
         let kv_bytes = (((batch - 1) * kv_capacity + kv_len) * kv_heads * head_dim * 4) as u64;
         let cap_elems = (batch * kv_capacity * kv_heads * head_dim) as u64;
         if q_bytes / 4 > u64::from(u32::MAX) || cap_elems > u64::from(u32::MAX) {
@@ -228,14 +320,24 @@ impl Attention {
             return bad("exceeds the dispatch limit");
         }
         require_size(q, q_bytes, "attention queries")?;
-        require_size(out, q_bytes, "attention output")?;
+        require_size(out, out_bytes, "attention output")?;
         require_size(k, kv_bytes, "attention keys")?;
-        require_size(v, kv_bytes, "attention values")?;
-        for (buffer, what) in [(q, "queries"), (k, "keys"), (v, "values")] {
+        let (v_buffer, v_bytes, v_scales) = match *v {
+            Values::PerHead(b) => (b, kv_bytes, None),
+            Values::LatentF32 { rows, width } => (rows, (kv_len * width * 4) as u64, None),
+            Values::LatentI8 { words, scales, words_per_row } => {
+                require_size(scales, kv_len as u64 * 4, "attention latent scales")?;
+                distinct(scales, out, "attention latent scales and output")?;
+                (words, (kv_len * words_per_row * 4) as u64, Some((scales, kv_len as u64 * 4)))
+            }
+        };
+        require_size(v_buffer, v_bytes, "attention values")?;
+        for (buffer, what) in [(q, "queries"), (k, "keys"), (v_buffer, "values")] {
             distinct(buffer, out, &format!("attention {what} and output"))?;
         }
         check_binding(gpu, "attention queries", q_bytes)?;
-        check_binding(gpu, "attention keys/values", kv_bytes)?;
+        check_binding(gpu, "attention output", out_bytes)?;
+        check_binding(gpu, "attention keys/values", kv_bytes.max(v_bytes))?;
         let pipeline = gpu.pipelines.get(gpu, Self::SHADER, &self.defines()).await?;
         // Keys any query of this call attends to.
         let key_count = if causal { kv_len.min(q_offset + queries) } else { kv_len };
@@ -247,6 +349,10 @@ impl Attention {
         // Running max and sum between passes ([batch, queries, heads, 2]); a 16-byte stand-in
         // when one pass suffices.
         let ml_bytes = if passes > 1 { q_bytes / head_dim as u64 * 2 } else { 16 };
+        let value_width = match self.values {
+            ValueKind::LatentF32 { width } => width,
+            _ => vd,
+        };
         check_binding(gpu, "attention softmax state", ml_bytes)?;
         let ml = gpu.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("attention softmax state"),
@@ -270,14 +376,19 @@ impl Attention {
                 key_end: ((pass + 1) * per_pass).min(key_count) as u32,
                 first: u32::from(pass == 0),
                 last: u32::from(pass + 1 == passes),
+                value_width: value_width as u32,
+                _pad: [0; 3],
             };
-            let resources = vec![
+            let mut resources = vec![
                 slice(q, 0, q_bytes),
                 slice(k, 0, kv_bytes),
-                slice(v, 0, kv_bytes),
-                slice(out, 0, q_bytes),
+                slice(v_buffer, 0, v_bytes),
+                slice(out, 0, out_bytes),
                 slice(&ml, 0, ml_bytes),
             ];
+            if let Some((scales, bytes)) = v_scales {
+                resources.push(slice(scales, 0, bytes));
+            }
             dispatch(gpu, encoder, &pipeline, "attention", bytemuck::bytes_of(&params), resources, groups);
         }
         Ok(())

@@ -6,6 +6,7 @@ pub mod attention;
 pub mod copy;
 pub mod elementwise;
 pub mod embed;
+pub mod latent;
 pub mod matmul;
 pub mod norm;
 pub mod patch_embed;

@@ -92,44 +92,80 @@ impl Rope {
         q: &wgpu::Buffer,
         k: &wgpu::Buffer,
     ) -> Result<()> {
-        let RopeShape { tokens, heads, kv_heads, head_dim, pos0, max_positions } = shape;
-        if tokens == 0 || heads == 0 || kv_heads == 0 || head_dim == 0 || head_dim % 2 != 0 {
+        if shape.kv_heads == 0 {
             return Err(RuntimeError::Shape(format!("rope over {shape:?}")));
         }
-        if pos0 + tokens > max_positions {
-            return Err(RuntimeError::Shape(format!(
-                "rope positions {pos0}..{} exceed the table's {max_positions}",
-                pos0 + tokens
-            )));
-        }
-        let threads = tokens as u64 * (heads + kv_heads) as u64 * (head_dim / 2) as u64;
-        if threads > u64::from(u32::MAX) || (max_positions * head_dim) as u64 > u64::from(u32::MAX) {
-            return Err(RuntimeError::Shape(format!("rope over {shape:?} is too large")));
-        }
-        let (q_bytes, k_bytes) =
-            ((tokens * heads * head_dim * 4) as u64, (tokens * kv_heads * head_dim * 4) as u64);
-        let table_bytes = (max_positions * head_dim * 4) as u64;
-        require_size(q, q_bytes, "rope queries")?;
-        require_size(k, k_bytes, "rope keys")?;
-        require_size(table, table_bytes, "rope table")?;
         distinct(q, k, "rope queries and keys")?;
-        check_binding(gpu, "rope queries", q_bytes)?;
-        check_binding(gpu, "rope keys", k_bytes)?;
-        check_binding(gpu, "rope table", table_bytes)?;
-        let pipeline = gpu.pipelines.get(gpu, Self::SHADER, &self.defines()).await?;
-        let params = Params {
-            tokens: tokens as u32,
-            heads: heads as u32,
-            kv_heads: kv_heads as u32,
-            half: (head_dim / 2) as u32,
-            pos0: pos0 as u32,
-            _pad: [0; 3],
-        };
-        let resources = vec![slice(table, 0, table_bytes), slice(q, 0, q_bytes), slice(k, 0, k_bytes)];
-        let (gx, gy) = grid(gpu, threads.div_ceil(u64::from(WORKGROUP)))?;
-        dispatch(gpu, encoder, &pipeline, "rope", bytemuck::bytes_of(&params), resources, (gx, gy, 1));
-        Ok(())
+        encode_rope(gpu, encoder, shape, table, q, Some(k)).await
     }
+
+    /// Record the rotation of one tensor `x` `[tokens, heads, hd]` in place (`shape.kv_heads`
+    /// is ignored): keys rebuilt from a latent cache at positions `pos0..`, or queries alone.
+    pub async fn encode_one(
+        &self,
+        gpu: &Gpu,
+        encoder: &mut wgpu::CommandEncoder,
+        shape: RopeShape,
+        table: &wgpu::Buffer,
+        x: &wgpu::Buffer,
+    ) -> Result<()> {
+        encode_rope(gpu, encoder, RopeShape { kv_heads: 0, ..shape }, table, x, None).await
+    }
+}
+
+async fn encode_rope(
+    gpu: &Gpu,
+    encoder: &mut wgpu::CommandEncoder,
+    shape: RopeShape,
+    table: &wgpu::Buffer,
+    q: &wgpu::Buffer,
+    k: Option<&wgpu::Buffer>,
+) -> Result<()> {
+    let RopeShape { tokens, heads, kv_heads, head_dim, pos0, max_positions } = shape;
+    if tokens == 0 || heads == 0 || head_dim == 0 || head_dim % 2 != 0 {
+        return Err(RuntimeError::Shape(format!("rope over {shape:?}")));
+    }
+    if pos0 + tokens > max_positions {
+        return Err(RuntimeError::Shape(format!(
+            "rope positions {pos0}..{} exceed the table's {max_positions}",
+            pos0 + tokens
+        )));
+    }
+    let threads = tokens as u64 * (heads + kv_heads) as u64 * (head_dim / 2) as u64;
+    if threads > u64::from(u32::MAX) || (max_positions * head_dim) as u64 > u64::from(u32::MAX) {
+        return Err(RuntimeError::Shape(format!("rope over {shape:?} is too large")));
+    }
+    let (q_bytes, k_bytes) =
+        ((tokens * heads * head_dim * 4) as u64, (tokens * kv_heads * head_dim * 4) as u64);
+    let table_bytes = (max_positions * head_dim * 4) as u64;
+    require_size(q, q_bytes, "rope queries")?;
+    require_size(table, table_bytes, "rope table")?;
+    check_binding(gpu, "rope queries", q_bytes)?;
+    check_binding(gpu, "rope table", table_bytes)?;
+    let mut resources = vec![slice(table, 0, table_bytes), slice(q, 0, q_bytes)];
+    let mut defines = Rope.defines();
+    match k {
+        Some(k) => {
+            require_size(k, k_bytes, "rope keys")?;
+            check_binding(gpu, "rope keys", k_bytes)?;
+            resources.push(slice(k, 0, k_bytes));
+        }
+        None => {
+            defines.insert("ONE_TENSOR".into(), String::new());
+        }
+    }
+    let pipeline = gpu.pipelines.get(gpu, Rope::SHADER, &defines).await?;
+    let params = Params {
+        tokens: tokens as u32,
+        heads: heads as u32,
+        kv_heads: kv_heads as u32,
+        half: (head_dim / 2) as u32,
+        pos0: pos0 as u32,
+        _pad: [0; 3],
+    };
+    let (gx, gy) = grid(gpu, threads.div_ceil(u64::from(WORKGROUP)))?;
+    dispatch(gpu, encoder, &pipeline, "rope", bytemuck::bytes_of(&params), resources, (gx, gy, 1));
+    Ok(())
 }
 
 /// CPU reference of [`Rope`] on one tensor `x` `[tokens, heads, hd]` (f64 arithmetic on the

@@ -1,8 +1,10 @@
-//! The model's layers, each chosen once from the manifest: [`Linear`] (dense float or quantized
-//! per the integer contract; the factored kinds of the format slot in here) and [`Embedding`].
+//! The model's layers, each chosen once from the manifest: [`Linear`] (one float or quantized
+//! [`Matrix`], or a low-rank pair of them) and [`Embedding`]; the joint-QKV latent is
+//! [`super::qkv`].
 //! The towers say `linear.forward(…)` and never look at an encoding.
 
-use pocketvlm_format::quant::{ActivationQuant, QuantError};
+use pocketvlm_format::compression::linear_factor_names;
+use pocketvlm_format::quant::ActivationQuant;
 
 use super::weights::{WeightLoader, is_float};
 use crate::device::Gpu;
@@ -26,8 +28,8 @@ pub struct QuantLinear {
     pub bias: Option<Tensor>,
 }
 
-/// `y = W x + b` for every row `x` of an f32 input.
-pub enum Linear {
+/// One matrix product `y = W x + b` for every row `x` of an f32 input.
+pub enum Matrix {
     /// A float weight `[out, in]` (f32, f16 or bf16, widened in the kernel).
     Float {
         weight: Tensor,
@@ -36,14 +38,52 @@ pub enum Linear {
     Quant(Box<QuantLinear>),
 }
 
+/// A linear layer: one [`Matrix`], or a low-rank pair `y = up · (down · x) (+ b)` (the format's
+/// single factored linear, [`pocketvlm_format::compression`]; the bias belongs to `up`).
+pub struct Linear {
+    pub down: Option<Matrix>,
+    pub up: Matrix,
+}
+
+impl From<Matrix> for Linear {
+    fn from(up: Matrix) -> Self {
+        Self { down: None, up }
+    }
+}
+
 /// Reusable GPU scratch of the quantized layers of one pass (rotated rows, activation integers
-/// and scales), grown as needed: consecutive dispatches of one encoder run in order, so every
-/// layer can reuse it.
+/// and scales) and of factored layers (their rank-wide intermediate), grown as needed:
+/// consecutive dispatches of one encoder run in order, so every layer can reuse it.
 #[derive(Default)]
 pub struct Scratch {
     rotated: Option<wgpu::Buffer>,
     words: Option<wgpu::Buffer>,
     scales: Option<wgpu::Buffer>,
+    inner: Option<wgpu::Buffer>,
+    latent: Option<wgpu::Buffer>,
+    latent_words: Option<wgpu::Buffer>,
+    latent_scales: Option<wgpu::Buffer>,
+}
+
+impl Scratch {
+    /// An f32 buffer of at least `len` values for a joint-QKV latent.
+    pub async fn latent(&mut self, gpu: &Gpu, len: usize) -> Result<wgpu::Buffer> {
+        at_least(gpu, &mut self.latent, "qkv latent", (len.max(1) * 4) as u64).await
+    }
+
+    /// Integers and scales of `rows` quantized latent rows of rank `r`.
+    pub async fn latent_rows(
+        &mut self,
+        gpu: &Gpu,
+        rows: usize,
+        r: usize,
+    ) -> Result<(wgpu::Buffer, wgpu::Buffer)> {
+        let words = (rows.max(1) * activation_words(r) * 4) as u64;
+        Ok((
+            at_least(gpu, &mut self.latent_words, "latent integers", words).await?,
+            at_least(gpu, &mut self.latent_scales, "latent scales", (rows.max(1) * 4) as u64).await?,
+        ))
+    }
 }
 
 async fn at_least(
@@ -62,12 +102,60 @@ async fn at_least(
     }
 }
 
-fn quant_error(name: &str, e: QuantError) -> RuntimeError {
+fn quant_error(name: &str, e: impl std::fmt::Display) -> RuntimeError {
     RuntimeError::UnsupportedModel(format!("quantized layer {name:?}: {e}"))
 }
 
 impl Linear {
-    /// The layer whose weight is tensor `weight` (quantized when the manifest's `quantization`
+    /// The layer `{base}.weight` with the f32 bias `bias` if given: dense, or factored when the
+    /// manifest holds `{base}.down.weight` and `{base}.up.weight` instead.
+    pub async fn load(w: &WeightLoader<'_>, weight: &str, bias: Option<&str>) -> Result<Self> {
+        if let Some(base) = weight.strip_suffix(".weight")
+            && !w.has(weight)
+        {
+            let (down, up) = linear_factor_names(base);
+            if w.has(&down) {
+                return Ok(Self {
+                    down: Some(Matrix::load(w, &down, None).await?),
+                    up: Matrix::load(w, &up, bias).await?,
+                });
+            }
+        }
+        Ok(Matrix::load(w, weight, bias).await?.into())
+    }
+
+    pub fn out_features(&self) -> usize {
+        self.up.out_features()
+    }
+
+    pub fn in_features(&self) -> usize {
+        self.down.as_ref().unwrap_or(&self.up).in_features()
+    }
+
+    /// Record `y = x Wᵀ (+ b)` for `rows` rows: `x` f32 `[rows, in]`, `y` f32 `[rows, out]`.
+    pub async fn forward(
+        &self,
+        gpu: &Gpu,
+        encoder: &mut wgpu::CommandEncoder,
+        scratch: &mut Scratch,
+        rows: usize,
+        x: &wgpu::Buffer,
+        y: &wgpu::Buffer,
+    ) -> Result<()> {
+        match &self.down {
+            None => self.up.forward(gpu, encoder, scratch, rows, x, y).await,
+            Some(down) => {
+                let bytes = (rows * down.out_features() * 4) as u64;
+                let inner = at_least(gpu, &mut scratch.inner, "low-rank intermediate", bytes).await?;
+                down.forward(gpu, encoder, scratch, rows, x, &inner).await?;
+                self.up.forward(gpu, encoder, scratch, rows, &inner, y).await
+            }
+        }
+    }
+}
+
+impl Matrix {
+    /// The matrix whose weight is tensor `weight` (quantized when the manifest's `quantization`
     /// section lists it), with the f32 bias `bias` if given.
     pub async fn load(w: &WeightLoader<'_>, weight: &str, bias: Option<&str>) -> Result<Self> {
         let bias = match bias {
@@ -75,10 +163,10 @@ impl Linear {
             None => None,
         };
         if let Some(layer) = w.quantized_layer(weight) {
-            let cols = w.stored(weight).await?.cols();
-            layer.validate(cols).map_err(|e| quant_error(weight, e))?;
-            let weights = QuantWeightsGpu::new(w.stored(weight).await?, w.scales(weight).await?, layer.group)
-                .map_err(|e| RuntimeError::UnsupportedModel(format!("quantized layer {weight:?}: {e}")))?;
+            let stored = w.stored(weight).await?;
+            layer.validate(stored.cols()).map_err(|e| quant_error(weight, e))?;
+            let weights = QuantWeightsGpu::new(stored, w.scales(weight).await?, layer.group)
+                .map_err(|e| quant_error(weight, e))?;
             let activation = layer.activation.build().map_err(|e| quant_error(weight, e))?;
             let mut online = Vec::new();
             for spec in &layer.online {
@@ -88,7 +176,7 @@ impl Linear {
             if let Some(b) = &bias {
                 b.expect_shape(&format!("bias of {weight:?}"), &[weights.out()])?;
             }
-            return Ok(Linear::Quant(Box::new(QuantLinear { weights, activation, online, bias })));
+            return Ok(Matrix::Quant(Box::new(QuantLinear { weights, activation, online, bias })));
         }
         let tensor = if w.is_quantized_table(weight) {
             w.dequantized_table(weight).await?
@@ -105,20 +193,27 @@ impl Linear {
         if let Some(b) = &bias {
             b.expect_shape(&format!("bias of {weight:?}"), &[tensor.shape[0]])?;
         }
-        Ok(Linear::Float { weight: tensor, bias })
+        Ok(Matrix::Float { weight: tensor, bias })
     }
 
     pub fn out_features(&self) -> usize {
         match self {
-            Linear::Float { weight, .. } => weight.shape[0],
-            Linear::Quant(q) => q.weights.out(),
+            Matrix::Float { weight, .. } => weight.shape[0],
+            Matrix::Quant(q) => q.weights.out(),
         }
     }
 
     pub fn in_features(&self) -> usize {
         match self {
-            Linear::Float { weight, .. } => weight.shape[1],
-            Linear::Quant(q) => q.weights.cols(),
+            Matrix::Float { weight, .. } => weight.shape[1],
+            Matrix::Quant(q) => q.weights.cols(),
+        }
+    }
+
+    pub fn bias(&self) -> Option<&Tensor> {
+        match self {
+            Matrix::Float { bias, .. } => bias.as_ref(),
+            Matrix::Quant(q) => q.bias.as_ref(),
         }
     }
 
@@ -134,14 +229,14 @@ impl Linear {
     ) -> Result<()> {
         let (n, k) = (self.out_features(), self.in_features());
         match self {
-            Linear::Float { weight, bias } => {
+            Matrix::Float { weight, bias } => {
                 let kernel = Matmul { bias: bias.is_some(), weights: weight.encoding };
                 let shape = MatmulShape { m: rows, n, k };
                 kernel
                     .encode(gpu, encoder, shape, x, &weight.buffer, bias.as_ref().map(|b| &b.buffer), y)
                     .await
             }
-            Linear::Quant(q) => q.forward(gpu, encoder, scratch, rows, x, y).await,
+            Matrix::Quant(q) => q.forward(gpu, encoder, scratch, rows, x, y).await,
         }
     }
 }
@@ -183,11 +278,45 @@ impl QuantLinear {
                 .encode(gpu, encoder, &self.activation, (&input.0, input.1), mr, cols, &words, &scales)
                 .await?;
             let a = QuantizedRows { words: &words, scales: &scales, tokens: mr };
-            QMatmul::for_weights(&self.weights, mr, self.bias.is_some())
-                .encode(gpu, encoder, &a, &self.weights, self.bias.as_ref(), (y, r0 as u64 * y_row))
-                .await?;
+            self.product(gpu, encoder, &a, (y, r0 as u64 * y_row)).await?;
         }
         Ok(())
+    }
+
+    /// Steps 2–5 for `rows` rows of `x` (a layer without online transforms, such as the ups of
+    /// a joint-QKV latent): integers into `words` (u32 `[rows, activation_words(cols)]`) and
+    /// scales into `scales` (f32 `[rows]`).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn quantize(
+        &self,
+        gpu: &Gpu,
+        encoder: &mut wgpu::CommandEncoder,
+        rows: usize,
+        x: &wgpu::Buffer,
+        words: &wgpu::Buffer,
+        scales: &wgpu::Buffer,
+    ) -> Result<()> {
+        if !self.online.is_empty() {
+            return Err(RuntimeError::UnsupportedModel(
+                "a quantized latent's up-projection has online transforms".into(),
+            ));
+        }
+        Quantize
+            .encode(gpu, encoder, &self.activation, (x, 0), rows, self.weights.cols(), words, scales)
+            .await
+    }
+
+    /// Steps 6–7 on already quantized rows: `y = dequant(W a) (+ b)` written from byte `y.1`.
+    pub async fn product(
+        &self,
+        gpu: &Gpu,
+        encoder: &mut wgpu::CommandEncoder,
+        a: &QuantizedRows<'_>,
+        y: (&wgpu::Buffer, u64),
+    ) -> Result<()> {
+        QMatmul::for_weights(&self.weights, a.tokens, self.bias.is_some())
+            .encode(gpu, encoder, a, &self.weights, self.bias.as_ref(), y)
+            .await
     }
 }
 

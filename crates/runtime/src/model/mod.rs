@@ -5,8 +5,10 @@
 //! [`Generator::next_token`] returns one token (or `None` once finished), so streaming and abort
 //! are the caller's choice between two calls.
 
+pub mod kv_cache;
 pub mod linear;
 mod prefix;
+pub mod qkv;
 pub mod sampling;
 mod scratch;
 pub mod text;
@@ -19,10 +21,11 @@ use crate::device::Gpu;
 use crate::error::{Result, RuntimeError};
 use crate::kernels::argmax::Argmax;
 use crate::kernels::embed::ImageFeatures;
+pub use kv_cache::{CacheKind, KvCache};
 pub use prefix::reusable_prefix;
 use sampling::{Pcg32, SamplingOptions, sample};
 use scratch::f32_buffer;
-use text::{KvCache, TextModel};
+use text::TextModel;
 use vision::VisionModel;
 use weights::WeightLoader;
 
@@ -34,6 +37,8 @@ pub struct Model {
     text: TextModel,
     weight_bytes: u64,
     table_bytes: u64,
+    /// The cache new generations use (the latent where the format allows it, by default).
+    pub cache_kind: CacheKind,
 }
 
 /// Image features computed by the vision tower and connector.
@@ -84,6 +89,7 @@ impl Model {
             text,
             weight_bytes,
             table_bytes: gpu.allocated_bytes() - before - weight_bytes,
+            cache_kind: CacheKind::default(),
         })
     }
 
@@ -225,11 +231,11 @@ impl Generator {
         let (mut cache, logits, argmax) = match reuse {
             Some((previous, keep)) => {
                 let mut cache = previous.cache;
-                cache.rewind_and_reserve(gpu, cfg, keep, capacity).await?;
+                cache.rewind_and_reserve(gpu, cfg, &model.text, keep, capacity).await?;
                 (cache, previous.logits, previous.argmax)
             }
             None => (
-                KvCache::new(gpu, cfg, capacity).await?,
+                KvCache::new(gpu, cfg, &model.text, model.cache_kind, capacity).await?,
                 f32_buffer(gpu, "logits", cfg.text.vocab_size).await?,
                 gpu.zeroed_buffer("argmax", 4).await?,
             ),
@@ -341,19 +347,11 @@ impl Generator {
     }
 }
 
-/// Low-rank factors (a `compression` section with factored layers) have no kernels yet: such a
-/// model would otherwise miss tensors layer by layer, so it is refused as a whole.
+/// Whether this runtime runs the model: every format kind (dense or factored, float or
+/// quantized) has kernels; what a layer can't do is refused with a typed error while loading.
 pub fn check_supported(manifest: &pocketvlm_format::Manifest) -> Result<()> {
     if let Some(c) = &manifest.compression {
-        let factored =
-            c.text_layers.iter().chain(&c.vision_layers).any(|l| l.qkv.is_some() || !l.mlp.is_empty());
-        if factored {
-            return Err(RuntimeError::UnsupportedModel(format!(
-                "the model has low-rank factors ({}); this runtime has no kernels for them yet \
-                 (convert the checkpoint with --recipe dense)",
-                c.recipe
-            )));
-        }
+        c.validate(&manifest.model).map_err(|e| RuntimeError::UnsupportedModel(e.to_string()))?;
     }
     Ok(())
 }

@@ -1,91 +1,36 @@
 //! The Llama/SmolLM2 text decoder with a KV cache.
 //!
 //! For `T` new tokens at positions `p0..p0+T`: `x = Embed(ids)` with image features scattered
-//! into the `<image>` positions; per layer `h = RMSNorm(x)`, `q,k,v = h·W_{q,k,v}ᵀ`, RoPE on `q`
-//! and `k`, `k, v` appended to the cache, `x += o_proj(CausalGQA(q, K[..p0+T], V[..p0+T]))`,
+//! into the `<image>` positions; per layer `h = RMSNorm(x)`, `q,k,v = h·W_{q,k,v}ᵀ` ([`Qkv`]),
+//! RoPE on `q` and `k`, `k, v` appended to the cache, `x += o_proj(CausalGQA(q, K[..p0+T],
+//! V[..p0+T]))` — or, for a layer with a latent cache ([`super::kv_cache`]), the latent appended,
+//! `K` rebuilt from it and `V` absorbed;
 //! `x += down(silu(gate(RMSNorm(x))) ⊙ up(RMSNorm(x)))`; then the final RMSNorm and `lm_head` on
 //! the last position only.
 
 use pocketvlm_format::ModelConfig;
 
-use super::linear::{Embedding, Linear, Scratch};
+use super::kv_cache::{KvCache, LayerCache};
+use super::linear::{Embedding, Linear, Matrix, Scratch};
+use super::qkv::{Qkv, Ups};
 use super::scratch::f32_buffer;
 use super::weights::WeightLoader;
 use crate::device::Gpu;
 use crate::error::{Result, RuntimeError};
-use crate::kernels::attention::{Attention, AttentionShape};
+use crate::kernels::attention::{Attention, AttentionShape, Values};
 use crate::kernels::copy::CopyRows;
 use crate::kernels::elementwise::{Add, SiluMul};
 use crate::kernels::embed::{Embed, EmbedShape, ImageFeatures};
+use crate::kernels::latent::{LatentUp, LatentUpShape, UpWeights};
 use crate::kernels::norm::{NormShape, RmsNorm};
+use crate::kernels::quant::QuantizedRows;
 use crate::kernels::rope::{Rope, RopeShape, rope_table};
 use crate::tensor::Tensor;
-
-/// Per-layer key and value caches, f32 `[capacity, kv_heads·head_dim]` each.
-pub struct KvCache {
-    pub keys: Vec<wgpu::Buffer>,
-    pub values: Vec<wgpu::Buffer>,
-    pub capacity: usize,
-    /// Tokens cached so far.
-    pub len: usize,
-}
-
-impl KvCache {
-    pub async fn new(gpu: &Gpu, cfg: &ModelConfig, capacity: usize) -> Result<Self> {
-        let width = cfg.text.num_key_value_heads * cfg.text.head_dim;
-        let mut keys = Vec::new();
-        let mut values = Vec::new();
-        for _ in 0..cfg.text.num_hidden_layers {
-            keys.push(f32_buffer(gpu, "kv cache k", capacity * width).await?);
-            values.push(f32_buffer(gpu, "kv cache v", capacity * width).await?);
-        }
-        Ok(Self { keys, values, capacity, len: 0 })
-    }
-
-    /// Bytes held on the GPU.
-    pub fn bytes(&self) -> u64 {
-        self.keys.iter().chain(&self.values).map(|b| b.size()).sum()
-    }
-
-    /// Keep the first `len` cached rows (dropping the rest) and make room for `capacity` rows in
-    /// all, moving the kept rows into larger buffers when the current ones are too small.
-    pub async fn rewind_and_reserve(
-        &mut self,
-        gpu: &Gpu,
-        cfg: &ModelConfig,
-        len: usize,
-        capacity: usize,
-    ) -> Result<()> {
-        if len > self.len {
-            return Err(RuntimeError::Shape(format!("cannot keep {len} of {} cached rows", self.len)));
-        }
-        self.len = len;
-        if capacity <= self.capacity {
-            return Ok(());
-        }
-        let mut grown = KvCache::new(gpu, cfg, capacity).await?;
-        if len > 0 {
-            let width = cfg.text.num_key_value_heads * cfg.text.head_dim;
-            let copy = CopyRows { rows: len, width, src_row: 0, dst_row: 0 };
-            let mut encoder = gpu.device.create_command_encoder(&Default::default());
-            for (old, new) in self.keys.iter().chain(&self.values).zip(grown.keys.iter().chain(&grown.values))
-            {
-                copy.encode(gpu, &mut encoder, old, new)?;
-            }
-            gpu.queue.submit([encoder.finish()]);
-        }
-        grown.len = len;
-        *self = grown;
-        Ok(())
-    }
-}
 
 /// One decoder layer's weights.
 pub struct DecoderLayer {
     pub input_norm: Tensor,
-    pub q: Linear,
-    pub k: Linear,
-    pub v: Linear,
+    pub qkv: Qkv,
     pub o: Linear,
     pub post_norm: Tensor,
     pub gate: Linear,
@@ -116,9 +61,7 @@ impl TextModel {
             };
             layers.push(DecoderLayer {
                 input_norm: w.f32(&format!("{l}.input_layernorm.weight")).await?,
-                q: linear("self_attn.q_proj").await?,
-                k: linear("self_attn.k_proj").await?,
-                v: linear("self_attn.v_proj").await?,
+                qkv: Qkv::load(w, &format!("{l}.self_attn"), false).await?,
                 o: linear("self_attn.o_proj").await?,
                 post_norm: w.f32(&format!("{l}.post_attention_layernorm.weight")).await?,
                 gate: linear("mlp.gate_proj").await?,
@@ -156,8 +99,7 @@ pub async fn forward(
     logits: &wgpu::Buffer,
 ) -> Result<()> {
     let c = &cfg.text;
-    let (d, hd) = (c.hidden_size, c.head_dim);
-    let (dq, dkv, inter) = (c.num_attention_heads * hd, c.num_key_value_heads * hd, c.intermediate_size);
+    let (d, inter) = (c.hidden_size, c.intermediate_size);
     let p0 = cache.len;
     if p0 + tokens > cache.capacity || p0 + tokens > model.max_positions {
         return Err(RuntimeError::Shape(format!(
@@ -173,39 +115,18 @@ pub async fn forward(
     Embed::for_table(table, image.is_some()).encode(gpu, encoder, shape, ids, table, image, &x).await?;
 
     let normed = f32_buffer(gpu, "text norm", tokens * d).await?;
-    let q = f32_buffer(gpu, "text q", tokens * dq).await?;
-    let k = f32_buffer(gpu, "text k", tokens * dkv).await?;
-    let v = f32_buffer(gpu, "text v", tokens * dkv).await?;
-    let attn = f32_buffer(gpu, "text attn", tokens * dq).await?;
     let out = f32_buffer(gpu, "text out", tokens * d).await?;
     let gate = f32_buffer(gpu, "text gate", tokens * inter).await?;
     let up = f32_buffer(gpu, "text up", tokens * inter).await?;
     let act = f32_buffer(gpu, "text act", tokens * inter).await?;
+    let mut pass = AttentionPass::new(gpu, cfg, model, cache, tokens).await?;
     let mut scratch = Scratch::default();
     let rms = RmsNorm { eps: c.rms_norm_eps as f32 };
     let rows = NormShape { rows: tokens, d };
-    let rope = RopeShape {
-        tokens,
-        heads: c.num_attention_heads,
-        kv_heads: c.num_key_value_heads,
-        head_dim: hd,
-        pos0: p0,
-        max_positions: model.max_positions,
-    };
-    let attention_shape =
-        AttentionShape::causal(tokens, c.num_attention_heads, c.num_key_value_heads, hd, p0, cache.capacity);
-    let attention = Attention::for_shape(&attention_shape);
-    let append = CopyRows::append(tokens, dkv, p0);
     for (i, l) in model.layers.iter().enumerate() {
         rms.encode(gpu, encoder, rows, &x, &l.input_norm.buffer, &normed).await?;
-        for (linear, dst) in [(&l.q, &q), (&l.k, &k), (&l.v, &v)] {
-            linear.forward(gpu, encoder, &mut scratch, tokens, &normed, dst).await?;
-        }
-        Rope.encode(gpu, encoder, rope, &model.rope_table, &q, &k).await?;
-        append.encode(gpu, encoder, &k, &cache.keys[i])?;
-        append.encode(gpu, encoder, &v, &cache.values[i])?;
-        attention.encode(gpu, encoder, attention_shape, &q, &cache.keys[i], &cache.values[i], &attn).await?;
-        l.o.forward(gpu, encoder, &mut scratch, tokens, &attn, &out).await?;
+        pass.encode(gpu, encoder, &mut scratch, &l.qkv, &cache.layers[i], &normed).await?;
+        l.o.forward(gpu, encoder, &mut scratch, tokens, &pass.attn, &out).await?;
         Add.encode(gpu, encoder, tokens * d, tokens * d, &x, &out).await?;
 
         rms.encode(gpu, encoder, rows, &x, &l.post_norm.buffer, &normed).await?;
@@ -225,4 +146,157 @@ pub async fn forward(
     rms.encode(gpu, encoder, one, &last, &model.norm.buffer, &last_normed).await?;
     model.lm_head.forward(gpu, encoder, &mut scratch, 1, &last_normed, logits).await?;
     Ok(())
+}
+
+/// The attention half of one pass of `tokens` new tokens at positions `p0..p0 + tokens`, layer
+/// by layer: projections, RoPE, the cache append and attention, into `attn` f32 `[tokens, d_q]`.
+/// Holds the pass's buffers (shared by all layers).
+struct AttentionPass<'a> {
+    cfg: &'a ModelConfig,
+    model: &'a TextModel,
+    tokens: usize,
+    p0: usize,
+    capacity: usize,
+    q: wgpu::Buffer,
+    k: wgpu::Buffer,
+    v: wgpu::Buffer,
+    /// Keys of all cached tokens rebuilt from a latent cache (f32 `[p0 + tokens, d_kv]`).
+    rebuilt: Option<wgpu::Buffer>,
+    /// Softmax-weighted latent sums per query head (f32 `[tokens, heads, ≤ 4·words]`).
+    sums: Option<wgpu::Buffer>,
+    attn: wgpu::Buffer,
+}
+
+impl<'a> AttentionPass<'a> {
+    async fn new(
+        gpu: &Gpu,
+        cfg: &'a ModelConfig,
+        model: &'a TextModel,
+        cache: &KvCache,
+        tokens: usize,
+    ) -> Result<Self> {
+        let c = &cfg.text;
+        let (dq, dkv) = (c.num_attention_heads * c.head_dim, c.num_key_value_heads * c.head_dim);
+        let ctx = cache.len + tokens;
+        let widest = cache
+            .layers
+            .iter()
+            .map(|l| match l {
+                LayerCache::Plain { .. } => 0,
+                LayerCache::LatentF32 { rank, .. } => rank.next_multiple_of(4),
+                LayerCache::LatentI8 { words_per_row, .. } => 4 * words_per_row,
+            })
+            .max()
+            .unwrap_or(0);
+        let latent = widest > 0;
+        Ok(Self {
+            cfg,
+            model,
+            tokens,
+            p0: cache.len,
+            capacity: cache.capacity,
+            q: f32_buffer(gpu, "text q", tokens * dq).await?,
+            k: f32_buffer(gpu, "text k", tokens * dkv).await?,
+            v: f32_buffer(gpu, "text v", tokens * dkv).await?,
+            rebuilt: if latent { Some(f32_buffer(gpu, "rebuilt keys", ctx * dkv).await?) } else { None },
+            sums: if latent {
+                Some(f32_buffer(gpu, "latent sums", tokens * c.num_attention_heads * widest).await?)
+            } else {
+                None
+            },
+            attn: f32_buffer(gpu, "text attn", tokens * dq).await?,
+        })
+    }
+
+    fn rope(&self, tokens: usize, heads: usize, pos0: usize) -> RopeShape {
+        let c = &self.cfg.text;
+        RopeShape {
+            tokens,
+            heads,
+            kv_heads: c.num_key_value_heads,
+            head_dim: c.head_dim,
+            pos0,
+            max_positions: self.model.max_positions,
+        }
+    }
+
+    /// Record one layer's attention over `normed` (f32 `[tokens, d]`) into `self.attn`.
+    async fn encode(
+        &mut self,
+        gpu: &Gpu,
+        encoder: &mut wgpu::CommandEncoder,
+        scratch: &mut Scratch,
+        qkv: &Qkv,
+        layer: &LayerCache,
+        normed: &wgpu::Buffer,
+    ) -> Result<()> {
+        let c = &self.cfg.text;
+        let (tokens, p0, hd) = (self.tokens, self.p0, c.head_dim);
+        let (heads, kv_heads, dkv) =
+            (c.num_attention_heads, c.num_key_value_heads, c.num_key_value_heads * hd);
+        let ctx = p0 + tokens;
+        let table = &self.model.rope_table;
+        let causal = AttentionShape::causal(tokens, heads, kv_heads, hd, p0, self.capacity);
+        let (joint, values) = match (qkv, layer) {
+            (qkv, LayerCache::Plain { keys, values, .. }) => {
+                qkv.forward(gpu, encoder, scratch, tokens, normed, [&self.q, &self.k, &self.v]).await?;
+                Rope.encode(gpu, encoder, self.rope(tokens, heads, p0), table, &self.q, &self.k).await?;
+                let append = CopyRows::append(tokens, dkv, p0);
+                append.encode(gpu, encoder, &self.k, keys)?;
+                append.encode(gpu, encoder, &self.v, values)?;
+                return Attention::for_shape(&causal)
+                    .encode(gpu, encoder, causal, &self.q, keys, values, &self.attn)
+                    .await;
+            }
+            (Qkv::Joint(j), LayerCache::LatentI8 { words, scales, words_per_row }) => {
+                let Ups::Quant { q: q_up, k: k_up, .. } = j.ups() else {
+                    return Err(RuntimeError::Shape("an INT8 latent cache for float ups".into()));
+                };
+                let r = j.rank();
+                let latent = scratch.latent(gpu, tokens * r).await?;
+                j.down.forward(gpu, encoder, scratch, tokens, normed, &latent).await?;
+                let (new_words, new_scales) = scratch.latent_rows(gpu, tokens, r).await?;
+                q_up.quantize(gpu, encoder, tokens, &latent, &new_words, &new_scales).await?;
+                CopyRows::append(tokens, *words_per_row, p0).encode(gpu, encoder, &new_words, words)?;
+                CopyRows::append(tokens, 1, p0).encode(gpu, encoder, &new_scales, scales)?;
+                let new = QuantizedRows { words: &new_words, scales: &new_scales, tokens };
+                q_up.product(gpu, encoder, &new, (&self.q, 0)).await?;
+                let all = QuantizedRows { words, scales, tokens: ctx };
+                k_up.product(gpu, encoder, &all, (self.rebuilt()?, 0)).await?;
+                (j, Values::LatentI8 { words, scales, words_per_row: *words_per_row })
+            }
+            (Qkv::Joint(j), LayerCache::LatentF32 { rows, rank }) => {
+                let latent = scratch.latent(gpu, tokens * rank).await?;
+                j.down.forward(gpu, encoder, scratch, tokens, normed, &latent).await?;
+                CopyRows::append(tokens, *rank, p0).encode(gpu, encoder, &latent, rows)?;
+                j.q_up.forward(gpu, encoder, scratch, tokens, &latent, &self.q).await?;
+                let rebuilt = self.rebuilt()?.clone();
+                j.k_up.forward(gpu, encoder, scratch, ctx, rows, &rebuilt).await?;
+                (j, Values::LatentF32 { rows, width: *rank })
+            }
+            _ => return Err(RuntimeError::Shape("a latent cache for a layer without a joint QKV".into())),
+        };
+        // Latent cache: RoPE on the new queries and on every rebuilt key at its own position,
+        // attention summing latents, then v_up once per head.
+        let rebuilt = self.rebuilt()?;
+        Rope.encode_one(gpu, encoder, self.rope(tokens, heads, p0), table, &self.q).await?;
+        Rope.encode_one(gpu, encoder, self.rope(ctx, kv_heads, 0), table, rebuilt).await?;
+        let shape = AttentionShape { kv_capacity: ctx, ..causal };
+        let kernel = Attention::with_values(&shape, values.kind());
+        let sums = self.sums.as_ref().ok_or_else(|| RuntimeError::Shape("no latent sums buffer".into()))?;
+        kernel.encode_values(gpu, encoder, shape, &self.q, rebuilt, &values, sums).await?;
+        let (weights, bias) = match &joint.v_up {
+            Matrix::Float { weight, bias } => (UpWeights::Float(weight), bias.as_ref()),
+            Matrix::Quant(q) => (UpWeights::Quant(&q.weights), q.bias.as_ref()),
+        };
+        let vd = values.kind().out_dim(hd);
+        let up_shape = LatentUpShape { tokens, heads, kv_heads, head_dim: hd, vd };
+        LatentUp::for_weights(&weights, bias.is_some())
+            .encode(gpu, encoder, up_shape, sums, &weights, bias, &self.attn)
+            .await
+    }
+
+    fn rebuilt(&self) -> Result<&wgpu::Buffer> {
+        self.rebuilt.as_ref().ok_or_else(|| RuntimeError::Shape("no rebuilt-keys buffer".into()))
+    }
 }

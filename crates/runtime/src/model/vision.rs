@@ -9,6 +9,7 @@
 use pocketvlm_format::ModelConfig;
 
 use super::linear::{Linear, Scratch};
+use super::qkv::Qkv;
 use super::scratch::f32_buffer;
 use super::weights::WeightLoader;
 use crate::device::Gpu;
@@ -23,9 +24,7 @@ use crate::tensor::Tensor;
 /// One encoder layer's weights.
 pub struct VisionLayer {
     pub ln1: (Tensor, Tensor),
-    pub q: Linear,
-    pub k: Linear,
-    pub v: Linear,
+    pub qkv: Qkv,
     pub out: Linear,
     pub ln2: (Tensor, Tensor),
     pub fc1: Linear,
@@ -60,9 +59,7 @@ impl VisionModel {
             };
             layers.push(VisionLayer {
                 ln1: norm(format!("{l}.layer_norm1")).await?,
-                q: linear("self_attn.q_proj").await?,
-                k: linear("self_attn.k_proj").await?,
-                v: linear("self_attn.v_proj").await?,
+                qkv: Qkv::load(w, &format!("{l}.self_attn"), true).await?,
                 out: linear("self_attn.out_proj").await?,
                 ln2: norm(format!("{l}.layer_norm2")).await?,
                 fc1: linear("mlp.fc1").await?,
@@ -128,9 +125,7 @@ pub async fn encode_image(
     let attention_shape = AttentionShape::bidirectional(tiles, n, v.num_attention_heads, v.head_dim());
     for l in &model.layers {
         ln.encode(gpu, encoder, rows, &x, &l.ln1.0.buffer, &l.ln1.1.buffer, &normed).await?;
-        for (linear, dst) in [(&l.q, &q), (&l.k, &k), (&l.v, &vv)] {
-            linear.forward(gpu, encoder, &mut scratch, t, &normed, dst).await?;
-        }
+        l.qkv.forward(gpu, encoder, &mut scratch, t, &normed, [&q, &k, &vv]).await?;
         Attention::for_shape(&attention_shape)
             .encode(gpu, encoder, attention_shape, &q, &k, &vv, &attn)
             .await?;

@@ -38,6 +38,11 @@ impl<'a> WeightLoader<'a> {
         self.layers.get(name).copied()
     }
 
+    /// Whether the model has a tensor `name`.
+    pub fn has(&self, name: &str) -> bool {
+        self.data.manifest.tensor(name).is_ok()
+    }
+
     /// Whether `name` is a quantized lookup table.
     pub fn is_quantized_table(&self, name: &str) -> bool {
         self.tables.contains_key(name)

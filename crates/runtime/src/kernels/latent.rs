@@ -1,0 +1,181 @@
+//! The absorbed value projection of a shared-latent KV cache ([`LatentUp`], `shaders/latent_up.wgsl`).
+//!
+//! With cached latents `c_t` and softmax weights `p_t` (`Σ p_t = 1`), a head's output is
+//! `Σ_t p_t v_t = Σ_t p_t (V_up c_t + b) = V_up (Σ_t p_t c_t) + b`: the attention kernel
+//! ([`super::attention::ValueKind`] latent variants) forms `ĉ = Σ_t p_t c_t` per query head,
+//! and this kernel applies the head's `head_dim` rows of `v_up` to it, once per head instead of
+//! once per cached token. Equal in real arithmetic; the float roundings differ.
+//!
+//! `ĉ` f32 `[tokens, heads, vd]` (`vd ≥ rank`), `out` f32 `[tokens, heads, head_dim]`; `v_up`
+//! `[kv_heads·head_dim, rank]` as stored: a float matrix (f32/f16/bf16, widened in the kernel) or
+//! the integer contract's packed weights and scales, dequantized per group as
+//! `Σ_g s_w[o][g]·(Σ_{j∈g} f32(q_w[o][j])·ĉ[j])` left to right, then the bias.
+
+use std::collections::BTreeMap;
+
+use bytemuck::{Pod, Zeroable};
+use pocketvlm_format::Encoding;
+use pocketvlm_format::quant::Bits;
+
+use super::Kernel;
+use super::quant::QuantWeightsGpu;
+use super::util::{WORKGROUP, check_binding, dispatch, distinct, grid, require_size, slice};
+use crate::device::Gpu;
+use crate::error::{Result, RuntimeError};
+use crate::shader::Defines;
+use crate::tensor::Tensor;
+
+/// Uniform block of `shaders/latent_up.wgsl`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+struct Params {
+    tokens: u32,
+    heads: u32,
+    kv_heads: u32,
+    head_dim: u32,
+    rank: u32,
+    vd: u32,
+    ww: u32,
+    group: u32,
+}
+const _: () = assert!(std::mem::size_of::<Params>() == 32);
+
+/// `v_up` as the kernel reads it.
+pub enum UpWeights<'a> {
+    Float(&'a Tensor),
+    Quant(&'a QuantWeightsGpu),
+}
+
+impl UpWeights<'_> {
+    fn shape(&self) -> (usize, usize) {
+        match self {
+            UpWeights::Float(t) => (t.shape[0], t.shape[1]),
+            UpWeights::Quant(q) => (q.out(), q.cols()),
+        }
+    }
+}
+
+/// Shapes of one absorbed value projection.
+#[derive(Clone, Copy, Debug)]
+pub struct LatentUpShape {
+    pub tokens: usize,
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    /// f32 values per row of `ĉ` (≥ the rank).
+    pub vd: usize,
+}
+
+/// The kernel variant (weight encoding, scales, bias).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LatentUp {
+    pub weights: Encoding,
+    pub f16_scales: bool,
+    pub bias: bool,
+}
+
+impl Kernel for LatentUp {
+    const SHADER: &'static str = "latent_up";
+    fn defines(&self) -> Defines {
+        let mut d = BTreeMap::new();
+        let flags = [
+            (self.weights.packed_bits().is_some(), "QUANT"),
+            (self.weights.packed_bits() == Some(Bits::Int4), "INT4"),
+            (matches!(self.weights, Encoding::F16 | Encoding::BF16), "W16"),
+            (self.weights == Encoding::BF16, "BF16"),
+            (self.f16_scales, "SCALE_F16"),
+            (self.bias, "BIAS"),
+        ];
+        for (on, name) in flags {
+            if on {
+                d.insert(name.to_string(), String::new());
+            }
+        }
+        d
+    }
+}
+
+impl LatentUp {
+    /// The variant for `w` with or without a bias.
+    pub fn for_weights(w: &UpWeights<'_>, bias: bool) -> Self {
+        match w {
+            UpWeights::Float(t) => Self { weights: t.encoding, f16_scales: false, bias },
+            UpWeights::Quant(q) => {
+                Self { weights: q.weight.encoding, f16_scales: q.scales.encoding == Encoding::F16, bias }
+            }
+        }
+    }
+
+    /// Record `out[t, h, :] = v_up[g(h)·hd..][..hd] · ĉ[t, h, ..rank] (+ bias)`.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn encode(
+        &self,
+        gpu: &Gpu,
+        encoder: &mut wgpu::CommandEncoder,
+        shape: LatentUpShape,
+        chat: &wgpu::Buffer,
+        w: &UpWeights<'_>,
+        bias: Option<&Tensor>,
+        out: &wgpu::Buffer,
+    ) -> Result<()> {
+        let LatentUpShape { tokens, heads, kv_heads, head_dim, vd } = shape;
+        let (rows, rank) = w.shape();
+        let bad = |why: String| Err(RuntimeError::Shape(format!("absorbed v_up {shape:?}: {why}")));
+        if tokens == 0 || heads == 0 || kv_heads == 0 || head_dim == 0 || heads % kv_heads != 0 {
+            return bad("empty or ungrouped heads".into());
+        }
+        if rows != kv_heads * head_dim || vd < rank {
+            return bad(format!("weight [{rows}, {rank}]"));
+        }
+        if *self != Self::for_weights(w, bias.is_some()) {
+            return bad("the kernel variant does not match its weights".into());
+        }
+        let (chat_bytes, out_bytes) =
+            ((tokens * heads * vd * 4) as u64, (tokens * heads * head_dim * 4) as u64);
+        let threads = (tokens * heads * head_dim) as u64;
+        if tokens * heads * vd > u32::MAX as usize {
+            return bad("too many elements".into());
+        }
+        require_size(chat, chat_bytes, "latent sums")?;
+        require_size(out, out_bytes, "absorbed v output")?;
+        distinct(chat, out, "latent sums and output")?;
+        check_binding(gpu, "latent sums", chat_bytes)?;
+        check_binding(gpu, "absorbed v output", out_bytes)?;
+        let (ww, group) = match w {
+            UpWeights::Float(_) => (0, rank),
+            UpWeights::Quant(q) => ((q.weight.row_bytes() / 4) as usize, q.group),
+        };
+        let mut resources = vec![slice(chat, 0, chat_bytes)];
+        match w {
+            UpWeights::Float(t) => {
+                check_binding(gpu, "v_up", t.bytes())?;
+                resources.push(slice(&t.buffer, 0, t.bytes().next_multiple_of(4)));
+            }
+            UpWeights::Quant(q) => {
+                check_binding(gpu, "v_up", q.weight.bytes())?;
+                resources.push(slice(&q.weight.buffer, 0, q.weight.bytes().next_multiple_of(4)));
+                resources.push(slice(&q.scales.buffer, 0, q.scales.bytes().next_multiple_of(4)));
+            }
+        }
+        resources.push(slice(out, 0, out_bytes));
+        if let Some(b) = bias {
+            b.expect_shape("bias of v_up", &[rows])?;
+            b.expect_f32("bias of v_up")?;
+            resources.push(slice(&b.buffer, 0, b.bytes()));
+        }
+        let params = Params {
+            tokens: tokens as u32,
+            heads: heads as u32,
+            kv_heads: kv_heads as u32,
+            head_dim: head_dim as u32,
+            rank: rank as u32,
+            vd: vd as u32,
+            ww: ww as u32,
+            group: group as u32,
+        };
+        let pipeline = gpu.pipelines.get(gpu, Self::SHADER, &self.defines()).await?;
+        let (gx, gy) = grid(gpu, threads.div_ceil(u64::from(WORKGROUP)))?;
+        dispatch(gpu, encoder, &pipeline, "latent_up", bytemuck::bytes_of(&params), resources, (gx, gy, 1));
+        Ok(())
+    }
+}

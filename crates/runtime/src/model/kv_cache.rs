@@ -1,0 +1,166 @@
+//! The decoder's KV cache, per layer either plain keys and values or the shared latent.
+//!
+//! **Plain** (any layer): f32 keys (after RoPE) and values `[capacity, kv_heads·head_dim]`.
+//!
+//! **Latent** (a joint-QKV layer whose rank `r` is below `2·d_kv`, the format's rule, when the
+//! model runs with [`CacheKind::Latent`]): the pre-RoPE latent `c = qkv_down · x` of each token.
+//! A quantized model keeps the contract's cache entry — the latent's INT8 integers (`r` bytes,
+//! padded to whole words) and its f32 scale, exactly what the ups consume; a float model keeps
+//! `c` in f32. Attention then rebuilds the keys of all cached tokens each step (`k_up` on the
+//! cache, RoPE at each key's own position) into a transient buffer shared by all layers, and
+//! never rebuilds values: it sums the latents with the softmax weights and applies `v_up` once
+//! per head ([`crate::kernels::latent`]).
+
+use pocketvlm_format::ModelConfig;
+
+use super::qkv::{Qkv, Ups};
+use super::scratch::f32_buffer;
+use super::text::TextModel;
+use crate::device::Gpu;
+use crate::error::{Result, RuntimeError};
+use crate::kernels::copy::CopyRows;
+
+/// Which cache a model's joint-QKV layers use (the bench's switch; layers the rule excludes are
+/// always plain).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum CacheKind {
+    /// The latent where the format's rule allows it (the default).
+    #[default]
+    Latent,
+    /// Keys and values everywhere.
+    Plain,
+}
+
+/// One layer's cache.
+pub enum LayerCache {
+    /// f32 keys (after RoPE) and values, `[capacity, d_kv]` each.
+    Plain { keys: wgpu::Buffer, values: wgpu::Buffer, width: usize },
+    /// f32 latents `[capacity, rank]`.
+    LatentF32 { rows: wgpu::Buffer, rank: usize },
+    /// The contract's INT8 latents: u32 `[capacity, words]` (i8 lanes) and f32 scales `[capacity]`.
+    LatentI8 { words: wgpu::Buffer, scales: wgpu::Buffer, words_per_row: usize },
+}
+
+impl LayerCache {
+    /// The buffers and their row widths in 4-byte elements.
+    fn buffers(&self) -> Vec<(&wgpu::Buffer, usize)> {
+        match self {
+            LayerCache::Plain { keys, values, width } => vec![(keys, *width), (values, *width)],
+            LayerCache::LatentF32 { rows, rank } => vec![(rows, *rank)],
+            LayerCache::LatentI8 { words, scales, words_per_row } => {
+                vec![(words, *words_per_row), (scales, 1)]
+            }
+        }
+    }
+
+    /// Whether this layer caches the latent.
+    pub fn is_latent(&self) -> bool {
+        !matches!(self, LayerCache::Plain { .. })
+    }
+}
+
+/// The cache of every decoder layer.
+pub struct KvCache {
+    pub layers: Vec<LayerCache>,
+    pub capacity: usize,
+    /// Tokens cached so far.
+    pub len: usize,
+    kind: CacheKind,
+}
+
+/// Bytes one token takes in layer `qkv`'s cache of `kind`, and the layer's buffers' row widths
+/// (4-byte elements) — the one place the rule is written.
+fn layer_layout(qkv: &Qkv, d_kv: usize, kind: CacheKind) -> LayerLayout {
+    match qkv {
+        Qkv::Joint(j) if kind == CacheKind::Latent && j.rank() < 2 * d_kv => match j.ups() {
+            Ups::Quant { .. } => LayerLayout::LatentI8 { words: j.latent_words() },
+            Ups::Float => LayerLayout::LatentF32 { rank: j.rank() },
+        },
+        _ => LayerLayout::Plain { width: d_kv },
+    }
+}
+
+#[derive(Clone, Copy)]
+enum LayerLayout {
+    Plain { width: usize },
+    LatentF32 { rank: usize },
+    LatentI8 { words: usize },
+}
+
+impl KvCache {
+    pub async fn new(
+        gpu: &Gpu,
+        cfg: &ModelConfig,
+        model: &TextModel,
+        kind: CacheKind,
+        capacity: usize,
+    ) -> Result<Self> {
+        let d_kv = cfg.text.num_key_value_heads * cfg.text.head_dim;
+        let mut layers = Vec::with_capacity(model.layers.len());
+        for l in &model.layers {
+            layers.push(match layer_layout(&l.qkv, d_kv, kind) {
+                LayerLayout::Plain { width } => LayerCache::Plain {
+                    keys: f32_buffer(gpu, "kv cache k", capacity * width).await?,
+                    values: f32_buffer(gpu, "kv cache v", capacity * width).await?,
+                    width,
+                },
+                LayerLayout::LatentF32 { rank } => LayerCache::LatentF32 {
+                    rows: f32_buffer(gpu, "latent cache", capacity * rank).await?,
+                    rank,
+                },
+                LayerLayout::LatentI8 { words } => LayerCache::LatentI8 {
+                    words: f32_buffer(gpu, "latent cache integers", capacity * words).await?,
+                    scales: f32_buffer(gpu, "latent cache scales", capacity).await?,
+                    words_per_row: words,
+                },
+            });
+        }
+        Ok(Self { layers, capacity, len: 0, kind })
+    }
+
+    pub fn kind(&self) -> CacheKind {
+        self.kind
+    }
+
+    /// Bytes held on the GPU.
+    pub fn bytes(&self) -> u64 {
+        self.layers.iter().flat_map(|l| l.buffers()).map(|(b, _)| b.size()).sum()
+    }
+
+    /// Bytes one cached token takes, all layers together.
+    pub fn bytes_per_token(&self) -> u64 {
+        self.layers.iter().flat_map(|l| l.buffers()).map(|(_, width)| width as u64 * 4).sum()
+    }
+
+    /// Keep the first `len` cached rows (dropping the rest) and make room for `capacity` rows in
+    /// all, moving the kept rows into larger buffers when the current ones are too small.
+    pub async fn rewind_and_reserve(
+        &mut self,
+        gpu: &Gpu,
+        cfg: &ModelConfig,
+        model: &TextModel,
+        len: usize,
+        capacity: usize,
+    ) -> Result<()> {
+        if len > self.len {
+            return Err(RuntimeError::Shape(format!("cannot keep {len} of {} cached rows", self.len)));
+        }
+        self.len = len;
+        if capacity <= self.capacity {
+            return Ok(());
+        }
+        let mut grown = KvCache::new(gpu, cfg, model, self.kind, capacity).await?;
+        if len > 0 {
+            let mut encoder = gpu.device.create_command_encoder(&Default::default());
+            let old = self.layers.iter().flat_map(|l| l.buffers());
+            let new = grown.layers.iter().flat_map(|l| l.buffers());
+            for ((from, width), (to, _)) in old.zip(new) {
+                CopyRows { rows: len, width, src_row: 0, dst_row: 0 }.encode(gpu, &mut encoder, from, to)?;
+            }
+            gpu.queue.submit([encoder.finish()]);
+        }
+        grown.len = len;
+        *self = grown;
+        Ok(())
+    }
+}

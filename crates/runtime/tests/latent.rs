@@ -1,0 +1,244 @@
+//! The kernels of the shared-latent KV cache against f64 references: attention whose values are
+//! a latent shared by all heads (f32 rows, and the contract's INT8 rows with a scale each) giving
+//! the softmax-weighted latent sums, and the absorbed `v_up` applied to those sums (float and
+//! packed INT8/INT4 weights, per channel and grouped, with and without bias). Natively and in
+//! the browser.
+
+mod common;
+
+use common::{assert_close, encoder, submit, upload, upload_u32, values, zeros};
+use pocketvlm_format::Encoding;
+use pocketvlm_format::quant::pack::pack;
+use pocketvlm_format::quant::{ActivationQuant, Bits};
+use pocketvlm_runtime::kernels::attention::{Attention, AttentionShape, AttentionVariant, ValueKind, Values};
+use pocketvlm_runtime::kernels::latent::{LatentUp, LatentUpShape, UpWeights};
+use pocketvlm_runtime::kernels::quant::{QuantWeightsGpu, activation_words};
+use pocketvlm_runtime::tensor::Tensor;
+use pocketvlm_runtime::{DeviceOptions, Gpu};
+
+#[cfg(target_arch = "wasm32")]
+wasm_bindgen_test::wasm_bindgen_test_configure!(run_in_browser);
+
+/// Relative accuracy asked of both kernels, against the scale of each output
+/// (`Σ_j p_j·|latent_j|` for the sums, `Σ_j |w_j·ĉ_j|` for the projection): f32 chains of a few
+/// hundred terms plus WGSL's `exp` (3 + 2|x| ULP) stay well within it.
+const TARGET: f64 = 2e-5;
+
+/// Softmax-weighted latent sums `[queries, heads, vd]` in f64 and their scales.
+fn latent_sums(
+    q: &[f32],
+    k: &[f32],
+    latent: &[f64],
+    shape: AttentionShape,
+    rank: usize,
+    vd: usize,
+) -> (Vec<f32>, Vec<f64>) {
+    let AttentionShape { queries, heads, kv_heads, head_dim: hd, .. } = shape;
+    let scale = (hd as f64).powf(-0.5);
+    let mut out = vec![0f32; queries * heads * vd];
+    let mut mag = vec![0f64; queries * heads * vd];
+    for i in 0..queries {
+        let n = shape.visible_keys(i);
+        for h in 0..heads {
+            let g = h / (heads / kv_heads);
+            let qrow = &q[(i * heads + h) * hd..][..hd];
+            let s: Vec<f64> = (0..n)
+                .map(|j| {
+                    let kr = &k[(j * kv_heads + g) * hd..][..hd];
+                    scale * qrow.iter().zip(kr).map(|(&a, &b)| f64::from(a) * f64::from(b)).sum::<f64>()
+                })
+                .collect();
+            let max = s.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            let w: Vec<f64> = s.iter().map(|x| (x - max).exp()).collect();
+            let total: f64 = w.iter().sum();
+            for e in 0..rank {
+                let o = (i * heads + h) * vd + e;
+                out[o] = ((0..n).map(|j| w[j] * latent[j * rank + e]).sum::<f64>() / total) as f32;
+                mag[o] = (0..n).map(|j| w[j] * latent[j * rank + e].abs()).sum::<f64>() / total;
+            }
+        }
+    }
+    (out, mag)
+}
+
+async fn latent_attention_case(gpu: &Gpu, shape: AttentionShape, rank: usize, int8: bool, seed: u64) {
+    let AttentionShape { queries, heads, kv_heads, head_dim: hd, kv_len, .. } = shape;
+    let q: Vec<f32> = values(seed, queries * heads * hd).iter().map(|x| x * 2.0).collect();
+    let k = values(seed + 1, kv_len * kv_heads * hd);
+    let raw = values(seed + 2, kv_len * rank);
+    let kb = upload(gpu, &k).await;
+    let qb = upload(gpu, &q).await;
+    let (kind, latent, out) = if int8 {
+        // The contract's quantization of each latent row, packed four i8 per word.
+        let act = ActivationQuant::new(Bits::Int8, 1.0).unwrap();
+        let words = activation_words(rank);
+        let mut packed = vec![0u32; kv_len * words];
+        let mut scales = vec![0f32; kv_len];
+        let mut latent = vec![0f64; kv_len * rank];
+        let mut ints = vec![0i8; rank];
+        for j in 0..kv_len {
+            scales[j] = act.quantize(&raw[j * rank..][..rank], &mut ints);
+            for (e, &v) in ints.iter().enumerate() {
+                packed[j * words + e / 4] |= u32::from(v as u8) << (8 * (e % 4));
+                latent[j * rank + e] = f64::from(f32::from(v) * scales[j]);
+            }
+        }
+        let kind = ValueKind::LatentI8 { words };
+        (kind, latent, (upload_u32(gpu, &packed).await, Some(upload(gpu, &scales).await)))
+    } else {
+        let latent = raw.iter().map(|&x| f64::from(x)).collect();
+        (ValueKind::LatentF32 { width: rank }, latent, (upload(gpu, &raw).await, None))
+    };
+    let vd = kind.out_dim(hd);
+    let (want, mag) = latent_sums(&q, &k, &latent, shape, rank, vd);
+    for variant in [AttentionVariant::QueryTiled, AttentionVariant::SplitKeys] {
+        let values = match (&out.1, kind) {
+            (Some(scales), ValueKind::LatentI8 { words }) => {
+                Values::LatentI8 { words: &out.0, scales, words_per_row: words }
+            }
+            _ => Values::LatentF32 { rows: &out.0, width: rank },
+        };
+        let sums = zeros(gpu, queries * heads * vd).await;
+        let mut enc = encoder(gpu);
+        let kernel = Attention { head_dim: hd, variant, values: kind };
+        kernel.encode_values(gpu, &mut enc, shape, &qb, &kb, &values, &sums).await.unwrap();
+        submit(gpu, enc);
+        let got = gpu.read_f32(&sums, queries * heads * vd).await.unwrap();
+        let what = format!("latent attention {variant:?} {kind:?} {shape:?}");
+        let worst = assert_close(&what, &got, &want, |i| (TARGET * mag[i]) as f32 + 1e-30);
+        eprintln!("{what}: worst error {worst:.3} of tolerance");
+    }
+}
+
+/// `v_up` `[kv_heads·hd, rank]` as float f32 / 16-bit or packed integers with scales.
+enum UpCase {
+    Float(Encoding),
+    Quant { bits: Bits, group: Option<usize>, f16_scales: bool },
+}
+
+async fn latent_up_case(gpu: &Gpu, case: UpCase, rank: usize, bias: bool, seed: u64) {
+    let (tokens, heads, kv_heads, hd) = (3, 6, 2, 16);
+    let rows = kv_heads * hd;
+    let vd = rank.next_multiple_of(8) + 4;
+    let chat = values(seed, tokens * heads * vd);
+    let b = bias.then(|| values(seed + 1, rows));
+    // The weights as the kernel sees them (f64), and their upload.
+    let (dense, weight, quant): (Vec<f64>, Option<Tensor>, Option<QuantWeightsGpu>) = match case {
+        UpCase::Float(encoding) => {
+            let w = values(seed + 2, rows * rank);
+            let (bytes, dense): (Vec<u8>, Vec<f64>) = match encoding {
+                Encoding::F16 => {
+                    let h: Vec<half::f16> = w.iter().map(|&x| half::f16::from_f32(x)).collect();
+                    (h.iter().flat_map(|x| x.to_le_bytes()).collect(), h.iter().map(|x| x.to_f64()).collect())
+                }
+                Encoding::BF16 => {
+                    let h: Vec<half::bf16> = w.iter().map(|&x| half::bf16::from_f32(x)).collect();
+                    (h.iter().flat_map(|x| x.to_le_bytes()).collect(), h.iter().map(|x| x.to_f64()).collect())
+                }
+                _ => (bytemuck::cast_slice(&w).to_vec(), w.iter().map(|&x| f64::from(x)).collect()),
+            };
+            let t = Tensor::upload(gpu, "v_up", vec![rows, rank], encoding, &bytes).await.unwrap();
+            (dense, Some(t), None)
+        }
+        UpCase::Quant { bits, group, f16_scales } => {
+            let qmax = bits.qmax() as f32;
+            let ints: Vec<i8> =
+                values(seed + 2, rows * rank).iter().map(|v| (v * qmax).round() as i8).collect();
+            let size = group.unwrap_or(rank);
+            let groups = rank / size;
+            let mut scales: Vec<f32> =
+                values(seed + 3, rows * groups).iter().map(|v| v.abs() * 0.02 + 1e-3).collect();
+            if f16_scales {
+                scales.iter_mut().for_each(|s| *s = half::f16::from_f32(*s).to_f32());
+            }
+            let dense = (0..rows * rank)
+                .map(|i| f64::from(ints[i]) * f64::from(scales[(i / rank) * groups + (i % rank) / size]))
+                .collect();
+            let encoding = if bits == Bits::Int4 { Encoding::I4 } else { Encoding::I8 };
+            let w =
+                Tensor::upload(gpu, "v_up", vec![rows, rank], encoding, &pack(bits, &ints, rank).unwrap())
+                    .await
+                    .unwrap();
+            let shape = if group.is_some() { vec![rows, groups] } else { vec![rows] };
+            let s = if f16_scales {
+                let bytes: Vec<u8> =
+                    scales.iter().flat_map(|s| half::f16::from_f32(*s).to_le_bytes()).collect();
+                Tensor::upload(gpu, "s", shape, Encoding::F16, &bytes).await.unwrap()
+            } else {
+                Tensor::from_f32(gpu, "s", shape, &scales).await.unwrap()
+            };
+            (dense, None, Some(QuantWeightsGpu::new(w, s, group).unwrap()))
+        }
+    };
+    let mut want = vec![0f32; tokens * heads * hd];
+    let mut mag = vec![0f64; tokens * heads * hd];
+    for t in 0..tokens {
+        for h in 0..heads {
+            let g = h / (heads / kv_heads);
+            for o in 0..hd {
+                let row = g * hd + o;
+                let c = &chat[(t * heads + h) * vd..][..rank];
+                let terms = dense[row * rank..][..rank].iter().zip(c).map(|(&w, &x)| w * f64::from(x));
+                let (sum, abs) = terms.fold((0.0, 0.0), |(s, a), v| (s + v, a + v.abs()));
+                let bias = b.as_ref().map_or(0.0, |b| f64::from(b[row]));
+                want[(t * heads + h) * hd + o] = (sum + bias) as f32;
+                mag[(t * heads + h) * hd + o] = abs + bias.abs();
+            }
+        }
+    }
+    let weights = match (&weight, &quant) {
+        (Some(t), _) => UpWeights::Float(t),
+        (_, Some(q)) => UpWeights::Quant(q),
+        _ => unreachable!(),
+    };
+    let bias_tensor = match &b {
+        Some(b) => Some(Tensor::from_f32(gpu, "b", vec![rows], b).await.unwrap()),
+        None => None,
+    };
+    let chat_buffer = upload(gpu, &chat).await;
+    let out = zeros(gpu, tokens * heads * hd).await;
+    let shape = LatentUpShape { tokens, heads, kv_heads, head_dim: hd, vd };
+    let mut enc = encoder(gpu);
+    LatentUp::for_weights(&weights, bias)
+        .encode(gpu, &mut enc, shape, &chat_buffer, &weights, bias_tensor.as_ref(), &out)
+        .await
+        .unwrap();
+    submit(gpu, enc);
+    let got = gpu.read_f32(&out, tokens * heads * hd).await.unwrap();
+    let what = format!("absorbed v_up rank {rank} bias {bias}");
+    assert_close(&what, &got, &want, |i| (TARGET * mag[i]) as f32 + 1e-30);
+}
+
+async fn check_all(gpu: &Gpu) {
+    for int8 in [false, true] {
+        // Prefill after 5 cached tokens, GQA 6/2, odd rank; decode over 300 keys; 600 keys.
+        latent_attention_case(gpu, AttentionShape::causal(37, 6, 2, 16, 5, 42), 30, int8, 1).await;
+        latent_attention_case(gpu, AttentionShape::causal(1, 9, 3, 64, 299, 300), 100, int8, 2).await;
+        latent_attention_case(gpu, AttentionShape::causal(40, 3, 1, 16, 560, 600), 24, int8, 3).await;
+    }
+    // The widest latent the format lets a 64-wide GQA head cache (rank < 2·d_kv = 384).
+    latent_attention_case(gpu, AttentionShape::causal(2, 9, 3, 64, 20, 22), 383, true, 4).await;
+    for encoding in [Encoding::F32, Encoding::F16, Encoding::BF16] {
+        latent_up_case(gpu, UpCase::Float(encoding), 30, false, 10).await;
+    }
+    latent_up_case(gpu, UpCase::Float(Encoding::F32), 31, true, 11).await;
+    let quant = |bits, group, f16_scales| UpCase::Quant { bits, group, f16_scales };
+    latent_up_case(gpu, quant(Bits::Int8, None, false), 24, false, 12).await;
+    latent_up_case(gpu, quant(Bits::Int8, None, true), 40, true, 13).await;
+    latent_up_case(gpu, quant(Bits::Int4, None, false), 48, true, 14).await;
+    latent_up_case(gpu, quant(Bits::Int4, Some(64), true), 128, false, 15).await;
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+#[test]
+fn latent_cache_kernels_match_references() {
+    let gpu = pollster::block_on(Gpu::new(&DeviceOptions::default())).expect("a GPU adapter");
+    pollster::block_on(check_all(&gpu));
+}
+
+#[cfg(target_arch = "wasm32")]
+#[wasm_bindgen_test::wasm_bindgen_test]
+async fn latent_cache_kernels_match_references_in_browser() {
+    let gpu = Gpu::new(&DeviceOptions::default()).await.expect("WebGPU adapter");
+    check_all(&gpu).await;
+}

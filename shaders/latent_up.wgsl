@@ -1,0 +1,135 @@
+// The absorbed V of a shared-latent KV cache: each query head's softmax-weighted latent sum
+// c_hat [tokens, heads, VD] (from attention.wgsl's LATENT_* variants) times that head's rows of
+// v_up [d_kv, rank]:
+//   out[t, h, o] = sum_j W[g * HD + o][j] * c_hat[t, h, j]  (+ bias[g * HD + o]),  o < HD,
+// g = h / (heads / kv_heads), out [tokens, heads, HD] f32. Since the softmax weights sum to 1 this
+// is sum_j p_j v_j of the plain cache, with other float roundings.
+//
+// Weights: float [d_kv, rank] (f32, or with W16 16-bit two per u32, BF16 selecting bfloat16),
+// widened in the kernel; or with QUANT the contract's packed integers (INT8 four per u32; INT4
+// eight, word w holding values 8w..8w+3 in its low nibbles and 8w+4..8w+7 in its high ones) with
+// scales [d_kv, groups] (f32, or f16 pairs with SCALE_F16), dequantized in the contract's order:
+//   d_g = sum_{j in g} f32(q_w[o][j]) * c_hat[j]  (j ascending),  t_g = d_g * s_w[o][g],
+//   u = t_0 + t_1 + ... left to right,  then + bias.
+// One invocation per output value; no workgroup memory, no barriers.
+
+struct Params {
+    tokens: u32,
+    heads: u32,
+    kv_heads: u32,
+    head_dim: u32,
+    rank: u32,
+    vd: u32,
+    ww: u32,
+    group: u32,
+}
+
+@group(0) @binding(0) var<uniform> params: Params;
+@group(0) @binding(1) var<storage, read> chat: array<f32>;
+#ifdef QUANT
+@group(0) @binding(2) var<storage, read> w: array<u32>;
+#ifdef SCALE_F16
+@group(0) @binding(3) var<storage, read> sw: array<u32>;
+#else
+@group(0) @binding(3) var<storage, read> sw: array<f32>;
+#endif
+@group(0) @binding(4) var<storage, read_write> out: array<f32>;
+#ifdef BIAS
+@group(0) @binding(5) var<storage, read> bias: array<f32>;
+#endif
+#else
+#ifdef W16
+@group(0) @binding(2) var<storage, read> w: array<u32>;
+#else
+@group(0) @binding(2) var<storage, read> w: array<f32>;
+#endif
+@group(0) @binding(3) var<storage, read_write> out: array<f32>;
+#ifdef BIAS
+@group(0) @binding(4) var<storage, read> bias: array<f32>;
+#endif
+#endif
+
+#ifdef QUANT
+fn weight_scale(i: u32) -> f32 {
+#ifdef SCALE_F16
+    return unpack2x16float(sw[i / 2u])[i % 2u];
+#else
+    return sw[i];
+#endif
+}
+
+// Integer j of weight row o (exact as f32).
+fn weight_int(o: u32, j: u32) -> f32 {
+#ifdef INT4
+    let word = w[o * params.ww + j / 8u];
+    let lane = j % 8u;
+    let byte = (word >> (8u * (lane % 4u))) & 0xffu;
+    let nibble = select(byte & 0xfu, byte >> 4u, lane >= 4u);
+    return f32((i32(nibble) << 28u) >> 28u);
+#else
+    let word = w[o * params.ww + j / 4u];
+    return f32(unpack4xI8(word)[j % 4u]);
+#endif
+}
+
+fn row_dot(o: u32, base: u32) -> f32 {
+    let groups = params.rank / params.group;
+    var u = 0.0;
+    for (var g = 0u; g < groups; g++) {
+        var d = 0.0;
+        for (var j = g * params.group; j < (g + 1u) * params.group; j++) {
+            d = d + weight_int(o, j) * chat[base + j];
+        }
+        let t = d * weight_scale(o * groups + g);
+        if (g == 0u) {
+            u = t;
+        } else {
+            u = u + t;
+        }
+    }
+    return u;
+}
+#else
+fn weight(i: u32) -> f32 {
+#ifdef W16
+    let word = w[i / 2u];
+#ifdef BF16
+    return bitcast<f32>(select(word << 16u, word & 0xffff0000u, (i & 1u) == 1u));
+#else
+    return unpack2x16float(word)[i & 1u];
+#endif
+#else
+    return w[i];
+#endif
+}
+
+fn row_dot(o: u32, base: u32) -> f32 {
+    var u = 0.0;
+    for (var j = 0u; j < params.rank; j++) {
+        u = u + weight(o * params.rank + j) * chat[base + j];
+    }
+    return u;
+}
+#endif
+
+@compute @workgroup_size(256, 1, 1)
+fn main(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) li: u32,
+) {
+    let id = (wg.y * nwg.x + wg.x) * 256u + li;
+    let hd = params.head_dim;
+    if (id >= params.tokens * params.heads * hd) {
+        return;
+    }
+    let o = id % hd;
+    let h = (id / hd) % params.heads;
+    let t = id / (hd * params.heads);
+    let row = (h / (params.heads / params.kv_heads)) * hd + o;
+    var y = row_dot(row, (t * params.heads + h) * params.vd);
+#ifdef BIAS
+    y = y + bias[row];
+#endif
+    out[id] = y;
+}
