@@ -1,7 +1,9 @@
 // Patch extraction for a Conv2d with kernel = stride = P (no padding): pixels [tiles, C, S, S]
-// (row-major f32) become rows of patches [tiles * N * N, C * P * P] with N = S / P,
+// (row-major f32) become rows of patches [tiles * N * N, C * P * P] with N = floor(S / P),
 //   cols[(t * N + py) * N + px, (c * P + ky) * P + kx] = pixels[t, c, py * P + ky, px * P + kx],
 // so that a matmul against the conv weight [D, C, P, P] (viewed as [D, C * P * P]) is the conv.
+// When P does not divide S the last S - N * P pixel rows and columns are never read, as in a
+// strided convolution without padding (SmolVLM-Instruct: S = 384, P = 14, N = 27).
 // One invocation per output element on a 2-D grid.
 
 struct Params {

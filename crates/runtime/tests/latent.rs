@@ -6,13 +6,15 @@
 
 mod common;
 
-use common::{assert_close, encoder, submit, upload, upload_u32, values, zeros};
+use common::{assert_close, assert_exact, encoder, submit, upload, upload_u32, values, zeros};
 use pocketvlm_format::Encoding;
 use pocketvlm_format::quant::pack::pack;
 use pocketvlm_format::quant::{ActivationQuant, Bits};
 use pocketvlm_runtime::kernels::attention::{Attention, AttentionShape, AttentionVariant, ValueKind, Values};
 use pocketvlm_runtime::kernels::latent::{LatentUp, LatentUpShape, UpWeights};
-use pocketvlm_runtime::kernels::quant::{QuantWeightsGpu, activation_words};
+use pocketvlm_runtime::kernels::quant::{
+    QMatmul, QuantWeightsGpu, Quantize, QuantizedRows, activation_words,
+};
 use pocketvlm_runtime::tensor::Tensor;
 use pocketvlm_runtime::{DeviceOptions, Gpu};
 
@@ -209,7 +211,44 @@ async fn latent_up_case(gpu: &Gpu, case: UpCase, rank: usize, bias: bool, seed: 
     assert_close(&what, &got, &want, |i| (TARGET * mag[i]) as f32 + 1e-30);
 }
 
+/// The latent cache's rows are `⌈r/4⌉` words (not [`activation_words`]`(r)`): quantizing with that
+/// stride and multiplying by INT8 and INT4 weights gives the same bits as the unstrided layer.
+async fn strided_rows_case(gpu: &Gpu, bits: Bits, rank: usize, seed: u64) {
+    let (tokens, out) = (5, 12);
+    let act = ActivationQuant::new(Bits::Int8, 1.0).unwrap();
+    let x = upload(gpu, &values(seed, tokens * rank)).await;
+    let qmax = bits.qmax() as f32;
+    let ints: Vec<i8> = values(seed + 1, out * rank).iter().map(|v| (v * qmax).round() as i8).collect();
+    let encoding = if bits == Bits::Int4 { Encoding::I4 } else { Encoding::I8 };
+    let w =
+        Tensor::upload(gpu, "w", vec![out, rank], encoding, &pack(bits, &ints, rank).unwrap()).await.unwrap();
+    let s = Tensor::from_f32(gpu, "s", vec![out], &values(seed + 2, out)).await.unwrap();
+    let weights = QuantWeightsGpu::new(w, s, None).unwrap();
+    let mut outputs = Vec::new();
+    for stride in [activation_words(rank), rank.div_ceil(4)] {
+        let words = zeros(gpu, tokens * stride + 1).await;
+        let scales = zeros(gpu, tokens).await;
+        let y = zeros(gpu, tokens * out).await;
+        let mut enc = encoder(gpu);
+        Quantize
+            .encode_strided(gpu, &mut enc, &act, (&x, 0), tokens, rank, (&words, stride), &scales)
+            .await
+            .unwrap();
+        let a = QuantizedRows { words: &words, scales: &scales, tokens, stride };
+        QMatmul::for_weights(&weights, tokens, false)
+            .encode(gpu, &mut enc, &a, &weights, None, (&y, 0))
+            .await
+            .unwrap();
+        submit(gpu, enc);
+        outputs.push(gpu.read_f32(&y, tokens * out).await.unwrap());
+    }
+    assert_exact(&format!("strided latent rows, rank {rank}, {bits:?} weights"), &outputs[1], &outputs[0]);
+}
+
 async fn check_all(gpu: &Gpu) {
+    for (bits, rank) in [(Bits::Int4, 28), (Bits::Int4, 30), (Bits::Int4, 36), (Bits::Int8, 30)] {
+        strided_rows_case(gpu, bits, rank, 20).await;
+    }
     for int8 in [false, true] {
         // Prefill after 5 cached tokens, GQA 6/2, odd rank; decode over 300 keys; 600 keys.
         latent_attention_case(gpu, AttentionShape::causal(37, 6, 2, 16, 5, 42), 30, int8, 1).await;

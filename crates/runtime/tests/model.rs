@@ -1,14 +1,16 @@
 //! The dense model on the GPU against what Hugging Face transformers computed for the tiny
-//! SmolVLM fixture (the checks are in `cases/mod.rs`, shared with the browser test
-//! `model_web.rs`): tiles, prompt ids, last-position top-10 ids and logits, greedy ids.
+//! SmolVLM fixture and the fixtures with the 2.2B's and 500M's traits (the checks are in
+//! `cases/mod.rs`, shared with the browser test `model_web.rs`): tiles, prompt ids, last-position
+//! top-10 ids and logits, greedy ids.
 #![cfg(not(target_arch = "wasm32"))]
 
 mod cases;
 
 use std::path::{Path, PathBuf};
 
-use cases::{QUANT_LOGIT_TOLERANCE, TINY_CASES, check_case, check_case_within, read_case};
+use cases::{QUANT_LOGIT_TOLERANCE, SIZE_FIXTURES, TINY_CASES, check_case, check_case_within, read_case};
 use pocketvlm_compress::model::reference::{Reference, TEST_CASES, TEST_RECIPES};
+use pocketvlm_compress::quant::{QuantOptions, QuantParts};
 use pocketvlm_compress::{Budgets, ConvertOptions, LowRankOptions, Method, compress_lowrank, convert};
 use pocketvlm_format::dir;
 use pocketvlm_processor::decode_image;
@@ -46,6 +48,32 @@ fn tiny_fixture_matches_transformers() {
         let tiny = fixtures().join("tiny");
         let engine = load(&tiny, DeviceOptions::default()).await;
         check_cases(&engine, &tiny, &TINY_CASES).await;
+    });
+}
+
+/// `tiny-2b`: 132-px tiles with patch 14 (9×9 patches, the last 6 pixel rows and columns unused,
+/// as 384 px gives 27×27 in SmolVLM-Instruct), 9 image tokens per tile, multi-head attention.
+#[test]
+fn tiny_2b_fixture_matches_transformers() {
+    pollster::block_on(async {
+        let dir = fixtures().join(SIZE_FIXTURES[0]);
+        let engine = load(&dir, DeviceOptions::default()).await;
+        let v = &engine.model.config.vision;
+        assert_eq!((v.image_size, v.patch_size, v.patches_per_side()), (132, 14, 9));
+        assert_eq!(engine.model.config.image_seq_len(), 9);
+        check_cases(&engine, &dir, &TINY_CASES).await;
+    });
+}
+
+/// `tiny-500m`: 15 query heads over 5 key-value heads, pixel-shuffle scale 4, tied lm_head.
+#[test]
+fn tiny_500m_fixture_matches_transformers() {
+    pollster::block_on(async {
+        let dir = fixtures().join(SIZE_FIXTURES[1]);
+        let engine = load(&dir, DeviceOptions::default()).await;
+        let t = &engine.model.config.text;
+        assert_eq!((t.num_attention_heads, t.num_key_value_heads, t.tie_word_embeddings), (15, 5, true));
+        check_cases(&engine, &dir, &TINY_CASES).await;
     });
 }
 
@@ -107,6 +135,40 @@ fn quantized_tiny_models_match_the_cpu_reference() {
                 case.expected = reference.expectation(&case.expected, image.as_ref()).unwrap();
                 check_case_within(&engine, &case, QUANT_LOGIT_TOLERANCE).await;
                 eprintln!("{} {name}: matches the CPU reference", recipe.name);
+            }
+        }
+    });
+}
+
+/// The W4A8 models of the fixtures with the other sizes' traits run on the GPU with the CPU
+/// reference's prompt ids, top-10 ids, logits and greedy ids (odd widths and head counts through
+/// the rotations and integer kernels: vision head_dim 12 and 9×9 patches, 15 heads of 4).
+/// `tiny-2b` keeps its connector float: the connector's input (9·24 = 216 wide) is rotated online
+/// by a Hadamard matrix of order 108 ⊗ H₂, and the rotation kernel holds cores up to order 64
+/// (the 2.2B's 9·1152 = 10368 = 648·16 is refused the same way).
+#[test]
+fn quantized_size_fixtures_match_the_cpu_reference() {
+    pollster::block_on(async {
+        for (fixture, float) in [(SIZE_FIXTURES[0], "connector"), (SIZE_FIXTURES[1], "")] {
+            let dir = fixtures().join(fixture);
+            let out = tempfile::tempdir().unwrap();
+            let mut quant = QuantOptions::parse("w4a8", None).unwrap();
+            quant.parts = QuantParts::keeping_float(float).unwrap();
+            let quant = Some(quant);
+            convert(&dir, out.path(), &ConvertOptions { quant, ..Default::default() }).unwrap();
+            let reference = Reference::open(out.path()).unwrap();
+            let data = dir::open(out.path()).unwrap();
+            let tokenizer = dir::read_tokenizer(out.path(), &data.manifest).unwrap();
+            let gpu = Gpu::new(&DeviceOptions::default()).await.unwrap();
+            let engine = Engine::load(gpu, &data, &tokenizer).await.unwrap();
+            for name in TEST_CASES {
+                let root = dir.to_str().unwrap();
+                let mut case =
+                    read_case(async |path: String| std::fs::read(&path).unwrap(), root, name).await;
+                let image = case.image.as_ref().map(|b| decode_image(b).unwrap());
+                case.expected = reference.expectation(&case.expected, image.as_ref()).unwrap();
+                check_case_within(&engine, &case, QUANT_LOGIT_TOLERANCE).await;
+                eprintln!("{fixture} w4a8 {name}: matches the CPU reference");
             }
         }
     });

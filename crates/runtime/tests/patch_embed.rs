@@ -1,5 +1,6 @@
 //! Patch embedding (im2col + matmul + position add) against the conv written out directly, on
-//! odd sizes and under a forced small binding limit. Runs natively and in the browser.
+//! odd sizes (patches that do not divide the tile included: the grid floors, as transformers'
+//! strided conv does) and under a forced small binding limit. Runs natively and in the browser.
 
 mod common;
 
@@ -52,8 +53,18 @@ async fn patch_embed_case(gpu: &Gpu, shape: PatchEmbedShape, seed: u64) {
 }
 
 async fn check_shapes(gpu: &Gpu) {
-    let cases =
-        [(1, 1, 1, 1, 1), (2, 3, 12, 4, 5), (3, 3, 28, 14, 10), (2, 3, 32, 16, 70), (1, 3, 48, 16, 65)];
+    // (tiles, channels, image_size, patch, hidden); 10/4, 30/14 and 132/14 floor to 2, 2 and 9
+    // patches per side (SmolVLM-Instruct's 384/14 floors to 27 the same way).
+    let cases = [
+        (1, 1, 1, 1, 1),
+        (2, 3, 12, 4, 5),
+        (3, 3, 28, 14, 10),
+        (2, 3, 32, 16, 70),
+        (1, 3, 48, 16, 65),
+        (2, 1, 10, 4, 3),
+        (2, 3, 30, 14, 6),
+        (2, 3, 132, 14, 24),
+    ];
     for (i, &(tiles, channels, image_size, patch, hidden)) in cases.iter().enumerate() {
         patch_embed_case(gpu, PatchEmbedShape { tiles, channels, image_size, patch, hidden }, 70 + i as u64)
             .await;
@@ -61,7 +72,8 @@ async fn check_shapes(gpu: &Gpu) {
     let buf = zeros(gpu, 4096).await;
     let out = zeros(gpu, 4096).await;
     let mut enc = encoder(gpu);
-    let bad = PatchEmbedShape { tiles: 1, channels: 3, image_size: 10, patch: 4, hidden: 2 };
+    // A patch larger than the tile gives no patches.
+    let bad = PatchEmbedShape { tiles: 1, channels: 3, image_size: 3, patch: 4, hidden: 2 };
     let err = PatchEmbed.encode(gpu, &mut enc, bad, &buf, &buf, &buf, &buf, &out).await.unwrap_err();
     assert!(matches!(err, RuntimeError::Shape(_)), "{err}");
 }
@@ -71,7 +83,7 @@ async fn check_split_binding() {
     // Pixels, patch rows, matmul rows and the output all need several bindings.
     patch_embed_case(
         &gpu,
-        PatchEmbedShape { tiles: 6, channels: 3, image_size: 16, patch: 4, hidden: 20 },
+        PatchEmbedShape { tiles: 6, channels: 3, image_size: 18, patch: 4, hidden: 20 },
         5,
     )
     .await;

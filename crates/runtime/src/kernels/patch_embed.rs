@@ -2,7 +2,9 @@
 //! the learned position embedding (position ids `0..N²` for full tiles).
 //!
 //! `out[t, py·N + px, o] = bias[o] + Σ_{c, ky, kx} w[o, c, ky, kx] · pixels[t, c, py·P + ky,
-//! px·P + kx] + pos[py·N + px, o]` with `N = S / P`.
+//! px·P + kx] + pos[py·N + px, o]` with `N = ⌊S / P⌋`: as transformers' `Conv2d` (stride P,
+//! no padding) the grid floors when P does not divide S (SmolVLM-Instruct: 384-px tiles, patch
+//! 14, 27×27 patches), and the last `S − N·P` pixel rows and columns are never read.
 //!
 //! Buffers (row-major f32): `pixels` `[tiles, C, S, S]`, `weight` `[D, C, P, P]` (PyTorch's
 //! layout), `bias` `[D]`, `position` `[N², D]`, `out` `[tiles, N², D]`.
@@ -39,7 +41,7 @@ const _: () = assert!(std::mem::size_of::<Params>() == 16);
 pub struct PatchEmbedShape {
     pub tiles: usize,
     pub channels: usize,
-    /// Tile side `S` in pixels (a multiple of `patch`).
+    /// Tile side `S` in pixels (at least `patch`; need not be a multiple of it).
     pub image_size: usize,
     /// Patch side `P`.
     pub patch: usize,
@@ -48,7 +50,7 @@ pub struct PatchEmbedShape {
 }
 
 impl PatchEmbedShape {
-    /// Patches per side, `N = S / P`.
+    /// Patches per side, `N = ⌊S / P⌋`.
     pub fn side(&self) -> usize {
         self.image_size / self.patch
     }
@@ -85,13 +87,7 @@ impl PatchEmbed {
         out: &wgpu::Buffer,
     ) -> Result<()> {
         let PatchEmbedShape { tiles, channels, image_size, patch, hidden } = shape;
-        if tiles == 0
-            || channels == 0
-            || patch == 0
-            || hidden == 0
-            || image_size == 0
-            || image_size % patch != 0
-        {
+        if tiles == 0 || channels == 0 || patch == 0 || hidden == 0 || image_size < patch {
             return Err(RuntimeError::Shape(format!("patch embedding {shape:?}")));
         }
         let patches = shape.patches();

@@ -200,7 +200,29 @@ impl Quantize {
         q: &wgpu::Buffer,
         scales: &wgpu::Buffer,
     ) -> Result<()> {
-        let words = activation_words(cols);
+        let stride = activation_words(cols);
+        self.encode_strided(gpu, encoder, act, x, tokens, cols, (q, stride), scales).await
+    }
+
+    /// [`Quantize::encode`] with `q.1` words per row: at least `⌈cols/4⌉` for INT8 activations
+    /// (the latent cache's rows, `r` bytes each when `4 | r`), [`activation_words`] for INT4.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn encode_strided(
+        &self,
+        gpu: &Gpu,
+        encoder: &mut wgpu::CommandEncoder,
+        act: &ActivationQuant,
+        x: (&wgpu::Buffer, u64),
+        tokens: usize,
+        cols: usize,
+        q: (&wgpu::Buffer, usize),
+        scales: &wgpu::Buffer,
+    ) -> Result<()> {
+        let (q, words) = q;
+        let least = if act.bits() == Bits::Int8 { cols.div_ceil(4) } else { activation_words(cols) };
+        if words < least {
+            return Err(RuntimeError::Shape(format!("{words} activation words per row for {cols} columns")));
+        }
         let (x_bytes, q_bytes, s_bytes) =
             ((tokens * cols * 4) as u64, (tokens * words * 4) as u64, tokens as u64 * 4);
         require_size(x.0, x.1 + x_bytes, "quantized activations' input")?;
@@ -328,11 +350,16 @@ impl Kernel for QMatmul {
     }
 }
 
-/// Quantized activations of `tokens` rows: integers u32 `[tokens, words]` and f32 scales.
+/// Quantized activations of `tokens` rows: integers u32 `[tokens, stride]` and f32 scales.
+/// The stride is [`activation_words`] of the layer's columns, or (INT8 activations, e.g. the
+/// latent cache) as little as `⌈cols/4⌉`: an INT4 weight's last activation word may then be the
+/// next row's first (or one word past the last row, which the buffer must hold) — it meets only
+/// the weight's zero padding nibbles, so the product is unchanged.
 pub struct QuantizedRows<'a> {
     pub words: &'a wgpu::Buffer,
     pub scales: &'a wgpu::Buffer,
     pub tokens: usize,
+    pub stride: usize,
 }
 
 impl QMatmul {
@@ -366,8 +393,12 @@ impl QMatmul {
         if tokens == 0 || tokens.div_ceil(self.block.0) > gpu.caps.max_workgroups_per_dimension as usize {
             return Err(RuntimeError::Shape(format!("quantized matmul over {tokens} tokens")));
         }
-        let aw = activation_words(cols);
-        let (a_bytes, y_bytes) = ((tokens * aw * 4) as u64, (tokens * out * 4) as u64);
+        let aw = a.stride;
+        if aw < cols.div_ceil(4) {
+            return Err(RuntimeError::Shape(format!("{aw} activation words per row for {cols} columns")));
+        }
+        let over = activation_words(cols).saturating_sub(aw);
+        let (a_bytes, y_bytes) = (((tokens * aw + over) * 4) as u64, (tokens * out * 4) as u64);
         require_size(a.words, a_bytes, "activation integers")?;
         require_size(a.scales, tokens as u64 * 4, "activation scales")?;
         require_size(y.0, y.1 + y_bytes, "quantized matmul output")?;

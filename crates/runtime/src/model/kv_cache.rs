@@ -109,7 +109,8 @@ impl KvCache {
                     rank,
                 },
                 LayerLayout::LatentI8 { words } => LayerCache::LatentI8 {
-                    words: f32_buffer(gpu, "latent cache integers", capacity * words).await?,
+                    // One spare word: an INT4 k_up may read one word past the last row.
+                    words: f32_buffer(gpu, "latent cache integers", capacity * words + 1).await?,
                     scales: f32_buffer(gpu, "latent cache scales", capacity).await?,
                     words_per_row: words,
                 },
@@ -122,7 +123,7 @@ impl KvCache {
         self.kind
     }
 
-    /// Bytes held on the GPU.
+    /// Bytes held on the GPU (the rows and a spare word per INT8 latent layer).
     pub fn bytes(&self) -> u64 {
         self.layers.iter().flat_map(|l| l.buffers()).map(|(b, _)| b.size()).sum()
     }

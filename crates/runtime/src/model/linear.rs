@@ -71,14 +71,15 @@ impl Scratch {
         at_least(gpu, &mut self.latent, "qkv latent", (len.max(1) * 4) as u64).await
     }
 
-    /// Integers and scales of `rows` quantized latent rows of rank `r`.
+    /// Integers (`stride` words per row, one spare word) and scales of `rows` quantized latent
+    /// rows.
     pub async fn latent_rows(
         &mut self,
         gpu: &Gpu,
         rows: usize,
-        r: usize,
+        stride: usize,
     ) -> Result<(wgpu::Buffer, wgpu::Buffer)> {
-        let words = (rows.max(1) * activation_words(r) * 4) as u64;
+        let words = ((rows.max(1) * stride + 1) * 4) as u64;
         Ok((
             at_least(gpu, &mut self.latent_words, "latent integers", words).await?,
             at_least(gpu, &mut self.latent_scales, "latent scales", (rows.max(1) * 4) as u64).await?,
@@ -277,15 +278,15 @@ impl QuantLinear {
             Quantize
                 .encode(gpu, encoder, &self.activation, (&input.0, input.1), mr, cols, &words, &scales)
                 .await?;
-            let a = QuantizedRows { words: &words, scales: &scales, tokens: mr };
+            let a = QuantizedRows { words: &words, scales: &scales, tokens: mr, stride: aw };
             self.product(gpu, encoder, &a, (y, r0 as u64 * y_row)).await?;
         }
         Ok(())
     }
 
     /// Steps 2–5 for `rows` rows of `x` (a layer without online transforms, such as the ups of
-    /// a joint-QKV latent): integers into `words` (u32 `[rows, activation_words(cols)]`) and
-    /// scales into `scales` (f32 `[rows]`).
+    /// a joint-QKV latent): integers into `words.0` (u32 `[rows, words.1]`, see
+    /// [`Quantize::encode_strided`]) and scales into `scales` (f32 `[rows]`).
     #[allow(clippy::too_many_arguments)]
     pub async fn quantize(
         &self,
@@ -293,7 +294,7 @@ impl QuantLinear {
         encoder: &mut wgpu::CommandEncoder,
         rows: usize,
         x: &wgpu::Buffer,
-        words: &wgpu::Buffer,
+        words: (&wgpu::Buffer, usize),
         scales: &wgpu::Buffer,
     ) -> Result<()> {
         if !self.online.is_empty() {
@@ -301,9 +302,8 @@ impl QuantLinear {
                 "a quantized latent's up-projection has online transforms".into(),
             ));
         }
-        Quantize
-            .encode(gpu, encoder, &self.activation, (x, 0), rows, self.weights.cols(), words, scales)
-            .await
+        let cols = self.weights.cols();
+        Quantize.encode_strided(gpu, encoder, &self.activation, (x, 0), rows, cols, words, scales).await
     }
 
     /// Steps 6–7 on already quantized rows: `y = dequant(W a) (+ b)` written from byte `y.1`.

@@ -13,7 +13,7 @@ use super::linear::{Linear, Matrix, QuantLinear, Scratch};
 use super::weights::WeightLoader;
 use crate::device::Gpu;
 use crate::error::{Result, RuntimeError};
-use crate::kernels::quant::{QuantizedRows, activation_words};
+use crate::kernels::quant::QuantizedRows;
 
 /// Q, K and V of one attention block.
 pub enum Qkv {
@@ -87,9 +87,10 @@ impl Qkv {
                         }
                     }
                     Ups::Quant { q, k, v } => {
-                        let (words, scales) = scratch.latent_rows(gpu, rows, j.rank()).await?;
-                        q.quantize(gpu, encoder, rows, &c, &words, &scales).await?;
-                        let a = QuantizedRows { words: &words, scales: &scales, tokens: rows };
+                        let stride = j.latent_words();
+                        let (words, scales) = scratch.latent_rows(gpu, rows, stride).await?;
+                        q.quantize(gpu, encoder, rows, &c, (&words, stride), &scales).await?;
+                        let a = QuantizedRows { words: &words, scales: &scales, tokens: rows, stride };
                         for (up, y) in [q, k, v].into_iter().zip(outs) {
                             up.product(gpu, encoder, &a, (y, 0)).await?;
                         }
@@ -115,9 +116,10 @@ impl JointQkv {
         }
     }
 
-    /// Activation words per token of the quantized latent.
+    /// Words per token of the quantized latent: its `r` INT8 values, four per word (`r` bytes
+    /// when `4 | r`, as the manifest counts them).
     pub fn latent_words(&self) -> usize {
-        activation_words(self.rank())
+        self.rank().div_ceil(4)
     }
 
     /// The ups read the rank-wide latent, all float or all quantized with one input

@@ -255,13 +255,14 @@ impl<'a> AttentionPass<'a> {
                 let r = j.rank();
                 let latent = scratch.latent(gpu, tokens * r).await?;
                 j.down.forward(gpu, encoder, scratch, tokens, normed, &latent).await?;
-                let (new_words, new_scales) = scratch.latent_rows(gpu, tokens, r).await?;
-                q_up.quantize(gpu, encoder, tokens, &latent, &new_words, &new_scales).await?;
-                CopyRows::append(tokens, *words_per_row, p0).encode(gpu, encoder, &new_words, words)?;
+                let stride = *words_per_row;
+                let (new_words, new_scales) = scratch.latent_rows(gpu, tokens, stride).await?;
+                q_up.quantize(gpu, encoder, tokens, &latent, (&new_words, stride), &new_scales).await?;
+                CopyRows::append(tokens, stride, p0).encode(gpu, encoder, &new_words, words)?;
                 CopyRows::append(tokens, 1, p0).encode(gpu, encoder, &new_scales, scales)?;
-                let new = QuantizedRows { words: &new_words, scales: &new_scales, tokens };
+                let new = QuantizedRows { words: &new_words, scales: &new_scales, tokens, stride };
                 q_up.product(gpu, encoder, &new, (&self.q, 0)).await?;
-                let all = QuantizedRows { words, scales, tokens: ctx };
+                let all = QuantizedRows { words, scales, tokens: ctx, stride };
                 k_up.product(gpu, encoder, &all, (self.rebuilt()?, 0)).await?;
                 (j, Values::LatentI8 { words, scales, words_per_row: *words_per_row })
             }

@@ -17,6 +17,12 @@ use serde_json::Value;
 pub const TINY_CASES: [&str; 5] =
     ["text_chat", "text_multiturn", "chelsea_split", "rocket_split", "coffee_nosplit"];
 
+/// The fixtures with the other SmolVLM sizes' traits (`tests/fixtures/README.md`), each with
+/// every case of [`TINY_CASES`]: `tiny-2b` (SmolVLM-Instruct 2.2B: patch 14 on tiles it does not
+/// divide, pixel-shuffle scale 3, as many key-value heads as query heads) and `tiny-500m`
+/// (SmolVLM-500M: 15 query heads over 5 key-value heads, scale 4, lm_head tied).
+pub const SIZE_FIXTURES: [&str; 2] = ["tiny-2b", "tiny-500m"];
+
 /// Relative tolerance on the top logits (absolute below 1).
 pub const LOGIT_TOLERANCE: f32 = 1e-3;
 
