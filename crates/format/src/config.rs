@@ -31,6 +31,9 @@ pub struct VisionConfig {
     pub num_channels: usize,
     /// Side of one square tile in pixels (also the processor's `max_image_size`).
     pub image_size: usize,
+    /// Side of one patch (the stride of the patch-embedding convolution). It need not divide
+    /// `image_size`: SmolVLM-Instruct's 384-px tiles with patch 14 give 27×27 patches and the
+    /// convolution never reads the last 6 pixel rows and columns (see [`Self::patches_per_side`]).
     pub patch_size: usize,
     pub layer_norm_eps: f64,
     pub hidden_act: String,
@@ -64,7 +67,9 @@ impl VisionConfig {
     pub fn head_dim(&self) -> usize {
         self.hidden_size / self.num_attention_heads
     }
-    /// Patches per tile side.
+    /// Patches per tile side, `⌊image_size / patch_size⌋`: transformers' `Conv2d(kernel = stride =
+    /// P, padding "valid")` and its patch mask (`unfold` with step P) both floor, and so do the
+    /// position embeddings (`image_size // patch_size` per side).
     pub fn patches_per_side(&self) -> usize {
         self.image_size / self.patch_size
     }
@@ -111,10 +116,10 @@ impl ModelConfig {
                 format!("{} heads do not divide hidden size {}", v.num_attention_heads, v.hidden_size),
             ));
         }
-        if !v.image_size.is_multiple_of(v.patch_size) {
+        if v.patch_size > v.image_size {
             return Err(FormatError::invalid(
                 "vision.patch_size",
-                format!("patch {} does not divide image size {}", v.patch_size, v.image_size),
+                format!("patch {} is larger than the image size {}", v.patch_size, v.image_size),
             ));
         }
         if !v.patches_per_side().is_multiple_of(self.connector.scale_factor) {

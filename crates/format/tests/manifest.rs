@@ -330,3 +330,28 @@ fn invalid_config_numbers_are_rejected() {
         "{err}"
     );
 }
+
+/// SmolVLM-Instruct's tiles: patch 14 does not divide 384; the grid floors to 27×27 patches as in
+/// transformers (the last 6 pixel rows and columns are never read), 81 tokens per tile at scale 3.
+#[test]
+fn the_patch_grid_floors_when_the_patch_does_not_divide_the_tile() {
+    let mut cfg = config();
+    cfg.vision.image_size = 384;
+    cfg.vision.patch_size = 14;
+    cfg.connector.scale_factor = 3;
+    cfg.validate().unwrap();
+    assert_eq!(cfg.vision.patches_per_side(), 27);
+    assert_eq!(cfg.vision.num_patches(), 729);
+    assert_eq!(cfg.image_seq_len(), 81);
+
+    cfg.connector.scale_factor = 2;
+    let err = cfg.validate().unwrap_err();
+    assert!(
+        matches!(&err, FormatError::InvalidConfig { key, .. } if key == "connector.scale_factor"),
+        "{err}"
+    );
+    cfg.connector.scale_factor = 1;
+    cfg.vision.patch_size = 385;
+    let err = cfg.validate().unwrap_err();
+    assert!(matches!(&err, FormatError::InvalidConfig { key, .. } if key == "vision.patch_size"), "{err}");
+}

@@ -1,6 +1,8 @@
 //! End-to-end checks against the transformers fixtures in the repository's `tests/fixtures/tiny`
 //! (written by `tests/fixtures/generate.py`): rendered prompt, token ids, resized tiles, pixel
-//! values, tile grid, and detokenization.
+//! values, tile grid, and detokenization; prompt ids, tiles and pixel values also for the
+//! fixtures with the other SmolVLM sizes' traits (`tiny-2b`: 132-px tiles with patch 14, 9 image
+//! tokens per tile; `tiny-500m`: 4 per tile).
 
 mod common;
 
@@ -12,6 +14,9 @@ use pocketvlm_processor::{ImageGrid, Message, Preprocessor, Prompt, decode_image
 use serde_json::Value;
 
 const CASES: [&str; 5] = ["chelsea_split", "rocket_split", "coffee_nosplit", "text_chat", "text_multiturn"];
+
+/// The fixtures with the 2.2B's and the 500M's traits (same cases as `tiny`).
+const SIZE_FIXTURES: [&str; 2] = ["tiny-2b", "tiny-500m"];
 
 fn tiny_dir() -> std::path::PathBuf {
     fixtures_dir().join("tiny")
@@ -76,14 +81,21 @@ fn processor_config(dir: &Path) -> ProcessorConfig {
 }
 
 fn prompt() -> Prompt {
-    let dir = tiny_dir();
-    let info = tokenizer_info(&dir);
-    let cfg = processor_config(&dir);
+    prompt_in(&tiny_dir())
+}
+
+fn prompt_in(dir: &Path) -> Prompt {
+    let info = tokenizer_info(dir);
+    let cfg = processor_config(dir);
     Prompt::new(&std::fs::read(dir.join("tokenizer.json")).unwrap(), &info, cfg.image_seq_len).unwrap()
 }
 
 fn case(name: &str) -> Value {
-    read_json(&tiny_dir().join("expected").join(format!("{name}.json")))
+    case_in(&tiny_dir(), name)
+}
+
+fn case_in(dir: &Path, name: &str) -> Value {
+    read_json(&dir.join("expected").join(format!("{name}.json")))
 }
 
 fn ids(v: &Value) -> Vec<u32> {
@@ -127,12 +139,26 @@ fn rendered_prompts_match_transformers() {
 
 #[test]
 fn prompt_ids_match_transformers() {
-    let dir = tiny_dir();
-    let cfg = processor_config(&dir);
+    check_prompt_ids(&tiny_dir());
+}
+
+/// The image-token counts follow transformers' floored patch grid (`tiny-2b`: ⌊132/14⌋ = 9
+/// patches per side, 9 tokens per tile after the scale-3 pixel shuffle).
+#[test]
+fn prompt_ids_match_transformers_for_every_size() {
+    for (fixture, seq) in SIZE_FIXTURES.into_iter().zip([9, 4]) {
+        let dir = fixtures_dir().join(fixture);
+        assert_eq!(processor_config(&dir).image_seq_len, seq, "{fixture}");
+        check_prompt_ids(&dir);
+    }
+}
+
+fn check_prompt_ids(dir: &Path) {
+    let cfg = processor_config(dir);
     let pre = Preprocessor::new(&cfg).unwrap();
-    let p = prompt();
+    let p = prompt_in(dir);
     for name in CASES {
-        let c = case(name);
+        let c = case_in(dir, name);
         let grids = if c["image"].is_null() {
             vec![]
         } else {
@@ -150,12 +176,22 @@ fn prompt_ids_match_transformers() {
 
 #[test]
 fn tiles_and_pixel_values_match_transformers() {
-    let dir = tiny_dir();
-    let cfg = processor_config(&dir);
+    check_tiles_and_pixel_values(&tiny_dir());
+}
+
+#[test]
+fn tiles_and_pixel_values_match_transformers_for_every_size() {
+    for fixture in SIZE_FIXTURES {
+        check_tiles_and_pixel_values(&fixtures_dir().join(fixture));
+    }
+}
+
+fn check_tiles_and_pixel_values(dir: &Path) {
+    let cfg = processor_config(dir);
     let pre = Preprocessor::new(&cfg).unwrap();
     let mut checked = 0;
     for name in CASES {
-        let c = case(name);
+        let c = case_in(dir, name);
         if c["image"].is_null() {
             continue;
         }

@@ -39,6 +39,9 @@ pub fn layer_norm(x: &Tensor, (w, b): &(Tensor, Tensor), eps: f64) -> Result<Ten
 
 impl VisionTower {
     /// Encode tiles `[n, 3, S, S]` (normalised pixels) into `[n·patches, d]` after the post-norm.
+    /// The patch grid floors like transformers' strided convolution: when the patch does not
+    /// divide `S` (384-px tiles, patch 14), the last `S − ⌊S/P⌋·P` pixel rows and columns are
+    /// unused.
     pub fn forward(&self, pixels: &Tensor, mut tape: Option<&mut Tape>) -> Result<Tensor> {
         let c = &self.cfg;
         let (n, ch, side, _) = pixels.dims4()?;
@@ -46,11 +49,14 @@ impl VisionTower {
         let np = per * per;
         let (d, heads) = (c.hidden_size, c.num_attention_heads);
         let hd = d / heads;
+        debug_assert_eq!(side, c.image_size);
+        let used = per * p;
+        let pixels =
+            if side == used { pixels.clone() } else { pixels.narrow(2, 0, used)?.narrow(3, 0, used)? };
         let patches = pixels
             .reshape((n, ch, per, p, per, p))?
             .permute((0, 2, 4, 1, 3, 5))?
             .reshape((n * np, ch * p * p))?;
-        debug_assert_eq!(side, per * p);
         let x = patches.matmul(&self.patch_t)?.broadcast_add(&self.patch_bias)?;
         let mut x = x.reshape((n, np, d))?.broadcast_add(&self.position)?.reshape((n * np, d))?;
         let scale = 1.0 / (hd as f64).sqrt();

@@ -13,20 +13,35 @@ pub fn fixture() -> PathBuf {
 }
 
 pub fn expected(case: &str) -> Value {
-    let path = fixture().join("expected").join(format!("{case}.json"));
+    expected_in(&fixture(), case)
+}
+
+/// The fixture `name` of `tests/fixtures` (`tiny`, `tiny-2b`, `tiny-500m`).
+pub fn fixture_named(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures").join(name)
+}
+
+/// Case `case` of the fixture at `dir`.
+pub fn expected_in(dir: &Path, case: &str) -> Value {
+    let path = dir.join("expected").join(format!("{case}.json"));
     serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
 }
 
 /// The case's model input: prompt ids and (for image cases) the pixel values rebuilt from the
 /// stored uint8 tiles with transformers' arithmetic: `((f32)(u8 · (1/255)) − 0.5) / 0.5`.
 pub fn prompt(case: &Value) -> Prompt {
+    prompt_in(&fixture(), case)
+}
+
+/// [`prompt`] for a case of the fixture at `dir`.
+pub fn prompt_in(dir: &Path, case: &Value) -> Prompt {
     let ids: Vec<u32> =
         case["prompt_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
     let pixels = case["tiles_u8"].as_object().map(|t| {
         let shape: Vec<usize> =
             t["shape"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as usize).collect();
         let (n, h, w) = (shape[0], shape[1], shape[2]);
-        let bytes = std::fs::read(fixture().join("expected").join(t["file"].as_str().unwrap())).unwrap();
+        let bytes = std::fs::read(dir.join("expected").join(t["file"].as_str().unwrap())).unwrap();
         let mut out = vec![0f32; n * 3 * h * w];
         for tile in 0..n {
             for y in 0..h {
