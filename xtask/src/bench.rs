@@ -18,7 +18,9 @@ use pocketvlm_compress::quant::QuantOptions;
 use pocketvlm_compress::{ConvertOptions, convert};
 use pocketvlm_format::dir;
 use pocketvlm_processor::decode_image;
-use pocketvlm_runtime::bench::{BenchConfig, BenchReport, REPORT_PREFIX, measure};
+use pocketvlm_runtime::bench::{
+    BenchConfig, BenchReport, CACHE_REPORT_PREFIX, CacheReport, REPORT_PREFIX, measure, measure_caches,
+};
 use pocketvlm_runtime::engine::{Engine, Request, now_ms};
 use pocketvlm_runtime::{DeviceOptions, Gpu};
 
@@ -51,6 +53,13 @@ pub struct Args {
     /// Print one JSON object (`config`, `native`, `chromium`) instead of the table.
     #[arg(long)]
     json: bool,
+    /// Also compare the latent and the plain KV cache: decode rate and attention time per step
+    /// after prefilling text prompts of these many tokens (comma-separated, e.g. 100,1000,4000).
+    #[arg(long, value_delimiter = ',')]
+    caches: Vec<usize>,
+    /// Decode steps timed at each context of `--caches`.
+    #[arg(long, default_value_t = 16)]
+    cache_steps: usize,
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -75,24 +84,32 @@ pub fn run(args: Args) -> Result<()> {
         prompt: args.prompt.clone(),
         split: args.no_split.then_some(false),
         max_new_tokens: args.max_new_tokens,
+        cache_contexts: args.caches.clone(),
+        cache_steps: args.cache_steps,
     };
     let image_bytes = std::fs::read(&image).with_context(|| format!("reading {}", image.display()))?;
 
     let mut native = Vec::new();
+    let mut native_caches = Vec::new();
     for (model, name) in models.iter().zip(&config.models) {
         eprintln!("xtask bench: native run of {}", model.display());
-        native.push(pollster::block_on(native_run(model, name, &image_bytes, &config))?);
+        let (report, caches) = pollster::block_on(native_run(model, name, &image_bytes, &config))?;
+        native.push(report);
+        native_caches.extend(caches);
     }
-    let chromium = if args.native_only {
-        None
+    let (chromium, chromium_caches) = if args.native_only {
+        (None, Vec::new())
     } else {
         eprintln!("xtask bench: Chromium run");
-        Some(browser_run(&models, &image, &config)?)
+        let (reports, caches) = browser_run(&models, &image, &config)?;
+        (Some(reports), caches)
     };
     if args.json {
         let paths: Vec<String> = models.iter().map(|m| m.display().to_string()).collect();
-        let json =
-            serde_json::json!({ "config": config, "models": paths, "native": native, "chromium": chromium });
+        let json = serde_json::json!({
+            "config": config, "models": paths, "native": native, "chromium": chromium,
+            "caches": { "native": native_caches, "chromium": chromium_caches },
+        });
         println!("{json}");
     } else {
         for (i, model) in models.iter().enumerate() {
@@ -101,6 +118,11 @@ pub fn run(args: Args) -> Result<()> {
         }
         if models.len() > 1 {
             print_comparison(&models, &native, chromium.as_deref());
+        }
+        for (model, name) in models.iter().zip(&config.models) {
+            for (side, reports) in [("native", &native_caches), ("Chromium", &chromium_caches)] {
+                print_caches(model, name, side, reports);
+            }
         }
     }
     Ok(())
@@ -116,23 +138,34 @@ fn quantize_tiny(bits: &str) -> Result<PathBuf> {
     Ok(out)
 }
 
-async fn native_run(model: &Path, name: &str, image: &[u8], config: &BenchConfig) -> Result<BenchReport> {
+async fn native_run(
+    model: &Path,
+    name: &str,
+    image: &[u8],
+    config: &BenchConfig,
+) -> Result<(BenchReport, Vec<CacheReport>)> {
     let image = decode_image(image)?;
     let start = now_ms();
     let data = dir::open(model).with_context(|| format!("reading {}", model.display()))?;
     let tokenizer = dir::read_tokenizer(model, &data.manifest)?;
     let gpu = Gpu::new(&DeviceOptions::default()).await?;
-    let engine = Engine::load(gpu, &data, &tokenizer).await?;
+    let mut engine = Engine::load(gpu, &data, &tokenizer).await?;
     drop(data);
     let load_ms = now_ms() - start;
     let mut request = Request::caption(&config.prompt, Some(image), config.max_new_tokens);
     request.split = config.split;
-    Ok(measure(&engine, request, load_ms, name).await?)
+    let report = measure(&engine, request, load_ms, name).await?;
+    let caches = measure_caches(&mut engine, name, &config.cache_contexts, config.cache_steps).await?;
+    Ok((report, caches))
 }
 
 /// Serve `bench.json`, the models and the image; build and run `bench_web` in headless Chromium
 /// and parse the report line it prints for each model.
-fn browser_run(models: &[PathBuf], image: &Path, config: &BenchConfig) -> Result<Vec<BenchReport>> {
+fn browser_run(
+    models: &[PathBuf],
+    image: &Path,
+    config: &BenchConfig,
+) -> Result<(Vec<BenchReport>, Vec<CacheReport>)> {
     setup::ensure_all()?;
     let bench_dir = root().join("target/xtask/bench");
     std::fs::create_dir_all(&bench_dir)?;
@@ -159,15 +192,17 @@ fn browser_run(models: &[PathBuf], image: &Path, config: &BenchConfig) -> Result
     let mut child = cmd.spawn().context("starting cargo test for bench_web")?;
     let stdout = child.stdout.take().context("no stdout")?;
     let mut reports = Vec::new();
+    let mut caches = Vec::new();
     for line in BufReader::new(stdout).lines() {
         let line = line?;
-        match line.find(REPORT_PREFIX) {
-            Some(at) => {
-                let json = &line[at + REPORT_PREFIX.len()..];
-                reports
-                    .push(serde_json::from_str::<BenchReport>(json).context("parsing the browser report")?);
-            }
-            None => eprintln!("{line}"),
+        if let Some(at) = line.find(REPORT_PREFIX) {
+            let json = &line[at + REPORT_PREFIX.len()..];
+            reports.push(serde_json::from_str::<BenchReport>(json).context("parsing the browser report")?);
+        } else if let Some(at) = line.find(CACHE_REPORT_PREFIX) {
+            let json = &line[at + CACHE_REPORT_PREFIX.len()..];
+            caches.push(serde_json::from_str::<CacheReport>(json).context("parsing a browser cache report")?);
+        } else {
+            eprintln!("{line}");
         }
     }
     let status = child.wait()?;
@@ -177,7 +212,38 @@ fn browser_run(models: &[PathBuf], image: &Path, config: &BenchConfig) -> Result
     if reports.len() != models.len() {
         bail!("the browser bench printed {} report lines for {} models", reports.len(), models.len());
     }
-    Ok(reports)
+    Ok((reports, caches))
+}
+
+/// The latent-vs-plain cache table of one model on one side: per context, decode rate,
+/// attention time per step and cache bytes per token, with latent ÷ plain.
+fn print_caches(model: &Path, name: &str, side: &str, reports: &[CacheReport]) {
+    let mine: Vec<&CacheReport> = reports.iter().filter(|r| r.model == name).collect();
+    if mine.is_empty() {
+        return;
+    }
+    println!();
+    println!("KV cache, {side}, {}: {} decode steps per context", model.display(), mine[0].steps);
+    println!();
+    println!(
+        "| context | plain tok/s | latent tok/s | latent ÷ plain | plain attention/step | latent attention/step | latent ÷ plain | plain B/token | latent B/token |"
+    );
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+    for pair in mine.chunks(2) {
+        let [plain, latent] = pair else { continue };
+        println!(
+            "| {} | {:.1} | {:.1} | {} | {:.1} ms | {:.1} ms | {} | {} | {} |",
+            plain.context,
+            plain.decode_tokens_per_s,
+            latent.decode_tokens_per_s,
+            ratio(latent.decode_tokens_per_s, plain.decode_tokens_per_s),
+            plain.attention_ms_per_step,
+            latent.attention_ms_per_step,
+            ratio(latent.attention_ms_per_step, plain.attention_ms_per_step),
+            plain.kv_bytes_per_token,
+            latent.kv_bytes_per_token,
+        );
+    }
 }
 
 fn ms(v: f64) -> String {

@@ -11,7 +11,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::engine::{Engine, Request, now_ms};
 use crate::error::Result;
-use crate::model::MemoryUsage;
+use crate::model::sampling::SamplingOptions;
+use crate::model::{CacheKind, Generator, MemoryUsage};
 
 /// Prefix of the line the browser bench prints its [`BenchReport`] on.
 pub const REPORT_PREFIX: &str = "POCKETVLM_BENCH ";
@@ -28,6 +29,33 @@ pub struct BenchConfig {
     /// Split the image into tiles (`None`: the checkpoint's default).
     pub split: Option<bool>,
     pub max_new_tokens: usize,
+    /// Contexts (tokens) of the latent-vs-plain KV cache comparison ([`measure_caches`]); empty:
+    /// none.
+    #[serde(default)]
+    pub cache_contexts: Vec<usize>,
+    /// Decode steps timed at each context.
+    #[serde(default)]
+    pub cache_steps: usize,
+}
+
+/// Prefix of the line the browser bench prints each [`CacheReport`] on.
+pub const CACHE_REPORT_PREFIX: &str = "POCKETVLM_CACHE_BENCH ";
+
+/// Decode at one context with one cache kind.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CacheReport {
+    pub model: String,
+    /// `latent` or `plain`.
+    pub cache: String,
+    /// Tokens in the cache when decoding starts.
+    pub context: usize,
+    pub steps: usize,
+    pub kv_bytes_per_token: u64,
+    pub kv_cache_bytes: u64,
+    pub prefill_ms: f64,
+    pub decode_tokens_per_s: f64,
+    /// The attention half of one decode step, all layers ([`crate::model::Generator::attention_ms`]).
+    pub attention_ms_per_step: f64,
 }
 
 /// The result of one run.
@@ -118,5 +146,75 @@ pub async fn measure(
         kv_cache_bytes: memory.kv_cache,
         activation_bytes: memory.activations,
         generated_ids: session.generated().to_vec(),
+    })
+}
+
+/// For each context and each cache kind ([`CacheKind::Plain`], then [`CacheKind::Latent`]):
+/// prefill a text prompt of that many tokens, time `steps` greedy decode steps and the attention
+/// half of one step. The model's cache kind is restored afterwards.
+pub async fn measure_caches(
+    engine: &mut Engine,
+    model: &str,
+    contexts: &[usize],
+    steps: usize,
+) -> Result<Vec<CacheReport>> {
+    let restore = engine.model.cache_kind;
+    let mut reports = Vec::new();
+    // Warm up: compile every pipeline both kinds use before anything is timed.
+    if let Some(&first) = contexts.first() {
+        for kind in [CacheKind::Plain, CacheKind::Latent] {
+            engine.model.cache_kind = kind;
+            let warm = measure_cache(engine, model, first.min(64), 2).await;
+            engine.model.cache_kind = restore;
+            warm?;
+        }
+    }
+    for &context in contexts {
+        for kind in [CacheKind::Plain, CacheKind::Latent] {
+            engine.model.cache_kind = kind;
+            let report = measure_cache(engine, model, context, steps).await;
+            engine.model.cache_kind = restore;
+            reports.push(report?);
+        }
+    }
+    Ok(reports)
+}
+
+async fn measure_cache(engine: &Engine, model: &str, context: usize, steps: usize) -> Result<CacheReport> {
+    let (gpu, m) = (&engine.gpu, &engine.model);
+    let cfg = &m.config;
+    let steps = steps.max(1);
+    let context = context.clamp(1, m.max_positions().saturating_sub(steps + 2).max(1));
+    // Ordinary text ids (not the image token), cycling.
+    let ids: Vec<u32> = (0..context as u32)
+        .map(|i| 100 + i % 1000)
+        .map(|id| if id == cfg.image_token_id { id + 1 } else { id })
+        .collect();
+    let start = now_ms();
+    let mut generator = Generator::start(gpu, m, &ids, None, steps + 1, SamplingOptions::default()).await?;
+    generator.logits(gpu, m).await?;
+    let prefill_ms = now_ms() - start;
+    generator.next_token(gpu, m).await?;
+    let decode_start = now_ms();
+    let mut decoded = 0;
+    while decoded < steps && generator.next_token(gpu, m).await?.is_some() {
+        decoded += 1;
+    }
+    let decode_ms = now_ms() - decode_start;
+    let attention_ms_per_step = generator.attention_ms(gpu, m, 3).await?;
+    Ok(CacheReport {
+        model: model.to_string(),
+        cache: match m.cache_kind {
+            CacheKind::Latent => "latent",
+            CacheKind::Plain => "plain",
+        }
+        .into(),
+        context,
+        steps: decoded,
+        kv_bytes_per_token: generator.kv_bytes_per_token(),
+        kv_cache_bytes: generator.kv_cache_bytes(),
+        prefill_ms,
+        decode_tokens_per_s: per_second(decoded, decode_ms),
+        attention_ms_per_step,
     })
 }

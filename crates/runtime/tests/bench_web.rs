@@ -5,7 +5,9 @@
 #![cfg(target_arch = "wasm32")]
 
 use pocketvlm_processor::decode_image;
-use pocketvlm_runtime::bench::{BenchConfig, BenchReport, REPORT_PREFIX, measure};
+use pocketvlm_runtime::bench::{
+    BenchConfig, BenchReport, CACHE_REPORT_PREFIX, REPORT_PREFIX, measure, measure_caches,
+};
 use pocketvlm_runtime::engine::{Engine, Request, now_ms};
 use pocketvlm_runtime::fetch::{fetch_bytes, fetch_model, file_url};
 use pocketvlm_runtime::{DeviceOptions, Gpu};
@@ -27,7 +29,7 @@ async fn bench() {
         let start = now_ms();
         let fetched = fetch_model(&file_url(&bench_dir, model)).await.unwrap();
         let gpu = Gpu::new(&DeviceOptions::default()).await.unwrap();
-        let engine = Engine::load(gpu, &fetched.data, &fetched.tokenizer).await.unwrap();
+        let mut engine = Engine::load(gpu, &fetched.data, &fetched.tokenizer).await.unwrap();
         drop(fetched);
         let load_ms = now_ms() - start;
 
@@ -35,5 +37,10 @@ async fn bench() {
         request.split = config.split;
         let report: BenchReport = measure(&engine, request, load_ms, model).await.unwrap();
         console_log!("{REPORT_PREFIX}{}", serde_json::to_string(&report).unwrap());
+        let caches =
+            measure_caches(&mut engine, model, &config.cache_contexts, config.cache_steps).await.unwrap();
+        for c in caches {
+            console_log!("{CACHE_REPORT_PREFIX}{}", serde_json::to_string(&c).unwrap());
+        }
     }
 }

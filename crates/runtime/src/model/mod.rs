@@ -336,6 +336,29 @@ impl Generator {
         self.cache.bytes()
     }
 
+    /// Bytes one token takes in the KV cache, all layers together.
+    pub fn kv_bytes_per_token(&self) -> u64 {
+        self.cache.bytes_per_token()
+    }
+
+    /// Milliseconds the attention half of one decode step takes at the current context, all
+    /// layers (the fastest of `reps` timed submissions, each waited for; see
+    /// [`text::attention_step`]). Needs a free cache row (a generation not yet at its limit).
+    pub async fn attention_ms(&self, gpu: &Gpu, model: &Model, reps: usize) -> Result<f64> {
+        let d = model.config.text.hidden_size;
+        let normed = gpu.storage_buffer("bench row", bytemuck::cast_slice(&vec![0.05f32; d])).await?;
+        let mut best = f64::INFINITY;
+        for _ in 0..reps.max(1) {
+            let mut encoder = gpu.device.create_command_encoder(&Default::default());
+            text::attention_step(gpu, &mut encoder, &model.config, &model.text, &self.cache, &normed).await?;
+            let start = crate::engine::now_ms();
+            gpu.queue.submit([encoder.finish()]);
+            gpu.read_bytes(&normed, 4).await?;
+            best = best.min(crate::engine::now_ms() - start);
+        }
+        Ok(best)
+    }
+
     /// GPU memory of the model and this generation so far.
     pub fn memory(&self, model: &Model) -> MemoryUsage {
         MemoryUsage {

@@ -148,6 +148,29 @@ pub async fn forward(
     Ok(())
 }
 
+/// Record only the attention half of one decode step, every layer (the projections, the cache
+/// write at row `cache.len` — not counted as cached —, the key rebuild of a latent layer,
+/// attention and the value projection) on the normed hidden row `normed` (f32 `[d]`): what the
+/// cache kind changes, for the bench. Needs a free cache row.
+pub async fn attention_step(
+    gpu: &Gpu,
+    encoder: &mut wgpu::CommandEncoder,
+    cfg: &ModelConfig,
+    model: &TextModel,
+    cache: &KvCache,
+    normed: &wgpu::Buffer,
+) -> Result<()> {
+    if cache.len >= cache.capacity {
+        return Err(RuntimeError::Shape("no free cache row for an attention step".into()));
+    }
+    let mut pass = AttentionPass::new(gpu, cfg, model, cache, 1).await?;
+    let mut scratch = Scratch::default();
+    for (l, layer) in model.layers.iter().zip(&cache.layers) {
+        pass.encode(gpu, encoder, &mut scratch, &l.qkv, layer, normed).await?;
+    }
+    Ok(())
+}
+
 /// The attention half of one pass of `tokens` new tokens at positions `p0..p0 + tokens`, layer
 /// by layer: projections, RoPE, the cache append and attention, into `attn` f32 `[tokens, d_q]`.
 /// Holds the pass's buffers (shared by all layers).
