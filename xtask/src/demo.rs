@@ -2,8 +2,9 @@
 //! `hf-hub`), convert it when it changed, build the web package and demo site, and serve the
 //! demo with the model on `127.0.0.1`.
 //!
-//! The model is converted with the dense recipe: it is the best one the browser runtime executes
-//! today (the low-rank and quantized formats have CPU references but no GPU kernels yet). The
+//! The model is converted with the dense recipe. The runtime now runs every compressed format
+//! (low-rank, quantized, the latent KV cache), but the compressed default recipe is still to be
+//! chosen by measurement on real weights (see BENCHMARKS.md); until then the demo stays dense. The
 //! converted model lives in `target/demo/models/<name>-<hash of the source path>` beside a stamp
 //! (`source.json`: recipe, format version, name, size and modification time of every source file);
 //! a later run with the same stamp and an intact model directory skips the conversion.
