@@ -16,7 +16,7 @@ use pocketvlm_format::dir;
 use pocketvlm_processor::decode_image;
 use pocketvlm_runtime::engine::Engine;
 use pocketvlm_runtime::model::sampling::SamplingOptions;
-use pocketvlm_runtime::model::{Generator, check_supported};
+use pocketvlm_runtime::model::{CacheKind, Generator, check_supported};
 use pocketvlm_runtime::{DeviceOptions, Gpu, RuntimeError};
 
 fn fixtures() -> PathBuf {
@@ -174,16 +174,62 @@ fn quantized_size_fixtures_match_the_cpu_reference() {
     });
 }
 
-/// A factored model has no kernels yet: refused with a typed error before anything is uploaded.
+/// Low-rank models of the tiny fixture run on the GPU with the CPU reference's prompt ids, top-10
+/// ids, logits (within [`QUANT_LOGIT_TOLERANCE`]) and greedy ids, with the latent KV cache and
+/// with the plain one: float (joint QKV of rank 15 < 2·d_kv, every MLP projection and the vision
+/// QKV factored) and W4A8 (an INT8 latent of rank 12 per layer, a quarter of dense K/V bytes).
 #[test]
-fn factored_models_are_refused() {
-    let factored = tempfile::tempdir().unwrap();
-    let budgets = Budgets { qkv_params: Some(0.9), ..Default::default() };
-    let opts = LowRankOptions::new(Method::Svd, budgets, None);
-    compress_lowrank(&fixtures().join("tiny"), factored.path(), &opts).unwrap();
-    let data = dir::open(factored.path()).unwrap();
-    let err = check_supported(&data.manifest).unwrap_err();
-    assert!(matches!(&err, RuntimeError::UnsupportedModel(m) if m.contains("svd")), "{err}");
+fn low_rank_tiny_models_match_the_cpu_reference() {
+    pollster::block_on(async {
+        let tiny = fixtures().join("tiny");
+        let float = Budgets {
+            qkv_params: Some(0.5),
+            ffn_params: Some(0.5),
+            vision_qkv_params: Some(0.6),
+            ..Default::default()
+        };
+        let kv25 = Budgets { kv_cache: Some(0.25), ..Default::default() };
+        for (name, budgets, bits) in [("svd float", float, None), ("svd kv25 w4a8", kv25, Some("w4a8"))] {
+            let out = tempfile::tempdir().unwrap();
+            let mut opts = LowRankOptions::new(Method::Svd, budgets, None);
+            opts.quant = bits.map(|b| QuantOptions::parse(b, None).unwrap());
+            compress_lowrank(&tiny, out.path(), &opts).unwrap();
+            let data = dir::open(out.path()).unwrap();
+            check_supported(&data.manifest).unwrap();
+            let c = data.manifest.compression.as_ref().unwrap();
+            assert!(
+                c.text_layers.iter().all(|l| l.qkv.is_some_and(|r| r < 32)),
+                "{name}: {:?}",
+                c.text_layers
+            );
+            let reference = Reference::open(out.path()).unwrap();
+            let tokenizer = dir::read_tokenizer(out.path(), &data.manifest).unwrap();
+            let gpu = Gpu::new(&DeviceOptions::default()).await.unwrap();
+            let mut engine = Engine::load(gpu, &data, &tokenizer).await.unwrap();
+            for kind in [CacheKind::Latent, CacheKind::Plain] {
+                engine.model.cache_kind = kind;
+                for case_name in TEST_CASES {
+                    let root = tiny.to_str().unwrap();
+                    let mut case =
+                        read_case(async |path: String| std::fs::read(&path).unwrap(), root, case_name).await;
+                    let image = case.image.as_ref().map(|b| decode_image(b).unwrap());
+                    case.expected = reference.expectation(&case.expected, image.as_ref()).unwrap();
+                    check_case_within(&engine, &case, QUANT_LOGIT_TOLERANCE).await;
+                    eprintln!("{name} {kind:?} cache {case_name}: matches the CPU reference");
+                }
+            }
+            // The latent cache holds what the manifest counts (quantized: r + 4 bytes per token
+            // and layer, the ranks being multiples of 4 here).
+            if bits.is_some() {
+                engine.model.cache_kind = CacheKind::Latent;
+                let (gpu, model) = (&engine.gpu, &engine.model);
+                let generator = Generator::start(gpu, model, &[1, 2, 3], None, 2, SamplingOptions::default())
+                    .await
+                    .unwrap();
+                assert_eq!(generator.kv_bytes_per_token(), c.kv_cache.bytes_per_token, "{name}");
+            }
+        }
+    });
 }
 
 #[test]
