@@ -17,7 +17,7 @@
 // hi = word & 0xF0F0F0F0 with word 2w + 1, and (dot(lo) + dot(hi)) >> 4 is exact.
 //
 // No workgroup memory, no barriers: invocations are independent (what CPU adapters run
-// fastest). Column blocks lie on a 2-D grid of 64-invocation workgroups, token blocks on z.
+// fastest). (token block, column block) pairs lie on a 2-D grid of 64-invocation workgroups.
 
 struct Params {
     tokens: u32,
@@ -67,9 +67,14 @@ fn main(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) li: u32,
 ) {
-    let c0 = ((wg.y * nwg.x + wg.x) * 64u + li) * TC;
-    let t0 = wg.z * TR;
-    if (c0 >= params.n) {
+    // One linear index over (token block, column block), column blocks fastest, so narrow
+    // outputs (a latent's keys: d_kv columns over thousands of cached tokens) still fill every
+    // workgroup.
+    let id = (wg.y * nwg.x + wg.x) * 64u + li;
+    let column_blocks = (params.n + TC - 1u) / TC;
+    let c0 = (id % column_blocks) * TC;
+    let t0 = (id / column_blocks) * TR;
+    if (t0 >= params.tokens) {
         return;
     }
     var u: array<f32, TR * TC>;

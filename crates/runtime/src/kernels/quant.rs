@@ -390,7 +390,7 @@ impl QMatmul {
         if bias.is_some() != self.bias || self.int4 != (w.bits() == Bits::Int4) {
             return Err(RuntimeError::Shape("quantized matmul variant does not match its buffers".into()));
         }
-        if tokens == 0 || tokens.div_ceil(self.block.0) > gpu.caps.max_workgroups_per_dimension as usize {
+        if tokens == 0 || tokens * out > u32::MAX as usize {
             return Err(RuntimeError::Shape(format!("quantized matmul over {tokens} tokens")));
         }
         let aw = a.stride;
@@ -441,18 +441,9 @@ impl QMatmul {
             if let Some(b) = bias {
                 resources.push(slice(&b.buffer, 0, (out * 4) as u64));
             }
-            let column_blocks = nc.div_ceil(self.block.1);
-            let (gx, gy) = grid(gpu, groups(column_blocks, INVOCATIONS) as u64)?;
-            let token_blocks = tokens.div_ceil(self.block.0) as u32;
-            dispatch(
-                gpu,
-                encoder,
-                &pipeline,
-                "qmatmul",
-                bytemuck::bytes_of(&params),
-                resources,
-                (gx, gy, token_blocks),
-            );
+            let blocks = nc.div_ceil(self.block.1) * tokens.div_ceil(self.block.0);
+            let (gx, gy) = grid(gpu, groups(blocks, INVOCATIONS) as u64)?;
+            dispatch(gpu, encoder, &pipeline, "qmatmul", bytemuck::bytes_of(&params), resources, (gx, gy, 1));
         }
         Ok(())
     }
