@@ -117,7 +117,9 @@ async function main() {
     model = await PocketVLM.load(modelUrl, { onProgress });
     const info = model.info;
     const source = info.loadedFromCache ? 'Loaded from cache' : `Downloaded ${formatBytes(info.downloadedBytes)}`;
-    setProgress(1, `${source}. Model ready on ${info.adapter}; ${formatBytes(info.weightBytes)} of weights on the GPU.`);
+    const scheme = info.bits ? ` ${info.bits}` : '';
+    setProgress(1, `${source}. Model ready on ${info.adapter}: ${info.recipe}${scheme}, `
+      + `${formatBytes(info.weightBytes)} of weights on the GPU, ${formatBytes(info.kvBytesPerToken)} of KV cache per token.`);
     $('load-panel').classList.add(info.loadedFromCache ? 'from-cache' : 'downloaded');
     updateRunButton();
   } catch (e) {

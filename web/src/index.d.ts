@@ -38,6 +38,14 @@ export interface ModelInfo {
   adapter: string;
   shaderF16: boolean;
   maxPositions: number;
+  /** `dense` or the low-rank recipe that factored the model (`svd`, `qsvd`, `laser`, …). */
+  recipe: string;
+  /** The low-bit scheme (`w8a8`, `w4a8`, `w4a4`), or null for a float model. */
+  bits: string | null;
+  /** Bytes one token of context takes in the GPU's KV cache (the shared latent where allowed). */
+  kvBytesPerToken: number;
+  /** What the model's manifest counts per token (16-bit K/V), or null without a compression section. */
+  manifestKvBytesPerToken: number | null;
 }
 
 export interface GenerateOptions {

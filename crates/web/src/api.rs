@@ -41,6 +41,14 @@ struct ModelInfo {
     adapter: String,
     shader_f16: bool,
     max_positions: usize,
+    /// `dense` or the low-rank recipe that factored the model (`svd`, `qsvd`, `laser`, …).
+    recipe: String,
+    /// The low-bit scheme (`w8a8`, `w4a8`, `w4a4`), or `null` for a float model.
+    bits: Option<String>,
+    /// Bytes one token of context takes in the GPU's KV cache (the shared latent where the
+    /// format allows it), and what the manifest counts for it (16-bit K/V).
+    kv_bytes_per_token: u64,
+    manifest_kv_bytes_per_token: Option<u64>,
 }
 
 /// State shared by a model and its generations.
@@ -94,6 +102,10 @@ impl Model {
             },
             shader_f16: engine.gpu.caps.shader_f16,
             max_positions: engine.model.max_positions(),
+            recipe: engine.manifest.compression.as_ref().map_or_else(|| "dense".into(), |c| c.recipe.clone()),
+            bits: engine.manifest.quantization.as_ref().map(|q| q.scheme.clone()),
+            kv_bytes_per_token: engine.model.kv_bytes_per_token(),
+            manifest_kv_bytes_per_token: engine.manifest.compression.as_ref().map(|c| c.kv_cache.bytes_per_token),
         };
         let shared = Shared { engine: RefCell::new(Some(Rc::new(engine))), conversation: RefCell::new(None) };
         Ok(Model { shared: Rc::new(shared), info })

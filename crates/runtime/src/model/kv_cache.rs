@@ -87,6 +87,23 @@ enum LayerLayout {
     LatentI8 { words: usize },
 }
 
+impl LayerLayout {
+    /// Bytes one token takes: f32 K and V; f32 latent; INT8 latent words and the f32 scale.
+    fn bytes_per_token(self) -> u64 {
+        4 * match self {
+            LayerLayout::Plain { width } => 2 * width as u64,
+            LayerLayout::LatentF32 { rank } => rank as u64,
+            LayerLayout::LatentI8 { words } => words as u64 + 1,
+        }
+    }
+}
+
+/// Bytes one token of context takes in a cache of `kind` for `model`, all layers together.
+pub fn bytes_per_token(cfg: &ModelConfig, model: &TextModel, kind: CacheKind) -> u64 {
+    let d_kv = cfg.text.num_key_value_heads * cfg.text.head_dim;
+    model.layers.iter().map(|l| layer_layout(&l.qkv, d_kv, kind).bytes_per_token()).sum()
+}
+
 impl KvCache {
     pub async fn new(
         gpu: &Gpu,

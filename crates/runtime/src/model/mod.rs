@@ -103,6 +103,11 @@ impl Model {
         self.table_bytes
     }
 
+    /// Bytes one token of context takes in the KV cache of new generations.
+    pub fn kv_bytes_per_token(&self) -> u64 {
+        kv_cache::bytes_per_token(&self.config, &self.text, self.cache_kind)
+    }
+
     /// Longest sequence (prompt + generated) the model accepts.
     pub fn max_positions(&self) -> usize {
         self.text.max_positions
