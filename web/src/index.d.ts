@@ -142,7 +142,7 @@ export declare class PromptTooLongError extends PocketVLMError {
   readonly tokens: number;
   readonly limit: number;
 }
-/** The model is valid but this runtime cannot run it (yet), e.g. low-rank factors; the message names the tensor and the reason. */
+/** The model is valid but this runtime cannot run it, e.g. arithmetic its kernels lack; the message names the tensor and the reason. */
 export declare class UnsupportedModelError extends PocketVLMError {}
 
 export declare function errorToData(error: unknown): { name: string; message: string; [field: string]: unknown };

@@ -22,8 +22,9 @@ pub enum ErrorName {
     /// The image could not be decoded or has an impossible size.
     ImageDecode,
     PromptTooLong,
-    /// A valid model this runtime cannot run (yet), e.g. low-rank factors or arithmetic its
-    /// kernels lack; the message names the tensor and the reason.
+    /// A valid model this runtime cannot run, e.g. arithmetic its kernels lack (an online
+    /// rotation core above 64, a weight group that is not a whole number of words); the message
+    /// names the tensor and the reason.
     UnsupportedModel,
     /// An option or argument has the wrong type or value.
     Type,
