@@ -27,6 +27,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
+use pocketvlm_compress::model::CacheKind;
 use pocketvlm_compress::model::reference::Reference;
 use pocketvlm_format::dir;
 use pocketvlm_processor::decode_image;
@@ -66,6 +67,10 @@ pub struct Args {
     /// dense, low-rank or quantized; slow).
     #[arg(long)]
     cpu: bool,
+    /// With `--cpu`: keep plain keys and values in the K/V cache instead of the shared latent of
+    /// the joint-QKV layers (the same model; rounding differs).
+    #[arg(long, requires = "cpu")]
+    plain_cache: bool,
 }
 
 /// Bytes of memory a generation used; `None` where the path cannot measure it.
@@ -157,7 +162,8 @@ pub fn run(args: Args) -> Result<()> {
     }
     let stream = !args.json;
     let caption = if args.cpu {
-        cpu_caption(&args.model, request, stream)?
+        let cache = if args.plain_cache { CacheKind::Plain } else { CacheKind::Latent };
+        cpu_caption(&args.model, request, cache, stream)?
     } else {
         pollster::block_on(gpu_caption(&args.model, request, stream))?
     };
@@ -215,8 +221,10 @@ async fn gpu_caption(model: &Path, request: Request, stream: bool) -> Result<Cap
 
 /// Caption with the compressor's CPU reference model ([`Reference`]: the prompt built as the
 /// engine builds it).
-fn cpu_caption(model_dir: &Path, request: Request, stream: bool) -> Result<Caption> {
-    let reference = Reference::open(model_dir).with_context(|| format!("loading {}", model_dir.display()))?;
+fn cpu_caption(model_dir: &Path, request: Request, cache: CacheKind, stream: bool) -> Result<Caption> {
+    let mut reference =
+        Reference::open(model_dir).with_context(|| format!("loading {}", model_dir.display()))?;
+    reference.cache = cache;
     let run =
         reference.run(&request.messages, request.image.as_ref(), request.split, request.max_new_tokens)?;
     let chat = &reference.chat;

@@ -4,8 +4,9 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use pocketvlm_compress::model::reference::{Reference, TEST_CASES, TEST_RECIPES};
-use pocketvlm_compress::{ConvertOptions, convert};
+use pocketvlm_compress::model::reference::{
+    LOW_RANK_TEST_RECIPES, Reference, TEST_CASES, TEST_RECIPES, TestRecipe,
+};
 use pocketvlm_format::{MANIFEST_FILE, dir};
 use pocketvlm_processor::decode_image;
 
@@ -71,46 +72,60 @@ pub fn run_browser_tests() -> Result<()> {
     Ok(())
 }
 
-/// The tiny fixture quantized by every recipe of [`TEST_RECIPES`], in `target/xtask/quant`:
-/// `<recipe>/model/` (the model directory) and `<recipe>/expected/<case>.json` for each of
-/// [`TEST_CASES`] (the transformers case with the integer contract's CPU reference's prompt ids,
-/// top logits and greedy ids, [`Reference::expectation`]; its image and tiles paths lead to
-/// `/fixtures/` on the test server), and `index.json` listing the recipes and cases.
+/// The tiny fixture written by every recipe of [`TEST_RECIPES`] (quantized, dense) and
+/// [`LOW_RANK_TEST_RECIPES`] (`svd` factors, float or quantized, whose decoder caches its
+/// latents), in `target/xtask/quant`: `<recipe>/model/` (the model directory) and
+/// `<recipe>/expected/<case>.json` for each of [`TEST_CASES`] (the transformers case with the CPU
+/// reference's prompt ids, top logits and greedy ids, [`Reference::expectation`], latent K/V
+/// cache; its image and tiles paths lead to `/fixtures/` on the test server), and `index.json`
+/// listing the `recipes` (dense, what the GPU runs today), the `low_rank_recipes` and the
+/// `cases`.
 fn quantized_tiny() -> Result<PathBuf> {
     let out = root().join("target/xtask/quant");
-    let expected_dir = root().join("tests/fixtures/tiny/expected");
-    let mut names = Vec::new();
-    for recipe in TEST_RECIPES {
-        let dir = out.join(recipe.name);
-        let model = dir.join("model");
-        let quant = Some(recipe.options()?);
-        convert(&root().join("tests/fixtures/tiny"), &model, &ConvertOptions { quant, ..Default::default() })
-            .with_context(|| format!("quantizing the tiny fixture ({})", recipe.name))?;
-        let reference = Reference::open(&model)?;
-        std::fs::create_dir_all(dir.join("expected"))?;
-        for case in TEST_CASES {
-            let file = expected_dir.join(format!("{case}.json"));
-            let mut json: serde_json::Value = serde_json::from_slice(&std::fs::read(&file)?)?;
-            let image = match json["image"].as_str() {
-                Some(rel) => Some(decode_image(&std::fs::read(expected_dir.join(rel))?)?),
-                None => None,
-            };
-            json = reference.expectation(&json, image.as_ref())?;
-            // from /quant/<recipe>/expected/ to /fixtures/tiny/expected/ on the server
-            let to_fixtures = |rel: &str| format!("../../../fixtures/tiny/expected/{rel}");
-            if let Some(rel) = json["image"].as_str() {
-                json["image"] = to_fixtures(rel).into();
-            }
-            if let Some(rel) = json["tiles_u8"]["file"].as_str() {
-                json["tiles_u8"]["file"] = to_fixtures(rel).into();
-            }
-            std::fs::write(dir.join("expected").join(format!("{case}.json")), serde_json::to_vec(&json)?)?;
-        }
-        names.push(recipe.name);
+    for recipe in TEST_RECIPES.iter().chain(&LOW_RANK_TEST_RECIPES) {
+        write_test_model(recipe, &out.join(recipe.name))?;
     }
-    let index = serde_json::json!({ "recipes": names, "cases": TEST_CASES });
+    let names = |recipes: &[TestRecipe]| recipes.iter().map(|r| r.name).collect::<Vec<_>>();
+    let index = serde_json::json!({
+        "recipes": names(&TEST_RECIPES),
+        "low_rank_recipes": names(&LOW_RANK_TEST_RECIPES),
+        "cases": TEST_CASES,
+    });
     std::fs::write(out.join("index.json"), serde_json::to_vec(&index)?)?;
     Ok(out)
+}
+
+/// One recipe's model and expectations in `dir` (see [`quantized_tiny`]).
+fn write_test_model(recipe: &TestRecipe, dir: &Path) -> Result<()> {
+    let expected_dir = root().join("tests/fixtures/tiny/expected");
+    let model = dir.join("model");
+    if model.exists() {
+        std::fs::remove_dir_all(&model).with_context(|| format!("removing {}", model.display()))?;
+    }
+    recipe
+        .build(&root().join("tests/fixtures/tiny"), &model)
+        .with_context(|| format!("writing the tiny fixture's {} variant", recipe.name))?;
+    let reference = Reference::open(&model)?;
+    std::fs::create_dir_all(dir.join("expected"))?;
+    for case in TEST_CASES {
+        let file = expected_dir.join(format!("{case}.json"));
+        let mut json: serde_json::Value = serde_json::from_slice(&std::fs::read(&file)?)?;
+        let image = match json["image"].as_str() {
+            Some(rel) => Some(decode_image(&std::fs::read(expected_dir.join(rel))?)?),
+            None => None,
+        };
+        json = reference.expectation(&json, image.as_ref())?;
+        // from /quant/<recipe>/expected/ to /fixtures/tiny/expected/ on the server
+        let to_fixtures = |rel: &str| format!("../../../fixtures/tiny/expected/{rel}");
+        if let Some(rel) = json["image"].as_str() {
+            json["image"] = to_fixtures(rel).into();
+        }
+        if let Some(rel) = json["tiles_u8"]["file"].as_str() {
+            json["tiles_u8"]["file"] = to_fixtures(rel).into();
+        }
+        std::fs::write(dir.join("expected").join(format!("{case}.json")), serde_json::to_vec(&json)?)?;
+    }
+    Ok(())
 }
 
 /// A copy of the model directory `model` whose first shard has one byte flipped (its manifest

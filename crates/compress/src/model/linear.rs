@@ -145,6 +145,11 @@ impl Tape {
         Self { wanted: wanted.into_iter().collect(), grads, entries: Vec::new() }
     }
 
+    /// Whether the tape records `target`.
+    pub fn wants(&self, target: Target) -> bool {
+        self.wanted.contains(&target)
+    }
+
     pub fn wants_tower(&self, tower: Tower) -> bool {
         self.wanted.iter().any(|t| t.tower == tower)
     }

@@ -6,6 +6,7 @@
 //! same layers as the dense one, and a v3 directory's packed integer layers become quantized
 //! [`Weight`]s computed by the format crate's reference [`QuantLinear`].
 
+pub mod latent;
 pub mod linear;
 pub mod reference;
 pub mod text;
@@ -27,7 +28,7 @@ use crate::checkpoint::Checkpoint;
 use crate::error::{CompressError, Result};
 use crate::hf_config::{model_config, read_json};
 pub use linear::{Linear, Proj, Tape, Target, Tower, Weight};
-pub use text::{KvCache, TextDecoder};
+pub use text::{CacheKind, KvCache, TextDecoder};
 pub use vision::VisionTower;
 use weights::{MemoryStore, Overlay, WeightStore};
 
@@ -362,8 +363,8 @@ impl CpuModel {
         cross_entropy(&logits, &targets)
     }
 
-    /// Greedy decoding after `prompt` with a KV cache: at most `max_new` tokens, stopping after
-    /// any id in `stop` (which is kept).
+    /// Greedy decoding after `prompt` with the latent KV cache: at most `max_new` tokens,
+    /// stopping after any id in `stop` (which is kept).
     pub fn generate(&self, prompt: &Prompt, max_new: usize, stop: &[u32]) -> Result<Vec<u32>> {
         self.generate_from_embeddings(&self.embed_prompt(prompt, None)?, max_new, stop)
     }
@@ -378,11 +379,23 @@ impl CpuModel {
         Ok(self.greedy(embeds, max_new, stop)?.ids)
     }
 
-    /// Greedy decoding from prompt embeddings with a KV cache (see [`Self::generate`]), keeping
-    /// the logits at the last prompt position and the time of the prefill and of the decoding.
+    /// Greedy decoding from prompt embeddings with the latent KV cache (see [`Self::generate`]
+    /// and [`CacheKind`]), keeping the logits at the last prompt position and the time of the
+    /// prefill and of the decoding.
     pub fn greedy(&self, embeds: &Tensor, max_new: usize, stop: &[u32]) -> Result<Greedy> {
+        self.greedy_with_cache(embeds, max_new, stop, CacheKind::Latent)
+    }
+
+    /// [`Self::greedy`] with a cache of the given kind.
+    pub fn greedy_with_cache(
+        &self,
+        embeds: &Tensor,
+        max_new: usize,
+        stop: &[u32],
+        kind: CacheKind,
+    ) -> Result<Greedy> {
         let start = std::time::Instant::now();
-        let mut cache = KvCache::default();
+        let mut cache = KvCache::new(kind);
         let hidden = self.text.forward(embeds, Some(&mut cache), None)?;
         let mut last = hidden.narrow(0, hidden.dim(0)? - 1, 1)?;
         let mut ids = Vec::new();

@@ -10,8 +10,11 @@ use candle_core::{Device, Tensor};
 use pocketvlm_format::{Manifest, dir};
 use pocketvlm_processor::{Message, Preprocessor, Prompt as ChatPrompt, RgbImage};
 
-use crate::error::Result;
-use crate::model::{CpuModel, Prompt};
+use crate::error::{CompressError, Result};
+use crate::model::{CacheKind, CpuModel, Prompt};
+use crate::pipeline::{Budgets, LowRankOptions, compress_lowrank};
+use crate::quant::{QuantOptions, QuantParts};
+use crate::{ConvertOptions, Method, convert};
 
 /// A model directory on the CPU with its tokenizer and image preprocessor.
 pub struct Reference {
@@ -19,6 +22,9 @@ pub struct Reference {
     pub model: CpuModel,
     pub chat: ChatPrompt,
     pub preprocessor: Preprocessor,
+    /// The K/V cache greedy decoding keeps: [`CacheKind::Latent`] (the product's path) unless
+    /// set otherwise.
+    pub cache: CacheKind,
 }
 
 /// What a request computed.
@@ -41,11 +47,12 @@ impl Reference {
         let chat = ChatPrompt::new(&tokenizer, &manifest.tokenizer, manifest.processor.image_seq_len)?;
         let preprocessor = Preprocessor::new(&manifest.processor)?;
         let model = CpuModel::from_format(model_dir)?;
-        Ok(Self { manifest, model, chat, preprocessor })
+        Ok(Self { manifest, model, chat, preprocessor, cache: CacheKind::Latent })
     }
 
     /// Render `messages` with the generation prompt, preprocess `image` (split by the checkpoint's
-    /// default unless `split` says), encode, and decode greedily up to `max_new_tokens`.
+    /// default unless `split` says), encode, and decode greedily up to `max_new_tokens` with the
+    /// [`Self::cache`] kind of K/V cache.
     pub fn run(
         &self,
         messages: &[Message],
@@ -67,7 +74,8 @@ impl Reference {
         let t1 = Instant::now();
         let embeds = self.model.embed_prompt(&prompt, None)?;
         let vision_ms = t1.elapsed().as_secs_f64() * 1e3;
-        let greedy = self.model.greedy(&embeds, max_new_tokens, &self.manifest.generation.eos_token_ids)?;
+        let stop = &self.manifest.generation.eos_token_ids;
+        let greedy = self.model.greedy_with_cache(&embeds, max_new_tokens, stop, self.cache)?;
         Ok(ReferenceRun {
             prompt_ids: prompt.ids,
             prompt_logits: greedy.prompt_logits,
@@ -109,36 +117,103 @@ impl Reference {
     }
 }
 
-/// A quantization recipe by name, as `cargo xtask compress --bits … [--group-size …]
-/// [--float …]` gives it.
+/// A test model of the tiny fixture by name: an optional low-rank factorisation (plain `svd`,
+/// which needs no calibration) and an optional low-bit recipe, as `cargo xtask compress
+/// --recipe svd --qkv-params … --kv-cache … --ffn-params … --bits … [--group-size …]
+/// [--float …]` gives them.
 #[derive(Clone, Copy, Debug)]
-pub struct QuantRecipe {
+pub struct TestRecipe {
     /// A short name (a directory name).
     pub name: &'static str,
+    /// Budgets of an `svd` factorisation; `None` converts densely.
+    pub low_rank: Option<Budgets>,
+    /// `w8a8`, `w4a8` or `w4a4`; empty for a float model.
     pub bits: &'static str,
     pub group: Option<usize>,
     /// Comma-separated parts kept float (`--float`).
     pub float: &'static str,
 }
 
+/// A dense quantized test recipe.
+const fn dense(
+    name: &'static str,
+    bits: &'static str,
+    group: Option<usize>,
+    float: &'static str,
+) -> TestRecipe {
+    TestRecipe { name, low_rank: None, bits, group, float }
+}
+
 /// The quantized variants of the tiny fixture that the whole-model tests run on the GPU, natively
 /// and in the browser, against this reference: every scheme, per-channel and grouped INT4
 /// weights, and float parts.
-pub const TEST_RECIPES: [QuantRecipe; 5] = [
-    QuantRecipe { name: "w8a8", bits: "w8a8", group: None, float: "" },
-    QuantRecipe { name: "w4a8", bits: "w4a8", group: None, float: "" },
-    QuantRecipe { name: "w4a8-g64", bits: "w4a8", group: Some(64), float: "" },
-    QuantRecipe { name: "w4a4", bits: "w4a4", group: None, float: "" },
-    QuantRecipe { name: "w8a8-float-vision-lm_head", bits: "w8a8", group: None, float: "vision,lm_head" },
+pub const TEST_RECIPES: [TestRecipe; 5] = [
+    dense("w8a8", "w8a8", None, ""),
+    dense("w4a8", "w4a8", None, ""),
+    dense("w4a8-g64", "w4a8", Some(64), ""),
+    dense("w4a4", "w4a4", None, ""),
+    dense("w8a8-float-vision-lm_head", "w8a8", None, "vision,lm_head"),
+];
+
+/// Half the text decoder's QKV parameters (45 latent components over the fixture's 3 layers:
+/// rank 15 each, below `2·d_kv = 32`, so every layer caches its latent), half its MLP
+/// parameters (every MLP projection factored, ranks 17–18) and 60 % of the vision tower's QKV
+/// parameters.
+const QKV50_FFN50_VISION60: Budgets =
+    Budgets { qkv_params: Some(0.5), kv_cache: None, ffn_params: Some(0.5), vision_qkv_params: Some(0.6) };
+
+/// A quantized K/V cache of a quarter of dense f16 K and V bytes: 48 bytes per token of which
+/// 12 are the three layers' scales, so 36 INT8 latent values (rank 12 each); the MLP stays dense.
+const KV25: Budgets =
+    Budgets { qkv_params: None, kv_cache: Some(0.25), ffn_params: None, vision_qkv_params: None };
+
+/// A low-rank test recipe (`svd`).
+const fn low_rank(name: &'static str, budgets: Budgets, bits: &'static str) -> TestRecipe {
+    TestRecipe { name, low_rank: Some(budgets), bits, group: None, float: "" }
+}
+
+/// Low-rank variants of the tiny fixture whose decoder caches its joint-QKV latents: float with
+/// factored MLP and vision QKV, the same at W4A8, and INT8 latents at a quarter of dense K/V
+/// bytes at W4A8 and W8A8. Built by [`TestRecipe::build`].
+pub const LOW_RANK_TEST_RECIPES: [TestRecipe; 4] = [
+    low_rank("svd-qkv50-ffn50-vision60", QKV50_FFN50_VISION60, ""),
+    low_rank("svd-qkv50-ffn50-vision60-w4a8", QKV50_FFN50_VISION60, "w4a8"),
+    low_rank("svd-kv25-w4a8", KV25, "w4a8"),
+    low_rank("svd-kv25-w8a8", KV25, "w8a8"),
 ];
 
 /// The cases of the tiny fixture the quantized variants are checked on (one text, one image).
 pub const TEST_CASES: [&str; 2] = ["text_chat", "coffee_nosplit"];
 
-impl QuantRecipe {
-    pub fn options(&self) -> Result<crate::quant::QuantOptions> {
-        let mut opts = crate::quant::QuantOptions::parse(self.bits, self.group)?;
-        opts.parts = crate::quant::QuantParts::keeping_float(self.float)?;
-        Ok(opts)
+impl TestRecipe {
+    /// The low-bit recipe; a typed error for a float recipe.
+    pub fn options(&self) -> Result<QuantOptions> {
+        self.quant_options()?.ok_or_else(|| CompressError::BadOptions {
+            recipe: self.name.into(),
+            what: "a low-bit recipe (it is float)".into(),
+        })
+    }
+
+    /// The low-bit recipe, `None` for a float model.
+    pub fn quant_options(&self) -> Result<Option<QuantOptions>> {
+        if self.bits.is_empty() {
+            return Ok(None);
+        }
+        let mut opts = QuantOptions::parse(self.bits, self.group)?;
+        opts.parts = QuantParts::keeping_float(self.float)?;
+        Ok(Some(opts))
+    }
+
+    /// Write this variant of the Hugging Face checkpoint `checkpoint` to the model directory `out`.
+    pub fn build(&self, checkpoint: &Path, out: &Path) -> Result<Manifest> {
+        let quant = self.quant_options()?;
+        Ok(match self.low_rank {
+            Some(budgets) => {
+                let mut opts = LowRankOptions::new(Method::Svd, budgets, None);
+                opts.quant = quant;
+                compress_lowrank(checkpoint, out, &opts)?.manifest
+            }
+            None => convert(checkpoint, out, &ConvertOptions { quant, ..Default::default() })?.manifest,
+        })
     }
 }

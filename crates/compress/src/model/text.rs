@@ -2,10 +2,13 @@
 //!
 //! Mirrors transformers' `LlamaModel` with eager attention, in f32, batch size 1.
 
+use std::cell::OnceCell;
+
 use candle_core::{D, Device, Tensor};
 use pocketvlm_format::TextConfig;
 
-use crate::error::Result;
+use crate::error::{CompressError, Result};
+use crate::model::latent::{self, Heads, LatentUp, Latents};
 use crate::model::linear::{Linear, Proj, Tape, Target, Tower, Weight};
 
 pub struct DecoderLayer {
@@ -28,19 +31,94 @@ pub struct TextDecoder {
     pub lm_head: Weight,
 }
 
-/// Keys and values of the positions seen so far (after RoPE), per layer: `[kv_heads, len, head_dim]`.
+/// Which K/V cache a decoder keeps.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum CacheKind {
+    /// Post-RoPE keys and values of every layer.
+    Plain,
+    /// The shared latent of every joint-QKV layer with rank `r < 2·d_kv` (see
+    /// [`crate::model::latent`]), keys and values of the other layers. The product's path.
+    #[default]
+    Latent,
+}
+
+/// One layer's cached positions.
+enum LayerCache {
+    /// Keys and values after RoPE, `[kv_heads, len, head_dim]` each.
+    Plain(Tensor, Tensor),
+    /// The joint-QKV latent of each position.
+    Latent(Latents),
+}
+
+/// The positions seen so far, per layer: keys and values, or the latent (see [`CacheKind`]).
+/// [`Default`] is a latent cache.
 #[derive(Default)]
 pub struct KvCache {
-    layers: Vec<Option<(Tensor, Tensor)>>,
+    kind: CacheKind,
+    layers: Vec<Option<LayerCache>>,
     len: usize,
 }
 
 impl KvCache {
+    pub fn new(kind: CacheKind) -> Self {
+        Self { kind, layers: Vec::new(), len: 0 }
+    }
+
+    /// Keys and values of every layer.
+    pub fn plain() -> Self {
+        Self::new(CacheKind::Plain)
+    }
+
+    /// The latent of every eligible layer.
+    pub fn latent() -> Self {
+        Self::new(CacheKind::Latent)
+    }
+
+    pub fn kind(&self) -> CacheKind {
+        self.kind
+    }
+
     pub fn len(&self) -> usize {
         self.len
     }
+
     pub fn is_empty(&self) -> bool {
         self.len == 0
+    }
+
+    /// Layers that cache their latent (known after the first forward).
+    pub fn latent_layers(&self) -> usize {
+        self.layers.iter().filter(|l| matches!(l, Some(LayerCache::Latent(_)))).count()
+    }
+
+    /// Forget every position from `len` on (none when `len ≥ self.len()`), so decoding
+    /// continues from position `len`. A forward that failed may have appended to some layers
+    /// only: `truncate(self.len())` drops that.
+    pub fn truncate(&mut self, len: usize) -> Result<()> {
+        let len = len.min(self.len);
+        if len == 0 {
+            self.layers.clear();
+        }
+        for layer in self.layers.iter_mut().flatten() {
+            match layer {
+                LayerCache::Plain(k, v) => {
+                    *k = k.narrow(1, 0, len)?;
+                    *v = v.narrow(1, 0, len)?;
+                }
+                LayerCache::Latent(latents) => latents.truncate(len),
+            }
+        }
+        self.len = len;
+        Ok(())
+    }
+}
+
+/// A typed refusal of a cache whose entry for layer `layer` is of the other kind (a cache
+/// filled by another model).
+fn cache_mismatch(layer: usize) -> CompressError {
+    CompressError::BadOptions {
+        recipe: "a forward with a K/V cache".into(),
+        what: format!("a cache filled by the same model (layer {layer} holds the other kind)"),
     }
 }
 
@@ -110,9 +188,71 @@ fn causal_mask(len: usize, offset: usize) -> Result<Tensor> {
     Ok(Tensor::from_vec(m, (len, total), &Device::Cpu)?)
 }
 
+/// What every layer's attention shares in one forward call over `len` new tokens at positions
+/// `offset..offset+len`.
+struct Step {
+    heads: Heads,
+    len: usize,
+    offset: usize,
+    /// RoPE tables of the new positions.
+    cos: Tensor,
+    sin: Tensor,
+    /// The causal mask (`None` for one token, which sees every key).
+    mask: Option<Tensor>,
+    /// `1/√head_dim`.
+    scale: f64,
+    /// RoPE tables of every position `0..offset+len` (for keys rebuilt from latents), made once.
+    key_rope: OnceCell<(Tensor, Tensor)>,
+}
+
+impl Step {
+    /// Softmax weights `[heads, len, keys]` of queries `q` (`[heads, len, hd]`) against keys `k`
+    /// (`[kv_heads, keys, hd]`): `softmax(q·kᵀ/√hd + mask)`.
+    fn weights(&self, q: &Tensor, k: &Tensor) -> Result<Tensor> {
+        let k = repeat_kv(k, self.heads.group_size())?;
+        let mut scores = (q.matmul(&k.t()?)? * self.scale)?;
+        if let Some(m) = &self.mask {
+            scores = scores.broadcast_add(m)?;
+        }
+        softmax(&scores)
+    }
+
+    /// RoPE tables `(cos, sin)` of positions `0..offset+len`.
+    fn key_rope(&self, cfg: &TextConfig) -> Result<&(Tensor, Tensor)> {
+        if self.key_rope.get().is_none() {
+            let _ = self.key_rope.set(rope_tables(cfg, 0, self.offset + self.len)?);
+        }
+        Ok(self.key_rope.get().expect("set above"))
+    }
+
+    /// `[heads, len, hd]` → `[len, d_q]`.
+    fn merge_heads(&self, o: &Tensor) -> Result<Tensor> {
+        Ok(o.transpose(0, 1)?.reshape((self.len, self.heads.d_q()))?)
+    }
+}
+
+/// `bias[range]` of a stacked QKV bias (`[d_q + 2·d_kv]`), if any.
+fn bias_part(bias: Option<&Tensor>, range: std::ops::Range<usize>) -> Result<Option<Tensor>> {
+    Ok(bias.map(|b| b.narrow(0, range.start, range.len())).transpose()?)
+}
+
+/// `x + bias` (broadcast over rows) when there is a bias.
+fn add_bias(x: Tensor, bias: Option<Tensor>) -> Result<Tensor> {
+    Ok(match bias {
+        Some(b) => x.broadcast_add(&b)?,
+        None => x,
+    })
+}
+
+/// `[len, heads·hd]` → `[heads, len, hd]`, through RoPE.
+fn rope_heads(x: &Tensor, heads: usize, hd: usize, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    apply_rope(&split_heads(x, heads, hd)?, cos, sin)
+}
+
 impl TextDecoder {
     /// Run the decoder over `embeds` (`[len, d]`, positions continuing after `cache`), returning
-    /// the final-norm hidden states `[len, d]`. With a cache, keys and values are appended to it.
+    /// the final-norm hidden states `[len, d]`. With a cache, this step's keys and values (or
+    /// latents, see [`CacheKind`]) are appended to it.
     pub fn forward(
         &self,
         embeds: &Tensor,
@@ -124,9 +264,10 @@ impl TextDecoder {
         let offset = cache.as_ref().map_or(0, |k| k.len);
         let (cos, sin) = rope_tables(c, offset, len)?;
         let mask = if len > 1 { Some(causal_mask(len, offset)?) } else { None };
-        let (hd, heads, kv_heads) = (c.head_dim, c.num_attention_heads, c.num_key_value_heads);
-        let (dq, dkv) = (heads * hd, kv_heads * hd);
-        let scale = 1.0 / (hd as f64).sqrt();
+        let heads =
+            Heads { heads: c.num_attention_heads, kv_heads: c.num_key_value_heads, head_dim: c.head_dim };
+        let scale = 1.0 / (heads.head_dim as f64).sqrt();
+        let step = Step { heads, len, offset, cos, sin, mask, scale, key_rope: OnceCell::new() };
         if let Some(k) = cache.as_deref_mut()
             && k.layers.is_empty()
         {
@@ -136,24 +277,23 @@ impl TextDecoder {
         for (i, l) in self.layers.iter().enumerate() {
             let t = |proj| Target { tower: Tower::Text, layer: i, proj };
             let h = rms_norm(&x, &l.input_norm, c.rms_norm_eps)?;
-            let qkv = l.qkv.forward(&h, t(Proj::Qkv), tape.as_deref_mut())?;
-            let q = apply_rope(&split_heads(&qkv.narrow(1, 0, dq)?, heads, hd)?, &cos, &sin)?;
-            let mut k = apply_rope(&split_heads(&qkv.narrow(1, dq, dkv)?, kv_heads, hd)?, &cos, &sin)?;
-            let mut v = split_heads(&qkv.narrow(1, dq + dkv, dkv)?, kv_heads, hd)?;
-            if let Some(cache) = cache.as_deref_mut() {
-                if let Some((pk, pv)) = &cache.layers[i] {
-                    k = Tensor::cat(&[pk, &k], 1)?;
-                    v = Tensor::cat(&[pv, &v], 1)?;
+            let latent = match cache.as_deref() {
+                Some(k) if k.kind == CacheKind::Latent => LatentUp::of(&l.qkv, heads, i)?,
+                _ => None,
+            };
+            let entry = cache.as_deref_mut().map(|k| &mut k.layers[i]);
+            let o = match (latent, entry) {
+                (Some(up), Some(entry)) => {
+                    if tape.as_ref().is_some_and(|tp| tp.wants(t(Proj::Qkv))) {
+                        return Err(CompressError::BadOptions {
+                            recipe: "a forward with a latent K/V cache".into(),
+                            what: "no tape on the attention inputs (use a plain cache or none)".into(),
+                        });
+                    }
+                    self.latent_attention(l, i, &up, &h, &step, entry)?
                 }
-                cache.layers[i] = Some((k.detach(), v.detach()));
-            }
-            let k = repeat_kv(&k, heads / kv_heads)?;
-            let v = repeat_kv(&v, heads / kv_heads)?;
-            let mut scores = (q.matmul(&k.t()?)? * scale)?;
-            if let Some(m) = &mask {
-                scores = scores.broadcast_add(m)?;
-            }
-            let o = softmax(&scores)?.matmul(&v)?.transpose(0, 1)?.reshape((len, dq))?;
+                (_, entry) => self.plain_attention(l, i, &h, &step, entry, tape.as_deref_mut())?,
+            };
             x = (x + l.o_proj.forward(&o, t(Proj::Out), tape.as_deref_mut())?)?;
             let h = rms_norm(&x, &l.post_norm, c.rms_norm_eps)?;
             let g = l.mlp[0].forward(&h, t(Proj::Mlp(0)), tape.as_deref_mut())?;
@@ -165,6 +305,81 @@ impl TextDecoder {
             cache.len += len;
         }
         rms_norm(&x, &self.norm, c.rms_norm_eps)
+    }
+
+    /// Attention of layer `i` (`l`) over its input `h` with plain keys and values: Q, K, V of
+    /// the new tokens, the cached K and V before them (appended to), the attention output
+    /// `[len, d_q]`.
+    fn plain_attention(
+        &self,
+        l: &DecoderLayer,
+        i: usize,
+        h: &Tensor,
+        step: &Step,
+        entry: Option<&mut Option<LayerCache>>,
+        tape: Option<&mut Tape>,
+    ) -> Result<Tensor> {
+        let (hd, heads, kv_heads) = (step.heads.head_dim, step.heads.heads, step.heads.kv_heads);
+        let (dq, dkv) = (step.heads.d_q(), step.heads.d_kv());
+        let target = Target { tower: Tower::Text, layer: i, proj: Proj::Qkv };
+        let qkv = l.qkv.forward(h, target, tape)?;
+        let q = rope_heads(&qkv.narrow(1, 0, dq)?, heads, hd, &step.cos, &step.sin)?;
+        let mut k = rope_heads(&qkv.narrow(1, dq, dkv)?, kv_heads, hd, &step.cos, &step.sin)?;
+        let mut v = split_heads(&qkv.narrow(1, dq + dkv, dkv)?, kv_heads, hd)?;
+        if let Some(entry) = entry {
+            match entry {
+                Some(LayerCache::Plain(pk, pv)) => {
+                    k = Tensor::cat(&[&*pk, &k], 1)?;
+                    v = Tensor::cat(&[&*pv, &v], 1)?;
+                }
+                Some(LayerCache::Latent(_)) => return Err(cache_mismatch(i)),
+                None => {}
+            }
+            *entry = Some(LayerCache::Plain(k.detach(), v.detach()));
+        }
+        let v = repeat_kv(&v, step.heads.group_size())?;
+        step.merge_heads(&step.weights(&q, &k)?.matmul(&v)?)
+    }
+
+    /// Attention of a layer that caches its latent (see [`crate::model::latent`] for the
+    /// steps): the new tokens' latents appended to the cache, queries from them, keys of every
+    /// cached position rebuilt from theirs, and the values absorbed into the mixed latents.
+    fn latent_attention(
+        &self,
+        l: &DecoderLayer,
+        i: usize,
+        up: &LatentUp<'_>,
+        h: &Tensor,
+        step: &Step,
+        entry: &mut Option<LayerCache>,
+    ) -> Result<Tensor> {
+        let heads = step.heads;
+        let (hd, dq, dkv) = (heads.head_dim, heads.d_q(), heads.d_kv());
+        let bias = l.qkv.bias.as_ref();
+        let latents = match entry.get_or_insert_with(|| LayerCache::Latent(up.empty())) {
+            LayerCache::Latent(latents) => latents,
+            LayerCache::Plain(..) => return Err(cache_mismatch(i)),
+        };
+        let c = match &l.qkv.down {
+            Some(down) => down.apply(h)?,
+            None => h.clone(),
+        };
+        let c = c.detach().contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+        let q = add_bias(up.append(&c, latents)?, bias_part(bias, 0..dq)?)?;
+        let q = rope_heads(&q, heads.heads, hd, &step.cos, &step.sin)?;
+        let k = add_bias(up.keys(latents)?, bias_part(bias, dq..dq + dkv)?)?;
+        let (cos, sin) = step.key_rope(&self.cfg)?;
+        let k = rope_heads(&k, heads.kv_heads, hd, cos, sin)?;
+        let p = step.weights(&q, &k)?.flatten_all()?.to_vec1::<f32>()?;
+        let mixed = latent::mix(&p, &latents.values(), up.rank(), heads.heads, step.offset);
+        let per_group = heads.group_size() * step.len * up.rank();
+        let mut groups = Vec::with_capacity(heads.kv_heads);
+        for (g, rows) in mixed.chunks_exact(per_group).enumerate() {
+            let v_rows = dq + dkv + g * hd..dq + dkv + (g + 1) * hd;
+            let v = add_bias(up.values(rows, g)?, bias_part(bias, v_rows)?)?;
+            groups.push(v.reshape((heads.group_size(), step.len, hd))?);
+        }
+        step.merge_heads(&Tensor::cat(&groups, 0)?)
     }
 
     /// Logits `[rows, vocab]` of final hidden rows.
