@@ -217,6 +217,12 @@ impl Session {
         self.generator.generated()
     }
 
+    /// The logits the last token was chosen from (after [`Engine::start`]: the last prompt
+    /// position's).
+    pub async fn logits(&self, engine: &Engine) -> Result<Vec<f32>> {
+        self.generator.logits(&engine.gpu, &engine.model).await
+    }
+
     pub fn is_finished(&self) -> bool {
         self.generator.is_finished()
     }

@@ -9,9 +9,10 @@ mod cases;
 use std::path::{Path, PathBuf};
 
 use cases::{QUANT_LOGIT_TOLERANCE, SIZE_FIXTURES, TINY_CASES, check_case, check_case_within, read_case};
-use pocketvlm_compress::model::reference::{Reference, TEST_CASES, TEST_RECIPES};
+use pocketvlm_compress::model::CacheKind as CpuCache;
+use pocketvlm_compress::model::reference::{LOW_RANK_TEST_RECIPES, Reference, TEST_CASES, TEST_RECIPES};
 use pocketvlm_compress::quant::{QuantOptions, QuantParts};
-use pocketvlm_compress::{Budgets, ConvertOptions, LowRankOptions, Method, compress_lowrank, convert};
+use pocketvlm_compress::{ConvertOptions, convert};
 use pocketvlm_format::dir;
 use pocketvlm_processor::decode_image;
 use pocketvlm_runtime::engine::Engine;
@@ -174,40 +175,32 @@ fn quantized_size_fixtures_match_the_cpu_reference() {
     });
 }
 
-/// Low-rank models of the tiny fixture run on the GPU with the CPU reference's prompt ids, top-10
-/// ids, logits (within [`QUANT_LOGIT_TOLERANCE`]) and greedy ids, with the latent KV cache and
-/// with the plain one: float (joint QKV of rank 15 < 2·d_kv, every MLP projection and the vision
-/// QKV factored) and W4A8 (an INT8 latent of rank 12 per layer, a quarter of dense K/V bytes).
+/// Every low-rank model of [`LOW_RANK_TEST_RECIPES`] (float and quantized joint-QKV latents below
+/// `2·d_kv`, factored MLPs and vision QKV, INT8 latents at 25 % of K/V bytes) runs on the GPU with
+/// the CPU reference's prompt ids, top-10 ids, logits (within [`QUANT_LOGIT_TOLERANCE`]) and
+/// greedy ids, with the latent KV cache and with the plain one (each against the reference's same
+/// cache kind); a quantized model's latent cache holds the manifest's `r + 4` bytes per token and layer
+/// (exactly, when `4 | r`; else the INT8 row is padded to whole words).
 #[test]
 fn low_rank_tiny_models_match_the_cpu_reference() {
     pollster::block_on(async {
         let tiny = fixtures().join("tiny");
-        let float = Budgets {
-            qkv_params: Some(0.5),
-            ffn_params: Some(0.5),
-            vision_qkv_params: Some(0.6),
-            ..Default::default()
-        };
-        let kv25 = Budgets { kv_cache: Some(0.25), ..Default::default() };
-        for (name, budgets, bits) in [("svd float", float, None), ("svd kv25 w4a8", kv25, Some("w4a8"))] {
+        for recipe in LOW_RANK_TEST_RECIPES {
             let out = tempfile::tempdir().unwrap();
-            let mut opts = LowRankOptions::new(Method::Svd, budgets, None);
-            opts.quant = bits.map(|b| QuantOptions::parse(b, None).unwrap());
-            compress_lowrank(&tiny, out.path(), &opts).unwrap();
+            let manifest = recipe.build(&tiny, out.path()).unwrap();
+            check_supported(&manifest).unwrap();
+            let c = manifest.compression.as_ref().unwrap();
+            assert!(c.text_layers.iter().all(|l| l.qkv.is_some_and(|r| r < 32)), "{}", recipe.name);
+            let mut reference = Reference::open(out.path()).unwrap();
             let data = dir::open(out.path()).unwrap();
-            check_supported(&data.manifest).unwrap();
-            let c = data.manifest.compression.as_ref().unwrap();
-            assert!(
-                c.text_layers.iter().all(|l| l.qkv.is_some_and(|r| r < 32)),
-                "{name}: {:?}",
-                c.text_layers
-            );
-            let reference = Reference::open(out.path()).unwrap();
             let tokenizer = dir::read_tokenizer(out.path(), &data.manifest).unwrap();
             let gpu = Gpu::new(&DeviceOptions::default()).await.unwrap();
             let mut engine = Engine::load(gpu, &data, &tokenizer).await.unwrap();
-            for kind in [CacheKind::Latent, CacheKind::Plain] {
+            for (kind, cpu_kind) in
+                [(CacheKind::Latent, CpuCache::Latent), (CacheKind::Plain, CpuCache::Plain)]
+            {
                 engine.model.cache_kind = kind;
+                reference.cache = cpu_kind;
                 for case_name in TEST_CASES {
                     let root = tiny.to_str().unwrap();
                     let mut case =
@@ -215,18 +208,26 @@ fn low_rank_tiny_models_match_the_cpu_reference() {
                     let image = case.image.as_ref().map(|b| decode_image(b).unwrap());
                     case.expected = reference.expectation(&case.expected, image.as_ref()).unwrap();
                     check_case_within(&engine, &case, QUANT_LOGIT_TOLERANCE).await;
-                    eprintln!("{name} {kind:?} cache {case_name}: matches the CPU reference");
+                    eprintln!("{} {kind:?} cache {case_name}: matches the CPU reference", recipe.name);
                 }
             }
-            // The latent cache holds what the manifest counts (quantized: r + 4 bytes per token
-            // and layer, the ranks being multiples of 4 here).
-            if bits.is_some() {
+            if manifest.quantization.is_some() {
+                // r INT8 values in whole words and the f32 scale per layer: the manifest's
+                // r + 4 bytes, plus the padding of a rank that is not a multiple of 4.
+                let padding: u64 = c
+                    .text_layers
+                    .iter()
+                    .filter_map(|l| l.qkv)
+                    .map(|r| (r.next_multiple_of(4) - r) as u64)
+                    .sum();
+                let want = c.kv_cache.bytes_per_token + padding;
                 engine.model.cache_kind = CacheKind::Latent;
                 let (gpu, model) = (&engine.gpu, &engine.model);
+                assert_eq!(model.kv_bytes_per_token(), want, "{}", recipe.name);
                 let generator = Generator::start(gpu, model, &[1, 2, 3], None, 2, SamplingOptions::default())
                     .await
                     .unwrap();
-                assert_eq!(generator.kv_bytes_per_token(), c.kv_cache.bytes_per_token, "{name}");
+                assert_eq!(generator.kv_bytes_per_token(), want, "{}", recipe.name);
             }
         }
     });

@@ -41,16 +41,18 @@ async fn tiny_fixture_matches_transformers_in_the_browser() {
     }
 }
 
-/// The quantized variants of the tiny fixture (`/quant/index.json`: recipes and cases) against
-/// the integer contract's CPU reference, as natively in `model.rs`.
+/// The quantized and low-rank variants of the tiny fixture (`/quant/index.json`: recipes,
+/// low-rank recipes and cases) against the CPU reference (the integer contract's, with the
+/// latent KV cache for low-rank models, which the engine uses by default), as natively in
+/// `model.rs`.
 #[wasm_bindgen_test]
 async fn quantized_tiny_models_match_the_cpu_reference_in_the_browser() {
     let index = fetch_bytes(&join(server(), "quant/index.json")).await.unwrap();
     let index: serde_json::Value = serde_json::from_slice(&index).unwrap();
     let list = |key: &str| -> Vec<String> { serde_json::from_value(index[key].clone()).unwrap() };
-    let (recipes, cases) = (list("recipes"), list("cases"));
-    assert!(recipes.len() >= 5 && !cases.is_empty(), "{index}");
-    for name in recipes {
+    let (recipes, low_rank, cases) = (list("recipes"), list("low_rank_recipes"), list("cases"));
+    assert!(recipes.len() >= 5 && low_rank.len() >= 3 && !cases.is_empty(), "{index}");
+    for name in recipes.into_iter().chain(low_rank) {
         let base = join(server(), &format!("quant/{name}"));
         let fetched = fetch_model(&join(&base, "model")).await.unwrap();
         let gpu = Gpu::new(&DeviceOptions::default()).await.unwrap();

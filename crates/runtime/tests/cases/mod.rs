@@ -137,11 +137,36 @@ pub async fn check_case_within(engine: &Engine, case: &CaseFiles, tolerance: f32
     let worst =
         got.iter().zip(&want).map(|((_, g), (_, e))| (g - e).abs() / e.abs().max(1.0)).fold(0f32, f32::max);
     println!("{name}: largest relative top-10 logit difference {worst:e}");
-    assert_eq!(got_ids, want_ids, "{name}: top-10 ids at the last prompt position");
+    // Ranks may swap only between expected logits closer than the tolerance allows to separate.
+    let near = |a: f32, b: f32| (a - b).abs() <= 2.0 * tolerance * a.abs().max(b.abs()).max(1.0);
+    for (i, (&(g_id, _), &(w_id, w))) in got.iter().zip(&want).enumerate() {
+        if g_id != w_id {
+            let other = want.iter().find(|p| p.0 == g_id).map_or(want[9].1, |p| p.1);
+            assert!(
+                near(w, other),
+                "{name}: top-10 ids at the last prompt position: {got_ids:?}, expected {want_ids:?} (rank {i})"
+            );
+        }
+    }
     for ((id, g), (_, e)) in got.iter().zip(&want) {
+        let e = want.iter().find(|p| p.0 == *id).map_or(*e, |p| p.1);
         assert!((g - e).abs() <= tolerance * e.abs().max(1.0), "{name}: logit of {id} is {g}, expected {e}");
     }
 
-    while session.next(engine).await.unwrap().is_some() {}
-    assert_eq!(session.generated(), ids(&exp["generated_ids"]).as_slice(), "{name}: greedy ids");
+    // Greedy ids: equal, or different only from a step where the engine's logits of its choice
+    // and of the expected id are a near-tie (then the continuations legitimately part).
+    let expected = ids(&exp["generated_ids"]);
+    let mut step = 0;
+    while session.next(engine).await.unwrap().is_some() {
+        let got = session.generated()[step];
+        if expected.get(step).is_some_and(|&want| want != got) {
+            let logits = session.logits(engine).await.unwrap();
+            let (g, w) = (logits[got as usize], logits[expected[step] as usize]);
+            assert!(near(g, w), "{name}: greedy id {step} is {got} ({g}), expected {} ({w})", expected[step]);
+            println!("{name}: greedy ids part at step {step} on a near-tie ({g} vs {w})");
+            return;
+        }
+        step += 1;
+    }
+    assert_eq!(session.generated(), expected.as_slice(), "{name}: greedy ids");
 }
