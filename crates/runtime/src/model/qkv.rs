@@ -18,7 +18,7 @@ use crate::kernels::quant::QuantizedRows;
 /// Q, K and V of one attention block.
 pub enum Qkv {
     Separate { q: Linear, k: Linear, v: Linear },
-    Joint(Box<JointQkv>),
+    Joint(JointQkv),
 }
 
 /// The joint-QKV latent and its three up-projections (all float or all quantized).
@@ -55,7 +55,7 @@ impl Qkv {
             v_up: Matrix::load(w, &v_up, bias("v").as_deref()).await?,
         };
         joint.check(prefix)?;
-        Ok(Qkv::Joint(Box::new(joint)))
+        Ok(Qkv::Joint(joint))
     }
 
     /// Record `q, k, v` (f32 `[rows, d_q]`, `[rows, d_kv]`, `[rows, d_kv]`) of `rows` rows of `x`.
