@@ -105,7 +105,11 @@ impl Model {
             recipe: engine.manifest.compression.as_ref().map_or_else(|| "dense".into(), |c| c.recipe.clone()),
             bits: engine.manifest.quantization.as_ref().map(|q| q.scheme.clone()),
             kv_bytes_per_token: engine.model.kv_bytes_per_token(),
-            manifest_kv_bytes_per_token: engine.manifest.compression.as_ref().map(|c| c.kv_cache.bytes_per_token),
+            manifest_kv_bytes_per_token: engine
+                .manifest
+                .compression
+                .as_ref()
+                .map(|c| c.kv_cache.bytes_per_token),
         };
         let shared = Shared { engine: RefCell::new(Some(Rc::new(engine))), conversation: RefCell::new(None) };
         Ok(Model { shared: Rc::new(shared), info })
