@@ -48,6 +48,13 @@
 //! `q_a` and scale `s_a`. Those (`rank` i8 values and one f32 per token) are the cache entry;
 //! K and V of a past token are steps 6–7 of `k_up` / `v_up` applied to the cached pair.
 //!
+//! Values need not be rebuilt per token: with softmax weights `p_t` (`Σ p_t = 1`), attention's
+//! `Σ_t p_t v_t` equals `v_up` applied to the float latent `ĉ = Σ_t p_t s_a,t f32(q_a,t)`, per
+//! group `Σ_{j∈g} f32(q_w[o][j]) ĉ_j` times `s_w[o][g]`, groups summed left to right, then the bias
+//! ([`linear::QuantLinear::absorbed`]). That "absorbed" form is exact in real arithmetic; its f32
+//! roundings differ from the per-token form (and between implementations that sum in another
+//! order), so it is compared within a tolerance, not bit for bit.
+//!
 //! # What is where
 //!
 //! * [`pack`]: [`pack::Bits`] and the INT8 / INT4 word layouts (feeding `dot4I8Packed`);
