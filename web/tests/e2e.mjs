@@ -1,12 +1,15 @@
 // End-to-end test of the demo page in Debian's Chromium, driven by playwright-core:
 //
-//   node web/tests/e2e.mjs --url http://127.0.0.1:PORT/ --expected tests/fixtures/tiny/expected/chelsea_split.json \
+//   node web/tests/e2e.mjs --url http://127.0.0.1:PORT/ --expected target/e2e/expected.json \
 //     [--screenshot target/e2e/caption.png] [--chromium /usr/bin/chromium] [--timeout-s 600]
 //
-// The page at --url is the demo site with the tiny fixture's converted model under model/. The
-// expected caption, its image and its token count come from the transformers fixture (--expected):
+// The page at --url is the demo site with a model of the tiny fixture under model/. The expected
+// caption, its image and its token count come from --expected: a transformers case of the fixture
+// (tests/fixtures/tiny/expected/*.json, for the dense model) or, for a compressed model, the same
+// case with the CPU reference's ids and text (`"expected_by": "cpu-reference"`, written by
+// `cargo xtask test` for the demo's default recipe):
 //   1. with WebGPU: the model loads, the photo goes in through the file input, the streamed caption
-//      equals transformers' text exactly; a screenshot of it is saved;
+//      equals the expected text exactly; a screenshot of it is saved;
 //   2. a reload reports that the model was loaded from the cache;
 //   3. Stop in the middle of a long caption stops it, and the model still captions correctly;
 //   4. without --enable-unsafe-webgpu the page explains that WebGPU is missing.
@@ -34,6 +37,8 @@ if (!args.url || !args.expected) {
 const expected = JSON.parse(readFileSync(args.expected, 'utf8'));
 const imagePath = resolve(dirname(args.expected), expected.image);
 const fixtureTokens = expected.max_new_tokens;
+// Whose text the caption must equal (for the check lines).
+const source = expected.expected_by === 'cpu-reference' ? "the CPU reference's" : "transformers'";
 // The generous bound for one load or one generation: SwiftShader (CPU WebGPU) is slow.
 const timeout = Number(args['timeout-s']) * 1000;
 // Stop is pressed during a caption this long; the model must not reach it first.
@@ -101,14 +106,14 @@ async function waitRunEnded(page) {
   return text(page, '#run-status');
 }
 
-/** Caption the fixture's image with its token count and compare with transformers' text. */
+/** Caption the fixture's image with its token count and compare with the expected text. */
 async function captionMatches(page, label) {
   await startCaption(page, fixtureTokens);
   const status = await waitRunEnded(page);
   check(status === 'Done.', `${label}: the caption finished`, `run status "${status}"`);
   const caption = await text(page, '#caption');
   const want = expected.generated_text_skip_special;
-  check(caption === want, `${label}: the caption equals transformers' text`,
+  check(caption === want, `${label}: the caption equals ${source} text`,
     `\n  got:      ${JSON.stringify(caption)}\n  expected: ${JSON.stringify(want)}`);
   const tokens = await text(page, '#stat-tokens');
   const wantTokens = `${expected.num_prompt_tokens} in · ${expected.generated_ids.length} out`;
@@ -163,7 +168,7 @@ async function withWebGPU() {
     check(out > 0 && out < LONG_CAPTION, 'the stats show a stopped generation', `${out} of ${LONG_CAPTION} tokens`);
     console.log(`  (stopped after ${out} tokens: ${JSON.stringify(partial)})`);
     check(expected.generated_text_skip_special.startsWith(partial) || partial.startsWith(expected.generated_text_skip_special),
-      'the stopped caption is a prefix of transformers\' text', JSON.stringify(partial));
+      `the stopped caption is a prefix of ${source} text`, JSON.stringify(partial));
     await captionMatches(page, 'after Stop');
   } finally {
     await browser.close();

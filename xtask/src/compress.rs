@@ -168,7 +168,7 @@ pub enum Gptq {
 }
 
 /// GPTQ's damping: `λ = 0.01 · mean(diag H)` (the paper's default).
-const GPTQ_DAMP: f64 = 0.01;
+pub const GPTQ_DAMP: f64 = 0.01;
 
 impl QuantArgs {
     /// The recipe (`None` without `--bits`); options that need `--bits` are typed errors without.

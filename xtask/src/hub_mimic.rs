@@ -2,9 +2,10 @@
 //! Face hub's file layout (`/api/models/<repo>/revision/main` with the file list and commit,
 //! `/<repo>/resolve/main/<file>` with `ETag`, `X-Repo-Commit` and ranges) serves the tiny
 //! fixture; the demo, pointed at it with `HF_ENDPOINT` and an empty `HF_HOME`, must download the
-//! checkpoint, convert it, build the site and serve the page, the package and the model — the
-//! same model the converter makes from the fixture directly. With an unreachable endpoint and
-//! nothing cached it must fail with a message that says how to pass a local checkpoint.
+//! checkpoint, compress it with the default recipe, build the site and serve the page, the
+//! package and the model — the same model (shard for shard) that the demo's recipe makes from the
+//! fixture directory directly. With an unreachable endpoint and nothing cached it must fail with a
+//! message that says how to pass a local checkpoint.
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -15,6 +16,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail, ensure};
 use pocketvlm_format::{MANIFEST_FILE, Manifest, dir};
 
+use crate::demo::{self, DemoRecipe};
 use crate::serve::{Mount, Server, http_get};
 use crate::util::root;
 
@@ -59,8 +61,11 @@ fn write_api_answer(hub: &Path, fixture: &Path) -> Result<()> {
     Ok(())
 }
 
-pub fn check_demo_with_hub_mimic(expected_model: &Path) -> Result<()> {
+/// `_dense_tiny` (the dense conversion the other browser tests use) is not what the demo serves:
+/// the expected model is [`demo::prepare_model`]'s from the fixture with [`DemoRecipe::default`].
+pub fn check_demo_with_hub_mimic(_dense_tiny: &Path) -> Result<()> {
     let fixture = root().join("tests/fixtures/tiny");
+    let expected_model = demo::prepare_model(&fixture, &DemoRecipe::default())?;
     let work = root().join("target/xtask/hub-mimic");
     if work.exists() {
         std::fs::remove_dir_all(&work)?;
@@ -114,15 +119,23 @@ pub fn check_demo_with_hub_mimic(expected_model: &Path) -> Result<()> {
     let (status, manifest) = http_get(&format!("{url}model/{MANIFEST_FILE}"))?;
     ensure!(status == 200, "the demo does not serve the model ({status})");
     let served = Manifest::from_json(std::str::from_utf8(&manifest)?)?;
-    let direct = dir::read_manifest(expected_model)?;
+    let direct = dir::read_manifest(&expected_model)?;
     let hashes = |m: &Manifest| m.shards.iter().map(|s| s.sha256.clone()).collect::<Vec<_>>();
     ensure!(
         hashes(&served) == hashes(&direct) && served.tokenizer.sha256 == direct.tokenizer.sha256,
-        "the model the demo converted from the hub differs from the fixture converted directly"
+        "the model the demo compressed from the hub differs from the fixture compressed directly"
+    );
+    let recipe = DemoRecipe::default();
+    ensure!(
+        served.compression.as_ref().map(|c| c.recipe.as_str()) == recipe.method.map(|m| m.name())
+            && served.quantization.as_ref().map(|q| q.scheme.as_str()) == recipe.bits.map(|b| b.name()),
+        "the demo did not serve its default recipe ({})",
+        recipe.label()
     );
     drop(demo);
     eprintln!(
-        "xtask test: cargo xtask demo downloaded, converted and served the tiny fixture via HF_ENDPOINT"
+        "xtask test: cargo xtask demo downloaded, compressed ({}) and served the tiny fixture via HF_ENDPOINT",
+        recipe.label()
     );
     Ok(())
 }

@@ -46,8 +46,9 @@ enum Command {
     /// Build the wasm engine (release, wasm-bindgen, wasm-opt when available), the npm package
     /// (web/dist/pocketvlm) and the demo site (web/dist/site).
     BuildWeb,
-    /// The demo: obtain a SmolVLM checkpoint (local directory or hub repo id), convert it when it
-    /// changed, build the web package and serve the demo page with the model on 127.0.0.1.
+    /// The demo: obtain a SmolVLM checkpoint (local directory or hub repo id), compress it (by
+    /// default laser, QKV parameters 100 %, W8A8) when it or the recipe changed, build the web
+    /// package and serve the demo page with the model on 127.0.0.1.
     Demo(demo::Args),
 }
 
