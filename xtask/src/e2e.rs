@@ -32,8 +32,7 @@ const IMAGE: &str = "tests/fixtures/images/rocket_portrait.png";
 
 /// Prepare the demo's model of the tiny fixture, serve `site` (from `build_web::run_build`) at
 /// `/` and that model at `/model/`, and run the playwright script against it with Node.
-/// `_dense_tiny` (the dense conversion the other browser tests use) is not what the demo serves.
-pub fn run_demo_e2e(site: &Path, _dense_tiny: &Path) -> Result<()> {
+pub fn run_demo_e2e(site: &Path) -> Result<()> {
     let web = root().join("web");
     if !web.join("node_modules/playwright-core").is_dir() {
         bail!(

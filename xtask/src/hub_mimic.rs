@@ -61,9 +61,8 @@ fn write_api_answer(hub: &Path, fixture: &Path) -> Result<()> {
     Ok(())
 }
 
-/// `_dense_tiny` (the dense conversion the other browser tests use) is not what the demo serves:
-/// the expected model is [`demo::prepare_model`]'s from the fixture with [`DemoRecipe::default`].
-pub fn check_demo_with_hub_mimic(_dense_tiny: &Path) -> Result<()> {
+/// The expected model is [`demo::prepare_model`]'s from the fixture with [`DemoRecipe::default`].
+pub fn check_demo_with_hub_mimic() -> Result<()> {
     let fixture = root().join("tests/fixtures/tiny");
     let expected_model = demo::prepare_model(&fixture, &DemoRecipe::default())?;
     let work = root().join("target/xtask/hub-mimic");

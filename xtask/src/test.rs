@@ -67,8 +67,8 @@ pub fn run_browser_tests() -> Result<()> {
             .args(["test", "-p", package, "--target", "wasm32-unknown-unknown"]))?;
     }
     let site = build_web::run_build()?;
-    e2e::run_demo_e2e(&site, &tiny)?;
-    hub_mimic::check_demo_with_hub_mimic(&tiny)?;
+    e2e::run_demo_e2e(&site)?;
+    hub_mimic::check_demo_with_hub_mimic()?;
     Ok(())
 }
 
