@@ -134,7 +134,9 @@ async function withWebGPU() {
     check(progress === '100', 'the progress bar reached 100%', `aria-valuenow ${progress}`);
     console.log(`  (loaded in ${((Date.now() - started) / 1000).toFixed(1)} s: ${status})`);
     await page.setInputFiles('#file-input', imagePath);
-    check(await page.locator('#preview').isVisible(), 'the photo from the file input is previewed', 'no preview');
+    // The preview has a size only once the browser has decoded the photo: wait for it rather than race it.
+    const previewed = await page.locator('#preview').waitFor({ state: 'visible', timeout: 10_000 }).then(() => true, () => false);
+    check(previewed, 'the photo from the file input is previewed', 'no preview after 10 s');
     check(await page.inputValue('#prompt') === 'Can you describe this image?', 'the default prompt is the fixture\'s',
       await page.inputValue('#prompt'));
     const t0 = Date.now();
