@@ -1,4 +1,5 @@
-// Online rotation of activation rows, in place: data[t, :] <- R data[t, :] for t < tokens, with
+// Online rotation of activation rows: out[t, :] <- R data[t, :] for t < tokens (steps 1-2 overwrite
+// `data`), with
 //   R = c (A (x) H_p) D,  n = m p
 // in the exact order of operations of `pocketvlm_format::quant::rotation` (the contract):
 //   1. signs: x_i <- -x_i where bit i of the sign mask is set (when `has_signs`);
@@ -15,8 +16,10 @@
 //
 // Two dispatches, no workgroup memory and no barriers, so any width works within WebGPU's default
 // limits (the connector's 12 288 included): STAGE_BLOCKS gives one invocation to each block of p
-// values of a row (steps 1-2), STAGE_CORE one to each column b of a row (steps 3-4: the m values
-// x_{a p + b}). Work items lie on a 2-D grid of 64-invocation workgroups.
+// values of a row (steps 1-2, in place in `data`), STAGE_CORE one to each output value (steps 3-4:
+// y_{a p + b} from the m values x_{a' p + b} of `data`, written to `out`, so no invocation reads
+// what another writes and any core order works: the 2.2B connector's 10 368 = 648 * 16 needs 648).
+// Work items lie on a 2-D grid of 64-invocation workgroups.
 
 struct Params {
     tokens: u32,
@@ -32,9 +35,9 @@ struct Params {
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read_write> data: array<f32>;
 @group(0) @binding(2) var<storage, read> table: array<u32>;
-
-// Largest core order the kernel holds in registers (the constructions used: 12, 20, 36, 60).
-const MAX_CORE: u32 = 64u;
+#ifndef STAGE_BLOCKS
+@group(0) @binding(3) var<storage, read_write> out: array<f32>;
+#endif
 
 fn bit(word0: u32, i: u32) -> bool {
     return ((table[word0 + i / 32u] >> (i % 32u)) & 1u) != 0u;
@@ -76,30 +79,24 @@ fn main(
         }
     }
 #else
-    // item = (t, b): column b of row t (every element of the row when there is no core)
+    // item = (t, a p + b): one value of row t
+    if (item >= params.tokens * n) {
+        return;
+    }
     if (params.has_core == 0u) {
-        if (item < params.tokens * n) {
-            data[item] = data[item] * params.scale;
-        }
+        out[item] = data[item] * params.scale;
         return;
     }
-    if (item >= params.tokens * p) {
-        return;
+    let base = (item / n) * n;
+    let i = item % n;
+    let a = i / p;
+    let b = i % p;
+    let first = data[base + b];
+    var acc = select(first, -first, bit(params.core_offset, a * m));
+    for (var a2 = 1u; a2 < m; a2++) {
+        let v = data[base + a2 * p + b];
+        acc = select(acc + v, acc - v, bit(params.core_offset, a * m + a2));
     }
-    let base = (item / p) * n;
-    let b = item % p;
-    var column: array<f32, MAX_CORE>;
-    for (var a = 0u; a < m; a++) {
-        let first = data[base + b];
-        var acc = select(first, -first, bit(params.core_offset, a * m));
-        for (var a2 = 1u; a2 < m; a2++) {
-            let v = data[base + a2 * p + b];
-            acc = select(acc + v, acc - v, bit(params.core_offset, a * m + a2));
-        }
-        column[a] = acc;
-    }
-    for (var a = 0u; a < m; a++) {
-        data[base + a * p + b] = column[a] * params.scale;
-    }
+    out[item] = acc * params.scale;
 #endif
 }

@@ -63,6 +63,16 @@ fn kronecker_factors_are_the_smallest_hadamard_orders() {
     }
     assert_eq!(Rotation::new(9, Construction::Kronecker, None).unwrap_err(), QuantError::NoHadamard(9));
     assert!(Rotation::new(0, Construction::BlockDiagonal, None).is_err());
+    // SigLIP-so400m (the 2.2B's vision tower): the MLP's 4304 = 16·269 has no core, so it is
+    // rotated block-diagonally; its connector's 10368 = 648·16 has one (Paley I, q = 647).
+    assert_eq!(Rotation::new(4304, Construction::Kronecker, None).unwrap_err(), QuantError::NoHadamard(4304));
+    assert_eq!(Construction::Kronecker.available_for(4304), Construction::BlockDiagonal);
+    let b = Rotation::new(4304, Construction::Kronecker.available_for(4304), None).unwrap();
+    assert_eq!(b.factors(), (269, 16));
+    assert_eq!(Construction::Kronecker.available_for(10368), Construction::Kronecker);
+    assert_eq!(Rotation::new(10368, Construction::Kronecker, None).unwrap().factors(), (648, 16));
+    assert_eq!(Construction::Kronecker.available_for(576), Construction::Kronecker);
+    assert_eq!(Construction::BlockDiagonal.available_for(576), Construction::BlockDiagonal);
 }
 
 fn matvec(m: &[f64], x: &[f64]) -> Vec<f64> {

@@ -10,7 +10,9 @@
 //! layer that reads an activation: Q/K/V (or `qkv_down`, one rotation shared by the stacked
 //! three), `out_proj`, `fc1`, `fc2` (their `down` factors when factored); and the connector's
 //! pixel-shuffled input. Since `W x = (W Rᵀ)(R x)`, the weight is stored as `W Rᵀ` and the
-//! layer stays exact before quantization.
+//! layer stays exact before quantization. A width with no Hadamard construction (the 2.2B's
+//! vision MLP, 4304 = 16·269) gets a block-diagonal rotation
+//! ([`pocketvlm_format::quant::Construction::available_for`]).
 //!
 //! **Layers.** Every linear matrix of the vision tower, the connector and the text decoder
 //! (dense or its factors) gets the scheme's weight and activation widths, with one exception:
@@ -199,7 +201,7 @@ impl Planner<'_> {
         self.opts
             .rotate
             .map(|r| RotationSpec {
-                construction: r.construction,
+                construction: r.construction.available_for(size),
                 size,
                 seed: Some(r.seed.wrapping_add(slot)),
             })

@@ -135,7 +135,8 @@ pub fn rotate_model(
     opts: &RotateOptions,
 ) -> Result<RotationSpec> {
     let d = cfg.text.hidden_size;
-    let spec = RotationSpec { construction: opts.construction, size: d, seed: Some(opts.seed) };
+    let spec =
+        RotationSpec { construction: opts.construction.available_for(d), size: d, seed: Some(opts.seed) };
     let r = spec.build()?;
     let embed = "model.text_model.embed_tokens.weight";
     let final_norm = "model.text_model.norm.weight";

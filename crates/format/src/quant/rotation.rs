@@ -70,6 +70,20 @@ pub enum Construction {
     BlockDiagonal,
 }
 
+impl Construction {
+    /// The construction a rotation of `n` values gets when `self` is wanted: Kronecker needs a
+    /// Hadamard core for some split `n = m · 2^k` ([`crate::quant::hadamard`]); where none
+    /// exists (SigLIP-so400m's MLP width 4304 = 16·269: no order 269·2^j has a construction) it
+    /// is block-diagonal instead, `m` Walsh–Hadamard blocks of the largest power of two dividing
+    /// `n`, which exists for every `n > 0`. The manifest records each rotation's construction.
+    pub fn available_for(self, n: usize) -> Construction {
+        match self {
+            Construction::Kronecker if Rotation::new(n, self, None).is_err() => Construction::BlockDiagonal,
+            other => other,
+        }
+    }
+}
+
 /// The float types a rotation applies to (its arithmetic is `+`, `−`, negation and `·`).
 pub trait Real:
     Copy + Add<Output = Self> + Sub<Output = Self> + Mul<Output = Self> + Neg<Output = Self>

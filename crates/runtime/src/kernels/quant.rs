@@ -33,8 +33,6 @@ use crate::tensor::Tensor;
 
 /// Invocations per workgroup of the three kernels (one token or column block each).
 const INVOCATIONS: usize = 64;
-/// Largest Hadamard core the rotation kernel holds in registers (`MAX_CORE` in `rotate.wgsl`).
-pub const MAX_CORE: usize = 64;
 
 /// Activation words per token for `cols` values: i8 lanes, four per word, rounded up to a whole
 /// number of INT4 weight words (eight values), so both halves of every INT4 word have their
@@ -78,11 +76,6 @@ impl RotationTable {
             })?),
             _ => None,
         };
-        if core.is_some() && m > MAX_CORE {
-            return Err(RuntimeError::UnsupportedModel(format!(
-                "a rotation of {n} with a Hadamard core of order {m} (the kernel holds at most {MAX_CORE})"
-            )));
-        }
         let signs = rotation.seed().map(|s| seeded_signs(s, n)).unwrap_or_default();
         let mut words = bits_to_words(&signs);
         words.resize(n.div_ceil(32), 0);
@@ -119,20 +112,25 @@ fn bits_to_words(bits: &[bool]) -> Vec<u32> {
     bits.chunks(32).map(|c| c.iter().enumerate().fold(0u32, |w, (i, &b)| w | (u32::from(b) << i))).collect()
 }
 
-/// `shaders/rotate.wgsl` (`m`: blocks of `p` per row): rotate `tokens` rows of `data` (f32 `[tokens, n]`) in place, as two
-/// dispatches (signs and butterflies per block, then the core and the scale per column).
+/// `shaders/rotate.wgsl`: `out ← R·data` for `tokens` rows of f32 `[tokens, n]`, as two
+/// dispatches: signs and butterflies per block of `p`, in place in `data` (which is overwritten),
+/// then the core and the scale per output value into `out` (one invocation per value, any core
+/// order; `m·n` adds per row).
 pub struct Rotate;
 
 /// One of the two dispatches of [`Rotate`].
-struct RotateStage {
-    blocks: bool,
+enum RotateStage {
+    Blocks,
+    Core,
 }
 
 impl Kernel for RotateStage {
     const SHADER: &'static str = "rotate";
     fn defines(&self) -> Defines {
-        let stage = if self.blocks { "STAGE_BLOCKS" } else { "STAGE_CORE" };
-        BTreeMap::from([(stage.to_string(), String::new())])
+        match self {
+            Self::Blocks => BTreeMap::from([("STAGE_BLOCKS".to_string(), String::new())]),
+            Self::Core => Defines::new(),
+        }
     }
 }
 
@@ -143,19 +141,26 @@ impl Rotate {
         encoder: &mut wgpu::CommandEncoder,
         rotation: &RotationTable,
         data: &wgpu::Buffer,
+        out: &wgpu::Buffer,
         tokens: usize,
     ) -> Result<()> {
         let bytes = (tokens * rotation.size() * 4) as u64;
         require_size(data, bytes, "rotated rows")?;
+        require_size(out, bytes, "rotated rows' output")?;
         check_binding(gpu, "rotated rows", bytes)?;
+        distinct(data, out, "a rotation's input and output")?;
         let params = RotateParams { tokens: tokens as u32, ..rotation.params };
-        let (m, p) = (params.m as usize, params.p as usize);
-        let core_items = if params.has_core != 0 { tokens * p } else { tokens * m * p };
-        for (stage, items) in
-            [(RotateStage { blocks: true }, tokens * m), (RotateStage { blocks: false }, core_items)]
-        {
+        let table = slice(&rotation.table, 0, rotation.table.size());
+        let stages = [
+            (RotateStage::Blocks, tokens * params.m as usize, vec![slice(data, 0, bytes), table.clone()]),
+            (
+                RotateStage::Core,
+                tokens * rotation.size(),
+                vec![slice(data, 0, bytes), table, slice(out, 0, bytes)],
+            ),
+        ];
+        for (stage, items, resources) in stages {
             let pipeline = gpu.pipelines.get(gpu, RotateStage::SHADER, &stage.defines()).await?;
-            let resources = vec![slice(data, 0, bytes), slice(&rotation.table, 0, rotation.table.size())];
             let (gx, gy) = grid(gpu, groups(items, INVOCATIONS) as u64)?;
             dispatch(gpu, encoder, &pipeline, "rotate", bytemuck::bytes_of(&params), resources, (gx, gy, 1));
         }

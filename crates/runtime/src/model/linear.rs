@@ -57,6 +57,7 @@ impl From<Matrix> for Linear {
 #[derive(Default)]
 pub struct Scratch {
     rotated: Option<wgpu::Buffer>,
+    rotated_out: Option<wgpu::Buffer>,
     words: Option<wgpu::Buffer>,
     scales: Option<wgpu::Buffer>,
     inner: Option<wgpu::Buffer>,
@@ -265,10 +266,12 @@ impl QuantLinear {
                 (x.clone(), x_offset)
             } else {
                 let bytes = mr as u64 * x_row;
-                let rotated = at_least(gpu, &mut scratch.rotated, "rotated activations", bytes).await?;
+                let mut rotated = at_least(gpu, &mut scratch.rotated, "rotated activations", bytes).await?;
+                let mut other = at_least(gpu, &mut scratch.rotated_out, "rotated activations", bytes).await?;
                 encoder.copy_buffer_to_buffer(x, x_offset, &rotated, 0, bytes);
                 for r in &self.online {
-                    Rotate.encode(gpu, encoder, r, &rotated, mr).await?;
+                    Rotate.encode(gpu, encoder, r, &rotated, &other, mr).await?;
+                    std::mem::swap(&mut rotated, &mut other);
                 }
                 (rotated, 0)
             };
