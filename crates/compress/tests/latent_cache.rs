@@ -74,10 +74,11 @@ fn chunked_logits(model: &CpuModel, embeds: &Tensor, cache: &mut KvCache, chunks
 
 /// Stated tolerance of a float model's logits, latent cache against plain cache and against
 /// the no-cache forward, relative to the largest |logit| of the position (the fixture's are
-/// ~45): keys and values are recomputed from the same f32 latent, so the paths differ by float
-/// rounding only. Measured: prompt logits ≤ 3.8e-7 (≤ 1.9e-5 absolute), along 20 decoded
-/// tokens ≤ 5.4e-7, chunked or token-by-token prefill ≤ 6.1e-7.
-const FLOAT_TOLERANCE: f32 = 5e-6;
+/// ~45): the latent cache holds `c` rounded to bf16 (relative error ≤ 2⁻⁹ per value), from
+/// which keys and values are rebuilt. Measured: prompt logits ≤ 8.7e-4 (≤ 4.2e-2 absolute),
+/// along 20 decoded tokens ≤ 1.2e-3, chunked or token-by-token prefill against the no-cache
+/// forward ≤ 3.7e-3 (with an f32 latent all three were ≤ 6.1e-7).
+const FLOAT_TOLERANCE: f32 = 1e-2;
 
 /// Stated tolerance of a quantized model's logits, the same comparisons. Queries, keys and
 /// softmax weights are the plain cache's numbers exactly and values differ by the absorbed-V

@@ -33,6 +33,7 @@ shaders![
     "quantize",
     "qmatmul",
     "latent_up",
+    "bf16_rows",
 ];
 
 /// Preprocessor defines: name → value. Ordered, so it can key a pipeline cache.

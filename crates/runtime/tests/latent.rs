@@ -1,8 +1,8 @@
 //! The kernels of the shared-latent KV cache against f64 references: attention whose values are
 //! a latent shared by all heads (f32 rows, and the contract's INT8 rows with a scale each) giving
 //! the softmax-weighted latent sums, and the absorbed `v_up` applied to those sums (float and
-//! packed INT8/INT4 weights, per channel and grouped, with and without bias). Natively and in
-//! the browser.
+//! packed INT8/INT4 weights, per channel and grouped, with and without bias), and the float
+//! latent cache's bf16 rows against `half`'s rounding, bit for bit. Natively and in the browser.
 
 mod common;
 
@@ -11,6 +11,7 @@ use pocketvlm_format::Encoding;
 use pocketvlm_format::quant::pack::pack;
 use pocketvlm_format::quant::{ActivationQuant, Bits};
 use pocketvlm_runtime::kernels::attention::{Attention, AttentionShape, AttentionVariant, ValueKind, Values};
+use pocketvlm_runtime::kernels::bf16_rows::Bf16Rows;
 use pocketvlm_runtime::kernels::latent::{LatentUp, LatentUpShape, UpWeights};
 use pocketvlm_runtime::kernels::quant::{
     QMatmul, QuantWeightsGpu, Quantize, QuantizedRows, activation_words,
@@ -245,7 +246,65 @@ async fn strided_rows_case(gpu: &Gpu, bits: Bits, rank: usize, seed: u64) {
     assert_exact(&format!("strided latent rows, rank {rank}, {bits:?} weights"), &outputs[1], &outputs[0]);
 }
 
+/// [`Bf16Rows`]: rows packed at an offset into a larger cache and widened back give exactly
+/// `half::bf16::from_f32(x).to_f32()` for every value — ties to even both ways, a carry into the
+/// exponent, rounding up to ∞, ∞, NaN, signed zeros, subnormals — with an odd width (the last
+/// word's high half zero) and the cache's earlier rows untouched.
+async fn bf16_rows_case(gpu: &Gpu, width: usize, seed: u64) {
+    let (rows, dst_row, capacity) = (7, 3, 12);
+    let mut x = values(seed, rows * width);
+    let specials = [
+        0x3f80_8000u32, // tie, even: rounds down
+        0x3f81_8000,    // tie, odd: rounds up
+        0x3f80_8001,    // above the tie
+        0x3fff_ffff,    // carries into the exponent
+        0x7f7f_ffff,    // f32::MAX rounds to ∞
+        0x7f80_0000,    // ∞
+        0xff80_0000,    // −∞
+        0x7fc0_0001,    // NaN with payload
+        0x8000_0000,    // −0
+        0x0000_8001,    // subnormal
+    ];
+    for (v, bits) in x.iter_mut().step_by(3).zip(specials) {
+        *v = f32::from_bits(bits);
+    }
+    let half = Bf16Rows { width };
+    let before: Vec<u32> = (0..capacity * half.words()).map(|i| 0x1234_0000 + i as u32).collect();
+    let src = upload(gpu, &x).await;
+    let packed = upload_u32(gpu, &before).await;
+    let widened = zeros(gpu, (dst_row + rows) * width).await;
+    let mut enc = encoder(gpu);
+    half.pack(gpu, &mut enc, rows, &src, &packed, dst_row).await.unwrap();
+    half.widen(gpu, &mut enc, dst_row + rows, &packed, &widened).await.unwrap();
+    submit(gpu, enc);
+    let got: Vec<u32> =
+        gpu.read_f32(&widened, (dst_row + rows) * width).await.unwrap().iter().map(|v| v.to_bits()).collect();
+    let widen = |w: u32, c: usize| if c.is_multiple_of(2) { w << 16 } else { w & 0xffff_0000 };
+    for t in 0..dst_row + rows {
+        for c in 0..width {
+            let want = if t < dst_row {
+                widen(before[t * half.words() + c / 2], c)
+            } else {
+                half::bf16::from_f32(x[(t - dst_row) * width + c]).to_f32().to_bits()
+            };
+            assert_eq!(got[t * width + c], want, "bf16 rows width {width}: row {t} column {c}");
+        }
+    }
+    let words = gpu.read_f32(&packed, capacity * half.words()).await.unwrap();
+    let last = (dst_row + rows) * half.words();
+    assert!(
+        words[last..].iter().zip(&before[last..]).all(|(w, b)| w.to_bits() == *b),
+        "rows past the packed ones"
+    );
+    if width % 2 == 1 {
+        let high = (0..rows).map(|t| words[(dst_row + t + 1) * half.words() - 1].to_bits() >> 16);
+        assert!(high.clone().all(|h| h == 0), "the odd column's high halves");
+    }
+}
+
 async fn check_all(gpu: &Gpu) {
+    bf16_rows_case(gpu, 30, 30).await;
+    bf16_rows_case(gpu, 33, 31).await;
     for (bits, rank) in [(Bits::Int4, 28), (Bits::Int4, 30), (Bits::Int4, 36), (Bits::Int8, 30)] {
         strided_rows_case(gpu, bits, rank, 20).await;
     }

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use cases::{QUANT_LOGIT_TOLERANCE, SIZE_FIXTURES, TINY_CASES, check_case, check_case_within, read_case};
 use pocketvlm_compress::model::CacheKind as CpuCache;
 use pocketvlm_compress::model::reference::{LOW_RANK_TEST_RECIPES, Reference, TEST_CASES, TEST_RECIPES};
-use pocketvlm_compress::quant::{QuantOptions, QuantParts};
+use pocketvlm_compress::quant::QuantOptions;
 use pocketvlm_compress::{ConvertOptions, convert};
 use pocketvlm_format::dir;
 use pocketvlm_processor::decode_image;
@@ -143,19 +143,16 @@ fn quantized_tiny_models_match_the_cpu_reference() {
 
 /// The W4A8 models of the fixtures with the other sizes' traits run on the GPU with the CPU
 /// reference's prompt ids, top-10 ids, logits and greedy ids (odd widths and head counts through
-/// the rotations and integer kernels: vision head_dim 12 and 9×9 patches, 15 heads of 4).
-/// `tiny-2b` keeps its connector float: the connector's input (9·24 = 216 wide) is rotated online
-/// by a Hadamard matrix of order 108 ⊗ H₂, and the rotation kernel holds cores up to order 64
-/// (the 2.2B's 9·1152 = 10368 = 648·16 is refused the same way).
+/// the rotations and integer kernels: vision head_dim 12 and 9×9 patches, 15 heads of 4;
+/// `tiny-2b`'s connector input, 9·24 = 216 wide, is rotated online by a Hadamard core of order
+/// 108 ⊗ H₂, as the 2.2B's 10368 = 648·16).
 #[test]
 fn quantized_size_fixtures_match_the_cpu_reference() {
     pollster::block_on(async {
-        for (fixture, float) in [(SIZE_FIXTURES[0], "connector"), (SIZE_FIXTURES[1], "")] {
+        for fixture in SIZE_FIXTURES {
             let dir = fixtures().join(fixture);
             let out = tempfile::tempdir().unwrap();
-            let mut quant = QuantOptions::parse("w4a8", None).unwrap();
-            quant.parts = QuantParts::keeping_float(float).unwrap();
-            let quant = Some(quant);
+            let quant = Some(QuantOptions::parse("w4a8", None).unwrap());
             convert(&dir, out.path(), &ConvertOptions { quant, ..Default::default() }).unwrap();
             let reference = Reference::open(out.path()).unwrap();
             let data = dir::open(out.path()).unwrap();
@@ -179,8 +176,9 @@ fn quantized_size_fixtures_match_the_cpu_reference() {
 /// `2·d_kv`, factored MLPs and vision QKV, INT8 latents at 25 % of K/V bytes) runs on the GPU with
 /// the CPU reference's prompt ids, top-10 ids, logits (within [`QUANT_LOGIT_TOLERANCE`]) and
 /// greedy ids, with the latent KV cache and with the plain one (each against the reference's same
-/// cache kind); a quantized model's latent cache holds the manifest's `r + 4` bytes per token and layer
-/// (exactly, when `4 | r`; else the INT8 row is padded to whole words).
+/// cache kind); a quantized model's latent cache holds the manifest's `r + 4` bytes per token and
+/// layer (exactly, when `4 | r`; else the INT8 row is padded to whole words), a float model's its
+/// `2r` (bf16; an odd `r` pads to a whole word).
 #[test]
 fn low_rank_tiny_models_match_the_cpu_reference() {
     pollster::block_on(async {
@@ -211,14 +209,16 @@ fn low_rank_tiny_models_match_the_cpu_reference() {
                     eprintln!("{} {kind:?} cache {case_name}: matches the CPU reference", recipe.name);
                 }
             }
-            if manifest.quantization.is_some() {
-                // r INT8 values in whole words and the f32 scale per layer: the manifest's
-                // r + 4 bytes, plus the padding of a rank that is not a multiple of 4.
+            {
+                // Quantized: r INT8 values in whole words and the f32 scale per layer, the
+                // manifest's r + 4 bytes, plus the padding of a rank that is not a multiple of 4.
+                // Float: r bf16 values in whole words, the manifest's 2r bytes (plus 2 for an odd r).
+                let quantized = manifest.quantization.is_some();
                 let padding: u64 = c
                     .text_layers
                     .iter()
                     .filter_map(|l| l.qkv)
-                    .map(|r| (r.next_multiple_of(4) - r) as u64)
+                    .map(|r| if quantized { r.next_multiple_of(4) - r } else { 2 * (r % 2) } as u64)
                     .sum();
                 let want = c.kv_cache.bytes_per_token + padding;
                 engine.model.cache_kind = CacheKind::Latent;

@@ -7,10 +7,12 @@
 //! `r < 2·d_kv` (the format's rule, see [`pocketvlm_format::compression`]) the cache keeps the
 //! latent instead of K and V:
 //!
-//! * **float model**: `c` itself, as f32 (`r` values per token). The manifest's `kv_cache` counts
-//!   16-bit values; f32 here is provisional: it keeps this reference within float rounding of
-//!   the plain cache (rounding `c` through f16 would add ~1e-3 relative error to every key and
-//!   value), and a 16-bit cache on the GPU is then compared to it with a tolerance.
+//! * **float model**: `c` rounded to bf16 (to nearest, ties to even: `half::bf16::from_f32`),
+//!   `2r` bytes per token — the manifest's 16-bit values. bf16 rather than f16: it keeps f32's
+//!   exponent range (no latent can overflow to ∞), at a relative error of at most 2⁻⁹ per value,
+//!   finer than the quantized model's INT8 latent. Queries use the unrounded `c` of the new
+//!   tokens (they are not cached); keys and values of every token, the new ones included, use the
+//!   cached bf16 `c`.
 //! * **quantized model**: `q_up`, `k_up` and `v_up` quantize their common input identically
 //!   (INT8 activations, one clip ratio, no online transforms), so the pair `(q_a, s_a)` of steps
 //!   2–5 of [`pocketvlm_format::quant`] — [`QuantLinear::quantize_token`], computed once with
@@ -27,7 +29,7 @@
 //!    cached pair), RoPE at position `t`;
 //! 3. **weights** `p_{h,i,t} = softmax_t(q_{h,i} · k_{g,t} / √hd)` over `t ≤ offset + i`, where
 //!    `g = h / (heads / kv_heads)` is the K/V group of head `h`;
-//! 4. **absorbed V**: `ĉ_{h,i}[j] = Σ_t p_{h,i,t} · ℓ_t[j]` with `ℓ_t = c_t` (float) or
+//! 4. **absorbed V**: `ĉ_{h,i}[j] = Σ_t p_{h,i,t} · ℓ_t[j]` with `ℓ_t = bf16(c_t)` (float) or
 //!    `ℓ_t[j] = s_a,t · f32(q_a,t[j])` (quant, one f32 multiply), accumulated in f32 over
 //!    `t = 0, 1, …, offset + i` (each term one multiply, then one add); then
 //!    `o_{h,i} = V_up[g·hd .. (g+1)·hd] · ĉ_{h,i}` plus those rows' bias (quant:
@@ -35,11 +37,13 @@
 //!    is `Σ_t p_{h,i,t} · v_t` in real arithmetic; f32 rounds it differently.
 //!
 //! For a quantized model steps 1–3 compute the very numbers of the plain cache (same integers,
-//! same products, same RoPE), so its latent and plain caches differ only by step 4's rounding.
+//! same products, same RoPE), so its latent and plain caches differ only by step 4's rounding;
+//! a float model's differ by the bf16 rounding of the cached latent too.
 
 use std::ops::Range;
 
 use candle_core::{Device, Tensor};
+use half::bf16;
 use pocketvlm_format::quant::QuantLinear;
 
 use crate::error::{CompressError, Result};
@@ -71,7 +75,7 @@ impl Heads {
 /// The cached latents of one layer, one row of `rank` values per position.
 #[derive(Clone, Debug)]
 pub enum Latents {
-    /// Float model: `c`, row-major `[len, rank]`.
+    /// Float model: `c` rounded to bf16 (held as the f32 values it widens to), `[len, rank]`.
     Float { rank: usize, c: Vec<f32> },
     /// Quantized model: `q_a` row-major `[len, rank]` and `s_a` `[len]`.
     Int8 { rank: usize, q: Vec<i8>, s: Vec<f32> },
@@ -180,7 +184,7 @@ impl<'a> LatentUp<'a> {
         let len = c.len() / rank;
         match (&self.factors, cache) {
             (Factors::Float(up_t), Latents::Float { c: cached, .. }) => {
-                cached.extend_from_slice(c);
+                cached.extend(c.iter().map(|&v| bf16::from_f32(v).to_f32()));
                 let c = Tensor::from_slice(c, (len, rank), &Device::Cpu)?;
                 Ok(c.matmul(&columns(up_t, 0..dq)?)?)
             }

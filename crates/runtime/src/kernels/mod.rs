@@ -3,6 +3,7 @@
 
 pub mod argmax;
 pub mod attention;
+pub mod bf16_rows;
 pub mod copy;
 pub mod elementwise;
 pub mod embed;

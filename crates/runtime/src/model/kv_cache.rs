@@ -6,7 +6,9 @@
 //! model runs with [`CacheKind::Latent`]): the pre-RoPE latent `c = qkv_down · x` of each token.
 //! A quantized model keeps the contract's cache entry — the latent's INT8 integers (`r` bytes,
 //! padded to whole words) and its f32 scale, exactly what the ups consume; a float model keeps
-//! `c` in f32. Attention then rebuilds the keys of all cached tokens each step (`k_up` on the
+//! `c` rounded to bf16 (`2r` bytes, the manifest's 16-bit values; bf16 rather than f16 keeps
+//! f32's range, so no latent overflows; [`crate::kernels::bf16_rows`]), widened each step into a
+//! transient f32 buffer shared by all layers. Attention then rebuilds the keys of all cached tokens each step (`k_up` on the
 //! cache, RoPE at each key's own position) into a transient buffer shared by all layers, and
 //! never rebuilds values: it sums the latents with the softmax weights and applies `v_up` once
 //! per head ([`crate::kernels::latent`]).
@@ -18,6 +20,7 @@ use super::scratch::f32_buffer;
 use super::text::TextModel;
 use crate::device::Gpu;
 use crate::error::{Result, RuntimeError};
+use crate::kernels::bf16_rows::Bf16Rows;
 use crate::kernels::copy::CopyRows;
 
 /// Which cache a model's joint-QKV layers use (the bench's switch; layers the rule excludes are
@@ -35,8 +38,8 @@ pub enum CacheKind {
 pub enum LayerCache {
     /// f32 keys (after RoPE) and values, `[capacity, d_kv]` each.
     Plain { keys: wgpu::Buffer, values: wgpu::Buffer, width: usize },
-    /// f32 latents `[capacity, rank]`.
-    LatentF32 { rows: wgpu::Buffer, rank: usize },
+    /// bf16 latents, u32 `[capacity, ⌈rank/2⌉]` (two per word, see [`Bf16Rows`]).
+    LatentBf16 { rows: wgpu::Buffer, rank: usize },
     /// The contract's INT8 latents: u32 `[capacity, words]` (i8 lanes) and f32 scales `[capacity]`.
     LatentI8 { words: wgpu::Buffer, scales: wgpu::Buffer, words_per_row: usize },
 }
@@ -46,7 +49,7 @@ impl LayerCache {
     fn buffers(&self) -> Vec<(&wgpu::Buffer, usize)> {
         match self {
             LayerCache::Plain { keys, values, width } => vec![(keys, *width), (values, *width)],
-            LayerCache::LatentF32 { rows, rank } => vec![(rows, *rank)],
+            LayerCache::LatentBf16 { rows, rank } => vec![(rows, Bf16Rows { width: *rank }.words())],
             LayerCache::LatentI8 { words, scales, words_per_row } => {
                 vec![(words, *words_per_row), (scales, 1)]
             }
@@ -74,7 +77,7 @@ fn layer_layout(qkv: &Qkv, d_kv: usize, kind: CacheKind) -> LayerLayout {
     match qkv {
         Qkv::Joint(j) if kind == CacheKind::Latent && j.rank() < 2 * d_kv => match j.ups() {
             Ups::Quant { .. } => LayerLayout::LatentI8 { words: j.latent_words() },
-            Ups::Float => LayerLayout::LatentF32 { rank: j.rank() },
+            Ups::Float => LayerLayout::LatentBf16 { rank: j.rank() },
         },
         _ => LayerLayout::Plain { width: d_kv },
     }
@@ -83,16 +86,17 @@ fn layer_layout(qkv: &Qkv, d_kv: usize, kind: CacheKind) -> LayerLayout {
 #[derive(Clone, Copy)]
 enum LayerLayout {
     Plain { width: usize },
-    LatentF32 { rank: usize },
+    LatentBf16 { rank: usize },
     LatentI8 { words: usize },
 }
 
 impl LayerLayout {
-    /// Bytes one token takes: f32 K and V; f32 latent; INT8 latent words and the f32 scale.
+    /// Bytes one token takes: f32 K and V; bf16 latent (whole words); INT8 latent words and the
+    /// f32 scale.
     fn bytes_per_token(self) -> u64 {
         4 * match self {
             LayerLayout::Plain { width } => 2 * width as u64,
-            LayerLayout::LatentF32 { rank } => rank as u64,
+            LayerLayout::LatentBf16 { rank } => Bf16Rows { width: rank }.words() as u64,
             LayerLayout::LatentI8 { words } => words as u64 + 1,
         }
     }
@@ -121,8 +125,9 @@ impl KvCache {
                     values: f32_buffer(gpu, "kv cache v", capacity * width).await?,
                     width,
                 },
-                LayerLayout::LatentF32 { rank } => LayerCache::LatentF32 {
-                    rows: f32_buffer(gpu, "latent cache", capacity * rank).await?,
+                LayerLayout::LatentBf16 { rank } => LayerCache::LatentBf16 {
+                    rows: f32_buffer(gpu, "latent cache", capacity * Bf16Rows { width: rank }.words())
+                        .await?,
                     rank,
                 },
                 LayerLayout::LatentI8 { words } => LayerCache::LatentI8 {

@@ -18,6 +18,7 @@ use super::weights::WeightLoader;
 use crate::device::Gpu;
 use crate::error::{Result, RuntimeError};
 use crate::kernels::attention::{Attention, AttentionShape, Values};
+use crate::kernels::bf16_rows::Bf16Rows;
 use crate::kernels::copy::CopyRows;
 use crate::kernels::elementwise::{Add, SiluMul};
 use crate::kernels::embed::{Embed, EmbedShape, ImageFeatures};
@@ -187,6 +188,8 @@ struct AttentionPass<'a> {
     rebuilt: Option<wgpu::Buffer>,
     /// Softmax-weighted latent sums per query head (f32 `[tokens, heads, ≤ 4·words]`).
     sums: Option<wgpu::Buffer>,
+    /// A bf16 latent cache widened to f32 (`[p0 + tokens, rank]`), shared by all layers.
+    widened: Option<wgpu::Buffer>,
     attn: wgpu::Buffer,
 }
 
@@ -206,12 +209,18 @@ impl<'a> AttentionPass<'a> {
             .iter()
             .map(|l| match l {
                 LayerCache::Plain { .. } => 0,
-                LayerCache::LatentF32 { rank, .. } => rank.next_multiple_of(4),
+                LayerCache::LatentBf16 { rank, .. } => rank.next_multiple_of(4),
                 LayerCache::LatentI8 { words_per_row, .. } => 4 * words_per_row,
             })
             .max()
             .unwrap_or(0);
         let latent = widest > 0;
+        let bf16_rank = cache
+            .layers
+            .iter()
+            .map(|l| if let LayerCache::LatentBf16 { rank, .. } = l { *rank } else { 0 })
+            .max()
+            .unwrap_or(0);
         Ok(Self {
             cfg,
             model,
@@ -224,6 +233,11 @@ impl<'a> AttentionPass<'a> {
             rebuilt: if latent { Some(f32_buffer(gpu, "rebuilt keys", ctx * dkv).await?) } else { None },
             sums: if latent {
                 Some(f32_buffer(gpu, "latent sums", tokens * c.num_attention_heads * widest).await?)
+            } else {
+                None
+            },
+            widened: if bf16_rank > 0 {
+                Some(f32_buffer(gpu, "widened latents", ctx * bf16_rank).await?)
             } else {
                 None
             },
@@ -260,6 +274,7 @@ impl<'a> AttentionPass<'a> {
         let ctx = p0 + tokens;
         let table = &self.model.rope_table;
         let causal = AttentionShape::causal(tokens, heads, kv_heads, hd, p0, self.capacity);
+        let widened = self.widened.clone();
         let (joint, values) = match (qkv, layer) {
             (qkv, LayerCache::Plain { keys, values, .. }) => {
                 qkv.forward(gpu, encoder, scratch, tokens, normed, [&self.q, &self.k, &self.v]).await?;
@@ -289,14 +304,21 @@ impl<'a> AttentionPass<'a> {
                 k_up.product(gpu, encoder, &all, (self.rebuilt()?, 0)).await?;
                 (j, Values::LatentI8 { words, scales, words_per_row: *words_per_row })
             }
-            (Qkv::Joint(j), LayerCache::LatentF32 { rows, rank }) => {
+            (Qkv::Joint(j), LayerCache::LatentBf16 { rows, rank }) => {
+                // the new latents rounded into the cache; queries from the unrounded ones; keys
+                // and values of every cached token from the cache widened back to f32
                 let latent = scratch.latent(gpu, tokens * rank).await?;
                 j.down.forward(gpu, encoder, scratch, tokens, normed, &latent).await?;
-                CopyRows::append(tokens, *rank, p0).encode(gpu, encoder, &latent, rows)?;
+                let half = Bf16Rows { width: *rank };
+                half.pack(gpu, encoder, tokens, &latent, rows, p0).await?;
                 j.q_up.forward(gpu, encoder, scratch, tokens, &latent, &self.q).await?;
+                let widened = widened
+                    .as_ref()
+                    .ok_or_else(|| RuntimeError::Shape("no widened-latents buffer".into()))?;
+                half.widen(gpu, encoder, ctx, rows, widened).await?;
                 let rebuilt = self.rebuilt()?.clone();
-                j.k_up.forward(gpu, encoder, scratch, ctx, rows, &rebuilt).await?;
-                (j, Values::LatentF32 { rows, width: *rank })
+                j.k_up.forward(gpu, encoder, scratch, ctx, widened, &rebuilt).await?;
+                (j, Values::LatentF32 { rows: widened, width: *rank })
             }
             _ => return Err(RuntimeError::Shape("a latent cache for a layer without a joint QKV".into())),
         };
