@@ -3,8 +3,11 @@
 //! latent KV cache the ids the same model computes from scratch.
 #![cfg(not(target_arch = "wasm32"))]
 
+mod cases;
+
 use std::path::{Path, PathBuf};
 
+use cases::check_resumed_conversation;
 use pocketvlm_compress::model::reference::LOW_RANK_TEST_RECIPES;
 use pocketvlm_compress::{ConvertOptions, convert};
 use pocketvlm_format::dir;
@@ -140,10 +143,9 @@ fn image_turns_reuse_the_cache_only_for_the_same_image() {
     });
 }
 
-/// A low-rank W4A8 model caching INT8 latents (`svd-kv25-w4a8`): the conversation continued from
-/// an interrupted first turn's latent cache (rewound and grown) and then from the whole
-/// conversation's cache gives the greedy ids of the same conversation computed from scratch, and
-/// prompt logits within 1e-3 of its (relative to the largest).
+/// A low-rank W4A8 model caching INT8 latents (`svd-kv25-w4a8`): a conversation continued from
+/// its latent cache gives what a fresh start gives ([`check_resumed_conversation`]; in the
+/// browser too, `model_web.rs`).
 #[test]
 fn latent_cache_conversations_match_a_fresh_start() {
     pollster::block_on(async {
@@ -155,38 +157,6 @@ fn latent_cache_conversations_match_a_fresh_start() {
         let gpu = Gpu::new(&DeviceOptions::default()).await.unwrap();
         let engine = Engine::load(gpu, &data, &tokenizer).await.unwrap();
         assert_eq!(engine.model.cache_kind, CacheKind::Latent);
-        let full = request(&expected("text_multiturn"));
-
-        let mut fresh = engine.start(full.clone()).await.unwrap();
-        let fresh_logits = fresh.prompt_logits.clone();
-        run_to_end(&engine, &mut fresh).await;
-        let scale = fresh_logits.iter().fold(1f32, |m, x| m.max(x.abs()));
-        let check = |session: &Session, what: &str| {
-            let worst = session
-                .prompt_logits
-                .iter()
-                .zip(&fresh_logits)
-                .map(|(a, b)| (a - b).abs())
-                .fold(0f32, f32::max);
-            assert!(worst <= 1e-3 * scale, "{what}: prompt logits differ by {worst} (scale {scale})");
-        };
-
-        let mut first = full.clone();
-        first.messages.truncate(1);
-        first.max_new_tokens = 3;
-        let mut session = engine.start(first).await.unwrap();
-        assert!(session.next(&engine).await.unwrap().is_some());
-        assert!(session.next(&engine).await.unwrap().is_some());
-        let mut resumed = engine.resume(full.clone(), Some(session.into_conversation())).await.unwrap();
-        assert!(resumed.reused_tokens() > 0);
-        check(&resumed, "second turn");
-        run_to_end(&engine, &mut resumed).await;
-        assert_eq!(resumed.generated(), fresh.generated(), "second turn: greedy ids");
-
-        let mut again = engine.resume(full, Some(resumed.into_conversation())).await.unwrap();
-        assert_eq!(again.reused_tokens(), again.prompt_ids.len() - 1);
-        check(&again, "the same conversation again");
-        run_to_end(&engine, &mut again).await;
-        assert_eq!(again.generated(), fresh.generated(), "the same conversation again: greedy ids");
+        check_resumed_conversation(&engine, request(&expected("text_multiturn"))).await;
     });
 }

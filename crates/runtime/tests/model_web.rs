@@ -9,9 +9,13 @@
 
 mod cases;
 
-use cases::{QUANT_LOGIT_TOLERANCE, TINY_CASES, check_case, check_case_within, join, read_case};
+use cases::{
+    QUANT_LOGIT_TOLERANCE, TINY_CASES, check_case, check_case_within, check_resumed_conversation, join,
+    read_case, text_request,
+};
 use pocketvlm_runtime::engine::Engine;
 use pocketvlm_runtime::fetch::{fetch_bytes, fetch_manifest, fetch_model};
+use pocketvlm_runtime::model::CacheKind;
 use pocketvlm_runtime::{DeviceOptions, Gpu, RuntimeError};
 use wasm_bindgen_test::wasm_bindgen_test;
 
@@ -63,6 +67,21 @@ async fn quantized_tiny_models_match_the_cpu_reference_in_the_browser() {
         }
         wasm_bindgen_test::console_log!("{name}: matches the CPU reference ({})", engine.gpu.adapter.name);
     }
+}
+
+/// The low-rank W4A8 model caching INT8 latents (`svd-kv25-w4a8`): a conversation continued from
+/// its latent cache (interrupted, rewound, grown, resumed twice) gives what a fresh start gives,
+/// as natively in `conversation.rs`.
+#[wasm_bindgen_test]
+async fn latent_cache_conversations_match_a_fresh_start_in_the_browser() {
+    let base = join(server(), "quant/svd-kv25-w4a8");
+    let fetched = fetch_model(&join(&base, "model")).await.unwrap();
+    let gpu = Gpu::new(&DeviceOptions::default()).await.unwrap();
+    let engine = Engine::load(gpu, &fetched.data, &fetched.tokenizer).await.unwrap();
+    assert_eq!(engine.model.cache_kind, CacheKind::Latent);
+    assert!(engine.model.kv_bytes_per_token() < engine.model.kv_bytes_per_token_of(CacheKind::Plain));
+    let case = read_case(async |url: String| fetch_bytes(&url).await.unwrap(), &base, "text_multiturn").await;
+    check_resumed_conversation(&engine, text_request(&case.expected)).await;
 }
 
 #[wasm_bindgen_test]

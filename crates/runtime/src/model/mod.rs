@@ -105,7 +105,12 @@ impl Model {
 
     /// Bytes one token of context takes in the KV cache of new generations.
     pub fn kv_bytes_per_token(&self) -> u64 {
-        kv_cache::bytes_per_token(&self.config, &self.text, self.cache_kind)
+        self.kv_bytes_per_token_of(self.cache_kind)
+    }
+
+    /// Bytes one token of context would take in a cache of `kind`.
+    pub fn kv_bytes_per_token_of(&self, kind: CacheKind) -> u64 {
+        kv_cache::bytes_per_token(&self.config, &self.text, kind)
     }
 
     /// Longest sequence (prompt + generated) the model accepts.

@@ -9,7 +9,7 @@
 #![allow(dead_code)]
 
 use pocketvlm_processor::{Message, decode_image};
-use pocketvlm_runtime::engine::{Engine, Request};
+use pocketvlm_runtime::engine::{Engine, Request, Session};
 use pocketvlm_runtime::model::sampling::{SamplingOptions, top_k};
 use serde_json::Value;
 
@@ -169,4 +169,55 @@ pub async fn check_case_within(engine: &Engine, case: &CaseFiles, tolerance: f32
         step += 1;
     }
     assert_eq!(session.generated(), expected.as_slice(), "{name}: greedy ids");
+}
+
+/// The text case `exp` as a request (its messages, splitting and token budget; no image).
+pub fn text_request(exp: &Value) -> Request {
+    Request {
+        messages: serde_json::from_value(exp["messages"].clone()).expect("messages"),
+        image: None,
+        split: exp["do_image_splitting"].as_bool(),
+        max_new_tokens: exp["max_new_tokens"].as_u64().expect("max_new_tokens") as usize,
+        sampling: SamplingOptions::default(),
+    }
+}
+
+async fn run_to_end(engine: &Engine, session: &mut Session) {
+    while session.next(engine).await.unwrap().is_some() {}
+}
+
+/// A conversation continued from an engine's KV cache gives what the same engine computes from
+/// scratch: `full` (a multi-turn request) is started fresh; then its first message alone is
+/// started and interrupted after two tokens, and `full` resumed from that cache (rewound past the
+/// interrupted answer and grown); then `full` resumed again from the whole conversation's cache.
+/// Both resumptions must reuse cached tokens, give the fresh start's greedy ids, and prompt
+/// logits within 1e-3 of its (relative to the largest).
+pub async fn check_resumed_conversation(engine: &Engine, full: Request) {
+    let mut fresh = engine.start(full.clone()).await.unwrap();
+    let fresh_logits = fresh.prompt_logits.clone();
+    run_to_end(engine, &mut fresh).await;
+    let scale = fresh_logits.iter().fold(1f32, |m, x| m.max(x.abs()));
+    let check = |session: &Session, what: &str| {
+        let worst =
+            session.prompt_logits.iter().zip(&fresh_logits).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        assert!(worst <= 1e-3 * scale, "{what}: prompt logits differ by {worst} (scale {scale})");
+    };
+
+    let mut first = full.clone();
+    first.messages.truncate(1);
+    first.max_new_tokens = 3;
+    let mut session = engine.start(first).await.unwrap();
+    assert!(session.next(engine).await.unwrap().is_some());
+    assert!(session.next(engine).await.unwrap().is_some());
+    let mut resumed = engine.resume(full.clone(), Some(session.into_conversation())).await.unwrap();
+    assert!(resumed.reused_tokens() > 0);
+    check(&resumed, "second turn");
+    run_to_end(engine, &mut resumed).await;
+    assert_eq!(resumed.generated(), fresh.generated(), "second turn: greedy ids");
+
+    let mut again = engine.resume(full, Some(resumed.into_conversation())).await.unwrap();
+    assert_eq!(again.reused_tokens(), again.prompt_ids.len() - 1);
+    check(&again, "the same conversation again");
+    run_to_end(engine, &mut again).await;
+    assert_eq!(again.generated(), fresh.generated(), "the same conversation again: greedy ids");
 }
