@@ -80,7 +80,10 @@ async fn latent_cache_conversations_match_a_fresh_start_in_the_browser() {
     let engine = Engine::load(gpu, &fetched.data, &fetched.tokenizer).await.unwrap();
     assert_eq!(engine.model.cache_kind, CacheKind::Latent);
     assert!(engine.model.kv_bytes_per_token() < engine.model.kv_bytes_per_token_of(CacheKind::Plain));
-    let case = read_case(async |url: String| fetch_bytes(&url).await.unwrap(), &base, "text_multiturn").await;
+    // the fixture's multi-turn conversation (its messages; the ids compared are the engine's own)
+    let checkpoint = join(server(), "fixtures/tiny");
+    let case =
+        read_case(async |url: String| fetch_bytes(&url).await.unwrap(), &checkpoint, "text_multiturn").await;
     check_resumed_conversation(&engine, text_request(&case.expected)).await;
 }
 
