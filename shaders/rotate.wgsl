@@ -14,12 +14,14 @@
 // `table` (u32 words) holds the sign mask (bit i of word i/32, from word 0) and the core's
 // entries (bit a m + a' set = -1, from word `core_offset`).
 //
-// Two dispatches, no workgroup memory and no barriers, so any width works within WebGPU's default
-// limits (the connector's 12 288 included): STAGE_BLOCKS gives one invocation to each block of p
-// values of a row (steps 1-2, in place in `data`), STAGE_CORE one to each output value (steps 3-4:
-// y_{a p + b} from the m values x_{a' p + b} of `data`, written to `out`, so no invocation reads
-// what another writes and any core order works: the 2.2B connector's 10 368 = 648 * 16 needs 648).
-// Work items lie on a 2-D grid of 64-invocation workgroups.
+// Two or three dispatches, no workgroup memory and no barriers, so any width works within
+// WebGPU's default limits (the connector's 12 288 included): STAGE_BLOCKS gives one invocation to
+// each run of min(p, SUB) values of a row (step 1 and the butterflies within it), STAGE_STRIDED
+// (when p > SUB) one to each column of a block's SUB-wide sub-blocks (the remaining butterflies),
+// STAGE_CORE one to each output value (steps 3-4: y_{a p + b} from the m values x_{a' p + b} of
+// `data`, written to `out`, so no invocation reads what another writes and any core order works:
+// the 2.2B connector's 10 368 = 648 * 16 needs 648). Work items lie on a 2-D grid of
+// 64-invocation workgroups.
 
 struct Params {
     tokens: u32,
@@ -35,9 +37,16 @@ struct Params {
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read_write> data: array<f32>;
 @group(0) @binding(2) var<storage, read> table: array<u32>;
-#ifndef STAGE_BLOCKS
+#ifdef STAGE_CORE
 @group(0) @binding(3) var<storage, read_write> out: array<f32>;
 #endif
+
+// Walsh-Hadamard blocks longer than SUB values are done in two dispatches: the butterflies h < SUB
+// on consecutive sub-blocks, then those with h >= SUB across them (each butterfly is the same
+// operation on the same operands, stage by stage, so the values are the same bit for bit), so no
+// invocation walks more than SUB values (lavapipe computed 8192-value blocks wrong in one) and
+// long blocks get p / SUB times more invocations.
+const SUB: u32 = 1024u;
 
 fn bit(word0: u32, i: u32) -> bool {
     return ((table[word0 + i / 32u] >> (i % 32u)) & 1u) != 0u;
@@ -54,22 +63,23 @@ fn main(
     let m = params.m;
     let p = params.p;
 #ifdef STAGE_BLOCKS
-    // item = (t, a): block a of row t
-    if (item >= params.tokens * m) {
+    // item = one sub-block of SUB = min(p, 1024) consecutive values (rows and blocks are
+    // consecutive, so sub-blocks tile the data): signs, then the butterflies h < SUB
+    let sub = min(p, SUB);
+    if (item >= params.tokens * (n / sub)) {
         return;
     }
-    let t = item / m;
-    let start = t * n + (item % m) * p;
+    let start = item * sub;
     if (params.has_signs != 0u) {
-        let first = (item % m) * p;
-        for (var i = 0u; i < p; i++) {
+        let first = start % n;
+        for (var i = 0u; i < sub; i++) {
             if (bit(0u, first + i)) {
                 data[start + i] = -data[start + i];
             }
         }
     }
-    for (var h = 1u; h < p; h = h * 2u) {
-        for (var s = 0u; s < p; s += 2u * h) {
+    for (var h = 1u; h < sub; h = h * 2u) {
+        for (var s = 0u; s < sub; s += 2u * h) {
             for (var j = start + s; j < start + s + h; j++) {
                 let u = data[j];
                 let v = data[j + h];
@@ -79,7 +89,29 @@ fn main(
         }
     }
 #else
-    // item = (t, a p + b): one value of row t
+#ifdef STAGE_STRIDED
+    // item = (t, a, b), b < SUB: the butterflies h >= SUB of block a of row t on its values
+    // a p + k SUB + b, k < p / SUB (only dispatched when p > SUB)
+    let q = p / SUB;
+    if (item >= params.tokens * m * SUB) {
+        return;
+    }
+    let t = item / (m * SUB);
+    let a = (item / SUB) % m;
+    let base = t * n + a * p + item % SUB;
+    for (var h = 1u; h < q; h = h * 2u) {
+        for (var s = 0u; s < q; s += 2u * h) {
+            for (var k = s; k < s + h; k++) {
+                let j = base + k * SUB;
+                let u = data[j];
+                let v = data[j + h * SUB];
+                data[j] = u + v;
+                data[j + h * SUB] = u - v;
+            }
+        }
+    }
+#else
+    // STAGE_CORE: item = (t, a p + b), one value of row t
     if (item >= params.tokens * n) {
         return;
     }
@@ -98,5 +130,6 @@ fn main(
         acc = select(acc + v, acc - v, bit(params.core_offset, a * m + a2));
     }
     out[item] = acc * params.scale;
+#endif
 #endif
 }

@@ -86,6 +86,8 @@ async fn rotation_case(gpu: &Gpu, n: usize, construction: Construction, seed: Op
 async fn check_rotations(gpu: &Gpu) {
     rotation_case(gpu, 2048, Construction::Kronecker, Some(3)).await;
     rotation_case(gpu, 4096, Construction::Kronecker, Some(3)).await;
+    rotation_case(gpu, 8192, Construction::Kronecker, None).await;
+    rotation_case(gpu, 8192, Construction::Kronecker, Some(3)).await;
     rotation_case(gpu, 3072, Construction::BlockDiagonal, Some(3)).await;
     for n in [48, 128, 32, 64, 576, 1536, 768, 3072, 12_288, 960, 2560] {
         rotation_case(gpu, n, Construction::Kronecker, Some(0x5eed + n as u32)).await;
@@ -240,6 +242,10 @@ async fn check_layers(gpu: &Gpu) {
             .await;
         layer_case(gpu, rows, LayerCase { rotate: true, ..case(32, 576, i4b, i4b) }, seed + 5).await;
     }
+    // The 2.2B decoder's widths: o_proj (2048, rotated online) and down_proj (8192).
+    layer_case(gpu, 7, LayerCase { rotate: true, ..case(24, 2048, i8b, i8b) }, 97).await;
+    layer_case(gpu, 7, case(24, 8192, i8b, i8b), 96).await;
+    layer_case(gpu, 7, LayerCase { rotate: true, ..case(24, 8192, i8b, i8b) }, 98).await;
     // A vision-MLP-like layer over many rows.
     layer_case(gpu, 300, LayerCase { rotate: true, bias: true, ..case(64, 128, i4b, i8b) }, 99).await;
 }

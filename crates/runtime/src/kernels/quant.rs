@@ -112,25 +112,32 @@ fn bits_to_words(bits: &[bool]) -> Vec<u32> {
     bits.chunks(32).map(|c| c.iter().enumerate().fold(0u32, |w, (i, &b)| w | (u32::from(b) << i))).collect()
 }
 
-/// `shaders/rotate.wgsl`: `out ← R·data` for `tokens` rows of f32 `[tokens, n]`, as two
-/// dispatches: signs and butterflies per block of `p`, in place in `data` (which is overwritten),
-/// then the core and the scale per output value into `out` (one invocation per value, any core
-/// order; `m·n` adds per row).
+/// `shaders/rotate.wgsl`: `out ← R·data` for `tokens` rows of f32 `[tokens, n]`: signs and
+/// butterflies in place in `data` (which is overwritten) — on runs of at most [`ROTATE_SUB`]
+/// consecutive values, then, for longer Walsh–Hadamard blocks, across them —, then the core and
+/// the scale per output value into `out` (one invocation per value, any core order; `m·n` adds
+/// per row).
 pub struct Rotate;
 
-/// One of the two dispatches of [`Rotate`].
+/// Longest run of values one invocation of the butterfly stage walks (`SUB` in `rotate.wgsl`).
+pub const ROTATE_SUB: usize = 1024;
+
+/// One of the dispatches of [`Rotate`].
 enum RotateStage {
     Blocks,
+    Strided,
     Core,
 }
 
 impl Kernel for RotateStage {
     const SHADER: &'static str = "rotate";
     fn defines(&self) -> Defines {
-        match self {
-            Self::Blocks => BTreeMap::from([("STAGE_BLOCKS".to_string(), String::new())]),
-            Self::Core => Defines::new(),
-        }
+        let name = match self {
+            Self::Blocks => "STAGE_BLOCKS",
+            Self::Strided => "STAGE_STRIDED",
+            Self::Core => "STAGE_CORE",
+        };
+        BTreeMap::from([(name.to_string(), String::new())])
     }
 }
 
@@ -151,14 +158,18 @@ impl Rotate {
         distinct(data, out, "a rotation's input and output")?;
         let params = RotateParams { tokens: tokens as u32, ..rotation.params };
         let table = slice(&rotation.table, 0, rotation.table.size());
-        let stages = [
-            (RotateStage::Blocks, tokens * params.m as usize, vec![slice(data, 0, bytes), table.clone()]),
-            (
-                RotateStage::Core,
-                tokens * rotation.size(),
-                vec![slice(data, 0, bytes), table, slice(out, 0, bytes)],
-            ),
-        ];
+        let (n, m, p) = (rotation.size(), params.m as usize, params.p as usize);
+        let sub = p.min(ROTATE_SUB);
+        let mut stages =
+            vec![(RotateStage::Blocks, tokens * n / sub, vec![slice(data, 0, bytes), table.clone()])];
+        if p > sub {
+            stages.push((RotateStage::Strided, tokens * m * sub, vec![slice(data, 0, bytes)]));
+        }
+        stages.push((
+            RotateStage::Core,
+            tokens * n,
+            vec![slice(data, 0, bytes), table, slice(out, 0, bytes)],
+        ));
         for (stage, items, resources) in stages {
             let pipeline = gpu.pipelines.get(gpu, RotateStage::SHADER, &stage.defines()).await?;
             let (gx, gy) = grid(gpu, groups(items, INVOCATIONS) as u64)?;
