@@ -2,6 +2,8 @@
 // semantics: NaN counts as the largest value, ties go to the lowest index). One 256-invocation
 // workgroup per row: strided scan, then a tree reduction in workgroup memory.
 
+#include grid
+
 struct Params {
     rows: u32,
     n: u32,
@@ -39,7 +41,7 @@ fn main(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) li: u32,
 ) {
-    let row = wg.y * nwg.x + wg.x;
+    let row = workgroup_index(wg, nwg);
     if (row >= params.rows) {
         return;
     }

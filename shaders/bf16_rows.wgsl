@@ -7,6 +7,8 @@
 // invocation per word (PACK) or value (WIDEN) on a 2-D grid of 64-invocation workgroups; no
 // workgroup memory.
 
+#include grid
+
 struct Params {
     rows: u32,
     width: u32,
@@ -40,7 +42,7 @@ fn main(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) li: u32,
 ) {
-    let item = (wg.y * nwg.x + wg.x) * 64u + li;
+    let item = (workgroup_index(wg, nwg)) * 64u + li;
     let width = params.width;
     let words = params.words;
 #ifdef PACK

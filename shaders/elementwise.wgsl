@@ -7,6 +7,8 @@
 //   SILU_MUL_FUSED: out[r, c] = silu(gu[r, c]) * gu[r, width + c]    (gu is [rows, 2 * width])
 //   ADD:            acc[i] = acc[i] + x[(start + i) % period]          (in place; period = length of x)
 
+#include grid
+
 struct Params {
     n: u32,
     width: u32,
@@ -61,7 +63,7 @@ fn main(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) li: u32,
 ) {
-    let i = (wg.y * nwg.x + wg.x) * 256u + li;
+    let i = (workgroup_index(wg, nwg)) * 256u + li;
     if (i >= params.n) {
         return;
     }

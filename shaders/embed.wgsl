@@ -6,6 +6,10 @@
 // The table may be bound in row chunks: this dispatch sees rows row0..row0 + rows and copies the
 // tokens whose id falls there; the dispatch with `first` set also writes image and zero rows.
 
+#include grid
+#include half
+#include int
+
 struct Params {
     tokens: u32,
     d: u32,
@@ -48,18 +52,17 @@ fn entry(r: u32, i: u32) -> f32 {
 #endif
 #ifdef TABLE_BF16
     let k = r * params.d + i;
-    let word = table[k / 2u];
-    return bitcast<f32>(select(word << 16u, word & 0xffff0000u, (k & 1u) == 1u));
+    return bf16_in(table[k / 2u], (k & 1u) == 1u);
 #endif
 #ifdef TABLE_F16
     let k = r * params.d + i;
-    return unpack2x16float(table[k / 2u])[k & 1u];
+    return f16_in(table[k / 2u], (k & 1u) == 1u);
 #endif
 #ifdef TABLE_I8
     let word = table[r * ((params.d + 3u) / 4u) + i / 4u];
-    let q = bitcast<i32>(word << (24u - 8u * (i % 4u))) >> 24u;
+    let q = i8_in(word, i % 4u);
 #ifdef SCALE_F16
-    let s = unpack2x16float(row_scales[r / 2u])[r & 1u];
+    let s = f16_in(row_scales[r / 2u], (r & 1u) == 1u);
 #else
     let s = row_scales[r];
 #endif
@@ -75,7 +78,7 @@ fn main(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) li: u32,
 ) {
-    let t = wg.y * nwg.x + wg.x;
+    let t = workgroup_index(wg, nwg);
     if (t >= params.tokens) {
         return;
     }

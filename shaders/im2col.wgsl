@@ -6,6 +6,8 @@
 // strided convolution without padding (SmolVLM-Instruct: S = 384, P = 14, N = 27).
 // One invocation per output element on a 2-D grid.
 
+#include grid
+
 struct Params {
     n: u32,
     channels: u32,
@@ -23,7 +25,7 @@ fn main(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) li: u32,
 ) {
-    let e = (wg.y * nwg.x + wg.x) * 256u + li;
+    let e = (workgroup_index(wg, nwg)) * 256u + li;
     if (e >= params.n) {
         return;
     }

@@ -13,6 +13,10 @@
 //   u = t_0 + t_1 + ... left to right,  then + bias.
 // One invocation per output value; no workgroup memory, no barriers.
 
+#include grid
+#include half
+#include int
+
 struct Params {
     tokens: u32,
     heads: u32,
@@ -52,7 +56,7 @@ struct Params {
 #ifdef QUANT
 fn weight_scale(i: u32) -> f32 {
 #ifdef SCALE_F16
-    return unpack2x16float(sw[i / 2u])[i % 2u];
+    return f16_in(sw[i / 2u], (i & 1u) == 1u);
 #else
     return sw[i];
 #endif
@@ -61,14 +65,9 @@ fn weight_scale(i: u32) -> f32 {
 // Integer j of weight row o (exact as f32).
 fn weight_int(o: u32, j: u32) -> f32 {
 #ifdef INT4
-    let word = w[o * params.ww + j / 8u];
-    let lane = j % 8u;
-    let byte = (word >> (8u * (lane % 4u))) & 0xffu;
-    let nibble = select(byte & 0xfu, byte >> 4u, lane >= 4u);
-    return f32((i32(nibble) << 28u) >> 28u);
+    return f32(i4_in(w[o * params.ww + j / 8u], j % 8u));
 #else
-    let word = w[o * params.ww + j / 4u];
-    return f32(unpack4xI8(word)[j % 4u]);
+    return f32(i8_in(w[o * params.ww + j / 4u], j % 4u));
 #endif
 }
 
@@ -92,12 +91,7 @@ fn row_dot(o: u32, base: u32) -> f32 {
 #else
 fn weight(i: u32) -> f32 {
 #ifdef W16
-    let word = w[i / 2u];
-#ifdef BF16
-    return bitcast<f32>(select(word << 16u, word & 0xffff0000u, (i & 1u) == 1u));
-#else
-    return unpack2x16float(word)[i & 1u];
-#endif
+    return half_in(w[i / 2u], (i & 1u) == 1u);
 #else
     return w[i];
 #endif
@@ -118,7 +112,7 @@ fn main(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) li: u32,
 ) {
-    let id = (wg.y * nwg.x + wg.x) * 256u + li;
+    let id = (workgroup_index(wg, nwg)) * 256u + li;
     let hd = params.head_dim;
     if (id >= params.tokens * params.heads * hd) {
         return;

@@ -12,6 +12,13 @@
 // lm_head), while their invocations are SIMD slots for which one row per slot costs nothing.
 // Workgroups lie on a 2-D grid.
 
+#ifdef F16_STORAGE
+enable f16;
+#endif
+
+#include grid
+#include half
+
 struct Params {
     m: u32,
     n: u32,
@@ -25,28 +32,31 @@ struct Params {
 
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read> x: array<f32>;
+#ifdef F16_STORAGE
+@group(0) @binding(2) var<storage, read> w: array<f16>;
+#else
 #ifdef W16
 @group(0) @binding(2) var<storage, read> w: array<u32>;
 #else
 @group(0) @binding(2) var<storage, read> w: array<f32>;
+#endif
 #endif
 @group(0) @binding(3) var<storage, read_write> y: array<f32>;
 #ifdef BIAS
 @group(0) @binding(4) var<storage, read> bias: array<f32>;
 #endif
 
-// Weight element i, widened exactly to f32: stored f32, or with W16 two 16-bit values per word
-// (element 2k in the low half), bf16 (BF16: the high half of an f32) or f16.
+// Weight element i, widened exactly to f32: stored f32; with F16_STORAGE an array<f16> (needs
+// shader-f16); with W16 two 16-bit values per word (element 2k in the low half), bf16 (BF16) or f16.
 fn weight(i: u32) -> f32 {
-#ifdef W16
-    let word = w[i / 2u];
-#ifdef BF16
-    return bitcast<f32>(select(word << 16u, word & 0xffff0000u, (i & 1u) == 1u));
+#ifdef F16_STORAGE
+    return f32(w[i]);
 #else
-    return unpack2x16float(word)[i & 1u];
-#endif
+#ifdef W16
+    return half_in(w[i / 2u], (i & 1u) == 1u);
 #else
     return w[i];
+#endif
 #endif
 }
 
@@ -62,7 +72,7 @@ fn main(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) li: u32,
 ) {
-    let c = (wg.y * nwg.x + wg.x) * 256u + li;
+    let c = (workgroup_index(wg, nwg)) * 256u + li;
     if (c >= params.n) {
         return;
     }
@@ -99,7 +109,7 @@ fn main(
     @builtin(local_invocation_index) li: u32,
 ) {
     let lane = li % LANES;
-    let c = (wg.y * nwg.x + wg.x) * COLS + li / LANES;
+    let c = (workgroup_index(wg, nwg)) * COLS + li / LANES;
     let k_dim = params.k_dim;
     var acc: array<f32, ROWS>;
     for (var r = 0u; r < ROWS; r++) {

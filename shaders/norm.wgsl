@@ -5,6 +5,8 @@
 // Each invocation sums a strided slice of the row; the partial sums are reduced in workgroup
 // memory. Rows are laid out on a 2-D grid: row = wg.y * num_workgroups.x + wg.x.
 
+#include grid
+
 struct Params {
     rows: u32,
     d: u32,
@@ -47,7 +49,7 @@ fn main(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) li: u32,
 ) {
-    let row = wg.y * nwg.x + wg.x;
+    let row = workgroup_index(wg, nwg);
     // Uniform across the workgroup, so the barriers below stay in uniform control flow.
     if (row >= params.rows) {
         return;

@@ -3,6 +3,8 @@
 //   y[t, I * (W / s) + J, (dy * s + dx) * D + d] = x[t, (I * s + dy) * W + J * s + dx, d].
 // One invocation per output element on a 2-D grid.
 
+#include grid
+
 struct Params {
     n: u32,
     side: u32,
@@ -20,7 +22,7 @@ fn main(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) li: u32,
 ) {
-    let e = (wg.y * nwg.x + wg.x) * 256u + li;
+    let e = (workgroup_index(wg, nwg)) * 256u + li;
     if (e >= params.n) {
         return;
     }

@@ -19,6 +19,9 @@
 // No workgroup memory, no barriers: invocations are independent (what CPU adapters run
 // fastest). (token block, column block) pairs lie on a 2-D grid of 64-invocation workgroups.
 
+#include grid
+#include half
+
 struct Params {
     tokens: u32,
     n: u32,
@@ -49,7 +52,7 @@ const TC: u32 = {{TC}}u;
 
 fn weight_scale(i: u32) -> f32 {
 #ifdef SCALE_F16
-    return unpack2x16float(sw[i / 2u])[i % 2u];
+    return f16_in(sw[i / 2u], (i & 1u) == 1u);
 #else
     return sw[i];
 #endif
@@ -70,7 +73,7 @@ fn main(
     // One linear index over (token block, column block), column blocks fastest, so narrow
     // outputs (a latent's keys: d_kv columns over thousands of cached tokens) still fill every
     // workgroup.
-    let id = (wg.y * nwg.x + wg.x) * 64u + li;
+    let id = (workgroup_index(wg, nwg)) * 64u + li;
     let column_blocks = (params.n + TC - 1u) / TC;
     let c0 = (id % column_blocks) * TC;
     let t0 = (id / column_blocks) * TR;

@@ -14,6 +14,8 @@
 // Buffers: x f32 [tokens, cols]; q u32 [tokens, words]; scales f32 [tokens].
 // One invocation per token, no barriers (see rotate.wgsl); 64-invocation workgroups on a 2-D grid.
 
+#include grid
+
 struct Params {
     tokens: u32,
     cols: u32,
@@ -66,7 +68,7 @@ fn main(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) li: u32,
 ) {
-    let t = (wg.y * nwg.x + wg.x) * 64u + li;
+    let t = (workgroup_index(wg, nwg)) * 64u + li;
     if (t >= params.tokens) {
         return;
     }

@@ -8,6 +8,8 @@
 // ONE_TENSOR: only `q` is bound and rotated (kv_heads = 0): the keys rebuilt from a latent
 // cache, at positions pos0.., or queries alone.
 
+#include grid
+
 struct Params {
     tokens: u32,
     heads: u32,
@@ -32,7 +34,7 @@ fn main(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) li: u32,
 ) {
-    let id = (wg.y * nwg.x + wg.x) * 256u + li;
+    let id = (workgroup_index(wg, nwg)) * 256u + li;
     let half = params.half;
     let all_heads = params.heads + params.kv_heads;
     if (id >= params.tokens * all_heads * half) {

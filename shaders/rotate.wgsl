@@ -23,6 +23,8 @@
 // the 2.2B connector's 10 368 = 648 * 16 needs 648). Work items lie on a 2-D grid of
 // 64-invocation workgroups.
 
+#include grid
+
 struct Params {
     tokens: u32,
     n: u32,
@@ -58,7 +60,7 @@ fn main(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) li: u32,
 ) {
-    let item = (wg.y * nwg.x + wg.x) * 64u + li;
+    let item = (workgroup_index(wg, nwg)) * 64u + li;
     let n = params.n;
     let m = params.m;
     let p = params.p;

@@ -1,9 +1,12 @@
 //! WGSL sources (plain `.wgsl` files in `shaders/`, embedded at compile time) and the tiny
 //! preprocessor that turns one source into variants.
 //!
-//! Directives, each alone on its line: `#ifdef NAME`, `#ifndef NAME`, `#else`, `#endif` (nestable).
-//! `{{NAME}}` anywhere in an active line is replaced by the define's value. An unknown
-//! `{{NAME}}`, an unknown shader or unbalanced directives are errors, never silently ignored.
+//! Directives, each alone on its line: `#ifdef NAME`, `#ifndef NAME`, `#else`, `#endif` (nestable),
+//! and `#include NAME`, which pastes the library file `shaders/lib/NAME.wgsl` (preprocessed with the
+//! same defines; each library file at most once per shader, so shared helpers are defined once and
+//! includes cannot loop). `{{NAME}}` anywhere in an active line is replaced by the define's value.
+//! An unknown `{{NAME}}`, shader or library and unbalanced directives are errors, never silently
+//! ignored.
 
 use std::collections::BTreeMap;
 
@@ -34,7 +37,13 @@ shaders![
     "qmatmul",
     "latent_up",
     "bf16_rows",
+    "lib/grid",
+    "lib/half",
+    "lib/int",
 ];
+
+/// Prefix of the library files `#include` may name.
+const LIBRARY: &str = "lib/";
 
 /// Preprocessor defines: name → value. Ordered, so it can key a pipeline cache.
 pub type Defines = BTreeMap<String, String>;
@@ -48,15 +57,28 @@ pub fn source(name: &str) -> Result<&'static str> {
         .ok_or_else(|| RuntimeError::Shader { shader: name.into(), message: "no such shader".into() })
 }
 
-/// Expand directives and `{{NAME}}` substitutions.
+/// Expand directives, includes and `{{NAME}}` substitutions.
 pub fn preprocess(name: &str, src: &str, defines: &Defines) -> Result<String> {
+    let mut included = Vec::new();
+    let mut out = String::with_capacity(src.len());
+    expand(name, src, defines, &mut included, &mut out)?;
+    Ok(out)
+}
+
+/// Expand `src` into `out`; `included` holds the library files already pasted (or being pasted).
+fn expand(
+    name: &str,
+    src: &str,
+    defines: &Defines,
+    included: &mut Vec<String>,
+    out: &mut String,
+) -> Result<()> {
     let err = |line: usize, message: String| RuntimeError::Shader {
         shader: name.to_string(),
         message: format!("line {}: {message}", line + 1),
     };
     // Stack of (branch active, any enclosing inactive).
     let mut stack: Vec<(bool, bool)> = Vec::new();
-    let mut out = String::with_capacity(src.len());
     for (i, line) in src.lines().enumerate() {
         let trimmed = line.trim();
         let active = stack.iter().all(|(a, _)| *a);
@@ -73,6 +95,19 @@ pub fn preprocess(name: &str, src: &str, defines: &Defines) -> Result<String> {
         }
         if trimmed == "#endif" {
             stack.pop().ok_or_else(|| err(i, "#endif without #ifdef".into()))?;
+            continue;
+        }
+        if let Some(lib) = trimmed.strip_prefix("#include ") {
+            if !active {
+                continue;
+            }
+            let path = format!("{LIBRARY}{}", lib.trim());
+            if included.contains(&path) {
+                continue;
+            }
+            let text = source(&path).map_err(|_| err(i, format!("no library shader {path:?}")))?;
+            included.push(path.clone());
+            expand(&path, text, defines, included, out)?;
             continue;
         }
         if trimmed.starts_with('#') {
@@ -96,7 +131,7 @@ pub fn preprocess(name: &str, src: &str, defines: &Defines) -> Result<String> {
     if !stack.is_empty() {
         return Err(err(src.lines().count(), "unterminated #ifdef".into()));
     }
-    Ok(out)
+    Ok(())
 }
 
 #[cfg(test)]
@@ -128,8 +163,22 @@ mod tests {
     }
 
     #[test]
+    fn includes_paste_each_library_file_once_with_the_defines() {
+        let src = "#include half\n#ifdef X\n#include half\n#include grid\n#endif\nmain\n";
+        let text = preprocess("t", src, &defs(&[("X", ""), ("BF16", "")])).unwrap();
+        assert_eq!(text.matches("fn half_in").count(), 1);
+        assert_eq!(text.matches("fn workgroup_index").count(), 1);
+        assert!(text.contains("return bf16_in(word, odd);") && !text.contains("return f16_in(word, odd);"));
+        assert!(text.ends_with("main\n"));
+        // Inactive includes are skipped; unknown libraries are errors.
+        assert!(!preprocess("t", src, &defs(&[])).unwrap().contains("workgroup_index"));
+        assert!(preprocess("t", "#include nope\n", &defs(&[])).is_err());
+        assert!(preprocess("t", "#include ../matmul\n", &defs(&[])).is_err());
+    }
+
+    #[test]
     fn every_embedded_shader_parses_with_its_variants() {
-        for (name, src) in SOURCES {
+        for (name, src) in SOURCES.iter().filter(|(n, _)| !n.starts_with(LIBRARY)) {
             let text = preprocess(
                 name,
                 src,

@@ -53,10 +53,12 @@ async fn run_path(gpu: &Gpu, shape: MatmulShape, with_bias: bool, seed: u64, pat
     match path {
         Path::Auto => kernel.encode(gpu, &mut encoder, shape, &xb, &wb, bias, &yb).await.unwrap(),
         Path::Tiled => kernel.encode_tiled(gpu, &mut encoder, shape, &xb, &wb, bias, &yb).await.unwrap(),
-        Path::MatVec(per_column) => MatVec { bias: with_bias, weights: Encoding::F32, rows: m, per_column }
-            .encode(gpu, &mut encoder, n, k, &xb, &wb, bias, &yb)
-            .await
-            .unwrap(),
+        Path::MatVec(per_column) => {
+            MatVec { bias: with_bias, weights: Encoding::F32, rows: m, per_column, f16_storage: false }
+                .encode(gpu, &mut encoder, n, k, &xb, &wb, bias, &yb)
+                .await
+                .unwrap()
+        }
     }
     gpu.queue.submit([encoder.finish()]);
     let got = gpu.read_f32(&yb, m * n).await.unwrap();
@@ -76,8 +78,9 @@ async fn run_path(gpu: &Gpu, shape: MatmulShape, with_bias: bool, seed: u64, pat
     }
 }
 
-/// A 16-bit weight (f16 or bf16, two per word) is widened exactly in the kernel: the product
-/// equals the f32 kernel's on the widened values, bit for bit (same fma order), on every path.
+/// A 16-bit weight (f16 or bf16, two per word; f16 also as `array<f16>` where the adapter has
+/// `shader-f16`) is widened exactly in the kernel: the product equals the f32 kernel's on the
+/// widened values, bit for bit (same fma order), on every path.
 async fn run_16bit(gpu: &Gpu, shape: MatmulShape, encoding: Encoding, seed: u64) {
     let MatmulShape { m, n, k } = shape;
     let x = values(seed, m * k);
@@ -90,16 +93,42 @@ async fn run_16bit(gpu: &Gpu, shape: MatmulShape, encoding: Encoding, seed: u64)
     let xb = gpu.storage_buffer("x", bytemuck::cast_slice(&x)).await.unwrap();
     let w16 = gpu.storage_buffer("w16", &bytes).await.unwrap();
     let w32 = gpu.storage_buffer("w32", bytemuck::cast_slice(&widened)).await.unwrap();
+    let mut variants = vec![(Encoding::F32, false, &w32), (encoding, false, &w16)];
+    if encoding == Encoding::F16 && gpu.caps.shader_f16 {
+        variants.push((encoding, true, &w16));
+    }
     let mut outputs = Vec::new();
-    for (weights, wb) in [(encoding, &w16), (Encoding::F32, &w32)] {
+    for &(weights, f16_storage, wb) in &variants {
         let yb = gpu.zeroed_buffer("y", (m * n * 4) as u64).await.unwrap();
         let mut encoder = gpu.device.create_command_encoder(&Default::default());
-        Matmul { bias: false, weights }.encode(gpu, &mut encoder, shape, &xb, wb, None, &yb).await.unwrap();
+        let kernel = Matmul { bias: false, weights, f16_storage };
+        kernel.encode(gpu, &mut encoder, shape, &xb, wb, None, &yb).await.unwrap();
         gpu.queue.submit([encoder.finish()]);
         outputs.push(gpu.read_f32(&yb, m * n).await.unwrap());
     }
-    let same = outputs[0].iter().zip(&outputs[1]).all(|(a, b)| a.to_bits() == b.to_bits());
-    assert!(same, "{shape:?} {encoding:?}: the 16-bit weight gives other values than its f32 widening");
+    for (variant, output) in variants.iter().zip(&outputs).skip(1) {
+        let same = outputs[0].iter().zip(output).all(|(a, b)| a.to_bits() == b.to_bits());
+        let (weights, f16_storage, _) = variant;
+        assert!(
+            same,
+            "{shape:?} {weights:?} (array<f16>: {f16_storage}): other values than the f32 widening"
+        );
+    }
+}
+
+/// Binding f16 weights as `array<f16>` on an adapter without `shader-f16` is refused.
+async fn check_f16_storage_needs_the_feature(gpu: &Gpu) {
+    if gpu.caps.shader_f16 {
+        return;
+    }
+    let x = gpu.zeroed_buffer("x", 16).await.unwrap();
+    let w = gpu.zeroed_buffer("w", 8).await.unwrap();
+    let y = gpu.zeroed_buffer("y", 16).await.unwrap();
+    let kernel = Matmul { bias: false, weights: Encoding::F16, f16_storage: true };
+    let mut encoder = gpu.device.create_command_encoder(&Default::default());
+    let shape = MatmulShape { m: 1, n: 4, k: 1 };
+    let err = kernel.encode(gpu, &mut encoder, shape, &x, &w, None, &y).await.unwrap_err();
+    assert!(err.to_string().contains("shader-f16"), "{err}");
 }
 
 async fn check_16bit(gpu: &Gpu) {
@@ -142,6 +171,12 @@ async fn check_split_binding() {
             run_path(&gpu, MatmulShape { m: 3, n: 100, k: 40 }, bias, 8, path).await;
         }
     }
+    // 16-bit weights in chunks (8 000 bytes), every storage of them, matvec and tiled.
+    for encoding in [Encoding::BF16, Encoding::F16] {
+        for m in [3, 9] {
+            run_16bit(&gpu, MatmulShape { m, n: 100, k: 41 }, encoding, 11).await;
+        }
+    }
     // Inputs and outputs larger than one binding are split into row passes (here also combined
     // with a chunked weight).
     let shape = MatmulShape { m: 100, n: 30, k: 20 };
@@ -176,6 +211,7 @@ fn matmul_matches_reference() {
     pollster::block_on(check_capabilities(&gpu));
     pollster::block_on(check_sizes(&gpu));
     pollster::block_on(check_16bit(&gpu));
+    pollster::block_on(check_f16_storage_needs_the_feature(&gpu));
 }
 
 #[cfg(not(target_arch = "wasm32"))]
@@ -191,6 +227,7 @@ async fn matmul_matches_reference_in_browser() {
     check_capabilities(&gpu).await;
     check_sizes(&gpu).await;
     check_16bit(&gpu).await;
+    check_f16_storage_needs_the_feature(&gpu).await;
 }
 
 #[cfg(target_arch = "wasm32")]

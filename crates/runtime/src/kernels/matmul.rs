@@ -9,6 +9,11 @@
 //! binding (e.g. the vision MLP's `[17·1024, 3072]` activations) is processed in row passes
 //! `r0..r0+mr` bound at aligned offsets.
 //!
+//! 16-bit weights stay 16-bit on the GPU and are widened exactly in the kernel: f16 is read as
+//! `array<f16>` where the adapter has `shader-f16` ([`Matmul::f16_storage`]), otherwise f16 and bf16
+//! as two values per `u32` word (bf16 always: `f16` cannot hold its range). Either way the widened
+//! value and so the product are the same, bit for bit.
+//!
 //! [`Matmul::encode`] runs [`MatVec`] for `m ≤ 4` — decode — and the 64×64-tiled kernel
 //! otherwise. [`MatVec`] reduces over `k` with 32 invocations per output column, or on CPU
 //! adapters ([`crate::Capabilities::cpu`]) with one barrier-free invocation per column.
@@ -46,18 +51,29 @@ pub struct Matmul {
     pub bias: bool,
     /// How the weight is stored: f32, or f16 / bf16 (two per `u32`, widened in the kernel).
     pub weights: Encoding,
+    /// f16 weights are bound as `array<f16>` (the adapter has `shader-f16`) rather than as `u32`
+    /// pairs; ignored for other encodings.
+    pub f16_storage: bool,
 }
 
 impl Matmul {
     /// The variant for f32 weights.
     pub fn f32(bias: bool) -> Self {
-        Self { bias, weights: Encoding::F32 }
+        Self { bias, weights: Encoding::F32, f16_storage: false }
+    }
+
+    /// The variant for `weights` on `gpu`: f16 read natively where the adapter allows it.
+    pub fn for_weights(gpu: &Gpu, bias: bool, weights: Encoding) -> Self {
+        Self { bias, weights, f16_storage: gpu.caps.shader_f16 }
     }
 }
 
 /// Defines of a float weight encoding (shared by `matmul.wgsl` and `matvec.wgsl`).
-fn weight_defines(d: &mut Defines, weights: Encoding) {
+fn weight_defines(d: &mut Defines, weights: Encoding, f16_storage: bool) {
     match weights {
+        Encoding::F16 if f16_storage => {
+            d.insert("F16_STORAGE".to_string(), String::new());
+        }
         Encoding::F16 => {
             d.insert("W16".to_string(), String::new());
         }
@@ -88,7 +104,7 @@ impl Kernel for Matmul {
         if self.bias {
             d.insert("BIAS".to_string(), String::new());
         }
-        weight_defines(&mut d, self.weights);
+        weight_defines(&mut d, self.weights, self.f16_storage);
         d
     }
 }
@@ -132,6 +148,8 @@ pub struct MatVec {
     /// One invocation per output column with no workgroup reduction (what CPU adapters run
     /// fastest; [`Matmul::encode`] sets it from [`crate::Capabilities::cpu`]).
     pub per_column: bool,
+    /// See [`Matmul::f16_storage`].
+    pub f16_storage: bool,
 }
 
 impl MatVec {
@@ -153,7 +171,7 @@ impl Kernel for MatVec {
         if self.per_column {
             d.insert("PER_COLUMN".to_string(), String::new());
         }
-        weight_defines(&mut d, self.weights);
+        weight_defines(&mut d, self.weights, self.f16_storage);
         d
     }
 }
@@ -195,7 +213,21 @@ fn check(
     Ok(())
 }
 
+/// `Err(UnsupportedModel)` when a kernel would read f16 natively on an adapter without `shader-f16`.
+fn check_f16_storage(gpu: &Gpu, weights: Encoding, f16_storage: bool) -> Result<()> {
+    if weights == Encoding::F16 && f16_storage && !gpu.caps.shader_f16 {
+        return Err(RuntimeError::UnsupportedModel(
+            "f16 weights bound as array<f16> need the shader-f16 feature, which this adapter lacks".into(),
+        ));
+    }
+    Ok(())
+}
+
 impl Matmul {
+    fn check_storage(&self, gpu: &Gpu) -> Result<()> {
+        check_f16_storage(gpu, self.weights, self.f16_storage)
+    }
+
     /// Record `y = x · wᵀ (+ bias)` into `encoder`: [`MatVec`] for `m ≤ 4`, the tiled kernel
     /// otherwise.
     #[allow(clippy::too_many_arguments)]
@@ -210,9 +242,16 @@ impl Matmul {
         y: &wgpu::Buffer,
     ) -> Result<()> {
         if (1..=MatVec::MAX_ROWS).contains(&shape.m) {
-            MatVec { bias: self.bias, weights: self.weights, rows: shape.m, per_column: gpu.caps.cpu }
-                .encode(gpu, encoder, shape.n, shape.k, x, w, bias, y)
-                .await
+            let per_column = gpu.caps.cpu;
+            MatVec {
+                bias: self.bias,
+                weights: self.weights,
+                rows: shape.m,
+                per_column,
+                f16_storage: self.f16_storage,
+            }
+            .encode(gpu, encoder, shape.n, shape.k, x, w, bias, y)
+            .await
         } else {
             self.encode_tiled(gpu, encoder, shape, x, w, bias, y).await
         }
@@ -241,6 +280,7 @@ impl Matmul {
         if groups(row_chunk, TILE) > gpu.caps.max_workgroups_per_dimension {
             return Err(RuntimeError::Shape(format!("{m} rows exceed the dispatch limit")));
         }
+        self.check_storage(gpu)?;
         let pipeline = gpu.pipelines.get(gpu, Self::SHADER, &self.defines()).await?;
         let chunk = weight_rows_per_chunk(gpu, n, k, element)?;
         if groups(chunk, TILE) > gpu.caps.max_workgroups_per_dimension {
@@ -304,6 +344,7 @@ impl MatVec {
         if bias.is_some() {
             check_binding(gpu, "matvec bias", (n * 4) as u64)?;
         }
+        check_f16_storage(gpu, self.weights, self.f16_storage)?;
         let pipeline = gpu.pipelines.get(gpu, Self::SHADER, &self.defines()).await?;
         let chunk = weight_rows_per_chunk(gpu, n, k, element)?;
         for (c0, nc) in chunks(n, chunk) {

@@ -232,7 +232,7 @@ impl Matrix {
         let (n, k) = (self.out_features(), self.in_features());
         match self {
             Matrix::Float { weight, bias } => {
-                let kernel = Matmul { bias: bias.is_some(), weights: weight.encoding };
+                let kernel = Matmul::for_weights(gpu, bias.is_some(), weight.encoding);
                 let shape = MatmulShape { m: rows, n, k };
                 kernel
                     .encode(gpu, encoder, shape, x, &weight.buffer, bias.as_ref().map(|b| &b.buffer), y)
