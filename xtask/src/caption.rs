@@ -22,6 +22,13 @@
 //!   and `activations` are `null`: the reference model does not measure them.
 //!
 //! On the CPU, `vision` includes the prompt's embedding lookup and `prefill` the first logits.
+//!
+//! `--parity` runs both and compares them as `pocketvlm_runtime::parity` states: the CPU
+//! reference decodes greedily; the GPU decodes greedily on its own (how many leading ids agree),
+//! then again following the reference's ids (teacher forcing), its logits compared with the
+//! reference's at every step. It prints one JSON object (`free_running_agreement`, `steps`, and
+//! `teacher_forced`: `tolerance`, `largest_deviation`, `top1_agreement`, `near_ties`,
+//! `failed_steps`) and fails when a step fails.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -34,6 +41,7 @@ use pocketvlm_processor::decode_image;
 use pocketvlm_runtime::engine::{Engine, Request, Timings, now_ms};
 use pocketvlm_runtime::model::MemoryUsage;
 use pocketvlm_runtime::model::sampling::top_k;
+use pocketvlm_runtime::parity::compare_step;
 use pocketvlm_runtime::{DeviceOptions, Gpu};
 
 pub const DEFAULT_PROMPT: &str = "Can you describe this image?";
@@ -71,6 +79,13 @@ pub struct Args {
     /// the joint-QKV layers (the same model; rounding differs).
     #[arg(long, requires = "cpu")]
     plain_cache: bool,
+    /// Run the GPU engine and the CPU reference and compare them step by step (see the module's
+    /// documentation); fails when a teacher-forced step is outside `--tolerance`.
+    #[arg(long, conflicts_with = "cpu")]
+    parity: bool,
+    /// Relative tolerance on the logits for `--parity` (absolute below 1).
+    #[arg(long, default_value_t = 0.05, requires = "parity")]
+    tolerance: f32,
 }
 
 /// Bytes of memory a generation used; `None` where the path cannot measure it.
@@ -160,6 +175,15 @@ pub fn run(args: Args) -> Result<()> {
     if args.no_split {
         request.split = Some(false);
     }
+    if args.parity {
+        let report = pollster::block_on(parity(&args.model, request, args.tolerance))?;
+        println!("{report:#}");
+        let failed = report["teacher_forced"]["failed_steps"].as_array().map_or(0, Vec::len);
+        if failed > 0 {
+            bail!("{failed} teacher-forced steps are outside the tolerance {}", args.tolerance);
+        }
+        return Ok(());
+    }
     let stream = !args.json;
     let caption = if args.cpu {
         let cache = if args.plain_cache { CacheKind::Plain } else { CacheKind::Latent };
@@ -217,6 +241,50 @@ async fn gpu_caption(model: &Path, request: Request, stream: bool) -> Result<Cap
         generated_ids,
         text,
     })
+}
+
+/// The GPU engine against the CPU reference on one request (`--parity`).
+async fn parity(model: &Path, request: Request, tolerance: f32) -> Result<serde_json::Value> {
+    let reference = Reference::open(model).with_context(|| format!("loading {}", model.display()))?;
+    let run =
+        reference.run(&request.messages, request.image.as_ref(), request.split, request.max_new_tokens)?;
+    let expected = &run.generated_ids;
+    let data = dir::open(model).with_context(|| format!("reading {}", model.display()))?;
+    let tokenizer = dir::read_tokenizer(model, &data.manifest)?;
+    let engine = Engine::load(Gpu::new(&DeviceOptions::default()).await?, &data, &tokenizer).await?;
+    drop(data);
+    let mut free = engine.start(request.clone()).await?;
+    if free.prompt_ids != run.prompt_ids {
+        bail!("the engine's prompt ids differ from the reference's");
+    }
+    while free.next(&engine).await?.is_some() {}
+    let agreement = free.generated().iter().zip(expected).take_while(|(g, e)| g == e).count();
+    let mut forced = engine.start(request).await?;
+    let mut steps = Vec::new();
+    for (&id, top) in expected.iter().zip(&run.step_top) {
+        forced.force(&engine, id).await?;
+        steps.push(compare_step(&forced.logits(&engine).await?, top, id, tolerance));
+    }
+    let failed: Vec<serde_json::Value> = steps
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| !s.passes(tolerance))
+        .map(|(i, s)| serde_json::json!({"step": i, "expected": s.expected_id, "got": s.got_id, "deviation": s.deviation, "margin": s.margin}))
+        .collect();
+    Ok(serde_json::json!({
+        "device": adapter_name(&engine.gpu.adapter.name, engine.gpu.adapter.backend, engine.gpu.adapter.device_type),
+        "steps": expected.len(),
+        "cpu_ids": expected,
+        "gpu_ids": free.generated(),
+        "free_running_agreement": agreement,
+        "teacher_forced": {
+            "tolerance": tolerance,
+            "largest_deviation": steps.iter().map(|s| s.deviation).fold(0f32, f32::max),
+            "top1_agreement": steps.iter().filter(|s| s.got_id == s.expected_id).count(),
+            "near_ties": steps.iter().filter(|s| s.near_tie).count(),
+            "failed_steps": failed,
+        },
+    }))
 }
 
 /// Caption with the compressor's CPU reference model ([`Reference`]: the prompt built as the

@@ -217,6 +217,16 @@ impl Session {
         self.generator.generated()
     }
 
+    /// Teacher forcing: take `id` as the next token instead of choosing one (see
+    /// [`Generator::force_token`]); [`Session::logits`] then reads the logits it was forced at.
+    /// The streamed text is not advanced.
+    pub async fn force(&mut self, engine: &Engine, id: u32) -> Result<()> {
+        let t0 = now_ms();
+        self.generator.force_token(&engine.gpu, &engine.model, id).await?;
+        self.timings.decode_ms += now_ms() - t0;
+        Ok(())
+    }
+
     /// The logits the last token was chosen from (after [`Engine::start`]: the last prompt
     /// position's).
     pub async fn logits(&self, engine: &Engine) -> Result<Vec<f32>> {

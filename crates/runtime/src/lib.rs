@@ -9,6 +9,7 @@ pub mod error;
 pub mod fetch;
 pub mod kernels;
 pub mod model;
+pub mod parity;
 pub mod pipelines;
 pub mod shader;
 pub mod tensor;

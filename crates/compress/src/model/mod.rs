@@ -400,6 +400,7 @@ impl CpuModel {
         let mut last = hidden.narrow(0, hidden.dim(0)? - 1, 1)?;
         let mut ids = Vec::new();
         let mut prompt_logits = Vec::new();
+        let mut step_top = Vec::new();
         let mut prefill_ms = 0.0;
         while ids.len() < max_new || prompt_logits.is_empty() {
             let logits = self.text.logits(&last)?.squeeze(0)?;
@@ -411,6 +412,7 @@ impl CpuModel {
                 }
             }
             let next = logits.argmax(D::Minus1)?.to_scalar::<u32>()?;
+            step_top.push(top_logits(&logits.to_vec1::<f32>()?, STEP_TOP));
             ids.push(next);
             if stop.contains(&next) {
                 break;
@@ -419,7 +421,7 @@ impl CpuModel {
             last = self.text.forward(&e, Some(&mut cache), None)?;
         }
         let decode_ms = start.elapsed().as_secs_f64() * 1e3 - prefill_ms;
-        Ok(Greedy { prompt_logits, ids, prefill_ms, decode_ms })
+        Ok(Greedy { prompt_logits, ids, step_top, prefill_ms, decode_ms })
     }
 }
 
@@ -428,8 +430,20 @@ pub struct Greedy {
     /// Logits at the last prompt position.
     pub prompt_logits: Vec<f32>,
     pub ids: Vec<u32>,
+    /// For each id, the [`STEP_TOP`] largest `(id, logit)` it was chosen from, largest first.
+    pub step_top: Vec<Vec<(u32, f32)>>,
     pub prefill_ms: f64,
     pub decode_ms: f64,
+}
+
+/// How many of the largest logits [`Greedy::step_top`] keeps per step.
+pub const STEP_TOP: usize = 10;
+
+/// The `k` largest `(index, value)` of `values`, largest first, ties by index.
+pub fn top_logits(values: &[f32], k: usize) -> Vec<(u32, f32)> {
+    let mut order: Vec<usize> = (0..values.len()).collect();
+    order.sort_by(|&a, &b| values[b].total_cmp(&values[a]).then(a.cmp(&b)));
+    order.into_iter().take(k).map(|i| (i as u32, values[i])).collect()
 }
 
 /// Mean over rows of `logsumexp(logits) − logits[target]`.

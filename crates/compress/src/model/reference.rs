@@ -11,7 +11,7 @@ use pocketvlm_format::{Manifest, dir};
 use pocketvlm_processor::{Message, Preprocessor, Prompt as ChatPrompt, RgbImage};
 
 use crate::error::{CompressError, Result};
-use crate::model::{CacheKind, CpuModel, Prompt};
+use crate::model::{CacheKind, CpuModel, Prompt, top_logits};
 use crate::pipeline::{Budgets, LowRankOptions, compress_lowrank};
 use crate::quant::{QuantOptions, QuantParts};
 use crate::{ConvertOptions, Method, convert};
@@ -34,6 +34,8 @@ pub struct ReferenceRun {
     pub prompt_logits: Vec<f32>,
     /// Greedy ids (stopping after an end-of-generation id, which is kept).
     pub generated_ids: Vec<u32>,
+    /// For each generated id, the largest logits it was chosen from (see [`crate::model::Greedy::step_top`]).
+    pub step_top: Vec<Vec<(u32, f32)>>,
     pub preprocess_ms: f64,
     pub vision_ms: f64,
     pub prefill_ms: f64,
@@ -80,6 +82,7 @@ impl Reference {
             prompt_ids: prompt.ids,
             prompt_logits: greedy.prompt_logits,
             generated_ids: greedy.ids,
+            step_top: greedy.step_top,
             preprocess_ms,
             vision_ms,
             prefill_ms: greedy.prefill_ms,
@@ -92,8 +95,10 @@ impl Reference {
     /// A whole-model expectation in the shape of the fixtures' transformers cases
     /// (`tests/fixtures/*/expected/<case>.json`): `case` with `prompt_ids`, `top_logits` (the
     /// ten largest `[id, logit]` at the last prompt position) and `generated_ids` replaced by what
-    /// this reference computes for the case's messages, image splitting and token limit, and
-    /// `"expected_by": "cpu-reference"`.
+    /// this reference computes for the case's messages, image splitting and token limit, plus
+    /// `step_top_logits` (for each generated id, the largest `[id, logit]` it was chosen from:
+    /// what a teacher-forced comparison checks at every step, see `pocketvlm_runtime::parity`)
+    /// and `"expected_by": "cpu-reference"`.
     pub fn expectation(
         &self,
         case: &serde_json::Value,
@@ -105,13 +110,11 @@ impl Reference {
         let split = case["do_image_splitting"].as_bool();
         let max_new = case["max_new_tokens"].as_u64().ok_or_else(|| bad("max_new_tokens"))? as usize;
         let run = self.run(&messages, image, split, max_new)?;
-        let mut order: Vec<usize> = (0..run.prompt_logits.len()).collect();
-        order.sort_by(|&a, &b| run.prompt_logits[b].total_cmp(&run.prompt_logits[a]).then(a.cmp(&b)));
-        let top: Vec<(u32, f32)> = order.iter().take(10).map(|&i| (i as u32, run.prompt_logits[i])).collect();
         let mut out = case.clone();
         out["prompt_ids"] = serde_json::json!(run.prompt_ids);
-        out["top_logits"] = serde_json::json!(top);
+        out["top_logits"] = serde_json::json!(top_logits(&run.prompt_logits, 10));
         out["generated_ids"] = serde_json::json!(run.generated_ids);
+        out["step_top_logits"] = serde_json::json!(run.step_top);
         out["expected_by"] = serde_json::json!("cpu-reference");
         Ok(out)
     }

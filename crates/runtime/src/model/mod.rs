@@ -289,17 +289,7 @@ impl Generator {
         if self.finished {
             return Ok(None);
         }
-        if let Some(&last) = self.generated.last() {
-            let before = gpu.allocated_bytes();
-            let ids = gpu.storage_buffer("token id", bytemuck::bytes_of(&last)).await?;
-            let mut encoder = gpu.device.create_command_encoder(&Default::default());
-            let cfg = &model.config;
-            text::forward(gpu, &mut encoder, cfg, &model.text, &mut self.cache, &ids, 1, None, &self.logits)
-                .await?;
-            gpu.queue.submit([encoder.finish()]);
-            self.cached.push(last);
-            self.peak_pass_bytes = self.peak_pass_bytes.max(gpu.allocated_bytes() - before);
-        }
+        self.feed_last(gpu, model).await?;
         let vocab = model.config.text.vocab_size;
         let token = if self.options.is_greedy() {
             let mut encoder = gpu.device.create_command_encoder(&Default::default());
@@ -311,11 +301,48 @@ impl Generator {
             let logits = gpu.read_f32(&self.logits, vocab).await?;
             sample(&logits, &self.options, &mut self.rng)
         };
+        self.accept(model, token);
+        Ok(Some(token))
+    }
+
+    /// Teacher forcing: take `token` as the next generated token instead of choosing one (the
+    /// way [`Generator::next_token`] takes its choice), e.g. to follow a reference's tokens and
+    /// compare the logits at every step. [`Generator::logits`] then reads the logits `token`
+    /// replaced a choice from.
+    pub async fn force_token(&mut self, gpu: &Gpu, model: &Model, token: u32) -> Result<()> {
+        if self.finished {
+            return Err(RuntimeError::Shape("the generation has finished: no token can follow".into()));
+        }
+        if token as usize >= model.config.text.vocab_size {
+            return Err(RuntimeError::Shape(format!("token id {token} is outside the vocabulary")));
+        }
+        self.feed_last(gpu, model).await?;
+        self.accept(model, token);
+        Ok(())
+    }
+
+    /// Compute the keys, values and next logits of the last generated token, if there is one
+    /// (tokens are fed lazily, when the one after them is wanted).
+    async fn feed_last(&mut self, gpu: &Gpu, model: &Model) -> Result<()> {
+        let Some(&last) = self.generated.last() else { return Ok(()) };
+        let before = gpu.allocated_bytes();
+        let ids = gpu.storage_buffer("token id", bytemuck::bytes_of(&last)).await?;
+        let mut encoder = gpu.device.create_command_encoder(&Default::default());
+        let cfg = &model.config;
+        text::forward(gpu, &mut encoder, cfg, &model.text, &mut self.cache, &ids, 1, None, &self.logits)
+            .await?;
+        gpu.queue.submit([encoder.finish()]);
+        self.cached.push(last);
+        self.peak_pass_bytes = self.peak_pass_bytes.max(gpu.allocated_bytes() - before);
+        Ok(())
+    }
+
+    /// Record `token` as generated; finish on an end-of-utterance token or at the limit.
+    fn accept(&mut self, model: &Model, token: u32) {
         self.generated.push(token);
         if model.eos_token_ids.contains(&token) || self.generated.len() >= self.max_new_tokens {
             self.finished = true;
         }
-        Ok(Some(token))
     }
 
     pub fn generated(&self) -> &[u32] {
