@@ -26,9 +26,11 @@
 //! `--parity` runs both and compares them as `pocketvlm_runtime::parity` states: the CPU
 //! reference decodes greedily; the GPU decodes greedily on its own (how many leading ids agree),
 //! then again following the reference's ids (teacher forcing), its logits compared with the
-//! reference's at every step. It prints one JSON object (`free_running_agreement`, `steps`, and
+//! reference's at every step. It prints one JSON object (`free_running_agreement`, `steps`,
 //! `teacher_forced`: `tolerance`, `largest_deviation`, `top1_agreement`, `near_ties`,
-//! `failed_steps`) and fails when a step fails.
+//! `failed_steps`; and `noise_floor`: the same deviation and agreement of the reference against
+//! itself with its prompt embeddings rounded once more, [`Reference::perturbed_follow`], which is
+//! what any implementation that rounds differently can be held to) and fails when a step fails.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -246,8 +248,8 @@ async fn gpu_caption(model: &Path, request: Request, stream: bool) -> Result<Cap
 /// The GPU engine against the CPU reference on one request (`--parity`).
 async fn parity(model: &Path, request: Request, tolerance: f32) -> Result<serde_json::Value> {
     let reference = Reference::open(model).with_context(|| format!("loading {}", model.display()))?;
-    let run =
-        reference.run(&request.messages, request.image.as_ref(), request.split, request.max_new_tokens)?;
+    let (messages, image, split) = (request.messages.clone(), request.image.clone(), request.split);
+    let run = reference.run(&messages, image.as_ref(), split, request.max_new_tokens)?;
     let expected = &run.generated_ids;
     let data = dir::open(model).with_context(|| format!("reading {}", model.display()))?;
     let tokenizer = dir::read_tokenizer(model, &data.manifest)?;
@@ -265,6 +267,22 @@ async fn parity(model: &Path, request: Request, tolerance: f32) -> Result<serde_
         forced.force(&engine, id).await?;
         steps.push(compare_step(&forced.logits(&engine).await?, top, id, tolerance));
     }
+    // The reference against itself after one rounding of its prompt embeddings: how far any
+    // implementation that rounds differently can be expected to land.
+    let floor_tops = reference.perturbed_follow(&messages, image.as_ref(), split, expected)?;
+    let floor: Vec<(f32, bool)> = floor_tops
+        .iter()
+        .zip(&run.step_top)
+        .map(|(got, want)| {
+            let deviation = want
+                .iter()
+                .filter_map(|&(id, e)| {
+                    got.iter().find(|g| g.0 == id).map(|g| (g.1 - e).abs() / e.abs().max(1.0))
+                })
+                .fold(0f32, f32::max);
+            (deviation, got[0].0 == want[0].0)
+        })
+        .collect();
     let failed: Vec<serde_json::Value> = steps
         .iter()
         .enumerate()
@@ -277,6 +295,10 @@ async fn parity(model: &Path, request: Request, tolerance: f32) -> Result<serde_
         "cpu_ids": expected,
         "gpu_ids": free.generated(),
         "free_running_agreement": agreement,
+        "noise_floor": {
+            "largest_deviation": floor.iter().map(|f| f.0).fold(0f32, f32::max),
+            "top1_agreement": floor.iter().filter(|f| f.1).count(),
+        },
         "teacher_forced": {
             "tolerance": tolerance,
             "largest_deviation": steps.iter().map(|s| s.deviation).fold(0f32, f32::max),

@@ -5,6 +5,8 @@
 //!   the first generation after loading (so it includes compiling the pipelines it uses);
 //! * prefill rate: prompt tokens over the prefill time (the text decoder on the whole prompt);
 //! * decode rate: tokens after the first over the time spent producing them;
+//! * host cost of a decode step: the dispatches it records and the milliseconds spent recording
+//!   them ([`crate::model::DecodeRecording`]);
 //! * GPU memory: weights, tables, KV cache and activations ([`MemoryUsage`]).
 
 use serde::{Deserialize, Serialize};
@@ -79,6 +81,12 @@ pub struct BenchReport {
     pub generated_tokens: usize,
     pub prefill_tokens_per_s: f64,
     pub decode_tokens_per_s: f64,
+    /// Dispatches one decode step records (the decoder pass; the argmax adds one).
+    #[serde(default)]
+    pub dispatches_per_token: f64,
+    /// Host milliseconds spent recording one decode step's pass (not running it).
+    #[serde(default)]
+    pub record_ms_per_token: f64,
     pub weight_bytes: u64,
     pub table_bytes: u64,
     pub kv_cache_bytes: u64,
@@ -122,6 +130,7 @@ pub async fn measure(
     let generated = session.generated().len();
     let t = session.timings;
     let memory: MemoryUsage = session.memory(engine);
+    let recording = session.decode_recording();
     let info = &engine.gpu.adapter;
     let name = if info.name.is_empty() { "(unnamed adapter)".to_string() } else { info.name.clone() };
     let mut adapter = vec![name, format!("{:?}", info.backend), format!("{:?}", info.device_type)];
@@ -141,6 +150,8 @@ pub async fn measure(
         generated_tokens: generated,
         prefill_tokens_per_s: per_second(session.prompt_ids.len(), t.prefill_ms),
         decode_tokens_per_s: per_second(generated.saturating_sub(1), end - first),
+        dispatches_per_token: recording.dispatches as f64 / recording.steps.max(1) as f64,
+        record_ms_per_token: recording.record_ms / recording.steps.max(1) as f64,
         weight_bytes: memory.weights,
         table_bytes: memory.tables,
         kv_cache_bytes: memory.kv_cache,

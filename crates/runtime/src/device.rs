@@ -34,6 +34,8 @@ pub struct Capabilities {
     pub max_workgroup_storage_bytes: u32,
     /// Required alignment of storage-buffer binding offsets.
     pub storage_offset_alignment: u32,
+    /// Required alignment of uniform-buffer binding offsets.
+    pub uniform_offset_alignment: u32,
 }
 
 /// Options for opening a device.
@@ -117,6 +119,7 @@ impl Gpu {
             max_storage_buffers_per_stage: limits.max_storage_buffers_per_shader_stage,
             max_workgroup_storage_bytes: limits.max_compute_workgroup_storage_size,
             storage_offset_alignment: limits.min_storage_buffer_offset_alignment,
+            uniform_offset_alignment: limits.min_uniform_buffer_offset_alignment,
         };
         Ok(Self {
             device,
@@ -243,5 +246,19 @@ impl Gpu {
     pub async fn read_f32(&self, buffer: &wgpu::Buffer, len: usize) -> Result<Vec<f32>> {
         let bytes = self.read_bytes(buffer, (len * 4) as u64).await?;
         Ok(bytemuck::pod_collect_to_vec::<u8, f32>(&bytes[..len * 4]))
+    }
+}
+
+/// Milliseconds since an arbitrary origin (`performance.now()` in the browser).
+pub fn now_ms() -> f64 {
+    #[cfg(target_arch = "wasm32")]
+    {
+        js_sys::Date::now()
+    }
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        use std::sync::OnceLock;
+        static START: OnceLock<std::time::Instant> = OnceLock::new();
+        START.get_or_init(std::time::Instant::now).elapsed().as_secs_f64() * 1e3
     }
 }

@@ -14,7 +14,7 @@ use pocketvlm_processor::{Message, Part, Preprocessor, Prompt, RgbImage, StreamD
 use crate::device::Gpu;
 use crate::error::Result;
 use crate::model::sampling::SamplingOptions;
-use crate::model::{Generator, MemoryUsage, Model};
+use crate::model::{DecodeRecording, Generator, MemoryUsage, Model};
 
 /// A loaded model with its tokenizer and image preprocessor.
 pub struct Engine {
@@ -84,19 +84,7 @@ pub struct Session {
     pub timings: Timings,
 }
 
-/// Milliseconds since an arbitrary origin (`performance.now()` in the browser).
-pub fn now_ms() -> f64 {
-    #[cfg(target_arch = "wasm32")]
-    {
-        js_sys::Date::now()
-    }
-    #[cfg(not(target_arch = "wasm32"))]
-    {
-        use std::sync::OnceLock;
-        static START: OnceLock<std::time::Instant> = OnceLock::new();
-        START.get_or_init(std::time::Instant::now).elapsed().as_secs_f64() * 1e3
-    }
-}
+pub use crate::device::now_ms;
 
 impl Engine {
     /// Upload a verified model and build its tokenizer and preprocessor.
@@ -235,6 +223,11 @@ impl Session {
 
     pub fn is_finished(&self) -> bool {
         self.generator.is_finished()
+    }
+
+    /// Host-side cost of the decode steps so far (dispatches, recording time).
+    pub fn decode_recording(&self) -> DecodeRecording {
+        self.generator.decode_recording()
     }
 
     pub fn kv_cache_bytes(&self) -> u64 {

@@ -3,6 +3,7 @@
 
 pub mod bench;
 pub mod device;
+pub mod encoder;
 pub mod engine;
 pub mod error;
 #[cfg(target_arch = "wasm32")]
@@ -15,4 +16,5 @@ pub mod shader;
 pub mod tensor;
 
 pub use device::{Capabilities, DeviceOptions, Gpu};
+pub use encoder::Encoder;
 pub use error::{Result, RuntimeError};

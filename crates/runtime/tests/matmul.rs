@@ -47,7 +47,7 @@ async fn run_path(gpu: &Gpu, shape: MatmulShape, with_bias: bool, seed: u64, pat
     let wb = gpu.storage_buffer("w", bytemuck::cast_slice(&w)).await.unwrap();
     let bb = gpu.storage_buffer("b", bytemuck::cast_slice(&b)).await.unwrap();
     let yb = gpu.zeroed_buffer("y", (m * n * 4) as u64).await.unwrap();
-    let mut encoder = gpu.device.create_command_encoder(&Default::default());
+    let mut encoder = gpu.encoder();
     let kernel = Matmul::f32(with_bias);
     let bias = with_bias.then_some(&bb);
     match path {
@@ -60,7 +60,7 @@ async fn run_path(gpu: &Gpu, shape: MatmulShape, with_bias: bool, seed: u64, pat
                 .unwrap()
         }
     }
-    gpu.queue.submit([encoder.finish()]);
+    gpu.submit(encoder);
     let got = gpu.read_f32(&yb, m * n).await.unwrap();
     let want = matmul_reference(&x, &w, with_bias.then_some(&b[..]), shape);
     for r in 0..m {
@@ -100,10 +100,10 @@ async fn run_16bit(gpu: &Gpu, shape: MatmulShape, encoding: Encoding, seed: u64)
     let mut outputs = Vec::new();
     for &(weights, f16_storage, wb) in &variants {
         let yb = gpu.zeroed_buffer("y", (m * n * 4) as u64).await.unwrap();
-        let mut encoder = gpu.device.create_command_encoder(&Default::default());
+        let mut encoder = gpu.encoder();
         let kernel = Matmul { bias: false, weights, f16_storage };
         kernel.encode(gpu, &mut encoder, shape, &xb, wb, None, &yb).await.unwrap();
-        gpu.queue.submit([encoder.finish()]);
+        gpu.submit(encoder);
         outputs.push(gpu.read_f32(&yb, m * n).await.unwrap());
     }
     for (variant, output) in variants.iter().zip(&outputs).skip(1) {
@@ -125,7 +125,7 @@ async fn check_f16_storage_needs_the_feature(gpu: &Gpu) {
     let w = gpu.zeroed_buffer("w", 8).await.unwrap();
     let y = gpu.zeroed_buffer("y", 16).await.unwrap();
     let kernel = Matmul { bias: false, weights: Encoding::F16, f16_storage: true };
-    let mut encoder = gpu.device.create_command_encoder(&Default::default());
+    let mut encoder = gpu.encoder();
     let shape = MatmulShape { m: 1, n: 4, k: 1 };
     let err = kernel.encode(gpu, &mut encoder, shape, &x, &w, None, &y).await.unwrap_err();
     assert!(err.to_string().contains("shader-f16"), "{err}");
@@ -188,7 +188,7 @@ async fn check_split_binding() {
     let x = gpu.zeroed_buffer("x", 4).await.unwrap();
     let w = gpu.zeroed_buffer("w", 4 * 2000).await.unwrap();
     let y = gpu.zeroed_buffer("y", 4 * 2000).await.unwrap();
-    let mut encoder = gpu.device.create_command_encoder(&Default::default());
+    let mut encoder = gpu.encoder();
     let err = Matmul::f32(false)
         .encode(&gpu, &mut encoder, MatmulShape { m: 1, n: 2000, k: 1 }, &x, &w, None, &y)
         .await

@@ -13,7 +13,8 @@ use pocketvlm_format::quant::pack::{Bits, pack};
 use pocketvlm_format::quant::{ActivationQuant, Construction, QuantLinear, QuantWeights, Rotation};
 use pocketvlm_runtime::kernels::embed::EmbedTable;
 use pocketvlm_runtime::kernels::quant::{QuantWeightsGpu, Quantize, Rotate, RotationTable, activation_words};
-use pocketvlm_runtime::model::linear::{self, Linear, Scratch};
+use pocketvlm_runtime::model::linear::{self, Linear};
+use pocketvlm_runtime::model::scratch::Scratch;
 use pocketvlm_runtime::tensor::Tensor;
 use pocketvlm_runtime::{DeviceOptions, Gpu, RuntimeError};
 

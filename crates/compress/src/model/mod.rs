@@ -394,6 +394,24 @@ impl CpuModel {
         stop: &[u32],
         kind: CacheKind,
     ) -> Result<Greedy> {
+        self.decode(embeds, max_new, stop, kind, None)
+    }
+
+    /// Teacher forcing: decode from prompt embeddings taking `ids` as the tokens (whatever the
+    /// logits say), so [`Greedy::step_top`] holds the logits each of them was forced at.
+    pub fn teacher_forced(&self, embeds: &Tensor, ids: &[u32], kind: CacheKind) -> Result<Greedy> {
+        self.decode(embeds, ids.len(), &[], kind, Some(ids))
+    }
+
+    /// Decode up to `max_new` tokens, each the logits' argmax or, with `forced`, the given one.
+    fn decode(
+        &self,
+        embeds: &Tensor,
+        max_new: usize,
+        stop: &[u32],
+        kind: CacheKind,
+        forced: Option<&[u32]>,
+    ) -> Result<Greedy> {
         let start = std::time::Instant::now();
         let mut cache = KvCache::new(kind);
         let hidden = self.text.forward(embeds, Some(&mut cache), None)?;
@@ -411,7 +429,10 @@ impl CpuModel {
                     break;
                 }
             }
-            let next = logits.argmax(D::Minus1)?.to_scalar::<u32>()?;
+            let next = match forced {
+                Some(path) => path[ids.len()],
+                None => logits.argmax(D::Minus1)?.to_scalar::<u32>()?,
+            };
             step_top.push(top_logits(&logits.to_vec1::<f32>()?, STEP_TOP));
             ids.push(next);
             if stop.contains(&next) {

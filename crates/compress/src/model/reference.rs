@@ -63,15 +63,7 @@ impl Reference {
         max_new_tokens: usize,
     ) -> Result<ReferenceRun> {
         let t0 = Instant::now();
-        let rendered = self.chat.render(messages, true)?;
-        let split = split.unwrap_or(self.preprocessor.default_split());
-        let prepared = image.map(|i| self.preprocessor.preprocess(i, split)).transpose()?;
-        let grids: Vec<_> = prepared.iter().map(|p| p.grid()).collect();
-        let prompt_ids = self.chat.encode(&rendered, &grids)?;
-        let pixels = prepared
-            .map(|p| Tensor::from_vec(p.pixel_values, (p.n_tiles, 3, p.tile_size, p.tile_size), &Device::Cpu))
-            .transpose()?;
-        let prompt = Prompt { ids: prompt_ids, pixels };
+        let prompt = self.prompt(messages, image, split)?;
         let preprocess_ms = t0.elapsed().as_secs_f64() * 1e3;
         let t1 = Instant::now();
         let embeds = self.model.embed_prompt(&prompt, None)?;
@@ -88,6 +80,38 @@ impl Reference {
             prefill_ms: greedy.prefill_ms,
             decode_ms: greedy.decode_ms,
         })
+    }
+
+    /// The prompt of a request: `messages` rendered with the generation prompt, `image`
+    /// preprocessed (split by the checkpoint's default unless `split` says), ids with the image
+    /// tokens expanded.
+    fn prompt(&self, messages: &[Message], image: Option<&RgbImage>, split: Option<bool>) -> Result<Prompt> {
+        let rendered = self.chat.render(messages, true)?;
+        let split = split.unwrap_or(self.preprocessor.default_split());
+        let prepared = image.map(|i| self.preprocessor.preprocess(i, split)).transpose()?;
+        let grids: Vec<_> = prepared.iter().map(|p| p.grid()).collect();
+        let ids = self.chat.encode(&rendered, &grids)?;
+        let pixels = prepared
+            .map(|p| Tensor::from_vec(p.pixel_values, (p.n_tiles, 3, p.tile_size, p.tile_size), &Device::Cpu))
+            .transpose()?;
+        Ok(Prompt { ids, pixels })
+    }
+
+    /// The reference's own sensitivity to one rounding: the request run with teacher forcing
+    /// along `ids` (e.g. its own greedy ids) after scaling the prompt embeddings by `1 + 2⁻²³`
+    /// (each value moves by at most one unit in the last place), returning each step's largest
+    /// logits. Compared with the unperturbed run's, this is the noise floor of any
+    /// implementation whose float rounding differs from the reference's.
+    pub fn perturbed_follow(
+        &self,
+        messages: &[Message],
+        image: Option<&RgbImage>,
+        split: Option<bool>,
+        ids: &[u32],
+    ) -> Result<Vec<Vec<(u32, f32)>>> {
+        let prompt = self.prompt(messages, image, split)?;
+        let embeds = self.model.embed_prompt(&prompt, None)?.affine(1.0 + f64::from(f32::EPSILON), 0.0)?;
+        Ok(self.model.teacher_forced(&embeds, ids, self.cache)?.step_top)
     }
 }
 

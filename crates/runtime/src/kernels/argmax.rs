@@ -13,6 +13,7 @@ use bytemuck::{Pod, Zeroable};
 use super::Kernel;
 use super::util::{check_binding, dispatch, distinct, grid, require_size, slice};
 use crate::device::Gpu;
+use crate::encoder::Encoder;
 use crate::error::{Result, RuntimeError};
 use crate::shader::Defines;
 
@@ -42,7 +43,7 @@ impl Argmax {
     pub async fn encode(
         &self,
         gpu: &Gpu,
-        encoder: &mut wgpu::CommandEncoder,
+        encoder: &mut Encoder,
         rows: usize,
         n: usize,
         x: &wgpu::Buffer,

@@ -28,6 +28,7 @@ use bytemuck::{Pod, Zeroable};
 use super::Kernel;
 use super::util::{check_binding, dispatch, distinct, require_size, slice};
 use crate::device::Gpu;
+use crate::encoder::Encoder;
 use crate::error::{Result, RuntimeError};
 use crate::shader::Defines;
 
@@ -244,7 +245,7 @@ impl Attention {
     pub async fn encode(
         &self,
         gpu: &Gpu,
-        encoder: &mut wgpu::CommandEncoder,
+        encoder: &mut Encoder,
         shape: AttentionShape,
         q: &wgpu::Buffer,
         k: &wgpu::Buffer,
@@ -260,7 +261,7 @@ impl Attention {
     pub async fn encode_values(
         &self,
         gpu: &Gpu,
-        encoder: &mut wgpu::CommandEncoder,
+        encoder: &mut Encoder,
         shape: AttentionShape,
         q: &wgpu::Buffer,
         k: &wgpu::Buffer,

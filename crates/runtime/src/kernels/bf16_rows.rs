@@ -13,6 +13,7 @@ use bytemuck::{Pod, Zeroable};
 use super::util::{check_binding, dispatch, distinct, grid, require_size, slice};
 use super::{Kernel, groups};
 use crate::device::Gpu;
+use crate::encoder::Encoder;
 use crate::error::{Result, RuntimeError};
 use crate::shader::Defines;
 
@@ -59,7 +60,7 @@ impl Bf16Rows {
     pub async fn pack(
         &self,
         gpu: &Gpu,
-        encoder: &mut wgpu::CommandEncoder,
+        encoder: &mut Encoder,
         rows: usize,
         src: &wgpu::Buffer,
         packed: &wgpu::Buffer,
@@ -86,7 +87,7 @@ impl Bf16Rows {
     pub async fn widen(
         &self,
         gpu: &Gpu,
-        encoder: &mut wgpu::CommandEncoder,
+        encoder: &mut Encoder,
         rows: usize,
         packed: &wgpu::Buffer,
         dst: &wgpu::Buffer,
@@ -120,7 +121,7 @@ impl Bf16Rows {
     async fn dispatch(
         &self,
         gpu: &Gpu,
-        encoder: &mut wgpu::CommandEncoder,
+        encoder: &mut Encoder,
         stage: Stage,
         rows: usize,
         dst_row: usize,

@@ -6,6 +6,7 @@
 //! [`Gpu::storage_buffer`] and [`Gpu::zeroed_buffer`] give them.
 
 use crate::device::Gpu;
+use crate::encoder::Encoder;
 use crate::error::{Result, RuntimeError};
 
 /// Rows to copy.
@@ -28,7 +29,7 @@ impl CopyRows {
     pub fn encode(
         &self,
         gpu: &Gpu,
-        encoder: &mut wgpu::CommandEncoder,
+        encoder: &mut Encoder,
         src: &wgpu::Buffer,
         dst: &wgpu::Buffer,
     ) -> Result<()> {

@@ -23,6 +23,7 @@ use super::util::{
     WORKGROUP, check_binding, chunks, dispatch, distinct, grid, require_size, rows_per_chunk, slice,
 };
 use crate::device::Gpu;
+use crate::encoder::Encoder;
 use crate::error::{Result, RuntimeError};
 use crate::shader::Defines;
 
@@ -66,13 +67,7 @@ impl Kernel for GeluTanh {
 
 impl GeluTanh {
     /// Record `x[i] = gelu_tanh(x[i])` for `i < n`.
-    pub async fn encode(
-        &self,
-        gpu: &Gpu,
-        encoder: &mut wgpu::CommandEncoder,
-        n: usize,
-        x: &wgpu::Buffer,
-    ) -> Result<()> {
+    pub async fn encode(&self, gpu: &Gpu, encoder: &mut Encoder, n: usize, x: &wgpu::Buffer) -> Result<()> {
         check_len(n, "gelu")?;
         require_size(x, (n * 4) as u64, "gelu input")?;
         let pipeline = gpu.pipelines.get(gpu, Self::SHADER, &self.defines()).await?;
@@ -110,7 +105,7 @@ impl SiluMul {
     pub async fn encode(
         &self,
         gpu: &Gpu,
-        encoder: &mut wgpu::CommandEncoder,
+        encoder: &mut Encoder,
         n: usize,
         gate: &wgpu::Buffer,
         up: &wgpu::Buffer,
@@ -153,7 +148,7 @@ impl SiluMulFused {
     pub async fn encode(
         &self,
         gpu: &Gpu,
-        encoder: &mut wgpu::CommandEncoder,
+        encoder: &mut Encoder,
         rows: usize,
         width: usize,
         gu: &wgpu::Buffer,
@@ -198,7 +193,7 @@ impl Add {
     pub async fn encode(
         &self,
         gpu: &Gpu,
-        encoder: &mut wgpu::CommandEncoder,
+        encoder: &mut Encoder,
         n: usize,
         period: usize,
         acc: &wgpu::Buffer,

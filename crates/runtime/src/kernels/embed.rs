@@ -17,6 +17,7 @@ use pocketvlm_format::Encoding;
 use super::Kernel;
 use super::util::{check_binding, chunks, dispatch, distinct, grid, require_size, rows_per_chunk, slice};
 use crate::device::Gpu;
+use crate::encoder::Encoder;
 use crate::error::{Result, RuntimeError};
 use crate::shader::Defines;
 use crate::tensor::Tensor;
@@ -144,7 +145,7 @@ impl Embed {
     pub async fn encode(
         &self,
         gpu: &Gpu,
-        encoder: &mut wgpu::CommandEncoder,
+        encoder: &mut Encoder,
         shape: EmbedShape,
         ids: &wgpu::Buffer,
         table: &EmbedTable,

@@ -21,6 +21,7 @@ use super::Kernel;
 use super::quant::QuantWeightsGpu;
 use super::util::{WORKGROUP, check_binding, dispatch, distinct, grid, require_size, slice};
 use crate::device::Gpu;
+use crate::encoder::Encoder;
 use crate::error::{Result, RuntimeError};
 use crate::shader::Defines;
 use crate::tensor::Tensor;
@@ -111,7 +112,7 @@ impl LatentUp {
     pub async fn encode(
         &self,
         gpu: &Gpu,
-        encoder: &mut wgpu::CommandEncoder,
+        encoder: &mut Encoder,
         shape: LatentUpShape,
         chat: &wgpu::Buffer,
         w: &UpWeights<'_>,

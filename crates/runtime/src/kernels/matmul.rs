@@ -26,6 +26,7 @@ use pocketvlm_format::Encoding;
 use super::util::{check_binding, chunks, dispatch, distinct, grid, require_size, rows_per_chunk, slice};
 use super::{Kernel, groups};
 use crate::device::Gpu;
+use crate::encoder::Encoder;
 use crate::error::{Result, RuntimeError};
 use crate::shader::Defines;
 
@@ -234,7 +235,7 @@ impl Matmul {
     pub async fn encode(
         &self,
         gpu: &Gpu,
-        encoder: &mut wgpu::CommandEncoder,
+        encoder: &mut Encoder,
         shape: MatmulShape,
         x: &wgpu::Buffer,
         w: &wgpu::Buffer,
@@ -263,7 +264,7 @@ impl Matmul {
     pub async fn encode_tiled(
         &self,
         gpu: &Gpu,
-        encoder: &mut wgpu::CommandEncoder,
+        encoder: &mut Encoder,
         shape: MatmulShape,
         x: &wgpu::Buffer,
         w: &wgpu::Buffer,
@@ -320,7 +321,7 @@ impl MatVec {
     pub async fn encode(
         &self,
         gpu: &Gpu,
-        encoder: &mut wgpu::CommandEncoder,
+        encoder: &mut Encoder,
         n: usize,
         k: usize,
         x: &wgpu::Buffer,

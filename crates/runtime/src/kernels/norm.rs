@@ -18,6 +18,7 @@ use bytemuck::{Pod, Zeroable};
 use super::Kernel;
 use super::util::{check_binding, chunks, dispatch, distinct, grid, require_size, rows_per_chunk, slice};
 use crate::device::Gpu;
+use crate::encoder::Encoder;
 use crate::error::{Result, RuntimeError};
 use crate::shader::Defines;
 
@@ -68,7 +69,7 @@ impl Kernel for RmsNorm {
 #[allow(clippy::too_many_arguments)]
 async fn encode_norm<K: Kernel>(
     gpu: &Gpu,
-    encoder: &mut wgpu::CommandEncoder,
+    encoder: &mut Encoder,
     kernel: &K,
     eps: f32,
     shape: NormShape,
@@ -112,7 +113,7 @@ impl LayerNorm {
     pub async fn encode(
         &self,
         gpu: &Gpu,
-        encoder: &mut wgpu::CommandEncoder,
+        encoder: &mut Encoder,
         shape: NormShape,
         x: &wgpu::Buffer,
         gamma: &wgpu::Buffer,
@@ -128,7 +129,7 @@ impl RmsNorm {
     pub async fn encode(
         &self,
         gpu: &Gpu,
-        encoder: &mut wgpu::CommandEncoder,
+        encoder: &mut Encoder,
         shape: NormShape,
         x: &wgpu::Buffer,
         gamma: &wgpu::Buffer,

@@ -22,6 +22,7 @@ use super::elementwise::Add;
 use super::matmul::{Matmul, MatmulShape};
 use super::util::{WORKGROUP, chunks, dispatch, distinct, grid, require_size, rows_per_chunk, slice};
 use crate::device::Gpu;
+use crate::encoder::Encoder;
 use crate::error::{Result, RuntimeError};
 use crate::shader::Defines;
 
@@ -78,7 +79,7 @@ impl PatchEmbed {
     pub async fn encode(
         &self,
         gpu: &Gpu,
-        encoder: &mut wgpu::CommandEncoder,
+        encoder: &mut Encoder,
         shape: PatchEmbedShape,
         pixels: &wgpu::Buffer,
         weight: &wgpu::Buffer,

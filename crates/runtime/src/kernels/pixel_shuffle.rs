@@ -13,6 +13,7 @@ use bytemuck::{Pod, Zeroable};
 use super::Kernel;
 use super::util::{WORKGROUP, chunks, dispatch, distinct, grid, require_size, rows_per_chunk, slice};
 use crate::device::Gpu;
+use crate::encoder::Encoder;
 use crate::error::{Result, RuntimeError};
 use crate::shader::Defines;
 
@@ -55,7 +56,7 @@ impl PixelShuffle {
     pub async fn encode(
         &self,
         gpu: &Gpu,
-        encoder: &mut wgpu::CommandEncoder,
+        encoder: &mut Encoder,
         shape: PixelShuffleShape,
         x: &wgpu::Buffer,
         y: &wgpu::Buffer,

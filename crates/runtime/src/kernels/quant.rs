@@ -27,6 +27,7 @@ use pocketvlm_format::quant::{ActivationQuant, Bits, Construction, Rotation};
 use super::util::{check_binding, chunks, dispatch, distinct, grid, require_size, rows_per_chunk, slice};
 use super::{Kernel, groups};
 use crate::device::Gpu;
+use crate::encoder::Encoder;
 use crate::error::{Result, RuntimeError};
 use crate::shader::Defines;
 use crate::tensor::Tensor;
@@ -145,7 +146,7 @@ impl Rotate {
     pub async fn encode(
         &self,
         gpu: &Gpu,
-        encoder: &mut wgpu::CommandEncoder,
+        encoder: &mut Encoder,
         rotation: &RotationTable,
         data: &wgpu::Buffer,
         out: &wgpu::Buffer,
@@ -208,7 +209,7 @@ impl Quantize {
     pub async fn encode(
         &self,
         gpu: &Gpu,
-        encoder: &mut wgpu::CommandEncoder,
+        encoder: &mut Encoder,
         act: &ActivationQuant,
         x: (&wgpu::Buffer, u64),
         tokens: usize,
@@ -226,7 +227,7 @@ impl Quantize {
     pub async fn encode_strided(
         &self,
         gpu: &Gpu,
-        encoder: &mut wgpu::CommandEncoder,
+        encoder: &mut Encoder,
         act: &ActivationQuant,
         x: (&wgpu::Buffer, u64),
         tokens: usize,
@@ -396,7 +397,7 @@ impl QMatmul {
     pub async fn encode(
         &self,
         gpu: &Gpu,
-        encoder: &mut wgpu::CommandEncoder,
+        encoder: &mut Encoder,
         a: &QuantizedRows<'_>,
         w: &QuantWeightsGpu,
         bias: Option<&Tensor>,

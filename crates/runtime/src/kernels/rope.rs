@@ -16,6 +16,7 @@ use bytemuck::{Pod, Zeroable};
 use super::Kernel;
 use super::util::{WORKGROUP, check_binding, dispatch, distinct, grid, require_size, slice};
 use crate::device::Gpu;
+use crate::encoder::Encoder;
 use crate::error::{Result, RuntimeError};
 use crate::shader::Defines;
 
@@ -86,7 +87,7 @@ impl Rope {
     pub async fn encode(
         &self,
         gpu: &Gpu,
-        encoder: &mut wgpu::CommandEncoder,
+        encoder: &mut Encoder,
         shape: RopeShape,
         table: &wgpu::Buffer,
         q: &wgpu::Buffer,
@@ -104,7 +105,7 @@ impl Rope {
     pub async fn encode_one(
         &self,
         gpu: &Gpu,
-        encoder: &mut wgpu::CommandEncoder,
+        encoder: &mut Encoder,
         shape: RopeShape,
         table: &wgpu::Buffer,
         x: &wgpu::Buffer,
@@ -115,7 +116,7 @@ impl Rope {
 
 async fn encode_rope(
     gpu: &Gpu,
-    encoder: &mut wgpu::CommandEncoder,
+    encoder: &mut Encoder,
     shape: RopeShape,
     table: &wgpu::Buffer,
     q: &wgpu::Buffer,

@@ -2,9 +2,8 @@
 //! storage binding into aligned chunks, 2-D dispatch grids for large element counts, and
 //! recording one dispatch.
 
-use wgpu::util::DeviceExt;
-
 use crate::device::Gpu;
+use crate::encoder::Encoder;
 use crate::error::{Result, RuntimeError};
 
 /// Threads per workgroup of the row-wise and elementwise kernels.
@@ -102,34 +101,15 @@ pub fn slice(buffer: &wgpu::Buffer, offset: u64, size: u64) -> wgpu::BindingReso
 }
 
 /// Record one dispatch of `pipeline`: `params` as the uniform at binding 0 and `resources` at
-/// bindings 1, 2, ….
+/// bindings 1, 2, … (see [`Encoder::dispatch`]).
 pub fn dispatch(
     gpu: &Gpu,
-    encoder: &mut wgpu::CommandEncoder,
+    encoder: &mut Encoder,
     pipeline: &wgpu::ComputePipeline,
     label: &str,
     params: &[u8],
     resources: Vec<wgpu::BindingResource<'_>>,
     workgroups: (u32, u32, u32),
 ) {
-    let uniform = gpu.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-        label: Some(label),
-        contents: params,
-        usage: wgpu::BufferUsages::UNIFORM,
-    });
-    let mut entries = vec![wgpu::BindGroupEntry { binding: 0, resource: uniform.as_entire_binding() }];
-    for (i, resource) in resources.into_iter().enumerate() {
-        entries.push(wgpu::BindGroupEntry { binding: i as u32 + 1, resource });
-    }
-    let layout = pipeline.get_bind_group_layout(0);
-    let bind_group = gpu.device.create_bind_group(&wgpu::BindGroupDescriptor {
-        label: Some(label),
-        layout: &layout,
-        entries: &entries,
-    });
-    let mut pass = encoder
-        .begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(label), timestamp_writes: None });
-    pass.set_pipeline(pipeline);
-    pass.set_bind_group(0, &bind_group, &[]);
-    pass.dispatch_workgroups(workgroups.0, workgroups.1, workgroups.2);
+    encoder.dispatch(gpu, pipeline, label, params, resources, workgroups);
 }

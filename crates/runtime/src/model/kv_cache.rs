@@ -174,13 +174,13 @@ impl KvCache {
         }
         let mut grown = KvCache::new(gpu, cfg, model, self.kind, capacity).await?;
         if len > 0 {
-            let mut encoder = gpu.device.create_command_encoder(&Default::default());
+            let mut encoder = gpu.encoder();
             let old = self.layers.iter().flat_map(|l| l.buffers());
             let new = grown.layers.iter().flat_map(|l| l.buffers());
             for ((from, width), (to, _)) in old.zip(new) {
                 CopyRows { rows: len, width, src_row: 0, dst_row: 0 }.encode(gpu, &mut encoder, from, to)?;
             }
-            gpu.queue.submit([encoder.finish()]);
+            gpu.submit(encoder);
         }
         grown.len = len;
         *self = grown;

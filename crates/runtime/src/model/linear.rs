@@ -6,8 +6,10 @@
 use pocketvlm_format::compression::linear_factor_names;
 use pocketvlm_format::quant::ActivationQuant;
 
+use super::scratch::Scratch;
 use super::weights::{WeightLoader, is_float};
 use crate::device::Gpu;
+use crate::encoder::Encoder;
 use crate::error::{Result, RuntimeError};
 use crate::kernels::embed::EmbedTable;
 use crate::kernels::matmul::{Matmul, MatmulShape};
@@ -51,59 +53,6 @@ impl From<Matrix> for Linear {
     }
 }
 
-/// Reusable GPU scratch of the quantized layers of one pass (rotated rows, activation integers
-/// and scales) and of factored layers (their rank-wide intermediate), grown as needed:
-/// consecutive dispatches of one encoder run in order, so every layer can reuse it.
-#[derive(Default)]
-pub struct Scratch {
-    rotated: Option<wgpu::Buffer>,
-    rotated_out: Option<wgpu::Buffer>,
-    words: Option<wgpu::Buffer>,
-    scales: Option<wgpu::Buffer>,
-    inner: Option<wgpu::Buffer>,
-    latent: Option<wgpu::Buffer>,
-    latent_words: Option<wgpu::Buffer>,
-    latent_scales: Option<wgpu::Buffer>,
-}
-
-impl Scratch {
-    /// An f32 buffer of at least `len` values for a joint-QKV latent.
-    pub async fn latent(&mut self, gpu: &Gpu, len: usize) -> Result<wgpu::Buffer> {
-        at_least(gpu, &mut self.latent, "qkv latent", (len.max(1) * 4) as u64).await
-    }
-
-    /// Integers (`stride` words per row, one spare word) and scales of `rows` quantized latent
-    /// rows.
-    pub async fn latent_rows(
-        &mut self,
-        gpu: &Gpu,
-        rows: usize,
-        stride: usize,
-    ) -> Result<(wgpu::Buffer, wgpu::Buffer)> {
-        let words = ((rows.max(1) * stride + 1) * 4) as u64;
-        Ok((
-            at_least(gpu, &mut self.latent_words, "latent integers", words).await?,
-            at_least(gpu, &mut self.latent_scales, "latent scales", (rows.max(1) * 4) as u64).await?,
-        ))
-    }
-}
-
-async fn at_least(
-    gpu: &Gpu,
-    slot: &mut Option<wgpu::Buffer>,
-    label: &str,
-    bytes: u64,
-) -> Result<wgpu::Buffer> {
-    match slot {
-        Some(b) if b.size() >= bytes => Ok(b.clone()),
-        _ => {
-            let b = gpu.zeroed_buffer(label, bytes).await?;
-            *slot = Some(b.clone());
-            Ok(b)
-        }
-    }
-}
-
 fn quant_error(name: &str, e: impl std::fmt::Display) -> RuntimeError {
     RuntimeError::UnsupportedModel(format!("quantized layer {name:?}: {e}"))
 }
@@ -138,7 +87,7 @@ impl Linear {
     pub async fn forward(
         &self,
         gpu: &Gpu,
-        encoder: &mut wgpu::CommandEncoder,
+        encoder: &mut Encoder,
         scratch: &mut Scratch,
         rows: usize,
         x: &wgpu::Buffer,
@@ -148,7 +97,7 @@ impl Linear {
             None => self.up.forward(gpu, encoder, scratch, rows, x, y).await,
             Some(down) => {
                 let bytes = (rows * down.out_features() * 4) as u64;
-                let inner = at_least(gpu, &mut scratch.inner, "low-rank intermediate", bytes).await?;
+                let inner = scratch.bytes(gpu, "low-rank intermediate", bytes).await?;
                 down.forward(gpu, encoder, scratch, rows, x, &inner).await?;
                 self.up.forward(gpu, encoder, scratch, rows, &inner, y).await
             }
@@ -223,7 +172,7 @@ impl Matrix {
     pub async fn forward(
         &self,
         gpu: &Gpu,
-        encoder: &mut wgpu::CommandEncoder,
+        encoder: &mut Encoder,
         scratch: &mut Scratch,
         rows: usize,
         x: &wgpu::Buffer,
@@ -249,7 +198,7 @@ impl QuantLinear {
     async fn forward(
         &self,
         gpu: &Gpu,
-        encoder: &mut wgpu::CommandEncoder,
+        encoder: &mut Encoder,
         scratch: &mut Scratch,
         rows: usize,
         x: &wgpu::Buffer,
@@ -266,8 +215,8 @@ impl QuantLinear {
                 (x.clone(), x_offset)
             } else {
                 let bytes = mr as u64 * x_row;
-                let mut rotated = at_least(gpu, &mut scratch.rotated, "rotated activations", bytes).await?;
-                let mut other = at_least(gpu, &mut scratch.rotated_out, "rotated activations", bytes).await?;
+                let mut rotated = scratch.bytes(gpu, "rotated activations", bytes).await?;
+                let mut other = scratch.bytes(gpu, "rotated activations (second)", bytes).await?;
                 encoder.copy_buffer_to_buffer(x, x_offset, &rotated, 0, bytes);
                 for r in &self.online {
                     Rotate.encode(gpu, encoder, r, &rotated, &other, mr).await?;
@@ -275,9 +224,8 @@ impl QuantLinear {
                 }
                 (rotated, 0)
             };
-            let words =
-                at_least(gpu, &mut scratch.words, "activation integers", (mr * aw * 4) as u64).await?;
-            let scales = at_least(gpu, &mut scratch.scales, "activation scales", (mr * 4) as u64).await?;
+            let words = scratch.bytes(gpu, "activation integers", (mr * aw * 4) as u64).await?;
+            let scales = scratch.bytes(gpu, "activation scales", (mr * 4) as u64).await?;
             Quantize
                 .encode(gpu, encoder, &self.activation, (&input.0, input.1), mr, cols, &words, &scales)
                 .await?;
@@ -294,7 +242,7 @@ impl QuantLinear {
     pub async fn quantize(
         &self,
         gpu: &Gpu,
-        encoder: &mut wgpu::CommandEncoder,
+        encoder: &mut Encoder,
         rows: usize,
         x: &wgpu::Buffer,
         words: (&wgpu::Buffer, usize),
@@ -313,7 +261,7 @@ impl QuantLinear {
     pub async fn product(
         &self,
         gpu: &Gpu,
-        encoder: &mut wgpu::CommandEncoder,
+        encoder: &mut Encoder,
         a: &QuantizedRows<'_>,
         y: (&wgpu::Buffer, u64),
     ) -> Result<()> {

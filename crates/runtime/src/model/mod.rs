@@ -10,21 +10,22 @@ pub mod linear;
 mod prefix;
 pub mod qkv;
 pub mod sampling;
-mod scratch;
+pub mod scratch;
 pub mod text;
 pub mod vision;
 pub mod weights;
 
 use pocketvlm_format::{ModelConfig, ModelData};
 
-use crate::device::Gpu;
+use crate::device::{Gpu, now_ms};
+use crate::encoder::Encoder;
 use crate::error::{Result, RuntimeError};
 use crate::kernels::argmax::Argmax;
 use crate::kernels::embed::ImageFeatures;
 pub use kv_cache::{CacheKind, KvCache};
 pub use prefix::reusable_prefix;
 use sampling::{Pcg32, SamplingOptions, sample};
-use scratch::f32_buffer;
+use scratch::{Scratch, f32_buffer};
 use text::TextModel;
 use vision::VisionModel;
 use weights::WeightLoader;
@@ -134,10 +135,10 @@ impl Model {
         }
         let before = gpu.allocated_bytes();
         let buffer = gpu.storage_buffer("pixel values", bytemuck::cast_slice(pixels)).await?;
-        let mut encoder = gpu.device.create_command_encoder(&Default::default());
+        let mut encoder = gpu.encoder();
         let features =
             vision::encode_image(gpu, &mut encoder, &self.config, &self.vision, &buffer, tiles).await?;
-        gpu.queue.submit([encoder.finish()]);
+        gpu.submit(encoder);
         Ok(ImageEmbedding {
             features,
             rows: tiles * self.config.image_seq_len(),
@@ -163,6 +164,24 @@ pub struct Generator {
     finished: bool,
     /// The most bytes one pass allocated so far (see [`MemoryUsage::activations`]).
     peak_pass_bytes: u64,
+    /// The decode steps' activations, kept from step to step.
+    scratch: Scratch,
+    /// The id a decode step embeds (written before each step's submission).
+    token: wgpu::Buffer,
+    decode: DecodeRecording,
+}
+
+/// Host-side cost of the decode steps recorded so far: what `cargo xtask bench` reports per
+/// token (the GPU work of a step is one command buffer: the decoder pass and, when greedy, the
+/// argmax).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct DecodeRecording {
+    /// Decoder passes of one token recorded.
+    pub steps: usize,
+    /// Dispatches they recorded.
+    pub dispatches: usize,
+    /// Milliseconds spent recording them (building the command buffer, not running it).
+    pub record_ms: f64,
 }
 
 impl Generator {
@@ -238,16 +257,18 @@ impl Generator {
             )));
         }
         let capacity = (prompt.len() + max_new_tokens).min(limit);
-        let (mut cache, logits, argmax) = match reuse {
+        let (mut cache, logits, argmax, scratch, token) = match reuse {
             Some((previous, keep)) => {
                 let mut cache = previous.cache;
                 cache.rewind_and_reserve(gpu, cfg, &model.text, keep, capacity).await?;
-                (cache, previous.logits, previous.argmax)
+                (cache, previous.logits, previous.argmax, previous.scratch, previous.token)
             }
             None => (
                 KvCache::new(gpu, cfg, &model.text, model.cache_kind, capacity).await?,
                 f32_buffer(gpu, "logits", cfg.text.vocab_size).await?,
                 gpu.zeroed_buffer("argmax", 4).await?,
+                Scratch::default(),
+                gpu.zeroed_buffer("token id", 4).await?,
             ),
         };
         let before = gpu.allocated_bytes();
@@ -257,10 +278,24 @@ impl Generator {
             rows: i.rows,
             token_id: cfg.image_token_id,
         });
-        let mut encoder = gpu.device.create_command_encoder(&Default::default());
-        text::forward(gpu, &mut encoder, cfg, &model.text, &mut cache, &ids, new.len(), features, &logits)
-            .await?;
-        gpu.queue.submit([encoder.finish()]);
+        // The prompt's activations are dropped after the prefill: decode steps need a row each.
+        let mut prefill_scratch = Scratch::default();
+        let mut encoder = gpu.encoder();
+        let (text, n) = (&model.text, new.len());
+        text::forward(
+            gpu,
+            &mut encoder,
+            &mut prefill_scratch,
+            cfg,
+            text,
+            &mut cache,
+            &ids,
+            n,
+            features,
+            &logits,
+        )
+        .await?;
+        gpu.submit(encoder);
         // The image features stay alive through the prefill.
         let prefill_bytes = gpu.allocated_bytes() - before + image.map_or(0, |i| i.features.size());
         Ok(Self {
@@ -276,6 +311,9 @@ impl Generator {
             cached: prompt.to_vec(),
             generated: Vec::new(),
             finished: max_new_tokens == 0,
+            scratch,
+            token,
+            decode: DecodeRecording::default(),
         })
     }
 
@@ -289,15 +327,16 @@ impl Generator {
         if self.finished {
             return Ok(None);
         }
-        self.feed_last(gpu, model).await?;
         let vocab = model.config.text.vocab_size;
+        let mut encoder = gpu.encoder();
+        self.feed_last(gpu, model, &mut encoder).await?;
         let token = if self.options.is_greedy() {
-            let mut encoder = gpu.device.create_command_encoder(&Default::default());
             Argmax.encode(gpu, &mut encoder, 1, vocab, &self.logits, &self.argmax).await?;
-            gpu.queue.submit([encoder.finish()]);
+            gpu.submit(encoder);
             let bytes = gpu.read_bytes(&self.argmax, 4).await?;
             u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]])
         } else {
+            gpu.submit(encoder);
             let logits = gpu.read_f32(&self.logits, vocab).await?;
             sample(&logits, &self.options, &mut self.rng)
         };
@@ -316,25 +355,33 @@ impl Generator {
         if token as usize >= model.config.text.vocab_size {
             return Err(RuntimeError::Shape(format!("token id {token} is outside the vocabulary")));
         }
-        self.feed_last(gpu, model).await?;
+        let mut encoder = gpu.encoder();
+        self.feed_last(gpu, model, &mut encoder).await?;
+        gpu.submit(encoder);
         self.accept(model, token);
         Ok(())
     }
 
-    /// Compute the keys, values and next logits of the last generated token, if there is one
-    /// (tokens are fed lazily, when the one after them is wanted).
-    async fn feed_last(&mut self, gpu: &Gpu, model: &Model) -> Result<()> {
+    /// Record the pass that computes the keys, values and next logits of the last generated
+    /// token, if there is one (tokens are fed lazily, when the one after them is wanted).
+    async fn feed_last(&mut self, gpu: &Gpu, model: &Model, encoder: &mut Encoder) -> Result<()> {
         let Some(&last) = self.generated.last() else { return Ok(()) };
-        let before = gpu.allocated_bytes();
-        let ids = gpu.storage_buffer("token id", bytemuck::bytes_of(&last)).await?;
-        let mut encoder = gpu.device.create_command_encoder(&Default::default());
-        let cfg = &model.config;
-        text::forward(gpu, &mut encoder, cfg, &model.text, &mut self.cache, &ids, 1, None, &self.logits)
-            .await?;
-        gpu.queue.submit([encoder.finish()]);
+        let (t0, dispatches, before) = (now_ms(), encoder.dispatches(), gpu.allocated_bytes());
+        gpu.queue.write_buffer(&self.token, 0, bytemuck::bytes_of(&last));
+        let (cfg, text) = (&model.config, &model.text);
+        let (scratch, cache) = (&mut self.scratch, &mut self.cache);
+        text::forward(gpu, encoder, scratch, cfg, text, cache, &self.token, 1, None, &self.logits).await?;
         self.cached.push(last);
         self.peak_pass_bytes = self.peak_pass_bytes.max(gpu.allocated_bytes() - before);
+        self.decode.steps += 1;
+        self.decode.dispatches += encoder.dispatches() - dispatches;
+        self.decode.record_ms += now_ms() - t0;
         Ok(())
+    }
+
+    /// Host-side cost of the decode steps so far.
+    pub fn decode_recording(&self) -> DecodeRecording {
+        self.decode
     }
 
     /// Record `token` as generated; finish on an end-of-utterance token or at the limit.
@@ -386,10 +433,10 @@ impl Generator {
         let normed = gpu.storage_buffer("bench row", bytemuck::cast_slice(&vec![0.05f32; d])).await?;
         let mut best = f64::INFINITY;
         for _ in 0..reps.max(1) {
-            let mut encoder = gpu.device.create_command_encoder(&Default::default());
+            let mut encoder = gpu.encoder();
             text::attention_step(gpu, &mut encoder, &model.config, &model.text, &self.cache, &normed).await?;
             let start = crate::engine::now_ms();
-            gpu.queue.submit([encoder.finish()]);
+            gpu.submit(encoder);
             gpu.read_bytes(&normed, 4).await?;
             best = best.min(crate::engine::now_ms() - start);
         }

@@ -9,9 +9,11 @@
 
 use pocketvlm_format::compression::qkv_factor_names;
 
-use super::linear::{Linear, Matrix, QuantLinear, Scratch};
+use super::linear::{Linear, Matrix, QuantLinear};
+use super::scratch::Scratch;
 use super::weights::WeightLoader;
 use crate::device::Gpu;
+use crate::encoder::Encoder;
 use crate::error::{Result, RuntimeError};
 use crate::kernels::quant::QuantizedRows;
 
@@ -63,7 +65,7 @@ impl Qkv {
     pub async fn forward(
         &self,
         gpu: &Gpu,
-        encoder: &mut wgpu::CommandEncoder,
+        encoder: &mut Encoder,
         scratch: &mut Scratch,
         rows: usize,
         x: &wgpu::Buffer,
@@ -77,7 +79,7 @@ impl Qkv {
                 Ok(())
             }
             Qkv::Joint(j) => {
-                let c = scratch.latent(gpu, rows * j.rank()).await?;
+                let c = scratch.f32(gpu, "qkv latent", rows * j.rank()).await?;
                 j.down.forward(gpu, encoder, scratch, rows, x, &c).await?;
                 let ups = [&j.q_up, &j.k_up, &j.v_up];
                 match j.ups() {

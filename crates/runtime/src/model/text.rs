@@ -11,11 +11,12 @@
 use pocketvlm_format::ModelConfig;
 
 use super::kv_cache::{KvCache, LayerCache};
-use super::linear::{Embedding, Linear, Matrix, Scratch};
+use super::linear::{Embedding, Linear, Matrix};
 use super::qkv::{Qkv, Ups};
-use super::scratch::f32_buffer;
+use super::scratch::Scratch;
 use super::weights::WeightLoader;
 use crate::device::Gpu;
+use crate::encoder::Encoder;
 use crate::error::{Result, RuntimeError};
 use crate::kernels::attention::{Attention, AttentionShape, Values};
 use crate::kernels::bf16_rows::Bf16Rows;
@@ -86,11 +87,13 @@ impl TextModel {
 }
 
 /// Record a decoder pass over `ids` (appending to `cache`) and the logits of the last position
-/// into `logits` (f32 `[vocab]`).
+/// into `logits` (f32 `[vocab]`); the pass's activations come from `scratch` (a generation keeps
+/// one for its decode steps, which then allocate no buffers).
 #[allow(clippy::too_many_arguments)]
 pub async fn forward(
     gpu: &Gpu,
-    encoder: &mut wgpu::CommandEncoder,
+    encoder: &mut Encoder,
+    scratch: &mut Scratch,
     cfg: &ModelConfig,
     model: &TextModel,
     cache: &mut KvCache,
@@ -110,42 +113,41 @@ pub async fn forward(
             model.max_positions
         )));
     }
-    let x = f32_buffer(gpu, "text x", tokens * d).await?;
+    let x = scratch.f32(gpu, "text x", tokens * d).await?;
     let shape = EmbedShape { tokens, vocab: c.vocab_size, d };
     let table = &model.embed.table;
     Embed::for_table(table, image.is_some()).encode(gpu, encoder, shape, ids, table, image, &x).await?;
 
-    let normed = f32_buffer(gpu, "text norm", tokens * d).await?;
-    let out = f32_buffer(gpu, "text out", tokens * d).await?;
-    let gate = f32_buffer(gpu, "text gate", tokens * inter).await?;
-    let up = f32_buffer(gpu, "text up", tokens * inter).await?;
-    let act = f32_buffer(gpu, "text act", tokens * inter).await?;
-    let mut pass = AttentionPass::new(gpu, cfg, model, cache, tokens).await?;
-    let mut scratch = Scratch::default();
+    let normed = scratch.f32(gpu, "text norm", tokens * d).await?;
+    let out = scratch.f32(gpu, "text out", tokens * d).await?;
+    let gate = scratch.f32(gpu, "text gate", tokens * inter).await?;
+    let up = scratch.f32(gpu, "text up", tokens * inter).await?;
+    let act = scratch.f32(gpu, "text act", tokens * inter).await?;
+    let mut pass = AttentionPass::new(gpu, scratch, cfg, model, cache, tokens).await?;
     let rms = RmsNorm { eps: c.rms_norm_eps as f32 };
     let rows = NormShape { rows: tokens, d };
     for (i, l) in model.layers.iter().enumerate() {
         rms.encode(gpu, encoder, rows, &x, &l.input_norm.buffer, &normed).await?;
-        pass.encode(gpu, encoder, &mut scratch, &l.qkv, &cache.layers[i], &normed).await?;
-        l.o.forward(gpu, encoder, &mut scratch, tokens, &pass.attn, &out).await?;
+        pass.encode(gpu, encoder, scratch, &l.qkv, &cache.layers[i], &normed).await?;
+        l.o.forward(gpu, encoder, scratch, tokens, &pass.attn, &out).await?;
         Add.encode(gpu, encoder, tokens * d, tokens * d, &x, &out).await?;
 
         rms.encode(gpu, encoder, rows, &x, &l.post_norm.buffer, &normed).await?;
-        l.gate.forward(gpu, encoder, &mut scratch, tokens, &normed, &gate).await?;
-        l.up.forward(gpu, encoder, &mut scratch, tokens, &normed, &up).await?;
+        l.gate.forward(gpu, encoder, scratch, tokens, &normed, &gate).await?;
+        l.up.forward(gpu, encoder, scratch, tokens, &normed, &up).await?;
         SiluMul.encode(gpu, encoder, tokens * inter, &gate, &up, &act).await?;
-        l.down.forward(gpu, encoder, &mut scratch, tokens, &act, &out).await?;
+        l.down.forward(gpu, encoder, scratch, tokens, &act, &out).await?;
         Add.encode(gpu, encoder, tokens * d, tokens * d, &x, &out).await?;
     }
     cache.len = p0 + tokens;
 
     // Only the last position's logits are needed.
-    let last = f32_buffer(gpu, "text last", d).await?;
+    let last = scratch.f32(gpu, "text last", d).await?;
     CopyRows { rows: 1, width: d, src_row: tokens - 1, dst_row: 0 }.encode(gpu, encoder, &x, &last)?;
-    let last_normed = f32_buffer(gpu, "text last norm", d).await?;
+    let last_normed = scratch.f32(gpu, "text last norm", d).await?;
     let one = NormShape { rows: 1, d };
     rms.encode(gpu, encoder, one, &last, &model.norm.buffer, &last_normed).await?;
-    model.lm_head.forward(gpu, encoder, &mut scratch, 1, &last_normed, logits).await?;
+    model.lm_head.forward(gpu, encoder, scratch, 1, &last_normed, logits).await?;
     Ok(())
 }
 
@@ -155,7 +157,7 @@ pub async fn forward(
 /// cache kind changes, for the bench. Needs a free cache row.
 pub async fn attention_step(
     gpu: &Gpu,
-    encoder: &mut wgpu::CommandEncoder,
+    encoder: &mut Encoder,
     cfg: &ModelConfig,
     model: &TextModel,
     cache: &KvCache,
@@ -164,8 +166,8 @@ pub async fn attention_step(
     if cache.len >= cache.capacity {
         return Err(RuntimeError::Shape("no free cache row for an attention step".into()));
     }
-    let mut pass = AttentionPass::new(gpu, cfg, model, cache, 1).await?;
     let mut scratch = Scratch::default();
+    let mut pass = AttentionPass::new(gpu, &mut scratch, cfg, model, cache, 1).await?;
     for (l, layer) in model.layers.iter().zip(&cache.layers) {
         pass.encode(gpu, encoder, &mut scratch, &l.qkv, layer, normed).await?;
     }
@@ -196,6 +198,7 @@ struct AttentionPass<'a> {
 impl<'a> AttentionPass<'a> {
     async fn new(
         gpu: &Gpu,
+        scratch: &mut Scratch,
         cfg: &'a ModelConfig,
         model: &'a TextModel,
         cache: &KvCache,
@@ -203,7 +206,8 @@ impl<'a> AttentionPass<'a> {
     ) -> Result<Self> {
         let c = &cfg.text;
         let (dq, dkv) = (c.num_attention_heads * c.head_dim, c.num_key_value_heads * c.head_dim);
-        let ctx = cache.len + tokens;
+        // Context-wide buffers are sized for the whole cache, so decode steps reuse them.
+        let rows = cache.capacity.max(cache.len + tokens);
         let widest = cache
             .layers
             .iter()
@@ -227,21 +231,21 @@ impl<'a> AttentionPass<'a> {
             tokens,
             p0: cache.len,
             capacity: cache.capacity,
-            q: f32_buffer(gpu, "text q", tokens * dq).await?,
-            k: f32_buffer(gpu, "text k", tokens * dkv).await?,
-            v: f32_buffer(gpu, "text v", tokens * dkv).await?,
-            rebuilt: if latent { Some(f32_buffer(gpu, "rebuilt keys", ctx * dkv).await?) } else { None },
+            q: scratch.f32(gpu, "text q", tokens * dq).await?,
+            k: scratch.f32(gpu, "text k", tokens * dkv).await?,
+            v: scratch.f32(gpu, "text v", tokens * dkv).await?,
+            rebuilt: if latent { Some(scratch.f32(gpu, "rebuilt keys", rows * dkv).await?) } else { None },
             sums: if latent {
-                Some(f32_buffer(gpu, "latent sums", tokens * c.num_attention_heads * widest).await?)
+                Some(scratch.f32(gpu, "latent sums", tokens * c.num_attention_heads * widest).await?)
             } else {
                 None
             },
             widened: if bf16_rank > 0 {
-                Some(f32_buffer(gpu, "widened latents", ctx * bf16_rank).await?)
+                Some(scratch.f32(gpu, "widened latents", rows * bf16_rank).await?)
             } else {
                 None
             },
-            attn: f32_buffer(gpu, "text attn", tokens * dq).await?,
+            attn: scratch.f32(gpu, "text attn", tokens * dq).await?,
         })
     }
 
@@ -261,7 +265,7 @@ impl<'a> AttentionPass<'a> {
     async fn encode(
         &mut self,
         gpu: &Gpu,
-        encoder: &mut wgpu::CommandEncoder,
+        encoder: &mut Encoder,
         scratch: &mut Scratch,
         qkv: &Qkv,
         layer: &LayerCache,
@@ -291,7 +295,7 @@ impl<'a> AttentionPass<'a> {
                     return Err(RuntimeError::Shape("an INT8 latent cache for float ups".into()));
                 };
                 let r = j.rank();
-                let latent = scratch.latent(gpu, tokens * r).await?;
+                let latent = scratch.f32(gpu, "qkv latent", tokens * r).await?;
                 j.down.forward(gpu, encoder, scratch, tokens, normed, &latent).await?;
                 let stride = *words_per_row;
                 let (new_words, new_scales) = scratch.latent_rows(gpu, tokens, stride).await?;
@@ -307,7 +311,7 @@ impl<'a> AttentionPass<'a> {
             (Qkv::Joint(j), LayerCache::LatentBf16 { rows, rank }) => {
                 // the new latents rounded into the cache; queries from the unrounded ones; keys
                 // and values of every cached token from the cache widened back to f32
-                let latent = scratch.latent(gpu, tokens * rank).await?;
+                let latent = scratch.f32(gpu, "qkv latent", tokens * rank).await?;
                 j.down.forward(gpu, encoder, scratch, tokens, normed, &latent).await?;
                 let half = Bf16Rows { width: *rank };
                 half.pack(gpu, encoder, tokens, &latent, rows, p0).await?;

@@ -8,11 +8,13 @@
 
 use pocketvlm_format::ModelConfig;
 
-use super::linear::{Linear, Scratch};
+use super::linear::Linear;
 use super::qkv::Qkv;
+use super::scratch::Scratch;
 use super::scratch::f32_buffer;
 use super::weights::WeightLoader;
 use crate::device::Gpu;
+use crate::encoder::Encoder;
 use crate::error::Result;
 use crate::kernels::attention::{Attention, AttentionShape};
 use crate::kernels::elementwise::{Add, GeluTanh};
@@ -81,7 +83,7 @@ impl VisionModel {
 /// `[tiles, channels, S, S]` in `pixels`); returns the image features f32 `[tiles·seq, D_text]`.
 pub async fn encode_image(
     gpu: &Gpu,
-    encoder: &mut wgpu::CommandEncoder,
+    encoder: &mut Encoder,
     cfg: &ModelConfig,
     model: &VisionModel,
     pixels: &wgpu::Buffer,

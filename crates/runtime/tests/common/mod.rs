@@ -1,7 +1,7 @@
 //! Helpers shared by the kernel tests (natively and in the browser).
 #![allow(dead_code)]
 
-use pocketvlm_runtime::Gpu;
+use pocketvlm_runtime::{Encoder, Gpu};
 
 /// Deterministic values in [-1, 1).
 pub fn values(seed: u64, len: usize) -> Vec<f32> {
@@ -31,12 +31,12 @@ pub async fn zeros(gpu: &Gpu, len: usize) -> wgpu::Buffer {
     gpu.zeroed_buffer("test output", (len * 4) as u64).await.unwrap()
 }
 
-pub fn encoder(gpu: &Gpu) -> wgpu::CommandEncoder {
-    gpu.device.create_command_encoder(&Default::default())
+pub fn encoder(gpu: &Gpu) -> Encoder {
+    gpu.encoder()
 }
 
-pub fn submit(gpu: &Gpu, encoder: wgpu::CommandEncoder) {
-    gpu.queue.submit([encoder.finish()]);
+pub fn submit(gpu: &Gpu, encoder: Encoder) {
+    gpu.submit(encoder);
 }
 
 pub async fn read_u32(gpu: &Gpu, buffer: &wgpu::Buffer, len: usize) -> Vec<u32> {
