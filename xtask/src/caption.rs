@@ -28,9 +28,13 @@
 //! then again following the reference's ids (teacher forcing), its logits compared with the
 //! reference's at every step. It prints one JSON object (`free_running_agreement`, `steps`,
 //! `teacher_forced`: `tolerance`, `largest_deviation`, `top1_agreement`, `near_ties`,
-//! `failed_steps`; and `noise_floor`: the same deviation and agreement of the reference against
-//! itself with its prompt embeddings rounded once more, [`Reference::perturbed_follow`], which is
-//! what any implementation that rounds differently can be held to) and fails when a step fails.
+//! `steps_outside_tolerance`; and `noise_floor`: the same deviation and agreement of the
+//! reference against itself with its prompt embeddings rounded once more,
+//! [`Reference::perturbed_follow`]). The noise floor is the bar: a quantized model turns a
+//! one-ULP difference before a layer into a different integer, so no implementation that rounds
+//! its float kernels differently from candle can stay closer to the reference than the reference
+//! stays to itself. It fails when the engine's largest deviation exceeds
+//! [`NOISE_FLOOR_FACTOR`] times the noise floor's.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -47,6 +51,10 @@ use pocketvlm_runtime::parity::compare_step;
 use pocketvlm_runtime::{DeviceOptions, Gpu};
 
 pub const DEFAULT_PROMPT: &str = "Can you describe this image?";
+
+/// How far beyond the reference's own noise floor `--parity` lets the engine's largest
+/// teacher-forced deviation go.
+pub const NOISE_FLOOR_FACTOR: f32 = 2.0;
 
 /// The `device` of the CPU path.
 const CPU_DEVICE: &str = "cpu-reference";
@@ -82,10 +90,12 @@ pub struct Args {
     #[arg(long, requires = "cpu")]
     plain_cache: bool,
     /// Run the GPU engine and the CPU reference and compare them step by step (see the module's
-    /// documentation); fails when a teacher-forced step is outside `--tolerance`.
+    /// documentation); fails when the engine strays further than twice the reference's own noise
+    /// floor.
     #[arg(long, conflicts_with = "cpu")]
     parity: bool,
-    /// Relative tolerance on the logits for `--parity` (absolute below 1).
+    /// Relative tolerance on the logits for `--parity`'s count of steps outside it (absolute
+    /// below 1).
     #[arg(long, default_value_t = 0.05, requires = "parity")]
     tolerance: f32,
 }
@@ -180,9 +190,12 @@ pub fn run(args: Args) -> Result<()> {
     if args.parity {
         let report = pollster::block_on(parity(&args.model, request, args.tolerance))?;
         println!("{report:#}");
-        let failed = report["teacher_forced"]["failed_steps"].as_array().map_or(0, Vec::len);
-        if failed > 0 {
-            bail!("{failed} teacher-forced steps are outside the tolerance {}", args.tolerance);
+        let deviation = |key: &str| report[key]["largest_deviation"].as_f64().unwrap_or(f64::INFINITY);
+        let (engine, floor) = (deviation("teacher_forced"), deviation("noise_floor"));
+        if engine > f64::from(NOISE_FLOOR_FACTOR) * floor {
+            bail!(
+                "the engine deviates by {engine:.3e}, beyond {NOISE_FLOOR_FACTOR} × the noise floor {floor:.3e}"
+            );
         }
         return Ok(());
     }
@@ -283,7 +296,7 @@ async fn parity(model: &Path, request: Request, tolerance: f32) -> Result<serde_
             (deviation, got[0].0 == want[0].0)
         })
         .collect();
-    let failed: Vec<serde_json::Value> = steps
+    let outside: Vec<serde_json::Value> = steps
         .iter()
         .enumerate()
         .filter(|(_, s)| !s.passes(tolerance))
@@ -304,7 +317,7 @@ async fn parity(model: &Path, request: Request, tolerance: f32) -> Result<serde_
             "largest_deviation": steps.iter().map(|s| s.deviation).fold(0f32, f32::max),
             "top1_agreement": steps.iter().filter(|s| s.got_id == s.expected_id).count(),
             "near_ties": steps.iter().filter(|s| s.near_tie).count(),
-            "failed_steps": failed,
+            "steps_outside_tolerance": outside,
         },
     }))
 }
