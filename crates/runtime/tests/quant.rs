@@ -2,7 +2,8 @@
 //! bit: online rotations of every size and construction the compressor emits, per-token INT8 /
 //! INT4 activation integers and scales, and whole quantized layers (INT8 and INT4 weights,
 //! per-channel and 64 / 128-column groups, f32 and f16 scales, bias, odd widths with padded
-//! words, row passes and weight chunks split across small bindings).
+//! words, row passes and weight chunks split across small bindings), and layers sharing one
+//! quantized input.
 //! Runs natively (`cargo test`, e.g. on Vulkan lavapipe) and in the browser (wasm-bindgen-test).
 
 mod common;
@@ -144,8 +145,10 @@ struct LayerCase {
     rotate: bool,
 }
 
-async fn layer_case(gpu: &Gpu, rows: usize, c: LayerCase, seed: u64) {
-    let LayerCase { out, cols, weight_bits, act_bits, group, f16_scales, bias, rotate } = c;
+/// The GPU layer of case `c` with random integers and scales from `seed` (rotated online with
+/// signs from `rotation_seed`), and its CPU reference.
+async fn build_layer(gpu: &Gpu, c: &LayerCase, seed: u64, rotation_seed: u32) -> (Linear, QuantLinear) {
+    let &LayerCase { out, cols, weight_bits, act_bits, group, f16_scales, bias, rotate } = c;
     let qmax = weight_bits.qmax() as f32;
     let ints: Vec<i8> = values(seed, out * cols).iter().map(|v| (v * qmax).round() as i8).collect();
     let groups = cols / group.unwrap_or(cols);
@@ -155,15 +158,13 @@ async fn layer_case(gpu: &Gpu, rows: usize, c: LayerCase, seed: u64) {
     }
     let b = bias.then(|| values(seed + 2, out));
     let online = if rotate {
-        vec![Rotation::new(cols, Construction::Kronecker, Some(seed as u32)).unwrap()]
+        vec![Rotation::new(cols, Construction::Kronecker, Some(rotation_seed)).unwrap()]
     } else {
         vec![]
     };
     let weights = QuantWeights::new(weight_bits, out, cols, group, ints.clone(), scales.clone()).unwrap();
     let act = ActivationQuant::new(act_bits, if act_bits == Bits::Int4 { 0.9 } else { 1.0 }).unwrap();
     let reference = QuantLinear::new(weights, act, online.clone(), b.clone()).unwrap();
-    let x = activations(seed + 3, rows, cols);
-    let want = reference.forward(&x).unwrap();
 
     let encoding = if weight_bits == Bits::Int4 { Encoding::I4 } else { Encoding::I8 };
     let packed = pack(weight_bits, &ints, cols).unwrap();
@@ -189,6 +190,14 @@ async fn layer_case(gpu: &Gpu, rows: usize, c: LayerCase, seed: u64) {
         online: tables,
         bias: bias_tensor,
     })));
+    (layer, reference)
+}
+
+async fn layer_case(gpu: &Gpu, rows: usize, c: LayerCase, seed: u64) {
+    let (layer, reference) = build_layer(gpu, &c, seed, seed as u32).await;
+    let LayerCase { out, cols, weight_bits, act_bits, group, f16_scales, bias, rotate } = c;
+    let x = activations(seed + 3, rows, cols);
+    let want = reference.forward(&x).unwrap();
     let xb = upload(gpu, &x).await;
     let yb = zeros(gpu, rows * out).await;
     let mut enc = encoder(gpu);
@@ -201,6 +210,48 @@ async fn layer_case(gpu: &Gpu, rows: usize, c: LayerCase, seed: u64) {
         act_bits.bits()
     );
     assert_bits(&what, &got, &want);
+}
+
+/// Layers reading one input (q/k/v, gate/up) through `linear::forward_shared`: with the same
+/// input steps the input is transformed and quantized once (fewer dispatches than one by one),
+/// with other rotations each layer quantizes its own; every output bit-identical to its
+/// reference either way.
+async fn check_shared_input(gpu: &Gpu) {
+    let (rows, cols) = (5, 64);
+    for rotation_seeds in [[7, 7, 7], [7, 8, 7]] {
+        let mut layers = Vec::new();
+        for (i, (&out, &rs)) in [24, 8, 8].iter().zip(&rotation_seeds).enumerate() {
+            let c = LayerCase { rotate: true, bias: i == 0, ..case(out, cols, Bits::Int4, Bits::Int8) };
+            layers.push((build_layer(gpu, &c, 300 + 10 * i as u64, rs).await, out));
+        }
+        let x = activations(299, rows, cols);
+        let xb = upload(gpu, &x).await;
+        let mut ys = Vec::new();
+        for (_, out) in &layers {
+            ys.push(zeros(gpu, rows * out).await);
+        }
+        let pairs: Vec<(&Linear, &wgpu::Buffer)> = layers.iter().map(|((l, _), _)| l).zip(&ys).collect();
+        let mut enc = encoder(gpu);
+        linear::forward_shared(gpu, &mut enc, &mut Scratch::default(), rows, &xb, &pairs).await.unwrap();
+        let shared_dispatches = enc.dispatches();
+        submit(gpu, enc);
+        let mut enc = encoder(gpu);
+        for (layer, y) in &pairs {
+            layer.forward(gpu, &mut enc, &mut Scratch::default(), rows, &xb, y).await.unwrap();
+        }
+        let separate_dispatches = enc.dispatches();
+        drop(enc);
+        let shared = rotation_seeds.iter().all(|&s| s == rotation_seeds[0]);
+        assert_eq!(shared, shared_dispatches < separate_dispatches, "{rotation_seeds:?}");
+        for (((_, reference), out), y) in layers.iter().zip(&ys) {
+            let got = gpu.read_f32(y, rows * out).await.unwrap();
+            assert_bits(
+                &format!("shared input {rotation_seeds:?}, {out} outputs"),
+                &got,
+                &reference.forward(&x).unwrap(),
+            );
+        }
+    }
 }
 
 fn case(out: usize, cols: usize, w: Bits, a: Bits) -> LayerCase {
@@ -292,6 +343,7 @@ fn quant_kernels_match_reference() {
     pollster::block_on(check_rotations(&gpu));
     pollster::block_on(check_quantize(&gpu));
     pollster::block_on(check_layers(&gpu));
+    pollster::block_on(check_shared_input(&gpu));
     pollster::block_on(check_unsupported(&gpu));
 }
 
@@ -308,6 +360,7 @@ async fn quant_kernels_match_reference_in_browser() {
     check_rotations(&gpu).await;
     check_quantize(&gpu).await;
     check_layers(&gpu).await;
+    check_shared_input(&gpu).await;
     check_unsupported(&gpu).await;
 }
 

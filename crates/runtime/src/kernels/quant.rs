@@ -62,6 +62,8 @@ const _: () = assert!(std::mem::size_of::<RotateParams>() == 32);
 pub struct RotationTable {
     params: RotateParams,
     table: wgpu::Buffer,
+    /// What determines the transform: construction, factors and sign seed.
+    key: (Construction, usize, usize, Option<u32>),
 }
 
 impl RotationTable {
@@ -95,7 +97,12 @@ impl RotationTable {
             scale: rotation.scale_f32(),
             has_core: u32::from(core.is_some()),
         };
-        Ok(Self { params, table })
+        Ok(Self { params, table, key: (rotation.construction(), m, p, rotation.seed()) })
+    }
+
+    /// Whether `other` applies the same transform (same construction, factors and signs).
+    pub fn same_transform(&self, other: &RotationTable) -> bool {
+        self.key == other.key
     }
 
     /// The rotation's size.

@@ -105,6 +105,46 @@ impl Linear {
     }
 }
 
+/// Record `yᵢ = x Wᵢᵀ (+ bᵢ)` for layers that read the same input (q/k/v, gate/up), each
+/// `(layer, yᵢ)` over `rows` rows of `x`. When every layer is one quantized matrix with the same
+/// input steps (online transforms, activation quantization, width), `x` is rotated and quantized
+/// once and each layer only multiplies — the integers are the same, so is every output; otherwise
+/// the layers run one by one.
+pub async fn forward_shared(
+    gpu: &Gpu,
+    encoder: &mut Encoder,
+    scratch: &mut Scratch,
+    rows: usize,
+    x: &wgpu::Buffer,
+    layers: &[(&Linear, &wgpu::Buffer)],
+) -> Result<()> {
+    let quantized: Vec<&QuantLinear> = layers
+        .iter()
+        .filter_map(|(l, _)| match l {
+            Linear { down: None, up: Matrix::Quant(q) } => Some(&**q),
+            _ => None,
+        })
+        .collect();
+    let shared = quantized.len() == layers.len() && quantized.windows(2).all(|w| w[0].same_input_steps(w[1]));
+    if !shared || quantized.len() < 2 {
+        for (layer, y) in layers {
+            layer.forward(gpu, encoder, scratch, rows, x, y).await?;
+        }
+        return Ok(());
+    }
+    let first = quantized[0];
+    let widest = quantized.iter().map(|q| q.weights.out()).max().unwrap_or(0);
+    let chunk = first.row_chunk(gpu, rows, widest)?;
+    for (r0, mr) in chunks(rows, chunk) {
+        let (words, scales) = first.quantize_input(gpu, encoder, scratch, (x, r0), mr).await?;
+        let a = QuantizedRows { words: &words, scales: &scales, tokens: mr, stride: first.input_words() };
+        for (q, (_, y)) in quantized.iter().zip(layers) {
+            q.product(gpu, encoder, &a, (y, (r0 * q.weights.out() * 4) as u64)).await?;
+        }
+    }
+    Ok(())
+}
+
 impl Matrix {
     /// The matrix whose weight is tensor `weight` (quantized when the manifest's `quantization`
     /// section lists it), with the f32 bias `bias` if given.
@@ -204,35 +244,74 @@ impl QuantLinear {
         x: &wgpu::Buffer,
         y: &wgpu::Buffer,
     ) -> Result<()> {
-        let (out, cols) = (self.weights.out(), self.weights.cols());
-        let aw = activation_words(cols);
-        let (x_row, y_row) = ((cols * 4) as u64, (out * 4) as u64);
-        let what = format!("a quantized layer's [{rows}, {cols}] input and [{rows}, {out}] output");
-        let chunk = rows_per_chunk(gpu, &what, rows, &[x_row, y_row, (aw * 4) as u64])?;
-        for (r0, mr) in chunks(rows, chunk) {
-            let x_offset = r0 as u64 * x_row;
-            let input = if self.online.is_empty() {
-                (x.clone(), x_offset)
-            } else {
-                let bytes = mr as u64 * x_row;
-                let mut rotated = scratch.bytes(gpu, "rotated activations", bytes).await?;
-                let mut other = scratch.bytes(gpu, "rotated activations (second)", bytes).await?;
-                encoder.copy_buffer_to_buffer(x, x_offset, &rotated, 0, bytes);
-                for r in &self.online {
-                    Rotate.encode(gpu, encoder, r, &rotated, &other, mr).await?;
-                    std::mem::swap(&mut rotated, &mut other);
-                }
-                (rotated, 0)
-            };
-            let words = scratch.bytes(gpu, "activation integers", (mr * aw * 4) as u64).await?;
-            let scales = scratch.bytes(gpu, "activation scales", (mr * 4) as u64).await?;
-            Quantize
-                .encode(gpu, encoder, &self.activation, (&input.0, input.1), mr, cols, &words, &scales)
-                .await?;
-            let a = QuantizedRows { words: &words, scales: &scales, tokens: mr, stride: aw };
-            self.product(gpu, encoder, &a, (y, r0 as u64 * y_row)).await?;
+        let out = self.weights.out();
+        for (r0, mr) in chunks(rows, self.row_chunk(gpu, rows, out)?) {
+            let (words, scales) = self.quantize_input(gpu, encoder, scratch, (x, r0), mr).await?;
+            let a = QuantizedRows { words: &words, scales: &scales, tokens: mr, stride: self.input_words() };
+            self.product(gpu, encoder, &a, (y, (r0 * out * 4) as u64)).await?;
         }
         Ok(())
+    }
+
+    /// Whether `other` transforms and quantizes its input exactly as this layer does.
+    fn same_input_steps(&self, other: &QuantLinear) -> bool {
+        self.activation == other.activation
+            && self.weights.cols() == other.weights.cols()
+            && self.online.len() == other.online.len()
+            && self.online.iter().zip(&other.online).all(|(a, b)| a.same_transform(b))
+    }
+
+    /// Words per row of the quantized input.
+    fn input_words(&self) -> usize {
+        activation_words(self.weights.cols())
+    }
+
+    /// Rows per pass such that the input, an output `out` wide and the activation integers each
+    /// fit one binding.
+    fn row_chunk(&self, gpu: &Gpu, rows: usize, out: usize) -> Result<usize> {
+        let cols = self.weights.cols();
+        let what = format!("a quantized layer's [{rows}, {cols}] input and [{rows}, {out}] output");
+        rows_per_chunk(
+            gpu,
+            &what,
+            rows,
+            &[(cols * 4) as u64, (out * 4) as u64, (self.input_words() * 4) as u64],
+        )
+    }
+
+    /// Steps 1–5 for rows `x.1 .. x.1 + rows` of `x`: the online transforms, then the integers
+    /// and scales (scratch buffers, returned).
+    async fn quantize_input(
+        &self,
+        gpu: &Gpu,
+        encoder: &mut Encoder,
+        scratch: &mut Scratch,
+        x: (&wgpu::Buffer, usize),
+        rows: usize,
+    ) -> Result<(wgpu::Buffer, wgpu::Buffer)> {
+        let cols = self.weights.cols();
+        let x_row = (cols * 4) as u64;
+        let x_offset = x.1 as u64 * x_row;
+        let input = if self.online.is_empty() {
+            (x.0.clone(), x_offset)
+        } else {
+            let bytes = rows as u64 * x_row;
+            let mut rotated = scratch.bytes(gpu, "rotated activations", bytes).await?;
+            let mut other = scratch.bytes(gpu, "rotated activations (second)", bytes).await?;
+            encoder.copy_buffer_to_buffer(x.0, x_offset, &rotated, 0, bytes);
+            for r in &self.online {
+                Rotate.encode(gpu, encoder, r, &rotated, &other, rows).await?;
+                std::mem::swap(&mut rotated, &mut other);
+            }
+            (rotated, 0)
+        };
+        let aw = self.input_words();
+        let words = scratch.bytes(gpu, "activation integers", (rows * aw * 4) as u64).await?;
+        let scales = scratch.bytes(gpu, "activation scales", (rows * 4) as u64).await?;
+        Quantize
+            .encode(gpu, encoder, &self.activation, (&input.0, input.1), rows, cols, &words, &scales)
+            .await?;
+        Ok((words, scales))
     }
 
     /// Steps 2–5 for `rows` rows of `x` (a layer without online transforms, such as the ups of

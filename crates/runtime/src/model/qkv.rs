@@ -9,7 +9,7 @@
 
 use pocketvlm_format::compression::qkv_factor_names;
 
-use super::linear::{Linear, Matrix, QuantLinear};
+use super::linear::{Linear, Matrix, QuantLinear, forward_shared};
 use super::scratch::Scratch;
 use super::weights::WeightLoader;
 use crate::device::Gpu;
@@ -73,10 +73,8 @@ impl Qkv {
     ) -> Result<()> {
         match self {
             Qkv::Separate { q, k, v } => {
-                for (linear, y) in [q, k, v].into_iter().zip(outs) {
-                    linear.forward(gpu, encoder, scratch, rows, x, y).await?;
-                }
-                Ok(())
+                let layers = [(q, outs[0]), (k, outs[1]), (v, outs[2])];
+                forward_shared(gpu, encoder, scratch, rows, x, &layers).await
             }
             Qkv::Joint(j) => {
                 let c = scratch.f32(gpu, "qkv latent", rows * j.rank()).await?;

@@ -11,7 +11,7 @@
 use pocketvlm_format::ModelConfig;
 
 use super::kv_cache::{KvCache, LayerCache};
-use super::linear::{Embedding, Linear, Matrix};
+use super::linear::{Embedding, Linear, Matrix, forward_shared};
 use super::qkv::{Qkv, Ups};
 use super::scratch::Scratch;
 use super::weights::WeightLoader;
@@ -133,8 +133,7 @@ pub async fn forward(
         Add.encode(gpu, encoder, tokens * d, tokens * d, &x, &out).await?;
 
         rms.encode(gpu, encoder, rows, &x, &l.post_norm.buffer, &normed).await?;
-        l.gate.forward(gpu, encoder, scratch, tokens, &normed, &gate).await?;
-        l.up.forward(gpu, encoder, scratch, tokens, &normed, &up).await?;
+        forward_shared(gpu, encoder, scratch, tokens, &normed, &[(&l.gate, &gate), (&l.up, &up)]).await?;
         SiluMul.encode(gpu, encoder, tokens * inter, &gate, &up, &act).await?;
         l.down.forward(gpu, encoder, scratch, tokens, &act, &out).await?;
         Add.encode(gpu, encoder, tokens * d, tokens * d, &x, &out).await?;
