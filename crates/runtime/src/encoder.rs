@@ -8,6 +8,7 @@
 //! them per decode token.
 
 use crate::device::Gpu;
+use crate::pipelines::Pipeline;
 
 /// Bytes of one uniform arena chunk.
 const CHUNK_BYTES: usize = 64 * 1024;
@@ -33,7 +34,7 @@ impl Encoder {
     pub fn dispatch(
         &mut self,
         gpu: &Gpu,
-        pipeline: &wgpu::ComputePipeline,
+        pipeline: &Pipeline,
         label: &str,
         params: &[u8],
         resources: Vec<wgpu::BindingResource<'_>>,
@@ -46,17 +47,16 @@ impl Encoder {
         for (i, resource) in resources.into_iter().enumerate() {
             entries.push(wgpu::BindGroupEntry { binding: i as u32 + 1, resource });
         }
-        let layout = pipeline.get_bind_group_layout(0);
         let bind_group = gpu.device.create_bind_group(&wgpu::BindGroupDescriptor {
             label: Some(label),
-            layout: &layout,
+            layout: &pipeline.layout,
             entries: &entries,
         });
         let pass = self.pass.get_or_insert_with(|| {
             let desc = wgpu::ComputePassDescriptor { label: Some("pocketvlm"), timestamp_writes: None };
             self.encoder.begin_compute_pass(&desc).forget_lifetime()
         });
-        pass.set_pipeline(pipeline);
+        pass.set_pipeline(&pipeline.pipeline);
         pass.set_bind_group(0, &bind_group, &[]);
         pass.dispatch_workgroups(workgroups.0, workgroups.1, workgroups.2);
         self.dispatches += 1;

@@ -1,4 +1,5 @@
-//! Compute pipelines, compiled once per (shader, defines) and cached.
+//! Compute pipelines, compiled once per (shader, defines) and cached with their bind group
+//! layout (asking a pipeline for its layout is a call into the browser per dispatch otherwise).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -9,21 +10,22 @@ use crate::shader::{Defines, preprocess, source};
 
 type Key = (&'static str, Defines);
 
+/// A compiled kernel variant and the layout of its bind group 0.
+pub struct Pipeline {
+    pub pipeline: wgpu::ComputePipeline,
+    pub layout: wgpu::BindGroupLayout,
+}
+
 /// Cache of compiled pipelines keyed by shader name and defines.
 #[derive(Default)]
 pub struct Pipelines {
-    cache: Mutex<HashMap<Key, Arc<wgpu::ComputePipeline>>>,
+    cache: Mutex<HashMap<Key, Arc<Pipeline>>>,
 }
 
 impl Pipelines {
     /// The pipeline for `shader` with `defines`, compiling it on first use. Compilation errors
     /// are returned as [`RuntimeError::Shader`].
-    pub async fn get(
-        &self,
-        gpu: &Gpu,
-        shader: &'static str,
-        defines: &Defines,
-    ) -> Result<Arc<wgpu::ComputePipeline>> {
+    pub async fn get(&self, gpu: &Gpu, shader: &'static str, defines: &Defines) -> Result<Arc<Pipeline>> {
         let key = (shader, defines.clone());
         if let Some(p) = self.cache.lock().map_err(|_| poisoned())?.get(&key) {
             return Ok(p.clone());
@@ -46,7 +48,8 @@ impl Pipelines {
         if let Some(e) = scope.pop().await {
             return Err(RuntimeError::Shader { shader: shader.to_string(), message: e.to_string() });
         }
-        let pipeline = Arc::new(pipeline);
+        let layout = pipeline.get_bind_group_layout(0);
+        let pipeline = Arc::new(Pipeline { pipeline, layout });
         self.cache.lock().map_err(|_| poisoned())?.insert(key, pipeline.clone());
         Ok(pipeline)
     }

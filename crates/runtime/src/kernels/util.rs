@@ -5,6 +5,7 @@
 use crate::device::Gpu;
 use crate::encoder::Encoder;
 use crate::error::{Result, RuntimeError};
+use crate::pipelines::Pipeline;
 
 /// Threads per workgroup of the row-wise and elementwise kernels.
 pub const WORKGROUP: u32 = 256;
@@ -105,7 +106,7 @@ pub fn slice(buffer: &wgpu::Buffer, offset: u64, size: u64) -> wgpu::BindingReso
 pub fn dispatch(
     gpu: &Gpu,
     encoder: &mut Encoder,
-    pipeline: &wgpu::ComputePipeline,
+    pipeline: &Pipeline,
     label: &str,
     params: &[u8],
     resources: Vec<wgpu::BindingResource<'_>>,
