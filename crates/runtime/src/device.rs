@@ -56,6 +56,10 @@ pub struct Gpu {
     lost: Arc<Mutex<Option<String>>>,
     /// Bytes of storage buffers created so far (see [`Gpu::allocated_bytes`]).
     allocated: AtomicU64,
+    /// Uniform arena chunks of submitted encoders, for the next ones ([`crate::encoder`]).
+    pub(crate) arena: Mutex<Vec<wgpu::Buffer>>,
+    /// Kernel-internal scratch by role ([`Gpu::kernel_scratch`]).
+    kernel_scratch: Mutex<std::collections::HashMap<&'static str, wgpu::Buffer>>,
 }
 
 fn instance() -> wgpu::Instance {
@@ -129,6 +133,8 @@ impl Gpu {
             pipelines: Pipelines::default(),
             lost,
             allocated: AtomicU64::new(0),
+            arena: Mutex::new(Vec::new()),
+            kernel_scratch: Mutex::default(),
         })
     }
 
@@ -146,6 +152,28 @@ impl Gpu {
     /// what it holds at once (every buffer a recorded pass uses lives until the pass completes).
     pub fn allocated_bytes(&self) -> u64 {
         self.allocated.load(Ordering::Relaxed)
+    }
+
+    /// A storage buffer of at least `bytes` bytes that a kernel uses internally for `role` and
+    /// initializes before reading on every call (e.g. attention's running softmax state between
+    /// key passes): one per role for the device, grown on demand, so repeated calls (every layer of
+    /// every decode step) allocate nothing and bind the same buffer. Calls run in submission
+    /// order, so sharing it between them is safe.
+    pub fn kernel_scratch(&self, role: &'static str, bytes: u64) -> wgpu::Buffer {
+        let bytes = bytes.next_multiple_of(4).max(16);
+        let mut held = self.kernel_scratch.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(b) = held.get(role).filter(|b| b.size() >= bytes) {
+            return b.clone();
+        }
+        let buffer = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(role),
+            size: bytes,
+            usage: wgpu::BufferUsages::STORAGE,
+            mapped_at_creation: false,
+        });
+        self.count_allocation(bytes);
+        held.insert(role, buffer.clone());
+        buffer
     }
 
     /// Count a storage buffer created directly on [`Gpu::device`].

@@ -3,15 +3,40 @@
 //! An [`Encoder`] wraps a command encoder. Every dispatch's parameters go into a uniform arena
 //! instead of a buffer each: slots at the device's uniform offset alignment in 64 KiB chunks,
 //! each chunk written to the GPU with one `write_buffer` when the encoder is submitted (queue
-//! writes take effect before the command buffers submitted after them). Consecutive dispatches
-//! share one compute pass (a copy ends it), and dispatches are counted, so the bench can report
-//! them per decode token.
+//! writes take effect after the work submitted before them and before the work submitted after
+//! them). Submitted chunks go back to the device's pool in order, so the next encoder lays out its
+//! parameters in the same chunks at the same offsets. Consecutive dispatches share one compute
+//! pass (a copy ends it), and dispatches are counted, so the bench can report them per decode token.
+//!
+//! An encoder made with [`Gpu::encoder_reusing`] looks its bind groups up in a [`BindGroups`]
+//! cache first: a generation's decode steps record the same dispatches over the same persistent
+//! buffers and arena slots each step, so after the first step they build no bind group (in the
+//! browser, building one is a JS call with an object per entry).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use crate::device::Gpu;
 use crate::pipelines::Pipeline;
 
 /// Bytes of one uniform arena chunk.
 const CHUNK_BYTES: usize = 64 * 1024;
+
+/// Entries kept by a [`BindGroups`] cache before it starts over (a decode step whose bindings
+/// grow with the context adds one per step).
+const MAX_BIND_GROUPS: usize = 16 * 1024;
+
+/// What a bind group binds: the pipeline (its address in the pipeline cache, which never drops
+/// one) and each binding's buffer, offset and size, the uniform slot first.
+type BindKey = (usize, Vec<(wgpu::Buffer, u64, Option<wgpu::BufferSize>)>);
+
+/// Bind groups by what they bind, shared by the encoders of one generation.
+#[derive(Default)]
+pub struct BindGroups {
+    groups: HashMap<BindKey, wgpu::BindGroup>,
+    /// Dispatches that found their bind group here.
+    pub hits: usize,
+}
 
 /// A command encoder with its uniform arena and an open compute pass. Make one with
 /// [`Gpu::encoder`], submit it with [`Gpu::submit`].
@@ -21,12 +46,13 @@ pub struct Encoder {
     /// Arena chunks and the bytes staged for each.
     chunks: Vec<(wgpu::Buffer, Vec<u8>)>,
     dispatches: usize,
+    bind_groups: Option<Arc<Mutex<BindGroups>>>,
 }
 
 impl Encoder {
-    pub(crate) fn new(gpu: &Gpu) -> Self {
+    fn new(gpu: &Gpu, bind_groups: Option<Arc<Mutex<BindGroups>>>) -> Self {
         let encoder = gpu.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None });
-        Self { pass: None, encoder, chunks: Vec::new(), dispatches: 0 }
+        Self { pass: None, encoder, chunks: Vec::new(), dispatches: 0, bind_groups }
     }
 
     /// Record one dispatch of `pipeline`: `params` as the uniform at binding 0 and `resources` at
@@ -47,11 +73,32 @@ impl Encoder {
         for (i, resource) in resources.into_iter().enumerate() {
             entries.push(wgpu::BindGroupEntry { binding: i as u32 + 1, resource });
         }
-        let bind_group = gpu.device.create_bind_group(&wgpu::BindGroupDescriptor {
-            label: Some(label),
-            layout: &pipeline.layout,
-            entries: &entries,
-        });
+        let build = || {
+            gpu.device.create_bind_group(&wgpu::BindGroupDescriptor {
+                label: Some(label),
+                layout: &pipeline.layout,
+                entries: &entries,
+            })
+        };
+        let bind_group = match self.bind_groups.as_ref().and_then(|c| c.lock().ok()) {
+            Some(mut cache) => match bind_key(pipeline, &entries) {
+                Some(key) => {
+                    if let Some(group) = cache.groups.get(&key).cloned() {
+                        cache.hits += 1;
+                        group
+                    } else {
+                        if cache.groups.len() >= MAX_BIND_GROUPS {
+                            cache.groups.clear();
+                        }
+                        let group = build();
+                        cache.groups.insert(key, group.clone());
+                        group
+                    }
+                }
+                None => build(),
+            },
+            None => build(),
+        };
         let pass = self.pass.get_or_insert_with(|| {
             let desc = wgpu::ComputePassDescriptor { label: Some("pocketvlm"), timestamp_writes: None };
             self.encoder.begin_compute_pass(&desc).forget_lifetime()
@@ -86,11 +133,14 @@ impl Encoder {
         let len = params.len().max(4).next_multiple_of(4);
         let fits = |data: &Vec<u8>| data.len().next_multiple_of(align) + len <= CHUNK_BYTES;
         if !self.chunks.last().is_some_and(|(_, data)| fits(data)) {
-            let buffer = gpu.device.create_buffer(&wgpu::BufferDescriptor {
-                label: Some("uniform arena"),
-                size: CHUNK_BYTES as u64,
-                usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
-                mapped_at_creation: false,
+            let pooled = gpu.arena.lock().ok().and_then(|mut pool| pool.pop());
+            let buffer = pooled.unwrap_or_else(|| {
+                gpu.device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some("uniform arena"),
+                    size: CHUNK_BYTES as u64,
+                    usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+                    mapped_at_creation: false,
+                })
             });
             self.chunks.push((buffer, Vec::with_capacity(CHUNK_BYTES)));
         }
@@ -101,26 +151,40 @@ impl Encoder {
         data.resize(offset + len, 0);
         (buffer.clone(), offset as u64)
     }
+}
 
-    /// End the pass, write the arena and finish the command buffer.
-    fn finish(mut self, gpu: &Gpu) -> wgpu::CommandBuffer {
-        self.pass = None;
-        for (buffer, data) in &self.chunks {
-            gpu.queue.write_buffer(buffer, 0, data);
-        }
-        self.encoder.finish()
-    }
+/// The cache key of a bind group whose entries are all buffer bindings.
+fn bind_key(pipeline: &Pipeline, entries: &[wgpu::BindGroupEntry<'_>]) -> Option<BindKey> {
+    let bindings = entries
+        .iter()
+        .map(|e| match &e.resource {
+            wgpu::BindingResource::Buffer(b) => Some((b.buffer.clone(), b.offset, b.size)),
+            _ => None,
+        })
+        .collect::<Option<Vec<_>>>()?;
+    Some((std::ptr::from_ref(pipeline) as usize, bindings))
 }
 
 impl Gpu {
     /// A new [`Encoder`].
     pub fn encoder(&self) -> Encoder {
-        Encoder::new(self)
+        Encoder::new(self, None)
     }
 
-    /// Submit `encoder`'s work (its uniform arena written first).
-    pub fn submit(&self, encoder: Encoder) {
-        let commands = encoder.finish(self);
-        self.queue.submit([commands]);
+    /// A new [`Encoder`] that reuses the bind groups in `cache` (see the module documentation).
+    pub fn encoder_reusing(&self, cache: &Arc<Mutex<BindGroups>>) -> Encoder {
+        Encoder::new(self, Some(cache.clone()))
+    }
+
+    /// Submit `encoder`'s work, its uniform arena written first; its chunks go back to the pool.
+    pub fn submit(&self, mut encoder: Encoder) {
+        encoder.pass = None;
+        for (buffer, data) in &encoder.chunks {
+            self.queue.write_buffer(buffer, 0, data);
+        }
+        self.queue.submit([encoder.encoder.finish()]);
+        if let Ok(mut pool) = self.arena.lock() {
+            pool.extend(encoder.chunks.into_iter().rev().map(|(buffer, _)| buffer));
+        }
     }
 }

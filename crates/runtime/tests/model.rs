@@ -238,6 +238,34 @@ fn low_rank_tiny_models_match_the_cpu_reference() {
     });
 }
 
+/// Decode steps after the first allocate no GPU memory and record over the same buffers, so they
+/// reuse the bind groups the earlier steps built (all but those whose bindings grow with the
+/// context).
+#[test]
+fn decode_steps_allocate_nothing_and_reuse_bind_groups() {
+    pollster::block_on(async {
+        let engine = load(&fixtures().join("tiny"), DeviceOptions::default()).await;
+        let (gpu, model) = (&engine.gpu, &engine.model);
+        let prompt = [1u32, 11126, 42, 1812];
+        let steps = 12;
+        let mut generator =
+            Generator::start(gpu, model, &prompt, None, steps, SamplingOptions::default()).await.unwrap();
+        for _ in 0..2 {
+            generator.next_token(gpu, model).await.unwrap();
+        }
+        let before = gpu.allocated_bytes();
+        let first = generator.decode_recording();
+        while generator.next_token(gpu, model).await.unwrap().is_some() {}
+        assert_eq!(gpu.allocated_bytes(), before, "decode steps allocated storage");
+        let all = generator.decode_recording();
+        let later = all.dispatches - first.dispatches;
+        let reused = all.reused_bind_groups - first.reused_bind_groups;
+        eprintln!("{reused} of {later} dispatches of later steps reused a bind group");
+        assert_eq!(all.steps, steps - 1);
+        assert!(reused * 10 >= later * 9, "{reused} of {later} dispatches reused a bind group");
+    });
+}
+
 #[test]
 fn memory_accounting_adds_up() {
     pollster::block_on(async {

@@ -355,13 +355,7 @@ impl Attention {
             _ => vd,
         };
         check_binding(gpu, "attention softmax state", ml_bytes)?;
-        let ml = gpu.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("attention softmax state"),
-            size: ml_bytes,
-            usage: wgpu::BufferUsages::STORAGE,
-            mapped_at_creation: false,
-        });
-        gpu.count_allocation(ml_bytes);
+        let ml = gpu.kernel_scratch("attention softmax state", ml_bytes);
         let groups = (groups_x as u32, heads as u32, batch as u32);
         for pass in 0..passes {
             let params = Params {

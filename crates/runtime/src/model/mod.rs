@@ -15,10 +15,12 @@ pub mod text;
 pub mod vision;
 pub mod weights;
 
+use std::sync::{Arc, Mutex};
+
 use pocketvlm_format::{ModelConfig, ModelData};
 
 use crate::device::{Gpu, now_ms};
-use crate::encoder::Encoder;
+use crate::encoder::{BindGroups, Encoder};
 use crate::error::{Result, RuntimeError};
 use crate::kernels::argmax::Argmax;
 use crate::kernels::embed::ImageFeatures;
@@ -168,6 +170,8 @@ pub struct Generator {
     scratch: Scratch,
     /// The id a decode step embeds (written before each step's submission).
     token: wgpu::Buffer,
+    /// The decode steps' bind groups (the same buffers every step).
+    bind_groups: Arc<Mutex<BindGroups>>,
     decode: DecodeRecording,
 }
 
@@ -182,6 +186,9 @@ pub struct DecodeRecording {
     pub dispatches: usize,
     /// Milliseconds spent recording them (building the command buffer, not running it).
     pub record_ms: f64,
+    /// Dispatches (of decode steps and their argmax) that reused a bind group built by an
+    /// earlier step.
+    pub reused_bind_groups: usize,
 }
 
 impl Generator {
@@ -313,6 +320,7 @@ impl Generator {
             finished: max_new_tokens == 0,
             scratch,
             token,
+            bind_groups: Arc::default(),
             decode: DecodeRecording::default(),
         })
     }
@@ -328,7 +336,7 @@ impl Generator {
             return Ok(None);
         }
         let vocab = model.config.text.vocab_size;
-        let mut encoder = gpu.encoder();
+        let mut encoder = gpu.encoder_reusing(&self.bind_groups);
         self.feed_last(gpu, model, &mut encoder).await?;
         let token = if self.options.is_greedy() {
             Argmax.encode(gpu, &mut encoder, 1, vocab, &self.logits, &self.argmax).await?;
@@ -355,7 +363,7 @@ impl Generator {
         if token as usize >= model.config.text.vocab_size {
             return Err(RuntimeError::Shape(format!("token id {token} is outside the vocabulary")));
         }
-        let mut encoder = gpu.encoder();
+        let mut encoder = gpu.encoder_reusing(&self.bind_groups);
         self.feed_last(gpu, model, &mut encoder).await?;
         gpu.submit(encoder);
         self.accept(model, token);
@@ -381,7 +389,8 @@ impl Generator {
 
     /// Host-side cost of the decode steps so far.
     pub fn decode_recording(&self) -> DecodeRecording {
-        self.decode
+        let reused_bind_groups = self.bind_groups.lock().map_or(0, |c| c.hits);
+        DecodeRecording { reused_bind_groups, ..self.decode }
     }
 
     /// Record `token` as generated; finish on an end-of-utterance token or at the limit.
