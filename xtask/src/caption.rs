@@ -47,7 +47,7 @@ use pocketvlm_processor::decode_image;
 use pocketvlm_runtime::engine::{Engine, Request, Timings, now_ms};
 use pocketvlm_runtime::model::MemoryUsage;
 use pocketvlm_runtime::model::sampling::top_k;
-use pocketvlm_runtime::parity::compare_step;
+use pocketvlm_runtime::parity::{relative_difference, teacher_forced};
 use pocketvlm_runtime::{DeviceOptions, Gpu};
 
 pub const DEFAULT_PROMPT: &str = "Can you describe this image?";
@@ -274,12 +274,7 @@ async fn parity(model: &Path, request: Request, tolerance: f32) -> Result<serde_
     }
     while free.next(&engine).await?.is_some() {}
     let agreement = free.generated().iter().zip(expected).take_while(|(g, e)| g == e).count();
-    let mut forced = engine.start(request).await?;
-    let mut steps = Vec::new();
-    for (&id, top) in expected.iter().zip(&run.step_top) {
-        forced.force(&engine, id).await?;
-        steps.push(compare_step(&forced.logits(&engine).await?, top, id, tolerance));
-    }
+    let steps = teacher_forced(&engine, request, expected, &run.step_top, tolerance).await?;
     // The reference against itself after one rounding of its prompt embeddings: how far any
     // implementation that rounds differently can be expected to land.
     let floor_tops = reference.perturbed_follow(&messages, image.as_ref(), split, expected)?;
@@ -289,9 +284,7 @@ async fn parity(model: &Path, request: Request, tolerance: f32) -> Result<serde_
         .map(|(got, want)| {
             let deviation = want
                 .iter()
-                .filter_map(|&(id, e)| {
-                    got.iter().find(|g| g.0 == id).map(|g| (g.1 - e).abs() / e.abs().max(1.0))
-                })
+                .filter_map(|&(id, e)| got.iter().find(|g| g.0 == id).map(|g| relative_difference(g.1, e)))
                 .fold(0f32, f32::max);
             (deviation, got[0].0 == want[0].0)
         })

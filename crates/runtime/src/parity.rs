@@ -11,6 +11,9 @@
 //!   within `2τ·max(|e₁|, 1)` of each other (a near tie the tolerance cannot separate; by the first
 //!   condition the engine's choice is then one of those two).
 
+use crate::engine::{Engine, Request};
+use crate::error::{Result, RuntimeError};
+
 /// What one step of a teacher-forced comparison found.
 #[derive(Clone, Debug, PartialEq)]
 pub struct StepParity {
@@ -33,6 +36,32 @@ impl StepParity {
     }
 }
 
+/// Follow `ids` (a reference's tokens) through `request` on `engine` (teacher forcing) and
+/// compare the engine's logits at each step with the reference's `tops` there (one list per id).
+pub async fn teacher_forced(
+    engine: &Engine,
+    request: Request,
+    ids: &[u32],
+    tops: &[Vec<(u32, f32)>],
+    tolerance: f32,
+) -> Result<Vec<StepParity>> {
+    if tops.len() != ids.len() {
+        return Err(RuntimeError::Shape(format!("{} top lists for {} ids", tops.len(), ids.len())));
+    }
+    let mut session = engine.start(request).await?;
+    let mut steps = Vec::with_capacity(ids.len());
+    for (&id, top) in ids.iter().zip(tops) {
+        session.force(engine, id).await?;
+        steps.push(compare_step(&session.logits(engine).await?, top, id, tolerance));
+    }
+    Ok(steps)
+}
+
+/// `|g − e| / max(|e|, 1)`: the relative difference the comparison uses, absolute below 1.
+pub fn relative_difference(g: f32, e: f32) -> f32 {
+    (g - e).abs() / e.abs().max(1.0)
+}
+
 /// Compare the engine's `logits` at one step with the reference's `expected_top` (`[id, logit]`,
 /// largest first, at least two) and its token `expected_id`.
 pub fn compare_step(
@@ -44,7 +73,7 @@ pub fn compare_step(
     let got_id = argmax(logits);
     let deviation = expected_top
         .iter()
-        .map(|&(id, e)| logits.get(id as usize).map_or(f32::INFINITY, |g| (g - e).abs() / e.abs().max(1.0)))
+        .map(|&(id, e)| logits.get(id as usize).map_or(f32::INFINITY, |&g| relative_difference(g, e)))
         .fold(0.0, f32::max);
     let (first, second) = match expected_top {
         [a, b, ..] => (a.1, b.1),

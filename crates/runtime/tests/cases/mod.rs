@@ -11,7 +11,7 @@
 use pocketvlm_processor::{Message, decode_image};
 use pocketvlm_runtime::engine::{Engine, Request, Session};
 use pocketvlm_runtime::model::sampling::{SamplingOptions, top_k};
-use pocketvlm_runtime::parity::compare_step;
+use pocketvlm_runtime::parity::teacher_forced;
 use serde_json::Value;
 
 /// Every case of the tiny fixture.
@@ -187,19 +187,15 @@ async fn check_teacher_forced(engine: &Engine, request: Request, exp: &Value, na
     let tops: Vec<Vec<(u32, f32)>> =
         serde_json::from_value(exp["step_top_logits"].clone()).expect("step_top_logits");
     assert_eq!(tops.len(), expected.len(), "{name}: one top list per generated id");
-    let mut session = engine.start(request).await.unwrap();
-    let (mut worst, mut near_ties) = (0f32, 0);
-    for (step, (&id, top)) in expected.iter().zip(&tops).enumerate() {
-        session.force(engine, id).await.unwrap();
-        let logits = session.logits(engine).await.unwrap();
-        let check = compare_step(&logits, top, id, tolerance);
+    let steps = teacher_forced(engine, request, &expected, &tops, tolerance).await.unwrap();
+    for (step, check) in steps.iter().enumerate() {
         assert!(
             check.passes(tolerance),
             "{name}: teacher-forced step {step}: {check:?} (tolerance {tolerance})"
         );
-        worst = worst.max(check.deviation);
-        near_ties += usize::from(check.near_tie);
     }
+    let worst = steps.iter().map(|s| s.deviation).fold(0f32, f32::max);
+    let near_ties = steps.iter().filter(|s| s.near_tie).count();
     println!(
         "{name}: teacher-forced over {} steps: largest relative deviation {worst:e}, {near_ties} near ties",
         expected.len()
