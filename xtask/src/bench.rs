@@ -18,6 +18,7 @@ use pocketvlm_compress::quant::QuantOptions;
 use pocketvlm_compress::{ConvertOptions, convert};
 use pocketvlm_format::dir;
 use pocketvlm_processor::decode_image;
+use pocketvlm_runtime::bench::kernels::{KERNEL_REPORT_PREFIX, KernelReport, REPEATS, measure_kernels};
 use pocketvlm_runtime::bench::{
     BenchConfig, BenchReport, CACHE_REPORT_PREFIX, CacheReport, REPORT_PREFIX, measure, measure_caches,
 };
@@ -25,6 +26,7 @@ use pocketvlm_runtime::engine::{Engine, Request, now_ms};
 use pocketvlm_runtime::{DeviceOptions, Gpu};
 
 use crate::caption::DEFAULT_PROMPT;
+use crate::peer::{self, PEER_PROMPT, PeerReport, PeerRun};
 use crate::serve::{Mount, Server};
 use crate::setup::{self, CHROMEDRIVER};
 use crate::util::{cargo, convert_tiny, human_bytes, root, run as sh};
@@ -60,6 +62,21 @@ pub struct Args {
     /// Decode steps timed at each context of `--caches`.
     #[arg(long, default_value_t = 16)]
     cache_steps: usize,
+    /// Time single kernels at the 256M model's shapes (G MAC/s) natively and in Chromium, instead
+    /// of generating with models.
+    #[arg(long, conflicts_with_all = ["model", "peer", "caches"])]
+    kernels: bool,
+    /// Also run transformers.js on this ONNX export of the same checkpoint (see
+    /// `../shared/peer/README.md`) in the same Chromium, and print both side by side. Needs
+    /// `--no-split` and the peer's prompt (the default).
+    #[arg(long)]
+    peer: Option<PathBuf>,
+    /// The peer harness (default: `../shared/peer` beside the project root).
+    #[arg(long)]
+    peer_dir: Option<PathBuf>,
+    /// transformers.js configurations to run, device:variant, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "webgpu:q4,wasm:q8")]
+    peer_runs: Vec<String>,
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -70,7 +87,13 @@ pub fn run(args: Args) -> Result<()> {
             .args(["run", "--quiet", "--release", "--package", "xtask", "--"])
             .args(std::env::args_os().skip(1)));
     }
-    let models = if args.model.is_empty() {
+    let peer_runs = match &args.peer {
+        Some(_) => check_peer_args(&args)?,
+        None => Vec::new(),
+    };
+    let models = if args.kernels {
+        Vec::new()
+    } else if args.model.is_empty() {
         vec![convert_tiny()?, quantize_tiny("w4a8")?]
     } else {
         args.model.clone()
@@ -86,6 +109,7 @@ pub fn run(args: Args) -> Result<()> {
         max_new_tokens: args.max_new_tokens,
         cache_contexts: args.caches.clone(),
         cache_steps: args.cache_steps,
+        kernels: args.kernels,
     };
     let image_bytes = std::fs::read(&image).with_context(|| format!("reading {}", image.display()))?;
 
@@ -97,27 +121,54 @@ pub fn run(args: Args) -> Result<()> {
         native.push(report);
         native_caches.extend(caches);
     }
-    let (chromium, chromium_caches) = if args.native_only {
-        (None, Vec::new())
+    let native_kernels = if args.kernels {
+        eprintln!("xtask bench: native kernels");
+        pollster::block_on(async { measure_kernels(&Gpu::new(&DeviceOptions::default()).await?).await })?
+    } else {
+        Vec::new()
+    };
+    let (chromium, chromium_caches, chromium_kernels) = if args.native_only {
+        (None, Vec::new(), Vec::new())
     } else {
         eprintln!("xtask bench: Chromium run");
-        let (reports, caches) = browser_run(&models, &image, &config)?;
-        (Some(reports), caches)
+        let browser = browser_run(&models, &image, &config)?;
+        (Some(browser.reports), browser.caches, browser.kernels)
+    };
+    let peers = match &args.peer {
+        Some(onnx) => peer::measure(
+            &peer::peer_dir(args.peer_dir.as_deref()),
+            onnx,
+            &image,
+            args.max_new_tokens,
+            &peer_runs,
+        )?,
+        None => Vec::new(),
     };
     if args.json {
+        let peers: Vec<_> = peers.iter().map(PeerReport::to_json).collect();
         let paths: Vec<String> = models.iter().map(|m| m.display().to_string()).collect();
         let json = serde_json::json!({
             "config": config, "models": paths, "native": native, "chromium": chromium,
             "caches": { "native": native_caches, "chromium": chromium_caches },
+            "peer": peers,
+            "kernels": { "native": native_kernels, "chromium": chromium_kernels },
         });
         println!("{json}");
     } else {
+        if args.kernels {
+            print_kernels(&native_kernels, (!args.native_only).then_some(&chromium_kernels[..]));
+        }
         for (i, model) in models.iter().enumerate() {
             print_table(model, &config, &native[i], chromium.as_ref().map(|c| &c[i]));
             println!();
         }
         if models.len() > 1 {
             print_comparison(&models, &native, chromium.as_deref());
+        }
+        if let Some(chromium) = &chromium
+            && !peers.is_empty()
+        {
+            print_peer(&models, chromium, &peers);
         }
         for (model, name) in models.iter().zip(&config.models) {
             for (side, reports) in [("native", &native_caches), ("Chromium", &chromium_caches)] {
@@ -126,6 +177,70 @@ pub fn run(args: Args) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The peer configurations to run; `Err` when the comparison would not be like for like.
+fn check_peer_args(args: &Args) -> Result<Vec<PeerRun>> {
+    if args.native_only {
+        bail!("--peer compares in Chromium: drop --native-only");
+    }
+    if !args.no_split {
+        bail!("--peer runs the peer's one-tile case: add --no-split");
+    }
+    if args.prompt != PEER_PROMPT {
+        bail!("--peer runs the peer's prompt {PEER_PROMPT:?}: leave --prompt at its default");
+    }
+    args.peer_runs.iter().map(|r| PeerRun::parse(r)).collect()
+}
+
+/// Our models and transformers.js in the same Chromium: load, time to first token and decode rate,
+/// then each of our models against each peer configuration.
+fn print_peer(models: &[PathBuf], ours: &[BenchReport], peers: &[PeerReport]) {
+    let name =
+        |p: &PathBuf| p.file_name().map_or_else(|| p.display().to_string(), |n| n.to_string_lossy().into());
+    println!();
+    println!("Chromium, same image, prompt and checkpoint shape: PocketVLM and transformers.js");
+    println!();
+    println!("| | load | time to first token | decode rate | prompt tokens | generated |");
+    println!("| --- | --- | --- | --- | --- | --- |");
+    for (model, r) in models.iter().zip(ours) {
+        println!(
+            "| PocketVLM {} | {} | {} | {} | {} | {} |",
+            name(model),
+            ms(r.load_ms),
+            ms(r.time_to_first_token_ms),
+            rate(r.decode_tokens_per_s),
+            r.prompt_tokens,
+            r.generated_tokens
+        );
+    }
+    for p in peers {
+        println!(
+            "| {} | {} | {} | {} | {} | {} |",
+            p.run.label(),
+            ms(p.load_ms),
+            ms(p.time_to_first_token_ms),
+            rate(p.decode_tokens_per_s),
+            p.prompt_tokens.map_or("?".into(), |n| n.to_string()),
+            p.generated_tokens
+        );
+    }
+    println!();
+    println!(
+        "| PocketVLM ÷ transformers.js (> 1: we are faster) | time to first token (theirs ÷ ours) | decode rate (ours ÷ theirs) |"
+    );
+    println!("| --- | --- | --- |");
+    for (model, r) in models.iter().zip(ours) {
+        for p in peers {
+            println!(
+                "| {} vs {} | {} | {} |",
+                name(model),
+                p.run.label(),
+                ratio(p.time_to_first_token_ms, r.time_to_first_token_ms),
+                ratio(r.decode_tokens_per_s, p.decode_tokens_per_s)
+            );
+        }
+    }
 }
 
 /// The tiny fixture quantized with `bits` (rotated, clip search, no calibration) in
@@ -159,13 +274,16 @@ async fn native_run(
     Ok((report, caches))
 }
 
+/// What the browser side printed.
+struct BrowserResults {
+    reports: Vec<BenchReport>,
+    caches: Vec<CacheReport>,
+    kernels: Vec<KernelReport>,
+}
+
 /// Serve `bench.json`, the models and the image; build and run `bench_web` in headless Chromium
-/// and parse the report line it prints for each model.
-fn browser_run(
-    models: &[PathBuf],
-    image: &Path,
-    config: &BenchConfig,
-) -> Result<(Vec<BenchReport>, Vec<CacheReport>)> {
+/// and parse the report lines it prints (kernels, then each model and its caches).
+fn browser_run(models: &[PathBuf], image: &Path, config: &BenchConfig) -> Result<BrowserResults> {
     setup::ensure_all()?;
     let bench_dir = root().join("target/xtask/bench");
     std::fs::create_dir_all(&bench_dir)?;
@@ -193,9 +311,14 @@ fn browser_run(
     let stdout = child.stdout.take().context("no stdout")?;
     let mut reports = Vec::new();
     let mut caches = Vec::new();
+    let mut kernels = Vec::new();
     for line in BufReader::new(stdout).lines() {
         let line = line?;
-        if let Some(at) = line.find(REPORT_PREFIX) {
+        if let Some(at) = line.find(KERNEL_REPORT_PREFIX) {
+            let json = &line[at + KERNEL_REPORT_PREFIX.len()..];
+            kernels
+                .push(serde_json::from_str::<KernelReport>(json).context("parsing a browser kernel report")?);
+        } else if let Some(at) = line.find(REPORT_PREFIX) {
             let json = &line[at + REPORT_PREFIX.len()..];
             reports.push(serde_json::from_str::<BenchReport>(json).context("parsing the browser report")?);
         } else if let Some(at) = line.find(CACHE_REPORT_PREFIX) {
@@ -212,7 +335,22 @@ fn browser_run(
     if reports.len() != models.len() {
         bail!("the browser bench printed {} report lines for {} models", reports.len(), models.len());
     }
-    Ok((reports, caches))
+    Ok(BrowserResults { reports, caches, kernels })
+}
+
+/// Kernel throughput natively and in Chromium, G MAC/s, with Chromium ÷ native.
+fn print_kernels(native: &[KernelReport], chromium: Option<&[KernelReport]>) {
+    println!("Kernels at the 256M model's shapes: best of {REPEATS} runs after a warm-up");
+    println!();
+    println!("| kernel | shape | native | native G MAC/s | Chromium | Chromium G MAC/s |");
+    println!("| --- | --- | --- | --- | --- | --- |");
+    for n in native {
+        let c = chromium.and_then(|c| c.iter().find(|c| c.kernel == n.kernel && c.shape == n.shape));
+        let (c_ms, c_rate) = c.map_or(("–".into(), "–".into()), |c| {
+            (format!("{:.1} ms", c.best_ms), format!("{:.2}", c.gmacs))
+        });
+        println!("| {} | {} | {:.1} ms | {:.2} | {c_ms} | {c_rate} |", n.kernel, n.shape, n.best_ms, n.gmacs);
+    }
 }
 
 /// The latent-vs-plain cache table of one model on one side: per context, decode rate,

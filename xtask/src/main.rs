@@ -9,6 +9,7 @@ mod e2e;
 mod eval;
 mod hub;
 mod hub_mimic;
+mod peer;
 mod serve;
 mod setup;
 mod test;

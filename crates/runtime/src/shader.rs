@@ -23,6 +23,7 @@ macro_rules! shaders {
 
 shaders![
     "matmul",
+    "matmul_blocked",
     "matvec",
     "norm",
     "elementwise",

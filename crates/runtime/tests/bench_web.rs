@@ -1,10 +1,12 @@
 //! The browser half of `cargo xtask bench`: fetches `bench.json` ([`BenchConfig`]) and each model
-//! from xtask's server, runs one timed generation per model ([`pocketvlm_runtime::bench::measure`]) and
+//! from xtask's server, times single kernels when asked (printing each [`KernelReport`] after
+//! [`KERNEL_REPORT_PREFIX`]), runs one timed generation per model ([`pocketvlm_runtime::bench::measure`]) and
 //! prints each [`BenchReport`] as one JSON line after [`REPORT_PREFIX`], which xtask parses.
 //! Built only by `cargo xtask bench` (`test = false`), which sets `POCKETVLM_TEST_SERVER`.
 #![cfg(target_arch = "wasm32")]
 
 use pocketvlm_processor::decode_image;
+use pocketvlm_runtime::bench::kernels::{KERNEL_REPORT_PREFIX, measure_kernels};
 use pocketvlm_runtime::bench::{
     BenchConfig, BenchReport, CACHE_REPORT_PREFIX, REPORT_PREFIX, measure, measure_caches,
 };
@@ -23,6 +25,12 @@ async fn bench() {
     let bench_dir = file_url(server, "bench");
     let config: BenchConfig =
         serde_json::from_slice(&fetch_bytes(&file_url(&bench_dir, "bench.json")).await.unwrap()).unwrap();
+    if config.kernels {
+        let gpu = Gpu::new(&DeviceOptions::default()).await.unwrap();
+        for report in measure_kernels(&gpu).await.unwrap() {
+            console_log!("{KERNEL_REPORT_PREFIX}{}", serde_json::to_string(&report).unwrap());
+        }
+    }
     let image = decode_image(&fetch_bytes(&file_url(&bench_dir, &config.image)).await.unwrap()).unwrap();
 
     for model in &config.models {

@@ -1,4 +1,4 @@
-//! The matmul kernels (tiled and the few-row matvec, both of its variants) against a CPU
+//! The matmul kernels (tiled, register-blocked and the few-row matvec, both of its variants) against a CPU
 //! reference: odd sizes, bias, vision-sized row counts, and the split-binding paths for weights
 //! and for inputs/outputs.
 //! Runs natively (`cargo test`, e.g. on Vulkan lavapipe) and in the browser (wasm-bindgen-test).
@@ -30,15 +30,18 @@ enum Path {
     Auto,
     /// `Matmul::encode_tiled` whatever m.
     Tiled,
+    /// `Matmul::encode_blocked` (register-blocked, no barriers) whatever m; k % 4 == 0.
+    Blocked,
     /// `MatVec` (m ≤ 4) with the given `per_column` variant, whatever the adapter.
     MatVec(bool),
 }
 
 async fn run_case(gpu: &Gpu, shape: MatmulShape, with_bias: bool, seed: u64) {
-    run_path(gpu, shape, with_bias, seed, Path::Auto).await;
+    let _ = run_path(gpu, shape, with_bias, seed, Path::Auto).await;
 }
 
-async fn run_path(gpu: &Gpu, shape: MatmulShape, with_bias: bool, seed: u64, path: Path) {
+/// Run one case on `path`, check it against the reference and return the output.
+async fn run_path(gpu: &Gpu, shape: MatmulShape, with_bias: bool, seed: u64, path: Path) -> Vec<f32> {
     let MatmulShape { m, n, k } = shape;
     let x = values(seed, m * k);
     let w = values(seed + 1, n * k);
@@ -53,6 +56,7 @@ async fn run_path(gpu: &Gpu, shape: MatmulShape, with_bias: bool, seed: u64, pat
     match path {
         Path::Auto => kernel.encode(gpu, &mut encoder, shape, &xb, &wb, bias, &yb).await.unwrap(),
         Path::Tiled => kernel.encode_tiled(gpu, &mut encoder, shape, &xb, &wb, bias, &yb).await.unwrap(),
+        Path::Blocked => kernel.encode_blocked(gpu, &mut encoder, shape, &xb, &wb, bias, &yb).await.unwrap(),
         Path::MatVec(per_column) => {
             MatVec { bias: with_bias, weights: Encoding::F32, rows: m, per_column, f16_storage: false }
                 .encode(gpu, &mut encoder, n, k, &xb, &wb, bias, &yb)
@@ -76,6 +80,30 @@ async fn run_path(gpu: &Gpu, shape: MatmulShape, with_bias: bool, seed: u64, pat
             );
         }
     }
+    got
+}
+
+/// The register-blocked kernel equals the tiled one bit for bit (the same fma chain per output),
+/// on shapes with partial blocks and tiles, with and without bias.
+async fn check_blocked(gpu: &Gpu) {
+    let cases = [(5, 3, 4), (7, 129, 576), (65, 130, 32), (64, 64, 64), (130, 70, 300), (1024, 96, 768)];
+    for (i, &(m, n, k)) in cases.iter().enumerate() {
+        let shape = MatmulShape { m, n, k };
+        let bias = i % 2 == 1;
+        let tiled = run_path(gpu, shape, bias, 500 + i as u64, Path::Tiled).await;
+        let blocked = run_path(gpu, shape, bias, 500 + i as u64, Path::Blocked).await;
+        let same = tiled.iter().zip(&blocked).all(|(a, b)| a.to_bits() == b.to_bits());
+        assert!(same, "{shape:?} bias={bias}: the blocked kernel differs from the tiled one");
+    }
+    // k not a multiple of 4 is refused by the blocked kernel (encode then uses the tiled one).
+    let b = gpu.zeroed_buffer("b", 4 * 64).await.unwrap();
+    let y = gpu.zeroed_buffer("y", 4 * 64).await.unwrap();
+    let mut encoder = gpu.encoder();
+    let err = Matmul::f32(false)
+        .encode_blocked(gpu, &mut encoder, MatmulShape { m: 8, n: 2, k: 3 }, &b, &b, None, &y)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("k % 4"), "{err}");
 }
 
 /// A 16-bit weight (f16 or bf16, two per word; f16 also as `array<f16>` where the adapter has
@@ -97,21 +125,35 @@ async fn run_16bit(gpu: &Gpu, shape: MatmulShape, encoding: Encoding, seed: u64)
     if encoding == Encoding::F16 && gpu.caps.shader_f16 {
         variants.push((encoding, true, &w16));
     }
+    // Beyond the matvec rows: the tiled kernel and (k % 4 == 0) the register-blocked one too.
+    let mut paths = vec![Path::Auto];
+    if m > MatVec::MAX_ROWS {
+        paths.push(Path::Tiled);
+        if k % 4 == 0 {
+            paths.push(Path::Blocked);
+        }
+    }
     let mut outputs = Vec::new();
     for &(weights, f16_storage, wb) in &variants {
-        let yb = gpu.zeroed_buffer("y", (m * n * 4) as u64).await.unwrap();
-        let mut encoder = gpu.encoder();
-        let kernel = Matmul { bias: false, weights, f16_storage };
-        kernel.encode(gpu, &mut encoder, shape, &xb, wb, None, &yb).await.unwrap();
-        gpu.submit(encoder);
-        outputs.push(gpu.read_f32(&yb, m * n).await.unwrap());
+        for &path in &paths {
+            let yb = gpu.zeroed_buffer("y", (m * n * 4) as u64).await.unwrap();
+            let mut encoder = gpu.encoder();
+            let kernel = Matmul { bias: false, weights, f16_storage };
+            match path {
+                Path::Tiled => kernel.encode_tiled(gpu, &mut encoder, shape, &xb, wb, None, &yb).await,
+                Path::Blocked => kernel.encode_blocked(gpu, &mut encoder, shape, &xb, wb, None, &yb).await,
+                _ => kernel.encode(gpu, &mut encoder, shape, &xb, wb, None, &yb).await,
+            }
+            .unwrap();
+            gpu.submit(encoder);
+            outputs.push(((weights, f16_storage, path), gpu.read_f32(&yb, m * n).await.unwrap()));
+        }
     }
-    for (variant, output) in variants.iter().zip(&outputs).skip(1) {
-        let same = outputs[0].iter().zip(output).all(|(a, b)| a.to_bits() == b.to_bits());
-        let (weights, f16_storage, _) = variant;
+    for ((weights, f16_storage, path), output) in &outputs[1..] {
+        let same = outputs[0].1.iter().zip(output).all(|(a, b)| a.to_bits() == b.to_bits());
         assert!(
             same,
-            "{shape:?} {weights:?} (array<f16>: {f16_storage}): other values than the f32 widening"
+            "{shape:?} {weights:?} (array<f16>: {f16_storage}, {path:?}): other values than the f32 widening"
         );
     }
 }
@@ -132,7 +174,7 @@ async fn check_f16_storage_needs_the_feature(gpu: &Gpu) {
 }
 
 async fn check_16bit(gpu: &Gpu) {
-    for (i, &(m, n, k)) in [(1, 77, 33), (3, 40, 64), (70, 65, 47)].iter().enumerate() {
+    for (i, &(m, n, k)) in [(1, 77, 33), (3, 40, 64), (70, 65, 47), (70, 65, 48)].iter().enumerate() {
         for encoding in [Encoding::BF16, Encoding::F16] {
             run_16bit(gpu, MatmulShape { m, n, k }, encoding, 400 + i as u64).await;
         }
@@ -152,7 +194,7 @@ async fn check_sizes(gpu: &Gpu) {
     let few = [(1, 960, 960), (2, 33, 1000), (3, 257, 64), (4, 9, 2560), (1, 49_280 / 16, 960), (2, 600, 3)];
     for (i, &(m, n, k)) in few.iter().enumerate() {
         for path in [Path::Auto, Path::Tiled, Path::MatVec(false), Path::MatVec(true)] {
-            run_path(gpu, MatmulShape { m, n, k }, i % 2 == 0, 200 + i as u64, path).await;
+            let _ = run_path(gpu, MatmulShape { m, n, k }, i % 2 == 0, 200 + i as u64, path).await;
         }
     }
     // Vision-sized row count (17 tiles × 1024 patches): dispatch limits along m.
@@ -168,7 +210,7 @@ async fn check_split_binding() {
         run_case(&gpu, MatmulShape { m: 9, n: 100, k: 40 }, bias, 7).await;
         // The matvec paths with a chunked weight.
         for path in [Path::MatVec(false), Path::MatVec(true)] {
-            run_path(&gpu, MatmulShape { m: 3, n: 100, k: 40 }, bias, 8, path).await;
+            let _ = run_path(&gpu, MatmulShape { m: 3, n: 100, k: 40 }, bias, 8, path).await;
         }
     }
     // 16-bit weights in chunks (12 800 bytes; rows whose offsets every adapter can align), every
@@ -185,6 +227,9 @@ async fn check_split_binding() {
     assert!(rows < 100 && rows > 0, "expected several row passes, got {rows} rows per pass");
     run_case(&gpu, shape, true, 9).await;
     run_case(&gpu, MatmulShape { m: 70, n: 120, k: 24 }, false, 10).await;
+    // The same row passes and weight chunks through the register-blocked kernel.
+    let _ = run_path(&gpu, shape, true, 9, Path::Blocked).await;
+    let _ = run_path(&gpu, MatmulShape { m: 70, n: 120, k: 24 }, false, 10, Path::Blocked).await;
     // An output larger than one binding is refused with a typed error, not a panic.
     let x = gpu.zeroed_buffer("x", 4).await.unwrap();
     let w = gpu.zeroed_buffer("w", 4 * 2000).await.unwrap();
@@ -211,6 +256,7 @@ fn matmul_matches_reference() {
     eprintln!("adapter: {:?} ({:?}), caps: {:?}", gpu.adapter.name, gpu.adapter.backend, gpu.caps);
     pollster::block_on(check_capabilities(&gpu));
     pollster::block_on(check_sizes(&gpu));
+    pollster::block_on(check_blocked(&gpu));
     pollster::block_on(check_16bit(&gpu));
     pollster::block_on(check_f16_storage_needs_the_feature(&gpu));
 }
@@ -227,6 +273,7 @@ async fn matmul_matches_reference_in_browser() {
     let gpu = Gpu::new(&DeviceOptions::default()).await.expect("WebGPU adapter");
     check_capabilities(&gpu).await;
     check_sizes(&gpu).await;
+    check_blocked(&gpu).await;
     check_16bit(&gpu).await;
     check_f16_storage_needs_the_feature(&gpu).await;
 }

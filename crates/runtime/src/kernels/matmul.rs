@@ -14,8 +14,10 @@
 //! as two values per `u32` word (bf16 always: `f16` cannot hold its range). Either way the widened
 //! value and so the product are the same, bit for bit.
 //!
-//! [`Matmul::encode`] runs [`MatVec`] for `m ≤ 4` — decode — and the 64×64-tiled kernel
-//! otherwise. [`MatVec`] reduces over `k` with 32 invocations per output column, or on CPU
+//! [`Matmul::encode`] runs [`MatVec`] for `m ≤ 4` — decode — and otherwise the 64×64-tiled
+//! kernel, or on CPU adapters the register-blocked one (4×4 outputs per invocation straight from
+//! storage, no barriers; bit-identical to the tiled kernel: both run each output's fma chain over
+//! `k` in order). [`MatVec`] reduces over `k` with 32 invocations per output column, or on CPU
 //! adapters ([`crate::Capabilities::cpu`]) with one barrier-free invocation per column.
 
 use std::collections::BTreeMap;
@@ -229,8 +231,9 @@ impl Matmul {
         check_f16_storage(gpu, self.weights, self.f16_storage)
     }
 
-    /// Record `y = x · wᵀ (+ bias)` into `encoder`: [`MatVec`] for `m ≤ 4`, the tiled kernel
-    /// otherwise.
+    /// Record `y = x · wᵀ (+ bias)` into `encoder`: [`MatVec`] for `m ≤ 4`; otherwise on CPU
+    /// adapters the register-blocked kernel (when `k % 4 == 0`), else the tiled one (the two are
+    /// bit-identical).
     #[allow(clippy::too_many_arguments)]
     pub async fn encode(
         &self,
@@ -253,6 +256,8 @@ impl Matmul {
             }
             .encode(gpu, encoder, shape.n, shape.k, x, w, bias, y)
             .await
+        } else if gpu.caps.cpu && shape.k.is_multiple_of(4) {
+            self.encode_blocked(gpu, encoder, shape, x, w, bias, y).await
         } else {
             self.encode_tiled(gpu, encoder, shape, x, w, bias, y).await
         }
@@ -271,6 +276,44 @@ impl Matmul {
         bias: Option<&wgpu::Buffer>,
         y: &wgpu::Buffer,
     ) -> Result<()> {
+        self.encode_rows(gpu, encoder, shape, x, w, bias, y, Tiling::Workgroup).await
+    }
+
+    /// Record `y = x · wᵀ (+ bias)` with the register-blocked kernel (`matmul_blocked.wgsl`:
+    /// 4×4 outputs per invocation, no workgroup memory, no barriers), whatever `m`; bit-identical
+    /// to [`Matmul::encode_tiled`]. Needs `k` a multiple of 4.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn encode_blocked(
+        &self,
+        gpu: &Gpu,
+        encoder: &mut Encoder,
+        shape: MatmulShape,
+        x: &wgpu::Buffer,
+        w: &wgpu::Buffer,
+        bias: Option<&wgpu::Buffer>,
+        y: &wgpu::Buffer,
+    ) -> Result<()> {
+        if !shape.k.is_multiple_of(4) {
+            return Err(RuntimeError::Shape(format!(
+                "the register-blocked matmul needs k % 4 == 0, not {}",
+                shape.k
+            )));
+        }
+        self.encode_rows(gpu, encoder, shape, x, w, bias, y, Tiling::Registers).await
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn encode_rows(
+        &self,
+        gpu: &Gpu,
+        encoder: &mut Encoder,
+        shape: MatmulShape,
+        x: &wgpu::Buffer,
+        w: &wgpu::Buffer,
+        bias: Option<&wgpu::Buffer>,
+        y: &wgpu::Buffer,
+        tiling: Tiling,
+    ) -> Result<()> {
         let element = element_bytes(self.weights)?;
         check(shape, self.bias, element, x, w, bias, y)?;
         let MatmulShape { m, n, k } = shape;
@@ -278,15 +321,27 @@ impl Matmul {
             check_binding(gpu, "matmul bias", (n * 4) as u64)?;
         }
         let row_chunk = input_rows_per_chunk(gpu, shape)?;
-        if groups(row_chunk, TILE) > gpu.caps.max_workgroups_per_dimension {
-            return Err(RuntimeError::Shape(format!("{m} rows exceed the dispatch limit")));
-        }
-        self.check_storage(gpu)?;
-        let pipeline = gpu.pipelines.get(gpu, Self::SHADER, &self.defines()).await?;
         let chunk = weight_rows_per_chunk(gpu, n, k, element)?;
-        if groups(chunk, TILE) > gpu.caps.max_workgroups_per_dimension {
-            return Err(RuntimeError::Shape(format!("{n} columns exceed the dispatch limit")));
-        }
+        let workgroups = |rows: usize, cols: usize| -> Result<(u32, u32)> {
+            match tiling {
+                Tiling::Workgroup => {
+                    let (gx, gy) = (groups(cols, TILE), groups(rows, TILE));
+                    if gx.max(gy) > gpu.caps.max_workgroups_per_dimension {
+                        return Err(RuntimeError::Shape(format!(
+                            "a [{rows}, {cols}] product exceeds the dispatch limit"
+                        )));
+                    }
+                    Ok((gx, gy))
+                }
+                Tiling::Registers => {
+                    let blocks = rows.div_ceil(4) * cols.div_ceil(4);
+                    grid(gpu, groups(blocks, BLOCKED_INVOCATIONS) as u64)
+                }
+            }
+        };
+        workgroups(row_chunk, chunk)?;
+        self.check_storage(gpu)?;
+        let pipeline = gpu.pipelines.get(gpu, tiling.shader(), &self.defines()).await?;
         let (x_row, y_row) = ((k * 4) as u64, (n * 4) as u64);
         for (r0, mr) in chunks(m, row_chunk) {
             for (c0, nc) in chunks(n, chunk) {
@@ -306,13 +361,42 @@ impl Matmul {
                 if let Some(b) = bias {
                     resources.push(slice(b, 0, (n * 4) as u64));
                 }
-                let groups = (groups(nc, TILE), groups(mr, TILE), 1);
-                dispatch(gpu, encoder, &pipeline, "matmul", bytemuck::bytes_of(&params), resources, groups);
+                let (gx, gy) = workgroups(mr, nc)?;
+                dispatch(
+                    gpu,
+                    encoder,
+                    &pipeline,
+                    tiling.shader(),
+                    bytemuck::bytes_of(&params),
+                    resources,
+                    (gx, gy, 1),
+                );
             }
         }
         Ok(())
     }
 }
+
+/// How [`Matmul`] lays a product over more than [`MatVec::MAX_ROWS`] rows on workgroups.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Tiling {
+    /// 64×64 tiles staged through workgroup memory (`matmul.wgsl`): what GPUs run fastest.
+    Workgroup,
+    /// 4×4 blocks per invocation, no barriers (`matmul_blocked.wgsl`): what CPU adapters run fastest.
+    Registers,
+}
+
+impl Tiling {
+    fn shader(self) -> &'static str {
+        match self {
+            Self::Workgroup => Matmul::SHADER,
+            Self::Registers => "matmul_blocked",
+        }
+    }
+}
+
+/// Invocations per workgroup of the register-blocked kernel.
+const BLOCKED_INVOCATIONS: usize = 64;
 
 impl MatVec {
     /// Record `y = x · wᵀ (+ bias)` for `x` of `self.rows` rows: `x` f32 `[rows, k]`, `w` f32

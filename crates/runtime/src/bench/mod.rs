@@ -9,6 +9,8 @@
 //!   them ([`crate::model::DecodeRecording`]);
 //! * GPU memory: weights, tables, KV cache and activations ([`MemoryUsage`]).
 
+pub mod kernels;
+
 use serde::{Deserialize, Serialize};
 
 use crate::engine::{Engine, Request, now_ms};
@@ -38,6 +40,9 @@ pub struct BenchConfig {
     /// Decode steps timed at each context.
     #[serde(default)]
     pub cache_steps: usize,
+    /// Time single kernels ([`kernels::measure_kernels`]) before the models.
+    #[serde(default)]
+    pub kernels: bool,
 }
 
 /// Prefix of the line the browser bench prints each [`CacheReport`] on.

@@ -1,0 +1,185 @@
+//! Throughput of single kernels at the 256M model's shapes, in multiply-accumulates per second,
+//! to set against what the adapter can do at all (`../shared/ceiling/` beside the project
+//! measures the best barrier-free GEMM and GEMV a WebGPU adapter runs). `cargo xtask bench
+//! --kernels` runs it natively and in Chromium.
+//!
+//! Each case records one kernel call into its own command buffer, runs it once to compile and
+//! warm up, then [`REPEATS`] times, waiting for the GPU each time; the best time counts. Inputs are
+//! deterministic small values (their contents do not change the work).
+
+use pocketvlm_format::Encoding;
+use serde::{Deserialize, Serialize};
+
+use crate::device::{Gpu, now_ms};
+use crate::encoder::Encoder;
+use crate::error::Result;
+use crate::kernels::attention::{Attention, AttentionShape};
+use crate::kernels::matmul::{MatVec, Matmul, MatmulShape};
+use crate::kernels::quant::{QMatmul, QuantWeightsGpu, QuantizedRows, activation_words};
+use crate::tensor::Tensor;
+
+/// Prefix of the line the browser bench prints each [`KernelReport`] on.
+pub const KERNEL_REPORT_PREFIX: &str = "POCKETVLM_KERNEL_BENCH ";
+
+/// Timed runs per case after the warm-up.
+pub const REPEATS: usize = 3;
+
+/// One kernel at one shape.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct KernelReport {
+    /// What ran, e.g. `matmul tiled f32`.
+    pub kernel: String,
+    /// The shape, e.g. `[1024, 768] · [768, 768]ᵀ`.
+    pub shape: String,
+    pub macs: f64,
+    /// Best of [`REPEATS`] runs, milliseconds (submission to completion).
+    pub best_ms: f64,
+    /// Billions of multiply-accumulates per second at the best run.
+    pub gmacs: f64,
+}
+
+/// The vision tower's square projections (`[1024 patches, 768] · [768, 768]ᵀ`, the ceiling
+/// probe's GEMM shape), the decoder's up projection at decode (`[1, 576] · [1536, 576]ᵀ`), the
+/// 49 152-column GEMV of the ceiling probe, and one vision attention head group.
+const GEMM: MatmulShape = MatmulShape { m: 1024, n: 768, k: 768 };
+const DECODE: MatmulShape = MatmulShape { m: 1, n: 1536, k: 576 };
+const GEMV: MatmulShape = MatmulShape { m: 1, n: 49_152, k: 576 };
+
+/// Time every case on `gpu`.
+pub async fn measure_kernels(gpu: &Gpu) -> Result<Vec<KernelReport>> {
+    let mut reports = Vec::new();
+    for shape in [GEMM, DECODE, GEMV] {
+        let x = values_buffer(gpu, shape.m * shape.k, 1).await?;
+        let y = gpu.zeroed_buffer("y", (shape.m * shape.n * 4) as u64).await?;
+        let w32 = values_buffer(gpu, shape.n * shape.k, 2).await?;
+        let w16 = gpu.zeroed_buffer("w bf16", (shape.n * shape.k * 2) as u64).await?;
+        for (name, weights, w) in [("f32", Encoding::F32, &w32), ("bf16", Encoding::BF16, &w16)] {
+            let kernel = Matmul { bias: false, weights, f16_storage: false };
+            if shape.m > MatVec::MAX_ROWS {
+                let label = format!("matmul tiled {name}");
+                reports.push(
+                    time(gpu, &label, shape, async |gpu: &Gpu, e: &mut Encoder| {
+                        kernel.encode_tiled(gpu, e, shape, &x, w, None, &y).await
+                    })
+                    .await?,
+                );
+                let label = format!("matmul register-blocked {name}");
+                reports.push(
+                    time(gpu, &label, shape, async |gpu: &Gpu, e: &mut Encoder| {
+                        kernel.encode_blocked(gpu, e, shape, &x, w, None, &y).await
+                    })
+                    .await?,
+                );
+            } else {
+                for per_column in [false, true] {
+                    let mv = MatVec { bias: false, weights, rows: shape.m, per_column, f16_storage: false };
+                    let label = format!("matvec {} {name}", if per_column { "per-column" } else { "reduce" });
+                    reports.push(
+                        time(gpu, &label, shape, async |gpu: &Gpu, e: &mut Encoder| {
+                            mv.encode(gpu, e, shape.n, shape.k, &x, w, None, &y).await
+                        })
+                        .await?,
+                    );
+                }
+            }
+        }
+        for encoding in [Encoding::I8, Encoding::I4] {
+            let weights = quantized_weights(gpu, shape, encoding).await?;
+            let stride = activation_words(shape.k);
+            let words = gpu.zeroed_buffer("qa", (shape.m * stride * 4) as u64).await?;
+            let scales = values_buffer(gpu, shape.m, 3).await?;
+            let rows = QuantizedRows { words: &words, scales: &scales, tokens: shape.m, stride };
+            let kernel = QMatmul::for_weights(&weights, shape.m, false);
+            let label = format!("qmatmul {} ({}×{} block)", encoding.tag(), kernel.block.0, kernel.block.1);
+            reports.push(
+                time(gpu, &label, shape, async |gpu: &Gpu, e: &mut Encoder| {
+                    kernel.encode(gpu, e, &rows, &weights, None, (&y, 0)).await
+                })
+                .await?,
+            );
+        }
+    }
+    reports.push(attention(gpu).await?);
+    Ok(reports)
+}
+
+/// Bidirectional attention of one 512-px tile in the vision tower: 1024 patches, 12 heads of 64.
+async fn attention(gpu: &Gpu) -> Result<KernelReport> {
+    let shape = AttentionShape::bidirectional(1, 1024, 12, 64);
+    let len = shape.queries * shape.heads * shape.head_dim;
+    let q = values_buffer(gpu, len, 4).await?;
+    let k = values_buffer(gpu, len, 5).await?;
+    let v = values_buffer(gpu, len, 6).await?;
+    let out = gpu.zeroed_buffer("out", (len * 4) as u64).await?;
+    let kernel = Attention::for_shape(&shape);
+    // q·k and p·v: two multiply-accumulates per (query, key, head, dim).
+    let macs = 2.0 * (shape.queries * shape.kv_len * shape.heads * shape.head_dim) as f64;
+    let label = format!("attention {:?}", kernel.variant);
+    let shape_label = format!(
+        "{} queries × {} keys × {} heads × {}",
+        shape.queries, shape.kv_len, shape.heads, shape.head_dim
+    );
+    time_macs(gpu, &label, shape_label, macs, async |gpu: &Gpu, e: &mut Encoder| {
+        kernel.encode(gpu, e, shape, &q, &k, &v, &out).await
+    })
+    .await
+}
+
+/// Random-free weights of `shape` in a packed `encoding` with one f32 scale per row.
+async fn quantized_weights(gpu: &Gpu, shape: MatmulShape, encoding: Encoding) -> Result<QuantWeightsGpu> {
+    let bytes = vec![0x35u8; encoding.byte_len(&[shape.n, shape.k])];
+    let weight = Tensor::upload(gpu, "qw", vec![shape.n, shape.k], encoding, &bytes).await?;
+    let scales = Tensor::from_f32(gpu, "qs", vec![shape.n], &vec![1e-3; shape.n]).await?;
+    QuantWeightsGpu::new(weight, scales, None)
+}
+
+/// `len` values in [-1, 1) from a linear congruential sequence.
+async fn values_buffer(gpu: &Gpu, len: usize, seed: u64) -> Result<wgpu::Buffer> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    let values: Vec<f32> = (0..len.max(1))
+        .map(|_| {
+            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+        })
+        .collect();
+    gpu.storage_buffer("bench values", bytemuck::cast_slice(&values)).await
+}
+
+async fn time<F>(gpu: &Gpu, kernel: &str, shape: MatmulShape, record: F) -> Result<KernelReport>
+where
+    F: AsyncFnMut(&Gpu, &mut Encoder) -> Result<()>,
+{
+    let MatmulShape { m, n, k } = shape;
+    let label = format!("[{m}, {k}] · [{n}, {k}]ᵀ");
+    time_macs(gpu, kernel, label, (m * n * k) as f64, record).await
+}
+
+async fn time_macs<F>(
+    gpu: &Gpu,
+    kernel: &str,
+    shape: String,
+    macs: f64,
+    mut record: F,
+) -> Result<KernelReport>
+where
+    F: AsyncFnMut(&Gpu, &mut Encoder) -> Result<()>,
+{
+    let mut best = f64::INFINITY;
+    for run in 0..=REPEATS {
+        let mut encoder = gpu.encoder();
+        record(gpu, &mut encoder).await?;
+        let start = now_ms();
+        gpu.submit(encoder);
+        gpu.finish().await?;
+        if run > 0 {
+            best = best.min(now_ms() - start);
+        }
+    }
+    Ok(KernelReport {
+        kernel: kernel.to_string(),
+        shape,
+        macs,
+        best_ms: best,
+        gmacs: macs / best.max(1e-3) / 1e6,
+    })
+}

@@ -1,0 +1,115 @@
+// Register-blocked f32 matrix multiply for CPU adapters, the same product as matmul.wgsl:
+//   y[r, col_offset + c] = sum_k x[r, k] * w[c, k]  (+ bias[col_offset + c])
+// for r < m, c < n, k < k_dim (a multiple of 4), `w` in Hugging Face's [out, in] layout, possibly
+// a row chunk of a larger weight bound at an offset.
+//
+// Each invocation computes a 4x4 block (4 rows x 4 columns) straight from storage, four k at a
+// time (vec4 loads of x and of the widened weight); no workgroup memory, no barriers, which CPU
+// implementations run far faster than a tiled kernel's barriers (~70 us each on SwiftShader).
+// Every output is the same fma chain over k ascending, from 0, bias added last, as in
+// matmul.wgsl, so both kernels give bit-identical results. Out-of-range rows and columns are
+// clamped on load and skipped on store. Blocks lie on a 2-D grid of 64-invocation workgroups,
+// column blocks fastest.
+
+#ifdef F16_STORAGE
+enable f16;
+#endif
+
+#include grid
+#include half
+
+struct Params {
+    m: u32,
+    n: u32,
+    k_dim: u32,
+    ldy: u32,
+    col_offset: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
+}
+
+@group(0) @binding(0) var<uniform> params: Params;
+@group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;
+#ifdef F16_STORAGE
+@group(0) @binding(2) var<storage, read> w: array<vec4<f16>>;
+#else
+#ifdef W16
+@group(0) @binding(2) var<storage, read> w: array<vec2<u32>>;
+#else
+@group(0) @binding(2) var<storage, read> w: array<vec4<f32>>;
+#endif
+#endif
+@group(0) @binding(3) var<storage, read_write> y: array<f32>;
+#ifdef BIAS
+@group(0) @binding(4) var<storage, read> bias: array<f32>;
+#endif
+
+// Weight elements 4i..4i+3, widened exactly to f32 (see matmul.wgsl's `weight`).
+fn weight4(i: u32) -> vec4<f32> {
+#ifdef F16_STORAGE
+    return vec4<f32>(w[i]);
+#else
+#ifdef W16
+    let p = w[i];
+    return vec4<f32>(half_in(p.x, false), half_in(p.x, true), half_in(p.y, false), half_in(p.y, true));
+#else
+    return w[i];
+#endif
+#endif
+}
+
+@compute @workgroup_size(64, 1, 1)
+fn main(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) li: u32,
+) {
+    let id = workgroup_index(wg, nwg) * 64u + li;
+    let column_blocks = (params.n + 3u) / 4u;
+    let c0 = (id % column_blocks) * 4u;
+    let r0 = (id / column_blocks) * 4u;
+    if (r0 >= params.m) {
+        return;
+    }
+    let k4 = params.k_dim / 4u;
+    var xr: array<u32, 4>;
+    var wr: array<u32, 4>;
+    for (var i = 0u; i < 4u; i++) {
+        xr[i] = min(r0 + i, params.m - 1u) * k4;
+        wr[i] = min(c0 + i, params.n - 1u) * k4;
+    }
+    var acc: array<vec4<f32>, 4>; // acc[i][j]: row r0 + i, column c0 + j
+    for (var kk = 0u; kk < k4; kk++) {
+        let b0 = weight4(wr[0] + kk);
+        let b1 = weight4(wr[1] + kk);
+        let b2 = weight4(wr[2] + kk);
+        let b3 = weight4(wr[3] + kk);
+        for (var i = 0u; i < 4u; i++) {
+            let a = x[xr[i] + kk];
+            var s = acc[i];
+            s = fma(vec4<f32>(a.x), vec4<f32>(b0.x, b1.x, b2.x, b3.x), s);
+            s = fma(vec4<f32>(a.y), vec4<f32>(b0.y, b1.y, b2.y, b3.y), s);
+            s = fma(vec4<f32>(a.z), vec4<f32>(b0.z, b1.z, b2.z, b3.z), s);
+            s = fma(vec4<f32>(a.w), vec4<f32>(b0.w, b1.w, b2.w, b3.w), s);
+            acc[i] = s;
+        }
+    }
+    for (var i = 0u; i < 4u; i++) {
+        let r = r0 + i;
+        if (r >= params.m) {
+            break;
+        }
+        for (var j = 0u; j < 4u; j++) {
+            let c = c0 + j;
+            if (c >= params.n) {
+                break;
+            }
+            var v = acc[i][j];
+#ifdef BIAS
+            v += bias[params.col_offset + c];
+#endif
+            y[r * params.ldy + params.col_offset + c] = v;
+        }
+    }
+}
