@@ -16,6 +16,11 @@
 // (lanes = 16 v, sign-extended): lo = (word << 4) & 0xF0F0F0F0 pairs with activation word 2w,
 // hi = word & 0xF0F0F0F0 with word 2w + 1, and (dot(lo) + dot(hi)) >> 4 is exact.
 //
+// With VEC4 the integers are read four words at a time (`qa` and `w` bound as vec4<u32>; the
+// caller guarantees aw, ww and group_words are multiples of 4): one load brings 16 INT8 or 32
+// INT4 weight values, and each activation load serves the block's TC columns. Integer sums are
+// exact in any order, so both variants give the same bits.
+//
 // No workgroup memory, no barriers: invocations are independent (what CPU adapters run
 // fastest). (token block, column block) pairs lie on a 2-D grid of 64-invocation workgroups.
 
@@ -34,9 +39,17 @@ struct Params {
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
+#ifdef VEC4
+@group(0) @binding(1) var<storage, read> qa: array<vec4<u32>>;
+#else
 @group(0) @binding(1) var<storage, read> qa: array<u32>;
+#endif
 @group(0) @binding(2) var<storage, read> sa: array<f32>;
+#ifdef VEC4
+@group(0) @binding(3) var<storage, read> w: array<vec4<u32>>;
+#else
 @group(0) @binding(3) var<storage, read> w: array<u32>;
+#endif
 #ifdef SCALE_F16
 @group(0) @binding(4) var<storage, read> sw: array<u32>;
 #else
@@ -64,6 +77,53 @@ fn exact_f32(a: i32) -> f32 {
     return f32(a >> 16u) * 65536.0 + f32(a & 0xffff);
 }
 
+#ifdef VEC4
+// acc[i * TC + j] += the exact integer dot product of token t0 + i with column c0 + j over
+// group g, four words at a time (out-of-range tokens and columns clamped).
+fn accumulate4(acc: ptr<function, array<i32, TR * TC>>, g: u32, c0: u32, t0: u32) {
+    let ww4 = params.ww / 4u;
+    let aw4 = params.aw / 4u;
+    var wrow: array<u32, TC>;
+    for (var j = 0u; j < TC; j++) {
+        wrow[j] = min(c0 + j, params.n - 1u) * ww4;
+    }
+    var arow: array<u32, TR>;
+    for (var i = 0u; i < TR; i++) {
+        arow[i] = min(t0 + i, params.tokens - 1u) * aw4;
+    }
+    let q_end = min((g + 1u) * params.group_words, params.ww) / 4u;
+    for (var q = g * params.group_words / 4u; q < q_end; q++) {
+        var b: array<vec4<u32>, TC>;
+        for (var j = 0u; j < TC; j++) {
+            b[j] = w[wrow[j] + q];
+        }
+        for (var i = 0u; i < TR; i++) {
+#ifdef INT4
+            // weight words 4q..4q+3 pair with activation words 8q..8q+7, lo then hi nibbles;
+            // every product is 16x its value, so the sum of eight shifts exactly.
+            let a0 = qa[arow[i] + 2u * q];
+            let a1 = qa[arow[i] + 2u * q + 1u];
+            for (var j = 0u; j < TC; j++) {
+                let lo = (b[j] << vec4<u32>(4u)) & vec4<u32>(0xF0F0F0F0u);
+                let hi = b[j] & vec4<u32>(0xF0F0F0F0u);
+                let s = dot4I8Packed(lo.x, a0.x) + dot4I8Packed(hi.x, a0.y)
+                    + dot4I8Packed(lo.y, a0.z) + dot4I8Packed(hi.y, a0.w)
+                    + dot4I8Packed(lo.z, a1.x) + dot4I8Packed(hi.z, a1.y)
+                    + dot4I8Packed(lo.w, a1.z) + dot4I8Packed(hi.w, a1.w);
+                (*acc)[i * TC + j] += s >> 4u;
+            }
+#else
+            let a = qa[arow[i] + q];
+            for (var j = 0u; j < TC; j++) {
+                (*acc)[i * TC + j] += dot4I8Packed(b[j].x, a.x) + dot4I8Packed(b[j].y, a.y)
+                    + dot4I8Packed(b[j].z, a.z) + dot4I8Packed(b[j].w, a.w);
+            }
+#endif
+        }
+    }
+}
+#endif
+
 @compute @workgroup_size(64, 1, 1)
 fn main(
     @builtin(workgroup_id) wg: vec3<u32>,
@@ -86,6 +146,9 @@ fn main(
         for (var i = 0u; i < TR * TC; i++) {
             acc[i] = 0;
         }
+#ifdef VEC4
+        accumulate4(&acc, g, c0, t0);
+#else
         let w_end = min((g + 1u) * params.group_words, params.ww);
         for (var wi = g * params.group_words; wi < w_end; wi++) {
             for (var j = 0u; j < TC; j++) {
@@ -105,6 +168,7 @@ fn main(
                 }
             }
         }
+#endif
         for (var j = 0u; j < TC; j++) {
             let s = weight_scale(min(c0 + j, params.n - 1u) * params.groups + g);
             for (var i = 0u; i < TR; i++) {

@@ -236,7 +236,7 @@ async fn strided_rows_case(gpu: &Gpu, bits: Bits, rank: usize, seed: u64) {
             .await
             .unwrap();
         let a = QuantizedRows { words: &words, scales: &scales, tokens, stride };
-        QMatmul::for_weights(&weights, tokens, false)
+        QMatmul::for_rows(&weights, &a, false)
             .encode(gpu, &mut enc, &a, &weights, None, (&y, 0))
             .await
             .unwrap();

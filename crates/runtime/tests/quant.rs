@@ -13,7 +13,9 @@ use pocketvlm_format::Encoding;
 use pocketvlm_format::quant::pack::{Bits, pack};
 use pocketvlm_format::quant::{ActivationQuant, Construction, QuantLinear, QuantWeights, Rotation};
 use pocketvlm_runtime::kernels::embed::EmbedTable;
-use pocketvlm_runtime::kernels::quant::{QuantWeightsGpu, Quantize, Rotate, RotationTable, activation_words};
+use pocketvlm_runtime::kernels::quant::{
+    QMatmul, QuantWeightsGpu, Quantize, QuantizedRows, Rotate, RotationTable, activation_words,
+};
 use pocketvlm_runtime::model::linear::{self, Linear};
 use pocketvlm_runtime::model::scratch::Scratch;
 use pocketvlm_runtime::tensor::Tensor;
@@ -134,6 +136,7 @@ async fn check_quantize(gpu: &Gpu) {
 }
 
 /// One quantized layer: random integers and scales, optional group, bias and online rotation.
+#[derive(Debug)]
 struct LayerCase {
     out: usize,
     cols: usize,
@@ -166,16 +169,6 @@ async fn build_layer(gpu: &Gpu, c: &LayerCase, seed: u64, rotation_seed: u32) ->
     let act = ActivationQuant::new(act_bits, if act_bits == Bits::Int4 { 0.9 } else { 1.0 }).unwrap();
     let reference = QuantLinear::new(weights, act, online.clone(), b.clone()).unwrap();
 
-    let encoding = if weight_bits == Bits::Int4 { Encoding::I4 } else { Encoding::I8 };
-    let packed = pack(weight_bits, &ints, cols).unwrap();
-    let weight = Tensor::upload(gpu, "w", vec![out, cols], encoding, &packed).await.unwrap();
-    let scale_shape = if group.is_some() { vec![out, groups] } else { vec![out] };
-    let scale_tensor = if f16_scales {
-        let bytes: Vec<u8> = scales.iter().flat_map(|s| half::f16::from_f32(*s).to_le_bytes()).collect();
-        Tensor::upload(gpu, "s", scale_shape, Encoding::F16, &bytes).await.unwrap()
-    } else {
-        Tensor::from_f32(gpu, "s", scale_shape, &scales).await.unwrap()
-    };
     let mut tables = Vec::new();
     for r in &online {
         tables.push(RotationTable::new(gpu, r).await.unwrap());
@@ -185,12 +178,31 @@ async fn build_layer(gpu: &Gpu, c: &LayerCase, seed: u64, rotation_seed: u32) ->
         None => None,
     };
     let layer = Linear::from(linear::Matrix::Quant(Box::new(linear::QuantLinear {
-        weights: QuantWeightsGpu::new(weight, scale_tensor, group).unwrap(),
+        weights: gpu_weights(gpu, c, &ints, &scales).await,
         activation: act,
         online: tables,
         bias: bias_tensor,
     })));
     (layer, reference)
+}
+
+/// Integers `ints` and `scales` of case `c` packed and uploaded as the GPU stores them.
+async fn gpu_weights(gpu: &Gpu, c: &LayerCase, ints: &[i8], scales: &[f32]) -> QuantWeightsGpu {
+    let &LayerCase { out, cols, weight_bits, group, f16_scales, .. } = c;
+    let encoding = if weight_bits == Bits::Int4 { Encoding::I4 } else { Encoding::I8 };
+    let packed = pack(weight_bits, ints, cols).unwrap();
+    let weight = Tensor::upload(gpu, "w", vec![out, cols], encoding, &packed).await.unwrap();
+    let scale_shape = match group {
+        Some(g) => vec![out, cols / g],
+        None => vec![out],
+    };
+    let scale_tensor = if f16_scales {
+        let bytes: Vec<u8> = scales.iter().flat_map(|s| half::f16::from_f32(*s).to_le_bytes()).collect();
+        Tensor::upload(gpu, "s", scale_shape, Encoding::F16, &bytes).await.unwrap()
+    } else {
+        Tensor::from_f32(gpu, "s", scale_shape, scales).await.unwrap()
+    };
+    QuantWeightsGpu::new(weight, scale_tensor, group).unwrap()
 }
 
 async fn layer_case(gpu: &Gpu, rows: usize, c: LayerCase, seed: u64) {
@@ -302,6 +314,69 @@ async fn check_layers(gpu: &Gpu) {
     layer_case(gpu, 300, LayerCase { rotate: true, bias: true, ..case(64, 128, i4b, i8b) }, 99).await;
 }
 
+/// The integer product with one-word and with four-word loads ([`QMatmul::new`]) on the same
+/// quantized rows gives the same bits, partial blocks of tokens and columns included; layers pick
+/// four-word loads exactly when the widths allow ([`QMatmul::vec4_fits`]), so `check_layers`
+/// runs both variants against the reference; four-word loads on widths that do not allow them
+/// are refused.
+async fn check_loads(gpu: &Gpu) {
+    let (i8b, i4b) = (Bits::Int8, Bits::Int4);
+    let aligned = [
+        case(13, 64, i8b, i8b),
+        case(6, 96, i4b, i8b),
+        LayerCase { group: Some(64), f16_scales: true, ..case(9, 256, i4b, i8b) },
+        LayerCase { group: Some(128), ..case(5, 256, i4b, i4b) },
+    ];
+    for (n, c) in aligned.iter().enumerate() {
+        let seed = 400 + 10 * n as u64;
+        let (_, reference) = build_layer(gpu, c, seed, 1).await;
+        let weights = gpu_weights(gpu, c, &reference.weights.values, &reference.weights.scales).await;
+        for rows in [1, 3, 6, 37] {
+            let stride = activation_words(c.cols);
+            let x = upload(gpu, &activations(seed + 3, rows, c.cols)).await;
+            let words = zeros(gpu, rows * stride).await;
+            let a_scales = zeros(gpu, rows).await;
+            let mut enc = encoder(gpu);
+            Quantize
+                .encode(gpu, &mut enc, &reference.activation, (&x, 0), rows, c.cols, &words, &a_scales)
+                .await
+                .unwrap();
+            let a = QuantizedRows { words: &words, scales: &a_scales, tokens: rows, stride };
+            assert!(QMatmul::for_rows(&weights, &a, false).vec4, "{c:?}: four-word loads fit");
+            let mut outputs = Vec::new();
+            for vec4 in [false, true] {
+                let y = zeros(gpu, rows * c.out).await;
+                QMatmul::new(&weights, rows, false, vec4)
+                    .encode(gpu, &mut enc, &a, &weights, None, (&y, 0))
+                    .await
+                    .unwrap();
+                outputs.push(y);
+            }
+            submit(gpu, enc);
+            let one = gpu.read_f32(&outputs[0], rows * c.out).await.unwrap();
+            let four = gpu.read_f32(&outputs[1], rows * c.out).await.unwrap();
+            assert_bits(&format!("{rows} rows of {c:?}: four-word vs one-word loads"), &four, &one);
+        }
+    }
+    // Widths that do not allow four-word loads: 9 INT8 words per row, 6 and 5 INT4 words.
+    let misaligned = [case(4, 36, i8b, i8b), case(4, 48, i4b, i8b), case(4, 40, i4b, i4b)];
+    for c in misaligned {
+        let (_, reference) = build_layer(gpu, &c, 7, 1).await;
+        let weights = gpu_weights(gpu, &c, &reference.weights.values, &reference.weights.scales).await;
+        let stride = activation_words(c.cols);
+        let words = zeros(gpu, 2 * stride).await;
+        let scales = zeros(gpu, 2).await;
+        let y = zeros(gpu, 2 * c.out).await;
+        let a = QuantizedRows { words: &words, scales: &scales, tokens: 2, stride };
+        assert!(!QMatmul::for_rows(&weights, &a, false).vec4, "{c:?}: four-word loads do not fit");
+        let forced = QMatmul::new(&weights, 2, false, true);
+        match forced.encode(gpu, &mut encoder(gpu), &a, &weights, None, (&y, 0)).await {
+            Err(RuntimeError::Shape(m)) => assert!(m.contains("four-word"), "{m}"),
+            other => panic!("{c:?}: expected a Shape error, got {other:?}"),
+        }
+    }
+}
+
 /// 4 KiB bindings: inputs and outputs in row passes, weights and scales in column chunks.
 async fn check_split_binding() {
     let gpu = Gpu::new(&DeviceOptions { max_storage_binding: Some(4096) }).await.unwrap();
@@ -344,6 +419,7 @@ fn quant_kernels_match_reference() {
     pollster::block_on(check_quantize(&gpu));
     pollster::block_on(check_layers(&gpu));
     pollster::block_on(check_shared_input(&gpu));
+    pollster::block_on(check_loads(&gpu));
     pollster::block_on(check_unsupported(&gpu));
 }
 
@@ -361,6 +437,7 @@ async fn quant_kernels_match_reference_in_browser() {
     check_quantize(&gpu).await;
     check_layers(&gpu).await;
     check_shared_input(&gpu).await;
+    check_loads(&gpu).await;
     check_unsupported(&gpu).await;
 }
 

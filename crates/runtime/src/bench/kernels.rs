@@ -89,14 +89,22 @@ pub async fn measure_kernels(gpu: &Gpu) -> Result<Vec<KernelReport>> {
             let words = gpu.zeroed_buffer("qa", (shape.m * stride * 4) as u64).await?;
             let scales = values_buffer(gpu, shape.m, 3).await?;
             let rows = QuantizedRows { words: &words, scales: &scales, tokens: shape.m, stride };
-            let kernel = QMatmul::for_weights(&weights, shape.m, false);
-            let label = format!("qmatmul {} ({}×{} block)", encoding.tag(), kernel.block.0, kernel.block.1);
-            reports.push(
-                time(gpu, &label, shape, async |gpu: &Gpu, e: &mut Encoder| {
-                    kernel.encode(gpu, e, &rows, &weights, None, (&y, 0)).await
-                })
-                .await?,
-            );
+            for vec4 in [false, true] {
+                let kernel = QMatmul::new(&weights, shape.m, false, vec4);
+                let loads = if vec4 { "4-word loads" } else { "1-word loads" };
+                let label = format!(
+                    "qmatmul {} ({}×{} block, {loads})",
+                    encoding.tag(),
+                    kernel.block.0,
+                    kernel.block.1
+                );
+                reports.push(
+                    time(gpu, &label, shape, async |gpu: &Gpu, e: &mut Encoder| {
+                        kernel.encode(gpu, e, &rows, &weights, None, (&y, 0)).await
+                    })
+                    .await?,
+                );
+            }
         }
     }
     reports.push(attention(gpu).await?);

@@ -346,16 +346,17 @@ impl QuantWeightsGpu {
     }
 }
 
-/// `shaders/qmatmul.wgsl`: `y = dequant(W q_a)` for `tokens` quantized activation rows.
-/// `tokens ≤ 4` (decode) gives each invocation one column for all tokens (the weight row is
-/// read once); more tokens give each invocation a 4 × 4 block.
-#[derive(Clone, Copy, Debug)]
+/// `shaders/qmatmul.wgsl`: `y = dequant(W q_a)` for `tokens` quantized activation rows, a
+/// block of tokens × columns per invocation ([`QMatmul::new`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct QMatmul {
     pub int4: bool,
     pub f16_scales: bool,
     pub bias: bool,
     /// Tokens and output columns per invocation.
     pub block: (usize, usize),
+    /// Read weights and activations four words at a time ([`QMatmul::vec4_fits`]).
+    pub vec4: bool,
 }
 
 impl Kernel for QMatmul {
@@ -365,7 +366,9 @@ impl Kernel for QMatmul {
             ("TR".to_string(), self.block.0.to_string()),
             ("TC".to_string(), self.block.1.to_string()),
         ]);
-        for (on, name) in [(self.int4, "INT4"), (self.f16_scales, "SCALE_F16"), (self.bias, "BIAS")] {
+        let flags =
+            [(self.int4, "INT4"), (self.f16_scales, "SCALE_F16"), (self.bias, "BIAS"), (self.vec4, "VEC4")];
+        for (on, name) in flags {
             if on {
                 d.insert(name.to_string(), String::new());
             }
@@ -387,14 +390,40 @@ pub struct QuantizedRows<'a> {
 }
 
 impl QMatmul {
-    /// The variant for `w` on `tokens` rows.
-    pub fn for_weights(w: &QuantWeightsGpu, tokens: usize, bias: bool) -> Self {
+    /// The fastest variant for `w` on the rows `a`: four-word loads wherever the widths allow.
+    pub fn for_rows(w: &QuantWeightsGpu, a: &QuantizedRows<'_>, bias: bool) -> Self {
+        Self::new(w, a.tokens, bias, Self::vec4_fits(w, a.stride))
+    }
+
+    /// The variant for `w` on `tokens` rows with one- or four-word loads: `tokens ≤ 4` (decode)
+    /// gives each invocation one column for all tokens (the weight row is read once), more
+    /// tokens a 4 × 4 block.
+    pub fn new(w: &QuantWeightsGpu, tokens: usize, bias: bool, vec4: bool) -> Self {
         Self {
             int4: w.bits() == Bits::Int4,
             f16_scales: w.scales.encoding == Encoding::F16,
             bias,
             block: if tokens <= 4 { (tokens.max(1), 1) } else { (4, 4) },
+            vec4,
         }
+    }
+
+    /// Whether the four-word variant can read `w` with activation rows of `stride` words: the
+    /// weight's words per row, per scale group and the stride are multiples of 4, and every
+    /// INT4 word's two activation words lie within the row.
+    pub fn vec4_fits(w: &QuantWeightsGpu, stride: usize) -> bool {
+        let (ww, group_words) = Self::words(w);
+        ww.is_multiple_of(4)
+            && group_words.is_multiple_of(4)
+            && stride.is_multiple_of(4)
+            && stride >= activation_words(w.cols())
+    }
+
+    /// Packed words per weight row and per scale group.
+    fn words(w: &QuantWeightsGpu) -> (usize, usize) {
+        let ww = (w.weight.row_bytes() / 4) as usize;
+        let groups_per_row = w.cols() / w.group;
+        (ww, if groups_per_row == 1 { ww } else { w.group * w.bits().bits() as usize / 32 })
     }
 
     /// Record `y[r0.., :] = dequant(W a) (+ bias)` where `y` is f32 `[.., out]` and the rows
@@ -421,6 +450,11 @@ impl QMatmul {
         if aw < cols.div_ceil(4) {
             return Err(RuntimeError::Shape(format!("{aw} activation words per row for {cols} columns")));
         }
+        if self.vec4 && !Self::vec4_fits(w, aw) {
+            return Err(RuntimeError::Shape(format!(
+                "four-word quantized matmul over [{out}, {cols}] weights and {aw}-word activation rows"
+            )));
+        }
         let over = activation_words(cols).saturating_sub(aw);
         let (a_bytes, y_bytes) = (((tokens * aw + over) * 4) as u64, (tokens * out * 4) as u64);
         require_size(a.words, a_bytes, "activation integers")?;
@@ -436,10 +470,9 @@ impl QMatmul {
         for buffer in [a.words, a.scales, &w.weight.buffer, &w.scales.buffer] {
             distinct(buffer, y.0, "quantized matmul input and output")?;
         }
-        let ww = w.weight.row_bytes() / 4;
+        let (ww, group_words) = Self::words(w);
+        let ww = ww as u64;
         let groups_per_row = cols / w.group;
-        let group_words =
-            if groups_per_row == 1 { ww as usize } else { w.group * w.bits().bits() as usize / 32 };
         let scale_row = w.scales.encoding.byte_len(&[groups_per_row]) as u64;
         let chunk =
             rows_per_chunk(gpu, &format!("a [{out}, {cols}] quantized weight"), out, &[ww * 4, scale_row])?;
