@@ -10,48 +10,8 @@
 enable f16;
 #endif
 
-#include half
-
-struct Params {
-    m: u32,
-    n: u32,
-    k_dim: u32,
-    ldy: u32,
-    col_offset: u32,
-    _pad0: u32,
-    _pad1: u32,
-    _pad2: u32,
-}
-
-@group(0) @binding(0) var<uniform> params: Params;
-@group(0) @binding(1) var<storage, read> x: array<f32>;
-#ifdef F16_STORAGE
-@group(0) @binding(2) var<storage, read> w: array<f16>;
-#else
-#ifdef W16
-@group(0) @binding(2) var<storage, read> w: array<u32>;
-#else
-@group(0) @binding(2) var<storage, read> w: array<f32>;
-#endif
-#endif
-@group(0) @binding(3) var<storage, read_write> y: array<f32>;
-#ifdef BIAS
-@group(0) @binding(4) var<storage, read> bias: array<f32>;
-#endif
-
-// Weight element i, widened exactly to f32: stored f32; with F16_STORAGE an array<f16> (needs
-// shader-f16); with W16 two 16-bit values per word (element 2k in the low half), bf16 (BF16) or f16.
-fn weight(i: u32) -> f32 {
-#ifdef F16_STORAGE
-    return f32(w[i]);
-#else
-#ifdef W16
-    return half_in(w[i / 2u], (i & 1u) == 1u);
-#else
-    return w[i];
-#endif
-#endif
-}
+#include linear
+#include weight
 
 const TILE: u32 = 64u;
 const BK: u32 = 16u;

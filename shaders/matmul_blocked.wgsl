@@ -18,18 +18,8 @@ enable f16;
 #include grid
 #include half
 
-struct Params {
-    m: u32,
-    n: u32,
-    k_dim: u32,
-    ldy: u32,
-    col_offset: u32,
-    _pad0: u32,
-    _pad1: u32,
-    _pad2: u32,
-}
+#include linear
 
-@group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;
 #ifdef F16_STORAGE
 @group(0) @binding(2) var<storage, read> w: array<vec4<f16>>;
@@ -40,12 +30,8 @@ struct Params {
 @group(0) @binding(2) var<storage, read> w: array<vec4<f32>>;
 #endif
 #endif
-@group(0) @binding(3) var<storage, read_write> y: array<f32>;
-#ifdef BIAS
-@group(0) @binding(4) var<storage, read> bias: array<f32>;
-#endif
 
-// Weight elements 4i..4i+3, widened exactly to f32 (see matmul.wgsl's `weight`).
+// Weight elements 4i..4i+3, widened exactly to f32 (see lib/weight.wgsl's `weight`).
 fn weight4(i: u32) -> vec4<f32> {
 #ifdef F16_STORAGE
     return vec4<f32>(w[i]);

@@ -179,8 +179,12 @@ pub fn run(args: Args) -> Result<()> {
     Ok(())
 }
 
-/// The peer configurations to run; `Err` when the comparison would not be like for like.
+/// The peer configurations to run; `Err` when the comparison would not be like for like or the
+/// harness cannot run (checked before our runs, which take minutes).
 fn check_peer_args(args: &Args) -> Result<Vec<PeerRun>> {
+    if let Some(onnx) = &args.peer {
+        peer::check_harness(&peer::peer_dir(args.peer_dir.as_deref()), onnx)?;
+    }
     if args.native_only {
         bail!("--peer compares in Chromium: drop --native-only");
     }

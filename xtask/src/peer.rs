@@ -73,6 +73,25 @@ pub fn peer_dir(given: Option<&Path>) -> PathBuf {
     given.map(Path::to_path_buf).unwrap_or_else(|| root().join("../shared/peer"))
 }
 
+/// Refuse, before anything runs, a harness that is missing or not installed and an `onnx`
+/// folder that is not an export.
+pub fn check_harness(dir: &Path, onnx: &Path) -> Result<()> {
+    if !dir.join("bench.mjs").is_file() {
+        bail!("no peer harness at {} (expected bench.mjs; pass --peer-dir)", dir.display());
+    }
+    if !dir.join("node_modules/@huggingface/transformers").is_dir() {
+        bail!(
+            "the peer harness is not installed: run `npm install --ignore-scripts` in {} (if that \
+             folder is read-only, copy it somewhere writable, install there and pass --peer-dir)",
+            dir.display()
+        );
+    }
+    if !onnx.join("onnx").is_dir() {
+        bail!("{} is not an ONNX export (no onnx/ folder): see {}/README.md", onnx.display(), dir.display());
+    }
+    Ok(())
+}
+
 /// Run each peer configuration once on `image` with `max_new_tokens` and read its reports.
 pub fn measure(
     dir: &Path,
@@ -81,16 +100,7 @@ pub fn measure(
     max_new_tokens: usize,
     runs: &[PeerRun],
 ) -> Result<Vec<PeerReport>> {
-    let script = dir.join("bench.mjs");
-    if !script.is_file() {
-        bail!("no peer harness at {} (expected bench.mjs; pass --peer-dir)", dir.display());
-    }
-    if !dir.join("node_modules/@huggingface/transformers").is_dir() {
-        bail!("the peer harness is not installed: run `npm install --ignore-scripts` in {}", dir.display());
-    }
-    if !onnx.join("onnx").is_dir() {
-        bail!("{} is not an ONNX export (no onnx/ folder): see {}/README.md", onnx.display(), dir.display());
-    }
+    check_harness(dir, onnx)?;
     let out_dir = root().join("target/xtask/bench");
     std::fs::create_dir_all(&out_dir)?;
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());

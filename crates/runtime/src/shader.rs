@@ -41,6 +41,8 @@ shaders![
     "lib/grid",
     "lib/half",
     "lib/int",
+    "lib/linear",
+    "lib/weight",
 ];
 
 /// Prefix of the library files `#include` may name.

@@ -4,6 +4,7 @@
 //! Runs natively (`cargo test`, e.g. on Vulkan lavapipe) and in the browser (wasm-bindgen-test).
 
 use pocketvlm_format::Encoding;
+use pocketvlm_runtime::bench::values;
 use pocketvlm_runtime::kernels::matmul::{
     MatVec, Matmul, MatmulShape, input_rows_per_chunk, matmul_reference, weight_rows_per_chunk,
 };
@@ -11,17 +12,6 @@ use pocketvlm_runtime::{DeviceOptions, Gpu};
 
 #[cfg(target_arch = "wasm32")]
 wasm_bindgen_test::wasm_bindgen_test_configure!(run_in_browser);
-
-/// Deterministic values in [-1, 1).
-fn values(seed: u64, len: usize) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-    (0..len)
-        .map(|_| {
-            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect()
-}
 
 /// Which kernel a case runs.
 #[derive(Clone, Copy, Debug, PartialEq)]

@@ -10,6 +10,7 @@
 use pocketvlm_format::Encoding;
 use serde::{Deserialize, Serialize};
 
+use super::values;
 use crate::device::{Gpu, now_ms};
 use crate::encoder::Encoder;
 use crate::error::Result;
@@ -143,14 +144,7 @@ async fn quantized_weights(gpu: &Gpu, shape: MatmulShape, encoding: Encoding) ->
 
 /// `len` values in [-1, 1) from a linear congruential sequence.
 async fn values_buffer(gpu: &Gpu, len: usize, seed: u64) -> Result<wgpu::Buffer> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    let values: Vec<f32> = (0..len.max(1))
-        .map(|_| {
-            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-        })
-        .collect();
-    gpu.storage_buffer("bench values", bytemuck::cast_slice(&values)).await
+    gpu.storage_buffer("bench values", bytemuck::cast_slice(&values(seed, len.max(1)))).await
 }
 
 async fn time<F>(gpu: &Gpu, kernel: &str, shape: MatmulShape, record: F) -> Result<KernelReport>

@@ -18,6 +18,21 @@ use crate::error::Result;
 use crate::model::sampling::SamplingOptions;
 use crate::model::{CacheKind, Generator, MemoryUsage};
 
+/// Deterministic values in [-1, 1) from `seed` (a 64-bit LCG's top bits): the inputs of the kernel
+/// bench, whose contents do not change the work, and of the kernel tests, which compare the GPU
+/// with a CPU reference on them.
+pub fn values(seed: u64, len: usize) -> Vec<f32> {
+    const MUL: u64 = 6364136223846793005;
+    const INC: u64 = 1442695040888963407;
+    let mut s = seed.wrapping_mul(MUL).wrapping_add(INC);
+    (0..len)
+        .map(|_| {
+            s = s.wrapping_mul(MUL).wrapping_add(INC);
+            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
 /// Prefix of the line the browser bench prints its [`BenchReport`] on.
 pub const REPORT_PREFIX: &str = "POCKETVLM_BENCH ";
 

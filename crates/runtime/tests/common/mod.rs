@@ -3,16 +3,7 @@
 
 use pocketvlm_runtime::{Encoder, Gpu};
 
-/// Deterministic values in [-1, 1).
-pub fn values(seed: u64, len: usize) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-    (0..len)
-        .map(|_| {
-            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect()
-}
+pub use pocketvlm_runtime::bench::values;
 
 /// Deterministic integers in `0..bound`.
 pub fn indices(seed: u64, len: usize, bound: u32) -> Vec<u32> {
