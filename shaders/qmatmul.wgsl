@@ -77,6 +77,15 @@ fn exact_f32(a: i32) -> f32 {
     return f32(a >> 16u) * 65536.0 + f32(a & 0xffff);
 }
 
+#ifdef INT4
+// 16 x the dot product of INT4 weight word `word` (eight values) with its activation words
+// a_lo (values 0-3) and a_hi (4-7): each nibble moved to the top of its byte, so every product is
+// 16x its value and sums of them shift right by 4 exactly.
+fn int4_dot16(word: u32, a_lo: u32, a_hi: u32) -> i32 {
+    return dot4I8Packed((word << 4u) & 0xF0F0F0F0u, a_lo) + dot4I8Packed(word & 0xF0F0F0F0u, a_hi);
+}
+#endif
+
 #ifdef VEC4
 // acc[i * TC + j] += the exact integer dot product of token t0 + i with column c0 + j over
 // group g, four words at a time (out-of-range tokens and columns clamped).
@@ -99,17 +108,12 @@ fn accumulate4(acc: ptr<function, array<i32, TR * TC>>, g: u32, c0: u32, t0: u32
         }
         for (var i = 0u; i < TR; i++) {
 #ifdef INT4
-            // weight words 4q..4q+3 pair with activation words 8q..8q+7, lo then hi nibbles;
-            // every product is 16x its value, so the sum of eight shifts exactly.
+            // weight words 4q..4q+3 pair with activation words 8q..8q+7 (two per weight word)
             let a0 = qa[arow[i] + 2u * q];
             let a1 = qa[arow[i] + 2u * q + 1u];
             for (var j = 0u; j < TC; j++) {
-                let lo = (b[j] << vec4<u32>(4u)) & vec4<u32>(0xF0F0F0F0u);
-                let hi = b[j] & vec4<u32>(0xF0F0F0F0u);
-                let s = dot4I8Packed(lo.x, a0.x) + dot4I8Packed(hi.x, a0.y)
-                    + dot4I8Packed(lo.y, a0.z) + dot4I8Packed(hi.y, a0.w)
-                    + dot4I8Packed(lo.z, a1.x) + dot4I8Packed(hi.z, a1.y)
-                    + dot4I8Packed(lo.w, a1.z) + dot4I8Packed(hi.w, a1.w);
+                let s = int4_dot16(b[j].x, a0.x, a0.y) + int4_dot16(b[j].y, a0.z, a0.w)
+                    + int4_dot16(b[j].z, a1.x, a1.y) + int4_dot16(b[j].w, a1.z, a1.w);
                 (*acc)[i * TC + j] += s >> 4u;
             }
 #else
@@ -157,11 +161,8 @@ fn main(
                 for (var i = 0u; i < TR; i++) {
                     let t = min(t0 + i, params.tokens - 1u);
 #ifdef INT4
-                    let a_lo = qa[t * params.aw + 2u * wi];
-                    let a_hi = qa[t * params.aw + 2u * wi + 1u];
-                    let lo = (word << 4u) & 0xF0F0F0F0u;
-                    let hi = word & 0xF0F0F0F0u;
-                    acc[i * TC + j] += (dot4I8Packed(lo, a_lo) + dot4I8Packed(hi, a_hi)) >> 4u;
+                    let a = t * params.aw + 2u * wi;
+                    acc[i * TC + j] += int4_dot16(word, qa[a], qa[a + 1u]) >> 4u;
 #else
                     acc[i * TC + j] += dot4I8Packed(word, qa[t * params.aw + wi]);
 #endif

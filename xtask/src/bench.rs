@@ -431,6 +431,8 @@ fn print_table(model: &Path, config: &BenchConfig, native: &BenchReport, chromiu
     row("decode rate", &|r| r.decode_tokens_per_s, &rate);
     row("· dispatches per decode step", &|r| r.dispatches_per_token, &|v| format!("{v:.0}"));
     row("· host time to record a step", &|r| r.record_ms_per_token, &|v| format!("{v:.2} ms"));
+    row("· · bind groups built per later step", &|r| r.bind_groups_built_per_token, &|v| format!("{v:.1}"));
+    row("· · host time building them", &|r| r.bind_group_ms_per_token, &|v| format!("{v:.2} ms"));
     row("GPU: weights", &|r| r.weight_bytes as f64, &bytes);
     row("GPU: tables (RoPE, rotations)", &|r| r.table_bytes as f64, &bytes);
     row("GPU: KV cache", &|r| r.kv_cache_bytes as f64, &bytes);

@@ -16,14 +16,15 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use crate::device::Gpu;
+use crate::device::{Gpu, now_ms};
 use crate::pipelines::Pipeline;
 
 /// Bytes of one uniform arena chunk.
 const CHUNK_BYTES: usize = 64 * 1024;
 
-/// Entries kept by a [`BindGroups`] cache before it starts over (a decode step whose bindings
-/// grow with the context adds one per step).
+/// Entries kept by a [`BindGroups`] cache before it starts over (a decode step binds what the
+/// step before bound, caches over their capacity, so a generation adds entries only on its first
+/// step and when its cache grows; the bound keeps a pathological caller from growing it forever).
 const MAX_BIND_GROUPS: usize = 16 * 1024;
 
 /// What a bind group binds: the pipeline (its address in the pipeline cache, which never drops
@@ -36,6 +37,10 @@ pub struct BindGroups {
     groups: HashMap<BindKey, wgpu::BindGroup>,
     /// Dispatches that found their bind group here.
     pub hits: usize,
+    /// Bind groups built for the cache (a lookup that missed).
+    pub built: usize,
+    /// Host milliseconds spent building them.
+    pub build_ms: f64,
 }
 
 /// A command encoder with its uniform arena and an open compute pass. Make one with
@@ -90,7 +95,10 @@ impl Encoder {
                         if cache.groups.len() >= MAX_BIND_GROUPS {
                             cache.groups.clear();
                         }
+                        let t0 = now_ms();
                         let group = build();
+                        cache.built += 1;
+                        cache.build_ms += now_ms() - t0;
                         cache.groups.insert(key, group.clone());
                         group
                     }

@@ -235,7 +235,7 @@ async fn strided_rows_case(gpu: &Gpu, bits: Bits, rank: usize, seed: u64) {
             .encode_strided(gpu, &mut enc, &act, (&x, 0), tokens, rank, (&words, stride), &scales)
             .await
             .unwrap();
-        let a = QuantizedRows { words: &words, scales: &scales, tokens, stride };
+        let a = QuantizedRows::new(&words, &scales, tokens, stride);
         QMatmul::for_rows(&weights, &a, false)
             .encode(gpu, &mut enc, &a, &weights, None, (&y, 0))
             .await

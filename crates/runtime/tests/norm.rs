@@ -1,11 +1,13 @@
-//! LayerNorm and RMSNorm against f64 references: odd widths, offset rows, and the row-chunked
-//! path under a forced small binding limit. Runs natively and in the browser.
+//! LayerNorm and RMSNorm against f64 references, in both layouts (a workgroup per row, one
+//! invocation per row) and in the residual form (`x ← x + r`, then the norm of the sum; `x` must
+//! equal the f32 sums bit for bit): odd widths, offset rows, and the row-chunked path under a
+//! forced small binding limit. Runs natively and in the browser.
 
 mod common;
 
 use common::{EPS, assert_close, encoder, submit, upload, values, zeros};
 use pocketvlm_runtime::kernels::norm::{
-    LayerNorm, NormShape, RmsNorm, layer_norm_reference, rms_norm_reference,
+    LayerNorm, NormLayout, NormShape, RmsNorm, layer_norm_reference, rms_norm_reference,
 };
 use pocketvlm_runtime::kernels::util::rows_per_chunk;
 use pocketvlm_runtime::{DeviceOptions, Gpu, RuntimeError};
@@ -25,28 +27,62 @@ fn inputs(seed: u64, shape: NormShape) -> Vec<f32> {
 }
 
 /// Sequential additions per sum in the kernel: a strided slice per invocation, then a
-/// 256-wide tree.
-fn sum_terms(d: usize) -> f32 {
-    (d.div_ceil(256) + 8) as f32
+/// 256-wide tree; or the whole row in order.
+fn sum_terms(d: usize, layout: NormLayout) -> f32 {
+    match layout {
+        NormLayout::Workgroup => (d.div_ceil(256) + 8) as f32,
+        NormLayout::PerRow => d as f32,
+    }
 }
 
-async fn layer_norm_case(gpu: &Gpu, shape: NormShape, seed: u64) {
+const LAYOUTS: [NormLayout; 2] = [NormLayout::Workgroup, NormLayout::PerRow];
+
+/// The input as the norm sees it: `x`, or `x + r` (with `r` uploaded) in the residual form —
+/// `(x0, r, x)`, the uploaded input, the residual and the f32 sums.
+fn residual_inputs(seed: u64, shape: NormShape, residual: bool) -> (Vec<f32>, Option<Vec<f32>>, Vec<f32>) {
+    let x0 = inputs(seed, shape);
+    if !residual {
+        return (x0.clone(), None, x0);
+    }
+    let r: Vec<f32> = values(seed + 7, x0.len()).iter().map(|v| v * 0.5).collect();
+    let sum = x0.iter().zip(&r).map(|(a, b)| a + b).collect();
+    (x0, Some(r), sum)
+}
+
+/// With a residual, the updated `x` must be the f32 sums exactly.
+async fn check_residual(gpu: &Gpu, what: &str, xb: &wgpu::Buffer, x: &[f32], residual: bool) {
+    if residual {
+        let got = gpu.read_f32(xb, x.len()).await.unwrap();
+        assert!(got.iter().zip(x).all(|(a, b)| a.to_bits() == b.to_bits()), "{what}: x ≠ x + r");
+    }
+}
+
+async fn layer_norm_case(gpu: &Gpu, shape: NormShape, seed: u64, layout: NormLayout, residual: bool) {
     let NormShape { rows, d } = shape;
     let eps = 1e-6;
-    let x = inputs(seed, shape);
+    let (x0, r, x) = residual_inputs(seed, shape, residual);
     let g: Vec<f32> = values(seed + 1, d).iter().map(|v| v * 2.0).collect();
     let b = values(seed + 2, d);
     let (xb, gb, bb, yb) =
-        (upload(gpu, &x).await, upload(gpu, &g).await, upload(gpu, &b).await, zeros(gpu, rows * d).await);
+        (upload(gpu, &x0).await, upload(gpu, &g).await, upload(gpu, &b).await, zeros(gpu, rows * d).await);
+    let rb = match &r {
+        Some(r) => Some(upload(gpu, r).await),
+        None => None,
+    };
     let mut enc = encoder(gpu);
-    LayerNorm { eps }.encode(gpu, &mut enc, shape, &xb, &gb, &bb, &yb).await.unwrap();
+    LayerNorm { eps }
+        .encode_as(gpu, &mut enc, layout, shape, (&xb, rb.as_ref()), (&gb, &bb), &yb)
+        .await
+        .unwrap();
     submit(gpu, enc);
+    let what = format!("layer_norm {shape:?} {layout:?} residual {residual}");
+    check_residual(gpu, &what, &xb, &x, residual).await;
     let got = gpu.read_f32(&yb, rows * d).await.unwrap();
     let want = layer_norm_reference(&x, &g, &b, eps, shape);
     // Error model: the mean is off by ≤ c·ε·mean|x| (c sequential additions plus the division),
     // the inverse standard deviation by ≤ (c/2 + 3)·ε relative, and the final subtract, multiplies
     // and add by a few ε more.
-    let c = sum_terms(d) + 3.0;
+    let c = sum_terms(d, layout) + 3.0;
     let stats: Vec<(f64, f64, f64)> = (0..rows)
         .map(|r| {
             let row = &x[r * d..(r + 1) * d];
@@ -56,7 +92,7 @@ async fn layer_norm_case(gpu: &Gpu, shape: NormShape, seed: u64) {
             (mean, 1.0 / (var + f64::from(eps)).sqrt(), abs_mean)
         })
         .collect();
-    let worst = assert_close(&format!("layer_norm {shape:?}"), &got, &want, |i| {
+    let worst = assert_close(&what, &got, &want, |i| {
         let (r, j) = (i / d, i % d);
         let (mean, rstd, abs_mean) = stats[r];
         let xhat = ((f64::from(x[i]) - mean) * rstd).abs() as f32;
@@ -66,35 +102,46 @@ async fn layer_norm_case(gpu: &Gpu, shape: NormShape, seed: u64) {
             + 2.0 * EPS * want[i].abs()
             + 1e-30
     });
-    eprintln!("layer_norm {shape:?}: worst error {worst:.3} of tolerance");
+    eprintln!("{what}: worst error {worst:.3} of tolerance");
 }
 
-async fn rms_norm_case(gpu: &Gpu, shape: NormShape, seed: u64) {
+async fn rms_norm_case(gpu: &Gpu, shape: NormShape, seed: u64, layout: NormLayout, residual: bool) {
     let NormShape { rows, d } = shape;
     let eps = 1e-5;
-    let x = inputs(seed, shape);
+    let (x0, r, x) = residual_inputs(seed, shape, residual);
     let g: Vec<f32> = values(seed + 1, d).iter().map(|v| v * 2.0).collect();
-    let (xb, gb, yb) = (upload(gpu, &x).await, upload(gpu, &g).await, zeros(gpu, rows * d).await);
+    let (xb, gb, yb) = (upload(gpu, &x0).await, upload(gpu, &g).await, zeros(gpu, rows * d).await);
+    let rb = match &r {
+        Some(r) => Some(upload(gpu, r).await),
+        None => None,
+    };
     let mut enc = encoder(gpu);
-    RmsNorm { eps }.encode(gpu, &mut enc, shape, &xb, &gb, &yb).await.unwrap();
+    RmsNorm { eps }.encode_as(gpu, &mut enc, layout, shape, (&xb, rb.as_ref()), &gb, &yb).await.unwrap();
     submit(gpu, enc);
+    let what = format!("rms_norm {shape:?} {layout:?} residual {residual}");
+    check_residual(gpu, &what, &xb, &x, residual).await;
     let got = gpu.read_f32(&yb, rows * d).await.unwrap();
     let want = rms_norm_reference(&x, &g, eps, shape);
     // Error model: the mean square is off by ≤ (c + 3)·ε relative, its inverse square root by
     // half that plus 2 ε, and the two multiplies add 2 ε.
-    let c = sum_terms(d) + 3.0;
-    let worst = assert_close(&format!("rms_norm {shape:?}"), &got, &want, |i| {
-        want[i].abs() * (c / 2.0 + 6.0) * EPS + 1e-30
-    });
-    eprintln!("rms_norm {shape:?}: worst error {worst:.3} of tolerance");
+    let c = sum_terms(d, layout) + 3.0;
+    let worst = assert_close(&what, &got, &want, |i| want[i].abs() * (c / 2.0 + 6.0) * EPS + 1e-30);
+    eprintln!("{what}: worst error {worst:.3} of tolerance");
 }
 
 async fn check_sizes(gpu: &Gpu) {
     let cases = [(1, 1), (3, 7), (5, 256), (2, 257), (7, 768), (3, 960), (2, 2048), (4, 1153)];
     for (i, &(rows, d)) in cases.iter().enumerate() {
-        layer_norm_case(gpu, NormShape { rows, d }, 10 + i as u64).await;
-        rms_norm_case(gpu, NormShape { rows, d }, 40 + i as u64).await;
+        for layout in LAYOUTS {
+            for residual in [false, true] {
+                layer_norm_case(gpu, NormShape { rows, d }, 10 + i as u64, layout, residual).await;
+                rms_norm_case(gpu, NormShape { rows, d }, 40 + i as u64, layout, residual).await;
+            }
+        }
     }
+    // The automatic layout is per row on CPU adapters.
+    let want = if gpu.caps.cpu { NormLayout::PerRow } else { NormLayout::Workgroup };
+    assert_eq!(NormLayout::for_gpu(gpu), want);
 }
 
 async fn check_split_binding() {
@@ -102,8 +149,10 @@ async fn check_split_binding() {
     let shape = NormShape { rows: 37, d: 128 };
     let chunk = rows_per_chunk(&gpu, "test", shape.rows, &[(shape.d * 4) as u64]).unwrap();
     assert!(chunk < shape.rows, "expected several row chunks, got {chunk}");
-    layer_norm_case(&gpu, shape, 3).await;
-    rms_norm_case(&gpu, shape, 4).await;
+    for layout in LAYOUTS {
+        layer_norm_case(&gpu, shape, 3, layout, true).await;
+        rms_norm_case(&gpu, shape, 4, layout, true).await;
+    }
     // A single row wider than one binding is a typed error.
     let (x, g, y) = (zeros(&gpu, 2000).await, zeros(&gpu, 2000).await, zeros(&gpu, 2000).await);
     let mut enc = encoder(&gpu);
@@ -122,6 +171,17 @@ async fn check_split_binding() {
         .encode(&gpu, &mut enc, NormShape { rows: 2, d: 1500 }, &x, &g, &y)
         .await
         .unwrap_err();
+    assert!(matches!(err, RuntimeError::Shape(_)), "{err}");
+    // A residual that is the input or the output, or too short, is a typed error.
+    let small = NormShape { rows: 2, d: 8 };
+    for r in [&x, &y] {
+        let err =
+            RmsNorm { eps: 1e-5 }.encode_residual(&gpu, &mut enc, small, &x, r, &g, &y).await.unwrap_err();
+        assert!(matches!(err, RuntimeError::Shape(_)), "{err}");
+    }
+    let short = zeros(&gpu, 15).await;
+    let err =
+        RmsNorm { eps: 1e-5 }.encode_residual(&gpu, &mut enc, small, &x, &short, &g, &y).await.unwrap_err();
     assert!(matches!(err, RuntimeError::Shape(_)), "{err}");
 }
 

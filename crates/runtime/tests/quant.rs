@@ -341,7 +341,7 @@ async fn check_loads(gpu: &Gpu) {
                 .encode(gpu, &mut enc, &reference.activation, (&x, 0), rows, c.cols, &words, &a_scales)
                 .await
                 .unwrap();
-            let a = QuantizedRows { words: &words, scales: &a_scales, tokens: rows, stride };
+            let a = QuantizedRows::new(&words, &a_scales, rows, stride);
             assert!(QMatmul::for_rows(&weights, &a, false).vec4, "{c:?}: four-word loads fit");
             let mut outputs = Vec::new();
             for vec4 in [false, true] {
@@ -367,12 +367,21 @@ async fn check_loads(gpu: &Gpu) {
         let words = zeros(gpu, 2 * stride).await;
         let scales = zeros(gpu, 2).await;
         let y = zeros(gpu, 2 * c.out).await;
-        let a = QuantizedRows { words: &words, scales: &scales, tokens: 2, stride };
+        let a = QuantizedRows::new(&words, &scales, 2, stride);
         assert!(!QMatmul::for_rows(&weights, &a, false).vec4, "{c:?}: four-word loads do not fit");
         let forced = QMatmul::new(&weights, 2, false, true);
         match forced.encode(gpu, &mut encoder(gpu), &a, &weights, None, (&y, 0)).await {
             Err(RuntimeError::Shape(m)) => assert!(m.contains("four-word"), "{m}"),
             other => panic!("{c:?}: expected a Shape error, got {other:?}"),
+        }
+        // Bindings narrower than the rows, or wider than the buffers hold, are typed errors.
+        let plain = QMatmul::new(&weights, 2, false, false);
+        for rows in [1, 3] {
+            let a = QuantizedRows::new(&words, &scales, 2, stride).spanning(rows);
+            match plain.encode(gpu, &mut encoder(gpu), &a, &weights, None, (&y, 0)).await {
+                Err(RuntimeError::Shape(_)) => {}
+                other => panic!("{c:?}: rows bound as {rows}: expected a Shape error, got {other:?}"),
+            }
         }
     }
 }

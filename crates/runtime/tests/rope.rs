@@ -11,7 +11,7 @@ use pocketvlm_runtime::{DeviceOptions, Gpu, RuntimeError};
 wasm_bindgen_test::wasm_bindgen_test_configure!(run_in_browser);
 
 async fn rope_case(gpu: &Gpu, shape: RopeShape, theta: f32, seed: u64) {
-    let RopeShape { tokens, heads, kv_heads, head_dim, pos0, max_positions } = shape;
+    let RopeShape { tokens, heads, kv_heads, head_dim, pos0, max_positions, .. } = shape;
     let table = rope_table(theta, head_dim, max_positions);
     let q: Vec<f32> = values(seed, tokens * heads * head_dim).iter().map(|v| v * 4.0).collect();
     let k = values(seed + 1, tokens * kv_heads * head_dim);
@@ -46,17 +46,28 @@ async fn check_shapes(gpu: &Gpu) {
         (3, 9, 3, 64, 1000, 2048, 100000.0),
     ];
     for (i, &(tokens, heads, kv_heads, head_dim, pos0, max_positions, theta)) in cases.iter().enumerate() {
-        let shape = RopeShape { tokens, heads, kv_heads, head_dim, pos0, max_positions };
+        let shape = RopeShape { tokens, heads, kv_heads, head_dim, pos0, max_positions, bound: tokens };
         rope_case(gpu, shape, theta, 50 + i as u64).await;
     }
     // Positions past the table and odd head dimensions are typed errors.
     let (t, q, k) =
         (upload(gpu, &[0.0; 64]).await, upload(gpu, &[0.0; 64]).await, upload(gpu, &[0.0; 64]).await);
     let mut enc = encoder(gpu);
-    let bad = RopeShape { tokens: 2, heads: 1, kv_heads: 1, head_dim: 4, pos0: 15, max_positions: 16 };
+    let bad =
+        RopeShape { tokens: 2, heads: 1, kv_heads: 1, head_dim: 4, pos0: 15, max_positions: 16, bound: 2 };
     let err = Rope.encode(gpu, &mut enc, bad, &t, &q, &k).await.unwrap_err();
     assert!(matches!(err, RuntimeError::Shape(_)), "{err}");
-    let bad = RopeShape { tokens: 1, heads: 1, kv_heads: 1, head_dim: 3, pos0: 0, max_positions: 4 };
+    let bad =
+        RopeShape { tokens: 1, heads: 1, kv_heads: 1, head_dim: 3, pos0: 0, max_positions: 4, bound: 1 };
+    let err = Rope.encode(gpu, &mut enc, bad, &t, &q, &k).await.unwrap_err();
+    assert!(matches!(err, RuntimeError::Shape(_)), "{err}");
+    // Bindings narrower than the rows rotated, or wider than the buffers, are typed errors.
+    let bad =
+        RopeShape { tokens: 2, heads: 1, kv_heads: 1, head_dim: 4, pos0: 0, max_positions: 4, bound: 1 };
+    let err = Rope.encode(gpu, &mut enc, bad, &t, &q, &k).await.unwrap_err();
+    assert!(matches!(err, RuntimeError::Shape(_)), "{err}");
+    let bad =
+        RopeShape { tokens: 2, heads: 1, kv_heads: 1, head_dim: 4, pos0: 0, max_positions: 4, bound: 17 };
     let err = Rope.encode(gpu, &mut enc, bad, &t, &q, &k).await.unwrap_err();
     assert!(matches!(err, RuntimeError::Shape(_)), "{err}");
 }

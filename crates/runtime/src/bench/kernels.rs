@@ -89,7 +89,7 @@ pub async fn measure_kernels(gpu: &Gpu) -> Result<Vec<KernelReport>> {
             let stride = activation_words(shape.k);
             let words = gpu.zeroed_buffer("qa", (shape.m * stride * 4) as u64).await?;
             let scales = values_buffer(gpu, shape.m, 3).await?;
-            let rows = QuantizedRows { words: &words, scales: &scales, tokens: shape.m, stride };
+            let rows = QuantizedRows::new(&words, &scales, shape.m, stride);
             for vec4 in [false, true] {
                 let kernel = QMatmul::new(&weights, shape.m, false, vec4);
                 let loads = if vec4 { "4-word loads" } else { "1-word loads" };

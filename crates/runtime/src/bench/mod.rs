@@ -107,6 +107,13 @@ pub struct BenchReport {
     /// Host milliseconds spent recording one decode step's pass (not running it).
     #[serde(default)]
     pub record_ms_per_token: f64,
+    /// Bind groups a decode step after the second builds (0 when every binding is reused;
+    /// see [`crate::model::DecodeRecording`]).
+    #[serde(default)]
+    pub bind_groups_built_per_token: f64,
+    /// Host milliseconds such a step spends building them (part of `record_ms_per_token`).
+    #[serde(default)]
+    pub bind_group_ms_per_token: f64,
     pub weight_bytes: u64,
     pub table_bytes: u64,
     pub kv_cache_bytes: u64,
@@ -151,6 +158,7 @@ pub async fn measure(
     let t = session.timings;
     let memory: MemoryUsage = session.memory(engine);
     let recording = session.decode_recording();
+    let later_steps = recording.steps.saturating_sub(2).max(1) as f64;
     let info = &engine.gpu.adapter;
     let name = if info.name.is_empty() { "(unnamed adapter)".to_string() } else { info.name.clone() };
     let mut adapter = vec![name, format!("{:?}", info.backend), format!("{:?}", info.device_type)];
@@ -172,6 +180,8 @@ pub async fn measure(
         decode_tokens_per_s: per_second(generated.saturating_sub(1), end - first),
         dispatches_per_token: recording.dispatches as f64 / recording.steps.max(1) as f64,
         record_ms_per_token: recording.record_ms / recording.steps.max(1) as f64,
+        bind_groups_built_per_token: recording.later_built_bind_groups as f64 / later_steps,
+        bind_group_ms_per_token: recording.later_bind_group_ms / later_steps,
         weight_bytes: memory.weights,
         table_bytes: memory.tables,
         kv_cache_bytes: memory.kv_cache,

@@ -307,7 +307,9 @@ impl Attention {
         }
         let q_bytes = (batch * queries * heads * head_dim * 4) as u64;
         let out_bytes = (batch * queries * heads * vd * 4) as u64;
-        let kv_bytes = (((batch - 1) * kv_capacity + kv_len) * kv_heads * head_dim * 4) as u64;
+        // Keys and values are bound over their whole capacity, not `kv_len` rows: a decode step
+        // then binds what the step before bound and reuses its bind group.
+        let kv_bytes = (batch * kv_capacity * kv_heads * head_dim * 4) as u64;
         let cap_elems = (batch * kv_capacity * kv_heads * head_dim) as u64;
         if q_bytes / 4 > u64::from(u32::MAX) || cap_elems > u64::from(u32::MAX) {
             return bad("too many elements");
@@ -325,11 +327,12 @@ impl Attention {
         require_size(k, kv_bytes, "attention keys")?;
         let (v_buffer, v_bytes, v_scales) = match *v {
             Values::PerHead(b) => (b, kv_bytes, None),
-            Values::LatentF32 { rows, width } => (rows, (kv_len * width * 4) as u64, None),
+            Values::LatentF32 { rows, width } => (rows, (kv_capacity * width * 4) as u64, None),
             Values::LatentI8 { words, scales, words_per_row } => {
-                require_size(scales, kv_len as u64 * 4, "attention latent scales")?;
+                let s_bytes = kv_capacity as u64 * 4;
+                require_size(scales, s_bytes, "attention latent scales")?;
                 distinct(scales, out, "attention latent scales and output")?;
-                (words, (kv_len * words_per_row * 4) as u64, Some((scales, kv_len as u64 * 4)))
+                (words, (kv_capacity * words_per_row * 4) as u64, Some((scales, s_bytes)))
             }
         };
         require_size(v_buffer, v_bytes, "attention values")?;

@@ -7,9 +7,14 @@
 //! RMS norm: `y[r, i] = γ[i] · (x[r, i] / √(mean_i x[r, i]² + eps))` (transformers'
 //! `LlamaRMSNorm` in f32: normalise first, then multiply by γ).
 //!
-//! Buffers: `x` and `y` f32 `[rows, d]` row-major (distinct buffers), `γ` and `β` f32 `[d]`.
-//! One 256-invocation workgroup per row reduces the sums in workgroup memory. Inputs larger than
-//! one storage binding are processed in row chunks bound at aligned offsets.
+//! Residual form (`encode_residual`): `x ← x + r` first (one f32 add per value, written back to
+//! `x`, the residual stream), then the norm of the sum into `y`: a transformer block's residual
+//! add and the next norm in one dispatch. `x` holds exactly what a separate add would leave.
+//!
+//! Buffers: `x`, `r` and `y` f32 `[rows, d]` row-major (distinct buffers), `γ` and `β` f32 `[d]`.
+//! [`NormLayout`]: one 256-invocation workgroup per row reducing the sums in workgroup memory
+//! (GPUs), or one invocation per row summing in order, without barriers (CPU adapters). Inputs
+//! larger than one storage binding are processed in row chunks bound at aligned offsets.
 
 use std::collections::BTreeMap;
 
@@ -66,42 +71,81 @@ impl Kernel for RmsNorm {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
+/// How a norm's rows are spread over invocations.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NormLayout {
+    /// One 256-invocation workgroup per row; partial sums of strided slices reduced in
+    /// workgroup memory (9 barriers).
+    Workgroup,
+    /// One invocation per row, summing it in order: no barriers.
+    PerRow,
+}
+
+impl NormLayout {
+    /// The faster layout on `gpu`: per row on CPU adapters, whose barriers are slow.
+    pub fn for_gpu(gpu: &Gpu) -> Self {
+        if gpu.caps.cpu { Self::PerRow } else { Self::Workgroup }
+    }
+}
+
+/// One norm dispatch's inputs besides the kernel: `x` (read, or with a residual updated to
+/// `x + residual`), `γ`, `β` (layer norm), the output `y`.
+struct NormBuffers<'a> {
+    x: &'a wgpu::Buffer,
+    residual: Option<&'a wgpu::Buffer>,
+    gamma: &'a wgpu::Buffer,
+    beta: Option<&'a wgpu::Buffer>,
+    y: &'a wgpu::Buffer,
+}
+
 async fn encode_norm<K: Kernel>(
     gpu: &Gpu,
     encoder: &mut Encoder,
-    kernel: &K,
-    eps: f32,
+    (kernel, eps, layout): (&K, f32, NormLayout),
     shape: NormShape,
-    x: &wgpu::Buffer,
-    gamma: &wgpu::Buffer,
-    beta: Option<&wgpu::Buffer>,
-    y: &wgpu::Buffer,
+    b: NormBuffers<'_>,
 ) -> Result<()> {
     let NormShape { rows, d } = shape;
     if rows == 0 || d == 0 || d > u32::MAX as usize || rows * d > u32::MAX as usize {
         return Err(RuntimeError::Shape(format!("norm over [{rows}, {d}]")));
     }
     let row_bytes = (d * 4) as u64;
-    require_size(x, rows as u64 * row_bytes, "norm input")?;
-    require_size(y, rows as u64 * row_bytes, "norm output")?;
-    require_size(gamma, row_bytes, "norm weight")?;
+    require_size(b.x, rows as u64 * row_bytes, "norm input")?;
+    require_size(b.y, rows as u64 * row_bytes, "norm output")?;
+    require_size(b.gamma, row_bytes, "norm weight")?;
     check_binding(gpu, "norm weight", row_bytes)?;
-    distinct(x, y, "norm input and output")?;
-    if let Some(b) = beta {
-        require_size(b, row_bytes, "norm bias")?;
+    distinct(b.x, b.y, "norm input and output")?;
+    if let Some(beta) = b.beta {
+        require_size(beta, row_bytes, "norm bias")?;
     }
-    let pipeline = gpu.pipelines.get(gpu, K::SHADER, &kernel.defines()).await?;
+    let mut defines = kernel.defines();
+    if let Some(r) = b.residual {
+        require_size(r, rows as u64 * row_bytes, "norm residual")?;
+        distinct(r, b.x, "norm residual and input")?;
+        distinct(r, b.y, "norm residual and output")?;
+        defines.insert("RESIDUAL".into(), String::new());
+    }
+    if layout == NormLayout::PerRow {
+        defines.insert("PER_ROW".into(), String::new());
+    }
+    let pipeline = gpu.pipelines.get(gpu, K::SHADER, &defines).await?;
     let chunk = rows_per_chunk(gpu, "a norm's rows", rows, &[row_bytes])?;
     for (r0, nr) in chunks(rows, chunk) {
         let params = Params { rows: nr as u32, d: d as u32, eps, _pad: 0 };
         let (off, size) = (r0 as u64 * row_bytes, nr as u64 * row_bytes);
-        let mut resources = vec![slice(x, off, size), slice(gamma, 0, row_bytes)];
-        if let Some(b) = beta {
-            resources.push(slice(b, 0, row_bytes));
+        let mut resources = vec![slice(b.x, off, size), slice(b.gamma, 0, row_bytes)];
+        if let Some(beta) = b.beta {
+            resources.push(slice(beta, 0, row_bytes));
         }
-        resources.push(slice(y, off, size));
-        let (gx, gy) = grid(gpu, nr as u64)?;
+        resources.push(slice(b.y, off, size));
+        if let Some(r) = b.residual {
+            resources.push(slice(r, off, size));
+        }
+        let groups = match layout {
+            NormLayout::Workgroup => nr as u64,
+            NormLayout::PerRow => nr.div_ceil(64) as u64,
+        };
+        let (gx, gy) = grid(gpu, groups)?;
         dispatch(gpu, encoder, &pipeline, "norm", bytemuck::bytes_of(&params), resources, (gx, gy, 1));
     }
     Ok(())
@@ -120,7 +164,40 @@ impl LayerNorm {
         beta: &wgpu::Buffer,
         y: &wgpu::Buffer,
     ) -> Result<()> {
-        encode_norm(gpu, encoder, self, self.eps, shape, x, gamma, Some(beta), y).await
+        self.encode_as(gpu, encoder, NormLayout::for_gpu(gpu), shape, (x, None), (gamma, beta), y).await
+    }
+
+    /// Record `x ← x + residual`, then `y = layer_norm(x) · γ + β`.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn encode_residual(
+        &self,
+        gpu: &Gpu,
+        encoder: &mut Encoder,
+        shape: NormShape,
+        x: &wgpu::Buffer,
+        residual: &wgpu::Buffer,
+        gamma: &wgpu::Buffer,
+        beta: &wgpu::Buffer,
+        y: &wgpu::Buffer,
+    ) -> Result<()> {
+        let layout = NormLayout::for_gpu(gpu);
+        self.encode_as(gpu, encoder, layout, shape, (x, Some(residual)), (gamma, beta), y).await
+    }
+
+    /// Either form in a given layout: `x.1` is the residual, if any; `weights` are `(γ, β)`.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn encode_as(
+        &self,
+        gpu: &Gpu,
+        encoder: &mut Encoder,
+        layout: NormLayout,
+        shape: NormShape,
+        x: (&wgpu::Buffer, Option<&wgpu::Buffer>),
+        weights: (&wgpu::Buffer, &wgpu::Buffer),
+        y: &wgpu::Buffer,
+    ) -> Result<()> {
+        let b = NormBuffers { x: x.0, residual: x.1, gamma: weights.0, beta: Some(weights.1), y };
+        encode_norm(gpu, encoder, (self, self.eps, layout), shape, b).await
     }
 }
 
@@ -135,7 +212,39 @@ impl RmsNorm {
         gamma: &wgpu::Buffer,
         y: &wgpu::Buffer,
     ) -> Result<()> {
-        encode_norm(gpu, encoder, self, self.eps, shape, x, gamma, None, y).await
+        self.encode_as(gpu, encoder, NormLayout::for_gpu(gpu), shape, (x, None), gamma, y).await
+    }
+
+    /// Record `x ← x + residual`, then `y = γ · rms_norm(x)`.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn encode_residual(
+        &self,
+        gpu: &Gpu,
+        encoder: &mut Encoder,
+        shape: NormShape,
+        x: &wgpu::Buffer,
+        residual: &wgpu::Buffer,
+        gamma: &wgpu::Buffer,
+        y: &wgpu::Buffer,
+    ) -> Result<()> {
+        let layout = NormLayout::for_gpu(gpu);
+        self.encode_as(gpu, encoder, layout, shape, (x, Some(residual)), gamma, y).await
+    }
+
+    /// Either form in a given layout: `x.1` is the residual, if any.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn encode_as(
+        &self,
+        gpu: &Gpu,
+        encoder: &mut Encoder,
+        layout: NormLayout,
+        shape: NormShape,
+        x: (&wgpu::Buffer, Option<&wgpu::Buffer>),
+        gamma: &wgpu::Buffer,
+        y: &wgpu::Buffer,
+    ) -> Result<()> {
+        let b = NormBuffers { x: x.0, residual: x.1, gamma, beta: None, y };
+        encode_norm(gpu, encoder, (self, self.eps, layout), shape, b).await
     }
 }
 

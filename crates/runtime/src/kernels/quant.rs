@@ -348,7 +348,7 @@ impl QuantWeightsGpu {
 
 /// `shaders/qmatmul.wgsl`: `y = dequant(W q_a)` for `tokens` quantized activation rows, a
 /// block of tokens × columns per invocation ([`QMatmul::new`]).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug)]
 pub struct QMatmul {
     pub int4: bool,
     pub f16_scales: bool,
@@ -377,6 +377,22 @@ impl Kernel for QMatmul {
     }
 }
 
+/// How a quantized weight's rows are packed: words per row, scale groups per row, words per group.
+struct WeightLayout {
+    ww: usize,
+    groups_per_row: usize,
+    group_words: usize,
+}
+
+impl WeightLayout {
+    fn of(w: &QuantWeightsGpu) -> Self {
+        let ww = (w.weight.row_bytes() / 4) as usize;
+        let groups_per_row = w.cols() / w.group;
+        let group_words = if groups_per_row == 1 { ww } else { w.group * w.bits().bits() as usize / 32 };
+        Self { ww, groups_per_row, group_words }
+    }
+}
+
 /// Quantized activations of `tokens` rows: integers u32 `[tokens, stride]` and f32 scales.
 /// The stride is [`activation_words`] of the layer's columns, or (INT8 activations, e.g. the
 /// latent cache) as little as `⌈cols/4⌉`: an INT4 weight's last activation word may then be the
@@ -387,6 +403,22 @@ pub struct QuantizedRows<'a> {
     pub scales: &'a wgpu::Buffer,
     pub tokens: usize,
     pub stride: usize,
+    /// Rows the product's bindings span, at least `tokens` (the input's and the output's
+    /// buffers must hold them): a cache's capacity for rows that grow by one each decode step,
+    /// so every step binds the same ranges and reuses one bind group.
+    pub bound: usize,
+}
+
+impl<'a> QuantizedRows<'a> {
+    /// `tokens` rows of `stride` words, bound exactly.
+    pub fn new(words: &'a wgpu::Buffer, scales: &'a wgpu::Buffer, tokens: usize, stride: usize) -> Self {
+        Self { words, scales, tokens, stride, bound: tokens }
+    }
+
+    /// The same rows with bindings spanning `rows` rows.
+    pub fn spanning(self, rows: usize) -> Self {
+        Self { bound: rows, ..self }
+    }
 }
 
 impl QMatmul {
@@ -412,18 +444,11 @@ impl QMatmul {
     /// weight's words per row, per scale group and the stride are multiples of 4, and every
     /// INT4 word's two activation words lie within the row.
     pub fn vec4_fits(w: &QuantWeightsGpu, stride: usize) -> bool {
-        let (ww, group_words) = Self::words(w);
+        let WeightLayout { ww, group_words, .. } = WeightLayout::of(w);
         ww.is_multiple_of(4)
             && group_words.is_multiple_of(4)
             && stride.is_multiple_of(4)
             && stride >= activation_words(w.cols())
-    }
-
-    /// Packed words per weight row and per scale group.
-    fn words(w: &QuantWeightsGpu) -> (usize, usize) {
-        let ww = (w.weight.row_bytes() / 4) as usize;
-        let groups_per_row = w.cols() / w.group;
-        (ww, if groups_per_row == 1 { ww } else { w.group * w.bits().bits() as usize / 32 })
     }
 
     /// Record `y[r0.., :] = dequant(W a) (+ bias)` where `y` is f32 `[.., out]` and the rows
@@ -455,10 +480,15 @@ impl QMatmul {
                 "four-word quantized matmul over [{out}, {cols}] weights and {aw}-word activation rows"
             )));
         }
+        if a.bound < tokens {
+            return Err(RuntimeError::Shape(format!("{tokens} quantized rows bound as {}", a.bound)));
+        }
         let over = activation_words(cols).saturating_sub(aw);
-        let (a_bytes, y_bytes) = (((tokens * aw + over) * 4) as u64, (tokens * out * 4) as u64);
+        let rows = a.bound;
+        let (a_bytes, y_bytes) = (((rows * aw + over) * 4) as u64, (rows * out * 4) as u64);
+        let s_bytes = rows as u64 * 4;
         require_size(a.words, a_bytes, "activation integers")?;
-        require_size(a.scales, tokens as u64 * 4, "activation scales")?;
+        require_size(a.scales, s_bytes, "activation scales")?;
         require_size(y.0, y.1 + y_bytes, "quantized matmul output")?;
         check_binding(gpu, "activation integers", a_bytes)?;
         check_binding(gpu, "quantized matmul output", y_bytes)?;
@@ -470,9 +500,8 @@ impl QMatmul {
         for buffer in [a.words, a.scales, &w.weight.buffer, &w.scales.buffer] {
             distinct(buffer, y.0, "quantized matmul input and output")?;
         }
-        let (ww, group_words) = Self::words(w);
+        let WeightLayout { ww, groups_per_row, group_words } = WeightLayout::of(w);
         let ww = ww as u64;
-        let groups_per_row = cols / w.group;
         let scale_row = w.scales.encoding.byte_len(&[groups_per_row]) as u64;
         let chunk =
             rows_per_chunk(gpu, &format!("a [{out}, {cols}] quantized weight"), out, &[ww * 4, scale_row])?;
@@ -490,7 +519,7 @@ impl QMatmul {
             };
             let mut resources = vec![
                 slice(a.words, 0, a_bytes),
-                slice(a.scales, 0, tokens as u64 * 4),
+                slice(a.scales, 0, s_bytes),
                 slice(&w.weight.buffer, c0 as u64 * ww * 4, nc as u64 * ww * 4),
                 slice(&w.scales.buffer, c0 as u64 * scale_row, (nc as u64 * scale_row).next_multiple_of(4)),
                 slice(y.0, y.1, y_bytes),

@@ -45,6 +45,10 @@ pub struct RopeShape {
     pub pos0: usize,
     /// Rows of the cos/sin table.
     pub max_positions: usize,
+    /// Tokens' rows of `q` and `k` to bind, at least `tokens` (the buffers must hold them): a
+    /// buffer's capacity for tensors that grow by one row each decode step, so every step binds
+    /// the same ranges and reuses one bind group.
+    pub bound: usize,
 }
 
 /// The cos/sin table transformers' `LlamaRotaryEmbedding` (default rope type) produces, in its
@@ -122,8 +126,8 @@ async fn encode_rope(
     q: &wgpu::Buffer,
     k: Option<&wgpu::Buffer>,
 ) -> Result<()> {
-    let RopeShape { tokens, heads, kv_heads, head_dim, pos0, max_positions } = shape;
-    if tokens == 0 || heads == 0 || head_dim == 0 || head_dim % 2 != 0 {
+    let RopeShape { tokens, heads, kv_heads, head_dim, pos0, max_positions, bound } = shape;
+    if tokens == 0 || heads == 0 || head_dim == 0 || head_dim % 2 != 0 || bound < tokens {
         return Err(RuntimeError::Shape(format!("rope over {shape:?}")));
     }
     if pos0 + tokens > max_positions {
@@ -137,7 +141,7 @@ async fn encode_rope(
         return Err(RuntimeError::Shape(format!("rope over {shape:?} is too large")));
     }
     let (q_bytes, k_bytes) =
-        ((tokens * heads * head_dim * 4) as u64, (tokens * kv_heads * head_dim * 4) as u64);
+        ((bound * heads * head_dim * 4) as u64, (bound * kv_heads * head_dim * 4) as u64);
     let table_bytes = (max_positions * head_dim * 4) as u64;
     require_size(q, q_bytes, "rope queries")?;
     require_size(table, table_bytes, "rope table")?;

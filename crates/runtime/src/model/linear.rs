@@ -137,7 +137,7 @@ pub async fn forward_shared(
     let chunk = first.row_chunk(gpu, rows, widest)?;
     for (r0, mr) in chunks(rows, chunk) {
         let (words, scales) = first.quantize_input(gpu, encoder, scratch, (x, r0), mr).await?;
-        let a = QuantizedRows { words: &words, scales: &scales, tokens: mr, stride: first.input_words() };
+        let a = QuantizedRows::new(&words, &scales, mr, first.input_words());
         for (q, (_, y)) in quantized.iter().zip(layers) {
             q.product(gpu, encoder, &a, (y, (r0 * q.weights.out() * 4) as u64)).await?;
         }
@@ -247,7 +247,7 @@ impl QuantLinear {
         let out = self.weights.out();
         for (r0, mr) in chunks(rows, self.row_chunk(gpu, rows, out)?) {
             let (words, scales) = self.quantize_input(gpu, encoder, scratch, (x, r0), mr).await?;
-            let a = QuantizedRows { words: &words, scales: &scales, tokens: mr, stride: self.input_words() };
+            let a = QuantizedRows::new(&words, &scales, mr, self.input_words());
             self.product(gpu, encoder, &a, (y, (r0 * out * 4) as u64)).await?;
         }
         Ok(())

@@ -189,6 +189,13 @@ pub struct DecodeRecording {
     /// Dispatches (of decode steps and their argmax) that reused a bind group built by an
     /// earlier step.
     pub reused_bind_groups: usize,
+    /// Bind groups built by the decode steps after the second: one for each dispatch whose
+    /// bindings changed since the step before (e.g. grew with the context). The first step
+    /// builds all of its own, and the second again those of the scratch buffers the first grew
+    /// (a role's first user in a pass may need less than a later layer).
+    pub later_built_bind_groups: usize,
+    /// Host milliseconds spent building those (part of `record_ms`).
+    pub later_bind_group_ms: f64,
 }
 
 impl Generator {
@@ -375,6 +382,8 @@ impl Generator {
     async fn feed_last(&mut self, gpu: &Gpu, model: &Model, encoder: &mut Encoder) -> Result<()> {
         let Some(&last) = self.generated.last() else { return Ok(()) };
         let (t0, dispatches, before) = (now_ms(), encoder.dispatches(), gpu.allocated_bytes());
+        let built = || self.bind_groups.lock().map_or((0, 0.0), |c| (c.built, c.build_ms));
+        let built_before = built();
         gpu.queue.write_buffer(&self.token, 0, bytemuck::bytes_of(&last));
         let (cfg, text) = (&model.config, &model.text);
         let (scratch, cache) = (&mut self.scratch, &mut self.cache);
@@ -384,6 +393,11 @@ impl Generator {
         self.decode.steps += 1;
         self.decode.dispatches += encoder.dispatches() - dispatches;
         self.decode.record_ms += now_ms() - t0;
+        if self.decode.steps > 2 {
+            let after = built();
+            self.decode.later_built_bind_groups += after.0 - built_before.0;
+            self.decode.later_bind_group_ms += after.1 - built_before.1;
+        }
         Ok(())
     }
 

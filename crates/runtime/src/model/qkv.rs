@@ -90,7 +90,7 @@ impl Qkv {
                         let stride = j.latent_words();
                         let (words, scales) = scratch.latent_rows(gpu, rows, stride).await?;
                         q.quantize(gpu, encoder, rows, &c, (&words, stride), &scales).await?;
-                        let a = QuantizedRows { words: &words, scales: &scales, tokens: rows, stride };
+                        let a = QuantizedRows::new(&words, &scales, rows, stride);
                         for (up, y) in [q, k, v].into_iter().zip(outs) {
                             up.product(gpu, encoder, &a, (y, 0)).await?;
                         }

@@ -21,7 +21,7 @@ use crate::error::{Result, RuntimeError};
 use crate::kernels::attention::{Attention, AttentionShape, Values};
 use crate::kernels::bf16_rows::Bf16Rows;
 use crate::kernels::copy::CopyRows;
-use crate::kernels::elementwise::{Add, SiluMul};
+use crate::kernels::elementwise::SiluMul;
 use crate::kernels::embed::{Embed, EmbedShape, ImageFeatures};
 use crate::kernels::latent::{LatentUp, LatentUpShape, UpWeights};
 use crate::kernels::norm::{NormShape, RmsNorm};
@@ -126,28 +126,31 @@ pub async fn forward(
     let mut pass = AttentionPass::new(gpu, scratch, cfg, model, cache, tokens).await?;
     let rms = RmsNorm { eps: c.rms_norm_eps as f32 };
     let rows = NormShape { rows: tokens, d };
+    // Each residual add is recorded with the norm that follows it (the next layer's input norm,
+    // after the last layer the final norm, of every row: rows are normalised independently).
+    let first = model.layers.first().map_or(&model.norm, |l| &l.input_norm);
+    rms.encode(gpu, encoder, rows, &x, &first.buffer, &normed).await?;
     for (i, l) in model.layers.iter().enumerate() {
-        rms.encode(gpu, encoder, rows, &x, &l.input_norm.buffer, &normed).await?;
         pass.encode(gpu, encoder, scratch, &l.qkv, &cache.layers[i], &normed).await?;
         l.o.forward(gpu, encoder, scratch, tokens, &pass.attn, &out).await?;
-        Add.encode(gpu, encoder, tokens * d, tokens * d, &x, &out).await?;
+        rms.encode_residual(gpu, encoder, rows, &x, &out, &l.post_norm.buffer, &normed).await?;
 
-        rms.encode(gpu, encoder, rows, &x, &l.post_norm.buffer, &normed).await?;
         forward_shared(gpu, encoder, scratch, tokens, &normed, &[(&l.gate, &gate), (&l.up, &up)]).await?;
         SiluMul.encode(gpu, encoder, tokens * inter, &gate, &up, &act).await?;
         l.down.forward(gpu, encoder, scratch, tokens, &act, &out).await?;
-        Add.encode(gpu, encoder, tokens * d, tokens * d, &x, &out).await?;
+        let next = model.layers.get(i + 1).map_or(&model.norm, |n| &n.input_norm);
+        rms.encode_residual(gpu, encoder, rows, &x, &out, &next.buffer, &normed).await?;
     }
     cache.len = p0 + tokens;
 
     // Only the last position's logits are needed.
-    let last = scratch.f32(gpu, "text last", d).await?;
-    CopyRows { rows: 1, width: d, src_row: tokens - 1, dst_row: 0 }.encode(gpu, encoder, &x, &last)?;
+    if tokens == 1 {
+        return model.lm_head.forward(gpu, encoder, scratch, 1, &normed, logits).await;
+    }
     let last_normed = scratch.f32(gpu, "text last norm", d).await?;
-    let one = NormShape { rows: 1, d };
-    rms.encode(gpu, encoder, one, &last, &model.norm.buffer, &last_normed).await?;
-    model.lm_head.forward(gpu, encoder, scratch, 1, &last_normed, logits).await?;
-    Ok(())
+    let last = CopyRows { rows: 1, width: d, src_row: tokens - 1, dst_row: 0 };
+    last.encode(gpu, encoder, &normed, &last_normed)?;
+    model.lm_head.forward(gpu, encoder, scratch, 1, &last_normed, logits).await
 }
 
 /// Record only the attention half of one decode step, every layer (the projections, the cache
@@ -257,6 +260,7 @@ impl<'a> AttentionPass<'a> {
             head_dim: c.head_dim,
             pos0,
             max_positions: self.model.max_positions,
+            bound: tokens,
         }
     }
 
@@ -301,9 +305,9 @@ impl<'a> AttentionPass<'a> {
                 q_up.quantize(gpu, encoder, tokens, &latent, (&new_words, stride), &new_scales).await?;
                 CopyRows::append(tokens, stride, p0).encode(gpu, encoder, &new_words, words)?;
                 CopyRows::append(tokens, 1, p0).encode(gpu, encoder, &new_scales, scales)?;
-                let new = QuantizedRows { words: &new_words, scales: &new_scales, tokens, stride };
+                let new = QuantizedRows::new(&new_words, &new_scales, tokens, stride);
                 q_up.product(gpu, encoder, &new, (&self.q, 0)).await?;
-                let all = QuantizedRows { words, scales, tokens: ctx, stride };
+                let all = QuantizedRows::new(words, scales, ctx, stride).spanning(self.capacity);
                 k_up.product(gpu, encoder, &all, (self.rebuilt()?, 0)).await?;
                 (j, Values::LatentI8 { words, scales, words_per_row: *words_per_row })
             }
@@ -329,11 +333,11 @@ impl<'a> AttentionPass<'a> {
         // attention summing latents, then v_up once per head.
         let rebuilt = self.rebuilt()?;
         Rope.encode_one(gpu, encoder, self.rope(tokens, heads, p0), table, &self.q).await?;
-        Rope.encode_one(gpu, encoder, self.rope(ctx, kv_heads, 0), table, rebuilt).await?;
-        let shape = AttentionShape { kv_capacity: ctx, ..causal };
-        let kernel = Attention::with_values(&shape, values.kind());
+        let keys = RopeShape { bound: self.capacity, ..self.rope(ctx, kv_heads, 0) };
+        Rope.encode_one(gpu, encoder, keys, table, rebuilt).await?;
+        let kernel = Attention::with_values(&causal, values.kind());
         let sums = self.sums.as_ref().ok_or_else(|| RuntimeError::Shape("no latent sums buffer".into()))?;
-        kernel.encode_values(gpu, encoder, shape, &self.q, rebuilt, &values, sums).await?;
+        kernel.encode_values(gpu, encoder, causal, &self.q, rebuilt, &values, sums).await?;
         let (weights, bias) = match &joint.v_up {
             Matrix::Float { weight, bias } => (UpWeights::Float(weight), bias.as_ref()),
             Matrix::Quant(q) => (UpWeights::Quant(&q.weights), q.bias.as_ref()),
