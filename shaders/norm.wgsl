@@ -51,53 +51,19 @@ fn first_read(i: u32) -> f32 {
 }
 
 #ifdef PER_ROW
-@compute @workgroup_size(64, 1, 1)
-fn main(
-    @builtin(workgroup_id) wg: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
-    @builtin(local_invocation_index) li: u32,
-) {
-    let row = workgroup_index(wg, nwg) * 64u + li;
-    if (row >= params.rows) {
-        return;
-    }
-    let d = params.d;
-    let base = row * d;
-    let n = f32(d);
-#ifdef RMS
-    var sq = 0.0;
-    for (var i = base; i < base + d; i++) {
-        let v = first_read(i);
-        sq = fma(v, v, sq);
-    }
-    let r = inverseSqrt(sq / n + params.eps);
-    for (var i = 0u; i < d; i++) {
-        y[base + i] = gamma[i] * (x[base + i] * r);
-    }
-#else
-    var s = 0.0;
-    for (var i = base; i < base + d; i++) {
-        s += first_read(i);
-    }
-    let mean = s / n;
-    var sq = 0.0;
-    for (var i = base; i < base + d; i++) {
-        let c = x[i] - mean;
-        sq = fma(c, c, sq);
-    }
-    let r = inverseSqrt(sq / n + params.eps);
-    for (var i = 0u; i < d; i++) {
-        y[base + i] = (x[base + i] - mean) * r * gamma[i] + beta[i];
-    }
-#endif
+const WG: u32 = 64u;
+
+// A row's total, summed by one invocation: its own partial sum.
+fn row_total(li: u32, v: f32) -> f32 {
+    return v;
 }
 #else
 const WG: u32 = 256u;
 
 var<workgroup> partial: array<f32, 256>;
 
-// Sum of `v` over the workgroup (every invocation gets the total).
-fn workgroup_sum(li: u32, v: f32) -> f32 {
+// A row's total, summed by the whole workgroup (every invocation gets it).
+fn row_total(li: u32, v: f32) -> f32 {
     partial[li] = v;
     workgroupBarrier();
     for (var stride = WG / 2u; stride > 0u; stride = stride / 2u) {
@@ -110,47 +76,59 @@ fn workgroup_sum(li: u32, v: f32) -> f32 {
     workgroupBarrier();
     return total;
 }
+#endif
 
-@compute @workgroup_size(256, 1, 1)
+// Normalise the row starting at `base`: this invocation visits columns first, first + step, ...
+// and `row_total` combines the partial sums of the invocations sharing the row.
+fn normalize(base: u32, first: u32, step: u32, li: u32) {
+    let d = params.d;
+    let n = f32(d);
+#ifdef RMS
+    var sq = 0.0;
+    for (var i = first; i < d; i += step) {
+        let v = first_read(base + i);
+        sq = fma(v, v, sq);
+    }
+    let r = inverseSqrt(row_total(li, sq) / n + params.eps);
+    for (var i = first; i < d; i += step) {
+        y[base + i] = gamma[i] * (x[base + i] * r);
+    }
+#else
+    var s = 0.0;
+    for (var i = first; i < d; i += step) {
+        s += first_read(base + i);
+    }
+    let mean = row_total(li, s) / n;
+    var sq = 0.0;
+    for (var i = first; i < d; i += step) {
+        let c = x[base + i] - mean;
+        sq = fma(c, c, sq);
+    }
+    let r = inverseSqrt(row_total(li, sq) / n + params.eps);
+    for (var i = first; i < d; i += step) {
+        y[base + i] = (x[base + i] - mean) * r * gamma[i] + beta[i];
+    }
+#endif
+}
+
+@compute @workgroup_size(WG, 1, 1)
 fn main(
     @builtin(workgroup_id) wg: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) li: u32,
 ) {
-    let row = workgroup_index(wg, nwg);
-    // Uniform across the workgroup, so the barriers below stay in uniform control flow.
+#ifdef PER_ROW
+    let row = workgroup_index(wg, nwg) * WG + li;
     if (row >= params.rows) {
         return;
     }
-    let d = params.d;
-    let base = row * d;
-    let n = f32(d);
-
-#ifdef RMS
-    var sq = 0.0;
-    for (var i = li; i < d; i += WG) {
-        let v = first_read(base + i);
-        sq = fma(v, v, sq);
-    }
-    let r = inverseSqrt(workgroup_sum(li, sq) / n + params.eps);
-    for (var i = li; i < d; i += WG) {
-        y[base + i] = gamma[i] * (x[base + i] * r);
-    }
+    normalize(row * params.d, 0u, 1u, li);
 #else
-    var s = 0.0;
-    for (var i = li; i < d; i += WG) {
-        s += first_read(base + i);
+    let row = workgroup_index(wg, nwg);
+    // Uniform across the workgroup, so the barriers in row_total stay in uniform control flow.
+    if (row >= params.rows) {
+        return;
     }
-    let mean = workgroup_sum(li, s) / n;
-    var sq = 0.0;
-    for (var i = li; i < d; i += WG) {
-        let c = x[base + i] - mean;
-        sq = fma(c, c, sq);
-    }
-    let r = inverseSqrt(workgroup_sum(li, sq) / n + params.eps);
-    for (var i = li; i < d; i += WG) {
-        y[base + i] = (x[base + i] - mean) * r * gamma[i] + beta[i];
-    }
+    normalize(row * params.d, li, WG, li);
 #endif
 }
-#endif

@@ -9,6 +9,7 @@
 //! target, built in release mode, fed by the static server (`serve.rs`) and run through
 //! wasm-bindgen-test-runner with ChromeDriver; it prints its report as one JSON line.
 
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -20,7 +21,8 @@ use pocketvlm_format::dir;
 use pocketvlm_processor::decode_image;
 use pocketvlm_runtime::bench::kernels::{KERNEL_REPORT_PREFIX, KernelReport, REPEATS, measure_kernels};
 use pocketvlm_runtime::bench::{
-    BenchConfig, BenchReport, CACHE_REPORT_PREFIX, CacheReport, REPORT_PREFIX, measure, measure_caches,
+    BenchConfig, BenchReport, CACHE_REPORT_PREFIX, CacheReport, KindRecording, REPORT_PREFIX, measure,
+    measure_caches,
 };
 use pocketvlm_runtime::engine::{Engine, Request, now_ms};
 use pocketvlm_runtime::{DeviceOptions, Gpu};
@@ -66,6 +68,11 @@ pub struct Args {
     /// of generating with models.
     #[arg(long, conflicts_with_all = ["model", "peer", "caches"])]
     kernels: bool,
+    /// Also time each later decode step's dispatches on the GPU (timestamp queries, one compute
+    /// pass per dispatch) and print the GPU time by kind of work. Slows decoding: the rates of
+    /// such a run are not comparable with a plain one.
+    #[arg(long)]
+    gpu_time: bool,
     /// Also run transformers.js on this ONNX export of the same checkpoint (see
     /// `../shared/peer/README.md`) in the same Chromium, and print both side by side. Needs
     /// `--no-split` and the peer's prompt (the default).
@@ -110,6 +117,7 @@ pub fn run(args: Args) -> Result<()> {
         cache_contexts: args.caches.clone(),
         cache_steps: args.cache_steps,
         kernels: args.kernels,
+        gpu_time: args.gpu_time,
     };
     let image_bytes = std::fs::read(&image).with_context(|| format!("reading {}", image.display()))?;
 
@@ -273,7 +281,7 @@ async fn native_run(
     let load_ms = now_ms() - start;
     let mut request = Request::caption(&config.prompt, Some(image), config.max_new_tokens);
     request.split = config.split;
-    let report = measure(&engine, request, load_ms, name).await?;
+    let report = measure(&engine, request, load_ms, name, config.gpu_time).await?;
     let caches = measure_caches(&mut engine, name, &config.cache_contexts, config.cache_steps).await?;
     Ok((report, caches))
 }
@@ -430,7 +438,8 @@ fn print_table(model: &Path, config: &BenchConfig, native: &BenchReport, chromiu
     row("prefill rate", &|r| r.prefill_tokens_per_s, &rate);
     row("decode rate", &|r| r.decode_tokens_per_s, &rate);
     row("· dispatches per decode step", &|r| r.dispatches_per_token, &|v| format!("{v:.0}"));
-    row("· host time to record a step", &|r| r.record_ms_per_token, &|v| format!("{v:.2} ms"));
+    row("· host time to record the first step", &|r| r.first_step_record_ms, &ms);
+    row("· host time to record a later step", &|r| r.record_ms_per_token, &|v| format!("{v:.2} ms"));
     row("· · bind groups built per later step", &|r| r.bind_groups_built_per_token, &|v| format!("{v:.1}"));
     row("· · host time building them", &|r| r.bind_group_ms_per_token, &|v| format!("{v:.2} ms"));
     row("GPU: weights", &|r| r.weight_bytes as f64, &bytes);
@@ -438,10 +447,51 @@ fn print_table(model: &Path, config: &BenchConfig, native: &BenchReport, chromiu
     row("GPU: KV cache", &|r| r.kv_cache_bytes as f64, &bytes);
     row("GPU: activations (largest pass)", &|r| r.activation_bytes as f64, &bytes);
     row("GPU: total", &|r| r.gpu_total_bytes() as f64, &bytes);
+    let host = |r: &BenchReport| r.record_by_kind.clone();
+    let title =
+        "host time to record a later decode step, by kind of work (time since the previous one ended)";
+    print_by_kind(title, &host, native, chromium);
+    let title = "GPU time of a later decode step, by kind of work (timestamps around each dispatch)";
+    print_by_kind(title, &|r: &BenchReport| r.gpu_by_kind.clone(), native, chromium);
     if let Some(c) = chromium {
         let same = if c.generated_ids == native.generated_ids { "yes" } else { "NO" };
         println!();
         println!("same greedy ids natively and in Chromium: {same}");
+    }
+}
+
+/// Where a later decode step's time goes by kind of work, as `kinds` reads it from a report
+/// (most Chromium time first, else most native time); nothing when neither side has any.
+fn print_by_kind(
+    title: &str,
+    kinds: &dyn Fn(&BenchReport) -> Vec<KindRecording>,
+    native: &BenchReport,
+    chromium: Option<&BenchReport>,
+) {
+    let by_kind = |r: &BenchReport| -> BTreeMap<String, (f64, f64)> {
+        kinds(r).into_iter().map(|k| (k.kind, (k.per_step, k.ms_per_step))).collect()
+    };
+    let (n, c) = (by_kind(native), chromium.map(by_kind).unwrap_or_default());
+    let mut kinds: Vec<&String> = n.keys().chain(c.keys()).collect();
+    kinds.sort();
+    kinds.dedup();
+    let key = |k: &String| c.get(k).or(n.get(k)).map_or(0.0, |v| v.1);
+    kinds.sort_by(|a, b| key(b).total_cmp(&key(a)));
+    if kinds.is_empty() {
+        return;
+    }
+    println!();
+    println!("{title}:");
+    println!();
+    println!("| kind | per step | native | Chromium | Chromium per item |");
+    println!("| --- | --- | --- | --- | --- |");
+    for k in kinds {
+        let count = n.get(k).or(c.get(k)).map_or(0.0, |v| v.0);
+        let show =
+            |m: &BTreeMap<String, (f64, f64)>| m.get(k).map_or("–".into(), |v| format!("{:.2} ms", v.1));
+        let per_item =
+            c.get(k).filter(|v| v.0 > 0.0).map_or("–".into(), |v| format!("{:.0} µs", v.1 * 1e3 / v.0));
+        println!("| {k} | {count:.0} | {} | {} | {per_item} |", show(&n), show(&c));
     }
 }
 

@@ -18,6 +18,9 @@ pub struct Capabilities {
     pub shader_f16: bool,
     /// Subgroup operations are available.
     pub subgroups: bool,
+    /// Compute passes can write GPU timestamps (`timestamp-query`; the bench's GPU time by kind
+    /// of work, [`crate::encoder::Encoder::time_dispatches`]).
+    pub timestamps: bool,
     /// The adapter is a CPU implementation (lavapipe, SwiftShader, WARP; in the browser: a
     /// fallback adapter). Kernels may pick variants that avoid workgroup barriers, which such
     /// implementations run slowly.
@@ -89,7 +92,7 @@ impl Gpu {
         let info = adapter.get_info();
         let limits = adapter.limits();
         let features = adapter.features();
-        let wanted = wgpu::Features::SHADER_F16 | wgpu::Features::SUBGROUP;
+        let wanted = wgpu::Features::SHADER_F16 | wgpu::Features::SUBGROUP | wgpu::Features::TIMESTAMP_QUERY;
         let required_features = features & wanted;
         let (device, queue) = adapter
             .request_device(&wgpu::DeviceDescriptor {
@@ -115,6 +118,7 @@ impl Gpu {
         let caps = Capabilities {
             shader_f16: required_features.contains(wgpu::Features::SHADER_F16),
             subgroups: required_features.contains(wgpu::Features::SUBGROUP),
+            timestamps: required_features.contains(wgpu::Features::TIMESTAMP_QUERY),
             cpu: info.device_type == wgpu::DeviceType::Cpu,
             max_storage_binding: options.max_storage_binding.map_or(max_binding, |m| m.min(max_binding)),
             max_buffer_size: limits.max_buffer_size,
@@ -277,11 +281,20 @@ impl Gpu {
     }
 }
 
+#[cfg(target_arch = "wasm32")]
+#[wasm_bindgen::prelude::wasm_bindgen]
+extern "C" {
+    /// `performance.now()` of the page or worker (microsecond-class resolution, coarsened by the
+    /// browser; `Date.now()` has whole milliseconds, too coarse for one dispatch's recording).
+    #[wasm_bindgen(js_namespace = performance, js_name = now)]
+    fn performance_now() -> f64;
+}
+
 /// Milliseconds since an arbitrary origin (`performance.now()` in the browser).
 pub fn now_ms() -> f64 {
     #[cfg(target_arch = "wasm32")]
     {
-        js_sys::Date::now()
+        performance_now()
     }
     #[cfg(not(target_arch = "wasm32"))]
     {

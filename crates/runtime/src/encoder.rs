@@ -12,8 +12,19 @@
 //! cache first: a generation's decode steps record the same dispatches over the same persistent
 //! buffers and arena slots each step, so after the first step they build no bind group (in the
 //! browser, building one is a JS call with an object per entry).
+//!
+//! An encoder can also charge the host time it spends to the kinds of work it records
+//! ([`Encoder::profile_from_now`]): each dispatch's label (or "copy") is charged the time since
+//! the previous dispatch or copy ended — the op's checks, its pipeline lookup and the recording
+//! calls — so the bench can say which ops a decode step's recording time goes to.
+//!
+//! Where the device has `timestamp-query`, an encoder can also time each dispatch on the GPU
+//! ([`Encoder::time_dispatches`]): every dispatch then gets a compute pass of its own whose
+//! beginning and end write timestamps, resolved into a buffer when the encoder is submitted
+//! ([`GpuTimings`]). The time between one pass's end and the next one's beginning is the
+//! adapter's cost of starting a dispatch (on CPU adapters: waking and joining its threads).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
 use crate::device::{Gpu, now_ms};
@@ -43,6 +54,85 @@ pub struct BindGroups {
     pub build_ms: f64,
 }
 
+/// Host time charged to one kind of recorded work.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct KindCost {
+    /// Dispatches (or copies) of this kind.
+    pub count: usize,
+    /// Host milliseconds charged to them.
+    pub ms: f64,
+}
+
+/// Host recording time by kind of work: dispatch labels, "copy" for buffer copies and "(tail)"
+/// for the time after the last of them until the profile was taken.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RecordProfile {
+    pub kinds: BTreeMap<String, KindCost>,
+}
+
+impl RecordProfile {
+    /// Add `other`'s counts and times to this profile's.
+    pub fn add(&mut self, other: &RecordProfile) {
+        for (kind, cost) in &other.kinds {
+            let mine = self.kinds.entry(kind.clone()).or_default();
+            mine.count += cost.count;
+            mine.ms += cost.ms;
+        }
+    }
+
+    fn charge(&mut self, kind: &str, ms: f64) {
+        let cost = match self.kinds.get_mut(kind) {
+            Some(cost) => cost,
+            None => self.kinds.entry(kind.to_string()).or_default(),
+        };
+        cost.count += 1;
+        cost.ms += ms;
+    }
+}
+
+/// Timestamps written by most this many dispatches of one encoder (WebGPU allows 4096 queries
+/// per set, two per dispatch); later dispatches run untimed and are counted as such.
+const MAX_TIMED_DISPATCHES: usize = 2048;
+
+/// The dispatches of one encoder being timed: their query set and labels, in order.
+struct DispatchTimer {
+    queries: wgpu::QuerySet,
+    labels: Vec<String>,
+    untimed: usize,
+}
+
+/// An encoder's dispatch timestamps on their way back from the GPU: resolved into `resolved`
+/// by the submitted work, read with [`GpuTimings::read`] after it.
+pub struct GpuTimings {
+    resolved: wgpu::Buffer,
+    labels: Vec<String>,
+    untimed: usize,
+}
+
+impl GpuTimings {
+    /// GPU time by label, plus "(between dispatches)": the gaps from each pass's end to the
+    /// next one's beginning, and "(untimed)" with the count of dispatches past the query set.
+    pub async fn read(&self, gpu: &Gpu) -> crate::error::Result<RecordProfile> {
+        let n = self.labels.len();
+        let bytes = gpu.read_bytes(&self.resolved, (n * 16) as u64).await?;
+        let ticks: Vec<u64> = bytemuck::pod_collect_to_vec(&bytes[..n * 16]);
+        let ns_per_tick = f64::from(gpu.queue.get_timestamp_period());
+        let ms = |from: u64, to: u64| to.saturating_sub(from) as f64 * ns_per_tick * 1e-6;
+        let mut profile = RecordProfile::default();
+        for (i, label) in self.labels.iter().enumerate() {
+            profile.charge(label, ms(ticks[2 * i], ticks[2 * i + 1]));
+            if i > 0 {
+                profile.charge("(between dispatches)", ms(ticks[2 * i - 1], ticks[2 * i]));
+            }
+        }
+        if self.untimed > 0 {
+            let cost = profile.kinds.entry("(untimed)".into()).or_default();
+            cost.count += self.untimed;
+        }
+        Ok(profile)
+    }
+}
+
 /// A command encoder with its uniform arena and an open compute pass. Make one with
 /// [`Gpu::encoder`], submit it with [`Gpu::submit`].
 pub struct Encoder {
@@ -52,12 +142,24 @@ pub struct Encoder {
     chunks: Vec<(wgpu::Buffer, Vec<u8>)>,
     dispatches: usize,
     bind_groups: Option<Arc<Mutex<BindGroups>>>,
+    /// The time the last charged work ended and the profile so far, when profiling.
+    profile: Option<(f64, RecordProfile)>,
+    /// Timestamps of each dispatch, when timing them on the GPU.
+    timer: Option<DispatchTimer>,
 }
 
 impl Encoder {
     fn new(gpu: &Gpu, bind_groups: Option<Arc<Mutex<BindGroups>>>) -> Self {
         let encoder = gpu.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None });
-        Self { pass: None, encoder, chunks: Vec::new(), dispatches: 0, bind_groups }
+        Self {
+            pass: None,
+            encoder,
+            chunks: Vec::new(),
+            dispatches: 0,
+            bind_groups,
+            profile: None,
+            timer: None,
+        }
     }
 
     /// Record one dispatch of `pipeline`: `params` as the uniform at binding 0 and `resources` at
@@ -107,14 +209,38 @@ impl Encoder {
             },
             None => build(),
         };
-        let pass = self.pass.get_or_insert_with(|| {
-            let desc = wgpu::ComputePassDescriptor { label: Some("pocketvlm"), timestamp_writes: None };
-            self.encoder.begin_compute_pass(&desc).forget_lifetime()
+        let timed = self.timer.as_mut().and_then(|t| {
+            if t.labels.len() < MAX_TIMED_DISPATCHES {
+                t.labels.push(label.to_string());
+                Some((&t.queries, 2 * t.labels.len() as u32 - 2))
+            } else {
+                t.untimed += 1;
+                None
+            }
         });
-        pass.set_pipeline(&pipeline.pipeline);
-        pass.set_bind_group(0, &bind_group, &[]);
-        pass.dispatch_workgroups(workgroups.0, workgroups.1, workgroups.2);
+        if let Some((query_set, first)) = timed {
+            let writes = wgpu::ComputePassTimestampWrites {
+                query_set,
+                beginning_of_pass_write_index: Some(first),
+                end_of_pass_write_index: Some(first + 1),
+            };
+            let desc = wgpu::ComputePassDescriptor { label: Some(label), timestamp_writes: Some(writes) };
+            self.pass = None;
+            let mut pass = self.encoder.begin_compute_pass(&desc);
+            pass.set_pipeline(&pipeline.pipeline);
+            pass.set_bind_group(0, &bind_group, &[]);
+            pass.dispatch_workgroups(workgroups.0, workgroups.1, workgroups.2);
+        } else {
+            let pass = self.pass.get_or_insert_with(|| {
+                let desc = wgpu::ComputePassDescriptor { label: Some("pocketvlm"), timestamp_writes: None };
+                self.encoder.begin_compute_pass(&desc).forget_lifetime()
+            });
+            pass.set_pipeline(&pipeline.pipeline);
+            pass.set_bind_group(0, &bind_group, &[]);
+            pass.dispatch_workgroups(workgroups.0, workgroups.1, workgroups.2);
+        }
         self.dispatches += 1;
+        self.charge(label);
     }
 
     /// Copy `size` bytes between buffers (ends the open compute pass).
@@ -128,6 +254,63 @@ impl Encoder {
     ) {
         self.pass = None;
         self.encoder.copy_buffer_to_buffer(src, src_offset, dst, dst_offset, size);
+        self.charge("copy");
+    }
+
+    /// Start charging host time to the kinds of work recorded from now on (see the module
+    /// documentation); restarts a profile already running.
+    pub fn profile_from_now(&mut self) {
+        self.profile = Some((now_ms(), RecordProfile::default()));
+    }
+
+    /// The profile since [`Encoder::profile_from_now`], the time since the last recorded work
+    /// charged to "(tail)"; profiling stops.
+    pub fn take_profile(&mut self) -> Option<RecordProfile> {
+        self.charge("(tail)");
+        self.profile.take().map(|(_, profile)| profile)
+    }
+
+    /// Time each dispatch recorded from now on on the GPU, in a compute pass of its own (see the
+    /// module documentation); false, and nothing changes, where the device cannot write
+    /// timestamps.
+    pub fn time_dispatches(&mut self, gpu: &Gpu) -> bool {
+        if !gpu.caps.timestamps {
+            return false;
+        }
+        let queries = gpu.device.create_query_set(&wgpu::QuerySetDescriptor {
+            label: Some("dispatch timestamps"),
+            ty: wgpu::QueryType::Timestamp,
+            count: 2 * MAX_TIMED_DISPATCHES as u32,
+        });
+        self.timer = Some(DispatchTimer { queries, labels: Vec::new(), untimed: 0 });
+        true
+    }
+
+    /// Resolve the timestamps of the dispatches timed so far (recorded into this encoder: submit
+    /// it, then [`GpuTimings::read`]); `None` when none were timed.
+    pub fn finish_timing(&mut self, gpu: &Gpu) -> Option<GpuTimings> {
+        let timer = self.timer.take()?;
+        let n = timer.labels.len();
+        if n == 0 {
+            return None;
+        }
+        self.pass = None;
+        let resolved = gpu.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("resolved timestamps"),
+            size: (n * 16) as u64,
+            usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+            mapped_at_creation: false,
+        });
+        self.encoder.resolve_query_set(&timer.queries, 0..2 * n as u32, &resolved, 0);
+        Some(GpuTimings { resolved, labels: timer.labels, untimed: timer.untimed })
+    }
+
+    fn charge(&mut self, kind: &str) {
+        if let Some((last, profile)) = &mut self.profile {
+            let now = now_ms();
+            profile.charge(kind, now - *last);
+            *last = now;
+        }
     }
 
     /// Dispatches recorded so far.

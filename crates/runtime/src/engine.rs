@@ -12,6 +12,7 @@ use pocketvlm_format::{Manifest, ModelData};
 use pocketvlm_processor::{Message, Part, Preprocessor, Prompt, RgbImage, StreamDecoder};
 
 use crate::device::Gpu;
+use crate::encoder::RecordProfile;
 use crate::error::Result;
 use crate::model::sampling::SamplingOptions;
 use crate::model::{DecodeRecording, Generator, MemoryUsage, Model};
@@ -228,6 +229,21 @@ impl Session {
     /// Host-side cost of the decode steps so far (dispatches, recording time).
     pub fn decode_recording(&self) -> DecodeRecording {
         self.generator.decode_recording()
+    }
+
+    /// Host recording time of the decode steps after the second, by kind of work.
+    pub fn decode_profile(&self) -> &RecordProfile {
+        self.generator.decode_profile()
+    }
+
+    /// Time the decode steps after the second on the GPU ([`Generator::time_gpu`]).
+    pub fn time_gpu(&mut self, on: bool) {
+        self.generator.time_gpu(on);
+    }
+
+    /// GPU time of the decode steps timed so far, by kind of work.
+    pub fn decode_gpu_time(&self) -> &RecordProfile {
+        self.generator.decode_gpu_time()
     }
 
     pub fn kv_cache_bytes(&self) -> u64 {

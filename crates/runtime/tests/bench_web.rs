@@ -43,7 +43,7 @@ async fn bench() {
 
         let mut request = Request::caption(&config.prompt, Some(image.clone()), config.max_new_tokens);
         request.split = config.split;
-        let report: BenchReport = measure(&engine, request, load_ms, model).await.unwrap();
+        let report: BenchReport = measure(&engine, request, load_ms, model, config.gpu_time).await.unwrap();
         console_log!("{REPORT_PREFIX}{}", serde_json::to_string(&report).unwrap());
         let caches =
             measure_caches(&mut engine, model, &config.cache_contexts, config.cache_steps).await.unwrap();

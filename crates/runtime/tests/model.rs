@@ -284,6 +284,52 @@ async fn check_decode_reuse(engine: &Engine, what: &str) {
     assert!(later > 0, "{what}");
     assert_eq!(all.later_built_bind_groups, 0, "{what}: later decode steps built bind groups");
     assert!(reused >= later, "{what}: {reused} of {later} dispatches reused a bind group");
+    // The recording profile covers exactly these steps: their dispatches by label, one tail each.
+    let kinds = &generator.decode_profile().kinds;
+    let profiled: usize =
+        kinds.iter().filter(|(k, _)| !["copy", "(tail)"].contains(&k.as_str())).map(|(_, c)| c.count).sum();
+    assert_eq!(profiled, later, "{what}: dispatches in the recording profile {kinds:?}");
+    assert_eq!(kinds.get("(tail)").map(|c| c.count), Some(all.steps - first.steps), "{what}");
+    assert!(kinds.values().all(|c| c.ms >= 0.0), "{what}");
+}
+
+/// Timing the decode steps' dispatches on the GPU (one compute pass each, timestamps around
+/// them) changes no token, and times every dispatch of the timed steps (their argmax included).
+#[test]
+fn timed_decode_steps_generate_the_same_tokens() {
+    pollster::block_on(async {
+        let engine = load(&fixtures().join("tiny"), DeviceOptions::default()).await;
+        let (gpu, model) = (&engine.gpu, &engine.model);
+        let prompt = [1u32, 11126, 42, 1812];
+        let steps = 8;
+        let generate = |timed: bool| async move {
+            let mut generator =
+                Generator::start(gpu, model, &prompt, None, steps, SamplingOptions::default()).await.unwrap();
+            generator.time_gpu(timed);
+            let mut ids = Vec::new();
+            while let Some(id) = generator.next_token(gpu, model).await.unwrap() {
+                ids.push(id);
+            }
+            (ids, generator)
+        };
+        let (plain, _) = generate(false).await;
+        let (timed, generator) = generate(true).await;
+        assert_eq!(timed, plain, "timing the GPU changed the tokens");
+        let kinds = &generator.decode_gpu_time().kinds;
+        if !gpu.caps.timestamps {
+            assert!(kinds.is_empty(), "{kinds:?}");
+            return;
+        }
+        eprintln!("GPU time of the timed steps by kind: {kinds:?}");
+        let recording = generator.decode_recording();
+        let later_steps = recording.steps - 2;
+        let timed_dispatches: usize =
+            kinds.iter().filter(|(k, _)| !k.starts_with('(')).map(|(_, c)| c.count).sum();
+        let per_step = recording.dispatches / recording.steps;
+        assert_eq!(timed_dispatches, later_steps * (per_step + 1), "{kinds:?}");
+        assert_eq!(kinds.get("argmax").map(|c| c.count), Some(later_steps), "{kinds:?}");
+        assert!(kinds.values().all(|c| c.ms >= 0.0) && kinds.values().any(|c| c.ms > 0.0), "{kinds:?}");
+    });
 }
 
 #[test]

@@ -71,7 +71,7 @@ async fn layer_norm_case(gpu: &Gpu, shape: NormShape, seed: u64, layout: NormLay
     };
     let mut enc = encoder(gpu);
     LayerNorm { eps }
-        .encode_as(gpu, &mut enc, layout, shape, (&xb, rb.as_ref()), (&gb, &bb), &yb)
+        .encode(gpu, &mut enc, layout, shape, (&xb, rb.as_ref()), (&gb, &bb), &yb)
         .await
         .unwrap();
     submit(gpu, enc);
@@ -116,7 +116,7 @@ async fn rms_norm_case(gpu: &Gpu, shape: NormShape, seed: u64, layout: NormLayou
         None => None,
     };
     let mut enc = encoder(gpu);
-    RmsNorm { eps }.encode_as(gpu, &mut enc, layout, shape, (&xb, rb.as_ref()), &gb, &yb).await.unwrap();
+    RmsNorm { eps }.encode(gpu, &mut enc, layout, shape, (&xb, rb.as_ref()), &gb, &yb).await.unwrap();
     submit(gpu, enc);
     let what = format!("rms_norm {shape:?} {layout:?} residual {residual}");
     check_residual(gpu, &what, &xb, &x, residual).await;
@@ -157,31 +157,35 @@ async fn check_split_binding() {
     let (x, g, y) = (zeros(&gpu, 2000).await, zeros(&gpu, 2000).await, zeros(&gpu, 2000).await);
     let mut enc = encoder(&gpu);
     let err = RmsNorm { eps: 1e-5 }
-        .encode(&gpu, &mut enc, NormShape { rows: 1, d: 2000 }, &x, &g, &y)
+        .encode(&gpu, &mut enc, NormLayout::Workgroup, NormShape { rows: 1, d: 2000 }, (&x, None), &g, &y)
         .await
         .unwrap_err();
     assert!(matches!(err, RuntimeError::BindingTooLarge { .. }), "{err}");
     // Bad shapes are typed errors too.
     let err = RmsNorm { eps: 1e-5 }
-        .encode(&gpu, &mut enc, NormShape { rows: 0, d: 4 }, &x, &g, &y)
+        .encode(&gpu, &mut enc, NormLayout::Workgroup, NormShape { rows: 0, d: 4 }, (&x, None), &g, &y)
         .await
         .unwrap_err();
     assert!(matches!(err, RuntimeError::Shape(_)), "{err}");
     let err = RmsNorm { eps: 1e-5 }
-        .encode(&gpu, &mut enc, NormShape { rows: 2, d: 1500 }, &x, &g, &y)
+        .encode(&gpu, &mut enc, NormLayout::Workgroup, NormShape { rows: 2, d: 1500 }, (&x, None), &g, &y)
         .await
         .unwrap_err();
     assert!(matches!(err, RuntimeError::Shape(_)), "{err}");
     // A residual that is the input or the output, or too short, is a typed error.
     let small = NormShape { rows: 2, d: 8 };
     for r in [&x, &y] {
-        let err =
-            RmsNorm { eps: 1e-5 }.encode_residual(&gpu, &mut enc, small, &x, r, &g, &y).await.unwrap_err();
+        let err = RmsNorm { eps: 1e-5 }
+            .encode(&gpu, &mut enc, NormLayout::Workgroup, small, (&x, Some(r)), &g, &y)
+            .await
+            .unwrap_err();
         assert!(matches!(err, RuntimeError::Shape(_)), "{err}");
     }
     let short = zeros(&gpu, 15).await;
-    let err =
-        RmsNorm { eps: 1e-5 }.encode_residual(&gpu, &mut enc, small, &x, &short, &g, &y).await.unwrap_err();
+    let err = RmsNorm { eps: 1e-5 }
+        .encode(&gpu, &mut enc, NormLayout::Workgroup, small, (&x, Some(&short)), &g, &y)
+        .await
+        .unwrap_err();
     assert!(matches!(err, RuntimeError::Shape(_)), "{err}");
 }
 

@@ -13,6 +13,7 @@ pub mod kernels;
 
 use serde::{Deserialize, Serialize};
 
+use crate::encoder::RecordProfile;
 use crate::engine::{Engine, Request, now_ms};
 use crate::error::Result;
 use crate::model::sampling::SamplingOptions;
@@ -58,6 +59,10 @@ pub struct BenchConfig {
     /// Time single kernels ([`kernels::measure_kernels`]) before the models.
     #[serde(default)]
     pub kernels: bool,
+    /// Time the decode steps' dispatches on the GPU ([`crate::model::Generator::time_gpu`]):
+    /// GPU time by kind of work, at the cost of slower decoding (one compute pass per dispatch).
+    #[serde(default)]
+    pub gpu_time: bool,
 }
 
 /// Prefix of the line the browser bench prints each [`CacheReport`] on.
@@ -104,9 +109,13 @@ pub struct BenchReport {
     /// Dispatches one decode step records (the decoder pass; the argmax adds one).
     #[serde(default)]
     pub dispatches_per_token: f64,
-    /// Host milliseconds spent recording one decode step's pass (not running it).
+    /// Host milliseconds spent recording one decode step's pass (not running it), a step after
+    /// the second (see [`crate::model::DecodeRecording`]).
     #[serde(default)]
     pub record_ms_per_token: f64,
+    /// Host milliseconds recording the first decode step took (with its pipeline compilations).
+    #[serde(default)]
+    pub first_step_record_ms: f64,
     /// Bind groups a decode step after the second builds (0 when every binding is reused;
     /// see [`crate::model::DecodeRecording`]).
     #[serde(default)]
@@ -114,6 +123,13 @@ pub struct BenchReport {
     /// Host milliseconds such a step spends building them (part of `record_ms_per_token`).
     #[serde(default)]
     pub bind_group_ms_per_token: f64,
+    /// Where a later decode step's recording time goes, by kind of work, most first.
+    #[serde(default)]
+    pub record_by_kind: Vec<KindRecording>,
+    /// Where a later decode step's GPU time goes, by kind of work, most first (with
+    /// [`BenchConfig::gpu_time`] on a device that writes timestamps; else empty).
+    #[serde(default)]
+    pub gpu_by_kind: Vec<KindRecording>,
     pub weight_bytes: u64,
     pub table_bytes: u64,
     pub kv_cache_bytes: u64,
@@ -122,10 +138,35 @@ pub struct BenchReport {
     pub generated_ids: Vec<u32>,
 }
 
+/// One kind of work (a dispatch label, "copy", "(tail)") in a later decode step's recording.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct KindRecording {
+    pub kind: String,
+    /// How many a step records.
+    pub per_step: f64,
+    /// Host milliseconds a step spends on them.
+    pub ms_per_step: f64,
+}
+
 impl BenchReport {
     pub fn gpu_total_bytes(&self) -> u64 {
         self.weight_bytes + self.table_bytes + self.kv_cache_bytes + self.activation_bytes
     }
+}
+
+/// `profile` per step over `steps` steps, most time first.
+fn by_kind(profile: &RecordProfile, steps: f64) -> Vec<KindRecording> {
+    let mut kinds: Vec<KindRecording> = profile
+        .kinds
+        .iter()
+        .map(|(kind, cost)| KindRecording {
+            kind: kind.clone(),
+            per_step: cost.count as f64 / steps,
+            ms_per_step: cost.ms / steps,
+        })
+        .collect();
+    kinds.sort_by(|a, b| b.ms_per_step.total_cmp(&a.ms_per_step));
+    kinds
 }
 
 fn per_second(count: usize, ms: f64) -> f64 {
@@ -133,12 +174,14 @@ fn per_second(count: usize, ms: f64) -> f64 {
 }
 
 /// Run `request` (greedy whatever its sampling options) to the end and time it; `load_ms` is the
-/// caller's measurement of loading `engine`, `model` names it in the report.
+/// caller's measurement of loading `engine`, `model` names it in the report; `gpu_time` times
+/// the later decode steps' dispatches on the GPU (see [`BenchConfig::gpu_time`]).
 pub async fn measure(
     engine: &Engine,
     mut request: Request,
     load_ms: f64,
     model: &str,
+    gpu_time: bool,
 ) -> Result<BenchReport> {
     request.sampling = Default::default();
     let image_tiles = match &request.image {
@@ -150,6 +193,7 @@ pub async fn measure(
     };
     let start = now_ms();
     let mut session = engine.start(request).await?;
+    session.time_gpu(gpu_time);
     session.next(engine).await?;
     let first = now_ms();
     while session.next(engine).await?.is_some() {}
@@ -159,6 +203,8 @@ pub async fn measure(
     let memory: MemoryUsage = session.memory(engine);
     let recording = session.decode_recording();
     let later_steps = recording.steps.saturating_sub(2).max(1) as f64;
+    let record_by_kind = by_kind(session.decode_profile(), later_steps);
+    let gpu_by_kind = by_kind(session.decode_gpu_time(), later_steps);
     let info = &engine.gpu.adapter;
     let name = if info.name.is_empty() { "(unnamed adapter)".to_string() } else { info.name.clone() };
     let mut adapter = vec![name, format!("{:?}", info.backend), format!("{:?}", info.device_type)];
@@ -179,9 +225,12 @@ pub async fn measure(
         prefill_tokens_per_s: per_second(session.prompt_ids.len(), t.prefill_ms),
         decode_tokens_per_s: per_second(generated.saturating_sub(1), end - first),
         dispatches_per_token: recording.dispatches as f64 / recording.steps.max(1) as f64,
-        record_ms_per_token: recording.record_ms / recording.steps.max(1) as f64,
+        record_ms_per_token: recording.later_record_ms / later_steps,
+        first_step_record_ms: recording.first_record_ms,
         bind_groups_built_per_token: recording.later_built_bind_groups as f64 / later_steps,
         bind_group_ms_per_token: recording.later_bind_group_ms / later_steps,
+        record_by_kind,
+        gpu_by_kind,
         weight_bytes: memory.weights,
         table_bytes: memory.tables,
         kv_cache_bytes: memory.kv_cache,

@@ -309,8 +309,8 @@ impl Attention {
         let out_bytes = (batch * queries * heads * vd * 4) as u64;
         // Keys and values are bound over their whole capacity, not `kv_len` rows: a decode step
         // then binds what the step before bound and reuses its bind group.
-        let kv_bytes = (batch * kv_capacity * kv_heads * head_dim * 4) as u64;
         let cap_elems = (batch * kv_capacity * kv_heads * head_dim) as u64;
+        let kv_bytes = cap_elems * 4;
         if q_bytes / 4 > u64::from(u32::MAX) || cap_elems > u64::from(u32::MAX) {
             return bad("too many elements");
         }

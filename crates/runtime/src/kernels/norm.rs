@@ -7,7 +7,7 @@
 //! RMS norm: `y[r, i] = γ[i] · (x[r, i] / √(mean_i x[r, i]² + eps))` (transformers'
 //! `LlamaRMSNorm` in f32: normalise first, then multiply by γ).
 //!
-//! Residual form (`encode_residual`): `x ← x + r` first (one f32 add per value, written back to
+//! Residual form (a residual buffer given): `x ← x + r` first (one f32 add per value, written back to
 //! `x`, the residual stream), then the norm of the sum into `y`: a transformer block's residual
 //! add and the next norm in one dispatch. `x` holds exactly what a separate add would leave.
 //!
@@ -152,41 +152,10 @@ async fn encode_norm<K: Kernel>(
 }
 
 impl LayerNorm {
-    /// Record `y = layer_norm(x) · γ + β` over `shape.rows` rows of width `shape.d`.
+    /// Record `y = layer_norm(x) · γ + β` over `shape.rows` rows of width `shape.d`; with a
+    /// residual (`x.1`), `x ← x + residual` first. `weights` are `(γ, β)`.
     #[allow(clippy::too_many_arguments)]
     pub async fn encode(
-        &self,
-        gpu: &Gpu,
-        encoder: &mut Encoder,
-        shape: NormShape,
-        x: &wgpu::Buffer,
-        gamma: &wgpu::Buffer,
-        beta: &wgpu::Buffer,
-        y: &wgpu::Buffer,
-    ) -> Result<()> {
-        self.encode_as(gpu, encoder, NormLayout::for_gpu(gpu), shape, (x, None), (gamma, beta), y).await
-    }
-
-    /// Record `x ← x + residual`, then `y = layer_norm(x) · γ + β`.
-    #[allow(clippy::too_many_arguments)]
-    pub async fn encode_residual(
-        &self,
-        gpu: &Gpu,
-        encoder: &mut Encoder,
-        shape: NormShape,
-        x: &wgpu::Buffer,
-        residual: &wgpu::Buffer,
-        gamma: &wgpu::Buffer,
-        beta: &wgpu::Buffer,
-        y: &wgpu::Buffer,
-    ) -> Result<()> {
-        let layout = NormLayout::for_gpu(gpu);
-        self.encode_as(gpu, encoder, layout, shape, (x, Some(residual)), (gamma, beta), y).await
-    }
-
-    /// Either form in a given layout: `x.1` is the residual, if any; `weights` are `(γ, β)`.
-    #[allow(clippy::too_many_arguments)]
-    pub async fn encode_as(
         &self,
         gpu: &Gpu,
         encoder: &mut Encoder,
@@ -202,38 +171,10 @@ impl LayerNorm {
 }
 
 impl RmsNorm {
-    /// Record `y = γ · rms_norm(x)` over `shape.rows` rows of width `shape.d`.
+    /// Record `y = γ · rms_norm(x)` over `shape.rows` rows of width `shape.d`; with a residual
+    /// (`x.1`), `x ← x + residual` first.
+    #[allow(clippy::too_many_arguments)]
     pub async fn encode(
-        &self,
-        gpu: &Gpu,
-        encoder: &mut Encoder,
-        shape: NormShape,
-        x: &wgpu::Buffer,
-        gamma: &wgpu::Buffer,
-        y: &wgpu::Buffer,
-    ) -> Result<()> {
-        self.encode_as(gpu, encoder, NormLayout::for_gpu(gpu), shape, (x, None), gamma, y).await
-    }
-
-    /// Record `x ← x + residual`, then `y = γ · rms_norm(x)`.
-    #[allow(clippy::too_many_arguments)]
-    pub async fn encode_residual(
-        &self,
-        gpu: &Gpu,
-        encoder: &mut Encoder,
-        shape: NormShape,
-        x: &wgpu::Buffer,
-        residual: &wgpu::Buffer,
-        gamma: &wgpu::Buffer,
-        y: &wgpu::Buffer,
-    ) -> Result<()> {
-        let layout = NormLayout::for_gpu(gpu);
-        self.encode_as(gpu, encoder, layout, shape, (x, Some(residual)), gamma, y).await
-    }
-
-    /// Either form in a given layout: `x.1` is the residual, if any.
-    #[allow(clippy::too_many_arguments)]
-    pub async fn encode_as(
         &self,
         gpu: &Gpu,
         encoder: &mut Encoder,

@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use pocketvlm_format::{ModelConfig, ModelData};
 
 use crate::device::{Gpu, now_ms};
-use crate::encoder::{BindGroups, Encoder};
+use crate::encoder::{BindGroups, Encoder, GpuTimings, RecordProfile};
 use crate::error::{Result, RuntimeError};
 use crate::kernels::argmax::Argmax;
 use crate::kernels::embed::ImageFeatures;
@@ -173,6 +173,13 @@ pub struct Generator {
     /// The decode steps' bind groups (the same buffers every step).
     bind_groups: Arc<Mutex<BindGroups>>,
     decode: DecodeRecording,
+    /// Host recording time of the decode steps after the second, by kind of work.
+    decode_profile: RecordProfile,
+    /// Whether the decode steps after the second time their dispatches on the GPU (one compute
+    /// pass each: slower; the bench's `--gpu-time`).
+    time_gpu: bool,
+    /// Their GPU time by kind of work, when timed.
+    decode_gpu: RecordProfile,
 }
 
 /// Host-side cost of the decode steps recorded so far: what `cargo xtask bench` reports per
@@ -186,6 +193,11 @@ pub struct DecodeRecording {
     pub dispatches: usize,
     /// Milliseconds spent recording them (building the command buffer, not running it).
     pub record_ms: f64,
+    /// Of those, the first step's (which compiles the pipelines only one-token passes use:
+    /// seconds in a browser) …
+    pub first_record_ms: f64,
+    /// … and the steps' after the second (which build no bind groups and allocate nothing).
+    pub later_record_ms: f64,
     /// Dispatches (of decode steps and their argmax) that reused a bind group built by an
     /// earlier step.
     pub reused_bind_groups: usize,
@@ -329,6 +341,9 @@ impl Generator {
             token,
             bind_groups: Arc::default(),
             decode: DecodeRecording::default(),
+            decode_profile: RecordProfile::default(),
+            time_gpu: false,
+            decode_gpu: RecordProfile::default(),
         })
     }
 
@@ -347,12 +362,16 @@ impl Generator {
         self.feed_last(gpu, model, &mut encoder).await?;
         let token = if self.options.is_greedy() {
             Argmax.encode(gpu, &mut encoder, 1, vocab, &self.logits, &self.argmax).await?;
+            let timings = encoder.finish_timing(gpu);
             gpu.submit(encoder);
             let bytes = gpu.read_bytes(&self.argmax, 4).await?;
+            self.add_gpu_time(gpu, timings).await?;
             u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]])
         } else {
+            let timings = encoder.finish_timing(gpu);
             gpu.submit(encoder);
             let logits = gpu.read_f32(&self.logits, vocab).await?;
+            self.add_gpu_time(gpu, timings).await?;
             sample(&logits, &self.options, &mut self.rng)
         };
         self.accept(model, token);
@@ -372,8 +391,30 @@ impl Generator {
         }
         let mut encoder = gpu.encoder_reusing(&self.bind_groups);
         self.feed_last(gpu, model, &mut encoder).await?;
+        let timings = encoder.finish_timing(gpu);
         gpu.submit(encoder);
+        self.add_gpu_time(gpu, timings).await?;
         self.accept(model, token);
+        Ok(())
+    }
+
+    /// Time the dispatches of the decode steps after the second on the GPU, where the device
+    /// can (see [`crate::encoder::Encoder::time_dispatches`]): each gets a compute pass of its
+    /// own, which slows the steps down; [`Generator::decode_gpu_time`] reads the result.
+    pub fn time_gpu(&mut self, on: bool) {
+        self.time_gpu = on;
+    }
+
+    /// GPU time of the decode steps timed so far, by kind of work (empty unless
+    /// [`Generator::time_gpu`] was turned on and the device writes timestamps).
+    pub fn decode_gpu_time(&self) -> &RecordProfile {
+        &self.decode_gpu
+    }
+
+    async fn add_gpu_time(&mut self, gpu: &Gpu, timings: Option<GpuTimings>) -> Result<()> {
+        if let Some(t) = timings {
+            self.decode_gpu.add(&t.read(gpu).await?);
+        }
         Ok(())
     }
 
@@ -384,6 +425,10 @@ impl Generator {
         let (t0, dispatches, before) = (now_ms(), encoder.dispatches(), gpu.allocated_bytes());
         let built = || self.bind_groups.lock().map_or((0, 0.0), |c| (c.built, c.build_ms));
         let built_before = built();
+        encoder.profile_from_now();
+        if self.time_gpu && self.decode.steps >= 2 {
+            encoder.time_dispatches(gpu);
+        }
         gpu.queue.write_buffer(&self.token, 0, bytemuck::bytes_of(&last));
         let (cfg, text) = (&model.config, &model.text);
         let (scratch, cache) = (&mut self.scratch, &mut self.cache);
@@ -392,8 +437,15 @@ impl Generator {
         self.peak_pass_bytes = self.peak_pass_bytes.max(gpu.allocated_bytes() - before);
         self.decode.steps += 1;
         self.decode.dispatches += encoder.dispatches() - dispatches;
-        self.decode.record_ms += now_ms() - t0;
+        let profile = encoder.take_profile().unwrap_or_default();
+        let ms = now_ms() - t0;
+        self.decode.record_ms += ms;
+        if self.decode.steps == 1 {
+            self.decode.first_record_ms = ms;
+        }
         if self.decode.steps > 2 {
+            self.decode.later_record_ms += ms;
+            self.decode_profile.add(&profile);
             let after = built();
             self.decode.later_built_bind_groups += after.0 - built_before.0;
             self.decode.later_bind_group_ms += after.1 - built_before.1;
@@ -405,6 +457,12 @@ impl Generator {
     pub fn decode_recording(&self) -> DecodeRecording {
         let reused_bind_groups = self.bind_groups.lock().map_or(0, |c| c.hits);
         DecodeRecording { reused_bind_groups, ..self.decode }
+    }
+
+    /// Host recording time of the decode steps after the second (when bind groups are reused),
+    /// by kind of work (see [`crate::encoder`]).
+    pub fn decode_profile(&self) -> &RecordProfile {
+        &self.decode_profile
     }
 
     /// Record `token` as generated; finish on an end-of-utterance token or at the limit.

@@ -24,7 +24,7 @@ use crate::kernels::copy::CopyRows;
 use crate::kernels::elementwise::SiluMul;
 use crate::kernels::embed::{Embed, EmbedShape, ImageFeatures};
 use crate::kernels::latent::{LatentUp, LatentUpShape, UpWeights};
-use crate::kernels::norm::{NormShape, RmsNorm};
+use crate::kernels::norm::{NormLayout, NormShape, RmsNorm};
 use crate::kernels::quant::QuantizedRows;
 use crate::kernels::rope::{Rope, RopeShape, rope_table};
 use crate::tensor::Tensor;
@@ -126,20 +126,21 @@ pub async fn forward(
     let mut pass = AttentionPass::new(gpu, scratch, cfg, model, cache, tokens).await?;
     let rms = RmsNorm { eps: c.rms_norm_eps as f32 };
     let rows = NormShape { rows: tokens, d };
+    let layout = NormLayout::for_gpu(gpu);
     // Each residual add is recorded with the norm that follows it (the next layer's input norm,
     // after the last layer the final norm, of every row: rows are normalised independently).
     let first = model.layers.first().map_or(&model.norm, |l| &l.input_norm);
-    rms.encode(gpu, encoder, rows, &x, &first.buffer, &normed).await?;
+    rms.encode(gpu, encoder, layout, rows, (&x, None), &first.buffer, &normed).await?;
     for (i, l) in model.layers.iter().enumerate() {
         pass.encode(gpu, encoder, scratch, &l.qkv, &cache.layers[i], &normed).await?;
         l.o.forward(gpu, encoder, scratch, tokens, &pass.attn, &out).await?;
-        rms.encode_residual(gpu, encoder, rows, &x, &out, &l.post_norm.buffer, &normed).await?;
+        rms.encode(gpu, encoder, layout, rows, (&x, Some(&out)), &l.post_norm.buffer, &normed).await?;
 
         forward_shared(gpu, encoder, scratch, tokens, &normed, &[(&l.gate, &gate), (&l.up, &up)]).await?;
         SiluMul.encode(gpu, encoder, tokens * inter, &gate, &up, &act).await?;
         l.down.forward(gpu, encoder, scratch, tokens, &act, &out).await?;
         let next = model.layers.get(i + 1).map_or(&model.norm, |n| &n.input_norm);
-        rms.encode_residual(gpu, encoder, rows, &x, &out, &next.buffer, &normed).await?;
+        rms.encode(gpu, encoder, layout, rows, (&x, Some(&out)), &next.buffer, &normed).await?;
     }
     cache.len = p0 + tokens;
 

@@ -18,7 +18,7 @@ use crate::encoder::Encoder;
 use crate::error::Result;
 use crate::kernels::attention::{Attention, AttentionShape};
 use crate::kernels::elementwise::GeluTanh;
-use crate::kernels::norm::{LayerNorm, NormShape};
+use crate::kernels::norm::{LayerNorm, NormLayout, NormShape};
 use crate::kernels::patch_embed::{PatchEmbed, PatchEmbedShape};
 use crate::kernels::pixel_shuffle::{PixelShuffle, PixelShuffleShape};
 use crate::tensor::Tensor;
@@ -124,25 +124,27 @@ pub async fn encode_image(
     let mut scratch = Scratch::default();
     let ln = LayerNorm { eps: v.layer_norm_eps as f32 };
     let rows = NormShape { rows: t, d };
+    let layout = NormLayout::for_gpu(gpu);
     let attention_shape = AttentionShape::bidirectional(tiles, n, v.num_attention_heads, v.head_dim());
     // Each residual add is recorded with the norm that follows it (the next layer's first norm,
     // after the last layer the post-layernorm).
     let first = model.layers.first().map_or(&model.post_norm, |l| &l.ln1);
-    ln.encode(gpu, encoder, rows, &x, &first.0.buffer, &first.1.buffer, &normed).await?;
+    ln.encode(gpu, encoder, layout, rows, (&x, None), (&first.0.buffer, &first.1.buffer), &normed).await?;
     for (i, l) in model.layers.iter().enumerate() {
         l.qkv.forward(gpu, encoder, &mut scratch, t, &normed, [&q, &k, &vv]).await?;
         Attention::for_shape(&attention_shape)
             .encode(gpu, encoder, attention_shape, &q, &k, &vv, &attn)
             .await?;
         l.out.forward(gpu, encoder, &mut scratch, t, &attn, &out).await?;
-        let (w, b) = (&l.ln2.0.buffer, &l.ln2.1.buffer);
-        ln.encode_residual(gpu, encoder, rows, &x, &out, w, b, &normed).await?;
+        let ln2 = (&l.ln2.0.buffer, &l.ln2.1.buffer);
+        ln.encode(gpu, encoder, layout, rows, (&x, Some(&out)), ln2, &normed).await?;
 
         l.fc1.forward(gpu, encoder, &mut scratch, t, &normed, &mlp).await?;
         GeluTanh.encode(gpu, encoder, t * v.intermediate_size, &mlp).await?;
         l.fc2.forward(gpu, encoder, &mut scratch, t, &mlp, &out).await?;
         let next = model.layers.get(i + 1).map_or(&model.post_norm, |n| &n.ln1);
-        ln.encode_residual(gpu, encoder, rows, &x, &out, &next.0.buffer, &next.1.buffer, &normed).await?;
+        ln.encode(gpu, encoder, layout, rows, (&x, Some(&out)), (&next.0.buffer, &next.1.buffer), &normed)
+            .await?;
     }
 
     let s = cfg.connector.scale_factor;
