@@ -18,6 +18,8 @@
 // (decode): blocks of 256 keys, one score per invocation, block max and sum reduced in workgroup
 // memory, then (lane, 4 dims) invocations accumulate p * v.
 //
+// PER_QUERY variant: see its entry point below (one invocation per query and head, no barriers).
+//
 // Values of a shared-latent cache (the "absorbed" form, decoder only): with LATENT_F32 or
 // LATENT_I8 the value of key j is not a per-head row of v but the latent row of token j, the
 // same for every head, VD wide (VD4 vec4s), and `out` gets the softmax-weighted latent sum
@@ -115,6 +117,74 @@ fn value4(b: u32, j: u32, g: u32, c: u32) -> vec4<f32> {
 #endif
 }
 
+#ifdef PER_QUERY
+// PER_QUERY variant (CPU adapters, where each workgroup barrier costs tens of microseconds):
+// one invocation per (query, head, batch), walking its keys in order straight from storage with
+// the online softmax rescaled at every key; no workgroup memory, no barriers.
+@compute @workgroup_size(64, 1, 1)
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    let item = wg.x * 64u + li;
+    if (item >= params.queries * params.heads) {
+        return;
+    }
+    let b = wg.z;
+    let i = item / params.heads;
+    let h = item % params.heads;
+    let g = h / (params.heads / params.kv_heads);
+    let row = q_row(b, i, h);
+    var qv: array<vec4<f32>, HD4>;
+    var acc: array<vec4<f32>, VD4>;
+    for (var c = 0u; c < HD4; c++) {
+        qv[c] = q[row * HD4 + c];
+    }
+    var m = 0.0;
+    var l = 0.0;
+    var started = params.first == 0u;
+    for (var c = 0u; c < VD4; c++) {
+        acc[c] = vec4<f32>(0.0);
+    }
+    if (started) {
+        m = ml[2u * row];
+        l = ml[2u * row + 1u];
+        for (var c = 0u; c < VD4; c++) {
+            acc[c] = out[row * VD4 + c];
+        }
+    }
+    let n = min(params.key_end, visible_keys(i));
+    for (var j = params.key_begin; j < n; j++) {
+        let kb = kv_row(b, j, g) * HD4;
+        var sum = 0.0;
+        for (var c = 0u; c < HD4; c++) {
+            sum += dot(qv[c], k[kb + c]);
+        }
+        let s = sum * params.scale;
+        var m_new = s;
+        var alpha = 0.0;
+        if (started) {
+            m_new = max(m, s);
+            alpha = exp(m - m_new);
+        }
+        let p = exp(s - m_new);
+        l = l * alpha + p;
+        for (var c = 0u; c < VD4; c++) {
+            acc[c] = fma(vec4<f32>(p), value4(b, j, g, c), acc[c] * alpha);
+        }
+        m = m_new;
+        started = true;
+    }
+    if (params.last != 0u) {
+        for (var c = 0u; c < VD4; c++) {
+            out[row * VD4 + c] = acc[c] / l;
+        }
+    } else {
+        for (var c = 0u; c < VD4; c++) {
+            out[row * VD4 + c] = acc[c];
+        }
+        ml[2u * row] = m;
+        ml[2u * row + 1u] = l;
+    }
+}
+#else
 #ifndef SPLIT_KEYS
 const BQ: u32 = 64u;
 #ifdef BLOCK_KEYS
@@ -365,4 +435,5 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
         ml[2u * row + 1u] = l;
     }
 }
+#endif
 #endif

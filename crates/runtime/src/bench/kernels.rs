@@ -14,7 +14,7 @@ use super::values;
 use crate::device::{Gpu, now_ms};
 use crate::encoder::Encoder;
 use crate::error::Result;
-use crate::kernels::attention::{Attention, AttentionShape};
+use crate::kernels::attention::{Attention, AttentionShape, AttentionVariant, ValueKind};
 use crate::kernels::matmul::{MatVec, Matmul, MatmulShape};
 use crate::kernels::quant::{QMatmul, QuantWeightsGpu, QuantizedRows, activation_words};
 use crate::tensor::Tensor;
@@ -108,30 +108,44 @@ pub async fn measure_kernels(gpu: &Gpu) -> Result<Vec<KernelReport>> {
             }
         }
     }
-    reports.push(attention(gpu).await?);
+    reports.extend(attention(gpu).await?);
     Ok(reports)
 }
 
-/// Bidirectional attention of one 512-px tile in the vision tower: 1024 patches, 12 heads of 64.
-async fn attention(gpu: &Gpu) -> Result<KernelReport> {
-    let shape = AttentionShape::bidirectional(1, 1024, 12, 64);
-    let len = shape.queries * shape.heads * shape.head_dim;
-    let q = values_buffer(gpu, len, 4).await?;
-    let k = values_buffer(gpu, len, 5).await?;
-    let v = values_buffer(gpu, len, 6).await?;
-    let out = gpu.zeroed_buffer("out", (len * 4) as u64).await?;
-    let kernel = Attention::for_shape(&shape);
-    // q·k and p·v: two multiply-accumulates per (query, key, head, dim).
-    let macs = 2.0 * (shape.queries * shape.kv_len * shape.heads * shape.head_dim) as f64;
-    let label = format!("attention {:?}", kernel.variant);
-    let shape_label = format!(
-        "{} queries × {} keys × {} heads × {}",
-        shape.queries, shape.kv_len, shape.heads, shape.head_dim
-    );
-    time_macs(gpu, &label, shape_label, macs, async |gpu: &Gpu, e: &mut Encoder| {
-        kernel.encode(gpu, e, shape, &q, &k, &v, &out).await
-    })
-    .await
+/// Attention at the 256M model's shapes, each variant that suits it: the vision tower's
+/// bidirectional attention over one 512-px tile (1024 patches, 12 heads of 64), and one decode
+/// step of the decoder (9 query heads sharing 3 key/value heads of 64) over 1024 cached keys.
+async fn attention(gpu: &Gpu) -> Result<Vec<KernelReport>> {
+    let vision = AttentionShape::bidirectional(1, 1024, 12, 64);
+    let decode = AttentionShape::causal(1, 9, 3, 64, 1023, 1024);
+    let mut reports = Vec::new();
+    for (shape, variants) in [
+        (vision, [AttentionVariant::QueryTiled, AttentionVariant::PerQuery]),
+        (decode, [AttentionVariant::SplitKeys, AttentionVariant::PerQuery]),
+    ] {
+        let q_len = shape.queries * shape.heads * shape.head_dim;
+        let kv_len = shape.kv_capacity * shape.kv_heads * shape.head_dim;
+        let q = values_buffer(gpu, q_len, 4).await?;
+        let k = values_buffer(gpu, kv_len, 5).await?;
+        let v = values_buffer(gpu, kv_len, 6).await?;
+        let out = gpu.zeroed_buffer("out", (q_len * 4) as u64).await?;
+        // q·k and p·v: two multiply-accumulates per (query, key, head, dim).
+        let macs = 2.0 * (shape.queries * shape.kv_len * shape.heads * shape.head_dim) as f64;
+        for variant in variants {
+            let kernel = Attention { head_dim: shape.head_dim, variant, values: ValueKind::PerHead };
+            let label = format!("attention {variant:?}");
+            let shape_label = format!(
+                "{} queries × {} keys × {} heads × {}",
+                shape.queries, shape.kv_len, shape.heads, shape.head_dim
+            );
+            let report = time_macs(gpu, &label, shape_label, macs, async |gpu: &Gpu, e: &mut Encoder| {
+                kernel.encode(gpu, e, shape, &q, &k, &v, &out).await
+            })
+            .await?;
+            reports.push(report);
+        }
+    }
+    Ok(reports)
 }
 
 /// Random-free weights of `shape` in a packed `encoding` with one f32 scale per row.

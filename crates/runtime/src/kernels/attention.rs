@@ -16,10 +16,12 @@
 //! unnormalised accumulator in `out`, so no invocation runs an unbounded loop (llvmpipe silently
 //! stops an invocation's loops after 65535 iterations in total).
 //!
-//! Two variants: [`AttentionVariant::QueryTiled`] (one query per invocation, 64 per workgroup,
-//! keys staged through workgroup memory; for vision and prefill) and
+//! Three variants: [`AttentionVariant::QueryTiled`] (one query per invocation, 64 per workgroup,
+//! keys staged through workgroup memory; for vision and prefill),
 //! [`AttentionVariant::SplitKeys`] (one 256-invocation workgroup per query, keys split across
-//! invocations; for decode). [`Attention::for_shape`] picks one.
+//! invocations; for decode) and [`AttentionVariant::PerQuery`] (one invocation per query and
+//! head reading its keys straight from storage, no barriers; for CPU adapters, where each
+//! barrier costs tens of microseconds). [`Attention::for_shape`] picks one.
 
 use std::collections::BTreeMap;
 
@@ -61,6 +63,9 @@ pub const MAX_HEAD_DIM: usize = 128;
 pub const TILED_KEYS_PER_PASS: usize = 512;
 /// Keys one split-keys dispatch covers.
 pub const SPLIT_KEYS_PER_PASS: usize = 16384;
+/// Loop iterations one per-query invocation may run in a dispatch: its keys times the vec4s of
+/// a key and a value, plus one per key (far below llvmpipe's cap).
+pub const PER_QUERY_ITERATIONS: usize = 16384;
 /// Queries per workgroup of the query-tiled variant.
 const QUERY_TILE: usize = 64;
 /// Fewer queries than this use the split-keys variant in [`Attention::for_shape`].
@@ -137,6 +142,9 @@ pub enum AttentionVariant {
     QueryTiled,
     /// One workgroup per query, keys split across 256 invocations.
     SplitKeys,
+    /// One invocation per (query, head), keys in order from storage: no workgroup memory, no
+    /// barriers.
+    PerQuery,
 }
 
 /// What the values are.
@@ -219,25 +227,29 @@ impl Kernel for Attention {
             AttentionVariant::SplitKeys => {
                 d.insert("SPLIT_KEYS".to_string(), String::new());
             }
+            AttentionVariant::PerQuery => {
+                d.insert("PER_QUERY".to_string(), String::new());
+            }
         }
         d
     }
 }
 
 impl Attention {
-    /// The kernel suited to `shape`: split keys for few queries, query-tiled otherwise.
-    pub fn for_shape(shape: &AttentionShape) -> Self {
-        let variant = if shape.queries < SPLIT_KEYS_BELOW {
-            AttentionVariant::SplitKeys
-        } else {
-            AttentionVariant::QueryTiled
+    /// The kernel suited to `shape` on `gpu`: for few queries, per query on CPU adapters (no
+    /// barriers) and split keys elsewhere; query-tiled otherwise.
+    pub fn for_shape(gpu: &Gpu, shape: &AttentionShape) -> Self {
+        let variant = match (shape.queries < SPLIT_KEYS_BELOW, gpu.caps.cpu) {
+            (true, true) => AttentionVariant::PerQuery,
+            (true, false) => AttentionVariant::SplitKeys,
+            (false, _) => AttentionVariant::QueryTiled,
         };
         Self { head_dim: shape.head_dim, variant, values: ValueKind::PerHead }
     }
 
-    /// The kernel for `shape` reading values of `kind`.
-    pub fn with_values(shape: &AttentionShape, kind: ValueKind) -> Self {
-        Self { values: kind, ..Self::for_shape(shape) }
+    /// The kernel for `shape` on `gpu` reading values of `kind`.
+    pub fn with_values(gpu: &Gpu, shape: &AttentionShape, kind: ValueKind) -> Self {
+        Self { values: kind, ..Self::for_shape(gpu, shape) }
     }
 
     /// Record `out = softmax(q·kᵀ·scale + mask)·v`.
@@ -315,11 +327,12 @@ impl Attention {
             return bad("too many elements");
         }
         let max_groups = gpu.caps.max_workgroups_per_dimension as usize;
-        let groups_x = match self.variant {
-            AttentionVariant::QueryTiled => queries.div_ceil(QUERY_TILE),
-            AttentionVariant::SplitKeys => queries,
+        let (groups_x, groups_y) = match self.variant {
+            AttentionVariant::QueryTiled => (queries.div_ceil(QUERY_TILE), heads),
+            AttentionVariant::SplitKeys => (queries, heads),
+            AttentionVariant::PerQuery => ((queries * heads).div_ceil(QUERY_TILE), 1),
         };
-        if groups_x > max_groups || heads > max_groups || batch > max_groups {
+        if groups_x > max_groups || groups_y > max_groups || batch > max_groups {
             return bad("exceeds the dispatch limit");
         }
         require_size(q, q_bytes, "attention queries")?;
@@ -348,6 +361,7 @@ impl Attention {
         let per_pass = match self.variant {
             AttentionVariant::QueryTiled => TILED_KEYS_PER_PASS,
             AttentionVariant::SplitKeys => SPLIT_KEYS_PER_PASS,
+            AttentionVariant::PerQuery => (PER_QUERY_ITERATIONS / ((head_dim + vd) / 4 + 1)).max(1),
         };
         let passes = key_count.div_ceil(per_pass);
         // Running max and sum between passes ([batch, queries, heads, 2]); a 16-byte stand-in
@@ -359,7 +373,7 @@ impl Attention {
         };
         check_binding(gpu, "attention softmax state", ml_bytes)?;
         let ml = gpu.kernel_scratch("attention softmax state", ml_bytes);
-        let groups = (groups_x as u32, heads as u32, batch as u32);
+        let groups = (groups_x as u32, groups_y as u32, batch as u32);
         for pass in 0..passes {
             let params = Params {
                 queries: queries as u32,

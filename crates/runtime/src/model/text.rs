@@ -290,7 +290,7 @@ impl<'a> AttentionPass<'a> {
                 let append = CopyRows::append(tokens, dkv, p0);
                 append.encode(gpu, encoder, &self.k, keys)?;
                 append.encode(gpu, encoder, &self.v, values)?;
-                return Attention::for_shape(&causal)
+                return Attention::for_shape(gpu, &causal)
                     .encode(gpu, encoder, causal, &self.q, keys, values, &self.attn)
                     .await;
             }
@@ -336,7 +336,7 @@ impl<'a> AttentionPass<'a> {
         Rope.encode_one(gpu, encoder, self.rope(tokens, heads, p0), table, &self.q).await?;
         let keys = RopeShape { bound: self.capacity, ..self.rope(ctx, kv_heads, 0) };
         Rope.encode_one(gpu, encoder, keys, table, rebuilt).await?;
-        let kernel = Attention::with_values(&causal, values.kind());
+        let kernel = Attention::with_values(gpu, &causal, values.kind());
         let sums = self.sums.as_ref().ok_or_else(|| RuntimeError::Shape("no latent sums buffer".into()))?;
         kernel.encode_values(gpu, encoder, causal, &self.q, rebuilt, &values, sums).await?;
         let (weights, bias) = match &joint.v_up {

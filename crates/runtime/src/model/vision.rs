@@ -132,7 +132,7 @@ pub async fn encode_image(
     ln.encode(gpu, encoder, layout, rows, (&x, None), (&first.0.buffer, &first.1.buffer), &normed).await?;
     for (i, l) in model.layers.iter().enumerate() {
         l.qkv.forward(gpu, encoder, &mut scratch, t, &normed, [&q, &k, &vv]).await?;
-        Attention::for_shape(&attention_shape)
+        Attention::for_shape(gpu, &attention_shape)
             .encode(gpu, encoder, attention_shape, &q, &k, &vv, &attn)
             .await?;
         l.out.forward(gpu, encoder, &mut scratch, t, &attn, &out).await?;
