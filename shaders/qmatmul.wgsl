@@ -128,6 +128,69 @@ fn accumulate4(acc: ptr<function, array<i32, TR * TC>>, g: u32, c0: u32, t0: u32
 }
 #endif
 
+#ifdef GEMV
+// GEMV (TR = TC = 1: one token and one column per invocation): the blocked path's sums in the
+// same order, in scalars instead of one-element arrays (CPU adapters run private arrays from
+// memory).
+@compute @workgroup_size(64, 1, 1)
+fn main(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) li: u32,
+) {
+    let id = (workgroup_index(wg, nwg)) * 64u + li;
+    let c = id % params.n;
+    let t = id / params.n;
+    if (t >= params.tokens) {
+        return;
+    }
+    var u = 0.0;
+    for (var g = 0u; g < params.groups; g++) {
+        var acc = 0;
+#ifdef VEC4
+        let wrow = c * (params.ww / 4u);
+        let arow = t * (params.aw / 4u);
+        let q_end = min((g + 1u) * params.group_words, params.ww) / 4u;
+        for (var q = g * params.group_words / 4u; q < q_end; q++) {
+            let b = w[wrow + q];
+#ifdef INT4
+            let a0 = qa[arow + 2u * q];
+            let a1 = qa[arow + 2u * q + 1u];
+            let s = int4_dot16(b.x, a0.x, a0.y) + int4_dot16(b.y, a0.z, a0.w)
+                + int4_dot16(b.z, a1.x, a1.y) + int4_dot16(b.w, a1.z, a1.w);
+            acc += s >> 4u;
+#else
+            let a = qa[arow + q];
+            acc += dot4I8Packed(b.x, a.x) + dot4I8Packed(b.y, a.y) + dot4I8Packed(b.z, a.z)
+                + dot4I8Packed(b.w, a.w);
+#endif
+        }
+#else
+        let w_end = min((g + 1u) * params.group_words, params.ww);
+        for (var wi = g * params.group_words; wi < w_end; wi++) {
+            let word = w[c * params.ww + wi];
+#ifdef INT4
+            let a = t * params.aw + 2u * wi;
+            acc += int4_dot16(word, qa[a], qa[a + 1u]) >> 4u;
+#else
+            acc += dot4I8Packed(word, qa[t * params.aw + wi]);
+#endif
+        }
+#endif
+        let part = exact_f32(acc) * weight_scale(c * params.groups + g);
+        if (g == 0u) {
+            u = part;
+        } else {
+            u = u + part;
+        }
+    }
+    var v = u * sa[t];
+#ifdef BIAS
+    v = v + bias[params.col_offset + c];
+#endif
+    y[t * params.ldy + params.col_offset + c] = v;
+}
+#else
 @compute @workgroup_size(64, 1, 1)
 fn main(
     @builtin(workgroup_id) wg: vec3<u32>,
@@ -200,3 +263,4 @@ fn main(
         }
     }
 }
+#endif

@@ -366,8 +366,13 @@ impl Kernel for QMatmul {
             ("TR".to_string(), self.block.0.to_string()),
             ("TC".to_string(), self.block.1.to_string()),
         ]);
-        let flags =
-            [(self.int4, "INT4"), (self.f16_scales, "SCALE_F16"), (self.bias, "BIAS"), (self.vec4, "VEC4")];
+        let flags = [
+            (self.int4, "INT4"),
+            (self.f16_scales, "SCALE_F16"),
+            (self.bias, "BIAS"),
+            (self.vec4, "VEC4"),
+            (self.block == (1, 1), "GEMV"),
+        ];
         for (on, name) in flags {
             if on {
                 d.insert(name.to_string(), String::new());
