@@ -117,6 +117,23 @@ fn value4(b: u32, j: u32, g: u32, c: u32) -> vec4<f32> {
 #endif
 }
 
+// The end of a dispatch for the (query, head) row `row` of a one-query-per-invocation variant:
+// on the last pass its output acc / l; otherwise the unnormalised accumulator in `out` and the
+// running max and sum in `ml`, for the next pass.
+fn finish_row(row: u32, acc: ptr<function, array<vec4<f32>, VD4>>, m: f32, l: f32) {
+    if (params.last != 0u) {
+        for (var c = 0u; c < VD4; c++) {
+            out[row * VD4 + c] = (*acc)[c] / l;
+        }
+    } else {
+        for (var c = 0u; c < VD4; c++) {
+            out[row * VD4 + c] = (*acc)[c];
+        }
+        ml[2u * row] = m;
+        ml[2u * row + 1u] = l;
+    }
+}
+
 #ifdef PER_QUERY
 // PER_QUERY variant (CPU adapters, where each workgroup barrier costs tens of microseconds):
 // one invocation per (query, head, batch), walking its keys in order straight from storage with
@@ -172,17 +189,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
         m = m_new;
         started = true;
     }
-    if (params.last != 0u) {
-        for (var c = 0u; c < VD4; c++) {
-            out[row * VD4 + c] = acc[c] / l;
-        }
-    } else {
-        for (var c = 0u; c < VD4; c++) {
-            out[row * VD4 + c] = acc[c];
-        }
-        ml[2u * row] = m;
-        ml[2u * row + 1u] = l;
-    }
+    finish_row(row, &acc, m, l);
 }
 #else
 #ifndef SPLIT_KEYS
@@ -302,17 +309,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
         workgroupBarrier();
     }
     if (is_query) {
-        if (params.last != 0u) {
-            for (var c = 0u; c < VD4; c++) {
-                out[row * VD4 + c] = acc[c] / l;
-            }
-        } else {
-            for (var c = 0u; c < VD4; c++) {
-                out[row * VD4 + c] = acc[c];
-            }
-            ml[2u * row] = m;
-            ml[2u * row + 1u] = l;
-        }
+        finish_row(row, &acc, m, l);
     }
 }
 #else

@@ -87,6 +87,32 @@ fn int4_dot16(word: u32, a_lo: u32, a_hi: u32) -> i32 {
 #endif
 
 #ifdef VEC4
+#ifdef INT4
+// The exact dot product of four INT4 weight words (32 values) with their eight activation words.
+fn int4_dot_words4(b: vec4<u32>, a0: vec4<u32>, a1: vec4<u32>) -> i32 {
+    let s = int4_dot16(b.x, a0.x, a0.y) + int4_dot16(b.y, a0.z, a0.w) + int4_dot16(b.z, a1.x, a1.y)
+        + int4_dot16(b.w, a1.z, a1.w);
+    return s >> 4u;
+}
+#else
+// The exact dot product of four INT8 weight words (16 values) with four activation words.
+fn int8_dot_words4(b: vec4<u32>, a: vec4<u32>) -> i32 {
+    return dot4I8Packed(b.x, a.x) + dot4I8Packed(b.y, a.y) + dot4I8Packed(b.z, a.z)
+        + dot4I8Packed(b.w, a.w);
+}
+#endif
+#endif
+
+// Step 7 for token t, column c from its dequantized sum u: y = u * s_a[t] (+ bias).
+fn store_output(t: u32, c: u32, u: f32) {
+    var v = u * sa[t];
+#ifdef BIAS
+    v = v + bias[params.col_offset + c];
+#endif
+    y[t * params.ldy + params.col_offset + c] = v;
+}
+
+#ifdef VEC4
 // acc[i * TC + j] += the exact integer dot product of token t0 + i with column c0 + j over
 // group g, four words at a time (out-of-range tokens and columns clamped).
 fn accumulate4(acc: ptr<function, array<i32, TR * TC>>, g: u32, c0: u32, t0: u32) {
@@ -112,15 +138,12 @@ fn accumulate4(acc: ptr<function, array<i32, TR * TC>>, g: u32, c0: u32, t0: u32
             let a0 = qa[arow[i] + 2u * q];
             let a1 = qa[arow[i] + 2u * q + 1u];
             for (var j = 0u; j < TC; j++) {
-                let s = int4_dot16(b[j].x, a0.x, a0.y) + int4_dot16(b[j].y, a0.z, a0.w)
-                    + int4_dot16(b[j].z, a1.x, a1.y) + int4_dot16(b[j].w, a1.z, a1.w);
-                (*acc)[i * TC + j] += s >> 4u;
+                (*acc)[i * TC + j] += int4_dot_words4(b[j], a0, a1);
             }
 #else
             let a = qa[arow[i] + q];
             for (var j = 0u; j < TC; j++) {
-                (*acc)[i * TC + j] += dot4I8Packed(b[j].x, a.x) + dot4I8Packed(b[j].y, a.y)
-                    + dot4I8Packed(b[j].z, a.z) + dot4I8Packed(b[j].w, a.w);
+                (*acc)[i * TC + j] += int8_dot_words4(b[j], a);
             }
 #endif
         }
@@ -154,15 +177,9 @@ fn main(
         for (var q = g * params.group_words / 4u; q < q_end; q++) {
             let b = w[wrow + q];
 #ifdef INT4
-            let a0 = qa[arow + 2u * q];
-            let a1 = qa[arow + 2u * q + 1u];
-            let s = int4_dot16(b.x, a0.x, a0.y) + int4_dot16(b.y, a0.z, a0.w)
-                + int4_dot16(b.z, a1.x, a1.y) + int4_dot16(b.w, a1.z, a1.w);
-            acc += s >> 4u;
+            acc += int4_dot_words4(b, qa[arow + 2u * q], qa[arow + 2u * q + 1u]);
 #else
-            let a = qa[arow + q];
-            acc += dot4I8Packed(b.x, a.x) + dot4I8Packed(b.y, a.y) + dot4I8Packed(b.z, a.z)
-                + dot4I8Packed(b.w, a.w);
+            acc += int8_dot_words4(b, qa[arow + q]);
 #endif
         }
 #else
@@ -184,11 +201,7 @@ fn main(
             u = u + part;
         }
     }
-    var v = u * sa[t];
-#ifdef BIAS
-    v = v + bias[params.col_offset + c];
-#endif
-    y[t * params.ldy + params.col_offset + c] = v;
+    store_output(t, c, u);
 }
 #else
 @compute @workgroup_size(64, 1, 1)
@@ -255,11 +268,7 @@ fn main(
             if (c >= params.n) {
                 break;
             }
-            var v = u[i * TC + j] * sa[t];
-#ifdef BIAS
-            v = v + bias[params.col_offset + c];
-#endif
-            y[t * params.ldy + params.col_offset + c] = v;
+            store_output(t, c, u[i * TC + j]);
         }
     }
 }

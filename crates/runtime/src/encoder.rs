@@ -219,6 +219,7 @@ impl Encoder {
             }
         });
         if let Some((query_set, first)) = timed {
+            // A pass of its own, closed after this dispatch.
             let writes = wgpu::ComputePassTimestampWrites {
                 query_set,
                 beginning_of_pass_write_index: Some(first),
@@ -226,18 +227,17 @@ impl Encoder {
             };
             let desc = wgpu::ComputePassDescriptor { label: Some(label), timestamp_writes: Some(writes) };
             self.pass = None;
-            let mut pass = self.encoder.begin_compute_pass(&desc);
-            pass.set_pipeline(&pipeline.pipeline);
-            pass.set_bind_group(0, &bind_group, &[]);
-            pass.dispatch_workgroups(workgroups.0, workgroups.1, workgroups.2);
-        } else {
-            let pass = self.pass.get_or_insert_with(|| {
-                let desc = wgpu::ComputePassDescriptor { label: Some("pocketvlm"), timestamp_writes: None };
-                self.encoder.begin_compute_pass(&desc).forget_lifetime()
-            });
-            pass.set_pipeline(&pipeline.pipeline);
-            pass.set_bind_group(0, &bind_group, &[]);
-            pass.dispatch_workgroups(workgroups.0, workgroups.1, workgroups.2);
+            self.pass = Some(self.encoder.begin_compute_pass(&desc).forget_lifetime());
+        }
+        let pass = self.pass.get_or_insert_with(|| {
+            let desc = wgpu::ComputePassDescriptor { label: Some("pocketvlm"), timestamp_writes: None };
+            self.encoder.begin_compute_pass(&desc).forget_lifetime()
+        });
+        pass.set_pipeline(&pipeline.pipeline);
+        pass.set_bind_group(0, &bind_group, &[]);
+        pass.dispatch_workgroups(workgroups.0, workgroups.1, workgroups.2);
+        if timed.is_some() {
+            self.pass = None;
         }
         self.dispatches += 1;
         self.charge(label);

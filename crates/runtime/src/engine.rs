@@ -15,7 +15,7 @@ use crate::device::Gpu;
 use crate::encoder::RecordProfile;
 use crate::error::Result;
 use crate::model::sampling::SamplingOptions;
-use crate::model::{DecodeRecording, Generator, MemoryUsage, Model};
+use crate::model::{DecodeProfiling, DecodeRecording, Generator, MemoryUsage, Model};
 
 /// A loaded model with its tokenizer and image preprocessor.
 pub struct Engine {
@@ -236,9 +236,9 @@ impl Session {
         self.generator.decode_profile()
     }
 
-    /// Time the decode steps after the second on the GPU ([`Generator::time_gpu`]).
-    pub fn time_gpu(&mut self, on: bool) {
-        self.generator.time_gpu(on);
+    /// Profile the decode steps after the second ([`Generator::profile_decode`]).
+    pub fn profile_decode(&mut self, profiling: DecodeProfiling) {
+        self.generator.profile_decode(profiling);
     }
 
     /// GPU time of the decode steps timed so far, by kind of work.

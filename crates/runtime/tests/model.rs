@@ -17,7 +17,7 @@ use pocketvlm_format::dir;
 use pocketvlm_processor::decode_image;
 use pocketvlm_runtime::engine::Engine;
 use pocketvlm_runtime::model::sampling::SamplingOptions;
-use pocketvlm_runtime::model::{CacheKind, Generator, check_supported};
+use pocketvlm_runtime::model::{CacheKind, DecodeProfiling, Generator, check_supported};
 use pocketvlm_runtime::{DeviceOptions, Gpu, RuntimeError};
 
 fn fixtures() -> PathBuf {
@@ -267,6 +267,7 @@ async fn check_decode_reuse(engine: &Engine, what: &str) {
     let steps = 12;
     let mut generator =
         Generator::start(gpu, model, &prompt, None, steps, SamplingOptions::default()).await.unwrap();
+    generator.profile_decode(DecodeProfiling::Host);
     for _ in 0..2 {
         generator.next_token(gpu, model).await.unwrap();
     }
@@ -305,7 +306,7 @@ fn timed_decode_steps_generate_the_same_tokens() {
         let generate = |timed: bool| async move {
             let mut generator =
                 Generator::start(gpu, model, &prompt, None, steps, SamplingOptions::default()).await.unwrap();
-            generator.time_gpu(timed);
+            generator.profile_decode(if timed { DecodeProfiling::HostAndGpu } else { DecodeProfiling::Off });
             let mut ids = Vec::new();
             while let Some(id) = generator.next_token(gpu, model).await.unwrap() {
                 ids.push(id);

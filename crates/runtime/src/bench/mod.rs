@@ -17,7 +17,7 @@ use crate::encoder::RecordProfile;
 use crate::engine::{Engine, Request, now_ms};
 use crate::error::Result;
 use crate::model::sampling::SamplingOptions;
-use crate::model::{CacheKind, Generator, MemoryUsage};
+use crate::model::{CacheKind, DecodeProfiling, Generator, MemoryUsage};
 
 /// Deterministic values in [-1, 1) from `seed` (a 64-bit LCG's top bits): the inputs of the kernel
 /// bench, whose contents do not change the work, and of the kernel tests, which compare the GPU
@@ -59,7 +59,7 @@ pub struct BenchConfig {
     /// Time single kernels ([`kernels::measure_kernels`]) before the models.
     #[serde(default)]
     pub kernels: bool,
-    /// Time the decode steps' dispatches on the GPU ([`crate::model::Generator::time_gpu`]):
+    /// Time the decode steps' dispatches on the GPU ([`crate::model::DecodeProfiling::HostAndGpu`]):
     /// GPU time by kind of work, at the cost of slower decoding (one compute pass per dispatch).
     #[serde(default)]
     pub gpu_time: bool,
@@ -193,7 +193,7 @@ pub async fn measure(
     };
     let start = now_ms();
     let mut session = engine.start(request).await?;
-    session.time_gpu(gpu_time);
+    session.profile_decode(if gpu_time { DecodeProfiling::HostAndGpu } else { DecodeProfiling::Host });
     session.next(engine).await?;
     let first = now_ms();
     while session.next(engine).await?.is_some() {}

@@ -175,11 +175,22 @@ pub struct Generator {
     decode: DecodeRecording,
     /// Host recording time of the decode steps after the second, by kind of work.
     decode_profile: RecordProfile,
-    /// Whether the decode steps after the second time their dispatches on the GPU (one compute
-    /// pass each: slower; the bench's `--gpu-time`).
-    time_gpu: bool,
+    /// How the decode steps after the second are profiled.
+    profiling: DecodeProfiling,
     /// Their GPU time by kind of work, when timed.
     decode_gpu: RecordProfile,
+}
+
+/// What the decode steps after the second record about themselves, for the bench: host
+/// recording time charged to each kind of dispatch ([`crate::encoder::Encoder::profile_from_now`]),
+/// and with it GPU time per dispatch from timestamps (one compute pass each, which slows the steps;
+/// [`crate::encoder::Encoder::time_dispatches`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum DecodeProfiling {
+    #[default]
+    Off,
+    Host,
+    HostAndGpu,
 }
 
 /// Host-side cost of the decode steps recorded so far: what `cargo xtask bench` reports per
@@ -342,7 +353,7 @@ impl Generator {
             bind_groups: Arc::default(),
             decode: DecodeRecording::default(),
             decode_profile: RecordProfile::default(),
-            time_gpu: false,
+            profiling: DecodeProfiling::Off,
             decode_gpu: RecordProfile::default(),
         })
     }
@@ -398,15 +409,14 @@ impl Generator {
         Ok(())
     }
 
-    /// Time the dispatches of the decode steps after the second on the GPU, where the device
-    /// can (see [`crate::encoder::Encoder::time_dispatches`]): each gets a compute pass of its
-    /// own, which slows the steps down; [`Generator::decode_gpu_time`] reads the result.
-    pub fn time_gpu(&mut self, on: bool) {
-        self.time_gpu = on;
+    /// Profile the decode steps after the second ([`DecodeProfiling`]; off by default):
+    /// [`Generator::decode_profile`] and [`Generator::decode_gpu_time`] read the results.
+    pub fn profile_decode(&mut self, profiling: DecodeProfiling) {
+        self.profiling = profiling;
     }
 
-    /// GPU time of the decode steps timed so far, by kind of work (empty unless
-    /// [`Generator::time_gpu`] was turned on and the device writes timestamps).
+    /// GPU time of the decode steps timed so far, by kind of work (empty unless profiled with
+    /// [`DecodeProfiling::HostAndGpu`] on a device that writes timestamps).
     pub fn decode_gpu_time(&self) -> &RecordProfile {
         &self.decode_gpu
     }
@@ -425,9 +435,12 @@ impl Generator {
         let (t0, dispatches, before) = (now_ms(), encoder.dispatches(), gpu.allocated_bytes());
         let built = || self.bind_groups.lock().map_or((0, 0.0), |c| (c.built, c.build_ms));
         let built_before = built();
-        encoder.profile_from_now();
-        if self.time_gpu && self.decode.steps >= 2 {
-            encoder.time_dispatches(gpu);
+        // Steps after the second (this one is step `steps + 1`).
+        if self.decode.steps >= 2 && self.profiling != DecodeProfiling::Off {
+            encoder.profile_from_now();
+            if self.profiling == DecodeProfiling::HostAndGpu {
+                encoder.time_dispatches(gpu);
+            }
         }
         gpu.queue.write_buffer(&self.token, 0, bytemuck::bytes_of(&last));
         let (cfg, text) = (&model.config, &model.text);
@@ -437,7 +450,9 @@ impl Generator {
         self.peak_pass_bytes = self.peak_pass_bytes.max(gpu.allocated_bytes() - before);
         self.decode.steps += 1;
         self.decode.dispatches += encoder.dispatches() - dispatches;
-        let profile = encoder.take_profile().unwrap_or_default();
+        if let Some(profile) = encoder.take_profile() {
+            self.decode_profile.add(&profile);
+        }
         let ms = now_ms() - t0;
         self.decode.record_ms += ms;
         if self.decode.steps == 1 {
@@ -445,7 +460,6 @@ impl Generator {
         }
         if self.decode.steps > 2 {
             self.decode.later_record_ms += ms;
-            self.decode_profile.add(&profile);
             let after = built();
             self.decode.later_built_bind_groups += after.0 - built_before.0;
             self.decode.later_bind_group_ms += after.1 - built_before.1;
@@ -460,7 +474,7 @@ impl Generator {
     }
 
     /// Host recording time of the decode steps after the second (when bind groups are reused),
-    /// by kind of work (see [`crate::encoder`]).
+    /// by kind of work (see [`crate::encoder`]; empty unless profiled).
     pub fn decode_profile(&self) -> &RecordProfile {
         &self.decode_profile
     }
