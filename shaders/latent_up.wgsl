@@ -7,7 +7,8 @@
 //
 // Weights: float [d_kv, rank] (f32, or with W16 16-bit two per u32, BF16 selecting bfloat16),
 // widened in the kernel; or with QUANT the contract's packed integers (INT8 four per u32; INT4
-// eight, word w holding values 8w..8w+3 in its low nibbles and 8w+4..8w+7 in its high ones) with
+// eight, word w holding values 8w..8w+3 in its low nibbles and 8w+4..8w+7 in its high ones;
+// column-interleaved as qmatmul.wgsl reads them: word k of row o at k * ldw + o) with
 // scales [d_kv, groups] (f32, or f16 pairs with SCALE_F16), dequantized in the contract's order:
 //   d_g = sum_{j in g} f32(q_w[o][j]) * c_hat[j]  (j ascending),  t_g = d_g * s_w[o][g],
 //   u = t_0 + t_1 + ... left to right,  then + bias.
@@ -24,7 +25,7 @@ struct Params {
     head_dim: u32,
     rank: u32,
     vd: u32,
-    ww: u32,
+    ldw: u32,
     group: u32,
 }
 
@@ -65,9 +66,9 @@ fn weight_scale(i: u32) -> f32 {
 // Integer j of weight row o (exact as f32).
 fn weight_int(o: u32, j: u32) -> f32 {
 #ifdef INT4
-    return f32(i4_in(w[o * params.ww + j / 8u], j % 8u));
+    return f32(i4_in(w[(j / 8u) * params.ldw + o], j % 8u));
 #else
-    return f32(i8_in(w[o * params.ww + j / 4u], j % 4u));
+    return f32(i8_in(w[(j / 4u) * params.ldw + o], j % 4u));
 #endif
 }
 

@@ -158,10 +158,7 @@ async fn latent_up_case(gpu: &Gpu, case: UpCase, rank: usize, bias: bool, seed: 
                 .map(|i| f64::from(ints[i]) * f64::from(scales[(i / rank) * groups + (i % rank) / size]))
                 .collect();
             let encoding = if bits == Bits::Int4 { Encoding::I4 } else { Encoding::I8 };
-            let w =
-                Tensor::upload(gpu, "v_up", vec![rows, rank], encoding, &pack(bits, &ints, rank).unwrap())
-                    .await
-                    .unwrap();
+            let packed = pack(bits, &ints, rank).unwrap();
             let shape = if group.is_some() { vec![rows, groups] } else { vec![rows] };
             let s = if f16_scales {
                 let bytes: Vec<u8> =
@@ -170,7 +167,8 @@ async fn latent_up_case(gpu: &Gpu, case: UpCase, rank: usize, bias: bool, seed: 
             } else {
                 Tensor::from_f32(gpu, "s", shape, &scales).await.unwrap()
             };
-            (dense, None, Some(QuantWeightsGpu::new(w, s, group).unwrap()))
+            let q = QuantWeightsGpu::upload(gpu, "v_up", vec![rows, rank], encoding, &packed, s, group).await;
+            (dense, None, Some(q.unwrap()))
         }
     };
     let mut want = vec![0f32; tokens * heads * hd];
@@ -221,10 +219,10 @@ async fn strided_rows_case(gpu: &Gpu, bits: Bits, rank: usize, seed: u64) {
     let qmax = bits.qmax() as f32;
     let ints: Vec<i8> = values(seed + 1, out * rank).iter().map(|v| (v * qmax).round() as i8).collect();
     let encoding = if bits == Bits::Int4 { Encoding::I4 } else { Encoding::I8 };
-    let w =
-        Tensor::upload(gpu, "w", vec![out, rank], encoding, &pack(bits, &ints, rank).unwrap()).await.unwrap();
+    let packed = pack(bits, &ints, rank).unwrap();
     let s = Tensor::from_f32(gpu, "s", vec![out], &values(seed + 2, out)).await.unwrap();
-    let weights = QuantWeightsGpu::new(w, s, None).unwrap();
+    let weights =
+        QuantWeightsGpu::upload(gpu, "w", vec![out, rank], encoding, &packed, s, None).await.unwrap();
     let mut outputs = Vec::new();
     for stride in [activation_words(rank), rank.div_ceil(4)] {
         let words = zeros(gpu, tokens * stride + 1).await;

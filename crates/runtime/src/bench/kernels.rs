@@ -93,12 +93,8 @@ pub async fn measure_kernels(gpu: &Gpu) -> Result<Vec<KernelReport>> {
             for vec4 in [false, true] {
                 let kernel = QMatmul::new(&weights, shape.m, false, vec4);
                 let loads = if vec4 { "4-word loads" } else { "1-word loads" };
-                let label = format!(
-                    "qmatmul {} ({}×{} block, {loads})",
-                    encoding.tag(),
-                    kernel.block.0,
-                    kernel.block.1
-                );
+                let block = if kernel.gemv { "1 token × 4 columns" } else { "4×4 block" };
+                let label = format!("qmatmul {} ({block}, {loads})", encoding.tag());
                 reports.push(
                     time(gpu, &label, shape, async |gpu: &Gpu, e: &mut Encoder| {
                         kernel.encode(gpu, e, &rows, &weights, None, (&y, 0)).await
@@ -151,9 +147,8 @@ async fn attention(gpu: &Gpu) -> Result<Vec<KernelReport>> {
 /// Random-free weights of `shape` in a packed `encoding` with one f32 scale per row.
 async fn quantized_weights(gpu: &Gpu, shape: MatmulShape, encoding: Encoding) -> Result<QuantWeightsGpu> {
     let bytes = vec![0x35u8; encoding.byte_len(&[shape.n, shape.k])];
-    let weight = Tensor::upload(gpu, "qw", vec![shape.n, shape.k], encoding, &bytes).await?;
     let scales = Tensor::from_f32(gpu, "qs", vec![shape.n], &vec![1e-3; shape.n]).await?;
-    QuantWeightsGpu::new(weight, scales, None)
+    QuantWeightsGpu::upload(gpu, "qw", vec![shape.n, shape.k], encoding, &bytes, scales, None).await
 }
 
 /// `len` values in [-1, 1) from a linear congruential sequence.

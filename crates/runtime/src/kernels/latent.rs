@@ -36,7 +36,8 @@ struct Params {
     head_dim: u32,
     rank: u32,
     vd: u32,
-    ww: u32,
+    /// Quantized weights: words between a column's consecutive words (the interleaved width).
+    ldw: u32,
     group: u32,
 }
 const _: () = assert!(std::mem::size_of::<Params>() == 32);
@@ -142,9 +143,10 @@ impl LatentUp {
         distinct(chat, out, "latent sums and output")?;
         check_binding(gpu, "latent sums", chat_bytes)?;
         check_binding(gpu, "absorbed v output", out_bytes)?;
-        let (ww, group) = match w {
+        let (ldw, group) = match w {
             UpWeights::Float(_) => (0, rank),
-            UpWeights::Quant(q) => ((q.weight.row_bytes() / 4) as usize, q.group),
+            UpWeights::Quant(q) if q.panel >= rows => (q.panel, q.group),
+            UpWeights::Quant(q) => return bad(format!("v_up in panels of {} columns", q.panel)),
         };
         let mut resources = vec![slice(chat, 0, chat_bytes)];
         match w {
@@ -153,8 +155,8 @@ impl LatentUp {
                 resources.push(slice(&t.buffer, 0, t.bytes().next_multiple_of(4)));
             }
             UpWeights::Quant(q) => {
-                check_binding(gpu, "v_up", q.weight.bytes())?;
-                resources.push(slice(&q.weight.buffer, 0, q.weight.bytes().next_multiple_of(4)));
+                check_binding(gpu, "v_up", q.weight.buffer.size())?;
+                resources.push(slice(&q.weight.buffer, 0, q.weight.buffer.size()));
                 resources.push(slice(&q.scales.buffer, 0, q.scales.bytes().next_multiple_of(4)));
             }
         }
@@ -171,7 +173,7 @@ impl LatentUp {
             head_dim: head_dim as u32,
             rank: rank as u32,
             vd: vd as u32,
-            ww: ww as u32,
+            ldw: ldw as u32,
             group: group as u32,
         };
         let pipeline = gpu.pipelines.get(gpu, Self::SHADER, &self.defines()).await?;

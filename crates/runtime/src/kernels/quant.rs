@@ -14,7 +14,14 @@
 //! output columns (product) to one invocation, with no workgroup memory and no barriers, so any
 //! width fits WebGPU's default 16 KiB of workgroup memory and 256 invocations, and CPU adapters
 //! run them at full width. Buffers larger than one storage binding are split by the caller
-//! ([`crate::model::linear`]) into row passes and here into column chunks.
+//! ([`crate::model::linear`]) into row passes and here into column panels.
+//!
+//! **Weight layout.** A quantized weight keeps its encoding (`i8`/`i4` words, the scales as
+//! stored) but not its row order: [`QuantWeightsGpu::upload`] [`interleave`]s the words by
+//! columns, so the product's invocations, four columns each, read neighbouring memory (CPU
+//! adapters run invocations as SIMD lanes; GPUs coalesce such loads). Against row-major weights
+//! in Chromium's SwiftShader: the 49 152-column one-token product 0.11 → 0.76 G MAC/s, the vision
+//! tower's `[1024, 768]·[768, 768]ᵀ` 0.47 → 1.22 (BENCHMARKS.md, Speed V).
 
 use std::collections::BTreeMap;
 
@@ -288,25 +295,39 @@ struct QMatmulParams {
 }
 const _: () = assert!(std::mem::size_of::<QMatmulParams>() == 32);
 
-/// The packed weights of a quantized layer: integers `[out, cols]` (`i8` or `i4`), their scales
-/// (`[out]` or `[out, cols / group]`, `f32` or `f16`) and the input columns per scale.
+/// The packed weights of a quantized layer on the GPU: integers `[out, cols]` (`i8` or `i4`,
+/// [`interleave`]d by columns in panels), their scales (`[out]` or `[out, cols / group]`, `f32`
+/// or `f16`, row-major as stored) and the input columns per scale.
 pub struct QuantWeightsGpu {
+    /// The integers; `shape` and `encoding` as stored, the buffer in the interleaved layout.
     pub weight: Tensor,
     pub scales: Tensor,
     pub group: usize,
+    /// Columns per panel: a multiple of 4, all of them (rounded up to 4) when one storage
+    /// binding holds the weight.
+    pub panel: usize,
 }
 
 impl QuantWeightsGpu {
-    /// Check the tensors against each other (packed widths, scale shape and encoding).
-    pub fn new(weight: Tensor, scales: Tensor, group: Option<usize>) -> Result<Self> {
+    /// Check packed `rows` (`shape` `[out, cols]` in `encoding`, as the format stores them) and
+    /// `scales` against each other, then upload the integers [`interleave`]d in panels that each
+    /// fit one storage binding.
+    pub async fn upload(
+        gpu: &Gpu,
+        label: &str,
+        shape: Vec<usize>,
+        encoding: Encoding,
+        rows: &[u8],
+        scales: Tensor,
+        group: Option<usize>,
+    ) -> Result<Self> {
         let bad = |reason: String| RuntimeError::UnsupportedModel(reason);
-        let [out, cols] = weight.shape[..] else {
-            return Err(bad(format!("a quantized weight is 2-D, shape {:?}", weight.shape)));
+        let [out, cols] = shape[..] else {
+            return Err(bad(format!("a quantized weight is 2-D, shape {shape:?}")));
         };
-        let bits = weight
-            .encoding
+        let bits = encoding
             .packed_bits()
-            .ok_or_else(|| bad(format!("a quantized weight is i8 or i4, not {}", weight.encoding.tag())))?;
+            .ok_or_else(|| bad(format!("a quantized weight is i8 or i4, not {}", encoding.tag())))?;
         let size = group.unwrap_or(cols);
         if size == 0
             || !cols.is_multiple_of(size)
@@ -325,8 +346,19 @@ impl QuantWeightsGpu {
                 scales.encoding.tag()
             )));
         }
-        let group = size;
-        Ok(Self { weight, scales, group })
+        if out == 0 || rows.len() != encoding.byte_len(&shape) {
+            return Err(RuntimeError::Shape(format!(
+                "{label}: {} bytes for a {} weight of shape {shape:?}",
+                rows.len(),
+                encoding.tag()
+            )));
+        }
+        let ww = encoding.byte_len(&[1, cols]) / 4;
+        let scale_row = scales.encoding.byte_len(&[want.get(1).copied().unwrap_or(1)]) as u64;
+        let panel = panel_width(gpu, label, out, ww, scale_row)?;
+        let words = interleave(rows, out, ww, panel);
+        let buffer = gpu.storage_buffer(label, bytemuck::cast_slice(&words)).await?;
+        Ok(Self { weight: Tensor { buffer, shape, encoding }, scales, group: size, panel })
     }
 
     pub fn bits(&self) -> Bits {
@@ -341,37 +373,81 @@ impl QuantWeightsGpu {
         self.weight.shape[1]
     }
 
+    /// Bytes on the GPU (the interleaved integers with their padding columns, and the scales).
     pub fn bytes(&self) -> u64 {
-        self.weight.bytes() + self.scales.bytes()
+        self.weight.buffer.size() + self.scales.bytes()
+    }
+
+    /// The panels: `(first column, columns)` each.
+    pub fn panels(&self) -> impl Iterator<Item = (usize, usize)> {
+        chunks(self.out(), self.panel)
     }
 }
 
-/// `shaders/qmatmul.wgsl`: `y = dequant(W q_a)` for `tokens` quantized activation rows, a
-/// block of tokens × columns per invocation ([`QMatmul::new`]).
+/// A packed weight's words column-interleaved in panels: `rows` holds `n` rows of `ww`
+/// little-endian words (the format's layout); panel `p` holds columns `c0 = p·panel ..
+/// c0 + nc` word by word, word `k` of column `c` at `c0·ww + k·width + (c − c0)` with `width`
+/// = `nc` rounded up to 4 (zero padding columns), so one 16-byte load reads one word of four
+/// neighbouring columns. `panel` is a multiple of 4 (or at least `n`); `rows` holds `n·ww` words.
+pub fn interleave(rows: &[u8], n: usize, ww: usize, panel: usize) -> Vec<u32> {
+    let words: Vec<u32> =
+        rows.chunks_exact(4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+    let mut out = vec![0u32; n.next_multiple_of(4) * ww];
+    for (c0, nc) in chunks(n, panel) {
+        let width = nc.next_multiple_of(4);
+        for c in c0..c0 + nc {
+            for (k, &word) in words[c * ww..(c + 1) * ww].iter().enumerate() {
+                out[c0 * ww + k * width + (c - c0)] = word;
+            }
+        }
+    }
+    out
+}
+
+/// Columns per panel of an `[out, ww words]` weight whose scales take `scale_row` bytes per
+/// column: all of them (rounded up to 4) when one storage binding holds them, else the most that
+/// fit one binding, a multiple of 4 with every panel's offset aligned for binding.
+fn panel_width(gpu: &Gpu, what: &str, out: usize, ww: usize, scale_row: u64) -> Result<usize> {
+    let padded = out.next_multiple_of(4);
+    let chunk =
+        rows_per_chunk(gpu, &format!("the quantized weight {what}"), padded, &[ww as u64 * 4, scale_row])?;
+    if chunk >= padded {
+        return Ok(padded);
+    }
+    // `chunk` is a multiple of a power-of-two alignment step; so is a multiple of 4 below it.
+    match chunk / 4 * 4 {
+        0 => Err(RuntimeError::BindingTooLarge {
+            what: format!("four columns of the quantized weight {what}"),
+            bytes: 4 * ww as u64 * 4,
+            limit: gpu.caps.max_storage_binding,
+        }),
+        panel => Ok(panel),
+    }
+}
+
+/// `shaders/qmatmul.wgsl`: `y = dequant(W q_a)` for `tokens` quantized activation rows, four
+/// output columns of the [`interleave`]d weight per invocation for one token (GEMV) or four.
 #[derive(Clone, Copy, Debug)]
 pub struct QMatmul {
     pub int4: bool,
     pub f16_scales: bool,
     pub bias: bool,
-    /// Tokens and output columns per invocation.
-    pub block: (usize, usize),
-    /// Read weights and activations four words at a time ([`QMatmul::vec4_fits`]).
+    /// One token per invocation (decode) instead of four.
+    pub gemv: bool,
+    /// Read activations four words at a time and take four words per step ([`QMatmul::vec4_fits`]).
     pub vec4: bool,
 }
 
 impl Kernel for QMatmul {
     const SHADER: &'static str = "qmatmul";
     fn defines(&self) -> Defines {
-        let mut d = BTreeMap::from([
-            ("TR".to_string(), self.block.0.to_string()),
-            ("TC".to_string(), self.block.1.to_string()),
-        ]);
+        let mut d = BTreeMap::new();
         let flags = [
             (self.int4, "INT4"),
             (self.f16_scales, "SCALE_F16"),
             (self.bias, "BIAS"),
             (self.vec4, "VEC4"),
-            (self.block == (1, 1), "GEMV"),
+            (self.gemv, "GEMV"),
         ];
         for (on, name) in flags {
             if on {
@@ -427,20 +503,22 @@ impl<'a> QuantizedRows<'a> {
 }
 
 impl QMatmul {
-    /// The fastest variant for `w` on the rows `a`: four-word loads wherever the widths allow.
+    /// The fastest variant for `w` on the rows `a` as measured on the CPU adapters
+    /// (BENCHMARKS.md, Speed V): one token reads four activation words at a time wherever the
+    /// widths allow; blocks of tokens read one (in Chromium's SwiftShader 1.22 against 0.99 G
+    /// MAC/s at the vision tower's shape, within 15 % of each other natively).
     pub fn for_rows(w: &QuantWeightsGpu, a: &QuantizedRows<'_>, bias: bool) -> Self {
-        Self::new(w, a.tokens, bias, Self::vec4_fits(w, a.stride))
+        Self::new(w, a.tokens, bias, a.tokens == 1 && Self::vec4_fits(w, a.stride))
     }
 
-    /// The variant for `w` on `tokens` rows with one- or four-word loads: `tokens ≤ 4` (decode)
-    /// gives each invocation one column for all tokens (the weight row is read once), more
-    /// tokens a 4 × 4 block.
+    /// The variant for `w` on `tokens` rows with one- or four-word loads: one token (decode)
+    /// gives each invocation four columns of that token, more tokens blocks of four by four.
     pub fn new(w: &QuantWeightsGpu, tokens: usize, bias: bool, vec4: bool) -> Self {
         Self {
             int4: w.bits() == Bits::Int4,
             f16_scales: w.scales.encoding == Encoding::F16,
             bias,
-            block: if tokens <= 4 { (tokens.max(1), 1) } else { (4, 4) },
+            gemv: tokens == 1,
             vec4,
         }
     }
@@ -458,7 +536,7 @@ impl QMatmul {
 
     /// Record `y[r0.., :] = dequant(W a) (+ bias)` where `y` is f32 `[.., out]` and the rows
     /// written start at byte `y_offset`. Weights larger than one binding are split into
-    /// aligned column chunks.
+    /// column panels ([`QuantWeightsGpu::panel`]).
     #[allow(clippy::too_many_arguments)]
     pub async fn encode(
         &self,
@@ -508,10 +586,8 @@ impl QMatmul {
         let WeightLayout { ww, groups_per_row, group_words } = WeightLayout::of(w);
         let ww = ww as u64;
         let scale_row = w.scales.encoding.byte_len(&[groups_per_row]) as u64;
-        let chunk =
-            rows_per_chunk(gpu, &format!("a [{out}, {cols}] quantized weight"), out, &[ww * 4, scale_row])?;
         let pipeline = gpu.pipelines.get(gpu, Self::SHADER, &self.defines()).await?;
-        for (c0, nc) in chunks(out, chunk) {
+        for (c0, nc) in w.panels() {
             let params = QMatmulParams {
                 tokens: tokens as u32,
                 n: nc as u32,
@@ -522,17 +598,18 @@ impl QMatmul {
                 ldy: out as u32,
                 col_offset: c0 as u32,
             };
+            let panel_bytes = nc.next_multiple_of(4) as u64 * ww * 4;
             let mut resources = vec![
                 slice(a.words, 0, a_bytes),
                 slice(a.scales, 0, s_bytes),
-                slice(&w.weight.buffer, c0 as u64 * ww * 4, nc as u64 * ww * 4),
+                slice(&w.weight.buffer, c0 as u64 * ww * 4, panel_bytes),
                 slice(&w.scales.buffer, c0 as u64 * scale_row, (nc as u64 * scale_row).next_multiple_of(4)),
                 slice(y.0, y.1, y_bytes),
             ];
             if let Some(b) = bias {
                 resources.push(slice(&b.buffer, 0, (out * 4) as u64));
             }
-            let blocks = nc.div_ceil(self.block.1) * tokens.div_ceil(self.block.0);
+            let blocks = nc.div_ceil(4) * if self.gemv { tokens } else { tokens.div_ceil(4) };
             let (gx, gy) = grid(gpu, groups(blocks, INVOCATIONS) as u64)?;
             dispatch(gpu, encoder, &pipeline, "qmatmul", bytemuck::bytes_of(&params), resources, (gx, gy, 1));
         }

@@ -154,10 +154,7 @@ impl Matrix {
             None => None,
         };
         if let Some(layer) = w.quantized_layer(weight) {
-            let stored = w.stored(weight).await?;
-            layer.validate(stored.cols()).map_err(|e| quant_error(weight, e))?;
-            let weights = QuantWeightsGpu::new(stored, w.scales(weight).await?, layer.group)
-                .map_err(|e| quant_error(weight, e))?;
+            let weights = w.quant_weights(weight, layer).await?;
             let activation = layer.activation.build().map_err(|e| quant_error(weight, e))?;
             let mut online = Vec::new();
             for spec in &layer.online {

@@ -14,6 +14,7 @@ use pocketvlm_format::{Encoding, FormatError, ModelData};
 
 use crate::device::Gpu;
 use crate::error::{Result, RuntimeError};
+use crate::kernels::quant::QuantWeightsGpu;
 use crate::tensor::Tensor;
 
 /// Uploads tensors of one model directory, sharing a tensor used twice (a tied `lm_head`).
@@ -92,6 +93,36 @@ impl<'a> WeightLoader<'a> {
     /// The scales of packed tensor `name` as stored (f32 or f16).
     pub async fn scales(&self, name: &str) -> Result<Tensor> {
         self.stored(&scale_name(name)).await
+    }
+
+    /// The packed weight of the quantized layer `layer` (tensor `name`) with its scales, as
+    /// [`QuantWeightsGpu::upload`] lays them out for the integer product (counted in
+    /// [`WeightLoader::bytes`]; each layer's weight is loaded once).
+    pub async fn quant_weights(&self, name: &str, layer: &QuantizedLayer) -> Result<QuantWeightsGpu> {
+        let bad = |e: String| RuntimeError::UnsupportedModel(format!("quantized layer {name:?}: {e}"));
+        let entry = self.data.manifest.tensor(name)?;
+        let &[_, cols] = &entry.shape[..] else {
+            return Err(bad(format!("a quantized weight is 2-D, shape {:?}", entry.shape)));
+        };
+        layer.validate(cols).map_err(|e| bad(e.to_string()))?;
+        let rows = self.data.tensor_bytes(name)?;
+        let scales = self.scales(name).await?;
+        let weights = QuantWeightsGpu::upload(
+            self.gpu,
+            name,
+            entry.shape.clone(),
+            entry.encoding()?,
+            &rows,
+            scales,
+            layer.group,
+        )
+        .await
+        .map_err(|e| match e {
+            RuntimeError::UnsupportedModel(why) => bad(why),
+            other => other,
+        })?;
+        self.remember(format!("{name} interleaved"), &weights.weight);
+        Ok(weights)
     }
 
     /// A quantized table's values as f32 (`f32(q) · s` per row, the contract's lookup), for a
