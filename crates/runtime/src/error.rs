@@ -67,4 +67,12 @@ impl From<FormatError> for RuntimeError {
     }
 }
 
+impl RuntimeError {
+    /// [`RuntimeError::UnsupportedModel`] for the quantized layer `name`: why the kernels cannot
+    /// run it.
+    pub(crate) fn quantized_layer(name: &str, why: impl std::fmt::Display) -> Self {
+        RuntimeError::UnsupportedModel(format!("quantized layer {name:?}: {why}"))
+    }
+}
+
 pub type Result<T, E = RuntimeError> = std::result::Result<T, E>;

@@ -306,6 +306,17 @@ pub struct QuantWeightsGpu {
     /// Columns per panel: a multiple of 4, all of them (rounded up to 4) when one storage
     /// binding holds the weight.
     pub panel: usize,
+    layout: WeightLayout,
+}
+
+/// How a quantized weight's columns are packed: words per column, scale groups per column, words
+/// per group and bytes of scales per column.
+#[derive(Clone, Copy, Debug)]
+struct WeightLayout {
+    ww: usize,
+    groups_per_row: usize,
+    group_words: usize,
+    scale_row: u64,
 }
 
 impl QuantWeightsGpu {
@@ -354,11 +365,17 @@ impl QuantWeightsGpu {
             )));
         }
         let ww = encoding.byte_len(&[1, cols]) / 4;
-        let scale_row = scales.encoding.byte_len(&[want.get(1).copied().unwrap_or(1)]) as u64;
-        let panel = panel_width(gpu, label, out, ww, scale_row)?;
+        let groups_per_row = cols / size;
+        let layout = WeightLayout {
+            ww,
+            groups_per_row,
+            group_words: if groups_per_row == 1 { ww } else { size * bits.bits() as usize / 32 },
+            scale_row: scales.encoding.byte_len(&[groups_per_row]) as u64,
+        };
+        let panel = panel_width(gpu, label, out, ww, layout.scale_row)?;
         let words = interleave(rows, out, ww, panel);
         let buffer = gpu.storage_buffer(label, bytemuck::cast_slice(&words)).await?;
-        Ok(Self { weight: Tensor { buffer, shape, encoding }, scales, group: size, panel })
+        Ok(Self { weight: Tensor { buffer, shape, encoding }, scales, group: size, panel, layout })
     }
 
     pub fn bits(&self) -> Bits {
@@ -390,14 +407,13 @@ impl QuantWeightsGpu {
 /// = `nc` rounded up to 4 (zero padding columns), so one 16-byte load reads one word of four
 /// neighbouring columns. `panel` is a multiple of 4 (or at least `n`); `rows` holds `n·ww` words.
 pub fn interleave(rows: &[u8], n: usize, ww: usize, panel: usize) -> Vec<u32> {
-    let words: Vec<u32> =
-        rows.chunks_exact(4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
     let mut out = vec![0u32; n.next_multiple_of(4) * ww];
     for (c0, nc) in chunks(n, panel) {
         let width = nc.next_multiple_of(4);
         for c in c0..c0 + nc {
-            for (k, &word) in words[c * ww..(c + 1) * ww].iter().enumerate() {
-                out[c0 * ww + k * width + (c - c0)] = word;
+            let column = rows[c * ww * 4..(c + 1) * ww * 4].chunks_exact(4);
+            for (k, b) in column.enumerate() {
+                out[c0 * ww + k * width + (c - c0)] = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
             }
         }
     }
@@ -458,22 +474,6 @@ impl Kernel for QMatmul {
     }
 }
 
-/// How a quantized weight's rows are packed: words per row, scale groups per row, words per group.
-struct WeightLayout {
-    ww: usize,
-    groups_per_row: usize,
-    group_words: usize,
-}
-
-impl WeightLayout {
-    fn of(w: &QuantWeightsGpu) -> Self {
-        let ww = (w.weight.row_bytes() / 4) as usize;
-        let groups_per_row = w.cols() / w.group;
-        let group_words = if groups_per_row == 1 { ww } else { w.group * w.bits().bits() as usize / 32 };
-        Self { ww, groups_per_row, group_words }
-    }
-}
-
 /// Quantized activations of `tokens` rows: integers u32 `[tokens, stride]` and f32 scales.
 /// The stride is [`activation_words`] of the layer's columns, or (INT8 activations, e.g. the
 /// latent cache) as little as `⌈cols/4⌉`: an INT4 weight's last activation word may then be the
@@ -527,7 +527,7 @@ impl QMatmul {
     /// weight's words per row, per scale group and the stride are multiples of 4, and every
     /// INT4 word's two activation words lie within the row.
     pub fn vec4_fits(w: &QuantWeightsGpu, stride: usize) -> bool {
-        let WeightLayout { ww, group_words, .. } = WeightLayout::of(w);
+        let WeightLayout { ww, group_words, .. } = w.layout;
         ww.is_multiple_of(4)
             && group_words.is_multiple_of(4)
             && stride.is_multiple_of(4)
@@ -583,9 +583,8 @@ impl QMatmul {
         for buffer in [a.words, a.scales, &w.weight.buffer, &w.scales.buffer] {
             distinct(buffer, y.0, "quantized matmul input and output")?;
         }
-        let WeightLayout { ww, groups_per_row, group_words } = WeightLayout::of(w);
+        let WeightLayout { ww, groups_per_row, group_words, scale_row } = w.layout;
         let ww = ww as u64;
-        let scale_row = w.scales.encoding.byte_len(&[groups_per_row]) as u64;
         let pipeline = gpu.pipelines.get(gpu, Self::SHADER, &self.defines()).await?;
         for (c0, nc) in w.panels() {
             let params = QMatmulParams {

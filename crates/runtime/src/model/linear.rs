@@ -53,10 +53,6 @@ impl From<Matrix> for Linear {
     }
 }
 
-fn quant_error(name: &str, e: impl std::fmt::Display) -> RuntimeError {
-    RuntimeError::UnsupportedModel(format!("quantized layer {name:?}: {e}"))
-}
-
 impl Linear {
     /// The layer `{base}.weight` with the f32 bias `bias` if given: dense, or factored when the
     /// manifest holds `{base}.down.weight` and `{base}.up.weight` instead.
@@ -155,10 +151,10 @@ impl Matrix {
         };
         if let Some(layer) = w.quantized_layer(weight) {
             let weights = w.quant_weights(weight, layer).await?;
-            let activation = layer.activation.build().map_err(|e| quant_error(weight, e))?;
+            let activation = layer.activation.build().map_err(|e| RuntimeError::quantized_layer(weight, e))?;
             let mut online = Vec::new();
             for spec in &layer.online {
-                let rotation = spec.build().map_err(|e| quant_error(weight, e))?;
+                let rotation = spec.build().map_err(|e| RuntimeError::quantized_layer(weight, e))?;
                 online.push(RotationTable::new(w.gpu, &rotation).await?);
             }
             if let Some(b) = &bias {

@@ -99,12 +99,12 @@ impl<'a> WeightLoader<'a> {
     /// [`QuantWeightsGpu::upload`] lays them out for the integer product (counted in
     /// [`WeightLoader::bytes`]; each layer's weight is loaded once).
     pub async fn quant_weights(&self, name: &str, layer: &QuantizedLayer) -> Result<QuantWeightsGpu> {
-        let bad = |e: String| RuntimeError::UnsupportedModel(format!("quantized layer {name:?}: {e}"));
+        let bad = |why: String| RuntimeError::quantized_layer(name, why);
         let entry = self.data.manifest.tensor(name)?;
         let &[_, cols] = &entry.shape[..] else {
             return Err(bad(format!("a quantized weight is 2-D, shape {:?}", entry.shape)));
         };
-        layer.validate(cols).map_err(|e| bad(e.to_string()))?;
+        layer.validate(cols).map_err(|e| RuntimeError::quantized_layer(name, e))?;
         let rows = self.data.tensor_bytes(name)?;
         let scales = self.scales(name).await?;
         let weights = QuantWeightsGpu::upload(
