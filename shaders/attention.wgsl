@@ -18,16 +18,21 @@
 // (decode): blocks of 256 keys, one score per invocation, block max and sum reduced in workgroup
 // memory, then (lane, 4 dims) invocations accumulate p * v.
 //
-// PER_QUERY variant: see its entry point below (one invocation per query and head, no barriers).
+// PER_QUERY variant: see its entry point below (one invocation per query, head and chunk of keys,
+// no barriers; attention_combine.wgsl merges the chunks).
 //
 // Values of a shared-latent cache (the "absorbed" form, decoder only): with LATENT_F32 or
 // LATENT_I8 the value of key j is not a per-head row of v but the latent row of token j, the
 // same for every head, VD wide (VD4 vec4s), and `out` gets the softmax-weighted latent sum
 // c_hat[b, i, h, :] = sum_j p_ij * latent[j, :]  (the caller applies v_up per head afterwards):
 //   LATENT_F32: v f32 [kv_capacity, value_width], read four at a time, zero past value_width;
-//   LATENT_I8:  v u32 [kv_capacity, VD4] (the contract's INT8 latent, i8 lanes) with f32 scales
-//               vscale [kv_capacity]: latent[j, e] = f32(q[j, e]) * vscale[j] (one rounding).
-// `out` is [batch, queries, heads, VD].
+//   LATENT_I8:  v u32 [kv_capacity, value_width] (the contract's INT8 latent, i8 lanes, zero
+//               past value_width words) with f32 scales vscale [kv_capacity]:
+//               latent[j, e] = f32(q[j, e]) * vscale[j] (one rounding).
+// `out` is [batch, queries, heads, VD]: VD is the latent's width rounded up (a few widths, so a
+// few compiled kernels, serve layers of many ranks); the values past the latent are zero.
+
+#include grid
 
 struct Params {
     queries: u32,
@@ -43,9 +48,9 @@ struct Params {
     first: u32,
     last: u32,
     value_width: u32,
-    _pad0: u32,
-    _pad1: u32,
-    _pad2: u32,
+    chunk_keys: u32,
+    chunks: u32,
+    _pad: u32,
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
@@ -60,10 +65,17 @@ struct Params {
 @group(0) @binding(3) var<storage, read> v: array<vec4<f32>>;
 #endif
 #endif
+#ifdef PER_QUERY
+@group(0) @binding(4) var<storage, read_write> part: array<vec4<f32>>;
+#ifdef LATENT_I8
+@group(0) @binding(5) var<storage, read> vscale: array<f32>;
+#endif
+#else
 @group(0) @binding(4) var<storage, read_write> out: array<vec4<f32>>;
 @group(0) @binding(5) var<storage, read_write> ml: array<f32>;
 #ifdef LATENT_I8
 @group(0) @binding(6) var<storage, read> vscale: array<f32>;
+#endif
 #endif
 
 #ifdef HEAD_DIM
@@ -109,14 +121,18 @@ fn value4(b: u32, j: u32, g: u32, c: u32) -> vec4<f32> {
     return x;
 #else
 #ifdef LATENT_I8
+    if (c >= params.value_width) {
+        return vec4<f32>(0.0);
+    }
     let row = b * params.kv_capacity + j;
-    return vec4<f32>(unpack4xI8(v[row * VD4 + c])) * vscale[row];
+    return vec4<f32>(unpack4xI8(v[row * params.value_width + c])) * vscale[row];
 #else
     return v[kv_row(b, j, g) * HD4 + c];
 #endif
 #endif
 }
 
+#ifndef PER_QUERY
 // The end of a dispatch for the (query, head) row `row` of a one-query-per-invocation variant:
 // on the last pass its output acc / l; otherwise the unnormalised accumulator in `out` and the
 // running max and sum in `ml`, for the next pass.
@@ -133,19 +149,33 @@ fn finish_row(row: u32, acc: ptr<function, array<vec4<f32>, VD4>>, m: f32, l: f3
         ml[2u * row + 1u] = l;
     }
 }
+#endif
 
 #ifdef PER_QUERY
 // PER_QUERY variant (CPU adapters, where each workgroup barrier costs tens of microseconds):
-// one invocation per (query, head, batch), walking its keys in order straight from storage with
-// the online softmax rescaled at every key; no workgroup memory, no barriers.
-@compute @workgroup_size(64, 1, 1)
-fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
-    let item = wg.x * 64u + li;
-    if (item >= params.queries * params.heads) {
+// one invocation per (query, head, batch, chunk of chunk_keys keys), walking the chunk's keys in
+// order straight from storage with the online softmax rescaled at every key; no workgroup
+// memory, no barriers. It leaves the chunk's unnormalised accumulator and its max and sum in
+// part[(row * chunks + chunk) * (VD4 + 1) ..] (the last vec4 is (m, l, 0, 0); l = 0 for a
+// chunk past the query's keys), and attention_combine.wgsl merges a row's chunks into `out`
+// (bound instead of `out` and `ml`: part at binding 4, vscale at 5). Splitting the
+// keys gives decode's few (query, head) rows enough invocations to fill a CPU's threads and
+// SIMD lanes.
+// Small workgroups: a CPU adapter runs each on one thread, and decode has few items.
+@compute @workgroup_size(16, 1, 1)
+fn main(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) li: u32,
+) {
+    let rows = params.queries * params.heads;
+    let item = workgroup_index(wg, nwg) * 16u + li;
+    if (item >= rows * params.chunks) {
         return;
     }
     let b = wg.z;
-    let i = item / params.heads;
+    let chunk = item / rows;
+    let i = (item % rows) / params.heads;
     let h = item % params.heads;
     let g = h / (params.heads / params.kv_heads);
     let row = q_row(b, i, h);
@@ -154,21 +184,14 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     for (var c = 0u; c < HD4; c++) {
         qv[c] = q[row * HD4 + c];
     }
-    var m = 0.0;
-    var l = 0.0;
-    var started = params.first == 0u;
     for (var c = 0u; c < VD4; c++) {
         acc[c] = vec4<f32>(0.0);
     }
-    if (started) {
-        m = ml[2u * row];
-        l = ml[2u * row + 1u];
-        for (var c = 0u; c < VD4; c++) {
-            acc[c] = out[row * VD4 + c];
-        }
-    }
-    let n = min(params.key_end, visible_keys(i));
-    for (var j = params.key_begin; j < n; j++) {
+    var m = 0.0;
+    var l = 0.0;
+    let begin = chunk * params.chunk_keys;
+    let n = min(begin + params.chunk_keys, visible_keys(i));
+    for (var j = begin; j < n; j++) {
         let kb = kv_row(b, j, g) * HD4;
         var sum = 0.0;
         for (var c = 0u; c < HD4; c++) {
@@ -177,7 +200,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
         let s = sum * params.scale;
         var m_new = s;
         var alpha = 0.0;
-        if (started) {
+        if (j > begin) {
             m_new = max(m, s);
             alpha = exp(m - m_new);
         }
@@ -187,9 +210,12 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
             acc[c] = fma(vec4<f32>(p), value4(b, j, g, c), acc[c] * alpha);
         }
         m = m_new;
-        started = true;
     }
-    finish_row(row, &acc, m, l);
+    let base = (row * params.chunks + chunk) * (VD4 + 1u);
+    for (var c = 0u; c < VD4; c++) {
+        part[base + c] = acc[c];
+    }
+    part[base + VD4] = vec4<f32>(m, l, 0.0, 0.0);
 }
 #else
 #ifndef SPLIT_KEYS

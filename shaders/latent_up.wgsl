@@ -9,8 +9,10 @@
 // widened in the kernel; or with QUANT the contract's packed integers (INT8 four per u32; INT4
 // eight, word w holding values 8w..8w+3 in its low nibbles and 8w+4..8w+7 in its high ones;
 // column-interleaved as qmatmul.wgsl reads them: word k of row o at k * ldw + o) with
-// scales [d_kv, groups] (f32, or f16 pairs with SCALE_F16), dequantized in the contract's order:
-//   d_g = sum_{j in g} f32(q_w[o][j]) * c_hat[j]  (j ascending),  t_g = d_g * s_w[o][g],
+// scales [d_kv, groups] (f32, or f16 pairs with SCALE_F16), dequantized per group as the
+// contract does, the sum within a group in four lanes (a float sum like the rest of this kernel:
+// tests hold it to a bound, not to bits):
+//   d_g = sum_{j in g} f32(q_w[o][j]) * c_hat[j],  t_g = d_g * s_w[o][g],
 //   u = t_0 + t_1 + ... left to right,  then + bias.
 // One invocation per output value; no workgroup memory, no barriers.
 
@@ -72,15 +74,47 @@ fn weight_int(o: u32, j: u32) -> f32 {
 #endif
 }
 
+// Four values of weight word `word` as f32: INT8 lanes 0-3, or (INT4) with `high` values 4-7 of
+// the word's eight (high nibbles) instead of 0-3 (low nibbles).
+fn word_values(word: u32, high: bool) -> vec4<f32> {
+    let x = vec4<i32>(bitcast<i32>(word));
+#ifdef INT4
+    let shift = select(vec4<u32>(28u, 20u, 12u, 4u), vec4<u32>(24u, 16u, 8u, 0u), high);
+    return vec4<f32>((x << shift) >> vec4<u32>(28u));
+#else
+    return vec4<f32>((x << vec4<u32>(24u, 16u, 8u, 0u)) >> vec4<u32>(24u));
+#endif
+}
+
+fn chat4(j: u32) -> vec4<f32> {
+    return vec4<f32>(chat[j], chat[j + 1u], chat[j + 2u], chat[j + 3u]);
+}
+
+// Within a group, whole weight words four lanes at a time (four running sums, added pairwise at
+// the end), then the values of a last partial word one by one.
 fn row_dot(o: u32, base: u32) -> f32 {
     let groups = params.rank / params.group;
+#ifdef INT4
+    let per_word = 8u;
+#else
+    let per_word = 4u;
+#endif
     var u = 0.0;
     for (var g = 0u; g < groups; g++) {
-        var d = 0.0;
-        for (var j = g * params.group; j < (g + 1u) * params.group; j++) {
-            d = d + weight_int(o, j) * chat[base + j];
+        let j1 = (g + 1u) * params.group;
+        var j = g * params.group;
+        var d4 = vec4<f32>(0.0);
+        for (; j + per_word <= j1; j += per_word) {
+            let word = w[(j / per_word) * params.ldw + o];
+            d4 = fma(word_values(word, false), chat4(base + j), d4);
+#ifdef INT4
+            d4 = fma(word_values(word, true), chat4(base + j + 4u), d4);
+#endif
         }
-        let t = d * weight_scale(o * groups + g);
+        for (; j < j1; j++) {
+            d4.x = fma(weight_int(o, j), chat[base + j], d4.x);
+        }
+        let t = ((d4.x + d4.y) + (d4.z + d4.w)) * weight_scale(o * groups + g);
         if (g == 0u) {
             u = t;
         } else {
@@ -107,13 +141,13 @@ fn row_dot(o: u32, base: u32) -> f32 {
 }
 #endif
 
-@compute @workgroup_size(256, 1, 1)
+@compute @workgroup_size(64, 1, 1)
 fn main(
     @builtin(workgroup_id) wg: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) li: u32,
 ) {
-    let id = (workgroup_index(wg, nwg)) * 256u + li;
+    let id = (workgroup_index(wg, nwg)) * 64u + li;
     let hd = params.head_dim;
     if (id >= params.tokens * params.heads * hd) {
         return;

@@ -24,7 +24,7 @@ use pocketvlm_runtime::bench::{
     BenchConfig, BenchReport, CACHE_REPORT_PREFIX, CacheReport, KindRecording, REPORT_PREFIX, measure,
     measure_caches,
 };
-use pocketvlm_runtime::engine::{Engine, Request, now_ms};
+use pocketvlm_runtime::engine::{Engine, now_ms};
 use pocketvlm_runtime::{DeviceOptions, Gpu};
 
 use crate::caption::DEFAULT_PROMPT;
@@ -68,11 +68,15 @@ pub struct Args {
     /// of generating with models.
     #[arg(long, conflicts_with_all = ["model", "peer", "caches"])]
     kernels: bool,
-    /// Also time each later decode step's dispatches on the GPU (timestamp queries, one compute
-    /// pass per dispatch) and print the GPU time by kind of work. Slows decoding: the rates of
-    /// such a run are not comparable with a plain one.
+    /// Also time each dispatch of the vision tower, the prefill and the later decode steps on the
+    /// GPU (timestamp queries, one compute pass per dispatch) and print the GPU time by kind of
+    /// work. Slows them: the times and rates of such a run are not comparable with a plain one.
     #[arg(long)]
     gpu_time: bool,
+    /// Ask the prompt without the image: text prefill and decode only (no vision tower), for
+    /// quick decode measurements. Not with `--peer`.
+    #[arg(long, conflicts_with = "peer")]
+    text_only: bool,
     /// Also run transformers.js on this ONNX export of the same checkpoint (see
     /// `../shared/peer/README.md`) in the same Chromium, and print both side by side. Needs
     /// `--no-split` and the peer's prompt (the default).
@@ -118,6 +122,7 @@ pub fn run(args: Args) -> Result<()> {
         cache_steps: args.cache_steps,
         kernels: args.kernels,
         gpu_time: args.gpu_time,
+        text_only: args.text_only,
     };
     let image_bytes = std::fs::read(&image).with_context(|| format!("reading {}", image.display()))?;
 
@@ -279,9 +284,8 @@ async fn native_run(
     let mut engine = Engine::load(gpu, &data, &tokenizer).await?;
     drop(data);
     let load_ms = now_ms() - start;
-    let mut request = Request::caption(&config.prompt, Some(image), config.max_new_tokens);
-    request.split = config.split;
-    let report = measure(&engine, request, load_ms, name, config.gpu_time).await?;
+    engine.model.time_passes = config.gpu_time;
+    let report = measure(&engine, config.request(&image), load_ms, name, config.gpu_time).await?;
     let caches = measure_caches(&mut engine, name, &config.cache_contexts, config.cache_steps).await?;
     Ok((report, caches))
 }
@@ -453,6 +457,12 @@ fn print_table(model: &Path, config: &BenchConfig, native: &BenchReport, chromiu
     print_by_kind(title, &host, native, chromium);
     let title = "GPU time of a later decode step, by kind of work (timestamps around each dispatch)";
     print_by_kind(title, &|r: &BenchReport| r.gpu_by_kind.clone(), native, chromium);
+    let title = "GPU time of the vision tower, by kind of work (timestamps around each dispatch)";
+    print_by_kind(title, &|r: &BenchReport| r.vision_gpu_by_kind.clone(), native, chromium);
+    let title = "GPU time of the prefill, by kind of work (timestamps around each dispatch)";
+    print_by_kind(title, &|r: &BenchReport| r.prefill_gpu_by_kind.clone(), native, chromium);
+    let title = "host time to record the prefill, by kind of work (pipeline compilations included)";
+    print_by_kind(title, &|r: &BenchReport| r.prefill_record_by_kind.clone(), native, chromium);
     if let Some(c) = chromium {
         let same = if c.generated_ids == native.generated_ids { "yes" } else { "NO" };
         println!();
@@ -460,8 +470,9 @@ fn print_table(model: &Path, config: &BenchConfig, native: &BenchReport, chromiu
     }
 }
 
-/// Where a later decode step's time goes by kind of work, as `kinds` reads it from a report
-/// (most Chromium time first, else most native time); nothing when neither side has any.
+/// Where a pass's time goes by kind of work (a later decode step's, the vision tower's, the
+/// prefill's), as `kinds` reads it from a report (most Chromium time first, else most native
+/// time); nothing when neither side has any.
 fn print_by_kind(
     title: &str,
     kinds: &dyn Fn(&BenchReport) -> Vec<KindRecording>,
@@ -483,7 +494,7 @@ fn print_by_kind(
     println!();
     println!("{title}:");
     println!();
-    println!("| kind | per step | native | Chromium | Chromium per item |");
+    println!("| kind | dispatches | native | Chromium | Chromium per item |");
     println!("| --- | --- | --- | --- | --- |");
     for k in kinds {
         let count = n.get(k).or(c.get(k)).map_or(0.0, |v| v.0);

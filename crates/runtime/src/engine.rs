@@ -83,6 +83,8 @@ pub struct Session {
     /// Logits at the last prompt position.
     pub prompt_logits: Vec<f32>,
     pub timings: Timings,
+    /// GPU time of the vision tower by kind of work, when [`Model::time_passes`] (else empty).
+    pub vision_gpu_time: RecordProfile,
 }
 
 pub use crate::device::now_ms;
@@ -142,7 +144,9 @@ impl Engine {
         };
         let prompt_logits = generator.logits(&self.gpu, &self.model).await?;
         let t3 = now_ms();
+        let vision_gpu_time = image.map(|i| i.gpu_time).unwrap_or_default();
         Ok(Session {
+            vision_gpu_time,
             generator,
             image: image_key,
             decoder: self.prompt.stream_decoder(true),
@@ -244,6 +248,16 @@ impl Session {
     /// GPU time of the decode steps timed so far, by kind of work.
     pub fn decode_gpu_time(&self) -> &RecordProfile {
         self.generator.decode_gpu_time()
+    }
+
+    /// GPU time of the prefill by kind of work, when [`Model::time_passes`] (else empty).
+    pub fn prefill_gpu_time(&self) -> &RecordProfile {
+        self.generator.prefill_gpu_time()
+    }
+
+    /// Host time recording the prefill by kind of work, when [`Model::time_passes`] (else empty).
+    pub fn prefill_record_time(&self) -> &RecordProfile {
+        self.generator.prefill_record_time()
     }
 
     pub fn kv_cache_bytes(&self) -> u64 {

@@ -29,6 +29,7 @@ shaders![
     "elementwise",
     "rope",
     "attention",
+    "attention_combine",
     "im2col",
     "pixel_shuffle",
     "embed",

@@ -108,6 +108,9 @@ async fn check_shapes(gpu: &Gpu) {
     attention_case(gpu, many, 3.0, 8).await;
     attention_case(gpu, AttentionShape::causal(70, 2, 1, 64, 1000, 1100), 2.0, 10).await;
     attention_case(gpu, AttentionShape::causal(1, 2, 1, 64, 4999, 5000), 2.0, 11).await;
+    // Decode against 10 000 keys: the per-query variant's chunks reach their loop bound, so it
+    // takes more than its usual 16 chunks.
+    attention_case(gpu, AttentionShape::causal(1, 2, 1, 64, 9999, 10_000), 2.0, 12).await;
     // Batched causal with an offset.
     let mut batched = AttentionShape::causal(3, 4, 2, 64, 20, 30);
     batched.batch = 2;

@@ -10,7 +10,7 @@ use pocketvlm_runtime::bench::kernels::{KERNEL_REPORT_PREFIX, measure_kernels};
 use pocketvlm_runtime::bench::{
     BenchConfig, BenchReport, CACHE_REPORT_PREFIX, REPORT_PREFIX, measure, measure_caches,
 };
-use pocketvlm_runtime::engine::{Engine, Request, now_ms};
+use pocketvlm_runtime::engine::{Engine, now_ms};
 use pocketvlm_runtime::fetch::{fetch_bytes, fetch_model, file_url};
 use pocketvlm_runtime::{DeviceOptions, Gpu};
 use wasm_bindgen_test::{console_log, wasm_bindgen_test};
@@ -40,10 +40,10 @@ async fn bench() {
         let mut engine = Engine::load(gpu, &fetched.data, &fetched.tokenizer).await.unwrap();
         drop(fetched);
         let load_ms = now_ms() - start;
+        engine.model.time_passes = config.gpu_time;
 
-        let mut request = Request::caption(&config.prompt, Some(image.clone()), config.max_new_tokens);
-        request.split = config.split;
-        let report: BenchReport = measure(&engine, request, load_ms, model, config.gpu_time).await.unwrap();
+        let report: BenchReport =
+            measure(&engine, config.request(&image), load_ms, model, config.gpu_time).await.unwrap();
         console_log!("{REPORT_PREFIX}{}", serde_json::to_string(&report).unwrap());
         let caches =
             measure_caches(&mut engine, model, &config.cache_contexts, config.cache_steps).await.unwrap();

@@ -323,6 +323,9 @@ async fn check_all(gpu: &Gpu) {
     latent_up_case(gpu, quant(Bits::Int8, None, true), 40, true, 13).await;
     latent_up_case(gpu, quant(Bits::Int4, None, false), 48, true, 14).await;
     latent_up_case(gpu, quant(Bits::Int4, Some(64), true), 128, false, 15).await;
+    // Ranks that end inside a weight word (the demo's first layer has rank 155).
+    latent_up_case(gpu, quant(Bits::Int8, None, false), 155, true, 16).await;
+    latent_up_case(gpu, quant(Bits::Int4, None, true), 37, false, 17).await;
 }
 
 #[cfg(not(target_arch = "wasm32"))]

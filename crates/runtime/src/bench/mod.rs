@@ -11,6 +11,7 @@
 
 pub mod kernels;
 
+use pocketvlm_processor::RgbImage;
 use serde::{Deserialize, Serialize};
 
 use crate::encoder::RecordProfile;
@@ -63,6 +64,20 @@ pub struct BenchConfig {
     /// GPU time by kind of work, at the cost of slower decoding (one compute pass per dispatch).
     #[serde(default)]
     pub gpu_time: bool,
+    /// Ask the prompt without the image (no vision tower): decode and text prefill only.
+    #[serde(default)]
+    pub text_only: bool,
+}
+
+impl BenchConfig {
+    /// The request each model answers: the prompt about `image`, or alone when
+    /// [`BenchConfig::text_only`].
+    pub fn request(&self, image: &RgbImage) -> Request {
+        let image = (!self.text_only).then(|| image.clone());
+        let mut request = Request::caption(&self.prompt, image, self.max_new_tokens);
+        request.split = self.split;
+        request
+    }
 }
 
 /// Prefix of the line the browser bench prints each [`CacheReport`] on.
@@ -130,6 +145,15 @@ pub struct BenchReport {
     /// [`BenchConfig::gpu_time`] on a device that writes timestamps; else empty).
     #[serde(default)]
     pub gpu_by_kind: Vec<KindRecording>,
+    /// The vision tower's and the prefill's GPU time by kind of work (with
+    /// [`BenchConfig::gpu_time`], whose caller sets [`crate::model::Model::time_passes`]).
+    #[serde(default)]
+    pub vision_gpu_by_kind: Vec<KindRecording>,
+    #[serde(default)]
+    pub prefill_gpu_by_kind: Vec<KindRecording>,
+    /// The prefill's host recording time by kind of work (pipeline compilations included).
+    #[serde(default)]
+    pub prefill_record_by_kind: Vec<KindRecording>,
     pub weight_bytes: u64,
     pub table_bytes: u64,
     pub kv_cache_bytes: u64,
@@ -175,7 +199,8 @@ fn per_second(count: usize, ms: f64) -> f64 {
 
 /// Run `request` (greedy whatever its sampling options) to the end and time it; `load_ms` is the
 /// caller's measurement of loading `engine`, `model` names it in the report; `gpu_time` times
-/// the later decode steps' dispatches on the GPU (see [`BenchConfig::gpu_time`]).
+/// the later decode steps' dispatches on the GPU (see [`BenchConfig::gpu_time`]; the vision
+/// tower's and the prefill's too when the caller set [`crate::model::Model::time_passes`]).
 pub async fn measure(
     engine: &Engine,
     mut request: Request,
@@ -205,6 +230,9 @@ pub async fn measure(
     let later_steps = recording.steps.saturating_sub(2).max(1) as f64;
     let record_by_kind = by_kind(session.decode_profile(), later_steps);
     let gpu_by_kind = by_kind(session.decode_gpu_time(), later_steps);
+    let vision_gpu_by_kind = by_kind(&session.vision_gpu_time, 1.0);
+    let prefill_gpu_by_kind = by_kind(session.prefill_gpu_time(), 1.0);
+    let prefill_record_by_kind = by_kind(session.prefill_record_time(), 1.0);
     let info = &engine.gpu.adapter;
     let name = if info.name.is_empty() { "(unnamed adapter)".to_string() } else { info.name.clone() };
     let mut adapter = vec![name, format!("{:?}", info.backend), format!("{:?}", info.device_type)];
@@ -231,6 +259,9 @@ pub async fn measure(
         bind_group_ms_per_token: recording.later_bind_group_ms / later_steps,
         record_by_kind,
         gpu_by_kind,
+        vision_gpu_by_kind,
+        prefill_gpu_by_kind,
+        prefill_record_by_kind,
         weight_bytes: memory.weights,
         table_bytes: memory.tables,
         kv_cache_bytes: memory.kv_cache,

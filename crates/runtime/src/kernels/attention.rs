@@ -13,25 +13,34 @@
 //!
 //! Keys are processed in passes of [`TILED_KEYS_PER_PASS`] / [`SPLIT_KEYS_PER_PASS`] keys
 //! (one dispatch each) that carry the running max and sum in a small scratch buffer and the
-//! unnormalised accumulator in `out`, so no invocation runs an unbounded loop (llvmpipe silently
-//! stops an invocation's loops after 65535 iterations in total).
+//! unnormalised accumulator in `out`, or (per-query variant) in chunks of at most
+//! [`PER_QUERY_ITERATIONS`] loop steps merged by a second dispatch, so no invocation runs an
+//! unbounded loop (llvmpipe silently stops an invocation's loops after 65535 iterations in
+//! total).
+//!
+//! **Merging chunks.** A chunk `k` of a row's keys leaves its running max `m_k`, sum `l_k` and
+//! unnormalised accumulator `a_k`; with `M = max_k m_k` and `w_k = exp(m_k − M)` the row's output
+//! is `Σ_k w_k a_k / Σ_k w_k l_k` — the softmax over all keys, up to f32 rounding (the order of
+//! the sums differs from one walk over the keys; tests hold every variant to the same bound
+//! against an f64 reference).
 //!
 //! Three variants: [`AttentionVariant::QueryTiled`] (one query per invocation, 64 per workgroup,
 //! keys staged through workgroup memory; for vision and prefill),
 //! [`AttentionVariant::SplitKeys`] (one 256-invocation workgroup per query, keys split across
-//! invocations; for decode) and [`AttentionVariant::PerQuery`] (one invocation per query and
-//! head reading its keys straight from storage, no barriers; for CPU adapters, where each
-//! barrier costs tens of microseconds). [`Attention::for_shape`] picks one.
+//! invocations; for decode) and [`AttentionVariant::PerQuery`] (one invocation per query, head
+//! and chunk of keys reading them straight from storage, no barriers; for CPU adapters, where
+//! each barrier costs tens of microseconds). [`Attention::for_shape`] picks one.
 
 use std::collections::BTreeMap;
 
 use bytemuck::{Pod, Zeroable};
 
 use super::Kernel;
-use super::util::{check_binding, dispatch, distinct, require_size, slice};
+use super::util::{check_binding, dispatch, distinct, grid, require_size, slice};
 use crate::device::Gpu;
 use crate::encoder::Encoder;
 use crate::error::{Result, RuntimeError};
+use crate::pipelines::Pipeline;
 use crate::shader::Defines;
 
 /// Uniform block of `shaders/attention.wgsl` (must match `struct Params` there).
@@ -51,9 +60,33 @@ struct Params {
     first: u32,
     last: u32,
     value_width: u32,
-    _pad: [u32; 3],
+    /// Keys per chunk and chunks per row of the per-query variant.
+    chunk_keys: u32,
+    chunks: u32,
+    _pad: u32,
 }
 const _: () = assert!(std::mem::size_of::<Params>() == 64);
+
+/// Uniform block of `shaders/attention_combine.wgsl`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+struct CombineParams {
+    rows: u32,
+    chunks: u32,
+    vd4: u32,
+    _pad: u32,
+}
+const _: () = assert!(std::mem::size_of::<CombineParams>() == 16);
+
+/// `shaders/attention_combine.wgsl`: merges the per-query variant's key chunks.
+struct Combine;
+
+impl Kernel for Combine {
+    const SHADER: &'static str = "attention_combine";
+    fn defines(&self) -> Defines {
+        Defines::new()
+    }
+}
 
 /// Largest supported head dimension (keeps the staged key/value tiles within 16 KiB); head
 /// dimensions must also be multiples of 4 (the shader reads vec4s).
@@ -63,9 +96,18 @@ pub const MAX_HEAD_DIM: usize = 128;
 pub const TILED_KEYS_PER_PASS: usize = 512;
 /// Keys one split-keys dispatch covers.
 pub const SPLIT_KEYS_PER_PASS: usize = 16384;
-/// Loop iterations one per-query invocation may run in a dispatch: its keys times the vec4s of
-/// a key and a value, plus one per key (far below llvmpipe's cap).
+/// Loop iterations one per-query invocation may run: its keys times the vec4s of a key and a
+/// value, plus one per key (far below llvmpipe's cap); bounds the keys of one chunk.
 pub const PER_QUERY_ITERATIONS: usize = 16384;
+/// Chunks the per-query variant splits a query's keys into, unless that leaves fewer than
+/// [`PER_QUERY_MIN_CHUNK_KEYS`] keys per chunk: decode has only `heads` (query, head) rows, too
+/// few invocations to fill a CPU adapter's threads and SIMD lanes without splitting the keys.
+pub const PER_QUERY_CHUNKS: usize = 16;
+/// Fewest keys per chunk of the per-query variant (more chunks cost more merging).
+pub const PER_QUERY_MIN_CHUNK_KEYS: usize = 8;
+/// Invocations per workgroup of the per-query variant: a CPU adapter runs a workgroup on one
+/// thread, so decode's few (query, head, chunk) items need small workgroups to use them all.
+const PER_QUERY_GROUP: u64 = 16;
 /// Queries per workgroup of the query-tiled variant.
 const QUERY_TILE: usize = 64;
 /// Fewer queries than this use the split-keys variant in [`Attention::for_shape`].
@@ -142,8 +184,8 @@ pub enum AttentionVariant {
     QueryTiled,
     /// One workgroup per query, keys split across 256 invocations.
     SplitKeys,
-    /// One invocation per (query, head), keys in order from storage: no workgroup memory, no
-    /// barriers.
+    /// One invocation per (query, head, chunk of keys), keys in order from storage, then one
+    /// dispatch merging the chunks: no workgroup memory, no barriers.
     PerQuery,
 }
 
@@ -153,20 +195,21 @@ pub enum ValueKind {
     /// Per-head rows `[batch, kv_capacity, kv_heads, head_dim]` f32 (`out` is `[…, head_dim]`).
     PerHead,
     /// A shared f32 latent `[kv_capacity, width]` (the absorbed form; `out` is the weighted
-    /// latent sum per head, `width` rounded up to 4).
+    /// latent sum per head, [`ValueKind::out_dim`] wide).
     LatentF32 { width: usize },
     /// The contract's INT8 latent: `words` u32 per row (i8 lanes, zero-padded) and one f32 scale
-    /// per row (`out` is `[…, 4·words]`).
+    /// per row (`out` is [`ValueKind::out_dim`] wide).
     LatentI8 { words: usize },
 }
 
 impl ValueKind {
-    /// f32 values per output row of one head.
+    /// f32 values per output row of one head: a latent's width rounded up to
+    /// [`VALUE_DIM_STEP`] (the values past it are zero).
     pub fn out_dim(&self, head_dim: usize) -> usize {
         match *self {
             ValueKind::PerHead => head_dim,
-            ValueKind::LatentF32 { width } => width.next_multiple_of(4),
-            ValueKind::LatentI8 { words } => 4 * words,
+            ValueKind::LatentF32 { width } => width.next_multiple_of(VALUE_DIM_STEP),
+            ValueKind::LatentI8 { words } => (4 * words).next_multiple_of(VALUE_DIM_STEP),
         }
     }
 }
@@ -187,6 +230,12 @@ impl Values<'_> {
         }
     }
 }
+
+/// The absorbed form's output rows are padded to a multiple of this many values: the row width is
+/// a constant of the compiled kernel, and each distinct one was a pipeline of its own — a model
+/// whose layers have 30 different latent ranks compiled 30 (~0.85 s each in Chromium's
+/// SwiftShader, 25.7 s of the demo model's first prefill; BENCHMARKS.md, Speed VI).
+pub const VALUE_DIM_STEP: usize = 64;
 
 /// Largest value row (f32) of the absorbed form; keeps a 256-invocation workgroup's lanes and
 /// a query's accumulator bounded.
@@ -330,7 +379,7 @@ impl Attention {
         let (groups_x, groups_y) = match self.variant {
             AttentionVariant::QueryTiled => (queries.div_ceil(QUERY_TILE), heads),
             AttentionVariant::SplitKeys => (queries, heads),
-            AttentionVariant::PerQuery => ((queries * heads).div_ceil(QUERY_TILE), 1),
+            AttentionVariant::PerQuery => (1, 1),
         };
         if groups_x > max_groups || groups_y > max_groups || batch > max_groups {
             return bad("exceeds the dispatch limit");
@@ -358,52 +407,155 @@ impl Attention {
         let pipeline = gpu.pipelines.get(gpu, Self::SHADER, &self.defines()).await?;
         // Keys any query of this call attends to.
         let key_count = if causal { kv_len.min(q_offset + queries) } else { kv_len };
-        let per_pass = match self.variant {
-            AttentionVariant::QueryTiled => TILED_KEYS_PER_PASS,
-            AttentionVariant::SplitKeys => SPLIT_KEYS_PER_PASS,
-            AttentionVariant::PerQuery => (PER_QUERY_ITERATIONS / ((head_dim + vd) / 4 + 1)).max(1),
+        // The stored latent row: f32 values, or the INT8 latent's words.
+        let value_width = match self.values {
+            ValueKind::LatentF32 { width } => width,
+            ValueKind::LatentI8 { words } => words,
+            ValueKind::PerHead => vd,
+        };
+        let params = Params {
+            queries: queries as u32,
+            heads: heads as u32,
+            kv_heads: kv_heads as u32,
+            kv_len: kv_len as u32,
+            kv_capacity: kv_capacity as u32,
+            q_offset: q_offset as u32,
+            causal: u32::from(causal),
+            scale: (head_dim as f64).powf(-0.5) as f32,
+            key_begin: 0,
+            key_end: key_count as u32,
+            first: 1,
+            last: 1,
+            value_width: value_width as u32,
+            chunk_keys: 0,
+            chunks: 0,
+            _pad: 0,
+        };
+        let bindings = Bindings {
+            q: (q, q_bytes),
+            k: (k, kv_bytes),
+            v: (v_buffer, v_bytes),
+            v_scales,
+            out: (out, out_bytes),
+        };
+        if self.variant == AttentionVariant::PerQuery {
+            let rows = batch * queries * heads;
+            return self.encode_chunks(gpu, encoder, &pipeline, params, &bindings, (rows, batch), vd).await;
+        }
+        let per_pass = if self.variant == AttentionVariant::QueryTiled {
+            TILED_KEYS_PER_PASS
+        } else {
+            SPLIT_KEYS_PER_PASS
         };
         let passes = key_count.div_ceil(per_pass);
         // Running max and sum between passes ([batch, queries, heads, 2]); a 16-byte stand-in
         // when one pass suffices.
         let ml_bytes = if passes > 1 { q_bytes / head_dim as u64 * 2 } else { 16 };
-        let value_width = match self.values {
-            ValueKind::LatentF32 { width } => width,
-            _ => vd,
-        };
         check_binding(gpu, "attention softmax state", ml_bytes)?;
         let ml = gpu.kernel_scratch("attention softmax state", ml_bytes);
         let groups = (groups_x as u32, groups_y as u32, batch as u32);
         for pass in 0..passes {
             let params = Params {
-                queries: queries as u32,
-                heads: heads as u32,
-                kv_heads: kv_heads as u32,
-                kv_len: kv_len as u32,
-                kv_capacity: kv_capacity as u32,
-                q_offset: q_offset as u32,
-                causal: u32::from(causal),
-                scale: (head_dim as f64).powf(-0.5) as f32,
                 key_begin: (pass * per_pass) as u32,
                 key_end: ((pass + 1) * per_pass).min(key_count) as u32,
                 first: u32::from(pass == 0),
                 last: u32::from(pass + 1 == passes),
-                value_width: value_width as u32,
-                _pad: [0; 3],
+                ..params
             };
-            let mut resources = vec![
-                slice(q, 0, q_bytes),
-                slice(k, 0, kv_bytes),
-                slice(v_buffer, 0, v_bytes),
-                slice(out, 0, out_bytes),
-                slice(&ml, 0, ml_bytes),
-            ];
-            if let Some((scales, bytes)) = v_scales {
-                resources.push(slice(scales, 0, bytes));
-            }
+            let resources = bindings.resources(slice(&ml, 0, ml_bytes));
             dispatch(gpu, encoder, &pipeline, "attention", bytemuck::bytes_of(&params), resources, groups);
         }
         Ok(())
+    }
+
+    /// The per-query variant: each (query, head) row's keys in chunks of at most
+    /// [`PER_QUERY_ITERATIONS`] loop steps, one invocation per (row, chunk) writing its partial
+    /// softmax into a scratch buffer, then [`Combine`] merging a row's chunks into `out`.
+    #[allow(clippy::too_many_arguments)]
+    async fn encode_chunks(
+        &self,
+        gpu: &Gpu,
+        encoder: &mut Encoder,
+        pipeline: &Pipeline,
+        params: Params,
+        bindings: &Bindings<'_>,
+        (rows, batch): (usize, usize),
+        vd: usize,
+    ) -> Result<()> {
+        let most = (PER_QUERY_ITERATIONS / ((self.head_dim + vd) / 4 + 1)).max(1);
+        let chunk_keys =
+            |keys: usize| keys.div_ceil(PER_QUERY_CHUNKS).max(PER_QUERY_MIN_CHUNK_KEYS).min(most);
+        let keys = params.key_end as usize;
+        let (size, chunks) = (chunk_keys(keys), keys.div_ceil(chunk_keys(keys)));
+        // Sized and bound for the most chunks any key count up to the capacity takes, so the
+        // steps of a decode bind the same buffer and range (no allocation, bind groups reused).
+        let capacity = params.kv_capacity as usize;
+        let most_chunks = PER_QUERY_CHUNKS.max(capacity.div_ceil(chunk_keys(capacity)));
+        let vd4 = vd / 4;
+        let part_bytes = (rows * most_chunks * (vd4 + 1) * 16) as u64;
+        check_binding(gpu, "attention chunks", part_bytes)?;
+        let part = gpu.kernel_scratch("attention chunks", part_bytes);
+        let params = Params { chunk_keys: size as u32, chunks: chunks as u32, ..params };
+        let items = (rows / batch * chunks) as u64;
+        let (gx, gy) = grid(gpu, items.div_ceil(PER_QUERY_GROUP))?;
+        let resources = bindings.chunk_resources(slice(&part, 0, part_bytes));
+        dispatch(
+            gpu,
+            encoder,
+            pipeline,
+            "attention",
+            bytemuck::bytes_of(&params),
+            resources,
+            (gx, gy, batch as u32),
+        );
+        let combine = gpu.pipelines.get(gpu, Combine::SHADER, &Combine.defines()).await?;
+        let cp = CombineParams { rows: rows as u32, chunks: chunks as u32, vd4: vd4 as u32, _pad: 0 };
+        let (out, out_bytes) = bindings.out;
+        let resources = vec![slice(&part, 0, part_bytes), slice(out, 0, out_bytes)];
+        let (gx, gy) = grid(gpu, ((rows * vd4) as u64).div_ceil(QUERY_TILE as u64))?;
+        dispatch(gpu, encoder, &combine, "attention", bytemuck::bytes_of(&cp), resources, (gx, gy, 1));
+        Ok(())
+    }
+}
+
+/// The buffers of one attention call, each with the bytes bound.
+struct Bindings<'a> {
+    q: (&'a wgpu::Buffer, u64),
+    k: (&'a wgpu::Buffer, u64),
+    v: (&'a wgpu::Buffer, u64),
+    v_scales: Option<(&'a wgpu::Buffer, u64)>,
+    out: (&'a wgpu::Buffer, u64),
+}
+
+impl<'a> Bindings<'a> {
+    /// Bindings 1–6 of `attention.wgsl` with `state` (softmax state or chunks) at binding 5.
+    fn resources(&self, state: wgpu::BindingResource<'a>) -> Vec<wgpu::BindingResource<'a>> {
+        let mut resources = vec![
+            slice(self.q.0, 0, self.q.1),
+            slice(self.k.0, 0, self.k.1),
+            slice(self.v.0, 0, self.v.1),
+            slice(self.out.0, 0, self.out.1),
+            state,
+        ];
+        if let Some((scales, bytes)) = self.v_scales {
+            resources.push(slice(scales, 0, bytes));
+        }
+        resources
+    }
+
+    /// Bindings 1–5 of `attention.wgsl`'s per-query variant: `part` takes the place of the
+    /// output and the softmax state.
+    fn chunk_resources(&self, part: wgpu::BindingResource<'a>) -> Vec<wgpu::BindingResource<'a>> {
+        let mut resources = vec![
+            slice(self.q.0, 0, self.q.1),
+            slice(self.k.0, 0, self.k.1),
+            slice(self.v.0, 0, self.v.1),
+            part,
+        ];
+        if let Some((scales, bytes)) = self.v_scales {
+            resources.push(slice(scales, 0, bytes));
+        }
+        resources
     }
 }
 

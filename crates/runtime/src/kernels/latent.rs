@@ -9,7 +9,9 @@
 //! `ĉ` f32 `[tokens, heads, vd]` (`vd ≥ rank`), `out` f32 `[tokens, heads, head_dim]`; `v_up`
 //! `[kv_heads·head_dim, rank]` as stored: a float matrix (f32/f16/bf16, widened in the kernel) or
 //! the integer contract's packed weights and scales, dequantized per group as
-//! `Σ_g s_w[o][g]·(Σ_{j∈g} f32(q_w[o][j])·ĉ[j])` left to right, then the bias.
+//! `Σ_g s_w[o][g]·(Σ_{j∈g} f32(q_w[o][j])·ĉ[j])` (groups left to right; within a group a whole
+//! weight word at a time into four running sums, added pairwise), then the bias. A float sum
+//! like the rest of this path: `tests/latent.rs` holds it to a bound against an f64 reference.
 
 use std::collections::BTreeMap;
 
@@ -19,12 +21,16 @@ use pocketvlm_format::quant::Bits;
 
 use super::Kernel;
 use super::quant::QuantWeightsGpu;
-use super::util::{WORKGROUP, check_binding, dispatch, distinct, grid, require_size, slice};
+use super::util::{check_binding, dispatch, distinct, grid, require_size, slice};
 use crate::device::Gpu;
 use crate::encoder::Encoder;
 use crate::error::{Result, RuntimeError};
 use crate::shader::Defines;
 use crate::tensor::Tensor;
+
+/// Invocations per workgroup of `shaders/latent_up.wgsl` (one output value each; decode has only
+/// `heads · head_dim` of them, so small workgroups spread them over a CPU adapter's threads).
+const INVOCATIONS: u64 = 64;
 
 /// Uniform block of `shaders/latent_up.wgsl`.
 #[repr(C)]
@@ -177,7 +183,7 @@ impl LatentUp {
             group: group as u32,
         };
         let pipeline = gpu.pipelines.get(gpu, Self::SHADER, &self.defines()).await?;
-        let (gx, gy) = grid(gpu, threads.div_ceil(u64::from(WORKGROUP)))?;
+        let (gx, gy) = grid(gpu, threads.div_ceil(INVOCATIONS))?;
         dispatch(gpu, encoder, &pipeline, "latent_up", bytemuck::bytes_of(&params), resources, (gx, gy, 1));
         Ok(())
     }

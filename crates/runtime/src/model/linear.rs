@@ -151,7 +151,8 @@ impl Matrix {
         };
         if let Some(layer) = w.quantized_layer(weight) {
             let weights = w.quant_weights(weight, layer).await?;
-            let activation = layer.activation.build().map_err(|e| RuntimeError::quantized_layer(weight, e))?;
+            let activation =
+                layer.activation.build().map_err(|e| RuntimeError::quantized_layer(weight, e))?;
             let mut online = Vec::new();
             for spec in &layer.online {
                 let rotation = spec.build().map_err(|e| RuntimeError::quantized_layer(weight, e))?;

@@ -42,6 +42,10 @@ pub struct Model {
     table_bytes: u64,
     /// The cache new generations use (the latent where the format allows it, by default).
     pub cache_kind: CacheKind,
+    /// Time every dispatch of the vision tower and of the prefill on the GPU (one compute pass
+    /// each, which slows them; [`ImageEmbedding::gpu_time`], [`Generator::prefill_gpu_time`]):
+    /// for the bench, off by default.
+    pub time_passes: bool,
 }
 
 /// Image features computed by the vision tower and connector.
@@ -51,6 +55,8 @@ pub struct ImageEmbedding {
     pub rows: usize,
     /// Bytes the vision pass allocated: pixel values, activations and these features.
     pub pass_bytes: u64,
+    /// GPU time of the pass by kind of work, when [`Model::time_passes`] (else empty).
+    pub gpu_time: RecordProfile,
 }
 
 /// GPU memory held for a generation, in bytes, by what holds it.
@@ -93,6 +99,7 @@ impl Model {
             weight_bytes,
             table_bytes: gpu.allocated_bytes() - before - weight_bytes,
             cache_kind: CacheKind::default(),
+            time_passes: false,
         })
     }
 
@@ -138,13 +145,17 @@ impl Model {
         let before = gpu.allocated_bytes();
         let buffer = gpu.storage_buffer("pixel values", bytemuck::cast_slice(pixels)).await?;
         let mut encoder = gpu.encoder();
+        if self.time_passes {
+            encoder.time_dispatches(gpu);
+        }
         let features =
             vision::encode_image(gpu, &mut encoder, &self.config, &self.vision, &buffer, tiles).await?;
-        gpu.submit(encoder);
+        let pass_bytes = gpu.allocated_bytes() - before;
         Ok(ImageEmbedding {
             features,
             rows: tiles * self.config.image_seq_len(),
-            pass_bytes: gpu.allocated_bytes() - before,
+            pass_bytes,
+            gpu_time: submit_timed(gpu, encoder).await?,
         })
     }
 }
@@ -179,6 +190,20 @@ pub struct Generator {
     profiling: DecodeProfiling,
     /// Their GPU time by kind of work, when timed.
     decode_gpu: RecordProfile,
+    /// The prefill's GPU time and host recording time by kind of work, when timed
+    /// ([`Model::time_passes`]).
+    prefill_gpu: RecordProfile,
+    prefill_record: RecordProfile,
+}
+
+/// Submit `encoder` and, when it timed its dispatches, wait for their GPU time by kind of work.
+async fn submit_timed(gpu: &Gpu, mut encoder: Encoder) -> Result<RecordProfile> {
+    let timings = encoder.finish_timing(gpu);
+    gpu.submit(encoder);
+    match timings {
+        Some(t) => t.read(gpu).await,
+        None => Ok(RecordProfile::default()),
+    }
 }
 
 /// What the decode steps after the second record about themselves, for the bench: host
@@ -318,6 +343,10 @@ impl Generator {
         // The prompt's activations are dropped after the prefill: decode steps need a row each.
         let mut prefill_scratch = Scratch::default();
         let mut encoder = gpu.encoder();
+        if model.time_passes {
+            encoder.profile_from_now();
+            encoder.time_dispatches(gpu);
+        }
         let (text, n) = (&model.text, new.len());
         text::forward(
             gpu,
@@ -332,9 +361,10 @@ impl Generator {
             &logits,
         )
         .await?;
-        gpu.submit(encoder);
         // The image features stay alive through the prefill.
         let prefill_bytes = gpu.allocated_bytes() - before + image.map_or(0, |i| i.features.size());
+        let prefill_record = encoder.take_profile().unwrap_or_default();
+        let prefill_gpu = submit_timed(gpu, encoder).await?;
         Ok(Self {
             peak_pass_bytes: prefill_bytes.max(image.map_or(0, |i| i.pass_bytes)),
             cache,
@@ -355,7 +385,21 @@ impl Generator {
             decode_profile: RecordProfile::default(),
             profiling: DecodeProfiling::Off,
             decode_gpu: RecordProfile::default(),
+            prefill_gpu,
+            prefill_record,
         })
+    }
+
+    /// Host time recording this generation's prefill by kind of work (pipeline compilations
+    /// included), when [`Model::time_passes`] (else empty).
+    pub fn prefill_record_time(&self) -> &RecordProfile {
+        &self.prefill_record
+    }
+
+    /// GPU time of this generation's prefill by kind of work, when [`Model::time_passes`] (else
+    /// empty).
+    pub fn prefill_gpu_time(&self) -> &RecordProfile {
+        &self.prefill_gpu
     }
 
     /// Logits of the next position (after [`Generator::start`]: the last prompt position).

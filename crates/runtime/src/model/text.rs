@@ -18,7 +18,7 @@ use super::weights::WeightLoader;
 use crate::device::Gpu;
 use crate::encoder::Encoder;
 use crate::error::{Result, RuntimeError};
-use crate::kernels::attention::{Attention, AttentionShape, Values};
+use crate::kernels::attention::{Attention, AttentionShape, ValueKind, Values};
 use crate::kernels::bf16_rows::Bf16Rows;
 use crate::kernels::copy::CopyRows;
 use crate::kernels::elementwise::SiluMul;
@@ -214,10 +214,14 @@ impl<'a> AttentionPass<'a> {
         let widest = cache
             .layers
             .iter()
-            .map(|l| match l {
+            .map(|l| match *l {
                 LayerCache::Plain { .. } => 0,
-                LayerCache::LatentBf16 { rank, .. } => rank.next_multiple_of(4),
-                LayerCache::LatentI8 { words_per_row, .. } => 4 * words_per_row,
+                LayerCache::LatentBf16 { rank, .. } => {
+                    ValueKind::LatentF32 { width: rank }.out_dim(c.head_dim)
+                }
+                LayerCache::LatentI8 { words_per_row, .. } => {
+                    ValueKind::LatentI8 { words: words_per_row }.out_dim(c.head_dim)
+                }
             })
             .max()
             .unwrap_or(0);
