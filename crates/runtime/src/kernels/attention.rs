@@ -232,9 +232,9 @@ impl Values<'_> {
 }
 
 /// The absorbed form's output rows are padded to a multiple of this many values: the row width is
-/// a constant of the compiled kernel, and each distinct one was a pipeline of its own — a model
-/// whose layers have 30 different latent ranks compiled 30 (~0.85 s each in Chromium's
-/// SwiftShader, 25.7 s of the demo model's first prefill; BENCHMARKS.md, Speed VI).
+/// a constant of the compiled kernel, and each distinct one was a pipeline of its own — the demo
+/// model's 30 layers with 21 different latent widths compiled 21 (~1.2 s each in Chromium's
+/// SwiftShader, 25.7 s of its first prefill; now 4; BENCHMARKS.md, Speed VI).
 pub const VALUE_DIM_STEP: usize = 64;
 
 /// Largest value row (f32) of the absorbed form; keeps a 256-invocation workgroup's lanes and
