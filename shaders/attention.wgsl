@@ -34,24 +34,8 @@
 
 #include grid
 
-struct Params {
-    queries: u32,
-    heads: u32,
-    kv_heads: u32,
-    kv_len: u32,
-    kv_capacity: u32,
-    q_offset: u32,
-    causal: u32,
-    scale: f32,
-    key_begin: u32,
-    key_end: u32,
-    first: u32,
-    last: u32,
-    value_width: u32,
-    chunk_keys: u32,
-    chunks: u32,
-    _pad: u32,
-}
+#include attention
+#include attention_values
 
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read> q: array<vec4<f32>>;
@@ -77,60 +61,6 @@ struct Params {
 @group(0) @binding(6) var<storage, read> vscale: array<f32>;
 #endif
 #endif
-
-#ifdef HEAD_DIM
-const HD: u32 = {{HEAD_DIM}}u;
-#else
-const HD: u32 = 64u;
-#endif
-const HD4: u32 = HD / 4u;
-#ifdef VALUE_DIM
-const VD: u32 = {{VALUE_DIM}}u;
-#else
-const VD: u32 = HD;
-#endif
-const VD4: u32 = VD / 4u;
-
-// Keys visible to query i of this call.
-fn visible_keys(i: u32) -> u32 {
-    if (params.causal != 0u) {
-        return min(params.kv_len, params.q_offset + i + 1u);
-    }
-    return params.kv_len;
-}
-
-// Index of the (query, head) row, in units of rows of HD.
-fn q_row(b: u32, i: u32, h: u32) -> u32 {
-    return (b * params.queries + i) * params.heads + h;
-}
-
-fn kv_row(b: u32, j: u32, g: u32) -> u32 {
-    return (b * params.kv_capacity + j) * params.kv_heads + g;
-}
-
-// Value vec4 c (dims 4c..4c+3) of key j for kv head g.
-fn value4(b: u32, j: u32, g: u32, c: u32) -> vec4<f32> {
-#ifdef LATENT_F32
-    let base = (b * params.kv_capacity + j) * params.value_width;
-    var x = vec4<f32>(0.0);
-    for (var e = 0u; e < 4u; e++) {
-        if (4u * c + e < params.value_width) {
-            x[e] = v[base + 4u * c + e];
-        }
-    }
-    return x;
-#else
-#ifdef LATENT_I8
-    if (c >= params.value_width) {
-        return vec4<f32>(0.0);
-    }
-    let row = b * params.kv_capacity + j;
-    return vec4<f32>(unpack4xI8(v[row * params.value_width + c])) * vscale[row];
-#else
-    return v[kv_row(b, j, g) * HD4 + c];
-#endif
-#endif
-}
 
 #ifndef PER_QUERY
 // The end of a dispatch for the (query, head) row `row` of a one-query-per-invocation variant:

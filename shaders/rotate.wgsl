@@ -14,14 +14,18 @@
 // `table` (u32 words) holds the sign mask (bit i of word i/32, from word 0) and the core's
 // entries (bit a m + a' set = -1, from word `core_offset`).
 //
-// Two or three dispatches, no workgroup memory and no barriers, so any width works within
-// WebGPU's default limits (the connector's 12 288 included): STAGE_BLOCKS gives one invocation to
-// each run of min(p, SUB) values of a row (step 1 and the butterflies within it), STAGE_STRIDED
-// (when p > SUB) one to each column of a block's SUB-wide sub-blocks (the remaining butterflies),
-// STAGE_CORE one to each output value (steps 3-4: y_{a p + b} from the m values x_{a' p + b} of
-// `data`, written to `out`, so no invocation reads what another writes and any core order works:
-// the 2.2B connector's 10 368 = 648 * 16 needs 648). Work items lie on a 2-D grid of
-// 64-invocation workgroups.
+// Dispatches, no workgroup memory and no barriers, so any width works within WebGPU's default
+// limits (the connector's 12 288 included):
+//   STAGE_LEVEL (one per level of at most 4 butterfly stages): the stages h = stride, 2 stride,
+//     ..., (WIDTH / 2) stride, with WIDTH <= 16 values per invocation held in registers: an
+//     invocation takes the values base + k stride, k < WIDTH, of one block (stride = 16^level),
+//     so neighbouring invocations read neighbouring values from the second level on. The first
+//     level (stride 1) applies the signs first. Each butterfly is the same operation on the same
+//     operands, stage by stage in the contract's order, whichever invocation does it.
+//   STAGE_CORE: one invocation to each output value (steps 3-4: y_{a p + b} from the m values
+//     x_{a' p + b} of `data`, written to `out`, so no invocation reads what another writes and
+//     any core order works: the 2.2B connector's 10 368 = 648 * 16 needs 648).
+// Work items lie on a 2-D grid of 64-invocation workgroups.
 
 #include grid
 
@@ -34,6 +38,10 @@ struct Params {
     core_offset: u32,
     scale: f32,
     has_core: u32,
+    stride: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
@@ -43,16 +51,13 @@ struct Params {
 @group(0) @binding(3) var<storage, read_write> out: array<f32>;
 #endif
 
-// Walsh-Hadamard blocks longer than SUB values are done in two dispatches: the butterflies h < SUB
-// on consecutive sub-blocks, then those with h >= SUB across them (each butterfly is the same
-// operation on the same operands, stage by stage, so the values are the same bit for bit), so no
-// invocation walks more than SUB values (lavapipe computed 8192-value blocks wrong in one) and
-// long blocks get p / SUB times more invocations.
-const SUB: u32 = 1024u;
-
 fn bit(word0: u32, i: u32) -> bool {
     return ((table[word0 + i / 32u] >> (i % 32u)) & 1u) != 0u;
 }
+
+#ifdef STAGE_LEVEL
+const WIDTH: u32 = {{WIDTH}}u;
+#endif
 
 @compute @workgroup_size(64, 1, 1)
 fn main(
@@ -64,53 +69,38 @@ fn main(
     let n = params.n;
     let m = params.m;
     let p = params.p;
-#ifdef STAGE_BLOCKS
-    // item = one sub-block of SUB = min(p, 1024) consecutive values (rows and blocks are
-    // consecutive, so sub-blocks tile the data): signs, then the butterflies h < SUB
-    let sub = min(p, SUB);
-    if (item >= params.tokens * (n / sub)) {
+#ifdef STAGE_LEVEL
+    // item = (span, lo): the values span * stride * WIDTH + lo + k * stride, k < WIDTH (spans of
+    // stride * WIDTH values tile the blocks, which tile the rows)
+    if (item >= params.tokens * (n / WIDTH)) {
         return;
     }
-    let start = item * sub;
-    if (params.has_signs != 0u) {
-        let first = start % n;
-        for (var i = 0u; i < sub; i++) {
-            if (bit(0u, first + i)) {
-                data[start + i] = -data[start + i];
+    let s = params.stride;
+    let base = (item / s) * s * WIDTH + item % s;
+    var x: array<f32, WIDTH>;
+    for (var k = 0u; k < WIDTH; k++) {
+        x[k] = data[base + k * s];
+    }
+    if (s == 1u && params.has_signs != 0u) {
+        let first = base % n;
+        for (var k = 0u; k < WIDTH; k++) {
+            if (bit(0u, first + k)) {
+                x[k] = -x[k];
             }
         }
     }
-    for (var h = 1u; h < sub; h = h * 2u) {
-        for (var s = 0u; s < sub; s += 2u * h) {
-            for (var j = start + s; j < start + s + h; j++) {
-                let u = data[j];
-                let v = data[j + h];
-                data[j] = u + v;
-                data[j + h] = u - v;
+    for (var h = 1u; h < WIDTH; h = h * 2u) {
+        for (var j = 0u; j < WIDTH; j++) {
+            if ((j & h) == 0u) {
+                let u = x[j];
+                let v = x[j + h];
+                x[j] = u + v;
+                x[j + h] = u - v;
             }
         }
     }
-#else
-#ifdef STAGE_STRIDED
-    // item = (t, a, b), b < SUB: the butterflies h >= SUB of block a of row t on its values
-    // a p + k SUB + b, k < p / SUB (only dispatched when p > SUB)
-    let q = p / SUB;
-    if (item >= params.tokens * m * SUB) {
-        return;
-    }
-    let t = item / (m * SUB);
-    let a = (item / SUB) % m;
-    let base = t * n + a * p + item % SUB;
-    for (var h = 1u; h < q; h = h * 2u) {
-        for (var s = 0u; s < q; s += 2u * h) {
-            for (var k = s; k < s + h; k++) {
-                let j = base + k * SUB;
-                let u = data[j];
-                let v = data[j + h * SUB];
-                data[j] = u + v;
-                data[j + h * SUB] = u - v;
-            }
-        }
+    for (var k = 0u; k < WIDTH; k++) {
+        data[base + k * s] = x[k];
     }
 #else
     // STAGE_CORE: item = (t, a p + b), one value of row t
@@ -132,6 +122,5 @@ fn main(
         acc = select(acc + v, acc - v, bit(params.core_offset, a * m + a2));
     }
     out[item] = acc * params.scale;
-#endif
 #endif
 }

@@ -284,8 +284,7 @@ async fn native_run(
     let mut engine = Engine::load(gpu, &data, &tokenizer).await?;
     drop(data);
     let load_ms = now_ms() - start;
-    engine.model.time_passes = config.gpu_time;
-    let report = measure(&engine, config.request(&image), load_ms, name, config.gpu_time).await?;
+    let report = measure(&mut engine, config.request(&image), load_ms, name, config.gpu_time).await?;
     let caches = measure_caches(&mut engine, name, &config.cache_contexts, config.cache_steps).await?;
     Ok((report, caches))
 }

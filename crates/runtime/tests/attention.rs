@@ -1,4 +1,4 @@
-//! Attention (both variants) against an f64 reference: bidirectional multi-tile vision
+//! Attention (every variant) against an f64 reference: bidirectional multi-tile vision
 //! attention, causal grouped-query prefill with an offset, decode against a larger KV cache,
 //! many keys (several passes), and head dims 32/64/72. Runs natively and in the browser.
 
@@ -6,7 +6,8 @@ mod common;
 
 use common::{EPS, assert_close, encoder, submit, upload, values, zeros};
 use pocketvlm_runtime::kernels::attention::{
-    Attention, AttentionShape, AttentionVariant, SPLIT_KEYS_BELOW, ValueKind, attention_reference,
+    Attention, AttentionShape, AttentionVariant, SCORES_MAX_KEYS, SPLIT_KEYS_BELOW, ValueKind,
+    attention_reference,
 };
 use pocketvlm_runtime::{DeviceOptions, Gpu, RuntimeError};
 
@@ -65,6 +66,16 @@ fn tolerance(q: &[f32], k: &[f32], v: &[f32], shape: AttentionShape) -> Vec<f32>
 }
 
 async fn attention_case(gpu: &Gpu, shape: AttentionShape, q_scale: f32, seed: u64) {
+    variants_case(gpu, shape, q_scale, seed, &AttentionVariant::ALL).await;
+}
+
+async fn variants_case(
+    gpu: &Gpu,
+    shape: AttentionShape,
+    q_scale: f32,
+    seed: u64,
+    variants: &[AttentionVariant],
+) {
     let AttentionShape { batch, queries, heads, kv_heads, head_dim, kv_capacity, .. } = shape;
     let q: Vec<f32> = values(seed, batch * queries * heads * head_dim).iter().map(|x| x * q_scale).collect();
     let k = values(seed + 1, batch * kv_capacity * kv_heads * head_dim);
@@ -72,13 +83,18 @@ async fn attention_case(gpu: &Gpu, shape: AttentionShape, q_scale: f32, seed: u6
     let (qb, kb, vb) = (upload(gpu, &q).await, upload(gpu, &k).await, upload(gpu, &v).await);
     let want = attention_reference(&q, &k, &v, shape);
     let tol = tolerance(&q, &k, &v, shape);
-    for variant in [AttentionVariant::QueryTiled, AttentionVariant::SplitKeys, AttentionVariant::PerQuery] {
+    for &variant in variants {
         let out = zeros(gpu, q.len()).await;
         let mut enc = encoder(gpu);
-        Attention { head_dim, variant, values: ValueKind::PerHead }
+        let result = Attention { head_dim, variant, values: ValueKind::PerHead }
             .encode(gpu, &mut enc, shape, &qb, &kb, &vb, &out)
-            .await
-            .unwrap();
+            .await;
+        if variant == AttentionVariant::Scores && shape.key_count() > SCORES_MAX_KEYS {
+            // Beyond its loop bound the scores variant refuses (for_shape never picks it there).
+            assert!(matches!(result, Err(RuntimeError::Shape(_))), "{shape:?}: {result:?}");
+            continue;
+        }
+        result.unwrap();
         submit(gpu, enc);
         let got = gpu.read_f32(&out, q.len()).await.unwrap();
         let what = format!("attention {variant:?} {shape:?}");
@@ -119,8 +135,12 @@ async fn check_shapes(gpu: &Gpu) {
     // Decode runs barrier-free on CPU adapters.
     let decode = if gpu.caps.cpu { AttentionVariant::PerQuery } else { AttentionVariant::SplitKeys };
     assert_eq!(Attention::for_shape(gpu, &AttentionShape::causal(1, 15, 5, 64, 9, 20)).variant, decode);
+    // Many queries: barrier-free materialised scores on CPU adapters up to their key bound.
     let prefill = AttentionShape::causal(SPLIT_KEYS_BELOW, 15, 5, 64, 0, 64);
-    assert_eq!(Attention::for_shape(gpu, &prefill).variant, AttentionVariant::QueryTiled);
+    let many = if gpu.caps.cpu { AttentionVariant::Scores } else { AttentionVariant::QueryTiled };
+    assert_eq!(Attention::for_shape(gpu, &prefill).variant, many);
+    let long = AttentionShape::causal(SPLIT_KEYS_BELOW, 15, 5, 64, SCORES_MAX_KEYS, SCORES_MAX_KEYS + 64);
+    assert_eq!(Attention::for_shape(gpu, &long).variant, AttentionVariant::QueryTiled);
 
     // Bad shapes are typed errors.
     let buf = zeros(gpu, 4096).await;
@@ -145,11 +165,21 @@ async fn check_shapes(gpu: &Gpu) {
     }
 }
 
+/// With bindings limited to 160 KiB, the scores of 3 tiles × 3 heads × 67 queries (166 KiB)
+/// take two calls of the scores variant's three stages.
+async fn check_split_scores() {
+    let options = DeviceOptions { max_storage_binding: Some(160 << 10) };
+    let gpu = Gpu::new(&options).await.expect("a GPU adapter");
+    let shape = AttentionShape::bidirectional(3, 67, 3, 64);
+    variants_case(&gpu, shape, 2.0, 13, &[AttentionVariant::Scores]).await;
+}
+
 #[cfg(not(target_arch = "wasm32"))]
 #[test]
 fn attention_matches_reference() {
     let gpu = pollster::block_on(Gpu::new(&DeviceOptions::default())).expect("a GPU adapter");
     pollster::block_on(check_shapes(&gpu));
+    pollster::block_on(check_split_scores());
 }
 
 #[cfg(target_arch = "wasm32")]
@@ -157,4 +187,5 @@ fn attention_matches_reference() {
 async fn attention_matches_reference_in_browser() {
     let gpu = Gpu::new(&DeviceOptions::default()).await.expect("WebGPU adapter");
     check_shapes(&gpu).await;
+    check_split_scores().await;
 }

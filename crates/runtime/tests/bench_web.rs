@@ -40,10 +40,9 @@ async fn bench() {
         let mut engine = Engine::load(gpu, &fetched.data, &fetched.tokenizer).await.unwrap();
         drop(fetched);
         let load_ms = now_ms() - start;
-        engine.model.time_passes = config.gpu_time;
 
         let report: BenchReport =
-            measure(&engine, config.request(&image), load_ms, model, config.gpu_time).await.unwrap();
+            measure(&mut engine, config.request(&image), load_ms, model, config.gpu_time).await.unwrap();
         console_log!("{REPORT_PREFIX}{}", serde_json::to_string(&report).unwrap());
         let caches =
             measure_caches(&mut engine, model, &config.cache_contexts, config.cache_steps).await.unwrap();

@@ -94,7 +94,7 @@ async fn latent_attention_case(gpu: &Gpu, shape: AttentionShape, rank: usize, in
     };
     let vd = kind.out_dim(hd);
     let (want, mag) = latent_sums(&q, &k, &latent, shape, rank, vd);
-    for variant in [AttentionVariant::QueryTiled, AttentionVariant::SplitKeys, AttentionVariant::PerQuery] {
+    for variant in AttentionVariant::ALL {
         let values = match (&out.1, kind) {
             (Some(scales), ValueKind::LatentI8 { words }) => {
                 Values::LatentI8 { words: &out.0, scales, words_per_row: words }

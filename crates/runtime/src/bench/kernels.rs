@@ -121,7 +121,7 @@ async fn attention(gpu: &Gpu) -> Result<Vec<KernelReport>> {
     let decode = AttentionShape::causal(1, 9, 3, 64, 1023, 1024);
     let mut reports = Vec::new();
     for (shape, variants) in [
-        (vision, [AttentionVariant::QueryTiled, AttentionVariant::PerQuery]),
+        (vision, [AttentionVariant::QueryTiled, AttentionVariant::Scores]),
         (decode, [AttentionVariant::SplitKeys, AttentionVariant::PerQuery]),
     ] {
         let q_len = shape.queries * shape.heads * shape.head_dim;

@@ -146,7 +146,7 @@ pub struct BenchReport {
     #[serde(default)]
     pub gpu_by_kind: Vec<KindRecording>,
     /// The vision tower's and the prefill's GPU time by kind of work (with
-    /// [`BenchConfig::gpu_time`], whose caller sets [`crate::model::Model::time_passes`]).
+    /// [`BenchConfig::gpu_time`]).
     #[serde(default)]
     pub vision_gpu_by_kind: Vec<KindRecording>,
     #[serde(default)]
@@ -199,16 +199,17 @@ fn per_second(count: usize, ms: f64) -> f64 {
 
 /// Run `request` (greedy whatever its sampling options) to the end and time it; `load_ms` is the
 /// caller's measurement of loading `engine`, `model` names it in the report; `gpu_time` times
-/// the later decode steps' dispatches on the GPU (see [`BenchConfig::gpu_time`]; the vision
-/// tower's and the prefill's too when the caller set [`crate::model::Model::time_passes`]).
+/// the dispatches of the vision tower, the prefill and the later decode steps on the GPU (see
+/// [`BenchConfig::gpu_time`]; it sets [`crate::model::Model::time_passes`]).
 pub async fn measure(
-    engine: &Engine,
+    engine: &mut Engine,
     mut request: Request,
     load_ms: f64,
     model: &str,
     gpu_time: bool,
 ) -> Result<BenchReport> {
     request.sampling = Default::default();
+    engine.model.time_passes = gpu_time;
     let image_tiles = match &request.image {
         Some(image) => {
             let split = request.split.unwrap_or(engine.preprocessor.default_split());

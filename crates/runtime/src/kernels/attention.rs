@@ -24,23 +24,31 @@
 //! the sums differs from one walk over the keys; tests hold every variant to the same bound
 //! against an f64 reference).
 //!
-//! Three variants: [`AttentionVariant::QueryTiled`] (one query per invocation, 64 per workgroup,
-//! keys staged through workgroup memory; for vision and prefill),
+//! **Materialised scores.** [`AttentionVariant::Scores`] writes `s_ij` for 4 queries × 4 keys
+//! per invocation, turns each row into `p_ij = exp(s_ij − m_i) / l_i` (exact max `m_i`, `l_i`
+//! summed in blocks of 64 keys), then sums `Σ_j p_ij v_j` for 4 queries × 16 values per
+//! invocation in blocks of 64 keys: every sum as blocked as the online variants', so the same
+//! error bound holds. The scores take `batch · heads · queries · keys · 4` bytes, split into
+//! calls of at most [`SCORES_BYTES`].
+//!
+//! Four variants: [`AttentionVariant::QueryTiled`] (one query per invocation, 64 per workgroup,
+//! keys staged through workgroup memory; for vision and prefill on GPUs),
 //! [`AttentionVariant::SplitKeys`] (one 256-invocation workgroup per query, keys split across
-//! invocations; for decode) and [`AttentionVariant::PerQuery`] (one invocation per query, head
-//! and chunk of keys reading them straight from storage, no barriers; for CPU adapters, where
-//! each barrier costs tens of microseconds). [`Attention::for_shape`] picks one.
+//! invocations; for decode on GPUs), [`AttentionVariant::PerQuery`] (one invocation per query,
+//! head and chunk of keys reading them straight from storage, no barriers; for decode on CPU
+//! adapters, where each barrier costs tens of microseconds) and [`AttentionVariant::Scores`]
+//! (register-blocked, no barriers; for vision and prefill on CPU adapters).
+//! [`Attention::for_shape`] picks one.
 
 use std::collections::BTreeMap;
 
 use bytemuck::{Pod, Zeroable};
 
 use super::Kernel;
-use super::util::{check_binding, dispatch, distinct, grid, require_size, slice};
+use super::util::{check_binding, chunks, dispatch, distinct, grid, require_size, slice};
 use crate::device::Gpu;
 use crate::encoder::Encoder;
 use crate::error::{Result, RuntimeError};
-use crate::pipelines::Pipeline;
 use crate::shader::Defines;
 
 /// Uniform block of `shaders/attention.wgsl` (must match `struct Params` there).
@@ -63,9 +71,13 @@ struct Params {
     /// Keys per chunk and chunks per row of the per-query variant.
     chunk_keys: u32,
     chunks: u32,
-    _pad: u32,
+    /// Row blocks of this call and the score rows' vec4s, of the scores variant.
+    block_begin: u32,
+    blocks: u32,
+    score_stride4: u32,
+    _pad: [u32; 2],
 }
-const _: () = assert!(std::mem::size_of::<Params>() == 64);
+const _: () = assert!(std::mem::size_of::<Params>() == 80);
 
 /// Uniform block of `shaders/attention_combine.wgsl`.
 #[repr(C)]
@@ -77,6 +89,32 @@ struct CombineParams {
     _pad: u32,
 }
 const _: () = assert!(std::mem::size_of::<CombineParams>() == 16);
+
+/// One stage of `shaders/attention_scores.wgsl` for an [`Attention`] kernel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ScoresStage {
+    Scores,
+    Softmax,
+    Values,
+}
+
+/// A stage of the scores variant with its kernel's head and value defines.
+struct ScoresKernel(Attention, ScoresStage);
+
+impl Kernel for ScoresKernel {
+    const SHADER: &'static str = "attention_scores";
+    fn defines(&self) -> Defines {
+        let ScoresKernel(attention, stage) = self;
+        // Only the values stage depends on what the values are (fewer pipelines to compile).
+        let (mut d, name) = match stage {
+            ScoresStage::Scores => (attention.head_defines(), "STAGE_SCORES"),
+            ScoresStage::Softmax => (Defines::new(), "STAGE_SOFTMAX"),
+            ScoresStage::Values => (attention.value_defines(), "STAGE_VALUES"),
+        };
+        d.insert(name.to_string(), String::new());
+        d
+    }
+}
 
 /// `shaders/attention_combine.wgsl`: merges the per-query variant's key chunks.
 struct Combine;
@@ -112,6 +150,12 @@ const PER_QUERY_GROUP: u64 = 16;
 const QUERY_TILE: usize = 64;
 /// Fewer queries than this use the split-keys variant in [`Attention::for_shape`].
 pub const SPLIT_KEYS_BELOW: usize = 32;
+/// Most keys the scores variant takes (its longest invocation, the softmax, walks a row three
+/// times: far below llvmpipe's loop cap); [`Attention::for_shape`] picks another beyond.
+pub const SCORES_MAX_KEYS: usize = 4096;
+/// Most bytes of scores one call of the scores variant's three stages holds (the planes are
+/// split across calls beyond), within every adapter's binding limit.
+pub const SCORES_BYTES: u64 = 64 << 20;
 
 /// Shapes of one attention call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -175,6 +219,11 @@ impl AttentionShape {
     pub fn visible_keys(&self, i: usize) -> usize {
         if self.causal { self.kv_len.min(self.q_offset + i + 1) } else { self.kv_len }
     }
+
+    /// Keys any query of the call attends to.
+    pub fn key_count(&self) -> usize {
+        self.visible_keys(self.queries.saturating_sub(1))
+    }
 }
 
 /// Which attention implementation runs.
@@ -187,6 +236,19 @@ pub enum AttentionVariant {
     /// One invocation per (query, head, chunk of keys), keys in order from storage, then one
     /// dispatch merging the chunks: no workgroup memory, no barriers.
     PerQuery,
+    /// Scores, softmax and values as three register-blocked dispatches with the scores in a
+    /// scratch buffer: no workgroup memory, no barriers; at most [`SCORES_MAX_KEYS`] keys.
+    Scores,
+}
+
+impl AttentionVariant {
+    /// Every variant (tests run each on every shape).
+    pub const ALL: [AttentionVariant; 4] = [
+        AttentionVariant::QueryTiled,
+        AttentionVariant::SplitKeys,
+        AttentionVariant::PerQuery,
+        AttentionVariant::Scores,
+    ];
 }
 
 /// What the values are.
@@ -252,20 +314,8 @@ pub struct Attention {
 impl Kernel for Attention {
     const SHADER: &'static str = "attention";
     fn defines(&self) -> Defines {
-        let mut d = BTreeMap::from([("HEAD_DIM".to_string(), self.head_dim.to_string())]);
+        let mut d = self.value_defines();
         let vd = self.values.out_dim(self.head_dim);
-        match self.values {
-            ValueKind::PerHead => {}
-            ValueKind::LatentF32 { .. } => {
-                d.insert("LATENT_F32".to_string(), String::new());
-            }
-            ValueKind::LatentI8 { .. } => {
-                d.insert("LATENT_I8".to_string(), String::new());
-            }
-        }
-        if vd != self.head_dim {
-            d.insert("VALUE_DIM".to_string(), vd.to_string());
-        }
         match self.variant {
             AttentionVariant::QueryTiled => {
                 // Staged keys and values within 16 KiB of workgroup memory.
@@ -279,18 +329,47 @@ impl Kernel for Attention {
             AttentionVariant::PerQuery => {
                 d.insert("PER_QUERY".to_string(), String::new());
             }
+            // Three stages of its own shader (`ScoresKernel`).
+            AttentionVariant::Scores => {}
         }
         d
     }
 }
 
 impl Attention {
-    /// The kernel suited to `shape` on `gpu`: for few queries, per query on CPU adapters (no
-    /// barriers) and split keys elsewhere; query-tiled otherwise.
+    /// The head dimension's define.
+    fn head_defines(&self) -> Defines {
+        BTreeMap::from([("HEAD_DIM".to_string(), self.head_dim.to_string())])
+    }
+
+    /// The defines every variant shares: the head dimension and what the values are.
+    fn value_defines(&self) -> Defines {
+        let mut d = self.head_defines();
+        let vd = self.values.out_dim(self.head_dim);
+        match self.values {
+            ValueKind::PerHead => {}
+            ValueKind::LatentF32 { .. } => {
+                d.insert("LATENT_F32".to_string(), String::new());
+            }
+            ValueKind::LatentI8 { .. } => {
+                d.insert("LATENT_I8".to_string(), String::new());
+            }
+        }
+        if vd != self.head_dim {
+            d.insert("VALUE_DIM".to_string(), vd.to_string());
+        }
+        d
+    }
+
+    /// The kernel suited to `shape` on `gpu`. CPU adapters take the barrier-free variants:
+    /// per query for few queries, materialised scores for many (up to [`SCORES_MAX_KEYS`]);
+    /// GPUs split the keys for few queries and tile the queries otherwise.
     pub fn for_shape(gpu: &Gpu, shape: &AttentionShape) -> Self {
-        let variant = match (shape.queries < SPLIT_KEYS_BELOW, gpu.caps.cpu) {
+        let few = shape.queries < SPLIT_KEYS_BELOW;
+        let variant = match (few, gpu.caps.cpu) {
             (true, true) => AttentionVariant::PerQuery,
             (true, false) => AttentionVariant::SplitKeys,
+            (false, true) if shape.key_count() <= SCORES_MAX_KEYS => AttentionVariant::Scores,
             (false, _) => AttentionVariant::QueryTiled,
         };
         Self { head_dim: shape.head_dim, variant, values: ValueKind::PerHead }
@@ -375,14 +454,8 @@ impl Attention {
         if q_bytes / 4 > u64::from(u32::MAX) || cap_elems > u64::from(u32::MAX) {
             return bad("too many elements");
         }
-        let max_groups = gpu.caps.max_workgroups_per_dimension as usize;
-        let (groups_x, groups_y) = match self.variant {
-            AttentionVariant::QueryTiled => (queries.div_ceil(QUERY_TILE), heads),
-            AttentionVariant::SplitKeys => (queries, heads),
-            AttentionVariant::PerQuery => (1, 1),
-        };
-        if groups_x > max_groups || groups_y > max_groups || batch > max_groups {
-            return bad("exceeds the dispatch limit");
+        if self.variant == AttentionVariant::Scores && shape.key_count() > SCORES_MAX_KEYS {
+            return bad(&format!("the scores variant takes at most {SCORES_MAX_KEYS} keys"));
         }
         require_size(q, q_bytes, "attention queries")?;
         require_size(out, out_bytes, "attention output")?;
@@ -404,9 +477,6 @@ impl Attention {
         check_binding(gpu, "attention queries", q_bytes)?;
         check_binding(gpu, "attention output", out_bytes)?;
         check_binding(gpu, "attention keys/values", kv_bytes.max(v_bytes))?;
-        let pipeline = gpu.pipelines.get(gpu, Self::SHADER, &self.defines()).await?;
-        // Keys any query of this call attends to.
-        let key_count = if causal { kv_len.min(q_offset + queries) } else { kv_len };
         // The stored latent row: f32 values, or the INT8 latent's words.
         let value_width = match self.values {
             ValueKind::LatentF32 { width } => width,
@@ -423,13 +493,16 @@ impl Attention {
             causal: u32::from(causal),
             scale: (head_dim as f64).powf(-0.5) as f32,
             key_begin: 0,
-            key_end: key_count as u32,
+            key_end: shape.key_count() as u32,
             first: 1,
             last: 1,
             value_width: value_width as u32,
             chunk_keys: 0,
             chunks: 0,
-            _pad: 0,
+            block_begin: 0,
+            blocks: 0,
+            score_stride4: 0,
+            _pad: [0; 2],
         };
         let bindings = Bindings {
             q: (q, q_bytes),
@@ -438,22 +511,50 @@ impl Attention {
             v_scales,
             out: (out, out_bytes),
         };
-        if self.variant == AttentionVariant::PerQuery {
-            let rows = batch * queries * heads;
-            return self.encode_chunks(gpu, encoder, &pipeline, params, &bindings, (rows, batch), vd).await;
+        match self.variant {
+            AttentionVariant::QueryTiled | AttentionVariant::SplitKeys => {
+                self.encode_passes(gpu, encoder, params, &bindings, batch).await
+            }
+            AttentionVariant::PerQuery => {
+                self.encode_chunks(gpu, encoder, params, &bindings, (batch * queries * heads, batch), vd)
+                    .await
+            }
+            AttentionVariant::Scores => self.encode_scores(gpu, encoder, params, &bindings, batch, vd).await,
         }
-        let per_pass = if self.variant == AttentionVariant::QueryTiled {
-            TILED_KEYS_PER_PASS
+    }
+
+    /// The query-tiled and split-keys variants: one dispatch per pass of at most
+    /// [`TILED_KEYS_PER_PASS`] / [`SPLIT_KEYS_PER_PASS`] keys, the softmax state carried between
+    /// passes in a scratch buffer.
+    async fn encode_passes(
+        &self,
+        gpu: &Gpu,
+        encoder: &mut Encoder,
+        params: Params,
+        bindings: &Bindings<'_>,
+        batch: usize,
+    ) -> Result<()> {
+        let (queries, heads) = (params.queries as usize, params.heads as usize);
+        let (groups_x, per_pass) = if self.variant == AttentionVariant::QueryTiled {
+            (queries.div_ceil(QUERY_TILE), TILED_KEYS_PER_PASS)
         } else {
-            SPLIT_KEYS_PER_PASS
+            (queries, SPLIT_KEYS_PER_PASS)
         };
+        let max_groups = gpu.caps.max_workgroups_per_dimension as usize;
+        if groups_x > max_groups || heads > max_groups || batch > max_groups {
+            return Err(RuntimeError::Shape(format!(
+                "attention of {queries} queries × {heads} heads × {batch} batches exceeds the dispatch limit"
+            )));
+        }
+        let pipeline = gpu.pipelines.get(gpu, Self::SHADER, &self.defines()).await?;
+        let key_count = params.key_end as usize;
         let passes = key_count.div_ceil(per_pass);
         // Running max and sum between passes ([batch, queries, heads, 2]); a 16-byte stand-in
         // when one pass suffices.
-        let ml_bytes = if passes > 1 { q_bytes / head_dim as u64 * 2 } else { 16 };
+        let ml_bytes = if passes > 1 { (batch * queries * heads * 8) as u64 } else { 16 };
         check_binding(gpu, "attention softmax state", ml_bytes)?;
         let ml = gpu.kernel_scratch("attention softmax state", ml_bytes);
-        let groups = (groups_x as u32, groups_y as u32, batch as u32);
+        let groups = (groups_x as u32, heads as u32, batch as u32);
         for pass in 0..passes {
             let params = Params {
                 key_begin: (pass * per_pass) as u32,
@@ -462,7 +563,14 @@ impl Attention {
                 last: u32::from(pass + 1 == passes),
                 ..params
             };
-            let resources = bindings.resources(slice(&ml, 0, ml_bytes));
+            let resources = bindings.resources(vec![
+                Slot::Q,
+                Slot::K,
+                Slot::V,
+                Slot::Out,
+                Slot::Other(slice(&ml, 0, ml_bytes)),
+                Slot::Scales,
+            ]);
             dispatch(gpu, encoder, &pipeline, "attention", bytemuck::bytes_of(&params), resources, groups);
         }
         Ok(())
@@ -471,17 +579,16 @@ impl Attention {
     /// The per-query variant: each (query, head) row's keys in chunks of at most
     /// [`PER_QUERY_ITERATIONS`] loop steps, one invocation per (row, chunk) writing its partial
     /// softmax into a scratch buffer, then [`Combine`] merging a row's chunks into `out`.
-    #[allow(clippy::too_many_arguments)]
     async fn encode_chunks(
         &self,
         gpu: &Gpu,
         encoder: &mut Encoder,
-        pipeline: &Pipeline,
         params: Params,
         bindings: &Bindings<'_>,
         (rows, batch): (usize, usize),
         vd: usize,
     ) -> Result<()> {
+        let pipeline = gpu.pipelines.get(gpu, Self::SHADER, &self.defines()).await?;
         let most = (PER_QUERY_ITERATIONS / ((self.head_dim + vd) / 4 + 1)).max(1);
         let chunk_keys =
             |keys: usize| keys.div_ceil(PER_QUERY_CHUNKS).max(PER_QUERY_MIN_CHUNK_KEYS).min(most);
@@ -498,11 +605,17 @@ impl Attention {
         let params = Params { chunk_keys: size as u32, chunks: chunks as u32, ..params };
         let items = (rows / batch * chunks) as u64;
         let (gx, gy) = grid(gpu, items.div_ceil(PER_QUERY_GROUP))?;
-        let resources = bindings.chunk_resources(slice(&part, 0, part_bytes));
+        let resources = bindings.resources(vec![
+            Slot::Q,
+            Slot::K,
+            Slot::V,
+            Slot::Other(slice(&part, 0, part_bytes)),
+            Slot::Scales,
+        ]);
         dispatch(
             gpu,
             encoder,
-            pipeline,
+            &pipeline,
             "attention",
             bytemuck::bytes_of(&params),
             resources,
@@ -510,12 +623,75 @@ impl Attention {
         );
         let combine = gpu.pipelines.get(gpu, Combine::SHADER, &Combine.defines()).await?;
         let cp = CombineParams { rows: rows as u32, chunks: chunks as u32, vd4: vd4 as u32, _pad: 0 };
-        let (out, out_bytes) = bindings.out;
-        let resources = vec![slice(&part, 0, part_bytes), slice(out, 0, out_bytes)];
+        let resources = bindings.resources(vec![Slot::Other(slice(&part, 0, part_bytes)), Slot::Out]);
         let (gx, gy) = grid(gpu, ((rows * vd4) as u64).div_ceil(QUERY_TILE as u64))?;
         dispatch(gpu, encoder, &combine, "attention", bytemuck::bytes_of(&cp), resources, (gx, gy, 1));
         Ok(())
     }
+
+    /// The scores variant: the (batch, head) planes' blocks of 4 queries in calls of at most
+    /// [`SCORES_BYTES`] of scores, each call three dispatches (scores, softmax, values) sharing
+    /// one scratch buffer.
+    async fn encode_scores(
+        &self,
+        gpu: &Gpu,
+        encoder: &mut Encoder,
+        params: Params,
+        bindings: &Bindings<'_>,
+        batch: usize,
+        vd: usize,
+    ) -> Result<()> {
+        let (queries, heads) = (params.queries as usize, params.heads as usize);
+        let stride4 = (params.key_end as usize).div_ceil(4);
+        let block_bytes = (4 * stride4 * 16) as u64;
+        let total_blocks = batch * heads * queries.div_ceil(4);
+        let limit = SCORES_BYTES.min(gpu.caps.max_storage_binding);
+        let per_call = ((limit / block_bytes) as usize).clamp(1, total_blocks);
+        let scores_bytes = per_call as u64 * block_bytes;
+        check_binding(gpu, "attention scores", scores_bytes)?;
+        let scores = gpu.kernel_scratch("attention scores", scores_bytes);
+        let mut pipelines = Vec::with_capacity(3);
+        for stage in [ScoresStage::Scores, ScoresStage::Softmax, ScoresStage::Values] {
+            let kernel = ScoresKernel(*self, stage);
+            pipelines.push(gpu.pipelines.get(gpu, ScoresKernel::SHADER, &kernel.defines()).await?);
+        }
+        let column_blocks = (vd / 4).div_ceil(4);
+        for (begin, blocks) in chunks(total_blocks, per_call) {
+            let params = Params {
+                block_begin: begin as u32,
+                blocks: blocks as u32,
+                score_stride4: stride4 as u32,
+                ..params
+            };
+            let scratch = || Slot::Other(slice(&scores, 0, scores_bytes));
+            let stages = [
+                ("attention scores", blocks * stride4, vec![Slot::Q, Slot::K, scratch()]),
+                ("attention softmax", blocks * 4, vec![scratch()]),
+                (
+                    "attention values",
+                    blocks * column_blocks,
+                    vec![scratch(), Slot::V, Slot::Out, Slot::Scales],
+                ),
+            ];
+            for (pipeline, (label, items, slots)) in pipelines.iter().zip(stages) {
+                let (gx, gy) = grid(gpu, (items as u64).div_ceil(64))?;
+                let resources = bindings.resources(slots);
+                dispatch(gpu, encoder, pipeline, label, bytemuck::bytes_of(&params), resources, (gx, gy, 1));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A binding of an attention dispatch: one of the call's buffers, or a scratch range.
+enum Slot<'a> {
+    Q,
+    K,
+    V,
+    Out,
+    /// The INT8 latent's scales; nothing for other values.
+    Scales,
+    Other(wgpu::BindingResource<'a>),
 }
 
 /// The buffers of one attention call, each with the bytes bound.
@@ -528,34 +704,20 @@ struct Bindings<'a> {
 }
 
 impl<'a> Bindings<'a> {
-    /// Bindings 1–6 of `attention.wgsl` with `state` (softmax state or chunks) at binding 5.
-    fn resources(&self, state: wgpu::BindingResource<'a>) -> Vec<wgpu::BindingResource<'a>> {
-        let mut resources = vec![
-            slice(self.q.0, 0, self.q.1),
-            slice(self.k.0, 0, self.k.1),
-            slice(self.v.0, 0, self.v.1),
-            slice(self.out.0, 0, self.out.1),
-            state,
-        ];
-        if let Some((scales, bytes)) = self.v_scales {
-            resources.push(slice(scales, 0, bytes));
-        }
-        resources
-    }
-
-    /// Bindings 1–5 of `attention.wgsl`'s per-query variant: `part` takes the place of the
-    /// output and the softmax state.
-    fn chunk_resources(&self, part: wgpu::BindingResource<'a>) -> Vec<wgpu::BindingResource<'a>> {
-        let mut resources = vec![
-            slice(self.q.0, 0, self.q.1),
-            slice(self.k.0, 0, self.k.1),
-            slice(self.v.0, 0, self.v.1),
-            part,
-        ];
-        if let Some((scales, bytes)) = self.v_scales {
-            resources.push(slice(scales, 0, bytes));
-        }
-        resources
+    /// The resources of `slots`, in order, for bindings 1, 2, … of a dispatch.
+    fn resources(&self, slots: Vec<Slot<'a>>) -> Vec<wgpu::BindingResource<'a>> {
+        let bound = |(buffer, bytes): (&'a wgpu::Buffer, u64)| slice(buffer, 0, bytes);
+        slots
+            .into_iter()
+            .filter_map(|slot| match slot {
+                Slot::Q => Some(bound(self.q)),
+                Slot::K => Some(bound(self.k)),
+                Slot::V => Some(bound(self.v)),
+                Slot::Out => Some(bound(self.out)),
+                Slot::Scales => self.v_scales.map(bound),
+                Slot::Other(resource) => Some(resource),
+            })
+            .collect()
     }
 }
 

@@ -61,8 +61,11 @@ struct RotateParams {
     core_offset: u32,
     scale: f32,
     has_core: u32,
+    /// Distance between the values one invocation of a butterfly level holds.
+    stride: u32,
+    _pad: [u32; 3],
 }
-const _: () = assert!(std::mem::size_of::<RotateParams>() == 32);
+const _: () = assert!(std::mem::size_of::<RotateParams>() == 48);
 
 /// An online rotation ready for [`Rotate`]: its factors and constant, and a GPU table with its
 /// sign mask and Hadamard core as bits.
@@ -103,6 +106,8 @@ impl RotationTable {
             core_offset: core_offset as u32,
             scale: rotation.scale_f32(),
             has_core: u32::from(core.is_some()),
+            stride: 1,
+            _pad: [0; 3],
         };
         Ok(Self { params, table, key: (rotation.construction(), m, p, rotation.seed()) })
     }
@@ -128,32 +133,47 @@ fn bits_to_words(bits: &[bool]) -> Vec<u32> {
 }
 
 /// `shaders/rotate.wgsl`: `out ← R·data` for `tokens` rows of f32 `[tokens, n]`: signs and
-/// butterflies in place in `data` (which is overwritten) — on runs of at most [`ROTATE_SUB`]
-/// consecutive values, then, for longer Walsh–Hadamard blocks, across them —, then the core and
-/// the scale per output value into `out` (one invocation per value, any core order; `m·n` adds
-/// per row).
+/// butterflies in place in `data` (which is overwritten), in levels of at most
+/// [`ROTATE_LEVEL_STAGES`] butterfly stages whose invocations hold their values in registers
+/// (level `L` pairs values `16^L·h` apart, `h < 16`), then the core and the scale per output
+/// value into `out` (one invocation per value, any core order; `m·n` adds per row).
 pub struct Rotate;
 
-/// Longest run of values one invocation of the butterfly stage walks (`SUB` in `rotate.wgsl`).
-pub const ROTATE_SUB: usize = 1024;
+/// Butterfly stages one level of [`Rotate`] runs (an invocation holds `2^` this many values).
+pub const ROTATE_LEVEL_STAGES: u32 = 4;
 
 /// One of the dispatches of [`Rotate`].
 enum RotateStage {
-    Blocks,
-    Strided,
+    /// A level of butterflies, `width` values per invocation.
+    Level {
+        width: usize,
+    },
     Core,
 }
 
 impl Kernel for RotateStage {
     const SHADER: &'static str = "rotate";
     fn defines(&self) -> Defines {
-        let name = match self {
-            Self::Blocks => "STAGE_BLOCKS",
-            Self::Strided => "STAGE_STRIDED",
-            Self::Core => "STAGE_CORE",
-        };
-        BTreeMap::from([(name.to_string(), String::new())])
+        match self {
+            Self::Level { width } => BTreeMap::from([
+                ("STAGE_LEVEL".to_string(), String::new()),
+                ("WIDTH".to_string(), width.to_string()),
+            ]),
+            Self::Core => BTreeMap::from([("STAGE_CORE".to_string(), String::new())]),
+        }
     }
+}
+
+/// The butterfly levels of a Walsh–Hadamard block of `p` values (a power of two): `(stride,
+/// width)` per level, the last level narrower when `log2 p` is not a multiple of
+/// [`ROTATE_LEVEL_STAGES`]; one level of width 1 (the signs alone) when `p = 1`.
+fn butterfly_levels(p: usize) -> Vec<(usize, usize)> {
+    let stages = p.trailing_zeros();
+    let per = ROTATE_LEVEL_STAGES;
+    if stages == 0 {
+        return vec![(1, 1)];
+    }
+    (0..stages.div_ceil(per)).map(|l| (1 << (per * l), 1 << (stages - per * l).min(per))).collect()
 }
 
 impl Rotate {
@@ -173,19 +193,18 @@ impl Rotate {
         distinct(data, out, "a rotation's input and output")?;
         let params = RotateParams { tokens: tokens as u32, ..rotation.params };
         let table = slice(&rotation.table, 0, rotation.table.size());
-        let (n, m, p) = (rotation.size(), params.m as usize, params.p as usize);
-        let sub = p.min(ROTATE_SUB);
-        let mut stages =
-            vec![(RotateStage::Blocks, tokens * n / sub, vec![slice(data, 0, bytes), table.clone()])];
-        if p > sub {
-            stages.push((RotateStage::Strided, tokens * m * sub, vec![slice(data, 0, bytes)]));
-        }
-        stages.push((
-            RotateStage::Core,
-            tokens * n,
-            vec![slice(data, 0, bytes), table, slice(out, 0, bytes)],
-        ));
-        for (stage, items, resources) in stages {
+        let n = rotation.size();
+        let mut stages: Vec<_> = butterfly_levels(params.p as usize)
+            .into_iter()
+            .map(|(stride, width)| {
+                let params = RotateParams { stride: stride as u32, ..params };
+                let resources = vec![slice(data, 0, bytes), table.clone()];
+                (RotateStage::Level { width }, params, tokens * n / width, resources)
+            })
+            .collect();
+        let core = vec![slice(data, 0, bytes), table.clone(), slice(out, 0, bytes)];
+        stages.push((RotateStage::Core, params, tokens * n, core));
+        for (stage, params, items, resources) in stages {
             let pipeline = gpu.pipelines.get(gpu, RotateStage::SHADER, &stage.defines()).await?;
             let (gx, gy) = grid(gpu, groups(items, INVOCATIONS) as u64)?;
             dispatch(gpu, encoder, &pipeline, "rotate", bytemuck::bytes_of(&params), resources, (gx, gy, 1));
