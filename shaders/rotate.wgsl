@@ -15,16 +15,21 @@
 // entries (bit a m + a' set = -1, from word `core_offset`).
 //
 // Dispatches, no workgroup memory and no barriers, so any width works within WebGPU's default
-// limits (the connector's 12 288 included):
-//   STAGE_LEVEL (one per level of at most 4 butterfly stages): the stages h = stride, 2 stride,
-//     ..., (WIDTH / 2) stride, with WIDTH <= 16 values per invocation held in registers: an
-//     invocation takes the values base + k stride, k < WIDTH, of one block (stride = 16^level),
-//     so neighbouring invocations read neighbouring values from the second level on. The first
-//     level (stride 1) applies the signs first. Each butterfly is the same operation on the same
-//     operands, stage by stage in the contract's order, whichever invocation does it.
-//   STAGE_CORE: one invocation to each output value (steps 3-4: y_{a p + b} from the m values
-//     x_{a' p + b} of `data`, written to `out`, so no invocation reads what another writes and
-//     any core order works: the 2.2B connector's 10 368 = 648 * 16 needs 648).
+// limits (the connector's 12 288 included). CPU adapters pay per invocation and per scalar
+// load, so each invocation moves vec4s and does several butterflies or outputs:
+//   levels of at most 4 butterfly stages, one dispatch each: the stages h = stride, 2 stride,
+//     ..., (WIDTH / 2) stride on WIDTH <= 16 values held in registers, in the contract's stage
+//     order (each butterfly is the same operation on the same operands whichever invocation does
+//     it):
+//     LEVEL_FIRST    stride 1, WIDTH 16: 16 consecutive values (four vec4s) per invocation,
+//                    signs first; the butterflies h = 1, 2 inside each vec4, h = 4, 8 across;
+//     LEVEL_COLUMNS  stride 16^level: four neighbouring columns (a vec4) of WIDTH values
+//                    `stride` apart per invocation;
+//     LEVEL_SCALAR   stride 1, WIDTH = p < 16 (small blocks): WIDTH scalars, signs first;
+//   CORE4 (p % 4 == 0) / CORE: steps 3-4 for four (or one) b of a row, core_rows outputs
+//     y_{a p + b} (all m unless m * m loop steps would pass llvmpipe's 65535 per invocation),
+//     each from the m values x_{a' p + b} of `data`, written to `out` (no invocation reads what
+//     another writes, any core order works: the 2.2B connector's 10 368 = 648 * 16 needs 648).
 // Work items lie on a 2-D grid of 64-invocation workgroups.
 
 #include grid
@@ -39,15 +44,22 @@ struct Params {
     scale: f32,
     has_core: u32,
     stride: u32,
-    _pad0: u32,
+    core_rows: u32,
     _pad1: u32,
     _pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
+#ifdef VEC4
+@group(0) @binding(1) var<storage, read_write> data: array<vec4<f32>>;
+#else
 @group(0) @binding(1) var<storage, read_write> data: array<f32>;
+#endif
 @group(0) @binding(2) var<storage, read> table: array<u32>;
-#ifdef STAGE_CORE
+#ifdef CORE4
+@group(0) @binding(3) var<storage, read_write> out: array<vec4<f32>>;
+#endif
+#ifdef CORE
 @group(0) @binding(3) var<storage, read_write> out: array<f32>;
 #endif
 
@@ -55,9 +67,29 @@ fn bit(word0: u32, i: u32) -> bool {
     return ((table[word0 + i / 32u] >> (i % 32u)) & 1u) != 0u;
 }
 
-#ifdef STAGE_LEVEL
+#ifdef WIDTH
 const WIDTH: u32 = {{WIDTH}}u;
 #endif
+
+// The butterfly (u, v) <- (u + v, u - v) on vec4 lanes.
+fn bf(u: ptr<function, vec4<f32>>, v: ptr<function, vec4<f32>>) {
+    let a = *u;
+    let b = *v;
+    *u = a + b;
+    *v = a - b;
+}
+
+// The butterflies h = 1 and h = 2 inside the four consecutive values of x.
+fn bf_inside(x: vec4<f32>) -> vec4<f32> {
+    let y = vec4<f32>(x.x + x.y, x.x - x.y, x.z + x.w, x.z - x.w);
+    return vec4<f32>(y.x + y.z, y.y + y.w, y.x - y.z, y.y - y.w);
+}
+
+// x, negated in the lanes whose bit (from bit `shift` of `bits`) is set.
+fn signed4(x: vec4<f32>, bits: u32, shift: u32) -> vec4<f32> {
+    let negate = ((vec4<u32>(bits) >> (vec4<u32>(shift) + vec4<u32>(0u, 1u, 2u, 3u))) & vec4<u32>(1u)) != vec4<u32>(0u);
+    return select(x, -x, negate);
+}
 
 @compute @workgroup_size(64, 1, 1)
 fn main(
@@ -69,19 +101,74 @@ fn main(
     let n = params.n;
     let m = params.m;
     let p = params.p;
-#ifdef STAGE_LEVEL
-    // item = (span, lo): the values span * stride * WIDTH + lo + k * stride, k < WIDTH (spans of
-    // stride * WIDTH values tile the blocks, which tile the rows)
+#ifdef LEVEL_FIRST
+    // item = one run of 16 consecutive values (runs tile the blocks, which tile the rows)
+    if (item >= params.tokens * (n / 16u)) {
+        return;
+    }
+    var x0 = data[4u * item];
+    var x1 = data[4u * item + 1u];
+    var x2 = data[4u * item + 2u];
+    var x3 = data[4u * item + 3u];
+    if (params.has_signs != 0u) {
+        // the run's 16 sign bits lie in one word (runs start at multiples of 16 of a row)
+        let first = (16u * item) % n;
+        let bits = (table[first / 32u] >> (first % 32u)) & 0xffffu;
+        x0 = signed4(x0, bits, 0u);
+        x1 = signed4(x1, bits, 4u);
+        x2 = signed4(x2, bits, 8u);
+        x3 = signed4(x3, bits, 12u);
+    }
+    x0 = bf_inside(x0);
+    x1 = bf_inside(x1);
+    x2 = bf_inside(x2);
+    x3 = bf_inside(x3);
+    bf(&x0, &x1);
+    bf(&x2, &x3);
+    bf(&x0, &x2);
+    bf(&x1, &x3);
+    data[4u * item] = x0;
+    data[4u * item + 1u] = x1;
+    data[4u * item + 2u] = x2;
+    data[4u * item + 3u] = x3;
+#endif
+#ifdef LEVEL_COLUMNS
+    // item = (span, lo4): the vec4s span * s4 * WIDTH + lo4 + k * s4, k < WIDTH, s4 = stride / 4
+    // (spans of stride * WIDTH values tile the blocks, which tile the rows)
+    if (item >= params.tokens * (n / (4u * WIDTH))) {
+        return;
+    }
+    let s4 = params.stride / 4u;
+    let base = (item / s4) * s4 * WIDTH + item % s4;
+    var x: array<vec4<f32>, WIDTH>;
+    for (var k = 0u; k < WIDTH; k++) {
+        x[k] = data[base + k * s4];
+    }
+    for (var h = 1u; h < WIDTH; h = h * 2u) {
+        for (var j = 0u; j < WIDTH; j++) {
+            if ((j & h) == 0u) {
+                let u = x[j];
+                let v = x[j + h];
+                x[j] = u + v;
+                x[j + h] = u - v;
+            }
+        }
+    }
+    for (var k = 0u; k < WIDTH; k++) {
+        data[base + k * s4] = x[k];
+    }
+#endif
+#ifdef LEVEL_SCALAR
+    // item = one block of WIDTH = p consecutive values
     if (item >= params.tokens * (n / WIDTH)) {
         return;
     }
-    let s = params.stride;
-    let base = (item / s) * s * WIDTH + item % s;
+    let base = item * WIDTH;
     var x: array<f32, WIDTH>;
     for (var k = 0u; k < WIDTH; k++) {
-        x[k] = data[base + k * s];
+        x[k] = data[base + k];
     }
-    if (s == 1u && params.has_signs != 0u) {
+    if (params.has_signs != 0u) {
         let first = base % n;
         for (var k = 0u; k < WIDTH; k++) {
             if (bit(0u, first + k)) {
@@ -100,27 +187,57 @@ fn main(
         }
     }
     for (var k = 0u; k < WIDTH; k++) {
-        data[base + k * s] = x[k];
+        data[base + k] = x[k];
     }
-#else
-    // STAGE_CORE: item = (t, a p + b), one value of row t
-    if (item >= params.tokens * n) {
+#endif
+#ifdef CORE4
+    // item = (t, b4, chunk): the values 4 b4 .. 4 b4 + 3 of the blocks a of row t with
+    // a / core_rows = chunk, in vec4 units
+    let p4 = p / 4u;
+    let chunks = (m + params.core_rows - 1u) / params.core_rows;
+    if (item >= params.tokens * p4 * chunks) {
         return;
     }
-    if (params.has_core == 0u) {
-        out[item] = data[item] * params.scale;
+    let row = (item / (p4 * chunks)) * (n / 4u);
+    let b = item % p4;
+    let a0 = (item / p4) % chunks * params.core_rows;
+    for (var a = a0; a < min(a0 + params.core_rows, m); a++) {
+        let i = row + a * p4 + b;
+        if (params.has_core == 0u) {
+            out[i] = data[i] * params.scale;
+            continue;
+        }
+        let first = data[row + b];
+        var acc = select(first, -first, bit(params.core_offset, a * m));
+        for (var a2 = 1u; a2 < m; a2++) {
+            let v = data[row + a2 * p4 + b];
+            acc = select(acc + v, acc - v, bit(params.core_offset, a * m + a2));
+        }
+        out[i] = acc * params.scale;
+    }
+#endif
+#ifdef CORE
+    // item = (t, b, chunk): the value b of the blocks a of row t with a / core_rows = chunk
+    let chunks = (m + params.core_rows - 1u) / params.core_rows;
+    if (item >= params.tokens * p * chunks) {
         return;
     }
-    let base = (item / n) * n;
-    let i = item % n;
-    let a = i / p;
-    let b = i % p;
-    let first = data[base + b];
-    var acc = select(first, -first, bit(params.core_offset, a * m));
-    for (var a2 = 1u; a2 < m; a2++) {
-        let v = data[base + a2 * p + b];
-        acc = select(acc + v, acc - v, bit(params.core_offset, a * m + a2));
+    let row = (item / (p * chunks)) * n;
+    let b = item % p;
+    let a0 = (item / p) % chunks * params.core_rows;
+    for (var a = a0; a < min(a0 + params.core_rows, m); a++) {
+        let i = row + a * p + b;
+        if (params.has_core == 0u) {
+            out[i] = data[i] * params.scale;
+            continue;
+        }
+        let first = data[row + b];
+        var acc = select(first, -first, bit(params.core_offset, a * m));
+        for (var a2 = 1u; a2 < m; a2++) {
+            let v = data[row + a2 * p + b];
+            acc = select(acc + v, acc - v, bit(params.core_offset, a * m + a2));
+        }
+        out[i] = acc * params.scale;
     }
-    out[item] = acc * params.scale;
 #endif
 }

@@ -63,7 +63,9 @@ struct RotateParams {
     has_core: u32,
     /// Distance between the values one invocation of a butterfly level holds.
     stride: u32,
-    _pad: [u32; 3],
+    /// Outputs per column one invocation of the core computes.
+    core_rows: u32,
+    _pad: [u32; 2],
 }
 const _: () = assert!(std::mem::size_of::<RotateParams>() == 48);
 
@@ -107,7 +109,8 @@ impl RotationTable {
             scale: rotation.scale_f32(),
             has_core: u32::from(core.is_some()),
             stride: 1,
-            _pad: [0; 3],
+            core_rows: core_rows(m) as u32,
+            _pad: [0; 2],
         };
         Ok(Self { params, table, key: (rotation.construction(), m, p, rotation.seed()) })
     }
@@ -135,45 +138,82 @@ fn bits_to_words(bits: &[bool]) -> Vec<u32> {
 /// `shaders/rotate.wgsl`: `out ← R·data` for `tokens` rows of f32 `[tokens, n]`: signs and
 /// butterflies in place in `data` (which is overwritten), in levels of at most
 /// [`ROTATE_LEVEL_STAGES`] butterfly stages whose invocations hold their values in registers
-/// (level `L` pairs values `16^L·h` apart, `h < 16`), then the core and the scale per output
-/// value into `out` (one invocation per value, any core order; `m·n` adds per row).
+/// (level `L` pairs values `16^L·h` apart, `h < 16`; vec4 loads where the block allows), then
+/// the core and the scale into `out` (one invocation per four columns of a row's blocks, all `m`
+/// outputs of each; `m·n` adds per row).
 pub struct Rotate;
 
 /// Butterfly stages one level of [`Rotate`] runs (an invocation holds `2^` this many values).
 pub const ROTATE_LEVEL_STAGES: u32 = 4;
 
-/// One of the dispatches of [`Rotate`].
+/// Loop steps one invocation of the core may take (`m` per output; far below llvmpipe's cap).
+const CORE_STEPS: usize = 16384;
+
+/// Outputs per column one invocation of the core computes for a core of order `m`.
+fn core_rows(m: usize) -> usize {
+    (CORE_STEPS / m.max(1)).clamp(1, m.max(1))
+}
+
+/// One of the dispatches of [`Rotate`] (see `rotate.wgsl`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum RotateStage {
-    /// A level of butterflies, `width` values per invocation.
-    Level {
+    /// Signs and the butterflies h = 1 … 8 on 16 consecutive values (p ≥ 16).
+    LevelFirst,
+    /// Butterflies at `stride` ≥ 16 on four columns of `width` values.
+    LevelColumns {
         width: usize,
     },
+    /// Signs and all butterflies of a small block (p < 16) of `width` = p scalars.
+    LevelScalar {
+        width: usize,
+    },
+    /// Core and scale, four columns per invocation (p % 4 = 0), or one.
+    Core4,
     Core,
 }
 
 impl Kernel for RotateStage {
     const SHADER: &'static str = "rotate";
     fn defines(&self) -> Defines {
+        let flag = |name: &str| (name.to_string(), String::new());
+        let width = |w: &usize| ("WIDTH".to_string(), w.to_string());
         match self {
-            Self::Level { width } => BTreeMap::from([
-                ("STAGE_LEVEL".to_string(), String::new()),
-                ("WIDTH".to_string(), width.to_string()),
-            ]),
-            Self::Core => BTreeMap::from([("STAGE_CORE".to_string(), String::new())]),
+            Self::LevelFirst => BTreeMap::from([flag("LEVEL_FIRST"), flag("VEC4")]),
+            Self::LevelColumns { width: w } => {
+                BTreeMap::from([flag("LEVEL_COLUMNS"), flag("VEC4"), width(w)])
+            }
+            Self::LevelScalar { width: w } => BTreeMap::from([flag("LEVEL_SCALAR"), width(w)]),
+            Self::Core4 => BTreeMap::from([flag("CORE4"), flag("VEC4")]),
+            Self::Core => BTreeMap::from([flag("CORE")]),
         }
     }
 }
 
-/// The butterfly levels of a Walsh–Hadamard block of `p` values (a power of two): `(stride,
-/// width)` per level, the last level narrower when `log2 p` is not a multiple of
-/// [`ROTATE_LEVEL_STAGES`]; one level of width 1 (the signs alone) when `p = 1`.
-fn butterfly_levels(p: usize) -> Vec<(usize, usize)> {
-    let stages = p.trailing_zeros();
-    let per = ROTATE_LEVEL_STAGES;
-    if stages == 0 {
-        return vec![(1, 1)];
+impl RotateStage {
+    /// The dispatches of a rotation of `n = m·p` values (`p` a power of two), with the stride
+    /// of each and its work items per row.
+    fn plan(n: usize, m: usize, p: usize) -> Vec<(RotateStage, usize, usize)> {
+        let stages = p.trailing_zeros();
+        let per = ROTATE_LEVEL_STAGES;
+        let mut plan: Vec<_> = (0..stages.div_ceil(per).max(1))
+            .map(|level| {
+                let stride = 1usize << (per * level);
+                let width = 1usize << stages.saturating_sub(per * level).min(per);
+                match (stride, width) {
+                    (1, 16) => (RotateStage::LevelFirst, 1, n / 16),
+                    (1, _) => (RotateStage::LevelScalar { width }, 1, n / width),
+                    _ => (RotateStage::LevelColumns { width }, stride, n / (4 * width)),
+                }
+            })
+            .collect();
+        let chunks = m.div_ceil(core_rows(m));
+        plan.push(if p.is_multiple_of(4) {
+            (RotateStage::Core4, 1, p / 4 * chunks)
+        } else {
+            (RotateStage::Core, 1, p * chunks)
+        });
+        plan
     }
-    (0..stages.div_ceil(per)).map(|l| (1 << (per * l), 1 << (stages - per * l).min(per))).collect()
 }
 
 impl Rotate {
@@ -191,22 +231,20 @@ impl Rotate {
         require_size(out, bytes, "rotated rows' output")?;
         check_binding(gpu, "rotated rows", bytes)?;
         distinct(data, out, "a rotation's input and output")?;
-        let params = RotateParams { tokens: tokens as u32, ..rotation.params };
         let table = slice(&rotation.table, 0, rotation.table.size());
-        let n = rotation.size();
-        let mut stages: Vec<_> = butterfly_levels(params.p as usize)
-            .into_iter()
-            .map(|(stride, width)| {
-                let params = RotateParams { stride: stride as u32, ..params };
-                let resources = vec![slice(data, 0, bytes), table.clone()];
-                (RotateStage::Level { width }, params, tokens * n / width, resources)
-            })
-            .collect();
-        let core = vec![slice(data, 0, bytes), table.clone(), slice(out, 0, bytes)];
-        stages.push((RotateStage::Core, params, tokens * n, core));
-        for (stage, params, items, resources) in stages {
+        let RotateParams { n, m, p, .. } = rotation.params;
+        for (stage, stride, items) in RotateStage::plan(n as usize, m as usize, p as usize) {
+            let params = RotateParams { tokens: tokens as u32, stride: stride as u32, ..rotation.params };
+            // The table holds signs and core: the later butterfly levels read neither.
+            let mut resources = vec![slice(data, 0, bytes)];
+            if !matches!(stage, RotateStage::LevelColumns { .. }) {
+                resources.push(table.clone());
+            }
+            if matches!(stage, RotateStage::Core4 | RotateStage::Core) {
+                resources.push(slice(out, 0, bytes));
+            }
             let pipeline = gpu.pipelines.get(gpu, RotateStage::SHADER, &stage.defines()).await?;
-            let (gx, gy) = grid(gpu, groups(items, INVOCATIONS) as u64)?;
+            let (gx, gy) = grid(gpu, groups(tokens * items, INVOCATIONS) as u64)?;
             dispatch(gpu, encoder, &pipeline, "rotate", bytemuck::bytes_of(&params), resources, (gx, gy, 1));
         }
         Ok(())
