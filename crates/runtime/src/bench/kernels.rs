@@ -9,6 +9,7 @@
 //! deterministic small values (their contents do not change the work).
 
 use pocketvlm_format::Encoding;
+use pocketvlm_format::quant::{Construction, Rotation};
 use serde::{Deserialize, Serialize};
 
 use super::values;
@@ -17,7 +18,9 @@ use crate::encoder::Encoder;
 use crate::error::Result;
 use crate::kernels::attention::{Attention, AttentionShape, AttentionVariant, ValueKind};
 use crate::kernels::matmul::{MatVec, Matmul, MatmulShape};
-use crate::kernels::quant::{QMatmul, QuantWeightsGpu, QuantizedRows, activation_words};
+use crate::kernels::quant::{
+    QMatmul, QuantWeightsGpu, QuantizedRows, Rotate, RotationTable, activation_words,
+};
 use crate::tensor::Tensor;
 
 /// Prefix of the line the browser bench prints each [`KernelReport`] on.
@@ -110,6 +113,32 @@ pub async fn measure_kernels(gpu: &Gpu) -> Result<Vec<KernelReport>> {
         }
     }
     reports.extend(attention(gpu).await?);
+    reports.extend(rotations(gpu).await?);
+    Ok(reports)
+}
+
+/// Online rotations (Kronecker, with signs) at the 256M model's widths: the vision tower's
+/// 768 and 3072 over one tile's 1024 patches, the decoder's 576 and 1536 at decode; the shape
+/// column names the factors `m·p` (core order, Walsh–Hadamard block). The count in the G MAC/s
+/// column is adds and subtracts: `rows · n · (log₂ p + m)` (butterflies, then the core).
+async fn rotations(gpu: &Gpu) -> Result<Vec<KernelReport>> {
+    let mut reports = Vec::new();
+    for (rows, n) in [(1024, 768), (1024, 3072), (1, 576), (1, 1536)] {
+        let rotation = Rotation::new(n, Construction::Kronecker, Some(1)).map_err(|e| {
+            crate::error::RuntimeError::UnsupportedModel(format!("bench rotation of {n}: {e}"))
+        })?;
+        let (m, p) = rotation.factors();
+        let table = RotationTable::new(gpu, &rotation).await?;
+        let data = values_buffer(gpu, rows * n, 7).await?;
+        let out = gpu.zeroed_buffer("rotated", (rows * n * 4) as u64).await?;
+        let adds = (rows * n * (p.trailing_zeros() as usize + m)) as f64;
+        let label = format!("[{rows}, {n}], {m}·{p}");
+        let report = time_macs(gpu, "rotate (adds)", label, adds, async |gpu: &Gpu, e: &mut Encoder| {
+            Rotate.encode(gpu, e, &table, &data, &out, rows).await
+        })
+        .await?;
+        reports.push(report);
+    }
     Ok(reports)
 }
 
