@@ -156,7 +156,7 @@ pub const SCORES_MAX_KEYS: usize = 4096;
 /// Most bytes of scores one call of the scores variant's three stages holds (the planes are
 /// split across calls beyond), within every adapter's binding limit. The buffer stays allocated
 /// with the device, so it is kept small: a 512-px tile's 12 heads (48 MiB of scores) take three
-/// calls, three more dispatches per layer, ~0.1 ms each against ~2 s of attention in Chromium.
+/// calls, six more dispatches per layer, ~0.1 ms each against ~2 s of attention in Chromium.
 pub const SCORES_BYTES: u64 = 16 << 20;
 
 /// Shapes of one attention call.
