@@ -139,8 +139,8 @@ fn bits_to_words(bits: &[bool]) -> Vec<u32> {
 /// butterflies in place in `data` (which is overwritten), in levels of at most
 /// [`ROTATE_LEVEL_STAGES`] butterfly stages whose invocations hold their values in registers
 /// (level `L` pairs values `16^L·h` apart, `h < 16`; vec4 loads where the block allows), then
-/// the core and the scale into `out` (one invocation per four columns of a row's blocks, all `m`
-/// outputs of each; `m·n` adds per row).
+/// the core and the scale into `out` (one invocation per four columns of a row's blocks and
+/// as many of its `m` outputs as llvmpipe's loop cap allows; `m·n` adds per row).
 pub struct Rotate;
 
 /// Butterfly stages one level of [`Rotate`] runs (an invocation holds `2^` this many values).
