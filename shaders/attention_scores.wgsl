@@ -23,6 +23,7 @@
 // Values are per-head rows or a shared latent (lib/attention.wgsl's value4).
 
 #include grid
+#include block
 
 #include attention
 
@@ -109,12 +110,7 @@ fn main(
         let k3 = k[kr[3] + d];
         for (var r = 0u; r < 4u; r++) {
             let a = q[qr[r] + d];
-            var s = acc[r];
-            s = fma(vec4<f32>(a.x), vec4<f32>(k0.x, k1.x, k2.x, k3.x), s);
-            s = fma(vec4<f32>(a.y), vec4<f32>(k0.y, k1.y, k2.y, k3.y), s);
-            s = fma(vec4<f32>(a.z), vec4<f32>(k0.z, k1.z, k2.z, k3.z), s);
-            s = fma(vec4<f32>(a.w), vec4<f32>(k0.w, k1.w, k2.w, k3.w), s);
-            acc[r] = s;
+            acc[r] = block_step(acc[r], a, k0, k1, k2, k3);
         }
     }
     for (var r = 0u; r < 4u; r++) {

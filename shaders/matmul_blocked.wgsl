@@ -16,6 +16,7 @@ enable f16;
 #endif
 
 #include grid
+#include block
 #include half
 
 #include linear
@@ -73,12 +74,7 @@ fn main(
         let b3 = weight4(wr[3] + kk);
         for (var i = 0u; i < 4u; i++) {
             let a = x[xr[i] + kk];
-            var s = acc[i];
-            s = fma(vec4<f32>(a.x), vec4<f32>(b0.x, b1.x, b2.x, b3.x), s);
-            s = fma(vec4<f32>(a.y), vec4<f32>(b0.y, b1.y, b2.y, b3.y), s);
-            s = fma(vec4<f32>(a.z), vec4<f32>(b0.z, b1.z, b2.z, b3.z), s);
-            s = fma(vec4<f32>(a.w), vec4<f32>(b0.w, b1.w, b2.w, b3.w), s);
-            acc[i] = s;
+            acc[i] = block_step(acc[i], a, b0, b1, b2, b3);
         }
     }
     for (var i = 0u; i < 4u; i++) {

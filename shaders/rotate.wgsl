@@ -16,17 +16,19 @@
 //
 // Dispatches, no workgroup memory and no barriers, so any width works within WebGPU's default
 // limits (the connector's 12 288 included). CPU adapters pay per invocation and per scalar
-// load, so each invocation moves vec4s and does several butterflies or outputs:
+// load, so each invocation moves vec4s (`VEC4`: a `Value` is four neighbouring columns) or
+// scalars, and does several butterflies or outputs:
 //   levels of at most 4 butterfly stages, one dispatch each: the stages h = stride, 2 stride,
 //     ..., (WIDTH / 2) stride on WIDTH <= 16 values held in registers, in the contract's stage
 //     order (each butterfly is the same operation on the same operands whichever invocation does
 //     it):
-//     LEVEL_FIRST    stride 1, WIDTH 16: 16 consecutive values (four vec4s) per invocation,
-//                    signs first; the butterflies h = 1, 2 inside each vec4, h = 4, 8 across;
-//     LEVEL_COLUMNS  stride 16^level: four neighbouring columns (a vec4) of WIDTH values
-//                    `stride` apart per invocation;
-//     LEVEL_SCALAR   stride 1, WIDTH = p < 16 (small blocks): WIDTH scalars, signs first;
-//   CORE4 (p % 4 == 0) / CORE: steps 3-4 for four (or one) b of a row, core_rows outputs
+//     LEVEL_FIRST  stride 1, WIDTH 16, vec4s: 16 consecutive values (four vec4s) per
+//                  invocation, signs first; the butterflies h = 1, 2 inside each vec4, h = 4, 8
+//                  across;
+//     LEVEL        WIDTH Values `stride` apart per invocation: vec4 columns at stride 16^level
+//                  (level >= 1), or scalars at stride 1 for a small block (WIDTH = p < 16),
+//                  signs first;
+//   CORE: steps 3-4 for LANES b of a row (four when p % 4 == 0), core_rows outputs
 //     y_{a p + b} (all m unless m * m loop steps would pass llvmpipe's 65535 per invocation),
 //     each from the m values x_{a' p + b} of `data`, written to `out` (no invocation reads what
 //     another writes, any core order works: the 2.2B connector's 10 368 = 648 * 16 needs 648).
@@ -49,18 +51,19 @@ struct Params {
     _pad2: u32,
 }
 
-@group(0) @binding(0) var<uniform> params: Params;
 #ifdef VEC4
-@group(0) @binding(1) var<storage, read_write> data: array<vec4<f32>>;
+alias Value = vec4<f32>;
+const LANES: u32 = 4u;
 #else
-@group(0) @binding(1) var<storage, read_write> data: array<f32>;
+alias Value = f32;
+const LANES: u32 = 1u;
 #endif
+
+@group(0) @binding(0) var<uniform> params: Params;
+@group(0) @binding(1) var<storage, read_write> data: array<Value>;
 @group(0) @binding(2) var<storage, read> table: array<u32>;
-#ifdef CORE4
-@group(0) @binding(3) var<storage, read_write> out: array<vec4<f32>>;
-#endif
 #ifdef CORE
-@group(0) @binding(3) var<storage, read_write> out: array<f32>;
+@group(0) @binding(3) var<storage, read_write> out: array<Value>;
 #endif
 
 fn bit(word0: u32, i: u32) -> bool {
@@ -132,42 +135,20 @@ fn main(
     data[4u * item + 2u] = x2;
     data[4u * item + 3u] = x3;
 #endif
-#ifdef LEVEL_COLUMNS
-    // item = (span, lo4): the vec4s span * s4 * WIDTH + lo4 + k * s4, k < WIDTH, s4 = stride / 4
+#ifdef LEVEL
+    // item = (span, lo): the Values span * s * WIDTH + lo + k * s, k < WIDTH, s = stride / LANES
     // (spans of stride * WIDTH values tile the blocks, which tile the rows)
-    if (item >= params.tokens * (n / (4u * WIDTH))) {
+    if (item >= params.tokens * (n / (LANES * WIDTH))) {
         return;
     }
-    let s4 = params.stride / 4u;
-    let base = (item / s4) * s4 * WIDTH + item % s4;
-    var x: array<vec4<f32>, WIDTH>;
+    let s = params.stride / LANES;
+    let base = (item / s) * s * WIDTH + item % s;
+    var x: array<Value, WIDTH>;
     for (var k = 0u; k < WIDTH; k++) {
-        x[k] = data[base + k * s4];
+        x[k] = data[base + k * s];
     }
-    for (var h = 1u; h < WIDTH; h = h * 2u) {
-        for (var j = 0u; j < WIDTH; j++) {
-            if ((j & h) == 0u) {
-                let u = x[j];
-                let v = x[j + h];
-                x[j] = u + v;
-                x[j + h] = u - v;
-            }
-        }
-    }
-    for (var k = 0u; k < WIDTH; k++) {
-        data[base + k * s4] = x[k];
-    }
-#endif
-#ifdef LEVEL_SCALAR
-    // item = one block of WIDTH = p consecutive values
-    if (item >= params.tokens * (n / WIDTH)) {
-        return;
-    }
-    let base = item * WIDTH;
-    var x: array<f32, WIDTH>;
-    for (var k = 0u; k < WIDTH; k++) {
-        x[k] = data[base + k];
-    }
+#ifndef VEC4
+    // scalar levels are the first (stride 1): the signs come before their butterflies
     if (params.has_signs != 0u) {
         let first = base % n;
         for (var k = 0u; k < WIDTH; k++) {
@@ -176,6 +157,7 @@ fn main(
             }
         }
     }
+#endif
     for (var h = 1u; h < WIDTH; h = h * 2u) {
         for (var j = 0u; j < WIDTH; j++) {
             if ((j & h) == 0u) {
@@ -187,46 +169,22 @@ fn main(
         }
     }
     for (var k = 0u; k < WIDTH; k++) {
-        data[base + k] = x[k];
-    }
-#endif
-#ifdef CORE4
-    // item = (t, b4, chunk): the values 4 b4 .. 4 b4 + 3 of the blocks a of row t with
-    // a / core_rows = chunk, in vec4 units
-    let p4 = p / 4u;
-    let chunks = (m + params.core_rows - 1u) / params.core_rows;
-    if (item >= params.tokens * p4 * chunks) {
-        return;
-    }
-    let row = (item / (p4 * chunks)) * (n / 4u);
-    let b = item % p4;
-    let a0 = (item / p4) % chunks * params.core_rows;
-    for (var a = a0; a < min(a0 + params.core_rows, m); a++) {
-        let i = row + a * p4 + b;
-        if (params.has_core == 0u) {
-            out[i] = data[i] * params.scale;
-            continue;
-        }
-        let first = data[row + b];
-        var acc = select(first, -first, bit(params.core_offset, a * m));
-        for (var a2 = 1u; a2 < m; a2++) {
-            let v = data[row + a2 * p4 + b];
-            acc = select(acc + v, acc - v, bit(params.core_offset, a * m + a2));
-        }
-        out[i] = acc * params.scale;
+        data[base + k * s] = x[k];
     }
 #endif
 #ifdef CORE
-    // item = (t, b, chunk): the value b of the blocks a of row t with a / core_rows = chunk
+    // item = (t, b, chunk): the values LANES b .. LANES b + LANES - 1 of the blocks a of row t
+    // with a / core_rows = chunk, in Values
+    let pl = p / LANES;
     let chunks = (m + params.core_rows - 1u) / params.core_rows;
-    if (item >= params.tokens * p * chunks) {
+    if (item >= params.tokens * pl * chunks) {
         return;
     }
-    let row = (item / (p * chunks)) * n;
-    let b = item % p;
-    let a0 = (item / p) % chunks * params.core_rows;
+    let row = (item / (pl * chunks)) * (n / LANES);
+    let b = item % pl;
+    let a0 = (item / pl) % chunks * params.core_rows;
     for (var a = a0; a < min(a0 + params.core_rows, m); a++) {
-        let i = row + a * p + b;
+        let i = row + a * pl + b;
         if (params.has_core == 0u) {
             out[i] = data[i] * params.scale;
             continue;
@@ -234,7 +192,7 @@ fn main(
         let first = data[row + b];
         var acc = select(first, -first, bit(params.core_offset, a * m));
         for (var a2 = 1u; a2 < m; a2++) {
-            let v = data[row + a2 * p + b];
+            let v = data[row + a2 * pl + b];
             acc = select(acc + v, acc - v, bit(params.core_offset, a * m + a2));
         }
         out[i] = acc * params.scale;

@@ -42,6 +42,7 @@ shaders![
     "bf16_rows",
     "lib/attention",
     "lib/attention_values",
+    "lib/block",
     "lib/grid",
     "lib/half",
     "lib/int",

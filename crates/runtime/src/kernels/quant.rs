@@ -154,42 +154,51 @@ fn core_rows(m: usize) -> usize {
     (CORE_STEPS / m.max(1)).clamp(1, m.max(1))
 }
 
-/// One of the dispatches of [`Rotate`] (see `rotate.wgsl`).
+/// One of the dispatches of [`Rotate`] (see `rotate.wgsl`); `lanes` is 4 where each
+/// invocation moves vec4s (four neighbouring columns), else 1.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum RotateStage {
     /// Signs and the butterflies h = 1 … 8 on 16 consecutive values (p ≥ 16).
     LevelFirst,
-    /// Butterflies at `stride` ≥ 16 on four columns of `width` values.
-    LevelColumns {
-        width: usize,
-    },
-    /// Signs and all butterflies of a small block (p < 16) of `width` = p scalars.
-    LevelScalar {
-        width: usize,
-    },
-    /// Core and scale, four columns per invocation (p % 4 = 0), or one.
-    Core4,
-    Core,
+    /// Butterflies on `width` values (vec4 columns at a stride ≥ 16), or, at stride 1 on a small
+    /// block (p < 16), signs and all its butterflies on `width` = p scalars.
+    Level { width: usize, lanes: usize },
+    /// Core and scale, on four columns (p % 4 = 0) or one per invocation.
+    Core { lanes: usize },
 }
 
 impl Kernel for RotateStage {
     const SHADER: &'static str = "rotate";
     fn defines(&self) -> Defines {
         let flag = |name: &str| (name.to_string(), String::new());
-        let width = |w: &usize| ("WIDTH".to_string(), w.to_string());
-        match self {
-            Self::LevelFirst => BTreeMap::from([flag("LEVEL_FIRST"), flag("VEC4")]),
-            Self::LevelColumns { width: w } => {
-                BTreeMap::from([flag("LEVEL_COLUMNS"), flag("VEC4"), width(w)])
+        let mut defines = match self {
+            Self::LevelFirst => BTreeMap::from([flag("LEVEL_FIRST")]),
+            Self::Level { width, .. } => {
+                BTreeMap::from([flag("LEVEL"), ("WIDTH".to_string(), width.to_string())])
             }
-            Self::LevelScalar { width: w } => BTreeMap::from([flag("LEVEL_SCALAR"), width(w)]),
-            Self::Core4 => BTreeMap::from([flag("CORE4"), flag("VEC4")]),
-            Self::Core => BTreeMap::from([flag("CORE")]),
+            Self::Core { .. } => BTreeMap::from([flag("CORE")]),
+        };
+        if self.lanes() == 4 {
+            defines.extend([flag("VEC4")]);
         }
+        defines
     }
 }
 
 impl RotateStage {
+    /// Values each of the stage's loads and stores moves.
+    fn lanes(&self) -> usize {
+        match self {
+            Self::LevelFirst => 4,
+            Self::Level { lanes, .. } | Self::Core { lanes } => *lanes,
+        }
+    }
+
+    /// Whether the stage reads the table (signs or core).
+    fn reads_table(&self) -> bool {
+        !matches!(self, Self::Level { lanes: 4, .. })
+    }
+
     /// The dispatches of a rotation of `n = m·p` values (`p` a power of two), with the stride
     /// of each and its work items per row.
     fn plan(n: usize, m: usize, p: usize) -> Vec<(RotateStage, usize, usize)> {
@@ -201,17 +210,14 @@ impl RotateStage {
                 let width = 1usize << stages.saturating_sub(per * level).min(per);
                 match (stride, width) {
                     (1, 16) => (RotateStage::LevelFirst, 1, n / 16),
-                    (1, _) => (RotateStage::LevelScalar { width }, 1, n / width),
-                    _ => (RotateStage::LevelColumns { width }, stride, n / (4 * width)),
+                    (1, _) => (RotateStage::Level { width, lanes: 1 }, 1, n / width),
+                    _ => (RotateStage::Level { width, lanes: 4 }, stride, n / (4 * width)),
                 }
             })
             .collect();
         let chunks = m.div_ceil(core_rows(m));
-        plan.push(if p.is_multiple_of(4) {
-            (RotateStage::Core4, 1, p / 4 * chunks)
-        } else {
-            (RotateStage::Core, 1, p * chunks)
-        });
+        let lanes = if p.is_multiple_of(4) { 4 } else { 1 };
+        plan.push((RotateStage::Core { lanes }, 1, p / lanes * chunks));
         plan
     }
 }
@@ -237,10 +243,10 @@ impl Rotate {
             let params = RotateParams { tokens: tokens as u32, stride: stride as u32, ..rotation.params };
             // The table holds signs and core: the later butterfly levels read neither.
             let mut resources = vec![slice(data, 0, bytes)];
-            if !matches!(stage, RotateStage::LevelColumns { .. }) {
+            if stage.reads_table() {
                 resources.push(table.clone());
             }
-            if matches!(stage, RotateStage::Core4 | RotateStage::Core) {
+            if matches!(stage, RotateStage::Core { .. }) {
                 resources.push(slice(out, 0, bytes));
             }
             let pipeline = gpu.pipelines.get(gpu, RotateStage::SHADER, &stage.defines()).await?;
