@@ -6,6 +6,10 @@ pub enum ProcessorError {
     /// The bytes are not a PNG/JPEG this crate can decode (corrupt, truncated, other format).
     #[error("cannot decode image: {0}")]
     ImageDecode(String),
+    /// The image declares more pixels than [`crate::MAX_IMAGE_PIXELS`] (a decompression
+    /// bomb, refused from its header before anything is allocated).
+    #[error("the image declares {width}×{height} pixels; at most {limit} are accepted")]
+    ImageTooLarge { width: u64, height: u64, limit: u64 },
     /// A pixel buffer does not match its stated size, or a size is zero.
     #[error("invalid image: {0}")]
     InvalidImage(String),

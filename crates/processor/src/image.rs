@@ -17,6 +17,12 @@ use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader};
 
 use crate::error::ProcessorError;
 
+/// The most pixels an image file may declare: Pillow's `DecompressionBombError` threshold
+/// (twice `Image.MAX_IMAGE_PIXELS`), so whatever Pillow opens, this opens too. Larger files —
+/// e.g. a few hundred bytes claiming 60 000 × 60 000 — are refused from the header
+/// ([`ProcessorError::ImageTooLarge`]) before any pixel memory is allocated.
+pub const MAX_IMAGE_PIXELS: u64 = 2 * 89_478_485;
+
 /// An 8-bit RGB image, rows top to bottom, pixels `[r, g, b]` interleaved (`[H, W, 3]`).
 #[derive(Clone, PartialEq, Eq)]
 pub struct RgbImage {
@@ -176,11 +182,15 @@ pub fn decode_image(bytes: &[u8]) -> Result<RgbImage, ProcessorError> {
 /// Palette and `tRNS` transparency are expanded to alpha first.
 ///
 /// JPEG is decoded by `zune-jpeg`, not libjpeg-turbo, so colour JPEG pixels can differ from
-/// Pillow's by a few levels (chroma upsampling and IDCT rounding); PNG is exact.
+/// Pillow's by a few levels (chroma upsampling and IDCT rounding); PNG is exact. A file declaring
+/// more than [`MAX_IMAGE_PIXELS`] is refused from its header.
 pub fn decode_image_with(bytes: &[u8], options: DecodeOptions) -> Result<RgbImage, ProcessorError> {
-    let reader = ImageReader::new(Cursor::new(bytes))
+    let mut reader = ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|e| ProcessorError::ImageDecode(e.to_string()))?;
+    // The pixel count below is the guard (Pillow's); the decoder's own 512 MiB allocation cap
+    // would refuse 16-bit images Pillow opens.
+    reader.no_limits();
     match reader.format() {
         Some(ImageFormat::Png | ImageFormat::Jpeg) => {}
         Some(other) => {
@@ -189,6 +199,11 @@ pub fn decode_image_with(bytes: &[u8], options: DecodeOptions) -> Result<RgbImag
         None => return Err(ProcessorError::ImageDecode("not a PNG or JPEG file".into())),
     }
     let mut decoder = reader.into_decoder().map_err(|e| ProcessorError::ImageDecode(e.to_string()))?;
+    let (width, height) = decoder.dimensions();
+    let (width, height) = (u64::from(width), u64::from(height));
+    if width * height > MAX_IMAGE_PIXELS {
+        return Err(ProcessorError::ImageTooLarge { width, height, limit: MAX_IMAGE_PIXELS });
+    }
     let orientation = if options.apply_exif_orientation {
         decoder.orientation().map_err(|e| ProcessorError::ImageDecode(e.to_string()))?
     } else {

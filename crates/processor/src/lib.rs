@@ -29,6 +29,8 @@ mod prompt;
 pub mod resize;
 
 pub use crate::error::ProcessorError;
-pub use crate::image::{AlphaHandling, DecodeOptions, RgbImage, decode_image, decode_image_with};
+pub use crate::image::{
+    AlphaHandling, DecodeOptions, MAX_IMAGE_PIXELS, RgbImage, decode_image, decode_image_with,
+};
 pub use crate::preprocess::{ImageGrid, MAX_IMAGE_SIZE, PreparedImage, Preprocessor};
 pub use crate::prompt::{Content, Message, Part, Prompt, SpecialTokens, StreamDecoder};

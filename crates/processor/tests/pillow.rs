@@ -4,7 +4,9 @@
 mod common;
 
 use common::*;
-use pocketvlm_processor::{Preprocessor, RgbImage, decode_image, resize::resize_lanczos};
+use pocketvlm_processor::{
+    MAX_IMAGE_PIXELS, Preprocessor, ProcessorError, RgbImage, decode_image, resize::resize_lanczos,
+};
 
 fn reference() -> serde_json::Value {
     read_json(&data_dir().join("reference.json"))
@@ -132,6 +134,54 @@ fn undecodable_bytes_are_an_error_not_a_panic() {
     for bytes in &tolerated {
         let _ = decode_image(bytes);
     }
+}
+
+/// CRC-32 (ISO-HDLC, PNG's chunk checksum), bit by bit.
+fn crc32(bytes: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &b in bytes {
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            crc = if crc & 1 == 1 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
+        }
+    }
+    !crc
+}
+
+/// A PNG or JPEG of a few kilobytes whose header declares 60 000 × 60 000 pixels (3.6 · 10⁹, ten
+/// gigabytes of RGB) is refused from the header with `ImageTooLarge`, as Pillow refuses it with
+/// `DecompressionBombError`; a declared size within the limit still decodes (or fails on the
+/// missing pixels) as a plain decode error.
+#[test]
+fn decompression_bombs_are_refused_from_the_header() {
+    let side = 60_000u32;
+    // PNG: IHDR's width and height follow the signature and the chunk's length and type; its
+    // CRC covers type and data.
+    let mut png = std::fs::read(data_dir().join("rgb.png")).unwrap();
+    assert_eq!(&png[12..16], b"IHDR");
+    png[16..20].copy_from_slice(&side.to_be_bytes());
+    png[20..24].copy_from_slice(&side.to_be_bytes());
+    let crc = crc32(&png[12..29]);
+    png[29..33].copy_from_slice(&crc.to_be_bytes());
+    // JPEG: the start-of-frame segment (baseline or progressive) holds height, then width.
+    let mut jpg = std::fs::read(data_dir().join("q90_420.jpg")).unwrap();
+    let sof =
+        jpg.windows(2).position(|w| w[0] == 0xFF && (w[1] == 0xC0 || w[1] == 0xC2)).expect("a SOF marker");
+    jpg[sof + 5..sof + 7].copy_from_slice(&(side as u16).to_be_bytes());
+    jpg[sof + 7..sof + 9].copy_from_slice(&(side as u16).to_be_bytes());
+    for (what, bytes) in [("PNG", &png), ("JPEG", &jpg)] {
+        match decode_image(bytes) {
+            Err(ProcessorError::ImageTooLarge { width, height, limit }) => {
+                assert_eq!((width, height, limit), (side.into(), side.into(), MAX_IMAGE_PIXELS), "{what}");
+            }
+            other => panic!("{what} declaring {side}×{side}: {other:?}"),
+        }
+    }
+    // Within the limit (Pillow opens up to twice its MAX_IMAGE_PIXELS): not refused as a bomb.
+    let within = 2_000u32;
+    jpg[sof + 5..sof + 7].copy_from_slice(&(within as u16).to_be_bytes());
+    jpg[sof + 7..sof + 9].copy_from_slice(&(within as u16).to_be_bytes());
+    assert!(!matches!(decode_image(&jpg), Err(ProcessorError::ImageTooLarge { .. })));
 }
 
 #[test]

@@ -133,9 +133,11 @@ impl From<RuntimeError> for WebError {
                 };
                 Self::with_fields(ErrorName::Integrity, message, fields)
             }
-            RuntimeError::Processor(ProcessorError::ImageDecode(_) | ProcessorError::InvalidImage(_)) => {
-                Self::new(ErrorName::ImageDecode, message)
-            }
+            RuntimeError::Processor(
+                ProcessorError::ImageDecode(_)
+                | ProcessorError::InvalidImage(_)
+                | ProcessorError::ImageTooLarge { .. },
+            ) => Self::new(ErrorName::ImageDecode, message),
             RuntimeError::Aborted(_) => Self::new(ErrorName::Abort, message),
             RuntimeError::UnsupportedModel(_) => Self::new(ErrorName::UnsupportedModel, message),
             _ => Self::new(ErrorName::Other, message),
