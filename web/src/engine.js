@@ -1,8 +1,9 @@
 // The wasm engine behind one small request interface, used as is on the main thread
 // (worker: false) and from the worker (worker.js) — so both give the same answers and errors.
 //
-//   load(baseUrl, { cache, signal }, onProgress) → info
-//   start(kind, args) → generation id      (kind 'caption' or 'chat')
+//   load(baseUrl, { cache, signal, integrity }, onProgress) → info
+//   start(kind, args, signal) → generation id      (kind 'caption' or 'chat'; `signal` stops the
+//                                                   image encoding and the prompt's prefill)
 //   next(id) → { piece } | { done: true, usage }
 //   close(id) → usage
 //   dispose()
@@ -21,14 +22,14 @@ export class Engine {
 
   // `signal` (main thread only: an AbortSignal cannot cross to a worker, which is terminated
   // instead) stops the download between files and cancels the request in flight.
-  async load(baseUrl, { cache = true, signal } = {}, onProgress = () => {}) {
+  async load(baseUrl, { cache = true, signal, integrity } = {}, onProgress = () => {}) {
     if (typeof navigator === 'undefined' || !navigator.gpu) {
       throw { name: 'NoWebGPUError', message: 'this browser does not expose WebGPU (navigator.gpu is missing)' };
     }
     ready ??= init();
     await ready;
     const absolute = new URL(baseUrl, globalThis.location?.href).href;
-    this.model = await Model.load(absolute, { cache, onProgress, signal });
+    this.model = await Model.load(absolute, { cache, onProgress, signal, integrity });
     return this.model.info;
   }
 
@@ -37,12 +38,12 @@ export class Engine {
     return this.model;
   }
 
-  async start(kind, { rgba, width = 0, height = 0, messages, options = {} }) {
+  async start(kind, { rgba, width = 0, height = 0, messages, options = {} }, signal) {
     const model = this.requireModel();
     const generation =
       kind === 'caption'
-        ? await model.caption(rgba, width, height, options)
-        : await model.chat(messages, rgba ?? undefined, width, height, options);
+        ? await model.caption(rgba, width, height, options, signal)
+        : await model.chat(messages, rgba ?? undefined, width, height, options, signal);
     const id = this.nextId++;
     this.generations.set(id, generation);
     return id;

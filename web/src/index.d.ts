@@ -25,6 +25,12 @@ export interface LoadOptions {
   cache?: boolean;
   /** Run the engine in a dedicated Web Worker (default true). */
   worker?: boolean;
+  /**
+   * Pin the model: manifest.json's sha256 as Subresource Integrity, `sha256-<base64>`
+   * (`openssl dgst -sha256 -binary manifest.json | base64`). The manifest holds every file's
+   * sha256, so this pins every byte; a different manifest rejects with IntegrityError.
+   */
+  integrity?: string;
 }
 
 export interface ModelInfo {
@@ -60,7 +66,11 @@ export interface GenerateOptions {
   seed?: number;
   /** Split the image into tiles (default: the checkpoint's setting). */
   splitImage?: boolean;
-  /** Stops generation within one token; the iteration then throws AbortError. */
+  /**
+   * Stops the image encoding and the prompt's processing between their parts (one half of a
+   * vision layer, one decoder layer: the call then rejects with AbortError), and generation
+   * within one token (the iteration then throws AbortError). The model stays usable.
+   */
   signal?: AbortSignal;
 }
 

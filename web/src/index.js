@@ -39,8 +39,14 @@ class WorkerBackend {
   load(baseUrl, options, onProgress) {
     return this.request('load', { baseUrl, options }, [], onProgress);
   }
-  start(kind, request) {
-    return this.request('start', { kind, request }, request.rgba ? [request.rgba.buffer] : []);
+  start(kind, request, signal) {
+    const id = this.nextId;
+    const started = this.request('start', { kind, request }, request.rgba ? [request.rgba.buffer] : []);
+    // The worker stops the image encoding and the prefill between their parts.
+    const abort = () => this.worker.postMessage({ id: 0, op: 'abort', args: { request: id } });
+    if (signal?.aborted) abort();
+    else signal?.addEventListener('abort', abort, { once: true });
+    return started.finally(() => signal?.removeEventListener('abort', abort));
   }
   next(generation) {
     return this.request('next', { generation });
@@ -67,8 +73,8 @@ class LocalBackend {
   load(baseUrl, options, onProgress) {
     return this.call(() => this.engine.load(baseUrl, options, onProgress));
   }
-  start(kind, request) {
-    return this.call(() => this.engine.start(kind, request));
+  start(kind, request, signal) {
+    return this.call(() => this.engine.start(kind, request, signal));
   }
   next(generation) {
     return this.call(() => this.engine.next(generation));
@@ -137,9 +143,9 @@ export class PocketVLM {
   /**
    * Load the model directory at `baseUrl` (manifest.json, tokenizer, shards).
    * @param {string} baseUrl
-   * @param {{ onProgress?: (p: object) => void, signal?: AbortSignal, cache?: boolean, worker?: boolean }} [options]
+   * @param {{ onProgress?: (p: object) => void, signal?: AbortSignal, cache?: boolean, worker?: boolean, integrity?: string }} [options]
    */
-  static async load(baseUrl, { onProgress, signal, cache = true, worker = true } = {}) {
+  static async load(baseUrl, { onProgress, signal, cache = true, worker = true, integrity } = {}) {
     if (typeof navigator === 'undefined' || !navigator.gpu) {
       throw new NoWebGPUError('this browser does not expose WebGPU (navigator.gpu is missing)');
     }
@@ -147,7 +153,7 @@ export class PocketVLM {
     const base = new URL(baseUrl, globalThis.document?.baseURI ?? globalThis.location?.href).href;
     const backend = worker ? new WorkerBackend() : new LocalBackend();
     // The worker is terminated on abort; a local load gets the signal and stops its downloads.
-    const loading = backend.load(base, worker ? { cache } : { cache, signal }, onProgress);
+    const loading = backend.load(base, worker ? { cache, integrity } : { cache, integrity, signal }, onProgress);
     const aborted = new Promise((_, reject) => {
       signal?.addEventListener('abort', () => reject(abortError(signal)), { once: true });
     });
@@ -170,7 +176,7 @@ export class PocketVLM {
   async caption(image, { signal, ...options } = {}) {
     if (signal?.aborted) throw abortError(signal);
     const { rgba, width, height } = await toRGBA(image);
-    const id = await this.backend.start('caption', { rgba, width, height, options });
+    const id = await this.backend.start('caption', { rgba, width, height, options }, signal);
     return new Generation(this.backend, id, signal);
   }
 
@@ -182,7 +188,7 @@ export class PocketVLM {
     if (signal?.aborted) throw abortError(signal);
     const request = { messages, options };
     if (image !== undefined) Object.assign(request, await toRGBA(image));
-    const id = await this.backend.start('chat', request);
+    const id = await this.backend.start('chat', request, signal);
     return new Generation(this.backend, id, signal);
   }
 

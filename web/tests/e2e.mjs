@@ -11,7 +11,8 @@
 //   1. with WebGPU: the model loads, the photo goes in through the file input, the streamed caption
 //      equals the expected text exactly; a screenshot of it is saved;
 //   2. a reload reports that the model was loaded from the cache;
-//   3. Stop in the middle of a long caption stops it, and the model still captions correctly;
+//   3. Stop in the middle of a long caption stops it, so does Stop right after Caption (while the
+//      image and the prompt are processed), and the model still captions correctly;
 //   4. without --enable-unsafe-webgpu the page explains that WebGPU is missing.
 // Each check prints one line; any failure exits with status 1 and says what differed.
 
@@ -171,6 +172,12 @@ async function withWebGPU() {
     console.log(`  (stopped after ${out} tokens: ${JSON.stringify(partial)})`);
     check(expected.generated_text_skip_special.startsWith(partial) || partial.startsWith(expected.generated_text_skip_special),
       `the stopped caption is a prefix of ${source} text`, JSON.stringify(partial));
+    // Stop right away: the worker ends the vision tower or the prefill between two parts (or,
+    // had they finished, the generation before its first token).
+    await startCaption(page, fixtureTokens);
+    await page.click('#stop');
+    const early = await waitRunEnded(page);
+    check(early === 'Stopped.', 'Stop right after Caption ends the run', `run status "${early}"`);
     await captionMatches(page, 'after Stop');
   } finally {
     await browser.close();

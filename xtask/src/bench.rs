@@ -77,6 +77,11 @@ pub struct Args {
     /// quick decode measurements. Not with `--peer`.
     #[arg(long, conflicts_with = "peer")]
     text_only: bool,
+    /// Also measure how soon a stop ends the vision tower and the prefill: the longest wait
+    /// between two points where the stop is asked, and a stop requested halfway through the
+    /// vision tower, timed to the error and to an idle GPU (two more calls per model and side).
+    #[arg(long)]
+    stop_latency: bool,
     /// Also run transformers.js on this ONNX export of the same checkpoint (see
     /// `../shared/peer/README.md`) in the same Chromium, and print both side by side. Needs
     /// `--no-split` and the peer's prompt (the default).
@@ -123,6 +128,7 @@ pub fn run(args: Args) -> Result<()> {
         kernels: args.kernels,
         gpu_time: args.gpu_time,
         text_only: args.text_only,
+        stop_latency: args.stop_latency,
     };
     let image_bytes = std::fs::read(&image).with_context(|| format!("reading {}", image.display()))?;
 
@@ -284,7 +290,7 @@ async fn native_run(
     let mut engine = Engine::load(gpu, &data, &tokenizer).await?;
     drop(data);
     let load_ms = now_ms() - start;
-    let report = measure(&mut engine, config.request(&image), load_ms, name, config.gpu_time).await?;
+    let report = measure(&mut engine, config.request(&image), load_ms, name, config).await?;
     let caches = measure_caches(&mut engine, name, &config.cache_contexts, config.cache_steps).await?;
     Ok((report, caches))
 }
@@ -445,6 +451,26 @@ fn print_table(model: &Path, config: &BenchConfig, native: &BenchReport, chromiu
     row("· host time to record a later step", &|r| r.record_ms_per_token, &|v| format!("{v:.2} ms"));
     row("· · bind groups built per later step", &|r| r.bind_groups_built_per_token, &|v| format!("{v:.1}"));
     row("· · host time building them", &|r| r.bind_group_ms_per_token, &|v| format!("{v:.2} ms"));
+    if native.stop.is_some() {
+        let stop = |r: &BenchReport| r.stop.clone().unwrap_or_default();
+        let parts = stop(native);
+        let (v, p) = (parts.vision_parts, parts.prefill_parts);
+        row(
+            &format!("stop: longest wait in the vision tower ({v} parts)"),
+            &|r| stop(r).vision_longest_wait_ms,
+            &ms,
+        );
+        row(
+            &format!("stop: longest wait in the prefill ({p} parts)"),
+            &|r| stop(r).prefill_longest_wait_ms,
+            &ms,
+        );
+        let stage = if v > 0 { "the vision tower" } else { "the prefill" };
+        row(&format!("stop requested halfway through {stage}, at"), &|r| stop(r).requested_at_ms, &ms);
+        let error = |r: &BenchReport| stop(r).to_error_ms.unwrap_or(f64::NAN);
+        row("· then until the call failed (Aborted)", &error, &ms);
+        row("· then until the GPU was idle", &|r| stop(r).to_idle_ms, &ms);
+    }
     row("GPU: weights", &|r| r.weight_bytes as f64, &bytes);
     row("GPU: tables (RoPE, rotations)", &|r| r.table_bytes as f64, &bytes);
     row("GPU: KV cache", &|r| r.kv_cache_bytes as f64, &bytes);

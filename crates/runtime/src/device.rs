@@ -274,11 +274,35 @@ impl Gpu {
         self.check_lost()
     }
 
+    /// Wait until the work of `submitted` (and all submitted before it) has finished; work
+    /// submitted after it may still run.
+    pub async fn wait(&self, submitted: Submitted) -> Result<()> {
+        self.check_lost()?;
+        #[cfg(not(target_arch = "wasm32"))]
+        self.device
+            .poll(wgpu::PollType::Wait { submission_index: Some(submitted.index), timeout: None })
+            .map_err(|e| RuntimeError::Readback(e.to_string()))?;
+        #[cfg(target_arch = "wasm32")]
+        let _ = submitted.index;
+        submitted
+            .done
+            .await
+            .map_err(|_| RuntimeError::Readback("the completion callback was dropped".into()))?;
+        self.check_lost()
+    }
+
     /// Read `len` f32 values back.
     pub async fn read_f32(&self, buffer: &wgpu::Buffer, len: usize) -> Result<Vec<f32>> {
         let bytes = self.read_bytes(buffer, (len * 4) as u64).await?;
         Ok(bytemuck::pod_collect_to_vec::<u8, f32>(&bytes[..len * 4]))
     }
+}
+
+/// Work handed to the queue by [`Gpu::submit_tracked`], to wait for with [`Gpu::wait`].
+pub struct Submitted {
+    pub(crate) index: wgpu::SubmissionIndex,
+    /// Fires once the queue has finished everything submitted up to this work.
+    pub(crate) done: futures_channel::oneshot::Receiver<()>,
 }
 
 #[cfg(target_arch = "wasm32")]

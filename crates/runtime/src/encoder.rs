@@ -27,7 +27,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
-use crate::device::{Gpu, now_ms};
+use crate::device::{Gpu, Submitted, now_ms};
 use crate::pipelines::Pipeline;
 
 /// Bytes of one uniform arena chunk.
@@ -313,6 +313,27 @@ impl Encoder {
         }
     }
 
+    /// Hand the work recorded so far over in an encoder of its own (with the timestamps of its
+    /// timed dispatches, resolved into it) and carry on empty, in the same modes: the same
+    /// bind-group cache, the host profile continuing, dispatches timed if they were.
+    pub fn split_off(&mut self, gpu: &Gpu) -> (Encoder, Option<GpuTimings>) {
+        let timed = self.timer.is_some();
+        let timings = self.finish_timing(gpu);
+        let mut next = Encoder::new(gpu, self.bind_groups.clone());
+        next.profile = self.profile.take();
+        next.dispatches = self.dispatches;
+        if timed {
+            next.time_dispatches(gpu);
+        }
+        (std::mem::replace(self, next), timings)
+    }
+
+    /// Charge the host time since the last recorded work to `kind` (when profiling): time spent
+    /// between two dispatches that belongs to neither, such as waiting for the GPU.
+    pub fn charge_idle(&mut self, kind: &str) {
+        self.charge(kind);
+    }
+
     /// Dispatches recorded so far.
     pub fn dispatches(&self) -> usize {
         self.dispatches
@@ -368,14 +389,25 @@ impl Gpu {
     }
 
     /// Submit `encoder`'s work, its uniform arena written first; its chunks go back to the pool.
-    pub fn submit(&self, mut encoder: Encoder) {
+    pub fn submit(&self, mut encoder: Encoder) -> wgpu::SubmissionIndex {
         encoder.pass = None;
         for (buffer, data) in &encoder.chunks {
             self.queue.write_buffer(buffer, 0, data);
         }
-        self.queue.submit([encoder.encoder.finish()]);
+        let index = self.queue.submit([encoder.encoder.finish()]);
         if let Ok(mut pool) = self.arena.lock() {
             pool.extend(encoder.chunks.into_iter().rev().map(|(buffer, _)| buffer));
         }
+        index
+    }
+
+    /// [`Gpu::submit`], and a handle to wait for that work with [`Gpu::wait`].
+    pub fn submit_tracked(&self, encoder: Encoder) -> Submitted {
+        let index = self.submit(encoder);
+        let (tx, done) = futures_channel::oneshot::channel();
+        self.queue.on_submitted_work_done(move || {
+            let _ = tx.send(());
+        });
+        Submitted { index, done }
     }
 }

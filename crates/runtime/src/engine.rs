@@ -6,16 +6,17 @@
 //! let mut session = engine.start(request).await?;
 //! while let Some(piece) = session.next(&engine).await? { print!("{}", piece.text) }
 //! ```
-//! The caller owns the loop, so it can stream, and abort between two tokens.
+//! The caller owns the loop, so it can stream, and abort between two tokens; [`Request::stop`]
+//! ends the vision tower and the prefill between their parts.
 
 use pocketvlm_format::{Manifest, ModelData};
 use pocketvlm_processor::{Message, Part, Preprocessor, Prompt, RgbImage, StreamDecoder};
 
 use crate::device::Gpu;
 use crate::encoder::RecordProfile;
-use crate::error::Result;
+use crate::error::{Result, RuntimeError};
 use crate::model::sampling::SamplingOptions;
-use crate::model::{DecodeProfiling, DecodeRecording, Generator, MemoryUsage, Model};
+use crate::model::{DecodeProfiling, DecodeRecording, Generator, MemoryUsage, Model, Stop};
 
 /// A loaded model with its tokenizer and image preprocessor.
 pub struct Engine {
@@ -36,6 +37,10 @@ pub struct Request {
     pub split: Option<bool>,
     pub max_new_tokens: usize,
     pub sampling: SamplingOptions,
+    /// Ends the vision tower and the prefill between their parts
+    /// ([`Interrupt`](crate::model::Interrupt)); the decode loop is the caller's, which stops
+    /// between two tokens.
+    pub stop: Stop,
 }
 
 impl Request {
@@ -52,6 +57,7 @@ impl Request {
             split: None,
             max_new_tokens,
             sampling: SamplingOptions::default(),
+            stop: Stop::never(),
         }
     }
 }
@@ -107,7 +113,14 @@ impl Engine {
     /// Like [`Engine::start`], reusing the KV cache of an earlier generation of this engine
     /// (`previous`) for the longest prefix of the new prompt that it holds: for a conversation,
     /// `request.messages` is the whole conversation so far and only the new turns are computed.
+    ///
+    /// When `request.stop` ends the call, it fails with [`RuntimeError::Aborted`] and
+    /// `previous` is dropped: nothing of the stopped pass is kept, and the engine answers the
+    /// next call as if this one had not been made (computing its prompt whole).
     pub async fn resume(&self, request: Request, previous: Option<Conversation>) -> Result<Session> {
+        if request.stop.requested() {
+            return Err(RuntimeError::Aborted("before the prompt was processed".into()));
+        }
         let t0 = now_ms();
         let text = self.prompt.render(&request.messages, true)?;
         let split = request.split.unwrap_or(self.preprocessor.default_split());
@@ -127,20 +140,25 @@ impl Engine {
         let image_token = self.model.config.image_token_id;
         let image = match &prepared {
             Some(p) if prompt_ids[keep..].contains(&image_token) => {
-                let embedding = self.model.encode_image(&self.gpu, &p.pixel_values, p.n_tiles).await?;
+                let embedding =
+                    self.model.encode_image(&self.gpu, &p.pixel_values, p.n_tiles, &request.stop).await?;
                 self.gpu.finish().await?;
                 Some(embedding)
             }
             _ => None,
         };
         let t2 = now_ms();
-        let (gpu, model, max_new, sampling) =
-            (&self.gpu, &self.model, request.max_new_tokens, request.sampling.clone());
+        let (gpu, model, max_new, sampling, stop) =
+            (&self.gpu, &self.model, request.max_new_tokens, request.sampling.clone(), &request.stop);
         let generator = match previous {
             Some((generator, keep)) => {
-                generator.resume(gpu, model, &prompt_ids, keep, image.as_ref(), max_new, sampling).await?
+                generator
+                    .resume(gpu, model, &prompt_ids, keep, image.as_ref(), max_new, sampling, stop)
+                    .await?
             }
-            None => Generator::start(gpu, model, &prompt_ids, image.as_ref(), max_new, sampling).await?,
+            None => {
+                Generator::start(gpu, model, &prompt_ids, image.as_ref(), max_new, sampling, stop).await?
+            }
         };
         let prompt_logits = generator.logits(&self.gpu, &self.model).await?;
         let t3 = now_ms();

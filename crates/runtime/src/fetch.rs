@@ -90,7 +90,11 @@ pub async fn fetch_bytes_abortable(url: &str, signal: Option<&AbortSignal>) -> R
 
 /// Fetch and validate `manifest.json` (`signal` can cancel it).
 pub async fn fetch_manifest(base: &str, signal: Option<&AbortSignal>) -> Result<Manifest> {
-    let bytes = fetch_bytes_abortable(&file_url(base, MANIFEST_FILE), signal).await?;
+    parse_manifest(fetch_bytes_abortable(&file_url(base, MANIFEST_FILE), signal).await?)
+}
+
+/// Validate the bytes of a `manifest.json`.
+pub fn parse_manifest(bytes: Vec<u8>) -> Result<Manifest> {
     let text = String::from_utf8(bytes).map_err(|e| {
         RuntimeError::Format(pocketvlm_format::FormatError::InvalidManifest(format!("not UTF-8: {e}")))
     })?;

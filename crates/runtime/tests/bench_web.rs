@@ -42,7 +42,7 @@ async fn bench() {
         let load_ms = now_ms() - start;
 
         let report: BenchReport =
-            measure(&mut engine, config.request(&image), load_ms, model, config.gpu_time).await.unwrap();
+            measure(&mut engine, config.request(&image), load_ms, model, &config).await.unwrap();
         console_log!("{REPORT_PREFIX}{}", serde_json::to_string(&report).unwrap());
         let caches =
             measure_caches(&mut engine, model, &config.cache_contexts, config.cache_steps).await.unwrap();

@@ -8,7 +8,10 @@ mod cases;
 
 use std::path::{Path, PathBuf};
 
-use cases::{QUANT_LOGIT_TOLERANCE, SIZE_FIXTURES, TINY_CASES, check_case, check_case_within, read_case};
+use cases::{
+    QUANT_LOGIT_TOLERANCE, SIZE_FIXTURES, TINY_CASES, check_case, check_case_within, check_stopped_anywhere,
+    read_case,
+};
 use pocketvlm_compress::model::CacheKind as CpuCache;
 use pocketvlm_compress::model::reference::{LOW_RANK_TEST_RECIPES, Reference, TEST_CASES, TEST_RECIPES};
 use pocketvlm_compress::quant::{QuantOptions, QuantParts};
@@ -17,7 +20,7 @@ use pocketvlm_format::dir;
 use pocketvlm_processor::decode_image;
 use pocketvlm_runtime::engine::Engine;
 use pocketvlm_runtime::model::sampling::SamplingOptions;
-use pocketvlm_runtime::model::{CacheKind, DecodeProfiling, Generator, check_supported};
+use pocketvlm_runtime::model::{CacheKind, DecodeProfiling, Generator, Stop, check_supported};
 use pocketvlm_runtime::{DeviceOptions, Gpu, RuntimeError};
 
 fn fixtures() -> PathBuf {
@@ -49,6 +52,21 @@ fn tiny_fixture_matches_transformers() {
         let tiny = fixtures().join("tiny");
         let engine = load(&tiny, DeviceOptions::default()).await;
         check_cases(&engine, &tiny, &TINY_CASES).await;
+    });
+}
+
+/// A caption and a text chat stopped at every point of their vision tower and prefill fail with
+/// `Aborted` there, and the same engine then answers them as transformers does.
+#[test]
+fn stopped_anywhere_then_answers_as_transformers() {
+    pollster::block_on(async {
+        let tiny = fixtures().join("tiny");
+        let engine = load(&tiny, DeviceOptions::default()).await;
+        let root = tiny.to_str().expect("a UTF-8 path");
+        for name in ["coffee_nosplit", "text_chat"] {
+            let case = read_case(async |path: String| std::fs::read(&path).unwrap(), root, name).await;
+            check_stopped_anywhere(&engine, &case).await;
+        }
     });
 }
 
@@ -94,13 +112,17 @@ fn prompt_too_long_is_a_typed_error() {
         let engine = load(&fixtures().join("tiny"), DeviceOptions::default()).await;
         let (gpu, model) = (&engine.gpu, &engine.model);
         let prompt = vec![1u32; model.max_positions()];
-        let err =
-            Generator::start(gpu, model, &prompt, None, 4, SamplingOptions::default()).await.err().unwrap();
+        let err = Generator::start(gpu, model, &prompt, None, 4, SamplingOptions::default(), &Stop::never())
+            .await
+            .err()
+            .unwrap();
         assert!(matches!(err, RuntimeError::PromptTooLong { .. }), "{err}");
         // The image-token count must match the features given.
         let prompt = vec![model.config.image_token_id; 3];
-        let err =
-            Generator::start(gpu, model, &prompt, None, 4, SamplingOptions::default()).await.err().unwrap();
+        let err = Generator::start(gpu, model, &prompt, None, 4, SamplingOptions::default(), &Stop::never())
+            .await
+            .err()
+            .unwrap();
         assert!(matches!(err, RuntimeError::Shape(_)), "{err}");
     });
 }
@@ -229,9 +251,17 @@ fn low_rank_tiny_models_match_the_cpu_reference() {
                 engine.model.cache_kind = CacheKind::Latent;
                 let (gpu, model) = (&engine.gpu, &engine.model);
                 assert_eq!(model.kv_bytes_per_token(), want, "{}", recipe.name);
-                let generator = Generator::start(gpu, model, &[1, 2, 3], None, 2, SamplingOptions::default())
-                    .await
-                    .unwrap();
+                let generator = Generator::start(
+                    gpu,
+                    model,
+                    &[1, 2, 3],
+                    None,
+                    2,
+                    SamplingOptions::default(),
+                    &Stop::never(),
+                )
+                .await
+                .unwrap();
                 assert_eq!(generator.kv_bytes_per_token(), want, "{}", recipe.name);
             }
         }
@@ -266,7 +296,9 @@ async fn check_decode_reuse(engine: &Engine, what: &str) {
     let prompt = [1u32, 11126, 42, 1812];
     let steps = 12;
     let mut generator =
-        Generator::start(gpu, model, &prompt, None, steps, SamplingOptions::default()).await.unwrap();
+        Generator::start(gpu, model, &prompt, None, steps, SamplingOptions::default(), &Stop::never())
+            .await
+            .unwrap();
     generator.profile_decode(DecodeProfiling::Host);
     for _ in 0..2 {
         generator.next_token(gpu, model).await.unwrap();
@@ -304,8 +336,17 @@ fn timed_decode_steps_generate_the_same_tokens() {
         let prompt = [1u32, 11126, 42, 1812];
         let steps = 8;
         let generate = |timed: bool| async move {
-            let mut generator =
-                Generator::start(gpu, model, &prompt, None, steps, SamplingOptions::default()).await.unwrap();
+            let mut generator = Generator::start(
+                gpu,
+                model,
+                &prompt,
+                None,
+                steps,
+                SamplingOptions::default(),
+                &Stop::never(),
+            )
+            .await
+            .unwrap();
             generator.profile_decode(if timed { DecodeProfiling::HostAndGpu } else { DecodeProfiling::Off });
             let mut ids = Vec::new();
             while let Some(id) = generator.next_token(gpu, model).await.unwrap() {
@@ -354,7 +395,9 @@ fn memory_accounting_adds_up() {
         );
         let prompt = [1u32, 11126, 42, 1812];
         let mut generator =
-            Generator::start(gpu, model, &prompt, None, 3, SamplingOptions::default()).await.unwrap();
+            Generator::start(gpu, model, &prompt, None, 3, SamplingOptions::default(), &Stop::never())
+                .await
+                .unwrap();
         while generator.next_token(gpu, model).await.unwrap().is_some() {}
         let memory = generator.memory(model);
         // f32 keys and values for every layer and position.

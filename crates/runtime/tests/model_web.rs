@@ -10,8 +10,8 @@
 mod cases;
 
 use cases::{
-    QUANT_LOGIT_TOLERANCE, TINY_CASES, check_case, check_case_within, check_resumed_conversation, join,
-    read_case, text_request,
+    CaseFiles, QUANT_LOGIT_TOLERANCE, TINY_CASES, check_case, check_case_within, check_concurrent,
+    check_resumed_conversation, check_stopped_anywhere, join, read_case, text_request,
 };
 use pocketvlm_runtime::engine::Engine;
 use pocketvlm_runtime::fetch::{fetch_bytes, fetch_manifest, fetch_model};
@@ -33,16 +33,41 @@ fn server() -> &'static str {
     }
 }
 
-#[wasm_bindgen_test]
-async fn tiny_fixture_matches_transformers_in_the_browser() {
+/// The converted tiny fixture, loaded from the test server.
+async fn tiny_engine() -> Engine {
     let fetched = fetch_model(&join(server(), "model/tiny")).await.unwrap();
     let gpu = Gpu::new(&DeviceOptions::default()).await.unwrap();
-    let engine = Engine::load(gpu, &fetched.data, &fetched.tokenizer).await.unwrap();
+    Engine::load(gpu, &fetched.data, &fetched.tokenizer).await.unwrap()
+}
+
+/// Case `name` of the tiny fixture (transformers' expectations and inputs) from the test server.
+async fn tiny_case(name: &str) -> CaseFiles {
     let checkpoint = join(server(), "fixtures/tiny");
+    read_case(async |url: String| fetch_bytes(&url).await.unwrap(), &checkpoint, name).await
+}
+
+#[wasm_bindgen_test]
+async fn tiny_fixture_matches_transformers_in_the_browser() {
+    let engine = tiny_engine().await;
     for name in TINY_CASES {
-        let case = read_case(async |url: String| fetch_bytes(&url).await.unwrap(), &checkpoint, name).await;
-        check_case(&engine, &case).await;
+        check_case(&engine, &tiny_case(name).await).await;
     }
+}
+
+/// A caption stopped at every point of its vision tower and prefill fails with `Aborted` there,
+/// and the same engine then answers it as transformers does (as natively in `model.rs`).
+#[wasm_bindgen_test]
+async fn stopped_anywhere_then_answers_as_transformers_in_the_browser() {
+    check_stopped_anywhere(&tiny_engine().await, &tiny_case("coffee_nosplit").await).await;
+}
+
+/// A caption and a text chat started together on one engine, their passes interleaved on the
+/// GPU queue and their decode steps taken in turn, each give the prompt logits and ids it gives
+/// alone.
+#[wasm_bindgen_test]
+async fn two_generations_at_once_in_the_browser() {
+    let engine = tiny_engine().await;
+    check_concurrent(&engine, &tiny_case("coffee_nosplit").await, &tiny_case("text_chat").await).await;
 }
 
 /// The quantized and low-rank variants of the tiny fixture (`/quant/index.json`: recipes,

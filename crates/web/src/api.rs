@@ -8,6 +8,7 @@ use js_sys::{Function, Promise};
 use pocketvlm_processor::{AlphaHandling, Message, RgbImage};
 use pocketvlm_runtime::engine::{Conversation, Engine, Request, Session, now_ms};
 use pocketvlm_runtime::fetch::check_signal;
+use pocketvlm_runtime::model::Stop;
 use pocketvlm_runtime::{DeviceOptions, Gpu};
 use serde::Serialize;
 use wasm_bindgen::prelude::*;
@@ -15,6 +16,7 @@ use wasm_bindgen_futures::future_to_promise;
 use web_sys::AbortSignal;
 
 use crate::errors::WebError;
+use crate::integrity::Pin;
 use crate::js;
 use crate::loader;
 use crate::options::GenerateOptions;
@@ -53,15 +55,54 @@ struct ModelInfo {
 
 /// State shared by a model and its generations.
 struct Shared {
-    /// `None` once disposed; generations hold their own reference while a step runs.
+    /// `None` once disposed; each generation holds the engine it started on.
     engine: RefCell<Option<Rc<Engine>>>,
     /// The KV cache of the last chat turn, for the next one.
     conversation: RefCell<Option<Conversation>>,
+    /// Where the model came from, to upload it again to a new device when its device is lost.
+    source: Source,
+}
+
+/// How a model was loaded.
+struct Source {
+    base_url: String,
+    use_cache: bool,
+    pin: Option<Pin>,
+    /// The verified `manifest.json`, so a reload fetches nothing that the cache holds.
+    manifest: Vec<u8>,
 }
 
 impl Shared {
     fn engine(&self) -> Result<Rc<Engine>, WebError> {
         self.engine.borrow().clone().ok_or_else(|| WebError::abort("the model was disposed"))
+    }
+
+    /// The engine for a new generation: the current one, or — when its device was lost (a driver
+    /// reset, a GPU process crash, `destroy()`) — the model uploaded again to a new device from
+    /// the browser cache (the network only for files the cache lacks). The generation that was
+    /// running when the device was lost failed with `DeviceLostError`; a chat's cache is gone, so
+    /// the next turn computes the conversation whole.
+    async fn live_engine(&self) -> Result<Rc<Engine>, WebError> {
+        let engine = self.engine()?;
+        if engine.gpu.check_lost().is_ok() {
+            return Ok(engine);
+        }
+        self.conversation.borrow_mut().take();
+        drop(engine);
+        let source = &self.source;
+        let gpu = Gpu::new(&DeviceOptions::default()).await?;
+        let manifest = Some(source.manifest.as_slice());
+        let (fetched, _) =
+            loader::load(&source.base_url, source.use_cache, source.pin.as_ref(), manifest, None, &|_| ())
+                .await?;
+        let engine = Rc::new(Engine::load(gpu, &fetched.data, &fetched.tokenizer).await?);
+        // Disposed meanwhile: the reload is dropped with it.
+        let mut slot = self.engine.borrow_mut();
+        if slot.is_none() {
+            return Err(WebError::abort("the model was disposed"));
+        }
+        *slot = Some(engine.clone());
+        Ok(engine)
     }
 }
 
@@ -77,12 +118,13 @@ impl Model {
     pub async fn open(
         base_url: &str,
         use_cache: bool,
+        pin: Option<&Pin>,
         signal: Option<&AbortSignal>,
         on_progress: &dyn Fn(&Progress),
     ) -> Result<Model, WebError> {
         // WebGPU first: a page without it learns so before downloading anything.
         let gpu = Gpu::new(&DeviceOptions::default()).await?;
-        let (fetched, load) = loader::load(base_url, use_cache, signal, on_progress).await?;
+        let (fetched, load) = loader::load(base_url, use_cache, pin, None, signal, on_progress).await?;
         check_signal(signal, "loading the model")?;
         on_progress(&load.tally.uploading());
         let engine = Engine::load(gpu, &fetched.data, &fetched.tokenizer).await?;
@@ -111,13 +153,25 @@ impl Model {
                 .as_ref()
                 .map(|c| c.kv_cache.bytes_per_token),
         };
-        let shared = Shared { engine: RefCell::new(Some(Rc::new(engine))), conversation: RefCell::new(None) };
+        let source =
+            Source { base_url: base_url.to_string(), use_cache, pin: pin.cloned(), manifest: load.manifest };
+        let shared =
+            Shared { engine: RefCell::new(Some(Rc::new(engine))), conversation: RefCell::new(None), source };
         Ok(Model { shared: Rc::new(shared), info })
     }
 
     /// Another handle on the same model (for a future that outlives the borrow of `self`).
     fn handle(&self) -> Model {
         Model { shared: self.shared.clone(), info: self.info.clone() }
+    }
+
+    /// Destroy the GPU device under the model, as a driver reset or a crashed GPU process would
+    /// lose it: the generation running on it fails with `DeviceLostError`, and the next one
+    /// starts on a new device with the model uploaded again from the browser cache. For tests.
+    pub fn destroy_device(&self) {
+        if let Ok(engine) = self.shared.engine() {
+            engine.gpu.device.destroy();
+        }
     }
 
     /// Whether every file of the load came from the browser cache.
@@ -132,9 +186,11 @@ impl Model {
         width: u32,
         height: u32,
         options: GenerateOptions,
+        stop: Stop,
     ) -> Result<Generation, WebError> {
         let start = now_ms();
-        let request = options.caption_request(rgb(rgba, width, height)?)?;
+        let mut request = options.caption_request(rgb(rgba, width, height)?)?;
+        request.stop = stop;
         Generation::start(self.shared.clone(), request, false, start).await
     }
 
@@ -144,16 +200,23 @@ impl Model {
         messages: Vec<Message>,
         image: Option<(&[u8], u32, u32)>,
         options: GenerateOptions,
+        stop: Stop,
     ) -> Result<Generation, WebError> {
         let start = now_ms();
         let image = image.map(|(rgba, w, h)| rgb(rgba, w, h)).transpose()?;
-        let request = options.chat_request(messages, image)?;
+        let mut request = options.chat_request(messages, image)?;
+        request.stop = stop;
         Generation::start(self.shared.clone(), request, true, start).await
     }
 }
 
 fn rgb(rgba: &[u8], width: u32, height: u32) -> Result<RgbImage, WebError> {
     Ok(RgbImage::from_rgba(width as usize, height as usize, rgba, AlphaHandling::CompositeOnWhite)?)
+}
+
+/// The runtime's stop for an optional `AbortSignal`.
+fn stop(signal: Option<AbortSignal>) -> Stop {
+    signal.map_or_else(Stop::never, |signal| Stop::when(move || signal.aborted()))
 }
 
 fn options(value: JsValue) -> Result<GenerateOptions, WebError> {
@@ -172,22 +235,29 @@ where
 
 #[wasm_bindgen]
 impl Model {
-    /// `Model.load(baseUrl, { cache = true, onProgress, signal })`: open the GPU, fetch and verify
-    /// the model directory at `baseUrl` and upload it. `onProgress` receives progress events;
-    /// `signal` (an `AbortSignal`) stops the download (`AbortError`).
+    /// `Model.load(baseUrl, { cache = true, onProgress, signal, integrity })`: open the GPU, fetch
+    /// and verify the model directory at `baseUrl` and upload it. `onProgress` receives progress
+    /// events; `signal` (an `AbortSignal`) stops the download (`AbortError`); `integrity`
+    /// (`"sha256-<base64>"`, see [`Pin`]) pins `manifest.json`, and so the whole model
+    /// (`IntegrityError` when it differs).
     pub fn load(base_url: String, options: JsValue) -> Promise {
         let get = |name: &str| js_sys::Reflect::get(&options, &JsValue::from_str(name)).ok();
         let use_cache = get("cache").is_none_or(|v| v.is_undefined() || v.is_truthy());
         let on_progress: Option<Function> = get("onProgress").and_then(|v| v.dyn_into().ok());
         let signal: Option<AbortSignal> = get("signal").and_then(|v| v.dyn_into().ok());
+        let pin = match get("integrity").filter(|v| !v.is_undefined() && !v.is_null()) {
+            Some(v) => v.as_string().ok_or_else(|| WebError::invalid("integrity must be a string")).map(Some),
+            None => Ok(None),
+        };
         promise(async move {
+            let pin = pin?.as_deref().map(Pin::parse).transpose()?;
             let report = |p: &Progress| {
                 if let Some(f) = &on_progress {
                     // A throwing progress callback does not stop the load.
                     let _ = f.call1(&JsValue::NULL, &js::to_js(p));
                 }
             };
-            Ok(Model::open(&base_url, use_cache, signal.as_ref(), &report).await?.into())
+            Ok(Model::open(&base_url, use_cache, pin.as_ref(), signal.as_ref(), &report).await?.into())
         })
     }
 
@@ -197,16 +267,29 @@ impl Model {
         js::to_js(&self.info)
     }
 
-    /// Caption an image given as straight-alpha RGBA bytes; resolves to a [`Generation`].
-    pub fn caption(&self, rgba: Vec<u8>, width: u32, height: u32, options: JsValue) -> Promise {
+    /// Caption an image given as straight-alpha RGBA bytes; resolves to a [`Generation`] once
+    /// the prompt is processed. `signal` (an `AbortSignal`) stops the vision tower and the
+    /// prefill between their parts (`AbortError`); the model stays usable.
+    pub fn caption(
+        &self,
+        rgba: Vec<u8>,
+        width: u32,
+        height: u32,
+        options: JsValue,
+        signal: Option<AbortSignal>,
+    ) -> Promise {
         let (model, options) = (self.handle(), self::options(options));
-        promise(async move { Ok(model.start_caption(&rgba, width, height, options?).await?.into()) })
+        promise(
+            async move { Ok(model.start_caption(&rgba, width, height, options?, stop(signal)).await?.into()) },
+        )
     }
 
     /// Answer the last user turn of `messages` (`[{ role, content }]`, content a string or
     /// `[{ type: "image" } | { type: "text", text }]`), reusing the KV cache of the previous
     /// chat turn for the part of the conversation it already holds. `rgba` is the image of the
-    /// conversation's image part, if it has one.
+    /// conversation's image part, if it has one. `signal` as for `caption` (a stopped turn
+    /// leaves no cache behind: the next computes the conversation whole).
+    #[allow(clippy::too_many_arguments)]
     pub fn chat(
         &self,
         messages: JsValue,
@@ -214,13 +297,14 @@ impl Model {
         width: u32,
         height: u32,
         options: JsValue,
+        signal: Option<AbortSignal>,
     ) -> Promise {
         let messages: Result<Vec<Message>, WebError> =
             serde_wasm_bindgen::from_value(messages).map_err(|e| WebError::invalid(format!("messages: {e}")));
         let (model, options) = (self.handle(), self::options(options));
         promise(async move {
             let image = rgba.as_deref().map(|bytes| (bytes, width, height));
-            Ok(model.start_chat(messages?, image, options?).await?.into())
+            Ok(model.start_chat(messages?, image, options?, stop(signal)).await?.into())
         })
     }
 
@@ -247,6 +331,8 @@ struct State {
 #[wasm_bindgen]
 pub struct Generation {
     shared: Rc<Shared>,
+    /// The engine (and so the device) this generation's session lives on.
+    engine: Rc<Engine>,
     state: Rc<RefCell<State>>,
     /// A chat turn hands its KV cache back to the model when it ends.
     chat: bool,
@@ -260,7 +346,7 @@ impl Generation {
         chat: bool,
         started_ms: f64,
     ) -> Result<Self, WebError> {
-        let engine = shared.engine()?;
+        let engine = shared.live_engine().await?;
         let previous = if chat { shared.conversation.borrow_mut().take() } else { None };
         let session = engine.resume(request, previous).await?;
         let state = State {
@@ -272,16 +358,18 @@ impl Generation {
             closed: false,
             generated: Vec::new(),
         };
-        Ok(Self { shared, state: Rc::new(RefCell::new(state)), chat, started_ms })
+        Ok(Self { shared, engine, state: Rc::new(RefCell::new(state)), chat, started_ms })
     }
 
-    /// End the generation: keep a chat turn's cache for the next turn, free a caption's.
-    fn finish(shared: &Shared, state: &mut State, chat: bool) {
+    /// End the generation: keep a chat turn's cache for the next turn (if the model still runs
+    /// on the engine it was computed on), free a caption's.
+    fn finish(&self, state: &mut State) {
+        let current = self.shared.engine.borrow().as_ref().is_some_and(|e| Rc::ptr_eq(e, &self.engine));
         if let Some(session) = state.session.take()
-            && chat
-            && shared.engine.borrow().is_some()
+            && self.chat
+            && current
         {
-            *shared.conversation.borrow_mut() = Some(session.into_conversation());
+            *self.shared.conversation.borrow_mut() = Some(session.into_conversation());
         }
     }
 }
@@ -289,7 +377,7 @@ impl Generation {
 impl Generation {
     /// What `next()` does, for Rust callers: `None` once the answer is complete or closed.
     pub async fn step(&self) -> Result<Option<String>, WebError> {
-        let (shared, state, chat, started) = (&self.shared, &self.state, self.chat, self.started_ms);
+        let (state, started) = (&self.state, self.started_ms);
         let mut session = {
             let mut s = state.borrow_mut();
             if s.finished || s.closed {
@@ -300,13 +388,11 @@ impl Generation {
             }
             s.session.take().ok_or_else(|| WebError::abort("the generation has ended"))?
         };
-        let engine = match shared.engine() {
-            Ok(engine) => engine,
-            Err(e) => {
-                state.borrow_mut().finished = true;
-                return Err(e);
-            }
-        };
+        if let Err(e) = self.shared.engine() {
+            state.borrow_mut().finished = true;
+            return Err(e);
+        }
+        let engine = self.engine.clone();
         state.borrow_mut().running = true;
         let step = session.next(&engine).await;
         let mut s = state.borrow_mut();
@@ -328,7 +414,7 @@ impl Generation {
             s.finished = true;
         }
         if s.finished || s.closed {
-            Generation::finish(shared, &mut s, chat);
+            self.finish(&mut s);
         }
         Ok(piece.filter(|_| !s.closed).map(|p| p.text))
     }
@@ -362,6 +448,7 @@ impl Generation {
     pub fn next(&self) -> Promise {
         let this = Generation {
             shared: self.shared.clone(),
+            engine: self.engine.clone(),
             state: self.state.clone(),
             chat: self.chat,
             started_ms: self.started_ms,
@@ -396,6 +483,6 @@ impl Generation {
     pub fn close(&self) {
         let mut s = self.state.borrow_mut();
         s.closed = true;
-        Generation::finish(&self.shared, &mut s, self.chat);
+        self.finish(&mut s);
     }
 }

@@ -14,6 +14,7 @@
 //! The pure parts (options, errors, usage, progress) build and are tested natively too.
 
 pub mod errors;
+pub mod integrity;
 pub mod options;
 pub mod progress;
 pub mod usage;

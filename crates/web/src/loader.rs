@@ -5,11 +5,12 @@
 //! file that fails is removed from the cache again. An `AbortSignal` stops the load between files
 //! and cancels the request in flight ([`RuntimeError::Aborted`]).
 
-use pocketvlm_format::{Manifest, ShardSet, verify_tokenizer};
+use pocketvlm_format::{MANIFEST_FILE, Manifest, ShardSet, verify_tokenizer};
 use pocketvlm_runtime::RuntimeError;
-use pocketvlm_runtime::fetch::{FetchedModel, check_signal, fetch_bytes_abortable, fetch_manifest, file_url};
+use pocketvlm_runtime::fetch::{FetchedModel, check_signal, fetch_bytes_abortable, file_url, parse_manifest};
 use web_sys::AbortSignal;
 
+use crate::integrity::Pin;
 use crate::progress::{Progress, Tally};
 use crate::shard_cache::{ShardCache, key};
 
@@ -18,6 +19,8 @@ pub struct LoadReport {
     pub tally: Tally,
     /// Whether the Cache API was used.
     pub cache_available: bool,
+    /// The verified `manifest.json`.
+    pub manifest: Vec<u8>,
 }
 
 /// Give `accept` the bytes of the file at `url` (cache key `key`): the cached copy if there is
@@ -52,14 +55,24 @@ async fn obtain(
     Ok(false)
 }
 
-/// Fetch and verify the model at `base`, reporting each step to `on_progress`.
+/// Fetch and verify the model at `base` (its manifest against `pin` when given; `manifest`: the
+/// bytes of its `manifest.json`, already fetched), reporting each step to `on_progress`.
 pub async fn load(
     base: &str,
     use_cache: bool,
+    pin: Option<&Pin>,
+    manifest: Option<&[u8]>,
     signal: Option<&AbortSignal>,
     on_progress: &dyn Fn(&Progress),
 ) -> Result<(FetchedModel, LoadReport), RuntimeError> {
-    let manifest: Manifest = fetch_manifest(base, signal).await?;
+    let manifest_bytes = match manifest {
+        Some(bytes) => bytes.to_vec(),
+        None => fetch_bytes_abortable(&file_url(base, MANIFEST_FILE), signal).await?,
+    };
+    if let Some(pin) = pin {
+        pin.check(MANIFEST_FILE, &manifest_bytes)?;
+    }
+    let manifest: Manifest = parse_manifest(manifest_bytes.clone())?;
     // a model the runtime cannot run is refused before its shards are downloaded
     pocketvlm_runtime::model::check_supported(&manifest)?;
     let cache = if use_cache { ShardCache::open().await } else { None };
@@ -91,6 +104,6 @@ pub async fn load(
     if let Some(cache) = &cache {
         cache.prune(base, &keys).await;
     }
-    let report = LoadReport { tally, cache_available: cache.is_some() };
+    let report = LoadReport { tally, cache_available: cache.is_some(), manifest: manifest_bytes };
     Ok((FetchedModel { data: shards.finish()?, tokenizer }, report))
 }

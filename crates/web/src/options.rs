@@ -3,6 +3,7 @@
 
 use pocketvlm_processor::{Message, Part, RgbImage};
 use pocketvlm_runtime::engine::Request;
+use pocketvlm_runtime::model::Stop;
 use pocketvlm_runtime::model::sampling::SamplingOptions;
 use serde::Deserialize;
 
@@ -106,6 +107,7 @@ impl GenerateOptions {
             split: self.split_image,
             max_new_tokens: self.max_new_tokens()?,
             sampling: self.sampling()?,
+            stop: Stop::never(),
         })
     }
 }

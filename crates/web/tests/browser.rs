@@ -7,7 +7,8 @@
 use std::cell::RefCell;
 
 use pocketvlm_processor::{Message, decode_image};
-use pocketvlm_runtime::fetch::fetch_manifest;
+use pocketvlm_runtime::fetch::{fetch_bytes, fetch_manifest};
+use pocketvlm_runtime::model::Stop;
 use pocketvlm_web::options::GenerateOptions;
 use pocketvlm_web::progress::{Phase, Progress};
 use pocketvlm_web::{Generation, Model};
@@ -77,7 +78,7 @@ async fn caption_coffee(model: &Model, max_new_tokens: Option<usize>) -> Generat
     let exp = case(COFFEE_NOSPLIT);
     let (rgba, w, h) = coffee_rgba();
     let options = options_for(&exp, Some("What is in the cup?"), max_new_tokens);
-    model.start_caption(&rgba, w, h, options).await.unwrap()
+    model.start_caption(&rgba, w, h, options, Stop::never()).await.unwrap()
 }
 
 fn messages(exp: &Value) -> Vec<Message> {
@@ -88,7 +89,7 @@ fn messages(exp: &Value) -> Vec<Message> {
 async fn load_caption_stop_and_chat_match_transformers() {
     let events = RefCell::new(Vec::<Progress>::new());
     let model =
-        Model::open(&model_url(), false, None, &|p| events.borrow_mut().push(p.clone())).await.unwrap();
+        Model::open(&model_url(), false, None, None, &|p| events.borrow_mut().push(p.clone())).await.unwrap();
 
     let events = events.into_inner();
     assert_eq!(events.first().map(|e| e.phase), Some(Phase::Manifest));
@@ -127,20 +128,25 @@ async fn load_caption_stop_and_chat_match_transformers() {
 
     // A text chat, then a second turn that reuses the first turn's KV cache.
     let chat = case(TEXT_CHAT);
-    let generation =
-        model.start_chat(messages(&chat), None, options_for(&chat, None, Some(SHORT))).await.unwrap();
+    let generation = model
+        .start_chat(messages(&chat), None, options_for(&chat, None, Some(SHORT)), Stop::never())
+        .await
+        .unwrap();
     drain(&generation).await;
     assert_eq!(generation.generated_ids(), ids(&chat["generated_ids"])[..SHORT]);
 
     let multi = case(TEXT_MULTITURN);
     let mut first_turn = messages(&multi);
     first_turn.truncate(1);
-    let generation = model.start_chat(first_turn, None, options_for(&multi, None, Some(2))).await.unwrap();
+    let generation =
+        model.start_chat(first_turn, None, options_for(&multi, None, Some(2)), Stop::never()).await.unwrap();
     let first_prompt = generation.prompt_ids().len();
     generation.step().await.unwrap();
     generation.close();
-    let generation =
-        model.start_chat(messages(&multi), None, options_for(&multi, None, Some(SHORT))).await.unwrap();
+    let generation = model
+        .start_chat(messages(&multi), None, options_for(&multi, None, Some(SHORT)), Stop::never())
+        .await
+        .unwrap();
     drain(&generation).await;
     assert_eq!(generation.generated_ids(), ids(&multi["generated_ids"])[..SHORT]);
     assert!(generation.current_usage().reused_prompt_tokens >= first_prompt);
@@ -157,7 +163,7 @@ async fn aborting_a_load_stops_the_download() {
     let controller = web_sys::AbortController::new().unwrap();
     let signal = controller.signal();
     let files = RefCell::new(Vec::new());
-    let result = Model::open(&model_url(), false, Some(&signal), &|p| {
+    let result = Model::open(&model_url(), false, None, Some(&signal), &|p| {
         if let Some(file) = &p.file {
             files.borrow_mut().push((file.clone(), p.files_total));
             controller.abort();
@@ -179,15 +185,15 @@ async fn aborting_a_load_stops_the_download() {
     assert_eq!(name.as_deref(), Some("AbortError"));
 
     // The page can load the model afterwards.
-    Model::open(&model_url(), false, None, &|_| ()).await.unwrap().dispose();
+    Model::open(&model_url(), false, None, None, &|_| ()).await.unwrap().dispose();
 }
 
 #[wasm_bindgen_test]
 async fn a_second_load_comes_from_the_cache() {
-    let first = Model::open(&model_url(), true, None, &|_| ()).await.unwrap();
+    let first = Model::open(&model_url(), true, None, None, &|_| ()).await.unwrap();
     first.dispose();
     let hits = RefCell::new(0);
-    let second = Model::open(&model_url(), true, None, &|p| {
+    let second = Model::open(&model_url(), true, None, None, &|p| {
         if p.from_cache == Some(true) {
             *hits.borrow_mut() += 1;
         }
@@ -197,6 +203,61 @@ async fn a_second_load_comes_from_the_cache() {
     assert!(second.loaded_from_cache());
     assert!(*hits.borrow() >= 2, "tokenizer and shards come from the cache");
     second.dispose();
+}
+
+/// A device lost in the middle of a caption (`destroy()`, as a driver reset would lose it):
+/// that caption's next step fails with `DeviceLostError`; the next caption runs on a new device,
+/// the model uploaded again from the browser cache with nothing fetched, and gives transformers'
+/// ids.
+#[wasm_bindgen_test]
+async fn after_a_lost_device_the_next_caption_runs_on_a_new_one() {
+    let model = Model::open(&model_url(), true, None, None, &|_| ()).await.unwrap();
+    let exp = case(COFFEE_NOSPLIT);
+    let pending = caption_coffee(&model, Some(SHORT)).await;
+    pending.step().await.unwrap();
+    model.destroy_device();
+    assert_eq!(pending.step().await.unwrap_err().name, "DeviceLostError");
+
+    js_sys::eval("performance.clearResourceTimings()").unwrap();
+    let again = caption_coffee(&model, Some(SHORT)).await;
+    let fetched = js_sys::eval("performance.getEntriesByType('resource').map((e) => e.name)").unwrap();
+    drain(&again).await;
+    assert_eq!(again.generated_ids(), ids(&exp["generated_ids"])[..SHORT]);
+    assert_eq!(js_sys::Array::from(&fetched).length(), 0, "the reload fetched {fetched:?}");
+    model.dispose();
+}
+
+/// `Model.load(url, { integrity })` with `manifest.json`'s sha256 in Subresource Integrity form
+/// (computed here with the `sha2` crate) loads the model; another digest is an `IntegrityError`
+/// naming `manifest.json`, and a malformed value a `TypeError`, both before any shard is fetched.
+#[wasm_bindgen_test]
+async fn a_pinned_manifest_loads_only_with_its_digest() {
+    use base64::Engine as _;
+    use sha2::Digest as _;
+    let manifest = fetch_bytes(&format!("{}/manifest.json", model_url())).await.unwrap();
+    let digest = sha2::Sha256::digest(&manifest);
+    let load = async |integrity: String| {
+        let options = js_sys::Object::new();
+        js_sys::Reflect::set(&options, &"cache".into(), &JsValue::FALSE).unwrap();
+        js_sys::Reflect::set(&options, &"integrity".into(), &integrity.into()).unwrap();
+        JsFuture::from(Model::load(model_url(), options.into())).await
+    };
+    let sri = |digest: &[u8]| format!("sha256-{}", base64::engine::general_purpose::STANDARD.encode(digest));
+
+    let model = load(sri(&digest)).await.unwrap();
+    let dispose: js_sys::Function = js_sys::Reflect::get(&model, &"dispose".into()).unwrap().unchecked_into();
+    dispose.call0(&model).unwrap();
+
+    let mut other = digest.to_vec();
+    other[0] ^= 1;
+    let error = load(sri(&other)).await.unwrap_err();
+    let get = |name: &str| js_sys::Reflect::get(&error, &name.into()).unwrap().as_string();
+    assert_eq!(get("name").as_deref(), Some("IntegrityError"));
+    assert_eq!(get("shard").as_deref(), Some("manifest.json"));
+
+    let error = load("md5-abc".into()).await.unwrap_err();
+    let name = js_sys::Reflect::get(&error, &"name".into()).unwrap().as_string();
+    assert_eq!(name.as_deref(), Some("TypeError"));
 }
 
 #[wasm_bindgen_test]

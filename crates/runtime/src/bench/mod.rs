@@ -11,14 +11,17 @@
 
 pub mod kernels;
 
+use std::cell::RefCell;
+use std::rc::Rc;
+
 use pocketvlm_processor::RgbImage;
 use serde::{Deserialize, Serialize};
 
 use crate::encoder::RecordProfile;
 use crate::engine::{Engine, Request, now_ms};
-use crate::error::Result;
+use crate::error::{Result, RuntimeError};
 use crate::model::sampling::SamplingOptions;
-use crate::model::{CacheKind, DecodeProfiling, Generator, MemoryUsage};
+use crate::model::{CacheKind, DecodeProfiling, Generator, MemoryUsage, Stop};
 
 /// Deterministic values in [-1, 1) from `seed` (a 64-bit LCG's top bits): the inputs of the kernel
 /// bench, whose contents do not change the work, and of the kernel tests, which compare the GPU
@@ -67,6 +70,9 @@ pub struct BenchConfig {
     /// Ask the prompt without the image (no vision tower): decode and text prefill only.
     #[serde(default)]
     pub text_only: bool,
+    /// Also measure how soon a stop ends the vision tower and the prefill ([`measure_stop`]).
+    #[serde(default)]
+    pub stop_latency: bool,
 }
 
 impl BenchConfig {
@@ -160,6 +166,30 @@ pub struct BenchReport {
     pub activation_bytes: u64,
     /// The generated ids (greedy), so two runs can be compared.
     pub generated_ids: Vec<u32>,
+    /// How soon a stop ends the call, with [`BenchConfig::stop_latency`].
+    #[serde(default)]
+    pub stop: Option<StopReport>,
+}
+
+/// How soon a stop ends a call ([`measure_stop`]). The stop is asked between the parts of the
+/// vision tower and the prefill, so a stop requested just after one ask waits for the next: the
+/// longest time between two asks bounds the wait.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct StopReport {
+    /// Parts of the vision tower (0 without an image) and of the prefill.
+    pub vision_parts: usize,
+    pub prefill_parts: usize,
+    /// The longest time between two asks in the vision tower (from the call's start) and in the
+    /// prefill, in an unstopped call.
+    pub vision_longest_wait_ms: f64,
+    pub prefill_longest_wait_ms: f64,
+    /// A stop requested halfway through the vision tower (else the prefill): when, after the
+    /// call started; how long until the call failed with `Aborted`; and until the GPU had
+    /// finished the work already submitted.
+    pub requested_at_ms: f64,
+    /// `None` when the call finished before the stop was requested.
+    pub to_error_ms: Option<f64>,
+    pub to_idle_ms: f64,
 }
 
 /// One kind of work (a dispatch label, "copy", "(tail)") in a later decode step's recording.
@@ -206,8 +236,9 @@ pub async fn measure(
     mut request: Request,
     load_ms: f64,
     model: &str,
-    gpu_time: bool,
+    config: &BenchConfig,
 ) -> Result<BenchReport> {
+    let gpu_time = config.gpu_time;
     request.sampling = Default::default();
     engine.model.time_passes = gpu_time;
     let image_tiles = match &request.image {
@@ -218,7 +249,7 @@ pub async fn measure(
         None => 0,
     };
     let start = now_ms();
-    let mut session = engine.start(request).await?;
+    let mut session = engine.start(request.clone()).await?;
     session.profile_decode(if gpu_time { DecodeProfiling::HostAndGpu } else { DecodeProfiling::Host });
     session.next(engine).await?;
     let first = now_ms();
@@ -268,6 +299,54 @@ pub async fn measure(
         kv_cache_bytes: memory.kv_cache,
         activation_bytes: memory.activations,
         generated_ids: session.generated().to_vec(),
+        stop: match config.stop_latency {
+            true => Some(measure_stop(engine, &request).await?),
+            false => None,
+        },
+    })
+}
+
+/// Two more calls of `request` (after a timed one, so nothing compiles): one unstopped, noting
+/// when the stop is asked ([`StopReport`]'s waits), and one stopped halfway through the vision
+/// tower (the prefill without an image), timed to the `Aborted` error and to an idle GPU.
+pub async fn measure_stop(engine: &Engine, request: &Request) -> Result<StopReport> {
+    let asks = Rc::new(RefCell::new(Vec::new()));
+    let noted = asks.clone();
+    let start = now_ms();
+    let stop = Stop::when(move || {
+        noted.borrow_mut().push(now_ms());
+        false
+    });
+    engine.start(Request { stop, ..request.clone() }).await?;
+    let asks: Vec<f64> = std::iter::once(start).chain(asks.take()).collect();
+    // Asks: one before anything, two per vision layer, one per decoder layer.
+    let cfg = &engine.model.config;
+    let vision_parts = if request.image.is_some() { 2 * cfg.vision.num_hidden_layers } else { 0 };
+    let prefill_parts = asks.len().saturating_sub(2 + vision_parts);
+    let longest = |asks: &[f64]| asks.windows(2).map(|w| w[1] - w[0]).fold(0.0, f64::max);
+    let vision = &asks[1..(2 + vision_parts).min(asks.len())];
+    let prefill = &asks[(1 + vision_parts).min(asks.len() - 1)..];
+    let stage = if vision_parts > 0 { vision } else { prefill };
+    let requested_at_ms = (stage[0] + stage[stage.len() - 1]) / 2.0 - start;
+    let at = now_ms() + requested_at_ms;
+    let stop = Stop::when(move || now_ms() >= at);
+    let result = engine.start(Request { stop, ..request.clone() }).await;
+    let failed = now_ms();
+    engine.gpu.finish().await?;
+    let idle = now_ms();
+    let to_error_ms = match result {
+        Err(RuntimeError::Aborted(_)) => Some(failed - at),
+        Err(e) => return Err(e),
+        Ok(_) => None,
+    };
+    Ok(StopReport {
+        vision_parts,
+        prefill_parts,
+        vision_longest_wait_ms: longest(vision),
+        prefill_longest_wait_ms: longest(prefill),
+        requested_at_ms,
+        to_error_ms,
+        to_idle_ms: idle - at,
     })
 }
 
@@ -313,7 +392,8 @@ async fn measure_cache(engine: &Engine, model: &str, context: usize, steps: usiz
         .map(|id| if id == cfg.image_token_id { id + 1 } else { id })
         .collect();
     let start = now_ms();
-    let mut generator = Generator::start(gpu, m, &ids, None, steps + 1, SamplingOptions::default()).await?;
+    let mut generator =
+        Generator::start(gpu, m, &ids, None, steps + 1, SamplingOptions::default(), &Stop::never()).await?;
     generator.logits(gpu, m).await?;
     let prefill_ms = now_ms() - start;
     generator.next_token(gpu, m).await?;

@@ -3,8 +3,10 @@
 //!
 //! The caller owns the loop: [`Generator::start`] runs the prefill, each
 //! [`Generator::next_token`] returns one token (or `None` once finished), so streaming and abort
-//! are the caller's choice between two calls.
+//! are the caller's choice between two calls; the vision tower and the prefill, which take minutes
+//! on a software adapter, run in parts that a [`Stop`] ends ([`Interrupt`]).
 
+pub mod interrupt;
 pub mod kv_cache;
 pub mod linear;
 mod prefix;
@@ -24,6 +26,7 @@ use crate::encoder::{BindGroups, Encoder, GpuTimings, RecordProfile};
 use crate::error::{Result, RuntimeError};
 use crate::kernels::argmax::Argmax;
 use crate::kernels::embed::ImageFeatures;
+pub use interrupt::{Interrupt, Stop};
 pub use kv_cache::{CacheKind, KvCache};
 pub use prefix::reusable_prefix;
 use sampling::{Pcg32, SamplingOptions, sample};
@@ -129,8 +132,14 @@ impl Model {
     }
 
     /// Run the vision tower and connector on `tiles` tiles of pixel values (f32
-    /// `[tiles, 3, S, S]`).
-    pub async fn encode_image(&self, gpu: &Gpu, pixels: &[f32], tiles: usize) -> Result<ImageEmbedding> {
+    /// `[tiles, 3, S, S]`), in parts that `stop` can end ([`Interrupt`]).
+    pub async fn encode_image(
+        &self,
+        gpu: &Gpu,
+        pixels: &[f32],
+        tiles: usize,
+        stop: &Stop,
+    ) -> Result<ImageEmbedding> {
         let v = &self.config.vision;
         let want = tiles * v.num_channels * v.image_size * v.image_size;
         if tiles == 0 || pixels.len() != want {
@@ -148,14 +157,16 @@ impl Model {
         if self.time_passes {
             encoder.time_dispatches(gpu);
         }
+        let mut interrupt = Interrupt::new(stop, "the vision tower");
+        let (cfg, vision) = (&self.config, &self.vision);
         let features =
-            vision::encode_image(gpu, &mut encoder, &self.config, &self.vision, &buffer, tiles).await?;
+            vision::encode_image(gpu, &mut encoder, &mut interrupt, cfg, vision, &buffer, tiles).await?;
         let pass_bytes = gpu.allocated_bytes() - before;
         Ok(ImageEmbedding {
             features,
             rows: tiles * self.config.image_seq_len(),
             pass_bytes,
-            gpu_time: submit_timed(gpu, encoder).await?,
+            gpu_time: interrupt.finish(gpu, encoder).await?,
         })
     }
 }
@@ -194,16 +205,6 @@ pub struct Generator {
     /// ([`Model::time_passes`]).
     prefill_gpu: RecordProfile,
     prefill_record: RecordProfile,
-}
-
-/// Submit `encoder` and, when it timed its dispatches, wait for their GPU time by kind of work.
-async fn submit_timed(gpu: &Gpu, mut encoder: Encoder) -> Result<RecordProfile> {
-    let timings = encoder.finish_timing(gpu);
-    gpu.submit(encoder);
-    match timings {
-        Some(t) => t.read(gpu).await,
-        None => Ok(RecordProfile::default()),
-    }
 }
 
 /// What the decode steps after the second record about themselves, for the bench: host
@@ -247,7 +248,9 @@ pub struct DecodeRecording {
 }
 
 impl Generator {
-    /// Prefill the prompt (with image features for its `<image>` tokens, in order).
+    /// Prefill the prompt (with image features for its `<image>` tokens, in order), in parts
+    /// that `stop` can end ([`Interrupt`]; an ended prefill leaves nothing behind).
+    #[allow(clippy::too_many_arguments)]
     pub async fn start(
         gpu: &Gpu,
         model: &Model,
@@ -255,14 +258,16 @@ impl Generator {
         image: Option<&ImageEmbedding>,
         max_new_tokens: usize,
         options: SamplingOptions,
+        stop: &Stop,
     ) -> Result<Self> {
-        Self::prefill(gpu, model, None, prompt, image, max_new_tokens, options).await
+        Self::prefill(gpu, model, None, prompt, image, max_new_tokens, options, stop).await
     }
 
     /// Continue from this generation's KV cache with a new whole prompt (e.g. the conversation so
     /// far plus a new user turn): the first `keep` tokens of `prompt` must be tokens this cache
     /// holds (see [`Generator::reusable_prefix`]); only the rest is prefilled. `image` gives the
-    /// features of the `<image>` tokens in `prompt[keep..]`, if it has any.
+    /// features of the `<image>` tokens in `prompt[keep..]`, if it has any. An ended prefill
+    /// (`stop`) consumes this cache: the next prompt is computed whole.
     #[allow(clippy::too_many_arguments)]
     pub async fn resume(
         self,
@@ -273,6 +278,7 @@ impl Generator {
         image: Option<&ImageEmbedding>,
         max_new_tokens: usize,
         options: SamplingOptions,
+        stop: &Stop,
     ) -> Result<Self> {
         if keep >= prompt.len() || keep > self.cached.len() || self.cached[..keep] != prompt[..keep] {
             return Err(RuntimeError::Shape(format!(
@@ -280,7 +286,7 @@ impl Generator {
                 prompt.len()
             )));
         }
-        Self::prefill(gpu, model, Some((self, keep)), prompt, image, max_new_tokens, options).await
+        Self::prefill(gpu, model, Some((self, keep)), prompt, image, max_new_tokens, options, stop).await
     }
 
     /// How many leading tokens of `prompt` [`Generator::resume`] can take from this cache;
@@ -289,6 +295,7 @@ impl Generator {
         reusable_prefix(&self.cached, prompt, model.config.image_token_id, same_image)
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn prefill(
         gpu: &Gpu,
         model: &Model,
@@ -297,6 +304,7 @@ impl Generator {
         image: Option<&ImageEmbedding>,
         max_new_tokens: usize,
         options: SamplingOptions,
+        stop: &Stop,
     ) -> Result<Self> {
         let cfg = &model.config;
         let limit = model.max_positions();
@@ -348,9 +356,11 @@ impl Generator {
             encoder.time_dispatches(gpu);
         }
         let (text, n) = (&model.text, new.len());
+        let mut interrupt = Interrupt::new(stop, "the prefill");
         text::forward(
             gpu,
             &mut encoder,
+            &mut interrupt,
             &mut prefill_scratch,
             cfg,
             text,
@@ -364,7 +374,7 @@ impl Generator {
         // The image features stay alive through the prefill.
         let prefill_bytes = gpu.allocated_bytes() - before + image.map_or(0, |i| i.features.size());
         let prefill_record = encoder.take_profile().unwrap_or_default();
-        let prefill_gpu = submit_timed(gpu, encoder).await?;
+        let prefill_gpu = interrupt.finish(gpu, encoder).await?;
         Ok(Self {
             peak_pass_bytes: prefill_bytes.max(image.map_or(0, |i| i.pass_bytes)),
             cache,
@@ -489,7 +499,9 @@ impl Generator {
         gpu.queue.write_buffer(&self.token, 0, bytemuck::bytes_of(&last));
         let (cfg, text) = (&model.config, &model.text);
         let (scratch, cache) = (&mut self.scratch, &mut self.cache);
-        text::forward(gpu, encoder, scratch, cfg, text, cache, &self.token, 1, None, &self.logits).await?;
+        let never = &mut Interrupt::never();
+        text::forward(gpu, encoder, never, scratch, cfg, text, cache, &self.token, 1, None, &self.logits)
+            .await?;
         self.cached.push(last);
         self.peak_pass_bytes = self.peak_pass_bytes.max(gpu.allocated_bytes() - before);
         self.decode.steps += 1;

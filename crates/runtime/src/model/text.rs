@@ -10,6 +10,7 @@
 
 use pocketvlm_format::ModelConfig;
 
+use super::interrupt::Interrupt;
 use super::kv_cache::{KvCache, LayerCache};
 use super::linear::{Embedding, Linear, Matrix, forward_shared};
 use super::qkv::{Qkv, Ups};
@@ -88,11 +89,13 @@ impl TextModel {
 
 /// Record a decoder pass over `ids` (appending to `cache`) and the logits of the last position
 /// into `logits` (f32 `[vocab]`); the pass's activations come from `scratch` (a generation keeps
-/// one for its decode steps, which then allocate no buffers).
+/// one for its decode steps, which then allocate no buffers). Each decoder layer is a part of
+/// the pass for `interrupt` (a decode step's is [`Interrupt::never`]).
 #[allow(clippy::too_many_arguments)]
 pub async fn forward(
     gpu: &Gpu,
     encoder: &mut Encoder,
+    interrupt: &mut Interrupt<'_>,
     scratch: &mut Scratch,
     cfg: &ModelConfig,
     model: &TextModel,
@@ -141,6 +144,7 @@ pub async fn forward(
         l.down.forward(gpu, encoder, scratch, tokens, &act, &out).await?;
         let next = model.layers.get(i + 1).map_or(&model.norm, |n| &n.input_norm);
         rms.encode(gpu, encoder, layout, rows, (&x, Some(&out)), &next.buffer, &normed).await?;
+        interrupt.point(gpu, encoder).await?;
     }
     cache.len = p0 + tokens;
 

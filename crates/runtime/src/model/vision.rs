@@ -8,6 +8,7 @@
 
 use pocketvlm_format::ModelConfig;
 
+use super::interrupt::Interrupt;
 use super::linear::Linear;
 use super::qkv::Qkv;
 use super::scratch::Scratch;
@@ -81,9 +82,11 @@ impl VisionModel {
 
 /// Record the vision tower and connector for `tiles` tiles of pixel values (f32
 /// `[tiles, channels, S, S]` in `pixels`); returns the image features f32 `[tiles·seq, D_text]`.
+/// Each half of a layer (attention, MLP) is a part of the pass for `interrupt`.
 pub async fn encode_image(
     gpu: &Gpu,
     encoder: &mut Encoder,
+    interrupt: &mut Interrupt<'_>,
     cfg: &ModelConfig,
     model: &VisionModel,
     pixels: &wgpu::Buffer,
@@ -138,6 +141,7 @@ pub async fn encode_image(
         l.out.forward(gpu, encoder, &mut scratch, t, &attn, &out).await?;
         let ln2 = (&l.ln2.0.buffer, &l.ln2.1.buffer);
         ln.encode(gpu, encoder, layout, rows, (&x, Some(&out)), ln2, &normed).await?;
+        interrupt.point(gpu, encoder).await?;
 
         l.fc1.forward(gpu, encoder, &mut scratch, t, &normed, &mlp).await?;
         GeluTanh.encode(gpu, encoder, t * v.intermediate_size, &mlp).await?;
@@ -145,6 +149,7 @@ pub async fn encode_image(
         let next = model.layers.get(i + 1).map_or(&model.post_norm, |n| &n.ln1);
         ln.encode(gpu, encoder, layout, rows, (&x, Some(&out)), (&next.0.buffer, &next.1.buffer), &normed)
             .await?;
+        interrupt.point(gpu, encoder).await?;
     }
 
     let s = cfg.connector.scale_factor;

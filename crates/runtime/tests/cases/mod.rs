@@ -8,8 +8,14 @@
 //! within 1e-3 relative, and the greedy ids are identical.
 #![allow(dead_code)]
 
-use pocketvlm_processor::{Message, decode_image};
+use std::cell::Cell;
+use std::rc::Rc;
+use std::task::Poll;
+
+use pocketvlm_processor::decode_image;
+use pocketvlm_runtime::RuntimeError;
 use pocketvlm_runtime::engine::{Engine, Request, Session};
+use pocketvlm_runtime::model::Stop;
 use pocketvlm_runtime::model::sampling::{SamplingOptions, top_k};
 use pocketvlm_runtime::parity::teacher_forced;
 use serde_json::Value;
@@ -98,13 +104,10 @@ pub async fn check_case_within(engine: &Engine, case: &CaseFiles, tolerance: f32
         Some(true),
         "{name}: the engine adds the generation prompt"
     );
-    let messages: Vec<Message> = serde_json::from_value(exp["messages"].clone()).expect("messages");
-    let split = exp["do_image_splitting"].as_bool();
-    let image = case.image.as_ref().map(|bytes| decode_image(bytes).expect("the case's image decodes"));
-
-    if let Some(img) = &image {
-        let prepared =
-            engine.preprocessor.preprocess(img, split.expect("image cases set splitting")).unwrap();
+    let request = case_request(case);
+    if let Some(img) = &request.image {
+        let split = request.split.expect("image cases set splitting");
+        let prepared = engine.preprocessor.preprocess(img, split).unwrap();
         let want = case.tiles.as_ref().expect("image cases have transformers' tiles");
         if prepared.tiles_u8 != *want {
             let first = prepared.tiles_u8.iter().zip(want).position(|(a, b)| a != b);
@@ -116,13 +119,6 @@ pub async fn check_case_within(engine: &Engine, case: &CaseFiles, tolerance: f32
         }
     }
 
-    let request = Request {
-        messages,
-        image,
-        split,
-        max_new_tokens: exp["max_new_tokens"].as_u64().expect("max_new_tokens") as usize,
-        sampling: SamplingOptions::default(),
-    };
     let mut session = engine.start(request.clone()).await.unwrap();
     assert_eq!(session.prompt_ids, ids(&exp["prompt_ids"]), "{name}: prompt ids");
 
@@ -179,6 +175,105 @@ pub async fn check_case_within(engine: &Engine, case: &CaseFiles, tolerance: f32
     }
 }
 
+/// The case as a request: its messages, image, splitting and token budget, never stopped.
+pub fn case_request(case: &CaseFiles) -> Request {
+    let exp = &case.expected;
+    Request {
+        messages: serde_json::from_value(exp["messages"].clone()).expect("messages"),
+        image: case.image.as_ref().map(|bytes| decode_image(bytes).expect("the case's image decodes")),
+        split: exp["do_image_splitting"].as_bool(),
+        max_new_tokens: exp["max_new_tokens"].as_u64().expect("max_new_tokens") as usize,
+        sampling: SamplingOptions::default(),
+        stop: Stop::never(),
+    }
+}
+
+/// A stop that counts how often it is asked and answers true from the `at`-th time on.
+fn stop_at(at: usize, asked: Rc<Cell<usize>>) -> Stop {
+    Stop::when(move || {
+        asked.set(asked.get() + 1);
+        asked.get() >= at
+    })
+}
+
+/// Stopped at every point where it can be (`Engine::resume`: once before anything, then
+/// between the parts of the vision tower — each layer's attention and MLP halves — and of the
+/// prefill — each decoder layer), the case fails with `RuntimeError::Aborted` there; afterwards
+/// the same engine answers it as transformers does ([`check_case`]).
+pub async fn check_stopped_anywhere(engine: &Engine, case: &CaseFiles) {
+    let name = case.name.as_str();
+    let request = case_request(case);
+    let cfg = &engine.model.config;
+    let vision_parts = if request.image.is_some() { 2 * cfg.vision.num_hidden_layers } else { 0 };
+    let points = 1 + vision_parts + cfg.text.num_hidden_layers;
+    let asked = Rc::new(Cell::new(0));
+    let whole = Request { stop: stop_at(usize::MAX, asked.clone()), ..request.clone() };
+    engine.start(whole).await.unwrap();
+    assert_eq!(asked.get(), points, "{name}: points where a stop is asked");
+    for at in 1..=points {
+        let asked = Rc::new(Cell::new(0));
+        let stopped = Request { stop: stop_at(at, asked.clone()), ..request.clone() };
+        match engine.start(stopped).await {
+            Err(RuntimeError::Aborted(_)) => assert_eq!(asked.get(), at, "{name}: asked after the stop"),
+            Err(e) => panic!("{name}: stopped at point {at}: {e}"),
+            Ok(_) => panic!("{name}: stopped at point {at}, the prompt was processed anyway"),
+        }
+    }
+    check_case(engine, case).await;
+}
+
+/// Both futures to their ends, polled in turn (in the browser, each await of the GPU lets the
+/// other run).
+async fn both<A: Future, B: Future>(a: A, b: B) -> (A::Output, B::Output) {
+    let (mut a, mut b) = (std::pin::pin!(a), std::pin::pin!(b));
+    let (mut ra, mut rb) = (None, None);
+    std::future::poll_fn(|cx| {
+        if ra.is_none()
+            && let Poll::Ready(v) = a.as_mut().poll(cx)
+        {
+            ra = Some(v);
+        }
+        if rb.is_none()
+            && let Poll::Ready(v) = b.as_mut().poll(cx)
+        {
+            rb = Some(v);
+        }
+        if ra.is_some() && rb.is_some() { Poll::Ready(()) } else { Poll::Pending }
+    })
+    .await;
+    (ra.expect("polled to its end"), rb.expect("polled to its end"))
+}
+
+/// Two cases on one engine at once — their vision towers and prefills in parts (a stop that
+/// never fires) that the GPU queue interleaves, then their decode steps in turn — give the
+/// prompt logits and greedy ids each gives alone.
+pub async fn check_concurrent(engine: &Engine, a: &CaseFiles, b: &CaseFiles) {
+    let mut alone = Vec::new();
+    for case in [a, b] {
+        let mut session = engine.start(case_request(case)).await.unwrap();
+        run_to_end(engine, &mut session).await;
+        alone.push(session);
+    }
+    let parts = || Stop::when(|| false);
+    let (ra, rb) =
+        (Request { stop: parts(), ..case_request(a) }, Request { stop: parts(), ..case_request(b) });
+    let (sa, sb) = both(engine.start(ra), engine.start(rb)).await;
+    let (mut sa, mut sb) = (sa.unwrap(), sb.unwrap());
+    let (mut a_done, mut b_done) = (false, false);
+    while !(a_done && b_done) {
+        a_done = a_done || sa.next(engine).await.unwrap().is_none();
+        b_done = b_done || sb.next(engine).await.unwrap().is_none();
+    }
+    for ((case, session), alone) in [(a, &sa), (b, &sb)].into_iter().zip(&alone) {
+        let name = &case.name;
+        assert!(
+            session.prompt_logits == alone.prompt_logits,
+            "{name}: prompt logits beside another generation"
+        );
+        assert_eq!(session.generated(), alone.generated(), "{name}: greedy ids beside another generation");
+    }
+}
+
 /// Follow the reference's greedy ids (teacher forcing) and compare the engine's logits with the
 /// reference's at every step, as `pocketvlm_runtime::parity` states: the whole generation is
 /// checked even where free-running decoding parted on a near tie.
@@ -210,6 +305,7 @@ pub fn text_request(exp: &Value) -> Request {
         split: exp["do_image_splitting"].as_bool(),
         max_new_tokens: exp["max_new_tokens"].as_u64().expect("max_new_tokens") as usize,
         sampling: SamplingOptions::default(),
+        stop: Stop::never(),
     }
 }
 
