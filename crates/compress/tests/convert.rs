@@ -205,6 +205,9 @@ fn missing_tensor_bad_dtype_and_corrupt_file_are_rejected() {
     std::fs::write(src.path().join("model.safetensors"), b"\x10\x00\x00\x00\x00\x00\x00\x00{garbage")
         .unwrap();
     assert!(matches!(convert_err(src.path()), CompressError::BadSafetensors { .. }));
+    // A header that claims 2⁶⁴ − 1 bytes: refused against the file's length, nothing allocated.
+    std::fs::write(src.path().join("model.safetensors"), [[0xFF; 8].as_slice(), b"{}"].concat()).unwrap();
+    assert!(matches!(convert_err(src.path()), CompressError::BadSafetensors { .. }));
     let empty = tempfile::tempdir().unwrap();
     assert!(matches!(convert_err(empty.path()), CompressError::NotACheckpoint { .. }));
     assert!(matches!("magic".parse::<Recipe>(), Err(CompressError::UnknownRecipe(_))));
