@@ -35,6 +35,7 @@ function onProgress(p) {
   const fraction = p.totalBytes ? p.loadedBytes / p.totalBytes : 0;
   if (p.phase === 'upload') return setProgress(1, 'Uploading the weights to the GPU…');
   if (p.phase === 'ready') return;
+  if (p.phase === 'warning') return console.warn(`PocketVLM: ${p.warning}`);
   const from = p.cacheHits === p.filesDone && p.filesDone > 0 ? ' (from cache)' : '';
   setProgress(fraction, `Downloading the model: ${formatBytes(p.loadedBytes)} of ${formatBytes(p.totalBytes)}, ` +
     `file ${p.filesDone}/${p.filesTotal}${from}`);

@@ -4,8 +4,11 @@ export type ImageInput = Blob | ImageBitmap | ImageData | HTMLImageElement;
 
 /** A load progress event. */
 export interface Progress {
-  /** 'manifest': totals known; 'file': one file verified; 'upload': weights going to the GPU; 'ready'. */
-  phase: 'manifest' | 'file' | 'upload' | 'ready';
+  /**
+   * 'manifest': totals known; 'file': one file verified; 'upload': weights going to the GPU;
+   * 'ready'; 'warning': the load worked around something (see `warning`), e.g. no browser cache.
+   */
+  phase: 'manifest' | 'file' | 'upload' | 'ready' | 'warning';
   /** The file of a 'file' event. */
   file?: string;
   /** Whether that file came from the browser cache. */
@@ -16,6 +19,8 @@ export interface Progress {
   filesTotal: number;
   /** Files that came from the browser cache so far. */
   cacheHits: number;
+  /** What a 'warning' event warns of. */
+  warning?: string;
 }
 
 export interface LoadOptions {

@@ -4,7 +4,8 @@
 //!
 //! GET and HEAD only (405 otherwise); `Content-Length` and `Content-Type` on every response,
 //! `Access-Control-Allow-Origin: *` (the test page is served from another origin), 404 for what
-//! is not there, 400 for paths with `..`, `\`, NUL or bad `%` escapes. A directory serves its
+//! is not there, 400 for paths with `..`, `\`, NUL or bad `%` escapes (also percent-encoded), 403
+//! for a symbolic link to something outside its mount. A directory serves its
 //! `index.html`. One request per connection (`Connection: close`).
 //!
 //! Files carry an `ETag` (a hash of path, length and modification time) and honour single
@@ -122,6 +123,8 @@ enum Target {
     File(PathBuf, usize),
     BadPath,
     NotFound,
+    /// A link under a mount to something outside it.
+    Outside,
 }
 
 fn hex_value(b: u8) -> Option<u8> {
@@ -173,7 +176,14 @@ fn resolve(mounts: &[Mount], target: &str) -> Target {
     if file.is_dir() {
         file.push("index.html");
     }
-    if file.is_file() { Target::File(file, index) } else { Target::NotFound }
+    if !file.is_file() {
+        return Target::NotFound;
+    }
+    // Symbolic links may point anywhere: only what lies under the mount is served.
+    match (file.canonicalize(), mount.dir.canonicalize()) {
+        (Ok(real), Ok(root)) if real.starts_with(&root) => Target::File(file, index),
+        _ => Target::Outside,
+    }
 }
 
 /// A `Range` header resolved against a file of `len` bytes.
@@ -286,6 +296,7 @@ fn handle(mut stream: TcpStream, mounts: &[Mount]) -> std::io::Result<()> {
         match resolve(mounts, target) {
             Target::BadPath => respond_text(&mut stream, "400 Bad Request", &[], head_only)?,
             Target::NotFound => respond_text(&mut stream, "404 Not Found", &[], head_only)?,
+            Target::Outside => respond_text(&mut stream, "403 Forbidden", &[], head_only)?,
             Target::File(path, mount) => match std::fs::File::open(&path) {
                 Ok(mut file) => {
                     let meta = file.metadata()?;
@@ -405,6 +416,14 @@ mod tests {
         assert_eq!(get(&server, "/model/other/manifest.json").0, "HTTP/1.1 404 Not Found");
         for bad in ["/model/tiny/../secret.txt", "/model/tiny/%2e%2e/secret.txt", "/a\\b", "/x%zz", "/x%00"] {
             assert_eq!(get(&server, bad).0, "HTTP/1.1 400 Bad Request", "{bad}");
+        }
+        // A link out of its mount is refused; one within it is served.
+        #[cfg(unix)]
+        {
+            std::os::unix::fs::symlink(_b.path().join("secret.txt"), _a.path().join("leak.txt")).unwrap();
+            std::os::unix::fs::symlink(_a.path().join("sub"), _a.path().join("inner")).unwrap();
+            assert_eq!(get(&server, "/model/tiny/leak.txt").0, "HTTP/1.1 403 Forbidden");
+            assert_eq!(get(&server, "/model/tiny/inner/x%20y.json").0, "HTTP/1.1 200 OK");
         }
         let (status, headers, _) = request(&server, "POST /secret.txt HTTP/1.1\r\nContent-Length: 0\r\n\r\n");
         assert_eq!(status, "HTTP/1.1 405 Method Not Allowed");

@@ -2,8 +2,10 @@
 //! network, then the tokenizer and each shard from the cache when it holds the manifest's
 //! version of the file, else from the network. Every file is verified (size and sha256) before
 //! it is used; a cached file that fails its check is dropped and fetched again, and a fetched
-//! file that fails is removed from the cache again. An `AbortSignal` stops the load between files
-//! and cancels the request in flight ([`RuntimeError::Aborted`]).
+//! file that fails is removed from the cache again. Where the Cache API is unavailable or refuses a
+//! file (over quota), the model loads from the network all the same, with a `Warning` progress
+//! event saying so. An `AbortSignal` stops the load between files and cancels the request in
+//! flight ([`RuntimeError::Aborted`]).
 
 use pocketvlm_format::{MANIFEST_FILE, Manifest, ShardSet, verify_tokenizer};
 use pocketvlm_runtime::RuntimeError;
@@ -23,21 +25,30 @@ pub struct LoadReport {
     pub manifest: Vec<u8>,
 }
 
+/// Where [`obtain`] found a file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Origin {
+    Cache,
+    Network,
+    /// The network, and the open cache refused to store it (e.g. over quota).
+    NetworkNotCached,
+}
+
 /// Give `accept` the bytes of the file at `url` (cache key `key`): the cached copy if there is
-/// one and `accept` takes it, else the network's. Returns whether the cache supplied them.
+/// one and `accept` takes it, else the network's (stored in the cache).
 async fn obtain(
     cache: Option<&ShardCache>,
     signal: Option<&AbortSignal>,
     url: &str,
     key: &str,
     accept: &mut dyn FnMut(Vec<u8>) -> pocketvlm_format::Result<()>,
-) -> Result<bool, RuntimeError> {
+) -> Result<Origin, RuntimeError> {
     check_signal(signal, url)?;
     if let Some(cache) = cache
         && let Some(bytes) = cache.get(key).await
     {
         if accept(bytes).is_ok() {
-            return Ok(true);
+            return Ok(Origin::Cache);
         }
         cache.delete(key).await;
     }
@@ -52,7 +63,7 @@ async fn obtain(
         }
         return Err(e.into());
     }
-    Ok(false)
+    Ok(if cache.is_some() && !stored { Origin::NetworkNotCached } else { Origin::Network })
 }
 
 /// Fetch and verify the model at `base` (its manifest against `pin` when given; `manifest`: the
@@ -78,27 +89,41 @@ pub async fn load(
     let cache = if use_cache { ShardCache::open().await } else { None };
     let mut tally = Tally::new(&manifest);
     on_progress(&tally.started());
+    if use_cache && cache.is_none() {
+        on_progress(&tally.warning("the browser cache (Cache API) is unavailable: loading without it"));
+    }
+    // One warning for the first file the cache refuses to store (the later ones likely follow).
+    let mut warned = false;
+    let mut warn_if_refused = |origin: Origin, file: &str, tally: &Tally| {
+        if origin == Origin::NetworkNotCached && !std::mem::replace(&mut warned, true) {
+            let message =
+                format!("the browser cache refused to store {file} (full?): the model is not cached");
+            on_progress(&tally.warning(message));
+        }
+    };
     let mut keys = Vec::with_capacity(1 + manifest.shards.len());
 
     let info = &manifest.tokenizer;
     let (url, tokenizer_key) = (file_url(base, &info.file), key(&file_url(base, &info.file), &info.sha256));
     let mut tokenizer = Vec::new();
-    let from_cache = obtain(cache.as_ref(), signal, &url, &tokenizer_key, &mut |bytes| {
+    let origin = obtain(cache.as_ref(), signal, &url, &tokenizer_key, &mut |bytes| {
         verify_tokenizer(&manifest, &bytes)?;
         tokenizer = bytes;
         Ok(())
     })
     .await?;
-    on_progress(&tally.extra_file_done(&info.file, tokenizer.len() as u64, from_cache));
+    warn_if_refused(origin, &info.file, &tally);
+    on_progress(&tally.extra_file_done(&info.file, tokenizer.len() as u64, origin == Origin::Cache));
     keys.push(tokenizer_key);
 
     let mut shards = ShardSet::new(manifest.clone());
     for (index, entry) in manifest.shards.iter().enumerate() {
         let url = file_url(base, &entry.file);
         let shard_key = key(&url, &entry.sha256);
-        let from_cache =
+        let origin =
             obtain(cache.as_ref(), signal, &url, &shard_key, &mut |bytes| shards.add(index, bytes)).await?;
-        on_progress(&tally.file_done(&entry.file, entry.bytes, from_cache));
+        warn_if_refused(origin, &entry.file, &tally);
+        on_progress(&tally.file_done(&entry.file, entry.bytes, origin == Origin::Cache));
         keys.push(shard_key);
     }
     if let Some(cache) = &cache {

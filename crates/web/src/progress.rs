@@ -14,6 +14,9 @@ pub enum Phase {
     /// All files are here; the weights are being uploaded to the GPU.
     Upload,
     Ready,
+    /// Something the load worked around (`warning` says what): the browser cache is unavailable
+    /// or refused a file, so the model loads from the network without it.
+    Warning,
 }
 
 /// One progress event as JavaScript's `onProgress` receives it.
@@ -33,6 +36,9 @@ pub struct Progress {
     pub files_total: usize,
     /// Files that came from the browser cache so far.
     pub cache_hits: usize,
+    /// What a `Warning` event warns of.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub warning: Option<String>,
 }
 
 /// Running totals of a load.
@@ -66,7 +72,13 @@ impl Tally {
             files_done: self.files_done,
             files_total: self.files_total,
             cache_hits: self.cache_hits,
+            warning: None,
         }
+    }
+
+    /// A `Warning` event saying `message`.
+    pub fn warning(&self, message: impl Into<String>) -> Progress {
+        Progress { warning: Some(message.into()), ..self.event(Phase::Warning, None, None) }
     }
 
     pub fn started(&self) -> Progress {

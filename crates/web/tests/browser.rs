@@ -11,6 +11,7 @@ use pocketvlm_runtime::fetch::{fetch_bytes, fetch_manifest};
 use pocketvlm_runtime::model::Stop;
 use pocketvlm_web::options::GenerateOptions;
 use pocketvlm_web::progress::{Phase, Progress};
+use pocketvlm_web::shard_cache::{ShardCache, key};
 use pocketvlm_web::{Generation, Model};
 use serde_json::Value;
 use wasm_bindgen::{JsCast, JsValue};
@@ -258,6 +259,62 @@ async fn a_pinned_manifest_loads_only_with_its_digest() {
     let error = load("md5-abc".into()).await.unwrap_err();
     let name = js_sys::Reflect::get(&error, &"name".into()).unwrap().as_string();
     assert_eq!(name.as_deref(), Some("TypeError"));
+}
+
+/// Where the Cache API is unavailable (hidden from the page here), a load with `cache: true`
+/// still loads the model, from the network, with one `Warning` progress event saying why.
+#[wasm_bindgen_test]
+async fn without_the_cache_api_the_model_loads_with_a_warning() {
+    // `caches` is the global object's own accessor (WebIDL [Global]): kept aside and put back.
+    js_sys::eval(
+        "globalThis.__caches = Object.getOwnPropertyDescriptor(globalThis, 'caches');\
+         Object.defineProperty(globalThis, 'caches', { value: undefined, configurable: true })",
+    )
+    .unwrap();
+    let events = RefCell::new(Vec::<Progress>::new());
+    let model = Model::open(&model_url(), true, None, None, &|p| events.borrow_mut().push(p.clone())).await;
+    js_sys::eval(
+        "delete globalThis.caches;\
+         if (globalThis.__caches) Object.defineProperty(globalThis, 'caches', globalThis.__caches);\
+         delete globalThis.__caches",
+    )
+    .unwrap();
+    assert!(ShardCache::open().await.is_some(), "the Cache API is back");
+    let model = model.unwrap();
+    let events = events.into_inner();
+    let warnings: Vec<&Progress> = events.iter().filter(|e| e.phase == Phase::Warning).collect();
+    assert_eq!(warnings.len(), 1, "{events:?}");
+    assert!(warnings[0].warning.as_deref().is_some_and(|w| w.contains("Cache API")), "{warnings:?}");
+    assert!(events.iter().filter(|e| e.phase == Phase::File).all(|e| e.from_cache == Some(false)));
+    assert!(!model.loaded_from_cache());
+    model.dispose();
+}
+
+/// A cache entry cut short (a write interrupted by a closed tab) is never used: the load checks
+/// it against the manifest, fetches that file again and replaces the entry.
+#[wasm_bindgen_test]
+async fn a_half_written_cache_entry_is_fetched_again() {
+    Model::open(&model_url(), true, None, None, &|_| ()).await.unwrap().dispose();
+    let manifest = fetch_manifest(&model_url(), None).await.unwrap();
+    let shard = &manifest.shards[0];
+    let url = format!("{}/{}", model_url(), shard.file);
+    let whole = fetch_bytes(&url).await.unwrap();
+    let cache = ShardCache::open().await.unwrap();
+    assert!(cache.put(&key(&url, &shard.sha256), &whole[..whole.len() / 2]).await);
+
+    let origin = |events: &[Progress]| {
+        events.iter().find(|e| e.file.as_deref() == Some(shard.file.as_str())).and_then(|e| e.from_cache)
+    };
+    let events = RefCell::new(Vec::<Progress>::new());
+    let model = Model::open(&model_url(), true, None, None, &|p| events.borrow_mut().push(p.clone())).await;
+    model.unwrap().dispose();
+    assert_eq!(origin(&events.borrow()), Some(false), "the half entry was not used");
+    let events = RefCell::new(Vec::<Progress>::new());
+    let model = Model::open(&model_url(), true, None, None, &|p| events.borrow_mut().push(p.clone())).await;
+    let model = model.unwrap();
+    assert_eq!(origin(&events.borrow()), Some(true), "the entry was replaced");
+    assert!(model.loaded_from_cache());
+    model.dispose();
 }
 
 #[wasm_bindgen_test]
