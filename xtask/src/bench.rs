@@ -82,6 +82,11 @@ pub struct Args {
     /// vision tower, timed to the error and to an idle GPU (two more calls per model and side).
     #[arg(long)]
     stop_latency: bool,
+    /// Also run this many generations in a row on each engine (captions, text questions, chat
+    /// turns, stopped captions), each compared with the fresh engine's answer, with the time and
+    /// memory of the first and last tenth of the run (issue 16's soak).
+    #[arg(long, default_value_t = 0)]
+    soak: usize,
     /// Also run transformers.js on this ONNX export of the same checkpoint (see
     /// `../shared/peer/README.md`) in the same Chromium, and print both side by side. Needs
     /// `--no-split` and the peer's prompt (the default).
@@ -129,6 +134,7 @@ pub fn run(args: Args) -> Result<()> {
         gpu_time: args.gpu_time,
         text_only: args.text_only,
         stop_latency: args.stop_latency,
+        soak: args.soak,
     };
     let image_bytes = std::fs::read(&image).with_context(|| format!("reading {}", image.display()))?;
 
@@ -470,6 +476,26 @@ fn print_table(model: &Path, config: &BenchConfig, native: &BenchReport, chromiu
         let error = |r: &BenchReport| stop(r).to_error_ms.unwrap_or(f64::NAN);
         row("· then until the call failed (Aborted)", &error, &ms);
         row("· then until the GPU was idle", &|r| stop(r).to_idle_ms, &ms);
+    }
+    if native.soak.is_some() {
+        let s = |r: &BenchReport| r.soak.clone().unwrap_or_default();
+        let count = |v: f64| format!("{v:.0}");
+        row("soak: generations", &|r| s(r).generations as f64, &count);
+        row("soak: of those stopped on purpose (Aborted, as they must)", &|r| s(r).stopped as f64, &count);
+        row("soak: answers unlike the fresh engine's", &|r| s(r).mismatches.len() as f64, &count);
+        row("soak: mean time, first tenth", &|r| s(r).first_tenth_ms, &ms);
+        row("soak: mean time, last tenth", &|r| s(r).last_tenth_ms, &ms);
+        row(
+            "soak: memory at the start (native: RSS; Chromium: JS heap + wasm)",
+            &|r| s(r).memory_start as f64,
+            &bytes,
+        );
+        row("soak: memory at the end", &|r| s(r).memory_end as f64, &bytes);
+        for r in std::iter::once(native).chain(chromium) {
+            for m in &s(r).mismatches {
+                println!("| soak mismatch ({}) | {m} | | |", r.adapter);
+            }
+        }
     }
     row("GPU: weights", &|r| r.weight_bytes as f64, &bytes);
     row("GPU: tables (RoPE, rotations)", &|r| r.table_bytes as f64, &bytes);

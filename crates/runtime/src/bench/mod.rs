@@ -10,6 +10,7 @@
 //! * GPU memory: weights, tables, KV cache and activations ([`MemoryUsage`]).
 
 pub mod kernels;
+pub mod soak;
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -73,6 +74,9 @@ pub struct BenchConfig {
     /// Also measure how soon a stop ends the vision tower and the prefill ([`measure_stop`]).
     #[serde(default)]
     pub stop_latency: bool,
+    /// Also run this many generations in a row on the engine ([`soak::soak`]); 0: none.
+    #[serde(default)]
+    pub soak: usize,
 }
 
 impl BenchConfig {
@@ -169,6 +173,9 @@ pub struct BenchReport {
     /// How soon a stop ends the call, with [`BenchConfig::stop_latency`].
     #[serde(default)]
     pub stop: Option<StopReport>,
+    /// The soak run, with [`BenchConfig::soak`].
+    #[serde(default)]
+    pub soak: Option<soak::SoakReport>,
 }
 
 /// How soon a stop ends a call ([`measure_stop`]). The stop is asked between the parts of the
@@ -302,6 +309,14 @@ pub async fn measure(
         stop: match config.stop_latency {
             true => Some(measure_stop(engine, &request).await?),
             false => None,
+        },
+        soak: match config.soak {
+            0 => None,
+            n => {
+                let text =
+                    Request { image: None, ..Request::caption(&config.prompt, None, config.max_new_tokens) };
+                Some(soak::soak(engine, &request, &text, n).await?)
+            }
         },
     })
 }
