@@ -90,15 +90,15 @@ pub async fn fetch_bytes_abortable(url: &str, signal: Option<&AbortSignal>) -> R
 
 /// Fetch and validate `manifest.json` (`signal` can cancel it).
 pub async fn fetch_manifest(base: &str, signal: Option<&AbortSignal>) -> Result<Manifest> {
-    parse_manifest(fetch_bytes_abortable(&file_url(base, MANIFEST_FILE), signal).await?)
+    parse_manifest(&fetch_bytes_abortable(&file_url(base, MANIFEST_FILE), signal).await?)
 }
 
 /// Validate the bytes of a `manifest.json`.
-pub fn parse_manifest(bytes: Vec<u8>) -> Result<Manifest> {
-    let text = String::from_utf8(bytes).map_err(|e| {
+pub fn parse_manifest(bytes: &[u8]) -> Result<Manifest> {
+    let text = std::str::from_utf8(bytes).map_err(|e| {
         RuntimeError::Format(pocketvlm_format::FormatError::InvalidManifest(format!("not UTF-8: {e}")))
     })?;
-    Ok(Manifest::from_json(&text)?)
+    Ok(Manifest::from_json(text)?)
 }
 
 /// Fetch the model directory at `base`: the manifest, then the tokenizer and each shard in turn,

@@ -392,9 +392,9 @@ impl Generation {
             state.borrow_mut().finished = true;
             return Err(e);
         }
-        let engine = self.engine.clone();
+        let engine = &self.engine;
         state.borrow_mut().running = true;
-        let step = session.next(&engine).await;
+        let step = session.next(engine).await;
         let mut s = state.borrow_mut();
         s.running = false;
         let piece = match step {
@@ -408,7 +408,7 @@ impl Generation {
         if let Some(p) = &piece {
             s.generated.push(p.id);
         }
-        s.usage = usage(&engine, &session, ttft);
+        s.usage = usage(engine, &session, ttft);
         s.session = Some(session);
         if piece.is_none() {
             s.finished = true;

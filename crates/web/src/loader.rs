@@ -83,7 +83,7 @@ pub async fn load(
     if let Some(pin) = pin {
         pin.check(MANIFEST_FILE, &manifest_bytes)?;
     }
-    let manifest: Manifest = parse_manifest(manifest_bytes.clone())?;
+    let manifest: Manifest = parse_manifest(&manifest_bytes)?;
     // a model the runtime cannot run is refused before its shards are downloaded
     pocketvlm_runtime::model::check_supported(&manifest)?;
     let cache = if use_cache { ShardCache::open().await } else { None };

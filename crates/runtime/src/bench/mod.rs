@@ -321,6 +321,14 @@ pub async fn measure(
     })
 }
 
+/// Parts of `request`'s vision tower (two per vision layer, none without an image) and of its
+/// prefill (one per decoder layer): the stop is asked once before anything and after each part.
+fn stop_parts(engine: &Engine, request: &Request) -> (usize, usize) {
+    let cfg = &engine.model.config;
+    let vision = if request.image.is_some() { 2 * cfg.vision.num_hidden_layers } else { 0 };
+    (vision, cfg.text.num_hidden_layers)
+}
+
 /// Two more calls of `request` (after a timed one, so nothing compiles): one unstopped, noting
 /// when the stop is asked ([`StopReport`]'s waits), and one stopped halfway through the vision
 /// tower (the prefill without an image), timed to the `Aborted` error and to an idle GPU.
@@ -334,10 +342,7 @@ pub async fn measure_stop(engine: &Engine, request: &Request) -> Result<StopRepo
     });
     engine.start(Request { stop, ..request.clone() }).await?;
     let asks: Vec<f64> = std::iter::once(start).chain(asks.take()).collect();
-    // Asks: one before anything, two per vision layer, one per decoder layer.
-    let cfg = &engine.model.config;
-    let vision_parts = if request.image.is_some() { 2 * cfg.vision.num_hidden_layers } else { 0 };
-    let prefill_parts = asks.len().saturating_sub(2 + vision_parts);
+    let (vision_parts, prefill_parts) = stop_parts(engine, request);
     let longest = |asks: &[f64]| asks.windows(2).map(|w| w[1] - w[0]).fold(0.0, f64::max);
     let vision = &asks[1..(2 + vision_parts).min(asks.len())];
     let prefill = &asks[(1 + vision_parts).min(asks.len() - 1)..];

@@ -32,7 +32,8 @@ pub struct SoakReport {
 /// Run the soak: `caption` is a request with an image, `text` one without.
 pub async fn soak(engine: &Engine, caption: &Request, text: &Request, n: usize) -> Result<SoakReport> {
     let (memory_what, memory_start) = memory_now();
-    let points = stop_points(engine, caption);
+    let (vision_parts, prefill_parts) = super::stop_parts(engine, caption);
+    let points = 1 + vision_parts + prefill_parts;
     let mut fresh: [Option<Vec<u32>>; 2] = [None, None];
     let mut conversation: Option<Conversation> = None;
     let mut report = SoakReport { generations: n, memory_start, memory_what, ..SoakReport::default() };
@@ -79,14 +80,6 @@ pub async fn soak(engine: &Engine, caption: &Request, text: &Request, n: usize) 
     report.last_tenth_ms = mean(&times[n - tenth..]);
     report.memory_end = memory_now().1;
     Ok(report)
-}
-
-/// Points where `request`'s stop is asked: one before anything, two per vision layer, one per
-/// decoder layer.
-fn stop_points(engine: &Engine, request: &Request) -> usize {
-    let cfg = &engine.model.config;
-    let vision = if request.image.is_some() { 2 * cfg.vision.num_hidden_layers } else { 0 };
-    1 + vision + cfg.text.num_hidden_layers
 }
 
 /// A stop that answers true from its `at`-th ask on.

@@ -179,7 +179,7 @@ impl Kernel for RotateStage {
             Self::Core { .. } => BTreeMap::from([flag("CORE")]),
         };
         if self.lanes() == 4 {
-            defines.extend([flag("VEC4")]);
+            defines.insert("VEC4".to_string(), String::new());
         }
         defines
     }

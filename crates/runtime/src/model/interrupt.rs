@@ -56,7 +56,7 @@ pub struct Interrupt<'a> {
     /// Timestamps of the submitted parts' timed dispatches.
     timings: Vec<GpuTimings>,
     /// Points passed.
-    pub points: usize,
+    points: usize,
 }
 
 impl<'a> Interrupt<'a> {

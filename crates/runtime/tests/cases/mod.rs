@@ -12,7 +12,7 @@ use std::cell::Cell;
 use std::rc::Rc;
 use std::task::Poll;
 
-use pocketvlm_processor::decode_image;
+use pocketvlm_processor::{RgbImage, decode_image};
 use pocketvlm_runtime::RuntimeError;
 use pocketvlm_runtime::engine::{Engine, Request, Session};
 use pocketvlm_runtime::model::Stop;
@@ -177,10 +177,15 @@ pub async fn check_case_within(engine: &Engine, case: &CaseFiles, tolerance: f32
 
 /// The case as a request: its messages, image, splitting and token budget, never stopped.
 pub fn case_request(case: &CaseFiles) -> Request {
-    let exp = &case.expected;
+    let image = case.image.as_ref().map(|bytes| decode_image(bytes).expect("the case's image decodes"));
+    request_for(&case.expected, image)
+}
+
+/// The case `exp` as a request with `image` (greedy, never stopped).
+fn request_for(exp: &Value, image: Option<RgbImage>) -> Request {
     Request {
         messages: serde_json::from_value(exp["messages"].clone()).expect("messages"),
-        image: case.image.as_ref().map(|bytes| decode_image(bytes).expect("the case's image decodes")),
+        image,
         split: exp["do_image_splitting"].as_bool(),
         max_new_tokens: exp["max_new_tokens"].as_u64().expect("max_new_tokens") as usize,
         sampling: SamplingOptions::default(),
@@ -299,14 +304,7 @@ async fn check_teacher_forced(engine: &Engine, request: Request, exp: &Value, na
 
 /// The text case `exp` as a request (its messages, splitting and token budget; no image).
 pub fn text_request(exp: &Value) -> Request {
-    Request {
-        messages: serde_json::from_value(exp["messages"].clone()).expect("messages"),
-        image: None,
-        split: exp["do_image_splitting"].as_bool(),
-        max_new_tokens: exp["max_new_tokens"].as_u64().expect("max_new_tokens") as usize,
-        sampling: SamplingOptions::default(),
-        stop: Stop::never(),
-    }
+    request_for(exp, None)
 }
 
 async fn run_to_end(engine: &Engine, session: &mut Session) {
