@@ -1,10 +1,12 @@
 // Image inputs to straight-alpha RGBA bytes. Decoding goes through createImageBitmap with
 // premultiplyAlpha: 'none' and colorSpaceConversion: 'none', so the pixels are the file's own,
-// as Pillow decodes them (the reference the model's preprocessing follows).
+// as Pillow decodes them (the reference the model's preprocessing follows), and with
+// imageOrientation: 'from-image', so a photo with an EXIF orientation is upright, as the page
+// shows it (Pillow's ImageOps.exif_transpose; `cargo xtask caption` does the same).
 
 import { ImageDecodeError } from './errors.js';
 
-const DECODE = { premultiplyAlpha: 'none', colorSpaceConversion: 'none' };
+const DECODE = { premultiplyAlpha: 'none', colorSpaceConversion: 'none', imageOrientation: 'from-image' };
 
 /**
  * @param {Blob | ImageBitmap | ImageData | HTMLImageElement} image

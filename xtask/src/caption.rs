@@ -43,7 +43,7 @@ use anyhow::{Context, Result, bail};
 use pocketvlm_compress::model::CacheKind;
 use pocketvlm_compress::model::reference::Reference;
 use pocketvlm_format::dir;
-use pocketvlm_processor::decode_image;
+use pocketvlm_processor::{DecodeOptions, decode_image_with};
 use pocketvlm_runtime::engine::{Engine, Request, Timings, now_ms};
 use pocketvlm_runtime::model::MemoryUsage;
 use pocketvlm_runtime::model::sampling::top_k;
@@ -177,7 +177,9 @@ pub fn run(args: Args) -> Result<()> {
     let (text, image) = match (&args.image, &args.text) {
         (Some(path), None) => {
             let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-            let image = decode_image(&bytes).with_context(|| format!("decoding {}", path.display()))?;
+            // upright, as the browser decodes it: the same file captions the same in both
+            let image = decode_image_with(&bytes, DecodeOptions::UPRIGHT)
+                .with_context(|| format!("decoding {}", path.display()))?;
             (args.prompt.clone().unwrap_or_else(|| DEFAULT_PROMPT.to_string()), Some(image))
         }
         (None, Some(text)) => (text.clone(), None),

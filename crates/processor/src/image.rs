@@ -53,14 +53,30 @@ pub struct DecodeOptions {
     /// Rotate/flip according to the EXIF orientation tag (`ImageOps.exif_transpose`).
     pub apply_exif_orientation: bool,
     pub alpha: AlphaHandling,
+    /// Files declaring more pixels than this are refused from their header
+    /// ([`ProcessorError::ImageTooLarge`]); Pillow's limit, [`MAX_IMAGE_PIXELS`], by default.
+    pub max_pixels: u64,
 }
 
 impl DecodeOptions {
     /// `processor(images=PIL.Image.open(f))`: pixels as stored, alpha composited onto white.
-    pub const PIL_OPEN: Self = Self { apply_exif_orientation: false, alpha: AlphaHandling::CompositeOnWhite };
+    pub const PIL_OPEN: Self = Self {
+        apply_exif_orientation: false,
+        alpha: AlphaHandling::CompositeOnWhite,
+        max_pixels: MAX_IMAGE_PIXELS,
+    };
+    /// `processor(images=PIL.ImageOps.exif_transpose(PIL.Image.open(f)))`: the picture upright,
+    /// as a browser shows it (and as the npm package's `createImageBitmap` decodes it), alpha
+    /// composited onto white.
+    pub const UPRIGHT: Self = Self {
+        apply_exif_orientation: true,
+        alpha: AlphaHandling::CompositeOnWhite,
+        max_pixels: MAX_IMAGE_PIXELS,
+    };
     /// `processor(images=transformers.image_utils.load_image(f))`: EXIF orientation applied,
     /// alpha dropped.
-    pub const LOAD_IMAGE: Self = Self { apply_exif_orientation: true, alpha: AlphaHandling::Drop };
+    pub const LOAD_IMAGE: Self =
+        Self { apply_exif_orientation: true, alpha: AlphaHandling::Drop, max_pixels: MAX_IMAGE_PIXELS };
 }
 
 impl Default for DecodeOptions {
@@ -183,7 +199,7 @@ pub fn decode_image(bytes: &[u8]) -> Result<RgbImage, ProcessorError> {
 ///
 /// JPEG is decoded by `zune-jpeg`, not libjpeg-turbo, so colour JPEG pixels can differ from
 /// Pillow's by a few levels (chroma upsampling and IDCT rounding); PNG is exact. A file declaring
-/// more than [`MAX_IMAGE_PIXELS`] is refused from its header.
+/// more than `options.max_pixels` is refused from its header.
 pub fn decode_image_with(bytes: &[u8], options: DecodeOptions) -> Result<RgbImage, ProcessorError> {
     let mut reader = ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()
@@ -201,8 +217,8 @@ pub fn decode_image_with(bytes: &[u8], options: DecodeOptions) -> Result<RgbImag
     let mut decoder = reader.into_decoder().map_err(|e| ProcessorError::ImageDecode(e.to_string()))?;
     let (width, height) = decoder.dimensions();
     let (width, height) = (u64::from(width), u64::from(height));
-    if width * height > MAX_IMAGE_PIXELS {
-        return Err(ProcessorError::ImageTooLarge { width, height, limit: MAX_IMAGE_PIXELS });
+    if width * height > options.max_pixels {
+        return Err(ProcessorError::ImageTooLarge { width, height, limit: options.max_pixels });
     }
     let orientation = if options.apply_exif_orientation {
         decoder.orientation().map_err(|e| ProcessorError::ImageDecode(e.to_string()))?

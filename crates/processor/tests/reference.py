@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import PIL
-from PIL import Image
+from PIL import Image, ImageOps
 
 import transformers
 from transformers.image_transforms import convert_to_rgb
@@ -188,16 +188,24 @@ def decode_cases() -> list[dict]:
     grey = rgb[..., 1]
     cases = []
 
-    def add(name: str, im: Image.Image, fmt: str, exact: bool, **save):
+    def add(name: str, im: Image.Image, fmt: str, exact: bool, load_image: bool = False, **save):
+        """`load_image`: the expected RGB is transformers' `load_image` (EXIF orientation applied,
+        alpha dropped) instead of the processor's view of `Image.open`."""
         buf = io.BytesIO()
         im.save(buf, format=fmt, **save)
         (DATA / name).write_bytes(buf.getvalue())
         with Image.open(DATA / name) as loaded:
             loaded.load()
             mode = loaded.mode
-            got = convert_to_rgb(loaded, return_numpy=True)
+            if load_image:
+                got = np.asarray(ImageOps.exif_transpose(loaded).convert("RGB"))
+            else:
+                got = convert_to_rgb(loaded, return_numpy=True)
         got = np.ascontiguousarray(got)
-        rec = {"file": name, "mode": mode, "size": [w, h], "exact": exact, "rgb_sha256": sha256(got.tobytes())}
+        size = [got.shape[1], got.shape[0]]
+        rec = {"file": name, "mode": mode, "size": size, "exact": exact, "rgb_sha256": sha256(got.tobytes())}
+        if load_image:
+            rec["options"] = "load_image"
         if not exact:
             pillow_raw = name + ".pillow.rgb"
             (DATA / pillow_raw).write_bytes(got.tobytes())
@@ -226,6 +234,16 @@ def decode_cases() -> list[dict]:
     add("q90_420.jpg", Image.fromarray(rgb, "RGB"), "JPEG", False, quality=90, subsampling=2)
     add("q90_444.jpg", Image.fromarray(rgb, "RGB"), "JPEG", False, quality=90, subsampling=0)
     add("grey.jpg", Image.fromarray(grey, "L"), "JPEG", False, quality=90)
+    # CMYK JPEG (Pillow writes Adobe-inverted CMYK), opened by the processor as CMYK → RGB
+    add("cmyk.jpg", Image.fromarray(rgb, "RGB").convert("CMYK"), "JPEG", False, quality=90)
+    # EXIF orientation 6 (the camera was turned: rotate 90° clockwise to view), in both formats:
+    # Image.open keeps the stored pixels, load_image turns them upright
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    for load_image in (False, True):
+        suffix = "_upright" if load_image else ""
+        add(f"exif6{suffix}.png", Image.fromarray(rgb, "RGB"), "PNG", True, load_image, exif=exif)
+        add(f"exif6{suffix}.jpg", Image.fromarray(rgb, "RGB"), "JPEG", False, load_image, quality=90, exif=exif)
     return cases
 
 
