@@ -22,7 +22,7 @@ export class OutOfMemoryError extends PocketVLMError {}
 export class AbortError extends PocketVLMError {}
 /** The image could not be decoded. */
 export class ImageDecodeError extends PocketVLMError {}
-/** The prompt does not fit the model: `tokens`, `limit`. */
+/** The prompt and `maxNewTokens` do not fit the model's context: `tokens`, `maxNewTokens`, `limit`. */
 export class PromptTooLongError extends PocketVLMError {}
 /** The model is valid but this runtime cannot run it (yet); the message says why. */
 export class UnsupportedModelError extends PocketVLMError {}

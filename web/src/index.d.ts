@@ -153,8 +153,10 @@ export declare class DeviceLostError extends PocketVLMError {}
 export declare class OutOfMemoryError extends PocketVLMError {}
 export declare class AbortError extends PocketVLMError {}
 export declare class ImageDecodeError extends PocketVLMError {}
+/** The prompt and `maxNewTokens` do not fit in the model's context: `tokens + maxNewTokens ≤ limit` is needed. */
 export declare class PromptTooLongError extends PocketVLMError {
   readonly tokens: number;
+  readonly maxNewTokens: number;
   readonly limit: number;
 }
 /** The model is valid but this runtime cannot run it, e.g. arithmetic its kernels lack; the message names the tensor and the reason. */

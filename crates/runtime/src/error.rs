@@ -23,8 +23,12 @@ pub enum RuntimeError {
     Shader { shader: String, message: String },
     #[error("{what} needs a {bytes}-byte binding; this device allows {limit} bytes per storage binding")]
     BindingTooLarge { what: String, bytes: u64, limit: u64 },
-    #[error("the prompt has {tokens} tokens; this model accepts fewer than {limit}")]
-    PromptTooLong { tokens: usize, limit: usize },
+    /// The prompt and the tokens asked for do not fit in the model's context (`limit`
+    /// positions): `tokens + max_new_tokens ≤ limit` is needed, and at least one new token.
+    #[error(
+        "the prompt has {tokens} tokens and asks for up to {max_new_tokens} new ones; this model's context holds {limit}"
+    )]
+    PromptTooLong { tokens: usize, max_new_tokens: usize, limit: usize },
     #[error(transparent)]
     Processor(#[from] pocketvlm_processor::ProcessorError),
     /// A model file could not be fetched: `status` is the HTTP status when a response arrived

@@ -111,12 +111,36 @@ fn prompt_too_long_is_a_typed_error() {
     pollster::block_on(async {
         let engine = load(&fixtures().join("tiny"), DeviceOptions::default()).await;
         let (gpu, model) = (&engine.gpu, &engine.model);
-        let prompt = vec![1u32; model.max_positions()];
+        // the context is the checkpoint's max_position_embeddings (transformers' config.json)
+        let config = serde_json::from_slice::<serde_json::Value>(
+            &std::fs::read(fixtures().join("tiny/config.json")).unwrap(),
+        )
+        .unwrap();
+        let context = config["text_config"]["max_position_embeddings"].as_u64().unwrap() as usize;
+        let prompt = vec![1u32; context];
         let err = Generator::start(gpu, model, &prompt, None, 4, SamplingOptions::default(), &Stop::never())
             .await
             .err()
             .unwrap();
         assert!(matches!(err, RuntimeError::PromptTooLong { .. }), "{err}");
+        // a prompt that fits, asking for more new tokens than the context has left
+        let prompt = vec![1u32; context - 4];
+        for asked in [5, usize::MAX] {
+            let err = Generator::start(
+                gpu,
+                model,
+                &prompt,
+                None,
+                asked,
+                SamplingOptions::default(),
+                &Stop::never(),
+            )
+            .await
+            .err()
+            .unwrap();
+            let RuntimeError::PromptTooLong { tokens, max_new_tokens, limit } = err else { panic!("{err}") };
+            assert_eq!((tokens, max_new_tokens, limit), (context - 4, asked, context));
+        }
         // The image-token count must match the features given.
         let prompt = vec![model.config.image_token_id; 3];
         let err = Generator::start(gpu, model, &prompt, None, 4, SamplingOptions::default(), &Stop::never())

@@ -81,9 +81,12 @@ pub struct ErrorFields {
     /// `IntegrityError`: the expected sha256 in hex, when the hash (not the size) differed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub expected_sha256: Option<String>,
-    /// `PromptTooLongError`: the prompt's tokens and the model's limit.
+    /// `PromptTooLongError`: the prompt's tokens, the new tokens asked for and the model's
+    /// context.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tokens: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_new_tokens: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub limit: Option<usize>,
 }
@@ -115,9 +118,13 @@ impl From<RuntimeError> for WebError {
             }
             RuntimeError::DeviceLost(_) => Self::new(ErrorName::DeviceLost, message),
             RuntimeError::OutOfMemory(_) => Self::new(ErrorName::OutOfMemory, message),
-            RuntimeError::PromptTooLong { tokens, limit } => {
-                let fields =
-                    ErrorFields { tokens: Some(tokens), limit: Some(limit), ..ErrorFields::default() };
+            RuntimeError::PromptTooLong { tokens, max_new_tokens, limit } => {
+                let fields = ErrorFields {
+                    tokens: Some(tokens),
+                    max_new_tokens: Some(max_new_tokens),
+                    limit: Some(limit),
+                    ..ErrorFields::default()
+                };
                 Self::with_fields(ErrorName::PromptTooLong, message, fields)
             }
             RuntimeError::Fetch { url, status, .. } => {
@@ -176,8 +183,11 @@ mod tests {
             (Some("shard-00001.bin"), Some("abcd"))
         );
 
-        let e: WebError = RuntimeError::PromptTooLong { tokens: 9000, limit: 8192 }.into();
-        assert_eq!((e.name, e.fields.tokens, e.fields.limit), ("PromptTooLongError", Some(9000), Some(8192)));
+        let e: WebError = RuntimeError::PromptTooLong { tokens: 9000, max_new_tokens: 8, limit: 8192 }.into();
+        assert_eq!(
+            (e.name, e.fields.tokens, e.fields.max_new_tokens, e.fields.limit),
+            ("PromptTooLongError", Some(9000), Some(8), Some(8192))
+        );
 
         let e: WebError = ProcessorError::InvalidImage("0x0".into()).into();
         assert_eq!(e.name, "ImageDecodeError");

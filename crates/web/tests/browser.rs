@@ -24,6 +24,7 @@ const COFFEE: &[u8] = include_bytes!("../../../tests/fixtures/images/coffee.png"
 const COFFEE_NOSPLIT: &str = include_str!("../../../tests/fixtures/tiny/expected/coffee_nosplit.json");
 const TEXT_CHAT: &str = include_str!("../../../tests/fixtures/tiny/expected/text_chat.json");
 const TEXT_MULTITURN: &str = include_str!("../../../tests/fixtures/tiny/expected/text_multiturn.json");
+const CONFIG: &str = include_str!("../../../tests/fixtures/tiny/config.json");
 
 fn server() -> &'static str {
     let Some(server) = option_env!("POCKETVLM_TEST_SERVER") else {
@@ -151,6 +152,18 @@ async fn load_caption_stop_and_chat_match_transformers() {
     drain(&generation).await;
     assert_eq!(generation.generated_ids(), ids(&multi["generated_ids"])[..SHORT]);
     assert!(generation.current_usage().reused_prompt_tokens >= first_prompt);
+
+    // A budget of new tokens past the context (transformers' max_position_embeddings) is a
+    // PromptTooLongError naming both numbers, before anything runs; the model stays usable.
+    let context = case(CONFIG)["text_config"]["max_position_embeddings"].as_u64().unwrap() as usize;
+    let options = options_for(&chat, None, Some(context));
+    let err = model.start_chat(messages(&chat), None, options, Stop::never()).await.err().unwrap();
+    assert_eq!(err.name, "PromptTooLongError");
+    let prompt_tokens = ids(&chat["prompt_ids"]).len();
+    assert_eq!(
+        (err.fields.tokens, err.fields.max_new_tokens, err.fields.limit),
+        (Some(prompt_tokens), Some(context), Some(context))
+    );
 
     // After dispose, generations fail with AbortError.
     let pending = caption_coffee(&model, Some(SHORT)).await;

@@ -311,8 +311,8 @@ impl Generator {
         if prompt.is_empty() {
             return Err(RuntimeError::Shape("empty prompt".into()));
         }
-        if prompt.len() >= limit {
-            return Err(RuntimeError::PromptTooLong { tokens: prompt.len(), limit });
+        if prompt.len() >= limit || max_new_tokens > limit - prompt.len() {
+            return Err(RuntimeError::PromptTooLong { tokens: prompt.len(), max_new_tokens, limit });
         }
         if let Some(bad) = prompt.iter().find(|&&id| id as usize >= cfg.text.vocab_size) {
             return Err(RuntimeError::Shape(format!("token id {bad} is outside the vocabulary")));
@@ -326,7 +326,7 @@ impl Generator {
                 "the prompt has {image_tokens} image tokens to compute but {image_rows} image features were given"
             )));
         }
-        let capacity = (prompt.len() + max_new_tokens).min(limit);
+        let capacity = prompt.len() + max_new_tokens;
         let (mut cache, logits, argmax, scratch, token) = match reuse {
             Some((previous, keep)) => {
                 let mut cache = previous.cache;
@@ -382,7 +382,7 @@ impl Generator {
             argmax,
             rng: Pcg32::new(options.seed),
             options,
-            max_new_tokens: max_new_tokens.min(limit - prompt.len()),
+            max_new_tokens,
             prompt_tokens: prompt.len(),
             reused_tokens: keep,
             cached: prompt.to_vec(),
