@@ -90,12 +90,10 @@ impl Shared {
         self.conversation.borrow_mut().take();
         drop(engine);
         let source = &self.source;
-        let gpu = Gpu::new(&DeviceOptions::default()).await?;
         let manifest = Some(source.manifest.as_slice());
-        let (fetched, _) =
-            loader::load(&source.base_url, source.use_cache, source.pin.as_ref(), manifest, None, &|_| ())
-                .await?;
-        let engine = Rc::new(Engine::load(gpu, &fetched.data, &fetched.tokenizer).await?);
+        let (engine, _) =
+            upload(&source.base_url, source.use_cache, source.pin.as_ref(), manifest, None, &|_| ()).await?;
+        let engine = Rc::new(engine);
         // Disposed meanwhile: the reload is dropped with it.
         let mut slot = self.engine.borrow_mut();
         if slot.is_none() {
@@ -104,6 +102,25 @@ impl Shared {
         *slot = Some(engine.clone());
         Ok(engine)
     }
+}
+
+/// A new device, the model's files (`manifest`: its bytes when they are already at hand) and the
+/// engine uploaded from them; the files are dropped once on the GPU.
+async fn upload(
+    base_url: &str,
+    use_cache: bool,
+    pin: Option<&Pin>,
+    manifest: Option<&[u8]>,
+    signal: Option<&AbortSignal>,
+    on_progress: &dyn Fn(&Progress),
+) -> Result<(Engine, loader::LoadReport), WebError> {
+    // WebGPU first: a page without it learns so before downloading anything.
+    let gpu = Gpu::new(&DeviceOptions::default()).await?;
+    let (fetched, load) = loader::load(base_url, use_cache, pin, manifest, signal, on_progress).await?;
+    check_signal(signal, "loading the model")?;
+    on_progress(&load.tally.uploading());
+    let engine = Engine::load(gpu, &fetched.data, &fetched.tokenizer).await?;
+    Ok((engine, load))
 }
 
 /// A loaded model.
@@ -122,13 +139,7 @@ impl Model {
         signal: Option<&AbortSignal>,
         on_progress: &dyn Fn(&Progress),
     ) -> Result<Model, WebError> {
-        // WebGPU first: a page without it learns so before downloading anything.
-        let gpu = Gpu::new(&DeviceOptions::default()).await?;
-        let (fetched, load) = loader::load(base_url, use_cache, pin, None, signal, on_progress).await?;
-        check_signal(signal, "loading the model")?;
-        on_progress(&load.tally.uploading());
-        let engine = Engine::load(gpu, &fetched.data, &fetched.tokenizer).await?;
-        drop(fetched);
+        let (engine, load) = upload(base_url, use_cache, pin, None, signal, on_progress).await?;
         let ready = load.tally.ready();
         on_progress(&ready);
         let info = ModelInfo {
