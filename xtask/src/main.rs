@@ -7,6 +7,7 @@ mod compress;
 mod demo;
 mod e2e;
 mod eval;
+mod fuzz;
 mod hub;
 mod hub_mimic;
 mod peer;
@@ -42,6 +43,9 @@ enum Command {
     Quantize(compress::QuantizeArgs),
     /// Install what the tests need (when missing), then run fmt, clippy, native and browser tests.
     Test(test::Args),
+    /// Fuzz the parsers of outside bytes with libFuzzer (nightly toolchain and cargo-fuzz,
+    /// installed when missing) and merge new coverage into the committed corpora.
+    Fuzz(fuzz::Args),
     /// Install the test prerequisites only.
     Setup,
     /// Build the wasm engine (release, wasm-bindgen, wasm-opt when available), the npm package
@@ -63,6 +67,7 @@ fn main() {
         Command::Eval(args) => eval::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Test(args) => test::run(args),
+        Command::Fuzz(args) => fuzz::run_fuzz(args),
         Command::Setup => setup::ensure_all(),
         Command::BuildWeb => build_web::run_build().map(drop),
         Command::Demo(args) => demo::run(args),

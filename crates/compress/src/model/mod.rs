@@ -268,13 +268,17 @@ impl CpuModel {
     /// Load a PocketVLM model directory (v1 dense, v2 factored, v3 quantized: its packed layers
     /// run through the format's reference arithmetic).
     pub fn from_format(dir: &Path) -> Result<Self> {
-        let data = pocketvlm_format::dir::open(dir)?;
+        Self::from_model_data(&pocketvlm_format::dir::open(dir)?)
+    }
+
+    /// [`Self::from_format`] for a model already read and verified (shards from any source).
+    pub fn from_model_data(data: &ModelData) -> Result<Self> {
         let compression = data.manifest.compression.clone();
         let (quant, tables) = match &data.manifest.quantization {
-            Some(q) => (quant_layers(&data, q)?, quant_tables(&data, q)?),
+            Some(q) => (quant_layers(data, q)?, quant_tables(data, q)?),
             None => (QuantLayers::new(), MemoryStore::new()),
         };
-        let store = Overlay { base: &data, over: tables };
+        let store = Overlay { base: data, over: tables };
         Self::build_quantized(data.manifest.model.clone(), &store, compression.as_ref(), &quant)
     }
 
