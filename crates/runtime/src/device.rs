@@ -47,6 +47,51 @@ pub struct DeviceOptions {
     /// Pretend the device allows at most this many bytes per storage binding (tests use this to
     /// exercise the split-binding paths on devices with large limits).
     pub max_storage_binding: Option<u64>,
+    /// Pretend to be another kind of adapter (tests use this to run, on one machine, the kernel
+    /// variants other adapters get).
+    pub pretend: Option<Pretend>,
+}
+
+/// Another kind of adapter, as far as kernel choice goes: a CPU implementation or a GPU, with
+/// or without `shader-f16` (granted only where the real adapter has it). Every limit becomes
+/// the lesser of the adapter's and WebGPU's defaults (`wgpu::Limits::defaults()`: 16 KiB of
+/// workgroup memory, 8 storage buffers per stage, 128 MiB bindings, …), the least a browser
+/// adapter offers; subgroups are withheld, as Chromium does without its flag.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Pretend {
+    pub cpu: bool,
+    pub shader_f16: bool,
+}
+
+impl Capabilities {
+    /// These capabilities as the adapter `pretend` describes would have them (see [`Pretend`]).
+    pub fn pretending(&self, pretend: Pretend) -> Self {
+        let web = wgpu::Limits::defaults();
+        Self {
+            shader_f16: self.shader_f16 && pretend.shader_f16,
+            subgroups: false,
+            timestamps: self.timestamps,
+            cpu: pretend.cpu,
+            max_storage_binding: self.max_storage_binding.min(web.max_storage_buffer_binding_size),
+            max_buffer_size: self.max_buffer_size.min(web.max_buffer_size),
+            max_invocations: self.max_invocations.min(web.max_compute_invocations_per_workgroup),
+            max_workgroups_per_dimension: self
+                .max_workgroups_per_dimension
+                .min(web.max_compute_workgroups_per_dimension),
+            max_storage_buffers_per_stage: self
+                .max_storage_buffers_per_stage
+                .min(web.max_storage_buffers_per_shader_stage),
+            max_workgroup_storage_bytes: self
+                .max_workgroup_storage_bytes
+                .min(web.max_compute_workgroup_storage_size),
+            storage_offset_alignment: self
+                .storage_offset_alignment
+                .max(web.min_storage_buffer_offset_alignment),
+            uniform_offset_alignment: self
+                .uniform_offset_alignment
+                .max(web.min_uniform_buffer_offset_alignment),
+        }
+    }
 }
 
 /// An open GPU device with its queue and capabilities.
@@ -129,6 +174,7 @@ impl Gpu {
             storage_offset_alignment: limits.min_storage_buffer_offset_alignment,
             uniform_offset_alignment: limits.min_uniform_buffer_offset_alignment,
         };
+        let caps = options.pretend.map_or_else(|| caps.clone(), |p| caps.pretending(p));
         Ok(Self {
             device,
             queue,

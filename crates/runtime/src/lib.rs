@@ -15,6 +15,6 @@ pub mod pipelines;
 pub mod shader;
 pub mod tensor;
 
-pub use device::{Capabilities, DeviceOptions, Gpu};
+pub use device::{Capabilities, DeviceOptions, Gpu, Pretend};
 pub use encoder::Encoder;
 pub use error::{Result, RuntimeError};

@@ -53,6 +53,14 @@ impl Pipelines {
         self.cache.lock().map_err(|_| poisoned())?.insert(key, pipeline.clone());
         Ok(pipeline)
     }
+
+    /// Every (shader, defines) compiled so far, sorted.
+    pub fn compiled(&self) -> Vec<(&'static str, Defines)> {
+        let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        let mut keys: Vec<Key> = cache.keys().cloned().collect();
+        keys.sort();
+        keys
+    }
 }
 
 fn poisoned() -> RuntimeError {

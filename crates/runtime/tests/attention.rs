@@ -168,7 +168,7 @@ async fn check_shapes(gpu: &Gpu) {
 /// With bindings limited to 160 KiB, the scores of 3 tiles × 3 heads × 67 queries (166 KiB)
 /// take two calls of the scores variant's three stages.
 async fn check_split_scores() {
-    let options = DeviceOptions { max_storage_binding: Some(160 << 10) };
+    let options = DeviceOptions { max_storage_binding: Some(160 << 10), ..Default::default() };
     let gpu = Gpu::new(&options).await.expect("a GPU adapter");
     let shape = AttentionShape::bidirectional(3, 67, 3, 64);
     variants_case(&gpu, shape, 2.0, 13, &[AttentionVariant::Scores]).await;

@@ -109,7 +109,8 @@ async fn check_sizes(gpu: &Gpu) {
 }
 
 async fn check_split_binding() {
-    let gpu = Gpu::new(&DeviceOptions { max_storage_binding: Some(4096) }).await.unwrap();
+    let gpu =
+        Gpu::new(&DeviceOptions { max_storage_binding: Some(4096), ..Default::default() }).await.unwrap();
     gelu_case(&gpu, 5000, 1).await;
     silu_mul_case(&gpu, 3000, 2).await;
     silu_mul_fused_case(&gpu, 40, 32, 3).await;

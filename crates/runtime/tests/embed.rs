@@ -116,7 +116,8 @@ async fn check_stored_tables(gpu: &Gpu) {
 }
 
 async fn check_split_binding() {
-    let gpu = Gpu::new(&DeviceOptions { max_storage_binding: Some(4096) }).await.unwrap();
+    let gpu =
+        Gpu::new(&DeviceOptions { max_storage_binding: Some(4096), ..Default::default() }).await.unwrap();
     let (vocab, d) = (300, 16);
     let chunk = rows_per_chunk(&gpu, "test", vocab, &[(d * 4) as u64]).unwrap();
     assert!(chunk < vocab, "expected several table chunks, got {chunk} rows");

@@ -193,7 +193,8 @@ async fn check_sizes(gpu: &Gpu) {
 
 async fn check_split_binding() {
     // 4 KiB bindings: a [100, 40] f32 weight (16 000 bytes) must be processed in chunks.
-    let gpu = Gpu::new(&DeviceOptions { max_storage_binding: Some(4096) }).await.unwrap();
+    let gpu =
+        Gpu::new(&DeviceOptions { max_storage_binding: Some(4096), ..Default::default() }).await.unwrap();
     let rows = weight_rows_per_chunk(&gpu, 100, 40, 4).unwrap();
     assert!(rows < 100 && rows > 0, "expected several chunks, got {rows} rows per chunk");
     for bias in [false, true] {

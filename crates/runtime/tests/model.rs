@@ -21,7 +21,8 @@ use pocketvlm_processor::decode_image;
 use pocketvlm_runtime::engine::Engine;
 use pocketvlm_runtime::model::sampling::SamplingOptions;
 use pocketvlm_runtime::model::{CacheKind, DecodeProfiling, Generator, Stop, check_supported};
-use pocketvlm_runtime::{DeviceOptions, Gpu, RuntimeError};
+use pocketvlm_runtime::shader::{preprocess, source};
+use pocketvlm_runtime::{DeviceOptions, Gpu, Pretend, RuntimeError};
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
@@ -101,7 +102,8 @@ fn split_bindings_give_the_same_tokens() {
     // 1 MiB bindings force chunked embedding gathers and lm_head (9.4 MB each in f32).
     pollster::block_on(async {
         let tiny = fixtures().join("tiny");
-        let engine = load(&tiny, DeviceOptions { max_storage_binding: Some(1 << 20) }).await;
+        let engine =
+            load(&tiny, DeviceOptions { max_storage_binding: Some(1 << 20), ..Default::default() }).await;
         check_cases(&engine, &tiny, &["text_chat", "coffee_nosplit"]).await;
     });
 }
@@ -473,4 +475,99 @@ fn big_shape_matches_transformers(var: &str) {
         let engine = load(&dir, DeviceOptions::default()).await;
         check_cases(&engine, &dir, &["text_chat", "chelsea_split"]).await;
     });
+}
+
+/// The kernel variants of the adapters CI does not have — a GPU in a browser with and without
+/// `shader-f16` (tiled, workgroup-reduction kernels) and a CPU adapter without it (SwiftShader's
+/// choice, run here through Vulkan) — run on this machine with WebGPU's default limits
+/// ([`Pretend`]): the dense model answers as transformers, a quantized and a latent-cache model
+/// as the integer contract's CPU reference. Then every pipeline they compiled is checked with
+/// naga against those limits, which wgpu only checks against this device's larger ones.
+#[test]
+fn other_adapters_kernels_match_and_fit_webgpu_limits() {
+    pollster::block_on(async {
+        let tiny = fixtures().join("tiny");
+        let recipes = [TEST_RECIPES[1], LOW_RANK_TEST_RECIPES[2]];
+        let built: Vec<(String, tempfile::TempDir)> = recipes
+            .iter()
+            .map(|recipe| {
+                let out = tempfile::tempdir().unwrap();
+                recipe.build(&tiny, out.path()).unwrap();
+                (recipe.name.to_string(), out)
+            })
+            .collect();
+        let profiles = [
+            ("GPU with shader-f16", Pretend { cpu: false, shader_f16: true }),
+            ("GPU without shader-f16", Pretend { cpu: false, shader_f16: false }),
+            ("CPU adapter without shader-f16", Pretend { cpu: true, shader_f16: false }),
+        ];
+        for (profile, pretend) in profiles {
+            let options = DeviceOptions { pretend: Some(pretend), ..Default::default() };
+            let engine = load(&tiny, options.clone()).await;
+            check_cases(&engine, &tiny, &TEST_CASES).await;
+            check_webgpu_limits(&engine.gpu, profile);
+            for (name, dir) in &built {
+                let reference = Reference::open(dir.path()).unwrap();
+                let data = dir::open(dir.path()).unwrap();
+                let tokenizer = dir::read_tokenizer(dir.path(), &data.manifest).unwrap();
+                let engine =
+                    Engine::load(Gpu::new(&options).await.unwrap(), &data, &tokenizer).await.unwrap();
+                for case_name in TEST_CASES {
+                    let root = tiny.to_str().unwrap();
+                    let mut case =
+                        read_case(async |path: String| std::fs::read(&path).unwrap(), root, case_name).await;
+                    let image = case.image.as_ref().map(|b| decode_image(b).unwrap());
+                    case.expected = reference.expectation(&case.expected, image.as_ref()).unwrap();
+                    check_case_within(&engine, &case, QUANT_LOGIT_TOLERANCE).await;
+                }
+                check_webgpu_limits(&engine.gpu, profile);
+                eprintln!("{profile}: {name} matches the CPU reference");
+            }
+        }
+    });
+}
+
+/// Every pipeline compiled on `gpu` parses and validates with naga and stays within WebGPU's
+/// default limits: workgroup memory, invocations per workgroup, storage buffers per stage.
+fn check_webgpu_limits(gpu: &Gpu, profile: &str) {
+    use naga::valid::{Capabilities, ValidationFlags, Validator};
+    let limits = wgpu::Limits::defaults();
+    let compiled = gpu.pipelines.compiled();
+    assert!(!compiled.is_empty(), "{profile}: nothing was compiled");
+    let (count, mut largest) = (compiled.len(), (0, ""));
+    for (shader, defines) in compiled {
+        let what = format!("{profile}: {shader} {defines:?}");
+        let text = preprocess(shader, source(shader).unwrap(), &defines).unwrap();
+        let module = naga::front::wgsl::parse_str(&text).unwrap_or_else(|e| panic!("{what}: {e}"));
+        Validator::new(ValidationFlags::all(), Capabilities::all())
+            .validate(&module)
+            .unwrap_or_else(|e| panic!("{what}: {e:?}"));
+        let mut layouter = naga::proc::Layouter::default();
+        layouter.update(module.to_ctx()).unwrap();
+        let globals = || module.global_variables.iter().map(|(_, g)| g);
+        let workgroup_bytes: u32 =
+            globals().filter(|g| g.space == naga::AddressSpace::WorkGroup).map(|g| layouter[g.ty].size).sum();
+        let storage_buffers =
+            globals().filter(|g| matches!(g.space, naga::AddressSpace::Storage { .. })).count() as u32;
+        let main = module
+            .entry_points
+            .iter()
+            .find(|e| e.name == "main")
+            .unwrap_or_else(|| panic!("{what}: no main"));
+        let invocations: u32 = main.workgroup_size.iter().product();
+        assert!(
+            workgroup_bytes <= limits.max_compute_workgroup_storage_size,
+            "{what}: {workgroup_bytes} bytes of workgroup memory"
+        );
+        assert!(
+            invocations <= limits.max_compute_invocations_per_workgroup,
+            "{what}: {invocations} invocations"
+        );
+        assert!(
+            storage_buffers <= limits.max_storage_buffers_per_shader_stage,
+            "{what}: {storage_buffers} storage buffers"
+        );
+        largest = largest.max((workgroup_bytes, shader));
+    }
+    eprintln!("{profile}: {count} pipelines within WebGPU's limits; most workgroup memory: {largest:?}");
 }

@@ -145,7 +145,8 @@ async fn check_sizes(gpu: &Gpu) {
 }
 
 async fn check_split_binding() {
-    let gpu = Gpu::new(&DeviceOptions { max_storage_binding: Some(4096) }).await.unwrap();
+    let gpu =
+        Gpu::new(&DeviceOptions { max_storage_binding: Some(4096), ..Default::default() }).await.unwrap();
     let shape = NormShape { rows: 37, d: 128 };
     let chunk = rows_per_chunk(&gpu, "test", shape.rows, &[(shape.d * 4) as u64]).unwrap();
     assert!(chunk < shape.rows, "expected several row chunks, got {chunk}");

@@ -79,7 +79,8 @@ async fn check_shapes(gpu: &Gpu) {
 }
 
 async fn check_split_binding() {
-    let gpu = Gpu::new(&DeviceOptions { max_storage_binding: Some(4096) }).await.unwrap();
+    let gpu =
+        Gpu::new(&DeviceOptions { max_storage_binding: Some(4096), ..Default::default() }).await.unwrap();
     // Pixels, patch rows, matmul rows and the output all need several bindings.
     patch_embed_case(
         &gpu,

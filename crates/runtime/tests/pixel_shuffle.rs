@@ -59,7 +59,8 @@ async fn check_shapes(gpu: &Gpu) {
 }
 
 async fn check_split_binding() {
-    let gpu = Gpu::new(&DeviceOptions { max_storage_binding: Some(4096) }).await.unwrap();
+    let gpu =
+        Gpu::new(&DeviceOptions { max_storage_binding: Some(4096), ..Default::default() }).await.unwrap();
     shuffle_case(&gpu, PixelShuffleShape { tiles: 5, side: 4, d: 16, scale: 2 }, 1).await;
 }
 

@@ -388,7 +388,8 @@ async fn check_loads(gpu: &Gpu) {
 
 /// 4 KiB bindings: inputs and outputs in row passes, weights and scales in column panels.
 async fn check_split_binding() {
-    let gpu = Gpu::new(&DeviceOptions { max_storage_binding: Some(4096) }).await.unwrap();
+    let gpu =
+        Gpu::new(&DeviceOptions { max_storage_binding: Some(4096), ..Default::default() }).await.unwrap();
     let (i8b, i4b) = (Bits::Int8, Bits::Int4);
     // row passes of 16 rows
     layer_case(&gpu, 50, LayerCase { bias: true, ..case(16, 48, i8b, i8b) }, 1).await;
