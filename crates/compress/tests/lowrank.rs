@@ -8,7 +8,6 @@ use std::collections::BTreeMap;
 use common::{CASES, expected, fixture, last_row, prompt};
 use faer::Mat;
 use pocketvlm_compress::allocate::{Choice, Group, allocate_global, allocate_uniform};
-use pocketvlm_compress::calib::data::SplitMix;
 use pocketvlm_compress::checkpoint::Checkpoint;
 use pocketvlm_compress::hf_config::{model_config, read_json};
 use pocketvlm_compress::lowrank::decompose::TransformOptions;
@@ -16,14 +15,15 @@ use pocketvlm_compress::lowrank::{Decomposition, GroupStats, Method};
 use pocketvlm_compress::model::weights::MemoryStore;
 use pocketvlm_compress::model::{CpuModel, Proj, Target, Tower};
 use pocketvlm_compress::pipeline::{dense_target_weight, target_factors};
+use pocketvlm_format::quant::rotation::SplitMix64;
 use pocketvlm_format::{Compression, LayerRanks};
 
-fn random(rng: &mut SplitMix, rows: usize, cols: usize) -> Mat<f64> {
+fn random(rng: &mut SplitMix64, rows: usize, cols: usize) -> Mat<f64> {
     Mat::from_fn(rows, cols, |_, _| (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0)
 }
 
 /// Statistics from random data: `A = XᵀX/n` (rank-deficient when `n < in`) and `G = YᵀY/n`.
-fn stats(rng: &mut SplitMix, d_in: usize, d_out: usize, n: usize) -> GroupStats {
+fn stats(rng: &mut SplitMix64, d_in: usize, d_out: usize, n: usize) -> GroupStats {
     let x = random(rng, n, d_in);
     let y = random(rng, n, d_out);
     let a = x.transpose() * &x * (1.0 / n as f64);
@@ -44,7 +44,7 @@ fn max_abs_diff(a: &Mat<f64>, b: &Mat<f64>) -> f64 {
 
 #[test]
 fn full_rank_reconstructs_every_recipe() {
-    let mut rng = SplitMix(7);
+    let mut rng = SplitMix64(7);
     // GQA-shaped stack (9/3 heads of 4: 36 + 12 + 12 rows) and a wide MLP-like matrix; the
     // second statistics use fewer samples than inputs, so A is singular and must be damped.
     for (out, inp, n) in [(60, 36, 200), (24, 40, 16)] {
@@ -70,7 +70,7 @@ fn full_rank_reconstructs_every_recipe() {
 #[test]
 fn truncation_is_optimal_in_the_recipe_metric() {
     // svd-llm: dropping component i increases E‖ΔW x‖² by exactly σ_i².
-    let mut rng = SplitMix(11);
+    let mut rng = SplitMix64(11);
     let (out, inp) = (20, 16);
     let w = random(&mut rng, out, inp);
     let st = stats(&mut rng, inp, out, 400);
@@ -111,7 +111,7 @@ fn full_rank_factors_give_the_dense_model() {
     let reference = CpuModel::build(cfg.clone(), &dense, None).unwrap();
     let exp = expected(CASES[0]);
     let want = last_row(&reference.logits(&prompt(&exp)).unwrap());
-    let mut rng = SplitMix(3);
+    let mut rng = SplitMix64(3);
     for method in Method::ALL {
         let mut store = dense.clone();
         let mut text_layers = Vec::new();
@@ -171,7 +171,7 @@ fn spent(groups: &[Group], choices: &[Choice]) -> u64 {
 
 #[test]
 fn global_allocation_meets_the_budget_and_keeps_the_best_components() {
-    let mut rng = SplitMix(5);
+    let mut rng = SplitMix64(5);
     let groups: Vec<Group> = (0..6)
         .map(|g| group((0..40).map(|_| (rng.next_u64() % 10_000) as f64 * (g + 1) as f64).collect(), 7, None))
         .collect();

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{Device, Tensor};
 use indicatif::ProgressBar;
 use pocketvlm_format::quant::Rotation;
+use pocketvlm_format::quant::rotation::SplitMix64;
 use pocketvlm_processor::{Message, Part, Preprocessor, Prompt as ChatPrompt, decode_image};
 
 use crate::convert::SourceMeta;
@@ -85,27 +86,6 @@ pub struct Samples {
     pub targets: String,
 }
 
-/// splitmix64: a small, well-mixed deterministic generator for the sample draw.
-pub struct SplitMix(pub u64);
-
-impl SplitMix {
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Fisher–Yates shuffle.
-    pub fn shuffle<T>(&mut self, items: &mut [T]) {
-        for i in (1..items.len()).rev() {
-            let j = (self.next_u64() % (i as u64 + 1)) as usize;
-            items.swap(i, j);
-        }
-    }
-}
-
 fn missing(path: &Path, reason: &str) -> CompressError {
     CompressError::MissingCalibration { path: path.display().to_string(), reason: reason.into() }
 }
@@ -152,7 +132,7 @@ pub fn prepare(
     bar: &ProgressBar,
 ) -> Result<Samples> {
     let chat = chat_prompt(meta)?;
-    let mut rng = SplitMix(opts.seed);
+    let mut rng = SplitMix64(opts.seed);
     match &opts.source {
         CalibSource::Images(dir) => {
             let mut images = list_images(dir)?;

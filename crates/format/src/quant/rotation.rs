@@ -121,6 +121,15 @@ impl SplitMix64 {
     pub fn next_open01(&mut self) -> f64 {
         ((self.next_u64() >> 11) as f64 + 0.5) / (1u64 << 53) as f64
     }
+
+    /// Fisher–Yates shuffle: for `i` from the last index down to 1, swap item `i` with item
+    /// `next_u64() mod (i + 1)`.
+    pub fn shuffle<T>(&mut self, items: &mut [T]) {
+        for i in (1..items.len()).rev() {
+            let j = (self.next_u64() % (i as u64 + 1)) as usize;
+            items.swap(i, j);
+        }
+    }
 }
 
 /// The sign diagonal of `seed` (`true` = negate), see the module documentation.
