@@ -82,6 +82,7 @@ fn round_span_avx2(w: &[f32], s: f64, qmax: f64, q: &mut [i8]) -> f64 {
     round_span_plain(w, s, qmax, q)
 }
 
+#[allow(unsafe_code)] // calling the AVX2 variant once the CPU is known to have it
 fn round_span(w: &[f32], s: f64, qmax: f64, q: &mut [i8]) -> f64 {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") {

@@ -25,6 +25,7 @@ fn avx512(a: &[i8], b: &[i8]) -> i32 {
 }
 
 /// `Σ_j a_j · b_j` in i32 (the caller guarantees it cannot overflow).
+#[allow(unsafe_code)] // calling the target-feature variants once the CPU is known to have them
 pub fn dot_i8(a: &[i8], b: &[i8]) -> i32 {
     #[cfg(target_arch = "x86_64")]
     {
