@@ -98,10 +98,6 @@ fn case_in(dir: &Path, name: &str) -> Value {
     read_json(&dir.join("expected").join(format!("{name}.json")))
 }
 
-fn ids(v: &Value) -> Vec<u32> {
-    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
-}
-
 fn close(got: f64, want: f64, what: &str) {
     let tol = 1e-6 * want.abs().max(1e-3);
     assert!((got - want).abs() <= tol, "{what}: got {got}, want {want}");

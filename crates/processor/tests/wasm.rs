@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{f32_le_bytes, pattern, sha256_hex, smolvlm_processor_config};
+use common::{f32_le_bytes, ids, pattern, sha256_hex, smolvlm_processor_config};
 use pocketvlm_format::config::TokenizerInfo;
 use pocketvlm_processor::{Message, Preprocessor, Prompt, decode_image, resize::resize_lanczos};
 use serde_json::Value;
@@ -33,10 +33,6 @@ fn prompt() -> Prompt {
         end_of_utterance_token: "<end_of_utterance>".into(),
     };
     Prompt::new(TOKENIZER, &info, 16).unwrap()
-}
-
-fn ids(v: &Value) -> Vec<u32> {
-    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
 }
 
 #[wasm_bindgen_test]

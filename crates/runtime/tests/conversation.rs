@@ -7,7 +7,7 @@ mod cases;
 
 use std::path::{Path, PathBuf};
 
-use cases::check_resumed_conversation;
+use cases::{check_resumed_conversation, ids};
 use pocketvlm_compress::model::reference::LOW_RANK_TEST_RECIPES;
 use pocketvlm_compress::{ConvertOptions, convert};
 use pocketvlm_format::dir;
@@ -25,10 +25,6 @@ fn tiny() -> PathBuf {
 fn expected(case: &str) -> Value {
     let path = tiny().join(format!("expected/{case}.json"));
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
-}
-
-fn ids(v: &Value) -> Vec<u32> {
-    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
 }
 
 async fn engine() -> Engine {

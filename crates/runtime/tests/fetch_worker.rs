@@ -3,21 +3,14 @@
 //! fetch error. Run it through `cargo xtask test` (which sets `POCKETVLM_TEST_SERVER`).
 #![cfg(target_arch = "wasm32")]
 
+mod cases;
+
+use cases::server;
 use pocketvlm_runtime::RuntimeError;
 use pocketvlm_runtime::fetch::{fetch_bytes, fetch_model, file_url};
 use wasm_bindgen_test::wasm_bindgen_test;
 
 wasm_bindgen_test::wasm_bindgen_test_configure!(run_in_dedicated_worker);
-
-fn server() -> &'static str {
-    match option_env!("POCKETVLM_TEST_SERVER") {
-        Some(url) => url,
-        None => panic!(
-            "POCKETVLM_TEST_SERVER was not set when this test was built: run the browser tests with \
-             `cargo xtask test`, which converts the tiny fixture and serves it over HTTP"
-        ),
-    }
-}
 
 #[wasm_bindgen_test]
 async fn a_worker_fetches_and_verifies_the_model() {

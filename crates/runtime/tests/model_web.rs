@@ -11,7 +11,7 @@ mod cases;
 
 use cases::{
     CaseFiles, QUANT_LOGIT_TOLERANCE, TINY_CASES, check_case, check_case_within, check_concurrent,
-    check_resumed_conversation, check_stopped_anywhere, join, read_case, text_request,
+    check_resumed_conversation, check_stopped_anywhere, join, read_case, server, text_request,
 };
 use pocketvlm_runtime::engine::Engine;
 use pocketvlm_runtime::fetch::{fetch_bytes, fetch_manifest, fetch_model};
@@ -20,18 +20,6 @@ use pocketvlm_runtime::{DeviceOptions, Gpu, RuntimeError};
 use wasm_bindgen_test::wasm_bindgen_test;
 
 wasm_bindgen_test::wasm_bindgen_test_configure!(run_in_browser);
-
-/// The base URL of xtask's test server, which serves `/model/tiny/` (the converted fixture),
-/// `/fixtures/` (`tests/fixtures`) and `/corrupt/` (the converted fixture with one flipped byte).
-fn server() -> &'static str {
-    match option_env!("POCKETVLM_TEST_SERVER") {
-        Some(url) => url,
-        None => panic!(
-            "POCKETVLM_TEST_SERVER was not set when this test was built: run the browser tests with \
-             `cargo xtask test`, which converts the tiny fixture and serves it over HTTP"
-        ),
-    }
-}
 
 /// The converted tiny fixture, loaded from the test server.
 async fn tiny_engine() -> Engine {
