@@ -2,6 +2,7 @@
 //! sharded; f32, f16 or bf16) and writes PocketVLM model directories.
 
 pub mod allocate;
+pub mod budget;
 pub mod calib;
 pub mod checkpoint;
 pub mod convert;
@@ -16,7 +17,8 @@ pub mod report;
 pub mod rotate;
 pub mod tokenizer;
 
+pub use budget::Budgets;
 pub use convert::{ConvertOptions, ConvertSummary, Recipe, convert};
 pub use error::{CompressError, Result};
 pub use lowrank::Method;
-pub use pipeline::{Budgets, LowRankOptions, LowRankSummary, compress_lowrank};
+pub use pipeline::{LowRankOptions, LowRankSummary, compress_lowrank};

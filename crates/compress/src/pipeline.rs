@@ -19,6 +19,7 @@ use pocketvlm_format::{
 };
 
 use crate::allocate::{Choice, Group, allocate_global, allocate_uniform};
+use crate::budget::{self, Budgets};
 use crate::calib::{self, CalibOptions, Samples};
 use crate::checkpoint::{Checkpoint, RawTensor};
 use crate::convert::{OutTensor, SourceMeta, check_checkpoint_tensors, write_model};
@@ -30,46 +31,6 @@ use crate::model::weights::{encode, round_through};
 use crate::model::{CpuModel, Proj, Target, Tower};
 use crate::quant::{QuantOptions, quantize_tensors};
 use crate::report;
-
-/// Requested budgets, as ratios of the dense model (each in `(0, 1]`).
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
-pub struct Budgets {
-    /// Text-decoder QKV factor parameters / dense QKV parameters.
-    pub qkv_params: Option<f64>,
-    /// KV-cache values per token / dense K+V values per token (text decoder); for a quantized
-    /// recipe, cached bytes per token (INT8 latent and its scale) / dense f16 K+V bytes.
-    pub kv_cache: Option<f64>,
-    /// Text-decoder MLP parameters / dense MLP parameters.
-    pub ffn_params: Option<f64>,
-    /// Vision-tower QKV factor parameters / dense (biases stay exact and are not counted).
-    pub vision_qkv_params: Option<f64>,
-}
-
-impl Budgets {
-    pub fn validate(&self) -> Result<()> {
-        let all = [
-            ("qkv-params", self.qkv_params),
-            ("kv-cache", self.kv_cache),
-            ("ffn-params", self.ffn_params),
-            ("vision-qkv-params", self.vision_qkv_params),
-        ];
-        for (name, value) in all {
-            if let Some(v) = value
-                && !(v > 0.0 && v <= 1.0)
-            {
-                return Err(CompressError::BudgetOutOfRange { name, value: v, range: "0 < ratio <= 1" });
-            }
-        }
-        if all.iter().all(|(_, v)| v.is_none()) {
-            return Err(CompressError::BadOptions {
-                recipe: "low-rank".into(),
-                what: "at least one budget (--qkv-params, --kv-cache, --ffn-params or --vision-qkv-params)"
-                    .into(),
-            });
-        }
-        Ok(())
-    }
-}
 
 /// Everything a low-rank compression run needs.
 #[derive(Clone, Debug)]
@@ -319,28 +280,9 @@ pub fn compress_lowrank(hf_dir: &Path, out_dir: &Path, opts: &LowRankOptions) ->
 
     // ---- which groups, in which pools
     let t = &cfg.text;
-    let (d, dq, dkv) =
-        (t.hidden_size, t.num_attention_heads * t.head_dim, t.num_key_value_heads * t.head_dim);
     let mut pools: Vec<Pool> = Vec::new();
     let b = &opts.budgets;
-    if b.qkv_params.is_some() || b.kv_cache.is_some() {
-        let layers = t.num_hidden_layers as u64;
-        let per = (d + dq + 2 * dkv) as u64;
-        let mut components = u64::MAX;
-        if let Some(r) = b.qkv_params {
-            components =
-                components.min((r * (layers * (d * (dq + 2 * dkv)) as u64) as f64).floor() as u64 / per);
-        }
-        if let Some(r) = b.kv_cache {
-            // float: latent values against dense K and V values; quantized: bytes as cached
-            // (one per latent value plus a 4-byte scale per layer) against dense f16 K and V
-            let limit = if opts.quant.is_some() {
-                ((r * (layers * 2 * dkv as u64 * 2) as f64).floor() as u64).saturating_sub(4 * layers)
-            } else {
-                (r * (layers * 2 * dkv as u64) as f64).floor() as u64
-            };
-            components = components.min(limit);
-        }
+    if let Some(components) = budget::text_qkv_components(&cfg, b, opts.quant.is_some()) {
         pools.push(Pool {
             targets: (0..t.num_hidden_layers)
                 .map(|l| Target { tower: Tower::Text, layer: l, proj: Proj::Qkv })
@@ -361,20 +303,13 @@ pub fn compress_lowrank(hf_dir: &Path, out_dir: &Path, opts: &LowRankOptions) ->
                 total += (out * inp) as u64;
             }
         }
-        pools.push(Pool {
-            targets,
-            budget: (r * total as f64).floor() as u64,
-            unit_cost: unit,
-            dense_cost: dense,
-        });
+        pools.push(Pool { targets, budget: budget::share(r, total), unit_cost: unit, dense_cost: dense });
     }
     if let Some(r) = b.vision_qkv_params {
-        let v = &cfg.vision;
-        let dv = v.hidden_size as u64;
-        let n = v.num_hidden_layers;
+        let n = cfg.vision.num_hidden_layers;
         pools.push(Pool {
             targets: (0..n).map(|l| Target { tower: Tower::Vision, layer: l, proj: Proj::Qkv }).collect(),
-            budget: (r * (n as u64 * 3 * dv * dv) as f64).floor() as u64 / (4 * dv),
+            budget: budget::vision_qkv_components(&cfg, r),
             unit_cost: vec![1; n],
             dense_cost: vec![None; n],
         });
@@ -516,8 +451,8 @@ pub fn compress_lowrank(hf_dir: &Path, out_dir: &Path, opts: &LowRankOptions) ->
                 _ => CalibrationInfo::none(),
             },
         };
-        compression.achieved = achieved(&cfg, &compression);
-        record_kv_cache(&cfg, &mut compression, opts.quant.is_some());
+        compression.achieved = budget::achieved(&cfg, &compression);
+        budget::record_kv_cache(&cfg, &mut compression, opts.quant.is_some());
 
         let layout = expected_tensors(&cfg, Some(&compression));
         let dense_layout = expected_tensors(&cfg, None);
@@ -572,7 +507,7 @@ pub fn compress_lowrank(hf_dir: &Path, out_dir: &Path, opts: &LowRankOptions) ->
             None => None,
         };
         compression.sizes = sizes.into_values().collect();
-        count_sizes(&mut compression.sizes, &out);
+        budget::count_sizes(&mut compression.sizes, &out);
         let manifest = write_model(
             &meta,
             method.name(),
@@ -697,73 +632,5 @@ fn calib_info(c: &CalibOptions, s: &Samples, col: &calib::Collected) -> Calibrat
         tokens: col.tokens,
         seed: c.seed,
         image_splitting: c.tiling,
-    }
-}
-
-/// The K/V cache per token of a compressed model, all decoder layers together. Float: a factored
-/// layer caches `min(r, 2·d_kv)` f16 values (the latent when it is smaller than K and V), a
-/// dense one K and V. Quantized: a factored layer caches its INT8 latent and the latent's f32
-/// scale (`r + 4` bytes, see [`pocketvlm_format::quant`]); dense layers K and V in f16.
-fn kv_cache_info(cfg: &ModelConfig, c: &Compression, quantized: bool) -> KvCacheInfo {
-    let t = &cfg.text;
-    let dkv = t.num_key_value_heads * t.head_dim;
-    let per_layer = |l: &pocketvlm_format::LayerRanks| -> u64 {
-        match (l.qkv, quantized) {
-            (Some(r), true) => r as u64 + 4,
-            (Some(r), false) => r.min(2 * dkv) as u64 * 2,
-            (None, _) => 2 * dkv as u64 * 2,
-        }
-    };
-    KvCacheInfo {
-        element_bytes: if quantized { 1 } else { 2 },
-        bytes_per_token: c.text_layers.iter().map(per_layer).sum(),
-        dense_bytes_per_token: t.num_hidden_layers as u64 * 2 * dkv as u64 * 2,
-    }
-}
-
-/// Record the cache size of `c` in it; a quantized model's achieved KV ratio is then the one in
-/// bytes (its budget was in bytes too).
-pub fn record_kv_cache(cfg: &ModelConfig, c: &mut Compression, quantized: bool) {
-    c.kv_cache = kv_cache_info(cfg, c, quantized);
-    if quantized {
-        c.achieved.kv_cache = Some(c.kv_cache.byte_ratio());
-    }
-}
-
-/// Set each component's parameters and bytes to those of the tensors written (`out`).
-pub fn count_sizes(sizes: &mut [ComponentBytes], out: &[OutTensor<'_>]) {
-    for size in sizes.iter_mut() {
-        let of = |t: &&OutTensor<'_>| Component::of(&t.name).name() == size.component;
-        size.params = out.iter().filter(of).map(|t| t.shape.iter().product::<usize>() as u64).sum();
-        size.bytes = out.iter().filter(of).map(|t| t.bytes.len() as u64).sum();
-    }
-}
-
-/// Achieved ratios of a compression section (1.0 where a part is untouched).
-pub fn achieved(cfg: &ModelConfig, c: &Compression) -> Ratios {
-    let t = &cfg.text;
-    let (d, dq, dkv) =
-        (t.hidden_size, t.num_attention_heads * t.head_dim, t.num_key_value_heads * t.head_dim);
-    let layers = c.text_layers.len().max(1) as f64;
-    let qkv_dense = (d * (dq + 2 * dkv)) as f64;
-    let qkv: f64 = c
-        .text_layers
-        .iter()
-        .map(|l| l.qkv.map_or(qkv_dense, |r| (r * (d + dq + 2 * dkv)) as f64))
-        .sum::<f64>();
-    let kv: f64 = c.text_layers.iter().map(|l| l.qkv.map_or(2 * dkv, |r| r.min(2 * dkv)) as f64).sum::<f64>();
-    let mlp = text_mlp_linears(cfg);
-    let ffn_dense: f64 = mlp.iter().map(|(_, o, i)| (o * i) as f64).sum::<f64>() * layers;
-    let ffn: f64 = c
-        .text_layers
-        .iter()
-        .flat_map(|l| {
-            mlp.iter().map(move |(n, o, i)| l.mlp.get(*n).map_or((o * i) as f64, |r| (r * (o + i)) as f64))
-        })
-        .sum();
-    Ratios {
-        qkv_params: Some(qkv / (qkv_dense * layers)),
-        kv_cache: Some(kv / (2 * dkv) as f64 / layers),
-        ffn_params: Some(ffn / ffn_dense),
     }
 }

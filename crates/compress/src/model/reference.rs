@@ -10,9 +10,10 @@ use candle_core::{Device, Tensor};
 use pocketvlm_format::{Manifest, dir};
 use pocketvlm_processor::{Message, Preprocessor, Prompt as ChatPrompt, RgbImage};
 
+use crate::budget::Budgets;
 use crate::error::{CompressError, Result};
 use crate::model::{CacheKind, CpuModel, Prompt, top_logits};
-use crate::pipeline::{Budgets, LowRankOptions, compress_lowrank};
+use crate::pipeline::{LowRankOptions, compress_lowrank};
 use crate::quant::{QuantOptions, QuantParts};
 use crate::{ConvertOptions, Method, convert};
 

@@ -8,10 +8,10 @@ use std::path::Path;
 use pocketvlm_format::Manifest;
 use pocketvlm_format::dir;
 
+use crate::budget::{count_sizes, record_kv_cache};
 use crate::calib::Sample;
 use crate::convert::{ConvertSummary, OutTensor, SourceMeta, write_model};
 use crate::error::{CompressError, Result};
-use crate::pipeline::{count_sizes, record_kv_cache};
 use crate::quant::{QuantOptions, quantize_tensors};
 
 impl SourceMeta {
