@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
-use pocketvlm_compress::convert::SourceMeta;
+use pocketvlm_compress::checkpoint::SourceMeta;
 use pocketvlm_compress::eval::{EvalOptions, evaluate};
 use pocketvlm_compress::model::CpuModel;
 

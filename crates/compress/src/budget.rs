@@ -14,8 +14,8 @@ use pocketvlm_format::components::Component;
 use pocketvlm_format::compression::text_mlp_linears;
 use pocketvlm_format::{ComponentBytes, Compression, KvCacheInfo, LayerRanks, ModelConfig, Ratios};
 
-use crate::convert::OutTensor;
 use crate::error::{CompressError, Result};
+use crate::writer::OutTensor;
 
 /// Requested budgets, as ratios of the dense model (each in `(0, 1]`).
 #[derive(Clone, Copy, Debug, Default, PartialEq)]

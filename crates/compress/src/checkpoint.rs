@@ -1,14 +1,21 @@
-//! Hugging Face safetensors checkpoints: one `model.safetensors`, or shards listed by
-//! `model.safetensors.index.json`.
+//! A Hugging Face checkpoint directory: its settings ([`SourceMeta`]: `config.json`, the
+//! processor, generation and tokenizer settings, the tokenizer) and its safetensors weights
+//! ([`Checkpoint`]: one `model.safetensors`, or shards listed by `model.safetensors.index.json`),
+//! checked against the architecture ([`check_checkpoint_tensors`]).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use pocketvlm_format::{Encoding, FormatError};
+use pocketvlm_format::architecture::dense_tensors;
+use pocketvlm_format::{
+    Encoding, FormatError, GenerationConfig, ModelConfig, ProcessorConfig, TokenizerInfo,
+};
 use safetensors::{Dtype, SafeTensors};
+use serde_json::Value;
 
 use crate::error::{CompressError, Result};
-use crate::hf_config::read_json;
+use crate::hf_config::{generation_config, model_config, processor_config, read_json};
+use crate::tokenizer;
 
 /// The raw bytes of every safetensors file of a checkpoint.
 pub struct Checkpoint {
@@ -80,4 +87,76 @@ impl Checkpoint {
         }
         Ok(out)
     }
+}
+
+fn optional_json(path: PathBuf) -> Result<Option<Value>> {
+    if path.exists() { read_json(&path).map(Some) } else { Ok(None) }
+}
+
+/// Everything of a checkpoint directory except the weights, resolved into manifest sections.
+pub struct SourceMeta {
+    pub model: ModelConfig,
+    pub processor: ProcessorConfig,
+    pub generation: GenerationConfig,
+    pub tokenizer_bytes: Vec<u8>,
+    pub tokenizer: TokenizerInfo,
+    pub defaulted: Vec<String>,
+}
+
+impl SourceMeta {
+    /// Read `config.json`, the processor settings, the generation config and the tokenizer.
+    pub fn read(hf_dir: &Path) -> Result<Self> {
+        let config_path = hf_dir.join("config.json");
+        if !config_path.exists() {
+            return Err(CompressError::NotACheckpoint {
+                path: hf_dir.display().to_string(),
+                reason: "no config.json".into(),
+            });
+        }
+        let config = read_json(&config_path)?;
+        let mut defaulted = Vec::new();
+        let model = model_config(&config, &mut defaulted)?;
+
+        let processor = optional_json(hf_dir.join("processor_config.json"))?;
+        let image_processor = match optional_json(hf_dir.join("preprocessor_config.json"))? {
+            Some(v) => v,
+            None => processor.as_ref().and_then(|p| p.get("image_processor")).cloned().ok_or_else(|| {
+                CompressError::NotACheckpoint {
+                    path: hf_dir.display().to_string(),
+                    reason: "no image processor settings (preprocessor_config.json)".into(),
+                }
+            })?,
+        };
+        let processor_cfg = processor_config(&image_processor, processor.as_ref(), &model, &mut defaulted)?;
+        let generation =
+            generation_config(optional_json(hf_dir.join("generation_config.json"))?.as_ref(), &config)?;
+        let (tokenizer_bytes, tokenizer) = tokenizer::read(hf_dir, processor.as_ref())?;
+        Ok(Self { model, processor: processor_cfg, generation, tokenizer_bytes, tokenizer, defaulted })
+    }
+}
+
+/// Check that a checkpoint holds exactly the tensors of its architecture (a stored `lm_head`
+/// is tolerated, and skipped, when embeddings are tied).
+pub fn check_checkpoint_tensors(
+    model: &ModelConfig,
+    tensors: &BTreeMap<String, RawTensor<'_>>,
+) -> Result<()> {
+    let expected = dense_tensors(model);
+    let known: std::collections::HashSet<&str> = expected.iter().map(|(n, _)| n.as_str()).collect();
+    let skipped = |n: &str| model.text.tie_word_embeddings && n == "lm_head.weight";
+    if let Some(extra) = tensors.keys().find(|n| !known.contains(n.as_str()) && !skipped(n)) {
+        return Err(FormatError::UnexpectedTensor { name: extra.clone() }.into());
+    }
+    for (name, shape) in &expected {
+        let t = tensors.get(name).ok_or_else(|| FormatError::MissingTensor { name: name.clone() })?;
+        if &t.shape != shape {
+            return Err(FormatError::ShapeMismatch {
+                name: name.clone(),
+                expected: shape.clone(),
+                found: t.shape.clone(),
+            }
+            .into());
+        }
+    }
+    Ok(())
 }

@@ -16,6 +16,7 @@ pub mod quant;
 pub mod report;
 pub mod rotate;
 pub mod tokenizer;
+pub mod writer;
 
 pub use budget::Budgets;
 pub use convert::{ConvertOptions, ConvertSummary, Recipe, convert};

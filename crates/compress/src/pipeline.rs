@@ -22,7 +22,7 @@ use crate::allocate::{Choice, Group, allocate_global, allocate_uniform};
 use crate::budget::{self, Budgets};
 use crate::calib::{self, CalibOptions, Samples};
 use crate::checkpoint::{Checkpoint, RawTensor};
-use crate::convert::{OutTensor, SourceMeta, check_checkpoint_tensors, write_model};
+use crate::checkpoint::{SourceMeta, check_checkpoint_tensors};
 use crate::error::{CompressError, Result};
 use crate::lowrank::decompose::TransformOptions;
 use crate::lowrank::linalg::{from_rows, to_rows_f32};
@@ -31,6 +31,7 @@ use crate::model::weights::{encode, round_through};
 use crate::model::{CpuModel, Proj, Target, Tower};
 use crate::quant::{QuantOptions, quantize_tensors};
 use crate::report;
+use crate::writer::{OutTensor, write_model};
 
 /// Everything a low-rank compression run needs.
 #[derive(Clone, Debug)]

@@ -11,8 +11,7 @@
 use std::cell::RefCell;
 use std::path::Path;
 
-use pocketvlm_compress::checkpoint::Checkpoint;
-use pocketvlm_compress::convert::{SourceMeta, check_checkpoint_tensors};
+use pocketvlm_compress::checkpoint::{Checkpoint, SourceMeta, check_checkpoint_tensors};
 use pocketvlm_compress::model::CpuModel;
 use pocketvlm_processor::{Message, Part, Preprocessor, Prompt};
 

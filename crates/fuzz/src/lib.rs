@@ -22,7 +22,7 @@ pub mod shards;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use pocketvlm_compress::convert::SourceMeta;
+use pocketvlm_compress::checkpoint::SourceMeta;
 use pocketvlm_processor::{Preprocessor, Prompt};
 
 /// One fuzz target: its name (the libFuzzer binary and corpus folder) and its body.

@@ -119,7 +119,7 @@ pub fn save(path: &Path, key: &str, s: &Samples) -> Result<()> {
 pub fn load_or_prepare(
     hf_dir: &Path,
     model: &crate::model::CpuModel,
-    meta: &crate::convert::SourceMeta,
+    meta: &crate::checkpoint::SourceMeta,
     opts: &CalibOptions,
     cache: Option<&Path>,
     bar: &indicatif::ProgressBar,
@@ -150,10 +150,10 @@ pub fn for_checkpoint(
     {
         return Ok(s);
     }
-    let meta = crate::convert::SourceMeta::read(hf_dir)?;
+    let meta = crate::checkpoint::SourceMeta::read(hf_dir)?;
     let checkpoint = crate::checkpoint::Checkpoint::open(hf_dir)?;
     let tensors = checkpoint.tensors()?;
-    crate::convert::check_checkpoint_tensors(&meta.model, &tensors)?;
+    crate::checkpoint::check_checkpoint_tensors(&meta.model, &tensors)?;
     let model = crate::model::CpuModel::build(meta.model.clone(), &tensors, None)?;
     load_or_prepare(hf_dir, &model, &meta, opts, cache, bar)
 }

@@ -9,7 +9,7 @@ use pocketvlm_format::quant::Rotation;
 use pocketvlm_format::quant::rotation::SplitMix64;
 use pocketvlm_processor::{Message, Part, Preprocessor, Prompt as ChatPrompt, decode_image};
 
-use crate::convert::SourceMeta;
+use crate::checkpoint::SourceMeta;
 use crate::error::{CompressError, Result};
 use crate::model::CpuModel;
 

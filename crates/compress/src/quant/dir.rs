@@ -10,9 +10,11 @@ use pocketvlm_format::dir;
 
 use crate::budget::{count_sizes, record_kv_cache};
 use crate::calib::Sample;
-use crate::convert::{ConvertSummary, OutTensor, SourceMeta, write_model};
+use crate::checkpoint::SourceMeta;
+use crate::convert::ConvertSummary;
 use crate::error::{CompressError, Result};
 use crate::quant::{QuantOptions, quantize_tensors};
+use crate::writer::{OutTensor, write_model};
 
 impl SourceMeta {
     /// Everything of a PocketVLM model directory except the weights.

@@ -47,12 +47,12 @@ use pocketvlm_format::quant::{
 use pocketvlm_format::{Compression, Encoding, FormatError, ModelConfig};
 
 use crate::calib::Sample;
-use crate::convert::OutTensor;
 use crate::error::{CompressError, Result};
 use crate::model::weights::{MemoryStore, encode};
 use crate::quant::gptq::{gptq, input_moments, rotate_moments};
 use crate::quant::weights::{ClipSearch, quantize_weights};
 use crate::rotate::{RotateOptions, rotate_model, rotate_rows};
+use crate::writer::OutTensor;
 
 const EMBED: &str = "model.text_model.embed_tokens.weight";
 const LM_HEAD: &str = "lm_head.weight";

@@ -1,0 +1,61 @@
+//! Writing a model directory: the tensors packed into shards, the tokenizer, the manifest.
+
+use std::path::Path;
+
+use pocketvlm_format::dir::{DirSink, write_manifest};
+use pocketvlm_format::manifest::{COMPRESSION_VERSION, FORMAT_TAG, QUANTIZATION_VERSION};
+use pocketvlm_format::quant::Quantization;
+use pocketvlm_format::{Compression, Encoding, FormatError, Manifest, ShardPacker, SourceInfo};
+
+use crate::checkpoint::SourceMeta;
+use crate::error::Result;
+
+/// A tensor on its way into the shards.
+pub struct OutTensor<'a> {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub encoding: Encoding,
+    pub bytes: std::borrow::Cow<'a, [u8]>,
+}
+
+/// Write a model directory: the tensors (which must be exactly those the config and
+/// `compression` imply, in any order), the tokenizer and the manifest.
+pub fn write_model<'a>(
+    meta: &SourceMeta,
+    recipe: &str,
+    compression: Option<Compression>,
+    quantization: Option<Quantization>,
+    tensors: impl IntoIterator<Item = OutTensor<'a>>,
+    out_dir: &Path,
+    max_shard_bytes: u64,
+) -> Result<Manifest> {
+    std::fs::create_dir_all(out_dir)
+        .map_err(|e| FormatError::Io { path: out_dir.display().to_string(), source: e })?;
+    let mut packer = ShardPacker::new(DirSink { dir: out_dir.to_path_buf() }, max_shard_bytes)?;
+    for t in tensors {
+        packer.add(&t.name, &t.shape, t.encoding, &t.bytes)?;
+    }
+    let (_, shards, tensor_table) = packer.finish()?;
+
+    let tokenizer_path = out_dir.join(&meta.tokenizer.file);
+    std::fs::write(&tokenizer_path, &meta.tokenizer_bytes)
+        .map_err(|e| FormatError::Io { path: tokenizer_path.display().to_string(), source: e })?;
+
+    let manifest = Manifest {
+        format: FORMAT_TAG.to_string(),
+        // float models stay readable by v2 readers; v3 is written once a model is quantized
+        version: if quantization.is_some() { QUANTIZATION_VERSION } else { COMPRESSION_VERSION },
+        model: meta.model.clone(),
+        processor: meta.processor.clone(),
+        tokenizer: meta.tokenizer.clone(),
+        generation: meta.generation.clone(),
+        source: SourceInfo { recipe: recipe.to_string(), defaulted_keys: meta.defaulted.clone() },
+        compression,
+        quantization,
+        shards,
+        tensors: tensor_table,
+    };
+    manifest.validate()?;
+    write_manifest(out_dir, &manifest)?;
+    Ok(manifest)
+}
