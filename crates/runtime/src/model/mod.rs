@@ -586,10 +586,10 @@ impl Generator {
         for _ in 0..reps.max(1) {
             let mut encoder = gpu.encoder();
             text::attention_step(gpu, &mut encoder, &model.config, &model.text, &self.cache, &normed).await?;
-            let start = crate::engine::now_ms();
+            let start = now_ms();
             gpu.submit(encoder);
             gpu.read_bytes(&normed, 4).await?;
-            best = best.min(crate::engine::now_ms() - start);
+            best = best.min(now_ms() - start);
         }
         Ok(best)
     }
