@@ -267,15 +267,8 @@ pub fn quantize(args: QuantizeArgs) -> Result<()> {
     .with_context(|| format!("quantizing {}", args.model.display()))?;
     let seconds = start.elapsed().as_secs_f64();
     if args.output.json {
-        let out = serde_json::json!({
-            "recipe": summary.manifest.source.recipe,
-            "bits": args.quant.name(),
-            "gptq": opts.gptq.is_some(),
-            "bytes": component_bytes(&summary.manifest),
-            "kv_cache_bytes_per_token": summary.manifest.compression.as_ref().map(|c| c.kv_cache.bytes_per_token),
-            "seconds": seconds,
-        });
-        println!("{out}");
+        let out = json_summary(&summary.manifest, args.quant.name(), opts.gptq.is_some(), seconds);
+        println!("{}", serde_json::Value::Object(out));
     } else {
         print_summary(&summary.manifest);
         println!("wrote {} in {seconds:.1} s", summary.out_dir.display());
@@ -302,17 +295,9 @@ pub fn run(args: Args) -> Result<()> {
         .with_context(|| format!("converting {}", args.model.display()))?;
     let seconds = start.elapsed().as_secs_f64();
     if args.output.json {
-        let out = serde_json::json!({
-            "recipe": recipe.name(),
-            "bits": args.quant.name(),
-            "qkv_params_ratio": 1.0,
-            "kv_cache_ratio": 1.0,
-            "ffn_params_ratio": 1.0,
-            "ranks": null,
-            "bytes": component_bytes(&summary.manifest),
-            "seconds": seconds,
-        });
-        println!("{out}");
+        let gptq = options.quant.as_ref().is_some_and(|q| q.gptq.is_some());
+        let out = json_summary(&summary.manifest, args.quant.name(), gptq, seconds);
+        println!("{}", serde_json::Value::Object(out));
     } else {
         print_summary(&summary.manifest);
         println!("wrote {} in {seconds:.2} s", summary.out_dir.display());
@@ -320,8 +305,35 @@ pub fn run(args: Args) -> Result<()> {
     Ok(())
 }
 
-fn component_bytes(m: &Manifest) -> serde_json::Map<String, serde_json::Value> {
-    m.component_sizes().into_iter().map(|(c, s)| (c.name().to_string(), s.bytes.into())).collect()
+/// What `--json` prints for a model written (the same keys for every command that writes one):
+/// the recipe, bits and GPTQ, the achieved ratios and ranks of its compression section (1.0 and
+/// null for a dense model), K/V cache bytes per token (null for a dense model), bytes per
+/// component and the seconds it took.
+fn json_summary(
+    m: &Manifest,
+    bits: Option<String>,
+    gptq: bool,
+    seconds: f64,
+) -> serde_json::Map<String, serde_json::Value> {
+    let c = m.compression.as_ref();
+    let ratio = |get: fn(&pocketvlm_format::Compression) -> Option<f64>| c.map_or(Some(1.0), get);
+    let bytes: serde_json::Map<String, serde_json::Value> =
+        m.component_sizes().into_iter().map(|(c, s)| (c.name().to_string(), s.bytes.into())).collect();
+    let serde_json::Value::Object(out) = serde_json::json!({
+        "recipe": m.source.recipe,
+        "bits": bits,
+        "gptq": gptq,
+        "qkv_params_ratio": ratio(|c| c.achieved.qkv_params),
+        "kv_cache_ratio": ratio(|c| c.achieved.kv_cache),
+        "ffn_params_ratio": ratio(|c| c.achieved.ffn_params),
+        "ranks": c.map(|c| c.text_layers.iter().map(|l| l.qkv).collect::<Vec<_>>()),
+        "kv_cache_bytes_per_token": c.map(|c| c.kv_cache.bytes_per_token),
+        "bytes": bytes,
+        "seconds": seconds,
+    }) else {
+        unreachable!("json! of an object literal is an object")
+    };
+    out
 }
 
 fn run_lowrank(args: Args, method: Method, quant: Option<QuantOptions>) -> Result<()> {
@@ -348,22 +360,12 @@ fn run_lowrank(args: Args, method: Method, quant: Option<QuantOptions>) -> Resul
     let seconds = start.elapsed().as_secs_f64();
     let c = &summary.compression;
     if args.output.json {
-        let ranks: Vec<Option<usize>> = c.text_layers.iter().map(|l| l.qkv).collect();
-        let out = serde_json::json!({
-            "recipe": method.name(),
-            "bits": args.quant.name(),
-            "qkv_params_ratio": c.achieved.qkv_params,
-            "kv_cache_ratio": c.achieved.kv_cache,
-            "ffn_params_ratio": c.achieved.ffn_params,
-            "ranks": ranks,
-            "gptq": opts.quant.as_ref().is_some_and(|q| q.gptq.is_some()),
-            "beta": c.beta,
-            "beta_search": summary.beta_search,
-            "calib_loss": summary.calib_loss,
-            "bytes": component_bytes(&summary.manifest),
-            "seconds": seconds,
-        });
-        println!("{out}");
+        let gptq = opts.quant.as_ref().is_some_and(|q| q.gptq.is_some());
+        let mut out = json_summary(&summary.manifest, args.quant.name(), gptq, seconds);
+        out.insert("beta".into(), c.beta.into());
+        out.insert("beta_search".into(), serde_json::to_value(&summary.beta_search)?);
+        out.insert("calib_loss".into(), serde_json::to_value(summary.calib_loss)?);
+        println!("{}", serde_json::Value::Object(out));
     } else {
         print!("{}", std::fs::read_to_string(&summary.report_path)?);
         println!(
