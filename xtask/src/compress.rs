@@ -245,7 +245,7 @@ pub fn quantize(args: QuantizeArgs) -> Result<()> {
                 hf,
                 c,
                 args.calib.calib_cache.as_deref(),
-                &indicatif::ProgressBar::hidden(),
+                &crate::progress::bars().stage("calibration samples"),
             )
             .with_context(|| format!("calibration samples of {}", hf.display()))?,
         ),
@@ -351,7 +351,7 @@ fn run_lowrank(args: Args, method: Method, quant: Option<QuantOptions>) -> Resul
     opts.calib_cache = args.calib.calib_cache.clone();
     opts.transform.alpha = args.alpha;
     opts.max_shard_bytes = args.output.max_shard_bytes();
-    opts.progress = true;
+    opts.progress = crate::progress::bars();
     opts.quant = quant;
     opts.factor_encoding =
         args.factor_encoding.as_deref().map(|e| Encoding::parse(e, "--factor-encoding")).transpose()?;

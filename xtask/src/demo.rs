@@ -371,7 +371,7 @@ pub fn prepare_model(source: &Path, recipe: &DemoRecipe) -> Result<PathBuf> {
             let mut opts = LowRankOptions::new(method, recipe.budgets, calib);
             opts.calib_cache = cache;
             opts.quant = quant;
-            opts.progress = true;
+            opts.progress = crate::progress::bars();
             compress_lowrank(source, &out, &opts)
                 .with_context(|| format!("compressing {} into {}", source.display(), out.display()))?;
         }

@@ -4,7 +4,6 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use indicatif::{ProgressBar, ProgressStyle};
 use pocketvlm_compress::checkpoint::SourceMeta;
 use pocketvlm_compress::eval::{EvalOptions, evaluate};
 use pocketvlm_compress::model::CpuModel;
@@ -55,14 +54,10 @@ pub fn run(args: Args) -> Result<()> {
         std::fs::read_to_string(&args.text).with_context(|| format!("reading {}", args.text.display()))?;
     let opts =
         EvalOptions { max_tokens: args.max_tokens, window: args.window, answer_tokens: args.answer_tokens };
-    let bar = ProgressBar::new(0);
-    bar.set_style(ProgressStyle::with_template(
-        "{msg:>12} [{bar:30}] {pos}/{len} {elapsed_precise} (eta {eta})",
-    )?);
-    bar.set_message("eval");
     let refs: Vec<&CpuModel> = models.iter().collect();
-    let results = evaluate(&refs, &reference, &chat, &stop, &text, &opts, &bar)?;
-    bar.finish_and_clear();
+    let stage = crate::progress::bars().stage("eval");
+    let results = evaluate(&refs, &reference, &chat, &stop, &text, &opts, &stage)?;
+    drop(stage);
     let seconds = start.elapsed().as_secs_f64();
     for (path, r) in args.model.iter().zip(&results) {
         if args.json {

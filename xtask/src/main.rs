@@ -11,6 +11,7 @@ mod fuzz;
 mod hub;
 mod hub_mimic;
 mod peer;
+mod progress;
 mod serve;
 mod setup;
 mod test;

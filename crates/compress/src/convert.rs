@@ -86,7 +86,7 @@ pub fn convert(hf_dir: &Path, out_dir: &Path, options: &ConvertOptions) -> Resul
             hf_dir,
             c,
             options.calib_cache.as_deref(),
-            &indicatif::ProgressBar::hidden(),
+            &crate::progress::Progress::silent().stage("calibration samples"),
         )?),
         (Some(_), None) => {
             return Err(CompressError::BadOptions {

@@ -14,6 +14,7 @@ use pocketvlm_processor::{Message, Prompt as ChatPrompt};
 
 use crate::error::{CompressError, Result};
 use crate::model::CpuModel;
+use crate::progress::Stage;
 
 /// Chat prompts for the answer-perplexity check.
 pub const CHAT_PROMPTS: [&str; 12] = [
@@ -107,13 +108,13 @@ pub fn evaluate(
     stop: &[u32],
     text: &str,
     opts: &EvalOptions,
-    progress: &indicatif::ProgressBar,
+    stage: &Stage,
 ) -> Result<Vec<Fidelity>> {
     let ids = chat.tokenize(text, false).map_err(|e| CompressError::Tokenizer(e.to_string()))?;
     let ids = &ids[..ids.len().min(opts.max_tokens)];
     let window = opts.window.max(2);
     let windows: Vec<&[u32]> = ids.chunks(window).filter(|w| w.len() >= 2).collect();
-    progress.set_length((windows.len() + CHAT_PROMPTS.len()) as u64);
+    stage.set_total((windows.len() + CHAT_PROMPTS.len()) as u64);
     let mut text_acc: Vec<Acc> = models.iter().map(|_| Acc::default()).collect();
     for w in &windows {
         let ref_logits =
@@ -122,7 +123,7 @@ pub fn evaluate(
             let logits = m.text.logits(&m.text.forward(&m.text.embed(w)?, None, None)?)?;
             score(acc, &ref_logits, &logits, &w[1..], true)?;
         }
-        progress.inc(1);
+        stage.step();
     }
     let mut answer_acc: Vec<Acc> = models.iter().map(|_| Acc::default()).collect();
     for p in CHAT_PROMPTS {
@@ -147,7 +148,7 @@ pub fn evaluate(
                 m.text.logits(&m.text.forward(&m.text.embed(&all)?, None, None)?)?.narrow(0, start, n)?;
             score(acc, &ref_logits, &logits, &answer, false)?;
         }
-        progress.inc(1);
+        stage.step();
     }
     Ok(text_acc
         .iter()

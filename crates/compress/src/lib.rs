@@ -12,6 +12,7 @@ pub mod hf_config;
 pub mod lowrank;
 pub mod model;
 pub mod pipeline;
+pub mod progress;
 pub mod quant;
 pub mod report;
 pub mod rotate;

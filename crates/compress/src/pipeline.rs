@@ -7,7 +7,6 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use faer::Mat;
-use indicatif::{ProgressBar, ProgressStyle};
 use pocketvlm_format::architecture::expected_tensors;
 use pocketvlm_format::components::Component;
 use pocketvlm_format::compression::{
@@ -29,6 +28,7 @@ use crate::lowrank::linalg::{from_rows, to_rows_f32};
 use crate::lowrank::{Decomposition, Method};
 use crate::model::weights::{encode, round_through};
 use crate::model::{CpuModel, Proj, Target, Tower};
+use crate::progress::Progress;
 use crate::quant::{QuantOptions, quantize_tensors};
 use crate::report;
 use crate::writer::{OutTensor, write_model};
@@ -55,7 +55,8 @@ pub struct LowRankOptions {
     /// [`crate::quant::model`]); the `check` stage then measures the quantized model.
     pub quant: Option<QuantOptions>,
     /// Show progress bars on stderr.
-    pub progress: bool,
+    /// Where the run reports its stages, their times and each β's loss.
+    pub progress: Progress,
 }
 
 impl LowRankOptions {
@@ -71,7 +72,7 @@ impl LowRankOptions {
             factor_encoding: None,
             max_shard_bytes: pocketvlm_format::DEFAULT_SHARD_BYTES,
             quant: None,
-            progress: false,
+            progress: Progress::silent(),
         }
     }
 }
@@ -97,20 +98,6 @@ impl LowRankSummary {
     pub fn component_bytes(&self) -> BTreeMap<String, u64> {
         self.manifest.component_sizes().into_iter().map(|(c, s)| (c.name().to_string(), s.bytes)).collect()
     }
-}
-
-fn bar(show: bool, what: &str) -> ProgressBar {
-    if !show {
-        return ProgressBar::hidden();
-    }
-    let b = ProgressBar::new(0);
-    b.set_style(
-        ProgressStyle::with_template("{msg:>24} [{bar:30}] {pos}/{len} {elapsed_precise} (eta {eta})")
-            .expect("valid template")
-            .progress_chars("=> "),
-    );
-    b.set_message(what.to_string());
-    b
 }
 
 /// A pool of groups sharing one budget.
@@ -245,12 +232,10 @@ pub fn compress_lowrank(hf_dir: &Path, out_dir: &Path, opts: &LowRankOptions) ->
     let mut stages: Vec<(&'static str, f64)> = Vec::new();
     let mut lap = {
         let mut last = Instant::now();
-        let log = opts.progress;
+        let progress = opts.progress.clone();
         move |name: &'static str, stages: &mut Vec<(&'static str, f64)>| {
             let secs = last.elapsed().as_secs_f64();
-            if log {
-                eprintln!("[compress] {name}: {secs:.1} s");
-            }
+            progress.lap(name, secs);
             stages.push((name, secs));
             last = Instant::now();
         }
@@ -320,14 +305,15 @@ pub fn compress_lowrank(hf_dir: &Path, out_dir: &Path, opts: &LowRankOptions) ->
     // ---- calibration
     let (samples, collected) = match &opts.calib {
         Some(c) => {
-            let pb = bar(opts.progress, "calibration samples");
+            let stage = opts.progress.stage("calibration samples");
             let samples =
-                calib::cache::load_or_prepare(hf_dir, &model, &meta, c, opts.calib_cache.as_deref(), &pb)?;
-            pb.finish_and_clear();
+                calib::cache::load_or_prepare(hf_dir, &model, &meta, c, opts.calib_cache.as_deref(), &stage)?;
+            drop(stage);
             lap("samples", &mut stages);
-            let pb = bar(opts.progress, "statistics");
-            let collected = calib::collect(&model, &samples.samples, &targets, method == Method::Laser, &pb)?;
-            pb.finish_and_clear();
+            let stage = opts.progress.stage("statistics");
+            let collected =
+                calib::collect(&model, &samples.samples, &targets, method == Method::Laser, &stage)?;
+            drop(stage);
             lap("statistics", &mut stages);
             (Some(samples), Some(collected))
         }
@@ -335,26 +321,26 @@ pub fn compress_lowrank(hf_dir: &Path, out_dir: &Path, opts: &LowRankOptions) ->
     };
 
     // ---- decompositions
-    let pb = bar(opts.progress, "decompositions");
-    pb.set_length(targets.len() as u64);
+    let stage = opts.progress.stage("decompositions");
+    stage.set_total(targets.len() as u64);
     let mut decs: BTreeMap<Target, Decomposition> = BTreeMap::new();
     for &tg in &targets {
         let w = dense_target_weight(&cfg, &tensors, tg)?;
         let stats = collected.as_ref().and_then(|c| c.stats.get(&tg));
         decs.insert(tg, Decomposition::new(method, &w, stats, &opts.transform)?);
-        pb.inc(1);
+        stage.step();
     }
-    pb.finish_and_clear();
+    drop(stage);
     lap("decompositions", &mut stages);
 
     // ---- scores
     let mut scores: BTreeMap<Target, Vec<f64>> = BTreeMap::new();
     if method == Method::Qsvd {
         let bases = decs.iter().map(|(t, d)| (*t, d.score_bases())).collect();
-        let pb = bar(opts.progress, "gradient scores");
+        let stage = opts.progress.stage("gradient scores");
         let samples = &samples.as_ref().expect("qsvd has samples").samples;
-        let rms = calib::gradient_scores(&model, samples, &bases, &pb)?;
-        pb.finish_and_clear();
+        let rms = calib::gradient_scores(&model, samples, &bases, &stage)?;
+        drop(stage);
         for (t, d) in &decs {
             scores.insert(*t, d.svd.s.iter().zip(&rms[t]).map(|(s, r)| s * r).collect());
         }
@@ -532,17 +518,17 @@ pub fn compress_lowrank(hf_dir: &Path, out_dir: &Path, opts: &LowRankOptions) ->
                     Some(spec) => Some(spec.build()?),
                     None => None,
                 };
-                let pb = bar(opts.progress, "compressed loss");
-                pb.set_length(s.samples.len() as u64);
+                let stage = opts.progress.stage("compressed loss");
+                stage.set_total(s.samples.len() as u64);
                 let mut sum = 0.0;
                 for sample in &s.samples {
                     let features = sample.features_in(rotation.as_ref())?;
                     let embeds = compressed.merge_embeddings(&sample.ids, features.as_ref())?;
                     let loss = compressed.answer_loss(&embeds, &sample.ids, sample.answer_start, None)?;
                     sum += loss.to_scalar::<f32>()? as f64;
-                    pb.inc(1);
+                    stage.step();
                 }
-                pb.finish_and_clear();
+                drop(stage);
                 lap("check", &mut stages);
                 Some((c.mean_loss, sum / s.samples.len().max(1) as f64))
             }
@@ -550,8 +536,8 @@ pub fn compress_lowrank(hf_dir: &Path, out_dir: &Path, opts: &LowRankOptions) ->
         };
         let total = started.elapsed().as_secs_f64();
         let (report_path, svg_path) = report::write(out_dir, &cfg, &compression, &stages, total, calib_loss)?;
-        if betas.len() > 1 && opts.progress {
-            eprintln!("[compress] beta {beta}: calibration loss {:?}", calib_loss.map(|l| l.1));
+        if betas.len() > 1 {
+            opts.progress.note(&format!("beta {beta}: calibration loss {:?}", calib_loss.map(|l| l.1)));
         }
         results.push(LowRankSummary {
             out_dir: out_dir.to_path_buf(),

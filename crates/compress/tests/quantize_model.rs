@@ -9,6 +9,7 @@ use std::path::Path;
 use common::{CASES, expected, fixture, last_row, prompt};
 use pocketvlm_compress::calib::{self, CalibOptions, CalibSource};
 use pocketvlm_compress::model::CpuModel;
+use pocketvlm_compress::progress::Progress;
 use pocketvlm_compress::quant::{QuantOptions, QuantParts, quantize_dir};
 use pocketvlm_compress::{
     Budgets, CompressError, ConvertOptions, LowRankOptions, Method, compress_lowrank, convert,
@@ -369,7 +370,8 @@ fn gptq_uses_the_calibration_samples() {
     low_rank(&float, None);
     let c = opts.calib.as_ref().unwrap();
     let samples =
-        calib::cache::for_checkpoint(&fixture(), c, None, &indicatif::ProgressBar::hidden()).unwrap();
+        calib::cache::for_checkpoint(&fixture(), c, None, &Progress::silent().stage("calibration samples"))
+            .unwrap();
     let again = tmp.path().join("again");
     let m = quantize_dir(&float, &again, &q, 32 << 20, Some(&samples.samples)).unwrap().manifest;
     assert_eq!(m.tensors, compensated.manifest.tensors);
@@ -403,7 +405,7 @@ fn dense_conversion_with_calibration_uses_gptq() {
         &fixture(),
         calib.as_ref().unwrap(),
         None,
-        &indicatif::ProgressBar::hidden(),
+        &Progress::silent().stage("calibration samples"),
     )
     .unwrap();
     let again = tmp.path().join("again");

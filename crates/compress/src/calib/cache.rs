@@ -13,6 +13,7 @@ use safetensors::{Dtype, SafeTensors};
 
 use crate::calib::data::{CalibOptions, CalibSource, Sample, Samples};
 use crate::error::{CompressError, Result};
+use crate::progress::Stage;
 
 /// The key a cache file must match.
 pub fn cache_key(model_dir: &Path, opts: &CalibOptions) -> String {
@@ -122,7 +123,7 @@ pub fn load_or_prepare(
     meta: &crate::checkpoint::SourceMeta,
     opts: &CalibOptions,
     cache: Option<&Path>,
-    bar: &indicatif::ProgressBar,
+    stage: &Stage,
 ) -> Result<Samples> {
     let key = cache_key(hf_dir, opts);
     if let Some(path) = cache
@@ -130,7 +131,7 @@ pub fn load_or_prepare(
     {
         return Ok(s);
     }
-    let s = crate::calib::data::prepare(model, meta, opts, bar)?;
+    let s = crate::calib::data::prepare(model, meta, opts, stage)?;
     if let Some(path) = cache {
         save(path, &key, &s)?;
     }
@@ -143,7 +144,7 @@ pub fn for_checkpoint(
     hf_dir: &Path,
     opts: &CalibOptions,
     cache: Option<&Path>,
-    bar: &indicatif::ProgressBar,
+    stage: &Stage,
 ) -> Result<Samples> {
     if let Some(path) = cache
         && let Some(s) = load(path, &cache_key(hf_dir, opts))?
@@ -155,5 +156,5 @@ pub fn for_checkpoint(
     let tensors = checkpoint.tensors()?;
     crate::checkpoint::check_checkpoint_tensors(&meta.model, &tensors)?;
     let model = crate::model::CpuModel::build(meta.model.clone(), &tensors, None)?;
-    load_or_prepare(hf_dir, &model, &meta, opts, cache, bar)
+    load_or_prepare(hf_dir, &model, &meta, opts, cache, stage)
 }

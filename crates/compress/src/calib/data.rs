@@ -4,7 +4,6 @@
 use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
-use indicatif::ProgressBar;
 use pocketvlm_format::quant::Rotation;
 use pocketvlm_format::quant::rotation::SplitMix64;
 use pocketvlm_processor::{Message, Part, Preprocessor, Prompt as ChatPrompt, decode_image};
@@ -12,6 +11,7 @@ use pocketvlm_processor::{Message, Part, Preprocessor, Prompt as ChatPrompt, dec
 use crate::checkpoint::SourceMeta;
 use crate::error::{CompressError, Result};
 use crate::model::CpuModel;
+use crate::progress::Stage;
 
 /// Where calibration data comes from.
 #[derive(Clone, Debug)]
@@ -125,12 +125,7 @@ pub fn stop_ids(meta: &SourceMeta, chat: &ChatPrompt) -> Vec<u32> {
 
 /// Build the calibration samples (decoding, preprocessing, and greedy answers where there is no
 /// caption).
-pub fn prepare(
-    model: &CpuModel,
-    meta: &SourceMeta,
-    opts: &CalibOptions,
-    bar: &ProgressBar,
-) -> Result<Samples> {
+pub fn prepare(model: &CpuModel, meta: &SourceMeta, opts: &CalibOptions, stage: &Stage) -> Result<Samples> {
     let chat = chat_prompt(meta)?;
     let mut rng = SplitMix64(opts.seed);
     match &opts.source {
@@ -143,7 +138,7 @@ pub fn prepare(
             let stop = stop_ids(meta, &chat);
             let eou = chat.special_tokens().end_of_utterance;
             let (mut captions, mut generated) = (0, 0);
-            bar.set_length(images.len() as u64);
+            stage.set_total(images.len() as u64);
             let mut samples = Vec::new();
             for path in images {
                 let unreadable = |reason: String| CompressError::UnreadableImage {
@@ -193,7 +188,7 @@ pub fn prepare(
                     pixels: Some(pixels),
                     features: Some(features),
                 });
-                bar.inc(1);
+                stage.step();
             }
             let targets = match (captions, generated) {
                 (_, 0) => "captions",

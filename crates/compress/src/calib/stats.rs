@@ -14,13 +14,13 @@ use std::collections::BTreeMap;
 
 use candle_core::{Device, Tensor};
 use faer::Mat;
-use indicatif::ProgressBar;
 
 use crate::calib::data::Sample;
 use crate::error::{CompressError, Result};
 use crate::lowrank::GroupStats;
 use crate::lowrank::linalg::{from_rows_f64, to_rows_f32};
 use crate::model::{CpuModel, Prompt, Tape, Target, Tower};
+use crate::progress::Stage;
 
 /// Running sums of one target.
 struct Sums {
@@ -67,11 +67,11 @@ pub fn collect(
     samples: &[Sample],
     targets: &[Target],
     grads: bool,
-    bar: &ProgressBar,
+    stage: &Stage,
 ) -> Result<Collected> {
     let mut sums: BTreeMap<Target, Sums> = BTreeMap::new();
     let (mut loss_sum, mut tokens, mut loss_tokens) = (0.0, 0, 0);
-    bar.set_length(samples.len() as u64);
+    stage.set_total(samples.len() as u64);
     for s in samples {
         let mut tape = Tape::new(targets.iter().copied(), grads);
         let loss = sample_loss(model, s, &mut tape)?;
@@ -108,7 +108,7 @@ pub fn collect(
                 add_into(gg, &g.t()?.matmul(g)?)?;
             }
         }
-        bar.inc(1);
+        stage.step();
     }
     let stats = sums
         .into_iter()
@@ -133,7 +133,7 @@ pub fn gradient_scores(
     model: &CpuModel,
     samples: &[Sample],
     bases: &BTreeMap<Target, (Mat<f64>, Mat<f64>)>,
-    bar: &ProgressBar,
+    stage: &Stage,
 ) -> Result<BTreeMap<Target, Vec<f64>>> {
     let tensors = bases
         .iter()
@@ -141,7 +141,7 @@ pub fn gradient_scores(
         .collect::<Result<BTreeMap<_, _>>>()?;
     let mut sq: BTreeMap<Target, Vec<f64>> =
         bases.iter().map(|(t, (a, _))| (*t, vec![0.0; a.ncols()])).collect();
-    bar.set_length(samples.len() as u64);
+    stage.set_total(samples.len() as u64);
     for s in samples {
         let mut tape = Tape::new(bases.keys().copied(), true);
         let loss = sample_loss(model, s, &mut tape)?;
@@ -156,7 +156,7 @@ pub fn gradient_scores(
                 *acc += (v as f64) * (v as f64);
             }
         }
-        bar.inc(1);
+        stage.step();
     }
     let n = samples.len().max(1) as f64;
     Ok(sq.into_iter().map(|(t, v)| (t, v.into_iter().map(|x| (x / n).sqrt()).collect())).collect())
