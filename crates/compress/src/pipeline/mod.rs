@@ -1,0 +1,200 @@
+//! The low-rank compressor, run as its stages: read the checkpoint; pool the targets under
+//! their budgets ([`pools`]); calibrate ([`calibrate`]: samples and statistics); decompose and
+//! score every target ([`decompose`]); choose the components each keeps ([`ranks`]); then, for
+//! each candidate β, write the model ([`emit`]: factors → quantization → files) and check it
+//! on the calibration samples ([`check`]), keeping the best candidate ([`beta`]).
+
+mod beta;
+mod calibrate;
+mod check;
+mod decompose;
+mod emit;
+mod pools;
+mod ranks;
+mod targets;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use pocketvlm_format::{Compression, Encoding, Manifest};
+
+pub use self::targets::{dense_target_weight, out_splits, split_rows, target_factors};
+use crate::budget::Budgets;
+use crate::calib::CalibOptions;
+use crate::checkpoint::{Checkpoint, SourceMeta, check_checkpoint_tensors};
+use crate::error::{CompressError, Result};
+use crate::lowrank::Method;
+use crate::lowrank::decompose::TransformOptions;
+use crate::model::CpuModel;
+use crate::progress::Progress;
+use crate::quant::QuantOptions;
+use crate::report;
+
+/// Everything a low-rank compression run needs.
+#[derive(Clone, Debug)]
+pub struct LowRankOptions {
+    pub method: Method,
+    pub budgets: Budgets,
+    /// Share of Σ given to the down factor (`down = Σ^β Vᵀ…`, `up = U Σ^(1−β)`).
+    pub beta: f64,
+    /// Search β over these values instead (quantized recipes only): each candidate is factored,
+    /// quantized, written and measured on the calibration samples; the lowest loss wins.
+    pub beta_search: Option<Vec<f64>>,
+    pub transform: TransformOptions,
+    /// Calibration data; required by every recipe but `svd`.
+    pub calib: Option<CalibOptions>,
+    /// A file keeping prepared calibration samples between runs (see [`calib::cache`]).
+    pub calib_cache: Option<PathBuf>,
+    /// Encoding of the factors (default: the checkpoint's encoding of the weights they replace).
+    pub factor_encoding: Option<Encoding>,
+    pub max_shard_bytes: u64,
+    /// Rotate and quantize the text decoder after the factorisation (see
+    /// [`crate::quant::model`]); the `check` stage then measures the quantized model.
+    pub quant: Option<QuantOptions>,
+    /// Show progress bars on stderr.
+    /// Where the run reports its stages, their times and each β's loss.
+    pub progress: Progress,
+}
+
+impl LowRankOptions {
+    pub fn new(method: Method, budgets: Budgets, calib: Option<CalibOptions>) -> Self {
+        Self {
+            method,
+            budgets,
+            beta: 0.5,
+            beta_search: None,
+            transform: TransformOptions::default(),
+            calib,
+            calib_cache: None,
+            factor_encoding: None,
+            max_shard_bytes: pocketvlm_format::DEFAULT_SHARD_BYTES,
+            quant: None,
+            progress: Progress::silent(),
+        }
+    }
+}
+
+/// What a run produced.
+pub struct LowRankSummary {
+    pub out_dir: PathBuf,
+    pub manifest: Manifest,
+    pub compression: Compression,
+    /// Wall time per stage.
+    pub stages: Vec<(&'static str, f64)>,
+    /// Mean answer loss of the dense and the compressed model on the calibration samples.
+    pub calib_loss: Option<(f64, f64)>,
+    pub report_path: PathBuf,
+    pub svg_path: PathBuf,
+    /// `(β, calibration loss)` of every candidate when β was searched (see
+    /// [`LowRankOptions::beta_search`]).
+    pub beta_search: Vec<(f64, f64)>,
+}
+
+impl LowRankSummary {
+    /// Bytes per component, as stored.
+    pub fn component_bytes(&self) -> BTreeMap<String, u64> {
+        self.manifest.component_sizes().into_iter().map(|(c, s)| (c.name().to_string(), s.bytes)).collect()
+    }
+}
+
+/// The wall time of each part of a run, each reported to its progress as it ends.
+pub(crate) struct Clock {
+    started: Instant,
+    last: Instant,
+    progress: Progress,
+    stages: Vec<(&'static str, f64)>,
+}
+
+impl Clock {
+    fn new(progress: &Progress) -> Self {
+        let now = Instant::now();
+        Self { started: now, last: now, progress: progress.clone(), stages: Vec::new() }
+    }
+
+    /// Part `name` ended now.
+    fn lap(&mut self, name: &'static str) {
+        let secs = self.last.elapsed().as_secs_f64();
+        self.progress.lap(name, secs);
+        self.stages.push((name, secs));
+        self.last = Instant::now();
+    }
+}
+
+/// The options that no stage can check better than before starting.
+fn check_options(opts: &LowRankOptions) -> Result<()> {
+    opts.budgets.validate()?;
+    if !(0.0..=1.0).contains(&opts.beta) {
+        return Err(CompressError::BudgetOutOfRange {
+            name: "beta",
+            value: opts.beta,
+            range: "0 <= beta <= 1",
+        });
+    }
+    if opts.method != Method::Svd && opts.calib.is_none() {
+        return Err(CompressError::BadOptions {
+            recipe: opts.method.name().into(),
+            what: "calibration data (--calib <images folder> or --calib-text <file>)".into(),
+        });
+    }
+    Ok(())
+}
+
+/// Compress the checkpoint in `hf_dir` into `out_dir` with a low-rank recipe.
+pub fn compress_lowrank(hf_dir: &Path, out_dir: &Path, opts: &LowRankOptions) -> Result<LowRankSummary> {
+    let mut clock = Clock::new(&opts.progress);
+    check_options(opts)?;
+    let mut meta = SourceMeta::read(hf_dir)?;
+    let cfg = meta.model.clone();
+    let checkpoint = Checkpoint::open(hf_dir)?;
+    let tensors = checkpoint.tensors()?;
+    check_checkpoint_tensors(&cfg, &tensors)?;
+    let model = CpuModel::build(cfg.clone(), &tensors, None)?;
+    clock.lap("load");
+
+    let pools = pools::pools(&cfg, opts);
+    let targets = pools::targets(&pools);
+    let calibration = calibrate::calibrate(hf_dir, &model, &meta, opts, &targets, &mut clock)?;
+    let decs = decompose::decompose(&cfg, &tensors, opts, &targets, calibration.as_ref(), &mut clock)?;
+    let scores = decompose::scores(&model, opts, &decs, calibration.as_ref(), &mut clock)?;
+    let choices = ranks::choose(&pools, &scores, opts.method)?;
+
+    let betas = beta::candidates(opts, calibration.is_some())?;
+    let mut results: Vec<LowRankSummary> = Vec::new();
+    for (k, &beta) in betas.iter().enumerate() {
+        meta.model = cfg.clone();
+        let dir = if betas.len() == 1 { out_dir.to_path_buf() } else { beta::candidate_dir(out_dir, k) };
+        let (manifest, compression) = emit::emit(
+            &mut meta,
+            &tensors,
+            &decs,
+            &choices,
+            opts,
+            beta,
+            calibration.as_ref(),
+            &dir,
+            &mut clock,
+        )?;
+        let calib_loss = match &calibration {
+            Some(c) => Some(check::calibration_loss(&dir, &manifest, c, opts, &mut clock)?),
+            None => None,
+        };
+        let total = clock.started.elapsed().as_secs_f64();
+        let (report_path, svg_path) =
+            report::write(&dir, &cfg, &compression, &clock.stages, total, calib_loss)?;
+        if betas.len() > 1 {
+            opts.progress.note(&format!("beta {beta}: calibration loss {:?}", calib_loss.map(|l| l.1)));
+        }
+        results.push(LowRankSummary {
+            out_dir: dir,
+            manifest,
+            compression,
+            stages: clock.stages.clone(),
+            calib_loss,
+            report_path,
+            svg_path,
+            beta_search: Vec::new(),
+        });
+    }
+    beta::pick(results, out_dir)
+}
