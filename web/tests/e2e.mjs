@@ -14,7 +14,7 @@
 //   3. Stop in the middle of a long caption stops it, so does Stop right after Caption (while the
 //      image and the prompt are processed), and the model still captions correctly;
 //   4. without --enable-unsafe-webgpu the page explains that WebGPU is missing;
-//   and the package decodes a photo with an EXIF orientation upright, as Pillow's exif_transpose.
+//   and the package decodes images to Pillow's pixels (an EXIF-rotated photo upright, CMYK JPEG).
 // Each check prints one line; any failure exits with status 1 and says what differed.
 
 import { readFileSync, mkdirSync } from 'node:fs';
@@ -123,24 +123,28 @@ async function captionMatches(page, label) {
 }
 
 /**
- * The package's image decoding turns a photo with an EXIF orientation upright, pixel for pixel as
- * Pillow's ImageOps.exif_transpose (crates/processor/tests/data: the PNG and Pillow's digest).
+ * The package's image decoding gives Pillow's pixels (crates/processor/tests/data: the files and
+ * the digests of Pillow's RGB): a photo with an EXIF orientation upright, as exif_transpose
+ * turns it, and CMYK, 4:2:0 and grey JPEGs exactly as Pillow decodes them.
  */
-async function uprightPhoto(page) {
+async function decodesAsPillow(page) {
   const data = new URL('../../crates/processor/tests/data/', import.meta.url);
-  const want = JSON.parse(readFileSync(new URL('reference.json', data), 'utf8'))
-    .decode.find((c) => c.file === 'exif6_upright.png');
-  const bytes = [...readFileSync(new URL(want.file, data))];
-  const got = await page.evaluate(async (bytes) => {
-    const { toRGBA } = await import('./pocketvlm/src/image.js');
-    const { rgba, width, height } = await toRGBA(new Blob([new Uint8Array(bytes)], { type: 'image/png' }));
-    const rgb = rgba.filter((_, i) => i % 4 !== 3);
-    const digest = new Uint8Array(await crypto.subtle.digest('SHA-256', rgb));
-    return { width, height, sha256: [...digest].map((b) => b.toString(16).padStart(2, '0')).join('') };
-  }, bytes);
-  check(got.width === want.size[0] && got.height === want.size[1] && got.sha256 === want.rgb_sha256,
-    'a photo with an EXIF orientation is decoded upright, as Pillow\'s exif_transpose',
-    `${got.width}x${got.height} ${got.sha256}, Pillow ${want.size.join('x')} ${want.rgb_sha256}`);
+  const reference = JSON.parse(readFileSync(new URL('reference.json', data), 'utf8')).decode;
+  for (const file of ['exif6_upright.png', 'exif6_upright.jpg', 'cmyk.jpg', 'q90_420.jpg', 'grey.jpg']) {
+    const want = reference.find((c) => c.file === file);
+    const bytes = [...readFileSync(new URL(file, data))];
+    const type = file.endsWith('.png') ? 'image/png' : 'image/jpeg';
+    const got = await page.evaluate(async ([bytes, type]) => {
+      const { toRGBA } = await import('./pocketvlm/src/image.js');
+      const { rgba, width, height } = await toRGBA(new Blob([new Uint8Array(bytes)], { type }));
+      const rgb = rgba.filter((_, i) => i % 4 !== 3);
+      const digest = new Uint8Array(await crypto.subtle.digest('SHA-256', rgb));
+      return { width, height, sha256: [...digest].map((b) => b.toString(16).padStart(2, '0')).join('') };
+    }, [bytes, type]);
+    check(got.width === want.size[0] && got.height === want.size[1] && got.sha256 === want.rgb_sha256,
+      `${file} decodes to Pillow's pixels${want.options === 'load_image' ? ' (upright, as exif_transpose)' : ''}`,
+      `${got.width}x${got.height} ${got.sha256}, Pillow ${want.size.join('x')} ${want.rgb_sha256}`);
+  }
 }
 
 async function withWebGPU() {
@@ -155,7 +159,7 @@ async function withWebGPU() {
     check(status.startsWith('Downloaded'), 'first load downloads the model', status);
     const progress = await page.locator('.progress').getAttribute('aria-valuenow');
     check(progress === '100', 'the progress bar reached 100%', `aria-valuenow ${progress}`);
-    await uprightPhoto(page);
+    await decodesAsPillow(page);
     console.log(`  (loaded in ${((Date.now() - started) / 1000).toFixed(1)} s: ${status})`);
     await page.setInputFiles('#file-input', imagePath);
     // The preview has a size only once the browser has decoded the photo: wait for it rather than race it.
