@@ -7,7 +7,7 @@
 use std::cell::RefCell;
 
 use pocketvlm_processor::{Message, decode_image};
-use pocketvlm_runtime::fetch::{fetch_bytes, fetch_manifest};
+use pocketvlm_runtime::fetch::{fetch_bytes, fetch_manifest, file_url};
 use pocketvlm_runtime::model::Stop;
 use pocketvlm_web::options::GenerateOptions;
 use pocketvlm_web::progress::{Phase, Progress};
@@ -300,6 +300,45 @@ async fn without_the_cache_api_the_model_loads_with_a_warning() {
     assert!(warnings[0].warning.as_deref().is_some_and(|w| w.contains("Cache API")), "{warnings:?}");
     assert!(events.iter().filter(|e| e.phase == Phase::File).all(|e| e.from_cache == Some(false)));
     assert!(!model.loaded_from_cache());
+    model.dispose();
+}
+
+/// A cache that refuses to store anything (its quota used up) does not stop a load: the model
+/// comes from the network with one warning naming the refusal, nothing is left in the cache, and
+/// the model answers as transformers.
+#[wasm_bindgen_test]
+async fn a_full_cache_still_loads_with_one_warning() {
+    let manifest = fetch_manifest(&model_url(), None).await.unwrap();
+    let files = manifest.shards.iter().map(|s| (&s.file, &s.sha256));
+    let keys: Vec<String> = files
+        .chain([(&manifest.tokenizer.file, &manifest.tokenizer.sha256)])
+        .map(|(file, sha256)| key(&file_url(&model_url(), file), sha256))
+        .collect();
+    let cache = ShardCache::open().await.unwrap();
+    for k in &keys {
+        cache.delete(k).await;
+    }
+    js_sys::eval(
+        "globalThis.__put = Cache.prototype.put;\
+         Cache.prototype.put = () => Promise.reject(new DOMException('quota used up', 'QuotaExceededError'))",
+    )
+    .unwrap();
+    let events = RefCell::new(Vec::<Progress>::new());
+    let model = Model::open(&model_url(), true, None, None, &|p| events.borrow_mut().push(p.clone())).await;
+    js_sys::eval("Cache.prototype.put = globalThis.__put; delete globalThis.__put").unwrap();
+    let model = model.unwrap();
+    let events = events.into_inner();
+    let warnings: Vec<&Progress> = events.iter().filter(|e| e.phase == Phase::Warning).collect();
+    assert_eq!(warnings.len(), 1, "{events:?}");
+    assert!(warnings[0].warning.as_deref().is_some_and(|w| w.contains("refused")), "{warnings:?}");
+    assert!(events.iter().filter(|e| e.phase == Phase::File).all(|e| e.from_cache == Some(false)));
+    for k in &keys {
+        assert!(cache.get(k).await.is_none(), "{k} was stored");
+    }
+    let exp = case(COFFEE_NOSPLIT);
+    let generation = caption_coffee(&model, Some(SHORT)).await;
+    drain(&generation).await;
+    assert_eq!(generation.generated_ids(), ids(&exp["generated_ids"])[..SHORT]);
     model.dispose();
 }
 
