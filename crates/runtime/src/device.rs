@@ -188,6 +188,16 @@ impl Gpu {
         })
     }
 
+    /// The compiled pipeline for `shader` with `defines` (see [`Pipelines`]).
+    pub async fn pipeline(
+        &self,
+        shader: &'static str,
+        defines: &crate::shader::Defines,
+    ) -> Result<Arc<crate::pipelines::Pipeline>> {
+        self.check_lost()?;
+        self.pipelines.get(&self.device, shader, defines).await
+    }
+
     /// `Err(DeviceLost)` once the device has been lost.
     pub fn check_lost(&self) -> Result<()> {
         match self.lost.lock().ok().and_then(|slot| slot.clone()) {

@@ -4,7 +4,6 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use crate::device::Gpu;
 use crate::error::{Result, RuntimeError};
 use crate::shader::{Defines, preprocess, source};
 
@@ -23,21 +22,25 @@ pub struct Pipelines {
 }
 
 impl Pipelines {
-    /// The pipeline for `shader` with `defines`, compiling it on first use. Compilation errors
-    /// are returned as [`RuntimeError::Shader`].
-    pub async fn get(&self, gpu: &Gpu, shader: &'static str, defines: &Defines) -> Result<Arc<Pipeline>> {
+    /// The pipeline for `shader` with `defines` on `device`, compiling it on first use.
+    /// Compilation errors are returned as [`RuntimeError::Shader`].
+    pub async fn get(
+        &self,
+        device: &wgpu::Device,
+        shader: &'static str,
+        defines: &Defines,
+    ) -> Result<Arc<Pipeline>> {
         let key = (shader, defines.clone());
         if let Some(p) = self.cache.lock().map_err(|_| poisoned())?.get(&key) {
             return Ok(p.clone());
         }
-        gpu.check_lost()?;
         let text = preprocess(shader, source(shader)?, defines)?;
-        let scope = gpu.device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let module = gpu.device.create_shader_module(wgpu::ShaderModuleDescriptor {
+        let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
             label: Some(shader),
             source: wgpu::ShaderSource::Wgsl(text.into()),
         });
-        let pipeline = gpu.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+        let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
             label: Some(shader),
             layout: None,
             module: &module,

@@ -57,7 +57,7 @@ impl Argmax {
         require_size(idx, (rows * 4) as u64, "argmax output")?;
         distinct(x, idx, "argmax input and output")?;
         check_binding(gpu, "argmax input", x_bytes)?;
-        let pipeline = gpu.pipelines.get(gpu, Self::SHADER, &self.defines()).await?;
+        let pipeline = gpu.pipeline(Self::SHADER, &self.defines()).await?;
         let params = Params { rows: rows as u32, n: n as u32, _pad: [0; 2] };
         let resources = vec![slice(x, 0, x_bytes), slice(idx, 0, (rows * 4) as u64)];
         let (gx, gy) = grid(gpu, rows as u64)?;

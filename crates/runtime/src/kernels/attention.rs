@@ -548,7 +548,7 @@ impl Attention {
                 "attention of {queries} queries × {heads} heads × {batch} batches exceeds the dispatch limit"
             )));
         }
-        let pipeline = gpu.pipelines.get(gpu, Self::SHADER, &self.defines()).await?;
+        let pipeline = gpu.pipeline(Self::SHADER, &self.defines()).await?;
         let key_count = params.key_end as usize;
         let passes = key_count.div_ceil(per_pass);
         // Running max and sum between passes ([batch, queries, heads, 2]); a 16-byte stand-in
@@ -590,7 +590,7 @@ impl Attention {
         (rows, batch): (usize, usize),
         vd: usize,
     ) -> Result<()> {
-        let pipeline = gpu.pipelines.get(gpu, Self::SHADER, &self.defines()).await?;
+        let pipeline = gpu.pipeline(Self::SHADER, &self.defines()).await?;
         let most = (PER_QUERY_ITERATIONS / ((self.head_dim + vd) / 4 + 1)).max(1);
         let chunk_keys =
             |keys: usize| keys.div_ceil(PER_QUERY_CHUNKS).max(PER_QUERY_MIN_CHUNK_KEYS).min(most);
@@ -623,7 +623,7 @@ impl Attention {
             resources,
             (gx, gy, batch as u32),
         );
-        let combine = gpu.pipelines.get(gpu, Combine::SHADER, &Combine.defines()).await?;
+        let combine = gpu.pipeline(Combine::SHADER, &Combine.defines()).await?;
         let cp = CombineParams { rows: rows as u32, chunks: chunks as u32, vd4: vd4 as u32, _pad: 0 };
         let resources = bindings.resources(vec![Slot::Other(slice(&part, 0, part_bytes)), Slot::Out]);
         let (gx, gy) = grid(gpu, ((rows * vd4) as u64).div_ceil(QUERY_TILE as u64))?;
@@ -655,7 +655,7 @@ impl Attention {
         let mut pipelines = Vec::with_capacity(3);
         for stage in [ScoresStage::Scores, ScoresStage::Softmax, ScoresStage::Values] {
             let kernel = ScoresKernel(*self, stage);
-            pipelines.push(gpu.pipelines.get(gpu, ScoresKernel::SHADER, &kernel.defines()).await?);
+            pipelines.push(gpu.pipeline(ScoresKernel::SHADER, &kernel.defines()).await?);
         }
         let column_blocks = (vd / 4).div_ceil(4);
         for (begin, blocks) in chunks(total_blocks, per_call) {

@@ -137,7 +137,7 @@ impl Bf16Rows {
             words: self.words() as u32,
             dst_row: dst_row as u32,
         };
-        let pipeline = gpu.pipelines.get(gpu, Stage::SHADER, &stage.defines()).await?;
+        let pipeline = gpu.pipeline(Stage::SHADER, &stage.defines()).await?;
         let resources = buffers.iter().map(|(b, bytes)| slice(b, 0, *bytes)).collect();
         let (gx, gy) = grid(gpu, groups(items, INVOCATIONS) as u64)?;
         dispatch(gpu, encoder, &pipeline, "bf16 rows", bytemuck::bytes_of(&params), resources, (gx, gy, 1));

@@ -70,7 +70,7 @@ impl GeluTanh {
     pub async fn encode(&self, gpu: &Gpu, encoder: &mut Encoder, n: usize, x: &wgpu::Buffer) -> Result<()> {
         check_len(n, "gelu")?;
         require_size(x, (n * 4) as u64, "gelu input")?;
-        let pipeline = gpu.pipelines.get(gpu, Self::SHADER, &self.defines()).await?;
+        let pipeline = gpu.pipeline(Self::SHADER, &self.defines()).await?;
         let chunk = rows_per_chunk(gpu, "gelu's input", n, &[4])?;
         for (e0, ne) in chunks(n, chunk) {
             let params = Params { n: ne as u32, width: 1, start: 0, period: 1 };
@@ -118,7 +118,7 @@ impl SiluMul {
         require_size(out, bytes, "silu_mul output")?;
         distinct(gate, out, "silu_mul gate and output")?;
         distinct(up, out, "silu_mul up and output")?;
-        let pipeline = gpu.pipelines.get(gpu, Self::SHADER, &self.defines()).await?;
+        let pipeline = gpu.pipeline(Self::SHADER, &self.defines()).await?;
         let chunk = rows_per_chunk(gpu, "silu_mul's inputs", n, &[4])?;
         for (e0, ne) in chunks(n, chunk) {
             let params = Params { n: ne as u32, width: 1, start: 0, period: 1 };
@@ -162,7 +162,7 @@ impl SiluMulFused {
         require_size(gu, rows as u64 * in_row, "silu_mul gate|up")?;
         require_size(out, rows as u64 * out_row, "silu_mul output")?;
         distinct(gu, out, "silu_mul input and output")?;
-        let pipeline = gpu.pipelines.get(gpu, Self::SHADER, &self.defines()).await?;
+        let pipeline = gpu.pipeline(Self::SHADER, &self.defines()).await?;
         let chunk = rows_per_chunk(gpu, "silu_mul's rows", rows, &[in_row, out_row])?;
         for (r0, nr) in chunks(rows, chunk) {
             let params = Params { n: (nr * width) as u32, width: width as u32, start: 0, period: 1 };
@@ -206,7 +206,7 @@ impl Add {
         require_size(acc, (n * 4) as u64, "add accumulator")?;
         require_size(x, (period * 4) as u64, "add input")?;
         distinct(acc, x, "add accumulator and input")?;
-        let pipeline = gpu.pipelines.get(gpu, Self::SHADER, &self.defines()).await?;
+        let pipeline = gpu.pipeline(Self::SHADER, &self.defines()).await?;
         let chunk = rows_per_chunk(gpu, "add's inputs", n, &[4])?;
         let broadcast = period < n;
         if broadcast {

@@ -188,7 +188,7 @@ impl Embed {
             }
             None => None,
         };
-        let pipeline = gpu.pipelines.get(gpu, Self::SHADER, &self.defines()).await?;
+        let pipeline = gpu.pipeline(Self::SHADER, &self.defines()).await?;
         let row_bytes: Vec<u64> = [Some(table_row), scale_row].into_iter().flatten().collect();
         let chunk = rows_per_chunk(gpu, "the embedding table", vocab, &row_bytes)?;
         let (gx, gy) = grid(gpu, tokens as u64)?;

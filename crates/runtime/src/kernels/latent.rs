@@ -182,7 +182,7 @@ impl LatentUp {
             ldw: ldw as u32,
             group: group as u32,
         };
-        let pipeline = gpu.pipelines.get(gpu, Self::SHADER, &self.defines()).await?;
+        let pipeline = gpu.pipeline(Self::SHADER, &self.defines()).await?;
         let (gx, gy) = grid(gpu, threads.div_ceil(INVOCATIONS))?;
         dispatch(gpu, encoder, &pipeline, "latent_up", bytemuck::bytes_of(&params), resources, (gx, gy, 1));
         Ok(())

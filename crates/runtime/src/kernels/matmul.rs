@@ -341,7 +341,7 @@ impl Matmul {
         };
         workgroups(row_chunk, chunk)?;
         self.check_storage(gpu)?;
-        let pipeline = gpu.pipelines.get(gpu, tiling.shader(), &self.defines()).await?;
+        let pipeline = gpu.pipeline(tiling.shader(), &self.defines()).await?;
         let (x_row, y_row) = ((k * 4) as u64, (n * 4) as u64);
         for (r0, mr) in chunks(m, row_chunk) {
             for (c0, nc) in chunks(n, chunk) {
@@ -430,7 +430,7 @@ impl MatVec {
             check_binding(gpu, "matvec bias", (n * 4) as u64)?;
         }
         check_f16_storage(gpu, self.weights, self.f16_storage)?;
-        let pipeline = gpu.pipelines.get(gpu, Self::SHADER, &self.defines()).await?;
+        let pipeline = gpu.pipeline(Self::SHADER, &self.defines()).await?;
         let chunk = weight_rows_per_chunk(gpu, n, k, element)?;
         for (c0, nc) in chunks(n, chunk) {
             let params = Params {

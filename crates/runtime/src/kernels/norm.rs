@@ -128,7 +128,7 @@ async fn encode_norm<K: Kernel>(
     if layout == NormLayout::PerRow {
         defines.insert("PER_ROW".into(), String::new());
     }
-    let pipeline = gpu.pipelines.get(gpu, K::SHADER, &defines).await?;
+    let pipeline = gpu.pipeline(K::SHADER, &defines).await?;
     let chunk = rows_per_chunk(gpu, "a norm's rows", rows, &[row_bytes])?;
     for (r0, nr) in chunks(rows, chunk) {
         let params = Params { rows: nr as u32, d: d as u32, eps, _pad: 0 };

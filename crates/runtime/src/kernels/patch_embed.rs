@@ -108,7 +108,7 @@ impl PatchEmbed {
         distinct(position, out, "position embedding and output")?;
 
         let cols = gpu.zeroed_buffer("im2col", tiles as u64 * cols_tile_bytes).await?;
-        let pipeline = gpu.pipelines.get(gpu, Self::SHADER, &self.defines()).await?;
+        let pipeline = gpu.pipeline(Self::SHADER, &self.defines()).await?;
         let chunk = rows_per_chunk(gpu, "the pixel tiles", tiles, &[tile_bytes, cols_tile_bytes])?;
         for (t0, nt) in chunks(tiles, chunk) {
             let n = nt * patches * width;

@@ -72,7 +72,7 @@ impl PixelShuffle {
         require_size(x, tiles as u64 * tile_bytes, "pixel shuffle input")?;
         require_size(y, tiles as u64 * tile_bytes, "pixel shuffle output")?;
         distinct(x, y, "pixel shuffle input and output")?;
-        let pipeline = gpu.pipelines.get(gpu, Self::SHADER, &self.defines()).await?;
+        let pipeline = gpu.pipeline(Self::SHADER, &self.defines()).await?;
         let chunk = rows_per_chunk(gpu, "the pixel shuffle's tiles", tiles, &[tile_bytes])?;
         for (t0, nt) in chunks(tiles, chunk) {
             let n = nt * side * side * d;

@@ -249,7 +249,7 @@ impl Rotate {
             if matches!(stage, RotateStage::Core { .. }) {
                 resources.push(slice(out, 0, bytes));
             }
-            let pipeline = gpu.pipelines.get(gpu, RotateStage::SHADER, &stage.defines()).await?;
+            let pipeline = gpu.pipeline(RotateStage::SHADER, &stage.defines()).await?;
             let (gx, gy) = grid(gpu, groups(tokens * items, INVOCATIONS) as u64)?;
             dispatch(gpu, encoder, &pipeline, "rotate", bytemuck::bytes_of(&params), resources, (gx, gy, 1));
         }
@@ -327,7 +327,7 @@ impl Quantize {
         }
         distinct(x.0, q, "activation input and integers")?;
         distinct(x.0, scales, "activation input and scales")?;
-        let pipeline = gpu.pipelines.get(gpu, Self::SHADER, &self.defines()).await?;
+        let pipeline = gpu.pipeline(Self::SHADER, &self.defines()).await?;
         let params = QuantizeParams {
             tokens: tokens as u32,
             cols: cols as u32,
@@ -648,7 +648,7 @@ impl QMatmul {
         }
         let WeightLayout { ww, groups_per_row, group_words, scale_row } = w.layout;
         let ww = ww as u64;
-        let pipeline = gpu.pipelines.get(gpu, Self::SHADER, &self.defines()).await?;
+        let pipeline = gpu.pipeline(Self::SHADER, &self.defines()).await?;
         for (c0, nc) in w.panels() {
             let params = QMatmulParams {
                 tokens: tokens as u32,

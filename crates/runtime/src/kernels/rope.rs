@@ -159,7 +159,7 @@ async fn encode_rope(
             defines.insert("ONE_TENSOR".into(), String::new());
         }
     }
-    let pipeline = gpu.pipelines.get(gpu, Rope::SHADER, &defines).await?;
+    let pipeline = gpu.pipeline(Rope::SHADER, &defines).await?;
     let params = Params {
         tokens: tokens as u32,
         heads: heads as u32,
