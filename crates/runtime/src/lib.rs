@@ -6,8 +6,6 @@ pub mod device;
 pub mod encoder;
 pub mod engine;
 pub mod error;
-#[cfg(target_arch = "wasm32")]
-pub mod fetch;
 pub mod kernels;
 pub mod model;
 pub mod parity;

@@ -11,8 +11,9 @@ use pocketvlm_runtime::bench::{
     BenchConfig, BenchReport, CACHE_REPORT_PREFIX, REPORT_PREFIX, measure, measure_caches,
 };
 use pocketvlm_runtime::engine::{Engine, now_ms};
-use pocketvlm_runtime::fetch::{fetch_bytes, fetch_model, file_url};
 use pocketvlm_runtime::{DeviceOptions, Gpu};
+use pocketvlm_web::fetch::{fetch_bytes, file_url};
+use pocketvlm_web::loader::fetch_model;
 use wasm_bindgen_test::{console_log, wasm_bindgen_test};
 
 wasm_bindgen_test::wasm_bindgen_test_configure!(run_in_browser);

@@ -4,10 +4,10 @@
 use std::cell::RefCell;
 use std::rc::Rc;
 
+use crate::fetch::check_signal;
 use js_sys::{Function, Promise};
 use pocketvlm_processor::{AlphaHandling, Message, RgbImage};
 use pocketvlm_runtime::engine::{Conversation, Engine, Request, Session, now_ms};
-use pocketvlm_runtime::fetch::check_signal;
 use pocketvlm_runtime::model::Stop;
 use pocketvlm_runtime::{DeviceOptions, Gpu};
 use serde::Serialize;

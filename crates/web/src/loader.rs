@@ -7,9 +7,9 @@
 //! event saying so. An `AbortSignal` stops the load between files and cancels the request in
 //! flight ([`RuntimeError::Aborted`]).
 
+use crate::fetch::{FetchedModel, check_signal, fetch_bytes_abortable, file_url, parse_manifest};
 use pocketvlm_format::{MANIFEST_FILE, Manifest, ShardSet, verify_tokenizer};
 use pocketvlm_runtime::RuntimeError;
-use pocketvlm_runtime::fetch::{FetchedModel, check_signal, fetch_bytes_abortable, file_url, parse_manifest};
 use web_sys::AbortSignal;
 
 use crate::integrity::Pin;
@@ -131,4 +131,10 @@ pub async fn load(
     }
     let report = LoadReport { tally, cache_available: cache.is_some(), manifest: manifest_bytes };
     Ok((FetchedModel { data: shards.finish()?, tokenizer }, report))
+}
+
+/// The model directory at `base`, without the cache and without progress events: the loader
+/// as tests and benchmarks use it.
+pub async fn fetch_model(base: &str) -> Result<FetchedModel, RuntimeError> {
+    load(base, false, None, None, None, &|_| ()).await.map(|(model, _)| model)
 }

@@ -7,8 +7,8 @@
 use std::cell::RefCell;
 
 use pocketvlm_processor::{Message, decode_image};
-use pocketvlm_runtime::fetch::{fetch_bytes, fetch_manifest, file_url};
 use pocketvlm_runtime::model::Stop;
+use pocketvlm_web::fetch::{fetch_bytes, fetch_manifest, file_url};
 use pocketvlm_web::options::GenerateOptions;
 use pocketvlm_web::progress::{Phase, Progress};
 use pocketvlm_web::shard_cache::{ShardCache, key};

@@ -1,7 +1,6 @@
-//! Loading a model directory over HTTP in the browser, from a page or a worker: `manifest.json`,
-//! the tokenizer and every shard under one base URL, each checked against the manifest (size and
-//! sha256, with `pocketvlm-format`'s own checks) as soon as it arrives. The result is what
-//! `pocketvlm_format::dir::{open, read_tokenizer}` give natively.
+//! HTTP in the browser, from a page or a worker: fetching a file (cancellable by an
+//! `AbortSignal`), the URL of a model directory's file, `manifest.json` fetched and validated.
+//! The model loader ([`crate::loader`]) is built on these.
 //!
 //! Failures are typed: a request that fails or answers with a non-2xx status is
 //! [`RuntimeError::Fetch`] (with the URL and the status), a file whose bytes differ from the
@@ -9,12 +8,12 @@
 //! request cancelled through its `AbortSignal` is [`RuntimeError::Aborted`].
 
 use js_sys::{Promise, Uint8Array};
-use pocketvlm_format::{MANIFEST_FILE, Manifest, ModelData, ShardSet, verify_tokenizer};
+use pocketvlm_format::{MANIFEST_FILE, Manifest, ModelData};
 use wasm_bindgen::{JsCast, JsValue};
 use wasm_bindgen_futures::JsFuture;
 use web_sys::{AbortSignal, RequestInit};
 
-use crate::error::{Result, RuntimeError};
+use pocketvlm_runtime::{Result, RuntimeError};
 
 /// A fetched and verified model: the same data the native loader reads from a directory.
 pub struct FetchedModel {
@@ -99,18 +98,4 @@ pub fn parse_manifest(bytes: &[u8]) -> Result<Manifest> {
         RuntimeError::Format(pocketvlm_format::FormatError::InvalidManifest(format!("not UTF-8: {e}")))
     })?;
     Ok(Manifest::from_json(text)?)
-}
-
-/// Fetch the model directory at `base`: the manifest, then the tokenizer and each shard in turn,
-/// verifying every file before the next one is requested.
-pub async fn fetch_model(base: &str) -> Result<FetchedModel> {
-    let manifest = fetch_manifest(base, None).await?;
-    let tokenizer = fetch_bytes(&file_url(base, &manifest.tokenizer.file)).await?;
-    verify_tokenizer(&manifest, &tokenizer)?;
-    let files: Vec<String> = manifest.shards.iter().map(|s| s.file.clone()).collect();
-    let mut shards = ShardSet::new(manifest);
-    for (index, file) in files.iter().enumerate() {
-        shards.add(index, fetch_bytes(&file_url(base, file)).await?)?;
-    }
-    Ok(FetchedModel { data: shards.finish()?, tokenizer })
 }
