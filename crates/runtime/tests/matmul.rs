@@ -233,10 +233,21 @@ async fn check_split_binding() {
     assert!(matches!(err, pocketvlm_runtime::RuntimeError::BindingTooLarge { .. }), "{err}");
 }
 
+/// The capabilities the kernels rely on are what the device granted: limits within the
+/// device's, features exactly the device's.
 async fn check_capabilities(gpu: &Gpu) {
-    assert!(gpu.caps.max_invocations <= 256 && gpu.caps.max_invocations >= 64);
-    assert!(gpu.caps.max_storage_binding >= 1 << 20);
-    assert!(gpu.caps.storage_offset_alignment.is_power_of_two());
+    let (limits, features) = (gpu.device.limits(), gpu.device.features());
+    assert!(gpu.caps.max_invocations <= limits.max_compute_invocations_per_workgroup);
+    assert!(
+        gpu.caps.max_storage_binding <= limits.max_storage_buffer_binding_size.min(limits.max_buffer_size)
+    );
+    assert!(gpu.caps.max_buffer_size <= limits.max_buffer_size);
+    assert!(gpu.caps.max_workgroup_storage_bytes <= limits.max_compute_workgroup_storage_size);
+    assert!(gpu.caps.max_storage_buffers_per_stage <= limits.max_storage_buffers_per_shader_stage);
+    assert!(gpu.caps.max_workgroups_per_dimension <= limits.max_compute_workgroups_per_dimension);
+    assert_eq!(gpu.caps.storage_offset_alignment, limits.min_storage_buffer_offset_alignment);
+    assert_eq!(gpu.caps.shader_f16, features.contains(wgpu::Features::SHADER_F16));
+    assert_eq!(gpu.caps.subgroups, features.contains(wgpu::Features::SUBGROUP));
 }
 
 #[cfg(not(target_arch = "wasm32"))]
