@@ -8,7 +8,7 @@
 //   close(id) → usage
 //   dispose()
 
-import init, { Model } from '../pkg/pocketvlm_web.js';
+import init, { Model } from '../pkg/pocketvlm_wasm.js';
 import { errorToData } from './errors.js';
 
 let ready;

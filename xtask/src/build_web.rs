@@ -44,21 +44,21 @@ fn file_size(path: &Path) -> Result<u64> {
 pub fn run_build() -> Result<PathBuf> {
     setup::ensure_rust_parts()?;
     setup::ensure_wasm_bindgen_cli()?;
-    run(cargo().args(["build", "-p", "pocketvlm-web", "--release", "--target", "wasm32-unknown-unknown"]))?;
+    run(cargo().args(["build", "-p", "pocketvlm-wasm", "--release", "--target", "wasm32-unknown-unknown"]))?;
     let web = root().join("web");
     let pkg = web.join("pkg");
     let target_dir =
         std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root().join("target"), PathBuf::from);
-    let raw = target_dir.join("wasm32-unknown-unknown/release/pocketvlm_web.wasm");
+    let raw = target_dir.join("wasm32-unknown-unknown/release/pocketvlm_wasm.wasm");
     run(Command::new("wasm-bindgen")
         .args(["--target", "web", "--no-typescript", "--out-dir"])
         .arg(&pkg)
         .arg(&raw))?;
-    let wasm = pkg.join("pocketvlm_web_bg.wasm");
+    let wasm = pkg.join("pocketvlm_wasm_bg.wasm");
     let bound = file_size(&wasm)?;
     match find_wasm_opt() {
         Some(wasm_opt) => {
-            let optimized = pkg.join("pocketvlm_web_bg.opt.wasm");
+            let optimized = pkg.join("pocketvlm_wasm_bg.opt.wasm");
             run(Command::new(&wasm_opt)
                 .arg("-Oz")
                 .args([
@@ -88,7 +88,7 @@ pub fn run_build() -> Result<PathBuf> {
     let package = dist.join("pocketvlm");
     copy_dir(&web.join("src"), &package.join("src"))?;
     std::fs::create_dir_all(package.join("pkg"))?;
-    for file in ["pocketvlm_web.js", "pocketvlm_web_bg.wasm"] {
+    for file in ["pocketvlm_wasm.js", "pocketvlm_wasm_bg.wasm"] {
         std::fs::copy(pkg.join(file), package.join("pkg").join(file))?;
     }
     std::fs::copy(web.join("package.json"), package.join("package.json"))?;
@@ -96,8 +96,8 @@ pub fn run_build() -> Result<PathBuf> {
     copy_dir(&web.join("demo"), &site)?;
     copy_dir(&package, &site.join("pocketvlm"))?;
 
-    let wasm_bytes = file_size(&package.join("pkg/pocketvlm_web_bg.wasm"))?;
-    println!("pocketvlm_web_bg.wasm: {} ({wasm_bytes} bytes)", human_bytes(wasm_bytes));
+    let wasm_bytes = file_size(&package.join("pkg/pocketvlm_wasm_bg.wasm"))?;
+    println!("pocketvlm_wasm_bg.wasm: {} ({wasm_bytes} bytes)", human_bytes(wasm_bytes));
     println!("npm package: {}", package.display());
     println!("demo site:   {}", site.display());
     Ok(site)

@@ -128,7 +128,7 @@ fn check_repo(work: &Path, repo: &str, served: &Path, fixture: &Path) -> Result<
     };
     let (status, page) = http_get(&url)?;
     ensure!(status == 200 && String::from_utf8_lossy(&page).contains("PocketVLM"), "GET {url}: {status}");
-    let (status, wasm) = http_get(&format!("{url}pocketvlm/pkg/pocketvlm_web_bg.wasm"))?;
+    let (status, wasm) = http_get(&format!("{url}pocketvlm/pkg/pocketvlm_wasm_bg.wasm"))?;
     ensure!(status == 200 && wasm.starts_with(b"\0asm"), "the demo does not serve the wasm ({status})");
     let (status, manifest) = http_get(&format!("{url}model/{MANIFEST_FILE}"))?;
     ensure!(status == 200, "the demo does not serve the model ({status})");

@@ -20,11 +20,11 @@ use crate::{build_web, e2e, hub_mimic};
 const WASM_TEST_CRATES: [(&str, &str); 3] = [
     ("pocketvlm-runtime", "crates/runtime"),
     ("pocketvlm-processor", "crates/processor"),
-    ("pocketvlm-web", "crates/web"),
+    ("pocketvlm-wasm", "crates/wasm"),
 ];
 /// Crates that must build for wasm32.
 const WASM_CRATES: [&str; 4] =
-    ["pocketvlm-format", "pocketvlm-processor", "pocketvlm-runtime", "pocketvlm-web"];
+    ["pocketvlm-format", "pocketvlm-processor", "pocketvlm-runtime", "pocketvlm-wasm"];
 
 #[derive(clap::Args)]
 pub struct Args {

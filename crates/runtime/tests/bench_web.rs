@@ -12,8 +12,8 @@ use pocketvlm_runtime::bench::{
 };
 use pocketvlm_runtime::engine::{Engine, now_ms};
 use pocketvlm_runtime::{DeviceOptions, Gpu};
-use pocketvlm_web::fetch::{fetch_bytes, file_url};
-use pocketvlm_web::loader::fetch_model;
+use pocketvlm_wasm::fetch::{fetch_bytes, file_url};
+use pocketvlm_wasm::loader::fetch_model;
 use wasm_bindgen_test::{console_log, wasm_bindgen_test};
 
 wasm_bindgen_test::wasm_bindgen_test_configure!(run_in_browser);

@@ -1,4 +1,4 @@
-//! The model loader ([`pocketvlm_web::loader`]) inside a dedicated worker (where there is no
+//! The model loader ([`pocketvlm_wasm::loader`]) inside a dedicated worker (where there is no
 //! `window`): the tiny model served by `cargo xtask test` is fetched and verified, and a missing
 //! file is a typed fetch error. Run it through `cargo xtask test` (which sets `POCKETVLM_TEST_SERVER`).
 #![cfg(target_arch = "wasm32")]
@@ -7,8 +7,8 @@ mod cases;
 
 use cases::server;
 use pocketvlm_runtime::RuntimeError;
-use pocketvlm_web::fetch::{fetch_bytes, file_url};
-use pocketvlm_web::loader::fetch_model;
+use pocketvlm_wasm::fetch::{fetch_bytes, file_url};
+use pocketvlm_wasm::loader::fetch_model;
 use wasm_bindgen_test::wasm_bindgen_test;
 
 wasm_bindgen_test::wasm_bindgen_test_configure!(run_in_dedicated_worker);

@@ -1,6 +1,6 @@
 //! The whole-model checks of `model.rs` in headless Chromium: the tiny fixture, converted by
 //! `cargo xtask test` and served by its static server, is fetched and verified by
-//! [`pocketvlm_web::loader`] and run on WebGPU; every case is checked against transformers
+//! [`pocketvlm_wasm::loader`] and run on WebGPU; every case is checked against transformers
 //! with the same code as natively (`cases/mod.rs`). Also: a corrupted shard is a typed integrity
 //! error, a missing model a typed fetch error.
 //!
@@ -16,8 +16,8 @@ use cases::{
 use pocketvlm_runtime::engine::Engine;
 use pocketvlm_runtime::model::CacheKind;
 use pocketvlm_runtime::{DeviceOptions, Gpu, RuntimeError};
-use pocketvlm_web::fetch::{fetch_bytes, fetch_manifest};
-use pocketvlm_web::loader::fetch_model;
+use pocketvlm_wasm::fetch::{fetch_bytes, fetch_manifest};
+use pocketvlm_wasm::loader::fetch_model;
 use wasm_bindgen_test::wasm_bindgen_test;
 
 wasm_bindgen_test::wasm_bindgen_test_configure!(run_in_browser);

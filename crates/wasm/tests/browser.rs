@@ -8,11 +8,11 @@ use std::cell::RefCell;
 
 use pocketvlm_processor::{Message, decode_image};
 use pocketvlm_runtime::model::Stop;
-use pocketvlm_web::fetch::{fetch_bytes, fetch_manifest, file_url};
-use pocketvlm_web::options::GenerateOptions;
-use pocketvlm_web::progress::{Phase, Progress};
-use pocketvlm_web::shard_cache::{ShardCache, key};
-use pocketvlm_web::{Generation, Model};
+use pocketvlm_wasm::fetch::{fetch_bytes, fetch_manifest, file_url};
+use pocketvlm_wasm::options::GenerateOptions;
+use pocketvlm_wasm::progress::{Phase, Progress};
+use pocketvlm_wasm::shard_cache::{ShardCache, key};
+use pocketvlm_wasm::{Generation, Model};
 use serde_json::Value;
 use wasm_bindgen::{JsCast, JsValue};
 use wasm_bindgen_futures::JsFuture;
