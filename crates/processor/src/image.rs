@@ -208,7 +208,8 @@ pub fn decode_image_with(bytes: &[u8], options: DecodeOptions) -> Result<RgbImag
     // would refuse 16-bit images Pillow opens.
     reader.no_limits();
     match reader.format() {
-        Some(ImageFormat::Png | ImageFormat::Jpeg) => {}
+        Some(ImageFormat::Png) => check_png_palette(bytes)?,
+        Some(ImageFormat::Jpeg) => {}
         Some(other) => {
             return Err(ProcessorError::ImageDecode(format!("unsupported image format {other:?}")));
         }
@@ -229,6 +230,42 @@ pub fn decode_image_with(bytes: &[u8], options: DecodeOptions) -> Result<RgbImag
         DynamicImage::from_decoder(decoder).map_err(|e| ProcessorError::ImageDecode(e.to_string()))?;
     img.apply_orientation(orientation);
     dynamic_to_rgb(img, options.alpha)
+}
+
+/// PNG's palette rules, checked before the decoder sees the file (the `png` crate panics on a
+/// `PLTE` chunk whose length is not whole RGB triples, and on a palette image's `tRNS` longer than
+/// its palette — both found by fuzzing): a `PLTE` holds 1 to 256 triples (3 to 768 bytes, a
+/// multiple of 3), and a palette image (IHDR colour type 3) has at most one alpha per entry.
+/// Chunks are walked by their lengths up to `IDAT` (the palette and `tRNS` come before it); a
+/// file cut short is left to the decoder, which reports it.
+fn check_png_palette(bytes: &[u8]) -> Result<(), ProcessorError> {
+    let bad = |what: String| Err(ProcessorError::ImageDecode(format!("invalid PNG: {what}")));
+    let (mut at, mut palette_image) = (8usize, false);
+    let (mut entries, mut alphas): (Option<usize>, Option<usize>) = (None, None);
+    while let Some(header) = bytes.get(at..at + 8) {
+        let len = u32::from_be_bytes([header[0], header[1], header[2], header[3]]) as usize;
+        let kind = &header[4..8];
+        let data = bytes.get(at + 8..).map(|rest| &rest[..len.min(rest.len())]).unwrap_or_default();
+        match kind {
+            b"IHDR" => palette_image = data.get(9) == Some(&3),
+            b"PLTE" => {
+                if len == 0 || len > 768 || !len.is_multiple_of(3) {
+                    return bad(format!("a palette (PLTE) of {len} bytes, not 1 to 256 RGB triples"));
+                }
+                entries = Some(len / 3);
+            }
+            b"tRNS" if palette_image => alphas = Some(len),
+            b"IDAT" | b"IEND" => break,
+            _ => {}
+        }
+        if let (Some(n), Some(a)) = (entries, alphas)
+            && a > n
+        {
+            return bad(format!("{a} palette alphas (tRNS) for {n} palette entries"));
+        }
+        at = at.saturating_add(12).saturating_add(len);
+    }
+    Ok(())
 }
 
 fn dynamic_to_rgb(img: DynamicImage, alpha: AlphaHandling) -> Result<RgbImage, ProcessorError> {

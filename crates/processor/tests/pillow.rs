@@ -143,6 +143,51 @@ fn undecodable_bytes_are_an_error_not_a_panic() {
     }
 }
 
+/// `png` with the data of its first chunk of type `kind` replaced (length and CRC made true).
+fn with_chunk(png: &[u8], kind: &[u8; 4], data: &[u8]) -> Vec<u8> {
+    let mut at = 8;
+    loop {
+        let len = u32::from_be_bytes(png[at..at + 4].try_into().unwrap()) as usize;
+        if &png[at + 4..at + 8] == kind {
+            let mut chunk = kind.to_vec();
+            chunk.extend_from_slice(data);
+            let mut out = png[..at].to_vec();
+            out.extend_from_slice(&(data.len() as u32).to_be_bytes());
+            out.extend_from_slice(&chunk);
+            out.extend_from_slice(&crc32(&chunk).to_be_bytes());
+            out.extend_from_slice(&png[at + 12 + len..]);
+            return out;
+        }
+        at += 12 + len;
+    }
+}
+
+/// Palettes the PNG decoder crate panics on (found by `cargo xtask fuzz`, the input kept in
+/// `crates/fuzz/regressions/image`) are a typed error: a `PLTE` that is not whole RGB triples,
+/// and a palette image's `tRNS` with more alphas than palette entries.
+#[test]
+fn malformed_palettes_are_an_error_not_a_panic() {
+    let png = std::fs::read(data_dir().join("palette_trns.png")).unwrap();
+    let plte = |png: &[u8]| -> Vec<u8> {
+        let at = png.windows(4).position(|w| w == b"PLTE").unwrap();
+        let len = u32::from_be_bytes(png[at - 4..at].try_into().unwrap()) as usize;
+        png[at + 4..at + 4 + len].to_vec()
+    };
+    let palette = plte(&png);
+    assert!(decode_image(&png).is_ok());
+    let cases = [
+        with_chunk(&png, b"PLTE", &palette[..palette.len() - 2]),
+        with_chunk(&png, b"PLTE", &[]),
+        with_chunk(&png, b"tRNS", &vec![0x80; palette.len() / 3 + 1]),
+    ];
+    for (i, bytes) in cases.iter().enumerate() {
+        match decode_image(bytes) {
+            Err(ProcessorError::ImageDecode(m)) => assert!(m.contains("PNG"), "case {i}: {m}"),
+            other => panic!("case {i}: {other:?}"),
+        }
+    }
+}
+
 /// CRC-32 (ISO-HDLC, PNG's chunk checksum), bit by bit.
 fn crc32(bytes: &[u8]) -> u32 {
     let mut crc = !0u32;
