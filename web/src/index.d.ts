@@ -36,6 +36,12 @@ export interface LoadOptions {
    * sha256, so this pins every byte; a different manifest rejects with IntegrityError.
    */
   integrity?: string;
+  /**
+   * The most bytes of GPU storage buffers the model may hold (weights, caches, activations):
+   * a load or a generation that would need more rejects with OutOfMemoryError, and the model
+   * (or the page) stays usable. Default: only the adapter's limits.
+   */
+  memoryBudget?: number;
 }
 
 export interface ModelInfo {

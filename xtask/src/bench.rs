@@ -16,7 +16,7 @@ use std::process::Stdio;
 
 use anyhow::{Context, Result, bail};
 use pocketvlm_compress::quant::QuantOptions;
-use pocketvlm_compress::{ConvertOptions, convert};
+use pocketvlm_compress::{DenseOptions, Plan, compress};
 use pocketvlm_format::dir;
 use pocketvlm_processor::decode_image;
 use pocketvlm_runtime::bench::kernels::{KERNEL_REPORT_PREFIX, KernelReport, REPEATS, measure_kernels};
@@ -277,8 +277,12 @@ fn print_peer(models: &[PathBuf], ours: &[BenchReport], peers: &[PeerReport]) {
 fn quantize_tiny(bits: &str) -> Result<PathBuf> {
     let out = root().join(format!("target/models/tiny-{bits}"));
     let quant = Some(QuantOptions::parse(bits, None)?);
-    convert(&root().join("tests/fixtures/tiny"), &out, &ConvertOptions { quant, ..Default::default() })
-        .with_context(|| format!("quantizing tests/fixtures/tiny into {}", out.display()))?;
+    compress(
+        &root().join("tests/fixtures/tiny"),
+        &out,
+        &Plan::Dense(DenseOptions { quant, ..Default::default() }),
+    )
+    .with_context(|| format!("quantizing tests/fixtures/tiny into {}", out.display()))?;
     Ok(out)
 }
 
@@ -491,6 +495,12 @@ fn print_table(model: &Path, config: &BenchConfig, native: &BenchReport, chromiu
             &bytes,
         );
         row("soak: memory at the end", &|r| s(r).memory_end as f64, &bytes);
+        row(
+            "soak: GPU memory held after the first round",
+            &|r| s(r).gpu_held_after_first_round as f64,
+            &bytes,
+        );
+        row("soak: GPU memory held at the end", &|r| s(r).gpu_held_end as f64, &bytes);
         for r in std::iter::once(native).chain(chromium) {
             for m in &s(r).mismatches {
                 println!("| soak mismatch ({}) | {m} | | |", r.adapter);

@@ -5,10 +5,9 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use pocketvlm_compress::calib::{CalibOptions, CalibSource};
+use pocketvlm_compress::checkpoint::Source;
 use pocketvlm_compress::quant::{QuantOptions, QuantParts, quantize_dir};
-use pocketvlm_compress::{
-    Budgets, CompressError, ConvertOptions, LowRankOptions, Method, Recipe, compress_lowrank, convert,
-};
+use pocketvlm_compress::{Budgets, CompressError, DenseOptions, LowRankOptions, Plan, compress};
 use pocketvlm_format::quant::{Bits, Scheme};
 use pocketvlm_format::{Encoding, Manifest, dir};
 
@@ -241,13 +240,18 @@ pub fn quantize(args: QuantizeArgs) -> Result<()> {
     let samples = match (calib.as_ref().filter(|_| opts.gptq.is_some()), &args.reference) {
         (None, _) => None,
         (Some(c), Some(hf)) => Some(
-            pocketvlm_compress::calib::cache::for_checkpoint(
-                hf,
-                c,
-                args.calib.calib_cache.as_deref(),
-                &crate::progress::bars().stage("calibration samples"),
-            )
-            .with_context(|| format!("calibration samples of {}", hf.display()))?,
+            Source::open(hf)
+                .and_then(|source| {
+                    let stage = crate::progress::bars().stage("calibration samples");
+                    pocketvlm_compress::calib::cache::load_or_prepare(
+                        &source,
+                        None,
+                        c,
+                        args.calib.calib_cache.as_deref(),
+                        &stage,
+                    )
+                })
+                .with_context(|| format!("calibration samples of {}", hf.display()))?,
         ),
         (Some(_), None) => {
             return Err(CompressError::BadOptions {
@@ -257,7 +261,7 @@ pub fn quantize(args: QuantizeArgs) -> Result<()> {
             .into());
         }
     };
-    let summary = quantize_dir(
+    let manifest = quantize_dir(
         &args.model,
         &args.out,
         &opts,
@@ -267,42 +271,77 @@ pub fn quantize(args: QuantizeArgs) -> Result<()> {
     .with_context(|| format!("quantizing {}", args.model.display()))?;
     let seconds = start.elapsed().as_secs_f64();
     if args.output.json {
-        let out = json_summary(&summary.manifest, args.quant.name(), opts.gptq.is_some(), seconds);
+        let out = json_summary(&manifest, args.quant.name(), opts.gptq.is_some(), seconds);
         println!("{}", serde_json::Value::Object(out));
     } else {
-        print_summary(&summary.manifest);
-        println!("wrote {} in {seconds:.1} s", summary.out_dir.display());
+        print_summary(&manifest);
+        println!("wrote {} in {seconds:.1} s", args.out.display());
     }
     Ok(())
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let calib = args.calib.options();
-    let quant = args.quant.options(calib.is_some())?;
-    if let Some(method) = Method::parse(&args.recipe) {
-        return run_lowrank(args, method, quant);
-    }
-    let recipe: Recipe = args.recipe.parse()?;
     let start = Instant::now();
-    let options = ConvertOptions {
-        recipe,
-        max_shard_bytes: args.output.max_shard_bytes(),
-        quant,
-        calib,
-        calib_cache: args.calib.calib_cache.clone(),
-    };
-    let summary = convert(&args.model, &args.out, &options)
-        .with_context(|| format!("converting {}", args.model.display()))?;
+    let plan = plan(&args)?;
+    let summary = compress(&args.model, &args.out, &plan)
+        .with_context(|| format!("compressing {}", args.model.display()))?;
     let seconds = start.elapsed().as_secs_f64();
     if args.output.json {
-        let gptq = options.quant.as_ref().is_some_and(|q| q.gptq.is_some());
-        let out = json_summary(&summary.manifest, args.quant.name(), gptq, seconds);
+        let gptq = plan.quant().is_some_and(|q| q.gptq.is_some());
+        let mut out = json_summary(&summary.manifest, args.quant.name(), gptq, seconds);
+        if let Some(c) = summary.compression() {
+            out.insert("beta".into(), c.beta.into());
+            out.insert("beta_search".into(), serde_json::to_value(&summary.beta_search)?);
+            out.insert("calib_loss".into(), serde_json::to_value(summary.calib_loss)?);
+        }
         println!("{}", serde_json::Value::Object(out));
-    } else {
-        print_summary(&summary.manifest);
-        println!("wrote {} in {seconds:.2} s", summary.out_dir.display());
+        return Ok(());
+    }
+    match &summary.report {
+        Some(report) => {
+            print!("{}", std::fs::read_to_string(&report.text)?);
+            println!(
+                "wrote {} in {seconds:.1} s (report {}, plot {})",
+                summary.out_dir.display(),
+                report.text.display(),
+                report.svg.display()
+            );
+        }
+        None => {
+            print_summary(&summary.manifest);
+            println!("wrote {} in {seconds:.2} s", summary.out_dir.display());
+        }
     }
     Ok(())
+}
+
+/// The plan the command line asks for.
+fn plan(args: &Args) -> Result<Plan> {
+    let calib = args.calib.options();
+    let quant = args.quant.options(calib.is_some())?;
+    let calib_cache = args.calib.calib_cache.clone();
+    let max_shard_bytes = args.output.max_shard_bytes();
+    let progress = crate::progress::bars();
+    let Some(method) = Plan::method_of(&args.recipe)? else {
+        return Ok(Plan::Dense(DenseOptions { max_shard_bytes, quant, calib, calib_cache, progress }));
+    };
+    let budgets = Budgets {
+        qkv_params: args.qkv_params,
+        kv_cache: args.kv_cache,
+        ffn_params: args.ffn_params,
+        vision_qkv_params: args.vision_qkv_params,
+    };
+    let mut opts = LowRankOptions::new(method, budgets, calib);
+    opts.beta = args.beta;
+    opts.beta_search = args.beta_search.clone();
+    opts.calib_cache = calib_cache;
+    opts.transform.alpha = args.alpha;
+    opts.max_shard_bytes = max_shard_bytes;
+    opts.progress = progress;
+    opts.quant = quant;
+    opts.factor_encoding =
+        args.factor_encoding.as_deref().map(|e| Encoding::parse(e, "--factor-encoding")).transpose()?;
+    Ok(Plan::LowRank(opts))
 }
 
 /// What `--json` prints for a model written (the same keys for every command that writes one):
@@ -319,63 +358,20 @@ fn json_summary(
     let ratio = |get: fn(&pocketvlm_format::Compression) -> Option<f64>| c.map_or(Some(1.0), get);
     let bytes: serde_json::Map<String, serde_json::Value> =
         m.component_sizes().into_iter().map(|(c, s)| (c.name().to_string(), s.bytes.into())).collect();
-    let serde_json::Value::Object(out) = serde_json::json!({
-        "recipe": m.source.recipe,
-        "bits": bits,
-        "gptq": gptq,
-        "qkv_params_ratio": ratio(|c| c.achieved.qkv_params),
-        "kv_cache_ratio": ratio(|c| c.achieved.kv_cache),
-        "ffn_params_ratio": ratio(|c| c.achieved.ffn_params),
-        "ranks": c.map(|c| c.text_layers.iter().map(|l| l.qkv).collect::<Vec<_>>()),
-        "kv_cache_bytes_per_token": c.map(|c| c.kv_cache.bytes_per_token),
-        "bytes": bytes,
-        "seconds": seconds,
-    }) else {
-        unreachable!("json! of an object literal is an object")
-    };
-    out
-}
-
-fn run_lowrank(args: Args, method: Method, quant: Option<QuantOptions>) -> Result<()> {
-    let start = Instant::now();
-    let budgets = Budgets {
-        qkv_params: args.qkv_params,
-        kv_cache: args.kv_cache,
-        ffn_params: args.ffn_params,
-        vision_qkv_params: args.vision_qkv_params,
-    };
-    let calib = args.calib.options();
-    let mut opts = LowRankOptions::new(method, budgets, calib);
-    opts.beta = args.beta;
-    opts.beta_search = args.beta_search.clone();
-    opts.calib_cache = args.calib.calib_cache.clone();
-    opts.transform.alpha = args.alpha;
-    opts.max_shard_bytes = args.output.max_shard_bytes();
-    opts.progress = crate::progress::bars();
-    opts.quant = quant;
-    opts.factor_encoding =
-        args.factor_encoding.as_deref().map(|e| Encoding::parse(e, "--factor-encoding")).transpose()?;
-    let summary = compress_lowrank(&args.model, &args.out, &opts)
-        .with_context(|| format!("compressing {}", args.model.display()))?;
-    let seconds = start.elapsed().as_secs_f64();
-    let c = &summary.compression;
-    if args.output.json {
-        let gptq = opts.quant.as_ref().is_some_and(|q| q.gptq.is_some());
-        let mut out = json_summary(&summary.manifest, args.quant.name(), gptq, seconds);
-        out.insert("beta".into(), c.beta.into());
-        out.insert("beta_search".into(), serde_json::to_value(&summary.beta_search)?);
-        out.insert("calib_loss".into(), serde_json::to_value(summary.calib_loss)?);
-        println!("{}", serde_json::Value::Object(out));
-    } else {
-        print!("{}", std::fs::read_to_string(&summary.report_path)?);
-        println!(
-            "wrote {} in {seconds:.1} s (report {}, plot {})",
-            summary.out_dir.display(),
-            summary.report_path.display(),
-            summary.svg_path.display()
-        );
-    }
-    Ok(())
+    let ranks = c.map(|c| c.text_layers.iter().map(|l| l.qkv).collect::<Vec<_>>());
+    let fields: [(&str, serde_json::Value); 10] = [
+        ("recipe", m.source.recipe.clone().into()),
+        ("bits", bits.into()),
+        ("gptq", gptq.into()),
+        ("qkv_params_ratio", ratio(|c| c.achieved.qkv_params).into()),
+        ("kv_cache_ratio", ratio(|c| c.achieved.kv_cache).into()),
+        ("ffn_params_ratio", ratio(|c| c.achieved.ffn_params).into()),
+        ("ranks", serde_json::to_value(ranks).expect("ranks are plain numbers")),
+        ("kv_cache_bytes_per_token", c.map(|c| c.kv_cache.bytes_per_token).into()),
+        ("bytes", bytes.into()),
+        ("seconds", seconds.into()),
+    ];
+    fields.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
 }
 
 pub fn inspect(args: InspectArgs) -> Result<()> {

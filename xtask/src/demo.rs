@@ -24,7 +24,7 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use pocketvlm_compress::calib::{CalibOptions, CalibSource};
 use pocketvlm_compress::quant::QuantOptions;
-use pocketvlm_compress::{Budgets, ConvertOptions, LowRankOptions, Method, compress_lowrank, convert};
+use pocketvlm_compress::{Budgets, DenseOptions, LowRankOptions, Method, Plan, compress};
 use pocketvlm_format::quant::{Bits, Scheme};
 use pocketvlm_format::shards::sha256_hex;
 use pocketvlm_format::{VERSION, dir};
@@ -366,21 +366,24 @@ pub fn prepare_model(source: &Path, recipe: &DemoRecipe) -> Result<PathBuf> {
     let calib = recipe.calibrated().then(|| recipe.calib_options());
     let cache = calib.as_ref().map(|_| calib_cache(source, &want)).transpose()?;
     let quant = recipe.quant_options()?;
-    match recipe.method {
-        Some(method) => {
-            let mut opts = LowRankOptions::new(method, recipe.budgets, calib);
-            opts.calib_cache = cache;
-            opts.quant = quant;
-            opts.progress = crate::progress::bars();
-            compress_lowrank(source, &out, &opts)
-                .with_context(|| format!("compressing {} into {}", source.display(), out.display()))?;
-        }
-        None => {
-            let options = ConvertOptions { quant, calib, calib_cache: cache, ..ConvertOptions::default() };
-            convert(source, &out, &options)
-                .with_context(|| format!("converting {} into {}", source.display(), out.display()))?;
-        }
-    }
+    let progress = crate::progress::bars();
+    let plan = match recipe.method {
+        Some(method) => Plan::LowRank(LowRankOptions {
+            calib_cache: cache,
+            quant,
+            progress,
+            ..LowRankOptions::new(method, recipe.budgets, calib)
+        }),
+        None => Plan::Dense(DenseOptions {
+            quant,
+            calib,
+            calib_cache: cache,
+            progress,
+            ..DenseOptions::default()
+        }),
+    };
+    compress(source, &out, &plan)
+        .with_context(|| format!("compressing {} into {}", source.display(), out.display()))?;
     std::fs::write(out.join(STAMP_FILE), serde_json::to_vec_pretty(&want)?)?;
     eprintln!("demo: {} written in {:.1} s", out.display(), start.elapsed().as_secs_f64());
     Ok(out)
@@ -521,7 +524,7 @@ mod tests {
     fn a_model_is_up_to_date_only_with_its_stamp() {
         let (dir, r) = fixture();
         let out = dir.path().join("out");
-        convert(&root().join("tests/fixtures/tiny"), &out, &ConvertOptions::default()).unwrap();
+        compress(&root().join("tests/fixtures/tiny"), &out, &Plan::Dense(DenseOptions::default())).unwrap();
         let want = stamp(&dir.path().join("ckpt"), &r).unwrap();
         assert!(!up_to_date(&out, &want), "no stamp yet");
         std::fs::write(out.join(STAMP_FILE), serde_json::to_vec_pretty(&want).unwrap()).unwrap();

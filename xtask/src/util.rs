@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, Result, bail};
-use pocketvlm_compress::{ConvertOptions, convert};
+use pocketvlm_compress::{DenseOptions, Plan, compress};
 
 /// The workspace root (the parent of `xtask/`).
 pub fn root() -> PathBuf {
@@ -59,7 +59,7 @@ pub fn human_bytes(bytes: u64) -> String {
 /// `target/models/tiny` and return that directory.
 pub fn convert_tiny() -> Result<PathBuf> {
     let out = root().join("target/models/tiny");
-    convert(&root().join("tests/fixtures/tiny"), &out, &ConvertOptions::default())
+    compress(&root().join("tests/fixtures/tiny"), &out, &Plan::Dense(DenseOptions::default()))
         .with_context(|| format!("converting tests/fixtures/tiny into {}", out.display()))?;
     Ok(out)
 }

@@ -1,7 +1,8 @@
 //! A Hugging Face checkpoint directory: its settings ([`SourceMeta`]: `config.json`, the
 //! processor, generation and tokenizer settings, the tokenizer) and its safetensors weights
 //! ([`Checkpoint`]: one `model.safetensors`, or shards listed by `model.safetensors.index.json`),
-//! checked against the architecture ([`check_checkpoint_tensors`]).
+//! checked against the architecture ([`check_checkpoint_tensors`]); [`Source`] is all three,
+//! the way every command that reads a checkpoint opens one.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -89,11 +90,36 @@ impl Checkpoint {
     }
 }
 
+/// A checkpoint directory opened for compression: its settings, and its weights checked
+/// against the architecture those settings describe.
+pub struct Source {
+    pub dir: PathBuf,
+    pub meta: SourceMeta,
+    checkpoint: Checkpoint,
+}
+
+impl Source {
+    /// Read the settings ([`SourceMeta::read`]) and the weights ([`Checkpoint::open`]) of the
+    /// checkpoint in `dir`, and check that it holds exactly its architecture's tensors.
+    pub fn open(dir: &Path) -> Result<Self> {
+        let meta = SourceMeta::read(dir)?;
+        let checkpoint = Checkpoint::open(dir)?;
+        check_checkpoint_tensors(&meta.model, &checkpoint.tensors()?)?;
+        Ok(Self { dir: dir.to_path_buf(), meta, checkpoint })
+    }
+
+    /// Every tensor by name (the set [`Source::open`] checked).
+    pub fn tensors(&self) -> Result<BTreeMap<String, RawTensor<'_>>> {
+        self.checkpoint.tensors()
+    }
+}
+
 fn optional_json(path: PathBuf) -> Result<Option<Value>> {
     if path.exists() { read_json(&path).map(Some) } else { Ok(None) }
 }
 
 /// Everything of a checkpoint directory except the weights, resolved into manifest sections.
+#[derive(Clone)]
 pub struct SourceMeta {
     pub model: ModelConfig,
     pub processor: ProcessorConfig,

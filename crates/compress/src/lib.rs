@@ -5,7 +5,6 @@ pub mod allocate;
 pub mod budget;
 pub mod calib;
 pub mod checkpoint;
-pub mod convert;
 pub mod error;
 pub mod eval;
 pub mod hf_config;
@@ -20,7 +19,6 @@ pub mod tokenizer;
 pub mod writer;
 
 pub use budget::Budgets;
-pub use convert::{ConvertOptions, ConvertSummary, Recipe, convert};
 pub use error::{CompressError, Result};
 pub use lowrank::Method;
-pub use pipeline::{LowRankOptions, LowRankSummary, compress_lowrank};
+pub use pipeline::{DenseOptions, LowRankOptions, Plan, ReportFiles, Summary, compress};

@@ -1,4 +1,4 @@
-//! `compress_lowrank` on the tiny fixture: every recipe writes a valid v2 model whose CPU
+//! `compress` with a low-rank plan on the tiny fixture: every recipe writes a valid v2 model whose CPU
 //! logits stay close to the dense model's at a 90 % QKV budget, and bad inputs get typed errors.
 
 mod common;
@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use common::{CASES, expected, fixture, last_row, prompt};
 use pocketvlm_compress::calib::{CalibOptions, CalibSource};
 use pocketvlm_compress::model::CpuModel;
-use pocketvlm_compress::{Budgets, CompressError, LowRankOptions, Method, compress_lowrank};
+use pocketvlm_compress::{Budgets, CompressError, LowRankOptions, Method, Plan, compress};
 use pocketvlm_format::{FormatError, dir};
 
 fn images() -> PathBuf {
@@ -56,8 +56,8 @@ fn every_recipe_writes_a_v2_model_close_to_dense_at_90_percent() {
     for method in pocketvlm_compress::Method::ALL {
         let tmp = tempfile::tempdir().unwrap();
         let budgets = Budgets { qkv_params: Some(0.9), ..Default::default() };
-        let summary = compress_lowrank(&fixture(), tmp.path(), &options(method, budgets)).unwrap();
-        let c = &summary.compression;
+        let summary = compress(&fixture(), tmp.path(), &Plan::LowRank(options(method, budgets))).unwrap();
+        let c = summary.compression().unwrap();
         // the budget is met exactly: at most 0.9, and less than one component (128 params) under
         let dense = 3.0 * 80.0 * 48.0;
         let achieved = c.achieved.qkv_params.unwrap();
@@ -70,7 +70,7 @@ fn every_recipe_writes_a_v2_model_close_to_dense_at_90_percent() {
         let q_up = data.manifest.tensor("model.text_model.layers.0.self_attn.q_up.weight").unwrap();
         assert_eq!(q_up.shape, vec![48, ranks[0]]);
         assert!(data.manifest.tensor("model.text_model.layers.0.self_attn.q_proj.weight").is_err());
-        assert!(summary.report_path.exists() && summary.svg_path.exists());
+        assert!(summary.report.as_ref().is_some_and(|r| r.text.exists() && r.svg.exists()));
         let compressed = CpuModel::from_format(tmp.path()).unwrap();
         let (err, _) = fidelity(&compressed, &reference);
         assert!(err < TOLERANCE_90, "{}: relative logit error {err}", method.name());
@@ -90,8 +90,8 @@ fn every_recipe_writes_a_v2_model_close_to_dense_at_90_percent() {
 fn kv_cache_and_mlp_budgets_are_met() {
     let tmp = tempfile::tempdir().unwrap();
     let budgets = Budgets { kv_cache: Some(0.5), ffn_params: Some(0.5), ..Default::default() };
-    let summary = compress_lowrank(&fixture(), tmp.path(), &options(Method::Laser, budgets)).unwrap();
-    let c = &summary.compression;
+    let summary = compress(&fixture(), tmp.path(), &Plan::LowRank(options(Method::Laser, budgets))).unwrap();
+    let c = summary.compression().unwrap();
     // KV: 3 layers x 2 x 16 values per token; half is 48 latent values in total
     let ranks: Vec<usize> = c.text_layers.iter().map(|l| l.qkv.unwrap()).collect();
     assert_eq!(ranks.iter().sum::<usize>(), 48, "{ranks:?}");
@@ -106,8 +106,8 @@ fn kv_cache_and_mlp_budgets_are_met() {
 fn vision_attention_compresses_with_exact_biases() {
     let tmp = tempfile::tempdir().unwrap();
     let budgets = Budgets { vision_qkv_params: Some(0.75), ..Default::default() };
-    let summary = compress_lowrank(&fixture(), tmp.path(), &options(Method::Qsvd, budgets)).unwrap();
-    assert_eq!(summary.compression.vision_layers.len(), 2);
+    let summary = compress(&fixture(), tmp.path(), &Plan::LowRank(options(Method::Qsvd, budgets))).unwrap();
+    assert_eq!(summary.compression().unwrap().vision_layers.len(), 2);
     let data = dir::open(tmp.path()).unwrap();
     let src = pocketvlm_compress::checkpoint::Checkpoint::open(&fixture()).unwrap();
     let raw = src.tensors().unwrap();
@@ -126,26 +126,32 @@ fn bad_inputs_get_typed_errors() {
     // missing calibration folder
     let mut o = options(Method::Qsvd, qkv);
     o.calib = Some(CalibOptions::new(CalibSource::Images(tmp.path().join("nope"))));
-    assert!(matches!(compress_lowrank(&fixture(), &out, &o), Err(CompressError::MissingCalibration { .. })));
+    assert!(matches!(
+        compress(&fixture(), &out, &Plan::LowRank(o.clone())),
+        Err(CompressError::MissingCalibration { .. })
+    ));
 
     // a folder whose only image cannot be decoded
     let bad = tmp.path().join("bad");
     std::fs::create_dir(&bad).unwrap();
     std::fs::write(bad.join("broken.jpg"), b"not a jpeg").unwrap();
     o.calib = Some(CalibOptions::new(CalibSource::Images(bad)));
-    assert!(matches!(compress_lowrank(&fixture(), &out, &o), Err(CompressError::UnreadableImage { .. })));
+    assert!(matches!(
+        compress(&fixture(), &out, &Plan::LowRank(o.clone())),
+        Err(CompressError::UnreadableImage { .. })
+    ));
 
     // budgets out of range, or none at all
     for v in [0.0, -0.5, 1.5, f64::NAN] {
         let b = Budgets { qkv_params: Some(v), ..Default::default() };
-        let r = compress_lowrank(&fixture(), &out, &options(Method::Svd, b));
+        let r = compress(&fixture(), &out, &Plan::LowRank(options(Method::Svd, b)));
         assert!(matches!(r, Err(CompressError::BudgetOutOfRange { name: "qkv-params", .. })), "{v}");
     }
-    let r = compress_lowrank(&fixture(), &out, &options(Method::Svd, Budgets::default()));
+    let r = compress(&fixture(), &out, &Plan::LowRank(options(Method::Svd, Budgets::default())));
     assert!(matches!(r, Err(CompressError::BadOptions { .. })));
 
     // loss-aware recipes need calibration data
-    let r = compress_lowrank(&fixture(), &out, &LowRankOptions::new(Method::Laser, qkv, None));
+    let r = compress(&fixture(), &out, &Plan::LowRank(LowRankOptions::new(Method::Laser, qkv, None)));
     assert!(matches!(r, Err(CompressError::BadOptions { .. })));
 
     // a checkpoint of another architecture
@@ -155,7 +161,7 @@ fn bad_inputs_get_typed_errors() {
         serde_json::from_str(&std::fs::read_to_string(fixture().join("config.json")).unwrap()).unwrap();
     config["architectures"] = serde_json::json!(["LlamaForCausalLM"]);
     std::fs::write(other.join("config.json"), config.to_string()).unwrap();
-    let r = compress_lowrank(&other, &out, &options(Method::Qsvd, qkv));
+    let r = compress(&other, &out, &Plan::LowRank(options(Method::Qsvd, qkv)));
     assert!(matches!(r, Err(CompressError::Format(FormatError::Unsupported(_)))), "{:?}", r.err());
 }
 
@@ -169,17 +175,17 @@ fn text_calibration_mode() {
     c.max_tokens = 32;
     let budgets = Budgets { qkv_params: Some(0.6), ..Default::default() };
     let o = LowRankOptions::new(Method::Qsvd, budgets, Some(c));
-    let summary = compress_lowrank(&fixture(), &tmp.path().join("out"), &o).unwrap();
-    assert_eq!(summary.compression.calibration.mode, "text");
-    assert_eq!(summary.compression.calibration.samples, 4);
-    assert_eq!(summary.compression.calibration.loss_tokens, 4 * 31);
+    let summary = compress(&fixture(), &tmp.path().join("out"), &Plan::LowRank(o.clone())).unwrap();
+    assert_eq!(summary.compression().unwrap().calibration.mode, "text");
+    assert_eq!(summary.compression().unwrap().calibration.samples, 4);
+    assert_eq!(summary.compression().unwrap().calibration.loss_tokens, 4 * 31);
 }
 
 #[test]
 fn v1_models_still_load_and_v1_cannot_carry_factors() {
     let tmp = tempfile::tempdir().unwrap();
     let dense = tmp.path().join("dense");
-    pocketvlm_compress::convert(&fixture(), &dense, &Default::default()).unwrap();
+    compress(&fixture(), &dense, &Plan::Dense(Default::default())).unwrap();
     let path = dense.join("manifest.json");
     let mut m: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
     m["version"] = 1.into();
@@ -190,7 +196,7 @@ fn v1_models_still_load_and_v1_cannot_carry_factors() {
 
     let low = tmp.path().join("low");
     let budgets = Budgets { qkv_params: Some(0.5), ..Default::default() };
-    compress_lowrank(&fixture(), &low, &LowRankOptions::new(Method::Svd, budgets, None)).unwrap();
+    compress(&fixture(), &low, &Plan::LowRank(LowRankOptions::new(Method::Svd, budgets, None))).unwrap();
     let path = low.join("manifest.json");
     let mut m: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
     m["version"] = 1.into();

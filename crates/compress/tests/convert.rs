@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use pocketvlm_compress::{CompressError, ConvertOptions, Recipe, convert};
+use pocketvlm_compress::{CompressError, DenseOptions, Plan, compress};
 use pocketvlm_format::{FormatError, dir};
 use safetensors::{Dtype, SafeTensors, tensor::TensorView};
 
@@ -85,8 +85,8 @@ fn assert_bit_identical(out: &Path, expected: &BTreeMap<String, Vec<u8>>, encodi
 fn single_file_bf16_round_trips_bit_for_bit() {
     let out = tempfile::tempdir().unwrap();
     // 1 MiB shards: the 49280×48 bf16 embedding and lm_head (4.5 MiB each) span several shards.
-    let options = ConvertOptions { recipe: Recipe::Dense, max_shard_bytes: 1 << 20, ..Default::default() };
-    let summary = convert(&fixture(), out.path(), &options).unwrap();
+    let plan = Plan::Dense(DenseOptions { max_shard_bytes: 1 << 20, ..Default::default() });
+    let summary = compress(&fixture(), out.path(), &plan).unwrap();
     assert!(summary.manifest.shards.iter().all(|s| s.bytes <= 1 << 20));
     assert!(summary.manifest.tensors.iter().any(|t| t.parts.len() > 1));
     let expected = source_tensors(&fixture()).into_iter().map(|(n, (_, _, b))| (n, b)).collect();
@@ -111,7 +111,7 @@ fn sharded_f32_and_f16_round_trip_bit_for_bit() {
         let src = tempfile::tempdir().unwrap();
         let expected = write_sharded(src.path(), dtype, 3);
         let out = tempfile::tempdir().unwrap();
-        convert(src.path(), out.path(), &ConvertOptions::default()).unwrap();
+        compress(src.path(), out.path(), &Plan::Dense(DenseOptions::default())).unwrap();
         assert_bit_identical(out.path(), &expected, tag);
     }
 }
@@ -130,7 +130,7 @@ fn with_config(edit: impl FnOnce(&mut serde_json::Value)) -> tempfile::TempDir {
 
 fn convert_err(src: &Path) -> CompressError {
     let out = tempfile::tempdir().unwrap();
-    convert(src, out.path(), &ConvertOptions::default()).unwrap_err()
+    compress(src, out.path(), &Plan::Dense(DenseOptions::default())).unwrap_err()
 }
 
 #[test]
@@ -149,7 +149,7 @@ fn absent_text_key_is_resolved_explicitly_and_reported() {
         c["text_config"].as_object_mut().unwrap().remove("max_position_embeddings");
     });
     let out = tempfile::tempdir().unwrap();
-    let summary = convert(src.path(), out.path(), &ConvertOptions::default()).unwrap();
+    let summary = compress(src.path(), out.path(), &Plan::Dense(DenseOptions::default())).unwrap();
     assert_eq!(summary.manifest.model.text.max_position_embeddings, 2048);
     assert!(
         summary
@@ -210,5 +210,5 @@ fn missing_tensor_bad_dtype_and_corrupt_file_are_rejected() {
     assert!(matches!(convert_err(src.path()), CompressError::BadSafetensors { .. }));
     let empty = tempfile::tempdir().unwrap();
     assert!(matches!(convert_err(empty.path()), CompressError::NotACheckpoint { .. }));
-    assert!(matches!("magic".parse::<Recipe>(), Err(CompressError::UnknownRecipe(_))));
+    assert!(matches!(Plan::method_of("magic"), Err(CompressError::UnknownRecipe(_))));
 }

@@ -12,7 +12,7 @@ use common::{CASES, expected_in, fixture_named, last_row, prompt_in, top_logits}
 use pocketvlm_compress::model::CpuModel;
 use pocketvlm_compress::model::reference::Reference;
 use pocketvlm_compress::quant::QuantOptions;
-use pocketvlm_compress::{ConvertOptions, convert};
+use pocketvlm_compress::{DenseOptions, Plan, compress};
 use pocketvlm_format::dir;
 use pocketvlm_processor::{Message, decode_image};
 use serde_json::Value;
@@ -56,7 +56,7 @@ fn every_size_converts_with_the_floored_patch_grid() {
     for (name, side, seq) in SIZES {
         let dir = fixture_named(name);
         let out = tempfile::tempdir().unwrap();
-        let summary = convert(&dir, out.path(), &ConvertOptions::default()).unwrap();
+        let summary = compress(&dir, out.path(), &Plan::Dense(DenseOptions::default())).unwrap();
         let m = &summary.manifest;
         assert_eq!(m.model.vision.patches_per_side(), side, "{name}");
         assert_eq!((m.model.image_seq_len(), m.processor.image_seq_len), (seq, seq), "{name}");
@@ -80,7 +80,8 @@ fn every_size_runs_w4a8_end_to_end_on_the_cpu_reference() {
         let dir = fixture_named(name);
         let out = tempfile::tempdir().unwrap();
         let quant = Some(QuantOptions::parse("w4a8", None).unwrap());
-        let summary = convert(&dir, out.path(), &ConvertOptions { quant, ..Default::default() }).unwrap();
+        let summary =
+            compress(&dir, out.path(), &Plan::Dense(DenseOptions { quant, ..Default::default() })).unwrap();
         assert_eq!(summary.manifest.quantization.as_ref().unwrap().scheme, "w4a8");
         let reference = Reference::open(out.path()).unwrap();
         for case in ["text_chat", "chelsea_split", "coffee_nosplit"] {

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use pocketvlm_compress::{ConvertOptions, convert};
+use pocketvlm_compress::{DenseOptions, Plan, compress};
 use pocketvlm_format::manifest::QUANTIZATION_VERSION;
 use pocketvlm_format::quant::{
     ActivationSpec, Construction, Quantization, QuantizedLayer, RotationSpec, scale_name,
@@ -20,7 +20,7 @@ const W: &str = "model.text_model.layers.0.mlp.down_proj.weight";
 /// integers (its existing bytes reused: validation does not read shards) plus a scale tensor.
 fn quantized(bits: u32, group: Option<usize>) -> Manifest {
     let out = tempfile::tempdir().unwrap();
-    let mut m = convert(&fixture(), out.path(), &ConvertOptions::default()).unwrap().manifest;
+    let mut m = compress(&fixture(), out.path(), &Plan::Dense(DenseOptions::default())).unwrap().manifest;
     let t = m.tensors.iter_mut().find(|t| t.name == W).unwrap();
     let (rows, cols) = (t.shape[0], t.shape[1]);
     t.encoding = if bits == 4 { "i4" } else { "i8" }.into();

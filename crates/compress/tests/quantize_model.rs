@@ -8,12 +8,11 @@ use std::path::Path;
 
 use common::{CASES, expected, fixture, last_row, prompt};
 use pocketvlm_compress::calib::{self, CalibOptions, CalibSource};
+use pocketvlm_compress::checkpoint::Source;
 use pocketvlm_compress::model::CpuModel;
 use pocketvlm_compress::progress::Progress;
 use pocketvlm_compress::quant::{QuantOptions, QuantParts, quantize_dir};
-use pocketvlm_compress::{
-    Budgets, CompressError, ConvertOptions, LowRankOptions, Method, compress_lowrank, convert,
-};
+use pocketvlm_compress::{Budgets, CompressError, DenseOptions, LowRankOptions, Method, Plan, compress};
 use pocketvlm_format::manifest::QUANTIZATION_VERSION;
 use pocketvlm_format::quant::{QuantError, QuantizedTable, Scheme};
 use pocketvlm_format::{Encoding, FormatError, dir};
@@ -39,7 +38,7 @@ fn fidelity(model: &CpuModel, reference: &CpuModel) -> (f32, usize) {
 
 fn quantized_dense(out: &Path, bits: &str, group: Option<usize>) -> pocketvlm_format::Manifest {
     let quant = Some(QuantOptions::parse(bits, group).unwrap());
-    convert(&fixture(), out, &ConvertOptions { quant, ..Default::default() }).unwrap().manifest
+    compress(&fixture(), out, &Plan::Dense(DenseOptions { quant, ..Default::default() })).unwrap().manifest
 }
 
 /// Stated tolerance: W8A8 at full rank (dense) keeps last-position logits within 5 % of the
@@ -120,8 +119,8 @@ fn w4a8_dense_with_groups_runs_and_validates() {
 
 /// QSVD at 90 % QKV and MLP budgets, float or quantized (`bits`): the summary and the
 /// calibration loss of the written model.
-fn low_rank(out: &Path, bits: Option<&str>) -> pocketvlm_compress::LowRankSummary {
-    compress_lowrank(&fixture(), out, &low_rank_options(bits)).unwrap()
+fn low_rank(out: &Path, bits: Option<&str>) -> pocketvlm_compress::Summary {
+    compress(&fixture(), out, &Plan::LowRank(low_rank_options(bits))).unwrap()
 }
 
 fn low_rank_options(bits: Option<&str>) -> LowRankOptions {
@@ -191,9 +190,13 @@ fn rtn_baseline_and_float_parts() {
     let tmp = tempfile::tempdir().unwrap();
     let mut opts = QuantOptions::parse("w8a8", None).unwrap().rtn();
     opts.parts = QuantParts::keeping_float("vision,embeddings").unwrap();
-    let m = convert(&fixture(), tmp.path(), &ConvertOptions { quant: Some(opts), ..Default::default() })
-        .unwrap()
-        .manifest;
+    let m = compress(
+        &fixture(),
+        tmp.path(),
+        &Plan::Dense(DenseOptions { quant: Some(opts), ..Default::default() }),
+    )
+    .unwrap()
+    .manifest;
     let q = m.quantization.as_ref().unwrap();
     assert_eq!(q.residual_rotation, None);
     assert!(q.layers.iter().all(|l| l.online.is_empty()));
@@ -273,7 +276,7 @@ fn w4a4_latent_is_int8_and_quantize_dir_matches_compress() {
     low_rank(&float, None);
     let again = tmp.path().join("again");
     let opts = QuantOptions::parse("w4a4", None).unwrap();
-    let m = quantize_dir(&float, &again, &opts, 32 << 20, None).unwrap().manifest;
+    let m = quantize_dir(&float, &again, &opts, 32 << 20, None).unwrap();
     assert_eq!(m.quantization, summary.manifest.quantization);
     assert_eq!(m.tensors, summary.manifest.tensors);
     assert_eq!(m.compression.as_ref().unwrap().sizes, c.sizes);
@@ -291,26 +294,26 @@ fn beta_search_keeps_the_lowest_calibration_loss() {
     let out = tmp.path().join("searched");
     let mut opts = low_rank_options(Some("w4a8"));
     opts.beta_search = Some(vec![0.0, 0.5, 1.0]);
-    let summary = compress_lowrank(&fixture(), &out, &opts).unwrap();
+    let summary = compress(&fixture(), &out, &Plan::LowRank(opts.clone())).unwrap();
     eprintln!("beta search (qsvd 90 %, w4a8): {:?}", summary.beta_search);
     let betas: Vec<f64> = summary.beta_search.iter().map(|c| c.0).collect();
     assert_eq!(betas, [0.0, 0.5, 1.0]);
     let best = summary.beta_search.iter().min_by(|a, b| a.1.total_cmp(&b.1)).unwrap();
-    assert_eq!(summary.compression.beta, best.0);
+    assert_eq!(summary.compression().unwrap().beta, best.0);
     assert_eq!(summary.calib_loss.unwrap().1, best.1);
     assert_eq!(summary.out_dir, out);
     let m = dir::open(&out).unwrap().manifest;
     assert_eq!(m.compression.unwrap().beta, best.0);
     let left: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert_eq!(left, [std::ffi::OsString::from("searched")]);
-    assert!(out.join(summary.report_path.file_name().unwrap()).exists());
+    assert!(out.join(summary.report.as_ref().unwrap().text.file_name().unwrap()).exists());
 
     let mut float = low_rank_options(None);
     float.beta_search = Some(vec![0.5]);
-    let err = compress_lowrank(&fixture(), &tmp.path().join("x"), &float).err().unwrap();
+    let err = compress(&fixture(), &tmp.path().join("x"), &Plan::LowRank(float.clone())).err().unwrap();
     assert!(matches!(err, CompressError::BadOptions { .. }), "{err:?}");
     opts.beta_search = Some(vec![0.5, 1.5]);
-    let err = compress_lowrank(&fixture(), &tmp.path().join("y"), &opts).err().unwrap();
+    let err = compress(&fixture(), &tmp.path().join("y"), &Plan::LowRank(opts.clone())).err().unwrap();
     assert!(matches!(err, CompressError::BudgetOutOfRange { .. }), "{err:?}");
 }
 
@@ -322,13 +325,21 @@ fn kv_budget_counts_cached_bytes_when_quantized() {
     let tmp = tempfile::tempdir().unwrap();
     let mut opts = low_rank_options(Some("w4a8"));
     opts.budgets = Budgets { kv_cache: Some(0.25), ..Default::default() };
-    let c = compress_lowrank(&fixture(), &tmp.path().join("q"), &opts).unwrap().compression;
+    let c = compress(&fixture(), &tmp.path().join("q"), &Plan::LowRank(opts.clone()))
+        .unwrap()
+        .manifest
+        .compression
+        .unwrap();
     let ranks: usize = c.text_layers.iter().map(|l| l.qkv.unwrap()).sum();
     assert_eq!((c.kv_cache.bytes_per_token, c.kv_cache.dense_bytes_per_token), (ranks as u64 + 12, 192));
     assert!(ranks <= 36 && ranks > 24, "ranks {ranks}");
     assert!(c.achieved.kv_cache.unwrap() <= 0.25);
     opts.quant = None;
-    let c = compress_lowrank(&fixture(), &tmp.path().join("f"), &opts).unwrap().compression;
+    let c = compress(&fixture(), &tmp.path().join("f"), &Plan::LowRank(opts.clone()))
+        .unwrap()
+        .manifest
+        .compression
+        .unwrap();
     let ranks: usize = c.text_layers.iter().map(|l| l.qkv.unwrap()).sum();
     assert!(ranks <= 24, "float ranks {ranks}");
 }
@@ -347,7 +358,7 @@ fn gptq_uses_the_calibration_samples() {
     let plain = low_rank(&tmp.path().join("plain"), Some("w4a8"));
     let mut opts = low_rank_options(Some("w4a8"));
     opts.quant.as_mut().unwrap().gptq = Some(0.01);
-    let compensated = compress_lowrank(&fixture(), &tmp.path().join("gptq"), &opts).unwrap();
+    let compensated = compress(&fixture(), &tmp.path().join("gptq"), &Plan::LowRank(opts.clone())).unwrap();
     let (l0, l1) = (plain.calib_loss.unwrap().1, compensated.calib_loss.unwrap().1);
     eprintln!("qsvd 90 % w4a8 calibration loss: clip search {l0}, gptq {l1}");
     assert!(l1.is_finite() && l1 < 2.0 * l0, "gptq {l1} vs {l0}");
@@ -369,11 +380,16 @@ fn gptq_uses_the_calibration_samples() {
     let float = tmp.path().join("float");
     low_rank(&float, None);
     let c = opts.calib.as_ref().unwrap();
-    let samples =
-        calib::cache::for_checkpoint(&fixture(), c, None, &Progress::silent().stage("calibration samples"))
-            .unwrap();
+    let samples = calib::cache::load_or_prepare(
+        &Source::open(&fixture()).unwrap(),
+        None,
+        c,
+        None,
+        &Progress::silent().stage("calibration samples"),
+    )
+    .unwrap();
     let again = tmp.path().join("again");
-    let m = quantize_dir(&float, &again, &q, 32 << 20, Some(&samples.samples)).unwrap().manifest;
+    let m = quantize_dir(&float, &again, &q, 32 << 20, Some(&samples.samples)).unwrap();
     assert_eq!(m.tensors, compensated.manifest.tensors);
     let c = dir::open(&again).unwrap();
     for t in &m.tensors {
@@ -390,9 +406,10 @@ fn dense_conversion_with_calibration_uses_gptq() {
     let calib = low_rank_options(None).calib;
     let mut q = QuantOptions::parse("w4a8", None).unwrap();
     q.gptq = Some(0.01);
-    let with =
-        |quant: Option<QuantOptions>| ConvertOptions { quant, calib: calib.clone(), ..Default::default() };
-    let direct = convert(&fixture(), &tmp.path().join("direct"), &with(Some(q.clone()))).unwrap().manifest;
+    let with = |quant: Option<QuantOptions>| {
+        Plan::Dense(DenseOptions { quant, calib: calib.clone(), ..Default::default() })
+    };
+    let direct = compress(&fixture(), &tmp.path().join("direct"), &with(Some(q.clone()))).unwrap().manifest;
     let plain = quantized_dense(&tmp.path().join("plain"), "w4a8", None);
     let name = "model.text_model.layers.0.mlp.down_proj.weight";
     let (a, b) =
@@ -400,24 +417,23 @@ fn dense_conversion_with_calibration_uses_gptq() {
     assert_ne!(a.tensor_bytes(name).unwrap(), b.tensor_bytes(name).unwrap(), "GPTQ changed the integers");
     assert_eq!(plain.tensors.len(), direct.tensors.len());
 
-    convert(&fixture(), &tmp.path().join("float"), &ConvertOptions::default()).unwrap();
-    let samples = calib::cache::for_checkpoint(
-        &fixture(),
+    compress(&fixture(), &tmp.path().join("float"), &Plan::Dense(DenseOptions::default())).unwrap();
+    let samples = calib::cache::load_or_prepare(
+        &Source::open(&fixture()).unwrap(),
+        None,
         calib.as_ref().unwrap(),
         None,
         &Progress::silent().stage("calibration samples"),
     )
     .unwrap();
     let again = tmp.path().join("again");
-    let m = quantize_dir(&tmp.path().join("float"), &again, &q, 32 << 20, Some(&samples.samples))
-        .unwrap()
-        .manifest;
+    let m = quantize_dir(&tmp.path().join("float"), &again, &q, 32 << 20, Some(&samples.samples)).unwrap();
     assert_eq!(m.tensors, direct.tensors);
     let c = dir::open(&again).unwrap();
     for t in &m.tensors {
         assert_eq!(c.tensor_bytes(&t.name).unwrap(), a.tensor_bytes(&t.name).unwrap(), "{}", t.name);
     }
 
-    let err = convert(&fixture(), &tmp.path().join("x"), &with(None)).unwrap_err();
+    let err = compress(&fixture(), &tmp.path().join("x"), &with(None)).unwrap_err();
     assert!(matches!(err, CompressError::BadOptions { .. }), "{err:?}");
 }

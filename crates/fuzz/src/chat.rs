@@ -20,8 +20,9 @@ pub fn run(data: &[u8]) {
             let _ = prompt.render_serialized(&value, true);
         }
     }
-    stream(prompt, &generated_ids(data), true);
-    stream(prompt, &generated_ids(data), false);
+    let ids = generated_ids(data);
+    stream(prompt, &ids, true);
+    stream(prompt, &ids, false);
 }
 
 /// Render, expand one grid per `<image>` the rendered text holds (alternately split and not),

@@ -11,7 +11,7 @@
 use std::cell::RefCell;
 use std::path::Path;
 
-use pocketvlm_compress::checkpoint::{Checkpoint, SourceMeta, check_checkpoint_tensors};
+use pocketvlm_compress::checkpoint::{Checkpoint, Source, SourceMeta};
 use pocketvlm_compress::model::CpuModel;
 use pocketvlm_processor::{Message, Part, Preprocessor, Prompt};
 
@@ -69,15 +69,21 @@ fn padded(part: &[u8]) -> Vec<u8> {
 }
 
 fn read(dir: &Path) {
-    let meta = SourceMeta::read(dir);
-    let checkpoint = Checkpoint::open(dir);
-    let tensors = checkpoint.as_ref().ok().map(Checkpoint::tensors);
-    if let (Ok(meta), Some(Ok(tensors))) = (&meta, &tensors)
-        && check_checkpoint_tensors(&meta.model, tensors).is_ok()
-    {
-        let _ = CpuModel::build(meta.model.clone(), tensors, None);
+    // the weights alone, whatever the settings say
+    if let Ok(checkpoint) = Checkpoint::open(dir) {
+        let _ = checkpoint.tensors();
     }
-    let Ok(meta) = meta else { return };
+    // the whole checkpoint as the compressor opens it, then the runtime's view of its settings
+    let meta = match Source::open(dir) {
+        Ok(source) => {
+            let _ = CpuModel::from_source(&source);
+            source.meta
+        }
+        Err(_) => match SourceMeta::read(dir) {
+            Ok(meta) => meta,
+            Err(_) => return,
+        },
+    };
     let _ = Preprocessor::new(&meta.processor);
     let Ok(prompt) = Prompt::new(&meta.tokenizer_bytes, &meta.tokenizer, meta.processor.image_seq_len) else {
         return;

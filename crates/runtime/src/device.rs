@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::error::{Result, RuntimeError};
+use crate::memory::{DeviceBuffer, Held};
 use crate::pipelines::Pipelines;
 
 /// Largest workgroup any kernel may use: Chromium's `maxComputeInvocationsPerWorkgroup` is 256.
@@ -50,6 +51,9 @@ pub struct DeviceOptions {
     /// Pretend to be another kind of adapter (tests use this to run, on one machine, the kernel
     /// variants other adapters get).
     pub pretend: Option<Pretend>,
+    /// Refuse, with [`RuntimeError::OutOfMemory`], a storage buffer that would take the bytes
+    /// the device holds past this many (see [`crate::memory`]); `None`: only the adapter limits.
+    pub memory_budget: Option<u64>,
 }
 
 /// Another kind of adapter, as far as kernel choice goes: a CPU implementation or a GPU, with
@@ -104,10 +108,12 @@ pub struct Gpu {
     lost: Arc<Mutex<Option<String>>>,
     /// Bytes of storage buffers created so far (see [`Gpu::allocated_bytes`]).
     allocated: AtomicU64,
+    /// Bytes of the storage buffers alive now, and the budget (see [`Gpu::held_bytes`]).
+    held: Held,
     /// Uniform arena chunks of submitted encoders, for the next ones ([`crate::encoder`]).
     pub(crate) arena: Mutex<Vec<wgpu::Buffer>>,
     /// Kernel-internal scratch by role ([`Gpu::kernel_scratch`]).
-    kernel_scratch: Mutex<std::collections::HashMap<&'static str, wgpu::Buffer>>,
+    kernel_scratch: Mutex<std::collections::HashMap<&'static str, DeviceBuffer>>,
 }
 
 fn instance() -> wgpu::Instance {
@@ -183,6 +189,7 @@ impl Gpu {
             pipelines: Pipelines::default(),
             lost,
             allocated: AtomicU64::new(0),
+            held: Held::new(options.memory_budget),
             arena: Mutex::new(Vec::new()),
             kernel_scratch: Mutex::default(),
         })
@@ -194,8 +201,12 @@ impl Gpu {
         shader: &'static str,
         defines: &crate::shader::Defines,
     ) -> Result<Arc<crate::pipelines::Pipeline>> {
+        if let Some(pipeline) = self.pipelines.cached(shader, defines)? {
+            return Ok(pipeline);
+        }
+        // a lost device compiles nothing; a cached pipeline's dispatch fails at submit instead
         self.check_lost()?;
-        self.pipelines.get(&self.device, shader, defines).await
+        self.pipelines.compile(&self.device, shader, defines).await
     }
 
     /// `Err(DeviceLost)` once the device has been lost.
@@ -206,12 +217,29 @@ impl Gpu {
         }
     }
 
-    /// Total bytes of the storage buffers created on this device so far, by
-    /// [`Gpu::storage_buffer`], [`Gpu::zeroed_buffer`] or reported with [`Gpu::count_allocation`].
+    /// Total bytes of the storage buffers created on this device so far (by
+    /// [`Gpu::storage_buffer`], [`Gpu::zeroed_buffer`] and [`Gpu::kernel_scratch`]).
     /// It never decreases: the difference across a pass is what that pass allocated, which is
     /// what it holds at once (every buffer a recorded pass uses lives until the pass completes).
     pub fn allocated_bytes(&self) -> u64 {
         self.allocated.load(Ordering::Relaxed)
+    }
+
+    /// Bytes of the storage buffers alive on this device now (every clone of a
+    /// [`DeviceBuffer`] dropped gives its bytes back).
+    pub fn held_bytes(&self) -> u64 {
+        self.held.bytes()
+    }
+
+    /// The most bytes of storage buffers held at once since the device opened or the last
+    /// [`Gpu::reset_peak_held_bytes`].
+    pub fn peak_held_bytes(&self) -> u64 {
+        self.held.peak()
+    }
+
+    /// Start [`Gpu::peak_held_bytes`] over from what is held now.
+    pub fn reset_peak_held_bytes(&self) {
+        self.held.reset_peak();
     }
 
     /// A storage buffer of at least `bytes` bytes that a kernel uses internally for `role` and
@@ -219,43 +247,27 @@ impl Gpu {
     /// key passes): one per role for the device, grown on demand, so repeated calls (every layer of
     /// every decode step) allocate nothing and bind the same buffer. Calls run in submission
     /// order, so sharing it between them is safe.
-    pub fn kernel_scratch(&self, role: &'static str, bytes: u64) -> wgpu::Buffer {
+    pub async fn kernel_scratch(&self, role: &'static str, bytes: u64) -> Result<DeviceBuffer> {
         let bytes = bytes.next_multiple_of(4).max(16);
-        let mut held = self.kernel_scratch.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(b) = held.get(role).filter(|b| b.size() >= bytes) {
-            return b.clone();
+        if let Some(b) = self.kernel_scratches().get(role).filter(|b| b.size() >= bytes) {
+            return Ok(b.clone());
         }
-        let buffer = self.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some(role),
-            size: bytes,
-            usage: wgpu::BufferUsages::STORAGE,
-            mapped_at_creation: false,
-        });
-        self.count_allocation(bytes);
-        held.insert(role, buffer.clone());
-        buffer
+        // the smaller one goes first: both need not fit the budget at once
+        self.kernel_scratches().remove(role);
+        let buffer = self.create_storage(role, bytes).await?;
+        self.kernel_scratches().insert(role, buffer.clone());
+        Ok(buffer)
     }
 
-    /// Count a storage buffer created directly on [`Gpu::device`].
-    pub fn count_allocation(&self, bytes: u64) {
-        self.allocated.fetch_add(bytes, Ordering::Relaxed);
+    fn kernel_scratches(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<&'static str, DeviceBuffer>> {
+        self.kernel_scratch.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// A storage buffer initialised with `data`, checking for out-of-memory.
-    pub async fn storage_buffer(&self, label: &str, data: &[u8]) -> Result<wgpu::Buffer> {
-        self.check_lost()?;
-        let scope = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
-        let size = (data.len() as u64).next_multiple_of(4).max(4);
-        let buffer = self.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some(label),
-            size,
-            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC,
-            mapped_at_creation: false,
-        });
-        if let Some(e) = scope.pop().await {
-            return Err(RuntimeError::OutOfMemory(format!("{label} ({size} bytes): {e}")));
-        }
-        self.count_allocation(size);
+    pub async fn storage_buffer(&self, label: &str, data: &[u8]) -> Result<DeviceBuffer> {
+        let buffer = self.create_storage(label, data.len() as u64).await?;
         if !data.is_empty() {
             let whole = data.len() - data.len() % 4;
             self.queue.write_buffer(&buffer, 0, &data[..whole]);
@@ -269,20 +281,28 @@ impl Gpu {
     }
 
     /// A zeroed storage buffer of `size` bytes.
-    pub async fn zeroed_buffer(&self, label: &str, size: u64) -> Result<wgpu::Buffer> {
+    pub async fn zeroed_buffer(&self, label: &str, size: u64) -> Result<DeviceBuffer> {
+        self.create_storage(label, size).await
+    }
+
+    /// A storage buffer of `size` bytes (rounded up to whole words; zeroed, as WebGPU creates
+    /// every buffer), held against the budget and checked for out-of-memory.
+    async fn create_storage(&self, label: &str, size: u64) -> Result<DeviceBuffer> {
         self.check_lost()?;
+        let size = size.next_multiple_of(4).max(4);
+        let reservation = self.held.reserve(label, size)?;
         let scope = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
         let buffer = self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some(label),
-            size: size.next_multiple_of(4).max(4),
+            size,
             usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC,
             mapped_at_creation: false,
         });
         if let Some(e) = scope.pop().await {
             return Err(RuntimeError::OutOfMemory(format!("{label} ({size} bytes): {e}")));
         }
-        self.count_allocation(buffer.size());
-        Ok(buffer)
+        self.allocated.fetch_add(size, Ordering::Relaxed);
+        Ok(DeviceBuffer::new(buffer, reservation))
     }
 
     /// Copy `size` bytes of `buffer` back to the CPU.

@@ -22,18 +22,20 @@ pub struct Pipelines {
 }
 
 impl Pipelines {
-    /// The pipeline for `shader` with `defines` on `device`, compiling it on first use.
+    /// The pipeline for `shader` with `defines`, if it was compiled already.
+    pub fn cached(&self, shader: &'static str, defines: &Defines) -> Result<Option<Arc<Pipeline>>> {
+        let key = (shader, defines.clone());
+        Ok(self.cache.lock().map_err(|_| poisoned())?.get(&key).cloned())
+    }
+
+    /// Compile the pipeline for `shader` with `defines` on `device` and keep it.
     /// Compilation errors are returned as [`RuntimeError::Shader`].
-    pub async fn get(
+    pub async fn compile(
         &self,
         device: &wgpu::Device,
         shader: &'static str,
         defines: &Defines,
     ) -> Result<Arc<Pipeline>> {
-        let key = (shader, defines.clone());
-        if let Some(p) = self.cache.lock().map_err(|_| poisoned())?.get(&key) {
-            return Ok(p.clone());
-        }
         let text = preprocess(shader, source(shader)?, defines)?;
         let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
         let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
@@ -53,7 +55,7 @@ impl Pipelines {
         }
         let layout = pipeline.get_bind_group_layout(0);
         let pipeline = Arc::new(Pipeline { pipeline, layout });
-        self.cache.lock().map_err(|_| poisoned())?.insert(key, pipeline.clone());
+        self.cache.lock().map_err(|_| poisoned())?.insert((shader, defines.clone()), pipeline.clone());
         Ok(pipeline)
     }
 

@@ -8,11 +8,12 @@ use pocketvlm_format::Encoding;
 
 use crate::device::Gpu;
 use crate::error::{Result, RuntimeError};
+use crate::memory::DeviceBuffer;
 
 /// A GPU buffer holding a row-major tensor of `shape` in `encoding`.
 #[derive(Clone, Debug)]
 pub struct Tensor {
-    pub buffer: wgpu::Buffer,
+    pub buffer: DeviceBuffer,
     pub shape: Vec<usize>,
     pub encoding: Encoding,
 }

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use cases::{check_resumed_conversation, ids};
 use pocketvlm_compress::model::reference::LOW_RANK_TEST_RECIPES;
-use pocketvlm_compress::{ConvertOptions, convert};
+use pocketvlm_compress::{DenseOptions, Plan, compress};
 use pocketvlm_format::dir;
 use pocketvlm_processor::{Message, RgbImage, decode_image};
 use pocketvlm_runtime::engine::{Conversation, Engine, Request, Session};
@@ -29,7 +29,7 @@ fn expected(case: &str) -> Value {
 
 async fn engine() -> Engine {
     let out = tempfile::tempdir().unwrap();
-    convert(&tiny(), out.path(), &ConvertOptions::default()).unwrap();
+    compress(&tiny(), out.path(), &Plan::Dense(DenseOptions::default())).unwrap();
     let data = dir::open(out.path()).unwrap();
     let tokenizer = dir::read_tokenizer(out.path(), &data.manifest).unwrap();
     let gpu = Gpu::new(&DeviceOptions::default()).await.unwrap();

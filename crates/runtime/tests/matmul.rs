@@ -42,7 +42,7 @@ async fn run_path(gpu: &Gpu, shape: MatmulShape, with_bias: bool, seed: u64, pat
     let yb = gpu.zeroed_buffer("y", (m * n * 4) as u64).await.unwrap();
     let mut encoder = gpu.encoder();
     let kernel = Matmul::f32(with_bias);
-    let bias = with_bias.then_some(&bb);
+    let bias = with_bias.then_some(&*bb);
     match path {
         Path::Auto => kernel.encode(gpu, &mut encoder, shape, &xb, &wb, bias, &yb).await.unwrap(),
         Path::Tiled => kernel.encode_tiled(gpu, &mut encoder, shape, &xb, &wb, bias, &yb).await.unwrap(),

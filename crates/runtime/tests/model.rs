@@ -9,13 +9,13 @@ mod cases;
 use std::path::{Path, PathBuf};
 
 use cases::{
-    QUANT_LOGIT_TOLERANCE, SIZE_FIXTURES, TINY_CASES, check_case, check_case_within, check_stopped_anywhere,
-    read_case,
+    QUANT_LOGIT_TOLERANCE, SIZE_FIXTURES, TINY_CASES, case_request, check_case, check_case_within,
+    check_stopped_anywhere, read_case,
 };
 use pocketvlm_compress::model::CacheKind as CpuCache;
 use pocketvlm_compress::model::reference::{LOW_RANK_TEST_RECIPES, Reference, TEST_CASES, TEST_RECIPES};
 use pocketvlm_compress::quant::{QuantOptions, QuantParts};
-use pocketvlm_compress::{ConvertOptions, convert};
+use pocketvlm_compress::{DenseOptions, Plan, compress};
 use pocketvlm_format::dir;
 use pocketvlm_processor::decode_image;
 use pocketvlm_runtime::engine::Engine;
@@ -31,11 +31,30 @@ fn fixtures() -> PathBuf {
 /// Convert `checkpoint` (dense) and load it with its tokenizer.
 async fn load(checkpoint: &Path, options: DeviceOptions) -> Engine {
     let out = tempfile::tempdir().unwrap();
-    convert(checkpoint, out.path(), &ConvertOptions::default()).unwrap();
-    let data = dir::open(out.path()).unwrap();
-    let tokenizer = dir::read_tokenizer(out.path(), &data.manifest).unwrap();
-    let gpu = Gpu::new(&options).await.unwrap();
+    compress(checkpoint, out.path(), &Plan::Dense(DenseOptions::default())).unwrap();
+    load_dir(out.path(), &options).await
+}
+
+/// Load the model directory `model` with its tokenizer on a new device.
+async fn load_dir(model: &Path, options: &DeviceOptions) -> Engine {
+    let data = dir::open(model).unwrap();
+    let tokenizer = dir::read_tokenizer(model, &data.manifest).unwrap();
+    let gpu = Gpu::new(options).await.unwrap();
     Engine::load(gpu, &data, &tokenizer).await.unwrap()
+}
+
+/// Every test case of `checkpoint` through `engine` (a compressed model of it) against the
+/// integer contract's CPU reference of that model: prompt ids, top-10 ids, logits within
+/// [`QUANT_LOGIT_TOLERANCE`] and greedy ids.
+async fn check_reference_cases(engine: &Engine, reference: &Reference, checkpoint: &Path, what: &str) {
+    let root = checkpoint.to_str().expect("a UTF-8 path");
+    for name in TEST_CASES {
+        let mut case = read_case(async |path: String| std::fs::read(&path).unwrap(), root, name).await;
+        let image = case.image.as_ref().map(|b| decode_image(b).unwrap());
+        case.expected = reference.expectation(&case.expected, image.as_ref()).unwrap();
+        check_case_within(engine, &case, QUANT_LOGIT_TOLERANCE).await;
+        eprintln!("{what} {name}: matches the CPU reference");
+    }
 }
 
 async fn check_cases(engine: &Engine, checkpoint: &Path, names: &[&str]) {
@@ -163,28 +182,16 @@ fn quantized_tiny_models_match_the_cpu_reference() {
         for recipe in TEST_RECIPES {
             let out = tempfile::tempdir().unwrap();
             let quant = Some(recipe.options().unwrap());
-            convert(&tiny, out.path(), &ConvertOptions { quant, ..Default::default() }).unwrap();
-            let reference = Reference::open(out.path()).unwrap();
-            let data = dir::open(out.path()).unwrap();
-            let tokenizer = dir::read_tokenizer(out.path(), &data.manifest).unwrap();
-            let gpu = Gpu::new(&DeviceOptions::default()).await.unwrap();
-            let engine = Engine::load(gpu, &data, &tokenizer).await.unwrap();
-            let download: u64 = data.manifest.tensors.iter().map(|t| t.bytes).sum();
+            compress(&tiny, out.path(), &Plan::Dense(DenseOptions { quant, ..Default::default() })).unwrap();
+            let engine = load_dir(out.path(), &DeviceOptions::default()).await;
+            let download: u64 = dir::read_manifest(out.path()).unwrap().tensors.iter().map(|t| t.bytes).sum();
             let weights = engine.model.weight_bytes();
             assert!(
                 weights >= download && weights * 10 <= download * 11,
                 "{}: {weights} B on the GPU for {download} B",
                 recipe.name
             );
-            for name in TEST_CASES {
-                let root = tiny.to_str().unwrap();
-                let mut case =
-                    read_case(async |path: String| std::fs::read(&path).unwrap(), root, name).await;
-                let image = case.image.as_ref().map(|b| decode_image(b).unwrap());
-                case.expected = reference.expectation(&case.expected, image.as_ref()).unwrap();
-                check_case_within(&engine, &case, QUANT_LOGIT_TOLERANCE).await;
-                eprintln!("{} {name}: matches the CPU reference", recipe.name);
-            }
+            check_reference_cases(&engine, &Reference::open(out.path()).unwrap(), &tiny, recipe.name).await;
         }
     });
 }
@@ -206,21 +213,16 @@ fn quantized_size_fixtures_match_the_cpu_reference() {
             let out = tempfile::tempdir().unwrap();
             let mut quant = QuantOptions::parse(bits, None).unwrap();
             quant.parts = QuantParts::keeping_float(float).unwrap();
-            convert(&dir, out.path(), &ConvertOptions { quant: Some(quant), ..Default::default() }).unwrap();
+            compress(
+                &dir,
+                out.path(),
+                &Plan::Dense(DenseOptions { quant: Some(quant), ..Default::default() }),
+            )
+            .unwrap();
+            let engine = load_dir(out.path(), &DeviceOptions::default()).await;
             let reference = Reference::open(out.path()).unwrap();
-            let data = dir::open(out.path()).unwrap();
-            let tokenizer = dir::read_tokenizer(out.path(), &data.manifest).unwrap();
-            let gpu = Gpu::new(&DeviceOptions::default()).await.unwrap();
-            let engine = Engine::load(gpu, &data, &tokenizer).await.unwrap();
-            for name in TEST_CASES {
-                let root = dir.to_str().unwrap();
-                let mut case =
-                    read_case(async |path: String| std::fs::read(&path).unwrap(), root, name).await;
-                let image = case.image.as_ref().map(|b| decode_image(b).unwrap());
-                case.expected = reference.expectation(&case.expected, image.as_ref()).unwrap();
-                check_case_within(&engine, &case, QUANT_LOGIT_TOLERANCE).await;
-                eprintln!("{fixture} {bits} (float: {float:?}) {name}: matches the CPU reference");
-            }
+            check_reference_cases(&engine, &reference, &dir, &format!("{fixture} {bits} (float: {float:?})"))
+                .await;
         }
     });
 }
@@ -243,24 +245,14 @@ fn low_rank_tiny_models_match_the_cpu_reference() {
             let c = manifest.compression.as_ref().unwrap();
             assert!(c.text_layers.iter().all(|l| l.qkv.is_some_and(|r| r < 32)), "{}", recipe.name);
             let mut reference = Reference::open(out.path()).unwrap();
-            let data = dir::open(out.path()).unwrap();
-            let tokenizer = dir::read_tokenizer(out.path(), &data.manifest).unwrap();
-            let gpu = Gpu::new(&DeviceOptions::default()).await.unwrap();
-            let mut engine = Engine::load(gpu, &data, &tokenizer).await.unwrap();
+            let mut engine = load_dir(out.path(), &DeviceOptions::default()).await;
             for (kind, cpu_kind) in
                 [(CacheKind::Latent, CpuCache::Latent), (CacheKind::Plain, CpuCache::Plain)]
             {
                 engine.model.cache_kind = kind;
                 reference.cache = cpu_kind;
-                for case_name in TEST_CASES {
-                    let root = tiny.to_str().unwrap();
-                    let mut case =
-                        read_case(async |path: String| std::fs::read(&path).unwrap(), root, case_name).await;
-                    let image = case.image.as_ref().map(|b| decode_image(b).unwrap());
-                    case.expected = reference.expectation(&case.expected, image.as_ref()).unwrap();
-                    check_case_within(&engine, &case, QUANT_LOGIT_TOLERANCE).await;
-                    eprintln!("{} {kind:?} cache {case_name}: matches the CPU reference", recipe.name);
-                }
+                check_reference_cases(&engine, &reference, &tiny, &format!("{} {kind:?} cache", recipe.name))
+                    .await;
             }
             {
                 // Quantized: r INT8 values in whole words and the f32 scale per layer, the
@@ -410,7 +402,7 @@ fn memory_accounting_adds_up() {
         // download.
         let data = {
             let out = tempfile::tempdir().unwrap();
-            convert(&fixtures().join("tiny"), out.path(), &ConvertOptions::default()).unwrap();
+            compress(&fixtures().join("tiny"), out.path(), &Plan::Dense(DenseOptions::default())).unwrap();
             dir::open(out.path()).unwrap()
         };
         let download: u64 = data.manifest.tensors.iter().map(|t| t.bytes).sum();
@@ -438,6 +430,66 @@ fn memory_accounting_adds_up() {
         assert!(memory.activations >= floor as u64, "{} < {floor}", memory.activations);
         assert!(memory.activations < model.weight_bytes(), "{memory:?}");
         assert_eq!(memory.total(), memory.weights + memory.tables + memory.kv_cache + memory.activations);
+    });
+}
+
+/// A memory budget (`DeviceOptions::memory_budget`, the npm package's `memoryBudget`) holds what
+/// the device holds: a model whose weights exceed it fails to load with `OutOfMemory` and a
+/// smaller model (W4A8) then loads and answers under the same budget; a generation that needs
+/// more than is left fails with `OutOfMemory`, and the same engine then answers the cases that
+/// fit as transformers does — every buffer of the failed pass given back.
+#[test]
+fn a_memory_budget_gives_a_typed_error_and_the_engine_stays_usable() {
+    pollster::block_on(async {
+        let tiny = fixtures().join("tiny");
+        let root = tiny.to_str().unwrap();
+        let read = async |path: String| std::fs::read(&path).unwrap();
+        let (text, image) =
+            (read_case(read, root, "text_chat").await, read_case(read, root, "coffee_nosplit").await);
+        // Unlimited: what the dense model holds once loaded and at most while answering each case.
+        let engine = load(&tiny, DeviceOptions::default()).await;
+        let loaded = engine.gpu.held_bytes();
+        let mut peaks = Vec::new();
+        for case in [&text, &image, &text] {
+            engine.gpu.reset_peak_held_bytes();
+            check_case(&engine, case).await;
+            peaks.push((engine.gpu.peak_held_bytes(), engine.gpu.held_bytes()));
+        }
+        let (text_peak, image_peak) = (peaks[0].0, peaks[1].0);
+        eprintln!("held: {loaded} B loaded, peaks {peaks:?}");
+        assert!(loaded < text_peak && text_peak < image_peak, "{loaded} {peaks:?}");
+        // Kernel scratch is kept at its largest size; nothing else outlives an answer.
+        assert_eq!(peaks[2].1, peaks[1].1, "a text answer after the image keeps nothing more");
+
+        // Below the weights: the load is refused; a W4A8 model of the same checkpoint fits.
+        let tight = DeviceOptions { memory_budget: Some(loaded - 1), ..Default::default() };
+        let out = tempfile::tempdir().unwrap();
+        compress(&tiny, out.path(), &Plan::Dense(DenseOptions::default())).unwrap();
+        let data = dir::open(out.path()).unwrap();
+        let tokenizer = dir::read_tokenizer(out.path(), &data.manifest).unwrap();
+        let refused = Engine::load(Gpu::new(&tight).await.unwrap(), &data, &tokenizer).await;
+        assert!(matches!(refused, Err(RuntimeError::OutOfMemory(_))), "{:?}", refused.err());
+        let small = tempfile::tempdir().unwrap();
+        let quant = Some(QuantOptions::parse("w4a8", None).unwrap());
+        compress(&tiny, small.path(), &Plan::Dense(DenseOptions { quant, ..Default::default() })).unwrap();
+        let engine = load_dir(small.path(), &tight).await;
+        check_reference_cases(
+            &engine,
+            &Reference::open(small.path()).unwrap(),
+            &tiny,
+            "w4a8 under the budget",
+        )
+        .await;
+
+        // Enough for the text case, not the image: the image fails, the text still answers.
+        let engine =
+            load(&tiny, DeviceOptions { memory_budget: Some(text_peak), ..Default::default() }).await;
+        check_case(&engine, &text).await;
+        let held = engine.gpu.held_bytes();
+        let failed = engine.start(case_request(&image)).await.err();
+        assert!(matches!(failed, Some(RuntimeError::OutOfMemory(_))), "{failed:?}");
+        assert!(engine.gpu.held_bytes() <= held, "the failed pass gave back what it took");
+        check_case(&engine, &text).await;
     });
 }
 
@@ -507,21 +559,10 @@ fn other_adapters_kernels_match_and_fit_webgpu_limits() {
             check_cases(&engine, &tiny, &TEST_CASES).await;
             check_webgpu_limits(&engine.gpu, profile);
             for (name, dir) in &built {
+                let engine = load_dir(dir.path(), &options).await;
                 let reference = Reference::open(dir.path()).unwrap();
-                let data = dir::open(dir.path()).unwrap();
-                let tokenizer = dir::read_tokenizer(dir.path(), &data.manifest).unwrap();
-                let engine =
-                    Engine::load(Gpu::new(&options).await.unwrap(), &data, &tokenizer).await.unwrap();
-                for case_name in TEST_CASES {
-                    let root = tiny.to_str().unwrap();
-                    let mut case =
-                        read_case(async |path: String| std::fs::read(&path).unwrap(), root, case_name).await;
-                    let image = case.image.as_ref().map(|b| decode_image(b).unwrap());
-                    case.expected = reference.expectation(&case.expected, image.as_ref()).unwrap();
-                    check_case_within(&engine, &case, QUANT_LOGIT_TOLERANCE).await;
-                }
+                check_reference_cases(&engine, &reference, &tiny, &format!("{profile}: {name}")).await;
                 check_webgpu_limits(&engine.gpu, profile);
-                eprintln!("{profile}: {name} matches the CPU reference");
             }
         }
     });

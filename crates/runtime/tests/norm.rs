@@ -71,7 +71,7 @@ async fn layer_norm_case(gpu: &Gpu, shape: NormShape, seed: u64, layout: NormLay
     };
     let mut enc = encoder(gpu);
     LayerNorm { eps }
-        .encode(gpu, &mut enc, layout, shape, (&xb, rb.as_ref()), (&gb, &bb), &yb)
+        .encode(gpu, &mut enc, layout, shape, (&xb, rb.as_deref()), (&gb, &bb), &yb)
         .await
         .unwrap();
     submit(gpu, enc);
@@ -116,7 +116,7 @@ async fn rms_norm_case(gpu: &Gpu, shape: NormShape, seed: u64, layout: NormLayou
         None => None,
     };
     let mut enc = encoder(gpu);
-    RmsNorm { eps }.encode(gpu, &mut enc, layout, shape, (&xb, rb.as_ref()), &gb, &yb).await.unwrap();
+    RmsNorm { eps }.encode(gpu, &mut enc, layout, shape, (&xb, rb.as_deref()), &gb, &yb).await.unwrap();
     submit(gpu, enc);
     let what = format!("rms_norm {shape:?} {layout:?} residual {residual}");
     check_residual(gpu, &what, &xb, &x, residual).await;

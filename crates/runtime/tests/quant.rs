@@ -241,7 +241,8 @@ async fn check_shared_input(gpu: &Gpu) {
         for (_, out) in &layers {
             ys.push(zeros(gpu, rows * out).await);
         }
-        let pairs: Vec<(&Linear, &wgpu::Buffer)> = layers.iter().map(|((l, _), _)| l).zip(&ys).collect();
+        let pairs: Vec<(&Linear, &wgpu::Buffer)> =
+            layers.iter().map(|((l, _), _)| l).zip(ys.iter().map(|y| &**y)).collect();
         let mut enc = encoder(gpu);
         linear::forward_shared(gpu, &mut enc, &mut Scratch::default(), rows, &xb, &pairs).await.unwrap();
         let shared_dispatches = enc.dispatches();

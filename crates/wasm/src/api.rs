@@ -66,10 +66,21 @@ struct Shared {
 /// How a model was loaded.
 struct Source {
     base_url: String,
-    use_cache: bool,
-    pin: Option<Pin>,
+    options: OpenOptions,
     /// The verified `manifest.json`, so a reload fetches nothing that the cache holds.
     manifest: Vec<u8>,
+}
+
+/// How [`Model::open`] opens a model (`Model.load`'s options).
+#[derive(Clone, Debug, Default)]
+pub struct OpenOptions {
+    /// Read the files from the browser's Cache API and keep them there.
+    pub cache: bool,
+    /// The sha256 `manifest.json` must have.
+    pub pin: Option<Pin>,
+    /// The most bytes of storage buffers the model's device may hold
+    /// ([`DeviceOptions::memory_budget`]): more is an `OutOfMemoryError`.
+    pub memory_budget: Option<u64>,
 }
 
 impl Shared {
@@ -91,8 +102,7 @@ impl Shared {
         drop(engine);
         let source = &self.source;
         let manifest = Some(source.manifest.as_slice());
-        let (engine, _) =
-            upload(&source.base_url, source.use_cache, source.pin.as_ref(), manifest, None, &|_| ()).await?;
+        let (engine, _) = upload(&source.base_url, &source.options, manifest, None, &|_| ()).await?;
         let engine = Rc::new(engine);
         // Disposed meanwhile: the reload is dropped with it.
         let mut slot = self.engine.borrow_mut();
@@ -108,15 +118,16 @@ impl Shared {
 /// engine uploaded from them; the files are dropped once on the GPU.
 async fn upload(
     base_url: &str,
-    use_cache: bool,
-    pin: Option<&Pin>,
+    options: &OpenOptions,
     manifest: Option<&[u8]>,
     signal: Option<&AbortSignal>,
     on_progress: &dyn Fn(&Progress),
 ) -> Result<(Engine, loader::LoadReport), WebError> {
     // WebGPU first: a page without it learns so before downloading anything.
-    let gpu = Gpu::new(&DeviceOptions::default()).await?;
-    let (fetched, load) = loader::load(base_url, use_cache, pin, manifest, signal, on_progress).await?;
+    let gpu =
+        Gpu::new(&DeviceOptions { memory_budget: options.memory_budget, ..DeviceOptions::default() }).await?;
+    let (fetched, load) =
+        loader::load(base_url, options.cache, options.pin.as_ref(), manifest, signal, on_progress).await?;
     check_signal(signal, "loading the model")?;
     on_progress(&load.tally.uploading());
     let engine = Engine::load(gpu, &fetched.data, &fetched.tokenizer).await?;
@@ -134,12 +145,11 @@ impl Model {
     /// What `Model.load` does, for Rust callers.
     pub async fn open(
         base_url: &str,
-        use_cache: bool,
-        pin: Option<&Pin>,
+        options: &OpenOptions,
         signal: Option<&AbortSignal>,
         on_progress: &dyn Fn(&Progress),
     ) -> Result<Model, WebError> {
-        let (engine, load) = upload(base_url, use_cache, pin, None, signal, on_progress).await?;
+        let (engine, load) = upload(base_url, options, None, signal, on_progress).await?;
         let ready = load.tally.ready();
         on_progress(&ready);
         let info = ModelInfo {
@@ -165,7 +175,7 @@ impl Model {
                 .map(|c| c.kv_cache.bytes_per_token),
         };
         let source =
-            Source { base_url: base_url.to_string(), use_cache, pin: pin.cloned(), manifest: load.manifest };
+            Source { base_url: base_url.to_string(), options: options.clone(), manifest: load.manifest };
         let shared =
             Shared { engine: RefCell::new(Some(Rc::new(engine))), conversation: RefCell::new(None), source };
         Ok(Model { shared: Rc::new(shared), info })
@@ -246,29 +256,44 @@ where
 
 #[wasm_bindgen]
 impl Model {
-    /// `Model.load(baseUrl, { cache = true, onProgress, signal, integrity })`: open the GPU, fetch
-    /// and verify the model directory at `baseUrl` and upload it. `onProgress` receives progress
-    /// events; `signal` (an `AbortSignal`) stops the download (`AbortError`); `integrity`
-    /// (`"sha256-<base64>"`, see [`Pin`]) pins `manifest.json`, and so the whole model
-    /// (`IntegrityError` when it differs).
+    /// `Model.load(baseUrl, { cache = true, onProgress, signal, integrity, memoryBudget })`: open
+    /// the GPU, fetch and verify the model directory at `baseUrl` and upload it. `onProgress`
+    /// receives progress events; `signal` (an `AbortSignal`) stops the download (`AbortError`);
+    /// `integrity` (`"sha256-<base64>"`, see [`Pin`]) pins `manifest.json`, and so the whole model
+    /// (`IntegrityError` when it differs); `memoryBudget` (bytes) caps what the model's device may
+    /// hold (`OutOfMemoryError` for a load or a generation that would need more).
     pub fn load(base_url: String, options: JsValue) -> Promise {
-        let get = |name: &str| js_sys::Reflect::get(&options, &JsValue::from_str(name)).ok();
-        let use_cache = get("cache").is_none_or(|v| v.is_undefined() || v.is_truthy());
+        let get = |name: &str| {
+            js_sys::Reflect::get(&options, &JsValue::from_str(name))
+                .ok()
+                .filter(|v| !v.is_undefined() && !v.is_null())
+        };
+        let cache = get("cache").is_none_or(|v| v.is_truthy());
         let on_progress: Option<Function> = get("onProgress").and_then(|v| v.dyn_into().ok());
         let signal: Option<AbortSignal> = get("signal").and_then(|v| v.dyn_into().ok());
-        let pin = match get("integrity").filter(|v| !v.is_undefined() && !v.is_null()) {
+        let pin = match get("integrity") {
             Some(v) => v.as_string().ok_or_else(|| WebError::invalid("integrity must be a string")).map(Some),
+            None => Ok(None),
+        };
+        let memory_budget = match get("memoryBudget") {
+            Some(v) => match v.as_f64() {
+                Some(b) if b.is_finite() && b >= 0.0 && b.fract() == 0.0 && b <= 2f64.powi(53) => {
+                    Ok(Some(b as u64))
+                }
+                _ => Err(WebError::invalid("memoryBudget must be a whole number of bytes")),
+            },
             None => Ok(None),
         };
         promise(async move {
             let pin = pin?.as_deref().map(Pin::parse).transpose()?;
+            let options = OpenOptions { cache, pin, memory_budget: memory_budget? };
             let report = |p: &Progress| {
                 if let Some(f) = &on_progress {
                     // A throwing progress callback does not stop the load.
                     let _ = f.call1(&JsValue::NULL, &js::to_js(p));
                 }
             };
-            Ok(Model::open(&base_url, use_cache, pin.as_ref(), signal.as_ref(), &report).await?.into())
+            Ok(Model::open(&base_url, &options, signal.as_ref(), &report).await?.into())
         })
     }
 

@@ -31,4 +31,4 @@ pub mod loader;
 pub mod shard_cache;
 
 #[cfg(target_arch = "wasm32")]
-pub use api::{Generation, Model};
+pub use api::{Generation, Model, OpenOptions};

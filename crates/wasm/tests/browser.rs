@@ -12,7 +12,7 @@ use pocketvlm_wasm::fetch::{fetch_bytes, fetch_manifest, file_url};
 use pocketvlm_wasm::options::GenerateOptions;
 use pocketvlm_wasm::progress::{Phase, Progress};
 use pocketvlm_wasm::shard_cache::{ShardCache, key};
-use pocketvlm_wasm::{Generation, Model};
+use pocketvlm_wasm::{Generation, Model, OpenOptions};
 use serde_json::Value;
 use wasm_bindgen::{JsCast, JsValue};
 use wasm_bindgen_futures::JsFuture;
@@ -37,6 +37,11 @@ fn server() -> &'static str {
 
 fn model_url() -> String {
     format!("{}/model/tiny", server())
+}
+
+/// Open with the browser cache.
+fn cached() -> OpenOptions {
+    OpenOptions { cache: true, ..OpenOptions::default() }
 }
 
 fn ids(v: &Value) -> Vec<u32> {
@@ -91,7 +96,9 @@ fn messages(exp: &Value) -> Vec<Message> {
 async fn load_caption_stop_and_chat_match_transformers() {
     let events = RefCell::new(Vec::<Progress>::new());
     let model =
-        Model::open(&model_url(), false, None, None, &|p| events.borrow_mut().push(p.clone())).await.unwrap();
+        Model::open(&model_url(), &OpenOptions::default(), None, &|p| events.borrow_mut().push(p.clone()))
+            .await
+            .unwrap();
 
     let events = events.into_inner();
     assert_eq!(events.first().map(|e| e.phase), Some(Phase::Manifest));
@@ -177,7 +184,7 @@ async fn aborting_a_load_stops_the_download() {
     let controller = web_sys::AbortController::new().unwrap();
     let signal = controller.signal();
     let files = RefCell::new(Vec::new());
-    let result = Model::open(&model_url(), false, None, Some(&signal), &|p| {
+    let result = Model::open(&model_url(), &OpenOptions::default(), Some(&signal), &|p| {
         if let Some(file) = &p.file {
             files.borrow_mut().push((file.clone(), p.files_total));
             controller.abort();
@@ -199,15 +206,15 @@ async fn aborting_a_load_stops_the_download() {
     assert_eq!(name.as_deref(), Some("AbortError"));
 
     // The page can load the model afterwards.
-    Model::open(&model_url(), false, None, None, &|_| ()).await.unwrap().dispose();
+    Model::open(&model_url(), &OpenOptions::default(), None, &|_| ()).await.unwrap().dispose();
 }
 
 #[wasm_bindgen_test]
 async fn a_second_load_comes_from_the_cache() {
-    let first = Model::open(&model_url(), true, None, None, &|_| ()).await.unwrap();
+    let first = Model::open(&model_url(), &cached(), None, &|_| ()).await.unwrap();
     first.dispose();
     let hits = RefCell::new(0);
-    let second = Model::open(&model_url(), true, None, None, &|p| {
+    let second = Model::open(&model_url(), &cached(), None, &|p| {
         if p.from_cache == Some(true) {
             *hits.borrow_mut() += 1;
         }
@@ -225,7 +232,7 @@ async fn a_second_load_comes_from_the_cache() {
 /// ids.
 #[wasm_bindgen_test]
 async fn after_a_lost_device_the_next_caption_runs_on_a_new_one() {
-    let model = Model::open(&model_url(), true, None, None, &|_| ()).await.unwrap();
+    let model = Model::open(&model_url(), &cached(), None, &|_| ()).await.unwrap();
     let exp = case(COFFEE_NOSPLIT);
     let pending = caption_coffee(&model, Some(SHORT)).await;
     pending.step().await.unwrap();
@@ -285,7 +292,7 @@ async fn without_the_cache_api_the_model_loads_with_a_warning() {
     )
     .unwrap();
     let events = RefCell::new(Vec::<Progress>::new());
-    let model = Model::open(&model_url(), true, None, None, &|p| events.borrow_mut().push(p.clone())).await;
+    let model = Model::open(&model_url(), &cached(), None, &|p| events.borrow_mut().push(p.clone())).await;
     js_sys::eval(
         "delete globalThis.caches;\
          if (globalThis.__caches) Object.defineProperty(globalThis, 'caches', globalThis.__caches);\
@@ -324,7 +331,7 @@ async fn a_full_cache_still_loads_with_one_warning() {
     )
     .unwrap();
     let events = RefCell::new(Vec::<Progress>::new());
-    let model = Model::open(&model_url(), true, None, None, &|p| events.borrow_mut().push(p.clone())).await;
+    let model = Model::open(&model_url(), &cached(), None, &|p| events.borrow_mut().push(p.clone())).await;
     js_sys::eval("Cache.prototype.put = globalThis.__put; delete globalThis.__put").unwrap();
     let model = model.unwrap();
     let events = events.into_inner();
@@ -346,7 +353,7 @@ async fn a_full_cache_still_loads_with_one_warning() {
 /// it against the manifest, fetches that file again and replaces the entry.
 #[wasm_bindgen_test]
 async fn a_half_written_cache_entry_is_fetched_again() {
-    Model::open(&model_url(), true, None, None, &|_| ()).await.unwrap().dispose();
+    Model::open(&model_url(), &cached(), None, &|_| ()).await.unwrap().dispose();
     let manifest = fetch_manifest(&model_url(), None).await.unwrap();
     let shard = &manifest.shards[0];
     let url = format!("{}/{}", model_url(), shard.file);
@@ -358,11 +365,11 @@ async fn a_half_written_cache_entry_is_fetched_again() {
         events.iter().find(|e| e.file.as_deref() == Some(shard.file.as_str())).and_then(|e| e.from_cache)
     };
     let events = RefCell::new(Vec::<Progress>::new());
-    let model = Model::open(&model_url(), true, None, None, &|p| events.borrow_mut().push(p.clone())).await;
+    let model = Model::open(&model_url(), &cached(), None, &|p| events.borrow_mut().push(p.clone())).await;
     model.unwrap().dispose();
     assert_eq!(origin(&events.borrow()), Some(false), "the half entry was not used");
     let events = RefCell::new(Vec::<Progress>::new());
-    let model = Model::open(&model_url(), true, None, None, &|p| events.borrow_mut().push(p.clone())).await;
+    let model = Model::open(&model_url(), &cached(), None, &|p| events.borrow_mut().push(p.clone())).await;
     let model = model.unwrap();
     assert_eq!(origin(&events.borrow()), Some(true), "the entry was replaced");
     assert!(model.loaded_from_cache());

@@ -12,7 +12,9 @@ use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
 
 use crate::calib::data::{CalibOptions, CalibSource, Sample, Samples};
+use crate::checkpoint::Source;
 use crate::error::{CompressError, Result};
+use crate::model::CpuModel;
 use crate::progress::Stage;
 
 /// The key a cache file must match.
@@ -114,47 +116,33 @@ pub fn save(path: &Path, key: &str, s: &Samples) -> Result<()> {
         .map_err(|e| pocketvlm_format::FormatError::Io { path: path.display().to_string(), source: e }.into())
 }
 
-/// The calibration samples of the checkpoint in `hf_dir` (whose CPU model and metadata are
-/// `model` and `meta`): read from `cache` when it holds this checkpoint's samples for `opts`,
-/// prepared otherwise (and then written to `cache`).
+/// The calibration samples of `source`: read from `cache` when it holds this checkpoint's samples
+/// for `opts`, prepared otherwise with `model` (the checkpoint's CPU model, built here when not
+/// given) and then written to `cache`.
 pub fn load_or_prepare(
-    hf_dir: &Path,
-    model: &crate::model::CpuModel,
-    meta: &crate::checkpoint::SourceMeta,
+    source: &Source,
+    model: Option<&CpuModel>,
     opts: &CalibOptions,
     cache: Option<&Path>,
     stage: &Stage,
 ) -> Result<Samples> {
-    let key = cache_key(hf_dir, opts);
+    let key = cache_key(&source.dir, opts);
     if let Some(path) = cache
         && let Some(s) = load(path, &key)?
     {
         return Ok(s);
     }
-    let s = crate::calib::data::prepare(model, meta, opts, stage)?;
+    let built;
+    let model = match model {
+        Some(model) => model,
+        None => {
+            built = CpuModel::from_source(source)?;
+            &built
+        }
+    };
+    let s = crate::calib::data::prepare(model, &source.meta, opts, stage)?;
     if let Some(path) = cache {
         save(path, &key, &s)?;
     }
     Ok(s)
-}
-
-/// [`load_or_prepare`] for a checkpoint that is not loaded yet (it is loaded only when the
-/// samples must be prepared).
-pub fn for_checkpoint(
-    hf_dir: &Path,
-    opts: &CalibOptions,
-    cache: Option<&Path>,
-    stage: &Stage,
-) -> Result<Samples> {
-    if let Some(path) = cache
-        && let Some(s) = load(path, &cache_key(hf_dir, opts))?
-    {
-        return Ok(s);
-    }
-    let meta = crate::checkpoint::SourceMeta::read(hf_dir)?;
-    let checkpoint = crate::checkpoint::Checkpoint::open(hf_dir)?;
-    let tensors = checkpoint.tensors()?;
-    crate::checkpoint::check_checkpoint_tensors(&meta.model, &tensors)?;
-    let model = crate::model::CpuModel::build(meta.model.clone(), &tensors, None)?;
-    load_or_prepare(hf_dir, &model, &meta, opts, cache, stage)
 }

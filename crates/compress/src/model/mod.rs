@@ -24,9 +24,7 @@ use pocketvlm_format::compression::{
 use pocketvlm_format::quant::{Bits, QuantLinear, QuantWeights, Quantization, QuantizedTable, scale_name};
 use pocketvlm_format::{Compression, FormatError, LayerRanks, ModelConfig, ModelData};
 
-use crate::checkpoint::Checkpoint;
 use crate::error::{CompressError, Result};
-use crate::hf_config::{model_config, read_json};
 pub use linear::{Linear, Proj, Tape, Target, Tower, Weight};
 pub use text::{CacheKind, KvCache, TextDecoder};
 pub use vision::VisionTower;
@@ -252,17 +250,12 @@ impl CpuModel {
 
     /// Load a Hugging Face SmolVLM checkpoint directory.
     pub fn from_hf(dir: &Path) -> Result<Self> {
-        let config_path = dir.join("config.json");
-        if !config_path.exists() {
-            return Err(CompressError::NotACheckpoint {
-                path: dir.display().to_string(),
-                reason: "no config.json".into(),
-            });
-        }
-        let cfg = model_config(&read_json(&config_path)?, &mut Vec::new())?;
-        let checkpoint = Checkpoint::open(dir)?;
-        let tensors = checkpoint.tensors()?;
-        Self::build(cfg, &tensors, None)
+        Self::from_source(&crate::checkpoint::Source::open(dir)?)
+    }
+
+    /// The uncompressed model of a checkpoint already opened.
+    pub fn from_source(source: &crate::checkpoint::Source) -> Result<Self> {
+        Self::build(source.meta.model.clone(), &source.tensors()?, None)
     }
 
     /// Load a PocketVLM model directory (v1 dense, v2 factored, v3 quantized: its packed layers

@@ -10,12 +10,12 @@ use candle_core::{Device, Tensor};
 use pocketvlm_format::{Manifest, dir};
 use pocketvlm_processor::{Message, Preprocessor, Prompt as ChatPrompt, RgbImage};
 
+use crate::Method;
 use crate::budget::Budgets;
 use crate::error::{CompressError, Result};
 use crate::model::{CacheKind, CpuModel, Prompt, top_logits};
-use crate::pipeline::{LowRankOptions, compress_lowrank};
+use crate::pipeline::{DenseOptions, LowRankOptions, Plan, compress};
 use crate::quant::{QuantOptions, QuantParts};
-use crate::{ConvertOptions, Method, convert};
 
 /// A model directory on the CPU with its tokenizer and image preprocessor.
 pub struct Reference {
@@ -235,13 +235,12 @@ impl TestRecipe {
     /// Write this variant of the Hugging Face checkpoint `checkpoint` to the model directory `out`.
     pub fn build(&self, checkpoint: &Path, out: &Path) -> Result<Manifest> {
         let quant = self.quant_options()?;
-        Ok(match self.low_rank {
+        let plan = match self.low_rank {
             Some(budgets) => {
-                let mut opts = LowRankOptions::new(Method::Svd, budgets, None);
-                opts.quant = quant;
-                compress_lowrank(checkpoint, out, &opts)?.manifest
+                Plan::LowRank(LowRankOptions { quant, ..LowRankOptions::new(Method::Svd, budgets, None) })
             }
-            None => convert(checkpoint, out, &ConvertOptions { quant, ..Default::default() })?.manifest,
-        })
+            None => Plan::Dense(DenseOptions { quant, ..Default::default() }),
+        };
+        Ok(compress(checkpoint, out, &plan)?.manifest)
     }
 }

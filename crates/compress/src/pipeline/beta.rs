@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::{LowRankOptions, LowRankSummary};
+use super::{LowRankOptions, ReportFiles, Summary};
 use crate::error::{CompressError, Result};
 
 /// The β values to try: `opts.beta` alone, or the search grid (which needs calibration samples
@@ -35,12 +35,13 @@ pub fn candidate_dir(out_dir: &Path, k: usize) -> PathBuf {
 
 /// Keep the candidate with the lowest calibration loss: its files move into `out_dir`, the
 /// other candidates are removed, and the summary lists every candidate's loss.
-pub fn pick(mut results: Vec<LowRankSummary>, out_dir: &Path) -> Result<LowRankSummary> {
+pub fn pick(mut results: Vec<Summary>, out_dir: &Path) -> Result<Summary> {
     if results.len() == 1 {
         return Ok(results.remove(0));
     }
-    let loss = |r: &LowRankSummary| r.calib_loss.map_or(f64::INFINITY, |l| l.1);
-    let search: Vec<(f64, f64)> = results.iter().map(|r| (r.compression.beta, loss(r))).collect();
+    let loss = |r: &Summary| r.calib_loss.map_or(f64::INFINITY, |l| l.1);
+    let beta = |r: &Summary| r.compression().map_or(f64::NAN, |c| c.beta);
+    let search: Vec<(f64, f64)> = results.iter().map(|r| (beta(r), loss(r))).collect();
     let best =
         (0..results.len()).min_by(|&a, &b| loss(&results[a]).total_cmp(&loss(&results[b]))).unwrap_or(0);
     let io =
@@ -57,8 +58,8 @@ pub fn pick(mut results: Vec<LowRankSummary>, out_dir: &Path) -> Result<LowRankS
         std::fs::remove_dir_all(&r.out_dir).map_err(|e| io(&r.out_dir, e))?;
     }
     let mut chosen = results.swap_remove(best);
-    chosen.report_path = out_dir.join(chosen.report_path.file_name().unwrap_or_default());
-    chosen.svg_path = out_dir.join(chosen.svg_path.file_name().unwrap_or_default());
+    let moved = |path: &Path| out_dir.join(path.file_name().unwrap_or_default());
+    chosen.report = chosen.report.map(|r| ReportFiles { text: moved(&r.text), svg: moved(&r.svg) });
     chosen.out_dir = out_dir.to_path_buf();
     chosen.beta_search = search;
     Ok(chosen)

@@ -1,13 +1,11 @@
 //! Calibration: the samples (prepared, or read from the cache) and the statistics of every
 //! target's input (and, for LASER, output gradients) over them.
 
-use std::path::Path;
-
 use pocketvlm_format::CalibrationInfo;
 
 use super::{Clock, LowRankOptions};
 use crate::calib::{self, CalibOptions, Collected, Samples};
-use crate::checkpoint::SourceMeta;
+use crate::checkpoint::Source;
 use crate::error::Result;
 use crate::lowrank::Method;
 use crate::model::{CpuModel, Target};
@@ -20,16 +18,15 @@ pub struct Calibration {
 
 /// The calibration of `targets`, when `opts` has calibration data.
 pub fn calibrate(
-    hf_dir: &Path,
+    source: &Source,
     model: &CpuModel,
-    meta: &SourceMeta,
     opts: &LowRankOptions,
     targets: &[Target],
     clock: &mut Clock,
 ) -> Result<Option<Calibration>> {
     let Some(c) = &opts.calib else { return Ok(None) };
     let stage = opts.progress.stage("calibration samples");
-    let samples = calib::cache::load_or_prepare(hf_dir, model, meta, c, opts.calib_cache.as_deref(), &stage)?;
+    let samples = calib::cache::load_or_prepare(source, Some(model), c, opts.calib_cache.as_deref(), &stage)?;
     drop(stage);
     clock.lap("samples");
     let stage = opts.progress.stage("statistics");

@@ -1,13 +1,15 @@
-//! The low-rank compressor, run as its stages: read the checkpoint; pool the targets under
-//! their budgets ([`pools`]); calibrate ([`calibrate`]: samples and statistics); decompose and
-//! score every target ([`decompose`]); choose the components each keeps ([`ranks`]); then, for
-//! each candidate β, write the model ([`emit`]: factors → quantization → files) and check it
-//! on the calibration samples ([`check`]), keeping the best candidate ([`beta`]).
+//! The compressor, run as its stages. [`compress`] opens the checkpoint ([`Source`]) and runs a
+//! [`Plan`]: dense ([`dense`]: quantize → write), or low-rank: pool the targets under their
+//! budgets ([`pools`]); calibrate ([`calibrate`]: samples and statistics); decompose and score
+//! every target ([`decompose`]); choose the components each keeps ([`ranks`]); then, for each
+//! candidate β, write the model ([`emit`]: factors → quantization → files) and check it on the
+//! calibration samples ([`check`]), keeping the best candidate ([`beta`]).
 
 mod beta;
 mod calibrate;
 mod check;
 mod decompose;
+mod dense;
 mod emit;
 mod pools;
 mod ranks;
@@ -19,10 +21,11 @@ use std::time::Instant;
 
 use pocketvlm_format::{Compression, Encoding, Manifest};
 
+pub use self::dense::DenseOptions;
 pub use self::targets::{dense_target_weight, out_splits, split_rows, target_factors};
 use crate::budget::Budgets;
 use crate::calib::CalibOptions;
-use crate::checkpoint::{Checkpoint, SourceMeta, check_checkpoint_tensors};
+use crate::checkpoint::Source;
 use crate::error::{CompressError, Result};
 use crate::lowrank::Method;
 use crate::lowrank::decompose::TransformOptions;
@@ -52,7 +55,6 @@ pub struct LowRankOptions {
     /// Rotate and quantize the text decoder after the factorisation (see
     /// [`crate::quant::model`]); the `check` stage then measures the quantized model.
     pub quant: Option<QuantOptions>,
-    /// Show progress bars on stderr.
     /// Where the run reports its stages, their times and each β's loss.
     pub progress: Progress,
 }
@@ -75,23 +77,93 @@ impl LowRankOptions {
     }
 }
 
-/// What a run produced.
-pub struct LowRankSummary {
+/// What a compression run makes of a checkpoint.
+#[derive(Clone, Debug)]
+pub enum Plan {
+    /// Every weight at full rank: copied bit for bit in its source encoding, or rotated and
+    /// quantized.
+    Dense(DenseOptions),
+    /// Q/K/V (and, with their budgets, the FFN and the vision tower's attention) factored under
+    /// budgets, then optionally quantized.
+    LowRank(LowRankOptions),
+}
+
+impl Plan {
+    /// The low-rank method a recipe name (`--recipe`) asks for: `None` for `dense`.
+    pub fn method_of(recipe: &str) -> Result<Option<Method>> {
+        match (recipe, Method::parse(recipe)) {
+            ("dense", _) => Ok(None),
+            (_, Some(m)) => Ok(Some(m)),
+            (other, None) => Err(CompressError::UnknownRecipe(other.to_string())),
+        }
+    }
+
+    /// The recipe the manifest records: `dense`, or the low-rank method.
+    pub fn recipe(&self) -> &'static str {
+        match self {
+            Plan::Dense(_) => "dense",
+            Plan::LowRank(o) => o.method.name(),
+        }
+    }
+
+    /// The low-bit recipe, `None` for a float model.
+    pub fn quant(&self) -> Option<&QuantOptions> {
+        match self {
+            Plan::Dense(o) => o.quant.as_ref(),
+            Plan::LowRank(o) => o.quant.as_ref(),
+        }
+    }
+
+    fn progress(&self) -> &Progress {
+        match self {
+            Plan::Dense(o) => &o.progress,
+            Plan::LowRank(o) => &o.progress,
+        }
+    }
+}
+
+/// What a run wrote.
+#[derive(Debug)]
+pub struct Summary {
     pub out_dir: PathBuf,
     pub manifest: Manifest,
-    pub compression: Compression,
     /// Wall time per stage.
     pub stages: Vec<(&'static str, f64)>,
-    /// Mean answer loss of the dense and the compressed model on the calibration samples.
+    /// Mean answer loss of the source and the written model on the calibration samples (a
+    /// low-rank plan with calibration data).
     pub calib_loss: Option<(f64, f64)>,
-    pub report_path: PathBuf,
-    pub svg_path: PathBuf,
+    /// The compression report and its plot (a low-rank plan).
+    pub report: Option<ReportFiles>,
     /// `(β, calibration loss)` of every candidate when β was searched (see
     /// [`LowRankOptions::beta_search`]).
     pub beta_search: Vec<(f64, f64)>,
 }
 
-impl LowRankSummary {
+/// The files of a compression report, beside the model.
+#[derive(Debug)]
+pub struct ReportFiles {
+    pub text: PathBuf,
+    pub svg: PathBuf,
+}
+
+impl Summary {
+    /// A model written to `out_dir` with nothing measured beyond the stage times.
+    pub(crate) fn written(out_dir: &Path, manifest: Manifest, clock: Clock) -> Self {
+        Self {
+            out_dir: out_dir.to_path_buf(),
+            manifest,
+            stages: clock.stages,
+            calib_loss: None,
+            report: None,
+            beta_search: Vec::new(),
+        }
+    }
+
+    /// The compression section (a low-rank model's ranks, ratios and K/V cache).
+    pub fn compression(&self) -> Option<&Compression> {
+        self.manifest.compression.as_ref()
+    }
+
     /// Bytes per component, as stored.
     pub fn component_bytes(&self) -> BTreeMap<String, u64> {
         self.manifest.component_sizes().into_iter().map(|(c, s)| (c.name().to_string(), s.bytes)).collect()
@@ -107,7 +179,7 @@ pub(crate) struct Clock {
 }
 
 impl Clock {
-    fn new(progress: &Progress) -> Self {
+    pub(crate) fn new(progress: &Progress) -> Self {
         let now = Instant::now();
         Self { started: now, last: now, progress: progress.clone(), stages: Vec::new() }
     }
@@ -122,7 +194,7 @@ impl Clock {
 }
 
 /// The options that no stage can check better than before starting.
-fn check_options(opts: &LowRankOptions) -> Result<()> {
+fn check_low_rank_options(opts: &LowRankOptions) -> Result<()> {
     opts.budgets.validate()?;
     if !(0.0..=1.0).contains(&opts.beta) {
         return Err(CompressError::BudgetOutOfRange {
@@ -140,29 +212,40 @@ fn check_options(opts: &LowRankOptions) -> Result<()> {
     Ok(())
 }
 
-/// Compress the checkpoint in `hf_dir` into `out_dir` with a low-rank recipe.
-pub fn compress_lowrank(hf_dir: &Path, out_dir: &Path, opts: &LowRankOptions) -> Result<LowRankSummary> {
-    let mut clock = Clock::new(&opts.progress);
-    check_options(opts)?;
-    let mut meta = SourceMeta::read(hf_dir)?;
-    let cfg = meta.model.clone();
-    let checkpoint = Checkpoint::open(hf_dir)?;
-    let tensors = checkpoint.tensors()?;
-    check_checkpoint_tensors(&cfg, &tensors)?;
-    let model = CpuModel::build(cfg.clone(), &tensors, None)?;
+/// Compress the checkpoint in `hf_dir` into the model directory `out_dir` (created if needed)
+/// as `plan` says.
+pub fn compress(hf_dir: &Path, out_dir: &Path, plan: &Plan) -> Result<Summary> {
+    let mut clock = Clock::new(plan.progress());
+    match plan {
+        Plan::Dense(o) => dense::check_options(o)?,
+        Plan::LowRank(o) => check_low_rank_options(o)?,
+    }
+    let source = Source::open(hf_dir)?;
     clock.lap("load");
+    match plan {
+        Plan::Dense(o) => dense::dense(&source, out_dir, o, clock),
+        Plan::LowRank(o) => low_rank(&source, out_dir, o, clock),
+    }
+}
 
-    let pools = pools::pools(&cfg, opts);
+/// The low-rank plan's stages on `source`.
+fn low_rank(source: &Source, out_dir: &Path, opts: &LowRankOptions, mut clock: Clock) -> Result<Summary> {
+    let cfg = &source.meta.model;
+    let tensors = source.tensors()?;
+    let model = CpuModel::build(cfg.clone(), &tensors, None)?;
+    clock.lap("model");
+
+    let pools = pools::pools(cfg, opts);
     let targets = pools::targets(&pools);
-    let calibration = calibrate::calibrate(hf_dir, &model, &meta, opts, &targets, &mut clock)?;
-    let decs = decompose::decompose(&cfg, &tensors, opts, &targets, calibration.as_ref(), &mut clock)?;
+    let calibration = calibrate::calibrate(source, &model, opts, &targets, &mut clock)?;
+    let decs = decompose::decompose(cfg, &tensors, opts, &targets, calibration.as_ref(), &mut clock)?;
     let scores = decompose::scores(&model, opts, &decs, calibration.as_ref(), &mut clock)?;
     let choices = ranks::choose(&pools, &scores, opts.method)?;
 
     let betas = beta::candidates(opts, calibration.is_some())?;
-    let mut results: Vec<LowRankSummary> = Vec::new();
+    let mut results: Vec<Summary> = Vec::new();
     for (k, &beta) in betas.iter().enumerate() {
-        meta.model = cfg.clone();
+        let mut meta = source.meta.clone();
         let dir = if betas.len() == 1 { out_dir.to_path_buf() } else { beta::candidate_dir(out_dir, k) };
         let (manifest, compression) = emit::emit(
             &mut meta,
@@ -180,19 +263,16 @@ pub fn compress_lowrank(hf_dir: &Path, out_dir: &Path, opts: &LowRankOptions) ->
             None => None,
         };
         let total = clock.started.elapsed().as_secs_f64();
-        let (report_path, svg_path) =
-            report::write(&dir, &cfg, &compression, &clock.stages, total, calib_loss)?;
+        let (text, svg) = report::write(&dir, cfg, &compression, &clock.stages, total, calib_loss)?;
         if betas.len() > 1 {
             opts.progress.note(&format!("beta {beta}: calibration loss {:?}", calib_loss.map(|l| l.1)));
         }
-        results.push(LowRankSummary {
+        results.push(Summary {
             out_dir: dir,
             manifest,
-            compression,
             stages: clock.stages.clone(),
             calib_loss,
-            report_path,
-            svg_path,
+            report: Some(ReportFiles { text, svg }),
             beta_search: Vec::new(),
         });
     }

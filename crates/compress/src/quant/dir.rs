@@ -11,7 +11,6 @@ use pocketvlm_format::dir;
 use crate::budget::{count_sizes, record_kv_cache};
 use crate::calib::Sample;
 use crate::checkpoint::SourceMeta;
-use crate::convert::ConvertSummary;
 use crate::error::{CompressError, Result};
 use crate::quant::{QuantOptions, quantize_tensors};
 use crate::writer::{OutTensor, write_model};
@@ -30,9 +29,9 @@ impl SourceMeta {
     }
 }
 
-/// Rotate and quantize the float model in `model_dir` into `out_dir` (GPTQ, if `opts` asks for
-/// it, takes its input moments from `samples` run through that float model). Its recipe is recorded
-/// as `<recipe>` unchanged; the compression section (if any) gets the new component sizes and
+/// Rotate and quantize the float model in `model_dir` into `out_dir` and return the manifest
+/// written (GPTQ, if `opts` asks for it, takes its input moments from `samples` run through that
+/// float model). Its recipe is recorded as `<recipe>` unchanged; the compression section (if any) gets the new component sizes and
 /// the INT8 latent cache size. A directory that is already quantized is a typed error.
 pub fn quantize_dir(
     model_dir: &Path,
@@ -40,7 +39,7 @@ pub fn quantize_dir(
     opts: &QuantOptions,
     max_shard_bytes: u64,
     samples: Option<&[Sample]>,
-) -> Result<ConvertSummary> {
+) -> Result<Manifest> {
     let data = dir::open(model_dir)?;
     let manifest = &data.manifest;
     if manifest.quantization.is_some() {
@@ -68,7 +67,7 @@ pub fn quantize_dir(
         count_sizes(&mut c.sizes, &out);
         record_kv_cache(&meta.model, c, true);
     }
-    let manifest = write_model(
+    write_model(
         &meta,
         &manifest.source.recipe,
         compression,
@@ -76,6 +75,5 @@ pub fn quantize_dir(
         out,
         out_dir,
         max_shard_bytes,
-    )?;
-    Ok(ConvertSummary { out_dir: out_dir.to_path_buf(), manifest })
+    )
 }

@@ -21,6 +21,7 @@ use crate::kernels::matmul::{MatVec, Matmul, MatmulShape};
 use crate::kernels::quant::{
     QMatmul, QuantWeightsGpu, QuantizedRows, Rotate, RotationTable, activation_words,
 };
+use crate::memory::DeviceBuffer;
 use crate::tensor::Tensor;
 
 /// Prefix of the line the browser bench prints each [`KernelReport`] on.
@@ -186,7 +187,7 @@ async fn quantized_weights(gpu: &Gpu, shape: MatmulShape, encoding: Encoding) ->
 }
 
 /// `len` values in [-1, 1) from a linear congruential sequence.
-async fn values_buffer(gpu: &Gpu, len: usize, seed: u64) -> Result<wgpu::Buffer> {
+async fn values_buffer(gpu: &Gpu, len: usize, seed: u64) -> Result<DeviceBuffer> {
     gpu.storage_buffer("bench values", bytemuck::cast_slice(&values(seed, len.max(1)))).await
 }
 

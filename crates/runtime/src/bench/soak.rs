@@ -3,8 +3,9 @@
 //! cache (a chat turn), and a caption stopped between two parts of its vision tower or prefill
 //! (each time at the next point). Every answer that runs to its end is compared with the same
 //! request's answer on the engine when it was fresh (its first generation of that kind); the time
-//! of each generation and the memory the process holds are noted, so leaks and slowdowns show as
-//! growth from the first tenth of the run to the last.
+//! of each generation, the memory the process holds and the GPU memory the device holds
+//! ([`crate::Gpu::held_bytes`]) are noted, so leaks and slowdowns show as growth from the first
+//! tenth (or round) of the run to the last.
 
 use serde::{Deserialize, Serialize};
 
@@ -27,6 +28,10 @@ pub struct SoakReport {
     pub memory_start: u64,
     pub memory_end: u64,
     pub memory_what: String,
+    /// Bytes of storage buffers the device holds after the first round (one generation of each
+    /// kind: every kernel scratch has grown to its size) and at the end.
+    pub gpu_held_after_first_round: u64,
+    pub gpu_held_end: u64,
 }
 
 /// Run the soak: `caption` is a request with an image, `text` one without.
@@ -73,12 +78,16 @@ pub async fn soak(engine: &Engine, caption: &Request, text: &Request, n: usize) 
             }
         }
         times.push(now_ms() - start);
+        if i + 1 == n.min(4) {
+            report.gpu_held_after_first_round = engine.gpu.held_bytes();
+        }
     }
     let tenth = (n / 10).max(1).min(n);
     let mean = |t: &[f64]| if t.is_empty() { 0.0 } else { t.iter().sum::<f64>() / t.len() as f64 };
     report.first_tenth_ms = mean(&times[..tenth]);
     report.last_tenth_ms = mean(&times[n - tenth..]);
     report.memory_end = memory_now().1;
+    report.gpu_held_end = engine.gpu.held_bytes();
     Ok(report)
 }
 

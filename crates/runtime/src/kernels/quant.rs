@@ -36,6 +36,7 @@ use super::{Kernel, groups};
 use crate::device::Gpu;
 use crate::encoder::Encoder;
 use crate::error::{Result, RuntimeError};
+use crate::memory::DeviceBuffer;
 use crate::shader::Defines;
 use crate::tensor::Tensor;
 
@@ -73,7 +74,7 @@ const _: () = assert!(std::mem::size_of::<RotateParams>() == 48);
 /// sign mask and Hadamard core as bits.
 pub struct RotationTable {
     params: RotateParams,
-    table: wgpu::Buffer,
+    table: DeviceBuffer,
     /// What determines the transform: construction, factors and sign seed.
     key: (Construction, usize, usize, Option<u32>),
 }

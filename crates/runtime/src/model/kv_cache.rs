@@ -17,11 +17,11 @@ use pocketvlm_format::ModelConfig;
 
 use super::qkv::{Qkv, Ups};
 use super::scratch::f32_buffer;
-use super::text::TextModel;
 use crate::device::Gpu;
 use crate::error::{Result, RuntimeError};
 use crate::kernels::bf16_rows::Bf16Rows;
 use crate::kernels::copy::CopyRows;
+use crate::memory::DeviceBuffer;
 
 /// Which cache a model's joint-QKV layers use (the bench's switch; layers the rule excludes are
 /// always plain).
@@ -37,11 +37,11 @@ pub enum CacheKind {
 /// One layer's cache.
 pub enum LayerCache {
     /// f32 keys (after RoPE) and values, `[capacity, d_kv]` each.
-    Plain { keys: wgpu::Buffer, values: wgpu::Buffer, width: usize },
+    Plain { keys: DeviceBuffer, values: DeviceBuffer, width: usize },
     /// bf16 latents, u32 `[capacity, ⌈rank/2⌉]` (two per word, see [`Bf16Rows`]).
-    LatentBf16 { rows: wgpu::Buffer, rank: usize },
+    LatentBf16 { rows: DeviceBuffer, rank: usize },
     /// The contract's INT8 latents: u32 `[capacity, words]` (i8 lanes) and f32 scales `[capacity]`.
-    LatentI8 { words: wgpu::Buffer, scales: wgpu::Buffer, words_per_row: usize },
+    LatentI8 { words: DeviceBuffer, scales: DeviceBuffer, words_per_row: usize },
 }
 
 impl LayerCache {
@@ -68,7 +68,27 @@ pub struct KvCache {
     pub capacity: usize,
     /// Tokens cached so far.
     pub len: usize,
+    layout: CacheLayout,
+}
+
+/// What each decoder layer caches per token, for a cache of one kind.
+#[derive(Clone)]
+pub struct CacheLayout {
+    layers: Vec<LayerLayout>,
     kind: CacheKind,
+}
+
+impl CacheLayout {
+    /// The layout of a cache of `kind` for decoder layers whose attention inputs are `qkvs`.
+    pub fn new<'a>(cfg: &ModelConfig, qkvs: impl IntoIterator<Item = &'a Qkv>, kind: CacheKind) -> Self {
+        let d_kv = cfg.text.num_key_value_heads * cfg.text.head_dim;
+        Self { layers: qkvs.into_iter().map(|qkv| layer_layout(qkv, d_kv, kind)).collect(), kind }
+    }
+
+    /// Bytes one token of context takes, all layers together.
+    pub fn bytes_per_token(&self) -> u64 {
+        self.layers.iter().map(|l| l.bytes_per_token()).sum()
+    }
 }
 
 /// Bytes one token takes in layer `qkv`'s cache of `kind`, and the layer's buffers' row widths
@@ -102,24 +122,12 @@ impl LayerLayout {
     }
 }
 
-/// Bytes one token of context takes in a cache of `kind` for `model`, all layers together.
-pub fn bytes_per_token(cfg: &ModelConfig, model: &TextModel, kind: CacheKind) -> u64 {
-    let d_kv = cfg.text.num_key_value_heads * cfg.text.head_dim;
-    model.layers.iter().map(|l| layer_layout(&l.qkv, d_kv, kind).bytes_per_token()).sum()
-}
-
 impl KvCache {
-    pub async fn new(
-        gpu: &Gpu,
-        cfg: &ModelConfig,
-        model: &TextModel,
-        kind: CacheKind,
-        capacity: usize,
-    ) -> Result<Self> {
-        let d_kv = cfg.text.num_key_value_heads * cfg.text.head_dim;
-        let mut layers = Vec::with_capacity(model.layers.len());
-        for l in &model.layers {
-            layers.push(match layer_layout(&l.qkv, d_kv, kind) {
+    /// An empty cache of `layout` with room for `capacity` tokens.
+    pub async fn new(gpu: &Gpu, layout: &CacheLayout, capacity: usize) -> Result<Self> {
+        let mut layers = Vec::with_capacity(layout.layers.len());
+        for &l in &layout.layers {
+            layers.push(match l {
                 LayerLayout::Plain { width } => LayerCache::Plain {
                     keys: f32_buffer(gpu, "kv cache k", capacity * width).await?,
                     values: f32_buffer(gpu, "kv cache v", capacity * width).await?,
@@ -138,11 +146,11 @@ impl KvCache {
                 },
             });
         }
-        Ok(Self { layers, capacity, len: 0, kind })
+        Ok(Self { layers, capacity, len: 0, layout: layout.clone() })
     }
 
     pub fn kind(&self) -> CacheKind {
-        self.kind
+        self.layout.kind
     }
 
     /// Bytes held on the GPU (the rows and a spare word per INT8 latent layer).
@@ -157,14 +165,7 @@ impl KvCache {
 
     /// Keep the first `len` cached rows (dropping the rest) and make room for `capacity` rows in
     /// all, moving the kept rows into larger buffers when the current ones are too small.
-    pub async fn rewind_and_reserve(
-        &mut self,
-        gpu: &Gpu,
-        cfg: &ModelConfig,
-        model: &TextModel,
-        len: usize,
-        capacity: usize,
-    ) -> Result<()> {
+    pub async fn rewind_and_reserve(&mut self, gpu: &Gpu, len: usize, capacity: usize) -> Result<()> {
         if len > self.len {
             return Err(RuntimeError::Shape(format!("cannot keep {len} of {} cached rows", self.len)));
         }
@@ -172,7 +173,7 @@ impl KvCache {
         if capacity <= self.capacity {
             return Ok(());
         }
-        let mut grown = KvCache::new(gpu, cfg, model, self.kind, capacity).await?;
+        let mut grown = KvCache::new(gpu, &self.layout, capacity).await?;
         if len > 0 {
             let mut encoder = gpu.encoder();
             let old = self.layers.iter().flat_map(|l| l.buffers());

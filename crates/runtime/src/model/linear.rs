@@ -17,6 +17,7 @@ use crate::kernels::quant::{
     QMatmul, QuantWeightsGpu, Quantize, QuantizedRows, Rotate, RotationTable, activation_words,
 };
 use crate::kernels::util::{chunks, rows_per_chunk};
+use crate::memory::DeviceBuffer;
 use crate::tensor::Tensor;
 
 /// A quantized linear layer on the GPU: the integer contract's steps 1–7
@@ -218,7 +219,7 @@ impl Matrix {
                 let kernel = Matmul::for_weights(gpu, bias.is_some(), weight.encoding);
                 let shape = MatmulShape { m: rows, n, k };
                 kernel
-                    .encode(gpu, encoder, shape, x, &weight.buffer, bias.as_ref().map(|b| &b.buffer), y)
+                    .encode(gpu, encoder, shape, x, &weight.buffer, bias.as_ref().map(|b| &*b.buffer), y)
                     .await
             }
             Matrix::Quant(q) => q.forward(gpu, encoder, scratch, rows, x, y).await,
@@ -282,7 +283,7 @@ impl QuantLinear {
         scratch: &mut Scratch,
         x: (&wgpu::Buffer, usize),
         rows: usize,
-    ) -> Result<(wgpu::Buffer, wgpu::Buffer)> {
+    ) -> Result<(DeviceBuffer, DeviceBuffer)> {
         let cols = self.weights.cols();
         let x_row = (cols * 4) as u64;
         let x_offset = x.1 as u64 * x_row;
@@ -297,7 +298,7 @@ impl QuantLinear {
                 Rotate.encode(gpu, encoder, r, &rotated, &other, rows).await?;
                 std::mem::swap(&mut rotated, &mut other);
             }
-            (rotated, 0)
+            ((*rotated).clone(), 0)
         };
         let aw = self.input_words();
         let words = scratch.bytes(gpu, "activation integers", (rows * aw * 4) as u64).await?;

@@ -26,6 +26,7 @@ use crate::encoder::{BindGroups, Encoder, GpuTimings, RecordProfile};
 use crate::error::{Result, RuntimeError};
 use crate::kernels::argmax::Argmax;
 use crate::kernels::embed::ImageFeatures;
+use crate::memory::DeviceBuffer;
 pub use interrupt::{Interrupt, Stop};
 pub use kv_cache::{CacheKind, KvCache};
 pub use prefix::reusable_prefix;
@@ -54,7 +55,7 @@ pub struct Model {
 /// Image features computed by the vision tower and connector.
 pub struct ImageEmbedding {
     /// f32 `[rows, text hidden]`.
-    pub features: wgpu::Buffer,
+    pub features: DeviceBuffer,
     pub rows: usize,
     /// Bytes the vision pass allocated: pixel values, activations and these features.
     pub pass_bytes: u64,
@@ -123,7 +124,7 @@ impl Model {
 
     /// Bytes one token of context would take in a cache of `kind`.
     pub fn kv_bytes_per_token_of(&self, kind: CacheKind) -> u64 {
-        kv_cache::bytes_per_token(&self.config, &self.text, kind)
+        self.text.cache_layout(&self.config, kind).bytes_per_token()
     }
 
     /// Longest sequence (prompt + generated) the model accepts.
@@ -174,8 +175,8 @@ impl Model {
 /// An in-progress generation: the KV cache, the logits of the next position, and the tokens so far.
 pub struct Generator {
     cache: KvCache,
-    logits: wgpu::Buffer,
-    argmax: wgpu::Buffer,
+    logits: DeviceBuffer,
+    argmax: DeviceBuffer,
     options: SamplingOptions,
     rng: Pcg32,
     max_new_tokens: usize,
@@ -191,7 +192,7 @@ pub struct Generator {
     /// The decode steps' activations, kept from step to step.
     scratch: Scratch,
     /// The id a decode step embeds (written before each step's submission).
-    token: wgpu::Buffer,
+    token: DeviceBuffer,
     /// The decode steps' bind groups (the same buffers every step).
     bind_groups: Arc<Mutex<BindGroups>>,
     decode: DecodeRecording,
@@ -330,11 +331,11 @@ impl Generator {
         let (mut cache, logits, argmax, scratch, token) = match reuse {
             Some((previous, keep)) => {
                 let mut cache = previous.cache;
-                cache.rewind_and_reserve(gpu, cfg, &model.text, keep, capacity).await?;
+                cache.rewind_and_reserve(gpu, keep, capacity).await?;
                 (cache, previous.logits, previous.argmax, previous.scratch, previous.token)
             }
             None => (
-                KvCache::new(gpu, cfg, &model.text, model.cache_kind, capacity).await?,
+                KvCache::new(gpu, &model.text.cache_layout(cfg, model.cache_kind), capacity).await?,
                 f32_buffer(gpu, "logits", cfg.text.vocab_size).await?,
                 gpu.zeroed_buffer("argmax", 4).await?,
                 Scratch::default(),

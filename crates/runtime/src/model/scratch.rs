@@ -5,9 +5,10 @@ use std::collections::BTreeMap;
 
 use crate::device::Gpu;
 use crate::error::Result;
+use crate::memory::DeviceBuffer;
 
 /// A zeroed f32 buffer of `len` elements.
-pub async fn f32_buffer(gpu: &Gpu, label: &str, len: usize) -> Result<wgpu::Buffer> {
+pub async fn f32_buffer(gpu: &Gpu, label: &str, len: usize) -> Result<DeviceBuffer> {
     gpu.zeroed_buffer(label, (len.max(1) * 4) as u64).await
 }
 
@@ -18,12 +19,12 @@ pub async fn f32_buffer(gpu: &Gpu, label: &str, len: usize) -> Result<wgpu::Buff
 /// A reused buffer holds what the last user left; every kernel writes what it later reads.
 #[derive(Default)]
 pub struct Scratch {
-    buffers: BTreeMap<&'static str, wgpu::Buffer>,
+    buffers: BTreeMap<&'static str, DeviceBuffer>,
 }
 
 impl Scratch {
     /// A buffer of at least `bytes` bytes for `role`.
-    pub async fn bytes(&mut self, gpu: &Gpu, role: &'static str, bytes: u64) -> Result<wgpu::Buffer> {
+    pub async fn bytes(&mut self, gpu: &Gpu, role: &'static str, bytes: u64) -> Result<DeviceBuffer> {
         match self.buffers.get(role) {
             Some(b) if b.size() >= bytes => Ok(b.clone()),
             _ => {
@@ -35,7 +36,7 @@ impl Scratch {
     }
 
     /// An f32 buffer of at least `len` values for `role`.
-    pub async fn f32(&mut self, gpu: &Gpu, role: &'static str, len: usize) -> Result<wgpu::Buffer> {
+    pub async fn f32(&mut self, gpu: &Gpu, role: &'static str, len: usize) -> Result<DeviceBuffer> {
         self.bytes(gpu, role, (len.max(1) * 4) as u64).await
     }
 
@@ -46,7 +47,7 @@ impl Scratch {
         gpu: &Gpu,
         rows: usize,
         stride: usize,
-    ) -> Result<(wgpu::Buffer, wgpu::Buffer)> {
+    ) -> Result<(DeviceBuffer, DeviceBuffer)> {
         let words = ((rows.max(1) * stride + 1) * 4) as u64;
         Ok((
             self.bytes(gpu, "latent integers", words).await?,
@@ -56,6 +57,6 @@ impl Scratch {
 
     /// Bytes of all buffers held.
     pub fn held_bytes(&self) -> u64 {
-        self.buffers.values().map(wgpu::Buffer::size).sum()
+        self.buffers.values().map(|b| b.size()).sum()
     }
 }

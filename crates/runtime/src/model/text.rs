@@ -11,7 +11,7 @@
 use pocketvlm_format::ModelConfig;
 
 use super::interrupt::Interrupt;
-use super::kv_cache::{KvCache, LayerCache};
+use super::kv_cache::{CacheKind, CacheLayout, KvCache, LayerCache};
 use super::linear::{Embedding, Linear, Matrix, forward_shared};
 use super::qkv::{Qkv, Ups};
 use super::scratch::Scratch;
@@ -28,6 +28,7 @@ use crate::kernels::latent::{LatentUp, LatentUpShape, UpWeights};
 use crate::kernels::norm::{NormLayout, NormShape, RmsNorm};
 use crate::kernels::quant::QuantizedRows;
 use crate::kernels::rope::{Rope, RopeShape, rope_table};
+use crate::memory::DeviceBuffer;
 use crate::tensor::Tensor;
 
 /// One decoder layer's weights.
@@ -47,11 +48,16 @@ pub struct TextModel {
     pub layers: Vec<DecoderLayer>,
     pub norm: Tensor,
     pub lm_head: Linear,
-    pub rope_table: wgpu::Buffer,
+    pub rope_table: DeviceBuffer,
     pub max_positions: usize,
 }
 
 impl TextModel {
+    /// What a cache of `kind` holds per token for this model's layers.
+    pub fn cache_layout(&self, cfg: &ModelConfig, kind: CacheKind) -> CacheLayout {
+        CacheLayout::new(cfg, self.layers.iter().map(|l| &l.qkv), kind)
+    }
+
     pub async fn load(w: &WeightLoader<'_>, cfg: &ModelConfig) -> Result<Self> {
         let c = &cfg.text;
         let p = "model.text_model";
@@ -190,16 +196,16 @@ struct AttentionPass<'a> {
     tokens: usize,
     p0: usize,
     capacity: usize,
-    q: wgpu::Buffer,
-    k: wgpu::Buffer,
-    v: wgpu::Buffer,
+    q: DeviceBuffer,
+    k: DeviceBuffer,
+    v: DeviceBuffer,
     /// Keys of all cached tokens rebuilt from a latent cache (f32 `[p0 + tokens, d_kv]`).
-    rebuilt: Option<wgpu::Buffer>,
+    rebuilt: Option<DeviceBuffer>,
     /// Softmax-weighted latent sums per query head (f32 `[tokens, heads, ≤ 4·words]`).
-    sums: Option<wgpu::Buffer>,
+    sums: Option<DeviceBuffer>,
     /// A bf16 latent cache widened to f32 (`[p0 + tokens, rank]`), shared by all layers.
-    widened: Option<wgpu::Buffer>,
-    attn: wgpu::Buffer,
+    widened: Option<DeviceBuffer>,
+    attn: DeviceBuffer,
 }
 
 impl<'a> AttentionPass<'a> {
@@ -359,6 +365,6 @@ impl<'a> AttentionPass<'a> {
     }
 
     fn rebuilt(&self) -> Result<&wgpu::Buffer> {
-        self.rebuilt.as_ref().ok_or_else(|| RuntimeError::Shape("no rebuilt-keys buffer".into()))
+        self.rebuilt.as_deref().ok_or_else(|| RuntimeError::Shape("no rebuilt-keys buffer".into()))
     }
 }

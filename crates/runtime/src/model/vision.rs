@@ -22,6 +22,7 @@ use crate::kernels::elementwise::GeluTanh;
 use crate::kernels::norm::{LayerNorm, NormLayout, NormShape};
 use crate::kernels::patch_embed::{PatchEmbed, PatchEmbedShape};
 use crate::kernels::pixel_shuffle::{PixelShuffle, PixelShuffleShape};
+use crate::memory::DeviceBuffer;
 use crate::tensor::Tensor;
 
 /// One encoder layer's weights.
@@ -91,7 +92,7 @@ pub async fn encode_image(
     model: &VisionModel,
     pixels: &wgpu::Buffer,
     tiles: usize,
-) -> Result<wgpu::Buffer> {
+) -> Result<DeviceBuffer> {
     let v = &cfg.vision;
     let d = v.hidden_size;
     let n = v.num_patches();
@@ -132,22 +133,22 @@ pub async fn encode_image(
     // Each residual add is recorded with the norm that follows it (the next layer's first norm,
     // after the last layer the post-layernorm).
     let first = model.layers.first().map_or(&model.post_norm, |l| &l.ln1);
-    ln.encode(gpu, encoder, layout, rows, (&x, None), (&first.0.buffer, &first.1.buffer), &normed).await?;
+    ln.encode(gpu, encoder, layout, rows, (&x, None), (&*first.0.buffer, &*first.1.buffer), &normed).await?;
     for (i, l) in model.layers.iter().enumerate() {
         l.qkv.forward(gpu, encoder, &mut scratch, t, &normed, [&q, &k, &vv]).await?;
         Attention::for_shape(gpu, &attention_shape)
             .encode(gpu, encoder, attention_shape, &q, &k, &vv, &attn)
             .await?;
         l.out.forward(gpu, encoder, &mut scratch, t, &attn, &out).await?;
-        let ln2 = (&l.ln2.0.buffer, &l.ln2.1.buffer);
-        ln.encode(gpu, encoder, layout, rows, (&x, Some(&out)), ln2, &normed).await?;
+        let ln2 = (&*l.ln2.0.buffer, &*l.ln2.1.buffer);
+        ln.encode(gpu, encoder, layout, rows, (&*x, Some(&*out)), ln2, &normed).await?;
         interrupt.point(gpu, encoder).await?;
 
         l.fc1.forward(gpu, encoder, &mut scratch, t, &normed, &mlp).await?;
         GeluTanh.encode(gpu, encoder, t * v.intermediate_size, &mlp).await?;
         l.fc2.forward(gpu, encoder, &mut scratch, t, &mlp, &out).await?;
         let next = model.layers.get(i + 1).map_or(&model.post_norm, |n| &n.ln1);
-        ln.encode(gpu, encoder, layout, rows, (&x, Some(&out)), (&next.0.buffer, &next.1.buffer), &normed)
+        ln.encode(gpu, encoder, layout, rows, (&x, Some(&out)), (&*next.0.buffer, &*next.1.buffer), &normed)
             .await?;
         interrupt.point(gpu, encoder).await?;
     }

@@ -1,7 +1,7 @@
 //! Helpers shared by the kernel tests (natively and in the browser).
 #![allow(dead_code)]
 
-use pocketvlm_runtime::{Encoder, Gpu};
+use pocketvlm_runtime::{DeviceBuffer, Encoder, Gpu};
 
 pub use pocketvlm_runtime::bench::values;
 
@@ -10,15 +10,15 @@ pub fn indices(seed: u64, len: usize, bound: u32) -> Vec<u32> {
     values(seed, len).iter().map(|v| (((v + 1.0) * 0.5 * bound as f32) as u32).min(bound - 1)).collect()
 }
 
-pub async fn upload(gpu: &Gpu, data: &[f32]) -> wgpu::Buffer {
+pub async fn upload(gpu: &Gpu, data: &[f32]) -> DeviceBuffer {
     gpu.storage_buffer("test input", bytemuck::cast_slice(data)).await.unwrap()
 }
 
-pub async fn upload_u32(gpu: &Gpu, data: &[u32]) -> wgpu::Buffer {
+pub async fn upload_u32(gpu: &Gpu, data: &[u32]) -> DeviceBuffer {
     gpu.storage_buffer("test input", bytemuck::cast_slice(data)).await.unwrap()
 }
 
-pub async fn zeros(gpu: &Gpu, len: usize) -> wgpu::Buffer {
+pub async fn zeros(gpu: &Gpu, len: usize) -> DeviceBuffer {
     gpu.zeroed_buffer("test output", (len * 4) as u64).await.unwrap()
 }
 
