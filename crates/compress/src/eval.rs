@@ -1,8 +1,10 @@
 //! Fidelity of compressed models against the uncompressed reference, on the CPU model.
 //!
-//! * **Text perplexity**: a held-out English text, tokenized and cut into non-overlapping
+//! * **Text perplexity**: held-out English texts, each tokenized and cut into non-overlapping
 //!   windows; every token but a window's first is predicted from the tokens before it in its
-//!   window. Reported for each model and for the reference.
+//!   window. Reported per text for each model and for the reference, and averaged over the
+//!   texts (each text weighing the same, whatever its length), with the worst text's relative
+//!   increase `ppl_model / ppl_ref − 1`.
 //! * **KL and top-1 agreement** at the same positions: `KL(p_ref ‖ p_model)` averaged over
 //!   positions, and how often both models' most likely next token is the same.
 //! * **Answer perplexity**: the reference answers a set of chat prompts greedily; each model's
@@ -48,14 +50,45 @@ impl Default for EvalOptions {
     }
 }
 
-/// One model's fidelity.
+/// A held-out text and the name it is reported under.
+#[derive(Clone, Copy, Debug)]
+pub struct Text<'a> {
+    pub name: &'a str,
+    pub text: &'a str,
+}
+
+/// One model's fidelity on one text.
 #[derive(Clone, Debug, Default, serde::Serialize)]
-pub struct Fidelity {
+pub struct TextFidelity {
+    pub name: String,
     pub perplexity: f64,
     pub reference_perplexity: f64,
     pub kl: f64,
     pub top1_agreement: f64,
-    /// Scored text positions.
+    /// Scored positions.
+    pub tokens: usize,
+}
+
+impl TextFidelity {
+    /// `ppl_model / ppl_ref − 1`.
+    pub fn perplexity_increase(&self) -> f64 {
+        self.perplexity / self.reference_perplexity - 1.0
+    }
+}
+
+/// One model's fidelity: each text's, their means, and the chat answers'.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct Fidelity {
+    /// Every text, in the order given.
+    pub texts: Vec<TextFidelity>,
+    /// Means over the texts, each text weighing the same.
+    pub perplexity: f64,
+    pub reference_perplexity: f64,
+    pub kl: f64,
+    pub top1_agreement: f64,
+    /// The largest [`TextFidelity::perplexity_increase`] of any text.
+    pub worst_perplexity_increase: f64,
+    /// Scored text positions, all texts together.
     pub tokens: usize,
     pub answer_perplexity: f64,
     pub reference_answer_perplexity: f64,
@@ -100,30 +133,63 @@ fn score(acc: &mut Acc, reference: &Tensor, model: &Tensor, targets: &[u32], kl:
     Ok(())
 }
 
-/// Evaluate `models` against `reference` on `text` (tokenized with `chat`).
+impl Acc {
+    fn text(&self, name: &str) -> TextFidelity {
+        let n = self.n.max(1) as f64;
+        TextFidelity {
+            name: name.to_string(),
+            perplexity: (self.nll / n).exp(),
+            reference_perplexity: (self.ref_nll / n).exp(),
+            kl: self.kl / n,
+            top1_agreement: self.agree as f64 / n,
+            tokens: self.n,
+        }
+    }
+}
+
+/// Evaluate `models` against `reference` on `texts` (tokenized with `chat`: at most
+/// `opts.max_tokens` of each) and on the chat answers.
 pub fn evaluate(
     models: &[&CpuModel],
     reference: &CpuModel,
     chat: &ChatPrompt,
     stop: &[u32],
-    text: &str,
+    texts: &[Text<'_>],
     opts: &EvalOptions,
     stage: &Stage,
 ) -> Result<Vec<Fidelity>> {
-    let ids = chat.tokenize(text, false).map_err(|e| CompressError::Tokenizer(e.to_string()))?;
-    let ids = &ids[..ids.len().min(opts.max_tokens)];
+    if texts.is_empty() {
+        return Err(CompressError::BadOptions {
+            recipe: "eval".into(),
+            what: "at least one held-out text".into(),
+        });
+    }
     let window = opts.window.max(2);
-    let windows: Vec<&[u32]> = ids.chunks(window).filter(|w| w.len() >= 2).collect();
-    stage.set_total((windows.len() + CHAT_PROMPTS.len()) as u64);
-    let mut text_acc: Vec<Acc> = models.iter().map(|_| Acc::default()).collect();
-    for w in &windows {
-        let ref_logits =
-            reference.text.logits(&reference.text.forward(&reference.text.embed(w)?, None, None)?)?;
-        for (m, acc) in models.iter().zip(text_acc.iter_mut()) {
-            let logits = m.text.logits(&m.text.forward(&m.text.embed(w)?, None, None)?)?;
-            score(acc, &ref_logits, &logits, &w[1..], true)?;
+    let tokenized = texts
+        .iter()
+        .map(|t| {
+            let ids = chat.tokenize(t.text, false).map_err(|e| CompressError::Tokenizer(e.to_string()))?;
+            Ok(ids[..ids.len().min(opts.max_tokens)].to_vec())
+        })
+        .collect::<Result<Vec<Vec<u32>>>>()?;
+    let windows = |ids: &[u32]| ids.chunks(window).filter(|w| w.len() >= 2).count();
+    stage.set_total((tokenized.iter().map(|ids| windows(ids)).sum::<usize>() + CHAT_PROMPTS.len()) as u64);
+    // per model, per text
+    let mut text_scores: Vec<Vec<TextFidelity>> = models.iter().map(|_| Vec::new()).collect();
+    for (t, ids) in texts.iter().zip(&tokenized) {
+        let mut accs: Vec<Acc> = models.iter().map(|_| Acc::default()).collect();
+        for w in ids.chunks(window).filter(|w| w.len() >= 2) {
+            let ref_logits =
+                reference.text.logits(&reference.text.forward(&reference.text.embed(w)?, None, None)?)?;
+            for (m, acc) in models.iter().zip(accs.iter_mut()) {
+                let logits = m.text.logits(&m.text.forward(&m.text.embed(w)?, None, None)?)?;
+                score(acc, &ref_logits, &logits, &w[1..], true)?;
+            }
+            stage.step();
         }
-        stage.step();
+        for (scores, acc) in text_scores.iter_mut().zip(&accs) {
+            scores.push(acc.text(t.name));
+        }
     }
     let mut answer_acc: Vec<Acc> = models.iter().map(|_| Acc::default()).collect();
     for p in CHAT_PROMPTS {
@@ -150,22 +216,30 @@ pub fn evaluate(
         }
         stage.step();
     }
-    Ok(text_acc
-        .iter()
+    Ok(text_scores
+        .into_iter()
         .zip(&answer_acc)
-        .map(|(t, a)| {
-            let n = t.n.max(1) as f64;
-            let na = a.n.max(1) as f64;
-            Fidelity {
-                perplexity: (t.nll / n).exp(),
-                reference_perplexity: (t.ref_nll / n).exp(),
-                kl: t.kl / n,
-                top1_agreement: t.agree as f64 / n,
-                tokens: t.n,
-                answer_perplexity: (a.nll / na).exp(),
-                reference_answer_perplexity: (a.ref_nll / na).exp(),
-                answer_tokens: a.n,
-            }
-        })
+        .map(|(texts, a)| fidelity(texts, a.text("answers")))
         .collect())
+}
+
+/// Means over `texts`, and the answers' perplexities.
+fn fidelity(texts: Vec<TextFidelity>, answers: TextFidelity) -> Fidelity {
+    let count = texts.len().max(1) as f64;
+    let mean = |f: fn(&TextFidelity) -> f64| texts.iter().map(f).sum::<f64>() / count;
+    Fidelity {
+        perplexity: mean(|t| t.perplexity),
+        reference_perplexity: mean(|t| t.reference_perplexity),
+        kl: mean(|t| t.kl),
+        top1_agreement: mean(|t| t.top1_agreement),
+        worst_perplexity_increase: texts
+            .iter()
+            .map(TextFidelity::perplexity_increase)
+            .fold(f64::NEG_INFINITY, f64::max),
+        tokens: texts.iter().map(|t| t.tokens).sum(),
+        answer_perplexity: answers.perplexity,
+        reference_answer_perplexity: answers.reference_perplexity,
+        answer_tokens: answers.tokens,
+        texts,
+    }
 }
