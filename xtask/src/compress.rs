@@ -143,9 +143,14 @@ pub struct QuantArgs {
     /// width it does not divide keep one scale per output channel.
     #[arg(long)]
     group_size: Option<u16>,
-    /// Parts to keep float, comma-separated: vision, connector, embeddings, lm_head.
+    /// Parts to keep float, comma-separated: vision, connector, embeddings, lm_head, decoder,
+    /// decoder.N or decoder.A-B (those layers), decoder.N.attention, decoder.A-B.mlp.
     #[arg(long, default_value = "")]
     float: String,
+    /// Quantize only these parts (the names of --float), everything else float: what one part
+    /// costs on its own.
+    #[arg(long, conflicts_with = "float")]
+    quantize_only: Option<String>,
     /// The baseline: round-to-nearest with absmax scales and no rotations at all.
     #[arg(long)]
     rtn: bool,
@@ -181,6 +186,7 @@ impl QuantArgs {
             let flags = [
                 ("--group-size", self.group_size.is_some()),
                 ("--float", !self.float.is_empty()),
+                ("--quantize-only", self.quantize_only.is_some()),
                 ("--rtn", self.rtn),
                 ("--act-clip", self.act_clip.is_some()),
                 ("--gptq", self.gptq.is_some()),
@@ -191,7 +197,10 @@ impl QuantArgs {
             };
         };
         let mut q = QuantOptions::with_group(bits, self.group_size.map(usize::from))?;
-        q.parts = QuantParts::keeping_float(&self.float)?;
+        q.parts = match &self.quantize_only {
+            Some(only) => QuantParts::quantizing_only(only)?,
+            None => QuantParts::keeping_float(&self.float)?,
+        };
         if let Some(rho) = self.act_clip {
             q = q.with_int4_clip(rho)?;
         }
@@ -486,7 +495,29 @@ mod tests {
         assert!(parse(&["--group-size", "64"]).unwrap_err().starts_with("BadOptions"));
         assert!(parse(&["--rtn"]).unwrap_err().starts_with("BadOptions"));
         assert!(parse(&["--float", "vision"]).unwrap_err().starts_with("BadOptions"));
-        assert!(parse(&["--bits", "w8a8", "--float", "decoder"]).unwrap_err().starts_with("BadOptions"));
+        for bad in ["attention", "decoder.x", "decoder.3-1", "decoder.2.ffn", "decoder.128"] {
+            assert!(
+                parse(&["--bits", "w8a8", "--float", bad]).unwrap_err().starts_with("BadOptions"),
+                "{bad}"
+            );
+        }
+        let q = parse(&["--bits", "w8a8", "--float", "decoder.1.mlp,decoder.4-5"]).unwrap().unwrap();
+        let layers: Vec<(bool, bool)> = (0..7).map(|i| q.parts.decoder_layer(i)).collect();
+        let want = [
+            (true, true),
+            (true, false),
+            (true, true),
+            (true, true),
+            (false, false),
+            (false, false),
+            (true, true),
+        ];
+        assert_eq!(layers, want);
+        let q = parse(&["--bits", "w8a8", "--quantize-only", "decoder.2.attention"]).unwrap().unwrap();
+        let layers: Vec<(bool, bool)> = (0..4).map(|i| q.parts.decoder_layer(i)).collect();
+        assert_eq!(layers, [(false, false), (false, false), (true, false), (false, false)]);
+        assert!(!q.parts.vision && !q.parts.connector && !q.parts.embeddings && !q.parts.lm_head);
+        assert!(parse(&["--quantize-only", "lm_head"]).unwrap_err().starts_with("BadOptions"));
         let q = parse(&["--bits", "w4a4", "--float", "vision,lm_head", "--rtn"]).unwrap().unwrap();
         assert!(!q.parts.vision && !q.parts.lm_head && q.parts.connector && q.parts.embeddings);
         assert!(q.rotate.is_none());

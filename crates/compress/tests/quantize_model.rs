@@ -210,6 +210,53 @@ fn rtn_baseline_and_float_parts() {
     assert!(err < TOLERANCE_W8A8, "relative logit error {err}");
 }
 
+/// Decoder sublayers kept float (`--float decoder.1.mlp,decoder.2.attention`) stay in their
+/// rotated float weights, with no entry in the quantization section and no online rotation; the
+/// others are quantized as usual. `--quantize-only` quantizes the named sublayers alone. A
+/// low-rank model must quantize the attention of every layer that caches its latent.
+#[test]
+fn decoder_sublayers_can_stay_float() {
+    let tmp = tempfile::tempdir().unwrap();
+    let quantized = |parts: QuantParts, out: &Path| {
+        let mut opts = QuantOptions::parse("w8a8", None).unwrap();
+        opts.parts = parts;
+        compress(&fixture(), out, &Plan::Dense(DenseOptions { quant: Some(opts), ..Default::default() }))
+            .unwrap()
+            .manifest
+    };
+    let names = |m: &pocketvlm_format::Manifest| -> Vec<String> {
+        m.quantization.as_ref().unwrap().layers.iter().map(|l| l.weight.clone()).collect()
+    };
+    let m = quantized(
+        QuantParts::keeping_float("decoder.1.mlp,decoder.2.attention").unwrap(),
+        &tmp.path().join("a"),
+    );
+    let layer = |i: usize, part: &str| format!("model.text_model.layers.{i}.{part}");
+    let q = names(&m);
+    for (i, attention, mlp) in [(0, true, true), (1, true, false), (2, false, true)] {
+        let has = |part: &str| q.iter().any(|n| n.starts_with(&layer(i, part)));
+        assert_eq!((has("self_attn."), has("mlp.")), (attention, mlp), "layer {i}: {q:?}");
+    }
+    assert_eq!(m.tensor(&layer(1, "mlp.down_proj.weight")).unwrap().encoding().unwrap(), Encoding::BF16);
+    let reference = CpuModel::from_hf(&fixture()).unwrap();
+    let (err, _) = fidelity(&CpuModel::from_format(&tmp.path().join("a")).unwrap(), &reference);
+    assert!(err < TOLERANCE_W8A8, "relative logit error {err}");
+
+    let only = quantized(QuantParts::quantizing_only("decoder.0.mlp").unwrap(), &tmp.path().join("b"));
+    let prefix = layer(0, "mlp.");
+    assert!(
+        names(&only).iter().all(|n| n.starts_with(&prefix)) && names(&only).len() == 3,
+        "{:?}",
+        names(&only)
+    );
+    assert!(only.quantization.as_ref().unwrap().tables.is_empty());
+
+    let mut opts = low_rank_options(Some("w8a8"));
+    opts.quant.as_mut().unwrap().parts = QuantParts::keeping_float("decoder.0.attention").unwrap();
+    let err = compress(&fixture(), &tmp.path().join("c"), &Plan::LowRank(opts)).err().unwrap();
+    assert!(matches!(err, CompressError::BadOptions { .. }), "{err:?}");
+}
+
 /// The embedding table: each row the CPU model reads is `f32(q) · s` of the stored integers and
 /// per-row scales.
 #[test]

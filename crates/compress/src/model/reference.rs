@@ -174,13 +174,15 @@ const fn dense(
 
 /// The quantized variants of the tiny fixture that the whole-model tests run on the GPU, natively
 /// and in the browser, against this reference: every scheme, per-channel and grouped INT4
-/// weights, and float parts.
-pub const TEST_RECIPES: [TestRecipe; 5] = [
+/// weights, and float parts (down to one decoder sublayer: a model mixing float and integer
+/// layers in its decoder).
+pub const TEST_RECIPES: [TestRecipe; 6] = [
     dense("w8a8", "w8a8", None, ""),
     dense("w4a8", "w4a8", None, ""),
     dense("w4a8-g64", "w4a8", Some(64), ""),
     dense("w4a4", "w4a4", None, ""),
     dense("w8a8-float-vision-lm_head", "w8a8", None, "vision,lm_head"),
+    dense("w4a8-float-decoder1-mlp-decoder2-attention", "w4a8", None, "decoder.1.mlp,decoder.2.attention"),
 ];
 
 /// Half the text decoder's QKV parameters (45 latent components over the fixture's 3 layers:

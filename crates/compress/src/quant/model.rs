@@ -58,7 +58,13 @@ const EMBED: &str = "model.text_model.embed_tokens.weight";
 const LM_HEAD: &str = "lm_head.weight";
 const CONNECTOR: &str = "model.connector.modality_projection.proj";
 
-/// Which parts of the model are quantized (all by default; `--float` names the others).
+/// Which parts of the model are quantized (all by default; `--float` names the others,
+/// `--quantize-only` the only ones).
+///
+/// Parts: `vision`, `connector`, `embeddings`, `lm_head`, and the text decoder by sublayer —
+/// `decoder` (all of it), `decoder.N` or `decoder.A-B` (those layers), `decoder.N.attention` /
+/// `decoder.A-B.mlp` (one sublayer of those layers: Q/K/V and `o_proj`, or gate/up/down, dense or
+/// factored). A float sublayer keeps its rotated float weights and no online rotation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct QuantParts {
     pub vision: bool,
@@ -67,38 +73,117 @@ pub struct QuantParts {
     pub embeddings: bool,
     /// `lm_head` at W8A8 (a tied one only together with the embeddings).
     pub lm_head: bool,
+    /// Decoder layers whose attention stays float: bit `i` for layer `i`.
+    pub float_attention: u128,
+    /// Decoder layers whose MLP stays float: bit `i` for layer `i`.
+    pub float_mlp: u128,
 }
 
 impl Default for QuantParts {
     fn default() -> Self {
-        Self { vision: true, connector: true, embeddings: true, lm_head: true }
+        Self {
+            vision: true,
+            connector: true,
+            embeddings: true,
+            lm_head: true,
+            float_attention: 0,
+            float_mlp: 0,
+        }
     }
 }
 
+/// The most decoder layers a part list can name one by one.
+const MAX_NAMED_LAYERS: usize = 128;
+
 impl QuantParts {
-    pub const NAMES: [&'static str; 4] = ["vision", "connector", "embeddings", "lm_head"];
+    pub const NAMES: [&'static str; 5] =
+        ["vision", "connector", "embeddings", "lm_head", "decoder[.N|.A-B][.attention|.mlp]"];
 
     /// All parts quantized except those in the comma-separated `float` list (typed error on an
     /// unknown part).
     pub fn keeping_float(float: &str) -> Result<Self> {
         let mut p = Self::default();
         for name in float.split(',').map(str::trim).filter(|n| !n.is_empty()) {
-            let flag = match name {
-                "vision" => &mut p.vision,
-                "connector" => &mut p.connector,
-                "embeddings" => &mut p.embeddings,
-                "lm_head" => &mut p.lm_head,
-                _ => {
-                    return Err(CompressError::BadOptions {
-                        recipe: format!("--float {name}"),
-                        what: format!("one of {}", Self::NAMES.join(", ")),
-                    });
-                }
-            };
-            *flag = false;
+            p.set(name, false)?;
         }
         Ok(p)
     }
+
+    /// Only the parts in the comma-separated `only` list quantized, everything else float (what
+    /// one part costs on its own).
+    pub fn quantizing_only(only: &str) -> Result<Self> {
+        let mut p = Self {
+            vision: false,
+            connector: false,
+            embeddings: false,
+            lm_head: false,
+            float_attention: u128::MAX,
+            float_mlp: u128::MAX,
+        };
+        for name in only.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+            p.set(name, true)?;
+        }
+        Ok(p)
+    }
+
+    /// Whether decoder layer `layer`'s attention and MLP are quantized.
+    pub fn decoder_layer(&self, layer: usize) -> (bool, bool) {
+        let float =
+            |mask: u128| if layer < MAX_NAMED_LAYERS { mask >> layer & 1 == 1 } else { mask == u128::MAX };
+        (!float(self.float_attention), !float(self.float_mlp))
+    }
+
+    fn set(&mut self, name: &str, quantized: bool) -> Result<()> {
+        let bad = || CompressError::BadOptions {
+            recipe: format!("part {name}"),
+            what: format!("one of {} (layers below {MAX_NAMED_LAYERS})", Self::NAMES.join(", ")),
+        };
+        let flag = match name {
+            "vision" => &mut self.vision,
+            "connector" => &mut self.connector,
+            "embeddings" => &mut self.embeddings,
+            "lm_head" => &mut self.lm_head,
+            _ => {
+                let (layers, sublayers) = decoder_part(name).ok_or_else(bad)?;
+                for (mask, named) in
+                    [(&mut self.float_attention, sublayers.0), (&mut self.float_mlp, sublayers.1)]
+                {
+                    if named {
+                        *mask = if quantized { *mask & !layers } else { *mask | layers };
+                    }
+                }
+                return Ok(());
+            }
+        };
+        *flag = quantized;
+        Ok(())
+    }
+}
+
+/// `decoder[.N|.A-B][.attention|.mlp]`: the layers' bits and which sublayers (attention, MLP).
+fn decoder_part(name: &str) -> Option<(u128, (bool, bool))> {
+    let rest = name.strip_prefix("decoder")?;
+    let mut fields = rest.split('.').skip(1);
+    if rest.is_empty() {
+        return Some((u128::MAX, (true, true)));
+    }
+    if !rest.starts_with('.') {
+        return None;
+    }
+    let range = fields.next()?;
+    let (a, b) = range.split_once('-').unwrap_or((range, range));
+    let (a, b): (usize, usize) = (a.parse().ok()?, b.parse().ok()?);
+    if a > b || b >= MAX_NAMED_LAYERS {
+        return None;
+    }
+    let layers = (a..=b).fold(0u128, |m, i| m | 1 << i);
+    let sublayers = match fields.next() {
+        None => (true, true),
+        Some("attention") => (true, false),
+        Some("mlp") => (false, true),
+        Some(_) => return None,
+    };
+    fields.next().is_none().then_some((layers, sublayers))
 }
 
 /// A quantization recipe (`--bits`, `--group-size`, `--float`, `--rtn`).
@@ -248,9 +333,15 @@ impl Planner<'_> {
             let attn = format!("{p}.self_attn");
             let ranks = compression.and_then(|c| c.text_layers.get(i));
             let slot = 0x4000_0000 + 2 * i as u32;
-            self.qkv(&attn, ranks.is_some_and(|l| l.qkv.is_some()), Vec::new(), Bits::Int8);
-            let o = self.online(t.num_attention_heads * t.head_dim, slot);
-            self.linear(&format!("{attn}.o_proj"), false, o);
+            let (attention, mlp) = self.opts.parts.decoder_layer(i);
+            if attention {
+                self.qkv(&attn, ranks.is_some_and(|l| l.qkv.is_some()), Vec::new(), Bits::Int8);
+                let o = self.online(t.num_attention_heads * t.head_dim, slot);
+                self.linear(&format!("{attn}.o_proj"), false, o);
+            }
+            if !mlp {
+                continue;
+            }
             for name in ["gate_proj", "up_proj", "down_proj"] {
                 let online =
                     if name == "down_proj" { self.online(t.intermediate_size, slot + 1) } else { Vec::new() };
@@ -315,6 +406,7 @@ pub fn quantize_model(
             });
         }
     };
+    check_float_attention(compression, &opts.parts)?;
     let mut planner = Planner { cfg, opts, plans: Vec::new() };
     if opts.parts.vision {
         planner.vision(compression);
@@ -384,6 +476,20 @@ pub fn quantize_model(
         gptq_damping: opts.gptq,
     };
     Ok(QuantizedModel { section, weights })
+}
+
+/// A layer whose joint-QKV latent is its K/V cache caches it INT8 behind quantized ups, and the
+/// KV budget counts every layer so: its attention must be quantized with the rest.
+fn check_float_attention(compression: Option<&Compression>, parts: &QuantParts) -> Result<()> {
+    let latent = |i: &usize| compression.and_then(|c| c.text_layers.get(*i)).is_some_and(|l| l.qkv.is_some());
+    match (0..MAX_NAMED_LAYERS).filter(latent).find(|&i| !parts.decoder_layer(i).0) {
+        Some(i) => Err(CompressError::BadOptions {
+            recipe: format!("float decoder.{i}.attention"),
+            what: "a quantized attention in a layer whose joint-QKV latent is its K/V cache (cached INT8)"
+                .into(),
+        }),
+        None => Ok(()),
+    }
 }
 
 /// Rotate and quantize a model given as float output tensors (each decoded from its encoding):
