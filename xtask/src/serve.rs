@@ -1,29 +1,33 @@
-//! A small static file server for the browser tests, the browser bench and the demo: files
-//! under a few directories, each mounted at a URL prefix, on `127.0.0.1:<port>` (loopback only).
-//! HTTP itself is `tiny_http`'s (request parsing, keep-alive, `HEAD` without a body); what is
-//! ours is the mount table and the headers:
+//! A small static HTTP server for the browser tests, the browser bench and the demo: files under
+//! a few directories, each mounted at a URL prefix, on `127.0.0.1:<free port>` in a background
+//! thread.
 //!
-//! GET and HEAD only (405 otherwise); `Content-Length` (never chunked) and `Content-Type` on
-//! every response, `Access-Control-Allow-Origin: *` (the test page is served from another
-//! origin), `Cache-Control: no-store`, 404 for what is not there, 400 for paths with `..`, `\`,
-//! NUL or bad `%` escapes (also percent-encoded), 403 for a symbolic link to something outside its
-//! mount. A directory serves its `index.html`.
+//! GET and HEAD only (405 otherwise); `Content-Length` and `Content-Type` on every response,
+//! `Access-Control-Allow-Origin: *` (the test page is served from another origin), 404 for what
+//! is not there, 400 for paths with `..`, `\`, NUL or bad `%` escapes (also percent-encoded), 403
+//! for a symbolic link to something outside its mount. A directory serves its
+//! `index.html`. One request per connection (`Connection: close`).
 //!
 //! Files carry an `ETag` (a hash of path, length and modification time) and honour single
 //! `Range: bytes=a-b` / `bytes=a-` / `bytes=-n` requests (206 with `Content-Range`, 416 when
 //! unsatisfiable): together with a mount's extra headers (`X-Repo-Commit`) that is what the
 //! `hf-hub` client needs, so a mount at `<owner>/<name>/resolve/main` mimics the Hugging Face
 //! hub's file layout for `HF_ENDPOINT`. [`http_get`] is the matching client (`ureq`).
+//!
+//! The protocol is ours (one request per connection is all the tests and the demo need);
+//! `tiny_http` 0.12 was tried and dropped: its connection pool (four threads, grown on demand)
+//! can queue a new connection behind keep-alive ones and leave it unread until one closes —
+//! Chromium's page load stalled for minutes in the e2e test.
 
-use std::io::{Read, Seek, SeekFrom};
-use std::net::SocketAddr;
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use anyhow::{Context, Result, anyhow};
-use tiny_http::{Header, Method, Request, Response, StatusCode};
+use anyhow::{Context, Result};
 
 /// A directory served under a URL prefix.
 #[derive(Clone, Debug)]
@@ -50,7 +54,7 @@ impl Mount {
 /// A running server; dropping it stops it.
 pub struct Server {
     addr: SocketAddr,
-    http: Arc<tiny_http::Server>,
+    stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -62,23 +66,27 @@ impl Server {
 
     /// Serve `mounts` on `127.0.0.1:port` (0: a free port).
     pub fn start_on(port: u16, mounts: Vec<Mount>) -> Result<Self> {
-        let http = tiny_http::Server::http(("127.0.0.1", port)).map_err(|e| {
-            anyhow!("binding 127.0.0.1:{port}: {e} (is another server using it? try --port 0)")
+        let listener = TcpListener::bind(("127.0.0.1", port)).with_context(|| {
+            format!("binding 127.0.0.1:{port} (is another server using it? try --port 0)")
         })?;
-        let addr = http.server_addr().to_ip().context("a TCP listener has an IP address")?;
-        let http = Arc::new(http);
-        let requests = http.clone();
+        let addr = listener.local_addr()?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
         let mounts = Arc::new(mounts);
         let thread = std::thread::spawn(move || {
-            for request in requests.incoming_requests() {
+            for stream in listener.incoming() {
+                if flag.load(Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(stream) = stream else { continue };
                 let mounts = mounts.clone();
-                // A client that goes away mid-response is not the server's problem.
                 std::thread::spawn(move || {
-                    let _ = answer(request, &mounts);
+                    // A client that goes away mid-response is not the server's problem.
+                    let _ = handle(stream, &mounts);
                 });
             }
         });
-        Ok(Self { addr, http, thread: Some(thread) })
+        Ok(Self { addr, stop, thread: Some(thread) })
     }
 
     /// `http://127.0.0.1:<port>` (no trailing slash).
@@ -89,7 +97,9 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
-        self.http.unblock();
+        self.stop.store(true, Ordering::SeqCst);
+        // Wake the accept loop so it sees the flag.
+        let _ = TcpStream::connect(self.addr);
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
@@ -220,84 +230,114 @@ fn content_type(path: &Path) -> &'static str {
     }
 }
 
-/// A response of `status` whose body is the status line itself.
-fn status_text(code: u16, extra: Vec<Header>) -> Response<Box<dyn Read + Send>> {
-    let status = StatusCode(code);
-    let body = format!("{} {}\n", code, status.default_reason_phrase()).into_bytes();
-    let len = body.len();
-    let mut headers = vec![header("Content-Type", "text/plain; charset=utf-8")];
-    headers.extend(extra);
-    Response::new(status, headers, Box::new(std::io::Cursor::new(body)), Some(len), None)
+fn respond(
+    stream: &mut TcpStream,
+    status: &str,
+    headers: &[(&str, String)],
+    body: &[u8],
+) -> std::io::Result<()> {
+    let mut head = format!("HTTP/1.1 {status}\r\n");
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str("Access-Control-Allow-Origin: *\r\nConnection: close\r\n\r\n");
+    stream.write_all(head.as_bytes())?;
+    stream.write_all(body)
 }
 
-fn header(name: &str, value: &str) -> Header {
-    Header::from_bytes(name.as_bytes(), value.as_bytes()).expect("header names and values are ASCII")
-}
-
-/// Answer one request from `mounts`.
-fn answer(request: Request, mounts: &[Mount]) -> std::io::Result<()> {
-    let response = match request.method() {
-        Method::Get | Method::Head => {
-            let range = request.headers().iter().find(|h| h.field.equiv("Range")).map(|h| h.value.as_str());
-            match resolve(mounts, request.url()) {
-                Target::BadPath => status_text(400, Vec::new()),
-                Target::NotFound => status_text(404, Vec::new()),
-                Target::Outside => status_text(403, Vec::new()),
-                Target::File(path, mount) => file_response(&path, &mounts[mount], range)?,
-            }
-        }
-        _ => status_text(405, vec![header("Allow", "GET, HEAD")]),
-    };
-    // tiny_http sends no body for HEAD, but keeps the length
-    request.respond(
-        response.with_header(header("Access-Control-Allow-Origin", "*")).with_chunked_threshold(usize::MAX),
-    )
-}
-
-/// The file at `path` (under `mount`), whole or the part `range` asks for.
-fn file_response(
-    path: &Path,
-    mount: &Mount,
-    range: Option<&str>,
-) -> std::io::Result<Response<Box<dyn Read + Send>>> {
-    let Ok(mut file) = std::fs::File::open(path) else { return Ok(status_text(404, Vec::new())) };
-    let meta = file.metadata()?;
-    let len = meta.len();
+fn respond_text(
+    stream: &mut TcpStream,
+    status: &str,
+    extra: &[(&str, String)],
+    head_only: bool,
+) -> std::io::Result<()> {
+    let body = format!("{status}\n");
     let mut headers = vec![
-        header("Content-Type", content_type(path)),
-        header("Cache-Control", "no-store"),
-        header("Accept-Ranges", "bytes"),
-        header("ETag", &etag(path, &meta)),
+        ("Content-Type", "text/plain; charset=utf-8".to_string()),
+        ("Content-Length", body.len().to_string()),
     ];
-    headers.extend(mount.headers.iter().map(|(k, v)| header(k, v)));
-    let (code, start, count) = match parse_range(range, len) {
-        Span::Whole => (200, 0, len),
-        Span::Part(a, b) => {
-            headers.push(header("Content-Range", &format!("bytes {a}-{b}/{len}")));
-            (206, a, b - a + 1)
+    headers.extend(extra.iter().cloned());
+    respond(stream, status, &headers, if head_only { b"" } else { body.as_bytes() })
+}
+
+fn handle(mut stream: TcpStream, mounts: &[Mount]) -> std::io::Result<()> {
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut request_line = String::new();
+    reader.by_ref().take(8192).read_line(&mut request_line)?;
+    // Read the headers (bounded), keeping `Range`.
+    let mut header_bytes = 0;
+    let mut range = None;
+    loop {
+        let mut line = String::new();
+        let n = reader.by_ref().take(8192).read_line(&mut line)?;
+        header_bytes += n;
+        if n == 0 || line == "\r\n" || line == "\n" || header_bytes > 64 * 1024 {
+            break;
         }
-        Span::Unsatisfiable => {
-            return Ok(status_text(416, vec![header("Content-Range", &format!("bytes */{len}"))]));
+        if let Some((name, value)) = line.split_once(':')
+            && name.trim().eq_ignore_ascii_case("range")
+        {
+            range = Some(value.trim().to_string());
         }
-    };
-    file.seek(SeekFrom::Start(start))?;
-    let count_usize = usize::try_from(count).map_err(std::io::Error::other)?;
-    Ok(Response::new(StatusCode(code), headers, Box::new(file.take(count)), Some(count_usize), None))
+    }
+    let mut parts = request_line.split_whitespace();
+    let (method, target) = (parts.next().unwrap_or_default(), parts.next().unwrap_or_default());
+    let head_only = method == "HEAD";
+    if method != "GET" && !head_only {
+        respond_text(&mut stream, "405 Method Not Allowed", &[("Allow", "GET, HEAD".into())], false)?;
+    } else {
+        match resolve(mounts, target) {
+            Target::BadPath => respond_text(&mut stream, "400 Bad Request", &[], head_only)?,
+            Target::NotFound => respond_text(&mut stream, "404 Not Found", &[], head_only)?,
+            Target::Outside => respond_text(&mut stream, "403 Forbidden", &[], head_only)?,
+            Target::File(path, mount) => match std::fs::File::open(&path) {
+                Ok(mut file) => {
+                    let meta = file.metadata()?;
+                    let len = meta.len();
+                    let mut headers = vec![
+                        ("Content-Type", content_type(&path).to_string()),
+                        ("Cache-Control", "no-store".to_string()),
+                        ("Accept-Ranges", "bytes".to_string()),
+                        ("ETag", etag(&path, &meta)),
+                    ];
+                    headers.extend(mounts[mount].headers.iter().map(|(k, v)| (k.as_str(), v.clone())));
+                    let (status, start, count) = match parse_range(range.as_deref(), len) {
+                        Span::Whole => ("200 OK", 0, len),
+                        Span::Part(a, b) => {
+                            headers.push(("Content-Range", format!("bytes {a}-{b}/{len}")));
+                            ("206 Partial Content", a, b - a + 1)
+                        }
+                        Span::Unsatisfiable => {
+                            let extra = [("Content-Range", format!("bytes */{len}"))];
+                            respond_text(&mut stream, "416 Range Not Satisfiable", &extra, head_only)?;
+                            stream.flush()?;
+                            return stream.shutdown(Shutdown::Write);
+                        }
+                    };
+                    headers.push(("Content-Length", count.to_string()));
+                    respond(&mut stream, status, &headers, b"")?;
+                    if !head_only {
+                        file.seek(SeekFrom::Start(start))?;
+                        std::io::copy(&mut file.take(count), &mut stream)?;
+                    }
+                }
+                Err(_) => respond_text(&mut stream, "404 Not Found", &[], head_only)?,
+            },
+        }
+    }
+    stream.flush()?;
+    stream.shutdown(Shutdown::Write)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    use std::io::Write;
-    use std::net::TcpStream;
-
-    /// Send a raw request (its request line, then `Connection: close`, then `rest`) and return
-    /// the status line, headers (lower-cased names) and body.
+    /// Send a raw request and return the status line, headers (lower-cased names) and body.
     fn request(server: &Server, raw: &str) -> (String, Vec<(String, String)>, Vec<u8>) {
         let mut stream = TcpStream::connect(server.addr).unwrap();
-        let (line, rest) = raw.split_once("\r\n").unwrap();
-        stream.write_all(format!("{line}\r\nConnection: close\r\n{rest}").as_bytes()).unwrap();
+        stream.write_all(raw.as_bytes()).unwrap();
         let mut response = Vec::new();
         stream.read_to_end(&mut response).unwrap();
         let split = response.windows(4).position(|w| w == b"\r\n\r\n").expect("a header block");
@@ -431,11 +471,6 @@ mod tests {
         let (_a, _b, server) = site();
         let addr = server.addr;
         drop(server);
-        // tiny_http's accept thread closes the listener once woken: within moments, not at once
-        let closed = (0..500).any(|_| {
-            std::thread::sleep(std::time::Duration::from_millis(10));
-            TcpStream::connect(addr).is_err()
-        });
-        assert!(closed, "still accepting 5 s after the drop");
+        assert!(TcpStream::connect(addr).is_err());
     }
 }
