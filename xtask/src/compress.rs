@@ -162,6 +162,16 @@ pub struct QuantArgs {
     /// (not with --rtn), `on` to any --bits (calibration data required), `off` never.
     #[arg(long, value_enum)]
     gptq: Option<Gptq>,
+    /// Weight widths of decoder sublayers other than --bits', comma-separated PART=WIDTH: PART
+    /// names decoder sublayers as --float does (decoder.N, decoder.A-B, decoder.N.attention,
+    /// decoder.A-B.mlp), WIDTH is int4, int8 or float (needs --bits w8a8 or w4a8).
+    #[arg(long, default_value = "")]
+    widths: String,
+    /// Byte budget of the whole model's tensors: every quantized decoder sublayer gets int4, int8
+    /// or float weights, whichever fits the budget with the least estimated loss (K-FAC, from the
+    /// calibration samples; needs calibration data and --bits w8a8 or w4a8).
+    #[arg(long, conflicts_with = "widths")]
+    model_bytes: Option<u64>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -190,6 +200,8 @@ impl QuantArgs {
                 ("--rtn", self.rtn),
                 ("--act-clip", self.act_clip.is_some()),
                 ("--gptq", self.gptq.is_some()),
+                ("--widths", !self.widths.is_empty()),
+                ("--model-bytes", self.model_bytes.is_some()),
             ];
             return match flags.iter().find(|(_, set)| *set) {
                 Some((flag, _)) => Err(needs_bits(flag)),
@@ -204,8 +216,23 @@ impl QuantArgs {
         if let Some(rho) = self.act_clip {
             q = q.with_int4_clip(rho)?;
         }
+        if !self.widths.is_empty() {
+            q = q.with_widths(&self.widths)?;
+        }
+        if let Some(bytes) = self.model_bytes {
+            q.check_width_choice("--model-bytes")?;
+            if !calibrated {
+                return Err(CompressError::BadOptions {
+                    recipe: "--model-bytes".into(),
+                    what: "calibration data (--calib or --calib-text)".into(),
+                });
+            }
+            q.model_bytes = Some(bytes);
+        }
+        // INT4 weights: the scheme's, or any sublayer the allocation may give INT4
+        let int4 = bits.weight_bits() == Bits::Int4 || self.model_bytes.is_some();
         let gptq = match self.gptq.unwrap_or(Gptq::Auto) {
-            Gptq::Auto => calibrated && !self.rtn && bits.weight_bits() == Bits::Int4,
+            Gptq::Auto => calibrated && !self.rtn && int4,
             Gptq::On => true,
             Gptq::Off => false,
         };
@@ -245,31 +272,34 @@ pub fn quantize(args: QuantizeArgs) -> Result<()> {
         anyhow::bail!("quantize needs --bits (w8a8, w4a8 or w4a4)");
     };
     let start = Instant::now();
-    // the samples serve GPTQ only: they are prepared (or read from the cache) when it runs
-    let samples = match (calib.as_ref().filter(|_| opts.gptq.is_some()), &args.reference) {
-        (None, _) => None,
-        (Some(c), Some(hf)) => Some(
-            Source::open(hf)
-                .and_then(|source| {
-                    let stage = crate::progress::bars().stage("calibration samples");
-                    pocketvlm_compress::calib::cache::load_or_prepare(
-                        &source,
-                        None,
-                        c,
-                        args.calib.calib_cache.as_deref(),
-                        &stage,
-                    )
-                })
-                .with_context(|| format!("calibration samples of {}", hf.display()))?,
-        ),
-        (Some(_), None) => {
-            return Err(CompressError::BadOptions {
-                recipe: "quantize --calib/--calib-text".into(),
-                what: "the uncompressed checkpoint (--reference) to prepare the samples with".into(),
+    // the samples serve GPTQ and the width allocation only: prepared (or read from the cache)
+    // when one of them runs
+    let samples =
+        match (calib.as_ref().filter(|_| opts.gptq.is_some() || opts.model_bytes.is_some()), &args.reference)
+        {
+            (None, _) => None,
+            (Some(c), Some(hf)) => Some(
+                Source::open(hf)
+                    .and_then(|source| {
+                        let stage = crate::progress::bars().stage("calibration samples");
+                        pocketvlm_compress::calib::cache::load_or_prepare(
+                            &source,
+                            None,
+                            c,
+                            args.calib.calib_cache.as_deref(),
+                            &stage,
+                        )
+                    })
+                    .with_context(|| format!("calibration samples of {}", hf.display()))?,
+            ),
+            (Some(_), None) => {
+                return Err(CompressError::BadOptions {
+                    recipe: "quantize --calib/--calib-text".into(),
+                    what: "the uncompressed checkpoint (--reference) to prepare the samples with".into(),
+                }
+                .into());
             }
-            .into());
-        }
-    };
+        };
     let manifest = quantize_dir(
         &args.model,
         &args.out,
@@ -539,5 +569,43 @@ mod tests {
             let err = parse(&["--bits", "w4a4", "--act-clip", bad]).unwrap_err();
             assert!(err.starts_with("Quant(BadClipRatio"), "{bad}: {err}");
         }
+    }
+
+    #[test]
+    fn sublayer_widths_and_a_byte_budget_parse_with_typed_errors() {
+        use pocketvlm_compress::quant::widths::Sublayer::{Attention, Mlp};
+        let q =
+            parse(&["--bits", "w4a8", "--widths", "decoder.0-1.mlp=int8,decoder.2=float,decoder.1.mlp=int4"])
+                .unwrap()
+                .unwrap();
+        let bits: Vec<_> = q.sublayer_bits.iter().map(|(k, v)| (*k, *v)).collect();
+        assert_eq!(bits, [((0, Mlp), Bits::Int8), ((1, Mlp), Bits::Int4)]);
+        assert_eq!(q.parts.decoder_layer(2), (false, false));
+        assert_eq!(q.parts.decoder_layer(1), (true, true));
+        // a float sublayer made integer again
+        let q = parse(&["--bits", "w8a8", "--float", "decoder", "--widths", "decoder.3.attention=int4"])
+            .unwrap()
+            .unwrap();
+        assert_eq!(q.parts.decoder_layer(3), (true, false));
+        assert_eq!(q.sublayer_bits.get(&(3, Attention)), Some(&Bits::Int4));
+        for bad in ["decoder.1=int2", "decoder.1", "lm_head=int4", "decoder.200=int8"] {
+            let err = parse(&["--bits", "w8a8", "--widths", bad]).unwrap_err();
+            assert!(err.starts_with("BadOptions"), "{bad}: {err}");
+        }
+        // other widths pair with INT8 activations only; both options need --bits
+        assert!(
+            parse(&["--bits", "w4a4", "--widths", "decoder.0=int8"]).unwrap_err().starts_with("BadOptions")
+        );
+        assert!(parse(&["--widths", "decoder.0=int8"]).unwrap_err().starts_with("BadOptions"));
+        assert!(parse(&["--model-bytes", "1000"]).unwrap_err().starts_with("BadOptions"));
+        // the budget needs calibration data, and turns GPTQ on (INT4 may be chosen anywhere)
+        assert!(parse(&["--bits", "w8a8", "--model-bytes", "1000"]).unwrap_err().starts_with("BadOptions"));
+        let q = parse_with(&["--bits", "w8a8", "--model-bytes", "1000"], true).unwrap().unwrap();
+        assert_eq!((q.model_bytes, q.gptq), (Some(1000), Some(GPTQ_DAMP)));
+        assert!(parse_with(&["--bits", "w4a4", "--model-bytes", "1000"], true).is_err());
+        assert!(
+            parse_with(&["--bits", "w8a8", "--model-bytes", "9", "--widths", "decoder.0=int8"], true)
+                .is_err()
+        );
     }
 }

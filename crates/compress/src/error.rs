@@ -31,6 +31,8 @@ pub enum CompressError {
     UnreadableImage { path: String, reason: String },
     #[error("budget --{name} = {value} is out of range ({range})")]
     BudgetOutOfRange { name: &'static str, value: f64, range: &'static str },
+    #[error("--model-bytes {budget} is below the smallest model the widths allow ({need} bytes)")]
+    BudgetTooSmall { budget: u64, need: u64 },
     #[error("recipe {recipe} needs {what}")]
     BadOptions { recipe: String, what: String },
     #[error("linear algebra: {0}")]

@@ -148,7 +148,7 @@ impl Reference {
 /// A test model of the tiny fixture by name: an optional low-rank factorisation (plain `svd`,
 /// which needs no calibration) and an optional low-bit recipe, as `cargo xtask compress
 /// --recipe svd --qkv-params … --kv-cache … --ffn-params … --bits … [--group-size …]
-/// [--float …]` gives them.
+/// [--float …] [--widths …]` gives them.
 #[derive(Clone, Copy, Debug)]
 pub struct TestRecipe {
     /// A short name (a directory name).
@@ -160,6 +160,8 @@ pub struct TestRecipe {
     pub group: Option<usize>,
     /// Comma-separated parts kept float (`--float`).
     pub float: &'static str,
+    /// Decoder sublayers' widths other than the scheme's (`--widths`).
+    pub widths: &'static str,
 }
 
 /// A dense quantized test recipe.
@@ -169,20 +171,22 @@ const fn dense(
     group: Option<usize>,
     float: &'static str,
 ) -> TestRecipe {
-    TestRecipe { name, low_rank: None, bits, group, float }
+    TestRecipe { name, low_rank: None, bits, group, float, widths: "" }
 }
 
 /// The quantized variants of the tiny fixture that the whole-model tests run on the GPU, natively
 /// and in the browser, against this reference: every scheme, per-channel and grouped INT4
-/// weights, and float parts (down to one decoder sublayer: a model mixing float and integer
-/// layers in its decoder).
+/// weights, float parts, and a decoder mixing float, INT4 and INT8 sublayers (`--widths`).
 pub const TEST_RECIPES: [TestRecipe; 6] = [
     dense("w8a8", "w8a8", None, ""),
     dense("w4a8", "w4a8", None, ""),
     dense("w4a8-g64", "w4a8", Some(64), ""),
     dense("w4a4", "w4a4", None, ""),
     dense("w8a8-float-vision-lm_head", "w8a8", None, "vision,lm_head"),
-    dense("w4a8-float-decoder1-mlp-decoder2-attention", "w4a8", None, "decoder.1.mlp,decoder.2.attention"),
+    TestRecipe {
+        widths: "decoder.1.mlp=float,decoder.2.attention=float,decoder.0.mlp=int8",
+        ..dense("w4a8-mixed-decoder", "w4a8", None, "")
+    },
 ];
 
 /// Half the text decoder's QKV parameters (45 latent components over the fixture's 3 layers:
@@ -199,7 +203,7 @@ const KV25: Budgets =
 
 /// A low-rank test recipe (`svd`).
 const fn low_rank(name: &'static str, budgets: Budgets, bits: &'static str) -> TestRecipe {
-    TestRecipe { name, low_rank: Some(budgets), bits, group: None, float: "" }
+    TestRecipe { name, low_rank: Some(budgets), bits, group: None, float: "", widths: "" }
 }
 
 /// Low-rank variants of the tiny fixture whose decoder caches its joint-QKV latents: float with
@@ -231,6 +235,9 @@ impl TestRecipe {
         }
         let mut opts = QuantOptions::parse(self.bits, self.group)?;
         opts.parts = QuantParts::keeping_float(self.float)?;
+        if !self.widths.is_empty() {
+            opts = opts.with_widths(self.widths)?;
+        }
         Ok(Some(opts))
     }
 

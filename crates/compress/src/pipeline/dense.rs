@@ -22,7 +22,8 @@ pub struct DenseOptions {
     pub max_shard_bytes: u64,
     /// Rotate and quantize the model (see [`crate::quant::model`]).
     pub quant: Option<QuantOptions>,
-    /// Calibration samples for GPTQ ([`QuantOptions::gptq`]); only with `quant`.
+    /// Calibration samples for GPTQ ([`QuantOptions::gptq`]) and the width allocation
+    /// ([`QuantOptions::model_bytes`]); only with `quant`.
     pub calib: Option<CalibOptions>,
     /// A file keeping prepared calibration samples between runs (see [`crate::calib::cache`]).
     pub calib_cache: Option<PathBuf>,
@@ -84,10 +85,11 @@ pub(super) fn dense(
     Ok(Summary::written(out_dir, manifest, clock))
 }
 
-/// The calibration samples, which serve GPTQ only: prepared (or read from the cache) when it runs.
+/// The calibration samples, which serve GPTQ and the width allocation only: prepared (or read
+/// from the cache) when one of them runs.
 fn samples(source: &Source, opts: &DenseOptions, clock: &mut Clock) -> Result<Option<Samples>> {
     let (Some(c), Some(q)) = (&opts.calib, &opts.quant) else { return Ok(None) };
-    if q.gptq.is_none() {
+    if q.gptq.is_none() && q.model_bytes.is_none() {
         return Ok(None);
     }
     let stage = opts.progress.stage("calibration samples");

@@ -98,14 +98,6 @@ impl Plan {
         }
     }
 
-    /// The recipe the manifest records: `dense`, or the low-rank method.
-    pub fn recipe(&self) -> &'static str {
-        match self {
-            Plan::Dense(_) => "dense",
-            Plan::LowRank(o) => o.method.name(),
-        }
-    }
-
     /// The low-bit recipe, `None` for a float model.
     pub fn quant(&self) -> Option<&QuantOptions> {
         match self {

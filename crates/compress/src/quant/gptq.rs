@@ -17,116 +17,13 @@
 //! follow the same contract; only which integers are chosen changes.
 //!
 //! `H` comes from the calibration samples run through the float model after the offline
-//! rotations ([`input_moments`]); online rotations `R` of a layer's input turn it into
-//! `R H Rᵀ` ([`rotate_moments`]), and an up factor reading the latent `c = D x` has
-//! `D H Dᵀ`.
-
-use std::collections::{BTreeMap, HashMap};
+//! rotations ([`crate::quant::moments`]).
 
 use faer::{Mat, Side};
-use pocketvlm_format::compression::{
-    linear_factor_names, qkv_factor_names, text_layer_prefix, text_mlp_linears,
-};
-use pocketvlm_format::quant::{QuantWeights, Rotation};
-use pocketvlm_format::{Compression, ModelConfig};
+use pocketvlm_format::quant::QuantWeights;
 
-use crate::calib::Sample;
 use crate::error::{CompressError, Result};
-use crate::lowrank::linalg::{damped_cholesky, from_rows};
-use crate::model::weights::MemoryStore;
-use crate::model::{CpuModel, Proj, Tape, Target, Tower};
-
-/// The input second moments `E[x xᵀ]` of every text-decoder linear matrix in `store` (Hugging
-/// Face names and the factor names of `compression`), from `samples` run through the float
-/// model of `store`. Image features (cached from the unrotated connector) are rotated by
-/// `residual` first, as the model's own connector would.
-pub fn input_moments(
-    cfg: &ModelConfig,
-    store: &MemoryStore,
-    compression: Option<&Compression>,
-    samples: &[Sample],
-    residual: Option<&Rotation>,
-) -> Result<HashMap<String, Mat<f64>>> {
-    let model = CpuModel::build(cfg.clone(), store, compression)?;
-    let layers = cfg.text.num_hidden_layers;
-    let projs = [Proj::Qkv, Proj::Out, Proj::Mlp(0), Proj::Mlp(1), Proj::Mlp(2)];
-    let targets: Vec<Target> =
-        (0..layers).flat_map(|layer| projs.map(|proj| Target { tower: Tower::Text, layer, proj })).collect();
-    let mut sums: BTreeMap<Target, (Vec<f64>, usize)> = BTreeMap::new();
-    for s in samples {
-        let features = s.features_in(residual)?;
-        let embeds = model.merge_embeddings(&s.ids, features.as_ref())?;
-        let mut tape = Tape::new(targets.iter().copied(), false);
-        model.text.forward(&embeds, None, Some(&mut tape))?;
-        for entry in tape.entries {
-            let rows = entry.x.dim(0)?;
-            let xx = entry.x.t()?.matmul(&entry.x)?.flatten_all()?.to_vec1::<f32>()?;
-            let (acc, n) = sums.entry(entry.target).or_insert_with(|| (vec![0.0; xx.len()], 0));
-            acc.iter_mut().zip(&xx).for_each(|(a, v)| *a += *v as f64);
-            *n += rows;
-        }
-    }
-    let moments = |t: &Target| -> Result<Mat<f64>> {
-        let (acc, n) = sums.get(t).ok_or_else(|| CompressError::Calibration("no calibration rows".into()))?;
-        let d = (acc.len() as f64).sqrt() as usize;
-        Ok(Mat::from_fn(d, d, |i, j| acc[i * d + j] / (*n).max(1) as f64))
-    };
-    // the latent of a factored layer is `c = D x`: E[c cᵀ] = D H Dᵀ
-    let latent = |down: &str, h: &Mat<f64>| -> Result<Mat<f64>> {
-        let (shape, values) = store
-            .get(down)
-            .ok_or_else(|| pocketvlm_format::FormatError::MissingTensor { name: down.into() })?;
-        let d = from_rows(shape[0], shape[1], values);
-        Ok(&d * h * d.transpose())
-    };
-    let mut out = HashMap::new();
-    for i in 0..layers {
-        let p = text_layer_prefix(i);
-        let attn = format!("{p}.self_attn");
-        let ranks = compression.and_then(|c| c.text_layers.get(i));
-        let t = |proj| Target { tower: Tower::Text, layer: i, proj };
-        let h = moments(&t(Proj::Qkv))?;
-        if ranks.is_some_and(|l| l.qkv.is_some()) {
-            let [down, q, k, v] = qkv_factor_names(&attn);
-            let c = latent(&down, &h)?;
-            for up in [q, k, v] {
-                out.insert(up, c.clone());
-            }
-            out.insert(down, h);
-        } else {
-            for n in ["q_proj", "k_proj", "v_proj"] {
-                out.insert(format!("{attn}.{n}.weight"), h.clone());
-            }
-        }
-        out.insert(format!("{attn}.o_proj.weight"), moments(&t(Proj::Out))?);
-        for (k, (name, _, _)) in text_mlp_linears(cfg).into_iter().enumerate() {
-            let h = moments(&t(Proj::Mlp(k)))?;
-            let base = format!("{p}.mlp.{name}");
-            if ranks.is_some_and(|l| l.mlp.contains_key(name)) {
-                let (down, up) = linear_factor_names(&base);
-                out.insert(up, latent(&down, &h)?);
-                out.insert(down, h);
-            } else {
-                out.insert(format!("{base}.weight"), h);
-            }
-        }
-    }
-    Ok(out)
-}
-
-/// `R H Rᵀ`: the moments of inputs that an online rotation `R` turns into `R x`.
-pub fn rotate_moments(h: &Mat<f64>, r: &Rotation) -> Result<Mat<f64>> {
-    let n = h.nrows();
-    // rows of H rotated: H Rᵀ; its transpose is R H (H is symmetric); rows of that: R H Rᵀ
-    let mut rows: Vec<f64> = (0..n * n).map(|k| h[(k / n, k % n)]).collect();
-    for pass in 0..2 {
-        r.apply_rows(&mut rows)?;
-        if pass == 0 {
-            rows = (0..n * n).map(|k| rows[(k % n) * n + k / n]).collect();
-        }
-    }
-    Ok(Mat::from_fn(n, n, |i, j| rows[i * n + j]))
-}
+use crate::lowrank::linalg::damped_cholesky;
 
 /// Re-choose the integers of `q` (whose scales stay) by GPTQ on the float weight `w`
 /// (row-major `[q.out, q.cols]`) with input moments `h` (see the module documentation).
@@ -201,7 +98,6 @@ pub fn weighted_error(w: &[f32], q: &QuantWeights, h: &Mat<f64>) -> f64 {
 #[cfg(test)]
 mod tests {
     use pocketvlm_format::quant::pack::Bits;
-    use pocketvlm_format::quant::{Construction, Rotation};
 
     use super::*;
     use crate::quant::weights::{ClipSearch, quantize_weights};
@@ -234,25 +130,5 @@ mod tests {
         assert_eq!(gptq(&w, &plain, &identity, 0.0).unwrap().values, plain.values);
         // wrong shapes are typed errors
         assert!(gptq(&w, &plain, &correlated(32), 0.01).is_err());
-    }
-
-    #[test]
-    fn rotated_moments_are_r_h_rt() {
-        let n = 48;
-        let h = correlated(n);
-        let r = Rotation::new(n, Construction::Kronecker, Some(3)).unwrap();
-        // R column by column: R e_j
-        let mut cols = vec![0f64; n * n];
-        for j in 0..n {
-            let mut e = vec![0f64; n];
-            e[j] = 1.0;
-            r.apply(&mut e).unwrap();
-            (0..n).for_each(|i| cols[i * n + j] = e[i]);
-        }
-        let rm = Mat::from_fn(n, n, |i, j| cols[i * n + j]);
-        let want = &rm * &h * rm.transpose();
-        let got = rotate_moments(&h, &r).unwrap();
-        let err = (0..n * n).map(|k| (want[(k / n, k % n)] - got[(k / n, k % n)]).abs()).fold(0.0, f64::max);
-        assert!(err < 1e-9, "{err}");
     }
 }

@@ -7,7 +7,9 @@
 pub mod dir;
 pub mod gptq;
 pub mod model;
+pub mod moments;
 pub mod weights;
+pub mod widths;
 
 pub use dir::quantize_dir;
 pub use model::{QuantOptions, QuantParts, QuantizedModel, quantize_model, quantize_tensors};

@@ -20,7 +20,9 @@
 //! take INT8 activations in every scheme (see [`pocketvlm_format::quant`], "The latent K/V
 //! cache"). `lm_head` is W8A8. The token embeddings are an INT8 table with one scale per row; a
 //! tied `lm_head` is the same integers used as a W8A8 layer. Each part can stay float
-//! ([`QuantParts`]). An input width that does not fill whole packed `u32` words is padded with
+//! ([`QuantParts`]), and each decoder sublayer can take INT4 or INT8 weights whatever the scheme
+//! ([`QuantOptions::sublayer_bits`]; INT8 activations), named or chosen under a byte budget for
+//! the whole model ([`crate::quant::widths`]). An input width that does not fill whole packed `u32` words is padded with
 //! zeros in the packed rows (see [`pocketvlm_format::quant::pack`]). With a group size, INT4
 //! layers whose input width the group divides get one scale per group, the others one per
 //! output channel; the manifest records each layer's choice.
@@ -49,9 +51,11 @@ use pocketvlm_format::{Compression, Encoding, FormatError, ModelConfig};
 use crate::calib::Sample;
 use crate::error::{CompressError, Result};
 use crate::model::weights::{MemoryStore, encode};
-use crate::quant::gptq::{gptq, input_moments, rotate_moments};
+use crate::quant::gptq::gptq;
+use crate::quant::moments::{Moments, decoder_moments, kfac_cost, rotate_moments};
 use crate::quant::weights::{ClipSearch, quantize_weights};
-use crate::rotate::{RotateOptions, rotate_model, rotate_rows};
+use crate::quant::widths::{Candidate, Sublayer, Width, allocate};
+use crate::rotate::{RotateOptions, rotate_model, rotate_rows, rotate_values};
 use crate::writer::OutTensor;
 
 const EMBED: &str = "model.text_model.embed_tokens.weight";
@@ -201,6 +205,13 @@ pub struct QuantOptions {
     /// GPTQ error compensation of the decoder's weights with this damping (needs calibration
     /// samples; see [`crate::quant::gptq`]); `None`: the clip search's integers as they are.
     pub gptq: Option<f64>,
+    /// Integer weight widths of decoder sublayers that differ from the scheme's (`--widths`, or
+    /// chosen by [`Self::model_bytes`]); float sublayers are [`QuantParts`]'.
+    pub sublayer_bits: BTreeMap<(usize, Sublayer), Bits>,
+    /// Choose every quantized decoder sublayer's width (INT4, INT8 or float) so that the model's
+    /// tensors fit in this many bytes with the least estimated loss ([`crate::quant::widths`];
+    /// needs calibration samples).
+    pub model_bytes: Option<u64>,
 }
 
 impl QuantOptions {
@@ -213,7 +224,62 @@ impl QuantOptions {
             parts: QuantParts::default(),
             int4_clip: 0.9,
             gptq: None,
+            sublayer_bits: BTreeMap::new(),
+            model_bytes: None,
         }
+    }
+
+    /// Set decoder sublayers' widths from a comma-separated list of `PART=WIDTH`, where `PART`
+    /// names decoder sublayers as [`QuantParts`] does (`decoder.3.mlp`, `decoder.0-4.attention`,
+    /// `decoder.7`) and `WIDTH` is `int4`, `int8` or `float`; later entries win. Typed errors for
+    /// an unknown part or width, or a scheme whose activations are not INT8.
+    pub fn with_widths(mut self, spec: &str) -> Result<Self> {
+        self.check_width_choice("--widths")?;
+        for entry in spec.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+            let bad = |what: &str| CompressError::BadOptions {
+                recipe: format!("--widths {entry}"),
+                what: what.into(),
+            };
+            let (part, width) = entry.split_once('=').ok_or_else(|| bad("PART=WIDTH"))?;
+            let width = Width::parse(width.trim()).ok_or_else(|| bad("a width of int4, int8 or float"))?;
+            let (layers, (attention, mlp)) = decoder_part(part.trim()).ok_or_else(|| {
+                bad(&format!("decoder[.N|.A-B][.attention|.mlp] (layers below {MAX_NAMED_LAYERS})"))
+            })?;
+            for layer in (0..MAX_NAMED_LAYERS).filter(|l| layers >> l & 1 == 1) {
+                for (sub, named) in [(Sublayer::Attention, attention), (Sublayer::Mlp, mlp)] {
+                    if named {
+                        self.set_width(layer, sub, width);
+                    }
+                }
+            }
+        }
+        Ok(self)
+    }
+
+    /// Give decoder sublayer `(layer, sub)` `width`.
+    fn set_width(&mut self, layer: usize, sub: Sublayer, width: Width) {
+        let mask = match sub {
+            Sublayer::Attention => &mut self.parts.float_attention,
+            Sublayer::Mlp => &mut self.parts.float_mlp,
+        };
+        let bit = 1u128 << layer;
+        *mask = if width == Width::Float { *mask | bit } else { *mask & !bit };
+        match width {
+            Width::Int4 => self.sublayer_bits.insert((layer, sub), Bits::Int4),
+            Width::Int8 => self.sublayer_bits.insert((layer, sub), Bits::Int8),
+            Width::Float => self.sublayer_bits.remove(&(layer, sub)),
+        };
+    }
+
+    /// Widths other than the scheme's pair with INT8 activations only.
+    pub fn check_width_choice(&self, option: &str) -> Result<()> {
+        if self.scheme.activation_bits() != Bits::Int8 {
+            return Err(CompressError::BadOptions {
+                recipe: format!("{option} with {}", self.scheme.name()),
+                what: "a scheme with INT8 activations (w8a8 or w4a8)".into(),
+            });
+        }
+        Ok(())
     }
 
     /// The recipe of `--bits` and `--group-size`: an unknown scheme, or a group on INT8 weights
@@ -259,12 +325,14 @@ pub struct QuantizedModel {
     pub weights: BTreeMap<String, QuantWeights>,
 }
 
-/// One matrix to quantize: its tensor name, widths and online rotations.
+/// One matrix to quantize: its tensor name, widths and online rotations, and the decoder
+/// sublayer it belongs to.
 struct Plan {
     name: String,
     weight: Bits,
     activation: Bits,
     online: Vec<RotationSpec>,
+    unit: Option<(usize, Sublayer)>,
 }
 
 /// The quantization plan of every linear matrix (see the module documentation).
@@ -277,7 +345,22 @@ struct Planner<'a> {
 impl Planner<'_> {
     fn plain(&self, name: String) -> Plan {
         let s = self.opts.scheme;
-        Plan { name, weight: s.weight_bits(), activation: s.activation_bits(), online: Vec::new() }
+        Plan {
+            name,
+            weight: s.weight_bits(),
+            activation: s.activation_bits(),
+            online: Vec::new(),
+            unit: None,
+        }
+    }
+
+    /// Tag the plans pushed since `from` as decoder sublayer `unit`, with its weight width.
+    fn tag(&mut self, from: usize, unit: (usize, Sublayer)) {
+        let bits = self.opts.sublayer_bits.get(&unit).copied();
+        for p in &mut self.plans[from..] {
+            p.unit = Some(unit);
+            p.weight = bits.unwrap_or(p.weight);
+        }
     }
 
     /// An online rotation of `size` inputs, seeded apart from the residual (`seed`) and latent
@@ -335,19 +418,23 @@ impl Planner<'_> {
             let slot = 0x4000_0000 + 2 * i as u32;
             let (attention, mlp) = self.opts.parts.decoder_layer(i);
             if attention {
+                let from = self.plans.len();
                 self.qkv(&attn, ranks.is_some_and(|l| l.qkv.is_some()), Vec::new(), Bits::Int8);
                 let o = self.online(t.num_attention_heads * t.head_dim, slot);
                 self.linear(&format!("{attn}.o_proj"), false, o);
+                self.tag(from, (i, Sublayer::Attention));
             }
             if !mlp {
                 continue;
             }
+            let from = self.plans.len();
             for name in ["gate_proj", "up_proj", "down_proj"] {
                 let online =
                     if name == "down_proj" { self.online(t.intermediate_size, slot + 1) } else { Vec::new() };
                 let factored = ranks.is_some_and(|l| l.mlp.contains_key(name));
                 self.linear(&format!("{p}.mlp.{name}"), factored, online);
             }
+            self.tag(from, (i, Sublayer::Mlp));
         }
     }
 
@@ -388,73 +475,31 @@ pub fn quantize_model(
     compression: Option<&Compression>,
     opts: &QuantOptions,
     samples: Option<&[Sample]>,
+    float_bytes: &dyn Fn(&str) -> usize,
 ) -> Result<QuantizedModel> {
     let residual = match &opts.rotate {
         Some(r) => Some(rotate_model(cfg, store, compression, r)?),
         None => None,
     };
-    let moments = match (opts.gptq, samples) {
-        (None, _) => HashMap::new(),
-        (Some(_), Some(s)) => {
-            let r = residual.map(|spec| spec.build()).transpose()?;
-            input_moments(cfg, store, compression, s, r.as_ref())?
-        }
-        (Some(_), None) => {
-            return Err(CompressError::BadOptions {
-                recipe: "--gptq".into(),
-                what: "calibration samples (a low-rank recipe with --calib or --calib-text)".into(),
-            });
-        }
-    };
+    let moments = calibration_moments(cfg, store, compression, opts, samples, residual.as_ref())?;
     check_float_attention(compression, &opts.parts)?;
-    let mut planner = Planner { cfg, opts, plans: Vec::new() };
-    if opts.parts.vision {
-        planner.vision(compression);
-    }
-    if opts.parts.connector {
-        let width = store.get(&format!("{CONNECTOR}.weight")).map_or(0, |(shape, _)| shape[1]);
-        let online = planner.online(width, 0x7000_0000);
-        planner.linear(CONNECTOR, false, online);
-    }
-    planner.text(compression);
-    let tied = cfg.text.tie_word_embeddings;
-    let head = if tied { EMBED } else { LM_HEAD };
-    if opts.parts.lm_head && (!tied || opts.parts.embeddings) {
-        let p = Plan { weight: Bits::Int8, activation: Bits::Int8, ..planner.plain(head.to_string()) };
-        planner.plans.push(p);
-    }
-    let plans = planner.plans;
-
+    let allocated;
+    let opts = match opts.model_bytes {
+        Some(budget) => {
+            allocated = choose_widths(cfg, store, compression, opts, &moments, float_bytes, budget)?;
+            &allocated
+        }
+        None => opts,
+    };
     let mut layers = Vec::new();
     let mut weights = BTreeMap::new();
-    for plan in plans {
-        let (shape, _) =
-            store.get(&plan.name).ok_or_else(|| FormatError::MissingTensor { name: plan.name.clone() })?;
-        let (out, cols) = (shape[0], shape[1]);
+    for plan in plans(cfg, store, compression, opts) {
         for r in &plan.online {
             rotate_rows(store, &plan.name, &r.build()?)?;
         }
-        let group = opts.group.filter(|g| plan.weight == Bits::Int4 && cols.is_multiple_of(*g));
-        let values = &store[&plan.name].1;
-        let mut q = quantize_weights(values, out, cols, plan.weight, group, opts.search)?;
-        if let (Some(damp), Some(h)) = (opts.gptq, moments.get(&plan.name)) {
-            let mut h = h.clone();
-            for r in &plan.online {
-                h = rotate_moments(&h, &r.build()?)?;
-            }
-            q = gptq(values, &q, &h, damp)?;
-        }
-        let layer = QuantizedLayer {
-            weight: plan.name.clone(),
-            weight_bits: plan.weight.bits(),
-            group,
-            activation: ActivationSpec {
-                bits: plan.activation.bits(),
-                clip_ratio: opts.clip_ratio(plan.activation),
-            },
-            online: plan.online,
-        };
-        layer.validate(cols)?;
+        let (shape, values) =
+            store.get(&plan.name).ok_or_else(|| FormatError::MissingTensor { name: plan.name.clone() })?;
+        let (q, layer) = quantize_matrix(values, shape, &plan, opts, &moments)?;
         layers.push(layer);
         weights.insert(plan.name, q);
     }
@@ -478,12 +523,213 @@ pub fn quantize_model(
     Ok(QuantizedModel { section, weights })
 }
 
+/// The decoder's calibration moments that GPTQ (`H`) and the width allocation (`H` and `G`) need,
+/// from `samples` run through the rotated float model; none when neither runs.
+fn calibration_moments(
+    cfg: &ModelConfig,
+    store: &MemoryStore,
+    compression: Option<&Compression>,
+    opts: &QuantOptions,
+    samples: Option<&[Sample]>,
+    residual: Option<&RotationSpec>,
+) -> Result<HashMap<String, Moments>> {
+    let grads = opts.model_bytes.is_some();
+    if opts.gptq.is_none() && !grads {
+        return Ok(HashMap::new());
+    }
+    let Some(samples) = samples else {
+        let option = if grads { "--model-bytes" } else { "--gptq" };
+        return Err(CompressError::BadOptions {
+            recipe: option.into(),
+            what: "calibration samples (--calib or --calib-text)".into(),
+        });
+    };
+    let r = residual.map(|spec| spec.build()).transpose()?;
+    decoder_moments(cfg, store, compression, samples, r.as_ref(), grads)
+}
+
+/// The quantization plan of every matrix `opts` quantizes (see the module documentation).
+fn plans(
+    cfg: &ModelConfig,
+    store: &MemoryStore,
+    compression: Option<&Compression>,
+    opts: &QuantOptions,
+) -> Vec<Plan> {
+    let mut planner = Planner { cfg, opts, plans: Vec::new() };
+    if opts.parts.vision {
+        planner.vision(compression);
+    }
+    if opts.parts.connector {
+        let width = store.get(&format!("{CONNECTOR}.weight")).map_or(0, |(shape, _)| shape[1]);
+        let online = planner.online(width, 0x7000_0000);
+        planner.linear(CONNECTOR, false, online);
+    }
+    planner.text(compression);
+    let tied = cfg.text.tie_word_embeddings;
+    let head = if tied { EMBED } else { LM_HEAD };
+    if opts.parts.lm_head && (!tied || opts.parts.embeddings) {
+        let p = Plan { weight: Bits::Int8, activation: Bits::Int8, ..planner.plain(head.to_string()) };
+        planner.plans.push(p);
+    }
+    planner.plans
+}
+
+/// Quantize `plan`'s matrix, whose `values` already carry its online rotations: clip-searched
+/// scales, then GPTQ when asked and the moments are known.
+fn quantize_matrix(
+    values: &[f32],
+    shape: &[usize],
+    plan: &Plan,
+    opts: &QuantOptions,
+    moments: &HashMap<String, Moments>,
+) -> Result<(QuantWeights, QuantizedLayer)> {
+    let (out, cols) = (shape[0], shape[1]);
+    let layer = layer_record(plan, shape, opts);
+    layer.validate(cols)?;
+    let mut q = quantize_weights(values, out, cols, plan.weight, layer.group, opts.search)?;
+    if let (Some(damp), Some(m)) = (opts.gptq, moments.get(&plan.name)) {
+        q = gptq(values, &q, &rotated_input_moments(&m.h, plan)?, damp)?;
+    }
+    Ok((q, layer))
+}
+
+/// `H` of the input `plan`'s matrix reads after its online rotations.
+fn rotated_input_moments(h: &faer::Mat<f64>, plan: &Plan) -> Result<faer::Mat<f64>> {
+    let mut h = h.clone();
+    for r in &plan.online {
+        h = rotate_moments(&h, &r.build()?)?;
+    }
+    Ok(h)
+}
+
+/// Bytes a quantized matrix stores: packed integers and f32 scales.
+fn quantized_bytes(layer: &QuantizedLayer, shape: &[usize]) -> Result<u64> {
+    let bits = Bits::from_bits(layer.weight_bits)?;
+    let encoding = if bits == Bits::Int4 { Encoding::I4 } else { Encoding::I8 };
+    let scales: usize = layer.scale_shape(shape[0], shape[1]).iter().product();
+    Ok((encoding.byte_len(shape) + 4 * scales) as u64)
+}
+
+/// `opts` with every quantized decoder sublayer's width chosen under `budget` bytes for the whole
+/// model (see [`crate::quant::widths`]).
+fn choose_widths(
+    cfg: &ModelConfig,
+    store: &MemoryStore,
+    compression: Option<&Compression>,
+    opts: &QuantOptions,
+    moments: &HashMap<String, Moments>,
+    float_bytes: &dyn Fn(&str) -> usize,
+    budget: u64,
+) -> Result<QuantOptions> {
+    opts.check_width_choice("--model-bytes")?;
+    if !opts.sublayer_bits.is_empty() {
+        return Err(CompressError::BadOptions {
+            recipe: "--model-bytes".into(),
+            what: "no --widths (it chooses them)".into(),
+        });
+    }
+    let plans = plans(cfg, store, compression, opts);
+    let units: BTreeMap<(usize, Sublayer), Vec<&Plan>> =
+        plans.iter().filter_map(|p| p.unit.map(|u| (u, p))).fold(BTreeMap::new(), |mut m, (u, p)| {
+            m.entry(u).or_insert_with(Vec::new).push(p);
+            m
+        });
+    // everything outside the units: quantized at the scheme's widths, or in its own encoding
+    let mut fixed = 0u64;
+    for (name, shape) in pocketvlm_format::architecture::expected_tensors(cfg, compression) {
+        let plan = plans.iter().find(|p| p.name == name);
+        if plan.is_some_and(|p| p.unit.is_some()) {
+            continue;
+        }
+        fixed += match plan {
+            Some(p) => quantized_bytes(&layer_record(p, &shape, opts), &shape)?,
+            None if name == EMBED && opts.parts.embeddings => {
+                (Encoding::I8.byte_len(&shape) + 4 * shape[0]) as u64
+            }
+            None => (float_bytes(&name) * shape.iter().product::<usize>()) as u64,
+        };
+    }
+    let latent =
+        |layer: usize| compression.and_then(|c| c.text_layers.get(layer)).is_some_and(|l| l.qkv.is_some());
+    let mut candidates = Vec::with_capacity(units.len());
+    for (&(layer, sub), members) in &units {
+        let mut options = Vec::new();
+        for width in Width::ALL {
+            if width == Width::Float && sub == Sublayer::Attention && latent(layer) {
+                continue;
+            }
+            options.push(unit_candidate(store, members, width, opts, moments, float_bytes)?);
+        }
+        candidates.push(options);
+    }
+    let chosen = allocate(&candidates, fixed, budget)?;
+    let mut out = QuantOptions { model_bytes: None, ..opts.clone() };
+    for ((&(layer, sub), _), (options, k)) in units.iter().zip(candidates.iter().zip(chosen)) {
+        out.set_width(layer, sub, options[k].width);
+    }
+    Ok(out)
+}
+
+/// The layer record of `plan`'s matrix: its widths, grouping and online rotations.
+fn layer_record(plan: &Plan, shape: &[usize], opts: &QuantOptions) -> QuantizedLayer {
+    let group = opts.group.filter(|g| plan.weight == Bits::Int4 && shape[1].is_multiple_of(*g));
+    QuantizedLayer {
+        weight: plan.name.clone(),
+        weight_bits: plan.weight.bits(),
+        group,
+        activation: ActivationSpec {
+            bits: plan.activation.bits(),
+            clip_ratio: opts.clip_ratio(plan.activation),
+        },
+        online: plan.online.clone(),
+    }
+}
+
+/// One unit at `width`: the bytes its matrices would store and their summed K-FAC cost (each
+/// quantized as the model would be; float costs nothing).
+fn unit_candidate(
+    store: &MemoryStore,
+    members: &[&Plan],
+    width: Width,
+    opts: &QuantOptions,
+    moments: &HashMap<String, Moments>,
+    float_bytes: &dyn Fn(&str) -> usize,
+) -> Result<Candidate> {
+    let (mut bytes, mut cost) = (0u64, 0.0);
+    for plan in members {
+        let (shape, values) =
+            store.get(&plan.name).ok_or_else(|| FormatError::MissingTensor { name: plan.name.clone() })?;
+        let bits = match width {
+            Width::Float => {
+                bytes += (float_bytes(&plan.name) * values.len()) as u64;
+                continue;
+            }
+            Width::Int4 => Bits::Int4,
+            Width::Int8 => Bits::Int8,
+        };
+        let plan = Plan { weight: bits, name: plan.name.clone(), online: plan.online.clone(), ..**plan };
+        let mut rotated = values.clone();
+        for r in &plan.online {
+            rotate_values(&mut rotated, &r.build()?)?;
+        }
+        let (q, layer) = quantize_matrix(&rotated, shape, &plan, opts, moments)?;
+        bytes += quantized_bytes(&layer, shape)?;
+        let m = moments
+            .get(&plan.name)
+            .ok_or_else(|| CompressError::Calibration(format!("no moments for {}", plan.name)))?;
+        let m = Moments { h: rotated_input_moments(&m.h, &plan)?, g: m.g.clone() };
+        let delta: Vec<f64> = rotated.iter().zip(q.dequantize()).map(|(w, d)| *w as f64 - d).collect();
+        cost += kfac_cost(&delta, shape[0], shape[1], &m);
+    }
+    Ok(Candidate { width, bytes, cost })
+}
+
 /// A layer whose joint-QKV latent is its K/V cache caches it INT8 behind quantized ups, and the
 /// KV budget counts every layer so: its attention must be quantized with the rest.
 fn check_float_attention(compression: Option<&Compression>, parts: &QuantParts) -> Result<()> {
-    let latent = |i: &usize| compression.and_then(|c| c.text_layers.get(*i)).is_some_and(|l| l.qkv.is_some());
-    match (0..MAX_NAMED_LAYERS).filter(latent).find(|&i| !parts.decoder_layer(i).0) {
-        Some(i) => Err(CompressError::BadOptions {
+    let layers = compression.map_or(&[][..], |c| c.text_layers.as_slice());
+    match layers.iter().enumerate().find(|(i, l)| l.qkv.is_some() && !parts.decoder_layer(*i).0) {
+        Some((i, _)) => Err(CompressError::BadOptions {
             recipe: format!("float decoder.{i}.attention"),
             what: "a quantized attention in a layer whose joint-QKV latent is its K/V cache (cached INT8)"
                 .into(),
@@ -510,8 +756,10 @@ pub fn quantize_tensors(
         let values = t.encoding.decode_f32(&t.bytes, &t.shape);
         store.insert(t.name, (t.shape, values));
     }
-    let quantized = quantize_model(cfg, &mut store, compression, opts, samples)?;
     let embed_encoding = encodings.get(EMBED).copied();
+    let encoding_of = |name: &str| encodings.get(name).copied().or(embed_encoding).unwrap_or(Encoding::F32);
+    let float_bytes = |name: &str| encoding_of(name).byte_len(&[1]);
+    let quantized = quantize_model(cfg, &mut store, compression, opts, samples, &float_bytes)?;
     let mut out = Vec::with_capacity(store.len() + quantized.weights.len());
     for (name, shape) in pocketvlm_format::architecture::expected_tensors(cfg, compression) {
         let (_, values) =
@@ -533,7 +781,7 @@ pub fn quantize_tensors(
                 });
             }
             None => {
-                let encoding = encodings.get(&name).copied().or(embed_encoding).unwrap_or(Encoding::F32);
+                let encoding = encoding_of(&name);
                 out.push(OutTensor { name, shape, encoding, bytes: encode(encoding, &values)?.into() });
             }
         }

@@ -58,6 +58,11 @@ fn get<'a>(store: &'a mut MemoryStore, name: &str) -> Result<&'a mut (Vec<usize>
 /// `W ← W Rᵀ`: rotate every row of a `[rows, d]` tensor (in f64).
 pub(crate) fn rotate_rows(store: &mut MemoryStore, name: &str, r: &Rotation) -> Result<()> {
     let (_, values) = get(store, name)?;
+    rotate_values(values, r)
+}
+
+/// `W ← W Rᵀ` on row-major values whose rows are `r.size()` wide (in f64).
+pub(crate) fn rotate_values(values: &mut [f32], r: &Rotation) -> Result<()> {
     let mut row = vec![0f64; r.size()];
     for chunk in values.chunks_exact_mut(r.size()) {
         row.iter_mut().zip(chunk.iter()).for_each(|(o, v)| *o = *v as f64);

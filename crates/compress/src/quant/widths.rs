@@ -1,0 +1,183 @@
+//! Choosing each decoder sublayer's weight width under a byte budget for the whole model.
+//!
+//! A *unit* is one decoder sublayer: a layer's attention (Q/K/V and `o_proj`, or the joint-QKV
+//! factors and `o_proj`) or its MLP (gate/up/down, dense or factored). Every matrix of a unit
+//! takes the same width, one of [`Width`]: INT4 weights (per output channel, or in groups with
+//! `--group-size`), INT8 weights (both with the scheme's INT8 activations), or the rotated float
+//! weights in their source encoding (no online rotation, float activations). A layer whose
+//! joint-QKV latent is its K/V cache keeps its attention integer (the cache is INT8).
+//!
+//! **Cost of a candidate.** Each matrix is quantized at the candidate width exactly as the model
+//! will be (online rotation, clip-searched scales, GPTQ when asked), and its error `ΔW = W − Ŵ`
+//! is charged the K-FAC estimate of the loss it adds, `½ tr(G ΔW H ΔWᵀ)` with the calibration
+//! moments `H = E[x xᵀ]` of its (rotated) input and `G = E[g gᵀ]` of its output gradient
+//! ([`crate::quant::moments`]). A unit's cost is the sum over its matrices; float costs 0. The
+//! INT8 activation error is the same for both integer widths and is not charged, so the estimate
+//! favours float over INT8 only by the weight error.
+//!
+//! **Bytes.** What the model's tensor files will hold: packed integers (padded rows, see
+//! [`pocketvlm_format::quant::pack`]) plus f32 scales, or the float values in their encoding.
+//! The budget covers every tensor of the model; the parts outside the units (embeddings,
+//! `lm_head`, vision tower, connector, norms) take their scheme's widths and are counted first.
+//!
+//! **Allocation** ([`allocate`]): a multiple-choice knapsack solved greedily on the marginal
+//! rate. Every unit starts at its cheapest option; then, while some move fits, the move with
+//! the largest loss decrease per added byte is taken — any option of a unit that costs more bytes
+//! and less loss than its current one. The result never exceeds the budget and stops only when no
+//! move fits. Allocating the budget of a uniform scheme can therefore only lower the estimated
+//! loss from the cheapest start: it is a swap of widths between units wherever the estimate says
+//! one unit's bytes buy more than another's.
+
+use crate::error::{CompressError, Result};
+
+/// One decoder sublayer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Sublayer {
+    Attention,
+    Mlp,
+}
+
+/// The width of one unit's weights.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Width {
+    Int4,
+    Int8,
+    Float,
+}
+
+impl Width {
+    pub const ALL: [Width; 3] = [Width::Int4, Width::Int8, Width::Float];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Width::Int4 => "int4",
+            Width::Int8 => "int8",
+            Width::Float => "float",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|w| w.name() == s)
+    }
+}
+
+/// One option of a unit: what it would store and the loss it is estimated to add.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Candidate {
+    pub width: Width,
+    pub bytes: u64,
+    pub cost: f64,
+}
+
+/// The index of the option every unit takes (see the module documentation); `fixed` bytes are
+/// spent before any unit. A typed error when even the cheapest options exceed `budget`.
+pub fn allocate(units: &[Vec<Candidate>], fixed: u64, budget: u64) -> Result<Vec<usize>> {
+    let cheapest = |opts: &[Candidate]| {
+        (0..opts.len())
+            .min_by(|&a, &b| opts[a].bytes.cmp(&opts[b].bytes).then(opts[a].cost.total_cmp(&opts[b].cost)))
+    };
+    let mut chosen = Vec::with_capacity(units.len());
+    for (i, opts) in units.iter().enumerate() {
+        chosen.push(
+            cheapest(opts).ok_or_else(|| CompressError::Calibration(format!("unit {i} has no width")))?,
+        );
+    }
+    let mut spent: u64 = fixed + units.iter().zip(&chosen).map(|(o, &c)| o[c].bytes).sum::<u64>();
+    if spent > budget {
+        return Err(CompressError::BudgetTooSmall { budget, need: spent });
+    }
+    loop {
+        let mut best: Option<(f64, usize, usize)> = None; // (loss saved per byte, unit, option)
+        for (u, opts) in units.iter().enumerate() {
+            let now = opts[chosen[u]];
+            for (k, o) in opts.iter().enumerate() {
+                let (more, saved) = (o.bytes.saturating_sub(now.bytes), now.cost - o.cost);
+                if o.bytes <= now.bytes || saved <= 0.0 || spent + more > budget {
+                    continue;
+                }
+                let rate = saved / more as f64;
+                if best.is_none_or(|b| rate > b.0) {
+                    best = Some((rate, u, k));
+                }
+            }
+        }
+        let Some((_, u, k)) = best else { break };
+        spent += units[u][k].bytes - units[u][chosen[u]].bytes;
+        chosen[u] = k;
+    }
+    Ok(chosen)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn unit(options: &[(Width, u64, f64)]) -> Vec<Candidate> {
+        options.iter().map(|&(width, bytes, cost)| Candidate { width, bytes, cost }).collect()
+    }
+
+    /// Exhaustive search over every combination: the least total cost within the budget.
+    fn best_possible(units: &[Vec<Candidate>], fixed: u64, budget: u64) -> f64 {
+        let mut best = f64::INFINITY;
+        let total: usize = units.iter().map(Vec::len).product();
+        for mut code in 0..total {
+            let (mut bytes, mut cost) = (fixed, 0.0);
+            for u in units {
+                let o = u[code % u.len()];
+                code /= u.len();
+                bytes += o.bytes;
+                cost += o.cost;
+            }
+            if bytes <= budget {
+                best = best.min(cost);
+            }
+        }
+        best
+    }
+
+    #[test]
+    fn bytes_go_where_they_save_the_most_loss_and_never_past_the_budget() {
+        use Width::*;
+        // a sensitive unit (INT4 costs a lot), a robust one, and one in between
+        let units = vec![
+            unit(&[(Int4, 100, 9.0), (Int8, 200, 0.5), (Float, 400, 0.0)]),
+            unit(&[(Int4, 100, 0.2), (Int8, 200, 0.05), (Float, 400, 0.0)]),
+            unit(&[(Int4, 100, 2.0), (Int8, 200, 0.3), (Float, 400, 0.0)]),
+        ];
+        let fixed = 1000;
+        // the floor: every unit INT4
+        assert_eq!(allocate(&units, fixed, 1300).unwrap(), vec![0, 0, 0]);
+        // one INT8 upgrade's worth: the sensitive unit takes it
+        assert_eq!(allocate(&units, fixed, 1450).unwrap(), vec![1, 0, 0]);
+        // two: the sensitive unit and the one in between, the robust one stays INT4
+        assert_eq!(allocate(&units, fixed, 1500).unwrap(), vec![1, 0, 1]);
+        // everything fits: all float
+        assert_eq!(allocate(&units, fixed, 2200).unwrap(), vec![2, 2, 2]);
+        for budget in (1300..=2300).step_by(25) {
+            let chosen = allocate(&units, fixed, budget).unwrap();
+            let bytes: u64 = fixed + units.iter().zip(&chosen).map(|(u, &c)| u[c].bytes).sum::<u64>();
+            let cost: f64 = units.iter().zip(&chosen).map(|(u, &c)| u[c].cost).sum();
+            assert!(bytes <= budget, "{budget}: {bytes}");
+            // no single move that lowers the loss still fits
+            for (u, opts) in units.iter().enumerate() {
+                for o in opts {
+                    let fits = bytes - opts[chosen[u]].bytes + o.bytes <= budget;
+                    assert!(!(fits && o.cost < opts[chosen[u]].cost), "{budget}: unit {u} could take {o:?}");
+                }
+            }
+            // greedy on the marginal rate is within the best option's cost here
+            // never worse than the best uniform width that fits, and at most one move's saving
+            // (0.15 here) above the exhaustive optimum
+            let uniform = (0..3)
+                .filter(|&k| fixed + units.iter().map(|u| u[k].bytes).sum::<u64>() <= budget)
+                .map(|k| units.iter().map(|u| u[k].cost).sum::<f64>())
+                .fold(f64::INFINITY, f64::min);
+            assert!(cost <= uniform, "{budget}: {cost} vs uniform {uniform}");
+            let optimum = best_possible(&units, fixed, budget);
+            assert!(cost <= optimum + 0.15 + 1e-12, "{budget}: {cost} vs optimum {optimum}");
+        }
+        // the cheapest options do not fit: a typed error saying what they need
+        let err = allocate(&units, fixed, 1299).unwrap_err();
+        assert!(matches!(err, CompressError::BudgetTooSmall { budget: 1299, need: 1300 }), "{err:?}");
+    }
+}

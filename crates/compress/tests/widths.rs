@@ -1,0 +1,219 @@
+//! Per-sublayer widths on the tiny fixture: `--widths` writes the widths it names, and the width
+//! allocation (`QuantOptions::model_bytes`) fits the model's tensors in the byte budget, leaves
+//! no affordable upgrade unspent, and loses no more than uniform widths at the same bytes
+//! (measured on held-out text against the float model by `eval::evaluate`).
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use common::fixture;
+use pocketvlm_compress::calib::data::stop_ids;
+use pocketvlm_compress::calib::{CalibOptions, CalibSource};
+use pocketvlm_compress::checkpoint::Source;
+use pocketvlm_compress::eval::{EvalOptions, Text, evaluate};
+use pocketvlm_compress::model::CpuModel;
+use pocketvlm_compress::progress::Progress;
+use pocketvlm_compress::quant::QuantOptions;
+use pocketvlm_compress::{Budgets, CompressError, DenseOptions, LowRankOptions, Method, Plan, compress};
+use pocketvlm_format::Manifest;
+use pocketvlm_processor::Prompt;
+
+const TEXT: &str = "Sir Walter Elliot, of Kellynch Hall, in Somersetshire, was a man who, for his own \
+    amusement, never took up any book but the Baronetage; there he found occupation for an idle hour, \
+    and consolation in a distressed one. HAMLET: Who's there? HORATIO: Friends to this ground. \
+    MARCELLUS: And liegemen to the Dane.";
+
+fn calib(cache: &Path) -> (CalibOptions, PathBuf) {
+    let mut c = CalibOptions::new(CalibSource::Images(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/images"),
+    ));
+    c.samples = 3;
+    c.max_tokens = 8;
+    (c, cache.join("calib.cache"))
+}
+
+/// The tiny fixture at `bits` (with `edit` applied to the options), GPTQ on, calibrated.
+fn quantized(
+    tmp: &Path,
+    name: &str,
+    bits: &str,
+    edit: impl FnOnce(&mut QuantOptions),
+) -> Result<Manifest, CompressError> {
+    let (c, cache) = calib(tmp);
+    let mut q = QuantOptions::parse(bits, None)?;
+    q.gptq = Some(0.01);
+    edit(&mut q);
+    let plan = Plan::Dense(DenseOptions {
+        quant: Some(q),
+        calib: Some(c),
+        calib_cache: Some(cache),
+        ..Default::default()
+    });
+    Ok(compress(&fixture(), &tmp.join(name), &plan)?.manifest)
+}
+
+fn total_bytes(m: &Manifest) -> u64 {
+    m.tensors.iter().map(|t| t.bytes).sum()
+}
+
+/// Bytes of each decoder sublayer (`(layer, "self_attn" | "mlp")`), scales included.
+fn unit_bytes(m: &Manifest) -> BTreeMap<(usize, String), u64> {
+    let mut units = BTreeMap::new();
+    for t in &m.tensors {
+        let Some(rest) = t.name.strip_prefix("model.text_model.layers.") else { continue };
+        let mut parts = rest.split('.');
+        let layer: usize = parts.next().unwrap().parse().unwrap();
+        let sub = parts.next().unwrap();
+        if sub == "self_attn" || sub == "mlp" {
+            *units.entry((layer, sub.to_string())).or_insert(0) += t.bytes;
+        }
+    }
+    units
+}
+
+/// The weight width of every decoder sublayer's layers (`None`: float).
+fn unit_widths(m: &Manifest) -> BTreeMap<(usize, String), Option<u32>> {
+    let q = m.quantization.as_ref().unwrap();
+    unit_bytes(m)
+        .into_keys()
+        .map(|(layer, sub)| {
+            let prefix = format!("model.text_model.layers.{layer}.{sub}.");
+            let bits: Vec<u32> =
+                q.layers.iter().filter(|l| l.weight.starts_with(&prefix)).map(|l| l.weight_bits).collect();
+            assert!(bits.iter().all(|b| *b == bits[0]), "{prefix}: one width per sublayer, got {bits:?}");
+            ((layer, sub), bits.first().copied())
+        })
+        .collect()
+}
+
+/// Mean KL to the float model on [`TEXT`], for each model directory.
+fn kl(dirs: &[&Path]) -> Vec<f64> {
+    let source = Source::open(&fixture()).unwrap();
+    let meta = &source.meta;
+    let reference = CpuModel::from_source(&source).unwrap();
+    let chat = Prompt::new(&meta.tokenizer_bytes, &meta.tokenizer, meta.processor.image_seq_len).unwrap();
+    let stop = stop_ids(meta, &chat);
+    let models: Vec<CpuModel> = dirs.iter().map(|d| CpuModel::from_format(d).unwrap()).collect();
+    let refs: Vec<&CpuModel> = models.iter().collect();
+    let opts = EvalOptions { max_tokens: 64, window: 32, answer_tokens: 4 };
+    let texts = [Text { name: "text", text: TEXT }];
+    let stage = Progress::silent().stage("eval");
+    evaluate(&refs, &reference, &chat, &stop, &texts, &opts, &stage).unwrap().iter().map(|f| f.kl).collect()
+}
+
+#[test]
+fn named_widths_are_written_per_sublayer() {
+    let tmp = tempfile::tempdir().unwrap();
+    let m = quantized(tmp.path(), "mixed", "w4a8", |q| {
+        *q = q.clone().with_widths("decoder.0.mlp=int8,decoder.1.attention=float").unwrap();
+    })
+    .unwrap();
+    let widths = unit_widths(&m);
+    let want = [
+        ((0, "mlp"), Some(8)),
+        ((0, "self_attn"), Some(4)),
+        ((1, "mlp"), Some(4)),
+        ((1, "self_attn"), None),
+        ((2, "mlp"), Some(4)),
+        ((2, "self_attn"), Some(4)),
+    ];
+    assert_eq!(widths, want.map(|((l, s), w)| ((l, s.to_string()), w)).into_iter().collect());
+    // lm_head stays W8A8 and the vision tower the scheme's
+    let q = m.quantization.as_ref().unwrap();
+    assert_eq!(q.layers.iter().find(|l| l.weight == "lm_head.weight").unwrap().weight_bits, 8);
+    assert!(
+        q.layers.iter().filter(|l| l.weight.starts_with("model.vision_model.")).all(|l| l.weight_bits == 4)
+    );
+}
+
+#[test]
+fn allocated_widths_fit_the_budget_and_lose_no_more_than_uniform_widths_at_the_same_bytes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let w4 = quantized(t, "w4a8", "w4a8", |_| {}).unwrap();
+    let w8 = quantized(t, "w8a8", "w8a8", |_| {}).unwrap();
+    // every sublayer float: the dense plan with the decoder kept float
+    let float = quantized(t, "float-decoder", "w8a8", |q| {
+        *q = q.clone().with_widths("decoder=float").unwrap();
+    })
+    .unwrap();
+    let sizes = [unit_bytes(&w4), unit_bytes(&w8), unit_bytes(&float)];
+    let b8 = total_bytes(&w8);
+    assert!(total_bytes(&w4) < b8);
+
+    // the budget of uniform W8A8 (the same fixed parts: vision, connector, lm_head at W8A8)
+    let alloc = |name: &str, budget: u64| quantized(t, name, "w8a8", |q| q.model_bytes = Some(budget));
+    // the smallest model: the fixed parts at W8A8, every sublayer INT4
+    let floor = b8 - sizes[1].values().sum::<u64>() + sizes[0].values().sum::<u64>();
+    let all_float = b8 - sizes[1].values().sum::<u64>() + sizes[2].values().sum::<u64>();
+    let budgets = [
+        ("above-w8", (b8 + all_float) / 2),
+        ("at-w8", b8),
+        ("between", (floor + b8) / 2),
+        ("near-floor", floor + (b8 - floor) / 8),
+    ];
+    for (name, budget) in budgets {
+        let m = alloc(name, budget).unwrap();
+        let bytes = total_bytes(&m);
+        assert!(bytes <= budget, "{name}: {bytes} > {budget}");
+        // no sublayer could still move to a wider width within the budget
+        let widths = unit_widths(&m);
+        let index = |w: Option<u32>| match w {
+            Some(4) => 0,
+            Some(8) => 1,
+            _ => 2,
+        };
+        for (unit, w) in &widths {
+            let now = sizes[index(*w)][unit];
+            assert_eq!(unit_bytes(&m)[unit], now, "{name} {unit:?}: bytes as counted");
+            for wider in sizes.iter().skip(index(*w) + 1) {
+                assert!(bytes - now + wider[unit] > budget, "{name} {unit:?}: a wider width fits the budget");
+            }
+        }
+        eprintln!("{name}: budget {budget}, wrote {bytes}, widths {widths:?}");
+        // more bytes than uniform W8A8 buy float sublayers
+        assert_eq!(name == "above-w8", widths.values().any(Option::is_none), "{name}");
+    }
+    // each allocation against the uniform widths its budget affords
+    let dirs = ["w4a8", "w8a8", "above-w8", "at-w8", "between"].map(|d| t.join(d));
+    let kls = kl(&dirs.iter().map(PathBuf::as_path).collect::<Vec<_>>());
+    eprintln!("KL to the float model: uniform W4A8, W8A8, allocated above, at W8A8 bytes, between: {kls:?}");
+    let [w4_kl, w8_kl, above, at_w8, between] = kls[..] else { unreachable!() };
+    assert!(above <= w8_kl && at_w8 <= w8_kl, "{above} / {at_w8} vs uniform W8A8 {w8_kl}");
+    assert!(between < w4_kl, "{between} vs uniform W4A8 {w4_kl}");
+
+    // below the smallest model: a typed error naming what it needs
+    let err = alloc("too-small", floor - 1).unwrap_err();
+    assert!(matches!(err, CompressError::BudgetTooSmall { need, .. } if need == floor), "{err:?}");
+}
+
+/// A low-rank model's factors are units too: the moments of a factored layer (the latent's
+/// `D H Dᵀ` and `Uᵀ G U`) price them, and the budget holds. A budget between every sublayer at
+/// INT4 and at INT8 gives a mix.
+#[test]
+fn factored_sublayers_take_widths_under_the_budget() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (c, cache) = calib(tmp.path());
+    let budgets = Budgets { qkv_params: Some(0.9), ffn_params: Some(0.9), ..Default::default() };
+    let run = |name: &str, edit: &dyn Fn(&mut QuantOptions)| {
+        let mut opts = LowRankOptions::new(Method::Qsvd, budgets, Some(c.clone()));
+        opts.calib_cache = Some(cache.clone());
+        let mut q = QuantOptions::parse("w8a8", None).unwrap();
+        q.gptq = Some(0.01);
+        edit(&mut q);
+        opts.quant = Some(q);
+        compress(&fixture(), &tmp.path().join(name), &Plan::LowRank(opts)).unwrap().manifest
+    };
+    let w8 = run("w8", &|_| {});
+    let w4 = run("w4", &|q| *q = q.clone().with_widths("decoder=int4").unwrap());
+    assert!(w8.compression.as_ref().unwrap().text_layers.iter().all(|l| l.qkv.is_some()));
+    let budget = (total_bytes(&w4) + total_bytes(&w8)) / 2;
+    let m = run("mixed", &|q| q.model_bytes = Some(budget));
+    assert!(total_bytes(&m) <= budget && total_bytes(&m) > total_bytes(&w4));
+    let widths: Vec<_> = unit_widths(&m).into_values().collect();
+    assert!(widths.contains(&Some(8)) && widths.contains(&Some(4)), "{widths:?}");
+    let q = m.quantization.as_ref().unwrap();
+    assert_eq!(q.layers.iter().filter(|l| l.weight.ends_with("self_attn.qkv_down.weight")).count(), 3);
+}
