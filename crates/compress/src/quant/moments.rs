@@ -237,8 +237,8 @@ mod tests {
         assert!(err < 1e-9, "{err}");
     }
 
-    /// The K-FAC cost is the expected `½ (g·ΔW x)²`-free form: for rank-one moments `H = x xᵀ`,
-    /// `G = g gᵀ` it is `½ (gᵀ ΔW x)²`, computed here directly.
+    /// For rank-one moments `H = x xᵀ`, `G = g gᵀ` the K-FAC cost is `½ (gᵀ ΔW x)²`, computed
+    /// here directly; without `G` it is half the output error `½ ‖ΔW x‖²`.
     #[test]
     fn kfac_cost_of_rank_one_moments_is_half_the_squared_directional_change() {
         let (out, cols) = (5, 7);
@@ -253,7 +253,6 @@ mod tests {
             (0..out).map(|o| g[o] * (0..cols).map(|j| delta[o * cols + j] * x[j]).sum::<f64>()).sum();
         let got = kfac_cost(&delta, out, cols, &m);
         assert!((got - 0.5 * dir * dir).abs() < 1e-12 * (1.0 + got.abs()), "{got} vs {}", 0.5 * dir * dir);
-        // a larger G costs more; no G is the plain output error ½ tr(ΔW H ΔWᵀ)
         let plain = kfac_cost(&delta, out, cols, &Moments { g: None, ..m.clone() });
         let y: f64 =
             (0..out).map(|o| (0..cols).map(|j| delta[o * cols + j] * x[j]).sum::<f64>().powi(2)).sum();
