@@ -1,4 +1,4 @@
-// Token embedding with image-feature scatter (the table f32, bf16, f16 or INT8, see `entry`), one 256-invocation workgroup per token (2-D grid):
+// Token embedding with image-feature scatter (the table f32, bf16, f16, INT8 or INT4, see `entry`), one 256-invocation workgroup per token (2-D grid):
 //   out[t, :] = table[ids[t], :]                       for text tokens,
 //   out[t, :] = image[k, :]                            for the k-th token equal to image_token
 //                                                      (k counts image tokens before t),
@@ -34,7 +34,7 @@ struct Params {
 
 var<workgroup> image_index: atomic<u32>;
 #endif
-#ifdef TABLE_I8
+#ifdef TABLE_INT
 #ifdef SCALE_F16
 @group(0) @binding({{SCALE_BINDING}}) var<storage, read> row_scales: array<u32>;
 #else
@@ -43,9 +43,9 @@ var<workgroup> image_index: atomic<u32>;
 #endif
 
 // Element i of chunk row r, widened exactly to f32. TABLE_F32: stored f32. TABLE_BF16 /
-// TABLE_F16: two 16-bit values per word (element 2k in the low half). TABLE_I8: the integer
-// contract's quantized table, rows of i8 lanes padded to whole words, one scale per row:
-// e = f32(q) * s (one correctly rounded multiply).
+// TABLE_F16: two 16-bit values per word (element 2k in the low half). TABLE_I8 / TABLE_I4: the
+// integer contract's quantized table, rows of i8 (i4) lanes padded to whole words, one scale per
+// row: e = f32(q) * s (one correctly rounded multiply).
 fn entry(r: u32, i: u32) -> f32 {
 #ifdef TABLE_F32
     return table[r * params.d + i];
@@ -59,8 +59,12 @@ fn entry(r: u32, i: u32) -> f32 {
     return f16_in(table[k / 2u], (k & 1u) == 1u);
 #endif
 #ifdef TABLE_I8
-    let word = table[r * ((params.d + 3u) / 4u) + i / 4u];
-    let q = i8_in(word, i % 4u);
+    let q = i8_in(table[r * ((params.d + 3u) / 4u) + i / 4u], i % 4u);
+#endif
+#ifdef TABLE_I4
+    let q = i4_in(table[r * ((params.d + 7u) / 8u) + i / 8u], i % 8u);
+#endif
+#ifdef TABLE_INT
 #ifdef SCALE_F16
     let s = f16_in(row_scales[r / 2u], (r & 1u) == 1u);
 #else

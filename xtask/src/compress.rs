@@ -162,14 +162,17 @@ pub struct QuantArgs {
     /// (not with --rtn), `on` to any --bits (calibration data required), `off` never.
     #[arg(long, value_enum)]
     gptq: Option<Gptq>,
-    /// Weight widths of decoder sublayers other than --bits', comma-separated PART=WIDTH: PART
-    /// names decoder sublayers as --float does (decoder.N, decoder.A-B, decoder.N.attention,
-    /// decoder.A-B.mlp), WIDTH is int4, int8 or float (needs --bits w8a8 or w4a8).
+    /// Weight widths other than the defaults (--bits' for decoder sublayers, INT8 for the
+    /// embedding table and lm_head), comma-separated PART=WIDTH: PART is embeddings, lm_head (a
+    /// tied one takes the embeddings' width) or names decoder sublayers as --float does
+    /// (decoder.N, decoder.A-B, decoder.N.attention, decoder.A-B.mlp), WIDTH is int4, int8 or
+    /// float (needs --bits w8a8 or w4a8).
     #[arg(long, default_value = "")]
     widths: String,
-    /// Byte budget of the whole model's tensors: every quantized decoder sublayer gets int4, int8
-    /// or float weights, whichever fits the budget with the least estimated loss (K-FAC, from the
-    /// calibration samples; needs calibration data and --bits w8a8 or w4a8).
+    /// Byte budget of the whole model's tensors: every quantized decoder sublayer, the embedding
+    /// table and lm_head get int4, int8 or float weights, whichever fits the budget with the least
+    /// estimated loss (K-FAC, from the calibration samples; needs calibration data and --bits
+    /// w8a8 or w4a8).
     #[arg(long, conflicts_with = "widths")]
     model_bytes: Option<u64>,
 }
@@ -274,32 +277,30 @@ pub fn quantize(args: QuantizeArgs) -> Result<()> {
     let start = Instant::now();
     // the samples serve GPTQ and the width allocation only: prepared (or read from the cache)
     // when one of them runs
-    let samples =
-        match (calib.as_ref().filter(|_| opts.gptq.is_some() || opts.model_bytes.is_some()), &args.reference)
-        {
-            (None, _) => None,
-            (Some(c), Some(hf)) => Some(
-                Source::open(hf)
-                    .and_then(|source| {
-                        let stage = crate::progress::bars().stage("calibration samples");
-                        pocketvlm_compress::calib::cache::load_or_prepare(
-                            &source,
-                            None,
-                            c,
-                            args.calib.calib_cache.as_deref(),
-                            &stage,
-                        )
-                    })
-                    .with_context(|| format!("calibration samples of {}", hf.display()))?,
-            ),
-            (Some(_), None) => {
-                return Err(CompressError::BadOptions {
-                    recipe: "quantize --calib/--calib-text".into(),
-                    what: "the uncompressed checkpoint (--reference) to prepare the samples with".into(),
-                }
-                .into());
+    let samples = match (calib.as_ref().filter(|_| opts.needs_samples()), &args.reference) {
+        (None, _) => None,
+        (Some(c), Some(hf)) => Some(
+            Source::open(hf)
+                .and_then(|source| {
+                    let stage = crate::progress::bars().stage("calibration samples");
+                    pocketvlm_compress::calib::cache::load_or_prepare(
+                        &source,
+                        None,
+                        c,
+                        args.calib.calib_cache.as_deref(),
+                        &stage,
+                    )
+                })
+                .with_context(|| format!("calibration samples of {}", hf.display()))?,
+        ),
+        (Some(_), None) => {
+            return Err(CompressError::BadOptions {
+                recipe: "quantize --calib/--calib-text".into(),
+                what: "the uncompressed checkpoint (--reference) to prepare the samples with".into(),
             }
-        };
+            .into());
+        }
+    };
     let manifest = quantize_dir(
         &args.model,
         &args.out,
@@ -574,12 +575,13 @@ mod tests {
     #[test]
     fn sublayer_widths_and_a_byte_budget_parse_with_typed_errors() {
         use pocketvlm_compress::quant::widths::Sublayer::{Attention, Mlp};
+        use pocketvlm_compress::quant::widths::Unit::{Decoder, Embeddings, LmHead};
         let q =
             parse(&["--bits", "w4a8", "--widths", "decoder.0-1.mlp=int8,decoder.2=float,decoder.1.mlp=int4"])
                 .unwrap()
                 .unwrap();
-        let bits: Vec<_> = q.sublayer_bits.iter().map(|(k, v)| (*k, *v)).collect();
-        assert_eq!(bits, [((0, Mlp), Bits::Int8), ((1, Mlp), Bits::Int4)]);
+        let bits: Vec<_> = q.unit_bits.iter().map(|(k, v)| (*k, *v)).collect();
+        assert_eq!(bits, [(Decoder(0, Mlp), Bits::Int8), (Decoder(1, Mlp), Bits::Int4)]);
         assert_eq!(q.parts.decoder_layer(2), (false, false));
         assert_eq!(q.parts.decoder_layer(1), (true, true));
         // a float sublayer made integer again
@@ -587,8 +589,13 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(q.parts.decoder_layer(3), (true, false));
-        assert_eq!(q.sublayer_bits.get(&(3, Attention)), Some(&Bits::Int4));
-        for bad in ["decoder.1=int2", "decoder.1", "lm_head=int4", "decoder.200=int8"] {
+        assert_eq!(q.unit_bits.get(&Decoder(3, Attention)), Some(&Bits::Int4));
+        // the embeddings and lm_head take widths too; float is the same as --float
+        let q = parse(&["--bits", "w8a8", "--widths", "embeddings=int4,lm_head=float"]).unwrap().unwrap();
+        assert_eq!(q.unit_bits.get(&Embeddings), Some(&Bits::Int4));
+        assert_eq!(q.unit_bits.get(&LmHead), None);
+        assert!(q.parts.embeddings && !q.parts.lm_head);
+        for bad in ["decoder.1=int2", "decoder.1", "head=int4", "vision=int4", "decoder.200=int8"] {
             let err = parse(&["--bits", "w8a8", "--widths", bad]).unwrap_err();
             assert!(err.starts_with("BadOptions"), "{bad}: {err}");
         }

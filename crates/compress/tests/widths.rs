@@ -1,11 +1,12 @@
-//! Per-sublayer widths on the tiny fixture: `--widths` writes the widths it names, and the width
-//! allocation (`QuantOptions::model_bytes`) fits the model's tensors in the byte budget, leaves
-//! no affordable upgrade unspent, and loses no more than uniform widths at the same bytes
-//! (measured on held-out text against the float model by `eval::evaluate`).
+//! Widths per unit (decoder sublayer, embeddings, `lm_head`) on the tiny fixture: `--widths`
+//! writes the widths it names, and the width allocation (`QuantOptions::model_bytes`) fits the
+//! model's tensors in the byte budget, leaves no affordable upgrade unspent, and loses no more
+//! than uniform widths at the same bytes (measured on held-out text against the float model by
+//! `eval::evaluate`).
 
 mod common;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use common::fixture;
@@ -58,32 +59,50 @@ fn total_bytes(m: &Manifest) -> u64 {
     m.tensors.iter().map(|t| t.bytes).sum()
 }
 
-/// Bytes of each decoder sublayer (`(layer, "self_attn" | "mlp")`), scales included.
-fn unit_bytes(m: &Manifest) -> BTreeMap<(usize, String), u64> {
+const EMBED: &str = "model.text_model.embed_tokens.weight";
+
+/// The unit a tensor belongs to: `decoder.L.self_attn` / `decoder.L.mlp`, `embeddings` or
+/// `lm_head` (the fixture's is untied), with their scales.
+fn unit_of(tensor: &str) -> Option<String> {
+    let name = tensor.strip_suffix("_scale").unwrap_or(tensor);
+    if name == EMBED || name == "lm_head.weight" {
+        return Some(if name == EMBED { "embeddings" } else { "lm_head" }.to_string());
+    }
+    let rest = name.strip_prefix("model.text_model.layers.")?;
+    let mut parts = rest.split('.');
+    let layer: usize = parts.next()?.parse().ok()?;
+    let sub = parts.next()?;
+    (sub == "self_attn" || sub == "mlp").then(|| format!("decoder.{layer}.{sub}"))
+}
+
+/// Bytes of each unit, scales included.
+fn unit_bytes(m: &Manifest) -> BTreeMap<String, u64> {
     let mut units = BTreeMap::new();
     for t in &m.tensors {
-        let Some(rest) = t.name.strip_prefix("model.text_model.layers.") else { continue };
-        let mut parts = rest.split('.');
-        let layer: usize = parts.next().unwrap().parse().unwrap();
-        let sub = parts.next().unwrap();
-        if sub == "self_attn" || sub == "mlp" {
-            *units.entry((layer, sub.to_string())).or_insert(0) += t.bytes;
+        if let Some(unit) = unit_of(&t.name) {
+            *units.entry(unit).or_insert(0) += t.bytes;
         }
     }
     units
 }
 
-/// The weight width of every decoder sublayer's layers (`None`: float).
-fn unit_widths(m: &Manifest) -> BTreeMap<(usize, String), Option<u32>> {
+/// The weight width of every unit (`None`: float).
+fn unit_widths(m: &Manifest) -> BTreeMap<String, Option<u32>> {
     let q = m.quantization.as_ref().unwrap();
     unit_bytes(m)
         .into_keys()
-        .map(|(layer, sub)| {
-            let prefix = format!("model.text_model.layers.{layer}.{sub}.");
-            let bits: Vec<u32> =
-                q.layers.iter().filter(|l| l.weight.starts_with(&prefix)).map(|l| l.weight_bits).collect();
-            assert!(bits.iter().all(|b| *b == bits[0]), "{prefix}: one width per sublayer, got {bits:?}");
-            ((layer, sub), bits.first().copied())
+        .map(|unit| {
+            let mut bits: Vec<u32> = q
+                .layers
+                .iter()
+                .filter(|l| unit_of(&l.weight).as_ref() == Some(&unit))
+                .map(|l| l.weight_bits)
+                .collect();
+            bits.extend(
+                q.tables.iter().filter(|t| unit_of(&t.tensor).as_ref() == Some(&unit)).map(|t| t.bits),
+            );
+            assert!(bits.iter().all(|b| *b == bits[0]), "{unit}: one width per unit, got {bits:?}");
+            (unit, bits.first().copied())
         })
         .collect()
 }
@@ -107,22 +126,27 @@ fn kl(dirs: &[&Path]) -> Vec<f64> {
 fn named_widths_are_written_per_sublayer() {
     let tmp = tempfile::tempdir().unwrap();
     let m = quantized(tmp.path(), "mixed", "w4a8", |q| {
-        *q = q.clone().with_widths("decoder.0.mlp=int8,decoder.1.attention=float").unwrap();
+        *q = q.clone().with_widths("decoder.0.mlp=int8,decoder.1.attention=float,embeddings=int4").unwrap();
     })
     .unwrap();
     let widths = unit_widths(&m);
     let want = [
-        ((0, "mlp"), Some(8)),
-        ((0, "self_attn"), Some(4)),
-        ((1, "mlp"), Some(4)),
-        ((1, "self_attn"), None),
-        ((2, "mlp"), Some(4)),
-        ((2, "self_attn"), Some(4)),
+        ("decoder.0.mlp", Some(8)),
+        ("decoder.0.self_attn", Some(4)),
+        ("decoder.1.mlp", Some(4)),
+        ("decoder.1.self_attn", None),
+        ("decoder.2.mlp", Some(4)),
+        ("decoder.2.self_attn", Some(4)),
+        ("embeddings", Some(4)),
+        // lm_head stays W8A8 unless named
+        ("lm_head", Some(8)),
     ];
-    assert_eq!(widths, want.map(|((l, s), w)| ((l, s.to_string()), w)).into_iter().collect());
-    // lm_head stays W8A8 and the vision tower the scheme's
+    assert_eq!(widths, want.map(|(u, w)| (u.to_string(), w)).into_iter().collect());
+    // the table is stored as INT4 with one scale per row; the vision tower keeps the scheme's
+    let embed = m.tensor(EMBED).unwrap();
+    assert_eq!(embed.encoding, "i4");
+    assert_eq!(m.tensor(&format!("{EMBED}_scale")).unwrap().shape, [embed.shape[0]]);
     let q = m.quantization.as_ref().unwrap();
-    assert_eq!(q.layers.iter().find(|l| l.weight == "lm_head.weight").unwrap().weight_bits, 8);
     assert!(
         q.layers.iter().filter(|l| l.weight.starts_with("model.vision_model.")).all(|l| l.weight_bits == 4)
     );
@@ -132,27 +156,32 @@ fn named_widths_are_written_per_sublayer() {
 fn allocated_widths_fit_the_budget_and_lose_no_more_than_uniform_widths_at_the_same_bytes() {
     let tmp = tempfile::tempdir().unwrap();
     let t = tmp.path();
+    // uniform W4A8 and W8A8 (embeddings and lm_head INT8 in both)
     let w4 = quantized(t, "w4a8", "w4a8", |_| {}).unwrap();
     let w8 = quantized(t, "w8a8", "w8a8", |_| {}).unwrap();
-    // every sublayer float: the dense plan with the decoder kept float
-    let float = quantized(t, "float-decoder", "w8a8", |q| {
-        *q = q.clone().with_widths("decoder=float").unwrap();
+    // every unit INT4, and every unit float (the vision tower and connector W8A8 in both)
+    let int4 = quantized(t, "int4", "w8a8", |q| {
+        *q = q.clone().with_widths("decoder=int4,embeddings=int4,lm_head=int4").unwrap();
     })
     .unwrap();
-    let sizes = [unit_bytes(&w4), unit_bytes(&w8), unit_bytes(&float)];
-    let b8 = total_bytes(&w8);
-    assert!(total_bytes(&w4) < b8);
+    let float = quantized(t, "float", "w8a8", |q| {
+        *q = q.clone().with_widths("decoder=float,embeddings=float,lm_head=float").unwrap();
+    })
+    .unwrap();
+    let sizes = [unit_bytes(&int4), unit_bytes(&w8), unit_bytes(&float)];
+    let (b4, b8) = (total_bytes(&w4), total_bytes(&w8));
+    assert!(b4 < b8);
 
-    // the budget of uniform W8A8 (the same fixed parts: vision, connector, lm_head at W8A8)
     let alloc = |name: &str, budget: u64| quantized(t, name, "w8a8", |q| q.model_bytes = Some(budget));
-    // the smallest model: the fixed parts at W8A8, every sublayer INT4
-    let floor = b8 - sizes[1].values().sum::<u64>() + sizes[0].values().sum::<u64>();
-    let all_float = b8 - sizes[1].values().sum::<u64>() + sizes[2].values().sum::<u64>();
+    // the smallest model: the fixed parts at W8A8, every unit INT4
+    let floor = total_bytes(&int4);
+    let all_float = total_bytes(&float);
     let budgets = [
         ("above-w8", (b8 + all_float) / 2),
         ("at-w8", b8),
-        ("between", (floor + b8) / 2),
-        ("near-floor", floor + (b8 - floor) / 8),
+        ("between", (b4 + b8) / 2),
+        ("at-w4", b4),
+        ("near-floor", floor + (b4 - floor) / 8),
     ];
     for (name, budget) in budgets {
         let m = alloc(name, budget).unwrap();
@@ -173,16 +202,20 @@ fn allocated_widths_fit_the_budget_and_lose_no_more_than_uniform_widths_at_the_s
             }
         }
         eprintln!("{name}: budget {budget}, wrote {bytes}, widths {widths:?}");
-        // more bytes than uniform W8A8 buy float sublayers
-        assert_eq!(name == "above-w8", widths.values().any(Option::is_none), "{name}");
+        // more bytes than uniform W8A8 buy float units
+        if name == "above-w8" {
+            assert!(widths.values().any(Option::is_none), "{name}");
+        }
     }
     // each allocation against the uniform widths its budget affords
-    let dirs = ["w4a8", "w8a8", "above-w8", "at-w8", "between"].map(|d| t.join(d));
+    let dirs = ["w4a8", "w8a8", "above-w8", "at-w8", "between", "at-w4"].map(|d| t.join(d));
     let kls = kl(&dirs.iter().map(PathBuf::as_path).collect::<Vec<_>>());
-    eprintln!("KL to the float model: uniform W4A8, W8A8, allocated above, at W8A8 bytes, between: {kls:?}");
-    let [w4_kl, w8_kl, above, at_w8, between] = kls[..] else { unreachable!() };
+    eprintln!(
+        "KL to the float model: uniform W4A8, W8A8, allocated above, at W8A8 bytes, between, at W4A8 bytes: {kls:?}"
+    );
+    let [w4_kl, w8_kl, above, at_w8, between, at_w4] = kls[..] else { unreachable!() };
     assert!(above <= w8_kl && at_w8 <= w8_kl, "{above} / {at_w8} vs uniform W8A8 {w8_kl}");
-    assert!(between < w4_kl, "{between} vs uniform W4A8 {w4_kl}");
+    assert!(between < w4_kl && at_w4 < w4_kl, "{between} / {at_w4} vs uniform W4A8 {w4_kl}");
 
     // below the smallest model: a typed error naming what it needs
     let err = alloc("too-small", floor - 1).unwrap_err();
@@ -190,8 +223,8 @@ fn allocated_widths_fit_the_budget_and_lose_no_more_than_uniform_widths_at_the_s
 }
 
 /// A low-rank model's factors are units too: the moments of a factored layer (the latent's
-/// `D H Dᵀ` and `Uᵀ G U`) price them, and the budget holds. A budget between every sublayer at
-/// INT4 and at INT8 gives a mix.
+/// `D H Dᵀ` and `Uᵀ G U`) price them, and the budget holds. A budget between every unit at
+/// INT4 and uniform W8A8 gives the decoder's sublayers more than one width.
 #[test]
 fn factored_sublayers_take_widths_under_the_budget() {
     let tmp = tempfile::tempdir().unwrap();
@@ -207,13 +240,18 @@ fn factored_sublayers_take_widths_under_the_budget() {
         compress(&fixture(), &tmp.path().join(name), &Plan::LowRank(opts)).unwrap().manifest
     };
     let w8 = run("w8", &|_| {});
-    let w4 = run("w4", &|q| *q = q.clone().with_widths("decoder=int4").unwrap());
+    let w4 = run("w4", &|q| {
+        *q = q.clone().with_widths("decoder=int4,embeddings=int4,lm_head=int4").unwrap();
+    });
     assert!(w8.compression.as_ref().unwrap().text_layers.iter().all(|l| l.qkv.is_some()));
     let budget = (total_bytes(&w4) + total_bytes(&w8)) / 2;
     let m = run("mixed", &|q| q.model_bytes = Some(budget));
-    assert!(total_bytes(&m) <= budget && total_bytes(&m) > total_bytes(&w4));
-    let widths: Vec<_> = unit_widths(&m).into_values().collect();
-    assert!(widths.contains(&Some(8)) && widths.contains(&Some(4)), "{widths:?}");
+    let (bytes, b4) = (total_bytes(&m), total_bytes(&w4));
+    let widths = unit_widths(&m);
+    assert!(bytes <= budget && bytes > b4, "{bytes} vs budget {budget}, all INT4 {b4}: {widths:?}");
+    let decoder: BTreeSet<_> =
+        widths.iter().filter(|(u, _)| u.starts_with("decoder.")).map(|(_, w)| *w).collect();
+    assert!(decoder.len() > 1, "{widths:?}");
     let q = m.quantization.as_ref().unwrap();
     assert_eq!(q.layers.iter().filter(|l| l.weight.ends_with("self_attn.qkv_down.weight")).count(), 3);
 }

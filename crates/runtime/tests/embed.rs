@@ -7,7 +7,7 @@ mod common;
 use common::{assert_exact, encoder, submit, upload, upload_u32, values, zeros};
 use pocketvlm_format::Encoding;
 use pocketvlm_format::quant::QuantizedTable;
-use pocketvlm_format::quant::pack::{Bits, pack};
+use pocketvlm_format::quant::pack::pack;
 use pocketvlm_runtime::kernels::embed::{Embed, EmbedShape, EmbedTable, ImageFeatures, embed_reference};
 use pocketvlm_runtime::kernels::util::rows_per_chunk;
 use pocketvlm_runtime::tensor::Tensor;
@@ -52,8 +52,8 @@ async fn check_cases(gpu: &Gpu) {
     embed_case(gpu, &with_image, 700, 300, Some((300, 699)), 6).await;
 }
 
-/// Stored tables read as the contract says: bf16 / f16 widened exactly, and the INT8 table with
-/// one f32 or f16 scale per row (`f32(q) · s`, [`QuantizedTable::lookup`]) — bit-exact.
+/// Stored tables read as the contract says: bf16 / f16 widened exactly, and the INT8 and INT4
+/// tables with one f32 or f16 scale per row (`f32(q) · s`, [`QuantizedTable::lookup`]) — bit-exact.
 async fn stored_table_case(
     gpu: &Gpu,
     ids: &[u32],
@@ -65,8 +65,9 @@ async fn stored_table_case(
     let shape = EmbedShape { tokens: ids.len(), vocab, d };
     let raw = values(vocab as u64 + d as u64, vocab * d);
     let (values_t, scales_t, want_table) = match encoding {
-        Encoding::I8 => {
-            let q: Vec<i8> = raw.iter().map(|v| (v * 127.0).round() as i8).collect();
+        Encoding::I8 | Encoding::I4 => {
+            let bits = encoding.packed_bits().unwrap();
+            let q: Vec<i8> = raw.iter().map(|v| (v * bits.qmax() as f32).round() as i8).collect();
             let mut s: Vec<f32> = values(9, vocab).iter().map(|v| v.abs() * 0.01 + 1e-4).collect();
             let scale_bytes: Vec<u8> = if f16_scales {
                 s.iter_mut().for_each(|v| *v = half::f16::from_f32(*v).to_f32());
@@ -76,9 +77,9 @@ async fn stored_table_case(
             };
             let all: Vec<usize> = (0..vocab).collect();
             let want = QuantizedTable::lookup(&q, &s, d, &all);
-            let packed = pack(Bits::Int8, &q, d).unwrap();
+            let packed = pack(bits, &q, d).unwrap();
             let se = if f16_scales { Encoding::F16 } else { Encoding::F32 };
-            let v = Tensor::upload(gpu, "table", vec![vocab, d], Encoding::I8, &packed).await.unwrap();
+            let v = Tensor::upload(gpu, "table", vec![vocab, d], encoding, &packed).await.unwrap();
             let sc = Tensor::upload(gpu, "scales", vec![vocab], se, &scale_bytes).await.unwrap();
             (v, Some(sc), want)
         }
@@ -110,6 +111,9 @@ async fn check_stored_tables(gpu: &Gpu) {
         (7, Encoding::I8, false),
         (13, Encoding::I8, true),
         (48, Encoding::I8, false),
+        (7, Encoding::I4, false),
+        (13, Encoding::I4, true),
+        (48, Encoding::I4, false),
     ] {
         stored_table_case(gpu, &ids, 300, d, encoding, f16).await;
     }

@@ -205,14 +205,20 @@ fn quantized_tiny_models_match_the_cpu_reference() {
 fn quantized_size_fixtures_match_the_cpu_reference() {
     pollster::block_on(async {
         // tiny-500m ties lm_head to the embeddings: kept float while the embedding table is INT8,
-        // the compressor writes lm_head as a matrix of its own (bf16) beside the INT8 table.
-        let variants =
-            SIZE_FIXTURES.iter().map(|f| (*f, "w4a8", "")).chain([("tiny-500m", "w8a8", "lm_head")]);
-        for (fixture, bits, float) in variants {
+        // the compressor writes lm_head as a matrix of its own (bf16) beside the INT8 table; an
+        // INT4 table is also the tied lm_head's INT4 weights.
+        let variants = SIZE_FIXTURES
+            .iter()
+            .map(|f| (*f, "w4a8", "", ""))
+            .chain([("tiny-500m", "w8a8", "lm_head", ""), ("tiny-500m", "w8a8", "", "embeddings=int4")]);
+        for (fixture, bits, float, widths) in variants {
             let dir = fixtures().join(fixture);
             let out = tempfile::tempdir().unwrap();
             let mut quant = QuantOptions::parse(bits, None).unwrap();
             quant.parts = QuantParts::keeping_float(float).unwrap();
+            if !widths.is_empty() {
+                quant = quant.with_widths(widths).unwrap();
+            }
             compress(
                 &dir,
                 out.path(),
@@ -221,8 +227,8 @@ fn quantized_size_fixtures_match_the_cpu_reference() {
             .unwrap();
             let engine = load_dir(out.path(), &DeviceOptions::default()).await;
             let reference = Reference::open(out.path()).unwrap();
-            check_reference_cases(&engine, &reference, &dir, &format!("{fixture} {bits} (float: {float:?})"))
-                .await;
+            let name = format!("{fixture} {bits} (float: {float:?}, widths: {widths:?})");
+            check_reference_cases(&engine, &reference, &dir, &name).await;
         }
     });
 }

@@ -347,6 +347,19 @@ impl CpuModel {
         answer_start: usize,
         tape: Option<&mut Tape>,
     ) -> Result<Tensor> {
+        let (_, logits) = self.answer_logits(embeds, ids, answer_start, tape)?;
+        cross_entropy(&logits, &ids[answer_start..])
+    }
+
+    /// The final hidden rows that predict the answer tokens `ids[answer_start..]` (`lm_head`'s
+    /// input) and their logits.
+    pub fn answer_logits(
+        &self,
+        embeds: &Tensor,
+        ids: &[u32],
+        answer_start: usize,
+        tape: Option<&mut Tape>,
+    ) -> Result<(Tensor, Tensor)> {
         let len = ids.len();
         if answer_start == 0 || answer_start >= len {
             return Err(CompressError::Calibration(format!(
@@ -354,10 +367,9 @@ impl CpuModel {
             )));
         }
         let hidden = self.text.forward(embeds, None, tape)?;
-        let n = len - answer_start;
-        let logits = self.text.logits(&hidden.narrow(0, answer_start - 1, n)?)?;
-        let targets: Vec<u32> = ids[answer_start..].to_vec();
-        cross_entropy(&logits, &targets)
+        let rows = hidden.narrow(0, answer_start - 1, len - answer_start)?;
+        let logits = self.text.logits(&rows)?;
+        Ok((rows, logits))
     }
 
     /// Greedy decoding after `prompt` with the latent KV cache: at most `max_new` tokens,

@@ -160,7 +160,7 @@ pub struct TestRecipe {
     pub group: Option<usize>,
     /// Comma-separated parts kept float (`--float`).
     pub float: &'static str,
-    /// Decoder sublayers' widths other than the scheme's (`--widths`).
+    /// Units' widths other than their defaults (`--widths`).
     pub widths: &'static str,
 }
 
@@ -176,7 +176,8 @@ const fn dense(
 
 /// The quantized variants of the tiny fixture that the whole-model tests run on the GPU, natively
 /// and in the browser, against this reference: every scheme, per-channel and grouped INT4
-/// weights, float parts, and a decoder mixing float, INT4 and INT8 sublayers (`--widths`).
+/// weights, float parts, and a model mixing widths (`--widths`): float, INT4 and INT8 decoder
+/// sublayers, an INT4 embedding table and an INT4 `lm_head`.
 pub const TEST_RECIPES: [TestRecipe; 6] = [
     dense("w8a8", "w8a8", None, ""),
     dense("w4a8", "w4a8", None, ""),
@@ -184,8 +185,8 @@ pub const TEST_RECIPES: [TestRecipe; 6] = [
     dense("w4a4", "w4a4", None, ""),
     dense("w8a8-float-vision-lm_head", "w8a8", None, "vision,lm_head"),
     TestRecipe {
-        widths: "decoder.1.mlp=float,decoder.2.attention=float,decoder.0.mlp=int8",
-        ..dense("w4a8-mixed-decoder", "w4a8", None, "")
+        widths: "decoder.1.mlp=float,decoder.2.attention=float,decoder.0.mlp=int8,embeddings=int4,lm_head=int4",
+        ..dense("w4a8-mixed-widths", "w4a8", None, "")
     },
 ];
 

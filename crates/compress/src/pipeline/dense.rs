@@ -89,7 +89,7 @@ pub(super) fn dense(
 /// from the cache) when one of them runs.
 fn samples(source: &Source, opts: &DenseOptions, clock: &mut Clock) -> Result<Option<Samples>> {
     let (Some(c), Some(q)) = (&opts.calib, &opts.quant) else { return Ok(None) };
-    if q.gptq.is_none() && q.model_bytes.is_none() {
+    if !q.needs_samples() {
         return Ok(None);
     }
     let stage = opts.progress.stage("calibration samples");

@@ -20,9 +20,10 @@
 //! take INT8 activations in every scheme (see [`pocketvlm_format::quant`], "The latent K/V
 //! cache"). `lm_head` is W8A8. The token embeddings are an INT8 table with one scale per row; a
 //! tied `lm_head` is the same integers used as a W8A8 layer. Each part can stay float
-//! ([`QuantParts`]), and each decoder sublayer can take INT4 or INT8 weights whatever the scheme
-//! ([`QuantOptions::sublayer_bits`]; INT8 activations), named or chosen under a byte budget for
-//! the whole model ([`crate::quant::widths`]). An input width that does not fill whole packed `u32` words is padded with
+//! ([`QuantParts`]), and each decoder sublayer, the embeddings and `lm_head` can take INT4 or
+//! INT8 weights whatever the scheme ([`QuantOptions::unit_bits`]; INT8 activations; a table
+//! keeps one scale per row), named or chosen under a byte budget for the whole model
+//! ([`crate::quant::widths`]). An input width that does not fill whole packed `u32` words is padded with
 //! zeros in the packed rows (see [`pocketvlm_format::quant::pack`]). With a group size, INT4
 //! layers whose input width the group divides get one scale per group, the others one per
 //! output channel; the manifest records each layer's choice.
@@ -52,14 +53,14 @@ use crate::calib::Sample;
 use crate::error::{CompressError, Result};
 use crate::model::weights::{MemoryStore, encode};
 use crate::quant::gptq::gptq;
-use crate::quant::moments::{Moments, decoder_moments, kfac_cost, rotate_moments};
+use crate::quant::moments::{CalibrationMoments, Moments, decoder_moments, kfac_cost, rotate_moments};
 use crate::quant::weights::{ClipSearch, quantize_weights};
-use crate::quant::widths::{Candidate, Sublayer, Width, allocate};
+use crate::quant::widths::{Candidate, Sublayer, Unit, Width, allocate};
 use crate::rotate::{RotateOptions, rotate_model, rotate_rows, rotate_values};
 use crate::writer::OutTensor;
 
-const EMBED: &str = "model.text_model.embed_tokens.weight";
-const LM_HEAD: &str = "lm_head.weight";
+pub(crate) const EMBED: &str = "model.text_model.embed_tokens.weight";
+pub(crate) const LM_HEAD: &str = "lm_head.weight";
 const CONNECTOR: &str = "model.connector.modality_projection.proj";
 
 /// Which parts of the model are quantized (all by default; `--float` names the others,
@@ -73,9 +74,10 @@ const CONNECTOR: &str = "model.connector.modality_projection.proj";
 pub struct QuantParts {
     pub vision: bool,
     pub connector: bool,
-    /// The token embeddings as an INT8 table.
+    /// The token embeddings as an integer table (INT8 unless [`QuantOptions::unit_bits`] says).
     pub embeddings: bool,
-    /// `lm_head` at W8A8 (a tied one only together with the embeddings).
+    /// `lm_head` with INT8 activations and weights (unless [`QuantOptions::unit_bits`] says; a
+    /// tied one only together with the embeddings, at their width).
     pub lm_head: bool,
     /// Decoder layers whose attention stays float: bit `i` for layer `i`.
     pub float_attention: u128,
@@ -205,12 +207,13 @@ pub struct QuantOptions {
     /// GPTQ error compensation of the decoder's weights with this damping (needs calibration
     /// samples; see [`crate::quant::gptq`]); `None`: the clip search's integers as they are.
     pub gptq: Option<f64>,
-    /// Integer weight widths of decoder sublayers that differ from the scheme's (`--widths`, or
-    /// chosen by [`Self::model_bytes`]); float sublayers are [`QuantParts`]'.
-    pub sublayer_bits: BTreeMap<(usize, Sublayer), Bits>,
-    /// Choose every quantized decoder sublayer's width (INT4, INT8 or float) so that the model's
-    /// tensors fit in this many bytes with the least estimated loss ([`crate::quant::widths`];
-    /// needs calibration samples).
+    /// Integer weight widths of units (decoder sublayers, embeddings, `lm_head`) that differ from
+    /// their defaults (`--widths`, or chosen by [`Self::model_bytes`]); float units are
+    /// [`QuantParts`]'.
+    pub unit_bits: BTreeMap<Unit, Bits>,
+    /// Choose the width (INT4, INT8 or float) of every quantized decoder sublayer, of the
+    /// embeddings and of `lm_head` so that the model's tensors fit in this many bytes with the
+    /// least estimated loss ([`crate::quant::widths`]; needs calibration samples).
     pub model_bytes: Option<u64>,
 }
 
@@ -224,15 +227,16 @@ impl QuantOptions {
             parts: QuantParts::default(),
             int4_clip: 0.9,
             gptq: None,
-            sublayer_bits: BTreeMap::new(),
+            unit_bits: BTreeMap::new(),
             model_bytes: None,
         }
     }
 
-    /// Set decoder sublayers' widths from a comma-separated list of `PART=WIDTH`, where `PART`
-    /// names decoder sublayers as [`QuantParts`] does (`decoder.3.mlp`, `decoder.0-4.attention`,
-    /// `decoder.7`) and `WIDTH` is `int4`, `int8` or `float`; later entries win. Typed errors for
-    /// an unknown part or width, or a scheme whose activations are not INT8.
+    /// Set units' widths from a comma-separated list of `PART=WIDTH`, where `PART` is
+    /// `embeddings`, `lm_head` or names decoder sublayers as [`QuantParts`] does
+    /// (`decoder.3.mlp`, `decoder.0-4.attention`, `decoder.7`) and `WIDTH` is `int4`, `int8` or
+    /// `float`; later entries win. Typed errors for an unknown part or width, or a scheme whose
+    /// activations are not INT8.
     pub fn with_widths(mut self, spec: &str) -> Result<Self> {
         self.check_width_choice("--widths")?;
         for entry in spec.split(',').map(str::trim).filter(|e| !e.is_empty()) {
@@ -242,33 +246,62 @@ impl QuantOptions {
             };
             let (part, width) = entry.split_once('=').ok_or_else(|| bad("PART=WIDTH"))?;
             let width = Width::parse(width.trim()).ok_or_else(|| bad("a width of int4, int8 or float"))?;
-            let (layers, (attention, mlp)) = decoder_part(part.trim()).ok_or_else(|| {
-                bad(&format!("decoder[.N|.A-B][.attention|.mlp] (layers below {MAX_NAMED_LAYERS})"))
-            })?;
-            for layer in (0..MAX_NAMED_LAYERS).filter(|l| layers >> l & 1 == 1) {
-                for (sub, named) in [(Sublayer::Attention, attention), (Sublayer::Mlp, mlp)] {
-                    if named {
-                        self.set_width(layer, sub, width);
-                    }
+            let units = match part.trim() {
+                "embeddings" => vec![Unit::Embeddings],
+                "lm_head" => vec![Unit::LmHead],
+                decoder => {
+                    let (layers, (attention, mlp)) = decoder_part(decoder).ok_or_else(|| {
+                        bad(&format!(
+                            "embeddings, lm_head or decoder[.N|.A-B][.attention|.mlp] (layers below {MAX_NAMED_LAYERS})"
+                        ))
+                    })?;
+                    let subs = [(Sublayer::Attention, attention), (Sublayer::Mlp, mlp)];
+                    (0..MAX_NAMED_LAYERS)
+                        .filter(|l| layers >> l & 1 == 1)
+                        .flat_map(|l| {
+                            subs.into_iter().filter(|s| s.1).map(move |(sub, _)| Unit::Decoder(l, sub))
+                        })
+                        .collect()
                 }
+            };
+            for unit in units {
+                self.set_width(unit, width);
             }
         }
         Ok(self)
     }
 
-    /// Give decoder sublayer `(layer, sub)` `width`.
-    fn set_width(&mut self, layer: usize, sub: Sublayer, width: Width) {
-        let mask = match sub {
-            Sublayer::Attention => &mut self.parts.float_attention,
-            Sublayer::Mlp => &mut self.parts.float_mlp,
-        };
-        let bit = 1u128 << layer;
-        *mask = if width == Width::Float { *mask | bit } else { *mask & !bit };
+    /// Give `unit` `width`.
+    fn set_width(&mut self, unit: Unit, width: Width) {
+        let float = width == Width::Float;
+        match unit {
+            Unit::Decoder(layer, sub) => {
+                let mask = match sub {
+                    Sublayer::Attention => &mut self.parts.float_attention,
+                    Sublayer::Mlp => &mut self.parts.float_mlp,
+                };
+                let bit = 1u128 << layer;
+                *mask = if float { *mask | bit } else { *mask & !bit };
+            }
+            Unit::Embeddings => self.parts.embeddings = !float,
+            Unit::LmHead => self.parts.lm_head = !float,
+        }
         match width {
-            Width::Int4 => self.sublayer_bits.insert((layer, sub), Bits::Int4),
-            Width::Int8 => self.sublayer_bits.insert((layer, sub), Bits::Int8),
-            Width::Float => self.sublayer_bits.remove(&(layer, sub)),
+            Width::Int4 => self.unit_bits.insert(unit, Bits::Int4),
+            Width::Int8 => self.unit_bits.insert(unit, Bits::Int8),
+            Width::Float => self.unit_bits.remove(&unit),
         };
+    }
+
+    /// The weight width of the embedding table (and of a tied `lm_head`): INT8 unless named.
+    fn table_bits(&self) -> Bits {
+        self.unit_bits.get(&Unit::Embeddings).copied().unwrap_or(Bits::Int8)
+    }
+
+    /// Whether this recipe runs calibration samples through the model (GPTQ's and the width
+    /// allocation's moments).
+    pub fn needs_samples(&self) -> bool {
+        self.gptq.is_some() || self.model_bytes.is_some()
     }
 
     /// Widths other than the scheme's pair with INT8 activations only.
@@ -332,7 +365,7 @@ struct Plan {
     weight: Bits,
     activation: Bits,
     online: Vec<RotationSpec>,
-    unit: Option<(usize, Sublayer)>,
+    unit: Option<Unit>,
 }
 
 /// The quantization plan of every linear matrix (see the module documentation).
@@ -354,9 +387,9 @@ impl Planner<'_> {
         }
     }
 
-    /// Tag the plans pushed since `from` as decoder sublayer `unit`, with its weight width.
-    fn tag(&mut self, from: usize, unit: (usize, Sublayer)) {
-        let bits = self.opts.sublayer_bits.get(&unit).copied();
+    /// Tag the plans pushed since `from` as `unit`, with its weight width.
+    fn tag(&mut self, from: usize, unit: Unit) {
+        let bits = self.opts.unit_bits.get(&unit).copied();
         for p in &mut self.plans[from..] {
             p.unit = Some(unit);
             p.weight = bits.unwrap_or(p.weight);
@@ -422,7 +455,7 @@ impl Planner<'_> {
                 self.qkv(&attn, ranks.is_some_and(|l| l.qkv.is_some()), Vec::new(), Bits::Int8);
                 let o = self.online(t.num_attention_heads * t.head_dim, slot);
                 self.linear(&format!("{attn}.o_proj"), false, o);
-                self.tag(from, (i, Sublayer::Attention));
+                self.tag(from, Unit::Decoder(i, Sublayer::Attention));
             }
             if !mlp {
                 continue;
@@ -434,7 +467,7 @@ impl Planner<'_> {
                 let factored = ranks.is_some_and(|l| l.mlp.contains_key(name));
                 self.linear(&format!("{p}.mlp.{name}"), factored, online);
             }
-            self.tag(from, (i, Sublayer::Mlp));
+            self.tag(from, Unit::Decoder(i, Sublayer::Mlp));
         }
     }
 
@@ -483,35 +516,38 @@ pub fn quantize_model(
     };
     let moments = calibration_moments(cfg, store, compression, opts, samples, residual.as_ref())?;
     check_float_attention(compression, &opts.parts)?;
-    let allocated;
-    let opts = match opts.model_bytes {
-        Some(budget) => {
-            allocated = choose_widths(cfg, store, compression, opts, &moments, float_bytes, budget)?;
-            &allocated
-        }
-        None => opts,
-    };
+    check_tied_head(cfg, opts)?;
+    let mut allocation = Allocation { opts: opts.clone(), quantized: HashMap::new() };
+    if let Some(budget) = opts.model_bytes {
+        allocation = choose_widths(cfg, store, compression, opts, &moments, float_bytes, budget)?;
+    }
+    let Allocation { opts, mut quantized } = allocation;
+    let opts = &opts;
     let mut layers = Vec::new();
     let mut weights = BTreeMap::new();
     for plan in plans(cfg, store, compression, opts) {
         for r in &plan.online {
             rotate_rows(store, &plan.name, &r.build()?)?;
         }
-        let (shape, values) =
-            store.get(&plan.name).ok_or_else(|| FormatError::MissingTensor { name: plan.name.clone() })?;
-        let (q, layer) = quantize_matrix(values, shape, &plan, opts, &moments)?;
+        let (shape, values) = stored(store, &plan.name)?;
+        let (q, layer) = match quantized.remove(&plan.name) {
+            Some((q, Some(layer))) => (q, layer),
+            _ => quantize_matrix(values, shape, &plan, opts, &moments)?,
+        };
         layers.push(layer);
         weights.insert(plan.name, q);
     }
     let mut tables = Vec::new();
     if opts.parts.embeddings {
         if !weights.contains_key(EMBED) {
-            let (shape, values) =
-                store.get(EMBED).ok_or_else(|| FormatError::MissingTensor { name: EMBED.to_string() })?;
-            let q = quantize_weights(values, shape[0], shape[1], Bits::Int8, None, opts.search)?;
+            let (shape, values) = stored(store, EMBED)?;
+            let q = match quantized.remove(EMBED) {
+                Some((q, None)) => q,
+                _ => quantize_table(values, shape, opts.table_bits(), opts)?,
+            };
             weights.insert(EMBED.to_string(), q);
         }
-        tables.push(QuantizedTable { tensor: EMBED.to_string(), bits: Bits::Int8.bits() });
+        tables.push(QuantizedTable { tensor: EMBED.to_string(), bits: opts.table_bits().bits() });
     }
     let section = Quantization {
         scheme: opts.scheme.name().to_string(),
@@ -523,8 +559,25 @@ pub fn quantize_model(
     Ok(QuantizedModel { section, weights })
 }
 
-/// The decoder's calibration moments that GPTQ (`H`) and the width allocation (`H` and `G`) need,
-/// from `samples` run through the rotated float model; none when neither runs.
+/// The embedding table's integers at `bits`: clip-searched, one scale per row.
+fn quantize_table(values: &[f32], shape: &[usize], bits: Bits, opts: &QuantOptions) -> Result<QuantWeights> {
+    quantize_weights(values, shape[0], shape[1], bits, None, opts.search)
+}
+
+/// A tied `lm_head` is the embedding table's integers: it cannot be named another width.
+fn check_tied_head(cfg: &ModelConfig, opts: &QuantOptions) -> Result<()> {
+    let named = opts.unit_bits.get(&Unit::LmHead);
+    if cfg.text.tie_word_embeddings && named.is_some_and(|b| *b != opts.table_bits()) {
+        return Err(CompressError::BadOptions {
+            recipe: "a width for lm_head".into(),
+            what: "the embeddings' width (this lm_head is tied to them: name embeddings)".into(),
+        });
+    }
+    Ok(())
+}
+
+/// The calibration moments that GPTQ (`H`) and the width allocation (`H` and `G`) need, from
+/// `samples` run through the rotated float model; none when neither runs.
 fn calibration_moments(
     cfg: &ModelConfig,
     store: &MemoryStore,
@@ -532,10 +585,10 @@ fn calibration_moments(
     opts: &QuantOptions,
     samples: Option<&[Sample]>,
     residual: Option<&RotationSpec>,
-) -> Result<HashMap<String, Moments>> {
+) -> Result<CalibrationMoments> {
     let grads = opts.model_bytes.is_some();
-    if opts.gptq.is_none() && !grads {
-        return Ok(HashMap::new());
+    if !opts.needs_samples() {
+        return Ok(CalibrationMoments::default());
     }
     let Some(samples) = samples else {
         let option = if grads { "--model-bytes" } else { "--gptq" };
@@ -566,28 +619,31 @@ fn plans(
     }
     planner.text(compression);
     let tied = cfg.text.tie_word_embeddings;
-    let head = if tied { EMBED } else { LM_HEAD };
+    let (head, unit) = if tied { (EMBED, Unit::Embeddings) } else { (LM_HEAD, Unit::LmHead) };
     if opts.parts.lm_head && (!tied || opts.parts.embeddings) {
+        let from = planner.plans.len();
         let p = Plan { weight: Bits::Int8, activation: Bits::Int8, ..planner.plain(head.to_string()) };
         planner.plans.push(p);
+        planner.tag(from, unit);
     }
     planner.plans
 }
 
 /// Quantize `plan`'s matrix, whose `values` already carry its online rotations: clip-searched
-/// scales, then GPTQ when asked and the moments are known.
+/// scales, then, for a decoder sublayer, GPTQ when asked.
 fn quantize_matrix(
     values: &[f32],
     shape: &[usize],
     plan: &Plan,
     opts: &QuantOptions,
-    moments: &HashMap<String, Moments>,
+    moments: &CalibrationMoments,
 ) -> Result<(QuantWeights, QuantizedLayer)> {
     let (out, cols) = (shape[0], shape[1]);
     let layer = layer_record(plan, shape, opts);
     layer.validate(cols)?;
     let mut q = quantize_weights(values, out, cols, plan.weight, layer.group, opts.search)?;
-    if let (Some(damp), Some(m)) = (opts.gptq, moments.get(&plan.name)) {
+    let decoder = matches!(plan.unit, Some(Unit::Decoder(..)));
+    if let (Some(damp), true, Some(m)) = (opts.gptq, decoder, moments.layers.get(&plan.name)) {
         q = gptq(values, &q, &rotated_input_moments(&m.h, plan)?, damp)?;
     }
     Ok((q, layer))
@@ -605,74 +661,95 @@ fn rotated_input_moments(h: &faer::Mat<f64>, plan: &Plan) -> Result<faer::Mat<f6
 /// Bytes a quantized matrix stores: packed integers and f32 scales.
 fn quantized_bytes(layer: &QuantizedLayer, shape: &[usize]) -> Result<u64> {
     let bits = Bits::from_bits(layer.weight_bits)?;
-    let encoding = if bits == Bits::Int4 { Encoding::I4 } else { Encoding::I8 };
     let scales: usize = layer.scale_shape(shape[0], shape[1]).iter().product();
-    Ok((encoding.byte_len(shape) + 4 * scales) as u64)
+    Ok((packed_encoding(bits).byte_len(shape) + 4 * scales) as u64)
 }
 
-/// `opts` with every quantized decoder sublayer's width chosen under `budget` bytes for the whole
-/// model (see [`crate::quant::widths`]).
+/// What [`choose_widths`] chose: the options with every unit's width, and the integers of each
+/// quantized matrix as the candidate that won quantized them (with its layer record; none for
+/// the embedding table on its own).
+struct Allocation {
+    opts: QuantOptions,
+    quantized: Quantized,
+}
+
+type Quantized = HashMap<String, (QuantWeights, Option<QuantizedLayer>)>;
+
+/// `opts` with the width of every unit (quantized decoder sublayer, embeddings, `lm_head`) chosen
+/// under `budget` bytes for the whole model (see [`crate::quant::widths`]).
 fn choose_widths(
     cfg: &ModelConfig,
     store: &MemoryStore,
     compression: Option<&Compression>,
     opts: &QuantOptions,
-    moments: &HashMap<String, Moments>,
+    moments: &CalibrationMoments,
     float_bytes: &dyn Fn(&str) -> usize,
     budget: u64,
-) -> Result<QuantOptions> {
+) -> Result<Allocation> {
     opts.check_width_choice("--model-bytes")?;
-    if !opts.sublayer_bits.is_empty() {
+    if !opts.unit_bits.is_empty() {
         return Err(CompressError::BadOptions {
             recipe: "--model-bytes".into(),
             what: "no --widths (it chooses them)".into(),
         });
     }
     let plans = plans(cfg, store, compression, opts);
-    let units: BTreeMap<(usize, Sublayer), Vec<&Plan>> =
-        plans.iter().filter_map(|p| p.unit.map(|u| (u, p))).fold(BTreeMap::new(), |mut m, (u, p)| {
-            m.entry(u).or_insert_with(Vec::new).push(p);
-            m
-        });
+    let mut units: BTreeMap<Unit, Vec<&Plan>> = BTreeMap::new();
+    if opts.parts.embeddings {
+        units.insert(Unit::Embeddings, Vec::new());
+    }
+    for p in &plans {
+        if let Some(u) = p.unit {
+            units.entry(u).or_default().push(p);
+        }
+    }
     // everything outside the units: quantized at the scheme's widths, or in its own encoding
     let mut fixed = 0u64;
     for (name, shape) in pocketvlm_format::architecture::expected_tensors(cfg, compression) {
         let plan = plans.iter().find(|p| p.name == name);
-        if plan.is_some_and(|p| p.unit.is_some()) {
+        if plan.is_some_and(|p| p.unit.is_some()) || (name == EMBED && opts.parts.embeddings) {
             continue;
         }
         fixed += match plan {
             Some(p) => quantized_bytes(&layer_record(p, &shape, opts), &shape)?,
-            None if name == EMBED && opts.parts.embeddings => {
-                (Encoding::I8.byte_len(&shape) + 4 * shape[0]) as u64
-            }
             None => (float_bytes(&name) * shape.iter().product::<usize>()) as u64,
         };
     }
     let latent =
         |layer: usize| compression.and_then(|c| c.text_layers.get(layer)).is_some_and(|l| l.qkv.is_some());
     let mut candidates = Vec::with_capacity(units.len());
-    for (&(layer, sub), members) in &units {
-        let mut options = Vec::new();
+    let mut integers: Vec<Vec<Quantized>> = Vec::with_capacity(units.len());
+    for (&unit, members) in &units {
+        let (mut options, mut quantized) = (Vec::new(), Vec::new());
         for width in Width::ALL {
-            if width == Width::Float && sub == Sublayer::Attention && latent(layer) {
+            let cached = matches!(unit, Unit::Decoder(layer, Sublayer::Attention) if latent(layer));
+            if width == Width::Float && cached {
                 continue;
             }
-            options.push(unit_candidate(store, members, width, opts, moments, float_bytes)?);
+            let (c, q) = unit_candidate(store, unit, members, width, opts, moments, float_bytes)?;
+            options.push(c);
+            quantized.push(q);
         }
         candidates.push(options);
+        integers.push(quantized);
     }
     let chosen = allocate(&candidates, fixed, budget)?;
-    let mut out = QuantOptions { model_bytes: None, ..opts.clone() };
-    for ((&(layer, sub), _), (options, k)) in units.iter().zip(candidates.iter().zip(chosen)) {
-        out.set_width(layer, sub, options[k].width);
+    let mut out =
+        Allocation { opts: QuantOptions { model_bytes: None, ..opts.clone() }, quantized: HashMap::new() };
+    for (((&unit, _), (options, mut quantized)), k) in
+        units.iter().zip(candidates.iter().zip(integers)).zip(chosen)
+    {
+        out.opts.set_width(unit, options[k].width);
+        out.quantized.extend(quantized.swap_remove(k));
     }
     Ok(out)
 }
 
-/// The layer record of `plan`'s matrix: its widths, grouping and online rotations.
+/// The layer record of `plan`'s matrix: its widths, grouping (none for a tied table, whose
+/// scales are per row) and online rotations.
 fn layer_record(plan: &Plan, shape: &[usize], opts: &QuantOptions) -> QuantizedLayer {
-    let group = opts.group.filter(|g| plan.weight == Bits::Int4 && shape[1].is_multiple_of(*g));
+    let table = plan.name == EMBED;
+    let group = opts.group.filter(|g| plan.weight == Bits::Int4 && shape[1].is_multiple_of(*g) && !table);
     QuantizedLayer {
         weight: plan.name.clone(),
         weight_bits: plan.weight.bits(),
@@ -685,28 +762,49 @@ fn layer_record(plan: &Plan, shape: &[usize], opts: &QuantOptions) -> QuantizedL
     }
 }
 
-/// One unit at `width`: the bytes its matrices would store and their summed K-FAC cost (each
-/// quantized as the model would be; float costs nothing).
+/// One unit at `width`: the bytes its matrices would store and their summed cost (each quantized
+/// as the model would be; float costs nothing), and those integers. The embedding table adds its
+/// lookup's cost, on its own or on the integers of the tied `lm_head` it shares.
 fn unit_candidate(
     store: &MemoryStore,
+    unit: Unit,
     members: &[&Plan],
     width: Width,
     opts: &QuantOptions,
-    moments: &HashMap<String, Moments>,
+    moments: &CalibrationMoments,
     float_bytes: &dyn Fn(&str) -> usize,
-) -> Result<Candidate> {
-    let (mut bytes, mut cost) = (0u64, 0.0);
-    for plan in members {
-        let (shape, values) =
-            store.get(&plan.name).ok_or_else(|| FormatError::MissingTensor { name: plan.name.clone() })?;
-        let bits = match width {
-            Width::Float => {
-                bytes += (float_bytes(&plan.name) * values.len()) as u64;
-                continue;
+) -> Result<(Candidate, Quantized)> {
+    let bits = match width {
+        Width::Int4 => Bits::Int4,
+        Width::Int8 => Bits::Int8,
+        Width::Float => {
+            let mut names: Vec<&str> = members.iter().map(|p| p.name.as_str()).collect();
+            if unit == Unit::Embeddings && members.is_empty() {
+                names.push(EMBED);
             }
-            Width::Int4 => Bits::Int4,
-            Width::Int8 => Bits::Int8,
-        };
+            let mut bytes = 0u64;
+            for name in names {
+                let (_, values) = stored(store, name)?;
+                bytes += (float_bytes(name) * values.len()) as u64;
+            }
+            return Ok((Candidate { width, bytes, cost: 0.0 }, Quantized::new()));
+        }
+    };
+    let (mut bytes, mut cost, mut quantized) = (0u64, 0.0, Quantized::new());
+    let table_cost = |delta: &[f64]| -> Result<f64> {
+        let table =
+            moments.table.as_ref().ok_or_else(|| CompressError::Calibration("no table moments".into()))?;
+        Ok(table.cost(delta))
+    };
+    if unit == Unit::Embeddings && members.is_empty() {
+        let (shape, values) = stored(store, EMBED)?;
+        let q = quantize_table(values, shape, bits, opts)?;
+        bytes += (packed_encoding(bits).byte_len(shape) + 4 * q.scales.len()) as u64;
+        cost += table_cost(&difference(values, &q))?;
+        quantized.insert(EMBED.to_string(), (q, None));
+    }
+    for plan in members {
+        let (shape, values) = stored(store, &plan.name)?;
         let plan = Plan { weight: bits, name: plan.name.clone(), online: plan.online.clone(), ..**plan };
         let mut rotated = values.clone();
         for r in &plan.online {
@@ -715,13 +813,32 @@ fn unit_candidate(
         let (q, layer) = quantize_matrix(&rotated, shape, &plan, opts, moments)?;
         bytes += quantized_bytes(&layer, shape)?;
         let m = moments
+            .layers
             .get(&plan.name)
             .ok_or_else(|| CompressError::Calibration(format!("no moments for {}", plan.name)))?;
         let m = Moments { h: rotated_input_moments(&m.h, &plan)?, g: m.g.clone() };
-        let delta: Vec<f64> = rotated.iter().zip(q.dequantize()).map(|(w, d)| *w as f64 - d).collect();
+        let delta = difference(&rotated, &q);
         cost += kfac_cost(&delta, shape[0], shape[1], &m);
+        if plan.name == EMBED {
+            cost += table_cost(&delta)?;
+        }
+        quantized.insert(plan.name.clone(), (q, Some(layer)));
     }
-    Ok(Candidate { width, bytes, cost })
+    Ok((Candidate { width, bytes, cost }, quantized))
+}
+
+/// `W − Ŵ` for the integers `q` of `values`.
+fn difference(values: &[f32], q: &QuantWeights) -> Vec<f64> {
+    values.iter().zip(q.dequantize()).map(|(w, d)| *w as f64 - d).collect()
+}
+
+fn stored<'a>(store: &'a MemoryStore, name: &str) -> Result<&'a (Vec<usize>, Vec<f32>)> {
+    Ok(store.get(name).ok_or_else(|| FormatError::MissingTensor { name: name.to_string() })?)
+}
+
+/// The packed encoding of `bits`.
+fn packed_encoding(bits: Bits) -> Encoding {
+    if bits == Bits::Int4 { Encoding::I4 } else { Encoding::I8 }
 }
 
 /// A layer whose joint-QKV latent is its K/V cache caches it INT8 behind quantized ups, and the
@@ -767,7 +884,7 @@ pub fn quantize_tensors(
         let layer = quantized.section.layers.iter().find(|l| l.weight == name);
         match quantized.weights.get(&name) {
             Some(q) => {
-                let encoding = if q.bits == Bits::Int4 { Encoding::I4 } else { Encoding::I8 };
+                let encoding = packed_encoding(q.bits);
                 let packed = pack(q.bits, &q.values, q.cols)?;
                 let scales: Vec<u8> = q.scales.iter().flat_map(|s| s.to_le_bytes()).collect();
                 // a layer records its grouping; a table has one scale per row

@@ -11,9 +11,19 @@
 //! latent is `Uᵀ g`), and its up factors `H_c = D H Dᵀ` and their blocks of `G`. An online
 //! rotation `R` of a layer's input turns `H` into `R H Rᵀ` ([`rotate_moments`]); `G` does not
 //! change.
+//!
+//! With gradients, the width allocation also prices the token embeddings and `lm_head`:
+//! `lm_head`'s `H` over the rows that predict answer tokens (its only rows with a gradient) and
+//! its `G` kept as the gradient rows themselves, `G = Bᵀ B / N` (a `[vocab, vocab]` matrix would
+//! not fit), and the embedding table's moments ([`TableMoments`]): the gradient reaching the
+//! embeddings and how often each token occurs. Every `G` is normalised by the same `N`, the
+//! calibration rows of the decoder, so that the costs of all units add up on one scale: the loss
+//! of a sample sums `(gᵀ ΔW x)²` over its rows, and K-FAC's factored expectation times the rows
+//! of a sample is what each unit's cost is up to one factor common to all of them.
 
 use std::collections::{BTreeMap, HashMap};
 
+use candle_core::Var;
 use faer::Mat;
 use pocketvlm_format::compression::{
     linear_factor_names, qkv_factor_names, text_layer_prefix, text_mlp_linears,
@@ -25,15 +35,60 @@ use crate::calib::Sample;
 use crate::error::{CompressError, Result};
 use crate::lowrank::linalg::from_rows;
 use crate::model::weights::MemoryStore;
-use crate::model::{CpuModel, Proj, Tape, Target, Tower};
+use crate::model::{CpuModel, Proj, Tape, Target, Tower, cross_entropy};
+use crate::quant::model::{EMBED, LM_HEAD};
 
 /// The moments of one matrix's input (and output gradient).
 #[derive(Clone, Debug)]
 pub struct Moments {
     /// `E[x xᵀ]`, `[in, in]`.
     pub h: Mat<f64>,
-    /// `E[g gᵀ]`, `[out, out]`, when gradients were taken.
-    pub g: Option<Mat<f64>>,
+    /// `E[g gᵀ]`, when gradients were taken.
+    pub g: Option<OutputMoments>,
+}
+
+/// `G = E[g gᵀ]` of a matrix's output gradient.
+#[derive(Clone, Debug)]
+pub enum OutputMoments {
+    /// `G` itself, `[out, out]`.
+    Full(Mat<f64>),
+    /// `G = Bᵀ B / n` from the gradient rows `B` (`[rows, out]`, row-major f32): an output too
+    /// wide to form `G` (`lm_head`'s vocabulary).
+    Rows { b: Vec<f32>, out: usize, n: usize },
+}
+
+/// The calibration moments the quantizer uses (see the module documentation).
+#[derive(Clone, Debug, Default)]
+pub struct CalibrationMoments {
+    /// Every text-decoder linear matrix by tensor name, and with gradients `lm_head` (under the
+    /// embeddings' name when tied).
+    pub layers: HashMap<String, Moments>,
+    /// The token embeddings, with gradients.
+    pub table: Option<TableMoments>,
+}
+
+/// The embedding table's moments: a linear layer on one-hot tokens.
+#[derive(Clone, Debug)]
+pub struct TableMoments {
+    /// `n_v / N`: how often token `v` occurs among the `N` calibration rows.
+    pub frequency: Vec<f64>,
+    /// `G = E[g gᵀ]` of the gradient reaching the embeddings at the text positions (the rows
+    /// that read the table), `[d, d]`.
+    pub g: Mat<f64>,
+}
+
+impl TableMoments {
+    /// `½ Σ_v (n_v / N) Δe_vᵀ G Δe_v` for the change `delta` (row-major `[vocab, d]`).
+    pub fn cost(&self, delta: &[f64]) -> f64 {
+        let d = self.g.nrows();
+        let mut sum = 0.0;
+        for (v, &f) in self.frequency.iter().enumerate().filter(|(_, f)| **f > 0.0) {
+            let e = &delta[v * d..(v + 1) * d];
+            let quad: f64 = (0..d).map(|i| e[i] * (0..d).map(|j| self.g[(i, j)] * e[j]).sum::<f64>()).sum();
+            sum += f * quad;
+        }
+        0.5 * sum
+    }
 }
 
 /// Running sums of one tapped target over the samples.
@@ -60,7 +115,8 @@ fn square(acc: &[f64], rows: usize) -> Mat<f64> {
 
 /// The moments of every text-decoder linear matrix in `store` (Hugging Face names and the factor
 /// names of `compression`) from `samples`; with `grads`, `G` too (a backward pass per sample on
-/// its answer loss). See the module documentation.
+/// its answer loss), and the moments of `lm_head` and of the embedding table. See the module
+/// documentation.
 pub fn decoder_moments(
     cfg: &ModelConfig,
     store: &MemoryStore,
@@ -68,20 +124,20 @@ pub fn decoder_moments(
     samples: &[Sample],
     residual: Option<&Rotation>,
     grads: bool,
-) -> Result<HashMap<String, Moments>> {
+) -> Result<CalibrationMoments> {
     let model = CpuModel::build(cfg.clone(), store, compression)?;
     let layers = cfg.text.num_hidden_layers;
     let projs = [Proj::Qkv, Proj::Out, Proj::Mlp(0), Proj::Mlp(1), Proj::Mlp(2)];
     let targets: Vec<Target> =
         (0..layers).flat_map(|layer| projs.map(|proj| Target { tower: Tower::Text, layer, proj })).collect();
     let mut sums: BTreeMap<Target, Sums> = BTreeMap::new();
+    let mut ends = EndSums::default();
     for s in samples {
         let features = s.features_in(residual)?;
         let embeds = model.merge_embeddings(&s.ids, features.as_ref())?;
         let mut tape = Tape::new(targets.iter().copied(), grads);
         let grad_store = if grads {
-            let loss = model.answer_loss(&embeds, &s.ids, s.answer_start, Some(&mut tape))?;
-            Some(loss.backward()?)
+            Some(ends.backward(&model, cfg, &embeds, s, &mut tape)?)
         } else {
             model.text.forward(&embeds, None, Some(&mut tape))?;
             None
@@ -98,6 +154,7 @@ pub fn decoder_moments(
             }
         }
     }
+    let rows = sums.values().next().map_or(0, |s| s.rows);
     let moments = |t: Target| -> Result<(Mat<f64>, Option<Mat<f64>>)> {
         let s = sums.get(&t).ok_or_else(|| CompressError::Calibration("no calibration rows".into()))?;
         Ok((square(&s.xx, s.rows), grads.then(|| square(&s.gg, s.rows))))
@@ -135,19 +192,16 @@ pub fn decoder_moments(
                 u.transpose() * g * &u
             });
             for (m, up) in [q, k, v].into_iter().enumerate() {
-                out.insert(up, Moments { h: c.clone(), g: block(&g, starts[m], widths[m]) });
+                out.insert(up, full(c.clone(), block(&g, starts[m], widths[m])));
             }
-            out.insert(down, Moments { h, g: g_c });
+            out.insert(down, full(h, g_c));
         } else {
             for (m, n) in ["q_proj", "k_proj", "v_proj"].into_iter().enumerate() {
-                out.insert(
-                    format!("{attn}.{n}.weight"),
-                    Moments { h: h.clone(), g: block(&g, starts[m], widths[m]) },
-                );
+                out.insert(format!("{attn}.{n}.weight"), full(h.clone(), block(&g, starts[m], widths[m])));
             }
         }
         let (h, g) = moments(t(Proj::Out))?;
-        out.insert(format!("{attn}.o_proj.weight"), Moments { h, g });
+        out.insert(format!("{attn}.o_proj.weight"), full(h, g));
         for (k, (name, _, _)) in text_mlp_linears(cfg).into_iter().enumerate() {
             let (h, g) = moments(t(Proj::Mlp(k)))?;
             let base = format!("{p}.mlp.{name}");
@@ -155,14 +209,93 @@ pub fn decoder_moments(
                 let (down, up) = linear_factor_names(&base);
                 let (d, u) = (tensor(&down)?, tensor(&up)?);
                 let g_c = g.as_ref().map(|g| u.transpose() * g * &u);
-                out.insert(up, Moments { h: &d * &h * d.transpose(), g });
-                out.insert(down, Moments { h, g: g_c });
+                out.insert(up, full(&d * &h * d.transpose(), g));
+                out.insert(down, full(h, g_c));
             } else {
-                out.insert(format!("{base}.weight"), Moments { h, g });
+                out.insert(format!("{base}.weight"), full(h, g));
             }
         }
     }
-    Ok(out)
+    let mut table = None;
+    if grads {
+        let head = if cfg.text.tie_word_embeddings { EMBED } else { LM_HEAD };
+        out.insert(head.to_string(), ends.head(rows, cfg.text.vocab_size));
+        table = Some(ends.table(rows));
+    }
+    Ok(CalibrationMoments { layers: out, table })
+}
+
+fn full(h: Mat<f64>, g: Option<Mat<f64>>) -> Moments {
+    Moments { h, g: g.map(OutputMoments::Full) }
+}
+
+/// Running sums of the two ends of the decoder: the embeddings' gradients and token counts, and
+/// `lm_head`'s inputs and gradient rows.
+#[derive(Default)]
+struct EndSums {
+    embed_gg: Vec<f64>,
+    text_rows: usize,
+    counts: Vec<f64>,
+    head_xx: Vec<f64>,
+    head_rows: usize,
+    head_grads: Vec<f32>,
+}
+
+impl EndSums {
+    /// The backward pass of sample `s` on its answer loss with probes at the embeddings and at
+    /// the logits, whose gradients (and `lm_head`'s inputs, and the sample's tokens) are added.
+    fn backward(
+        &mut self,
+        model: &CpuModel,
+        cfg: &ModelConfig,
+        embeds: &candle_core::Tensor,
+        s: &Sample,
+        tape: &mut Tape,
+    ) -> Result<candle_core::backprop::GradStore> {
+        let embed_probe = Var::zeros(embeds.shape(), embeds.dtype(), embeds.device())?;
+        let embeds = embeds.add(embed_probe.as_tensor())?;
+        let (x, logits) = model.answer_logits(&embeds, &s.ids, s.answer_start, Some(tape))?;
+        let logit_probe = Var::zeros(logits.shape(), logits.dtype(), logits.device())?;
+        let logits = logits.add(logit_probe.as_tensor())?;
+        let grads = cross_entropy(&logits, &s.ids[s.answer_start..])?.backward()?;
+        let gradient = |probe: &Var| {
+            grads.get(probe.as_tensor()).cloned().ok_or_else(|| {
+                CompressError::Calibration("no gradient reached the embeddings or the logits".into())
+            })
+        };
+        // the table's rows are read at the text positions only
+        let text: Vec<u32> =
+            (0..s.ids.len() as u32).filter(|&t| s.ids[t as usize] != cfg.image_token_id).collect();
+        let g = gradient(&embed_probe)?
+            .index_select(&candle_core::Tensor::new(text.as_slice(), embeds.device())?, 0)?;
+        add(&mut self.embed_gg, &g.t()?.matmul(&g)?)?;
+        self.text_rows += text.len();
+        self.counts.resize(cfg.text.vocab_size, 0.0);
+        for &t in &text {
+            self.counts[s.ids[t as usize] as usize] += 1.0;
+        }
+        let x = x.detach();
+        add(&mut self.head_xx, &x.t()?.matmul(&x)?)?;
+        self.head_rows += x.dim(0)?;
+        self.head_grads.extend(gradient(&logit_probe)?.flatten_all()?.to_vec1::<f32>()?);
+        Ok(grads)
+    }
+
+    /// `lm_head`'s moments: `H` over its rows, `G` from the gradient rows over the decoder's
+    /// `rows`.
+    fn head(&mut self, rows: usize, vocab: usize) -> Moments {
+        let b = std::mem::take(&mut self.head_grads);
+        Moments {
+            h: square(&self.head_xx, self.head_rows),
+            g: Some(OutputMoments::Rows { b, out: vocab, n: rows }),
+        }
+    }
+
+    fn table(&self, rows: usize) -> TableMoments {
+        let n = rows.max(1) as f64;
+        let frequency = self.counts.iter().map(|c| c / n).collect();
+        TableMoments { frequency, g: square(&self.embed_gg, self.text_rows) }
+    }
 }
 
 /// `R H Rᵀ`: the moments of inputs that an online rotation `R` turns into `R x`.
@@ -182,20 +315,41 @@ pub fn rotate_moments(h: &Mat<f64>, r: &Rotation) -> Result<Mat<f64>> {
 /// `½ tr(G ΔW H ΔWᵀ)` with `ΔW = W − Ŵ` (row-major `[out, in]`): the K-FAC estimate of the loss
 /// a change `ΔW` of a layer's weight costs at a minimum of the loss (the first-order term
 /// vanishes in expectation there; `G ⊗ H` approximates the Fisher of the layer's weights).
+/// Without `G`, `½ tr(ΔW H ΔWᵀ)`. With gradient rows `B`, `½ tr(C H Cᵀ) / n` for `C = B ΔW`.
 pub fn kfac_cost(delta: &[f64], out: usize, cols: usize, m: &Moments) -> f64 {
     let d = Mat::from_fn(out, cols, |o, j| delta[o * cols + j]);
-    let dh = &d * &m.h;
-    let gd = match &m.g {
-        Some(g) => g * &d,
-        None => d.clone(),
+    let (left, scale) = match &m.g {
+        Some(OutputMoments::Full(g)) => (g * &d, 1.0),
+        Some(OutputMoments::Rows { b, out: width, n }) => {
+            (gradient_rows_times(b, *width, &d), 1.0 / (*n).max(1) as f64)
+        }
+        None => (d.clone(), 1.0),
+    };
+    let right = match &m.g {
+        Some(OutputMoments::Rows { .. }) => &left * &m.h,
+        _ => &d * &m.h,
     };
     let mut sum = 0.0;
-    for o in 0..out {
+    for o in 0..left.nrows() {
         for j in 0..cols {
-            sum += gd[(o, j)] * dh[(o, j)];
+            sum += left[(o, j)] * right[(o, j)];
         }
     }
-    0.5 * sum
+    0.5 * scale * sum
+}
+
+/// `B ΔW` for gradient rows `b` (`[rows, out]`, row-major) and `ΔW` `[out, in]`, a block of
+/// `ΔW`'s rows at a time.
+fn gradient_rows_times(b: &[f32], out: usize, delta: &Mat<f64>) -> Mat<f64> {
+    let rows = b.len() / out.max(1);
+    let mut c = Mat::<f64>::zeros(rows, delta.ncols());
+    const BLOCK: usize = 4096;
+    for start in (0..out).step_by(BLOCK) {
+        let len = BLOCK.min(out - start);
+        let block = Mat::from_fn(rows, len, |r, k| b[r * out + start + k] as f64);
+        c += &block * delta.subrows(start, len);
+    }
+    c
 }
 
 #[cfg(test)]
@@ -247,7 +401,7 @@ mod tests {
         let g: Vec<f64> = (0..out).map(|k| noise(700 + k)).collect();
         let m = Moments {
             h: Mat::from_fn(cols, cols, |i, j| x[i] * x[j]),
-            g: Some(Mat::from_fn(out, out, |i, j| g[i] * g[j])),
+            g: Some(OutputMoments::Full(Mat::from_fn(out, out, |i, j| g[i] * g[j]))),
         };
         let dir: f64 =
             (0..out).map(|o| g[o] * (0..cols).map(|j| delta[o * cols + j] * x[j]).sum::<f64>()).sum();
@@ -257,5 +411,35 @@ mod tests {
         let y: f64 =
             (0..out).map(|o| (0..cols).map(|j| delta[o * cols + j] * x[j]).sum::<f64>().powi(2)).sum();
         assert!((plain - 0.5 * y).abs() < 1e-12 * (1.0 + y));
+    }
+
+    /// `G` given as gradient rows `B` (`G = Bᵀ B / n`) costs what the full `G` does; the table's
+    /// cost is K-FAC's with the one-hot input moments `H = diag(n_v / N)`.
+    #[test]
+    fn gradient_rows_and_the_table_cost_what_full_k_fac_does() {
+        let (out, cols, rows, n) = (9, 6, 4, 7);
+        let delta: Vec<f64> = (0..out * cols).map(|k| noise(900 + k)).collect();
+        let b: Vec<f32> = (0..rows * out).map(|k| noise(1300 + k) as f32).collect();
+        let bm = Mat::from_fn(rows, out, |r, o| b[r * out + o] as f64);
+        let h = gram(cols, 40);
+        let full = Moments { h: h.clone(), g: Some(OutputMoments::Full(bm.transpose() * &bm / n as f64)) };
+        let factored = Moments { h, g: Some(OutputMoments::Rows { b, out, n }) };
+        let (want, got) = (kfac_cost(&delta, out, cols, &full), kfac_cost(&delta, out, cols, &factored));
+        assert!((want - got).abs() < 1e-12 * (1.0 + want.abs()), "{got} vs {want}");
+
+        // the table: `out` tokens of width `cols`, some never seen
+        let frequency: Vec<f64> =
+            (0..out).map(|v| if v % 3 == 1 { 0.0 } else { (v + 1) as f64 / 50.0 }).collect();
+        let g = gram(cols, 80);
+        let table = TableMoments { frequency: frequency.clone(), g: g.clone() };
+        // as a linear layer y = Eᵀ x on one-hot x: W = Eᵀ `[cols, out]`, H = diag(freq), G = g
+        let transposed: Vec<f64> = (0..cols * out).map(|k| delta[(k % out) * cols + k / out]).collect();
+        let m = Moments {
+            h: Mat::from_fn(out, out, |i, j| if i == j { frequency[i] } else { 0.0 }),
+            g: Some(OutputMoments::Full(g)),
+        };
+        let want = kfac_cost(&transposed, cols, out, &m);
+        let got = table.cost(&delta);
+        assert!((want - got).abs() < 1e-12 * (1.0 + want.abs()), "{got} vs {want}");
     }
 }

@@ -1,24 +1,32 @@
-//! Choosing each decoder sublayer's weight width under a byte budget for the whole model.
+//! Choosing the weight width of each part of the model under a byte budget for the whole model.
 //!
-//! A *unit* is one decoder sublayer: a layer's attention (Q/K/V and `o_proj`, or the joint-QKV
-//! factors and `o_proj`) or its MLP (gate/up/down, dense or factored). Every matrix of a unit
-//! takes the same width, one of [`Width`]: INT4 weights (per output channel, or in groups with
-//! `--group-size`), INT8 weights (both with the scheme's INT8 activations), or the rotated float
-//! weights in their source encoding (no online rotation, float activations). A layer whose
-//! joint-QKV latent is its K/V cache keeps its attention integer (the cache is INT8).
+//! A *unit* ([`Unit`]) is one decoder sublayer — a layer's attention (Q/K/V and `o_proj`, or the
+//! joint-QKV factors and `o_proj`) or its MLP (gate/up/down, dense or factored) — or the token
+//! embeddings (with a tied `lm_head`, the same integers), or an untied `lm_head`. Every matrix of
+//! a unit takes the same width, one of [`Width`]: INT4 weights (per output channel, or in groups
+//! with `--group-size`; a table always one scale per row), INT8 weights (both with the scheme's
+//! INT8 activations), or the rotated float weights in their source encoding (no online rotation,
+//! float activations). A layer whose joint-QKV latent is its K/V cache keeps its attention
+//! integer (the cache is INT8).
 //!
 //! **Cost of a candidate.** Each matrix is quantized at the candidate width exactly as the model
-//! will be (online rotation, clip-searched scales, GPTQ when asked), and its error `ΔW = W − Ŵ`
-//! is charged the K-FAC estimate of the loss it adds, `½ tr(G ΔW H ΔWᵀ)` with the calibration
-//! moments `H = E[x xᵀ]` of its (rotated) input and `G = E[g gᵀ]` of its output gradient
-//! ([`crate::quant::moments`]). A unit's cost is the sum over its matrices; float costs 0. The
-//! INT8 activation error is the same for both integer widths and is not charged, so the estimate
-//! favours float over INT8 only by the weight error.
+//! will be (online rotation, clip-searched scales, GPTQ for the decoder when asked), and its error
+//! `ΔW = W − Ŵ` is charged the K-FAC estimate of the loss it adds, `½ tr(G ΔW H ΔWᵀ)` with the
+//! calibration moments `H = E[x xᵀ]` of its (rotated) input and `G = E[g gᵀ]` of its output
+//! gradient ([`crate::quant::moments`]). The embedding table is a linear layer whose input is
+//! the one-hot token, so `H = diag(n_v) / N` (`n_v` occurrences of token `v` among the `N`
+//! calibration rows) and its cost is `½ Σ_v (n_v / N) Δe_vᵀ G Δe_v` with `G` the moments of the
+//! gradient reaching the embeddings at the text positions (image positions do not read the
+//! table, and their gradients differ); a tied table adds its `lm_head` cost on the same integers.
+//! A unit's cost is the sum over its matrices; float costs 0. The INT8 activation error is the
+//! same for both integer widths and is not charged, so the estimate favours float over INT8 only
+//! by the weight error.
 //!
 //! **Bytes.** What the model's tensor files will hold: packed integers (padded rows, see
 //! [`pocketvlm_format::quant::pack`]) plus f32 scales, or the float values in their encoding.
-//! The budget covers every tensor of the model; the parts outside the units (embeddings,
-//! `lm_head`, vision tower, connector, norms) take their scheme's widths and are counted first.
+//! The budget covers every tensor of the model; the parts outside the units (vision tower,
+//! connector, norms, and whatever the recipe keeps float) take their scheme's widths and are
+//! counted first.
 //!
 //! **Allocation** ([`allocate`]): a multiple-choice knapsack solved greedily on the marginal
 //! rate. Every unit starts at its cheapest option; then, while some move fits, the move with
@@ -35,6 +43,17 @@ use crate::error::{CompressError, Result};
 pub enum Sublayer {
     Attention,
     Mlp,
+}
+
+/// A part of the model whose width is chosen (see the module documentation).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Unit {
+    /// One sublayer of decoder layer `.0`.
+    Decoder(usize, Sublayer),
+    /// The token embedding table (and a tied `lm_head`).
+    Embeddings,
+    /// An untied `lm_head`.
+    LmHead,
 }
 
 /// The width of one unit's weights.

@@ -56,8 +56,8 @@ pub struct ImageFeatures<'a> {
     pub token_id: u32,
 }
 
-/// An embedding table on the GPU: `values` `[vocab, d]` in f32, f16 or bf16, or packed `i8` with
-/// one scale per row in `scales` (`[vocab]`, f32 or f16): the integer contract's quantized
+/// An embedding table on the GPU: `values` `[vocab, d]` in f32, f16 or bf16, or packed `i8` or
+/// `i4` with one scale per row in `scales` (`[vocab]`, f32 or f16): the integer contract's quantized
 /// table, row `t` read as `f32(q[t][j]) · s[t]`.
 pub struct EmbedTable {
     pub values: Tensor,
@@ -72,14 +72,14 @@ impl EmbedTable {
         };
         let ok = match (&values.encoding, &scales) {
             (Encoding::F32 | Encoding::F16 | Encoding::BF16, None) => true,
-            (Encoding::I8, Some(s)) => {
+            (Encoding::I8 | Encoding::I4, Some(s)) => {
                 s.shape == [vocab] && matches!(s.encoding, Encoding::F32 | Encoding::F16)
             }
             _ => false,
         };
         if !ok {
             return Err(RuntimeError::UnsupportedModel(format!(
-                "an embedding table in {} with {} (the kernel reads f32, f16 or bf16 tables, or i8 with one f32 or f16 scale per row)",
+                "an embedding table in {} with {} (the kernel reads f32, f16 or bf16 tables, or i8 / i4 with one f32 or f16 scale per row)",
                 values.encoding.tag(),
                 scales.as_ref().map_or("no scales".to_string(), |s| format!(
                     "{} scales {:?}",
@@ -127,9 +127,13 @@ impl Kernel for Embed {
             Encoding::F16 => "TABLE_F16",
             Encoding::BF16 => "TABLE_BF16",
             Encoding::I8 => "TABLE_I8",
+            Encoding::I4 => "TABLE_I4",
             _ => "TABLE_F32",
         };
         d.insert(table.to_string(), String::new());
+        if self.table.packed_bits().is_some() {
+            d.insert("TABLE_INT".to_string(), String::new());
+        }
         // the scales follow the image features when there are any (bindings are consecutive)
         d.insert("SCALE_BINDING".to_string(), if self.image { "5" } else { "4" }.to_string());
         if self.f16_scales {

@@ -345,7 +345,7 @@ impl QuantLinear {
     }
 }
 
-/// The token embeddings: a float table, or the contract's INT8 table with a scale per row.
+/// The token embeddings: a float table, or the contract's INT8 or INT4 table with a scale per row.
 pub struct Embedding {
     pub table: EmbedTable,
 }
