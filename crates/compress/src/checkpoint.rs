@@ -18,9 +18,19 @@ use crate::error::{CompressError, Result};
 use crate::hf_config::{generation_config, model_config, processor_config, read_json};
 use crate::tokenizer;
 
-/// The raw bytes of every safetensors file of a checkpoint.
+/// The raw bytes of every safetensors file of a checkpoint, and where each tensor lies in them
+/// (the headers parsed once, at [`Checkpoint::open`]).
 pub struct Checkpoint {
-    files: Vec<(String, Vec<u8>)>,
+    files: Vec<Vec<u8>>,
+    index: BTreeMap<String, Located>,
+}
+
+/// A tensor's encoding, shape, file and byte range in it.
+struct Located {
+    encoding: Encoding,
+    shape: Vec<usize>,
+    file: usize,
+    bytes: std::ops::Range<usize>,
 }
 
 /// One tensor, borrowed from its file.
@@ -31,7 +41,8 @@ pub struct RawTensor<'a> {
 }
 
 impl Checkpoint {
-    /// Read the safetensors file(s) of the checkpoint in `dir`.
+    /// Read the safetensors file(s) of the checkpoint in `dir` and index their tensors (typed
+    /// errors for a malformed file, an unsupported dtype or a tensor in two files).
     pub fn open(dir: &Path) -> Result<Self> {
         let index = dir.join("model.safetensors.index.json");
         let single = dir.join("model.safetensors");
@@ -54,23 +65,15 @@ impl Checkpoint {
                 reason: "neither model.safetensors nor model.safetensors.index.json".into(),
             });
         };
-        let files = paths
-            .into_iter()
-            .map(|p| {
-                let bytes = std::fs::read(&p)
-                    .map_err(|e| FormatError::Io { path: p.display().to_string(), source: e })?;
-                Ok((p.display().to_string(), bytes))
-            })
-            .collect::<Result<Vec<_>>>()?;
-        Ok(Self { files })
-    }
-
-    /// Every tensor by name, with its encoding and shape.
-    pub fn tensors(&self) -> Result<BTreeMap<String, RawTensor<'_>>> {
-        let mut out = BTreeMap::new();
-        for (file, bytes) in &self.files {
-            let st = SafeTensors::deserialize(bytes)
-                .map_err(|e| CompressError::BadSafetensors { file: file.clone(), reason: e.to_string() })?;
+        let mut files = Vec::with_capacity(paths.len());
+        let mut index = BTreeMap::new();
+        for (file, path) in paths.iter().enumerate() {
+            let bytes = std::fs::read(path)
+                .map_err(|e| FormatError::Io { path: path.display().to_string(), source: e })?;
+            let st = SafeTensors::deserialize(&bytes).map_err(|e| CompressError::BadSafetensors {
+                file: path.display().to_string(),
+                reason: e.to_string(),
+            })?;
             for (name, view) in st.tensors() {
                 let encoding = match view.dtype() {
                     Dtype::F32 => Encoding::F32,
@@ -80,13 +83,27 @@ impl Checkpoint {
                         return Err(CompressError::UnsupportedDtype { name, dtype: format!("{other:?}") });
                     }
                 };
-                let tensor = RawTensor { encoding, shape: view.shape().to_vec(), bytes: view.data() };
-                if out.insert(name.clone(), tensor).is_some() {
+                let start = view.data().as_ptr() as usize - bytes.as_ptr() as usize;
+                let bytes = start..start + view.data().len();
+                let located = Located { encoding, shape: view.shape().to_vec(), file, bytes };
+                if index.insert(name.clone(), located).is_some() {
                     return Err(CompressError::DuplicateTensor { name });
                 }
             }
+            files.push(bytes);
         }
-        Ok(out)
+        Ok(Self { files, index })
+    }
+
+    /// Every tensor by name, with its encoding and shape.
+    pub fn tensors(&self) -> BTreeMap<String, RawTensor<'_>> {
+        self.index
+            .iter()
+            .map(|(name, t)| {
+                let bytes = &self.files[t.file][t.bytes.clone()];
+                (name.clone(), RawTensor { encoding: t.encoding, shape: t.shape.clone(), bytes })
+            })
+            .collect()
     }
 }
 
@@ -104,12 +121,12 @@ impl Source {
     pub fn open(dir: &Path) -> Result<Self> {
         let meta = SourceMeta::read(dir)?;
         let checkpoint = Checkpoint::open(dir)?;
-        check_checkpoint_tensors(&meta.model, &checkpoint.tensors()?)?;
+        check_checkpoint_tensors(&meta.model, &checkpoint.tensors())?;
         Ok(Self { dir: dir.to_path_buf(), meta, checkpoint })
     }
 
     /// Every tensor by name (the set [`Source::open`] checked).
-    pub fn tensors(&self) -> Result<BTreeMap<String, RawTensor<'_>>> {
+    pub fn tensors(&self) -> BTreeMap<String, RawTensor<'_>> {
         self.checkpoint.tensors()
     }
 }

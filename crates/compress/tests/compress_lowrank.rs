@@ -110,7 +110,7 @@ fn vision_attention_compresses_with_exact_biases() {
     assert_eq!(summary.compression().unwrap().vision_layers.len(), 2);
     let data = dir::open(tmp.path()).unwrap();
     let src = pocketvlm_compress::checkpoint::Checkpoint::open(&fixture()).unwrap();
-    let raw = src.tensors().unwrap();
+    let raw = src.tensors();
     let name = "model.vision_model.encoder.layers.0.self_attn.k_proj.bias";
     assert_eq!(data.tensor_bytes(name).unwrap().as_ref(), raw[name].bytes, "biases are copied bit for bit");
     assert!(data.manifest.tensor("model.vision_model.encoder.layers.0.self_attn.qkv_down.weight").is_ok());

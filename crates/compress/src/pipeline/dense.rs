@@ -62,7 +62,7 @@ pub(super) fn dense(
     mut clock: Clock,
 ) -> Result<Summary> {
     let samples = samples(source, opts, &mut clock)?;
-    let tensors = source.tensors()?;
+    let tensors = source.tensors();
     let out: Vec<OutTensor> = expected_tensors(&source.meta.model, None)
         .into_iter()
         .map(|(name, shape)| {

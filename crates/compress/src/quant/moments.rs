@@ -15,7 +15,7 @@
 //! With gradients, the width allocation also prices the token embeddings and `lm_head`:
 //! `lm_head`'s `H` over the rows that predict answer tokens (its only rows with a gradient) and
 //! its `G` kept as the gradient rows themselves, `G = Bᵀ B / N` (a `[vocab, vocab]` matrix would
-//! not fit), and the embedding table's moments ([`TableMoments`]): the gradient reaching the
+//! not fit; beyond 2 048 rows an unbiased sketch of them, see `GradientRows`), and the embedding table's moments ([`TableMoments`]): the gradient reaching the
 //! embeddings and how often each token occurs. Every `G` is normalised by the same `N`, the
 //! calibration rows of the decoder, so that the costs of all units add up on one scale: the loss
 //! of a sample sums `(gᵀ ΔW x)²` over its rows, and K-FAC's factored expectation times the rows
@@ -29,6 +29,7 @@ use pocketvlm_format::compression::{
     linear_factor_names, qkv_factor_names, text_layer_prefix, text_mlp_linears,
 };
 use pocketvlm_format::quant::Rotation;
+use pocketvlm_format::quant::rotation::SplitMix64;
 use pocketvlm_format::{Compression, FormatError, ModelConfig};
 
 use crate::calib::Sample;
@@ -238,7 +239,7 @@ struct EndSums {
     counts: Vec<f64>,
     head_xx: Vec<f64>,
     head_rows: usize,
-    head_grads: Vec<f32>,
+    head_grads: GradientRows,
 }
 
 impl EndSums {
@@ -277,14 +278,17 @@ impl EndSums {
         let x = x.detach();
         add(&mut self.head_xx, &x.t()?.matmul(&x)?)?;
         self.head_rows += x.dim(0)?;
-        self.head_grads.extend(gradient(&logit_probe)?.flatten_all()?.to_vec1::<f32>()?);
+        let g = gradient(&logit_probe)?;
+        for row in g.flatten_all()?.to_vec1::<f32>()?.chunks_exact(g.dim(1)?) {
+            self.head_grads.push(row);
+        }
         Ok(grads)
     }
 
     /// `lm_head`'s moments: `H` over its rows, `G` from the gradient rows over the decoder's
     /// `rows`.
     fn head(&mut self, rows: usize, vocab: usize) -> Moments {
-        let b = std::mem::take(&mut self.head_grads);
+        let b = std::mem::take(&mut self.head_grads.rows);
         Moments {
             h: square(&self.head_xx, self.head_rows),
             g: Some(OutputMoments::Rows { b, out: vocab, n: rows }),
@@ -295,6 +299,39 @@ impl EndSums {
         let n = rows.max(1) as f64;
         let frequency = self.counts.iter().map(|c| c / n).collect();
         TableMoments { frequency, g: square(&self.embed_gg, self.text_rows) }
+    }
+}
+
+/// At most this many gradient rows of `lm_head` are kept (400 MB for a 49 152-token vocabulary).
+const HEAD_ROWS: usize = 2048;
+
+/// Gradient rows `B` for `G = Bᵀ B / n`, in bounded memory: the first [`HEAD_ROWS`] rows as they
+/// are, then each further row `b` added with a random sign `σ = ±1` to a random kept row (a
+/// CountSketch `B̃ = S B`). The expectation of `B̃ᵀ B̃` over the signs is `Bᵀ B` — every cross
+/// term `σ_r b_r b_sᵀ` has mean zero — so the cost built on it stays unbiased, and exact for a
+/// calibration set with at most [`HEAD_ROWS`] answer rows (the 32 image samples have ≈ 1 000).
+#[derive(Default)]
+struct GradientRows {
+    rows: Vec<f32>,
+    width: usize,
+    seen: usize,
+    rng: Option<SplitMix64>,
+}
+
+impl GradientRows {
+    fn push(&mut self, row: &[f32]) {
+        self.width = row.len();
+        self.seen += 1;
+        if self.seen <= HEAD_ROWS {
+            self.rows.extend_from_slice(row);
+            return;
+        }
+        let rng = self.rng.get_or_insert(SplitMix64(0x5EED_0F4E_AD00));
+        let draw = rng.next_u64();
+        let kept = (draw >> 1) as usize % HEAD_ROWS;
+        let sign = if draw & 1 == 1 { -1.0 } else { 1.0 };
+        let target = &mut self.rows[kept * self.width..(kept + 1) * self.width];
+        target.iter_mut().zip(row).for_each(|(t, v)| *t += sign * v);
     }
 }
 
@@ -441,5 +478,29 @@ mod tests {
         let want = kfac_cost(&transposed, cols, out, &m);
         let got = table.cost(&delta);
         assert!((want - got).abs() < 1e-12 * (1.0 + want.abs()), "{got} vs {want}");
+    }
+
+    /// Up to [`HEAD_ROWS`] gradient rows are kept exactly; beyond, memory stays at that many rows
+    /// and `B̃ᵀ B̃` averages to `Bᵀ B` (here: its trace, over many rows of one direction with
+    /// random signs, stays within a few per cent).
+    #[test]
+    fn gradient_rows_are_exact_up_to_the_cap_and_bounded_beyond() {
+        let mut rows = GradientRows::default();
+        let row = |k: usize| -> Vec<f32> { (0..3).map(|j| noise(k * 3 + j) as f32).collect() };
+        for k in 0..HEAD_ROWS {
+            rows.push(&row(k));
+        }
+        let exact: Vec<f32> = (0..HEAD_ROWS).flat_map(row).collect();
+        assert_eq!(rows.rows, exact);
+        let mut sketch = GradientRows::default();
+        let extra = 50 * HEAD_ROWS;
+        for _ in 0..HEAD_ROWS + extra {
+            sketch.push(&[1.0, 0.0, 0.0]);
+        }
+        assert_eq!(sketch.rows.len(), 3 * HEAD_ROWS);
+        // tr(BᵀB) = number of rows; the sketch's is that plus zero-mean cross terms
+        let trace: f64 = sketch.rows.iter().map(|v| (*v as f64).powi(2)).sum();
+        let want = (HEAD_ROWS + extra) as f64;
+        assert!((trace / want - 1.0).abs() < 0.05, "{trace} vs {want}");
     }
 }
