@@ -165,14 +165,16 @@ pub struct QuantArgs {
     /// Weight widths other than the defaults (--bits' for decoder sublayers, INT8 for the
     /// embedding table and lm_head), comma-separated PART=WIDTH: PART is embeddings, lm_head (a
     /// tied one takes the embeddings' width) or names decoder sublayers as --float does
-    /// (decoder.N, decoder.A-B, decoder.N.attention, decoder.A-B.mlp), WIDTH is int4, int8 or
-    /// float (needs --bits w8a8 or w4a8).
+    /// (decoder.N, decoder.A-B, decoder.N.attention, decoder.A-B.mlp), WIDTH is int4 (one scale
+    /// per output channel), int4g64 or int4g128 (one per group of input columns, where the group
+    /// divides them; not for embeddings), int8 or float (needs --bits w8a8 or w4a8).
     #[arg(long, default_value = "")]
     widths: String,
     /// Byte budget of the whole model's tensors: every quantized decoder sublayer, the embedding
     /// table and lm_head get int4, int8 or float weights, whichever fits the budget with the least
     /// estimated loss (K-FAC, from the calibration samples; needs calibration data and --bits
-    /// w8a8 or w4a8).
+    /// w8a8 or w4a8); with --group-size G each unit but the table may also take int4 in groups
+    /// of G.
     #[arg(long, conflicts_with = "widths")]
     model_bytes: Option<u64>,
 }
@@ -576,12 +578,21 @@ mod tests {
     fn sublayer_widths_and_a_byte_budget_parse_with_typed_errors() {
         use pocketvlm_compress::quant::widths::Sublayer::{Attention, Mlp};
         use pocketvlm_compress::quant::widths::Unit::{Decoder, Embeddings, LmHead};
-        let q =
-            parse(&["--bits", "w4a8", "--widths", "decoder.0-1.mlp=int8,decoder.2=float,decoder.1.mlp=int4"])
-                .unwrap()
-                .unwrap();
-        let bits: Vec<_> = q.unit_bits.iter().map(|(k, v)| (*k, *v)).collect();
-        assert_eq!(bits, [(Decoder(0, Mlp), Bits::Int8), (Decoder(1, Mlp), Bits::Int4)]);
+        use pocketvlm_compress::quant::widths::Width;
+        let q = parse(&[
+            "--bits",
+            "w4a8",
+            "--widths",
+            "decoder.0-1.mlp=int8,decoder.2=float,decoder.1.mlp=int4,decoder.3.attention=int4g128",
+        ])
+        .unwrap()
+        .unwrap();
+        let widths: Vec<_> = q.unit_widths.iter().map(|(k, v)| (*k, *v)).collect();
+        let g128 = Width::Int4 { group: Some(128) };
+        assert_eq!(
+            widths,
+            [(Decoder(0, Mlp), Width::Int8), (Decoder(1, Mlp), Width::INT4), (Decoder(3, Attention), g128)]
+        );
         assert_eq!(q.parts.decoder_layer(2), (false, false));
         assert_eq!(q.parts.decoder_layer(1), (true, true));
         // a float sublayer made integer again
@@ -589,13 +600,21 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(q.parts.decoder_layer(3), (true, false));
-        assert_eq!(q.unit_bits.get(&Decoder(3, Attention)), Some(&Bits::Int4));
+        assert_eq!(q.unit_widths.get(&Decoder(3, Attention)), Some(&Width::INT4));
         // the embeddings and lm_head take widths too; float is the same as --float
         let q = parse(&["--bits", "w8a8", "--widths", "embeddings=int4,lm_head=float"]).unwrap().unwrap();
-        assert_eq!(q.unit_bits.get(&Embeddings), Some(&Bits::Int4));
-        assert_eq!(q.unit_bits.get(&LmHead), None);
+        assert_eq!(q.unit_widths.get(&Embeddings), Some(&Width::INT4));
+        assert_eq!(q.unit_widths.get(&LmHead), None);
         assert!(q.parts.embeddings && !q.parts.lm_head);
-        for bad in ["decoder.1=int2", "decoder.1", "head=int4", "vision=int4", "decoder.200=int8"] {
+        let bad = [
+            "decoder.1=int2",
+            "decoder.1",
+            "head=int4",
+            "vision=int4",
+            "decoder.200=int8",
+            "decoder.1=int4g96",
+        ];
+        for bad in bad.into_iter().chain(["embeddings=int4g64"]) {
             let err = parse(&["--bits", "w8a8", "--widths", bad]).unwrap_err();
             assert!(err.starts_with("BadOptions"), "{bad}: {err}");
         }

@@ -16,7 +16,7 @@ use pocketvlm_compress::checkpoint::Source;
 use pocketvlm_compress::eval::{EvalOptions, Text, evaluate};
 use pocketvlm_compress::model::CpuModel;
 use pocketvlm_compress::progress::Progress;
-use pocketvlm_compress::quant::QuantOptions;
+use pocketvlm_compress::quant::{QuantOptions, QuantParts};
 use pocketvlm_compress::{Budgets, CompressError, DenseOptions, LowRankOptions, Method, Plan, compress};
 use pocketvlm_format::Manifest;
 use pocketvlm_processor::Prompt;
@@ -150,6 +150,76 @@ fn named_widths_are_written_per_sublayer() {
     assert!(
         q.layers.iter().filter(|l| l.weight.starts_with("model.vision_model.")).all(|l| l.weight_bits == 4)
     );
+}
+
+/// `int4g64` names INT4 in groups of 64 input columns for a unit's matrices whose width 64
+/// divides (the others keep one scale per channel); `int4` is per channel even with a recipe
+/// group; a group for the table or of another size is a typed error.
+#[test]
+fn named_groups_are_written_per_sublayer() {
+    let tmp = tempfile::tempdir().unwrap();
+    let m = quantized(tmp.path(), "grouped", "w4a8", |q| {
+        q.group = Some(64);
+        *q = q.clone().with_widths("decoder.1.mlp=int4g64,decoder.2.mlp=int4").unwrap();
+    })
+    .unwrap();
+    let q = m.quantization.as_ref().unwrap();
+    let group = |tensor: &str| {
+        let name = format!("model.text_model.layers.{tensor}.weight");
+        let l = q.layers.iter().find(|l| l.weight == name).unwrap_or_else(|| panic!("{name}"));
+        (l.weight_bits, l.group, m.tensor(&name).unwrap().shape[1])
+    };
+    // the fixture's down_proj reads 128 columns, gate/up and attention 48
+    assert_eq!(group("1.mlp.down_proj"), (4, Some(64), 128));
+    assert_eq!(group("1.mlp.up_proj"), (4, None, 48));
+    assert_eq!(group("2.mlp.down_proj"), (4, None, 128), "int4 is per channel");
+    assert_eq!(group("0.mlp.down_proj"), (4, Some(64), 128), "unnamed units keep the recipe's group");
+    for bad in ["embeddings=int4g64", "decoder.0.mlp=int4g32", "decoder.0.mlp=int4g"] {
+        let err = QuantOptions::parse("w4a8", None).unwrap().with_widths(bad).unwrap_err();
+        assert!(matches!(err, CompressError::BadOptions { .. }), "{bad}: {err:?}");
+    }
+}
+
+/// With a group size the allocation offers every unit but the table INT4 in groups too, and
+/// prices the group's scales: at the bytes of uniform grouped W4A8 it fits them, and the
+/// decoder's INT4 matrices that 64 divides come out grouped in some sublayers and per channel in
+/// others — one choice per sublayer — while the vision tower keeps the recipe's groups.
+///
+/// (Its KL is not asserted against uniform grouped W4A8: with the fixture's 3 × 8 calibration
+/// tokens the estimate ranks these close options no better than chance — 1.99 against 1.93 when
+/// written. BENCHMARKS.md measures the choice on the 256M checkpoint.)
+#[test]
+fn allocated_widths_choose_groups_per_unit() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let grouped = |name: &str, budget: Option<u64>| {
+        quantized(t, name, "w4a8", |q| {
+            q.group = Some(64);
+            q.model_bytes = budget;
+            // the fixture's table and lm_head outweigh its decoder: keep them out of the choice
+            q.parts = QuantParts::keeping_float("embeddings,lm_head").unwrap();
+        })
+        .unwrap()
+    };
+    let uniform = grouped("uniform-g64", None);
+    let budget = total_bytes(&uniform);
+    let m = grouped("allocated-g64", Some(budget));
+    let bytes = total_bytes(&m);
+    assert!(bytes <= budget, "{bytes} > {budget}");
+    let q = m.quantization.as_ref().unwrap();
+    // the grouping of each decoder sublayer's INT4 matrices that 64 divides
+    let mut grouping: BTreeMap<String, BTreeSet<Option<usize>>> = BTreeMap::new();
+    for l in &q.layers {
+        let cols = m.tensor(&l.weight).unwrap().shape[1];
+        if let (Some(unit), 4, true) = (unit_of(&l.weight), l.weight_bits, cols % 64 == 0) {
+            grouping.entry(unit).or_default().insert(l.group);
+        }
+    }
+    eprintln!("budget {budget}, wrote {bytes}, groups {grouping:?}, widths {:?}", unit_widths(&m));
+    assert!(grouping.values().all(|g| g.len() == 1), "one choice per sublayer: {grouping:?}");
+    let chosen: BTreeSet<_> = grouping.values().flatten().collect();
+    assert_eq!(chosen, [None, Some(64)].iter().collect(), "{grouping:?}");
+    assert!(q.layers.iter().any(|l| l.weight.starts_with("model.vision_model.") && l.group == Some(64)));
 }
 
 #[test]

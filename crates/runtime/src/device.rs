@@ -2,11 +2,11 @@
 //! buffer helpers and readback. The same code runs natively (wgpu on Vulkan/Metal/DX12) and in
 //! the browser (wgpu on WebGPU).
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use crate::encoder::Encoder;
 use crate::error::{Result, RuntimeError};
-use crate::memory::{DeviceBuffer, Held};
+use crate::memory::{DeviceBuffer, Held, PassStart};
 use crate::pipelines::Pipelines;
 
 /// Largest workgroup any kernel may use: Chromium's `maxComputeInvocationsPerWorkgroup` is 256.
@@ -106,9 +106,8 @@ pub struct Gpu {
     pub caps: Capabilities,
     pub pipelines: Pipelines,
     lost: Arc<Mutex<Option<String>>>,
-    /// Bytes of storage buffers created so far (see [`Gpu::allocated_bytes`]).
-    allocated: AtomicU64,
-    /// Bytes of the storage buffers alive now, and the budget (see [`Gpu::held_bytes`]).
+    /// Bytes of the storage buffers alive now, their peaks, and the budget (see
+    /// [`Gpu::held_bytes`]).
     held: Held,
     /// Uniform arena chunks of submitted encoders, for the next ones ([`crate::encoder`]).
     pub(crate) arena: Mutex<Vec<wgpu::Buffer>>,
@@ -188,7 +187,6 @@ impl Gpu {
             caps,
             pipelines: Pipelines::default(),
             lost,
-            allocated: AtomicU64::new(0),
             held: Held::new(options.memory_budget),
             arena: Mutex::new(Vec::new()),
             kernel_scratch: Mutex::default(),
@@ -217,12 +215,17 @@ impl Gpu {
         }
     }
 
-    /// Total bytes of the storage buffers created on this device so far (by
-    /// [`Gpu::storage_buffer`], [`Gpu::zeroed_buffer`] and [`Gpu::kernel_scratch`]).
-    /// It never decreases: the difference across a pass is what that pass allocated, which is
-    /// what it holds at once (every buffer a recorded pass uses lives until the pass completes).
-    pub fn allocated_bytes(&self) -> u64 {
-        self.allocated.load(Ordering::Relaxed)
+    /// Begin measuring a pass (the vision tower, a prefill, a decode step): see
+    /// [`Gpu::pass_bytes`].
+    pub fn start_pass(&self) -> PassStart {
+        self.held.start_pass()
+    }
+
+    /// The most bytes of storage buffers held at once since `start` beyond what was held then:
+    /// what the pass needed on top of what outlives it. Every buffer a recorded pass binds is held
+    /// until the pass is submitted (kernel scratch by the [`Encoder`]), so none is missed.
+    pub fn pass_bytes(&self, start: PassStart) -> u64 {
+        self.held.pass_bytes(start)
     }
 
     /// Bytes of the storage buffers alive on this device now (every clone of a
@@ -242,20 +245,33 @@ impl Gpu {
         self.held.reset_peak();
     }
 
-    /// A storage buffer of at least `bytes` bytes that a kernel uses internally for `role` and
-    /// initializes before reading on every call (e.g. attention's running softmax state between
-    /// key passes): one per role for the device, grown on demand, so repeated calls (every layer of
-    /// every decode step) allocate nothing and bind the same buffer. Calls run in submission
-    /// order, so sharing it between them is safe.
-    pub async fn kernel_scratch(&self, role: &'static str, bytes: u64) -> Result<DeviceBuffer> {
+    /// A storage buffer of at least `bytes` bytes that a kernel recorded into `encoder` uses
+    /// internally for `role` and initializes before reading on every call (e.g. attention's
+    /// running softmax state between key passes): one per role for the device, grown on demand,
+    /// so repeated calls (every layer of every decode step) allocate nothing and bind the same
+    /// buffer. Calls run in submission order, so sharing it between them is safe. `encoder` holds
+    /// the buffer until it is submitted, so a smaller one that a larger replaced while the pass
+    /// still binds it stays counted as held until then.
+    pub async fn kernel_scratch(
+        &self,
+        encoder: &mut Encoder,
+        role: &'static str,
+        bytes: u64,
+    ) -> Result<DeviceBuffer> {
         let bytes = bytes.next_multiple_of(4).max(16);
-        if let Some(b) = self.kernel_scratches().get(role).filter(|b| b.size() >= bytes) {
-            return Ok(b.clone());
-        }
-        // the smaller one goes first: both need not fit the budget at once
-        self.kernel_scratches().remove(role);
-        let buffer = self.create_storage(role, bytes).await?;
-        self.kernel_scratches().insert(role, buffer.clone());
+        let kept = self.kernel_scratches().get(role).filter(|b| b.size() >= bytes).cloned();
+        let buffer = match kept {
+            Some(b) => b,
+            None => {
+                // the device's reference goes first: a pass that bound the smaller one still
+                // holds it, the next pass need not
+                self.kernel_scratches().remove(role);
+                let buffer = self.create_storage(role, bytes).await?;
+                self.kernel_scratches().insert(role, buffer.clone());
+                buffer
+            }
+        };
+        encoder.hold(&buffer);
         Ok(buffer)
     }
 
@@ -301,7 +317,6 @@ impl Gpu {
         if let Some(e) = scope.pop().await {
             return Err(RuntimeError::OutOfMemory(format!("{label} ({size} bytes): {e}")));
         }
-        self.allocated.fetch_add(size, Ordering::Relaxed);
         Ok(DeviceBuffer::new(buffer, reservation))
     }
 

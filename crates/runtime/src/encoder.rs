@@ -28,6 +28,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
 use crate::device::{Gpu, Submitted, now_ms};
+use crate::memory::DeviceBuffer;
 use crate::pipelines::Pipeline;
 
 /// Bytes of one uniform arena chunk.
@@ -146,6 +147,9 @@ pub struct Encoder {
     profile: Option<(f64, RecordProfile)>,
     /// Timestamps of each dispatch, when timing them on the GPU.
     timer: Option<DispatchTimer>,
+    /// Device buffers the recorded work binds that nothing else is sure to keep until it is
+    /// submitted (kernel scratch, [`Gpu::kernel_scratch`]): held, and counted, until then.
+    held: Vec<DeviceBuffer>,
 }
 
 impl Encoder {
@@ -159,6 +163,14 @@ impl Encoder {
             bind_groups,
             profile: None,
             timer: None,
+            held: Vec::new(),
+        }
+    }
+
+    /// Keep `buffer` (and its bytes counted as held) until this encoder is submitted or dropped.
+    pub fn hold(&mut self, buffer: &DeviceBuffer) {
+        if !self.held.iter().any(|b| **b == **buffer) {
+            self.held.push(buffer.clone());
         }
     }
 

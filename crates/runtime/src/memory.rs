@@ -46,18 +46,37 @@ impl Drop for Reservation {
     }
 }
 
-/// The bytes a device holds, the most it held since [`Held::reset_peak`], and the most it may
-/// hold.
+/// The bytes a device holds, the most it held since [`Held::reset_peak`] and since the pass that
+/// began last ([`Held::start_pass`]), and the most it may hold.
 #[derive(Debug, Default)]
 pub(crate) struct Held {
     bytes: Arc<AtomicU64>,
     peak: AtomicU64,
+    pass_peak: AtomicU64,
     budget: Option<u64>,
 }
 
+/// What a device held when a pass began ([`Held::start_pass`]).
+#[derive(Clone, Copy, Debug)]
+pub struct PassStart(u64);
+
 impl Held {
     pub fn new(budget: Option<u64>) -> Self {
-        Self { bytes: Arc::default(), peak: AtomicU64::new(0), budget }
+        Self { bytes: Arc::default(), peak: AtomicU64::new(0), pass_peak: AtomicU64::new(0), budget }
+    }
+
+    /// Begin a pass: [`Held::pass_bytes`] then tells the most bytes held at once during it above
+    /// what is held now. Passes on one device follow each other (one that begins ends the
+    /// measure of the one before).
+    pub fn start_pass(&self) -> PassStart {
+        let now = self.bytes();
+        self.pass_peak.store(now, Ordering::Relaxed);
+        PassStart(now)
+    }
+
+    /// The most bytes held at once since `start`, above what was held then.
+    pub fn pass_bytes(&self, start: PassStart) -> u64 {
+        self.pass_peak.load(Ordering::Relaxed).saturating_sub(start.0)
     }
 
     /// Bytes held now.
@@ -84,6 +103,7 @@ impl Held {
         match taken {
             Ok(before) => {
                 self.peak.fetch_max(before + bytes, Ordering::Relaxed);
+                self.pass_peak.fetch_max(before + bytes, Ordering::Relaxed);
                 Ok(Reservation { bytes, held: self.bytes.clone() })
             }
             Err(held) => Err(RuntimeError::OutOfMemory(format!(

@@ -327,12 +327,13 @@ async fn check_decode_reuse(engine: &Engine, what: &str) {
     for _ in 0..2 {
         generator.next_token(gpu, model).await.unwrap();
     }
-    let before = gpu.allocated_bytes();
+    gpu.reset_peak_held_bytes();
+    let before = gpu.held_bytes();
     generator.next_token(gpu, model).await.unwrap();
     let first = generator.decode_recording();
     assert_eq!(first.steps, 2, "{what}");
     while generator.next_token(gpu, model).await.unwrap().is_some() {}
-    assert_eq!(gpu.allocated_bytes(), before, "{what}: decode steps allocated storage");
+    assert_eq!(gpu.peak_held_bytes(), before, "{what}: decode steps allocated storage");
     let all = generator.decode_recording();
     let later = all.dispatches - first.dispatches;
     let reused = all.reused_bind_groups - first.reused_bind_groups;
@@ -436,6 +437,31 @@ fn memory_accounting_adds_up() {
         assert!(memory.activations >= floor as u64, "{} < {floor}", memory.activations);
         assert!(memory.activations < model.weight_bytes(), "{memory:?}");
         assert_eq!(memory.total(), memory.weights + memory.tables + memory.kv_cache + memory.activations);
+    });
+}
+
+/// Kernel scratch that a pass grows stays held, and counted, until the pass is submitted (its
+/// bind groups still read the smaller buffer): the encoder holds both while recording, the device
+/// keeps only the larger for later passes, which then hold nothing more.
+#[test]
+fn grown_kernel_scratch_is_held_until_its_pass_is_submitted() {
+    pollster::block_on(async {
+        let gpu = Gpu::new(&DeviceOptions::default()).await.unwrap();
+        let before = gpu.held_bytes();
+        let start = gpu.start_pass();
+        let mut enc = gpu.encoder();
+        for bytes in [1024, 4096] {
+            gpu.kernel_scratch(&mut enc, "test scratch", bytes).await.unwrap();
+        }
+        assert_eq!(gpu.held_bytes() - before, 1024 + 4096, "both held while the pass records");
+        assert_eq!(gpu.pass_bytes(start), 1024 + 4096);
+        gpu.submit(enc);
+        assert_eq!(gpu.held_bytes() - before, 4096, "the device keeps the larger one");
+        let start = gpu.start_pass();
+        let mut enc = gpu.encoder();
+        let reused = gpu.kernel_scratch(&mut enc, "test scratch", 2048).await.unwrap();
+        assert_eq!((reused.size(), gpu.pass_bytes(start)), (4096, 0));
+        gpu.submit(enc);
     });
 }
 

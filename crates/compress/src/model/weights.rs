@@ -30,9 +30,19 @@ impl WeightStore for ModelData {
 /// An in-memory store (tests and freshly computed factors).
 pub type MemoryStore = BTreeMap<String, (Vec<usize>, Vec<f32>)>;
 
+/// The shape and values of `name` in `store`, or a typed error naming the missing tensor.
+pub fn stored<'a>(store: &'a MemoryStore, name: &str) -> Result<&'a (Vec<usize>, Vec<f32>)> {
+    Ok(store.get(name).ok_or_else(|| FormatError::MissingTensor { name: name.to_string() })?)
+}
+
+/// [`stored`], to change in place.
+pub fn stored_mut<'a>(store: &'a mut MemoryStore, name: &str) -> Result<&'a mut (Vec<usize>, Vec<f32>)> {
+    Ok(store.get_mut(name).ok_or_else(|| FormatError::MissingTensor { name: name.to_string() })?)
+}
+
 impl WeightStore for MemoryStore {
     fn load(&self, name: &str) -> Result<(Vec<usize>, Vec<f32>)> {
-        self.get(name).cloned().ok_or_else(|| FormatError::MissingTensor { name: name.to_string() }.into())
+        stored(self, name).cloned()
     }
 }
 

@@ -21,9 +21,9 @@
 //! cache"). `lm_head` is W8A8. The token embeddings are an INT8 table with one scale per row; a
 //! tied `lm_head` is the same integers used as a W8A8 layer. Each part can stay float
 //! ([`QuantParts`]), and each decoder sublayer, the embeddings and `lm_head` can take INT4 or
-//! INT8 weights whatever the scheme ([`QuantOptions::unit_bits`]; INT8 activations; a table
-//! keeps one scale per row), named or chosen under a byte budget for the whole model
-//! ([`crate::quant::widths`]). An input width that does not fill whole packed `u32` words is padded with
+//! INT8 weights whatever the scheme ([`QuantOptions::unit_widths`]; INT8 activations; a table
+//! keeps one scale per row; INT4 per output channel or in groups), named or chosen under a byte
+//! budget for the whole model ([`crate::quant::widths`]). An input width that does not fill whole packed `u32` words is padded with
 //! zeros in the packed rows (see [`pocketvlm_format::quant::pack`]). With a group size, INT4
 //! layers whose input width the group divides get one scale per group, the others one per
 //! output channel; the manifest records each layer's choice.
@@ -38,6 +38,8 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use faer::Mat;
+
 use pocketvlm_format::compression::{
     linear_factor_names, qkv_factor_names, text_layer_prefix, vision_layer_prefix, vision_mlp_linears,
 };
@@ -51,9 +53,9 @@ use pocketvlm_format::{Compression, Encoding, FormatError, ModelConfig};
 
 use crate::calib::Sample;
 use crate::error::{CompressError, Result};
-use crate::model::weights::{MemoryStore, encode};
+use crate::model::weights::{MemoryStore, encode, stored};
 use crate::quant::gptq::gptq;
-use crate::quant::moments::{CalibrationMoments, Moments, decoder_moments, kfac_cost, rotate_moments};
+use crate::quant::moments::{CalibrationMoments, OutputMoments, decoder_moments, kfac_cost, rotate_moments};
 use crate::quant::weights::{ClipSearch, quantize_weights};
 use crate::quant::widths::{Candidate, Sublayer, Unit, Width, allocate};
 use crate::rotate::{RotateOptions, rotate_model, rotate_rows, rotate_values};
@@ -74,9 +76,9 @@ const CONNECTOR: &str = "model.connector.modality_projection.proj";
 pub struct QuantParts {
     pub vision: bool,
     pub connector: bool,
-    /// The token embeddings as an integer table (INT8 unless [`QuantOptions::unit_bits`] says).
+    /// The token embeddings as an integer table (INT8 unless [`QuantOptions::unit_widths`] says).
     pub embeddings: bool,
-    /// `lm_head` with INT8 activations and weights (unless [`QuantOptions::unit_bits`] says; a
+    /// `lm_head` with INT8 activations and weights (unless [`QuantOptions::unit_widths`] says; a
     /// tied one only together with the embeddings, at their width).
     pub lm_head: bool,
     /// Decoder layers whose attention stays float: bit `i` for layer `i`.
@@ -208,12 +210,14 @@ pub struct QuantOptions {
     /// samples; see [`crate::quant::gptq`]); `None`: the clip search's integers as they are.
     pub gptq: Option<f64>,
     /// Integer weight widths of units (decoder sublayers, embeddings, `lm_head`) that differ from
-    /// their defaults (`--widths`, or chosen by [`Self::model_bytes`]); float units are
-    /// [`QuantParts`]'.
-    pub unit_bits: BTreeMap<Unit, Bits>,
-    /// Choose the width (INT4, INT8 or float) of every quantized decoder sublayer, of the
-    /// embeddings and of `lm_head` so that the model's tensors fit in this many bytes with the
-    /// least estimated loss ([`crate::quant::widths`]; needs calibration samples).
+    /// their defaults (`--widths`, or chosen by [`Self::model_bytes`]): the bits and the INT4
+    /// grouping, which for a named unit is its own (`int4` is per channel whatever
+    /// [`Self::group`] says); float units are [`QuantParts`]'.
+    pub unit_widths: BTreeMap<Unit, Width>,
+    /// Choose the width (INT4, INT8 or float; with [`Self::group`] also INT4 in groups) of every
+    /// quantized decoder sublayer, of the embeddings and of `lm_head` so that the model's tensors
+    /// fit in this many bytes with the least estimated loss ([`crate::quant::widths`]; needs
+    /// calibration samples).
     pub model_bytes: Option<u64>,
 }
 
@@ -227,7 +231,7 @@ impl QuantOptions {
             parts: QuantParts::default(),
             int4_clip: 0.9,
             gptq: None,
-            unit_bits: BTreeMap::new(),
+            unit_widths: BTreeMap::new(),
             model_bytes: None,
         }
     }
@@ -245,8 +249,11 @@ impl QuantOptions {
                 what: what.into(),
             };
             let (part, width) = entry.split_once('=').ok_or_else(|| bad("PART=WIDTH"))?;
-            let width = Width::parse(width.trim()).ok_or_else(|| bad("a width of int4, int8 or float"))?;
+            let width = Width::parse(width.trim())?;
             let units = match part.trim() {
+                "embeddings" if matches!(width, Width::Int4 { group: Some(_) }) => {
+                    return Err(bad("int4, int8 or float for embeddings (a table has one scale per row)"));
+                }
                 "embeddings" => vec![Unit::Embeddings],
                 "lm_head" => vec![Unit::LmHead],
                 decoder => {
@@ -287,15 +294,14 @@ impl QuantOptions {
             Unit::LmHead => self.parts.lm_head = !float,
         }
         match width {
-            Width::Int4 => self.unit_bits.insert(unit, Bits::Int4),
-            Width::Int8 => self.unit_bits.insert(unit, Bits::Int8),
-            Width::Float => self.unit_bits.remove(&unit),
+            Width::Float => self.unit_widths.remove(&unit),
+            integer => self.unit_widths.insert(unit, integer),
         };
     }
 
     /// The weight width of the embedding table (and of a tied `lm_head`): INT8 unless named.
     fn table_bits(&self) -> Bits {
-        self.unit_bits.get(&Unit::Embeddings).copied().unwrap_or(Bits::Int8)
+        self.unit_widths.get(&Unit::Embeddings).and_then(|w| w.integer()).map_or(Bits::Int8, |(bits, _)| bits)
     }
 
     /// Whether this recipe runs calibration samples through the model (GPTQ's and the width
@@ -363,6 +369,9 @@ pub struct QuantizedModel {
 struct Plan {
     name: String,
     weight: Bits,
+    /// Input columns per INT4 weight scale where they divide the input width; `None`: one scale
+    /// per output channel.
+    group: Option<usize>,
     activation: Bits,
     online: Vec<RotationSpec>,
     unit: Option<Unit>,
@@ -381,6 +390,7 @@ impl Planner<'_> {
         Plan {
             name,
             weight: s.weight_bits(),
+            group: self.opts.group,
             activation: s.activation_bits(),
             online: Vec::new(),
             unit: None,
@@ -389,10 +399,12 @@ impl Planner<'_> {
 
     /// Tag the plans pushed since `from` as `unit`, with its weight width.
     fn tag(&mut self, from: usize, unit: Unit) {
-        let bits = self.opts.unit_bits.get(&unit).copied();
+        let width = self.opts.unit_widths.get(&unit).and_then(|w| w.integer());
         for p in &mut self.plans[from..] {
             p.unit = Some(unit);
-            p.weight = bits.unwrap_or(p.weight);
+            if let Some((bits, group)) = width {
+                (p.weight, p.group) = (bits, group);
+            }
         }
     }
 
@@ -517,11 +529,11 @@ pub fn quantize_model(
     let moments = calibration_moments(cfg, store, compression, opts, samples, residual.as_ref())?;
     check_float_attention(compression, &opts.parts)?;
     check_tied_head(cfg, opts)?;
-    let mut allocation = Allocation { opts: opts.clone(), quantized: HashMap::new() };
+    let mut allocation = Allocation { opts: opts.clone(), integers: Integers::default() };
     if let Some(budget) = opts.model_bytes {
         allocation = choose_widths(cfg, store, compression, opts, &moments, float_bytes, budget)?;
     }
-    let Allocation { opts, mut quantized } = allocation;
+    let Allocation { opts, integers: Integers { mut linear, table } } = allocation;
     let opts = &opts;
     let mut layers = Vec::new();
     let mut weights = BTreeMap::new();
@@ -530,9 +542,11 @@ pub fn quantize_model(
             rotate_rows(store, &plan.name, &r.build()?)?;
         }
         let (shape, values) = stored(store, &plan.name)?;
-        let (q, layer) = match quantized.remove(&plan.name) {
-            Some((q, Some(layer))) => (q, layer),
-            _ => quantize_matrix(values, shape, &plan, opts, &moments)?,
+        let (q, layer) = match linear.remove(&plan.name) {
+            Some(chosen) => chosen,
+            None => {
+                quantize_matrix(values, shape, &plan, opts, gptq_moments(&plan, opts, &moments)?.as_ref())?
+            }
         };
         layers.push(layer);
         weights.insert(plan.name, q);
@@ -541,9 +555,9 @@ pub fn quantize_model(
     if opts.parts.embeddings {
         if !weights.contains_key(EMBED) {
             let (shape, values) = stored(store, EMBED)?;
-            let q = match quantized.remove(EMBED) {
-                Some((q, None)) => q,
-                _ => quantize_table(values, shape, opts.table_bits(), opts)?,
+            let q = match table {
+                Some(chosen) => chosen,
+                None => quantize_table(values, shape, opts.table_bits(), opts)?,
             };
             weights.insert(EMBED.to_string(), q);
         }
@@ -566,8 +580,8 @@ fn quantize_table(values: &[f32], shape: &[usize], bits: Bits, opts: &QuantOptio
 
 /// A tied `lm_head` is the embedding table's integers: it cannot be named another width.
 fn check_tied_head(cfg: &ModelConfig, opts: &QuantOptions) -> Result<()> {
-    let named = opts.unit_bits.get(&Unit::LmHead);
-    if cfg.text.tie_word_embeddings && named.is_some_and(|b| *b != opts.table_bits()) {
+    let named = opts.unit_widths.get(&Unit::LmHead);
+    if cfg.text.tie_word_embeddings && named.is_some_and(|w| w.integer() != Some((opts.table_bits(), None))) {
         return Err(CompressError::BadOptions {
             recipe: "a width for lm_head".into(),
             what: "the embeddings' width (this lm_head is tied to them: name embeddings)".into(),
@@ -630,27 +644,37 @@ fn plans(
 }
 
 /// Quantize `plan`'s matrix, whose `values` already carry its online rotations: clip-searched
-/// scales, then, for a decoder sublayer, GPTQ when asked.
+/// scales, then GPTQ when given `h`, the moments of its input in the same coordinates
+/// ([`gptq_moments`]).
 fn quantize_matrix(
     values: &[f32],
     shape: &[usize],
     plan: &Plan,
     opts: &QuantOptions,
-    moments: &CalibrationMoments,
+    h: Option<&Mat<f64>>,
 ) -> Result<(QuantWeights, QuantizedLayer)> {
     let (out, cols) = (shape[0], shape[1]);
     let layer = layer_record(plan, shape, opts);
     layer.validate(cols)?;
     let mut q = quantize_weights(values, out, cols, plan.weight, layer.group, opts.search)?;
-    let decoder = matches!(plan.unit, Some(Unit::Decoder(..)));
-    if let (Some(damp), true, Some(m)) = (opts.gptq, decoder, moments.layers.get(&plan.name)) {
-        q = gptq(values, &q, &rotated_input_moments(&m.h, plan)?, damp)?;
+    if let (Some(damp), Some(h)) = (opts.gptq, h) {
+        q = gptq(values, &q, h, damp)?;
     }
     Ok((q, layer))
 }
 
+/// The input moments GPTQ compensates `plan`'s matrix with, after its online rotations: a
+/// decoder sublayer's, when GPTQ runs; none otherwise.
+fn gptq_moments(plan: &Plan, opts: &QuantOptions, moments: &CalibrationMoments) -> Result<Option<Mat<f64>>> {
+    let decoder = matches!(plan.unit, Some(Unit::Decoder(..)));
+    match (opts.gptq, decoder, moments.layers.get(&plan.name)) {
+        (Some(_), true, Some(m)) => rotated_input_moments(&m.h, plan).map(Some),
+        _ => Ok(None),
+    }
+}
+
 /// `H` of the input `plan`'s matrix reads after its online rotations.
-fn rotated_input_moments(h: &faer::Mat<f64>, plan: &Plan) -> Result<faer::Mat<f64>> {
+fn rotated_input_moments(h: &Mat<f64>, plan: &Plan) -> Result<Mat<f64>> {
     let mut h = h.clone();
     for r in &plan.online {
         h = rotate_moments(&h, &r.build()?)?;
@@ -658,22 +682,70 @@ fn rotated_input_moments(h: &faer::Mat<f64>, plan: &Plan) -> Result<faer::Mat<f6
     Ok(h)
 }
 
-/// Bytes a quantized matrix stores: packed integers and f32 scales.
-fn quantized_bytes(layer: &QuantizedLayer, shape: &[usize]) -> Result<u64> {
-    let bits = Bits::from_bits(layer.weight_bits)?;
-    let scales: usize = layer.scale_shape(shape[0], shape[1]).iter().product();
-    Ok((packed_encoding(bits).byte_len(shape) + 4 * scales) as u64)
+/// Bytes a quantized matrix of `shape` stores at `bits`: its packed integers and `scales` f32
+/// scales.
+fn stored_bytes(bits: Bits, scales: usize, shape: &[usize]) -> u64 {
+    (packed_encoding(bits).byte_len(shape) + 4 * scales) as u64
 }
 
-/// What [`choose_widths`] chose: the options with every unit's width, and the integers of each
-/// quantized matrix as the candidate that won quantized them (with its layer record; none for
-/// the embedding table on its own).
+/// What [`choose_widths`] chose: the options with every unit's width, and the integers the
+/// winning candidates quantized.
 struct Allocation {
     opts: QuantOptions,
-    quantized: Quantized,
+    integers: Integers,
 }
 
-type Quantized = HashMap<String, (QuantWeights, Option<QuantizedLayer>)>;
+/// Integers a width candidate quantized: each linear matrix's by tensor name, with its layer
+/// record, and the untied embedding table's.
+#[derive(Default)]
+struct Integers {
+    linear: HashMap<String, (QuantWeights, QuantizedLayer)>,
+    table: Option<QuantWeights>,
+}
+
+/// What one width unit quantizes, made ready for every width: values after their online
+/// rotations and the moments of their inputs in those coordinates are the same at every width.
+enum Member<'a> {
+    /// A linear matrix (a decoder sublayer's, `lm_head`, or the tied table read as `lm_head`).
+    Linear { plan: &'a Plan, shape: &'a [usize], values: Vec<f32>, h: Mat<f64>, g: Option<&'a OutputMoments> },
+    /// The untied embedding table: a lookup with no plan (no activations, one scale per row).
+    Table { shape: &'a [usize], values: &'a [f32] },
+}
+
+impl<'a> Member<'a> {
+    /// `plan`'s matrix from `store` with its online rotations applied, and its moments.
+    fn linear(store: &'a MemoryStore, plan: &'a Plan, moments: &'a CalibrationMoments) -> Result<Self> {
+        let (shape, values) = stored(store, &plan.name)?;
+        let mut values = values.clone();
+        for r in &plan.online {
+            rotate_values(&mut values, &r.build()?)?;
+        }
+        let m = moments
+            .layers
+            .get(&plan.name)
+            .ok_or_else(|| CompressError::Calibration(format!("no moments for {}", plan.name)))?;
+        Ok(Self::Linear { plan, shape, values, h: rotated_input_moments(&m.h, plan)?, g: m.g.as_ref() })
+    }
+
+    fn table(store: &'a MemoryStore) -> Result<Self> {
+        let (shape, values) = stored(store, EMBED)?;
+        Ok(Self::Table { shape, values })
+    }
+
+    /// Whether INT4 weights in groups of `g` would be stored so (a linear matrix whose input width
+    /// `g` divides; a table never is).
+    fn groups_by(&self, g: usize) -> bool {
+        matches!(self, Self::Linear { shape, plan, .. } if shape[1].is_multiple_of(g) && plan.name != EMBED)
+    }
+
+    /// The tensor's name, shape and values as quantized.
+    fn tensor(&self) -> (&str, &[usize], &[f32]) {
+        match self {
+            Self::Linear { plan, shape, values, .. } => (&plan.name, shape, values),
+            Self::Table { shape, values } => (EMBED, shape, values),
+        }
+    }
+}
 
 /// `opts` with the width of every unit (quantized decoder sublayer, embeddings, `lm_head`) chosen
 /// under `budget` bytes for the whole model (see [`crate::quant::widths`]).
@@ -687,7 +759,7 @@ fn choose_widths(
     budget: u64,
 ) -> Result<Allocation> {
     opts.check_width_choice("--model-bytes")?;
-    if !opts.unit_bits.is_empty() {
+    if !opts.unit_widths.is_empty() {
         return Err(CompressError::BadOptions {
             recipe: "--model-bytes".into(),
             what: "no --widths (it chooses them)".into(),
@@ -695,13 +767,13 @@ fn choose_widths(
     }
     let plans = plans(cfg, store, compression, opts);
     let mut units: BTreeMap<Unit, Vec<&Plan>> = BTreeMap::new();
-    if opts.parts.embeddings {
-        units.insert(Unit::Embeddings, Vec::new());
-    }
     for p in &plans {
         if let Some(u) = p.unit {
             units.entry(u).or_default().push(p);
         }
+    }
+    if opts.parts.embeddings {
+        units.entry(Unit::Embeddings).or_default();
     }
     // everything outside the units: quantized at the scheme's widths, or in its own encoding
     let mut fixed = 0u64;
@@ -711,22 +783,34 @@ fn choose_widths(
             continue;
         }
         fixed += match plan {
-            Some(p) => quantized_bytes(&layer_record(p, &shape, opts), &shape)?,
+            Some(p) => {
+                let scales = layer_record(p, &shape, opts).scale_shape(shape[0], shape[1]);
+                stored_bytes(p.weight, scales.iter().product(), &shape)
+            }
             None => (float_bytes(&name) * shape.iter().product::<usize>()) as u64,
         };
     }
     let latent =
         |layer: usize| compression.and_then(|c| c.text_layers.get(layer)).is_some_and(|l| l.qkv.is_some());
     let mut candidates = Vec::with_capacity(units.len());
-    let mut integers: Vec<Vec<Quantized>> = Vec::with_capacity(units.len());
-    for (&unit, members) in &units {
+    let mut integers: Vec<Vec<Integers>> = Vec::with_capacity(units.len());
+    for (&unit, plans) in &units {
+        let members = match plans.as_slice() {
+            [] => vec![Member::table(store)?],
+            plans => plans.iter().map(|p| Member::linear(store, p, moments)).collect::<Result<_>>()?,
+        };
         let (mut options, mut quantized) = (Vec::new(), Vec::new());
-        for width in Width::ALL {
-            let cached = matches!(unit, Unit::Decoder(layer, Sublayer::Attention) if latent(layer));
-            if width == Width::Float && cached {
+        let cached = matches!(unit, Unit::Decoder(layer, Sublayer::Attention) if latent(layer));
+        for width in Width::options(opts.group) {
+            let useless = match width {
+                Width::Float => cached,
+                Width::Int4 { group: Some(g) } => !members.iter().any(|m| m.groups_by(g)),
+                _ => false,
+            };
+            if useless {
                 continue;
             }
-            let (c, q) = unit_candidate(store, unit, members, width, opts, moments, float_bytes)?;
+            let (c, q) = unit_candidate(&members, width, opts, moments, float_bytes)?;
             options.push(c);
             quantized.push(q);
         }
@@ -734,13 +818,17 @@ fn choose_widths(
         integers.push(quantized);
     }
     let chosen = allocate(&candidates, fixed, budget)?;
-    let mut out =
-        Allocation { opts: QuantOptions { model_bytes: None, ..opts.clone() }, quantized: HashMap::new() };
-    for (((&unit, _), (options, mut quantized)), k) in
-        units.iter().zip(candidates.iter().zip(integers)).zip(chosen)
+    let mut out = Allocation {
+        opts: QuantOptions { model_bytes: None, ..opts.clone() },
+        integers: Integers::default(),
+    };
+    for ((&unit, (options, mut quantized)), k) in
+        units.keys().zip(candidates.iter().zip(integers)).zip(chosen)
     {
         out.opts.set_width(unit, options[k].width);
-        out.quantized.extend(quantized.swap_remove(k));
+        let won = quantized.swap_remove(k);
+        out.integers.linear.extend(won.linear);
+        out.integers.table = out.integers.table.take().or(won.table);
     }
     Ok(out)
 }
@@ -749,7 +837,7 @@ fn choose_widths(
 /// scales are per row) and online rotations.
 fn layer_record(plan: &Plan, shape: &[usize], opts: &QuantOptions) -> QuantizedLayer {
     let table = plan.name == EMBED;
-    let group = opts.group.filter(|g| plan.weight == Bits::Int4 && shape[1].is_multiple_of(*g) && !table);
+    let group = plan.group.filter(|g| plan.weight == Bits::Int4 && shape[1].is_multiple_of(*g) && !table);
     QuantizedLayer {
         weight: plan.name.clone(),
         weight_bits: plan.weight.bits(),
@@ -762,78 +850,57 @@ fn layer_record(plan: &Plan, shape: &[usize], opts: &QuantOptions) -> QuantizedL
     }
 }
 
-/// One unit at `width`: the bytes its matrices would store and their summed cost (each quantized
-/// as the model would be; float costs nothing), and those integers. The embedding table adds its
-/// lookup's cost, on its own or on the integers of the tied `lm_head` it shares.
+/// One unit at `width`: the bytes its `members` would store and their summed cost (each quantized
+/// as the model would be; float costs nothing), and those integers. A linear member costs K-FAC's
+/// estimate; the embedding table adds its lookup's cost, on its own or on the integers of the
+/// tied `lm_head` it shares.
 fn unit_candidate(
-    store: &MemoryStore,
-    unit: Unit,
-    members: &[&Plan],
+    members: &[Member],
     width: Width,
     opts: &QuantOptions,
     moments: &CalibrationMoments,
     float_bytes: &dyn Fn(&str) -> usize,
-) -> Result<(Candidate, Quantized)> {
-    let bits = match width {
-        Width::Int4 => Bits::Int4,
-        Width::Int8 => Bits::Int8,
-        Width::Float => {
-            let mut names: Vec<&str> = members.iter().map(|p| p.name.as_str()).collect();
-            if unit == Unit::Embeddings && members.is_empty() {
-                names.push(EMBED);
-            }
-            let mut bytes = 0u64;
-            for name in names {
-                let (_, values) = stored(store, name)?;
-                bytes += (float_bytes(name) * values.len()) as u64;
-            }
-            return Ok((Candidate { width, bytes, cost: 0.0 }, Quantized::new()));
-        }
+) -> Result<(Candidate, Integers)> {
+    let Some((bits, group)) = width.integer() else {
+        let bytes = members.iter().map(|m| m.tensor()).map(|(name, _, v)| float_bytes(name) * v.len());
+        return Ok((Candidate { width, bytes: bytes.sum::<usize>() as u64, cost: 0.0 }, Integers::default()));
     };
-    let (mut bytes, mut cost, mut quantized) = (0u64, 0.0, Quantized::new());
     let table_cost = |delta: &[f64]| -> Result<f64> {
         let table =
             moments.table.as_ref().ok_or_else(|| CompressError::Calibration("no table moments".into()))?;
         Ok(table.cost(delta))
     };
-    if unit == Unit::Embeddings && members.is_empty() {
-        let (shape, values) = stored(store, EMBED)?;
-        let q = quantize_table(values, shape, bits, opts)?;
-        bytes += (packed_encoding(bits).byte_len(shape) + 4 * q.scales.len()) as u64;
-        cost += table_cost(&difference(values, &q))?;
-        quantized.insert(EMBED.to_string(), (q, None));
-    }
-    for plan in members {
-        let (shape, values) = stored(store, &plan.name)?;
-        let plan = Plan { weight: bits, name: plan.name.clone(), online: plan.online.clone(), ..**plan };
-        let mut rotated = values.clone();
-        for r in &plan.online {
-            rotate_values(&mut rotated, &r.build()?)?;
+    let (mut bytes, mut cost, mut integers) = (0u64, 0.0, Integers::default());
+    for member in members {
+        let (_, shape, values) = member.tensor();
+        match member {
+            Member::Table { .. } => {
+                let q = quantize_table(values, shape, bits, opts)?;
+                cost += table_cost(&difference(values, &q))?;
+                bytes += stored_bytes(bits, q.scales.len(), shape);
+                integers.table = Some(q);
+            }
+            Member::Linear { plan: base, h, g, .. } => {
+                let (name, online) = (base.name.clone(), base.online.clone());
+                let plan = Plan { weight: bits, group, name, online, ..**base };
+                let decoder = matches!(plan.unit, Some(Unit::Decoder(..)));
+                let (q, layer) = quantize_matrix(values, shape, &plan, opts, decoder.then_some(h))?;
+                let delta = difference(values, &q);
+                cost += kfac_cost(&delta, shape[0], shape[1], h, *g);
+                if plan.name == EMBED {
+                    cost += table_cost(&delta)?;
+                }
+                bytes += stored_bytes(bits, q.scales.len(), shape);
+                integers.linear.insert(plan.name, (q, layer));
+            }
         }
-        let (q, layer) = quantize_matrix(&rotated, shape, &plan, opts, moments)?;
-        bytes += quantized_bytes(&layer, shape)?;
-        let m = moments
-            .layers
-            .get(&plan.name)
-            .ok_or_else(|| CompressError::Calibration(format!("no moments for {}", plan.name)))?;
-        let m = Moments { h: rotated_input_moments(&m.h, &plan)?, g: m.g.clone() };
-        let delta = difference(&rotated, &q);
-        cost += kfac_cost(&delta, shape[0], shape[1], &m);
-        if plan.name == EMBED {
-            cost += table_cost(&delta)?;
-        }
-        quantized.insert(plan.name.clone(), (q, Some(layer)));
     }
-    Ok((Candidate { width, bytes, cost }, quantized))
+    Ok((Candidate { width, bytes, cost }, integers))
 }
 
 /// `W − Ŵ` for the integers `q` of `values`.
 fn difference(values: &[f32], q: &QuantWeights) -> Vec<f64> {
     values.iter().zip(q.dequantize()).map(|(w, d)| *w as f64 - d).collect()
-}
-
-fn stored<'a>(store: &'a MemoryStore, name: &str) -> Result<&'a (Vec<usize>, Vec<f32>)> {
-    Ok(store.get(name).ok_or_else(|| FormatError::MissingTensor { name: name.to_string() })?)
 }
 
 /// The packed encoding of `bits`.

@@ -30,12 +30,12 @@ use pocketvlm_format::compression::{
 };
 use pocketvlm_format::quant::Rotation;
 use pocketvlm_format::quant::rotation::SplitMix64;
-use pocketvlm_format::{Compression, FormatError, ModelConfig};
+use pocketvlm_format::{Compression, ModelConfig};
 
 use crate::calib::Sample;
 use crate::error::{CompressError, Result};
 use crate::lowrank::linalg::from_rows;
-use crate::model::weights::MemoryStore;
+use crate::model::weights::{MemoryStore, stored};
 use crate::model::{CpuModel, Proj, Tape, Target, Tower, cross_entropy};
 use crate::quant::model::{EMBED, LM_HEAD};
 
@@ -161,8 +161,7 @@ pub fn decoder_moments(
         Ok((square(&s.xx, s.rows), grads.then(|| square(&s.gg, s.rows))))
     };
     let tensor = |name: &str| -> Result<Mat<f64>> {
-        let (shape, values) =
-            store.get(name).ok_or_else(|| FormatError::MissingTensor { name: name.into() })?;
+        let (shape, values) = stored(store, name)?;
         Ok(from_rows(shape[0], shape[1], values))
     };
     let block = |g: &Option<Mat<f64>>, start: usize, len: usize| {
@@ -353,18 +352,18 @@ pub fn rotate_moments(h: &Mat<f64>, r: &Rotation) -> Result<Mat<f64>> {
 /// a change `ΔW` of a layer's weight costs at a minimum of the loss (the first-order term
 /// vanishes in expectation there; `G ⊗ H` approximates the Fisher of the layer's weights).
 /// Without `G`, `½ tr(ΔW H ΔWᵀ)`. With gradient rows `B`, `½ tr(C H Cᵀ) / n` for `C = B ΔW`.
-pub fn kfac_cost(delta: &[f64], out: usize, cols: usize, m: &Moments) -> f64 {
+pub fn kfac_cost(delta: &[f64], out: usize, cols: usize, h: &Mat<f64>, g: Option<&OutputMoments>) -> f64 {
     let d = Mat::from_fn(out, cols, |o, j| delta[o * cols + j]);
-    let (left, scale) = match &m.g {
+    let (left, scale) = match g {
         Some(OutputMoments::Full(g)) => (g * &d, 1.0),
         Some(OutputMoments::Rows { b, out: width, n }) => {
             (gradient_rows_times(b, *width, &d), 1.0 / (*n).max(1) as f64)
         }
         None => (d.clone(), 1.0),
     };
-    let right = match &m.g {
-        Some(OutputMoments::Rows { .. }) => &left * &m.h,
-        _ => &d * &m.h,
+    let right = match g {
+        Some(OutputMoments::Rows { .. }) => &left * h,
+        _ => &d * h,
     };
     let mut sum = 0.0;
     for o in 0..left.nrows() {
@@ -442,9 +441,9 @@ mod tests {
         };
         let dir: f64 =
             (0..out).map(|o| g[o] * (0..cols).map(|j| delta[o * cols + j] * x[j]).sum::<f64>()).sum();
-        let got = kfac_cost(&delta, out, cols, &m);
+        let got = kfac_cost(&delta, out, cols, &m.h, m.g.as_ref());
         assert!((got - 0.5 * dir * dir).abs() < 1e-12 * (1.0 + got.abs()), "{got} vs {}", 0.5 * dir * dir);
-        let plain = kfac_cost(&delta, out, cols, &Moments { g: None, ..m.clone() });
+        let plain = kfac_cost(&delta, out, cols, &m.h, None);
         let y: f64 =
             (0..out).map(|o| (0..cols).map(|j| delta[o * cols + j] * x[j]).sum::<f64>().powi(2)).sum();
         assert!((plain - 0.5 * y).abs() < 1e-12 * (1.0 + y));
@@ -461,7 +460,10 @@ mod tests {
         let h = gram(cols, 40);
         let full = Moments { h: h.clone(), g: Some(OutputMoments::Full(bm.transpose() * &bm / n as f64)) };
         let factored = Moments { h, g: Some(OutputMoments::Rows { b, out, n }) };
-        let (want, got) = (kfac_cost(&delta, out, cols, &full), kfac_cost(&delta, out, cols, &factored));
+        let (want, got) = (
+            kfac_cost(&delta, out, cols, &full.h, full.g.as_ref()),
+            kfac_cost(&delta, out, cols, &factored.h, factored.g.as_ref()),
+        );
         assert!((want - got).abs() < 1e-12 * (1.0 + want.abs()), "{got} vs {want}");
 
         // the table: `out` tokens of width `cols`, some never seen
@@ -475,7 +477,7 @@ mod tests {
             h: Mat::from_fn(out, out, |i, j| if i == j { frequency[i] } else { 0.0 }),
             g: Some(OutputMoments::Full(g)),
         };
-        let want = kfac_cost(&transposed, cols, out, &m);
+        let want = kfac_cost(&transposed, cols, out, &m.h, m.g.as_ref());
         let got = table.cost(&delta);
         assert!((want - got).abs() < 1e-12 * (1.0 + want.abs()), "{got} vs {want}");
     }

@@ -3,11 +3,14 @@
 //! A *unit* ([`Unit`]) is one decoder sublayer — a layer's attention (Q/K/V and `o_proj`, or the
 //! joint-QKV factors and `o_proj`) or its MLP (gate/up/down, dense or factored) — or the token
 //! embeddings (with a tied `lm_head`, the same integers), or an untied `lm_head`. Every matrix of
-//! a unit takes the same width, one of [`Width`]: INT4 weights (per output channel, or in groups
-//! with `--group-size`; a table always one scale per row), INT8 weights (both with the scheme's
-//! INT8 activations), or the rotated float weights in their source encoding (no online rotation,
+//! a unit takes the same width, one of [`Width`]: INT4 weights with one scale per output channel
+//! or one per group of input columns (a matrix whose input width the group does not divide keeps
+//! one per channel; a table always one per row), INT8 weights (both with the scheme's INT8
+//! activations), or the rotated float weights in their source encoding (no online rotation,
 //! float activations). A layer whose joint-QKV latent is its K/V cache keeps its attention
-//! integer (the cache is INT8).
+//! integer (the cache is INT8). With `--group-size G` the allocation offers each unit but the
+//! table both INT4 forms — per channel and in groups of `G` — so the group scales' bytes
+//! (`4 / G` more per weight) go only where they buy the most loss; without it, per channel only.
 //!
 //! **Cost of a candidate.** Each matrix is quantized at the candidate width exactly as the model
 //! will be (online rotation, clip-searched scales, GPTQ for the decoder when asked), and its error
@@ -36,6 +39,9 @@
 //! loss from the cheapest start: it is a swap of widths between units wherever the estimate says
 //! one unit's bytes buy more than another's.
 
+use pocketvlm_format::quant::Bits;
+use pocketvlm_format::quant::linear::check_group;
+
 use crate::error::{CompressError, Result};
 
 /// One decoder sublayer.
@@ -59,24 +65,59 @@ pub enum Unit {
 /// The width of one unit's weights.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Width {
-    Int4,
+    /// INT4 weights, one scale per output channel (`None`) or per `group` input columns.
+    Int4 {
+        group: Option<usize>,
+    },
     Int8,
     Float,
 }
 
 impl Width {
-    pub const ALL: [Width; 3] = [Width::Int4, Width::Int8, Width::Float];
+    pub const INT4: Width = Width::Int4 { group: None };
 
-    pub fn name(self) -> &'static str {
+    /// The widths a unit may take: INT4 per channel and, with `group`, in groups of it; INT8;
+    /// float.
+    pub fn options(group: Option<usize>) -> Vec<Width> {
+        let grouped = group.map(|g| Width::Int4 { group: Some(g) });
+        [Some(Self::INT4), grouped, Some(Width::Int8), Some(Width::Float)].into_iter().flatten().collect()
+    }
+
+    /// `int4`, `int4g64`, `int4g128`, `int8` or `float`.
+    pub fn name(self) -> String {
         match self {
-            Width::Int4 => "int4",
-            Width::Int8 => "int8",
-            Width::Float => "float",
+            Width::Int4 { group: None } => "int4".into(),
+            Width::Int4 { group: Some(g) } => format!("int4g{g}"),
+            Width::Int8 => "int8".into(),
+            Width::Float => "float".into(),
         }
     }
 
-    pub fn parse(s: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|w| w.name() == s)
+    /// The width [`Width::name`] names; a typed error for any other name or group.
+    pub fn parse(s: &str) -> Result<Self> {
+        let bad = || CompressError::BadOptions {
+            recipe: format!("width {s}"),
+            what: "int4, int4g64, int4g128, int8 or float".into(),
+        };
+        Ok(match s {
+            "int4" => Self::INT4,
+            "int8" => Width::Int8,
+            "float" => Width::Float,
+            _ => {
+                let g: usize = s.strip_prefix("int4g").and_then(|g| g.parse().ok()).ok_or_else(bad)?;
+                check_group(Bits::Int4, Some(g), g).map_err(|_| bad())?;
+                Width::Int4 { group: Some(g) }
+            }
+        })
+    }
+
+    /// The weight bits and group of an integer width; `None` for float.
+    pub fn integer(self) -> Option<(Bits, Option<usize>)> {
+        match self {
+            Width::Int4 { group } => Some((Bits::Int4, group)),
+            Width::Int8 => Some((Bits::Int8, None)),
+            Width::Float => None,
+        }
     }
 }
 
@@ -159,9 +200,9 @@ mod tests {
         use Width::*;
         // a sensitive unit (INT4 costs a lot), a robust one, and one in between
         let units = vec![
-            unit(&[(Int4, 100, 9.0), (Int8, 200, 0.5), (Float, 400, 0.0)]),
-            unit(&[(Int4, 100, 0.2), (Int8, 200, 0.05), (Float, 400, 0.0)]),
-            unit(&[(Int4, 100, 2.0), (Int8, 200, 0.3), (Float, 400, 0.0)]),
+            unit(&[(Width::INT4, 100, 9.0), (Int8, 200, 0.5), (Float, 400, 0.0)]),
+            unit(&[(Width::INT4, 100, 0.2), (Int8, 200, 0.05), (Float, 400, 0.0)]),
+            unit(&[(Width::INT4, 100, 2.0), (Int8, 200, 0.3), (Float, 400, 0.0)]),
         ];
         let fixed = 1000;
         // the floor: every unit INT4

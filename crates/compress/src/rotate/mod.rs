@@ -30,10 +30,10 @@ use faer::Mat;
 use pocketvlm_format::compression::{linear_factor_names, qkv_factor_names, text_layer_prefix};
 use pocketvlm_format::quant::rotation::SplitMix64;
 use pocketvlm_format::quant::{Construction, Rotation, RotationSpec};
-use pocketvlm_format::{Compression, FormatError, ModelConfig};
+use pocketvlm_format::{Compression, ModelConfig};
 
 use crate::error::Result;
-use crate::model::weights::MemoryStore;
+use crate::model::weights::{MemoryStore, stored_mut};
 
 /// How to rotate.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -51,13 +51,9 @@ impl Default for RotateOptions {
     }
 }
 
-fn get<'a>(store: &'a mut MemoryStore, name: &str) -> Result<&'a mut (Vec<usize>, Vec<f32>)> {
-    Ok(store.get_mut(name).ok_or_else(|| FormatError::MissingTensor { name: name.to_string() })?)
-}
-
 /// `W ← W Rᵀ`: rotate every row of a `[rows, d]` tensor (in f64).
 pub(crate) fn rotate_rows(store: &mut MemoryStore, name: &str, r: &Rotation) -> Result<()> {
-    let (_, values) = get(store, name)?;
+    let (_, values) = stored_mut(store, name)?;
     rotate_values(values, r)
 }
 
@@ -74,7 +70,7 @@ pub(crate) fn rotate_values(values: &mut [f32], r: &Rotation) -> Result<()> {
 
 /// `W ← R W`: rotate every column of a `[d, cols]` tensor (in f64).
 fn rotate_cols(store: &mut MemoryStore, name: &str, r: &Rotation) -> Result<()> {
-    let (shape, values) = get(store, name)?;
+    let (shape, values) = stored_mut(store, name)?;
     let cols = shape.get(1).copied().unwrap_or(1);
     let mut col = vec![0f64; r.size()];
     for j in 0..cols {
@@ -87,10 +83,10 @@ fn rotate_cols(store: &mut MemoryStore, name: &str, r: &Rotation) -> Result<()> 
 
 /// `W ← W diag(γ)` and `γ ← 1`.
 fn fold_gain(store: &mut MemoryStore, gain: &str, weights: &[String]) -> Result<()> {
-    let (_, g) = get(store, gain)?;
+    let (_, g) = stored_mut(store, gain)?;
     let g = std::mem::replace(g, vec![1.0; g.len()]);
     for w in weights {
-        let (_, values) = get(store, w)?;
+        let (_, values) = stored_mut(store, w)?;
         for row in values.chunks_exact_mut(g.len()) {
             row.iter_mut().zip(&g).for_each(|(v, s)| *v *= s);
         }
@@ -115,13 +111,13 @@ pub fn random_orthogonal(n: usize, seed: u32) -> Mat<f64> {
 /// `down ← U down` (`[r, in]`) and every `up ← up Uᵀ` (`[out, r]`).
 fn rotate_latent(store: &mut MemoryStore, down: &str, ups: &[String], u: &Mat<f64>) -> Result<()> {
     let r = u.nrows();
-    let (shape, values) = get(store, down)?;
+    let (shape, values) = stored_mut(store, down)?;
     let cols = shape[1];
     let d = Mat::from_fn(r, cols, |i, j| values[i * cols + j] as f64);
     let rotated = u * &d;
     values.iter_mut().enumerate().for_each(|(k, v)| *v = rotated[(k / cols, k % cols)] as f32);
     for up in ups {
-        let (shape, values) = get(store, up)?;
+        let (shape, values) = stored_mut(store, up)?;
         let rows = shape[0];
         let m = Mat::from_fn(rows, r, |i, j| values[i * r + j] as f64);
         let rotated = &m * u.transpose();
@@ -146,9 +142,9 @@ pub fn rotate_model(
     let embed = "model.text_model.embed_tokens.weight";
     let final_norm = "model.text_model.norm.weight";
     if cfg.text.tie_word_embeddings {
-        let gain_is_one = get(store, final_norm)?.1.iter().all(|&g| g == 1.0);
+        let gain_is_one = stored_mut(store, final_norm)?.1.iter().all(|&g| g == 1.0);
         if !gain_is_one {
-            let shared = get(store, embed)?.clone();
+            let shared = stored_mut(store, embed)?.clone();
             store.insert("lm_head.weight".into(), shared);
             cfg.text.tie_word_embeddings = false;
         }
@@ -197,7 +193,7 @@ pub fn rotate_model(
         rotate_cols(store, &down.1, &r)?;
         if opts.latents {
             for (k, (down, ups)) in latents.iter().enumerate() {
-                let rank = get(store, down)?.0[0];
+                let rank = stored_mut(store, down)?.0[0];
                 let seed = opts.seed.wrapping_add(1 + (4 * i + k) as u32);
                 rotate_latent(store, down, ups, &random_orthogonal(rank, seed))?;
             }

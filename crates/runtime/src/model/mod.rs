@@ -57,7 +57,8 @@ pub struct ImageEmbedding {
     /// f32 `[rows, text hidden]`.
     pub features: DeviceBuffer,
     pub rows: usize,
-    /// Bytes the vision pass allocated: pixel values, activations and these features.
+    /// The most bytes the vision pass held at once beyond what was held before it: pixel values,
+    /// activations, kernel scratch it grew, and these features.
     pub pass_bytes: u64,
     /// GPU time of the pass by kind of work, when [`Model::time_passes`] (else empty).
     pub gpu_time: RecordProfile,
@@ -90,7 +91,7 @@ impl Model {
     pub async fn load(gpu: &Gpu, data: &ModelData) -> Result<Self> {
         check_supported(&data.manifest)?;
         let config = data.manifest.model.clone();
-        let before = gpu.allocated_bytes();
+        let before = gpu.held_bytes();
         let loader = WeightLoader::new(gpu, data);
         let vision = VisionModel::load(&loader, &config).await?;
         let text = TextModel::load(&loader, &config).await?;
@@ -101,7 +102,7 @@ impl Model {
             vision,
             text,
             weight_bytes,
-            table_bytes: gpu.allocated_bytes() - before - weight_bytes,
+            table_bytes: gpu.held_bytes() - before - weight_bytes,
             cache_kind: CacheKind::default(),
             time_passes: false,
         })
@@ -152,7 +153,7 @@ impl Model {
                 v.image_size
             )));
         }
-        let before = gpu.allocated_bytes();
+        let start = gpu.start_pass();
         let buffer = gpu.storage_buffer("pixel values", bytemuck::cast_slice(pixels)).await?;
         let mut encoder = gpu.encoder();
         if self.time_passes {
@@ -162,7 +163,7 @@ impl Model {
         let (cfg, vision) = (&self.config, &self.vision);
         let features =
             vision::encode_image(gpu, &mut encoder, &mut interrupt, cfg, vision, &buffer, tiles).await?;
-        let pass_bytes = gpu.allocated_bytes() - before;
+        let pass_bytes = gpu.pass_bytes(start);
         Ok(ImageEmbedding {
             features,
             rows: tiles * self.config.image_seq_len(),
@@ -187,7 +188,8 @@ pub struct Generator {
     cached: Vec<u32>,
     generated: Vec<u32>,
     finished: bool,
-    /// The most bytes one pass allocated so far (see [`MemoryUsage::activations`]).
+    /// The most bytes one pass held at once so far beyond what was held before it (see
+    /// [`MemoryUsage::activations`]).
     peak_pass_bytes: u64,
     /// The decode steps' activations, kept from step to step.
     scratch: Scratch,
@@ -342,7 +344,7 @@ impl Generator {
                 gpu.zeroed_buffer("token id", 4).await?,
             ),
         };
-        let before = gpu.allocated_bytes();
+        let start = gpu.start_pass();
         let ids = gpu.storage_buffer("prompt ids", bytemuck::cast_slice(new)).await?;
         let features = image.map(|i| ImageFeatures {
             features: &i.features,
@@ -373,7 +375,7 @@ impl Generator {
         )
         .await?;
         // The image features stay alive through the prefill.
-        let prefill_bytes = gpu.allocated_bytes() - before + image.map_or(0, |i| i.features.size());
+        let prefill_bytes = gpu.pass_bytes(start) + image.map_or(0, |i| i.features.size());
         let prefill_record = encoder.take_profile().unwrap_or_default();
         let prefill_gpu = interrupt.finish(gpu, encoder).await?;
         Ok(Self {
@@ -487,7 +489,7 @@ impl Generator {
     /// token, if there is one (tokens are fed lazily, when the one after them is wanted).
     async fn feed_last(&mut self, gpu: &Gpu, model: &Model, encoder: &mut Encoder) -> Result<()> {
         let Some(&last) = self.generated.last() else { return Ok(()) };
-        let (t0, dispatches, before) = (now_ms(), encoder.dispatches(), gpu.allocated_bytes());
+        let (t0, dispatches, start) = (now_ms(), encoder.dispatches(), gpu.start_pass());
         let built = || self.bind_groups.lock().map_or((0, 0.0), |c| (c.built, c.build_ms));
         let built_before = built();
         // Steps after the second (this one is step `steps + 1`).
@@ -504,7 +506,7 @@ impl Generator {
         text::forward(gpu, encoder, never, scratch, cfg, text, cache, &self.token, 1, None, &self.logits)
             .await?;
         self.cached.push(last);
-        self.peak_pass_bytes = self.peak_pass_bytes.max(gpu.allocated_bytes() - before);
+        self.peak_pass_bytes = self.peak_pass_bytes.max(gpu.pass_bytes(start));
         self.decode.steps += 1;
         self.decode.dispatches += encoder.dispatches() - dispatches;
         if let Some(profile) = encoder.take_profile() {
