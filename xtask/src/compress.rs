@@ -7,6 +7,7 @@ use anyhow::{Context, Result};
 use pocketvlm_compress::calib::{CalibOptions, CalibSource};
 use pocketvlm_compress::checkpoint::Source;
 use pocketvlm_compress::quant::{QuantOptions, QuantParts, quantize_dir};
+use pocketvlm_compress::report;
 use pocketvlm_compress::{Budgets, CompressError, DenseOptions, LowRankOptions, Plan, compress};
 use pocketvlm_format::quant::{Bits, Scheme};
 use pocketvlm_format::{Encoding, Manifest, dir};
@@ -174,7 +175,9 @@ pub struct QuantArgs {
     /// table and lm_head get int4, int8 or float weights, whichever fits the budget with the least
     /// estimated loss (K-FAC, from the calibration samples; needs calibration data and --bits
     /// w8a8 or w4a8); with --group-size G each unit but the table may also take int4 in groups
-    /// of G.
+    /// of G, and the vision tower and connector keep one scale per output channel. Writes
+    /// compression-widths.txt and .svg beside the model (each unit's options, the estimated
+    /// front).
     #[arg(long, conflicts_with = "widths")]
     model_bytes: Option<u64>,
 }
@@ -353,6 +356,11 @@ pub fn run(args: Args) -> Result<()> {
             print_summary(&summary.manifest);
             println!("wrote {} in {seconds:.2} s", summary.out_dir.display());
         }
+    }
+    let widths = summary.out_dir.join(report::widths::TEXT_FILE);
+    if widths.exists() {
+        let plot = summary.out_dir.join(report::widths::SVG_FILE);
+        println!("widths chosen under --model-bytes: {} (plot {})", widths.display(), plot.display());
     }
     Ok(())
 }

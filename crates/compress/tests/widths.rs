@@ -107,6 +107,43 @@ fn unit_widths(m: &Manifest) -> BTreeMap<String, Option<u32>> {
         .collect()
 }
 
+/// What the width report beside an allocated model says: the bytes chosen, each uniform width's
+/// bytes, and each unit's width in bits (`None`: float), units named as [`unit_of`] names them.
+struct WidthReport {
+    chosen: u64,
+    uniform: BTreeMap<String, u64>,
+    widths: BTreeMap<String, Option<u32>>,
+}
+
+fn width_report(dir: &Path) -> WidthReport {
+    let text = std::fs::read_to_string(dir.join("compression-widths.txt")).unwrap();
+    let svg = std::fs::read_to_string(dir.join("compression-widths.svg")).unwrap();
+    assert!(svg.starts_with("<svg") && svg.contains("<polyline"), "{svg}");
+    let number = |s: &str| s.parse::<u64>().unwrap();
+    let mut lines = text.lines();
+    let first = lines.next().unwrap();
+    let chosen = number(first.split(" bytes, ").nth(1).unwrap().split(' ').next().unwrap());
+    let mut report = WidthReport { chosen, uniform: BTreeMap::new(), widths: BTreeMap::new() };
+    for line in lines {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        if let Some(name) = line.strip_prefix("uniform ").and_then(|l| l.split(':').next()) {
+            report.uniform.insert(name.to_string(), number(words[2]));
+        } else if let Some(unit) =
+            words.first().filter(|w| w.starts_with("decoder.") || w.ends_with("_head") || **w == "embeddings")
+        {
+            let unit = unit.replace(".attention", ".self_attn");
+            let bits = match words[1] {
+                "float" => None,
+                "int8" => Some(8),
+                w if w.starts_with("int4") => Some(4),
+                w => panic!("width {w}"),
+            };
+            report.widths.insert(unit, bits);
+        }
+    }
+    report
+}
+
 /// Mean KL to the float model on [`TEXT`], for each model directory.
 fn kl(dirs: &[&Path]) -> Vec<f64> {
     let source = Source::open(&fixture()).unwrap();
@@ -183,7 +220,8 @@ fn named_groups_are_written_per_sublayer() {
 /// With a group size the allocation offers every unit but the table INT4 in groups too, and
 /// prices the group's scales: at the bytes of uniform grouped W4A8 it fits them, and the
 /// decoder's INT4 matrices that 64 divides come out grouped in some sublayers and per channel in
-/// others — one choice per sublayer — while the vision tower keeps the recipe's groups.
+/// others — one choice per sublayer — while the vision tower, outside the units, keeps one scale
+/// per output channel.
 ///
 /// (Its KL is not asserted against uniform grouped W4A8: with the fixture's 3 × 8 calibration
 /// tokens the estimate ranks these close options no better than chance — 1.99 against 1.93 when
@@ -203,6 +241,7 @@ fn allocated_widths_choose_groups_per_unit() {
     };
     let uniform = grouped("uniform-g64", None);
     let budget = total_bytes(&uniform);
+    assert!(!t.join("uniform-g64/compression-widths.txt").exists(), "no allocation, no report");
     let m = grouped("allocated-g64", Some(budget));
     let bytes = total_bytes(&m);
     assert!(bytes <= budget, "{bytes} > {budget}");
@@ -219,7 +258,21 @@ fn allocated_widths_choose_groups_per_unit() {
     assert!(grouping.values().all(|g| g.len() == 1), "one choice per sublayer: {grouping:?}");
     let chosen: BTreeSet<_> = grouping.values().flatten().collect();
     assert_eq!(chosen, [None, Some(64)].iter().collect(), "{grouping:?}");
-    assert!(q.layers.iter().any(|l| l.weight.starts_with("model.vision_model.") && l.group == Some(64)));
+    // the vision tower is outside the units: one scale per output channel under the allocation
+    let vision: Vec<_> = q.layers.iter().filter(|l| l.weight.starts_with("model.vision_model.")).collect();
+    assert!(
+        !vision.is_empty() && vision.iter().all(|l| l.weight_bits == 4 && l.group.is_none()),
+        "{vision:?}"
+    );
+    assert!(
+        uniform
+            .quantization
+            .unwrap()
+            .layers
+            .iter()
+            .any(|l| l.weight.starts_with("model.vision_model.") && l.group == Some(64))
+    );
+    assert_eq!(width_report(&t.join("allocated-g64")).chosen, bytes);
 }
 
 #[test]
@@ -272,6 +325,12 @@ fn allocated_widths_fit_the_budget_and_lose_no_more_than_uniform_widths_at_the_s
             }
         }
         eprintln!("{name}: budget {budget}, wrote {bytes}, widths {widths:?}");
+        // the report beside the model says what was written, and the uniform models' bytes
+        let report = width_report(&t.join(name));
+        assert_eq!(report.chosen, bytes, "{name}");
+        assert_eq!(report.widths, widths, "{name}");
+        let uniform = [("int4", total_bytes(&int4)), ("int8", b8), ("float", all_float)];
+        assert_eq!(report.uniform, uniform.map(|(w, b)| (w.to_string(), b)).into(), "{name}");
         // more bytes than uniform W8A8 buy float units
         if name == "above-w8" {
             assert!(widths.values().any(Option::is_none), "{name}");
@@ -322,6 +381,7 @@ fn factored_sublayers_take_widths_under_the_budget() {
     let decoder: BTreeSet<_> =
         widths.iter().filter(|(u, _)| u.starts_with("decoder.")).map(|(_, w)| *w).collect();
     assert!(decoder.len() > 1, "{widths:?}");
+    assert_eq!(width_report(&tmp.path().join("mixed")).widths, widths);
     let q = m.quantization.as_ref().unwrap();
     assert_eq!(q.layers.iter().filter(|l| l.weight.ends_with("self_attn.qkv_down.weight")).count(), 3);
 }

@@ -14,6 +14,7 @@ use crate::checkpoint::Source;
 use crate::error::{CompressError, Result};
 use crate::progress::Progress;
 use crate::quant::{QuantOptions, quantize_tensors};
+use crate::report;
 use crate::writer::{OutTensor, write_model};
 
 /// What the dense plan needs.
@@ -71,16 +72,19 @@ pub(super) fn dense(
         })
         .collect();
     let mut meta = source.meta.clone();
-    let (out, quantization) = match &opts.quant {
+    let (out, section, allocation) = match &opts.quant {
         Some(q) => {
             let samples = samples.as_ref().map(|s| s.samples.as_slice());
             let (out, quantized) = quantize_tensors(&mut meta.model, None, out, q, samples)?;
             clock.lap("quantize");
-            (out, Some(quantized.section))
+            (out, Some(quantized.section), quantized.allocation)
         }
-        None => (out, None),
+        None => (out, None, None),
     };
-    let manifest = write_model(&meta, "dense", None, quantization, out, out_dir, opts.max_shard_bytes)?;
+    let manifest = write_model(&meta, "dense", None, section, out, out_dir, opts.max_shard_bytes)?;
+    if let Some(a) = &allocation {
+        report::widths::write(out_dir, a)?;
+    }
     clock.lap("write");
     Ok(Summary::written(out_dir, manifest, clock))
 }

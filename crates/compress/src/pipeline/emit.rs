@@ -24,6 +24,7 @@ use crate::lowrank::linalg::to_rows_f32;
 use crate::model::weights::{encode, round_through};
 use crate::model::{Proj, Target, Tower};
 use crate::quant::quantize_tensors;
+use crate::report;
 use crate::writer::{OutTensor, write_model};
 
 /// Write the model of `choices` at `beta` to `out_dir`; its manifest and compression section.
@@ -132,7 +133,7 @@ pub fn emit(
         });
     }
     // a rotation that unties lm_head changes the config the manifest records
-    let quantization = match &opts.quant {
+    let (quantization, allocation) = match &opts.quant {
         Some(q) => {
             let (tensors, quantized) = quantize_tensors(
                 &mut meta.model,
@@ -143,9 +144,9 @@ pub fn emit(
             )?;
             out = tensors;
             clock.lap("quantize");
-            Some(quantized.section)
+            (Some(quantized.section), quantized.allocation)
         }
-        None => None,
+        None => (None, None),
     };
     compression.sizes = sizes.into_values().collect();
     budget::count_sizes(&mut compression.sizes, &out);
@@ -158,6 +159,9 @@ pub fn emit(
         out_dir,
         opts.max_shard_bytes,
     )?;
+    if let Some(a) = &allocation {
+        report::widths::write(out_dir, a)?;
+    }
     clock.lap("write");
     Ok((manifest, compression))
 }

@@ -13,6 +13,7 @@ use crate::calib::Sample;
 use crate::checkpoint::SourceMeta;
 use crate::error::{CompressError, Result};
 use crate::quant::{QuantOptions, quantize_tensors};
+use crate::report;
 use crate::writer::{OutTensor, write_model};
 
 impl SourceMeta {
@@ -67,7 +68,7 @@ pub fn quantize_dir(
         count_sizes(&mut c.sizes, &out);
         record_kv_cache(&meta.model, c, true);
     }
-    write_model(
+    let written = write_model(
         &meta,
         &manifest.source.recipe,
         compression,
@@ -75,5 +76,9 @@ pub fn quantize_dir(
         out,
         out_dir,
         max_shard_bytes,
-    )
+    )?;
+    if let Some(a) = &quantized.allocation {
+        report::widths::write(out_dir, a)?;
+    }
+    Ok(written)
 }

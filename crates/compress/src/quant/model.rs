@@ -57,7 +57,7 @@ use crate::model::weights::{MemoryStore, encode, stored};
 use crate::quant::gptq::gptq;
 use crate::quant::moments::{CalibrationMoments, OutputMoments, decoder_moments, kfac_cost, rotate_moments};
 use crate::quant::weights::{ClipSearch, quantize_weights};
-use crate::quant::widths::{Candidate, Sublayer, Unit, Width, allocate};
+use crate::quant::widths::{Candidate, Sublayer, Unit, Width, WidthAllocation, allocate, front};
 use crate::rotate::{RotateOptions, rotate_model, rotate_rows, rotate_values};
 use crate::writer::OutTensor;
 
@@ -217,7 +217,8 @@ pub struct QuantOptions {
     /// Choose the width (INT4, INT8 or float; with [`Self::group`] also INT4 in groups) of every
     /// quantized decoder sublayer, of the embeddings and of `lm_head` so that the model's tensors
     /// fit in this many bytes with the least estimated loss ([`crate::quant::widths`]; needs
-    /// calibration samples).
+    /// calibration samples). [`Self::group`] is then an option of those units only: the vision
+    /// tower and connector keep one scale per output channel.
     pub model_bytes: Option<u64>,
 }
 
@@ -362,6 +363,8 @@ pub struct QuantizedModel {
     pub section: Quantization,
     /// The quantized weights (and tables) by tensor name.
     pub weights: BTreeMap<String, QuantWeights>,
+    /// What [`QuantOptions::model_bytes`] chose, when it ran.
+    pub allocation: Option<WidthAllocation>,
 }
 
 /// One matrix to quantize: its tensor name, widths and online rotations, and the decoder
@@ -529,11 +532,11 @@ pub fn quantize_model(
     let moments = calibration_moments(cfg, store, compression, opts, samples, residual.as_ref())?;
     check_float_attention(compression, &opts.parts)?;
     check_tied_head(cfg, opts)?;
-    let mut allocation = Allocation { opts: opts.clone(), integers: Integers::default() };
+    let mut allocation = Allocation { opts: opts.clone(), integers: Integers::default(), chosen: None };
     if let Some(budget) = opts.model_bytes {
         allocation = choose_widths(cfg, store, compression, opts, &moments, float_bytes, budget)?;
     }
-    let Allocation { opts, integers: Integers { mut linear, table } } = allocation;
+    let Allocation { opts, integers: Integers { mut linear, table }, chosen } = allocation;
     let opts = &opts;
     let mut layers = Vec::new();
     let mut weights = BTreeMap::new();
@@ -570,7 +573,7 @@ pub fn quantize_model(
         tables,
         gptq_damping: opts.gptq,
     };
-    Ok(QuantizedModel { section, weights })
+    Ok(QuantizedModel { section, weights, allocation: chosen })
 }
 
 /// The embedding table's integers at `bits`: clip-searched, one scale per row.
@@ -688,11 +691,12 @@ fn stored_bytes(bits: Bits, scales: usize, shape: &[usize]) -> u64 {
     (packed_encoding(bits).byte_len(shape) + 4 * scales) as u64
 }
 
-/// What [`choose_widths`] chose: the options with every unit's width, and the integers the
-/// winning candidates quantized.
+/// What [`choose_widths`] chose: the options with every unit's width, the integers the winning
+/// candidates quantized, and the record of the choice.
 struct Allocation {
     opts: QuantOptions,
     integers: Integers,
+    chosen: Option<WidthAllocation>,
 }
 
 /// Integers a width candidate quantized: each linear matrix's by tensor name, with its layer
@@ -732,10 +736,15 @@ impl<'a> Member<'a> {
         Ok(Self::Table { shape, values })
     }
 
-    /// Whether INT4 weights in groups of `g` would be stored so (a linear matrix whose input width
-    /// `g` divides; a table never is).
+    /// Whether INT4 weights in groups of `g` would be stored so ([`stored_group`]; an untied
+    /// table never is).
     fn groups_by(&self, g: usize) -> bool {
-        matches!(self, Self::Linear { shape, plan, .. } if shape[1].is_multiple_of(g) && plan.name != EMBED)
+        match self {
+            Self::Linear { plan, shape, .. } => {
+                stored_group(Bits::Int4, Some(g), &plan.name, shape[1]).is_some()
+            }
+            Self::Table { .. } => false,
+        }
     }
 
     /// The tensor's name, shape and values as quantized.
@@ -765,6 +774,9 @@ fn choose_widths(
             what: "no --widths (it chooses them)".into(),
         });
     }
+    // the group is an option of the units; every other part keeps one scale per output channel
+    let offered = opts.group;
+    let opts = &QuantOptions { group: None, ..opts.clone() };
     let plans = plans(cfg, store, compression, opts);
     let mut units: BTreeMap<Unit, Vec<&Plan>> = BTreeMap::new();
     for p in &plans {
@@ -801,7 +813,7 @@ fn choose_widths(
         };
         let (mut options, mut quantized) = (Vec::new(), Vec::new());
         let cached = matches!(unit, Unit::Decoder(layer, Sublayer::Attention) if latent(layer));
-        for width in Width::options(opts.group) {
+        for width in Width::options(offered) {
             let useless = match width {
                 Width::Float => cached,
                 Width::Int4 { group: Some(g) } => !members.iter().any(|m| m.groups_by(g)),
@@ -818,30 +830,47 @@ fn choose_widths(
         integers.push(quantized);
     }
     let chosen = allocate(&candidates, fixed, budget)?;
+    let record = WidthAllocation {
+        budget,
+        fixed,
+        front: front(&candidates, fixed)?,
+        units: units
+            .keys()
+            .copied()
+            .zip(candidates)
+            .zip(chosen.iter().copied())
+            .map(|((u, o), k)| (u, o, k))
+            .collect(),
+    };
     let mut out = Allocation {
         opts: QuantOptions { model_bytes: None, ..opts.clone() },
         integers: Integers::default(),
+        chosen: None,
     };
-    for ((&unit, (options, mut quantized)), k) in
-        units.keys().zip(candidates.iter().zip(integers)).zip(chosen)
-    {
-        out.opts.set_width(unit, options[k].width);
-        let won = quantized.swap_remove(k);
+    for ((unit, options, k), mut quantized) in record.units.iter().zip(integers) {
+        out.opts.set_width(*unit, options[*k].width);
+        let won = quantized.swap_remove(*k);
         out.integers.linear.extend(won.linear);
         out.integers.table = out.integers.table.take().or(won.table);
     }
+    out.chosen = Some(record);
     Ok(out)
 }
 
-/// The layer record of `plan`'s matrix: its widths, grouping (none for a tied table, whose
-/// scales are per row) and online rotations.
+/// The group the matrix `name` with `cols` inputs stores `bits` weights in, asked for `group`:
+/// INT4 only, where the group divides the input width, never the table (a tied `lm_head`'s
+/// scales are the table's, one per row); `None`: one scale per output channel.
+fn stored_group(bits: Bits, group: Option<usize>, name: &str, cols: usize) -> Option<usize> {
+    group.filter(|g| bits == Bits::Int4 && cols.is_multiple_of(*g) && name != EMBED)
+}
+
+/// The layer record of `plan`'s matrix: its widths, grouping ([`stored_group`]) and online
+/// rotations.
 fn layer_record(plan: &Plan, shape: &[usize], opts: &QuantOptions) -> QuantizedLayer {
-    let table = plan.name == EMBED;
-    let group = plan.group.filter(|g| plan.weight == Bits::Int4 && shape[1].is_multiple_of(*g) && !table);
     QuantizedLayer {
         weight: plan.name.clone(),
         weight_bits: plan.weight.bits(),
-        group,
+        group: stored_group(plan.weight, plan.group, &plan.name, shape[1]),
         activation: ActivationSpec {
             bits: plan.activation.bits(),
             clip_ratio: opts.clip_ratio(plan.activation),

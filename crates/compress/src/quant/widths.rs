@@ -11,6 +11,9 @@
 //! integer (the cache is INT8). With `--group-size G` the allocation offers each unit but the
 //! table both INT4 forms — per channel and in groups of `G` — so the group scales' bytes
 //! (`4 / G` more per weight) go only where they buy the most loss; without it, per channel only.
+//! The parts outside the units (vision tower, connector) then keep one scale per output channel:
+//! nothing prices their groups here, and on the 256M checkpoint grouping them took bytes the
+//! decoder's units used better (BENCHMARKS.md, "INT4 grouping chosen unit by unit").
 //!
 //! **Cost of a candidate.** Each matrix is quantized at the candidate width exactly as the model
 //! will be (online rotation, clip-searched scales, GPTQ for the decoder when asked), and its error
@@ -62,6 +65,19 @@ pub enum Unit {
     LmHead,
 }
 
+impl Unit {
+    /// The unit as `--widths` names it: `decoder.N.attention`, `decoder.N.mlp`, `embeddings` or
+    /// `lm_head`.
+    pub fn name(self) -> String {
+        match self {
+            Unit::Decoder(layer, Sublayer::Attention) => format!("decoder.{layer}.attention"),
+            Unit::Decoder(layer, Sublayer::Mlp) => format!("decoder.{layer}.mlp"),
+            Unit::Embeddings => "embeddings".into(),
+            Unit::LmHead => "lm_head".into(),
+        }
+    }
+}
+
 /// The width of one unit's weights.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Width {
@@ -93,22 +109,21 @@ impl Width {
         }
     }
 
-    /// The width [`Width::name`] names; a typed error for any other name or group.
+    /// The width whose [`Width::name`] is `s`; a typed error for any other name, or a group the
+    /// format does not store.
     pub fn parse(s: &str) -> Result<Self> {
         let bad = || CompressError::BadOptions {
             recipe: format!("width {s}"),
             what: "int4, int4g64, int4g128, int8 or float".into(),
         };
-        Ok(match s {
-            "int4" => Self::INT4,
-            "int8" => Width::Int8,
-            "float" => Width::Float,
-            _ => {
-                let g: usize = s.strip_prefix("int4g").and_then(|g| g.parse().ok()).ok_or_else(bad)?;
-                check_group(Bits::Int4, Some(g), g).map_err(|_| bad())?;
-                Width::Int4 { group: Some(g) }
+        let group = s.strip_prefix("int4g").and_then(|g| g.parse().ok());
+        match Width::options(group).into_iter().find(|w| w.name() == s) {
+            Some(Width::Int4 { group: Some(g) }) if check_group(Bits::Int4, Some(g), g).is_err() => {
+                Err(bad())
             }
-        })
+            Some(width) => Ok(width),
+            None => Err(bad()),
+        }
     }
 
     /// The weight bits and group of an integer width; `None` for float.
@@ -129,9 +144,58 @@ pub struct Candidate {
     pub cost: f64,
 }
 
+/// What an allocation chose and what it estimated, for the report written beside the model
+/// ([`crate::report::widths`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct WidthAllocation {
+    pub budget: u64,
+    /// Bytes of every tensor outside the units.
+    pub fixed: u64,
+    /// Each unit, its options and the index of the one it took.
+    pub units: Vec<(Unit, Vec<Candidate>, usize)>,
+    /// The [`front`] of these options.
+    pub front: Vec<(u64, f64)>,
+}
+
+impl WidthAllocation {
+    /// The model's bytes and summed estimated cost as chosen.
+    pub fn chosen(&self) -> (u64, f64) {
+        self.units.iter().fold((self.fixed, 0.0), |(b, c), (_, o, k)| (b + o[*k].bytes, c + o[*k].cost))
+    }
+
+    /// The bytes and summed cost of every unit at `width`; `None` when some unit lacks it.
+    pub fn uniform(&self, width: Width) -> Option<(u64, f64)> {
+        self.units.iter().try_fold((self.fixed, 0.0), |(b, c), (_, options, _)| {
+            let o = options.iter().find(|o| o.width == width)?;
+            Some((b + o.bytes, c + o.cost))
+        })
+    }
+}
+
 /// The index of the option every unit takes (see the module documentation); `fixed` bytes are
 /// spent before any unit. A typed error when even the cheapest options exceed `budget`.
 pub fn allocate(units: &[Vec<Candidate>], fixed: u64, budget: u64) -> Result<Vec<usize>> {
+    greedy(units, fixed, budget, |_, _| {})
+}
+
+/// The estimated front of the allocation: the model's bytes and summed cost at the cheapest
+/// options, then after each move the greedy allocation takes with no budget, up to the least
+/// loss. [`allocate`] under a budget follows it until its next move no longer fits.
+pub fn front(units: &[Vec<Candidate>], fixed: u64) -> Result<Vec<(u64, f64)>> {
+    let mut points = Vec::new();
+    greedy(units, fixed, u64::MAX, |bytes, cost| points.push((bytes, cost)))?;
+    Ok(points)
+}
+
+/// The greedy multiple-choice knapsack: from every unit's cheapest option, take the move with the
+/// largest loss saved per added byte while one fits; `step` sees the bytes and summed cost at the
+/// start and after each move.
+fn greedy(
+    units: &[Vec<Candidate>],
+    fixed: u64,
+    budget: u64,
+    mut step: impl FnMut(u64, f64),
+) -> Result<Vec<usize>> {
     let cheapest = |opts: &[Candidate]| {
         (0..opts.len())
             .min_by(|&a, &b| opts[a].bytes.cmp(&opts[b].bytes).then(opts[a].cost.total_cmp(&opts[b].cost)))
@@ -146,6 +210,8 @@ pub fn allocate(units: &[Vec<Candidate>], fixed: u64, budget: u64) -> Result<Vec
     if spent > budget {
         return Err(CompressError::BudgetTooSmall { budget, need: spent });
     }
+    let cost = |chosen: &[usize]| units.iter().zip(chosen).map(|(o, &c)| o[c].cost).sum::<f64>();
+    step(spent, cost(&chosen));
     loop {
         let mut best: Option<(f64, usize, usize)> = None; // (loss saved per byte, unit, option)
         for (u, opts) in units.iter().enumerate() {
@@ -164,6 +230,7 @@ pub fn allocate(units: &[Vec<Candidate>], fixed: u64, budget: u64) -> Result<Vec
         let Some((_, u, k)) = best else { break };
         spent += units[u][k].bytes - units[u][chosen[u]].bytes;
         chosen[u] = k;
+        step(spent, cost(&chosen));
     }
     Ok(chosen)
 }
@@ -174,6 +241,16 @@ mod tests {
 
     fn unit(options: &[(Width, u64, f64)]) -> Vec<Candidate> {
         options.iter().map(|&(width, bytes, cost)| Candidate { width, bytes, cost }).collect()
+    }
+
+    /// A sensitive unit (INT4 costs a lot), a robust one, and one in between.
+    fn three_units() -> Vec<Vec<Candidate>> {
+        use Width::*;
+        vec![
+            unit(&[(Width::INT4, 100, 9.0), (Int8, 200, 0.5), (Float, 400, 0.0)]),
+            unit(&[(Width::INT4, 100, 0.2), (Int8, 200, 0.05), (Float, 400, 0.0)]),
+            unit(&[(Width::INT4, 100, 2.0), (Int8, 200, 0.3), (Float, 400, 0.0)]),
+        ]
     }
 
     /// Exhaustive search over every combination: the least total cost within the budget.
@@ -197,13 +274,7 @@ mod tests {
 
     #[test]
     fn bytes_go_where_they_save_the_most_loss_and_never_past_the_budget() {
-        use Width::*;
-        // a sensitive unit (INT4 costs a lot), a robust one, and one in between
-        let units = vec![
-            unit(&[(Width::INT4, 100, 9.0), (Int8, 200, 0.5), (Float, 400, 0.0)]),
-            unit(&[(Width::INT4, 100, 0.2), (Int8, 200, 0.05), (Float, 400, 0.0)]),
-            unit(&[(Width::INT4, 100, 2.0), (Int8, 200, 0.3), (Float, 400, 0.0)]),
-        ];
+        let units = three_units();
         let fixed = 1000;
         // the floor: every unit INT4
         assert_eq!(allocate(&units, fixed, 1300).unwrap(), vec![0, 0, 0]);
@@ -239,5 +310,33 @@ mod tests {
         // the cheapest options do not fit: a typed error saying what they need
         let err = allocate(&units, fixed, 1299).unwrap_err();
         assert!(matches!(err, CompressError::BudgetTooSmall { budget: 1299, need: 1300 }), "{err:?}");
+    }
+
+    #[test]
+    fn the_front_runs_from_the_cheapest_options_to_the_least_loss_and_bounds_every_budget() {
+        let units = three_units();
+        let fixed = 1000;
+        let points = front(&units, fixed).unwrap();
+        assert_eq!(points[0], (1300, 11.2));
+        assert_eq!(*points.last().unwrap(), (2200, 0.0));
+        for w in points.windows(2) {
+            assert!(w[1].0 > w[0].0 && w[1].1 < w[0].1, "{w:?}");
+        }
+        for budget in (1300..=2300).step_by(10) {
+            let chosen = allocate(&units, fixed, budget).unwrap();
+            let cost: f64 = units.iter().zip(&chosen).map(|(u, &c)| u[c].cost).sum();
+            let on_front = points.iter().filter(|p| p.0 <= budget).map(|p| p.1).fold(f64::INFINITY, f64::min);
+            assert!(cost <= on_front + 1e-12, "{budget}: {cost} vs the front's {on_front}");
+        }
+    }
+
+    #[test]
+    fn widths_parse_from_their_names_only() {
+        for w in [64, 128].into_iter().flat_map(|g| Width::options(Some(g))) {
+            assert_eq!(Width::parse(&w.name()).unwrap(), w);
+        }
+        for bad in ["int4g32", "int4g064", "int4g", "int2", "int8g64", "INT8", ""] {
+            assert!(matches!(Width::parse(bad), Err(CompressError::BadOptions { .. })), "{bad}");
+        }
     }
 }

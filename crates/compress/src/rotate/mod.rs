@@ -33,7 +33,7 @@ use pocketvlm_format::quant::{Construction, Rotation, RotationSpec};
 use pocketvlm_format::{Compression, ModelConfig};
 
 use crate::error::Result;
-use crate::model::weights::{MemoryStore, stored_mut};
+use crate::model::weights::{MemoryStore, stored, stored_mut};
 
 /// How to rotate.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -142,9 +142,9 @@ pub fn rotate_model(
     let embed = "model.text_model.embed_tokens.weight";
     let final_norm = "model.text_model.norm.weight";
     if cfg.text.tie_word_embeddings {
-        let gain_is_one = stored_mut(store, final_norm)?.1.iter().all(|&g| g == 1.0);
+        let gain_is_one = stored(store, final_norm)?.1.iter().all(|&g| g == 1.0);
         if !gain_is_one {
-            let shared = stored_mut(store, embed)?.clone();
+            let shared = stored(store, embed)?.clone();
             store.insert("lm_head.weight".into(), shared);
             cfg.text.tie_word_embeddings = false;
         }
@@ -193,7 +193,7 @@ pub fn rotate_model(
         rotate_cols(store, &down.1, &r)?;
         if opts.latents {
             for (k, (down, ups)) in latents.iter().enumerate() {
-                let rank = stored_mut(store, down)?.0[0];
+                let rank = stored(store, down)?.0[0];
                 let seed = opts.seed.wrapping_add(1 + (4 * i + k) as u32);
                 rotate_latent(store, down, ups, &random_orthogonal(rank, seed))?;
             }

@@ -1,5 +1,8 @@
 //! The human-readable compression report and the SVG plot of ranks per layer, written next to
-//! the model (`compression-report.txt`, `compression-ranks.svg`).
+//! the model (`compression-report.txt`, `compression-ranks.svg`); the width allocation's
+//! ([`widths`]).
+
+pub mod widths;
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -121,12 +124,7 @@ pub fn svg(cfg: &ModelConfig, c: &Compression) -> String {
     let plot_h = h - bottom - top;
     let bw = plot_w / n as f64;
     let y = |v: f64| top + plot_h * (1.0 - v / ymax);
-    let mut s = String::new();
-    let _ = writeln!(
-        s,
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"11\">"
-    );
-    let _ = writeln!(s, "<rect width=\"100%\" height=\"100%\" fill=\"white\"/>");
+    let mut s = svg_open(w, h);
     let _ = writeln!(
         s,
         "<text x=\"{left}\" y=\"20\" font-size=\"13\">Ranks per text layer: {} (QKV params {}, KV cache {}, MLP params {})</text>",
@@ -198,6 +196,17 @@ pub fn svg(cfg: &ModelConfig, c: &Compression) -> String {
         h - 6.0
     );
     let _ = writeln!(s, "</svg>");
+    s
+}
+
+/// An SVG document of `w` × `h` pixels on a white background, open for its elements.
+fn svg_open(w: f64, h: f64) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"11\">"
+    );
+    let _ = writeln!(s, "<rect width=\"100%\" height=\"100%\" fill=\"white\"/>");
     s
 }
 
