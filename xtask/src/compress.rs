@@ -7,8 +7,7 @@ use anyhow::{Context, Result};
 use pocketvlm_compress::calib::{CalibOptions, CalibSource};
 use pocketvlm_compress::checkpoint::Source;
 use pocketvlm_compress::quant::{QuantOptions, QuantParts, quantize_dir};
-use pocketvlm_compress::report;
-use pocketvlm_compress::{Budgets, CompressError, DenseOptions, LowRankOptions, Plan, compress};
+use pocketvlm_compress::{Budgets, CompressError, DenseOptions, LowRankOptions, Plan, ReportFiles, compress};
 use pocketvlm_format::quant::{Bits, Scheme};
 use pocketvlm_format::{Encoding, Manifest, dir};
 
@@ -306,7 +305,7 @@ pub fn quantize(args: QuantizeArgs) -> Result<()> {
             .into());
         }
     };
-    let manifest = quantize_dir(
+    let written = quantize_dir(
         &args.model,
         &args.out,
         &opts,
@@ -316,11 +315,12 @@ pub fn quantize(args: QuantizeArgs) -> Result<()> {
     .with_context(|| format!("quantizing {}", args.model.display()))?;
     let seconds = start.elapsed().as_secs_f64();
     if args.output.json {
-        let out = json_summary(&manifest, args.quant.name(), opts.gptq.is_some(), seconds);
+        let out = json_summary(&written.manifest, args.quant.name(), opts.gptq.is_some(), seconds);
         println!("{}", serde_json::Value::Object(out));
     } else {
-        print_summary(&manifest);
+        print_summary(&written.manifest);
         println!("wrote {} in {seconds:.1} s", args.out.display());
+        print_widths(written.widths.as_ref());
     }
     Ok(())
 }
@@ -357,12 +357,15 @@ pub fn run(args: Args) -> Result<()> {
             println!("wrote {} in {seconds:.2} s", summary.out_dir.display());
         }
     }
-    let widths = summary.out_dir.join(report::widths::TEXT_FILE);
-    if widths.exists() {
-        let plot = summary.out_dir.join(report::widths::SVG_FILE);
-        println!("widths chosen under --model-bytes: {} (plot {})", widths.display(), plot.display());
-    }
+    print_widths(summary.widths.as_ref());
     Ok(())
+}
+
+/// Where the width allocation's report went, when `--model-bytes` chose the widths.
+fn print_widths(widths: Option<&ReportFiles>) {
+    if let Some(w) = widths {
+        println!("widths chosen under --model-bytes: {} (plot {})", w.text.display(), w.svg.display());
+    }
 }
 
 /// The plan the command line asks for.

@@ -21,4 +21,5 @@ pub mod writer;
 pub use budget::Budgets;
 pub use error::{CompressError, Result};
 pub use lowrank::Method;
-pub use pipeline::{DenseOptions, LowRankOptions, Plan, ReportFiles, Summary, compress};
+pub use pipeline::{DenseOptions, LowRankOptions, Plan, Summary, compress};
+pub use report::ReportFiles;

@@ -1,4 +1,5 @@
-//! Writing a model directory: the tensors packed into shards, the tokenizer, the manifest.
+//! Writing a model directory: the tensors packed into shards, the tokenizer, the manifest, and
+//! the width allocation's report when one chose the widths.
 
 use std::path::Path;
 
@@ -9,6 +10,8 @@ use pocketvlm_format::{Compression, Encoding, FormatError, Manifest, ShardPacker
 
 use crate::checkpoint::SourceMeta;
 use crate::error::Result;
+use crate::quant::widths::WidthAllocation;
+use crate::report::{self, ReportFiles};
 
 /// A tensor on its way into the shards.
 pub struct OutTensor<'a> {
@@ -18,17 +21,36 @@ pub struct OutTensor<'a> {
     pub bytes: std::borrow::Cow<'a, [u8]>,
 }
 
+/// What a model directory records beside its tensors.
+pub struct Sections<'a> {
+    pub recipe: &'a str,
+    pub compression: Option<Compression>,
+    pub quantization: Option<Quantization>,
+    /// The width allocation that chose `quantization`'s widths, when one ran: its report is
+    /// written beside the model.
+    pub allocation: Option<&'a WidthAllocation>,
+}
+
+/// What [`write_model`] wrote.
+#[derive(Debug)]
+pub struct Written {
+    pub manifest: Manifest,
+    /// The width allocation's report and plot, when an allocation chose the widths.
+    pub widths: Option<ReportFiles>,
+}
+
 /// Write a model directory: the tensors (which must be exactly those the config and
-/// `compression` imply, in any order), the tokenizer and the manifest.
+/// `sections.compression` imply, in any order), the tokenizer, the manifest and the width
+/// report. A width report left in `out_dir` by an earlier run is removed when this model has
+/// none, so every file beside the model describes it.
 pub fn write_model<'a>(
     meta: &SourceMeta,
-    recipe: &str,
-    compression: Option<Compression>,
-    quantization: Option<Quantization>,
+    sections: Sections<'_>,
     tensors: impl IntoIterator<Item = OutTensor<'a>>,
     out_dir: &Path,
     max_shard_bytes: u64,
-) -> Result<Manifest> {
+) -> Result<Written> {
+    let Sections { recipe, compression, quantization, allocation } = sections;
     std::fs::create_dir_all(out_dir)
         .map_err(|e| FormatError::Io { path: out_dir.display().to_string(), source: e })?;
     let mut packer = ShardPacker::new(DirSink { dir: out_dir.to_path_buf() }, max_shard_bytes)?;
@@ -57,5 +79,12 @@ pub fn write_model<'a>(
     };
     manifest.validate()?;
     write_manifest(out_dir, &manifest)?;
-    Ok(manifest)
+    let widths = match allocation {
+        Some(a) => Some(report::widths::write(out_dir, a)?),
+        None => {
+            report::widths::remove(out_dir)?;
+            None
+        }
+    };
+    Ok(Written { manifest, widths })
 }

@@ -323,7 +323,7 @@ fn w4a4_latent_is_int8_and_quantize_dir_matches_compress() {
     low_rank(&float, None);
     let again = tmp.path().join("again");
     let opts = QuantOptions::parse("w4a4", None).unwrap();
-    let m = quantize_dir(&float, &again, &opts, 32 << 20, None).unwrap();
+    let m = quantize_dir(&float, &again, &opts, 32 << 20, None).unwrap().manifest;
     assert_eq!(m.quantization, summary.manifest.quantization);
     assert_eq!(m.tensors, summary.manifest.tensors);
     assert_eq!(m.compression.as_ref().unwrap().sizes, c.sizes);
@@ -436,7 +436,7 @@ fn gptq_uses_the_calibration_samples() {
     )
     .unwrap();
     let again = tmp.path().join("again");
-    let m = quantize_dir(&float, &again, &q, 32 << 20, Some(&samples.samples)).unwrap();
+    let m = quantize_dir(&float, &again, &q, 32 << 20, Some(&samples.samples)).unwrap().manifest;
     assert_eq!(m.tensors, compensated.manifest.tensors);
     let c = dir::open(&again).unwrap();
     for t in &m.tensors {
@@ -474,7 +474,9 @@ fn dense_conversion_with_calibration_uses_gptq() {
     )
     .unwrap();
     let again = tmp.path().join("again");
-    let m = quantize_dir(&tmp.path().join("float"), &again, &q, 32 << 20, Some(&samples.samples)).unwrap();
+    let m = quantize_dir(&tmp.path().join("float"), &again, &q, 32 << 20, Some(&samples.samples))
+        .unwrap()
+        .manifest;
     assert_eq!(m.tensors, direct.tensors);
     let c = dir::open(&again).unwrap();
     for t in &m.tensors {

@@ -273,6 +273,11 @@ fn allocated_widths_choose_groups_per_unit() {
             .any(|l| l.weight.starts_with("model.vision_model.") && l.group == Some(64))
     );
     assert_eq!(width_report(&t.join("allocated-g64")).chosen, bytes);
+    // the same folder written again without an allocation keeps no report of the earlier model
+    grouped("allocated-g64", None);
+    for file in ["compression-widths.txt", "compression-widths.svg"] {
+        assert!(!t.join("allocated-g64").join(file).exists(), "stale {file}");
+    }
 }
 
 #[test]

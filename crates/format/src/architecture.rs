@@ -9,6 +9,11 @@ use crate::compression::{
 };
 use crate::config::ModelConfig;
 
+/// The text decoder's token embedding table.
+pub const EMBED_TOKENS: &str = "model.text_model.embed_tokens.weight";
+/// The output projection; absent when the config ties it to [`EMBED_TOKENS`].
+pub const LM_HEAD: &str = "lm_head.weight";
+
 /// Names and shapes of every tensor a dense model with this config must have, in a stable order
 /// (vision, connector, text, lm_head). Weights keep Hugging Face's `[out, in]` layout.
 pub fn dense_tensors(cfg: &ModelConfig) -> Vec<(String, Vec<usize>)> {
@@ -50,7 +55,7 @@ pub fn dense_tensors(cfg: &ModelConfig) -> Vec<(String, Vec<usize>)> {
     let dq = t.num_attention_heads * t.head_dim;
     let dkv = t.num_key_value_heads * t.head_dim;
     let tp = "model.text_model";
-    push(format!("{tp}.embed_tokens.weight"), vec![t.vocab_size, d]);
+    push(EMBED_TOKENS.into(), vec![t.vocab_size, d]);
     for i in 0..t.num_hidden_layers {
         let l = format!("{tp}.layers.{i}");
         push(format!("{l}.input_layernorm.weight"), vec![d]);
@@ -65,7 +70,7 @@ pub fn dense_tensors(cfg: &ModelConfig) -> Vec<(String, Vec<usize>)> {
     }
     push(format!("{tp}.norm.weight"), vec![d]);
     if !t.tie_word_embeddings {
-        push("lm_head.weight".into(), vec![t.vocab_size, d]);
+        push(LM_HEAD.into(), vec![t.vocab_size, d]);
     }
     out
 }

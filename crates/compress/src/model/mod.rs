@@ -17,6 +17,7 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::{D, Device, Tensor};
+use pocketvlm_format::architecture::{EMBED_TOKENS, LM_HEAD};
 use pocketvlm_format::compression::{
     linear_factor_names, qkv_factor_names, text_layer_prefix, text_mlp_linears, vision_layer_prefix,
     vision_mlp_linears,
@@ -229,14 +230,14 @@ impl CpuModel {
                 mlp: [g?, u?, d?],
             });
         }
-        let embed = tensor(store, "model.text_model.embed_tokens.weight")?;
-        let embed_name = "model.text_model.embed_tokens.weight";
+        let embed_name = EMBED_TOKENS;
+        let embed = tensor(store, embed_name)?;
         let lm_head = if cfg.text.tie_word_embeddings && quant.contains_key(embed_name) {
             src.weight(&[embed_name.to_string()])?
         } else if cfg.text.tie_word_embeddings {
             Weight::Float(embed.t()?.contiguous()?)
         } else {
-            src.weight(&["lm_head.weight".to_string()])?
+            src.weight(&[LM_HEAD.to_string()])?
         };
         let text = TextDecoder {
             cfg: cfg.text.clone(),

@@ -4,8 +4,9 @@
 
 use std::path::{Path, PathBuf};
 
-use super::{LowRankOptions, ReportFiles, Summary};
+use super::{LowRankOptions, Summary};
 use crate::error::{CompressError, Result};
+use crate::report::{self, ReportFiles};
 
 /// The β values to try: `opts.beta` alone, or the search grid (which needs calibration samples
 /// to measure and a quantized recipe to matter: β only changes how the factors quantize).
@@ -59,7 +60,13 @@ pub fn pick(mut results: Vec<Summary>, out_dir: &Path) -> Result<Summary> {
     }
     let mut chosen = results.swap_remove(best);
     let moved = |path: &Path| out_dir.join(path.file_name().unwrap_or_default());
-    chosen.report = chosen.report.map(|r| ReportFiles { text: moved(&r.text), svg: moved(&r.svg) });
+    let moved_files = |r: ReportFiles| ReportFiles { text: moved(&r.text), svg: moved(&r.svg) };
+    chosen.report = chosen.report.map(moved_files);
+    chosen.widths = chosen.widths.map(moved_files);
+    if chosen.widths.is_none() {
+        // the candidate's files replaced the model's; an earlier run's width report would not
+        report::widths::remove(out_dir)?;
+    }
     chosen.out_dir = out_dir.to_path_buf();
     chosen.beta_search = search;
     Ok(chosen)

@@ -14,8 +14,8 @@ use crate::checkpoint::Source;
 use crate::error::{CompressError, Result};
 use crate::progress::Progress;
 use crate::quant::{QuantOptions, quantize_tensors};
-use crate::report;
-use crate::writer::{OutTensor, write_model};
+
+use crate::writer::{OutTensor, Sections, write_model};
 
 /// What the dense plan needs.
 #[derive(Clone, Debug)]
@@ -81,12 +81,15 @@ pub(super) fn dense(
         }
         None => (out, None, None),
     };
-    let manifest = write_model(&meta, "dense", None, section, out, out_dir, opts.max_shard_bytes)?;
-    if let Some(a) = &allocation {
-        report::widths::write(out_dir, a)?;
-    }
+    let sections = Sections {
+        recipe: "dense",
+        compression: None,
+        quantization: section,
+        allocation: allocation.as_ref(),
+    };
+    let written = write_model(&meta, sections, out, out_dir, opts.max_shard_bytes)?;
     clock.lap("write");
-    Ok(Summary::written(out_dir, manifest, clock))
+    Ok(Summary::written(out_dir, written, clock))
 }
 
 /// The calibration samples, which serve GPTQ and the width allocation only: prepared (or read

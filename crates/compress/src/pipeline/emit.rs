@@ -9,7 +9,7 @@ use std::path::Path;
 use pocketvlm_format::architecture::expected_tensors;
 use pocketvlm_format::components::Component;
 use pocketvlm_format::{
-    CalibrationInfo, ComponentBytes, Compression, Encoding, KvCacheInfo, LayerRanks, Manifest, Ratios,
+    CalibrationInfo, ComponentBytes, Compression, Encoding, KvCacheInfo, LayerRanks, Ratios,
 };
 
 use super::calibrate::{self, Calibration};
@@ -24,8 +24,7 @@ use crate::lowrank::linalg::to_rows_f32;
 use crate::model::weights::{encode, round_through};
 use crate::model::{Proj, Target, Tower};
 use crate::quant::quantize_tensors;
-use crate::report;
-use crate::writer::{OutTensor, write_model};
+use crate::writer::{OutTensor, Sections, Written, write_model};
 
 /// Write the model of `choices` at `beta` to `out_dir`; its manifest and compression section.
 /// `meta.model` is the source config on entry (a rotation that unties `lm_head` changes it).
@@ -40,7 +39,7 @@ pub fn emit(
     calibration: Option<&Calibration>,
     out_dir: &Path,
     clock: &mut Clock,
-) -> Result<(Manifest, Compression)> {
+) -> Result<(Written, Compression)> {
     let cfg = meta.model.clone();
     let (t, b, method) = (&cfg.text, &opts.budgets, opts.method);
     // the kept components as factor tensors, and the ranks of each layer
@@ -150,18 +149,13 @@ pub fn emit(
     };
     compression.sizes = sizes.into_values().collect();
     budget::count_sizes(&mut compression.sizes, &out);
-    let manifest = write_model(
-        meta,
-        method.name(),
-        Some(compression.clone()),
+    let sections = Sections {
+        recipe: method.name(),
+        compression: Some(compression.clone()),
         quantization,
-        out,
-        out_dir,
-        opts.max_shard_bytes,
-    )?;
-    if let Some(a) = &allocation {
-        report::widths::write(out_dir, a)?;
-    }
+        allocation: allocation.as_ref(),
+    };
+    let written = write_model(meta, sections, out, out_dir, opts.max_shard_bytes)?;
     clock.lap("write");
-    Ok((manifest, compression))
+    Ok((written, compression))
 }

@@ -32,7 +32,8 @@ use crate::lowrank::decompose::TransformOptions;
 use crate::model::CpuModel;
 use crate::progress::Progress;
 use crate::quant::QuantOptions;
-use crate::report;
+use crate::report::{self, ReportFiles};
+use crate::writer::Written;
 
 /// Everything a low-rank compression run needs.
 #[derive(Clone, Debug)]
@@ -126,27 +127,23 @@ pub struct Summary {
     pub calib_loss: Option<(f64, f64)>,
     /// The compression report and its plot (a low-rank plan).
     pub report: Option<ReportFiles>,
+    /// The width allocation's report and plot (a plan whose widths `--model-bytes` chose).
+    pub widths: Option<ReportFiles>,
     /// `(β, calibration loss)` of every candidate when β was searched (see
     /// [`LowRankOptions::beta_search`]).
     pub beta_search: Vec<(f64, f64)>,
 }
 
-/// The files of a compression report, beside the model.
-#[derive(Debug)]
-pub struct ReportFiles {
-    pub text: PathBuf,
-    pub svg: PathBuf,
-}
-
 impl Summary {
     /// A model written to `out_dir` with nothing measured beyond the stage times.
-    pub(crate) fn written(out_dir: &Path, manifest: Manifest, clock: Clock) -> Self {
+    pub(crate) fn written(out_dir: &Path, written: Written, clock: Clock) -> Self {
         Self {
             out_dir: out_dir.to_path_buf(),
-            manifest,
+            manifest: written.manifest,
             stages: clock.stages,
             calib_loss: None,
             report: None,
+            widths: written.widths,
             beta_search: Vec::new(),
         }
     }
@@ -239,7 +236,7 @@ fn low_rank(source: &Source, out_dir: &Path, opts: &LowRankOptions, mut clock: C
     for (k, &beta) in betas.iter().enumerate() {
         let mut meta = source.meta.clone();
         let dir = if betas.len() == 1 { out_dir.to_path_buf() } else { beta::candidate_dir(out_dir, k) };
-        let (manifest, compression) = emit::emit(
+        let (Written { manifest, widths }, compression) = emit::emit(
             &mut meta,
             &tensors,
             &decs,
@@ -255,7 +252,7 @@ fn low_rank(source: &Source, out_dir: &Path, opts: &LowRankOptions, mut clock: C
             None => None,
         };
         let total = clock.started.elapsed().as_secs_f64();
-        let (text, svg) = report::write(&dir, cfg, &compression, &clock.stages, total, calib_loss)?;
+        let report = report::write(&dir, cfg, &compression, &clock.stages, total, calib_loss)?;
         if betas.len() > 1 {
             opts.progress.note(&format!("beta {beta}: calibration loss {:?}", calib_loss.map(|l| l.1)));
         }
@@ -264,7 +261,8 @@ fn low_rank(source: &Source, out_dir: &Path, opts: &LowRankOptions, mut clock: C
             manifest,
             stages: clock.stages.clone(),
             calib_loss,
-            report: Some(ReportFiles { text, svg }),
+            report: Some(report),
+            widths,
             beta_search: Vec::new(),
         });
     }

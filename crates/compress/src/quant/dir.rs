@@ -13,8 +13,7 @@ use crate::calib::Sample;
 use crate::checkpoint::SourceMeta;
 use crate::error::{CompressError, Result};
 use crate::quant::{QuantOptions, quantize_tensors};
-use crate::report;
-use crate::writer::{OutTensor, write_model};
+use crate::writer::{OutTensor, Sections, Written, write_model};
 
 impl SourceMeta {
     /// Everything of a PocketVLM model directory except the weights.
@@ -40,7 +39,7 @@ pub fn quantize_dir(
     opts: &QuantOptions,
     max_shard_bytes: u64,
     samples: Option<&[Sample]>,
-) -> Result<Manifest> {
+) -> Result<Written> {
     let data = dir::open(model_dir)?;
     let manifest = &data.manifest;
     if manifest.quantization.is_some() {
@@ -68,17 +67,11 @@ pub fn quantize_dir(
         count_sizes(&mut c.sizes, &out);
         record_kv_cache(&meta.model, c, true);
     }
-    let written = write_model(
-        &meta,
-        &manifest.source.recipe,
+    let sections = Sections {
+        recipe: &manifest.source.recipe,
         compression,
-        Some(quantized.section),
-        out,
-        out_dir,
-        max_shard_bytes,
-    )?;
-    if let Some(a) = &quantized.allocation {
-        report::widths::write(out_dir, a)?;
-    }
-    Ok(written)
+        quantization: Some(quantized.section),
+        allocation: quantized.allocation.as_ref(),
+    };
+    write_model(&meta, sections, out, out_dir, max_shard_bytes)
 }

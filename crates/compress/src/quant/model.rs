@@ -60,9 +60,8 @@ use crate::quant::weights::{ClipSearch, quantize_weights};
 use crate::quant::widths::{Candidate, Sublayer, Unit, Width, WidthAllocation, allocate, front};
 use crate::rotate::{RotateOptions, rotate_model, rotate_rows, rotate_values};
 use crate::writer::OutTensor;
+use pocketvlm_format::architecture::{EMBED_TOKENS, LM_HEAD};
 
-pub(crate) const EMBED: &str = "model.text_model.embed_tokens.weight";
-pub(crate) const LM_HEAD: &str = "lm_head.weight";
 const CONNECTOR: &str = "model.connector.modality_projection.proj";
 
 /// Which parts of the model are quantized (all by default; `--float` names the others,
@@ -532,11 +531,10 @@ pub fn quantize_model(
     let moments = calibration_moments(cfg, store, compression, opts, samples, residual.as_ref())?;
     check_float_attention(compression, &opts.parts)?;
     check_tied_head(cfg, opts)?;
-    let mut allocation = Allocation { opts: opts.clone(), integers: Integers::default(), chosen: None };
-    if let Some(budget) = opts.model_bytes {
-        allocation = choose_widths(cfg, store, compression, opts, &moments, float_bytes, budget)?;
-    }
-    let Allocation { opts, integers: Integers { mut linear, table }, chosen } = allocation;
+    let Allocation { opts, integers: Integers { mut linear, table }, chosen } = match opts.model_bytes {
+        Some(budget) => choose_widths(cfg, store, compression, opts, &moments, float_bytes, budget)?,
+        None => Allocation { opts: opts.clone(), integers: Integers::default(), chosen: None },
+    };
     let opts = &opts;
     let mut layers = Vec::new();
     let mut weights = BTreeMap::new();
@@ -556,15 +554,15 @@ pub fn quantize_model(
     }
     let mut tables = Vec::new();
     if opts.parts.embeddings {
-        if !weights.contains_key(EMBED) {
-            let (shape, values) = stored(store, EMBED)?;
+        if !weights.contains_key(EMBED_TOKENS) {
+            let (shape, values) = stored(store, EMBED_TOKENS)?;
             let q = match table {
                 Some(chosen) => chosen,
                 None => quantize_table(values, shape, opts.table_bits(), opts)?,
             };
-            weights.insert(EMBED.to_string(), q);
+            weights.insert(EMBED_TOKENS.to_string(), q);
         }
-        tables.push(QuantizedTable { tensor: EMBED.to_string(), bits: opts.table_bits().bits() });
+        tables.push(QuantizedTable { tensor: EMBED_TOKENS.to_string(), bits: opts.table_bits().bits() });
     }
     let section = Quantization {
         scheme: opts.scheme.name().to_string(),
@@ -636,7 +634,7 @@ fn plans(
     }
     planner.text(compression);
     let tied = cfg.text.tie_word_embeddings;
-    let (head, unit) = if tied { (EMBED, Unit::Embeddings) } else { (LM_HEAD, Unit::LmHead) };
+    let (head, unit) = if tied { (EMBED_TOKENS, Unit::Embeddings) } else { (LM_HEAD, Unit::LmHead) };
     if opts.parts.lm_head && (!tied || opts.parts.embeddings) {
         let from = planner.plans.len();
         let p = Plan { weight: Bits::Int8, activation: Bits::Int8, ..planner.plain(head.to_string()) };
@@ -732,7 +730,7 @@ impl<'a> Member<'a> {
     }
 
     fn table(store: &'a MemoryStore) -> Result<Self> {
-        let (shape, values) = stored(store, EMBED)?;
+        let (shape, values) = stored(store, EMBED_TOKENS)?;
         Ok(Self::Table { shape, values })
     }
 
@@ -751,7 +749,7 @@ impl<'a> Member<'a> {
     fn tensor(&self) -> (&str, &[usize], &[f32]) {
         match self {
             Self::Linear { plan, shape, values, .. } => (&plan.name, shape, values),
-            Self::Table { shape, values } => (EMBED, shape, values),
+            Self::Table { shape, values } => (EMBED_TOKENS, shape, values),
         }
     }
 }
@@ -791,7 +789,7 @@ fn choose_widths(
     let mut fixed = 0u64;
     for (name, shape) in pocketvlm_format::architecture::expected_tensors(cfg, compression) {
         let plan = plans.iter().find(|p| p.name == name);
-        if plan.is_some_and(|p| p.unit.is_some()) || (name == EMBED && opts.parts.embeddings) {
+        if plan.is_some_and(|p| p.unit.is_some()) || (name == EMBED_TOKENS && opts.parts.embeddings) {
             continue;
         }
         fixed += match plan {
@@ -842,26 +840,22 @@ fn choose_widths(
             .map(|((u, o), k)| (u, o, k))
             .collect(),
     };
-    let mut out = Allocation {
-        opts: QuantOptions { model_bytes: None, ..opts.clone() },
-        integers: Integers::default(),
-        chosen: None,
-    };
+    let mut chosen_opts = QuantOptions { model_bytes: None, ..opts.clone() };
+    let mut won = Integers::default();
     for ((unit, options, k), mut quantized) in record.units.iter().zip(integers) {
-        out.opts.set_width(*unit, options[*k].width);
-        let won = quantized.swap_remove(*k);
-        out.integers.linear.extend(won.linear);
-        out.integers.table = out.integers.table.take().or(won.table);
+        chosen_opts.set_width(*unit, options[*k].width);
+        let Integers { linear, table } = quantized.swap_remove(*k);
+        won.linear.extend(linear);
+        won.table = won.table.or(table);
     }
-    out.chosen = Some(record);
-    Ok(out)
+    Ok(Allocation { opts: chosen_opts, integers: won, chosen: Some(record) })
 }
 
 /// The group the matrix `name` with `cols` inputs stores `bits` weights in, asked for `group`:
 /// INT4 only, where the group divides the input width, never the table (a tied `lm_head`'s
 /// scales are the table's, one per row); `None`: one scale per output channel.
 fn stored_group(bits: Bits, group: Option<usize>, name: &str, cols: usize) -> Option<usize> {
-    group.filter(|g| bits == Bits::Int4 && cols.is_multiple_of(*g) && name != EMBED)
+    group.filter(|g| bits == Bits::Int4 && cols.is_multiple_of(*g) && name != EMBED_TOKENS)
 }
 
 /// The layer record of `plan`'s matrix: its widths, grouping ([`stored_group`]) and online
@@ -916,7 +910,7 @@ fn unit_candidate(
                 let (q, layer) = quantize_matrix(values, shape, &plan, opts, decoder.then_some(h))?;
                 let delta = difference(values, &q);
                 cost += kfac_cost(&delta, shape[0], shape[1], h, *g);
-                if plan.name == EMBED {
+                if plan.name == EMBED_TOKENS {
                     cost += table_cost(&delta)?;
                 }
                 bytes += stored_bytes(bits, q.scales.len(), shape);
@@ -969,7 +963,7 @@ pub fn quantize_tensors(
         let values = t.encoding.decode_f32(&t.bytes, &t.shape);
         store.insert(t.name, (t.shape, values));
     }
-    let embed_encoding = encodings.get(EMBED).copied();
+    let embed_encoding = encodings.get(EMBED_TOKENS).copied();
     let encoding_of = |name: &str| encodings.get(name).copied().or(embed_encoding).unwrap_or(Encoding::F32);
     let float_bytes = |name: &str| encoding_of(name).byte_len(&[1]);
     let quantized = quantize_model(cfg, &mut store, compression, opts, samples, &float_bytes)?;

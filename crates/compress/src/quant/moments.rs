@@ -37,7 +37,7 @@ use crate::error::{CompressError, Result};
 use crate::lowrank::linalg::from_rows;
 use crate::model::weights::{MemoryStore, stored};
 use crate::model::{CpuModel, Proj, Tape, Target, Tower, cross_entropy};
-use crate::quant::model::{EMBED, LM_HEAD};
+use pocketvlm_format::architecture::{EMBED_TOKENS, LM_HEAD};
 
 /// The moments of one matrix's input (and output gradient).
 #[derive(Clone, Debug)]
@@ -218,7 +218,7 @@ pub fn decoder_moments(
     }
     let mut table = None;
     if grads {
-        let head = if cfg.text.tie_word_embeddings { EMBED } else { LM_HEAD };
+        let head = if cfg.text.tie_word_embeddings { EMBED_TOKENS } else { LM_HEAD };
         out.insert(head.to_string(), ends.head(rows, cfg.text.vocab_size));
         table = Some(ends.table(rows));
     }

@@ -11,6 +11,13 @@ use pocketvlm_format::{Compression, FormatError, ModelConfig};
 
 use crate::error::Result;
 
+/// The files of a report, beside the model.
+#[derive(Debug)]
+pub struct ReportFiles {
+    pub text: PathBuf,
+    pub svg: PathBuf,
+}
+
 pub const REPORT_FILE: &str = "compression-report.txt";
 pub const SVG_FILE: &str = "compression-ranks.svg";
 
@@ -218,11 +225,11 @@ pub fn write(
     stages: &[(&str, f64)],
     seconds: f64,
     calib_loss: Option<(f64, f64)>,
-) -> Result<(PathBuf, PathBuf)> {
+) -> Result<ReportFiles> {
     let report = dir.join(REPORT_FILE);
     let plot = dir.join(SVG_FILE);
     let io = |p: &Path, e: std::io::Error| FormatError::Io { path: p.display().to_string(), source: e };
     std::fs::write(&report, text(cfg, c, stages, seconds, calib_loss)).map_err(|e| io(&report, e))?;
     std::fs::write(&plot, svg(cfg, c)).map_err(|e| io(&plot, e))?;
-    Ok((report, plot))
+    Ok(ReportFiles { text: report, svg: plot })
 }

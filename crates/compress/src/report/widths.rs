@@ -6,10 +6,11 @@
 //! allocation minimises, not a measured loss: `cargo xtask eval` measures that.
 
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use pocketvlm_format::FormatError;
 
+use super::ReportFiles;
 use crate::error::Result;
 use crate::quant::widths::{Width, WidthAllocation};
 
@@ -150,11 +151,25 @@ pub fn svg(a: &WidthAllocation) -> String {
     s
 }
 
+fn io(p: &Path, e: std::io::Error) -> FormatError {
+    FormatError::Io { path: p.display().to_string(), source: e }
+}
+
 /// Write both files into `dir`; returns their paths.
-pub fn write(dir: &Path, a: &WidthAllocation) -> Result<(PathBuf, PathBuf)> {
-    let (report, plot) = (dir.join(TEXT_FILE), dir.join(SVG_FILE));
-    let io = |p: &Path, e: std::io::Error| FormatError::Io { path: p.display().to_string(), source: e };
-    std::fs::write(&report, text(a)).map_err(|e| io(&report, e))?;
-    std::fs::write(&plot, svg(a)).map_err(|e| io(&plot, e))?;
-    Ok((report, plot))
+pub(crate) fn write(dir: &Path, a: &WidthAllocation) -> Result<ReportFiles> {
+    let (text_path, svg_path) = (dir.join(TEXT_FILE), dir.join(SVG_FILE));
+    std::fs::write(&text_path, text(a)).map_err(|e| io(&text_path, e))?;
+    std::fs::write(&svg_path, svg(a)).map_err(|e| io(&svg_path, e))?;
+    Ok(ReportFiles { text: text_path, svg: svg_path })
+}
+
+/// Remove both files from `dir` where they exist (an earlier run's, for another model).
+pub(crate) fn remove(dir: &Path) -> Result<()> {
+    for path in [dir.join(TEXT_FILE), dir.join(SVG_FILE)] {
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(&path, e).into()),
+            _ => {}
+        }
+    }
+    Ok(())
 }

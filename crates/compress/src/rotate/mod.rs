@@ -27,6 +27,7 @@
 //! in its own basis; its quantized layers use online rotations instead.
 
 use faer::Mat;
+use pocketvlm_format::architecture::{EMBED_TOKENS, LM_HEAD};
 use pocketvlm_format::compression::{linear_factor_names, qkv_factor_names, text_layer_prefix};
 use pocketvlm_format::quant::rotation::SplitMix64;
 use pocketvlm_format::quant::{Construction, Rotation, RotationSpec};
@@ -139,20 +140,20 @@ pub fn rotate_model(
     let spec =
         RotationSpec { construction: opts.construction.available_for(d), size: d, seed: Some(opts.seed) };
     let r = spec.build()?;
-    let embed = "model.text_model.embed_tokens.weight";
+    let embed = EMBED_TOKENS;
     let final_norm = "model.text_model.norm.weight";
     if cfg.text.tie_word_embeddings {
         let gain_is_one = stored(store, final_norm)?.1.iter().all(|&g| g == 1.0);
         if !gain_is_one {
             let shared = stored(store, embed)?.clone();
-            store.insert("lm_head.weight".into(), shared);
+            store.insert(LM_HEAD.into(), shared);
             cfg.text.tie_word_embeddings = false;
         }
     }
     rotate_rows(store, embed, &r)?;
     if !cfg.text.tie_word_embeddings {
-        fold_gain(store, final_norm, &["lm_head.weight".to_string()])?;
-        rotate_rows(store, "lm_head.weight", &r)?;
+        fold_gain(store, final_norm, &[LM_HEAD.to_string()])?;
+        rotate_rows(store, LM_HEAD, &r)?;
     }
     rotate_cols(store, "model.connector.modality_projection.proj.weight", &r)?;
     let mlp_names = ["gate_proj", "up_proj", "down_proj"];

@@ -9,6 +9,7 @@
 //! the last position only.
 
 use pocketvlm_format::ModelConfig;
+use pocketvlm_format::architecture::{EMBED_TOKENS, LM_HEAD};
 
 use super::interrupt::Interrupt;
 use super::kv_cache::{CacheKind, CacheLayout, KvCache, LayerCache};
@@ -78,8 +79,8 @@ impl TextModel {
                 down: linear("mlp.down_proj").await?,
             });
         }
-        let embed_name = format!("{p}.embed_tokens.weight");
-        let head = if c.tie_word_embeddings { embed_name.clone() } else { "lm_head.weight".to_string() };
+        let embed_name = EMBED_TOKENS.to_string();
+        let head = if c.tie_word_embeddings { embed_name.clone() } else { LM_HEAD.to_string() };
         let max_positions = c.max_position_embeddings;
         let table = rope_table(c.rope_theta as f32, c.head_dim, max_positions);
         Ok(Self {
