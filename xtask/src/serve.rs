@@ -1,33 +1,38 @@
 //! A small static HTTP server for the browser tests, the browser bench and the demo: files under
-//! a few directories, each mounted at a URL prefix, on `127.0.0.1:<free port>` in a background
-//! thread.
+//! a few directories, each mounted at a URL prefix, on `127.0.0.1:<port>`, served by hyper on a
+//! tokio runtime in a background thread. [`http_get`] is the matching client (`ureq`).
 //!
-//! GET and HEAD only (405 otherwise); `Content-Length` and `Content-Type` on every response,
-//! `Access-Control-Allow-Origin: *` (the test page is served from another origin), 404 for what
-//! is not there, 400 for paths with `..`, `\`, NUL or bad `%` escapes (also percent-encoded), 403
-//! for a symbolic link to something outside its mount. A directory serves its
-//! `index.html`. One request per connection (`Connection: close`).
+//! The protocol is the libraries': hyper speaks HTTP/1.1 with keep-alive, each connection its own
+//! task, so a browser's idle connections never hold back a new one (`tiny_http`'s four-thread
+//! pool did, and stalled Chromium's page load for minutes); `http-serve` answers GET and HEAD on a
+//! file with single and multiple `Range`s (206, 416) and conditional requests (`If-None-Match`,
+//! `If-Modified-Since`, `If-Range`) against a strong `ETag` (inode, length, mtime) and
+//! `Last-Modified`.
 //!
-//! Files carry an `ETag` (a hash of path, length and modification time) and honour single
-//! `Range: bytes=a-b` / `bytes=a-` / `bytes=-n` requests (206 with `Content-Range`, 416 when
-//! unsatisfiable): together with a mount's extra headers (`X-Repo-Commit`) that is what the
-//! `hf-hub` client needs, so a mount at `<owner>/<name>/resolve/main` mimics the Hugging Face
-//! hub's file layout for `HF_ENDPOINT`. [`http_get`] is the matching client (`ureq`).
-//!
-//! The protocol is ours (one request per connection is all the tests and the demo need);
-//! `tiny_http` 0.12 was tried and dropped: its connection pool (four threads, grown on demand)
-//! can queue a new connection behind keep-alive ones and leave it unread until one closes —
-//! Chromium's page load stalled for minutes in the e2e test.
+//! What is ours is the mount table and the headers. A path maps to the mount with the longest
+//! matching prefix, and a directory to its `index.html`; 400 for paths with `..`, `\`, NUL or bad
+//! `%` escapes (also percent-encoded), 403 for a symbolic link to something outside its mount,
+//! 404 for what is not there, 405 for methods other than GET and HEAD. Every response carries
+//! `Access-Control-Allow-Origin: *` (the test page is served from another origin); files carry
+//! `Content-Type` by extension, `Cache-Control: no-store` and their mount's extra headers — with
+//! `X-Repo-Commit` that is what the `hf-hub` client needs, so a mount at
+//! `<owner>/<name>/resolve/main` mimics the Hugging Face hub's file layout for `HF_ENDPOINT`.
 
-use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+
+/// The body of every response: a file's chunks, or a short text.
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+type Body = http_serve::Body<bytes::Bytes, BoxError>;
+type FileEntity = http_serve::ChunkedReadFile<bytes::Bytes, BoxError>;
 
 /// A directory served under a URL prefix.
 #[derive(Clone, Debug)]
@@ -54,7 +59,7 @@ impl Mount {
 /// A running server; dropping it stops it.
 pub struct Server {
     addr: SocketAddr,
-    stop: Arc<AtomicBool>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -66,27 +71,28 @@ impl Server {
 
     /// Serve `mounts` on `127.0.0.1:port` (0: a free port).
     pub fn start_on(port: u16, mounts: Vec<Mount>) -> Result<Self> {
-        let listener = TcpListener::bind(("127.0.0.1", port)).with_context(|| {
+        let mounts = Arc::new(checked(mounts)?);
+        let listener = std::net::TcpListener::bind(("127.0.0.1", port)).with_context(|| {
             format!("binding 127.0.0.1:{port} (is another server using it? try --port 0)")
         })?;
+        listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
-        let mounts = Arc::new(mounts);
+        // Files are read in `block_in_place`, which needs the multi-threaded runtime.
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("xtask-serve")
+            .enable_io()
+            .enable_time()
+            .build()
+            .context("starting the server's runtime")?;
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::spawn(move || {
-            for stream in listener.incoming() {
-                if flag.load(Ordering::SeqCst) {
-                    break;
-                }
-                let Ok(stream) = stream else { continue };
-                let mounts = mounts.clone();
-                std::thread::spawn(move || {
-                    // A client that goes away mid-response is not the server's problem.
-                    let _ = handle(stream, &mounts);
-                });
-            }
+            runtime.spawn(accept(listener, mounts));
+            // Either a stop or a dropped sender ends the server.
+            let _ = runtime.block_on(stopped);
+            runtime.shutdown_timeout(Duration::from_secs(2));
         });
-        Ok(Self { addr, stop, thread: Some(thread) })
+        Ok(Self { addr, stop: Some(stop), thread: Some(thread) })
     }
 
     /// `http://127.0.0.1:<port>` (no trailing slash).
@@ -97,12 +103,62 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        // Wake the accept loop so it sees the flag.
-        let _ = TcpStream::connect(self.addr);
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
+    }
+}
+
+/// `mounts` whose extra headers are valid HTTP headers, so that serving a file cannot fail on them.
+fn checked(mounts: Vec<Mount>) -> Result<Vec<Mount>> {
+    for m in &mounts {
+        for (name, value) in &m.headers {
+            HeaderName::try_from(name.as_str()).with_context(|| format!("header name {name:?}"))?;
+            HeaderValue::try_from(value.as_str()).with_context(|| format!("header value {value:?}"))?;
+        }
+    }
+    Ok(mounts)
+}
+
+/// Accept connections until the runtime shuts down, each served by hyper in its own task.
+async fn accept(listener: std::net::TcpListener, mounts: Arc<Vec<Mount>>) {
+    let listener = match tokio::net::TcpListener::from_std(listener) {
+        Ok(l) => l,
+        Err(e) => return eprintln!("xtask serve: {e}"),
+    };
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(_) => {
+                // out of file descriptors, or a connection reset before it was accepted: retry
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let site = Site(mounts.clone());
+        tokio::spawn(async move {
+            // A client that goes away mid-response is not the server's problem.
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), site)
+                .await;
+        });
+    }
+}
+
+/// The mounts as a hyper service: each request answered where it arrives.
+struct Site(Arc<Vec<Mount>>);
+
+impl<B> hyper::service::Service<Request<B>> for Site {
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = std::future::Ready<Result<Response<Body>, Infallible>>;
+
+    fn call(&self, request: Request<B>) -> Self::Future {
+        // resolving the path and opening the file touch the disk
+        std::future::ready(Ok(tokio::task::block_in_place(|| respond(&self.0, &request))))
     }
 }
 
@@ -121,6 +177,54 @@ pub fn http_get(url: &str) -> Result<(u16, Vec<u8>)> {
         .read_to_vec()
         .with_context(|| format!("reading the answer to GET {url}"))?;
     Ok((response.status().as_u16(), body))
+}
+
+/// The answer to `request`: a file through `http-serve`, or a status with a one-line text body.
+fn respond<B>(mounts: &[Mount], request: &Request<B>) -> Response<Body> {
+    let mut response = if request.method() != Method::GET && request.method() != Method::HEAD {
+        let mut r = status(StatusCode::METHOD_NOT_ALLOWED);
+        r.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+        r
+    } else {
+        let target = request.uri().path_and_query().map_or("/", |p| p.as_str());
+        match resolve(mounts, target) {
+            Target::BadPath => status(StatusCode::BAD_REQUEST),
+            Target::NotFound => status(StatusCode::NOT_FOUND),
+            Target::Outside => status(StatusCode::FORBIDDEN),
+            Target::File(path, mount) => match file(&path) {
+                Ok(entity) => {
+                    let mut r = http_serve::serve(entity, request);
+                    let headers = r.headers_mut();
+                    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+                    for (name, value) in &mounts[mount].headers {
+                        // checked when the server started
+                        if let (Ok(n), Ok(v)) = (HeaderName::try_from(name), HeaderValue::try_from(value)) {
+                            headers.insert(n, v);
+                        }
+                    }
+                    r
+                }
+                Err(_) => status(StatusCode::NOT_FOUND),
+            },
+        }
+    };
+    response.headers_mut().insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
+    response
+}
+
+/// `path` as an `http-serve` entity, with its content type.
+fn file(path: &Path) -> std::io::Result<FileEntity> {
+    let mut headers = HeaderMap::new();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type(path)));
+    FileEntity::new(std::fs::File::open(path)?, headers)
+}
+
+/// A status answered with its own name as a line of text.
+fn status(code: StatusCode) -> Response<Body> {
+    let mut r = Response::new(Body::from(format!("{code}\n")));
+    *r.status_mut() = code;
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    r
 }
 
 /// What a request resolves to.
@@ -180,42 +284,6 @@ fn resolve(mounts: &[Mount], target: &str) -> Target {
     }
 }
 
-/// A `Range` header resolved against a file of `len` bytes.
-#[derive(Debug, PartialEq)]
-enum Span {
-    Whole,
-    /// Inclusive byte range.
-    Part(u64, u64),
-    Unsatisfiable,
-}
-
-/// Parse a single-range `bytes=` header value (anything else is served whole, as RFC 9110 allows).
-fn parse_range(value: Option<&str>, len: u64) -> Span {
-    let Some(spec) = value.and_then(|v| v.trim().strip_prefix("bytes=")) else { return Span::Whole };
-    if spec.contains(',') {
-        return Span::Whole;
-    }
-    let Some((a, b)) = spec.split_once('-') else { return Span::Whole };
-    let (a, b) = (a.trim(), b.trim());
-    let span = match (a.parse::<u64>().ok(), b.parse::<u64>().ok()) {
-        (Some(start), None) if b.is_empty() => (start, len.saturating_sub(1)),
-        (Some(start), Some(end)) if start <= end => (start, end.min(len.saturating_sub(1))),
-        (None, Some(n)) if a.is_empty() && n > 0 => (len.saturating_sub(n), len.saturating_sub(1)),
-        _ => return Span::Whole,
-    };
-    if span.0 >= len { Span::Unsatisfiable } else { Span::Part(span.0, span.1) }
-}
-
-/// A validator for the file's current contents: a hash of its path, length and mtime.
-fn etag(path: &Path, meta: &std::fs::Metadata) -> String {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    path.hash(&mut h);
-    meta.len().hash(&mut h);
-    meta.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).hash(&mut h);
-    format!("\"{:016x}\"", h.finish())
-}
-
 fn content_type(path: &Path) -> &'static str {
     match path.extension().and_then(|e| e.to_str()).unwrap_or_default() {
         "html" => "text/html; charset=utf-8",
@@ -230,116 +298,27 @@ fn content_type(path: &Path) -> &'static str {
     }
 }
 
-fn respond(
-    stream: &mut TcpStream,
-    status: &str,
-    headers: &[(&str, String)],
-    body: &[u8],
-) -> std::io::Result<()> {
-    let mut head = format!("HTTP/1.1 {status}\r\n");
-    for (name, value) in headers {
-        head.push_str(&format!("{name}: {value}\r\n"));
-    }
-    head.push_str("Access-Control-Allow-Origin: *\r\nConnection: close\r\n\r\n");
-    stream.write_all(head.as_bytes())?;
-    stream.write_all(body)
-}
-
-fn respond_text(
-    stream: &mut TcpStream,
-    status: &str,
-    extra: &[(&str, String)],
-    head_only: bool,
-) -> std::io::Result<()> {
-    let body = format!("{status}\n");
-    let mut headers = vec![
-        ("Content-Type", "text/plain; charset=utf-8".to_string()),
-        ("Content-Length", body.len().to_string()),
-    ];
-    headers.extend(extra.iter().cloned());
-    respond(stream, status, &headers, if head_only { b"" } else { body.as_bytes() })
-}
-
-fn handle(mut stream: TcpStream, mounts: &[Mount]) -> std::io::Result<()> {
-    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
-    let mut reader = BufReader::new(stream.try_clone()?);
-    let mut request_line = String::new();
-    reader.by_ref().take(8192).read_line(&mut request_line)?;
-    // Read the headers (bounded), keeping `Range`.
-    let mut header_bytes = 0;
-    let mut range = None;
-    loop {
-        let mut line = String::new();
-        let n = reader.by_ref().take(8192).read_line(&mut line)?;
-        header_bytes += n;
-        if n == 0 || line == "\r\n" || line == "\n" || header_bytes > 64 * 1024 {
-            break;
-        }
-        if let Some((name, value)) = line.split_once(':')
-            && name.trim().eq_ignore_ascii_case("range")
-        {
-            range = Some(value.trim().to_string());
-        }
-    }
-    let mut parts = request_line.split_whitespace();
-    let (method, target) = (parts.next().unwrap_or_default(), parts.next().unwrap_or_default());
-    let head_only = method == "HEAD";
-    if method != "GET" && !head_only {
-        respond_text(&mut stream, "405 Method Not Allowed", &[("Allow", "GET, HEAD".into())], false)?;
-    } else {
-        match resolve(mounts, target) {
-            Target::BadPath => respond_text(&mut stream, "400 Bad Request", &[], head_only)?,
-            Target::NotFound => respond_text(&mut stream, "404 Not Found", &[], head_only)?,
-            Target::Outside => respond_text(&mut stream, "403 Forbidden", &[], head_only)?,
-            Target::File(path, mount) => match std::fs::File::open(&path) {
-                Ok(mut file) => {
-                    let meta = file.metadata()?;
-                    let len = meta.len();
-                    let mut headers = vec![
-                        ("Content-Type", content_type(&path).to_string()),
-                        ("Cache-Control", "no-store".to_string()),
-                        ("Accept-Ranges", "bytes".to_string()),
-                        ("ETag", etag(&path, &meta)),
-                    ];
-                    headers.extend(mounts[mount].headers.iter().map(|(k, v)| (k.as_str(), v.clone())));
-                    let (status, start, count) = match parse_range(range.as_deref(), len) {
-                        Span::Whole => ("200 OK", 0, len),
-                        Span::Part(a, b) => {
-                            headers.push(("Content-Range", format!("bytes {a}-{b}/{len}")));
-                            ("206 Partial Content", a, b - a + 1)
-                        }
-                        Span::Unsatisfiable => {
-                            let extra = [("Content-Range", format!("bytes */{len}"))];
-                            respond_text(&mut stream, "416 Range Not Satisfiable", &extra, head_only)?;
-                            stream.flush()?;
-                            return stream.shutdown(Shutdown::Write);
-                        }
-                    };
-                    headers.push(("Content-Length", count.to_string()));
-                    respond(&mut stream, status, &headers, b"")?;
-                    if !head_only {
-                        file.seek(SeekFrom::Start(start))?;
-                        std::io::copy(&mut file.take(count), &mut stream)?;
-                    }
-                }
-                Err(_) => respond_text(&mut stream, "404 Not Found", &[], head_only)?,
-            },
-        }
-    }
-    stream.flush()?;
-    stream.shutdown(Shutdown::Write)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// Send a raw request and return the status line, headers (lower-cased names) and body.
-    fn request(server: &Server, raw: &str) -> (String, Vec<(String, String)>, Vec<u8>) {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+
+    type Answer = (String, Vec<(String, String)>, Vec<u8>);
+
+    /// Send a raw request (its request line, then `Connection: close` and the rest) and return
+    /// the status line, headers (lower-cased names) and body.
+    fn request(server: &Server, raw: &str) -> Answer {
         let mut stream = TcpStream::connect(server.addr).unwrap();
-        stream.write_all(raw.as_bytes()).unwrap();
+        let (line, rest) = raw.split_once("\r\n").unwrap();
+        stream.write_all(format!("{line}\r\nConnection: close\r\n{rest}").as_bytes()).unwrap();
         let mut response = Vec::new();
         stream.read_to_end(&mut response).unwrap();
+        parse(&response)
+    }
+
+    fn parse(response: &[u8]) -> Answer {
         let split = response.windows(4).position(|w| w == b"\r\n\r\n").expect("a header block");
         let head = String::from_utf8(response[..split].to_vec()).unwrap();
         let mut lines = head.split("\r\n");
@@ -357,7 +336,7 @@ mod tests {
         headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
     }
 
-    fn get(server: &Server, path: &str) -> (String, Vec<(String, String)>, Vec<u8>) {
+    fn get(server: &Server, path: &str) -> Answer {
         request(server, &format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n"))
     }
 
@@ -443,14 +422,55 @@ mod tests {
         let (status, headers, _) = ranged("bytes=100000-");
         assert_eq!(status, "HTTP/1.1 416 Range Not Satisfiable");
         assert_eq!(header(&headers, "content-range"), Some("bytes */100000"));
-        // Multi-range and malformed headers are answered with the whole file.
-        assert_eq!(ranged("bytes=0-1,5-6").2.len(), 100_000);
+        // several ranges come as multipart/byteranges; a unit other than bytes gets the whole file
+        let (status, headers, body) = ranged("bytes=0-1,5-6");
+        assert_eq!(status, "HTTP/1.1 206 Partial Content");
+        assert!(header(&headers, "content-type").is_some_and(|t| t.starts_with("multipart/byteranges")));
+        assert!(body.len() < 1000, "{}", body.len());
         assert_eq!(ranged("lines=1-2").2.len(), 100_000);
+        // a strong validator per file, stable while the file is, honoured by conditional requests
         let (_, h1, _) = get(&server, path);
         let (_, h2, _) = get(&server, "/model/tiny/sub/x%20y.json");
         let (e1, e2) = (header(&h1, "etag").unwrap(), header(&h2, "etag").unwrap());
         assert!(e1.starts_with('"') && e1 != e2);
         assert_eq!(header(&get(&server, path).1, "etag"), Some(e1));
+        let conditional = |name: &str, tag: &str| {
+            request(&server, &format!("GET {path} HTTP/1.1\r\nHost: x\r\n{name}: {tag}\r\n\r\n"))
+        };
+        let (status, _, body) = conditional("If-None-Match", e1);
+        assert_eq!((status.as_str(), body.len()), ("HTTP/1.1 304 Not Modified", 0));
+        assert_eq!(conditional("If-None-Match", e2).0, "HTTP/1.1 200 OK");
+        assert_eq!(conditional("If-Match", e2).0, "HTTP/1.1 412 Precondition Failed");
+        // a range under If-Range is served only while the tag still matches
+        let if_range = |tag: &str| {
+            request(&server, &format!("GET {path} HTTP/1.1\r\nRange: bytes=0-9\r\nIf-Range: {tag}\r\n\r\n"))
+        };
+        assert_eq!(if_range(e1).2.len(), 10);
+        assert_eq!(if_range(e2).2.len(), 100_000);
+    }
+
+    /// Idle keep-alive connections (a browser holds several) must not keep a new one waiting:
+    /// tiny_http's pool did, once four were open.
+    #[test]
+    fn idle_connections_do_not_hold_back_new_ones() {
+        let (_a, _b, server) = site();
+        let mut idle: Vec<TcpStream> = Vec::new();
+        for _ in 0..8 {
+            let mut s = TcpStream::connect(server.addr).unwrap();
+            s.write_all(b"GET /secret.txt HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+            let mut buf = [0u8; 4096];
+            let n = s.read(&mut buf).unwrap();
+            assert!(parse(&buf[..n]).2.ends_with(b"no"), "kept alive and answered");
+            idle.push(s);
+        }
+        // the first connection, still open, answers a second request
+        idle[0].write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let mut buf = [0u8; 4096];
+        let n = idle[0].read(&mut buf).unwrap();
+        assert_eq!(parse(&buf[..n]).2, b"<p>hi</p>");
+        let (status, _, body) = get(&server, "/model/tiny/shard-00000.bin");
+        assert_eq!((status.as_str(), body.len()), ("HTTP/1.1 200 OK", 100_000));
     }
 
     #[test]
@@ -464,6 +484,10 @@ mod tests {
         .unwrap();
         assert_eq!(header(&get(&server, "/o/m/resolve/main/config.json").1, "x-repo-commit"), Some("abc"));
         assert_eq!(header(&get(&server, "/plain/config.json").1, "x-repo-commit"), None);
+        // a header HTTP cannot carry is refused when the server starts, not when a file is served
+        for (name, value) in [("Bad Name", "v"), ("X-Ok", "line\nbreak")] {
+            assert!(Server::start(vec![Mount::new("", a.path()).with_header(name, value)]).is_err());
+        }
     }
 
     #[test]

@@ -15,16 +15,12 @@ use pocketvlm_compress::quant::QuantOptions;
 use pocketvlm_compress::{DenseOptions, Plan, compress};
 use pocketvlm_format::dir;
 use pocketvlm_processor::{Message, decode_image};
-use serde_json::Value;
+use pocketvlm_test_support::ids;
 
 /// `(fixture, patches per tile side, image tokens per tile)`.
 const SIZES: [(&str, usize, usize); 2] = [("tiny-2b", 9, 9), ("tiny-500m", 8, 4)];
 
 const END_OF_UTTERANCE: u32 = 49279;
-
-fn ids(v: &Value) -> Vec<u32> {
-    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
-}
 
 #[test]
 fn cpu_model_matches_transformers_on_every_size() {

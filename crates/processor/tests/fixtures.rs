@@ -11,6 +11,7 @@ use std::path::Path;
 use common::*;
 use pocketvlm_format::config::{ProcessorConfig, TokenizerInfo};
 use pocketvlm_processor::{ImageGrid, Message, Preprocessor, Prompt, decode_image};
+use pocketvlm_test_support::ids;
 use serde_json::Value;
 
 const CASES: [&str; 5] = ["chelsea_split", "rocket_split", "coffee_nosplit", "text_chat", "text_multiturn"];

@@ -5,9 +5,10 @@
 
 mod common;
 
-use common::{f32_le_bytes, ids, pattern, sha256_hex, smolvlm_processor_config};
+use common::{f32_le_bytes, pattern, sha256_hex, smolvlm_processor_config};
 use pocketvlm_format::config::TokenizerInfo;
 use pocketvlm_processor::{Message, Preprocessor, Prompt, decode_image, resize::resize_lanczos};
+use pocketvlm_test_support::ids;
 use serde_json::Value;
 use wasm_bindgen_test::wasm_bindgen_test;
 

@@ -8,6 +8,7 @@ use std::cell::RefCell;
 
 use pocketvlm_processor::{Message, decode_image};
 use pocketvlm_runtime::model::Stop;
+use pocketvlm_test_support::{ids, server};
 use pocketvlm_wasm::fetch::{fetch_bytes, fetch_manifest, file_url};
 use pocketvlm_wasm::options::GenerateOptions;
 use pocketvlm_wasm::progress::{Phase, Progress};
@@ -26,15 +27,6 @@ const TEXT_CHAT: &str = include_str!("../../../tests/fixtures/tiny/expected/text
 const TEXT_MULTITURN: &str = include_str!("../../../tests/fixtures/tiny/expected/text_multiturn.json");
 const CONFIG: &str = include_str!("../../../tests/fixtures/tiny/config.json");
 
-fn server() -> &'static str {
-    let Some(server) = option_env!("POCKETVLM_TEST_SERVER") else {
-        panic!(
-            "POCKETVLM_TEST_SERVER was not set when this was built: run these tests with `cargo xtask test`"
-        );
-    };
-    server
-}
-
 fn model_url() -> String {
     format!("{}/model/tiny", server())
 }
@@ -42,10 +34,6 @@ fn model_url() -> String {
 /// Open with the browser cache.
 fn cached() -> OpenOptions {
     OpenOptions { cache: true, ..OpenOptions::default() }
-}
-
-fn ids(v: &Value) -> Vec<u32> {
-    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
 }
 
 fn case(json: &str) -> Value {

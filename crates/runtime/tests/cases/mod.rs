@@ -85,23 +85,9 @@ pub async fn read_case(read: impl AsyncFn(String) -> Vec<u8>, checkpoint: &str, 
     CaseFiles { name: name.to_string(), expected, image, tiles }
 }
 
-/// A JSON list of token ids.
-pub fn ids(v: &Value) -> Vec<u32> {
-    v.as_array().expect("an id list").iter().map(|x| x.as_u64().expect("an id") as u32).collect()
-}
-
-/// The base URL of xtask's test server, which serves `/model/tiny/` (the converted fixture),
-/// `/fixtures/` (`tests/fixtures`) and `/corrupt/` (the converted fixture with one flipped byte).
+pub use pocketvlm_test_support::ids;
 #[cfg(target_arch = "wasm32")]
-pub fn server() -> &'static str {
-    match option_env!("POCKETVLM_TEST_SERVER") {
-        Some(url) => url,
-        None => panic!(
-            "POCKETVLM_TEST_SERVER was not set when this test was built: run the browser tests with \
-             `cargo xtask test`, which converts the tiny fixture and serves it over HTTP"
-        ),
-    }
-}
+pub use pocketvlm_test_support::server;
 
 /// Run one case through `engine` and compare every step with transformers.
 pub async fn check_case(engine: &Engine, case: &CaseFiles) {
