@@ -71,7 +71,7 @@ impl Server {
 
     /// Serve `mounts` on `127.0.0.1:port` (0: a free port).
     pub fn start_on(port: u16, mounts: Vec<Mount>) -> Result<Self> {
-        let mounts = Arc::new(checked(mounts)?);
+        let site = Arc::new(Site::new(mounts)?);
         let listener = std::net::TcpListener::bind(("127.0.0.1", port)).with_context(|| {
             format!("binding 127.0.0.1:{port} (is another server using it? try --port 0)")
         })?;
@@ -87,7 +87,7 @@ impl Server {
             .context("starting the server's runtime")?;
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::spawn(move || {
-            runtime.spawn(accept(listener, mounts));
+            runtime.spawn(accept(listener, site));
             // Either a stop or a dropped sender ends the server.
             let _ = runtime.block_on(stopped);
             runtime.shutdown_timeout(Duration::from_secs(2));
@@ -112,19 +112,33 @@ impl Drop for Server {
     }
 }
 
-/// `mounts` whose extra headers are valid HTTP headers, so that serving a file cannot fail on them.
-fn checked(mounts: Vec<Mount>) -> Result<Vec<Mount>> {
-    for m in &mounts {
-        for (name, value) in &m.headers {
-            HeaderName::try_from(name.as_str()).with_context(|| format!("header name {name:?}"))?;
-            HeaderValue::try_from(value.as_str()).with_context(|| format!("header value {value:?}"))?;
+/// The mounts, each with its extra headers parsed once.
+struct Site {
+    mounts: Vec<Mount>,
+    headers: Vec<HeaderMap>,
+}
+
+impl Site {
+    /// Typed error for an extra header HTTP cannot carry, so that serving a file cannot fail on it.
+    fn new(mounts: Vec<Mount>) -> Result<Self> {
+        let mut headers = Vec::with_capacity(mounts.len());
+        for m in &mounts {
+            let mut map = HeaderMap::new();
+            for (name, value) in &m.headers {
+                map.insert(
+                    HeaderName::try_from(name.as_str()).with_context(|| format!("header name {name:?}"))?,
+                    HeaderValue::try_from(value.as_str())
+                        .with_context(|| format!("header value {value:?}"))?,
+                );
+            }
+            headers.push(map);
         }
+        Ok(Self { mounts, headers })
     }
-    Ok(mounts)
 }
 
 /// Accept connections until the runtime shuts down, each served by hyper in its own task.
-async fn accept(listener: std::net::TcpListener, mounts: Arc<Vec<Mount>>) {
+async fn accept(listener: std::net::TcpListener, site: Arc<Site>) {
     let listener = match tokio::net::TcpListener::from_std(listener) {
         Ok(l) => l,
         Err(e) => return eprintln!("xtask serve: {e}"),
@@ -138,20 +152,20 @@ async fn accept(listener: std::net::TcpListener, mounts: Arc<Vec<Mount>>) {
                 continue;
             }
         };
-        let site = Site(mounts.clone());
+        let service = Service(site.clone());
         tokio::spawn(async move {
             // A client that goes away mid-response is not the server's problem.
             let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(hyper_util::rt::TokioIo::new(stream), site)
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
                 .await;
         });
     }
 }
 
-/// The mounts as a hyper service: each request answered where it arrives.
-struct Site(Arc<Vec<Mount>>);
+/// The site as a hyper service: each request answered where it arrives.
+struct Service(Arc<Site>);
 
-impl<B> hyper::service::Service<Request<B>> for Site {
+impl<B> hyper::service::Service<Request<B>> for Service {
     type Response = Response<Body>;
     type Error = Infallible;
     type Future = std::future::Ready<Result<Response<Body>, Infallible>>;
@@ -180,14 +194,14 @@ pub fn http_get(url: &str) -> Result<(u16, Vec<u8>)> {
 }
 
 /// The answer to `request`: a file through `http-serve`, or a status with a one-line text body.
-fn respond<B>(mounts: &[Mount], request: &Request<B>) -> Response<Body> {
+fn respond<B>(site: &Site, request: &Request<B>) -> Response<Body> {
     let mut response = if request.method() != Method::GET && request.method() != Method::HEAD {
         let mut r = status(StatusCode::METHOD_NOT_ALLOWED);
         r.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
         r
     } else {
         let target = request.uri().path_and_query().map_or("/", |p| p.as_str());
-        match resolve(mounts, target) {
+        match resolve(&site.mounts, target) {
             Target::BadPath => status(StatusCode::BAD_REQUEST),
             Target::NotFound => status(StatusCode::NOT_FOUND),
             Target::Outside => status(StatusCode::FORBIDDEN),
@@ -196,15 +210,11 @@ fn respond<B>(mounts: &[Mount], request: &Request<B>) -> Response<Body> {
                     let mut r = http_serve::serve(entity, request);
                     let headers = r.headers_mut();
                     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-                    for (name, value) in &mounts[mount].headers {
-                        // checked when the server started
-                        if let (Ok(n), Ok(v)) = (HeaderName::try_from(name), HeaderValue::try_from(value)) {
-                            headers.insert(n, v);
-                        }
-                    }
+                    headers.extend(site.headers[mount].clone());
                     r
                 }
-                Err(_) => status(StatusCode::NOT_FOUND),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => status(StatusCode::NOT_FOUND),
+                Err(_) => status(StatusCode::INTERNAL_SERVER_ERROR),
             },
         }
     };
@@ -212,11 +222,17 @@ fn respond<B>(mounts: &[Mount], request: &Request<B>) -> Response<Body> {
     response
 }
 
-/// `path` as an `http-serve` entity, with its content type.
+/// `path` as an `http-serve` entity, with its content type. A file modified before 1970 is an
+/// error here (its ETag is built from the time since then, which `http-serve` would not survive).
 fn file(path: &Path) -> std::io::Result<FileEntity> {
     let mut headers = HeaderMap::new();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type(path)));
-    FileEntity::new(std::fs::File::open(path)?, headers)
+    let file = std::fs::File::open(path)?;
+    let meta = file.metadata()?;
+    if meta.modified()?.duration_since(std::time::UNIX_EPOCH).is_err() {
+        return Err(std::io::Error::other(format!("{} was modified before 1970", path.display())));
+    }
+    FileEntity::new_with_metadata(file, &meta, headers)
 }
 
 /// A status answered with its own name as a line of text.
@@ -398,6 +414,10 @@ mod tests {
             assert_eq!(get(&server, "/model/tiny/leak.txt").0, "HTTP/1.1 403 Forbidden");
             assert_eq!(get(&server, "/model/tiny/inner/x%20y.json").0, "HTTP/1.1 200 OK");
         }
+        // a file whose time the ETag cannot express is a server error, not a dropped connection
+        let old = std::fs::File::create(_b.path().join("old.txt")).unwrap();
+        old.set_modified(std::time::UNIX_EPOCH - Duration::from_secs(86_400)).unwrap();
+        assert_eq!(get(&server, "/old.txt").0, "HTTP/1.1 500 Internal Server Error");
         let (status, headers, _) = request(&server, "POST /secret.txt HTTP/1.1\r\nContent-Length: 0\r\n\r\n");
         assert_eq!(status, "HTTP/1.1 405 Method Not Allowed");
         assert_eq!(header(&headers, "allow"), Some("GET, HEAD"));
