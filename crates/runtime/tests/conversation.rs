@@ -7,15 +7,13 @@ mod cases;
 
 use std::path::{Path, PathBuf};
 
-use cases::{check_resumed_conversation, ids};
+use cases::{check_resumed_conversation, ids, load, load_dir, request_for};
 use pocketvlm_compress::model::reference::LOW_RANK_TEST_RECIPES;
-use pocketvlm_compress::{DenseOptions, Plan, compress};
-use pocketvlm_format::dir;
-use pocketvlm_processor::{Message, RgbImage, decode_image};
+use pocketvlm_processor::{RgbImage, decode_image};
+use pocketvlm_runtime::DeviceOptions;
 use pocketvlm_runtime::engine::{Conversation, Engine, Request, Session};
 use pocketvlm_runtime::model::CacheKind;
 use pocketvlm_runtime::model::sampling::top_k;
-use pocketvlm_runtime::{DeviceOptions, Gpu};
 use serde_json::Value;
 
 fn tiny() -> PathBuf {
@@ -28,26 +26,15 @@ fn expected(case: &str) -> Value {
 }
 
 async fn engine() -> Engine {
-    let out = tempfile::tempdir().unwrap();
-    compress(&tiny(), out.path(), &Plan::Dense(DenseOptions::default())).unwrap();
-    let data = dir::open(out.path()).unwrap();
-    let tokenizer = dir::read_tokenizer(out.path(), &data.manifest).unwrap();
-    let gpu = Gpu::new(&DeviceOptions::default()).await.unwrap();
-    Engine::load(gpu, &data, &tokenizer).await.unwrap()
+    load(&tiny(), DeviceOptions::default()).await
 }
 
 /// The fixture case as a request (its messages, image, split and token budget).
 fn request(exp: &Value) -> Request {
-    let messages: Vec<Message> = serde_json::from_value(exp["messages"].clone()).unwrap();
     let image: Option<RgbImage> = exp["image"]
         .as_str()
         .map(|rel| decode_image(&std::fs::read(tiny().join("expected").join(rel)).unwrap()).unwrap());
-    let max_new = exp["max_new_tokens"].as_u64().unwrap() as usize;
-    let mut request = Request::caption("", None, max_new);
-    request.messages = messages;
-    request.image = image;
-    request.split = exp["do_image_splitting"].as_bool();
-    request
+    request_for(exp, image)
 }
 
 async fn run_to_end(engine: &Engine, session: &mut Session) -> String {
@@ -148,10 +135,7 @@ fn latent_cache_conversations_match_a_fresh_start() {
         let recipe = LOW_RANK_TEST_RECIPES.iter().find(|r| r.name == "svd-kv25-w4a8").unwrap();
         let out = tempfile::tempdir().unwrap();
         recipe.build(&tiny(), out.path()).unwrap();
-        let data = dir::open(out.path()).unwrap();
-        let tokenizer = dir::read_tokenizer(out.path(), &data.manifest).unwrap();
-        let gpu = Gpu::new(&DeviceOptions::default()).await.unwrap();
-        let engine = Engine::load(gpu, &data, &tokenizer).await.unwrap();
+        let engine = load_dir(out.path(), &DeviceOptions::default()).await;
         assert_eq!(engine.model.cache_kind, CacheKind::Latent);
         check_resumed_conversation(&engine, request(&expected("text_multiturn"))).await;
     });

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use cases::{
     QUANT_LOGIT_TOLERANCE, SIZE_FIXTURES, TINY_CASES, case_request, check_case, check_case_within,
-    check_stopped_anywhere, read_case,
+    check_stopped_anywhere, load, load_dir, read_case,
 };
 use pocketvlm_compress::model::CacheKind as CpuCache;
 use pocketvlm_compress::model::reference::{LOW_RANK_TEST_RECIPES, Reference, TEST_CASES, TEST_RECIPES};
@@ -26,21 +26,6 @@ use pocketvlm_runtime::{DeviceOptions, Gpu, Pretend, RuntimeError};
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
-}
-
-/// Convert `checkpoint` (dense) and load it with its tokenizer.
-async fn load(checkpoint: &Path, options: DeviceOptions) -> Engine {
-    let out = tempfile::tempdir().unwrap();
-    compress(checkpoint, out.path(), &Plan::Dense(DenseOptions::default())).unwrap();
-    load_dir(out.path(), &options).await
-}
-
-/// Load the model directory `model` with its tokenizer on a new device.
-async fn load_dir(model: &Path, options: &DeviceOptions) -> Engine {
-    let data = dir::open(model).unwrap();
-    let tokenizer = dir::read_tokenizer(model, &data.manifest).unwrap();
-    let gpu = Gpu::new(options).await.unwrap();
-    Engine::load(gpu, &data, &tokenizer).await.unwrap()
 }
 
 /// Every test case of `checkpoint` through `engine` (a compressed model of it) against the

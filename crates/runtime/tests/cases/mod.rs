@@ -86,6 +86,25 @@ pub async fn read_case(read: impl AsyncFn(String) -> Vec<u8>, checkpoint: &str, 
 }
 
 pub use pocketvlm_test_support::ids;
+
+/// Convert `checkpoint` (dense) and load it with its tokenizer.
+#[cfg(not(target_arch = "wasm32"))]
+pub async fn load(checkpoint: &std::path::Path, options: pocketvlm_runtime::DeviceOptions) -> Engine {
+    use pocketvlm_compress::{DenseOptions, Plan, compress};
+    let out = tempfile::tempdir().expect("a temporary folder");
+    compress(checkpoint, out.path(), &Plan::Dense(DenseOptions::default())).expect("the dense conversion");
+    load_dir(out.path(), &options).await
+}
+
+/// Load the model directory `model` with its tokenizer on a new device.
+#[cfg(not(target_arch = "wasm32"))]
+pub async fn load_dir(model: &std::path::Path, options: &pocketvlm_runtime::DeviceOptions) -> Engine {
+    use pocketvlm_format::dir;
+    let data = dir::open(model).expect("the model directory");
+    let tokenizer = dir::read_tokenizer(model, &data.manifest).expect("its tokenizer");
+    let gpu = pocketvlm_runtime::Gpu::new(options).await.expect("a device");
+    Engine::load(gpu, &data, &tokenizer).await.expect("the model loads")
+}
 #[cfg(target_arch = "wasm32")]
 pub use pocketvlm_test_support::server;
 
@@ -182,7 +201,7 @@ pub fn case_request(case: &CaseFiles) -> Request {
 }
 
 /// The case `exp` as a request with `image` (greedy, never stopped).
-fn request_for(exp: &Value, image: Option<RgbImage>) -> Request {
+pub fn request_for(exp: &Value, image: Option<RgbImage>) -> Request {
     Request {
         messages: serde_json::from_value(exp["messages"].clone()).expect("messages"),
         image,
