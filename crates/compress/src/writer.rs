@@ -42,7 +42,7 @@ pub struct Written {
 /// Write a model directory: the tensors (which must be exactly those the config and
 /// `sections.compression` imply, in any order), the tokenizer, the manifest and the width
 /// report. A width report left in `out_dir` by an earlier run is removed when this model has
-/// none, so every file beside the model describes it.
+/// none, so a width report beside the model always describes it.
 pub fn write_model<'a>(
     meta: &SourceMeta,
     sections: Sections<'_>,
