@@ -29,8 +29,8 @@ use anyhow::{Context, Result};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 
-/// The body of every response: a file's chunks, or a short text.
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// The body of every response: a file's chunks, or a short text.
 type Body = http_serve::Body<bytes::Bytes, BoxError>;
 type FileEntity = http_serve::ChunkedReadFile<bytes::Bytes, BoxError>;
 

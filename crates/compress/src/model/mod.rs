@@ -230,10 +230,9 @@ impl CpuModel {
                 mlp: [g?, u?, d?],
             });
         }
-        let embed_name = EMBED_TOKENS;
-        let embed = tensor(store, embed_name)?;
-        let lm_head = if cfg.text.tie_word_embeddings && quant.contains_key(embed_name) {
-            src.weight(&[embed_name.to_string()])?
+        let embed = tensor(store, EMBED_TOKENS)?;
+        let lm_head = if cfg.text.tie_word_embeddings && quant.contains_key(EMBED_TOKENS) {
+            src.weight(&[EMBED_TOKENS.to_string()])?
         } else if cfg.text.tie_word_embeddings {
             Weight::Float(embed.t()?.contiguous()?)
         } else {

@@ -14,7 +14,6 @@ use crate::checkpoint::Source;
 use crate::error::{CompressError, Result};
 use crate::progress::Progress;
 use crate::quant::{QuantOptions, quantize_tensors};
-
 use crate::writer::{OutTensor, Sections, write_model};
 
 /// What the dense plan needs.

@@ -40,6 +40,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use faer::Mat;
 
+use pocketvlm_format::architecture::{EMBED_TOKENS, LM_HEAD};
 use pocketvlm_format::compression::{
     linear_factor_names, qkv_factor_names, text_layer_prefix, vision_layer_prefix, vision_mlp_linears,
 };
@@ -60,7 +61,6 @@ use crate::quant::weights::{ClipSearch, quantize_weights};
 use crate::quant::widths::{Candidate, Sublayer, Unit, Width, WidthAllocation, allocate, front};
 use crate::rotate::{RotateOptions, rotate_model, rotate_rows, rotate_values};
 use crate::writer::OutTensor;
-use pocketvlm_format::architecture::{EMBED_TOKENS, LM_HEAD};
 
 const CONNECTOR: &str = "model.connector.modality_projection.proj";
 

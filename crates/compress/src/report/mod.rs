@@ -226,10 +226,18 @@ pub fn write(
     seconds: f64,
     calib_loss: Option<(f64, f64)>,
 ) -> Result<ReportFiles> {
-    let report = dir.join(REPORT_FILE);
-    let plot = dir.join(SVG_FILE);
-    let io = |p: &Path, e: std::io::Error| FormatError::Io { path: p.display().to_string(), source: e };
-    std::fs::write(&report, text(cfg, c, stages, seconds, calib_loss)).map_err(|e| io(&report, e))?;
-    std::fs::write(&plot, svg(cfg, c)).map_err(|e| io(&plot, e))?;
-    Ok(ReportFiles { text: report, svg: plot })
+    write_files(dir, (REPORT_FILE, &text(cfg, c, stages, seconds, calib_loss)), (SVG_FILE, &svg(cfg, c)))
+}
+
+/// Write a report's text and plot into `dir` under their file names; returns their paths.
+fn write_files(dir: &Path, text: (&str, &str), svg: (&str, &str)) -> Result<ReportFiles> {
+    let files = ReportFiles { text: dir.join(text.0), svg: dir.join(svg.0) };
+    for (path, contents) in [(&files.text, text.1), (&files.svg, svg.1)] {
+        std::fs::write(path, contents).map_err(|e| io_error(path, e))?;
+    }
+    Ok(files)
+}
+
+fn io_error(path: &Path, e: std::io::Error) -> FormatError {
+    FormatError::Io { path: path.display().to_string(), source: e }
 }

@@ -8,8 +8,6 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use pocketvlm_format::FormatError;
-
 use super::ReportFiles;
 use crate::error::Result;
 use crate::quant::widths::{Width, WidthAllocation};
@@ -151,23 +149,18 @@ pub fn svg(a: &WidthAllocation) -> String {
     s
 }
 
-fn io(p: &Path, e: std::io::Error) -> FormatError {
-    FormatError::Io { path: p.display().to_string(), source: e }
-}
-
 /// Write both files into `dir`; returns their paths.
 pub(crate) fn write(dir: &Path, a: &WidthAllocation) -> Result<ReportFiles> {
-    let (text_path, svg_path) = (dir.join(TEXT_FILE), dir.join(SVG_FILE));
-    std::fs::write(&text_path, text(a)).map_err(|e| io(&text_path, e))?;
-    std::fs::write(&svg_path, svg(a)).map_err(|e| io(&svg_path, e))?;
-    Ok(ReportFiles { text: text_path, svg: svg_path })
+    super::write_files(dir, (TEXT_FILE, &text(a)), (SVG_FILE, &svg(a)))
 }
 
 /// Remove both files from `dir` where they exist (an earlier run's, for another model).
 pub(crate) fn remove(dir: &Path) -> Result<()> {
     for path in [dir.join(TEXT_FILE), dir.join(SVG_FILE)] {
         match std::fs::remove_file(&path) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(&path, e).into()),
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(super::io_error(&path, e).into());
+            }
             _ => {}
         }
     }

@@ -86,6 +86,8 @@ pub async fn read_case(read: impl AsyncFn(String) -> Vec<u8>, checkpoint: &str, 
 }
 
 pub use pocketvlm_test_support::ids;
+#[cfg(target_arch = "wasm32")]
+pub use pocketvlm_test_support::server;
 
 /// Convert `checkpoint` (dense) and load it with its tokenizer.
 #[cfg(not(target_arch = "wasm32"))]
@@ -105,8 +107,6 @@ pub async fn load_dir(model: &std::path::Path, options: &pocketvlm_runtime::Devi
     let gpu = pocketvlm_runtime::Gpu::new(options).await.expect("a device");
     Engine::load(gpu, &data, &tokenizer).await.expect("the model loads")
 }
-#[cfg(target_arch = "wasm32")]
-pub use pocketvlm_test_support::server;
 
 /// Run one case through `engine` and compare every step with transformers.
 pub async fn check_case(engine: &Engine, case: &CaseFiles) {
