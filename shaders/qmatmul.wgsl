@@ -26,8 +26,15 @@
 // guarantees aw, ww and group_words are multiples of 4) and each step takes four words of every
 // column. Integer sums are exact in any order, so both variants give the same bits.
 //
-// No workgroup memory, no barriers: invocations are independent (what CPU adapters run fastest).
-// (token block, column quad) pairs lie on a 2-D grid of 64-invocation workgroups.
+// Default: no workgroup memory, no barriers: invocations are independent (what CPU adapters run
+// fastest). (token block, column quad) pairs lie on a 2-D grid of 64-invocation workgroups.
+//
+// With SPLIT_K (one token, GPUs): a 64-invocation workgroup takes four column quads, and the 16
+// invocations of a quad (its lanes) split every scale group's words between them (lane l takes
+// steps l, l + 16, ...), so a decode step's narrow products keep many invocations busy instead
+// of one per quad walking the whole row. The lanes' i32 sums of a group meet in workgroup memory,
+// where lane 0 adds them (exact in any order) and dequantizes: the same acc, the same f32
+// operations in the same order, so the same bits as the default.
 
 #include grid
 #include half
@@ -164,6 +171,55 @@ fn store_quad(t: u32, c0: u32, u: vec4<f32>) {
     }
 }
 
+#ifdef SPLIT_K
+const SPLIT_QUADS: u32 = 4u;
+const SPLIT_LANES: u32 = 16u;
+var<workgroup> partial: array<vec4<i32>, 64>;
+
+@compute @workgroup_size(64, 1, 1)
+fn main(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) li: u32,
+) {
+    // Invocation li = lane * 4 + slot: the four quads' lanes at one step read neighbouring memory.
+    let slot = li % SPLIT_QUADS;
+    let lane = li / SPLIT_QUADS;
+    let quads = (params.n + 3u) / 4u;
+    let id = workgroup_index(wg, nwg) * SPLIT_QUADS + slot;
+    // Quads past the last compute the last one again and store nothing (every invocation must
+    // reach the barriers).
+    let cq = min(id, quads - 1u);
+    var u = vec4<f32>(0.0);
+    for (var g = 0u; g < params.groups; g++) {
+        var acc = vec4<i32>(0);
+        let k_end = min((g + 1u) * params.group_words, params.ww);
+#ifdef VEC4
+        for (var q = g * params.group_words / 4u + lane; q < k_end / 4u; q += SPLIT_LANES) {
+            let at = 4u * q * quads + cq;
+            acc += token_step(0u, q, w[at], w[at + quads], w[at + 2u * quads], w[at + 3u * quads]);
+        }
+#else
+        for (var k = g * params.group_words + lane; k < k_end; k += SPLIT_LANES) {
+            acc += token_step(0u, k, w[k * quads + cq]);
+        }
+#endif
+        partial[li] = acc;
+        workgroupBarrier();
+        if (lane == 0u) {
+            var total = partial[slot];
+            for (var l = 1u; l < SPLIT_LANES; l++) {
+                total += partial[l * SPLIT_QUADS + slot];
+            }
+            u = add_group(u, total, group_scales(cq * 4u, g), g);
+        }
+        workgroupBarrier();
+    }
+    if (lane == 0u && id < quads) {
+        store_quad(0u, cq * 4u, u);
+    }
+}
+#else
 #ifdef GEMV
 const TOKENS: u32 = 1u;
 #else
@@ -250,3 +306,4 @@ fn main(
     store_quad(t0 + 3u, cq * 4u, u3);
 #endif
 }
+#endif

@@ -12,7 +12,11 @@
 // past `cols` are zero.
 //
 // Buffers: x f32 [tokens, cols]; q u32 [tokens, words]; scales f32 [tokens].
-// One invocation per token, no barriers (see rotate.wgsl); 64-invocation workgroups on a 2-D grid.
+// Default: one invocation per token, no barriers (what CPU adapters run fastest; see rotate.wgsl);
+// 64-invocation workgroups on a 2-D grid. With WORKGROUP (GPUs): one 64-invocation workgroup per
+// token; the invocations take the columns j = li, li + 64, ... for M (their maxima meet in
+// workgroup memory: max is exact in any order, so M is the same) and the words w = li, li + 64,
+// ... for q (each word from its own four values, as above): the same integers and scale.
 
 #include grid
 
@@ -62,6 +66,65 @@ fn reciprocal(s: f32) -> f32 {
     return bitcast<f32>((u32(126 - e) << 23u) | (quotient - 0x800000u));
 }
 
+// q_j of the four values of word `w` of a row starting at `base`, with reciprocal scale `r`.
+fn quantize_word(base: u32, w: u32, r: f32) -> u32 {
+    let limit = f32(params.qmax);
+    var word = 0u;
+    for (var b = 0u; b < 4u; b++) {
+        let j = 4u * w + b;
+        if (j < params.cols) {
+            let v = i32(clamp(round(x[base + j] * r), -limit, limit));
+            word |= (u32(v) & 0xffu) << (8u * b);
+        }
+    }
+    return word;
+}
+
+#ifdef WORKGROUP
+var<workgroup> peak: array<f32, 64>;
+
+@compute @workgroup_size(64, 1, 1)
+fn main(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) li: u32,
+) {
+    let t = workgroup_index(wg, nwg);
+    if (t >= params.tokens) {
+        return;
+    }
+    let base = t * params.cols;
+    var big = 0.0;
+    for (var j = li; j < params.cols; j += 64u) {
+        big = max(big, abs(x[base + j]));
+    }
+    peak[li] = big;
+    workgroupBarrier();
+    for (var h = 32u; h > 0u; h = h >> 1u) {
+        if (li < h) {
+            peak[li] = max(peak[li], peak[li + h]);
+        }
+        workgroupBarrier();
+    }
+    let s = peak[0] * params.step;
+    let out = t * params.words;
+    let zero = !(s >= MIN_NORMAL);
+    var r = 0.0;
+    if (!zero) {
+        r = reciprocal(s);
+    }
+    for (var w = li; w < params.words; w += 64u) {
+        if (zero) {
+            q[out + w] = 0u;
+        } else {
+            q[out + w] = quantize_word(base, w, r);
+        }
+    }
+    if (li == 0u) {
+        scales[t] = select(s, 0.0, zero);
+    }
+}
+#else
 @compute @workgroup_size(64, 1, 1)
 fn main(
     @builtin(workgroup_id) wg: vec3<u32>,
@@ -88,17 +151,9 @@ fn main(
         return;
     }
     let r = reciprocal(s);
-    let limit = f32(params.qmax);
     for (var w = 0u; w < params.words; w++) {
-        var word = 0u;
-        for (var b = 0u; b < 4u; b++) {
-            let j = 4u * w + b;
-            if (j < cols) {
-                let v = i32(clamp(round(x[base + j] * r), -limit, limit));
-                word |= (u32(v) & 0xffu) << (8u * b);
-            }
-        }
-        q[out + w] = word;
+        q[out + w] = quantize_word(base, w, r);
     }
     scales[t] = s;
 }
+#endif

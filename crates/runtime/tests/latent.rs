@@ -234,7 +234,7 @@ async fn strided_rows_case(gpu: &Gpu, bits: Bits, rank: usize, seed: u64) {
             .await
             .unwrap();
         let a = QuantizedRows::new(&words, &scales, tokens, stride);
-        QMatmul::for_rows(&weights, &a, false)
+        QMatmul::for_rows(gpu, &weights, &a, false)
             .encode(gpu, &mut enc, &a, &weights, None, (&y, 0))
             .await
             .unwrap();

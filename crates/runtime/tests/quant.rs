@@ -3,7 +3,9 @@
 //! INT4 activation integers and scales, and whole quantized layers (INT8 and INT4 weights,
 //! per-channel and 64 / 128-column groups, f32 and f16 scales, bias, odd widths with padded
 //! words, row passes and weight chunks split across small bindings), and layers sharing one
-//! quantized input.
+//! quantized input — with the variants CPU adapters get and, under a pretended GPU
+//! ([`Pretend`]), those GPUs get (a workgroup per token's quantization, one token's product split
+//! between 16 invocations per column quad).
 //! Runs natively (`cargo test`, e.g. on Vulkan lavapipe) and in the browser (wasm-bindgen-test).
 
 mod common;
@@ -19,7 +21,7 @@ use pocketvlm_runtime::kernels::quant::{
 use pocketvlm_runtime::model::linear::{self, Linear};
 use pocketvlm_runtime::model::scratch::Scratch;
 use pocketvlm_runtime::tensor::Tensor;
-use pocketvlm_runtime::{DeviceOptions, Gpu, RuntimeError};
+use pocketvlm_runtime::{DeviceOptions, Gpu, Pretend, RuntimeError};
 
 #[cfg(target_arch = "wasm32")]
 wasm_bindgen_test::wasm_bindgen_test_configure!(run_in_browser);
@@ -309,16 +311,19 @@ async fn check_layers(gpu: &Gpu) {
     // The 2.2B decoder's widths: o_proj (2048, rotated online) and down_proj (8192).
     layer_case(gpu, 7, LayerCase { rotate: true, ..case(24, 2048, i8b, i8b) }, 97).await;
     layer_case(gpu, 7, case(24, 8192, i8b, i8b), 96).await;
+    layer_case(gpu, 1, LayerCase { group: Some(128), ..case(24, 8192, i4b, i8b) }, 95).await;
     layer_case(gpu, 7, LayerCase { rotate: true, ..case(24, 8192, i8b, i8b) }, 98).await;
     // A vision-MLP-like layer over many rows.
     layer_case(gpu, 300, LayerCase { rotate: true, bias: true, ..case(64, 128, i4b, i8b) }, 99).await;
 }
 
-/// The integer product with one-word and with four-word loads ([`QMatmul::new`]) on the same
-/// quantized rows gives the same bits, partial blocks of tokens and columns included; layers pick
-/// four-word loads for one token where the widths allow ([`QMatmul::vec4_fits`]) and one-word
-/// loads otherwise, so `check_layers` runs both variants against the reference; four-word loads
-/// on widths that do not allow them are refused.
+/// The integer product with one-word and with four-word loads ([`QMatmul::new`]), and for one
+/// token split between invocations ([`QMatmul::split_k`]), on the same quantized rows gives the
+/// same bits, partial blocks of tokens and columns included; layers pick four-word loads for one
+/// token where the widths allow ([`QMatmul::vec4_fits`]) and one-word loads otherwise, and the
+/// split for one token on GPUs only, so `check_layers` runs every variant against the reference
+/// on one adapter kind or the other; four-word loads on widths that do not allow them, and a
+/// split over several tokens, are refused.
 async fn check_loads(gpu: &Gpu) {
     let (i8b, i4b) = (Bits::Int8, Bits::Int4);
     let aligned = [
@@ -342,21 +347,29 @@ async fn check_loads(gpu: &Gpu) {
                 .await
                 .unwrap();
             let a = QuantizedRows::new(&words, &a_scales, rows, stride);
-            let picked = QMatmul::for_rows(&weights, &a, false).vec4;
-            assert_eq!(picked, rows == 1, "{c:?}: four-word loads fit, picked for one token only");
+            let picked = QMatmul::for_rows(gpu, &weights, &a, false);
+            assert_eq!(picked.vec4, rows == 1, "{c:?}: four-word loads fit, picked for one token only");
+            assert_eq!(picked.split_k, rows == 1 && !gpu.caps.cpu, "{c:?}: split for one token on GPUs");
+            let splits: &[bool] = if rows == 1 { &[false, true] } else { &[false] };
             let mut outputs = Vec::new();
             for vec4 in [false, true] {
-                let y = zeros(gpu, rows * c.out).await;
-                QMatmul::new(&weights, rows, false, vec4)
-                    .encode(gpu, &mut enc, &a, &weights, None, (&y, 0))
-                    .await
-                    .unwrap();
-                outputs.push(y);
+                for &split_k in splits {
+                    let y = zeros(gpu, rows * c.out).await;
+                    QMatmul { split_k, ..QMatmul::new(&weights, rows, false, vec4) }
+                        .encode(gpu, &mut enc, &a, &weights, None, (&y, 0))
+                        .await
+                        .unwrap();
+                    outputs.push((vec4, split_k, y));
+                }
             }
             submit(gpu, enc);
-            let one = gpu.read_f32(&outputs[0], rows * c.out).await.unwrap();
-            let four = gpu.read_f32(&outputs[1], rows * c.out).await.unwrap();
-            assert_bits(&format!("{rows} rows of {c:?}: four-word vs one-word loads"), &four, &one);
+            let one = gpu.read_f32(&outputs[0].2, rows * c.out).await.unwrap();
+            for (vec4, split_k, y) in &outputs[1..] {
+                let got = gpu.read_f32(y, rows * c.out).await.unwrap();
+                let what =
+                    format!("{rows} rows of {c:?}: four-word {vec4}, split {split_k} vs one-word loads");
+                assert_bits(&what, &got, &one);
+            }
         }
     }
     // Widths that do not allow four-word loads: 9 INT8 words per row, 6 and 5 INT4 words.
@@ -369,11 +382,16 @@ async fn check_loads(gpu: &Gpu) {
         let scales = zeros(gpu, 2).await;
         let y = zeros(gpu, 2 * c.out).await;
         let a = QuantizedRows::new(&words, &scales, 2, stride);
-        assert!(!QMatmul::for_rows(&weights, &a, false).vec4, "{c:?}: four-word loads do not fit");
+        assert!(!QMatmul::for_rows(gpu, &weights, &a, false).vec4, "{c:?}: four-word loads do not fit");
         let forced = QMatmul::new(&weights, 2, false, true);
         match forced.encode(gpu, &mut encoder(gpu), &a, &weights, None, (&y, 0)).await {
             Err(RuntimeError::Shape(m)) => assert!(m.contains("four-word"), "{m}"),
             other => panic!("{c:?}: expected a Shape error, got {other:?}"),
+        }
+        let split = QMatmul { split_k: true, ..QMatmul::new(&weights, 2, false, false) };
+        match split.encode(gpu, &mut encoder(gpu), &a, &weights, None, (&y, 0)).await {
+            Err(RuntimeError::Shape(m)) => assert!(m.contains("split-k"), "{m}"),
+            other => panic!("{c:?}: expected a Shape error for a split over 2 tokens, got {other:?}"),
         }
         // Bindings narrower than the rows, or wider than the buffers hold, are typed errors.
         let plain = QMatmul::new(&weights, 2, false, false);
@@ -387,10 +405,11 @@ async fn check_loads(gpu: &Gpu) {
     }
 }
 
-/// 4 KiB bindings: inputs and outputs in row passes, weights and scales in column panels.
-async fn check_split_binding() {
-    let gpu =
-        Gpu::new(&DeviceOptions { max_storage_binding: Some(4096), ..Default::default() }).await.unwrap();
+/// 4 KiB bindings: inputs and outputs in row passes, weights and scales in column panels; on the
+/// adapter's own kind or `pretend`ing another.
+async fn check_split_binding(pretend: Option<Pretend>) {
+    let options = DeviceOptions { max_storage_binding: Some(4096), pretend, ..Default::default() };
+    let gpu = Gpu::new(&options).await.unwrap();
     let (i8b, i4b) = (Bits::Int8, Bits::Int4);
     // row passes of 16 rows
     layer_case(&gpu, 50, LayerCase { bias: true, ..case(16, 48, i8b, i8b) }, 1).await;
@@ -428,23 +447,40 @@ async fn check_unsupported(gpu: &Gpu) {
     unsupported(EmbedTable::new(w, Some(s16)).map(|_| ()), "embedding table");
 }
 
+/// A GPU, as far as kernel choice goes, on whatever adapter runs the tests.
+const GPU: Pretend = Pretend { cpu: false, shader_f16: false };
+
+/// The quantization and the product as the adapter kind `pretend` gets them (the adapter's own
+/// without), against the reference.
+async fn check_variants(pretend: Option<Pretend>) {
+    let gpu = Gpu::new(&DeviceOptions { pretend, ..Default::default() }).await.expect("a GPU adapter");
+    check_quantize(&gpu).await;
+    check_layers(&gpu).await;
+    check_shared_input(&gpu).await;
+    check_loads(&gpu).await;
+}
+
 #[cfg(not(target_arch = "wasm32"))]
 #[test]
 fn quant_kernels_match_reference() {
     let gpu =
         pollster::block_on(Gpu::new(&DeviceOptions::default())).expect("a GPU adapter (lavapipe in CI)");
     pollster::block_on(check_rotations(&gpu));
-    pollster::block_on(check_quantize(&gpu));
-    pollster::block_on(check_layers(&gpu));
-    pollster::block_on(check_shared_input(&gpu));
-    pollster::block_on(check_loads(&gpu));
+    pollster::block_on(check_variants(None));
     pollster::block_on(check_unsupported(&gpu));
 }
 
 #[cfg(not(target_arch = "wasm32"))]
 #[test]
+fn quant_gpu_variants_match_reference() {
+    pollster::block_on(check_variants(Some(GPU)));
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+#[test]
 fn quant_split_binding() {
-    pollster::block_on(check_split_binding());
+    pollster::block_on(check_split_binding(None));
+    pollster::block_on(check_split_binding(Some(GPU)));
 }
 
 #[cfg(target_arch = "wasm32")]
@@ -452,15 +488,19 @@ fn quant_split_binding() {
 async fn quant_kernels_match_reference_in_browser() {
     let gpu = Gpu::new(&DeviceOptions::default()).await.expect("WebGPU adapter");
     check_rotations(&gpu).await;
-    check_quantize(&gpu).await;
-    check_layers(&gpu).await;
-    check_shared_input(&gpu).await;
-    check_loads(&gpu).await;
+    check_variants(None).await;
     check_unsupported(&gpu).await;
 }
 
 #[cfg(target_arch = "wasm32")]
 #[wasm_bindgen_test::wasm_bindgen_test]
+async fn quant_gpu_variants_match_reference_in_browser() {
+    check_variants(Some(GPU)).await;
+}
+
+#[cfg(target_arch = "wasm32")]
+#[wasm_bindgen_test::wasm_bindgen_test]
 async fn quant_split_binding_in_browser() {
-    check_split_binding().await;
+    check_split_binding(None).await;
+    check_split_binding(Some(GPU)).await;
 }

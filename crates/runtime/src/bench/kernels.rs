@@ -99,17 +99,25 @@ pub async fn measure_kernels(gpu: &Gpu) -> Result<Vec<KernelReport>> {
             let words = gpu.zeroed_buffer("qa", (shape.m * stride * 4) as u64).await?;
             let scales = values_buffer(gpu, shape.m, 3).await?;
             let rows = QuantizedRows::new(&words, &scales, shape.m, stride);
+            // One token also split between 16 invocations per column quad (the GPUs' variant).
+            let splits: &[bool] = if shape.m == 1 { &[false, true] } else { &[false] };
             for vec4 in [false, true] {
-                let kernel = QMatmul::new(&weights, shape.m, false, vec4);
-                let loads = if vec4 { "4-word loads" } else { "1-word loads" };
-                let block = if kernel.gemv { "1 token × 4 columns" } else { "4×4 block" };
-                let label = format!("qmatmul {} ({block}, {loads})", encoding.tag());
-                reports.push(
-                    time(gpu, &label, shape, async |gpu: &Gpu, e: &mut Encoder| {
-                        kernel.encode(gpu, e, &rows, &weights, None, (&y, 0)).await
-                    })
-                    .await?,
-                );
+                for &split_k in splits {
+                    let kernel = QMatmul { split_k, ..QMatmul::new(&weights, shape.m, false, vec4) };
+                    let loads = if vec4 { "4-word loads" } else { "1-word loads" };
+                    let block = match (kernel.gemv, split_k) {
+                        (_, true) => "1 token × 4 columns per 16 invocations",
+                        (true, false) => "1 token × 4 columns",
+                        (false, false) => "4×4 block",
+                    };
+                    let label = format!("qmatmul {} ({block}, {loads})", encoding.tag());
+                    reports.push(
+                        time(gpu, &label, shape, async |gpu: &Gpu, e: &mut Encoder| {
+                            kernel.encode(gpu, e, &rows, &weights, None, (&y, 0)).await
+                        })
+                        .await?,
+                    );
+                }
             }
         }
     }

@@ -10,11 +10,15 @@
 //! fuse a multiply and a following add into one `fma` (SPIR-V allows it without `NoContraction`,
 //! which WGSL cannot express). The tests compare bits on lavapipe and SwiftShader.
 //!
-//! **Limits.** All three kernels give each token (rotations, quantization) or each block of
-//! output columns (product) to one invocation, with no workgroup memory and no barriers, so any
-//! width fits WebGPU's default 16 KiB of workgroup memory and 256 invocations, and CPU adapters
-//! run them at full width. Buffers larger than one storage binding are split by the caller
-//! ([`crate::model::linear`]) into row passes and here into column panels.
+//! **Limits.** On CPU adapters all three kernels give each token (rotations, quantization) or
+//! each block of output columns (product) to one invocation, with no workgroup memory and no
+//! barriers, so any width fits and CPU adapters run them at full width. GPUs, where a decode
+//! step's single token would leave all but a few invocations idle, get a 64-invocation workgroup
+//! per token for the quantization ([`QuantizeLayout`]) and 16 invocations per column quad for
+//! the one-token product ([`QMatmul::split_k`]); each uses at most 1 KiB of workgroup memory
+//! whatever the width (WebGPU's default allows 16 KiB and 256 invocations). Buffers larger than
+//! one storage binding are split by the caller ([`crate::model::linear`]) into row passes and
+//! here into column panels.
 //!
 //! **Weight layout.** A quantized weight keeps its encoding (`i8`/`i4` words, the scales as
 //! stored) but not its row order: [`QuantWeightsGpu::upload`] [`interleave`]s the words by
@@ -272,13 +276,36 @@ struct QuantizeParams {
 const _: () = assert!(std::mem::size_of::<QuantizeParams>() == 32);
 
 /// `shaders/quantize.wgsl`: quantize `tokens` rows of `x` (f32 `[tokens, cols]` from byte
-/// `x_offset`) into `q` (u32 `[tokens, activation_words(cols)]`) and `scales` (f32 `[tokens]`).
+/// `x_offset`) into `q` (u32 `[tokens, activation_words(cols)]`) and `scales` (f32 `[tokens]`),
+/// spread over invocations as [`QuantizeLayout::for_gpu`] says (the same bits either way).
 pub struct Quantize;
 
-impl Kernel for Quantize {
+/// How [`Quantize`] spreads a token's row over invocations.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QuantizeLayout {
+    /// One invocation per token, walking its row: no workgroup memory, no barriers.
+    PerToken,
+    /// One 64-invocation workgroup per token: strided maxima reduced in workgroup memory (7
+    /// barriers), then every invocation packs every 64th word.
+    Workgroup,
+}
+
+impl QuantizeLayout {
+    /// The faster layout on `gpu`: per token on CPU adapters, whose barriers are slow; a
+    /// workgroup per token on GPUs, where one invocation walking a decode step's only row
+    /// would leave the device idle.
+    pub fn for_gpu(gpu: &Gpu) -> Self {
+        if gpu.caps.cpu { Self::PerToken } else { Self::Workgroup }
+    }
+}
+
+impl Kernel for QuantizeLayout {
     const SHADER: &'static str = "quantize";
     fn defines(&self) -> Defines {
-        Defines::new()
+        match self {
+            Self::PerToken => Defines::new(),
+            Self::Workgroup => BTreeMap::from([("WORKGROUP".to_string(), String::new())]),
+        }
     }
 }
 
@@ -328,7 +355,8 @@ impl Quantize {
         }
         distinct(x.0, q, "activation input and integers")?;
         distinct(x.0, scales, "activation input and scales")?;
-        let pipeline = gpu.pipeline(Self::SHADER, &self.defines()).await?;
+        let layout = QuantizeLayout::for_gpu(gpu);
+        let pipeline = gpu.pipeline(QuantizeLayout::SHADER, &layout.defines()).await?;
         let params = QuantizeParams {
             tokens: tokens as u32,
             cols: cols as u32,
@@ -338,7 +366,11 @@ impl Quantize {
             _pad: [0; 3],
         };
         let resources = vec![slice(x.0, x.1, x_bytes), slice(q, 0, q_bytes), slice(scales, 0, s_bytes)];
-        let (gx, gy) = grid(gpu, groups(tokens, INVOCATIONS) as u64)?;
+        let workgroups = match layout {
+            QuantizeLayout::PerToken => groups(tokens, INVOCATIONS),
+            QuantizeLayout::Workgroup => tokens as u32,
+        };
+        let (gx, gy) = grid(gpu, workgroups as u64)?;
         dispatch(gpu, encoder, &pipeline, "quantize", bytemuck::bytes_of(&params), resources, (gx, gy, 1));
         Ok(())
     }
@@ -506,7 +538,8 @@ fn panel_width(gpu: &Gpu, what: &str, out: usize, ww: usize, scale_row: u64) -> 
 }
 
 /// `shaders/qmatmul.wgsl`: `y = dequant(W q_a)` for `tokens` quantized activation rows, four
-/// output columns of the [`interleave`]d weight per invocation for one token (GEMV) or four.
+/// output columns of the [`interleave`]d weight per invocation for one token (GEMV) or four —
+/// or, for one token with [`QMatmul::split_k`], four columns per 16 invocations.
 #[derive(Clone, Copy, Debug)]
 pub struct QMatmul {
     pub int4: bool,
@@ -516,7 +549,14 @@ pub struct QMatmul {
     pub gemv: bool,
     /// Read activations four words at a time and take four words per step ([`QMatmul::vec4_fits`]).
     pub vec4: bool,
+    /// One token, each column quad's words split between 16 invocations whose sums meet in
+    /// workgroup memory ([`SPLIT_K_LANES`]; GPUs: [`QMatmul::for_rows`]).
+    pub split_k: bool,
 }
+
+/// Invocations that share one column quad's words in the [`QMatmul::split_k`] variant (four quads
+/// per 64-invocation workgroup).
+pub const SPLIT_K_LANES: usize = 16;
 
 impl Kernel for QMatmul {
     const SHADER: &'static str = "qmatmul";
@@ -528,6 +568,7 @@ impl Kernel for QMatmul {
             (self.bias, "BIAS"),
             (self.vec4, "VEC4"),
             (self.gemv, "GEMV"),
+            (self.split_k, "SPLIT_K"),
         ];
         for (on, name) in flags {
             if on {
@@ -567,12 +608,17 @@ impl<'a> QuantizedRows<'a> {
 }
 
 impl QMatmul {
-    /// The fastest variant for `w` on the rows `a` as measured on the CPU adapters
-    /// (BENCHMARKS.md, Speed V): one token reads four activation words at a time wherever the
-    /// widths allow; blocks of tokens read one (in Chromium's SwiftShader 1.22 against 0.99 G
-    /// MAC/s at the vision tower's shape, within 15 % of each other natively).
-    pub fn for_rows(w: &QuantWeightsGpu, a: &QuantizedRows<'_>, bias: bool) -> Self {
-        Self::new(w, a.tokens, bias, a.tokens == 1 && Self::vec4_fits(w, a.stride))
+    /// The variant for `w` on the rows `a` on `gpu`. One token reads four activation words at
+    /// a time wherever the widths allow, blocks of tokens one: the faster choice on the CPU
+    /// adapters (BENCHMARKS.md, Speed V: in Chromium's SwiftShader 1.22 against 0.99 G MAC/s at
+    /// the vision tower's shape, within 15 % of each other natively). On GPUs one token also
+    /// splits each quad's words between [`SPLIT_K_LANES`] invocations: a decode step's `[576,
+    /// 576]` product has 144 quads, so one invocation per quad walking all 144 words would leave
+    /// a GPU almost idle; CPU adapters run the workgroup barriers it needs slowly.
+    pub fn for_rows(gpu: &Gpu, w: &QuantWeightsGpu, a: &QuantizedRows<'_>, bias: bool) -> Self {
+        let one = a.tokens == 1;
+        let kernel = Self::new(w, a.tokens, bias, one && Self::vec4_fits(w, a.stride));
+        Self { split_k: one && !gpu.caps.cpu, ..kernel }
     }
 
     /// The variant for `w` on `tokens` rows with one- or four-word loads: one token (decode)
@@ -584,6 +630,7 @@ impl QMatmul {
             bias,
             gemv: tokens == 1,
             vec4,
+            split_k: false,
         }
     }
 
@@ -630,6 +677,9 @@ impl QMatmul {
         if a.bound < tokens {
             return Err(RuntimeError::Shape(format!("{tokens} quantized rows bound as {}", a.bound)));
         }
+        if self.split_k && tokens != 1 {
+            return Err(RuntimeError::Shape(format!("split-k quantized matmul over {tokens} tokens")));
+        }
         let over = activation_words(cols).saturating_sub(aw);
         let rows = a.bound;
         let (a_bytes, y_bytes) = (((rows * aw + over) * 4) as u64, (rows * out * 4) as u64);
@@ -672,8 +722,13 @@ impl QMatmul {
             if let Some(b) = bias {
                 resources.push(slice(&b.buffer, 0, (out * 4) as u64));
             }
-            let blocks = nc.div_ceil(4) * if self.gemv { tokens } else { tokens.div_ceil(4) };
-            let (gx, gy) = grid(gpu, groups(blocks, INVOCATIONS) as u64)?;
+            let quads = nc.div_ceil(4);
+            let workgroups = if self.split_k {
+                groups(quads * SPLIT_K_LANES, INVOCATIONS)
+            } else {
+                groups(quads * if self.gemv { tokens } else { tokens.div_ceil(4) }, INVOCATIONS)
+            };
+            let (gx, gy) = grid(gpu, workgroups as u64)?;
             dispatch(gpu, encoder, &pipeline, "qmatmul", bytemuck::bytes_of(&params), resources, (gx, gy, 1));
         }
         Ok(())

@@ -339,7 +339,7 @@ impl QuantLinear {
         a: &QuantizedRows<'_>,
         y: (&wgpu::Buffer, u64),
     ) -> Result<()> {
-        QMatmul::for_rows(&self.weights, a, self.bias.is_some())
+        QMatmul::for_rows(gpu, &self.weights, a, self.bias.is_some())
             .encode(gpu, encoder, a, &self.weights, self.bias.as_ref(), y)
             .await
     }
