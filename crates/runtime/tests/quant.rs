@@ -4,8 +4,8 @@
 //! per-channel and 64 / 128-column groups, f32 and f16 scales, bias, odd widths with padded
 //! words, row passes and weight chunks split across small bindings), and layers sharing one
 //! quantized input — with the variants CPU adapters get and, under a pretended GPU
-//! ([`Pretend`]), those GPUs get (a workgroup per token's quantization, one token's product split
-//! between 16 invocations per column quad).
+//! ([`Pretend`]), those GPUs get (one output per invocation of a rotation's core, a workgroup per
+//! token's quantization, one token's product split between 16 invocations per column quad).
 //! Runs natively (`cargo test`, e.g. on Vulkan lavapipe) and in the browser (wasm-bindgen-test).
 
 mod common;
@@ -450,10 +450,11 @@ async fn check_unsupported(gpu: &Gpu) {
 /// A GPU, as far as kernel choice goes, on whatever adapter runs the tests.
 const GPU: Pretend = Pretend { cpu: false, shader_f16: false };
 
-/// The quantization and the product as the adapter kind `pretend` gets them (the adapter's own
-/// without), against the reference.
+/// The rotations, the quantization and the product as the adapter kind `pretend` gets them (the
+/// adapter's own without), against the reference.
 async fn check_variants(pretend: Option<Pretend>) {
     let gpu = Gpu::new(&DeviceOptions { pretend, ..Default::default() }).await.expect("a GPU adapter");
+    check_rotations(&gpu).await;
     check_quantize(&gpu).await;
     check_layers(&gpu).await;
     check_shared_input(&gpu).await;
@@ -465,7 +466,6 @@ async fn check_variants(pretend: Option<Pretend>) {
 fn quant_kernels_match_reference() {
     let gpu =
         pollster::block_on(Gpu::new(&DeviceOptions::default())).expect("a GPU adapter (lavapipe in CI)");
-    pollster::block_on(check_rotations(&gpu));
     pollster::block_on(check_variants(None));
     pollster::block_on(check_unsupported(&gpu));
 }
@@ -487,7 +487,6 @@ fn quant_split_binding() {
 #[wasm_bindgen_test::wasm_bindgen_test]
 async fn quant_kernels_match_reference_in_browser() {
     let gpu = Gpu::new(&DeviceOptions::default()).await.expect("WebGPU adapter");
-    check_rotations(&gpu).await;
     check_variants(None).await;
     check_unsupported(&gpu).await;
 }

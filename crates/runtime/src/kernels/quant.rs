@@ -114,7 +114,7 @@ impl RotationTable {
             scale: rotation.scale_f32(),
             has_core: u32::from(core.is_some()),
             stride: 1,
-            core_rows: core_rows(m) as u32,
+            core_rows: core_rows(gpu, m) as u32,
             _pad: [0; 2],
         };
         Ok(Self { params, table, key: (rotation.construction(), m, p, rotation.seed()) })
@@ -144,8 +144,9 @@ fn bits_to_words(bits: &[bool]) -> Vec<u32> {
 /// butterflies in place in `data` (which is overwritten), in levels of at most
 /// [`ROTATE_LEVEL_STAGES`] butterfly stages whose invocations hold their values in registers
 /// (level `L` pairs values `16^L·h` apart, `h < 16`; vec4 loads where the block allows), then
-/// the core and the scale into `out` (one invocation per four columns of a row's blocks and
-/// as many of its `m` outputs as llvmpipe's loop cap allows; `m·n` adds per row).
+/// the core and the scale into `out` (one invocation per four columns of a row's blocks and, on
+/// CPU adapters, as many of its `m` outputs as llvmpipe's loop cap allows, on GPUs one; `m·n`
+/// adds per row).
 pub struct Rotate;
 
 /// Butterfly stages one level of [`Rotate`] runs (an invocation holds `2^` this many values).
@@ -154,9 +155,12 @@ pub const ROTATE_LEVEL_STAGES: u32 = 4;
 /// Loop steps one invocation of the core may take (`m` per output; far below llvmpipe's cap).
 const CORE_STEPS: usize = 16384;
 
-/// Outputs per column one invocation of the core computes for a core of order `m`.
-fn core_rows(m: usize) -> usize {
-    (CORE_STEPS / m.max(1)).clamp(1, m.max(1))
+/// Outputs per column one invocation of the core computes for a core of order `m` on `gpu`: as
+/// many as the loop cap allows on CPU adapters (fewer, longer invocations), one on GPUs (a decode
+/// step's `36·16` rotation would otherwise be four invocations of 36 outputs each). Each output
+/// is the same sum either way.
+fn core_rows(gpu: &Gpu, m: usize) -> usize {
+    if gpu.caps.cpu { (CORE_STEPS / m.max(1)).clamp(1, m.max(1)) } else { 1 }
 }
 
 /// One of the dispatches of [`Rotate`] (see `rotate.wgsl`); `lanes` is 4 where each
@@ -204,9 +208,9 @@ impl RotateStage {
         !matches!(self, Self::Level { lanes: 4, .. })
     }
 
-    /// The dispatches of a rotation of `n = m·p` values (`p` a power of two), with the stride
-    /// of each and its work items per row.
-    fn plan(n: usize, m: usize, p: usize) -> Vec<(RotateStage, usize, usize)> {
+    /// The dispatches of a rotation of `n = m·p` values (`p` a power of two) whose core computes
+    /// `core_rows` outputs per invocation, with the stride of each and its work items per row.
+    fn plan(n: usize, m: usize, p: usize, core_rows: usize) -> Vec<(RotateStage, usize, usize)> {
         let stages = p.trailing_zeros();
         let per = ROTATE_LEVEL_STAGES;
         let mut plan: Vec<_> = (0..stages.div_ceil(per).max(1))
@@ -220,7 +224,7 @@ impl RotateStage {
                 }
             })
             .collect();
-        let chunks = m.div_ceil(core_rows(m));
+        let chunks = m.div_ceil(core_rows);
         let lanes = if p.is_multiple_of(4) { 4 } else { 1 };
         plan.push((RotateStage::Core { lanes }, 1, p / lanes * chunks));
         plan
@@ -243,8 +247,9 @@ impl Rotate {
         check_binding(gpu, "rotated rows", bytes)?;
         distinct(data, out, "a rotation's input and output")?;
         let table = slice(&rotation.table, 0, rotation.table.size());
-        let RotateParams { n, m, p, .. } = rotation.params;
-        for (stage, stride, items) in RotateStage::plan(n as usize, m as usize, p as usize) {
+        let RotateParams { n, m, p, core_rows, .. } = rotation.params;
+        let plan = RotateStage::plan(n as usize, m as usize, p as usize, core_rows as usize);
+        for (stage, stride, items) in plan {
             let params = RotateParams { tokens: tokens as u32, stride: stride as u32, ..rotation.params };
             // The table holds signs and core: the later butterfly levels read neither.
             let mut resources = vec![slice(data, 0, bytes)];
