@@ -4,7 +4,6 @@
 
 use std::sync::{Arc, Mutex};
 
-use crate::encoder::Encoder;
 use crate::error::{Result, RuntimeError};
 use crate::memory::{DeviceBuffer, Held, PassStart};
 use crate::pipelines::Pipelines;
@@ -111,7 +110,7 @@ pub struct Gpu {
     held: Held,
     /// Uniform arena chunks of submitted encoders, for the next ones ([`crate::encoder`]).
     pub(crate) arena: Mutex<Vec<wgpu::Buffer>>,
-    /// Kernel-internal scratch by role ([`Gpu::kernel_scratch`]).
+    /// Kernel-internal scratch by role ([`Gpu::role_scratch`]).
     kernel_scratch: Mutex<std::collections::HashMap<&'static str, DeviceBuffer>>,
 }
 
@@ -223,7 +222,7 @@ impl Gpu {
 
     /// The most bytes of storage buffers held at once since `start` beyond what was held then:
     /// what the pass needed on top of what outlives it. Every buffer a recorded pass binds is held
-    /// until the pass is submitted (kernel scratch by the [`Encoder`]), so none is missed.
+    /// until the pass is submitted (kernel scratch by the [`crate::encoder::Encoder`]), so none is missed.
     pub fn pass_bytes(&self, start: PassStart) -> u64 {
         self.held.pass_bytes(start)
     }
@@ -245,33 +244,19 @@ impl Gpu {
         self.held.reset_peak();
     }
 
-    /// A storage buffer of at least `bytes` bytes that a kernel recorded into `encoder` uses
-    /// internally for `role` and initializes before reading on every call (e.g. attention's
-    /// running softmax state between key passes): one per role for the device, grown on demand,
-    /// so repeated calls (every layer of every decode step) allocate nothing and bind the same
-    /// buffer. Calls run in submission order, so sharing it between them is safe. `encoder` holds
-    /// the buffer until it is submitted, so a smaller one that a larger replaced while the pass
-    /// still binds it stays counted as held until then.
-    pub async fn kernel_scratch(
-        &self,
-        encoder: &mut Encoder,
-        role: &'static str,
-        bytes: u64,
-    ) -> Result<DeviceBuffer> {
+    /// The device's storage buffer for kernel-internal scratch `role`, of at least `bytes`
+    /// bytes: one per role, grown on demand (see [`crate::encoder::Encoder::kernel_scratch`],
+    /// which holds it for the work that binds it).
+    pub(crate) async fn role_scratch(&self, role: &'static str, bytes: u64) -> Result<DeviceBuffer> {
         let bytes = bytes.next_multiple_of(4).max(16);
-        let kept = self.kernel_scratches().get(role).filter(|b| b.size() >= bytes).cloned();
-        let buffer = match kept {
-            Some(b) => b,
-            None => {
-                // the device's reference goes first: a pass that bound the smaller one still
-                // holds it, the next pass need not
-                self.kernel_scratches().remove(role);
-                let buffer = self.create_storage(role, bytes).await?;
-                self.kernel_scratches().insert(role, buffer.clone());
-                buffer
-            }
-        };
-        encoder.hold(&buffer);
+        if let Some(kept) = self.kernel_scratches().get(role).filter(|b| b.size() >= bytes) {
+            return Ok(kept.clone());
+        }
+        // the device's reference goes first: a pass that bound the smaller one still holds it,
+        // the next pass need not
+        self.kernel_scratches().remove(role);
+        let buffer = self.create_storage(role, bytes).await?;
+        self.kernel_scratches().insert(role, buffer.clone());
         Ok(buffer)
     }
 

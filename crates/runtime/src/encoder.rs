@@ -148,7 +148,7 @@ pub struct Encoder {
     /// Timestamps of each dispatch, when timing them on the GPU.
     timer: Option<DispatchTimer>,
     /// Device buffers the recorded work binds that nothing else is sure to keep until it is
-    /// submitted (kernel scratch, [`Gpu::kernel_scratch`]): held, and counted, until then.
+    /// submitted (kernel scratch, [`Encoder::kernel_scratch`]): held, and counted, until then.
     held: Vec<DeviceBuffer>,
 }
 
@@ -165,6 +165,24 @@ impl Encoder {
             timer: None,
             held: Vec::new(),
         }
+    }
+
+    /// A storage buffer of at least `bytes` bytes that a kernel recorded here uses internally
+    /// for `role` and initializes before reading on every call (e.g. attention's running softmax
+    /// state between key passes): one per role for the device, grown on demand, so repeated
+    /// calls (every layer of every decode step) allocate nothing and bind the same buffer. Calls
+    /// run in submission order, so sharing it between them is safe. This encoder holds the
+    /// buffer until it is submitted, so a smaller one that a larger replaced while the pass
+    /// still binds it stays counted as held until then.
+    pub async fn kernel_scratch(
+        &mut self,
+        gpu: &Gpu,
+        role: &'static str,
+        bytes: u64,
+    ) -> crate::error::Result<DeviceBuffer> {
+        let buffer = gpu.role_scratch(role, bytes).await?;
+        self.hold(&buffer);
+        Ok(buffer)
     }
 
     /// Keep `buffer` (and its bytes counted as held) until this encoder is submitted or dropped.

@@ -436,7 +436,7 @@ fn grown_kernel_scratch_is_held_until_its_pass_is_submitted() {
         let start = gpu.start_pass();
         let mut enc = gpu.encoder();
         for bytes in [1024, 4096] {
-            gpu.kernel_scratch(&mut enc, "test scratch", bytes).await.unwrap();
+            enc.kernel_scratch(&gpu, "test scratch", bytes).await.unwrap();
         }
         assert_eq!(gpu.held_bytes() - before, 1024 + 4096, "both held while the pass records");
         assert_eq!(gpu.pass_bytes(start), 1024 + 4096);
@@ -444,7 +444,7 @@ fn grown_kernel_scratch_is_held_until_its_pass_is_submitted() {
         assert_eq!(gpu.held_bytes() - before, 4096, "the device keeps the larger one");
         let start = gpu.start_pass();
         let mut enc = gpu.encoder();
-        let reused = gpu.kernel_scratch(&mut enc, "test scratch", 2048).await.unwrap();
+        let reused = enc.kernel_scratch(&gpu, "test scratch", 2048).await.unwrap();
         assert_eq!((reused.size(), gpu.pass_bytes(start)), (4096, 0));
         gpu.submit(enc);
     });

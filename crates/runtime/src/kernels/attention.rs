@@ -555,7 +555,7 @@ impl Attention {
         // when one pass suffices.
         let ml_bytes = if passes > 1 { (batch * queries * heads * 8) as u64 } else { 16 };
         check_binding(gpu, "attention softmax state", ml_bytes)?;
-        let ml = gpu.kernel_scratch(encoder, "attention softmax state", ml_bytes).await?;
+        let ml = encoder.kernel_scratch(gpu, "attention softmax state", ml_bytes).await?;
         let groups = (groups_x as u32, heads as u32, batch as u32);
         for pass in 0..passes {
             let params = Params {
@@ -603,7 +603,7 @@ impl Attention {
         let vd4 = vd / 4;
         let part_bytes = (rows * most_chunks * (vd4 + 1) * 16) as u64;
         check_binding(gpu, "attention chunks", part_bytes)?;
-        let part = gpu.kernel_scratch(encoder, "attention chunks", part_bytes).await?;
+        let part = encoder.kernel_scratch(gpu, "attention chunks", part_bytes).await?;
         let params = Params { chunk_keys: size as u32, chunks: chunks as u32, ..params };
         let items = (rows / batch * chunks) as u64;
         let (gx, gy) = grid(gpu, items.div_ceil(PER_QUERY_GROUP))?;
@@ -651,7 +651,7 @@ impl Attention {
         let per_call = ((limit / block_bytes) as usize).clamp(1, total_blocks);
         let scores_bytes = per_call as u64 * block_bytes;
         check_binding(gpu, "attention scores", scores_bytes)?;
-        let scores = gpu.kernel_scratch(encoder, "attention scores", scores_bytes).await?;
+        let scores = encoder.kernel_scratch(gpu, "attention scores", scores_bytes).await?;
         let mut pipelines = Vec::with_capacity(3);
         for stage in [ScoresStage::Scores, ScoresStage::Softmax, ScoresStage::Values] {
             let kernel = ScoresKernel(*self, stage);
