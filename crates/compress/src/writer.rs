@@ -6,6 +6,7 @@ use std::path::Path;
 use pocketvlm_format::dir::{DirSink, write_manifest};
 use pocketvlm_format::manifest::{COMPRESSION_VERSION, FORMAT_TAG, QUANTIZATION_VERSION};
 use pocketvlm_format::quant::Quantization;
+use pocketvlm_format::shards::shard_file_name;
 use pocketvlm_format::{Compression, Encoding, FormatError, Manifest, ShardPacker, SourceInfo};
 
 use crate::checkpoint::SourceMeta;
@@ -41,8 +42,9 @@ pub struct Written {
 
 /// Write a model directory: the tensors (which must be exactly those the config and
 /// `sections.compression` imply, in any order), the tokenizer, the manifest and the width
-/// report. A width report left in `out_dir` by an earlier run is removed when this model has
-/// none, so a width report beside the model always describes it.
+/// report. What an earlier run left in `out_dir` and this model does not replace is removed — a
+/// width report when this model has none, shards past this model's last ([`remove_stale_shards`])
+/// — so the shards and width report beside the manifest are this model's.
 pub fn write_model<'a>(
     meta: &SourceMeta,
     sections: Sections<'_>,
@@ -79,6 +81,7 @@ pub fn write_model<'a>(
     };
     manifest.validate()?;
     write_manifest(out_dir, &manifest)?;
+    remove_stale_shards(out_dir, manifest.shards.len())?;
     let widths = match allocation {
         Some(a) => Some(report::widths::write(out_dir, a)?),
         None => {
@@ -87,4 +90,19 @@ pub fn write_model<'a>(
         }
     };
     Ok(Written { manifest, widths })
+}
+
+/// Remove the shard files `dir` holds past the first `count` (an earlier model's, written with
+/// more shards): `shard-{count}`, `shard-{count + 1}`, … up to the first that does not exist.
+/// Other files are left alone.
+pub(crate) fn remove_stale_shards(dir: &Path, count: usize) -> Result<()> {
+    for index in count.. {
+        let path = dir.join(shard_file_name(index));
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(FormatError::Io { path: path.display().to_string(), source: e }.into()),
+        }
+    }
+    Ok(())
 }

@@ -105,6 +105,31 @@ fn single_file_bf16_round_trips_bit_for_bit() {
     assert_eq!(summary.manifest.processor.image_seq_len, m.image_seq_len());
 }
 
+/// A folder written again with fewer shards keeps only the new model's (the earlier model's
+/// extra shards are removed, any other file stays) and reads back bit for bit.
+#[test]
+fn a_folder_written_again_holds_only_the_new_models_shards() {
+    let out = tempfile::tempdir().unwrap();
+    let small = Plan::Dense(DenseOptions { max_shard_bytes: 1 << 20, ..Default::default() });
+    let many = compress(&fixture(), out.path(), &small).unwrap().manifest.shards.len();
+    assert!(many > 2, "{many} shards");
+    std::fs::write(out.path().join("notes.txt"), b"kept").unwrap();
+    let summary = compress(&fixture(), out.path(), &Plan::Dense(DenseOptions::default())).unwrap();
+    let few = summary.manifest.shards.len();
+    assert!(few < many, "{few} of {many} shards");
+    let mut shards: Vec<String> = std::fs::read_dir(out.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("shard-"))
+        .collect();
+    shards.sort();
+    let listed: Vec<String> = summary.manifest.shards.iter().map(|s| s.file.clone()).collect();
+    assert_eq!(shards, listed);
+    assert_eq!(std::fs::read(out.path().join("notes.txt")).unwrap(), b"kept");
+    let expected = source_tensors(&fixture()).into_iter().map(|(n, (_, _, b))| (n, b)).collect();
+    assert_bit_identical(out.path(), &expected, "bf16");
+}
+
 #[test]
 fn sharded_f32_and_f16_round_trip_bit_for_bit() {
     for (dtype, tag) in [(Dtype::F32, "f32"), (Dtype::F16, "f16")] {

@@ -333,12 +333,17 @@ fn w4a4_latent_is_int8_and_quantize_dir_matches_compress() {
 }
 
 /// The β search writes, quantizes and measures every candidate, keeps the one with the lowest
-/// calibration loss in the output directory and removes the others; it needs a quantized
-/// recipe and a valid grid.
+/// calibration loss in the output directory (where an earlier run's extra shards are removed)
+/// and removes the others; it needs a quantized recipe and a valid grid.
 #[test]
 fn beta_search_keeps_the_lowest_calibration_loss() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("searched");
+    // an earlier run left more shards in the folder than the chosen candidate has
+    std::fs::create_dir_all(&out).unwrap();
+    for i in 0..12 {
+        std::fs::write(out.join(format!("shard-{i:05}.bin")), b"stale").unwrap();
+    }
     let mut opts = low_rank_options(Some("w4a8"));
     opts.beta_search = Some(vec![0.0, 0.5, 1.0]);
     let summary = compress(&fixture(), &out, &Plan::LowRank(opts.clone())).unwrap();
@@ -350,7 +355,14 @@ fn beta_search_keeps_the_lowest_calibration_loss() {
     assert_eq!(summary.calib_loss.unwrap().1, best.1);
     assert_eq!(summary.out_dir, out);
     let m = dir::open(&out).unwrap().manifest;
-    assert_eq!(m.compression.unwrap().beta, best.0);
+    assert_eq!(m.compression.as_ref().unwrap().beta, best.0);
+    let mut shards: Vec<String> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("shard-"))
+        .collect();
+    shards.sort();
+    assert_eq!(shards, m.shards.iter().map(|s| s.file.clone()).collect::<Vec<_>>(), "stale shards removed");
     let left: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert_eq!(left, [std::ffi::OsString::from("searched")]);
     assert!(out.join(summary.report.as_ref().unwrap().text.file_name().unwrap()).exists());

@@ -67,6 +67,8 @@ pub fn pick(mut results: Vec<Summary>, out_dir: &Path) -> Result<Summary> {
         // the candidate's files replaced the model's; an earlier run's width report would not
         report::widths::remove(out_dir)?;
     }
+    // nor would an earlier run's shards past the candidate's last
+    crate::writer::remove_stale_shards(out_dir, chosen.manifest.shards.len())?;
     chosen.out_dir = out_dir.to_path_buf();
     chosen.beta_search = search;
     Ok(chosen)
