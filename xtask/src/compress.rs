@@ -7,7 +7,10 @@ use anyhow::{Context, Result};
 use pocketvlm_compress::calib::{CalibOptions, CalibSource};
 use pocketvlm_compress::checkpoint::Source;
 use pocketvlm_compress::quant::{QuantOptions, QuantParts, quantize_dir};
-use pocketvlm_compress::{Budgets, CompressError, DenseOptions, LowRankOptions, Plan, ReportFiles, compress};
+use pocketvlm_compress::{
+    Budgets, CompressError, DenseOptions, LowRankOptions, Plan, ReportFiles, compress, latent_named,
+};
+use pocketvlm_format::compression::Latent;
 use pocketvlm_format::quant::{Bits, Scheme};
 use pocketvlm_format::{Encoding, Manifest, dir};
 
@@ -31,6 +34,11 @@ pub struct Args {
     /// with --bits, cached bytes (INT8 latent and its scale) against dense f16 K+V.
     #[arg(long)]
     kv_cache: Option<f64>,
+    /// What the text decoder's latent (under --qkv-params / --kv-cache) is shared by: qkv (one
+    /// latent for Q, K and V) or kv (K and V only, q_proj kept dense: for the same cached values
+    /// its rank caps K and V, not Q).
+    #[arg(long)]
+    latent: Option<String>,
     /// Budget: text MLP parameters as a fraction of the dense gate/up/down weights.
     #[arg(long)]
     ffn_params: Option<f64>,
@@ -376,6 +384,9 @@ fn plan(args: &Args) -> Result<Plan> {
     let max_shard_bytes = args.output.max_shard_bytes();
     let progress = crate::progress::bars();
     let Some(method) = Plan::method_of(&args.recipe)? else {
+        if args.latent.is_some() {
+            anyhow::bail!("--latent chooses a low-rank recipe's latent; the dense recipe has none");
+        }
         return Ok(Plan::Dense(DenseOptions { max_shard_bytes, quant, calib, calib_cache, progress }));
     };
     let budgets = Budgets {
@@ -385,6 +396,9 @@ fn plan(args: &Args) -> Result<Plan> {
         vision_qkv_params: args.vision_qkv_params,
     };
     let mut opts = LowRankOptions::new(method, budgets, calib);
+    if let Some(latent) = &args.latent {
+        opts.latent = latent_named(latent)?;
+    }
     opts.beta = args.beta;
     opts.beta_search = args.beta_search.clone();
     opts.calib_cache = calib_cache;
@@ -411,14 +425,16 @@ fn json_summary(
     let ratio = |get: fn(&pocketvlm_format::Compression) -> Option<f64>| c.map_or(Some(1.0), get);
     let bytes: serde_json::Map<String, serde_json::Value> =
         m.component_sizes().into_iter().map(|(c, s)| (c.name().to_string(), s.bytes.into())).collect();
-    let ranks = c.map(|c| c.text_layers.iter().map(|l| l.qkv).collect::<Vec<_>>());
-    let fields: [(&str, serde_json::Value); 10] = [
+    let ranks = c.map(|c| c.text_layers.iter().map(|l| l.latent()).collect::<Vec<_>>());
+    let latent = c.and_then(|c| c.text_layers.iter().find_map(|l| l.latent_kind())).map(Latent::name);
+    let fields: [(&str, serde_json::Value); 11] = [
         ("recipe", m.source.recipe.clone().into()),
         ("bits", bits.into()),
         ("gptq", gptq.into()),
         ("qkv_params_ratio", ratio(|c| c.achieved.qkv_params).into()),
         ("kv_cache_ratio", ratio(|c| c.achieved.kv_cache).into()),
         ("ffn_params_ratio", ratio(|c| c.achieved.ffn_params).into()),
+        ("latent", latent.into()),
         ("ranks", serde_json::to_value(ranks).expect("ranks are plain numbers")),
         ("kv_cache_bytes_per_token", c.map(|c| c.kv_cache.bytes_per_token).into()),
         ("bytes", bytes.into()),
@@ -461,8 +477,12 @@ fn print_summary(m: &Manifest) {
     );
     if let Some(z) = &m.compression {
         let ranks: Vec<String> =
-            z.text_layers.iter().map(|l| l.qkv.map_or("dense".into(), |r| r.to_string())).collect();
-        println!("  low-rank: {} (QKV ranks per layer: {})", z.recipe, ranks.join(" "));
+            z.text_layers.iter().map(|l| l.latent().map_or("dense".into(), |r| r.to_string())).collect();
+        let shared = match z.text_layers.iter().find_map(|l| l.latent_kind()) {
+            Some(Latent::Kv) => "K/V latent (Q dense)",
+            _ => "QKV latent",
+        };
+        println!("  low-rank: {} ({shared} ranks per layer: {})", z.recipe, ranks.join(" "));
         let kv = &z.kv_cache;
         println!(
             "  KV cache: {} bytes per token ({:.1} % of dense f16 K and V)",

@@ -7,8 +7,9 @@
 //! `2·d_kv` values per token; a joint-QKV factor of rank `r` holds `r · (d + d_q + 2·d_kv)`
 //! parameters (one down row, one column of each up) and caches its latent: `min(r, 2·d_kv)` f16
 //! values when float, `r` INT8 values and one f32 scale (`r + 4` bytes) when quantized
-//! ([`pocketvlm_format::quant`]). A vision layer's QKV (`3·d_v²` parameters) factored at rank
-//! `r` holds `r · 4·d_v`.
+//! ([`pocketvlm_format::quant`]). A K/V latent of rank `r` holds `d·d_q + r · (d + 2·d_kv)` (Q
+//! dense) and caches the same. A vision layer's QKV (`3·d_v²` parameters) factored at rank `r`
+//! holds `r · 4·d_v`.
 
 use pocketvlm_format::components::Component;
 use pocketvlm_format::compression::text_mlp_linears;
@@ -63,10 +64,11 @@ pub fn share(ratio: f64, total: u64) -> u64 {
 }
 
 /// The text decoder's latent components (summed over layers) that the QKV-parameter and K/V
-/// budgets allow, the smaller of the two; `None` when neither is set. The K/V budget counts
-/// latent values against dense K and V values when float, and bytes as cached (a value per
-/// component plus a 4-byte scale per layer) against dense f16 K and V when quantized.
-pub fn text_qkv_components(cfg: &ModelConfig, b: &Budgets, quantized: bool) -> Option<u64> {
+/// budgets allow, the smaller of the two; `None` when neither is set. With `kv_only` the latent
+/// is K and V's alone and the QKV parameters include the dense Q. The K/V budget counts latent
+/// values against dense K and V values when float, and bytes as cached (a value per component
+/// plus a 4-byte scale per layer) against dense f16 K and V when quantized.
+pub fn text_qkv_components(cfg: &ModelConfig, b: &Budgets, quantized: bool, kv_only: bool) -> Option<u64> {
     if b.qkv_params.is_none() && b.kv_cache.is_none() {
         return None;
     }
@@ -74,10 +76,14 @@ pub fn text_qkv_components(cfg: &ModelConfig, b: &Budgets, quantized: bool) -> O
     let (d, dq, dkv) =
         (t.hidden_size, t.num_attention_heads * t.head_dim, t.num_key_value_heads * t.head_dim);
     let layers = t.num_hidden_layers as u64;
-    let per_component = (d + dq + 2 * dkv) as u64;
+    let (per_component, fixed) = match kv_only {
+        false => ((d + dq + 2 * dkv) as u64, 0),
+        true => ((d + 2 * dkv) as u64, layers * (d * dq) as u64),
+    };
     let mut components = u64::MAX;
     if let Some(r) = b.qkv_params {
-        components = components.min(share(r, layers * (d * (dq + 2 * dkv)) as u64) / per_component);
+        let allowed = share(r, layers * (d * (dq + 2 * dkv)) as u64).saturating_sub(fixed);
+        components = components.min(allowed / per_component);
     }
     if let Some(r) = b.kv_cache {
         let limit = if quantized {
@@ -97,15 +103,16 @@ pub fn vision_qkv_components(cfg: &ModelConfig, ratio: f64) -> u64 {
     share(ratio, v.num_hidden_layers as u64 * 3 * dv * dv) / (4 * dv)
 }
 
-/// The K/V cache per token of a compressed model, all decoder layers together. Float: a factored
-/// layer caches `min(r, 2·d_kv)` f16 values (the latent when it is smaller than K and V), a
-/// dense one K and V. Quantized: a factored layer caches its INT8 latent and the latent's f32
-/// scale (`r + 4` bytes, see [`pocketvlm_format::quant`]); dense layers K and V in f16.
+/// The K/V cache per token of a compressed model, all decoder layers together. Float: a layer
+/// with a latent (joint QKV or K/V) caches `min(r, 2·d_kv)` f16 values (the latent when it is
+/// smaller than K and V), a dense one K and V. Quantized: a latent layer caches its INT8 latent
+/// and the latent's f32 scale (`r + 4` bytes, see [`pocketvlm_format::quant`]); dense layers K
+/// and V in f16.
 fn kv_cache_info(cfg: &ModelConfig, c: &Compression, quantized: bool) -> KvCacheInfo {
     let t = &cfg.text;
     let dkv = t.num_key_value_heads * t.head_dim;
     let per_layer = |l: &LayerRanks| -> u64 {
-        match (l.qkv, quantized) {
+        match (l.latent(), quantized) {
             (Some(r), true) => r as u64 + 4,
             (Some(r), false) => r.min(2 * dkv) as u64 * 2,
             (None, _) => 2 * dkv as u64 * 2,
@@ -146,9 +153,14 @@ pub fn achieved(cfg: &ModelConfig, c: &Compression) -> Ratios {
     let qkv: f64 = c
         .text_layers
         .iter()
-        .map(|l| l.qkv.map_or(qkv_dense, |r| (r * (d + dq + 2 * dkv)) as f64))
+        .map(|l| match (l.qkv, l.kv) {
+            (Some(r), _) => (r * (d + dq + 2 * dkv)) as f64,
+            (None, Some(r)) => (d * dq + r * (d + 2 * dkv)) as f64,
+            (None, None) => qkv_dense,
+        })
         .sum::<f64>();
-    let kv: f64 = c.text_layers.iter().map(|l| l.qkv.map_or(2 * dkv, |r| r.min(2 * dkv)) as f64).sum::<f64>();
+    let kv: f64 =
+        c.text_layers.iter().map(|l| l.latent().map_or(2 * dkv, |r| r.min(2 * dkv)) as f64).sum::<f64>();
     let mlp = text_mlp_linears(cfg);
     let ffn_dense: f64 = mlp.iter().map(|(_, o, i)| (o * i) as f64).sum::<f64>() * layers;
     let ffn: f64 = c

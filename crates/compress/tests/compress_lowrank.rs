@@ -9,7 +9,8 @@ use common::{CASES, expected, fixture, last_row, prompt};
 use pocketvlm_compress::calib::{CalibOptions, CalibSource};
 use pocketvlm_compress::model::CpuModel;
 use pocketvlm_compress::{Budgets, CompressError, LowRankOptions, Method, Plan, compress};
-use pocketvlm_format::{FormatError, dir};
+use pocketvlm_format::compression::Latent;
+use pocketvlm_format::{Encoding, FormatError, dir};
 
 fn images() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/images")
@@ -100,6 +101,62 @@ fn kv_cache_and_mlp_budgets_are_met() {
     let ffn = c.achieved.ffn_params.unwrap();
     assert!(ffn <= 0.5 && (0.5 - ffn) * 3.0 * 3.0 * 128.0 * 48.0 < 176.0, "{ffn}");
     CpuModel::from_format(tmp.path()).unwrap();
+}
+
+/// `--latent kv`: the K/V budget buys a latent for K and V alone, Q keeping `q_proj`. At the
+/// whole budget (rank `2·d_kv`, all of `[W_k; W_v]`) the model is the dense one up to float
+/// rounding; at half of it the budget is met exactly and, Q being untouched, laser's logits stay
+/// closer to dense than with the joint latent's same cache. Both loss-aware recipes run on the
+/// K and V columns' statistics (laser's output gradients, qsvd's gradient scores).
+#[test]
+fn a_kv_latent_keeps_q_dense_and_beats_the_joint_latent_at_the_same_cache() {
+    let reference = CpuModel::from_hf(&fixture()).unwrap();
+    for method in [Method::Laser, Method::Qsvd] {
+        let run = |ratio: f64, latent: Latent| {
+            let tmp = tempfile::tempdir().unwrap();
+            let mut opts = options(method, Budgets { kv_cache: Some(ratio), ..Default::default() });
+            opts.latent = latent;
+            // f32 factors: at full rank only float rounding separates the model from dense (the
+            // fixture's bf16 would add 2⁻⁹ per factor value)
+            opts.factor_encoding = Some(Encoding::F32);
+            let summary = compress(&fixture(), tmp.path(), &Plan::LowRank(opts)).unwrap();
+            let model = CpuModel::from_format(tmp.path()).unwrap();
+            (summary, fidelity(&model, &reference).0, tmp)
+        };
+        let (whole, err, _) = run(1.0, Latent::Kv);
+        let ranks: Vec<_> = whole.compression().unwrap().text_layers.iter().map(|l| (l.qkv, l.kv)).collect();
+        assert_eq!(ranks, vec![(None, Some(32)); 3], "{}", method.name());
+        assert!(err < 1e-4, "{}: full-rank K/V latent vs dense: {err}", method.name());
+
+        let (half, kv_err, dir) = run(0.5, Latent::Kv);
+        let c = half.compression().unwrap();
+        assert_eq!(c.text_layers.iter().map(|l| l.kv.unwrap()).sum::<usize>(), 48, "{}", method.name());
+        assert_eq!(c.kv_cache.bytes_per_token, 48 * 2);
+        // Q dense (3 · 48 · 48) and the latent's 48 components of 48 + 2 · 16 parameters
+        let qkv = c.achieved.qkv_params.unwrap();
+        assert!((qkv - (3.0 * 48.0 * 48.0 + 48.0 * 80.0) / (3.0 * 80.0 * 48.0)).abs() < 1e-12, "{qkv}");
+        let data = dir::open(dir.path()).unwrap();
+        let attn = "model.text_model.layers.0.self_attn";
+        let r = c.text_layers[0].kv.unwrap();
+        assert_eq!(data.manifest.tensor(&format!("{attn}.q_proj.weight")).unwrap().shape, vec![48, 48]);
+        assert_eq!(data.manifest.tensor(&format!("{attn}.kv_down.weight")).unwrap().shape, vec![r, 48]);
+        assert_eq!(data.manifest.tensor(&format!("{attn}.v_up.weight")).unwrap().shape, vec![16, r]);
+        for gone in ["k_proj", "v_proj", "qkv_down", "q_up"] {
+            assert!(data.manifest.tensor(&format!("{attn}.{gone}.weight")).is_err(), "{gone}");
+        }
+        let (_, joint_err, _) = run(0.5, Latent::Qkv);
+        eprintln!("{}: K/V latent {kv_err} vs joint latent {joint_err} at half the K/V cache", method.name());
+        // measured: laser 0.34 vs 0.53; qsvd 0.44 vs 0.40 — its first-order scores from 3 samples
+        // of 8 tokens rank the random fixture's components too noisily to compare structures
+        if method == Method::Laser {
+            assert!(kv_err < joint_err, "{}: K/V latent {kv_err} vs joint {joint_err}", method.name());
+        }
+    }
+    // a K/V latent needs a text latent budget
+    let mut opts = options(Method::Laser, Budgets { ffn_params: Some(0.5), ..Default::default() });
+    opts.latent = Latent::Kv;
+    let err = compress(&fixture(), tempfile::tempdir().unwrap().path(), &Plan::LowRank(opts)).err().unwrap();
+    assert!(matches!(&err, CompressError::BadOptions { recipe, .. } if recipe == "--latent kv"), "{err:?}");
 }
 
 #[test]

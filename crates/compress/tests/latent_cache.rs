@@ -96,7 +96,7 @@ fn low_rank_test_recipes_cache_latents_below_two_d_kv() {
     for (recipe, dir) in low_rank_models() {
         let c = dir::open(dir).unwrap().manifest.compression.unwrap();
         for l in &c.text_layers {
-            let r = l.qkv.unwrap_or(usize::MAX);
+            let r = l.latent().unwrap_or(usize::MAX);
             assert!(r < TWO_D_KV, "{}: layer {} rank {r}", recipe.name, l.layer);
         }
         let factored_mlp = c.text_layers.iter().map(|l| l.mlp.len()).sum::<usize>();

@@ -135,7 +135,7 @@ fn full_rank_factors_give_the_dense_model() {
             for n in ["q_proj", "k_proj", "v_proj"] {
                 store.remove(&format!("{p}.{n}.weight"));
             }
-            text_layers.push(LayerRanks { layer: l, qkv: Some(48), mlp: BTreeMap::new() });
+            text_layers.push(LayerRanks { layer: l, qkv: Some(48), kv: None, mlp: BTreeMap::new() });
         }
         let compression = Compression {
             recipe: method.name().into(),

@@ -71,7 +71,7 @@ fn rotated_low_rank_model_has_the_same_logits() {
     let mut store = dense.clone();
     let mut text_layers = Vec::new();
     for l in 0..cfg.text.num_hidden_layers {
-        let mut ranks = LayerRanks { layer: l, qkv: Some(20), mlp: BTreeMap::new() };
+        let mut ranks = LayerRanks { layer: l, qkv: Some(20), kv: None, mlp: BTreeMap::new() };
         let mut targets = vec![(Target { tower: Tower::Text, layer: l, proj: Proj::Qkv }, 20)];
         if l == 1 {
             ranks.mlp.insert("down_proj".into(), 12);

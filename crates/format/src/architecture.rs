@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use crate::compression::{
-    Compression, linear_factor_names, qkv_factor_names, text_layer_prefix, text_mlp_linears,
+    Compression, kv_factor_names, linear_factor_names, qkv_factor_names, text_layer_prefix, text_mlp_linears,
     vision_layer_prefix, vision_mlp_linears,
 };
 use crate::config::ModelConfig;
@@ -100,6 +100,14 @@ pub fn expected_tensors(cfg: &ModelConfig, compression: Option<&Compression>) ->
                     vec![(down, vec![r, d]), (q, vec![dq, r]), (k, vec![dkv, r]), (v, vec![dkv, r])],
                 );
                 replace.insert(format!("{attn}.k_proj.weight"), vec![]);
+                replace.insert(format!("{attn}.v_proj.weight"), vec![]);
+            }
+            if let Some(r) = l.kv {
+                let [down, k, v] = kv_factor_names(&attn);
+                replace.insert(
+                    format!("{attn}.k_proj.weight"),
+                    vec![(down, vec![r, d]), (k, vec![dkv, r]), (v, vec![dkv, r])],
+                );
                 replace.insert(format!("{attn}.v_proj.weight"), vec![]);
             }
             let linears: Vec<(&str, usize, usize)> =

@@ -26,6 +26,21 @@
 //! A decoder may cache `c` (`r` values per token) instead of `k` and `v` (`2·d_kv` values), which
 //! saves memory when `r < 2·d_kv`.
 //!
+//! **K/V latent** (text decoder attention only, rank `r`): the same for K and V alone, Q keeping
+//! its dense projection:
+//!
+//! | tensor | shape |
+//! | --- | --- |
+//! | `{prefix}.self_attn.q_proj.weight` | `[d_q, d_in]` (dense, as before) |
+//! | `{prefix}.self_attn.kv_down.weight` | `[r, d_in]` |
+//! | `{prefix}.self_attn.k_up.weight` | `[d_kv, r]` |
+//! | `{prefix}.self_attn.v_up.weight` | `[d_kv, r]` |
+//!
+//! replacing `k_proj.weight` and `v_proj.weight`: `c = kv_down · x`, `k = k_up · c`,
+//! `v = v_up · c`, `q = q_proj · x`. A decoder caches `c` the same way; a latent of `r` values
+//! then caps only K and V, not Q (for the same cached bytes the joint latent's rank limits the
+//! queries too).
+//!
 //! **Single factored linear** `{name}` (an MLP projection, rank `r`):
 //!
 //! | tensor | shape |
@@ -87,9 +102,50 @@ pub struct LayerRanks {
     pub layer: usize,
     /// Rank of the joint QKV latent; `None` keeps `q_proj`, `k_proj`, `v_proj` dense.
     pub qkv: Option<usize>,
+    /// Rank of a latent shared by K and V only, `q_proj` staying dense (text decoder; never
+    /// together with `qkv`). Absent from manifests that do not use it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kv: Option<usize>,
     /// Ranks of factored MLP projections by their Hugging Face name (`gate_proj`, `up_proj`,
     /// `down_proj` in the decoder; `fc1`, `fc2` in the vision tower). Absent = dense.
     pub mlp: BTreeMap<String, usize>,
+}
+
+/// What a layer's attention latent is shared by.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Latent {
+    /// Q, K and V (`qkv_down`, `q_up`, `k_up`, `v_up`).
+    #[default]
+    Qkv,
+    /// K and V only (`kv_down`, `k_up`, `v_up`), Q keeping its dense `q_proj`: for the same cached
+    /// values the latent's rank caps K and V, not Q.
+    Kv,
+}
+
+impl Latent {
+    /// `qkv` or `kv`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Latent::Qkv => "qkv",
+            Latent::Kv => "kv",
+        }
+    }
+}
+
+impl LayerRanks {
+    /// The rank of the latent the layer's attention shares (joint QKV or K/V), if it has one.
+    pub fn latent(&self) -> Option<usize> {
+        self.qkv.or(self.kv)
+    }
+
+    /// What the layer's latent is shared by, if it has one.
+    pub fn latent_kind(&self) -> Option<Latent> {
+        match (self.qkv, self.kv) {
+            (Some(_), _) => Some(Latent::Qkv),
+            (None, Some(_)) => Some(Latent::Kv),
+            (None, None) => None,
+        }
+    }
 }
 
 /// Size of one model component (see [`crate::components::Component`]).
@@ -156,6 +212,12 @@ impl CalibrationInfo {
 /// Names of the factor tensors of a joint-QKV attention block (`prefix` ends in `self_attn`).
 pub fn qkv_factor_names(prefix: &str) -> [String; 4] {
     ["qkv_down", "q_up", "k_up", "v_up"].map(|n| format!("{prefix}.{n}.weight"))
+}
+
+/// Names of the factor tensors of a K/V latent (`prefix` ends in `self_attn`): `kv_down`,
+/// `k_up`, `v_up`.
+pub fn kv_factor_names(prefix: &str) -> [String; 3] {
+    ["kv_down", "k_up", "v_up"].map(|n| format!("{prefix}.{n}.weight"))
 }
 
 /// Names of the two factors of a single linear (`name` is the dense layer without `.weight`):
@@ -234,6 +296,20 @@ impl Compression {
                         key,
                         format!("qkv rank {r} outside 1..={}", d.min(dq + 2 * dkv)),
                     ));
+                }
+                if let Some(r) = l.kv {
+                    if tower != "text" || l.qkv.is_some() {
+                        return Err(FormatError::invalid(
+                            key,
+                            "a K/V latent in a text layer without a joint QKV latent".to_string(),
+                        ));
+                    }
+                    if r == 0 || r > d.min(2 * dkv) {
+                        return Err(FormatError::invalid(
+                            key,
+                            format!("kv rank {r} outside 1..={}", d.min(2 * dkv)),
+                        ));
+                    }
                 }
                 for (name, r) in &l.mlp {
                     let Some(&(_, out, inp)) = mlp.iter().find(|(n, _, _)| n == name) else {

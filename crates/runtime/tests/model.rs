@@ -234,7 +234,7 @@ fn low_rank_tiny_models_match_the_cpu_reference() {
             let manifest = recipe.build(&tiny, out.path()).unwrap();
             check_supported(&manifest).unwrap();
             let c = manifest.compression.as_ref().unwrap();
-            assert!(c.text_layers.iter().all(|l| l.qkv.is_some_and(|r| r < 32)), "{}", recipe.name);
+            assert!(c.text_layers.iter().all(|l| l.latent().is_some_and(|r| r < 32)), "{}", recipe.name);
             let mut reference = Reference::open(out.path()).unwrap();
             let mut engine = load_dir(out.path(), &DeviceOptions::default()).await;
             for (kind, cpu_kind) in
@@ -253,7 +253,7 @@ fn low_rank_tiny_models_match_the_cpu_reference() {
                 let padding: u64 = c
                     .text_layers
                     .iter()
-                    .filter_map(|l| l.qkv)
+                    .filter_map(|l| l.latent())
                     .map(|r| if quantized { r.next_multiple_of(4) - r } else { 2 * (r % 2) } as u64)
                     .sum();
                 let want = c.kv_cache.bytes_per_token + padding;

@@ -1,9 +1,11 @@
-//! The shared-latent K/V cache of joint-QKV decoder layers: its CPU reference.
+//! The shared-latent K/V cache of decoder layers with a latent: its CPU reference.
 //!
 //! # What is cached
 //!
 //! A factored attention layer computes per token the latent `c = qkv_down · x` (`r` values) and
-//! from it `q = q_up · c`, `k = k_up · c`, `v = v_up · c` (each `+` its bias, if any). When
+//! from it `q = q_up · c`, `k = k_up · c`, `v = v_up · c` (each `+` its bias, if any) — or, with
+//! a latent for K and V only, `c = kv_down · x`, `k` and `v` the same way and `q = q_proj · x`
+//! (step 1 below then takes the queries from `q_proj` and caches nothing more). When
 //! `r < 2·d_kv` (the format's rule, see [`pocketvlm_format::compression`]) the cache keeps the
 //! latent instead of K and V:
 //!
@@ -123,18 +125,20 @@ impl Latents {
     }
 }
 
-/// The up side of a joint-QKV layer that caches its latent.
+/// The up side of a layer that caches its latent (joint QKV, or K/V with Q apart).
 pub struct LatentUp<'a> {
     heads: Heads,
     rank: usize,
+    /// The first column of `k_up` among the stacked ups: `d_q` when `q_up` comes first, else 0.
+    k0: usize,
     factors: Factors<'a>,
 }
 
 enum Factors<'a> {
-    /// `[q_up; k_up; v_up]ᵀ` as `[rank, d_q + 2·d_kv]`.
+    /// `[q_up; k_up; v_up]ᵀ` as `[rank, d_q + 2·d_kv]`, or `[k_up; v_up]ᵀ` as `[rank, 2·d_kv]`.
     Float(&'a Tensor),
-    /// `q_up`, `k_up`, `v_up`.
-    Int8 { q: &'a QuantLinear, k: &'a QuantLinear, v: &'a QuantLinear },
+    /// `q_up` (a joint latent), `k_up`, `v_up`.
+    Int8 { q: Option<&'a QuantLinear>, k: &'a QuantLinear, v: &'a QuantLinear },
 }
 
 /// A typed refusal of layer `layer`'s factors as a latent cache.
@@ -148,20 +152,21 @@ fn mismatch(what: &str) -> CompressError {
 }
 
 impl<'a> LatentUp<'a> {
-    /// The up factors of `qkv` when it caches its latent: factored, with rank `0 < r < 2·d_kv`.
-    /// Quantized factors must share one activation quantization and have no online transforms
-    /// (the cache holds one `(q_a, s_a)` for all three), else a typed error.
-    pub fn of(qkv: &'a Linear, heads: Heads, layer: usize) -> Result<Option<Self>> {
-        let Some(down) = &qkv.down else { return Ok(None) };
+    /// The up factors of `latent` when it caches its latent: factored, with rank
+    /// `0 < r < 2·d_kv`; `[q_up; k_up; v_up]` when `joint`, else `[k_up; v_up]`. Quantized factors
+    /// must share one activation quantization and have no online transforms (the cache holds one
+    /// `(q_a, s_a)` for all of them), else a typed error.
+    pub fn of(latent: &'a Linear, joint: bool, heads: Heads, layer: usize) -> Result<Option<Self>> {
+        let Some(down) = &latent.down else { return Ok(None) };
         let rank = down.out_features();
         if rank == 0 || rank >= 2 * heads.d_kv() {
             return Ok(None);
         }
-        let factors = match &qkv.up {
+        let factors = match &latent.up {
             Weight::Float(up_t) => Factors::Float(up_t),
-            Weight::Quant(parts) => quantized_factors(parts, rank, heads, layer)?,
+            Weight::Quant(parts) => quantized_factors(parts, joint, rank, heads, layer)?,
         };
-        Ok(Some(Self { heads, rank, factors }))
+        Ok(Some(Self { heads, rank, k0: if joint { heads.d_q() } else { 0 }, factors }))
     }
 
     pub fn rank(&self) -> usize {
@@ -178,26 +183,33 @@ impl<'a> LatentUp<'a> {
     }
 
     /// Append the latents `c` (row-major `[len, rank]`) of new tokens to `cache` and return
-    /// their queries `q_up · c` (`[len, d_q]`, no bias, no RoPE): step 1.
-    pub fn append(&self, c: &[f32], cache: &mut Latents) -> Result<Tensor> {
-        let (rank, dq) = (self.rank, self.heads.d_q());
+    /// their queries `q_up · c` (`[len, d_q]`, no bias, no RoPE) when the latent computes Q:
+    /// step 1. The latent is quantized with `k_up`'s activation quantization, the same as
+    /// `q_up`'s (see [`LatentUp::of`]).
+    pub fn append(&self, c: &[f32], cache: &mut Latents) -> Result<Option<Tensor>> {
+        let (rank, dq, joint) = (self.rank, self.heads.d_q(), self.k0 > 0);
         let len = c.len() / rank;
         match (&self.factors, cache) {
             (Factors::Float(up_t), Latents::Float { c: cached, .. }) => {
                 cached.extend(c.iter().map(|&v| bf16::from_f32(v).to_f32()));
                 let c = Tensor::from_slice(c, (len, rank), &Device::Cpu)?;
-                Ok(c.matmul(&columns(up_t, 0..dq)?)?)
+                Ok(if joint { Some(c.matmul(&columns(up_t, 0..dq)?)?) } else { None })
             }
-            (Factors::Int8 { q: q_up, .. }, Latents::Int8 { q, s, .. }) => {
-                let mut queries = Vec::with_capacity(len * dq);
+            (Factors::Int8 { q: q_up, k, .. }, Latents::Int8 { q, s, .. }) => {
+                let mut queries = Vec::with_capacity(if q_up.is_some() { len * dq } else { 0 });
                 let mut q_a = vec![0i8; rank];
                 for row in c.chunks_exact(rank) {
-                    let s_a = q_up.quantize_token(&mut row.to_vec(), &mut q_a)?;
-                    q_up.product(&q_a, s_a, &mut queries);
+                    let s_a = k.quantize_token(&mut row.to_vec(), &mut q_a)?;
+                    if let Some(q_up) = q_up {
+                        q_up.product(&q_a, s_a, &mut queries);
+                    }
                     q.extend_from_slice(&q_a);
                     s.push(s_a);
                 }
-                Ok(Tensor::from_vec(queries, (len, dq), &Device::Cpu)?)
+                Ok(match q_up {
+                    Some(_) => Some(Tensor::from_vec(queries, (len, dq), &Device::Cpu)?),
+                    None => None,
+                })
             }
             _ => Err(mismatch("a float latent for float factors, an INT8 one for quantized factors")),
         }
@@ -205,12 +217,12 @@ impl<'a> LatentUp<'a> {
 
     /// Keys `k_up · c_t` of every cached position (`[len, d_kv]`, no bias, no RoPE): step 2.
     pub fn keys(&self, cache: &Latents) -> Result<Tensor> {
-        let (rank, dq, dkv) = (self.rank, self.heads.d_q(), self.heads.d_kv());
+        let (rank, k0, dkv) = (self.rank, self.k0, self.heads.d_kv());
         let len = cache.len();
         match (&self.factors, cache) {
             (Factors::Float(up_t), Latents::Float { c, .. }) => {
                 let c = Tensor::from_slice(c, (len, rank), &Device::Cpu)?;
-                Ok(c.matmul(&columns(up_t, dq..dq + dkv)?)?)
+                Ok(c.matmul(&columns(up_t, k0..k0 + dkv)?)?)
             }
             (Factors::Int8 { k, .. }, Latents::Int8 { q, s, .. }) => {
                 let keys = in_parallel(len, |tokens| {
@@ -234,7 +246,7 @@ impl<'a> LatentUp<'a> {
         let v_rows = group * hd..(group + 1) * hd;
         match &self.factors {
             Factors::Float(up_t) => {
-                let base = self.heads.d_q() + self.heads.d_kv();
+                let base = self.k0 + self.heads.d_kv();
                 let mixed = Tensor::from_slice(mixed, (rows, rank), &Device::Cpu)?;
                 Ok(mixed.matmul(&columns(up_t, base + v_rows.start..base + v_rows.end)?)?)
             }
@@ -249,21 +261,30 @@ impl<'a> LatentUp<'a> {
     }
 }
 
-/// `q_up`, `k_up` and `v_up` of a quantized layer, checked to share the latent's quantization.
-fn quantized_factors(parts: &[QuantLinear], rank: usize, heads: Heads, layer: usize) -> Result<Factors<'_>> {
-    let [q, k, v] = parts else {
-        return Err(unsupported(layer, format!("three up factors, not {}", parts.len())));
-    };
-    let shapes = [q, k, v].map(|p| (p.weights.out, p.weights.cols));
+/// `q_up` (when `joint`), `k_up` and `v_up` of a quantized layer, checked to share the latent's
+/// quantization.
+fn quantized_factors(
+    parts: &[QuantLinear],
+    joint: bool,
+    rank: usize,
+    heads: Heads,
+    layer: usize,
+) -> Result<Factors<'_>> {
     let (dq, dkv) = (heads.d_q(), heads.d_kv());
-    if shapes != [(dq, rank), (dkv, rank), (dkv, rank)] {
-        return Err(unsupported(layer, format!("up factors [{dq}, {dkv}, {dkv}] × {rank}, not {shapes:?}")));
+    let (q, k, v, want) = match (parts, joint) {
+        ([q, k, v], true) => (Some(q), k, v, vec![(dq, rank), (dkv, rank), (dkv, rank)]),
+        ([k, v], false) => (None, k, v, vec![(dkv, rank), (dkv, rank)]),
+        _ => return Err(unsupported(layer, format!("{} up factors", parts.len()))),
+    };
+    let shapes: Vec<_> = parts.iter().map(|p| (p.weights.out, p.weights.cols)).collect();
+    if shapes != want {
+        return Err(unsupported(layer, format!("up factors {want:?}, not {shapes:?}")));
     }
-    let one_input = [k, v].iter().all(|p| p.activation == q.activation);
-    if !one_input || [q, k, v].iter().any(|p| !p.online.is_empty()) {
+    let one_input = parts.iter().all(|p| p.activation == k.activation);
+    if !one_input || parts.iter().any(|p| !p.online.is_empty()) {
         return Err(unsupported(
             layer,
-            "q_up, k_up and v_up with one activation quantization and no online transforms".into(),
+            "ups with one activation quantization and no online transforms".into(),
         ));
     }
     Ok(Factors::Int8 { q, k, v })

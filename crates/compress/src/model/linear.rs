@@ -20,6 +20,9 @@ pub enum Tower {
 pub enum Proj {
     /// Q, K and V stacked along output rows (`[d_q; d_kv; d_kv]`), one shared input.
     Qkv,
+    /// K and V stacked (`[d_kv; d_kv]`) apart from Q: a text layer's K/V latent. Calibrated on
+    /// the K and V columns of the stacked output.
+    Kv,
     /// An MLP linear by index: text `gate_proj`, `up_proj`, `down_proj`; vision `fc1`, `fc2`.
     Mlp(usize),
     /// The attention output projection (text `o_proj`, vision `out_proj`); never factored, tapped
@@ -154,7 +157,9 @@ impl Tape {
         self.wanted.iter().any(|t| t.tower == tower)
     }
 
-    fn tap(&mut self, target: Target, x: &Tensor, y: Tensor) -> Result<Tensor> {
+    /// Record `x` and, with gradients, a probe on `y` (returned with the probe added) when the
+    /// tape wants `target`; `y` unchanged otherwise.
+    pub fn tap(&mut self, target: Target, x: &Tensor, y: Tensor) -> Result<Tensor> {
         if !self.wanted.contains(&target) {
             return Ok(y);
         }

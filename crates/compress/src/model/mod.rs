@@ -19,8 +19,8 @@ use std::path::Path;
 use candle_core::{D, Device, Tensor};
 use pocketvlm_format::architecture::{EMBED_TOKENS, LM_HEAD};
 use pocketvlm_format::compression::{
-    linear_factor_names, qkv_factor_names, text_layer_prefix, text_mlp_linears, vision_layer_prefix,
-    vision_mlp_linears,
+    kv_factor_names, linear_factor_names, qkv_factor_names, text_layer_prefix, text_mlp_linears,
+    vision_layer_prefix, vision_mlp_linears,
 };
 use pocketvlm_format::quant::{Bits, QuantLinear, QuantWeights, Quantization, QuantizedTable, scale_name};
 use pocketvlm_format::{Compression, FormatError, LayerRanks, ModelConfig, ModelData};
@@ -100,6 +100,13 @@ impl Source<'_> {
         }
         let names = ["q_proj", "k_proj", "v_proj"].map(|p| format!("{attn}.{p}.weight"));
         Ok(Linear { down: None, up: self.weight(&names)?, bias })
+    }
+
+    /// The K/V latent of a text attention block (`attn` ends in `self_attn`): `kv_down` and the
+    /// stacked `[k_up; v_up]` (no biases in the text decoder).
+    fn kv_linear(&self, attn: &str) -> Result<Linear> {
+        let [down, k, v] = kv_factor_names(attn);
+        Ok(Linear { down: Some(self.weight(&[down])?), up: self.weight(&[k, v])?, bias: None })
     }
 
     /// A single linear `{base}.weight` or its factors `{base}.down/up.weight`.
@@ -222,9 +229,17 @@ impl CpuModel {
             let mlp = text_mlp_linears(&cfg)
                 .map(|(n, _, _)| src.plain_linear(&format!("{p}.mlp.{n}"), r.mlp.contains_key(n), false));
             let [g, u, d] = mlp;
+            let attn = format!("{p}.self_attn");
+            let (q, qkv) = match r.kv {
+                Some(_) => {
+                    (Some(src.plain_linear(&format!("{attn}.q_proj"), false, false)?), src.kv_linear(&attn)?)
+                }
+                None => (None, src.qkv_linear(&attn, r.qkv, false)?),
+            };
             layers.push(text::DecoderLayer {
                 input_norm: tensor(store, &format!("{p}.input_layernorm.weight"))?,
-                qkv: src.qkv_linear(&format!("{p}.self_attn"), r.qkv, false)?,
+                q,
+                qkv,
                 o_proj: src.plain_linear(&format!("{p}.self_attn.o_proj"), false, false)?,
                 post_norm: tensor(store, &format!("{p}.post_attention_layernorm.weight"))?,
                 mlp: [g?, u?, d?],

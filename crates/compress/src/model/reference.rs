@@ -7,6 +7,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use candle_core::{Device, Tensor};
+use pocketvlm_format::compression::Latent;
 use pocketvlm_format::{Manifest, dir};
 use pocketvlm_processor::{Message, Preprocessor, Prompt as ChatPrompt, RgbImage};
 
@@ -147,14 +148,16 @@ impl Reference {
 
 /// A test model of the tiny fixture by name: an optional low-rank factorisation (plain `svd`,
 /// which needs no calibration) and an optional low-bit recipe, as `cargo xtask compress
-/// --recipe svd --qkv-params … --kv-cache … --ffn-params … --bits … [--group-size …]
-/// [--float …] [--widths …]` gives them.
+/// --recipe svd --qkv-params … --kv-cache … --ffn-params … [--latent kv] --bits …
+/// [--group-size …] [--float …] [--widths …]` gives them.
 #[derive(Clone, Copy, Debug)]
 pub struct TestRecipe {
     /// A short name (a directory name).
     pub name: &'static str,
     /// Budgets of an `svd` factorisation; `None` converts densely.
     pub low_rank: Option<Budgets>,
+    /// What the factorisation's text latent is shared by.
+    pub latent: Latent,
     /// `w8a8`, `w4a8` or `w4a4`; empty for a float model.
     pub bits: &'static str,
     pub group: Option<usize>,
@@ -171,7 +174,7 @@ const fn dense(
     group: Option<usize>,
     float: &'static str,
 ) -> TestRecipe {
-    TestRecipe { name, low_rank: None, bits, group, float, widths: "" }
+    TestRecipe { name, low_rank: None, latent: Latent::Qkv, bits, group, float, widths: "" }
 }
 
 /// The quantized variants of the tiny fixture that the whole-model tests run on the GPU, natively
@@ -202,19 +205,40 @@ const QKV50_FFN50_VISION60: Budgets =
 const KV25: Budgets =
     Budgets { qkv_params: None, kv_cache: Some(0.25), ffn_params: None, vision_qkv_params: None };
 
-/// A low-rank test recipe (`svd`).
+/// Half the dense K/V values per token: 48 latent values over the fixture's 3 layers (rank 16
+/// each, below `2·d_kv = 32`).
+const KV50: Budgets =
+    Budgets { qkv_params: None, kv_cache: Some(0.5), ffn_params: None, vision_qkv_params: None };
+
+/// A low-rank test recipe (`svd`) with a joint-QKV latent.
 const fn low_rank(name: &'static str, budgets: Budgets, bits: &'static str) -> TestRecipe {
-    TestRecipe { name, low_rank: Some(budgets), bits, group: None, float: "", widths: "" }
+    TestRecipe {
+        name,
+        low_rank: Some(budgets),
+        latent: Latent::Qkv,
+        bits,
+        group: None,
+        float: "",
+        widths: "",
+    }
 }
 
-/// Low-rank variants of the tiny fixture whose decoder caches its joint-QKV latents: float with
+/// A low-rank test recipe (`svd`) with a latent for K and V only (`--latent kv`).
+const fn kv_latent(name: &'static str, budgets: Budgets, bits: &'static str) -> TestRecipe {
+    TestRecipe { latent: Latent::Kv, ..low_rank(name, budgets, bits) }
+}
+
+/// Low-rank variants of the tiny fixture whose decoder caches its latents: joint QKV, float with
 /// factored MLP and vision QKV, the same at W4A8, and INT8 latents at a quarter of dense K/V
-/// bytes at W4A8 and W8A8. Built by [`TestRecipe::build`].
-pub const LOW_RANK_TEST_RECIPES: [TestRecipe; 4] = [
+/// bytes at W4A8 and W8A8; a latent for K and V only (Q dense), float at half the K/V values and
+/// at a quarter of the bytes at W4A8. Built by [`TestRecipe::build`].
+pub const LOW_RANK_TEST_RECIPES: [TestRecipe; 6] = [
     low_rank("svd-qkv50-ffn50-vision60", QKV50_FFN50_VISION60, ""),
     low_rank("svd-qkv50-ffn50-vision60-w4a8", QKV50_FFN50_VISION60, "w4a8"),
     low_rank("svd-kv25-w4a8", KV25, "w4a8"),
     low_rank("svd-kv25-w8a8", KV25, "w8a8"),
+    kv_latent("svd-kvlatent50", KV50, ""),
+    kv_latent("svd-kvlatent25-w4a8", KV25, "w4a8"),
 ];
 
 /// The cases of the tiny fixture the quantized variants are checked on (one text, one image).
@@ -247,7 +271,12 @@ impl TestRecipe {
         let quant = self.quant_options()?;
         let plan = match self.low_rank {
             Some(budgets) => {
-                Plan::LowRank(LowRankOptions { quant, ..LowRankOptions::new(Method::Svd, budgets, None) })
+                let latent = self.latent;
+                Plan::LowRank(LowRankOptions {
+                    quant,
+                    latent,
+                    ..LowRankOptions::new(Method::Svd, budgets, None)
+                })
             }
             None => Plan::Dense(DenseOptions { quant, ..Default::default() }),
         };

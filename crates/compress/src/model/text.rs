@@ -13,7 +13,9 @@ use crate::model::linear::{Linear, Proj, Tape, Target, Tower, Weight};
 
 pub struct DecoderLayer {
     pub input_norm: Tensor,
-    /// `[q; k; v]` stacked along the output.
+    /// `q_proj` when Q is apart from a K/V latent; `None` when `qkv` computes Q too.
+    pub q: Option<Linear>,
+    /// `[q; k; v]` stacked along the output — or `[k; v]` (a K/V latent) when `q` is apart.
     pub qkv: Linear,
     pub o_proj: Linear,
     pub post_norm: Tensor,
@@ -278,13 +280,13 @@ impl TextDecoder {
             let t = |proj| Target { tower: Tower::Text, layer: i, proj };
             let h = rms_norm(&x, &l.input_norm, c.rms_norm_eps)?;
             let latent = match cache.as_deref() {
-                Some(k) if k.kind == CacheKind::Latent => LatentUp::of(&l.qkv, heads, i)?,
+                Some(k) if k.kind == CacheKind::Latent => LatentUp::of(&l.qkv, l.q.is_none(), heads, i)?,
                 _ => None,
             };
             let entry = cache.as_deref_mut().map(|k| &mut k.layers[i]);
             let o = match (latent, entry) {
                 (Some(up), Some(entry)) => {
-                    if tape.as_ref().is_some_and(|tp| tp.wants(t(Proj::Qkv))) {
+                    if tape.as_ref().is_some_and(|tp| tp.wants(t(Proj::Qkv)) || tp.wants(t(Proj::Kv))) {
                         return Err(CompressError::BadOptions {
                             recipe: "a forward with a latent K/V cache".into(),
                             what: "no tape on the attention inputs (use a plain cache or none)".into(),
@@ -321,8 +323,7 @@ impl TextDecoder {
     ) -> Result<Tensor> {
         let (hd, heads, kv_heads) = (step.heads.head_dim, step.heads.heads, step.heads.kv_heads);
         let (dq, dkv) = (step.heads.d_q(), step.heads.d_kv());
-        let target = Target { tower: Tower::Text, layer: i, proj: Proj::Qkv };
-        let qkv = l.qkv.forward(h, target, tape)?;
+        let qkv = stacked_qkv(l, i, h, dq, tape)?;
         let q = rope_heads(&qkv.narrow(1, 0, dq)?, heads, hd, &step.cos, &step.sin)?;
         let mut k = rope_heads(&qkv.narrow(1, dq, dkv)?, kv_heads, hd, &step.cos, &step.sin)?;
         let mut v = split_heads(&qkv.narrow(1, dq + dkv, dkv)?, kv_heads, hd)?;
@@ -365,9 +366,17 @@ impl TextDecoder {
             None => h.clone(),
         };
         let c = c.detach().contiguous()?.flatten_all()?.to_vec1::<f32>()?;
-        let q = add_bias(up.append(&c, latents)?, bias_part(bias, 0..dq)?)?;
+        // the rows of the stacked bias: Q's first when the latent computes Q too
+        let k0 = if l.q.is_none() { dq } else { 0 };
+        let q = match (up.append(&c, latents)?, &l.q) {
+            (Some(q), _) => add_bias(q, bias_part(bias, 0..dq)?)?,
+            (None, Some(q_proj)) => {
+                q_proj.forward(h, Target { tower: Tower::Text, layer: i, proj: Proj::Qkv }, None)?
+            }
+            (None, None) => return Err(CompressError::Calibration(format!("text layer {i}: no queries"))),
+        };
         let q = rope_heads(&q, heads.heads, hd, &step.cos, &step.sin)?;
-        let k = add_bias(up.keys(latents)?, bias_part(bias, dq..dq + dkv)?)?;
+        let k = add_bias(up.keys(latents)?, bias_part(bias, k0..k0 + dkv)?)?;
         let (cos, sin) = step.key_rope(&self.cfg)?;
         let k = rope_heads(&k, heads.kv_heads, hd, cos, sin)?;
         let p = step.weights(&q, &k)?.flatten_all()?.to_vec1::<f32>()?;
@@ -375,7 +384,7 @@ impl TextDecoder {
         let per_group = heads.group_size() * step.len * up.rank();
         let mut groups = Vec::with_capacity(heads.kv_heads);
         for (g, rows) in mixed.chunks_exact(per_group).enumerate() {
-            let v_rows = dq + dkv + g * hd..dq + dkv + (g + 1) * hd;
+            let v_rows = k0 + dkv + g * hd..k0 + dkv + (g + 1) * hd;
             let v = add_bias(up.values(rows, g)?, bias_part(bias, v_rows)?)?;
             groups.push(v.reshape((heads.group_size(), step.len, hd))?);
         }
@@ -391,5 +400,38 @@ impl TextDecoder {
     pub fn embed(&self, ids: &[u32]) -> Result<Tensor> {
         let idx = Tensor::new(ids, &Device::Cpu)?;
         Ok(self.embed.index_select(&idx, 0)?)
+    }
+}
+
+/// `[q; k; v]` of layer `i`'s input `h`: from the stacked linear, or from `q_proj` and the K/V
+/// latent. The tape sees the stacked output as the `Qkv` target either way (the inputs and
+/// gradients a joint factorisation or the quantizer's moments need) and its K and V columns as
+/// the `Kv` target (a K/V latent's).
+fn stacked_qkv(
+    l: &DecoderLayer,
+    i: usize,
+    h: &Tensor,
+    dq: usize,
+    mut tape: Option<&mut Tape>,
+) -> Result<Tensor> {
+    let t = |proj| Target { tower: Tower::Text, layer: i, proj };
+    let qkv = match &l.q {
+        None => l.qkv.forward(h, t(Proj::Qkv), tape.as_deref_mut())?,
+        Some(q) => {
+            let y =
+                Tensor::cat(&[q.forward(h, t(Proj::Qkv), None)?, l.qkv.forward(h, t(Proj::Kv), None)?], 1)?;
+            match tape.as_deref_mut() {
+                Some(tp) => tp.tap(t(Proj::Qkv), h, y)?,
+                None => y,
+            }
+        }
+    };
+    match tape {
+        Some(tp) if tp.wants(t(Proj::Kv)) => {
+            let width = qkv.dim(1)? - dq;
+            let kv = tp.tap(t(Proj::Kv), h, qkv.narrow(1, dq, width)?)?;
+            Ok(Tensor::cat(&[&qkv.narrow(1, 0, dq)?, &kv], 1)?)
+        }
+        _ => Ok(qkv),
     }
 }

@@ -59,6 +59,7 @@ pub fn emit(
         };
         match tg.proj {
             Proj::Qkv => layer.qkv = Some(kept.len()),
+            Proj::Kv => layer.kv = Some(kept.len()),
             Proj::Mlp(i) => {
                 layer.mlp.insert(mlp_name(&cfg, tg.tower, i).to_string(), kept.len());
             }

@@ -19,6 +19,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use pocketvlm_format::compression::Latent;
 use pocketvlm_format::{Compression, Encoding, Manifest};
 
 pub use self::dense::DenseOptions;
@@ -35,11 +36,21 @@ use crate::quant::QuantOptions;
 use crate::report::{self, ReportFiles};
 use crate::writer::Written;
 
+/// The latent `--latent` names: `qkv` or `kv` (typed error otherwise).
+pub fn latent_named(s: &str) -> Result<Latent> {
+    [Latent::Qkv, Latent::Kv].into_iter().find(|l| l.name() == s).ok_or_else(|| CompressError::BadOptions {
+        recipe: format!("--latent {s}"),
+        what: "qkv or kv".into(),
+    })
+}
+
 /// Everything a low-rank compression run needs.
 #[derive(Clone, Debug)]
 pub struct LowRankOptions {
     pub method: Method,
     pub budgets: Budgets,
+    /// What the text decoder's latent (under the QKV-parameter and K/V budgets) is shared by.
+    pub latent: Latent,
     /// Share of Σ given to the down factor (`down = Σ^β Vᵀ…`, `up = U Σ^(1−β)`).
     pub beta: f64,
     /// Search β over these values instead (quantized recipes only): each candidate is factored,
@@ -65,6 +76,7 @@ impl LowRankOptions {
         Self {
             method,
             budgets,
+            latent: Latent::Qkv,
             beta: 0.5,
             beta_search: None,
             transform: TransformOptions::default(),
@@ -196,6 +208,13 @@ fn check_low_rank_options(opts: &LowRankOptions) -> Result<()> {
         return Err(CompressError::BadOptions {
             recipe: opts.method.name().into(),
             what: "calibration data (--calib <images folder> or --calib-text <file>)".into(),
+        });
+    }
+    let text_latent = opts.budgets.qkv_params.is_some() || opts.budgets.kv_cache.is_some();
+    if opts.latent == Latent::Kv && !text_latent {
+        return Err(CompressError::BadOptions {
+            recipe: "--latent kv".into(),
+            what: "a text-decoder latent budget (--kv-cache or --qkv-params)".into(),
         });
     }
     Ok(())

@@ -1,9 +1,11 @@
 //! Which targets are factored, grouped into pools that share one budget: the text decoder's
-//! QKV (latent components, under the QKV-parameter and K/V budgets), its MLP projections
+//! QKV or K/V (latent components, under the QKV-parameter and K/V budgets), its MLP projections
 //! (parameters) and the vision tower's QKV (latent components); see [`crate::budget`].
 
 use pocketvlm_format::ModelConfig;
 use pocketvlm_format::compression::text_mlp_linears;
+
+use pocketvlm_format::compression::Latent;
 
 use super::LowRankOptions;
 use crate::budget;
@@ -24,10 +26,12 @@ pub fn pools(cfg: &ModelConfig, opts: &LowRankOptions) -> Vec<Pool> {
     let t = &cfg.text;
     let mut pools: Vec<Pool> = Vec::new();
     let b = &opts.budgets;
-    if let Some(components) = budget::text_qkv_components(cfg, b, opts.quant.is_some()) {
+    let kv_only = opts.latent == Latent::Kv;
+    if let Some(components) = budget::text_qkv_components(cfg, b, opts.quant.is_some(), kv_only) {
+        let proj = if kv_only { Proj::Kv } else { Proj::Qkv };
         pools.push(Pool {
             targets: (0..t.num_hidden_layers)
-                .map(|l| Target { tower: Tower::Text, layer: l, proj: Proj::Qkv })
+                .map(|l| Target { tower: Tower::Text, layer: l, proj })
                 .collect(),
             budget: components,
             unit_cost: vec![1; t.num_hidden_layers],

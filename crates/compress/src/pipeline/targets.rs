@@ -6,7 +6,8 @@ use std::collections::BTreeMap;
 use faer::Mat;
 use pocketvlm_format::ModelConfig;
 use pocketvlm_format::compression::{
-    linear_factor_names, qkv_factor_names, text_layer_prefix, text_mlp_linears, vision_layer_prefix,
+    kv_factor_names, linear_factor_names, qkv_factor_names, text_layer_prefix, text_mlp_linears,
+    vision_layer_prefix,
 };
 
 use crate::checkpoint::RawTensor;
@@ -15,7 +16,7 @@ use crate::lowrank::Decomposition;
 use crate::lowrank::linalg::from_rows;
 use crate::model::{Proj, Target, Tower};
 
-/// Stacked `[W_q; W_k; W_v]` or a single MLP weight as `[out, in]` f64.
+/// Stacked `[W_q; W_k; W_v]` (or `[W_k; W_v]`) or a single MLP weight as `[out, in]` f64.
 pub fn dense_target_weight(
     cfg: &ModelConfig,
     tensors: &BTreeMap<String, RawTensor<'_>>,
@@ -29,6 +30,7 @@ pub fn dense_target_weight(
         Proj::Qkv => {
             ["q_proj", "k_proj", "v_proj"].iter().map(|p| format!("{prefix}.self_attn.{p}.weight")).collect()
         }
+        Proj::Kv => ["k_proj", "v_proj"].iter().map(|p| format!("{prefix}.self_attn.{p}.weight")).collect(),
         Proj::Mlp(i) => vec![format!("{prefix}.mlp.{}.weight", mlp_name(cfg, t.tower, i))],
         Proj::Out => vec![format!("{prefix}.self_attn.{}.weight", out_name(t.tower))],
     };
@@ -61,7 +63,7 @@ pub(super) fn mlp_name(cfg: &ModelConfig, tower: Tower, i: usize) -> &'static st
     }
 }
 
-/// Output row splits of a target (`[d_q, d_kv, d_kv]` for QKV).
+/// Output row splits of a target (`[d_q, d_kv, d_kv]` for QKV, `[d_kv, d_kv]` for K/V).
 pub fn out_splits(cfg: &ModelConfig, t: Target, rows: usize) -> Vec<usize> {
     match (t.tower, t.proj) {
         (Tower::Text, Proj::Qkv) => {
@@ -70,11 +72,12 @@ pub fn out_splits(cfg: &ModelConfig, t: Target, rows: usize) -> Vec<usize> {
             vec![cfg.text.num_attention_heads * hd, kv, kv]
         }
         (Tower::Vision, Proj::Qkv) => vec![cfg.vision.hidden_size; 3],
+        (_, Proj::Kv) => vec![cfg.text.num_key_value_heads * cfg.text.head_dim; 2],
         _ => vec![rows],
     }
 }
 
-/// The dense weight a target replaces (for QKV, `q_proj`'s).
+/// The dense weight a target replaces (for QKV, `q_proj`'s; for K/V, `k_proj`'s).
 pub(super) fn dense_weight_name(cfg: &ModelConfig, t: Target) -> String {
     let prefix = match t.tower {
         Tower::Text => text_layer_prefix(t.layer),
@@ -82,13 +85,15 @@ pub(super) fn dense_weight_name(cfg: &ModelConfig, t: Target) -> String {
     };
     match t.proj {
         Proj::Qkv => format!("{prefix}.self_attn.q_proj.weight"),
+        Proj::Kv => format!("{prefix}.self_attn.k_proj.weight"),
         Proj::Mlp(i) => format!("{prefix}.mlp.{}.weight", mlp_name(cfg, t.tower, i)),
         Proj::Out => format!("{prefix}.self_attn.{}.weight", out_name(t.tower)),
     }
 }
 
 /// The named factor tensors of a target for the kept components: `qkv_down` and the
-/// `q_up`/`k_up`/`v_up` blocks (rows split `[d_q, d_kv, d_kv]`), or `{linear}.down`/`.up`.
+/// `q_up`/`k_up`/`v_up` blocks (rows split `[d_q, d_kv, d_kv]`), `kv_down` and `k_up`/`v_up`,
+/// or `{linear}.down`/`.up`.
 pub fn target_factors(
     cfg: &ModelConfig,
     dec: &Decomposition,
@@ -106,6 +111,11 @@ pub fn target_factors(
             let [dn, q, k, v] = qkv_factor_names(&format!("{prefix}.self_attn"));
             let ups = split_rows(&up, &out_splits(cfg, t, up.nrows()));
             std::iter::once((dn, down)).chain([q, k, v].into_iter().zip(ups)).collect()
+        }
+        Proj::Kv => {
+            let [dn, k, v] = kv_factor_names(&format!("{prefix}.self_attn"));
+            let ups = split_rows(&up, &out_splits(cfg, t, up.nrows()));
+            std::iter::once((dn, down)).chain([k, v].into_iter().zip(ups)).collect()
         }
         Proj::Mlp(i) => {
             let (dn, upn) = linear_factor_names(&format!("{prefix}.mlp.{}", mlp_name(cfg, t.tower, i)));

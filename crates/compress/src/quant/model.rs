@@ -42,7 +42,8 @@ use faer::Mat;
 
 use pocketvlm_format::architecture::{EMBED_TOKENS, LM_HEAD};
 use pocketvlm_format::compression::{
-    linear_factor_names, qkv_factor_names, text_layer_prefix, vision_layer_prefix, vision_mlp_linears,
+    Latent, LayerRanks, kv_factor_names, linear_factor_names, qkv_factor_names, text_layer_prefix,
+    vision_layer_prefix, vision_mlp_linears,
 };
 use pocketvlm_format::quant::linear::check_group;
 use pocketvlm_format::quant::pack::pack;
@@ -437,22 +438,29 @@ impl Planner<'_> {
         }
     }
 
-    /// The stacked Q/K/V of `attn`: dense (each gets `online`) or the joint factors (the down
-    /// factor gets `online`; the up factors take `latent_bits` activations).
-    fn qkv(&mut self, attn: &str, factored: bool, online: Vec<RotationSpec>, latent_bits: Bits) {
-        if factored {
-            let [down, q, k, v] = qkv_factor_names(attn);
-            let down = Plan { online, ..self.plain(down) };
-            self.plans.push(down);
-            for up in [q, k, v] {
-                let p = Plan { activation: latent_bits, ..self.plain(up) };
-                self.plans.push(p);
+    /// The stacked Q/K/V of `attn`: dense (each gets `online`), the joint factors (the down
+    /// factor gets `online`; the up factors take `latent_bits` activations), or a dense Q beside
+    /// a K/V latent (`q_proj` and `kv_down` get `online`, `k_up` and `v_up` `latent_bits`).
+    fn qkv(&mut self, attn: &str, latent: Option<Latent>, online: Vec<RotationSpec>, latent_bits: Bits) {
+        // the matrices reading the attention input, and the latent's ups
+        let (readers, ups) = match latent {
+            None => (["q_proj", "k_proj", "v_proj"].map(|n| format!("{attn}.{n}.weight")).to_vec(), vec![]),
+            Some(Latent::Qkv) => {
+                let [down, q, k, v] = qkv_factor_names(attn);
+                (vec![down], vec![q, k, v])
             }
-        } else {
-            for n in ["q_proj", "k_proj", "v_proj"] {
-                let p = Plan { online: online.clone(), ..self.plain(format!("{attn}.{n}.weight")) };
-                self.plans.push(p);
+            Some(Latent::Kv) => {
+                let [down, k, v] = kv_factor_names(attn);
+                (vec![format!("{attn}.q_proj.weight"), down], vec![k, v])
             }
+        };
+        for reader in readers {
+            let p = Plan { online: online.clone(), ..self.plain(reader) };
+            self.plans.push(p);
+        }
+        for up in ups {
+            let p = Plan { activation: latent_bits, ..self.plain(up) };
+            self.plans.push(p);
         }
     }
 
@@ -466,7 +474,7 @@ impl Planner<'_> {
             let (attention, mlp) = self.opts.parts.decoder_layer(i);
             if attention {
                 let from = self.plans.len();
-                self.qkv(&attn, ranks.is_some_and(|l| l.qkv.is_some()), Vec::new(), Bits::Int8);
+                self.qkv(&attn, ranks.and_then(LayerRanks::latent_kind), Vec::new(), Bits::Int8);
                 let o = self.online(t.num_attention_heads * t.head_dim, slot);
                 self.linear(&format!("{attn}.o_proj"), false, o);
                 self.tag(from, Unit::Decoder(i, Sublayer::Attention));
@@ -497,7 +505,7 @@ impl Planner<'_> {
             let slot = 0x6000_0000 + 4 * i as u32;
             let scheme_bits = self.opts.scheme.activation_bits();
             let qkv_online = self.online(d, slot);
-            self.qkv(&attn, ranks.is_some_and(|l| l.qkv.is_some()), qkv_online, scheme_bits);
+            self.qkv(&attn, ranks.and_then(LayerRanks::latent_kind), qkv_online, scheme_bits);
             let o = self.online(d, slot + 1);
             self.linear(&format!("{attn}.out_proj"), false, o);
             for (k, name) in ["fc1", "fc2"].into_iter().enumerate() {
@@ -800,8 +808,9 @@ fn choose_widths(
             None => (float_bytes(&name) * shape.iter().product::<usize>()) as u64,
         };
     }
-    let latent =
-        |layer: usize| compression.and_then(|c| c.text_layers.get(layer)).is_some_and(|l| l.qkv.is_some());
+    let latent = |layer: usize| {
+        compression.and_then(|c| c.text_layers.get(layer)).is_some_and(|l| l.latent().is_some())
+    };
     let mut candidates = Vec::with_capacity(units.len());
     let mut integers: Vec<Vec<Integers>> = Vec::with_capacity(units.len());
     for (&unit, plans) in &units {
@@ -935,7 +944,7 @@ fn packed_encoding(bits: Bits) -> Encoding {
 /// KV budget counts every layer so: its attention must be quantized with the rest.
 fn check_float_attention(compression: Option<&Compression>, parts: &QuantParts) -> Result<()> {
     let layers = compression.map_or(&[][..], |c| c.text_layers.as_slice());
-    match layers.iter().enumerate().find(|(i, l)| l.qkv.is_some() && !parts.decoder_layer(*i).0) {
+    match layers.iter().enumerate().find(|(i, l)| l.latent().is_some() && !parts.decoder_layer(*i).0) {
         Some((i, _)) => Err(CompressError::BadOptions {
             recipe: format!("float decoder.{i}.attention"),
             what: "a quantized attention in a layer whose joint-QKV latent is its K/V cache (cached INT8)"

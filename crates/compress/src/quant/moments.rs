@@ -26,7 +26,7 @@ use std::collections::{BTreeMap, HashMap};
 use candle_core::Var;
 use faer::Mat;
 use pocketvlm_format::compression::{
-    linear_factor_names, qkv_factor_names, text_layer_prefix, text_mlp_linears,
+    kv_factor_names, linear_factor_names, qkv_factor_names, text_layer_prefix, text_mlp_linears,
 };
 use pocketvlm_format::quant::Rotation;
 use pocketvlm_format::quant::rotation::SplitMix64;
@@ -114,6 +114,13 @@ fn square(acc: &[f64], rows: usize) -> Mat<f64> {
     Mat::from_fn(d, d, |i, j| acc[i * d + j] / rows.max(1) as f64)
 }
 
+/// A latent's down factor and its ups, each with its block of the stacked `[q; k; v]` output
+/// (0, 1 or 2).
+struct LatentFactors {
+    down: String,
+    ups: Vec<(String, usize)>,
+}
+
 /// The moments of every text-decoder linear matrix in `store` (Hugging Face names and the factor
 /// names of `compression`) from `samples`; with `grads`, `G` too (a backward pass per sample on
 /// its answer loss), and the moments of `lm_head` and of the embedding table. See the module
@@ -178,27 +185,42 @@ pub fn decoder_moments(
         let widths = [t_cfg.num_attention_heads, t_cfg.num_key_value_heads, t_cfg.num_key_value_heads]
             .map(|heads| heads * t_cfg.head_dim);
         let starts = [0, widths[0], widths[0] + widths[1]];
-        if ranks.is_some_and(|l| l.qkv.is_some()) {
-            let [down, q, k, v] = qkv_factor_names(&attn);
+        // the latent's factors, and the dense projections beside it (blocks of [q; k; v])
+        let (latent, dense) = match ranks.map_or((None, None), |l| (l.qkv, l.kv)) {
+            (Some(_), _) => {
+                let [down, q, k, v] = qkv_factor_names(&attn);
+                (Some(LatentFactors { down, ups: vec![(q, 0), (k, 1), (v, 2)] }), vec![])
+            }
+            (None, Some(_)) => {
+                let [down, k, v] = kv_factor_names(&attn);
+                (Some(LatentFactors { down, ups: vec![(k, 1), (v, 2)] }), vec![0])
+            }
+            (None, None) => (None, vec![0, 1, 2]),
+        };
+        if let Some(LatentFactors { down, ups }) = latent {
             let d = tensor(&down)?;
             let c = &d * &h * d.transpose();
-            let ups: Vec<Mat<f64>> = [&q, &k, &v].iter().map(|n| tensor(n)).collect::<Result<_>>()?;
+            let mats: Vec<(Mat<f64>, usize)> =
+                ups.iter().map(|(n, m)| Ok((tensor(n)?, *m))).collect::<Result<_>>()?;
+            // G of the latent: the ups stacked over their output rows, Uᵀ G U
             let g_c = g.as_ref().map(|g| {
-                let rank = ups[0].ncols();
-                let u = Mat::from_fn(g.nrows(), rank, |r, k| {
-                    let m = starts.iter().rposition(|&s| r >= s).unwrap_or(0);
-                    ups[m][(r - starts[m], k)]
+                let rows: usize = mats.iter().map(|(u, _)| u.nrows()).sum();
+                let rank = mats[0].0.ncols();
+                let first = starts[mats[0].1];
+                let u = Mat::from_fn(rows, rank, |r, k| {
+                    let (up, m) = mats.iter().rev().find(|(_, m)| first + r >= starts[*m]).expect("a block");
+                    up[(first + r - starts[*m], k)]
                 });
-                u.transpose() * g * &u
+                u.transpose() * g.submatrix(first, first, rows, rows) * &u
             });
-            for (m, up) in [q, k, v].into_iter().enumerate() {
-                out.insert(up, full(c.clone(), block(&g, starts[m], widths[m])));
+            for (name, m) in ups {
+                out.insert(name, full(c.clone(), block(&g, starts[m], widths[m])));
             }
-            out.insert(down, full(h, g_c));
-        } else {
-            for (m, n) in ["q_proj", "k_proj", "v_proj"].into_iter().enumerate() {
-                out.insert(format!("{attn}.{n}.weight"), full(h.clone(), block(&g, starts[m], widths[m])));
-            }
+            out.insert(down, full(h.clone(), g_c));
+        }
+        for m in dense {
+            let n = ["q_proj", "k_proj", "v_proj"][m];
+            out.insert(format!("{attn}.{n}.weight"), full(h.clone(), block(&g, starts[m], widths[m])));
         }
         let (h, g) = moments(t(Proj::Out))?;
         out.insert(format!("{attn}.o_proj.weight"), full(h, g));

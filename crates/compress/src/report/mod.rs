@@ -7,7 +7,7 @@ pub mod widths;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use pocketvlm_format::{Compression, FormatError, ModelConfig};
+use pocketvlm_format::{Compression, FormatError, LayerRanks, ModelConfig};
 
 use crate::error::Result;
 
@@ -65,18 +65,26 @@ pub fn text(
     );
     let _ = writeln!(
         s,
-        "\ntext decoder (QKV latent rank r of max {}; d_q {dq}, d_kv {dkv}):",
-        t.hidden_size.min(dq + 2 * dkv)
+        "\ntext decoder (latent rank r: QKV of max {}, or K/V (\"kv\", Q dense) of max {}; d_q {dq}, d_kv {dkv}):",
+        t.hidden_size.min(dq + 2 * dkv),
+        t.hidden_size.min(2 * dkv)
     );
-    let _ =
-        writeln!(s, "{:>5} {:>6} {:>10} {:>10} {:>10}", "layer", "qkv", "gate_proj", "up_proj", "down_proj");
+    let _ = writeln!(
+        s,
+        "{:>5} {:>8} {:>10} {:>10} {:>10}",
+        "layer", "latent", "gate_proj", "up_proj", "down_proj"
+    );
     let show = |r: Option<usize>| r.map_or("dense".to_string(), |r| r.to_string());
+    let latent = |l: &LayerRanks| match (l.qkv, l.kv) {
+        (None, Some(r)) => format!("kv {r}"),
+        (qkv, _) => show(qkv),
+    };
     for l in &c.text_layers {
         let _ = writeln!(
             s,
-            "{:>5} {:>6} {:>10} {:>10} {:>10}",
+            "{:>5} {:>8} {:>10} {:>10} {:>10}",
             l.layer,
-            show(l.qkv),
+            latent(l),
             show(l.mlp.get("gate_proj").copied()),
             show(l.mlp.get("up_proj").copied()),
             show(l.mlp.get("down_proj").copied())
@@ -162,10 +170,11 @@ pub fn svg(cfg: &ModelConfig, c: &Compression) -> String {
     );
     for (i, l) in c.text_layers.iter().enumerate() {
         let x = left + i as f64 * bw;
-        if let Some(r) = l.qkv {
+        if let Some(r) = l.latent() {
+            let kind = l.latent_kind().map_or("", |k| k.name());
             let _ = writeln!(
                 s,
-                "<rect x=\"{:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{:.1}\" fill=\"#4a7bd0\"><title>layer {} qkv rank {r}</title></rect>",
+                "<rect x=\"{:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{:.1}\" fill=\"#4a7bd0\"><title>layer {} {kind} rank {r}</title></rect>",
                 x + 1.0,
                 y(r as f64),
                 (bw - 2.0).max(1.0),

@@ -5,12 +5,12 @@
 //!
 //! * RMSNorm without its gain commutes with `R` (`‖R h‖ = ‖h‖`), so each gain `γ` is first
 //!   folded into the weights that read the normalised vector: `W ← W diag(γ)`, `γ ← 1`
-//!   (`input_layernorm` into Q/K/V or the joint `qkv_down`, `post_attention_layernorm` into
+//!   (`input_layernorm` into Q/K/V, the joint `qkv_down`, or `q_proj` and `kv_down`, `post_attention_layernorm` into
 //!   `gate_proj`/`up_proj` or their `down` factors, the final `norm` into `lm_head`);
 //! * writers of the residual get `W ← R W` (each column rotated): token embeddings (rows
 //!   `e ← R e`), the connector projection, `o_proj`, and `down_proj` (its `up` factor when
 //!   factored);
-//! * readers get `W ← W Rᵀ` (each row rotated): Q/K/V (or `qkv_down`), `gate_proj`/`up_proj`
+//! * readers get `W ← W Rᵀ` (each row rotated): Q/K/V (or `qkv_down`, or `q_proj` and `kv_down`), `gate_proj`/`up_proj`
 //!   (or their `down` factors) and `lm_head`.
 //!
 //! Then every layer computes `W Rᵀ · R n(h) = W n(h)`: logits are unchanged up to float rounding.
@@ -28,7 +28,9 @@
 
 use faer::Mat;
 use pocketvlm_format::architecture::{EMBED_TOKENS, LM_HEAD};
-use pocketvlm_format::compression::{linear_factor_names, qkv_factor_names, text_layer_prefix};
+use pocketvlm_format::compression::{
+    Latent, LayerRanks, kv_factor_names, linear_factor_names, qkv_factor_names, text_layer_prefix,
+};
 use pocketvlm_format::quant::rotation::SplitMix64;
 use pocketvlm_format::quant::{Construction, Rotation, RotationSpec};
 use pocketvlm_format::{Compression, ModelConfig};
@@ -161,10 +163,14 @@ pub fn rotate_model(
         let p = text_layer_prefix(i);
         let ranks = compression.and_then(|c| c.text_layers.get(i));
         let attn = format!("{p}.self_attn");
-        let (readers, latent) = match ranks.and_then(|l| l.qkv) {
-            Some(_) => {
+        let (readers, latent) = match ranks.and_then(LayerRanks::latent_kind) {
+            Some(Latent::Qkv) => {
                 let [down, q, k, v] = qkv_factor_names(&attn);
                 (vec![down.clone()], Some((down, vec![q, k, v])))
+            }
+            Some(Latent::Kv) => {
+                let [down, k, v] = kv_factor_names(&attn);
+                (vec![format!("{attn}.q_proj.weight"), down.clone()], Some((down, vec![k, v])))
             }
             None => (["q_proj", "k_proj", "v_proj"].map(|n| format!("{attn}.{n}.weight")).to_vec(), None),
         };

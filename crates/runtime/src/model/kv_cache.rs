@@ -2,8 +2,9 @@
 //!
 //! **Plain** (any layer): f32 keys (after RoPE) and values `[capacity, kv_heads·head_dim]`.
 //!
-//! **Latent** (a joint-QKV layer whose rank `r` is below `2·d_kv`, the format's rule, when the
-//! model runs with [`CacheKind::Latent`]): the pre-RoPE latent `c = qkv_down · x` of each token.
+//! **Latent** (a layer with a shared latent — joint QKV, or K/V with Q apart — whose rank `r` is
+//! below `2·d_kv`, the format's rule, when the model runs with [`CacheKind::Latent`]): the
+//! pre-RoPE latent `c = qkv_down · x` (or `kv_down · x`) of each token.
 //! A quantized model keeps the contract's cache entry — the latent's INT8 integers (`r` bytes,
 //! padded to whole words) and its f32 scale, exactly what the ups consume; a float model keeps
 //! `c` rounded to bf16 (`2r` bytes, the manifest's 16-bit values; bf16 rather than f16 keeps

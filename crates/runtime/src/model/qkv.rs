@@ -1,13 +1,15 @@
-//! The attention input projections: separate `q_proj`, `k_proj`, `v_proj`, or the joint-QKV
-//! latent of [`pocketvlm_format::compression`]: `c = qkv_down · x` once per token, then
-//! `q = q_up · c`, `k = k_up · c`, `v = v_up · c` (GQA split `[d_q, d_kv, d_kv]`).
+//! The attention input projections: separate `q_proj`, `k_proj`, `v_proj`, or a shared latent of
+//! [`pocketvlm_format::compression`] — joint: `c = qkv_down · x` once per token, then
+//! `q = q_up · c`, `k = k_up · c`, `v = v_up · c` (GQA split `[d_q, d_kv, d_kv]`); or for K and V
+//! only: `c = kv_down · x`, `k = k_up · c`, `v = v_up · c`, and `q = q_proj · x` (which reads the
+//! same input as `kv_down`, so a quantized model rotates and quantizes it once for both).
 //!
-//! In a quantized model the three ups share their input quantization (the contract's "latent
-//! K/V cache": INT8, no online transforms, one clip ratio), so the latent is quantized once and
-//! the three integer products read the same integers — which are also what a latent KV cache
-//! stores ([`super::kv_cache`]).
+//! In a quantized model the ups share their input quantization (the contract's "latent K/V
+//! cache": INT8, no online transforms, one clip ratio), so the latent is quantized once and the
+//! integer products read the same integers — which are also what a latent KV cache stores
+//! ([`super::kv_cache`]).
 
-use pocketvlm_format::compression::qkv_factor_names;
+use pocketvlm_format::compression::{kv_factor_names, qkv_factor_names};
 
 use super::linear::{Linear, Matrix, QuantLinear, forward_shared};
 use super::scratch::Scratch;
@@ -23,18 +25,28 @@ pub enum Qkv {
     Joint(JointQkv),
 }
 
-/// The joint-QKV latent and its three up-projections (all float or all quantized).
+/// A shared latent and its up-projections (all float or all quantized), and where the queries
+/// come from.
 pub struct JointQkv {
     pub down: Linear,
-    pub q_up: Matrix,
+    pub q: Queries,
     pub k_up: Matrix,
     pub v_up: Matrix,
 }
 
-/// The ups' shared input quantization (a quantized model) or none (float ups).
+/// Where a latent layer's queries come from.
+pub enum Queries {
+    /// `q_up · c`: the latent is Q's too (`qkv_down`).
+    Up(Matrix),
+    /// `q_proj · x`: the latent is K and V's only (`kv_down`).
+    Proj(Linear),
+}
+
+/// The ups' shared input quantization (a quantized model) or none (float ups); `q` is `q_up`
+/// when the latent computes the queries.
 pub enum Ups<'a> {
     Float,
-    Quant { q: &'a QuantLinear, k: &'a QuantLinear, v: &'a QuantLinear },
+    Quant { q: Option<&'a QuantLinear>, k: &'a QuantLinear, v: &'a QuantLinear },
 }
 
 impl Qkv {
@@ -42,6 +54,18 @@ impl Qkv {
     /// biases `{q,k,v}_proj.bias` when `biases` (the vision tower).
     pub async fn load(w: &WeightLoader<'_>, prefix: &str, biases: bool) -> Result<Self> {
         let bias = |n: &str| biases.then(|| format!("{prefix}.{n}_proj.bias"));
+        let [kv_down, kv_k_up, kv_v_up] = kv_factor_names(prefix);
+        if w.has(&kv_down) {
+            let q_proj = format!("{prefix}.q_proj.weight");
+            let joint = JointQkv {
+                down: Linear::load(w, &kv_down, None).await?,
+                q: Queries::Proj(Linear::load(w, &q_proj, bias("q").as_deref()).await?),
+                k_up: Matrix::load(w, &kv_k_up, bias("k").as_deref()).await?,
+                v_up: Matrix::load(w, &kv_v_up, bias("v").as_deref()).await?,
+            };
+            joint.check(prefix)?;
+            return Ok(Qkv::Joint(joint));
+        }
         let [down, q_up, k_up, v_up] = qkv_factor_names(prefix);
         if !w.has(&down) {
             let linear = |n: &'static str| {
@@ -52,7 +76,7 @@ impl Qkv {
         }
         let joint = JointQkv {
             down: Linear::load(w, &down, None).await?,
-            q_up: Matrix::load(w, &q_up, bias("q").as_deref()).await?,
+            q: Queries::Up(Matrix::load(w, &q_up, bias("q").as_deref()).await?),
             k_up: Matrix::load(w, &k_up, bias("k").as_deref()).await?,
             v_up: Matrix::load(w, &v_up, bias("v").as_deref()).await?,
         };
@@ -78,21 +102,27 @@ impl Qkv {
             }
             Qkv::Joint(j) => {
                 let c = scratch.f32(gpu, "qkv latent", rows * j.rank()).await?;
-                j.down.forward(gpu, encoder, scratch, rows, x, &c).await?;
-                let ups = [&j.q_up, &j.k_up, &j.v_up];
+                j.project(gpu, encoder, scratch, rows, x, &c, outs[0]).await?;
+                let q_up = match &j.q {
+                    Queries::Up(q_up) => Some(q_up),
+                    Queries::Proj(_) => None,
+                };
                 match j.ups() {
                     Ups::Float => {
-                        for (up, y) in ups.into_iter().zip(outs) {
+                        let ups = [(q_up, outs[0]), (Some(&j.k_up), outs[1]), (Some(&j.v_up), outs[2])];
+                        for (up, y) in ups.into_iter().filter_map(|(u, y)| Some((u?, y))) {
                             up.forward(gpu, encoder, scratch, rows, &c, y).await?;
                         }
                     }
                     Ups::Quant { q, k, v } => {
                         let stride = j.latent_words();
                         let (words, scales) = scratch.latent_rows(gpu, rows, stride).await?;
-                        q.quantize(gpu, encoder, rows, &c, (&words, stride), &scales).await?;
+                        k.quantize(gpu, encoder, rows, &c, (&words, stride), &scales).await?;
                         let a = QuantizedRows::new(&words, &scales, rows, stride);
-                        for (up, y) in [q, k, v].into_iter().zip(outs) {
-                            up.product(gpu, encoder, &a, (y, 0)).await?;
+                        for (up, y) in [(q, outs[0]), (Some(k), outs[1]), (Some(v), outs[2])] {
+                            if let Some(up) = up {
+                                up.product(gpu, encoder, &a, (y, 0)).await?;
+                            }
                         }
                     }
                 }
@@ -108,10 +138,35 @@ impl JointQkv {
         self.down.out_features()
     }
 
+    /// Record the latent `c` (f32 `[rows, r]`) of `rows` rows of `x` and, when the queries are
+    /// `q_proj`'s, the queries into `q` (the two read `x` through one rotation and quantization
+    /// where their input steps agree); a joint latent's queries come later, from `c`.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn project(
+        &self,
+        gpu: &Gpu,
+        encoder: &mut Encoder,
+        scratch: &mut Scratch,
+        rows: usize,
+        x: &wgpu::Buffer,
+        c: &wgpu::Buffer,
+        q: &wgpu::Buffer,
+    ) -> Result<()> {
+        match &self.q {
+            Queries::Up(_) => self.down.forward(gpu, encoder, scratch, rows, x, c).await,
+            Queries::Proj(q_proj) => {
+                forward_shared(gpu, encoder, scratch, rows, x, &[(q_proj, q), (&self.down, c)]).await
+            }
+        }
+    }
+
     /// Whether the ups are quantized (then with one shared input quantization).
     pub fn ups(&self) -> Ups<'_> {
-        match (&self.q_up, &self.k_up, &self.v_up) {
-            (Matrix::Quant(q), Matrix::Quant(k), Matrix::Quant(v)) => Ups::Quant { q, k, v },
+        match (&self.q, &self.k_up, &self.v_up) {
+            (Queries::Up(Matrix::Quant(q)), Matrix::Quant(k), Matrix::Quant(v)) => {
+                Ups::Quant { q: Some(q), k, v }
+            }
+            (Queries::Proj(_), Matrix::Quant(k), Matrix::Quant(v)) => Ups::Quant { q: None, k, v },
             _ => Ups::Float,
         }
     }
@@ -125,18 +180,23 @@ impl JointQkv {
     /// The ups read the rank-wide latent, all float or all quantized with one input
     /// quantization (the contract's latent rule).
     fn check(&self, prefix: &str) -> Result<()> {
-        let bad = |why: String| Err(RuntimeError::UnsupportedModel(format!("joint QKV {prefix:?}: {why}")));
+        let bad =
+            |why: String| Err(RuntimeError::UnsupportedModel(format!("latent attention {prefix:?}: {why}")));
         let r = self.rank();
-        let ups = [&self.q_up, &self.k_up, &self.v_up];
+        let mut ups = vec![&self.k_up, &self.v_up];
+        if let Queries::Up(q_up) = &self.q {
+            ups.push(q_up);
+        }
         if let Some(up) = ups.iter().find(|u| u.in_features() != r) {
             return bad(format!("an up-projection reads {} values, the latent has {r}", up.in_features()));
         }
         let quantized = ups.iter().filter(|u| matches!(u, Matrix::Quant(_))).count();
         match (quantized, self.ups()) {
             (0, _) => Ok(()),
-            (3, Ups::Quant { q, k, v }) => {
-                let same = [k, v].iter().all(|o| o.activation == q.activation && o.online.is_empty());
-                if !same || !q.online.is_empty() {
+            (n, Ups::Quant { q, k, v }) if n == ups.len() => {
+                let all = [Some(k), Some(v), q];
+                let same = all.iter().flatten().all(|o| o.activation == k.activation && o.online.is_empty());
+                if !same {
                     return bad("the ups' activation quantization differs or has online transforms".into());
                 }
                 Ok(())

@@ -14,7 +14,7 @@ use pocketvlm_format::architecture::{EMBED_TOKENS, LM_HEAD};
 use super::interrupt::Interrupt;
 use super::kv_cache::{CacheKind, CacheLayout, KvCache, LayerCache};
 use super::linear::{Embedding, Linear, Matrix, forward_shared};
-use super::qkv::{Qkv, Ups};
+use super::qkv::{Qkv, Queries, Ups};
 use super::scratch::Scratch;
 use super::weights::WeightLoader;
 use crate::device::Gpu;
@@ -315,14 +315,16 @@ impl<'a> AttentionPass<'a> {
                 };
                 let r = j.rank();
                 let latent = scratch.f32(gpu, "qkv latent", tokens * r).await?;
-                j.down.forward(gpu, encoder, scratch, tokens, normed, &latent).await?;
+                j.project(gpu, encoder, scratch, tokens, normed, &latent, &self.q).await?;
                 let stride = *words_per_row;
                 let (new_words, new_scales) = scratch.latent_rows(gpu, tokens, stride).await?;
-                q_up.quantize(gpu, encoder, tokens, &latent, (&new_words, stride), &new_scales).await?;
+                k_up.quantize(gpu, encoder, tokens, &latent, (&new_words, stride), &new_scales).await?;
                 CopyRows::append(tokens, stride, p0).encode(gpu, encoder, &new_words, words)?;
                 CopyRows::append(tokens, 1, p0).encode(gpu, encoder, &new_scales, scales)?;
-                let new = QuantizedRows::new(&new_words, &new_scales, tokens, stride);
-                q_up.product(gpu, encoder, &new, (&self.q, 0)).await?;
+                if let Some(q_up) = q_up {
+                    let new = QuantizedRows::new(&new_words, &new_scales, tokens, stride);
+                    q_up.product(gpu, encoder, &new, (&self.q, 0)).await?;
+                }
                 let all = QuantizedRows::new(words, scales, ctx, stride).spanning(self.capacity);
                 k_up.product(gpu, encoder, &all, (self.rebuilt()?, 0)).await?;
                 (j, Values::LatentI8 { words, scales, words_per_row: *words_per_row })
@@ -331,10 +333,12 @@ impl<'a> AttentionPass<'a> {
                 // the new latents rounded into the cache; queries from the unrounded ones; keys
                 // and values of every cached token from the cache widened back to f32
                 let latent = scratch.f32(gpu, "qkv latent", tokens * rank).await?;
-                j.down.forward(gpu, encoder, scratch, tokens, normed, &latent).await?;
+                j.project(gpu, encoder, scratch, tokens, normed, &latent, &self.q).await?;
                 let half = Bf16Rows { width: *rank };
                 half.pack(gpu, encoder, tokens, &latent, rows, p0).await?;
-                j.q_up.forward(gpu, encoder, scratch, tokens, &latent, &self.q).await?;
+                if let Queries::Up(q_up) = &j.q {
+                    q_up.forward(gpu, encoder, scratch, tokens, &latent, &self.q).await?;
+                }
                 let widened = widened
                     .as_ref()
                     .ok_or_else(|| RuntimeError::Shape("no widened-latents buffer".into()))?;
