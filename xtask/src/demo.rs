@@ -24,7 +24,8 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use pocketvlm_compress::calib::{CalibOptions, CalibSource};
 use pocketvlm_compress::quant::QuantOptions;
-use pocketvlm_compress::{Budgets, DenseOptions, LowRankOptions, Method, Plan, compress};
+use pocketvlm_compress::{Budgets, DenseOptions, LowRankOptions, Method, Plan, compress, latent_named};
+use pocketvlm_format::compression::Latent;
 use pocketvlm_format::quant::{Bits, Scheme};
 use pocketvlm_format::shards::sha256_hex;
 use pocketvlm_format::{VERSION, dir};
@@ -64,6 +65,10 @@ pub struct Args {
     /// Budget: vision-tower QKV factor parameters as a fraction of dense.
     #[arg(long)]
     vision_qkv_params: Option<f64>,
+    /// What the text latent is shared by: qkv (default) or kv (K and V only, q_proj dense; at the
+    /// default's cache size almost lossless, BENCHMARKS.md "A latent for K and V only").
+    #[arg(long)]
+    latent: Option<String>,
     /// Calibration images folder (default: the photos shipped in `xtask/calib`).
     #[arg(long)]
     calib: Option<PathBuf>,
@@ -88,6 +93,8 @@ pub struct DemoRecipe {
     /// The low-rank method; `None`: the dense conversion.
     pub method: Option<Method>,
     pub budgets: Budgets,
+    /// What the text latent is shared by.
+    pub latent: Latent,
     /// `None`: float.
     pub bits: Option<Scheme>,
     /// Calibration images (used when the method or GPTQ needs them, see [`Self::calibrated`]).
@@ -100,6 +107,7 @@ impl Default for DemoRecipe {
         Self {
             method: Method::parse(DEFAULT_METHOD),
             budgets: Budgets { qkv_params: Some(DEFAULT_QKV_PARAMS), ..Budgets::default() },
+            latent: Latent::Qkv,
             bits: Some(DEFAULT_BITS),
             calib: root().join(CALIB_DIR),
         }
@@ -130,13 +138,18 @@ impl DemoRecipe {
         if method.is_some() {
             budgets.validate()?;
         }
+        let latent = match (args.latent.as_deref(), method) {
+            (None, _) => Latent::Qkv,
+            (Some(_), None) => bail!("--recipe dense has no latent"),
+            (Some(name), Some(_)) => latent_named(name)?,
+        };
         let bits = match args.bits.as_deref() {
             None => method.map(|_| DEFAULT_BITS),
             Some("none") => None,
             Some(b) => Some(Scheme::parse(b)?),
         };
         let calib = args.calib.clone().unwrap_or_else(|| root().join(CALIB_DIR));
-        Ok(Self { method, budgets, bits, calib })
+        Ok(Self { method, budgets, latent, bits, calib })
     }
 
     /// GPTQ (as `compress --gptq auto`): INT4 weights, with the calibration images.
@@ -149,9 +162,12 @@ impl DemoRecipe {
         self.method.is_some_and(|m| m != Method::Svd) || self.gptq()
     }
 
-    /// A short name: the method (or `dense`) and the bits.
+    /// A short name: the method (or `dense`; `-kv` with a K/V latent) and the bits.
     pub fn label(&self) -> String {
-        let method = self.method.map_or("dense", Method::name);
+        let method = match (self.method, self.latent) {
+            (Some(m), Latent::Kv) => format!("{}-kv", m.name()),
+            (m, _) => m.map_or("dense", Method::name).to_string(),
+        };
         match self.bits {
             Some(b) => format!("{method}-{}", b.name()),
             None => method.to_string(),
@@ -187,7 +203,7 @@ impl DemoRecipe {
         } else {
             serde_json::Value::Null
         };
-        Ok(serde_json::json!({
+        let mut describe = serde_json::json!({
             "recipe": self.method.map_or("dense", Method::name),
             "budgets": {
                 "qkv_params": b.qkv_params,
@@ -198,12 +214,20 @@ impl DemoRecipe {
             "bits": self.bits.map(Scheme::name),
             "gptq": self.gptq(),
             "calibration": calibration,
-        }))
+        });
+        // named only when not the default, so models stamped before the option keep their stamp
+        if self.latent != Latent::Qkv {
+            describe["latent"] = self.latent.name().into();
+        }
+        Ok(describe)
     }
 
     /// One line for the log.
     fn summary(&self) -> String {
         let mut parts = vec![self.method.map_or("dense", Method::name).to_string()];
+        if self.latent == Latent::Kv {
+            parts.push("K/V latent (Q dense)".into());
+        }
         let b = &self.budgets;
         for (name, value) in [
             ("QKV params", b.qkv_params),
@@ -372,6 +396,7 @@ pub fn prepare_model(source: &Path, recipe: &DemoRecipe) -> Result<PathBuf> {
             calib_cache: cache,
             quant,
             progress,
+            latent: recipe.latent,
             ..LowRankOptions::new(method, recipe.budgets, calib)
         }),
         None => Plan::Dense(DenseOptions {
@@ -476,6 +501,12 @@ mod tests {
         assert!(recipe(&["--recipe", "nope"]).is_err());
         assert!(recipe(&["--bits", "w3a8"]).is_err());
         assert!(recipe(&["--qkv-params", "1.5"]).is_err());
+        let r = recipe(&["--latent", "kv", "--kv-cache", "0.474"]).unwrap();
+        assert_eq!((r.latent, r.budgets.kv_cache), (Latent::Kv, Some(0.474)));
+        assert_eq!(r.label(), "laser-kv-w8a8", "a model directory apart from the default's");
+        assert_eq!(recipe(&["--latent", "qkv"]).unwrap(), DemoRecipe::default());
+        assert!(recipe(&["--latent", "q"]).is_err());
+        assert!(recipe(&["--recipe", "dense", "--latent", "kv"]).is_err());
     }
 
     #[test]
@@ -503,7 +534,9 @@ mod tests {
             DemoRecipe { bits: Some(Scheme::W4A8), ..r.clone() },
             DemoRecipe { bits: None, ..r.clone() },
             DemoRecipe { budgets: Budgets { qkv_params: Some(0.8), ..r.budgets }, ..r.clone() },
+            DemoRecipe { latent: Latent::Kv, ..r.clone() },
         ];
+        assert!(a.get("latent").is_none(), "the default's stamp is the one it had before --latent");
         for other in &changed {
             assert_ne!(a, stamp(&ckpt, other).unwrap(), "{other:?}");
         }
