@@ -54,29 +54,24 @@ impl Qkv {
     /// biases `{q,k,v}_proj.bias` when `biases` (the vision tower).
     pub async fn load(w: &WeightLoader<'_>, prefix: &str, biases: bool) -> Result<Self> {
         let bias = |n: &str| biases.then(|| format!("{prefix}.{n}_proj.bias"));
-        let [kv_down, kv_k_up, kv_v_up] = kv_factor_names(prefix);
-        if w.has(&kv_down) {
+        let ([kv_down, kv_k_up, kv_v_up], [qkv_down, q_up, k_up, v_up]) =
+            (kv_factor_names(prefix), qkv_factor_names(prefix));
+        // the latent's down factor, where the queries come from, and the K and V ups
+        let (down, q, k_up, v_up) = if w.has(&kv_down) {
             let q_proj = format!("{prefix}.q_proj.weight");
-            let joint = JointQkv {
-                down: Linear::load(w, &kv_down, None).await?,
-                q: Queries::Proj(Linear::load(w, &q_proj, bias("q").as_deref()).await?),
-                k_up: Matrix::load(w, &kv_k_up, bias("k").as_deref()).await?,
-                v_up: Matrix::load(w, &kv_v_up, bias("v").as_deref()).await?,
-            };
-            joint.check(prefix)?;
-            return Ok(Qkv::Joint(joint));
-        }
-        let [down, q_up, k_up, v_up] = qkv_factor_names(prefix);
-        if !w.has(&down) {
+            (kv_down, Queries::Proj(Linear::load(w, &q_proj, bias("q").as_deref()).await?), kv_k_up, kv_v_up)
+        } else if w.has(&qkv_down) {
+            (qkv_down, Queries::Up(Matrix::load(w, &q_up, bias("q").as_deref()).await?), k_up, v_up)
+        } else {
             let linear = |n: &'static str| {
                 let (weight, bias) = (format!("{prefix}.{n}_proj.weight"), bias(n));
                 async move { Linear::load(w, &weight, bias.as_deref()).await }
             };
             return Ok(Qkv::Separate { q: linear("q").await?, k: linear("k").await?, v: linear("v").await? });
-        }
+        };
         let joint = JointQkv {
             down: Linear::load(w, &down, None).await?,
-            q: Queries::Up(Matrix::load(w, &q_up, bias("q").as_deref()).await?),
+            q,
             k_up: Matrix::load(w, &k_up, bias("k").as_deref()).await?,
             v_up: Matrix::load(w, &v_up, bias("v").as_deref()).await?,
         };
@@ -109,9 +104,10 @@ impl Qkv {
                 };
                 match j.ups() {
                     Ups::Float => {
-                        let ups = [(q_up, outs[0]), (Some(&j.k_up), outs[1]), (Some(&j.v_up), outs[2])];
-                        for (up, y) in ups.into_iter().filter_map(|(u, y)| Some((u?, y))) {
-                            up.forward(gpu, encoder, scratch, rows, &c, y).await?;
+                        for (up, y) in [(q_up, outs[0]), (Some(&j.k_up), outs[1]), (Some(&j.v_up), outs[2])] {
+                            if let Some(up) = up {
+                                up.forward(gpu, encoder, scratch, rows, &c, y).await?;
+                            }
                         }
                     }
                     Ups::Quant { q, k, v } => {
