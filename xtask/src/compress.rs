@@ -27,9 +27,12 @@ pub struct Args {
     /// Conversion recipe: dense, or a low-rank recipe (svd, asvd, svd-llm, qsvd, laser).
     #[arg(long, default_value = "dense")]
     recipe: String,
-    /// Budget: text QKV factor parameters as a fraction of the dense Q, K and V weights.
-    #[arg(long)]
-    qkv_params: Option<f64>,
+    /// Budget: text QKV factor parameters as a fraction of the dense Q, K and V weights. Several
+    /// comma-separated values (here, in --ffn-params or --vision-qkv-params) search them with
+    /// --model-bytes: every combination is written at those bytes, its widths chosen, and the
+    /// lowest calibration loss wins.
+    #[arg(long, value_delimiter = ',')]
+    qkv_params: Vec<f64>,
     /// Budget: KV-cache values per token as a fraction of dense K+V (the joint latent is cached);
     /// with --bits, cached bytes (INT8 latent and its scale) against dense f16 K+V.
     #[arg(long)]
@@ -39,12 +42,14 @@ pub struct Args {
     /// its rank caps K and V, not Q).
     #[arg(long)]
     latent: Option<String>,
-    /// Budget: text MLP parameters as a fraction of the dense gate/up/down weights.
-    #[arg(long)]
-    ffn_params: Option<f64>,
-    /// Budget: vision-tower QKV factor parameters as a fraction of dense (biases stay exact).
-    #[arg(long)]
-    vision_qkv_params: Option<f64>,
+    /// Budget: text MLP parameters as a fraction of the dense gate/up/down weights (several:
+    /// searched, see --qkv-params).
+    #[arg(long, value_delimiter = ',')]
+    ffn_params: Vec<f64>,
+    /// Budget: vision-tower QKV factor parameters as a fraction of dense (biases stay exact;
+    /// several: searched, see --qkv-params).
+    #[arg(long, value_delimiter = ',')]
+    vision_qkv_params: Vec<f64>,
     #[command(flatten)]
     calib: CalibArgs,
     /// Share of the singular values given to the down (latent) factor.
@@ -344,7 +349,7 @@ pub fn run(args: Args) -> Result<()> {
         let mut out = json_summary(&summary.manifest, args.quant.name(), gptq, seconds);
         if let Some(c) = summary.compression() {
             out.insert("beta".into(), c.beta.into());
-            out.insert("beta_search".into(), serde_json::to_value(&summary.beta_search)?);
+            out.insert("search".into(), summary.search.iter().map(searched_json).collect());
             out.insert("calib_loss".into(), serde_json::to_value(summary.calib_loss)?);
         }
         println!("{}", serde_json::Value::Object(out));
@@ -366,7 +371,25 @@ pub fn run(args: Args) -> Result<()> {
         }
     }
     print_widths(summary.widths.as_ref());
+    for c in &summary.search {
+        let loss = c.loss.map_or("does not fit --model-bytes".into(), |l| format!("calibration loss {l:.5}"));
+        println!("candidate {}: {loss}", searched_json(c));
+    }
     Ok(())
+}
+
+/// A searched candidate as JSON: its budgets (null where unset), β and calibration loss (null:
+/// it did not fit --model-bytes).
+fn searched_json(c: &pocketvlm_compress::Searched) -> serde_json::Value {
+    let b = &c.budgets;
+    serde_json::json!({
+        "qkv_params": b.qkv_params,
+        "kv_cache": b.kv_cache,
+        "ffn_params": b.ffn_params,
+        "vision_qkv_params": b.vision_qkv_params,
+        "beta": c.beta,
+        "calib_loss": c.loss,
+    })
 }
 
 /// Where the width allocation's report went, when `--model-bytes` chose the widths.
@@ -389,13 +412,11 @@ fn plan(args: &Args) -> Result<Plan> {
         }
         return Ok(Plan::Dense(DenseOptions { max_shard_bytes, quant, calib, calib_cache, progress }));
     };
-    let budgets = Budgets {
-        qkv_params: args.qkv_params,
-        kv_cache: args.kv_cache,
-        ffn_params: args.ffn_params,
-        vision_qkv_params: args.vision_qkv_params,
-    };
-    let mut opts = LowRankOptions::new(method, budgets, calib);
+    let budgets = budget_grid(args);
+    let mut opts = LowRankOptions::new(method, budgets[0], calib);
+    if budgets.len() > 1 {
+        opts.rank_search = Some(budgets);
+    }
     if let Some(latent) = &args.latent {
         opts.latent = latent_named(latent)?;
     }
@@ -409,6 +430,21 @@ fn plan(args: &Args) -> Result<Plan> {
     opts.factor_encoding =
         args.factor_encoding.as_deref().map(|e| Encoding::parse(e, "--factor-encoding")).transpose()?;
     Ok(Plan::LowRank(opts))
+}
+
+/// Every combination of the budgets' values (one, without a list; none given: one with no
+/// budget, which the compressor rejects).
+fn budget_grid(args: &Args) -> Vec<Budgets> {
+    let values = |v: &[f64]| if v.is_empty() { vec![None] } else { v.iter().copied().map(Some).collect() };
+    let mut grid = Vec::new();
+    for qkv_params in values(&args.qkv_params) {
+        for ffn_params in values(&args.ffn_params) {
+            for vision_qkv_params in values(&args.vision_qkv_params) {
+                grid.push(Budgets { qkv_params, kv_cache: args.kv_cache, ffn_params, vision_qkv_params });
+            }
+        }
+    }
+    grid
 }
 
 /// What `--json` prints for a model written (the same keys for every command that writes one):
@@ -664,5 +700,34 @@ mod tests {
             parse_with(&["--bits", "w8a8", "--model-bytes", "9", "--widths", "decoder.0=int8"], true)
                 .is_err()
         );
+    }
+
+    /// Budgets given several values search every combination (the searched plan's first
+    /// candidate stands in its budgets); one value each is a single candidate, no search.
+    #[test]
+    fn budget_lists_search_every_combination() {
+        let args = |extra: &[&str]| {
+            let base = ["xtask", "--model", "m", "--out", "o", "--recipe", "laser", "--calib-text", "t"];
+            Cli::try_parse_from(base.iter().chain(extra)).unwrap().args
+        };
+        let a = args(&["--qkv-params", "0.8,1", "--ffn-params", "0.5,0.75,1", "--kv-cache", "0.5"]);
+        let grid = budget_grid(&a);
+        assert_eq!(grid.len(), 6);
+        for q in [0.8, 1.0] {
+            for f in [0.5, 0.75, 1.0] {
+                let want = Budgets {
+                    qkv_params: Some(q),
+                    kv_cache: Some(0.5),
+                    ffn_params: Some(f),
+                    ..Budgets::default()
+                };
+                assert_eq!(grid.iter().filter(|b| **b == want).count(), 1, "{want:?}");
+            }
+        }
+        let Plan::LowRank(opts) = plan(&a).unwrap() else { panic!("a low-rank plan") };
+        assert_eq!((opts.budgets, opts.rank_search), (grid[0], Some(grid.clone())));
+        let Plan::LowRank(one) = plan(&args(&["--qkv-params", "0.9"])).unwrap() else { panic!("low-rank") };
+        assert_eq!(one.budgets, Budgets { qkv_params: Some(0.9), ..Budgets::default() });
+        assert_eq!(one.rank_search, None);
     }
 }

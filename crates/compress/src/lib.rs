@@ -21,5 +21,5 @@ pub mod writer;
 pub use budget::Budgets;
 pub use error::{CompressError, Result};
 pub use lowrank::Method;
-pub use pipeline::{DenseOptions, LowRankOptions, Plan, Summary, compress, latent_named};
+pub use pipeline::{DenseOptions, LowRankOptions, Plan, Searched, Summary, compress, latent_named};
 pub use report::ReportFiles;

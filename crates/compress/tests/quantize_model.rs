@@ -347,15 +347,17 @@ fn beta_search_keeps_the_lowest_calibration_loss() {
     let mut opts = low_rank_options(Some("w4a8"));
     opts.beta_search = Some(vec![0.0, 0.5, 1.0]);
     let summary = compress(&fixture(), &out, &Plan::LowRank(opts.clone())).unwrap();
-    eprintln!("beta search (qsvd 90 %, w4a8): {:?}", summary.beta_search);
-    let betas: Vec<f64> = summary.beta_search.iter().map(|c| c.0).collect();
+    eprintln!("beta search (qsvd 90 %, w4a8): {:?}", summary.search);
+    let betas: Vec<f64> = summary.search.iter().map(|c| c.beta).collect();
     assert_eq!(betas, [0.0, 0.5, 1.0]);
-    let best = summary.beta_search.iter().min_by(|a, b| a.1.total_cmp(&b.1)).unwrap();
-    assert_eq!(summary.compression().unwrap().beta, best.0);
-    assert_eq!(summary.calib_loss.unwrap().1, best.1);
+    assert!(summary.search.iter().all(|c| c.budgets == opts.budgets));
+    let loss = |c: &pocketvlm_compress::Searched| c.loss.unwrap();
+    let best = summary.search.iter().min_by(|a, b| loss(a).total_cmp(&loss(b))).unwrap();
+    assert_eq!(summary.compression().unwrap().beta, best.beta);
+    assert_eq!(summary.calib_loss.unwrap().1, loss(best));
     assert_eq!(summary.out_dir, out);
     let m = dir::open(&out).unwrap().manifest;
-    assert_eq!(m.compression.as_ref().unwrap().beta, best.0);
+    assert_eq!(m.compression.as_ref().unwrap().beta, best.beta);
     let mut shards: Vec<String> = std::fs::read_dir(&out)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())

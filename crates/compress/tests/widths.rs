@@ -390,3 +390,69 @@ fn factored_sublayers_take_widths_under_the_budget() {
     let q = m.quantization.as_ref().unwrap();
     assert_eq!(q.layers.iter().filter(|l| l.weight.ends_with("self_attn.qkv_down.weight")).count(), 3);
 }
+
+/// The rank search under one byte budget: every candidate's widths are chosen to fit the same
+/// bytes, the one with the lowest calibration loss is kept (the loss it records for each
+/// candidate is what that candidate alone writes), a candidate whose smallest widths do not fit
+/// is skipped, and the search's own mistakes are typed errors.
+#[test]
+fn rank_search_keeps_the_lowest_loss_at_one_byte_budget() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (c, cache) = calib(tmp.path());
+    let at = |ffn: f64| Budgets { qkv_params: Some(0.9), ffn_params: Some(ffn), ..Default::default() };
+    let run = |name: &str, budgets: &[Budgets], edit: &dyn Fn(&mut QuantOptions)| {
+        let mut opts = LowRankOptions::new(Method::Laser, budgets[0], Some(c.clone()));
+        opts.calib_cache = Some(cache.clone());
+        opts.rank_search = (budgets.len() > 1).then(|| budgets.to_vec());
+        let mut q = QuantOptions::parse("w4a8", None).unwrap();
+        q.gptq = Some(0.01);
+        edit(&mut q);
+        opts.quant = Some(q);
+        compress(&fixture(), &tmp.path().join(name), &Plan::LowRank(opts))
+    };
+    // the smallest model of each candidate: every unit INT4
+    let int4 = |q: &mut QuantOptions| {
+        *q = q.clone().with_widths("decoder=int4,embeddings=int4,lm_head=int4").unwrap()
+    };
+    let floor = |ffn: f64| total_bytes(&run(&format!("floor-{ffn}"), &[at(ffn)], &int4).unwrap().manifest);
+    let (small, large) = (floor(0.5), floor(1.0));
+    assert!(small < large, "{small} vs {large}");
+    let uniform = total_bytes(&run("w4a8", &[at(1.0)], &|_| {}).unwrap().manifest);
+
+    // both fit: the lowest calibration loss wins, in bytes no more than the budget
+    let budget = uniform.max(large) + (large - small);
+    let grid = [at(0.5), at(1.0)];
+    let searched = run("searched", &grid, &|q| q.model_bytes = Some(budget)).unwrap();
+    eprintln!("rank search at {budget} bytes: {:?}", searched.search);
+    assert_eq!(searched.search.iter().map(|s| s.budgets).collect::<Vec<_>>(), grid);
+    let losses: Vec<f64> = searched.search.iter().map(|s| s.loss.unwrap()).collect();
+    let best = losses.iter().copied().fold(f64::INFINITY, f64::min);
+    assert_eq!(searched.calib_loss.unwrap().1, best);
+    assert!(total_bytes(&searched.manifest) <= budget);
+    let kept = searched.search.iter().position(|s| s.loss == Some(best)).unwrap();
+    assert_eq!(searched.compression().unwrap().budgets.ffn_params, grid[kept].ffn_params);
+    // what each candidate alone writes: the loss the search recorded, within the budget
+    for (k, b) in grid.iter().enumerate() {
+        let alone = run(&format!("alone-{k}"), &[*b], &|q| q.model_bytes = Some(budget)).unwrap();
+        assert_eq!(alone.calib_loss.unwrap().1, losses[k], "candidate {k}");
+        assert!(total_bytes(&alone.manifest) <= budget, "candidate {k}");
+    }
+    let left: BTreeSet<_> = std::fs::read_dir(tmp.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert!(left.iter().all(|n| !n.to_string_lossy().contains("candidate")), "{left:?}");
+
+    // only the smaller ranks fit: the larger candidate is recorded as not fitting
+    let budget = small + (large - small) / 2;
+    let searched = run("one-fits", &grid, &|q| q.model_bytes = Some(budget)).unwrap();
+    assert_eq!(searched.search.iter().map(|s| s.loss.is_some()).collect::<Vec<_>>(), [true, false]);
+    assert_eq!(searched.compression().unwrap().budgets.ffn_params, Some(0.5));
+    assert!(total_bytes(&searched.manifest) <= budget);
+    // none fits: the budget's typed error
+    let err = run("none-fits", &grid, &|q| q.model_bytes = Some(small - 1)).unwrap_err();
+    assert!(matches!(err, CompressError::BudgetTooSmall { .. }), "{err:?}");
+    // a search needs the byte budget to compare at, and candidates that factor the same targets
+    let err = run("no-bytes", &grid, &|_| {}).unwrap_err();
+    assert!(matches!(err, CompressError::BadOptions { .. }), "{err:?}");
+    let mixed = [at(0.5), Budgets { qkv_params: Some(0.9), ..Default::default() }];
+    let err = run("mixed", &mixed, &|q| q.model_bytes = Some(budget)).unwrap_err();
+    assert!(matches!(err, CompressError::BadOptions { .. }), "{err:?}");
+}

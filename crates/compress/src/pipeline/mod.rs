@@ -1,11 +1,11 @@
 //! The compressor, run as its stages. [`compress`] opens the checkpoint ([`Source`]) and runs a
 //! [`Plan`]: dense ([`dense`]: quantize → write), or low-rank: pool the targets under their
 //! budgets ([`pools`]); calibrate ([`calibrate`]: samples and statistics); decompose and score
-//! every target ([`decompose`]); choose the components each keeps ([`ranks`]); then, for each
-//! candidate β, write the model ([`emit`]: factors → quantization → files) and check it on the
-//! calibration samples ([`check`]), keeping the best candidate ([`beta`]).
+//! every target ([`decompose`]); then, for each candidate (rank budgets and β), choose the
+//! components each target keeps ([`ranks`]), write the model ([`emit`]: factors → quantization →
+//! files) and check it on the calibration samples ([`check`]), keeping the best candidate
+//! ([`search`]).
 
-mod beta;
 mod calibrate;
 mod check;
 mod decompose;
@@ -13,6 +13,7 @@ mod dense;
 mod emit;
 mod pools;
 mod ranks;
+mod search;
 mod targets;
 
 use std::collections::BTreeMap;
@@ -23,6 +24,7 @@ use pocketvlm_format::compression::Latent;
 use pocketvlm_format::{Compression, Encoding, Manifest};
 
 pub use self::dense::DenseOptions;
+pub use self::search::Searched;
 pub use self::targets::{dense_target_weight, out_splits, split_rows, target_factors};
 use crate::budget::Budgets;
 use crate::calib::CalibOptions;
@@ -56,6 +58,10 @@ pub struct LowRankOptions {
     /// Search β over these values instead (quantized recipes only): each candidate is factored,
     /// quantized, written and measured on the calibration samples; the lowest loss wins.
     pub beta_search: Option<Vec<f64>>,
+    /// Search the rank budgets over these candidates instead of `budgets` (with a byte budget for
+    /// the whole model, [`QuantOptions::model_bytes`]): each is written at the same bytes and
+    /// measured on the calibration samples; the lowest loss wins (see [`search`]).
+    pub rank_search: Option<Vec<Budgets>>,
     pub transform: TransformOptions,
     /// Calibration data; required by every recipe but `svd`.
     pub calib: Option<CalibOptions>,
@@ -79,6 +85,7 @@ impl LowRankOptions {
             latent: Latent::Qkv,
             beta: 0.5,
             beta_search: None,
+            rank_search: None,
             transform: TransformOptions::default(),
             calib,
             calib_cache: None,
@@ -141,9 +148,9 @@ pub struct Summary {
     pub report: Option<ReportFiles>,
     /// The width allocation's report and plot (a plan whose widths `--model-bytes` chose).
     pub widths: Option<ReportFiles>,
-    /// `(β, calibration loss)` of every candidate when β was searched (see
-    /// [`LowRankOptions::beta_search`]).
-    pub beta_search: Vec<(f64, f64)>,
+    /// Every candidate and its calibration loss when β or the rank budgets were searched (see
+    /// [`LowRankOptions::beta_search`], [`LowRankOptions::rank_search`]).
+    pub search: Vec<Searched>,
 }
 
 impl Summary {
@@ -156,7 +163,7 @@ impl Summary {
             calib_loss: None,
             report: None,
             widths: written.widths,
-            beta_search: Vec::new(),
+            search: Vec::new(),
         }
     }
 
@@ -196,7 +203,10 @@ impl Clock {
 
 /// The options that no stage can check better than before starting.
 fn check_low_rank_options(opts: &LowRankOptions) -> Result<()> {
-    opts.budgets.validate()?;
+    let candidates = search::candidates(opts)?;
+    for (budgets, _) in &candidates {
+        budgets.validate()?;
+    }
     if !(0.0..=1.0).contains(&opts.beta) {
         return Err(CompressError::BudgetOutOfRange {
             name: "beta",
@@ -210,7 +220,8 @@ fn check_low_rank_options(opts: &LowRankOptions) -> Result<()> {
             what: "calibration data (--calib <images folder> or --calib-text <file>)".into(),
         });
     }
-    let text_latent = opts.budgets.qkv_params.is_some() || opts.budgets.kv_cache.is_some();
+    let budgets = &candidates[0].0;
+    let text_latent = budgets.qkv_params.is_some() || budgets.kv_cache.is_some();
     if opts.latent == Latent::Kv && !text_latent {
         return Err(CompressError::BadOptions {
             recipe: "--latent kv".into(),
@@ -243,38 +254,54 @@ fn low_rank(source: &Source, out_dir: &Path, opts: &LowRankOptions, mut clock: C
     let model = CpuModel::build(cfg.clone(), &tensors, None)?;
     clock.lap("model");
 
-    let pools = pools::pools(cfg, opts);
-    let targets = pools::targets(&pools);
+    let candidates = search::candidates(opts)?;
+    // every candidate sets the same budgets, so they factor the same targets
+    let candidate = |budgets: Budgets| LowRankOptions { budgets, ..opts.clone() };
+    let targets = pools::targets(&pools::pools(cfg, &candidate(candidates[0].0)));
     let calibration = calibrate::calibrate(source, &model, opts, &targets, &mut clock)?;
     let decs = decompose::decompose(cfg, &tensors, opts, &targets, calibration.as_ref(), &mut clock)?;
     let scores = decompose::scores(&model, opts, &decs, calibration.as_ref(), &mut clock)?;
-    let choices = ranks::choose(&pools, &scores, opts.method)?;
 
-    let betas = beta::candidates(opts, calibration.is_some())?;
-    let mut results: Vec<Summary> = Vec::new();
-    for (k, &beta) in betas.iter().enumerate() {
-        let mut meta = source.meta.clone();
-        let dir = if betas.len() == 1 { out_dir.to_path_buf() } else { beta::candidate_dir(out_dir, k) };
-        let (Written { manifest, widths }, compression) = emit::emit(
-            &mut meta,
-            &tensors,
-            &decs,
-            &choices,
-            opts,
-            beta,
-            calibration.as_ref(),
-            &dir,
-            &mut clock,
-        )?;
+    let (mut results, mut searched, mut misfit) = (Vec::new(), Vec::new(), None);
+    for (k, &(budgets, beta)) in candidates.iter().enumerate() {
+        let opts = &candidate(budgets);
+        let dir =
+            if candidates.len() == 1 { out_dir.to_path_buf() } else { search::candidate_dir(out_dir, k) };
+        let written = ranks::choose(&pools::pools(cfg, opts), &scores, opts.method).and_then(|choices| {
+            let mut meta = source.meta.clone();
+            emit::emit(
+                &mut meta,
+                &tensors,
+                &decs,
+                &choices,
+                opts,
+                beta,
+                calibration.as_ref(),
+                &dir,
+                &mut clock,
+            )
+        });
+        let (Written { manifest, widths }, compression) = match written {
+            Err(e) if candidates.len() > 1 && search::does_not_fit(&e) => {
+                opts.progress.note(&format!("candidate {k} ({budgets:?}, beta {beta}): {e}"));
+                searched.push(Searched { budgets, beta, loss: None });
+                misfit = Some(e);
+                continue;
+            }
+            written => written?,
+        };
         let calib_loss = match &calibration {
             Some(c) => Some(check::calibration_loss(&dir, &manifest, c, opts, &mut clock)?),
             None => None,
         };
         let total = clock.started.elapsed().as_secs_f64();
         let report = report::write(&dir, cfg, &compression, &clock.stages, total, calib_loss)?;
-        if betas.len() > 1 {
-            opts.progress.note(&format!("beta {beta}: calibration loss {:?}", calib_loss.map(|l| l.1)));
+        if candidates.len() > 1 {
+            let loss = calib_loss.map(|l| l.1);
+            opts.progress
+                .note(&format!("candidate {k} ({budgets:?}, beta {beta}): calibration loss {loss:?}"));
         }
+        searched.push(Searched { budgets, beta, loss: calib_loss.map(|l| l.1) });
         results.push(Summary {
             out_dir: dir,
             manifest,
@@ -282,8 +309,8 @@ fn low_rank(source: &Source, out_dir: &Path, opts: &LowRankOptions, mut clock: C
             calib_loss,
             report: Some(report),
             widths,
-            beta_search: Vec::new(),
+            search: Vec::new(),
         });
     }
-    beta::pick(results, out_dir)
+    search::pick(results, searched, misfit, out_dir)
 }
