@@ -58,6 +58,20 @@ impl Budgets {
     }
 }
 
+impl std::fmt::Display for Budgets {
+    /// The budgets set, as the command line names them: `--qkv-params 1 --ffn-params 0.8`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let all = [
+            ("qkv-params", self.qkv_params),
+            ("kv-cache", self.kv_cache),
+            ("ffn-params", self.ffn_params),
+            ("vision-qkv-params", self.vision_qkv_params),
+        ];
+        let set: Vec<String> = all.iter().filter_map(|(n, v)| v.map(|v| format!("--{n} {v}"))).collect();
+        write!(f, "{}", set.join(" "))
+    }
+}
+
 /// `⌊ratio · total⌋`: what a budget ratio allows of a dense total.
 pub fn share(ratio: f64, total: u64) -> u64 {
     (ratio * total as f64).floor() as u64

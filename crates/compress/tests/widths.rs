@@ -400,6 +400,8 @@ fn rank_search_keeps_the_lowest_loss_at_one_byte_budget() {
     let tmp = tempfile::tempdir().unwrap();
     let (c, cache) = calib(tmp.path());
     let at = |ffn: f64| Budgets { qkv_params: Some(0.9), ffn_params: Some(ffn), ..Default::default() };
+    // a candidate as its progress notes and the command line name it
+    assert_eq!(at(0.5).to_string(), "--qkv-params 0.9 --ffn-params 0.5");
     let run = |name: &str, budgets: &[Budgets], edit: &dyn Fn(&mut QuantOptions)| {
         let mut opts = LowRankOptions::new(Method::Laser, budgets[0], Some(c.clone()));
         opts.calib_cache = Some(cache.clone());
@@ -437,6 +439,9 @@ fn rank_search_keeps_the_lowest_loss_at_one_byte_budget() {
         assert_eq!(alone.calib_loss.unwrap().1, losses[k], "candidate {k}");
         assert!(total_bytes(&alone.manifest) <= budget, "candidate {k}");
     }
+    let report = std::fs::read_to_string(searched.report.as_ref().unwrap().text.clone()).unwrap();
+    let kept_line = format!("{} --beta 0.5: calibration loss {best:.5}  <- kept", grid[kept]);
+    assert!(report.contains(&kept_line), "{report}");
     let left: BTreeSet<_> = std::fs::read_dir(tmp.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert!(left.iter().all(|n| !n.to_string_lossy().contains("candidate")), "{left:?}");
 

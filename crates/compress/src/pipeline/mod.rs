@@ -283,7 +283,7 @@ fn low_rank(source: &Source, out_dir: &Path, opts: &LowRankOptions, mut clock: C
         });
         let (Written { manifest, widths }, compression) = match written {
             Err(e) if candidates.len() > 1 && search::does_not_fit(&e) => {
-                opts.progress.note(&format!("candidate {k} ({budgets:?}, beta {beta}): {e}"));
+                opts.progress.note(&format!("candidate {k} ({budgets}, beta {beta}): {e}"));
                 searched.push(Searched { budgets, beta, loss: None });
                 misfit = Some(e);
                 continue;
@@ -298,19 +298,21 @@ fn low_rank(source: &Source, out_dir: &Path, opts: &LowRankOptions, mut clock: C
         let report = report::write(&dir, cfg, &compression, &clock.stages, total, calib_loss)?;
         if candidates.len() > 1 {
             let loss = calib_loss.map(|l| l.1);
-            opts.progress
-                .note(&format!("candidate {k} ({budgets:?}, beta {beta}): calibration loss {loss:?}"));
+            opts.progress.note(&format!("candidate {k} ({budgets}, beta {beta}): calibration loss {loss:?}"));
         }
+        results.push((
+            searched.len(),
+            Summary {
+                out_dir: dir,
+                manifest,
+                stages: clock.stages.clone(),
+                calib_loss,
+                report: Some(report),
+                widths,
+                search: Vec::new(),
+            },
+        ));
         searched.push(Searched { budgets, beta, loss: calib_loss.map(|l| l.1) });
-        results.push(Summary {
-            out_dir: dir,
-            manifest,
-            stages: clock.stages.clone(),
-            calib_loss,
-            report: Some(report),
-            widths,
-            search: Vec::new(),
-        });
     }
     search::pick(results, searched, misfit, out_dir)
 }

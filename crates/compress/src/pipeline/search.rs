@@ -93,20 +93,21 @@ pub fn does_not_fit(e: &CompressError) -> bool {
     matches!(e, CompressError::BudgetTooSmall { .. })
 }
 
-/// Keep the candidate with the lowest calibration loss among those written (`results`): its files move into `out_dir`, the other candidates are removed, and
+/// Keep the candidate with the lowest calibration loss among those written (`results`, each
+/// with its place in `searched`): its files move into `out_dir`, the other candidates are removed, and
 /// the summary lists every candidate. `misfit` is the error of a candidate that did not fit, for
 /// when none did.
 pub fn pick(
-    mut results: Vec<Summary>,
+    mut results: Vec<(usize, Summary)>,
     searched: Vec<Searched>,
     misfit: Option<CompressError>,
     out_dir: &Path,
 ) -> Result<Summary> {
     if searched.len() == 1 && results.len() == 1 {
-        return Ok(results.remove(0));
+        return Ok(results.remove(0).1);
     }
     let loss = |r: &Summary| r.calib_loss.map_or(f64::INFINITY, |l| l.1);
-    let Some(best) = (0..results.len()).min_by(|&a, &b| loss(&results[a]).total_cmp(&loss(&results[b])))
+    let Some(best) = (0..results.len()).min_by(|&a, &b| loss(&results[a].1).total_cmp(&loss(&results[b].1)))
     else {
         return Err(
             misfit.unwrap_or_else(|| CompressError::Calibration("a search without candidates".into()))
@@ -115,7 +116,7 @@ pub fn pick(
     let io =
         |path: &Path, e| pocketvlm_format::FormatError::Io { path: path.display().to_string(), source: e };
     std::fs::create_dir_all(out_dir).map_err(|e| io(out_dir, e))?;
-    for (k, r) in results.iter().enumerate() {
+    for (k, (_, r)) in results.iter().enumerate() {
         if k == best {
             for entry in std::fs::read_dir(&r.out_dir).map_err(|e| io(&r.out_dir, e))? {
                 let from = entry.map_err(|e| io(&r.out_dir, e))?.path();
@@ -125,7 +126,7 @@ pub fn pick(
         }
         std::fs::remove_dir_all(&r.out_dir).map_err(|e| io(&r.out_dir, e))?;
     }
-    let mut chosen = results.swap_remove(best);
+    let (kept, mut chosen) = results.swap_remove(best);
     let moved = |path: &Path| out_dir.join(path.file_name().unwrap_or_default());
     let moved_files = |r: ReportFiles| ReportFiles { text: moved(&r.text), svg: moved(&r.svg) };
     chosen.report = chosen.report.map(moved_files);
@@ -136,6 +137,9 @@ pub fn pick(
     }
     // nor would an earlier run's shards past the candidate's last
     crate::writer::remove_stale_shards(out_dir, chosen.manifest.shards.len())?;
+    if let Some(report) = &chosen.report {
+        report::append_search(&report.text, &searched, kept)?;
+    }
     chosen.out_dir = out_dir.to_path_buf();
     chosen.search = searched;
     Ok(chosen)

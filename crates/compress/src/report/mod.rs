@@ -238,6 +238,20 @@ pub fn write(
     write_files(dir, (REPORT_FILE, &text(cfg, c, stages, seconds, calib_loss)), (SVG_FILE, &svg(cfg, c)))
 }
 
+/// Append the search's candidates to the report text at `path`: each one's budgets, β and
+/// calibration loss (or that it did not fit the byte budget), the kept one marked.
+pub fn append_search(path: &Path, searched: &[crate::Searched], kept: usize) -> Result<()> {
+    let mut s = std::fs::read_to_string(path).map_err(|e| io_error(path, e))?;
+    let _ = writeln!(s, "\nsearch ({} candidates, the lowest calibration loss kept):", searched.len());
+    for (k, c) in searched.iter().enumerate() {
+        let loss = c.loss.map_or("does not fit --model-bytes".into(), |l| format!("calibration loss {l:.5}"));
+        let mark = if k == kept { "  <- kept" } else { "" };
+        let _ = writeln!(s, "  {} --beta {}: {loss}{mark}", c.budgets, c.beta);
+    }
+    std::fs::write(path, s).map_err(|e| io_error(path, e))?;
+    Ok(())
+}
+
 /// Write a report's text and plot into `dir` under their file names; returns their paths.
 fn write_files(dir: &Path, text: (&str, &str), svg: (&str, &str)) -> Result<ReportFiles> {
     let files = ReportFiles { text: dir.join(text.0), svg: dir.join(svg.0) };
