@@ -76,18 +76,20 @@ pub struct Args {
 pub struct CalibArgs {
     /// Calibration images folder (`name.txt` beside `name.jpg` is used as its caption; without
     /// captions the uncompressed model's own greedy answers are the targets).
-    #[arg(long, conflicts_with = "calib_text")]
+    #[arg(long)]
     calib: Option<PathBuf>,
-    /// Calibration text file (language-model-only calibration).
+    /// Calibration text file (language-model-only calibration; with --calib, both: the images'
+    /// samples and then the text's windows).
     #[arg(long)]
     calib_text: Option<PathBuf>,
-    /// Number of calibration samples.
+    /// Number of calibration samples (from each of --calib and --calib-text when both are given).
     #[arg(long, default_value_t = 32)]
     calib_samples: usize,
     /// Seed of the calibration sample draw.
     #[arg(long, default_value_t = 0)]
     calib_seed: u64,
-    /// Longest calibration answer (images; default 32) or text window (text; default 256), in tokens.
+    /// Longest calibration answer (images; default 32) or text window (text, or both; default
+    /// 256), in tokens.
     #[arg(long)]
     calib_max_tokens: Option<usize>,
     /// Keep prepared calibration samples in this file and reuse them when the checkpoint and
@@ -104,7 +106,8 @@ impl CalibArgs {
     /// The calibration options, `None` without a source.
     fn options(&self) -> Option<CalibOptions> {
         let source = match (&self.calib, &self.calib_text) {
-            (Some(d), _) => CalibSource::Images(d.clone()),
+            (Some(d), Some(f)) => CalibSource::Both { images: d.clone(), text: f.clone() },
+            (Some(d), None) => CalibSource::Images(d.clone()),
             (None, Some(f)) => CalibSource::Text(f.clone()),
             (None, None) => return None,
         };
@@ -729,5 +732,15 @@ mod tests {
         let Plan::LowRank(one) = plan(&args(&["--qkv-params", "0.9"])).unwrap() else { panic!("low-rank") };
         assert_eq!(one.budgets, Budgets { qkv_params: Some(0.9), ..Budgets::default() });
         assert_eq!(one.rank_search, None);
+    }
+
+    /// `--calib` and `--calib-text` together calibrate on both.
+    #[test]
+    fn images_and_text_together_calibrate_on_both() {
+        let base = ["xtask", "--model", "m", "--out", "o", "--calib", "pics", "--calib-text", "t.txt"];
+        let c = Cli::try_parse_from(base).unwrap().args.calib.options().unwrap();
+        let want = CalibSource::Both { images: "pics".into(), text: "t.txt".into() };
+        assert_eq!(format!("{:?}", c.source), format!("{want:?}"));
+        assert_eq!(c.max_tokens, 256);
     }
 }

@@ -238,6 +238,33 @@ fn text_calibration_mode() {
     assert_eq!(summary.compression().unwrap().calibration.loss_tokens, 4 * 31);
 }
 
+/// Images and text together: the images' samples, then the text's windows (each part drawing
+/// the sample count), and the same samples again from the cache.
+#[test]
+fn image_and_text_calibration_together() {
+    let tmp = tempfile::tempdir().unwrap();
+    let text = tmp.path().join("calib.txt");
+    std::fs::write(&text, "The quick brown fox jumps over the lazy dog. ".repeat(40)).unwrap();
+    let calibration = |source: CalibSource| {
+        let mut c = CalibOptions::new(source);
+        (c.samples, c.max_tokens) = (3, 16);
+        let budgets = Budgets { qkv_params: Some(0.6), ..Default::default() };
+        let mut o = LowRankOptions::new(Method::Qsvd, budgets, Some(c));
+        o.calib_cache = Some(tmp.path().join("both.cache"));
+        let out = tmp.path().join("out");
+        compress(&fixture(), &out, &Plan::LowRank(o)).unwrap().compression().unwrap().calibration.clone()
+    };
+    let alone = [CalibSource::Images(images()), CalibSource::Text(text.clone())].map(calibration);
+    let both = CalibSource::Both { images: images(), text };
+    let (first, cached) = (calibration(both.clone()), calibration(both));
+    assert_eq!(first, cached, "read back from the cache");
+    assert_eq!((first.mode.as_str(), first.targets.as_str()), ("images+text", "self-distillation+text"));
+    assert_eq!(first.samples, alone[0].samples + alone[1].samples);
+    assert_eq!(alone[1].samples, 3);
+    assert_eq!(first.loss_tokens, alone[0].loss_tokens + alone[1].loss_tokens);
+    assert_eq!(first.tokens, alone[0].tokens + alone[1].tokens);
+}
+
 #[test]
 fn v1_models_still_load_and_v1_cannot_carry_factors() {
     let tmp = tempfile::tempdir().unwrap();

@@ -181,9 +181,9 @@ impl KvCacheInfo {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CalibrationInfo {
-    /// `images` or `text`.
+    /// `images`, `text` or `images+text`.
     pub mode: String,
-    /// `captions`, `self-distillation` or `text`.
+    /// `captions`, `self-distillation` or `text` (`+text` after the images' when both).
     pub targets: String,
     pub samples: usize,
     /// Tokens the loss was taken over.

@@ -23,6 +23,7 @@ pub fn cache_key(model_dir: &Path, opts: &CalibOptions) -> String {
     let source = match &opts.source {
         CalibSource::Images(d) => format!("images:{}", canon(d)),
         CalibSource::Text(f) => format!("text:{}", canon(f)),
+        CalibSource::Both { images, text } => format!("images:{};text:{}", canon(images), canon(text)),
     };
     serde_json::json!({
         "model": canon(model_dir),
@@ -78,7 +79,11 @@ pub fn load(path: &Path, key: &str) -> Result<Option<Samples>> {
             features: tensor(&format!("{i}.features"))?,
         });
     }
-    let mode = if field("mode")? == "text" { "text" } else { "images" };
+    let mode = match field("mode")?.as_str() {
+        "text" => "text",
+        "images+text" => "images+text",
+        _ => "images",
+    };
     Ok(Some(Samples { samples, mode, targets: field("targets")? }))
 }
 
