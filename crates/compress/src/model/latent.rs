@@ -142,7 +142,7 @@ enum Factors<'a> {
 }
 
 /// A typed refusal of layer `layer`'s factors as a latent cache.
-fn unsupported(layer: usize, what: String) -> CompressError {
+pub(crate) fn unsupported(layer: usize, what: String) -> CompressError {
     CompressError::BadOptions { recipe: format!("the latent K/V cache of text layer {layer}"), what }
 }
 

@@ -373,7 +373,9 @@ impl TextDecoder {
             (None, Some(q_proj)) => {
                 q_proj.forward(h, Target { tower: Tower::Text, layer: i, proj: Proj::Qkv }, None)?
             }
-            (None, None) => return Err(CompressError::Calibration(format!("text layer {i}: no queries"))),
+            (None, None) => {
+                return Err(latent::unsupported(i, "queries: q_up in the latent or q_proj".into()));
+            }
         };
         let q = rope_heads(&q, heads.heads, hd, &step.cos, &step.sin)?;
         let k = add_bias(up.keys(latents)?, bias_part(bias, k0..k0 + dkv)?)?;
