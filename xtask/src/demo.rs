@@ -146,7 +146,7 @@ impl DemoRecipe {
         }
         let latent = match (args.latent.as_deref(), method) {
             // the default latent where the text decoder has one; none to share otherwise
-            (None, Some(_)) if budgets.qkv_params.is_some() || budgets.kv_cache.is_some() => DEFAULT_LATENT,
+            (None, Some(_)) if budgets.text_latent() => DEFAULT_LATENT,
             (None, _) => Latent::Qkv,
             (Some(_), None) => bail!("--recipe dense has no latent"),
             (Some(name), Some(_)) => latent_named(name)?,

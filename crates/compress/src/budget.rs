@@ -33,6 +33,11 @@ pub struct Budgets {
 }
 
 impl Budgets {
+    /// Whether the text decoder gets a latent: a QKV-parameter or a K/V budget is set.
+    pub fn text_latent(&self) -> bool {
+        self.qkv_params.is_some() || self.kv_cache.is_some()
+    }
+
     pub fn validate(&self) -> Result<()> {
         let all = [
             ("qkv-params", self.qkv_params),
@@ -83,7 +88,7 @@ pub fn share(ratio: f64, total: u64) -> u64 {
 /// values against dense K and V values when float, and bytes as cached (a value per component
 /// plus a 4-byte scale per layer) against dense f16 K and V when quantized.
 pub fn text_qkv_components(cfg: &ModelConfig, b: &Budgets, quantized: bool, kv_only: bool) -> Option<u64> {
-    if b.qkv_params.is_none() && b.kv_cache.is_none() {
+    if !b.text_latent() {
         return None;
     }
     let t = &cfg.text;

@@ -220,9 +220,7 @@ fn check_low_rank_options(opts: &LowRankOptions) -> Result<()> {
             what: "calibration data (--calib <images folder> or --calib-text <file>)".into(),
         });
     }
-    let budgets = &candidates[0].0;
-    let text_latent = budgets.qkv_params.is_some() || budgets.kv_cache.is_some();
-    if opts.latent == Latent::Kv && !text_latent {
+    if opts.latent == Latent::Kv && !candidates[0].0.text_latent() {
         return Err(CompressError::BadOptions {
             recipe: "--latent kv".into(),
             what: "a text-decoder latent budget (--kv-cache or --qkv-params)".into(),
