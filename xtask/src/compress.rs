@@ -374,10 +374,6 @@ pub fn run(args: Args) -> Result<()> {
         }
     }
     print_widths(summary.widths.as_ref());
-    for c in &summary.search {
-        let loss = c.loss.map_or("does not fit --model-bytes".into(), |l| format!("calibration loss {l:.5}"));
-        println!("candidate {} --beta {}: {loss}", c.budgets, c.beta);
-    }
     Ok(())
 }
 
