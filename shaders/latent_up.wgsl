@@ -8,7 +8,7 @@
 // Weights: float [d_kv, rank] (f32, or with W16 16-bit two per u32, BF16 selecting bfloat16),
 // widened in the kernel; or with QUANT the contract's packed integers (INT8 four per u32; INT4
 // eight, word w holding values 8w..8w+3 in its low nibbles and 8w+4..8w+7 in its high ones;
-// column-interleaved as qmatmul.wgsl reads them: word k of row o at k * ldw + o) with
+// in qmatmul.wgsl's column tiles, ww words per row, lib/tiles.wgsl) with
 // scales [d_kv, groups] (f32, or f16 pairs with SCALE_F16), dequantized per group as the
 // contract does, the sum within a group in four lanes (a float sum like the rest of this kernel:
 // tests hold it to a bound, not to bits):
@@ -19,6 +19,9 @@
 #include grid
 #include half
 #include int
+#ifdef QUANT
+#include tiles
+#endif
 
 struct Params {
     tokens: u32,
@@ -27,7 +30,7 @@ struct Params {
     head_dim: u32,
     rank: u32,
     vd: u32,
-    ldw: u32,
+    ww: u32,
     group: u32,
 }
 
@@ -65,12 +68,19 @@ fn weight_scale(i: u32) -> f32 {
 #endif
 }
 
-// Integer j of weight row o (exact as f32).
-fn weight_int(o: u32, j: u32) -> f32 {
+// Where weight row o's words lie in `w` (u32): word k at x + k * y (rows in quads, quads in tiles).
+fn row_words(o: u32) -> vec2<u32> {
+    let quads = (params.kv_heads * params.head_dim + 3u) / 4u;
+    let words = quad_words(o / 4u, quads, params.ww);
+    return vec2<u32>(words.x * 4u + o % 4u, words.y * 4u);
+}
+
+// Integer j of the weight row whose words lie at `row` (exact as f32).
+fn weight_int(row: vec2<u32>, j: u32) -> f32 {
 #ifdef INT4
-    return f32(i4_in(w[(j / 8u) * params.ldw + o], j % 8u));
+    return f32(i4_in(w[row.x + (j / 8u) * row.y], j % 8u));
 #else
-    return f32(i8_in(w[(j / 4u) * params.ldw + o], j % 4u));
+    return f32(i8_in(w[row.x + (j / 4u) * row.y], j % 4u));
 #endif
 }
 
@@ -99,20 +109,21 @@ fn row_dot(o: u32, base: u32) -> f32 {
 #else
     let per_word = 4u;
 #endif
+    let row = row_words(o);
     var u = 0.0;
     for (var g = 0u; g < groups; g++) {
         let j1 = (g + 1u) * params.group;
         var j = g * params.group;
         var d4 = vec4<f32>(0.0);
         for (; j + per_word <= j1; j += per_word) {
-            let word = w[(j / per_word) * params.ldw + o];
+            let word = w[row.x + (j / per_word) * row.y];
             d4 = fma(word_values(word, false), chat4(base + j), d4);
 #ifdef INT4
             d4 = fma(word_values(word, true), chat4(base + j + 4u), d4);
 #endif
         }
         for (; j < j1; j++) {
-            d4.x = fma(weight_int(o, j), chat[base + j], d4.x);
+            d4.x = fma(weight_int(row, j), chat[base + j], d4.x);
         }
         let t = ((d4.x + d4.y) + (d4.z + d4.w)) * weight_scale(o * groups + g);
         if (g == 0u) {

@@ -5,15 +5,16 @@
 //   u = t_0 + t_1 + ...           left to right
 //   y[t][col_offset + c] = u * s_a[t] (+ bias[col_offset + c])
 //
-// Weights are column-interleaved (`QuantWeightsGpu`): packed word k of column c of the n columns
-// bound here lies at k * ldw + c, ldw = n rounded up to 4 (zero padding columns). One vec4<u32>
-// load brings word k of four neighbouring columns, and neighbouring invocations read neighbouring
-// memory (what GPUs, and CPU adapters running invocations as SIMD lanes, load fastest). Words as
+// Weights are in column tiles (`QuantWeightsGpu`, lib/tiles.wgsl): the n columns bound here in
+// quads (n rounded up to 4, zero padding columns), each quad's word k one vec4<u32>, quads in
+// tiles stored word by word. One vec4<u32> load brings word k of four neighbouring columns,
+// neighbouring invocations read neighbouring memory and each tile is read as one sequential
+// stream (what GPUs, and CPU adapters running invocations as SIMD lanes, load fastest). Words as
 // `pocketvlm_format::quant::pack` packs them: INT8 four values per u32; INT4 eight, word k holding
 // values 8k..8k+3 in its low nibbles and 8k+4..8k+7 in its high ones.
 //
 // Buffers: qa u32 [tokens, aw] (activation integers as i8 lanes, see quantize.wgsl; aw >= the
-// weight's value count rounded up to 8); sa f32 [tokens]; w [ww, ldw] words; s_w [n, groups] f32,
+// weight's value count rounded up to 8); sa f32 [tokens]; w ww words per column, tiled; s_w [n, groups] f32,
 // or with SCALE_F16 f16 two per u32 (element 2k in the low half); bias f32; y f32 with row stride
 // ldy. `w` and `s_w` may be one panel of a larger weight bound at an offset (columns
 // col_offset..+n).
@@ -27,7 +28,10 @@
 // column. Integer sums are exact in any order, so both variants give the same bits.
 //
 // Default: no workgroup memory, no barriers: invocations are independent (what CPU adapters run
-// fastest). (token block, column quad) pairs lie on a 2-D grid of 64-invocation workgroups.
+// fastest). (token block, column quad) pairs lie on a 2-D grid of workgroups: 64 invocations
+// for blocks of tokens, one tile's TILE_QUADS for one token (GEMV), so that a decode step's narrow
+// products still give every thread of a CPU adapter a share (a [576, 576] product is 18
+// workgroups instead of 3 on two threads).
 //
 // With SPLIT_K (one token, GPUs): a 64-invocation workgroup takes four column quads, and the 16
 // invocations of a quad (its lanes) split every scale group's words between them (lane l takes
@@ -38,6 +42,7 @@
 
 #include grid
 #include half
+#include tiles
 
 struct Params {
     tokens: u32,
@@ -190,18 +195,19 @@ fn main(
     // Quads past the last compute the last one again and store nothing (every invocation must
     // reach the barriers).
     let cq = min(id, quads - 1u);
+    let words = quad_words(cq, quads, params.ww);
     var u = vec4<f32>(0.0);
     for (var g = 0u; g < params.groups; g++) {
         var acc = vec4<i32>(0);
         let k_end = min((g + 1u) * params.group_words, params.ww);
 #ifdef VEC4
         for (var q = g * params.group_words / 4u + lane; q < k_end / 4u; q += SPLIT_LANES) {
-            let at = 4u * q * quads + cq;
-            acc += token_step(0u, q, w[at], w[at + quads], w[at + 2u * quads], w[at + 3u * quads]);
+            let at = words.x + 4u * q * words.y;
+            acc += token_step(0u, q, w[at], w[at + words.y], w[at + 2u * words.y], w[at + 3u * words.y]);
         }
 #else
         for (var k = g * params.group_words + lane; k < k_end; k += SPLIT_LANES) {
-            acc += token_step(0u, k, w[k * quads + cq]);
+            acc += token_step(0u, k, w[words.x + k * words.y]);
         }
 #endif
         partial[li] = acc;
@@ -222,11 +228,13 @@ fn main(
 #else
 #ifdef GEMV
 const TOKENS: u32 = 1u;
+const WORKGROUP: u32 = TILE_QUADS;
 #else
 const TOKENS: u32 = 4u;
+const WORKGROUP: u32 = 64u;
 #endif
 
-@compute @workgroup_size(64, 1, 1)
+@compute @workgroup_size(WORKGROUP, 1, 1)
 fn main(
     @builtin(workgroup_id) wg: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
@@ -234,13 +242,14 @@ fn main(
 ) {
     // One linear index over (token block, column quad), quads fastest, so narrow outputs (a
     // latent's keys: d_kv columns over thousands of cached tokens) still fill every workgroup.
-    let id = (workgroup_index(wg, nwg)) * 64u + li;
+    let id = workgroup_index(wg, nwg) * WORKGROUP + li;
     let quads = (params.n + 3u) / 4u;
     let cq = id % quads;
     let t0 = (id / quads) * TOKENS;
     if (t0 >= params.tokens) {
         return;
     }
+    let words = quad_words(cq, quads, params.ww);
 #ifdef VEC4
     let astride = params.aw / 4u;
 #else
@@ -268,11 +277,11 @@ fn main(
         let k_end = min((g + 1u) * params.group_words, params.ww);
 #ifdef VEC4
         for (var q = g * params.group_words / 4u; q < k_end / 4u; q++) {
-            let at = 4u * q * quads + cq;
+            let at = words.x + 4u * q * words.y;
             let b0 = w[at];
-            let b1 = w[at + quads];
-            let b2 = w[at + 2u * quads];
-            let b3 = w[at + 3u * quads];
+            let b1 = w[at + words.y];
+            let b2 = w[at + 2u * words.y];
+            let b3 = w[at + 3u * words.y];
             acc0 += token_step(r0, q, b0, b1, b2, b3);
 #ifndef GEMV
             acc1 += token_step(r1, q, b0, b1, b2, b3);
@@ -282,7 +291,7 @@ fn main(
         }
 #else
         for (var k = g * params.group_words; k < k_end; k++) {
-            let b = w[k * quads + cq];
+            let b = w[words.x + k * words.y];
             acc0 += token_step(r0, k, b);
 #ifndef GEMV
             acc1 += token_step(r1, k, b);

@@ -47,6 +47,7 @@ shaders![
     "lib/half",
     "lib/int",
     "lib/linear",
+    "lib/tiles",
     "lib/weight",
 ];
 

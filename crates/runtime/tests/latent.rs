@@ -120,7 +120,8 @@ enum UpCase {
 }
 
 async fn latent_up_case(gpu: &Gpu, case: UpCase, rank: usize, bias: bool, seed: u64) {
-    let (tokens, heads, kv_heads, hd) = (3, 6, 2, 16);
+    // 48 rows: 12 quads, one whole tile of the quantized layout and a part of the next
+    let (tokens, heads, kv_heads, hd) = (3, 6, 3, 16);
     let rows = kv_heads * hd;
     let vd = rank.next_multiple_of(8) + 4;
     let chat = values(seed, tokens * heads * vd);

@@ -49,8 +49,9 @@ pub struct KernelReport {
 }
 
 /// The vision tower's square projections (`[1024 patches, 768] · [768, 768]ᵀ`, the ceiling
-/// probe's GEMM shape), the decoder's up projection at decode (`[1, 576] · [1536, 576]ᵀ`), the
-/// 49 152-column GEMV of the ceiling probe, and one vision attention head group.
+/// probe's GEMM shape), the decoder's up projection at decode (`[1, 576] · [1536, 576]ᵀ`; the
+/// integer product also over [`COLD_BYTES`] of distinct weights, streamed from memory as in a
+/// decode step), the 49 152-column GEMV of the ceiling probe, and one vision attention head group.
 const GEMM: MatmulShape = MatmulShape { m: 1024, n: 768, k: 768 };
 const DECODE: MatmulShape = MatmulShape { m: 1, n: 1536, k: 576 };
 const GEMV: MatmulShape = MatmulShape { m: 1, n: 49_152, k: 576 };
@@ -121,8 +122,52 @@ pub async fn measure_kernels(gpu: &Gpu) -> Result<Vec<KernelReport>> {
             }
         }
     }
+    reports.extend(cold_decode(gpu).await?);
     reports.extend(attention(gpu).await?);
     reports.extend(rotations(gpu).await?);
+    Ok(reports)
+}
+
+/// Bytes of distinct weights [`cold_decode`] reads in turn, at least: more than a CPU adapter's
+/// last-level cache (32 MiB on this project's machine), as a decode step reads each of a model's
+/// weights once.
+const COLD_BYTES: usize = 64 << 20;
+
+/// The one-token integer product at the decode shape over many distinct weights in turn, each
+/// read once per timed run: the weights come from memory, not from a cache warmed by the runs
+/// before (the cases above read one weight again and again).
+async fn cold_decode(gpu: &Gpu) -> Result<Vec<KernelReport>> {
+    let shape = DECODE;
+    let mut reports = Vec::new();
+    let y = gpu.zeroed_buffer("y", (shape.n * 4) as u64).await?;
+    for encoding in [Encoding::I8, Encoding::I4] {
+        let count = COLD_BYTES.div_ceil(encoding.byte_len(&[shape.n, shape.k]));
+        let mut all = Vec::with_capacity(count);
+        for _ in 0..count {
+            all.push(quantized_weights(gpu, shape, encoding).await?);
+        }
+        let stride = activation_words(shape.k);
+        let words = gpu.zeroed_buffer("qa", (stride * 4) as u64).await?;
+        let scales = values_buffer(gpu, 1, 3).await?;
+        let rows = QuantizedRows::new(&words, &scales, 1, stride);
+        for vec4 in [false, true] {
+            let kernel = QMatmul::new(&all[0], 1, false, vec4);
+            let loads = if vec4 { "4-word loads" } else { "1-word loads" };
+            let label =
+                format!("qmatmul {} (1 token × 4 columns, {loads}, {count} weights in turn)", encoding.tag());
+            let MatmulShape { m, n, k } = shape;
+            let dims = format!("[{m}, {k}] · [{n}, {k}]ᵀ");
+            reports.push(
+                time_macs(gpu, &label, dims, (count * n * k) as f64, async |gpu: &Gpu, e: &mut Encoder| {
+                    for weights in &all {
+                        kernel.encode(gpu, e, &rows, weights, None, (&y, 0)).await?;
+                    }
+                    Ok(())
+                })
+                .await?,
+            );
+        }
+    }
     Ok(reports)
 }
 

@@ -20,7 +20,7 @@ use pocketvlm_format::Encoding;
 use pocketvlm_format::quant::Bits;
 
 use super::Kernel;
-use super::quant::QuantWeightsGpu;
+use super::quant::{QuantWeightsGpu, TILE_QUADS};
 use super::util::{check_binding, dispatch, distinct, grid, require_size, slice};
 use crate::device::Gpu;
 use crate::encoder::Encoder;
@@ -42,8 +42,8 @@ struct Params {
     head_dim: u32,
     rank: u32,
     vd: u32,
-    /// Quantized weights: words between a column's consecutive words (the interleaved width).
-    ldw: u32,
+    /// Quantized weights: words per row (the rows in column tiles, `kernels::quant::tile`).
+    ww: u32,
     group: u32,
 }
 const _: () = assert!(std::mem::size_of::<Params>() == 32);
@@ -99,6 +99,9 @@ impl Kernel for LatentUp {
                 d.insert(name.to_string(), String::new());
             }
         }
+        if self.weights.packed_bits().is_some() {
+            d.insert("TILE_QUADS".to_string(), TILE_QUADS.to_string());
+        }
         d
     }
 }
@@ -149,9 +152,9 @@ impl LatentUp {
         distinct(chat, out, "latent sums and output")?;
         check_binding(gpu, "latent sums", chat_bytes)?;
         check_binding(gpu, "absorbed v output", out_bytes)?;
-        let (ldw, group) = match w {
+        let (ww, group) = match w {
             UpWeights::Float(_) => (0, rank),
-            UpWeights::Quant(q) if q.panel >= rows => (q.panel, q.group),
+            UpWeights::Quant(q) if q.panel >= rows => (q.words_per_column(), q.group),
             UpWeights::Quant(q) => return bad(format!("v_up in panels of {} columns", q.panel)),
         };
         let mut resources = vec![slice(chat, 0, chat_bytes)];
@@ -179,7 +182,7 @@ impl LatentUp {
             head_dim: head_dim as u32,
             rank: rank as u32,
             vd: vd as u32,
-            ldw: ldw as u32,
+            ww: ww as u32,
             group: group as u32,
         };
         let pipeline = gpu.pipeline(Self::SHADER, &self.defines()).await?;

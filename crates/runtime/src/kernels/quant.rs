@@ -21,11 +21,14 @@
 //! here into column panels.
 //!
 //! **Weight layout.** A quantized weight keeps its encoding (`i8`/`i4` words, the scales as
-//! stored) but not its row order: [`QuantWeightsGpu::upload`] [`interleave`]s the words by
-//! columns, so the product's invocations, four columns each, read neighbouring memory (CPU
-//! adapters run invocations as SIMD lanes; GPUs coalesce such loads). Against row-major weights
-//! in Chromium's SwiftShader: the 49 152-column one-token product 0.11 → 0.76 G MAC/s, the vision
-//! tower's `[1024, 768]·[768, 768]ᵀ` 0.47 → 1.22 (BENCHMARKS.md, Speed V).
+//! stored) but not its row order: [`QuantWeightsGpu::upload`] lays the words out in column
+//! [`tile`]s, so the product's invocations, four columns each, read neighbouring memory (CPU
+//! adapters run invocations as SIMD lanes; GPUs coalesce such loads), and each run of
+//! [`TILE_QUADS`] invocations streams one contiguous piece of memory from its first word to its
+//! last. Against row-major weights in Chromium's SwiftShader: the 49 152-column one-token product
+//! 0.11 → 0.76 G MAC/s, the vision tower's `[1024, 768]·[768, 768]ᵀ` 0.47 → 1.22 (BENCHMARKS.md,
+//! Speed V); against columns interleaved across the whole width (every word `k` of all columns
+//! together), weights streamed from memory as a decode step reads them (Speed IX).
 
 use std::collections::BTreeMap;
 
@@ -397,10 +400,10 @@ struct QMatmulParams {
 const _: () = assert!(std::mem::size_of::<QMatmulParams>() == 32);
 
 /// The packed weights of a quantized layer on the GPU: integers `[out, cols]` (`i8` or `i4`,
-/// [`interleave`]d by columns in panels), their scales (`[out]` or `[out, cols / group]`, `f32`
+/// in column [`tile`]s, in panels), their scales (`[out]` or `[out, cols / group]`, `f32`
 /// or `f16`, row-major as stored) and the input columns per scale.
 pub struct QuantWeightsGpu {
-    /// The integers; `shape` and `encoding` as stored, the buffer in the interleaved layout.
+    /// The integers; `shape` and `encoding` as stored, the buffer in column [`tile`]s.
     pub weight: Tensor,
     pub scales: Tensor,
     pub group: usize,
@@ -422,8 +425,8 @@ struct WeightLayout {
 
 impl QuantWeightsGpu {
     /// Check packed `rows` (`shape` `[out, cols]` in `encoding`, as the format stores them) and
-    /// `scales` against each other, then upload the integers [`interleave`]d in panels that each
-    /// fit one storage binding.
+    /// `scales` against each other, then upload the integers in column [`tile`]s, in panels that
+    /// each fit one storage binding.
     pub async fn upload(
         gpu: &Gpu,
         label: &str,
@@ -474,9 +477,14 @@ impl QuantWeightsGpu {
             scale_row: scales.encoding.byte_len(&[groups_per_row]) as u64,
         };
         let panel = panel_width(gpu, label, out, ww, layout.scale_row)?;
-        let words = interleave(rows, out, ww, panel);
+        let words = tile(rows, out, ww, panel);
         let buffer = gpu.storage_buffer(label, bytemuck::cast_slice(&words)).await?;
         Ok(Self { weight: Tensor { buffer, shape, encoding }, scales, group: size, panel, layout })
+    }
+
+    /// Packed words per column (row of the stored `[out, cols]` weight).
+    pub fn words_per_column(&self) -> usize {
+        self.layout.ww
     }
 
     pub fn bits(&self) -> Bits {
@@ -491,7 +499,7 @@ impl QuantWeightsGpu {
         self.weight.shape[1]
     }
 
-    /// Bytes on the GPU (the interleaved integers with their padding columns, and the scales).
+    /// Bytes on the GPU (the tiled integers with their padding columns, and the scales).
     pub fn bytes(&self) -> u64 {
         self.weight.buffer.size() + self.scales.bytes()
     }
@@ -502,19 +510,33 @@ impl QuantWeightsGpu {
     }
 }
 
-/// A packed weight's words column-interleaved in panels: `rows` holds `n` rows of `ww`
-/// little-endian words (the format's layout); panel `p` holds columns `c0 = p·panel ..
-/// c0 + nc` word by word, word `k` of column `c` at `c0·ww + k·width + (c − c0)` with `width`
-/// = `nc` rounded up to 4 (zero padding columns), so one 16-byte load reads one word of four
-/// neighbouring columns. `panel` is a multiple of 4 (or at least `n`); `rows` holds `n·ww` words.
-pub fn interleave(rows: &[u8], n: usize, ww: usize, panel: usize) -> Vec<u32> {
+/// Column quads (four columns, one 16-byte word each) per tile of [`tile`]'s layout: 128 bytes of
+/// one word of 32 columns, a CPU adapter's 8 SIMD lanes (256-bit vectors) or a quarter of a
+/// 32-lane GPU subgroup, each lane loading 16 bytes.
+pub const TILE_QUADS: usize = 8;
+
+/// A packed weight's words in column tiles, in panels: `rows` holds `n` rows of `ww`
+/// little-endian words (the format's layout). Panel `p` holds columns `c0 = p·panel .. c0 + nc`
+/// (their words from `c0·ww` on) as `nc` rounded up to 4 columns (zero padding columns) in
+/// quads; quad `q` of the panel and its neighbours up to [`TILE_QUADS`] form a tile, stored word
+/// by word: word `k` of column `c` of quad `q` lies at `first·4·ww + (k·step + q − first)·4 +
+/// c mod 4`, `first` the tile's first quad and `step` its quads (the last tile may hold fewer).
+/// So one 16-byte load reads one word of four neighbouring columns, neighbouring quads' word `k`
+/// lie side by side, and a tile read word after word is one contiguous stream
+/// (`shaders/lib/tiles.wgsl`). `panel` is a multiple of 4 (or at least `n`); `rows` holds `n·ww`
+/// words.
+pub fn tile(rows: &[u8], n: usize, ww: usize, panel: usize) -> Vec<u32> {
     let mut out = vec![0u32; n.next_multiple_of(4) * ww];
     for (c0, nc) in chunks(n, panel) {
-        let width = nc.next_multiple_of(4);
+        let quads = nc.div_ceil(4);
         for c in c0..c0 + nc {
+            let q = (c - c0) / 4;
+            let first = q - q % TILE_QUADS;
+            let step = TILE_QUADS.min(quads - first);
+            let start = c0 * ww + first * 4 * ww + (q - first) * 4 + (c - c0) % 4;
             let column = rows[c * ww * 4..(c + 1) * ww * 4].chunks_exact(4);
             for (k, b) in column.enumerate() {
-                out[c0 * ww + k * width + (c - c0)] = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+                out[start + k * step * 4] = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
             }
         }
     }
@@ -543,7 +565,7 @@ fn panel_width(gpu: &Gpu, what: &str, out: usize, ww: usize, scale_row: u64) -> 
 }
 
 /// `shaders/qmatmul.wgsl`: `y = dequant(W q_a)` for `tokens` quantized activation rows, four
-/// output columns of the [`interleave`]d weight per invocation for one token (GEMV) or four —
+/// output columns of the [`tile`]d weight per invocation for one token (GEMV) or four —
 /// or, for one token with [`QMatmul::split_k`], four columns per 16 invocations.
 #[derive(Clone, Copy, Debug)]
 pub struct QMatmul {
@@ -566,7 +588,7 @@ pub const SPLIT_K_LANES: usize = 16;
 impl Kernel for QMatmul {
     const SHADER: &'static str = "qmatmul";
     fn defines(&self) -> Defines {
-        let mut d = BTreeMap::new();
+        let mut d = BTreeMap::from([("TILE_QUADS".to_string(), TILE_QUADS.to_string())]);
         let flags = [
             (self.int4, "INT4"),
             (self.f16_scales, "SCALE_F16"),
@@ -731,7 +753,8 @@ impl QMatmul {
             let workgroups = if self.split_k {
                 groups(quads * SPLIT_K_LANES, INVOCATIONS)
             } else {
-                groups(quads * if self.gemv { tokens } else { tokens.div_ceil(4) }, INVOCATIONS)
+                let per_group = if self.gemv { TILE_QUADS } else { INVOCATIONS };
+                groups(quads * if self.gemv { tokens } else { tokens.div_ceil(4) }, per_group)
             };
             let (gx, gy) = grid(gpu, workgroups as u64)?;
             dispatch(gpu, encoder, &pipeline, "qmatmul", bytemuck::bytes_of(&params), resources, (gx, gy, 1));

@@ -121,7 +121,7 @@ impl<'a> WeightLoader<'a> {
             RuntimeError::UnsupportedModel(why) => bad(why),
             other => other,
         })?;
-        self.remember(format!("{name} interleaved"), &weights.weight);
+        self.remember(format!("{name} tiled"), &weights.weight);
         Ok(weights)
     }
 
