@@ -96,9 +96,7 @@ pub async fn measure_kernels(gpu: &Gpu) -> Result<Vec<KernelReport>> {
         }
         for encoding in [Encoding::I8, Encoding::I4] {
             let weights = quantized_weights(gpu, shape, encoding).await?;
-            let stride = activation_words(shape.k);
-            let words = gpu.zeroed_buffer("qa", (shape.m * stride * 4) as u64).await?;
-            let scales = values_buffer(gpu, shape.m, 3).await?;
+            let (words, scales, stride) = quantized_activations(gpu, shape).await?;
             let rows = QuantizedRows::new(&words, &scales, shape.m, stride);
             // One token also split between 16 invocations per column quad (the GPUs' variant).
             let splits: &[bool] = if shape.m == 1 { &[false, true] } else { &[false] };
@@ -146,19 +144,16 @@ async fn cold_decode(gpu: &Gpu) -> Result<Vec<KernelReport>> {
         for _ in 0..count {
             all.push(quantized_weights(gpu, shape, encoding).await?);
         }
-        let stride = activation_words(shape.k);
-        let words = gpu.zeroed_buffer("qa", (stride * 4) as u64).await?;
-        let scales = values_buffer(gpu, 1, 3).await?;
+        let (words, scales, stride) = quantized_activations(gpu, shape).await?;
         let rows = QuantizedRows::new(&words, &scales, 1, stride);
         for vec4 in [false, true] {
             let kernel = QMatmul::new(&all[0], 1, false, vec4);
             let loads = if vec4 { "4-word loads" } else { "1-word loads" };
             let label =
                 format!("qmatmul {} (1 token × 4 columns, {loads}, {count} weights in turn)", encoding.tag());
-            let MatmulShape { m, n, k } = shape;
-            let dims = format!("[{m}, {k}] · [{n}, {k}]ᵀ");
+            let macs = (count * shape.n * shape.k) as f64;
             reports.push(
-                time_macs(gpu, &label, dims, (count * n * k) as f64, async |gpu: &Gpu, e: &mut Encoder| {
+                time_macs(gpu, &label, dims(shape), macs, async |gpu: &Gpu, e: &mut Encoder| {
                     for weights in &all {
                         kernel.encode(gpu, e, &rows, weights, None, (&y, 0)).await?;
                     }
@@ -239,6 +234,15 @@ async fn quantized_weights(gpu: &Gpu, shape: MatmulShape, encoding: Encoding) ->
     QuantWeightsGpu::upload(gpu, "qw", vec![shape.n, shape.k], encoding, &bytes, scales, None).await
 }
 
+/// The quantized activations of `shape`'s `m` rows as the integer product reads them: zero
+/// integers (their values do not change the work), scales, and the words per row.
+async fn quantized_activations(gpu: &Gpu, shape: MatmulShape) -> Result<(DeviceBuffer, DeviceBuffer, usize)> {
+    let stride = activation_words(shape.k);
+    let words = gpu.zeroed_buffer("qa", (shape.m * stride * 4) as u64).await?;
+    let scales = values_buffer(gpu, shape.m, 3).await?;
+    Ok((words, scales, stride))
+}
+
 /// `len` values in [-1, 1) from a linear congruential sequence.
 async fn values_buffer(gpu: &Gpu, len: usize, seed: u64) -> Result<DeviceBuffer> {
     gpu.storage_buffer("bench values", bytemuck::cast_slice(&values(seed, len.max(1)))).await
@@ -249,8 +253,12 @@ where
     F: AsyncFnMut(&Gpu, &mut Encoder) -> Result<()>,
 {
     let MatmulShape { m, n, k } = shape;
-    let label = format!("[{m}, {k}] · [{n}, {k}]ᵀ");
-    time_macs(gpu, kernel, label, (m * n * k) as f64, record).await
+    time_macs(gpu, kernel, dims(shape), (m * n * k) as f64, record).await
+}
+
+/// How a product's shape is printed: `[m, k] · [n, k]ᵀ`.
+fn dims(MatmulShape { m, n, k }: MatmulShape) -> String {
+    format!("[{m}, {k}] · [{n}, {k}]ᵀ")
 }
 
 async fn time_macs<F>(
