@@ -42,6 +42,14 @@ export interface LoadOptions {
    * (or the page) stays usable. Default: only the adapter's limits.
    */
   memoryBudget?: number;
+  /**
+   * The KV cache of a compressed model's shared-latent layers. 'latent' (default): each token's
+   * latent only, the least memory; every decode step rebuilds all cached keys from it.
+   * 'latent-keys': the latent and each token's keys, rebuilt once — the same results, faster
+   * decoding as the context grows, more memory. 'plain': keys and values, the most memory and on
+   * CPU adapters the fastest decoding (BENCHMARKS.md). Anything else rejects with a TypeError.
+   */
+  kvCache?: 'latent' | 'latent-keys' | 'plain';
 }
 
 export interface ModelInfo {
@@ -61,6 +69,8 @@ export interface ModelInfo {
   bits: string | null;
   /** Bytes one token of context takes in the GPU's KV cache (the shared latent where allowed). */
   kvBytesPerToken: number;
+  /** The KV cache the model keeps (`kvCache` of the load). */
+  kvCache: 'latent' | 'latent-keys' | 'plain';
   /** What the model's manifest counts per token (16-bit K/V), or null without a compression section. */
   manifestKvBytesPerToken: number | null;
 }

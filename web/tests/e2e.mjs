@@ -148,25 +148,31 @@ async function decodesAsPillow(page) {
 }
 
 /**
- * A model larger than `memoryBudget` rejects with OutOfMemoryError (in the worker, as the demo
- * runs it), and the same page then loads it without the budget and captions as expected.
+ * A model larger than `memoryBudget` rejects with OutOfMemoryError and an unknown `kvCache` with
+ * TypeError (in the worker, as the demo runs it); the same page then loads it keeping the
+ * latent cache's keys (`kvCache: 'latent-keys'`) and captions as the CPU reference, which
+ * rebuilds them every step.
  */
-async function outOfMemory(page) {
+async function loadOptions(page) {
   const started = Date.now();
   const got = await page.evaluate(async ([bytes, prompt, maxNewTokens]) => {
     const { PocketVLM } = await import('./pocketvlm/src/index.js');
-    const refused = await PocketVLM.load('./model/', { memoryBudget: 1_000_000 }).then(() => 'loaded', (e) => e.name);
-    const model = await PocketVLM.load('./model/');
+    const name = (e) => e.name;
+    const refused = await PocketVLM.load('./model/', { memoryBudget: 1_000_000 }).then(() => 'loaded', name);
+    const unknown = await PocketVLM.load('./model/', { kvCache: 'sideways' }).then(() => 'loaded', name);
+    const model = await PocketVLM.load('./model/', { kvCache: 'latent-keys' });
     const image = new Blob([new Uint8Array(bytes)]);
     let text = '';
     for await (const piece of await model.caption(image, { prompt, maxNewTokens })) text += piece;
+    const { kvCache } = model.info;
     await model.dispose();
-    return { refused, text };
+    return { refused, unknown, kvCache, text };
   }, [[...readFileSync(imagePath)], await page.inputValue('#prompt'), fixtureTokens]);
   check(got.refused === 'OutOfMemoryError', 'a model over memoryBudget rejects with OutOfMemoryError', got.refused);
-  check(got.text === expected.generated_text_skip_special, `then the page loads it and captions ${source} text`,
-    JSON.stringify(got.text));
-  console.log(`  (refused, loaded and captioned in ${((Date.now() - started) / 1000).toFixed(1)} s)`);
+  check(got.unknown === 'TypeError', 'an unknown kvCache rejects with TypeError', got.unknown);
+  check(got.kvCache === 'latent-keys', 'the page then loads it keeping the latent cache\'s keys', got.kvCache);
+  check(got.text === expected.generated_text_skip_special, `and captions ${source} text`, JSON.stringify(got.text));
+  console.log(`  (refused twice, loaded and captioned in ${((Date.now() - started) / 1000).toFixed(1)} s)`);
 }
 
 async function withWebGPU() {
@@ -183,7 +189,7 @@ async function withWebGPU() {
     const progress = await page.locator('.progress').getAttribute('aria-valuenow');
     check(progress === '100', 'the progress bar reached 100%', `aria-valuenow ${progress}`);
     await decodesAsPillow(page);
-    await outOfMemory(page);
+    await loadOptions(page);
     console.log(`  (loaded in ${((Date.now() - started) / 1000).toFixed(1)} s: ${status})`);
     await page.setInputFiles('#file-input', imagePath);
     // The preview has a size only once the browser has decoded the photo: wait for it rather than race it.

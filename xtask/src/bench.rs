@@ -21,10 +21,11 @@ use pocketvlm_format::dir;
 use pocketvlm_processor::decode_image;
 use pocketvlm_runtime::bench::kernels::{KERNEL_REPORT_PREFIX, KernelReport, REPEATS, measure_kernels};
 use pocketvlm_runtime::bench::{
-    BenchConfig, BenchReport, CACHE_REPORT_PREFIX, CacheReport, KindRecording, REPORT_PREFIX, measure,
-    measure_caches,
+    BenchConfig, BenchReport, CACHE_KINDS, CACHE_REPORT_PREFIX, CacheReport, KindRecording, REPORT_PREFIX,
+    measure, measure_caches,
 };
 use pocketvlm_runtime::engine::{Engine, now_ms};
+use pocketvlm_runtime::model::CacheKind;
 use pocketvlm_runtime::{DeviceOptions, Gpu};
 
 use crate::caption::DEFAULT_PROMPT;
@@ -57,13 +58,16 @@ pub struct Args {
     /// Print one JSON object (`config`, `native`, `chromium`) instead of the table.
     #[arg(long)]
     json: bool,
-    /// Also compare the latent and the plain KV cache: decode rate and attention time per step
+    /// Also compare the KV caches (plain, latent, latent-keys): decode rate and attention time per step
     /// after prefilling text prompts of these many tokens (comma-separated, e.g. 100,1000,4000).
     #[arg(long, value_delimiter = ',')]
     caches: Vec<usize>,
     /// Decode steps timed at each context of `--caches`.
     #[arg(long, default_value_t = 16)]
     cache_steps: usize,
+    /// The KV cache the measured generations keep: latent (the default), latent-keys or plain.
+    #[arg(long, default_value = "latent", value_parser = parse_cache_kind)]
+    kv_cache: CacheKind,
     /// Time single kernels at the 256M model's shapes (G MAC/s) natively and in Chromium, instead
     /// of generating with models.
     #[arg(long, conflicts_with_all = ["model", "peer", "caches"])]
@@ -135,6 +139,7 @@ pub fn run(args: Args) -> Result<()> {
         text_only: args.text_only,
         stop_latency: args.stop_latency,
         soak: args.soak,
+        kv_cache: args.kv_cache,
     };
     let image_bytes = std::fs::read(&image).with_context(|| format!("reading {}", image.display()))?;
 
@@ -394,25 +399,28 @@ fn print_caches(model: &Path, name: &str, side: &str, reports: &[CacheReport]) {
     println!();
     println!("KV cache, {side}, {}: {} decode steps per context", model.display(), mine[0].steps);
     println!();
-    println!(
-        "| context | plain tok/s | latent tok/s | latent ÷ plain | plain attention/step | latent attention/step | latent ÷ plain | plain B/token | latent B/token |"
-    );
-    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- |");
-    for pair in mine.chunks(2) {
-        let [plain, latent] = pair else { continue };
-        println!(
-            "| {} | {:.1} | {:.1} | {} | {:.1} ms | {:.1} ms | {} | {} | {} |",
-            plain.context,
-            plain.decode_tokens_per_s,
-            latent.decode_tokens_per_s,
-            ratio(latent.decode_tokens_per_s, plain.decode_tokens_per_s),
-            plain.attention_ms_per_step,
-            latent.attention_ms_per_step,
-            ratio(latent.attention_ms_per_step, plain.attention_ms_per_step),
-            plain.kv_bytes_per_token,
-            latent.kv_bytes_per_token,
-        );
+    println!("| context | cache | tok/s | ÷ plain | attention/step | ÷ plain | B/token |");
+    println!("| --- | --- | --- | --- | --- | --- | --- |");
+    for kinds in mine.chunks(CACHE_KINDS.len()) {
+        let plain = kinds[0];
+        for r in kinds {
+            println!(
+                "| {} | {} | {:.1} | {} | {:.1} ms | {} | {} |",
+                r.context,
+                r.cache,
+                r.decode_tokens_per_s,
+                ratio(r.decode_tokens_per_s, plain.decode_tokens_per_s),
+                r.attention_ms_per_step,
+                ratio(r.attention_ms_per_step, plain.attention_ms_per_step),
+                r.kv_bytes_per_token,
+            );
+        }
     }
+}
+
+fn parse_cache_kind(name: &str) -> Result<CacheKind, String> {
+    let names: Vec<&str> = CacheKind::ALL.iter().map(|k| k.name()).collect();
+    CacheKind::from_name(name).ok_or_else(|| format!("one of {names:?}"))
 }
 
 fn ms(v: f64) -> String {
@@ -429,12 +437,13 @@ fn ratio(chromium: f64, native: f64) -> String {
 
 fn print_table(model: &Path, config: &BenchConfig, native: &BenchReport, chromium: Option<&BenchReport>) {
     println!(
-        "model {} · {} tile(s), {} prompt tokens, {} generated (max {}), greedy",
+        "model {} · {} tile(s), {} prompt tokens, {} generated (max {}), greedy, {} KV cache",
         model.display(),
         native.image_tiles,
         native.prompt_tokens,
         native.generated_tokens,
-        config.max_new_tokens
+        config.max_new_tokens,
+        config.kv_cache.name()
     );
     println!();
     println!("| | native | Chromium | Chromium ÷ native |");

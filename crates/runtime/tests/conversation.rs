@@ -127,16 +127,19 @@ fn image_turns_reuse_the_cache_only_for_the_same_image() {
 }
 
 /// A low-rank W4A8 model caching INT8 latents (`svd-kv25-w4a8`): a conversation continued from
-/// its latent cache gives what a fresh start gives ([`check_resumed_conversation`]; in the
-/// browser too, `model_web.rs`).
+/// its latent cache — and from the latent with kept keys, which a grown cache carries over too —
+/// gives what a fresh start gives ([`check_resumed_conversation`]; in the browser too,
+/// `model_web.rs`).
 #[test]
 fn latent_cache_conversations_match_a_fresh_start() {
     pollster::block_on(async {
         let recipe = LOW_RANK_TEST_RECIPES.iter().find(|r| r.name == "svd-kv25-w4a8").unwrap();
         let out = tempfile::tempdir().unwrap();
         recipe.build(&tiny(), out.path()).unwrap();
-        let engine = load_dir(out.path(), &DeviceOptions::default()).await;
+        let mut engine = load_dir(out.path(), &DeviceOptions::default()).await;
         assert_eq!(engine.model.cache_kind, CacheKind::Latent);
+        check_resumed_conversation(&engine, request(&expected("text_multiturn"))).await;
+        engine.model.cache_kind = CacheKind::LatentKeys;
         check_resumed_conversation(&engine, request(&expected("text_multiturn"))).await;
     });
 }

@@ -237,13 +237,26 @@ fn low_rank_tiny_models_match_the_cpu_reference() {
             assert!(c.text_layers.iter().all(|l| l.latent().is_some_and(|r| r < 32)), "{}", recipe.name);
             let mut reference = Reference::open(out.path()).unwrap();
             let mut engine = load_dir(out.path(), &DeviceOptions::default()).await;
-            for (kind, cpu_kind) in
-                [(CacheKind::Latent, CpuCache::Latent), (CacheKind::Plain, CpuCache::Plain)]
-            {
+            let kinds = [
+                (CacheKind::Latent, CpuCache::Latent),
+                (CacheKind::LatentKeys, CpuCache::Latent),
+                (CacheKind::Plain, CpuCache::Plain),
+            ];
+            for (kind, cpu_kind) in kinds {
                 engine.model.cache_kind = kind;
                 reference.cache = cpu_kind;
                 check_reference_cases(&engine, &reference, &tiny, &format!("{} {kind:?} cache", recipe.name))
                     .await;
+            }
+            if manifest.quantization.is_some() {
+                // A key depends only on its own INT8 latent and position: the kept keys (one
+                // rebuild per token, as it enters) are bit for bit the ones rebuilt every step.
+                let mut logits = Vec::new();
+                for kind in [CacheKind::Latent, CacheKind::LatentKeys] {
+                    engine.model.cache_kind = kind;
+                    logits.push(decode_logits(&engine, 10).await);
+                }
+                assert!(logits[0] == logits[1], "{}: kept keys changed the logits", recipe.name);
             }
             {
                 // Quantized: r INT8 values in whole words and the f32 scale per layer, the
@@ -297,7 +310,25 @@ fn decode_steps_allocate_nothing_and_reuse_bind_groups() {
         let mut latent = Engine::load(gpu, &data, &tokenizer).await.unwrap();
         latent.model.cache_kind = CacheKind::Latent;
         check_decode_reuse(&latent, "svd-kv25-w8a8, INT8 latent cache").await;
+        latent.model.cache_kind = CacheKind::LatentKeys;
+        check_decode_reuse(&latent, "svd-kv25-w8a8, INT8 latent cache with kept keys").await;
     });
+}
+
+/// The logits of the prefill of a text prompt and of each of `steps` greedy decode steps.
+async fn decode_logits(engine: &Engine, steps: usize) -> Vec<Vec<u32>> {
+    let (gpu, model) = (&engine.gpu, &engine.model);
+    let prompt = [1u32, 11126, 42, 1812, 7, 99];
+    let mut generator =
+        Generator::start(gpu, model, &prompt, None, steps, SamplingOptions::default(), &Stop::never())
+            .await
+            .unwrap();
+    let bits = |v: Vec<f32>| v.into_iter().map(f32::to_bits).collect::<Vec<u32>>();
+    let mut all = vec![bits(generator.logits(gpu, model).await.unwrap())];
+    while generator.next_token(gpu, model).await.unwrap().is_some() {
+        all.push(bits(generator.logits(gpu, model).await.unwrap()));
+    }
+    all
 }
 
 async fn check_decode_reuse(engine: &Engine, what: &str) {

@@ -8,7 +8,7 @@ use crate::fetch::check_signal;
 use js_sys::{Function, Promise};
 use pocketvlm_processor::{AlphaHandling, Message, RgbImage};
 use pocketvlm_runtime::engine::{Conversation, Engine, Request, Session, now_ms};
-use pocketvlm_runtime::model::Stop;
+use pocketvlm_runtime::model::{CacheKind, Stop};
 use pocketvlm_runtime::{DeviceOptions, Gpu};
 use serde::Serialize;
 use wasm_bindgen::prelude::*;
@@ -50,6 +50,8 @@ struct ModelInfo {
     /// Bytes one token of context takes in the GPU's KV cache (the shared latent where the
     /// format allows it), and what the manifest counts for it (16-bit K/V).
     kv_bytes_per_token: u64,
+    /// The KV cache's kind ([`CacheKind::name`]).
+    kv_cache: &'static str,
     manifest_kv_bytes_per_token: Option<u64>,
 }
 
@@ -81,6 +83,8 @@ pub struct OpenOptions {
     /// The most bytes of storage buffers the model's device may hold
     /// ([`DeviceOptions::memory_budget`]): more is an `OutOfMemoryError`.
     pub memory_budget: Option<u64>,
+    /// The KV cache the model's generations keep ([`CacheKind`]).
+    pub kv_cache: CacheKind,
 }
 
 impl Shared {
@@ -130,7 +134,8 @@ async fn upload(
         loader::load(base_url, options.cache, options.pin.as_ref(), manifest, signal, on_progress).await?;
     check_signal(signal, "loading the model")?;
     on_progress(&load.tally.uploading());
-    let engine = Engine::load(gpu, &fetched.data, &fetched.tokenizer).await?;
+    let mut engine = Engine::load(gpu, &fetched.data, &fetched.tokenizer).await?;
+    engine.model.cache_kind = options.kv_cache;
     Ok((engine, load))
 }
 
@@ -168,6 +173,7 @@ impl Model {
             recipe: engine.manifest.compression.as_ref().map_or_else(|| "dense".into(), |c| c.recipe.clone()),
             bits: engine.manifest.quantization.as_ref().map(|q| q.scheme.clone()),
             kv_bytes_per_token: engine.model.kv_bytes_per_token(),
+            kv_cache: engine.model.cache_kind.name(),
             manifest_kv_bytes_per_token: engine
                 .manifest
                 .compression
@@ -256,12 +262,13 @@ where
 
 #[wasm_bindgen]
 impl Model {
-    /// `Model.load(baseUrl, { cache = true, onProgress, signal, integrity, memoryBudget })`: open
+    /// `Model.load(baseUrl, { cache = true, onProgress, signal, integrity, memoryBudget, kvCache })`: open
     /// the GPU, fetch and verify the model directory at `baseUrl` and upload it. `onProgress`
     /// receives progress events; `signal` (an `AbortSignal`) stops the download (`AbortError`);
     /// `integrity` (`"sha256-<base64>"`, see [`Pin`]) pins `manifest.json`, and so the whole model
     /// (`IntegrityError` when it differs); `memoryBudget` (bytes) caps what the model's device may
-    /// hold (`OutOfMemoryError` for a load or a generation that would need more).
+    /// hold (`OutOfMemoryError` for a load or a generation that would need more); `kvCache`
+    /// (`"latent"`, the default, `"latent-keys"` or `"plain"`, [`CacheKind`]) picks the KV cache.
     pub fn load(base_url: String, options: JsValue) -> Promise {
         let get = |name: &str| {
             js_sys::Reflect::get(&options, &JsValue::from_str(name))
@@ -284,9 +291,16 @@ impl Model {
             },
             None => Ok(None),
         };
+        let kv_cache = match get("kvCache") {
+            Some(v) => v.as_string().as_deref().and_then(CacheKind::from_name).ok_or_else(|| {
+                let names: Vec<&str> = CacheKind::ALL.iter().map(|k| k.name()).collect();
+                WebError::invalid(format!("kvCache must be one of {names:?}"))
+            }),
+            None => Ok(CacheKind::default()),
+        };
         promise(async move {
             let pin = pin?.as_deref().map(Pin::parse).transpose()?;
-            let options = OpenOptions { cache, pin, memory_budget: memory_budget? };
+            let options = OpenOptions { cache, pin, memory_budget: memory_budget?, kv_cache: kv_cache? };
             let report = |p: &Progress| {
                 if let Some(f) = &on_progress {
                     // A throwing progress callback does not stop the load.

@@ -77,6 +77,9 @@ pub struct BenchConfig {
     /// Also run this many generations in a row on the engine ([`soak::soak`]); 0: none.
     #[serde(default)]
     pub soak: usize,
+    /// The KV cache the measured generation keeps ([`CacheKind::name`]).
+    #[serde(default)]
+    pub kv_cache: CacheKind,
 }
 
 impl BenchConfig {
@@ -97,7 +100,7 @@ pub const CACHE_REPORT_PREFIX: &str = "POCKETVLM_CACHE_BENCH ";
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct CacheReport {
     pub model: String,
-    /// `latent` or `plain`.
+    /// [`CacheKind::name`].
     pub cache: String,
     /// Tokens in the cache when decoding starts.
     pub context: usize,
@@ -248,6 +251,7 @@ pub async fn measure(
     let gpu_time = config.gpu_time;
     request.sampling = Default::default();
     engine.model.time_passes = gpu_time;
+    engine.model.cache_kind = config.kv_cache;
     let image_tiles = match &request.image {
         Some(image) => {
             let split = request.split.unwrap_or(engine.preprocessor.default_split());
@@ -370,7 +374,7 @@ pub async fn measure_stop(engine: &Engine, request: &Request) -> Result<StopRepo
     })
 }
 
-/// For each context and each cache kind ([`CacheKind::Plain`], then [`CacheKind::Latent`]):
+/// For each context and each cache kind ([`CACHE_KINDS`], plain first):
 /// prefill a text prompt of that many tokens, time `steps` greedy decode steps and the attention
 /// half of one step. The model's cache kind is restored afterwards.
 pub async fn measure_caches(
@@ -383,7 +387,7 @@ pub async fn measure_caches(
     let mut reports = Vec::new();
     // Warm up: compile every pipeline both kinds use before anything is timed.
     if let Some(&first) = contexts.first() {
-        for kind in [CacheKind::Plain, CacheKind::Latent] {
+        for kind in CACHE_KINDS {
             engine.model.cache_kind = kind;
             let warm = measure_cache(engine, model, first.min(64), 2).await;
             engine.model.cache_kind = restore;
@@ -391,7 +395,7 @@ pub async fn measure_caches(
         }
     }
     for &context in contexts {
-        for kind in [CacheKind::Plain, CacheKind::Latent] {
+        for kind in CACHE_KINDS {
             engine.model.cache_kind = kind;
             let report = measure_cache(engine, model, context, steps).await;
             engine.model.cache_kind = restore;
@@ -400,6 +404,9 @@ pub async fn measure_caches(
     }
     Ok(reports)
 }
+
+/// The cache kinds [`measure_caches`] compares, plain (the others' reference) first.
+pub const CACHE_KINDS: [CacheKind; 3] = [CacheKind::Plain, CacheKind::Latent, CacheKind::LatentKeys];
 
 async fn measure_cache(engine: &Engine, model: &str, context: usize, steps: usize) -> Result<CacheReport> {
     let (gpu, m) = (&engine.gpu, &engine.model);
@@ -426,11 +433,7 @@ async fn measure_cache(engine: &Engine, model: &str, context: usize, steps: usiz
     let attention_ms_per_step = generator.attention_ms(gpu, m, 3).await?;
     Ok(CacheReport {
         model: model.to_string(),
-        cache: match m.cache_kind {
-            CacheKind::Latent => "latent",
-            CacheKind::Plain => "plain",
-        }
-        .into(),
+        cache: m.cache_kind.name().into(),
         context,
         steps: decoded,
         kv_bytes_per_token: generator.kv_bytes_per_token(),

@@ -13,8 +13,16 @@
 //! cache, RoPE at each key's own position) into a transient buffer shared by all layers, and
 //! never rebuilds values: it sums the latents with the softmax weights and applies `v_up` once
 //! per head ([`crate::kernels::latent`]).
+//!
+//! **Latent with kept keys** ([`CacheKind::LatentKeys`]): the same latent, and beside it each
+//! token's keys, rebuilt from its cached latent once, when the token enters, and kept after RoPE
+//! (f32 `[capacity, d_kv]`). A key depends only on its own latent and position, so the kept keys
+//! are bit for bit the ones a step would rebuild; decoding then costs no `ctx · d_kv · r`
+//! rebuild per layer and step (on a compute-bound adapter that rebuild dominates a step from
+//! ~50 cached tokens on, BENCHMARKS.md), at `4 · d_kv` more bytes per token and layer.
 
 use pocketvlm_format::ModelConfig;
+use serde::{Deserialize, Serialize};
 
 use super::qkv::{Qkv, Ups};
 use super::scratch::f32_buffer;
@@ -24,15 +32,36 @@ use crate::kernels::bf16_rows::Bf16Rows;
 use crate::kernels::copy::CopyRows;
 use crate::memory::DeviceBuffer;
 
-/// Which cache a model's joint-QKV layers use (the bench's switch; layers the rule excludes are
-/// always plain).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+/// Which cache a model's joint-QKV layers use (layers the rule excludes are always plain).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum CacheKind {
     /// The latent where the format's rule allows it (the default).
     #[default]
     Latent,
+    /// The latent where the format's rule allows it, and the keys after RoPE beside it.
+    LatentKeys,
     /// Keys and values everywhere.
     Plain,
+}
+
+impl CacheKind {
+    /// Every kind.
+    pub const ALL: [CacheKind; 3] = [CacheKind::Latent, CacheKind::LatentKeys, CacheKind::Plain];
+
+    /// The kind's name in options and reports: `latent`, `latent-keys`, `plain`.
+    pub fn name(self) -> &'static str {
+        match self {
+            CacheKind::Latent => "latent",
+            CacheKind::LatentKeys => "latent-keys",
+            CacheKind::Plain => "plain",
+        }
+    }
+
+    /// The kind [`CacheKind::name`] names.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.name() == name)
+    }
 }
 
 /// One layer's cache.
@@ -40,9 +69,15 @@ pub enum LayerCache {
     /// f32 keys (after RoPE) and values, `[capacity, d_kv]` each.
     Plain { keys: DeviceBuffer, values: DeviceBuffer, width: usize },
     /// bf16 latents, u32 `[capacity, ⌈rank/2⌉]` (two per word, see [`Bf16Rows`]).
-    LatentBf16 { rows: DeviceBuffer, rank: usize },
+    LatentBf16 { rows: DeviceBuffer, rank: usize, keys: Option<KeptKeys> },
     /// The contract's INT8 latents: u32 `[capacity, words]` (i8 lanes) and f32 scales `[capacity]`.
-    LatentI8 { words: DeviceBuffer, scales: DeviceBuffer, words_per_row: usize },
+    LatentI8 { words: DeviceBuffer, scales: DeviceBuffer, words_per_row: usize, keys: Option<KeptKeys> },
+}
+
+/// A latent layer's keys after RoPE, f32 `[capacity, width]` ([`CacheKind::LatentKeys`]).
+pub struct KeptKeys {
+    pub buffer: DeviceBuffer,
+    pub width: usize,
 }
 
 impl LayerCache {
@@ -50,10 +85,24 @@ impl LayerCache {
     fn buffers(&self) -> Vec<(&wgpu::Buffer, usize)> {
         match self {
             LayerCache::Plain { keys, values, width } => vec![(keys, *width), (values, *width)],
-            LayerCache::LatentBf16 { rows, rank } => vec![(rows, Bf16Rows { width: *rank }.words())],
-            LayerCache::LatentI8 { words, scales, words_per_row } => {
-                vec![(words, *words_per_row), (scales, 1)]
+            LayerCache::LatentBf16 { rows, rank, keys } => {
+                let mut all = vec![(&**rows, Bf16Rows { width: *rank }.words())];
+                all.extend(keys.iter().map(|k| (&*k.buffer, k.width)));
+                all
             }
+            LayerCache::LatentI8 { words, scales, words_per_row, keys } => {
+                let mut all = vec![(&**words, *words_per_row), (&**scales, 1)];
+                all.extend(keys.iter().map(|k| (&*k.buffer, k.width)));
+                all
+            }
+        }
+    }
+
+    /// A latent layer's kept keys, if the cache keeps them.
+    pub fn kept_keys(&self) -> Option<&KeptKeys> {
+        match self {
+            LayerCache::Plain { .. } => None,
+            LayerCache::LatentBf16 { keys, .. } | LayerCache::LatentI8 { keys, .. } => keys.as_ref(),
         }
     }
 
@@ -95,32 +144,42 @@ impl CacheLayout {
 /// Bytes one token takes in layer `qkv`'s cache of `kind`, and the layer's buffers' row widths
 /// (4-byte elements) — the one place the rule is written.
 fn layer_layout(qkv: &Qkv, d_kv: usize, kind: CacheKind) -> LayerLayout {
+    let keys = if kind == CacheKind::LatentKeys { d_kv } else { 0 };
     match qkv {
-        Qkv::Joint(j) if kind == CacheKind::Latent && j.rank() < 2 * d_kv => match j.ups() {
-            Ups::Quant { .. } => LayerLayout::LatentI8 { words: j.latent_words() },
-            Ups::Float => LayerLayout::LatentBf16 { rank: j.rank() },
+        Qkv::Joint(j) if kind != CacheKind::Plain && j.rank() < 2 * d_kv => match j.ups() {
+            Ups::Quant { .. } => LayerLayout::LatentI8 { words: j.latent_words(), keys },
+            Ups::Float => LayerLayout::LatentBf16 { rank: j.rank(), keys },
         },
         _ => LayerLayout::Plain { width: d_kv },
     }
 }
 
+/// A layer's rows per token; `keys` is the kept keys' width (0: none kept).
 #[derive(Clone, Copy)]
 enum LayerLayout {
     Plain { width: usize },
-    LatentBf16 { rank: usize },
-    LatentI8 { words: usize },
+    LatentBf16 { rank: usize, keys: usize },
+    LatentI8 { words: usize, keys: usize },
 }
 
 impl LayerLayout {
     /// Bytes one token takes: f32 K and V; bf16 latent (whole words); INT8 latent words and the
-    /// f32 scale.
+    /// f32 scale; and any kept f32 keys.
     fn bytes_per_token(self) -> u64 {
         4 * match self {
             LayerLayout::Plain { width } => 2 * width as u64,
-            LayerLayout::LatentBf16 { rank } => Bf16Rows { width: rank }.words() as u64,
-            LayerLayout::LatentI8 { words } => words as u64 + 1,
+            LayerLayout::LatentBf16 { rank, keys } => (Bf16Rows { width: rank }.words() + keys) as u64,
+            LayerLayout::LatentI8 { words, keys } => (words + 1 + keys) as u64,
         }
     }
+}
+
+/// `capacity` rows of kept keys `width` wide, if any are kept.
+async fn kept_keys(gpu: &Gpu, width: usize, capacity: usize) -> Result<Option<KeptKeys>> {
+    if width == 0 {
+        return Ok(None);
+    }
+    Ok(Some(KeptKeys { buffer: f32_buffer(gpu, "latent cache keys", capacity * width).await?, width }))
 }
 
 impl KvCache {
@@ -134,16 +193,18 @@ impl KvCache {
                     values: f32_buffer(gpu, "kv cache v", capacity * width).await?,
                     width,
                 },
-                LayerLayout::LatentBf16 { rank } => LayerCache::LatentBf16 {
+                LayerLayout::LatentBf16 { rank, keys } => LayerCache::LatentBf16 {
                     rows: f32_buffer(gpu, "latent cache", capacity * Bf16Rows { width: rank }.words())
                         .await?,
                     rank,
+                    keys: kept_keys(gpu, keys, capacity).await?,
                 },
-                LayerLayout::LatentI8 { words } => LayerCache::LatentI8 {
+                LayerLayout::LatentI8 { words, keys } => LayerCache::LatentI8 {
                     // One spare word: an INT4 k_up may read one word past the last row.
                     words: f32_buffer(gpu, "latent cache integers", capacity * words + 1).await?,
                     scales: f32_buffer(gpu, "latent cache scales", capacity).await?,
                     words_per_row: words,
+                    keys: kept_keys(gpu, keys, capacity).await?,
                 },
             });
         }

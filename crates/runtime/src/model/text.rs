@@ -4,7 +4,7 @@
 //! into the `<image>` positions; per layer `h = RMSNorm(x)`, `q,k,v = h·W_{q,k,v}ᵀ` ([`Qkv`]),
 //! RoPE on `q` and `k`, `k, v` appended to the cache, `x += o_proj(CausalGQA(q, K[..p0+T],
 //! V[..p0+T]))` — or, for a layer with a latent cache ([`super::kv_cache`]), the latent appended,
-//! `K` rebuilt from it and `V` absorbed;
+//! `K` rebuilt from it (every cached key each step, or the new ones once and kept) and `V` absorbed;
 //! `x += down(silu(gate(RMSNorm(x))) ⊙ up(RMSNorm(x)))`; then the final RMSNorm and `lm_head` on
 //! the last position only.
 
@@ -200,7 +200,8 @@ struct AttentionPass<'a> {
     q: DeviceBuffer,
     k: DeviceBuffer,
     v: DeviceBuffer,
-    /// Keys of all cached tokens rebuilt from a latent cache (f32 `[p0 + tokens, d_kv]`).
+    /// Keys of all cached tokens rebuilt from a latent cache that keeps none (f32 `[p0 + tokens,
+    /// d_kv]`).
     rebuilt: Option<DeviceBuffer>,
     /// Softmax-weighted latent sums per query head (f32 `[tokens, heads, ≤ 4·words]`).
     sums: Option<DeviceBuffer>,
@@ -237,6 +238,7 @@ impl<'a> AttentionPass<'a> {
             .max()
             .unwrap_or(0);
         let latent = widest > 0;
+        let rebuilds = cache.layers.iter().any(|l| l.is_latent() && l.kept_keys().is_none());
         let bf16_rank = cache
             .layers
             .iter()
@@ -252,7 +254,7 @@ impl<'a> AttentionPass<'a> {
             q: scratch.f32(gpu, "text q", tokens * dq).await?,
             k: scratch.f32(gpu, "text k", tokens * dkv).await?,
             v: scratch.f32(gpu, "text v", tokens * dkv).await?,
-            rebuilt: if latent { Some(scratch.f32(gpu, "rebuilt keys", rows * dkv).await?) } else { None },
+            rebuilt: if rebuilds { Some(scratch.f32(gpu, "rebuilt keys", rows * dkv).await?) } else { None },
             sums: if latent {
                 Some(scratch.f32(gpu, "latent sums", tokens * c.num_attention_heads * widest).await?)
             } else {
@@ -309,7 +311,7 @@ impl<'a> AttentionPass<'a> {
                     .encode(gpu, encoder, causal, &self.q, keys, values, &self.attn)
                     .await;
             }
-            (Qkv::Joint(j), LayerCache::LatentI8 { words, scales, words_per_row }) => {
+            (Qkv::Joint(j), LayerCache::LatentI8 { words, scales, words_per_row, keys: kept }) => {
                 let Ups::Quant { q: q_up, k: k_up, .. } = j.ups() else {
                     return Err(RuntimeError::Shape("an INT8 latent cache for float ups".into()));
                 };
@@ -321,15 +323,20 @@ impl<'a> AttentionPass<'a> {
                 k_up.quantize(gpu, encoder, tokens, &latent, (&new_words, stride), &new_scales).await?;
                 CopyRows::append(tokens, stride, p0).encode(gpu, encoder, &new_words, words)?;
                 CopyRows::append(tokens, 1, p0).encode(gpu, encoder, &new_scales, scales)?;
+                let new = QuantizedRows::new(&new_words, &new_scales, tokens, stride);
                 if let Some(q_up) = q_up {
-                    let new = QuantizedRows::new(&new_words, &new_scales, tokens, stride);
                     q_up.product(gpu, encoder, &new, (&self.q, 0)).await?;
                 }
-                let all = QuantizedRows::new(words, scales, ctx, stride).spanning(self.capacity);
-                k_up.product(gpu, encoder, &all, (self.rebuilt()?, 0)).await?;
+                if kept.is_some() {
+                    // the new tokens' keys only, from the integers and scales they are cached as
+                    k_up.product(gpu, encoder, &new, (&self.k, 0)).await?;
+                } else {
+                    let all = QuantizedRows::new(words, scales, ctx, stride).spanning(self.capacity);
+                    k_up.product(gpu, encoder, &all, (self.rebuilt()?, 0)).await?;
+                }
                 (j, Values::LatentI8 { words, scales, words_per_row: *words_per_row })
             }
-            (Qkv::Joint(j), LayerCache::LatentBf16 { rows, rank }) => {
+            (Qkv::Joint(j), LayerCache::LatentBf16 { rows, rank, keys: kept }) => {
                 // the new latents rounded into the cache; queries from the unrounded ones; keys
                 // and values of every cached token from the cache widened back to f32
                 let latent = scratch.f32(gpu, "qkv latent", tokens * rank).await?;
@@ -343,21 +350,40 @@ impl<'a> AttentionPass<'a> {
                     .as_ref()
                     .ok_or_else(|| RuntimeError::Shape("no widened-latents buffer".into()))?;
                 half.widen(gpu, encoder, ctx, rows, widened).await?;
-                let rebuilt = self.rebuilt()?.clone();
-                j.k_up.forward(gpu, encoder, scratch, ctx, widened, &rebuilt).await?;
+                if kept.is_some() {
+                    // the new tokens' keys only, from their latents as cached (rounded to bf16)
+                    let new = scratch.f32(gpu, "new widened latents", tokens * rank).await?;
+                    CopyRows { rows: tokens, width: *rank, src_row: p0, dst_row: 0 }
+                        .encode(gpu, encoder, widened, &new)?;
+                    j.k_up.forward(gpu, encoder, scratch, tokens, &new, &self.k).await?;
+                } else {
+                    let rebuilt = self.rebuilt()?.clone();
+                    j.k_up.forward(gpu, encoder, scratch, ctx, widened, &rebuilt).await?;
+                }
                 (j, Values::LatentF32 { rows: widened, width: *rank })
             }
             _ => return Err(RuntimeError::Shape("a latent cache for a layer without a joint QKV".into())),
         };
-        // Latent cache: RoPE on the new queries and on every rebuilt key at its own position,
-        // attention summing latents, then v_up once per head.
-        let rebuilt = self.rebuilt()?;
-        Rope.encode_one(gpu, encoder, self.rope(tokens, heads, p0), table, &self.q).await?;
-        let keys = RopeShape { bound: self.capacity, ..self.rope(ctx, kv_heads, 0) };
-        Rope.encode_one(gpu, encoder, keys, table, rebuilt).await?;
+        // Latent cache: RoPE on the new queries and keys, appended to the kept keys — or on
+        // every rebuilt key at its own position —, attention summing latents, then v_up once
+        // per head.
+        let keys: &wgpu::Buffer = match layer.kept_keys() {
+            Some(kept) => {
+                Rope.encode(gpu, encoder, self.rope(tokens, heads, p0), table, &self.q, &self.k).await?;
+                CopyRows::append(tokens, dkv, p0).encode(gpu, encoder, &self.k, &kept.buffer)?;
+                &kept.buffer
+            }
+            None => {
+                let rebuilt = self.rebuilt()?;
+                Rope.encode_one(gpu, encoder, self.rope(tokens, heads, p0), table, &self.q).await?;
+                let all = RopeShape { bound: self.capacity, ..self.rope(ctx, kv_heads, 0) };
+                Rope.encode_one(gpu, encoder, all, table, rebuilt).await?;
+                rebuilt
+            }
+        };
         let kernel = Attention::with_values(gpu, &causal, values.kind());
         let sums = self.sums.as_ref().ok_or_else(|| RuntimeError::Shape("no latent sums buffer".into()))?;
-        kernel.encode_values(gpu, encoder, causal, &self.q, rebuilt, &values, sums).await?;
+        kernel.encode_values(gpu, encoder, causal, &self.q, keys, &values, sums).await?;
         let (weights, bias) = match &joint.v_up {
             Matrix::Float { weight, bias } => (UpWeights::Float(weight), bias.as_ref()),
             Matrix::Quant(q) => (UpWeights::Quant(&q.weights), q.bias.as_ref()),
