@@ -14,7 +14,12 @@
 // tests hold it to a bound, not to bits):
 //   d_g = sum_{j in g} f32(q_w[o][j]) * c_hat[j],  t_g = d_g * s_w[o][g],
 //   u = t_0 + t_1 + ... left to right,  then + bias.
-// One invocation per output value; no workgroup memory, no barriers.
+// Float weights: one invocation per output value. QUANT: one invocation per four outputs o..o+3
+// of a head (HD % 4 == 0), whose weight rows are one quad of the tiles: each step loads word k of
+// the four rows at once (one vec4<u32>) and c_hat's four values once for all four (each output's
+// operations as with one output per invocation), WORKGROUP invocations per workgroup (one tile
+// for decode, so its few quads still reach every thread of a CPU adapter). No workgroup memory,
+// no barriers.
 
 #include grid
 #include half
@@ -37,7 +42,7 @@ struct Params {
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read> chat: array<f32>;
 #ifdef QUANT
-@group(0) @binding(2) var<storage, read> w: array<u32>;
+@group(0) @binding(2) var<storage, read> w: array<vec4<u32>>;
 #ifdef SCALE_F16
 @group(0) @binding(3) var<storage, read> sw: array<u32>;
 #else
@@ -68,22 +73,6 @@ fn weight_scale(i: u32) -> f32 {
 #endif
 }
 
-// Where weight row o's words lie in `w` (u32): word k at x + k * y (rows in quads, quads in tiles).
-fn row_words(o: u32) -> vec2<u32> {
-    let quads = (params.kv_heads * params.head_dim + 3u) / 4u;
-    let words = quad_words(o / 4u, quads, params.ww);
-    return vec2<u32>(words.x * 4u + o % 4u, words.y * 4u);
-}
-
-// Integer j of the weight row whose words lie at `row` (exact as f32).
-fn weight_int(row: vec2<u32>, j: u32) -> f32 {
-#ifdef INT4
-    return f32(i4_in(w[row.x + (j / 8u) * row.y], j % 8u));
-#else
-    return f32(i8_in(w[row.x + (j / 4u) * row.y], j % 4u));
-#endif
-}
-
 // Four values of weight word `word` as f32: INT8 lanes 0-3, or (INT4) with `high` values 4-7 of
 // the word's eight (high nibbles) instead of 0-3 (low nibbles).
 fn word_values(word: u32, high: bool) -> vec4<f32> {
@@ -96,36 +85,75 @@ fn word_values(word: u32, high: bool) -> vec4<f32> {
 #endif
 }
 
+// Value `lane` of weight word `word`, exact as f32.
+fn word_value(word: u32, lane: u32) -> f32 {
+#ifdef INT4
+    return f32(i4_in(word, lane));
+#else
+    return f32(i8_in(word, lane));
+#endif
+}
+
 fn chat4(j: u32) -> vec4<f32> {
     return vec4<f32>(chat[j], chat[j + 1u], chat[j + 2u], chat[j + 3u]);
 }
 
-// Within a group, whole weight words four lanes at a time (four running sums, added pairwise at
-// the end), then the values of a last partial word one by one.
-fn row_dot(o: u32, base: u32) -> f32 {
+fn lanes_sum(d: vec4<f32>) -> f32 {
+    return (d.x + d.y) + (d.z + d.w);
+}
+
+// Weight rows 4·cq..4·cq+3 (quad cq) against c_hat[base..]: per row and group, whole weight words
+// four lanes at a time (four running sums, added pairwise at the end), then the values of a last
+// partial word one by one; the groups' scaled sums left to right.
+fn quad_dot(cq: u32, base: u32) -> vec4<f32> {
     let groups = params.rank / params.group;
 #ifdef INT4
     let per_word = 8u;
 #else
     let per_word = 4u;
 #endif
-    let row = row_words(o);
-    var u = 0.0;
+    let quads = (params.kv_heads * params.head_dim + 3u) / 4u;
+    let at = quad_words(cq, quads, params.ww);
+    var u = vec4<f32>(0.0);
     for (var g = 0u; g < groups; g++) {
         let j1 = (g + 1u) * params.group;
         var j = g * params.group;
-        var d4 = vec4<f32>(0.0);
+        var d0 = vec4<f32>(0.0);
+        var d1 = vec4<f32>(0.0);
+        var d2 = vec4<f32>(0.0);
+        var d3 = vec4<f32>(0.0);
         for (; j + per_word <= j1; j += per_word) {
-            let word = w[row.x + (j / per_word) * row.y];
-            d4 = fma(word_values(word, false), chat4(base + j), d4);
+            let word = w[at.x + (j / per_word) * at.y];
+            let c = chat4(base + j);
+            d0 = fma(word_values(word.x, false), c, d0);
+            d1 = fma(word_values(word.y, false), c, d1);
+            d2 = fma(word_values(word.z, false), c, d2);
+            d3 = fma(word_values(word.w, false), c, d3);
 #ifdef INT4
-            d4 = fma(word_values(word, true), chat4(base + j + 4u), d4);
+            let c_hi = chat4(base + j + 4u);
+            d0 = fma(word_values(word.x, true), c_hi, d0);
+            d1 = fma(word_values(word.y, true), c_hi, d1);
+            d2 = fma(word_values(word.z, true), c_hi, d2);
+            d3 = fma(word_values(word.w, true), c_hi, d3);
 #endif
         }
         for (; j < j1; j++) {
-            d4.x = fma(weight_int(row, j), chat[base + j], d4.x);
+            let word = w[at.x + (j / per_word) * at.y];
+            let c = chat[base + j];
+            let lane = j % per_word;
+            d0.x = fma(word_value(word.x, lane), c, d0.x);
+            d1.x = fma(word_value(word.y, lane), c, d1.x);
+            d2.x = fma(word_value(word.z, lane), c, d2.x);
+            d3.x = fma(word_value(word.w, lane), c, d3.x);
         }
-        let t = ((d4.x + d4.y) + (d4.z + d4.w)) * weight_scale(o * groups + g);
+        let row = 4u * cq;
+        let s = vec4<f32>(
+            weight_scale(row * groups + g),
+            weight_scale((row + 1u) * groups + g),
+            weight_scale((row + 2u) * groups + g),
+            weight_scale((row + 3u) * groups + g),
+        );
+        let t = vec4<f32>(lanes_sum(d0), lanes_sum(d1), lanes_sum(d2), lanes_sum(d3)) * s;
         if (g == 0u) {
             u = t;
         } else {
@@ -152,6 +180,36 @@ fn row_dot(o: u32, base: u32) -> f32 {
 }
 #endif
 
+#ifdef QUANT
+const WORKGROUP: u32 = {{WORKGROUP}}u;
+
+@compute @workgroup_size(WORKGROUP, 1, 1)
+fn main(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) li: u32,
+) {
+    let id = (workgroup_index(wg, nwg)) * WORKGROUP + li;
+    let hd = params.head_dim;
+    let hq = hd / 4u;
+    if (id >= params.tokens * params.heads * hq) {
+        return;
+    }
+    let o = 4u * (id % hq);
+    let h = (id / hq) % params.heads;
+    let t = id / (hq * params.heads);
+    let row = (h / (params.heads / params.kv_heads)) * hd + o;
+    var y = quad_dot(row / 4u, (t * params.heads + h) * params.vd);
+#ifdef BIAS
+    y = y + vec4<f32>(bias[row], bias[row + 1u], bias[row + 2u], bias[row + 3u]);
+#endif
+    let at = (t * params.heads + h) * hd + o;
+    out[at] = y.x;
+    out[at + 1u] = y.y;
+    out[at + 2u] = y.z;
+    out[at + 3u] = y.w;
+}
+#else
 @compute @workgroup_size(64, 1, 1)
 fn main(
     @builtin(workgroup_id) wg: vec3<u32>,
@@ -173,3 +231,4 @@ fn main(
 #endif
     out[id] = y;
 }
+#endif

@@ -198,17 +198,21 @@ async fn latent_up_case(gpu: &Gpu, case: UpCase, rank: usize, bias: bool, seed: 
         None => None,
     };
     let chat_buffer = upload(gpu, &chat).await;
-    let out = zeros(gpu, tokens * heads * hd).await;
-    let shape = LatentUpShape { tokens, heads, kv_heads, head_dim: hd, vd };
-    let mut enc = encoder(gpu);
-    LatentUp::for_weights(&weights, bias)
-        .encode(gpu, &mut enc, shape, &chat_buffer, &weights, bias_tensor.as_ref(), &out)
-        .await
-        .unwrap();
-    submit(gpu, enc);
-    let got = gpu.read_f32(&out, tokens * heads * hd).await.unwrap();
-    let what = format!("absorbed v_up rank {rank} bias {bias}");
-    assert_close(&what, &got, &want, |i| (TARGET * mag[i]) as f32 + 1e-30);
+    // All tokens, then the first alone (decode's variant).
+    for tokens in [tokens, 1] {
+        let n = tokens * heads * hd;
+        let out = zeros(gpu, n).await;
+        let shape = LatentUpShape { tokens, heads, kv_heads, head_dim: hd, vd };
+        let mut enc = encoder(gpu);
+        LatentUp::for_weights(&weights, bias, tokens)
+            .encode(gpu, &mut enc, shape, &chat_buffer, &weights, bias_tensor.as_ref(), &out)
+            .await
+            .unwrap();
+        submit(gpu, enc);
+        let got = gpu.read_f32(&out, n).await.unwrap();
+        let what = format!("absorbed v_up rank {rank} bias {bias}, {tokens} token(s)");
+        assert_close(&what, &got, &want[..n], |i| (TARGET * mag[i]) as f32 + 1e-30);
+    }
 }
 
 /// The latent cache's rows are `⌈r/4⌉` words (not [`activation_words`]`(r)`): quantizing with that

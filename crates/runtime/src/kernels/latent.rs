@@ -28,8 +28,10 @@ use crate::error::{Result, RuntimeError};
 use crate::shader::Defines;
 use crate::tensor::Tensor;
 
-/// Invocations per workgroup of `shaders/latent_up.wgsl` (one output value each; decode has only
-/// `heads · head_dim` of them, so small workgroups spread them over a CPU adapter's threads).
+/// Invocations per workgroup of `shaders/latent_up.wgsl`: float weights (one output value each),
+/// and quantized ones for several tokens (four outputs each). Decode with quantized weights has
+/// only `heads · head_dim / 4` invocations: one tile's [`TILE_QUADS`] per workgroup spreads them
+/// over a CPU adapter's threads.
 const INVOCATIONS: u64 = 64;
 
 /// Uniform block of `shaders/latent_up.wgsl`.
@@ -80,6 +82,8 @@ pub struct LatentUp {
     pub weights: Encoding,
     pub f16_scales: bool,
     pub bias: bool,
+    /// One token (decode): quantized weights take workgroups of one tile.
+    pub one_token: bool,
 }
 
 impl Kernel for LatentUp {
@@ -101,19 +105,32 @@ impl Kernel for LatentUp {
         }
         if self.weights.packed_bits().is_some() {
             d.insert("TILE_QUADS".to_string(), TILE_QUADS.to_string());
+            d.insert("WORKGROUP".to_string(), self.per_group().to_string());
         }
         d
     }
 }
 
 impl LatentUp {
-    /// The variant for `w` with or without a bias.
-    pub fn for_weights(w: &UpWeights<'_>, bias: bool) -> Self {
+    /// The variant for `w` with or without a bias, over `tokens` rows of sums.
+    pub fn for_weights(w: &UpWeights<'_>, bias: bool, tokens: usize) -> Self {
+        let one_token = tokens == 1;
         match w {
-            UpWeights::Float(t) => Self { weights: t.encoding, f16_scales: false, bias },
-            UpWeights::Quant(q) => {
-                Self { weights: q.weight.encoding, f16_scales: q.scales.encoding == Encoding::F16, bias }
-            }
+            UpWeights::Float(t) => Self { weights: t.encoding, f16_scales: false, bias, one_token },
+            UpWeights::Quant(q) => Self {
+                weights: q.weight.encoding,
+                f16_scales: q.scales.encoding == Encoding::F16,
+                bias,
+                one_token,
+            },
+        }
+    }
+
+    /// Invocations per workgroup.
+    fn per_group(&self) -> u64 {
+        match self.weights.packed_bits() {
+            Some(_) if self.one_token => TILE_QUADS as u64,
+            _ => INVOCATIONS,
         }
     }
 
@@ -138,12 +155,17 @@ impl LatentUp {
         if rows != kv_heads * head_dim || vd < rank {
             return bad(format!("weight [{rows}, {rank}]"));
         }
-        if *self != Self::for_weights(w, bias.is_some()) {
+        if *self != Self::for_weights(w, bias.is_some(), tokens) {
             return bad("the kernel variant does not match its weights".into());
         }
         let (chat_bytes, out_bytes) =
             ((tokens * heads * vd * 4) as u64, (tokens * heads * head_dim * 4) as u64);
-        let threads = (tokens * heads * head_dim) as u64;
+        let quant = self.weights.packed_bits().is_some();
+        if quant && head_dim % 4 != 0 {
+            return bad("quantized weights need a head size that is a multiple of 4".into());
+        }
+        // Quantized weights: four outputs per invocation.
+        let threads = (tokens * heads * head_dim / if quant { 4 } else { 1 }) as u64;
         if tokens * heads * vd > u32::MAX as usize {
             return bad("too many elements".into());
         }
@@ -186,7 +208,7 @@ impl LatentUp {
             group: group as u32,
         };
         let pipeline = gpu.pipeline(Self::SHADER, &self.defines()).await?;
-        let (gx, gy) = grid(gpu, threads.div_ceil(INVOCATIONS))?;
+        let (gx, gy) = grid(gpu, threads.div_ceil(self.per_group()))?;
         dispatch(gpu, encoder, &pipeline, "latent_up", bytemuck::bytes_of(&params), resources, (gx, gy, 1));
         Ok(())
     }
