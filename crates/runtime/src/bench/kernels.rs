@@ -16,7 +16,7 @@ use super::values;
 use crate::device::{Gpu, now_ms};
 use crate::encoder::Encoder;
 use crate::error::Result;
-use crate::kernels::attention::{Attention, AttentionShape, AttentionVariant, ValueKind};
+use crate::kernels::attention::{Attention, AttentionShape, AttentionVariant, ValueKind, Values};
 use crate::kernels::matmul::{MatVec, Matmul, MatmulShape};
 use crate::kernels::quant::{
     QMatmul, QuantWeightsGpu, QuantizedRows, Rotate, RotationTable, activation_words,
@@ -193,7 +193,8 @@ async fn rotations(gpu: &Gpu) -> Result<Vec<KernelReport>> {
 
 /// Attention at the 256M model's shapes, each variant that suits it: the vision tower's
 /// bidirectional attention over one 512-px tile (1024 patches, 12 heads of 64), and one decode
-/// step of the decoder (9 query heads sharing 3 key/value heads of 64) over 1024 cached keys.
+/// step of the decoder (9 query heads sharing 3 key/value heads of 64) over 1024 cached keys,
+/// with per-head values and with the demo recipe's shared INT8 latent.
 async fn attention(gpu: &Gpu) -> Result<Vec<KernelReport>> {
     let vision = AttentionShape::bidirectional(1, 1024, 12, 64);
     let decode = AttentionShape::causal(1, 9, 3, 64, 1023, 1024);
@@ -223,6 +224,42 @@ async fn attention(gpu: &Gpu) -> Result<Vec<KernelReport>> {
             .await?;
             reports.push(report);
         }
+    }
+    reports.extend(latent_decode_attention(gpu, decode).await?);
+    Ok(reports)
+}
+
+/// INT8 latent values per cached token of the demo recipe's decoder (laser, K/V latent at
+/// 47.4 % of dense f16 K/V bytes: ~365 values, 92 words, plus one f32 scale).
+const DEMO_LATENT_WORDS: usize = 92;
+
+/// The same decode step over the demo recipe's shared INT8 latent instead of per-head values
+/// (the absorbed form: every query head sums whole latent rows, `shaders/attention.wgsl`), by
+/// the variants a CPU adapter could run it with.
+async fn latent_decode_attention(gpu: &Gpu, shape: AttentionShape) -> Result<Vec<KernelReport>> {
+    let values = ValueKind::LatentI8 { words: DEMO_LATENT_WORDS };
+    let width = values.out_dim(shape.head_dim);
+    let q = values_buffer(gpu, shape.queries * shape.heads * shape.head_dim, 4).await?;
+    let k = values_buffer(gpu, shape.kv_capacity * shape.kv_heads * shape.head_dim, 5).await?;
+    let words = gpu.zeroed_buffer("latent words", (shape.kv_capacity * DEMO_LATENT_WORDS * 4) as u64).await?;
+    let scales = values_buffer(gpu, shape.kv_capacity, 6).await?;
+    let out = gpu.zeroed_buffer("out", (shape.queries * shape.heads * width * 4) as u64).await?;
+    let latent = Values::LatentI8 { words: &words, scales: &scales, words_per_row: DEMO_LATENT_WORDS };
+    // q·k over the head dimension, p·latent over the latent's width.
+    let macs = (shape.queries * shape.kv_len * shape.heads * (shape.head_dim + width)) as f64;
+    let shape_label = format!(
+        "{} queries × {} keys × {} heads × {} (INT8 latent, {width})",
+        shape.queries, shape.kv_len, shape.heads, shape.head_dim
+    );
+    let mut reports = Vec::new();
+    for variant in [AttentionVariant::PerQuery, AttentionVariant::Scores] {
+        let kernel = Attention { head_dim: shape.head_dim, variant, values };
+        let label = format!("attention {variant:?} INT8 latent");
+        let report = time_macs(gpu, &label, shape_label.clone(), macs, async |gpu: &Gpu, e: &mut Encoder| {
+            kernel.encode_values(gpu, e, shape, &q, &k, &latent, &out).await
+        })
+        .await?;
+        reports.push(report);
     }
     Ok(reports)
 }
