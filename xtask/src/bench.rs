@@ -21,8 +21,8 @@ use pocketvlm_format::dir;
 use pocketvlm_processor::decode_image;
 use pocketvlm_runtime::bench::kernels::{KERNEL_REPORT_PREFIX, KernelReport, REPEATS, measure_kernels};
 use pocketvlm_runtime::bench::{
-    BenchConfig, BenchReport, CACHE_KINDS, CACHE_REPORT_PREFIX, CacheReport, KindRecording, REPORT_PREFIX,
-    measure, measure_caches,
+    BenchConfig, BenchReport, CACHE_REPORT_PREFIX, CacheReport, KindRecording, REPORT_PREFIX, measure,
+    measure_caches,
 };
 use pocketvlm_runtime::engine::{Engine, now_ms};
 use pocketvlm_runtime::model::CacheKind;
@@ -66,7 +66,7 @@ pub struct Args {
     #[arg(long, default_value_t = 16)]
     cache_steps: usize,
     /// The KV cache the measured generations keep: latent (the default), latent-keys or plain.
-    #[arg(long, default_value = "latent", value_parser = parse_cache_kind)]
+    #[arg(long, default_value = "latent", value_parser = CacheKind::from_name)]
     kv_cache: CacheKind,
     /// Time single kernels at the 256M model's shapes (G MAC/s) natively and in Chromium, instead
     /// of generating with models.
@@ -401,7 +401,7 @@ fn print_caches(model: &Path, name: &str, side: &str, reports: &[CacheReport]) {
     println!();
     println!("| context | cache | tok/s | ÷ plain | attention/step | ÷ plain | B/token |");
     println!("| --- | --- | --- | --- | --- | --- | --- |");
-    for kinds in mine.chunks(CACHE_KINDS.len()) {
+    for kinds in mine.chunks(CacheKind::ALL.len()) {
         let plain = kinds[0];
         for r in kinds {
             println!(
@@ -416,11 +416,6 @@ fn print_caches(model: &Path, name: &str, side: &str, reports: &[CacheReport]) {
             );
         }
     }
-}
-
-fn parse_cache_kind(name: &str) -> Result<CacheKind, String> {
-    let names: Vec<&str> = CacheKind::ALL.iter().map(|k| k.name()).collect();
-    CacheKind::from_name(name).ok_or_else(|| format!("one of {names:?}"))
 }
 
 fn ms(v: f64) -> String {

@@ -292,10 +292,8 @@ impl Model {
             None => Ok(None),
         };
         let kv_cache = match get("kvCache") {
-            Some(v) => v.as_string().as_deref().and_then(CacheKind::from_name).ok_or_else(|| {
-                let names: Vec<&str> = CacheKind::ALL.iter().map(|k| k.name()).collect();
-                WebError::invalid(format!("kvCache must be one of {names:?}"))
-            }),
+            Some(v) => CacheKind::from_name(&v.as_string().unwrap_or_default())
+                .map_err(|names| WebError::invalid(format!("kvCache must be {names}"))),
             None => Ok(CacheKind::default()),
         };
         promise(async move {

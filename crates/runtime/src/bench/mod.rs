@@ -374,7 +374,7 @@ pub async fn measure_stop(engine: &Engine, request: &Request) -> Result<StopRepo
     })
 }
 
-/// For each context and each cache kind ([`CACHE_KINDS`], plain first):
+/// For each context and each cache kind ([`CacheKind::ALL`], plain first):
 /// prefill a text prompt of that many tokens, time `steps` greedy decode steps and the attention
 /// half of one step. The model's cache kind is restored afterwards.
 pub async fn measure_caches(
@@ -387,7 +387,7 @@ pub async fn measure_caches(
     let mut reports = Vec::new();
     // Warm up: compile every pipeline both kinds use before anything is timed.
     if let Some(&first) = contexts.first() {
-        for kind in CACHE_KINDS {
+        for kind in CacheKind::ALL {
             engine.model.cache_kind = kind;
             let warm = measure_cache(engine, model, first.min(64), 2).await;
             engine.model.cache_kind = restore;
@@ -395,7 +395,7 @@ pub async fn measure_caches(
         }
     }
     for &context in contexts {
-        for kind in CACHE_KINDS {
+        for kind in CacheKind::ALL {
             engine.model.cache_kind = kind;
             let report = measure_cache(engine, model, context, steps).await;
             engine.model.cache_kind = restore;
@@ -404,9 +404,6 @@ pub async fn measure_caches(
     }
     Ok(reports)
 }
-
-/// The cache kinds [`measure_caches`] compares, plain (the others' reference) first.
-pub const CACHE_KINDS: [CacheKind; 3] = [CacheKind::Plain, CacheKind::Latent, CacheKind::LatentKeys];
 
 async fn measure_cache(engine: &Engine, model: &str, context: usize, steps: usize) -> Result<CacheReport> {
     let (gpu, m) = (&engine.gpu, &engine.model);

@@ -46,8 +46,8 @@ pub enum CacheKind {
 }
 
 impl CacheKind {
-    /// Every kind.
-    pub const ALL: [CacheKind; 3] = [CacheKind::Latent, CacheKind::LatentKeys, CacheKind::Plain];
+    /// Every kind, plain (the others' reference) first.
+    pub const ALL: [CacheKind; 3] = [CacheKind::Plain, CacheKind::Latent, CacheKind::LatentKeys];
 
     /// The kind's name in options and reports: `latent`, `latent-keys`, `plain`.
     pub fn name(self) -> &'static str {
@@ -58,9 +58,12 @@ impl CacheKind {
         }
     }
 
-    /// The kind [`CacheKind::name`] names.
-    pub fn from_name(name: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|k| k.name() == name)
+    /// The kind [`CacheKind::name`] names; otherwise what the names are (`one of [...]`).
+    pub fn from_name(name: &str) -> Result<Self, String> {
+        Self::ALL.into_iter().find(|k| k.name() == name).ok_or_else(|| {
+            let names: Vec<&str> = Self::ALL.iter().map(|k| k.name()).collect();
+            format!("one of {names:?}")
+        })
     }
 }
 
