@@ -8,6 +8,7 @@
 //   ADD:            acc[i] = acc[i] + x[(start + i) % period]          (in place; period = length of x)
 
 #include grid
+#include silu
 
 struct Params {
     n: u32,
@@ -46,15 +47,6 @@ fn gelu_tanh(v: f32) -> f32 {
     }
     let u = 0.7978845608028654 * (v + 0.044715 * v * v * v);
     return v / (1.0 + exp(-2.0 * u));
-}
-
-// v * sigmoid(v) = v / (1 + exp(-v)). Below -87 exp(-v) would overflow; the true value is
-// below 2e-36 in magnitude there, and f32 PyTorch gives v / inf = -0 as well.
-fn silu(v: f32) -> f32 {
-    if (v < -87.0) {
-        return -0.0;
-    }
-    return v / (1.0 + exp(-v));
 }
 
 @compute @workgroup_size(256, 1, 1)

@@ -2,10 +2,7 @@
 // (`pocketvlm_format::quant`, `ActivationQuant::quantize`), bit-identical to the CPU reference:
 //   M = max_j |x_j|                         exact
 //   s = M * k                               one f32 multiply (k = f32(rho / qmax), from the host)
-//   s < f32 MIN_POSITIVE (0 or subnormal):  q = 0, s = 0
-//   r = 1 / s                               correctly rounded (integer long division below;
-//                                           WGSL's `/` allows 2.5 ULP)
-//   q_j = clamp(roundTiesEven(x_j * r), -qmax, qmax)
+//   then r = 1 / s and the integers q_j as lib/activation.wgsl computes them.
 // Integers are packed four per u32 word as i8 lanes (lane b = bits 8b..8b+7, the order of
 // dot4I8Packed), INT4 activations included (their lanes hold -7..7); each row has `words` words
 // (a multiple of 2, so an INT4 weight word's two activation words always exist) and the lanes
@@ -19,6 +16,7 @@
 // ... for q (each word from its own four values, as above): the same integers and scale.
 
 #include grid
+#include activation
 
 struct Params {
     tokens: u32,
@@ -36,52 +34,20 @@ struct Params {
 @group(0) @binding(2) var<storage, read_write> q: array<u32>;
 @group(0) @binding(3) var<storage, read_write> scales: array<f32>;
 
-const MIN_NORMAL: f32 = 1.17549435e-38;
-
-// The correctly rounded f32 reciprocal of a positive normal `s` below 2^126 (activation scales
-// are at most max|f32| / 7 < 2^126, so 1/s is normal too). With s = ms 2^(e-23), ms the 24-bit
-// significand: a power of two inverts exactly; otherwise 1/s = (2^47 / ms) 2^(-24-e), and the
-// 24-bit quotient Q = floor(2^47 / ms) comes from restoring division, rounded to nearest (a tie
-// would need ms to divide 2^48, i.e. a power of two).
-fn reciprocal(s: f32) -> f32 {
-    let bits = bitcast<u32>(s);
-    let e = i32((bits >> 23u) & 0xffu) - 127;
-    let ms = (bits & 0x7fffffu) | 0x800000u;
-    if (ms == 0x800000u) {
-        return bitcast<f32>(u32(127 - e) << 23u);
-    }
-    var rem = 0x800000u;
-    var quotient = 0u;
-    for (var i = 0u; i < 24u; i++) {
-        rem = rem << 1u;
-        quotient = quotient << 1u;
-        if (rem >= ms) {
-            rem -= ms;
-            quotient |= 1u;
-        }
-    }
-    if (2u * rem > ms) {
-        quotient += 1u;
-    }
-    return bitcast<f32>((u32(126 - e) << 23u) | (quotient - 0x800000u));
-}
-
-// q_j of the four values of word `w` of a row starting at `base`, with reciprocal scale `r`.
+// q_j of the four values of word `w` of a row starting at `base`, with reciprocal scale `r`
+// (lanes past `cols` are zero).
 fn quantize_word(base: u32, w: u32, r: f32) -> u32 {
-    let limit = f32(params.qmax);
-    var word = 0u;
+    var v = vec4<f32>(0.0);
     for (var b = 0u; b < 4u; b++) {
-        let j = 4u * w + b;
-        if (j < params.cols) {
-            let v = i32(clamp(round(x[base + j] * r), -limit, limit));
-            word |= (u32(v) & 0xffu) << (8u * b);
+        if (4u * w + b < params.cols) {
+            v[b] = x[base + 4u * w + b];
         }
     }
-    return word;
+    return quantize4(v, r, params.qmax);
 }
 
 #ifdef WORKGROUP
-var<workgroup> peak: array<f32, 64>;
+#include workgroup_max
 
 @compute @workgroup_size(64, 1, 1)
 fn main(
@@ -98,30 +64,14 @@ fn main(
     for (var j = li; j < params.cols; j += 64u) {
         big = max(big, abs(x[base + j]));
     }
-    peak[li] = big;
-    workgroupBarrier();
-    for (var h = 32u; h > 0u; h = h >> 1u) {
-        if (li < h) {
-            peak[li] = max(peak[li], peak[li + h]);
-        }
-        workgroupBarrier();
-    }
-    let s = peak[0] * params.step;
+    let s = workgroup_max(li, big) * params.step;
+    let r = inverse_scale(s);
     let out = t * params.words;
-    let zero = !(s >= MIN_NORMAL);
-    var r = 0.0;
-    if (!zero) {
-        r = reciprocal(s);
-    }
     for (var w = li; w < params.words; w += 64u) {
-        if (zero) {
-            q[out + w] = 0u;
-        } else {
-            q[out + w] = quantize_word(base, w, r);
-        }
+        q[out + w] = select(0u, quantize_word(base, w, r), r != 0.0);
     }
     if (li == 0u) {
-        scales[t] = select(s, 0.0, zero);
+        scales[t] = select(0.0, s, r != 0.0);
     }
 }
 #else
@@ -142,18 +92,11 @@ fn main(
         big = max(big, abs(x[base + j]));
     }
     let s = big * params.step;
+    let r = inverse_scale(s);
     let out = t * params.words;
-    if (!(s >= MIN_NORMAL)) {
-        for (var w = 0u; w < params.words; w++) {
-            q[out + w] = 0u;
-        }
-        scales[t] = 0.0;
-        return;
-    }
-    let r = reciprocal(s);
     for (var w = 0u; w < params.words; w++) {
-        q[out + w] = quantize_word(base, w, r);
+        q[out + w] = select(0u, quantize_word(base, w, r), r != 0.0);
     }
-    scales[t] = s;
+    scales[t] = select(0.0, s, r != 0.0);
 }
 #endif

@@ -35,6 +35,7 @@
 // Work items lie on a 2-D grid of 64-invocation workgroups.
 
 #include grid
+#include hadamard
 
 struct Params {
     tokens: u32,
@@ -73,26 +74,6 @@ fn bit(word0: u32, i: u32) -> bool {
 #ifdef WIDTH
 const WIDTH: u32 = {{WIDTH}}u;
 #endif
-
-// The butterfly (u, v) <- (u + v, u - v) on vec4 lanes.
-fn bf(u: ptr<function, vec4<f32>>, v: ptr<function, vec4<f32>>) {
-    let a = *u;
-    let b = *v;
-    *u = a + b;
-    *v = a - b;
-}
-
-// The butterflies h = 1 and h = 2 inside the four consecutive values of x.
-fn bf_inside(x: vec4<f32>) -> vec4<f32> {
-    let y = vec4<f32>(x.x + x.y, x.x - x.y, x.z + x.w, x.z - x.w);
-    return vec4<f32>(y.x + y.z, y.y + y.w, y.x - y.z, y.y - y.w);
-}
-
-// x, negated in the lanes whose bit (from bit `shift` of `bits`) is set.
-fn signed4(x: vec4<f32>, bits: u32, shift: u32) -> vec4<f32> {
-    let negate = ((vec4<u32>(bits) >> (vec4<u32>(shift) + vec4<u32>(0u, 1u, 2u, 3u))) & vec4<u32>(1u)) != vec4<u32>(0u);
-    return select(x, -x, negate);
-}
 
 @compute @workgroup_size(64, 1, 1)
 fn main(

@@ -37,18 +37,23 @@ shaders![
     "argmax",
     "rotate",
     "quantize",
+    "rotate_quantize",
     "qmatmul",
     "latent_up",
     "bf16_rows",
     "lib/attention",
+    "lib/activation",
     "lib/attention_values",
     "lib/block",
     "lib/grid",
+    "lib/hadamard",
     "lib/half",
     "lib/int",
     "lib/linear",
+    "lib/silu",
     "lib/tiles",
     "lib/weight",
+    "lib/workgroup_max",
 ];
 
 /// Prefix of the library files `#include` may name.

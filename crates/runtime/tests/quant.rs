@@ -14,10 +14,12 @@ use common::{encoder, read_u32, submit, upload, values, zeros};
 use pocketvlm_format::Encoding;
 use pocketvlm_format::quant::pack::{Bits, pack};
 use pocketvlm_format::quant::{ActivationQuant, Construction, QuantLinear, QuantWeights, Rotation};
+use pocketvlm_runtime::kernels::elementwise::SiluMul;
 use pocketvlm_runtime::kernels::embed::EmbedTable;
 use pocketvlm_runtime::kernels::quant::{
     QMatmul, QuantWeightsGpu, Quantize, QuantizedRows, Rotate, RotationTable, activation_words,
 };
+use pocketvlm_runtime::kernels::rotate_quantize::RotateQuantize;
 use pocketvlm_runtime::model::linear::{self, Linear};
 use pocketvlm_runtime::model::scratch::Scratch;
 use pocketvlm_runtime::tensor::Tensor;
@@ -106,19 +108,106 @@ async fn check_rotations(gpu: &Gpu) {
     rotation_case(gpu, 4, Construction::Kronecker, Some(1)).await;
 }
 
-async fn quantize_case(gpu: &Gpu, rows: usize, cols: usize, bits: Bits, clip: f32) {
-    let act = ActivationQuant::new(bits, clip).unwrap();
-    let x = activations(cols as u64 * 3 + rows as u64, rows, cols);
+/// The reference integers (packed as the kernels pack them) and scales of `rows` rows of `x`
+/// quantized by `act`.
+fn quantized_reference(act: &ActivationQuant, x: &[f32], rows: usize) -> (Vec<u32>, Vec<f32>) {
+    let cols = x.len() / rows;
     let words = activation_words(cols);
     let mut want_words = vec![0u32; rows * words];
     let mut want_scales = vec![0f32; rows];
     let mut q = vec![0i8; cols];
-    for r in 0..rows {
-        want_scales[r] = act.quantize(&x[r * cols..(r + 1) * cols], &mut q);
+    for t in 0..rows {
+        want_scales[t] = act.quantize(&x[t * cols..(t + 1) * cols], &mut q);
         for (j, &v) in q.iter().enumerate() {
-            want_words[r * words + j / 4] |= u32::from(v as u8) << (8 * (j % 4));
+            want_words[t * words + j / 4] |= u32::from(v as u8) << (8 * (j % 4));
         }
     }
+    (want_words, want_scales)
+}
+
+/// [`quantized_reference`] of the rows of `x` rotated by `r`.
+fn rotated_reference(r: &Rotation, act: &ActivationQuant, x: &[f32], rows: usize) -> (Vec<u32>, Vec<f32>) {
+    let mut rotated = x.to_vec();
+    r.apply_rows(&mut rotated).unwrap();
+    quantized_reference(act, &rotated, rows)
+}
+
+/// The fused rotation and quantization ([`RotateQuantize`]) of `rows` rows against the reference
+/// (rotate, then quantize each row), where the kernel supports the rotation; refused otherwise.
+/// With `silu_mul` the rows are `silu(gate) · up`: the reference rotates what [`SiluMul`]
+/// computes on this GPU (tested against PyTorch's SiLU in `tests/elementwise.rs`).
+async fn rotate_quantize_case(
+    gpu: &Gpu,
+    rows: usize,
+    n: usize,
+    construction: Construction,
+    bits: Bits,
+    silu_mul: bool,
+) {
+    let r = Rotation::new(n, construction, Some(0x7a + n as u32)).unwrap();
+    let act = ActivationQuant::new(bits, 0.9).unwrap();
+    let x = activations(n as u64 + rows as u64, rows, n);
+    let xb = upload(gpu, &x).await;
+    let up = values(n as u64 + 5, rows * n).iter().map(|v| v * 3.0).collect::<Vec<_>>();
+    let upb = upload(gpu, &up).await;
+    let input = if silu_mul {
+        let product = zeros(gpu, rows * n).await;
+        let mut enc = encoder(gpu);
+        SiluMul.encode(gpu, &mut enc, rows * n, &xb, &upb, &product).await.unwrap();
+        submit(gpu, enc);
+        gpu.read_f32(&product, rows * n).await.unwrap()
+    } else {
+        x.clone()
+    };
+    let (want_words, want_scales) = rotated_reference(&r, &act, &input, rows);
+    let words = activation_words(n);
+    let table = RotationTable::new(gpu, &r).await.unwrap();
+    let (work, out) = (zeros(gpu, rows * n).await, zeros(gpu, rows * n).await);
+    let (qb, sb) = (zeros(gpu, rows * words).await, zeros(gpu, rows).await);
+    let mut enc = encoder(gpu);
+    let what = format!("rotate+quantize {rows}x{n} {construction:?} {bits:?} silu_mul {silu_mul}");
+    let up_input = silu_mul.then_some((&*upb, 0));
+    let run = RotateQuantize { silu_mul }
+        .encode(gpu, &mut enc, &table, &act, (&xb, 0), up_input, rows, (&work, &out), (&qb, words), &sb)
+        .await;
+    if !RotateQuantize::supports(&table, words) {
+        assert!(matches!(run, Err(RuntimeError::UnsupportedModel(_))), "{what}: {run:?}");
+        return;
+    }
+    run.unwrap();
+    submit(gpu, enc);
+    assert_eq!(read_u32(gpu, &qb, rows * words).await, want_words, "{what}: integers");
+    assert_bits(&format!("{what}: scales"), &gpu.read_f32(&sb, rows).await.unwrap(), &want_scales);
+}
+
+/// Every width [`check_rotations`] covers in one dispatch where the kernel supports it (blocks of
+/// at least four values: not 216 = 108·2, which it refuses), over one token and more, and the
+/// MLP's `silu(gate) · up` rotated and quantized in one dispatch.
+async fn check_rotate_quantize(gpu: &Gpu) {
+    let (i8b, i4b) = (Bits::Int8, Bits::Int4);
+    let kron = Construction::Kronecker;
+    for n in [4, 32, 48, 64, 128, 576, 768, 960, 1536, 2048, 2560, 3072, 4096, 8192, 12_288, 10_368, 216] {
+        rotate_quantize_case(gpu, 1, n, kron, i8b, false).await;
+    }
+    for (rows, n) in [(5, 576), (70, 48), (3, 1536)] {
+        rotate_quantize_case(gpu, rows, n, kron, i8b, false).await;
+        rotate_quantize_case(gpu, rows, n, kron, i4b, false).await;
+    }
+    for n in [576, 3072, 4304] {
+        rotate_quantize_case(gpu, 4, n, Construction::BlockDiagonal, i8b, false).await;
+    }
+    // an MLP's down projection input: 256M's 1536, 2.2B's 8192, the tiny fixture's 128
+    for (rows, n) in [(1, 1536), (1, 8192), (6, 128)] {
+        rotate_quantize_case(gpu, rows, n, kron, i8b, true).await;
+        rotate_quantize_case(gpu, rows, n, kron, i4b, true).await;
+    }
+}
+
+async fn quantize_case(gpu: &Gpu, rows: usize, cols: usize, bits: Bits, clip: f32) {
+    let act = ActivationQuant::new(bits, clip).unwrap();
+    let x = activations(cols as u64 * 3 + rows as u64, rows, cols);
+    let words = activation_words(cols);
+    let (want_words, want_scales) = quantized_reference(&act, &x, rows);
     let xb = upload(gpu, &x).await;
     let (qb, sb) = (zeros(gpu, rows * words).await, zeros(gpu, rows).await);
     let mut enc = encoder(gpu);
@@ -458,6 +547,7 @@ async fn check_variants(pretend: Option<Pretend>) {
     let gpu = Gpu::new(&DeviceOptions { pretend, ..Default::default() }).await.expect("a GPU adapter");
     check_rotations(&gpu).await;
     check_quantize(&gpu).await;
+    check_rotate_quantize(&gpu).await;
     check_layers(&gpu).await;
     check_shared_input(&gpu).await;
     check_loads(&gpu).await;

@@ -9,18 +9,19 @@
 //! deterministic small values (their contents do not change the work).
 
 use pocketvlm_format::Encoding;
-use pocketvlm_format::quant::{Construction, Rotation};
+use pocketvlm_format::quant::{ActivationQuant, Bits, Construction, Rotation};
 use serde::{Deserialize, Serialize};
 
 use super::values;
 use crate::device::{Gpu, now_ms};
 use crate::encoder::Encoder;
-use crate::error::Result;
+use crate::error::{Result, RuntimeError};
 use crate::kernels::attention::{Attention, AttentionShape, AttentionVariant, ValueKind, Values};
 use crate::kernels::matmul::{MatVec, Matmul, MatmulShape};
 use crate::kernels::quant::{
-    QMatmul, QuantWeightsGpu, QuantizedRows, Rotate, RotationTable, activation_words,
+    QMatmul, QuantWeightsGpu, Quantize, QuantizedRows, Rotate, RotationTable, activation_words,
 };
+use crate::kernels::rotate_quantize::RotateQuantize;
 use crate::memory::DeviceBuffer;
 use crate::tensor::Tensor;
 
@@ -169,24 +170,63 @@ async fn cold_decode(gpu: &Gpu) -> Result<Vec<KernelReport>> {
 /// Online rotations (Kronecker, with signs) at the 256M model's widths: the vision tower's
 /// 768 and 3072 over one tile's 1024 patches, the decoder's 576 and 1536 at decode; the shape
 /// column names the factors `m·p` (core order, Walsh–Hadamard block). The count in the G MAC/s
-/// column is adds and subtracts: `rows · n · (log₂ p + m)` (butterflies, then the core).
+/// column is adds and subtracts: `rows · n · (log₂ p + m)` (butterflies, then the core). At
+/// decode, also each rotation with the INT8 activation quantization of a quantized layer's
+/// input: in levels (a copy, [`Rotate`]'s dispatches, [`Quantize`]) and in one dispatch
+/// ([`RotateQuantize`], the same bits).
 async fn rotations(gpu: &Gpu) -> Result<Vec<KernelReport>> {
     let mut reports = Vec::new();
+    let act = ActivationQuant::new(Bits::Int8, 1.0)
+        .map_err(|e| RuntimeError::UnsupportedModel(format!("bench activation quantization: {e}")))?;
     for (rows, n) in [(1024, 768), (1024, 3072), (1, 576), (1, 1536)] {
-        let rotation = Rotation::new(n, Construction::Kronecker, Some(1)).map_err(|e| {
-            crate::error::RuntimeError::UnsupportedModel(format!("bench rotation of {n}: {e}"))
-        })?;
+        let rotation = Rotation::new(n, Construction::Kronecker, Some(1))
+            .map_err(|e| RuntimeError::UnsupportedModel(format!("bench rotation of {n}: {e}")))?;
         let (m, p) = rotation.factors();
         let table = RotationTable::new(gpu, &rotation).await?;
-        let data = values_buffer(gpu, rows * n, 7).await?;
+        let x = values_buffer(gpu, rows * n, 7).await?;
+        let data = gpu.zeroed_buffer("rotating", (rows * n * 4) as u64).await?;
         let out = gpu.zeroed_buffer("rotated", (rows * n * 4) as u64).await?;
+        let words = activation_words(n);
+        let q = gpu.zeroed_buffer("activation integers", (rows * words * 4) as u64).await?;
+        let scales = gpu.zeroed_buffer("activation scales", (rows * 4) as u64).await?;
         let adds = (rows * n * (p.trailing_zeros() as usize + m)) as f64;
         let label = format!("[{rows}, {n}], {m}·{p}");
-        let report = time_macs(gpu, "rotate (adds)", label, adds, async |gpu: &Gpu, e: &mut Encoder| {
-            Rotate.encode(gpu, e, &table, &data, &out, rows).await
-        })
-        .await?;
+        let report =
+            time_macs(gpu, "rotate (adds)", label.clone(), adds, async |gpu: &Gpu, e: &mut Encoder| {
+                Rotate.encode(gpu, e, &table, &data, &out, rows).await
+            })
+            .await?;
         reports.push(report);
+        if rows > RotateQuantize::MAX_TOKENS {
+            continue;
+        }
+        let bytes = (rows * n * 4) as u64;
+        let levels = time_macs(
+            gpu,
+            "rotate + quantize in levels (adds)",
+            label.clone(),
+            adds,
+            async |gpu: &Gpu, e: &mut Encoder| {
+                e.copy_buffer_to_buffer(&x, 0, &data, 0, bytes);
+                Rotate.encode(gpu, e, &table, &data, &out, rows).await?;
+                Quantize.encode(gpu, e, &act, (&out, 0), rows, n, &q, &scales).await
+            },
+        )
+        .await?;
+        reports.push(levels);
+        let fused = time_macs(
+            gpu,
+            "rotate + quantize in one dispatch (adds)",
+            label,
+            adds,
+            async |gpu: &Gpu, e: &mut Encoder| {
+                RotateQuantize::ROWS
+                    .encode(gpu, e, &table, &act, (&x, 0), None, rows, (&data, &out), (&q, words), &scales)
+                    .await
+            },
+        )
+        .await?;
+        reports.push(fused);
     }
     Ok(reports)
 }

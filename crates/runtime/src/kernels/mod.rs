@@ -14,6 +14,7 @@ pub mod patch_embed;
 pub mod pixel_shuffle;
 pub mod quant;
 pub mod rope;
+pub mod rotate_quantize;
 pub mod util;
 
 use crate::shader::Defines;

@@ -1,6 +1,7 @@
 //! The kernels of the low-bit integer contract ([`pocketvlm_format::quant`]): online rotations
 //! ([`Rotate`]), per-token activation quantization ([`Quantize`]) and the integer product with
-//! its dequantization ([`QMatmul`]).
+//! its dequantization ([`QMatmul`]). A decode step's token gets the first two in one dispatch
+//! ([`super::rotate_quantize`]).
 //!
 //! **Exactness.** Every step follows the contract's order of f32 operations, each one a
 //! correctly rounded add, subtract or multiply (WGSL guarantees those), the reciprocal of the
@@ -60,15 +61,15 @@ pub fn activation_words(cols: usize) -> usize {
 /// Uniform block of `shaders/rotate.wgsl`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Pod, Zeroable)]
-struct RotateParams {
+pub(super) struct RotateParams {
     tokens: u32,
     n: u32,
     m: u32,
     p: u32,
-    has_signs: u32,
-    core_offset: u32,
-    scale: f32,
-    has_core: u32,
+    pub(super) has_signs: u32,
+    pub(super) core_offset: u32,
+    pub(super) scale: f32,
+    pub(super) has_core: u32,
     /// Distance between the values one invocation of a butterfly level holds.
     stride: u32,
     /// Outputs per column one invocation of the core computes.
@@ -136,6 +137,21 @@ impl RotationTable {
     /// Bytes of the table on the GPU.
     pub fn bytes(&self) -> u64 {
         self.table.size()
+    }
+
+    /// `(n, m, p)`: the size and its factors `n = m·p`.
+    pub fn factors(&self) -> (usize, usize, usize) {
+        let p = &self.params;
+        (p.n as usize, p.m as usize, p.p as usize)
+    }
+
+    /// The table (sign mask, then the core from word `params().core_offset`).
+    pub(super) fn table(&self) -> &wgpu::Buffer {
+        &self.table
+    }
+
+    pub(super) fn params(&self) -> &RotateParams {
+        &self.params
     }
 }
 

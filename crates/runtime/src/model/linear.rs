@@ -11,11 +11,13 @@ use super::weights::{WeightLoader, is_float};
 use crate::device::Gpu;
 use crate::encoder::Encoder;
 use crate::error::{Result, RuntimeError};
+use crate::kernels::elementwise::SiluMul;
 use crate::kernels::embed::EmbedTable;
 use crate::kernels::matmul::{Matmul, MatmulShape};
 use crate::kernels::quant::{
     QMatmul, QuantWeightsGpu, Quantize, QuantizedRows, Rotate, RotationTable, activation_words,
 };
+use crate::kernels::rotate_quantize::RotateQuantize;
 use crate::kernels::util::{chunks, rows_per_chunk};
 use crate::memory::DeviceBuffer;
 use crate::tensor::Tensor;
@@ -99,6 +101,33 @@ impl Linear {
                 self.up.forward(gpu, encoder, scratch, rows, &inner, y).await
             }
         }
+    }
+}
+
+impl Linear {
+    /// Record `y = (silu(gate) · up) Wᵀ (+ b)` for `rows` rows (Llama's MLP down projection;
+    /// `gate`, `up` and `act` f32 `[rows, in]`): for one quantized matrix whose input's online
+    /// rotation and quantization fit one dispatch, that dispatch computes `silu(gate) · up`
+    /// itself (the same operations as [`SiluMul`], so the same bits); otherwise [`SiluMul`]
+    /// writes `act` and [`Linear::forward`] reads it.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn forward_silu_mul(
+        &self,
+        gpu: &Gpu,
+        encoder: &mut Encoder,
+        scratch: &mut Scratch,
+        rows: usize,
+        (gate, up): (&wgpu::Buffer, &wgpu::Buffer),
+        act: &wgpu::Buffer,
+        y: &wgpu::Buffer,
+    ) -> Result<()> {
+        if let Linear { down: None, up: Matrix::Quant(q) } = self
+            && q.forward_silu_mul(gpu, encoder, scratch, rows, (gate, up), y).await?.is_some()
+        {
+            return Ok(());
+        }
+        SiluMul.encode(gpu, encoder, rows * self.in_features(), gate, up, act).await?;
+        self.forward(gpu, encoder, scratch, rows, act, y).await
     }
 }
 
@@ -275,7 +304,7 @@ impl QuantLinear {
     }
 
     /// Steps 1–5 for rows `x.1 .. x.1 + rows` of `x`: the online transforms, then the integers
-    /// and scales (scratch buffers, returned).
+    /// and scales (scratch buffers, returned) — in one dispatch where [`RotateQuantize::fits`].
     async fn quantize_input(
         &self,
         gpu: &Gpu,
@@ -287,26 +316,94 @@ impl QuantLinear {
         let cols = self.weights.cols();
         let x_row = (cols * 4) as u64;
         let x_offset = x.1 as u64 * x_row;
-        let input = if self.online.is_empty() {
-            (x.0.clone(), x_offset)
-        } else {
-            let bytes = rows as u64 * x_row;
-            let mut rotated = scratch.bytes(gpu, "rotated activations", bytes).await?;
-            let mut other = scratch.bytes(gpu, "rotated activations (second)", bytes).await?;
-            encoder.copy_buffer_to_buffer(x.0, x_offset, &rotated, 0, bytes);
-            for r in &self.online {
-                Rotate.encode(gpu, encoder, r, &rotated, &other, rows).await?;
-                std::mem::swap(&mut rotated, &mut other);
-            }
-            ((*rotated).clone(), 0)
-        };
         let aw = self.input_words();
         let words = scratch.bytes(gpu, "activation integers", (rows * aw * 4) as u64).await?;
         let scales = scratch.bytes(gpu, "activation scales", (rows * 4) as u64).await?;
+        let input = match self.online.as_slice() {
+            [] => (x.0.clone(), x_offset),
+            [r] if RotateQuantize::fits(r, aw, rows) => {
+                let input = ((x.0, x_offset), None);
+                self.rotate_quantize(gpu, encoder, scratch, r, input, rows, (&words, &scales)).await?;
+                return Ok((words, scales));
+            }
+            online => {
+                let bytes = rows as u64 * x_row;
+                let mut rotated = scratch.bytes(gpu, "rotated activations", bytes).await?;
+                let mut other = scratch.bytes(gpu, "rotated activations (second)", bytes).await?;
+                encoder.copy_buffer_to_buffer(x.0, x_offset, &rotated, 0, bytes);
+                for r in online {
+                    Rotate.encode(gpu, encoder, r, &rotated, &other, rows).await?;
+                    std::mem::swap(&mut rotated, &mut other);
+                }
+                ((*rotated).clone(), 0)
+            }
+        };
         Quantize
             .encode(gpu, encoder, &self.activation, (&input.0, input.1), rows, cols, &words, &scales)
             .await?;
         Ok((words, scales))
+    }
+
+    /// Steps 1–5 of `rows` rows in one dispatch ([`RotateQuantize`]) with the layer's one online
+    /// rotation `r`: of the rows of `input.0`, or with `input.1` the rows `silu(input.0) · up`,
+    /// into `words` and `scales`.
+    #[allow(clippy::too_many_arguments)]
+    async fn rotate_quantize(
+        &self,
+        gpu: &Gpu,
+        encoder: &mut Encoder,
+        scratch: &mut Scratch,
+        r: &RotationTable,
+        input: ((&wgpu::Buffer, u64), Option<(&wgpu::Buffer, u64)>),
+        rows: usize,
+        (words, scales): (&wgpu::Buffer, &wgpu::Buffer),
+    ) -> Result<()> {
+        let bytes = (rows * self.weights.cols() * 4) as u64;
+        let work = scratch.bytes(gpu, "rotated activations (second)", bytes).await?;
+        let rotated = scratch.bytes(gpu, "rotated activations", bytes).await?;
+        let kernel = RotateQuantize { silu_mul: input.1.is_some() };
+        let (x, up) = input;
+        let aw = self.input_words();
+        kernel
+            .encode(gpu, encoder, r, &self.activation, x, up, rows, (&work, &rotated), (words, aw), scales)
+            .await
+    }
+
+    /// The layer's one online rotation, where `rows` rows take one row pass and the rotation and
+    /// quantization of their input one dispatch ([`RotateQuantize::fits`]).
+    fn one_dispatch_rotation(&self, gpu: &Gpu, rows: usize) -> Option<&RotationTable> {
+        match self.online.as_slice() {
+            [r] if RotateQuantize::fits(r, self.input_words(), rows)
+                && self.row_chunk(gpu, rows, self.weights.out()).is_ok_and(|c| c >= rows) =>
+            {
+                Some(r)
+            }
+            _ => None,
+        }
+    }
+
+    /// `y = (silu(gate) · up) Wᵀ (+ b)` for `rows` rows in two dispatches, where the input's
+    /// rotation and quantization take one ([`Self::one_dispatch_rotation`]); `None` otherwise.
+    #[allow(clippy::too_many_arguments)]
+    async fn forward_silu_mul(
+        &self,
+        gpu: &Gpu,
+        encoder: &mut Encoder,
+        scratch: &mut Scratch,
+        rows: usize,
+        (gate, up): (&wgpu::Buffer, &wgpu::Buffer),
+        y: &wgpu::Buffer,
+    ) -> Result<Option<()>> {
+        let Some(r) = self.one_dispatch_rotation(gpu, rows) else {
+            return Ok(None);
+        };
+        let words = scratch.bytes(gpu, "activation integers", (rows * self.input_words() * 4) as u64).await?;
+        let scales = scratch.bytes(gpu, "activation scales", (rows * 4) as u64).await?;
+        let input = ((gate, 0), Some((up, 0)));
+        self.rotate_quantize(gpu, encoder, scratch, r, input, rows, (&words, &scales)).await?;
+        let a = QuantizedRows::new(&words, &scales, rows, self.input_words());
+        self.product(gpu, encoder, &a, (y, 0)).await?;
+        Ok(Some(()))
     }
 
     /// Steps 2–5 for `rows` rows of `x` (a layer without online transforms, such as the ups of

@@ -23,7 +23,6 @@ use crate::error::{Result, RuntimeError};
 use crate::kernels::attention::{Attention, AttentionShape, ValueKind, Values};
 use crate::kernels::bf16_rows::Bf16Rows;
 use crate::kernels::copy::CopyRows;
-use crate::kernels::elementwise::SiluMul;
 use crate::kernels::embed::{Embed, EmbedShape, ImageFeatures};
 use crate::kernels::latent::{LatentUp, LatentUpShape, UpWeights};
 use crate::kernels::norm::{NormLayout, NormShape, RmsNorm};
@@ -147,8 +146,7 @@ pub async fn forward(
         rms.encode(gpu, encoder, layout, rows, (&x, Some(&out)), &l.post_norm.buffer, &normed).await?;
 
         forward_shared(gpu, encoder, scratch, tokens, &normed, &[(&l.gate, &gate), (&l.up, &up)]).await?;
-        SiluMul.encode(gpu, encoder, tokens * inter, &gate, &up, &act).await?;
-        l.down.forward(gpu, encoder, scratch, tokens, &act, &out).await?;
+        l.down.forward_silu_mul(gpu, encoder, scratch, tokens, (&gate, &up), &act, &out).await?;
         let next = model.layers.get(i + 1).map_or(&model.norm, |n| &n.input_norm);
         rms.encode(gpu, encoder, layout, rows, (&x, Some(&out)), &next.buffer, &normed).await?;
         interrupt.point(gpu, encoder).await?;
