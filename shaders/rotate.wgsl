@@ -67,10 +67,6 @@ const LANES: u32 = 1u;
 @group(0) @binding(3) var<storage, read_write> out: array<Value>;
 #endif
 
-fn bit(word0: u32, i: u32) -> bool {
-    return ((table[word0 + i / 32u] >> (i % 32u)) & 1u) != 0u;
-}
-
 #ifdef WIDTH
 const WIDTH: u32 = {{WIDTH}}u;
 #endif

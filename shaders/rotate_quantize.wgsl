@@ -82,10 +82,6 @@ fn butterfly(row: u32, hh: u32, j: u32) {
     work[i + hh] = u - v;
 }
 
-fn bit(word0: u32, i: u32) -> bool {
-    return ((table[word0 + i / 32u] >> (i % 32u)) & 1u) != 0u;
-}
-
 // Output vec4 i of the row starting at vec4 `row`: y_{a p + b} = c sum_a' A[a][a'] x_{a' p + b}
 // accumulated from A[a][0] x_b left to right (or c x without a core), from work.
 fn core_value(row: u32, i: u32) -> vec4<f32> {

@@ -1,5 +1,11 @@
 // The butterflies and signs of an online rotation (rotate.wgsl, rotate_quantize.wgsl), on vec4s
 // of four neighbouring values; the contract's order of operations is described in rotate.wgsl.
+// The including shader declares `table` (u32 words: the sign mask, then the core's entries).
+
+// Bit i of the table from word `word0` (a sign, or a core entry: set = -1).
+fn bit(word0: u32, i: u32) -> bool {
+    return ((table[word0 + i / 32u] >> (i % 32u)) & 1u) != 0u;
+}
 
 // The butterfly (u, v) <- (u + v, u - v) on vec4 lanes.
 fn bf(u: ptr<function, vec4<f32>>, v: ptr<function, vec4<f32>>) {

@@ -167,7 +167,7 @@ async fn rotate_quantize_case(
     let mut enc = encoder(gpu);
     let what = format!("rotate+quantize {rows}x{n} {construction:?} {bits:?} silu_mul {silu_mul}");
     let up_input = silu_mul.then_some((&*upb, 0));
-    let run = RotateQuantize { silu_mul }
+    let run = RotateQuantize
         .encode(gpu, &mut enc, &table, &act, (&xb, 0), up_input, rows, (&work, &out), (&qb, words), &sb)
         .await;
     if !RotateQuantize::supports(&table, words) {

@@ -220,7 +220,7 @@ async fn rotations(gpu: &Gpu) -> Result<Vec<KernelReport>> {
             label,
             adds,
             async |gpu: &Gpu, e: &mut Encoder| {
-                RotateQuantize::ROWS
+                RotateQuantize
                     .encode(gpu, e, &table, &act, (&x, 0), None, rows, (&data, &out), (&q, words), &scales)
                     .await
             },

@@ -56,15 +56,17 @@ const INVOCATIONS: usize = 64;
 /// invocation after 65 535 iterations in total.
 const MAX_STEPS: usize = 32_768;
 
-/// One online rotation and the activation quantization per token, in one dispatch; with
-/// `silu_mul`, of the rows `silu(gate) · up` (an MLP's down-projection input, computed as
-/// [`SiluMul`](super::elementwise::SiluMul) does) instead of rows read as they are.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct RotateQuantize {
-    pub silu_mul: bool,
+/// One online rotation and the activation quantization per token, in one dispatch: of rows read
+/// as they are, or of the rows `silu(gate) · up` (an MLP's down-projection input, computed as
+/// [`SiluMul`](super::elementwise::SiluMul) does) when [`RotateQuantize::encode`] gets `up`.
+pub struct RotateQuantize;
+
+/// The shader variant: whether it computes `silu(x) · up` first.
+struct Variant {
+    silu_mul: bool,
 }
 
-impl Kernel for RotateQuantize {
+impl Kernel for Variant {
     const SHADER: &'static str = "rotate_quantize";
     fn defines(&self) -> Defines {
         if self.silu_mul { Defines::from([("SILU_MUL".to_string(), String::new())]) } else { Defines::new() }
@@ -72,11 +74,6 @@ impl Kernel for RotateQuantize {
 }
 
 impl RotateQuantize {
-    /// Rows read as they are.
-    pub const ROWS: Self = Self { silu_mul: false };
-    /// Rows `silu(gate) · up`.
-    pub const SILU_MUL: Self = Self { silu_mul: true };
-
     /// Most tokens a layer rotates and quantizes in one dispatch (a decode step's one; the
     /// module doc says why).
     pub const MAX_TOKENS: usize = 8;
@@ -103,8 +100,8 @@ impl RotateQuantize {
         per(n / 4) * (1 + core) + stages * (1 + per(n / 8)) + per(words) + INVOCATIONS + 24
     }
 
-    /// Rotate `tokens` rows of `x` (f32 `[tokens, n]` from byte `x.1`; with `silu_mul` the
-    /// rows `silu(x) · up`, `up` f32 `[tokens, n]` from byte `up.1`) with `rotation` into
+    /// Rotate `tokens` rows of `x` (f32 `[tokens, n]` from byte `x.1`; given `up`, the rows
+    /// `silu(x) · up`, `up` f32 `[tokens, n]` from byte `up.1`) with `rotation` into
     /// `rotated` (through `work`, both f32 `[tokens, n]`, overwritten) and quantize them into `q`
     /// (u32 `[tokens, words]`) and `scales` (f32 `[tokens]`).
     #[allow(clippy::too_many_arguments)]
@@ -124,11 +121,8 @@ impl RotateQuantize {
         let (n, m, p) = rotation.factors();
         if !Self::supports(rotation, words) {
             return Err(RuntimeError::UnsupportedModel(format!(
-                "a {n}-wide rotation ({m}·{p}) with {words} activation words in one invocation per token"
+                "a {n}-wide rotation ({m}·{p}) with {words} activation words in one workgroup per token"
             )));
-        }
-        if up.is_some() != self.silu_mul {
-            return Err(RuntimeError::Shape("rotate_quantize: an up input exactly with silu_mul".into()));
         }
         let rows = (tokens * n * 4) as u64;
         let (q_bytes, s_bytes) = ((tokens * words * 4) as u64, tokens as u64 * 4);
@@ -173,7 +167,8 @@ impl RotateQuantize {
         if let Some(up) = up {
             resources.push(slice(up.0, up.1, rows));
         }
-        let pipeline = gpu.pipeline(Self::SHADER, &self.defines()).await?;
+        let variant = Variant { silu_mul: up.is_some() };
+        let pipeline = gpu.pipeline(Variant::SHADER, &variant.defines()).await?;
         let (gx, gy) = grid(gpu, tokens as u64)?;
         dispatch(
             gpu,

@@ -304,7 +304,8 @@ impl QuantLinear {
     }
 
     /// Steps 1–5 for rows `x.1 .. x.1 + rows` of `x`: the online transforms, then the integers
-    /// and scales (scratch buffers, returned) — in one dispatch where [`RotateQuantize::fits`].
+    /// and scales (scratch buffers, returned) — in one dispatch where
+    /// [`Self::one_dispatch_rotation`] allows.
     async fn quantize_input(
         &self,
         gpu: &Gpu,
@@ -316,16 +317,14 @@ impl QuantLinear {
         let cols = self.weights.cols();
         let x_row = (cols * 4) as u64;
         let x_offset = x.1 as u64 * x_row;
-        let aw = self.input_words();
-        let words = scratch.bytes(gpu, "activation integers", (rows * aw * 4) as u64).await?;
-        let scales = scratch.bytes(gpu, "activation scales", (rows * 4) as u64).await?;
+        let (words, scales) = self.activation_buffers(gpu, scratch, rows).await?;
+        if let Some(r) = self.one_dispatch_rotation(gpu, rows) {
+            let input = ((x.0, x_offset), None);
+            self.rotate_quantize(gpu, encoder, scratch, r, input, rows, (&words, &scales)).await?;
+            return Ok((words, scales));
+        }
         let input = match self.online.as_slice() {
             [] => (x.0.clone(), x_offset),
-            [r] if RotateQuantize::fits(r, aw, rows) => {
-                let input = ((x.0, x_offset), None);
-                self.rotate_quantize(gpu, encoder, scratch, r, input, rows, (&words, &scales)).await?;
-                return Ok((words, scales));
-            }
             online => {
                 let bytes = rows as u64 * x_row;
                 let mut rotated = scratch.bytes(gpu, "rotated activations", bytes).await?;
@@ -341,6 +340,18 @@ impl QuantLinear {
         Quantize
             .encode(gpu, encoder, &self.activation, (&input.0, input.1), rows, cols, &words, &scales)
             .await?;
+        Ok((words, scales))
+    }
+
+    /// The scratch buffers of the integers and scales of `rows` quantized input rows.
+    async fn activation_buffers(
+        &self,
+        gpu: &Gpu,
+        scratch: &mut Scratch,
+        rows: usize,
+    ) -> Result<(DeviceBuffer, DeviceBuffer)> {
+        let words = scratch.bytes(gpu, "activation integers", (rows * self.input_words() * 4) as u64).await?;
+        let scales = scratch.bytes(gpu, "activation scales", (rows * 4) as u64).await?;
         Ok((words, scales))
     }
 
@@ -361,10 +372,9 @@ impl QuantLinear {
         let bytes = (rows * self.weights.cols() * 4) as u64;
         let work = scratch.bytes(gpu, "rotated activations (second)", bytes).await?;
         let rotated = scratch.bytes(gpu, "rotated activations", bytes).await?;
-        let kernel = RotateQuantize { silu_mul: input.1.is_some() };
         let (x, up) = input;
         let aw = self.input_words();
-        kernel
+        RotateQuantize
             .encode(gpu, encoder, r, &self.activation, x, up, rows, (&work, &rotated), (words, aw), scales)
             .await
     }
@@ -397,8 +407,7 @@ impl QuantLinear {
         let Some(r) = self.one_dispatch_rotation(gpu, rows) else {
             return Ok(None);
         };
-        let words = scratch.bytes(gpu, "activation integers", (rows * self.input_words() * 4) as u64).await?;
-        let scales = scratch.bytes(gpu, "activation scales", (rows * 4) as u64).await?;
+        let (words, scales) = self.activation_buffers(gpu, scratch, rows).await?;
         let input = ((gate, 0), Some((up, 0)));
         self.rotate_quantize(gpu, encoder, scratch, r, input, rows, (&words, &scales)).await?;
         let a = QuantizedRows::new(&words, &scales, rows, self.input_words());
