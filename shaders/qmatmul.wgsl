@@ -33,6 +33,10 @@
 // products still give every thread of a CPU adapter a share (a [576, 576] product is 18
 // workgroups instead of 3 on two threads).
 //
+// With PARTS (2 or 3; no BIAS, one panel): the weight is layers stacked one after the other
+// (QuantWeightsGpu::stack), each writing its own output y, y1, y2 ([tokens, its columns]): the
+// products of several layers reading one input in one dispatch, every column's value unchanged.
+//
 // With SPLIT_K (one token, GPUs): a 64-invocation workgroup takes four column quads, and the 16
 // invocations of a quad (its lanes) split every scale group's words between them (lane l takes
 // steps l, l + 16, ...), so a decode step's narrow products keep many invocations busy instead
@@ -53,6 +57,11 @@ struct Params {
     group_words: u32,
     ldy: u32,
     col_offset: u32,
+    // PARTS: the first column of the second and of the third output (n where there is none)
+    split0: u32,
+    split1: u32,
+    _pad0: u32,
+    _pad1: u32,
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
@@ -69,6 +78,12 @@ struct Params {
 @group(0) @binding(4) var<storage, read> sw: array<f32>;
 #endif
 @group(0) @binding(5) var<storage, read_write> y: array<f32>;
+#ifdef PARTS
+@group(0) @binding(6) var<storage, read_write> y1: array<f32>;
+#endif
+#ifdef PARTS_3
+@group(0) @binding(7) var<storage, read_write> y2: array<f32>;
+#endif
 #ifdef BIAS
 @group(0) @binding(6) var<storage, read> bias: array<f32>;
 #endif
@@ -172,9 +187,31 @@ fn store_quad(t: u32, c0: u32, u: vec4<f32>) {
 #ifdef BIAS
         v = v + bias[params.col_offset + c];
 #endif
+#ifdef PARTS
+        store_part(t, c, v);
+#else
         y[t * params.ldy + params.col_offset + c] = v;
+#endif
     }
 }
+
+#ifdef PARTS
+// Column c of stacked layers (one panel): into the output of the layer it belongs to, each
+// [tokens, its columns].
+fn store_part(t: u32, c: u32, v: f32) {
+    if (c < params.split0) {
+        y[t * params.split0 + c] = v;
+        return;
+    }
+#ifdef PARTS_3
+    if (c >= params.split1) {
+        y2[t * (params.n - params.split1) + c - params.split1] = v;
+        return;
+    }
+#endif
+    y1[t * (params.split1 - params.split0) + c - params.split0] = v;
+}
+#endif
 
 #ifdef SPLIT_K
 const SPLIT_QUADS: u32 = 4u;

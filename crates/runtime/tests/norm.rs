@@ -116,7 +116,10 @@ async fn rms_norm_case(gpu: &Gpu, shape: NormShape, seed: u64, layout: NormLayou
         None => None,
     };
     let mut enc = encoder(gpu);
-    RmsNorm { eps }.encode(gpu, &mut enc, layout, shape, (&xb, rb.as_deref()), &gb, &yb).await.unwrap();
+    RmsNorm { eps }
+        .encode(gpu, &mut enc, layout, shape, (&xb, rb.as_deref()), &gb, (&yb, None))
+        .await
+        .unwrap();
     submit(gpu, enc);
     let what = format!("rms_norm {shape:?} {layout:?} residual {residual}");
     check_residual(gpu, &what, &xb, &x, residual).await;
@@ -158,18 +161,42 @@ async fn check_split_binding() {
     let (x, g, y) = (zeros(&gpu, 2000).await, zeros(&gpu, 2000).await, zeros(&gpu, 2000).await);
     let mut enc = encoder(&gpu);
     let err = RmsNorm { eps: 1e-5 }
-        .encode(&gpu, &mut enc, NormLayout::Workgroup, NormShape { rows: 1, d: 2000 }, (&x, None), &g, &y)
+        .encode(
+            &gpu,
+            &mut enc,
+            NormLayout::Workgroup,
+            NormShape { rows: 1, d: 2000 },
+            (&x, None),
+            &g,
+            (&y, None),
+        )
         .await
         .unwrap_err();
     assert!(matches!(err, RuntimeError::BindingTooLarge { .. }), "{err}");
     // Bad shapes are typed errors too.
     let err = RmsNorm { eps: 1e-5 }
-        .encode(&gpu, &mut enc, NormLayout::Workgroup, NormShape { rows: 0, d: 4 }, (&x, None), &g, &y)
+        .encode(
+            &gpu,
+            &mut enc,
+            NormLayout::Workgroup,
+            NormShape { rows: 0, d: 4 },
+            (&x, None),
+            &g,
+            (&y, None),
+        )
         .await
         .unwrap_err();
     assert!(matches!(err, RuntimeError::Shape(_)), "{err}");
     let err = RmsNorm { eps: 1e-5 }
-        .encode(&gpu, &mut enc, NormLayout::Workgroup, NormShape { rows: 2, d: 1500 }, (&x, None), &g, &y)
+        .encode(
+            &gpu,
+            &mut enc,
+            NormLayout::Workgroup,
+            NormShape { rows: 2, d: 1500 },
+            (&x, None),
+            &g,
+            (&y, None),
+        )
         .await
         .unwrap_err();
     assert!(matches!(err, RuntimeError::Shape(_)), "{err}");
@@ -177,14 +204,14 @@ async fn check_split_binding() {
     let small = NormShape { rows: 2, d: 8 };
     for r in [&x, &y] {
         let err = RmsNorm { eps: 1e-5 }
-            .encode(&gpu, &mut enc, NormLayout::Workgroup, small, (&x, Some(r)), &g, &y)
+            .encode(&gpu, &mut enc, NormLayout::Workgroup, small, (&x, Some(r)), &g, (&y, None))
             .await
             .unwrap_err();
         assert!(matches!(err, RuntimeError::Shape(_)), "{err}");
     }
     let short = zeros(&gpu, 15).await;
     let err = RmsNorm { eps: 1e-5 }
-        .encode(&gpu, &mut enc, NormLayout::Workgroup, small, (&x, Some(&short)), &g, &y)
+        .encode(&gpu, &mut enc, NormLayout::Workgroup, small, (&x, Some(&short)), &g, (&y, None))
         .await
         .unwrap_err();
     assert!(matches!(err, RuntimeError::Shape(_)), "{err}");

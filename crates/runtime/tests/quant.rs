@@ -16,6 +16,7 @@ use pocketvlm_format::quant::pack::{Bits, pack};
 use pocketvlm_format::quant::{ActivationQuant, Construction, QuantLinear, QuantWeights, Rotation};
 use pocketvlm_runtime::kernels::elementwise::SiluMul;
 use pocketvlm_runtime::kernels::embed::EmbedTable;
+use pocketvlm_runtime::kernels::norm::{NormLayout, NormShape, QuantizedOutput, RmsNorm};
 use pocketvlm_runtime::kernels::quant::{
     QMatmul, QuantWeightsGpu, Quantize, QuantizedRows, Rotate, RotationTable, activation_words,
 };
@@ -226,8 +227,61 @@ async fn check_quantize(gpu: &Gpu) {
     quantize_case(gpu, 6, 100, Bits::Int8, 0.37).await;
 }
 
+/// An RMSNorm that also quantizes its output ([`QuantizedOutput`]) in `layout`: `x` and the
+/// normed rows bit-identical to the norm without it, the integers and scales to the reference
+/// quantizing those rows (a zero row, where the scale is 0, included).
+async fn norm_quantize_case(gpu: &Gpu, shape: NormShape, layout: NormLayout, residual: bool, bits: Bits) {
+    let NormShape { rows, d } = shape;
+    let act = ActivationQuant::new(bits, if bits == Bits::Int4 { 0.9 } else { 1.0 }).unwrap();
+    let seed = (d * 7 + rows) as u64;
+    let mut x = activations_scaled(seed, rows, d, 1.0);
+    if rows > 1 {
+        x[..d].fill(0.0);
+    }
+    let r = values(seed + 1, rows * d);
+    let gamma: Vec<f32> = values(seed + 2, d).iter().map(|v| v * 2.0).collect();
+    let gb = upload(gpu, &gamma).await;
+    let rms = RmsNorm { eps: 1e-5 };
+    let words = activation_words(d);
+    // the norm alone, then with its output quantized, on the same input
+    let mut outs = Vec::new();
+    for quantize in [false, true] {
+        let (xb, rb, yb) = (upload(gpu, &x).await, upload(gpu, &r).await, zeros(gpu, rows * d).await);
+        let (qb, sb) = (zeros(gpu, rows * words).await, zeros(gpu, rows).await);
+        let out = QuantizedOutput { activation: &act, words: &qb, scales: &sb };
+        let mut enc = encoder(gpu);
+        let x_in = (&*xb, residual.then_some(&*rb));
+        rms.encode(gpu, &mut enc, layout, shape, x_in, &gb, (&yb, quantize.then_some(out))).await.unwrap();
+        submit(gpu, enc);
+        let q = read_u32(gpu, &qb, rows * words).await;
+        let scales = gpu.read_f32(&sb, rows).await.unwrap();
+        outs.push((
+            gpu.read_f32(&xb, rows * d).await.unwrap(),
+            gpu.read_f32(&yb, rows * d).await.unwrap(),
+            q,
+            scales,
+        ));
+    }
+    let what = format!("norm + quantize {shape:?} {layout:?} residual {residual} {bits:?}");
+    let ((x0, y0, ..), (x1, y1, q1, s1)) = (&outs[0], &outs[1]);
+    assert_bits(&format!("{what}: x"), x1, x0);
+    assert_bits(&format!("{what}: normed"), y1, y0);
+    let (want_words, want_scales) = quantized_reference(&act, y1, rows);
+    assert_eq!(q1, &want_words, "{what}: integers");
+    assert_bits(&format!("{what}: scales"), s1, &want_scales);
+}
+
+async fn check_norm_quantize(gpu: &Gpu) {
+    for shape in [(1, 576), (3, 7), (2, 257), (5, 1153), (1, 2048)].map(|(rows, d)| NormShape { rows, d }) {
+        for layout in [NormLayout::Workgroup, NormLayout::PerRow] {
+            norm_quantize_case(gpu, shape, layout, true, Bits::Int8).await;
+            norm_quantize_case(gpu, shape, layout, false, Bits::Int4).await;
+        }
+    }
+}
+
 /// One quantized layer: random integers and scales, optional group, bias and online rotation.
-#[derive(Debug)]
+#[derive(Clone, Copy, Debug)]
 struct LayerCase {
     out: usize,
     cols: usize,
@@ -239,9 +293,17 @@ struct LayerCase {
     rotate: bool,
 }
 
-/// The GPU layer of case `c` with random integers and scales from `seed` (rotated online with
-/// signs from `rotation_seed`), and its CPU reference.
-async fn build_layer(gpu: &Gpu, c: &LayerCase, seed: u64, rotation_seed: u32) -> (Linear, QuantLinear) {
+/// Case `c`'s random integers, scales and bias from `seed`, its online rotations (signs from
+/// `rotation_seed`) and its CPU reference.
+struct LayerData {
+    ints: Vec<i8>,
+    scales: Vec<f32>,
+    bias: Option<Vec<f32>>,
+    online: Vec<Rotation>,
+    reference: QuantLinear,
+}
+
+fn layer_data(c: &LayerCase, seed: u64, rotation_seed: u32) -> LayerData {
     let &LayerCase { out, cols, weight_bits, act_bits, group, f16_scales, bias, rotate } = c;
     let qmax = weight_bits.qmax() as f32;
     let ints: Vec<i8> = values(seed, out * cols).iter().map(|v| (v * qmax).round() as i8).collect();
@@ -250,31 +312,62 @@ async fn build_layer(gpu: &Gpu, c: &LayerCase, seed: u64, rotation_seed: u32) ->
     if f16_scales {
         scales.iter_mut().for_each(|s| *s = half::f16::from_f32(*s).to_f32());
     }
-    let b = bias.then(|| values(seed + 2, out));
+    let bias = bias.then(|| values(seed + 2, out));
     let online = if rotate {
         vec![Rotation::new(cols, Construction::Kronecker, Some(rotation_seed)).unwrap()]
     } else {
         vec![]
     };
     let weights = QuantWeights::new(weight_bits, out, cols, group, ints.clone(), scales.clone()).unwrap();
-    let act = ActivationQuant::new(act_bits, if act_bits == Bits::Int4 { 0.9 } else { 1.0 }).unwrap();
-    let reference = QuantLinear::new(weights, act, online.clone(), b.clone()).unwrap();
+    let reference = QuantLinear::new(weights, act_quant(act_bits), online.clone(), bias.clone()).unwrap();
+    LayerData { ints, scales, bias, online, reference }
+}
 
+fn act_quant(bits: Bits) -> ActivationQuant {
+    ActivationQuant::new(bits, if bits == Bits::Int4 { 0.9 } else { 1.0 }).unwrap()
+}
+
+/// The GPU layer of `data` (activations quantized to `act_bits`) with its uploaded `weights`.
+async fn gpu_layer(gpu: &Gpu, data: &LayerData, act_bits: Bits, weights: QuantWeightsGpu) -> Linear {
     let mut tables = Vec::new();
-    for r in &online {
+    for r in &data.online {
         tables.push(RotationTable::new(gpu, r).await.unwrap());
     }
-    let bias_tensor = match &b {
-        Some(b) => Some(Tensor::from_f32(gpu, "b", vec![out], b).await.unwrap()),
+    let bias = match &data.bias {
+        Some(b) => Some(Tensor::from_f32(gpu, "b", vec![b.len()], b).await.unwrap()),
         None => None,
     };
-    let layer = Linear::from(linear::Matrix::Quant(Box::new(linear::QuantLinear {
-        weights: gpu_weights(gpu, c, &ints, &scales).await,
-        activation: act,
+    Linear::from(linear::Matrix::Quant(Box::new(linear::QuantLinear {
+        weights,
+        activation: act_quant(act_bits),
         online: tables,
-        bias: bias_tensor,
-    })));
-    (layer, reference)
+        bias,
+    })))
+}
+
+/// The GPU layer of case `c` with random integers and scales from `seed` (rotated online with
+/// signs from `rotation_seed`), and its CPU reference.
+async fn build_layer(gpu: &Gpu, c: &LayerCase, seed: u64, rotation_seed: u32) -> (Linear, QuantLinear) {
+    let data = layer_data(c, seed, rotation_seed);
+    let weights = gpu_weights(gpu, c, &data.ints, &data.scales).await;
+    (gpu_layer(gpu, &data, c.act_bits, weights).await, data.reference)
+}
+
+/// Layers of `cases` (alike but for their widths, no biases) stacked in one uploaded weight
+/// ([`QuantWeightsGpu::stack`]), each with its CPU reference.
+async fn build_stacked(gpu: &Gpu, cases: &[LayerCase], seed: u64) -> Vec<(Linear, QuantLinear)> {
+    let data: Vec<LayerData> =
+        cases.iter().enumerate().map(|(i, c)| layer_data(c, seed + 10 * i as u64, 5)).collect();
+    let outs: Vec<usize> = cases.iter().map(|c| c.out).collect();
+    let total = LayerCase { out: outs.iter().sum(), ..cases[0] };
+    let ints: Vec<i8> = data.iter().flat_map(|d| d.ints.iter().copied()).collect();
+    let scales: Vec<f32> = data.iter().flat_map(|d| d.scales.iter().copied()).collect();
+    let views = gpu_weights(gpu, &total, &ints, &scales).await.stack(&outs).unwrap();
+    let mut layers = Vec::new();
+    for (d, w) in data.into_iter().zip(views) {
+        layers.push((gpu_layer(gpu, &d, cases[0].act_bits, w).await, d.reference));
+    }
+    layers
 }
 
 /// Integers `ints` and `scales` of case `c` packed and uploaded as the GPU stores them.
@@ -335,7 +428,9 @@ async fn check_shared_input(gpu: &Gpu) {
         let pairs: Vec<(&Linear, &wgpu::Buffer)> =
             layers.iter().map(|((l, _), _)| l).zip(ys.iter().map(|y| &**y)).collect();
         let mut enc = encoder(gpu);
-        linear::forward_shared(gpu, &mut enc, &mut Scratch::default(), rows, &xb, &pairs).await.unwrap();
+        linear::forward_shared(gpu, &mut enc, &mut Scratch::default(), rows, (&*xb).into(), &pairs)
+            .await
+            .unwrap();
         let shared_dispatches = enc.dispatches();
         submit(gpu, enc);
         let mut enc = encoder(gpu);
@@ -355,6 +450,71 @@ async fn check_shared_input(gpu: &Gpu) {
             );
         }
     }
+}
+
+/// Layers stacked in one weight ([`QuantWeightsGpu::stack`]) read through
+/// `linear::forward_shared`: one rotation and quantization, then one product writing every
+/// layer's output (two dispatches for all), each output bit-identical to its layer's reference —
+/// for one token and for blocks of tokens, INT8 and INT4, per channel and grouped, f32 and f16
+/// scales, two and three layers. Boundaries off the tile grid are not stackable.
+async fn check_stacked(gpu: &Gpu) {
+    let (i8b, i4b) = (Bits::Int8, Bits::Int4);
+    let base = |out, w| LayerCase { rotate: true, ..case(out, 128, w, i8b) };
+    let cases = [
+        vec![base(64, i8b), base(32, i8b)],
+        vec![
+            LayerCase { f16_scales: true, ..base(128, i8b) },
+            LayerCase { f16_scales: true, ..base(40, i8b) },
+        ],
+        vec![LayerCase { group: Some(64), ..base(96, i4b) }, LayerCase { group: Some(64), ..base(64, i4b) }],
+        vec![base(64, i4b), base(64, i4b), base(36, i4b)],
+        vec![LayerCase { rotate: false, ..base(128, i8b) }, LayerCase { rotate: false, ..base(128, i8b) }],
+    ];
+    for (i, parts) in cases.iter().enumerate() {
+        let layers = build_stacked(gpu, parts, 700 + 50 * i as u64).await;
+        for rows in [1, 5] {
+            let x = activations(698 + i as u64, rows, 128);
+            let xb = upload(gpu, &x).await;
+            let mut ys = Vec::new();
+            for c in parts {
+                ys.push(zeros(gpu, rows * c.out).await);
+            }
+            let pairs: Vec<(&Linear, &wgpu::Buffer)> =
+                layers.iter().map(|(l, _)| l).zip(ys.iter().map(|y| &**y)).collect();
+            let mut enc = encoder(gpu);
+            linear::forward_shared(gpu, &mut enc, &mut Scratch::default(), rows, (&*xb).into(), &pairs)
+                .await
+                .unwrap();
+            let dispatches = enc.dispatches();
+            submit(gpu, enc);
+            let what = format!("stacked {parts:?}, {rows} rows");
+            // as many dispatches as the first layer alone: its input steps, one product
+            let mut alone = encoder(gpu);
+            linear::forward_shared(
+                gpu,
+                &mut alone,
+                &mut Scratch::default(),
+                rows,
+                (&*xb).into(),
+                &pairs[..1],
+            )
+            .await
+            .unwrap();
+            assert_eq!(dispatches, alone.dispatches(), "{what}: one product for all layers");
+            drop(alone);
+            for ((_, reference), (c, y)) in layers.iter().zip(parts.iter().zip(&ys)) {
+                let got = gpu.read_f32(y, rows * c.out).await.unwrap();
+                assert_bits(&format!("{what}: {} outputs", c.out), &got, &reference.forward(&x).unwrap());
+            }
+        }
+    }
+    let stackable = |outs: &[usize]| QuantWeightsGpu::stackable(gpu, outs, 128, Encoding::I8, 4);
+    assert!(stackable(&[64, 64, 8]));
+    assert!(!stackable(&[24, 8]), "a layer starting off the tile grid");
+    // the second layer's scales start 128 bytes in: stackable where a binding may start there
+    let align = u64::from(gpu.caps.storage_offset_alignment.max(4));
+    assert_eq!(stackable(&[32, 8]), 128 % align == 0, "scales at an offset a binding may not start at");
+    assert!(!stackable(&[64]), "one layer");
 }
 
 fn case(out: usize, cols: usize, w: Bits, a: Bits) -> LayerCase {
@@ -509,6 +669,10 @@ async fn check_split_binding(pretend: Option<Pretend>) {
     layer_case(&gpu, 1, LayerCase { group: Some(64), ..case(200, 128, i4b, i8b) }, 3).await;
     // row passes of 8 rows with a rotation in the scratch
     layer_case(&gpu, 40, LayerCase { group: Some(64), rotate: true, ..case(8, 128, i4b, i8b) }, 4).await;
+    // a norm quantizing its output in row chunks of 64 rows (the scales' 256-byte alignment)
+    for layout in [NormLayout::Workgroup, NormLayout::PerRow] {
+        norm_quantize_case(&gpu, NormShape { rows: 150, d: 8 }, layout, true, i8b).await;
+    }
 }
 
 /// What the kernels cannot compute is refused with a typed error naming the reason, not run.
@@ -548,8 +712,10 @@ async fn check_variants(pretend: Option<Pretend>) {
     check_rotations(&gpu).await;
     check_quantize(&gpu).await;
     check_rotate_quantize(&gpu).await;
+    check_norm_quantize(&gpu).await;
     check_layers(&gpu).await;
     check_shared_input(&gpu).await;
+    check_stacked(&gpu).await;
     check_loads(&gpu).await;
 }
 

@@ -11,6 +11,11 @@
 //! `x`, the residual stream), then the norm of the sum into `y`: a transformer block's residual
 //! add and the next norm in one dispatch. `x` holds exactly what a separate add would leave.
 //!
+//! Quantized form (a [`QuantizedOutput`] given): `y`'s rows also quantized for the integer product
+//! that reads them, steps 2–5 of the contract ([`pocketvlm_format::quant`]) computed exactly as
+//! [`super::quant::Quantize`] computes them from `y` as stored — the same integers and scales, one
+//! dispatch fewer.
+//!
 //! Buffers: `x`, `r` and `y` f32 `[rows, d]` row-major (distinct buffers), `γ` and `β` f32 `[d]`.
 //! [`NormLayout`]: one 256-invocation workgroup per row reducing the sums in workgroup memory
 //! (GPUs), or one invocation per row summing in order, without barriers (CPU adapters). Inputs
@@ -19,8 +24,10 @@
 use std::collections::BTreeMap;
 
 use bytemuck::{Pod, Zeroable};
+use pocketvlm_format::quant::ActivationQuant;
 
 use super::Kernel;
+use super::quant::activation_words;
 use super::util::{check_binding, chunks, dispatch, distinct, grid, require_size, rows_per_chunk, slice};
 use crate::device::Gpu;
 use crate::encoder::Encoder;
@@ -34,9 +41,13 @@ struct Params {
     rows: u32,
     d: u32,
     eps: f32,
-    _pad: u32,
+    /// Words per quantized row, `qmax` and the scale step (with a [`QuantizedOutput`]).
+    words: u32,
+    qmax: i32,
+    step: f32,
+    _pad: [u32; 2],
 }
-const _: () = assert!(std::mem::size_of::<Params>() == 16);
+const _: () = assert!(std::mem::size_of::<Params>() == 32);
 
 /// Rows and width of a normalisation.
 #[derive(Clone, Copy, Debug)]
@@ -88,14 +99,24 @@ impl NormLayout {
     }
 }
 
+/// Where a norm also writes its output quantized as `activation` says: integers u32 `[rows,
+/// stride]` (`stride` = [`activation_words`] of the width) and scales f32 `[rows]`.
+#[derive(Clone, Copy)]
+pub struct QuantizedOutput<'a> {
+    pub activation: &'a ActivationQuant,
+    pub words: &'a wgpu::Buffer,
+    pub scales: &'a wgpu::Buffer,
+}
+
 /// One norm dispatch's inputs besides the kernel: `x` (read, or with a residual updated to
-/// `x + residual`), `γ`, `β` (layer norm), the output `y`.
+/// `x + residual`), `γ`, `β` (layer norm), the output `y` and perhaps its quantized form.
 struct NormBuffers<'a> {
     x: &'a wgpu::Buffer,
     residual: Option<&'a wgpu::Buffer>,
     gamma: &'a wgpu::Buffer,
     beta: Option<&'a wgpu::Buffer>,
     y: &'a wgpu::Buffer,
+    quantized: Option<QuantizedOutput<'a>>,
 }
 
 async fn encode_norm<K: Kernel>(
@@ -128,10 +149,29 @@ async fn encode_norm<K: Kernel>(
     if layout == NormLayout::PerRow {
         defines.insert("PER_ROW".into(), String::new());
     }
+    let words = activation_words(d);
+    let word_row = (words * 4) as u64;
+    let (mut qmax, mut step) = (0, 0.0);
+    if let Some(q) = &b.quantized {
+        require_size(q.words, rows as u64 * word_row, "norm output integers")?;
+        require_size(q.scales, rows as u64 * 4, "norm output scales")?;
+        distinct(q.words, q.scales, "norm output integers and scales")?;
+        for buffer in [Some(b.x), b.residual, Some(b.y)].into_iter().flatten() {
+            distinct(buffer, q.words, "norm buffers and output integers")?;
+            distinct(buffer, q.scales, "norm buffers and output scales")?;
+        }
+        (qmax, step) = (q.activation.bits().qmax(), q.activation.step());
+        // bindings x, γ, (β), y, (residual), then these two
+        let first = 4 + usize::from(b.beta.is_some()) + usize::from(b.residual.is_some());
+        defines.insert("QUANTIZE".into(), first.to_string());
+        defines.insert("QUANTIZE_SCALES".into(), (first + 1).to_string());
+    }
     let pipeline = gpu.pipeline(K::SHADER, &defines).await?;
-    let chunk = rows_per_chunk(gpu, "a norm's rows", rows, &[row_bytes])?;
+    let row_sizes: &[u64] = if b.quantized.is_some() { &[row_bytes, word_row, 4] } else { &[row_bytes] };
+    let chunk = rows_per_chunk(gpu, "a norm's rows", rows, row_sizes)?;
     for (r0, nr) in chunks(rows, chunk) {
-        let params = Params { rows: nr as u32, d: d as u32, eps, _pad: 0 };
+        let params =
+            Params { rows: nr as u32, d: d as u32, eps, words: words as u32, qmax, step, _pad: [0; 2] };
         let (off, size) = (r0 as u64 * row_bytes, nr as u64 * row_bytes);
         let mut resources = vec![slice(b.x, off, size), slice(b.gamma, 0, row_bytes)];
         if let Some(beta) = b.beta {
@@ -140,6 +180,10 @@ async fn encode_norm<K: Kernel>(
         resources.push(slice(b.y, off, size));
         if let Some(r) = b.residual {
             resources.push(slice(r, off, size));
+        }
+        if let Some(q) = &b.quantized {
+            resources.push(slice(q.words, r0 as u64 * word_row, nr as u64 * word_row));
+            resources.push(slice(q.scales, r0 as u64 * 4, nr as u64 * 4));
         }
         let groups = match layout {
             NormLayout::Workgroup => nr as u64,
@@ -165,14 +209,21 @@ impl LayerNorm {
         weights: (&wgpu::Buffer, &wgpu::Buffer),
         y: &wgpu::Buffer,
     ) -> Result<()> {
-        let b = NormBuffers { x: x.0, residual: x.1, gamma: weights.0, beta: Some(weights.1), y };
+        let b = NormBuffers {
+            x: x.0,
+            residual: x.1,
+            gamma: weights.0,
+            beta: Some(weights.1),
+            y,
+            quantized: None,
+        };
         encode_norm(gpu, encoder, (self, self.eps, layout), shape, b).await
     }
 }
 
 impl RmsNorm {
     /// Record `y = γ · rms_norm(x)` over `shape.rows` rows of width `shape.d`; with a residual
-    /// (`x.1`), `x ← x + residual` first.
+    /// (`x.1`), `x ← x + residual` first; with `quantized`, `y`'s rows quantized too.
     #[allow(clippy::too_many_arguments)]
     pub async fn encode(
         &self,
@@ -182,9 +233,9 @@ impl RmsNorm {
         shape: NormShape,
         x: (&wgpu::Buffer, Option<&wgpu::Buffer>),
         gamma: &wgpu::Buffer,
-        y: &wgpu::Buffer,
+        (y, quantized): (&wgpu::Buffer, Option<QuantizedOutput<'_>>),
     ) -> Result<()> {
-        let b = NormBuffers { x: x.0, residual: x.1, gamma, beta: None, y };
+        let b = NormBuffers { x: x.0, residual: x.1, gamma, beta: None, y, quantized };
         encode_norm(gpu, encoder, (self, self.eps, layout), shape, b).await
     }
 }

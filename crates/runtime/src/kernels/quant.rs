@@ -412,21 +412,32 @@ struct QMatmulParams {
     group_words: u32,
     ldy: u32,
     col_offset: u32,
+    /// With [`QMatmul::parts`] > 1: the first column of the second and of the third output.
+    split: [u32; 2],
+    _pad: [u32; 2],
 }
-const _: () = assert!(std::mem::size_of::<QMatmulParams>() == 32);
+const _: () = assert!(std::mem::size_of::<QMatmulParams>() == 48);
 
 /// The packed weights of a quantized layer on the GPU: integers `[out, cols]` (`i8` or `i4`,
 /// in column [`tile`]s, in panels), their scales (`[out]` or `[out, cols / group]`, `f32`
 /// or `f16`, row-major as stored) and the input columns per scale.
+///
+/// Layers that read one input may share the buffers ([`QuantWeightsGpu::stack`]): each is then a
+/// view of its columns (from [`QuantWeightsGpu::first`] on) of the stacked weight, bound at
+/// their offset, and one product can write all of them ([`QMatmul::encode_parts`]).
 pub struct QuantWeightsGpu {
-    /// The integers; `shape` and `encoding` as stored, the buffer in column [`tile`]s.
+    /// The integers; `shape` and `encoding` as stored (this layer's), the buffer in column
+    /// [`tile`]s (perhaps shared with the layers stacked with it).
     pub weight: Tensor,
+    /// The scales; `shape` and `encoding` as stored (this layer's), the buffer perhaps shared.
     pub scales: Tensor,
     pub group: usize,
     /// Columns per panel: a multiple of 4, all of them (rounded up to 4) when one storage
     /// binding holds the weight.
     pub panel: usize,
     layout: WeightLayout,
+    /// This layer's first column in the buffers (0 unless stacked after others).
+    first: usize,
 }
 
 /// How a quantized weight's columns are packed: words per column, scale groups per column, words
@@ -495,7 +506,104 @@ impl QuantWeightsGpu {
         let panel = panel_width(gpu, label, out, ww, layout.scale_row)?;
         let words = tile(rows, out, ww, panel);
         let buffer = gpu.storage_buffer(label, bytemuck::cast_slice(&words)).await?;
-        Ok(Self { weight: Tensor { buffer, shape, encoding }, scales, group: size, panel, layout })
+        Ok(Self { weight: Tensor { buffer, shape, encoding }, scales, group: size, panel, layout, first: 0 })
+    }
+
+    /// Whether layers of `outs` columns each, stacked in this order into one weight of `cols`
+    /// input columns in `encoding` with `scale_row` bytes of scales per column, can be views
+    /// of it: the whole fits one binding, and every layer starts on a tile boundary (so its
+    /// columns are tiled exactly as alone) at offsets a binding may start at.
+    pub fn stackable(gpu: &Gpu, outs: &[usize], cols: usize, encoding: Encoding, scale_row: u64) -> bool {
+        let ww = encoding.byte_len(&[1, cols]) as u64 / 4;
+        let total: usize = outs.iter().sum();
+        let align = u64::from(gpu.caps.storage_offset_alignment.max(4));
+        let limit = gpu.caps.max_storage_binding;
+        let fits = total.next_multiple_of(4) as u64 * ww * 4 <= limit && total as u64 * scale_row <= limit;
+        let mut first = 0u64;
+        let aligned = outs.iter().all(|&out| {
+            let ok = first.is_multiple_of(4 * TILE_QUADS as u64)
+                && (first * ww * 4).is_multiple_of(align)
+                && (first * scale_row).is_multiple_of(align);
+            first += out as u64;
+            ok
+        });
+        outs.len() > 1 && fits && aligned
+    }
+
+    /// Split a weight uploaded as the layers of `outs` columns each, stacked, into one view per
+    /// layer ([`QuantWeightsGpu::stackable`] must hold).
+    pub fn stack(self, outs: &[usize]) -> Result<Vec<QuantWeightsGpu>> {
+        if outs.iter().sum::<usize>() != self.out() || self.panel < self.out() {
+            return Err(RuntimeError::Shape(format!(
+                "layers of {outs:?} columns stacked as a [{}, {}] weight in panels of {}",
+                self.out(),
+                self.cols(),
+                self.panel
+            )));
+        }
+        let mut first = 0;
+        let mut views = Vec::with_capacity(outs.len());
+        for &out in outs {
+            let mut scale_shape = self.scales.shape.clone();
+            scale_shape[0] = out;
+            views.push(QuantWeightsGpu {
+                weight: Tensor { shape: vec![out, self.cols()], ..self.weight.clone() },
+                scales: Tensor { shape: scale_shape, ..self.scales.clone() },
+                group: self.group,
+                panel: self.panel,
+                layout: self.layout,
+                first,
+            });
+            first += out;
+        }
+        Ok(views)
+    }
+
+    /// One view of consecutive stacked layers' columns together (`layers` in stacking order,
+    /// [`QuantWeightsGpu::followed_by`] each the next).
+    fn spanning<'a>(mut layers: impl Iterator<Item = &'a QuantWeightsGpu>) -> Result<QuantWeightsGpu> {
+        let first = layers.next().ok_or_else(|| RuntimeError::Shape("no stacked layers".into()))?;
+        let mut out = first.out();
+        let mut last = first;
+        for next in layers {
+            if !last.followed_by(next) {
+                return Err(RuntimeError::Shape("layers written together must be stacked in order".into()));
+            }
+            out += next.out();
+            last = next;
+        }
+        let mut scale_shape = first.scales.shape.clone();
+        scale_shape[0] = out;
+        Ok(QuantWeightsGpu {
+            weight: Tensor { shape: vec![out, first.cols()], ..first.weight.clone() },
+            scales: Tensor { shape: scale_shape, ..first.scales.clone() },
+            group: first.group,
+            panel: first.panel,
+            layout: first.layout,
+            first: first.first,
+        })
+    }
+
+    /// This layer's first column in the buffers it may share with layers stacked before it.
+    pub fn first(&self) -> usize {
+        self.first
+    }
+
+    /// Whether `next` is the layer stacked right after this one, in the same buffers.
+    pub fn followed_by(&self, next: &QuantWeightsGpu) -> bool {
+        *self.weight.buffer == *next.weight.buffer && next.first == self.first + self.out()
+    }
+
+    /// The binding of this layer's columns `c0 .. c0 + nc` (one panel) of the tiled integers.
+    pub(super) fn weight_binding(&self, c0: usize, nc: usize) -> wgpu::BindingResource<'_> {
+        let ww = self.layout.ww as u64 * 4;
+        slice(&self.weight.buffer, (self.first + c0) as u64 * ww, nc.next_multiple_of(4) as u64 * ww)
+    }
+
+    /// The binding of the scales of this layer's columns `c0 .. c0 + nc`.
+    pub(super) fn scale_binding(&self, c0: usize, nc: usize) -> wgpu::BindingResource<'_> {
+        let row = self.layout.scale_row;
+        slice(&self.scales.buffer, (self.first + c0) as u64 * row, (nc as u64 * row).next_multiple_of(4))
     }
 
     /// Packed words per column (row of the stored `[out, cols]` weight).
@@ -515,9 +623,10 @@ impl QuantWeightsGpu {
         self.weight.shape[1]
     }
 
-    /// Bytes on the GPU (the tiled integers with their padding columns, and the scales).
+    /// Bytes of this layer on the GPU (the tiled integers with their padding columns, and the
+    /// scales).
     pub fn bytes(&self) -> u64 {
-        self.weight.buffer.size() + self.scales.bytes()
+        (self.out().next_multiple_of(4) * self.layout.ww * 4) as u64 + self.scales.bytes()
     }
 
     /// The panels: `(first column, columns)` each.
@@ -595,7 +704,13 @@ pub struct QMatmul {
     /// One token, each column quad's words split between 16 invocations whose sums meet in
     /// workgroup memory ([`SPLIT_K_LANES`]; GPUs: [`QMatmul::for_rows`]).
     pub split_k: bool,
+    /// Outputs written: 1, or up to [`MAX_PARTS`] for stacked layers ([`QMatmul::encode_parts`]).
+    pub parts: usize,
 }
+
+/// The most stacked layers one product writes (one binding each: with the input's two and the
+/// weight's two, seven storage bindings, within WebGPU's eight).
+pub const MAX_PARTS: usize = 3;
 
 /// Invocations that share one column quad's words in the [`QMatmul::split_k`] variant (four quads
 /// per 64-invocation workgroup).
@@ -617,6 +732,12 @@ impl Kernel for QMatmul {
             if on {
                 d.insert(name.to_string(), String::new());
             }
+        }
+        if self.parts > 1 {
+            d.insert("PARTS".to_string(), String::new());
+        }
+        if self.parts > 2 {
+            d.insert("PARTS_3".to_string(), String::new());
         }
         d
     }
@@ -674,6 +795,7 @@ impl QMatmul {
             gemv: tokens == 1,
             vec4,
             split_k: false,
+            parts: 1,
         }
     }
 
@@ -701,8 +823,36 @@ impl QMatmul {
         bias: Option<&Tensor>,
         y: (&wgpu::Buffer, u64),
     ) -> Result<()> {
+        self.encode_parts(gpu, encoder, a, &[(w, y)], bias).await
+    }
+
+    /// [`QMatmul::encode`] for layers stacked one after the other in the same buffers
+    /// ([`QuantWeightsGpu::stack`]), each `(weights, y)` writing its own output from the rows
+    /// `a`, in one dispatch: every column's sum is the one its layer alone computes. Stacked
+    /// layers have no bias and fit one panel.
+    pub async fn encode_parts(
+        &self,
+        gpu: &Gpu,
+        encoder: &mut Encoder,
+        a: &QuantizedRows<'_>,
+        parts: &[(&QuantWeightsGpu, (&wgpu::Buffer, u64))],
+        bias: Option<&Tensor>,
+    ) -> Result<()> {
+        let spanning;
+        let w = match parts {
+            [(w, _)] => *w,
+            _ => {
+                spanning = QuantWeightsGpu::spanning(parts.iter().map(|(w, _)| *w))?;
+                &spanning
+            }
+        };
         let (out, cols, tokens) = (w.out(), w.cols(), a.tokens);
-        if bias.is_some() != self.bias || self.int4 != (w.bits() == Bits::Int4) {
+        let bad_variant = bias.is_some() != self.bias
+            || self.int4 != (w.bits() == Bits::Int4)
+            || self.parts != parts.len()
+            || parts.len() > MAX_PARTS
+            || (parts.len() > 1 && (bias.is_some() || w.panel < out));
+        if bad_variant {
             return Err(RuntimeError::Shape("quantized matmul variant does not match its buffers".into()));
         }
         if tokens == 0 || tokens * out > u32::MAX as usize {
@@ -725,23 +875,43 @@ impl QMatmul {
         }
         let over = activation_words(cols).saturating_sub(aw);
         let rows = a.bound;
-        let (a_bytes, y_bytes) = (((rows * aw + over) * 4) as u64, (rows * out * 4) as u64);
+        let a_bytes = ((rows * aw + over) * 4) as u64;
         let s_bytes = rows as u64 * 4;
         require_size(a.words, a_bytes, "activation integers")?;
         require_size(a.scales, s_bytes, "activation scales")?;
-        require_size(y.0, y.1 + y_bytes, "quantized matmul output")?;
         check_binding(gpu, "activation integers", a_bytes)?;
-        check_binding(gpu, "quantized matmul output", y_bytes)?;
+        let mut outputs = Vec::with_capacity(parts.len());
+        for (part, y) in parts {
+            let y_bytes = (rows * part.out() * 4) as u64;
+            require_size(y.0, y.1 + y_bytes, "quantized matmul output")?;
+            check_binding(gpu, "quantized matmul output", y_bytes)?;
+            for buffer in [a.words, a.scales, &w.weight.buffer, &w.scales.buffer] {
+                distinct(buffer, y.0, "quantized matmul input and output")?;
+            }
+            outputs.push((y.0, y.1, y_bytes));
+        }
+        for (i, (y, ..)) in outputs.iter().enumerate() {
+            if outputs[..i].iter().any(|(other, ..)| other == y) {
+                return Err(RuntimeError::Shape(
+                    "stacked quantized matmul outputs must be different buffers".into(),
+                ));
+            }
+        }
         if let Some(b) = bias {
             b.expect_shape("bias", &[out])?;
             b.expect_f32("bias")?;
             check_binding(gpu, "bias", (out * 4) as u64)?;
         }
-        for buffer in [a.words, a.scales, &w.weight.buffer, &w.scales.buffer] {
-            distinct(buffer, y.0, "quantized matmul input and output")?;
+        let mut split = [out as u32; 2];
+        let mut first = 0;
+        for (i, (part, _)) in parts.iter().enumerate().take(parts.len() - 1) {
+            first += part.out();
+            split[i] = first as u32;
+            if i == 0 {
+                split[1] = out as u32;
+            }
         }
-        let WeightLayout { ww, groups_per_row, group_words, scale_row } = w.layout;
-        let ww = ww as u64;
+        let WeightLayout { ww, groups_per_row, group_words, .. } = w.layout;
         let pipeline = gpu.pipeline(Self::SHADER, &self.defines()).await?;
         for (c0, nc) in w.panels() {
             let params = QMatmulParams {
@@ -753,15 +923,16 @@ impl QMatmul {
                 group_words: group_words as u32,
                 ldy: out as u32,
                 col_offset: c0 as u32,
+                split,
+                _pad: [0; 2],
             };
-            let panel_bytes = nc.next_multiple_of(4) as u64 * ww * 4;
             let mut resources = vec![
                 slice(a.words, 0, a_bytes),
                 slice(a.scales, 0, s_bytes),
-                slice(&w.weight.buffer, c0 as u64 * ww * 4, panel_bytes),
-                slice(&w.scales.buffer, c0 as u64 * scale_row, (nc as u64 * scale_row).next_multiple_of(4)),
-                slice(y.0, y.1, y_bytes),
+                w.weight_binding(c0, nc),
+                w.scale_binding(c0, nc),
             ];
+            resources.extend(outputs.iter().map(|&(y, offset, bytes)| slice(y, offset, bytes)));
             if let Some(b) = bias {
                 resources.push(slice(&b.buffer, 0, (out * 4) as u64));
             }

@@ -4,7 +4,7 @@
 //! The towers say `linear.forward(…)` and never look at an encoding.
 
 use pocketvlm_format::compression::linear_factor_names;
-use pocketvlm_format::quant::ActivationQuant;
+use pocketvlm_format::quant::{ActivationQuant, QuantizedLayer};
 
 use super::scratch::Scratch;
 use super::weights::{WeightLoader, is_float};
@@ -14,8 +14,9 @@ use crate::error::{Result, RuntimeError};
 use crate::kernels::elementwise::SiluMul;
 use crate::kernels::embed::EmbedTable;
 use crate::kernels::matmul::{Matmul, MatmulShape};
+use crate::kernels::norm::QuantizedOutput;
 use crate::kernels::quant::{
-    QMatmul, QuantWeightsGpu, Quantize, QuantizedRows, Rotate, RotationTable, activation_words,
+    MAX_PARTS, QMatmul, QuantWeightsGpu, Quantize, QuantizedRows, Rotate, RotationTable, activation_words,
 };
 use crate::kernels::rotate_quantize::RotateQuantize;
 use crate::kernels::util::{chunks, rows_per_chunk};
@@ -72,6 +73,30 @@ impl Linear {
             }
         }
         Ok(Matrix::load(w, weight, bias).await?.into())
+    }
+
+    /// The layers `names` (weights `{base}.weight`, no biases) that read one input, each as
+    /// [`Linear::load`] loads it — quantized layers stacked in one weight where
+    /// [`WeightLoader::stacked_quant_weights`] allows, so one product writes all of them.
+    pub async fn load_group<const N: usize>(w: &WeightLoader<'_>, names: [&str; N]) -> Result<[Linear; N]> {
+        let mut layers = Vec::with_capacity(N);
+        match w.stacked_quant_weights(&names).await? {
+            Some(views) => {
+                for (name, weights) in names.iter().zip(views) {
+                    let layer = w.quantized_layer(name).ok_or_else(|| {
+                        RuntimeError::quantized_layer(name, "not in the manifest's quantization")
+                    })?;
+                    let q = QuantLinear::new(w, name, layer, weights, None).await?;
+                    layers.push(Linear::from(Matrix::Quant(Box::new(q))));
+                }
+            }
+            None => {
+                for name in names {
+                    layers.push(Linear::load(w, name, None).await?);
+                }
+            }
+        }
+        layers.try_into().map_err(|_| RuntimeError::Shape(format!("{N} layers loaded as another number")))
     }
 
     pub fn out_features(&self) -> usize {
@@ -131,44 +156,112 @@ impl Linear {
     }
 }
 
+/// The f32 input `[rows, in]` of linear layers, with its integers and scales where the kernel
+/// that wrote it also quantized it ([`QuantizedOutput`]: a norm quantizing its output for the
+/// layers that read it).
+#[derive(Clone, Copy)]
+pub struct LayerInput<'a> {
+    pub x: &'a wgpu::Buffer,
+    pub quantized: Option<QuantizedOutput<'a>>,
+}
+
+impl<'a> From<&'a wgpu::Buffer> for LayerInput<'a> {
+    fn from(x: &'a wgpu::Buffer) -> Self {
+        Self { x, quantized: None }
+    }
+}
+
+/// The quantized layers of `layers` when every one is one quantized matrix and all transform and
+/// quantize their input alike (so `x` is rotated and quantized once for all); `None` otherwise.
+fn shared_quantization<'a>(layers: &[&'a Linear]) -> Option<Vec<&'a QuantLinear>> {
+    let quantized: Vec<&QuantLinear> = layers
+        .iter()
+        .filter_map(|l| match l {
+            Linear { down: None, up: Matrix::Quant(q) } => Some(&**q),
+            _ => None,
+        })
+        .collect();
+    let shared = !quantized.is_empty()
+        && quantized.len() == layers.len()
+        && quantized.windows(2).all(|w| w[0].same_input_steps(w[1]));
+    shared.then_some(quantized)
+}
+
+/// How a kernel writing the input of `layers` may quantize it for them: their shared activation
+/// quantization, where they have one and no online transforms come before it.
+pub fn input_quantization<'a>(layers: &[&'a Linear]) -> Option<&'a ActivationQuant> {
+    let quantized = shared_quantization(layers)?;
+    let first = quantized.first()?;
+    first.online.is_empty().then_some(&first.activation)
+}
+
 /// Record `yᵢ = x Wᵢᵀ (+ bᵢ)` for layers that read the same input (q/k/v, gate/up), each
 /// `(layer, yᵢ)` over `rows` rows of `x`. When every layer is one quantized matrix with the same
 /// input steps (online transforms, activation quantization, width), `x` is rotated and quantized
-/// once and each layer only multiplies — the integers are the same, so is every output; otherwise
-/// the layers run one by one.
+/// once — or not at all when `x` comes quantized as they quantize it — and each layer only
+/// multiplies: the integers are the same, so is every output. Otherwise the layers run one by
+/// one.
 pub async fn forward_shared(
     gpu: &Gpu,
     encoder: &mut Encoder,
     scratch: &mut Scratch,
     rows: usize,
-    x: &wgpu::Buffer,
+    x: LayerInput<'_>,
     layers: &[(&Linear, &wgpu::Buffer)],
 ) -> Result<()> {
-    let quantized: Vec<&QuantLinear> = layers
-        .iter()
-        .filter_map(|(l, _)| match l {
-            Linear { down: None, up: Matrix::Quant(q) } => Some(&**q),
-            _ => None,
-        })
-        .collect();
-    let shared = quantized.len() == layers.len() && quantized.windows(2).all(|w| w[0].same_input_steps(w[1]));
-    if !shared || quantized.len() < 2 {
+    let linears: Vec<&Linear> = layers.iter().map(|(l, _)| *l).collect();
+    let Some(quantized) = shared_quantization(&linears) else {
         for (layer, y) in layers {
-            layer.forward(gpu, encoder, scratch, rows, x, y).await?;
+            layer.forward(gpu, encoder, scratch, rows, x.x, y).await?;
         }
         return Ok(());
-    }
+    };
     let first = quantized[0];
     let widest = quantized.iter().map(|q| q.weights.out()).max().unwrap_or(0);
     let chunk = first.row_chunk(gpu, rows, widest)?;
+    let outputs = |r0: usize| -> Vec<(&QuantLinear, (&wgpu::Buffer, u64))> {
+        quantized
+            .iter()
+            .zip(layers)
+            .map(|(q, (_, y))| (*q, (*y, (r0 * q.weights.out() * 4) as u64)))
+            .collect()
+    };
+    if let Some(q) = x.quantized
+        && input_quantization(&linears) == Some(q.activation)
+        && chunk >= rows
+    {
+        let a = QuantizedRows::new(q.words, q.scales, rows, first.input_words());
+        return products(gpu, encoder, &a, &outputs(0)).await;
+    }
     for (r0, mr) in chunks(rows, chunk) {
-        let (words, scales) = first.quantize_input(gpu, encoder, scratch, (x, r0), mr).await?;
+        let (words, scales) = first.quantize_input(gpu, encoder, scratch, (x.x, r0), mr).await?;
         let a = QuantizedRows::new(&words, &scales, mr, first.input_words());
-        for (q, (_, y)) in quantized.iter().zip(layers) {
-            q.product(gpu, encoder, &a, (y, (r0 * q.weights.out() * 4) as u64)).await?;
-        }
+        products(gpu, encoder, &a, &outputs(r0)).await?;
     }
     Ok(())
+}
+
+/// Steps 6–7 of quantized layers on the same rows `a`, each `(layer, y)`: in one dispatch where
+/// the layers are stacked in this order in one weight ([`QuantWeightsGpu::stack`]) without
+/// biases, else one by one.
+async fn products(
+    gpu: &Gpu,
+    encoder: &mut Encoder,
+    a: &QuantizedRows<'_>,
+    layers: &[(&QuantLinear, (&wgpu::Buffer, u64))],
+) -> Result<()> {
+    let stacked = (2..=MAX_PARTS).contains(&layers.len())
+        && layers.iter().all(|(q, _)| q.bias.is_none())
+        && layers.windows(2).all(|w| w[0].0.weights.followed_by(&w[1].0.weights));
+    if !stacked {
+        for (q, y) in layers {
+            q.product(gpu, encoder, a, *y).await?;
+        }
+        return Ok(());
+    }
+    let parts: Vec<_> = layers.iter().map(|(q, y)| (&q.weights, *y)).collect();
+    let kernel = QMatmul { parts: parts.len(), ..QMatmul::for_rows(gpu, &layers[0].0.weights, a, false) };
+    kernel.encode_parts(gpu, encoder, a, &parts, None).await
 }
 
 impl Matrix {
@@ -181,17 +274,7 @@ impl Matrix {
         };
         if let Some(layer) = w.quantized_layer(weight) {
             let weights = w.quant_weights(weight, layer).await?;
-            let activation =
-                layer.activation.build().map_err(|e| RuntimeError::quantized_layer(weight, e))?;
-            let mut online = Vec::new();
-            for spec in &layer.online {
-                let rotation = spec.build().map_err(|e| RuntimeError::quantized_layer(weight, e))?;
-                online.push(RotationTable::new(w.gpu, &rotation).await?);
-            }
-            if let Some(b) = &bias {
-                b.expect_shape(&format!("bias of {weight:?}"), &[weights.out()])?;
-            }
-            return Ok(Matrix::Quant(Box::new(QuantLinear { weights, activation, online, bias })));
+            return Ok(Matrix::Quant(Box::new(QuantLinear::new(w, weight, layer, weights, bias).await?)));
         }
         let tensor = if w.is_quantized_table(weight) {
             w.dequantized_table(weight).await?
@@ -257,6 +340,26 @@ impl Matrix {
 }
 
 impl QuantLinear {
+    /// The layer `name` of the manifest's `layer` with its uploaded `weights` and f32 `bias`.
+    async fn new(
+        w: &WeightLoader<'_>,
+        name: &str,
+        layer: &QuantizedLayer,
+        weights: QuantWeightsGpu,
+        bias: Option<Tensor>,
+    ) -> Result<Self> {
+        let activation = layer.activation.build().map_err(|e| RuntimeError::quantized_layer(name, e))?;
+        let mut online = Vec::new();
+        for spec in &layer.online {
+            let rotation = spec.build().map_err(|e| RuntimeError::quantized_layer(name, e))?;
+            online.push(RotationTable::new(w.gpu, &rotation).await?);
+        }
+        if let Some(b) = &bias {
+            b.expect_shape(&format!("bias of {name:?}"), &[weights.out()])?;
+        }
+        Ok(Self { weights, activation, online, bias })
+    }
+
     /// Steps 1–7 of the contract for `rows` rows, in row passes that keep every binding within
     /// the device's limit.
     async fn forward(

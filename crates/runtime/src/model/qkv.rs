@@ -11,7 +11,7 @@
 
 use pocketvlm_format::compression::{kv_factor_names, qkv_factor_names};
 
-use super::linear::{Linear, Matrix, QuantLinear, forward_shared};
+use super::linear::{LayerInput, Linear, Matrix, QuantLinear, forward_shared};
 use super::scratch::Scratch;
 use super::weights::WeightLoader;
 use crate::device::Gpu;
@@ -57,26 +57,49 @@ impl Qkv {
         let ([kv_down, kv_k_up, kv_v_up], [qkv_down, q_up, k_up, v_up]) =
             (kv_factor_names(prefix), qkv_factor_names(prefix));
         // the latent's down factor, where the queries come from, and the K and V ups
+        let proj = |n: &str| format!("{prefix}.{n}_proj.weight");
+        // the layers reading the block's input are loaded together (stacked where they allow)
         let (down, q, k_up, v_up) = if w.has(&kv_down) {
-            let q_proj = format!("{prefix}.q_proj.weight");
-            (kv_down, Queries::Proj(Linear::load(w, &q_proj, bias("q").as_deref()).await?), kv_k_up, kv_v_up)
+            let (q_proj, down) = if biases {
+                (
+                    Linear::load(w, &proj("q"), bias("q").as_deref()).await?,
+                    Linear::load(w, &kv_down, None).await?,
+                )
+            } else {
+                let [q_proj, down] = Linear::load_group(w, [&proj("q"), &kv_down]).await?;
+                (q_proj, down)
+            };
+            (down, Queries::Proj(q_proj), kv_k_up, kv_v_up)
         } else if w.has(&qkv_down) {
-            (qkv_down, Queries::Up(Matrix::load(w, &q_up, bias("q").as_deref()).await?), k_up, v_up)
-        } else {
+            let q = Queries::Up(Matrix::load(w, &q_up, bias("q").as_deref()).await?);
+            (Linear::load(w, &qkv_down, None).await?, q, k_up, v_up)
+        } else if biases {
             let linear = |n: &'static str| {
-                let (weight, bias) = (format!("{prefix}.{n}_proj.weight"), bias(n));
+                let (weight, bias) = (proj(n), bias(n));
                 async move { Linear::load(w, &weight, bias.as_deref()).await }
             };
             return Ok(Qkv::Separate { q: linear("q").await?, k: linear("k").await?, v: linear("v").await? });
+        } else {
+            let [q, k, v] = Linear::load_group(w, [&proj("q"), &proj("k"), &proj("v")]).await?;
+            return Ok(Qkv::Separate { q, k, v });
         };
         let joint = JointQkv {
-            down: Linear::load(w, &down, None).await?,
+            down,
             q,
             k_up: Matrix::load(w, &k_up, bias("k").as_deref()).await?,
             v_up: Matrix::load(w, &v_up, bias("v").as_deref()).await?,
         };
         joint.check(prefix)?;
         Ok(Qkv::Joint(joint))
+    }
+
+    /// The layers that read the block's input `x`.
+    pub fn input_readers(&self) -> Vec<&Linear> {
+        match self {
+            Qkv::Separate { q, k, v } => vec![q, k, v],
+            Qkv::Joint(JointQkv { down, q: Queries::Up(_), .. }) => vec![down],
+            Qkv::Joint(JointQkv { down, q: Queries::Proj(q_proj), .. }) => vec![q_proj, down],
+        }
     }
 
     /// Record `q, k, v` (f32 `[rows, d_q]`, `[rows, d_kv]`, `[rows, d_kv]`) of `rows` rows of `x`.
@@ -87,7 +110,7 @@ impl Qkv {
         encoder: &mut Encoder,
         scratch: &mut Scratch,
         rows: usize,
-        x: &wgpu::Buffer,
+        x: LayerInput<'_>,
         outs: [&wgpu::Buffer; 3],
     ) -> Result<()> {
         match self {
@@ -144,12 +167,12 @@ impl JointQkv {
         encoder: &mut Encoder,
         scratch: &mut Scratch,
         rows: usize,
-        x: &wgpu::Buffer,
+        x: LayerInput<'_>,
         c: &wgpu::Buffer,
         q: &wgpu::Buffer,
     ) -> Result<()> {
         match &self.q {
-            Queries::Up(_) => self.down.forward(gpu, encoder, scratch, rows, x, c).await,
+            Queries::Up(_) => forward_shared(gpu, encoder, scratch, rows, x, &[(&self.down, c)]).await,
             Queries::Proj(q_proj) => {
                 forward_shared(gpu, encoder, scratch, rows, x, &[(q_proj, q), (&self.down, c)]).await
             }

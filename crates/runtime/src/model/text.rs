@@ -8,12 +8,12 @@
 //! `x += down(silu(gate(RMSNorm(x))) ⊙ up(RMSNorm(x)))`; then the final RMSNorm and `lm_head` on
 //! the last position only.
 
-use pocketvlm_format::ModelConfig;
 use pocketvlm_format::architecture::{EMBED_TOKENS, LM_HEAD};
+use pocketvlm_format::{ModelConfig, TextConfig};
 
 use super::interrupt::Interrupt;
 use super::kv_cache::{CacheKind, CacheLayout, KvCache, LayerCache};
-use super::linear::{Embedding, Linear, Matrix, forward_shared};
+use super::linear::{Embedding, LayerInput, Linear, Matrix, forward_shared, input_quantization};
 use super::qkv::{Qkv, Queries, Ups};
 use super::scratch::Scratch;
 use super::weights::WeightLoader;
@@ -25,8 +25,9 @@ use crate::kernels::bf16_rows::Bf16Rows;
 use crate::kernels::copy::CopyRows;
 use crate::kernels::embed::{Embed, EmbedShape, ImageFeatures};
 use crate::kernels::latent::{LatentUp, LatentUpShape, UpWeights};
-use crate::kernels::norm::{NormLayout, NormShape, RmsNorm};
+use crate::kernels::norm::{NormLayout, NormShape, QuantizedOutput, RmsNorm};
 use crate::kernels::quant::QuantizedRows;
+use crate::kernels::quant::activation_words;
 use crate::kernels::rope::{Rope, RopeShape, rope_table};
 use crate::memory::DeviceBuffer;
 use crate::tensor::Tensor;
@@ -64,18 +65,17 @@ impl TextModel {
         let mut layers = Vec::with_capacity(c.num_hidden_layers);
         for i in 0..c.num_hidden_layers {
             let l = format!("{p}.layers.{i}");
-            let linear = |s: &str| {
-                let name = format!("{l}.{s}.weight");
-                async move { Linear::load(w, &name, None).await }
-            };
+            let name = |s: &str| format!("{l}.{s}.weight");
+            // gate and up read one input: loaded together (stacked where they allow)
+            let [gate, up] = Linear::load_group(w, [&name("mlp.gate_proj"), &name("mlp.up_proj")]).await?;
             layers.push(DecoderLayer {
                 input_norm: w.f32(&format!("{l}.input_layernorm.weight")).await?,
                 qkv: Qkv::load(w, &format!("{l}.self_attn"), false).await?,
-                o: linear("self_attn.o_proj").await?,
+                o: Linear::load(w, &name("self_attn.o_proj"), None).await?,
                 post_norm: w.f32(&format!("{l}.post_attention_layernorm.weight")).await?,
-                gate: linear("mlp.gate_proj").await?,
-                up: linear("mlp.up_proj").await?,
-                down: linear("mlp.down_proj").await?,
+                gate,
+                up,
+                down: Linear::load(w, &name("mlp.down_proj"), None).await?,
             });
         }
         let embed_name = EMBED_TOKENS.to_string();
@@ -127,40 +127,89 @@ pub async fn forward(
     let table = &model.embed.table;
     Embed::for_table(table, image.is_some()).encode(gpu, encoder, shape, ids, table, image, &x).await?;
 
-    let normed = scratch.f32(gpu, "text norm", tokens * d).await?;
     let out = scratch.f32(gpu, "text out", tokens * d).await?;
     let gate = scratch.f32(gpu, "text gate", tokens * inter).await?;
     let up = scratch.f32(gpu, "text up", tokens * inter).await?;
     let act = scratch.f32(gpu, "text act", tokens * inter).await?;
+    let norm = NormStep::new(gpu, scratch, c, tokens).await?;
     let mut pass = AttentionPass::new(gpu, scratch, cfg, model, cache, tokens).await?;
-    let rms = RmsNorm { eps: c.rms_norm_eps as f32 };
-    let rows = NormShape { rows: tokens, d };
-    let layout = NormLayout::for_gpu(gpu);
     // Each residual add is recorded with the norm that follows it (the next layer's input norm,
     // after the last layer the final norm, of every row: rows are normalised independently).
     let first = model.layers.first().map_or(&model.norm, |l| &l.input_norm);
-    rms.encode(gpu, encoder, layout, rows, (&x, None), &first.buffer, &normed).await?;
+    let first_readers = model.layers.first().map(|l| l.qkv.input_readers()).unwrap_or_default();
+    let mut normed = norm.encode(gpu, encoder, (&x, None), first, &first_readers).await?;
     for (i, l) in model.layers.iter().enumerate() {
-        pass.encode(gpu, encoder, scratch, &l.qkv, &cache.layers[i], &normed).await?;
+        pass.encode(gpu, encoder, scratch, &l.qkv, &cache.layers[i], normed).await?;
         l.o.forward(gpu, encoder, scratch, tokens, &pass.attn, &out).await?;
-        rms.encode(gpu, encoder, layout, rows, (&x, Some(&out)), &l.post_norm.buffer, &normed).await?;
-
-        forward_shared(gpu, encoder, scratch, tokens, &normed, &[(&l.gate, &gate), (&l.up, &up)]).await?;
+        let mlp = norm.encode(gpu, encoder, (&x, Some(&out)), &l.post_norm, &[&l.gate, &l.up]).await?;
+        forward_shared(gpu, encoder, scratch, tokens, mlp, &[(&l.gate, &gate), (&l.up, &up)]).await?;
         l.down.forward_silu_mul(gpu, encoder, scratch, tokens, (&gate, &up), &act, &out).await?;
-        let next = model.layers.get(i + 1).map_or(&model.norm, |n| &n.input_norm);
-        rms.encode(gpu, encoder, layout, rows, (&x, Some(&out)), &next.buffer, &normed).await?;
+        let (next, readers) = match model.layers.get(i + 1) {
+            Some(n) => (&n.input_norm, n.qkv.input_readers()),
+            // only the last position's logits are needed: the head reads all rows of one token
+            None => (&model.norm, if tokens == 1 { vec![&model.lm_head] } else { vec![] }),
+        };
+        normed = norm.encode(gpu, encoder, (&x, Some(&out)), next, &readers).await?;
         interrupt.point(gpu, encoder).await?;
     }
     cache.len = p0 + tokens;
 
-    // Only the last position's logits are needed.
     if tokens == 1 {
-        return model.lm_head.forward(gpu, encoder, scratch, 1, &normed, logits).await;
+        return forward_shared(gpu, encoder, scratch, 1, normed, &[(&model.lm_head, logits)]).await;
     }
     let last_normed = scratch.f32(gpu, "text last norm", d).await?;
     let last = CopyRows { rows: 1, width: d, src_row: tokens - 1, dst_row: 0 };
-    last.encode(gpu, encoder, &normed, &last_normed)?;
+    last.encode(gpu, encoder, normed.x, &last_normed)?;
     model.lm_head.forward(gpu, encoder, scratch, 1, &last_normed, logits).await
+}
+
+/// The decoder's RMSNorms of one pass (each with the residual add before it) and their output
+/// buffers: the normed rows, and their integers and scales where the layers reading them quantize
+/// their input without online transforms (the norm then quantizes it for them, one dispatch
+/// fewer per norm).
+struct NormStep {
+    rms: RmsNorm,
+    layout: NormLayout,
+    rows: NormShape,
+    normed: DeviceBuffer,
+    words: DeviceBuffer,
+    scales: DeviceBuffer,
+}
+
+impl NormStep {
+    async fn new(gpu: &Gpu, scratch: &mut Scratch, c: &TextConfig, tokens: usize) -> Result<Self> {
+        let d = c.hidden_size;
+        Ok(Self {
+            rms: RmsNorm { eps: c.rms_norm_eps as f32 },
+            layout: NormLayout::for_gpu(gpu),
+            rows: NormShape { rows: tokens, d },
+            normed: scratch.f32(gpu, "text norm", tokens * d).await?,
+            words: scratch
+                .bytes(gpu, "text norm integers", (tokens * activation_words(d) * 4) as u64)
+                .await?,
+            scales: scratch.f32(gpu, "text norm scales", tokens).await?,
+        })
+    }
+
+    /// Record `x ← x + x.1` (when given) and the norm of `x` with weight `gamma`, for the layers
+    /// `readers`.
+    async fn encode<'a>(
+        &'a self,
+        gpu: &Gpu,
+        encoder: &mut Encoder,
+        x: (&wgpu::Buffer, Option<&wgpu::Buffer>),
+        gamma: &Tensor,
+        readers: &[&'a Linear],
+    ) -> Result<LayerInput<'a>> {
+        let quantized = input_quantization(readers).map(|activation| QuantizedOutput {
+            activation,
+            words: &self.words,
+            scales: &self.scales,
+        });
+        let y = (&*self.normed, quantized);
+        self.rms.encode(gpu, encoder, self.layout, self.rows, x, &gamma.buffer, y).await?;
+        Ok(LayerInput { x: &self.normed, quantized })
+    }
 }
 
 /// Record only the attention half of one decode step, every layer (the projections, the cache
@@ -181,7 +230,7 @@ pub async fn attention_step(
     let mut scratch = Scratch::default();
     let mut pass = AttentionPass::new(gpu, &mut scratch, cfg, model, cache, 1).await?;
     for (l, layer) in model.layers.iter().zip(&cache.layers) {
-        pass.encode(gpu, encoder, &mut scratch, &l.qkv, layer, normed).await?;
+        pass.encode(gpu, encoder, &mut scratch, &l.qkv, layer, normed.into()).await?;
     }
     Ok(())
 }
@@ -288,7 +337,7 @@ impl<'a> AttentionPass<'a> {
         scratch: &mut Scratch,
         qkv: &Qkv,
         layer: &LayerCache,
-        normed: &wgpu::Buffer,
+        normed: LayerInput<'_>,
     ) -> Result<()> {
         let c = &self.cfg.text;
         let (tokens, p0, hd) = (self.tokens, self.p0, c.head_dim);

@@ -135,7 +135,7 @@ pub async fn encode_image(
     let first = model.layers.first().map_or(&model.post_norm, |l| &l.ln1);
     ln.encode(gpu, encoder, layout, rows, (&x, None), (&*first.0.buffer, &*first.1.buffer), &normed).await?;
     for (i, l) in model.layers.iter().enumerate() {
-        l.qkv.forward(gpu, encoder, &mut scratch, t, &normed, [&q, &k, &vv]).await?;
+        l.qkv.forward(gpu, encoder, &mut scratch, t, (&*normed).into(), [&q, &k, &vv]).await?;
         Attention::for_shape(gpu, &attention_shape)
             .encode(gpu, encoder, attention_shape, &q, &k, &vv, &attn)
             .await?;

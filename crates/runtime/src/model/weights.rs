@@ -125,6 +125,74 @@ impl<'a> WeightLoader<'a> {
         Ok(weights)
     }
 
+    /// The packed weights of the quantized layers `names` (in order, each a dense weight) stacked
+    /// in one weight of [`QuantWeightsGpu`] views ([`QuantWeightsGpu::stack`]), where all
+    /// transform and quantize their input alike and store their weights alike (bits, group,
+    /// encodings, width) and [`QuantWeightsGpu::stackable`] holds; `None` otherwise (load each
+    /// with [`WeightLoader::quant_weights`]).
+    pub async fn stacked_quant_weights(&self, names: &[&str]) -> Result<Option<Vec<QuantWeightsGpu>>> {
+        let mut layers = Vec::with_capacity(names.len());
+        for &name in names {
+            match self.quantized_layer(name) {
+                Some(layer) if self.has(name) => layers.push(layer),
+                _ => return Ok(None),
+            }
+        }
+        let Some(&first) = layers.first() else { return Ok(None) };
+        let (entry, scale_entry) =
+            (self.data.manifest.tensor(names[0])?, self.data.manifest.tensor(&scale_name(names[0]))?);
+        let (encoding, scale_encoding) = (entry.encoding()?, scale_entry.encoding()?);
+        let &[_, cols] = &entry.shape[..] else { return Ok(None) };
+        let mut outs = Vec::with_capacity(names.len());
+        for (&name, layer) in names.iter().zip(&layers) {
+            let (e, s) = (self.data.manifest.tensor(name)?, self.data.manifest.tensor(&scale_name(name))?);
+            let alike = layer.weight_bits == first.weight_bits
+                && layer.group == first.group
+                && layer.activation == first.activation
+                && layer.online == first.online
+                && e.encoding()? == encoding
+                && s.encoding()? == scale_encoding
+                && e.shape.len() == 2
+                && e.shape[1] == cols;
+            if !alike {
+                return Ok(None);
+            }
+            layer.validate(cols).map_err(|e| RuntimeError::quantized_layer(name, e))?;
+            outs.push(e.shape[0]);
+        }
+        let groups = cols / first.group.unwrap_or(cols).max(1);
+        let scale_row = scale_encoding.byte_len(&[groups]) as u64;
+        if !QuantWeightsGpu::stackable(self.gpu, &outs, cols, encoding, scale_row) {
+            return Ok(None);
+        }
+        let (mut rows, mut scale_bytes) = (Vec::new(), Vec::new());
+        for &name in names {
+            rows.extend_from_slice(&self.data.tensor_bytes(name)?);
+            scale_bytes.extend_from_slice(&self.data.tensor_bytes(&scale_name(name))?);
+        }
+        let total: usize = outs.iter().sum();
+        let label = names.join(" + ");
+        let scale_shape = if first.group.is_some() { vec![total, groups] } else { vec![total] };
+        let scales = Tensor::upload(self.gpu, &label, scale_shape, scale_encoding, &scale_bytes).await?;
+        let weights = QuantWeightsGpu::upload(
+            self.gpu,
+            &label,
+            vec![total, cols],
+            encoding,
+            &rows,
+            scales.clone(),
+            first.group,
+        )
+        .await
+        .map_err(|e| match e {
+            RuntimeError::UnsupportedModel(why) => RuntimeError::quantized_layer(names[0], why),
+            other => other,
+        })?;
+        self.remember(format!("{label} tiled"), &weights.weight);
+        self.remember(format!("{label} scales"), &scales);
+        Ok(Some(weights.stack(&outs)?))
+    }
+
     /// A quantized table's values as f32 (`f32(q) · s` per row, the contract's lookup), for a
     /// float matrix that shares the table's tensor (a tied `lm_head` left float).
     pub async fn dequantized_table(&self, name: &str) -> Result<Tensor> {
