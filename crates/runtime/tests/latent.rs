@@ -113,10 +113,12 @@ async fn latent_attention_case(gpu: &Gpu, shape: AttentionShape, rank: usize, in
     }
 }
 
-/// `v_up` `[kv_heads·hd, rank]` as float f32 / 16-bit or packed integers with scales.
+/// `v_up` `[kv_heads·hd, rank]` as float f32 / 16-bit or packed integers with scales (with
+/// `stacked`, uploaded after 128 other rows and read as its view of them,
+/// `QuantWeightsGpu::stack`).
 enum UpCase {
     Float(Encoding),
-    Quant { bits: Bits, group: Option<usize>, f16_scales: bool },
+    Quant { bits: Bits, group: Option<usize>, f16_scales: bool, stacked: bool },
 }
 
 async fn latent_up_case(gpu: &Gpu, case: UpCase, rank: usize, bias: bool, seed: u64) {
@@ -144,32 +146,38 @@ async fn latent_up_case(gpu: &Gpu, case: UpCase, rank: usize, bias: bool, seed: 
             let t = Tensor::upload(gpu, "v_up", vec![rows, rank], encoding, &bytes).await.unwrap();
             (dense, Some(t), None)
         }
-        UpCase::Quant { bits, group, f16_scales } => {
+        UpCase::Quant { bits, group, f16_scales, stacked } => {
+            let before = if stacked { 128 } else { 0 };
             let qmax = bits.qmax() as f32;
-            let ints: Vec<i8> =
-                values(seed + 2, rows * rank).iter().map(|v| (v * qmax).round() as i8).collect();
+            let all_ints: Vec<i8> =
+                values(seed + 2, (before + rows) * rank).iter().map(|v| (v * qmax).round() as i8).collect();
+            let ints = &all_ints[before * rank..];
             let size = group.unwrap_or(rank);
             let groups = rank / size;
-            let mut scales: Vec<f32> =
-                values(seed + 3, rows * groups).iter().map(|v| v.abs() * 0.02 + 1e-3).collect();
+            let mut all_scales: Vec<f32> =
+                values(seed + 3, (before + rows) * groups).iter().map(|v| v.abs() * 0.02 + 1e-3).collect();
             if f16_scales {
-                scales.iter_mut().for_each(|s| *s = half::f16::from_f32(*s).to_f32());
+                all_scales.iter_mut().for_each(|s| *s = half::f16::from_f32(*s).to_f32());
             }
+            let scales = &all_scales[before * groups..];
             let dense = (0..rows * rank)
                 .map(|i| f64::from(ints[i]) * f64::from(scales[(i / rank) * groups + (i % rank) / size]))
                 .collect();
             let encoding = if bits == Bits::Int4 { Encoding::I4 } else { Encoding::I8 };
-            let packed = pack(bits, &ints, rank).unwrap();
-            let shape = if group.is_some() { vec![rows, groups] } else { vec![rows] };
+            let packed = pack(bits, &all_ints, rank).unwrap();
+            let all = before + rows;
+            let shape = if group.is_some() { vec![all, groups] } else { vec![all] };
             let s = if f16_scales {
                 let bytes: Vec<u8> =
-                    scales.iter().flat_map(|s| half::f16::from_f32(*s).to_le_bytes()).collect();
+                    all_scales.iter().flat_map(|s| half::f16::from_f32(*s).to_le_bytes()).collect();
                 Tensor::upload(gpu, "s", shape, Encoding::F16, &bytes).await.unwrap()
             } else {
-                Tensor::from_f32(gpu, "s", shape, &scales).await.unwrap()
+                Tensor::from_f32(gpu, "s", shape, &all_scales).await.unwrap()
             };
-            let q = QuantWeightsGpu::upload(gpu, "v_up", vec![rows, rank], encoding, &packed, s, group).await;
-            (dense, None, Some(q.unwrap()))
+            let q = QuantWeightsGpu::upload(gpu, "v_up", vec![all, rank], encoding, &packed, s, group).await;
+            let q = q.unwrap();
+            let q = if stacked { q.stack(&[before, rows]).unwrap().pop().unwrap() } else { q };
+            (dense, None, Some(q))
         }
     };
     let mut want = vec![0f32; tokens * heads * hd];
@@ -323,7 +331,7 @@ async fn check_all(gpu: &Gpu) {
         latent_up_case(gpu, UpCase::Float(encoding), 30, false, 10).await;
     }
     latent_up_case(gpu, UpCase::Float(Encoding::F32), 31, true, 11).await;
-    let quant = |bits, group, f16_scales| UpCase::Quant { bits, group, f16_scales };
+    let quant = |bits, group, f16_scales| UpCase::Quant { bits, group, f16_scales, stacked: false };
     latent_up_case(gpu, quant(Bits::Int8, None, false), 24, false, 12).await;
     latent_up_case(gpu, quant(Bits::Int8, None, true), 40, true, 13).await;
     latent_up_case(gpu, quant(Bits::Int4, None, false), 48, true, 14).await;
@@ -331,6 +339,10 @@ async fn check_all(gpu: &Gpu) {
     // Ranks that end inside a weight word (the demo's first layer has rank 155).
     latent_up_case(gpu, quant(Bits::Int8, None, false), 155, true, 16).await;
     latent_up_case(gpu, quant(Bits::Int4, None, true), 37, false, 17).await;
+    // v_up stacked after other rows in one weight: its view's columns and scales
+    let stacked = |bits, group, f16_scales| UpCase::Quant { bits, group, f16_scales, stacked: true };
+    latent_up_case(gpu, stacked(Bits::Int8, None, true), 40, true, 18).await;
+    latent_up_case(gpu, stacked(Bits::Int4, Some(64), false), 128, false, 19).await;
 }
 
 #[cfg(not(target_arch = "wasm32"))]

@@ -186,9 +186,9 @@ impl LatentUp {
                 resources.push(slice(&t.buffer, 0, t.bytes().next_multiple_of(4)));
             }
             UpWeights::Quant(q) => {
-                check_binding(gpu, "v_up", q.weight.buffer.size())?;
-                resources.push(slice(&q.weight.buffer, 0, q.weight.buffer.size()));
-                resources.push(slice(&q.scales.buffer, 0, q.scales.bytes().next_multiple_of(4)));
+                check_binding(gpu, "v_up", q.bytes())?;
+                resources.push(q.weight_binding(0, rows));
+                resources.push(q.scale_binding(0, rows));
             }
         }
         resources.push(slice(out, 0, out_bytes));
