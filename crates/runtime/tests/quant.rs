@@ -18,7 +18,7 @@ use pocketvlm_runtime::kernels::elementwise::SiluMul;
 use pocketvlm_runtime::kernels::embed::EmbedTable;
 use pocketvlm_runtime::kernels::norm::{NormLayout, NormShape, QuantizedOutput, RmsNorm};
 use pocketvlm_runtime::kernels::quant::{
-    QMatmul, QuantWeightsGpu, Quantize, QuantizedRows, Rotate, RotationTable, activation_words,
+    QMatmul, QuantWeightsGpu, Quantize, QuantizedRows, Rotate, RotationTable, WeightLayout, activation_words,
 };
 use pocketvlm_runtime::kernels::rotate_quantize::RotateQuantize;
 use pocketvlm_runtime::model::linear::{self, Linear};
@@ -508,7 +508,8 @@ async fn check_stacked(gpu: &Gpu) {
             }
         }
     }
-    let stackable = |outs: &[usize]| QuantWeightsGpu::stackable(gpu, outs, 128, Encoding::I8, 4);
+    let layout = WeightLayout::new(128, Encoding::I8, None, Encoding::F32).unwrap();
+    let stackable = |outs: &[usize]| QuantWeightsGpu::stackable(gpu, outs, &layout);
     assert!(stackable(&[64, 64, 8]));
     assert!(!stackable(&[24, 8]), "a layer starting off the tile grid");
     // the second layer's scales start 128 bytes in: stackable where a binding may start there

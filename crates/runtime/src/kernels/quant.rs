@@ -443,11 +443,43 @@ pub struct QuantWeightsGpu {
 /// How a quantized weight's columns are packed: words per column, scale groups per column, words
 /// per group and bytes of scales per column.
 #[derive(Clone, Copy, Debug)]
-struct WeightLayout {
+pub struct WeightLayout {
     ww: usize,
     groups_per_row: usize,
     group_words: usize,
     scale_row: u64,
+}
+
+impl WeightLayout {
+    /// The layout of columns of `cols` integers in `encoding` (`i8` or `i4`) with one scale in
+    /// `scale_encoding` per `group` of them (all `cols` when `None`); a group must divide `cols`
+    /// and fill whole 32-bit words.
+    pub fn new(
+        cols: usize,
+        encoding: Encoding,
+        group: Option<usize>,
+        scale_encoding: Encoding,
+    ) -> Result<Self> {
+        let bad = |reason: String| RuntimeError::UnsupportedModel(reason);
+        let bits = encoding
+            .packed_bits()
+            .ok_or_else(|| bad(format!("a quantized weight is i8 or i4, not {}", encoding.tag())))?;
+        let size = group.unwrap_or(cols);
+        if size == 0
+            || !cols.is_multiple_of(size)
+            || (group.is_some() && !(size * bits.bits() as usize).is_multiple_of(32))
+        {
+            return Err(bad(format!("group of {size} columns for {cols} {}-bit columns", bits.bits())));
+        }
+        let ww = encoding.byte_len(&[1, cols]) / 4;
+        let groups_per_row = cols / size;
+        Ok(Self {
+            ww,
+            groups_per_row,
+            group_words: if groups_per_row == 1 { ww } else { size * bits.bits() as usize / 32 },
+            scale_row: scale_encoding.byte_len(&[groups_per_row]) as u64,
+        })
+    }
 }
 
 impl QuantWeightsGpu {
@@ -467,18 +499,9 @@ impl QuantWeightsGpu {
         let [out, cols] = shape[..] else {
             return Err(bad(format!("a quantized weight is 2-D, shape {shape:?}")));
         };
-        let bits = encoding
-            .packed_bits()
-            .ok_or_else(|| bad(format!("a quantized weight is i8 or i4, not {}", encoding.tag())))?;
-        let size = group.unwrap_or(cols);
-        if size == 0
-            || !cols.is_multiple_of(size)
-            || (group.is_some() && !(size * bits.bits() as usize).is_multiple_of(32))
-        {
-            return Err(bad(format!("group of {size} columns for {cols} {}-bit columns", bits.bits())));
-        }
+        let layout = WeightLayout::new(cols, encoding, group, scales.encoding)?;
         let want = match group {
-            Some(g) => vec![out, cols / g],
+            Some(_) => vec![out, layout.groups_per_row],
             None => vec![out],
         };
         if scales.shape != want || !matches!(scales.encoding, Encoding::F32 | Encoding::F16) {
@@ -495,26 +518,18 @@ impl QuantWeightsGpu {
                 encoding.tag()
             )));
         }
-        let ww = encoding.byte_len(&[1, cols]) / 4;
-        let groups_per_row = cols / size;
-        let layout = WeightLayout {
-            ww,
-            groups_per_row,
-            group_words: if groups_per_row == 1 { ww } else { size * bits.bits() as usize / 32 },
-            scale_row: scales.encoding.byte_len(&[groups_per_row]) as u64,
-        };
-        let panel = panel_width(gpu, label, out, ww, layout.scale_row)?;
-        let words = tile(rows, out, ww, panel);
+        let panel = panel_width(gpu, label, out, layout.ww, layout.scale_row)?;
+        let words = tile(rows, out, layout.ww, panel);
         let buffer = gpu.storage_buffer(label, bytemuck::cast_slice(&words)).await?;
-        Ok(Self { weight: Tensor { buffer, shape, encoding }, scales, group: size, panel, layout, first: 0 })
+        let group = group.unwrap_or(cols);
+        Ok(Self { weight: Tensor { buffer, shape, encoding }, scales, group, panel, layout, first: 0 })
     }
 
-    /// Whether layers of `outs` columns each, stacked in this order into one weight of `cols`
-    /// input columns in `encoding` with `scale_row` bytes of scales per column, can be views
-    /// of it: the whole fits one binding, and every layer starts on a tile boundary (so its
-    /// columns are tiled exactly as alone) at offsets a binding may start at.
-    pub fn stackable(gpu: &Gpu, outs: &[usize], cols: usize, encoding: Encoding, scale_row: u64) -> bool {
-        let ww = encoding.byte_len(&[1, cols]) as u64 / 4;
+    /// Whether layers of `outs` columns each, stacked in this order into one weight packed as
+    /// `layout`, can be views of it: the whole fits one binding, and every layer starts on a tile
+    /// boundary (so its columns are tiled exactly as alone) at offsets a binding may start at.
+    pub fn stackable(gpu: &Gpu, outs: &[usize], layout: &WeightLayout) -> bool {
+        let (ww, scale_row) = (layout.ww as u64, layout.scale_row);
         let total: usize = outs.iter().sum();
         let align = u64::from(gpu.caps.storage_offset_alignment.max(4));
         let limit = gpu.caps.max_storage_binding;
@@ -544,19 +559,24 @@ impl QuantWeightsGpu {
         let mut first = 0;
         let mut views = Vec::with_capacity(outs.len());
         for &out in outs {
-            let mut scale_shape = self.scales.shape.clone();
-            scale_shape[0] = out;
-            views.push(QuantWeightsGpu {
-                weight: Tensor { shape: vec![out, self.cols()], ..self.weight.clone() },
-                scales: Tensor { shape: scale_shape, ..self.scales.clone() },
-                group: self.group,
-                panel: self.panel,
-                layout: self.layout,
-                first,
-            });
+            views.push(self.view(first, out));
             first += out;
         }
         Ok(views)
+    }
+
+    /// The columns `first .. first + out` of this weight's buffers as a weight of its own.
+    fn view(&self, first: usize, out: usize) -> QuantWeightsGpu {
+        let mut scale_shape = self.scales.shape.clone();
+        scale_shape[0] = out;
+        QuantWeightsGpu {
+            weight: Tensor { shape: vec![out, self.cols()], ..self.weight.clone() },
+            scales: Tensor { shape: scale_shape, ..self.scales.clone() },
+            group: self.group,
+            panel: self.panel,
+            layout: self.layout,
+            first,
+        }
     }
 
     /// One view of consecutive stacked layers' columns together (`layers` in stacking order,
@@ -572,16 +592,7 @@ impl QuantWeightsGpu {
             out += next.out();
             last = next;
         }
-        let mut scale_shape = first.scales.shape.clone();
-        scale_shape[0] = out;
-        Ok(QuantWeightsGpu {
-            weight: Tensor { shape: vec![out, first.cols()], ..first.weight.clone() },
-            scales: Tensor { shape: scale_shape, ..first.scales.clone() },
-            group: first.group,
-            panel: first.panel,
-            layout: first.layout,
-            first: first.first,
-        })
+        Ok(first.view(first.first, out))
     }
 
     /// This layer's first column in the buffers it may share with layers stacked before it.
@@ -902,14 +913,12 @@ impl QMatmul {
             b.expect_f32("bias")?;
             check_binding(gpu, "bias", (out * 4) as u64)?;
         }
+        // where each output after the first begins (the total where there is none)
         let mut split = [out as u32; 2];
         let mut first = 0;
         for (i, (part, _)) in parts.iter().enumerate().take(parts.len() - 1) {
             first += part.out();
             split[i] = first as u32;
-            if i == 0 {
-                split[1] = out as u32;
-            }
         }
         let WeightLayout { ww, groups_per_row, group_words, .. } = w.layout;
         let pipeline = gpu.pipeline(Self::SHADER, &self.defines()).await?;

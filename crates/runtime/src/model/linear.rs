@@ -82,10 +82,7 @@ impl Linear {
         let mut layers = Vec::with_capacity(N);
         match w.stacked_quant_weights(&names).await? {
             Some(views) => {
-                for (name, weights) in names.iter().zip(views) {
-                    let layer = w.quantized_layer(name).ok_or_else(|| {
-                        RuntimeError::quantized_layer(name, "not in the manifest's quantization")
-                    })?;
+                for (name, (layer, weights)) in names.iter().zip(views) {
                     let q = QuantLinear::new(w, name, layer, weights, None).await?;
                     layers.push(Linear::from(Matrix::Quant(Box::new(q))));
                 }
@@ -227,7 +224,8 @@ pub async fn forward_shared(
             .collect()
     };
     if let Some(q) = x.quantized
-        && input_quantization(&linears) == Some(q.activation)
+        && first.online.is_empty()
+        && first.activation == *q.activation
         && chunk >= rows
     {
         let a = QuantizedRows::new(q.words, q.scales, rows, first.input_words());

@@ -14,7 +14,7 @@ use pocketvlm_format::{Encoding, FormatError, ModelData};
 
 use crate::device::Gpu;
 use crate::error::{Result, RuntimeError};
-use crate::kernels::quant::QuantWeightsGpu;
+use crate::kernels::quant::{QuantWeightsGpu, WeightLayout};
 use crate::tensor::Tensor;
 
 /// Uploads tensors of one model directory, sharing a tensor used twice (a tied `lm_head`).
@@ -117,10 +117,7 @@ impl<'a> WeightLoader<'a> {
             layer.group,
         )
         .await
-        .map_err(|e| match e {
-            RuntimeError::UnsupportedModel(why) => bad(why),
-            other => other,
-        })?;
+        .map_err(|e| of_layer(name, e))?;
         self.remember(format!("{name} tiled"), &weights.weight);
         Ok(weights)
     }
@@ -130,7 +127,10 @@ impl<'a> WeightLoader<'a> {
     /// transform and quantize their input alike and store their weights alike (bits, group,
     /// encodings, width) and [`QuantWeightsGpu::stackable`] holds; `None` otherwise (load each
     /// with [`WeightLoader::quant_weights`]).
-    pub async fn stacked_quant_weights(&self, names: &[&str]) -> Result<Option<Vec<QuantWeightsGpu>>> {
+    pub async fn stacked_quant_weights(
+        &self,
+        names: &[&str],
+    ) -> Result<Option<Vec<(&'a QuantizedLayer, QuantWeightsGpu)>>> {
         let mut layers = Vec::with_capacity(names.len());
         for &name in names {
             match self.quantized_layer(name) {
@@ -160,9 +160,9 @@ impl<'a> WeightLoader<'a> {
             layer.validate(cols).map_err(|e| RuntimeError::quantized_layer(name, e))?;
             outs.push(e.shape[0]);
         }
-        let groups = cols / first.group.unwrap_or(cols).max(1);
-        let scale_row = scale_encoding.byte_len(&[groups]) as u64;
-        if !QuantWeightsGpu::stackable(self.gpu, &outs, cols, encoding, scale_row) {
+        let layout = WeightLayout::new(cols, encoding, first.group, scale_encoding)
+            .map_err(|e| of_layer(names[0], e))?;
+        if !QuantWeightsGpu::stackable(self.gpu, &outs, &layout) {
             return Ok(None);
         }
         let (mut rows, mut scale_bytes) = (Vec::new(), Vec::new());
@@ -172,7 +172,10 @@ impl<'a> WeightLoader<'a> {
         }
         let total: usize = outs.iter().sum();
         let label = names.join(" + ");
-        let scale_shape = if first.group.is_some() { vec![total, groups] } else { vec![total] };
+        let scale_shape = match first.group {
+            Some(group) => vec![total, cols / group],
+            None => vec![total],
+        };
         let scales = Tensor::upload(self.gpu, &label, scale_shape, scale_encoding, &scale_bytes).await?;
         let weights = QuantWeightsGpu::upload(
             self.gpu,
@@ -184,13 +187,10 @@ impl<'a> WeightLoader<'a> {
             first.group,
         )
         .await
-        .map_err(|e| match e {
-            RuntimeError::UnsupportedModel(why) => RuntimeError::quantized_layer(names[0], why),
-            other => other,
-        })?;
+        .map_err(|e| of_layer(names[0], e))?;
         self.remember(format!("{label} tiled"), &weights.weight);
         self.remember(format!("{label} scales"), &scales);
-        Ok(Some(weights.stack(&outs)?))
+        Ok(Some(layers.into_iter().zip(weights.stack(&outs)?).collect()))
     }
 
     /// A quantized table's values as f32 (`f32(q) · s` per row, the contract's lookup), for a
@@ -220,6 +220,14 @@ impl<'a> WeightLoader<'a> {
     /// Bytes of every tensor uploaded so far.
     pub fn bytes(&self) -> u64 {
         self.uploaded.lock().map_or(0, |m| m.values().map(|t| t.buffer.size()).sum())
+    }
+}
+
+/// An upload's refusal of the quantized layer `name`'s weights, named after the layer.
+fn of_layer(name: &str, e: RuntimeError) -> RuntimeError {
+    match e {
+        RuntimeError::UnsupportedModel(why) => RuntimeError::quantized_layer(name, why),
+        other => other,
     }
 }
 
