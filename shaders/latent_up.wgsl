@@ -37,12 +37,21 @@ struct Params {
     vd: u32,
     ww: u32,
     group: u32,
+    // WEIGHT_TEXTURE: the texel of v_up's first word
+    w_first: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read> chat: array<f32>;
 #ifdef QUANT
+#ifdef WEIGHT_TEXTURE
+@group(0) @binding(2) var w: texture_2d<u32>;
+#else
 @group(0) @binding(2) var<storage, read> w: array<vec4<u32>>;
+#endif
 #ifdef SCALE_F16
 @group(0) @binding(3) var<storage, read> sw: array<u32>;
 #else
@@ -123,7 +132,7 @@ fn quad_dot(cq: u32, base: u32) -> vec4<f32> {
         var d2 = vec4<f32>(0.0);
         var d3 = vec4<f32>(0.0);
         for (; j + per_word <= j1; j += per_word) {
-            let word = w[at.x + (j / per_word) * at.y];
+            let word = weight_word(at.x + (j / per_word) * at.y);
             let c = chat4(base + j);
             d0 = fma(word_values(word.x, false), c, d0);
             d1 = fma(word_values(word.y, false), c, d1);
@@ -138,7 +147,7 @@ fn quad_dot(cq: u32, base: u32) -> vec4<f32> {
 #endif
         }
         for (; j < j1; j++) {
-            let word = w[at.x + (j / per_word) * at.y];
+            let word = weight_word(at.x + (j / per_word) * at.y);
             let c = chat[base + j];
             let lane = j % per_word;
             d0.x = fma(word_value(word.x, lane), c, d0.x);

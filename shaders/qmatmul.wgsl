@@ -37,6 +37,9 @@
 // (QuantWeightsGpu::stack), each writing its own output y, y1, y2 ([tokens, its columns]): the
 // products of several layers reading one input in one dispatch, every column's value unchanged.
 //
+// With WEIGHT_TEXTURE (lavapipe) the tiled words are read from a texture (lib/tiles.wgsl): the
+// same words, the same bits.
+//
 // With SPLIT_K (one token, GPUs): a 64-invocation workgroup takes four column quads, and the 16
 // invocations of a quad (its lanes) split every scale group's words between them (lane l takes
 // steps l, l + 16, ...), so a decode step's narrow products keep many invocations busy instead
@@ -60,8 +63,9 @@ struct Params {
     // PARTS: the first column of the second and of the third output (n where there is none)
     split0: u32,
     split1: u32,
-    _pad0: u32,
-    _pad1: u32,
+    // WEIGHT_TEXTURE: the texel of the bound columns' first word
+    w_first: u32,
+    _pad: u32,
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
@@ -71,7 +75,11 @@ struct Params {
 @group(0) @binding(1) var<storage, read> qa: array<u32>;
 #endif
 @group(0) @binding(2) var<storage, read> sa: array<f32>;
+#ifdef WEIGHT_TEXTURE
+@group(0) @binding(3) var w: texture_2d<u32>;
+#else
 @group(0) @binding(3) var<storage, read> w: array<vec4<u32>>;
+#endif
 #ifdef SCALE_F16
 @group(0) @binding(4) var<storage, read> sw: array<u32>;
 #else
@@ -240,11 +248,18 @@ fn main(
 #ifdef VEC4
         for (var q = g * params.group_words / 4u + lane; q < k_end / 4u; q += SPLIT_LANES) {
             let at = words.x + 4u * q * words.y;
-            acc += token_step(0u, q, w[at], w[at + words.y], w[at + 2u * words.y], w[at + 3u * words.y]);
+            acc += token_step(
+                0u,
+                q,
+                weight_word(at),
+                weight_word(at + words.y),
+                weight_word(at + 2u * words.y),
+                weight_word(at + 3u * words.y),
+            );
         }
 #else
         for (var k = g * params.group_words + lane; k < k_end; k += SPLIT_LANES) {
-            acc += token_step(0u, k, w[words.x + k * words.y]);
+            acc += token_step(0u, k, weight_word(words.x + k * words.y));
         }
 #endif
         partial[li] = acc;
@@ -315,10 +330,10 @@ fn main(
 #ifdef VEC4
         for (var q = g * params.group_words / 4u; q < k_end / 4u; q++) {
             let at = words.x + 4u * q * words.y;
-            let b0 = w[at];
-            let b1 = w[at + words.y];
-            let b2 = w[at + 2u * words.y];
-            let b3 = w[at + 3u * words.y];
+            let b0 = weight_word(at);
+            let b1 = weight_word(at + words.y);
+            let b2 = weight_word(at + 2u * words.y);
+            let b3 = weight_word(at + 3u * words.y);
             acc0 += token_step(r0, q, b0, b1, b2, b3);
 #ifndef GEMV
             acc1 += token_step(r1, q, b0, b1, b2, b3);
@@ -328,7 +343,7 @@ fn main(
         }
 #else
         for (var k = g * params.group_words; k < k_end; k++) {
-            let b = w[words.x + k * words.y];
+            let b = weight_word(words.x + k * words.y);
             acc0 += token_step(r0, k, b);
 #ifndef GEMV
             acc1 += token_step(r1, k, b);

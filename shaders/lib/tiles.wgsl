@@ -13,3 +13,21 @@ fn quad_words(cq: u32, quads: u32, ww: u32) -> vec2<u32> {
     let step = min(TILE_QUADS, quads - first);
     return vec2<u32>(first * ww + (cq - first), step);
 }
+
+// The 16-byte word i of the bound columns' tiled words, from the including kernel's binding `w`:
+// an array<vec4<u32>> bound at those columns, or with WEIGHT_TEXTURE a texture_2d<u32> holding
+// the whole weight (`TiledWords::Texture`: texel t, row-major, TEXTURE_WIDTH texels a row, is the
+// 16-byte word t) whose bound columns begin at texel `params.w_first`. CPU adapters fetch texels
+// with vector gathers, where llvmpipe loads storage buffers one lane at a time.
+#ifdef WEIGHT_TEXTURE
+const TEXTURE_WIDTH: u32 = {{TEXTURE_WIDTH}}u;
+#endif
+
+fn weight_word(i: u32) -> vec4<u32> {
+#ifdef WEIGHT_TEXTURE
+    let t = params.w_first + i;
+    return textureLoad(w, vec2<u32>(t % TEXTURE_WIDTH, t / TEXTURE_WIDTH), 0);
+#else
+    return w[i];
+#endif
+}

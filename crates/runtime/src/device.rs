@@ -5,7 +5,7 @@
 use std::sync::{Arc, Mutex};
 
 use crate::error::{Result, RuntimeError};
-use crate::memory::{DeviceBuffer, Held, PassStart};
+use crate::memory::{DeviceBuffer, DeviceTexture, Held, PassStart};
 use crate::pipelines::Pipelines;
 
 /// Largest workgroup any kernel may use: Chromium's `maxComputeInvocationsPerWorkgroup` is 256.
@@ -25,6 +25,9 @@ pub struct Capabilities {
     /// fallback adapter). Kernels may pick variants that avoid workgroup barriers, which such
     /// implementations run slowly.
     pub cpu: bool,
+    /// Quantized weights' words go into textures, which CPU adapters load faster than storage
+    /// buffers (`kernels::quant::TiledWords`); on by default where [`Capabilities::cpu`] is.
+    pub weight_textures: bool,
     /// Largest storage-buffer binding in bytes (128 MiB on lavapipe). Tensors larger than this
     /// must be split by the kernels that read them.
     pub max_storage_binding: u64,
@@ -35,6 +38,8 @@ pub struct Capabilities {
     pub max_workgroups_per_dimension: u32,
     pub max_storage_buffers_per_stage: u32,
     pub max_workgroup_storage_bytes: u32,
+    /// Texels along a 2-D texture's side.
+    pub max_texture_side: u32,
     /// Required alignment of storage-buffer binding offsets.
     pub storage_offset_alignment: u32,
     /// Required alignment of uniform-buffer binding offsets.
@@ -53,6 +58,10 @@ pub struct DeviceOptions {
     /// Refuse, with [`RuntimeError::OutOfMemory`], a storage buffer that would take the bytes
     /// the device holds past this many (see [`crate::memory`]); `None`: only the adapter limits.
     pub memory_budget: Option<u64>,
+    /// Put quantized weights' words in textures (`true`) or storage buffers (`false`) whatever
+    /// the adapter ([`Capabilities::weight_textures`]); `None`: the adapter's choice. The results
+    /// are the same; the bench compares the speeds.
+    pub weight_textures: Option<bool>,
 }
 
 /// Another kind of adapter, as far as kernel choice goes: a CPU implementation or a GPU, with
@@ -75,6 +84,7 @@ impl Capabilities {
             subgroups: false,
             timestamps: self.timestamps,
             cpu: pretend.cpu,
+            weight_textures: pretend.cpu,
             max_storage_binding: self.max_storage_binding.min(web.max_storage_buffer_binding_size),
             max_buffer_size: self.max_buffer_size.min(web.max_buffer_size),
             max_invocations: self.max_invocations.min(web.max_compute_invocations_per_workgroup),
@@ -87,6 +97,7 @@ impl Capabilities {
             max_workgroup_storage_bytes: self
                 .max_workgroup_storage_bytes
                 .min(web.max_compute_workgroup_storage_size),
+            max_texture_side: self.max_texture_side.min(web.max_texture_dimension_2d),
             storage_offset_alignment: self
                 .storage_offset_alignment
                 .max(web.min_storage_buffer_offset_alignment),
@@ -169,16 +180,20 @@ impl Gpu {
             subgroups: required_features.contains(wgpu::Features::SUBGROUP),
             timestamps: required_features.contains(wgpu::Features::TIMESTAMP_QUERY),
             cpu: info.device_type == wgpu::DeviceType::Cpu,
+            weight_textures: info.device_type == wgpu::DeviceType::Cpu,
             max_storage_binding: options.max_storage_binding.map_or(max_binding, |m| m.min(max_binding)),
             max_buffer_size: limits.max_buffer_size,
             max_invocations: limits.max_compute_invocations_per_workgroup.min(MAX_WORKGROUP_INVOCATIONS),
             max_workgroups_per_dimension: limits.max_compute_workgroups_per_dimension,
             max_storage_buffers_per_stage: limits.max_storage_buffers_per_shader_stage,
             max_workgroup_storage_bytes: limits.max_compute_workgroup_storage_size,
+            max_texture_side: limits.max_texture_dimension_2d,
             storage_offset_alignment: limits.min_storage_buffer_offset_alignment,
             uniform_offset_alignment: limits.min_uniform_buffer_offset_alignment,
         };
         let caps = options.pretend.map_or_else(|| caps.clone(), |p| caps.pretending(p));
+        let caps =
+            Capabilities { weight_textures: options.weight_textures.unwrap_or(caps.weight_textures), ..caps };
         Ok(Self {
             device,
             queue,
@@ -279,6 +294,48 @@ impl Gpu {
             }
         }
         Ok(buffer)
+    }
+
+    /// A texture of the 16-byte words `words` (four `u32` each), `width` texels a row, the last
+    /// row padded with zero words; held against the budget and checked for out-of-memory.
+    pub async fn words_texture(&self, label: &str, words: &[u32], width: u32) -> Result<DeviceTexture> {
+        self.check_lost()?;
+        let texels = words.len().div_ceil(4).max(1);
+        let height = texels.div_ceil(width as usize);
+        let side = self.caps.max_texture_side as usize;
+        if width as usize > side || height > side {
+            return Err(RuntimeError::BindingTooLarge {
+                what: format!("{label} as a texture of {texels} words, {width} a row"),
+                bytes: texels as u64 * 16,
+                limit: side as u64 * side as u64 * 16,
+            });
+        }
+        let bytes = (height * width as usize * 16) as u64;
+        let reservation = self.held.reserve(label, bytes)?;
+        let scope = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let size = wgpu::Extent3d { width, height: height as u32, depth_or_array_layers: 1 };
+        let texture = self.device.create_texture(&wgpu::TextureDescriptor {
+            label: Some(label),
+            size,
+            mip_level_count: 1,
+            sample_count: 1,
+            dimension: wgpu::TextureDimension::D2,
+            format: wgpu::TextureFormat::Rgba32Uint,
+            usage: wgpu::TextureUsages::TEXTURE_BINDING | wgpu::TextureUsages::COPY_DST,
+            view_formats: &[],
+        });
+        if let Some(e) = scope.pop().await {
+            return Err(RuntimeError::OutOfMemory(format!("{label} ({bytes} bytes): {e}")));
+        }
+        let mut data = bytemuck::cast_slice::<u32, u8>(words).to_vec();
+        data.resize(bytes as usize, 0);
+        self.queue.write_texture(
+            texture.as_image_copy(),
+            &data,
+            wgpu::TexelCopyBufferLayout { offset: 0, bytes_per_row: Some(width * 16), rows_per_image: None },
+            size,
+        );
+        Ok(DeviceTexture::new(texture, width, reservation))
     }
 
     /// A zeroed storage buffer of `size` bytes.

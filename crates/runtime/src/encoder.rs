@@ -40,8 +40,15 @@ const CHUNK_BYTES: usize = 64 * 1024;
 const MAX_BIND_GROUPS: usize = 16 * 1024;
 
 /// What a bind group binds: the pipeline (its address in the pipeline cache, which never drops
-/// one) and each binding's buffer, offset and size, the uniform slot first.
-type BindKey = (usize, Vec<(wgpu::Buffer, u64, Option<wgpu::BufferSize>)>);
+/// one) and each binding, the uniform slot first.
+type BindKey = (usize, Vec<Bound>);
+
+/// One binding of a bind group: a buffer's range or a texture view.
+#[derive(Clone, PartialEq, Eq, Hash)]
+enum Bound {
+    Buffer(wgpu::Buffer, u64, Option<wgpu::BufferSize>),
+    Texture(wgpu::TextureView),
+}
 
 /// Bind groups by what they bind, shared by the encoders of one generation.
 #[derive(Default)]
@@ -395,12 +402,13 @@ impl Encoder {
     }
 }
 
-/// The cache key of a bind group whose entries are all buffer bindings.
+/// The cache key of a bind group whose entries are all buffer ranges and texture views.
 fn bind_key(pipeline: &Pipeline, entries: &[wgpu::BindGroupEntry<'_>]) -> Option<BindKey> {
     let bindings = entries
         .iter()
         .map(|e| match &e.resource {
-            wgpu::BindingResource::Buffer(b) => Some((b.buffer.clone(), b.offset, b.size)),
+            wgpu::BindingResource::Buffer(b) => Some(Bound::Buffer(b.buffer.clone(), b.offset, b.size)),
+            wgpu::BindingResource::TextureView(v) => Some(Bound::Texture((*v).clone())),
             _ => None,
         })
         .collect::<Option<Vec<_>>>()?;

@@ -1,5 +1,5 @@
-//! What a device holds: every storage buffer is a [`DeviceBuffer`] whose bytes count as held on
-//! its device while any clone of it lives, and a device opened with a memory budget
+//! What a device holds: every storage buffer is a [`DeviceBuffer`] (every texture of words a
+//! [`DeviceTexture`]) whose bytes count as held on its device while any clone of it lives, and a device opened with a memory budget
 //! ([`crate::DeviceOptions::memory_budget`]) refuses, with [`RuntimeError::OutOfMemory`], a
 //! storage buffer that would take what it holds past the budget.
 //!
@@ -30,6 +30,26 @@ impl Deref for DeviceBuffer {
     type Target = wgpu::Buffer;
     fn deref(&self) -> &wgpu::Buffer {
         &self.buffer
+    }
+}
+
+/// A texture of 16-byte words (`rgba32uint`, one word a texel, [`DeviceTexture::width`] texels a
+/// row, row-major) and its share of the device's held bytes.
+#[derive(Clone, Debug)]
+pub struct DeviceTexture {
+    pub view: wgpu::TextureView,
+    pub width: u32,
+    /// Bytes of the texture (its last row padded).
+    pub bytes: u64,
+    _texture: wgpu::Texture,
+    _held: Arc<Reservation>,
+}
+
+impl DeviceTexture {
+    pub(crate) fn new(texture: wgpu::Texture, width: u32, reservation: Reservation) -> Self {
+        let view = texture.create_view(&wgpu::TextureViewDescriptor::default());
+        let bytes = reservation.bytes;
+        Self { view, width, bytes, _texture: texture, _held: Arc::new(reservation) }
     }
 }
 

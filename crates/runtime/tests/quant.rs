@@ -720,6 +720,26 @@ async fn check_variants(pretend: Option<Pretend>) {
     check_loads(&gpu).await;
 }
 
+/// The products with the weights' words in the storage this adapter does not pick by default
+/// (`kernels::quant::TiledWords`: textures on CPU adapters, storage buffers elsewhere; the
+/// default runs in [`check_variants`]): the same bits against the reference, and the storage is
+/// the one asked for.
+async fn check_other_weight_storage() {
+    let default = Gpu::new(&DeviceOptions::default()).await.expect("a GPU adapter");
+    assert_eq!(default.caps.weight_textures, default.caps.cpu, "textures on CPU adapters only");
+    let textures = !default.caps.weight_textures;
+    drop(default);
+    let gpu = Gpu::new(&DeviceOptions { weight_textures: Some(textures), ..Default::default() })
+        .await
+        .expect("a GPU adapter");
+    let c = case(13, 64, Bits::Int8, Bits::Int8);
+    let w = gpu_weights(&gpu, &c, &[1; 13 * 64], &[1.0; 13]).await;
+    assert_eq!(w.in_texture(), textures, "the words' storage follows DeviceOptions::weight_textures");
+    check_layers(&gpu).await;
+    check_stacked(&gpu).await;
+    check_loads(&gpu).await;
+}
+
 #[cfg(not(target_arch = "wasm32"))]
 #[test]
 fn quant_kernels_match_reference() {
@@ -733,6 +753,12 @@ fn quant_kernels_match_reference() {
 #[test]
 fn quant_gpu_variants_match_reference() {
     pollster::block_on(check_variants(Some(GPU)));
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+#[test]
+fn quant_other_weight_storage_matches_reference() {
+    pollster::block_on(check_other_weight_storage());
 }
 
 #[cfg(not(target_arch = "wasm32"))]
@@ -754,6 +780,12 @@ async fn quant_kernels_match_reference_in_browser() {
 #[wasm_bindgen_test::wasm_bindgen_test]
 async fn quant_gpu_variants_match_reference_in_browser() {
     check_variants(Some(GPU)).await;
+}
+
+#[cfg(target_arch = "wasm32")]
+#[wasm_bindgen_test::wasm_bindgen_test]
+async fn quant_other_weight_storage_matches_reference_in_browser() {
+    check_other_weight_storage().await;
 }
 
 #[cfg(target_arch = "wasm32")]

@@ -13,7 +13,7 @@ use pocketvlm_format::quant::{ActivationQuant, Bits, Construction, Rotation};
 use serde::{Deserialize, Serialize};
 
 use super::values;
-use crate::device::{Gpu, now_ms};
+use crate::device::{DeviceOptions, Gpu, now_ms};
 use crate::encoder::Encoder;
 use crate::error::{Result, RuntimeError};
 use crate::kernels::attention::{Attention, AttentionShape, AttentionVariant, ValueKind, Values};
@@ -122,6 +122,11 @@ pub async fn measure_kernels(gpu: &Gpu) -> Result<Vec<KernelReport>> {
         }
     }
     reports.extend(cold_decode(gpu).await?);
+    if gpu.caps.weight_textures {
+        // the same products with the words in storage buffers, as other adapters get them
+        let options = DeviceOptions { weight_textures: Some(false), ..Default::default() };
+        reports.extend(cold_decode(&Gpu::new(&options).await?).await?);
+    }
     reports.extend(attention(gpu).await?);
     reports.extend(rotations(gpu).await?);
     Ok(reports)
@@ -150,8 +155,11 @@ async fn cold_decode(gpu: &Gpu) -> Result<Vec<KernelReport>> {
         for vec4 in [false, true] {
             let kernel = QMatmul::new(&all[0], 1, false, vec4);
             let loads = if vec4 { "4-word loads" } else { "1-word loads" };
-            let label =
-                format!("qmatmul {} (1 token × 4 columns, {loads}, {count} weights in turn)", encoding.tag());
+            let words = if all[0].in_texture() { "texture" } else { "buffer" };
+            let label = format!(
+                "qmatmul {} (1 token × 4 columns, {loads}, {count} weights in turn, words in a {words})",
+                encoding.tag()
+            );
             let macs = (count * shape.n * shape.k) as f64;
             reports.push(
                 time_macs(gpu, &label, dims(shape), macs, async |gpu: &Gpu, e: &mut Encoder| {

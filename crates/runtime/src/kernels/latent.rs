@@ -20,7 +20,7 @@ use pocketvlm_format::Encoding;
 use pocketvlm_format::quant::Bits;
 
 use super::Kernel;
-use super::quant::{QuantWeightsGpu, TILE_QUADS};
+use super::quant::{QuantWeightsGpu, TILE_QUADS, texture_defines};
 use super::util::{check_binding, dispatch, distinct, grid, require_size, slice};
 use crate::device::Gpu;
 use crate::encoder::Encoder;
@@ -47,8 +47,11 @@ struct Params {
     /// Quantized weights: words per row (the rows in column tiles, `kernels::quant::tile`).
     ww: u32,
     group: u32,
+    /// Quantized weights in a texture: the texel of `v_up`'s first word.
+    w_first: u32,
+    _pad: [u32; 3],
 }
-const _: () = assert!(std::mem::size_of::<Params>() == 32);
+const _: () = assert!(std::mem::size_of::<Params>() == 48);
 
 /// `v_up` as the kernel reads it.
 pub enum UpWeights<'a> {
@@ -84,6 +87,8 @@ pub struct LatentUp {
     pub bias: bool,
     /// One token (decode): quantized weights take workgroups of one tile.
     pub one_token: bool,
+    /// Quantized weights whose words are a texture (`kernels::quant::TiledWords`).
+    pub texture: bool,
 }
 
 impl Kernel for LatentUp {
@@ -107,6 +112,9 @@ impl Kernel for LatentUp {
             d.insert("TILE_QUADS".to_string(), TILE_QUADS.to_string());
             d.insert("WORKGROUP".to_string(), self.per_group().to_string());
         }
+        if self.texture {
+            d.extend(texture_defines());
+        }
         d
     }
 }
@@ -116,12 +124,15 @@ impl LatentUp {
     pub fn for_weights(w: &UpWeights<'_>, bias: bool, tokens: usize) -> Self {
         let one_token = tokens == 1;
         match w {
-            UpWeights::Float(t) => Self { weights: t.encoding, f16_scales: false, bias, one_token },
+            UpWeights::Float(t) => {
+                Self { weights: t.encoding, f16_scales: false, bias, one_token, texture: false }
+            }
             UpWeights::Quant(q) => Self {
-                weights: q.weight.encoding,
+                weights: q.encoding,
                 f16_scales: q.scales.encoding == Encoding::F16,
                 bias,
                 one_token,
+                texture: q.in_texture(),
             },
         }
     }
@@ -180,6 +191,7 @@ impl LatentUp {
             UpWeights::Quant(q) => return bad(format!("v_up in panels of {} columns", q.panel)),
         };
         let mut resources = vec![slice(chat, 0, chat_bytes)];
+        let mut w_first = 0;
         match w {
             UpWeights::Float(t) => {
                 check_binding(gpu, "v_up", t.bytes())?;
@@ -187,7 +199,9 @@ impl LatentUp {
             }
             UpWeights::Quant(q) => {
                 check_binding(gpu, "v_up", q.bytes())?;
-                resources.push(q.weight_binding(0, rows));
+                let (weight, first) = q.weight_binding(0, rows);
+                w_first = first;
+                resources.push(weight);
                 resources.push(q.scale_binding(0, rows));
             }
         }
@@ -206,6 +220,8 @@ impl LatentUp {
             vd: vd as u32,
             ww: ww as u32,
             group: group as u32,
+            w_first,
+            _pad: [0; 3],
         };
         let pipeline = gpu.pipeline(Self::SHADER, &self.defines()).await?;
         let (gx, gy) = grid(gpu, threads.div_ceil(self.per_group()))?;

@@ -29,7 +29,8 @@
 //! last. Against row-major weights in Chromium's SwiftShader: the 49 152-column one-token product
 //! 0.11 → 0.76 G MAC/s, the vision tower's `[1024, 768]·[768, 768]ᵀ` 0.47 → 1.22 (BENCHMARKS.md,
 //! Speed V); against columns interleaved across the whole width (every word `k` of all columns
-//! together), weights streamed from memory as a decode step reads them (Speed IX).
+//! together), weights streamed from memory as a decode step reads them (Speed IX). The tiled
+//! words live in a storage buffer, or on CPU adapters in a texture ([`TiledWords`], Speed XI).
 
 use std::collections::BTreeMap;
 
@@ -44,7 +45,7 @@ use super::{Kernel, groups};
 use crate::device::Gpu;
 use crate::encoder::Encoder;
 use crate::error::{Result, RuntimeError};
-use crate::memory::DeviceBuffer;
+use crate::memory::{DeviceBuffer, DeviceTexture};
 use crate::shader::Defines;
 use crate::tensor::Tensor;
 
@@ -414,7 +415,9 @@ struct QMatmulParams {
     col_offset: u32,
     /// With [`QMatmul::parts`] > 1: the first column of the second and of the third output.
     split: [u32; 2],
-    _pad: [u32; 2],
+    /// [`TiledWords::Texture`]: the texel of the bound columns' first word.
+    w_first: u32,
+    _pad: u32,
 }
 const _: () = assert!(std::mem::size_of::<QMatmulParams>() == 48);
 
@@ -426,9 +429,12 @@ const _: () = assert!(std::mem::size_of::<QMatmulParams>() == 48);
 /// view of its columns (from [`QuantWeightsGpu::first`] on) of the stacked weight, bound at
 /// their offset, and one product can write all of them ([`QMatmul::encode_parts`]).
 pub struct QuantWeightsGpu {
-    /// The integers; `shape` and `encoding` as stored (this layer's), the buffer in column
-    /// [`tile`]s (perhaps shared with the layers stacked with it).
-    pub weight: Tensor,
+    /// `[out, cols]` as stored (this layer's).
+    pub shape: Vec<usize>,
+    /// `i8` or `i4`, as stored.
+    pub encoding: Encoding,
+    /// The integers in column [`tile`]s (perhaps shared with the layers stacked with it).
+    words: TiledWords,
     /// The scales; `shape` and `encoding` as stored (this layer's), the buffer perhaps shared.
     pub scales: Tensor,
     pub group: usize,
@@ -438,6 +444,52 @@ pub struct QuantWeightsGpu {
     layout: WeightLayout,
     /// This layer's first column in the buffers (0 unless stacked after others).
     first: usize,
+}
+
+/// Where a quantized weight's [`tile`]d words live. On CPU adapters
+/// ([`crate::Capabilities::weight_textures`]) they go into a texture, 16 bytes a texel
+/// ([`TEXTURE_WIDTH`] a row, texel `t` the 16-byte word `t`), elsewhere into a storage buffer;
+/// the integers and the products' bits are the same either way. Lavapipe (Mesa 22's llvmpipe)
+/// loads a storage buffer one SIMD lane and one 32-bit component at a time, each behind its own
+/// bounds check, but fetches texels with vector gathers: the one-token product over weights
+/// streamed from memory runs 1.1–1.4× faster from a texture there, and 1.1× in Chromium's
+/// SwiftShader (BENCHMARKS.md, Speed XI). A weight larger than a texture holds stays in a buffer.
+#[derive(Clone, Debug)]
+pub enum TiledWords {
+    Buffer(DeviceBuffer),
+    Texture(DeviceTexture),
+}
+
+/// Texels per row of a [`TiledWords::Texture`]: a power of two; a weight of up to 128 MiB fits
+/// WebGPU's 8192 rows, and the last row's padding costs at most 16 KiB.
+pub const TEXTURE_WIDTH: u32 = 1024;
+
+impl TiledWords {
+    /// The words `words` as `gpu` reads them fastest ([`TiledWords`]; a buffer for words more
+    /// than a texture holds).
+    async fn upload(gpu: &Gpu, label: &str, words: &[u32]) -> Result<Self> {
+        let rows = words.len().div_ceil(4).div_ceil(TEXTURE_WIDTH as usize);
+        if gpu.caps.weight_textures && rows <= gpu.caps.max_texture_side as usize {
+            return Ok(Self::Texture(gpu.words_texture(label, words, TEXTURE_WIDTH).await?));
+        }
+        Ok(Self::Buffer(gpu.storage_buffer(label, bytemuck::cast_slice(words)).await?))
+    }
+
+    fn same(&self, other: &TiledWords) -> bool {
+        match (self, other) {
+            (Self::Buffer(a), Self::Buffer(b)) => **a == **b,
+            (Self::Texture(a), Self::Texture(b)) => a.view == b.view,
+            _ => false,
+        }
+    }
+}
+
+/// The defines of a kernel reading a weight's [`TiledWords::Texture`] (`lib/tiles.wgsl`).
+pub(super) fn texture_defines() -> Defines {
+    BTreeMap::from([
+        ("WEIGHT_TEXTURE".to_string(), String::new()),
+        ("TEXTURE_WIDTH".to_string(), TEXTURE_WIDTH.to_string()),
+    ])
 }
 
 /// How a quantized weight's columns are packed: words per column, scale groups per column, words
@@ -519,10 +571,9 @@ impl QuantWeightsGpu {
             )));
         }
         let panel = panel_width(gpu, label, out, layout.ww, layout.scale_row)?;
-        let words = tile(rows, out, layout.ww, panel);
-        let buffer = gpu.storage_buffer(label, bytemuck::cast_slice(&words)).await?;
+        let words = TiledWords::upload(gpu, label, &tile(rows, out, layout.ww, panel)).await?;
         let group = group.unwrap_or(cols);
-        Ok(Self { weight: Tensor { buffer, shape, encoding }, scales, group, panel, layout, first: 0 })
+        Ok(Self { shape, encoding, words, scales, group, panel, layout, first: 0 })
     }
 
     /// Whether layers of `outs` columns each, stacked in this order into one weight packed as
@@ -570,7 +621,9 @@ impl QuantWeightsGpu {
         let mut scale_shape = self.scales.shape.clone();
         scale_shape[0] = out;
         QuantWeightsGpu {
-            weight: Tensor { shape: vec![out, self.cols()], ..self.weight.clone() },
+            shape: vec![out, self.cols()],
+            encoding: self.encoding,
+            words: self.words.clone(),
             scales: Tensor { shape: scale_shape, ..self.scales.clone() },
             group: self.group,
             panel: self.panel,
@@ -602,13 +655,32 @@ impl QuantWeightsGpu {
 
     /// Whether `next` is the layer stacked right after this one, in the same buffers.
     pub fn followed_by(&self, next: &QuantWeightsGpu) -> bool {
-        *self.weight.buffer == *next.weight.buffer && next.first == self.first + self.out()
+        self.words.same(&next.words) && next.first == self.first + self.out()
     }
 
-    /// The binding of this layer's columns `c0 .. c0 + nc` (one panel) of the tiled integers.
-    pub(super) fn weight_binding(&self, c0: usize, nc: usize) -> wgpu::BindingResource<'_> {
+    /// The binding of this layer's columns `c0 .. c0 + nc` (one panel) of the tiled integers,
+    /// and the texel of their first word in a texture (bound whole; 0 for a buffer, bound from
+    /// there).
+    pub(super) fn weight_binding(&self, c0: usize, nc: usize) -> (wgpu::BindingResource<'_>, u32) {
         let ww = self.layout.ww as u64 * 4;
-        slice(&self.weight.buffer, (self.first + c0) as u64 * ww, nc.next_multiple_of(4) as u64 * ww)
+        let start = (self.first + c0) as u64 * ww;
+        match &self.words {
+            TiledWords::Buffer(b) => (slice(b, start, nc.next_multiple_of(4) as u64 * ww), 0),
+            TiledWords::Texture(t) => (wgpu::BindingResource::TextureView(&t.view), (start / 16) as u32),
+        }
+    }
+
+    /// Whether the tiled integers are a texture ([`TiledWords`]).
+    pub fn in_texture(&self) -> bool {
+        matches!(self.words, TiledWords::Texture(_))
+    }
+
+    /// The storage buffer holding the tiled integers, if they are in one.
+    fn buffer(&self) -> Option<&wgpu::Buffer> {
+        match &self.words {
+            TiledWords::Buffer(b) => Some(b),
+            TiledWords::Texture(_) => None,
+        }
     }
 
     /// The binding of the scales of this layer's columns `c0 .. c0 + nc`.
@@ -623,21 +695,30 @@ impl QuantWeightsGpu {
     }
 
     pub fn bits(&self) -> Bits {
-        self.weight.encoding.packed_bits().unwrap_or(Bits::Int8)
+        self.encoding.packed_bits().unwrap_or(Bits::Int8)
     }
 
     pub fn out(&self) -> usize {
-        self.weight.shape[0]
+        self.shape[0]
     }
 
     pub fn cols(&self) -> usize {
-        self.weight.shape[1]
+        self.shape[1]
     }
 
     /// Bytes of this layer on the GPU (the tiled integers with their padding columns, and the
     /// scales).
     pub fn bytes(&self) -> u64 {
         (self.out().next_multiple_of(4) * self.layout.ww * 4) as u64 + self.scales.bytes()
+    }
+
+    /// Bytes of the buffer or texture holding the tiled integers (shared with the layers stacked
+    /// with this one; a texture's last row padded).
+    pub fn storage_bytes(&self) -> u64 {
+        match &self.words {
+            TiledWords::Buffer(b) => b.size(),
+            TiledWords::Texture(t) => t.bytes,
+        }
     }
 
     /// The panels: `(first column, columns)` each.
@@ -717,6 +798,8 @@ pub struct QMatmul {
     pub split_k: bool,
     /// Outputs written: 1, or up to [`MAX_PARTS`] for stacked layers ([`QMatmul::encode_parts`]).
     pub parts: usize,
+    /// The weight's words are a texture ([`TiledWords`]).
+    pub texture: bool,
 }
 
 /// The most stacked layers one product writes (one binding each: with the input's two and the
@@ -743,6 +826,9 @@ impl Kernel for QMatmul {
             if on {
                 d.insert(name.to_string(), String::new());
             }
+        }
+        if self.texture {
+            d.extend(texture_defines());
         }
         if self.parts > 1 {
             d.insert("PARTS".to_string(), String::new());
@@ -807,6 +893,7 @@ impl QMatmul {
             vec4,
             split_k: false,
             parts: 1,
+            texture: w.in_texture(),
         }
     }
 
@@ -861,6 +948,7 @@ impl QMatmul {
         let bad_variant = bias.is_some() != self.bias
             || self.int4 != (w.bits() == Bits::Int4)
             || self.parts != parts.len()
+            || self.texture != w.in_texture()
             || parts.len() > MAX_PARTS
             || (parts.len() > 1 && (bias.is_some() || w.panel < out));
         if bad_variant {
@@ -896,7 +984,7 @@ impl QMatmul {
             let y_bytes = (rows * part.out() * 4) as u64;
             require_size(y.0, y.1 + y_bytes, "quantized matmul output")?;
             check_binding(gpu, "quantized matmul output", y_bytes)?;
-            for buffer in [a.words, a.scales, &w.weight.buffer, &w.scales.buffer] {
+            for buffer in [a.words, a.scales, &w.scales.buffer].into_iter().chain(w.buffer()) {
                 distinct(buffer, y.0, "quantized matmul input and output")?;
             }
             outputs.push((y.0, y.1, y_bytes));
@@ -923,6 +1011,7 @@ impl QMatmul {
         let WeightLayout { ww, groups_per_row, group_words, .. } = w.layout;
         let pipeline = gpu.pipeline(Self::SHADER, &self.defines()).await?;
         for (c0, nc) in w.panels() {
+            let (weight, w_first) = w.weight_binding(c0, nc);
             let params = QMatmulParams {
                 tokens: tokens as u32,
                 n: nc as u32,
@@ -933,12 +1022,13 @@ impl QMatmul {
                 ldy: out as u32,
                 col_offset: c0 as u32,
                 split,
-                _pad: [0; 2],
+                w_first,
+                _pad: 0,
             };
             let mut resources = vec![
                 slice(a.words, 0, a_bytes),
                 slice(a.scales, 0, s_bytes),
-                w.weight_binding(c0, nc),
+                weight,
                 w.scale_binding(c0, nc),
             ];
             resources.extend(outputs.iter().map(|&(y, offset, bytes)| slice(y, offset, bytes)));

@@ -24,6 +24,8 @@ pub struct WeightLoader<'a> {
     layers: HashMap<&'a str, &'a QuantizedLayer>,
     tables: HashMap<&'a str, &'a QuantizedTable>,
     uploaded: Mutex<HashMap<String, Tensor>>,
+    /// Bytes of the quantized weights' tiled integers uploaded, by label.
+    tiled: Mutex<HashMap<String, u64>>,
 }
 
 impl<'a> WeightLoader<'a> {
@@ -31,7 +33,7 @@ impl<'a> WeightLoader<'a> {
         let q = data.manifest.quantization.as_ref();
         let layers = q.map(|q| q.layers.iter().map(|l| (l.weight.as_str(), l)).collect()).unwrap_or_default();
         let tables = q.map(|q| q.tables.iter().map(|t| (t.tensor.as_str(), t)).collect()).unwrap_or_default();
-        Self { gpu, data, layers, tables, uploaded: Mutex::new(HashMap::new()) }
+        Self { gpu, data, layers, tables, uploaded: Mutex::new(HashMap::new()), tiled: Mutex::default() }
     }
 
     /// The quantized layer whose packed weight is `name`, if any.
@@ -56,6 +58,12 @@ impl<'a> WeightLoader<'a> {
     fn remember(&self, key: String, t: &Tensor) {
         if let Ok(mut m) = self.uploaded.lock() {
             m.insert(key, t.clone());
+        }
+    }
+
+    fn remember_tiled(&self, label: &str, w: &QuantWeightsGpu) {
+        if let Ok(mut m) = self.tiled.lock() {
+            m.insert(label.to_string(), w.storage_bytes());
         }
     }
 
@@ -118,7 +126,7 @@ impl<'a> WeightLoader<'a> {
         )
         .await
         .map_err(|e| of_layer(name, e))?;
-        self.remember(format!("{name} tiled"), &weights.weight);
+        self.remember_tiled(name, &weights);
         Ok(weights)
     }
 
@@ -188,7 +196,7 @@ impl<'a> WeightLoader<'a> {
         )
         .await
         .map_err(|e| of_layer(names[0], e))?;
-        self.remember(format!("{label} tiled"), &weights.weight);
+        self.remember_tiled(&label, &weights);
         self.remember(format!("{label} scales"), &scales);
         Ok(Some(layers.into_iter().zip(weights.stack(&outs)?).collect()))
     }
@@ -219,7 +227,8 @@ impl<'a> WeightLoader<'a> {
 
     /// Bytes of every tensor uploaded so far.
     pub fn bytes(&self) -> u64 {
-        self.uploaded.lock().map_or(0, |m| m.values().map(|t| t.buffer.size()).sum())
+        let tensors = self.uploaded.lock().map_or(0, |m| m.values().map(|t| t.buffer.size()).sum::<u64>());
+        tensors + self.tiled.lock().map_or(0, |m| m.values().sum::<u64>())
     }
 }
 
