@@ -17,7 +17,8 @@ fn quad_words(cq: u32, quads: u32, ww: u32) -> vec2<u32> {
 // The 16-byte word i of the bound columns' tiled words, from the including kernel's binding `w`:
 // an array<vec4<u32>> bound at those columns, or with WEIGHT_TEXTURE a texture_2d<u32> holding
 // the whole weight (`TiledWords::Texture`: texel t, row-major, TEXTURE_WIDTH texels a row, is the
-// 16-byte word t) whose bound columns begin at texel `params.w_first`. CPU adapters fetch texels
+// 16-byte word t; a weight of fewer texels is one narrower row, where t < TEXTURE_WIDTH lands
+// too) whose bound columns begin at texel `params.w_first`. CPU adapters fetch texels
 // with vector gathers, where llvmpipe loads storage buffers one lane at a time.
 #ifdef WEIGHT_TEXTURE
 const TEXTURE_WIDTH: u32 = {{TEXTURE_WIDTH}}u;

@@ -296,11 +296,15 @@ impl Gpu {
         Ok(buffer)
     }
 
-    /// A texture of the 16-byte words `words` (four `u32` each), `width` texels a row, the last
-    /// row padded with zero words; held against the budget and checked for out-of-memory.
-    pub async fn words_texture(&self, label: &str, words: &[u32], width: u32) -> Result<DeviceTexture> {
+    /// A texture of the 16-byte words `words` (four `u32` each), `row` texels a row (`row` a
+    /// multiple of 16), the last row padded with zero words; words fewer than `row` take one
+    /// row of their own count rounded up to 16 instead. Held against the budget and checked for
+    /// out-of-memory.
+    pub async fn words_texture(&self, label: &str, words: &[u32], row: u32) -> Result<DeviceTexture> {
         self.check_lost()?;
         let texels = words.len().div_ceil(4).max(1);
+        // rows of whole 256-byte steps, as a texture upload needs
+        let width = (texels.next_multiple_of(16) as u32).min(row);
         let height = texels.div_ceil(width as usize);
         let side = self.caps.max_texture_side as usize;
         if width as usize > side || height > side {

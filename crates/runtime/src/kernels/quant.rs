@@ -461,7 +461,9 @@ pub enum TiledWords {
 }
 
 /// Texels per row of a [`TiledWords::Texture`]: a power of two; a weight of up to 128 MiB fits
-/// WebGPU's 8192 rows, and the last row's padding costs at most 16 KiB.
+/// WebGPU's 8192 rows, and the last row's padding costs less than 16 KiB (a weight of fewer
+/// texels takes one row just as wide as it needs, rounded up to 16 texels:
+/// [`Gpu::words_texture`]).
 pub const TEXTURE_WIDTH: u32 = 1024;
 
 impl TiledWords {
