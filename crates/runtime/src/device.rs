@@ -296,28 +296,36 @@ impl Gpu {
         Ok(buffer)
     }
 
+    /// The width and height of [`Gpu::words_texture`]'s texture for `texels` 16-byte words,
+    /// `row` a row, if the adapter's textures are that large.
+    pub fn words_texture_extent(&self, texels: usize, row: u32) -> Option<(u32, u32)> {
+        let texels = texels.max(1);
+        // rows of whole 256-byte steps, as a texture upload needs
+        let width = (texels.next_multiple_of(16) as u32).min(row);
+        let height = texels.div_ceil(width as usize);
+        let side = self.caps.max_texture_side as usize;
+        (width as usize <= side && height <= side).then_some((width, height as u32))
+    }
+
     /// A texture of the 16-byte words `words` (four `u32` each), `row` texels a row (`row` a
     /// multiple of 16), the last row padded with zero words; words fewer than `row` take one
     /// row of their own count rounded up to 16 instead. Held against the budget and checked for
     /// out-of-memory.
     pub async fn words_texture(&self, label: &str, words: &[u32], row: u32) -> Result<DeviceTexture> {
         self.check_lost()?;
-        let texels = words.len().div_ceil(4).max(1);
-        // rows of whole 256-byte steps, as a texture upload needs
-        let width = (texels.next_multiple_of(16) as u32).min(row);
-        let height = texels.div_ceil(width as usize);
-        let side = self.caps.max_texture_side as usize;
-        if width as usize > side || height > side {
+        let texels = words.len().div_ceil(4);
+        let Some((width, height)) = self.words_texture_extent(texels, row) else {
+            let side = u64::from(self.caps.max_texture_side);
             return Err(RuntimeError::BindingTooLarge {
-                what: format!("{label} as a texture of {texels} words, {width} a row"),
+                what: format!("{label} as a texture of {texels} words, {row} a row"),
                 bytes: texels as u64 * 16,
-                limit: side as u64 * side as u64 * 16,
+                limit: side * side * 16,
             });
-        }
-        let bytes = (height * width as usize * 16) as u64;
+        };
+        let bytes = u64::from(height) * u64::from(width) * 16;
         let reservation = self.held.reserve(label, bytes)?;
         let scope = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
-        let size = wgpu::Extent3d { width, height: height as u32, depth_or_array_layers: 1 };
+        let size = wgpu::Extent3d { width, height, depth_or_array_layers: 1 };
         let texture = self.device.create_texture(&wgpu::TextureDescriptor {
             label: Some(label),
             size,
@@ -339,7 +347,7 @@ impl Gpu {
             wgpu::TexelCopyBufferLayout { offset: 0, bytes_per_row: Some(width * 16), rows_per_image: None },
             size,
         );
-        Ok(DeviceTexture::new(texture, width, reservation))
+        Ok(DeviceTexture::new(texture, reservation))
     }
 
     /// A zeroed storage buffer of `size` bytes.

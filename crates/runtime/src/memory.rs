@@ -1,7 +1,8 @@
 //! What a device holds: every storage buffer is a [`DeviceBuffer`] (every texture of words a
-//! [`DeviceTexture`]) whose bytes count as held on its device while any clone of it lives, and a device opened with a memory budget
-//! ([`crate::DeviceOptions::memory_budget`]) refuses, with [`RuntimeError::OutOfMemory`], a
-//! storage buffer that would take what it holds past the budget.
+//! [`DeviceTexture`]) whose bytes count as held on its device while any clone of it lives, and a
+//! device opened with a memory budget ([`crate::DeviceOptions::memory_budget`]) refuses, with
+//! [`RuntimeError::OutOfMemory`], a buffer or texture that would take what it holds past the
+//! budget.
 //!
 //! The budget is the page's (or caller's) own cap, checked before wgpu is asked; the adapter's
 //! real out-of-memory errors are still caught by the error scope around each creation. Uniform
@@ -33,12 +34,11 @@ impl Deref for DeviceBuffer {
     }
 }
 
-/// A texture of 16-byte words (`rgba32uint`, one word a texel, [`DeviceTexture::width`] texels a
-/// row, row-major) and its share of the device's held bytes.
+/// A texture of 16-byte words (`rgba32uint`, one word a texel, row-major;
+/// [`crate::Gpu::words_texture`]) and its share of the device's held bytes.
 #[derive(Clone, Debug)]
 pub struct DeviceTexture {
     pub view: wgpu::TextureView,
-    pub width: u32,
     /// Bytes of the texture (its last row padded).
     pub bytes: u64,
     _texture: wgpu::Texture,
@@ -46,10 +46,10 @@ pub struct DeviceTexture {
 }
 
 impl DeviceTexture {
-    pub(crate) fn new(texture: wgpu::Texture, width: u32, reservation: Reservation) -> Self {
+    pub(crate) fn new(texture: wgpu::Texture, reservation: Reservation) -> Self {
         let view = texture.create_view(&wgpu::TextureViewDescriptor::default());
         let bytes = reservation.bytes;
-        Self { view, width, bytes, _texture: texture, _held: Arc::new(reservation) }
+        Self { view, bytes, _texture: texture, _held: Arc::new(reservation) }
     }
 }
 

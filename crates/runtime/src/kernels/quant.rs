@@ -470,8 +470,8 @@ impl TiledWords {
     /// The words `words` as `gpu` reads them fastest ([`TiledWords`]; a buffer for words more
     /// than a texture holds).
     async fn upload(gpu: &Gpu, label: &str, words: &[u32]) -> Result<Self> {
-        let rows = words.len().div_ceil(4).div_ceil(TEXTURE_WIDTH as usize);
-        if gpu.caps.weight_textures && rows <= gpu.caps.max_texture_side as usize {
+        let fits = gpu.words_texture_extent(words.len().div_ceil(4), TEXTURE_WIDTH).is_some();
+        if gpu.caps.weight_textures && fits {
             return Ok(Self::Texture(gpu.words_texture(label, words, TEXTURE_WIDTH).await?));
         }
         Ok(Self::Buffer(gpu.storage_buffer(label, bytemuck::cast_slice(words)).await?))
