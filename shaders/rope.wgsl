@@ -1,12 +1,12 @@
 // Rotary position embedding (non-interleaved, "rotate_half"), in place on
-//   q [tokens, heads, 2 * half] and k [tokens, kv_heads, 2 * half]  (row-major f32),
-// token t at position pos0 + t, with cos/sin read from table [max_positions, 2, half]
+//   q [tokens, heads, 2 * half]          tokens at positions pos0 + t
+//   k [key_tokens, kv_heads, 2 * half]   tokens at positions key_pos0 + t
+// (row-major f32; the keys are the queries' tokens, or every key rebuilt from a latent cache),
+// with cos/sin read from table [max_positions, 2, half]
 // (row p: cos(p * inv_freq[0..half]) then sin(p * inv_freq[0..half])):
 //   out[i]        = x[i] * cos[i] - x[i + half] * sin[i]
 //   out[i + half] = x[i + half] * cos[i] + x[i] * sin[i]
-// One invocation per (token, head, i < half); q and k heads share one linear index space.
-// ONE_TENSOR: only `q` is bound and rotated (kv_heads = 0): the keys rebuilt from a latent
-// cache, at positions pos0.., or queries alone.
+// One invocation per (token, head, i < half): the queries' items first, then the keys'.
 
 #include grid
 
@@ -16,17 +16,32 @@ struct Params {
     kv_heads: u32,
     half: u32,
     pos0: u32,
-    _pad0: u32,
-    _pad1: u32,
-    _pad2: u32,
+    key_tokens: u32,
+    key_pos0: u32,
+    _pad: u32,
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read> table: array<f32>;
 @group(0) @binding(2) var<storage, read_write> q: array<f32>;
-#ifndef ONE_TENSOR
 @group(0) @binding(3) var<storage, read_write> k: array<f32>;
-#endif
+
+// Element and table indices of item `id` of a tensor of `heads` heads whose token 0 sits at
+// position `pos0`: x[i] of (token, head) and cos[i] of the token's position.
+fn item(id: u32, heads: u32, pos0: u32) -> vec2<u32> {
+    let half = params.half;
+    let i = id % half;
+    let head = (id / half) % heads;
+    let t = id / (half * heads);
+    return vec2<u32>((t * heads + head) * 2u * half + i, (pos0 + t) * 2u * half + i);
+}
+
+// The pair (a, b) = (x[i], x[i + half]) rotated by the angle whose cos sits at table[at].
+fn rotated(a: f32, b: f32, at: u32) -> vec2<f32> {
+    let c = table[at];
+    let s = table[at + params.half];
+    return vec2<f32>(a * c - b * s, b * c + a * s);
+}
 
 @compute @workgroup_size(256, 1, 1)
 fn main(
@@ -36,30 +51,20 @@ fn main(
 ) {
     let id = (workgroup_index(wg, nwg)) * 256u + li;
     let half = params.half;
-    let all_heads = params.heads + params.kv_heads;
-    if (id >= params.tokens * all_heads * half) {
+    let query_items = params.tokens * params.heads * half;
+    if (id < query_items) {
+        let at = item(id, params.heads, params.pos0);
+        let r = rotated(q[at.x], q[at.x + half], at.y);
+        q[at.x] = r.x;
+        q[at.x + half] = r.y;
         return;
     }
-    let i = id % half;
-    let head = (id / half) % all_heads;
-    let t = id / (half * all_heads);
-    let row = (params.pos0 + t) * 2u * half;
-    let c = table[row + i];
-    let s = table[row + half + i];
-    if (head < params.heads) {
-        let base = (t * params.heads + head) * 2u * half + i;
-        let a = q[base];
-        let b = q[base + half];
-        q[base] = a * c - b * s;
-        q[base + half] = b * c + a * s;
+    let kid = id - query_items;
+    if (kid >= params.key_tokens * params.kv_heads * half) {
+        return;
     }
-#ifndef ONE_TENSOR
-    else {
-        let base = (t * params.kv_heads + (head - params.heads)) * 2u * half + i;
-        let a = k[base];
-        let b = k[base + half];
-        k[base] = a * c - b * s;
-        k[base + half] = b * c + a * s;
-    }
-#endif
+    let at = item(kid, params.kv_heads, params.key_pos0);
+    let r = rotated(k[at.x], k[at.x + half], at.y);
+    k[at.x] = r.x;
+    k[at.x + half] = r.y;
 }

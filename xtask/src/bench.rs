@@ -382,11 +382,16 @@ fn print_kernels(native: &[KernelReport], chromium: Option<&[KernelReport]>) {
     println!("| --- | --- | --- | --- | --- | --- |");
     for n in native {
         let c = chromium.and_then(|c| c.iter().find(|c| c.kernel == n.kernel && c.shape == n.shape));
-        let (c_ms, c_rate) = c.map_or(("–".into(), "–".into()), |c| {
-            (format!("{:.1} ms", c.best_ms), format!("{:.2}", c.gmacs))
-        });
-        println!("| {} | {} | {:.1} ms | {:.2} | {c_ms} | {c_rate} |", n.kernel, n.shape, n.best_ms, n.gmacs);
+        let (c_ms, c_rate) =
+            c.map_or(("–".into(), "–".into()), |c| (call_time(c.best_ms), format!("{:.2}", c.gmacs)));
+        let n_ms = call_time(n.best_ms);
+        println!("| {} | {} | {n_ms} | {:.2} | {c_ms} | {c_rate} |", n.kernel, n.shape, n.gmacs);
     }
+}
+
+/// One call's time: microseconds below a millisecond (the dispatch floor's row), else milliseconds.
+fn call_time(ms: f64) -> String {
+    if ms < 1.0 { format!("{:.0} µs", ms * 1e3) } else { format!("{ms:.1} ms") }
 }
 
 /// The latent-vs-plain cache table of one model on one side: per context, decode rate,

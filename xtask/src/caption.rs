@@ -45,6 +45,7 @@ use pocketvlm_compress::model::reference::Reference;
 use pocketvlm_format::dir;
 use pocketvlm_processor::{DecodeOptions, decode_image_with};
 use pocketvlm_runtime::engine::{Engine, Request, Timings, now_ms};
+use pocketvlm_runtime::model::CacheKind as EngineCache;
 use pocketvlm_runtime::model::MemoryUsage;
 use pocketvlm_runtime::model::sampling::top_k;
 use pocketvlm_runtime::parity::{relative_difference, teacher_forced};
@@ -85,9 +86,10 @@ pub struct Args {
     /// dense, low-rank or quantized; slow).
     #[arg(long)]
     cpu: bool,
-    /// With `--cpu`: keep plain keys and values in the K/V cache instead of the shared latent of
-    /// the joint-QKV layers (the same model; rounding differs).
-    #[arg(long, requires = "cpu")]
+    /// With `--cpu` or `--parity`: keep plain keys and values in the K/V cache instead of the
+    /// shared latent of the joint-QKV layers (the same model; rounding differs) — with
+    /// `--parity` in both the engine and the reference.
+    #[arg(long)]
     plain_cache: bool,
     /// Run the GPU engine and the CPU reference and compare them step by step (see the module's
     /// documentation); fails when the engine strays further than twice the reference's own noise
@@ -189,8 +191,12 @@ pub fn run(args: Args) -> Result<()> {
     if args.no_split {
         request.split = Some(false);
     }
+    if args.plain_cache && !(args.cpu || args.parity) {
+        bail!("--plain-cache needs --cpu or --parity (the engine alone keeps the latent cache)");
+    }
+    let cache = if args.plain_cache { CacheKind::Plain } else { CacheKind::Latent };
     if args.parity {
-        let report = pollster::block_on(parity(&args.model, request, args.tolerance))?;
+        let report = pollster::block_on(parity(&args.model, request, cache, args.tolerance))?;
         println!("{report:#}");
         let deviation = |key: &str| report[key]["largest_deviation"].as_f64().unwrap_or(f64::INFINITY);
         let (engine, floor) = (deviation("teacher_forced"), deviation("noise_floor"));
@@ -203,7 +209,6 @@ pub fn run(args: Args) -> Result<()> {
     }
     let stream = !args.json;
     let caption = if args.cpu {
-        let cache = if args.plain_cache { CacheKind::Plain } else { CacheKind::Latent };
         cpu_caption(&args.model, request, cache, stream)?
     } else {
         pollster::block_on(gpu_caption(&args.model, request, stream))?
@@ -261,15 +266,24 @@ async fn gpu_caption(model: &Path, request: Request, stream: bool) -> Result<Cap
 }
 
 /// The GPU engine against the CPU reference on one request (`--parity`).
-async fn parity(model: &Path, request: Request, tolerance: f32) -> Result<serde_json::Value> {
-    let reference = Reference::open(model).with_context(|| format!("loading {}", model.display()))?;
+async fn parity(
+    model: &Path,
+    request: Request,
+    cache: CacheKind,
+    tolerance: f32,
+) -> Result<serde_json::Value> {
+    let mut reference = Reference::open(model).with_context(|| format!("loading {}", model.display()))?;
+    reference.cache = cache;
     let (messages, image, split) = (request.messages.clone(), request.image.clone(), request.split);
     let run = reference.run(&messages, image.as_ref(), split, request.max_new_tokens)?;
     let expected = &run.generated_ids;
     let data = dir::open(model).with_context(|| format!("reading {}", model.display()))?;
     let tokenizer = dir::read_tokenizer(model, &data.manifest)?;
-    let engine = Engine::load(Gpu::new(&DeviceOptions::default()).await?, &data, &tokenizer).await?;
+    let mut engine = Engine::load(Gpu::new(&DeviceOptions::default()).await?, &data, &tokenizer).await?;
     drop(data);
+    if cache == CacheKind::Plain {
+        engine.model.cache_kind = EngineCache::Plain;
+    }
     let mut free = engine.start(request.clone()).await?;
     if free.prompt_ids != run.prompt_ids {
         bail!("the engine's prompt ids differ from the reference's");

@@ -79,21 +79,7 @@ impl Linear {
     /// [`Linear::load`] loads it — quantized layers stacked in one weight where
     /// [`WeightLoader::stacked_quant_weights`] allows, so one product writes all of them.
     pub async fn load_group<const N: usize>(w: &WeightLoader<'_>, names: [&str; N]) -> Result<[Linear; N]> {
-        let mut layers = Vec::with_capacity(N);
-        match w.stacked_quant_weights(&names).await? {
-            Some(views) => {
-                for (name, (layer, weights)) in names.iter().zip(views) {
-                    let q = QuantLinear::new(w, name, layer, weights, None).await?;
-                    layers.push(Linear::from(Matrix::Quant(Box::new(q))));
-                }
-            }
-            None => {
-                for name in names {
-                    layers.push(Linear::load(w, name, None).await?);
-                }
-            }
-        }
-        layers.try_into().map_err(|_| RuntimeError::Shape(format!("{N} layers loaded as another number")))
+        load_stacked(w, names, async |name| Linear::load(w, name, None).await).await
     }
 
     pub fn out_features(&self) -> usize {
@@ -242,7 +228,7 @@ pub async fn forward_shared(
 /// Steps 6–7 of quantized layers on the same rows `a`, each `(layer, y)`: in one dispatch where
 /// the layers are stacked in this order in one weight ([`QuantWeightsGpu::stack`]) without
 /// biases, else one by one.
-async fn products(
+pub async fn products(
     gpu: &Gpu,
     encoder: &mut Encoder,
     a: &QuantizedRows<'_>,
@@ -292,6 +278,12 @@ impl Matrix {
         Ok(Matrix::Float { weight: tensor, bias })
     }
 
+    /// The matrices `names` (no biases) that read one input, stacked in one weight as
+    /// [`Linear::load_group`] stacks layers, else each as [`Matrix::load`] loads it.
+    pub async fn load_group<const N: usize>(w: &WeightLoader<'_>, names: [&str; N]) -> Result<[Matrix; N]> {
+        load_stacked(w, names, async |name| Matrix::load(w, name, None).await).await
+    }
+
     pub fn out_features(&self) -> usize {
         match self {
             Matrix::Float { weight, .. } => weight.shape[0],
@@ -335,6 +327,30 @@ impl Matrix {
             Matrix::Quant(q) => q.forward(gpu, encoder, scratch, rows, x, y).await,
         }
     }
+}
+
+/// The layers `names` (no biases) that read one input: quantized matrices stacked in one weight
+/// where [`WeightLoader::stacked_quant_weights`] allows, else each as `each` loads it.
+async fn load_stacked<T: From<Matrix>, const N: usize>(
+    w: &WeightLoader<'_>,
+    names: [&str; N],
+    each: impl AsyncFn(&str) -> Result<T>,
+) -> Result<[T; N]> {
+    let mut layers = Vec::with_capacity(N);
+    match w.stacked_quant_weights(&names).await? {
+        Some(views) => {
+            for (name, (layer, weights)) in names.iter().zip(views) {
+                let q = QuantLinear::new(w, name, layer, weights, None).await?;
+                layers.push(T::from(Matrix::Quant(Box::new(q))));
+            }
+        }
+        None => {
+            for name in names {
+                layers.push(each(name).await?);
+            }
+        }
+    }
+    layers.try_into().map_err(|_| RuntimeError::Shape(format!("{N} layers loaded as another number")))
 }
 
 impl QuantLinear {

@@ -11,7 +11,7 @@
 
 use pocketvlm_format::compression::{kv_factor_names, qkv_factor_names};
 
-use super::linear::{LayerInput, Linear, Matrix, QuantLinear, forward_shared};
+use super::linear::{LayerInput, Linear, Matrix, QuantLinear, forward_shared, products};
 use super::scratch::Scratch;
 use super::weights::WeightLoader;
 use crate::device::Gpu;
@@ -58,8 +58,9 @@ impl Qkv {
             (kv_factor_names(prefix), qkv_factor_names(prefix));
         // the latent's down factor, where the queries come from, and the K and V ups
         let proj = |n: &str| format!("{prefix}.{n}_proj.weight");
-        // the layers reading the block's input are loaded together (stacked where they allow)
-        let (down, q, k_up, v_up) = if w.has(&kv_down) {
+        // the layers reading the block's input are loaded together, and so are the ups reading
+        // the latent (stacked where they allow)
+        let joint = if w.has(&kv_down) {
             let (q_proj, down) = if biases {
                 (
                     Linear::load(w, &proj("q"), bias("q").as_deref()).await?,
@@ -69,10 +70,13 @@ impl Qkv {
                 let [q_proj, down] = Linear::load_group(w, [&proj("q"), &kv_down]).await?;
                 (q_proj, down)
             };
-            (down, Queries::Proj(q_proj), kv_k_up, kv_v_up)
+            let [k_up, v_up] = Self::load_ups(w, [&kv_k_up, &kv_v_up], [bias("k"), bias("v")]).await?;
+            JointQkv { down, q: Queries::Proj(q_proj), k_up, v_up }
         } else if w.has(&qkv_down) {
-            let q = Queries::Up(Matrix::load(w, &q_up, bias("q").as_deref()).await?);
-            (Linear::load(w, &qkv_down, None).await?, q, k_up, v_up)
+            let down = Linear::load(w, &qkv_down, None).await?;
+            let names = [&*q_up, &k_up, &v_up];
+            let [q_up, k_up, v_up] = Self::load_ups(w, names, [bias("q"), bias("k"), bias("v")]).await?;
+            JointQkv { down, q: Queries::Up(q_up), k_up, v_up }
         } else if biases {
             let linear = |n: &'static str| {
                 let (weight, bias) = (proj(n), bias(n));
@@ -83,14 +87,25 @@ impl Qkv {
             let [q, k, v] = Linear::load_group(w, [&proj("q"), &proj("k"), &proj("v")]).await?;
             return Ok(Qkv::Separate { q, k, v });
         };
-        let joint = JointQkv {
-            down,
-            q,
-            k_up: Matrix::load(w, &k_up, bias("k").as_deref()).await?,
-            v_up: Matrix::load(w, &v_up, bias("v").as_deref()).await?,
-        };
         joint.check(prefix)?;
         Ok(Qkv::Joint(joint))
+    }
+
+    /// The up-projections `names` of one latent with their biases: stacked in one weight where
+    /// none has a bias and [`Matrix::load_group`] stacks them, so one product writes them all.
+    async fn load_ups<const N: usize>(
+        w: &WeightLoader<'_>,
+        names: [&str; N],
+        biases: [Option<String>; N],
+    ) -> Result<[Matrix; N]> {
+        if biases.iter().all(Option::is_none) {
+            return Matrix::load_group(w, names).await;
+        }
+        let mut ups = Vec::with_capacity(N);
+        for (name, bias) in names.into_iter().zip(biases) {
+            ups.push(Matrix::load(w, name, bias.as_deref()).await?);
+        }
+        ups.try_into().map_err(|_| RuntimeError::Shape(format!("{N} ups loaded as another number")))
     }
 
     /// The layers that read the block's input `x`.
@@ -138,11 +153,9 @@ impl Qkv {
                         let (words, scales) = scratch.latent_rows(gpu, rows, stride).await?;
                         k.quantize(gpu, encoder, rows, &c, (&words, stride), &scales).await?;
                         let a = QuantizedRows::new(&words, &scales, rows, stride);
-                        for (up, y) in [(q, outs[0]), (Some(k), outs[1]), (Some(v), outs[2])] {
-                            if let Some(up) = up {
-                                up.product(gpu, encoder, &a, (y, 0)).await?;
-                            }
-                        }
+                        let ups = [(q, outs[0]), (Some(k), outs[1]), (Some(v), outs[2])];
+                        let ups: Vec<_> = ups.into_iter().filter_map(|(up, y)| Some((up?, (y, 0)))).collect();
+                        products(gpu, encoder, &a, &ups).await?;
                     }
                 }
                 Ok(())

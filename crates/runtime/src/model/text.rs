@@ -28,7 +28,7 @@ use crate::kernels::latent::{LatentUp, LatentUpShape, UpWeights};
 use crate::kernels::norm::{NormLayout, NormShape, QuantizedOutput, RmsNorm};
 use crate::kernels::quant::QuantizedRows;
 use crate::kernels::quant::activation_words;
-use crate::kernels::rope::{Rope, RopeShape, rope_table};
+use crate::kernels::rope::{KeyRows, Rope, RopeShape, rope_table};
 use crate::memory::DeviceBuffer;
 use crate::tensor::Tensor;
 
@@ -316,16 +316,17 @@ impl<'a> AttentionPass<'a> {
         })
     }
 
-    fn rope(&self, tokens: usize, heads: usize, pos0: usize) -> RopeShape {
+    /// RoPE of the pass's new queries and keys.
+    fn rope(&self) -> RopeShape {
         let c = &self.cfg.text;
         RopeShape {
-            tokens,
-            heads,
+            tokens: self.tokens,
+            heads: c.num_attention_heads,
             kv_heads: c.num_key_value_heads,
             head_dim: c.head_dim,
-            pos0,
+            pos0: self.p0,
             max_positions: self.model.max_positions,
-            bound: tokens,
+            bound: self.tokens,
         }
     }
 
@@ -350,7 +351,7 @@ impl<'a> AttentionPass<'a> {
         let (joint, values) = match (qkv, layer) {
             (qkv, LayerCache::Plain { keys, values, .. }) => {
                 qkv.forward(gpu, encoder, scratch, tokens, normed, [&self.q, &self.k, &self.v]).await?;
-                Rope.encode(gpu, encoder, self.rope(tokens, heads, p0), table, &self.q, &self.k).await?;
+                Rope.encode(gpu, encoder, self.rope(), table, &self.q, &self.k).await?;
                 let append = CopyRows::append(tokens, dkv, p0);
                 append.encode(gpu, encoder, &self.k, keys)?;
                 append.encode(gpu, encoder, &self.v, values)?;
@@ -416,15 +417,14 @@ impl<'a> AttentionPass<'a> {
         // per head.
         let keys: &wgpu::Buffer = match layer.kept_keys() {
             Some(kept) => {
-                Rope.encode(gpu, encoder, self.rope(tokens, heads, p0), table, &self.q, &self.k).await?;
+                Rope.encode(gpu, encoder, self.rope(), table, &self.q, &self.k).await?;
                 CopyRows::append(tokens, dkv, p0).encode(gpu, encoder, &self.k, &kept.buffer)?;
                 &kept.buffer
             }
             None => {
                 let rebuilt = self.rebuilt()?;
-                Rope.encode_one(gpu, encoder, self.rope(tokens, heads, p0), table, &self.q).await?;
-                let all = RopeShape { bound: self.capacity, ..self.rope(ctx, kv_heads, 0) };
-                Rope.encode_one(gpu, encoder, all, table, rebuilt).await?;
+                let all = KeyRows { tokens: ctx, pos0: 0, bound: self.capacity };
+                Rope.encode_keys_apart(gpu, encoder, self.rope(), all, table, &self.q, rebuilt).await?;
                 rebuilt
             }
         };
