@@ -339,14 +339,32 @@ impl Gpu {
         if let Some(e) = scope.pop().await {
             return Err(RuntimeError::OutOfMemory(format!("{label} ({bytes} bytes): {e}")));
         }
-        let mut data = bytemuck::cast_slice::<u32, u8>(words).to_vec();
-        data.resize(bytes as usize, 0);
-        self.queue.write_texture(
-            texture.as_image_copy(),
-            &data,
-            wgpu::TexelCopyBufferLayout { offset: 0, bytes_per_row: Some(width * 16), rows_per_image: None },
-            size,
-        );
+        // the whole rows straight from `words`, then the last one padded (a texture starts zeroed)
+        let row_words = width as usize * 4;
+        let (whole, rest) = words.split_at(words.len() / row_words * row_words);
+        let mut last = rest.to_vec();
+        last.resize(if rest.is_empty() { 0 } else { row_words }, 0);
+        let mut y = 0;
+        for part in [whole, &last[..]] {
+            let rows = (part.len() / row_words) as u32;
+            if rows == 0 {
+                continue;
+            }
+            self.queue.write_texture(
+                wgpu::TexelCopyTextureInfo {
+                    origin: wgpu::Origin3d { x: 0, y, z: 0 },
+                    ..texture.as_image_copy()
+                },
+                bytemuck::cast_slice(part),
+                wgpu::TexelCopyBufferLayout {
+                    offset: 0,
+                    bytes_per_row: Some(width * 16),
+                    rows_per_image: None,
+                },
+                wgpu::Extent3d { height: rows, ..size },
+            );
+            y += rows;
+        }
         Ok(DeviceTexture::new(texture, reservation))
     }
 

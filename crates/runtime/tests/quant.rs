@@ -580,6 +580,8 @@ async fn check_loads(gpu: &Gpu) {
         case(13, 64, i8b, i8b),
         // 19 column quads: two whole tiles of the weight layout and a last one of three
         case(76, 64, i8b, i8b),
+        // more words than a texture row holds: whole rows and a padded last one
+        case(1100, 64, i8b, i8b),
         case(6, 96, i4b, i8b),
         LayerCase { group: Some(64), f16_scales: true, ..case(9, 256, i4b, i8b) },
         LayerCase { group: Some(128), ..case(5, 256, i4b, i4b) },
