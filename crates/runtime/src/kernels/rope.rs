@@ -151,7 +151,8 @@ impl Rope {
         }
         distinct(q, k, "rope queries and keys")?;
         let half = head_dim / 2;
-        let threads = (tokens * heads + keys.tokens * kv_heads) as u64 * half as u64;
+        let rows = tokens as u64 * heads as u64 + keys.tokens as u64 * kv_heads as u64;
+        let threads = rows * half as u64;
         if threads > u64::from(u32::MAX) || (max_positions * head_dim) as u64 > u64::from(u32::MAX) {
             return Err(RuntimeError::Shape(format!("rope over {shape:?} is too large")));
         }

@@ -7,7 +7,8 @@
 //! In a quantized model the ups share their input quantization (the contract's "latent K/V
 //! cache": INT8, no online transforms, one clip ratio), so the latent is quantized once and the
 //! integer products read the same integers — which are also what a latent KV cache stores
-//! ([`super::kv_cache`]).
+//! ([`super::kv_cache`]). The ups are loaded stacked in one weight where the layout allows, so
+//! one product writes all of them where they read the same rows (the plain cache's K and V).
 
 use pocketvlm_format::compression::{kv_factor_names, qkv_factor_names};
 
