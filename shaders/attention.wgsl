@@ -31,11 +31,15 @@
 //               latent[j, e] = f32(q[j, e]) * vscale[j] (one rounding).
 // `out` is [batch, queries, heads, VD]: VD is the latent's width rounded up (a few widths, so a
 // few compiled kernels, serve layers of many ranks); the values past the latent are zero.
+//
+// ROPE: q and k hold the projections before RoPE and are rotated as they are read
+// (lib/attention_qk.wgsl; the table is bound after the other bindings, at binding ROPE).
 
 #include grid
 
 #include attention
 #include attention_values
+#include attention_qk
 
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read> q: array<vec4<f32>>;
@@ -60,6 +64,10 @@
 #ifdef LATENT_I8
 @group(0) @binding(6) var<storage, read> vscale: array<f32>;
 #endif
+#endif
+#ifdef ROPE
+// The RoPE table (lib/attention_qk.wgsl) after the other bindings: ROPE is its binding number.
+@group(0) @binding({{ROPE}}) var<storage, read> table: array<vec4<f32>>;
 #endif
 
 #ifndef PER_QUERY
@@ -112,7 +120,7 @@ fn main(
     var qv: array<vec4<f32>, HD4>;
     var acc: array<vec4<f32>, VD4>;
     for (var c = 0u; c < HD4; c++) {
-        qv[c] = q[row * HD4 + c];
+        qv[c] = query4(row, i, c);
     }
     for (var c = 0u; c < VD4; c++) {
         acc[c] = vec4<f32>(0.0);
@@ -122,12 +130,7 @@ fn main(
     let begin = chunk * params.chunk_keys;
     let n = min(begin + params.chunk_keys, visible_keys(i));
     for (var j = begin; j < n; j++) {
-        let kb = kv_row(b, j, g) * HD4;
-        var sum = 0.0;
-        for (var c = 0u; c < HD4; c++) {
-            sum += dot(qv[c], k[kb + c]);
-        }
-        let s = sum * params.scale;
+        let s = key_dot(&qv, kv_row(b, j, g), j) * params.scale;
         var m_new = s;
         var alpha = 0.0;
         if (j > begin) {
@@ -189,7 +192,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
         n_mine = min(params.key_end, visible_keys(i));
         row = q_row(b, i, h);
         for (var c = 0u; c < HD4; c++) {
-            qv[c] = q[row * HD4 + c];
+            qv[c] = query4(row, i, c);
         }
         if (started) {
             m = ml[2u * row];
@@ -206,7 +209,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
                 let j = j0 + e / HD4;
                 var kk = vec4<f32>(0.0);
                 if (j < params.kv_len) {
-                    kk = k[kv_row(b, j, g) * HD4 + e % HD4];
+                    kk = key4(kv_row(b, j, g), j, e % HD4);
                 }
                 ks[e] = kk;
             }
@@ -314,7 +317,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     let n = min(params.key_end, visible_keys(i));
     let row = q_row(b, i, h);
     if (li < HD4) {
-        qs[li] = q[row * HD4 + li];
+        qs[li] = query4(row, i, li);
     }
     // Invocation (lane, c) accumulates dims 4c..4c+3 over keys lane, lane + LANES, ….
     let lane = li / VD4;
@@ -335,10 +338,10 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
         let j = j0 + li;
         var s = -3.0e38;
         if (j < n) {
-            let kb = kv_row(b, j, g) * HD4;
+            let kr = kv_row(b, j, g);
             var sum = 0.0;
             for (var e = 0u; e < HD4; e++) {
-                sum += dot(qs[e], k[kb + e]);
+                sum += dot(qs[e], key4(kr, j, e));
             }
             s = sum * params.scale;
         }

@@ -29,9 +29,14 @@
 
 @group(0) @binding(0) var<uniform> params: Params;
 #ifdef STAGE_SCORES
+#include attention_qk
 @group(0) @binding(1) var<storage, read> q: array<vec4<f32>>;
 @group(0) @binding(2) var<storage, read> k: array<vec4<f32>>;
 @group(0) @binding(3) var<storage, read_write> scores: array<vec4<f32>>;
+#ifdef ROPE
+// The RoPE table (lib/attention_qk.wgsl): ROPE is its binding number.
+@group(0) @binding({{ROPE}}) var<storage, read> table: array<vec4<f32>>;
+#endif
 #endif
 #ifdef STAGE_SOFTMAX
 @group(0) @binding(1) var<storage, read_write> scores: array<vec4<f32>>;
@@ -96,20 +101,24 @@ fn main(
         return; // above the causal diagonal of all 4 queries: never read
     }
     let g = blk.h / (params.heads / params.kv_heads);
+    var qi: array<u32, 4>; // the block's queries and their rows
     var qr: array<u32, 4>;
+    var kj: array<u32, 4>; // its keys and their rows
     var kr: array<u32, 4>;
     for (var r = 0u; r < 4u; r++) {
-        qr[r] = q_row(blk.b, min(blk.i0 + r, params.queries - 1u), blk.h) * HD4;
-        kr[r] = kv_row(blk.b, min(4u * kg + r, params.key_end - 1u), g) * HD4;
+        qi[r] = min(blk.i0 + r, params.queries - 1u);
+        qr[r] = q_row(blk.b, qi[r], blk.h);
+        kj[r] = min(4u * kg + r, params.key_end - 1u);
+        kr[r] = kv_row(blk.b, kj[r], g);
     }
     var acc: array<vec4<f32>, 4>; // acc[r][c]: query i0 + r, key 4 kg + c
     for (var d = 0u; d < HD4; d++) {
-        let k0 = k[kr[0] + d];
-        let k1 = k[kr[1] + d];
-        let k2 = k[kr[2] + d];
-        let k3 = k[kr[3] + d];
+        let k0 = key4(kr[0], kj[0], d);
+        let k1 = key4(kr[1], kj[1], d);
+        let k2 = key4(kr[2], kj[2], d);
+        let k3 = key4(kr[3], kj[3], d);
         for (var r = 0u; r < 4u; r++) {
-            let a = q[qr[r] + d];
+            let a = query4(qr[r], qi[r], d);
             acc[r] = block_step(acc[r], a, k0, k1, k2, k3);
         }
     }

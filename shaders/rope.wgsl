@@ -1,7 +1,7 @@
 // Rotary position embedding (non-interleaved, "rotate_half"), in place on
-//   q [tokens, heads, 2 * half]          tokens at positions pos0 + t
-//   k [key_tokens, kv_heads, 2 * half]   tokens at positions key_pos0 + t
-// (row-major f32; the keys are the queries' tokens, or every key rebuilt from a latent cache),
+//   q [tokens, heads, 2 * half]      token t at position pos0 + t
+//   k [tokens, kv_heads, 2 * half]   the same tokens
+// (row-major f32),
 // with cos/sin read from table [max_positions, 2, half]
 // (row p: cos(p * inv_freq[0..half]) then sin(p * inv_freq[0..half])):
 //   out[i]        = x[i] * cos[i] - x[i + half] * sin[i]
@@ -16,9 +16,9 @@ struct Params {
     kv_heads: u32,
     half: u32,
     pos0: u32,
-    key_tokens: u32,
-    key_pos0: u32,
-    _pad: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
@@ -60,10 +60,10 @@ fn main(
         return;
     }
     let kid = id - query_items;
-    if (kid >= params.key_tokens * params.kv_heads * half) {
+    if (kid >= params.tokens * params.kv_heads * half) {
         return;
     }
-    let at = item(kid, params.kv_heads, params.key_pos0);
+    let at = item(kid, params.kv_heads, params.pos0);
     let r = rotated(k[at.x], k[at.x + half], at.y);
     k[at.x] = r.x;
     k[at.x + half] = r.y;

@@ -43,6 +43,7 @@ shaders![
     "bf16_rows",
     "lib/attention",
     "lib/activation",
+    "lib/attention_qk",
     "lib/attention_values",
     "lib/block",
     "lib/grid",

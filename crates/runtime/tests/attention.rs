@@ -1,14 +1,16 @@
 //! Attention (every variant) against an f64 reference: bidirectional multi-tile vision
 //! attention, causal grouped-query prefill with an offset, decode against a larger KV cache,
-//! many keys (several passes), and head dims 32/64/72. Runs natively and in the browser.
+//! many keys (several passes), head dims 32/64/72, and queries and keys rotated by RoPE as they
+//! are read. Runs natively and in the browser.
 
 mod common;
 
 use common::{EPS, assert_close, encoder, submit, upload, values, zeros};
 use pocketvlm_runtime::kernels::attention::{
-    Attention, AttentionShape, AttentionVariant, SCORES_MAX_KEYS, SPLIT_KEYS_BELOW, ValueKind,
-    attention_reference,
+    Attention, AttentionShape, AttentionVariant, RopeTable, SCORES_MAX_KEYS, SPLIT_KEYS_BELOW, ValueKind,
+    Values, attention_reference,
 };
+use pocketvlm_runtime::kernels::rope::{rope_reference, rope_table};
 use pocketvlm_runtime::{DeviceOptions, Gpu, RuntimeError};
 
 #[cfg(target_arch = "wasm32")]
@@ -25,7 +27,19 @@ const TARGET: f64 = 1e-5;
 /// * `exp(x)` is good to (3 + 2|x|) ULP (WGSL), for the numerator and the denominator;
 /// * the numerator and denominator are blocked sums (≤ 64 terms per block, one block per 16 or
 ///   256 keys, then ≤ 4 lanes) plus a rescale per block, and the final division.
-fn tolerance(q: &[f32], k: &[f32], v: &[f32], shape: AttentionShape) -> Vec<f32> {
+///
+/// With RoPE on load, `q` and `k` are the reference's rotations and `rotated` bounds what each
+/// element was rotated from, `|x_i·cos| + |x_j·sin|` (`rope_magnitudes`): the kernel's rotation
+/// errs by ≤ 2 ε times that and the reference's f32 rounding by ½ ε, so each product `q·k` by
+/// ≤ 5 ε times the product of the bounds, and `S_j` takes the bounds with `hd + 7` in place of
+/// `hd + 2`.
+fn tolerance(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    shape: AttentionShape,
+    rotated: Option<(&[f32], &[f32])>,
+) -> Vec<f32> {
     let AttentionShape { batch, queries, heads, kv_heads, head_dim: hd, kv_capacity, .. } = shape;
     let scale = (hd as f64).powf(-0.5);
     let mut tol = vec![0f32; batch * queries * heads * hd];
@@ -37,15 +51,21 @@ fn tolerance(q: &[f32], k: &[f32], v: &[f32], shape: AttentionShape) -> Vec<f32>
                 let g = h / (heads / kv_heads);
                 let qrow = &q[((b * queries + i) * heads + h) * hd..][..hd];
                 let krow = |j: usize| ((b * kv_capacity + j) * kv_heads + g) * hd;
+                let (qm, km, ulps) = match rotated {
+                    Some((qm, km)) => (qm, km, hd + 7),
+                    None => (q, k, hd + 2),
+                };
+                let qmrow = &qm[((b * queries + i) * heads + h) * hd..][..hd];
                 let mut scores = Vec::with_capacity(n);
                 let mut score_err: f64 = 0.0;
                 for j in 0..n {
                     let kr = &k[krow(j)..][..hd];
                     let s: f64 = qrow.iter().zip(kr).map(|(&a, &c)| f64::from(a) * f64::from(c)).sum();
+                    let kmr = &km[krow(j)..][..hd];
                     let abs: f64 =
-                        qrow.iter().zip(kr).map(|(&a, &c)| (f64::from(a) * f64::from(c)).abs()).sum();
+                        qmrow.iter().zip(kmr).map(|(&a, &c)| (f64::from(a) * f64::from(c)).abs()).sum();
                     scores.push(s * scale);
-                    score_err = score_err.max((hd + 2) as f64 * f64::from(EPS) * abs * scale);
+                    score_err = score_err.max(ulps as f64 * f64::from(EPS) * abs * scale);
                 }
                 let max = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
                 let w: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
@@ -66,29 +86,69 @@ fn tolerance(q: &[f32], k: &[f32], v: &[f32], shape: AttentionShape) -> Vec<f32>
 }
 
 async fn attention_case(gpu: &Gpu, shape: AttentionShape, q_scale: f32, seed: u64) {
-    variants_case(gpu, shape, q_scale, seed, &AttentionVariant::ALL).await;
+    variants_case(gpu, shape, q_scale, seed, &AttentionVariant::ALL, None).await;
 }
 
+/// `x` `[batch, rows, heads, hd]` with row `r` of each batch rotated to position `pos0 + r`
+/// (the reference's RoPE, rounded to f32), and each element's bound `|x_i·cos| + |x_j·sin|`.
+fn rope_rows(x: &[f32], table: &[f32], batch: usize, heads: usize, hd: usize, pos0: usize) -> [Vec<f32>; 2] {
+    let per_batch = x.len() / batch;
+    let (rows, half) = (per_batch / (heads * hd), hd / 2);
+    let mut rotated = Vec::with_capacity(x.len());
+    for xb in x.chunks(per_batch) {
+        rotated.extend(rope_reference(xb, table, rows, heads, hd, pos0));
+    }
+    let bound = (0..x.len())
+        .map(|e| {
+            let (r, i) = ((e / (heads * hd)) % rows, e % hd);
+            let at = (pos0 + r) * hd + i % half;
+            let partner = if i < half { x[e + half] } else { x[e - half] };
+            (x[e] * table[at]).abs() + (partner * table[at + half]).abs()
+        })
+        .collect();
+    [rotated, bound]
+}
+
+/// Every variant of `variants` on `shape` against the reference; with `rope_theta`, the queries
+/// and keys are uploaded before RoPE and the kernel rotates them as it reads them.
 async fn variants_case(
     gpu: &Gpu,
     shape: AttentionShape,
     q_scale: f32,
     seed: u64,
     variants: &[AttentionVariant],
+    rope_theta: Option<f32>,
 ) {
-    let AttentionShape { batch, queries, heads, kv_heads, head_dim, kv_capacity, .. } = shape;
+    let AttentionShape { batch, queries, heads, kv_heads, head_dim, kv_capacity, q_offset, .. } = shape;
     let q: Vec<f32> = values(seed, batch * queries * heads * head_dim).iter().map(|x| x * q_scale).collect();
     let k = values(seed + 1, batch * kv_capacity * kv_heads * head_dim);
     let v = values(seed + 2, batch * kv_capacity * kv_heads * head_dim);
     let (qb, kb, vb) = (upload(gpu, &q).await, upload(gpu, &k).await, upload(gpu, &v).await);
-    let want = attention_reference(&q, &k, &v, shape);
-    let tol = tolerance(&q, &k, &v, shape);
+    let max_positions = kv_capacity.max(q_offset + queries) + 3;
+    let table = rope_theta.map(|theta| rope_table(theta, head_dim, max_positions));
+    let (want, tol) = match &table {
+        Some(table) => {
+            let [qr, qm] = rope_rows(&q, table, batch, heads, head_dim, q_offset);
+            let [kr, km] = rope_rows(&k, table, batch, kv_heads, head_dim, 0);
+            let tol = tolerance(&qr, &kr, &v, shape, Some((&qm, &km)));
+            (attention_reference(&qr, &kr, &v, shape), tol)
+        }
+        None => (attention_reference(&q, &k, &v, shape), tolerance(&q, &k, &v, shape, None)),
+    };
+    let table_buffer = match &table {
+        Some(t) => Some(upload(gpu, t).await),
+        None => None,
+    };
+    let table = table_buffer.as_ref().map(|table| RopeTable { table, max_positions });
     for &variant in variants {
         let out = zeros(gpu, q.len()).await;
         let mut enc = encoder(gpu);
-        let result = Attention { head_dim, variant, values: ValueKind::PerHead }
-            .encode(gpu, &mut enc, shape, &qb, &kb, &vb, &out)
-            .await;
+        let kernel = Attention { head_dim, variant, values: ValueKind::PerHead, rope: table.is_some() };
+        let values = Values::PerHead(&vb);
+        let result = match table {
+            Some(t) => kernel.encode_rotating(gpu, &mut enc, shape, &qb, &kb, t, &values, &out).await,
+            None => kernel.encode_values(gpu, &mut enc, shape, &qb, &kb, &values, &out).await,
+        };
         if variant == AttentionVariant::Scores && shape.key_count() > SCORES_MAX_KEYS {
             // Beyond its loop bound the scores variant refuses (for_shape never picks it there).
             assert!(matches!(result, Err(RuntimeError::Shape(_))), "{shape:?}: {result:?}");
@@ -97,7 +157,8 @@ async fn variants_case(
         result.unwrap();
         submit(gpu, enc);
         let got = gpu.read_f32(&out, q.len()).await.unwrap();
-        let what = format!("attention {variant:?} {shape:?}");
+        let rope = if table.is_some() { " (RoPE on load)" } else { "" };
+        let what = format!("attention {variant:?}{rope} {shape:?}");
         let worst = assert_close(&what, &got, &want, |i| tol[i]);
         eprintln!("{what}: worst error {worst:.3} of tolerance");
     }
@@ -132,6 +193,20 @@ async fn check_shapes(gpu: &Gpu) {
     batched.batch = 2;
     attention_case(gpu, batched, 2.0, 9).await;
 
+    // RoPE on load (a latent cache's rebuilt keys, key j at position j): decode over a few keys
+    // (one per-query chunk) and over more (chunks merged), causal prefill after an offset,
+    // batched bidirectional, head dim 72.
+    let rope_shapes = [
+        AttentionShape::causal(1, 9, 3, 64, 37, 64),
+        AttentionShape::causal(1, 15, 5, 64, 299, 320),
+        AttentionShape::causal(37, 6, 2, 64, 5, 50),
+        AttentionShape::bidirectional(2, 33, 2, 64),
+        AttentionShape::causal(6, 4, 2, 72, 100, 200),
+    ];
+    for (i, shape) in rope_shapes.into_iter().enumerate() {
+        variants_case(gpu, shape, 2.0, 20 + i as u64, &AttentionVariant::ALL, Some(100000.0)).await;
+    }
+
     // Decode runs barrier-free on CPU adapters.
     let decode = if gpu.caps.cpu { AttentionVariant::PerQuery } else { AttentionVariant::SplitKeys };
     assert_eq!(Attention::for_shape(gpu, &AttentionShape::causal(1, 15, 5, 64, 9, 20)).variant, decode);
@@ -159,9 +234,45 @@ async fn check_shapes(gpu: &Gpu) {
             head_dim: shape.head_dim,
             variant: AttentionVariant::QueryTiled,
             values: ValueKind::PerHead,
+            rope: false,
         };
         let err = kernel.encode(gpu, &mut enc, shape, &buf, &buf, &buf, &out).await.unwrap_err();
         assert!(matches!(err, RuntimeError::Shape(_)), "{shape:?}: {err}");
+    }
+    // RoPE on load: a table without a kernel built to rotate and the reverse, positions past the
+    // table, and a head dimension whose halves are not whole vec4s are typed errors.
+    let shape = AttentionShape::causal(1, 2, 1, 64, 3, 8);
+    let table = zeros(gpu, 8 * 64).await;
+    let rotating = Attention {
+        head_dim: 64,
+        variant: AttentionVariant::PerQuery,
+        values: ValueKind::PerHead,
+        rope: true,
+    };
+    let plain = Attention { rope: false, ..rotating };
+    let values = Values::PerHead(&buf);
+    let mut enc = encoder(gpu);
+    let fits = RopeTable { table: &table, max_positions: 8 };
+    let short = RopeTable { table: &table, max_positions: 3 };
+    let errors = [
+        plain.encode_rotating(gpu, &mut enc, shape, &buf, &buf, fits, &values, &out).await,
+        rotating.encode_values(gpu, &mut enc, shape, &buf, &buf, &values, &out).await,
+        rotating.encode_rotating(gpu, &mut enc, shape, &buf, &buf, short, &values, &out).await,
+        Attention { head_dim: 36, ..rotating }
+            .encode_rotating(
+                gpu,
+                &mut enc,
+                AttentionShape::causal(1, 2, 1, 36, 3, 8),
+                &buf,
+                &buf,
+                fits,
+                &values,
+                &out,
+            )
+            .await,
+    ];
+    for (i, result) in errors.into_iter().enumerate() {
+        assert!(matches!(result, Err(RuntimeError::Shape(_))), "RoPE error case {i}: {result:?}");
     }
 }
 
@@ -171,7 +282,7 @@ async fn check_split_scores() {
     let options = DeviceOptions { max_storage_binding: Some(160 << 10), ..Default::default() };
     let gpu = Gpu::new(&options).await.expect("a GPU adapter");
     let shape = AttentionShape::bidirectional(3, 67, 3, 64);
-    variants_case(&gpu, shape, 2.0, 13, &[AttentionVariant::Scores]).await;
+    variants_case(&gpu, shape, 2.0, 13, &[AttentionVariant::Scores], None).await;
 }
 
 #[cfg(not(target_arch = "wasm32"))]

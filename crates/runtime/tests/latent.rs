@@ -1,7 +1,8 @@
 //! The kernels of the shared-latent KV cache against f64 references: attention whose values are
 //! a latent shared by all heads (f32 rows, and the contract's INT8 rows with a scale each) giving
-//! the softmax-weighted latent sums, and the absorbed `v_up` applied to those sums (float and
-//! packed INT8/INT4 weights, per channel and grouped, with and without bias), and the float
+//! the softmax-weighted latent sums, also with queries and keys rotated by RoPE as the attention
+//! reads them (keys rebuilt from the latent); the absorbed `v_up` applied to those sums (float and
+//! packed INT8/INT4 weights, per channel and grouped, with and without bias); and the float
 //! latent cache's bf16 rows against `half`'s rounding, bit for bit. Natively and in the browser.
 
 mod common;
@@ -10,12 +11,15 @@ use common::{assert_close, assert_exact, encoder, submit, upload, upload_u32, va
 use pocketvlm_format::Encoding;
 use pocketvlm_format::quant::pack::pack;
 use pocketvlm_format::quant::{ActivationQuant, Bits};
-use pocketvlm_runtime::kernels::attention::{Attention, AttentionShape, AttentionVariant, ValueKind, Values};
+use pocketvlm_runtime::kernels::attention::{
+    Attention, AttentionShape, AttentionVariant, RopeTable, ValueKind, Values,
+};
 use pocketvlm_runtime::kernels::bf16_rows::Bf16Rows;
 use pocketvlm_runtime::kernels::latent::{LatentUp, LatentUpShape, UpWeights};
 use pocketvlm_runtime::kernels::quant::{
     QMatmul, QuantWeightsGpu, Quantize, QuantizedRows, activation_words,
 };
+use pocketvlm_runtime::kernels::rope::{rope_reference, rope_table};
 use pocketvlm_runtime::tensor::Tensor;
 use pocketvlm_runtime::{DeviceOptions, Gpu};
 
@@ -64,13 +68,31 @@ fn latent_sums(
     (out, mag)
 }
 
-async fn latent_attention_case(gpu: &Gpu, shape: AttentionShape, rank: usize, int8: bool, seed: u64) {
-    let AttentionShape { queries, heads, kv_heads, head_dim: hd, kv_len, .. } = shape;
+/// With `rope`, the queries and keys are uploaded before RoPE and the kernel rotates them as it
+/// reads them (query i at position q_offset + i, key j at j: keys rebuilt from the latent).
+async fn latent_attention_case(
+    gpu: &Gpu,
+    shape: AttentionShape,
+    rank: usize,
+    (int8, rope): (bool, bool),
+    seed: u64,
+) {
+    let AttentionShape { queries, heads, kv_heads, head_dim: hd, kv_len, q_offset, .. } = shape;
     let q: Vec<f32> = values(seed, queries * heads * hd).iter().map(|x| x * 2.0).collect();
     let k = values(seed + 1, kv_len * kv_heads * hd);
     let raw = values(seed + 2, kv_len * rank);
     let kb = upload(gpu, &k).await;
     let qb = upload(gpu, &q).await;
+    let table = rope_table(100000.0, hd, kv_len);
+    let table = rope.then_some((upload(gpu, &table).await, table));
+    // the scores' queries and keys: the reference's rotation of what the kernel reads
+    let (q, k) = match &table {
+        Some((_, t)) => (
+            rope_reference(&q, t, queries, heads, hd, q_offset),
+            rope_reference(&k, t, kv_len, kv_heads, hd, 0),
+        ),
+        None => (q, k),
+    };
     let (kind, latent, out) = if int8 {
         // The contract's quantization of each latent row, packed four i8 per word.
         let act = ActivationQuant::new(Bits::Int8, 1.0).unwrap();
@@ -103,11 +125,19 @@ async fn latent_attention_case(gpu: &Gpu, shape: AttentionShape, rank: usize, in
         };
         let sums = zeros(gpu, queries * heads * vd).await;
         let mut enc = encoder(gpu);
-        let kernel = Attention { head_dim: hd, variant, values: kind };
-        kernel.encode_values(gpu, &mut enc, shape, &qb, &kb, &values, &sums).await.unwrap();
+        let kernel = Attention { head_dim: hd, variant, values: kind, rope };
+        match &table {
+            Some((table, _)) => {
+                let table = RopeTable { table, max_positions: kv_len };
+                kernel.encode_rotating(gpu, &mut enc, shape, &qb, &kb, table, &values, &sums).await
+            }
+            None => kernel.encode_values(gpu, &mut enc, shape, &qb, &kb, &values, &sums).await,
+        }
+        .unwrap();
         submit(gpu, enc);
         let got = gpu.read_f32(&sums, queries * heads * vd).await.unwrap();
-        let what = format!("latent attention {variant:?} {kind:?} {shape:?}");
+        let rope = if rope { " (RoPE on load)" } else { "" };
+        let what = format!("latent attention {variant:?}{rope} {kind:?} {shape:?}");
         let worst = assert_close(&what, &got, &want, |i| (TARGET * mag[i]) as f32 + 1e-30);
         eprintln!("{what}: worst error {worst:.3} of tolerance");
     }
@@ -321,12 +351,19 @@ async fn check_all(gpu: &Gpu) {
     }
     for int8 in [false, true] {
         // Prefill after 5 cached tokens, GQA 6/2, odd rank; decode over 300 keys; 600 keys.
-        latent_attention_case(gpu, AttentionShape::causal(37, 6, 2, 16, 5, 42), 30, int8, 1).await;
-        latent_attention_case(gpu, AttentionShape::causal(1, 9, 3, 64, 299, 300), 100, int8, 2).await;
-        latent_attention_case(gpu, AttentionShape::causal(40, 3, 1, 16, 560, 600), 24, int8, 3).await;
+        latent_attention_case(gpu, AttentionShape::causal(37, 6, 2, 16, 5, 42), 30, (int8, false), 1).await;
+        latent_attention_case(gpu, AttentionShape::causal(1, 9, 3, 64, 299, 300), 100, (int8, false), 2)
+            .await;
+        latent_attention_case(gpu, AttentionShape::causal(40, 3, 1, 16, 560, 600), 24, (int8, false), 3)
+            .await;
+        // Rebuilt keys rotated on load, decode over 300 keys (per-query chunks merged).
+        latent_attention_case(gpu, AttentionShape::causal(1, 9, 3, 64, 299, 300), 100, (int8, true), 5).await;
     }
-    // The widest latent the format lets a 64-wide GQA head cache (rank < 2·d_kv = 384).
-    latent_attention_case(gpu, AttentionShape::causal(2, 9, 3, 64, 20, 22), 383, true, 4).await;
+    // The widest latent the format lets a 64-wide GQA head cache (rank < 2·d_kv = 384), before
+    // and after RoPE on load; and a prefill rotating on load.
+    latent_attention_case(gpu, AttentionShape::causal(2, 9, 3, 64, 20, 22), 383, (true, false), 4).await;
+    latent_attention_case(gpu, AttentionShape::causal(2, 9, 3, 64, 20, 22), 383, (true, true), 6).await;
+    latent_attention_case(gpu, AttentionShape::causal(37, 6, 2, 16, 5, 42), 30, (true, true), 7).await;
     for encoding in [Encoding::F32, Encoding::F16, Encoding::BF16] {
         latent_up_case(gpu, UpCase::Float(encoding), 30, false, 10).await;
     }

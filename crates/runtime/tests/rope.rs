@@ -1,38 +1,26 @@
-//! RoPE against an f64 reference on odd shapes and positions — keys at the queries' tokens or at
-//! rows of their own (a latent cache's rebuilt keys) —, and the CPU cos/sin table against values
-//! transformers' `LlamaRotaryEmbedding` produces. Runs natively and in the browser.
+//! RoPE against an f64 reference on odd shapes and positions, and the CPU cos/sin table against
+//! values transformers' `LlamaRotaryEmbedding` produces. Runs natively and in the browser.
+//! (RoPE as the attention kernel applies it on load: `tests/attention.rs`.)
 
 mod common;
 
 use common::{EPS, assert_close, encoder, submit, upload, values};
-use pocketvlm_runtime::kernels::rope::{KeyRows, Rope, RopeShape, rope_reference, rope_table};
+use pocketvlm_runtime::kernels::rope::{Rope, RopeShape, rope_reference, rope_table};
 use pocketvlm_runtime::{DeviceOptions, Gpu, RuntimeError};
 
 #[cfg(target_arch = "wasm32")]
 wasm_bindgen_test::wasm_bindgen_test_configure!(run_in_browser);
 
-/// RoPE of `shape`'s queries and of the keys at `keys` (the queries' tokens when `None`).
-async fn rope_case(gpu: &Gpu, shape: RopeShape, keys: Option<KeyRows>, theta: f32, seed: u64) {
+async fn rope_case(gpu: &Gpu, shape: RopeShape, theta: f32, seed: u64) {
     let RopeShape { tokens, heads, kv_heads, head_dim, pos0, max_positions, .. } = shape;
     let table = rope_table(theta, head_dim, max_positions);
-    let (key_tokens, key_pos0) = keys.map_or((tokens, pos0), |k| (k.tokens, k.pos0));
     let q: Vec<f32> = values(seed, tokens * heads * head_dim).iter().map(|v| v * 4.0).collect();
-    let bound_keys = keys.map_or(tokens, |k| k.bound);
-    let k = values(seed + 1, bound_keys * kv_heads * head_dim);
+    let k = values(seed + 1, tokens * kv_heads * head_dim);
     let (tb, qb, kb) = (upload(gpu, &table).await, upload(gpu, &q).await, upload(gpu, &k).await);
     let mut enc = encoder(gpu);
-    match keys {
-        None => Rope.encode(gpu, &mut enc, shape, &tb, &qb, &kb).await.unwrap(),
-        Some(rows) => Rope.encode_keys_apart(gpu, &mut enc, shape, rows, &tb, &qb, &kb).await.unwrap(),
-    }
+    Rope.encode(gpu, &mut enc, shape, &tb, &qb, &kb).await.unwrap();
     submit(gpu, enc);
-    // the keys' rows past `key_tokens` are bound but must stay untouched
-    let k_rows = key_tokens * kv_heads * head_dim;
-    let got_k = gpu.read_f32(&kb, k.len()).await.unwrap();
-    assert_eq!(got_k[k_rows..], k[k_rows..], "rope wrote keys past its rows: {shape:?} {keys:?}");
-    let rows =
-        [("q", &q[..], &qb, heads, tokens, pos0), ("k", &k[..k_rows], &kb, kv_heads, key_tokens, key_pos0)];
-    for (name, x, buffer, h, tokens, pos0) in rows {
+    for (name, x, buffer, h) in [("q", &q, &qb, heads), ("k", &k, &kb, kv_heads)] {
         let got = gpu.read_f32(buffer, x.len()).await.unwrap();
         let want = rope_reference(x, &table, tokens, h, head_dim, pos0);
         // Two products and one sum (possibly fused), plus rounding the reference:
@@ -60,21 +48,7 @@ async fn check_shapes(gpu: &Gpu) {
     ];
     for (i, &(tokens, heads, kv_heads, head_dim, pos0, max_positions, theta)) in cases.iter().enumerate() {
         let shape = RopeShape { tokens, heads, kv_heads, head_dim, pos0, max_positions, bound: tokens };
-        rope_case(gpu, shape, None, theta, 50 + i as u64).await;
-    }
-    // One new query against every key rebuilt from a latent cache (positions 0..), bound to the
-    // cache's capacity; and keys ahead of the queries.
-    let apart = [
-        ((1, 9, 3, 64, 37, 64), (38, 0, 50)),
-        ((3, 4, 2, 8, 5, 16), (2, 11, 2)),
-        ((1, 15, 5, 64, 8191, 8192), (8192, 0, 8192)),
-    ];
-    for (i, ((tokens, heads, kv_heads, head_dim, pos0, max_positions), (kt, kp, kb))) in
-        apart.into_iter().enumerate()
-    {
-        let shape = RopeShape { tokens, heads, kv_heads, head_dim, pos0, max_positions, bound: tokens };
-        let keys = KeyRows { tokens: kt, pos0: kp, bound: kb };
-        rope_case(gpu, shape, Some(keys), 100000.0, 70 + i as u64).await;
+        rope_case(gpu, shape, theta, 50 + i as u64).await;
     }
     // Positions past the table and odd head dimensions are typed errors.
     let (t, q, k) =
@@ -97,18 +71,6 @@ async fn check_shapes(gpu: &Gpu) {
         RopeShape { tokens: 2, heads: 1, kv_heads: 1, head_dim: 4, pos0: 0, max_positions: 4, bound: 17 };
     let err = Rope.encode(gpu, &mut enc, bad, &t, &q, &k).await.unwrap_err();
     assert!(matches!(err, RuntimeError::Shape(_)), "{err}");
-    // Keys apart: past the table, unbound, or wider than their buffer.
-    let new =
-        RopeShape { tokens: 1, heads: 1, kv_heads: 1, head_dim: 4, pos0: 0, max_positions: 4, bound: 1 };
-    for keys in [
-        KeyRows { tokens: 2, pos0: 3, bound: 2 },
-        KeyRows { tokens: 2, pos0: 0, bound: 1 },
-        KeyRows { tokens: 0, pos0: 0, bound: 1 },
-        KeyRows { tokens: 2, pos0: 0, bound: 17 },
-    ] {
-        let err = Rope.encode_keys_apart(gpu, &mut enc, new, keys, &t, &q, &k).await.unwrap_err();
-        assert!(matches!(err, RuntimeError::Shape(_)), "{keys:?}: {err}");
-    }
 }
 
 /// Entries of `LlamaRotaryEmbedding(rope_theta = 100000, head_dim = 64)`'s cos/sin as computed

@@ -16,7 +16,7 @@ use super::values;
 use crate::device::{DeviceOptions, Gpu, now_ms};
 use crate::encoder::Encoder;
 use crate::error::{Result, RuntimeError};
-use crate::kernels::attention::{Attention, AttentionShape, AttentionVariant, ValueKind, Values};
+use crate::kernels::attention::{Attention, AttentionShape, AttentionVariant, RopeTable, ValueKind, Values};
 use crate::kernels::matmul::{MatVec, Matmul, MatmulShape};
 use crate::kernels::quant::{
     QMatmul, QuantWeightsGpu, Quantize, QuantizedRows, Rotate, RotationTable, activation_words,
@@ -285,7 +285,8 @@ async fn attention(gpu: &Gpu) -> Result<Vec<KernelReport>> {
         // q·k and p·v: two multiply-accumulates per (query, key, head, dim).
         let macs = 2.0 * (shape.queries * shape.kv_len * shape.heads * shape.head_dim) as f64;
         for variant in variants {
-            let kernel = Attention { head_dim: shape.head_dim, variant, values: ValueKind::PerHead };
+            let kernel =
+                Attention { head_dim: shape.head_dim, variant, values: ValueKind::PerHead, rope: false };
             let label = format!("attention {variant:?}");
             let shape_label = format!(
                 "{} queries × {} keys × {} heads × {}",
@@ -308,7 +309,8 @@ const DEMO_LATENT_WORDS: usize = 92;
 
 /// The same decode step over the demo recipe's shared INT8 latent instead of per-head values
 /// (the absorbed form: every query head sums whole latent rows, `shaders/attention.wgsl`), by
-/// the variants a CPU adapter could run it with.
+/// the variants a CPU adapter could run it with, with the queries and the keys rebuilt from the
+/// latent rotated on load as the model runs it.
 async fn latent_decode_attention(gpu: &Gpu, shape: AttentionShape) -> Result<Vec<KernelReport>> {
     let values = ValueKind::LatentI8 { words: DEMO_LATENT_WORDS };
     let width = values.out_dim(shape.head_dim);
@@ -318,6 +320,10 @@ async fn latent_decode_attention(gpu: &Gpu, shape: AttentionShape) -> Result<Vec
     let scales = values_buffer(gpu, shape.kv_capacity, 6).await?;
     let out = gpu.zeroed_buffer("out", (shape.queries * shape.heads * width * 4) as u64).await?;
     let latent = Values::LatentI8 { words: &words, scales: &scales, words_per_row: DEMO_LATENT_WORDS };
+    let max_positions = shape.kv_capacity;
+    let table = rope_table(100000.0, shape.head_dim, max_positions);
+    let table = gpu.storage_buffer("rope table", bytemuck::cast_slice(&table)).await?;
+    let table = RopeTable { table: &table, max_positions };
     // q·k over the head dimension, p·latent over the latent's width.
     let macs = (shape.queries * shape.kv_len * shape.heads * (shape.head_dim + width)) as f64;
     let shape_label = format!(
@@ -326,10 +332,10 @@ async fn latent_decode_attention(gpu: &Gpu, shape: AttentionShape) -> Result<Vec
     );
     let mut reports = Vec::new();
     for variant in [AttentionVariant::PerQuery, AttentionVariant::Scores] {
-        let kernel = Attention { head_dim: shape.head_dim, variant, values };
-        let label = format!("attention {variant:?} INT8 latent");
+        let kernel = Attention { head_dim: shape.head_dim, variant, values, rope: true };
+        let label = format!("attention {variant:?} INT8 latent, RoPE on load");
         let report = time_macs(gpu, &label, shape_label.clone(), macs, async |gpu: &Gpu, e: &mut Encoder| {
-            kernel.encode_values(gpu, e, shape, &q, &k, &latent, &out).await
+            kernel.encode_rotating(gpu, e, shape, &q, &k, table, &latent, &out).await
         })
         .await?;
         reports.push(report);

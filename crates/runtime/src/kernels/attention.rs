@@ -39,6 +39,13 @@
 //! adapters, where each barrier costs tens of microseconds) and [`AttentionVariant::Scores`]
 //! (register-blocked, no barriers; for vision and prefill on CPU adapters).
 //! [`Attention::for_shape`] picks one.
+//!
+//! **RoPE on load.** With [`Attention::rope`], `q` and `k` hold the projections before RoPE and
+//! every variant rotates what it reads (`shaders/lib/attention_qk.wgsl`: query `i` at position
+//! `q_offset + i`, key `j` at position `j`, the operations of `shaders/rope.wgsl`): the keys a
+//! latent cache rebuilds each step take no RoPE dispatch of their own. Each query head rotates
+//! the keys it reads again (GQA: `heads / kv_heads` times), a few hundred flops per key against
+//! a dispatch (~50–90 µs on a CPU adapter).
 
 use std::collections::BTreeMap;
 
@@ -107,7 +114,12 @@ impl Kernel for ScoresKernel {
         let ScoresKernel(attention, stage) = self;
         // Only the values stage depends on what the values are (fewer pipelines to compile).
         let (mut d, name) = match stage {
-            ScoresStage::Scores => (attention.head_defines(), "STAGE_SCORES"),
+            ScoresStage::Scores => {
+                let mut d = attention.head_defines();
+                // the table after q, k and the scores
+                attention.rope_define(&mut d, 4);
+                (d, "STAGE_SCORES")
+            }
             ScoresStage::Softmax => (Defines::new(), "STAGE_SOFTMAX"),
             ScoresStage::Values => (attention.value_defines(), "STAGE_VALUES"),
         };
@@ -311,12 +323,29 @@ pub struct Attention {
     pub head_dim: usize,
     pub variant: AttentionVariant,
     pub values: ValueKind,
+    /// Queries and keys arrive before RoPE and are rotated as they are read
+    /// (`shaders/lib/attention_qk.wgsl`: query `i` at position `q_offset + i`, key `j` at
+    /// position `j`), with the table given to [`Attention::encode_rotating`]: keys rebuilt from a
+    /// latent cache then take no RoPE dispatch of their own.
+    pub rope: bool,
+}
+
+/// The RoPE table an [`Attention`] with `rope` reads: `[max_positions, 2, head_dim / 2]` f32
+/// (`super::rope::rope_table`).
+#[derive(Clone, Copy, Debug)]
+pub struct RopeTable<'a> {
+    pub table: &'a wgpu::Buffer,
+    pub max_positions: usize,
 }
 
 impl Kernel for Attention {
     const SHADER: &'static str = "attention";
     fn defines(&self) -> Defines {
         let mut d = self.value_defines();
+        // the table after q, k, v, the output (and the softmax state, or the chunks), the scales
+        let scales = usize::from(matches!(self.values, ValueKind::LatentI8 { .. }));
+        let before_table = if self.variant == AttentionVariant::PerQuery { 4 } else { 5 };
+        self.rope_define(&mut d, before_table + scales + 1);
         let vd = self.values.out_dim(self.head_dim);
         match self.variant {
             AttentionVariant::QueryTiled => {
@@ -342,6 +371,13 @@ impl Attention {
     /// The head dimension's define.
     fn head_defines(&self) -> Defines {
         BTreeMap::from([("HEAD_DIM".to_string(), self.head_dim.to_string())])
+    }
+
+    /// With `rope`, the define naming the table's binding.
+    fn rope_define(&self, d: &mut Defines, binding: usize) {
+        if self.rope {
+            d.insert("ROPE".to_string(), binding.to_string());
+        }
     }
 
     /// The defines every variant shares: the head dimension and what the values are.
@@ -374,7 +410,7 @@ impl Attention {
             (false, true) if shape.key_count() <= SCORES_MAX_KEYS => AttentionVariant::Scores,
             (false, _) => AttentionVariant::QueryTiled,
         };
-        Self { head_dim: shape.head_dim, variant, values: ValueKind::PerHead }
+        Self { head_dim: shape.head_dim, variant, values: ValueKind::PerHead, rope: false }
     }
 
     /// The kernel for `shape` on `gpu` reading values of `kind`.
@@ -407,6 +443,35 @@ impl Attention {
         shape: AttentionShape,
         q: &wgpu::Buffer,
         k: &wgpu::Buffer,
+        v: &Values<'_>,
+        out: &wgpu::Buffer,
+    ) -> Result<()> {
+        self.encode_all(gpu, encoder, shape, (q, k, None), v, out).await
+    }
+
+    /// [`Attention::encode_values`] of a kernel with `rope`: `q` and `k` before RoPE, rotated
+    /// with `table` as they are read.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn encode_rotating(
+        &self,
+        gpu: &Gpu,
+        encoder: &mut Encoder,
+        shape: AttentionShape,
+        q: &wgpu::Buffer,
+        k: &wgpu::Buffer,
+        table: RopeTable<'_>,
+        v: &Values<'_>,
+        out: &wgpu::Buffer,
+    ) -> Result<()> {
+        self.encode_all(gpu, encoder, shape, (q, k, Some(table)), v, out).await
+    }
+
+    async fn encode_all(
+        &self,
+        gpu: &Gpu,
+        encoder: &mut Encoder,
+        shape: AttentionShape,
+        (q, k, table): (&wgpu::Buffer, &wgpu::Buffer, Option<RopeTable<'_>>),
         v: &Values<'_>,
         out: &wgpu::Buffer,
     ) -> Result<()> {
@@ -443,6 +508,9 @@ impl Attention {
         if v.kind() != self.values {
             return bad("the kernel was built for other values");
         }
+        if self.rope != table.is_some() {
+            return bad("a RoPE table goes with a kernel built to rotate, and only with it");
+        }
         let vd = self.values.out_dim(head_dim);
         if vd == 0 || vd > MAX_VALUE_DIM || (self.values != ValueKind::PerHead && batch != 1) {
             return bad(&format!("latent values are 1..={MAX_VALUE_DIM} wide, batch 1"));
@@ -473,6 +541,21 @@ impl Attention {
             }
         };
         require_size(v_buffer, v_bytes, "attention values")?;
+        let table = match table {
+            Some(RopeTable { table, max_positions }) => {
+                if head_dim % 8 != 0 {
+                    return bad("RoPE on load needs head_dim a multiple of 8 (vec4 halves)");
+                }
+                if q_offset + queries > max_positions || kv_len > max_positions {
+                    return bad(&format!("positions past the RoPE table's {max_positions}"));
+                }
+                let bytes = (max_positions * head_dim * 4) as u64;
+                require_size(table, bytes, "attention RoPE table")?;
+                check_binding(gpu, "attention RoPE table", bytes)?;
+                Some((table, bytes))
+            }
+            None => None,
+        };
         for (buffer, what) in [(q, "queries"), (k, "keys"), (v_buffer, "values")] {
             distinct(buffer, out, &format!("attention {what} and output"))?;
         }
@@ -512,6 +595,7 @@ impl Attention {
             v: (v_buffer, v_bytes),
             v_scales,
             out: (out, out_bytes),
+            table,
         };
         match self.variant {
             AttentionVariant::QueryTiled | AttentionVariant::SplitKeys => {
@@ -572,6 +656,7 @@ impl Attention {
                 Slot::Out,
                 Slot::Other(slice(&ml, 0, ml_bytes)),
                 Slot::Scales,
+                Slot::Table,
             ]);
             dispatch(gpu, encoder, &pipeline, "attention", bytemuck::bytes_of(&params), resources, groups);
         }
@@ -613,6 +698,7 @@ impl Attention {
             Slot::V,
             Slot::Other(slice(&part, 0, part_bytes)),
             Slot::Scales,
+            Slot::Table,
         ]);
         dispatch(
             gpu,
@@ -667,7 +753,7 @@ impl Attention {
             };
             let scratch = || Slot::Other(slice(&scores, 0, scores_bytes));
             let stages = [
-                ("attention scores", blocks * stride4, vec![Slot::Q, Slot::K, scratch()]),
+                ("attention scores", blocks * stride4, vec![Slot::Q, Slot::K, scratch(), Slot::Table]),
                 ("attention softmax", blocks * 4, vec![scratch()]),
                 (
                     "attention values",
@@ -693,6 +779,8 @@ enum Slot<'a> {
     Out,
     /// The INT8 latent's scales; nothing for other values.
     Scales,
+    /// The RoPE table; nothing for a kernel reading rotated queries and keys.
+    Table,
     Other(wgpu::BindingResource<'a>),
 }
 
@@ -703,6 +791,7 @@ struct Bindings<'a> {
     v: (&'a wgpu::Buffer, u64),
     v_scales: Option<(&'a wgpu::Buffer, u64)>,
     out: (&'a wgpu::Buffer, u64),
+    table: Option<(&'a wgpu::Buffer, u64)>,
 }
 
 impl<'a> Bindings<'a> {
@@ -717,6 +806,7 @@ impl<'a> Bindings<'a> {
                 Slot::V => Some(bound(self.v)),
                 Slot::Out => Some(bound(self.out)),
                 Slot::Scales => self.v_scales.map(bound),
+                Slot::Table => self.table.map(bound),
                 Slot::Other(resource) => Some(resource),
             })
             .collect()

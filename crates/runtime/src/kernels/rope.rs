@@ -5,11 +5,11 @@
 //! becomes `out[i] = x[i]·cos[p, i] − x[i + half]·sin[p, i]` and
 //! `out[i + half] = x[i + half]·cos[p, i] + x[i]·sin[p, i]` for `i < half`.
 //!
-//! Buffers: `q` f32 `[tokens, heads, hd]`, `k` f32 `[key tokens, kv_heads, hd]` (row-major,
-//! rotated in place), `table` f32 `[max_positions, 2, half]` from [`rope_table`]: row `p` holds
-//! `cos(p·inv_freq[0..half])` then `sin(p·inv_freq[0..half])`. Upload the table once. The keys
-//! are the queries' tokens, or ([`Rope::encode_keys_apart`]) rows of their own: the keys a latent
-//! cache rebuilds for every cached token, each at its own position — one dispatch either way.
+//! Buffers: `q` f32 `[tokens, heads, hd]`, `k` f32 `[tokens, kv_heads, hd]` (row-major, rotated
+//! in place), `table` f32 `[max_positions, 2, half]` from [`rope_table`]: row `p` holds
+//! `cos(p·inv_freq[0..half])` then `sin(p·inv_freq[0..half])`. Upload the table once. (Keys
+//! rebuilt from a latent cache, each at its own position, are rotated by the attention kernel as
+//! it reads them: `super::attention::Attention::rope`.)
 
 use std::collections::BTreeMap;
 
@@ -31,9 +31,7 @@ struct Params {
     kv_heads: u32,
     half: u32,
     pos0: u32,
-    key_tokens: u32,
-    key_pos0: u32,
-    _pad: u32,
+    _pad: [u32; 3],
 }
 const _: () = assert!(std::mem::size_of::<Params>() == 32);
 
@@ -53,22 +51,6 @@ pub struct RopeShape {
     /// buffer's capacity for tensors that grow by one row each decode step, so every step binds
     /// the same ranges and reuses one bind group.
     pub bound: usize,
-}
-
-/// The keys' rows when they are not the queries' tokens: `tokens` rows at positions
-/// `pos0..pos0 + tokens`, of which `bound` (≥ `tokens`) are bound, as [`RopeShape::bound`].
-#[derive(Clone, Copy, Debug)]
-pub struct KeyRows {
-    pub tokens: usize,
-    pub pos0: usize,
-    pub bound: usize,
-}
-
-impl RopeShape {
-    /// The keys' rows when they are the queries' tokens.
-    fn key_rows(&self) -> KeyRows {
-        KeyRows { tokens: self.tokens, pos0: self.pos0, bound: self.bound }
-    }
 }
 
 /// The cos/sin table transformers' `LlamaRotaryEmbedding` (default rope type) produces, in its
@@ -117,33 +99,12 @@ impl Rope {
         q: &wgpu::Buffer,
         k: &wgpu::Buffer,
     ) -> Result<()> {
-        self.encode_keys_apart(gpu, encoder, shape, shape.key_rows(), table, q, k).await
-    }
-
-    /// Record the rotation of the queries `q` (`shape`'s tokens) and of the keys `k` at rows
-    /// `keys` in place, in one dispatch: the new queries and every key rebuilt from a latent
-    /// cache at its own position.
-    #[allow(clippy::too_many_arguments)]
-    pub async fn encode_keys_apart(
-        &self,
-        gpu: &Gpu,
-        encoder: &mut Encoder,
-        shape: RopeShape,
-        keys: KeyRows,
-        table: &wgpu::Buffer,
-        q: &wgpu::Buffer,
-        k: &wgpu::Buffer,
-    ) -> Result<()> {
         let RopeShape { tokens, heads, kv_heads, head_dim, pos0, max_positions, bound } = shape;
-        let bad = || Err(RuntimeError::Shape(format!("rope over {shape:?}, keys {keys:?}")));
-        let rows_fit = |t: usize, b: usize| t > 0 && b >= t;
-        if heads == 0 || kv_heads == 0 || head_dim == 0 || head_dim % 2 != 0 {
-            return bad();
+        if tokens == 0 || heads == 0 || kv_heads == 0 || head_dim == 0 || head_dim % 2 != 0 || bound < tokens
+        {
+            return Err(RuntimeError::Shape(format!("rope over {shape:?}")));
         }
-        if !rows_fit(tokens, bound) || !rows_fit(keys.tokens, keys.bound) {
-            return bad();
-        }
-        let last = (pos0 + tokens).max(keys.pos0 + keys.tokens);
+        let last = pos0 + tokens;
         if last > max_positions {
             return Err(RuntimeError::Shape(format!(
                 "rope positions up to {last} exceed the table's {max_positions}"
@@ -151,13 +112,13 @@ impl Rope {
         }
         distinct(q, k, "rope queries and keys")?;
         let half = head_dim / 2;
-        let rows = tokens as u64 * heads as u64 + keys.tokens as u64 * kv_heads as u64;
+        let rows = tokens as u64 * (heads + kv_heads) as u64;
         let threads = rows * half as u64;
         if threads > u64::from(u32::MAX) || (max_positions * head_dim) as u64 > u64::from(u32::MAX) {
             return Err(RuntimeError::Shape(format!("rope over {shape:?} is too large")));
         }
         let q_bytes = (bound * heads * head_dim * 4) as u64;
-        let k_bytes = (keys.bound * kv_heads * head_dim * 4) as u64;
+        let k_bytes = (bound * kv_heads * head_dim * 4) as u64;
         let table_bytes = (max_positions * head_dim * 4) as u64;
         for (buffer, bytes, what) in
             [(q, q_bytes, "rope queries"), (k, k_bytes, "rope keys"), (table, table_bytes, "rope table")]
@@ -173,9 +134,7 @@ impl Rope {
             kv_heads: kv_heads as u32,
             half: half as u32,
             pos0: pos0 as u32,
-            key_tokens: keys.tokens as u32,
-            key_pos0: keys.pos0 as u32,
-            _pad: 0,
+            _pad: [0; 3],
         };
         let (gx, gy) = grid(gpu, threads.div_ceil(u64::from(WORKGROUP)))?;
         dispatch(gpu, encoder, &pipeline, "rope", bytemuck::bytes_of(&params), resources, (gx, gy, 1));

@@ -9,15 +9,17 @@
 //! padded to whole words) and its f32 scale, exactly what the ups consume; a float model keeps
 //! `c` rounded to bf16 (`2r` bytes, the manifest's 16-bit values; bf16 rather than f16 keeps
 //! f32's range, so no latent overflows; [`crate::kernels::bf16_rows`]), widened each step into a
-//! transient f32 buffer shared by all layers. Attention then rebuilds the keys of all cached tokens each step (`k_up` on the
-//! cache, RoPE at each key's own position) into a transient buffer shared by all layers, and
-//! never rebuilds values: it sums the latents with the softmax weights and applies `v_up` once
-//! per head ([`crate::kernels::latent`]).
+//! transient f32 buffer shared by all layers. Each step then rebuilds the keys of all cached
+//! tokens (`k_up` on the cache) into a transient buffer shared by all layers, which attention
+//! reads with RoPE applied as it loads each key at its own position
+//! ([`crate::kernels::attention::Attention::rope`]); it never rebuilds values: it sums the latents
+//! with the softmax weights and applies `v_up` once per head ([`crate::kernels::latent`]).
 //!
 //! **Latent with kept keys** ([`CacheKind::LatentKeys`]): the same latent, and beside it each
-//! token's keys, rebuilt from its cached latent once, when the token enters, and kept after RoPE
-//! (f32 `[capacity, d_kv]`). A key depends only on its own latent and position, so the kept keys
-//! are bit for bit the ones a step would rebuild; decoding then costs no `ctx · d_kv · r`
+//! token's keys, rebuilt from its cached latent once, when the token enters, and kept before RoPE
+//! (f32 `[capacity, d_kv]`; attention rotates them as it reads them, as it does rebuilt keys). A
+//! key depends only on its own latent, so the kept keys are bit for bit the ones a step would
+//! rebuild, and attention reads both alike; decoding then costs no `ctx · d_kv · r`
 //! rebuild per layer and step (on a compute-bound adapter that rebuild dominates a step from
 //! ~50 cached tokens on, BENCHMARKS.md), at `4 · d_kv` more bytes per token and layer.
 
@@ -39,7 +41,7 @@ pub enum CacheKind {
     /// The latent where the format's rule allows it (the default).
     #[default]
     Latent,
-    /// The latent where the format's rule allows it, and the keys after RoPE beside it.
+    /// The latent where the format's rule allows it, and the keys (before RoPE) beside it.
     LatentKeys,
     /// Keys and values everywhere.
     Plain,
@@ -77,7 +79,7 @@ pub enum LayerCache {
     LatentI8 { words: DeviceBuffer, scales: DeviceBuffer, words_per_row: usize, keys: Option<KeptKeys> },
 }
 
-/// A latent layer's keys after RoPE, f32 `[capacity, width]` ([`CacheKind::LatentKeys`]).
+/// A latent layer's keys before RoPE, f32 `[capacity, width]` ([`CacheKind::LatentKeys`]).
 pub struct KeptKeys {
     pub buffer: DeviceBuffer,
     pub width: usize,

@@ -4,7 +4,8 @@
 //! into the `<image>` positions; per layer `h = RMSNorm(x)`, `q,k,v = h·W_{q,k,v}ᵀ` ([`Qkv`]),
 //! RoPE on `q` and `k`, `k, v` appended to the cache, `x += o_proj(CausalGQA(q, K[..p0+T],
 //! V[..p0+T]))` — or, for a layer with a latent cache ([`super::kv_cache`]), the latent appended,
-//! `K` rebuilt from it (every cached key each step, or the new ones once and kept) and `V` absorbed;
+//! `K` rebuilt from it (every cached key each step, or the new ones once and kept; RoPE on `q`
+//! and `K` as attention reads them) and `V` absorbed;
 //! `x += down(silu(gate(RMSNorm(x))) ⊙ up(RMSNorm(x)))`; then the final RMSNorm and `lm_head` on
 //! the last position only.
 
@@ -20,7 +21,7 @@ use super::weights::WeightLoader;
 use crate::device::Gpu;
 use crate::encoder::Encoder;
 use crate::error::{Result, RuntimeError};
-use crate::kernels::attention::{Attention, AttentionShape, ValueKind, Values};
+use crate::kernels::attention::{Attention, AttentionShape, RopeTable, ValueKind, Values};
 use crate::kernels::bf16_rows::Bf16Rows;
 use crate::kernels::copy::CopyRows;
 use crate::kernels::embed::{Embed, EmbedShape, ImageFeatures};
@@ -28,7 +29,7 @@ use crate::kernels::latent::{LatentUp, LatentUpShape, UpWeights};
 use crate::kernels::norm::{NormLayout, NormShape, QuantizedOutput, RmsNorm};
 use crate::kernels::quant::QuantizedRows;
 use crate::kernels::quant::activation_words;
-use crate::kernels::rope::{KeyRows, Rope, RopeShape, rope_table};
+use crate::kernels::rope::{Rope, RopeShape, rope_table};
 use crate::memory::DeviceBuffer;
 use crate::tensor::Tensor;
 
@@ -412,25 +413,20 @@ impl<'a> AttentionPass<'a> {
             }
             _ => return Err(RuntimeError::Shape("a latent cache for a layer without a joint QKV".into())),
         };
-        // Latent cache: RoPE on the new queries and keys, appended to the kept keys — or on
-        // every rebuilt key at its own position —, attention summing latents, then v_up once
-        // per head.
+        // Latent cache: the new keys appended to the kept keys, or every key rebuilt; attention
+        // rotating the queries and keys (key j at position j) as it reads them and summing
+        // latents, then v_up once per head.
         let keys: &wgpu::Buffer = match layer.kept_keys() {
             Some(kept) => {
-                Rope.encode(gpu, encoder, self.rope(), table, &self.q, &self.k).await?;
                 CopyRows::append(tokens, dkv, p0).encode(gpu, encoder, &self.k, &kept.buffer)?;
                 &kept.buffer
             }
-            None => {
-                let rebuilt = self.rebuilt()?;
-                let all = KeyRows { tokens: ctx, pos0: 0, bound: self.capacity };
-                Rope.encode_keys_apart(gpu, encoder, self.rope(), all, table, &self.q, rebuilt).await?;
-                rebuilt
-            }
+            None => self.rebuilt()?,
         };
-        let kernel = Attention::with_values(gpu, &causal, values.kind());
+        let kernel = Attention { rope: true, ..Attention::with_values(gpu, &causal, values.kind()) };
+        let table = RopeTable { table, max_positions: self.model.max_positions };
         let sums = self.sums.as_ref().ok_or_else(|| RuntimeError::Shape("no latent sums buffer".into()))?;
-        kernel.encode_values(gpu, encoder, causal, &self.q, keys, &values, sums).await?;
+        kernel.encode_rotating(gpu, encoder, causal, &self.q, keys, table, &values, sums).await?;
         let (weights, bias) = match &joint.v_up {
             Matrix::Float { weight, bias } => (UpWeights::Float(weight), bias.as_ref()),
             Matrix::Quant(q) => (UpWeights::Quant(&q.weights), q.bias.as_ref()),
