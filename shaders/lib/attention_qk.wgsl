@@ -2,9 +2,9 @@
 // including shader declares `q` and `k` (and `table` with ROPE) with its own binding numbers.
 //
 // As stored, or with ROPE rotated on load: q and k hold the projections before RoPE, query i of
-// the call sits at position q_offset + i and key j at position j (keys rebuilt from a latent
-// cache, one per cached token), and each vec4 read is rotated as rope.wgsl rotates it
-// (non-interleaved, "rotate_half"; the same operations in the same order, so the same values):
+// the call sits at position q_offset + i and key j at position j (a latent cache's keys, kept
+// or rebuilt, one per cached token), and each vec4 read is rotated with the operations
+// rope.wgsl uses (non-interleaved, "rotate_half"):
 //   x'[e]        = x[e] * cos[e] - x[e + half] * sin[e]
 //   x'[e + half] = x[e + half] * cos[e] + x[e] * sin[e]         e < half = HD / 2
 // with cos/sin from table [max_positions, 2, half] read as vec4s (HD % 8 == 0, so a vec4 never

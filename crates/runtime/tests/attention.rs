@@ -29,7 +29,7 @@ const TARGET: f64 = 1e-5;
 ///   256 keys, then ≤ 4 lanes) plus a rescale per block, and the final division.
 ///
 /// With RoPE on load, `q` and `k` are the reference's rotations and `rotated` bounds what each
-/// element was rotated from, `|x_i·cos| + |x_j·sin|` (`rope_magnitudes`): the kernel's rotation
+/// element was rotated from, `|x_i·cos| + |x_j·sin|` (`rope_rows`): the kernel's rotation
 /// errs by ≤ 2 ε times that and the reference's f32 rounding by ½ ε, so each product `q·k` by
 /// ≤ 5 ε times the product of the bounds, and `S_j` takes the bounds with `hd + 7` in place of
 /// `hd + 2`.
@@ -193,9 +193,8 @@ async fn check_shapes(gpu: &Gpu) {
     batched.batch = 2;
     attention_case(gpu, batched, 2.0, 9).await;
 
-    // RoPE on load (a latent cache's rebuilt keys, key j at position j): decode over a few keys
-    // (one per-query chunk) and over more (chunks merged), causal prefill after an offset,
-    // batched bidirectional, head dim 72.
+    // RoPE on load (a latent cache's keys, key j at position j): decode over 38 and over 300
+    // keys, causal prefill after an offset, batched bidirectional, head dim 72.
     let rope_shapes = [
         AttentionShape::causal(1, 9, 3, 64, 37, 64),
         AttentionShape::causal(1, 15, 5, 64, 299, 320),

@@ -69,7 +69,7 @@ fn latent_sums(
 }
 
 /// With `rope`, the queries and keys are uploaded before RoPE and the kernel rotates them as it
-/// reads them (query i at position q_offset + i, key j at j: keys rebuilt from the latent).
+/// reads them (query i at position q_offset + i, key j at j: a latent cache's keys).
 async fn latent_attention_case(
     gpu: &Gpu,
     shape: AttentionShape,
@@ -83,8 +83,12 @@ async fn latent_attention_case(
     let raw = values(seed + 2, kv_len * rank);
     let kb = upload(gpu, &k).await;
     let qb = upload(gpu, &q).await;
-    let table = rope_table(100000.0, hd, kv_len);
-    let table = rope.then_some((upload(gpu, &table).await, table));
+    let table = if rope {
+        let table = rope_table(100000.0, hd, kv_len);
+        Some((upload(gpu, &table).await, table))
+    } else {
+        None
+    };
     // the scores' queries and keys: the reference's rotation of what the kernel reads
     let (q, k) = match &table {
         Some((_, t)) => (

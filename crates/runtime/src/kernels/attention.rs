@@ -42,8 +42,8 @@
 //!
 //! **RoPE on load.** With [`Attention::rope`], `q` and `k` hold the projections before RoPE and
 //! every variant rotates what it reads (`shaders/lib/attention_qk.wgsl`: query `i` at position
-//! `q_offset + i`, key `j` at position `j`, the operations of `shaders/rope.wgsl`): the keys a
-//! latent cache rebuilds each step take no RoPE dispatch of their own. Each query head rotates
+//! `q_offset + i`, key `j` at position `j`, the operations of `shaders/rope.wgsl`): a latent
+//! cache's keys, kept or rebuilt each step, take no RoPE dispatch of their own. Each query head rotates
 //! the keys it reads again (GQA: `heads / kv_heads` times), a few hundred flops per key against
 //! a dispatch (~50–90 µs on a CPU adapter).
 
@@ -325,8 +325,8 @@ pub struct Attention {
     pub values: ValueKind,
     /// Queries and keys arrive before RoPE and are rotated as they are read
     /// (`shaders/lib/attention_qk.wgsl`: query `i` at position `q_offset + i`, key `j` at
-    /// position `j`), with the table given to [`Attention::encode_rotating`]: keys rebuilt from a
-    /// latent cache then take no RoPE dispatch of their own.
+    /// position `j`), with the table given to [`Attention::encode_rotating`]: a latent cache's keys
+    /// (kept or rebuilt) then take no RoPE dispatch of their own.
     pub rope: bool,
 }
 
