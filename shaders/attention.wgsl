@@ -139,8 +139,10 @@ fn main(
         }
         let p = exp(s - m_new);
         l = l * alpha + p;
+        // the row's scale read once for its vec4s (a CPU adapter loads lane by lane)
+        let vs = value_scale(b, j);
         for (var c = 0u; c < VD4; c++) {
-            acc[c] = fma(vec4<f32>(p), value4(b, j, g, c), acc[c] * alpha);
+            acc[c] = fma(vec4<f32>(p), value4_scaled(b, j, g, c, vs), acc[c] * alpha);
         }
         m = m_new;
     }

@@ -201,11 +201,16 @@ fn main(
             let p1 = scores[pr[1] + c];
             let p2 = scores[pr[2] + c];
             let p3 = scores[pr[3] + c];
+            // each key's row scale read once for its four value vec4s
+            let s0 = value_scale(blk.b, j0);
+            let s1 = value_scale(blk.b, j1);
+            let s2 = value_scale(blk.b, j2);
+            let s3 = value_scale(blk.b, j3);
             for (var t = 0u; t < 4u; t++) {
-                let v0 = value4(blk.b, j0, g, col[t]);
-                let v1 = value4(blk.b, j1, g, col[t]);
-                let v2 = value4(blk.b, j2, g, col[t]);
-                let v3 = value4(blk.b, j3, g, col[t]);
+                let v0 = value4_scaled(blk.b, j0, g, col[t], s0);
+                let v1 = value4_scaled(blk.b, j1, g, col[t], s1);
+                let v2 = value4_scaled(blk.b, j2, g, col[t], s2);
+                let v3 = value4_scaled(blk.b, j3, g, col[t], s3);
                 part[t] = fma(vec4<f32>(p0.w), v3, fma(vec4<f32>(p0.z), v2, fma(vec4<f32>(p0.y), v1, fma(vec4<f32>(p0.x), v0, part[t]))));
                 part[4u + t] = fma(vec4<f32>(p1.w), v3, fma(vec4<f32>(p1.z), v2, fma(vec4<f32>(p1.y), v1, fma(vec4<f32>(p1.x), v0, part[4u + t]))));
                 part[8u + t] = fma(vec4<f32>(p2.w), v3, fma(vec4<f32>(p2.z), v2, fma(vec4<f32>(p2.y), v1, fma(vec4<f32>(p2.x), v0, part[8u + t]))));

@@ -4,6 +4,21 @@
 
 // Value vec4 c (dims 4c..4c+3) of key j for kv head g.
 fn value4(b: u32, j: u32, g: u32, c: u32) -> vec4<f32> {
+    return value4_scaled(b, j, g, c, value_scale(b, j));
+}
+
+// The scale of key j's INT8 latent row (LATENT_I8); 1 for the other values, which ignore it.
+fn value_scale(b: u32, j: u32) -> f32 {
+#ifdef LATENT_I8
+    return vscale[b * params.kv_capacity + j];
+#else
+    return 1.0;
+#endif
+}
+
+// value4 with key j's row scale `scale` (value_scale(b, j)) read once by the caller for all of
+// the row's vec4s.
+fn value4_scaled(b: u32, j: u32, g: u32, c: u32, scale: f32) -> vec4<f32> {
 #ifdef LATENT_F32
     let base = (b * params.kv_capacity + j) * params.value_width;
     var x = vec4<f32>(0.0);
@@ -19,7 +34,7 @@ fn value4(b: u32, j: u32, g: u32, c: u32) -> vec4<f32> {
         return vec4<f32>(0.0);
     }
     let row = b * params.kv_capacity + j;
-    return vec4<f32>(unpack4xI8(v[row * params.value_width + c])) * vscale[row];
+    return vec4<f32>(unpack4xI8(v[row * params.value_width + c])) * scale;
 #else
     return v[kv_row(b, j, g) * HD4 + c];
 #endif

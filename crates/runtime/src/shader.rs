@@ -27,7 +27,6 @@ shaders![
     "matvec",
     "norm",
     "elementwise",
-    "rope",
     "attention",
     "attention_combine",
     "attention_scores",

@@ -17,11 +17,12 @@ use crate::device::{DeviceOptions, Gpu, now_ms};
 use crate::encoder::Encoder;
 use crate::error::{Result, RuntimeError};
 use crate::kernels::attention::{Attention, AttentionShape, AttentionVariant, RopeTable, ValueKind, Values};
+use crate::kernels::elementwise::Add;
 use crate::kernels::matmul::{MatVec, Matmul, MatmulShape};
 use crate::kernels::quant::{
     QMatmul, QuantWeightsGpu, Quantize, QuantizedRows, Rotate, RotationTable, activation_words,
 };
-use crate::kernels::rope::{Rope, RopeShape, rope_table};
+use crate::kernels::rope::rope_table;
 use crate::kernels::rotate_quantize::RotateQuantize;
 use crate::memory::DeviceBuffer;
 use crate::tensor::Tensor;
@@ -134,25 +135,17 @@ pub async fn measure_kernels(gpu: &Gpu) -> Result<Vec<KernelReport>> {
     Ok(reports)
 }
 
-/// What one dispatch costs whatever it does: the RoPE of one decode token's queries and keys
-/// (9 + 3 heads of 64, two workgroups, 1.5 KiB touched), recorded [`MAX_COPIES`] times in a row.
-/// Set against a decode step's dispatch count (`bench` prints it), it is the step's floor; on a
-/// CPU adapter each dispatch hands its workgroups to the driver's threads and waits for them.
+/// What one dispatch costs whatever it does: the residual add of one decode token's row (576
+/// values, one workgroup, 4.5 KiB touched), recorded [`MAX_COPIES`] times in a row. Set against
+/// a decode step's dispatch count (`bench` prints it), it is the step's floor; on a CPU adapter
+/// each dispatch hands its workgroups to the driver's threads and waits for them.
 async fn dispatch_floor(gpu: &Gpu) -> Result<KernelReport> {
-    let (heads, kv_heads, head_dim, positions) = (9, 3, 64, 64);
-    let shape =
-        RopeShape { tokens: 1, heads, kv_heads, head_dim, pos0: 1, max_positions: positions, bound: 1 };
-    let table = gpu
-        .storage_buffer("bench rope table", bytemuck::cast_slice(&rope_table(1e5, head_dim, positions)))
-        .await?;
-    let q = values_buffer(gpu, heads * head_dim, 7).await?;
-    let k = values_buffer(gpu, kv_heads * head_dim, 8).await?;
-    // four multiplies per rotated pair
-    let macs = (2 * (heads + kv_heads) * head_dim) as f64;
-    let label = "rope of one decode token (the dispatch floor)";
-    let dims = format!("1 token × {heads} + {kv_heads} heads × {head_dim}");
-    time_macs(gpu, label, dims, macs, async |gpu: &Gpu, e: &mut Encoder| {
-        Rope.encode(gpu, e, shape, &table, &q, &k).await
+    let n = 576;
+    let acc = values_buffer(gpu, n, 7).await?;
+    let x = values_buffer(gpu, n, 8).await?;
+    let label = "add of one decode token's row (the dispatch floor)";
+    time_macs(gpu, label, format!("1 token × {n}"), n as f64, async |gpu: &Gpu, e: &mut Encoder| {
+        Add.encode(gpu, e, n, n, &acc, &x).await
     })
     .await
 }

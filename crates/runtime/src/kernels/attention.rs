@@ -42,10 +42,11 @@
 //!
 //! **RoPE on load.** With [`Attention::rope`], `q` and `k` hold the projections before RoPE and
 //! every variant rotates what it reads (`shaders/lib/attention_qk.wgsl`: query `i` at position
-//! `q_offset + i`, key `j` at position `j`, the operations of `shaders/rope.wgsl`): a latent
-//! cache's keys, kept or rebuilt each step, take no RoPE dispatch of their own. Each query head rotates
-//! the keys it reads again (GQA: `heads / kv_heads` times), a few hundred flops per key against
-//! a dispatch (~50–90 µs on a CPU adapter).
+//! `q_offset + i`, key `j` at position `j`, the operations of `super::rope::rope_reference`):
+//! the decoder's caches (plain keys, a latent's keys kept or rebuilt each step) keep their keys
+//! before RoPE, and no dispatch rotates them. Each query head rotates the keys it reads again
+//! (GQA: `heads / kv_heads` times), a few hundred flops per key against a dispatch (~50–90 µs
+//! on a CPU adapter).
 
 use std::collections::BTreeMap;
 
@@ -325,8 +326,8 @@ pub struct Attention {
     pub values: ValueKind,
     /// Queries and keys arrive before RoPE and are rotated as they are read
     /// (`shaders/lib/attention_qk.wgsl`: query `i` at position `q_offset + i`, key `j` at
-    /// position `j`), with the table given to [`Attention::encode_rotating`]: a latent cache's keys
-    /// (kept or rebuilt) then take no RoPE dispatch of their own.
+    /// position `j`), with the table given to [`Attention::encode_rotating`]: the decoder's
+    /// cached keys then take no RoPE dispatch of their own.
     pub rope: bool,
 }
 
@@ -373,10 +374,14 @@ impl Attention {
         BTreeMap::from([("HEAD_DIM".to_string(), self.head_dim.to_string())])
     }
 
-    /// With `rope`, the define naming the table's binding.
+    /// With `rope`, the define naming the table's binding, and for a head dim whose halves are
+    /// not whole vec4s (`head_dim % 8 == 4`) the one rotating element by element.
     fn rope_define(&self, d: &mut Defines, binding: usize) {
         if self.rope {
             d.insert("ROPE".to_string(), binding.to_string());
+            if !self.head_dim.is_multiple_of(8) {
+                d.insert("ROPE_ELEMENTS".to_string(), String::new());
+            }
         }
     }
 
@@ -543,9 +548,6 @@ impl Attention {
         require_size(v_buffer, v_bytes, "attention values")?;
         let table = match table {
             Some(RopeTable { table, max_positions }) => {
-                if head_dim % 8 != 0 {
-                    return bad("RoPE on load needs head_dim a multiple of 8 (vec4 halves)");
-                }
                 if q_offset + queries > max_positions || kv_len > max_positions {
                     return bad(&format!("positions past the RoPE table's {max_positions}"));
                 }

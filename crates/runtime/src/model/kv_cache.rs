@@ -1,6 +1,7 @@
 //! The decoder's KV cache, per layer either plain keys and values or the shared latent.
 //!
-//! **Plain** (any layer): f32 keys (after RoPE) and values `[capacity, kv_heads·head_dim]`.
+//! **Plain** (any layer): f32 keys (before RoPE: attention rotates them as it reads them) and
+//! values `[capacity, kv_heads·head_dim]`.
 //!
 //! **Latent** (a layer with a shared latent — joint QKV, or K/V with Q apart — whose rank `r` is
 //! below `2·d_kv`, the format's rule, when the model runs with [`CacheKind::Latent`]): the
@@ -71,7 +72,7 @@ impl CacheKind {
 
 /// One layer's cache.
 pub enum LayerCache {
-    /// f32 keys (after RoPE) and values, `[capacity, d_kv]` each.
+    /// f32 keys (before RoPE) and values, `[capacity, d_kv]` each.
     Plain { keys: DeviceBuffer, values: DeviceBuffer, width: usize },
     /// bf16 latents, u32 `[capacity, ⌈rank/2⌉]` (two per word, see [`Bf16Rows`]).
     LatentBf16 { rows: DeviceBuffer, rank: usize, keys: Option<KeptKeys> },

@@ -2,10 +2,10 @@
 //!
 //! For `T` new tokens at positions `p0..p0+T`: `x = Embed(ids)` with image features scattered
 //! into the `<image>` positions; per layer `h = RMSNorm(x)`, `q,k,v = h·W_{q,k,v}ᵀ` ([`Qkv`]),
-//! RoPE on `q` and `k`, `k, v` appended to the cache, `x += o_proj(CausalGQA(q, K[..p0+T],
-//! V[..p0+T]))` — or, for a layer with a latent cache ([`super::kv_cache`]), the latent appended,
-//! `K` rebuilt from it (every cached key each step, or the new ones once and kept; RoPE on `q`
-//! and `K` as attention reads them) and `V` absorbed;
+//! `k, v` appended to the cache, `x += o_proj(CausalGQA(RoPE(q), RoPE(K[..p0+T]), V[..p0+T]))`
+//! — or, for a layer with a latent cache ([`super::kv_cache`]), the latent appended, `K` rebuilt
+//! from it (every cached key each step, or the new ones once and kept) and `V` absorbed. Every
+//! cache keeps its keys before RoPE: attention rotates the queries and keys as it reads them;
 //! `x += down(silu(gate(RMSNorm(x))) ⊙ up(RMSNorm(x)))`; then the final RMSNorm and `lm_head` on
 //! the last position only.
 
@@ -29,7 +29,7 @@ use crate::kernels::latent::{LatentUp, LatentUpShape, UpWeights};
 use crate::kernels::norm::{NormLayout, NormShape, QuantizedOutput, RmsNorm};
 use crate::kernels::quant::QuantizedRows;
 use crate::kernels::quant::activation_words;
-use crate::kernels::rope::{Rope, RopeShape, rope_table};
+use crate::kernels::rope::rope_table;
 use crate::memory::DeviceBuffer;
 use crate::tensor::Tensor;
 
@@ -317,20 +317,6 @@ impl<'a> AttentionPass<'a> {
         })
     }
 
-    /// RoPE of the pass's new queries and keys.
-    fn rope(&self) -> RopeShape {
-        let c = &self.cfg.text;
-        RopeShape {
-            tokens: self.tokens,
-            heads: c.num_attention_heads,
-            kv_heads: c.num_key_value_heads,
-            head_dim: c.head_dim,
-            pos0: self.p0,
-            max_positions: self.model.max_positions,
-            bound: self.tokens,
-        }
-    }
-
     /// Record one layer's attention over `normed` (f32 `[tokens, d]`) into `self.attn`.
     async fn encode(
         &mut self,
@@ -351,13 +337,24 @@ impl<'a> AttentionPass<'a> {
         let widened = self.widened.clone();
         let (joint, values) = match (qkv, layer) {
             (qkv, LayerCache::Plain { keys, values, .. }) => {
+                // keys cached before RoPE, rotated with the queries as attention reads them
                 qkv.forward(gpu, encoder, scratch, tokens, normed, [&self.q, &self.k, &self.v]).await?;
-                Rope.encode(gpu, encoder, self.rope(), table, &self.q, &self.k).await?;
                 let append = CopyRows::append(tokens, dkv, p0);
                 append.encode(gpu, encoder, &self.k, keys)?;
                 append.encode(gpu, encoder, &self.v, values)?;
-                return Attention::for_shape(gpu, &causal)
-                    .encode(gpu, encoder, causal, &self.q, keys, values, &self.attn)
+                let kernel = Attention { rope: true, ..Attention::for_shape(gpu, &causal) };
+                let table = RopeTable { table, max_positions: self.model.max_positions };
+                return kernel
+                    .encode_rotating(
+                        gpu,
+                        encoder,
+                        causal,
+                        &self.q,
+                        keys,
+                        table,
+                        &Values::PerHead(values),
+                        &self.attn,
+                    )
                     .await;
             }
             (Qkv::Joint(j), LayerCache::LatentI8 { words, scales, words_per_row, keys: kept }) => {
