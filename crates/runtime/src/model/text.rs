@@ -332,18 +332,17 @@ impl<'a> AttentionPass<'a> {
         let (heads, kv_heads, dkv) =
             (c.num_attention_heads, c.num_key_value_heads, c.num_key_value_heads * hd);
         let ctx = p0 + tokens;
-        let table = &self.model.rope_table;
+        // every cache keeps its keys before RoPE: attention rotates queries and keys with it
+        let rope = RopeTable { table: &self.model.rope_table, max_positions: self.model.max_positions };
         let causal = AttentionShape::causal(tokens, heads, kv_heads, hd, p0, self.capacity);
         let widened = self.widened.clone();
         let (joint, values) = match (qkv, layer) {
             (qkv, LayerCache::Plain { keys, values, .. }) => {
-                // keys cached before RoPE, rotated with the queries as attention reads them
                 qkv.forward(gpu, encoder, scratch, tokens, normed, [&self.q, &self.k, &self.v]).await?;
                 let append = CopyRows::append(tokens, dkv, p0);
                 append.encode(gpu, encoder, &self.k, keys)?;
                 append.encode(gpu, encoder, &self.v, values)?;
                 let kernel = Attention { rope: true, ..Attention::for_shape(gpu, &causal) };
-                let table = RopeTable { table, max_positions: self.model.max_positions };
                 return kernel
                     .encode_rotating(
                         gpu,
@@ -351,7 +350,7 @@ impl<'a> AttentionPass<'a> {
                         causal,
                         &self.q,
                         keys,
-                        table,
+                        rope,
                         &Values::PerHead(values),
                         &self.attn,
                     )
@@ -421,9 +420,8 @@ impl<'a> AttentionPass<'a> {
             None => self.rebuilt()?,
         };
         let kernel = Attention { rope: true, ..Attention::with_values(gpu, &causal, values.kind()) };
-        let table = RopeTable { table, max_positions: self.model.max_positions };
         let sums = self.sums.as_ref().ok_or_else(|| RuntimeError::Shape("no latent sums buffer".into()))?;
-        kernel.encode_rotating(gpu, encoder, causal, &self.q, keys, table, &values, sums).await?;
+        kernel.encode_rotating(gpu, encoder, causal, &self.q, keys, rope, &values, sums).await?;
         let (weights, bias) = match &joint.v_up {
             Matrix::Float { weight, bias } => (UpWeights::Float(weight), bias.as_ref()),
             Matrix::Quant(q) => (UpWeights::Quant(&q.weights), q.bias.as_ref()),
