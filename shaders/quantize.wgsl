@@ -5,8 +5,8 @@
 //   then r = 1 / s and the integers q_j as lib/activation.wgsl computes them.
 // Integers are packed four per u32 word as i8 lanes (lane b = bits 8b..8b+7, the order of
 // dot4I8Packed), INT4 activations included (their lanes hold -7..7); each row has `words` words
-// (a multiple of 2, so an INT4 weight word's two activation words always exist) and the lanes
-// past `cols` are zero.
+// (what the products read: `kernels::quant::activation_words`, or a latent cache's rows) and the
+// lanes past `cols` are zero.
 //
 // Buffers: x f32 [tokens, cols]; q u32 [tokens, words]; scales f32 [tokens].
 // Default: one invocation per token, no barriers (what CPU adapters run fastest; see rotate.wgsl);

@@ -17,7 +17,7 @@ use pocketvlm_runtime::kernels::attention::{
 use pocketvlm_runtime::kernels::bf16_rows::Bf16Rows;
 use pocketvlm_runtime::kernels::latent::{LatentUp, LatentUpShape, UpWeights};
 use pocketvlm_runtime::kernels::quant::{
-    QMatmul, QuantWeightsGpu, Quantize, QuantizedRows, activation_words,
+    PAD_FROM_WORDS, QMatmul, QuantWeightsGpu, Quantize, QuantizedRows, activation_words, rows_words,
 };
 use pocketvlm_runtime::kernels::rope::{rope_reference, rope_table};
 use pocketvlm_runtime::tensor::Tensor;
@@ -257,8 +257,11 @@ async fn latent_up_case(gpu: &Gpu, case: UpCase, rank: usize, bias: bool, seed: 
     }
 }
 
-/// The latent cache's rows are `⌈r/4⌉` words (not [`activation_words`]`(r)`): quantizing with that
-/// stride and multiplying by INT8 and INT4 weights gives the same bits as the unstrided layer.
+/// The latent cache's rows are `4·⌈r/16⌉` words (not [`activation_words`]`(r)`), and rows as narrow
+/// as `⌈r/4⌉` words are allowed: quantizing with those strides and multiplying by INT8 and INT4
+/// weights gives the same bits as the unstrided layer, with four-word loads where the stride and
+/// the weight's columns (padded to whole groups of four words from [`PAD_FROM_WORDS`] on) allow
+/// them ([`QMatmul::for_rows`]).
 async fn strided_rows_case(gpu: &Gpu, bits: Bits, rank: usize, seed: u64) {
     let (tokens, out) = (5, 12);
     let act = ActivationQuant::new(Bits::Int8, 1.0).unwrap();
@@ -270,9 +273,12 @@ async fn strided_rows_case(gpu: &Gpu, bits: Bits, rank: usize, seed: u64) {
     let s = Tensor::from_f32(gpu, "s", vec![out], &values(seed + 2, out)).await.unwrap();
     let weights =
         QuantWeightsGpu::upload(gpu, "w", vec![out, rank], encoding, &packed, s, None).await.unwrap();
+    let stored = bits.row_words(rank);
+    let ww = if stored >= PAD_FROM_WORDS { stored.next_multiple_of(4) } else { stored };
+    assert_eq!(weights.words_per_column(), ww, "rank {rank}: {stored} words per column padded");
     let mut outputs = Vec::new();
-    for stride in [activation_words(rank), rank.div_ceil(4)] {
-        let words = zeros(gpu, tokens * stride + 1).await;
+    for stride in [activation_words(rank), 4 * rank.div_ceil(16), rank.div_ceil(4)] {
+        let words = zeros(gpu, rows_words(tokens, stride, rank)).await;
         let scales = zeros(gpu, tokens).await;
         let y = zeros(gpu, tokens * out).await;
         let mut enc = encoder(gpu);
@@ -281,14 +287,17 @@ async fn strided_rows_case(gpu: &Gpu, bits: Bits, rank: usize, seed: u64) {
             .await
             .unwrap();
         let a = QuantizedRows::new(&words, &scales, tokens, stride);
-        QMatmul::for_rows(gpu, &weights, &a, false)
-            .encode(gpu, &mut enc, &a, &weights, None, (&y, 0))
-            .await
-            .unwrap();
+        let kernel = QMatmul::for_rows(gpu, &weights, &a, false);
+        let wide = weights.words_per_column() % 4 == 0 && stride % 4 == 0 && !gpu.caps.one_word_blocks;
+        assert_eq!(kernel.vec4, wide, "rank {rank}, stride {stride}: four-word loads where they fit");
+        kernel.encode(gpu, &mut enc, &a, &weights, None, (&y, 0)).await.unwrap();
         submit(gpu, enc);
         outputs.push(gpu.read_f32(&y, tokens * out).await.unwrap());
     }
-    assert_exact(&format!("strided latent rows, rank {rank}, {bits:?} weights"), &outputs[1], &outputs[0]);
+    for (stride, got) in [4 * rank.div_ceil(16), rank.div_ceil(4)].iter().zip(&outputs[1..]) {
+        let what = format!("latent rows of {stride} words, rank {rank}, {bits:?} weights");
+        assert_exact(&what, got, &outputs[0]);
+    }
 }
 
 /// [`Bf16Rows`]: rows packed at an offset into a larger cache and widened back give exactly
@@ -350,7 +359,9 @@ async fn bf16_rows_case(gpu: &Gpu, width: usize, seed: u64) {
 async fn check_all(gpu: &Gpu) {
     bf16_rows_case(gpu, 30, 30).await;
     bf16_rows_case(gpu, 33, 31).await;
-    for (bits, rank) in [(Bits::Int4, 28), (Bits::Int4, 30), (Bits::Int4, 36), (Bits::Int8, 30)] {
+    let ranks = [(Bits::Int4, 28), (Bits::Int4, 30), (Bits::Int4, 36), (Bits::Int8, 30), (Bits::Int8, 37)];
+    // and ups whose columns are padded to whole groups of four words (83 and 42 words)
+    for (bits, rank) in ranks.into_iter().chain([(Bits::Int8, 330), (Bits::Int4, 330)]) {
         strided_rows_case(gpu, bits, rank, 20).await;
     }
     for int8 in [false, true] {

@@ -259,15 +259,16 @@ fn low_rank_tiny_models_match_the_cpu_reference() {
                 assert!(logits[0] == logits[1], "{}: kept keys changed the logits", recipe.name);
             }
             {
-                // Quantized: r INT8 values in whole words and the f32 scale per layer, the
-                // manifest's r + 4 bytes, plus the padding of a rank that is not a multiple of 4.
+                // Quantized: r INT8 values in whole groups of four words and the f32 scale per
+                // layer, the manifest's r + 4 bytes, plus the padding of a rank that is not a
+                // multiple of 16.
                 // Float: r bf16 values in whole words, the manifest's 2r bytes (plus 2 for an odd r).
                 let quantized = manifest.quantization.is_some();
                 let padding: u64 = c
                     .text_layers
                     .iter()
                     .filter_map(|l| l.latent())
-                    .map(|r| if quantized { r.next_multiple_of(4) - r } else { 2 * (r % 2) } as u64)
+                    .map(|r| if quantized { r.next_multiple_of(16) - r } else { 2 * (r % 2) } as u64)
                     .sum();
                 let want = c.kv_cache.bytes_per_token + padding;
                 engine.model.cache_kind = CacheKind::Latent;

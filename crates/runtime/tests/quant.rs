@@ -19,6 +19,7 @@ use pocketvlm_runtime::kernels::embed::EmbedTable;
 use pocketvlm_runtime::kernels::norm::{NormLayout, NormShape, QuantizedOutput, RmsNorm};
 use pocketvlm_runtime::kernels::quant::{
     QMatmul, QuantWeightsGpu, Quantize, QuantizedRows, Rotate, RotationTable, WeightLayout, activation_words,
+    rows_words,
 };
 use pocketvlm_runtime::kernels::rotate_quantize::RotateQuantize;
 use pocketvlm_runtime::model::linear::{self, Linear};
@@ -569,12 +570,18 @@ async fn check_layers(gpu: &Gpu) {
 
 /// The integer product with one-word and with four-word loads ([`QMatmul::new`]), and for one
 /// token split between invocations ([`QMatmul::split_k`]), on the same quantized rows gives the
-/// same bits, partial blocks of tokens and columns included; layers pick four-word loads for one
-/// token where the widths allow ([`QMatmul::vec4_fits`]) and one-word loads otherwise, and the
-/// split for one token on GPUs only, so `check_layers` runs every variant against the reference
-/// on one adapter kind or the other; four-word loads on widths that do not allow them, and a
-/// split over several tokens, are refused.
+/// same bits, partial blocks of tokens and columns included, and weights whose columns are
+/// padded to whole groups of four words ([`pocketvlm_runtime::kernels::quant::WeightLayout`]); layers pick four-word loads where the widths allow
+/// ([`QMatmul::vec4_fits`]) — for blocks of tokens unless the adapter reads them one word at a
+/// time ([`pocketvlm_runtime::Capabilities::one_word_blocks`]) — and one-word loads otherwise,
+/// and the split for one token on GPUs only, so `check_layers` runs every variant against the
+/// reference on one adapter kind or the other; four-word loads on widths that do not allow them
+/// (narrow columns, activation rows of a word count not a multiple of 4), and a split over
+/// several tokens, are refused.
 async fn check_loads(gpu: &Gpu) {
+    // one-word blocks on the browser's CPU adapter only (SwiftShader in Chromium)
+    let browser_cpu = cfg!(target_arch = "wasm32") && gpu.caps.cpu;
+    assert_eq!(gpu.caps.one_word_blocks, browser_cpu, "one-word blocks on {:?}", gpu.adapter.name);
     let (i8b, i4b) = (Bits::Int8, Bits::Int4);
     let aligned = [
         case(13, 64, i8b, i8b),
@@ -585,6 +592,9 @@ async fn check_loads(gpu: &Gpu) {
         case(6, 96, i4b, i8b),
         LayerCase { group: Some(64), f16_scales: true, ..case(9, 256, i4b, i8b) },
         LayerCase { group: Some(128), ..case(5, 256, i4b, i4b) },
+        // 33 INT8 and 33 INT4 words per column, padded to 36
+        case(13, 132, i8b, i8b),
+        case(6, 264, i4b, i4b),
     ];
     for (n, c) in aligned.iter().enumerate() {
         let seed = 400 + 10 * n as u64;
@@ -602,7 +612,11 @@ async fn check_loads(gpu: &Gpu) {
                 .unwrap();
             let a = QuantizedRows::new(&words, &a_scales, rows, stride);
             let picked = QMatmul::for_rows(gpu, &weights, &a, false);
-            assert_eq!(picked.vec4, rows == 1, "{c:?}: four-word loads fit, picked for one token only");
+            let wide = rows == 1 || !gpu.caps.one_word_blocks;
+            assert_eq!(
+                picked.vec4, wide,
+                "{c:?}, {rows} rows: four-word loads fit, picked where the adapter wants"
+            );
             assert_eq!(picked.split_k, rows == 1 && !gpu.caps.cpu, "{c:?}: split for one token on GPUs");
             let splits: &[bool] = if rows == 1 { &[false, true] } else { &[false] };
             let mut outputs = Vec::new();
@@ -626,13 +640,20 @@ async fn check_loads(gpu: &Gpu) {
             }
         }
     }
-    // Widths that do not allow four-word loads: 9 INT8 words per row, 6 and 5 INT4 words.
-    let misaligned = [case(4, 36, i8b, i8b), case(4, 48, i4b, i8b), case(4, 40, i4b, i4b)];
-    for c in misaligned {
+    // Widths that do not allow four-word loads: columns of 9 INT8 words and of 6 and 5 INT4 words
+    // (too narrow to pad), and activation rows of 9 and 13 words (a latent cache's narrowest)
+    // over padded columns.
+    let misaligned = [
+        (case(4, 36, i8b, i8b), activation_words(36)),
+        (case(4, 48, i4b, i8b), activation_words(48)),
+        (case(4, 40, i4b, i4b), activation_words(40)),
+        (case(4, 132, i8b, i8b), 33),
+        (case(4, 264, i4b, i8b), 67),
+    ];
+    for (c, stride) in misaligned {
         let (_, reference) = build_layer(gpu, &c, 7, 1).await;
         let weights = gpu_weights(gpu, &c, &reference.weights.values, &reference.weights.scales).await;
-        let stride = activation_words(c.cols);
-        let words = zeros(gpu, 2 * stride).await;
+        let words = zeros(gpu, rows_words(2, stride, c.cols)).await;
         let scales = zeros(gpu, 2).await;
         let y = zeros(gpu, 2 * c.out).await;
         let a = QuantizedRows::new(&words, &scales, 2, stride);

@@ -54,15 +54,18 @@ pub struct KernelReport {
 /// The vision tower's square projections (`[1024 patches, 768] · [768, 768]ᵀ`, the ceiling
 /// probe's GEMM shape), the decoder's up projection at decode (`[1, 576] · [1536, 576]ᵀ`; the
 /// integer product also over [`COLD_BYTES`] of distinct weights, streamed from memory as in a
-/// decode step), the 49 152-column GEMV of the ceiling probe, and one vision attention head group.
+/// decode step), the 49 152-column GEMV of the ceiling probe, the key rebuild of a latent cache
+/// layer at 96 cached tokens (the demo model's `k_up`, `[96, 384] · [192, 384]ᵀ`), and one vision
+/// attention head group.
 const GEMM: MatmulShape = MatmulShape { m: 1024, n: 768, k: 768 };
+const REBUILD: MatmulShape = MatmulShape { m: 96, n: 192, k: 384 };
 const DECODE: MatmulShape = MatmulShape { m: 1, n: 1536, k: 576 };
 const GEMV: MatmulShape = MatmulShape { m: 1, n: 49_152, k: 576 };
 
 /// Time every case on `gpu`.
 pub async fn measure_kernels(gpu: &Gpu) -> Result<Vec<KernelReport>> {
     let mut reports = Vec::new();
-    for shape in [GEMM, DECODE, GEMV] {
+    for shape in [GEMM, DECODE, GEMV, REBUILD] {
         let x = values_buffer(gpu, shape.m * shape.k, 1).await?;
         let y = gpu.zeroed_buffer("y", (shape.m * shape.n * 4) as u64).await?;
         let w32 = values_buffer(gpu, shape.n * shape.k, 2).await?;

@@ -52,11 +52,19 @@ use crate::tensor::Tensor;
 /// Invocations per workgroup of the three kernels (one token or column block each).
 const INVOCATIONS: usize = 64;
 
-/// Activation words per token for `cols` values: i8 lanes, four per word, rounded up to a whole
-/// number of INT4 weight words (eight values), so both halves of every INT4 word have their
-/// activation word.
+/// Activation words per token for `cols` values: i8 lanes, four per word, rounded up to what a
+/// product over `cols` columns reads — an INT8 weight's words per column ([`WeightLayout`]: whole
+/// groups of four words, 16 values) or two per INT4 weight word (each of eight values, whole
+/// groups of four: 32 values) — so every weight word has its activation words within the row,
+/// and rows start on 16 bytes for four-word loads.
 pub fn activation_words(cols: usize) -> usize {
-    2 * cols.div_ceil(8)
+    8 * cols.div_ceil(32)
+}
+
+/// Words a buffer of `rows` quantized rows of `stride` words must hold for the products over
+/// `cols` columns to read them all: the last row's reads reach [`activation_words`]`(cols)`.
+pub fn rows_words(rows: usize, stride: usize, cols: usize) -> usize {
+    rows * stride + activation_words(cols).saturating_sub(stride)
 }
 
 /// Uniform block of `shaders/rotate.wgsl`.
@@ -494,11 +502,24 @@ pub(super) fn texture_defines() -> Defines {
     ])
 }
 
-/// How a quantized weight's columns are packed: words per column, scale groups per column, words
-/// per group and bytes of scales per column.
+/// The narrowest column [`WeightLayout`] pads (words): the padding then costs at most 3/32 of
+/// the weight's bytes (at the demo model's ranks, 317–382 values, at most 1 %); narrower columns
+/// (the tiny test models') stay as stored and are read one word at a time.
+pub const PAD_FROM_WORDS: usize = 32;
+
+/// How a quantized weight's columns are packed on the GPU: words per column, scale groups per
+/// column, words per group and bytes of scales per column. A column with one scale (per channel)
+/// of at least [`PAD_FROM_WORDS`] words is padded with zero words to a multiple of four words, so
+/// the products can read it four words at a time whatever its width (e.g. the up-projections of
+/// a latent of rank 330: 83 words, 84 on the GPU); a zero weight word adds nothing to any integer
+/// sum, so the products' bits do not change. (The contract's scale groups, 64 or 128 columns,
+/// are whole groups of four words already.)
 #[derive(Clone, Copy, Debug)]
 pub struct WeightLayout {
+    /// Words per column on the GPU (`stored` padded, per channel).
     ww: usize,
+    /// Words per column as the format stores them.
+    stored: usize,
     groups_per_row: usize,
     group_words: usize,
     scale_row: u64,
@@ -525,10 +546,13 @@ impl WeightLayout {
         {
             return Err(bad(format!("group of {size} columns for {cols} {}-bit columns", bits.bits())));
         }
-        let ww = encoding.byte_len(&[1, cols]) / 4;
+        let stored = encoding.byte_len(&[1, cols]) / 4;
         let groups_per_row = cols / size;
+        let ww =
+            if groups_per_row == 1 && stored >= PAD_FROM_WORDS { stored.next_multiple_of(4) } else { stored };
         Ok(Self {
             ww,
+            stored,
             groups_per_row,
             group_words: if groups_per_row == 1 { ww } else { size * bits.bits() as usize / 32 },
             scale_row: scale_encoding.byte_len(&[groups_per_row]) as u64,
@@ -573,7 +597,8 @@ impl QuantWeightsGpu {
             )));
         }
         let panel = panel_width(gpu, label, out, layout.ww, layout.scale_row)?;
-        let words = TiledWords::upload(gpu, label, &tile(rows, out, layout.ww, panel)).await?;
+        let words =
+            TiledWords::upload(gpu, label, &tile(rows, out, (layout.stored, layout.ww), panel)).await?;
         let group = group.unwrap_or(cols);
         Ok(Self { shape, encoding, words, scales, group, panel, layout, first: 0 })
     }
@@ -734,17 +759,18 @@ impl QuantWeightsGpu {
 /// 32-lane GPU subgroup, each lane loading 16 bytes.
 pub const TILE_QUADS: usize = 8;
 
-/// A packed weight's words in column tiles, in panels: `rows` holds `n` rows of `ww`
-/// little-endian words (the format's layout). Panel `p` holds columns `c0 = p·panel .. c0 + nc`
+/// A packed weight's words in column tiles, in panels: `rows` holds `n` rows of `stored`
+/// little-endian words (the format's layout), each column padded with zero words to `ww`
+/// (`ww ≥ stored`). Panel `p` holds columns `c0 = p·panel .. c0 + nc`
 /// (their words from `c0·ww` on) as `nc` rounded up to 4 columns (zero padding columns) in
 /// quads; quad `q` of the panel and its neighbours up to [`TILE_QUADS`] form a tile, stored word
 /// by word: word `k` of column `c` of quad `q` lies at `first·4·ww + (k·step + q − first)·4 +
 /// c mod 4`, `first` the tile's first quad and `step` its quads (the last tile may hold fewer).
 /// So one 16-byte load reads one word of four neighbouring columns, neighbouring quads' word `k`
 /// lie side by side, and a tile read word after word is one contiguous stream
-/// (`shaders/lib/tiles.wgsl`). `panel` is a multiple of 4 (or at least `n`); `rows` holds `n·ww`
-/// words.
-pub fn tile(rows: &[u8], n: usize, ww: usize, panel: usize) -> Vec<u32> {
+/// (`shaders/lib/tiles.wgsl`). `panel` is a multiple of 4 (or at least `n`); `rows` holds
+/// `n·stored` words.
+pub fn tile(rows: &[u8], n: usize, (stored, ww): (usize, usize), panel: usize) -> Vec<u32> {
     let mut out = vec![0u32; n.next_multiple_of(4) * ww];
     for (c0, nc) in chunks(n, panel) {
         let quads = nc.div_ceil(4);
@@ -753,7 +779,7 @@ pub fn tile(rows: &[u8], n: usize, ww: usize, panel: usize) -> Vec<u32> {
             let first = q - q % TILE_QUADS;
             let step = TILE_QUADS.min(quads - first);
             let start = c0 * ww + first * 4 * ww + (q - first) * 4 + (c - c0) % 4;
-            let column = rows[c * ww * 4..(c + 1) * ww * 4].chunks_exact(4);
+            let column = rows[c * stored * 4..(c + 1) * stored * 4].chunks_exact(4);
             for (k, b) in column.enumerate() {
                 out[start + k * step * 4] = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
             }
@@ -844,9 +870,10 @@ impl Kernel for QMatmul {
 
 /// Quantized activations of `tokens` rows: integers u32 `[tokens, stride]` and f32 scales.
 /// The stride is [`activation_words`] of the layer's columns, or (INT8 activations, e.g. the
-/// latent cache) as little as `⌈cols/4⌉`: an INT4 weight's last activation word may then be the
-/// next row's first (or one word past the last row, which the buffer must hold) — it meets only
-/// the weight's zero padding nibbles, so the product is unchanged.
+/// latent cache) as little as `⌈cols/4⌉`: the last activation words a product reads for a row
+/// (up to [`activation_words`]) may then be the next row's first (or words past the last row,
+/// which the buffer must hold: [`rows_words`]) — they meet only the weight's zero padding, so
+/// the product is unchanged.
 pub struct QuantizedRows<'a> {
     pub words: &'a wgpu::Buffer,
     pub scales: &'a wgpu::Buffer,
@@ -872,15 +899,17 @@ impl<'a> QuantizedRows<'a> {
 
 impl QMatmul {
     /// The variant for `w` on the rows `a` on `gpu`. One token reads four activation words at
-    /// a time wherever the widths allow, blocks of tokens one: the faster choice on the CPU
-    /// adapters (BENCHMARKS.md, Speed V: in Chromium's SwiftShader 1.22 against 0.99 G MAC/s at
-    /// the vision tower's shape, within 15 % of each other natively). On GPUs one token also
-    /// splits each quad's words between [`SPLIT_K_LANES`] invocations: a decode step's `[576,
+    /// a time wherever the widths allow, and so do blocks of tokens except where the adapter
+    /// reads them faster one word at a time ([`crate::Capabilities::one_word_blocks`]: Chromium's
+    /// SwiftShader; lavapipe runs the vision tower's and a key rebuild's shapes 1.2–1.3× faster
+    /// with four-word loads, BENCHMARKS.md Speed XV). On GPUs one token also splits each quad's
+    /// words between [`SPLIT_K_LANES`] invocations: a decode step's `[576,
     /// 576]` product has 144 quads, so one invocation per quad walking all 144 words would leave
     /// a GPU almost idle; CPU adapters run the workgroup barriers it needs slowly.
     pub fn for_rows(gpu: &Gpu, w: &QuantWeightsGpu, a: &QuantizedRows<'_>, bias: bool) -> Self {
         let one = a.tokens == 1;
-        let kernel = Self::new(w, a.tokens, bias, one && Self::vec4_fits(w, a.stride));
+        let wide = (one || !gpu.caps.one_word_blocks) && Self::vec4_fits(w, a.stride);
+        let kernel = Self::new(w, a.tokens, bias, wide);
         Self { split_k: one && !gpu.caps.cpu, ..kernel }
     }
 
@@ -900,14 +929,11 @@ impl QMatmul {
     }
 
     /// Whether the four-word variant can read `w` with activation rows of `stride` words: the
-    /// weight's words per row, per scale group and the stride are multiples of 4, and every
-    /// INT4 word's two activation words lie within the row.
+    /// weight's words per column and per scale group and the stride are multiples of 4 (every
+    /// weight with one scale per column is padded so, [`WeightLayout`]).
     pub fn vec4_fits(w: &QuantWeightsGpu, stride: usize) -> bool {
         let WeightLayout { ww, group_words, .. } = w.layout;
-        ww.is_multiple_of(4)
-            && group_words.is_multiple_of(4)
-            && stride.is_multiple_of(4)
-            && stride >= activation_words(w.cols())
+        ww.is_multiple_of(4) && group_words.is_multiple_of(4) && stride.is_multiple_of(4)
     }
 
     /// Record `y[r0.., :] = dequant(W a) (+ bias)` where `y` is f32 `[.., out]` and the rows
@@ -974,9 +1000,8 @@ impl QMatmul {
         if self.split_k && tokens != 1 {
             return Err(RuntimeError::Shape(format!("split-k quantized matmul over {tokens} tokens")));
         }
-        let over = activation_words(cols).saturating_sub(aw);
         let rows = a.bound;
-        let a_bytes = ((rows * aw + over) * 4) as u64;
+        let a_bytes = (rows_words(rows, aw, cols) * 4) as u64;
         let s_bytes = rows as u64 * 4;
         require_size(a.words, a_bytes, "activation integers")?;
         require_size(a.scales, s_bytes, "activation scales")?;

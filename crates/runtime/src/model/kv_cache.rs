@@ -7,10 +7,11 @@
 //! below `2·d_kv`, the format's rule, when the model runs with [`CacheKind::Latent`]): the
 //! pre-RoPE latent `c = qkv_down · x` (or `kv_down · x`) of each token.
 //! A quantized model keeps the contract's cache entry — the latent's INT8 integers (`r` bytes,
-//! padded to whole words) and its f32 scale, exactly what the ups consume; a float model keeps
-//! `c` rounded to bf16 (`2r` bytes, the manifest's 16-bit values; bf16 rather than f16 keeps
-//! f32's range, so no latent overflows; [`crate::kernels::bf16_rows`]), widened each step into a
-//! transient f32 buffer shared by all layers. Each step then rebuilds the keys of all cached
+//! padded to whole groups of four words, 16 values, which the ups' products read four words at a
+//! time) and its f32 scale, exactly what the ups consume; a float model keeps `c` rounded to
+//! bf16 (`2r` bytes, the manifest's 16-bit values; bf16 rather than f16 keeps f32's range, so no
+//! latent overflows; [`crate::kernels::bf16_rows`]), widened each step into a transient f32
+//! buffer shared by all layers. Each step then rebuilds the keys of all cached
 //! tokens (`k_up` on the cache) into a transient buffer shared by all layers, which attention
 //! reads with RoPE applied as it loads each key at its own position
 //! ([`crate::kernels::attention::Attention::rope`]); it never rebuilds values: it sums the latents
@@ -33,6 +34,7 @@ use crate::device::Gpu;
 use crate::error::{Result, RuntimeError};
 use crate::kernels::bf16_rows::Bf16Rows;
 use crate::kernels::copy::CopyRows;
+use crate::kernels::quant::rows_words;
 use crate::memory::DeviceBuffer;
 
 /// Which cache a model's joint-QKV layers use (layers the rule excludes are always plain).
@@ -153,7 +155,7 @@ fn layer_layout(qkv: &Qkv, d_kv: usize, kind: CacheKind) -> LayerLayout {
     let keys = if kind == CacheKind::LatentKeys { d_kv } else { 0 };
     match qkv {
         Qkv::Joint(j) if kind != CacheKind::Plain && j.rank() < 2 * d_kv => match j.ups() {
-            Ups::Quant { .. } => LayerLayout::LatentI8 { words: j.latent_words(), keys },
+            Ups::Quant { .. } => LayerLayout::LatentI8 { words: j.latent_words(), rank: j.rank(), keys },
             Ups::Float => LayerLayout::LatentBf16 { rank: j.rank(), keys },
         },
         _ => LayerLayout::Plain { width: d_kv },
@@ -165,7 +167,7 @@ fn layer_layout(qkv: &Qkv, d_kv: usize, kind: CacheKind) -> LayerLayout {
 enum LayerLayout {
     Plain { width: usize },
     LatentBf16 { rank: usize, keys: usize },
-    LatentI8 { words: usize, keys: usize },
+    LatentI8 { words: usize, rank: usize, keys: usize },
 }
 
 impl LayerLayout {
@@ -175,7 +177,7 @@ impl LayerLayout {
         4 * match self {
             LayerLayout::Plain { width } => 2 * width as u64,
             LayerLayout::LatentBf16 { rank, keys } => (Bf16Rows { width: rank }.words() + keys) as u64,
-            LayerLayout::LatentI8 { words, keys } => (words + 1 + keys) as u64,
+            LayerLayout::LatentI8 { words, keys, .. } => (words + 1 + keys) as u64,
         }
     }
 }
@@ -205,9 +207,10 @@ impl KvCache {
                     rank,
                     keys: kept_keys(gpu, keys, capacity).await?,
                 },
-                LayerLayout::LatentI8 { words, keys } => LayerCache::LatentI8 {
-                    // One spare word: an INT4 k_up may read one word past the last row.
-                    words: f32_buffer(gpu, "latent cache integers", capacity * words + 1).await?,
+                LayerLayout::LatentI8 { words, rank, keys } => LayerCache::LatentI8 {
+                    // with the words past the last row that the ups' products read
+                    words: f32_buffer(gpu, "latent cache integers", rows_words(capacity, words, rank))
+                        .await?,
                     scales: f32_buffer(gpu, "latent cache scales", capacity).await?,
                     words_per_row: words,
                     keys: kept_keys(gpu, keys, capacity).await?,
@@ -221,7 +224,8 @@ impl KvCache {
         self.layout.kind
     }
 
-    /// Bytes held on the GPU (the rows and a spare word per INT8 latent layer).
+    /// Bytes held on the GPU (the rows, and the words past the last row that an INT8 latent
+    /// layer's products read).
     pub fn bytes(&self) -> u64 {
         self.layers.iter().flat_map(|l| l.buffers()).map(|(b, _)| b.size()).sum()
     }

@@ -151,7 +151,7 @@ impl Qkv {
                     }
                     Ups::Quant { q, k, v } => {
                         let stride = j.latent_words();
-                        let (words, scales) = scratch.latent_rows(gpu, rows, stride).await?;
+                        let (words, scales) = scratch.latent_rows(gpu, rows, stride, j.rank()).await?;
                         k.quantize(gpu, encoder, rows, &c, (&words, stride), &scales).await?;
                         let a = QuantizedRows::new(&words, &scales, rows, stride);
                         let ups = [(q, outs[0]), (Some(k), outs[1]), (Some(v), outs[2])];
@@ -204,10 +204,11 @@ impl JointQkv {
         }
     }
 
-    /// Words per token of the quantized latent: its `r` INT8 values, four per word (`r` bytes
-    /// when `4 | r`, as the manifest counts them).
+    /// Words per token of the quantized latent: its `r` INT8 values, four per word, in whole
+    /// groups of four words (16 values; the manifest counts `r` bytes), so that the ups' products
+    /// over many cached rows (the key rebuild) read them four words at a time.
     pub fn latent_words(&self) -> usize {
-        self.rank().div_ceil(4)
+        4 * self.rank().div_ceil(16)
     }
 
     /// The ups read the rank-wide latent, all float or all quantized with one input

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use crate::device::Gpu;
 use crate::error::Result;
+use crate::kernels::quant::rows_words;
 use crate::memory::DeviceBuffer;
 
 /// A zeroed f32 buffer of `len` elements.
@@ -40,15 +41,16 @@ impl Scratch {
         self.bytes(gpu, role, (len.max(1) * 4) as u64).await
     }
 
-    /// Integers (`stride` words per row, one spare word) and scales of `rows` quantized latent
-    /// rows.
+    /// Integers (`stride` words per row, and the words past the last row that products over its
+    /// `cols` values read, [`rows_words`]) and scales of `rows` quantized latent rows.
     pub async fn latent_rows(
         &mut self,
         gpu: &Gpu,
         rows: usize,
         stride: usize,
+        cols: usize,
     ) -> Result<(DeviceBuffer, DeviceBuffer)> {
-        let words = ((rows.max(1) * stride + 1) * 4) as u64;
+        let words = (rows_words(rows.max(1), stride, cols) * 4) as u64;
         Ok((
             self.bytes(gpu, "latent integers", words).await?,
             self.bytes(gpu, "latent scales", (rows.max(1) * 4) as u64).await?,

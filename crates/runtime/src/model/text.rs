@@ -364,7 +364,7 @@ impl<'a> AttentionPass<'a> {
                 let latent = scratch.f32(gpu, "qkv latent", tokens * r).await?;
                 j.project(gpu, encoder, scratch, tokens, normed, &latent, &self.q).await?;
                 let stride = *words_per_row;
-                let (new_words, new_scales) = scratch.latent_rows(gpu, tokens, stride).await?;
+                let (new_words, new_scales) = scratch.latent_rows(gpu, tokens, stride, r).await?;
                 k_up.quantize(gpu, encoder, tokens, &latent, (&new_words, stride), &new_scales).await?;
                 CopyRows::append(tokens, stride, p0).encode(gpu, encoder, &new_words, words)?;
                 CopyRows::append(tokens, 1, p0).encode(gpu, encoder, &new_scales, scales)?;
