@@ -534,9 +534,11 @@ fn print_table(model: &Path, config: &BenchConfig, native: &BenchReport, chromiu
     let title = "host time to record the prefill, by kind of work (pipeline compilations included)";
     print_by_kind(title, &|r: &BenchReport| r.prefill_record_by_kind.clone(), native, chromium);
     if let Some(c) = chromium {
-        let same = if c.generated_ids == native.generated_ids { "yes" } else { "NO" };
         println!();
-        println!("same greedy ids natively and in Chromium: {same}");
+        println!(
+            "same greedy ids natively and in Chromium: {}",
+            id_agreement(&native.generated_ids, &c.generated_ids)
+        );
     }
 }
 
@@ -610,4 +612,34 @@ fn print_comparison(models: &[PathBuf], native: &[BenchReport], chromium: Option
     row("GPU: KV cache", &|r| r.kv_cache_bytes as f64);
     row("GPU: activations", &|r| r.activation_bytes as f64);
     row("GPU: total", &|r| r.gpu_total_bytes() as f64);
+}
+
+/// "yes" when the native and Chromium runs generated the same ids, else where they first part.
+fn id_agreement(native: &[u32], chromium: &[u32]) -> String {
+    match native.iter().zip(chromium).position(|(a, b)| a != b) {
+        None if native.len() == chromium.len() => "yes".into(),
+        None => format!("NO ({} ids natively, {} in Chromium)", native.len(), chromium.len()),
+        Some(i) => format!(
+            "NO (from generated token {} of {}: id {} natively, {} in Chromium)",
+            i + 1,
+            native.len(),
+            native[i],
+            chromium[i]
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::id_agreement;
+
+    #[test]
+    fn id_agreement_names_the_first_difference() {
+        assert_eq!(id_agreement(&[1, 2, 3], &[1, 2, 3]), "yes");
+        assert_eq!(
+            id_agreement(&[1, 2, 3], &[1, 5, 6]),
+            "NO (from generated token 2 of 3: id 2 natively, 5 in Chromium)"
+        );
+        assert_eq!(id_agreement(&[1, 2], &[1, 2, 3]), "NO (2 ids natively, 3 in Chromium)");
+    }
 }
