@@ -571,8 +571,8 @@ async fn check_layers(gpu: &Gpu) {
 /// The integer product with one-word and with four-word loads ([`QMatmul::new`]), and for one
 /// token split between invocations ([`QMatmul::split_k`]), on the same quantized rows gives the
 /// same bits, partial blocks of tokens and columns included, and weights whose columns are
-/// padded to whole groups of four words ([`pocketvlm_runtime::kernels::quant::WeightLayout`]); layers pick four-word loads where the widths allow
-/// ([`QMatmul::vec4_fits`]) — for blocks of tokens unless the adapter reads them one word at a
+/// padded to whole groups of four words ([`WeightLayout`]); layers pick four-word loads where
+/// the widths allow ([`QMatmul::vec4_fits`]) — for blocks of tokens unless the adapter reads them one word at a
 /// time ([`pocketvlm_runtime::Capabilities::one_word_blocks`]) — and one-word loads otherwise,
 /// and the split for one token on GPUs only, so `check_layers` runs every variant against the
 /// reference on one adapter kind or the other; four-word loads on widths that do not allow them

@@ -28,7 +28,7 @@
 use pocketvlm_format::ModelConfig;
 use serde::{Deserialize, Serialize};
 
-use super::qkv::{Qkv, Ups};
+use super::qkv::{Qkv, Ups, latent_words};
 use super::scratch::f32_buffer;
 use crate::device::Gpu;
 use crate::error::{Result, RuntimeError};
@@ -155,7 +155,7 @@ fn layer_layout(qkv: &Qkv, d_kv: usize, kind: CacheKind) -> LayerLayout {
     let keys = if kind == CacheKind::LatentKeys { d_kv } else { 0 };
     match qkv {
         Qkv::Joint(j) if kind != CacheKind::Plain && j.rank() < 2 * d_kv => match j.ups() {
-            Ups::Quant { .. } => LayerLayout::LatentI8 { words: j.latent_words(), rank: j.rank(), keys },
+            Ups::Quant { .. } => LayerLayout::LatentI8 { rank: j.rank(), keys },
             Ups::Float => LayerLayout::LatentBf16 { rank: j.rank(), keys },
         },
         _ => LayerLayout::Plain { width: d_kv },
@@ -167,7 +167,7 @@ fn layer_layout(qkv: &Qkv, d_kv: usize, kind: CacheKind) -> LayerLayout {
 enum LayerLayout {
     Plain { width: usize },
     LatentBf16 { rank: usize, keys: usize },
-    LatentI8 { words: usize, rank: usize, keys: usize },
+    LatentI8 { rank: usize, keys: usize },
 }
 
 impl LayerLayout {
@@ -177,7 +177,7 @@ impl LayerLayout {
         4 * match self {
             LayerLayout::Plain { width } => 2 * width as u64,
             LayerLayout::LatentBf16 { rank, keys } => (Bf16Rows { width: rank }.words() + keys) as u64,
-            LayerLayout::LatentI8 { words, keys, .. } => (words + 1 + keys) as u64,
+            LayerLayout::LatentI8 { rank, keys } => (latent_words(rank) + 1 + keys) as u64,
         }
     }
 }
@@ -207,12 +207,16 @@ impl KvCache {
                     rank,
                     keys: kept_keys(gpu, keys, capacity).await?,
                 },
-                LayerLayout::LatentI8 { words, rank, keys } => LayerCache::LatentI8 {
+                LayerLayout::LatentI8 { rank, keys } => LayerCache::LatentI8 {
                     // with the words past the last row that the ups' products read
-                    words: f32_buffer(gpu, "latent cache integers", rows_words(capacity, words, rank))
-                        .await?,
+                    words: f32_buffer(
+                        gpu,
+                        "latent cache integers",
+                        rows_words(capacity, latent_words(rank), rank),
+                    )
+                    .await?,
                     scales: f32_buffer(gpu, "latent cache scales", capacity).await?,
-                    words_per_row: words,
+                    words_per_row: latent_words(rank),
                     keys: kept_keys(gpu, keys, capacity).await?,
                 },
             });

@@ -20,6 +20,13 @@ use crate::encoder::Encoder;
 use crate::error::{Result, RuntimeError};
 use crate::kernels::quant::QuantizedRows;
 
+/// Words per token of a quantized latent of rank `r`: its `r` INT8 values, four per word, in
+/// whole groups of four words (16 values; the manifest counts `r` bytes), so that the ups'
+/// products over many cached rows (the key rebuild) read them four words at a time.
+pub fn latent_words(r: usize) -> usize {
+    4 * r.div_ceil(16)
+}
+
 /// Q, K and V of one attention block.
 pub enum Qkv {
     Separate { q: Linear, k: Linear, v: Linear },
@@ -204,11 +211,9 @@ impl JointQkv {
         }
     }
 
-    /// Words per token of the quantized latent: its `r` INT8 values, four per word, in whole
-    /// groups of four words (16 values; the manifest counts `r` bytes), so that the ups' products
-    /// over many cached rows (the key rebuild) read them four words at a time.
+    /// Words per token of the quantized latent ([`latent_words`] of its rank).
     pub fn latent_words(&self) -> usize {
-        4 * self.rank().div_ceil(16)
+        latent_words(self.rank())
     }
 
     /// The ups read the rank-wide latent, all float or all quantized with one input
