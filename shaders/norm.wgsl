@@ -9,9 +9,11 @@
 // s = M * step, the integers of lib/activation.wgsl from the y values as stored): q u32 [rows,
 // words], scales f32 [rows]; the norm and the quantization of its output in one dispatch.
 // Layouts: one 256-invocation workgroup per row, each invocation summing a strided slice of the
-// row and the partial sums reduced in workgroup memory (GPUs); or, with PER_ROW, one invocation
-// per row summing it in order, no workgroup memory and no barriers (CPU adapters, where each
-// barrier costs tens of microseconds). Rows lie on a 2-D grid (workgroup_index).
+// row and the partial sums reduced in workgroup memory (GPUs: a tree, 9 barriers per reduction,
+// or with SUBGROUPS each subgroup's sum and the subgroups' sums in order, 2 barriers,
+// lib/subgroups.wgsl); or, with PER_ROW, one invocation per row summing it in order, no
+// workgroup memory and no barriers (CPU adapters, where each barrier costs tens of
+// microseconds). Rows lie on a 2-D grid (workgroup_index).
 
 #include grid
 #ifdef QUANTIZE
@@ -84,6 +86,19 @@ fn row_written() {}
 #else
 const WG: u32 = 256u;
 
+#ifdef SUBGROUPS
+#include subgroups
+
+// A row's total over the workgroup's subgroups (every invocation gets it).
+fn row_total(li: u32, v: f32) -> f32 {
+    return subgroups_sum(v);
+}
+
+// A row's maximum over the workgroup's subgroups (exact in any order; every invocation gets it).
+fn row_max(li: u32, v: f32) -> f32 {
+    return subgroups_max(v);
+}
+#else
 var<workgroup> partial: array<f32, 256>;
 
 // A row's total, summed by the whole workgroup (every invocation gets it).
@@ -115,6 +130,7 @@ fn row_max(li: u32, v: f32) -> f32 {
     workgroupBarrier();
     return most;
 }
+#endif
 
 // Wait until every invocation's part of the row is written to y.
 fn row_written() {
@@ -191,7 +207,13 @@ fn main(
     @builtin(workgroup_id) wg: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) li: u32,
+#ifdef SUBGROUPS
+    sg: Subgroup,
+#endif
 ) {
+#ifdef SUBGROUPS
+    subgroups_enter(sg);
+#endif
 #ifdef PER_ROW
     let row = workgroup_index(wg, nwg) * WG + li;
     if (row >= params.rows) {

@@ -54,7 +54,13 @@ fn main(
     @builtin(workgroup_id) wg: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) li: u32,
+#ifdef SUBGROUPS
+    sg: Subgroup,
+#endif
 ) {
+#ifdef SUBGROUPS
+    subgroups_enter(sg);
+#endif
     let t = workgroup_index(wg, nwg);
     if (t >= params.tokens) {
         return;

@@ -16,8 +16,12 @@ pub const MAX_WORKGROUP_INVOCATIONS: u32 = 256;
 pub struct Capabilities {
     /// `shader-f16` is available (f16 arithmetic and storage in WGSL).
     pub shader_f16: bool,
-    /// Subgroup operations are available.
+    /// Subgroup operations are available (natively where the adapter has them; in the browser
+    /// never, see [`Pretend::subgroups`]).
     pub subgroups: bool,
+    /// The fewest and most invocations a subgroup may have on this adapter (where
+    /// [`Capabilities::subgroups`]; WebGPU bounds them by 4 and 128).
+    pub subgroup_sizes: (u32, u32),
     /// Compute passes can write GPU timestamps (`timestamp-query`; the bench's GPU time by kind
     /// of work, [`crate::encoder::Encoder::time_dispatches`]).
     pub timestamps: bool,
@@ -71,23 +75,34 @@ pub struct DeviceOptions {
 }
 
 /// Another kind of adapter, as far as kernel choice goes: a CPU implementation or a GPU, with
-/// or without `shader-f16` (granted only where the real adapter has it). Every limit becomes
-/// the lesser of the adapter's and WebGPU's defaults (`wgpu::Limits::defaults()`: 16 KiB of
-/// workgroup memory, 8 storage buffers per stage, 128 MiB bindings, …), the least a browser
-/// adapter offers; subgroups are withheld, as Chromium does without its flag.
+/// or without `shader-f16` and subgroups (each granted only where the real adapter has it). Every
+/// limit becomes the lesser of the adapter's and WebGPU's defaults (`wgpu::Limits::defaults()`:
+/// 16 KiB of workgroup memory, 8 storage buffers per stage, 128 MiB bindings, …), the least a
+/// browser adapter offers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Pretend {
     pub cpu: bool,
     pub shader_f16: bool,
+    /// Subgroup operations (in the browser wgpu offers none: its WebGPU backend maps no
+    /// `subgroups` feature).
+    pub subgroups: bool,
 }
 
 impl Capabilities {
+    /// Whether workgroups reduce rows through subgroups (`shaders/lib/subgroups.wgsl`): on GPUs
+    /// that have them. CPU adapters keep the reductions in workgroup memory: on lavapipe the
+    /// subgroup variants measured no faster (BENCHMARKS.md, Speed XVI).
+    pub fn subgroup_reductions(&self) -> bool {
+        self.subgroups && !self.cpu
+    }
+
     /// These capabilities as the adapter `pretend` describes would have them (see [`Pretend`]).
     pub fn pretending(&self, pretend: Pretend) -> Self {
         let web = wgpu::Limits::defaults();
         Self {
             shader_f16: self.shader_f16 && pretend.shader_f16,
-            subgroups: false,
+            subgroups: self.subgroups && pretend.subgroups,
+            subgroup_sizes: self.subgroup_sizes,
             timestamps: self.timestamps,
             cpu: pretend.cpu,
             weight_textures: pretend.cpu,
@@ -185,6 +200,7 @@ impl Gpu {
         let caps = Capabilities {
             shader_f16: required_features.contains(wgpu::Features::SHADER_F16),
             subgroups: required_features.contains(wgpu::Features::SUBGROUP),
+            subgroup_sizes: (info.subgroup_min_size, info.subgroup_max_size),
             timestamps: required_features.contains(wgpu::Features::TIMESTAMP_QUERY),
             cpu: info.device_type == wgpu::DeviceType::Cpu,
             weight_textures: info.device_type == wgpu::DeviceType::Cpu,

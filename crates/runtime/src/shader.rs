@@ -51,6 +51,7 @@ shaders![
     "lib/int",
     "lib/linear",
     "lib/silu",
+    "lib/subgroups",
     "lib/tiles",
     "lib/weight",
     "lib/workgroup_max",

@@ -1,5 +1,6 @@
 //! Argmax against torch.argmax semantics (first index on ties, NaN wins), over one vocabulary-
-//! sized row and several rows. Runs natively and in the browser.
+//! sized row and several rows, reducing through subgroups (natively, where the adapter has them)
+//! and through a tree in workgroup memory. Runs natively and in the browser.
 
 mod common;
 
@@ -49,6 +50,20 @@ async fn check_cases(gpu: &Gpu) {
     let got = argmax_rows(gpu, &x, rows).await;
     let want: Vec<u32> = x.chunks(n).map(argmax_reference).collect();
     assert_eq!(got, want);
+    // The largest value in each invocation's slice in turn (row r's at column r, and once more
+    // among ties at r + 256): every invocation, subgroup and reduction step must pass it on.
+    let (rows, n) = (300, 700);
+    let mut x = values(4, rows * n);
+    for r in 0..rows {
+        x[r * n + r] = 2.0;
+        if r + 256 < n {
+            x[r * n + r + 256] = 2.0;
+        }
+    }
+    let got = argmax_rows(gpu, &x, rows).await;
+    let want: Vec<u32> = x.chunks(n).map(argmax_reference).collect();
+    assert_eq!(want, (0..rows as u32).collect::<Vec<_>>());
+    assert_eq!(got, want);
     // An empty row is a typed error.
     let buf = zeros(gpu, 4).await;
     let out = zeros(gpu, 4).await;
@@ -57,10 +72,14 @@ async fn check_cases(gpu: &Gpu) {
     assert!(matches!(err, RuntimeError::Shape(_)), "{err}");
 }
 
+/// Natively the adapter's own (lavapipe, a CPU adapter, reduces in a tree in workgroup memory, as
+/// the browser does), then a GPU with subgroups (lavapipe has them), which reduces through them.
 #[cfg(not(target_arch = "wasm32"))]
 #[test]
 fn argmax_matches_reference() {
     let gpu = pollster::block_on(Gpu::new(&DeviceOptions::default())).expect("a GPU adapter");
+    pollster::block_on(check_cases(&gpu));
+    let gpu = pollster::block_on(common::subgroup_gpu());
     pollster::block_on(check_cases(&gpu));
 }
 

@@ -598,9 +598,15 @@ fn other_adapters_kernels_match_and_fit_webgpu_limits() {
             })
             .collect();
         let profiles = [
-            ("GPU with shader-f16", Pretend { cpu: false, shader_f16: true }),
-            ("GPU without shader-f16", Pretend { cpu: false, shader_f16: false }),
-            ("CPU adapter without shader-f16", Pretend { cpu: true, shader_f16: false }),
+            ("GPU with shader-f16 and subgroups", Pretend { cpu: false, shader_f16: true, subgroups: true }),
+            (
+                "GPU without shader-f16 or subgroups",
+                Pretend { cpu: false, shader_f16: false, subgroups: false },
+            ),
+            (
+                "CPU adapter without shader-f16 or subgroups",
+                Pretend { cpu: true, shader_f16: false, subgroups: false },
+            ),
         ];
         for (profile, pretend) in profiles {
             let options = DeviceOptions { pretend: Some(pretend), ..Default::default() };

@@ -1,5 +1,6 @@
-//! LayerNorm and RMSNorm against f64 references, in both layouts (a workgroup per row, one
-//! invocation per row) and in the residual form (`x ← x + r`, then the norm of the sum; `x` must
+//! LayerNorm and RMSNorm against f64 references, in both layouts (a workgroup per row — reducing
+//! in a tree in workgroup memory, and natively also through subgroups — and one invocation per
+//! row) and in the residual form (`x ← x + r`, then the norm of the sum; `x` must
 //! equal the f32 sums bit for bit): odd widths, offset rows, and the row-chunked path under a
 //! forced small binding limit. Runs natively and in the browser.
 
@@ -27,9 +28,14 @@ fn inputs(seed: u64, shape: NormShape) -> Vec<f32> {
 }
 
 /// Sequential additions per sum in the kernel: a strided slice per invocation, then a
-/// 256-wide tree; or the whole row in order.
-fn sum_terms(d: usize, layout: NormLayout) -> f32 {
+/// 256-wide tree, or with subgroups each subgroup's sum (at most its size, in the device's
+/// order) and the subgroups' sums in order (256 / the smallest size); or the whole row in order.
+fn sum_terms(gpu: &Gpu, d: usize, layout: NormLayout) -> f32 {
+    let (fewest, most) = gpu.caps.subgroup_sizes;
     match layout {
+        NormLayout::Workgroup if gpu.caps.subgroup_reductions() => {
+            (d.div_ceil(256) + most as usize + 256 / fewest as usize) as f32
+        }
         NormLayout::Workgroup => (d.div_ceil(256) + 8) as f32,
         NormLayout::PerRow => d as f32,
     }
@@ -82,7 +88,7 @@ async fn layer_norm_case(gpu: &Gpu, shape: NormShape, seed: u64, layout: NormLay
     // Error model: the mean is off by ≤ c·ε·mean|x| (c sequential additions plus the division),
     // the inverse standard deviation by ≤ (c/2 + 3)·ε relative, and the final subtract, multiplies
     // and add by a few ε more.
-    let c = sum_terms(d, layout) + 3.0;
+    let c = sum_terms(gpu, d, layout) + 3.0;
     let stats: Vec<(f64, f64, f64)> = (0..rows)
         .map(|r| {
             let row = &x[r * d..(r + 1) * d];
@@ -127,7 +133,7 @@ async fn rms_norm_case(gpu: &Gpu, shape: NormShape, seed: u64, layout: NormLayou
     let want = rms_norm_reference(&x, &g, eps, shape);
     // Error model: the mean square is off by ≤ (c + 3)·ε relative, its inverse square root by
     // half that plus 2 ε, and the two multiplies add 2 ε.
-    let c = sum_terms(d, layout) + 3.0;
+    let c = sum_terms(gpu, d, layout) + 3.0;
     let worst = assert_close(&what, &got, &want, |i| want[i].abs() * (c / 2.0 + 6.0) * EPS + 1e-30);
     eprintln!("{what}: worst error {worst:.3} of tolerance");
 }
@@ -217,10 +223,15 @@ async fn check_split_binding() {
     assert!(matches!(err, RuntimeError::Shape(_)), "{err}");
 }
 
+/// Natively the adapter's own (on lavapipe, a CPU adapter, the workgroup layout reduces in a tree
+/// in workgroup memory, as in the browser), then a GPU with subgroups (where the adapter has
+/// them: lavapipe does), whose workgroup layout reduces through them.
 #[cfg(not(target_arch = "wasm32"))]
 #[test]
 fn norms_match_reference() {
     let gpu = pollster::block_on(Gpu::new(&DeviceOptions::default())).expect("a GPU adapter");
+    pollster::block_on(check_sizes(&gpu));
+    let gpu = pollster::block_on(common::subgroup_gpu());
     pollster::block_on(check_sizes(&gpu));
 }
 

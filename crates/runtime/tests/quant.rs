@@ -5,7 +5,8 @@
 //! words, row passes and weight chunks split across small bindings), and layers sharing one
 //! quantized input — with the variants CPU adapters get and, under a pretended GPU
 //! ([`Pretend`]), those GPUs get (one output per invocation of a rotation's core, a workgroup per
-//! token's quantization, one token's product split between 16 invocations per column quad).
+//! token's quantization, one token's product split between 16 invocations per column quad), with
+//! their workgroup maxima through subgroups (natively, `common::subgroup_gpu`) and without.
 //! Runs natively (`cargo test`, e.g. on Vulkan lavapipe) and in the browser (wasm-bindgen-test).
 
 mod common;
@@ -727,7 +728,18 @@ async fn check_unsupported(gpu: &Gpu) {
 }
 
 /// A GPU, as far as kernel choice goes, on whatever adapter runs the tests.
-const GPU: Pretend = Pretend { cpu: false, shader_f16: false };
+const GPU: Pretend = Pretend { cpu: false, shader_f16: false, subgroups: false };
+
+/// The kernels whose workgroup reductions go through subgroups where the device has them (the
+/// quantization's and the rotation's maximum, the norm's sums and maximum), on a GPU with them:
+/// the same bits as the reference.
+#[cfg(not(target_arch = "wasm32"))]
+async fn check_subgroup_reductions() {
+    let gpu = common::subgroup_gpu().await;
+    check_quantize(&gpu).await;
+    check_rotate_quantize(&gpu).await;
+    check_norm_quantize(&gpu).await;
+}
 
 /// The rotations, the quantization and the product as the adapter kind `pretend` gets them (the
 /// adapter's own without), against the reference.
@@ -776,6 +788,7 @@ fn quant_kernels_match_reference() {
 #[test]
 fn quant_gpu_variants_match_reference() {
     pollster::block_on(check_variants(Some(GPU)));
+    pollster::block_on(check_subgroup_reductions());
 }
 
 #[cfg(not(target_arch = "wasm32"))]

@@ -13,12 +13,14 @@ use pocketvlm_format::quant::{ActivationQuant, Bits, Construction, Rotation};
 use serde::{Deserialize, Serialize};
 
 use super::values;
-use crate::device::{DeviceOptions, Gpu, now_ms};
+use crate::device::{DeviceOptions, Gpu, Pretend, now_ms};
 use crate::encoder::Encoder;
 use crate::error::{Result, RuntimeError};
+use crate::kernels::argmax::Argmax;
 use crate::kernels::attention::{Attention, AttentionShape, AttentionVariant, RopeTable, ValueKind, Values};
 use crate::kernels::elementwise::Add;
 use crate::kernels::matmul::{MatVec, Matmul, MatmulShape};
+use crate::kernels::norm::{LayerNorm, NormLayout, NormShape, QuantizedOutput, RmsNorm};
 use crate::kernels::quant::{
     QMatmul, QuantWeightsGpu, Quantize, QuantizedRows, Rotate, RotationTable, activation_words,
 };
@@ -134,7 +136,88 @@ pub async fn measure_kernels(gpu: &Gpu) -> Result<Vec<KernelReport>> {
     }
     reports.extend(attention(gpu).await?);
     reports.extend(rotations(gpu).await?);
+    // A GPU's reductions with subgroups where the adapter has them (a CPU adapter does not use
+    // them itself), and without, as the browser runs them.
+    let has = if gpu.caps.subgroups { &[true, false][..] } else { &[false] };
+    for &subgroups in has {
+        let pretend = Pretend { cpu: false, shader_f16: gpu.caps.shader_f16, subgroups };
+        let options = DeviceOptions { pretend: Some(pretend), ..Default::default() };
+        let suffix = if subgroups { ", subgroups" } else { ", no subgroups" };
+        reports.extend(reductions(&Gpu::new(&options).await?, suffix).await?);
+    }
     reports.push(dispatch_floor(gpu).await?);
+    Ok(reports)
+}
+
+/// The kernels whose workgroups reduce a row, as `gpu` (a GPU as far as kernel choice goes) runs
+/// them, `suffix` naming it:
+/// a decode row's RMS norm quantizing its output and the vision tower's layer norm over a tile in
+/// the workgroup layout (the GPUs'; CPU adapters run a row per invocation), the greedy argmax of
+/// a vocabulary row, and the rotation with quantization of one decode token (`[1, 1536]`). The
+/// count is the values each reads.
+async fn reductions(gpu: &Gpu, suffix: &str) -> Result<Vec<KernelReport>> {
+    let mut reports = Vec::new();
+    let act = ActivationQuant::new(Bits::Int8, 1.0)
+        .map_err(|e| RuntimeError::UnsupportedModel(format!("bench activation quantization: {e}")))?;
+    for (rows, d) in [(1, 576), (1024, 768)] {
+        let x = values_buffer(gpu, rows * d, 11).await?;
+        let gamma = values_buffer(gpu, d, 12).await?;
+        let y = gpu.zeroed_buffer("normalised", (rows * d * 4) as u64).await?;
+        let shape = NormShape { rows, d };
+        let label = format!("[{rows}, {d}]");
+        let values = (rows * d) as f64;
+        let report = if rows == 1 {
+            let words = gpu.zeroed_buffer("norm integers", (activation_words(d) * 4) as u64).await?;
+            let scales = gpu.zeroed_buffer("norm scales", 4).await?;
+            let quantized = QuantizedOutput { activation: &act, words: &words, scales: &scales };
+            let kernel = format!("RMS norm + INT8 quantize, workgroup layout{suffix} (values)");
+            time_macs(gpu, &kernel, label, values, async |gpu: &Gpu, e: &mut Encoder| {
+                let norm = RmsNorm { eps: 1e-5 };
+                norm.encode(gpu, e, NormLayout::Workgroup, shape, (&x, None), &gamma, (&y, Some(quantized)))
+                    .await
+            })
+            .await?
+        } else {
+            let kernel = format!("layer norm, workgroup layout{suffix} (values)");
+            time_macs(gpu, &kernel, label, values, async |gpu: &Gpu, e: &mut Encoder| {
+                let norm = LayerNorm { eps: 1e-6 };
+                norm.encode(gpu, e, NormLayout::Workgroup, shape, (&x, None), (&gamma, &gamma), &y).await
+            })
+            .await?
+        };
+        reports.push(report);
+    }
+    let n = GEMV.n;
+    let logits = values_buffer(gpu, n, 13).await?;
+    let index = gpu.zeroed_buffer("argmax", 4).await?;
+    let kernel = format!("argmax{suffix} (values)");
+    reports.push(
+        time_macs(gpu, &kernel, format!("[1, {n}]"), n as f64, async |gpu: &Gpu, e: &mut Encoder| {
+            Argmax.encode(gpu, e, 1, n, &logits, &index).await
+        })
+        .await?,
+    );
+    let n = 1536;
+    let rotation = Rotation::new(n, Construction::Kronecker, Some(1))
+        .map_err(|e| RuntimeError::UnsupportedModel(format!("bench rotation of {n}: {e}")))?;
+    let table = RotationTable::new(gpu, &rotation).await?;
+    let x = values_buffer(gpu, n, 14).await?;
+    let (work, out) = (
+        gpu.zeroed_buffer("rotating", n as u64 * 4).await?,
+        gpu.zeroed_buffer("rotated", n as u64 * 4).await?,
+    );
+    let words = activation_words(n);
+    let q = gpu.zeroed_buffer("activation integers", (words * 4) as u64).await?;
+    let scales = gpu.zeroed_buffer("activation scales", 4).await?;
+    let kernel = format!("rotate + quantize in one dispatch{suffix} (values)");
+    reports.push(
+        time_macs(gpu, &kernel, format!("[1, {n}]"), n as f64, async |gpu: &Gpu, e: &mut Encoder| {
+            RotateQuantize
+                .encode(gpu, e, &table, &act, (&x, 0), None, 1, (&work, &out), (&q, words), &scales)
+                .await
+        })
+        .await?,
+    );
     Ok(reports)
 }
 

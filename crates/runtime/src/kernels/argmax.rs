@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use bytemuck::{Pod, Zeroable};
 
 use super::Kernel;
-use super::util::{check_binding, dispatch, distinct, grid, require_size, slice};
+use super::util::{check_binding, dispatch, distinct, grid, require_size, slice, with_subgroups};
 use crate::device::Gpu;
 use crate::encoder::Encoder;
 use crate::error::{Result, RuntimeError};
@@ -57,7 +57,7 @@ impl Argmax {
         require_size(idx, (rows * 4) as u64, "argmax output")?;
         distinct(x, idx, "argmax input and output")?;
         check_binding(gpu, "argmax input", x_bytes)?;
-        let pipeline = gpu.pipeline(Self::SHADER, &self.defines()).await?;
+        let pipeline = gpu.pipeline(Self::SHADER, &with_subgroups(gpu, self.defines())).await?;
         let params = Params { rows: rows as u32, n: n as u32, _pad: [0; 2] };
         let resources = vec![slice(x, 0, x_bytes), slice(idx, 0, (rows * 4) as u64)];
         let (gx, gy) = grid(gpu, rows as u64)?;

@@ -18,7 +18,7 @@
 //!
 //! Buffers: `x`, `r` and `y` f32 `[rows, d]` row-major (distinct buffers), `γ` and `β` f32 `[d]`.
 //! [`NormLayout`]: one 256-invocation workgroup per row reducing the sums in workgroup memory
-//! (GPUs), or one invocation per row summing in order, without barriers (CPU adapters). Inputs
+//! (GPUs; through subgroups where the device has them, summed in another order), or one invocation per row summing in order, without barriers (CPU adapters). Inputs
 //! larger than one storage binding are processed in row chunks bound at aligned offsets.
 
 use std::collections::BTreeMap;
@@ -28,7 +28,9 @@ use pocketvlm_format::quant::ActivationQuant;
 
 use super::Kernel;
 use super::quant::activation_words;
-use super::util::{check_binding, chunks, dispatch, distinct, grid, require_size, rows_per_chunk, slice};
+use super::util::{
+    check_binding, chunks, dispatch, distinct, grid, require_size, rows_per_chunk, slice, with_subgroups,
+};
 use crate::device::Gpu;
 use crate::encoder::Encoder;
 use crate::error::{Result, RuntimeError};
@@ -86,7 +88,8 @@ impl Kernel for RmsNorm {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum NormLayout {
     /// One 256-invocation workgroup per row; partial sums of strided slices reduced in
-    /// workgroup memory (9 barriers).
+    /// workgroup memory: a tree (9 barriers), or through subgroups where the device has them
+    /// (2 barriers; `shaders/lib/subgroups.wgsl`).
     Workgroup,
     /// One invocation per row, summing it in order: no barriers.
     PerRow,
@@ -146,8 +149,9 @@ async fn encode_norm<K: Kernel>(
         distinct(r, b.y, "norm residual and output")?;
         defines.insert("RESIDUAL".into(), String::new());
     }
-    if layout == NormLayout::PerRow {
-        defines.insert("PER_ROW".into(), String::new());
+    match layout {
+        NormLayout::PerRow => _ = defines.insert("PER_ROW".into(), String::new()),
+        NormLayout::Workgroup => defines = with_subgroups(gpu, defines),
     }
     let words = activation_words(d);
     let word_row = (words * 4) as u64;

@@ -40,7 +40,9 @@ use pocketvlm_format::quant::hadamard::hadamard;
 use pocketvlm_format::quant::rotation::seeded_signs;
 use pocketvlm_format::quant::{ActivationQuant, Bits, Construction, Rotation};
 
-use super::util::{check_binding, chunks, dispatch, distinct, grid, require_size, rows_per_chunk, slice};
+use super::util::{
+    check_binding, chunks, dispatch, distinct, grid, require_size, rows_per_chunk, slice, with_subgroups,
+};
 use super::{Kernel, groups};
 use crate::device::Gpu;
 use crate::encoder::Encoder;
@@ -318,8 +320,9 @@ pub struct Quantize;
 pub enum QuantizeLayout {
     /// One invocation per token, walking its row: no workgroup memory, no barriers.
     PerToken,
-    /// One 64-invocation workgroup per token: strided maxima reduced in workgroup memory (7
-    /// barriers), then every invocation packs every 64th word.
+    /// One 64-invocation workgroup per token: strided maxima reduced in workgroup memory (one
+    /// barrier; through subgroups where the device has them), then every invocation packs every
+    /// 64th word.
     Workgroup,
 }
 
@@ -389,7 +392,11 @@ impl Quantize {
         distinct(x.0, q, "activation input and integers")?;
         distinct(x.0, scales, "activation input and scales")?;
         let layout = QuantizeLayout::for_gpu(gpu);
-        let pipeline = gpu.pipeline(QuantizeLayout::SHADER, &layout.defines()).await?;
+        let defines = match layout {
+            QuantizeLayout::PerToken => layout.defines(),
+            QuantizeLayout::Workgroup => with_subgroups(gpu, layout.defines()),
+        };
+        let pipeline = gpu.pipeline(QuantizeLayout::SHADER, &defines).await?;
         let params = QuantizeParams {
             tokens: tokens as u32,
             cols: cols as u32,

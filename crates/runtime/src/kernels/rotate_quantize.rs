@@ -24,7 +24,7 @@ use pocketvlm_format::quant::ActivationQuant;
 
 use super::Kernel;
 use super::quant::RotationTable;
-use super::util::{check_binding, dispatch, distinct, grid, require_size, slice};
+use super::util::{check_binding, dispatch, distinct, grid, require_size, slice, with_subgroups};
 use crate::device::Gpu;
 use crate::encoder::Encoder;
 use crate::error::{Result, RuntimeError};
@@ -168,7 +168,7 @@ impl RotateQuantize {
             resources.push(slice(up.0, up.1, rows));
         }
         let variant = Variant { silu_mul: up.is_some() };
-        let pipeline = gpu.pipeline(Variant::SHADER, &variant.defines()).await?;
+        let pipeline = gpu.pipeline(Variant::SHADER, &with_subgroups(gpu, variant.defines())).await?;
         let (gx, gy) = grid(gpu, tokens as u64)?;
         dispatch(
             gpu,

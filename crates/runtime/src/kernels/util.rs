@@ -6,9 +6,20 @@ use crate::device::Gpu;
 use crate::encoder::Encoder;
 use crate::error::{Result, RuntimeError};
 use crate::pipelines::Pipeline;
+use crate::shader::Defines;
 
 /// Threads per workgroup of the row-wise and elementwise kernels.
 pub const WORKGROUP: u32 = 256;
+
+/// `defines` plus `SUBGROUPS` where `gpu` reduces through subgroups
+/// ([`crate::Capabilities::subgroup_reductions`]): the kernel's workgroup reductions then go
+/// through them (`shaders/lib/subgroups.wgsl`: one or two barriers instead of a tree's).
+pub fn with_subgroups(gpu: &Gpu, mut defines: Defines) -> Defines {
+    if gpu.caps.subgroup_reductions() {
+        defines.insert("SUBGROUPS".into(), String::new());
+    }
+    defines
+}
 
 fn gcd(a: u64, b: u64) -> u64 {
     if b == 0 { a } else { gcd(b, a % b) }

@@ -72,3 +72,17 @@ pub fn assert_exact(what: &str, got: &[f32], want: &[f32]) {
 }
 
 pub const EPS: f32 = f32::EPSILON;
+
+/// A GPU, as far as kernel choice goes, with subgroups where the adapter has them: its workgroup
+/// reductions go through them (`Capabilities::subgroup_reductions`; lavapipe has subgroups, and
+/// as a CPU adapter does not use them itself).
+#[cfg(not(target_arch = "wasm32"))]
+pub async fn subgroup_gpu() -> Gpu {
+    let pretend = pocketvlm_runtime::Pretend { cpu: false, shader_f16: false, subgroups: true };
+    let options = pocketvlm_runtime::DeviceOptions { pretend: Some(pretend), ..Default::default() };
+    let gpu = Gpu::new(&options).await.expect("a GPU adapter");
+    if gpu.adapter.name.contains("llvmpipe") {
+        assert!(gpu.caps.subgroup_reductions(), "lavapipe offers subgroups");
+    }
+    gpu
+}
