@@ -32,12 +32,12 @@ pub struct Capabilities {
     /// Quantized weights' words go into textures, which CPU adapters load faster than storage
     /// buffers (`kernels::quant::TiledWords`); on by default where [`Capabilities::cpu`] is.
     pub weight_textures: bool,
-    /// The integer product reads a block of tokens' activations one word at a time
-    /// (`kernels::quant::QMatmul::for_rows`): the faster choice on the browser's CPU adapter
-    /// (Chromium's SwiftShader: 1.02 against 0.68 G MAC/s at the vision tower's shape,
-    /// BENCHMARKS.md Speed XI); everywhere else four words at a time (lavapipe: 13.0 against
-    /// 10.3 there, Speed XV).
-    pub one_word_blocks: bool,
+    /// The integer product reads a block of tokens' activations one word at a time for INT4
+    /// weights (`kernels::quant::QMatmul::for_rows`): the faster choice on the browser's CPU
+    /// adapter (Chromium's SwiftShader at the vision tower's shape: INT4 1.33 against 1.22
+    /// G MAC/s, while INT8 takes four-word loads there too, 1.41 against 1.30; BENCHMARKS.md
+    /// Speed XVI); everywhere else four words at a time (lavapipe: 13.0 against 10.3, Speed XV).
+    pub one_word_int4_blocks: bool,
     /// Largest storage-buffer binding in bytes (128 MiB on lavapipe). Tensors larger than this
     /// must be split by the kernels that read them.
     pub max_storage_binding: u64,
@@ -106,7 +106,7 @@ impl Capabilities {
             timestamps: self.timestamps,
             cpu: pretend.cpu,
             weight_textures: pretend.cpu,
-            one_word_blocks: self.one_word_blocks && pretend.cpu,
+            one_word_int4_blocks: self.one_word_int4_blocks && pretend.cpu,
             max_storage_binding: self.max_storage_binding.min(web.max_storage_buffer_binding_size),
             max_buffer_size: self.max_buffer_size.min(web.max_buffer_size),
             max_invocations: self.max_invocations.min(web.max_compute_invocations_per_workgroup),
@@ -204,7 +204,7 @@ impl Gpu {
             timestamps: required_features.contains(wgpu::Features::TIMESTAMP_QUERY),
             cpu: info.device_type == wgpu::DeviceType::Cpu,
             weight_textures: info.device_type == wgpu::DeviceType::Cpu,
-            one_word_blocks: info.device_type == wgpu::DeviceType::Cpu
+            one_word_int4_blocks: info.device_type == wgpu::DeviceType::Cpu
                 && info.backend == wgpu::Backend::BrowserWebGpu,
             max_storage_binding: options.max_storage_binding.map_or(max_binding, |m| m.min(max_binding)),
             max_buffer_size: limits.max_buffer_size,

@@ -288,7 +288,8 @@ async fn strided_rows_case(gpu: &Gpu, bits: Bits, rank: usize, seed: u64) {
             .unwrap();
         let a = QuantizedRows::new(&words, &scales, tokens, stride);
         let kernel = QMatmul::for_rows(gpu, &weights, &a, false);
-        let wide = weights.words_per_column() % 4 == 0 && stride % 4 == 0 && !gpu.caps.one_word_blocks;
+        let narrow = gpu.caps.one_word_int4_blocks && bits == Bits::Int4;
+        let wide = weights.words_per_column() % 4 == 0 && stride % 4 == 0 && !narrow;
         assert_eq!(kernel.vec4, wide, "rank {rank}, stride {stride}: four-word loads where they fit");
         kernel.encode(gpu, &mut enc, &a, &weights, None, (&y, 0)).await.unwrap();
         submit(gpu, enc);

@@ -573,16 +573,17 @@ async fn check_layers(gpu: &Gpu) {
 /// token split between invocations ([`QMatmul::split_k`]), on the same quantized rows gives the
 /// same bits, partial blocks of tokens and columns included, and weights whose columns are
 /// padded to whole groups of four words ([`WeightLayout`]); layers pick four-word loads where
-/// the widths allow ([`QMatmul::vec4_fits`]) — for blocks of tokens unless the adapter reads them one word at a
-/// time ([`pocketvlm_runtime::Capabilities::one_word_blocks`]) — and one-word loads otherwise,
+/// the widths allow ([`QMatmul::vec4_fits`]) — for blocks of tokens unless the adapter reads
+/// INT4 ones one word at a time ([`pocketvlm_runtime::Capabilities::one_word_int4_blocks`]) —
+/// and one-word loads otherwise,
 /// and the split for one token on GPUs only, so `check_layers` runs every variant against the
 /// reference on one adapter kind or the other; four-word loads on widths that do not allow them
 /// (narrow columns, activation rows of a word count not a multiple of 4), and a split over
 /// several tokens, are refused.
 async fn check_loads(gpu: &Gpu) {
-    // one-word blocks on the browser's CPU adapter only (SwiftShader in Chromium)
+    // one-word INT4 blocks on the browser's CPU adapter only (SwiftShader in Chromium)
     let browser_cpu = cfg!(target_arch = "wasm32") && gpu.caps.cpu;
-    assert_eq!(gpu.caps.one_word_blocks, browser_cpu, "one-word blocks on {:?}", gpu.adapter.name);
+    assert_eq!(gpu.caps.one_word_int4_blocks, browser_cpu, "one-word INT4 blocks on {:?}", gpu.adapter.name);
     let (i8b, i4b) = (Bits::Int8, Bits::Int4);
     let aligned = [
         case(13, 64, i8b, i8b),
@@ -613,7 +614,7 @@ async fn check_loads(gpu: &Gpu) {
                 .unwrap();
             let a = QuantizedRows::new(&words, &a_scales, rows, stride);
             let picked = QMatmul::for_rows(gpu, &weights, &a, false);
-            let wide = rows == 1 || !gpu.caps.one_word_blocks;
+            let wide = rows == 1 || !(gpu.caps.one_word_int4_blocks && c.weight_bits == Bits::Int4);
             assert_eq!(
                 picked.vec4, wide,
                 "{c:?}, {rows} rows: four-word loads fit, picked where the adapter wants"

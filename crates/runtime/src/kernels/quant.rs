@@ -906,16 +906,18 @@ impl<'a> QuantizedRows<'a> {
 
 impl QMatmul {
     /// The variant for `w` on the rows `a` on `gpu`. One token reads four activation words at
-    /// a time wherever the widths allow, and so do blocks of tokens except where the adapter
-    /// reads them faster one word at a time ([`crate::Capabilities::one_word_blocks`]: Chromium's
-    /// SwiftShader; lavapipe runs the vision tower's and a key rebuild's shapes 1.2–1.3× faster
-    /// with four-word loads, BENCHMARKS.md Speed XV). On GPUs one token also splits each quad's
+    /// a time wherever the widths allow, and so do blocks of tokens except INT4 weights where the
+    /// adapter reads those faster one word at a time
+    /// ([`crate::Capabilities::one_word_int4_blocks`]: Chromium's SwiftShader; lavapipe runs the
+    /// vision tower's and a key rebuild's shapes 1.2–1.3× faster with four-word loads,
+    /// BENCHMARKS.md Speed XV, XVI). On GPUs one token also splits each quad's
     /// words between [`SPLIT_K_LANES`] invocations: a decode step's `[576,
     /// 576]` product has 144 quads, so one invocation per quad walking all 144 words would leave
     /// a GPU almost idle; CPU adapters run the workgroup barriers it needs slowly.
     pub fn for_rows(gpu: &Gpu, w: &QuantWeightsGpu, a: &QuantizedRows<'_>, bias: bool) -> Self {
         let one = a.tokens == 1;
-        let wide = (one || !gpu.caps.one_word_blocks) && Self::vec4_fits(w, a.stride);
+        let narrow = gpu.caps.one_word_int4_blocks && w.bits() == Bits::Int4;
+        let wide = (one || !narrow) && Self::vec4_fits(w, a.stride);
         let kernel = Self::new(w, a.tokens, bias, wide);
         Self { split_k: one && !gpu.caps.cpu, ..kernel }
     }
