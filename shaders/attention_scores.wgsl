@@ -12,7 +12,13 @@
 //   STAGE_VALUES  one invocation per 4 queries x 16 values: sum_j p_ij v_j in blocks of 64 keys
 //                 (an fma chain per block, then the blocks added).
 // Every sum is blocked (no chain longer than 64 terms plus one term per 64 keys), so the error
-// bound of attention.wgsl's variants holds here too.
+// bound of attention.wgsl's variants holds here too. An invocation's four queries and keys are
+// separate variables, not arrays indexed in its loop, and with UNROLLED_VALUES (the browser's CPU
+// adapter, `Capabilities::unrolled_loops`) the loop over its four value columns is written out,
+// so its sums are indexed by constants: SwiftShader keeps an array indexed in a loop in memory
+// (these stages ran 1.8x slower), while lavapipe's LLVM takes seconds to compile the written-out
+// values stage at its first dispatch (BENCHMARKS.md, Speed XVII). The same operations in the
+// same order either way.
 //
 // Queries are taken 4 at a time per (batch, head) plane: row block rb covers queries
 // 4 (rb % QB) .. +3 of plane rb / QB = b * heads + h, QB = ceil(queries / 4), so an invocation's
@@ -59,6 +65,22 @@
 #endif
 #endif
 
+// part + sum_k p[k] v_k for one query's probabilities p of four keys and their values v0..v3:
+// an fma chain in key order.
+fn weigh(part: vec4<f32>, p: vec4<f32>, v0: vec4<f32>, v1: vec4<f32>, v2: vec4<f32>, v3: vec4<f32>) -> vec4<f32> {
+    return fma(vec4<f32>(p.w), v3, fma(vec4<f32>(p.z), v2, fma(vec4<f32>(p.y), v1, fma(vec4<f32>(p.x), v0, part))));
+}
+
+// a + b, element by element (constant indices).
+fn add16(a: array<vec4<f32>, 16>, b: array<vec4<f32>, 16>) -> array<vec4<f32>, 16> {
+    return array<vec4<f32>, 16>(
+        a[0] + b[0], a[1] + b[1], a[2] + b[2], a[3] + b[3],
+        a[4] + b[4], a[5] + b[5], a[6] + b[6], a[7] + b[7],
+        a[8] + b[8], a[9] + b[9], a[10] + b[10], a[11] + b[11],
+        a[12] + b[12], a[13] + b[13], a[14] + b[14], a[15] + b[15],
+    );
+}
+
 // Keys 64 at a time (16 vec4s) per block of a blocked sum.
 const SUM_BLOCK4: u32 = 16u;
 
@@ -101,27 +123,39 @@ fn main(
         return; // above the causal diagonal of all 4 queries: never read
     }
     let g = blk.h / (params.heads / params.kv_heads);
-    var qi: array<u32, 4>; // the block's queries and their rows
-    var qr: array<u32, 4>;
-    var kj: array<u32, 4>; // its keys and their rows
-    var kr: array<u32, 4>;
-    for (var r = 0u; r < 4u; r++) {
-        qi[r] = min(blk.i0 + r, params.queries - 1u);
-        qr[r] = q_row(blk.b, qi[r], blk.h);
-        kj[r] = min(4u * kg + r, params.key_end - 1u);
-        kr[r] = kv_row(blk.b, kj[r], g);
-    }
-    var acc: array<vec4<f32>, 4>; // acc[r][c]: query i0 + r, key 4 kg + c
+    let last_q = params.queries - 1u;
+    let last_k = params.key_end - 1u;
+    let qi0 = min(blk.i0, last_q);
+    let qi1 = min(blk.i0 + 1u, last_q);
+    let qi2 = min(blk.i0 + 2u, last_q);
+    let qi3 = min(blk.i0 + 3u, last_q);
+    let qr0 = q_row(blk.b, qi0, blk.h);
+    let qr1 = q_row(blk.b, qi1, blk.h);
+    let qr2 = q_row(blk.b, qi2, blk.h);
+    let qr3 = q_row(blk.b, qi3, blk.h);
+    let kj0 = min(4u * kg, last_k);
+    let kj1 = min(4u * kg + 1u, last_k);
+    let kj2 = min(4u * kg + 2u, last_k);
+    let kj3 = min(4u * kg + 3u, last_k);
+    let kr0 = kv_row(blk.b, kj0, g);
+    let kr1 = kv_row(blk.b, kj1, g);
+    let kr2 = kv_row(blk.b, kj2, g);
+    let kr3 = kv_row(blk.b, kj3, g);
+    var acc0 = vec4<f32>(0.0); // query i0 + r, keys 4 kg .. + 3
+    var acc1 = vec4<f32>(0.0);
+    var acc2 = vec4<f32>(0.0);
+    var acc3 = vec4<f32>(0.0);
     for (var d = 0u; d < HD4; d++) {
-        let k0 = key4(kr[0], kj[0], d);
-        let k1 = key4(kr[1], kj[1], d);
-        let k2 = key4(kr[2], kj[2], d);
-        let k3 = key4(kr[3], kj[3], d);
-        for (var r = 0u; r < 4u; r++) {
-            let a = query4(qr[r], qi[r], d);
-            acc[r] = block_step(acc[r], a, k0, k1, k2, k3);
-        }
+        let k0 = key4(kr0, kj0, d);
+        let k1 = key4(kr1, kj1, d);
+        let k2 = key4(kr2, kj2, d);
+        let k3 = key4(kr3, kj3, d);
+        acc0 = block_step(acc0, query4(qr0, qi0, d), k0, k1, k2, k3);
+        acc1 = block_step(acc1, query4(qr1, qi1, d), k0, k1, k2, k3);
+        acc2 = block_step(acc2, query4(qr2, qi2, d), k0, k1, k2, k3);
+        acc3 = block_step(acc3, query4(qr3, qi3, d), k0, k1, k2, k3);
     }
+    let acc = array<vec4<f32>, 4>(acc0, acc1, acc2, acc3);
     for (var r = 0u; r < 4u; r++) {
         scores[(4u * lb + r) * stride4 + kg] = acc[r] * params.scale;
     }
@@ -178,6 +212,75 @@ fn main(
     let g = blk.h / (params.heads / params.kv_heads);
     let n = block_keys(blk);
     let n4 = (n + 3u) / 4u;
+#ifdef UNROLLED_VALUES
+    // score rows (clamped to the block's last query)
+    let last_r = params.queries - 1u - blk.i0;
+    let pr0 = 4u * lb * stride4;
+    let pr1 = (4u * lb + min(1u, last_r)) * stride4;
+    let pr2 = (4u * lb + min(2u, last_r)) * stride4;
+    let pr3 = (4u * lb + min(3u, last_r)) * stride4;
+    // value vec4 columns (clamped to VD4)
+    let col0 = min(4u * cb, VD4 - 1u);
+    let col1 = min(4u * cb + 1u, VD4 - 1u);
+    let col2 = min(4u * cb + 2u, VD4 - 1u);
+    let col3 = min(4u * cb + 3u, VD4 - 1u);
+    var acc: array<vec4<f32>, 16>; // acc[4 r + t]: query i0 + r, value vec4 4 cb + t
+    var part: array<vec4<f32>, 16>;
+    for (var c0 = 0u; c0 < n4; c0 += SUM_BLOCK4) {
+        // Zeroed by assignment: Chromium's compiler did not reset an array declared in the loop.
+        part = array<vec4<f32>, 16>();
+        for (var c = c0; c < min(c0 + SUM_BLOCK4, n4); c++) {
+            // Keys 4c..4c+3 (clamped to the last visible key: its p is 0 past a row's keys).
+            let j0 = min(4u * c, n - 1u);
+            let j1 = min(4u * c + 1u, n - 1u);
+            let j2 = min(4u * c + 2u, n - 1u);
+            let j3 = min(4u * c + 3u, n - 1u);
+            let p0 = scores[pr0 + c];
+            let p1 = scores[pr1 + c];
+            let p2 = scores[pr2 + c];
+            let p3 = scores[pr3 + c];
+            // each key's row scale read once for its four value vec4s
+            let s0 = value_scale(blk.b, j0);
+            let s1 = value_scale(blk.b, j1);
+            let s2 = value_scale(blk.b, j2);
+            let s3 = value_scale(blk.b, j3);
+            // the four value columns written out: `part` indexed by constants only
+            let v00 = value4_scaled(blk.b, j0, g, col0, s0);
+            let v01 = value4_scaled(blk.b, j1, g, col0, s1);
+            let v02 = value4_scaled(blk.b, j2, g, col0, s2);
+            let v03 = value4_scaled(blk.b, j3, g, col0, s3);
+            part[0] = weigh(part[0], p0, v00, v01, v02, v03);
+            part[4] = weigh(part[4], p1, v00, v01, v02, v03);
+            part[8] = weigh(part[8], p2, v00, v01, v02, v03);
+            part[12] = weigh(part[12], p3, v00, v01, v02, v03);
+            let v10 = value4_scaled(blk.b, j0, g, col1, s0);
+            let v11 = value4_scaled(blk.b, j1, g, col1, s1);
+            let v12 = value4_scaled(blk.b, j2, g, col1, s2);
+            let v13 = value4_scaled(blk.b, j3, g, col1, s3);
+            part[1] = weigh(part[1], p0, v10, v11, v12, v13);
+            part[5] = weigh(part[5], p1, v10, v11, v12, v13);
+            part[9] = weigh(part[9], p2, v10, v11, v12, v13);
+            part[13] = weigh(part[13], p3, v10, v11, v12, v13);
+            let v20 = value4_scaled(blk.b, j0, g, col2, s0);
+            let v21 = value4_scaled(blk.b, j1, g, col2, s1);
+            let v22 = value4_scaled(blk.b, j2, g, col2, s2);
+            let v23 = value4_scaled(blk.b, j3, g, col2, s3);
+            part[2] = weigh(part[2], p0, v20, v21, v22, v23);
+            part[6] = weigh(part[6], p1, v20, v21, v22, v23);
+            part[10] = weigh(part[10], p2, v20, v21, v22, v23);
+            part[14] = weigh(part[14], p3, v20, v21, v22, v23);
+            let v30 = value4_scaled(blk.b, j0, g, col3, s0);
+            let v31 = value4_scaled(blk.b, j1, g, col3, s1);
+            let v32 = value4_scaled(blk.b, j2, g, col3, s2);
+            let v33 = value4_scaled(blk.b, j3, g, col3, s3);
+            part[3] = weigh(part[3], p0, v30, v31, v32, v33);
+            part[7] = weigh(part[7], p1, v30, v31, v32, v33);
+            part[11] = weigh(part[11], p2, v30, v31, v32, v33);
+            part[15] = weigh(part[15], p3, v30, v31, v32, v33);
+        }
+        acc = add16(acc, part);
+    }
+#else
     var pr: array<u32, 4>; // score rows (clamped to the block's last query)
     var col: array<u32, 4>; // value vec4 columns (clamped to VD4)
     for (var r = 0u; r < 4u; r++) {
@@ -221,6 +324,7 @@ fn main(
             acc[x] += part[x];
         }
     }
+#endif
     for (var r = 0u; r < 4u; r++) {
         let i = blk.i0 + r;
         if (i >= params.queries) {

@@ -277,12 +277,25 @@ async fn check_split_scores() {
     variants_case(&gpu, shape, 2.0, 13, &[AttentionVariant::Scores], None).await;
 }
 
+/// The scores variant's value sums written out on the browser's CPU adapter only
+/// ([`pocketvlm_runtime::Capabilities::unrolled_loops`]), and every shape on the other choice too:
+/// both orders of the same operations against the reference on this adapter.
+async fn check_unrolled_loops(gpu: &Gpu) {
+    let browser_cpu = cfg!(target_arch = "wasm32") && gpu.caps.cpu;
+    assert_eq!(gpu.caps.unrolled_loops, browser_cpu, "written-out loops on {:?}", gpu.adapter.name);
+    let options = DeviceOptions { unrolled_loops: Some(!browser_cpu), ..Default::default() };
+    let other = Gpu::new(&options).await.expect("a GPU adapter");
+    assert_eq!(other.caps.unrolled_loops, !browser_cpu);
+    check_shapes(&other).await;
+}
+
 #[cfg(not(target_arch = "wasm32"))]
 #[test]
 fn attention_matches_reference() {
     let gpu = pollster::block_on(Gpu::new(&DeviceOptions::default())).expect("a GPU adapter");
     pollster::block_on(check_shapes(&gpu));
     pollster::block_on(check_split_scores());
+    pollster::block_on(check_unrolled_loops(&gpu));
 }
 
 #[cfg(target_arch = "wasm32")]
@@ -291,4 +304,5 @@ async fn attention_matches_reference_in_browser() {
     let gpu = Gpu::new(&DeviceOptions::default()).await.expect("WebGPU adapter");
     check_shapes(&gpu).await;
     check_split_scores().await;
+    check_unrolled_loops(&gpu).await;
 }

@@ -357,14 +357,9 @@ async fn bf16_rows_case(gpu: &Gpu, width: usize, seed: u64) {
     }
 }
 
-async fn check_all(gpu: &Gpu) {
-    bf16_rows_case(gpu, 30, 30).await;
-    bf16_rows_case(gpu, 33, 31).await;
-    let ranks = [(Bits::Int4, 28), (Bits::Int4, 30), (Bits::Int4, 36), (Bits::Int8, 30), (Bits::Int8, 37)];
-    // and ups whose columns are padded to whole groups of four words (83 and 42 words)
-    for (bits, rank) in ranks.into_iter().chain([(Bits::Int8, 330), (Bits::Int4, 330)]) {
-        strided_rows_case(gpu, bits, rank, 20).await;
-    }
+/// The attention over a latent cache's values against the reference: f32 and INT8 latents, the
+/// rebuilt keys before RoPE and rotated on load, prefill and decode.
+async fn check_latent_attention(gpu: &Gpu) {
     for int8 in [false, true] {
         // Prefill after 5 cached tokens, GQA 6/2, odd rank; decode over 300 keys; 600 keys.
         latent_attention_case(gpu, AttentionShape::causal(37, 6, 2, 16, 5, 42), 30, (int8, false), 1).await;
@@ -380,6 +375,23 @@ async fn check_all(gpu: &Gpu) {
     latent_attention_case(gpu, AttentionShape::causal(2, 9, 3, 64, 20, 22), 383, (true, false), 4).await;
     latent_attention_case(gpu, AttentionShape::causal(2, 9, 3, 64, 20, 22), 383, (true, true), 6).await;
     latent_attention_case(gpu, AttentionShape::causal(37, 6, 2, 16, 5, 42), 30, (true, true), 7).await;
+}
+
+async fn check_all(gpu: &Gpu) {
+    bf16_rows_case(gpu, 30, 30).await;
+    bf16_rows_case(gpu, 33, 31).await;
+    let ranks = [(Bits::Int4, 28), (Bits::Int4, 30), (Bits::Int4, 36), (Bits::Int8, 30), (Bits::Int8, 37)];
+    // and ups whose columns are padded to whole groups of four words (83 and 42 words)
+    for (bits, rank) in ranks.into_iter().chain([(Bits::Int8, 330), (Bits::Int4, 330)]) {
+        strided_rows_case(gpu, bits, rank, 20).await;
+    }
+    check_latent_attention(gpu).await;
+    // and with the other choice of written-out loops (the scores variant's value sums)
+    let unrolled = !gpu.caps.unrolled_loops;
+    let other =
+        Gpu::new(&DeviceOptions { unrolled_loops: Some(unrolled), ..Default::default() }).await.unwrap();
+    assert_eq!(other.caps.unrolled_loops, unrolled);
+    check_latent_attention(&other).await;
     for encoding in [Encoding::F32, Encoding::F16, Encoding::BF16] {
         latent_up_case(gpu, UpCase::Float(encoding), 30, false, 10).await;
     }

@@ -197,25 +197,16 @@ async fn reductions(gpu: &Gpu, suffix: &str) -> Result<Vec<KernelReport>> {
         })
         .await?,
     );
-    let n = 1536;
-    let rotation = Rotation::new(n, Construction::Kronecker, Some(1))
-        .map_err(|e| RuntimeError::UnsupportedModel(format!("bench rotation of {n}: {e}")))?;
-    let table = RotationTable::new(gpu, &rotation).await?;
-    let x = values_buffer(gpu, n, 14).await?;
-    let (work, out) = (
-        gpu.zeroed_buffer("rotating", n as u64 * 4).await?,
-        gpu.zeroed_buffer("rotated", n as u64 * 4).await?,
-    );
-    let words = activation_words(n);
-    let q = gpu.zeroed_buffer("activation integers", (words * 4) as u64).await?;
-    let scales = gpu.zeroed_buffer("activation scales", 4).await?;
+    let case = RotationCase::new(gpu, 1, 1536, 14).await?;
     let kernel = format!("rotate + quantize in one dispatch{suffix} (values)");
     reports.push(
-        time_macs(gpu, &kernel, format!("[1, {n}]"), n as f64, async |gpu: &Gpu, e: &mut Encoder| {
-            RotateQuantize
-                .encode(gpu, e, &table, &act, (&x, 0), None, 1, (&work, &out), (&q, words), &scales)
-                .await
-        })
+        time_macs(
+            gpu,
+            &kernel,
+            format!("[1, {}]", case.n),
+            case.n as f64,
+            async |gpu: &Gpu, e: &mut Encoder| case.rotate_quantize(gpu, e, &act).await,
+        )
         .await?,
     );
     Ok(reports)
@@ -291,21 +282,13 @@ async fn rotations(gpu: &Gpu) -> Result<Vec<KernelReport>> {
     let act = ActivationQuant::new(Bits::Int8, 1.0)
         .map_err(|e| RuntimeError::UnsupportedModel(format!("bench activation quantization: {e}")))?;
     for (rows, n) in [(1024, 768), (1024, 3072), (1, 576), (1, 1536)] {
-        let rotation = Rotation::new(n, Construction::Kronecker, Some(1))
-            .map_err(|e| RuntimeError::UnsupportedModel(format!("bench rotation of {n}: {e}")))?;
-        let (m, p) = rotation.factors();
-        let table = RotationTable::new(gpu, &rotation).await?;
-        let x = values_buffer(gpu, rows * n, 7).await?;
-        let data = gpu.zeroed_buffer("rotating", (rows * n * 4) as u64).await?;
-        let out = gpu.zeroed_buffer("rotated", (rows * n * 4) as u64).await?;
-        let words = activation_words(n);
-        let q = gpu.zeroed_buffer("activation integers", (rows * words * 4) as u64).await?;
-        let scales = gpu.zeroed_buffer("activation scales", (rows * 4) as u64).await?;
+        let case = RotationCase::new(gpu, rows, n, 7).await?;
+        let RotationCase { m, p, ref table, ref x, ref data, ref out, ref q, ref scales, .. } = case;
         let adds = (rows * n * (p.trailing_zeros() as usize + m)) as f64;
         let label = format!("[{rows}, {n}], {m}·{p}");
         let report =
             time_macs(gpu, "rotate (adds)", label.clone(), adds, async |gpu: &Gpu, e: &mut Encoder| {
-                Rotate.encode(gpu, e, &table, &data, &out, rows).await
+                Rotate.encode(gpu, e, table, data, out, rows).await
             })
             .await?;
         reports.push(report);
@@ -319,9 +302,9 @@ async fn rotations(gpu: &Gpu) -> Result<Vec<KernelReport>> {
             label.clone(),
             adds,
             async |gpu: &Gpu, e: &mut Encoder| {
-                e.copy_buffer_to_buffer(&x, 0, &data, 0, bytes);
-                Rotate.encode(gpu, e, &table, &data, &out, rows).await?;
-                Quantize.encode(gpu, e, &act, (&out, 0), rows, n, &q, &scales).await
+                e.copy_buffer_to_buffer(x, 0, data, 0, bytes);
+                Rotate.encode(gpu, e, table, data, out, rows).await?;
+                Quantize.encode(gpu, e, &act, (out, 0), rows, n, q, scales).await
             },
         )
         .await?;
@@ -331,16 +314,70 @@ async fn rotations(gpu: &Gpu) -> Result<Vec<KernelReport>> {
             "rotate + quantize in one dispatch (adds)",
             label,
             adds,
-            async |gpu: &Gpu, e: &mut Encoder| {
-                RotateQuantize
-                    .encode(gpu, e, &table, &act, (&x, 0), None, rows, (&data, &out), (&q, words), &scales)
-                    .await
-            },
+            async |gpu: &Gpu, e: &mut Encoder| case.rotate_quantize(gpu, e, &act).await,
         )
         .await?;
         reports.push(fused);
     }
     Ok(reports)
+}
+
+/// `rows` rows of `n` values (from `seed`) with the buffers an online rotation of `n` (Kronecker,
+/// with signs, `n = m·p`) and the INT8 quantization of its output take.
+struct RotationCase {
+    rows: usize,
+    n: usize,
+    m: usize,
+    p: usize,
+    table: RotationTable,
+    x: DeviceBuffer,
+    data: DeviceBuffer,
+    out: DeviceBuffer,
+    words: usize,
+    q: DeviceBuffer,
+    scales: DeviceBuffer,
+}
+
+impl RotationCase {
+    async fn new(gpu: &Gpu, rows: usize, n: usize, seed: u64) -> Result<Self> {
+        let rotation = Rotation::new(n, Construction::Kronecker, Some(1))
+            .map_err(|e| RuntimeError::UnsupportedModel(format!("bench rotation of {n}: {e}")))?;
+        let (m, p) = rotation.factors();
+        let words = activation_words(n);
+        let row_bytes = (rows * n * 4) as u64;
+        Ok(Self {
+            rows,
+            n,
+            m,
+            p,
+            table: RotationTable::new(gpu, &rotation).await?,
+            x: values_buffer(gpu, rows * n, seed).await?,
+            data: gpu.zeroed_buffer("rotating", row_bytes).await?,
+            out: gpu.zeroed_buffer("rotated", row_bytes).await?,
+            words,
+            q: gpu.zeroed_buffer("activation integers", (rows * words * 4) as u64).await?,
+            scales: gpu.zeroed_buffer("activation scales", (rows * 4) as u64).await?,
+        })
+    }
+
+    /// The rows rotated and quantized in one dispatch ([`RotateQuantize`]), as a decode step does.
+    async fn rotate_quantize(&self, gpu: &Gpu, e: &mut Encoder, act: &ActivationQuant) -> Result<()> {
+        let (x, buffers) = ((&*self.x, 0), (&*self.data, &*self.out));
+        RotateQuantize
+            .encode(
+                gpu,
+                e,
+                &self.table,
+                act,
+                x,
+                None,
+                self.rows,
+                buffers,
+                (&self.q, self.words),
+                &self.scales,
+            )
+            .await
+    }
 }
 
 /// Attention at the 256M model's shapes, each variant that suits it: the vision tower's

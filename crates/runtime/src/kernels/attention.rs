@@ -106,13 +106,14 @@ enum ScoresStage {
     Values,
 }
 
-/// A stage of the scores variant with its kernel's head and value defines.
-struct ScoresKernel(Attention, ScoresStage);
+/// A stage of the scores variant with its kernel's head and value defines, and whether the
+/// adapter takes written-out loops ([`crate::Capabilities::unrolled_loops`]).
+struct ScoresKernel(Attention, ScoresStage, bool);
 
 impl Kernel for ScoresKernel {
     const SHADER: &'static str = "attention_scores";
     fn defines(&self) -> Defines {
-        let ScoresKernel(attention, stage) = self;
+        let ScoresKernel(attention, stage, unrolled) = self;
         // Only the values stage depends on what the values are (fewer pipelines to compile).
         let (mut d, name) = match stage {
             ScoresStage::Scores => {
@@ -122,7 +123,13 @@ impl Kernel for ScoresKernel {
                 (d, "STAGE_SCORES")
             }
             ScoresStage::Softmax => (Defines::new(), "STAGE_SOFTMAX"),
-            ScoresStage::Values => (attention.value_defines(), "STAGE_VALUES"),
+            ScoresStage::Values => {
+                let mut d = attention.value_defines();
+                if *unrolled {
+                    d.insert("UNROLLED_VALUES".to_string(), String::new());
+                }
+                (d, "STAGE_VALUES")
+            }
         };
         d.insert(name.to_string(), String::new());
         d
@@ -742,7 +749,7 @@ impl Attention {
         let scores = encoder.kernel_scratch(gpu, "attention scores", scores_bytes).await?;
         let mut pipelines = Vec::with_capacity(3);
         for stage in [ScoresStage::Scores, ScoresStage::Softmax, ScoresStage::Values] {
-            let kernel = ScoresKernel(*self, stage);
+            let kernel = ScoresKernel(*self, stage, gpu.caps.unrolled_loops);
             pipelines.push(gpu.pipeline(ScoresKernel::SHADER, &kernel.defines()).await?);
         }
         let column_blocks = (vd / 4).div_ceil(4);

@@ -18,8 +18,9 @@
 //!
 //! Buffers: `x`, `r` and `y` f32 `[rows, d]` row-major (distinct buffers), `γ` and `β` f32 `[d]`.
 //! [`NormLayout`]: one 256-invocation workgroup per row reducing the sums in workgroup memory
-//! (GPUs; through subgroups where the device has them, summed in another order), or one invocation per row summing in order, without barriers (CPU adapters). Inputs
-//! larger than one storage binding are processed in row chunks bound at aligned offsets.
+//! (GPUs; through subgroups where the device has them, summed in another order), or one
+//! invocation per row summing in order, without barriers (CPU adapters). Inputs larger than one
+//! storage binding are processed in row chunks bound at aligned offsets.
 
 use std::collections::BTreeMap;
 
