@@ -65,6 +65,7 @@
 #endif
 #endif
 
+#ifdef UNROLLED_VALUES
 // part + sum_k p[k] v_k for one query's probabilities p of four keys and their values v0..v3:
 // an fma chain in key order.
 fn weigh(part: vec4<f32>, p: vec4<f32>, v0: vec4<f32>, v1: vec4<f32>, v2: vec4<f32>, v3: vec4<f32>) -> vec4<f32> {
@@ -80,6 +81,7 @@ fn add16(a: array<vec4<f32>, 16>, b: array<vec4<f32>, 16>) -> array<vec4<f32>, 1
         a[12] + b[12], a[13] + b[13], a[14] + b[14], a[15] + b[15],
     );
 }
+#endif
 
 // Keys 64 at a time (16 vec4s) per block of a blocked sum.
 const SUM_BLOCK4: u32 = 16u;

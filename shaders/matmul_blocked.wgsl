@@ -60,23 +60,32 @@ fn main(
         return;
     }
     let k4 = params.k_dim / 4u;
-    var xr: array<u32, 4>;
-    var wr: array<u32, 4>;
-    for (var i = 0u; i < 4u; i++) {
-        xr[i] = min(r0 + i, params.m - 1u) * k4;
-        wr[i] = min(c0 + i, params.n - 1u) * k4;
-    }
-    var acc: array<vec4<f32>, 4>; // acc[i][j]: row r0 + i, column c0 + j
+    // The block's rows and columns as separate values, not arrays a loop indexes: SwiftShader's
+    // compiler keeps such an array in memory (BENCHMARKS.md, Speed XVIII).
+    let xr0 = min(r0, params.m - 1u) * k4;
+    let xr1 = min(r0 + 1u, params.m - 1u) * k4;
+    let xr2 = min(r0 + 2u, params.m - 1u) * k4;
+    let xr3 = min(r0 + 3u, params.m - 1u) * k4;
+    let wr0 = min(c0, params.n - 1u) * k4;
+    let wr1 = min(c0 + 1u, params.n - 1u) * k4;
+    let wr2 = min(c0 + 2u, params.n - 1u) * k4;
+    let wr3 = min(c0 + 3u, params.n - 1u) * k4;
+    // acc_i[j]: row r0 + i, column c0 + j
+    var acc0 = vec4<f32>(0.0);
+    var acc1 = vec4<f32>(0.0);
+    var acc2 = vec4<f32>(0.0);
+    var acc3 = vec4<f32>(0.0);
     for (var kk = 0u; kk < k4; kk++) {
-        let b0 = weight4(wr[0] + kk);
-        let b1 = weight4(wr[1] + kk);
-        let b2 = weight4(wr[2] + kk);
-        let b3 = weight4(wr[3] + kk);
-        for (var i = 0u; i < 4u; i++) {
-            let a = x[xr[i] + kk];
-            acc[i] = block_step(acc[i], a, b0, b1, b2, b3);
-        }
+        let b0 = weight4(wr0 + kk);
+        let b1 = weight4(wr1 + kk);
+        let b2 = weight4(wr2 + kk);
+        let b3 = weight4(wr3 + kk);
+        acc0 = block_step(acc0, x[xr0 + kk], b0, b1, b2, b3);
+        acc1 = block_step(acc1, x[xr1 + kk], b0, b1, b2, b3);
+        acc2 = block_step(acc2, x[xr2 + kk], b0, b1, b2, b3);
+        acc3 = block_step(acc3, x[xr3 + kk], b0, b1, b2, b3);
     }
+    let acc = array<vec4<f32>, 4>(acc0, acc1, acc2, acc3);
     for (var i = 0u; i < 4u; i++) {
         let r = r0 + i;
         if (r >= params.m) {

@@ -46,10 +46,18 @@
 // of one per quad walking the whole row. The lanes' i32 sums of a group meet in workgroup memory,
 // where lane 0 adds them (exact in any order) and dequantizes: the same acc, the same f32
 // operations in the same order, so the same bits as the default.
+//
+// With FLOAT_SUMS (blocks of tokens, INT8 weights, VEC4; the browser's CPU adapter): blocks of
+// eight tokens by four quads whose integer sums run as exact f32 fmas on widened values, in
+// chunks short enough that every partial sum is an integer f32 holds (see CHUNK_STEPS): the same
+// acc, so the same bits as the default.
 
 #include grid
 #include half
 #include tiles
+#ifdef FLOAT_SUMS
+#include block
+#endif
 
 struct Params {
     tokens: u32,
@@ -278,6 +286,225 @@ fn main(
     }
 }
 #else
+#ifdef FLOAT_SUMS
+// Four-word steps (16 values) per f32 chunk: at most 1024 products of two INT8 integers
+// (|q| <= 127, so |product| < 2^14) sum to less than 2^24 in magnitude, so every partial sum is
+// an integer f32 holds exactly, every fma is exact, and the chunk converts to i32 exactly.
+const CHUNK_STEPS: u32 = 64u;
+
+// The four i8 lanes of `v` as exact f32 (lane 0 from the low byte): each byte with its sign bit
+// flipped (v + 128, in 0..255) becomes the low mantissa bits of 2^23, and subtracting
+// 2^23 + 128 leaves v.
+fn widen(v: u32) -> vec4<f32> {
+    let b = (vec4<u32>(v) >> vec4<u32>(0u, 8u, 16u, 24u)) & vec4<u32>(0xffu);
+    return bitcast<vec4<f32>>((b ^ vec4<u32>(0x80u)) | vec4<u32>(0x4b000000u)) - vec4<f32>(8388736.0);
+}
+
+// Word k of a quad's four columns, widened: column j's four values in c_j.
+struct Widened {
+    c0: vec4<f32>,
+    c1: vec4<f32>,
+    c2: vec4<f32>,
+    c3: vec4<f32>,
+}
+
+fn widen_quad(b: vec4<u32>) -> Widened {
+    return Widened(widen(b.x), widen(b.y), widen(b.z), widen(b.w));
+}
+
+// Per token of the block's eight (structs, not arrays: the browser's CPU adapter keeps members
+// in registers where it keeps an array indexed in a loop in memory): four activation words,
+// four widened values or four columns' sums, a row's first vec4, four columns' i32 sums.
+struct Words {
+    t0: vec4<u32>,
+    t1: vec4<u32>,
+    t2: vec4<u32>,
+    t3: vec4<u32>,
+    t4: vec4<u32>,
+    t5: vec4<u32>,
+    t6: vec4<u32>,
+    t7: vec4<u32>,
+}
+
+struct Tokens {
+    t0: vec4<f32>,
+    t1: vec4<f32>,
+    t2: vec4<f32>,
+    t3: vec4<f32>,
+    t4: vec4<f32>,
+    t5: vec4<f32>,
+    t6: vec4<f32>,
+    t7: vec4<f32>,
+}
+
+struct Rows {
+    t0: u32,
+    t1: u32,
+    t2: u32,
+    t3: u32,
+    t4: u32,
+    t5: u32,
+    t6: u32,
+    t7: u32,
+}
+
+struct Sums {
+    t0: vec4<i32>,
+    t1: vec4<i32>,
+    t2: vec4<i32>,
+    t3: vec4<i32>,
+    t4: vec4<i32>,
+    t5: vec4<i32>,
+    t6: vec4<i32>,
+    t7: vec4<i32>,
+}
+
+// The eight tokens' activation words 4q..4q+3 (rows r start at those vec4s).
+fn token_words(r: Rows, q: u32) -> Words {
+    return Words(qa[r.t0 + q], qa[r.t1 + q], qa[r.t2 + q], qa[r.t3 + q],
+        qa[r.t4 + q], qa[r.t5 + q], qa[r.t6 + q], qa[r.t7 + q]);
+}
+
+// Activation word i of the four (i constant at every call), widened, per token.
+fn word(a: Words, i: u32) -> Tokens {
+    return Tokens(widen(a.t0[i]), widen(a.t1[i]), widen(a.t2[i]), widen(a.t3[i]),
+        widen(a.t4[i]), widen(a.t5[i]), widen(a.t6[i]), widen(a.t7[i]));
+}
+
+// f + every token's four values x times the quad's four columns' four values k.
+fn quad_step(f: Tokens, x: Tokens, k: Widened) -> Tokens {
+    return Tokens(
+        block_step(f.t0, x.t0, k.c0, k.c1, k.c2, k.c3),
+        block_step(f.t1, x.t1, k.c0, k.c1, k.c2, k.c3),
+        block_step(f.t2, x.t2, k.c0, k.c1, k.c2, k.c3),
+        block_step(f.t3, x.t3, k.c0, k.c1, k.c2, k.c3),
+        block_step(f.t4, x.t4, k.c0, k.c1, k.c2, k.c3),
+        block_step(f.t5, x.t5, k.c0, k.c1, k.c2, k.c3),
+        block_step(f.t6, x.t6, k.c0, k.c1, k.c2, k.c3),
+        block_step(f.t7, x.t7, k.c0, k.c1, k.c2, k.c3),
+    );
+}
+
+// acc + a chunk's exact f32 sums.
+fn add_chunk(acc: Sums, f: Tokens) -> Sums {
+    return Sums(acc.t0 + vec4<i32>(f.t0), acc.t1 + vec4<i32>(f.t1), acc.t2 + vec4<i32>(f.t2),
+        acc.t3 + vec4<i32>(f.t3), acc.t4 + vec4<i32>(f.t4), acc.t5 + vec4<i32>(f.t5),
+        acc.t6 + vec4<i32>(f.t6), acc.t7 + vec4<i32>(f.t7));
+}
+
+// u after group g of quad cq, per token (`add_group`).
+fn add_groups(u: Tokens, acc: Sums, cq: u32, g: u32) -> Tokens {
+    let s = group_scales(cq * 4u, g);
+    return Tokens(add_group(u.t0, acc.t0, s, g), add_group(u.t1, acc.t1, s, g),
+        add_group(u.t2, acc.t2, s, g), add_group(u.t3, acc.t3, s, g),
+        add_group(u.t4, acc.t4, s, g), add_group(u.t5, acc.t5, s, g),
+        add_group(u.t6, acc.t6, s, g), add_group(u.t7, acc.t7, s, g));
+}
+
+// Step 7 for the block's tokens from t0 and quad cq (`store_quad` skips what does not exist).
+fn store_tokens(t0: u32, cq: u32, u: Tokens) {
+    store_quad(t0, cq * 4u, u.t0);
+    store_quad(t0 + 1u, cq * 4u, u.t1);
+    store_quad(t0 + 2u, cq * 4u, u.t2);
+    store_quad(t0 + 3u, cq * 4u, u.t3);
+    store_quad(t0 + 4u, cq * 4u, u.t4);
+    store_quad(t0 + 5u, cq * 4u, u.t5);
+    store_quad(t0 + 6u, cq * 4u, u.t6);
+    store_quad(t0 + 7u, cq * 4u, u.t7);
+}
+
+// Where word 4q of quad cq begins (`quad_words`), for the quads past the last its last.
+fn quad_at(cq: u32, quads: u32, q: u32) -> vec2<u32> {
+    let words = quad_words(min(cq, quads - 1u), quads, params.ww);
+    return vec2<u32>(words.x + 4u * q * words.y, words.y);
+}
+
+// Blocks of eight tokens by four quads (16 columns), INT8 weights, four-word loads: the same
+// exact i32 sums per group as the default, run as f32 fmas on widened integers in chunks of
+// CHUNK_STEPS steps (the browser's CPU adapter runs them faster than dot4I8Packed); each word
+// of the tokens is widened once for the four quads and each column's once for the eight
+// tokens. The dequantization after is the default's.
+@compute @workgroup_size(64, 1, 1)
+fn main(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) li: u32,
+) {
+    let id = workgroup_index(wg, nwg) * 64u + li;
+    let quads = (params.n + 3u) / 4u;
+    let blocks = (quads + 3u) / 4u;
+    let cq = (id % blocks) * 4u;
+    let t0 = (id / blocks) * 8u;
+    if (t0 >= params.tokens) {
+        return;
+    }
+    // Token rows of the block (in vec4s); rows past the last token repeat it and store nothing.
+    let astride = params.aw / 4u;
+    let last = params.tokens - 1u;
+    let r = Rows(
+        t0 * astride, min(t0 + 1u, last) * astride, min(t0 + 2u, last) * astride,
+        min(t0 + 3u, last) * astride, min(t0 + 4u, last) * astride, min(t0 + 5u, last) * astride,
+        min(t0 + 6u, last) * astride, min(t0 + 7u, last) * astride,
+    );
+    var u0 = Tokens();
+    var u1 = Tokens();
+    var u2 = Tokens();
+    var u3 = Tokens();
+    for (var g = 0u; g < params.groups; g++) {
+        var acc0 = Sums();
+        var acc1 = Sums();
+        var acc2 = Sums();
+        var acc3 = Sums();
+        let q_end = min((g + 1u) * params.group_words, params.ww) / 4u;
+        for (var c = g * params.group_words / 4u; c < q_end; c += CHUNK_STEPS) {
+            var f0 = Tokens();
+            var f1 = Tokens();
+            var f2 = Tokens();
+            var f3 = Tokens();
+            for (var q = c; q < min(c + CHUNK_STEPS, q_end); q++) {
+                let a = token_words(r, q);
+                let k0 = quad_at(cq, quads, q);
+                let k1 = quad_at(cq + 1u, quads, q);
+                let k2 = quad_at(cq + 2u, quads, q);
+                let k3 = quad_at(cq + 3u, quads, q);
+                // word 4q + i of the tokens, widened once for the four quads' word 4q + i
+                let x0 = word(a, 0u);
+                f0 = quad_step(f0, x0, widen_quad(weight_word(k0.x)));
+                f1 = quad_step(f1, x0, widen_quad(weight_word(k1.x)));
+                f2 = quad_step(f2, x0, widen_quad(weight_word(k2.x)));
+                f3 = quad_step(f3, x0, widen_quad(weight_word(k3.x)));
+                let x1 = word(a, 1u);
+                f0 = quad_step(f0, x1, widen_quad(weight_word(k0.x + k0.y)));
+                f1 = quad_step(f1, x1, widen_quad(weight_word(k1.x + k1.y)));
+                f2 = quad_step(f2, x1, widen_quad(weight_word(k2.x + k2.y)));
+                f3 = quad_step(f3, x1, widen_quad(weight_word(k3.x + k3.y)));
+                let x2 = word(a, 2u);
+                f0 = quad_step(f0, x2, widen_quad(weight_word(k0.x + 2u * k0.y)));
+                f1 = quad_step(f1, x2, widen_quad(weight_word(k1.x + 2u * k1.y)));
+                f2 = quad_step(f2, x2, widen_quad(weight_word(k2.x + 2u * k2.y)));
+                f3 = quad_step(f3, x2, widen_quad(weight_word(k3.x + 2u * k3.y)));
+                let x3 = word(a, 3u);
+                f0 = quad_step(f0, x3, widen_quad(weight_word(k0.x + 3u * k0.y)));
+                f1 = quad_step(f1, x3, widen_quad(weight_word(k1.x + 3u * k1.y)));
+                f2 = quad_step(f2, x3, widen_quad(weight_word(k2.x + 3u * k2.y)));
+                f3 = quad_step(f3, x3, widen_quad(weight_word(k3.x + 3u * k3.y)));
+            }
+            acc0 = add_chunk(acc0, f0);
+            acc1 = add_chunk(acc1, f1);
+            acc2 = add_chunk(acc2, f2);
+            acc3 = add_chunk(acc3, f3);
+        }
+        u0 = add_groups(u0, acc0, cq, g);
+        u1 = add_groups(u1, acc1, cq + 1u, g);
+        u2 = add_groups(u2, acc2, cq + 2u, g);
+        u3 = add_groups(u3, acc3, cq + 3u, g);
+    }
+    store_tokens(t0, cq, u0);
+    store_tokens(t0, cq + 1u, u1);
+    store_tokens(t0, cq + 2u, u2);
+    store_tokens(t0, cq + 3u, u3);
+}
+#else
 #ifdef GEMV
 const TOKENS: u32 = 1u;
 const WORKGROUP: u32 = TILE_QUADS;
@@ -367,4 +594,5 @@ fn main(
     store_quad(t0 + 3u, cq * 4u, u3);
 #endif
 }
+#endif
 #endif

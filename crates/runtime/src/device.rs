@@ -46,6 +46,10 @@ pub struct Capabilities {
     /// seconds to compile it at the first dispatch (BENCHMARKS.md, Speed XVII). The same
     /// operations in the same order either way.
     pub unrolled_loops: bool,
+    /// Blocks of tokens of INT8 products sum their integers as f32 fmas on widened values, in
+    /// chunks where that is exact (`kernels::quant::QMatmul::float_sums`): on the browser's CPU
+    /// adapter, where they ran 2.7× the `dot4I8Packed` blocks (BENCHMARKS.md, Speed XVIII).
+    pub float_block_sums: bool,
     /// Largest storage-buffer binding in bytes (128 MiB on lavapipe). Tensors larger than this
     /// must be split by the kernels that read them.
     pub max_storage_binding: u64,
@@ -119,6 +123,7 @@ impl Capabilities {
             weight_textures: pretend.cpu,
             one_word_int4_blocks: self.one_word_int4_blocks && pretend.cpu,
             unrolled_loops: self.unrolled_loops && pretend.cpu,
+            float_block_sums: self.float_block_sums && pretend.cpu,
             max_storage_binding: self.max_storage_binding.min(web.max_storage_buffer_binding_size),
             max_buffer_size: self.max_buffer_size.min(web.max_buffer_size),
             max_invocations: self.max_invocations.min(web.max_compute_invocations_per_workgroup),
@@ -209,17 +214,19 @@ impl Gpu {
         });
 
         let max_binding = limits.max_storage_buffer_binding_size.min(limits.max_buffer_size);
+        let cpu = info.device_type == wgpu::DeviceType::Cpu;
+        // The browser's CPU adapter (SwiftShader in Chromium) gets its own loop shapes.
+        let browser_cpu = cpu && info.backend == wgpu::Backend::BrowserWebGpu;
         let caps = Capabilities {
             shader_f16: required_features.contains(wgpu::Features::SHADER_F16),
             subgroups: required_features.contains(wgpu::Features::SUBGROUP),
             subgroup_sizes: (info.subgroup_min_size, info.subgroup_max_size),
             timestamps: required_features.contains(wgpu::Features::TIMESTAMP_QUERY),
-            cpu: info.device_type == wgpu::DeviceType::Cpu,
-            weight_textures: info.device_type == wgpu::DeviceType::Cpu,
-            one_word_int4_blocks: info.device_type == wgpu::DeviceType::Cpu
-                && info.backend == wgpu::Backend::BrowserWebGpu,
-            unrolled_loops: info.device_type == wgpu::DeviceType::Cpu
-                && info.backend == wgpu::Backend::BrowserWebGpu,
+            cpu,
+            weight_textures: cpu,
+            one_word_int4_blocks: browser_cpu,
+            unrolled_loops: browser_cpu,
+            float_block_sums: browser_cpu,
             max_storage_binding: options.max_storage_binding.map_or(max_binding, |m| m.min(max_binding)),
             max_buffer_size: limits.max_buffer_size,
             max_invocations: limits.max_compute_invocations_per_workgroup.min(MAX_WORKGROUP_INVOCATIONS),

@@ -281,12 +281,7 @@ async fn check_split_scores() {
 /// ([`pocketvlm_runtime::Capabilities::unrolled_loops`]), and every shape on the other choice too:
 /// both orders of the same operations against the reference on this adapter.
 async fn check_unrolled_loops(gpu: &Gpu) {
-    let browser_cpu = cfg!(target_arch = "wasm32") && gpu.caps.cpu;
-    assert_eq!(gpu.caps.unrolled_loops, browser_cpu, "written-out loops on {:?}", gpu.adapter.name);
-    let options = DeviceOptions { unrolled_loops: Some(!browser_cpu), ..Default::default() };
-    let other = Gpu::new(&options).await.expect("a GPU adapter");
-    assert_eq!(other.caps.unrolled_loops, !browser_cpu);
-    check_shapes(&other).await;
+    check_shapes(&common::other_unrolled_loops(gpu).await).await;
 }
 
 #[cfg(not(target_arch = "wasm32"))]

@@ -387,11 +387,7 @@ async fn check_all(gpu: &Gpu) {
     }
     check_latent_attention(gpu).await;
     // and with the other choice of written-out loops (the scores variant's value sums)
-    let unrolled = !gpu.caps.unrolled_loops;
-    let other =
-        Gpu::new(&DeviceOptions { unrolled_loops: Some(unrolled), ..Default::default() }).await.unwrap();
-    assert_eq!(other.caps.unrolled_loops, unrolled);
-    check_latent_attention(&other).await;
+    check_latent_attention(&common::other_unrolled_loops(gpu).await).await;
     for encoding in [Encoding::F32, Encoding::F16, Encoding::BF16] {
         latent_up_case(gpu, UpCase::Float(encoding), 30, false, 10).await;
     }

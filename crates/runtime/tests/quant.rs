@@ -569,21 +569,23 @@ async fn check_layers(gpu: &Gpu) {
     layer_case(gpu, 300, LayerCase { rotate: true, bias: true, ..case(64, 128, i4b, i8b) }, 99).await;
 }
 
-/// The integer product with one-word and with four-word loads ([`QMatmul::new`]), and for one
-/// token split between invocations ([`QMatmul::split_k`]), on the same quantized rows gives the
-/// same bits, partial blocks of tokens and columns included, and weights whose columns are
-/// padded to whole groups of four words ([`WeightLayout`]); layers pick four-word loads where
-/// the widths allow ([`QMatmul::vec4_fits`]) — for blocks of tokens unless the adapter reads
-/// INT4 ones one word at a time ([`pocketvlm_runtime::Capabilities::one_word_int4_blocks`]) —
-/// and one-word loads otherwise,
-/// and the split for one token on GPUs only, so `check_layers` runs every variant against the
-/// reference on one adapter kind or the other; four-word loads on widths that do not allow them
-/// (narrow columns, activation rows of a word count not a multiple of 4), and a split over
-/// several tokens, are refused.
+/// The integer product with one-word and with four-word loads ([`QMatmul::new`]), for one
+/// token split between invocations ([`QMatmul::split_k`]), and for blocks of INT8 products with
+/// f32 sums ([`QMatmul::float_sums`]; chunks of 1024 values, crossed by the 2080-column case),
+/// gives the reference's bits on the same rows, partial blocks of tokens and columns included,
+/// and weights whose columns are padded to whole groups of four words ([`WeightLayout`]). Layers
+/// pick four-word loads where the widths allow ([`QMatmul::vec4_fits`]) — for blocks of tokens
+/// unless the adapter reads INT4 ones one word at a time
+/// ([`pocketvlm_runtime::Capabilities::one_word_int4_blocks`]) — and one-word loads otherwise,
+/// the split for one token on GPUs only, and f32 sums on the browser's CPU adapter only
+/// ([`pocketvlm_runtime::Capabilities::float_block_sums`]). Four-word loads on widths that do
+/// not allow them (narrow columns, activation rows of a word count not a multiple of 4), f32
+/// sums without them, and a split over several tokens, are refused.
 async fn check_loads(gpu: &Gpu) {
     // one-word INT4 blocks on the browser's CPU adapter only (SwiftShader in Chromium)
     let browser_cpu = cfg!(target_arch = "wasm32") && gpu.caps.cpu;
     assert_eq!(gpu.caps.one_word_int4_blocks, browser_cpu, "one-word INT4 blocks on {:?}", gpu.adapter.name);
+    assert_eq!(gpu.caps.float_block_sums, browser_cpu, "f32 block sums on {:?}", gpu.adapter.name);
     let (i8b, i4b) = (Bits::Int8, Bits::Int4);
     let aligned = [
         case(13, 64, i8b, i8b),
@@ -597,6 +599,8 @@ async fn check_loads(gpu: &Gpu) {
         // 33 INT8 and 33 INT4 words per column, padded to 36
         case(13, 132, i8b, i8b),
         case(6, 264, i4b, i4b),
+        // 520 INT8 words per column: f32-sum chunks of 64, 64 and 2 four-word steps
+        case(7, 2080, i8b, i8b),
     ];
     for (n, c) in aligned.iter().enumerate() {
         let seed = 400 + 10 * n as u64;
@@ -604,7 +608,8 @@ async fn check_loads(gpu: &Gpu) {
         let weights = gpu_weights(gpu, c, &reference.weights.values, &reference.weights.scales).await;
         for rows in [1, 3, 6, 37] {
             let stride = activation_words(c.cols);
-            let x = upload(gpu, &activations(seed + 3, rows, c.cols)).await;
+            let xs = activations(seed + 3, rows, c.cols);
+            let x = upload(gpu, &xs).await;
             let words = zeros(gpu, rows * stride).await;
             let a_scales = zeros(gpu, rows).await;
             let mut enc = encoder(gpu);
@@ -620,25 +625,38 @@ async fn check_loads(gpu: &Gpu) {
                 "{c:?}, {rows} rows: four-word loads fit, picked where the adapter wants"
             );
             assert_eq!(picked.split_k, rows == 1 && !gpu.caps.cpu, "{c:?}: split for one token on GPUs");
-            let splits: &[bool] = if rows == 1 { &[false, true] } else { &[false] };
-            let mut outputs = Vec::new();
+            let int8_blocks = rows > 1 && c.weight_bits == Bits::Int8;
+            assert_eq!(
+                picked.float_sums,
+                gpu.caps.float_block_sums && int8_blocks,
+                "{c:?}, {rows} rows: f32 sums for blocks of INT8 products where the adapter wants"
+            );
+            let mut variants = Vec::new();
             for vec4 in [false, true] {
-                for &split_k in splits {
-                    let y = zeros(gpu, rows * c.out).await;
-                    QMatmul { split_k, ..QMatmul::new(&weights, rows, false, vec4) }
-                        .encode(gpu, &mut enc, &a, &weights, None, (&y, 0))
-                        .await
-                        .unwrap();
-                    outputs.push((vec4, split_k, y));
-                }
+                variants.push(QMatmul::new(&weights, rows, false, vec4));
+            }
+            if rows == 1 {
+                variants.push(QMatmul { split_k: true, ..QMatmul::new(&weights, rows, false, false) });
+                variants.push(QMatmul { split_k: true, ..QMatmul::new(&weights, rows, false, true) });
+            }
+            if int8_blocks {
+                variants.push(QMatmul { float_sums: true, ..QMatmul::new(&weights, rows, false, true) });
+            }
+            let mut outputs = Vec::new();
+            for kernel in variants {
+                let y = zeros(gpu, rows * c.out).await;
+                kernel.encode(gpu, &mut enc, &a, &weights, None, (&y, 0)).await.unwrap();
+                outputs.push((kernel, y));
             }
             submit(gpu, enc);
-            let one = gpu.read_f32(&outputs[0].2, rows * c.out).await.unwrap();
-            for (vec4, split_k, y) in &outputs[1..] {
+            let want = reference.forward(&xs).unwrap();
+            for (kernel, y) in &outputs {
                 let got = gpu.read_f32(y, rows * c.out).await.unwrap();
-                let what =
-                    format!("{rows} rows of {c:?}: four-word {vec4}, split {split_k} vs one-word loads");
-                assert_bits(&what, &got, &one);
+                let QMatmul { vec4, split_k, float_sums, .. } = kernel;
+                let what = format!(
+                    "{rows} rows of {c:?}: four-word {vec4}, split {split_k}, f32 sums {float_sums} vs the reference"
+                );
+                assert_bits(&what, &got, &want);
             }
         }
     }
@@ -664,6 +682,13 @@ async fn check_loads(gpu: &Gpu) {
         match forced.encode(gpu, &mut encoder(gpu), &a, &weights, None, (&y, 0)).await {
             Err(RuntimeError::Shape(m)) => assert!(m.contains("four-word"), "{m}"),
             other => panic!("{c:?}: expected a Shape error, got {other:?}"),
+        }
+        let float = QMatmul { float_sums: true, ..QMatmul::new(&weights, 2, false, false) };
+        match float.encode(gpu, &mut encoder(gpu), &a, &weights, None, (&y, 0)).await {
+            Err(RuntimeError::Shape(m)) => assert!(m.contains("f32-sum"), "{m}"),
+            other => {
+                panic!("{c:?}: expected a Shape error for f32 sums without four-word loads, got {other:?}")
+            }
         }
         let split = QMatmul { split_k: true, ..QMatmul::new(&weights, 2, false, false) };
         match split.encode(gpu, &mut encoder(gpu), &a, &weights, None, (&y, 0)).await {

@@ -126,6 +126,16 @@ pub async fn measure_kernels(gpu: &Gpu) -> Result<Vec<KernelReport>> {
                     );
                 }
             }
+            if shape.m > 1 && encoding == Encoding::I8 {
+                let kernel = QMatmul { float_sums: true, ..QMatmul::new(&weights, shape.m, false, true) };
+                let label = "qmatmul i8 (8×16 block, f32 sums, 4-word loads)";
+                reports.push(
+                    time(gpu, label, shape, async |gpu: &Gpu, e: &mut Encoder| {
+                        kernel.encode(gpu, e, &rows, &weights, None, (&y, 0)).await
+                    })
+                    .await?,
+                );
+            }
         }
     }
     reports.extend(cold_decode(gpu).await?);
@@ -198,15 +208,12 @@ async fn reductions(gpu: &Gpu, suffix: &str) -> Result<Vec<KernelReport>> {
         .await?,
     );
     let case = RotationCase::new(gpu, 1, 1536, 14).await?;
+    let (n, _, _) = case.table.factors();
     let kernel = format!("rotate + quantize in one dispatch{suffix} (values)");
     reports.push(
-        time_macs(
-            gpu,
-            &kernel,
-            format!("[1, {}]", case.n),
-            case.n as f64,
-            async |gpu: &Gpu, e: &mut Encoder| case.rotate_quantize(gpu, e, &act).await,
-        )
+        time_macs(gpu, &kernel, format!("[1, {n}]"), n as f64, async |gpu: &Gpu, e: &mut Encoder| {
+            case.rotate_quantize(gpu, e, &act).await
+        })
         .await?,
     );
     Ok(reports)
@@ -283,7 +290,8 @@ async fn rotations(gpu: &Gpu) -> Result<Vec<KernelReport>> {
         .map_err(|e| RuntimeError::UnsupportedModel(format!("bench activation quantization: {e}")))?;
     for (rows, n) in [(1024, 768), (1024, 3072), (1, 576), (1, 1536)] {
         let case = RotationCase::new(gpu, rows, n, 7).await?;
-        let RotationCase { m, p, ref table, ref x, ref data, ref out, ref q, ref scales, .. } = case;
+        let RotationCase { ref table, ref x, ref data, ref out, ref q, ref scales, .. } = case;
+        let (_, m, p) = table.factors();
         let adds = (rows * n * (p.trailing_zeros() as usize + m)) as f64;
         let label = format!("[{rows}, {n}], {m}·{p}");
         let report =
@@ -326,9 +334,6 @@ async fn rotations(gpu: &Gpu) -> Result<Vec<KernelReport>> {
 /// with signs, `n = m·p`) and the INT8 quantization of its output take.
 struct RotationCase {
     rows: usize,
-    n: usize,
-    m: usize,
-    p: usize,
     table: RotationTable,
     x: DeviceBuffer,
     data: DeviceBuffer,
@@ -342,14 +347,10 @@ impl RotationCase {
     async fn new(gpu: &Gpu, rows: usize, n: usize, seed: u64) -> Result<Self> {
         let rotation = Rotation::new(n, Construction::Kronecker, Some(1))
             .map_err(|e| RuntimeError::UnsupportedModel(format!("bench rotation of {n}: {e}")))?;
-        let (m, p) = rotation.factors();
         let words = activation_words(n);
         let row_bytes = (rows * n * 4) as u64;
         Ok(Self {
             rows,
-            n,
-            m,
-            p,
             table: RotationTable::new(gpu, &rotation).await?,
             x: values_buffer(gpu, rows * n, seed).await?,
             data: gpu.zeroed_buffer("rotating", row_bytes).await?,

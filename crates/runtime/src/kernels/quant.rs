@@ -835,7 +835,18 @@ pub struct QMatmul {
     pub parts: usize,
     /// The weight's words are a texture ([`TiledWords`]).
     pub texture: bool,
+    /// Blocks of [`FLOAT_SUM_TOKENS`] tokens by [`FLOAT_SUM_QUADS`] column quads whose exact
+    /// integer sums run as f32 fmas on widened INT8 values (four-word loads, INT8 weights;
+    /// [`QMatmul::for_rows`]): the same sums, so the same bits, faster on the browser's CPU
+    /// adapter than `dot4I8Packed`.
+    pub float_sums: bool,
 }
+
+/// Tokens per block of the [`QMatmul::float_sums`] variant.
+pub const FLOAT_SUM_TOKENS: usize = 8;
+
+/// Column quads (four columns each) per block of the [`QMatmul::float_sums`] variant.
+pub const FLOAT_SUM_QUADS: usize = 4;
 
 /// The most stacked layers one product writes (one binding each: with the input's two and the
 /// weight's two, seven storage bindings, within WebGPU's eight).
@@ -856,6 +867,7 @@ impl Kernel for QMatmul {
             (self.vec4, "VEC4"),
             (self.gemv, "GEMV"),
             (self.split_k, "SPLIT_K"),
+            (self.float_sums, "FLOAT_SUMS"),
         ];
         for (on, name) in flags {
             if on {
@@ -919,7 +931,8 @@ impl QMatmul {
         let narrow = gpu.caps.one_word_int4_blocks && w.bits() == Bits::Int4;
         let wide = (one || !narrow) && Self::vec4_fits(w, a.stride);
         let kernel = Self::new(w, a.tokens, bias, wide);
-        Self { split_k: one && !gpu.caps.cpu, ..kernel }
+        let float_sums = gpu.caps.float_block_sums && !one && wide && w.bits() == Bits::Int8;
+        Self { split_k: one && !gpu.caps.cpu, float_sums, ..kernel }
     }
 
     /// The variant for `w` on `tokens` rows with one- or four-word loads: one token (decode)
@@ -934,6 +947,7 @@ impl QMatmul {
             split_k: false,
             parts: 1,
             texture: w.in_texture(),
+            float_sums: false,
         }
     }
 
@@ -1009,6 +1023,11 @@ impl QMatmul {
         if self.split_k && tokens != 1 {
             return Err(RuntimeError::Shape(format!("split-k quantized matmul over {tokens} tokens")));
         }
+        if self.float_sums && (self.gemv || self.split_k || !self.vec4 || self.int4) {
+            return Err(RuntimeError::Shape(
+                "f32-sum quantized matmul needs blocks of tokens, four-word loads and INT8 weights".into(),
+            ));
+        }
         let rows = a.bound;
         let a_bytes = (rows_words(rows, aw, cols) * 4) as u64;
         let s_bytes = rows as u64 * 4;
@@ -1076,7 +1095,12 @@ impl QMatmul {
                 groups(quads * SPLIT_K_LANES, INVOCATIONS)
             } else {
                 let per_group = if self.gemv { TILE_QUADS } else { INVOCATIONS };
-                groups(quads * if self.gemv { tokens } else { tokens.div_ceil(4) }, per_group)
+                let blocks = match (self.gemv, self.float_sums) {
+                    (true, _) => quads * tokens,
+                    (false, true) => quads.div_ceil(FLOAT_SUM_QUADS) * tokens.div_ceil(FLOAT_SUM_TOKENS),
+                    (false, false) => quads * tokens.div_ceil(4),
+                };
+                groups(blocks, per_group)
             };
             let (gx, gy) = grid(gpu, workgroups as u64)?;
             dispatch(gpu, encoder, &pipeline, "qmatmul", bytemuck::bytes_of(&params), resources, (gx, gy, 1));
