@@ -4,28 +4,29 @@
 //   s_ij = scale * q[b, i, h, :] . k[b, j, g, :],   m_i = max_j s_ij,   l_i = sum_j exp(s_ij - m_i)
 // over the keys visible to query i, as three register-blocked stages with no workgroup memory and
 // no barriers (each costs ~70 us on SwiftShader), the way matmul_blocked.wgsl does a matmul:
-//   STAGE_SCORES  one invocation per 4 queries x 4 keys of a head: 16 scores, each an fma chain
+//   STAGE_SCORES  one invocation per 8 queries x 8 keys of a head: 64 scores, each an fma chain
 //                 over the head dimension (ascending) times the scale;
 //   STAGE_SOFTMAX one invocation per query row: max, exp(s - m) summed in blocks of 64 keys
 //                 (16 vec4 terms per lane, then the blocks, then the 4 lanes), then p = e / l;
 //                 keys past the row's visible ones get p = 0;
-//   STAGE_VALUES  one invocation per 4 queries x 16 values: sum_j p_ij v_j in blocks of 64 keys
+//   STAGE_VALUES  one invocation per 8 queries x 8 values: sum_j p_ij v_j in blocks of 64 keys
 //                 (an fma chain per block, then the blocks added).
 // Every sum is blocked (no chain longer than 64 terms plus one term per 64 keys), so the error
-// bound of attention.wgsl's variants holds here too. An invocation's four queries and keys are
-// separate variables, not arrays indexed in its loop, and with UNROLLED_VALUES (the browser's CPU
-// adapter, `Capabilities::unrolled_loops`) the loop over its four value columns is written out,
-// so its sums are indexed by constants: SwiftShader keeps an array indexed in a loop in memory
-// (these stages ran 1.8x slower), while lavapipe's LLVM takes seconds to compile the written-out
-// values stage at its first dispatch (BENCHMARKS.md, Speed XVII). The same operations in the
-// same order either way.
+// bound of attention.wgsl's variants holds here too. Each load of an invocation serves all of its
+// queries or keys: per vec4 of the head dimension the scores stage reads 8 query and 8 key vec4s
+// for 256 fmas, per key the values stage reads 2 value vec4s for its 8 queries (on SwiftShader
+// 8 x 8 blocks ran both stages ~1.4x faster than 4 x 4 and 4 x 16 blocks; 8 x 16 ran slower,
+// spilling). The queries, keys and sums are members of structs and every loop over them is
+// written out: SwiftShader keeps an array indexed in a loop in memory (these stages ran 1.8x
+// slower), and lavapipe's LLVM compiles the structs' code faster than it did loops over arrays
+// of sums (BENCHMARKS.md, Speed XIX). One form for every adapter.
 //
-// Queries are taken 4 at a time per (batch, head) plane: row block rb covers queries
-// 4 (rb % QB) .. +3 of plane rb / QB = b * heads + h, QB = ceil(queries / 4), so an invocation's
-// 4 queries share one key head. One call of the three stages covers row blocks
+// Queries are taken 8 at a time per (batch, head) plane: row block rb covers queries
+// 8 (rb % QB) .. +7 of plane rb / QB = b * heads + h, QB = ceil(queries / 8), so an invocation's
+// 8 queries share one key head. One call of the three stages covers row blocks
 // block_begin .. block_begin + blocks (the host splits the planes so the score buffer fits a
-// binding): scores[(4 lb + r) * score_stride4 + c] holds keys 4c..4c+3 of row r of local block lb,
-// score_stride4 = ceil(key_end / 4) vec4s (key_end = the keys any query of the call sees).
+// binding): scores[(8 lb + r) * score_stride4 + c] holds keys 4c..4c+3 of row r of local block
+// lb, score_stride4 = ceil(key_end / 4) vec4s (key_end = the keys any query of the call sees).
 // Values are per-head rows or a shared latent (lib/attention.wgsl's value4).
 
 #include grid
@@ -65,26 +66,34 @@
 #endif
 #endif
 
-#ifdef UNROLLED_VALUES
-// part + sum_k p[k] v_k for one query's probabilities p of four keys and their values v0..v3:
-// an fma chain in key order.
-fn weigh(part: vec4<f32>, p: vec4<f32>, v0: vec4<f32>, v1: vec4<f32>, v2: vec4<f32>, v3: vec4<f32>) -> vec4<f32> {
-    return fma(vec4<f32>(p.w), v3, fma(vec4<f32>(p.z), v2, fma(vec4<f32>(p.y), v1, fma(vec4<f32>(p.x), v0, part))));
-}
-
-// a + b, element by element (constant indices).
-fn add16(a: array<vec4<f32>, 16>, b: array<vec4<f32>, 16>) -> array<vec4<f32>, 16> {
-    return array<vec4<f32>, 16>(
-        a[0] + b[0], a[1] + b[1], a[2] + b[2], a[3] + b[3],
-        a[4] + b[4], a[5] + b[5], a[6] + b[6], a[7] + b[7],
-        a[8] + b[8], a[9] + b[9], a[10] + b[10], a[11] + b[11],
-        a[12] + b[12], a[13] + b[13], a[14] + b[14], a[15] + b[15],
-    );
-}
-#endif
+// Queries per row block (encode_scores' SCORE_ROWS): Index8 and Rows8 write its 8 out.
+const ROWS: u32 = 8u;
 
 // Keys 64 at a time (16 vec4s) per block of a blocked sum.
 const SUM_BLOCK4: u32 = 16u;
+
+// Per query of a row block: an index, or a vec4 (structs, not arrays: see the top).
+struct Index8 {
+    r0: u32,
+    r1: u32,
+    r2: u32,
+    r3: u32,
+    r4: u32,
+    r5: u32,
+    r6: u32,
+    r7: u32,
+}
+
+struct Rows8 {
+    r0: vec4<f32>,
+    r1: vec4<f32>,
+    r2: vec4<f32>,
+    r3: vec4<f32>,
+    r4: vec4<f32>,
+    r5: vec4<f32>,
+    r6: vec4<f32>,
+    r7: vec4<f32>,
+}
 
 // The row block of this call's local block lb: (b, h, first query).
 struct Block {
@@ -94,16 +103,126 @@ struct Block {
 }
 
 fn row_block(lb: u32) -> Block {
-    let qb = (params.queries + 3u) / 4u;
+    let qb = (params.queries + ROWS - 1u) / ROWS;
     let rb = params.block_begin + lb;
     let plane = rb / qb;
-    return Block(plane / params.heads, plane % params.heads, (rb % qb) * 4u);
+    return Block(plane / params.heads, plane % params.heads, (rb % qb) * ROWS);
 }
 
-// Keys the block's last query sees (the most of its 4, since visibility grows with i).
+// Keys the block's last query sees (the most of its 8, since visibility grows with i).
 fn block_keys(blk: Block) -> u32 {
-    return visible_keys(min(blk.i0 + 3u, params.queries - 1u));
+    return visible_keys(min(blk.i0 + ROWS - 1u, params.queries - 1u));
 }
+
+// base + stride * r for the block's rows r (queries i0 + r), r clamped to the last query's (a
+// clamped row repeats its work and stores nothing): the block's query indices (base i0, stride
+// 1) or the offsets of its score rows.
+fn block_rows(blk: Block, base: u32, stride: u32) -> Index8 {
+    let last = params.queries - 1u - blk.i0;
+    return Index8(base, base + min(1u, last) * stride, base + min(2u, last) * stride,
+        base + min(3u, last) * stride, base + min(4u, last) * stride, base + min(5u, last) * stride,
+        base + min(6u, last) * stride, base + min(7u, last) * stride);
+}
+
+#ifdef STAGE_SCORES
+// Vec4s of score rows per invocation: its keys are KEY_QUADS quads (8 keys), written out in
+// `main` (encode_scores' SCORE_KEY_QUADS).
+const KEY_QUADS: u32 = 2u;
+
+// Keys 4c..4c+3 of kv head g: each key's index (clamped to the last key of the call; clamped
+// keys' scores lie past every row's visible keys) and row.
+struct KeyQuad {
+    j: vec4<u32>,
+    row: vec4<u32>,
+}
+
+fn key_quad(b: u32, g: u32, c: u32) -> KeyQuad {
+    let j = min(vec4<u32>(4u * c) + vec4<u32>(0u, 1u, 2u, 3u), vec4<u32>(params.key_end - 1u));
+    return KeyQuad(j, vec4<u32>(kv_row(b, j.x, g), kv_row(b, j.y, g), kv_row(b, j.z, g), kv_row(b, j.w, g)));
+}
+
+// Vec4 d of the block's queries (the query indices i and their rows qr).
+fn queries4(i: Index8, qr: Index8, d: u32) -> Rows8 {
+    return Rows8(query4(qr.r0, i.r0, d), query4(qr.r1, i.r1, d), query4(qr.r2, i.r2, d), query4(qr.r3, i.r3, d),
+        query4(qr.r4, i.r4, d), query4(qr.r5, i.r5, d), query4(qr.r6, i.r6, d), query4(qr.r7, i.r7, d));
+}
+
+// acc + each query's vec4 d (x) times vec4 d of the quad's four keys (read here), per key.
+fn quad_scores(acc: Rows8, x: Rows8, kq: KeyQuad, d: u32) -> Rows8 {
+    let k0 = key4(kq.row.x, kq.j.x, d);
+    let k1 = key4(kq.row.y, kq.j.y, d);
+    let k2 = key4(kq.row.z, kq.j.z, d);
+    let k3 = key4(kq.row.w, kq.j.w, d);
+    return Rows8(
+        block_step(acc.r0, x.r0, k0, k1, k2, k3), block_step(acc.r1, x.r1, k0, k1, k2, k3),
+        block_step(acc.r2, x.r2, k0, k1, k2, k3), block_step(acc.r3, x.r3, k0, k1, k2, k3),
+        block_step(acc.r4, x.r4, k0, k1, k2, k3), block_step(acc.r5, x.r5, k0, k1, k2, k3),
+        block_step(acc.r6, x.r6, k0, k1, k2, k3), block_step(acc.r7, x.r7, k0, k1, k2, k3),
+    );
+}
+
+// The block's scores of key quad c (past the rows' vec4s: nothing), scaled, into its 8 rows from
+// `row0` (rows of clamped queries are the block's own, never read).
+fn store_scores(row0: u32, stride4: u32, c: u32, acc: Rows8) {
+    if (c >= stride4) {
+        return;
+    }
+    let at = row0 + c;
+    scores[at] = acc.r0 * params.scale;
+    scores[at + stride4] = acc.r1 * params.scale;
+    scores[at + 2u * stride4] = acc.r2 * params.scale;
+    scores[at + 3u * stride4] = acc.r3 * params.scale;
+    scores[at + 4u * stride4] = acc.r4 * params.scale;
+    scores[at + 5u * stride4] = acc.r5 * params.scale;
+    scores[at + 6u * stride4] = acc.r6 * params.scale;
+    scores[at + 7u * stride4] = acc.r7 * params.scale;
+}
+#endif
+
+#ifdef STAGE_VALUES
+// Value vec4s per invocation (encode_scores' SCORE_VALUE_COLUMNS), written out in `main`.
+const VALUE_COLUMNS: u32 = 2u;
+
+// part + sum_k p[k] v_k for one query's probabilities p of four keys and their values v0..v3:
+// an fma chain in key order.
+fn weigh(part: vec4<f32>, p: vec4<f32>, v0: vec4<f32>, v1: vec4<f32>, v2: vec4<f32>, v3: vec4<f32>) -> vec4<f32> {
+    return fma(vec4<f32>(p.w), v3, fma(vec4<f32>(p.z), v2, fma(vec4<f32>(p.y), v1, fma(vec4<f32>(p.x), v0, part))));
+}
+
+// weigh for every query of the block: p holds their probabilities of the four keys.
+fn weigh_rows(part: Rows8, p: Rows8, v0: vec4<f32>, v1: vec4<f32>, v2: vec4<f32>, v3: vec4<f32>) -> Rows8 {
+    return Rows8(weigh(part.r0, p.r0, v0, v1, v2, v3), weigh(part.r1, p.r1, v0, v1, v2, v3),
+        weigh(part.r2, p.r2, v0, v1, v2, v3), weigh(part.r3, p.r3, v0, v1, v2, v3),
+        weigh(part.r4, p.r4, v0, v1, v2, v3), weigh(part.r5, p.r5, v0, v1, v2, v3),
+        weigh(part.r6, p.r6, v0, v1, v2, v3), weigh(part.r7, p.r7, v0, v1, v2, v3));
+}
+
+// a + b, per query.
+fn add_rows(a: Rows8, b: Rows8) -> Rows8 {
+    return Rows8(a.r0 + b.r0, a.r1 + b.r1, a.r2 + b.r2, a.r3 + b.r3, a.r4 + b.r4, a.r5 + b.r5, a.r6 + b.r6, a.r7 + b.r7);
+}
+
+// Vec4 c of the score rows pr (probabilities of keys 4c..4c+3), per query.
+fn probs(pr: Index8, c: u32) -> Rows8 {
+    return Rows8(scores[pr.r0 + c], scores[pr.r1 + c], scores[pr.r2 + c], scores[pr.r3 + c],
+        scores[pr.r4 + c], scores[pr.r5 + c], scores[pr.r6 + c], scores[pr.r7 + c]);
+}
+
+// The block's sums of value vec4 column `col` into `out` (only existing queries and columns).
+fn store_column(blk: Block, col: u32, acc: Rows8) {
+    if (col >= VD4) {
+        return;
+    }
+    let rows = array<vec4<f32>, 8>(acc.r0, acc.r1, acc.r2, acc.r3, acc.r4, acc.r5, acc.r6, acc.r7);
+    for (var r = 0u; r < ROWS; r++) {
+        let i = blk.i0 + r;
+        if (i >= params.queries) {
+            return;
+        }
+        out[q_row(blk.b, i, blk.h) * VD4 + col] = rows[r];
+    }
+}
+#endif
 
 @compute @workgroup_size(64, 1, 1)
 fn main(
@@ -114,61 +233,43 @@ fn main(
     let item = workgroup_index(wg, nwg) * 64u + li;
     let stride4 = params.score_stride4;
 #ifdef STAGE_SCORES
-    // item = (local block lb, key group kg), key groups fastest.
-    if (item >= params.blocks * stride4) {
+    // item = (local block lb, key group kg of KEY_QUADS vec4s), key groups fastest.
+    let groups = (stride4 + KEY_QUADS - 1u) / KEY_QUADS;
+    if (item >= params.blocks * groups) {
         return;
     }
-    let lb = item / stride4;
-    let kg = item % stride4;
+    let lb = item / groups;
+    let kg = item % groups;
     let blk = row_block(lb);
-    if (4u * kg >= block_keys(blk)) {
-        return; // above the causal diagonal of all 4 queries: never read
+    let c0 = KEY_QUADS * kg; // the group's first vec4 of scores (keys 4 c0 ..)
+    if (4u * c0 >= block_keys(blk)) {
+        return; // above the causal diagonal of all 8 queries: never read
     }
     let g = blk.h / (params.heads / params.kv_heads);
-    let last_q = params.queries - 1u;
-    let last_k = params.key_end - 1u;
-    let qi0 = min(blk.i0, last_q);
-    let qi1 = min(blk.i0 + 1u, last_q);
-    let qi2 = min(blk.i0 + 2u, last_q);
-    let qi3 = min(blk.i0 + 3u, last_q);
-    let qr0 = q_row(blk.b, qi0, blk.h);
-    let qr1 = q_row(blk.b, qi1, blk.h);
-    let qr2 = q_row(blk.b, qi2, blk.h);
-    let qr3 = q_row(blk.b, qi3, blk.h);
-    let kj0 = min(4u * kg, last_k);
-    let kj1 = min(4u * kg + 1u, last_k);
-    let kj2 = min(4u * kg + 2u, last_k);
-    let kj3 = min(4u * kg + 3u, last_k);
-    let kr0 = kv_row(blk.b, kj0, g);
-    let kr1 = kv_row(blk.b, kj1, g);
-    let kr2 = kv_row(blk.b, kj2, g);
-    let kr3 = kv_row(blk.b, kj3, g);
-    var acc0 = vec4<f32>(0.0); // query i0 + r, keys 4 kg .. + 3
-    var acc1 = vec4<f32>(0.0);
-    var acc2 = vec4<f32>(0.0);
-    var acc3 = vec4<f32>(0.0);
+    let qi = block_rows(blk, blk.i0, 1u);
+    let qr = Index8(q_row(blk.b, qi.r0, blk.h), q_row(blk.b, qi.r1, blk.h), q_row(blk.b, qi.r2, blk.h),
+        q_row(blk.b, qi.r3, blk.h), q_row(blk.b, qi.r4, blk.h), q_row(blk.b, qi.r5, blk.h),
+        q_row(blk.b, qi.r6, blk.h), q_row(blk.b, qi.r7, blk.h));
+    let k0 = key_quad(blk.b, g, c0);
+    let k1 = key_quad(blk.b, g, c0 + 1u);
+    var acc0 = Rows8(); // the 8 queries' scores of key quad c0
+    var acc1 = Rows8();
     for (var d = 0u; d < HD4; d++) {
-        let k0 = key4(kr0, kj0, d);
-        let k1 = key4(kr1, kj1, d);
-        let k2 = key4(kr2, kj2, d);
-        let k3 = key4(kr3, kj3, d);
-        acc0 = block_step(acc0, query4(qr0, qi0, d), k0, k1, k2, k3);
-        acc1 = block_step(acc1, query4(qr1, qi1, d), k0, k1, k2, k3);
-        acc2 = block_step(acc2, query4(qr2, qi2, d), k0, k1, k2, k3);
-        acc3 = block_step(acc3, query4(qr3, qi3, d), k0, k1, k2, k3);
+        let x = queries4(qi, qr, d);
+        acc0 = quad_scores(acc0, x, k0, d);
+        acc1 = quad_scores(acc1, x, k1, d);
     }
-    let acc = array<vec4<f32>, 4>(acc0, acc1, acc2, acc3);
-    for (var r = 0u; r < 4u; r++) {
-        scores[(4u * lb + r) * stride4 + kg] = acc[r] * params.scale;
-    }
+    let row0 = ROWS * lb * stride4;
+    store_scores(row0, stride4, c0, acc0);
+    store_scores(row0, stride4, c0 + 1u, acc1);
 #endif
 #ifdef STAGE_SOFTMAX
-    // item = local row 4 lb + r.
-    if (item >= 4u * params.blocks) {
+    // item = local row ROWS lb + r.
+    if (item >= ROWS * params.blocks) {
         return;
     }
-    let blk = row_block(item / 4u);
-    let i = blk.i0 + item % 4u;
+    let blk = row_block(item / ROWS);
+    let i = blk.i0 + item % ROWS;
     if (i >= params.queries) {
         return;
     }
@@ -203,8 +304,8 @@ fn main(
     }
 #endif
 #ifdef STAGE_VALUES
-    // item = (local block lb, column block cb of 4 vec4s), column blocks fastest.
-    let cbs = (VD4 + 3u) / 4u;
+    // item = (local block lb, column block cb of VALUE_COLUMNS vec4s), column blocks fastest.
+    let cbs = (VD4 + VALUE_COLUMNS - 1u) / VALUE_COLUMNS;
     if (item >= params.blocks * cbs) {
         return;
     }
@@ -214,130 +315,36 @@ fn main(
     let g = blk.h / (params.heads / params.kv_heads);
     let n = block_keys(blk);
     let n4 = (n + 3u) / 4u;
-#ifdef UNROLLED_VALUES
-    // score rows (clamped to the block's last query)
-    let last_r = params.queries - 1u - blk.i0;
-    let pr0 = 4u * lb * stride4;
-    let pr1 = (4u * lb + min(1u, last_r)) * stride4;
-    let pr2 = (4u * lb + min(2u, last_r)) * stride4;
-    let pr3 = (4u * lb + min(3u, last_r)) * stride4;
+    let pr = block_rows(blk, ROWS * lb * stride4, stride4); // score rows
     // value vec4 columns (clamped to VD4)
-    let col0 = min(4u * cb, VD4 - 1u);
-    let col1 = min(4u * cb + 1u, VD4 - 1u);
-    let col2 = min(4u * cb + 2u, VD4 - 1u);
-    let col3 = min(4u * cb + 3u, VD4 - 1u);
-    var acc: array<vec4<f32>, 16>; // acc[4 r + t]: query i0 + r, value vec4 4 cb + t
-    var part: array<vec4<f32>, 16>;
+    let col0 = min(VALUE_COLUMNS * cb, VD4 - 1u);
+    let col1 = min(VALUE_COLUMNS * cb + 1u, VD4 - 1u);
+    var acc0 = Rows8(); // the 8 queries' sums of value vec4 column col0
+    var acc1 = Rows8();
     for (var c0 = 0u; c0 < n4; c0 += SUM_BLOCK4) {
-        // Zeroed by assignment: Chromium's compiler did not reset an array declared in the loop.
-        part = array<vec4<f32>, 16>();
+        var part0 = Rows8();
+        var part1 = Rows8();
         for (var c = c0; c < min(c0 + SUM_BLOCK4, n4); c++) {
             // Keys 4c..4c+3 (clamped to the last visible key: its p is 0 past a row's keys).
             let j0 = min(4u * c, n - 1u);
             let j1 = min(4u * c + 1u, n - 1u);
             let j2 = min(4u * c + 2u, n - 1u);
             let j3 = min(4u * c + 3u, n - 1u);
-            let p0 = scores[pr0 + c];
-            let p1 = scores[pr1 + c];
-            let p2 = scores[pr2 + c];
-            let p3 = scores[pr3 + c];
-            // each key's row scale read once for its four value vec4s
+            let p = probs(pr, c);
+            // each key's row scale read once for its value vec4s
             let s0 = value_scale(blk.b, j0);
             let s1 = value_scale(blk.b, j1);
             let s2 = value_scale(blk.b, j2);
             let s3 = value_scale(blk.b, j3);
-            // the four value columns written out: `part` indexed by constants only
-            let v00 = value4_scaled(blk.b, j0, g, col0, s0);
-            let v01 = value4_scaled(blk.b, j1, g, col0, s1);
-            let v02 = value4_scaled(blk.b, j2, g, col0, s2);
-            let v03 = value4_scaled(blk.b, j3, g, col0, s3);
-            part[0] = weigh(part[0], p0, v00, v01, v02, v03);
-            part[4] = weigh(part[4], p1, v00, v01, v02, v03);
-            part[8] = weigh(part[8], p2, v00, v01, v02, v03);
-            part[12] = weigh(part[12], p3, v00, v01, v02, v03);
-            let v10 = value4_scaled(blk.b, j0, g, col1, s0);
-            let v11 = value4_scaled(blk.b, j1, g, col1, s1);
-            let v12 = value4_scaled(blk.b, j2, g, col1, s2);
-            let v13 = value4_scaled(blk.b, j3, g, col1, s3);
-            part[1] = weigh(part[1], p0, v10, v11, v12, v13);
-            part[5] = weigh(part[5], p1, v10, v11, v12, v13);
-            part[9] = weigh(part[9], p2, v10, v11, v12, v13);
-            part[13] = weigh(part[13], p3, v10, v11, v12, v13);
-            let v20 = value4_scaled(blk.b, j0, g, col2, s0);
-            let v21 = value4_scaled(blk.b, j1, g, col2, s1);
-            let v22 = value4_scaled(blk.b, j2, g, col2, s2);
-            let v23 = value4_scaled(blk.b, j3, g, col2, s3);
-            part[2] = weigh(part[2], p0, v20, v21, v22, v23);
-            part[6] = weigh(part[6], p1, v20, v21, v22, v23);
-            part[10] = weigh(part[10], p2, v20, v21, v22, v23);
-            part[14] = weigh(part[14], p3, v20, v21, v22, v23);
-            let v30 = value4_scaled(blk.b, j0, g, col3, s0);
-            let v31 = value4_scaled(blk.b, j1, g, col3, s1);
-            let v32 = value4_scaled(blk.b, j2, g, col3, s2);
-            let v33 = value4_scaled(blk.b, j3, g, col3, s3);
-            part[3] = weigh(part[3], p0, v30, v31, v32, v33);
-            part[7] = weigh(part[7], p1, v30, v31, v32, v33);
-            part[11] = weigh(part[11], p2, v30, v31, v32, v33);
-            part[15] = weigh(part[15], p3, v30, v31, v32, v33);
+            part0 = weigh_rows(part0, p, value4_scaled(blk.b, j0, g, col0, s0), value4_scaled(blk.b, j1, g, col0, s1),
+                value4_scaled(blk.b, j2, g, col0, s2), value4_scaled(blk.b, j3, g, col0, s3));
+            part1 = weigh_rows(part1, p, value4_scaled(blk.b, j0, g, col1, s0), value4_scaled(blk.b, j1, g, col1, s1),
+                value4_scaled(blk.b, j2, g, col1, s2), value4_scaled(blk.b, j3, g, col1, s3));
         }
-        acc = add16(acc, part);
+        acc0 = add_rows(acc0, part0);
+        acc1 = add_rows(acc1, part1);
     }
-#else
-    var pr: array<u32, 4>; // score rows (clamped to the block's last query)
-    var col: array<u32, 4>; // value vec4 columns (clamped to VD4)
-    for (var r = 0u; r < 4u; r++) {
-        pr[r] = (4u * lb + min(r, params.queries - 1u - blk.i0)) * stride4;
-        col[r] = min(4u * cb + r, VD4 - 1u);
-    }
-    var acc: array<vec4<f32>, 16>; // acc[4 r + t]: query i0 + r, value vec4 col[t]
-    var part: array<vec4<f32>, 16>;
-    for (var c0 = 0u; c0 < n4; c0 += SUM_BLOCK4) {
-        // Zeroed explicitly: Chromium's compiler did not reset an array declared in the loop.
-        for (var x = 0u; x < 16u; x++) {
-            part[x] = vec4<f32>(0.0);
-        }
-        for (var c = c0; c < min(c0 + SUM_BLOCK4, n4); c++) {
-            // Keys 4c..4c+3 (clamped to the last visible key: its p is 0 past a row's keys).
-            let j0 = min(4u * c, n - 1u);
-            let j1 = min(4u * c + 1u, n - 1u);
-            let j2 = min(4u * c + 2u, n - 1u);
-            let j3 = min(4u * c + 3u, n - 1u);
-            let p0 = scores[pr[0] + c];
-            let p1 = scores[pr[1] + c];
-            let p2 = scores[pr[2] + c];
-            let p3 = scores[pr[3] + c];
-            // each key's row scale read once for its four value vec4s
-            let s0 = value_scale(blk.b, j0);
-            let s1 = value_scale(blk.b, j1);
-            let s2 = value_scale(blk.b, j2);
-            let s3 = value_scale(blk.b, j3);
-            for (var t = 0u; t < 4u; t++) {
-                let v0 = value4_scaled(blk.b, j0, g, col[t], s0);
-                let v1 = value4_scaled(blk.b, j1, g, col[t], s1);
-                let v2 = value4_scaled(blk.b, j2, g, col[t], s2);
-                let v3 = value4_scaled(blk.b, j3, g, col[t], s3);
-                part[t] = fma(vec4<f32>(p0.w), v3, fma(vec4<f32>(p0.z), v2, fma(vec4<f32>(p0.y), v1, fma(vec4<f32>(p0.x), v0, part[t]))));
-                part[4u + t] = fma(vec4<f32>(p1.w), v3, fma(vec4<f32>(p1.z), v2, fma(vec4<f32>(p1.y), v1, fma(vec4<f32>(p1.x), v0, part[4u + t]))));
-                part[8u + t] = fma(vec4<f32>(p2.w), v3, fma(vec4<f32>(p2.z), v2, fma(vec4<f32>(p2.y), v1, fma(vec4<f32>(p2.x), v0, part[8u + t]))));
-                part[12u + t] = fma(vec4<f32>(p3.w), v3, fma(vec4<f32>(p3.z), v2, fma(vec4<f32>(p3.y), v1, fma(vec4<f32>(p3.x), v0, part[12u + t]))));
-            }
-        }
-        for (var x = 0u; x < 16u; x++) {
-            acc[x] += part[x];
-        }
-    }
-#endif
-    for (var r = 0u; r < 4u; r++) {
-        let i = blk.i0 + r;
-        if (i >= params.queries) {
-            break;
-        }
-        let row = q_row(blk.b, i, blk.h) * VD4;
-        for (var t = 0u; t < 4u; t++) {
-            if (4u * cb + t < VD4) {
-                out[row + 4u * cb + t] = acc[4u * r + t];
-            }
-        }
-    }
+    store_column(blk, VALUE_COLUMNS * cb, acc0);
+    store_column(blk, VALUE_COLUMNS * cb + 1u, acc1);
 #endif
 }

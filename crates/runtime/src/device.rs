@@ -38,14 +38,6 @@ pub struct Capabilities {
     /// G MAC/s, while INT8 takes four-word loads there too, 1.41 against 1.30; BENCHMARKS.md
     /// Speed XVI); everywhere else four words at a time (lavapipe: 13.0 against 10.3, Speed XV).
     pub one_word_int4_blocks: bool,
-    /// Kernels write out the short loops over a few accumulators of their hottest loop (the
-    /// materialised-scores attention's value sums, `shaders/attention_scores.wgsl`
-    /// `UNROLLED_VALUES`): on the browser's CPU adapter, whose compiler (SwiftShader's Subzero)
-    /// keeps an array indexed in a loop in memory and compiles the longer code quickly (the
-    /// vision tower's value sums 12.2 → 5.3 s in Chromium); not on lavapipe, whose LLVM takes
-    /// seconds to compile it at the first dispatch (BENCHMARKS.md, Speed XVII). The same
-    /// operations in the same order either way.
-    pub unrolled_loops: bool,
     /// Blocks of tokens of INT8 products sum their integers as f32 fmas on widened values, in
     /// chunks where that is exact (`kernels::quant::QMatmul::float_sums`): on the browser's CPU
     /// adapter, where they ran 2.7× the `dot4I8Packed` blocks (BENCHMARKS.md, Speed XVIII).
@@ -84,9 +76,6 @@ pub struct DeviceOptions {
     /// the adapter ([`Capabilities::weight_textures`]); `None`: the adapter's choice. The results
     /// are the same; the bench compares the speeds.
     pub weight_textures: Option<bool>,
-    /// Take the written-out loops ([`Capabilities::unrolled_loops`]) or not whatever the adapter;
-    /// `None`: the adapter's choice. The same results (tests run both on one adapter).
-    pub unrolled_loops: Option<bool>,
 }
 
 /// Another kind of adapter, as far as kernel choice goes: a CPU implementation or a GPU, with
@@ -122,7 +111,6 @@ impl Capabilities {
             cpu: pretend.cpu,
             weight_textures: pretend.cpu,
             one_word_int4_blocks: self.one_word_int4_blocks && pretend.cpu,
-            unrolled_loops: self.unrolled_loops && pretend.cpu,
             float_block_sums: self.float_block_sums && pretend.cpu,
             max_storage_binding: self.max_storage_binding.min(web.max_storage_buffer_binding_size),
             max_buffer_size: self.max_buffer_size.min(web.max_buffer_size),
@@ -225,7 +213,6 @@ impl Gpu {
             cpu,
             weight_textures: cpu,
             one_word_int4_blocks: browser_cpu,
-            unrolled_loops: browser_cpu,
             float_block_sums: browser_cpu,
             max_storage_binding: options.max_storage_binding.map_or(max_binding, |m| m.min(max_binding)),
             max_buffer_size: limits.max_buffer_size,
@@ -238,11 +225,8 @@ impl Gpu {
             uniform_offset_alignment: limits.min_uniform_buffer_offset_alignment,
         };
         let caps = options.pretend.map_or_else(|| caps.clone(), |p| caps.pretending(p));
-        let caps = Capabilities {
-            weight_textures: options.weight_textures.unwrap_or(caps.weight_textures),
-            unrolled_loops: options.unrolled_loops.unwrap_or(caps.unrolled_loops),
-            ..caps
-        };
+        let caps =
+            Capabilities { weight_textures: options.weight_textures.unwrap_or(caps.weight_textures), ..caps };
         Ok(Self {
             device,
             queue,

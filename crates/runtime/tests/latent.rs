@@ -386,8 +386,6 @@ async fn check_all(gpu: &Gpu) {
         strided_rows_case(gpu, bits, rank, 20).await;
     }
     check_latent_attention(gpu).await;
-    // and with the other choice of written-out loops (the scores variant's value sums)
-    check_latent_attention(&common::other_unrolled_loops(gpu).await).await;
     for encoding in [Encoding::F32, Encoding::F16, Encoding::BF16] {
         latent_up_case(gpu, UpCase::Float(encoding), 30, false, 10).await;
     }

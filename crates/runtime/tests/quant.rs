@@ -633,11 +633,11 @@ async fn check_loads(gpu: &Gpu) {
             );
             let mut variants = Vec::new();
             for vec4 in [false, true] {
-                variants.push(QMatmul::new(&weights, rows, false, vec4));
-            }
-            if rows == 1 {
-                variants.push(QMatmul { split_k: true, ..QMatmul::new(&weights, rows, false, false) });
-                variants.push(QMatmul { split_k: true, ..QMatmul::new(&weights, rows, false, true) });
+                let plain = QMatmul::new(&weights, rows, false, vec4);
+                variants.push(plain);
+                if rows == 1 {
+                    variants.push(QMatmul { split_k: true, ..plain });
+                }
             }
             if int8_blocks {
                 variants.push(QMatmul { float_sums: true, ..QMatmul::new(&weights, rows, false, true) });

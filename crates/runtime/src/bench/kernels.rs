@@ -22,7 +22,8 @@ use crate::kernels::elementwise::Add;
 use crate::kernels::matmul::{MatVec, Matmul, MatmulShape};
 use crate::kernels::norm::{LayerNorm, NormLayout, NormShape, QuantizedOutput, RmsNorm};
 use crate::kernels::quant::{
-    QMatmul, QuantWeightsGpu, Quantize, QuantizedRows, Rotate, RotationTable, activation_words,
+    FLOAT_SUM_QUADS, FLOAT_SUM_TOKENS, QMatmul, QuantWeightsGpu, Quantize, QuantizedRows, Rotate,
+    RotationTable, activation_words,
 };
 use crate::kernels::rope::rope_table;
 use crate::kernels::rotate_quantize::RotateQuantize;
@@ -128,9 +129,12 @@ pub async fn measure_kernels(gpu: &Gpu) -> Result<Vec<KernelReport>> {
             }
             if shape.m > 1 && encoding == Encoding::I8 {
                 let kernel = QMatmul { float_sums: true, ..QMatmul::new(&weights, shape.m, false, true) };
-                let label = "qmatmul i8 (8×16 block, f32 sums, 4-word loads)";
+                let label = format!(
+                    "qmatmul i8 ({FLOAT_SUM_TOKENS}×{} block, f32 sums, 4-word loads)",
+                    4 * FLOAT_SUM_QUADS
+                );
                 reports.push(
-                    time(gpu, label, shape, async |gpu: &Gpu, e: &mut Encoder| {
+                    time(gpu, &label, shape, async |gpu: &Gpu, e: &mut Encoder| {
                         kernel.encode(gpu, e, &rows, &weights, None, (&y, 0)).await
                     })
                     .await?,

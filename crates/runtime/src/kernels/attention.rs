@@ -24,9 +24,9 @@
 //! the sums differs from one walk over the keys; tests hold every variant to the same bound
 //! against an f64 reference).
 //!
-//! **Materialised scores.** [`AttentionVariant::Scores`] writes `s_ij` for 4 queries × 4 keys
+//! **Materialised scores.** [`AttentionVariant::Scores`] writes `s_ij` for 8 queries × 8 keys
 //! per invocation, turns each row into `p_ij = exp(s_ij − m_i) / l_i` (exact max `m_i`, `l_i`
-//! summed in blocks of 64 keys), then sums `Σ_j p_ij v_j` for 4 queries × 16 values per
+//! summed in blocks of 64 keys), then sums `Σ_j p_ij v_j` for 8 queries × 8 values per
 //! invocation in blocks of 64 keys: every sum as blocked as the online variants', so the same
 //! error bound holds. The scores take `batch · heads · queries · keys · 4` bytes, split into
 //! calls of at most [`SCORES_BYTES`].
@@ -98,6 +98,19 @@ struct CombineParams {
 }
 const _: () = assert!(std::mem::size_of::<CombineParams>() == 16);
 
+/// Queries per row block of the scores variant: `ROWS` in `shaders/attention_scores.wgsl`, whose
+/// written-out blocks fix it.
+const SCORE_ROWS: usize = 8;
+
+/// Vec4s of a score row (4 keys each) one invocation of the scores stage computes for its
+/// [`SCORE_ROWS`] queries: `KEY_QUADS` in `shaders/attention_scores.wgsl`, whose written-out
+/// block fixes it.
+const SCORE_KEY_QUADS: usize = 2;
+
+/// Value vec4s one invocation of the values stage sums for its [`SCORE_ROWS`] queries:
+/// `VALUE_COLUMNS` in `shaders/attention_scores.wgsl`, whose written-out block fixes it.
+const SCORE_VALUE_COLUMNS: usize = 2;
+
 /// One stage of `shaders/attention_scores.wgsl` for an [`Attention`] kernel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum ScoresStage {
@@ -106,14 +119,13 @@ enum ScoresStage {
     Values,
 }
 
-/// A stage of the scores variant with its kernel's head and value defines, and whether the
-/// adapter takes written-out loops ([`crate::Capabilities::unrolled_loops`]).
-struct ScoresKernel(Attention, ScoresStage, bool);
+/// A stage of the scores variant with its kernel's head and value defines.
+struct ScoresKernel(Attention, ScoresStage);
 
 impl Kernel for ScoresKernel {
     const SHADER: &'static str = "attention_scores";
     fn defines(&self) -> Defines {
-        let ScoresKernel(attention, stage, unrolled) = self;
+        let ScoresKernel(attention, stage) = self;
         // Only the values stage depends on what the values are (fewer pipelines to compile).
         let (mut d, name) = match stage {
             ScoresStage::Scores => {
@@ -123,13 +135,7 @@ impl Kernel for ScoresKernel {
                 (d, "STAGE_SCORES")
             }
             ScoresStage::Softmax => (Defines::new(), "STAGE_SOFTMAX"),
-            ScoresStage::Values => {
-                let mut d = attention.value_defines();
-                if *unrolled {
-                    d.insert("UNROLLED_VALUES".to_string(), String::new());
-                }
-                (d, "STAGE_VALUES")
-            }
+            ScoresStage::Values => (attention.value_defines(), "STAGE_VALUES"),
         };
         d.insert(name.to_string(), String::new());
         d
@@ -726,9 +732,9 @@ impl Attention {
         Ok(())
     }
 
-    /// The scores variant: the (batch, head) planes' blocks of 4 queries in calls of at most
-    /// [`SCORES_BYTES`] of scores, each call three dispatches (scores, softmax, values) sharing
-    /// one scratch buffer.
+    /// The scores variant: the (batch, head) planes' blocks of [`SCORE_ROWS`] queries in calls
+    /// of at most [`SCORES_BYTES`] of scores, each call three dispatches (scores, softmax,
+    /// values) sharing one scratch buffer.
     async fn encode_scores(
         &self,
         gpu: &Gpu,
@@ -740,8 +746,8 @@ impl Attention {
     ) -> Result<()> {
         let (queries, heads) = (params.queries as usize, params.heads as usize);
         let stride4 = (params.key_end as usize).div_ceil(4);
-        let block_bytes = (4 * stride4 * 16) as u64;
-        let total_blocks = batch * heads * queries.div_ceil(4);
+        let block_bytes = (SCORE_ROWS * stride4 * 16) as u64;
+        let total_blocks = batch * heads * queries.div_ceil(SCORE_ROWS);
         let limit = SCORES_BYTES.min(gpu.caps.max_storage_binding);
         let per_call = ((limit / block_bytes) as usize).clamp(1, total_blocks);
         let scores_bytes = per_call as u64 * block_bytes;
@@ -749,10 +755,10 @@ impl Attention {
         let scores = encoder.kernel_scratch(gpu, "attention scores", scores_bytes).await?;
         let mut pipelines = Vec::with_capacity(3);
         for stage in [ScoresStage::Scores, ScoresStage::Softmax, ScoresStage::Values] {
-            let kernel = ScoresKernel(*self, stage, gpu.caps.unrolled_loops);
+            let kernel = ScoresKernel(*self, stage);
             pipelines.push(gpu.pipeline(ScoresKernel::SHADER, &kernel.defines()).await?);
         }
-        let column_blocks = (vd / 4).div_ceil(4);
+        let column_blocks = (vd / 4).div_ceil(SCORE_VALUE_COLUMNS);
         for (begin, blocks) in chunks(total_blocks, per_call) {
             let params = Params {
                 block_begin: begin as u32,
@@ -762,8 +768,12 @@ impl Attention {
             };
             let scratch = || Slot::Other(slice(&scores, 0, scores_bytes));
             let stages = [
-                ("attention scores", blocks * stride4, vec![Slot::Q, Slot::K, scratch(), Slot::Table]),
-                ("attention softmax", blocks * 4, vec![scratch()]),
+                (
+                    "attention scores",
+                    blocks * stride4.div_ceil(SCORE_KEY_QUADS),
+                    vec![Slot::Q, Slot::K, scratch(), Slot::Table],
+                ),
+                ("attention softmax", blocks * SCORE_ROWS, vec![scratch()]),
                 (
                     "attention values",
                     blocks * column_blocks,

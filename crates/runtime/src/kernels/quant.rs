@@ -842,7 +842,9 @@ pub struct QMatmul {
     pub float_sums: bool,
 }
 
-/// Tokens per block of the [`QMatmul::float_sums`] variant.
+/// Tokens per block of the [`QMatmul::float_sums`] variant. `shaders/qmatmul.wgsl` writes its
+/// block out (eight tokens in its `Words`/`Tokens`/`Rows`/`Sums` structs, four quads in `main`):
+/// this and [`FLOAT_SUM_QUADS`] must match it.
 pub const FLOAT_SUM_TOKENS: usize = 8;
 
 /// Column quads (four columns each) per block of the [`QMatmul::float_sums`] variant.

@@ -86,16 +86,3 @@ pub async fn subgroup_gpu() -> Gpu {
     }
     gpu
 }
-
-/// A GPU like `gpu` but with the other choice of written-out loops
-/// ([`pocketvlm_runtime::Capabilities::unrolled_loops`], which the browser's CPU adapter alone
-/// takes): tests run every shape on both to check both orders of the same operations.
-pub async fn other_unrolled_loops(gpu: &Gpu) -> Gpu {
-    let browser_cpu = cfg!(target_arch = "wasm32") && gpu.caps.cpu;
-    assert_eq!(gpu.caps.unrolled_loops, browser_cpu, "written-out loops on {:?}", gpu.adapter.name);
-    let options =
-        pocketvlm_runtime::DeviceOptions { unrolled_loops: Some(!browser_cpu), ..Default::default() };
-    let other = Gpu::new(&options).await.expect("a GPU adapter");
-    assert_eq!(other.caps.unrolled_loops, !browser_cpu);
-    other
-}
