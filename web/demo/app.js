@@ -34,6 +34,7 @@ function setProgress(fraction, text) {
 function onProgress(p) {
   const fraction = p.totalBytes ? p.loadedBytes / p.totalBytes : 0;
   if (p.phase === 'upload') return setProgress(1, 'Uploading the weights to the GPU…');
+  if (p.phase === 'prepare') return setProgress(1, 'Compiling the GPU kernels…');
   if (p.phase === 'ready') return;
   if (p.phase === 'warning') return console.warn(`PocketVLM: ${p.warning}`);
   const from = p.cacheHits === p.filesDone && p.filesDone > 0 ? ' (from cache)' : '';

@@ -1,7 +1,7 @@
 // The wasm engine behind one small request interface, used as is on the main thread
 // (worker: false) and from the worker (worker.js) — so both give the same answers and errors.
 //
-//   load(baseUrl, { cache, signal, integrity, memoryBudget, kvCache }, onProgress) → info
+//   load(baseUrl, { cache, signal, integrity, memoryBudget, kvCache, prepare }, onProgress) → info
 //   start(kind, args, signal) → generation id      (kind 'caption' or 'chat'; `signal` stops the
 //                                                   image encoding and the prompt's prefill)
 //   next(id) → { piece } | { done: true, usage }
@@ -22,14 +22,14 @@ export class Engine {
 
   // `signal` (main thread only: an AbortSignal cannot cross to a worker, which is terminated
   // instead) stops the download between files and cancels the request in flight.
-  async load(baseUrl, { cache = true, signal, integrity, memoryBudget, kvCache } = {}, onProgress = () => {}) {
+  async load(baseUrl, { cache = true, signal, integrity, memoryBudget, kvCache, prepare = true } = {}, onProgress = () => {}) {
     if (typeof navigator === 'undefined' || !navigator.gpu) {
       throw { name: 'NoWebGPUError', message: 'this browser does not expose WebGPU (navigator.gpu is missing)' };
     }
     ready ??= init();
     await ready;
     const absolute = new URL(baseUrl, globalThis.location?.href).href;
-    this.model = await Model.load(absolute, { cache, onProgress, signal, integrity, memoryBudget, kvCache });
+    this.model = await Model.load(absolute, { cache, onProgress, signal, integrity, memoryBudget, kvCache, prepare });
     return this.model.info;
   }
 

@@ -6,9 +6,10 @@ export type ImageInput = Blob | ImageBitmap | ImageData | HTMLImageElement;
 export interface Progress {
   /**
    * 'manifest': totals known; 'file': one file verified; 'upload': weights going to the GPU;
-   * 'ready'; 'warning': the load worked around something (see `warning`), e.g. no browser cache.
+   * 'prepare': a caption's GPU kernels compiling (see `LoadOptions.prepare`); 'ready';
+   * 'warning': the load worked around something (see `warning`), e.g. no browser cache.
    */
-  phase: 'manifest' | 'file' | 'upload' | 'ready' | 'warning';
+  phase: 'manifest' | 'file' | 'upload' | 'prepare' | 'ready' | 'warning';
   /** The file of a 'file' event. */
   file?: string;
   /** Whether that file came from the browser cache. */
@@ -50,6 +51,12 @@ export interface LoadOptions {
    * CPU adapters the fastest decoding (BENCHMARKS.md). Anything else rejects with a TypeError.
    */
   kvCache?: 'latent' | 'latent-keys' | 'plain';
+  /**
+   * Compile the GPU kernels a caption uses before the load resolves (default true): the first
+   * caption then waits for none of them (seconds on a software adapter), the load a little
+   * longer. false compiles each kernel when a generation first needs it.
+   */
+  prepare?: boolean;
 }
 
 export interface ModelInfo {

@@ -143,9 +143,9 @@ export class PocketVLM {
   /**
    * Load the model directory at `baseUrl` (manifest.json, tokenizer, shards).
    * @param {string} baseUrl
-   * @param {{ onProgress?: (p: object) => void, signal?: AbortSignal, cache?: boolean, worker?: boolean, integrity?: string, memoryBudget?: number, kvCache?: 'latent' | 'latent-keys' | 'plain' }} [options]
+   * @param {{ onProgress?: (p: object) => void, signal?: AbortSignal, cache?: boolean, worker?: boolean, integrity?: string, memoryBudget?: number, kvCache?: 'latent' | 'latent-keys' | 'plain', prepare?: boolean }} [options]
    */
-  static async load(baseUrl, { onProgress, signal, cache = true, worker = true, integrity, memoryBudget, kvCache } = {}) {
+  static async load(baseUrl, { onProgress, signal, cache = true, worker = true, integrity, memoryBudget, kvCache, prepare = true } = {}) {
     if (typeof navigator === 'undefined' || !navigator.gpu) {
       throw new NoWebGPUError('this browser does not expose WebGPU (navigator.gpu is missing)');
     }
@@ -153,7 +153,7 @@ export class PocketVLM {
     const base = new URL(baseUrl, globalThis.document?.baseURI ?? globalThis.location?.href).href;
     const backend = worker ? new WorkerBackend() : new LocalBackend();
     // The worker is terminated on abort; a local load gets the signal and stops its downloads.
-    const options = { cache, integrity, memoryBudget, kvCache };
+    const options = { cache, integrity, memoryBudget, kvCache, prepare };
     const loading = backend.load(base, worker ? options : { ...options, signal }, onProgress);
     const aborted = new Promise((_, reject) => {
       signal?.addEventListener('abort', () => reject(abortError(signal)), { once: true });

@@ -149,9 +149,10 @@ async function decodesAsPillow(page) {
 
 /**
  * A model larger than `memoryBudget` rejects with OutOfMemoryError and an unknown `kvCache` with
- * TypeError (in the worker, as the demo runs it); the same page then loads it keeping the
- * latent cache's keys (`kvCache: 'latent-keys'`) and captions as the CPU reference, which
- * rebuilds them every step.
+ * TypeError (in the worker, as the demo runs it); `prepare: false` skips the load's 'prepare'
+ * phase, which a load has by default; the same page then loads it keeping the latent cache's
+ * keys (`kvCache: 'latent-keys'`) and captions as the CPU reference, which rebuilds them every
+ * step.
  */
 async function loadOptions(page) {
   const started = Date.now();
@@ -160,19 +161,26 @@ async function loadOptions(page) {
     const name = (e) => e.name;
     const refused = await PocketVLM.load('./model/', { memoryBudget: 1_000_000 }).then(() => 'loaded', name);
     const unknown = await PocketVLM.load('./model/', { kvCache: 'sideways' }).then(() => 'loaded', name);
-    const model = await PocketVLM.load('./model/', { kvCache: 'latent-keys' });
+    const phases = (into) => (p) => { if (into.at(-1) !== p.phase) into.push(p.phase); };
+    const lazy = [];
+    await (await PocketVLM.load('./model/', { prepare: false, onProgress: phases(lazy) })).dispose();
+    const prepared = [];
+    const model = await PocketVLM.load('./model/', { kvCache: 'latent-keys', onProgress: phases(prepared) });
     const image = new Blob([new Uint8Array(bytes)]);
     let text = '';
     for await (const piece of await model.caption(image, { prompt, maxNewTokens })) text += piece;
     const { kvCache } = model.info;
     await model.dispose();
-    return { refused, unknown, kvCache, text };
+    return { refused, unknown, kvCache, text, lazy: lazy.slice(-2).join(','), prepared: prepared.slice(-3).join(',') };
   }, [[...readFileSync(imagePath)], await page.inputValue('#prompt'), fixtureTokens]);
   check(got.refused === 'OutOfMemoryError', 'a model over memoryBudget rejects with OutOfMemoryError', got.refused);
   check(got.unknown === 'TypeError', 'an unknown kvCache rejects with TypeError', got.unknown);
+  check(got.lazy === 'upload,ready', 'a load with prepare: false compiles no kernel ahead', got.lazy);
+  check(got.prepared === 'upload,prepare,ready', 'a load compiles a caption\'s kernels ahead by default',
+    got.prepared);
   check(got.kvCache === 'latent-keys', 'the page then loads it keeping the latent cache\'s keys', got.kvCache);
   check(got.text === expected.generated_text_skip_special, `and captions ${source} text`, JSON.stringify(got.text));
-  console.log(`  (refused twice, loaded and captioned in ${((Date.now() - started) / 1000).toFixed(1)} s)`);
+  console.log(`  (refused twice, loaded twice and captioned in ${((Date.now() - started) / 1000).toFixed(1)} s)`);
 }
 
 async function withWebGPU() {

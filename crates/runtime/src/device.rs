@@ -308,6 +308,12 @@ impl Gpu {
         Ok(buffer)
     }
 
+    /// Let go of the device's kernel scratch (a pass holding some keeps it until submitted):
+    /// the next pass grows it again, and counts it, as the first pass on a device does.
+    pub(crate) fn drop_kernel_scratch(&self) {
+        self.kernel_scratches().clear();
+    }
+
     fn kernel_scratches(
         &self,
     ) -> std::sync::MutexGuard<'_, std::collections::HashMap<&'static str, DeviceBuffer>> {

@@ -16,7 +16,7 @@ use crate::device::Gpu;
 use crate::encoder::RecordProfile;
 use crate::error::{Result, RuntimeError};
 use crate::model::sampling::SamplingOptions;
-use crate::model::{DecodeProfiling, DecodeRecording, Generator, MemoryUsage, Model, Stop};
+use crate::model::{DecodeProfiling, DecodeRecording, Generator, MemoryUsage, Model, Prepared, Stop};
 
 /// A loaded model with its tokenizer and image preprocessor.
 pub struct Engine {
@@ -103,6 +103,22 @@ impl Engine {
         let preprocessor = Preprocessor::new(&manifest.processor)?;
         let model = Model::load(&gpu, data).await?;
         Ok(Self { gpu, model, prompt, preprocessor, manifest })
+    }
+
+    /// Compile the pipelines a request like `request` uses (its tiles, its prompt's length),
+    /// before it is made: the caption then spends none of its time to first token compiling
+    /// kernels ([`Model::prepare`]; nothing runs, no state changes). Its image's pixels are not
+    /// read, only its size.
+    pub async fn prepare(&self, request: &Request) -> Result<Prepared> {
+        let text = self.prompt.render(&request.messages, true)?;
+        let split = request.split.unwrap_or(self.preprocessor.default_split());
+        let grids = match &request.image {
+            Some(image) => vec![self.preprocessor.grid_for(image.width(), image.height(), split)?],
+            None => Vec::new(),
+        };
+        let prompt_ids = self.prompt.encode(&text, &grids)?;
+        let tiles = grids.iter().map(|g| g.n_tiles()).sum();
+        self.model.prepare(&self.gpu, tiles, prompt_ids.len()).await
     }
 
     /// Preprocess, encode the image, prefill the prompt.

@@ -291,6 +291,54 @@ fn low_rank_tiny_models_match_the_cpu_reference() {
     });
 }
 
+/// A prepared caption compiles nothing and answers as the reference does: [`Engine::prepare`]
+/// records the vision tower, prefill, decode step and argmax of a request like it without running
+/// them, so every pipeline the caption uses is compiled before it, and nothing of those passes
+/// reaches the generation (its tokens; the device holds no more memory after it). The dense
+/// fixture (against transformers) and a W4A8 model with the INT8 latent cache (against the
+/// integer contract's CPU reference), unsplit and split images.
+#[test]
+fn a_prepared_caption_compiles_nothing_and_answers_as_the_reference() {
+    pollster::block_on(async {
+        let tiny = fixtures().join("tiny");
+        let root = tiny.to_str().expect("a UTF-8 path");
+        let recipe = LOW_RANK_TEST_RECIPES.iter().find(|r| r.name == "svd-kvlatent25-w4a8").unwrap();
+        let out = tempfile::tempdir().unwrap();
+        recipe.build(&tiny, out.path()).unwrap();
+        let reference = Reference::open(out.path()).unwrap();
+        for name in ["coffee_nosplit", "chelsea_split"] {
+            let dense = load(&tiny, DeviceOptions::default()).await;
+            let latent = load_dir(out.path(), &DeviceOptions::default()).await;
+            let mut case = read_case(async |path: String| std::fs::read(&path).unwrap(), root, name).await;
+            let held = dense.gpu.held_bytes();
+            let prepared = dense.prepare(&case_request(&case)).await.unwrap();
+            // It holds nothing after it (so the caption grows, and counts, what it would have).
+            assert_eq!(dense.gpu.held_bytes(), held, "dense {name}: held after the prepare");
+            let compiled = dense.gpu.pipelines.compiled();
+            assert!(prepared.pipelines > 0 && prepared.pipelines == compiled.len(), "{name}: {prepared:?}");
+            check_case(&dense, &case).await;
+            assert_eq!(dense.gpu.pipelines.compiled(), compiled, "dense {name}: the caption compiled more");
+
+            assert_eq!(latent.model.cache_kind, CacheKind::Latent);
+            latent.prepare(&case_request(&case)).await.unwrap();
+            let compiled = latent.gpu.pipelines.compiled();
+            let image = case.image.as_ref().map(|b| decode_image(b).unwrap());
+            case.expected = reference.expectation(&case.expected, image.as_ref()).unwrap();
+            check_case_within(&latent, &case, QUANT_LOGIT_TOLERANCE).await;
+            assert_eq!(
+                latent.gpu.pipelines.compiled(),
+                compiled,
+                "{} {name}: the caption compiled more",
+                recipe.name
+            );
+            eprintln!(
+                "{name}: prepared ({} pipelines, {:.0} ms); the caption compiled nothing",
+                prepared.pipelines, prepared.ms
+            );
+        }
+    });
+}
+
 /// Decode steps after the first allocate no GPU memory, and from the third on record over the
 /// same buffers and binding ranges as the step before (a cache, and the keys rebuilt from a
 /// latent cache, are bound over their capacity, not the rows filled so far), so they build no

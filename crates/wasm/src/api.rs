@@ -85,6 +85,9 @@ pub struct OpenOptions {
     pub memory_budget: Option<u64>,
     /// The KV cache the model's generations keep ([`CacheKind`]).
     pub kv_cache: CacheKind,
+    /// Compile a default caption's pipelines before the load resolves ([`prepare_caption`];
+    /// JavaScript's default), so the first caption spends none of its time compiling kernels.
+    pub prepare: bool,
 }
 
 impl Shared {
@@ -136,7 +139,22 @@ async fn upload(
     on_progress(&load.tally.uploading());
     let mut engine = Engine::load(gpu, &fetched.data, &fetched.tokenizer).await?;
     engine.model.cache_kind = options.kv_cache;
+    if options.prepare {
+        check_signal(signal, "loading the model")?;
+        on_progress(&load.tally.preparing());
+        prepare_caption(&engine).await?;
+    }
     Ok((engine, load))
+}
+
+/// Compile the pipelines of a caption with the default options of a square picture one tile
+/// wide ([`Engine::prepare`]: recorded, not run); a caption of a picture that splits into more
+/// tiles, or with a longer prompt, may still compile a variant or two of its own.
+async fn prepare_caption(engine: &Engine) -> Result<(), WebError> {
+    let side = engine.model.config.vision.image_size;
+    let picture = RgbImage::new(side, side, vec![0; side * side * 3])?;
+    engine.prepare(&GenerateOptions::default().caption_request(picture)?).await?;
+    Ok(())
 }
 
 /// A loaded model.
@@ -262,13 +280,15 @@ where
 
 #[wasm_bindgen]
 impl Model {
-    /// `Model.load(baseUrl, { cache = true, onProgress, signal, integrity, memoryBudget, kvCache })`: open
-    /// the GPU, fetch and verify the model directory at `baseUrl` and upload it. `onProgress`
+    /// `Model.load(baseUrl, { cache = true, onProgress, signal, integrity, memoryBudget, kvCache,
+    /// prepare = true })`: open the GPU, fetch and verify the model directory at `baseUrl` and upload it. `onProgress`
     /// receives progress events; `signal` (an `AbortSignal`) stops the download (`AbortError`);
     /// `integrity` (`"sha256-<base64>"`, see [`Pin`]) pins `manifest.json`, and so the whole model
     /// (`IntegrityError` when it differs); `memoryBudget` (bytes) caps what the model's device may
     /// hold (`OutOfMemoryError` for a load or a generation that would need more); `kvCache`
-    /// (`"latent"`, the default, `"latent-keys"` or `"plain"`, [`CacheKind`]) picks the KV cache.
+    /// (`"latent"`, the default, `"latent-keys"` or `"plain"`, [`CacheKind`]) picks the KV cache;
+    /// `prepare` (default true) compiles a caption's GPU kernels before the load resolves
+    /// (a `prepare` progress event), so the first caption does not wait for them.
     pub fn load(base_url: String, options: JsValue) -> Promise {
         let get = |name: &str| {
             js_sys::Reflect::get(&options, &JsValue::from_str(name))
@@ -291,6 +311,7 @@ impl Model {
             },
             None => Ok(None),
         };
+        let prepare = get("prepare").is_none_or(|v| v.is_truthy());
         let kv_cache = match get("kvCache") {
             Some(v) => CacheKind::from_name(&v.as_string().unwrap_or_default())
                 .map_err(|names| WebError::invalid(format!("kvCache must be {names}"))),
@@ -298,7 +319,8 @@ impl Model {
         };
         promise(async move {
             let pin = pin?.as_deref().map(Pin::parse).transpose()?;
-            let options = OpenOptions { cache, pin, memory_budget: memory_budget?, kv_cache: kv_cache? };
+            let (memory_budget, kv_cache) = (memory_budget?, kv_cache?);
+            let options = OpenOptions { cache, pin, memory_budget, kv_cache, prepare };
             let report = |p: &Progress| {
                 if let Some(f) = &on_progress {
                     // A throwing progress callback does not stop the load.

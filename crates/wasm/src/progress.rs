@@ -1,5 +1,6 @@
 //! Download progress: one event when the manifest is known, one per file as it arrives (from the
-//! network or the browser cache), one before the GPU upload and one when the model is ready.
+//! network or the browser cache), one before the GPU upload, one before compiling a caption's
+//! kernels (when the load prepares them) and one when the model is ready.
 
 use pocketvlm_format::Manifest;
 use serde::Serialize;
@@ -13,6 +14,8 @@ pub enum Phase {
     File,
     /// All files are here; the weights are being uploaded to the GPU.
     Upload,
+    /// The weights are on the GPU; the kernels a caption uses are being compiled.
+    Prepare,
     Ready,
     /// Something the load worked around (`warning` says what): the browser cache is unavailable
     /// or refused a file, so the model loads from the network without it.
@@ -101,6 +104,10 @@ impl Tally {
 
     pub fn uploading(&self) -> Progress {
         self.event(Phase::Upload, None, None)
+    }
+
+    pub fn preparing(&self) -> Progress {
+        self.event(Phase::Prepare, None, None)
     }
 
     pub fn ready(&self) -> Progress {

@@ -125,6 +125,15 @@ pub struct BenchReport {
     pub max_buffer_size: u64,
     /// Reading (or fetching) and verifying the model, opening the device, uploading the weights.
     pub load_ms: f64,
+    /// Compiling the caption's pipelines before it ([`Engine::prepare`], as the web package's
+    /// `Model.load` does after the upload), and how many it compiled.
+    #[serde(default)]
+    pub prepare_ms: f64,
+    #[serde(default)]
+    pub prepared_pipelines: usize,
+    /// Pipelines the caption compiled itself (0 when the prepare foresaw them all).
+    #[serde(default)]
+    pub caption_pipelines: usize,
     pub preprocess_ms: f64,
     pub vision_ms: f64,
     pub prefill_ms: f64,
@@ -259,6 +268,8 @@ pub async fn measure(
         }
         None => 0,
     };
+    let prepared = engine.prepare(&request).await?;
+    let compiled = engine.gpu.pipelines.compiled().len();
     let start = now_ms();
     let mut session = engine.start(request.clone()).await?;
     session.profile_decode(if gpu_time { DecodeProfiling::HostAndGpu } else { DecodeProfiling::Host });
@@ -266,6 +277,7 @@ pub async fn measure(
     let first = now_ms();
     while session.next(engine).await?.is_some() {}
     let end = now_ms();
+    let caption_pipelines = engine.gpu.pipelines.compiled().len() - compiled;
     let generated = session.generated().len();
     let t = session.timings;
     let memory: MemoryUsage = session.memory(engine);
@@ -286,6 +298,9 @@ pub async fn measure(
         max_storage_binding: engine.gpu.caps.max_storage_binding,
         max_buffer_size: engine.gpu.caps.max_buffer_size,
         load_ms,
+        prepare_ms: prepared.ms,
+        prepared_pipelines: prepared.pipelines,
+        caption_pipelines,
         preprocess_ms: t.preprocess_ms,
         vision_ms: t.vision_ms,
         prefill_ms: t.prefill_ms,

@@ -1,0 +1,95 @@
+//! Compiling a caption's pipelines before the caption is asked for.
+//!
+//! A pipeline compiles the first time a pass records a dispatch of it, and the recording waits
+//! for the compilation ([`crate::pipelines::Pipelines::compile`]), with the GPU idle: a pass is
+//! submitted after it is recorded. On a software adapter that is seconds of the first caption's
+//! time to first token (SwiftShader compiles a large written-out kernel in hundreds of
+//! milliseconds). [`Model::prepare`] records the passes of a caption — the vision tower of its
+//! tiles, the prefill of its prompt with their image rows, one decode step and its argmax — into
+//! an encoder that it drops unsubmitted: every pipeline those passes use compiles, nothing runs,
+//! and nothing a generation holds is touched (the passes get a KV cache, activations and kernel
+//! scratch of their own, dropped at the end). A pass chooses its kernels from its shapes (tokens, keys, tiles), so
+//! a caption with another prompt length or tile count may still compile a variant or two.
+
+use super::interrupt::Interrupt;
+use super::kv_cache::KvCache;
+use super::scratch::{Scratch, f32_buffer};
+use super::{Model, text, vision};
+use crate::device::{Gpu, now_ms};
+use crate::error::{Result, RuntimeError};
+use crate::kernels::argmax::Argmax;
+use crate::kernels::embed::ImageFeatures;
+
+/// What [`Model::prepare`] did.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Prepared {
+    /// Pipelines it compiled (those compiled before it are not counted).
+    pub pipelines: usize,
+    /// Host milliseconds it took (the compilations and the recording).
+    pub ms: f64,
+}
+
+impl Model {
+    /// Compile the pipelines of a caption of `tiles` image tiles (0: a text prompt) whose
+    /// prompt has `prompt_tokens` tokens, the image's rows among them, by recording its passes
+    /// without running them (see the module documentation). The passes' own checks apply: a
+    /// prompt without room for one generated token is a typed error, as its generation would be.
+    pub async fn prepare(&self, gpu: &Gpu, tiles: usize, prompt_tokens: usize) -> Result<Prepared> {
+        let (start, compiled) = (now_ms(), gpu.pipelines.compiled().len());
+        let cfg = &self.config;
+        let rows = tiles * cfg.image_seq_len();
+        if prompt_tokens == 0 || prompt_tokens < rows {
+            return Err(RuntimeError::Shape(format!(
+                "a {prompt_tokens}-token prompt cannot hold the {rows} rows of {tiles} image tiles"
+            )));
+        }
+        if prompt_tokens >= self.max_positions() {
+            let limit = self.max_positions();
+            return Err(RuntimeError::PromptTooLong { tokens: prompt_tokens, max_new_tokens: 1, limit });
+        }
+        let mut encoder = gpu.encoder();
+        let never = &mut Interrupt::never();
+        let features = match tiles {
+            0 => None,
+            _ => {
+                let v = &cfg.vision;
+                let bytes = (tiles * v.num_channels * v.image_size * v.image_size * 4) as u64;
+                let pixels = gpu.zeroed_buffer("pixel values", bytes).await?;
+                Some(vision::encode_image(gpu, &mut encoder, never, cfg, &self.vision, &pixels, tiles).await?)
+            }
+        };
+        let image =
+            features.as_ref().map(|f| ImageFeatures { features: f, rows, token_id: cfg.image_token_id });
+        let layout = self.text.cache_layout(cfg, self.cache_kind);
+        let mut cache = KvCache::new(gpu, &layout, prompt_tokens + 1).await?;
+        let vocab = cfg.text.vocab_size;
+        let logits = f32_buffer(gpu, "logits", vocab).await?;
+        let ids = gpu.zeroed_buffer("prompt ids", (prompt_tokens * 4) as u64).await?;
+        let (text, cache) = (&self.text, &mut cache);
+        let prefill = &mut Scratch::default();
+        text::forward(
+            gpu,
+            &mut encoder,
+            never,
+            prefill,
+            cfg,
+            text,
+            cache,
+            &ids,
+            prompt_tokens,
+            image,
+            &logits,
+        )
+        .await?;
+        let token = gpu.zeroed_buffer("token id", 4).await?;
+        let step = &mut Scratch::default();
+        text::forward(gpu, &mut encoder, never, step, cfg, text, cache, &token, 1, None, &logits).await?;
+        let argmax = gpu.zeroed_buffer("argmax", 4).await?;
+        Argmax.encode(gpu, &mut encoder, 1, vocab, &logits, &argmax).await?;
+        // Dropped unsubmitted: the passes were recorded for their pipelines only. The kernel
+        // scratch they grew goes too, so the caption holds (and counts) what it would have.
+        drop(encoder);
+        gpu.drop_kernel_scratch();
+        Ok(Prepared { pipelines: gpu.pipelines.compiled().len() - compiled, ms: now_ms() - start })
+    }
+}
