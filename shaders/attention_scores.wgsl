@@ -66,34 +66,12 @@
 #endif
 #endif
 
-// Queries per row block (encode_scores' SCORE_ROWS): Index8 and Rows8 write its 8 out.
+// Queries per row block (encode_scores' SCORE_ROWS): lib/block.wgsl's Index8 and Rows8 write its
+// 8 out.
 const ROWS: u32 = 8u;
 
 // Keys 64 at a time (16 vec4s) per block of a blocked sum.
 const SUM_BLOCK4: u32 = 16u;
-
-// Per query of a row block: an index, or a vec4 (structs, not arrays: see the top).
-struct Index8 {
-    r0: u32,
-    r1: u32,
-    r2: u32,
-    r3: u32,
-    r4: u32,
-    r5: u32,
-    r6: u32,
-    r7: u32,
-}
-
-struct Rows8 {
-    r0: vec4<f32>,
-    r1: vec4<f32>,
-    r2: vec4<f32>,
-    r3: vec4<f32>,
-    r4: vec4<f32>,
-    r5: vec4<f32>,
-    r6: vec4<f32>,
-    r7: vec4<f32>,
-}
 
 // The row block of this call's local block lb: (b, h, first query).
 struct Block {
@@ -118,10 +96,7 @@ fn block_keys(blk: Block) -> u32 {
 // clamped row repeats its work and stores nothing): the block's query indices (base i0, stride
 // 1) or the offsets of its score rows.
 fn block_rows(blk: Block, base: u32, stride: u32) -> Index8 {
-    let last = params.queries - 1u - blk.i0;
-    return Index8(base, base + min(1u, last) * stride, base + min(2u, last) * stride,
-        base + min(3u, last) * stride, base + min(4u, last) * stride, base + min(5u, last) * stride,
-        base + min(6u, last) * stride, base + min(7u, last) * stride);
+    return clamped_rows(base, params.queries - 1u - blk.i0, stride);
 }
 
 #ifdef STAGE_SCORES
@@ -153,12 +128,7 @@ fn quad_scores(acc: Rows8, x: Rows8, kq: KeyQuad, d: u32) -> Rows8 {
     let k1 = key4(kq.row.y, kq.j.y, d);
     let k2 = key4(kq.row.z, kq.j.z, d);
     let k3 = key4(kq.row.w, kq.j.w, d);
-    return Rows8(
-        block_step(acc.r0, x.r0, k0, k1, k2, k3), block_step(acc.r1, x.r1, k0, k1, k2, k3),
-        block_step(acc.r2, x.r2, k0, k1, k2, k3), block_step(acc.r3, x.r3, k0, k1, k2, k3),
-        block_step(acc.r4, x.r4, k0, k1, k2, k3), block_step(acc.r5, x.r5, k0, k1, k2, k3),
-        block_step(acc.r6, x.r6, k0, k1, k2, k3), block_step(acc.r7, x.r7, k0, k1, k2, k3),
-    );
+    return rows_step(acc, x, k0, k1, k2, k3);
 }
 
 // The block's scores of key quad c (past the rows' vec4s: nothing), scaled, into its 8 rows from
@@ -208,19 +178,47 @@ fn probs(pr: Index8, c: u32) -> Rows8 {
         scores[pr.r4 + c], scores[pr.r5 + c], scores[pr.r6 + c], scores[pr.r7 + c]);
 }
 
+// Keys 4c..4c+3 (clamped to the block's last visible key n - 1: past a row's keys its p is 0)
+// and each key's row scale, read once for the invocation's value columns.
+struct ValueKeys {
+    j: vec4<u32>,
+    s: vec4<f32>,
+}
+
+fn value_keys(b: u32, c: u32, n: u32) -> ValueKeys {
+    let j = min(vec4<u32>(4u * c) + vec4<u32>(0u, 1u, 2u, 3u), vec4<u32>(n - 1u));
+    let s = vec4<f32>(value_scale(b, j.x), value_scale(b, j.y), value_scale(b, j.z), value_scale(b, j.w));
+    return ValueKeys(j, s);
+}
+
+// part + the four keys' value vec4 column `col` weighted by their probabilities p, per query.
+fn column_step(part: Rows8, p: Rows8, b: u32, g: u32, keys: ValueKeys, col: u32) -> Rows8 {
+    return weigh_rows(part, p, value4_scaled(b, keys.j.x, g, col, keys.s.x),
+        value4_scaled(b, keys.j.y, g, col, keys.s.y), value4_scaled(b, keys.j.z, g, col, keys.s.z),
+        value4_scaled(b, keys.j.w, g, col, keys.s.w));
+}
+
+// Row r's sum x of value vec4 column col into `out`, if the block has query i0 + r.
+fn store_value(blk: Block, r: u32, col: u32, x: vec4<f32>) {
+    let i = blk.i0 + r;
+    if (i < params.queries) {
+        out[q_row(blk.b, i, blk.h) * VD4 + col] = x;
+    }
+}
+
 // The block's sums of value vec4 column `col` into `out` (only existing queries and columns).
 fn store_column(blk: Block, col: u32, acc: Rows8) {
     if (col >= VD4) {
         return;
     }
-    let rows = array<vec4<f32>, 8>(acc.r0, acc.r1, acc.r2, acc.r3, acc.r4, acc.r5, acc.r6, acc.r7);
-    for (var r = 0u; r < ROWS; r++) {
-        let i = blk.i0 + r;
-        if (i >= params.queries) {
-            return;
-        }
-        out[q_row(blk.b, i, blk.h) * VD4 + col] = rows[r];
-    }
+    store_value(blk, 0u, col, acc.r0);
+    store_value(blk, 1u, col, acc.r1);
+    store_value(blk, 2u, col, acc.r2);
+    store_value(blk, 3u, col, acc.r3);
+    store_value(blk, 4u, col, acc.r4);
+    store_value(blk, 5u, col, acc.r5);
+    store_value(blk, 6u, col, acc.r6);
+    store_value(blk, 7u, col, acc.r7);
 }
 #endif
 
@@ -325,21 +323,10 @@ fn main(
         var part0 = Rows8();
         var part1 = Rows8();
         for (var c = c0; c < min(c0 + SUM_BLOCK4, n4); c++) {
-            // Keys 4c..4c+3 (clamped to the last visible key: its p is 0 past a row's keys).
-            let j0 = min(4u * c, n - 1u);
-            let j1 = min(4u * c + 1u, n - 1u);
-            let j2 = min(4u * c + 2u, n - 1u);
-            let j3 = min(4u * c + 3u, n - 1u);
+            let keys = value_keys(blk.b, c, n);
             let p = probs(pr, c);
-            // each key's row scale read once for its value vec4s
-            let s0 = value_scale(blk.b, j0);
-            let s1 = value_scale(blk.b, j1);
-            let s2 = value_scale(blk.b, j2);
-            let s3 = value_scale(blk.b, j3);
-            part0 = weigh_rows(part0, p, value4_scaled(blk.b, j0, g, col0, s0), value4_scaled(blk.b, j1, g, col0, s1),
-                value4_scaled(blk.b, j2, g, col0, s2), value4_scaled(blk.b, j3, g, col0, s3));
-            part1 = weigh_rows(part1, p, value4_scaled(blk.b, j0, g, col1, s0), value4_scaled(blk.b, j1, g, col1, s1),
-                value4_scaled(blk.b, j2, g, col1, s2), value4_scaled(blk.b, j3, g, col1, s3));
+            part0 = column_step(part0, p, blk.b, g, keys, col0);
+            part1 = column_step(part1, p, blk.b, g, keys, col1);
         }
         acc0 = add_rows(acc0, part0);
         acc1 = add_rows(acc1, part1);

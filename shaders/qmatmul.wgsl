@@ -312,105 +312,73 @@ fn widen_quad(b: vec4<u32>) -> Widened {
     return Widened(widen(b.x), widen(b.y), widen(b.z), widen(b.w));
 }
 
-// Per token of the block's eight (structs, not arrays: the browser's CPU adapter keeps members
-// in registers where it keeps an array indexed in a loop in memory): four activation words,
-// four widened values or four columns' sums, a row's first vec4, four columns' i32 sums.
+// Per token of the block's eight, beside lib/block.wgsl's Index8 (a row's first vec4) and Rows8
+// (four widened values or four columns' sums): four activation words, four columns' i32 sums.
 struct Words {
-    t0: vec4<u32>,
-    t1: vec4<u32>,
-    t2: vec4<u32>,
-    t3: vec4<u32>,
-    t4: vec4<u32>,
-    t5: vec4<u32>,
-    t6: vec4<u32>,
-    t7: vec4<u32>,
-}
-
-struct Tokens {
-    t0: vec4<f32>,
-    t1: vec4<f32>,
-    t2: vec4<f32>,
-    t3: vec4<f32>,
-    t4: vec4<f32>,
-    t5: vec4<f32>,
-    t6: vec4<f32>,
-    t7: vec4<f32>,
-}
-
-struct Rows {
-    t0: u32,
-    t1: u32,
-    t2: u32,
-    t3: u32,
-    t4: u32,
-    t5: u32,
-    t6: u32,
-    t7: u32,
+    r0: vec4<u32>,
+    r1: vec4<u32>,
+    r2: vec4<u32>,
+    r3: vec4<u32>,
+    r4: vec4<u32>,
+    r5: vec4<u32>,
+    r6: vec4<u32>,
+    r7: vec4<u32>,
 }
 
 struct Sums {
-    t0: vec4<i32>,
-    t1: vec4<i32>,
-    t2: vec4<i32>,
-    t3: vec4<i32>,
-    t4: vec4<i32>,
-    t5: vec4<i32>,
-    t6: vec4<i32>,
-    t7: vec4<i32>,
+    r0: vec4<i32>,
+    r1: vec4<i32>,
+    r2: vec4<i32>,
+    r3: vec4<i32>,
+    r4: vec4<i32>,
+    r5: vec4<i32>,
+    r6: vec4<i32>,
+    r7: vec4<i32>,
 }
 
 // The eight tokens' activation words 4q..4q+3 (rows r start at those vec4s).
-fn token_words(r: Rows, q: u32) -> Words {
-    return Words(qa[r.t0 + q], qa[r.t1 + q], qa[r.t2 + q], qa[r.t3 + q],
-        qa[r.t4 + q], qa[r.t5 + q], qa[r.t6 + q], qa[r.t7 + q]);
+fn token_words(r: Index8, q: u32) -> Words {
+    return Words(qa[r.r0 + q], qa[r.r1 + q], qa[r.r2 + q], qa[r.r3 + q],
+        qa[r.r4 + q], qa[r.r5 + q], qa[r.r6 + q], qa[r.r7 + q]);
 }
 
 // Activation word i of the four (i constant at every call), widened, per token.
-fn word(a: Words, i: u32) -> Tokens {
-    return Tokens(widen(a.t0[i]), widen(a.t1[i]), widen(a.t2[i]), widen(a.t3[i]),
-        widen(a.t4[i]), widen(a.t5[i]), widen(a.t6[i]), widen(a.t7[i]));
+fn word(a: Words, i: u32) -> Rows8 {
+    return Rows8(widen(a.r0[i]), widen(a.r1[i]), widen(a.r2[i]), widen(a.r3[i]),
+        widen(a.r4[i]), widen(a.r5[i]), widen(a.r6[i]), widen(a.r7[i]));
 }
 
 // f + every token's four values x times the quad's four columns' four values k.
-fn quad_step(f: Tokens, x: Tokens, k: Widened) -> Tokens {
-    return Tokens(
-        block_step(f.t0, x.t0, k.c0, k.c1, k.c2, k.c3),
-        block_step(f.t1, x.t1, k.c0, k.c1, k.c2, k.c3),
-        block_step(f.t2, x.t2, k.c0, k.c1, k.c2, k.c3),
-        block_step(f.t3, x.t3, k.c0, k.c1, k.c2, k.c3),
-        block_step(f.t4, x.t4, k.c0, k.c1, k.c2, k.c3),
-        block_step(f.t5, x.t5, k.c0, k.c1, k.c2, k.c3),
-        block_step(f.t6, x.t6, k.c0, k.c1, k.c2, k.c3),
-        block_step(f.t7, x.t7, k.c0, k.c1, k.c2, k.c3),
-    );
+fn quad_step(f: Rows8, x: Rows8, k: Widened) -> Rows8 {
+    return rows_step(f, x, k.c0, k.c1, k.c2, k.c3);
 }
 
 // acc + a chunk's exact f32 sums.
-fn add_chunk(acc: Sums, f: Tokens) -> Sums {
-    return Sums(acc.t0 + vec4<i32>(f.t0), acc.t1 + vec4<i32>(f.t1), acc.t2 + vec4<i32>(f.t2),
-        acc.t3 + vec4<i32>(f.t3), acc.t4 + vec4<i32>(f.t4), acc.t5 + vec4<i32>(f.t5),
-        acc.t6 + vec4<i32>(f.t6), acc.t7 + vec4<i32>(f.t7));
+fn add_chunk(acc: Sums, f: Rows8) -> Sums {
+    return Sums(acc.r0 + vec4<i32>(f.r0), acc.r1 + vec4<i32>(f.r1), acc.r2 + vec4<i32>(f.r2),
+        acc.r3 + vec4<i32>(f.r3), acc.r4 + vec4<i32>(f.r4), acc.r5 + vec4<i32>(f.r5),
+        acc.r6 + vec4<i32>(f.r6), acc.r7 + vec4<i32>(f.r7));
 }
 
 // u after group g of quad cq, per token (`add_group`).
-fn add_groups(u: Tokens, acc: Sums, cq: u32, g: u32) -> Tokens {
+fn add_groups(u: Rows8, acc: Sums, cq: u32, g: u32) -> Rows8 {
     let s = group_scales(cq * 4u, g);
-    return Tokens(add_group(u.t0, acc.t0, s, g), add_group(u.t1, acc.t1, s, g),
-        add_group(u.t2, acc.t2, s, g), add_group(u.t3, acc.t3, s, g),
-        add_group(u.t4, acc.t4, s, g), add_group(u.t5, acc.t5, s, g),
-        add_group(u.t6, acc.t6, s, g), add_group(u.t7, acc.t7, s, g));
+    return Rows8(add_group(u.r0, acc.r0, s, g), add_group(u.r1, acc.r1, s, g),
+        add_group(u.r2, acc.r2, s, g), add_group(u.r3, acc.r3, s, g),
+        add_group(u.r4, acc.r4, s, g), add_group(u.r5, acc.r5, s, g),
+        add_group(u.r6, acc.r6, s, g), add_group(u.r7, acc.r7, s, g));
 }
 
 // Step 7 for the block's tokens from t0 and quad cq (`store_quad` skips what does not exist).
-fn store_tokens(t0: u32, cq: u32, u: Tokens) {
-    store_quad(t0, cq * 4u, u.t0);
-    store_quad(t0 + 1u, cq * 4u, u.t1);
-    store_quad(t0 + 2u, cq * 4u, u.t2);
-    store_quad(t0 + 3u, cq * 4u, u.t3);
-    store_quad(t0 + 4u, cq * 4u, u.t4);
-    store_quad(t0 + 5u, cq * 4u, u.t5);
-    store_quad(t0 + 6u, cq * 4u, u.t6);
-    store_quad(t0 + 7u, cq * 4u, u.t7);
+fn store_tokens(t0: u32, cq: u32, u: Rows8) {
+    store_quad(t0, cq * 4u, u.r0);
+    store_quad(t0 + 1u, cq * 4u, u.r1);
+    store_quad(t0 + 2u, cq * 4u, u.r2);
+    store_quad(t0 + 3u, cq * 4u, u.r3);
+    store_quad(t0 + 4u, cq * 4u, u.r4);
+    store_quad(t0 + 5u, cq * 4u, u.r5);
+    store_quad(t0 + 6u, cq * 4u, u.r6);
+    store_quad(t0 + 7u, cq * 4u, u.r7);
 }
 
 // Where word 4q of quad cq begins (`quad_words`), for the quads past the last its last.
@@ -441,15 +409,11 @@ fn main(
     // Token rows of the block (in vec4s); rows past the last token repeat it and store nothing.
     let astride = params.aw / 4u;
     let last = params.tokens - 1u;
-    let r = Rows(
-        t0 * astride, min(t0 + 1u, last) * astride, min(t0 + 2u, last) * astride,
-        min(t0 + 3u, last) * astride, min(t0 + 4u, last) * astride, min(t0 + 5u, last) * astride,
-        min(t0 + 6u, last) * astride, min(t0 + 7u, last) * astride,
-    );
-    var u0 = Tokens();
-    var u1 = Tokens();
-    var u2 = Tokens();
-    var u3 = Tokens();
+    let r = clamped_rows(t0 * astride, last - t0, astride);
+    var u0 = Rows8();
+    var u1 = Rows8();
+    var u2 = Rows8();
+    var u3 = Rows8();
     for (var g = 0u; g < params.groups; g++) {
         var acc0 = Sums();
         var acc1 = Sums();
@@ -457,10 +421,10 @@ fn main(
         var acc3 = Sums();
         let q_end = min((g + 1u) * params.group_words, params.ww) / 4u;
         for (var c = g * params.group_words / 4u; c < q_end; c += CHUNK_STEPS) {
-            var f0 = Tokens();
-            var f1 = Tokens();
-            var f2 = Tokens();
-            var f3 = Tokens();
+            var f0 = Rows8();
+            var f1 = Rows8();
+            var f2 = Rows8();
+            var f3 = Rows8();
             for (var q = c; q < min(c + CHUNK_STEPS, q_end); q++) {
                 let a = token_words(r, q);
                 let k0 = quad_at(cq, quads, q);
