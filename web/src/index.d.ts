@@ -54,7 +54,9 @@ export interface LoadOptions {
   /**
    * Compile the GPU kernels a caption uses before the load resolves (default true): the first
    * caption then waits for none of them (seconds on a software adapter), the load a little
-   * longer. false compiles each kernel when a generation first needs it.
+   * longer. false compiles each kernel when a generation first needs it. Preparing needs the GPU
+   * memory of a caption: under a `memoryBudget` too small for one the load rejects with
+   * OutOfMemoryError (with false, only the generations that do not fit reject).
    */
   prepare?: boolean;
 }

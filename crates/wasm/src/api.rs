@@ -87,6 +87,7 @@ pub struct OpenOptions {
     pub kv_cache: CacheKind,
     /// Compile a default caption's pipelines before the load resolves ([`prepare_caption`];
     /// JavaScript's default), so the first caption spends none of its time compiling kernels.
+    /// It records a caption's passes, so a `memory_budget` too small for one fails the load.
     pub prepare: bool,
 }
 

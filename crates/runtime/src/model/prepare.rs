@@ -5,10 +5,11 @@
 //! submitted after it is recorded. On a software adapter that is seconds of the first caption's
 //! time to first token (SwiftShader compiles a large written-out kernel in hundreds of
 //! milliseconds). [`Model::prepare`] records the passes of a caption — the vision tower of its
-//! tiles, the prefill of its prompt with their image rows, one decode step and its argmax — into
-//! an encoder that it drops unsubmitted: every pipeline those passes use compiles, nothing runs,
-//! and nothing a generation holds is touched (the passes get a KV cache, activations and kernel
-//! scratch of their own, dropped at the end). A pass chooses its kernels from its shapes (tokens, keys, tiles), so
+//! tiles, the prefill of its prompt with their image rows, one decode step and its argmax — each
+//! into an encoder that it drops unsubmitted: every pipeline those passes use compiles, nothing
+//! runs, nothing a generation holds is touched (the passes get a KV cache, activations and kernel
+//! scratch of their own, dropped at the end), and no more memory is held at once than the caption
+//! will hold. A pass chooses its kernels from its shapes (tokens, keys, tiles), so
 //! a caption with another prompt length or tile count may still compile a variant or two.
 
 use super::interrupt::Interrupt;
@@ -47,7 +48,8 @@ impl Model {
             let limit = self.max_positions();
             return Err(RuntimeError::PromptTooLong { tokens: prompt_tokens, max_new_tokens: 1, limit });
         }
-        let mut encoder = gpu.encoder();
+        // Each pass in an encoder of its own, dropped unsubmitted once recorded (with it what
+        // it bound), so the prepare holds no more at once than the caption will.
         let never = &mut Interrupt::never();
         let features = match tiles {
             0 => None,
@@ -55,7 +57,8 @@ impl Model {
                 let v = &cfg.vision;
                 let bytes = (tiles * v.num_channels * v.image_size * v.image_size * 4) as u64;
                 let pixels = gpu.zeroed_buffer("pixel values", bytes).await?;
-                Some(vision::encode_image(gpu, &mut encoder, never, cfg, &self.vision, &pixels, tiles).await?)
+                let encoder = &mut gpu.encoder();
+                Some(vision::encode_image(gpu, encoder, never, cfg, &self.vision, &pixels, tiles).await?)
             }
         };
         let image =
@@ -64,31 +67,33 @@ impl Model {
         let mut cache = KvCache::new(gpu, &layout, prompt_tokens + 1).await?;
         let vocab = cfg.text.vocab_size;
         let logits = f32_buffer(gpu, "logits", vocab).await?;
-        let ids = gpu.zeroed_buffer("prompt ids", (prompt_tokens * 4) as u64).await?;
         let (text, cache) = (&self.text, &mut cache);
-        let prefill = &mut Scratch::default();
-        text::forward(
-            gpu,
-            &mut encoder,
-            never,
-            prefill,
-            cfg,
-            text,
-            cache,
-            &ids,
-            prompt_tokens,
-            image,
-            &logits,
-        )
-        .await?;
+        {
+            let ids = gpu.zeroed_buffer("prompt ids", (prompt_tokens * 4) as u64).await?;
+            let (encoder, scratch) = (&mut gpu.encoder(), &mut Scratch::default());
+            text::forward(
+                gpu,
+                encoder,
+                never,
+                scratch,
+                cfg,
+                text,
+                cache,
+                &ids,
+                prompt_tokens,
+                image,
+                &logits,
+            )
+            .await?;
+        }
+        drop(features);
         let token = gpu.zeroed_buffer("token id", 4).await?;
-        let step = &mut Scratch::default();
-        text::forward(gpu, &mut encoder, never, step, cfg, text, cache, &token, 1, None, &logits).await?;
         let argmax = gpu.zeroed_buffer("argmax", 4).await?;
-        Argmax.encode(gpu, &mut encoder, 1, vocab, &logits, &argmax).await?;
-        // Dropped unsubmitted: the passes were recorded for their pipelines only. The kernel
-        // scratch they grew goes too, so the caption holds (and counts) what it would have.
-        drop(encoder);
+        let (encoder, scratch) = (&mut gpu.encoder(), &mut Scratch::default());
+        text::forward(gpu, encoder, never, scratch, cfg, text, cache, &token, 1, None, &logits).await?;
+        Argmax.encode(gpu, encoder, 1, vocab, &logits, &argmax).await?;
+        // The kernel scratch the passes grew goes too, so the caption holds (and counts) what it
+        // would have.
         gpu.drop_kernel_scratch();
         Ok(Prepared { pipelines: gpu.pipelines.compiled().len() - compiled, ms: now_ms() - start })
     }
