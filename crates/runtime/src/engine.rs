@@ -10,7 +10,7 @@
 //! ends the vision tower and the prefill between their parts.
 
 use pocketvlm_format::{Manifest, ModelData};
-use pocketvlm_processor::{Message, Part, Preprocessor, Prompt, RgbImage, StreamDecoder};
+use pocketvlm_processor::{ImageGrid, Message, Part, Preprocessor, Prompt, RgbImage, StreamDecoder};
 
 use crate::device::Gpu;
 use crate::encoder::RecordProfile;
@@ -46,19 +46,21 @@ pub struct Request {
 impl Request {
     /// A single user turn: the image (if any) followed by `text`.
     pub fn caption(text: &str, image: Option<RgbImage>, max_new_tokens: usize) -> Self {
-        let mut parts = Vec::new();
-        if image.is_some() {
-            parts.push(Part::Image);
-        }
-        parts.push(Part::text(text));
         Self {
-            messages: vec![Message::new("user", parts)],
+            messages: Self::caption_messages(text, image.is_some()),
             image,
             split: None,
             max_new_tokens,
             sampling: SamplingOptions::default(),
             stop: Stop::never(),
         }
+    }
+
+    /// The messages of [`Request::caption`]: one user turn, an image part (`with_image`)
+    /// followed by `text`.
+    pub fn caption_messages(text: &str, with_image: bool) -> Vec<Message> {
+        let image = with_image.then_some(Part::Image);
+        vec![Message::new("user", image.into_iter().chain([Part::text(text)]).collect())]
     }
 }
 
@@ -110,15 +112,33 @@ impl Engine {
     /// kernels ([`Model::prepare`]; nothing runs, no state changes). Its image's pixels are not
     /// read, only its size.
     pub async fn prepare(&self, request: &Request) -> Result<Prepared> {
-        let text = self.prompt.render(&request.messages, true)?;
-        let split = request.split.unwrap_or(self.preprocessor.default_split());
-        let grids = match &request.image {
-            Some(image) => vec![self.preprocessor.grid_for(image.width(), image.height(), split)?],
+        let size = request.image.as_ref().map(|image| (image.width(), image.height()));
+        self.prepare_for(&request.messages, size, request.split).await
+    }
+
+    /// [`Engine::prepare`] for a request of `messages` with an image of `image_size` (width,
+    /// height; `None` without an image) split as `split` asks, without the image itself.
+    pub async fn prepare_for(
+        &self,
+        messages: &[Message],
+        image_size: Option<(usize, usize)>,
+        split: Option<bool>,
+    ) -> Result<Prepared> {
+        let split = split.unwrap_or(self.preprocessor.default_split());
+        let grids = match image_size {
+            Some((width, height)) => vec![self.preprocessor.grid_for(width, height, split)?],
             None => Vec::new(),
         };
-        let prompt_ids = self.prompt.encode(&text, &grids)?;
+        let prompt_ids = self.prompt_ids(messages, &grids)?;
         let tiles = grids.iter().map(|g| g.n_tiles()).sum();
         self.model.prepare(&self.gpu, tiles, prompt_ids.len()).await
+    }
+
+    /// The prompt's token ids: `messages` rendered by the chat template with the generation
+    /// prompt, each image part expanded for its grid.
+    fn prompt_ids(&self, messages: &[Message], grids: &[ImageGrid]) -> Result<Vec<u32>> {
+        let text = self.prompt.render(messages, true)?;
+        Ok(self.prompt.encode(&text, grids)?)
     }
 
     /// Preprocess, encode the image, prefill the prompt.
@@ -138,14 +158,13 @@ impl Engine {
             return Err(RuntimeError::Aborted("before the prompt was processed".into()));
         }
         let t0 = now_ms();
-        let text = self.prompt.render(&request.messages, true)?;
         let split = request.split.unwrap_or(self.preprocessor.default_split());
         let prepared = match &request.image {
             Some(image) => Some(self.preprocessor.preprocess(image, split)?),
             None => None,
         };
         let grids: Vec<_> = prepared.iter().map(|p| p.grid()).collect();
-        let prompt_ids = self.prompt.encode(&text, &grids)?;
+        let prompt_ids = self.prompt_ids(&request.messages, &grids)?;
         let image_key = request.image.map(|image| (image, split));
         let previous = previous.map(|p| {
             let keep = p.generator.reusable_prefix(&self.model, &prompt_ids, p.image == image_key);

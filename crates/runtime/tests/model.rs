@@ -252,11 +252,21 @@ fn low_rank_tiny_models_match_the_cpu_reference() {
                 // A key depends only on its own INT8 latent and position: the kept keys (one
                 // rebuild per token, as it enters) are bit for bit the ones rebuilt every step.
                 let mut logits = Vec::new();
-                for kind in [CacheKind::Latent, CacheKind::LatentKeys] {
+                for kind in [CacheKind::Latent, CacheKind::LatentKeys, CacheKind::Plain] {
                     engine.model.cache_kind = kind;
                     logits.push(decode_logits(&engine, 10).await);
                 }
                 assert!(logits[0] == logits[1], "{}: kept keys changed the logits", recipe.name);
+                // The prefill rebuilds every token's values from its cached INT8 latent (the
+                // contract's product, as the plain cache computes them) instead of absorbing
+                // v_up: its logits are the plain cache's bit for bit; decode steps absorb.
+                for latent in &logits[..2] {
+                    let what = recipe.name;
+                    assert!(
+                        latent[0] == logits[2][0],
+                        "{what}: the prefill's values differ from the plain cache's"
+                    );
+                }
             }
             {
                 // Quantized: r INT8 values in whole groups of four words and the f32 scale per

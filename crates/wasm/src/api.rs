@@ -153,8 +153,9 @@ async fn upload(
 /// tiles, or with a longer prompt, may still compile a variant or two of its own.
 async fn prepare_caption(engine: &Engine) -> Result<(), WebError> {
     let side = engine.model.config.vision.image_size;
-    let picture = RgbImage::new(side, side, vec![0; side * side * 3])?;
-    engine.prepare(&GenerateOptions::default().caption_request(picture)?).await?;
+    let options = GenerateOptions::default();
+    let messages = Request::caption_messages(options.caption_prompt(), true);
+    engine.prepare_for(&messages, Some((side, side)), options.split_image).await?;
     Ok(())
 }
 

@@ -68,10 +68,14 @@ impl GenerateOptions {
         Ok(n)
     }
 
+    /// The text of a caption's user turn: the prompt option, or the default.
+    pub fn caption_prompt(&self) -> &str {
+        self.prompt.as_deref().unwrap_or(DEFAULT_PROMPT)
+    }
+
     /// A captioning request: one user turn with the image and the prompt.
     pub fn caption_request(&self, image: RgbImage) -> Result<Request, WebError> {
-        let prompt = self.prompt.as_deref().unwrap_or(DEFAULT_PROMPT);
-        let mut request = Request::caption(prompt, Some(image), self.max_new_tokens()?);
+        let mut request = Request::caption(self.caption_prompt(), Some(image), self.max_new_tokens()?);
         request.split = self.split_image;
         request.sampling = self.sampling()?;
         Ok(request)

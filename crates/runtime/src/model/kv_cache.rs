@@ -14,8 +14,11 @@
 //! buffer shared by all layers. Each step then rebuilds the keys of all cached
 //! tokens (`k_up` on the cache) into a transient buffer shared by all layers, which attention
 //! reads with RoPE applied as it loads each key at its own position
-//! ([`crate::kernels::attention::Attention::rope`]); it never rebuilds values: it sums the latents
-//! with the softmax weights and applies `v_up` once per head ([`crate::kernels::latent`]).
+//! ([`crate::kernels::attention::Attention::rope`]); a decode step never rebuilds values: it sums
+//! the latents with the softmax weights and applies `v_up` once per head
+//! ([`crate::kernels::latent`]). A pass of many new tokens against few cached ones (a prompt's
+//! prefill) rebuilds every cached token's values once instead, in the product that rebuilds the
+//! keys, where that takes fewer multiply-adds ([`super::text::rebuilds_values`]).
 //!
 //! **Latent with kept keys** ([`CacheKind::LatentKeys`]): the same latent, and beside it each
 //! token's keys, rebuilt from its cached latent once, when the token enters, and kept before RoPE

@@ -135,6 +135,22 @@ impl Model {
         self.text.max_positions
     }
 
+    /// A prompt of `tokens` tokens leaves room for `max_new_tokens` generated ones within
+    /// [`Model::max_positions`], or the typed error saying it does not.
+    pub fn check_room(&self, tokens: usize, max_new_tokens: usize) -> Result<()> {
+        let limit = self.max_positions();
+        if tokens >= limit || max_new_tokens > limit - tokens {
+            return Err(RuntimeError::PromptTooLong { tokens, max_new_tokens, limit });
+        }
+        Ok(())
+    }
+
+    /// f32 pixel values of `tiles` image tiles (`[tiles, channels, S, S]`).
+    pub fn pixel_values_len(&self, tiles: usize) -> usize {
+        let v = &self.config.vision;
+        tiles * v.num_channels * v.image_size * v.image_size
+    }
+
     /// Run the vision tower and connector on `tiles` tiles of pixel values (f32
     /// `[tiles, 3, S, S]`), in parts that `stop` can end ([`Interrupt`]).
     pub async fn encode_image(
@@ -145,8 +161,7 @@ impl Model {
         stop: &Stop,
     ) -> Result<ImageEmbedding> {
         let v = &self.config.vision;
-        let want = tiles * v.num_channels * v.image_size * v.image_size;
-        if tiles == 0 || pixels.len() != want {
+        if tiles == 0 || pixels.len() != self.pixel_values_len(tiles) {
             return Err(RuntimeError::Shape(format!(
                 "{} pixel values for {tiles} tiles of {}×{}×{}",
                 pixels.len(),
@@ -312,13 +327,10 @@ impl Generator {
         stop: &Stop,
     ) -> Result<Self> {
         let cfg = &model.config;
-        let limit = model.max_positions();
         if prompt.is_empty() {
             return Err(RuntimeError::Shape("empty prompt".into()));
         }
-        if prompt.len() >= limit || max_new_tokens > limit - prompt.len() {
-            return Err(RuntimeError::PromptTooLong { tokens: prompt.len(), max_new_tokens, limit });
-        }
+        model.check_room(prompt.len(), max_new_tokens)?;
         if let Some(bad) = prompt.iter().find(|&&id| id as usize >= cfg.text.vocab_size) {
             return Err(RuntimeError::Shape(format!("token id {bad} is outside the vocabulary")));
         }

@@ -44,19 +44,14 @@ impl Model {
                 "a {prompt_tokens}-token prompt cannot hold the {rows} rows of {tiles} image tiles"
             )));
         }
-        if prompt_tokens >= self.max_positions() {
-            let limit = self.max_positions();
-            return Err(RuntimeError::PromptTooLong { tokens: prompt_tokens, max_new_tokens: 1, limit });
-        }
+        self.check_room(prompt_tokens, 1)?;
         // Each pass in an encoder of its own, dropped unsubmitted once recorded (with it what
         // it bound), so the prepare holds no more at once than the caption will.
         let never = &mut Interrupt::never();
         let features = match tiles {
             0 => None,
             _ => {
-                let v = &cfg.vision;
-                let bytes = (tiles * v.num_channels * v.image_size * v.image_size * 4) as u64;
-                let pixels = gpu.zeroed_buffer("pixel values", bytes).await?;
+                let pixels = f32_buffer(gpu, "pixel values", self.pixel_values_len(tiles)).await?;
                 let encoder = &mut gpu.encoder();
                 Some(vision::encode_image(gpu, encoder, never, cfg, &self.vision, &pixels, tiles).await?)
             }

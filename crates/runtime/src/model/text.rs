@@ -4,7 +4,8 @@
 //! into the `<image>` positions; per layer `h = RMSNorm(x)`, `q,k,v = h·W_{q,k,v}ᵀ` ([`Qkv`]),
 //! `k, v` appended to the cache, `x += o_proj(CausalGQA(RoPE(q), RoPE(K[..p0+T]), V[..p0+T]))`
 //! — or, for a layer with a latent cache ([`super::kv_cache`]), the latent appended, `K` rebuilt
-//! from it (every cached key each step, or the new ones once and kept) and `V` absorbed. Every
+//! from it (every cached key each step, or the new ones once and kept) and `V` absorbed (or, in
+//! a pass of many new tokens, rebuilt: [`rebuilds_values`]). Every
 //! cache keeps its keys before RoPE: attention rotates the queries and keys as it reads them;
 //! `x += down(silu(gate(RMSNorm(x))) ⊙ up(RMSNorm(x)))`; then the final RMSNorm and `lm_head` on
 //! the last position only.
@@ -14,7 +15,7 @@ use pocketvlm_format::{ModelConfig, TextConfig};
 
 use super::interrupt::Interrupt;
 use super::kv_cache::{CacheKind, CacheLayout, KvCache, LayerCache};
-use super::linear::{Embedding, LayerInput, Linear, Matrix, forward_shared, input_quantization};
+use super::linear::{Embedding, LayerInput, Linear, Matrix, forward_shared, input_quantization, products};
 use super::qkv::{Qkv, Queries, Ups};
 use super::scratch::Scratch;
 use super::weights::WeightLoader;
@@ -213,6 +214,21 @@ impl NormStep {
     }
 }
 
+/// Whether a pass of `tokens` new tokens with `ctx` cached after it (theirs included) rebuilds the
+/// values of a latent cache instead of absorbing `v_up`. Rebuilding is `v = v_up · c` for every
+/// cached token — the contract's steps 6–7 on the cached INT8 pair, exactly the plain cache's
+/// values (or the float ups on the widened bf16 latents) — `ctx · d_kv · r` multiply-adds in one
+/// product per layer, then attention over per-head values. Absorbing sums `ĉ = Σ_t p_t c_t` per
+/// query head and applies `v_up` to it: `tokens · heads · head_dim · r` multiply-adds in float, and
+/// the attention's values stage reads `r`-wide rows for every query head. With
+/// `d_kv = kv_heads · head_dim`, a pass rebuilds iff `ctx · kv_heads ≤ tokens · heads`: a first
+/// prefill always (`ctx = tokens`, `heads / kv_heads` times fewer multiply-adds), a follow-up turn
+/// whose new tokens are few against the context absorbs, and a decode step (one token) always
+/// absorbs, never rebuilding V for past tokens.
+pub fn rebuilds_values(tokens: usize, ctx: usize, heads: usize, kv_heads: usize) -> bool {
+    tokens > 1 && ctx * kv_heads <= tokens * heads
+}
+
 /// Record only the attention half of one decode step, every layer (the projections, the cache
 /// write at row `cache.len` — not counted as cached —, the key rebuild of a latent layer,
 /// attention and the value projection) on the normed hidden row `normed` (f32 `[d]`): what the
@@ -251,7 +267,11 @@ struct AttentionPass<'a> {
     /// Keys of all cached tokens rebuilt from a latent cache that keeps none (f32 `[p0 + tokens,
     /// d_kv]`).
     rebuilt: Option<DeviceBuffer>,
-    /// Softmax-weighted latent sums per query head (f32 `[tokens, heads, ≤ 4·words]`).
+    /// Values of all cached tokens rebuilt from a latent cache, where this pass rebuilds them
+    /// ([`rebuilds_values`]; f32 `[p0 + tokens, d_kv]`).
+    rebuilt_values: Option<DeviceBuffer>,
+    /// Softmax-weighted latent sums per query head, where this pass absorbs `v_up` instead (f32
+    /// `[tokens, heads, ≤ 4·words]`).
     sums: Option<DeviceBuffer>,
     /// A bf16 latent cache widened to f32 (`[p0 + tokens, rank]`), shared by all layers.
     widened: Option<DeviceBuffer>,
@@ -287,6 +307,8 @@ impl<'a> AttentionPass<'a> {
             .unwrap_or(0);
         let latent = widest > 0;
         let rebuilds = cache.layers.iter().any(|l| l.is_latent() && l.kept_keys().is_none());
+        let values = latent
+            && rebuilds_values(tokens, cache.len + tokens, c.num_attention_heads, c.num_key_value_heads);
         let bf16_rank = cache
             .layers
             .iter()
@@ -303,7 +325,12 @@ impl<'a> AttentionPass<'a> {
             k: scratch.f32(gpu, "text k", tokens * dkv).await?,
             v: scratch.f32(gpu, "text v", tokens * dkv).await?,
             rebuilt: if rebuilds { Some(scratch.f32(gpu, "rebuilt keys", rows * dkv).await?) } else { None },
-            sums: if latent {
+            rebuilt_values: if values {
+                Some(scratch.f32(gpu, "rebuilt values", rows * dkv).await?)
+            } else {
+                None
+            },
+            sums: if latent && !values {
                 Some(scratch.f32(gpu, "latent sums", tokens * c.num_attention_heads * widest).await?)
             } else {
                 None
@@ -357,7 +384,7 @@ impl<'a> AttentionPass<'a> {
                     .await;
             }
             (Qkv::Joint(j), LayerCache::LatentI8 { words, scales, words_per_row, keys: kept }) => {
-                let Ups::Quant { q: q_up, k: k_up, .. } = j.ups() else {
+                let Ups::Quant { q: q_up, k: k_up, v: v_up } = j.ups() else {
                     return Err(RuntimeError::Shape("an INT8 latent cache for float ups".into()));
                 };
                 let r = j.rank();
@@ -372,14 +399,24 @@ impl<'a> AttentionPass<'a> {
                 if let Some(q_up) = q_up {
                     q_up.product(gpu, encoder, &new, (&self.q, 0)).await?;
                 }
-                if kept.is_some() {
-                    // the new tokens' keys only, from the integers and scales they are cached as
-                    k_up.product(gpu, encoder, &new, (&self.k, 0)).await?;
-                } else {
-                    let all = QuantizedRows::new(words, scales, ctx, stride).spanning(self.capacity);
-                    k_up.product(gpu, encoder, &all, (self.rebuilt()?, 0)).await?;
+                // The keys of the new tokens only (kept: from the integers and scales they are
+                // cached as) or of all cached ones, and where this pass rebuilds them the values
+                // of all (one product with the keys where the ups are stacked).
+                let (mut from_new, mut from_all) = (Vec::new(), Vec::new());
+                match kept {
+                    Some(_) => from_new.push((k_up, (&*self.k, 0))),
+                    None => from_all.push((k_up, (self.rebuilt()?, 0))),
                 }
-                (j, Values::LatentI8 { words, scales, words_per_row: *words_per_row })
+                if let Some(v) = &self.rebuilt_values {
+                    from_all.push((v_up, (&**v, 0)));
+                }
+                let all = QuantizedRows::new(words, scales, ctx, stride).spanning(self.capacity);
+                products(gpu, encoder, &new, &from_new).await?;
+                products(gpu, encoder, &all, &from_all).await?;
+                match &self.rebuilt_values {
+                    Some(v) => (j, Values::PerHead(v)),
+                    None => (j, Values::LatentI8 { words, scales, words_per_row: *words_per_row }),
+                }
             }
             (Qkv::Joint(j), LayerCache::LatentBf16 { rows, rank, keys: kept }) => {
                 // the new latents rounded into the cache; queries from the unrounded ones; keys
@@ -405,13 +442,19 @@ impl<'a> AttentionPass<'a> {
                     let rebuilt = self.rebuilt()?.clone();
                     j.k_up.forward(gpu, encoder, scratch, ctx, widened, &rebuilt).await?;
                 }
-                (j, Values::LatentF32 { rows: widened, width: *rank })
+                match &self.rebuilt_values {
+                    Some(v) => {
+                        j.v_up.forward(gpu, encoder, scratch, ctx, widened, v).await?;
+                        (j, Values::PerHead(v))
+                    }
+                    None => (j, Values::LatentF32 { rows: widened, width: *rank }),
+                }
             }
             _ => return Err(RuntimeError::Shape("a latent cache for a layer without a joint QKV".into())),
         };
         // Latent cache: the new keys appended to the kept keys, or every key rebuilt; attention
-        // rotating the queries and keys (key j at position j) as it reads them and summing
-        // latents, then v_up once per head.
+        // rotating the queries and keys (key j at position j) as it reads them, over the rebuilt
+        // values or summing latents, then v_up once per head.
         let keys: &wgpu::Buffer = match layer.kept_keys() {
             Some(kept) => {
                 CopyRows::append(tokens, dkv, p0).encode(gpu, encoder, &self.k, &kept.buffer)?;
@@ -420,6 +463,11 @@ impl<'a> AttentionPass<'a> {
             None => self.rebuilt()?,
         };
         let kernel = Attention { rope: true, ..Attention::with_values(gpu, &causal, values.kind()) };
+        if let Values::PerHead(_) = values {
+            return kernel
+                .encode_rotating(gpu, encoder, causal, &self.q, keys, rope, &values, &self.attn)
+                .await;
+        }
         let sums = self.sums.as_ref().ok_or_else(|| RuntimeError::Shape("no latent sums buffer".into()))?;
         kernel.encode_rotating(gpu, encoder, causal, &self.q, keys, rope, &values, sums).await?;
         let (weights, bias) = match &joint.v_up {
