@@ -47,7 +47,7 @@
 // where lane 0 adds them (exact in any order) and dequantizes: the same acc, the same f32
 // operations in the same order, so the same bits as the default.
 //
-// With FLOAT_SUMS (blocks of tokens, INT8 weights, VEC4; the browser's CPU adapter): blocks of
+// With FLOAT_SUMS (blocks of tokens, INT8 weights, VEC4; CPU adapters): blocks of
 // eight tokens by four quads whose integer sums run as exact f32 fmas on widened values, in
 // chunks short enough that every partial sum is an integer f32 holds (see CHUNK_STEPS): the same
 // acc, so the same bits as the default.
@@ -389,7 +389,7 @@ fn quad_at(cq: u32, quads: u32, q: u32) -> vec2<u32> {
 
 // Blocks of eight tokens by four quads (16 columns), INT8 weights, four-word loads: the same
 // exact i32 sums per group as the default, run as f32 fmas on widened integers in chunks of
-// CHUNK_STEPS steps (the browser's CPU adapter runs them faster than dot4I8Packed); each word
+// CHUNK_STEPS steps (CPU adapters run them faster than dot4I8Packed); each word
 // of the tokens is widened once for the four quads and each column's once for the eight
 // tokens. The dequantization after is the default's.
 @compute @workgroup_size(64, 1, 1)

@@ -39,8 +39,9 @@ pub struct Capabilities {
     /// Speed XVI); everywhere else four words at a time (lavapipe: 13.0 against 10.3, Speed XV).
     pub one_word_int4_blocks: bool,
     /// Blocks of tokens of INT8 products sum their integers as f32 fmas on widened values, in
-    /// chunks where that is exact (`kernels::quant::QMatmul::float_sums`): on the browser's CPU
-    /// adapter, where they ran 2.7× the `dot4I8Packed` blocks (BENCHMARKS.md, Speed XVIII).
+    /// chunks where that is exact (`kernels::quant::QMatmul::float_sums`): on CPU adapters, where
+    /// they ran 2.7× (SwiftShader) and 1.4× (lavapipe) the `dot4I8Packed` blocks (BENCHMARKS.md,
+    /// Speeds XVIII and XXII).
     pub float_block_sums: bool,
     /// Largest storage-buffer binding in bytes (128 MiB on lavapipe). Tensors larger than this
     /// must be split by the kernels that read them.
@@ -213,7 +214,7 @@ impl Gpu {
             cpu,
             weight_textures: cpu,
             one_word_int4_blocks: browser_cpu,
-            float_block_sums: browser_cpu,
+            float_block_sums: cpu,
             max_storage_binding: options.max_storage_binding.map_or(max_binding, |m| m.min(max_binding)),
             max_buffer_size: limits.max_buffer_size,
             max_invocations: limits.max_compute_invocations_per_workgroup.min(MAX_WORKGROUP_INVOCATIONS),

@@ -577,7 +577,7 @@ async fn check_layers(gpu: &Gpu) {
 /// pick four-word loads where the widths allow ([`QMatmul::vec4_fits`]) — for blocks of tokens
 /// unless the adapter reads INT4 ones one word at a time
 /// ([`pocketvlm_runtime::Capabilities::one_word_int4_blocks`]) — and one-word loads otherwise,
-/// the split for one token on GPUs only, and f32 sums on the browser's CPU adapter only
+/// the split for one token on GPUs only, and f32 sums on CPU adapters only
 /// ([`pocketvlm_runtime::Capabilities::float_block_sums`]). Four-word loads on widths that do
 /// not allow them (narrow columns, activation rows of a word count not a multiple of 4), f32
 /// sums without them, and a split over several tokens, are refused.
@@ -585,7 +585,7 @@ async fn check_loads(gpu: &Gpu) {
     // one-word INT4 blocks on the browser's CPU adapter only (SwiftShader in Chromium)
     let browser_cpu = cfg!(target_arch = "wasm32") && gpu.caps.cpu;
     assert_eq!(gpu.caps.one_word_int4_blocks, browser_cpu, "one-word INT4 blocks on {:?}", gpu.adapter.name);
-    assert_eq!(gpu.caps.float_block_sums, browser_cpu, "f32 block sums on {:?}", gpu.adapter.name);
+    assert_eq!(gpu.caps.float_block_sums, gpu.caps.cpu, "f32 block sums on {:?}", gpu.adapter.name);
     let (i8b, i4b) = (Bits::Int8, Bits::Int4);
     let aligned = [
         case(13, 64, i8b, i8b),

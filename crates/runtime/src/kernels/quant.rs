@@ -837,8 +837,8 @@ pub struct QMatmul {
     pub texture: bool,
     /// Blocks of [`FLOAT_SUM_TOKENS`] tokens by [`FLOAT_SUM_QUADS`] column quads whose exact
     /// integer sums run as f32 fmas on widened INT8 values (four-word loads, INT8 weights;
-    /// [`QMatmul::for_rows`]): the same sums, so the same bits, faster on the browser's CPU
-    /// adapter than `dot4I8Packed`.
+    /// [`QMatmul::for_rows`]): the same sums, so the same bits, faster on CPU adapters than
+    /// `dot4I8Packed`.
     pub float_sums: bool,
 }
 
