@@ -17,9 +17,9 @@
 // Float weights: one invocation per output value. QUANT: one invocation per four outputs o..o+3
 // of a head (HD % 4 == 0), whose weight rows are one quad of the tiles: each step loads word k of
 // the four rows at once (one vec4<u32>) and c_hat's four values once for all four (each output's
-// operations as with one output per invocation), WORKGROUP invocations per workgroup (one tile
-// for decode, so its few quads still reach every thread of a CPU adapter). No workgroup memory,
-// no barriers.
+// operations as with one output per invocation), one tile's TILE_QUADS invocations per workgroup
+// (so a decode step's few quads still reach every thread of a CPU adapter; several tokens take
+// the same pipeline). No workgroup memory, no barriers.
 
 #include grid
 #include half
@@ -190,15 +190,13 @@ fn row_dot(o: u32, base: u32) -> f32 {
 #endif
 
 #ifdef QUANT
-const WORKGROUP: u32 = {{WORKGROUP}}u;
-
-@compute @workgroup_size(WORKGROUP, 1, 1)
+@compute @workgroup_size(TILE_QUADS, 1, 1)
 fn main(
     @builtin(workgroup_id) wg: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) li: u32,
 ) {
-    let id = (workgroup_index(wg, nwg)) * WORKGROUP + li;
+    let id = (workgroup_index(wg, nwg)) * TILE_QUADS + li;
     let hd = params.head_dim;
     let hq = hd / 4u;
     if (id >= params.tokens * params.heads * hq) {

@@ -14,6 +14,7 @@ use pocketvlm_runtime::DeviceOptions;
 use pocketvlm_runtime::engine::{Conversation, Engine, Request, Session};
 use pocketvlm_runtime::model::CacheKind;
 use pocketvlm_runtime::model::sampling::top_k;
+use pocketvlm_runtime::model::text::rebuilds_values;
 use serde_json::Value;
 
 fn tiny() -> PathBuf {
@@ -148,5 +149,47 @@ fn latent_cache_conversations_match_a_fresh_start() {
             check_resumed_conversation(&engine, request(&expected("text_multiturn"))).await;
             check_resumed_conversation(&engine, request(&long)).await;
         }
+    });
+}
+
+/// A short follow-up compiles nothing that its engine's prepared first turn did not: with the
+/// first question asked at length, the second turn's few new tokens absorb `v_up` against the
+/// INT8 latent cache (`model::text::rebuilds_values`), where the first turn's prefill rebuilt the
+/// values; the absorbed kernels a follow-up of few tokens runs are the decode step's, which
+/// [`Engine::prepare`] compiled. The second turn still answers as a fresh start does.
+#[test]
+fn a_prepared_conversations_short_follow_up_compiles_nothing() {
+    pollster::block_on(async {
+        let recipe = LOW_RANK_TEST_RECIPES.iter().find(|r| r.name == "svd-kv25-w4a8").unwrap();
+        let out = tempfile::tempdir().unwrap();
+        recipe.build(&tiny(), out.path()).unwrap();
+        let engine = load_dir(out.path(), &DeviceOptions::default()).await;
+        assert_eq!(engine.model.cache_kind, CacheKind::Latent);
+        let mut long = expected("text_multiturn");
+        let question = &mut long["messages"][0]["content"][0]["text"];
+        *question = Value::from(question.as_str().unwrap().repeat(8));
+        let full = request(&long);
+        let mut first = full.clone();
+        first.messages.truncate(1);
+
+        engine.prepare(&first).await.unwrap();
+        let compiled = engine.gpu.pipelines.compiled();
+        let mut session = engine.start(first).await.unwrap();
+        run_to_end(&engine, &mut session).await;
+        assert_eq!(engine.gpu.pipelines.compiled(), compiled, "the prepared first turn compiled more");
+
+        let mut resumed = engine.resume(full.clone(), Some(session.into_conversation())).await.unwrap();
+        let (cached, new) = (resumed.reused_tokens(), resumed.prompt_ids.len() - resumed.reused_tokens());
+        let text = &engine.model.config.text;
+        let rebuilds = rebuilds_values(new, cached + new, text.num_attention_heads, text.num_key_value_heads);
+        assert!(new > 1 && !rebuilds, "{new} new tokens after {cached}: no absorbing pass");
+        run_to_end(&engine, &mut resumed).await;
+        let added: Vec<_> =
+            engine.gpu.pipelines.compiled().into_iter().filter(|p| !compiled.contains(p)).collect();
+        assert!(added.is_empty(), "the follow-up compiled {added:?}");
+
+        let mut fresh = engine.start(full).await.unwrap();
+        run_to_end(&engine, &mut fresh).await;
+        assert_eq!(resumed.generated(), fresh.generated(), "the follow-up's greedy ids");
     });
 }

@@ -240,13 +240,13 @@ async fn latent_up_case(gpu: &Gpu, case: UpCase, rank: usize, bias: bool, seed: 
         None => None,
     };
     let chat_buffer = upload(gpu, &chat).await;
-    // All tokens, then the first alone (decode's variant).
+    // All tokens, then the first alone (a decode step).
     for tokens in [tokens, 1] {
         let n = tokens * heads * hd;
         let out = zeros(gpu, n).await;
         let shape = LatentUpShape { tokens, heads, kv_heads, head_dim: hd, vd };
         let mut enc = encoder(gpu);
-        LatentUp::for_weights(&weights, bias, tokens)
+        LatentUp::for_weights(&weights, bias)
             .encode(gpu, &mut enc, shape, &chat_buffer, &weights, bias_tensor.as_ref(), &out)
             .await
             .unwrap();

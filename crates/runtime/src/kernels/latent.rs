@@ -28,10 +28,11 @@ use crate::error::{Result, RuntimeError};
 use crate::shader::Defines;
 use crate::tensor::Tensor;
 
-/// Invocations per workgroup of `shaders/latent_up.wgsl`: float weights (one output value each),
-/// and quantized ones for several tokens (four outputs each). Decode with quantized weights has
-/// only `heads · head_dim / 4` invocations: one tile's [`TILE_QUADS`] per workgroup spreads them
-/// over a CPU adapter's threads.
+/// Invocations per workgroup of `shaders/latent_up.wgsl` with float weights (one output value
+/// each). Quantized weights (four outputs each) take one tile's [`TILE_QUADS`]: decode has only
+/// `heads · head_dim / 4` invocations, which that spreads over a CPU adapter's threads, and a
+/// follow-up turn of several tokens then runs the decode step's pipeline (compiled by
+/// `Engine::prepare`) instead of one of its own, at the same speed (BENCHMARKS.md, Speed XXIII).
 const INVOCATIONS: u64 = 64;
 
 /// Uniform block of `shaders/latent_up.wgsl`.
@@ -85,8 +86,6 @@ pub struct LatentUp {
     pub weights: Encoding,
     pub f16_scales: bool,
     pub bias: bool,
-    /// One token (decode): quantized weights take workgroups of one tile.
-    pub one_token: bool,
     /// Quantized weights whose words are a texture (`kernels::quant::TiledWords`).
     pub texture: bool,
 }
@@ -110,7 +109,6 @@ impl Kernel for LatentUp {
         }
         if self.weights.packed_bits().is_some() {
             d.insert("TILE_QUADS".to_string(), TILE_QUADS.to_string());
-            d.insert("WORKGROUP".to_string(), self.per_group().to_string());
         }
         if self.texture {
             d.extend(texture_defines());
@@ -120,18 +118,14 @@ impl Kernel for LatentUp {
 }
 
 impl LatentUp {
-    /// The variant for `w` with or without a bias, over `tokens` rows of sums.
-    pub fn for_weights(w: &UpWeights<'_>, bias: bool, tokens: usize) -> Self {
-        let one_token = tokens == 1;
+    /// The variant for `w` with or without a bias.
+    pub fn for_weights(w: &UpWeights<'_>, bias: bool) -> Self {
         match w {
-            UpWeights::Float(t) => {
-                Self { weights: t.encoding, f16_scales: false, bias, one_token, texture: false }
-            }
+            UpWeights::Float(t) => Self { weights: t.encoding, f16_scales: false, bias, texture: false },
             UpWeights::Quant(q) => Self {
                 weights: q.encoding,
                 f16_scales: q.scales.encoding == Encoding::F16,
                 bias,
-                one_token,
                 texture: q.in_texture(),
             },
         }
@@ -140,8 +134,8 @@ impl LatentUp {
     /// Invocations per workgroup.
     fn per_group(&self) -> u64 {
         match self.weights.packed_bits() {
-            Some(_) if self.one_token => TILE_QUADS as u64,
-            _ => INVOCATIONS,
+            Some(_) => TILE_QUADS as u64,
+            None => INVOCATIONS,
         }
     }
 
@@ -166,7 +160,7 @@ impl LatentUp {
         if rows != kv_heads * head_dim || vd < rank {
             return bad(format!("weight [{rows}, {rank}]"));
         }
-        if *self != Self::for_weights(w, bias.is_some(), tokens) {
+        if *self != Self::for_weights(w, bias.is_some()) {
             return bad("the kernel variant does not match its weights".into());
         }
         let (chat_bytes, out_bytes) =

@@ -10,7 +10,12 @@
 //! runs, nothing a generation holds is touched (the passes get a KV cache, activations and kernel
 //! scratch of their own, dropped at the end), and no more memory is held at once than the caption
 //! will hold. A pass chooses its kernels from its shapes (tokens, keys, tiles), so
-//! a caption with another prompt length or tile count may still compile a variant or two.
+//! a caption with another prompt length or tile count may still compile a variant or two. A chat
+//! follow-up of fewer than [`SPLIT_KEYS_BELOW`] new tokens that absorbs `v_up` over a latent
+//! cache ([`text::rebuilds_values`]) runs the decode step's attention and absorbed `v_up`
+//! pipelines and the prefill's others, so it compiles nothing either (`tests/conversation.rs`).
+//!
+//! [`SPLIT_KEYS_BELOW`]: crate::kernels::attention::SPLIT_KEYS_BELOW
 
 use super::interrupt::Interrupt;
 use super::kv_cache::KvCache;

@@ -476,7 +476,7 @@ impl<'a> AttentionPass<'a> {
         };
         let vd = values.kind().out_dim(hd);
         let up_shape = LatentUpShape { tokens, heads, kv_heads, head_dim: hd, vd };
-        LatentUp::for_weights(&weights, bias.is_some(), tokens)
+        LatentUp::for_weights(&weights, bias.is_some())
             .encode(gpu, encoder, up_shape, sums, &weights, bias, &self.attn)
             .await
     }
