@@ -127,6 +127,23 @@ fn image_turns_reuse_the_cache_only_for_the_same_image() {
     });
 }
 
+/// The low-rank W4A8 model caching INT8 latents (`svd-kv25-w4a8`), built into `out` and loaded.
+async fn latent_engine(out: &Path) -> Engine {
+    let recipe = LOW_RANK_TEST_RECIPES.iter().find(|r| r.name == "svd-kv25-w4a8").unwrap();
+    recipe.build(&tiny(), out).unwrap();
+    let engine = load_dir(out, &DeviceOptions::default()).await;
+    assert_eq!(engine.model.cache_kind, CacheKind::Latent);
+    engine
+}
+
+/// The fixture's two-turn conversation with its first question asked eight times over.
+fn long_first_question() -> Value {
+    let mut long = expected("text_multiturn");
+    let question = &mut long["messages"][0]["content"][0]["text"];
+    *question = Value::from(question.as_str().unwrap().repeat(8));
+    long
+}
+
 /// A low-rank W4A8 model caching INT8 latents (`svd-kv25-w4a8`): a conversation continued from
 /// its latent cache — and from the latent with kept keys, which a grown cache carries over too —
 /// gives what a fresh start gives ([`check_resumed_conversation`]; in the browser too,
@@ -136,14 +153,9 @@ fn image_turns_reuse_the_cache_only_for_the_same_image() {
 #[test]
 fn latent_cache_conversations_match_a_fresh_start() {
     pollster::block_on(async {
-        let recipe = LOW_RANK_TEST_RECIPES.iter().find(|r| r.name == "svd-kv25-w4a8").unwrap();
         let out = tempfile::tempdir().unwrap();
-        recipe.build(&tiny(), out.path()).unwrap();
-        let mut engine = load_dir(out.path(), &DeviceOptions::default()).await;
-        assert_eq!(engine.model.cache_kind, CacheKind::Latent);
-        let mut long = expected("text_multiturn");
-        let question = &mut long["messages"][0]["content"][0]["text"];
-        *question = Value::from(question.as_str().unwrap().repeat(8));
+        let mut engine = latent_engine(out.path()).await;
+        let long = long_first_question();
         for kind in [CacheKind::Latent, CacheKind::LatentKeys] {
             engine.model.cache_kind = kind;
             check_resumed_conversation(&engine, request(&expected("text_multiturn"))).await;
@@ -160,14 +172,9 @@ fn latent_cache_conversations_match_a_fresh_start() {
 #[test]
 fn a_prepared_conversations_short_follow_up_compiles_nothing() {
     pollster::block_on(async {
-        let recipe = LOW_RANK_TEST_RECIPES.iter().find(|r| r.name == "svd-kv25-w4a8").unwrap();
         let out = tempfile::tempdir().unwrap();
-        recipe.build(&tiny(), out.path()).unwrap();
-        let engine = load_dir(out.path(), &DeviceOptions::default()).await;
-        assert_eq!(engine.model.cache_kind, CacheKind::Latent);
-        let mut long = expected("text_multiturn");
-        let question = &mut long["messages"][0]["content"][0]["text"];
-        *question = Value::from(question.as_str().unwrap().repeat(8));
+        let engine = latent_engine(out.path()).await;
+        let long = long_first_question();
         let full = request(&long);
         let mut first = full.clone();
         first.messages.truncate(1);
