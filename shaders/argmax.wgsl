@@ -54,8 +54,7 @@ fn replaces(vo: f32, io: u32, vb: f32, ib: u32) -> bool {
 
 @compute @workgroup_size(256, 1, 1)
 fn main(
-    @builtin(workgroup_id) wg: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
+    grid: Grid,
     @builtin(local_invocation_index) li: u32,
 #ifdef SUBGROUPS
     sg: Subgroup,
@@ -64,7 +63,7 @@ fn main(
 #ifdef SUBGROUPS
     subgroups_enter(sg);
 #endif
-    let row = workgroup_index(wg, nwg);
+    let row = workgroup_index(grid);
     if (row >= params.rows) {
         return;
     }

@@ -101,17 +101,13 @@ fn finish_row(row: u32, acc: ptr<function, array<vec4<f32>, VD4>>, m: f32, l: f3
 // SIMD lanes.
 // Small workgroups: a CPU adapter runs each on one thread, and decode has few items.
 @compute @workgroup_size(16, 1, 1)
-fn main(
-    @builtin(workgroup_id) wg: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
-    @builtin(local_invocation_index) li: u32,
-) {
+fn main(grid: Grid, @builtin(local_invocation_index) li: u32) {
     let rows = params.queries * params.heads;
-    let item = workgroup_index(wg, nwg) * 16u + li;
+    let item = invocation_index(grid, 16u, li);
     if (item >= rows * params.chunks) {
         return;
     }
-    let b = wg.z;
+    let b = grid.wg.z;
     let chunk = item / rows;
     let i = (item % rows) / params.heads;
     let h = item % params.heads;
@@ -169,14 +165,14 @@ var<workgroup> ks: array<vec4<f32>, TILE4>;
 var<workgroup> vs: array<vec4<f32>, VTILE4>;
 
 @compute @workgroup_size(64, 1, 1)
-fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
-    let b = wg.z;
-    let h = wg.y;
+fn main(grid: Grid, @builtin(local_invocation_index) li: u32) {
+    let b = grid.wg.z;
+    let h = grid.wg.y;
     let g = h / (params.heads / params.kv_heads);
-    let i = wg.x * BQ + li;
+    let i = grid.wg.x * BQ + li;
     let is_query = i < params.queries;
     // Keys needed by the block's last query (uniform, so the barriers below are too).
-    let end = min(params.key_end, visible_keys(min(params.queries, wg.x * BQ + BQ) - 1u));
+    let end = min(params.key_end, visible_keys(min(params.queries, grid.wg.x * BQ + BQ) - 1u));
     var n_mine = 0u;
     var row = 0u;
     var qv: array<vec4<f32>, HD4>;
@@ -311,10 +307,10 @@ fn block_sum(li: u32, x: f32) -> f32 {
 }
 
 @compute @workgroup_size(256, 1, 1)
-fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
-    let i = wg.x;
-    let h = wg.y;
-    let b = wg.z;
+fn main(grid: Grid, @builtin(local_invocation_index) li: u32) {
+    let i = grid.wg.x;
+    let h = grid.wg.y;
+    let b = grid.wg.z;
     let g = h / (params.heads / params.kv_heads);
     let n = min(params.key_end, visible_keys(i));
     let row = q_row(b, i, h);

@@ -19,12 +19,8 @@ struct Params {
 @group(0) @binding(2) var<storage, read_write> out: array<vec4<f32>>;
 
 @compute @workgroup_size(64, 1, 1)
-fn main(
-    @builtin(workgroup_id) wg: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
-    @builtin(local_invocation_index) li: u32,
-) {
-    let item = workgroup_index(wg, nwg) * 64u + li;
+fn main(grid: Grid, @builtin(local_invocation_index) li: u32) {
+    let item = invocation_index(grid, 64u, li);
     if (item >= params.rows * params.vd4) {
         return;
     }

@@ -223,12 +223,8 @@ fn store_column(blk: Block, col: u32, acc: Rows8) {
 #endif
 
 @compute @workgroup_size(64, 1, 1)
-fn main(
-    @builtin(workgroup_id) wg: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
-    @builtin(local_invocation_index) li: u32,
-) {
-    let item = workgroup_index(wg, nwg) * 64u + li;
+fn main(grid: Grid, @builtin(local_invocation_index) li: u32) {
+    let item = invocation_index(grid, 64u, li);
     let stride4 = params.score_stride4;
 #ifdef STAGE_SCORES
     // item = (local block lb, key group kg of KEY_QUADS vec4s), key groups fastest.

@@ -37,12 +37,8 @@ fn to_bf16(x: u32) -> u32 {
 }
 
 @compute @workgroup_size(64, 1, 1)
-fn main(
-    @builtin(workgroup_id) wg: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
-    @builtin(local_invocation_index) li: u32,
-) {
-    let item = (workgroup_index(wg, nwg)) * 64u + li;
+fn main(grid: Grid, @builtin(local_invocation_index) li: u32) {
+    let item = invocation_index(grid, 64u, li);
     let width = params.width;
     let words = params.words;
 #ifdef PACK

@@ -50,12 +50,8 @@ fn gelu_tanh(v: f32) -> f32 {
 }
 
 @compute @workgroup_size(256, 1, 1)
-fn main(
-    @builtin(workgroup_id) wg: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
-    @builtin(local_invocation_index) li: u32,
-) {
-    let i = (workgroup_index(wg, nwg)) * 256u + li;
+fn main(grid: Grid, @builtin(local_invocation_index) li: u32) {
+    let i = invocation_index(grid, 256u, li);
     if (i >= params.n) {
         return;
     }

@@ -77,12 +77,8 @@ fn entry(r: u32, i: u32) -> f32 {
 const WG: u32 = 256u;
 
 @compute @workgroup_size(256, 1, 1)
-fn main(
-    @builtin(workgroup_id) wg: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
-    @builtin(local_invocation_index) li: u32,
-) {
-    let t = workgroup_index(wg, nwg);
+fn main(grid: Grid, @builtin(local_invocation_index) li: u32) {
+    let t = workgroup_index(grid);
     if (t >= params.tokens) {
         return;
     }

@@ -20,12 +20,8 @@ struct Params {
 @group(0) @binding(2) var<storage, read_write> cols: array<f32>;
 
 @compute @workgroup_size(256, 1, 1)
-fn main(
-    @builtin(workgroup_id) wg: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
-    @builtin(local_invocation_index) li: u32,
-) {
-    let e = (workgroup_index(wg, nwg)) * 256u + li;
+fn main(grid: Grid, @builtin(local_invocation_index) li: u32) {
+    let e = invocation_index(grid, 256u, li);
     if (e >= params.n) {
         return;
     }

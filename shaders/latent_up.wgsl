@@ -191,12 +191,8 @@ fn row_dot(o: u32, base: u32) -> f32 {
 
 #ifdef QUANT
 @compute @workgroup_size(TILE_QUADS, 1, 1)
-fn main(
-    @builtin(workgroup_id) wg: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
-    @builtin(local_invocation_index) li: u32,
-) {
-    let id = (workgroup_index(wg, nwg)) * TILE_QUADS + li;
+fn main(grid: Grid, @builtin(local_invocation_index) li: u32) {
+    let id = invocation_index(grid, TILE_QUADS, li);
     let hd = params.head_dim;
     let hq = hd / 4u;
     if (id >= params.tokens * params.heads * hq) {
@@ -218,12 +214,8 @@ fn main(
 }
 #else
 @compute @workgroup_size(64, 1, 1)
-fn main(
-    @builtin(workgroup_id) wg: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
-    @builtin(local_invocation_index) li: u32,
-) {
-    let id = (workgroup_index(wg, nwg)) * 64u + li;
+fn main(grid: Grid, @builtin(local_invocation_index) li: u32) {
+    let id = invocation_index(grid, 64u, li);
     let hd = params.head_dim;
     if (id >= params.tokens * params.heads * hd) {
         return;

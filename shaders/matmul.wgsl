@@ -10,6 +10,7 @@
 enable f16;
 #endif
 
+#include grid
 #include linear
 #include weight
 
@@ -21,12 +22,12 @@ var<workgroup> ws: array<f32, 1024>; // [BK][TILE]
 
 @compute @workgroup_size(16, 16, 1)
 fn main(
-    @builtin(workgroup_id) wg: vec3<u32>,
+    grid: Grid,
     @builtin(local_invocation_id) lid: vec3<u32>,
     @builtin(local_invocation_index) li: u32,
 ) {
-    let row0 = wg.y * TILE;
-    let col0 = wg.x * TILE;
+    let row0 = grid.wg.y * TILE;
+    let col0 = grid.wg.x * TILE;
     var acc: array<f32, 16>;
     for (var i = 0u; i < 16u; i++) {
         acc[i] = 0.0;

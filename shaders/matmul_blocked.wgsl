@@ -47,12 +47,8 @@ fn weight4(i: u32) -> vec4<f32> {
 }
 
 @compute @workgroup_size(64, 1, 1)
-fn main(
-    @builtin(workgroup_id) wg: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
-    @builtin(local_invocation_index) li: u32,
-) {
-    let id = workgroup_index(wg, nwg) * 64u + li;
+fn main(grid: Grid, @builtin(local_invocation_index) li: u32) {
+    let id = invocation_index(grid, 64u, li);
     let column_blocks = (params.n + 3u) / 4u;
     let c0 = (id % column_blocks) * 4u;
     let r0 = (id / column_blocks) * 4u;

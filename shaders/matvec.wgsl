@@ -27,12 +27,8 @@ const ROWS: u32 = 1u;
 #endif
 #ifdef PER_COLUMN
 @compute @workgroup_size(256, 1, 1)
-fn main(
-    @builtin(workgroup_id) wg: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
-    @builtin(local_invocation_index) li: u32,
-) {
-    let c = (workgroup_index(wg, nwg)) * 256u + li;
+fn main(grid: Grid, @builtin(local_invocation_index) li: u32) {
+    let c = invocation_index(grid, 256u, li);
     if (c >= params.n) {
         return;
     }
@@ -63,13 +59,9 @@ const LANES: u32 = 32u;
 var<workgroup> partial: array<f32, 256 * ROWS>;
 
 @compute @workgroup_size(256, 1, 1)
-fn main(
-    @builtin(workgroup_id) wg: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
-    @builtin(local_invocation_index) li: u32,
-) {
+fn main(grid: Grid, @builtin(local_invocation_index) li: u32) {
     let lane = li % LANES;
-    let c = (workgroup_index(wg, nwg)) * COLS + li / LANES;
+    let c = workgroup_index(grid) * COLS + li / LANES;
     let k_dim = params.k_dim;
     var acc: array<f32, ROWS>;
     for (var r = 0u; r < ROWS; r++) {

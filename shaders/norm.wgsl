@@ -204,8 +204,7 @@ fn normalize(base: u32, first: u32, step: u32, li: u32) -> f32 {
 
 @compute @workgroup_size(WG, 1, 1)
 fn main(
-    @builtin(workgroup_id) wg: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
+    grid: Grid,
     @builtin(local_invocation_index) li: u32,
 #ifdef SUBGROUPS
     sg: Subgroup,
@@ -215,7 +214,7 @@ fn main(
     subgroups_enter(sg);
 #endif
 #ifdef PER_ROW
-    let row = workgroup_index(wg, nwg) * WG + li;
+    let row = invocation_index(grid, WG, li);
     if (row >= params.rows) {
         return;
     }
@@ -224,7 +223,7 @@ fn main(
     quantize_row(row, row * params.d, 0u, 1u, li, big);
 #endif
 #else
-    let row = workgroup_index(wg, nwg);
+    let row = workgroup_index(grid);
     // Uniform across the workgroup, so the barriers in row_total stay in uniform control flow.
     if (row >= params.rows) {
         return;

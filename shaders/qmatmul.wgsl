@@ -235,16 +235,12 @@ const SPLIT_LANES: u32 = 16u;
 var<workgroup> partial: array<vec4<i32>, 64>;
 
 @compute @workgroup_size(64, 1, 1)
-fn main(
-    @builtin(workgroup_id) wg: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
-    @builtin(local_invocation_index) li: u32,
-) {
+fn main(grid: Grid, @builtin(local_invocation_index) li: u32) {
     // Invocation li = lane * 4 + slot: the four quads' lanes at one step read neighbouring memory.
     let slot = li % SPLIT_QUADS;
     let lane = li / SPLIT_QUADS;
     let quads = (params.n + 3u) / 4u;
-    let id = workgroup_index(wg, nwg) * SPLIT_QUADS + slot;
+    let id = workgroup_index(grid) * SPLIT_QUADS + slot;
     // Quads past the last compute the last one again and store nothing (every invocation must
     // reach the barriers).
     let cq = min(id, quads - 1u);
@@ -393,12 +389,8 @@ fn quad_at(cq: u32, quads: u32, q: u32) -> vec2<u32> {
 // of the tokens is widened once for the four quads and each column's once for the eight
 // tokens. The dequantization after is the default's.
 @compute @workgroup_size(64, 1, 1)
-fn main(
-    @builtin(workgroup_id) wg: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
-    @builtin(local_invocation_index) li: u32,
-) {
-    let id = workgroup_index(wg, nwg) * 64u + li;
+fn main(grid: Grid, @builtin(local_invocation_index) li: u32) {
+    let id = invocation_index(grid, 64u, li);
     let quads = (params.n + 3u) / 4u;
     let blocks = (quads + 3u) / 4u;
     let cq = (id % blocks) * 4u;
@@ -478,14 +470,10 @@ const WORKGROUP: u32 = 64u;
 #endif
 
 @compute @workgroup_size(WORKGROUP, 1, 1)
-fn main(
-    @builtin(workgroup_id) wg: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
-    @builtin(local_invocation_index) li: u32,
-) {
+fn main(grid: Grid, @builtin(local_invocation_index) li: u32) {
     // One linear index over (token block, column quad), quads fastest, so narrow outputs (a
     // latent's keys: d_kv columns over thousands of cached tokens) still fill every workgroup.
-    let id = workgroup_index(wg, nwg) * WORKGROUP + li;
+    let id = invocation_index(grid, WORKGROUP, li);
     let quads = (params.n + 3u) / 4u;
     let cq = id % quads;
     let t0 = (id / quads) * TOKENS;

@@ -51,8 +51,7 @@ fn quantize_word(base: u32, w: u32, r: f32) -> u32 {
 
 @compute @workgroup_size(64, 1, 1)
 fn main(
-    @builtin(workgroup_id) wg: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
+    grid: Grid,
     @builtin(local_invocation_index) li: u32,
 #ifdef SUBGROUPS
     sg: Subgroup,
@@ -61,7 +60,7 @@ fn main(
 #ifdef SUBGROUPS
     subgroups_enter(sg);
 #endif
-    let t = workgroup_index(wg, nwg);
+    let t = workgroup_index(grid);
     if (t >= params.tokens) {
         return;
     }
@@ -82,12 +81,8 @@ fn main(
 }
 #else
 @compute @workgroup_size(64, 1, 1)
-fn main(
-    @builtin(workgroup_id) wg: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
-    @builtin(local_invocation_index) li: u32,
-) {
-    let t = (workgroup_index(wg, nwg)) * 64u + li;
+fn main(grid: Grid, @builtin(local_invocation_index) li: u32) {
+    let t = invocation_index(grid, 64u, li);
     if (t >= params.tokens) {
         return;
     }

@@ -152,12 +152,8 @@ fn core_signs(a: u32, m: u32) -> u32 {
 #endif
 
 @compute @workgroup_size(64, 1, 1)
-fn main(
-    @builtin(workgroup_id) wg: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
-    @builtin(local_invocation_index) li: u32,
-) {
-    let item = (workgroup_index(wg, nwg)) * 64u + li;
+fn main(grid: Grid, @builtin(local_invocation_index) li: u32) {
+    let item = invocation_index(grid, 64u, li);
     let n = params.n;
     let m = params.m;
     let p = params.p;

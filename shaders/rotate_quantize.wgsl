@@ -123,8 +123,7 @@ fn core_value(row: u32, i: u32) -> vec4<f32> {
 
 @compute @workgroup_size(64, 1, 1)
 fn main(
-    @builtin(workgroup_id) wg: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
+    grid: Grid,
     @builtin(local_invocation_index) li: u32,
 #ifdef SUBGROUPS
     sg: Subgroup,
@@ -133,7 +132,7 @@ fn main(
 #ifdef SUBGROUPS
     subgroups_enter(sg);
 #endif
-    let t = workgroup_index(wg, nwg);
+    let t = workgroup_index(grid);
     if (t >= params.tokens) {
         return;
     }

@@ -89,8 +89,8 @@ pub fn chunks(total: usize, chunk: usize) -> impl Iterator<Item = (usize, usize)
 }
 
 /// A grid of `workgroups` groups laid out in two dimensions when one dimension is not enough.
-/// Shaders recover the linear index as `wg.y · num_workgroups.x + wg.x` and must ignore
-/// indices past their work.
+/// Shaders recover the linear index as `wg.y · num_workgroups.x + wg.x` (`workgroup_index` in
+/// `shaders/lib/grid.wgsl`) and must ignore indices past their work.
 pub fn grid(gpu: &Gpu, workgroups: u64) -> Result<(u32, u32)> {
     let max = u64::from(gpu.caps.max_workgroups_per_dimension);
     if workgroups <= max {
