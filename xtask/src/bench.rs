@@ -21,8 +21,8 @@ use pocketvlm_format::dir;
 use pocketvlm_processor::decode_image;
 use pocketvlm_runtime::bench::kernels::{KERNEL_REPORT_PREFIX, KernelReport, REPEATS, measure_kernels};
 use pocketvlm_runtime::bench::{
-    BenchConfig, BenchReport, CACHE_REPORT_PREFIX, CacheReport, KindRecording, REPORT_PREFIX, measure,
-    measure_caches,
+    BenchConfig, BenchReport, CACHE_FOLLOW_UP_TOKENS, CACHE_REPORT_PREFIX, CacheReport, KindRecording,
+    REPORT_PREFIX, measure, measure_caches,
 };
 use pocketvlm_runtime::engine::{Engine, now_ms};
 use pocketvlm_runtime::model::CacheKind;
@@ -405,19 +405,23 @@ fn print_caches(model: &Path, name: &str, side: &str, reports: &[CacheReport]) {
     println!();
     println!("KV cache, {side}, {}: {} decode steps per context", model.display(), mine[0].steps);
     println!();
-    println!("| context | cache | tok/s | ÷ plain | attention/step | ÷ plain | B/token |");
-    println!("| --- | --- | --- | --- | --- | --- | --- |");
+    println!(
+        "| context | cache | tok/s | ÷ plain | attention/step | ÷ plain | {CACHE_FOLLOW_UP_TOKENS}-token follow-up | ÷ plain | B/token |"
+    );
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- |");
     for kinds in mine.chunks(CacheKind::ALL.len()) {
         let plain = kinds[0];
         for r in kinds {
             println!(
-                "| {} | {} | {:.1} | {} | {:.1} ms | {} | {} |",
+                "| {} | {} | {:.1} | {} | {:.1} ms | {} | {} | {} | {} |",
                 r.context,
                 r.cache,
                 r.decode_tokens_per_s,
                 ratio(r.decode_tokens_per_s, plain.decode_tokens_per_s),
                 r.attention_ms_per_step,
                 ratio(r.attention_ms_per_step, plain.attention_ms_per_step),
+                ms(r.follow_up_ms),
+                ratio(r.follow_up_ms, plain.follow_up_ms),
                 r.kv_bytes_per_token,
             );
         }
@@ -474,6 +478,14 @@ fn print_table(model: &Path, config: &BenchConfig, native: &BenchReport, chromiu
     row("· host time to record a later step", &|r| r.record_ms_per_token, &|v| format!("{v:.2} ms"));
     row("· · bind groups built per later step", &|r| r.bind_groups_built_per_token, &|v| format!("{v:.1}"));
     row("· · host time building them", &|r| r.bind_group_ms_per_token, &|v| format!("{v:.2} ms"));
+    if let Some(f) = &native.follow_up {
+        let turn = format!("chat follow-up ({} new tokens after {} cached)", f.new_tokens, f.cached_tokens);
+        let follow_up = |r: &BenchReport| r.follow_up.clone().unwrap_or_default();
+        row(&format!("{turn}: time to first token"), &|r| follow_up(r).time_to_first_token_ms, &ms);
+        row("· pipelines the follow-up compiled", &|r| follow_up(r).pipelines as f64, &|v| {
+            format!("{v:.0}")
+        });
+    }
     if native.stop.is_some() {
         let stop = |r: &BenchReport| r.stop.clone().unwrap_or_default();
         let parts = stop(native);

@@ -7,7 +7,9 @@
 //! * decode rate: tokens after the first over the time spent producing them;
 //! * host cost of a decode step: the dispatches it records and the milliseconds spent recording
 //!   them ([`crate::model::DecodeRecording`]);
-//! * GPU memory: weights, tables, KV cache and activations ([`MemoryUsage`]).
+//! * GPU memory: weights, tables, KV cache and activations ([`MemoryUsage`]);
+//! * a chat follow-up to the answer ([`FOLLOW_UP`]): its time to first token from the cache the
+//!   answer left, and the pipelines it compiled beyond the caption's.
 
 pub mod kernels;
 pub mod soak;
@@ -15,11 +17,11 @@ pub mod soak;
 use std::cell::RefCell;
 use std::rc::Rc;
 
-use pocketvlm_processor::RgbImage;
+use pocketvlm_processor::{Message, Part, RgbImage};
 use serde::{Deserialize, Serialize};
 
 use crate::encoder::RecordProfile;
-use crate::engine::{Engine, Request, now_ms};
+use crate::engine::{Conversation, Engine, Request, now_ms};
 use crate::error::{Result, RuntimeError};
 use crate::model::sampling::SamplingOptions;
 use crate::model::{CacheKind, DecodeProfiling, Generator, MemoryUsage, Stop};
@@ -111,7 +113,14 @@ pub struct CacheReport {
     pub decode_tokens_per_s: f64,
     /// The attention half of one decode step, all layers ([`crate::model::Generator::attention_ms`]).
     pub attention_ms_per_step: f64,
+    /// A pass of [`CACHE_FOLLOW_UP_TOKENS`] new tokens after the decode steps (a chat turn
+    /// resumed from this cache), to its logits.
+    #[serde(default)]
+    pub follow_up_ms: f64,
 }
+
+/// New tokens of the follow-up pass [`measure_caches`] times at each context: a short chat turn.
+pub const CACHE_FOLLOW_UP_TOKENS: usize = 16;
 
 /// The result of one run.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -188,6 +197,26 @@ pub struct BenchReport {
     /// The soak run, with [`BenchConfig::soak`].
     #[serde(default)]
     pub soak: Option<soak::SoakReport>,
+    /// The chat follow-up after the answer ([`measure_follow_up`]); `None` when the conversation
+    /// would not fit in the model's positions.
+    #[serde(default)]
+    pub follow_up: Option<FollowUpReport>,
+}
+
+/// The question of the follow-up turn [`measure`] asks after the measured answer.
+pub const FOLLOW_UP: &str = "What else can you tell me about it?";
+
+/// A chat follow-up turn resumed from the cache of the answer before it ([`measure_follow_up`]).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct FollowUpReport {
+    /// Prompt tokens taken from the cache, and computed anew (the answer's last token, the turn
+    /// markers and the question).
+    pub cached_tokens: usize,
+    pub new_tokens: usize,
+    /// From the call to its first token.
+    pub time_to_first_token_ms: f64,
+    /// Pipelines it compiled that the prepared caption and its answer had not.
+    pub pipelines: usize,
 }
 
 /// How soon a stop ends a call ([`measure_stop`]). The stop is asked between the parts of the
@@ -273,9 +302,11 @@ pub async fn measure(
     let start = now_ms();
     let mut session = engine.start(request.clone()).await?;
     session.profile_decode(if gpu_time { DecodeProfiling::HostAndGpu } else { DecodeProfiling::Host });
-    session.next(engine).await?;
+    let mut answer = session.next(engine).await?.map(|p| p.text).unwrap_or_default();
     let first = now_ms();
-    while session.next(engine).await?.is_some() {}
+    while let Some(piece) = session.next(engine).await? {
+        answer.push_str(&piece.text);
+    }
     let end = now_ms();
     let caption_pipelines = engine.gpu.pipelines.compiled().len() - compiled;
     let generated = session.generated().len();
@@ -288,6 +319,9 @@ pub async fn measure(
     let vision_gpu_by_kind = by_kind(&session.vision_gpu_time, 1.0);
     let prefill_gpu_by_kind = by_kind(session.prefill_gpu_time(), 1.0);
     let prefill_record_by_kind = by_kind(session.prefill_record_time(), 1.0);
+    let generated_ids = session.generated().to_vec();
+    let prompt_tokens = session.prompt_ids.len();
+    let follow_up = measure_follow_up(engine, &request, &answer, session.into_conversation()).await?;
     let info = &engine.gpu.adapter;
     let name = if info.name.is_empty() { "(unnamed adapter)".to_string() } else { info.name.clone() };
     let mut adapter = vec![name, format!("{:?}", info.backend), format!("{:?}", info.device_type)];
@@ -306,9 +340,9 @@ pub async fn measure(
         prefill_ms: t.prefill_ms,
         time_to_first_token_ms: first - start,
         image_tiles,
-        prompt_tokens: session.prompt_ids.len(),
+        prompt_tokens,
         generated_tokens: generated,
-        prefill_tokens_per_s: per_second(session.prompt_ids.len(), t.prefill_ms),
+        prefill_tokens_per_s: per_second(prompt_tokens, t.prefill_ms),
         decode_tokens_per_s: per_second(generated.saturating_sub(1), end - first),
         dispatches_per_token: recording.dispatches as f64 / recording.steps.max(1) as f64,
         record_ms_per_token: recording.later_record_ms / later_steps,
@@ -324,7 +358,7 @@ pub async fn measure(
         table_bytes: memory.tables,
         kv_cache_bytes: memory.kv_cache,
         activation_bytes: memory.activations,
-        generated_ids: session.generated().to_vec(),
+        generated_ids,
         stop: match config.stop_latency {
             true => Some(measure_stop(engine, &request).await?),
             false => None,
@@ -337,7 +371,38 @@ pub async fn measure(
                 Some(soak::soak(engine, &request, &text, n).await?)
             }
         },
+        follow_up,
     })
+}
+
+/// Ask [`FOLLOW_UP`] after `request` was answered with `answer`, resuming from the cache the
+/// answer left (`conversation`), and time the turn to its first token (greedy); `None` when the
+/// conversation with the question and one answer token exceeds the model's positions.
+async fn measure_follow_up(
+    engine: &Engine,
+    request: &Request,
+    answer: &str,
+    conversation: Conversation,
+) -> Result<Option<FollowUpReport>> {
+    let mut messages = request.messages.clone();
+    let text = |text: &str| vec![Part::Text { text: text.to_string() }];
+    messages.push(Message::new("assistant", text(answer)));
+    messages.push(Message::new("user", text(FOLLOW_UP)));
+    let turn = Request { messages, max_new_tokens: 1, sampling: Default::default(), ..request.clone() };
+    let compiled = engine.gpu.pipelines.compiled().len();
+    let start = now_ms();
+    let mut session = match engine.resume(turn, Some(conversation)).await {
+        Err(RuntimeError::PromptTooLong { .. }) => return Ok(None),
+        session => session?,
+    };
+    session.next(engine).await?;
+    let time_to_first_token_ms = now_ms() - start;
+    Ok(Some(FollowUpReport {
+        cached_tokens: session.reused_tokens(),
+        new_tokens: session.prompt_ids.len() - session.reused_tokens(),
+        time_to_first_token_ms,
+        pipelines: engine.gpu.pipelines.compiled().len() - compiled,
+    }))
 }
 
 /// Parts of `request`'s vision tower (two per vision layer, none without an image) and of its
@@ -424,15 +489,19 @@ async fn measure_cache(engine: &Engine, model: &str, context: usize, steps: usiz
     let (gpu, m) = (&engine.gpu, &engine.model);
     let cfg = &m.config;
     let steps = steps.max(1);
-    let context = context.clamp(1, m.max_positions().saturating_sub(steps + 2).max(1));
-    // Ordinary text ids (not the image token), cycling.
-    let ids: Vec<u32> = (0..context as u32)
+    let room = steps + 2 + CACHE_FOLLOW_UP_TOKENS;
+    let context = context.clamp(1, m.max_positions().saturating_sub(room).max(1));
+    // Ordinary text ids (not the image token), cycling; the follow-up's are the first ones.
+    let ids: Vec<u32> = (0..context.max(CACHE_FOLLOW_UP_TOKENS) as u32)
         .map(|i| 100 + i % 1000)
         .map(|id| if id == cfg.image_token_id { id + 1 } else { id })
         .collect();
+    let (ids, follow_up) = (&ids[..context], &ids[..CACHE_FOLLOW_UP_TOKENS]);
     let start = now_ms();
-    let mut generator =
-        Generator::start(gpu, m, &ids, None, steps + 1, SamplingOptions::default(), &Stop::never()).await?;
+    let greedy = SamplingOptions::default;
+    // room for the decode steps and the follow-up, so that neither grows the cache
+    let max_new = steps + 1 + CACHE_FOLLOW_UP_TOKENS;
+    let mut generator = Generator::start(gpu, m, ids, None, max_new, greedy(), &Stop::never()).await?;
     generator.logits(gpu, m).await?;
     let prefill_ms = now_ms() - start;
     generator.next_token(gpu, m).await?;
@@ -443,15 +512,23 @@ async fn measure_cache(engine: &Engine, model: &str, context: usize, steps: usiz
     }
     let decode_ms = now_ms() - decode_start;
     let attention_ms_per_step = generator.attention_ms(gpu, m, 3).await?;
+    let (kv_bytes_per_token, kv_cache_bytes) = (generator.kv_bytes_per_token(), generator.kv_cache_bytes());
+    let cached = generator.cached_tokens().len();
+    let turn: Vec<u32> = generator.cached_tokens().iter().chain(follow_up).copied().collect();
+    let start = now_ms();
+    let generator = generator.resume(gpu, m, &turn, cached, None, 1, greedy(), &Stop::never()).await?;
+    generator.logits(gpu, m).await?;
+    let follow_up_ms = now_ms() - start;
     Ok(CacheReport {
         model: model.to_string(),
         cache: m.cache_kind.name().into(),
         context,
         steps: decoded,
-        kv_bytes_per_token: generator.kv_bytes_per_token(),
-        kv_cache_bytes: generator.kv_cache_bytes(),
+        kv_bytes_per_token,
+        kv_cache_bytes,
         prefill_ms,
         decode_tokens_per_s: per_second(decoded, decode_ms),
         attention_ms_per_step,
+        follow_up_ms,
     })
 }

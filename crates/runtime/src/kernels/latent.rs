@@ -30,9 +30,8 @@ use crate::tensor::Tensor;
 
 /// Invocations per workgroup of `shaders/latent_up.wgsl` with float weights (one output value
 /// each). Quantized weights (four outputs each) take one tile's [`TILE_QUADS`]: decode has only
-/// `heads · head_dim / 4` invocations, which that spreads over a CPU adapter's threads, and a
-/// follow-up turn of several tokens then runs the decode step's pipeline (compiled by
-/// `Engine::prepare`) instead of one of its own, at the same speed (BENCHMARKS.md, Speed XXIII).
+/// `heads · head_dim / 4` invocations, which that spreads over a CPU adapter's threads; several
+/// tokens take the same pipeline, at the same speed (BENCHMARKS.md, Speed XXIII).
 const INVOCATIONS: u64 = 64;
 
 /// Uniform block of `shaders/latent_up.wgsl`.

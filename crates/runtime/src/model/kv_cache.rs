@@ -16,9 +16,9 @@
 //! reads with RoPE applied as it loads each key at its own position
 //! ([`crate::kernels::attention::Attention::rope`]); a decode step never rebuilds values: it sums
 //! the latents with the softmax weights and applies `v_up` once per head
-//! ([`crate::kernels::latent`]). A pass of many new tokens against few cached ones (a prompt's
-//! prefill) rebuilds every cached token's values once instead, in the product that rebuilds the
-//! keys, where that takes fewer multiply-adds ([`super::text::rebuilds_values`]).
+//! ([`crate::kernels::latent`]). A pass of several new tokens (a prompt's prefill, a chat
+//! follow-up) rebuilds every cached token's values once instead, in the product that rebuilds
+//! the keys, which is faster from two new tokens on ([`super::text::rebuilds_values`]).
 //!
 //! **Latent with kept keys** ([`CacheKind::LatentKeys`]): the same latent, and beside it each
 //! token's keys, rebuilt from its cached latent once, when the token enters, and kept before RoPE

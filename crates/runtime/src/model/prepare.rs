@@ -5,15 +5,18 @@
 //! submitted after it is recorded. On a software adapter that is seconds of the first caption's
 //! time to first token (SwiftShader compiles a large written-out kernel in hundreds of
 //! milliseconds). [`Model::prepare`] records the passes of a caption — the vision tower of its
-//! tiles, the prefill of its prompt with their image rows, one decode step and its argmax — each
-//! into an encoder that it drops unsubmitted: every pipeline those passes use compiles, nothing
-//! runs, nothing a generation holds is touched (the passes get a KV cache, activations and kernel
-//! scratch of their own, dropped at the end), and no more memory is held at once than the caption
-//! will hold. A pass chooses its kernels from its shapes (tokens, keys, tiles), so
-//! a caption with another prompt length or tile count may still compile a variant or two. A chat
-//! follow-up of fewer than [`SPLIT_KEYS_BELOW`] new tokens that absorbs `v_up` over a latent
-//! cache ([`text::rebuilds_values`]) runs the decode step's attention and absorbed `v_up`
-//! pipelines and the prefill's others, so it compiles nothing either (`tests/conversation.rs`).
+//! tiles, the prefill of its prompt with their image rows, one decode step and its argmax — and
+//! of a short chat follow-up after it ([`FOLLOW_UP_TOKENS`] new tokens), each into an encoder
+//! that it drops unsubmitted: every pipeline those passes use compiles, nothing runs, nothing a
+//! generation holds is touched (the passes get a KV cache, activations and kernel scratch of
+//! their own, dropped at the end), and no more memory is held at once than the caption will
+//! hold but the follow-up's cache rows. A pass chooses its kernels from its shapes (tokens, keys, tiles), so a caption with
+//! another prompt length or tile count may still compile a variant or two. A follow-up of fewer
+//! than [`SPLIT_KEYS_BELOW`] new tokens runs the recorded follow-up's kernels (over a latent
+//! cache it rebuilds the values, [`text::rebuilds_values`], and its attention reads per-head
+//! values for few queries, which neither the caption's prefill nor its decode step does); a
+//! longer one runs the prefill's when the caption's prompt has that many tokens too, as an
+//! image's rows give it (`tests/conversation.rs`).
 //!
 //! [`SPLIT_KEYS_BELOW`]: crate::kernels::attention::SPLIT_KEYS_BELOW
 
@@ -22,9 +25,15 @@ use super::kv_cache::KvCache;
 use super::scratch::{Scratch, f32_buffer};
 use super::{Model, text, vision};
 use crate::device::{Gpu, now_ms};
+use crate::encoder::Encoder;
 use crate::error::{Result, RuntimeError};
 use crate::kernels::argmax::Argmax;
 use crate::kernels::embed::ImageFeatures;
+
+/// New tokens of the chat follow-up [`Model::prepare`] records after the caption's decode step:
+/// any count from 2 to [`crate::kernels::attention::SPLIT_KEYS_BELOW`]` − 1` picks the same
+/// kernels.
+pub const FOLLOW_UP_TOKENS: usize = 2;
 
 /// What [`Model::prepare`] did.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -51,50 +60,69 @@ impl Model {
         }
         self.check_room(prompt_tokens, 1)?;
         // Each pass in an encoder of its own, dropped unsubmitted once recorded (with it what
-        // it bound), so the prepare holds no more at once than the caption will.
-        let never = &mut Interrupt::never();
+        // it bound), so the prepare holds no more at once than the caption will (but for the
+        // follow-up's cache rows).
         let features = match tiles {
             0 => None,
             _ => {
                 let pixels = f32_buffer(gpu, "pixel values", self.pixel_values_len(tiles)).await?;
                 let encoder = &mut gpu.encoder();
+                let never = &mut Interrupt::never();
                 Some(vision::encode_image(gpu, encoder, never, cfg, &self.vision, &pixels, tiles).await?)
             }
         };
         let image =
             features.as_ref().map(|f| ImageFeatures { features: f, rows, token_id: cfg.image_token_id });
         let layout = self.text.cache_layout(cfg, self.cache_kind);
-        let mut cache = KvCache::new(gpu, &layout, prompt_tokens + 1).await?;
+        // room for the follow-up unless the prompt leaves none, when there can be no follow-up
+        let follow_up = prompt_tokens + 1 + FOLLOW_UP_TOKENS <= self.max_positions();
+        let rows = prompt_tokens + 1 + if follow_up { FOLLOW_UP_TOKENS } else { 0 };
+        let mut cache = KvCache::new(gpu, &layout, rows).await?;
         let vocab = cfg.text.vocab_size;
         let logits = f32_buffer(gpu, "logits", vocab).await?;
-        let (text, cache) = (&self.text, &mut cache);
-        {
-            let ids = gpu.zeroed_buffer("prompt ids", (prompt_tokens * 4) as u64).await?;
-            let (encoder, scratch) = (&mut gpu.encoder(), &mut Scratch::default());
-            text::forward(
-                gpu,
-                encoder,
-                never,
-                scratch,
-                cfg,
-                text,
-                cache,
-                &ids,
-                prompt_tokens,
-                image,
-                &logits,
-            )
-            .await?;
-        }
+        self.record_text(gpu, &mut gpu.encoder(), &mut cache, prompt_tokens, image, &logits).await?;
         drop(features);
-        let token = gpu.zeroed_buffer("token id", 4).await?;
         let argmax = gpu.zeroed_buffer("argmax", 4).await?;
-        let (encoder, scratch) = (&mut gpu.encoder(), &mut Scratch::default());
-        text::forward(gpu, encoder, never, scratch, cfg, text, cache, &token, 1, None, &logits).await?;
-        Argmax.encode(gpu, encoder, 1, vocab, &logits, &argmax).await?;
+        {
+            let encoder = &mut gpu.encoder();
+            self.record_text(gpu, encoder, &mut cache, 1, None, &logits).await?;
+            Argmax.encode(gpu, encoder, 1, vocab, &logits, &argmax).await?;
+        }
+        if follow_up {
+            self.record_text(gpu, &mut gpu.encoder(), &mut cache, FOLLOW_UP_TOKENS, None, &logits).await?;
+        }
         // The kernel scratch the passes grew goes too, so the caption holds (and counts) what it
         // would have.
         gpu.drop_kernel_scratch();
         Ok(Prepared { pipelines: gpu.pipelines.compiled().len() - compiled, ms: now_ms() - start })
+    }
+
+    /// Record into `encoder` a text pass of `tokens` new tokens (zero ids, `image`'s rows among
+    /// them) over `cache`, with activations of its own.
+    async fn record_text(
+        &self,
+        gpu: &Gpu,
+        encoder: &mut Encoder,
+        cache: &mut KvCache,
+        tokens: usize,
+        image: Option<ImageFeatures<'_>>,
+        logits: &wgpu::Buffer,
+    ) -> Result<()> {
+        let ids = gpu.zeroed_buffer("prepared ids", (tokens * 4) as u64).await?;
+        let (never, scratch) = (&mut Interrupt::never(), &mut Scratch::default());
+        text::forward(
+            gpu,
+            encoder,
+            never,
+            scratch,
+            &self.config,
+            &self.text,
+            cache,
+            &ids,
+            tokens,
+            image,
+            logits,
+        )
+        .await
     }
 }

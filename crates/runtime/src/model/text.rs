@@ -4,8 +4,8 @@
 //! into the `<image>` positions; per layer `h = RMSNorm(x)`, `q,k,v = h·W_{q,k,v}ᵀ` ([`Qkv`]),
 //! `k, v` appended to the cache, `x += o_proj(CausalGQA(RoPE(q), RoPE(K[..p0+T]), V[..p0+T]))`
 //! — or, for a layer with a latent cache ([`super::kv_cache`]), the latent appended, `K` rebuilt
-//! from it (every cached key each step, or the new ones once and kept) and `V` absorbed (or, in
-//! a pass of many new tokens, rebuilt: [`rebuilds_values`]). Every
+//! from it (every cached key each step, or the new ones once and kept) and `V` absorbed by a
+//! decode step (rebuilt by a pass of several new tokens: [`rebuilds_values`]). Every
 //! cache keeps its keys before RoPE: attention rotates the queries and keys as it reads them;
 //! `x += down(silu(gate(RMSNorm(x))) ⊙ up(RMSNorm(x)))`; then the final RMSNorm and `lm_head` on
 //! the last position only.
@@ -214,19 +214,26 @@ impl NormStep {
     }
 }
 
-/// Whether a pass of `tokens` new tokens with `ctx` cached after it (theirs included) rebuilds the
-/// values of a latent cache instead of absorbing `v_up`. Rebuilding is `v = v_up · c` for every
-/// cached token — the contract's steps 6–7 on the cached INT8 pair, exactly the plain cache's
-/// values (or the float ups on the widened bf16 latents) — `ctx · d_kv · r` multiply-adds in one
-/// product per layer, then attention over per-head values. Absorbing sums `ĉ = Σ_t p_t c_t` per
-/// query head and applies `v_up` to it: `tokens · heads · head_dim · r` multiply-adds in float, and
-/// the attention's values stage reads `r`-wide rows for every query head. With
-/// `d_kv = kv_heads · head_dim`, a pass rebuilds iff `ctx · kv_heads ≤ tokens · heads`: a first
-/// prefill always (`ctx = tokens`, `heads / kv_heads` times fewer multiply-adds), a follow-up turn
-/// whose new tokens are few against the context absorbs, and a decode step (one token) always
-/// absorbs, never rebuilding V for past tokens.
-pub fn rebuilds_values(tokens: usize, ctx: usize, heads: usize, kv_heads: usize) -> bool {
-    tokens > 1 && ctx * kv_heads <= tokens * heads
+/// Whether a pass of `tokens` new tokens rebuilds the values of a latent cache instead of
+/// absorbing `v_up`: every pass of several tokens (a prompt's prefill, a chat follow-up) rebuilds,
+/// a decode step absorbs.
+///
+/// Rebuilding is `v = v_up · c` for every cached token — the contract's steps 6–7 on the cached
+/// INT8 pair, exactly the plain cache's values (or the float ups on the widened bf16 latents) —
+/// `ctx · d_kv · r` multiply-adds per layer in the block product that rebuilds the keys (the ups
+/// are stacked), then attention over per-head values: `heads · head_dim` per (query, key) pair.
+/// Absorbing sums `ĉ = Σ_t p_t c_t` per query head, reading `r`-wide latent rows (`heads · r` per
+/// pair), and applies `v_up` to each sum: `tokens · heads · head_dim · r` more. For one token the
+/// rebuild is ~`d_kv / heads` times the absorbed work (a decode step never rebuilds V for past
+/// tokens); for `tokens` new tokens the absorbed work per cached token grows as
+/// `tokens · heads · (r − head_dim)` against the rebuild's fixed `d_kv · r`, so by multiply-adds
+/// alone the two meet near `tokens ≈ d_kv / heads` (21 for the 256M model). They meet sooner in
+/// time: the absorbed stages run per query with little reuse of what they load, where the rebuild
+/// is one block product that reuses each weight word for 8 tokens. Measured on the demo model
+/// (BENCHMARKS.md, Speed XXIV), a pass of 2–24 new tokens after 100–1000 cached ones ran
+/// 1.03–2.5× faster rebuilding on lavapipe, and 4 and 16 tokens 1.0–1.8× faster in Chromium.
+pub fn rebuilds_values(tokens: usize) -> bool {
+    tokens > 1
 }
 
 /// Record only the attention half of one decode step, every layer (the projections, the cache
@@ -307,8 +314,7 @@ impl<'a> AttentionPass<'a> {
             .unwrap_or(0);
         let latent = widest > 0;
         let rebuilds = cache.layers.iter().any(|l| l.is_latent() && l.kept_keys().is_none());
-        let values = latent
-            && rebuilds_values(tokens, cache.len + tokens, c.num_attention_heads, c.num_key_value_heads);
+        let values = latent && rebuilds_values(tokens);
         let bf16_rank = cache
             .layers
             .iter()
