@@ -17,7 +17,7 @@ pub mod soak;
 use std::cell::RefCell;
 use std::rc::Rc;
 
-use pocketvlm_processor::{Message, Part, RgbImage};
+use pocketvlm_processor::{Message, RgbImage};
 use serde::{Deserialize, Serialize};
 
 use crate::encoder::RecordProfile;
@@ -385,9 +385,8 @@ async fn measure_follow_up(
     conversation: Conversation,
 ) -> Result<Option<FollowUpReport>> {
     let mut messages = request.messages.clone();
-    let text = |text: &str| vec![Part::Text { text: text.to_string() }];
-    messages.push(Message::new("assistant", text(answer)));
-    messages.push(Message::new("user", text(FOLLOW_UP)));
+    messages.push(Message::text("assistant", answer));
+    messages.push(Message::text("user", FOLLOW_UP));
     let turn = Request { messages, max_new_tokens: 1, sampling: Default::default(), ..request.clone() };
     let compiled = engine.gpu.pipelines.compiled().len();
     let start = now_ms();
