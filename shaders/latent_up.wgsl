@@ -15,11 +15,13 @@
 //   d_g = sum_{j in g} f32(q_w[o][j]) * c_hat[j],  t_g = d_g * s_w[o][g],
 //   u = t_0 + t_1 + ... left to right,  then + bias.
 // Float weights: one invocation per output value. QUANT: one invocation per four outputs o..o+3
-// of a head (HD % 4 == 0), whose weight rows are one quad of the tiles: each step loads word k of
-// the four rows at once (one vec4<u32>) and c_hat's four values once for all four (each output's
-// operations as with one output per invocation), one tile's TILE_QUADS invocations per workgroup
-// (so a decode step's few quads still reach every thread of a CPU adapter; several tokens take
-// the same pipeline). No workgroup memory, no barriers.
+// (HD % 4 == 0) of a set of HEAD_SET query heads of one key/value head (kernels::latent::head_set;
+// 1 without the define), whose weight rows are one quad of the tiles shared by the set: each step
+// loads word k of the four rows at once (one vec4<u32>) and widens it once for the set, and each
+// head's c_hat four values once for the four rows (each output's operations as with one output
+// and one head per invocation), one tile's TILE_QUADS invocations per workgroup (so a decode
+// step's few quads still reach every thread of a CPU adapter; several tokens take the same
+// pipeline). No workgroup memory, no barriers.
 
 #include grid
 #include half
@@ -111,10 +113,41 @@ fn lanes_sum(d: vec4<f32>) -> f32 {
     return (d.x + d.y) + (d.z + d.w);
 }
 
-// Weight rows 4·cq..4·cq+3 (quad cq) against c_hat[base..]: per row and group, whole weight words
-// four lanes at a time (four running sums, added pairwise at the end), then the values of a last
-// partial word one by one; the groups' scaled sums left to right.
-fn quad_dot(cq: u32, base: u32) -> vec4<f32> {
+// Running sums of four weight rows (one quad) against one head's c_hat, four lanes each.
+struct Sums {
+    d0: vec4<f32>,
+    d1: vec4<f32>,
+    d2: vec4<f32>,
+    d3: vec4<f32>,
+}
+
+// The four rows' values of one weight word (lanes of one step) against c_hat's values c.
+fn add_word(d: Sums, v: Sums, c: vec4<f32>) -> Sums {
+    return Sums(fma(v.d0, c, d.d0), fma(v.d1, c, d.d1), fma(v.d2, c, d.d2), fma(v.d3, c, d.d3));
+}
+
+// One value (lane `lane` of a last partial word) of the four rows against c_hat's value c.
+fn add_value(d: Sums, word: vec4<u32>, lane: u32, c: f32) -> Sums {
+    var r = d;
+    r.d0.x = fma(word_value(word.x, lane), c, d.d0.x);
+    r.d1.x = fma(word_value(word.y, lane), c, d.d1.x);
+    r.d2.x = fma(word_value(word.z, lane), c, d.d2.x);
+    r.d3.x = fma(word_value(word.w, lane), c, d.d3.x);
+    return r;
+}
+
+// u after group g: the four lanes of each row added pairwise and scaled, left to right.
+fn add_group(u: vec4<f32>, d: Sums, s: vec4<f32>, g: u32) -> vec4<f32> {
+    let t = vec4<f32>(lanes_sum(d.d0), lanes_sum(d.d1), lanes_sum(d.d2), lanes_sum(d.d3)) * s;
+    return select(u + t, t, g == 0u);
+}
+
+// Weight rows 4·cq..4·cq+3 (quad cq) against the c_hat rows of SET heads from bases.x (then
+// .y, .z, .w), heads sharing these rows: per row, head and group, whole weight words four lanes at
+// a time (four running sums, added pairwise at the end), then the values of a last partial word
+// one by one; the groups' scaled sums left to right. Each word is loaded and widened once for
+// the SET heads, each head's operations are those of one head alone.
+fn quad_dots(cq: u32, bases: vec4<u32>) -> array<vec4<f32>, 4> {
     let groups = params.rank / params.group;
 #ifdef INT4
     let per_word = 8u;
@@ -123,37 +156,38 @@ fn quad_dot(cq: u32, base: u32) -> vec4<f32> {
 #endif
     let quads = (params.kv_heads * params.head_dim + 3u) / 4u;
     let at = quad_words(cq, quads, params.ww);
-    var u = vec4<f32>(0.0);
+    var u = array<vec4<f32>, 4>();
     for (var g = 0u; g < groups; g++) {
         let j1 = (g + 1u) * params.group;
         var j = g * params.group;
-        var d0 = vec4<f32>(0.0);
-        var d1 = vec4<f32>(0.0);
-        var d2 = vec4<f32>(0.0);
-        var d3 = vec4<f32>(0.0);
+        var d0 = Sums();
+        var d1 = Sums();
+        var d2 = Sums();
+        var d3 = Sums();
         for (; j + per_word <= j1; j += per_word) {
             let word = weight_word(at.x + (j / per_word) * at.y);
-            let c = chat4(base + j);
-            d0 = fma(word_values(word.x, false), c, d0);
-            d1 = fma(word_values(word.y, false), c, d1);
-            d2 = fma(word_values(word.z, false), c, d2);
-            d3 = fma(word_values(word.w, false), c, d3);
+            let lo = Sums(word_values(word.x, false), word_values(word.y, false),
+                word_values(word.z, false), word_values(word.w, false));
+            d0 = add_word(d0, lo, chat4(bases.x + j));
+            if (SET > 1u) { d1 = add_word(d1, lo, chat4(bases.y + j)); }
+            if (SET > 2u) { d2 = add_word(d2, lo, chat4(bases.z + j)); }
+            if (SET > 3u) { d3 = add_word(d3, lo, chat4(bases.w + j)); }
 #ifdef INT4
-            let c_hi = chat4(base + j + 4u);
-            d0 = fma(word_values(word.x, true), c_hi, d0);
-            d1 = fma(word_values(word.y, true), c_hi, d1);
-            d2 = fma(word_values(word.z, true), c_hi, d2);
-            d3 = fma(word_values(word.w, true), c_hi, d3);
+            let hi = Sums(word_values(word.x, true), word_values(word.y, true),
+                word_values(word.z, true), word_values(word.w, true));
+            d0 = add_word(d0, hi, chat4(bases.x + j + 4u));
+            if (SET > 1u) { d1 = add_word(d1, hi, chat4(bases.y + j + 4u)); }
+            if (SET > 2u) { d2 = add_word(d2, hi, chat4(bases.z + j + 4u)); }
+            if (SET > 3u) { d3 = add_word(d3, hi, chat4(bases.w + j + 4u)); }
 #endif
         }
         for (; j < j1; j++) {
             let word = weight_word(at.x + (j / per_word) * at.y);
-            let c = chat[base + j];
             let lane = j % per_word;
-            d0.x = fma(word_value(word.x, lane), c, d0.x);
-            d1.x = fma(word_value(word.y, lane), c, d1.x);
-            d2.x = fma(word_value(word.z, lane), c, d2.x);
-            d3.x = fma(word_value(word.w, lane), c, d3.x);
+            d0 = add_value(d0, word, lane, chat[bases.x + j]);
+            if (SET > 1u) { d1 = add_value(d1, word, lane, chat[bases.y + j]); }
+            if (SET > 2u) { d2 = add_value(d2, word, lane, chat[bases.z + j]); }
+            if (SET > 3u) { d3 = add_value(d3, word, lane, chat[bases.w + j]); }
         }
         let row = 4u * cq;
         let s = vec4<f32>(
@@ -162,12 +196,10 @@ fn quad_dot(cq: u32, base: u32) -> vec4<f32> {
             weight_scale((row + 2u) * groups + g),
             weight_scale((row + 3u) * groups + g),
         );
-        let t = vec4<f32>(lanes_sum(d0), lanes_sum(d1), lanes_sum(d2), lanes_sum(d3)) * s;
-        if (g == 0u) {
-            u = t;
-        } else {
-            u = u + t;
-        }
+        u[0] = add_group(u[0], d0, s, g);
+        u[1] = add_group(u[1], d1, s, g);
+        u[2] = add_group(u[2], d2, s, g);
+        u[3] = add_group(u[3], d3, s, g);
     }
     return u;
 }
@@ -190,27 +222,46 @@ fn row_dot(o: u32, base: u32) -> f32 {
 #endif
 
 #ifdef QUANT
+#ifdef HEAD_SET
+const SET: u32 = {{HEAD_SET}}u;
+#else
+const SET: u32 = 1u;
+#endif
+
+// Outputs o..o+3 of head h (token t) from u, plus the bias of v_up's rows row..row+3.
+fn store_outputs(t: u32, h: u32, o: u32, row: u32, u: vec4<f32>) {
+    var y = u;
+#ifdef BIAS
+    y = y + vec4<f32>(bias[row], bias[row + 1u], bias[row + 2u], bias[row + 3u]);
+#endif
+    let at = (t * params.heads + h) * params.head_dim + o;
+    out[at] = y.x;
+    out[at + 1u] = y.y;
+    out[at + 2u] = y.z;
+    out[at + 3u] = y.w;
+}
+
+// One invocation per (token, SET heads of one key/value head, four outputs).
 @compute @workgroup_size(TILE_QUADS, 1, 1)
 fn main(grid: Grid, @builtin(local_invocation_index) li: u32) {
     let id = invocation_index(grid, TILE_QUADS, li);
     let hd = params.head_dim;
     let hq = hd / 4u;
-    if (id >= params.tokens * params.heads * hq) {
+    let sets = params.heads / SET;
+    if (id >= params.tokens * sets * hq) {
         return;
     }
     let o = 4u * (id % hq);
-    let h = (id / hq) % params.heads;
-    let t = id / (hq * params.heads);
-    let row = (h / (params.heads / params.kv_heads)) * hd + o;
-    var y = quad_dot(row / 4u, (t * params.heads + h) * params.vd);
-#ifdef BIAS
-    y = y + vec4<f32>(bias[row], bias[row + 1u], bias[row + 2u], bias[row + 3u]);
-#endif
-    let at = (t * params.heads + h) * hd + o;
-    out[at] = y.x;
-    out[at + 1u] = y.y;
-    out[at + 2u] = y.z;
-    out[at + 3u] = y.w;
+    let h0 = ((id / hq) % sets) * SET;
+    let t = id / (hq * sets);
+    let row = (h0 / (params.heads / params.kv_heads)) * hd + o;
+    let base = (t * params.heads + h0) * params.vd;
+    let vd = params.vd;
+    let u = quad_dots(row / 4u, vec4<u32>(base, base + vd, base + 2u * vd, base + 3u * vd));
+    store_outputs(t, h0, o, row, u[0]);
+    if (SET > 1u) { store_outputs(t, h0 + 1u, o, row, u[1]); }
+    if (SET > 2u) { store_outputs(t, h0 + 2u, o, row, u[2]); }
+    if (SET > 3u) { store_outputs(t, h0 + 3u, o, row, u[3]); }
 }
 #else
 @compute @workgroup_size(64, 1, 1)

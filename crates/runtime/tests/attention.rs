@@ -206,6 +206,8 @@ async fn check_shapes(gpu: &Gpu) {
         AttentionShape::causal(1, 6, 3, 36, 40, 48),
         AttentionShape::causal(33, 4, 2, 36, 7, 40),
         AttentionShape::causal(5, 3, 3, 4, 10, 16),
+        // eight query heads per key/value head: the per-query variant's two sets of four
+        AttentionShape::causal(2, 8, 1, 64, 30, 40),
     ];
     for (i, shape) in rope_shapes.into_iter().enumerate() {
         variants_case(gpu, shape, 2.0, 20 + i as u64, &AttentionVariant::ALL, Some(100000.0)).await;

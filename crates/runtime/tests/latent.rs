@@ -150,14 +150,31 @@ async fn latent_attention_case(
 /// `v_up` `[kv_heads·hd, rank]` as float f32 / 16-bit or packed integers with scales (with
 /// `stacked`, uploaded after 128 other rows and read as its view of them,
 /// `QuantWeightsGpu::stack`).
+#[derive(Clone, Copy)]
 enum UpCase {
     Float(Encoding),
     Quant { bits: Bits, group: Option<usize>, f16_scales: bool, stacked: bool },
 }
 
+/// [`latent_up_heads_case`] with two, three and four query heads per key/value head (the
+/// quantized kernel's invocations take that many heads at once, `head_set`).
 async fn latent_up_case(gpu: &Gpu, case: UpCase, rank: usize, bias: bool, seed: u64) {
-    // 48 rows: 12 quads, one whole tile of the quantized layout and a part of the next
-    let (tokens, heads, kv_heads, hd) = (3, 6, 3, 16);
+    for (heads, kv_heads) in [(6, 3), (9, 3), (8, 2)] {
+        latent_up_heads_case(gpu, case, rank, bias, seed, (heads, kv_heads)).await;
+    }
+}
+
+async fn latent_up_heads_case(
+    gpu: &Gpu,
+    case: UpCase,
+    rank: usize,
+    bias: bool,
+    seed: u64,
+    (heads, kv_heads): (usize, usize),
+) {
+    // with 3 key/value heads 48 rows: 12 quads, one whole tile of the quantized layout and a part
+    // of the next
+    let (tokens, hd) = (3, 16);
     let rows = kv_heads * hd;
     let vd = rank.next_multiple_of(8) + 4;
     let chat = values(seed, tokens * heads * vd);
@@ -252,7 +269,8 @@ async fn latent_up_case(gpu: &Gpu, case: UpCase, rank: usize, bias: bool, seed: 
             .unwrap();
         submit(gpu, enc);
         let got = gpu.read_f32(&out, n).await.unwrap();
-        let what = format!("absorbed v_up rank {rank} bias {bias}, {tokens} token(s)");
+        let what =
+            format!("absorbed v_up rank {rank} bias {bias}, {heads}/{kv_heads} heads, {tokens} token(s)");
         assert_close(&what, &got, &want[..n], |i| (TARGET * mag[i]) as f32 + 1e-30);
     }
 }

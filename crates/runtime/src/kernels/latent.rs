@@ -34,6 +34,19 @@ use crate::tensor::Tensor;
 /// tokens take the same pipeline, at the same speed (BENCHMARKS.md, Speed XXIII).
 const INVOCATIONS: u64 = 64;
 
+/// Most query heads one invocation of the quantized kernel takes ([`head_set`]).
+pub const MAX_HEAD_SET: usize = 4;
+
+/// The query heads one invocation of the quantized kernel takes, all multiplying the same rows
+/// of `v_up` (the heads of one key/value head): the largest divisor of `heads / kv_heads` up to
+/// [`MAX_HEAD_SET`] (the invocation keeps four running sums per head); the shader's `HEAD_SET`.
+/// Each weight word is then loaded and widened once for the set instead of once per head (a
+/// CPU adapter loads storage lane by lane), each head's operations unchanged.
+pub fn head_set(heads: usize, kv_heads: usize) -> usize {
+    let per_kv = (heads / kv_heads.max(1)).max(1);
+    (1..=MAX_HEAD_SET.min(per_kv)).rev().find(|n| per_kv.is_multiple_of(*n)).unwrap_or(1)
+}
+
 /// Uniform block of `shaders/latent_up.wgsl`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Pod, Zeroable)]
@@ -168,8 +181,10 @@ impl LatentUp {
         if quant && head_dim % 4 != 0 {
             return bad("quantized weights need a head size that is a multiple of 4".into());
         }
-        // Quantized weights: four outputs per invocation.
-        let threads = (tokens * heads * head_dim / if quant { 4 } else { 1 }) as u64;
+        // Quantized weights: four outputs of a set of heads sharing a key/value head per
+        // invocation ([`head_set`]).
+        let set = if quant { head_set(heads, kv_heads) } else { 1 };
+        let threads = (tokens * heads / set * head_dim / if quant { 4 } else { 1 }) as u64;
         if tokens * heads * vd > u32::MAX as usize {
             return bad("too many elements".into());
         }
@@ -216,7 +231,11 @@ impl LatentUp {
             w_first,
             _pad: [0; 3],
         };
-        let pipeline = gpu.pipeline(Self::SHADER, &self.defines()).await?;
+        let mut defines = self.defines();
+        if set > 1 {
+            defines.insert("HEAD_SET".to_string(), set.to_string());
+        }
+        let pipeline = gpu.pipeline(Self::SHADER, &defines).await?;
         let (gx, gy) = grid(gpu, threads.div_ceil(self.per_group()))?;
         dispatch(gpu, encoder, &pipeline, "latent_up", bytemuck::bytes_of(&params), resources, (gx, gy, 1));
         Ok(())
