@@ -206,7 +206,7 @@ async fn check_shapes(gpu: &Gpu) {
         AttentionShape::causal(1, 6, 3, 36, 40, 48),
         AttentionShape::causal(33, 4, 2, 36, 7, 40),
         AttentionShape::causal(5, 3, 3, 4, 10, 16),
-        // eight query heads per key/value head: the per-query variant's two sets of four
+        // eight query heads per key/value head
         AttentionShape::causal(2, 8, 1, 64, 30, 40),
     ];
     for (i, shape) in rope_shapes.into_iter().enumerate() {

@@ -10,8 +10,9 @@
 //! that it drops unsubmitted: every pipeline those passes use compiles, nothing runs, nothing a
 //! generation holds is touched (the passes get a KV cache, activations and kernel scratch of
 //! their own, dropped at the end), and no more memory is held at once than the caption will
-//! hold but the follow-up's cache rows. A pass chooses its kernels from its shapes (tokens, keys, tiles), so a caption with
-//! another prompt length or tile count may still compile a variant or two. A follow-up of fewer
+//! hold but the follow-up's cache rows. A pass chooses its kernels from its shapes (tokens,
+//! keys, tiles), so a caption with another prompt length or tile count may still compile a
+//! variant or two. A follow-up of fewer
 //! than [`SPLIT_KEYS_BELOW`] new tokens runs the recorded follow-up's kernels (over a latent
 //! cache it rebuilds the values, [`text::rebuilds_values`], and its attention reads per-head
 //! values for few queries, which neither the caption's prefill nor its decode step does); a
