@@ -91,62 +91,114 @@ fn finish_row(row: u32, acc: ptr<function, array<vec4<f32>, VD4>>, m: f32, l: f3
 
 #ifdef PER_QUERY
 // PER_QUERY variant (CPU adapters, where each workgroup barrier costs tens of microseconds):
-// one invocation per (query, head, batch, chunk of chunk_keys keys), walking the chunk's keys in
-// order straight from storage with the online softmax rescaled at every key; no workgroup
-// memory, no barriers. It leaves the chunk's unnormalised accumulator and its max and sum in
-// part[(row * chunks + chunk) * (VD4 + 1) ..] (the last vec4 is (m, l, 0, 0); l = 0 for a
-// chunk past the query's keys), and attention_combine.wgsl merges a row's chunks into `out`
-// (bound instead of `out` and `ml`: part at binding 4, vscale at 5). Splitting the
-// keys gives decode's few (query, head) rows enough invocations to fill a CPU's threads and
-// SIMD lanes.
-// Small workgroups: a CPU adapter runs each on one thread, and decode has few items.
+// one invocation per (query, set of SET query heads sharing a key/value head, batch, chunk of
+// chunk_keys keys), walking the chunk's keys in order straight from storage with the online
+// softmax rescaled at every key; no workgroup memory, no barriers. Each key is read (and
+// rotated) once and each value row read once for the set: a CPU adapter loads storage lane by
+// lane, so what one invocation reads once it does not read SET times. Per head the operations
+// and their order are those of a set of one. It leaves each head's unnormalised accumulator for
+// the chunk and its max and sum in part[(row * chunks + chunk) * (VD4 + 1) ..] (the last vec4 is
+// (m, l, 0, 0); l = 0 for a chunk past the query's keys), and attention_combine.wgsl merges a
+// row's chunks into `out` (bound instead of `out` and `ml`: part at binding 4, vscale at 5).
+// Splitting the keys gives decode's few (query, head) rows enough invocations to fill a CPU's
+// threads and SIMD lanes. SET is HEAD_SET where given (kernels::head_set; the host picks it for
+// long contexts), else 1.
+#ifdef HEAD_SET
+const SET: u32 = {{HEAD_SET}}u;
+#else
+const SET: u32 = 1u;
+#endif
+
+// The online softmax's step for one head at score s of key j (the chunk's first key `begin`):
+// the head's (max, sum) `ml` updated, and (p, alpha) returned (alpha rescales its accumulator).
+fn softmax_step(ml: ptr<function, vec2<f32>>, s: f32, j: u32, begin: u32) -> vec2<f32> {
+    var m_new = s;
+    var alpha = 0.0;
+    if (j > begin) {
+        m_new = max((*ml).x, s);
+        alpha = exp((*ml).x - m_new);
+    }
+    let p = exp(s - m_new);
+    *ml = vec2<f32>(m_new, (*ml).y * alpha + p);
+    return vec2<f32>(p, alpha);
+}
+
+// A head's unnormalised accumulator `acc` for the chunk and its (max, sum) `ml` into `part`.
+fn store_part(row: u32, chunk: u32, acc: ptr<function, array<vec4<f32>, VD4>>, ml: vec2<f32>) {
+    let base = (row * params.chunks + chunk) * (VD4 + 1u);
+    for (var c = 0u; c < VD4; c++) {
+        part[base + c] = (*acc)[c];
+    }
+    part[base + VD4] = vec4<f32>(ml.x, ml.y, 0.0, 0.0);
+}
+
+// Small workgroups: a CPU adapter runs each on one thread, and decode has few items. Heads
+// h0 + 1 .. h0 + 3 are written out beside h0 (their code is compiled only where SET has them),
+// so every array is indexed by the vec4 alone, as for one head (SwiftShader keeps an array that
+// a loop over heads would index in memory).
 @compute @workgroup_size(16, 1, 1)
 fn main(grid: Grid, @builtin(local_invocation_index) li: u32) {
-    let rows = params.queries * params.heads;
+    let sets = params.heads / SET;
+    let units = params.queries * sets;
     let item = invocation_index(grid, 16u, li);
-    if (item >= rows * params.chunks) {
+    if (item >= units * params.chunks) {
         return;
     }
     let b = grid.wg.z;
-    let chunk = item / rows;
-    let i = (item % rows) / params.heads;
-    let h = item % params.heads;
-    let g = h / (params.heads / params.kv_heads);
-    let row = q_row(b, i, h);
-    var qv: array<vec4<f32>, HD4>;
-    var acc: array<vec4<f32>, VD4>;
+    let chunk = item / units;
+    let i = (item % units) / sets;
+    let h0 = (item % sets) * SET;
+    let g = h0 / (params.heads / params.kv_heads);
+    let row0 = q_row(b, i, h0);
+    var q0: array<vec4<f32>, HD4>;
+    var q1: array<vec4<f32>, HD4>;
+    var q2: array<vec4<f32>, HD4>;
+    var q3: array<vec4<f32>, HD4>;
+    var acc0: array<vec4<f32>, VD4>;
+    var acc1: array<vec4<f32>, VD4>;
+    var acc2: array<vec4<f32>, VD4>;
+    var acc3: array<vec4<f32>, VD4>;
     for (var c = 0u; c < HD4; c++) {
-        qv[c] = query4(row, i, c);
+        q0[c] = query4(row0, i, c);
+        if (SET > 1u) { q1[c] = query4(row0 + 1u, i, c); }
+        if (SET > 2u) { q2[c] = query4(row0 + 2u, i, c); }
+        if (SET > 3u) { q3[c] = query4(row0 + 3u, i, c); }
     }
     for (var c = 0u; c < VD4; c++) {
-        acc[c] = vec4<f32>(0.0);
+        acc0[c] = vec4<f32>(0.0);
+        if (SET > 1u) { acc1[c] = vec4<f32>(0.0); }
+        if (SET > 2u) { acc2[c] = vec4<f32>(0.0); }
+        if (SET > 3u) { acc3[c] = vec4<f32>(0.0); }
     }
-    var m = 0.0;
-    var l = 0.0;
+    var ml0 = vec2<f32>(0.0);
+    var ml1 = vec2<f32>(0.0);
+    var ml2 = vec2<f32>(0.0);
+    var ml3 = vec2<f32>(0.0);
     let begin = chunk * params.chunk_keys;
     let n = min(begin + params.chunk_keys, visible_keys(i));
     for (var j = begin; j < n; j++) {
-        let s = key_dot(&qv, kv_row(b, j, g), j) * params.scale;
-        var m_new = s;
-        var alpha = 0.0;
-        if (j > begin) {
-            m_new = max(m, s);
-            alpha = exp(m - m_new);
-        }
-        let p = exp(s - m_new);
-        l = l * alpha + p;
+        let s = key_dots(&q0, &q1, &q2, &q3, kv_row(b, j, g), j) * params.scale;
+        let w0 = softmax_step(&ml0, s.x, j, begin);
+        var w1 = vec2<f32>(0.0);
+        var w2 = vec2<f32>(0.0);
+        var w3 = vec2<f32>(0.0);
+        if (SET > 1u) { w1 = softmax_step(&ml1, s.y, j, begin); }
+        if (SET > 2u) { w2 = softmax_step(&ml2, s.z, j, begin); }
+        if (SET > 3u) { w3 = softmax_step(&ml3, s.w, j, begin); }
         // the row's scale read once for its vec4s (a CPU adapter loads lane by lane)
         let vs = value_scale(b, j);
         for (var c = 0u; c < VD4; c++) {
-            acc[c] = fma(vec4<f32>(p), value4_scaled(b, j, g, c, vs), acc[c] * alpha);
+            let v4 = value4_scaled(b, j, g, c, vs);
+            acc0[c] = fma(vec4<f32>(w0.x), v4, acc0[c] * w0.y);
+            if (SET > 1u) { acc1[c] = fma(vec4<f32>(w1.x), v4, acc1[c] * w1.y); }
+            if (SET > 2u) { acc2[c] = fma(vec4<f32>(w2.x), v4, acc2[c] * w2.y); }
+            if (SET > 3u) { acc3[c] = fma(vec4<f32>(w3.x), v4, acc3[c] * w3.y); }
         }
-        m = m_new;
     }
-    let base = (row * params.chunks + chunk) * (VD4 + 1u);
-    for (var c = 0u; c < VD4; c++) {
-        part[base + c] = acc[c];
-    }
-    part[base + VD4] = vec4<f32>(m, l, 0.0, 0.0);
+    store_part(row0, chunk, &acc0, ml0);
+    if (SET > 1u) { store_part(row0 + 1u, chunk, &acc1, ml1); }
+    if (SET > 2u) { store_part(row0 + 2u, chunk, &acc2, ml2); }
+    if (SET > 3u) { store_part(row0 + 3u, chunk, &acc3, ml3); }
 }
 #else
 #ifndef SPLIT_KEYS

@@ -12,6 +12,21 @@
 // rotated once per query head reading it, which costs far less than a dispatch rotating them all
 // on a CPU adapter.
 
+#ifdef PER_QUERY
+// A query row held in registers, and the key dots of the PER_QUERY variant's set of SET heads
+// (attention.wgsl): each head's dot sums its vec4 products in the order of the key's vec4s as
+// key_dots reads them, the same for every SET.
+alias Query = ptr<function, array<vec4<f32>, HD4>>;
+
+// s.h += q_h[c] · key vec4 `kc`, for the SET heads.
+fn add_dots(s: ptr<function, vec4<f32>>, q0: Query, q1: Query, q2: Query, q3: Query, c: u32, kc: vec4<f32>) {
+    (*s).x += dot((*q0)[c], kc);
+    if (SET > 1u) { (*s).y += dot((*q1)[c], kc); }
+    if (SET > 2u) { (*s).z += dot((*q2)[c], kc); }
+    if (SET > 3u) { (*s).w += dot((*q3)[c], kc); }
+}
+#endif
+
 #ifdef ROPE
 #ifdef ROPE_ELEMENTS
 // Head dims whose halves are not whole vec4s (HD % 8 == 4): every element is rotated with its
@@ -53,14 +68,17 @@ fn key4(row: u32, j: u32, c: u32) -> vec4<f32> {
     return out;
 }
 
-// q · k_j for a query held in `qv` (rotated).
-fn key_dot(qv: ptr<function, array<vec4<f32>, HD4>>, row: u32, j: u32) -> f32 {
-    var sum = 0.0;
+#ifdef PER_QUERY
+// q_h · k_j for the SET query heads held (rotated) in `q0`..`q3` (component h; those past SET
+// are 0 and not read), each key vec4 read once for them.
+fn key_dots(q0: Query, q1: Query, q2: Query, q3: Query, row: u32, j: u32) -> vec4<f32> {
+    var s = vec4<f32>(0.0);
     for (var c = 0u; c < HD4; c++) {
-        sum += dot((*qv)[c], key4(row, j, c));
+        add_dots(&s, q0, q1, q2, q3, c, key4(row, j, c));
     }
-    return sum;
+    return s;
 }
+#endif
 #else
 // The vec4s c and c + HD4 / 2 (c < HD4 / 2) of a row, `a` and `b`, rotated to position `pos`.
 fn rotated_pair(a: vec4<f32>, b: vec4<f32>, pos: u32, c: u32) -> array<vec4<f32>, 2> {
@@ -100,22 +118,25 @@ fn key4(row: u32, j: u32, c: u32) -> vec4<f32> {
 #endif
 }
 
-// q · k_j for a query held in `qv` (rotated), with ROPE each pair of the key's halves read and
-// rotated once (key4 reads a pair for each half).
-fn key_dot(qv: ptr<function, array<vec4<f32>, HD4>>, row: u32, j: u32) -> f32 {
-    var sum = 0.0;
+#ifdef PER_QUERY
+// q_h · k_j for the SET query heads held (rotated) in `q0`..`q3` (component h; those past SET
+// are 0 and not read), each key vec4 read once for them; with ROPE each pair of the key's
+// halves read and rotated once (key4 reads a pair for each half).
+fn key_dots(q0: Query, q1: Query, q2: Query, q3: Query, row: u32, j: u32) -> vec4<f32> {
+    var s = vec4<f32>(0.0);
 #ifdef ROPE
     let half4 = HD4 / 2u;
     for (var c = 0u; c < half4; c++) {
         let pair = rotated_pair(k[row * HD4 + c], k[row * HD4 + c + half4], j, c);
-        sum += dot((*qv)[c], pair[0]);
-        sum += dot((*qv)[c + half4], pair[1]);
+        add_dots(&s, q0, q1, q2, q3, c, pair[0]);
+        add_dots(&s, q0, q1, q2, q3, c + half4, pair[1]);
     }
 #else
     for (var c = 0u; c < HD4; c++) {
-        sum += dot((*qv)[c], k[row * HD4 + c]);
+        add_dots(&s, q0, q1, q2, q3, c, k[row * HD4 + c]);
     }
 #endif
-    return sum;
+    return s;
 }
+#endif
 #endif

@@ -113,16 +113,18 @@ impl Engine {
     /// read, only its size.
     pub async fn prepare(&self, request: &Request) -> Result<Prepared> {
         let size = request.image.as_ref().map(|image| (image.width(), image.height()));
-        self.prepare_for(&request.messages, size, request.split).await
+        self.prepare_for(&request.messages, size, request.split, request.max_new_tokens).await
     }
 
     /// [`Engine::prepare`] for a request of `messages` with an image of `image_size` (width,
-    /// height; `None` without an image) split as `split` asks, without the image itself.
+    /// height; `None` without an image) split as `split` asks, generating up to
+    /// `max_new_tokens`, without the image itself.
     pub async fn prepare_for(
         &self,
         messages: &[Message],
         image_size: Option<(usize, usize)>,
         split: Option<bool>,
+        max_new_tokens: usize,
     ) -> Result<Prepared> {
         let split = split.unwrap_or(self.preprocessor.default_split());
         let grids = match image_size {
@@ -131,7 +133,7 @@ impl Engine {
         };
         let prompt_ids = self.prompt_ids(messages, &grids)?;
         let tiles = grids.iter().map(|g| g.n_tiles()).sum();
-        self.model.prepare(&self.gpu, tiles, prompt_ids.len()).await
+        self.model.prepare(&self.gpu, tiles, prompt_ids.len(), max_new_tokens).await
     }
 
     /// The prompt's token ids: `messages` rendered by the chat template with the generation

@@ -7,8 +7,8 @@ mod common;
 
 use common::{EPS, assert_close, encoder, submit, upload, values, zeros};
 use pocketvlm_runtime::kernels::attention::{
-    Attention, AttentionShape, AttentionVariant, RopeTable, SCORES_MAX_KEYS, SPLIT_KEYS_BELOW, ValueKind,
-    Values, attention_reference,
+    Attention, AttentionShape, AttentionVariant, GROUPED_FROM_KEYS, RopeTable, SCORES_MAX_KEYS,
+    SPLIT_KEYS_BELOW, ValueKind, Values, attention_reference,
 };
 use pocketvlm_runtime::kernels::rope::{rope_reference, rope_table};
 use pocketvlm_runtime::{DeviceOptions, Gpu, RuntimeError};
@@ -206,8 +206,11 @@ async fn check_shapes(gpu: &Gpu) {
         AttentionShape::causal(1, 6, 3, 36, 40, 48),
         AttentionShape::causal(33, 4, 2, 36, 7, 40),
         AttentionShape::causal(5, 3, 3, 4, 10, 16),
-        // eight query heads per key/value head
+        // eight query heads per key/value head, and over enough keys that the per-query
+        // variant takes them four to an invocation (GROUPED_FROM_KEYS; the 300-key decode of 15
+        // heads above takes three, the no-RoPE shapes of 2/1 heads over 5000 and 10 000 two)
         AttentionShape::causal(2, 8, 1, 64, 30, 40),
+        AttentionShape::causal(2, 8, 1, 64, GROUPED_FROM_KEYS + 40, GROUPED_FROM_KEYS + 42),
     ];
     for (i, shape) in rope_shapes.into_iter().enumerate() {
         variants_case(gpu, shape, 2.0, 20 + i as u64, &AttentionVariant::ALL, Some(100000.0)).await;

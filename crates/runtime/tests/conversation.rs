@@ -12,7 +12,7 @@ use pocketvlm_compress::model::reference::LOW_RANK_TEST_RECIPES;
 use pocketvlm_processor::{RgbImage, decode_image};
 use pocketvlm_runtime::DeviceOptions;
 use pocketvlm_runtime::engine::{Conversation, Engine, Request, Session};
-use pocketvlm_runtime::kernels::attention::SPLIT_KEYS_BELOW;
+use pocketvlm_runtime::kernels::attention::{GROUPED_FROM_KEYS, SPLIT_KEYS_BELOW};
 use pocketvlm_runtime::model::CacheKind;
 use pocketvlm_runtime::model::sampling::top_k;
 use pocketvlm_runtime::model::text::rebuilds_values;
@@ -165,6 +165,41 @@ fn latent_cache_conversations_match_a_fresh_start() {
     });
 }
 
+/// The fixture's two-turn conversation with its second question asked eight times over.
+fn long_second_question() -> Value {
+    let mut long = expected("text_multiturn");
+    let question = &mut long["messages"][2]["content"][0]["text"];
+    *question = Value::from(question.as_str().unwrap().repeat(8));
+    long
+}
+
+/// Prepare the first turn of `conversation`, run it and assert that it compiled nothing more;
+/// resume it with the second turn, whose new tokens `new_tokens` must accept (given the count),
+/// and assert that it compiled nothing either and answers as a fresh start does.
+async fn check_prepared_follow_up(engine: &Engine, conversation: &Value, new_tokens: impl Fn(usize) -> bool) {
+    let full = request(conversation);
+    let mut first = full.clone();
+    first.messages.truncate(1);
+
+    engine.prepare(&first).await.unwrap();
+    let compiled = engine.gpu.pipelines.compiled();
+    let mut session = engine.start(first).await.unwrap();
+    run_to_end(engine, &mut session).await;
+    assert_eq!(engine.gpu.pipelines.compiled(), compiled, "the prepared first turn compiled more");
+
+    let mut resumed = engine.resume(full.clone(), Some(session.into_conversation())).await.unwrap();
+    let (cached, new) = (resumed.reused_tokens(), resumed.prompt_ids.len() - resumed.reused_tokens());
+    assert!(new_tokens(new), "{new} new tokens after {cached}");
+    run_to_end(engine, &mut resumed).await;
+    let added: Vec<_> =
+        engine.gpu.pipelines.compiled().into_iter().filter(|p| !compiled.contains(p)).collect();
+    assert!(added.is_empty(), "the follow-up compiled {added:?}");
+
+    let mut fresh = engine.start(full).await.unwrap();
+    run_to_end(engine, &mut fresh).await;
+    assert_eq!(resumed.generated(), fresh.generated(), "the follow-up's greedy ids");
+}
+
 /// A short follow-up compiles nothing that its engine's prepared first turn did not: with the
 /// first question asked at length, the second turn brings fewer new tokens than
 /// `SPLIT_KEYS_BELOW` against the INT8 latent cache and rebuilds its values
@@ -177,27 +212,48 @@ fn a_prepared_conversations_short_follow_up_compiles_nothing() {
     pollster::block_on(async {
         let out = tempfile::tempdir().unwrap();
         let engine = latent_engine(out.path()).await;
-        let long = long_first_question();
-        let full = request(&long);
-        let mut first = full.clone();
-        first.messages.truncate(1);
+        let short = |new| rebuilds_values(new) && new < SPLIT_KEYS_BELOW;
+        check_prepared_follow_up(&engine, &long_first_question(), short).await;
+    });
+}
 
-        engine.prepare(&first).await.unwrap();
+/// A long follow-up to a short text question compiles nothing that its engine's prepared first
+/// turn did not: the first turn's prompt has fewer than `SPLIT_KEYS_BELOW` tokens, so its
+/// prefill takes the kernels for few queries, and the second turn (its question asked at length)
+/// brings at least that many new tokens, which take those of a long prefill; [`Engine::prepare`]
+/// records such a follow-up after a short prompt. The second turn still answers as a fresh start
+/// does.
+#[test]
+fn a_prepared_text_questions_long_follow_up_compiles_nothing() {
+    pollster::block_on(async {
+        let out = tempfile::tempdir().unwrap();
+        let engine = latent_engine(out.path()).await;
+        check_prepared_follow_up(&engine, &long_second_question(), |new| new >= SPLIT_KEYS_BELOW).await;
+    });
+}
+
+/// A prepared question whose cache can reach `GROUPED_FROM_KEYS` keys (its prompt and
+/// `max_new_tokens` together) compiles nothing of its own: [`Engine::prepare`] records its passes
+/// over a cache of its capacity, so the per-query attention's form for long contexts (a set of
+/// query heads per invocation, which its decode takes from that many keys on) is compiled
+/// before it, as the short form is.
+#[test]
+fn a_prepared_long_generation_compiles_nothing() {
+    pollster::block_on(async {
+        let out = tempfile::tempdir().unwrap();
+        let engine = latent_engine(out.path()).await;
+        let mut request = request(&expected("text_multiturn"));
+        request.messages.truncate(1);
+        request.max_new_tokens = GROUPED_FROM_KEYS;
+
+        engine.prepare(&request).await.unwrap();
         let compiled = engine.gpu.pipelines.compiled();
-        let mut session = engine.start(first).await.unwrap();
+        let grouped = compiled.iter().any(|(shader, d)| *shader == "attention" && d.contains_key("HEAD_SET"));
+        assert!(grouped, "the long-context form was not prepared: {compiled:?}");
+        let mut session = engine.start(request).await.unwrap();
         run_to_end(&engine, &mut session).await;
-        assert_eq!(engine.gpu.pipelines.compiled(), compiled, "the prepared first turn compiled more");
-
-        let mut resumed = engine.resume(full.clone(), Some(session.into_conversation())).await.unwrap();
-        let (cached, new) = (resumed.reused_tokens(), resumed.prompt_ids.len() - resumed.reused_tokens());
-        assert!(rebuilds_values(new) && new < SPLIT_KEYS_BELOW, "{new} new tokens after {cached}");
-        run_to_end(&engine, &mut resumed).await;
         let added: Vec<_> =
             engine.gpu.pipelines.compiled().into_iter().filter(|p| !compiled.contains(p)).collect();
-        assert!(added.is_empty(), "the follow-up compiled {added:?}");
-
-        let mut fresh = engine.start(full).await.unwrap();
-        run_to_end(&engine, &mut fresh).await;
-        assert_eq!(resumed.generated(), fresh.generated(), "the follow-up's greedy ids");
+        assert!(added.is_empty(), "the generation compiled {added:?}");
     });
 }

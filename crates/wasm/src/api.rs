@@ -155,7 +155,7 @@ async fn prepare_caption(engine: &Engine) -> Result<(), WebError> {
     let side = engine.model.config.vision.image_size;
     let options = GenerateOptions::default();
     let messages = Request::caption_messages(options.caption_prompt(), true);
-    engine.prepare_for(&messages, Some((side, side)), options.split_image).await?;
+    engine.prepare_for(&messages, Some((side, side)), options.split_image, options.max_new_tokens()?).await?;
     Ok(())
 }
 

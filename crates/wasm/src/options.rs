@@ -59,7 +59,8 @@ impl GenerateOptions {
         })
     }
 
-    fn max_new_tokens(&self) -> Result<usize, WebError> {
+    /// The new tokens asked for ([`DEFAULT_MAX_NEW_TOKENS`] when not given), at least one.
+    pub(crate) fn max_new_tokens(&self) -> Result<usize, WebError> {
         let n = self.max_new_tokens.unwrap_or(DEFAULT_MAX_NEW_TOKENS as f64);
         let n = whole("maxNewTokens", n, u32::MAX as f64)? as usize;
         if n == 0 {

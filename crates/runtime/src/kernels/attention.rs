@@ -36,7 +36,9 @@
 //! [`AttentionVariant::SplitKeys`] (one 256-invocation workgroup per query, keys split across
 //! invocations; for decode on GPUs), [`AttentionVariant::PerQuery`] (one invocation per query,
 //! head and chunk of keys reading them straight from storage, no barriers; for decode on CPU
-//! adapters, where each barrier costs tens of microseconds) and [`AttentionVariant::Scores`]
+//! adapters, where each barrier costs tens of microseconds; from [`GROUPED_FROM_KEYS`] keys one
+//! invocation takes the query heads of a key/value head, `kernels::head_set`, reading each key
+//! and value row once for them, each head's operations unchanged) and [`AttentionVariant::Scores`]
 //! (register-blocked, no barriers; for vision and prefill on CPU adapters).
 //! [`Attention::for_shape`] picks one.
 //!
@@ -44,16 +46,16 @@
 //! every variant rotates what it reads (`shaders/lib/attention_qk.wgsl`: query `i` at position
 //! `q_offset + i`, key `j` at position `j`, the operations of `super::rope::rope_reference`):
 //! the decoder's caches (plain keys, a latent's keys kept or rebuilt each step) keep their keys
-//! before RoPE, and no dispatch rotates them. Each query head rotates the keys it reads again
-//! (GQA: `heads / kv_heads` times), a few hundred flops per key against a dispatch (~50–90 µs
-//! on a CPU adapter).
+//! before RoPE, and no dispatch rotates them. Each query head (or set of them, per-query variant
+//! at long contexts) rotates the keys it reads again (GQA: up to `heads / kv_heads` times), a
+//! few hundred flops per key against a dispatch (~50–90 µs on a CPU adapter).
 
 use std::collections::BTreeMap;
 
 use bytemuck::{Pod, Zeroable};
 
-use super::Kernel;
 use super::util::{check_binding, chunks, dispatch, distinct, grid, require_size, slice};
+use super::{Kernel, head_set};
 use crate::device::Gpu;
 use crate::encoder::Encoder;
 use crate::error::{Result, RuntimeError};
@@ -152,6 +154,41 @@ impl Kernel for Combine {
     }
 }
 
+/// One form of the per-query variant: `set` query heads per invocation (the shader's
+/// `HEAD_SET` where more than one) and the chunks it splits a row's keys into.
+struct PerQueryForm {
+    set: usize,
+    defines: Defines,
+    /// Most keys of one chunk: [`PER_QUERY_ITERATIONS`] over the loop steps of a key.
+    most: usize,
+}
+
+impl PerQueryForm {
+    fn new(attention: &Attention, set: usize, vd: usize) -> Self {
+        let mut defines = attention.defines();
+        if set > 1 {
+            defines.insert("HEAD_SET".to_string(), set.to_string());
+        }
+        // loop steps per key, whatever the set (its heads share each step): the key's vec4s,
+        // the value's, the key loop itself
+        let per_key = (attention.head_dim + vd) / 4 + 1;
+        Self { set, defines, most: (PER_QUERY_ITERATIONS / per_key).max(1) }
+    }
+
+    /// Keys per chunk for `keys` keys: [`PER_QUERY_CHUNKS`] chunks per set of heads, as many
+    /// invocations as one head per invocation would give, each with about as much work (a set's
+    /// chunk of `n` keys is `n · set` (query, key) pairs).
+    fn chunk_keys(&self, keys: usize) -> usize {
+        let fewest = PER_QUERY_MIN_CHUNK_KEYS.div_ceil(self.set);
+        keys.div_ceil(PER_QUERY_CHUNKS * self.set).max(fewest).min(self.most)
+    }
+
+    /// Most chunks any key count up to `capacity` takes.
+    fn most_chunks(&self, capacity: usize) -> usize {
+        (PER_QUERY_CHUNKS * self.set).max(capacity.div_ceil(self.chunk_keys(capacity)))
+    }
+}
+
 /// Largest supported head dimension (keeps the staged key/value tiles within 16 KiB); head
 /// dimensions must also be multiples of 4 (the shader reads vec4s).
 pub const MAX_HEAD_DIM: usize = 128;
@@ -169,6 +206,12 @@ pub const PER_QUERY_ITERATIONS: usize = 16384;
 pub const PER_QUERY_CHUNKS: usize = 16;
 /// Fewest keys per chunk of the per-query variant (more chunks cost more merging).
 pub const PER_QUERY_MIN_CHUNK_KEYS: usize = 8;
+/// Keys from which the per-query variant takes the query heads sharing a key/value head in one
+/// invocation (`kernels::head_set`), each key and value row read once for them. Below, each
+/// invocation takes one head: a short context's chunks are short, and an invocation's fixed work
+/// (each head's query rotated, accumulators zeroed and written) does not shrink with its chunk,
+/// so the sets cost more than they save (BENCHMARKS.md, Speed XXV and XXVI).
+pub const GROUPED_FROM_KEYS: usize = 256;
 /// Invocations per workgroup of the per-query variant: a CPU adapter runs a workgroup on one
 /// thread, so decode's few (query, head, chunk) items need small workgroups to use them all.
 const PER_QUERY_GROUP: u64 = 16;
@@ -679,8 +722,10 @@ impl Attention {
     }
 
     /// The per-query variant: each (query, head) row's keys in chunks of at most
-    /// [`PER_QUERY_ITERATIONS`] loop steps, one invocation per (row, chunk) writing its partial
-    /// softmax into a scratch buffer, then [`Combine`] merging a row's chunks into `out`.
+    /// [`PER_QUERY_ITERATIONS`] loop steps, one invocation per (query, set of heads, chunk)
+    /// writing each head's partial softmax into a scratch buffer, then [`Combine`] merging a
+    /// row's chunks into `out`. The set is one head below [`GROUPED_FROM_KEYS`] keys and
+    /// [`head_set`] from there (see [`PerQueryForm`]).
     async fn encode_chunks(
         &self,
         gpu: &Gpu,
@@ -690,22 +735,30 @@ impl Attention {
         (rows, batch): (usize, usize),
         vd: usize,
     ) -> Result<()> {
-        let pipeline = gpu.pipeline(Self::SHADER, &self.defines()).await?;
-        let most = (PER_QUERY_ITERATIONS / ((self.head_dim + vd) / 4 + 1)).max(1);
-        let chunk_keys =
-            |keys: usize| keys.div_ceil(PER_QUERY_CHUNKS).max(PER_QUERY_MIN_CHUNK_KEYS).min(most);
-        let keys = params.key_end as usize;
-        let (size, chunks) = (chunk_keys(keys), keys.div_ceil(chunk_keys(keys)));
-        // Sized and bound for the most chunks any key count up to the capacity takes, so the
-        // steps of a decode bind the same buffer and range (no allocation, bind groups reused).
-        let capacity = params.kv_capacity as usize;
-        let most_chunks = PER_QUERY_CHUNKS.max(capacity.div_ceil(chunk_keys(capacity)));
+        let set = head_set(params.heads as usize, params.kv_heads as usize);
+        let (short, long) = (PerQueryForm::new(self, 1, vd), PerQueryForm::new(self, set, vd));
+        let (keys, capacity) = (params.key_end as usize, params.kv_capacity as usize);
+        // A cache that can reach GROUPED_FROM_KEYS keys compiles both forms at its first pass,
+        // so a decode crossing it compiles nothing then; a shorter one (a caption's) never
+        // compiles the long form.
+        let short_pipeline = gpu.pipeline(Self::SHADER, &short.defines).await?;
+        let (form, pipeline) = if capacity >= GROUPED_FROM_KEYS {
+            let long_pipeline = gpu.pipeline(Self::SHADER, &long.defines).await?;
+            if keys >= GROUPED_FROM_KEYS { (&long, long_pipeline) } else { (&short, short_pipeline) }
+        } else {
+            (&short, short_pipeline)
+        };
+        let (size, chunks) = (form.chunk_keys(keys), keys.div_ceil(form.chunk_keys(keys)));
+        // Sized and bound for the most chunks either form takes for any key count up to the
+        // capacity, so the steps of a decode bind the same buffer and range (no allocation,
+        // bind groups reused).
+        let most_chunks = short.most_chunks(capacity).max(long.most_chunks(capacity));
         let vd4 = vd / 4;
         let part_bytes = (rows * most_chunks * (vd4 + 1) * 16) as u64;
         check_binding(gpu, "attention chunks", part_bytes)?;
         let part = encoder.kernel_scratch(gpu, "attention chunks", part_bytes).await?;
         let params = Params { chunk_keys: size as u32, chunks: chunks as u32, ..params };
-        let items = (rows / batch * chunks) as u64;
+        let items = (rows / batch / form.set * chunks) as u64;
         let (gx, gy) = grid(gpu, items.div_ceil(PER_QUERY_GROUP))?;
         let resources = bindings.resources(vec![
             Slot::Q,

@@ -19,9 +19,9 @@ use bytemuck::{Pod, Zeroable};
 use pocketvlm_format::Encoding;
 use pocketvlm_format::quant::Bits;
 
-use super::Kernel;
 use super::quant::{QuantWeightsGpu, TILE_QUADS, texture_defines};
 use super::util::{check_binding, dispatch, distinct, grid, require_size, slice};
+use super::{Kernel, head_set};
 use crate::device::Gpu;
 use crate::encoder::Encoder;
 use crate::error::{Result, RuntimeError};
@@ -29,24 +29,11 @@ use crate::shader::Defines;
 use crate::tensor::Tensor;
 
 /// Invocations per workgroup of `shaders/latent_up.wgsl` with float weights (one output value
-/// each). Quantized weights (four outputs of a [`head_set`] each) take one tile's [`TILE_QUADS`]:
-/// decode has only `heads / set · head_dim / 4` invocations, which that spreads over a CPU
-/// adapter's threads; several tokens take the same pipeline, at the same speed (BENCHMARKS.md,
+/// each). Quantized weights (four outputs of a [`head_set`] of query heads each) take one tile's
+/// [`TILE_QUADS`]: decode has only `heads / set · head_dim / 4` invocations, which that spreads
+/// over a CPU adapter's threads; several tokens take the same pipeline, at the same speed (BENCHMARKS.md,
 /// Speed XXIII).
 const INVOCATIONS: u64 = 64;
-
-/// Most query heads one invocation of the quantized kernel takes ([`head_set`]).
-const MAX_HEAD_SET: usize = 4;
-
-/// The query heads one invocation of the quantized kernel takes, all multiplying the same rows
-/// of `v_up` (the heads of one key/value head): the largest divisor of `heads / kv_heads` up to
-/// [`MAX_HEAD_SET`] (the invocation keeps four running sums per head); the shader's `HEAD_SET`.
-/// Each weight word is then loaded and widened once for the set instead of once per head (a
-/// CPU adapter loads storage lane by lane), each head's operations unchanged.
-fn head_set(heads: usize, kv_heads: usize) -> usize {
-    let per_kv = (heads / kv_heads.max(1)).max(1);
-    (1..=MAX_HEAD_SET.min(per_kv)).rev().find(|n| per_kv.is_multiple_of(*n)).unwrap_or(1)
-}
 
 /// Uniform block of `shaders/latent_up.wgsl`.
 #[repr(C)]

@@ -6,20 +6,19 @@
 //! time to first token (SwiftShader compiles a large written-out kernel in hundreds of
 //! milliseconds). [`Model::prepare`] records the passes of a caption — the vision tower of its
 //! tiles, the prefill of its prompt with their image rows, one decode step and its argmax — and
-//! of a short chat follow-up after it ([`FOLLOW_UP_TOKENS`] new tokens), each into an encoder
-//! that it drops unsubmitted: every pipeline those passes use compiles, nothing runs, nothing a
-//! generation holds is touched (the passes get a KV cache, activations and kernel scratch of
-//! their own, dropped at the end), and no more memory is held at once than the caption will
-//! hold but the follow-up's cache rows. A pass chooses its kernels from its shapes (tokens,
-//! keys, tiles), so a caption with another prompt length or tile count may still compile a
-//! variant or two. A follow-up of fewer
-//! than [`SPLIT_KEYS_BELOW`] new tokens runs the recorded follow-up's kernels (over a latent
-//! cache it rebuilds the values, [`text::rebuilds_values`], and its attention reads per-head
-//! values for few queries, which neither the caption's prefill nor its decode step does); a
-//! longer one runs the prefill's when the caption's prompt has that many tokens too, as an
-//! image's rows give it (`tests/conversation.rs`).
-//!
-//! [`SPLIT_KEYS_BELOW`]: crate::kernels::attention::SPLIT_KEYS_BELOW
+//! of chat follow-ups after it (`follow_ups`), each into an encoder that it drops unsubmitted:
+//! every pipeline those passes use compiles, nothing runs, nothing a generation holds is touched
+//! (the passes get a KV cache, activations and kernel scratch of their own, dropped at the end),
+//! and no more memory is held at once than the caption will hold but the follow-ups' cache rows
+//! and activations. A pass chooses its kernels from its shapes (tokens, keys, tiles, the cache's
+//! capacity), so a caption with another prompt length or tile count may still compile a variant
+//! or two. A follow-up of fewer than [`SPLIT_KEYS_BELOW`] new tokens runs the recorded
+//! short follow-up's kernels (over a latent cache it rebuilds the values,
+//! [`text::rebuilds_values`], and its attention reads per-head values for few queries, which
+//! neither the caption's prefill nor its decode step does); a longer one runs the prefill's when
+//! the caption's prompt has that many tokens too, as an image's rows give it, and after a
+//! shorter prompt (a text question) those of a recorded follow-up of [`SPLIT_KEYS_BELOW`] tokens
+//! (`tests/conversation.rs`).
 
 use super::interrupt::Interrupt;
 use super::kv_cache::KvCache;
@@ -29,11 +28,11 @@ use crate::device::{Gpu, now_ms};
 use crate::encoder::Encoder;
 use crate::error::{Result, RuntimeError};
 use crate::kernels::argmax::Argmax;
+use crate::kernels::attention::SPLIT_KEYS_BELOW;
 use crate::kernels::embed::ImageFeatures;
 
-/// New tokens of the chat follow-up [`Model::prepare`] records after the caption's decode step:
-/// any count from 2 to [`crate::kernels::attention::SPLIT_KEYS_BELOW`]` − 1` picks the same
-/// kernels.
+/// New tokens of the short chat follow-up [`Model::prepare`] records after the caption's decode
+/// step: any count from 2 to [`SPLIT_KEYS_BELOW`]` − 1` picks the same kernels.
 pub const FOLLOW_UP_TOKENS: usize = 2;
 
 /// What [`Model::prepare`] did.
@@ -45,12 +44,39 @@ pub struct Prepared {
     pub ms: f64,
 }
 
+/// New tokens of the chat follow-ups [`Model::prepare`] records after a `prompt_tokens`-token
+/// prompt and its one generated token, each while the model's positions leave room for it: a
+/// short one ([`FOLLOW_UP_TOKENS`]), and, after a prompt of fewer than [`SPLIT_KEYS_BELOW`]
+/// tokens (a text question), one of [`SPLIT_KEYS_BELOW`], whose many queries take the kernels of
+/// a long prompt's prefill, which the short prompt's did not compile.
+fn follow_ups(prompt_tokens: usize, max_positions: usize) -> Vec<usize> {
+    let long = (prompt_tokens < SPLIT_KEYS_BELOW).then_some(SPLIT_KEYS_BELOW);
+    let mut rows = prompt_tokens + 1;
+    let mut fitting = Vec::new();
+    for tokens in std::iter::once(FOLLOW_UP_TOKENS).chain(long) {
+        if rows + tokens <= max_positions {
+            rows += tokens;
+            fitting.push(tokens);
+        }
+    }
+    fitting
+}
+
 impl Model {
     /// Compile the pipelines of a caption of `tiles` image tiles (0: a text prompt) whose
-    /// prompt has `prompt_tokens` tokens, the image's rows among them, by recording its passes
-    /// without running them (see the module documentation). The passes' own checks apply: a
-    /// prompt without room for one generated token is a typed error, as its generation would be.
-    pub async fn prepare(&self, gpu: &Gpu, tiles: usize, prompt_tokens: usize) -> Result<Prepared> {
+    /// prompt has `prompt_tokens` tokens, the image's rows among them, and that generates up to
+    /// `max_new_tokens`, by recording its passes without running them (see the module
+    /// documentation). Its passes get a cache of the caption's capacity (`prompt_tokens +
+    /// max_new_tokens` rows, more if the follow-ups need them): kernels that choose by the
+    /// capacity choose as the caption's will. The generation's own checks apply: a prompt without
+    /// room for `max_new_tokens` is a typed error, as its generation would be.
+    pub async fn prepare(
+        &self,
+        gpu: &Gpu,
+        tiles: usize,
+        prompt_tokens: usize,
+        max_new_tokens: usize,
+    ) -> Result<Prepared> {
         let (start, compiled) = (now_ms(), gpu.pipelines.compiled().len());
         let cfg = &self.config;
         let rows = tiles * cfg.image_seq_len();
@@ -59,10 +85,10 @@ impl Model {
                 "a {prompt_tokens}-token prompt cannot hold the {rows} rows of {tiles} image tiles"
             )));
         }
-        self.check_room(prompt_tokens, 1)?;
+        self.check_room(prompt_tokens, max_new_tokens.max(1))?;
         // Each pass in an encoder of its own, dropped unsubmitted once recorded (with it what
         // it bound), so the prepare holds no more at once than the caption will (but for the
-        // follow-up's cache rows).
+        // follow-ups' cache rows and activations).
         let features = match tiles {
             0 => None,
             _ => {
@@ -75,9 +101,8 @@ impl Model {
         let image =
             features.as_ref().map(|f| ImageFeatures { features: f, rows, token_id: cfg.image_token_id });
         let layout = self.text.cache_layout(cfg, self.cache_kind);
-        // room for the follow-up unless the prompt leaves none, when there can be no follow-up
-        let follow_up = prompt_tokens + 1 + FOLLOW_UP_TOKENS <= self.max_positions();
-        let rows = prompt_tokens + 1 + if follow_up { FOLLOW_UP_TOKENS } else { 0 };
+        let follow_ups = follow_ups(prompt_tokens, self.max_positions());
+        let rows = prompt_tokens + max_new_tokens.max(1 + follow_ups.iter().sum::<usize>());
         let mut cache = KvCache::new(gpu, &layout, rows).await?;
         let vocab = cfg.text.vocab_size;
         let logits = f32_buffer(gpu, "logits", vocab).await?;
@@ -89,8 +114,8 @@ impl Model {
             self.record_text(gpu, encoder, &mut cache, 1, None, &logits).await?;
             Argmax.encode(gpu, encoder, 1, vocab, &logits, &argmax).await?;
         }
-        if follow_up {
-            self.record_text(gpu, &mut gpu.encoder(), &mut cache, FOLLOW_UP_TOKENS, None, &logits).await?;
+        for tokens in follow_ups {
+            self.record_text(gpu, &mut gpu.encoder(), &mut cache, tokens, None, &logits).await?;
         }
         // The kernel scratch the passes grew goes too, so the caption holds (and counts) what it
         // would have.
