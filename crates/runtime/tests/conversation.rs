@@ -16,6 +16,7 @@ use pocketvlm_runtime::kernels::attention::{GROUPED_FROM_KEYS, SPLIT_KEYS_BELOW}
 use pocketvlm_runtime::model::CacheKind;
 use pocketvlm_runtime::model::sampling::top_k;
 use pocketvlm_runtime::model::text::rebuilds_values;
+use pocketvlm_runtime::shader::Defines;
 use serde_json::Value;
 
 fn tiny() -> PathBuf {
@@ -137,12 +138,18 @@ async fn latent_engine(out: &Path) -> Engine {
     engine
 }
 
-/// The fixture's two-turn conversation with its first question asked eight times over.
-fn long_first_question() -> Value {
+/// The fixture's two-turn conversation with its question at `message` (0: the first, 2: the
+/// second) asked eight times over.
+fn long_question(message: usize) -> Value {
     let mut long = expected("text_multiturn");
-    let question = &mut long["messages"][0]["content"][0]["text"];
+    let question = &mut long["messages"][message]["content"][0]["text"];
     *question = Value::from(question.as_str().unwrap().repeat(8));
     long
+}
+
+/// The pipelines `engine` has compiled that are not in `before`.
+fn compiled_since(engine: &Engine, before: &[(&'static str, Defines)]) -> Vec<(&'static str, Defines)> {
+    engine.gpu.pipelines.compiled().into_iter().filter(|p| !before.contains(p)).collect()
 }
 
 /// A low-rank W4A8 model caching INT8 latents (`svd-kv25-w4a8`): a conversation continued from
@@ -156,21 +163,13 @@ fn latent_cache_conversations_match_a_fresh_start() {
     pollster::block_on(async {
         let out = tempfile::tempdir().unwrap();
         let mut engine = latent_engine(out.path()).await;
-        let long = long_first_question();
+        let long = long_question(0);
         for kind in [CacheKind::Latent, CacheKind::LatentKeys] {
             engine.model.cache_kind = kind;
             check_resumed_conversation(&engine, request(&expected("text_multiturn"))).await;
             check_resumed_conversation(&engine, request(&long)).await;
         }
     });
-}
-
-/// The fixture's two-turn conversation with its second question asked eight times over.
-fn long_second_question() -> Value {
-    let mut long = expected("text_multiturn");
-    let question = &mut long["messages"][2]["content"][0]["text"];
-    *question = Value::from(question.as_str().unwrap().repeat(8));
-    long
 }
 
 /// Prepare the first turn of `conversation`, run it and assert that it compiled nothing more;
@@ -191,8 +190,7 @@ async fn check_prepared_follow_up(engine: &Engine, conversation: &Value, new_tok
     let (cached, new) = (resumed.reused_tokens(), resumed.prompt_ids.len() - resumed.reused_tokens());
     assert!(new_tokens(new), "{new} new tokens after {cached}");
     run_to_end(engine, &mut resumed).await;
-    let added: Vec<_> =
-        engine.gpu.pipelines.compiled().into_iter().filter(|p| !compiled.contains(p)).collect();
+    let added = compiled_since(engine, &compiled);
     assert!(added.is_empty(), "the follow-up compiled {added:?}");
 
     let mut fresh = engine.start(full).await.unwrap();
@@ -213,7 +211,7 @@ fn a_prepared_conversations_short_follow_up_compiles_nothing() {
         let out = tempfile::tempdir().unwrap();
         let engine = latent_engine(out.path()).await;
         let short = |new| rebuilds_values(new) && new < SPLIT_KEYS_BELOW;
-        check_prepared_follow_up(&engine, &long_first_question(), short).await;
+        check_prepared_follow_up(&engine, &long_question(0), short).await;
     });
 }
 
@@ -228,7 +226,7 @@ fn a_prepared_text_questions_long_follow_up_compiles_nothing() {
     pollster::block_on(async {
         let out = tempfile::tempdir().unwrap();
         let engine = latent_engine(out.path()).await;
-        check_prepared_follow_up(&engine, &long_second_question(), |new| new >= SPLIT_KEYS_BELOW).await;
+        check_prepared_follow_up(&engine, &long_question(2), |new| new >= SPLIT_KEYS_BELOW).await;
     });
 }
 
@@ -252,8 +250,7 @@ fn a_prepared_long_generation_compiles_nothing() {
         assert!(grouped, "the long-context form was not prepared: {compiled:?}");
         let mut session = engine.start(request).await.unwrap();
         run_to_end(&engine, &mut session).await;
-        let added: Vec<_> =
-            engine.gpu.pipelines.compiled().into_iter().filter(|p| !compiled.contains(p)).collect();
+        let added = compiled_since(&engine, &compiled);
         assert!(added.is_empty(), "the generation compiled {added:?}");
     });
 }

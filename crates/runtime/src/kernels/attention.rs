@@ -735,24 +735,26 @@ impl Attention {
         (rows, batch): (usize, usize),
         vd: usize,
     ) -> Result<()> {
-        let set = head_set(params.heads as usize, params.kv_heads as usize);
-        let (short, long) = (PerQueryForm::new(self, 1, vd), PerQueryForm::new(self, set, vd));
         let (keys, capacity) = (params.key_end as usize, params.kv_capacity as usize);
         // A cache that can reach GROUPED_FROM_KEYS keys compiles both forms at its first pass,
         // so a decode crossing it compiles nothing then; a shorter one (a caption's) never
-        // compiles the long form.
-        let short_pipeline = gpu.pipeline(Self::SHADER, &short.defines).await?;
-        let (form, pipeline) = if capacity >= GROUPED_FROM_KEYS {
-            let long_pipeline = gpu.pipeline(Self::SHADER, &long.defines).await?;
-            if keys >= GROUPED_FROM_KEYS { (&long, long_pipeline) } else { (&short, short_pipeline) }
-        } else {
-            (&short, short_pipeline)
-        };
+        // builds or compiles the long form.
+        let mut forms = vec![PerQueryForm::new(self, 1, vd)];
+        if capacity >= GROUPED_FROM_KEYS {
+            let set = head_set(params.heads as usize, params.kv_heads as usize);
+            forms.push(PerQueryForm::new(self, set, vd));
+        }
+        let mut pipelines = Vec::with_capacity(forms.len());
+        for form in &forms {
+            pipelines.push(gpu.pipeline(Self::SHADER, &form.defines).await?);
+        }
+        let chosen = if keys >= GROUPED_FROM_KEYS { forms.len() - 1 } else { 0 };
+        let (form, pipeline) = (&forms[chosen], pipelines.swap_remove(chosen));
         let (size, chunks) = (form.chunk_keys(keys), keys.div_ceil(form.chunk_keys(keys)));
-        // Sized and bound for the most chunks either form takes for any key count up to the
-        // capacity, so the steps of a decode bind the same buffer and range (no allocation,
-        // bind groups reused).
-        let most_chunks = short.most_chunks(capacity).max(long.most_chunks(capacity));
+        // Sized and bound for the most chunks any form that can run takes for any key count up
+        // to the capacity, so the steps of a decode bind the same buffer and range (no
+        // allocation, bind groups reused).
+        let most_chunks = forms.iter().map(|form| form.most_chunks(capacity)).max().unwrap_or(1);
         let vd4 = vd / 4;
         let part_bytes = (rows * most_chunks * (vd4 + 1) * 16) as u64;
         check_binding(gpu, "attention chunks", part_bytes)?;
