@@ -436,23 +436,38 @@ impl Gpu {
     pub async fn read_bytes(&self, buffer: &wgpu::Buffer, size: u64) -> Result<Vec<u8>> {
         self.check_lost()?;
         let size = size.next_multiple_of(4);
-        let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
+        let staging = self.readback_buffer(size);
+        let mut encoder = self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None });
+        encoder.copy_buffer_to_buffer(buffer, 0, &staging, 0, size);
+        let index = self.queue.submit([encoder.finish()]);
+        self.read_staged(&staging, index).await
+    }
+
+    /// A buffer of `size` bytes (a multiple of 4) to copy GPU results into and map for reading
+    /// ([`Gpu::read_staged`]).
+    pub fn readback_buffer(&self, size: u64) -> wgpu::Buffer {
+        self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("readback"),
             size,
             usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
-        });
-        let mut encoder = self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None });
-        encoder.copy_buffer_to_buffer(buffer, 0, &staging, 0, size);
-        self.queue.submit([encoder.finish()]);
+        })
+    }
+
+    /// The bytes of `staging` (a [`Gpu::readback_buffer`]) once the submission `index`, which
+    /// wrote it last, has finished; work submitted after it may still run.
+    pub async fn read_staged(&self, staging: &wgpu::Buffer, index: wgpu::SubmissionIndex) -> Result<Vec<u8>> {
+        self.check_lost()?;
         let (tx, rx) = futures_channel::oneshot::channel();
         staging.map_async(wgpu::MapMode::Read, .., move |r| {
             let _ = tx.send(r);
         });
         #[cfg(not(target_arch = "wasm32"))]
         self.device
-            .poll(wgpu::PollType::wait_indefinitely())
+            .poll(wgpu::PollType::Wait { submission_index: Some(index), timeout: None })
             .map_err(|e| RuntimeError::Readback(e.to_string()))?;
+        #[cfg(target_arch = "wasm32")]
+        let _ = index;
         rx.await
             .map_err(|_| RuntimeError::Readback("the map callback was dropped".into()))?
             .map_err(|e| self.check_lost().err().unwrap_or_else(|| RuntimeError::Readback(e.to_string())))?;

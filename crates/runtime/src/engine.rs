@@ -154,8 +154,20 @@ impl Engine {
     ///
     /// When `request.stop` ends the call, it fails with [`RuntimeError::Aborted`] and
     /// `previous` is dropped: nothing of the stopped pass is kept, and the engine answers the
-    /// next call as if this one had not been made (computing its prompt whole).
+    /// next call as if this one had not been made (computing its prompt whole). When it fails
+    /// with [`RuntimeError::OutOfMemory`], the device also lets go of its kernel scratch (which
+    /// the failed pass may have grown; the next pass grows it again), so it holds no more than
+    /// before the call.
     pub async fn resume(&self, request: Request, previous: Option<Conversation>) -> Result<Session> {
+        let session = self.process_prompt(request, previous).await;
+        if let Err(RuntimeError::OutOfMemory(_)) = &session {
+            self.gpu.drop_kernel_scratch();
+        }
+        session
+    }
+
+    /// [`Engine::resume`]'s passes: preprocess, encode the image, prefill the prompt.
+    async fn process_prompt(&self, request: Request, previous: Option<Conversation>) -> Result<Session> {
         if request.stop.requested() {
             return Err(RuntimeError::Aborted("before the prompt was processed".into()));
         }

@@ -384,8 +384,12 @@ async fn decode_logits(engine: &Engine, steps: usize) -> Vec<Vec<u32>> {
             .unwrap();
     let bits = |v: Vec<f32>| v.into_iter().map(f32::to_bits).collect::<Vec<u32>>();
     let mut all = vec![bits(generator.logits(gpu, model).await.unwrap())];
-    while generator.next_token(gpu, model).await.unwrap().is_some() {
-        all.push(bits(generator.logits(gpu, model).await.unwrap()));
+    while let Some(token) = generator.next_token(gpu, model).await.unwrap() {
+        // the logits the token was chosen from, not the step ahead's
+        let logits = generator.logits(gpu, model).await.unwrap();
+        let first_largest = (0..logits.len()).fold(0, |b, i| if logits[i] > logits[b] { i } else { b });
+        assert_eq!(first_largest as u32, token, "step {}: the logits read are not the choice's", all.len());
+        all.push(bits(logits));
     }
     all
 }
@@ -399,14 +403,15 @@ async fn check_decode_reuse(engine: &Engine, what: &str) {
             .await
             .unwrap();
     generator.profile_decode(DecodeProfiling::Host);
+    // Two tokens: the first chosen from the prompt's logits, each with the greedy step ahead
+    // of it (the second's profiled and timed ones are the later steps).
     for _ in 0..2 {
         generator.next_token(gpu, model).await.unwrap();
     }
-    gpu.reset_peak_held_bytes();
-    let before = gpu.held_bytes();
-    generator.next_token(gpu, model).await.unwrap();
     let first = generator.decode_recording();
     assert_eq!(first.steps, 2, "{what}");
+    gpu.reset_peak_held_bytes();
+    let before = gpu.held_bytes();
     while generator.next_token(gpu, model).await.unwrap().is_some() {}
     assert_eq!(gpu.peak_held_bytes(), before, "{what}: decode steps allocated storage");
     let all = generator.decode_recording();
@@ -544,7 +549,8 @@ fn grown_kernel_scratch_is_held_until_its_pass_is_submitted() {
 /// the device holds: a model whose weights exceed it fails to load with `OutOfMemory` and a
 /// smaller model (W4A8) then loads and answers under the same budget; a generation that needs
 /// more than is left fails with `OutOfMemory`, and the same engine then answers the cases that
-/// fit as transformers does — every buffer of the failed pass given back.
+/// fit as transformers does — every buffer of the failed pass given back, the kernel scratch it
+/// grew included.
 #[test]
 fn a_memory_budget_gives_a_typed_error_and_the_engine_stays_usable() {
     pollster::block_on(async {

@@ -242,13 +242,19 @@ impl KvCache {
         self.layers.iter().flat_map(|l| l.buffers()).map(|(_, width)| width as u64 * 4).sum()
     }
 
+    /// Keep the first `len` cached rows (at most those cached): the later ones are written again
+    /// by the next pass.
+    pub fn truncate(&mut self, len: usize) {
+        self.len = self.len.min(len);
+    }
+
     /// Keep the first `len` cached rows (dropping the rest) and make room for `capacity` rows in
     /// all, moving the kept rows into larger buffers when the current ones are too small.
     pub async fn rewind_and_reserve(&mut self, gpu: &Gpu, len: usize, capacity: usize) -> Result<()> {
         if len > self.len {
             return Err(RuntimeError::Shape(format!("cannot keep {len} of {} cached rows", self.len)));
         }
-        self.len = len;
+        self.truncate(len);
         if capacity <= self.capacity {
             return Ok(());
         }

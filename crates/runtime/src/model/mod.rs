@@ -18,6 +18,7 @@ pub mod text;
 pub mod vision;
 pub mod weights;
 
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
 use pocketvlm_format::{ModelConfig, ModelData};
@@ -191,10 +192,31 @@ impl Model {
 }
 
 /// An in-progress generation: the KV cache, the logits of the next position, and the tokens so far.
+///
+/// Greedy decoding keeps the GPU one step ahead of the host: while the GPU runs the step choosing
+/// token `t`, [`Generator::next_token`] records and submits the step after it, which embeds the
+/// GPU's choice straight from `tokens` (no readback in between), and only then waits to read `t`.
+/// So the host's recording and the readback's latency are off the GPU's path (on a GPU, where a
+/// step takes milliseconds, they are much of it). The steps alternate between two slots of
+/// logits and chosen tokens, so the logits that chose the last token stay readable
+/// ([`Generator::logits`]) while the step ahead writes the other slot. If `t` ends the generation
+/// (an end-of-utterance token), the step ahead has fed it: its cache row is what a following turn
+/// computes for it anyway, and [`Generator::cached_tokens`] counts it. The same operations run in
+/// the same order for every token, so the ids and logits are those of one step at a time.
 pub struct Generator {
     cache: KvCache,
-    logits: DeviceBuffer,
-    argmax: DeviceBuffer,
+    /// Two slots of logits: step `j` of a generation writes the slot its input's logits were not in.
+    logits: [DeviceBuffer; 2],
+    /// The token each slot's logits chose (greedy argmax), or the host wrote for the step after
+    /// them: what that step embeds.
+    tokens: [DeviceBuffer; 2],
+    /// The slot holding the logits the last generated token was chosen from (the prompt's last
+    /// position before any): what [`Generator::logits`] reads.
+    slot: usize,
+    /// Greedy choices submitted and not yet read, oldest first: none, the one choosing the next
+    /// token, or (a call that stopped while waiting for it) that one and the step ahead of it.
+    /// Not empty exactly when the last generated token has been fed.
+    choices: VecDeque<Choice>,
     options: SamplingOptions,
     rng: Pcg32,
     max_new_tokens: usize,
@@ -210,8 +232,6 @@ pub struct Generator {
     peak_pass_bytes: u64,
     /// The decode steps' activations, kept from step to step.
     scratch: Scratch,
-    /// The id a decode step embeds (written before each step's submission).
-    token: DeviceBuffer,
     /// The decode steps' bind groups (the same buffers every step).
     bind_groups: Arc<Mutex<BindGroups>>,
     decode: DecodeRecording,
@@ -344,18 +364,22 @@ impl Generator {
             )));
         }
         let capacity = prompt.len() + max_new_tokens;
-        let (mut cache, logits, argmax, scratch, token) = match reuse {
+        // A step ahead of the previous generation (choices not read) is dropped with its
+        // choices: the cache keeps only rows of the tokens it knows.
+        let (mut cache, logits, tokens, scratch) = match reuse {
             Some((previous, keep)) => {
                 let mut cache = previous.cache;
                 cache.rewind_and_reserve(gpu, keep, capacity).await?;
-                (cache, previous.logits, previous.argmax, previous.scratch, previous.token)
+                (cache, previous.logits, previous.tokens, previous.scratch)
             }
             None => (
                 KvCache::new(gpu, &model.text.cache_layout(cfg, model.cache_kind), capacity).await?,
-                f32_buffer(gpu, "logits", cfg.text.vocab_size).await?,
-                gpu.zeroed_buffer("argmax", 4).await?,
+                [
+                    f32_buffer(gpu, "logits", cfg.text.vocab_size).await?,
+                    f32_buffer(gpu, "logits", cfg.text.vocab_size).await?,
+                ],
+                [gpu.zeroed_buffer("token id", 4).await?, gpu.zeroed_buffer("token id", 4).await?],
                 Scratch::default(),
-                gpu.zeroed_buffer("token id", 4).await?,
             ),
         };
         let start = gpu.start_pass();
@@ -385,7 +409,7 @@ impl Generator {
             &ids,
             n,
             features,
-            &logits,
+            &logits[0],
         )
         .await?;
         // The image features stay alive through the prefill.
@@ -396,7 +420,9 @@ impl Generator {
             peak_pass_bytes: prefill_bytes.max(image.map_or(0, |i| i.pass_bytes)),
             cache,
             logits,
-            argmax,
+            tokens,
+            slot: 0,
+            choices: VecDeque::new(),
             rng: Pcg32::new(options.seed),
             options,
             max_new_tokens,
@@ -406,7 +432,6 @@ impl Generator {
             generated: Vec::new(),
             finished: max_new_tokens == 0,
             scratch,
-            token,
             bind_groups: Arc::default(),
             decode: DecodeRecording::default(),
             decode_profile: RecordProfile::default(),
@@ -431,7 +456,7 @@ impl Generator {
 
     /// Logits of the next position (after [`Generator::start`]: the last prompt position).
     pub async fn logits(&self, gpu: &Gpu, model: &Model) -> Result<Vec<f32>> {
-        gpu.read_f32(&self.logits, model.config.text.vocab_size).await
+        gpu.read_f32(&self.logits[self.slot], model.config.text.vocab_size).await
     }
 
     /// The next token, or `None` once the end-of-utterance token was produced or the limit reached.
@@ -439,25 +464,59 @@ impl Generator {
         if self.finished {
             return Ok(None);
         }
-        let vocab = model.config.text.vocab_size;
-        let mut encoder = gpu.encoder_reusing(&self.bind_groups);
-        self.feed_last(gpu, model, &mut encoder).await?;
-        let token = if self.options.is_greedy() {
-            Argmax.encode(gpu, &mut encoder, 1, vocab, &self.logits, &self.argmax).await?;
+        if !self.options.is_greedy() {
+            let mut encoder = gpu.encoder_reusing(&self.bind_groups);
+            self.feed_last(gpu, model, &mut encoder).await?;
             let timings = encoder.finish_timing(gpu);
             gpu.submit(encoder);
-            let bytes = gpu.read_bytes(&self.argmax, 4).await?;
+            let logits = gpu.read_f32(&self.logits[self.slot], model.config.text.vocab_size).await?;
             self.add_gpu_time(gpu, timings).await?;
-            u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]])
-        } else {
-            let timings = encoder.finish_timing(gpu);
-            gpu.submit(encoder);
-            let logits = gpu.read_f32(&self.logits, vocab).await?;
-            self.add_gpu_time(gpu, timings).await?;
-            sample(&logits, &self.options, &mut self.rng)
+            let token = sample(&logits, &self.options, &mut self.rng);
+            self.accept(model, token);
+            return Ok(Some(token));
+        }
+        if self.choices.is_empty() {
+            let mut encoder = gpu.encoder_reusing(&self.bind_groups);
+            self.feed_last(gpu, model, &mut encoder).await?;
+            let choice = self.choose(gpu, model, encoder, self.slot).await?;
+            self.choices.push_back(choice);
+        }
+        // The step after it, unless the token being chosen is the last the limit allows: fed
+        // with that choice on the GPU, submitted before waiting to read it.
+        if self.choices.len() == 1 && self.generated.len() + 1 < self.max_new_tokens {
+            let from = self.choices[0].slot;
+            let mut encoder = gpu.encoder_reusing(&self.bind_groups);
+            let to = self.record_step(gpu, model, &mut encoder, from).await?;
+            let choice = self.choose(gpu, model, encoder, to).await?;
+            self.choices.push_back(choice);
+        }
+        let bytes = match self.choices.front() {
+            Some(choice) => gpu.read_staged(&choice.staging, choice.index.clone()).await?,
+            None => return Err(RuntimeError::Shape("no token is being chosen".into())),
         };
+        let Some(choice) = self.choices.pop_front() else { return Ok(None) };
+        let token = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
+        self.slot = choice.slot;
+        if !self.choices.is_empty() {
+            // the step ahead fed it
+            self.cached.push(token);
+        }
+        self.add_gpu_time(gpu, choice.timings).await?;
         self.accept(model, token);
         Ok(Some(token))
+    }
+
+    /// Finish `encoder` (the step whose logits are in `slot`, or nothing when they are the
+    /// prompt's) with the greedy choice from those logits into `tokens[slot]` and a copy of it to
+    /// read, and submit it.
+    async fn choose(&self, gpu: &Gpu, model: &Model, mut encoder: Encoder, slot: usize) -> Result<Choice> {
+        let vocab = model.config.text.vocab_size;
+        Argmax.encode(gpu, &mut encoder, 1, vocab, &self.logits[slot], &self.tokens[slot]).await?;
+        let staging = gpu.readback_buffer(4);
+        encoder.copy_buffer_to_buffer(&self.tokens[slot], 0, &staging, 0, 4);
+        let timings = encoder.finish_timing(gpu);
+        let index = gpu.submit(encoder);
+        Ok(Choice { slot, staging, index, timings })
     }
 
     /// Teacher forcing: take `token` as the next generated token instead of choosing one (the
@@ -471,11 +530,19 @@ impl Generator {
         if token as usize >= model.config.text.vocab_size {
             return Err(RuntimeError::Shape(format!("token id {token} is outside the vocabulary")));
         }
-        let mut encoder = gpu.encoder_reusing(&self.bind_groups);
-        self.feed_last(gpu, model, &mut encoder).await?;
-        let timings = encoder.finish_timing(gpu);
-        gpu.submit(encoder);
-        self.add_gpu_time(gpu, timings).await?;
+        if let Some(choice) = self.choices.pop_front() {
+            // The GPU chose from the logits after the last token: `token` replaces that choice,
+            // and a step ahead that fed it leaves no row.
+            self.choices.clear();
+            self.cache.truncate(self.cached.len());
+            self.slot = choice.slot;
+        } else {
+            let mut encoder = gpu.encoder_reusing(&self.bind_groups);
+            self.feed_last(gpu, model, &mut encoder).await?;
+            let timings = encoder.finish_timing(gpu);
+            gpu.submit(encoder);
+            self.add_gpu_time(gpu, timings).await?;
+        }
         self.accept(model, token);
         Ok(())
     }
@@ -500,9 +567,26 @@ impl Generator {
     }
 
     /// Record the pass that computes the keys, values and next logits of the last generated
-    /// token, if there is one (tokens are fed lazily, when the one after them is wanted).
+    /// token, if there is one (tokens are fed lazily, when the one after them is wanted), the
+    /// token written by the host.
     async fn feed_last(&mut self, gpu: &Gpu, model: &Model, encoder: &mut Encoder) -> Result<()> {
         let Some(&last) = self.generated.last() else { return Ok(()) };
+        gpu.queue.write_buffer(&self.tokens[self.slot], 0, bytemuck::bytes_of(&last));
+        self.slot = self.record_step(gpu, model, encoder, self.slot).await?;
+        self.cached.push(last);
+        Ok(())
+    }
+
+    /// Record the pass that embeds `tokens[from]` (chosen from, or written after, the logits
+    /// in slot `from`) and computes its keys, values and next logits into the other slot, which
+    /// it returns.
+    async fn record_step(
+        &mut self,
+        gpu: &Gpu,
+        model: &Model,
+        encoder: &mut Encoder,
+        from: usize,
+    ) -> Result<usize> {
         let (t0, dispatches, start) = (now_ms(), encoder.dispatches(), gpu.start_pass());
         let built = || self.bind_groups.lock().map_or((0, 0.0), |c| (c.built, c.build_ms));
         let built_before = built();
@@ -513,13 +597,12 @@ impl Generator {
                 encoder.time_dispatches(gpu);
             }
         }
-        gpu.queue.write_buffer(&self.token, 0, bytemuck::bytes_of(&last));
+        let to = 1 - from;
         let (cfg, text) = (&model.config, &model.text);
         let (scratch, cache) = (&mut self.scratch, &mut self.cache);
         let never = &mut Interrupt::never();
-        text::forward(gpu, encoder, never, scratch, cfg, text, cache, &self.token, 1, None, &self.logits)
-            .await?;
-        self.cached.push(last);
+        let (token, logits) = (&self.tokens[from], &self.logits[to]);
+        text::forward(gpu, encoder, never, scratch, cfg, text, cache, token, 1, None, logits).await?;
         self.peak_pass_bytes = self.peak_pass_bytes.max(gpu.pass_bytes(start));
         self.decode.steps += 1;
         self.decode.dispatches += encoder.dispatches() - dispatches;
@@ -537,7 +620,7 @@ impl Generator {
             self.decode.later_built_bind_groups += after.0 - built_before.0;
             self.decode.later_bind_group_ms += after.1 - built_before.1;
         }
-        Ok(())
+        Ok(to)
     }
 
     /// Host-side cost of the decode steps so far.
@@ -573,8 +656,8 @@ impl Generator {
         self.reused_tokens
     }
 
-    /// The tokens whose keys and values the cache holds (the prompt and the generated tokens
-    /// fed back so far; the last generated token is not in it yet).
+    /// The tokens whose keys and values the cache holds: the prompt and the generated tokens fed
+    /// back so far (the last generated one too once a greedy step ahead of it has fed it).
     pub fn cached_tokens(&self) -> &[u32] {
         &self.cached
     }
@@ -617,9 +700,19 @@ impl Generator {
             weights: model.weight_bytes(),
             tables: model.table_bytes(),
             kv_cache: self.kv_cache_bytes(),
-            activations: self.peak_pass_bytes + self.logits.size() + self.argmax.size(),
+            activations: self.peak_pass_bytes
+                + self.logits.iter().chain(&self.tokens).map(|b| b.size()).sum::<u64>(),
         }
     }
+}
+
+/// A greedy choice on its way back: the argmax of the logits in `slot`, written to the slot's
+/// token and copied into `staging` by submission `index`.
+struct Choice {
+    slot: usize,
+    staging: wgpu::Buffer,
+    index: wgpu::SubmissionIndex,
+    timings: Option<GpuTimings>,
 }
 
 /// Whether this runtime runs the model: every format kind (dense or factored, float or
