@@ -43,6 +43,13 @@ pub struct Capabilities {
     /// they ran 2.7× (SwiftShader) and 1.4× (lavapipe) the `dot4I8Packed` blocks (BENCHMARKS.md,
     /// Speeds XVIII and XXII).
     pub float_block_sums: bool,
+    /// Greedy decoding keeps the GPU a step ahead (`model::Generator`): it records and submits
+    /// the step after a token before reading that token back, so the host's recording and the
+    /// readback's round trip leave the GPU's path. On GPUs, where they are a large part of a
+    /// small model's step; off on CPU adapters, whose "GPU" threads share the host's cores: there
+    /// the overlap measured no faster (BENCHMARKS.md, Speed XXVII). The same tokens and logits
+    /// either way.
+    pub decode_ahead: bool,
     /// Largest storage-buffer binding in bytes (128 MiB on lavapipe). Tensors larger than this
     /// must be split by the kernels that read them.
     pub max_storage_binding: u64,
@@ -77,6 +84,9 @@ pub struct DeviceOptions {
     /// the adapter ([`Capabilities::weight_textures`]); `None`: the adapter's choice. The results
     /// are the same; the bench compares the speeds.
     pub weight_textures: Option<bool>,
+    /// Keep greedy decoding a step ahead (`true`) or not (`false`) whatever the adapter
+    /// ([`Capabilities::decode_ahead`]); `None`: the adapter's choice. The same tokens either way.
+    pub decode_ahead: Option<bool>,
 }
 
 /// Another kind of adapter, as far as kernel choice goes: a CPU implementation or a GPU, with
@@ -113,6 +123,7 @@ impl Capabilities {
             weight_textures: pretend.cpu,
             one_word_int4_blocks: self.one_word_int4_blocks && pretend.cpu,
             float_block_sums: self.float_block_sums && pretend.cpu,
+            decode_ahead: !pretend.cpu,
             max_storage_binding: self.max_storage_binding.min(web.max_storage_buffer_binding_size),
             max_buffer_size: self.max_buffer_size.min(web.max_buffer_size),
             max_invocations: self.max_invocations.min(web.max_compute_invocations_per_workgroup),
@@ -215,6 +226,7 @@ impl Gpu {
             weight_textures: cpu,
             one_word_int4_blocks: browser_cpu,
             float_block_sums: cpu,
+            decode_ahead: !cpu,
             max_storage_binding: options.max_storage_binding.map_or(max_binding, |m| m.min(max_binding)),
             max_buffer_size: limits.max_buffer_size,
             max_invocations: limits.max_compute_invocations_per_workgroup.min(MAX_WORKGROUP_INVOCATIONS),
@@ -226,8 +238,11 @@ impl Gpu {
             uniform_offset_alignment: limits.min_uniform_buffer_offset_alignment,
         };
         let caps = options.pretend.map_or_else(|| caps.clone(), |p| caps.pretending(p));
-        let caps =
-            Capabilities { weight_textures: options.weight_textures.unwrap_or(caps.weight_textures), ..caps };
+        let caps = Capabilities {
+            weight_textures: options.weight_textures.unwrap_or(caps.weight_textures),
+            decode_ahead: options.decode_ahead.unwrap_or(caps.decode_ahead),
+            ..caps
+        };
         Ok(Self {
             device,
             queue,

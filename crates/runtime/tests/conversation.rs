@@ -82,8 +82,9 @@ fn a_second_turn_reuses_the_first_turns_cache() {
         assert!(session.next(&engine).await.unwrap().is_some());
         assert!(session.next(&engine).await.unwrap().is_some());
         let conversation = session.into_conversation();
-        // both tokens fed: the second by the greedy step ahead of the third
-        assert_eq!(conversation.cached_tokens().len(), first_prompt.len() + 2);
+        // the first token fed; on a GPU the second too, by the greedy step ahead of the third
+        let fed = if engine.gpu.caps.decode_ahead { 2 } else { 1 };
+        assert_eq!(conversation.cached_tokens().len(), first_prompt.len() + fed);
 
         // Turn two: the whole conversation (with an assistant reply the model did not write).
         let (conversation, reused) = check_resumed(&engine, "text_multiturn", Some(conversation)).await;
@@ -256,46 +257,50 @@ fn a_prepared_long_generation_compiles_nothing() {
     });
 }
 
-/// A greedy generation keeps the GPU one step ahead of the host, so when it ends on an
-/// end-of-utterance token, that step has already fed the token: the cache holds its row and
-/// `cached_tokens` lists it. A follow-up continuing after it reuses that row and answers as a
-/// fresh start does (prompt logits within the tolerance of a prefill against decode steps,
-/// the same greedy ids).
+/// A turn that ended on an end-of-utterance token is continued from its cache as a fresh start
+/// would answer (prompt logits within the tolerance of a prefill against decode steps, the same
+/// greedy ids), decoding one step at a time and a step ahead
+/// ([`pocketvlm_runtime::Capabilities::decode_ahead`]). A step ahead has already fed the end
+/// token: the cache holds its row, `cached_tokens` lists it and the follow-up reuses it; one
+/// step at a time leaves it for the follow-up's prefill.
 #[test]
 fn a_turn_ended_by_an_end_token_is_continued_from_its_cache() {
     pollster::block_on(async {
-        let mut engine = engine().await;
-        let prompt = ids(&expected("text_multiturn")["prompt_ids"]);
-        let (greedy, never) = (SamplingOptions::default, Stop::never());
-        let generate = async |engine: &Engine, prompt: &[u32], max_new| {
-            let (gpu, model) = (&engine.gpu, &engine.model);
-            let mut generator =
-                Generator::start(gpu, model, prompt, None, max_new, greedy(), &never).await.unwrap();
-            while generator.next_token(gpu, model).await.unwrap().is_some() {}
-            generator
-        };
-        let plain = generate(&engine, &prompt, 8).await;
-        // The third greedy id taken as an end-of-utterance token.
-        let end = plain.generated()[2];
-        let ended_at = plain.generated().iter().position(|&t| t == end).unwrap();
-        engine.model.eos_token_ids = vec![end];
-        let first = generate(&engine, &prompt, 8).await;
-        assert_eq!(first.generated(), &plain.generated()[..=ended_at]);
-        let cached: Vec<u32> = prompt.iter().chain(first.generated()).copied().collect();
-        assert_eq!(first.cached_tokens(), cached.as_slice(), "the end token's row");
+        for ahead in [false, true] {
+            let options = DeviceOptions { decode_ahead: Some(ahead), ..Default::default() };
+            let mut engine = load(&tiny(), options).await;
+            let prompt = ids(&expected("text_multiturn")["prompt_ids"]);
+            let (greedy, never) = (SamplingOptions::default, Stop::never());
+            let generate = async |engine: &Engine, prompt: &[u32], max_new| {
+                let (gpu, model) = (&engine.gpu, &engine.model);
+                let mut generator =
+                    Generator::start(gpu, model, prompt, None, max_new, greedy(), &never).await.unwrap();
+                while generator.next_token(gpu, model).await.unwrap().is_some() {}
+                generator
+            };
+            let plain = generate(&engine, &prompt, 8).await;
+            // The third greedy id taken as an end-of-utterance token.
+            let end = plain.generated()[2];
+            let ended_at = plain.generated().iter().position(|&t| t == end).unwrap();
+            engine.model.eos_token_ids = vec![end];
+            let first = generate(&engine, &prompt, 8).await;
+            assert_eq!(first.generated(), &plain.generated()[..=ended_at]);
+            let turn_one: Vec<u32> = prompt.iter().chain(first.generated()).copied().collect();
+            let fed = if ahead { turn_one.len() } else { turn_one.len() - 1 };
+            assert_eq!(first.cached_tokens(), &turn_one[..fed], "ahead {ahead}: the cached rows");
 
-        engine.model.eos_token_ids.clear();
-        let turn: Vec<u32> = cached.iter().chain(&prompt[1..6]).copied().collect();
-        let (gpu, model) = (&engine.gpu, &engine.model);
-        let mut resumed =
-            first.resume(gpu, model, &turn, cached.len(), None, 4, greedy(), &never).await.unwrap();
-        let mut fresh = Generator::start(gpu, model, &turn, None, 4, greedy(), &never).await.unwrap();
-        let (a, b) = (resumed.logits(gpu, model).await.unwrap(), fresh.logits(gpu, model).await.unwrap());
-        let scale = b.iter().fold(1f32, |m, x| m.max(x.abs()));
-        let worst = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
-        assert!(worst <= 1e-3 * scale, "the follow-up's prompt logits differ by {worst} (scale {scale})");
-        while resumed.next_token(gpu, model).await.unwrap().is_some() {}
-        while fresh.next_token(gpu, model).await.unwrap().is_some() {}
-        assert_eq!(resumed.generated(), fresh.generated(), "the follow-up's greedy ids");
+            engine.model.eos_token_ids.clear();
+            let turn: Vec<u32> = turn_one.iter().chain(&prompt[1..6]).copied().collect();
+            let (gpu, model) = (&engine.gpu, &engine.model);
+            let mut resumed = first.resume(gpu, model, &turn, fed, None, 4, greedy(), &never).await.unwrap();
+            let mut fresh = Generator::start(gpu, model, &turn, None, 4, greedy(), &never).await.unwrap();
+            let (a, b) = (resumed.logits(gpu, model).await.unwrap(), fresh.logits(gpu, model).await.unwrap());
+            let scale = b.iter().fold(1f32, |m, x| m.max(x.abs()));
+            let worst = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+            assert!(worst <= 1e-3 * scale, "ahead {ahead}: the follow-up's prompt logits differ by {worst}");
+            while resumed.next_token(gpu, model).await.unwrap().is_some() {}
+            while fresh.next_token(gpu, model).await.unwrap().is_some() {}
+            assert_eq!(resumed.generated(), fresh.generated(), "ahead {ahead}: the follow-up's greedy ids");
+        }
     });
 }

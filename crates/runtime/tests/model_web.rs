@@ -59,6 +59,21 @@ async fn two_generations_at_once_in_the_browser() {
     check_concurrent(&engine, &tiny_case("coffee_nosplit").await, &tiny_case("text_chat").await).await;
 }
 
+/// Greedy decoding a step ahead (what GPUs get, `Capabilities::decode_ahead`; forced here on the
+/// CPU adapter): every case answers as transformers does, and two generations interleaved on
+/// one engine, each with a step in flight while the other records, give what each gives alone.
+#[wasm_bindgen_test]
+async fn decoding_a_step_ahead_matches_transformers_in_the_browser() {
+    let fetched = fetch_model(&join(server(), "model/tiny")).await.unwrap();
+    let gpu = Gpu::new(&DeviceOptions { decode_ahead: Some(true), ..Default::default() }).await.unwrap();
+    let engine = Engine::load(gpu, &fetched.data, &fetched.tokenizer).await.unwrap();
+    assert!(engine.gpu.caps.decode_ahead);
+    for name in TINY_CASES {
+        check_case(&engine, &tiny_case(name).await).await;
+    }
+    check_concurrent(&engine, &tiny_case("coffee_nosplit").await, &tiny_case("text_chat").await).await;
+}
+
 /// The quantized and low-rank variants of the tiny fixture (`/quant/index.json`: recipes,
 /// low-rank recipes and cases) against the CPU reference (the integer contract's, with the
 /// latent KV cache for low-rank models, which the engine uses by default), as natively in

@@ -193,11 +193,12 @@ impl Model {
 
 /// An in-progress generation: the KV cache, the logits of the next position, and the tokens so far.
 ///
-/// Greedy decoding keeps the GPU one step ahead of the host: while the GPU runs the step choosing
-/// token `t`, [`Generator::next_token`] records and submits the step after it, which embeds the
-/// GPU's choice straight from `tokens` (no readback in between), and only then waits to read `t`.
-/// So the host's recording and the readback's latency are off the GPU's path (on a GPU, where a
-/// step takes milliseconds, they are much of it). The steps alternate between two slots of
+/// Greedy decoding on a GPU keeps it one step ahead of the host
+/// ([`crate::Capabilities::decode_ahead`]): while the GPU runs the step choosing token `t`,
+/// [`Generator::next_token`] records and submits the step after it, which embeds the GPU's choice
+/// straight from `tokens` (no readback in between), and only then waits to read `t`. So the
+/// host's recording and the readback's latency are off the GPU's path (on a GPU, where a step
+/// takes milliseconds, they are much of it). The steps alternate between two slots of
 /// logits and chosen tokens, so the logits that chose the last token stay readable
 /// ([`Generator::logits`]) while the step ahead writes the other slot. If `t` ends the generation
 /// (an end-of-utterance token), the step ahead has fed it: its cache row is what a following turn
@@ -483,7 +484,8 @@ impl Generator {
         }
         // The step after it, unless the token being chosen is the last the limit allows: fed
         // with that choice on the GPU, submitted before waiting to read it.
-        if self.choices.len() == 1 && self.generated.len() + 1 < self.max_new_tokens {
+        let room = self.generated.len() + 1 < self.max_new_tokens;
+        if gpu.caps.decode_ahead && self.choices.len() == 1 && room {
             let from = self.choices[0].slot;
             let mut encoder = gpu.encoder_reusing(&self.bind_groups);
             let to = self.record_step(gpu, model, &mut encoder, from).await?;
