@@ -7,7 +7,7 @@ mod cases;
 
 use std::path::{Path, PathBuf};
 
-use cases::{check_resumed_conversation, ids, load, load_dir, request_for};
+use cases::{check_resumed_conversation, check_resumed_logits, ids, load, load_dir, request_for};
 use pocketvlm_compress::model::reference::LOW_RANK_TEST_RECIPES;
 use pocketvlm_processor::{RgbImage, decode_image};
 use pocketvlm_runtime::DeviceOptions;
@@ -295,9 +295,7 @@ fn a_turn_ended_by_an_end_token_is_continued_from_its_cache() {
             let mut resumed = first.resume(gpu, model, &turn, fed, None, 4, greedy(), &never).await.unwrap();
             let mut fresh = Generator::start(gpu, model, &turn, None, 4, greedy(), &never).await.unwrap();
             let (a, b) = (resumed.logits(gpu, model).await.unwrap(), fresh.logits(gpu, model).await.unwrap());
-            let scale = b.iter().fold(1f32, |m, x| m.max(x.abs()));
-            let worst = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
-            assert!(worst <= 1e-3 * scale, "ahead {ahead}: the follow-up's prompt logits differ by {worst}");
+            check_resumed_logits(&a, &b, &format!("ahead {ahead}: the follow-up"));
             while resumed.next_token(gpu, model).await.unwrap().is_some() {}
             while fresh.next_token(gpu, model).await.unwrap().is_some() {}
             assert_eq!(resumed.generated(), fresh.generated(), "ahead {ahead}: the follow-up's greedy ids");

@@ -466,12 +466,8 @@ impl Generator {
             return Ok(None);
         }
         if !self.options.is_greedy() {
-            let mut encoder = gpu.encoder_reusing(&self.bind_groups);
-            self.feed_last(gpu, model, &mut encoder).await?;
-            let timings = encoder.finish_timing(gpu);
-            gpu.submit(encoder);
+            self.submit_feed_last(gpu, model).await?;
             let logits = gpu.read_f32(&self.logits[self.slot], model.config.text.vocab_size).await?;
-            self.add_gpu_time(gpu, timings).await?;
             let token = sample(&logits, &self.options, &mut self.rng);
             self.accept(model, token);
             return Ok(Some(token));
@@ -539,11 +535,7 @@ impl Generator {
             self.cache.truncate(self.cached.len());
             self.slot = choice.slot;
         } else {
-            let mut encoder = gpu.encoder_reusing(&self.bind_groups);
-            self.feed_last(gpu, model, &mut encoder).await?;
-            let timings = encoder.finish_timing(gpu);
-            gpu.submit(encoder);
-            self.add_gpu_time(gpu, timings).await?;
+            self.submit_feed_last(gpu, model).await?;
         }
         self.accept(model, token);
         Ok(())
@@ -577,6 +569,15 @@ impl Generator {
         self.slot = self.record_step(gpu, model, encoder, self.slot).await?;
         self.cached.push(last);
         Ok(())
+    }
+
+    /// [`Generator::feed_last`] in a submission of its own (its GPU time added when timed).
+    async fn submit_feed_last(&mut self, gpu: &Gpu, model: &Model) -> Result<()> {
+        let mut encoder = gpu.encoder_reusing(&self.bind_groups);
+        self.feed_last(gpu, model, &mut encoder).await?;
+        let timings = encoder.finish_timing(gpu);
+        gpu.submit(encoder);
+        self.add_gpu_time(gpu, timings).await
     }
 
     /// Record the pass that embeds `tokens[from]` (chosen from, or written after, the logits

@@ -330,6 +330,15 @@ async fn run_to_end(engine: &Engine, session: &mut Session) {
     while session.next(engine).await.unwrap().is_some() {}
 }
 
+/// The prompt logits of a prompt resumed from a cache (`resumed`) against those of the same
+/// prompt computed from scratch (`fresh`): within 1e-3 of the largest (a prefill's kernels
+/// against the decode steps' that cached the reused rows).
+pub fn check_resumed_logits(resumed: &[f32], fresh: &[f32], what: &str) {
+    let scale = fresh.iter().fold(1f32, |m, x| m.max(x.abs()));
+    let worst = resumed.iter().zip(fresh).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    assert!(worst <= 1e-3 * scale, "{what}: prompt logits differ by {worst} (scale {scale})");
+}
+
 /// A conversation continued from an engine's KV cache gives what the same engine computes from
 /// scratch: `full` (a multi-turn request) is started fresh; then its first message alone is
 /// started and interrupted after two tokens, and `full` resumed from that cache (rewound past the
@@ -340,12 +349,8 @@ pub async fn check_resumed_conversation(engine: &Engine, full: Request) {
     let mut fresh = engine.start(full.clone()).await.unwrap();
     let fresh_logits = fresh.prompt_logits.clone();
     run_to_end(engine, &mut fresh).await;
-    let scale = fresh_logits.iter().fold(1f32, |m, x| m.max(x.abs()));
-    let check = |session: &Session, what: &str| {
-        let worst =
-            session.prompt_logits.iter().zip(&fresh_logits).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
-        assert!(worst <= 1e-3 * scale, "{what}: prompt logits differ by {worst} (scale {scale})");
-    };
+    let check =
+        |session: &Session, what: &str| check_resumed_logits(&session.prompt_logits, &fresh_logits, what);
 
     let mut first = full.clone();
     first.messages.truncate(1);
