@@ -76,7 +76,7 @@ pub(crate) struct Held {
     budget: Option<u64>,
 }
 
-/// What a device held when a pass began ([`Held::start_pass`]).
+/// What a device held when a pass began ([`crate::Gpu::start_pass`]).
 #[derive(Clone, Copy, Debug)]
 pub struct PassStart(u64);
 

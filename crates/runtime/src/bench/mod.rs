@@ -197,7 +197,7 @@ pub struct BenchReport {
     /// The soak run, with [`BenchConfig::soak`].
     #[serde(default)]
     pub soak: Option<soak::SoakReport>,
-    /// The chat follow-up after the answer ([`measure_follow_up`]); `None` when the conversation
+    /// The chat follow-up after the answer (`measure_follow_up`); `None` when the conversation
     /// would not fit in the model's positions.
     #[serde(default)]
     pub follow_up: Option<FollowUpReport>,
@@ -206,7 +206,7 @@ pub struct BenchReport {
 /// The question of the follow-up turn [`measure`] asks after the measured answer.
 pub const FOLLOW_UP: &str = "What else can you tell me about it?";
 
-/// A chat follow-up turn resumed from the cache of the answer before it ([`measure_follow_up`]).
+/// A chat follow-up turn resumed from the cache of the answer before it (`measure_follow_up`).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct FollowUpReport {
     /// Prompt tokens taken from the cache, and computed anew (the answer's last token, the turn

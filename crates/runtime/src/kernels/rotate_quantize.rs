@@ -13,7 +13,7 @@
 //!
 //! **When.** [`RotateQuantize::fits`]: at most [`RotateQuantize::MAX_TOKENS`] tokens, blocks `p`
 //! of at least four values (vec4 butterflies) and loop steps per invocation within
-//! [`MAX_STEPS`]; otherwise the caller rotates with [`Rotate`] and quantizes with [`Quantize`],
+//! `MAX_STEPS`; otherwise the caller rotates with [`Rotate`] and quantizes with [`Quantize`],
 //! which gives the same bits.
 //!
 //! [`Rotate`]: super::quant::Rotate
@@ -85,7 +85,7 @@ impl RotateQuantize {
     }
 
     /// Whether the kernel can compute `rotation` with `words` words per row: blocks of at least
-    /// four values, and loop steps within [`MAX_STEPS`].
+    /// four values, and loop steps within `MAX_STEPS`.
     pub fn supports(rotation: &RotationTable, words: usize) -> bool {
         let (_, _, p) = rotation.factors();
         p.is_multiple_of(4) && Self::loop_steps(rotation, words) <= MAX_STEPS
