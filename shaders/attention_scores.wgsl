@@ -28,17 +28,30 @@
 // binding): scores[(8 lb + r) * score_stride4 + c] holds keys 4c..4c+3 of row r of local block
 // lb, score_stride4 = ceil(key_end / 4) vec4s (key_end = the keys any query of the call sees).
 // Values are per-head rows or a shared latent (lib/attention.wgsl's value4).
+//
+// With OPERAND_TEXTURES (CPU adapters) the scores stage reads the queries and keys, and the values
+// stage per-head values, from textures holding one batch element's rows (lib/texels.wgsl): the
+// call covers that element's planes only, and those operands' rows are counted from it
+// (operand_batch). The same bits and the same arithmetic: results identical to storage.
 
 #include grid
 #include block
 
 #include attention
+#ifdef OPERAND_TEXTURES
+#include texels
+#endif
 
 @group(0) @binding(0) var<uniform> params: Params;
 #ifdef STAGE_SCORES
-#include attention_qk
+#ifdef OPERAND_TEXTURES
+@group(0) @binding(1) var q: texture_2d<u32>;
+@group(0) @binding(2) var k: texture_2d<u32>;
+#else
 @group(0) @binding(1) var<storage, read> q: array<vec4<f32>>;
 @group(0) @binding(2) var<storage, read> k: array<vec4<f32>>;
+#endif
+#include attention_qk
 @group(0) @binding(3) var<storage, read_write> scores: array<vec4<f32>>;
 #ifdef ROPE
 // The RoPE table (lib/attention_qk.wgsl): ROPE is its binding number.
@@ -57,7 +70,11 @@
 #ifdef LATENT_I8
 @group(0) @binding(2) var<storage, read> v: array<u32>;
 #else
+#ifdef OPERAND_TEXTURES
+@group(0) @binding(2) var v: texture_2d<u32>;
+#else
 @group(0) @binding(2) var<storage, read> v: array<vec4<f32>>;
+#endif
 #endif
 #endif
 @group(0) @binding(3) var<storage, read_write> out: array<vec4<f32>>;
@@ -85,6 +102,16 @@ fn row_block(lb: u32) -> Block {
     let rb = params.block_begin + lb;
     let plane = rb / qb;
     return Block(plane / params.heads, plane % params.heads, (rb % qb) * ROWS);
+}
+
+// The batch element the stage's operands count rows from: 0 with OPERAND_TEXTURES (the textures
+// hold only the call's element b), else b.
+fn operand_batch(b: u32) -> u32 {
+#ifdef OPERAND_TEXTURES
+    return 0u;
+#else
+    return b;
+#endif
 }
 
 // Keys the block's last query sees (the most of its 8, since visibility grows with i).
@@ -241,11 +268,12 @@ fn main(grid: Grid, @builtin(local_invocation_index) li: u32) {
     }
     let g = blk.h / (params.heads / params.kv_heads);
     let qi = block_rows(blk, blk.i0, 1u);
-    let qr = Index8(q_row(blk.b, qi.r0, blk.h), q_row(blk.b, qi.r1, blk.h), q_row(blk.b, qi.r2, blk.h),
-        q_row(blk.b, qi.r3, blk.h), q_row(blk.b, qi.r4, blk.h), q_row(blk.b, qi.r5, blk.h),
-        q_row(blk.b, qi.r6, blk.h), q_row(blk.b, qi.r7, blk.h));
-    let k0 = key_quad(blk.b, g, c0);
-    let k1 = key_quad(blk.b, g, c0 + 1u);
+    let ob = operand_batch(blk.b);
+    let qr = Index8(q_row(ob, qi.r0, blk.h), q_row(ob, qi.r1, blk.h), q_row(ob, qi.r2, blk.h),
+        q_row(ob, qi.r3, blk.h), q_row(ob, qi.r4, blk.h), q_row(ob, qi.r5, blk.h),
+        q_row(ob, qi.r6, blk.h), q_row(ob, qi.r7, blk.h));
+    let k0 = key_quad(ob, g, c0);
+    let k1 = key_quad(ob, g, c0 + 1u);
     var acc0 = Rows8(); // the 8 queries' scores of key quad c0
     var acc1 = Rows8();
     for (var d = 0u; d < HD4; d++) {
@@ -321,8 +349,8 @@ fn main(grid: Grid, @builtin(local_invocation_index) li: u32) {
         for (var c = c0; c < min(c0 + SUM_BLOCK4, n4); c++) {
             let keys = value_keys(blk.b, c, n);
             let p = probs(pr, c);
-            part0 = column_step(part0, p, blk.b, g, keys, col0);
-            part1 = column_step(part1, p, blk.b, g, keys, col1);
+            part0 = column_step(part0, p, operand_batch(blk.b), g, keys, col0);
+            part1 = column_step(part1, p, operand_batch(blk.b), g, keys, col1);
         }
         acc0 = add_rows(acc0, part0);
         acc1 = add_rows(acc1, part1);

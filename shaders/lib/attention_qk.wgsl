@@ -1,5 +1,6 @@
 // The queries and keys of an attention kernel (see attention.wgsl) as its scores read them. The
-// including shader declares `q` and `k` (and `table` with ROPE) with its own binding numbers.
+// including shader declares `q` and `k` (and `table` with ROPE) with its own binding numbers:
+// storage arrays of vec4s, or with OPERAND_TEXTURES texture_2d<u32>s.
 //
 // As stored, or with ROPE rotated on load: q and k hold the projections before RoPE, query i of
 // the call sits at position q_offset + i and key j at position j (the decoder's cached keys,
@@ -11,6 +12,26 @@
 // straddles the halves), element by element otherwise (ROPE_ELEMENTS, HD % 8 == 4). A key is
 // rotated once per query head reading it, which costs far less than a dispatch rotating them all
 // on a CPU adapter.
+
+// Vec4 t of the queries and of the keys: from storage, or with OPERAND_TEXTURES from textures
+// holding the same f32 bits as 16-byte words (lib/texels.wgsl), rows of OPERAND_TEXTURES texels.
+#ifdef OPERAND_TEXTURES
+fn q4(t: u32) -> vec4<f32> {
+    return texel_f32(q, t);
+}
+
+fn k4(t: u32) -> vec4<f32> {
+    return texel_f32(k, t);
+}
+#else
+fn q4(t: u32) -> vec4<f32> {
+    return q[t];
+}
+
+fn k4(t: u32) -> vec4<f32> {
+    return k[t];
+}
+#endif
 
 #ifdef PER_QUERY
 // A query row held in registers, and the key dots of the PER_QUERY variant's set of SET heads
@@ -52,7 +73,7 @@ fn query4(row: u32, i: u32, c: u32) -> vec4<f32> {
     for (var t = 0u; t < 4u; t++) {
         let e = 4u * c + t;
         let p = (e + HD / 2u) % HD;
-        out[t] = rotated_element(q[row * HD4 + e / 4u][e % 4u], q[row * HD4 + p / 4u][p % 4u], params.q_offset + i, e);
+        out[t] = rotated_element(q4(row * HD4 + e / 4u)[e % 4u], q4(row * HD4 + p / 4u)[p % 4u], params.q_offset + i, e);
     }
     return out;
 }
@@ -63,7 +84,7 @@ fn key4(row: u32, j: u32, c: u32) -> vec4<f32> {
     for (var t = 0u; t < 4u; t++) {
         let e = 4u * c + t;
         let p = (e + HD / 2u) % HD;
-        out[t] = rotated_element(k[row * HD4 + e / 4u][e % 4u], k[row * HD4 + p / 4u][p % 4u], j, e);
+        out[t] = rotated_element(k4(row * HD4 + e / 4u)[e % 4u], k4(row * HD4 + p / 4u)[p % 4u], j, e);
     }
     return out;
 }
@@ -102,9 +123,9 @@ fn rotated4(lo: vec4<f32>, hi: vec4<f32>, pos: u32, c: u32) -> vec4<f32> {
 fn query4(row: u32, i: u32, c: u32) -> vec4<f32> {
 #ifdef ROPE
     let base = row * HD4 + c % (HD4 / 2u);
-    return rotated4(q[base], q[base + HD4 / 2u], params.q_offset + i, c);
+    return rotated4(q4(base), q4(base + HD4 / 2u), params.q_offset + i, c);
 #else
-    return q[row * HD4 + c];
+    return q4(row * HD4 + c);
 #endif
 }
 
@@ -112,9 +133,9 @@ fn query4(row: u32, i: u32, c: u32) -> vec4<f32> {
 fn key4(row: u32, j: u32, c: u32) -> vec4<f32> {
 #ifdef ROPE
     let base = row * HD4 + c % (HD4 / 2u);
-    return rotated4(k[base], k[base + HD4 / 2u], j, c);
+    return rotated4(k4(base), k4(base + HD4 / 2u), j, c);
 #else
-    return k[row * HD4 + c];
+    return k4(row * HD4 + c);
 #endif
 }
 
@@ -127,13 +148,13 @@ fn key_dots(q0: Query, q1: Query, q2: Query, q3: Query, row: u32, j: u32) -> vec
 #ifdef ROPE
     let half4 = HD4 / 2u;
     for (var c = 0u; c < half4; c++) {
-        let pair = rotated_pair(k[row * HD4 + c], k[row * HD4 + c + half4], j, c);
+        let pair = rotated_pair(k4(row * HD4 + c), k4(row * HD4 + c + half4), j, c);
         add_dots(&s, q0, q1, q2, q3, c, pair[0]);
         add_dots(&s, q0, q1, q2, q3, c + half4, pair[1]);
     }
 #else
     for (var c = 0u; c < HD4; c++) {
-        add_dots(&s, q0, q1, q2, q3, c, k[row * HD4 + c]);
+        add_dots(&s, q0, q1, q2, q3, c, k4(row * HD4 + c));
     }
 #endif
     return s;

@@ -1,6 +1,6 @@
 // The values of an attention kernel (see attention.wgsl): per-head rows, or a shared f32 or
 // INT8 latent. The including shader declares `v` (and `vscale` with LATENT_I8) with its own
-// binding numbers.
+// binding numbers; per-head rows with OPERAND_TEXTURES as a texture_2d<u32> (lib/texels.wgsl).
 
 // Value vec4 c (dims 4c..4c+3) of key j for kv head g.
 fn value4(b: u32, j: u32, g: u32, c: u32) -> vec4<f32> {
@@ -36,7 +36,11 @@ fn value4_scaled(b: u32, j: u32, g: u32, c: u32, scale: f32) -> vec4<f32> {
     let row = b * params.kv_capacity + j;
     return vec4<f32>(unpack4xI8(v[row * params.value_width + c])) * scale;
 #else
+#ifdef OPERAND_TEXTURES
+    return texel_f32(v, kv_row(b, j, g) * HD4 + c);
+#else
     return v[kv_row(b, j, g) * HD4 + c];
+#endif
 #endif
 #endif
 }

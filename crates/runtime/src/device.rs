@@ -162,6 +162,8 @@ pub struct Gpu {
     pub(crate) arena: Mutex<Vec<wgpu::Buffer>>,
     /// Kernel-internal scratch by role ([`Gpu::role_scratch`]).
     kernel_scratch: Mutex<std::collections::HashMap<&'static str, DeviceBuffer>>,
+    /// Kernel-internal scratch textures by role ([`Gpu::role_texture`]).
+    kernel_textures: Mutex<std::collections::HashMap<&'static str, DeviceTexture>>,
 }
 
 fn instance() -> wgpu::Instance {
@@ -253,6 +255,7 @@ impl Gpu {
             held: Held::new(options.memory_budget),
             arena: Mutex::new(Vec::new()),
             kernel_scratch: Mutex::default(),
+            kernel_textures: Mutex::default(),
         })
     }
 
@@ -328,6 +331,34 @@ impl Gpu {
     /// the next pass grows it again, and counts it, as the first pass on a device does.
     pub(crate) fn drop_kernel_scratch(&self) {
         self.kernel_scratches().clear();
+        self.kernel_textures().clear();
+    }
+
+    /// The device's texture of 16-byte words for kernel-internal scratch `role`, `width` texels
+    /// a row (a multiple of 16) and at least `texels` of them, filled by copies
+    /// ([`crate::encoder::Encoder::copy_words_to_texture`]): one per role and width, grown on
+    /// demand like [`Gpu::role_scratch`].
+    pub(crate) async fn role_texture(
+        &self,
+        role: &'static str,
+        texels: usize,
+        width: u32,
+    ) -> Result<DeviceTexture> {
+        let rows = texels.max(1).div_ceil(width as usize) as u32;
+        let kept = self.kernel_textures().get(role).cloned();
+        if let Some(kept) = kept.filter(|t| t.width() == width && t.height() >= rows) {
+            return Ok(kept);
+        }
+        self.kernel_textures().remove(role);
+        let texture = self.new_words_texture(role, width, rows).await?;
+        self.kernel_textures().insert(role, texture.clone());
+        Ok(texture)
+    }
+
+    fn kernel_textures(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<&'static str, DeviceTexture>> {
+        self.kernel_textures.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn kernel_scratches(
@@ -377,23 +408,8 @@ impl Gpu {
                 limit: side * side * 16,
             });
         };
-        let bytes = u64::from(height) * u64::from(width) * 16;
-        let reservation = self.held.reserve(label, bytes)?;
-        let scope = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let texture = self.new_words_texture(label, width, height).await?;
         let size = wgpu::Extent3d { width, height, depth_or_array_layers: 1 };
-        let texture = self.device.create_texture(&wgpu::TextureDescriptor {
-            label: Some(label),
-            size,
-            mip_level_count: 1,
-            sample_count: 1,
-            dimension: wgpu::TextureDimension::D2,
-            format: wgpu::TextureFormat::Rgba32Uint,
-            usage: wgpu::TextureUsages::TEXTURE_BINDING | wgpu::TextureUsages::COPY_DST,
-            view_formats: &[],
-        });
-        if let Some(e) = scope.pop().await {
-            return Err(RuntimeError::OutOfMemory(format!("{label} ({bytes} bytes): {e}")));
-        }
         // the whole rows straight from `words`, then the last one padded (a texture starts zeroed)
         let row_words = width as usize * 4;
         let (whole, rest) = words.split_at(words.len() / row_words * row_words);
@@ -408,7 +424,7 @@ impl Gpu {
             self.queue.write_texture(
                 wgpu::TexelCopyTextureInfo {
                     origin: wgpu::Origin3d { x: 0, y, z: 0 },
-                    ..texture.as_image_copy()
+                    ..texture.texture().as_image_copy()
                 },
                 bytemuck::cast_slice(part),
                 wgpu::TexelCopyBufferLayout {
@@ -419,6 +435,28 @@ impl Gpu {
                 wgpu::Extent3d { height: rows, ..size },
             );
             y += rows;
+        }
+        Ok(texture)
+    }
+
+    /// A zeroed `rgba32uint` texture of `width` × `height` 16-byte words that kernels read and
+    /// copies fill, held against the budget and checked for out-of-memory.
+    async fn new_words_texture(&self, label: &str, width: u32, height: u32) -> Result<DeviceTexture> {
+        let bytes = u64::from(height) * u64::from(width) * 16;
+        let reservation = self.held.reserve(label, bytes)?;
+        let scope = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let texture = self.device.create_texture(&wgpu::TextureDescriptor {
+            label: Some(label),
+            size: wgpu::Extent3d { width, height, depth_or_array_layers: 1 },
+            mip_level_count: 1,
+            sample_count: 1,
+            dimension: wgpu::TextureDimension::D2,
+            format: wgpu::TextureFormat::Rgba32Uint,
+            usage: wgpu::TextureUsages::TEXTURE_BINDING | wgpu::TextureUsages::COPY_DST,
+            view_formats: &[],
+        });
+        if let Some(e) = scope.pop().await {
+            return Err(RuntimeError::OutOfMemory(format!("{label} ({bytes} bytes): {e}")));
         }
         Ok(DeviceTexture::new(texture, reservation))
     }

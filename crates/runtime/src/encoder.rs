@@ -28,7 +28,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
 use crate::device::{Gpu, Submitted, now_ms};
-use crate::memory::DeviceBuffer;
+use crate::memory::{DeviceBuffer, DeviceTexture};
 use crate::pipelines::Pipeline;
 
 /// Bytes of one uniform arena chunk.
@@ -157,6 +157,9 @@ pub struct Encoder {
     /// Device buffers the recorded work binds that nothing else is sure to keep until it is
     /// submitted (kernel scratch, [`Encoder::kernel_scratch`]): held, and counted, until then.
     held: Vec<DeviceBuffer>,
+    /// Kernel scratch textures the recorded copies fill ([`Encoder::copy_words_to_texture`]),
+    /// held likewise.
+    held_textures: Vec<DeviceTexture>,
 }
 
 impl Encoder {
@@ -171,6 +174,7 @@ impl Encoder {
             profile: None,
             timer: None,
             held: Vec::new(),
+            held_textures: Vec::new(),
         }
     }
 
@@ -291,6 +295,45 @@ impl Encoder {
     ) {
         self.pass = None;
         self.encoder.copy_buffer_to_buffer(src, src_offset, dst, dst_offset, size);
+        self.charge("copy");
+    }
+
+    /// Copy `vec4s` 16-byte words of `src` from byte `offset` (a multiple of 16) into texture
+    /// `dst` from its first texel, row-major (ends the open compute pass).
+    pub fn copy_words_to_texture(
+        &mut self,
+        src: &wgpu::Buffer,
+        offset: u64,
+        vec4s: u32,
+        dst: &DeviceTexture,
+    ) {
+        self.pass = None;
+        let width = dst.width();
+        let (whole, rest) = (vec4s / width, vec4s % width);
+        // the whole rows, then the last one's words
+        for (y, rows, texels) in [(0, whole, width), (whole, u32::from(rest > 0), rest)] {
+            if rows == 0 {
+                continue;
+            }
+            self.encoder.copy_buffer_to_texture(
+                wgpu::TexelCopyBufferInfo {
+                    buffer: src,
+                    layout: wgpu::TexelCopyBufferLayout {
+                        offset: offset + u64::from(y) * u64::from(width) * 16,
+                        bytes_per_row: Some(width * 16),
+                        rows_per_image: None,
+                    },
+                },
+                wgpu::TexelCopyTextureInfo {
+                    origin: wgpu::Origin3d { x: 0, y, z: 0 },
+                    ..dst.texture().as_image_copy()
+                },
+                wgpu::Extent3d { width: texels, height: rows, depth_or_array_layers: 1 },
+            );
+        }
+        if !self.held_textures.iter().any(|t| t.view == dst.view) {
+            self.held_textures.push(dst.clone());
+        }
         self.charge("copy");
     }
 

@@ -41,7 +41,7 @@ pub struct DeviceTexture {
     pub view: wgpu::TextureView,
     /// Bytes of the texture (its last row padded).
     pub bytes: u64,
-    _texture: wgpu::Texture,
+    texture: wgpu::Texture,
     _held: Arc<Reservation>,
 }
 
@@ -49,7 +49,21 @@ impl DeviceTexture {
     pub(crate) fn new(texture: wgpu::Texture, reservation: Reservation) -> Self {
         let view = texture.create_view(&wgpu::TextureViewDescriptor::default());
         let bytes = reservation.bytes;
-        Self { view, bytes, _texture: texture, _held: Arc::new(reservation) }
+        Self { view, bytes, texture, _held: Arc::new(reservation) }
+    }
+
+    pub(crate) fn texture(&self) -> &wgpu::Texture {
+        &self.texture
+    }
+
+    /// Texels a row.
+    pub fn width(&self) -> u32 {
+        self.texture.width()
+    }
+
+    /// Rows.
+    pub fn height(&self) -> u32 {
+        self.texture.height()
     }
 }
 

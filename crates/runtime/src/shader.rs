@@ -52,6 +52,7 @@ shaders![
     "lib/linear",
     "lib/silu",
     "lib/subgroups",
+    "lib/texels",
     "lib/tiles",
     "lib/weight",
     "lib/workgroup_max",

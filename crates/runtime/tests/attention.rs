@@ -1,7 +1,8 @@
 //! Attention (every variant) against an f64 reference: bidirectional multi-tile vision
 //! attention, causal grouped-query prefill with an offset, decode against a larger KV cache,
 //! many keys (several passes), head dims 32/64/72, and queries and keys rotated by RoPE as they
-//! are read (head dims 4/36/64/72). Runs natively and in the browser.
+//! are read (head dims 4/36/64/72); the scores variant reading its operands from textures
+//! bit for bit as from storage. Runs natively and in the browser.
 
 mod common;
 
@@ -282,12 +283,92 @@ async fn check_split_scores() {
     variants_case(&gpu, shape, 2.0, 13, &[AttentionVariant::Scores], None).await;
 }
 
+/// The scores variant's output for `shape` on `gpu`, from the seeded operands: per-head values,
+/// or a shared f32 latent `width` wide (batch 1), with or without RoPE on load.
+async fn scores_output(
+    gpu: &Gpu,
+    shape: AttentionShape,
+    latent: Option<usize>,
+    rope: bool,
+    seed: u64,
+) -> Vec<u32> {
+    let AttentionShape { batch, queries, heads, kv_heads, head_dim, kv_capacity, q_offset, .. } = shape;
+    let q: Vec<f32> = values(seed, batch * queries * heads * head_dim).iter().map(|x| x * 2.0).collect();
+    let k = values(seed + 1, batch * kv_capacity * kv_heads * head_dim);
+    let (values_kind, v) = match latent {
+        Some(width) => (ValueKind::LatentF32 { width }, values(seed + 2, kv_capacity * width)),
+        None => (ValueKind::PerHead, values(seed + 2, batch * kv_capacity * kv_heads * head_dim)),
+    };
+    let (qb, kb, vb) = (upload(gpu, &q).await, upload(gpu, &k).await, upload(gpu, &v).await);
+    let max_positions = kv_capacity.max(q_offset + queries);
+    let table = upload(gpu, &rope_table(100000.0, head_dim, max_positions)).await;
+    let out_len = batch * queries * heads * values_kind.out_dim(head_dim);
+    let out = zeros(gpu, out_len).await;
+    let kernel = Attention { head_dim, variant: AttentionVariant::Scores, values: values_kind, rope };
+    let values = match latent {
+        Some(width) => Values::LatentF32 { rows: &vb, width },
+        None => Values::PerHead(&vb),
+    };
+    let mut enc = encoder(gpu);
+    let result = if rope {
+        let table = RopeTable { table: &table, max_positions };
+        kernel.encode_rotating(gpu, &mut enc, shape, &qb, &kb, table, &values, &out).await
+    } else {
+        kernel.encode_values(gpu, &mut enc, shape, &qb, &kb, &values, &out).await
+    };
+    result.unwrap();
+    submit(gpu, enc);
+    gpu.read_f32(&out, out_len).await.unwrap().iter().map(|x| x.to_bits()).collect()
+}
+
+/// On adapters that prefer textures the scores variant copies its queries, keys and per-head
+/// values into textures and reads them there, one batch element at a time; the bits and the
+/// arithmetic are storage's, so the output must be identical, bit for bit, to the same kernel
+/// reading storage (`DeviceOptions::weight_textures` picks either on any adapter): batched
+/// vision tiles (with a 160 KiB binding limit too, where 300 queries take three calls per
+/// tile), a causal prefill with
+/// RoPE on load over a cache larger than its keys, head dims 36 (rotated element by element)
+/// and 72, and a shared latent's values (which stay in storage) beside textured queries and keys.
+async fn check_operand_textures() {
+    let open = |textures: bool, binding: Option<u64>| {
+        let options = DeviceOptions {
+            weight_textures: Some(textures),
+            max_storage_binding: binding,
+            ..Default::default()
+        };
+        async move { Gpu::new(&options).await.expect("a GPU adapter") }
+    };
+    let cases = [
+        (AttentionShape::bidirectional(3, 67, 3, 64), None, false),
+        (AttentionShape::bidirectional(2, 300, 1, 64), None, false),
+        (AttentionShape::causal(37, 6, 2, 64, 5, 50), None, true),
+        (AttentionShape::causal(33, 4, 2, 36, 7, 40), None, true),
+        (AttentionShape::bidirectional(2, 50, 2, 72), None, false),
+        (AttentionShape::causal(32, 9, 3, 64, 3, 60), Some(100), true),
+    ];
+    for binding in [None, Some(160 << 10)] {
+        let (storage, textured) = (open(false, binding).await, open(true, binding).await);
+        for (i, &(shape, latent, rope)) in cases.iter().enumerate() {
+            let want = scores_output(&storage, shape, latent, rope, 40 + i as u64).await;
+            let got = scores_output(&textured, shape, latent, rope, 40 + i as u64).await;
+            assert!(got == want, "{shape:?} (latent {latent:?}, RoPE {rope}): textures differ from storage");
+        }
+        let from_textures =
+            |gpu: &Gpu| gpu.pipelines.compiled().iter().any(|(_, d)| d.contains_key("OPERAND_TEXTURES"));
+        assert!(
+            from_textures(&textured) && !from_textures(&storage),
+            "the operands' source follows the option"
+        );
+    }
+}
+
 #[cfg(not(target_arch = "wasm32"))]
 #[test]
 fn attention_matches_reference() {
     let gpu = pollster::block_on(Gpu::new(&DeviceOptions::default())).expect("a GPU adapter");
     pollster::block_on(check_shapes(&gpu));
     pollster::block_on(check_split_scores());
+    pollster::block_on(check_operand_textures());
 }
 
 #[cfg(target_arch = "wasm32")]
@@ -296,4 +377,5 @@ async fn attention_matches_reference_in_browser() {
     let gpu = Gpu::new(&DeviceOptions::default()).await.expect("WebGPU adapter");
     check_shapes(&gpu).await;
     check_split_scores().await;
+    check_operand_textures().await;
 }

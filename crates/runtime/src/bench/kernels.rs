@@ -388,39 +388,55 @@ impl RotationCase {
 /// Attention at the 256M model's shapes, each variant that suits it: the vision tower's
 /// bidirectional attention over one 512-px tile (1024 patches, 12 heads of 64), and one decode
 /// step of the decoder (9 query heads sharing 3 key/value heads of 64) over 1024 cached keys,
-/// with per-head values and with the demo recipe's shared INT8 latent.
+/// with per-head values and with the demo recipe's shared INT8 latent. On adapters whose scores
+/// variant reads its operands from textures, the vision shape's also from storage, as other
+/// adapters read them.
 async fn attention(gpu: &Gpu) -> Result<Vec<KernelReport>> {
     let vision = AttentionShape::bidirectional(1, 1024, 12, 64);
     let decode = AttentionShape::causal(1, 9, 3, 64, 1023, 1024);
-    let mut reports = Vec::new();
-    for (shape, variants) in [
-        (vision, [AttentionVariant::QueryTiled, AttentionVariant::Scores]),
-        (decode, [AttentionVariant::SplitKeys, AttentionVariant::PerQuery]),
-    ] {
-        let q_len = shape.queries * shape.heads * shape.head_dim;
-        let kv_len = shape.kv_capacity * shape.kv_heads * shape.head_dim;
-        let q = values_buffer(gpu, q_len, 4).await?;
-        let k = values_buffer(gpu, kv_len, 5).await?;
-        let v = values_buffer(gpu, kv_len, 6).await?;
-        let out = gpu.zeroed_buffer("out", (q_len * 4) as u64).await?;
-        // q·k and p·v: two multiply-accumulates per (query, key, head, dim).
-        let macs = 2.0 * (shape.queries * shape.kv_len * shape.heads * shape.head_dim) as f64;
-        for variant in variants {
-            let kernel =
-                Attention { head_dim: shape.head_dim, variant, values: ValueKind::PerHead, rope: false };
-            let label = format!("attention {variant:?}");
-            let shape_label = format!(
-                "{} queries × {} keys × {} heads × {}",
-                shape.queries, shape.kv_len, shape.heads, shape.head_dim
-            );
-            let report = time_macs(gpu, &label, shape_label, macs, async |gpu: &Gpu, e: &mut Encoder| {
-                kernel.encode(gpu, e, shape, &q, &k, &v, &out).await
-            })
+    let mut reports =
+        per_head_attention(gpu, vision, &[AttentionVariant::QueryTiled, AttentionVariant::Scores], "")
             .await?;
-            reports.push(report);
-        }
+    if gpu.caps.weight_textures {
+        let storage = Gpu::new(&DeviceOptions { weight_textures: Some(false), ..Default::default() }).await?;
+        let suffix = ", operands in storage";
+        reports.extend(per_head_attention(&storage, vision, &[AttentionVariant::Scores], suffix).await?);
     }
+    let decoding = [AttentionVariant::SplitKeys, AttentionVariant::PerQuery];
+    reports.extend(per_head_attention(gpu, decode, &decoding, "").await?);
     reports.extend(latent_decode_attention(gpu, decode).await?);
+    Ok(reports)
+}
+
+/// `variants` over per-head values of `shape`, each labelled with `suffix`.
+async fn per_head_attention(
+    gpu: &Gpu,
+    shape: AttentionShape,
+    variants: &[AttentionVariant],
+    suffix: &str,
+) -> Result<Vec<KernelReport>> {
+    let q_len = shape.queries * shape.heads * shape.head_dim;
+    let kv_len = shape.kv_capacity * shape.kv_heads * shape.head_dim;
+    let q = values_buffer(gpu, q_len, 4).await?;
+    let k = values_buffer(gpu, kv_len, 5).await?;
+    let v = values_buffer(gpu, kv_len, 6).await?;
+    let out = gpu.zeroed_buffer("out", (q_len * 4) as u64).await?;
+    // q·k and p·v: two multiply-accumulates per (query, key, head, dim).
+    let macs = 2.0 * (shape.queries * shape.kv_len * shape.heads * shape.head_dim) as f64;
+    let shape_label = format!(
+        "{} queries × {} keys × {} heads × {}",
+        shape.queries, shape.kv_len, shape.heads, shape.head_dim
+    );
+    let mut reports = Vec::new();
+    for &variant in variants {
+        let kernel = Attention { head_dim: shape.head_dim, variant, values: ValueKind::PerHead, rope: false };
+        let label = format!("attention {variant:?}{suffix}");
+        let report = time_macs(gpu, &label, shape_label.clone(), macs, async |gpu: &Gpu, e: &mut Encoder| {
+            kernel.encode(gpu, e, shape, &q, &k, &v, &out).await
+        })
+        .await?;
+        reports.push(report);
+    }
     Ok(reports)
 }
 

@@ -59,6 +59,7 @@ use super::{Kernel, head_set};
 use crate::device::Gpu;
 use crate::encoder::Encoder;
 use crate::error::{Result, RuntimeError};
+use crate::memory::DeviceTexture;
 use crate::shader::Defines;
 
 /// Uniform block of `shaders/attention.wgsl` (must match `struct Params` there).
@@ -121,26 +122,98 @@ enum ScoresStage {
     Values,
 }
 
-/// A stage of the scores variant with its kernel's head and value defines.
-struct ScoresKernel(Attention, ScoresStage);
+/// A stage of the scores variant with its kernel's head and value defines, and whether it reads
+/// its operands from [`OperandTextures`].
+struct ScoresKernel(Attention, ScoresStage, bool);
 
 impl Kernel for ScoresKernel {
     const SHADER: &'static str = "attention_scores";
     fn defines(&self) -> Defines {
-        let ScoresKernel(attention, stage) = self;
+        let ScoresKernel(attention, stage, textures) = *self;
         // Only the values stage depends on what the values are (fewer pipelines to compile).
-        let (mut d, name) = match stage {
+        let (mut d, name, from_textures) = match stage {
             ScoresStage::Scores => {
                 let mut d = attention.head_defines();
                 // the table after q, k and the scores
                 attention.rope_define(&mut d, 4);
-                (d, "STAGE_SCORES")
+                (d, "STAGE_SCORES", textures)
             }
-            ScoresStage::Softmax => (Defines::new(), "STAGE_SOFTMAX"),
-            ScoresStage::Values => (attention.value_defines(), "STAGE_VALUES"),
+            ScoresStage::Softmax => (Defines::new(), "STAGE_SOFTMAX", false),
+            ScoresStage::Values => (
+                attention.value_defines(),
+                "STAGE_VALUES",
+                textures && attention.values == ValueKind::PerHead,
+            ),
         };
         d.insert(name.to_string(), String::new());
+        if from_textures {
+            d.insert("OPERAND_TEXTURES".to_string(), OPERAND_TEXTURE_WIDTH.to_string());
+        }
         d
+    }
+}
+
+/// Texels a row of [`OperandTextures`] (a multiple of 16: a copy's rows are whole 256-byte steps).
+const OPERAND_TEXTURE_WIDTH: u32 = 1024;
+
+/// The scores variant's operands in textures, on adapters that fetch texels faster than they
+/// load storage ([`crate::Capabilities::weight_textures`]: llvmpipe gathers texels, and loads
+/// storage one lane at a time): before the calls covering one batch element's planes, its
+/// queries, its keys up to `key_end` and its per-head values are copied into the device's
+/// scratch textures, and the scores and values stages read them there, the element's rows
+/// counted from 0 (`shaders/lib/texels.wgsl`). The bits and the arithmetic are storage's, so the
+/// results are too. A latent's values stay in storage.
+struct OperandTextures {
+    q: DeviceTexture,
+    k: DeviceTexture,
+    v: Option<DeviceTexture>,
+    /// Vec4s of one element's queries (its stride in `q`).
+    q4: u32,
+    /// Vec4s of one element's keys (and values) up to `key_end`.
+    kv4: u32,
+    /// Vec4s of one element's keys (and values) over the cache's capacity: their stride.
+    kv_stride4: u64,
+}
+
+impl OperandTextures {
+    /// The textures for a call of `params` over `batch` elements, if the adapter prefers them and
+    /// its textures are large enough (storage otherwise, with the same results).
+    async fn for_call(
+        gpu: &Gpu,
+        attention: &Attention,
+        params: &Params,
+        batch: usize,
+    ) -> Result<Option<Self>> {
+        let hd4 = (attention.head_dim / 4) as u64;
+        let q4 = u64::from(params.queries) * u64::from(params.heads) * hd4;
+        let kv4 = u64::from(params.key_end) * u64::from(params.kv_heads) * hd4;
+        let rows = q4.max(kv4).div_ceil(u64::from(OPERAND_TEXTURE_WIDTH));
+        if !gpu.caps.weight_textures || rows > u64::from(gpu.caps.max_texture_side) || batch == 0 {
+            return Ok(None);
+        }
+        let texture = |role, texels: u64| gpu.role_texture(role, texels as usize, OPERAND_TEXTURE_WIDTH);
+        let v = match attention.values {
+            ValueKind::PerHead => Some(texture("attention values", kv4).await?),
+            _ => None,
+        };
+        Ok(Some(Self {
+            q: texture("attention queries", q4).await?,
+            k: texture("attention keys", kv4).await?,
+            v,
+            q4: q4 as u32,
+            kv4: kv4 as u32,
+            kv_stride4: u64::from(params.kv_capacity) * u64::from(params.kv_heads) * hd4,
+        }))
+    }
+
+    /// Record the copies of batch element `b`'s operands from the call's buffers.
+    fn copy(&self, encoder: &mut Encoder, bindings: &Bindings<'_>, b: usize) {
+        let b = b as u64;
+        encoder.copy_words_to_texture(bindings.q.0, b * u64::from(self.q4) * 16, self.q4, &self.q);
+        encoder.copy_words_to_texture(bindings.k.0, b * self.kv_stride4 * 16, self.kv4, &self.k);
+        if let Some(v) = &self.v {
+            encoder.copy_words_to_texture(bindings.v.0, b * self.kv_stride4 * 16, self.kv4, v);
+        }
     }
 }
 
@@ -802,50 +875,82 @@ impl Attention {
         let (queries, heads) = (params.queries as usize, params.heads as usize);
         let stride4 = (params.key_end as usize).div_ceil(4);
         let block_bytes = (SCORE_ROWS * stride4 * 16) as u64;
-        let total_blocks = batch * heads * queries.div_ceil(SCORE_ROWS);
+        let element_blocks = heads * queries.div_ceil(SCORE_ROWS);
+        let total_blocks = batch * element_blocks;
         let limit = SCORES_BYTES.min(gpu.caps.max_storage_binding);
         let per_call = ((limit / block_bytes) as usize).clamp(1, total_blocks);
         let scores_bytes = per_call as u64 * block_bytes;
         check_binding(gpu, "attention scores", scores_bytes)?;
         let scores = encoder.kernel_scratch(gpu, "attention scores", scores_bytes).await?;
+        let textures = OperandTextures::for_call(gpu, self, &params, batch).await?;
         let mut pipelines = Vec::with_capacity(3);
         for stage in [ScoresStage::Scores, ScoresStage::Softmax, ScoresStage::Values] {
-            let kernel = ScoresKernel(*self, stage);
+            let kernel = ScoresKernel(*self, stage, textures.is_some());
             pipelines.push(gpu.pipeline(ScoresKernel::SHADER, &kernel.defines()).await?);
         }
+        // what the stages read the operands from: the call's buffers or the textures
+        let (q, k) = match &textures {
+            Some(t) => (view(&t.q), view(&t.k)),
+            None => (Slot::Q, Slot::K),
+        };
+        let v = textures.as_ref().and_then(|t| t.v.as_ref()).map_or(Slot::V, view);
+        // all blocks in calls from the buffers; from textures, one batch element's at a time
+        let spans = match &textures {
+            Some(_) => (0..batch).map(|b| (b * element_blocks, element_blocks)).collect(),
+            None => vec![(0, total_blocks)],
+        };
         let column_blocks = (vd / 4).div_ceil(SCORE_VALUE_COLUMNS);
-        for (begin, blocks) in chunks(total_blocks, per_call) {
-            let params = Params {
-                block_begin: begin as u32,
-                blocks: blocks as u32,
-                score_stride4: stride4 as u32,
-                ..params
-            };
-            let scratch = || Slot::Other(slice(&scores, 0, scores_bytes));
-            let stages = [
-                (
-                    "attention scores",
-                    blocks * stride4.div_ceil(SCORE_KEY_QUADS),
-                    vec![Slot::Q, Slot::K, scratch(), Slot::Table],
-                ),
-                ("attention softmax", blocks * SCORE_ROWS, vec![scratch()]),
-                (
-                    "attention values",
-                    blocks * column_blocks,
-                    vec![scratch(), Slot::V, Slot::Out, Slot::Scales],
-                ),
-            ];
-            for (pipeline, (label, items, slots)) in pipelines.iter().zip(stages) {
-                let (gx, gy) = grid(gpu, (items as u64).div_ceil(64))?;
-                let resources = bindings.resources(slots);
-                dispatch(gpu, encoder, pipeline, label, bytemuck::bytes_of(&params), resources, (gx, gy, 1));
+        for (b, (first, count)) in spans.into_iter().enumerate() {
+            if let Some(textures) = &textures {
+                textures.copy(encoder, bindings, b);
+            }
+            for (begin, blocks) in chunks(count, per_call) {
+                let params = Params {
+                    block_begin: (first + begin) as u32,
+                    blocks: blocks as u32,
+                    score_stride4: stride4 as u32,
+                    ..params
+                };
+                let scratch = || Slot::Other(slice(&scores, 0, scores_bytes));
+                let stages = [
+                    (
+                        "attention scores",
+                        blocks * stride4.div_ceil(SCORE_KEY_QUADS),
+                        vec![q.clone(), k.clone(), scratch(), Slot::Table],
+                    ),
+                    ("attention softmax", blocks * SCORE_ROWS, vec![scratch()]),
+                    (
+                        "attention values",
+                        blocks * column_blocks,
+                        vec![scratch(), v.clone(), Slot::Out, Slot::Scales],
+                    ),
+                ];
+                for (pipeline, (label, items, slots)) in pipelines.iter().zip(stages) {
+                    let (gx, gy) = grid(gpu, (items as u64).div_ceil(64))?;
+                    let resources = bindings.resources(slots);
+                    dispatch(
+                        gpu,
+                        encoder,
+                        pipeline,
+                        label,
+                        bytemuck::bytes_of(&params),
+                        resources,
+                        (gx, gy, 1),
+                    );
+                }
             }
         }
         Ok(())
     }
 }
 
-/// A binding of an attention dispatch: one of the call's buffers, or a scratch range.
+/// The binding of a texture's view.
+fn view(texture: &DeviceTexture) -> Slot<'_> {
+    Slot::Other(wgpu::BindingResource::TextureView(&texture.view))
+}
+
+/// A binding of an attention dispatch: one of the call's buffers, or a scratch range or texture.
+#[derive(Clone)]
 enum Slot<'a> {
     Q,
     K,
