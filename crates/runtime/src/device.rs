@@ -30,7 +30,9 @@ pub struct Capabilities {
     /// implementations run slowly.
     pub cpu: bool,
     /// Quantized weights' words go into textures, which CPU adapters load faster than storage
-    /// buffers (`kernels::quant::TiledWords`); on by default where [`Capabilities::cpu`] is.
+    /// buffers (`kernels::quant::TiledWords`), and the materialised-scores attention reads its
+    /// queries, keys and per-head values from textures they are copied into
+    /// (`kernels::attention`'s `OperandTextures`); on by default where [`Capabilities::cpu`] is.
     pub weight_textures: bool,
     /// The integer product reads a block of tokens' activations one word at a time for INT4
     /// weights (`kernels::quant::QMatmul::for_rows`): the faster choice on the browser's CPU
@@ -80,9 +82,9 @@ pub struct DeviceOptions {
     /// Refuse, with [`RuntimeError::OutOfMemory`], a storage buffer that would take the bytes
     /// the device holds past this many (see [`crate::memory`]); `None`: only the adapter limits.
     pub memory_budget: Option<u64>,
-    /// Put quantized weights' words in textures (`true`) or storage buffers (`false`) whatever
-    /// the adapter ([`Capabilities::weight_textures`]); `None`: the adapter's choice. The results
-    /// are the same; the bench compares the speeds.
+    /// Put quantized weights' words, and the scores attention's operands, in textures (`true`)
+    /// or storage buffers (`false`) whatever the adapter ([`Capabilities::weight_textures`]);
+    /// `None`: the adapter's choice. The results are the same; the bench compares the speeds.
     pub weight_textures: Option<bool>,
     /// Keep greedy decoding a step ahead (`true`) or not (`false`) whatever the adapter
     /// ([`Capabilities::decode_ahead`]); `None`: the adapter's choice. The same tokens either way.

@@ -29,7 +29,11 @@
 //! summed in blocks of 64 keys), then sums `Σ_j p_ij v_j` for 8 queries × 8 values per
 //! invocation in blocks of 64 keys: every sum as blocked as the online variants', so the same
 //! error bound holds. The scores take `batch · heads · queries · keys · 4` bytes, split into
-//! calls of at most [`SCORES_BYTES`].
+//! calls of at most [`SCORES_BYTES`]. On CPU adapters ([`crate::Capabilities::weight_textures`])
+//! its stages read the queries, keys and per-head values from textures, one batch element's
+//! copied there before its calls (`OperandTextures`): the same bits, so the same results, 1.29×
+//! (lavapipe) and 1.18× (SwiftShader) faster at the vision tower's shape (BENCHMARKS.md, Speed
+//! XXIX).
 //!
 //! Four variants: [`AttentionVariant::QueryTiled`] (one query per invocation, 64 per workgroup,
 //! keys staged through workgroup memory; for vision and prefill on GPUs),
