@@ -338,8 +338,8 @@ impl Gpu {
 
     /// The device's texture of 16-byte words for kernel-internal scratch `role`, `width` texels
     /// a row (a multiple of 16) and at least `texels` of them, filled by copies
-    /// ([`crate::encoder::Encoder::copy_words_to_texture`]): one per role and width, grown on
-    /// demand like [`Gpu::role_scratch`].
+    /// ([`crate::encoder::Encoder::copy_words_to_texture`]): one per role, grown on demand like
+    /// [`Gpu::role_scratch`] (and replaced when asked for another width).
     pub(crate) async fn role_texture(
         &self,
         role: &'static str,

@@ -34,8 +34,9 @@ impl Deref for DeviceBuffer {
     }
 }
 
-/// A texture of 16-byte words (`rgba32uint`, one word a texel, row-major;
-/// [`crate::Gpu::words_texture`]) and its share of the device's held bytes.
+/// A texture of 16-byte words (`rgba32uint`, one word a texel, row-major: a weight's,
+/// [`crate::Gpu::words_texture`], or kernel scratch that copies fill) and its share of the
+/// device's held bytes.
 #[derive(Clone, Debug)]
 pub struct DeviceTexture {
     pub view: wgpu::TextureView,
