@@ -180,19 +180,14 @@ struct OperandTextures {
 }
 
 impl OperandTextures {
-    /// The textures for a call of `params` over `batch` elements, if the adapter prefers them and
-    /// its textures are large enough (storage otherwise, with the same results).
-    async fn for_call(
-        gpu: &Gpu,
-        attention: &Attention,
-        params: &Params,
-        batch: usize,
-    ) -> Result<Option<Self>> {
+    /// The textures for a call of `params` (one batch element at a time), if the adapter prefers
+    /// them and its textures are large enough (storage otherwise, with the same results).
+    async fn for_call(gpu: &Gpu, attention: &Attention, params: &Params) -> Result<Option<Self>> {
         let hd4 = (attention.head_dim / 4) as u64;
         let q4 = u64::from(params.queries) * u64::from(params.heads) * hd4;
         let kv4 = u64::from(params.key_end) * u64::from(params.kv_heads) * hd4;
         let rows = q4.max(kv4).div_ceil(u64::from(OPERAND_TEXTURE_WIDTH));
-        if !gpu.caps.weight_textures || rows > u64::from(gpu.caps.max_texture_side) || batch == 0 {
+        if !gpu.caps.weight_textures || rows > u64::from(gpu.caps.max_texture_side) {
             return Ok(None);
         }
         let texture = |role, texels: u64| gpu.role_texture(role, texels as usize, OPERAND_TEXTURE_WIDTH);
@@ -886,7 +881,7 @@ impl Attention {
         let scores_bytes = per_call as u64 * block_bytes;
         check_binding(gpu, "attention scores", scores_bytes)?;
         let scores = encoder.kernel_scratch(gpu, "attention scores", scores_bytes).await?;
-        let textures = OperandTextures::for_call(gpu, self, &params, batch).await?;
+        let textures = OperandTextures::for_call(gpu, self, &params).await?;
         let mut pipelines = Vec::with_capacity(3);
         for stage in [ScoresStage::Scores, ScoresStage::Softmax, ScoresStage::Values] {
             let kernel = ScoresKernel(*self, stage, textures.is_some());
