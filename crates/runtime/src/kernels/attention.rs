@@ -216,7 +216,10 @@ impl OperandTextures {
     }
 }
 
-/// `shaders/attention_combine.wgsl`: merges the per-query variant's key chunks.
+/// `shaders/attention_combine.wgsl`: merges the per-query variant's key chunks, [`COMBINE_RUN`]
+/// vec4s of a row per invocation, each chunk's max and sum read (and its weight computed) once for
+/// them: a CPU adapter loads storage lane by lane, and the chunks' maxima and sums were most of
+/// what one invocation per vec4 read (BENCHMARKS.md, Speed XXX).
 struct Combine;
 
 impl Kernel for Combine {
@@ -287,6 +290,10 @@ pub const GROUPED_FROM_KEYS: usize = 256;
 /// Invocations per workgroup of the per-query variant: a CPU adapter runs a workgroup on one
 /// thread, so decode's few (query, head, chunk) items need small workgroups to use them all.
 const PER_QUERY_GROUP: u64 = 16;
+/// Vec4s of a value one invocation of `shaders/attention_combine.wgsl` merges (its `RUN`).
+const COMBINE_RUN: usize = 4;
+/// Invocations per workgroup of `shaders/attention_combine.wgsl`.
+const COMBINE_GROUP: u64 = 64;
 /// Queries per workgroup of the query-tiled variant.
 const QUERY_TILE: usize = 64;
 /// Fewer queries than this use the split-keys variant in [`Attention::for_shape`].
@@ -854,7 +861,8 @@ impl Attention {
         let combine = gpu.pipeline(Combine::SHADER, &Combine.defines()).await?;
         let cp = CombineParams { rows: rows as u32, chunks: chunks as u32, vd4: vd4 as u32, _pad: 0 };
         let resources = bindings.resources(vec![Slot::Other(slice(&part, 0, part_bytes)), Slot::Out]);
-        let (gx, gy) = grid(gpu, ((rows * vd4) as u64).div_ceil(QUERY_TILE as u64))?;
+        let runs = vd4.div_ceil(COMBINE_RUN);
+        let (gx, gy) = grid(gpu, ((rows * runs) as u64).div_ceil(COMBINE_GROUP))?;
         dispatch(gpu, encoder, &combine, "attention", bytemuck::bytes_of(&cp), resources, (gx, gy, 1));
         Ok(())
     }
