@@ -12,6 +12,7 @@ mod hub;
 mod hub_mimic;
 mod peer;
 mod progress;
+mod roofline;
 mod serve;
 mod setup;
 mod test;

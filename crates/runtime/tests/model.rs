@@ -487,6 +487,35 @@ fn timed_decode_steps_generate_the_same_tokens() {
     });
 }
 
+/// A decode step reads the text decoder's layers, final norm and head — matrices as stored,
+/// vectors widened to f32 —, not the embedding table (unless the head is the table, tied) nor
+/// the vision tower: [`Model::step_weight_bytes`] against the manifest's tensors.
+#[test]
+fn a_decode_step_reads_the_text_decoders_weights() {
+    pollster::block_on(async {
+        for (fixture, tied) in [("tiny", false), ("tiny-500m", true)] {
+            let engine = load(&fixtures().join(fixture), DeviceOptions::default()).await;
+            assert_eq!(engine.model.config.text.tie_word_embeddings, tied, "{fixture}");
+            let out = tempfile::tempdir().unwrap();
+            compress(&fixtures().join(fixture), out.path(), &Plan::Dense(DenseOptions::default())).unwrap();
+            let manifest = dir::open(out.path()).unwrap().manifest;
+            let head = if tied { "model.text_model.embed_tokens.weight" } else { "lm_head.weight" };
+            let step_reads = |name: &str| {
+                name.starts_with("model.text_model.layers.")
+                    || name == "model.text_model.norm.weight"
+                    || name == head
+            };
+            let want: u64 = manifest
+                .tensors
+                .iter()
+                .filter(|t| step_reads(&t.name))
+                .map(|t| if t.shape.len() == 1 { 4 * t.numel() as u64 } else { t.bytes })
+                .sum();
+            assert_eq!(engine.model.step_weight_bytes(), want, "{fixture}");
+        }
+    });
+}
+
 #[test]
 fn memory_accounting_adds_up() {
     pollster::block_on(async {

@@ -186,6 +186,9 @@ pub struct BenchReport {
     #[serde(default)]
     pub prefill_record_by_kind: Vec<KindRecording>,
     pub weight_bytes: u64,
+    /// Bytes of weights one decode step reads ([`crate::model::Model::step_weight_bytes`]).
+    #[serde(default)]
+    pub step_weight_bytes: u64,
     pub table_bytes: u64,
     pub kv_cache_bytes: u64,
     pub activation_bytes: u64,
@@ -355,6 +358,7 @@ pub async fn measure(
         prefill_gpu_by_kind,
         prefill_record_by_kind,
         weight_bytes: memory.weights,
+        step_weight_bytes: engine.model.step_weight_bytes(),
         table_bytes: memory.tables,
         kv_cache_bytes: memory.kv_cache,
         activation_bytes: memory.activations,

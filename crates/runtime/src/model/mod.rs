@@ -41,6 +41,7 @@ pub struct Model {
     vision: VisionModel,
     text: TextModel,
     weight_bytes: u64,
+    step_weight_bytes: u64,
     table_bytes: u64,
     /// The cache new generations use (the latent where the format allows it, by default).
     pub cache_kind: CacheKind,
@@ -92,14 +93,17 @@ impl Model {
         let before = gpu.held_bytes();
         let loader = WeightLoader::new(gpu, data);
         let vision = VisionModel::load(&loader, &config).await?;
+        let before_text = loader.bytes();
         let text = TextModel::load(&loader, &config).await?;
         let weight_bytes = loader.bytes();
+        let step_weight_bytes = weight_bytes - before_text - text.embedding_only_bytes();
         Ok(Self {
             eos_token_ids: data.manifest.generation.eos_token_ids.clone(),
             config,
             vision,
             text,
             weight_bytes,
+            step_weight_bytes,
             table_bytes: gpu.held_bytes() - before - weight_bytes,
             cache_kind: CacheKind::default(),
             time_passes: false,
@@ -109,6 +113,14 @@ impl Model {
     /// Bytes of weights held on the GPU.
     pub fn weight_bytes(&self) -> u64 {
         self.weight_bytes
+    }
+
+    /// Bytes of weights one decode step reads: every weight of the text decoder (its layers, the
+    /// final norm, the LM head) but the embedding table, of which a step reads one row — unless
+    /// the head reads the table itself (a float tied head). The numerator of the bench's memory
+    /// roofline: a step can take no less than these bytes ÷ the memory's bandwidth.
+    pub fn step_weight_bytes(&self) -> u64 {
+        self.step_weight_bytes
     }
 
     /// Bytes of the fixed tables (RoPE, the online rotations' signs and cores) held on the GPU.

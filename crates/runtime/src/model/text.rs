@@ -61,6 +61,18 @@ impl TextModel {
         CacheLayout::new(cfg, self.layers.iter().map(|l| &l.qkv), kind)
     }
 
+    /// Bytes of the embedding table's buffers that no other layer reads: all of them, unless the
+    /// LM head is the table itself (a float tied head binds the same buffer).
+    pub fn embedding_only_bytes(&self) -> u64 {
+        let table = &self.embed.table;
+        let head_reads_table = matches!(&self.lm_head, Linear { down: None, up: Matrix::Float { weight, .. } }
+            if *weight.buffer == *table.values.buffer);
+        match head_reads_table {
+            true => 0,
+            false => table.values.buffer.size() + table.scales.as_ref().map_or(0, |s| s.buffer.size()),
+        }
+    }
+
     pub async fn load(w: &WeightLoader<'_>, cfg: &ModelConfig) -> Result<Self> {
         let c = &cfg.text;
         let p = "model.text_model";
