@@ -16,6 +16,12 @@
 //! `MAX_STEPS`; otherwise the caller rotates with [`Rotate`] and quantizes with [`Quantize`],
 //! which gives the same bits.
 //!
+//! **Where the row is worked on.** In workgroup memory where the adapter does that faster
+//! ([`crate::Capabilities::workgroup_rotation_rows`]: lavapipe and GPUs, not SwiftShader) and
+//! its `n` f32 fit there beside the reductions' slots ([`RotateQuantize::shares_work`]; with
+//! WebGPU's 16 KiB, every SmolVLM width up to 3840), else in the caller's `work` rows in storage:
+//! the same values in the same order either way.
+//!
 //! [`Rotate`]: super::quant::Rotate
 //! [`Quantize`]: super::quant::Quantize
 
@@ -61,15 +67,28 @@ const MAX_STEPS: usize = 32_768;
 /// [`SiluMul`](super::elementwise::SiluMul) does) when [`RotateQuantize::encode`] gets `up`.
 pub struct RotateQuantize;
 
-/// The shader variant: whether it computes `silu(x) · up` first.
+/// Bytes of workgroup memory kept for the reductions' slots beside a shared row (64 f32 each).
+const SLOT_BYTES: usize = 1024;
+
+/// The shader variant: whether it computes `silu(x) · up` first, and the vec4s of the row it
+/// keeps in workgroup memory (`None`: in the `work` rows).
 struct Variant {
     silu_mul: bool,
+    shared_vec4s: Option<usize>,
 }
 
 impl Kernel for Variant {
     const SHADER: &'static str = "rotate_quantize";
     fn defines(&self) -> Defines {
-        if self.silu_mul { Defines::from([("SILU_MUL".to_string(), String::new())]) } else { Defines::new() }
+        let mut d = Defines::new();
+        if self.silu_mul {
+            d.insert("SILU_MUL".into(), String::new());
+        }
+        match self.shared_vec4s {
+            Some(vec4s) => d.insert("WORK_SHARED".into(), vec4s.to_string()),
+            None => d.insert("WORK".into(), if self.silu_mul { "7" } else { "6" }.into()),
+        };
+        d
     }
 }
 
@@ -91,6 +110,14 @@ impl RotateQuantize {
         p.is_multiple_of(4) && Self::loop_steps(rotation, words) <= MAX_STEPS
     }
 
+    /// Whether the kernel works on an `n`-wide row in workgroup memory on `gpu` (else in the
+    /// `work` rows): where the adapter does that faster and the row's f32 and the reductions'
+    /// slots fit its workgroup storage.
+    pub fn shares_work(gpu: &Gpu, n: usize) -> bool {
+        gpu.caps.workgroup_rotation_rows
+            && n * 4 + SLOT_BYTES <= gpu.caps.max_workgroup_storage_bytes as usize
+    }
+
     /// The shader's loop steps per invocation, at most (its header comment counts them).
     fn loop_steps(rotation: &RotationTable, words: usize) -> usize {
         let (n, m, p) = rotation.factors();
@@ -102,7 +129,8 @@ impl RotateQuantize {
 
     /// Rotate `tokens` rows of `x` (f32 `[tokens, n]` from byte `x.1`; given `up`, the rows
     /// `silu(x) · up`, `up` f32 `[tokens, n]` from byte `up.1`) with `rotation` into
-    /// `rotated` (through `work`, both f32 `[tokens, n]`, overwritten) and quantize them into `q`
+    /// `rotated` (through `work`, both f32 `[tokens, n]`, overwritten; `work` unused where the
+    /// row fits workgroup memory, [`RotateQuantize::shares_work`]) and quantize them into `q`
     /// (u32 `[tokens, words]`) and `scales` (f32 `[tokens]`).
     #[allow(clippy::too_many_arguments)]
     pub async fn encode(
@@ -156,10 +184,10 @@ impl RotateQuantize {
             step: act.step(),
             _pad: 0,
         };
+        let shared = Self::shares_work(gpu, n);
         let mut resources = vec![
             slice(x.0, x.1, rows),
             slice(table, 0, table.size()),
-            slice(work, 0, rows),
             slice(rotated, 0, rows),
             slice(q, 0, q_bytes),
             slice(scales, 0, s_bytes),
@@ -167,7 +195,10 @@ impl RotateQuantize {
         if let Some(up) = up {
             resources.push(slice(up.0, up.1, rows));
         }
-        let variant = Variant { silu_mul: up.is_some() };
+        if !shared {
+            resources.push(slice(work, 0, rows));
+        }
+        let variant = Variant { silu_mul: up.is_some(), shared_vec4s: shared.then_some(n / 4) };
         let pipeline = gpu.pipeline(Variant::SHADER, &with_subgroups(gpu, variant.defines())).await?;
         let (gx, gy) = grid(gpu, tokens as u64)?;
         dispatch(
