@@ -30,7 +30,6 @@ use pocketvlm_runtime::{DeviceOptions, Gpu};
 
 use crate::caption::DEFAULT_PROMPT;
 use crate::peer::{self, PEER_PROMPT, PeerReport, PeerRun};
-use crate::roofline::{COPY_BYTES, COPY_REPEATS, Roofline};
 use crate::serve::{Mount, Server};
 use crate::setup::{self, CHROMEDRIVER};
 use crate::util::{cargo, convert_tiny, human_bytes, root, run as sh};
@@ -143,8 +142,6 @@ pub fn run(args: Args) -> Result<()> {
         kv_cache: args.kv_cache,
     };
     let image_bytes = std::fs::read(&image).with_context(|| format!("reading {}", image.display()))?;
-    // the machine's memory rate, for the decode rates' roofline (before the runs load the GPU)
-    let roofline = Roofline::measure();
 
     let mut native = Vec::new();
     let mut native_caches = Vec::new();
@@ -184,7 +181,6 @@ pub fn run(args: Args) -> Result<()> {
             "config": config, "models": paths, "native": native, "chromium": chromium,
             "caches": { "native": native_caches, "chromium": chromium_caches },
             "peer": peers,
-            "copy_bytes_per_s": roofline.copy_bytes_per_s,
             "kernels": { "native": native_kernels, "chromium": chromium_kernels },
         });
         println!("{json}");
@@ -193,7 +189,7 @@ pub fn run(args: Args) -> Result<()> {
             print_kernels(&native_kernels, (!args.native_only).then_some(&chromium_kernels[..]));
         }
         for (i, model) in models.iter().enumerate() {
-            print_table(model, &config, &roofline, &native[i], chromium.as_ref().map(|c| &c[i]));
+            print_table(model, &config, &native[i], chromium.as_ref().map(|c| &c[i]));
             println!();
         }
         if models.len() > 1 {
@@ -444,13 +440,7 @@ fn ratio(chromium: f64, native: f64) -> String {
     if native > 0.0 { format!("{:.2}", chromium / native) } else { "–".into() }
 }
 
-fn print_table(
-    model: &Path,
-    config: &BenchConfig,
-    roofline: &Roofline,
-    native: &BenchReport,
-    chromium: Option<&BenchReport>,
-) {
+fn print_table(model: &Path, config: &BenchConfig, native: &BenchReport, chromium: Option<&BenchReport>) {
     println!(
         "model {} · {} tile(s), {} prompt tokens, {} generated (max {}), greedy, {} KV cache",
         model.display(),
@@ -484,8 +474,10 @@ fn print_table(
     row("prefill rate", &|r| r.prefill_tokens_per_s, &rate);
     row("decode rate", &|r| r.decode_tokens_per_s, &rate);
     row("· weights a step reads", &|r| r.step_weight_bytes as f64, &bytes);
-    let share = |r: &BenchReport| roofline.share(r.decode_tokens_per_s, r.step_weight_bytes);
-    row("· share of the memory roofline (below)", &share, &|v| format!("{:.1} %", 100.0 * v));
+    let percent = |v: f64| format!("{:.1} %", 100.0 * v);
+    row("· share of the adapter's memory roofline", &|r| r.roofline_share(), &percent);
+    let gb_per_s = |v: f64| format!("{:.2} GB/s", v / 1e9);
+    row("· · the adapter's copy rate (the roofline's)", &|r| r.copy_bytes_per_s, &gb_per_s);
     row("· dispatches per decode step", &|r| r.dispatches_per_token, &|v| format!("{v:.0}"));
     row("· host time to record the first step", &|r| r.first_step_record_ms, &ms);
     row("· host time to record a later step", &|r| r.record_ms_per_token, &|v| format!("{v:.2} ms"));
@@ -562,15 +554,6 @@ fn print_table(
     print_by_kind(title, &|r: &BenchReport| r.prefill_gpu_by_kind.clone(), native, chromium);
     let title = "host time to record the prefill, by kind of work (pipeline compilations included)";
     print_by_kind(title, &|r: &BenchReport| r.prefill_record_by_kind.clone(), native, chromium);
-    println!();
-    println!(
-        "memory roofline: this machine copies {:.2} GB/s (best of {COPY_REPEATS} single-threaded {} copies, \
-         this run), so steps reading {} decode at most {:.1} tok/s",
-        roofline.copy_bytes_per_s / 1e9,
-        human_bytes(COPY_BYTES as u64),
-        human_bytes(native.step_weight_bytes),
-        roofline.tokens_per_s(native.step_weight_bytes)
-    );
     if let Some(c) = chromium {
         println!();
         println!(

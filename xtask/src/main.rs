@@ -12,7 +12,6 @@ mod hub;
 mod hub_mimic;
 mod peer;
 mod progress;
-mod roofline;
 mod serve;
 mod setup;
 mod test;

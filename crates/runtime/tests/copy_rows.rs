@@ -51,3 +51,15 @@ async fn copy_rows_matches_reference_in_browser() {
     let gpu = Gpu::new(&DeviceOptions::default()).await.expect("WebGPU adapter");
     check_cases(&gpu).await;
 }
+
+/// The bench's roofline copy rate: a plausible memory rate, and its two buffers let go after.
+#[cfg(not(target_arch = "wasm32"))]
+#[test]
+fn the_adapter_copy_rate_is_measured_and_its_buffers_let_go() {
+    let gpu = pollster::block_on(Gpu::new(&DeviceOptions::default())).expect("a GPU adapter");
+    let held = gpu.held_bytes();
+    let rate = pollster::block_on(pocketvlm_runtime::bench::roofline::copy_rate(&gpu)).unwrap();
+    // any adapter that runs the tests copies between 100 MB/s and 10 TB/s
+    assert!(rate > 1e8 && rate < 1e13, "{rate} bytes/s");
+    assert_eq!(gpu.held_bytes(), held);
+}

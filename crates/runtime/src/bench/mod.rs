@@ -4,7 +4,8 @@
 //! * time to first token: preprocessing, vision tower, prefill and choosing the first token, on
 //!   the first generation after loading (so it includes compiling the pipelines it uses);
 //! * prefill rate: prompt tokens over the prefill time (the text decoder on the whole prompt);
-//! * decode rate: tokens after the first over the time spent producing them;
+//! * decode rate: tokens after the first over the time spent producing them, and as a share of
+//!   the adapter's memory roofline ([`roofline`]);
 //! * host cost of a decode step: the dispatches it records and the milliseconds spent recording
 //!   them ([`crate::model::DecodeRecording`]);
 //! * GPU memory: weights, tables, KV cache and activations ([`MemoryUsage`]);
@@ -12,6 +13,7 @@
 //!   answer left, and the pipelines it compiled beyond the caption's.
 
 pub mod kernels;
+pub mod roofline;
 pub mod soak;
 
 use std::cell::RefCell;
@@ -189,6 +191,10 @@ pub struct BenchReport {
     /// Bytes of weights one decode step reads ([`crate::model::Model::step_weight_bytes`]).
     #[serde(default)]
     pub step_weight_bytes: u64,
+    /// The adapter's memory copy rate, bytes per second ([`roofline::copy_rate`]), measured
+    /// after the generation.
+    #[serde(default)]
+    pub copy_bytes_per_s: f64,
     pub table_bytes: u64,
     pub kv_cache_bytes: u64,
     pub activation_bytes: u64,
@@ -256,6 +262,11 @@ pub struct KindRecording {
 impl BenchReport {
     pub fn gpu_total_bytes(&self) -> u64 {
         self.weight_bytes + self.table_bytes + self.kv_cache_bytes + self.activation_bytes
+    }
+
+    /// The decode rate as a share of the adapter's memory roofline ([`roofline`]).
+    pub fn roofline_share(&self) -> f64 {
+        roofline::roofline_share(self.decode_tokens_per_s, self.step_weight_bytes, self.copy_bytes_per_s)
     }
 }
 
@@ -325,6 +336,7 @@ pub async fn measure(
     let generated_ids = session.generated().to_vec();
     let prompt_tokens = session.prompt_ids.len();
     let follow_up = measure_follow_up(engine, &request, &answer, session.into_conversation()).await?;
+    let copy_bytes_per_s = roofline::copy_rate(&engine.gpu).await?;
     let info = &engine.gpu.adapter;
     let name = if info.name.is_empty() { "(unnamed adapter)".to_string() } else { info.name.clone() };
     let mut adapter = vec![name, format!("{:?}", info.backend), format!("{:?}", info.device_type)];
@@ -359,6 +371,7 @@ pub async fn measure(
         prefill_record_by_kind,
         weight_bytes: memory.weights,
         step_weight_bytes: engine.model.step_weight_bytes(),
+        copy_bytes_per_s,
         table_bytes: memory.tables,
         kv_cache_bytes: memory.kv_cache,
         activation_bytes: memory.activations,
