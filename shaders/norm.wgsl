@@ -8,12 +8,12 @@
 // integer contract exactly as quantize.wgsl computes them (M = max |y_j| exact in any order,
 // s = M * step, the integers of lib/activation.wgsl from the y values as stored): q u32 [rows,
 // words], scales f32 [rows]; the norm and the quantization of its output in one dispatch.
-// Layouts: one 256-invocation workgroup per row, each invocation summing a strided slice of the
-// row and the partial sums reduced in workgroup memory (GPUs: a tree, 9 barriers per reduction,
-// or with SUBGROUPS each subgroup's sum and the subgroups' sums in order, 2 barriers,
-// lib/subgroups.wgsl); or, with PER_ROW, one invocation per row summing it in order, no
-// workgroup memory and no barriers (CPU adapters, where each barrier costs tens of
-// microseconds). Rows lie on a 2-D grid (workgroup_index).
+// Layouts: one WG-invocation workgroup per row (WG a power of two, 32 to 256), each invocation
+// summing a strided slice of the row and the partial sums reduced in workgroup memory (a tree,
+// log2(WG) + 1 barriers per reduction, or with SUBGROUPS each subgroup's sum and the subgroups'
+// sums in order, 2 barriers, lib/subgroups.wgsl); or, with PER_ROW, WG invocations each taking
+// one row and summing it in order, no workgroup memory and no barriers (CPU adapters, where each
+// barrier costs tens of microseconds). Rows lie on a 2-D grid (workgroup_index).
 
 #include grid
 #ifdef QUANTIZE
@@ -68,8 +68,9 @@ fn first_read(i: u32) -> f32 {
 #endif
 }
 
+const WG: u32 = {{WG}}u;
+
 #ifdef PER_ROW
-const WG: u32 = 64u;
 
 // A row's total, summed by one invocation: its own partial sum.
 fn row_total(li: u32, v: f32) -> f32 {
@@ -84,8 +85,6 @@ fn row_max(li: u32, v: f32) -> f32 {
 // One invocation wrote the whole row: nothing to wait for.
 fn row_written() {}
 #else
-const WG: u32 = 256u;
-
 #ifdef SUBGROUPS
 #include subgroups
 
@@ -99,7 +98,7 @@ fn row_max(li: u32, v: f32) -> f32 {
     return subgroups_max(v);
 }
 #else
-var<workgroup> partial: array<f32, 256>;
+var<workgroup> partial: array<f32, WG>;
 
 // A row's total, summed by the whole workgroup (every invocation gets it).
 fn row_total(li: u32, v: f32) -> f32 {

@@ -73,7 +73,7 @@ fn stage_barrier() {
     workgroupBarrier();
 }
 #else
-// WORK: its binding number, the last (6, or 7 with SILU_MUL).
+// WORK: its binding number, the last one (6, or 7 with SILU_MUL; given by the caller).
 @group(0) @binding({{WORK}}) var<storage, read_write> work: array<vec4<f32>>;
 
 // The index in `work` of vec4 i of the row starting at vec4 `row`.

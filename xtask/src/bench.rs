@@ -478,6 +478,7 @@ fn print_table(model: &Path, config: &BenchConfig, native: &BenchReport, chromiu
     row("· share of the adapter's memory roofline", &|r| r.roofline_share(), &percent);
     let gb_per_s = |v: f64| format!("{:.2} GB/s", v / 1e9);
     row("· · the adapter's copy rate (the roofline's)", &|r| r.copy_bytes_per_s, &gb_per_s);
+    row("· · the roofline: its copy rate ÷ the weights a step reads", &|r| r.roofline_tokens_per_s(), &rate);
     row("· dispatches per decode step", &|r| r.dispatches_per_token, &|v| format!("{v:.0}"));
     row("· host time to record the first step", &|r| r.first_step_record_ms, &ms);
     row("· host time to record a later step", &|r| r.record_ms_per_token, &|v| format!("{v:.2} ms"));

@@ -52,13 +52,20 @@ pub struct Capabilities {
     /// the overlap measured no faster (BENCHMARKS.md, Speed XXVII). The same tokens and logits
     /// either way.
     pub decode_ahead: bool,
-    /// The fused rotation and quantization of a decode step's token works on its row in
-    /// workgroup memory where the row fits (`kernels::rotate_quantize`), instead of in storage:
-    /// on lavapipe, which loads storage lane by lane behind bounds checks, 2.3× and 1.7× faster
-    /// at the 256M decoder's widths (55 against 127 µs at 576, 105 against 175 µs at 1536), on
-    /// Chromium's SwiftShader slower (274 against 225 µs, 442 against 294; BENCHMARKS.md, Speed
-    /// XXXII), so off there; on for GPUs, whose workgroup memory is on chip.
-    pub workgroup_rotation_rows: bool,
+    /// A decode step's row kernels work on a row in a workgroup, with workgroup memory and
+    /// barriers, where that is faster than the forms CPU adapters otherwise take:
+    /// - the fused rotation and quantization of a decode step's token keeps its row in workgroup
+    ///   memory where it fits (`kernels::rotate_quantize`), instead of in storage: on lavapipe,
+    ///   which loads storage lane by lane behind bounds checks, 2.3× and 1.7× faster at the 256M
+    ///   decoder's widths (55 against 127 µs at 576, 105 against 175 µs at 1536; BENCHMARKS.md,
+    ///   Speed XXXII);
+    /// - a CPU adapter's norm of a few rows takes a 32-invocation workgroup per row instead of
+    ///   one invocation (`kernels::norm::NormLayout::for_gpu`; Speed XXXIII).
+    ///
+    /// On Chromium's SwiftShader, whose barriers cost ~70 µs each, slower (the rotation 274
+    /// against 225 µs, 442 against 294), so off there; on for GPUs, whose workgroup memory is on
+    /// chip.
+    pub workgroup_rows: bool,
     /// Largest storage-buffer binding in bytes (128 MiB on lavapipe). Tensors larger than this
     /// must be split by the kernels that read them.
     pub max_storage_binding: u64,
@@ -133,7 +140,7 @@ impl Capabilities {
             one_word_int4_blocks: self.one_word_int4_blocks && pretend.cpu,
             float_block_sums: self.float_block_sums && pretend.cpu,
             decode_ahead: !pretend.cpu,
-            workgroup_rotation_rows: self.workgroup_rotation_rows || !pretend.cpu,
+            workgroup_rows: self.workgroup_rows || !pretend.cpu,
             max_storage_binding: self.max_storage_binding.min(web.max_storage_buffer_binding_size),
             max_buffer_size: self.max_buffer_size.min(web.max_buffer_size),
             max_invocations: self.max_invocations.min(web.max_compute_invocations_per_workgroup),
@@ -239,7 +246,7 @@ impl Gpu {
             one_word_int4_blocks: browser_cpu,
             float_block_sums: cpu,
             decode_ahead: !cpu,
-            workgroup_rotation_rows: !browser_cpu,
+            workgroup_rows: !browser_cpu,
             max_storage_binding: options.max_storage_binding.map_or(max_binding, |m| m.min(max_binding)),
             max_buffer_size: limits.max_buffer_size,
             max_invocations: limits.max_compute_invocations_per_workgroup.min(MAX_WORKGROUP_INVOCATIONS),

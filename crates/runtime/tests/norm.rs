@@ -1,6 +1,6 @@
-//! LayerNorm and RMSNorm against f64 references, in both layouts (a workgroup per row — reducing
-//! in a tree in workgroup memory, and natively also through subgroups — and one invocation per
-//! row) and in the residual form (`x ← x + r`, then the norm of the sum; `x` must
+//! LayerNorm and RMSNorm against f64 references, in every layout (a 256- or a 32-invocation
+//! workgroup per row — reducing in a tree in workgroup memory, and natively also through
+//! subgroups — and one invocation per row) and in the residual form (`x ← x + r`, then the norm of the sum; `x` must
 //! equal the f32 sums bit for bit): odd widths, offset rows, and the row-chunked path under a
 //! forced small binding limit. Runs natively and in the browser.
 
@@ -27,21 +27,26 @@ fn inputs(seed: u64, shape: NormShape) -> Vec<f32> {
     x
 }
 
-/// Sequential additions per sum in the kernel: a strided slice per invocation, then a
-/// 256-wide tree, or with subgroups each subgroup's sum (at most its size, in the device's
-/// order) and the subgroups' sums in order (256 / the smallest size); or the whole row in order.
+/// Sequential additions per sum in the kernel: a strided slice per invocation of a `w`-wide
+/// workgroup (256, or 32 for the narrow one), then a `w`-wide tree (log2 `w` levels), or with
+/// subgroups each subgroup's sum (at most its size, in the device's order) and the subgroups'
+/// sums in order (`w` / the smallest size); or the whole row in order.
 fn sum_terms(gpu: &Gpu, d: usize, layout: NormLayout) -> f32 {
     let (fewest, most) = gpu.caps.subgroup_sizes;
-    match layout {
-        NormLayout::Workgroup if gpu.caps.subgroup_reductions() => {
-            (d.div_ceil(256) + most as usize + 256 / fewest as usize) as f32
-        }
-        NormLayout::Workgroup => (d.div_ceil(256) + 8) as f32,
-        NormLayout::PerRow => d as f32,
-    }
+    let w = match layout {
+        NormLayout::Workgroup => 256,
+        NormLayout::NarrowWorkgroup => 32,
+        NormLayout::PerRow => return d as f32,
+    };
+    let terms = if gpu.caps.subgroup_reductions() {
+        d.div_ceil(w) + most as usize + w / fewest as usize
+    } else {
+        d.div_ceil(w) + w.ilog2() as usize
+    };
+    terms as f32
 }
 
-const LAYOUTS: [NormLayout; 2] = [NormLayout::Workgroup, NormLayout::PerRow];
+const LAYOUTS: [NormLayout; 3] = [NormLayout::Workgroup, NormLayout::NarrowWorkgroup, NormLayout::PerRow];
 
 /// The input as the norm sees it: `x`, or `x + r` (with `r` uploaded) in the residual form —
 /// `(x0, r, x)`, the uploaded input, the residual and the f32 sums.
@@ -148,9 +153,19 @@ async fn check_sizes(gpu: &Gpu) {
             }
         }
     }
-    // The automatic layout is per row on CPU adapters.
-    let want = if gpu.caps.cpu { NormLayout::PerRow } else { NormLayout::Workgroup };
-    assert_eq!(NormLayout::for_gpu(gpu), want);
+    // The automatic layout: a wide workgroup per row on GPUs; on CPU adapters one invocation
+    // per row, but a narrow workgroup per row for a decode step's few rows where the adapter
+    // works on rows in workgroups (lavapipe, not the browser's SwiftShader).
+    let few = NormLayout::FEW_ROWS;
+    for (rows, want) in [
+        (1, if gpu.caps.workgroup_rows { NormLayout::NarrowWorkgroup } else { NormLayout::PerRow }),
+        (few, if gpu.caps.workgroup_rows { NormLayout::NarrowWorkgroup } else { NormLayout::PerRow }),
+        (few + 1, NormLayout::PerRow),
+        (1024, NormLayout::PerRow),
+    ] {
+        let want = if gpu.caps.cpu { want } else { NormLayout::Workgroup };
+        assert_eq!(NormLayout::for_gpu(gpu, rows), want, "{rows} rows");
+    }
 }
 
 async fn check_split_binding() {

@@ -165,8 +165,9 @@ pub async fn measure_kernels(gpu: &Gpu) -> Result<Vec<KernelReport>> {
 
 /// The kernels whose workgroups reduce a row, as `gpu` (a GPU as far as kernel choice goes) runs
 /// them, `suffix` naming it:
-/// a decode row's RMS norm quantizing its output and the vision tower's layer norm over a tile in
-/// the workgroup layout (the GPUs'; CPU adapters run a row per invocation), the greedy argmax of
+/// a decode row's RMS norm quantizing its output in the workgroup layout (the GPUs') and the narrow
+/// one (lavapipe's for a few rows) and the vision tower's layer norm over a tile in the workgroup
+/// layout (CPU adapters run many rows a row per invocation), the greedy argmax of
 /// a vocabulary row, and the rotation with quantization of one decode token (`[1, 1536]`). The
 /// count is the values each reads.
 async fn reductions(gpu: &Gpu, suffix: &str) -> Result<Vec<KernelReport>> {
@@ -180,26 +181,31 @@ async fn reductions(gpu: &Gpu, suffix: &str) -> Result<Vec<KernelReport>> {
         let shape = NormShape { rows, d };
         let label = format!("[{rows}, {d}]");
         let values = (rows * d) as f64;
-        let report = if rows == 1 {
+        if rows == 1 {
             let words = gpu.zeroed_buffer("norm integers", (activation_words(d) * 4) as u64).await?;
             let scales = gpu.zeroed_buffer("norm scales", 4).await?;
             let quantized = QuantizedOutput { activation: &act, words: &words, scales: &scales };
-            let kernel = format!("RMS norm + INT8 quantize, workgroup layout{suffix} (values)");
-            time_macs(gpu, &kernel, label, values, async |gpu: &Gpu, e: &mut Encoder| {
-                let norm = RmsNorm { eps: 1e-5 };
-                norm.encode(gpu, e, NormLayout::Workgroup, shape, (&x, None), &gamma, (&y, Some(quantized)))
-                    .await
-            })
-            .await?
+            for (layout, name) in
+                [(NormLayout::Workgroup, "workgroup"), (NormLayout::NarrowWorkgroup, "narrow workgroup")]
+            {
+                let kernel = format!("RMS norm + INT8 quantize, {name} layout{suffix} (values)");
+                let report =
+                    time_macs(gpu, &kernel, label.clone(), values, async |gpu: &Gpu, e: &mut Encoder| {
+                        let norm = RmsNorm { eps: 1e-5 };
+                        norm.encode(gpu, e, layout, shape, (&x, None), &gamma, (&y, Some(quantized))).await
+                    })
+                    .await?;
+                reports.push(report);
+            }
         } else {
             let kernel = format!("layer norm, workgroup layout{suffix} (values)");
-            time_macs(gpu, &kernel, label, values, async |gpu: &Gpu, e: &mut Encoder| {
+            let report = time_macs(gpu, &kernel, label, values, async |gpu: &Gpu, e: &mut Encoder| {
                 let norm = LayerNorm { eps: 1e-6 };
                 norm.encode(gpu, e, NormLayout::Workgroup, shape, (&x, None), (&gamma, &gamma), &y).await
             })
-            .await?
-        };
-        reports.push(report);
+            .await?;
+            reports.push(report);
+        }
     }
     let n = GEMV.n;
     let logits = values_buffer(gpu, n, 13).await?;

@@ -264,6 +264,12 @@ impl BenchReport {
         self.weight_bytes + self.table_bytes + self.kv_cache_bytes + self.activation_bytes
     }
 
+    /// The most tokens per second the adapter's memory lets a decode step reach: its copy rate
+    /// over the bytes a step reads ([`roofline`]).
+    pub fn roofline_tokens_per_s(&self) -> f64 {
+        roofline::roofline_tokens_per_s(self.copy_bytes_per_s, self.step_weight_bytes)
+    }
+
     /// The decode rate as a share of the adapter's memory roofline ([`roofline`]).
     pub fn roofline_share(&self) -> f64 {
         roofline::roofline_share(self.decode_tokens_per_s, self.step_weight_bytes, self.copy_bytes_per_s)

@@ -17,10 +17,11 @@
 //! dispatch fewer.
 //!
 //! Buffers: `x`, `r` and `y` f32 `[rows, d]` row-major (distinct buffers), `γ` and `β` f32 `[d]`.
-//! [`NormLayout`]: one 256-invocation workgroup per row reducing the sums in workgroup memory
-//! (GPUs; through subgroups where the device has them, summed in another order), or one
-//! invocation per row summing in order, without barriers (CPU adapters). Inputs larger than one
-//! storage binding are processed in row chunks bound at aligned offsets.
+//! [`NormLayout`]: one workgroup per row reducing the sums in workgroup memory (256 invocations
+//! on GPUs; 32 for a decode step's few rows on lavapipe; through subgroups where the device has
+//! them, summed in another order), or one invocation per row summing in order, without barriers
+//! (CPU adapters' many rows, and every row on the browser's). Inputs larger than one storage
+//! binding are processed in row chunks bound at aligned offsets.
 
 use std::collections::BTreeMap;
 
@@ -92,14 +93,47 @@ pub enum NormLayout {
     /// workgroup memory: a tree (9 barriers), or through subgroups where the device has them
     /// (2 barriers; `shaders/lib/subgroups.wgsl`).
     Workgroup,
+    /// The same with 32 invocations per row (a tree of 6 barriers, or 2 through subgroups).
+    NarrowWorkgroup,
     /// One invocation per row, summing it in order: no barriers.
     PerRow,
 }
 
 impl NormLayout {
-    /// The faster layout on `gpu`: per row on CPU adapters, whose barriers are slow.
-    pub fn for_gpu(gpu: &Gpu) -> Self {
-        if gpu.caps.cpu { Self::PerRow } else { Self::Workgroup }
+    /// Most rows [`NormLayout::for_gpu`] gives a narrow workgroup each (a decode step's).
+    pub const FEW_ROWS: usize = 8;
+
+    /// The faster layout on `gpu` for `rows` rows: a 256-invocation workgroup per row on GPUs;
+    /// on CPU adapters, whose barriers are slow, one invocation per row, except for a few rows
+    /// where the adapter works on a row in a workgroup faster
+    /// ([`crate::Capabilities::workgroup_rows`], lavapipe): one invocation per row leaves a
+    /// decode step's one row to one thread walking it alone, 32 invocations per row spread it
+    /// over the adapter's SIMD lanes (BENCHMARKS.md, Speed XXXIII: a decode step's 61 norms
+    /// 3.8–4.2 → 2.9–3.1 ms; over a tile's 1024 rows 105 against 204–359 ms, so many rows stay
+    /// one per invocation).
+    pub fn for_gpu(gpu: &Gpu, rows: usize) -> Self {
+        match (gpu.caps.cpu, gpu.caps.workgroup_rows && rows <= Self::FEW_ROWS) {
+            (false, _) => Self::Workgroup,
+            (true, true) => Self::NarrowWorkgroup,
+            (true, false) => Self::PerRow,
+        }
+    }
+
+    /// Invocations per workgroup.
+    fn invocations(self) -> usize {
+        match self {
+            Self::Workgroup => 256,
+            Self::NarrowWorkgroup => 32,
+            Self::PerRow => 64,
+        }
+    }
+
+    /// Rows per workgroup.
+    fn rows_per_group(self) -> usize {
+        match self {
+            Self::Workgroup | Self::NarrowWorkgroup => 1,
+            Self::PerRow => self.invocations(),
+        }
     }
 }
 
@@ -152,8 +186,9 @@ async fn encode_norm<K: Kernel>(
     }
     match layout {
         NormLayout::PerRow => _ = defines.insert("PER_ROW".into(), String::new()),
-        NormLayout::Workgroup => defines = with_subgroups(gpu, defines),
+        NormLayout::Workgroup | NormLayout::NarrowWorkgroup => defines = with_subgroups(gpu, defines),
     }
+    defines.insert("WG".into(), layout.invocations().to_string());
     let words = activation_words(d);
     let word_row = (words * 4) as u64;
     let (mut qmax, mut step) = (0, 0.0);
@@ -190,11 +225,7 @@ async fn encode_norm<K: Kernel>(
             resources.push(slice(q.words, r0 as u64 * word_row, nr as u64 * word_row));
             resources.push(slice(q.scales, r0 as u64 * 4, nr as u64 * 4));
         }
-        let groups = match layout {
-            NormLayout::Workgroup => nr as u64,
-            NormLayout::PerRow => nr.div_ceil(64) as u64,
-        };
-        let (gx, gy) = grid(gpu, groups)?;
+        let (gx, gy) = grid(gpu, nr.div_ceil(layout.rows_per_group()) as u64)?;
         dispatch(gpu, encoder, &pipeline, "norm", bytemuck::bytes_of(&params), resources, (gx, gy, 1));
     }
     Ok(())

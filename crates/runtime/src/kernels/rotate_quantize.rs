@@ -17,7 +17,7 @@
 //! which gives the same bits.
 //!
 //! **Where the row is worked on.** In workgroup memory where the adapter does that faster
-//! ([`crate::Capabilities::workgroup_rotation_rows`]: lavapipe and GPUs, not SwiftShader) and
+//! ([`crate::Capabilities::workgroup_rows`]: lavapipe and GPUs, not SwiftShader) and
 //! its `n` f32 fit there beside the reductions' slots ([`RotateQuantize::shares_work`]; with
 //! WebGPU's 16 KiB, every SmolVLM width up to 3840), else in the caller's `work` rows in storage:
 //! the same values in the same order either way.
@@ -70,11 +70,19 @@ pub struct RotateQuantize;
 /// Bytes of workgroup memory kept for the reductions' slots beside a shared row (64 f32 each).
 const SLOT_BYTES: usize = 1024;
 
-/// The shader variant: whether it computes `silu(x) · up` first, and the vec4s of the row it
-/// keeps in workgroup memory (`None`: in the `work` rows).
+/// Where the shader works on a token's row.
+#[derive(Clone, Copy)]
+enum RowPlace {
+    /// In workgroup memory, this many vec4s.
+    Shared(usize),
+    /// In the `work` rows, bound at this binding (the last one).
+    Storage(usize),
+}
+
+/// The shader variant: whether it computes `silu(x) · up` first, and where it works on the row.
 struct Variant {
     silu_mul: bool,
-    shared_vec4s: Option<usize>,
+    row: RowPlace,
 }
 
 impl Kernel for Variant {
@@ -84,9 +92,9 @@ impl Kernel for Variant {
         if self.silu_mul {
             d.insert("SILU_MUL".into(), String::new());
         }
-        match self.shared_vec4s {
-            Some(vec4s) => d.insert("WORK_SHARED".into(), vec4s.to_string()),
-            None => d.insert("WORK".into(), if self.silu_mul { "7" } else { "6" }.into()),
+        match self.row {
+            RowPlace::Shared(vec4s) => d.insert("WORK_SHARED".into(), vec4s.to_string()),
+            RowPlace::Storage(binding) => d.insert("WORK".into(), binding.to_string()),
         };
         d
     }
@@ -114,8 +122,7 @@ impl RotateQuantize {
     /// `work` rows): where the adapter does that faster and the row's f32 and the reductions'
     /// slots fit its workgroup storage.
     pub fn shares_work(gpu: &Gpu, n: usize) -> bool {
-        gpu.caps.workgroup_rotation_rows
-            && n * 4 + SLOT_BYTES <= gpu.caps.max_workgroup_storage_bytes as usize
+        gpu.caps.workgroup_rows && n * 4 + SLOT_BYTES <= gpu.caps.max_workgroup_storage_bytes as usize
     }
 
     /// The shader's loop steps per invocation, at most (its header comment counts them).
@@ -184,7 +191,6 @@ impl RotateQuantize {
             step: act.step(),
             _pad: 0,
         };
-        let shared = Self::shares_work(gpu, n);
         let mut resources = vec![
             slice(x.0, x.1, rows),
             slice(table, 0, table.size()),
@@ -195,10 +201,14 @@ impl RotateQuantize {
         if let Some(up) = up {
             resources.push(slice(up.0, up.1, rows));
         }
-        if !shared {
+        let row = if Self::shares_work(gpu, n) {
+            RowPlace::Shared(n / 4)
+        } else {
+            // binding 0 is the uniform block, the resources follow it in order
             resources.push(slice(work, 0, rows));
-        }
-        let variant = Variant { silu_mul: up.is_some(), shared_vec4s: shared.then_some(n / 4) };
+            RowPlace::Storage(resources.len())
+        };
+        let variant = Variant { silu_mul: up.is_some(), row };
         let pipeline = gpu.pipeline(Variant::SHADER, &with_subgroups(gpu, variant.defines())).await?;
         let (gx, gy) = grid(gpu, tokens as u64)?;
         dispatch(

@@ -195,7 +195,7 @@ impl NormStep {
         let d = c.hidden_size;
         Ok(Self {
             rms: RmsNorm { eps: c.rms_norm_eps as f32 },
-            layout: NormLayout::for_gpu(gpu),
+            layout: NormLayout::for_gpu(gpu, tokens),
             rows: NormShape { rows: tokens, d },
             normed: scratch.f32(gpu, "text norm", tokens * d).await?,
             words: scratch

@@ -128,7 +128,7 @@ pub async fn encode_image(
     let mut scratch = Scratch::default();
     let ln = LayerNorm { eps: v.layer_norm_eps as f32 };
     let rows = NormShape { rows: t, d };
-    let layout = NormLayout::for_gpu(gpu);
+    let layout = NormLayout::for_gpu(gpu, t);
     let attention_shape = AttentionShape::bidirectional(tiles, n, v.num_attention_heads, v.head_dim());
     // Each residual add is recorded with the norm that follows it (the next layer's first norm,
     // after the last layer the post-layernorm).
