@@ -1,8 +1,8 @@
 //! LayerNorm and RMSNorm against f64 references, in every layout (a 256- or a 32-invocation
 //! workgroup per row — reducing in a tree in workgroup memory, and natively also through
-//! subgroups — and one invocation per row) and in the residual form (`x ← x + r`, then the norm of the sum; `x` must
-//! equal the f32 sums bit for bit): odd widths, offset rows, and the row-chunked path under a
-//! forced small binding limit. Runs natively and in the browser.
+//! subgroups — and one invocation per row) and in the residual form (`x ← x + r`, then the norm
+//! of the sum; `x` must equal the f32 sums bit for bit): odd widths, offset rows, and the
+//! row-chunked path under a forced small binding limit. Runs natively and in the browser.
 
 mod common;
 
@@ -32,12 +32,11 @@ fn inputs(seed: u64, shape: NormShape) -> Vec<f32> {
 /// subgroups each subgroup's sum (at most its size, in the device's order) and the subgroups'
 /// sums in order (`w` / the smallest size); or the whole row in order.
 fn sum_terms(gpu: &Gpu, d: usize, layout: NormLayout) -> f32 {
+    if layout == NormLayout::PerRow {
+        return d as f32;
+    }
     let (fewest, most) = gpu.caps.subgroup_sizes;
-    let w = match layout {
-        NormLayout::Workgroup => 256,
-        NormLayout::NarrowWorkgroup => 32,
-        NormLayout::PerRow => return d as f32,
-    };
+    let w = layout.invocations();
     let terms = if gpu.caps.subgroup_reductions() {
         d.div_ceil(w) + most as usize + w / fewest as usize
     } else {
@@ -45,8 +44,6 @@ fn sum_terms(gpu: &Gpu, d: usize, layout: NormLayout) -> f32 {
     };
     terms as f32
 }
-
-const LAYOUTS: [NormLayout; 3] = [NormLayout::Workgroup, NormLayout::NarrowWorkgroup, NormLayout::PerRow];
 
 /// The input as the norm sees it: `x`, or `x + r` (with `r` uploaded) in the residual form —
 /// `(x0, r, x)`, the uploaded input, the residual and the f32 sums.
@@ -146,7 +143,7 @@ async fn rms_norm_case(gpu: &Gpu, shape: NormShape, seed: u64, layout: NormLayou
 async fn check_sizes(gpu: &Gpu) {
     let cases = [(1, 1), (3, 7), (5, 256), (2, 257), (7, 768), (3, 960), (2, 2048), (4, 1153)];
     for (i, &(rows, d)) in cases.iter().enumerate() {
-        for layout in LAYOUTS {
+        for layout in NormLayout::ALL {
             for residual in [false, true] {
                 layer_norm_case(gpu, NormShape { rows, d }, 10 + i as u64, layout, residual).await;
                 rms_norm_case(gpu, NormShape { rows, d }, 40 + i as u64, layout, residual).await;
@@ -157,12 +154,10 @@ async fn check_sizes(gpu: &Gpu) {
     // per row, but a narrow workgroup per row for a decode step's few rows where the adapter
     // works on rows in workgroups (lavapipe, not the browser's SwiftShader).
     let few = NormLayout::FEW_ROWS;
-    for (rows, want) in [
-        (1, if gpu.caps.workgroup_rows { NormLayout::NarrowWorkgroup } else { NormLayout::PerRow }),
-        (few, if gpu.caps.workgroup_rows { NormLayout::NarrowWorkgroup } else { NormLayout::PerRow }),
-        (few + 1, NormLayout::PerRow),
-        (1024, NormLayout::PerRow),
-    ] {
+    let for_few = if gpu.caps.workgroup_rows { NormLayout::NarrowWorkgroup } else { NormLayout::PerRow };
+    for (rows, want) in
+        [(1, for_few), (few, for_few), (few + 1, NormLayout::PerRow), (1024, NormLayout::PerRow)]
+    {
         let want = if gpu.caps.cpu { want } else { NormLayout::Workgroup };
         assert_eq!(NormLayout::for_gpu(gpu, rows), want, "{rows} rows");
     }
@@ -174,7 +169,7 @@ async fn check_split_binding() {
     let shape = NormShape { rows: 37, d: 128 };
     let chunk = rows_per_chunk(&gpu, "test", shape.rows, &[(shape.d * 4) as u64]).unwrap();
     assert!(chunk < shape.rows, "expected several row chunks, got {chunk}");
-    for layout in LAYOUTS {
+    for layout in NormLayout::ALL {
         layer_norm_case(&gpu, shape, 3, layout, true).await;
         rms_norm_case(&gpu, shape, 4, layout, true).await;
     }

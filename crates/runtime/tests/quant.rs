@@ -275,7 +275,7 @@ async fn norm_quantize_case(gpu: &Gpu, shape: NormShape, layout: NormLayout, res
 
 async fn check_norm_quantize(gpu: &Gpu) {
     for shape in [(1, 576), (3, 7), (2, 257), (5, 1153), (1, 2048)].map(|(rows, d)| NormShape { rows, d }) {
-        for layout in [NormLayout::Workgroup, NormLayout::NarrowWorkgroup, NormLayout::PerRow] {
+        for layout in NormLayout::ALL {
             norm_quantize_case(gpu, shape, layout, true, Bits::Int8).await;
             norm_quantize_case(gpu, shape, layout, false, Bits::Int4).await;
         }
@@ -721,7 +721,7 @@ async fn check_split_binding(pretend: Option<Pretend>) {
     // row passes of 8 rows with a rotation in the scratch
     layer_case(&gpu, 40, LayerCase { group: Some(64), rotate: true, ..case(8, 128, i4b, i8b) }, 4).await;
     // a norm quantizing its output in row chunks of 64 rows (the scales' 256-byte alignment)
-    for layout in [NormLayout::Workgroup, NormLayout::NarrowWorkgroup, NormLayout::PerRow] {
+    for layout in NormLayout::ALL {
         norm_quantize_case(&gpu, NormShape { rows: 150, d: 8 }, layout, true, i8b).await;
     }
 }

@@ -103,6 +103,9 @@ impl NormLayout {
     /// Most rows [`NormLayout::for_gpu`] gives a narrow workgroup each (a decode step's).
     pub const FEW_ROWS: usize = 8;
 
+    /// Every layout.
+    pub const ALL: [Self; 3] = [Self::Workgroup, Self::NarrowWorkgroup, Self::PerRow];
+
     /// The faster layout on `gpu` for `rows` rows: a 256-invocation workgroup per row on GPUs;
     /// on CPU adapters, whose barriers are slow, one invocation per row, except for a few rows
     /// where the adapter works on a row in a workgroup faster
@@ -120,7 +123,7 @@ impl NormLayout {
     }
 
     /// Invocations per workgroup.
-    fn invocations(self) -> usize {
+    pub fn invocations(self) -> usize {
         match self {
             Self::Workgroup => 256,
             Self::NarrowWorkgroup => 32,
